@@ -1,0 +1,115 @@
+"""Postal addresses: width and whitespace normalisation, division prefix recognition."""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from dataclasses import dataclass
+from functools import cache
+
+from pivault.errors import ValidationError
+from pivault.model import divisions
+
+MAX_LENGTH = 200
+_WS = re.compile(r"\s+")
+_CJK_GAP = re.compile(r"(?<=[\u3400-\u9fff])\s+(?=[\u3400-\u9fff0-9])|(?<=[0-9])\s+(?=[\u3400-\u9fff])")
+_GENERIC = {"市辖区", "县", "省直辖县级行政区划", "自治区直辖县级行政区划"}
+
+
+def _err(code: str, message: str) -> ValidationError:
+    return ValidationError(code, message, field="address")
+
+
+def normalise(value: str) -> str:
+    """Fold full/half width, collapse whitespace (none between CJK characters).
+
+    Codes: ``address.empty``, ``address.length``, ``address.chars``.
+    """
+    if value is None or not str(value).strip():
+        raise _err("address.empty", "the address is empty")
+    v = unicodedata.normalize("NFKC", str(value)).strip()
+    if any(unicodedata.category(c) == "Cc" for c in v):
+        raise _err("address.chars", "the address holds control characters")
+    v = _WS.sub(" ", v)
+    v = _CJK_GAP.sub("", v)
+    if len(v) > MAX_LENGTH:
+        raise _err("address.length", f"an address has at most {MAX_LENGTH} characters")
+    return v
+
+
+@dataclass(frozen=True, slots=True)
+class AddressPrefix:
+    """The administrative part an address starts with."""
+
+    province: str | None
+    prefecture: str | None
+    district: str | None
+    region_code: str | None
+    #: index in the address where the part below the district begins
+    end: int
+
+
+@cache
+def _names() -> tuple[dict[str, str], dict[str, list[str]], dict[str, list[str]]]:
+    """province name -> 2-digit code; prefecture name -> codes; district name -> codes."""
+    provinces: dict[str, str] = {}
+    prefectures: dict[str, list[str]] = {}
+    districts: dict[str, list[str]] = {}
+    for code in divisions.all_codes():
+        for d in divisions.lookup(code):
+            if d.valid_to is not None or d.name in _GENERIC:
+                continue
+            if code.endswith("0000"):
+                provinces[d.name] = code[:2]
+            elif code.endswith("00"):
+                prefectures.setdefault(d.name, []).append(code)
+            else:
+                districts.setdefault(d.name, []).append(code)
+    return provinces, prefectures, districts
+
+
+def _match(text: str, pos: int, names: dict[str, list[str]] | dict[str, str]) -> str | None:
+    best = None
+    for n in range(2, 13):
+        cand = text[pos:pos + n]
+        if cand in names:
+            best = cand
+    return best
+
+
+def parse_prefix(normalised: str) -> AddressPrefix:
+    """Recognise the province / prefecture / district an address starts with.
+
+    Missing levels stay ``None``; the ``region_code`` is the most specific
+    consistent code found. Addresses that start below the district (or in
+    another script) give an empty prefix with ``end`` 0.
+    """
+    provinces, prefectures, districts = _names()
+    pos = 0
+    province = prefecture = district = None
+    code: str | None = None
+    p = _match(normalised, pos, provinces)
+    if p:
+        province, code, pos = p, provinces[p] + "0000", pos + len(p)
+    c = _match(normalised, pos, prefectures)
+    if c:
+        cands = [x for x in prefectures[c] if code is None or x[:2] == code[:2]]
+        if cands:
+            prefecture, code, pos = c, cands[0], pos + len(c)
+    d = _match(normalised, pos, districts)
+    if d:
+        cands = list(districts[d])
+        if code is not None:
+            width = 2 if code.endswith("0000") else 4
+            cands = [x for x in cands if x[:width] == code[:width]]
+        if cands:
+            district, code, pos = d, cands[0], pos + len(d)
+    return AddressPrefix(province, prefecture, district, code, pos)
+
+
+def is_valid(value: str) -> bool:
+    try:
+        normalise(value)
+    except ValidationError:
+        return False
+    return True

@@ -1,0 +1,128 @@
+"""The resident record: the PI fields pivault protects and what derives from them."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import re
+import secrets
+import unicodedata
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from pivault.errors import ValidationError
+from pivault.model import address as _address
+from pivault.model import mobile as _mobile
+from pivault.model import name as _name
+from pivault.model import resident_id as _rid
+
+#: the PI fields, in their canonical order; each is stored encrypted
+PI_FIELDS: tuple[str, ...] = ("name", "id_number", "mobile", "address", "notes")
+REQUIRED_FIELDS: tuple[str, ...] = ("name", "id_number")
+NOTES_MAX = 2000
+_RECORD_ID = re.compile(r"r_[0-9a-z]{26}")
+_B32 = "0123456789abcdefghjkmnpqrstvwxyz"
+
+
+def new_record_id() -> str:
+    """A random, opaque record id: 130 bits from the OS, never derived from PI."""
+    n = secrets.randbits(130)
+    chars = []
+    for _ in range(26):
+        chars.append(_B32[n & 31])
+        n >>= 5
+    return "r_" + "".join(chars)
+
+
+def is_record_id(value: str) -> bool:
+    return bool(_RECORD_ID.fullmatch(value))
+
+
+def normalise_notes(value: str) -> str:
+    v = unicodedata.normalize("NFC", value).strip()
+    if len(v) > NOTES_MAX:
+        raise ValidationError("notes.length", f"notes hold at most {NOTES_MAX} characters",
+                              field="notes")
+    if "\x00" in v:
+        raise ValidationError("notes.chars", "notes hold a NUL character", field="notes")
+    return v
+
+
+@dataclass(frozen=True, slots=True)
+class Resident:
+    """One resident, with every field already normalised.
+
+    Build one with :meth:`parse` from raw input; gender, birth date and region
+    are derived from the ID number, never stored separately.
+    """
+
+    record_id: str
+    name: str
+    id_number: str
+    mobile: str | None = None
+    address: str | None = None
+    notes: str | None = None
+    extra: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def gender(self) -> str:
+        return _rid.facts(self.id_number).gender
+
+    @property
+    def birth_date(self) -> _dt.date:
+        return _rid.facts(self.id_number).birth_date
+
+    @property
+    def region_code(self) -> str:
+        return self.id_number[:6]
+
+    def pi_fields(self) -> dict[str, str]:
+        """The PI fields present, by name."""
+        out = {"name": self.name, "id_number": self.id_number}
+        for f in ("mobile", "address", "notes"):
+            v = getattr(self, f)
+            if v:
+                out[f] = v
+        return out
+
+    def to_dict(self) -> dict[str, str | None]:
+        return {
+            "record_id": self.record_id, "name": self.name, "id_number": self.id_number,
+            "mobile": self.mobile, "address": self.address, "notes": self.notes,
+            "gender": self.gender, "birth_date": self.birth_date.isoformat(),
+            "region_code": self.region_code,
+        }
+
+    @classmethod
+    def parse(
+        cls, raw: Mapping[str, str | None], *, record_id: str | None = None,
+        today: _dt.date | None = None,
+    ) -> Resident:
+        """Validate and normalise raw field values (as read from a file or a request).
+
+        Raises the first :class:`ValidationError` found, in field order.
+        """
+        def get(f: str) -> str | None:
+            v = raw.get(f)
+            return None if v is None or (isinstance(v, str) and not v.strip()) else str(v)
+
+        name = get("name")
+        if name is None:
+            raise ValidationError("name.empty", "the name is empty", field="name")
+        idn = get("id_number")
+        if idn is None:
+            raise ValidationError("id.empty", "the resident ID number is empty", field="id_number")
+        n = _name.normalise(name)
+        i = _rid.normalise(idn, today=today)
+        m = get("mobile")
+        a = get("address")
+        t = get("notes")
+        rid = record_id or new_record_id()
+        if not is_record_id(rid):
+            raise ValidationError("record_id.format", "the record id is not a pivault record id",
+                                  field="record_id")
+        return cls(
+            record_id=rid, name=n, id_number=i,
+            mobile=_mobile.normalise(m) if m is not None else None,
+            address=_address.normalise(a) if a is not None else None,
+            notes=normalise_notes(t) if t is not None else None,
+        )
