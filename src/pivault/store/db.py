@@ -1,0 +1,232 @@
+"""One thin connection layer over SQLite and PostgreSQL.
+
+Every component that keeps state (records, tokens, audit, alerts, …) writes
+its SQL once, with ``?`` placeholders, and runs it on either backend through a
+:class:`Database`. Each component owns its tables through versioned
+:class:`Migration` steps registered in :mod:`pivault.store.migrations`, so a
+vault created by an older pivault is brought forward by ``pivault migrate``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sqlite3
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, Protocol
+from urllib.parse import urlparse
+
+from pivault.errors import ConfigError, PivaultError
+
+Dialect = Literal["sqlite", "postgresql"]
+Params = Sequence[Any]
+
+
+class StoreError(PivaultError):
+    code = "store.error"
+
+
+class _Cursor(Protocol):
+    def fetchone(self) -> Any: ...
+    def fetchall(self) -> list[Any]: ...
+    def fetchmany(self, size: int = ...) -> list[Any]: ...
+    @property
+    def rowcount(self) -> int: ...
+
+
+_QMARK = re.compile(r"\?")
+
+
+@dataclass(frozen=True)
+class StoreURL:
+    dialect: Dialect
+    #: file path for SQLite, the libpq connection string for PostgreSQL
+    target: str
+    raw: str
+
+    @property
+    def redacted(self) -> str:
+        """The URL with any password removed, for messages and logs."""
+        p = urlparse(self.raw)
+        if p.password:
+            return self.raw.replace(":" + p.password + "@", ":***@")
+        return self.raw
+
+
+def parse_url(url: str) -> StoreURL:
+    """``sqlite:///path/to/vault.db`` or ``postgresql://user@host:port/db``."""
+    if url.startswith("sqlite:///"):
+        return StoreURL("sqlite", url[len("sqlite:///") - 1 :] if url.startswith("sqlite:////")
+                        else url[len("sqlite:///"):], url)
+    if url.startswith(("postgresql://", "postgres://")):
+        return StoreURL("postgresql", url, url)
+    raise ConfigError(
+        "unknown store URL scheme; use sqlite:///PATH or postgresql://USER@HOST:PORT/DB",
+        code="store.url",
+    )
+
+
+class Database:
+    """A connection to one backend, safe to share between threads (one lock).
+
+    Write SQL with ``?`` placeholders; PostgreSQL gets ``%s``. Use
+    :meth:`transaction` for anything that must be all-or-nothing.
+    """
+
+    def __init__(self, url: str | StoreURL) -> None:
+        self.url = url if isinstance(url, StoreURL) else parse_url(url)
+        self.dialect: Dialect = self.url.dialect
+        self._lock = threading.RLock()
+        self._depth = 0
+        self._pid = os.getpid()
+        self._conn: Any = self._connect()
+
+    # -- connection -------------------------------------------------------
+    def _connect(self) -> Any:
+        if self.dialect == "sqlite":
+            path = Path(self.url.target)
+            if not path.parent.exists():
+                raise ConfigError("the directory of the SQLite store does not exist",
+                                  code="store.path")
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+            os.close(fd)
+            conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False,
+                                   timeout=30.0)
+            for pragma in ("journal_mode=WAL", "secure_delete=ON", "foreign_keys=ON",
+                           "synchronous=NORMAL", "temp_store=MEMORY", "busy_timeout=30000"):
+                conn.execute(f"PRAGMA {pragma}")
+            return conn
+        try:
+            import psycopg
+        except ImportError as exc:  # pragma: no cover - dependency is mandatory
+            raise ConfigError("psycopg is not installed", code="store.driver") from exc
+        try:
+            return psycopg.connect(self.url.target, autocommit=True)
+        except psycopg.OperationalError as exc:
+            raise StoreError(
+                f"cannot connect to PostgreSQL at {self.url.redacted}: "
+                f"{type(exc).__name__}", code="store.connect",
+                hint="check that the server runs and the URL is right",
+            ) from None
+
+    def reopen_after_fork(self) -> None:
+        """Give a forked worker process its own connection."""
+        if os.getpid() != self._pid:
+            self._pid = os.getpid()
+            self._conn = self._connect()
+
+    @property
+    def raw(self) -> Any:
+        """The driver connection, for backend-specific fast paths (COPY, backup)."""
+        return self._conn
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    def __enter__(self) -> Database:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- SQL --------------------------------------------------------------
+    def sql(self, text: str) -> str:
+        return text if self.dialect == "sqlite" else _QMARK.sub("%s", text)
+
+    def execute(self, sql: str, params: Params = ()) -> _Cursor:
+        with self._lock:
+            cur: _Cursor = self._conn.execute(self.sql(sql), params)
+            return cur
+
+    def executemany(self, sql: str, rows: Sequence[Params]) -> None:
+        if not rows:
+            return
+        with self._lock:
+            if self.dialect == "sqlite":
+                self._conn.executemany(sql, rows)
+            else:
+                with self._conn.cursor() as cur:
+                    cur.executemany(self.sql(sql), rows)
+
+    def query(self, sql: str, params: Params = ()) -> list[tuple[Any, ...]]:
+        with self._lock:
+            return [tuple(r) for r in self._conn.execute(self.sql(sql), params).fetchall()]
+
+    def query_one(self, sql: str, params: Params = ()) -> tuple[Any, ...] | None:
+        with self._lock:
+            row = self._conn.execute(self.sql(sql), params).fetchone()
+            return tuple(row) if row is not None else None
+
+    def stream(self, sql: str, params: Params = (), *, size: int = 1000) -> Iterator[tuple[Any, ...]]:
+        """Rows in bounded memory: a server-side cursor on PostgreSQL."""
+        if self.dialect == "sqlite":
+            cur = self._conn.execute(sql, params)
+            while True:
+                with self._lock:
+                    rows = cur.fetchmany(size)
+                if not rows:
+                    return
+                yield from (tuple(r) for r in rows)
+        else:
+            import psycopg
+
+            # a separate connection so the named cursor's transaction is ours alone
+            with psycopg.connect(self.url.target) as conn, conn.cursor(name="pivault_stream") as cur:
+                cur.itersize = size
+                cur.execute(self.sql(sql), params)
+                for row in cur:
+                    yield tuple(row)
+
+    @contextmanager
+    def transaction(self) -> Iterator[Database]:
+        """All-or-nothing; nested calls join the outer transaction.
+
+        SQLite takes the write lock at the start (``BEGIN IMMEDIATE``) so two
+        writers queue rather than fail half-way.
+        """
+        with self._lock:
+            if self._depth:
+                self._depth += 1
+                try:
+                    yield self
+                finally:
+                    self._depth -= 1
+                return
+            if self.dialect == "sqlite":
+                self._conn.execute("BEGIN IMMEDIATE")
+                self._depth = 1
+                try:
+                    yield self
+                except BaseException:
+                    self._depth = 0
+                    self._conn.execute("ROLLBACK")
+                    raise
+                self._depth = 0
+                self._conn.execute("COMMIT")
+            else:
+                self._depth = 1
+                try:
+                    with self._conn.transaction():
+                        yield self
+                finally:
+                    self._depth = 0
+
+    # -- helpers ------------------------------------------------------------
+    def table_exists(self, name: str) -> bool:
+        if self.dialect == "sqlite":
+            return self.query_one(
+                "SELECT 1 FROM sqlite_master WHERE type='table' AND name=?", (name,)) is not None
+        return self.query_one("SELECT to_regclass(?)", (name,)) not in (None, (None,))
+
+    def blob(self) -> str:
+        """The column type for bytes."""
+        return "BLOB" if self.dialect == "sqlite" else "BYTEA"
+
+
+def connect(url: str) -> Database:
+    return Database(url)

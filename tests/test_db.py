@@ -1,0 +1,35 @@
+from __future__ import annotations
+
+import pytest
+
+from pivault.store import Database, connect, migrate
+from pivault.store.db import StoreError
+
+
+def test_transaction_rolls_back_on_both_backends(store_url: str) -> None:
+    db = connect(store_url)
+    migrate(db)
+    db.execute(f"CREATE TABLE t (a INTEGER, b {db.blob()})")
+    with pytest.raises(RuntimeError), db.transaction():
+        db.execute("INSERT INTO t VALUES (?, ?)", (1, b"\x00\x01"))
+        raise RuntimeError("boom")
+    assert db.query("SELECT COUNT(*) FROM t") == [(0,)]
+    with db.transaction():
+        db.executemany("INSERT INTO t VALUES (?, ?)", [(i, bytes([i])) for i in range(5)])
+    assert [r[0] for r in db.stream("SELECT a FROM t ORDER BY a", size=2)] == [0, 1, 2, 3, 4]
+    assert bytes(db.query_one("SELECT b FROM t WHERE a = ?", (3,))[0]) == b"\x03"  # type: ignore[index]
+    assert db.table_exists("schema_migrations")
+    db.close()
+
+
+def test_unreachable_postgres_is_one_clear_error() -> None:
+    with pytest.raises(StoreError) as err:
+        Database("postgresql://nobody:secret@127.0.0.1:1/none?connect_timeout=2")
+    assert err.value.code == "store.connect"
+    assert "secret" not in str(err.value)
+
+
+def test_unknown_scheme() -> None:
+    with pytest.raises(Exception) as err:
+        connect("mysql://x")
+    assert getattr(err.value, "code", "") == "store.url"
