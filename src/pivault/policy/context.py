@@ -1,0 +1,42 @@
+"""Who is asking, and why: passed with every call through the Vault door."""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass, field
+
+
+def new_request_id() -> str:
+    return "q_" + secrets.token_hex(8)
+
+
+@dataclass(frozen=True, slots=True)
+class AccessContext:
+    """The caller of one operation.
+
+    ``principal`` and ``role`` come from an authenticated token (API) or the
+    operator's own identity (CLI, ``local:<user>`` with role ``operator``);
+    ``purpose`` is the stated purpose of the request (PIPL art. 6: use limited
+    to a stated purpose). ``reveal`` asks for full values instead of masks;
+    whether it is granted is the policy's decision, not the caller's.
+    """
+
+    principal: str
+    role: str
+    purpose: str
+    request_id: str = field(default_factory=new_request_id)
+    reveal: bool = False
+    token_id: str | None = None
+    source: str = "cli"  # "cli", "api", "system"
+
+
+def local_operator(purpose: str = "administration", *, reveal: bool = False) -> AccessContext:
+    """The context of a person at the vault's own command line (holds the keyring passphrase)."""
+    import getpass
+
+    try:
+        user = getpass.getuser()
+    except Exception:
+        user = "unknown"
+    return AccessContext(principal=f"local:{user}", role="operator", purpose=purpose,
+                         reveal=reveal, source="cli")
