@@ -1,0 +1,28 @@
+"""Keys and field encryption: the keyring.
+
+``Keyring`` encrypts PI fields (XChaCha20-Poly1305, bound to record id and
+field) and computes blind indexes (truncated HMAC-SHA256) with Tink keysets
+that are stored encrypted under a root key from a ``RootKeyProvider``
+(passphrase + Argon2id by default). Callers get operations, never key bytes.
+"""
+
+from pivault.crypto.blind import index_bits_for_population
+from pivault.crypto.errors import IntegrityError, KeyringError
+from pivault.crypto.keyring import Keyring
+from pivault.crypto.providers import (
+    Argon2Params,
+    PassphraseProvider,
+    RootKeyProvider,
+    passphrase_from_env_or_prompt,
+)
+
+__all__ = [
+    "Argon2Params",
+    "IntegrityError",
+    "Keyring",
+    "KeyringError",
+    "PassphraseProvider",
+    "RootKeyProvider",
+    "index_bits_for_population",
+    "passphrase_from_env_or_prompt",
+]

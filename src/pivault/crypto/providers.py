@@ -1,0 +1,264 @@
+"""Root-key providers: what protects the keysets at rest.
+
+A :class:`RootKeyProvider` wraps and unwraps small secrets (the serialised
+keysets) under a root key that never appears in the keyring file. The default,
+:class:`PassphraseProvider`, derives the root key from a passphrase with
+Argon2id. A KMS (HashiCorp Vault transit, AWS KMS, GCP KMS) plugs in by
+implementing the same four methods; see docs/crypto.md.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import os
+import sys
+import unicodedata
+from collections.abc import Mapping
+from dataclasses import dataclass
+from getpass import getpass
+from typing import NoReturn, Protocol, runtime_checkable
+
+from argon2.low_level import ARGON2_VERSION, Type, hash_secret_raw
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from pivault.crypto.errors import KeyringError
+
+__all__ = [
+    "PASSPHRASE_ENV",
+    "Argon2Params",
+    "PassphraseProvider",
+    "RootKeyProvider",
+    "passphrase_from_env_or_prompt",
+]
+
+PASSPHRASE_ENV = "PIVAULT_PASSPHRASE"
+
+
+@runtime_checkable
+class RootKeyProvider(Protocol):
+    """Protects the keysets with a root key that is not stored beside them.
+
+    ``describe()`` returns non-secret parameters (kind, KDF parameters and
+    salt, or a KMS key URI); the keyring stores them in its header at create
+    time and hands them back through ``restore()`` at open time, so that the
+    provider can check it is the right one and load what it needs.
+    ``wrap``/``unwrap`` are an AEAD: ``unwrap`` must fail (raise) if the
+    ciphertext or the associated data changed, or if the root key is not the
+    one that wrapped it.
+    """
+
+    def wrap(self, plaintext: bytes, associated_data: bytes) -> bytes: ...
+
+    def unwrap(self, ciphertext: bytes, associated_data: bytes) -> bytes: ...
+
+    def describe(self) -> dict[str, object]: ...
+
+    def restore(self, description: Mapping[str, object]) -> None: ...
+
+
+# Bounds that a keyring header must respect. They keep a damaged or hostile
+# header from asking for terabytes of memory or hours of CPU.
+_MAX_TIME_COST = 64
+_MAX_MEMORY_KIB = 16 * 1024 * 1024  # 16 GiB
+_MAX_PARALLELISM = 64
+_SALT_BYTES = 16
+_KEY_BYTES = 32
+_WRAP_VERSION = 1
+_NONCE_BYTES = 12
+
+
+@dataclass(frozen=True, slots=True)
+class Argon2Params:
+    """Argon2id cost parameters (argon2-cffi units: memory in KiB).
+
+    The defaults (t=3, m=64 MiB, p=1) are RFC 9106's second recommended
+    option. They are written into the keyring header, so a later keyring can
+    raise them without breaking older ones.
+    """
+
+    time_cost: int = 3
+    memory_cost: int = 64 * 1024
+    parallelism: int = 1
+
+    def __post_init__(self) -> None:
+        for name in ("time_cost", "memory_cost", "parallelism"):
+            value = getattr(self, name)
+            if type(value) is not int:
+                raise ValueError(f"Argon2 {name} must be an integer")
+        if not 1 <= self.time_cost <= _MAX_TIME_COST:
+            raise ValueError(f"Argon2 time_cost must be within 1..{_MAX_TIME_COST}")
+        if not 1 <= self.parallelism <= _MAX_PARALLELISM:
+            raise ValueError(f"Argon2 parallelism must be within 1..{_MAX_PARALLELISM}")
+        if not 8 * self.parallelism <= self.memory_cost <= _MAX_MEMORY_KIB:
+            raise ValueError(f"Argon2 memory_cost (KiB) must be within 8*parallelism..{_MAX_MEMORY_KIB}")
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "time_cost": self.time_cost,
+            "memory_cost_kib": self.memory_cost,
+            "parallelism": self.parallelism,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, object]) -> Argon2Params:
+        return cls(
+            time_cost=data["time_cost"],  # type: ignore[arg-type]
+            memory_cost=data["memory_cost_kib"],  # type: ignore[arg-type]
+            parallelism=data["parallelism"],  # type: ignore[arg-type]
+        )
+
+
+def _corrupt(what: str) -> NoReturn:
+    raise KeyringError(
+        f"keyring header is damaged: {what}",
+        code="keyring.corrupt",
+        hint="restore the keyring file from a backup",
+    ) from None
+
+
+class PassphraseProvider:
+    """Root key derived from a passphrase with Argon2id; wraps with AES-256-GCM.
+
+    A new provider carries a fresh random salt, ready to create a keyring;
+    opening a keyring replaces salt and parameters by the ones in its header.
+    The derived root key is cached in the object, so a forked worker that
+    inherits the provider, or a second ``Keyring.open`` with it, does not run
+    Argon2 again. The provider refuses to be pickled: it holds the passphrase.
+    """
+
+    kind = "passphrase"
+
+    def __init__(self, passphrase: str | bytes, params: Argon2Params | None = None) -> None:
+        if isinstance(passphrase, str):
+            # The same passphrase typed on two systems may arrive composed or
+            # decomposed; NFC makes both derive the same key.
+            secret = unicodedata.normalize("NFC", passphrase).encode("utf-8")
+        elif isinstance(passphrase, bytes | bytearray):
+            secret = bytes(passphrase)
+        else:
+            raise TypeError("passphrase must be str or bytes")
+        if not secret:
+            raise KeyringError("the passphrase is empty", code="keyring.passphrase")
+        self._secret = secret
+        self._params = params if params is not None else Argon2Params()
+        self._salt = os.urandom(_SALT_BYTES)
+        self._key: bytes | None = None
+        self._aead: AESGCM | None = None
+        #: how many times Argon2 ran in this object (for tests and stats)
+        self.derivations = 0
+
+    @property
+    def params(self) -> Argon2Params:
+        return self._params
+
+    def __repr__(self) -> str:
+        p = self._params
+        return f"PassphraseProvider(argon2id t={p.time_cost}, m={p.memory_cost} KiB, p={p.parallelism})"
+
+    def __reduce__(self) -> NoReturn:
+        raise TypeError(
+            "PassphraseProvider holds a passphrase and cannot be pickled; "
+            "fork workers after opening the keyring, or open it again in each worker"
+        )
+
+    def describe(self) -> dict[str, object]:
+        return {
+            "kind": self.kind,
+            "kdf": "argon2id",
+            "argon2_version": ARGON2_VERSION,
+            **self._params.to_dict(),
+            "hash_len": _KEY_BYTES,
+            "salt": base64.b64encode(self._salt).decode("ascii"),
+            "wrap": "AES-256-GCM",
+        }
+
+    def restore(self, description: Mapping[str, object]) -> None:
+        if description.get("kind") != self.kind:
+            raise KeyringError(
+                f"keyring is protected by a {description.get('kind')!s:.40} root key, not by a passphrase",
+                code="keyring.provider",
+            )
+        if description.get("kdf") != "argon2id" or description.get("wrap") != "AES-256-GCM":
+            _corrupt("unknown key derivation or wrapping")
+        if description.get("argon2_version") != ARGON2_VERSION:
+            _corrupt("unknown Argon2 version")
+        if description.get("hash_len") != _KEY_BYTES:
+            _corrupt("unexpected root key length")
+        try:
+            params = Argon2Params.from_dict(description)
+        except (KeyError, ValueError) as exc:
+            _corrupt(f"bad Argon2 parameters ({exc})")
+        salt_text = description.get("salt")
+        if not isinstance(salt_text, str):
+            _corrupt("missing salt")
+        try:
+            salt = base64.b64decode(salt_text, validate=True)
+        except (binascii.Error, ValueError):
+            _corrupt("salt is not base64")
+        if not 16 <= len(salt) <= 64:
+            _corrupt("salt has a bad length")
+        if params != self._params or salt != self._salt:
+            self._params, self._salt = params, salt
+            self._key = None
+            self._aead = None
+
+    def _cipher(self) -> AESGCM:
+        if self._aead is None:
+            self._key = hash_secret_raw(
+                self._secret,
+                self._salt,
+                time_cost=self._params.time_cost,
+                memory_cost=self._params.memory_cost,
+                parallelism=self._params.parallelism,
+                hash_len=_KEY_BYTES,
+                type=Type.ID,
+                version=ARGON2_VERSION,
+            )
+            self.derivations += 1
+            self._aead = AESGCM(self._key)
+        return self._aead
+
+    def wrap(self, plaintext: bytes, associated_data: bytes) -> bytes:
+        nonce = os.urandom(_NONCE_BYTES)
+        sealed = self._cipher().encrypt(nonce, plaintext, associated_data)
+        return bytes([_WRAP_VERSION]) + nonce + sealed
+
+    def unwrap(self, ciphertext: bytes, associated_data: bytes) -> bytes:
+        if len(ciphertext) < 1 + _NONCE_BYTES + 16 or ciphertext[0] != _WRAP_VERSION:
+            raise KeyringError("wrapped key has an unknown format", code="keyring.corrupt")
+        nonce = ciphertext[1 : 1 + _NONCE_BYTES]
+        try:
+            return self._cipher().decrypt(nonce, ciphertext[1 + _NONCE_BYTES :], associated_data)
+        except InvalidTag:
+            raise KeyringError(
+                "wrong passphrase for this keyring (or its header was altered)",
+                code="keyring.passphrase",
+                hint=f"check the passphrase (argument or {PASSPHRASE_ENV})",
+            ) from None
+
+
+def passphrase_from_env_or_prompt(
+    prompt: str = "Keyring passphrase: ", *, confirm: bool = False, env_var: str = PASSPHRASE_ENV
+) -> str:
+    """The passphrase from ``$PIVAULT_PASSPHRASE``, else asked on the terminal.
+
+    With ``confirm`` the terminal prompt asks twice (for a new keyring).
+    Without the variable and without a terminal on stdin it raises
+    ``KeyringError`` (``keyring.passphrase``) instead of blocking.
+    """
+    value = os.environ.get(env_var)
+    if value:
+        return value
+    if not (sys.stdin is not None and sys.stdin.isatty()):
+        raise KeyringError(
+            f"no passphrase: set {env_var} or run on a terminal to be asked",
+            code="keyring.passphrase",
+        )
+    first = getpass(prompt)
+    if not first:
+        raise KeyringError("the passphrase is empty", code="keyring.passphrase")
+    if confirm and getpass("Repeat passphrase: ") != first:
+        raise KeyringError("the two passphrases differ", code="keyring.passphrase")
+    return first
