@@ -1,0 +1,43 @@
+"""``pivault`` — the command line.
+
+Each area keeps its commands in its own module; this file only assembles
+them, so ``pivault --help`` reads like the library's table of contents.
+"""
+
+from __future__ import annotations
+
+import typer
+
+from pivault import __version__
+
+app = typer.Typer(
+    name="pivault",
+    help="A privacy vault for personal information: encrypted records, one audited door.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+@app.command()
+def version() -> None:
+    """Print pivault's version."""
+    typer.echo(__version__)
+
+
+def _register() -> None:
+    """Attach every area's commands."""
+    from pivault.cli import synth as synth_cmds
+
+    app.command("synth")(synth_cmds.synth)
+
+
+_register()
+
+
+def main() -> None:  # pragma: no cover - console entry point
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
