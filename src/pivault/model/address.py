@@ -68,13 +68,21 @@ def _names() -> tuple[dict[str, str], dict[str, list[str]], dict[str, list[str]]
     return provinces, prefectures, districts
 
 
-def _match(text: str, pos: int, names: dict[str, list[str]] | dict[str, str]) -> str | None:
-    best = None
-    for n in range(2, 13):
+@cache
+def _longest() -> int:
+    """Length of the longest division name (some autonomous counties have 15 characters)."""
+    provinces, prefectures, districts = _names()
+    return max(len(n) for n in [*provinces, *prefectures, *districts])
+
+
+def _matches(text: str, pos: int, names: dict[str, list[str]] | dict[str, str]) -> list[str]:
+    """Names found at ``pos``, longest first."""
+    out: list[str] = []
+    for n in range(min(_longest(), len(text) - pos), 1, -1):
         cand = text[pos:pos + n]
         if cand in names:
-            best = cand
-    return best
+            out.append(cand)
+    return out
 
 
 def parse_prefix(normalised: str) -> AddressPrefix:
@@ -88,22 +96,22 @@ def parse_prefix(normalised: str) -> AddressPrefix:
     pos = 0
     province = prefecture = district = None
     code: str | None = None
-    p = _match(normalised, pos, provinces)
-    if p:
+    for p in _matches(normalised, pos, provinces):
         province, code, pos = p, provinces[p] + "0000", pos + len(p)
-    c = _match(normalised, pos, prefectures)
-    if c:
+        break
+    for c in _matches(normalised, pos, prefectures):
         cands = [x for x in prefectures[c] if code is None or x[:2] == code[:2]]
         if cands:
             prefecture, code, pos = c, cands[0], pos + len(c)
-    d = _match(normalised, pos, districts)
-    if d:
+            break
+    for d in _matches(normalised, pos, districts):
         cands = list(districts[d])
         if code is not None:
             width = 2 if code.endswith("0000") else 4
             cands = [x for x in cands if x[:width] == code[:width]]
         if cands:
             district, code, pos = d, cands[0], pos + len(d)
+            break
     return AddressPrefix(province, prefecture, district, code, pos)
 
 
