@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import json
 import os
 import re
@@ -28,6 +29,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import tink
+from google.protobuf import json_format  # type: ignore[import-untyped]
 from tink import aead, prf
 
 from pivault.crypto._atomic import write_private
@@ -283,6 +285,7 @@ class Keyring:
             )
         document = {
             "header": header,
+            "header_sha256": hashlib.sha256(header_bytes).hexdigest(),
             "verifier": base64.b64encode(
                 provider.wrap(_VERIFIER_PLAINTEXT, _verifier_ad(header_bytes))
             ).decode("ascii"),
@@ -365,6 +368,11 @@ class Keyring:
                 # Tink and the provider say nothing useful here, and must not
                 # be chained into logs: the message is the whole story.
                 _corrupt(f"keyset {name!r} does not decrypt")
+            # Tink stores a cleartext summary (key ids, types) beside the
+            # encrypted keyset and does not authenticate it: it must agree
+            # with what decrypted, or somebody edited it.
+            if encrypted.get("keysetInfo") != json_format.MessageToDict(handles[name].keyset_info()):
+                _corrupt(f"keyset {name!r} summary does not match its keys")
         aead_handle = handles.pop("aead")
         _check_keyset(aead_handle, "aead", _AEAD_TYPE_URL)
         prf_handles = {name.removeprefix("prf."): h for name, h in handles.items()}
@@ -536,22 +544,27 @@ def _check_keyset(handle: tink.KeysetHandle, name: str, type_url: str) -> None:
 
 def _parse_document(document: object) -> tuple[dict[str, Any], bytes, dict[str, Any]]:
     """Validate the keyring document's shape; return header, verifier, keysets."""
-    if not isinstance(document, dict) or set(document) != {"header", "verifier", "keysets"}:
-        _corrupt("unexpected top-level layout")
+    if not isinstance(document, dict) or not isinstance(document.get("header"), dict):
+        _corrupt("no header")
     header = document["header"]
-    if not isinstance(header, dict):
-        _corrupt("header is not an object")
     if header.get("format") != FORMAT_NAME:
         _corrupt("not a pivault keyring")
     version = header.get("version")
     if version != FORMAT_VERSION:
-        if isinstance(version, int) and version > FORMAT_VERSION:
+        if type(version) is int and version > FORMAT_VERSION:
             raise KeyringError(
                 f"keyring format {version} is newer than this pivault understands",
                 code="keyring.version",
                 hint="upgrade pivault",
             )
         _corrupt("unknown format version")
+    if set(document) != {"header", "header_sha256", "verifier", "keysets"}:
+        _corrupt("unexpected top-level layout")
+    # Catches accidental damage with a precise message. It is no defence
+    # against a deliberate edit (anyone can recompute it): that one fails
+    # the verifier and keyset decryption, which bind the whole header.
+    if document["header_sha256"] != hashlib.sha256(_canonical(header)).hexdigest():
+        _corrupt("header checksum mismatch")
     vault_id = header.get("vault_id")
     try:
         if not isinstance(vault_id, str) or str(uuid.UUID(vault_id)) != vault_id:
@@ -560,7 +573,8 @@ def _parse_document(document: object) -> tuple[dict[str, Any], bytes, dict[str, 
         _corrupt("bad vault id")
     if not isinstance(header.get("created"), str):
         _corrupt("bad created time")
-    if not isinstance(header.get("provider"), dict):
+    provider = header.get("provider")
+    if not isinstance(provider, dict) or not isinstance(provider.get("kind"), str):
         _corrupt("bad provider description")
     population = header.get("expected_population")
     if type(population) is not int or not MIN_POPULATION <= population <= MAX_POPULATION:
@@ -579,13 +593,7 @@ def _parse_document(document: object) -> tuple[dict[str, Any], bytes, dict[str, 
         bits = desc.get("bits")
         if type(bits) is not int or not 1 <= bits <= 256:
             _corrupt("bad index length")
-    verifier_text = document["verifier"]
-    if not isinstance(verifier_text, str):
-        _corrupt("bad verifier")
-    try:
-        verifier = base64.b64decode(verifier_text, validate=True)
-    except (binascii.Error, ValueError):
-        _corrupt("bad verifier")
+    verifier = _strict_b64(document["verifier"], "verifier")
     keysets = document["keysets"]
     expected = {"aead"} | {f"prf.{name}" for name in indexes}
     if not isinstance(keysets, dict) or set(keysets) != expected:
@@ -593,4 +601,18 @@ def _parse_document(document: object) -> tuple[dict[str, Any], bytes, dict[str, 
     for value in keysets.values():
         if not isinstance(value, dict):
             _corrupt("bad keyset entry")
+        _strict_b64(value.get("encryptedKeyset"), "encrypted keyset")
     return header, verifier, keysets
+
+
+def _strict_b64(text: object, what: str) -> bytes:
+    """Decode canonical base64 only: a flipped padding bit is damage too."""
+    if not isinstance(text, str):
+        _corrupt(f"bad {what}")
+    try:
+        data = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        _corrupt(f"bad {what}")
+    if base64.b64encode(data).decode("ascii") != text:
+        _corrupt(f"bad {what}")
+    return data
