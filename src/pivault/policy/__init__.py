@@ -1,5 +1,36 @@
-"""Principals, roles, purposes, field masks and budgets."""
+"""Principals, roles, purposes, field masks and budgets.
+
+``Policy`` answers "may this caller do this, and what will it see?";
+``TokenStore`` turns a bearer token into a principal with a role;
+``AccessContext`` carries the answer through the Vault door.
+"""
 
 from pivault.policy.context import AccessContext, local_operator, new_request_id
+from pivault.policy.policy import (
+    MASK_NAMES,
+    OPERATIONS,
+    PI_OPERATIONS,
+    RECORD_FIELDS,
+    WRITABLE_FIELDS,
+    AccessDenied,
+    Decision,
+    Policy,
+    PolicyError,
+    Role,
+)
 
-__all__ = ["AccessContext", "local_operator", "new_request_id"]
+__all__ = [
+    "MASK_NAMES",
+    "OPERATIONS",
+    "PI_OPERATIONS",
+    "RECORD_FIELDS",
+    "WRITABLE_FIELDS",
+    "AccessContext",
+    "AccessDenied",
+    "Decision",
+    "Policy",
+    "PolicyError",
+    "Role",
+    "local_operator",
+    "new_request_id",
+]

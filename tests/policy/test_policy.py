@@ -1,0 +1,138 @@
+"""The policy file: strict validation, decisions, masks, explanations."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pivault.policy import AccessContext, AccessDenied, Policy, PolicyError
+
+RECORD = {
+    "record_id": "r_0000000000000000000000000a", "name": "张三丰", "id_number": "11010519491231002X",
+    "mobile": "13812345678", "address": "北京市东城区东华门街道1号", "notes": "synthetic note",
+    "gender": "F", "birth_date": "1949-12-31", "region_code": "110105",
+}
+
+
+def ctx(role: str, purpose: str, *, reveal: bool = False) -> AccessContext:
+    return AccessContext(principal="p1", role=role, purpose=purpose, reveal=reveal, source="api")
+
+
+def test_default_policy_loads_with_shipped_roles() -> None:
+    p = Policy.default()
+    assert set(p.roles) == {"officer", "registrar", "dpo", "admin"}
+    assert p.roles["admin"].fields == {}
+    assert p.roles["admin"].operations == {"admin"}
+    assert p.budgets_for("officer")["records_per_minute"] == 30
+
+
+def test_officer_sees_masked_fields_only() -> None:
+    d = Policy.default().authorise(ctx("officer", "identity_verification"), "lookup").check()
+    shown = d.apply(RECORD)
+    assert "notes" not in shown
+    assert shown["record_id"] == RECORD["record_id"]
+    assert shown["id_number"] == "110***********002X"
+    assert shown["mobile"] == "138****5678"
+    assert shown["name"] == "张**"
+    assert shown["birth_date"] == "1949-**-**"
+    assert shown["gender"] == "F"
+    for f in ("name", "id_number", "mobile", "address"):
+        assert shown[f] != RECORD[f]
+
+
+def test_reveal_only_for_allowed_fields_and_purpose() -> None:
+    p = Policy.default()
+    d = p.authorise(ctx("officer", "case_investigation", reveal=True), "lookup").check()
+    assert d.revealed == {"mobile", "address"}
+    shown = d.apply(RECORD)
+    assert shown["mobile"] == RECORD["mobile"]
+    assert shown["id_number"] != RECORD["id_number"]
+    denied = p.authorise(ctx("officer", "identity_verification", reveal=True), "lookup")
+    assert not denied.allowed and denied.code == "policy.reveal"
+    with pytest.raises(AccessDenied):
+        denied.check()
+
+
+@pytest.mark.parametrize(("role", "purpose", "op", "code"), [
+    ("officer", "registration", "lookup", "policy.purpose"),
+    ("officer", "case_investigation", "create", "policy.operation"),
+    ("officer", "case_investigation", "erase", "policy.operation"),
+    ("admin", "administration", "read", "policy.operation"),
+    ("registrar", "registration", "erase", "policy.operation"),
+    ("ghost", "x", "read", "policy.role"),
+])
+def test_refusals(role: str, purpose: str, op: str, code: str) -> None:
+    d = Policy.default().authorise(ctx(role, purpose), op)
+    assert not d.allowed
+    assert d.code == code
+
+
+def test_writable_fields_checked() -> None:
+    text = Policy.default_text().replace(
+        'writable = ["name", "id_number", "mobile", "address", "notes"]', 'writable = ["mobile", "address"]')
+    p = Policy.loads(text)
+    assert p.authorise(ctx("registrar", "correction"), "update", ["mobile"]).allowed
+    d = p.authorise(ctx("registrar", "correction"), "update", ["name", "mobile"])
+    assert not d.allowed and d.code == "policy.field"
+
+
+def test_requested_field_subset() -> None:
+    d = Policy.default().authorise(ctx("officer", "identity_verification"), "read", ["name", "notes"])
+    assert set(d.fields) == {"name"}
+
+
+BASE = """
+[roles.r]
+operations = ["lookup"]
+purposes = ["p"]
+[roles.r.fields]
+name = "mask"
+"""
+
+
+@pytest.mark.parametrize(("text", "fragment"), [
+    (BASE.replace('["lookup"]', '["lookup", "steal"]'), "unknown operation 'steal'"),
+    (BASE.replace('name = "mask"', 'shoe_size = "mask"'), "unknown field 'shoe_size'"),
+    (BASE.replace('name = "mask"', 'name = "rot13"'), "unknown mask 'rot13'"),
+    (BASE.replace('["p"]', "[]"), "purposes is empty"),
+    (BASE.replace("roles.r", "roles.anonymous"), "anonymous"),
+    (BASE.replace("roles.r", 'roles."*"'), "anonymous"),
+    (BASE.replace("roles.r", "roles.public"), "anonymous"),
+    (BASE + "[roles.r.reveal]\nmobile = [\"p\"]\n", "does not see this field"),
+    (BASE + "[roles.r.reveal]\nname = [\"q\"]\n", "not one of the role's purposes"),
+    (BASE + "[roles.r.budgets]\nrecords_per_minute = -1\n", "non-negative"),
+    (BASE + "[roles.r.budgets]\nbananas = 1\n", "unknown budget"),
+    (BASE.replace('operations = ["lookup"]', 'operations = ["admin"]'), "no operation that returns"),
+    (BASE.replace("[roles.r.fields]", "colour = 1\n[roles.r.fields]"), "unknown key"),
+    ("[policy]\nversion = 2\n" + BASE, "version"),
+    ("[policy]\nversion = 1\n", "no roles"),
+    ("not toml =", "not valid TOML"),
+])
+def test_invalid_policies_are_refused_with_a_clear_message(text: str, fragment: str) -> None:
+    with pytest.raises(PolicyError) as exc:
+        Policy.loads(text)
+    assert fragment in str(exc.value)
+
+
+def test_top_level_budgets_are_passed_through(tmp_path: Path) -> None:
+    f = tmp_path / "p.toml"
+    f.write_text(BASE + "[budgets.r]\nrecords_per_minute = 5\nrecords_per_day = 100\n", encoding="utf-8")
+    p = Policy.load(f)
+    assert p.budgets_for("r") == {"records_per_minute": 5, "records_per_day": 100}
+    with pytest.raises(PolicyError, match="given twice"):
+        Policy.loads(BASE + "[roles.r.budgets]\nrecords_per_day = 1\n[budgets.r]\nrecords_per_day = 2\n")
+
+
+def test_missing_file_is_a_policy_error(tmp_path: Path) -> None:
+    with pytest.raises(PolicyError) as exc:
+        Policy.load(tmp_path / "absent.toml")
+    assert exc.value.code == "policy.unreadable"
+
+
+def test_explain_has_a_row_per_role() -> None:
+    rows = {r["role"]: r for r in Policy.default().explain()}
+    assert rows["admin"]["sees"] == "no PI"
+    assert "lookup" in rows["officer"]["operations"]
+    assert "masked" in rows["officer"]["sees"]
+    assert "notes" not in rows["officer"]["sees"]
