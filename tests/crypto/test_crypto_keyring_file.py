@@ -182,7 +182,8 @@ def test_truncated_file_is_rejected(
     keyring_path: Path, keyring: Keyring, passphrase: str, cheap_params: Argon2Params
 ) -> None:
     good = keyring_path.read_bytes()
-    for cut in range(0, len(good), 7):
+    content = len(good.rstrip())  # dropping the trailing newline loses nothing
+    for cut in [*range(0, content, 7), content - 1]:
         keyring_path.write_bytes(good[:cut])
         assert _expect_rejected(keyring_path, passphrase, cheap_params) == "keyring.corrupt"
 
@@ -261,7 +262,7 @@ def test_argon2_params_validation() -> None:
         {"time_cost": 1.5},
     ):
         with pytest.raises(ValueError):
-            Argon2Params(**bad)  # type: ignore[arg-type]
+            Argon2Params(**bad)
 
 
 def test_empty_passphrase_refused() -> None:

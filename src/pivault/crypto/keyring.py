@@ -201,7 +201,7 @@ class Keyring:
         self._decrypt: Callable[[bytes, bytes], bytes] = self._aead.decrypt
         self._field_ad: dict[str, bytes] = {}
         indexes: dict[str, Any] = header["indexes"]
-        self.index_names: tuple[str, ...] = tuple(indexes)
+        self.index_names: tuple[str, ...] = tuple(header["index_names"])
         self._prf: dict[str, tuple[Any, int, int, int]] = {}
         for name in self.index_names:
             bits = int(indexes[name]["bits"])
@@ -257,6 +257,7 @@ class Keyring:
             "provider": provider.describe(),
             "expected_population": expected_population,
             "aead": {"template": _AEAD_TEMPLATE, "ciphertext_version": CIPHERTEXT_VERSION},
+            "index_names": list(names),
             "indexes": {
                 name: {
                     "prf": _PRF_TEMPLATE,
@@ -583,7 +584,8 @@ def _parse_document(document: object) -> tuple[dict[str, Any], bytes, dict[str, 
     if aead_desc != {"template": _AEAD_TEMPLATE, "ciphertext_version": CIPHERTEXT_VERSION}:
         _corrupt("unknown field cipher")
     indexes = header.get("indexes")
-    if not isinstance(indexes, dict):
+    names = header.get("index_names")
+    if not isinstance(indexes, dict) or not isinstance(names, list) or sorted(names) != sorted(indexes):
         _corrupt("bad index table")
     for name, desc in indexes.items():
         if not isinstance(name, str) or not _INDEX_NAME.fullmatch(name):
