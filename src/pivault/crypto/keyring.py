@@ -22,6 +22,7 @@ import hashlib
 import json
 import os
 import re
+import struct
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
@@ -62,6 +63,8 @@ _PRF_TEMPLATE = "HMAC_SHA256"
 _PRF_TYPE_URL = "type.googleapis.com/google.crypto.tink.HmacPrfKey"
 _VERIFIER_PLAINTEXT = b"pivault keyring verifier v1"
 _VERSION_BYTE = bytes([CIPHERTEXT_VERSION])
+_AD_HEAD = struct.Struct(">BI")  # version byte, u32 length of the record id
+_FIELD_CACHE_MAX = 4096
 # Tink output prefixes: TINK = 0x01 | key id, LEGACY/CRUNCHY = 0x00 | key id
 _TINK_PREFIXES = (0x00, 0x01)
 _OUTPUT_PREFIX_NAMES = {0: "UNKNOWN", 1: "TINK", 2: "LEGACY", 3: "RAW", 4: "CRUNCHY"}
@@ -93,8 +96,16 @@ def _as_bytes(value: object, field: str, what: str) -> bytes:
 
 
 def record_ad_prefix(record_id: str) -> bytes:
-    """The record part of a field's associated data."""
-    return _VERSION_BYTE + _lp(_text(record_id, "record id"))
+    """The record part of a field's associated data: version byte, length, id."""
+    if type(record_id) is str and record_id:
+        try:
+            rid = record_id.encode("utf-8")
+        except UnicodeEncodeError:
+            pass
+        else:
+            return _AD_HEAD.pack(CIPHERTEXT_VERSION, len(rid)) + rid
+    _text(record_id, "record id")  # raises the precise error
+    raise AssertionError("unreachable")
 
 
 def field_ad(record_id: str, field: str) -> bytes:
@@ -202,11 +213,14 @@ class Keyring:
         self._field_ad: dict[str, bytes] = {}
         indexes: dict[str, Any] = header["indexes"]
         self.index_names: tuple[str, ...] = tuple(header["index_names"])
-        self._prf: dict[str, tuple[Any, int, int, int]] = {}
+        self._prf: dict[str, tuple[Any, int, tuple[bytes, ...] | None, int]] = {}
         for name in self.index_names:
             bits = int(indexes[name]["bits"])
             primary = self._prf_handles[name].primitive(prf.PrfSet).primary()
-            self._prf[name] = (primary.compute, index_bytes(bits), last_byte_mask(bits), bits)
+            mask = last_byte_mask(bits)
+            # last byte of the index -> itself with the bits past ``bits`` cleared
+            last = None if mask == 0xFF else tuple(bytes((b & mask,)) for b in range(256))
+            self._prf[name] = (primary.compute, index_bytes(bits), last, bits)
 
     # ------------------------------------------------------------------ create/open
 
@@ -401,24 +415,27 @@ class Keyring:
 
     # ------------------------------------------------------------------ fields
 
-    def _ad(self, record_id: str, field: str) -> bytes:
+    def _field_tail(self, field: str) -> bytes:
         tail = self._field_ad.get(field)
         if tail is None:
             tail = _lp(_text(field, "field name"))
-            if len(self._field_ad) < 4096:
+            if len(self._field_ad) < _FIELD_CACHE_MAX:
                 self._field_ad[field] = tail
-        return record_ad_prefix(record_id) + tail
+        return tail
 
     def encrypt(self, record_id: str, field: str, plaintext: bytes) -> bytes:
         """AEAD-encrypt one field value, bound to ``record_id`` and ``field``."""
-        ad = self._ad(record_id, field)
+        ad = record_ad_prefix(record_id) + self._field_tail(field)
         if type(plaintext) is not bytes:
             plaintext = _as_bytes(plaintext, field, "plaintext")
         return _VERSION_BYTE + self._encrypt(plaintext, ad)
 
     def decrypt(self, record_id: str, field: str, ciphertext: bytes) -> bytes:
         """Decrypt one field value; ``IntegrityError`` on any failure."""
-        ad = self._ad(record_id, field)
+        return self._open(record_ad_prefix(record_id), field, ciphertext)
+
+    def _open(self, head: bytes, field: str, ciphertext: bytes) -> bytes:
+        ad = head + self._field_tail(field)
         if type(ciphertext) is not bytes:
             ciphertext = _as_bytes(ciphertext, field, "ciphertext")
         if ciphertext[:1] != _VERSION_BYTE:
@@ -434,24 +451,21 @@ class Keyring:
 
     def encrypt_many(self, record_id: str, fields: Mapping[str, bytes]) -> dict[str, bytes]:
         """Encrypt several fields of one record; the record id is encoded once."""
-        prefix = record_ad_prefix(record_id)
-        cache = self._field_ad
+        head = record_ad_prefix(record_id)
+        tail_of = self._field_tail
         enc = self._encrypt
         out: dict[str, bytes] = {}
         for field, plaintext in fields.items():
-            tail = cache.get(field)
-            if tail is None:
-                tail = _lp(_text(field, "field name"))
-                if len(cache) < 4096:
-                    cache[field] = tail
+            ad = head + tail_of(field)
             if type(plaintext) is not bytes:
                 plaintext = _as_bytes(plaintext, field, "plaintext")
-            out[field] = _VERSION_BYTE + enc(plaintext, prefix + tail)
+            out[field] = _VERSION_BYTE + enc(plaintext, ad)
         return out
 
     def decrypt_many(self, record_id: str, fields: Mapping[str, bytes]) -> dict[str, bytes]:
         """Decrypt several fields of one record; ``IntegrityError`` names the first bad field."""
-        return {field: self.decrypt(record_id, field, ct) for field, ct in fields.items()}
+        head = record_ad_prefix(record_id)
+        return {field: self._open(head, field, ct) for field, ct in fields.items()}
 
     # ------------------------------------------------------------------ blind indexes
 
@@ -465,11 +479,16 @@ class Keyring:
         entry = self._prf.get(index_name)
         if entry is None:
             raise KeyringError(f"no blind index named {index_name!r} in this keyring", code="keyring.index")
-        compute, nbytes, mask, _bits = entry
-        data = _text(normalised_value, f"value for index {index_name!r}")
+        compute, nbytes, last, _bits = entry
+        if type(normalised_value) is not str or not normalised_value:
+            _text(normalised_value, f"value for index {index_name!r}")  # raises
+        try:
+            data = normalised_value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError(f"value for index {index_name!r} is not valid Unicode text") from None
         out: bytes = compute(data, nbytes)
-        if mask != 0xFF:
-            out = out[:-1] + bytes((out[-1] & mask,))
+        if last is not None:
+            out = out[:-1] + last[out[-1]]
         return out
 
     def index_bits(self, index_name: str) -> int:
