@@ -1,0 +1,515 @@
+"""The audit trail: an append-only, forward-secure MAC chain with signed checkpoints.
+
+Every access through the Vault door appends one entry (who, role, purpose,
+operation, opaque record ids, count, outcome, request id) *before* any data
+leaves; if the entry cannot be written the request fails.
+
+Chain (see docs/audit.md for the full threat model)::
+
+    mac_0 = 32 zero bytes,  k_1 = random (sealed to the auditor in checkpoint 0)
+    mac_i = HMAC-SHA256(k_i, "pivault.audit.v1" | canonical(entry_i) | mac_{i-1})
+    k_{i+1} = HMAC-SHA256(k_i, "pivault.audit.ratchet")
+
+The writer keeps only the *current* key k_{n+1}, in the chain-head row,
+encrypted under the keyring, so that several worker processes share one
+chain. The ratchet is one-way: whoever steals the writer's state today cannot
+recompute k_i for i <= n, so cannot forge or rewrite entries already written.
+Every ``checkpoint_every`` entries (or ``checkpoint_seconds``) a checkpoint
+records ``(seq, mac_seq)`` and the next key sealed to the auditor's X25519
+key, signed with Ed25519. Appends are serialised by the database: the head
+row is read and rewritten inside one transaction (SQLite ``BEGIN IMMEDIATE``,
+PostgreSQL ``SELECT … FOR UPDATE``).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import json
+import os
+import re
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from pivault.audit.keys import AuditKeys, FieldCipher, WriterKeys
+from pivault.errors import PivaultError
+from pivault.policy.context import AccessContext
+from pivault.store.db import Database
+from pivault.store.migrations import Migration, register
+
+__all__ = [
+    "ENTRY_DOMAIN",
+    "OPERATIONS",
+    "OUTCOMES",
+    "AuditEntry",
+    "AuditError",
+    "AuditEvent",
+    "AuditLog",
+    "Checkpoint",
+    "entries",
+    "entry_mac",
+    "latest_checkpoint",
+    "load_checkpoints",
+    "ratchet",
+]
+
+ENTRY_DOMAIN = b"pivault.audit.v1\x00"
+RATCHET_LABEL = b"pivault.audit.ratchet"
+CHECKPOINT_DOMAIN = b"pivault.audit.checkpoint.v1\n"
+ZERO_MAC = bytes(32)
+
+#: the operations the door records; others may be added but must match ``_NAME``
+OPERATIONS = frozenset({
+    "read", "lookup", "find", "create", "update", "erase", "export", "import", "stats",
+    "token.create", "token.revoke", "token.suspend", "policy.change", "audit.prune", "canary.seed",
+})
+OUTCOMES = frozenset({"ok", "miss", "denied", "refused", "error"})
+_NAME = re.compile(r"[a-z][a-z0-9_.\-]{0,63}")
+_DETAIL_KEY = re.compile(r"[a-z][a-z0-9_]{0,39}")
+
+
+class AuditError(PivaultError):
+    """The audit trail cannot be written or read. Requests fail closed on it."""
+
+    code = "audit.error"
+
+
+# -- schema -----------------------------------------------------------------
+
+_SQLITE = """
+CREATE TABLE audit_entries (
+  seq INTEGER PRIMARY KEY,
+  ts_us INTEGER NOT NULL,
+  principal TEXT NOT NULL,
+  role TEXT NOT NULL,
+  purpose TEXT NOT NULL,
+  operation TEXT NOT NULL,
+  record_ids TEXT NOT NULL,
+  count INTEGER NOT NULL,
+  outcome TEXT NOT NULL,
+  request_id TEXT NOT NULL,
+  token_id TEXT,
+  source TEXT NOT NULL,
+  detail TEXT NOT NULL,
+  mac BLOB NOT NULL
+);
+CREATE INDEX audit_entries_principal ON audit_entries (principal, seq);
+CREATE INDEX audit_entries_time ON audit_entries (ts_us);
+CREATE TABLE audit_head (
+  id INTEGER PRIMARY KEY CHECK (id = 1),
+  chain_id TEXT NOT NULL,
+  seq INTEGER NOT NULL,
+  mac BLOB NOT NULL,
+  key_ct BLOB NOT NULL,
+  cp_seq INTEGER NOT NULL,
+  cp_ts_us INTEGER NOT NULL
+);
+CREATE TABLE audit_checkpoints (
+  seq INTEGER PRIMARY KEY,
+  chain_id TEXT NOT NULL,
+  ts_us INTEGER NOT NULL,
+  mac BLOB NOT NULL,
+  sealed_key BLOB NOT NULL,
+  signature BLOB NOT NULL
+)
+"""
+
+_PG = (_SQLITE.replace("INTEGER PRIMARY KEY CHECK", "SMALLINT PRIMARY KEY CHECK")
+       .replace("seq INTEGER", "seq BIGINT").replace("ts_us INTEGER", "ts_us BIGINT")
+       .replace("count INTEGER", "count BIGINT").replace("cp_seq INTEGER", "cp_seq BIGINT")
+       .replace("cp_ts_us INTEGER", "cp_ts_us BIGINT").replace("BLOB", "BYTEA"))
+
+register(Migration("audit", 1, "audit entries, chain head, signed checkpoints", _SQLITE, _PG))
+
+
+# -- entries ------------------------------------------------------------------
+
+def _check_name(value: str, what: str) -> str:
+    if not isinstance(value, str) or not _NAME.fullmatch(value):
+        raise AuditError(f"audit {what} must be a short lower-case name", code="audit.entry")
+    return value
+
+
+def _check_detail(detail: Mapping[str, Any]) -> str:
+    for key, value in detail.items():
+        if not isinstance(key, str) or not _DETAIL_KEY.fullmatch(key):
+            raise AuditError("audit detail keys are short lower-case names", code="audit.entry")
+        if not isinstance(value, str | int | bool | type(None) | list | tuple):
+            raise AuditError("audit detail values are text, integers, booleans or lists",
+                             code="audit.entry")
+    return json.dumps(detail, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEvent:
+    """What the door hands to the trail: one access, before its data leaves.
+
+    ``record_ids`` are opaque record ids, never a value from a record;
+    ``detail`` holds non-PI facts only (an error code, a rule name, a count).
+    """
+
+    operation: str
+    outcome: str
+    principal: str
+    role: str
+    purpose: str
+    request_id: str
+    record_ids: tuple[str, ...] = ()
+    count: int | None = None
+    token_id: str | None = None
+    source: str = ""
+    detail: Mapping[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, ctx: AccessContext, operation: str, outcome: str, record_ids: Iterable[str] = (),
+           *, count: int | None = None, detail: Mapping[str, Any] | None = None) -> AuditEvent:
+        """An event for the caller ``ctx``."""
+        return cls(operation=operation, outcome=outcome, principal=ctx.principal, role=ctx.role,
+                   purpose=ctx.purpose, request_id=ctx.request_id, record_ids=tuple(record_ids),
+                   count=count, token_id=ctx.token_id, source=ctx.source, detail=detail or {})
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEntry:
+    """One stored entry, as ``audit show`` and ``audit verify`` see it."""
+
+    seq: int
+    ts_us: int
+    principal: str
+    role: str
+    purpose: str
+    operation: str
+    record_ids: tuple[str, ...]
+    count: int
+    outcome: str
+    request_id: str
+    token_id: str | None
+    source: str
+    detail: dict[str, Any]
+    mac: bytes
+
+    @property
+    def time(self) -> float:
+        return self.ts_us / 1_000_000
+
+    def to_dict(self) -> dict[str, Any]:
+        from datetime import UTC, datetime
+
+        return {
+            "seq": self.seq,
+            "time": datetime.fromtimestamp(self.time, UTC).isoformat(timespec="microseconds"),
+            "principal": self.principal, "role": self.role, "purpose": self.purpose,
+            "operation": self.operation, "record_ids": list(self.record_ids), "count": self.count,
+            "outcome": self.outcome, "request_id": self.request_id, "token_id": self.token_id,
+            "source": self.source, "detail": self.detail, "mac": self.mac.hex(),
+        }
+
+
+#: the stored columns, in MAC order (record_ids and detail as their stored JSON text)
+ENTRY_COLUMNS = ("seq", "ts_us", "principal", "role", "purpose", "operation", "record_ids", "count",
+                 "outcome", "request_id", "token_id", "source", "detail")
+_SELECT_ENTRY = "SELECT " + ", ".join((*ENTRY_COLUMNS, "mac")) + " FROM audit_entries"
+
+
+def entry_mac(key: bytes, row: Sequence[Any], prev_mac: bytes) -> bytes:
+    """MAC of one stored row (the ``ENTRY_COLUMNS`` values) chained to ``prev_mac``.
+
+    The row is serialised as a JSON array of exactly the stored values, so the
+    verifier recomputes it from the database without re-encoding anything.
+    """
+    body = json.dumps(list(row), separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    return hmac.new(key, ENTRY_DOMAIN + body + prev_mac, hashlib.sha256).digest()
+
+
+def ratchet(key: bytes) -> bytes:
+    """k_{i+1} from k_i: one-way, so today's key does not give yesterday's."""
+    return hmac.new(key, RATCHET_LABEL, hashlib.sha256).digest()
+
+
+def _row_to_entry(row: Sequence[Any]) -> AuditEntry:
+    return AuditEntry(
+        seq=int(row[0]), ts_us=int(row[1]), principal=row[2], role=row[3], purpose=row[4],
+        operation=row[5], record_ids=tuple(json.loads(row[6])), count=int(row[7]), outcome=row[8],
+        request_id=row[9], token_id=row[10], source=row[11], detail=json.loads(row[12]),
+        mac=bytes(row[13]))
+
+
+# -- checkpoints -----------------------------------------------------------------
+
+def _seal_context(chain_id: str, seq: int) -> bytes:
+    return b"pivault.audit.chainkey\x00" + chain_id.encode("ascii") + b"\x00" + str(seq).encode("ascii")
+
+
+@dataclass(frozen=True, slots=True)
+class Checkpoint:
+    """A signed statement: entry ``seq`` of chain ``chain_id`` has MAC ``mac``.
+
+    ``sealed_key`` is k_{seq+1} sealed to the auditor, so verification (after
+    pruning) can start here instead of at the first entry ever written.
+    """
+
+    chain_id: str
+    seq: int
+    ts_us: int
+    mac: bytes
+    sealed_key: bytes
+    signature: bytes
+
+    def message(self) -> bytes:
+        return CHECKPOINT_DOMAIN + json.dumps(
+            {"chain": self.chain_id, "seq": self.seq, "time_us": self.ts_us, "mac": self.mac.hex(),
+             "sealed_key": base64.b64encode(self.sealed_key).decode("ascii")},
+            sort_keys=True, separators=(",", ":")).encode("ascii")
+
+    def signature_ok(self, keys: AuditKeys) -> bool:
+        return keys.check_signature(self.signature, self.message())
+
+    @property
+    def seal_context(self) -> bytes:
+        return _seal_context(self.chain_id, self.seq)
+
+    def to_json(self) -> str:
+        return json.dumps({
+            "format": "pivault.audit.checkpoint", "version": 1, "chain": self.chain_id,
+            "seq": self.seq, "time_us": self.ts_us, "mac": self.mac.hex(),
+            "sealed_key": base64.b64encode(self.sealed_key).decode("ascii"),
+            "signature": base64.b64encode(self.signature).decode("ascii"),
+        }, indent=2, sort_keys=True) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str) -> Checkpoint:
+        try:
+            doc = json.loads(text)
+            if doc.get("format") != "pivault.audit.checkpoint" or doc.get("version") != 1:
+                raise ValueError("not a checkpoint")
+            return cls(chain_id=str(doc["chain"]), seq=int(doc["seq"]), ts_us=int(doc["time_us"]),
+                       mac=bytes.fromhex(doc["mac"]),
+                       sealed_key=base64.b64decode(doc["sealed_key"], validate=True),
+                       signature=base64.b64decode(doc["signature"], validate=True))
+        except (ValueError, KeyError, TypeError, AttributeError, binascii.Error):
+            raise AuditError("not a pivault audit checkpoint file", code="audit.checkpoint") from None
+
+    @classmethod
+    def from_row(cls, row: Sequence[Any]) -> Checkpoint:
+        seq, chain_id, ts_us, mac, sealed, sig = row
+        return cls(chain_id, int(seq), int(ts_us), bytes(mac), bytes(sealed), bytes(sig))
+
+
+_SELECT_CHECKPOINT = "SELECT seq, chain_id, ts_us, mac, sealed_key, signature FROM audit_checkpoints"
+
+
+def load_checkpoints(db: Database) -> list[Checkpoint]:
+    return [Checkpoint.from_row(r) for r in db.query(_SELECT_CHECKPOINT + " ORDER BY seq")]
+
+
+# -- the writer ---------------------------------------------------------------------
+
+def _head_key_id(chain_id: str, seq: int) -> str:
+    # binds the encrypted head key to its position: an old key row copied back fails to open
+    return f"audit.{chain_id}.{seq}"
+
+
+@dataclass(slots=True)
+class _Head:
+    chain_id: str
+    seq: int
+    mac: bytes
+    key: bytes
+    cp_seq: int
+    cp_ts_us: int
+
+
+class AuditLog:
+    """Appends entries to the chain and makes checkpoints.
+
+    Safe for many threads (one lock) and many processes (the database
+    serialises appends). Any failure raises :class:`AuditError` with code
+    ``audit.unavailable``: the caller must refuse the request.
+    """
+
+    def __init__(self, db: Database, keyring: FieldCipher, writer: WriterKeys, *,
+                 checkpoint_every: int = 1000, checkpoint_seconds: float = 300.0,
+                 clock: Callable[[], float] = time.time) -> None:
+        if checkpoint_every < 1 or checkpoint_seconds <= 0:
+            raise AuditError("checkpoint interval must be positive", code="audit.config")
+        self.db = db
+        self._keyring = keyring
+        self._writer = writer
+        self.checkpoint_every = checkpoint_every
+        self.checkpoint_seconds = checkpoint_seconds
+        self._clock = clock
+        self._lock = threading.Lock()
+        #: (chain_id, seq, mac, next key) after our last commit: saves a decrypt
+        #: when no other process appended since
+        self._cache: _Head | None = None
+
+    # -- head --------------------------------------------------------------------
+    def _read_head(self) -> _Head | None:
+        lock = " FOR UPDATE" if self.db.dialect == "postgresql" else ""
+        row = self.db.query_one(
+            "SELECT chain_id, seq, mac, key_ct, cp_seq, cp_ts_us FROM audit_head WHERE id = 1" + lock)
+        if row is None:
+            return None
+        chain_id, seq, mac, key_ct, cp_seq, cp_ts = row[0], int(row[1]), bytes(row[2]), bytes(row[3]), \
+            int(row[4]), int(row[5])
+        cache = self._cache
+        if cache is not None and cache.chain_id == chain_id and cache.seq == seq and cache.mac == mac:
+            key = cache.key
+        else:
+            try:
+                key = self._keyring.decrypt(_head_key_id(chain_id, seq), "ratchet", key_ct)
+            except PivaultError:
+                raise AuditError("the audit chain head does not decrypt: altered, or another keyring",
+                                 code="audit.head") from None
+        return _Head(chain_id, seq, mac, key, cp_seq, cp_ts)
+
+    def _init_chain(self, now_us: int) -> _Head:
+        """First use: a fresh chain, its key k_1 sealed to the auditor in checkpoint 0."""
+        chain_id = uuid.uuid4().hex
+        key = os.urandom(32)
+        cur = self.db.execute(
+            "INSERT INTO audit_head (id, chain_id, seq, mac, key_ct, cp_seq, cp_ts_us)"
+            " VALUES (1, ?, 0, ?, ?, 0, ?) ON CONFLICT (id) DO NOTHING",
+            (chain_id, ZERO_MAC, self._keyring.encrypt(_head_key_id(chain_id, 0), "ratchet", key), now_us))
+        if cur.rowcount != 1:  # another process made it first
+            head = self._read_head()
+            assert head is not None
+            return head
+        self._write_checkpoint(chain_id, 0, now_us, ZERO_MAC, key)
+        return _Head(chain_id, 0, ZERO_MAC, key, 0, now_us)
+
+    def _write_checkpoint(self, chain_id: str, seq: int, ts_us: int, mac: bytes,
+                          next_key: bytes) -> Checkpoint:
+        sealed = self._writer.public.seal(next_key, _seal_context(chain_id, seq))
+        unsigned = Checkpoint(chain_id, seq, ts_us, mac, sealed, b"")
+        cp = Checkpoint(chain_id, seq, ts_us, mac, sealed, self._writer.sign(unsigned.message()))
+        self.db.execute(
+            "INSERT INTO audit_checkpoints (seq, chain_id, ts_us, mac, sealed_key, signature)"
+            " VALUES (?, ?, ?, ?, ?, ?)", (seq, chain_id, ts_us, mac, sealed, cp.signature))
+        return cp
+
+    # -- append -------------------------------------------------------------------
+    def append(self, event: AuditEvent) -> int:
+        """Append one entry; return its sequence number."""
+        return self.append_many((event,))[-1]
+
+    def append_many(self, events: Sequence[AuditEvent]) -> list[int]:
+        """Append several entries in one transaction (one head update)."""
+        if not events:
+            return []
+        prepared = [self._prepare(e) for e in events]
+        with self._lock:
+            try:
+                return self._append_locked(prepared)
+            except AuditError:
+                self._cache = None
+                raise
+            except Exception as exc:
+                self._cache = None
+                raise AuditError(f"the audit entry could not be written ({type(exc).__name__})",
+                                 code="audit.unavailable",
+                                 hint="the request was refused; check the store") from None
+
+    @staticmethod
+    def _prepare(e: AuditEvent) -> tuple[Any, ...]:
+        _check_name(e.operation, "operation")
+        if e.outcome not in OUTCOMES:
+            raise AuditError("unknown audit outcome", code="audit.entry")
+        for rid in e.record_ids:
+            if not isinstance(rid, str):
+                raise AuditError("record ids are text", code="audit.entry")
+        count = len(e.record_ids) if e.count is None else int(e.count)
+        return (e.principal, e.role, e.purpose, e.operation,
+                json.dumps(list(e.record_ids), separators=(",", ":")), count, e.outcome,
+                e.request_id, e.token_id, e.source, _check_detail(e.detail))
+
+    def _append_locked(self, prepared: list[tuple[Any, ...]]) -> list[int]:
+        now_us = int(self._clock() * 1_000_000)
+        with self.db.transaction():
+            head = self._read_head() or self._init_chain(now_us)
+            seq, mac, key = head.seq, head.mac, head.key
+            rows: list[tuple[Any, ...]] = []
+            seqs: list[int] = []
+            for fields_ in prepared:
+                seq += 1
+                row = (seq, now_us, *fields_)
+                mac = entry_mac(key, row, mac)
+                key = ratchet(key)
+                rows.append((*row, mac))
+                seqs.append(seq)
+            self.db.executemany(
+                "INSERT INTO audit_entries (" + ", ".join(ENTRY_COLUMNS) + ", mac) VALUES ("
+                + ", ".join("?" * (len(ENTRY_COLUMNS) + 1)) + ")", rows)
+            cp_seq, cp_ts = head.cp_seq, head.cp_ts_us
+            if (seq - cp_seq >= self.checkpoint_every
+                    or now_us - cp_ts >= self.checkpoint_seconds * 1_000_000):
+                self._write_checkpoint(head.chain_id, seq, now_us, mac, key)
+                cp_seq, cp_ts = seq, now_us
+            self.db.execute(
+                "UPDATE audit_head SET seq = ?, mac = ?, key_ct = ?, cp_seq = ?, cp_ts_us = ? WHERE id = 1",
+                (seq, mac, self._keyring.encrypt(_head_key_id(head.chain_id, seq), "ratchet", key),
+                 cp_seq, cp_ts))
+        self._cache = _Head(head.chain_id, seq, mac, key, cp_seq, cp_ts)
+        return seqs
+
+    def checkpoint(self) -> Checkpoint:
+        """A checkpoint at the current head (made now if the latest is older)."""
+        with self._lock:
+            try:
+                now_us = int(self._clock() * 1_000_000)
+                with self.db.transaction():
+                    head = self._read_head() or self._init_chain(now_us)
+                    row = self.db.query_one(_SELECT_CHECKPOINT + " WHERE seq = ?", (head.seq,))
+                    if row is not None:
+                        return Checkpoint.from_row(row)
+                    cp = self._write_checkpoint(head.chain_id, head.seq, now_us, head.mac, head.key)
+                    self.db.execute("UPDATE audit_head SET cp_seq = ?, cp_ts_us = ? WHERE id = 1",
+                                    (head.seq, now_us))
+                    return cp
+            except AuditError:
+                self._cache = None
+                raise
+
+    # -- reading ----------------------------------------------------------------------
+    def head_seq(self) -> int:
+        row = self.db.query_one("SELECT seq FROM audit_head WHERE id = 1")
+        return int(row[0]) if row else 0
+
+
+def latest_checkpoint(db: Database) -> Checkpoint | None:
+    row = db.query_one(_SELECT_CHECKPOINT + " ORDER BY seq DESC LIMIT 1")
+    return Checkpoint.from_row(row) if row else None
+
+
+def entries(db: Database, *, principal: str | None = None, operation: str | None = None,
+            since: float | None = None, until: float | None = None, outcome: str | None = None,
+            request_id: str | None = None, after_seq: int | None = None,
+            limit: int | None = None) -> Iterator[AuditEntry]:
+    """Stored entries in chain order, filtered (``audit show``)."""
+    where: list[str] = []
+    params: list[Any] = []
+    for col, value in (("principal", principal), ("operation", operation), ("outcome", outcome),
+                       ("request_id", request_id)):
+        if value is not None:
+            where.append(f"{col} = ?")
+            params.append(value)
+    if since is not None:
+        where.append("ts_us >= ?")
+        params.append(int(since * 1_000_000))
+    if until is not None:
+        where.append("ts_us < ?")
+        params.append(int(until * 1_000_000))
+    if after_seq is not None:
+        where.append("seq > ?")
+        params.append(after_seq)
+    sql = _SELECT_ENTRY + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY seq"
+    if limit is not None:
+        sql += f" LIMIT {int(limit)}"
+    for row in db.query(sql, params):
+        yield _row_to_entry(row)

@@ -1,0 +1,61 @@
+"""Retention: keep entries at least three years, prune older ones at a checkpoint.
+
+PIPL art. 56 asks that impact-assessment and processing records be kept at
+least three years; the audit trail is such a record. :func:`prune` refuses a
+cut-off younger than :data:`MIN_RETENTION_DAYS`, removes whole chain
+segments only up to a signed checkpoint (so verification restarts there
+with the sealed chain key), and logs itself in the chain, so that a prefix
+deleted without a logged prune is reported by ``audit verify``.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from pivault.audit.log import AuditError, AuditEvent, AuditLog
+from pivault.policy.context import AccessContext
+
+__all__ = ["MIN_RETENTION_DAYS", "PruneResult", "RetentionPolicy", "prune"]
+
+#: three years and a leap day
+MIN_RETENTION_DAYS = 3 * 365 + 1
+
+
+@dataclass(frozen=True)
+class RetentionPolicy:
+    """How long entries are kept; never less than :data:`MIN_RETENTION_DAYS`."""
+
+    keep_days: int = MIN_RETENTION_DAYS
+
+    def __post_init__(self) -> None:
+        if self.keep_days < MIN_RETENTION_DAYS:
+            raise AuditError(f"audit entries must be kept at least {MIN_RETENTION_DAYS} days "
+                             "(PIPL art. 56)", code="audit.retention")
+
+
+@dataclass(frozen=True)
+class PruneResult:
+    through_seq: int
+    deleted: int
+
+
+def prune(log: AuditLog, ctx: AccessContext, policy: RetentionPolicy = RetentionPolicy(), *,
+          now: float | None = None) -> PruneResult:
+    """Delete entries older than ``policy.keep_days``, up to the newest checkpoint that allows it."""
+    db = log.db
+    cutoff_us = int(((time.time() if now is None else now) - policy.keep_days * 86400) * 1_000_000)
+    with db.transaction():
+        row = db.query_one(
+            "SELECT MAX(c.seq) FROM audit_checkpoints c JOIN audit_entries e ON e.seq = c.seq"
+            " WHERE c.seq > 0 AND e.ts_us < ?", (cutoff_us,))
+        through = int(row[0]) if row and row[0] is not None else 0
+        if through == 0:
+            return PruneResult(0, 0)
+        count_row = db.query_one("SELECT COUNT(*) FROM audit_entries WHERE seq <= ?", (through,))
+        deleted = int(count_row[0]) if count_row else 0
+        log.append(AuditEvent.of(ctx, "audit.prune", "ok", count=deleted,
+                                 detail={"through": through, "keep_days": policy.keep_days}))
+        db.execute("DELETE FROM audit_entries WHERE seq <= ?", (through,))
+        db.execute("DELETE FROM audit_checkpoints WHERE seq < ?", (through,))
+    return PruneResult(through, deleted)
