@@ -1,0 +1,426 @@
+"""The Vault: the one door through which PI goes in and out.
+
+Every read or write of a resident's data is a method of :class:`Vault`, and
+every method takes the :class:`~pivault.policy.AccessContext` of its caller.
+The order inside is fixed: authorise → budget → audit (before any data
+leaves; inside the transaction for changes) → decrypt → mask → return. The
+store below holds only ciphertext and blind indexes; the keyring decrypts
+only when the Vault asks. Nothing else in pivault decrypts.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from pivault.crypto import IntegrityError, Keyring, PassphraseProvider, passphrase_from_env_or_prompt
+from pivault.crypto.providers import RootKeyProvider
+from pivault.errors import NotFoundError, PivaultError, ValidationError
+from pivault.model import PI_FIELDS, Resident, is_record_id
+from pivault.model import mobile as _mobile
+from pivault.model import name as _name
+from pivault.model import resident_id as _rid
+from pivault.policy.context import AccessContext
+from pivault.store.db import Database
+from pivault.store.migrations import migrate
+from pivault.store.records import RecordStore, StoredRecord
+from pivault.vault import meta
+from pivault.vault.guard import AccessDenied, Guard, LocalGuard
+
+if TYPE_CHECKING:
+    from pivault.vault.home import VaultConfig
+    from pivault.vault.imports import ImportProgress, ImportSummary
+
+__all__ = [
+    "OUTPUT_FIELDS",
+    "DuplicateRecord",
+    "Vault",
+    "name_birth_key",
+    "open_record",
+    "seal",
+]
+
+#: the keys of every record a Vault returns, in this order
+OUTPUT_FIELDS: tuple[str, ...] = (
+    "record_id", "name", "id_number", "mobile", "address", "notes",
+    "gender", "birth_date", "region_code",
+)
+OnDuplicate = Literal["skip", "update", "reject"]
+
+
+class DuplicateRecord(PivaultError):
+    """A record with the same resident ID number is already in the vault."""
+
+    code = "record.duplicate"
+
+    def __init__(self, existing_record_id: str) -> None:
+        super().__init__("a record with this resident ID number already exists",
+                         hint="update the existing record instead")
+        #: the record already holding the ID number (opaque; not in the message)
+        self.existing_record_id = existing_record_id
+
+
+def name_birth_key(name: str, birth_date: _dt.date) -> str:
+    """The value the ``name_birth`` blind index is computed over."""
+    return f"{name}|{birth_date.isoformat()}"
+
+
+def seal(keyring: Keyring, r: Resident, batch_id: str | None = None) -> StoredRecord:
+    """Encrypt a resident's fields and compute its blind indexes."""
+    plain = r.pi_fields()
+    fields = keyring.encrypt_many(r.record_id, {f: v.encode("utf-8") for f, v in plain.items()})
+    names = keyring.index_names
+    index: dict[str, bytes] = {}
+    if "id_number" in names:
+        index["id_number"] = keyring.blind_index("id_number", r.id_number)
+    if r.mobile and "mobile" in names:
+        index["mobile"] = keyring.blind_index("mobile", r.mobile)
+    if "name_birth" in names:
+        index["name_birth"] = keyring.blind_index("name_birth", name_birth_key(r.name, r.birth_date))
+    return StoredRecord(r.record_id, fields, index, batch_id=batch_id)
+
+
+def _integrity(record_id: str, exc: IntegrityError) -> IntegrityError:
+    field = exc.field or "?"
+    err = IntegrityError(
+        f"record {record_id}: the ciphertext of field {field!r} failed authentication"
+        " (altered, copied from another record or field, or made under a key this keyring lacks)",
+        field=field, code=exc.code)
+    err.hint = "the store was changed outside pivault: restore the record from a backup"
+    return err
+
+
+def decrypt_fields(keyring: Keyring, stored: StoredRecord,
+                   fields: Iterable[str] | None = None) -> dict[str, str]:
+    """Plaintext of some (default: all) fields; IntegrityError names record and field."""
+    want = stored.fields if fields is None else {f: stored.fields[f] for f in fields
+                                                   if f in stored.fields}
+    out: dict[str, str] = {}
+    for f, ct in want.items():
+        try:
+            out[f] = keyring.decrypt(stored.record_id, f, ct).decode("utf-8")
+        except IntegrityError as exc:
+            raise _integrity(stored.record_id, exc) from None
+    return out
+
+
+def open_record(keyring: Keyring, stored: StoredRecord) -> Resident:
+    """The resident held in a stored record (fields were normalised when sealed)."""
+    p = decrypt_fields(keyring, stored)
+    return Resident(record_id=stored.record_id, name=p["name"], id_number=p["id_number"],
+                    mobile=p.get("mobile"), address=p.get("address"), notes=p.get("notes"))
+
+
+def _parse_birth_date(value: str | _dt.date) -> _dt.date:
+    if isinstance(value, _dt.date):
+        return value
+    try:
+        return _dt.date.fromisoformat(str(value).strip())
+    except ValueError:
+        raise ValidationError("birth_date.format", "a birth date is written YYYY-MM-DD",
+                              field="birth_date") from None
+
+
+class Vault:
+    """The one door: put, get, find, update, erase, import — each with an AccessContext.
+
+    Build one with :meth:`open` (from a vault home) or from an open
+    :class:`~pivault.store.Database` and :class:`~pivault.crypto.Keyring`.
+    ``guard`` decides, counts, audits and masks (default: :class:`LocalGuard`).
+    """
+
+    def __init__(self, db: Database, keyring: Keyring, *, guard: Guard | None = None,
+                 config: VaultConfig | None = None, check: bool = True) -> None:
+        if check:
+            meta.check(db, keyring)
+        self.db = db
+        self.keyring = keyring
+        self.store = RecordStore(db)
+        self.guard: Guard = guard if guard is not None else LocalGuard()
+        self.config = config
+
+    # -- construction ------------------------------------------------------
+    @classmethod
+    def initialise(cls, db: Database, keyring: Keyring, *, guard: Guard | None = None) -> Vault:
+        """Bring the store's schema up to date and bind it to ``keyring`` (idempotent)."""
+        migrate(db)
+        meta.bind(db, keyring)
+        return cls(db, keyring, guard=guard)
+
+    @classmethod
+    def open(cls, home: str | os.PathLike[str] | None = None, *, passphrase: str | None = None,
+             provider: RootKeyProvider | None = None, guard: Guard | None = None) -> Vault:
+        """Open the vault kept in ``home`` (default ``$PIVAULT_HOME`` or ``./.pivault``).
+
+        The passphrase comes from the argument, else ``$PIVAULT_PASSPHRASE``,
+        else a terminal prompt.
+        """
+        from pivault.vault import home as _home
+
+        cfg = _home.load(home)
+        if provider is None:
+            provider = PassphraseProvider(passphrase if passphrase is not None
+                                          else passphrase_from_env_or_prompt())
+        keyring = Keyring.open(cfg.keyring_path, provider)
+        db = Database(cfg.store_url)
+        try:
+            return cls(db, keyring, guard=guard, config=cfg)
+        except BaseException:
+            db.close()
+            raise
+
+    def close(self) -> None:
+        self.db.close()
+
+    def __enter__(self) -> Vault:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Vault(vault_id={self.keyring.vault_id!r}, store={self.db.url.redacted!r})"
+
+    # -- the fixed order ------------------------------------------------------
+    def _authorise(self, ctx: AccessContext, operation: str, fields: Sequence[str],
+                   record_ids: Sequence[str] = ()) -> None:
+        try:
+            self.guard.authorise(ctx, operation, fields)
+        except AccessDenied:
+            self.guard.audit(ctx, operation, record_ids, "denied")
+            raise
+
+    def _budget(self, ctx: AccessContext, operation: str, n: int,
+                record_ids: Sequence[str] = ()) -> None:
+        try:
+            self.guard.budget(ctx, operation, n)
+        except AccessDenied:
+            self.guard.audit(ctx, operation, record_ids, "denied")
+            raise
+
+    def _present(self, ctx: AccessContext, r: Resident) -> dict[str, str | None]:
+        full = r.to_dict()
+        mask = self.guard.mask
+        out: dict[str, str | None] = {"record_id": r.record_id}
+        for f in OUTPUT_FIELDS[1:]:
+            out[f] = mask(ctx, f, full[f])
+        return out
+
+    # -- records ----------------------------------------------------------------
+    def put(self, record: Resident | Mapping[str, str | None], *, ctx: AccessContext) -> str:
+        """Validate, encrypt and store one resident; return its record id.
+
+        Raises :class:`ValidationError` for bad input and :class:`DuplicateRecord`
+        when the ID number is already in the vault.
+        """
+        r = record if isinstance(record, Resident) else Resident.parse(record)
+        self._authorise(ctx, "put", tuple(r.pi_fields()))
+        self._budget(ctx, "put", 1)
+        sealed = seal(self.keyring, r)
+        with self.db.transaction():
+            existing = self.ids_by_id_number({r.id_number: sealed.index["id_number"]})
+            if existing:
+                raise DuplicateRecord(existing[r.id_number])
+            self.guard.audit(ctx, "put", [r.record_id], "ok")
+            self.store.insert([sealed])
+        return r.record_id
+
+    def get(self, record_id: str, *, ctx: AccessContext) -> dict[str, str | None]:
+        """One record, masked unless the context reveals (and the guard lets it)."""
+        self._authorise(ctx, "get", PI_FIELDS, [record_id])
+        self._budget(ctx, "get", 1, [record_id])
+        stored = self.store.get(record_id) if is_record_id(record_id) else None
+        if stored is None:
+            self.guard.audit(ctx, "get", [record_id], "not_found")
+            raise NotFoundError("no record with this id", code="record.not_found")
+        self.guard.audit(ctx, "get", [record_id], "ok")
+        return self._present(ctx, open_record(self.keyring, stored))
+
+    def find(self, *, id_number: str | None = None, mobile: str | None = None,
+             name: str | None = None, birth_date: str | _dt.date | None = None,
+             ctx: AccessContext) -> list[dict[str, str | None]]:
+        """Records matching every criterion given, exactly.
+
+        The blind index narrows the search to a few candidates (several
+        residents share each index value on purpose); their fields are
+        decrypted inside the Vault and compared, and only true matches are
+        counted, audited and returned. A name is searched together with a
+        birth date.
+        """
+        want: dict[str, str] = {}
+        if id_number is not None:
+            want["id_number"] = _rid.normalise(id_number)
+        if mobile is not None:
+            want["mobile"] = _mobile.normalise(mobile)
+        born: _dt.date | None = None
+        if (name is None) != (birth_date is None):
+            raise ValidationError("find.query", "a name is searched together with a birth date")
+        if name is not None and birth_date is not None:
+            want["name"] = _name.normalise(name)
+            born = _parse_birth_date(birth_date)
+        if not want:
+            raise ValidationError("find.query",
+                                  "give an ID number, a mobile number, or a name and a birth date")
+        self._authorise(ctx, "find", PI_FIELDS)
+        kr = self.keyring
+        if "id_number" in want:
+            cands = self.store.candidates("id_number", kr.blind_index("id_number", want["id_number"]))
+        elif "mobile" in want:
+            cands = self.store.candidates("mobile", kr.blind_index("mobile", want["mobile"]))
+        else:
+            assert born is not None
+            cands = self.store.candidates(
+                "name_birth", kr.blind_index("name_birth", name_birth_key(want["name"], born)))
+        check = [f for f in ("name", "id_number", "mobile") if f in want]
+        if born is not None and "id_number" not in check:
+            check.append("id_number")
+        matches: list[StoredRecord] = []
+        for c in cands:
+            plain = decrypt_fields(kr, c, check)
+            if any(plain.get(f) != v for f, v in want.items()):
+                continue
+            if born is not None and _rid.facts(plain["id_number"]).birth_date != born:
+                continue
+            matches.append(c)
+        ids = [m.record_id for m in matches]
+        self._budget(ctx, "find", len(ids), ids)
+        self.guard.audit(ctx, "find", ids, "ok" if ids else "not_found")
+        return [self._present(ctx, open_record(kr, m)) for m in matches]
+
+    def update(self, record_id: str, changes: Mapping[str, str | None], *,
+               ctx: AccessContext) -> None:
+        """Change PI fields of one record (``None`` clears an optional field).
+
+        The whole record is validated again and re-encrypted; the old
+        ciphertext is purged from the SQLite files.
+        """
+        unknown = sorted(set(changes) - set(PI_FIELDS))
+        if unknown:
+            raise ValidationError("update.field", "only PI fields can be changed: "
+                                  + ", ".join(PI_FIELDS))
+        self._authorise(ctx, "update", tuple(changes), [record_id])
+        self._budget(ctx, "update", 1, [record_id])
+        with self.db.transaction():
+            stored = self.store.get(record_id) if is_record_id(record_id) else None
+            if stored is None:
+                raise NotFoundError("no record with this id", code="record.not_found")
+            current = open_record(self.keyring, stored)
+            merged: dict[str, str | None] = dict(current.pi_fields())
+            merged.update(changes)
+            new = Resident.parse(merged, record_id=record_id)
+            sealed = seal(self.keyring, new, stored.batch_id)
+            if new.id_number != current.id_number:
+                other = self.ids_by_id_number({new.id_number: sealed.index["id_number"]})
+                if other:
+                    raise DuplicateRecord(other[new.id_number])
+            self.guard.audit(ctx, "update", [record_id], "ok")
+            self.store.replace(sealed)
+        self.store.purge_freed()
+
+    def erase(self, record_id: str, *, ctx: AccessContext) -> None:
+        """Delete a record and its index entries, then purge the freed bytes.
+
+        On SQLite the erased ciphertext is then gone from the database, WAL
+        and journal files; on PostgreSQL the server's WAL and backups keep it
+        until they expire (see docs).
+        """
+        self._authorise(ctx, "erase", PI_FIELDS, [record_id])
+        self._budget(ctx, "erase", 1, [record_id])
+        with self.db.transaction():
+            exists = is_record_id(record_id) and self.store.get(record_id) is not None
+            if exists:
+                self.guard.audit(ctx, "erase", [record_id], "ok")
+                self.store.delete(record_id)
+        if not exists:
+            self.guard.audit(ctx, "erase", [record_id], "not_found")
+            raise NotFoundError("no record with this id", code="record.not_found")
+        self.store.purge_freed()
+
+    # -- helpers for the import and for uniqueness -----------------------------
+    def ids_by_id_number(self, wanted: Mapping[str, bytes]) -> dict[str, str]:
+        """Existing record id per normalised ID number, for ``{id_number: blind index}``.
+
+        Internal: decrypts candidates' ID numbers to compare, returns only ids.
+        """
+        if not wanted:
+            return {}
+        by_value = self.store.candidate_ids("id_number", list(wanted.values()))
+        cand_ids = sorted({rid for ids in by_value.values() for rid in ids})
+        if not cand_ids:
+            return {}
+        out: dict[str, str] = {}
+        for stored in self.store.get_many(cand_ids):
+            plain = decrypt_fields(self.keyring, stored, ("id_number",))["id_number"]
+            if plain in wanted and plain not in out:
+                out[plain] = stored.record_id
+        return out
+
+    # -- import -------------------------------------------------------------------
+    def import_files(
+        self, paths: Sequence[str | os.PathLike[str]], *, ctx: AccessContext | None = None,
+        mapping: Mapping[str, str] | None = None, ignore: Sequence[str] = (),
+        encoding: str | None = None, on_duplicate: OnDuplicate = "skip",
+        workers: int | None = None, progress: Callable[[ImportProgress], None] | None = None,
+        chunk_size: int | None = None,
+    ) -> ImportSummary:
+        """Import CSV/TSV, JSON Lines or Parquet files; see docs/import.md.
+
+        Bad rows go to the reject table; the summary reconciles
+        ``read = imported + rejected + duplicates``. Safe to interrupt and
+        run again: it resumes where the last committed chunk ended.
+        """
+        from pivault.policy.context import local_operator
+        from pivault.vault import imports
+
+        return imports.import_files(
+            self, [Path(p) for p in paths], ctx=ctx or local_operator("import"), mapping=mapping,
+            ignore=ignore, encoding=encoding, on_duplicate=on_duplicate, workers=workers,
+            progress=progress, chunk_size=chunk_size)
+
+    def rejects(self, *, ctx: AccessContext, batch_id: str | None = None,
+                limit: int | None = 1000) -> list[dict[str, Any]]:
+        """Rejected rows with line and code; their cells masked unless revealed."""
+        from pivault.vault import imports
+
+        return imports.show_rejects(self, ctx=ctx, batch_id=batch_id, limit=limit)
+
+    def batches(self, *, ctx: AccessContext) -> list[dict[str, Any]]:
+        """Import batches and their counts (no PI)."""
+        from pivault.vault import imports
+
+        self._authorise(ctx, "stats", ())
+        return imports.list_batches(self.db)
+
+    # -- stats --------------------------------------------------------------------
+    def stats(self, *, ctx: AccessContext, key_usage: bool = True) -> dict[str, Any]:
+        """Counts, sizes and key ids in use; never a value.
+
+        ``key_usage`` reads the key id of every record's name ciphertext
+        (one column scan): which data keys still protect data.
+        """
+        from pivault.vault import imports
+
+        self._authorise(ctx, "stats", ())
+        self.guard.audit(ctx, "stats", (), "ok")
+        out: dict[str, Any] = {"vault_id": self.keyring.vault_id, "store": self.store.stats()}
+        out["imports"] = imports.counts(self.db)
+        keys = self.keyring.key_info()
+        out["keys"] = [{k: v for k, v in info.items() if k != "keys"} for info in keys]
+        if key_usage:
+            out["field_key_ids_in_use"] = self._key_usage()
+        return out
+
+    def _key_usage(self) -> dict[str, int]:
+        if self.db.dialect == "sqlite":
+            sql = "SELECT substr(name, 3, 4) AS k, COUNT(*) FROM records GROUP BY k"
+        else:
+            sql = "SELECT substring(name from 3 for 4) AS k, COUNT(*) FROM records GROUP BY k"
+        out: dict[str, int] = {}
+        for k, n in self.db.query(sql):
+            if k is None:
+                continue
+            out[str(int.from_bytes(bytes(k), "big"))] = int(n)
+        return out

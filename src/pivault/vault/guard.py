@@ -1,0 +1,96 @@
+"""The checks every call through the door passes, in a fixed order.
+
+The :class:`~pivault.vault.Vault` calls one :class:`Guard` at fixed points:
+``authorise`` → ``budget`` → ``audit`` (before any data leaves, and inside the
+write transaction for changes) → decrypt → ``mask`` → return. Policy, read
+budgets, the audit chain and canaries plug in by providing another guard;
+the Vault and its callers do not change.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol, runtime_checkable
+
+from pivault.errors import PivaultError
+from pivault.model import masks as _masks
+from pivault.policy.context import AccessContext
+
+__all__ = [
+    "OPERATIONS",
+    "AccessDenied",
+    "Guard",
+    "LocalGuard",
+    "Outcome",
+]
+
+#: operations the Vault reports to its guard
+OPERATIONS: tuple[str, ...] = (
+    "put", "get", "find", "update", "erase", "import", "rejects.show", "stats",
+)
+
+Outcome = str  # "ok", "denied", "not_found", "invalid", "error"
+
+
+class AccessDenied(PivaultError, PermissionError):
+    """The caller may not perform this operation (role, purpose or budget)."""
+
+    code = "policy.denied"
+
+
+@runtime_checkable
+class Guard(Protocol):
+    """What the Vault asks before, while and after it touches PI."""
+
+    def authorise(self, ctx: AccessContext, operation: str, fields: Sequence[str]) -> None:
+        """Raise :class:`AccessDenied` unless ``ctx`` may do ``operation`` on ``fields``."""
+        ...
+
+    def budget(self, ctx: AccessContext, operation: str, n: int) -> None:
+        """Charge ``n`` records to the caller's budget; raise :class:`AccessDenied` if spent."""
+        ...
+
+    def audit(self, ctx: AccessContext, operation: str, record_ids: Sequence[str],
+              outcome: Outcome) -> None:
+        """Record the access durably; raising stops the operation before data leaves."""
+        ...
+
+    def mask(self, ctx: AccessContext, field: str, value: str | None) -> str | None:
+        """The form of ``value`` that ``ctx`` may see."""
+        ...
+
+
+class LocalGuard:
+    """The guard of a vault used from its own command line.
+
+    Allows the local operator (role ``operator``) and the system itself;
+    refuses every other role, since no policy is loaded to say what they
+    may do. Records nothing (the audit log plugs in here). Masks with the
+    default masks unless the context asks to reveal.
+    """
+
+    allowed_roles: frozenset[str] = frozenset({"operator", "system"})
+
+    def authorise(self, ctx: AccessContext, operation: str, fields: Sequence[str]) -> None:
+        if ctx.role not in self.allowed_roles:
+            raise AccessDenied(
+                f"role {ctx.role!r} may not {operation}: no policy grants it",
+                hint="load a policy that defines the role, or use the local operator")
+
+    def budget(self, ctx: AccessContext, operation: str, n: int) -> None:
+        return None
+
+    def audit(self, ctx: AccessContext, operation: str, record_ids: Sequence[str],
+              outcome: Outcome) -> None:
+        return None
+
+    def mask(self, ctx: AccessContext, field: str, value: str | None) -> str | None:
+        if ctx.reveal or value is None:
+            return value
+        if field == "gender":
+            return value
+        if field == "region_code":
+            # no more than the masked ID number shows: with the full county
+            # code, the birth year and the last four, only the day is unknown
+            return value[:3] + "*" * (len(value) - 3)
+        return _masks.mask_field(field, value)

@@ -1,0 +1,176 @@
+"""The vault home: a data directory with its configuration.
+
+``$PIVAULT_HOME`` (default ``./.pivault``) holds ``pivault.toml`` and, with
+the default SQLite store, ``vault.db`` and its WAL. The keyring is never in
+it: a copy of the data directory (a backup, a snapshot, a stolen disk) must
+be worthless without the keys. By default the keyring goes to the operator's
+configuration directory, ``$XDG_CONFIG_HOME/pivault/keyrings/<vault-id>.keyring``
+(``~/.config/…``); ``--keyring PATH`` puts it elsewhere (another disk, a
+removable medium, a secrets mount). Directories are created 0700, files 0600.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pivault.crypto import Argon2Params, Keyring, KeyringError, PassphraseProvider
+from pivault.crypto._atomic import write_private
+from pivault.errors import ConfigError
+from pivault.store.db import Database, parse_url
+
+__all__ = [
+    "CONFIG_NAME",
+    "DEFAULT_EXPECTED_POPULATION",
+    "HOME_ENV",
+    "VaultConfig",
+    "default_keyring_dir",
+    "init",
+    "load",
+    "resolve_home",
+]
+
+HOME_ENV = "PIVAULT_HOME"
+CONFIG_NAME = "pivault.toml"
+DEFAULT_EXPECTED_POPULATION = 10_000_000
+
+
+@dataclass(frozen=True)
+class VaultConfig:
+    """The contents of ``pivault.toml``."""
+
+    home: Path
+    store_url: str
+    keyring_path: Path
+    vault_id: str
+    expected_population: int
+    #: the access policy file; empty until policies are configured
+    policy_path: str = ""
+    extra: dict[str, object] = field(default_factory=dict)
+
+    @property
+    def config_path(self) -> Path:
+        return self.home / CONFIG_NAME
+
+    def to_toml(self) -> str:
+        def s(v: str) -> str:
+            return json.dumps(v, ensure_ascii=False)
+
+        return (
+            "# pivault vault configuration. The keyring is kept outside this directory on purpose.\n"
+            "[vault]\n"
+            f"vault_id = {s(self.vault_id)}\n"
+            f"expected_population = {self.expected_population}\n\n"
+            "[store]\n"
+            "# sqlite:///PATH or postgresql://USER@HOST:PORT/DB (prefer a .pgpass file to a password here)\n"
+            f"url = {s(self.store_url)}\n\n"
+            "[keyring]\n"
+            f"path = {s(str(self.keyring_path))}\n\n"
+            "[policy]\n"
+            f"path = {s(self.policy_path)}\n"
+        )
+
+
+def resolve_home(home: str | os.PathLike[str] | None = None) -> Path:
+    """``home``, else ``$PIVAULT_HOME``, else ``./.pivault``; made absolute."""
+    raw = home if home is not None else os.environ.get(HOME_ENV) or ".pivault"
+    return Path(raw).expanduser().absolute()
+
+
+def default_keyring_dir() -> Path:
+    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(base).expanduser().absolute() / "pivault" / "keyrings"
+
+
+def load(home: str | os.PathLike[str] | None = None) -> VaultConfig:
+    """Read ``pivault.toml`` of a vault home."""
+    h = resolve_home(home)
+    path = h / CONFIG_NAME
+    try:
+        with open(path, "rb") as fh:
+            doc = tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"no vault at {h} (no {CONFIG_NAME})", code="home.missing",
+                          hint=f"create one with `pivault init`, or set {HOME_ENV} / --home") from None
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"cannot read {path}: {type(exc).__name__}", code="home.config") from None
+    try:
+        vault = doc["vault"]
+        store = doc["store"]
+        keyring = doc["keyring"]
+        return VaultConfig(
+            home=h, store_url=str(store["url"]), keyring_path=Path(str(keyring["path"])),
+            vault_id=str(vault["vault_id"]), expected_population=int(vault["expected_population"]),
+            policy_path=str(doc.get("policy", {}).get("path", "")),
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ConfigError(f"{path} lacks a setting ({exc})", code="home.config",
+                          hint="compare with the file `pivault init` writes") from None
+
+
+def _private_dir(path: Path) -> None:
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(path, 0o700)
+
+
+def init(
+    home: str | os.PathLike[str] | None = None, *, passphrase: str,
+    store_url: str | None = None, keyring_path: str | os.PathLike[str] | None = None,
+    expected_population: int = DEFAULT_EXPECTED_POPULATION,
+    argon2: Argon2Params | None = None,
+) -> VaultConfig:
+    """Create a vault: home directory, keyring (outside it), schema, binding.
+
+    Refuses a home that already has a configuration, and a keyring path
+    inside the home (``keyring.location``). Returns the written configuration.
+    """
+    h = resolve_home(home)
+    if (h / CONFIG_NAME).exists():
+        raise ConfigError(f"a vault already exists at {h}", code="home.exists",
+                          hint="choose another --home, or use the existing vault")
+    url = store_url or f"sqlite:///{h / 'vault.db'}"
+    parse_url(url)  # a bad URL fails before anything is created
+    provider = PassphraseProvider(passphrase, argon2)
+    _private_dir(h)
+    if keyring_path is not None:
+        target = Path(keyring_path).expanduser().absolute()
+        keyring = Keyring.create(target, provider, expected_population=expected_population,
+                                 data_dir=h)
+    else:
+        # the file is named by the vault id, which the keyring itself chooses:
+        # create under a temporary name, then link to the final one
+        kdir = default_keyring_dir()
+        _private_dir(kdir)
+        tmp = kdir / f".new-{secrets.token_hex(8)}.keyring"
+        keyring = Keyring.create(tmp, provider, expected_population=expected_population, data_dir=h)
+        target = kdir / f"{keyring.vault_id}.keyring"
+        try:
+            os.link(tmp, target)
+        except FileExistsError:
+            raise KeyringError(f"a keyring already exists at {target}",
+                               code="keyring.exists") from None
+        finally:
+            os.unlink(tmp)
+        keyring = Keyring.open(target, provider)  # the provider caches the derived key
+    cfg = VaultConfig(home=h, store_url=url, keyring_path=target, vault_id=keyring.vault_id,
+                      expected_population=expected_population)
+    from pivault.vault.facade import Vault
+
+    parsed = parse_url(url)
+    new_file = parsed.dialect == "sqlite" and not Path(parsed.target).exists()
+    try:
+        with Database(url) as db:
+            Vault.initialise(db, keyring)
+        write_private(h / CONFIG_NAME, cfg.to_toml().encode("utf-8"), overwrite=False)
+    except BaseException:
+        # nothing is protected by the new keyring yet: leave no half-made vault behind
+        target.unlink(missing_ok=True)
+        if new_file:
+            for suffix in ("", "-wal", "-shm", "-journal"):
+                Path(parsed.target + suffix).unlink(missing_ok=True)
+        raise
+    return cfg

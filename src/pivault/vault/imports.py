@@ -1,0 +1,600 @@
+"""Bulk import: files in, encrypted records and reject records out.
+
+How it stays correct at population scale:
+
+* **Streams.** Rows are read, validated, encrypted and committed a chunk at a
+  time; memory does not grow with the file.
+* **Nothing vanishes.** A row that fails validation, that is structurally
+  broken, or (with ``on_duplicate="reject"``) that repeats an ID number goes
+  to ``import_rejects`` with its line number and error code. The row itself
+  is kept there only as ciphertext (field ``raw_row``, bound to the reject
+  id), so the reject table is as safe at rest as the records.
+  ``read = imported + rejected + duplicates``, always.
+* **Crash-safe and resumable.** A batch is named by the file's content hash
+  and the import options. Each chunk's records, rejects and the batch's
+  progress (rows consumed) commit in one transaction, so after ``kill -9``
+  the same command resumes after the last committed chunk: every row ends up
+  imported exactly once. A finished batch run again does nothing.
+* **Both cores.** Validation and encryption run in forked worker processes
+  that inherit the open keyring (it is never pickled or written anywhere);
+  the parent reads, checks duplicates and commits in source order.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import multiprocessing
+import os
+import secrets
+import time
+from collections import deque
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pivault.crypto import IntegrityError, Keyring
+from pivault.errors import PivaultError, ValidationError
+from pivault.model import PI_FIELDS, Resident
+from pivault.policy.context import AccessContext
+from pivault.store.db import Database
+from pivault.store.migrations import Migration, register
+from pivault.store.records import StoredRecord
+from pivault.vault import mapping as _mapping
+from pivault.vault import meta as _meta  # noqa: F401 - registers the vault_meta step
+from pivault.vault.facade import open_record, seal
+from pivault.vault.readers import RawRow, Source, open_source
+
+if TYPE_CHECKING:
+    from pivault.vault.facade import Vault
+
+__all__ = [
+    "DEFAULT_CHUNK",
+    "FileSummary",
+    "ImportConflict",
+    "ImportProgress",
+    "ImportSummary",
+    "counts",
+    "import_files",
+    "list_batches",
+    "show_rejects",
+]
+
+_SQLITE_V1 = """
+CREATE TABLE import_batches (
+    batch_id TEXT NOT NULL PRIMARY KEY,
+    source_name TEXT NOT NULL,
+    content_sha256 TEXT NOT NULL,
+    format TEXT NOT NULL,
+    options TEXT NOT NULL,
+    status TEXT NOT NULL,
+    rows_consumed INTEGER NOT NULL,
+    imported INTEGER NOT NULL,
+    rejected INTEGER NOT NULL,
+    duplicates INTEGER NOT NULL,
+    updated INTEGER NOT NULL,
+    started_at DOUBLE PRECISION NOT NULL,
+    updated_at DOUBLE PRECISION NOT NULL,
+    finished_at DOUBLE PRECISION);
+CREATE TABLE import_rejects (
+    reject_id TEXT NOT NULL PRIMARY KEY,
+    batch_id TEXT NOT NULL,
+    line INTEGER NOT NULL,
+    code TEXT NOT NULL,
+    field TEXT,
+    raw_row BLOB NOT NULL,
+    created_at DOUBLE PRECISION NOT NULL);
+CREATE INDEX import_rejects_batch ON import_rejects (batch_id, line)
+"""
+
+_PG_V1 = (_SQLITE_V1.replace("INTEGER", "BIGINT").replace("BLOB", "BYTEA")
+          .replace("TEXT NOT NULL PRIMARY KEY", 'TEXT COLLATE "C" NOT NULL PRIMARY KEY'))
+
+register(Migration("imports", 1, "import batches and rejected rows", _SQLITE_V1, _PG_V1))
+
+#: rows per chunk: one transaction, one unit of work for a worker
+DEFAULT_CHUNK = 2000
+#: below this many bytes (text) or rows (Parquet), one process is faster than forking
+PARALLEL_MIN_BYTES = 8 << 20
+PARALLEL_MIN_ROWS = 50_000
+_DUPLICATE_POLICIES = ("skip", "update", "reject")
+
+
+class ImportConflict(PivaultError):
+    """Another process is importing the same batch."""
+
+    code = "import.conflict"
+
+
+@dataclass(frozen=True, slots=True)
+class ImportProgress:
+    """Passed to the progress callback after every committed chunk."""
+
+    file: str
+    done: int
+    total: int
+    unit: str  # "bytes" or "rows"
+    read: int
+    imported: int
+    rejected: int
+    duplicates: int
+
+
+@dataclass
+class FileSummary:
+    """What became of one file's rows. ``read = imported + rejected + duplicates``."""
+
+    file: str
+    batch_id: str
+    status: str  # "imported", "resumed", "already_imported"
+    format: str
+    encoding: str | None
+    read: int = 0
+    imported: int = 0
+    rejected: int = 0
+    #: rows whose ID number was already in the vault or earlier in the file
+    #: (skipped, or used to update the existing record: see ``updated``)
+    duplicates: int = 0
+    updated: int = 0
+    #: rows a previous, interrupted run had already committed
+    resumed_from: int = 0
+    reject_codes: dict[str, int] = field(default_factory=dict)
+    ignored_columns: list[str] = field(default_factory=list)
+    workers: int = 0
+    seconds: float = 0.0
+
+    @property
+    def reconciles(self) -> bool:
+        return self.read == self.imported + self.rejected + self.duplicates
+
+    @property
+    def rows_per_second(self) -> float:
+        done = self.read - self.resumed_from
+        return done / self.seconds if self.seconds > 0 else 0.0
+
+
+@dataclass
+class ImportSummary:
+    files: list[FileSummary]
+    seconds: float = 0.0
+
+    def _sum(self, name: str) -> int:
+        return sum(int(getattr(f, name)) for f in self.files)
+
+    @property
+    def read(self) -> int:
+        return self._sum("read")
+
+    @property
+    def imported(self) -> int:
+        return self._sum("imported")
+
+    @property
+    def rejected(self) -> int:
+        return self._sum("rejected")
+
+    @property
+    def duplicates(self) -> int:
+        return self._sum("duplicates")
+
+    @property
+    def updated(self) -> int:
+        return self._sum("updated")
+
+    @property
+    def reconciles(self) -> bool:
+        return all(f.reconciles for f in self.files)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "read": self.read, "imported": self.imported, "rejected": self.rejected,
+            "duplicates": self.duplicates, "updated": self.updated,
+            "reconciles": self.reconciles, "seconds": round(self.seconds, 3),
+            "files": [{**asdict(f), "seconds": round(f.seconds, 3),
+                       "rows_per_second": round(f.rows_per_second, 1), "reconciles": f.reconciles}
+                      for f in self.files],
+        }
+
+
+# -- preparing rows (runs in worker processes) ------------------------------------
+
+_OK = 0
+_REJ = 1
+#: (kind, line, record_id | code, id_number | field, fields | reject_id, index | raw_ct)
+Prepared = tuple[int, int, Any, Any, Any, Any]
+#: (line, cells, error, text): a RawRow as it travels to a worker
+RowTuple = tuple[int, list[str | None], str | None, str | None]
+
+#: the keyring a forked worker inherited from its parent (never pickled)
+_WORKER_KEYRING: Keyring | None = None
+
+
+def new_reject_id() -> str:
+    return "x_" + secrets.token_hex(13)
+
+
+def raw_payload(row: RowTuple, labels: Sequence[str]) -> bytes:
+    """The row as read, for the encrypted ``raw_row``: cells keyed by field or column."""
+    line, cells, _error, text = row
+    if text is not None:
+        obj: dict[str, Any] = {"line": line, "text": text}
+    else:
+        out: dict[str, str] = {}
+        for i, v in enumerate(cells):
+            if v is None:
+                continue
+            label = labels[i] if i < len(labels) else f"#{i + 1}"
+            if label in out:
+                label = f"{label}#{i + 1}"
+            out[label] = v
+        obj = {"line": line, "cells": out}
+    # ASCII JSON: lone surrogates from undecodable bytes survive the round trip
+    return json.dumps(obj, ensure_ascii=True).encode("ascii")
+
+
+def _reject(keyring: Keyring, row: RowTuple, code: str, field_name: str | None,
+            labels: Sequence[str]) -> Prepared:
+    rid = new_reject_id()
+    return (_REJ, row[0], code, field_name, rid, keyring.encrypt(rid, "raw_row", raw_payload(row, labels)))
+
+
+def prepare(keyring: Keyring, rows: Sequence[RowTuple], positions: Mapping[int, str],
+            labels: Sequence[str]) -> list[Prepared]:
+    """Validate and encrypt a chunk; a bad row becomes an encrypted reject."""
+    out: list[Prepared] = []
+    items = tuple(positions.items())
+    for row in rows:
+        line, cells, error, _text = row
+        if error is not None:
+            out.append(_reject(keyring, row, error, None, labels))
+            continue
+        n = len(cells)
+        raw = {f: (cells[i] if i < n else None) for i, f in items}
+        try:
+            r = Resident.parse(raw)
+        except ValidationError as exc:
+            out.append(_reject(keyring, row, exc.code, exc.field, labels))
+            continue
+        s = seal(keyring, r)
+        out.append((_OK, line, r.record_id, r.id_number, s.fields, s.index))
+    return out
+
+
+def _work(task: tuple[list[RowTuple], dict[int, str], list[str]]) -> list[Prepared]:
+    keyring = _WORKER_KEYRING
+    if keyring is None:  # pragma: no cover - only if started without fork
+        raise RuntimeError("import worker has no keyring (workers must be forked)")
+    return prepare(keyring, *task)
+
+
+# -- batches -------------------------------------------------------------------------
+
+@dataclass
+class _Batch:
+    batch_id: str
+    status: str
+    read: int
+    imported: int
+    rejected: int
+    duplicates: int
+    updated: int
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(1 << 20):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _canonical(obj: object) -> str:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def _begin(db: Database, batch_id: str, name: str, digest: str, fmt: str,
+           options: dict[str, Any]) -> _Batch:
+    sel = ("SELECT batch_id, status, rows_consumed, imported, rejected, duplicates, updated"
+           " FROM import_batches WHERE batch_id = ?")
+    with db.transaction():
+        row = db.query_one(sel, (batch_id,))
+        if row is None:
+            now = time.time()
+            db.execute(
+                "INSERT INTO import_batches (batch_id, source_name, content_sha256, format, options,"
+                " status, rows_consumed, imported, rejected, duplicates, updated, started_at,"
+                " updated_at) VALUES (?, ?, ?, ?, ?, 'running', 0, 0, 0, 0, 0, ?, ?)",
+                (batch_id, name, digest, fmt, _canonical(options), now, now))
+            row = db.query_one(sel, (batch_id,))
+    assert row is not None
+    return _Batch(str(row[0]), str(row[1]), *(int(v) for v in row[2:7]))
+
+
+def _finish(db: Database, batch_id: str) -> None:
+    now = time.time()
+    db.execute("UPDATE import_batches SET status = 'done', finished_at = ?, updated_at = ?"
+               " WHERE batch_id = ? AND status <> 'done'", (now, now, batch_id))
+
+
+def _reject_codes(db: Database, batch_id: str) -> dict[str, int]:
+    return {str(c): int(n) for c, n in db.query(
+        "SELECT code, COUNT(*) FROM import_rejects WHERE batch_id = ? GROUP BY code ORDER BY code",
+        (batch_id,))}
+
+
+# -- the import ------------------------------------------------------------------------
+
+def _auto_workers(source: Source) -> int:
+    cpus = os.cpu_count() or 1
+    if cpus < 2:
+        return 0
+    small = (source.size < PARALLEL_MIN_ROWS if source.format == "parquet"
+             else source.size < PARALLEL_MIN_BYTES)
+    return 0 if small else min(cpus, 4)
+
+
+def _chunks(rows: Iterator[RawRow], size: int) -> Iterator[list[RowTuple]]:
+    chunk: list[RowTuple] = []
+    for r in rows:
+        chunk.append((r.line, r.cells, r.error, r.text))
+        if len(chunk) >= size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+class _Committer:
+    """Applies prepared chunks in source order: duplicates, then one transaction each."""
+
+    def __init__(self, vault: Vault, batch: _Batch, ctx: AccessContext, on_duplicate: str,
+                 mapped: set[str], labels: list[str]) -> None:
+        self.vault = vault
+        self.batch = batch
+        self.ctx = ctx
+        self.on_duplicate = on_duplicate
+        self.mapped = mapped
+        self.labels = labels
+
+    def _merge(self, base: StoredRecord | None, target_id: str, new: Resident) -> StoredRecord:
+        """The record ``target_id`` after an update from ``new``: mapped fields replace."""
+        kr = self.vault.keyring
+        values = {f: getattr(new, f) for f in PI_FIELDS if f in self.mapped}
+        if base is not None and not set(PI_FIELDS) <= self.mapped:
+            old = open_record(kr, base)
+            for f in PI_FIELDS:
+                if f not in self.mapped:
+                    values[f] = getattr(old, f)
+        merged = Resident(record_id=target_id, name=values["name"], id_number=values["id_number"],
+                          mobile=values.get("mobile"), address=values.get("address"),
+                          notes=values.get("notes"))
+        return seal(kr, merged, base.batch_id if base is not None else self.batch.batch_id)
+
+    def commit(self, rows: list[RowTuple], prepared: list[Prepared]) -> None:
+        vault, batch, kr = self.vault, self.batch, self.vault.keyring
+        db = vault.db
+        now = time.time()
+        bid = batch.batch_id
+        reject_rows: list[tuple[Any, ...]] = []
+        new: dict[str, StoredRecord] = {}       # record id -> record, in order
+        updates: dict[str, StoredRecord] = {}   # existing record id -> new version
+        owner: dict[str, str] = {}              # ID number -> record id, within this chunk
+        duplicates = updated = 0
+        by_line: dict[int, RowTuple] | None = None
+        with db.transaction():
+            cur = db.execute(
+                "UPDATE import_batches SET rows_consumed = rows_consumed + ?, updated_at = ?"
+                " WHERE batch_id = ? AND rows_consumed = ? AND status = 'running'",
+                (len(rows), now, bid, batch.read))
+            if cur.rowcount != 1:
+                raise ImportConflict(
+                    "another process is importing the same file with the same options",
+                    hint="wait for it to finish; then run the command again to check")
+            oks = [p for p in prepared if p[0] == _OK]
+            existing = vault.ids_by_id_number({p[3]: p[5]["id_number"] for p in oks})
+            for p in prepared:
+                if p[0] == _REJ:
+                    _, line, code, fld, reject_id, raw_ct = p
+                    reject_rows.append((reject_id, bid, line, code, fld, raw_ct, now))
+                    continue
+                _, line, rid, idn, fields, index = p
+                target = owner.get(idn) or existing.get(idn)
+                if target is None:
+                    new[rid] = StoredRecord(rid, fields, index, batch_id=bid)
+                    owner[idn] = rid
+                    continue
+                duplicates += 1
+                if self.on_duplicate == "skip":
+                    continue
+                if self.on_duplicate == "reject":
+                    duplicates -= 1
+                    if by_line is None:
+                        by_line = {r[0]: r for r in rows}
+                    reject_id = new_reject_id()
+                    raw_ct = kr.encrypt(reject_id, "raw_row", raw_payload(by_line[line], self.labels))
+                    reject_rows.append((reject_id, bid, line, "duplicate", "id_number", raw_ct, now))
+                    continue
+                # update: the existing record takes this row's values
+                incoming = open_record(kr, StoredRecord(rid, fields, index))
+                if target in new:
+                    new[target] = self._merge(new[target], target, incoming)
+                else:
+                    base = updates.get(target) or vault.store.get(target)
+                    updates[target] = self._merge(base, target, incoming)
+                updated += 1
+            if new:
+                vault.store.insert(list(new.values()))
+            for rec in updates.values():
+                vault.store.replace(rec)
+            if reject_rows:
+                db.executemany(
+                    "INSERT INTO import_rejects (reject_id, batch_id, line, code, field, raw_row,"
+                    " created_at) VALUES (?, ?, ?, ?, ?, ?, ?)", reject_rows)
+            db.execute(
+                "UPDATE import_batches SET imported = imported + ?, rejected = rejected + ?,"
+                " duplicates = duplicates + ?, updated = updated + ? WHERE batch_id = ?",
+                (len(new), len(reject_rows), duplicates, updated, bid))
+            touched = [*new, *updates]
+            if touched:
+                vault.guard.audit(self.ctx, "import", touched, "ok")
+        batch.read += len(rows)
+        batch.imported += len(new)
+        batch.rejected += len(reject_rows)
+        batch.duplicates += duplicates
+        batch.updated += updated
+
+
+def _labels(header: Sequence[str], positions: Mapping[int, str]) -> list[str]:
+    return [positions.get(i, h or f"#{i + 1}") for i, h in enumerate(header)]
+
+
+def import_files(
+    vault: Vault, paths: Sequence[Path], *, ctx: AccessContext,
+    mapping: Mapping[str, str] | None = None, ignore: Sequence[str] = (),
+    encoding: str | None = None, on_duplicate: str = "skip", workers: int | None = None,
+    progress: Callable[[ImportProgress], None] | None = None, chunk_size: int | None = None,
+) -> ImportSummary:
+    """Import each file as its own batch; see the module documentation."""
+    if on_duplicate not in _DUPLICATE_POLICIES:
+        raise ValidationError("import.on_duplicate",
+                              "on_duplicate is one of " + ", ".join(_DUPLICATE_POLICIES))
+    vault._authorise(ctx, "import", PI_FIELDS)
+    started = time.monotonic()
+    # every header is checked before any row of any file is imported
+    plans = []
+    for path in paths:
+        source = open_source(path, encoding=encoding)
+        plans.append((path, source, _mapping.resolve(source.header, mapping, ignore)))
+    files = [
+        _import_file(vault, path, source, cmap, ctx=ctx, on_duplicate=on_duplicate,
+                     workers=workers, progress=progress, chunk_size=chunk_size or DEFAULT_CHUNK)
+        for path, source, cmap in plans
+    ]
+    return ImportSummary(files, time.monotonic() - started)
+
+
+def _import_file(
+    vault: Vault, path: Path, source: Source, cmap: _mapping.ColumnMap, *, ctx: AccessContext,
+    on_duplicate: str, workers: int | None, progress: Callable[[ImportProgress], None] | None,
+    chunk_size: int,
+) -> FileSummary:
+    global _WORKER_KEYRING
+    t0 = time.monotonic()
+    db = vault.db
+    digest = _sha256(path)
+    options = {"format": source.format, "encoding": source.encoding, "columns": cmap.to_json(),
+               "on_duplicate": on_duplicate}
+    batch_id = "b_" + hashlib.sha256(f"{digest}\n{_canonical(options)}".encode()).hexdigest()[:32]
+    batch = _begin(db, batch_id, path.name, digest, source.format, options)
+    summary = FileSummary(file=path.name, batch_id=batch_id, status="imported", format=source.format,
+                          encoding=source.encoding, ignored_columns=list(cmap.ignored))
+
+    def fill() -> FileSummary:
+        summary.read, summary.imported, summary.rejected = batch.read, batch.imported, batch.rejected
+        summary.duplicates, summary.updated = batch.duplicates, batch.updated
+        summary.reject_codes = _reject_codes(db, batch_id)
+        summary.seconds = time.monotonic() - t0
+        return summary
+
+    if batch.status == "done":
+        summary.status = "already_imported"
+        return fill()
+    skip = batch.read
+    if skip:
+        summary.status = "resumed"
+        summary.resumed_from = skip
+    positions = dict(cmap.positions)
+    labels = _labels(cmap.header, positions)
+    committer = _Committer(vault, batch, ctx, on_duplicate, set(positions.values()), labels)
+    n_workers = _auto_workers(source) if workers is None else max(0, int(workers))
+    summary.workers = n_workers
+    unit = "rows" if source.format == "parquet" else "bytes"
+    chunks = _chunks(source.rows(skip=skip, columns=sorted(positions)), chunk_size)
+
+    def step(rows: list[RowTuple], prepared: list[Prepared]) -> None:
+        committer.commit(rows, prepared)
+        if progress is not None:
+            progress(ImportProgress(path.name, source.position(), source.size, unit, batch.read,
+                                    batch.imported, batch.rejected, batch.duplicates))
+
+    if n_workers == 0:
+        for rows in chunks:
+            step(rows, prepare(vault.keyring, rows, positions, labels))
+    else:
+        _WORKER_KEYRING = vault.keyring
+        try:
+            mp = multiprocessing.get_context("fork")
+            with mp.Pool(n_workers) as pool:
+                pending: deque[tuple[list[RowTuple], Any]] = deque()
+                depth = 2 * n_workers
+                for rows in chunks:
+                    pending.append((rows, pool.apply_async(_work, ((rows, positions, labels),))))
+                    while len(pending) > depth:
+                        done_rows, res = pending.popleft()
+                        step(done_rows, res.get())
+                while pending:
+                    done_rows, res = pending.popleft()
+                    step(done_rows, res.get())
+        finally:
+            _WORKER_KEYRING = None
+    _finish(db, batch_id)
+    return fill()
+
+
+# -- reading back --------------------------------------------------------------------------
+
+def show_rejects(vault: Vault, *, ctx: AccessContext, batch_id: str | None = None,
+                 limit: int | None = 1000) -> list[dict[str, Any]]:
+    """Rejected rows, decrypted in the Vault and masked by its guard."""
+    vault._authorise(ctx, "rejects.show", ("raw_row",))
+    sql = "SELECT reject_id, batch_id, line, code, field, raw_row FROM import_rejects"
+    params: list[Any] = []
+    if batch_id is not None:
+        sql += " WHERE batch_id = ?"
+        params.append(batch_id)
+    sql += " ORDER BY batch_id, line, reject_id"
+    if limit is not None:
+        sql += " LIMIT ?"
+        params.append(int(limit))
+    rows = vault.db.query(sql, params)
+    ids = [str(r[0]) for r in rows]
+    vault._budget(ctx, "rejects.show", len(ids), ids)
+    vault.guard.audit(ctx, "rejects.show", ids, "ok")
+    out: list[dict[str, Any]] = []
+    mask = vault.guard.mask
+    for reject_id, bid, line, code, fld, raw_ct in rows:
+        try:
+            obj = json.loads(vault.keyring.decrypt(reject_id, "raw_row", bytes(raw_ct)))
+        except IntegrityError as exc:
+            raise IntegrityError(
+                f"reject {reject_id}: the stored row failed authentication (altered or moved)",
+                field="raw_row", code=exc.code) from None
+        if "text" in obj:
+            cells = {"text": mask(ctx, "text", obj["text"])}
+        else:
+            cells = {k: mask(ctx, k.split("#", 1)[0], v) for k, v in obj["cells"].items()}
+        out.append({"reject_id": reject_id, "batch_id": bid, "line": int(line), "code": code,
+                    "field": fld, "cells": cells})
+    return out
+
+
+def list_batches(db: Database) -> list[dict[str, Any]]:
+    cols = ("batch_id", "source_name", "format", "status", "rows_consumed", "imported", "rejected",
+            "duplicates", "updated", "started_at", "finished_at")
+    rows = db.query(f"SELECT {', '.join(cols)} FROM import_batches ORDER BY started_at, batch_id")
+    out = []
+    for r in rows:
+        d = dict(zip(cols, r, strict=True))
+        d["read"] = d.pop("rows_consumed")
+        out.append(d)
+    return out
+
+
+def counts(db: Database) -> dict[str, int]:
+    b = db.query_one("SELECT COUNT(*), SUM(CASE WHEN status = 'done' THEN 1 ELSE 0 END)"
+                     " FROM import_batches")
+    r = db.query_one("SELECT COUNT(*) FROM import_rejects")
+    return {"batches": int(b[0]) if b else 0, "batches_done": int(b[1] or 0) if b else 0,
+            "rejects": int(r[0]) if r else 0}
+

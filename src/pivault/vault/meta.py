@@ -1,0 +1,70 @@
+"""Which keyring a store belongs to.
+
+A store encrypted under one keyring is noise under any other: opening it with
+the wrong keyring would make every read fail with an integrity error, and
+every write would mix two vaults in one table. The store therefore remembers
+the keyring's vault id, and the Vault refuses to open with a different one.
+"""
+
+from __future__ import annotations
+
+import time
+
+from pivault.crypto import Keyring
+from pivault.errors import ConfigError
+from pivault.store.db import Database
+from pivault.store.migrations import Migration, needs_migration, register
+
+__all__ = ["VaultMismatch", "bind", "bound_vault_id", "check"]
+
+register(Migration(
+    "vault", 1, "vault metadata: the keyring this store belongs to",
+    "CREATE TABLE vault_meta (key TEXT NOT NULL PRIMARY KEY, value TEXT NOT NULL,"
+    " updated_at DOUBLE PRECISION NOT NULL)",
+    "CREATE TABLE vault_meta (key TEXT NOT NULL PRIMARY KEY, value TEXT NOT NULL,"
+    " updated_at DOUBLE PRECISION NOT NULL)",
+))
+
+
+class VaultMismatch(ConfigError):
+    """The store and the keyring belong to different vaults."""
+
+    code = "vault.mismatch"
+
+
+def bound_vault_id(db: Database) -> str | None:
+    if not db.table_exists("vault_meta"):
+        return None
+    row = db.query_one("SELECT value FROM vault_meta WHERE key = 'vault_id'")
+    return str(row[0]) if row else None
+
+
+def bind(db: Database, keyring: Keyring) -> None:
+    """Record the keyring's vault id in a new store; idempotent for the same keyring."""
+    with db.transaction():
+        current = bound_vault_id(db)
+        if current is None:
+            db.execute("INSERT INTO vault_meta (key, value, updated_at) VALUES ('vault_id', ?, ?)",
+                       (keyring.vault_id, time.time()))
+            return
+    if current != keyring.vault_id:
+        _mismatch(current)
+
+
+def _mismatch(current: str) -> None:
+    raise VaultMismatch(
+        f"this store belongs to vault {current}, but the keyring is of another vault",
+        hint="open the store with its own keyring (see keyring.path in pivault.toml)")
+
+
+def check(db: Database, keyring: Keyring) -> None:
+    """Refuse a store that is out of date, unbound, or bound to another keyring."""
+    if needs_migration(db):
+        raise ConfigError("the store's schema is older than this pivault",
+                          code="store.schema", hint="run `pivault migrate` (back up first)")
+    current = bound_vault_id(db)
+    if current is None:
+        raise ConfigError("the store is not bound to a keyring (not initialised)",
+                          code="vault.unbound", hint="create the vault with `pivault init`")
+    if current != keyring.vault_id:
+        _mismatch(current)

@@ -1,0 +1,390 @@
+"""Source files as streams of rows: CSV/TSV, JSON Lines, Parquet.
+
+Every reader holds one row (or one Parquet batch) in memory at a time, so a
+file of any size imports in flat memory. A row that cannot be read as a row
+(wrong number of fields, bytes that are not text in the file's encoding,
+a line that is not a JSON object) is not an exception: it comes out as a
+:class:`RawRow` with an ``error`` code, and the import turns it into a reject
+record like any other bad row, with its line number. Nothing is dropped.
+"""
+
+from __future__ import annotations
+
+import codecs
+import csv
+import io
+import json
+import os
+import re
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO, Literal, Protocol
+
+from pivault.errors import ConfigError
+
+__all__ = [
+    "Format",
+    "RawRow",
+    "ReaderError",
+    "Source",
+    "detect_encoding",
+    "detect_format",
+    "open_source",
+]
+
+Format = Literal["csv", "tsv", "jsonl", "parquet"]
+
+#: bytes examined to choose between UTF-8 and GB18030
+SNIFF_BYTES = 1 << 20
+#: a single CSV field larger than this is a broken file, not a resident
+FIELD_LIMIT = 1 << 20
+_SURROGATE = re.compile("[\udc80-\udcff]")
+
+
+class ReaderError(ConfigError):
+    """The file as a whole cannot be read; nothing was imported."""
+
+    code = "import.format"
+
+
+@dataclass(slots=True)
+class RawRow:
+    """One source row, before validation.
+
+    ``line`` is the 1-based line where the row starts (CSV, JSON Lines; the
+    header is line 1 of a CSV) or the 1-based row number (Parquet).
+    ``cells`` follow the header's column order. ``error`` is set when the row
+    is structurally broken; ``text`` then holds what was read, if the row
+    could not be split into cells.
+    """
+
+    line: int
+    cells: list[str | None]
+    error: str | None = None
+    text: str | None = None
+
+
+class Source(Protocol):
+    """An opened source file: its header and its rows."""
+
+    path: Path
+    format: Format
+    encoding: str | None
+    header: tuple[str, ...]
+    #: the unit of :meth:`position`: total bytes for text files, rows for Parquet
+    size: int
+
+    def rows(self, skip: int = 0, columns: Sequence[int] | None = None) -> Iterator[RawRow]:
+        """Rows after the first ``skip`` data rows; ``columns`` limits what is read."""
+        ...
+
+    def position(self) -> int:
+        """How far the reader got, in the unit of :attr:`size`."""
+        ...
+
+
+# -- detection ---------------------------------------------------------------
+
+def detect_format(path: Path) -> Format:
+    """From the extension, else from the first bytes."""
+    ext = path.suffix.lower()
+    if ext in (".parquet", ".pq"):
+        return "parquet"
+    if ext in (".jsonl", ".ndjson", ".json"):
+        return "jsonl"
+    if ext in (".tsv", ".tab"):
+        return "tsv"
+    if ext in (".csv", ".txt"):
+        return "csv"
+    with open(path, "rb") as fh:
+        head = fh.read(64 * 1024)
+    if head[:4] == b"PAR1":
+        return "parquet"
+    body = head.lstrip(codecs.BOM_UTF8).lstrip()
+    if body[:1] == b"{":
+        return "jsonl"
+    first = body.split(b"\n", 1)[0]
+    return "tsv" if first.count(b"\t") > first.count(b",") else "csv"
+
+
+def detect_encoding(path: Path) -> str:
+    """UTF-8 (with or without BOM) if the first MiB decodes strictly, else GB18030.
+
+    A later byte sequence that does not decode makes a reject (code
+    ``encoding``) for its row, not a failed import.
+    """
+    with open(path, "rb") as fh:
+        head = fh.read(SNIFF_BYTES)
+    if head.startswith(codecs.BOM_UTF8):
+        return "utf-8-sig"
+    if head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        raise ReaderError("UTF-16 files are not supported", code="import.encoding",
+                          hint="convert the file to UTF-8 (iconv -f UTF-16 -t UTF-8)")
+    if b"\x00" in head:
+        raise ReaderError("the file holds NUL bytes: it is not a text file",
+                          hint="export the data as CSV, JSON Lines or Parquet")
+    try:
+        codecs.getincrementaldecoder("utf-8")("strict").decode(head, final=False)
+        return "utf-8"
+    except UnicodeDecodeError:
+        return "gb18030"
+
+
+def _check_encoding(name: str) -> str:
+    try:
+        return codecs.lookup(name).name
+    except LookupError:
+        raise ReaderError("unknown text encoding", code="import.encoding",
+                          hint="use utf-8, utf-8-sig, gb18030 or gbk") from None
+
+
+def open_source(path: str | os.PathLike[str], *, encoding: str | None = None,
+                format: Format | None = None) -> Source:
+    """Open ``path`` and read its header (one clear error if that is impossible)."""
+    p = Path(path)
+    if not p.is_file():
+        raise ReaderError(f"no such file: {p.name}", code="import.file")
+    fmt = format or detect_format(p)
+    if fmt == "parquet":
+        return ParquetSource(p)
+    enc = _check_encoding(encoding) if encoding else detect_encoding(p)
+    if fmt == "jsonl":
+        return JsonLinesSource(p, enc)
+    return DelimitedSource(p, enc, "\t" if fmt == "tsv" else ",")
+
+
+# -- CSV / TSV ---------------------------------------------------------------
+
+csv.field_size_limit(FIELD_LIMIT)
+
+
+class DelimitedSource:
+    """CSV or TSV; the first non-blank row is the header."""
+
+    def __init__(self, path: Path, encoding: str, delimiter: str) -> None:
+        self.path = path
+        self.format: Format = "tsv" if delimiter == "\t" else "csv"
+        self.encoding: str | None = encoding
+        self.size = path.stat().st_size
+        self._delimiter = delimiter
+        self._fh: BinaryIO | None = None
+        with self._open() as text:
+            reader = csv.reader(text, delimiter=delimiter)
+            header: list[str] = []
+            try:
+                for row in reader:
+                    if any(c.strip() for c in row):
+                        header = row
+                        break
+            except csv.Error:
+                raise ReaderError("the header row is not valid CSV") from None
+        if not header:
+            raise ReaderError("the file is empty: no header row", code="import.empty")
+        if any(_SURROGATE.search(h) for h in header):
+            raise ReaderError("the header row is not text in the file's encoding",
+                              code="import.encoding", hint="give the encoding with --encoding")
+        while header and not header[-1].strip():
+            header.pop()
+        self.header: tuple[str, ...] = tuple(h.strip() for h in header)
+
+    def _open(self) -> io.TextIOWrapper:
+        raw = open(self.path, "rb")  # noqa: SIM115 - closed with the wrapper
+        self._fh = raw
+        return io.TextIOWrapper(raw, encoding=self.encoding or "utf-8", errors="surrogateescape",
+                                newline="")
+
+    def position(self) -> int:
+        fh = self._fh
+        if fh is None or fh.closed:
+            return self.size
+        return fh.tell()
+
+    def rows(self, skip: int = 0, columns: Sequence[int] | None = None) -> Iterator[RawRow]:
+        width = len(self.header)
+        with self._open() as text:
+            reader = csv.reader(text, delimiter=self._delimiter)
+            seen_header = False
+            n = 0
+            last_line = 0
+            while True:
+                start = last_line + 1
+                try:
+                    row = next(reader)
+                except StopIteration:
+                    return
+                except csv.Error:
+                    last_line = reader.line_num
+                    n += 1
+                    if n > skip:
+                        yield RawRow(start, [], "csv.format")
+                    continue
+                last_line = reader.line_num
+                if not seen_header:
+                    if any(c.strip() for c in row):
+                        seen_header = True
+                    continue
+                if not row or (len(row) == 1 and not row[0].strip()):
+                    continue  # blank line: not a row
+                n += 1
+                if n <= skip:
+                    continue
+                cells: list[str | None] = list(row)
+                error: str | None = None
+                if len(row) != width:
+                    if len(row) > width and not any(c.strip() for c in row[width:]):
+                        del cells[width:]
+                    else:
+                        error = "csv.fields"
+                if error is None and _SURROGATE.search("\x1f".join(row)):
+                    error = "encoding"
+                yield RawRow(start, cells, error)
+
+
+# -- JSON Lines ---------------------------------------------------------------
+
+_JSON_SCALARS = (str, int, float)
+
+
+class JsonLinesSource:
+    """One JSON object per line; the header is the keys of the first object."""
+
+    format: Format = "jsonl"
+
+    def __init__(self, path: Path, encoding: str) -> None:
+        self.path = path
+        self.encoding: str | None = encoding
+        self.size = path.stat().st_size
+        self._fh: BinaryIO | None = None
+        keys: list[str] | None = None
+        with open(path, "rb") as fh:
+            for i, line in enumerate(fh):
+                if i > 1000:
+                    break
+                obj = self._parse(line)
+                if isinstance(obj, dict):
+                    keys = [str(k) for k in obj]
+                    break
+        if keys is None:
+            raise ReaderError("no JSON object in the first 1000 lines", code="import.empty")
+        self.header: tuple[str, ...] = tuple(keys)
+
+    def _parse(self, line: bytes) -> Any:
+        try:
+            return json.loads(line.decode(self.encoding or "utf-8"))
+        except (UnicodeDecodeError, ValueError):
+            return None
+
+    def position(self) -> int:
+        fh = self._fh
+        if fh is None or fh.closed:
+            return self.size
+        return fh.tell()
+
+    def rows(self, skip: int = 0, columns: Sequence[int] | None = None) -> Iterator[RawRow]:
+        index = {k: i for i, k in enumerate(self.header)}
+        width = len(self.header)
+        enc = self.encoding or "utf-8"
+        n = 0
+        with open(self.path, "rb") as fh:
+            self._fh = fh
+            for lineno, line in enumerate(fh, start=1):
+                if not line.strip():
+                    continue
+                n += 1
+                if n <= skip:
+                    continue
+                try:
+                    text = line.decode(enc)
+                except UnicodeDecodeError:
+                    yield RawRow(lineno, [], "encoding",
+                                 text=line.decode(enc, errors="surrogateescape").rstrip("\r\n"))
+                    continue
+                try:
+                    obj = json.loads(text)
+                except ValueError:
+                    yield RawRow(lineno, [], "json.syntax", text=text.rstrip("\r\n"))
+                    continue
+                if not isinstance(obj, dict):
+                    yield RawRow(lineno, [], "json.type", text=text.rstrip("\r\n"))
+                    continue
+                cells: list[str | None] = [None] * width
+                error: str | None = None
+                extra: list[str] = []
+                for k, v in obj.items():
+                    i = index.get(k)
+                    if v is None:
+                        value = None
+                    elif isinstance(v, bool) or not isinstance(v, _JSON_SCALARS):
+                        error = error or "json.type"
+                        value = json.dumps(v, ensure_ascii=False)
+                    else:
+                        value = v if isinstance(v, str) else str(v)
+                    if i is None:
+                        error = error or "json.fields"
+                        extra.append(value or "")
+                    else:
+                        cells[i] = value
+                if error:
+                    cells.extend(extra)
+                yield RawRow(lineno, cells, error)
+
+
+# -- Parquet --------------------------------------------------------------------
+
+class ParquetSource:
+    """Parquet, read one record batch at a time; ``line`` is the row number."""
+
+    format: Format = "parquet"
+    encoding: str | None = None
+
+    def __init__(self, path: Path) -> None:
+        import pyarrow.parquet as pq
+
+        self.path = path
+        try:
+            self._file = pq.ParquetFile(path)
+        except Exception as exc:
+            raise ReaderError(f"not a readable Parquet file ({type(exc).__name__})") from None
+        self.header: tuple[str, ...] = tuple(self._file.schema_arrow.names)
+        self.size: int = self._file.metadata.num_rows
+        self._done = 0
+
+    def position(self) -> int:
+        return self._done
+
+    def rows(self, skip: int = 0, columns: Sequence[int] | None = None) -> Iterator[RawRow]:
+        meta = self._file.metadata
+        wanted = sorted(set(columns)) if columns is not None else list(range(len(self.header)))
+        names = [self.header[i] for i in wanted]
+        width = len(self.header)
+        row_no = 0
+        for rg in range(meta.num_row_groups):
+            count = meta.row_group(rg).num_rows
+            if row_no + count <= skip:
+                row_no += count
+                self._done = row_no
+                continue
+            for batch in self._file.iter_batches(batch_size=8192, row_groups=[rg], columns=names):
+                cols = [batch.column(j).to_pylist() for j in range(len(names))]
+                for k in range(batch.num_rows):
+                    row_no += 1
+                    if row_no <= skip:
+                        continue
+                    cells: list[str | None] = [None] * width
+                    error: str | None = None
+                    for j, i in enumerate(wanted):
+                        v = cols[j][k]
+                        if v is None or isinstance(v, str):
+                            cells[i] = v
+                        elif isinstance(v, bytes):
+                            try:
+                                cells[i] = v.decode("utf-8")
+                            except UnicodeDecodeError:
+                                cells[i] = v.decode("utf-8", errors="surrogateescape")
+                                error = "encoding"
+                        else:
+                            cells[i] = str(v)
+                    self._done = row_no
+                    yield RawRow(row_no, cells, error)
+        self._done = row_no
