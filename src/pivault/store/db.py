@@ -82,6 +82,7 @@ class Database:
         self.dialect: Dialect = self.url.dialect
         self._lock = threading.RLock()
         self._depth = 0
+        self._owner: int | None = None
         self._pid = os.getpid()
         self._conn: Any = self._connect()
 
@@ -197,6 +198,7 @@ class Database:
                 finally:
                     self._depth -= 1
                 return
+            self._owner = threading.get_ident()
             if self.dialect == "sqlite":
                 self._conn.execute("BEGIN IMMEDIATE")
                 self._depth = 1
@@ -215,6 +217,11 @@ class Database:
                         yield self
                 finally:
                     self._depth = 0
+
+    @property
+    def in_transaction(self) -> bool:
+        """True when the calling thread is inside :meth:`transaction`."""
+        return self._depth > 0 and self._owner == threading.get_ident()
 
     # -- helpers ------------------------------------------------------------
     def table_exists(self, name: str) -> bool:

@@ -1,0 +1,428 @@
+"""The record table and the blind-index table.
+
+The store keeps, per resident, the AEAD ciphertext of each PI field, the keyed
+blind indexes used to find a record without decrypting anything, and non-PI
+metadata (timestamps, the import batch). It never sees plaintext or keys: the
+Vault layer above encrypts before it calls :meth:`RecordStore.insert` and
+decrypts what :meth:`RecordStore.get` returns.
+
+Two tables, with no foreign key between them so that each can be distributed
+on its own column (``records`` by ``record_id``, ``blind_index`` by ``value``):
+a lookup touches one shard of each and no constraint needs a cross-shard check.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from pivault.store.db import Database, StoreError
+from pivault.store.migrations import Migration, register
+
+
+class DuplicateRecordId(StoreError):
+    """A record id in the batch already exists (or occurs twice in the batch)."""
+
+    code = "store.duplicate_id"
+
+    def __init__(self, record_ids: Sequence[str]) -> None:
+        shown = ", ".join(record_ids[:3]) + (" …" if len(record_ids) > 3 else "")
+        super().__init__(
+            f"{len(record_ids)} record id(s) already exist or repeat in the batch: {shown};"
+            " nothing of the batch was written",
+            hint="record ids are unique; was this batch imported before?")
+        self.record_ids = list(record_ids)
+
+
+@dataclass(slots=True)
+class StoredRecord:
+    """One record as the store holds it: ciphertext, blind indexes, metadata."""
+
+    record_id: str
+    #: field name -> AEAD ciphertext, only the fields present
+    fields: dict[str, bytes]
+    #: index name (``id_number``, ``mobile``, ``name_birth``) -> blind index value
+    index: dict[str, bytes] = field(default_factory=dict)
+    #: unix seconds; 0.0 on insert means "now"
+    created_at: float = 0.0
+    #: unix seconds; 0.0 on insert means created_at, on replace "now"
+    updated_at: float = 0.0
+    #: the import batch that created the record
+    batch_id: str | None = None
+
+
+_SQLITE_V1 = """
+CREATE TABLE records (
+    record_id TEXT NOT NULL PRIMARY KEY,
+    name BLOB, id_number BLOB, mobile BLOB, address BLOB, notes BLOB,
+    created_at DOUBLE PRECISION NOT NULL,
+    updated_at DOUBLE PRECISION NOT NULL,
+    batch_id TEXT);
+CREATE TABLE blind_index (
+    index_name TEXT NOT NULL,
+    value BLOB NOT NULL,
+    record_id TEXT NOT NULL,
+    PRIMARY KEY (index_name, value, record_id)) WITHOUT ROWID;
+CREATE INDEX blind_index_record ON blind_index (record_id)
+"""
+
+# record ids are ASCII: the "C" collation makes ORDER BY a plain byte order,
+# the same on every server whatever its locale, and cheaper to compare.
+_PG_V1 = """
+CREATE TABLE records (
+    record_id TEXT COLLATE "C" NOT NULL PRIMARY KEY,
+    name BYTEA, id_number BYTEA, mobile BYTEA, address BYTEA, notes BYTEA,
+    created_at DOUBLE PRECISION NOT NULL,
+    updated_at DOUBLE PRECISION NOT NULL,
+    batch_id TEXT);
+CREATE TABLE blind_index (
+    index_name TEXT COLLATE "C" NOT NULL,
+    value BYTEA NOT NULL,
+    record_id TEXT COLLATE "C" NOT NULL,
+    PRIMARY KEY (index_name, value, record_id));
+CREATE INDEX blind_index_record ON blind_index (record_id)
+"""
+
+register(Migration("records", 1, "record and blind-index tables", _SQLITE_V1, _PG_V1))
+
+_COLS = "record_id, name, id_number, mobile, address, notes, created_at, updated_at, batch_id"
+_INSERT_RECORD = f"INSERT INTO records ({_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+_INSERT_INDEX = "INSERT INTO blind_index (index_name, value, record_id) VALUES (?, ?, ?)"
+_RECORD_TYPES = ["text", "bytea", "bytea", "bytea", "bytea", "bytea", "float8", "float8", "text"]
+_INDEX_TYPES = ["text", "bytea", "text"]
+#: PostgreSQL batches from this size go through binary COPY
+COPY_THRESHOLD = 500
+#: values per ``IN (…)`` list on SQLite, per array on PostgreSQL
+_CHUNK_SQLITE = 500
+_CHUNK_PG = 5000
+
+
+def _unique_violation(exc: BaseException) -> bool:
+    if isinstance(exc, sqlite3.IntegrityError):
+        return "UNIQUE" in str(exc) or "PRIMARY KEY" in str(exc)
+    sqlstate = getattr(exc, "sqlstate", None)
+    return sqlstate == "23505"
+
+
+def _chunks(seq: Sequence[Any], n: int) -> Iterator[Sequence[Any]]:
+    for i in range(0, len(seq), n):
+        yield seq[i:i + n]
+
+
+class RecordStore:
+    """Ciphertext records and their blind indexes, on one :class:`Database`."""
+
+    FIELDS: tuple[str, ...] = ("name", "id_number", "mobile", "address", "notes")
+    _FIELDSET = frozenset(FIELDS)
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+        self._pg = db.dialect == "postgresql"
+
+    @property
+    def db(self) -> Database:
+        return self._db
+
+    # -- writing ------------------------------------------------------------
+    def _rows(self, records: Iterable[StoredRecord], now: float
+              ) -> tuple[list[tuple[Any, ...]], list[tuple[str, bytes, str]]]:
+        rec_rows: list[tuple[Any, ...]] = []
+        idx_rows: list[tuple[str, bytes, str]] = []
+        fieldset = self._FIELDSET
+        for r in records:
+            f = r.fields
+            if not f.keys() <= fieldset:
+                unknown = sorted(k for k in f if k not in fieldset)
+                raise StoreError(f"unknown record field(s): {', '.join(map(repr, unknown))[:200]}",
+                                 code="store.field",
+                                 hint=f"the fields are {', '.join(self.FIELDS)}")
+            rid = r.record_id
+            created = r.created_at or now
+            rec_rows.append((rid, f.get("name"), f.get("id_number"), f.get("mobile"),
+                             f.get("address"), f.get("notes"), created,
+                             r.updated_at or created, r.batch_id))
+            for name, value in r.index.items():
+                idx_rows.append((name, value, rid))
+        return rec_rows, idx_rows
+
+    def _write(self, rec_rows: list[tuple[Any, ...]], idx_rows: list[tuple[str, bytes, str]]) -> None:
+        db = self._db
+        if self._pg and len(rec_rows) >= COPY_THRESHOLD:
+            with db.raw.cursor() as cur:
+                with cur.copy(f"COPY records ({_COLS}) FROM STDIN (FORMAT BINARY)") as cp:
+                    cp.set_types(_RECORD_TYPES)
+                    for row in rec_rows:
+                        cp.write_row(row)
+                if idx_rows:
+                    with cur.copy("COPY blind_index (index_name, value, record_id)"
+                                  " FROM STDIN (FORMAT BINARY)") as cp:
+                        cp.set_types(_INDEX_TYPES)
+                        for irow in idx_rows:
+                            cp.write_row(irow)
+        else:
+            db.executemany(_INSERT_RECORD, rec_rows)
+            db.executemany(_INSERT_INDEX, idx_rows)
+
+    def insert(self, records: Sequence[StoredRecord]) -> None:
+        """Add new records, all or none.
+
+        Joins the caller's open transaction if there is one; a failure undoes
+        this batch only (a savepoint), so the caller's transaction stays usable.
+        Raises :class:`DuplicateRecordId` if a record id exists already or
+        repeats in the batch, and ``StoreError`` ``store.field`` for a field
+        name outside :attr:`FIELDS`; in both cases nothing is written.
+        """
+        if not records:
+            return
+        rec_rows, idx_rows = self._rows(records, time.time())
+        db = self._db
+        try:
+            with db.transaction():
+                db.execute("SAVEPOINT pivault_records_insert")
+                try:
+                    self._write(rec_rows, idx_rows)
+                except BaseException:
+                    db.execute("ROLLBACK TO SAVEPOINT pivault_records_insert")
+                    db.execute("RELEASE SAVEPOINT pivault_records_insert")
+                    raise
+                db.execute("RELEASE SAVEPOINT pivault_records_insert")
+        except Exception as exc:
+            if _unique_violation(exc):
+                raise DuplicateRecordId(self._duplicates([r[0] for r in rec_rows])) from None
+            raise
+
+    def _duplicates(self, ids: list[str]) -> list[str]:
+        seen: set[str] = set()
+        dup: list[str] = []
+        for rid in ids:
+            if rid in seen:
+                dup.append(rid)
+            seen.add(rid)
+        existing = self._existing(sorted(seen))
+        return sorted(set(dup) | existing)
+
+    def _existing(self, ids: Sequence[str]) -> set[str]:
+        out: set[str] = set()
+        if self._pg:
+            for chunk in _chunks(ids, _CHUNK_PG):
+                out.update(r[0] for r in self._db.query(
+                    "SELECT record_id FROM records WHERE record_id = ANY(?)", (list(chunk),)))
+        else:
+            for chunk in _chunks(ids, _CHUNK_SQLITE):
+                out.update(r[0] for r in self._db.query(
+                    "SELECT record_id FROM records WHERE record_id IN"
+                    f" ({','.join('?' * len(chunk))})", chunk))
+        return out
+
+    def replace(self, record: StoredRecord) -> bool:
+        """Replace the fields, index entries and ``updated_at`` of a record, atomically.
+
+        ``created_at`` and ``batch_id`` keep their stored values. Returns False
+        (and writes nothing) if the record does not exist.
+        """
+        (row,), idx_rows = self._rows([record], time.time())
+        updated = record.updated_at or time.time()
+        db = self._db
+        with db.transaction():
+            cur = db.execute(
+                "UPDATE records SET name = ?, id_number = ?, mobile = ?, address = ?, notes = ?,"
+                " updated_at = ? WHERE record_id = ?", (*row[1:6], updated, record.record_id))
+            if cur.rowcount == 0:
+                return False
+            db.execute("DELETE FROM blind_index WHERE record_id = ?", (record.record_id,))
+            db.executemany(_INSERT_INDEX, idx_rows)
+        return True
+
+    def delete(self, record_id: str) -> bool:
+        """Delete a record and its index entries; False if it did not exist.
+
+        Outside a transaction on SQLite, the freed bytes are then purged from
+        the files (see :meth:`purge_freed`); inside one, call
+        :meth:`purge_freed` after it commits.
+        """
+        return self.delete_many([record_id]) == 1
+
+    def delete_many(self, record_ids: Sequence[str]) -> int:
+        """Delete records and their index entries; returns how many existed."""
+        ids = list(dict.fromkeys(record_ids))
+        if not ids:
+            return 0
+        db = self._db
+        n = 0
+        with db.transaction():
+            if self._pg:
+                for chunk in _chunks(ids, _CHUNK_PG):
+                    arr = (list(chunk),)
+                    db.execute("DELETE FROM blind_index WHERE record_id = ANY(?)", arr)
+                    n += db.execute("DELETE FROM records WHERE record_id = ANY(?)", arr).rowcount
+            else:
+                for chunk in _chunks(ids, _CHUNK_SQLITE):
+                    marks = ",".join("?" * len(chunk))
+                    db.execute(f"DELETE FROM blind_index WHERE record_id IN ({marks})", chunk)
+                    n += db.execute(f"DELETE FROM records WHERE record_id IN ({marks})",
+                                    chunk).rowcount
+        if n and not self._pg and not db.in_transaction:
+            self.purge_freed()
+        return n
+
+    def purge_freed(self) -> bool:
+        """Make the bytes of deleted rows unrecoverable from the database files, where the backend can.
+
+        SQLite (``secure_delete`` is on, so freed cells and pages are zeroed):
+        checkpoint the WAL into the main file and truncate it, so no old page
+        image survives in ``-wal``. Returns False if a reader kept the
+        checkpoint from completing, or if called inside a transaction (it
+        then does nothing: call it again after the commit).
+
+        PostgreSQL: a plain ``VACUUM`` of both tables, which lets the space of
+        dead tuples be reused; it does not overwrite them, and the server's
+        WAL, replicas and backups keep the old bytes. Only crypto-shredding
+        (destroying the key) is a real guarantee there.
+        """
+        db = self._db
+        if db.in_transaction:
+            return False
+        if self._pg:
+            db.execute("VACUUM records")
+            db.execute("VACUUM blind_index")
+            return True
+        row = db.query_one("PRAGMA wal_checkpoint(TRUNCATE)")
+        return row is not None and row[0] == 0
+
+    # -- reading ------------------------------------------------------------
+    @staticmethod
+    def _record(row: Sequence[Any], index: dict[str, bytes]) -> StoredRecord:
+        fields = {f: bytes(v) for f, v in zip(RecordStore.FIELDS, row[1:6], strict=True)
+                  if v is not None}
+        return StoredRecord(row[0], fields, index, float(row[6]), float(row[7]), row[8])
+
+    def get(self, record_id: str) -> StoredRecord | None:
+        row = self._db.query_one(f"SELECT {_COLS} FROM records WHERE record_id = ?", (record_id,))
+        if row is None:
+            return None
+        index = {n: bytes(v) for n, v in self._db.query(
+            "SELECT index_name, value FROM blind_index WHERE record_id = ?", (record_id,))}
+        return self._record(row, index)
+
+    def get_many(self, record_ids: Sequence[str]) -> list[StoredRecord]:
+        """The records that exist, in the order asked, each once."""
+        ids = list(dict.fromkeys(record_ids))
+        rows: dict[str, tuple[Any, ...]] = {}
+        index: dict[str, dict[str, bytes]] = {}
+        db = self._db
+        if self._pg:
+            for chunk in _chunks(ids, _CHUNK_PG):
+                arr = (list(chunk),)
+                for row in db.query(f"SELECT {_COLS} FROM records WHERE record_id = ANY(?)", arr):
+                    rows[row[0]] = row
+                for rid, name, value in db.query(
+                        "SELECT record_id, index_name, value FROM blind_index"
+                        " WHERE record_id = ANY(?)", arr):
+                    index.setdefault(rid, {})[name] = bytes(value)
+        else:
+            for chunk in _chunks(ids, _CHUNK_SQLITE):
+                marks = ",".join("?" * len(chunk))
+                for row in db.query(f"SELECT {_COLS} FROM records WHERE record_id IN ({marks})",
+                                    chunk):
+                    rows[row[0]] = row
+                for rid, name, value in db.query(
+                        "SELECT record_id, index_name, value FROM blind_index"
+                        f" WHERE record_id IN ({marks})", chunk):
+                    index.setdefault(rid, {})[name] = bytes(value)
+        return [self._record(rows[rid], index.get(rid, {})) for rid in ids if rid in rows]
+
+    def candidates(self, index_name: str, value: bytes) -> list[StoredRecord]:
+        """Every record whose ``index_name`` entry equals ``value``, by record id.
+
+        A truncated blind index matches several records; the caller decrypts
+        and compares to keep the true match.
+        """
+        ids = [r[0] for r in self._db.query(
+            "SELECT record_id FROM blind_index WHERE index_name = ? AND value = ?"
+            " ORDER BY record_id", (index_name, value))]
+        return self.get_many(ids) if ids else []
+
+    def candidate_ids(self, index_name: str, values: Sequence[bytes]) -> dict[bytes, list[str]]:
+        """Record ids per blind-index value, for many values at once.
+
+        Only values with at least one record appear in the result (use
+        ``.get(value, [])``); ids are sorted.
+        """
+        vals = list(dict.fromkeys(bytes(v) for v in values))
+        out: dict[bytes, list[str]] = {}
+        db = self._db
+        if self._pg:
+            for chunk in _chunks(vals, _CHUNK_PG):
+                rows = db.query("SELECT value, record_id FROM blind_index"
+                                " WHERE index_name = ? AND value = ANY(?)", (index_name, list(chunk)))
+                for v, rid in rows:
+                    out.setdefault(bytes(v), []).append(rid)
+        else:
+            for chunk in _chunks(vals, _CHUNK_SQLITE):
+                rows = db.query("SELECT value, record_id FROM blind_index WHERE index_name = ?"
+                                f" AND value IN ({','.join('?' * len(chunk))})",
+                                (index_name, *chunk))
+                for v, rid in rows:
+                    out.setdefault(bytes(v), []).append(rid)
+        for lst in out.values():
+            lst.sort()
+        return out
+
+    def count(self) -> int:
+        row = self._db.query_one("SELECT COUNT(*) FROM records")
+        return int(row[0]) if row else 0
+
+    def iter_ids(self, batch_size: int = 10000) -> Iterator[str]:
+        """Every record id in order, in bounded memory."""
+        for row in self._db.stream("SELECT record_id FROM records ORDER BY record_id",
+                                   size=batch_size):
+            yield row[0]
+
+    def iter_all(self, batch_size: int = 1000) -> Iterator[StoredRecord]:
+        """Every record with its index entries, ordered by record id, in bounded memory.
+
+        Two ordered streams (records, index entries) merged by record id. On
+        PostgreSQL the streams read committed data on their own connections.
+        """
+        recs = self._db.stream(f"SELECT {_COLS} FROM records ORDER BY record_id", size=batch_size)
+        idx = self._db.stream("SELECT record_id, index_name, value FROM blind_index"
+                              " ORDER BY record_id", size=batch_size * 3)
+        pending = next(idx, None)
+        for row in recs:
+            rid = row[0]
+            index: dict[str, bytes] = {}
+            # entries without a record (none are written, but be robust) sort before and are skipped
+            while pending is not None and pending[0] < rid:
+                pending = next(idx, None)
+            while pending is not None and pending[0] == rid:
+                index[pending[1]] = bytes(pending[2])
+                pending = next(idx, None)
+            yield self._record(row, index)
+
+    def stats(self) -> dict[str, object]:
+        """Sizes, never contents: rows, index entries per index name, bytes on disk."""
+        db = self._db
+        entries = {str(n): int(c) for n, c in db.query(
+            "SELECT index_name, COUNT(*) FROM blind_index GROUP BY index_name ORDER BY index_name")}
+        out: dict[str, object] = {"backend": db.dialect, "rows": self.count(),
+                                  "index_entries": entries}
+        if self._pg:
+            rec_b, idx_b = db.query_one(
+                "SELECT pg_total_relation_size('records'::regclass),"
+                " pg_total_relation_size('blind_index'::regclass)") or (0, 0)
+            out.update(bytes_records=int(rec_b), bytes_blind_index=int(idx_b),
+                       bytes_on_disk=int(rec_b) + int(idx_b))
+        else:
+            pages = db.query_one("PRAGMA page_count")
+            size = db.query_one("PRAGMA page_size")
+            free = db.query_one("PRAGMA freelist_count")
+            main = int(pages[0]) * int(size[0]) if pages and size else 0
+            wal_path = db.url.target + "-wal"
+            wal = os.path.getsize(wal_path) if os.path.exists(wal_path) else 0
+            out.update(bytes_main=main, bytes_wal=wal, bytes_on_disk=main + wal,
+                       free_pages=int(free[0]) if free else 0)
+        return out
