@@ -15,6 +15,8 @@ import tink
 import tink.secret_key_access
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from tink.proto import tink_pb2
 
 import pivault.crypto.providers as providers_module
@@ -356,3 +358,42 @@ def test_passphrase_prompt(monkeypatch: pytest.MonkeyPatch) -> None:
     assert passphrase_from_env_or_prompt(confirm=True) == "typed-synthetic"
     with pytest.raises(KeyringError):
         passphrase_from_env_or_prompt(confirm=True)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_random_damage_never_escapes_as_another_error(
+    keyring_path: Path, keyring: Keyring, passphrase: str, cheap_params: Argon2Params, data: st.DataObject
+) -> None:
+    good = keyring_path.read_bytes()
+    bad = bytearray(good)
+    for _ in range(data.draw(st.integers(1, 4))):
+        pos = data.draw(st.integers(0, len(bad) - 1))
+        action = data.draw(st.sampled_from(["replace", "delete", "insert"]))
+        byte = data.draw(st.integers(0, 255))
+        if action == "replace":
+            bad[pos] = byte
+        elif action == "delete":
+            del bad[pos]
+        else:
+            bad.insert(pos, byte)
+    keyring_path.write_bytes(bytes(bad))
+    try:
+        try:
+            again = Keyring.open(keyring_path, PassphraseProvider(passphrase, cheap_params))
+        except KeyringError:
+            return
+        # only changes that leave the JSON meaning intact (e.g. added whitespace) may open
+        assert json.loads(bad) == json.loads(good)
+        assert again.vault_id == keyring.vault_id
+    finally:
+        keyring_path.write_bytes(good)
+
+
+def test_deeply_nested_json_is_corrupt(
+    keyring_path: Path, keyring: Keyring, provider: PassphraseProvider
+) -> None:
+    keyring_path.write_bytes(b"[" * 200_000 + b"]" * 200_000)
+    with pytest.raises(KeyringError) as info:
+        Keyring.open(keyring_path, provider)
+    assert info.value.code == "keyring.corrupt"

@@ -348,7 +348,7 @@ class Keyring:
             _corrupt("file is too large")
         try:
             document = json.loads(raw.decode("utf-8"))
-        except (UnicodeDecodeError, ValueError):
+        except (UnicodeDecodeError, ValueError, RecursionError):
             _corrupt("not a JSON document")
         header, verifier, keysets = _parse_document(document)
         header_bytes = _canonical(header)
@@ -604,7 +604,12 @@ def _parse_document(document: object) -> tuple[dict[str, Any], bytes, dict[str, 
         _corrupt("unknown field cipher")
     indexes = header.get("indexes")
     names = header.get("index_names")
-    if not isinstance(indexes, dict) or not isinstance(names, list) or sorted(names) != sorted(indexes):
+    if (
+        not isinstance(indexes, dict)
+        or not isinstance(names, list)
+        or not all(isinstance(n, str) for n in names)
+        or sorted(names) != sorted(indexes)
+    ):
         _corrupt("bad index table")
     for name, desc in indexes.items():
         if not isinstance(name, str) or not _INDEX_NAME.fullmatch(name):

@@ -73,8 +73,8 @@ _NONCE_BYTES = 12
 class Argon2Params:
     """Argon2id cost parameters (argon2-cffi units: memory in KiB).
 
-    The defaults (t=3, m=64 MiB, p=1) are RFC 9106's second recommended
-    option. They are written into the keyring header, so a later keyring can
+    The defaults (t=3, m=64 MiB, p=1) take time and memory from RFC 9106's
+    second recommended option, with one lane. They are written into the keyring header, so a later keyring can
     raise them without breaking older ones.
     """
 
