@@ -1,0 +1,310 @@
+"""Find the PI columns of a dump by what they hold, not by what they are called.
+
+Leaked files arrive with headers renamed (``身份证号``, ``col3``, ``zjhm``),
+dropped, or shuffled. What cannot be renamed away is the content: resident ID
+numbers carry a MOD 11-2 check character, a region code and a real birth
+date; mobile numbers sit under allocated carrier prefixes; names start with a
+surname; addresses start with a province, city or district or carry road and
+house-number markers. So each column of a sample of rows is scored by the
+share of its non-empty values that validate as each kind, and the best kind
+above a threshold wins. Validation is the model's own normalisers, so what is
+detected here is exactly what the matcher can use.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import re
+import unicodedata
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import cache
+
+from pivault.model import address as _address
+from pivault.model import mobile as _mobile
+from pivault.model import resident_id as _rid
+
+__all__ = [
+    "KINDS",
+    "MATCH_KINDS",
+    "Column",
+    "classify",
+    "detect_columns",
+    "fast_id_number",
+    "fast_mobile",
+    "fast_name",
+    "looks_like_header",
+    "parse_birth_date",
+]
+
+#: kinds of PI column, in precedence order for ties
+KINDS: tuple[str, ...] = ("id_number", "mobile", "birth_date", "gender", "name", "address", "notes")
+#: kinds the matcher uses to find residents through the blind indexes
+MATCH_KINDS: tuple[str, ...] = ("id_number", "mobile", "name", "birth_date")
+_THRESHOLD = {"id_number": 0.5, "mobile": 0.5, "birth_date": 0.6, "gender": 0.8, "name": 0.6,
+              "address": 0.6, "notes": 0.6}
+_MIN_VALUES = 3
+
+# The ~300 commonest surnames (together >95 % of the population) and the compound ones.
+_SURNAMES = set(
+    "王李张刘陈杨黄赵吴周徐孙马朱胡郭何高林罗郑梁谢宋唐许韩冯邓曹彭曾肖田董袁潘于蒋蔡余杜叶程苏魏吕丁"
+    "任沈姚卢姜崔钟谭陆汪范金石廖贾夏韦付方白邹孟熊秦邱江尹薛闫段雷侯龙史陶黎贺顾毛郝龚邵万钱严覃武戴"
+    "莫孔向汤常温康施文牛樊葛邢安齐易乔伍庞颜倪庄聂章鲁岳翟殷詹申欧耿关兰焦俞左柳甘祝包宁尚符舒阮柯纪"
+    "梅童凌毕单季裴霍涂成苗谷盛曲翁冉骆蓝路游辛靳管柴蒙鲍华喻祁蒲房滕屈饶解牟艾尤阳时穆农司卓古吉缪简车"
+    "项连芦麦褚娄窦戚岑景党宫费卜冷晏席卫米柏宗瞿桂全佟应臧闵苟邬边卞姬师和仇栾隋商刁沙荣巫寇桑郎甄丛"
+    "仲虞敖巩明佘池查麻苑迟邝官封谈匡鞠惠荆乐冀郁胥南班储原栗燕楚鄢劳谌奚皮粟冼蔺楼盘满闻位厉伊仝区郜"
+    "海阚花权强帅屠豆朴盖练廉禹井祖漆巴丰支卿国狄平计索宣晋相初门云容敬来扈晁芮都普阙浦戈伏鹿薄邸雍辜"
+    "羊阿乌母裘亓修邰赫杭况那宿鲜印逯隆茹诸战慕危玉银亢嵇公哈湛宾戎勾茅利於呼居揭干但尉冶斯元束檀衣信"
+    "展阴昝智幸奉植衡富尧闭由"
+)
+_COMPOUND = {"欧阳", "司马", "上官", "诸葛", "东方", "皇甫", "尉迟", "公孙", "慕容", "长孙", "宇文",
+             "司徒", "夏侯", "轩辕", "令狐", "端木", "独孤", "南宫", "西门", "百里", "呼延", "赫连"}
+_CJK_NAME = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff]{2,4}")
+_MINORITY = re.compile(r"[\u4e00-\u9fff]{1,8}(?:[·•・.][\u4e00-\u9fff]{1,8}){1,3}")
+_LATIN_NAME = re.compile(r"[A-Z][a-z]{1,15}(?: [A-Z][a-z]{1,15}){1,2}")
+_ADDRESS_MARK = re.compile(r"[路街道巷弄号室村镇乡栋楼院]|小区|单元|社区|大厦|花园")
+_DIGIT = re.compile(r"[0-9０-９一二三四五六七八九十]")
+_CJK = re.compile(r"[\u4e00-\u9fff]")
+_DATE_PATTERNS = (
+    re.compile(r"(\d{4})[-/.](\d{1,2})[-/.](\d{1,2})(?:[ T].*)?"),
+    re.compile(r"(\d{4})(\d{2})(\d{2})"),
+    re.compile(r"(\d{4})年(\d{1,2})月(\d{1,2})日?"),
+)
+_GENDERS = {"男", "女", "m", "f", "male", "female", "男性", "女性"}
+_HEADER_WORDS = (
+    "姓名", "名字", "身份证", "证件", "证号", "手机", "电话", "联系", "号码", "地址", "住址", "户籍", "籍贯",
+    "出生", "生日", "性别", "备注", "编号", "序号", "名称", "年龄", "民族", "案件", "描述",
+    "name", "id", "phone", "mobile", "tel", "address", "addr", "birth", "dob", "gender", "sex",
+    "email", "card", "no", "number", "note", "remark", "sfz", "sfzh", "xm", "zjhm", "sjhm",
+)
+_WORD = re.compile(r"[a-z]+|[\u4e00-\u9fff]+")
+_CHECK = "10X98765432"
+
+
+@cache
+def _valid_dates() -> frozenset[str]:
+    """Every YYYYMMDD from 1900-01-01 to today: the birth dates an ID number can hold."""
+    day = _rid.EARLIEST_BIRTH
+    today = _dt.date.today()
+    out = []
+    one = _dt.timedelta(days=1)
+    while day <= today:
+        out.append(day.strftime("%Y%m%d"))
+        day += one
+    return frozenset(out)
+
+
+@cache
+def _known_regions() -> frozenset[str]:
+    from pivault.model import divisions
+
+    return frozenset(divisions.all_codes())
+
+
+def fast_id_number(value: str) -> str | None:
+    """The canonical 18-character ID number, or ``None`` when it does not validate.
+
+    The common clean case (18 ASCII characters) is checked with set lookups
+    and one base-13 integer conversion: the MOD 11-2 weights are ``2**(17-i)
+    mod 11``, and 13 is 2 modulo 11, so ``2 * int(first17, 13) % 11`` is the
+    weighted sum. Anything else goes through :func:`pivault.model.resident_id.normalise`.
+    """
+    if len(value) == 18 and value.isascii():
+        v = value.upper() if value[17] == "x" else value
+        first = v[:17]
+        if (first.isdigit() and v[:6] in _known_regions() and v[6:14] in _valid_dates()
+                and _CHECK[(2 * int(first, 13)) % 11] == v[17]):
+            return v
+        if first.isdigit():
+            return None
+    try:
+        return _rid.normalise(value)
+    except ValueError:
+        return None
+
+
+def fast_mobile(value: str) -> str | None:
+    """The 11-digit mobile number, or ``None``."""
+    if len(value) == 11 and value.isascii() and value.isdigit():
+        return value if value[:3] in _mobile.CARRIERS else None
+    try:
+        return _mobile.normalise(value)
+    except ValueError:
+        return None
+
+
+def fast_name(value: str) -> str | None:
+    """The normalised name (the vault's own normaliser), or ``None``."""
+    if 2 <= len(value) <= 6 and _CJK_NAME.fullmatch(value):
+        return value
+    from pivault.model import name as _name
+
+    try:
+        return _name.normalise(value)
+    except ValueError:
+        return None
+
+
+def parse_birth_date(value: str) -> str | None:
+    """``YYYY-MM-DD`` from the common written forms, or ``None`` (not a plausible birth date)."""
+    v = unicodedata.normalize("NFKC", value).strip()
+    for pat in _DATE_PATTERNS:
+        m = pat.fullmatch(v)
+        if m:
+            key = f"{int(m.group(1)):04d}{int(m.group(2)):02d}{int(m.group(3)):02d}"
+            if key in _valid_dates():
+                return f"{key[:4]}-{key[4:6]}-{key[6:]}"
+            return None
+    return None
+
+
+def _is_name(v: str) -> bool:
+    if _CJK_NAME.fullmatch(v):
+        return v[0] in _SURNAMES or v[:2] in _COMPOUND
+    if _MINORITY.fullmatch(v):
+        return True
+    return bool(_LATIN_NAME.fullmatch(v))
+
+
+def _is_address(v: str) -> bool:
+    if len(v) < 5 or not _CJK.search(v):
+        return False
+    try:
+        norm = _address.normalise(v)
+    except ValueError:
+        return False
+    if _address.parse_prefix(norm).end > 0 and len(norm) >= 6:
+        return True
+    return bool(_ADDRESS_MARK.search(norm)) and bool(_DIGIT.search(norm)) and len(norm) >= 6
+
+
+def classify(value: str | None) -> str | None:
+    """The kind of one value (first in precedence order), ``None`` if none."""
+    if value is None:
+        return None
+    v = value.strip()
+    if not v:
+        return None
+    if fast_id_number(v):
+        return "id_number"
+    if fast_mobile(v):
+        return "mobile"
+    if parse_birth_date(v):
+        return "birth_date"
+    if v.lower() in _GENDERS:
+        return "gender"
+    if _is_name(v):
+        return "name"
+    if _is_address(v):
+        return "address"
+    if len(v) >= 15 and len(_CJK.findall(v)) >= 8:
+        return "notes"
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class Column:
+    """What a column was found to hold.
+
+    ``share`` is the fraction of its non-empty sampled values that validate
+    as ``kind``; ``values`` how many non-empty values were sampled;
+    ``primary`` marks the best column of its kind (the one matching uses).
+    """
+
+    index: int
+    header: str | None
+    kind: str | None
+    share: float
+    values: int
+    primary: bool = False
+
+    @property
+    def confidence(self) -> str:
+        """``high`` / ``medium`` / ``low`` from the share and the sample size."""
+        if self.kind is None:
+            return "none"
+        if self.share >= 0.9 and self.values >= 20:
+            return "high"
+        if self.share >= 0.7 and self.values >= 5:
+            return "medium"
+        return "low"
+
+    def describe(self) -> dict[str, object]:
+        return {"column": self.index + 1, "header": self.header, "kind": self.kind,
+                "share": round(self.share, 3), "values": self.values,
+                "confidence": self.confidence, "primary": self.primary}
+
+
+def detect_columns(header: Sequence[str] | None, rows: Sequence[Sequence[str | None]]) -> list[Column]:
+    """Score every column of ``rows`` (a sample) and name the PI kind each holds.
+
+    The header is carried into the result for the report only; it plays no
+    part in the decision.
+    """
+    width = max([len(r) for r in rows] + [len(header) if header else 0])
+    cols: list[Column] = []
+    for i in range(width):
+        counts: dict[str, int] = {}
+        n = 0
+        for row in rows:
+            if i >= len(row):
+                continue
+            kind = classify(row[i])
+            if row[i] is None or not str(row[i]).strip():
+                continue
+            n += 1
+            if kind:
+                counts[kind] = counts.get(kind, 0) + 1
+        best: str | None = None
+        best_share = 0.0
+        for kind in KINDS:
+            share = counts.get(kind, 0) / n if n else 0.0
+            enough = counts.get(kind, 0) >= min(_MIN_VALUES, n)
+            if share >= _THRESHOLD[kind] and share > best_share and enough:
+                best, best_share = kind, share
+        name = header[i] if header and i < len(header) else None
+        cols.append(Column(i, name, best, best_share, n))
+    # the best column of each kind is the primary one
+    out: list[Column] = []
+    for col in cols:
+        if col.kind is None:
+            out.append(col)
+            continue
+        rivals = [c for c in cols if c.kind == col.kind]
+        top = max(rivals, key=lambda c: (c.share, c.values, -c.index))
+        out.append(Column(col.index, col.header, col.kind, col.share, col.values, top is col))
+    return out
+
+
+def looks_like_header(first: Sequence[str | None], rest: Sequence[Sequence[str | None]]) -> bool:
+    """Whether ``first`` is a header row rather than data.
+
+    A header holds no valid ID number or mobile, and either uses a word
+    headers use (``姓名``, ``phone`` …) or differs in kind from the rest of
+    its columns (``身份证号`` above a column of ID numbers).
+    """
+    cells = [(c or "").strip() for c in first]
+    kinds = [classify(c) for c in cells]
+    if any(k in ("id_number", "mobile", "birth_date") for k in kinds):
+        return False
+    if not any(cells):
+        return False
+    for c in cells:
+        low = c.lower()
+        for word in _WORD.findall(low):
+            if word in _HEADER_WORDS or any(h in word for h in _HEADER_WORDS if not h.isascii()):
+                return True
+    if not rest:
+        return False
+    typed = mismatched = 0
+    for i, kind in enumerate(kinds):
+        col = [classify(r[i]) for r in rest if i < len(r) and r[i] is not None and str(r[i]).strip()]
+        if len(col) < 2:
+            continue
+        dominant = max(set(col), key=col.count)
+        if dominant is None or col.count(dominant) / len(col) < 0.6:
+            continue
+        typed += 1
+        if kind != dominant:
+            mismatched += 1
+    return typed > 0 and mismatched * 2 >= typed

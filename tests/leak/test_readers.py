@@ -1,0 +1,418 @@
+"""Dump readers: every format a leak arrives in, streamed, with clear errors."""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+import json
+import os
+import resource
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from leak.synthetic import people
+from pivault.leak.readers import Batch, DumpError, Table, detect_encoding, read_dump, read_stream
+
+PEOPLE = list(people(300, seed=7))
+FIELDS = ["name", "id_number", "mobile", "address"]
+
+
+def rows_of(batches: list[Batch]) -> dict[str, tuple[Table, list[list[str | None]]]]:
+    out: dict[str, tuple[Table, list[list[str | None]]]] = {}
+    for b in batches:
+        out.setdefault(b.table.source, (b.table, []))[1].extend(b.rows)
+    return out
+
+
+def only_table(path: Path, **kw: int) -> tuple[Table, list[list[str | None]]]:
+    tables = rows_of(list(read_dump(path, **kw)))
+    assert len(tables) == 1, list(tables)
+    return next(iter(tables.values()))
+
+
+def csv_text(header: list[str] | None, recs: list[dict[str, str]], delim: str = ",") -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf, delimiter=delim, lineterminator="\n")
+    if header:
+        w.writerow(header)
+    for r in recs:
+        w.writerow([r[f] for f in FIELDS])
+    return buf.getvalue()
+
+
+# ------------------------------------------------------------------ CSV and encodings
+
+
+@pytest.mark.parametrize("encoding", ["utf-8", "utf-8-sig", "gb18030", "utf-16", "utf-16-le", "utf-16-be"])
+def test_csv_encodings_with_chinese_header(tmp_path: Path, encoding: str) -> None:
+    p = tmp_path / "dump.csv"
+    p.write_bytes(csv_text(["姓名", "身份证号", "手机号码", "住址"], PEOPLE).encode(encoding))
+    table, rows = only_table(p)
+    assert table.header == ["姓名", "身份证号", "手机号码", "住址"]
+    assert len(rows) == len(PEOPLE)
+    assert rows[5] == [PEOPLE[5][f] for f in FIELDS]
+    assert table.rows == len(PEOPLE) and table.rejected == 0
+
+
+def test_csv_without_header_and_other_delimiters(tmp_path: Path) -> None:
+    for delim in (",", "\t", ";", "|"):
+        p = tmp_path / f"d{ord(delim)}.txt"
+        p.write_text(csv_text(None, PEOPLE[:50], delim), encoding="utf-8")
+        table, rows = only_table(p)
+        assert table.header is None
+        assert len(rows) == 50 and rows[0] == [PEOPLE[0][f] for f in FIELDS]
+        assert table.format == ("tsv" if delim == "\t" else "csv")
+
+
+def test_english_header_detected_and_single_column(tmp_path: Path) -> None:
+    p = tmp_path / "a.csv"
+    p.write_text(csv_text(["full_name", "card", "tel", "home"], PEOPLE[:20]), encoding="utf-8")
+    table, rows = only_table(p)
+    assert table.header == ["full_name", "card", "tel", "home"] and len(rows) == 20
+    p2 = tmp_path / "ids.txt"
+    p2.write_text("\n".join(r["id_number"] for r in PEOPLE[:30]) + "\n", encoding="utf-8")
+    table, rows = only_table(p2)
+    assert table.header is None and len(rows) == 30 and rows[0] == [PEOPLE[0]["id_number"]]
+
+
+def test_ascii_start_then_gb18030_is_decoded(tmp_path: Path) -> None:
+    # the sniffed sample is pure ASCII; Chinese text appears far later
+    lines = [f"{i},{PEOPLE[0]['id_number']}" for i in range(40000)]
+    lines.append(f"99,{PEOPLE[1]['name']}")
+    p = tmp_path / "late.csv"
+    p.write_bytes(("\n".join(lines) + "\n").encode("gb18030"))
+    _, rows = only_table(p)
+    assert rows[-1] == ["99", PEOPLE[1]["name"]]
+
+
+def test_detect_encoding() -> None:
+    text = "姓名,身份证\n张三,11010519491231002X\n"
+    assert detect_encoding(text.encode("utf-8")) == "utf-8"
+    assert detect_encoding(text.encode("gb18030")) == "gb18030"
+    assert detect_encoding(text.encode("utf-16-le")) == "utf-16-le"
+    assert detect_encoding(text.encode("utf-16-be")) == "utf-16-be"
+    assert detect_encoding(b"\x00" * 4096) == "binary"
+
+
+def test_quoted_fields_with_newlines(tmp_path: Path) -> None:
+    p = tmp_path / "q.csv"
+    p.write_text('name,notes\n张三,"第一行\n第二行, 含逗号"\n李四,普通\n', encoding="utf-8")
+    table, rows = only_table(p)
+    assert table.header == ["name", "notes"]
+    assert rows == [["张三", "第一行\n第二行, 含逗号"], ["李四", "普通"]]
+
+
+# ------------------------------------------------------------------ JSON
+
+
+def test_jsonl_and_json_array_and_object(tmp_path: Path) -> None:
+    recs = [{"xm": r["name"], "zj": {"hm": r["id_number"]}, "sj": r["mobile"]} for r in PEOPLE[:100]]
+    p = tmp_path / "a.jsonl"
+    p.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in recs) + "\nnot json\n",
+                 encoding="utf-8")
+    table, rows = only_table(p)
+    assert table.header == ["xm", "zj.hm", "sj"]
+    assert rows[3] == [PEOPLE[3]["name"], PEOPLE[3]["id_number"], PEOPLE[3]["mobile"]]
+    assert table.rows == 100 and table.rejected == 1
+    p = tmp_path / "b.json"
+    p.write_text(json.dumps(recs, ensure_ascii=False, indent=1), encoding="utf-16")
+    table, rows = only_table(p)
+    assert len(rows) == 100 and rows[99][0] == PEOPLE[99]["name"]
+    p = tmp_path / "c.json"
+    p.write_text(json.dumps({"total": 100, "data": recs, "next": None}, ensure_ascii=False),
+                 encoding="utf-8")
+    table, rows = only_table(p, batch=7)
+    assert table.source.endswith("#data") and len(rows) == 100
+
+
+def test_json_array_streams_across_chunk_boundaries(tmp_path: Path) -> None:
+    recs = [{"n": i, "s": "x" * 500} for i in range(5000)]  # ~2.6 MB: several read chunks
+    p = tmp_path / "big.json"
+    p.write_text(json.dumps(recs), encoding="utf-8")
+    _, rows = only_table(p)
+    assert [r[0] for r in rows] == [str(i) for i in range(5000)]
+
+
+def test_json_cut_off_is_a_clear_error(tmp_path: Path) -> None:
+    p = tmp_path / "cut.json"
+    p.write_text(json.dumps([{"a": 1}, {"a": 2}])[:-8], encoding="utf-8")
+    with pytest.raises(DumpError, match="cut off"):
+        list(read_dump(p))
+
+
+# ------------------------------------------------------------------ SQL dumps
+
+MYSQL = """-- MySQL dump 10.13  Distrib 8.0.36, for Linux (x86_64)
+/*!40101 SET @OLD_CHARACTER_SET_CLIENT=@@CHARACTER_SET_CLIENT */;
+/*!40101 SET NAMES utf8mb4 */;
+DROP TABLE IF EXISTS `person`;
+CREATE TABLE `person` (
+  `id` int NOT NULL AUTO_INCREMENT,
+  `xm` varchar(32) DEFAULT NULL COMMENT '姓名; (with a semicolon)',
+  `sfzh` char(18) DEFAULT NULL,
+  `sjhm` varchar(20) DEFAULT NULL,
+  `dz` varchar(200) DEFAULT NULL,
+  PRIMARY KEY (`id`),
+  KEY `idx_sfzh` (`sfzh`)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4;
+LOCK TABLES `person` WRITE;
+/*!40000 ALTER TABLE `person` DISABLE KEYS */;
+INSERT INTO `person` VALUES {values1};
+INSERT INTO `person` VALUES {values2};
+/*!40000 ALTER TABLE `person` ENABLE KEYS */;
+UNLOCK TABLES;
+CREATE TABLE `case_note` (`id` int, `note` text);
+INSERT INTO `case_note` (`id`, `note`) VALUES
+ (1,'it\\'s a \\"quote\\"\\n; and (parens), commas'),(2,NULL),(3,'a''b');
+"""
+
+
+def _my(v: str) -> str:
+    return "'" + v.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def test_mysql_dump(tmp_path: Path) -> None:
+    def vals(recs: list[dict[str, str]], start: int) -> str:
+        return ",".join(f"({start + i},{_my(r['name'])},{_my(r['id_number'])},{_my(r['mobile'])},"
+                        f"{_my(r['address'])})" for i, r in enumerate(recs))
+
+    text = MYSQL.format(values1=vals(PEOPLE[:150], 1), values2=vals(PEOPLE[150:], 151))
+    p = tmp_path / "dump.sql"
+    p.write_text(text, encoding="utf-8")
+    tables = rows_of(list(read_dump(p, batch=64)))
+    person_t, person_rows = tables["dump.sql#person"]
+    assert person_t.header == ["id", "xm", "sfzh", "sjhm", "dz"]
+    assert len(person_rows) == 300
+    assert person_rows[200] == ["201", PEOPLE[200]["name"], PEOPLE[200]["id_number"],
+                                PEOPLE[200]["mobile"], PEOPLE[200]["address"]]
+    note_t, note_rows = tables["dump.sql#case_note"]
+    assert note_t.header == ["id", "note"]
+    assert note_rows == [["1", 'it\'s a "quote"\n; and (parens), commas'], ["2", None], ["3", "a'b"]]
+
+
+def test_mysql_dump_split_across_read_chunks(tmp_path: Path) -> None:
+    many = PEOPLE * 40  # 12,000 tuples in one ~1.5 MB statement
+    values = ",".join(f"({i},{_my(r['name'])},{_my(r['id_number'])},NULL,{_my(r['address'])})"
+                      for i, r in enumerate(many))
+    p = tmp_path / "big.sql"
+    p.write_text(MYSQL.format(values1=values, values2="(0,'x','y','z','w')"), encoding="gb18030")
+    tables = rows_of(list(read_dump(p)))
+    rows = tables["big.sql#person"][1]
+    assert len(rows) == len(many) + 1
+    assert rows[11999][2] == many[11999]["id_number"] and rows[11999][3] is None
+
+
+PG = """--
+-- PostgreSQL database dump
+--
+SET standard_conforming_strings = on;
+SET client_encoding = 'UTF8';
+CREATE TABLE public.residents (
+    id integer NOT NULL,
+    "姓名" text,
+    id_no character varying(18),
+    phone text,
+    CONSTRAINT residents_pkey PRIMARY KEY (id)
+);
+COPY public.residents (id, "姓名", id_no, phone) FROM stdin;
+{copy}
+\\.
+
+INSERT INTO public.residents VALUES (1001, 'C:\\path''s', E'tab\\there', NULL);
+INSERT INTO public.residents (id, "姓名", id_no, phone) VALUES (1002, '{n}', '{i}', '{m}');
+"""
+
+
+def test_postgresql_dump_copy_and_inserts(tmp_path: Path) -> None:
+    copy = "\n".join(f"{i}\t{r['name']}\t{r['id_number']}\t{r['mobile'] if i % 5 else chr(92) + 'N'}"
+                     for i, r in enumerate(PEOPLE[:100]))
+    p = tmp_path / "pg.sql"
+    p.write_text(PG.format(copy=copy, n=PEOPLE[200]["name"], i=PEOPLE[200]["id_number"],
+                           m=PEOPLE[200]["mobile"]), encoding="utf-8")
+    table, rows = only_table(p)
+    assert table.header == ["id", "姓名", "id_no", "phone"] and table.format == "sql-postgresql"
+    assert len(rows) == 102
+    assert rows[3] == ["3", PEOPLE[3]["name"], PEOPLE[3]["id_number"], PEOPLE[3]["mobile"]]
+    assert rows[5][3] is None
+    assert rows[100] == ["1001", "C:\\path's", "tab\there", None]
+    assert rows[101] == ["1002", PEOPLE[200]["name"], PEOPLE[200]["id_number"], PEOPLE[200]["mobile"]]
+
+
+def test_sql_truncated_insert_keeps_rows_before(tmp_path: Path) -> None:
+    text = "INSERT INTO t VALUES (1,'a'),(2,'b'),(3,'c"
+    p = tmp_path / "t.sql"
+    p.write_text(text, encoding="utf-8")
+    got: list[list[str | None]] = []
+    with pytest.raises(DumpError, match="cut off"):
+        for b in read_dump(p):
+            got.extend(b.rows)
+    assert got == [["1", "a"], ["2", "b"]]
+
+
+# ------------------------------------------------------------------ Excel and Parquet
+
+
+def test_xlsx_numbers_kept_whole(tmp_path: Path) -> None:
+    import openpyxl
+
+    wb = openpyxl.Workbook()
+    ws = wb.active
+    ws.title = "名单"
+    ws.append(["姓名", "证件号码", "电话"])
+    for r in PEOPLE[:50]:
+        ws.append([r["name"], r["id_number"], int(r["mobile"])])
+    ws2 = wb.create_sheet("other")
+    ws2.append([PEOPLE[60]["name"], PEOPLE[60]["id_number"]])
+    ws2.append([PEOPLE[61]["name"], PEOPLE[61]["id_number"]])
+    p = tmp_path / "book.xlsx"
+    wb.save(p)
+    tables = rows_of(list(read_dump(p)))
+    t, rows = tables["book.xlsx#名单"]
+    assert t.header == ["姓名", "证件号码", "电话"] and len(rows) == 50
+    assert rows[0] == [PEOPLE[0]["name"], PEOPLE[0]["id_number"], PEOPLE[0]["mobile"]]
+    t2, rows2 = tables["book.xlsx#other"]
+    assert t2.header is None and len(rows2) == 2
+
+
+def test_parquet_by_row_group(tmp_path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    tbl = pa.table({f: [r[f] for r in PEOPLE] for f in FIELDS} | {"n": list(range(len(PEOPLE)))})
+    p = tmp_path / "x.parquet"
+    pq.write_table(tbl, p, row_group_size=64)
+    table, rows = only_table(p, batch=50)
+    assert table.header == [*FIELDS, "n"] and len(rows) == 300
+    assert rows[299] == [*(PEOPLE[299][f] for f in FIELDS), "299"]
+
+
+# ------------------------------------------------------------------ archives
+
+
+def test_gzip_zip_and_nesting(tmp_path: Path) -> None:
+    body = csv_text(["姓名", "身份证号", "手机号码", "住址"], PEOPLE).encode("gb18030")
+    gz = tmp_path / "leak.csv.gz"
+    gz.write_bytes(gzip.compress(body))
+    table, rows = only_table(gz)
+    assert table.source == "leak.csv" and len(rows) == 300
+    zp = tmp_path / "leak.zip"
+    with zipfile.ZipFile(zp, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("part1.csv", body)
+        zf.writestr("dir/", b"")
+        zf.writestr("__MACOSX/._part1.csv", b"junk")
+        zf.writestr("part2.jsonl.gz", gzip.compress(
+            "\n".join(json.dumps(r, ensure_ascii=False) for r in PEOPLE[:10]).encode("utf-8")))
+    tables = rows_of(list(read_dump(zp)))
+    assert set(tables) == {"leak.zip:part1.csv", "leak.zip:part2.jsonl"}
+    assert len(tables["leak.zip:part2.jsonl"][1]) == 10
+    outer = tmp_path / "outer.zip.gz"
+    outer.write_bytes(gzip.compress(zp.read_bytes()))
+    assert len(rows_of(list(read_dump(outer)))) == 2
+
+
+# ------------------------------------------------------------------ bad input
+
+
+def test_empty_and_blank_files(tmp_path: Path) -> None:
+    p = tmp_path / "empty.csv"
+    p.write_bytes(b"")
+    with pytest.raises(DumpError, match="empty") as e:
+        list(read_dump(p))
+    assert e.value.code == "dump.empty"
+    p.write_text("\n \n", encoding="utf-8")
+    with pytest.raises(DumpError, match="blank"):
+        list(read_dump(p))
+
+
+def test_truncated_gzip_keeps_rows_before(tmp_path: Path) -> None:
+    body = csv_text(None, PEOPLE * 100).encode("utf-8")
+    data = gzip.compress(body)
+    p = tmp_path / "cut.csv.gz"
+    p.write_bytes(data[: len(data) * 2 // 3])
+    got = 0
+    with pytest.raises(DumpError, match="truncated") as e:
+        for b in read_dump(p):
+            got += len(b.rows)
+    assert e.value.code == "dump.truncated"
+    assert 0 < got < len(PEOPLE) * 100
+    z = tmp_path / "cut.zip"
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        zf.writestr("a.csv", body)
+    z.write_bytes(buf.getvalue()[:5000])
+    with pytest.raises(DumpError, match=r"damaged|truncated"):
+        list(read_dump(z))
+
+
+class _Endless(io.RawIOBase):
+    """A stream of ``size`` bytes: a header line, then one line with no newline."""
+
+    def __init__(self, size: int) -> None:
+        self.head = b"name,id_number\n"
+        self.left = size
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buf: memoryview) -> int:  # type: ignore[override]
+        if self.left <= 0:
+            return 0
+        n = min(len(buf), self.left)
+        if self.head:
+            take = self.head[:n]
+            buf[: len(take)] = take
+            self.head = self.head[len(take):]
+            self.left -= len(take)
+            return len(take)
+        buf[:n] = b"a" * n
+        self.left -= n
+        return n
+
+
+def _peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def test_two_gigabyte_line_is_refused_without_reading_it(tmp_path: Path) -> None:
+    stream = _Endless(2 * 1024**3)
+    before = _peak_rss_mib()
+    with pytest.raises(DumpError, match=r"line longer than 4 MiB at line 2") as e:
+        for _ in read_stream(stream, "huge.csv", max_line_mib=4):
+            pass
+    assert e.value.code == "dump.line_too_long"
+    assert stream.left > 2 * 1024**3 - 64 * 1024**2  # stopped early
+    assert _peak_rss_mib() - before < 200
+
+
+def test_sparse_two_gigabyte_file(tmp_path: Path) -> None:
+    p = tmp_path / "sparse.csv"
+    with open(p, "wb") as f:
+        f.write(b"name,id_number\n" + b"a" * (300 * 1024))
+        f.truncate(2 * 1024**3)
+    try:
+        with pytest.raises(DumpError) as e:
+            list(read_dump(p, max_line_mib=4))
+        assert e.value.code in ("dump.line_too_long", "dump.format")
+        assert "longer than 4 MiB at line 2" in str(e.value)
+    finally:
+        os.unlink(p)
+
+
+def test_binary_file_is_refused(tmp_path: Path) -> None:
+    p = tmp_path / "x.bin"
+    p.write_bytes(bytes(range(256)) * 100 + b"\x00" * 5000)
+    with pytest.raises(DumpError, match="neither text"):
+        list(read_dump(p))
+
+
+def test_messages_hold_no_values(tmp_path: Path) -> None:
+    secret = PEOPLE[0]["id_number"]
+    p = tmp_path / "bad.csv"
+    p.write_text(f'a,b\n"{secret}\n', encoding="utf-8")
+    try:
+        list(read_dump(p, max_line_mib=1))
+    except DumpError as exc:
+        assert secret not in str(exc)
