@@ -170,7 +170,7 @@ class DelimitedSource:
         self._delimiter = delimiter
         self._fh: BinaryIO | None = None
         with self._open() as text:
-            reader = csv.reader(text, delimiter=delimiter)
+            reader = csv.reader(text, delimiter=delimiter, strict=True)
             header: list[str] = []
             try:
                 for row in reader:
@@ -184,6 +184,9 @@ class DelimitedSource:
         if any(_SURROGATE.search(h) for h in header):
             raise ReaderError("the header row is not text in the file's encoding",
                               code="import.encoding", hint="give the encoding with --encoding")
+        # every row must have as many fields as the header line, trailing
+        # empty header fields (a trailing delimiter on every line) included
+        self._width = len(header)
         while header and not header[-1].strip():
             header.pop()
         self.header: tuple[str, ...] = tuple(h.strip() for h in header)
@@ -201,23 +204,35 @@ class DelimitedSource:
         return fh.tell()
 
     def rows(self, skip: int = 0, columns: Sequence[int] | None = None) -> Iterator[RawRow]:
-        width = len(self.header)
+        width = self._width
         with self._open() as text:
-            reader = csv.reader(text, delimiter=self._delimiter)
+            consumed: list[str] = []  # the physical lines of the current row
+
+            def lines() -> Iterator[str]:
+                for physical in text:
+                    consumed.append(physical)
+                    yield physical
+
+            # strict: a quote in the wrong place is an error for that row (code
+            # csv.quoting), not a silently different value; the reader goes on
+            # with the next line
+            reader = csv.reader(lines(), delimiter=self._delimiter, strict=True)
             seen_header = False
             n = 0
             last_line = 0
             while True:
                 start = last_line + 1
+                consumed.clear()
                 try:
                     row = next(reader)
                 except StopIteration:
                     return
-                except csv.Error:
+                except csv.Error as exc:
                     last_line = reader.line_num
                     n += 1
-                    if n > skip:
-                        yield RawRow(start, [], "csv.format")
+                    if n > skip and seen_header:
+                        code = "csv.field_size" if "field larger" in str(exc) else "csv.quoting"
+                        yield RawRow(start, [], code, text="".join(consumed).rstrip("\r\n"))
                     continue
                 last_line = reader.line_num
                 if not seen_header:
@@ -232,10 +247,8 @@ class DelimitedSource:
                 cells: list[str | None] = list(row)
                 error: str | None = None
                 if len(row) != width:
-                    if len(row) > width and not any(c.strip() for c in row[width:]):
-                        del cells[width:]
-                    else:
-                        error = "csv.fields"
+                    # never guess which field absorbed or lost a delimiter
+                    error = "csv.fields"
                 if error is None and _SURROGATE.search("\x1f".join(row)):
                     error = "encoding"
                 yield RawRow(start, cells, error)

@@ -1,0 +1,390 @@
+"""Vault commands: init, import, find, get, erase, stats, migrate, rejects show.
+
+A thin skin over :class:`pivault.vault.Vault`, named like its methods. Output
+is masked unless ``--reveal``; ``--json`` prints machine-readable output.
+Errors are one line on stderr (``error[code]: message`` and a hint), exit
+status 2 for bad input and 1 for everything else, never a traceback and
+never a value from a record.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, ParamSpec, TypeVar
+
+import typer
+
+from pivault.errors import ConfigError, PivaultError, ValidationError
+
+__all__ = [
+    "erase",
+    "find",
+    "get",
+    "import_",
+    "init",
+    "migrate",
+    "rejects_app",
+    "rejects_show",
+    "run_cli",
+    "stats",
+]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+HomeOpt = Annotated[Path | None, typer.Option(
+    "--home", envvar="PIVAULT_HOME", show_envvar=True,
+    help="Vault home directory (default ./.pivault).")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+RevealOpt = Annotated[bool, typer.Option(
+    "--reveal", help="Show full values instead of masks (audited).")]
+
+
+def _err(text: str) -> None:
+    sys.stderr.write(text + "\n")
+
+
+def run_cli(fn: Callable[P, R]) -> Callable[P, R]:
+    """Turn pivault errors into one clear line and an exit status, never a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return fn(*args, **kwargs)
+        except PivaultError as exc:
+            _err(f"error[{exc.code}]: {exc.message}")
+            if exc.hint:
+                _err(f"  hint: {exc.hint}")
+            raise typer.Exit(2 if isinstance(exc, ValidationError | ConfigError) else 1) from None
+        except KeyboardInterrupt:
+            _err("error[interrupted]: stopped; committed work is kept — run the same command "
+                 "again to resume")
+            raise typer.Exit(130) from None
+        except OSError as exc:
+            # file names are the operator's own; contents never reach this message
+            _err(f"error[io]: {exc.strerror or type(exc).__name__}"
+                 + (f": {Path(exc.filename).name}" if exc.filename else ""))
+            raise typer.Exit(1) from None
+
+    return wrapper
+
+
+def _print_json(obj: Any) -> None:
+    typer.echo(json.dumps(obj, ensure_ascii=False, indent=2, default=str))
+
+
+def _open(home: Path | None) -> Any:
+    from pivault.vault import Vault
+
+    return Vault.open(home)
+
+
+def _ctx(purpose: str, reveal: bool = False) -> Any:
+    from pivault.policy.context import local_operator
+
+    return local_operator(purpose, reveal=reveal)
+
+
+# -- init / migrate ---------------------------------------------------------------
+
+@run_cli
+def init(
+    home: HomeOpt = None,
+    store: Annotated[str | None, typer.Option(
+        "--store", help="Store URL: sqlite:///PATH (default <home>/vault.db) or "
+                        "postgresql://USER@HOST:PORT/DB.")] = None,
+    keyring: Annotated[Path | None, typer.Option(
+        "--keyring", help="Where to write the keyring; must be outside the home directory "
+                          "(default ~/.config/pivault/keyrings/<vault-id>.keyring).")] = None,
+    expected_population: Annotated[int, typer.Option(
+        "--expected-population", help="Residents the vault is sized for (sets blind-index "
+                                       "length).")] = 10_000_000,
+    json_out: JsonOpt = False,
+) -> None:
+    """Create a vault: data directory, keyring (kept apart from it) and schema."""
+    from pivault.crypto import passphrase_from_env_or_prompt
+    from pivault.vault import home as _home
+
+    passphrase = passphrase_from_env_or_prompt("New keyring passphrase: ", confirm=True)
+    cfg = _home.init(home, passphrase=passphrase, store_url=store, keyring_path=keyring,
+                     expected_population=expected_population)
+    from pivault.store.db import parse_url
+
+    info = {"home": str(cfg.home), "vault_id": cfg.vault_id, "keyring": str(cfg.keyring_path),
+            "store": parse_url(cfg.store_url).redacted,
+            "expected_population": cfg.expected_population}
+    if json_out:
+        _print_json(info)
+        return
+    typer.echo(f"created vault {cfg.vault_id}")
+    typer.echo(f"  home:    {cfg.home}")
+    typer.echo(f"  store:   {info['store']}")
+    typer.echo(f"  keyring: {cfg.keyring_path}")
+    typer.echo("Back up the keyring apart from the data, and keep the passphrase: without both "
+               "the data cannot be decrypted.")
+
+
+@run_cli
+def migrate(home: HomeOpt = None, json_out: JsonOpt = False) -> None:
+    """Bring the store's schema up to date (back it up first)."""
+    from pivault.store.db import Database
+    from pivault.store.migrations import migrate as _migrate
+    from pivault.vault import home as _home
+
+    cfg = _home.load(home)
+    with Database(cfg.store_url) as db:
+        done = _migrate(db)
+    if json_out:
+        _print_json({"applied": done})
+    elif done:
+        typer.echo("applied: " + ", ".join(done))
+    else:
+        typer.echo("schema is up to date")
+
+
+# -- import -------------------------------------------------------------------------
+
+def _progress_printer(quiet: bool) -> tuple[Any, Callable[[Any], None] | None]:
+    """A Rich progress bar on a terminal; nothing otherwise."""
+    if quiet or not sys.stderr.isatty():
+        return None, None
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        Progress,
+        TaskID,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    bar = Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
+        TextColumn("{task.fields[rows]:,} rows · {task.fields[rate]:,.0f} rows/s"),
+        TextColumn("· {task.fields[rejected]:,} rejected"),
+        TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+        console=Console(stderr=True), transient=False)
+    tasks: dict[str, TaskID] = {}
+    import time
+
+    starts: dict[str, tuple[float, int]] = {}
+
+    def update(p: Any) -> None:
+        if p.file not in tasks:
+            tasks[p.file] = bar.add_task(p.file, total=p.total, rows=0, rate=0.0, rejected=0)
+            starts[p.file] = (time.monotonic(), p.read)
+        t0, r0 = starts[p.file]
+        el = max(time.monotonic() - t0, 1e-6)
+        bar.update(tasks[p.file], completed=p.done, total=p.total, rows=p.read,
+                   rate=(p.read - r0) / el, rejected=p.rejected)
+
+    return bar, update
+
+
+@run_cli
+def import_(
+    files: Annotated[list[Path], typer.Argument(help="CSV/TSV, JSON Lines or Parquet files.")],
+    home: HomeOpt = None,
+    map_: Annotated[list[str] | None, typer.Option(
+        "--map", help="field=column pairs, e.g. name=姓名,id_number=身份证号 (repeatable).")] = None,
+    ignore: Annotated[list[str] | None, typer.Option(
+        "--ignore", help="A column to leave out (repeatable).")] = None,
+    encoding: Annotated[str | None, typer.Option(
+        "--encoding", help="Text encoding (default: UTF-8 if the first MiB is, else GB18030).")] = None,
+    on_duplicate: Annotated[str, typer.Option(
+        "--on-duplicate", help="skip | update | reject rows whose ID number is already known.")] = "skip",
+    workers: Annotated[int | None, typer.Option(
+        "--workers", help="Worker processes (default: by file size; 0 = one process).")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Import residents; bad rows go to the reject table. Safe to interrupt and rerun."""
+    from pivault.vault.mapping import parse_mapping
+
+    mapping = parse_mapping(map_ or [])
+    if on_duplicate not in ("skip", "update", "reject"):
+        raise ValidationError("import.on_duplicate", "--on-duplicate is skip, update or reject")
+    bar, update = _progress_printer(quiet or json_out)
+    with _open(home) as vault:
+        if bar is not None:
+            with bar:
+                summary = vault.import_files(files, ctx=_ctx("import"), mapping=mapping,
+                                             ignore=ignore or (), encoding=encoding,
+                                             on_duplicate=on_duplicate,
+                                             workers=workers, progress=update)
+        else:
+            summary = vault.import_files(files, ctx=_ctx("import"), mapping=mapping,
+                                         ignore=ignore or (), encoding=encoding,
+                                         on_duplicate=on_duplicate,
+                                         workers=workers)
+    if json_out:
+        _print_json(summary.to_dict())
+        return
+    if quiet:
+        return
+    for f in summary.files:
+        if f.status == "already_imported":
+            typer.echo(f"{f.file}: already imported (batch {f.batch_id}): nothing to do")
+        head = f"{f.file}: read {f.read:,} = imported {f.imported:,} + rejected {f.rejected:,}" \
+               f" + duplicates {f.duplicates:,}"
+        if f.updated:
+            head += f" ({f.updated:,} updated existing records)"
+        typer.echo(head + ("" if f.reconciles else "  [DOES NOT RECONCILE]"))
+        if f.status == "resumed":
+            typer.echo(f"  resumed after row {f.resumed_from:,}")
+        if f.status != "already_imported" and f.seconds > 0:
+            typer.echo(f"  {f.rows_per_second:,.0f} rows/s with {f.workers or 1} "
+                       f"process{'es' if f.workers > 1 else ''}")
+        if f.ignored_columns:
+            typer.echo("  columns left out: " + ", ".join(f.ignored_columns))
+        if f.reject_codes:
+            typer.echo("  rejects: " + ", ".join(f"{c} {n:,}" for c, n in f.reject_codes.items()))
+            typer.echo(f"  see them with: pivault rejects show --batch {f.batch_id}")
+
+
+# -- lookups ------------------------------------------------------------------------
+
+def _print_records(records: list[dict[str, Any]], json_out: bool) -> None:
+    if json_out:
+        _print_json(records)
+        return
+    if not records:
+        typer.echo("no matching record")
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(show_header=True, header_style="bold")
+    cols = list(records[0])
+    for c in cols:
+        table.add_column(c)
+    for r in records:
+        table.add_row(*("" if r[c] is None else str(r[c]) for c in cols))
+    Console().print(table)
+
+
+@run_cli
+def find(
+    home: HomeOpt = None,
+    id_number: Annotated[str | None, typer.Option("--id-number", help="Resident ID number.")] = None,
+    mobile: Annotated[str | None, typer.Option("--mobile", help="Mobile number.")] = None,
+    name: Annotated[str | None, typer.Option("--name", help="Name (with --birth-date).")] = None,
+    birth_date: Annotated[str | None, typer.Option(
+        "--birth-date", help="Birth date YYYY-MM-DD (with --name).")] = None,
+    purpose: Annotated[str, typer.Option("--purpose", help="Why you look (audited).")] = "lookup",
+    reveal: RevealOpt = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Find residents by ID number, mobile, or name and birth date (exact matches)."""
+    with _open(home) as vault:
+        found = vault.find(id_number=id_number, mobile=mobile, name=name, birth_date=birth_date,
+                           ctx=_ctx(purpose, reveal))
+    _print_records(found, json_out)
+
+
+@run_cli
+def get(
+    record_id: Annotated[str, typer.Argument(help="The record id (r_…).")],
+    home: HomeOpt = None,
+    purpose: Annotated[str, typer.Option("--purpose", help="Why you look (audited).")] = "lookup",
+    reveal: RevealOpt = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Show one record."""
+    with _open(home) as vault:
+        rec = vault.get(record_id, ctx=_ctx(purpose, reveal))
+    _print_records([rec], json_out)
+
+
+@run_cli
+def erase(
+    record_id: Annotated[str, typer.Argument(help="The record id (r_…).")],
+    home: HomeOpt = None,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Erase a record and purge its ciphertext from the store files."""
+    if not yes:
+        if not sys.stdin.isatty():
+            raise ValidationError("erase.confirm", "erasing needs confirmation: pass --yes")
+        typer.confirm(f"Erase record {record_id}? This cannot be undone", abort=True)
+    with _open(home) as vault:
+        vault.erase(record_id, ctx=_ctx("erasure"))
+    if json_out:
+        _print_json({"erased": record_id})
+    else:
+        typer.echo(f"erased {record_id}")
+
+
+@run_cli
+def stats(home: HomeOpt = None, json_out: JsonOpt = False) -> None:
+    """Counts, sizes and keys in use — never a value."""
+    with _open(home) as vault:
+        out = vault.stats(ctx=_ctx("administration"))
+    if json_out:
+        _print_json(out)
+        return
+    s = out["store"]
+    typer.echo(f"vault {out['vault_id']} ({s['backend']})")
+    typer.echo(f"  records:       {s['rows']:,}")
+    typer.echo("  index entries: " + ", ".join(f"{k} {v:,}" for k, v in s["index_entries"].items()))
+    typer.echo(f"  bytes on disk: {s['bytes_on_disk']:,}")
+    imp = out["imports"]
+    typer.echo(f"  imports:       {imp['batches']} batches ({imp['batches_done']} done), "
+               f"{imp['rejects']:,} rejected rows")
+    for k in out["keys"]:
+        typer.echo(f"  key {k['keyset']}: primary {k['primary_key_id']}, ids {k['key_ids']}")
+    if out.get("field_key_ids_in_use"):
+        typer.echo("  field key ids in use: " + ", ".join(
+            f"{k} ({n:,} records)" for k, n in out["field_key_ids_in_use"].items()))
+
+
+# -- rejects -------------------------------------------------------------------------
+
+rejects_app = typer.Typer(help="Rows an import could not accept.", no_args_is_help=True)
+
+
+@rejects_app.command("show")
+@run_cli
+def rejects_show(
+    home: HomeOpt = None,
+    batch: Annotated[str | None, typer.Option("--batch", help="Only this import batch.")] = None,
+    limit: Annotated[int, typer.Option("--limit", help="At most this many rows.")] = 1000,
+    reveal: RevealOpt = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Rejected rows: line, error code, and the row (masked unless --reveal)."""
+    with _open(home) as vault:
+        rows = vault.rejects(ctx=_ctx("import review", reveal), batch_id=batch, limit=limit)
+    if json_out:
+        _print_json(rows)
+        return
+    if not rows:
+        typer.echo("no rejected rows")
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(show_header=True, header_style="bold")
+    for c in ("batch", "line", "code", "field", "row"):
+        table.add_column(c)
+    for r in rows:
+        cells = "; ".join(f"{k}={v}" for k, v in r["cells"].items() if v not in (None, ""))
+        table.add_row(r["batch_id"], str(r["line"]), r["code"], r["field"] or "", cells)
+    Console().print(table)
+
+
+def register(app: typer.Typer) -> None:
+    """Attach these commands to the main application."""
+    app.command("init")(init)
+    app.command("import")(import_)
+    app.command("find")(find)
+    app.command("get")(get)
+    app.command("erase")(erase)
+    app.command("stats")(stats)
+    app.command("migrate")(migrate)
+    app.add_typer(rejects_app, name="rejects")

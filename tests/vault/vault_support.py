@@ -1,0 +1,44 @@
+"""Synthetic residents and cheap keyrings for the Vault tests (no real person anywhere)."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import random
+from pathlib import Path
+
+from pivault.crypto import Argon2Params, Keyring, PassphraseProvider
+from pivault.model import resident_id
+
+PASSPHRASE = "synthetic-vault-test-passphrase"
+#: minimum Argon2 cost: the tests check behaviour, not the work factor
+CHEAP = Argon2Params(time_cost=1, memory_cost=8, parallelism=1)
+
+_SURNAMES = "王李张刘陈杨黄赵吴周徐孙马朱胡郭何高林罗郑梁谢宋唐许韩冯邓曹彭曾肖田董袁潘"
+_GIVEN = "伟芳娜秀英敏静丽强磊军洋勇艳杰娟涛明超兰霞平刚桂华建国志红玉萍文斌宇浩鹏"
+_PREFIXES = ("138", "139", "186", "189", "150", "133")
+_REGIONS = ("110101", "310104", "440305", "510107", "330106", "420106")
+
+
+def make_residents(n: int, seed: int = 1) -> list[dict[str, str]]:
+    """Distinct synthetic residents (no real person) with valid ID and mobile numbers."""
+    rng = random.Random(seed)
+    out: list[dict[str, str]] = []
+    seen: set[str] = set()
+    while len(out) < n:
+        born = _dt.date(1940, 1, 1) + _dt.timedelta(days=rng.randrange(25000))
+        idn = resident_id.make(rng.choice(_REGIONS), born, rng.randrange(1000))
+        if idn in seen:
+            continue
+        seen.add(idn)
+        out.append({
+            "name": rng.choice(_SURNAMES) + "".join(rng.choice(_GIVEN) for _ in range(rng.choice((1, 2)))),
+            "id_number": idn,
+            "mobile": rng.choice(_PREFIXES) + f"{rng.randrange(10**8):08d}",
+            "address": f"北京市东城区东华门街道{rng.randrange(1, 300)}号{rng.randrange(1, 30)}室",
+            "notes": rng.choice(("", "测试备注", "合成数据")),
+        })
+    return out
+
+
+def new_keyring(path: Path, population: int = 10**6) -> Keyring:
+    return Keyring.create(path, PassphraseProvider(PASSPHRASE, CHEAP), expected_population=population)
