@@ -61,7 +61,7 @@ class RootKeyProvider(Protocol):
 # Bounds that a keyring header must respect. They keep a damaged or hostile
 # header from asking for terabytes of memory or hours of CPU.
 _MAX_TIME_COST = 64
-_MAX_MEMORY_KIB = 16 * 1024 * 1024  # 16 GiB
+_MAX_MEMORY_KIB = 4 * 1024 * 1024  # 4 GiB
 _MAX_PARALLELISM = 64
 _SALT_BYTES = 16
 _KEY_BYTES = 32
