@@ -1,0 +1,363 @@
+"""Streaming a byte source through the engine in bounded memory.
+
+Input is read in chunks (4 MiB by default). Each chunk is scanned together
+with a context of the bytes before it and a tail of the bytes after it, and a
+hit is reported by the chunk in which its anchor starts, so a value that
+straddles two reads is found once. Chunks end at a line break where one is
+near, which keeps line numbers and CSV columns exact.
+
+UTF-8 (and ASCII) is scanned as it is: the digits and Latin letters of the
+validated detectors are the same bytes in UTF-8, and the name and address
+handlers decode only a window. GB18030 and UTF-16 are transcoded to UTF-8
+chunk by chunk; offsets then count bytes of that UTF-8 text.
+"""
+
+from __future__ import annotations
+
+import bisect
+import codecs
+import csv
+import io
+import re
+from collections.abc import Callable, Iterable, Sequence
+from typing import BinaryIO
+
+from pivault.scan.engine import Engine, Hit, cell_hits
+from pivault.scan.findings import Finding, ScanIssue, ScanOptions, SourceResult
+
+#: bytes kept before the unscanned region (context for boundaries and labels)
+CONTEXT = 1024
+#: bytes that must follow the last anchor a chunk owns (the longest value after its anchor)
+TAIL = 16384
+#: how much of a file decides its encoding
+SNIFF = 64 * 1024
+
+
+class Collector:
+    """Turns hits into findings of one source: counts them all, keeps up to the cap."""
+
+    def __init__(self, result: SourceResult, options: ScanOptions) -> None:
+        self.result = result
+        self.cap = options.max_findings_per_source
+        self.min_confidence = options.min_confidence
+
+    def add(self, finding: Finding) -> None:
+        if finding.confidence < self.min_confidence:
+            return
+        self.result.counts[finding.kind] += 1
+        if len(self.result.findings) < self.cap:
+            self.result.findings.append(finding)
+        else:
+            self.result.dropped += 1
+
+    def issue(self, code: str, message: str, source: str | None = None) -> None:
+        self.result.issues.append(ScanIssue(source or self.result.source, code, message))
+
+
+def sniff_encoding(head: bytes) -> str | None:
+    """``utf-8``, ``utf-8-sig``, ``utf-16-le``/``-be``, ``gb18030``; ``binary`` for binary data; None if unknown."""
+    if head.startswith(codecs.BOM_UTF8):
+        return "utf-8-sig"
+    if head.startswith(codecs.BOM_UTF16_LE):
+        return "utf-16-le"
+    if head.startswith(codecs.BOM_UTF16_BE):
+        return "utf-16-be"
+    sample = head[:SNIFF]
+    if b"\x00" in sample:
+        even = sample[0::2].count(0)
+        odd = sample[1::2].count(0)
+        half = max(1, len(sample) // 2)
+        if odd > 0.3 * half and even < 0.05 * half:
+            return "utf-16-le"
+        if even > 0.3 * half and odd < 0.05 * half:
+            return "utf-16-be"
+        return "binary"
+    if sample.isascii():
+        return "utf-8"
+    for enc in ("utf-8", "gb18030"):
+        try:
+            codecs.getincrementaldecoder(enc)().decode(sample, final=len(head) < SNIFF)
+            return enc
+        except UnicodeDecodeError:
+            continue
+    controls = sum(sample.count(bytes([c])) for c in (1, 2, 3, 4, 5, 6, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24))
+    if controls > len(sample) // 100:
+        return "binary"
+    return None
+
+
+def _csv_header(line: bytes, sep: bytes) -> list[str]:
+    text = line.decode("utf-8", "replace").lstrip("\ufeff").rstrip("\r\n")
+    try:
+        return [c.strip() for c in next(csv.reader([text], delimiter=sep.decode()))]
+    except (StopIteration, csv.Error):
+        return []
+
+
+def _csv_column(buf: bytes, line_start: int, pos: int, sep: int) -> int:
+    """Index of the CSV cell containing ``pos`` (quotes respected)."""
+    col = 0
+    quoted = False
+    for b in buf[line_start:pos]:
+        if b == 0x22:
+            quoted = not quoted
+        elif b == sep and not quoted:
+            col += 1
+    return col
+
+
+_FIELD = re.compile(
+    rb"([A-Za-z_][A-Za-z0-9_.\-]{0,40}|(?:[\xe4-\xe9][\x80-\xbf]{2}){1,8})[\"']?[ \t]*(?:=|:|\xef\xbc\x9a)[ \t]*[\"']?$")
+
+
+def field_before(buf: bytes, line_start: int, pos: int) -> str | None:
+    """The key a value is assigned to (``phone=…``, ``"mobile": "…"``, ``手机：…``), if any."""
+    m = _FIELD.search(buf, max(line_start, pos - 64), pos)
+    return m.group(1).decode("utf-8", "replace") if m else None
+
+
+class TextStream:
+    """Scans one text source given as successive byte chunks."""
+
+    def __init__(self, engine: Engine, collector: Collector, name: str, *, csv_sep: bytes | None = None,
+                 table: str | None = None) -> None:
+        self.engine = engine
+        self.out = collector
+        self.name = name
+        self.table = table
+        self.csv_sep = csv_sep
+        self.header: list[str] | None = None
+        self.hint_cols: list[int] = []
+        self.carry = b""
+        self.carry_start = 0  # index in carry where unscanned bytes begin
+        self.abs_base = 0  # absolute offset of carry[0]
+        self.line_base = 0  # newlines before carry[0]
+        self.seen: set[tuple[str, int]] = set()
+
+    def _set_header(self, first_line: bytes) -> None:
+        assert self.csv_sep is not None
+        self.header = _csv_header(first_line, self.csv_sep)
+        kinds = self.engine.kinds
+        from pivault.scan import lexicon
+
+        self.hint_cols = [
+            i for i, h in enumerate(self.header)
+            if ("name" in kinds and lexicon.is_name_column(h)) or ("address" in kinds and lexicon.is_address_column(h))
+            or (kinds & {"passport", "travel_permit"} and re.search(r"(?i)passport|护照|permit|通行证|回乡证|台胞证", h))
+        ]
+
+    def feed(self, data: bytes, final: bool = False) -> None:
+        buf = self.carry + data if self.carry else data
+        start = self.carry_start
+        if self.csv_sep is not None and self.header is None:
+            nl = buf.find(b"\n")
+            if nl >= 0 or final:
+                self._set_header(buf[: nl if nl >= 0 else len(buf)])
+            elif len(buf) < 1 << 20:
+                self.carry = buf
+                return
+        if final:
+            limit = len(buf)
+        else:
+            limit = len(buf) - TAIL
+            if limit <= start:
+                self.carry = buf
+                self.carry_start = start
+                return
+            nl = buf.rfind(b"\n", max(start, limit - (1 << 16)), limit)
+            if nl >= 0:
+                limit = nl + 1
+        self._scan(buf, start, limit)
+        if final:
+            self.carry = b""
+            return
+        keep = max(0, limit - CONTEXT)
+        self.line_base += buf.count(b"\n", 0, keep)
+        self.abs_base += keep
+        self.carry = buf[keep:]
+        self.carry_start = limit - keep
+
+    def _scan(self, buf: bytes, start: int, limit: int) -> None:
+        hits = self.engine.scan(buf, start, limit)
+        if self.hint_cols:
+            hits = self._cell_hits(buf, start, limit, hits)
+        if not hits:
+            self.seen = set()
+            return
+        seen_now: set[tuple[str, int]] = set()
+        line = self.line_base
+        cursor = 0
+        sep = self.csv_sep[0] if self.csv_sep else None
+        for h in hits:
+            a = self.abs_base + h.start
+            key = (h.kind, a)
+            if key in self.seen or key in seen_now:
+                continue
+            seen_now.add(key)
+            line += buf.count(b"\n", cursor, h.start)
+            cursor = h.start
+            ls = buf.rfind(b"\n", 0, h.start) + 1
+            column: str | None = None
+            if sep is not None and self.header is not None and line > 0:
+                i = _csv_column(buf, ls, h.start, sep)
+                column = self.header[i] if i < len(self.header) else f"#{i + 1}"
+            else:
+                column = field_before(buf, ls, h.start)
+            self.out.add(Finding(h.kind, h.masked, h.confidence, file=self.name, table=self.table, column=column,
+                                 line=line + 1, offset=a, length=h.end - h.start, detail=h.detail))
+        self.seen = {k for k in seen_now if k[1] >= self.abs_base + limit - CONTEXT}
+
+    def _cell_hits(self, buf: bytes, start: int, limit: int, hits: list[Hit]) -> list[Hit]:
+        assert self.header is not None and self.csv_sep is not None
+        sep = self.csv_sep.decode()
+        kinds = self.engine.kinds
+        have = {(h.kind, h.start) for h in hits}
+        extra: list[Hit] = []
+        pos = start
+        # the header line itself is not data
+        if self.abs_base == 0 and start == 0:
+            nl = buf.find(b"\n", 0, limit)
+            pos = nl + 1 if nl >= 0 else limit
+        while pos < limit:
+            nl = buf.find(b"\n", pos, limit)
+            end = nl if nl >= 0 else limit
+            line = buf[pos:end]
+            text = line.decode("utf-8", "replace").rstrip("\r")
+            cells = text.split(sep) if '"' not in text else _split_quoted(text, sep)
+            offset = pos
+            for i, cell in enumerate(cells):
+                if i in self.hint_cols:
+                    for h in cell_hits(cell.strip('"'), self.header[i], kinds):
+                        s = offset + h.start + (1 if cell.startswith('"') else 0)
+                        if ("name" if h.kind == "name" else h.kind, s) not in have:
+                            extra.append(Hit(h.kind, s, s + h.end - h.start, h.masked, h.confidence, h.detail))
+                offset += len(cell.encode("utf-8")) + len(sep.encode())
+            pos = end + 1
+        if not extra:
+            return hits
+        return sorted(hits + extra, key=lambda h: h.start)
+
+
+def _split_quoted(text: str, sep: str) -> list[str]:
+    out = []
+    cur = []
+    quoted = False
+    for c in text:
+        if c == '"':
+            quoted = not quoted
+        if c == sep and not quoted:
+            out.append("".join(cur))
+            cur = []
+        else:
+            cur.append(c)
+    out.append("".join(cur))
+    return out
+
+
+def scan_binary_stream(
+    f: BinaryIO, name: str, engine: Engine, collector: Collector, options: ScanOptions,
+    *, csv_sep: bytes | None = None, table: str | None = None, head: bytes | None = None,
+) -> int:
+    """Scan a readable byte stream as text; returns the bytes read. Encoding problems become issues."""
+    size = options.chunk_size
+    chunk = head if head is not None else f.read(size)
+    enc = sniff_encoding(chunk)
+    if enc == "binary":
+        collector.issue("binary", "binary data (not text, not a known document or archive format): skipped")
+        return len(chunk)
+    if enc is None:
+        collector.issue("encoding", "not valid UTF-8, GB18030 or UTF-16: scanned as raw bytes "
+                                    "(numbers, keys and e-mail addresses are still found)")
+    stream = TextStream(engine, collector, name, csv_sep=csv_sep, table=table)
+    decoder = codecs.getincrementaldecoder(enc)(errors="replace") if enc not in (None, "utf-8") else None
+    total = 0
+    bad = 0
+    while chunk:
+        total += len(chunk)
+        if decoder is not None:
+            text = decoder.decode(chunk)
+            bad += text.count("\ufffd")
+            stream.feed(text.encode("utf-8"))
+        else:
+            stream.feed(chunk)
+        chunk = f.read(size)
+    tail = b""
+    if decoder is not None:
+        text = decoder.decode(b"", final=True)
+        bad += text.count("\ufffd")
+        tail = text.encode("utf-8")
+    stream.feed(tail, final=True)
+    if bad:
+        collector.issue("encoding", f"{bad} byte sequence(s) invalid in {enc}: replaced and scanned around")
+    return total
+
+
+def scan_bytes(data: bytes, name: str, engine: Engine, collector: Collector, options: ScanOptions,
+               *, csv_sep: bytes | None = None, table: str | None = None) -> int:
+    return scan_binary_stream(io.BytesIO(data), name, engine, collector, options, csv_sep=csv_sep, table=table)
+
+
+def _clean(v: str) -> str:
+    return v.replace("\n", " ").replace("\r", " ")
+
+
+def scan_columns(
+    rows: Iterable[Sequence[object]], columns: list[str], name: str | None, table: str | None,
+    engine: Engine, collector: Collector, *, first_row: int = 1, row_ids: Callable[[int], int] | None = None,
+    batch: int = 2000,
+) -> int:
+    """Scan tabular values column by column, each cell with its column's name as context.
+
+    A batch of one column's cells is scanned as one text (a cell per line), so
+    the per-cell cost is small. Returns the bytes of cell text scanned.
+    ``row_ids`` maps a 0-based ordinal to the row number reported (a rowid,
+    say); by default rows count from ``first_row``.
+    """
+    total = 0
+    ordinal = 0
+    pending: list[Sequence[object]] = []
+
+    def flush() -> None:
+        nonlocal total, ordinal
+        for j, col in enumerate(columns):
+            values = [_clean(_cell_text(r[j])) if j < len(r) else "" for r in pending]
+            blob = "\n".join(values).encode("utf-8", "replace")
+            total += len(blob)
+            if not blob.strip():
+                continue
+            starts = [0]
+            for v in values[:-1]:
+                starts.append(starts[-1] + len(v.encode("utf-8", "replace")) + 1)
+            found: set[tuple[str, int]] = set()
+            emitted = [(h, bisect.bisect_right(starts, h.start) - 1) for h in engine.scan(blob)]
+            found = {(h.kind, r) for h, r in emitted}
+            for r, v in enumerate(values):
+                if v:
+                    emitted.extend((h, r) for h in cell_hits(v, col, engine.kinds) if (h.kind, r) not in found)
+            for h, r in emitted:
+                o = ordinal + r
+                collector.add(Finding(h.kind, h.masked, h.confidence, file=name, table=table, column=col,
+                                      line=row_ids(o) if row_ids is not None else first_row + o,
+                                      length=h.end - h.start, detail=h.detail))
+        ordinal += len(pending)
+        pending.clear()
+
+    for row in rows:
+        pending.append(row)
+        if len(pending) >= batch:
+            flush()
+    if pending:
+        flush()
+    return total
+
+
+def _cell_text(v: object) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, bytes | bytearray | memoryview):
+        b = bytes(v)
+        try:
+            return b.decode("utf-8")
+        except UnicodeDecodeError:
+            return b.decode("gb18030", "replace") if not b.count(0) else ""
+    return str(v)
