@@ -69,7 +69,8 @@ OPERATIONS = frozenset({
     "read", "lookup", "find", "create", "update", "erase", "export", "import", "stats",
     "token.create", "token.revoke", "token.suspend", "policy.change", "audit.prune", "canary.seed",
 })
-OUTCOMES = frozenset({"ok", "miss", "denied", "refused", "error"})
+#: "not_found" and "invalid" are the Vault's words for a miss and for rejected input
+OUTCOMES = frozenset({"ok", "miss", "not_found", "denied", "refused", "invalid", "error"})
 _NAME = re.compile(r"[a-z][a-z0-9_.\-]{0,63}")
 _DETAIL_KEY = re.compile(r"[a-z][a-z0-9_]{0,39}")
 

@@ -1,0 +1,384 @@
+"""Alerts: what the detectors raise, and where it goes.
+
+An :class:`Alert` names the rule, the principal and token, and the evidence
+(counts, time window, opaque record ids) — never PI. Sinks:
+
+* :class:`JsonlSink` — one JSON object per line, appended to a file (0600);
+* :class:`TableSink` — the ``alerts`` table, listed and acknowledged with
+  ``pivault alerts list`` / ``ack``;
+* :class:`WebhookSink` — an HTTP POST of the JSON body with
+  ``X-Pivault-Signature: sha256=<hex HMAC-SHA256(secret, body)>``, sent from
+  a background thread at once and retried with exponential backoff.
+
+:class:`AlertDispatcher` fans an alert out to every sink. A failing sink is
+logged and skipped; it never fails the request that raised the alert.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+import os
+import queue
+import re
+import secrets
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+from pivault.errors import NotFoundError, PivaultError
+from pivault.store.db import Database
+from pivault.store.migrations import Migration, register
+
+__all__ = [
+    "SEVERITIES",
+    "Alert",
+    "AlertDispatcher",
+    "AlertSink",
+    "JsonlSink",
+    "LogSink",
+    "TableSink",
+    "WebhookSink",
+    "ack_alert",
+    "list_alerts",
+    "sign_body",
+]
+
+log = logging.getLogger("pivault.detect.alerts")
+SEVERITIES = ("info", "warning", "critical")
+SIGNATURE_HEADER = "X-Pivault-Signature"
+_RULE = re.compile(r"[a-z][a-z0-9_.\-]{0,63}")
+_KEY = re.compile(r"[a-z][a-z0-9_]{0,39}")
+
+register(Migration(
+    "alerts", 1, "alerts raised by the detectors, with acknowledgement",
+    sqlite=("CREATE TABLE alerts (alert_id TEXT PRIMARY KEY, ts DOUBLE PRECISION NOT NULL,"
+            " rule TEXT NOT NULL, severity TEXT NOT NULL, principal TEXT, token_id TEXT,"
+            " evidence TEXT NOT NULL, acked_at DOUBLE PRECISION, acked_by TEXT, ack_note TEXT);"
+            "CREATE INDEX alerts_ts ON alerts (ts)"),
+    postgresql=("CREATE TABLE alerts (alert_id TEXT PRIMARY KEY, ts DOUBLE PRECISION NOT NULL,"
+                " rule TEXT NOT NULL, severity TEXT NOT NULL, principal TEXT, token_id TEXT,"
+                " evidence TEXT NOT NULL, acked_at DOUBLE PRECISION, acked_by TEXT, ack_note TEXT);"
+                "CREATE INDEX alerts_ts ON alerts (ts)"),
+))
+
+
+def _check_evidence(value: Any, depth: int = 0) -> None:
+    if depth > 3:
+        raise PivaultError("alert evidence is nested too deeply", code="alert.evidence")
+    if isinstance(value, Mapping):
+        for k, v in value.items():
+            if not isinstance(k, str) or not _KEY.fullmatch(k):
+                raise PivaultError("alert evidence keys are short lower-case names", code="alert.evidence")
+            _check_evidence(v, depth + 1)
+    elif isinstance(value, list | tuple):
+        for v in value:
+            _check_evidence(v, depth + 1)
+    elif not isinstance(value, str | int | float | bool | type(None)):
+        raise PivaultError("alert evidence holds text, numbers, lists and tables only",
+                           code="alert.evidence")
+
+
+@dataclass(frozen=True)
+class Alert:
+    """One detection. ``evidence`` holds counts, windows, rule limits and opaque record ids only."""
+
+    rule: str
+    severity: str
+    principal: str | None
+    token_id: str | None
+    evidence: Mapping[str, Any]
+    time: float = field(default_factory=time.time)
+    alert_id: str = field(default_factory=lambda: "al_" + secrets.token_hex(8))
+
+    def __post_init__(self) -> None:
+        if not _RULE.fullmatch(self.rule):
+            raise PivaultError("an alert rule is a short lower-case name", code="alert.rule")
+        if self.severity not in SEVERITIES:
+            raise PivaultError("alert severity is info, warning or critical", code="alert.severity")
+        _check_evidence(self.evidence)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "alert_id": self.alert_id, "rule": self.rule, "severity": self.severity,
+            "principal": self.principal, "token_id": self.token_id,
+            "time": datetime.fromtimestamp(self.time, UTC).isoformat(timespec="milliseconds"),
+            "ts": self.time, "evidence": dict(self.evidence),
+        }
+
+    def to_json(self) -> bytes:
+        return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"),
+                          ensure_ascii=False).encode("utf-8")
+
+
+class AlertSink(Protocol):
+    def emit(self, alert: Alert) -> None: ...
+
+
+class LogSink:
+    """Alerts to the ``pivault.detect.alerts`` logger (no PI: rule, principal, counts)."""
+
+    def emit(self, alert: Alert) -> None:
+        level = logging.CRITICAL if alert.severity == "critical" else logging.WARNING
+        log.log(level, "alert %s %s principal=%s token=%s", alert.alert_id, alert.rule, alert.principal,
+                alert.token_id)
+
+
+class JsonlSink:
+    """Append each alert as one JSON line (file created 0600)."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self._lock = threading.Lock()
+
+    def emit(self, alert: Alert) -> None:
+        line = alert.to_json() + b"\n"
+        with self._lock:
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            try:
+                os.write(fd, line)  # one write with O_APPEND: lines of several workers never interleave
+            finally:
+                os.close(fd)
+
+
+class TableSink:
+    """The ``alerts`` table of the vault's store."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    def emit(self, alert: Alert) -> None:
+        self.db.execute(
+            "INSERT INTO alerts (alert_id, ts, rule, severity, principal, token_id, evidence)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (alert.alert_id, alert.time, alert.rule, alert.severity, alert.principal, alert.token_id,
+             json.dumps(dict(alert.evidence), sort_keys=True, ensure_ascii=False)))
+
+
+def sign_body(secret: bytes, body: bytes) -> str:
+    """The ``X-Pivault-Signature`` value for ``body``: ``sha256=<hex>``."""
+    return "sha256=" + hmac.new(secret, body, hashlib.sha256).hexdigest()
+
+
+class WebhookSink:
+    """POST each alert to ``url`` from a background thread, retried with exponential backoff.
+
+    Delivery starts at once (the request that raised the alert does not
+    wait). A 2xx answer ends it; a connection error, a timeout, 408, 429 or
+    5xx is retried after ``backoff`` × 2^n seconds (capped at
+    ``max_backoff``) up to ``attempts`` times; any other answer is final.
+    The receiver checks ``X-Pivault-Signature`` against the shared secret.
+    """
+
+    def __init__(self, url: str, secret: bytes, *, attempts: int = 8, backoff: float = 0.25,
+                 max_backoff: float = 60.0, timeout: float = 3.0) -> None:
+        if not secret:
+            raise PivaultError("a webhook needs a signing secret", code="alert.webhook")
+        self.url = url
+        self._secret = secret
+        self.attempts = attempts
+        self.backoff = backoff
+        self.max_backoff = max_backoff
+        self.timeout = timeout
+        self._queue: queue.Queue[tuple[Alert, int] | None] = queue.Queue()
+        self._thread: threading.Thread | None = None
+        self._pid = -1
+        self._start_lock = threading.Lock()
+        self._pending = 0
+        self._idle = threading.Condition()
+        #: counts for tests and status: delivered, failed (gave up)
+        self.delivered = 0
+        self.failed = 0
+
+    def _ensure_thread(self) -> None:
+        if self._thread is not None and self._pid == os.getpid() and self._thread.is_alive():
+            return
+        with self._start_lock:
+            if self._thread is None or self._pid != os.getpid() or not self._thread.is_alive():
+                if self._pid != os.getpid():  # a forked worker: the parent's thread is not here
+                    self._queue = queue.Queue()
+                    self._pending = 0
+                self._pid = os.getpid()
+                self._thread = threading.Thread(target=self._run, name="pivault-webhook", daemon=True)
+                self._thread.start()
+
+    def emit(self, alert: Alert) -> None:
+        self._ensure_thread()
+        with self._idle:
+            self._pending += 1
+        self._queue.put((alert, 0))
+
+    def flush(self, timeout: float = 10.0) -> bool:
+        """Wait until every queued alert was delivered or given up; False on timeout."""
+        deadline = time.monotonic() + timeout
+        with self._idle:
+            while self._pending:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._idle.wait(left)
+        return True
+
+    def close(self) -> None:
+        if self._thread is not None and self._thread.is_alive() and self._pid == os.getpid():
+            self._queue.put(None)
+            self._thread.join(5)
+
+    def _done(self) -> None:
+        with self._idle:
+            self._pending -= 1
+            self._idle.notify_all()
+
+    def _run(self) -> None:
+        import httpx
+
+        retry: list[tuple[float, Alert, int]] = []
+        with httpx.Client(timeout=self.timeout) as client:
+
+            def attempt(alert: Alert, tried: int) -> None:
+                if self._post(client, alert):
+                    self.delivered += 1
+                    self._done()
+                    return
+                tried += 1
+                if tried >= self.attempts:
+                    self.failed += 1
+                    log.warning("webhook gave up on alert %s after %d attempts", alert.alert_id, tried)
+                    self._done()
+                    return
+                delay = min(self.max_backoff, self.backoff * 2 ** (tried - 1))
+                retry.append((time.monotonic() + delay, alert, tried))
+
+            while True:
+                wait = max(0.0, min(r[0] for r in retry) - time.monotonic()) if retry else None
+                try:
+                    item = self._queue.get(timeout=wait)
+                except queue.Empty:
+                    pass
+                else:
+                    if item is None:
+                        return
+                    attempt(*item)
+                now = time.monotonic()
+                due = [r for r in retry if r[0] <= now]
+                retry[:] = [r for r in retry if r[0] > now]
+                for _, alert, tried in due:
+                    attempt(alert, tried)
+
+    def _post(self, client: Any, alert: Alert) -> bool:
+        import httpx
+
+        body = alert.to_json()
+        headers = {"Content-Type": "application/json", SIGNATURE_HEADER: sign_body(self._secret, body),
+                   "X-Pivault-Alert": alert.alert_id}
+        try:
+            resp = client.post(self.url, content=body, headers=headers)
+        except httpx.HTTPError as exc:
+            log.info("webhook delivery of %s failed: %s", alert.alert_id, type(exc).__name__)
+            return False
+        if 200 <= resp.status_code < 300:
+            return True
+        if resp.status_code in (408, 429) or resp.status_code >= 500:
+            return False
+        log.warning("webhook refused alert %s with HTTP %d; not retried", alert.alert_id, resp.status_code)
+        return True  # final: retrying cannot help
+
+
+class AlertDispatcher:
+    """Send alerts to every sink; optionally de-duplicate repeats across workers.
+
+    ``claim(key, ttl)`` (from the shared counters) lets one worker of many
+    send a repeated alert (same rule, principal and token) once per
+    ``repeat_seconds``; critical alerts are never suppressed.
+    """
+
+    def __init__(self, sinks: Sequence[AlertSink] = (), *,
+                 claim: Callable[[str, float], bool] | None = None, repeat_seconds: float = 60.0) -> None:
+        self.sinks: list[AlertSink] = list(sinks)
+        self._claim = claim
+        self.repeat_seconds = repeat_seconds
+
+    def raise_alert(self, alert: Alert) -> bool:
+        """Emit unless a repeat within ``repeat_seconds``; True if emitted."""
+        if self._claim is not None and alert.severity != "critical":
+            key = f"alert:{alert.rule}:{alert.principal or '-'}:{alert.token_id or '-'}"
+            try:
+                if not self._claim(key, self.repeat_seconds):
+                    return False
+            except PivaultError:
+                pass  # the counters are down: send rather than lose the alert
+        for sink in self.sinks:
+            try:
+                sink.emit(alert)
+            except Exception as exc:
+                log.error("alert sink %s failed for %s: %s", type(sink).__name__, alert.alert_id,
+                          type(exc).__name__)
+        return True
+
+
+# -- the alerts table --------------------------------------------------------------
+
+def _row(row: Sequence[Any]) -> dict[str, Any]:
+    return {
+        "alert_id": row[0], "ts": float(row[1]),
+        "time": datetime.fromtimestamp(float(row[1]), UTC).isoformat(timespec="milliseconds"),
+        "rule": row[2], "severity": row[3], "principal": row[4], "token_id": row[5],
+        "evidence": json.loads(row[6]), "acked_at": row[7], "acked_by": row[8], "ack_note": row[9],
+    }
+
+
+def list_alerts(db: Database, *, unacked: bool = False, since: float | None = None,
+                rule: str | None = None, severity: str | None = None,
+                limit: int | None = 100) -> list[dict[str, Any]]:
+    """Alerts, newest first."""
+    where: list[str] = []
+    params: list[Any] = []
+    if unacked:
+        where.append("acked_at IS NULL")
+    if since is not None:
+        where.append("ts >= ?")
+        params.append(since)
+    if rule is not None:
+        where.append("rule = ?")
+        params.append(rule)
+    if severity is not None:
+        where.append("severity = ?")
+        params.append(severity)
+    sql = ("SELECT alert_id, ts, rule, severity, principal, token_id, evidence, acked_at, acked_by, ack_note"
+           " FROM alerts" + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY ts DESC")
+    if limit is not None:
+        sql += f" LIMIT {int(limit)}"
+    return [_row(r) for r in db.query(sql, params)]
+
+
+def ack_alert(db: Database, alert_id: str, *, by: str, note: str = "", now: float | None = None) -> None:
+    """Mark an alert handled; ``NotFoundError`` if there is no such unacknowledged alert."""
+    cur = db.execute("UPDATE alerts SET acked_at = ?, acked_by = ?, ack_note = ?"
+                     " WHERE alert_id = ? AND acked_at IS NULL",
+                     (time.time() if now is None else now, by, note[:500], alert_id))
+    if cur.rowcount != 1:
+        raise NotFoundError("no unacknowledged alert with this id", code="alert.not_found")
+
+
+def sinks_from_config(db: Database | None, *, jsonl: str | None = None, webhook_url: str | None = None,
+                      webhook_secret: bytes | None = None, log_sink: bool = True) -> list[AlertSink]:
+    """The usual sinks: table (if a store), JSON lines (if a path), webhook (if a URL), log."""
+    out: list[AlertSink] = []
+    if db is not None:
+        out.append(TableSink(db))
+    if jsonl:
+        out.append(JsonlSink(jsonl))
+    if webhook_url:
+        if not webhook_secret:
+            raise PivaultError("the alert webhook needs a secret (PIVAULT_WEBHOOK_SECRET)",
+                               code="alert.webhook")
+        out.append(WebhookSink(webhook_url, webhook_secret))
+    if log_sink:
+        out.append(LogSink())
+    return out

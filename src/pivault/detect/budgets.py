@@ -1,0 +1,174 @@
+"""Read budgets: how many records a principal, a role and the whole vault may read.
+
+Budgets come from the policy (``[roles.R.budgets]``: per principal of role
+R), optionally overridden per principal, plus optional totals per role (all
+its principals together) and for the whole vault. Each budget may set::
+
+    records_per_minute, records_per_hour, records_per_day   records returned
+    misses_per_hour                                          lookups that found nothing
+    distinct_per_day                                         distinct record ids (UTC day)
+
+A charge is all-or-nothing across every applicable rule (one Lua script on
+Redis): a request that would exceed any budget is refused whole, and the
+refusal says which rule and when to retry. Refusals of a principal's own
+budgets count as breaches of its token; the vault-wide limit protects the
+vault and is not held against any one caller.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from pivault.detect.counters import DAY, Counters, DistinctRule, Refusal, WindowRule
+from pivault.errors import PivaultError
+from pivault.policy.context import AccessContext
+
+__all__ = ["BUDGET_KEYS", "Budget", "BudgetExceeded", "BudgetPolicy", "Budgets", "Charge"]
+
+BUDGET_KEYS = ("records_per_minute", "records_per_hour", "records_per_day", "misses_per_hour",
+               "distinct_per_day")
+_WINDOWS = {"records_per_minute": 60.0, "records_per_hour": 3600.0, "records_per_day": DAY,
+            "misses_per_hour": 3600.0}
+
+
+class BudgetExceeded(PivaultError, PermissionError):
+    """A read budget is spent (HTTP 429 with ``Retry-After``). Names the rule, never the data."""
+
+    code = "budget.exceeded"
+
+    def __init__(self, refusal: Refusal) -> None:
+        self.rule = refusal.rule
+        self.limit = refusal.limit
+        #: whole seconds to wait (the HTTP ``Retry-After`` value)
+        self.retry_after = max(1, math.ceil(refusal.retry_after))
+        super().__init__(f"read budget spent: {refusal.rule} (limit {refusal.limit}); "
+                         f"retry after {self.retry_after} s",
+                         hint="wait, or ask for a larger budget in the policy")
+
+
+@dataclass(frozen=True, slots=True)
+class Budget:
+    """Limits for one scope; ``None`` means no limit on that measure."""
+
+    records_per_minute: int | None = None
+    records_per_hour: int | None = None
+    records_per_day: int | None = None
+    misses_per_hour: int | None = None
+    distinct_per_day: int | None = None
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any]) -> Budget:
+        unknown = set(values) - set(BUDGET_KEYS)
+        if unknown:
+            raise PivaultError(f"unknown budget {sorted(unknown)[0]!r}; known: {', '.join(BUDGET_KEYS)}",
+                               code="detect.config")
+        out: dict[str, int] = {}
+        for key, value in values.items():
+            if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+                raise PivaultError(f"budget {key} must be a non-negative number", code="detect.config")
+            out[key] = int(value)
+        return cls(**out)
+
+    def is_empty(self) -> bool:
+        return all(getattr(self, f.name) is None for f in fields(self))
+
+    def to_dict(self) -> dict[str, int]:
+        return {f.name: v for f in fields(self) if (v := getattr(self, f.name)) is not None}
+
+
+@dataclass(frozen=True)
+class BudgetPolicy:
+    """Which budget applies to whom.
+
+    ``roles`` apply to each principal of the role (``principals`` overrides
+    one principal's); ``role_totals`` cap all principals of a role together;
+    ``vault`` caps everyone together. ``suspend_after`` breaches of a
+    principal's own budgets in one UTC day suspend its token.
+    """
+
+    roles: Mapping[str, Budget] = field(default_factory=dict)
+    principals: Mapping[str, Budget] = field(default_factory=dict)
+    role_totals: Mapping[str, Budget] = field(default_factory=dict)
+    vault: Budget = field(default_factory=Budget)
+    suspend_after: int = 3
+
+    @classmethod
+    def from_policy(cls, policy: Any, *, principals: Mapping[str, Mapping[str, Any]] | None = None,
+                    role_totals: Mapping[str, Mapping[str, Any]] | None = None,
+                    vault: Mapping[str, Any] | None = None, suspend_after: int = 3) -> BudgetPolicy:
+        """From a :class:`pivault.policy.Policy` (its ``roles`` and ``budgets_for``)."""
+        roles = {name: Budget.from_mapping(policy.budgets_for(name)) for name in policy.roles}
+        return cls(
+            roles={k: v for k, v in roles.items() if not v.is_empty()},
+            principals={k: Budget.from_mapping(v) for k, v in (principals or {}).items()},
+            role_totals={k: Budget.from_mapping(v) for k, v in (role_totals or {}).items()},
+            vault=Budget.from_mapping(vault or {}), suspend_after=suspend_after)
+
+    def for_principal(self, principal: str, role: str) -> Budget:
+        return self.principals.get(principal) or self.roles.get(role) or Budget()
+
+
+@dataclass(frozen=True, slots=True)
+class Charge:
+    """The result of :meth:`Budgets.charge`: allowed, or refused with the rule and the breach count."""
+
+    refusal: Refusal | None = None
+    #: scope of the refused rule: "principal", "role" or "vault"
+    scope: str | None = None
+    #: breaches of this token (or principal) today, counting this one; 0 for vault-wide refusals
+    breaches: int = 0
+
+    @property
+    def allowed(self) -> bool:
+        return self.refusal is None
+
+
+class Budgets:
+    """Charges reads to every budget that applies to the caller."""
+
+    def __init__(self, policy: BudgetPolicy | Callable[[], BudgetPolicy], counters: Counters) -> None:
+        self._policy: Callable[[], BudgetPolicy] = policy if callable(policy) else (lambda: policy)
+        self.counters = counters
+
+    @property
+    def policy(self) -> BudgetPolicy:
+        return self._policy()
+
+    def rules(self, ctx: AccessContext, *, records: int, misses: int,
+              record_ids: Sequence[str]) -> tuple[list[WindowRule], list[DistinctRule]]:
+        policy = self._policy()
+        scopes = (("principal", f"p:{ctx.principal}", policy.for_principal(ctx.principal, ctx.role)),
+                  ("role", f"r:{ctx.role}", policy.role_totals.get(ctx.role, Budget())),
+                  ("vault", "v", policy.vault))
+        windows: list[WindowRule] = []
+        distinct: list[DistinctRule] = []
+        for scope, key, budget in scopes:
+            for name, seconds in _WINDOWS.items():
+                limit = getattr(budget, name)
+                amount = misses if name == "misses_per_hour" else records
+                if limit is not None and amount > 0:
+                    windows.append(WindowRule(f"{scope}.{name}", f"b:{key}:{name}", limit, seconds, amount))
+            if budget.distinct_per_day is not None and record_ids:
+                distinct.append(DistinctRule(f"{scope}.distinct_per_day", f"b:{key}:distinct",
+                                             budget.distinct_per_day, tuple(record_ids)))
+        return windows, distinct
+
+    def charge(self, ctx: AccessContext, *, records: int = 0, misses: int = 0,
+               record_ids: Sequence[str] = ()) -> Charge:
+        """Charge ``records`` returned and ``misses``; raises ``DetectUnavailable`` if counters are down."""
+        windows, distinct = self.rules(ctx, records=records, misses=misses, record_ids=record_ids)
+        if not windows and not distinct:
+            return Charge()
+        refusal = self.counters.charge(windows, distinct)
+        if refusal is None:
+            return Charge()
+        scope = refusal.rule.split(".", 1)[0]
+        breaches = 0
+        if scope != "vault":
+            who = ctx.token_id or f"principal:{ctx.principal}"
+            day = math.floor(self.counters.now() / DAY)
+            breaches = self.counters.incr(f"breach:{who}:{day}", DAY + 3600)
+        return Charge(refusal, scope, breaches)

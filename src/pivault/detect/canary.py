@@ -1,0 +1,192 @@
+"""Canary residents: synthetic records that no honest caller has a reason to read.
+
+``seed(vault, n)`` makes residents with the same generator as the synthetic
+population (valid ID numbers of real regions, plausible names, mobiles and
+addresses) and stores them through the Vault door like any other record, so
+their ciphertext, blind indexes and metadata look like everyone else's.
+
+Which records are canaries is known only through the registry: one row per
+canary holding ``HMAC-SHA256(K, record id)`` (truncated to 128 bits), where
+``K`` is a random registry key stored encrypted under the keyring. Without
+the keyring the table is a list of random-looking tags: it cannot be joined
+to the records, and a record id cannot be tested against it.
+
+Any read of a canary through the door raises a critical alert and suspends
+the token at once (see :mod:`pivault.detect.guard`); the read itself is
+answered normally, so the caller cannot tell that it tripped anything.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import random
+import secrets
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from typing import Any, Protocol
+
+from pivault.errors import PivaultError
+from pivault.policy.context import AccessContext
+from pivault.store.db import Database
+from pivault.store.migrations import Migration, register
+
+__all__ = ["CanaryRegistry", "seed"]
+
+_TAG_DOMAIN = b"pivault.canary.v1\x00"
+_KEY_ID = "canary-registry"
+
+register(Migration(
+    "canary", 1, "canary registry: keyed tags of canary record ids, and the encrypted registry key",
+    sqlite=("CREATE TABLE canary_key (id INTEGER PRIMARY KEY CHECK (id = 1), key_ct BLOB NOT NULL);"
+            "CREATE TABLE canary_registry (tag BLOB PRIMARY KEY)"),
+    postgresql=("CREATE TABLE canary_key (id SMALLINT PRIMARY KEY CHECK (id = 1), key_ct BYTEA NOT NULL);"
+                "CREATE TABLE canary_registry (tag BYTEA PRIMARY KEY)"),
+))
+
+
+class _Cipher(Protocol):
+    def encrypt(self, record_id: str, field: str, plaintext: bytes) -> bytes: ...
+
+    def decrypt(self, record_id: str, field: str, ciphertext: bytes) -> bytes: ...
+
+
+class CanaryRegistry:
+    """Which record ids are canaries; a keyed-hash check, cached in memory.
+
+    The tag set is reloaded when its size changes (checked at most every
+    ``refresh_seconds``), so canaries seeded by another process are caught
+    within that delay.
+    """
+
+    def __init__(self, db: Database, keyring: _Cipher, *, refresh_seconds: float = 2.0) -> None:
+        self.db = db
+        self._keyring = keyring
+        self.refresh_seconds = refresh_seconds
+        self._key: bytes | None = None
+        self._tags: frozenset[bytes] = frozenset()
+        self._loaded_at = -1e18
+        self._lock = threading.Lock()
+
+    def _registry_key(self) -> bytes:
+        if self._key is None:
+            row = self.db.query_one("SELECT key_ct FROM canary_key WHERE id = 1")
+            if row is None:
+                fresh = os.urandom(32)
+                self.db.execute(
+                    "INSERT INTO canary_key (id, key_ct) VALUES (1, ?) ON CONFLICT (id) DO NOTHING",
+                    (self._keyring.encrypt(_KEY_ID, "key", fresh),))
+                row = self.db.query_one("SELECT key_ct FROM canary_key WHERE id = 1")
+                assert row is not None
+            try:
+                self._key = self._keyring.decrypt(_KEY_ID, "key", bytes(row[0]))
+            except PivaultError:
+                raise PivaultError("the canary registry key does not decrypt with this keyring",
+                                   code="canary.key") from None
+        return self._key
+
+    def tag(self, record_id: str) -> bytes:
+        return hmac.new(self._registry_key(), _TAG_DOMAIN + record_id.encode("utf-8"),
+                        hashlib.sha256).digest()[:16]
+
+    def add(self, record_ids: Iterable[str]) -> int:
+        rows = [(self.tag(rid),) for rid in record_ids]
+        self.db.executemany("INSERT INTO canary_registry (tag) VALUES (?) ON CONFLICT (tag) DO NOTHING",
+                            rows)
+        with self._lock:
+            self._tags = self._tags | {r[0] for r in rows}
+        return len(rows)
+
+    def remove(self, record_ids: Iterable[str]) -> None:
+        tags = [(self.tag(rid),) for rid in record_ids]
+        self.db.executemany("DELETE FROM canary_registry WHERE tag = ?", tags)
+        with self._lock:
+            self._tags = self._tags - {t[0] for t in tags}
+
+    def _refresh(self) -> frozenset[bytes]:
+        now = time.monotonic()
+        if now - self._loaded_at < self.refresh_seconds:
+            return self._tags
+        with self._lock:
+            if now - self._loaded_at >= self.refresh_seconds:
+                row = self.db.query_one("SELECT COUNT(*) FROM canary_registry")
+                n = int(row[0]) if row else 0
+                if n != len(self._tags):
+                    rows = self.db.query("SELECT tag FROM canary_registry")
+                    self._tags = frozenset(bytes(r[0]) for r in rows)
+                self._loaded_at = now
+            return self._tags
+
+    def which(self, record_ids: Sequence[str]) -> list[str]:
+        """The canaries among ``record_ids``."""
+        tags = self._refresh()
+        if not tags or not record_ids:
+            return []
+        return [rid for rid in record_ids if self.tag(rid) in tags]
+
+    def is_canary(self, record_id: str) -> bool:
+        return bool(self.which([record_id]))
+
+    def count(self) -> int:
+        """How many canaries there are (for subtracting from counts shown to users)."""
+        row = self.db.query_one("SELECT COUNT(*) FROM canary_registry")
+        return int(row[0]) if row else 0
+
+
+class _VaultLike(Protocol):
+    db: Database
+    keyring: Any
+
+    def put(self, record: Any, *, ctx: AccessContext) -> str: ...
+
+
+def seed(vault: _VaultLike, n: int, *, ctx: AccessContext, registry: CanaryRegistry | None = None,
+         rng_seed: int | None = None, blend: bool = True) -> list[str]:
+    """Add ``n`` canary residents through the door; return their record ids (keep them secret).
+
+    Rows whose ID number or mobile already belong to someone are skipped and
+    replaced, so a canary never collides with a real resident. With
+    ``blend`` each canary's creation time is copied from a random existing
+    record, so creation time does not single the canaries out.
+    """
+    from pivault.synth import generate
+    from pivault.vault.facade import DuplicateRecord
+
+    if n <= 0:
+        return []
+    registry = registry or CanaryRegistry(vault.db, vault.keyring)
+    registry._registry_key()
+    seed_value = rng_seed if rng_seed is not None else secrets.randbits(48)
+    made: list[str] = []
+    for row in generate(n * 3 + 10, seed_value):
+        if len(made) >= n:
+            break
+        record = {"name": row["name"], "id_number": row["id_number"], "mobile": row["mobile"],
+                  "address": row["address"], "notes": row["notes"]}
+        try:
+            rid = vault.put({k: (v or None) for k, v in record.items()}, ctx=ctx)
+        except DuplicateRecord:
+            continue
+        made.append(rid)
+        registry.add([rid])
+    if len(made) < n:
+        raise PivaultError("could not make enough distinct canaries", code="canary.seed")
+    if blend:
+        _blend_times(vault.db, made)
+    return made
+
+
+def _blend_times(db: Database, record_ids: Sequence[str]) -> None:
+    """Give each canary the creation time of a random other record (± a few seconds)."""
+    canary = set(record_ids)
+    rows = db.query("SELECT record_id, created_at FROM records ORDER BY record_id LIMIT 20000")
+    pool = [float(r[1]) for r in rows if r[0] not in canary]
+    if not pool:
+        return
+    rnd = random.SystemRandom()
+    with db.transaction():
+        for rid in record_ids:
+            t = rnd.choice(pool) + rnd.uniform(-5.0, 5.0)
+            db.execute("UPDATE records SET created_at = ?, updated_at = ? WHERE record_id = ?", (t, t, rid))

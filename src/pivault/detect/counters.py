@@ -1,0 +1,456 @@
+"""Counters shared by every worker: in-process, or Redis for several workers and nodes.
+
+Two backends with the same semantics:
+
+* :class:`MemoryCounters` — one process (a single worker, tests, the CLI).
+* :class:`RedisCounters` — every worker of every API node; the budget check
+  and the increments run in one Lua script, so two workers cannot both spend
+  the last record of a budget. Redis's own clock is used, so nodes whose
+  clocks drift still agree on windows. Any Redis error raises
+  :class:`DetectUnavailable` (``detect.unavailable``) and the door refuses
+  the request: budgets fail closed.
+
+Sliding windows: a window of ``W`` seconds is kept as 60 buckets of ``W/60``
+seconds; a charge is allowed when the sum over the current bucket and the 59
+before it, plus the charge, stays within the limit. So at most ``limit``
+records are ever counted in any 60 consecutive buckets (1-second buckets for
+a per-minute budget, 1-minute buckets per hour, 24-minute buckets per day).
+Distinct-record budgets count the distinct record ids per UTC day (a set).
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from pivault.errors import PivaultError
+
+__all__ = [
+    "BUCKETS",
+    "Counters",
+    "DetectUnavailable",
+    "DistinctRule",
+    "MemoryCounters",
+    "RedisCounters",
+    "Refusal",
+    "WindowRule",
+    "counters_from_url",
+]
+
+#: buckets per sliding window
+BUCKETS = 60
+DAY = 86400.0
+
+
+class DetectUnavailable(PivaultError):
+    """The shared counters cannot be reached: requests are refused (fail closed)."""
+
+    code = "detect.unavailable"
+
+
+@dataclass(frozen=True, slots=True)
+class WindowRule:
+    """Charge ``amount`` against ``limit`` over a sliding ``window`` (seconds)."""
+
+    name: str
+    key: str
+    limit: int
+    window: float
+    amount: int
+
+
+@dataclass(frozen=True, slots=True)
+class DistinctRule:
+    """At most ``limit`` distinct ids per UTC day under ``key``."""
+
+    name: str
+    key: str
+    limit: int
+    ids: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """The first rule a charge would break: its name, the wait, and what was used."""
+
+    rule: str
+    retry_after: float
+    used: int
+    limit: int
+
+
+class Counters(Protocol):
+    """What budgets and the detector need from a counter store."""
+
+    def charge(self, windows: Sequence[WindowRule], distinct: Sequence[DistinctRule]) -> Refusal | None:
+        """All rules pass and every counter moves, or nothing moves and the first failure returns."""
+        ...
+
+    def incr(self, key: str, ttl: float) -> int:
+        """Add one to ``key`` (created with a lifetime of ``ttl`` seconds); the new value."""
+        ...
+
+    def add_fields(self, key: str, fields: Mapping[str, int], ttl: float) -> None:
+        """Add to several counters of one hash ``key`` (lifetime ``ttl``)."""
+        ...
+
+    def read_fields(self, keys: Sequence[str]) -> list[dict[str, int]]:
+        """The counters of several hashes (missing ones are empty)."""
+        ...
+
+    def claim(self, key: str, ttl: float) -> bool:
+        """True for the first caller in ``ttl`` seconds, across all workers (alert de-duplication)."""
+        ...
+
+    def get_state(self, key: str) -> dict[str, str]: ...
+
+    def set_state(self, key: str, values: Mapping[str, str]) -> None: ...
+
+    def now(self) -> float:
+        """The counters' clock."""
+        ...
+
+
+def _window_check(buckets: dict[int, int], rule: WindowRule, now: float) -> tuple[Refusal | None, int]:
+    """Drop expired buckets; return (refusal or None, current bucket index)."""
+    g = rule.window / BUCKETS
+    b = math.floor(now / g)
+    for k in [k for k in buckets if k <= b - BUCKETS]:
+        del buckets[k]
+    used = sum(buckets.values())
+    if rule.amount > 0 and used + rule.amount > rule.limit:
+        retry = rule.window
+        if rule.amount <= rule.limit:
+            need, freed = used + rule.amount - rule.limit, 0
+            for k in sorted(buckets):
+                freed += buckets[k]
+                if freed >= need:
+                    retry = (k + BUCKETS) * g - now
+                    break
+        return Refusal(rule.name, max(retry, 0.001), used, rule.limit), b
+    return None, b
+
+
+class MemoryCounters:
+    """Counters in this process (one lock). For a single worker."""
+
+    def __init__(self, clock: Any = time.time) -> None:
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._windows: dict[str, dict[int, int]] = {}
+        self._sets: dict[str, tuple[float, set[str]]] = {}
+        self._values: dict[str, tuple[float, int]] = {}
+        self._hashes: dict[str, tuple[float, dict[str, int]]] = {}
+        self._claims: dict[str, float] = {}
+        self._state: dict[str, dict[str, str]] = {}
+        self._sweeps = 0
+
+    def now(self) -> float:
+        return float(self._clock())
+
+    def charge(self, windows: Sequence[WindowRule], distinct: Sequence[DistinctRule]) -> Refusal | None:
+        now = self.now()
+        day = math.floor(now / DAY)
+        with self._lock:
+            plan: list[tuple[dict[int, int], int, int]] = []
+            for rule in windows:
+                buckets = self._windows.setdefault(rule.key, {})
+                refusal, b = _window_check(buckets, rule, now)
+                if refusal is not None:
+                    return refusal
+                plan.append((buckets, b, rule.amount))
+            dplan: list[tuple[set[str], set[str]]] = []
+            for d in distinct:
+                key = f"{d.key}:{day}"
+                entry = self._sets.get(key)
+                if entry is None or entry[0] <= now:
+                    entry = ((day + 1) * DAY, set())
+                    self._sets[key] = entry
+                new = set(d.ids) - entry[1]
+                if new and len(entry[1]) + len(new) > d.limit:
+                    return Refusal(d.name, (day + 1) * DAY - now, len(entry[1]), d.limit)
+                dplan.append((entry[1], new))
+            for buckets, b, amount in plan:
+                if amount:
+                    buckets[b] = buckets.get(b, 0) + amount
+            for members, new in dplan:
+                members |= new
+            self._sweep(now)
+        return None
+
+    def _sweep(self, now: float) -> None:
+        self._sweeps += 1
+        if self._sweeps % 1024:
+            return
+        for key in [k for k, (exp, _) in self._sets.items() if exp <= now]:
+            del self._sets[key]
+        for key in [k for k, (exp, _) in self._hashes.items() if exp <= now]:
+            del self._hashes[key]
+        for key in [k for k, (exp, _) in self._values.items() if exp <= now]:
+            del self._values[key]
+        for key in [k for k, exp in self._claims.items() if exp <= now]:
+            del self._claims[key]
+        for key in [k for k, v in self._windows.items() if not v]:
+            del self._windows[key]
+
+    def incr(self, key: str, ttl: float) -> int:
+        now = self.now()
+        with self._lock:
+            exp, value = self._values.get(key, (0.0, 0))
+            if exp <= now:
+                exp, value = now + ttl, 0
+            value += 1
+            self._values[key] = (exp, value)
+            return value
+
+    def add_fields(self, key: str, fields: Mapping[str, int], ttl: float) -> None:
+        now = self.now()
+        with self._lock:
+            exp, h = self._hashes.get(key, (0.0, {}))
+            if exp <= now:
+                h = {}
+            for f, n in fields.items():
+                h[f] = h.get(f, 0) + n
+            self._hashes[key] = (now + ttl, h)
+
+    def read_fields(self, keys: Sequence[str]) -> list[dict[str, int]]:
+        now = self.now()
+        with self._lock:
+            out = []
+            for key in keys:
+                exp, h = self._hashes.get(key, (0.0, {}))
+                out.append(dict(h) if exp > now else {})
+            return out
+
+    def claim(self, key: str, ttl: float) -> bool:
+        now = self.now()
+        with self._lock:
+            if self._claims.get(key, 0.0) > now:
+                return False
+            self._claims[key] = now + ttl
+            return True
+
+    def get_state(self, key: str) -> dict[str, str]:
+        with self._lock:
+            return dict(self._state.get(key, {}))
+
+    def set_state(self, key: str, values: Mapping[str, str]) -> None:
+        with self._lock:
+            self._state.setdefault(key, {}).update(values)
+
+
+_CHARGE_LUA = """
+local now
+if ARGV[1] == '' then
+  local t = redis.call('TIME')
+  now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+else
+  now = tonumber(ARGV[1])
+end
+local nw = tonumber(ARGV[2])
+local nd = tonumber(ARGV[3])
+local buckets = tonumber(ARGV[4])
+local pos = 5
+local plan = {}
+for i = 1, nw do
+  local key = KEYS[i]
+  local limit = tonumber(ARGV[pos]); local window = tonumber(ARGV[pos + 1])
+  local amount = tonumber(ARGV[pos + 2]); pos = pos + 3
+  local g = window / buckets
+  local b = math.floor(now / g)
+  local flat = redis.call('HGETALL', key)
+  local used = 0
+  local live = {}
+  for j = 1, #flat, 2 do
+    local k = tonumber(flat[j]); local c = tonumber(flat[j + 1])
+    if k <= b - buckets then redis.call('HDEL', key, flat[j])
+    else used = used + c; live[#live + 1] = {k, c} end
+  end
+  if amount > 0 and used + amount > limit then
+    local retry = window
+    if amount <= limit then
+      table.sort(live, function(x, y) return x[1] < y[1] end)
+      local need = used + amount - limit; local freed = 0
+      for _, kc in ipairs(live) do
+        freed = freed + kc[2]
+        if freed >= need then retry = (kc[1] + buckets) * g - now; break end
+      end
+    end
+    return {0, i, tostring(retry), used}
+  end
+  plan[i] = {key, b, amount, window + g}
+end
+local day = math.floor(now / 86400)
+local dplan = {}
+for i = 1, nd do
+  local key = KEYS[nw + i] .. ':' .. string.format('%d', day)
+  local limit = tonumber(ARGV[pos]); local n = tonumber(ARGV[pos + 1]); pos = pos + 2
+  local new = {}
+  for j = 0, n - 1, 500 do
+    local chunk = {}
+    for m = j, math.min(j + 499, n - 1) do chunk[#chunk + 1] = ARGV[pos + m] end
+    local present = redis.call('SMISMEMBER', key, unpack(chunk))
+    for m = 1, #chunk do if present[m] == 0 then new[#new + 1] = chunk[m] end end
+  end
+  pos = pos + n
+  local card = redis.call('SCARD', key)
+  if #new > 0 and card + #new > limit then
+    return {0, nw + i, tostring((day + 1) * 86400 - now), card}
+  end
+  dplan[i] = {key, new}
+end
+for i = 1, nw do
+  local p = plan[i]
+  if p[3] > 0 then
+    redis.call('HINCRBY', p[1], string.format('%d', p[2]), p[3])
+    redis.call('PEXPIRE', p[1], math.ceil(p[4] * 1000))
+  end
+end
+for i = 1, nd do
+  local d = dplan[i]
+  for j = 1, #d[2], 500 do
+    redis.call('SADD', d[1], unpack(d[2], j, math.min(j + 499, #d[2])))
+  end
+  if #d[2] > 0 then redis.call('PEXPIREAT', d[1], (day + 2) * 86400000) end
+end
+return {1}
+"""
+
+_INCR_LUA = """
+local v = redis.call('INCR', KEYS[1])
+if v == 1 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
+return v
+"""
+
+
+class RedisCounters:
+    """Counters in Redis, shared by every worker and node pointing at it.
+
+    ``namespace`` (usually the vault id) keeps several vaults apart on one
+    server; all keys carry it as a hash tag so that one Lua script may touch
+    them together on a Redis Cluster too.
+    """
+
+    def __init__(self, url: str, *, namespace: str = "default", timeout: float = 1.0,
+                 clock: Any = None) -> None:
+        import redis
+
+        self._redis_mod = redis
+        self._r = redis.Redis.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout,
+                                       decode_responses=True, health_check_interval=30)
+        self._prefix = f"pivault:{{{namespace}}}:"
+        self._clock = clock
+        self._charge = self._r.register_script(_CHARGE_LUA)
+        self._incr = self._r.register_script(_INCR_LUA)
+
+    def _fail(self, exc: Exception) -> DetectUnavailable:
+        return DetectUnavailable(f"the shared budget counters are unreachable ({type(exc).__name__}); "
+                                 "requests are refused until they are back", hint="check the Redis server")
+
+    def _k(self, key: str) -> str:
+        return self._prefix + key
+
+    def now(self) -> float:
+        if self._clock is not None:
+            return float(self._clock())
+        try:
+            sec, usec = self._r.time()
+        except self._redis_mod.RedisError as exc:
+            raise self._fail(exc) from None
+        return float(sec) + float(usec) / 1e6
+
+    def ping(self) -> None:
+        try:
+            self._r.ping()
+        except self._redis_mod.RedisError as exc:
+            raise self._fail(exc) from None
+
+    def charge(self, windows: Sequence[WindowRule], distinct: Sequence[DistinctRule]) -> Refusal | None:
+        keys = [self._k(w.key) for w in windows] + [self._k(d.key) for d in distinct]
+        args: list[Any] = ["" if self._clock is None else repr(float(self._clock())), len(windows),
+                           len(distinct), BUCKETS]
+        for w in windows:
+            args += [w.limit, repr(float(w.window)), w.amount]
+        for d in distinct:
+            ids = list(dict.fromkeys(d.ids))
+            args += [d.limit, len(ids), *ids]
+        try:
+            res = self._charge(keys=keys, args=args)
+        except self._redis_mod.RedisError as exc:
+            raise self._fail(exc) from None
+        if int(res[0]) == 1:
+            return None
+        idx = int(res[1]) - 1
+        rules: list[WindowRule | DistinctRule] = [*windows, *distinct]
+        rule = rules[idx]
+        return Refusal(rule.name, max(float(res[2]), 0.001), int(res[3]), rule.limit)
+
+    def incr(self, key: str, ttl: float) -> int:
+        try:
+            return int(self._incr(keys=[self._k(key)], args=[int(ttl * 1000)]))
+        except self._redis_mod.RedisError as exc:
+            raise self._fail(exc) from None
+
+    def add_fields(self, key: str, fields: Mapping[str, int], ttl: float) -> None:
+        if not fields:
+            return
+        k = self._k(key)
+        try:
+            pipe = self._r.pipeline(transaction=False)
+            for f, n in fields.items():
+                pipe.hincrby(k, f, n)
+            pipe.pexpire(k, int(ttl * 1000))
+            pipe.execute()
+        except self._redis_mod.RedisError as exc:
+            raise self._fail(exc) from None
+
+    def read_fields(self, keys: Sequence[str]) -> list[dict[str, int]]:
+        try:
+            pipe = self._r.pipeline(transaction=False)
+            for key in keys:
+                pipe.hgetall(self._k(key))
+            raw: Iterable[dict[str, str]] = pipe.execute()
+        except self._redis_mod.RedisError as exc:
+            raise self._fail(exc) from None
+        return [{f: int(v) for f, v in h.items()} for h in raw]
+
+    def claim(self, key: str, ttl: float) -> bool:
+        try:
+            return bool(self._r.set(self._k(key), "1", nx=True, px=max(1, int(ttl * 1000))))
+        except self._redis_mod.RedisError as exc:
+            raise self._fail(exc) from None
+
+    def get_state(self, key: str) -> dict[str, str]:
+        try:
+            raw: dict[Any, Any] = self._r.hgetall(self._k(key))
+            return {str(k): str(v) for k, v in raw.items()}
+        except self._redis_mod.RedisError as exc:
+            raise self._fail(exc) from None
+
+    def set_state(self, key: str, values: Mapping[str, str]) -> None:
+        try:
+            mapping: dict[Any, Any] = dict(values)
+            self._r.hset(self._k(key), mapping=mapping)
+        except self._redis_mod.RedisError as exc:
+            raise self._fail(exc) from None
+
+    def flush_namespace(self) -> None:
+        """Delete every key of this namespace (tests, and ``detect reset``)."""
+        try:
+            for key in self._r.scan_iter(match=self._prefix + "*", count=500):
+                self._r.delete(key)
+        except self._redis_mod.RedisError as exc:
+            raise self._fail(exc) from None
+
+
+def counters_from_url(url: str | None, *, namespace: str = "default") -> Counters:
+    """``None`` or ``memory://`` for in-process counters, ``redis://…`` for shared ones."""
+    if url is None or url in ("", "memory://"):
+        return MemoryCounters()
+    if url.startswith(("redis://", "rediss://", "unix://")):
+        return RedisCounters(url, namespace=namespace)
+    raise PivaultError("budget counters are memory:// or redis://HOST:PORT/DB", code="detect.config")

@@ -1,0 +1,177 @@
+"""The door's watchman: audit trail, read budgets, canaries and the global detector.
+
+:class:`DetectGuard` is a Vault guard (``authorise``, ``budget``, ``audit``,
+``mask``). Under the HTTP API it is the delegate of the
+:class:`~pivault.policy.guard.PolicyGuard`, which decides and masks; from the
+command line it wraps the local guard. Its ``audit`` hook runs where the
+Vault knows which records are about to leave and before any of them is
+decrypted for the caller, and does, in order:
+
+1. for reads (``get``, ``find``, ``export``): charge the read budgets with
+   the records found (and one miss for a lookup that found nothing). If a
+   budget is spent: write an audit entry with outcome ``refused``, raise an
+   alert, count a breach (and suspend the token after ``suspend_after``),
+   and raise :class:`~pivault.detect.budgets.BudgetExceeded` (HTTP 429 with
+   ``Retry-After``). If the shared counters are down: audit ``error`` and
+   raise ``DetectUnavailable`` — fail closed;
+2. append the audit entry — if it cannot be written, the exception stops the
+   request (fail closed);
+3. if any record is a canary: critical alert, token suspended at once (the
+   read itself is answered, so the caller cannot tell);
+4. feed the global detector.
+
+Budgets are charged here rather than in ``budget`` because only here does
+the Vault pass the record ids (needed for distinct-record budgets and
+canaries); the position in the request is the same: after the lookup, before
+audit and decryption.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from pivault.audit.log import AuditEvent, AuditLog
+from pivault.detect.alerts import Alert, AlertDispatcher
+from pivault.detect.budgets import BudgetExceeded, Budgets, Charge
+from pivault.detect.canary import CanaryRegistry
+from pivault.detect.counters import DetectUnavailable
+from pivault.detect.detector import GlobalDetector, cell_of
+from pivault.policy.context import AccessContext
+
+__all__ = ["READ_OPERATIONS", "DetectGuard"]
+
+log = logging.getLogger("pivault.detect")
+
+#: Vault operations that hand records to the caller, and so spend budget
+READ_OPERATIONS = frozenset({"get", "find", "export", "read", "lookup"})
+
+SuspendFn = Callable[[str, str], object]
+
+
+class DetectGuard:
+    """Audit, budgets, canaries and detection at the Vault's fixed points.
+
+    ``inner`` answers ``authorise`` and ``mask`` when this guard is the
+    Vault's only guard (the CLI); under the API the PolicyGuard answers them
+    and calls this guard only for ``budget`` and ``audit``. ``suspend`` is
+    the token store's ``suspend(token_id, reason)``.
+    """
+
+    def __init__(self, audit_log: AuditLog, *, budgets: Budgets | None = None,
+                 alerts: AlertDispatcher | None = None, canaries: CanaryRegistry | None = None,
+                 detector: GlobalDetector | None = None, suspend: SuspendFn | None = None,
+                 inner: Any = None) -> None:
+        self.audit_log = audit_log
+        self.budgets = budgets
+        self.alerts = alerts or AlertDispatcher()
+        self.canaries = canaries
+        self.detector = detector
+        self.suspend = suspend
+        if inner is None:
+            from pivault.vault.guard import LocalGuard
+
+            inner = LocalGuard()
+        self.inner = inner
+
+    # -- the Guard protocol ---------------------------------------------------------
+    def authorise(self, ctx: AccessContext, operation: str, fields: Sequence[str]) -> None:
+        self.inner.authorise(ctx, operation, fields)
+
+    def budget(self, ctx: AccessContext, operation: str, n: int) -> None:
+        """Nothing here: reads are charged in :meth:`audit`, where the record ids are known."""
+        return None
+
+    def mask(self, ctx: AccessContext, field: str, value: str | None) -> str | None:
+        result: str | None = self.inner.mask(ctx, field, value)
+        return result
+
+    def audit(self, ctx: AccessContext, operation: str, record_ids: Sequence[str], outcome: str) -> None:
+        ids = list(record_ids)
+        if operation in READ_OPERATIONS and outcome in ("ok", "not_found") and self.budgets is not None:
+            found = outcome == "ok"
+            records = len(ids) if found else 0
+            misses = 0 if found else 1
+            try:
+                charge = self.budgets.charge(ctx, records=records, misses=misses,
+                                             record_ids=ids if found else ())
+            except DetectUnavailable as exc:
+                self.audit_log.append(AuditEvent.of(ctx, operation, "error", ids, count=0,
+                                                    detail={"code": exc.code}))
+                raise
+            if not charge.allowed:
+                self._refuse(ctx, operation, ids, records, misses, charge)
+        self.audit_log.append(AuditEvent.of(ctx, operation, outcome, ids,
+                                            count=len(ids) if outcome == "ok" else 0))
+        if operation in READ_OPERATIONS and outcome == "ok" and ids:
+            if self.canaries is not None:
+                hit = self.canaries.which(ids)
+                if hit:
+                    self._canary(ctx, operation, hit)
+            if self.detector is not None:
+                try:
+                    self.detector.observe(ctx, len(ids))
+                except DetectUnavailable:
+                    log.warning("global detector could not count a read: counters unavailable")
+
+    # -- reads seen by the Vault after decryption (coarse cells only) ------------------
+    def observe_records(self, ctx: AccessContext, cells: Sequence[tuple[str | None, int | None]]) -> None:
+        """Coarse facts of records read: (region code, birth year) → the detector's cells."""
+        if self.detector is not None and cells:
+            try:
+                self.detector.observe(ctx, 0, [cell_of(r, y) for r, y in cells])
+            except DetectUnavailable:
+                log.warning("global detector could not count a read: counters unavailable")
+
+    # -- reactions ------------------------------------------------------------------------
+    def _system_ctx(self, ctx: AccessContext) -> AccessContext:
+        return AccessContext(principal="system:detect", role="system", purpose="protection",
+                             request_id=ctx.request_id, token_id=ctx.token_id, source="system")
+
+    def _refuse(self, ctx: AccessContext, operation: str, ids: list[str], records: int, misses: int,
+                charge: Charge) -> None:
+        refusal = charge.refusal
+        assert refusal is not None
+        err = BudgetExceeded(refusal)
+        self.audit_log.append(AuditEvent.of(ctx, operation, "refused", ids, count=0, detail={
+            "rule": refusal.rule, "limit": refusal.limit, "used": refusal.used,
+            "requested_records": records, "requested_misses": misses, "retry_after": err.retry_after}))
+        evidence: dict[str, Any] = {
+            "budget_rule": refusal.rule, "limit": refusal.limit, "used": refusal.used,
+            "requested_records": records, "requested_misses": misses,
+            "retry_after_seconds": err.retry_after, "breaches_today": charge.breaches,
+            "record_ids": ids[:50]}
+        if charge.scope == "vault":
+            self.alerts.raise_alert(Alert("budget.vault", "critical", None, None, evidence))
+            raise err
+        self.alerts.raise_alert(Alert("budget.exceeded", "warning", ctx.principal, ctx.token_id, evidence))
+        assert self.budgets is not None
+        limit = self.budgets.policy.suspend_after
+        if ctx.token_id and limit > 0 and charge.breaches >= limit:
+            self._suspend(ctx, f"read budget exceeded {charge.breaches} times today ({refusal.rule})",
+                          "budget.breaches", {"breaches_today": charge.breaches, "budget_rule": refusal.rule,
+                                              "suspend_after": limit})
+        raise err
+
+    def _canary(self, ctx: AccessContext, operation: str, hit: list[str]) -> None:
+        self.alerts.raise_alert(Alert("canary.read", "critical", ctx.principal, ctx.token_id, {
+            "operation": operation, "record_ids": hit, "request_id": ctx.request_id}))
+        if ctx.token_id:
+            self._suspend(ctx, "read a canary record", "canary.read", {"records": len(hit)})
+
+    def _suspend(self, ctx: AccessContext, reason: str, rule: str, evidence: dict[str, Any]) -> None:
+        if self.suspend is None or not ctx.token_id:
+            return
+        try:
+            changed = self.suspend(ctx.token_id, reason)
+        except Exception as exc:  # the alert still goes out; the operator must act by hand
+            log.error("could not suspend token %s: %s", ctx.token_id, type(exc).__name__)
+            changed = False
+        if changed is False:
+            return
+        self.audit_log.append(AuditEvent.of(self._system_ctx(ctx), "token.suspend", "ok", count=0,
+                                            detail={"token": ctx.token_id, "rule": rule,
+                                                    "principal": ctx.principal}))
+        self.alerts.raise_alert(Alert("token.suspended", "critical", ctx.principal, ctx.token_id,
+                                      {"cause": rule, **evidence}))

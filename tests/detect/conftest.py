@@ -1,0 +1,58 @@
+"""Fixtures for budgets, detection, canaries and alerts: real stores, real Redis."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from detect_helpers import FakeClock
+
+from pivault.crypto import Argon2Params, Keyring, PassphraseProvider
+from pivault.detect import Counters, MemoryCounters, RedisCounters
+from pivault.store import Database, migrate
+
+CHEAP = Argon2Params(time_cost=1, memory_cost=8, parallelism=1)
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    # mid-day, so day-based budgets do not roll over during a test
+    return FakeClock(1_900_000_000.0 - 1_900_000_000.0 % 86400 + 43200)
+
+
+@pytest.fixture(params=["memory", "redis"])
+def counters(request: pytest.FixtureRequest, clock: FakeClock) -> Iterator[Counters]:
+    """Each test using this runs on in-process counters and on the real Redis."""
+    if request.param == "memory":
+        yield MemoryCounters(clock)
+        return
+    url = request.getfixturevalue("redis_url")
+    rc = RedisCounters(url, namespace="test-" + uuid.uuid4().hex[:8], clock=clock)
+    try:
+        yield rc
+    finally:
+        rc.flush_namespace()
+
+
+@pytest.fixture
+def keyring(tmp_path: Path) -> Keyring:
+    provider = PassphraseProvider("synthetic-detect-passphrase", CHEAP)
+    return Keyring.create(tmp_path / "keys" / "keyring.json", provider, expected_population=10**6)
+
+
+@pytest.fixture
+def db(store_url: str) -> Iterator[Database]:
+    database = Database(store_url)
+    migrate(database)
+    yield database
+    database.close()
+
+
+@pytest.fixture
+def sqlite_db(sqlite_url: str) -> Iterator[Database]:
+    database = Database(sqlite_url)
+    migrate(database)
+    yield database
+    database.close()

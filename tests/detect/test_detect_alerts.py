@@ -1,0 +1,137 @@
+"""Alert sinks: table, JSON lines, signed webhook with retries; de-duplication."""
+
+from __future__ import annotations
+
+import json
+import stat
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from detect_helpers import Receiver
+
+from pivault.detect import (
+    Alert,
+    AlertDispatcher,
+    JsonlSink,
+    MemoryCounters,
+    TableSink,
+    WebhookSink,
+    ack_alert,
+    list_alerts,
+    sign_body,
+)
+from pivault.errors import NotFoundError, PivaultError
+from pivault.store import Database
+
+SECRET = b"synthetic-webhook-secret"
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    r = Receiver(SECRET)
+    yield r
+    r.close()
+
+
+def _alert(rule: str = "budget.exceeded", severity: str = "warning") -> Alert:
+    return Alert(rule, severity, "officer-17", "aaaaaaaaaaaaaaaa",
+                 {"budget_rule": "principal.records_per_minute", "limit": 30, "record_ids": ["r_1"]})
+
+
+def test_alert_refuses_non_evidence() -> None:
+    with pytest.raises(PivaultError):
+        Alert("x.y", "warning", None, None, {"Name": "x"})
+    with pytest.raises(PivaultError):
+        Alert("x.y", "loud", None, None, {})
+    with pytest.raises(PivaultError):
+        Alert("x.y", "info", None, None, {"blob": b"\x00"})
+
+
+def test_table_sink_list_and_ack(db: Database) -> None:
+    a, b = _alert(), _alert("canary.read", "critical")
+    sink = TableSink(db)
+    sink.emit(a)
+    sink.emit(b)
+    got = list_alerts(db)
+    assert {x["alert_id"] for x in got} == {a.alert_id, b.alert_id}
+    assert list_alerts(db, severity="critical")[0]["evidence"]["record_ids"] == ["r_1"]
+    ack_alert(db, a.alert_id, by="dpo-1", note="checked with the officer")
+    assert [x["alert_id"] for x in list_alerts(db, unacked=True)] == [b.alert_id]
+    with pytest.raises(NotFoundError):
+        ack_alert(db, a.alert_id, by="dpo-1")
+
+
+def test_jsonl_sink(tmp_path: Path) -> None:
+    path = tmp_path / "alerts.jsonl"
+    sink = JsonlSink(path)
+    sink.emit(_alert())
+    sink.emit(_alert("canary.read", "critical"))
+    lines = [json.loads(x) for x in path.read_text().splitlines()]
+    assert [x["rule"] for x in lines] == ["budget.exceeded", "canary.read"]
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+def test_webhook_signed_and_fast(receiver: Receiver) -> None:
+    sink = WebhookSink(receiver.url, SECRET)
+    t0 = time.time()
+    sink.emit(_alert())
+    got = receiver.wait_for("budget.exceeded", timeout=2)
+    assert got is not None
+    assert got[0] - t0 < 1.0
+    assert got[1]["principal"] == "officer-17" and receiver.bad_signatures == 0
+    assert sink.flush(2) and sink.delivered == 1
+    sink.close()
+
+
+def test_webhook_retries_with_backoff() -> None:
+    r = Receiver(SECRET, fail_first=2)
+    try:
+        sink = WebhookSink(r.url, SECRET, backoff=0.05)
+        sink.emit(_alert())
+        assert r.wait_for("budget.exceeded", timeout=5) is not None
+        assert r.posts == 3
+        assert sink.flush(2) and sink.failed == 0
+        sink.close()
+    finally:
+        r.close()
+
+
+def test_webhook_gives_up_on_a_dead_receiver() -> None:
+    sink = WebhookSink("http://127.0.0.1:1/hook", SECRET, attempts=3, backoff=0.01, timeout=0.5)
+    sink.emit(_alert())
+    assert sink.flush(5)
+    assert (sink.delivered, sink.failed) == (0, 1)
+
+
+def test_wrong_secret_is_detectable(receiver: Receiver) -> None:
+    sink = WebhookSink(receiver.url, b"another-secret", attempts=1)
+    sink.emit(_alert())
+    assert sink.flush(3)
+    assert receiver.bad_signatures == 1 and not receiver.received
+
+
+def test_signature_format() -> None:
+    assert sign_body(b"k", b"{}").startswith("sha256=") and len(sign_body(b"k", b"{}")) == 71
+
+
+def test_dispatcher_deduplicates_but_never_critical(tmp_path: Path) -> None:
+    path = tmp_path / "a.jsonl"
+    counters = MemoryCounters()
+    d = AlertDispatcher([JsonlSink(path)], claim=counters.claim, repeat_seconds=60)
+    assert d.raise_alert(_alert())
+    assert not d.raise_alert(_alert())
+    assert d.raise_alert(_alert("canary.read", "critical"))
+    assert d.raise_alert(_alert("canary.read", "critical"))
+    assert len(path.read_text().splitlines()) == 3
+
+
+def test_a_broken_sink_does_not_stop_the_others(tmp_path: Path) -> None:
+    class Broken:
+        def emit(self, alert: Alert) -> None:
+            raise RuntimeError("down")
+
+    path = tmp_path / "a.jsonl"
+    AlertDispatcher([Broken(), JsonlSink(path)]).raise_alert(_alert())
+    assert path.read_text().count("\n") == 1

@@ -1,0 +1,185 @@
+"""Read budgets over in-process counters and over the real Redis."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import time
+import uuid
+
+import pytest
+from detect_helpers import FakeClock
+
+from pivault.detect import (
+    Budget,
+    BudgetExceeded,
+    BudgetPolicy,
+    Budgets,
+    Counters,
+    DetectUnavailable,
+    RedisCounters,
+)
+from pivault.policy import Policy
+from pivault.policy.context import AccessContext
+
+OFFICER = AccessContext(principal="officer-17", role="officer", purpose="case_investigation",
+                        token_id="aaaaaaaaaaaaaaaa", source="api")
+OTHER = AccessContext(principal="officer-18", role="officer", purpose="case_investigation",
+                      token_id="bbbbbbbbbbbbbbbb", source="api")
+
+
+def _ids(prefix: str, n: int) -> list[str]:
+    return [f"r_{prefix}{i:05d}" for i in range(n)]
+
+
+def _budgets(counters: Counters, **kw: object) -> Budgets:
+    per = Budget(records_per_minute=30, records_per_hour=100, records_per_day=1000, misses_per_hour=5,
+                 distinct_per_day=500)
+    return Budgets(BudgetPolicy(roles={"officer": per}, **kw), counters)  # type: ignore[arg-type]
+
+
+def test_minute_budget_refuses_and_says_when(counters: Counters, clock: FakeClock) -> None:
+    b = _budgets(counters)
+    for i in range(30):
+        assert b.charge(OFFICER, records=1, record_ids=[f"r_{i}"]).allowed
+    c = b.charge(OFFICER, records=1, record_ids=["r_x"])
+    assert not c.allowed and c.refusal is not None
+    assert c.refusal.rule == "principal.records_per_minute"
+    assert (c.refusal.limit, c.refusal.used) == (30, 30)
+    assert 0 < c.refusal.retry_after <= 60
+    assert c.scope == "principal" and c.breaches == 1
+    clock.advance(c.refusal.retry_after + 0.01)
+    assert b.charge(OFFICER, records=1, record_ids=["r_x"]).allowed
+    # another principal of the same role has its own budget
+    assert b.charge(OTHER, records=30, record_ids=_ids("o", 30)).allowed
+
+
+def test_sliding_window(counters: Counters, clock: FakeClock) -> None:
+    b = _budgets(counters)
+    assert b.charge(OFFICER, records=20, record_ids=_ids("a", 20)).allowed
+    clock.advance(30)
+    assert b.charge(OFFICER, records=10, record_ids=_ids("b", 10)).allowed
+    clock.advance(20)
+    c = b.charge(OFFICER, records=1, record_ids=["r_c"])
+    assert not c.allowed and c.refusal is not None
+    # the 20 from t=0 leave the window at t=60: 10 s from now
+    assert 9 < c.refusal.retry_after <= 11
+    clock.advance(11)
+    assert b.charge(OFFICER, records=20, record_ids=_ids("c", 20)).allowed
+
+
+def test_refusal_moves_no_counter(counters: Counters) -> None:
+    b = _budgets(counters)
+    assert b.charge(OFFICER, records=25, record_ids=_ids("a", 25)).allowed
+    assert not b.charge(OFFICER, records=10, record_ids=_ids("b", 10)).allowed  # all or nothing
+    assert b.charge(OFFICER, records=5, record_ids=_ids("c", 5)).allowed
+
+
+def test_hour_budget(counters: Counters, clock: FakeClock) -> None:
+    b = _budgets(counters)
+    for _ in range(3):
+        assert b.charge(OFFICER, records=30, record_ids=_ids(uuid.uuid4().hex[:4], 30)).allowed
+        clock.advance(61)
+    c = b.charge(OFFICER, records=30, record_ids=_ids("z", 30))
+    assert c.refusal is not None and c.refusal.rule == "principal.records_per_hour"
+
+
+def test_misses_per_hour(counters: Counters) -> None:
+    b = _budgets(counters)
+    for _ in range(5):
+        assert b.charge(OFFICER, misses=1).allowed
+    c = b.charge(OFFICER, misses=1)
+    assert c.refusal is not None and c.refusal.rule == "principal.misses_per_hour"
+    assert 3500 < c.refusal.retry_after <= 3600
+    assert b.charge(OFFICER, records=1, record_ids=["r_hit"]).allowed  # hits still pass
+
+
+def test_distinct_per_day(counters: Counters, clock: FakeClock) -> None:
+    per = Budget(distinct_per_day=10)
+    b = Budgets(BudgetPolicy(roles={"officer": per}), counters)
+    assert b.charge(OFFICER, records=10, record_ids=_ids("a", 10)).allowed
+    for _ in range(5):  # the same records again: nothing new
+        assert b.charge(OFFICER, records=3, record_ids=_ids("a", 3)).allowed
+    c = b.charge(OFFICER, records=1, record_ids=["r_new"])
+    assert c.refusal is not None and c.refusal.rule == "principal.distinct_per_day"
+    assert 0 < c.refusal.retry_after <= 43200 + 1
+    clock.advance(43201)  # next UTC day
+    assert b.charge(OFFICER, records=1, record_ids=["r_new"]).allowed
+
+
+def test_vault_wide_limit_is_not_a_breach(counters: Counters) -> None:
+    b = _budgets(counters, vault=Budget(records_per_minute=40))
+    assert b.charge(OFFICER, records=25, record_ids=_ids("a", 25)).allowed
+    c = b.charge(OTHER, records=20, record_ids=_ids("b", 20))
+    assert c.refusal is not None and c.refusal.rule == "vault.records_per_minute"
+    assert (c.scope, c.breaches) == ("vault", 0)
+
+
+def test_role_total(counters: Counters) -> None:
+    b = _budgets(counters, role_totals={"officer": Budget(records_per_minute=35)})
+    assert b.charge(OFFICER, records=20, record_ids=_ids("a", 20)).allowed
+    c = b.charge(OTHER, records=20, record_ids=_ids("b", 20))
+    assert c.refusal is not None and c.refusal.rule == "role.records_per_minute"
+
+
+def test_principal_override_and_unbudgeted_roles(counters: Counters) -> None:
+    b = _budgets(counters, principals={"officer-18": Budget(records_per_minute=2)})
+    assert not b.charge(OTHER, records=3, record_ids=_ids("a", 3)).allowed
+    admin = AccessContext(principal="root", role="operator", purpose="administration")
+    assert b.charge(admin, records=10_000, record_ids=_ids("z", 100)).allowed
+
+
+def test_breaches_counted_per_token(counters: Counters) -> None:
+    b = _budgets(counters)
+    assert b.charge(OFFICER, records=30, record_ids=_ids("a", 30)).allowed
+    assert [b.charge(OFFICER, records=1, record_ids=["r_q"]).breaches for _ in range(3)] == [1, 2, 3]
+
+
+def test_too_large_request(counters: Counters) -> None:
+    c = _budgets(counters).charge(OFFICER, records=31, record_ids=_ids("a", 31))
+    assert c.refusal is not None and c.refusal.retry_after == 60
+
+
+def test_budget_from_the_policy_file() -> None:
+    bp = BudgetPolicy.from_policy(Policy.default(), vault={"records_per_minute": 5000})
+    assert bp.for_principal("anyone", "officer").records_per_minute == 30
+    assert bp.vault.records_per_minute == 5000
+    assert bp.for_principal("x", "admin") == Budget()
+
+
+def test_exception_carries_retry_after() -> None:
+    from pivault.detect.counters import Refusal
+
+    err = BudgetExceeded(Refusal("principal.records_per_minute", 12.2, 30, 30))
+    assert err.retry_after == 13 and err.code == "budget.exceeded"
+    assert "officer" not in str(err)
+
+
+def test_redis_unreachable_fails_closed() -> None:
+    rc = RedisCounters("redis://127.0.0.1:1/0", timeout=0.2)
+    b = Budgets(BudgetPolicy(roles={"officer": Budget(records_per_minute=5)}), rc)
+    t0 = time.monotonic()
+    with pytest.raises(DetectUnavailable) as info:
+        b.charge(OFFICER, records=1, record_ids=["r_1"])
+    assert info.value.code == "detect.unavailable"
+    assert time.monotonic() - t0 < 2
+
+
+def _hammer(url: str, ns: str, n: int, out: mp.Queue[int]) -> None:
+    policy = BudgetPolicy(roles={"officer": Budget(records_per_minute=100)})
+    b = Budgets(policy, RedisCounters(url, namespace=ns))
+    ok = sum(b.charge(OFFICER, records=1, record_ids=[f"r_{i}"]).allowed for i in range(n))
+    out.put(ok)
+
+
+def test_redis_budget_holds_across_processes(redis_url: str) -> None:
+    ns = "test-" + uuid.uuid4().hex[:8]
+    ctx = mp.get_context("fork")
+    q: mp.Queue[int] = ctx.Queue()
+    procs = [ctx.Process(target=_hammer, args=(redis_url, ns, 60, q)) for _ in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+    total = sum(q.get(timeout=5) for _ in procs)
+    RedisCounters(redis_url, namespace=ns).flush_namespace()
+    assert total == 100  # 240 attempts, exactly the budget granted

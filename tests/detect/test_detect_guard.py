@@ -1,0 +1,132 @@
+"""The DetectGuard in a real Vault's door: audit, budgets, suspension, canaries, fail closed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from door import OPERATOR, make_door
+
+from pivault.audit import AuditError, entries, verify
+from pivault.crypto import Keyring
+from pivault.detect import (
+    Budget,
+    BudgetExceeded,
+    CanaryRegistry,
+    DetectUnavailable,
+    RedisCounters,
+    list_alerts,
+    seed,
+)
+from pivault.store import Database
+
+
+def test_reads_are_audited_and_budgeted(db: Database, keyring: Keyring, tmp_path: Path) -> None:
+    door = make_door(db, keyring, tmp_path / "keys", budget=Budget(records_per_minute=5, misses_per_hour=2))
+    who = door.reader()
+    for rid, idn in door.ids[:5]:
+        got = door.vault.find(id_number=idn, ctx=who)
+        assert [r["record_id"] for r in got] == [rid]
+    with pytest.raises(BudgetExceeded) as info:
+        door.vault.find(id_number=door.ids[5][1], ctx=who)
+    assert info.value.code == "budget.exceeded" and 1 <= info.value.retry_after <= 60
+    trail = list(entries(db, principal=who.principal))
+    assert [e.outcome for e in trail] == ["ok"] * 5 + ["refused"]
+    assert trail[0].record_ids == (door.ids[0][0],) and trail[0].operation == "find"
+    assert trail[-1].record_ids == (door.ids[5][0],) and trail[-1].count == 0
+    assert trail[-1].detail["rule"] == "principal.records_per_minute"
+    assert verify(db, door.verifier, keyring=keyring).ok
+
+
+def test_misses_are_budgeted(db: Database, keyring: Keyring, tmp_path: Path) -> None:
+    door = make_door(db, keyring, tmp_path / "keys", budget=Budget(misses_per_hour=3), residents=5)
+    who = door.reader()
+    for _ in range(3):
+        assert door.vault.find(id_number="11010519491231002X", ctx=who) == []
+    with pytest.raises(BudgetExceeded) as info:
+        door.vault.find(id_number="11010519491231002X", ctx=who)
+    assert info.value.rule == "principal.misses_per_hour"
+    outcomes = [e.outcome for e in entries(db, principal=who.principal)]
+    assert outcomes == ["not_found"] * 3 + ["refused"]
+
+
+def test_repeated_breaches_suspend_the_token(db: Database, keyring: Keyring, tmp_path: Path) -> None:
+    door = make_door(db, keyring, tmp_path / "keys", budget=Budget(records_per_minute=2), residents=10)
+    who = door.reader()
+    for rid, _ in door.ids[:2]:
+        door.vault.get(rid, ctx=who)
+    for rid, _ in door.ids[2:5]:
+        with pytest.raises(BudgetExceeded):
+            door.vault.get(rid, ctx=who)
+    info = door.tokens.get(who.token_id or "")
+    assert info is not None and info.state() == "suspended"
+    assert "read budget exceeded 3 times" in (info.suspended_reason or "")
+    rules = [a["rule"] for a in list_alerts(db)]
+    assert "token.suspended" in rules and "budget.exceeded" in rules
+    assert [e.operation for e in entries(db, operation="token.suspend")] == ["token.suspend"]
+    assert verify(db, door.verifier).ok
+
+
+def test_canary_read_suspends_at_once(db: Database, keyring: Keyring, tmp_path: Path) -> None:
+    door = make_door(db, keyring, tmp_path / "keys", budget=Budget(records_per_minute=100), residents=5)
+    canaries = seed(door.vault, 3, ctx=OPERATOR, registry=door.canaries)
+    assert len(canaries) == 3 and door.canaries.count() == 3
+    who = door.reader()
+    door.vault.get(door.ids[0][0], ctx=who)  # a real resident: nothing happens
+    assert list_alerts(db) == []
+    record = door.vault.get(canaries[1], ctx=who)  # answered like any other read
+    assert record["record_id"] == canaries[1]
+    alerts = list_alerts(db, severity="critical")
+    assert {a["rule"] for a in alerts} == {"canary.read", "token.suspended"}
+    canary_alert = next(a for a in alerts if a["rule"] == "canary.read")
+    assert canary_alert["evidence"]["record_ids"] == [canaries[1]]
+    assert canary_alert["principal"] == who.principal
+    token = door.tokens.get(who.token_id or "")
+    assert token is not None and token.state() == "suspended"
+
+
+def test_canaries_look_like_residents(db: Database, keyring: Keyring, tmp_path: Path) -> None:
+    door = make_door(db, keyring, tmp_path / "keys", budget=Budget(), residents=20)
+    canaries = seed(door.vault, 4, ctx=OPERATOR, registry=door.canaries)
+    pg_cols = ("SELECT column_name FROM information_schema.columns WHERE table_name = 'records'"
+               " AND table_schema = current_schema() ORDER BY ordinal_position")
+    cols = [r[1] for r in db.query("PRAGMA table_info(records)")] if db.dialect == "sqlite" else [
+        r[0] for r in db.query(pg_cols)]
+    rows = {r[0]: r for r in db.query("SELECT " + ", ".join(cols) + " FROM records")}
+    real = [rows[rid] for rid, _ in door.ids]
+    for rid in canaries:
+        row = rows[rid]
+        for i, col in enumerate(cols):
+            if col in ("created_at", "updated_at"):
+                times = [float(r[i]) for r in real]
+                assert min(times) - 10 <= float(row[i]) <= max(times) + 10  # blended into real times
+            elif col == "batch_id":
+                assert row[i] is None and all(r[i] is None for r in real)
+    # the registry holds keyed tags only: no record id, and another key recognises nothing
+    tags = [bytes(r[0]) for r in db.query("SELECT tag FROM canary_registry")]
+    assert len(tags) == 4 and all(len(t) == 16 for t in tags)
+    assert not any(rid.encode() in t for rid in canaries for t in tags)
+    stranger = CanaryRegistry(db, keyring)
+    stranger._key = b"\x00" * 32
+    assert stranger.which(canaries) == []
+    assert set(door.canaries.which([rid for rid, _ in door.ids] + canaries)) == set(canaries)
+
+
+def test_unwritable_audit_fails_closed(sqlite_db: Database, keyring: Keyring, tmp_path: Path) -> None:
+    door = make_door(sqlite_db, keyring, tmp_path / "keys", budget=Budget(), residents=3)
+    who = door.reader()
+    sqlite_db.execute("DROP TABLE audit_entries")
+    with pytest.raises(AuditError):
+        door.vault.get(door.ids[0][0], ctx=who)
+
+
+def test_unreachable_counters_fail_closed(sqlite_db: Database, keyring: Keyring, tmp_path: Path) -> None:
+    door = make_door(sqlite_db, keyring, tmp_path / "keys", budget=Budget(records_per_minute=10),
+                     residents=3)
+    assert door.guard.budgets is not None
+    door.guard.budgets.counters = RedisCounters("redis://127.0.0.1:1/0", timeout=0.2)
+    who = door.reader()
+    with pytest.raises(DetectUnavailable):
+        door.vault.get(door.ids[0][0], ctx=who)
+    last = list(entries(sqlite_db, principal=who.principal))[-1]
+    assert (last.outcome, last.detail["code"]) == ("error", "detect.unavailable")
