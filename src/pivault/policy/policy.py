@@ -56,6 +56,7 @@ __all__ = [
     "Policy",
     "PolicyError",
     "Role",
+    "apply_mask",
 ]
 
 #: every operation a role can be granted
@@ -88,13 +89,14 @@ class PolicyError(ConfigError):
     code = "policy.invalid"
 
 
-class AccessDenied(PivaultError):
+class AccessDenied(PivaultError, PermissionError):
     """The policy refuses this request (HTTP 403). The message names the rule, not the data."""
 
     code = "policy.denied"
 
 
-def _apply_mask(mask: str, fieldname: str, value: str) -> str:
+def apply_mask(mask: str, fieldname: str, value: str) -> str:
+    """``value`` under the named mask (one of :data:`MASK_NAMES`)."""
     if mask == "none":
         return value
     if mask == "full":
@@ -164,7 +166,7 @@ class Decision:
             if value is None or value == "":
                 out[fname] = value
             else:
-                out[fname] = _apply_mask(mask, fname, str(value))
+                out[fname] = apply_mask(mask, fname, str(value))
         return out
 
 

@@ -1,0 +1,587 @@
+"""The HTTP API: a thin skin over the Vault, with authentication in front of everything.
+
+Order of a request: size limit → bearer token (every path but ``/healthz``,
+including unknown paths and the OpenAPI document, so an anonymous caller
+learns nothing, not even which routes exist) → route → the route's
+operation and the ``X-Purpose`` checked against the caller's role → the
+Vault, whose :class:`~pivault.policy.guard.PolicyGuard` decides again,
+audits, decrypts and masks → the response keeps only the fields the role
+sees. PI travels only in request bodies, never in a URL.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import sys
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from fastapi import Depends, FastAPI, Header, Query, Request
+from fastapi import Path as PathParam
+from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
+
+from pivault import __version__
+from pivault.api import schemas as s
+from pivault.api.middleware import AccessLog, Receive, Scope, Send, ServiceMiddleware
+from pivault.api.problems import Problem, problem_response, validation_problem
+from pivault.errors import NotFoundError, PivaultError, ValidationError
+from pivault.policy.context import AccessContext
+from pivault.policy.guard import PolicyGuard
+from pivault.policy.policy import PI_OPERATIONS, WRITABLE_FIELDS, Policy, PolicyError
+from pivault.policy.tokens import AuthError, TokenInfo, TokenStore, parse_duration
+from pivault.store.db import Database
+
+__all__ = ["OPEN_PATHS", "ROUTES", "PolicyHolder", "ServiceConfig", "VaultLike", "create_app"]
+
+#: the only paths a caller without a token may reach
+OPEN_PATHS: frozenset[str] = frozenset({"/healthz"})
+_PURPOSE = re.compile(r"[a-z][a-z0-9_.-]{0,63}")
+_RECORD_ID = r"^r_[0-9a-z]{26}$"
+_TOKEN_ID = r"^[0-9a-f]{16}$"
+LEGAL_BASIS = "PIPL art. 45 (right to copy); GDPR art. 15 (right of access)"
+
+#: (method, path, operation, who) for the startup banner and the docs
+ROUTES: tuple[tuple[str, str, str], ...] = (
+    ("GET", "/healthz", "-"),
+    ("GET", "/v1/openapi.json", "any valid token"),
+    ("POST", "/v1/residents", "create"),
+    ("POST", "/v1/residents/batch", "create"),
+    ("POST", "/v1/residents/lookup", "lookup"),
+    ("GET", "/v1/residents/{record_id}", "read"),
+    ("PATCH", "/v1/residents/{record_id}", "update"),
+    ("DELETE", "/v1/residents/{record_id}", "erase"),
+    ("POST", "/v1/rights/{record_id}/copy", "export"),
+    ("GET", "/v1/stats", "audit or admin"),
+    ("POST", "/v1/admin/tokens", "admin"),
+    ("GET", "/v1/admin/tokens", "admin"),
+    ("DELETE", "/v1/admin/tokens/{token_id}", "admin"),
+    ("POST", "/v1/admin/policy/reload", "admin"),
+)
+
+
+class VaultLike(Protocol):
+    """The Vault's public methods the API uses (see :class:`pivault.vault.Vault`)."""
+
+    db: Database
+    guard: Any
+
+    def put(self, record: Any, *, ctx: AccessContext) -> str: ...
+    def get(self, record_id: str, *, ctx: AccessContext) -> dict[str, str | None]: ...
+    def find(self, *, id_number: str | None = None, mobile: str | None = None, name: str | None = None,
+             birth_date: Any = None, ctx: AccessContext) -> list[dict[str, str | None]]: ...
+    def update(self, record_id: str, changes: Any, *, ctx: AccessContext) -> None: ...
+    def erase(self, record_id: str, *, ctx: AccessContext) -> None: ...
+    def stats(self, *, ctx: AccessContext, key_usage: bool = ...) -> dict[str, Any]: ...
+
+
+class PolicyHolder:
+    """The current policy of one worker, swapped whole on reload.
+
+    A reload on one worker writes a marker file; every worker looks at the
+    marker's mtime on each request (one ``stat``, about a microsecond) and
+    reloads the policy file when it changed, so ``POST /v1/admin/policy/reload``
+    reaches all the workers of a server, not only the one that took the request.
+    An invalid file never replaces a valid policy.
+    """
+
+    def __init__(self, policy: Policy, *, path: Path | None = None, marker: Path | None = None) -> None:
+        self._policy = policy
+        self.path = path
+        self.marker = marker
+        self._seen = self._marker_mtime()
+        self._lock = threading.Lock()
+
+    def _marker_mtime(self) -> int:
+        if self.marker is None:
+            return 0
+        try:
+            return os.stat(self.marker).st_mtime_ns
+        except OSError:
+            return 0
+
+    def _read(self) -> Policy:
+        return Policy.load(self.path) if self.path is not None else Policy.default()
+
+    def peek(self) -> Policy:
+        """The policy as last checked, without looking at the marker (for the guard, mid-request)."""
+        return self._policy
+
+    def current(self) -> Policy:
+        if self.marker is not None:
+            seen = self._marker_mtime()
+            if seen != self._seen:
+                with self._lock:
+                    if seen != self._seen:
+                        self._seen = seen
+                        try:
+                            self._policy = self._read()
+                        except PolicyError as exc:
+                            sys.stderr.write(f"pivault: policy reload refused, keeping the old one: {exc}\n")
+        return self._policy
+
+    def reload(self) -> Policy:
+        """Validate the policy file and make it current here and on every worker."""
+        new = self._read()
+        with self._lock:
+            self._policy = new
+            if self.marker is not None:
+                digest = hashlib.sha256(Policy.default_text().encode() if self.path is None
+                                        else self.path.read_bytes()).hexdigest()
+                tmp = self.marker.with_name(self.marker.name + ".tmp")
+                tmp.write_text(f"{digest} {time.time_ns()}\n", encoding="ascii")
+                os.replace(tmp, self.marker)
+                self._seen = self._marker_mtime()
+        return new
+
+
+@dataclass
+class ServiceConfig:
+    """Limits and switches of one service instance."""
+
+    tls: bool = False
+    max_body: int = 1024 * 1024
+    timeout: float = 30.0
+    access_log: Path | None = None
+    log_to_stderr: bool = True
+    #: run Vault calls on the event loop (fast: lookups are short and each
+    #: worker serialises on its one store connection anyway) or in threads
+    inline: bool = True
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    token: TokenInfo
+    purpose: str
+    policy: Policy
+    request_id: str
+
+    def ctx(self, *, reveal: bool = False) -> AccessContext:
+        return AccessContext(principal=self.token.principal, role=self.token.role, purpose=self.purpose,
+                             request_id=self.request_id, reveal=reveal, token_id=self.token.token_id,
+                             source="api")
+
+
+def _status_for(exc: PivaultError) -> int:
+    code = exc.code or ""
+    if isinstance(exc, AuthError):
+        return 401
+    if code.startswith("budget.") or code.startswith("detect."):
+        return 429
+    if isinstance(exc, PermissionError) or code.startswith("policy."):
+        return 403
+    if isinstance(exc, NotFoundError):
+        return 404
+    if isinstance(exc, ValidationError):
+        return 422
+    if code in ("record.duplicate", "store.duplicate_id"):
+        return 409
+    return 500
+
+
+def _problem_for(exc: PivaultError, request_id: str | None) -> Response:
+    status = _status_for(exc)
+    if status == 500:
+        # internal errors: the code helps the operator, the message stays in-house
+        return problem_response(500, "internal", "the request failed inside the service; "
+                                "the request id identifies it in the server's log", request_id)
+    extra: dict[str, Any] = {}
+    if isinstance(exc, ValidationError) and exc.field:
+        extra["field"] = exc.field
+    headers = {"WWW-Authenticate": 'Bearer realm="pivault"'} if status == 401 else None
+    return problem_response(status, exc.code, exc.message, request_id, headers=headers, extra=extra)
+
+
+def _request_id(request: Request) -> str | None:
+    rid = request.scope.get("state", {}).get("request_id")
+    return str(rid) if rid else None
+
+
+def _json_or_absent(scope: Scope) -> bool:
+    for name, value in scope.get("headers", ()):
+        if name == b"content-type":
+            media = bytes(value).split(b";", 1)[0].strip().lower()
+            return media == b"application/json" or media.endswith(b"+json")
+    return True
+
+
+def _install_guard(vault: VaultLike, holder: PolicyHolder) -> PolicyGuard:
+    current = vault.guard
+    delegate = current.delegate if isinstance(current, PolicyGuard) else current
+    from pivault.vault.guard import AccessDenied as VaultAccessDenied
+
+    # the route's dependency called holder.current() at the start of the request;
+    # the guard, called several times per request, reads the same policy
+    guard = PolicyGuard(holder.peek, delegate=delegate, denied=VaultAccessDenied)
+    vault.guard = guard
+    return guard
+
+
+def create_app(vault: VaultLike, policy: Policy | PolicyHolder, *, tokens: TokenStore | None = None,
+               config: ServiceConfig | None = None) -> FastAPI:
+    """The ASGI application serving ``vault`` under ``policy``.
+
+    Installs a :class:`PolicyGuard` as the vault's guard (keeping the
+    previous guard as the delegate for budgets and audit).
+    """
+    cfg = config or ServiceConfig()
+    holder = policy if isinstance(policy, PolicyHolder) else PolicyHolder(policy)
+    token_store = tokens or TokenStore(vault.db)
+    _install_guard(vault, holder)
+    access_log = AccessLog(cfg.access_log, stderr=cfg.log_to_stderr) if (
+        cfg.access_log is not None or cfg.log_to_stderr) else None
+
+    app = FastAPI(
+        title="pivault", version=__version__,
+        description="Privacy vault for personal information. Every route but GET /healthz needs a "
+                    "bearer token; PI routes need an X-Purpose header from the caller's role.",
+        openapi_url="/v1/openapi.json", docs_url=None, redoc_url=None, swagger_ui_oauth2_redirect_url=None,
+    )
+
+    async def call(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        if cfg.inline:
+            return fn(*args, **kwargs)
+        return await run_in_threadpool(fn, *args, **kwargs)
+
+    # -- errors ---------------------------------------------------------------
+    @app.exception_handler(Problem)
+    async def _problem(request: Request, exc: Problem) -> Response:
+        return problem_response(exc.status, exc.code, exc.detail, _request_id(request), headers=exc.headers,
+                                extra=exc.extra)
+
+    @app.exception_handler(PivaultError)
+    async def _pivault_error(request: Request, exc: PivaultError) -> Response:
+        return _problem_for(exc, _request_id(request))
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError) -> Response:
+        return problem_response(422, "request.invalid", "the request does not match the API schema",
+                                _request_id(request), extra={"errors": validation_problem(exc.errors())})
+
+    @app.exception_handler(Exception)
+    async def _internal(request: Request, exc: Exception) -> Response:
+        # the middleware logs the exception's type and place; the body says nothing of it
+        return problem_response(500, "internal", "the request failed inside the service; "
+                                "the request id identifies it in the server's log", _request_id(request))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> Response:
+        code = {404: "route.not_found", 405: "method.not_allowed"}.get(exc.status_code, "http.error")
+        detail = {404: "no such route", 405: "this route does not accept this method"}.get(
+            exc.status_code, "the request was refused")
+        return problem_response(exc.status_code, code, detail, _request_id(request),
+                                headers=dict(exc.headers or {}))
+
+    # -- authorisation per route ------------------------------------------------
+    def require(operation: str, *alternatives: str) -> Callable[..., Awaitable[Caller]]:
+        ops = (operation, *alternatives)
+        needs_purpose = any(op in PI_OPERATIONS for op in ops)
+
+        async def dependency(
+            request: Request,
+            x_purpose: str | None = Header(
+                default=None, alias="X-Purpose", max_length=64,
+                description="Why the caller acts: one of the purposes its role and token allow"
+                            + ("" if needs_purpose else " (optional here)")),
+        ) -> Caller:
+            state = request.scope.get("state", {})
+            token: TokenInfo = state["token"]
+            pol = holder.current()
+            role = pol.role(token.role)
+            rid = _request_id(request) or ""
+            if role is None:
+                raise Problem(403, "policy.role", "the caller's role is not in the current policy")
+            granted = [op for op in ops if op in role.operations]
+            if not granted:
+                raise Problem(403, "policy.operation", f"role {role.name!r} may not {operation}")
+            allowed = [p for p in token.purposes if p in role.purposes]
+            if x_purpose is None:
+                if needs_purpose:
+                    raise Problem(400, "purpose.missing",
+                                  "state the purpose of this request in the X-Purpose header; "
+                                  f"role {role.name!r} may state: {', '.join(allowed) or 'none'}")
+                if not allowed:
+                    raise Problem(403, "policy.purpose", "the token allows none of its role's purposes")
+                purpose = allowed[0]
+            else:
+                purpose = x_purpose.strip()
+                if not _PURPOSE.fullmatch(purpose):
+                    raise Problem(400, "purpose.invalid", "X-Purpose is a purpose name "
+                                  "(lower-case letters, digits, _ . -)")
+                if purpose not in allowed:
+                    raise Problem(403, "policy.purpose",
+                                  f"this purpose is not allowed for role {role.name!r} and this token; "
+                                  f"allowed: {', '.join(allowed) or 'none'}")
+            return Caller(token=token, purpose=purpose, policy=pol, request_id=rid)
+
+        return dependency
+
+    def view(caller: Caller, record: dict[str, Any]) -> dict[str, Any]:
+        """Only the fields the role sees (the guard already masked them; this drops the rest)."""
+        role = caller.policy.role(caller.token.role)
+        out: dict[str, Any] = {"record_id": record["record_id"]}
+        if role is not None:
+            for f in role.fields:
+                if f in record:
+                    out[f] = record[f]
+        return out
+
+    def revealed(caller: Caller, reveal: bool) -> list[str]:
+        role = caller.policy.role(caller.token.role)
+        if not reveal or role is None:
+            return []
+        return sorted(f for f in role.revealable(caller.purpose) if f in role.fields)
+
+    def json_response(body: dict[str, Any], status: int = 200) -> Response:
+        # the hot routes serialise their own dicts: the schema is documented by
+        # response_model, and skipping its second validation pass is measurable
+        return Response(json.dumps(body, ensure_ascii=False, separators=(",", ":")), status_code=status,
+                        media_type="application/json")
+
+    problems: dict[int | str, dict[str, Any]] = {c: {"model": s.Problem, "description": d} for c, d in (
+        (400, "Bad request (e.g. no X-Purpose)"), (401, "No valid bearer token"),
+        (415, "Body is not JSON"),
+        (403, "The policy refuses (role, operation, purpose or reveal)"), (413, "Body too large"),
+        (422, "Invalid request"), (429, "Read budget spent"), (500, "Internal error"),
+        (503, "Timed out"))}
+    with_404: dict[int | str, dict[str, Any]] = {
+        **problems, 404: {"model": s.Problem, "description": "No such record"}}
+
+    # -- routes -----------------------------------------------------------------
+    @app.get("/healthz", response_model=s.Health, tags=["health"], openapi_extra={"security": []})
+    async def healthz() -> dict[str, str]:
+        """Liveness; the only route open without a token. Says nothing about the vault."""
+        return {"status": "ok"}
+
+    @app.post("/v1/residents", response_model=s.Created, status_code=201, tags=["residents"],
+              responses={**problems, 409: {"model": s.Problem, "description": "ID number already held"}})
+    async def create_resident(body: s.ResidentIn, caller: Caller = Depends(require("create"))) -> s.Created:
+        """Register one resident."""
+        record_id = await call(vault.put, body.model_dump(), ctx=caller.ctx())
+        return s.Created(record_id=record_id)
+
+    @app.post("/v1/residents/batch", response_model=s.BatchOut, tags=["residents"], responses=problems)
+    async def create_batch(body: s.BatchIn, caller: Caller = Depends(require("create"))) -> s.BatchOut:
+        """Register up to 500 residents; each item is accepted or rejected on its own."""
+        ctx = caller.ctx()
+
+        def run() -> list[s.BatchItemResult]:
+            results = []
+            for i, item in enumerate(body.items):
+                try:
+                    rid = vault.put(item.model_dump(), ctx=ctx)
+                    results.append(s.BatchItemResult(index=i, status="created", record_id=rid))
+                except PivaultError as exc:
+                    if _status_for(exc) == 500:
+                        raise
+                    results.append(s.BatchItemResult(index=i, status="rejected", code=exc.code,
+                                                     detail=exc.message))
+            return results
+
+        results = await run_in_threadpool(run)
+        accepted = sum(1 for r in results if r.status == "created")
+        return s.BatchOut(read=len(body.items), accepted=accepted, rejected=len(results) - accepted,
+                          results=results)
+
+    @app.post("/v1/residents/lookup", response_model=s.LookupOut, tags=["residents"], responses=problems)
+    async def lookup(body: s.LookupIn, caller: Caller = Depends(require("lookup"))) -> Response:
+        """Find residents by ID number, mobile, or name with birth date (in the body, never the URL)."""
+        records = await call(vault.find, id_number=body.id_number, mobile=body.mobile, name=body.name,
+                             birth_date=body.birth_date, ctx=caller.ctx(reveal=body.reveal))
+        return json_response({"count": len(records), "records": [view(caller, r) for r in records],
+                              "revealed": revealed(caller, body.reveal)})
+
+    @app.get("/v1/residents/{record_id}", response_model=s.ReadOut, tags=["residents"], responses=with_404)
+    async def read_resident(
+        record_id: str = PathParam(pattern=_RECORD_ID, max_length=28),
+        reveal: bool = Query(False, description="full values where the policy allows"),
+        caller: Caller = Depends(require("read")),
+    ) -> Response:
+        """One resident by its opaque record id, as the caller's role may see it."""
+        record = await call(vault.get, record_id, ctx=caller.ctx(reveal=reveal))
+        return json_response({"record": view(caller, record), "revealed": revealed(caller, reveal)})
+
+    @app.patch("/v1/residents/{record_id}", response_model=s.Updated, tags=["residents"],
+               responses={**with_404, 409: {"model": s.Problem, "description": "ID number already held"}})
+    async def correct_resident(
+        body: s.PatchIn,
+        record_id: str = PathParam(pattern=_RECORD_ID, max_length=28),
+        caller: Caller = Depends(require("update")),
+    ) -> s.Updated:
+        """Correct fields of a resident (registrars; DPOs for rights requests). ``null`` clears."""
+        changes = body.model_dump(exclude_unset=True)
+        if not changes:
+            raise Problem(422, "update.empty", "name at least one field to correct")
+        for f in ("name", "id_number"):
+            if f in changes and changes[f] is None:
+                raise Problem(422, "update.required", f"{f} cannot be cleared", extra={"field": f})
+        await call(vault.update, record_id, changes, ctx=caller.ctx())
+        return s.Updated(record_id=record_id, updated=[f for f in WRITABLE_FIELDS if f in changes])
+
+    @app.delete("/v1/residents/{record_id}", status_code=204, tags=["residents"], responses=with_404,
+                response_class=Response)
+    async def erase_resident(
+        record_id: str = PathParam(pattern=_RECORD_ID, max_length=28),
+        caller: Caller = Depends(require("erase")),
+    ) -> Response:
+        """Erase a resident (right to deletion, PIPL art. 47, GDPR art. 17)."""
+        await call(vault.erase, record_id, ctx=caller.ctx())
+        return Response(status_code=204)
+
+    @app.post("/v1/rights/{record_id}/copy", response_model=s.CopyOut, tags=["rights"], responses=with_404)
+    async def rights_copy(
+        record_id: str = PathParam(pattern=_RECORD_ID, max_length=28),
+        caller: Caller = Depends(require("export")),
+    ) -> Response:
+        """A data subject's full copy of their record (PIPL art. 45, GDPR art. 15)."""
+        role = caller.policy.role(caller.token.role)
+        assert role is not None
+        masked = {f for f, m in role.fields.items() if m != "none"}
+        missing = sorted(masked - role.revealable(caller.purpose))
+        if missing:
+            raise Problem(403, "policy.reveal", "a rights copy shows every field in full; for this purpose "
+                          f"role {role.name!r} may not reveal: {', '.join(missing)}")
+        record = await call(vault.get, record_id, ctx=caller.ctx(reveal=True))
+        return json_response({"record": view(caller, record), "generated_at": time.time(),
+                              "legal_basis": LEGAL_BASIS, "request_id": caller.request_id})
+
+    @app.get("/v1/stats", response_model=s.StatsOut, tags=["admin"], responses=problems)
+    async def stats(caller: Caller = Depends(require("audit", "admin"))) -> s.StatsOut:
+        """Counts and key ids in use; never a value."""
+        out = await call(vault.stats, ctx=caller.ctx(), key_usage=False)
+        return s.StatsOut(stats=out)
+
+    @app.post("/v1/admin/tokens", response_model=s.TokenCreated, status_code=201, tags=["admin"],
+              responses=problems)
+    async def create_token(body: s.TokenCreateIn,
+                           caller: Caller = Depends(require("admin"))) -> s.TokenCreated:
+        """Issue a token for a principal; the token is in this response only, never stored."""
+        pol = holder.current()
+        role = pol.role(body.role)
+        if role is None:
+            raise Problem(422, "token.role", f"no role {body.role!r} in the current policy")
+        purposes = body.purposes if body.purposes is not None else list(role.purposes)
+        bad = [p for p in purposes if p not in role.purposes]
+        if bad or not purposes:
+            raise Problem(422, "token.purpose",
+                          f"role {role.name!r} may state only: {', '.join(role.purposes)}")
+        try:
+            ttl = parse_duration(body.expires)
+            info, token = token_store.create(body.principal, role.name, purposes, ttl_seconds=ttl,
+                                             created_by=caller.token.principal)
+        except ValueError as exc:
+            raise Problem(422, "token.invalid", str(exc)) from None
+        return s.TokenCreated(token=token, info=s.TokenView.model_validate(info.to_dict()))
+
+    @app.get("/v1/admin/tokens", response_model=s.TokenList, tags=["admin"], responses=problems)
+    async def list_tokens(caller: Caller = Depends(require("admin"))) -> s.TokenList:
+        """Every token's row (never the token or its hash)."""
+        return s.TokenList(tokens=[s.TokenView.model_validate(t.to_dict()) for t in token_store.list()])
+
+    @app.delete("/v1/admin/tokens/{token_id}", status_code=204, tags=["admin"], responses=with_404,
+                response_class=Response)
+    async def revoke_token(token_id: str = PathParam(pattern=_TOKEN_ID, max_length=16),
+                           caller: Caller = Depends(require("admin"))) -> Response:
+        """Revoke a token; refused from the next request on, on every worker."""
+        if not token_store.revoke(token_id):
+            raise Problem(404, "token.not_found", "no active or suspended token with this id")
+        return Response(status_code=204)
+
+    @app.post("/v1/admin/policy/reload", response_model=s.PolicyReloaded, tags=["admin"], responses=problems)
+    async def reload_policy(caller: Caller = Depends(require("admin"))) -> s.PolicyReloaded:
+        """Re-read the policy file; an invalid file is refused and the current policy stays."""
+        try:
+            new = holder.reload()
+        except PolicyError as exc:
+            raise Problem(422, exc.code, exc.message) from None
+        rows = [s.RoleSummary(**{k: r[k] for k in s.RoleSummary.model_fields}) for r in new.explain()]
+        return s.PolicyReloaded(source=new.source, roles=rows)
+
+    # -- OpenAPI: problem bodies, bearer auth ----------------------------------------------
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema:
+            return app.openapi_schema
+        doc = get_openapi(title=app.title, version=app.version, description=app.description,
+                          routes=app.routes)
+        comps = doc.setdefault("components", {})
+        schemas = comps.setdefault("schemas", {})
+        schemas.pop("HTTPValidationError", None)
+        schemas.pop("ValidationError", None)
+        comps["securitySchemes"] = {"bearer": {
+            "type": "http", "scheme": "bearer",
+            "description": "pv_<token_id>_<secret> from `pivault token create`"}}
+        doc["security"] = [{"bearer": []}]
+        for path_item in doc.get("paths", {}).values():
+            for op in path_item.values():
+                for code, resp in op.get("responses", {}).items():
+                    if code.startswith(("4", "5")):
+                        resp["content"] = {"application/problem+json": {
+                            "schema": {"$ref": "#/components/schemas/Problem"}}}
+        app.openapi_schema = doc
+        return doc
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+    # -- authentication and the service middleware -------------------------------------------
+    def authenticate(scope: Scope) -> None:
+        headers = dict(scope.get("headers", ()))
+        raw = headers.get(b"authorization")
+        if raw is None:
+            raise AuthError("this route needs a bearer token (Authorization: Bearer pv_…)",
+                            code="auth.missing")
+        try:
+            text = raw.decode("ascii")
+        except UnicodeDecodeError:
+            raise AuthError("the Authorization header is malformed", code="auth.malformed") from None
+        scheme, _, value = text.strip().partition(" ")
+        if scheme.lower() != "bearer" or not value.strip():
+            raise AuthError("use the Bearer scheme: Authorization: Bearer pv_…", code="auth.scheme")
+        info = token_store.verify(value.strip())
+        state = scope.setdefault("state", {})
+        state["token"] = info
+        state["principal"] = info.principal
+        state["role"] = info.role
+        state["token_id"] = info.token_id
+
+    inner = app.build_middleware_stack
+
+    def build() -> Any:
+        fastapi_stack = inner()
+
+        async def auth_layer(scope: Scope, receive: Receive, send: Send) -> None:
+            if scope["type"] == "http" and scope.get("path") not in OPEN_PATHS:
+                try:
+                    authenticate(scope)
+                except AuthError as exc:
+                    rid = scope.get("state", {}).get("request_id")
+                    resp = problem_response(401, exc.code, exc.message, rid,
+                                            headers={"WWW-Authenticate": 'Bearer realm="pivault"'})
+                    await resp(scope, receive, send)
+                    return
+                if scope.get("method") in ("POST", "PUT", "PATCH") and not _json_or_absent(scope):
+                    rid = scope.get("state", {}).get("request_id")
+                    resp = problem_response(415, "request.media_type",
+                                            "send the body as JSON (Content-Type: application/json)", rid)
+                    await resp(scope, receive, send)
+                    return
+            await fastapi_stack(scope, receive, send)
+
+        return ServiceMiddleware(auth_layer, max_body=cfg.max_body, timeout=cfg.timeout, tls=cfg.tls,
+                                 access_log=access_log)
+
+    app.build_middleware_stack = build  # type: ignore[method-assign]
+    app.state.holder = holder
+    app.state.tokens = token_store
+    app.state.config = cfg
+    return app

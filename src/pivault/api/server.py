@@ -1,0 +1,256 @@
+"""Running the service: fail-closed checks, the startup banner, uvicorn.
+
+``serve`` refuses to start rather than start unsafe (the 2022 breach was a
+database dashboard on a public address with no login):
+
+- on an address that is not loopback, without TLS;
+- with a TLS key file that others can read;
+- with a policy that is invalid or grants anything to an anonymous caller;
+- with no principal: no active token whose role is in the policy.
+
+Several worker processes (``--workers``) each open the vault themselves: the
+parent passes its options in ``PIVAULT_SERVE_OPTIONS`` and uvicorn builds
+each worker's app with :func:`app_factory`.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import stat
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from pivault.api.app import ROUTES, PolicyHolder, ServiceConfig, create_app
+from pivault.errors import ConfigError
+from pivault.policy.policy import Policy
+from pivault.policy.tokens import TokenInfo, TokenStore
+
+__all__ = [
+    "OPTIONS_ENV",
+    "ServeOptions",
+    "ServeRefused",
+    "app_factory",
+    "banner",
+    "is_loopback",
+    "preflight",
+    "run",
+]
+
+OPTIONS_ENV = "PIVAULT_SERVE_OPTIONS"
+ACCESS_LOG_NAME = "access.log"
+RELOAD_MARKER = "policy.reload"
+
+
+class ServeRefused(ConfigError):
+    """``serve`` will not start: the message says why and what to do."""
+
+    code = "serve.refused"
+
+
+@dataclass
+class ServeOptions:
+    home: str
+    host: str = "127.0.0.1"
+    port: int = 8443
+    workers: int = 1
+    certfile: str | None = None
+    keyfile: str | None = None
+    #: the policy file; None = the vault's configured one, else the shipped default
+    policy: str | None = None
+    max_body: int = 1024 * 1024
+    timeout: float = 30.0
+    log_to_stderr: bool = True
+
+    @property
+    def tls(self) -> bool:
+        return bool(self.certfile and self.keyfile)
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.tls else "http"
+
+    @property
+    def log_dir(self) -> Path:
+        return Path(self.home) / "logs"
+
+    @property
+    def access_log(self) -> Path:
+        return self.log_dir / ACCESS_LOG_NAME
+
+    def to_env(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_env(cls) -> ServeOptions:
+        raw = os.environ.get(OPTIONS_ENV)
+        if not raw:
+            raise ServeRefused(f"{OPTIONS_ENV} is not set: start the service with `pivault serve`")
+        return cls(**json.loads(raw))
+
+
+def is_loopback(host: str) -> bool:
+    """True only for addresses that cannot be reached from another machine."""
+    if host.lower() in ("localhost", "localhost.localdomain", "ip6-localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a host name could resolve to anything: treat it as exposed
+
+
+def policy_path_for(opts: ServeOptions) -> Path | None:
+    if opts.policy:
+        return Path(opts.policy).expanduser().absolute()
+    from pivault.vault.home import load
+
+    configured = load(opts.home).policy_path
+    return Path(configured).expanduser().absolute() if configured else None
+
+
+def load_policy(opts: ServeOptions) -> tuple[Policy, Path | None]:
+    path = policy_path_for(opts)
+    policy = Policy.load(path) if path is not None else Policy.default()
+    return policy, path
+
+
+@dataclass
+class Preflight:
+    policy: Policy
+    policy_path: Path | None
+    principals: list[TokenInfo]
+
+
+def _check_tls(opts: ServeOptions) -> None:
+    if bool(opts.certfile) != bool(opts.keyfile):
+        raise ServeRefused("give both --cert and --key (a certificate without its key, or the reverse, "
+                           "cannot serve TLS)")
+    if not opts.tls:
+        if not is_loopback(opts.host):
+            raise ServeRefused(
+                f"refusing to serve on {opts.host} without TLS: bearer tokens and PI would cross the "
+                "network in clear text. Give --cert and --key (for a local trial, `pivault dev-cert` "
+                "makes a self-signed pair), or bind to 127.0.0.1.")
+        return
+    for what, p in (("certificate", opts.certfile), ("key", opts.keyfile)):
+        assert p is not None
+        if not Path(p).is_file():
+            raise ServeRefused(f"the TLS {what} file {p} does not exist")
+    mode = stat.S_IMODE(os.stat(opts.keyfile).st_mode)  # type: ignore[arg-type]
+    if mode & 0o077:
+        raise ServeRefused(f"the TLS key file {opts.keyfile} can be read by other users "
+                           f"(mode {mode:o}); make it private: chmod 600 {opts.keyfile}")
+
+
+def preflight(opts: ServeOptions, tokens: TokenStore | None = None) -> Preflight:
+    """Every check that must pass before the service listens; :class:`ServeRefused` otherwise."""
+    if opts.workers < 1 or opts.workers > 64:
+        raise ServeRefused("--workers is between 1 and 64")
+    if not (0 < opts.port < 65536):
+        raise ServeRefused("--port is between 1 and 65535")
+    _check_tls(opts)
+    policy, path = load_policy(opts)
+    if policy.grants_anonymous():  # pragma: no cover - Policy refuses such files already
+        raise ServeRefused("the policy grants something to an anonymous caller")
+    principals: list[TokenInfo] = []
+    if tokens is not None:
+        principals = tokens.active_principals(policy.roles)
+        if not principals:
+            raise ServeRefused(
+                "no principals: no active token has a role of the policy, so nobody could use the "
+                "service. Create one first: pivault token create --principal NAME --role ROLE "
+                "--purpose PURPOSE --expires 30d")
+    return Preflight(policy, path, principals)
+
+
+def _roles_for(policy: Policy, op: str) -> str:
+    if op == "-":
+        return "anyone (liveness only, no data)"
+    if op == "any valid token":
+        return "any valid token"
+    ops = [o.strip() for o in op.split(" or ")]
+    roles = [r.name for r in policy.roles.values() if any(o in r.operations for o in ops)]
+    return ("roles: " + ", ".join(roles)) if roles else "nobody (no role is granted it)"
+
+
+def banner(opts: ServeOptions, pre: Preflight) -> str:
+    """What the service exposes, and to whom: printed on start."""
+    url = f"{opts.scheme}://{opts.host}:{opts.port}"
+    lines = [
+        f"pivault serve: {url}  ({'TLS' if opts.tls else 'plain HTTP, loopback only'}; "
+        f"workers: {opts.workers})",
+        f"policy: {pre.policy_path or 'shipped default'}",
+        f"access log: {opts.access_log} (method, route, status, principal, latency; no PI)",
+        "",
+        "routes:",
+    ]
+    for method, path, op in ROUTES:
+        lines.append(f"  {method:<6} {path:<32} {_roles_for(pre.policy, op)}")
+    lines += ["", "roles:"]
+    for row in pre.policy.explain():
+        lines.append(f"  {row['role']}: {row['operations']}; purposes: {row['purposes']}; "
+                     f"sees: {row['sees']}; reveal: {row['reveal']}")
+    lines += ["", f"principals with an active token ({len(pre.principals)}):"]
+    for t in pre.principals:
+        expires = time.strftime("%Y-%m-%d %H:%M", time.gmtime(t.expires_at))
+        lines.append(f"  {t.principal} (role {t.role}, token {t.token_id}, expires {expires} UTC)")
+    return "\n".join(lines)
+
+
+def _service_config(opts: ServeOptions) -> ServiceConfig:
+    return ServiceConfig(tls=opts.tls, max_body=opts.max_body, timeout=opts.timeout,
+                         access_log=opts.access_log, log_to_stderr=opts.log_to_stderr)
+
+
+def _warm_up() -> None:
+    """Load the division tables the address mask needs now, not on the first caller's request."""
+    from pivault.model import address
+
+    address.parse_prefix("北京市东城区")
+
+
+def build_app(opts: ServeOptions, vault: Any | None = None) -> Any:
+    """The app of one worker: open the vault (passphrase from the environment) and wrap it."""
+    from pivault.vault import Vault
+
+    v = vault if vault is not None else Vault.open(opts.home)
+    _warm_up()
+    policy, path = load_policy(opts)
+    holder = PolicyHolder(policy, path=path, marker=Path(opts.home) / "run" / RELOAD_MARKER)
+    return create_app(v, holder, config=_service_config(opts))
+
+
+def app_factory() -> Any:
+    """uvicorn's factory for each worker process."""
+    return build_app(ServeOptions.from_env())
+
+
+def run(opts: ServeOptions, *, echo: Callable[[str], None] = print) -> None:
+    """Check, print the banner, and serve until interrupted."""
+    import uvicorn
+
+    from pivault.store.db import Database
+    from pivault.vault import Vault
+    from pivault.vault.home import load
+
+    cfg = load(opts.home)
+    with Database(cfg.store_url) as db:
+        pre = preflight(opts, TokenStore(db))
+    # open once here so a wrong passphrase or a missing keyring fails before listening
+    Vault.open(opts.home).close()
+    (Path(opts.home) / "run").mkdir(mode=0o700, exist_ok=True)
+    opts.log_dir.mkdir(mode=0o700, exist_ok=True)
+    echo(banner(opts, pre))
+    os.environ[OPTIONS_ENV] = opts.to_env()
+    uvicorn.run(
+        "pivault.api.server:app_factory", factory=True, host=opts.host, port=opts.port,
+        workers=opts.workers, ssl_certfile=opts.certfile, ssl_keyfile=opts.keyfile,
+        access_log=False,  # uvicorn's would print query strings; ours logs route templates
+        server_header=False, proxy_headers=False, log_level="warning",
+        timeout_keep_alive=5, timeout_graceful_shutdown=10, h11_max_incomplete_event_size=16 * 1024,
+        limit_concurrency=1000,
+    )

@@ -1,0 +1,377 @@
+"""Service commands: serve, dev-cert, token create/list/revoke, policy check, demo.
+
+A thin skin over :mod:`pivault.api` and :mod:`pivault.policy`. Errors are one
+line on stderr (``error[code]: message``), never a traceback, never a value
+from a record. Tokens are printed once, on stdout alone (so
+``pivault token create … > file`` captures exactly the token), or written to a
+0600 file with ``--out``.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import secrets
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, ParamSpec, TypeVar
+
+import typer
+
+from pivault.errors import ConfigError, PivaultError, ValidationError
+from pivault.policy import Policy
+from pivault.policy.tokens import TokenStore
+
+__all__ = [
+    "DEMO_SEED",
+    "app",
+    "demo",
+    "dev_cert",
+    "policy_app",
+    "policy_check",
+    "register",
+    "serve",
+    "token_app",
+    "token_create",
+    "token_list",
+    "token_revoke",
+]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+#: the seed of the demo's synthetic population (so the curl example's resident exists)
+DEMO_SEED = 20220701
+DEMO_PURPOSES: dict[str, str] = {
+    "officer": "identity_verification", "registrar": "registration",
+    "dpo": "data_subject_request", "admin": "administration",
+}
+
+HomeOpt = Annotated[Path | None, typer.Option(
+    "--home", envvar="PIVAULT_HOME", show_envvar=True, help="Vault home directory (default ./.pivault).")]
+
+
+def _err(text: str) -> None:
+    sys.stderr.write(text + "\n")
+    sys.stderr.flush()
+
+
+def _cli(fn: Callable[P, R]) -> Callable[P, R]:
+    """pivault errors become one line and an exit status, never a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return fn(*args, **kwargs)
+        except PivaultError as exc:
+            _err(f"error[{exc.code}]: {exc.message}")
+            if exc.hint:
+                _err(f"  hint: {exc.hint}")
+            raise typer.Exit(2 if isinstance(exc, ValidationError | ConfigError) else 1) from None
+        except (ValueError, FileExistsError) as exc:
+            _err(f"error[invalid]: {exc}")
+            raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            raise typer.Exit(130) from None
+
+    return wrapper
+
+
+def _home(home: Path | None) -> Path:
+    from pivault.vault.home import resolve_home
+
+    return resolve_home(home)
+
+
+def _policy_for(home: Path) -> Policy:
+    from pivault.vault.home import load
+
+    path = load(home).policy_path
+    return Policy.load(path) if path else Policy.default()
+
+
+def _tokens(home: Path) -> TokenStore:
+    from pivault.store.db import Database
+    from pivault.store.migrations import migrate
+    from pivault.vault.home import load
+
+    db = Database(load(home).store_url)
+    migrate(db)  # the tokens table arrives with this component's first schema step
+    return TokenStore(db)
+
+
+def _write_secret(path: Path, text: str) -> None:
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+        os.write(fd, text.encode())
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+
+
+# -- serve -----------------------------------------------------------------------------------
+@_cli
+def serve(
+    home: HomeOpt = None,
+    host: Annotated[str, typer.Option(
+        "--host", help="Address to bind; not loopback needs TLS.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port")] = 8443,
+    workers: Annotated[int, typer.Option("--workers", help="Worker processes.")] = 1,
+    cert: Annotated[Path | None, typer.Option("--cert", help="TLS certificate (PEM).")] = None,
+    key: Annotated[Path | None, typer.Option("--key", help="TLS private key (PEM, mode 0600).")] = None,
+    policy: Annotated[Path | None, typer.Option(
+        "--policy", help="Policy file (default: the vault's, else the shipped default).")] = None,
+    max_body: Annotated[int, typer.Option("--max-body", help="Largest request body, bytes.")] = 1024 * 1024,
+    timeout: Annotated[float, typer.Option("--timeout", help="Longest request, seconds.")] = 30.0,
+) -> None:
+    """Serve the vault over HTTPS to token holders, as the policy allows. Refuses to start unsafe."""
+    from pivault.api.server import ServeOptions, run
+    from pivault.crypto import passphrase_from_env_or_prompt
+
+    h = _home(home)
+    # the worker processes open the vault themselves: they inherit the passphrase
+    os.environ["PIVAULT_PASSPHRASE"] = passphrase_from_env_or_prompt()
+    opts = ServeOptions(home=str(h), host=host, port=port, workers=workers,
+                        certfile=str(cert) if cert else None, keyfile=str(key) if key else None,
+                        policy=str(policy) if policy else None, max_body=max_body, timeout=timeout)
+    run(opts, echo=typer.echo)
+
+
+@_cli
+def dev_cert(
+    home: HomeOpt = None,
+    out: Annotated[Path | None, typer.Option("--out", help="Directory (default <home>/tls).")] = None,
+    host: Annotated[list[str] | None, typer.Option(
+        "--host", help="Name or address the certificate is for (repeat; default localhost, 127.0.0.1, ::1).")
+    ] = None,
+    days: Annotated[int, typer.Option("--days")] = 30,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing pair.")] = False,
+) -> None:
+    """Make a self-signed certificate and key (0600) for trying the service on this machine."""
+    from pivault.api.tls import DEFAULT_HOSTS, make_dev_cert
+
+    d = out if out is not None else _home(home) / "tls"
+    c = make_dev_cert(d, hosts=tuple(host) if host else DEFAULT_HOSTS, days=days, overwrite=force)
+    typer.echo(f"certificate: {c.certfile}\nkey:         {c.keyfile} (mode 0600)\n"
+               f"valid until: {c.not_after:%Y-%m-%d} UTC; for local use only — clients pass "
+               f"--cacert {c.certfile}")
+
+
+# -- tokens --------------------------------------------------------------------------------------
+token_app = typer.Typer(help="Bearer tokens: create (shown once), list, revoke.", no_args_is_help=True)
+
+
+@token_app.command("create")
+@_cli
+def token_create(
+    principal: Annotated[str, typer.Option("--principal", help="Who holds the token (a person or service).")],
+    role: Annotated[str, typer.Option("--role", help="A role of the policy.")],
+    purpose: Annotated[list[str] | None, typer.Option(
+        "--purpose", help="Purpose the holder may state (repeat; default: all of the role's).")] = None,
+    expires: Annotated[str, typer.Option("--expires", help="Lifetime: 30d, 12h, 90m …")] = "30d",
+    out: Annotated[Path | None, typer.Option("--out", help="Write the token to this file (0600).")] = None,
+    home: HomeOpt = None,
+) -> None:
+    """Create a token: 256 random bits, stored only as a hash, printed once."""
+    from pivault.policy.tokens import parse_duration
+
+    h = _home(home)
+    pol = _policy_for(h)
+    r = pol.role(role)
+    if r is None:
+        raise ConfigError(f"no role {role!r} in the policy; roles: {', '.join(pol.roles)}", code="token.role")
+    purposes = purpose or list(r.purposes)
+    bad = [p for p in purposes if p not in r.purposes]
+    if bad:
+        raise ConfigError(f"role {role!r} may state only: {', '.join(r.purposes)}", code="token.purpose")
+    ttl = parse_duration(expires)
+    store = _tokens(h)
+    user = os.environ.get("USER") or "operator"
+    info, token = store.create(principal, role, purposes, ttl_seconds=ttl, created_by=f"local:{user}")
+    when = time.strftime("%Y-%m-%d %H:%M", time.gmtime(info.expires_at))
+    if out is not None:
+        _write_secret(out, token + "\n")
+        _err(f"token {info.token_id} for {principal} (role {role}) written to {out} (0600), "
+             f"expires {when} UTC")
+    else:
+        _err(f"token {info.token_id} for {principal} (role {role}), expires {when} UTC. "
+             "It is shown once and stored only as a hash:")
+        typer.echo(token)
+
+
+@token_app.command("list")
+@_cli
+def token_list(
+    home: HomeOpt = None,
+    all_: Annotated[bool, typer.Option(
+        "--all", help="Include expired, revoked and suspended tokens.")] = False,
+) -> None:
+    """List tokens (ids, principals, roles, states — never a token)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    store = _tokens(_home(home))
+    table = Table("token id", "principal", "role", "purposes", "expires (UTC)", "state")
+    table.columns[0].no_wrap = True
+    for t in store.list(include_inactive=all_):
+        state = t.state() + (f" ({t.suspended_reason})" if t.suspended_reason else "")
+        table.add_row(t.token_id, t.principal, t.role, ", ".join(t.purposes),
+                      time.strftime("%Y-%m-%d %H:%M", time.gmtime(t.expires_at)), state)
+    Console(width=160).print(table)
+
+
+@token_app.command("revoke")
+@_cli
+def token_revoke(
+    token_id: Annotated[str, typer.Argument(help="The token id (pv_<token_id>_…).")],
+    home: HomeOpt = None,
+) -> None:
+    """Revoke a token: refused from the next request on, by every worker."""
+    store = _tokens(_home(home))
+    if token_id.startswith("pv_"):
+        token_id = token_id.split("_")[1]
+    if not store.revoke(token_id):
+        raise ConfigError("no such token, or it is already revoked", code="token.not_found")
+    typer.echo(f"revoked {token_id}")
+
+
+# -- policy ------------------------------------------------------------------------------------
+policy_app = typer.Typer(help="The access policy: check and explain.", no_args_is_help=True)
+
+
+@policy_app.command("check")
+@_cli
+def policy_check(
+    file: Annotated[Path | None, typer.Argument(help="Policy file (default: the shipped policy).")] = None,
+    show_default: Annotated[bool, typer.Option(
+        "--print-default", help="Print the shipped policy file.")] = False,
+) -> None:
+    """Validate a policy file and explain, per role, what it may do, see and reveal."""
+    from rich.console import Console
+    from rich.table import Table
+
+    if show_default:
+        typer.echo(Policy.default_text(), nl=False)
+        return
+    pol = Policy.load(file) if file is not None else Policy.default()
+    table = Table("role", "operations", "purposes", "sees", "may reveal (field: purposes)", "writes",
+                  "budgets", title=f"policy {pol.source}: valid", show_lines=True)
+    for row in pol.explain():
+        table.add_row(row["role"], row["operations"], row["purposes"], row["sees"], row["reveal"],
+                      row["writes"], row["budgets"])
+    Console(width=160).print(table)
+    typer.echo("No role is granted to callers without a token; only GET /healthz is open.")
+
+
+# -- demo ----------------------------------------------------------------------------------------
+@_cli
+def demo(
+    home: Annotated[Path, typer.Option("--home", help="Demo vault home.")] = Path(".pivault-demo"),
+    count: Annotated[int, typer.Option("--count", help="Synthetic residents to import.")] = 100_000,
+    port: Annotated[int, typer.Option("--port")] = 8443,
+    workers: Annotated[int, typer.Option("--workers")] = 2,
+    no_serve: Annotated[bool, typer.Option("--no-serve", help="Prepare everything, do not serve.")] = False,
+) -> None:
+    """A vault of synthetic residents, served on loopback over HTTPS, with a token per role.
+
+    The passphrase comes from PIVAULT_PASSPHRASE, else a generated one is
+    kept in <home>/secrets/passphrase (0600) — for the demo only: a real
+    vault's passphrase lives with its custodians, not beside the data.
+    """
+    from pivault.api.server import ServeOptions, run
+    from pivault.api.tls import make_dev_cert
+    from pivault.policy.context import local_operator
+    from pivault.synth import generate, write_population
+    from pivault.vault import Vault
+    from pivault.vault.home import CONFIG_NAME, init
+
+    h = home.expanduser().absolute()
+    secret_file = h / "secrets" / "passphrase"
+    passphrase = os.environ.get("PIVAULT_PASSPHRASE")
+    if not (h / CONFIG_NAME).exists():
+        if not passphrase:
+            passphrase = secrets.token_urlsafe(24)
+            _write_secret(secret_file, passphrase + "\n")
+            typer.echo(f"generated a passphrase for the demo vault: {secret_file} (0600)")
+        init(h, passphrase=passphrase, expected_population=max(count, 1_000_000))
+        typer.echo(f"created the vault {h}")
+    elif not passphrase:
+        if not secret_file.exists():
+            raise ConfigError(f"{h} exists but its passphrase is neither in PIVAULT_PASSPHRASE nor in "
+                              f"{secret_file}", code="demo.passphrase")
+        passphrase = secret_file.read_text(encoding="utf-8").strip()
+    os.environ["PIVAULT_PASSPHRASE"] = passphrase
+
+    with Vault.open(h, passphrase=passphrase) as vault:
+        have = vault.store.count()
+        if have < count:
+            src = h / "import" / "demo-population.csv"
+            src.parent.mkdir(mode=0o700, exist_ok=True)
+            typer.echo(f"writing {count:,} synthetic residents (seed {DEMO_SEED}) …")
+            write_population(src, count, DEMO_SEED)
+            typer.echo("importing them (encrypting every field) …")
+            started = time.perf_counter()
+            summary = vault.import_files([src], ctx=local_operator("import"))
+            typer.echo(f"imported {summary.imported:,} (rejected {summary.rejected}, duplicates "
+                       f"{summary.duplicates}) in {time.perf_counter() - started:.0f} s")
+            # the plaintext file has served its purpose: the vault is now the only copy
+            for p in (src, src.with_name(src.name + ".labels.jsonl")):
+                p.unlink(missing_ok=True)
+        store = TokenStore(vault.db)
+        for t in store.list(include_inactive=False):
+            if t.principal.startswith("demo-"):
+                store.revoke(t.token_id)
+        token_files: dict[str, Path] = {}
+        pol = _policy_for(h)
+        for role in DEMO_PURPOSES:
+            r = pol.role(role)
+            if r is None:
+                continue
+            _, tok = store.create(f"demo-{role}", role, r.purposes, ttl_seconds=7 * 86400,
+                                  created_by="demo")
+            token_files[role] = h / "tokens" / f"{role}.token"
+            _write_secret(token_files[role], tok + "\n")
+
+    tls = h / "tls"
+    if not (tls / "cert.pem").exists() or not (tls / "key.pem").exists():
+        make_dev_cert(tls, overwrite=True)
+    first = next(iter(generate(1, DEMO_SEED)))
+    officer = token_files.get("officer", h / "tokens" / "officer.token")
+    example = (
+        f"curl --cacert {tls / 'cert.pem'} \\\n"
+        f"  -H \"Authorization: Bearer $(cat {officer})\" \\\n"
+        f"  -H \"X-Purpose: {DEMO_PURPOSES['officer']}\" -H \"Content-Type: application/json\" \\\n"
+        f"  -d '{{\"id_number\": \"{first['id_number']}\"}}' \\\n"
+        f"  https://127.0.0.1:{port}/v1/residents/lookup"
+    )
+    typer.echo("\ntokens (mode 0600): " + ", ".join(str(p) for p in token_files.values()))
+    typer.echo("try, from another terminal (a synthetic resident; the officer sees masked values):\n")
+    typer.echo(example + "\n")
+    if no_serve:
+        return
+    opts = ServeOptions(home=str(h), host="127.0.0.1", port=port, workers=workers,
+                        certfile=str(tls / "cert.pem"), keyfile=str(tls / "key.pem"))
+    run(opts, echo=typer.echo)
+
+
+# -- wiring ----------------------------------------------------------------------------------------
+def register(target: typer.Typer) -> None:
+    """Attach these commands to the main ``pivault`` app."""
+    target.command("serve")(serve)
+    target.command("dev-cert")(dev_cert)
+    target.command("demo")(demo)
+    target.add_typer(token_app, name="token")
+    target.add_typer(policy_app, name="policy")
+
+
+app = typer.Typer(name="pivault-serve", no_args_is_help=True, add_completion=False,
+                  pretty_exceptions_enable=False)
+register(app)
+
+if __name__ == "__main__":  # pragma: no cover - python -m pivault.cli.serve_cmds
+    app()

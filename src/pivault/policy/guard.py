@@ -1,0 +1,106 @@
+"""The policy as the Vault's guard: authorise and mask by role, purpose and reveal.
+
+The Vault asks its guard at fixed points (authorise → budget → audit →
+decrypt → mask). :class:`PolicyGuard` answers ``authorise`` and ``mask``
+from the current :class:`~pivault.policy.Policy`, and hands ``budget`` and
+``audit`` to a delegate guard (the budget engine and the audit chain), so
+each concern stays in its own component and the Vault does not change.
+
+The policy is read through a zero-argument callable on every call, so a
+reloaded policy applies from the next request on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Protocol
+
+from pivault.errors import PivaultError
+from pivault.policy.context import AccessContext
+from pivault.policy.policy import AccessDenied, Policy, apply_mask
+
+__all__ = ["VAULT_OPERATIONS", "PolicyGuard"]
+
+#: the Vault's operation names -> the policy's operations that permit them
+VAULT_OPERATIONS: dict[str, tuple[str, ...]] = {
+    "put": ("create",),
+    "get": ("read",),
+    "find": ("lookup",),
+    "update": ("update",),
+    "erase": ("erase",),
+    "import": ("create",),
+    "export": ("export",),
+    "rejects.show": ("audit",),
+    "stats": ("audit", "admin"),
+}
+
+
+class _Delegate(Protocol):
+    def budget(self, ctx: AccessContext, operation: str, n: int) -> None: ...
+
+    def audit(self, ctx: AccessContext, operation: str, record_ids: Sequence[str], outcome: str) -> None: ...
+
+
+class PolicyGuard:
+    """Authorise by policy; mask by the role's field masks; delegate budget and audit.
+
+    A field the role does not see is masked to ``None`` (so the Vault never
+    returns it, even to a caller that forgets to filter); ``reveal`` shows
+    the full value only of fields the role may reveal for the stated purpose.
+    """
+
+    def __init__(self, policy: Policy | Callable[[], Policy], *, delegate: _Delegate | None = None,
+                 denied: type[PivaultError] = AccessDenied) -> None:
+        self._policy: Callable[[], Policy] = policy if callable(policy) else (lambda: policy)
+        self.delegate = delegate
+        #: the exception to raise on refusal: the Vault audits a refusal when it
+        #: recognises the exception, so the layer that builds the Vault passes its class
+        self.denied = denied
+
+    @property
+    def policy(self) -> Policy:
+        return self._policy()
+
+    def authorise(self, ctx: AccessContext, operation: str, fields: Sequence[str]) -> None:
+        ops = VAULT_OPERATIONS.get(operation)
+        if ops is None:
+            raise self.denied(f"operation {operation!r} is not governed by the policy",
+                              code="policy.operation")
+        policy = self._policy()
+        last = None
+        for op in ops:
+            write = op in ("create", "update")
+            decision = policy.authorise(ctx, op, list(fields) if write else None)
+            if decision.allowed:
+                return
+            last = decision
+        assert last is not None
+        raise self.denied(last.reason, code=last.code)
+
+    def budget(self, ctx: AccessContext, operation: str, n: int) -> None:
+        if self.delegate is not None:
+            self.delegate.budget(ctx, operation, n)
+
+    def audit(self, ctx: AccessContext, operation: str, record_ids: Sequence[str], outcome: str) -> None:
+        if self.delegate is not None:
+            self.delegate.audit(ctx, operation, record_ids, outcome)
+
+    def mask(self, ctx: AccessContext, field: str, value: str | None) -> str | None:
+        if field == "record_id":
+            return value
+        role = self._policy().role(ctx.role)
+        if role is None:
+            return None
+        mask = role.fields.get(field)
+        if mask is None:
+            return None
+        if value is None or value == "":
+            return value
+        if ctx.reveal and ctx.purpose in role.reveal.get(field, ()):
+            return value
+        return apply_mask(mask, field, value)
+
+    def visible_fields(self, ctx: AccessContext) -> tuple[str, ...]:
+        """The fields ``ctx``'s role sees, for callers that shape a response."""
+        role = self._policy().role(ctx.role)
+        return tuple(role.fields) if role else ()

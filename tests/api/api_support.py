@@ -1,0 +1,138 @@
+"""Helpers for the API tests: start a real ``pivault serve`` process and talk to it."""
+
+from __future__ import annotations
+
+import os
+import socket
+import ssl
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from pivault.crypto import Argon2Params
+from pivault.policy.tokens import TokenStore
+from pivault.store.db import Database
+
+PG_BASE = os.environ.get("PIVAULT_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
+CHEAP = Argon2Params(time_cost=1, memory_cost=8, parallelism=1)
+PASSPHRASE = "synthetic-test-passphrase"
+POPULATION = 40
+SEED = 4242
+ROLE_PURPOSE = {"officer": "identity_verification", "registrar": "registration",
+                "dpo": "data_subject_request", "admin": "administration"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def server_env(home: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PIVAULT_")}
+    env["PIVAULT_PASSPHRASE"] = PASSPHRASE
+    env["PIVAULT_HOME"] = str(home)
+    env["XDG_CONFIG_HOME"] = str(home.parent / "xdg")
+    return env
+
+
+def serve_cmd(home: Path, *args: str) -> list[str]:
+    return [sys.executable, "-m", "pivault.cli.serve_cmds", "serve", "--home", str(home), *args]
+
+
+@dataclass
+class Live:
+    backend: str
+    base: str
+    home: Path
+    cert: Path
+    store_url: str
+    tokens: dict[str, str]
+    residents: list[dict[str, str]]
+    record_ids: list[str]
+    stdout: Path
+    stderr: Path
+    proc: subprocess.Popen[bytes]
+    extra_pi: list[str] = field(default_factory=list)
+
+    def client(self, token: str | None = None, *, purpose: str | None = None,
+               role: str | None = None, **kw: Any) -> httpx.Client:
+        headers: dict[str, str] = {}
+        if role is not None:
+            token = self.tokens[role]
+            purpose = purpose if purpose is not None else ROLE_PURPOSE[role]
+        if token is not None:
+            headers["Authorization"] = f"Bearer {token}"
+        if purpose is not None:
+            headers["X-Purpose"] = purpose
+        return httpx.Client(base_url=self.base, verify=self.tls(), headers=headers, timeout=20, **kw)
+
+    def tls(self) -> ssl.SSLContext:
+        return ssl.create_default_context(cafile=str(self.cert))
+
+    def token_store(self) -> TokenStore:
+        return TokenStore(Database(self.store_url))
+
+    def pi_values(self) -> list[str]:
+        """Every PI value the test population holds (and any the tests added)."""
+        out = list(self.extra_pi)
+        for r in self.residents:
+            out += [v for k, v in r.items() if k in ("name", "id_number", "mobile", "address", "notes") and v]
+        return out
+
+
+def _store_url(backend: str, tmp: Path) -> tuple[str, str | None]:
+    if backend == "sqlite":
+        return f"sqlite:///{tmp / 'home' / 'vault.db'}", None
+    try:
+        import psycopg
+
+        with psycopg.connect(PG_BASE, connect_timeout=3, autocommit=True) as conn:
+            schema = "pva_" + uuid.uuid4().hex[:12]
+            conn.execute(f"CREATE SCHEMA {schema}")
+    except Exception as exc:
+        if os.environ.get("CI"):
+            pytest.fail(f"CI must have PostgreSQL: {type(exc).__name__}")
+        pytest.skip(f"PostgreSQL not reachable at {PG_BASE} ({type(exc).__name__})")
+    sep = "&" if "?" in PG_BASE else "?"
+    return f"{PG_BASE}{sep}options=-csearch_path%3D{schema}", schema
+
+
+def start_server(home: Path, cert: Path, key: Path, port: int, out: Path, err: Path,
+                 *extra: str) -> subprocess.Popen[bytes]:
+    cmd = serve_cmd(home, "--port", str(port), "--cert", str(cert), "--key", str(key), *extra)
+    with out.open("wb") as o, err.open("wb") as e:
+        proc = subprocess.Popen(cmd, stdout=o, stderr=e, env=server_env(home))
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the server exited ({proc.returncode}): {err.read_text()[-2000:]}")
+        try:
+            r = httpx.get(f"https://127.0.0.1:{port}/healthz",
+                          verify=ssl.create_default_context(cafile=str(cert)), timeout=2)
+            if r.status_code == 200:
+                return proc
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    proc.terminate()
+    raise RuntimeError("the server did not answer /healthz within 60 s")
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+

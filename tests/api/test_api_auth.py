@@ -1,0 +1,170 @@
+"""Every route, as an attacker would try it: no token, a bad one, an expired, revoked or
+suspended one, another role's — against the real server process over TLS."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import httpx
+import pytest
+from api_support import ROLE_PURPOSE, Live
+
+FAKE_ID = "r_" + "0" * 26
+FAKE_TOKEN_ID = "0123456789abcdef"
+LOOKUP_BODY = {"id_number": "11010519491231002X"}
+
+#: (method, path, JSON body, roles allowed by the shipped policy)
+ROUTES: list[tuple[str, str, Any, set[str]]] = [
+    ("POST", "/v1/residents", {"name": "测试", "id_number": "11010519491231002X"}, {"registrar"}),
+    ("POST", "/v1/residents/batch", {"items": [{"name": "测试"}]}, {"registrar"}),
+    ("POST", "/v1/residents/lookup", LOOKUP_BODY, {"officer", "registrar", "dpo"}),
+    ("GET", f"/v1/residents/{FAKE_ID}", None, {"officer", "registrar", "dpo"}),
+    ("PATCH", f"/v1/residents/{FAKE_ID}", {"notes": "x"}, {"registrar", "dpo"}),
+    ("DELETE", f"/v1/residents/{FAKE_ID}", None, {"dpo"}),
+    ("POST", f"/v1/rights/{FAKE_ID}/copy", None, {"dpo"}),
+    ("GET", "/v1/stats", None, {"dpo", "admin"}),
+    ("POST", "/v1/admin/tokens", {"principal": "x", "role": "officer"}, {"admin"}),
+    ("GET", "/v1/admin/tokens", None, {"admin"}),
+    ("DELETE", f"/v1/admin/tokens/{FAKE_TOKEN_ID}", None, {"admin"}),
+    ("POST", "/v1/admin/policy/reload", None, {"admin"}),
+    ("GET", "/v1/openapi.json", None, {"officer", "registrar", "dpo", "admin"}),
+    # not routes at all: an anonymous caller must not learn that either
+    ("GET", "/v1/nothing-here", None, set()),
+    ("GET", "/docs", None, set()),
+    ("GET", "/v1/residents", None, set()),
+]
+
+
+def call(client: httpx.Client, method: str, path: str, body: Any) -> httpx.Response:
+    return client.request(method, path, json=body) if body is not None else client.request(method, path)
+
+
+def assert_clean_problem(r: httpx.Response, live: Live, status: int) -> dict[str, Any]:
+    assert r.status_code == status, (r.status_code, r.text)
+    assert r.headers["content-type"].startswith("application/problem+json")
+    text = r.text
+    assert "Traceback" not in text and "File \"" not in text and ".py" not in text
+    for value in live.pi_values():
+        assert value not in text
+    body: dict[str, Any] = r.json()
+    assert body["status"] == status and body["type"].startswith("urn:pivault:problem:")
+    assert set(body) <= {"type", "title", "status", "detail", "code", "request_id", "errors", "field"}
+    return body
+
+
+@pytest.mark.parametrize(("method", "path", "body", "roles"), ROUTES)
+def test_no_token_is_401_everywhere(live: Live, method: str, path: str, body: Any, roles: set[str]) -> None:
+    with live.client() as c:
+        r = call(c, method, path, body)
+    problem = assert_clean_problem(r, live, 401)
+    assert problem["code"] == "auth.missing"
+    assert r.headers["www-authenticate"].startswith("Bearer")
+
+
+@pytest.mark.parametrize("bad", [
+    "pv_nonsense", "Basic dXNlcjpwYXNz", "pv_0123456789abcdef_" + "a" * 52, "Bearer",
+    "pv_0123456789abcdef_" + "a" * 51 + "'", "x" * 5000,
+])
+def test_malformed_or_forged_tokens_are_401(live: Live, bad: str) -> None:
+    for method, path, body, _ in ROUTES[:4]:
+        with httpx.Client(base_url=live.base, verify=live.tls()) as c:
+            r = c.request(method, path, json=body, headers={"Authorization": f"Bearer {bad}",
+                                                            "X-Purpose": "identity_verification"})
+        problem = assert_clean_problem(r, live, 401)
+        assert problem["code"] in ("auth.malformed", "auth.invalid", "auth.scheme")
+        assert bad[:30] not in r.text or not bad
+
+
+def test_wrong_scheme_is_401(live: Live) -> None:
+    tok = live.tokens["officer"]
+    with httpx.Client(base_url=live.base, verify=live.tls()) as c:
+        r = c.post("/v1/residents/lookup", json=LOOKUP_BODY,
+                   headers={"Authorization": f"Token {tok}", "X-Purpose": "identity_verification"})
+    assert assert_clean_problem(r, live, 401)["code"] == "auth.scheme"
+    assert tok not in r.text
+
+
+def _bad_tokens(live: Live) -> dict[str, str]:
+    store = live.token_store()
+    out = {}
+    _, out["expired"] = store.create("t-expired", "officer", ["identity_verification"], ttl_seconds=60,
+                                     now=time.time() - 120)
+    info, out["revoked"] = store.create("t-revoked", "officer", ["identity_verification"], ttl_seconds=600)
+    store.revoke(info.token_id)
+    info, out["suspended"] = store.create("t-suspended", "officer", ["identity_verification"],
+                                          ttl_seconds=600)
+    store.suspend(info.token_id, "test: enumeration suspected")
+    return out
+
+
+@pytest.mark.parametrize(("method", "path", "body", "roles"), ROUTES)
+def test_expired_revoked_suspended_are_401(live: Live, method: str, path: str, body: Any,
+                                           roles: set[str]) -> None:
+    for state, tok in _bad_tokens(live).items():
+        with live.client(tok, purpose="identity_verification") as c:
+            r = call(c, method, path, body)
+        assert assert_clean_problem(r, live, 401)["code"] == f"auth.{state}"
+
+
+@pytest.mark.parametrize(("method", "path", "body", "roles"), ROUTES)
+def test_other_roles_are_403(live: Live, method: str, path: str, body: Any, roles: set[str]) -> None:
+    for role in ROLE_PURPOSE:
+        with live.client(role=role) as c:
+            r = call(c, method, path, body)
+        if not roles:
+            assert_clean_problem(r, live, 404 if r.status_code == 404 else 405)
+        elif role not in roles:
+            problem = assert_clean_problem(r, live, 403)
+            assert problem["code"] == "policy.operation"
+        else:
+            assert r.status_code not in (401, 403), (role, method, path, r.status_code, r.text)
+            assert r.status_code < 500
+
+
+def test_revocation_reaches_every_worker_at_once(live: Live) -> None:
+    with live.client(role="admin") as admin:
+        r = admin.post("/v1/admin/tokens", json={"principal": "short-lived", "role": "officer",
+                                                 "purposes": ["identity_verification"], "expires": "1h"})
+        assert r.status_code == 201, r.text
+        created = r.json()
+        tok, token_id = created["token"], created["info"]["token_id"]
+        assert created["info"]["created_by"] == "test-admin"
+        # the token works (on whichever worker takes each new connection)
+        for _ in range(6):
+            with live.client(tok, purpose="identity_verification") as c:
+                assert c.post("/v1/residents/lookup", json=LOOKUP_BODY).status_code == 200
+        assert admin.delete(f"/v1/admin/tokens/{token_id}").status_code == 204
+        assert admin.delete(f"/v1/admin/tokens/{token_id}").status_code == 404
+        listed = {t["token_id"]: t for t in admin.get("/v1/admin/tokens").json()["tokens"]}
+        assert listed[token_id]["state"] == "revoked"
+        assert all("token" not in t and "token_hash" not in t for t in listed.values())
+    # refused at once: every new connection, whichever worker it lands on
+    for _ in range(12):
+        with live.client(tok, purpose="identity_verification") as c:
+            r = c.post("/v1/residents/lookup", json=LOOKUP_BODY)
+        assert assert_clean_problem(r, live, 401)["code"] == "auth.revoked"
+
+
+def test_admin_cannot_mint_tokens_beyond_a_role(live: Live) -> None:
+    with live.client(role="admin") as admin:
+        r = admin.post("/v1/admin/tokens", json={"principal": "p", "role": "officer",
+                                                 "purposes": ["registration"]})
+        assert assert_clean_problem(r, live, 422)["code"] == "token.purpose"
+        r = admin.post("/v1/admin/tokens", json={"principal": "p", "role": "root"})
+        assert assert_clean_problem(r, live, 422)["code"] == "token.role"
+
+
+def test_docs_are_off_and_openapi_needs_a_token(live: Live) -> None:
+    with live.client(role="officer") as c:
+        for path in ("/docs", "/redoc", "/openapi.json", "/v1/docs"):
+            assert_clean_problem(c.get(path), live, 404)
+        spec = c.get("/v1/openapi.json").json()
+    assert spec["security"] == [{"bearer": []}]
+    assert "/v1/residents/lookup" in spec["paths"]
+    # PI never in a URL: lookups are POST bodies, and no operation takes a PI query parameter
+    for path, item in spec["paths"].items():
+        assert "{id_number}" not in path and "{mobile}" not in path
+        for op in item.values():
+            for p in op.get("parameters", []):
+                assert p["name"] not in ("id_number", "mobile", "name", "birth_date", "address")
