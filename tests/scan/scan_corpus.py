@@ -27,20 +27,59 @@ from pivault.model import divisions, mobile, resident_id
 
 KINDS_ASSERTED = ("id_number", "mobile", "bank_card", "cloud_key")
 
-SURNAMES = "王李张刘陈杨黄赵吴周徐孙马朱胡郭何高林罗郑梁谢宋唐许韩冯邓曹彭曾肖田董袁潘于蒋蔡余杜叶程苏魏吕丁任沈姚卢"
+SURNAMES = (
+    "王李张刘陈杨黄赵吴周徐孙马朱胡郭何高林罗郑梁谢宋唐许韩冯邓曹彭曾肖田董袁潘于蒋蔡余杜叶程苏魏吕丁任沈姚卢"
+)
 COMPOUND = ("欧阳", "司马", "诸葛", "上官")
 GIVEN = (
     "伟芳娜敏静丽强磊军洋勇艳杰娟涛明超秀霞平刚桂英华玉兰萍红鹏辉建国文云飞浩宇欣怡子涵梓轩博晨思雨佳俊嘉婷雪"
     "琳晓海波斌宁凯鑫林丹蕾倩颖琪璐瑶慧婧媛毅峰健亮成龙威帆昊然一诺欢乐晶月霖悦睿哲泽铭航皓楠蕊薇妍菲茜露"
 )
-ROADS = ("建国", "人民", "解放", "中山", "和平", "胜利", "光明", "幸福", "长江", "黄河", "学府", "科技", "文化",
-         "滨江", "世纪", "朝阳", "新华", "东风", "青年", "振兴")
+ROADS = (
+    "建国",
+    "人民",
+    "解放",
+    "中山",
+    "和平",
+    "胜利",
+    "光明",
+    "幸福",
+    "长江",
+    "黄河",
+    "学府",
+    "科技",
+    "文化",
+    "滨江",
+    "世纪",
+    "朝阳",
+    "新华",
+    "东风",
+    "青年",
+    "振兴",
+)
 ROAD_SUFFIX = ("路", "街", "大街", "大道")
 EN_FIRST = ("John", "Mary", "Wei", "Li", "Anna", "Peter", "Linda", "Tom", "Grace", "David")
 EN_LAST = ("Smith", "Brown", "Chen", "Wang", "Taylor", "Lee", "Miller", "Zhang")
 DOMAINS = ("example.com", "mail.example.cn", "corp.example.org", "example.net")
-UNALLOCATED = ("120", "121", "123", "125", "127", "129", "142", "143", "154", "160", "161", "163", "164", "168",
-               "169", "179", "194")
+UNALLOCATED = (
+    "120",
+    "121",
+    "123",
+    "125",
+    "127",
+    "129",
+    "142",
+    "143",
+    "154",
+    "160",
+    "161",
+    "163",
+    "164",
+    "168",
+    "169",
+    "179",
+    "194",
+)
 _B32 = string.ascii_uppercase + "234567"
 _B62 = string.ascii_letters + string.digits
 _GENERIC = {"市辖区", "县", "省直辖县级行政区划", "自治区直辖县级行政区划"}
@@ -131,8 +170,7 @@ class Gen:
 
     def __init__(self, seed: int) -> None:
         self.r = random.Random(seed)
-        self.counties = [c for c in divisions.current_county_codes()
-                         if divisions.name_of(c) not in _GENERIC]
+        self.counties = [c for c in divisions.current_county_codes() if divisions.name_of(c) not in _GENERIC]
 
     # --- positives -------------------------------------------------------
     def birth(self, lo: int = 1940, hi: int = 2006) -> dt.date:
@@ -185,8 +223,20 @@ class Gen:
     def card_digits(self) -> str:
         f = self.r.random()
         if f < 0.6:
-            bin_ = self.r.choice(("622202", "622848", "621700", "622588", "623058", "622700", "621226",
-                                  "622609", "625911", "628288"))
+            bin_ = self.r.choice(
+                (
+                    "622202",
+                    "622848",
+                    "621700",
+                    "622588",
+                    "623058",
+                    "622700",
+                    "621226",
+                    "622609",
+                    "625911",
+                    "628288",
+                )
+            )
             n = self.r.choice((16, 19, 19))
         elif f < 0.8:
             bin_, n = "4" + f"{self.r.randrange(10**5):05d}", 16
@@ -203,7 +253,7 @@ class Gen:
         if f < 0.7 or len(c) not in (16, 19):
             return c
         sep = self.r.choice(" -")
-        return sep.join(c[i:i + 4] for i in range(0, len(c), 4))
+        return sep.join(c[i : i + 4] for i in range(0, len(c), 4))
 
     def cloud_key(self) -> str:
         f = self.r.random()
@@ -221,6 +271,7 @@ class Gen:
     def jwt(self) -> str:
         def enc(obj: object) -> str:
             return base64.urlsafe_b64encode(json.dumps(obj).encode()).rstrip(b"=").decode()
+
         head = enc({"alg": self.r.choice(("HS256", "RS256")), "typ": "JWT"})
         body = enc({"sub": str(self.r.randrange(10**6)), "iat": 1700000000 + self.r.randrange(10**7)})
         sig = base64.urlsafe_b64encode(self.r.randbytes(32)).rstrip(b"=").decode()
@@ -229,7 +280,7 @@ class Gen:
     def pem(self) -> str:
         kind = self.r.choice(("RSA PRIVATE KEY", "PRIVATE KEY", "EC PRIVATE KEY", "OPENSSH PRIVATE KEY"))
         body = base64.b64encode(self.r.randbytes(180)).decode()
-        lines = "\n".join(body[i:i + 64] for i in range(0, len(body), 64))
+        lines = "\n".join(body[i : i + 64] for i in range(0, len(body), 64))
         return f"-----BEGIN {kind}-----\n{lines}\n-----END {kind}-----"
 
     def password(self) -> str:
@@ -246,7 +297,8 @@ class Gen:
         head = (prov + (pref if pref != prov else "")) if with_province else pref
         tail = f"{self.r.choice(ROADS)}{self.r.choice(ROAD_SUFFIX)}{self.r.randint(1, 999)}号"
         if self.r.random() < 0.5:
-            tail += f"{self.r.randint(1, 30)}栋{self.r.randint(1, 6)}单元{self.r.randint(1, 33)}0{self.r.randint(1, 4)}室"
+            r = self.r
+            tail += f"{r.randint(1, 30)}栋{r.randint(1, 6)}单元{r.randint(1, 33)}0{r.randint(1, 4)}室"
         return head + (divisions.name_of(code) or "") + tail
 
     def email(self) -> str:
@@ -270,12 +322,18 @@ class Gen:
         return v[:-1] + wrong
 
     def neg_id_date(self) -> str:
-        first17 = f"{self.r.choice(self.counties)}{self.r.randint(1950, 2000)}{self.r.choice(('13', '00', '02'))}"
-        first17 += ("30" if first17.endswith("02") else f"{self.r.randint(1, 28):02d}") + f"{self.r.randrange(1000):03d}"
+        first17 = (
+            f"{self.r.choice(self.counties)}{self.r.randint(1950, 2000)}{self.r.choice(('13', '00', '02'))}"
+        )
+        first17 += (
+            "30" if first17.endswith("02") else f"{self.r.randint(1, 28):02d}"
+        ) + f"{self.r.randrange(1000):03d}"
         return first17 + resident_id.check_char(first17)
 
     def neg_id_region(self) -> str:
-        first17 = f"{self.r.choice(('99', '00', '19', '27', '49', '55', '70', '90'))}{self.r.randrange(10**4):04d}"
+        first17 = (
+            f"{self.r.choice(('99', '00', '19', '27', '49', '55', '70', '90'))}{self.r.randrange(10**4):04d}"
+        )
         first17 += f"{self.birth():%Y%m%d}{self.r.randrange(1000):03d}"
         return first17 + resident_id.check_char(first17)
 
@@ -284,7 +342,7 @@ class Gen:
         wrong = self.r.choice([d for d in string.digits if d != c[-1]])
         c = c[:-1] + wrong
         if self.r.random() < 0.3 and len(c) in (16, 19):
-            return " ".join(c[i:i + 4] for i in range(0, len(c), 4))
+            return " ".join(c[i : i + 4] for i in range(0, len(c), 4))
         return c
 
     def neg_order(self) -> str:
@@ -296,9 +354,15 @@ class Gen:
 
     def neg_timestamp(self) -> str:
         s = 1_600_000_000 + self.r.randrange(200_000_000)
-        return self.r.choice((str(s), str(s * 1000 + self.r.randrange(1000)),
-                              str(s * 10**6 + self.r.randrange(10**6)), str(s * 10**9 + self.r.randrange(10**9)),
-                              f"{dt.datetime.fromtimestamp(s, dt.UTC):%Y%m%d%H%M%S}"))
+        return self.r.choice(
+            (
+                str(s),
+                str(s * 1000 + self.r.randrange(1000)),
+                str(s * 10**6 + self.r.randrange(10**6)),
+                str(s * 10**9 + self.r.randrange(10**9)),
+                f"{dt.datetime.fromtimestamp(s, dt.UTC):%Y%m%d%H%M%S}",
+            )
+        )
 
     def neg_product(self) -> str:
         m = self.mobile11()
@@ -317,11 +381,10 @@ class Gen:
     def neg_misc(self) -> str:
         f = self.r.random()
         if f < 0.3:
-            return "%08x-%04x-%04x-%04x-%012x" % (self.r.getrandbits(32), self.r.getrandbits(16),
-                                                  self.r.getrandbits(16), self.r.getrandbits(16),
-                                                  self.r.getrandbits(48))
+            g = self.r.getrandbits
+            return f"{g(32):08x}-{g(16):04x}-{g(16):04x}-{g(16):04x}-{g(48):012x}"
         if f < 0.55:
-            return "%032x" % self.r.getrandbits(128)
+            return f"{self.r.getrandbits(128):032x}"
         if f < 0.7:
             return ".".join(str(self.r.randrange(256)) for _ in range(4))
         if f < 0.8:
@@ -331,15 +394,23 @@ class Gen:
         return "LTAI" + "".join(self.r.choice(_B62) for _ in range(5))
 
     def neg_any(self) -> tuple[str, str]:
-        kinds = (("id_check", self.neg_id_check), ("id_date", self.neg_id_date),
-                 ("id_region", self.neg_id_region), ("card_luhn", self.neg_card_luhn),
-                 ("order", self.neg_order), ("snowflake", self.neg_snowflake),
-                 ("timestamp", self.neg_timestamp), ("product", self.neg_product), ("misc", self.neg_misc))
+        kinds = (
+            ("id_check", self.neg_id_check),
+            ("id_date", self.neg_id_date),
+            ("id_region", self.neg_id_region),
+            ("card_luhn", self.neg_card_luhn),
+            ("order", self.neg_order),
+            ("snowflake", self.neg_snowflake),
+            ("timestamp", self.neg_timestamp),
+            ("product", self.neg_product),
+            ("misc", self.neg_misc),
+        )
         label, fn = self.r.choice(kinds)
         return label, fn()
 
 
 # --- documents -----------------------------------------------------------
+
 
 def _zh_prose(g: Gen, b: _Builder, n: int) -> None:
     r = g.r
@@ -351,7 +422,9 @@ def _zh_prose(g: Gen, b: _Builder, n: int) -> None:
             b.t("客户").pi("name", g.name()).t("的身份证号为").pi("id_number", g.id18()).t("，手机号码")
             b.pi("mobile", g.mobile()).t("。")
         elif f < 0.52:
-            b.t("身份证号").pi("id_number", g.id18()).t("已核验，卡号").pi("bank_card", g.card_digits()).t("。")
+            b.t("身份证号").pi("id_number", g.id18()).t("已核验，卡号").pi("bank_card", g.card_digits()).t(
+                "。"
+            )
         elif f < 0.58:
             b.t("联系人：").pi("name", g.name()).t("，住址：").pi("address", g.address()).t("。")
         elif f < 0.62:
@@ -359,7 +432,9 @@ def _zh_prose(g: Gen, b: _Builder, n: int) -> None:
         elif f < 0.66:
             b.t("持卡人").pi("name", g.name()).t("的银行卡号").pi("bank_card", g.card()).t("已冻结。")
         elif f < 0.69:
-            b.t("护照号码").pi("passport", g.passport()).t("，往来港澳通行证").pi("travel_permit", g.permit()).t("。")
+            b.t("护照号码").pi("passport", g.passport()).t("，往来港澳通行证").pi(
+                "travel_permit", g.permit()
+            ).t("。")
         elif f < 0.72:
             b.t("家住").pi("address", g.address()).t("的").pi("name", g.name()).t("来电反映问题。")
         elif f < 0.75:
@@ -368,7 +443,9 @@ def _zh_prose(g: Gen, b: _Builder, n: int) -> None:
             b.t("阿里云AccessKeyId：").pi("cloud_key", g.cloud_key()).t("，请立即轮换。")
         else:
             label, v = g.neg_any()
-            b.t(r.choice(("订单号", "流水号", "编号", "时间戳", "型号", "批次", "参考号"))).neg(label, v).t("。")
+            b.t(r.choice(("订单号", "流水号", "编号", "时间戳", "型号", "批次", "参考号"))).neg(label, v).t(
+                "。"
+            )
         if r.random() < 0.15:
             b.t("\n")
     b.t("\n")
@@ -381,7 +458,9 @@ def _en_prose(g: Gen, b: _Builder, n: int) -> None:
         if f < 0.4:
             b.t(r.choice(EN_FILLER) + " ")
         elif f < 0.5:
-            b.t("Customer ID card ").pi("id_number", g.id18()).t(" called from ").pi("mobile", g.mobile()).t(". ")
+            b.t("Customer ID card ").pi("id_number", g.id18()).t(" called from ").pi("mobile", g.mobile()).t(
+                ". "
+            )
         elif f < 0.58:
             b.t("Refund to card ").pi("bank_card", g.card()).t(" was approved. ")
         elif f < 0.63:
@@ -394,7 +473,9 @@ def _en_prose(g: Gen, b: _Builder, n: int) -> None:
             b.t("Bearer ").pi("jwt", g.jwt()).t(" expired. ")
         else:
             label, v = g.neg_any()
-            b.t(r.choice(("Order ", "Ref ", "Trace id ", "ts=", "Part no. ", "Build ", "error code "))).neg(label, v)
+            b.t(r.choice(("Order ", "Ref ", "Trace id ", "ts=", "Part no. ", "Build ", "error code "))).neg(
+                label, v
+            )
             b.t(". ")
         if r.random() < 0.2:
             b.t("\n")
@@ -418,13 +499,17 @@ def _csv(g: Gen, b: _Builder, rows: int, sep: str = ",") -> None:
             b.pi("bank_card", g.card_digits())
         else:
             b.neg("card_luhn", g.neg_card_luhn())
-        b.t(sep).pi("email", g.email()).t(f"{sep}{t:%Y-%m-%d %H:%M:%S}{sep}").neg("order", g.neg_order()).t("\n")
+        b.t(sep).pi("email", g.email()).t(f"{sep}{t:%Y-%m-%d %H:%M:%S}{sep}").neg("order", g.neg_order()).t(
+            "\n"
+        )
 
 
 def _jsonl(g: Gen, b: _Builder, rows: int) -> None:
     for _ in range(rows):
         t = dt.datetime(2024, 3, 1) + dt.timedelta(milliseconds=g.r.randrange(86400 * 10**5))
-        b.t('{"ts":').neg("timestamp", str(int(t.timestamp() * 1000))).t(',"level":"INFO","event":"order.create",')
+        b.t('{"ts":').neg("timestamp", str(int(t.timestamp() * 1000))).t(
+            ',"level":"INFO","event":"order.create",'
+        )
         b.t('"user":{"name":"').pi("name", g.name()).t('","mobile":"').pi("mobile", g.mobile11()).t('",')
         b.t('"id_card":"').pi("id_number", g.id18()).t('"},"order_id":"').neg("snowflake", g.neg_snowflake())
         b.t('","trace":"').neg("misc", g.neg_misc()).t('","sku":"').neg("product", g.neg_product()).t('"}\n')
@@ -434,19 +519,25 @@ def _log(g: Gen, b: _Builder, lines: int) -> None:
     r = g.r
     for _ in range(lines):
         t = dt.datetime(2024, 3, 15) + dt.timedelta(milliseconds=r.randrange(86400 * 1000))
-        b.t(f"{t:%Y-%m-%d %H:%M:%S}.{t.microsecond // 1000:03d} {r.choice(('INFO', 'WARN', 'DEBUG'))} "
-            f"[http-nio-8080-exec-{r.randint(1, 200)}] c.e.{r.choice(('UserService', 'OrderApi', 'PayGate'))} - ")
+        b.t(
+            f"{t:%Y-%m-%d %H:%M:%S}.{t.microsecond // 1000:03d} {r.choice(('INFO', 'WARN', 'DEBUG'))} "
+            f"[http-nio-8080-exec-{r.randint(1, 200)}] "
+            f"c.e.{r.choice(('UserService', 'OrderApi', 'PayGate'))} - "
+        )
         f = r.random()
         if f < 0.5:
             b.t(f"request done in {r.randint(1, 900)}ms status=200 bytes={r.randint(100, 99999)} trace=")
             b.neg("misc", g.neg_misc())
         elif f < 0.6:
-            b.t("login ok phone=").pi("mobile", g.mobile()).t(" ip=").neg("misc", ".".join(
-                str(r.randrange(256)) for _ in range(4)))
+            b.t("login ok phone=").pi("mobile", g.mobile()).t(" ip=").neg(
+                "misc", ".".join(str(r.randrange(256)) for _ in range(4))
+            )
         elif f < 0.66:
             b.t("verify idcard=").pi("id_number", g.id18()).t(" result=PASS")
         elif f < 0.7:
-            b.t("pay card=").pi("bank_card", g.card()).t(f" amount={r.randint(1, 99999)}.{r.randint(0, 99):02d}")
+            b.t("pay card=").pi("bank_card", g.card()).t(
+                f" amount={r.randint(1, 99999)}.{r.randint(0, 99):02d}"
+            )
         elif f < 0.73:
             b.t("using credentials accessKeyId=").pi("cloud_key", g.cloud_key())
         elif f < 0.75:
@@ -458,16 +549,23 @@ def _log(g: Gen, b: _Builder, lines: int) -> None:
 
 
 def _sql(g: Gen, b: _Builder, rows: int) -> None:
-    b.t("-- dump of table customer\nCREATE TABLE `customer` (`id` int, `name` varchar(32), `id_no` char(18),"
-        " `phone` varchar(20), `addr` varchar(200), `card` varchar(24), `created` datetime);\n")
+    b.t(
+        "-- dump of table customer\nCREATE TABLE `customer` (`id` int, `name` varchar(32), `id_no` char(18),"
+        " `phone` varchar(20), `addr` varchar(200), `card` varchar(24), `created` datetime);\n"
+    )
     for i in range(rows):
-        b.t(f"INSERT INTO `customer` VALUES ({i + 1},'").pi("name", g.name()).t("','").pi("id_number", g.id18())
+        b.t(f"INSERT INTO `customer` VALUES ({i + 1},'").pi("name", g.name()).t("','").pi(
+            "id_number", g.id18()
+        )
         b.t("','").pi("mobile", g.mobile11()).t("','").pi("address", g.address()).t("','")
         if g.r.random() < 0.8:
             b.pi("bank_card", g.card_digits())
         else:
             b.neg("card_luhn", g.neg_card_luhn())
-        b.t(f"','2024-0{g.r.randint(1, 9)}-1{g.r.randint(0, 9)} 0{g.r.randint(0, 9)}:1{g.r.randint(0, 9)}:00');\n")
+        b.t(
+            f"','2024-0{g.r.randint(1, 9)}-1{g.r.randint(0, 9)} "
+            f"0{g.r.randint(0, 9)}:1{g.r.randint(0, 9)}:00');\n"
+        )
 
 
 def _config(g: Gen, b: _Builder) -> None:
@@ -514,7 +612,7 @@ def generate_docs(seed: int = 1, scale: int = 1) -> list[Doc]:
 
 
 def mixed_stream(seed: int, size: int) -> Iterator[bytes]:
-    """Blocks of mixed-format text (the generated corpus, repeated with new values) totalling ``size`` bytes."""
+    """Blocks of mixed-format text totalling ``size`` bytes: the corpus, repeated with new values."""
     done = 0
     s = seed
     while done < size:

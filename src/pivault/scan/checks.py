@@ -49,7 +49,7 @@ def id18_ok(tok: bytes) -> bool:
     if tok[:6] not in _division_codes() or tok[6:14] not in _dates():
         return False
     total = sum(map(operator.mul, _ID_WEIGHTS, tok[:17])) - _ID_BIAS
-    return _ID_CHECK[total % 11] == tok[17]
+    return bool(_ID_CHECK[total % 11] == tok[17])
 
 
 def id15_ok(tok: bytes) -> bool:
@@ -134,6 +134,7 @@ def card_ok(tok: bytes) -> str | None:
 
 # --- agreement helpers: the model's verdict, for the tests ----------------
 
+
 def model_id_ok(value: str) -> bool:
     return resident_id.is_valid(value)
 
@@ -179,6 +180,7 @@ def jwt_header(token: bytes) -> str | None:
 
 
 # --- masks -----------------------------------------------------------------
+
 
 def mask_id(tok: str) -> str:
     return _masks.mask_id_number(tok)

@@ -15,6 +15,7 @@ letters or digits (``SKU13812345678``, a longer digit run) is not.
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ from pivault.model import address as _address
 from pivault.model import divisions
 from pivault.scan import checks, lexicon
 
+_hs: Any
 try:  # pragma: no cover - exercised when installed
     import hyperscan as _hs
 except ImportError:  # pragma: no cover
@@ -95,49 +97,110 @@ _AN = b"0-9A-Za-z"
 _DIGIT_KINDS = frozenset({"id_number", "mobile", "bank_card"})
 
 ANCHORS: tuple[_Anchor, ...] = (
-    _Anchor("run", _DIGIT_KINDS,
-            _PROV + rb"[0-9]{15}[0-9Xx]|" + _PROV + rb"[0-9]{13}|" + _CARDP + rb"[0-9]{14,17}|"
-            rb"1[3-9][0-9]{9}|861[3-9][0-9]{9}|00861[3-9][0-9]{9}", _AN, _AN),
-    _Anchor("grouped", _DIGIT_KINDS,
-            rb"1[3-9][0-9][ \-][0-9]{4}[ \-][0-9]{4}|"
-            + _CARDP + rb"[0-9]{2}(?:[ \-][0-9]{4}){3}(?:[ \-][0-9]{1,3})?|"
-            + _PROV + rb"[0-9]{4} [0-9]{8} [0-9]{3}[0-9Xx]", _AN, _AN),
-    _Anchor("cloud", frozenset({"cloud_key"}),
-            rb"LTAI[0-9A-Za-z]{8,30}|A(?:KIA|SIA)[0-9A-Z]{12,20}|AKID[0-9A-Za-z]{28,40}|"
-            rb"AKLT[0-9A-Za-z_\-]{20,60}|AIza[0-9A-Za-z_\-]{35}", _AN, _AN + rb"_\-"),
-    _Anchor("token", frozenset({"api_token"}),
-            rb"gh[pousr]_[0-9A-Za-z]{36}|github_pat_[0-9A-Za-z_]{60,90}|glpat-[0-9A-Za-z_\-]{20}|"
-            rb"xox[abpr]-[0-9A-Za-z\-]{10,72}|sk_live_[0-9A-Za-z]{24,99}", _AN, _AN + rb"_\-"),
-    _Anchor("jwt", frozenset({"jwt"}),
-            rb"eyJ[0-9A-Za-z_\-]{8,4000}\.eyJ[0-9A-Za-z_\-]{8,4000}\.[0-9A-Za-z_\-]{8,2000}",
-            _AN + rb"_\-.", _AN + rb"_\-", hs_core=rb"eyJ[0-9A-Za-z_\-]{8,}\.eyJ",
-            re_core=rb"eyJ[0-9A-Za-z_\-]{8,4000}\.eyJ"),
+    _Anchor(
+        "run",
+        _DIGIT_KINDS,
+        _PROV + rb"[0-9]{15}[0-9Xx]|" + _PROV + rb"[0-9]{13}|" + _CARDP + rb"[0-9]{14,17}|"
+        rb"1[3-9][0-9]{9}|861[3-9][0-9]{9}|00861[3-9][0-9]{9}",
+        _AN,
+        _AN,
+    ),
+    _Anchor(
+        "grouped",
+        _DIGIT_KINDS,
+        rb"1[3-9][0-9][ \-][0-9]{4}[ \-][0-9]{4}|"
+        + _CARDP
+        + rb"[0-9]{2}(?:[ \-][0-9]{4}){3}(?:[ \-][0-9]{1,3})?|"
+        + _PROV
+        + rb"[0-9]{4} [0-9]{8} [0-9]{3}[0-9Xx]",
+        _AN,
+        _AN,
+    ),
+    _Anchor(
+        "cloud",
+        frozenset({"cloud_key"}),
+        rb"LTAI[0-9A-Za-z]{8,30}|A(?:KIA|SIA)[0-9A-Z]{12,20}|AKID[0-9A-Za-z]{28,40}|"
+        rb"AKLT[0-9A-Za-z_\-]{20,60}|AIza[0-9A-Za-z_\-]{35}",
+        _AN,
+        _AN + rb"_\-",
+    ),
+    _Anchor(
+        "token",
+        frozenset({"api_token"}),
+        rb"gh[pousr]_[0-9A-Za-z]{36}|github_pat_[0-9A-Za-z_]{60,90}|glpat-[0-9A-Za-z_\-]{20}|"
+        rb"xox[abpr]-[0-9A-Za-z\-]{10,72}|sk_live_[0-9A-Za-z]{24,99}",
+        _AN,
+        _AN + rb"_\-",
+    ),
+    _Anchor(
+        "jwt",
+        frozenset({"jwt"}),
+        rb"eyJ[0-9A-Za-z_\-]{8,4000}\.eyJ[0-9A-Za-z_\-]{8,4000}\.[0-9A-Za-z_\-]{8,2000}",
+        _AN + rb"_\-.",
+        _AN + rb"_\-",
+        hs_core=rb"eyJ[0-9A-Za-z_\-]{8,}\.eyJ",
+        re_core=rb"eyJ[0-9A-Za-z_\-]{8,4000}\.eyJ",
+    ),
     _Anchor("pem", frozenset({"private_key"}), rb"-----BEGIN (?:[A-Z0-9]+ ){0,3}PRIVATE KEY(?: BLOCK)?-----"),
-    _Anchor("urlpw", frozenset({"password"}),
-            rb"[A-Za-z][A-Za-z0-9+.\-]{1,30}://[^\s:/@\"'<>]{0,64}:[^\s/@\"'<>]{1,128}@[A-Za-z0-9.\-]{1,255}",
-            None, rb"A-Za-z0-9.\-", hs_core=rb"://[^\s:/@\"'<>]{0,64}:[^\s/@\"'<>]{1,128}@",
-            re_core=rb"://[^\s:/@\"'<>]{0,64}:[^\s/@\"'<>]{1,128}@"),
-    _Anchor("kvpw", frozenset({"password"}),
-            rb"[A-Za-z0-9_.\-]{0,40}(?:passw(?:or)?d|pwd|pass|secret|api[_\-]?key|private[_\-]?key)"
-            rb"[A-Za-z0-9_.\-]{0,24}[\"']?[ \t]*(?:=|:|=>)[ \t]*[\"']?[^\s\"',;<>]{4,200}",
-            None, rb"\s\"',;<>", caseless=True,
-            hs_core=rb"(?:passw(?:or)?d|pwd|pass|secret|api[_\-]?key|private[_\-]?key)"
-                    rb"[A-Za-z0-9_.\-]{0,24}[\"']?[ \t]*(?:=|:|=>)",
-            re_core=rb"(?:passw(?:or)?d|pwd|pass|secret|api[_\-]?key|private[_\-]?key)"
-                    rb"[A-Za-z0-9_.\-]{0,24}[\"']?[ \t]*(?:=|:|=>)"),
-    _Anchor("email", frozenset({"email"}),
-            rb"[A-Za-z0-9._%+\-]{1,64}@[A-Za-z0-9\-]{1,63}(?:\.[A-Za-z0-9\-]{1,63}){0,8}\.[A-Za-z]{2,24}",
-            None, rb"A-Za-z0-9\-", hs_core=rb"[A-Za-z0-9._%+\-]@[A-Za-z0-9]", re_core=rb"@(?=[A-Za-z0-9])"),
-    _Anchor("doc", frozenset({"passport", "travel_permit"}),
-            _u(("护照", "通行证", "回乡证", "台胞证", "旅行证")) + rb"|passport|permit", caseless=True),
+    _Anchor(
+        "urlpw",
+        frozenset({"password"}),
+        rb"[A-Za-z][A-Za-z0-9+.\-]{1,30}://[^\s:/@\"'<>]{0,64}:[^\s/@\"'<>]{1,128}@[A-Za-z0-9.\-]{1,255}",
+        None,
+        rb"A-Za-z0-9.\-",
+        hs_core=rb"://[^\s:/@\"'<>]{0,64}:[^\s/@\"'<>]{1,128}@",
+        re_core=rb"://[^\s:/@\"'<>]{0,64}:[^\s/@\"'<>]{1,128}@",
+    ),
+    _Anchor(
+        "kvpw",
+        frozenset({"password"}),
+        rb"[A-Za-z0-9_.\-]{0,40}(?:passw(?:or)?d|pwd|pass|secret|api[_\-]?key|private[_\-]?key)"
+        rb"[A-Za-z0-9_.\-]{0,24}[\"']?[ \t]*(?:=|:|=>)[ \t]*[\"']?[^\s\"',;<>]{4,200}",
+        None,
+        rb"\s\"',;<>",
+        caseless=True,
+        hs_core=rb"(?:passw(?:or)?d|pwd|pass|secret|api[_\-]?key|private[_\-]?key)"
+        rb"[A-Za-z0-9_.\-]{0,24}[\"']?[ \t]*(?:=|:|=>)",
+        re_core=rb"(?:passw(?:or)?d|pwd|pass|secret|api[_\-]?key|private[_\-]?key)"
+        rb"[A-Za-z0-9_.\-]{0,24}[\"']?[ \t]*(?:=|:|=>)",
+    ),
+    _Anchor(
+        "email",
+        frozenset({"email"}),
+        rb"[A-Za-z0-9._%+\-]{1,64}@[A-Za-z0-9\-]{1,63}(?:\.[A-Za-z0-9\-]{1,63}){0,8}\.[A-Za-z]{2,24}",
+        None,
+        rb"A-Za-z0-9\-",
+        hs_core=rb"[A-Za-z0-9._%+\-]@[A-Za-z0-9]",
+        re_core=rb"@(?=[A-Za-z0-9])",
+    ),
+    _Anchor(
+        "doc",
+        frozenset({"passport", "travel_permit"}),
+        _u(("护照", "通行证", "回乡证", "台胞证", "旅行证")) + rb"|passport|permit",
+        caseless=True,
+    ),
     _Anchor("namectx", frozenset({"name"}), _u(lexicon.NAME_CONTEXT_ZH)),
-    _Anchor("namekey", frozenset({"name"}),
-            rb"(?:name|full_?name|real_?name|customer(?:_?name)?|contact(?:_?name)?|patient|holder|"
-            rb"card_?holder|applicant|recipient|consignee)[\"']?[ \t]*(?:=|:)", _AN + b"_", None, caseless=True),
+    _Anchor(
+        "namekey",
+        frozenset({"name"}),
+        rb"(?:name|full_?name|real_?name|customer(?:_?name)?|contact(?:_?name)?|patient|holder|"
+        rb"card_?holder|applicant|recipient|consignee)[\"']?[ \t]*(?:=|:)",
+        _AN + b"_",
+        None,
+        caseless=True,
+    ),
     _Anchor("nametitle", frozenset({"name"}), _u(lexicon.NAME_SUFFIX_TITLES)),
-    _Anchor("addr", frozenset({"address"}),
-            _u(("路", "街", "道", "巷", "弄", "胡同", "村", "里", "组")) + rb"[0-9]{1,5}" + _u(("号", "弄", "栋", "幢"))
-            + b"|" + _u(("小区", "花园", "苑", "公寓", "大厦", "家园")) + rb"[0-9]{1,4}" + _u(("号楼", "栋", "幢", "座"))),
+    _Anchor(
+        "addr",
+        frozenset({"address"}),
+        _u(("路", "街", "道", "巷", "弄", "胡同", "村", "里", "组"))
+        + rb"[0-9]{1,5}"
+        + _u(("号", "弄", "栋", "幢"))
+        + b"|"
+        + _u(("小区", "花园", "苑", "公寓", "大厦", "家园"))
+        + rb"[0-9]{1,4}"
+        + _u(("号楼", "栋", "幢", "座")),
+    ),
 )
 
 
@@ -145,12 +208,17 @@ ANCHORS: tuple[_Anchor, ...] = (
 
 _DIGITS = frozenset(b"0123456789")
 _CARD_CONTEXT = re.compile(
-    "(?:卡号|银行卡|借记卡|信用卡|储蓄卡|账号|帐号|账户|card|acct|account|pan)".encode(), re.IGNORECASE)
+    "(?:卡号|银行卡|借记卡|信用卡|储蓄卡|账号|帐号|账户|card|acct|account|pan)".encode(), re.IGNORECASE
+)
 
 
 _CARD_LABEL = re.compile(
-    "(?:卡号|银行卡号?|借记卡号?|信用卡号?|储蓄卡号?|card[ _]?(?:no\\.?|num(?:ber)?|#)?)[ \t]*[:：=]?[ \t]*$".encode(),
-    re.IGNORECASE)
+    (
+        "(?:卡号|银行卡号?|借记卡号?|信用卡号?|储蓄卡号?|card[ _]?(?:no\\.?|num(?:ber)?|#)?)"
+        "[ \t]*(?::|：|=)?[ \t]*$"
+    ).encode(),
+    re.IGNORECASE,
+)
 
 
 def _strip(buf: bytes, f: int, t: int, first: frozenset[int], last: frozenset[int]) -> tuple[int, int]:
@@ -196,10 +264,28 @@ def _digits(buf: bytes, f: int, t: int) -> list[Hit]:
         scheme = checks.card_ok(tok)
         if scheme is not None:
             ctx = _CARD_CONTEXT.search(buf, max(0, f - 40), f) is not None
-            return [Hit("bank_card", f, t, checks.mask_card(tok.decode()), 0.95 if ctx or grouped else 0.85, scheme)]
+            return [
+                Hit(
+                    "bank_card",
+                    f,
+                    t,
+                    checks.mask_card(tok.decode()),
+                    0.95 if ctx or grouped else 0.85,
+                    scheme,
+                )
+            ]
         if tok[:2] == b"62" and not checks.id_shaped(tok) and _CARD_LABEL.search(buf, max(0, f - 24), f):
             # some domestic UnionPay cards carry no Luhn digit: a number labelled as a card right before it
-            return [Hit("bank_card", f, t, checks.mask_card(tok.decode()), 0.6, "UnionPay prefix, labelled, no Luhn")]
+            return [
+                Hit(
+                    "bank_card",
+                    f,
+                    t,
+                    checks.mask_card(tok.decode()),
+                    0.6,
+                    "UnionPay prefix, labelled, no Luhn",
+                )
+            ]
     return []
 
 
@@ -241,10 +327,25 @@ def _token(buf: bytes, f: int, t: int) -> list[Hit]:
     tok = buf[f:t].decode()
     if tok.startswith("gh") and tok[3] == "_":
         ok = checks.github_checksum_ok(tok)
-        return [Hit("api_token", f, t, checks.mask_key(tok), 0.99 if ok else 0.7,
-                    "GitHub token" + (" (checksum valid)" if ok else ""))]
-    detail = ("GitHub fine-grained token" if tok.startswith("github_pat_") else "GitLab token"
-              if tok.startswith("glpat-") else "Slack token" if tok.startswith("xox") else "Stripe live key")
+        return [
+            Hit(
+                "api_token",
+                f,
+                t,
+                checks.mask_key(tok),
+                0.99 if ok else 0.7,
+                "GitHub token" + (" (checksum valid)" if ok else ""),
+            )
+        ]
+    detail = (
+        "GitHub fine-grained token"
+        if tok.startswith("github_pat_")
+        else "GitLab token"
+        if tok.startswith("glpat-")
+        else "Slack token"
+        if tok.startswith("xox")
+        else "Stripe live key"
+    )
     if not _varied(tok.encode(), 8):
         return []
     return [Hit("api_token", f, t, checks.mask_key(tok), 0.9, detail)]
@@ -287,14 +388,16 @@ _PLACEHOLDER = re.compile(
     re.IGNORECASE,
 )
 _KEY_TOKENS = re.compile(r"[A-Z]?[a-z]+|[A-Z]+(?![a-z])|[0-9]+")
-_SECRET_WORDS = frozenset({"password", "passwd", "pwd", "pass", "secret", "apikey", "privatekey", "passphrase"})
+_SECRET_WORDS = frozenset(
+    {"password", "passwd", "pwd", "pass", "secret", "apikey", "privatekey", "passphrase"}
+)
 
 
 def _secret_key(key: str) -> bool:
     words = [w.lower() for w in _KEY_TOKENS.findall(key)]
     if any(w in _SECRET_WORDS for w in words):
         return True
-    return any(a + b in _SECRET_WORDS for a, b in zip(words, words[1:], strict=False))
+    return any(a + b in _SECRET_WORDS for a, b in itertools.pairwise(words))
 
 
 def _secret_value(value: str) -> bool:
@@ -319,7 +422,9 @@ def _kvpw(buf: bytes, f: int, t: int) -> list[Hit]:
     return [Hit("password", m.start(2), m.end(2), f"{key}=****", 0.8, key)]
 
 
-_URL = re.compile(rb"([A-Za-z][A-Za-z0-9+.\-]{1,30})://([^\s:/@\"'<>]{0,64}):([^\s/@\"'<>]{1,128})@([A-Za-z0-9.\-]{1,255})")
+_URL = re.compile(
+    rb"([A-Za-z][A-Za-z0-9+.\-]{1,30})://([^\s:/@\"'<>]{0,64}):([^\s/@\"'<>]{1,128})@([A-Za-z0-9.\-]{1,255})"
+)
 
 
 def _urlpw(buf: bytes, f: int, t: int) -> list[Hit]:
@@ -343,10 +448,61 @@ def _urlpw(buf: bytes, f: int, t: int) -> list[Hit]:
 _URL_BREAK = frozenset(b" \t\r\n\"'<>,;/")
 _LOCAL = frozenset(b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz._%+-")
 _DOMAIN = frozenset(b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz.-")
-_EMAIL = re.compile(rb"[A-Za-z0-9._%+\-]{1,64}@(?:[A-Za-z0-9](?:[A-Za-z0-9\-]{0,61}[A-Za-z0-9])?\.){1,8}[A-Za-z]{2,24}")
+_EMAIL = re.compile(
+    rb"[A-Za-z0-9._%+\-]{1,64}@(?:[A-Za-z0-9](?:[A-Za-z0-9\-]{0,61}[A-Za-z0-9])?\.){1,8}[A-Za-z]{2,24}"
+)
 _FILE_TLDS = frozenset(
-    "png jpg jpeg gif svg webp bmp ico css js mjs ts json xml html htm txt log zip gz tar tgz java py rb go rs"
-    " php jsp md yaml yml ini conf cfg pdf doc docx xls xlsx csv mp3 mp4 wav woff woff2 ttf map".split())
+    [
+        "png",
+        "jpg",
+        "jpeg",
+        "gif",
+        "svg",
+        "webp",
+        "bmp",
+        "ico",
+        "css",
+        "js",
+        "mjs",
+        "ts",
+        "json",
+        "xml",
+        "html",
+        "htm",
+        "txt",
+        "log",
+        "zip",
+        "gz",
+        "tar",
+        "tgz",
+        "java",
+        "py",
+        "rb",
+        "go",
+        "rs",
+        "php",
+        "jsp",
+        "md",
+        "yaml",
+        "yml",
+        "ini",
+        "conf",
+        "cfg",
+        "pdf",
+        "doc",
+        "docx",
+        "xls",
+        "xlsx",
+        "csv",
+        "mp3",
+        "mp4",
+        "wav",
+        "woff",
+        "woff2",
+        "ttf",
+        "map",
+    ]
+)
 
 
 def _email(buf: bytes, f: int, t: int) -> list[Hit]:
@@ -366,7 +522,7 @@ def _email(buf: bytes, f: int, t: int) -> list[Hit]:
     if m is None or a == at:
         return []
     u = buf.rfind(b"://", max(0, a - 200), a)
-    if u >= 0 and not any(c in _URL_BREAK for c in buf[u + 3:a]):
+    if u >= 0 and not any(c in _URL_BREAK for c in buf[u + 3 : a]):
         return []  # the user:password@host part of a URL
     tok = m.group().decode()
     if tok.rsplit(".", 1)[-1].lower() in _FILE_TLDS:
@@ -374,9 +530,12 @@ def _email(buf: bytes, f: int, t: int) -> list[Hit]:
     return [Hit("email", m.start(), m.end(), checks.mask_email(tok), 0.9)]
 
 
-_PASSPORT = re.compile(rb"(?<![0-9A-Za-z])(?:[EG][0-9]{8}|E[A-HJ-NP-Z][0-9]{7}|[DSP][0-9]{7,8})(?![0-9A-Za-z])")
+_PASSPORT = re.compile(
+    rb"(?<![0-9A-Za-z])(?:[EG][0-9]{8}|E[A-HJ-NP-Z][0-9]{7}|[DSP][0-9]{7,8})(?![0-9A-Za-z])"
+)
 _PERMIT = re.compile(
-    rb"(?<![0-9A-Za-z])(?:C[0-9]{8}|C[A-HJ-NP-Z][0-9]{7}|[LT][0-9]{8}|[HM][0-9]{8}(?:[0-9]{2})?)(?![0-9A-Za-z])")
+    rb"(?<![0-9A-Za-z])(?:C[0-9]{8}|C[A-HJ-NP-Z][0-9]{7}|[LT][0-9]{8}|[HM][0-9]{8}(?:[0-9]{2})?)(?![0-9A-Za-z])"
+)
 _TW_PERMIT = re.compile(rb"(?<![0-9A-Za-z])[0-9]{8}(?:[0-9]{2}(?:\([A-Z]\)|[A-Z])?)?(?![0-9A-Za-z])")
 
 
@@ -428,7 +587,8 @@ def _bpos(text: str, i: int, base: int) -> int:
 
 
 def _pick_name(text: str, i: int) -> tuple[int, int] | None:
-    """A surname + 1-2 character name at text[i:], delimited by a stop word or non-CJK; (start, end) or None."""
+    """A surname and a 1-2 character given name at ``text[i:]``, followed by a stop word or a non-CJK
+    character: its (start, end), or None."""
     m = re.match(_SURNAME, text[i:])
     if m is None:
         return None
@@ -539,13 +699,33 @@ def _addr(buf: bytes, f: int, t: int) -> list[Hit]:
     if z - start < 5:
         return []
     value = text[start:z]
-    return [Hit("address", _bpos(text, start, base), _bpos(text, z, base), checks.mask_address(value), conf, detail)]
+    return [
+        Hit(
+            "address",
+            _bpos(text, start, base),
+            _bpos(text, z, base),
+            checks.mask_address(value),
+            conf,
+            detail,
+        )
+    ]
 
 
 _HANDLERS: dict[str, Callable[[bytes, int, int], list[Hit]]] = {
-    "run": _digits, "grouped": _digits, "cloud": _cloud, "token": _token, "jwt": _jwt, "pem": _pem,
-    "urlpw": _urlpw, "kvpw": _kvpw, "email": _email, "doc": _doc, "namectx": _namectx, "namekey": _namekey,
-    "nametitle": _nametitle, "addr": _addr,
+    "run": _digits,
+    "grouped": _digits,
+    "cloud": _cloud,
+    "token": _token,
+    "jwt": _jwt,
+    "pem": _pem,
+    "urlpw": _urlpw,
+    "kvpw": _kvpw,
+    "email": _email,
+    "doc": _doc,
+    "namectx": _namectx,
+    "namekey": _namekey,
+    "nametitle": _nametitle,
+    "addr": _addr,
 }
 
 # --- cell values of a named column -------------------------------------------
@@ -563,20 +743,26 @@ def cell_hits(value: str, column: str, kinds: frozenset[str]) -> list[Hit]:
     b0 = len(value[:lead].encode("utf-8"))
     b1 = b0 + len(v.encode("utf-8"))
     if "name" in kinds and lexicon.is_name_column(column):
-        if 2 <= len(v) <= 6 and all(_IS_CJK.match(c) or c == "·" for c in v) and re.match(_SURNAME, v):
-            if v not in lexicon.NOT_NAMES:
-                return [Hit("name", b0, b1, checks.mask_name(v), 0.9, f"column {column}")]
+        cjk = all(_IS_CJK.match(c) or c == "·" for c in v)
+        if 2 <= len(v) <= 6 and cjk and re.match(_SURNAME, v) and v not in lexicon.NOT_NAMES:
+            return [Hit("name", b0, b1, checks.mask_name(v), 0.9, f"column {column}")]
         return []
     if "address" in kinds and lexicon.is_address_column(column):
         if len(v) >= 6 and _IS_CJK.search(v):
             p = _address.parse_prefix(v)
             if p.end or re.search(r"[路街道巷弄村组号]", v):
-                return [Hit("address", b0, b1, checks.mask_address(v), 0.9 if p.end else 0.7, f"column {column}")]
+                return [
+                    Hit("address", b0, b1, checks.mask_address(v), 0.9 if p.end else 0.7, f"column {column}")
+                ]
         return []
     vb = v.encode("utf-8", "replace")
     if "passport" in kinds and _PASSPORT_COL.search(column) and _PASSPORT.fullmatch(vb):
         return [Hit("passport", b0, b1, checks.mask_doc(v), 0.9, f"column {column}")]
-    if "travel_permit" in kinds and _PERMIT_COL.search(column) and (_PERMIT.fullmatch(vb) or _TW_PERMIT.fullmatch(vb)):
+    if (
+        "travel_permit" in kinds
+        and _PERMIT_COL.search(column)
+        and (_PERMIT.fullmatch(vb) or _TW_PERMIT.fullmatch(vb))
+    ):
         return [Hit("travel_permit", b0, b1, checks.mask_doc(v), 0.9, f"column {column}")]
     return []
 
@@ -595,7 +781,9 @@ class Engine:
         self.handlers = [_HANDLERS[a.name] for a in self.anchors]
         use_hs = engine == "hyperscan" or (engine == "auto" and HAVE_HYPERSCAN)
         if engine == "hyperscan" and not HAVE_HYPERSCAN:
-            raise RuntimeError("the hyperscan engine was asked for but the hyperscan package is not installed")
+            raise RuntimeError(
+                "the hyperscan engine was asked for but the hyperscan package is not installed"
+            )
         if engine not in ("auto", "hyperscan", "re"):
             raise ValueError(f"unknown engine {engine!r}: auto, hyperscan or re")
         self.name = "hyperscan" if use_hs and self.anchors else "re"
@@ -603,9 +791,15 @@ class Engine:
         self._res: list[re.Pattern[bytes]] = []
         if self.name == "hyperscan":
             db = _hs.Database(mode=_hs.HS_MODE_BLOCK)
-            flags = [_hs.HS_FLAG_SOM_LEFTMOST | (_hs.HS_FLAG_CASELESS if a.caseless else 0) for a in self.anchors]
-            db.compile(expressions=[a.hs_pattern() for a in self.anchors], ids=list(range(len(self.anchors))),
-                       elements=len(self.anchors), flags=flags)
+            flags = [
+                _hs.HS_FLAG_SOM_LEFTMOST | (_hs.HS_FLAG_CASELESS if a.caseless else 0) for a in self.anchors
+            ]
+            db.compile(
+                expressions=[a.hs_pattern() for a in self.anchors],
+                ids=list(range(len(self.anchors))),
+                elements=len(self.anchors),
+                flags=flags,
+            )
             self._db = db
         else:
             self._res = [a.re_pattern() for a in self.anchors]
@@ -623,7 +817,9 @@ class Engine:
         out.sort()
         return out
 
-    def scan(self, buf: bytes, start: int = 0, limit: int | None = None, min_confidence: float = 0.0) -> list[Hit]:
+    def scan(
+        self, buf: bytes, start: int = 0, limit: int | None = None, min_confidence: float = 0.0
+    ) -> list[Hit]:
         """Validated hits whose anchor starts in ``[start, limit)``.
 
         Bytes before ``start`` are context only; the value of a hit may begin
@@ -648,8 +844,11 @@ class Engine:
         if "password" in kinds and len(out) > 1:
             spans = [(h.start, h.end) for h in out if h.kind in _SPECIFIC_SECRETS]
             if spans:
-                out = [h for h in out if h.kind != "password"
-                       or not any(s < h.end and h.start < e for s, e in spans)]
+                out = [
+                    h
+                    for h in out
+                    if h.kind != "password" or not any(s < h.end and h.start < e for s, e in spans)
+                ]
         return _drop_nested(out)
 
 

@@ -23,11 +23,14 @@ KINDS: dict[str, str] = {
     "jwt": "JSON Web Token",
     "password": "Password or secret in a connection string or config file",
 }
-PI_KINDS = frozenset({"id_number", "mobile", "bank_card", "passport", "travel_permit", "email", "name", "address"})
+PI_KINDS = frozenset(
+    {"id_number", "mobile", "bank_card", "passport", "travel_permit", "email", "name", "address"}
+)
 SECRET_KINDS = frozenset({"cloud_key", "api_token", "private_key", "jwt", "password"})
 #: the validated detectors (checksums, allocated prefixes, formats): the fast set
-VALIDATED_KINDS = frozenset({"id_number", "mobile", "bank_card", "cloud_key", "api_token", "private_key", "jwt",
-                             "password"})
+VALIDATED_KINDS = frozenset(
+    {"id_number", "mobile", "bank_card", "cloud_key", "api_token", "private_key", "jwt", "password"}
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,9 +71,16 @@ class Finding:
 
     def to_dict(self) -> dict[str, object]:
         return {
-            "kind": self.kind, "masked": self.masked, "confidence": round(self.confidence, 3),
-            "file": self.file, "table": self.table, "column": self.column, "line": self.line,
-            "offset": self.offset, "length": self.length, "detail": self.detail,
+            "kind": self.kind,
+            "masked": self.masked,
+            "confidence": round(self.confidence, 3),
+            "file": self.file,
+            "table": self.table,
+            "column": self.column,
+            "line": self.line,
+            "offset": self.offset,
+            "length": self.length,
+            "detail": self.detail,
         }
 
 
@@ -124,6 +134,9 @@ class ScanOptions:
     max_expanded: int = 64 * 1024**3
     #: findings kept per source (all are counted)
     max_findings_per_source: int = 1000
+    #: SQLite files met in a path sweep: read every row, or a sample of this many rows per table
+    db_full: bool = False
+    db_sample: int = 1000
     #: read size of the streaming scanner
     chunk_size: int = 4 * 1024 * 1024
     #: ``auto`` (hyperscan when installed), ``hyperscan`` or ``re``
@@ -148,6 +161,8 @@ class ScanReport:
     bytes_scanned: int = 0
     elapsed: float = 0.0
     dropped: int = 0
+    #: (source, kind) -> the first few findings, for summaries
+    examples: dict[tuple[str, str], list[Finding]] = field(default_factory=dict)
 
     def __iter__(self) -> Iterator[Finding]:
         return iter(self.findings)
@@ -159,10 +174,26 @@ class ScanReport:
         self.sources += 1
         self.bytes_scanned += result.bytes_scanned
         self.findings.extend(result.findings)
+        for f in result.findings:
+            ex = self.examples.setdefault((result.source, f.kind), [])
+            if len(ex) < 3:
+                ex.append(f)
         self.issues.extend(result.issues)
         self.dropped += result.dropped
         for kind, n in result.counts.items():
             self.counts[(result.source, kind)] += n
+
+    def merge(self, other: ScanReport) -> None:
+        """Add another report's findings, counts and issues to this one."""
+        self.findings.extend(other.findings)
+        self.issues.extend(other.issues)
+        self.counts.update(other.counts)
+        for k, v in other.examples.items():
+            self.examples.setdefault(k, v)
+        self.sources += other.sources
+        self.bytes_scanned += other.bytes_scanned
+        self.elapsed += other.elapsed
+        self.dropped += other.dropped
 
     def totals(self) -> Counter[str]:
         """Findings per kind over every source."""
@@ -172,7 +203,9 @@ class ScanReport:
         return out
 
     def exceeded(self, limits: dict[str, int]) -> list[tuple[str, int, int]]:
-        """``(kind, count, limit)`` for each kind whose count is above its limit (``*`` / ``any``: all kinds)."""
+        """``(kind, count, limit)`` for each kind whose count is above its limit.
+
+        The kind ``any`` (or ``*``) counts every finding."""
         totals = self.totals()
         out = []
         for kind, limit in limits.items():

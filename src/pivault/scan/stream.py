@@ -20,10 +20,17 @@ import csv
 import io
 import re
 from collections.abc import Callable, Iterable, Sequence
-from typing import BinaryIO
+from typing import Protocol
 
 from pivault.scan.engine import Engine, Hit, cell_hits
 from pivault.scan.findings import Finding, ScanIssue, ScanOptions, SourceResult
+
+
+class Readable(Protocol):
+    """Anything with ``read(n) -> bytes``: files, archive members, decompressors."""
+
+    def read(self, n: int = -1, /) -> bytes: ...
+
 
 #: bytes kept before the unscanned region (context for boundaries and labels)
 CONTEXT = 1024
@@ -55,7 +62,8 @@ class Collector:
 
 
 def sniff_encoding(head: bytes) -> str | None:
-    """``utf-8``, ``utf-8-sig``, ``utf-16-le``/``-be``, ``gb18030``; ``binary`` for binary data; None if unknown."""
+    """``utf-8``, ``utf-8-sig``, ``utf-16-le``/``-be`` or ``gb18030``; ``binary`` for binary data;
+    None when the encoding is none of these."""
     if head.startswith(codecs.BOM_UTF8):
         return "utf-8-sig"
     if head.startswith(codecs.BOM_UTF16_LE):
@@ -80,7 +88,9 @@ def sniff_encoding(head: bytes) -> str | None:
             return enc
         except UnicodeDecodeError:
             continue
-    controls = sum(sample.count(bytes([c])) for c in (1, 2, 3, 4, 5, 6, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24))
+    controls = sum(
+        sample.count(bytes([c])) for c in (1, 2, 3, 4, 5, 6, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24)
+    )
     if controls > len(sample) // 100:
         return "binary"
     return None
@@ -107,7 +117,9 @@ def _csv_column(buf: bytes, line_start: int, pos: int, sep: int) -> int:
 
 
 _FIELD = re.compile(
-    rb"([A-Za-z_][A-Za-z0-9_.\-]{0,40}|(?:[\xe4-\xe9][\x80-\xbf]{2}){1,8})[\"']?[ \t]*(?:=|:|\xef\xbc\x9a)[ \t]*[\"']?$")
+    rb"([A-Za-z_][A-Za-z0-9_.\-]{0,40}|(?:[\xe4-\xe9][\x80-\xbf]{2}){1,8})"
+    rb"[\"']?[ \t]*(?:=|:|\xef\xbc\x9a)[ \t]*[\"']?$"
+)
 
 
 def field_before(buf: bytes, line_start: int, pos: int) -> str | None:
@@ -119,8 +131,15 @@ def field_before(buf: bytes, line_start: int, pos: int) -> str | None:
 class TextStream:
     """Scans one text source given as successive byte chunks."""
 
-    def __init__(self, engine: Engine, collector: Collector, name: str, *, csv_sep: bytes | None = None,
-                 table: str | None = None) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        collector: Collector,
+        name: str,
+        *,
+        csv_sep: bytes | None = None,
+        table: str | None = None,
+    ) -> None:
         self.engine = engine
         self.out = collector
         self.name = name
@@ -141,9 +160,14 @@ class TextStream:
         from pivault.scan import lexicon
 
         self.hint_cols = [
-            i for i, h in enumerate(self.header)
-            if ("name" in kinds and lexicon.is_name_column(h)) or ("address" in kinds and lexicon.is_address_column(h))
-            or (kinds & {"passport", "travel_permit"} and re.search(r"(?i)passport|护照|permit|通行证|回乡证|台胞证", h))
+            i
+            for i, h in enumerate(self.header)
+            if ("name" in kinds and lexicon.is_name_column(h))
+            or ("address" in kinds and lexicon.is_address_column(h))
+            or (
+                kinds & {"passport", "travel_permit"}
+                and re.search(r"(?i)passport|护照|permit|通行证|回乡证|台胞证", h)
+            )
         ]
 
     def feed(self, data: bytes, final: bool = False) -> None:
@@ -201,10 +225,22 @@ class TextStream:
             if sep is not None and self.header is not None and line > 0:
                 i = _csv_column(buf, ls, h.start, sep)
                 column = self.header[i] if i < len(self.header) else f"#{i + 1}"
-            else:
+            elif not (h.kind == "password" and h.detail.endswith("URL")):
                 column = field_before(buf, ls, h.start)
-            self.out.add(Finding(h.kind, h.masked, h.confidence, file=self.name, table=self.table, column=column,
-                                 line=line + 1, offset=a, length=h.end - h.start, detail=h.detail))
+            self.out.add(
+                Finding(
+                    h.kind,
+                    h.masked,
+                    h.confidence,
+                    file=self.name,
+                    table=self.table,
+                    column=column,
+                    line=line + 1,
+                    offset=a,
+                    length=h.end - h.start,
+                    detail=h.detail,
+                )
+            )
         self.seen = {k for k in seen_now if k[1] >= self.abs_base + limit - CONTEXT}
 
     def _cell_hits(self, buf: bytes, start: int, limit: int, hits: list[Hit]) -> list[Hit]:
@@ -230,7 +266,9 @@ class TextStream:
                     for h in cell_hits(cell.strip('"'), self.header[i], kinds):
                         s = offset + h.start + (1 if cell.startswith('"') else 0)
                         if ("name" if h.kind == "name" else h.kind, s) not in have:
-                            extra.append(Hit(h.kind, s, s + h.end - h.start, h.masked, h.confidence, h.detail))
+                            extra.append(
+                                Hit(h.kind, s, s + h.end - h.start, h.masked, h.confidence, h.detail)
+                            )
                 offset += len(cell.encode("utf-8")) + len(sep.encode())
             pos = end + 1
         if not extra:
@@ -240,14 +278,14 @@ class TextStream:
 
 def _split_quoted(text: str, sep: str) -> list[str]:
     out = []
-    cur = []
+    cur: list[str] = []
     quoted = False
     for c in text:
         if c == '"':
             quoted = not quoted
         if c == sep and not quoted:
             out.append("".join(cur))
-            cur = []
+            cur.clear()
         else:
             cur.append(c)
     out.append("".join(cur))
@@ -255,8 +293,15 @@ def _split_quoted(text: str, sep: str) -> list[str]:
 
 
 def scan_binary_stream(
-    f: BinaryIO, name: str, engine: Engine, collector: Collector, options: ScanOptions,
-    *, csv_sep: bytes | None = None, table: str | None = None, head: bytes | None = None,
+    f: Readable,
+    name: str,
+    engine: Engine,
+    collector: Collector,
+    options: ScanOptions,
+    *,
+    csv_sep: bytes | None = None,
+    table: str | None = None,
+    head: bytes | None = None,
 ) -> int:
     """Scan a readable byte stream as text; returns the bytes read. Encoding problems become issues."""
     size = options.chunk_size
@@ -266,8 +311,11 @@ def scan_binary_stream(
         collector.issue("binary", "binary data (not text, not a known document or archive format): skipped")
         return len(chunk)
     if enc is None:
-        collector.issue("encoding", "not valid UTF-8, GB18030 or UTF-16: scanned as raw bytes "
-                                    "(numbers, keys and e-mail addresses are still found)")
+        collector.issue(
+            "encoding",
+            "not valid UTF-8, GB18030 or UTF-16: scanned as raw bytes "
+            "(numbers, keys and e-mail addresses are still found)",
+        )
     stream = TextStream(engine, collector, name, csv_sep=csv_sep, table=table)
     decoder = codecs.getincrementaldecoder(enc)(errors="replace") if enc not in (None, "utf-8") else None
     total = 0
@@ -292,9 +340,19 @@ def scan_binary_stream(
     return total
 
 
-def scan_bytes(data: bytes, name: str, engine: Engine, collector: Collector, options: ScanOptions,
-               *, csv_sep: bytes | None = None, table: str | None = None) -> int:
-    return scan_binary_stream(io.BytesIO(data), name, engine, collector, options, csv_sep=csv_sep, table=table)
+def scan_bytes(
+    data: bytes,
+    name: str,
+    engine: Engine,
+    collector: Collector,
+    options: ScanOptions,
+    *,
+    csv_sep: bytes | None = None,
+    table: str | None = None,
+) -> int:
+    return scan_binary_stream(
+        io.BytesIO(data), name, engine, collector, options, csv_sep=csv_sep, table=table
+    )
 
 
 def _clean(v: str) -> str:
@@ -302,8 +360,15 @@ def _clean(v: str) -> str:
 
 
 def scan_columns(
-    rows: Iterable[Sequence[object]], columns: list[str], name: str | None, table: str | None,
-    engine: Engine, collector: Collector, *, first_row: int = 1, row_ids: Callable[[int], int] | None = None,
+    rows: Iterable[Sequence[object]],
+    columns: list[str],
+    name: str | None,
+    table: str | None,
+    engine: Engine,
+    collector: Collector,
+    *,
+    first_row: int = 1,
+    row_ids: Callable[[int], int] | None = None,
     batch: int = 2000,
 ) -> int:
     """Scan tabular values column by column, each cell with its column's name as context.
@@ -333,12 +398,24 @@ def scan_columns(
             found = {(h.kind, r) for h, r in emitted}
             for r, v in enumerate(values):
                 if v:
-                    emitted.extend((h, r) for h in cell_hits(v, col, engine.kinds) if (h.kind, r) not in found)
+                    emitted.extend(
+                        (h, r) for h in cell_hits(v, col, engine.kinds) if (h.kind, r) not in found
+                    )
             for h, r in emitted:
                 o = ordinal + r
-                collector.add(Finding(h.kind, h.masked, h.confidence, file=name, table=table, column=col,
-                                      line=row_ids(o) if row_ids is not None else first_row + o,
-                                      length=h.end - h.start, detail=h.detail))
+                collector.add(
+                    Finding(
+                        h.kind,
+                        h.masked,
+                        h.confidence,
+                        file=name,
+                        table=table,
+                        column=col,
+                        line=row_ids(o) if row_ids is not None else first_row + o,
+                        length=h.end - h.start,
+                        detail=h.detail,
+                    )
+                )
         ordinal += len(pending)
         pending.clear()
 

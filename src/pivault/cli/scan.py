@@ -1,0 +1,96 @@
+"""``pivault scan``: find personal information and secrets in files and database tables.
+
+A thin skin over :mod:`pivault.scan`; values are always shown masked.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+from pivault.scan import (
+    KINDS,
+    ScanOptions,
+    ScanReport,
+    parse_fail_on,
+    render_table,
+    scan_database,
+    scan_paths,
+    to_json,
+    to_sarif,
+)
+
+
+def scan(
+    paths: list[Path] | None = typer.Argument(None, help="Files and directories to scan (recursively)."),
+    db: str | None = typer.Option(None, "--db", help="Database URL: sqlite:///file.db or postgresql://…"),
+    table: list[str] | None = typer.Option(
+        None, "--table", help="Only this table (repeatable; schema.table)."
+    ),
+    full: bool = typer.Option(False, "--full", help="Read every row of each table (default: a sample)."),
+    sample: int = typer.Option(1000, "--sample", min=1, help="Rows sampled per table."),
+    include: list[str] | None = typer.Option(
+        None, "--include", help="Only files matching this glob (repeatable)."
+    ),
+    exclude: list[str] | None = typer.Option(
+        None, "--exclude", help="Skip files matching this glob (repeatable)."
+    ),
+    gitignore: bool = typer.Option(False, "--gitignore", help="Skip what .gitignore files ignore."),
+    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+    sarif: Path | None = typer.Option(None, "--sarif", help="Also write a SARIF 2.1.0 report to this file."),
+    fail_on: list[str] | None = typer.Option(
+        None,
+        "--fail-on",
+        help="KIND:COUNT: exit 1 when more than COUNT findings of KIND (or 'any') (repeatable).",
+    ),
+    workers: int | None = typer.Option(
+        None, "--workers", min=1, help="Worker processes (default: all cores)."
+    ),
+    kind: list[str] | None = typer.Option(
+        None, "--kind", help=f"Detect only these kinds: {', '.join(KINDS)}."
+    ),
+    min_confidence: float = typer.Option(
+        0.5, "--min-confidence", min=0.0, max=1.0, help="Report findings at or above this confidence."
+    ),
+) -> None:
+    """Find personal information and secrets in files and database tables (values shown masked)."""
+    err = Console(stderr=True)
+    if not paths and not db:
+        err.print("Give PATH… to scan files, or --db URL to scan a database.")
+        raise typer.Exit(2)
+    try:
+        limits = parse_fail_on(fail_on or [])
+        options = ScanOptions(
+            kinds=frozenset(kind) if kind else frozenset(KINDS),
+            min_confidence=min_confidence,
+            include=tuple(include or ()),
+            exclude=tuple(exclude or ()),
+            gitignore=gitignore,
+            workers=workers or os.cpu_count() or 1,
+            db_full=full,
+            db_sample=sample,
+        )
+    except ValueError as e:
+        err.print(f"error: {e}", markup=False)
+        raise typer.Exit(2) from None
+    report = ScanReport()
+    if paths:
+        report = scan_paths([str(p) for p in paths], options)
+    if db:
+        report.merge(scan_database(db, table or None, full=full, sample=sample, options=options))
+    if sarif is not None:
+        sarif.write_text(json.dumps(to_sarif(report), ensure_ascii=False, indent=2), encoding="utf-8")
+    if as_json:
+        sys.stdout.write(json.dumps(to_json(report), ensure_ascii=False, indent=2) + "\n")
+    else:
+        render_table(report, Console())
+    over = report.exceeded(limits)
+    if over:
+        for k, n, limit in over:
+            err.print(f"fail-on: {n} {k} finding(s), more than {limit}", markup=False)
+        raise typer.Exit(1)

@@ -1,0 +1,172 @@
+"""Report formats: a Rich table grouped by source and kind, JSON, and SARIF 2.1.0.
+
+Every format shows masked values only.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from pivault.scan.findings import KINDS, PI_KINDS, Finding, ScanReport
+
+SARIF_SCHEMA = "https://json.schemastore.org/sarif-2.1.0.json"
+TOOL_NAME = "pivault-scan"
+
+
+def _version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("pivault")
+    except Exception:
+        return "0"
+
+
+def render_table(report: ScanReport, console: Console) -> None:
+    """Counts per source and kind with a few masked examples, then the issues."""
+    table = Table(title="pivault scan: findings")
+    table.add_column("source", overflow="fold")
+    table.add_column("kind")
+    table.add_column("count", justify="right")
+    table.add_column("examples (masked)", overflow="fold")
+    rows: dict[str, dict[str, int]] = defaultdict(dict)
+    for (source, kind), n in report.counts.items():
+        rows[source][kind] = n
+    order = list(KINDS)
+    for source in sorted(rows):
+        first = True
+        for kind in sorted(rows[source], key=order.index):
+            shown = report.examples.get((source, kind), [])
+            ex = "; ".join(_example(f, source) for f in shown)
+            table.add_row(Text(source if first else ""), kind, str(rows[source][kind]), Text(ex))
+            first = False
+    if rows:
+        console.print(table)
+    else:
+        console.print("No personal information or secrets found.")
+    if report.issues:
+        it = Table(title="inputs not scanned, or scanned in part")
+        it.add_column("source", overflow="fold")
+        it.add_column("issue")
+        it.add_column("what happened", overflow="fold")
+        for i in report.issues:
+            it.add_row(Text(i.source), i.code, Text(i.message))
+        console.print(it)
+    totals = report.totals()
+    summary = ", ".join(f"{k} {totals[k]}" for k in KINDS if totals.get(k)) or "nothing found"
+    console.print(
+        f"{report.sources} source(s), {report.bytes_scanned / 1e6:.1f} MB in {report.elapsed:.1f}s; "
+        f"{summary}; {len(report.issues)} issue(s)",
+        markup=False,
+    )
+
+
+def _example(f: Finding, source: str) -> str:
+    where = f.location
+    if f.file and f.file != source and f.file.startswith(source):
+        where = f.file[len(source) :] + (" " + where if where else "")
+    return f"{f.masked} ({where})" if where else f.masked
+
+
+def to_json(report: ScanReport) -> dict[str, Any]:
+    totals = report.totals()
+    return {
+        "tool": TOOL_NAME,
+        "version": _version(),
+        "summary": {
+            "sources": report.sources,
+            "bytes_scanned": report.bytes_scanned,
+            "elapsed_seconds": round(report.elapsed, 3),
+            "totals": dict(totals),
+            "findings_listed": len(report.findings),
+            "findings_not_listed": report.dropped,
+            "issues": len(report.issues),
+        },
+        "counts": [{"source": s, "kind": k, "count": n} for (s, k), n in sorted(report.counts.items())],
+        "findings": [f.to_dict() for f in report.findings],
+        "issues": [i.to_dict() for i in report.issues],
+    }
+
+
+def _artifact(f: Finding) -> str:
+    if f.file is not None:
+        return f.file.replace("\\", "/")
+    return f"db/{f.table or 'table'}"
+
+
+def to_sarif(report: ScanReport) -> dict[str, Any]:
+    """SARIF 2.1.0: one rule per kind, one result per listed finding, issues as notifications."""
+    rules = [
+        {
+            "id": kind,
+            "name": kind.title().replace("_", ""),
+            "shortDescription": {"text": desc},
+            "defaultConfiguration": {
+                "level": "error" if kind not in PI_KINDS or kind in ("id_number", "bank_card") else "warning"
+            },
+            "properties": {"category": "personal-information" if kind in PI_KINDS else "secret"},
+        }
+        for kind, desc in KINDS.items()
+    ]
+    index = {k: i for i, k in enumerate(KINDS)}
+    results = []
+    for f in report.findings:
+        region: dict[str, Any] = {}
+        if f.line is not None:
+            region["startLine"] = f.line
+        if f.offset is not None and f.file is not None and f.table is None:
+            region["byteOffset"] = f.offset
+            if f.length:
+                region["byteLength"] = f.length
+        physical: dict[str, Any] = {"artifactLocation": {"uri": _artifact(f)}}
+        if region:
+            physical["region"] = region
+        location: dict[str, Any] = {"physicalLocation": physical}
+        logical = [n for n in (f.table, f.column) if n]
+        if logical:
+            location["logicalLocations"] = [{"fullyQualifiedName": ".".join(logical), "kind": "member"}]
+        results.append(
+            {
+                "ruleId": f.kind,
+                "ruleIndex": index[f.kind],
+                "level": rules[index[f.kind]]["defaultConfiguration"]["level"],  # type: ignore[index]
+                "message": {"text": f"{KINDS[f.kind]}: {f.masked}" + (f" ({f.detail})" if f.detail else "")},
+                "locations": [location],
+                "properties": {"confidence": round(f.confidence, 3)},
+            }
+        )
+    notifications = [
+        {
+            "level": "warning",
+            "message": {"text": f"{i.code}: {i.message}"},
+            "locations": [{"physicalLocation": {"artifactLocation": {"uri": i.source.replace("\\", "/")}}}],
+        }
+        for i in report.issues
+    ]
+    return {
+        "$schema": SARIF_SCHEMA,
+        "version": "2.1.0",
+        "runs": [
+            {
+                "tool": {
+                    "driver": {
+                        "name": TOOL_NAME,
+                        "version": _version(),
+                        "informationUri": "https://pypi.org/project/pivault/",
+                        "rules": rules,
+                    }
+                },
+                "results": results,
+                "invocations": [{"executionSuccessful": True, "toolExecutionNotifications": notifications}],
+                "properties": {
+                    "counts": {f"{s}|{k}": n for (s, k), n in sorted(report.counts.items())},
+                    "findingsNotListed": report.dropped,
+                },
+            }
+        ],
+    }
