@@ -25,7 +25,7 @@ from pivault.audit.log import (
     entries,
     latest_checkpoint,
 )
-from pivault.audit.retention import MIN_RETENTION_DAYS, PruneResult, RetentionPolicy, prune
+from pivault.audit.retention import MIN_RETENTION_DAYS, PruneResult, RetentionPolicy, prunable, prune
 from pivault.audit.verify import VerifyReport, verify
 
 __all__ = [
@@ -48,6 +48,7 @@ __all__ = [
     "load_public",
     "load_verifier",
     "load_writer",
+    "prunable",
     "prune",
     "verify",
 ]

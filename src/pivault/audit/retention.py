@@ -15,8 +15,9 @@ from dataclasses import dataclass
 
 from pivault.audit.log import AuditError, AuditEvent, AuditLog
 from pivault.policy.context import AccessContext
+from pivault.store.db import Database
 
-__all__ = ["MIN_RETENTION_DAYS", "PruneResult", "RetentionPolicy", "prune"]
+__all__ = ["MIN_RETENTION_DAYS", "PruneResult", "RetentionPolicy", "prunable", "prune"]
 
 #: three years and a leap day
 MIN_RETENTION_DAYS = 3 * 365 + 1
@@ -40,20 +41,29 @@ class PruneResult:
     deleted: int
 
 
+def prunable(db: Database, policy: RetentionPolicy = RetentionPolicy(), *,
+             now: float | None = None) -> PruneResult:
+    """What :func:`prune` would delete now (through which entry, how many), deleting nothing."""
+    cutoff_us = int(((time.time() if now is None else now) - policy.keep_days * 86400) * 1_000_000)
+    row = db.query_one(
+        "SELECT MAX(c.seq) FROM audit_checkpoints c JOIN audit_entries e ON e.seq = c.seq"
+        " WHERE c.seq > 0 AND e.ts_us < ?", (cutoff_us,))
+    through = int(row[0]) if row and row[0] is not None else 0
+    if through == 0:
+        return PruneResult(0, 0)
+    count_row = db.query_one("SELECT COUNT(*) FROM audit_entries WHERE seq <= ?", (through,))
+    return PruneResult(through, int(count_row[0]) if count_row else 0)
+
+
 def prune(log: AuditLog, ctx: AccessContext, policy: RetentionPolicy = RetentionPolicy(), *,
           now: float | None = None) -> PruneResult:
     """Delete entries older than ``policy.keep_days``, up to the newest checkpoint that allows it."""
     db = log.db
-    cutoff_us = int(((time.time() if now is None else now) - policy.keep_days * 86400) * 1_000_000)
     with db.transaction():
-        row = db.query_one(
-            "SELECT MAX(c.seq) FROM audit_checkpoints c JOIN audit_entries e ON e.seq = c.seq"
-            " WHERE c.seq > 0 AND e.ts_us < ?", (cutoff_us,))
-        through = int(row[0]) if row and row[0] is not None else 0
+        planned = prunable(db, policy, now=now)
+        through, deleted = planned.through_seq, planned.deleted
         if through == 0:
             return PruneResult(0, 0)
-        count_row = db.query_one("SELECT COUNT(*) FROM audit_entries WHERE seq <= ?", (through,))
-        deleted = int(count_row[0]) if count_row else 0
         log.append(AuditEvent.of(ctx, "audit.prune", "ok", count=deleted,
                                  detail={"through": through, "keep_days": policy.keep_days}))
         db.execute("DELETE FROM audit_entries WHERE seq <= ?", (through,))

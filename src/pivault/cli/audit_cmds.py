@@ -1,0 +1,338 @@
+"""Commands for the audit trail, alerts and canaries: a thin skin over pivault.audit and pivault.detect.
+
+``pivault audit verify|show|export-checkpoint|prune|init-keys``,
+``pivault alerts list|ack``, ``pivault canary seed``. Errors are one line on
+stderr (``error[code]: message``), exit status 2 for bad input and 1 for
+everything else; ``audit verify`` exits 1 when the chain is not intact.
+Nothing printed here holds PI: entries carry opaque record ids only.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import functools
+import json
+import os
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, ParamSpec, TypeVar
+
+import typer
+
+from pivault.errors import ConfigError, PivaultError, ValidationError
+
+__all__ = ["alerts_app", "audit_app", "canary_app", "register"]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+audit_app = typer.Typer(help="The audit trail: verify the chain, show entries, export a checkpoint, prune.",
+                        no_args_is_help=True)
+alerts_app = typer.Typer(help="Alerts raised by budgets, the detector and canaries.", no_args_is_help=True)
+canary_app = typer.Typer(help="Canary residents: synthetic records nobody should read.", no_args_is_help=True)
+
+HomeOpt = Annotated[Path | None, typer.Option(
+    "--home", envvar="PIVAULT_HOME", show_envvar=True, help="Vault home directory (default ./.pivault).")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+
+
+def _cli(fn: Callable[P, R]) -> Callable[P, R]:
+    @functools.wraps(fn)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return fn(*args, **kwargs)
+        except PivaultError as exc:
+            sys.stderr.write(f"error[{exc.code}]: {exc.message}\n")
+            if exc.hint:
+                sys.stderr.write(f"  hint: {exc.hint}\n")
+            raise typer.Exit(2 if isinstance(exc, ValidationError | ConfigError) else 1) from None
+        except OSError as exc:
+            sys.stderr.write(f"error[io]: {exc.strerror or type(exc).__name__}"
+                             + (f": {Path(exc.filename).name}" if exc.filename else "") + "\n")
+            raise typer.Exit(1) from None
+
+    return wrapper
+
+
+def _json(obj: Any) -> None:
+    typer.echo(json.dumps(obj, ensure_ascii=False, indent=2, default=str))
+
+
+def _config(home: Path | None) -> Any:
+    from pivault.vault.home import load
+
+    return load(home)
+
+
+def _db(cfg: Any, *, migrate: bool = False) -> Any:
+    from pivault.store.db import Database
+    from pivault.store.migrations import migrate as _migrate
+
+    db = Database(cfg.store_url)
+    if migrate:
+        _migrate(db)
+    return db
+
+
+def _keyring(cfg: Any) -> Any:
+    from pivault.crypto import Keyring, PassphraseProvider, passphrase_from_env_or_prompt
+
+    return Keyring.open(cfg.keyring_path, PassphraseProvider(passphrase_from_env_or_prompt()))
+
+
+def _key_dir(cfg: Any) -> Path:
+    from pivault.detect.setup import DetectSettings, audit_key_dir
+
+    return audit_key_dir(cfg.keyring_path, cfg.vault_id, DetectSettings.from_home(cfg.home))
+
+
+def _when(text: str | None) -> float | None:
+    """An ISO date or time (UTC unless it says otherwise), or an age such as 24h or 7d."""
+    if text is None:
+        return None
+    from pivault.policy.tokens import parse_duration
+
+    try:
+        return time.time() - parse_duration(text)
+    except ValueError:
+        pass
+    try:
+        t = _dt.datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise ValidationError("time.format", "a time is ISO 8601 (2026-05-01, 2026-05-01T08:00) "
+                              "or an age (30m, 24h, 7d)") from None
+    if t.tzinfo is None:
+        t = t.replace(tzinfo=_dt.UTC)
+    return t.timestamp()
+
+
+def _table(rows: list[dict[str, Any]], cols: list[str]) -> None:
+    if not rows:
+        typer.echo("(none)")
+        return
+    widths = {c: max(len(c), *(len(str(r.get(c, ""))) for r in rows)) for c in cols}
+    typer.echo("  ".join(c.ljust(widths[c]) for c in cols))
+    for r in rows:
+        typer.echo("  ".join(str(r.get(c, "")).ljust(widths[c]) for c in cols))
+
+
+# -- audit -----------------------------------------------------------------------------------
+@audit_app.command("verify")
+@_cli
+def audit_verify(
+    home: HomeOpt = None,
+    checkpoint: Annotated[Path | None, typer.Option(
+        "--checkpoint", help="A checkpoint exported earlier and kept elsewhere.")] = None,
+    verifier_key: Annotated[Path | None, typer.Option(
+        "--verifier-key",
+        help="The auditor's key (default: audit-verifier.key in the audit key dir).")] = None,
+    use_keyring: Annotated[bool, typer.Option(
+        "--keyring/--no-keyring", help="Also check the head's encrypted chain key (needs the passphrase).")
+    ] = True,
+    as_json: JsonOpt = False,
+) -> None:
+    """Recompute the chain; name the first modified, deleted, inserted or reordered entry."""
+    from pivault.audit import Checkpoint, load_verifier, verify
+
+    cfg = _config(home)
+    passphrase = os.environ.get("PIVAULT_AUDIT_PASSPHRASE")
+    verifier = load_verifier(_key_dir(cfg), verifier_file=verifier_key,
+                             passphrase=passphrase.encode() if passphrase else None)
+    cp = Checkpoint.from_json(checkpoint.read_text(encoding="utf-8")) if checkpoint else None
+    keyring = _keyring(cfg) if use_keyring else None
+    with _db(cfg) as db:
+        if not db.table_exists("audit_entries"):
+            raise PivaultError("this vault has no audit trail yet", code="audit.missing")
+        report = verify(db, verifier, checkpoint=cp, keyring=keyring)
+    if as_json:
+        _json(report.to_dict())
+    elif report.ok:
+        typer.echo(f"audit chain intact: {report.checked} entries "
+                   f"({report.first_seq}..{report.last_seq}), {report.checkpoints} signed checkpoints"
+                   + (", matches the given checkpoint" if cp else ""))
+    else:
+        typer.echo(f"AUDIT CHAIN BROKEN at entry {report.first_bad} [{report.problem}]: {report.message}")
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+@audit_app.command("show")
+@_cli
+def audit_show(
+    home: HomeOpt = None,
+    principal: Annotated[str | None, typer.Option("--principal")] = None,
+    operation: Annotated[str | None, typer.Option(
+        "--operation", help="get, find, put, update, erase, …")] = None,
+    outcome: Annotated[str | None, typer.Option(
+        "--outcome", help="ok, not_found, denied, refused, …")] = None,
+    since: Annotated[str | None, typer.Option("--since", help="ISO time or age (24h, 7d).")] = None,
+    until: Annotated[str | None, typer.Option("--until", help="ISO time or age.")] = None,
+    request_id: Annotated[str | None, typer.Option("--request-id")] = None,
+    limit: Annotated[int, typer.Option("--limit", min=1)] = 100,
+    as_json: JsonOpt = False,
+) -> None:
+    """Entries of the audit trail, oldest first, filtered."""
+    from pivault.audit import entries
+
+    cfg = _config(home)
+    with _db(cfg) as db:
+        if not db.table_exists("audit_entries"):
+            raise PivaultError("this vault has no audit trail yet", code="audit.missing")
+        got = [e.to_dict() for e in entries(db, principal=principal, operation=operation, outcome=outcome,
+                                            since=_when(since), until=_when(until), request_id=request_id,
+                                            limit=limit)]
+    if as_json:
+        _json(got)
+        return
+    for e in got:
+        ids = e["record_ids"]
+        e["records"] = ",".join(ids[:3]) + (f" (+{len(ids) - 3})" if len(ids) > 3 else "")
+        e["time"] = e["time"][:23]
+    _table(got, ["seq", "time", "principal", "role", "purpose", "operation", "outcome", "count", "records"])
+
+
+@audit_app.command("export-checkpoint")
+@_cli
+def audit_export_checkpoint(
+    home: HomeOpt = None,
+    out: Annotated[Path | None, typer.Option("--out", help="File to write (default: stdout).")] = None,
+) -> None:
+    """Sign a checkpoint at the newest entry and write it, to keep somewhere else."""
+    from pivault.audit import AuditLog, load_writer
+
+    cfg = _config(home)
+    keyring = _keyring(cfg)
+    with _db(cfg, migrate=True) as db:
+        cp = AuditLog(db, keyring, load_writer(_key_dir(cfg), keyring)).checkpoint()
+    if out is None:
+        typer.echo(cp.to_json(), nl=False)
+    else:
+        out.write_text(cp.to_json(), encoding="utf-8")
+        typer.echo(f"checkpoint at entry {cp.seq} written to {out}")
+
+
+@audit_app.command("prune")
+@_cli
+def audit_prune(
+    home: HomeOpt = None,
+    keep_days: Annotated[int, typer.Option("--keep-days", help="Keep at least this many days (>= 1096).")
+    ] = 1096,
+    yes: Annotated[bool, typer.Option("--yes", help="Delete; without it, only say what would go.")] = False,
+) -> None:
+    """Delete entries older than the retention period, up to a signed checkpoint."""
+    from pivault.audit import AuditLog, RetentionPolicy, load_writer, prunable, prune
+    from pivault.policy.context import local_operator
+
+    policy = RetentionPolicy(keep_days=keep_days)
+    cfg = _config(home)
+    with _db(cfg, migrate=True) as db:
+        if not yes:
+            plan = prunable(db, policy)
+            typer.echo(f"would delete {plan.deleted} entries (through entry {plan.through_seq}); "
+                       "run again with --yes")
+            return
+        keyring = _keyring(cfg)
+        result = prune(AuditLog(db, keyring, load_writer(_key_dir(cfg), keyring)),
+                       local_operator("audit"), policy)
+    typer.echo(f"deleted {result.deleted} entries (through entry {result.through_seq})")
+
+
+@audit_app.command("init-keys")
+@_cli
+def audit_init_keys(
+    home: HomeOpt = None,
+    protect: Annotated[bool, typer.Option(
+        "--protect-verifier", help="Encrypt the verifier key with $PIVAULT_AUDIT_PASSPHRASE.")] = False,
+) -> None:
+    """Create the audit signing and verifier keys beside the keyring."""
+    from pivault.audit import create_audit_keys
+
+    cfg = _config(home)
+    secret = os.environ.get("PIVAULT_AUDIT_PASSPHRASE", "") if protect else ""
+    if protect and not secret:
+        raise ConfigError("set PIVAULT_AUDIT_PASSPHRASE to protect the verifier key", code="audit.keys")
+    d = _key_dir(cfg)
+    create_audit_keys(d, _keyring(cfg), data_dir=cfg.home, verifier_passphrase=secret.encode() or None)
+    typer.echo(f"audit keys written to {d}\n"
+               "move audit-verifier.key to the auditor: the writer never needs it")
+
+
+# -- alerts ------------------------------------------------------------------------------------
+@alerts_app.command("list")
+@_cli
+def alerts_list(
+    home: HomeOpt = None,
+    unacked: Annotated[bool, typer.Option("--unacked", help="Only alerts nobody acknowledged.")] = False,
+    since: Annotated[str | None, typer.Option("--since", help="ISO time or age (24h, 7d).")] = None,
+    rule: Annotated[str | None, typer.Option("--rule")] = None,
+    severity: Annotated[str | None, typer.Option("--severity", help="info, warning or critical")] = None,
+    limit: Annotated[int, typer.Option("--limit", min=1)] = 100,
+    as_json: JsonOpt = False,
+) -> None:
+    """Alerts, newest first."""
+    from pivault.detect import list_alerts
+
+    cfg = _config(home)
+    with _db(cfg, migrate=True) as db:
+        got = list_alerts(db, unacked=unacked, since=_when(since), rule=rule, severity=severity, limit=limit)
+    if as_json:
+        _json(got)
+        return
+    for a in got:
+        a["acked"] = "yes" if a["acked_at"] else ""
+        a["evidence"] = json.dumps(a["evidence"], ensure_ascii=False)[:80]
+        a["time"] = a["time"][:23]
+    _table(got, ["alert_id", "time", "severity", "rule", "principal", "token_id", "acked", "evidence"])
+
+
+@alerts_app.command("ack")
+@_cli
+def alerts_ack(
+    alert_id: Annotated[str, typer.Argument(help="The alert's id (al_…).")],
+    home: HomeOpt = None,
+    note: Annotated[str, typer.Option("--note", help="What was found (no PI).")] = "",
+) -> None:
+    """Mark an alert as handled."""
+    from pivault.detect import ack_alert
+    from pivault.policy.context import local_operator
+
+    cfg = _config(home)
+    with _db(cfg, migrate=True) as db:
+        ack_alert(db, alert_id, by=local_operator().principal, note=note)
+    typer.echo(f"acknowledged {alert_id}")
+
+
+# -- canaries ----------------------------------------------------------------------------------
+@canary_app.command("seed")
+@_cli
+def canary_seed(
+    count: Annotated[int, typer.Argument(min=1, max=100_000, help="How many canary residents to add.")],
+    home: HomeOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Add synthetic residents that look like everyone else; reading one trips an alarm."""
+    from pivault.detect import seed
+    from pivault.detect.setup import build_guard
+    from pivault.policy.context import local_operator
+    from pivault.vault import Vault
+
+    cfg = _config(home)
+    keyring = _keyring(cfg)
+    with _db(cfg, migrate=True) as db:
+        guard = build_guard(db, keyring, keyring_path=cfg.keyring_path, home=cfg.home)
+        vault = Vault(db, keyring, guard=guard, config=cfg)
+        made = seed(vault, count, ctx=local_operator("administration"), registry=guard.canaries)
+    if as_json:
+        _json({"seeded": len(made)})
+    else:
+        typer.echo(f"seeded {len(made)} canary residents; which records they are is kept only in the "
+                   "encrypted registry")
+
+
+def register(app: typer.Typer) -> None:
+    """Attach ``audit``, ``alerts`` and ``canary`` to the main command line."""
+    app.add_typer(audit_app, name="audit")
+    app.add_typer(alerts_app, name="alerts")
+    app.add_typer(canary_app, name="canary")

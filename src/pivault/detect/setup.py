@@ -1,0 +1,197 @@
+"""Build the door's watchman from a vault's configuration.
+
+Settings live in the vault's ``pivault.toml`` (all optional)::
+
+    [audit]
+    key_dir = "/etc/pivault/audit"     # default: <keyring dir>/<vault id>.audit
+    checkpoint_every = 1000            # entries
+    checkpoint_seconds = 300
+
+    [detect]
+    counters = "redis://127.0.0.1:6379/0"   # default: in-process (one worker only)
+    suspend_after = 3                       # budget breaches a day before suspension
+    alerts_jsonl = "/var/log/pivault/alerts.jsonl"   # default: <home>/log/alerts.jsonl
+    webhook_url = "https://siem.example/hooks/pivault" # secret in $PIVAULT_WEBHOOK_SECRET
+
+    [detect.vault]                          # everyone together
+    records_per_minute = 5000
+    [detect.role_totals.officer]            # all officers together
+    records_per_hour = 20000
+    [detect.principals."officer-17"]        # one principal, instead of its role's budget
+    records_per_day = 5000
+    [detect.detector]                       # see DetectorConfig
+    rate_factor = 5
+
+``$PIVAULT_REDIS_URL`` overrides ``counters``. Per-principal budgets of each
+role come from the access policy (``[roles.R.budgets]``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from pivault.audit.keys import AuditKeyError, create_audit_keys, load_writer
+from pivault.audit.log import AuditLog
+from pivault.detect.alerts import AlertDispatcher, sinks_from_config
+from pivault.detect.budgets import BudgetPolicy, Budgets
+from pivault.detect.canary import CanaryRegistry
+from pivault.detect.counters import Counters, counters_from_url
+from pivault.detect.detector import DetectorConfig, GlobalDetector
+from pivault.detect.guard import DetectGuard
+from pivault.errors import ConfigError
+from pivault.store.db import Database
+
+__all__ = ["DetectSettings", "audit_key_dir", "build_guard"]
+
+log = logging.getLogger("pivault.detect")
+REDIS_ENV = "PIVAULT_REDIS_URL"
+WEBHOOK_SECRET_ENV = "PIVAULT_WEBHOOK_SECRET"
+
+
+@dataclass
+class DetectSettings:
+    """The ``[audit]`` and ``[detect]`` settings of a vault."""
+
+    counters_url: str | None = None
+    suspend_after: int = 3
+    vault: dict[str, Any] = field(default_factory=dict)
+    role_totals: dict[str, dict[str, Any]] = field(default_factory=dict)
+    principals: dict[str, dict[str, Any]] = field(default_factory=dict)
+    alerts_jsonl: str | None = None
+    webhook_url: str | None = None
+    detector: dict[str, Any] = field(default_factory=dict)
+    audit_key_dir: str | None = None
+    checkpoint_every: int = 1000
+    checkpoint_seconds: float = 300.0
+
+    @classmethod
+    def from_home(cls, home: str | os.PathLike[str] | None) -> DetectSettings:
+        out = cls()
+        if home is not None:
+            path = Path(home) / "pivault.toml"
+            try:
+                with open(path, "rb") as fh:
+                    doc = tomllib.load(fh)
+            except FileNotFoundError:
+                doc = {}
+            except (OSError, tomllib.TOMLDecodeError) as exc:
+                raise ConfigError(f"cannot read {path}: {type(exc).__name__}", code="home.config") from None
+            out = cls.from_mapping(doc.get("audit", {}), doc.get("detect", {}))
+            if out.alerts_jsonl is None:
+                out.alerts_jsonl = str(Path(home) / "log" / "alerts.jsonl")
+        env = os.environ.get(REDIS_ENV)
+        if env:
+            out.counters_url = env
+        return out
+
+    @classmethod
+    def from_mapping(cls, audit: Mapping[str, Any], detect: Mapping[str, Any]) -> DetectSettings:
+        known_audit = {"key_dir", "checkpoint_every", "checkpoint_seconds"}
+        known_detect = {"counters", "suspend_after", "vault", "role_totals", "principals", "alerts_jsonl",
+                        "webhook_url", "detector"}
+        for name, table, known in (("audit", audit, known_audit), ("detect", detect, known_detect)):
+            unknown = sorted(set(table) - known)
+            if unknown:
+                raise ConfigError(f"[{name}] has an unknown setting {unknown[0]!r}", code="home.config")
+        detector_names = {f.name for f in fields(DetectorConfig)} - {"extra"}
+        det = dict(detect.get("detector", {}))
+        bad = sorted(set(det) - detector_names)
+        if bad:
+            raise ConfigError(f"[detect.detector] has an unknown setting {bad[0]!r}", code="home.config")
+        return cls(
+            counters_url=detect.get("counters"), suspend_after=int(detect.get("suspend_after", 3)),
+            vault=dict(detect.get("vault", {})), role_totals=dict(detect.get("role_totals", {})),
+            principals=dict(detect.get("principals", {})), alerts_jsonl=detect.get("alerts_jsonl"),
+            webhook_url=detect.get("webhook_url"), detector=det,
+            audit_key_dir=audit.get("key_dir"), checkpoint_every=int(audit.get("checkpoint_every", 1000)),
+            checkpoint_seconds=float(audit.get("checkpoint_seconds", 300.0)))
+
+
+def audit_key_dir(keyring_path: str | os.PathLike[str], vault_id: str,
+                  settings: DetectSettings | None = None) -> Path:
+    """Where the audit keys of a vault live: beside its keyring, never in the data directory."""
+    if settings is not None and settings.audit_key_dir:
+        return Path(settings.audit_key_dir).expanduser().absolute()
+    return Path(keyring_path).expanduser().absolute().parent / f"{vault_id}.audit"
+
+
+class _PolicyBudgets:
+    """The budget policy of the current access policy, rebuilt only when the policy changes."""
+
+    def __init__(self, policy: Callable[[], Any], settings: DetectSettings) -> None:
+        self._policy = policy
+        self._settings = settings
+        self._seen: Any = None
+        self._budgets: BudgetPolicy | None = None
+
+    def __call__(self) -> BudgetPolicy:
+        current = self._policy()
+        if current is not self._seen or self._budgets is None:
+            s = self._settings
+            self._budgets = BudgetPolicy.from_policy(current, principals=s.principals,
+                                                     role_totals=s.role_totals, vault=s.vault,
+                                                     suspend_after=s.suspend_after)
+            self._seen = current
+        return self._budgets
+
+
+def build_guard(db: Database, keyring: Any, *, keyring_path: str | os.PathLike[str],
+                home: str | os.PathLike[str] | None = None, settings: DetectSettings | None = None,
+                policy: Callable[[], Any] | None = None, suspend: Callable[[str, str], object] | None = None,
+                counters: Counters | None = None, inner: Any = None,
+                create_keys: bool = True) -> DetectGuard:
+    """A :class:`DetectGuard` for one worker of the vault in ``home``.
+
+    ``policy`` returns the current access policy (the API passes its
+    reloadable holder); by default the vault's policy file or the shipped
+    default. ``suspend`` defaults to the token store's. Audit keys are
+    created beside the keyring on first use (``create_keys``), with a
+    warning to move the verifier key to the auditor.
+    """
+    settings = settings or DetectSettings.from_home(home)
+    key_dir = audit_key_dir(keyring_path, keyring.vault_id, settings)
+    try:
+        writer = load_writer(key_dir, keyring)
+    except AuditKeyError as exc:
+        if exc.code != "audit.keys.missing" or not create_keys:
+            raise
+        create_audit_keys(key_dir, keyring, data_dir=home)
+        log.warning("created audit keys in %s; move audit-verifier.key to the auditor", key_dir)
+        writer = load_writer(key_dir, keyring)
+    audit_log = AuditLog(db, keyring, writer, checkpoint_every=settings.checkpoint_every,
+                         checkpoint_seconds=settings.checkpoint_seconds)
+    counters = counters or counters_from_url(settings.counters_url, namespace=keyring.vault_id)
+    secret = os.environ.get(WEBHOOK_SECRET_ENV, "").encode() or None
+    if settings.alerts_jsonl:
+        Path(settings.alerts_jsonl).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    alerts = AlertDispatcher(sinks_from_config(db, jsonl=settings.alerts_jsonl,
+                                               webhook_url=settings.webhook_url, webhook_secret=secret),
+                             claim=counters.claim)
+    if policy is None:
+        from pivault.policy.policy import Policy
+
+        fixed = _home_policy(home) if home is not None else Policy.default()
+        policy = lambda: fixed  # noqa: E731 - a constant policy
+    if suspend is None:
+        from pivault.policy.tokens import TokenStore
+
+        suspend = TokenStore(db).suspend
+    return DetectGuard(
+        audit_log, budgets=Budgets(_PolicyBudgets(policy, settings), counters), alerts=alerts,
+        canaries=CanaryRegistry(db, keyring),
+        detector=GlobalDetector(counters, alerts, DetectorConfig(**settings.detector)),
+        suspend=suspend, inner=inner)
+
+
+def _home_policy(home: str | os.PathLike[str]) -> Any:
+    from pivault.policy.policy import Policy
+    from pivault.vault.home import load
+
+    path = load(home).policy_path
+    return Policy.load(path) if path else Policy.default()
