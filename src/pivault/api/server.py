@@ -221,6 +221,12 @@ def build_app(opts: ServeOptions, vault: Any | None = None) -> Any:
     _warm_up()
     policy, path = load_policy(opts)
     holder = PolicyHolder(policy, path=path, marker=Path(opts.home) / "run" / RELOAD_MARKER)
+    if vault is None and v.config is not None:
+        # the door's audit trail, read budgets, canaries and detector, under the live policy
+        from pivault.detect.setup import build_guard
+
+        v.guard = build_guard(v.db, v.keyring, keyring_path=v.config.keyring_path, home=opts.home,
+                              policy=holder.current)
     return create_app(v, holder, config=_service_config(opts))
 
 
