@@ -47,6 +47,9 @@ log = logging.getLogger("pivault.detect")
 #: Vault operations that hand records to the caller, and so spend budget
 READ_OPERATIONS = frozenset({"get", "find", "export", "read", "lookup"})
 
+#: operations about tokens and the policy rather than records
+SUBJECT_PREFIXES = ("token.", "policy.")
+
 SuspendFn = Callable[[str, str], object]
 
 
@@ -102,6 +105,11 @@ class DetectGuard:
                 raise
             if not charge.allowed:
                 self._refuse(ctx, operation, ids, records, misses, charge)
+        if operation.startswith(SUBJECT_PREFIXES):
+            # token and policy changes: their subjects are token ids or file names, not records
+            self.audit_log.append(AuditEvent.of(ctx, operation, outcome, count=len(ids),
+                                                detail={"subjects": ids}))
+            return
         self.audit_log.append(AuditEvent.of(ctx, operation, outcome, ids,
                                             count=len(ids) if outcome == "ok" else 0))
         if operation in READ_OPERATIONS and outcome == "ok" and ids:

@@ -10,7 +10,7 @@ Settings live in the vault's ``pivault.toml`` (all optional)::
     [detect]
     counters = "redis://127.0.0.1:6379/0"   # default: in-process (one worker only)
     suspend_after = 3                       # budget breaches a day before suspension
-    alerts_jsonl = "/var/log/pivault/alerts.jsonl"   # default: <home>/log/alerts.jsonl
+    alerts_jsonl = "/var/log/pivault/alerts.jsonl"   # default: <home>/logs/alerts.jsonl
     webhook_url = "https://siem.example/hooks/pivault" # secret in $PIVAULT_WEBHOOK_SECRET
 
     [detect.vault]                          # everyone together
@@ -84,7 +84,7 @@ class DetectSettings:
                 raise ConfigError(f"cannot read {path}: {type(exc).__name__}", code="home.config") from None
             out = cls.from_mapping(doc.get("audit", {}), doc.get("detect", {}))
             if out.alerts_jsonl is None:
-                out.alerts_jsonl = str(Path(home) / "log" / "alerts.jsonl")
+                out.alerts_jsonl = str(Path(home) / "logs" / "alerts.jsonl")
         env = os.environ.get(REDIS_ENV)
         if env:
             out.counters_url = env
