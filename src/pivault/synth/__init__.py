@@ -124,14 +124,18 @@ def generate(
     row's valid values, which the CSV writer then damages).
     """
     for chunk in chunks(count, seed, bad_rate=bad_rate, kinds=kinds, as_of=as_of):
-        rows: list[Any] = chunk.batch.to_pylist()
-        for lb in chunk.labels:
-            row = rows[lb.row - 1 - chunk.start]
-            row["label"] = lb.kind
-            row["expected_code"] = lb.expected_code
-            if lb.duplicate_of is not None:
-                row["duplicate_of"] = lb.duplicate_of
-        yield from rows
+        labels = {lb.row - 1 - chunk.start: lb for lb in chunk.labels}
+        # a few thousand Python dicts at a time, so memory stays small
+        for first in range(0, chunk.batch.num_rows, 4096):
+            rows: list[Any] = chunk.batch.slice(first, 4096).to_pylist()
+            for k, row in enumerate(rows, start=first):
+                lb = labels.get(k)
+                if lb is not None:
+                    row["label"] = lb.kind
+                    row["expected_code"] = lb.expected_code
+                    if lb.duplicate_of is not None:
+                        row["duplicate_of"] = lb.duplicate_of
+            yield from rows
 
 
 __all__ = [
