@@ -202,6 +202,45 @@ class _Prefixed(io.RawIOBase):
         return n
 
 
+class _Guarded(io.RawIOBase):
+    """A decompressing stream whose truncation reads as the end of data, remembered in ``error``.
+
+    The rows before the damage are then parsed like any others (a buffered
+    reader would otherwise drop the bytes it had gathered for the failing
+    read), and :func:`_dispatch` reports the truncation afterwards.
+    """
+
+    def __init__(self, inner: IO[bytes]) -> None:
+        self._inner = inner
+        self.error: BaseException | None = None
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return self.error is None and self._inner.seekable()
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return self._inner.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self._inner.tell()
+
+    def readinto(self, buf: Any) -> int:
+        if self.error is not None:
+            return 0
+        try:
+            # read1: one decompression step, so a failure loses no bytes already inflated
+            read1 = getattr(self._inner, "read1", None)
+            data = read1(len(buf)) if read1 is not None else self._inner.read(len(buf))
+        except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
+            self.error = exc
+            return 0
+        n = len(data)
+        buf[:n] = data
+        return n
+
+
 def _text(stream: IO[bytes], encoding: str) -> io.TextIOWrapper:
     buffered: Any = stream if isinstance(stream, io.BufferedIOBase) else io.BufferedReader(
         stream, buffer_size=_READ_CHUNK)
@@ -999,7 +1038,7 @@ def _read_sample(stream: IO[bytes], size: int) -> tuple[bytes, IO[bytes]]:
             raise
         seekable = False
     sample = b"".join(chunks)
-    if seekable:
+    if seekable and stream.seekable():
         stream.seek(start)
         return sample, stream
     return sample, io.BufferedReader(_Prefixed(sample, stream), buffer_size=_READ_CHUNK)
@@ -1012,9 +1051,14 @@ def _dispatch(stream: IO[bytes], name: str, limit: int, batch: int, depth: int) 
     if sample[:2] == b"\x1f\x8b":
         if depth >= _MAX_ZIP_DEPTH:
             raise DumpError("archives nested too deep", code="dump.nested", source=name)
-        inner: Any = gzip.GzipFile(fileobj=stream, mode="rb")
+        gz: Any = gzip.GzipFile(fileobj=stream, mode="rb")
+        guarded = _Guarded(gz)
+        inner: Any = io.BufferedReader(guarded, buffer_size=_READ_CHUNK)
         inner_name = name[:-3] if name.lower().endswith(".gz") else name + "!"
         yield from _dispatch(inner, inner_name, limit, batch, depth + 1)
+        if guarded.error is not None:
+            raise DumpError("the gzip stream is truncated or damaged; the rows before the damage were read",
+                            code="dump.truncated", source=name)
         return
     if sample[:4] == b"PK\x03\x04" or sample[:4] == b"PK\x05\x06":
         yield from _read_zip(stream, name, limit, batch, depth)

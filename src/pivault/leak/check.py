@@ -1,0 +1,380 @@
+"""``leak check``: is this dump ours, whom does it affect, what was exposed, where from?
+
+One streaming pass over every file of the dump: each table's PI columns are
+found by content on its first rows, every row is matched through the blind
+indexes (:mod:`pivault.leak.match`; nothing is decrypted), export canaries
+are looked up by exact value, and only counts and record ids are kept.
+Afterwards the matched residents are compared with each export's record set,
+with what the audit trail shows each principal read, and with the vault's
+canary registry; :func:`pivault.leak.attribution.attribute` weighs that.
+
+The result is saved as a *case*: a summary without PI (counts, regions,
+fields, findings) and the affected record ids encrypted under the keyring,
+revealed only to a role allowed to notify (:func:`affected`).
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pivault.errors import NotFoundError, PivaultError
+from pivault.leak.attribution import Attribution, SourceFit, attribute
+from pivault.leak.columns import Column, detect_columns
+from pivault.leak.exports import load_registry, rid_digest
+from pivault.leak.match import Matcher, MatchResult
+from pivault.leak.readers import DEFAULT_MAX_LINE_MIB, DumpError, Table, read_dump
+from pivault.model import divisions
+from pivault.policy.context import AccessContext
+
+if TYPE_CHECKING:
+    from pivault.vault import Vault
+
+__all__ = ["NOTIFY_ROLES", "READ_OPERATIONS", "CheckResult", "Checker", "affected", "check",
+           "load_case"]
+
+#: roles that may see which residents a case affects (to notify them)
+NOTIFY_ROLES: frozenset[str] = frozenset({"dpo", "notifier"})
+#: audit operations that serve records to a principal through the door
+READ_OPERATIONS: frozenset[str] = frozenset({"get", "read", "find", "lookup"})
+_SAMPLE = 500
+_CASE_CHUNK = 10000
+
+
+@dataclass
+class _TableState:
+    table: Table
+    columns: list[Column] | None = None
+    cols: dict[str, int] = field(default_factory=dict)
+    usable: bool = False
+    rows_matched: int = 0
+
+
+@dataclass
+class CheckResult:
+    """What a check found; no PI (counts, region names, field kinds, record-free evidence)."""
+
+    case_id: str
+    detected_at: float
+    files: list[dict[str, Any]] = field(default_factory=list)
+    tables: list[dict[str, Any]] = field(default_factory=list)
+    errors: list[dict[str, Any]] = field(default_factory=list)
+    rows_read: int = 0
+    rows_rejected: int = 0
+    rows_with_keys: int = 0
+    rows_single_key: int = 0
+    rows_matched: int = 0
+    residents_matched: int = 0
+    matched_by: dict[str, int] = field(default_factory=dict)
+    expected_false: float = 0.0
+    fields_exposed: list[str] = field(default_factory=list)
+    residents_by_field: dict[str, int] = field(default_factory=dict)
+    residents_by_region: dict[str, int] = field(default_factory=dict)
+    export_canaries: dict[str, dict[str, int]] = field(default_factory=dict)
+    vault_canaries: dict[str, int] = field(default_factory=dict)
+    attribution: Attribution | None = None
+    timeline: list[dict[str, Any]] = field(default_factory=list)
+    elapsed_seconds: float = 0.0
+
+    @property
+    def is_ours(self) -> bool:
+        return self.residents_matched > 0
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {k: v for k, v in self.__dict__.items() if k != "attribution"}
+        out["attribution"] = self.attribution.to_dict() if self.attribution else None
+        out["is_ours"] = self.is_ours
+        return out
+
+
+def _province(code: str) -> str:
+    return divisions.province_of(code) or divisions.name_of(code[:2] + "0000") or f"region {code[:2]}"
+
+
+def _principal_reads(db: Any) -> tuple[dict[str, set[int]], dict[str, tuple[float, float]]]:
+    """Per principal: digests of the records the audit trail shows it was served, and when."""
+    reads: dict[str, set[int]] = {}
+    times: dict[str, tuple[float, float]] = {}
+    if not db.table_exists("audit_entries"):
+        return reads, times
+    from pivault.audit import entries
+
+    after = 0
+    while True:
+        page = list(entries(db, after_seq=after, limit=5000))
+        if not page:
+            break
+        for e in page:
+            after = e.seq
+            if e.outcome != "ok" or e.operation not in READ_OPERATIONS or not e.record_ids:
+                continue
+            reads.setdefault(e.principal, set()).update(rid_digest(r) for r in e.record_ids)
+            lo, hi = times.get(e.principal, (e.time, e.time))
+            times[e.principal] = (min(lo, e.time), max(hi, e.time))
+    return reads, times
+
+
+def _vault_canaries(vault: Vault) -> Any:
+    try:
+        from pivault.detect.canary import CanaryRegistry
+    except ImportError:  # pragma: no cover - the detect component is optional
+        return None
+    if not vault.db.table_exists("canary_registry"):
+        return None
+    return CanaryRegistry(vault.db, vault.keyring)
+
+
+class Checker:
+    """What a check compares a dump with, loaded once: exports, the pair index, the audit
+    trail's reads, the vault canary registry. Check many dumps with one :class:`Checker`."""
+
+    def __init__(self, vault: Vault, *, ctx: AccessContext, max_line_mib: int = DEFAULT_MAX_LINE_MIB,
+                 pair_cache_limit: int | None = None) -> None:
+        vault.guard.authorise(ctx, "stats", ())
+        self.vault = vault
+        self.ctx = ctx
+        self.max_line_mib = max_line_mib
+        self.registry = load_registry(vault)
+        kwargs = {} if pair_cache_limit is None else {"pair_cache_limit": pair_cache_limit}
+        self.matcher = Matcher.for_vault(vault, self.registry, **kwargs)
+        self.reads, self.read_times = _principal_reads(vault.db)
+        self.canary_registry = _vault_canaries(vault)
+        self.served: set[int] = set()
+        for members in self.registry.members.values():
+            self.served |= members
+        for got in self.reads.values():
+            self.served |= got
+
+    def check(self, paths: Sequence[str | Path], *,
+              progress: Callable[[int], None] | None = None, save: bool = True) -> CheckResult:
+        """Check the dump files ``paths``; save the case unless ``save`` is false.
+
+        Errors in one file (truncated, unreadable, too long a line) are
+        recorded in ``errors`` with the rows read before them, and the other
+        files are still read.
+        """
+        t0 = time.perf_counter()
+        res = CheckResult(case_id="case_" + secrets.token_hex(8), detected_at=time.time())
+        matched: set[str] = set()
+        canary_strong: dict[str, set[int]] = {}
+        canary_single: dict[str, set[int]] = {}
+        fields_exposed: set[str] = set()
+        states: dict[int, _TableState] = {}
+        matcher = self.matcher
+        for path in paths:
+            p = Path(path)
+            info: dict[str, Any] = {"file": p.name, "rows": 0, "error": None}
+            res.files.append(info)
+            try:
+                for batch in read_dump(p, max_line_mib=self.max_line_mib):
+                    st = states.get(id(batch.table))
+                    if st is None:
+                        st = states[id(batch.table)] = _TableState(batch.table)
+                        _detect(st, batch.rows)
+                        if st.usable:
+                            fields_exposed.update(c.kind for c in st.columns or () if c.kind)
+                    res.rows_read += len(batch.rows)
+                    info["rows"] += len(batch.rows)
+                    if st.usable:
+                        _tally(res, st, batch.rows, matcher.match(batch.rows, st.cols), matched,
+                               canary_strong, canary_single)
+                    if progress:
+                        progress(res.rows_read)
+            except DumpError as exc:
+                info["error"] = exc.message
+                res.errors.append({"file": p.name, "code": exc.code, "message": exc.message})
+        for st in states.values():
+            t = st.table
+            res.rows_rejected += t.rejected
+            res.tables.append({
+                "source": t.source, "format": t.format, "encoding": t.encoding, "rows": t.rows,
+                "rejected": t.rejected, "notes": list(t.notes), "header": bool(t.header),
+                "pi_columns_found": st.usable, "rows_matched": st.rows_matched,
+                "columns": [c.describe() for c in st.columns or ()],
+                "message": None if st.usable else _no_pi_message(st)})
+        res.residents_matched = len(matched)
+        res.fields_exposed = sorted(fields_exposed)
+        self._attribute(res, matched, canary_strong, canary_single)
+        res.elapsed_seconds = round(time.perf_counter() - t0, 3)
+        self.vault.guard.audit(self.ctx, "leak.check", (), "ok")
+        if save:
+            _save_case(self.vault, res, matched, self.ctx)
+        return res
+
+    def _attribute(self, res: CheckResult, matched: set[str], canary_strong: dict[str, set[int]],
+                   canary_single: dict[str, set[int]]) -> None:
+        registry = self.registry
+        digests = {rid_digest(r) for r in matched}
+        exports: list[SourceFit] = []
+        for eid, info in registry.exports.items():
+            members = registry.members.get(eid, set())
+            inside = len(digests & members)
+            strong = len(canary_strong.get(eid, ()))
+            single = len(canary_single.get(eid, ()))
+            res.export_canaries[eid] = {"found": strong, "single_key": single,
+                                        "total": registry.canary_counts.get(eid, 0)}
+            if inside or strong or single:
+                exports.append(SourceFit("export", eid, len(members), inside,
+                                         registry.canary_counts.get(eid, 0), strong, single,
+                                         {"recipient": info.recipient, "purpose": info.purpose,
+                                          "requester": info.requester, "approver": info.approver,
+                                          "fetched_at": info.fetched_at}))
+        principals: list[SourceFit] = []
+        for who, got in self.reads.items():
+            inside = len(digests & got)
+            if inside:
+                lo, hi = self.read_times.get(who, (0.0, 0.0))
+                principals.append(SourceFit("principal", who, len(got), inside,
+                                            label={"first_read": lo, "last_read": hi}))
+        reg = self.canary_registry
+        v_found = v_unserved = v_total = 0
+        if reg is not None and matched:
+            hits = reg.which(sorted(matched))
+            v_total = reg.count()
+            v_found = len(hits)
+            v_unserved = sum(1 for h in hits if rid_digest(h) not in self.served)
+        res.vault_canaries = {"found": v_found, "never_served": v_unserved, "total": v_total}
+        rows_tested = max(res.rows_with_keys, 1)
+        res.attribution = attribute(
+            matched=len(matched), population=self.matcher.population, dump_rows=res.rows_read,
+            exports=exports, principals=principals, vault_canaries_found=v_found,
+            vault_canaries_unserved=v_unserved, vault_canaries_total=v_total,
+            expected_false_per_row=res.expected_false / rows_tested)
+        res.timeline = self._timeline(res)
+
+    def _timeline(self, res: CheckResult) -> list[dict[str, Any]]:
+        assert res.attribution is not None
+        tl: list[dict[str, Any]] = []
+        for f in res.attribution.named:
+            if f.kind == "export":
+                info = self.registry.exports[f.source_id]
+                tl.append({"time": info.requested_at, "event": f"export {info.export_id} requested"})
+                if info.decided_at:
+                    tl.append({"time": info.decided_at, "event": f"export {info.export_id} approved"})
+                if info.fetched_at:
+                    tl.append({"time": info.fetched_at,
+                               "event": f"export {info.export_id} fetched for {info.recipient}"})
+            elif f.kind == "principal":
+                lo, hi = self.read_times.get(f.source_id, (0.0, 0.0))
+                tl.append({"time": lo, "event": f"principal {f.source_id}: first read"})
+                tl.append({"time": hi, "event": f"principal {f.source_id}: last read"})
+        tl.append({"time": res.detected_at, "event": "leak detected (case opened)"})
+        tl.append({"time": res.detected_at + 72 * 3600, "event": "72-hour notification deadline"})
+        return sorted(tl, key=lambda e: e["time"])
+
+
+def check(vault: Vault, paths: Sequence[str | Path], *, ctx: AccessContext,
+          max_line_mib: int = DEFAULT_MAX_LINE_MIB, pair_cache_limit: int | None = None,
+          progress: Callable[[int], None] | None = None, save: bool = True) -> CheckResult:
+    """Check the dump files ``paths`` against the vault; save and return the case."""
+    checker = Checker(vault, ctx=ctx, max_line_mib=max_line_mib, pair_cache_limit=pair_cache_limit)
+    return checker.check(paths, progress=progress, save=save)
+
+
+def _no_pi_message(st: _TableState) -> str:
+    found = [c.kind for c in st.columns or () if c.kind]
+    if not found:
+        return "no PI columns found: no column holds ID numbers, mobiles, names or addresses"
+    return ("PI found (" + ", ".join(sorted(set(found))) + ") but no key to match residents by: "
+            "an ID number, a mobile, or a name with a birth date is needed")
+
+
+def _detect(st: _TableState, rows: list[list[str | None]]) -> None:
+    st.columns = detect_columns(st.table.header, rows[:_SAMPLE])
+    st.cols = {c.kind: c.index for c in st.columns if c.kind and c.primary}
+    has_birth = "id_number" in st.cols or "birth_date" in st.cols
+    st.usable = ("id_number" in st.cols or "mobile" in st.cols
+                 or ("name" in st.cols and has_birth))
+
+
+def _tally(res: CheckResult, st: _TableState, rows: list[list[str | None]], m: MatchResult,
+           matched: set[str], canary_strong: dict[str, set[int]],
+           canary_single: dict[str, set[int]]) -> None:
+    res.expected_false += m.expected_false
+    field_cols = [(c.kind, c.index) for c in st.columns or () if c.kind]
+    for row, row_keys, rm in zip(rows, m.keys, m.rows, strict=True):
+        n = row_keys.count()
+        if n:
+            res.rows_with_keys += 1
+            if n == 1:
+                res.rows_single_key += 1
+        if rm.export_canary is not None:
+            eid, num = rm.export_canary
+            if rm.canary_keys >= 2:
+                canary_strong.setdefault(eid, set()).add(num)
+            elif rm.canary_by_id:
+                canary_single.setdefault(eid, set()).add(num)
+            continue
+        rid = rm.record_id
+        if rid is None:
+            continue
+        res.rows_matched += 1
+        st.rows_matched += 1
+        assert rm.pair is not None
+        by = "+".join(rm.pair)
+        res.matched_by[by] = res.matched_by.get(by, 0) + 1
+        if rid in matched:
+            continue
+        matched.add(rid)
+        region = _province(row_keys.id_number[:6]) if row_keys.id_number else "unknown"
+        res.residents_by_region[region] = res.residents_by_region.get(region, 0) + 1
+        # fields of this resident the dump exposes (non-empty cells of PI columns)
+        for kind, idx in field_cols:
+            cell = row[idx] if idx < len(row) else None
+            if cell is not None and cell.strip():
+                res.residents_by_field[kind] = res.residents_by_field.get(kind, 0) + 1
+
+
+# ---------------------------------------------------------------- cases
+
+
+def _aad(case_id: str) -> str:
+    return f"case:{case_id}"
+
+
+def _save_case(vault: Vault, res: CheckResult, matched: Iterable[str], ctx: AccessContext) -> None:
+    ids = sorted(matched)
+    db = vault.db
+    rows = [(res.case_id, i // _CASE_CHUNK,
+             vault.keyring.encrypt(_aad(res.case_id), f"affected.{i // _CASE_CHUNK}",
+                                   "\n".join(ids[i:i + _CASE_CHUNK]).encode("ascii")))
+            for i in range(0, len(ids), _CASE_CHUNK)]
+    with db.transaction():
+        db.execute("INSERT INTO leak_cases (case_id, detected_at, created_by, summary) VALUES (?, ?, ?, ?)",
+                   (res.case_id, res.detected_at, ctx.principal,
+                    json.dumps(res.to_dict(), ensure_ascii=False, default=str)))
+        db.executemany(db.sql("INSERT INTO leak_case_members (case_id, chunk, data) VALUES (?, ?, ?)"), rows)
+
+
+def load_case(vault: Vault, case_id: str) -> dict[str, Any]:
+    """A case's summary (no PI)."""
+    row = vault.db.query_one("SELECT summary FROM leak_cases WHERE case_id = ?", (case_id,))
+    if row is None:
+        raise NotFoundError("no leak case with this id", code="leak.case_not_found")
+    out: dict[str, Any] = json.loads(row[0])
+    return out
+
+
+def affected(vault: Vault, case_id: str, *, ctx: AccessContext) -> list[str]:
+    """The record ids of the residents a case affects, for notification; audited.
+
+    Only a role in :data:`NOTIFY_ROLES` gets them; everyone else sees counts.
+    """
+    if ctx.role not in NOTIFY_ROLES:
+        vault.guard.audit(ctx, "leak.affected", (), "denied")
+        raise PivaultError("only a role allowed to notify residents (" + ", ".join(sorted(NOTIFY_ROLES))
+                           + ") sees who a case affects", code="leak.not_notifier")
+    load_case(vault, case_id)
+    ids: list[str] = []
+    for chunk, data in vault.db.query("SELECT chunk, data FROM leak_case_members WHERE case_id = ?"
+                                      " ORDER BY chunk", (case_id,)):
+        ids.extend(vault.keyring.decrypt(_aad(case_id), f"affected.{int(chunk)}", bytes(data))
+                   .decode("ascii").split("\n"))
+    ids = [i for i in ids if i]
+    vault.guard.audit(ctx, "leak.affected", ids, "ok")
+    return ids

@@ -1,0 +1,729 @@
+"""Approved, traceable exports: the only way PI leaves the vault in bulk.
+
+An export is requested by one principal (selection, recipient, purpose,
+fields), approved by a second principal holding an approver role (two-person
+rule: nobody approves their own request), and only then fetched. Fetching is a
+door operation: authorise → budget → audit (with every record id) → decrypt →
+mask (with ``reveal``: the policy decides which fields may leave in full) →
+write CSV, JSONL or Parquet.
+
+Every file carries canary residents unique to that export: fictitious people,
+made to blend into the selection (same regions and birth years as the real
+rows), mixed in at random positions, at a rate such that any sample of 200
+rows of the file holds at least one canary with probability >= 1 - 10^-6
+(:func:`canaries_needed`; the calculation is in docs/leak.md). The canaries and
+the export's record ids are stored encrypted under the vault's keyring; when
+a dump surfaces, :mod:`pivault.leak.check` finds the canaries by exact value
+and measures how well the dump fits inside each export's record set.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as _dt
+import json
+import math
+import re
+import secrets
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pivault.errors import NotFoundError, PivaultError, ValidationError
+from pivault.model import address as _address
+from pivault.model import divisions, is_record_id
+from pivault.model import resident_id as _rid
+from pivault.policy.context import AccessContext
+from pivault.store.db import Database
+from pivault.store.migrations import Migration, register
+
+if TYPE_CHECKING:
+    from pivault.vault import Vault
+
+__all__ = [
+    "APPROVER_ROLES",
+    "EXPORT_FIELDS",
+    "ExportError",
+    "ExportInfo",
+    "ExportRegistry",
+    "Selection",
+    "approve",
+    "canaries_needed",
+    "fetch",
+    "get_export",
+    "list_exports",
+    "load_registry",
+    "miss_probability",
+    "refuse",
+    "request",
+]
+
+#: roles that may approve another principal's export request
+APPROVER_ROLES: frozenset[str] = frozenset({"approver", "dpo"})
+#: what an export may carry: the PI fields and what derives from the ID number
+EXPORT_FIELDS: tuple[str, ...] = ("name", "id_number", "mobile", "address", "notes",
+                                  "gender", "birth_date", "region_code")
+#: fields through which a leaked row can be traced back to a canary
+TRACE_FIELDS: frozenset[str] = frozenset({"id_number", "mobile", "address"})
+#: any leaked sample of at least this many rows holds a canary ...
+SAMPLE_ROWS = 200
+#: ... except with at most this probability
+MISS_PROBABILITY = 1e-6
+#: canaries in even the smallest export: several, so one can be lost in a sample
+MIN_CANARIES = 3
+FORMATS = ("csv", "jsonl", "parquet")
+_CHUNK = 5000
+_EXPORT_ID = re.compile(r"x_[0-9a-f]{16}")
+
+
+class ExportError(PivaultError):
+    code = "export.error"
+
+
+# ---------------------------------------------------------------- schema
+
+_SQLITE = """
+CREATE TABLE exports (
+    export_id TEXT NOT NULL PRIMARY KEY,
+    status TEXT NOT NULL,
+    requested_at DOUBLE PRECISION NOT NULL,
+    requester TEXT NOT NULL,
+    requester_role TEXT NOT NULL,
+    recipient TEXT NOT NULL,
+    purpose TEXT NOT NULL,
+    fields TEXT NOT NULL,
+    selection BLOB NOT NULL,
+    approver TEXT,
+    decided_at DOUBLE PRECISION,
+    fetched_by TEXT,
+    fetched_at DOUBLE PRECISION,
+    format TEXT,
+    rows INTEGER,
+    canaries INTEGER);
+CREATE TABLE export_members (
+    export_id TEXT NOT NULL,
+    chunk INTEGER NOT NULL,
+    kind TEXT NOT NULL,
+    data BLOB NOT NULL,
+    PRIMARY KEY (export_id, kind, chunk))
+"""
+register(Migration("exports", 1, "export requests, approvals, encrypted members and canaries",
+                   _SQLITE, _SQLITE.replace("BLOB", "BYTEA")))
+
+# leak cases: a summary without PI, and the affected record ids encrypted
+_CASES = """
+CREATE TABLE leak_cases (
+    case_id TEXT NOT NULL PRIMARY KEY,
+    detected_at DOUBLE PRECISION NOT NULL,
+    created_by TEXT NOT NULL,
+    summary TEXT NOT NULL);
+CREATE TABLE leak_case_members (
+    case_id TEXT NOT NULL,
+    chunk INTEGER NOT NULL,
+    data BLOB NOT NULL,
+    PRIMARY KEY (case_id, chunk))
+"""
+register(Migration("exports", 2, "leak cases and their affected residents (encrypted)",
+                   _CASES, _CASES.replace("BLOB", "BYTEA")))
+
+
+# ---------------------------------------------------------------- the canary rate
+
+
+def miss_probability(real_rows: int, canaries: int, sample: int = SAMPLE_ROWS) -> float:
+    """P(a uniform sample of ``sample`` rows of the file holds no canary).
+
+    Hypergeometric: the file has ``real_rows + canaries`` rows; the sample is
+    drawn without replacement, so P0 = prod_{i<s} (m - i) / (m + k - i).
+    A file smaller than the sample is all sample: P0 = 0 when it has a canary.
+    """
+    if canaries <= 0:
+        return 1.0
+    if real_rows < sample:
+        return 0.0
+    log_p = 0.0
+    for i in range(sample):
+        log_p += math.log((real_rows - i) / (real_rows + canaries - i))
+    return math.exp(log_p)
+
+
+def canaries_needed(real_rows: int, *, sample: int = SAMPLE_ROWS, miss: float = MISS_PROBABILITY,
+                    minimum: int = MIN_CANARIES) -> int:
+    """The fewest canaries that keep :func:`miss_probability` at or below ``miss``.
+
+    For large exports this tends to ``(1 - miss**(1/sample)) / miss**(1/sample)``
+    canaries per real row (~7.15 % of the real rows, 6.67 % of the file);
+    sampling without replacement makes smaller exports need slightly fewer.
+    """
+    lo, hi = minimum, max(minimum, real_rows)
+    if miss_probability(real_rows, lo, sample) <= miss:
+        return lo
+    while miss_probability(real_rows, hi, sample) > miss:
+        hi *= 2
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if miss_probability(real_rows, mid, sample) <= miss:
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo
+
+
+# ---------------------------------------------------------------- selections
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Which records an export holds: regions, a birth-date range, or record ids.
+
+    ``regions`` are division-code prefixes (``31`` Shanghai, ``310115`` one
+    district); criteria combine with AND. An empty selection is refused.
+    """
+
+    regions: tuple[str, ...] = ()
+    born_from: _dt.date | None = None
+    born_to: _dt.date | None = None
+    record_ids: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        for r in self.regions:
+            if not re.fullmatch(r"[0-9]{2}(?:[0-9]{2}){0,2}", r):
+                raise ValidationError("export.selection", "a region is a 2, 4 or 6 digit division code")
+        for rid in self.record_ids:
+            if not is_record_id(rid):
+                raise ValidationError("export.selection", "the selection holds a malformed record id")
+        if self.born_from and self.born_to and self.born_from > self.born_to:
+            raise ValidationError("export.selection", "the birth-date range is empty")
+
+    @property
+    def empty(self) -> bool:
+        return not (self.regions or self.born_from or self.born_to or self.record_ids)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"regions": list(self.regions),
+                "born_from": self.born_from.isoformat() if self.born_from else None,
+                "born_to": self.born_to.isoformat() if self.born_to else None,
+                "record_ids": list(self.record_ids)}
+
+    @classmethod
+    def from_json(cls, obj: dict[str, Any]) -> Selection:
+        return cls(tuple(obj.get("regions") or ()),
+                   _dt.date.fromisoformat(obj["born_from"]) if obj.get("born_from") else None,
+                   _dt.date.fromisoformat(obj["born_to"]) if obj.get("born_to") else None,
+                   tuple(obj.get("record_ids") or ()))
+
+    @classmethod
+    def parse(cls, terms: Iterable[str]) -> Selection:
+        """From command-line terms: ``region=31,3201``, ``born=1980-01-01..1989-12-31``,
+        ``ids=r_…,r_…`` or ``ids=@FILE`` (one record id a line)."""
+        regions: list[str] = []
+        ids: list[str] = []
+        born_from = born_to = None
+        for term in terms:
+            key, sep, value = term.partition("=")
+            key = key.strip().lower()
+            if not sep:
+                raise ValidationError("export.selection", "a selection term is KEY=VALUE")
+            if key in ("region", "regions"):
+                regions.extend(v.strip() for v in value.split(",") if v.strip())
+            elif key in ("born", "birth", "birth_date"):
+                lo, _, hi = value.partition("..")
+                try:
+                    born_from = _dt.date.fromisoformat(lo) if lo else None
+                    born_to = _dt.date.fromisoformat(hi) if hi else None
+                except ValueError:
+                    raise ValidationError("export.selection",
+                                          "a birth-date range is YYYY-MM-DD..YYYY-MM-DD") from None
+            elif key in ("ids", "record_ids"):
+                if value.startswith("@"):
+                    text = Path(value[1:]).read_text(encoding="utf-8")
+                    ids.extend(x.strip() for x in text.split() if x.strip())
+                else:
+                    ids.extend(v.strip() for v in value.split(",") if v.strip())
+            else:
+                raise ValidationError("export.selection", "selection keys are region, born and ids")
+        return cls(tuple(regions), born_from, born_to, tuple(ids))
+
+    def admits(self, id_number: str) -> bool:
+        if self.regions and not any(id_number.startswith(r) for r in self.regions):
+            return False
+        if self.born_from or self.born_to:
+            born = _rid.facts(id_number).birth_date
+            if self.born_from and born < self.born_from:
+                return False
+            if self.born_to and born > self.born_to:
+                return False
+        return True
+
+
+# ---------------------------------------------------------------- records of an export
+
+
+@dataclass
+class ExportInfo:
+    """An export's row: who asked, who approved, what went where (no PI)."""
+
+    export_id: str
+    status: str
+    requested_at: float
+    requester: str
+    requester_role: str
+    recipient: str
+    purpose: str
+    fields: tuple[str, ...]
+    approver: str | None = None
+    decided_at: float | None = None
+    fetched_by: str | None = None
+    fetched_at: float | None = None
+    format: str | None = None
+    rows: int | None = None
+    canaries: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.__dict__.items()}
+
+
+_COLS = ("export_id, status, requested_at, requester, requester_role, recipient, purpose, fields,"
+         " approver, decided_at, fetched_by, fetched_at, format, rows, canaries")
+
+
+def _info(row: Sequence[Any]) -> ExportInfo:
+    return ExportInfo(row[0], row[1], float(row[2]), row[3], row[4], row[5], row[6],
+                      tuple(json.loads(row[7])), row[8],
+                      None if row[9] is None else float(row[9]), row[10],
+                      None if row[11] is None else float(row[11]), row[12],
+                      None if row[13] is None else int(row[13]),
+                      None if row[14] is None else int(row[14]))
+
+
+def get_export(db: Database, export_id: str) -> ExportInfo:
+    row = db.query_one(f"SELECT {_COLS} FROM exports WHERE export_id = ?", (export_id,))
+    if row is None:
+        raise NotFoundError("no export with this id", code="export.not_found")
+    return _info(row)
+
+
+def list_exports(db: Database) -> list[ExportInfo]:
+    if not db.table_exists("exports"):
+        return []
+    return [_info(r) for r in db.query(f"SELECT {_COLS} FROM exports ORDER BY requested_at, export_id")]
+
+
+def _aad_id(export_id: str) -> str:
+    return f"export:{export_id}"
+
+
+def _put_blobs(vault: Vault, export_id: str, kind: str, payloads: Iterable[bytes]) -> None:
+    rows = [(export_id, i, kind, vault.keyring.encrypt(_aad_id(export_id), f"{kind}.{i}", p))
+            for i, p in enumerate(payloads)]
+    vault.db.executemany(vault.db.sql(
+        "INSERT INTO export_members (export_id, chunk, kind, data) VALUES (?, ?, ?, ?)"), rows)
+
+
+def _get_blobs(db: Database, keyring: Any, export_id: str, kind: str) -> Iterator[bytes]:
+    for chunk, data in db.query("SELECT chunk, data FROM export_members WHERE export_id = ? AND kind = ?"
+                                " ORDER BY chunk", (export_id, kind)):
+        yield keyring.decrypt(_aad_id(export_id), f"{kind}.{int(chunk)}", bytes(data))
+
+
+def _audit(vault: Vault, ctx: AccessContext, operation: str, ids: Sequence[str], outcome: str) -> None:
+    vault.guard.audit(ctx, operation, ids, outcome)
+
+
+def _authorise(vault: Vault, ctx: AccessContext, fields: Sequence[str]) -> None:
+    """The door's first step for an export: the guard decides; a refusal is audited."""
+    from pivault.vault.guard import AccessDenied
+
+    try:
+        vault.guard.authorise(ctx, "export", fields)
+    except AccessDenied:
+        _audit(vault, ctx, "export", (), "denied")
+        raise
+
+
+def _budget(vault: Vault, ctx: AccessContext, n: int) -> None:
+    from pivault.vault.guard import AccessDenied
+
+    try:
+        vault.guard.budget(ctx, "export", n)
+    except AccessDenied:
+        _audit(vault, ctx, "export", (), "denied")
+        raise
+
+
+# ---------------------------------------------------------------- request / approve
+
+
+def request(vault: Vault, selection: Selection, *, recipient: str, purpose: str,
+            fields: Sequence[str], ctx: AccessContext) -> ExportInfo:
+    """Record an export request; nothing leaves until another principal approves it."""
+    flds = tuple(dict.fromkeys(f.strip() for f in fields if f.strip()))
+    bad = [f for f in flds if f not in EXPORT_FIELDS]
+    if bad or not flds:
+        raise ValidationError("export.fields", "export fields are: " + ", ".join(EXPORT_FIELDS))
+    if not (TRACE_FIELDS & set(flds) or {"name", "birth_date"} <= set(flds)):
+        raise ValidationError(
+            "export.untraceable",
+            "an export must carry a field its canaries can be traced by: id_number, mobile, "
+            "address, or name with birth_date")
+    if selection.empty:
+        raise ValidationError("export.selection", "an export needs a selection (region, born or ids)")
+    if not recipient.strip() or not purpose.strip():
+        raise ValidationError("export.request", "an export names its recipient and its purpose")
+    pi = [f for f in flds if f in ("name", "id_number", "mobile", "address", "notes")] or ["id_number"]
+    _authorise(vault, ctx, pi)
+    export_id = "x_" + secrets.token_hex(8)
+    sel = vault.keyring.encrypt(_aad_id(export_id), "selection",
+                                json.dumps(selection.to_json()).encode("utf-8"))
+    now = time.time()
+    with vault.db.transaction():
+        _audit(vault, ctx, "export.request", (), "ok")
+        vault.db.execute(
+            "INSERT INTO exports (export_id, status, requested_at, requester, requester_role, recipient,"
+            " purpose, fields, selection) VALUES (?, 'requested', ?, ?, ?, ?, ?, ?, ?)",
+            (export_id, now, ctx.principal, ctx.role, recipient.strip(), purpose.strip(),
+             json.dumps(list(flds)), sel))
+    return get_export(vault.db, export_id)
+
+
+def _decide(vault: Vault, export_id: str, ctx: AccessContext, status: str) -> ExportInfo:
+    info = get_export(vault.db, export_id)
+    op = "export.approve" if status == "approved" else "export.refuse"
+    if ctx.role not in APPROVER_ROLES:
+        _audit(vault, ctx, op, (), "denied")
+        raise ExportError(f"only a principal with an approver role ({', '.join(sorted(APPROVER_ROLES))})"
+                          " may decide on an export", code="export.not_approver")
+    if ctx.principal == info.requester:
+        _audit(vault, ctx, op, (), "denied")
+        raise ExportError("the requester cannot decide on their own export (two-person rule)",
+                          code="export.two_person")
+    if info.status != "requested":
+        raise ExportError(f"the export is {info.status}, not awaiting a decision", code="export.state")
+    with vault.db.transaction():
+        _audit(vault, ctx, op, (), "ok")
+        cur = vault.db.execute("UPDATE exports SET status = ?, approver = ?, decided_at = ?"
+                               " WHERE export_id = ? AND status = 'requested'",
+                               (status, ctx.principal, time.time(), export_id))
+        if cur.rowcount != 1:
+            raise ExportError("the export was decided concurrently", code="export.state")
+    return get_export(vault.db, export_id)
+
+
+def approve(vault: Vault, export_id: str, *, ctx: AccessContext) -> ExportInfo:
+    """Approve another principal's request (two-person rule)."""
+    return _decide(vault, export_id, ctx, "approved")
+
+
+def refuse(vault: Vault, export_id: str, *, ctx: AccessContext) -> ExportInfo:
+    return _decide(vault, export_id, ctx, "refused")
+
+
+# ---------------------------------------------------------------- canaries
+
+_CANARY_SURNAMES = ("王李张刘陈杨黄赵吴周徐孙马朱胡郭何高林罗郑梁谢宋唐许"
+                    "韩冯邓曹彭曾肖田董袁潘于蒋蔡余杜叶程苏魏吕丁任沈姚卢")
+_CANARY_GIVEN = ("伟芳娜秀英敏静丽强磊军洋勇艳杰娟涛明超兰霞平刚桂华"
+                 "玉萍红鹏飞宇浩然思雨欣怡子轩梓涵佳琪志文建国海燕晓东"
+                 "俊杰婷慧颖博宁丹辉鑫亮")
+_CANARY_PREFIXES = ("134", "135", "136", "137", "138", "139", "150", "151", "152", "157", "158", "159",
+                    "182", "183", "187", "188", "130", "131", "132", "155", "156", "185", "186", "133",
+                    "153", "177", "180", "181", "189", "199", "198", "166")
+_CANARY_STREETS = ("建设路", "人民路", "解放路", "中山路", "和平街", "新华路", "胜利路", "文化路", "光明街",
+                   "团结路", "幸福路", "朝阳路", "青年路", "长江路", "黄河路", "复兴路")
+_CANARY_NOTES = ("", "", "户籍信息核对无误", "联系方式已更新", "已办理居住登记", "信息由本人申报")
+
+
+def _canary(rng: secrets.SystemRandom, model: dict[str, str | None]) -> dict[str, str]:
+    """A fictitious resident shaped like ``model`` (a real row of the export): same region
+    and birth year, fresh everything else, so no filter on the selection strips it."""
+    idn = model.get("id_number") or ""
+    region = idn[:6] if len(idn) == 18 else rng.choice(divisions.current_county_codes())
+    year = int(idn[6:10]) if len(idn) == 18 else rng.randrange(1950, 2005)
+    born = _dt.date(year, 1, 1) + _dt.timedelta(days=rng.randrange(365))
+    today = _dt.date.today()
+    born = min(born, today - _dt.timedelta(days=1))
+    number = _rid.make(region, born, rng.randrange(1, 1000))
+    given = "".join(rng.choice(_CANARY_GIVEN) for _ in range(rng.choice((1, 2, 2))))
+    name = rng.choice(_CANARY_SURNAMES) + given
+    mobile = rng.choice(_CANARY_PREFIXES) + f"{rng.randrange(10**8):08d}"
+    addr_model = model.get("address") or ""
+    prefix = ""
+    if addr_model:
+        try:
+            p = _address.parse_prefix(_address.normalise(addr_model))
+            prefix = addr_model[:p.end]
+        except ValueError:
+            prefix = ""
+    if not prefix:
+        prefix = (divisions.province_of(region) or "") + (divisions.name_of(region) or "")
+    address = (f"{prefix}{rng.choice(_CANARY_STREETS)}{rng.randrange(1, 1000)}号"
+               f"{rng.randrange(1, 30)}0{rng.randrange(1, 9)}室")
+    return {"name": name, "id_number": number, "mobile": mobile, "address": address,
+            "notes": rng.choice(_CANARY_NOTES)}
+
+
+def _clamp_born(c: dict[str, str], sel: Selection) -> dict[str, str]:
+    born = _rid.facts(c["id_number"]).birth_date
+    lo, hi = sel.born_from, sel.born_to
+    if (lo and born < lo) or (hi and born > hi):
+        new = min(max(born, lo or born), hi or born)
+        c = dict(c, id_number=_rid.make(c["id_number"][:6], new, int(c["id_number"][14:17])))
+    return c
+
+
+# ---------------------------------------------------------------- fetch
+
+
+def _select(vault: Vault, sel: Selection) -> list[str]:
+    """Record ids the selection admits; region and birth date come from each ID number."""
+    from pivault.vault.facade import decrypt_fields
+
+    if sel.record_ids:
+        found = {s.record_id: s for s in vault.store.get_many(list(sel.record_ids))}
+        out = []
+        for rid in dict.fromkeys(sel.record_ids):
+            s = found.get(rid)
+            if s is None:
+                continue
+            narrowed = bool(sel.regions or sel.born_from or sel.born_to)
+            if narrowed and not sel.admits(decrypt_fields(vault.keyring, s, ("id_number",))["id_number"]):
+                continue
+            out.append(rid)
+        return out
+    out = []
+    for stored in vault.store.iter_all(batch_size=2000):
+        if sel.admits(decrypt_fields(vault.keyring, stored, ("id_number",))["id_number"]):
+            out.append(stored.record_id)
+    return out
+
+
+class _Writer:
+    def __init__(self, path: Path, fmt: str, fields: Sequence[str]) -> None:
+        self.fmt = fmt
+        self.fields = list(fields)
+        self.path = path
+        self._pq: Any = None
+        self._buf: list[dict[str, str | None]] = []
+        if fmt == "parquet":
+            self._fh = None
+        else:
+            self._fh = open(path, "w", encoding="utf-8", newline="")  # noqa: SIM115
+            if fmt == "csv":
+                self._csv = csv.writer(self._fh, lineterminator="\n")
+                self._csv.writerow(self.fields)
+
+    def write(self, row: dict[str, str | None]) -> None:
+        if self.fmt == "csv":
+            self._csv.writerow([row.get(f) or "" for f in self.fields])
+        elif self.fmt == "jsonl":
+            assert self._fh is not None
+            self._fh.write(json.dumps({f: row.get(f) for f in self.fields}, ensure_ascii=False) + "\n")
+        else:
+            self._buf.append(row)
+            if len(self._buf) >= 10000:
+                self._flush()
+
+    def _flush(self) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        if not self._buf:
+            return
+        table = pa.table({f: pa.array([r.get(f) for r in self._buf], type=pa.string())
+                          for f in self.fields})
+        if self._pq is None:
+            self._pq = pq.ParquetWriter(self.path, table.schema)
+        self._pq.write_table(table)
+        self._buf = []
+
+    def close(self) -> None:
+        if self.fmt == "parquet":
+            self._flush()
+            if self._pq is None:
+                import pyarrow as pa
+                import pyarrow.parquet as pq
+
+                pq.write_table(pa.table({f: pa.array([], type=pa.string()) for f in self.fields}),
+                               self.path)
+            else:
+                self._pq.close()
+        elif self._fh is not None:
+            self._fh.close()
+
+
+def _derived(r: dict[str, str | None]) -> dict[str, str | None]:
+    idn = r.get("id_number")
+    if idn and len(idn) == 18:
+        f = _rid.facts(idn)
+        r = dict(r, gender=f.gender, birth_date=f.birth_date.isoformat(), region_code=f.region_code)
+    return r
+
+
+def fetch(vault: Vault, export_id: str, out: str | Path, *, ctx: AccessContext,
+          fmt: str | None = None) -> ExportInfo:
+    """Write an approved export to ``out`` (CSV, JSONL or Parquet by ``fmt`` or extension).
+
+    Once only: a second fetch is refused (ask for a new export). The audit
+    entry holding every record id is written before the first row.
+    """
+    from pivault.vault.facade import open_record
+
+    out = Path(out)
+    fmt = (fmt or out.suffix.lstrip(".") or "csv").lower()
+    if fmt not in FORMATS:
+        raise ValidationError("export.format", "an export is written as csv, jsonl or parquet")
+    info = get_export(vault.db, export_id)
+    if info.status != "approved":
+        _audit(vault, ctx, "export", (), "denied")
+        raise ExportError(f"the export is {info.status}; only an approved export can be fetched once",
+                          code="export.state")
+    if ctx.principal != info.requester:
+        _audit(vault, ctx, "export", (), "denied")
+        raise ExportError("only the requester fetches an approved export", code="export.fetcher")
+    row = vault.db.query_one("SELECT selection FROM exports WHERE export_id = ?", (export_id,))
+    assert row is not None
+    sel = Selection.from_json(json.loads(vault.keyring.decrypt(_aad_id(export_id), "selection",
+                                                               bytes(row[0]))))
+    pi = [f for f in info.fields if f in ("name", "id_number", "mobile", "address", "notes")]
+    _authorise(vault, ctx, pi or ["id_number"])
+    ids = _select(vault, sel)
+    if not ids:
+        raise ExportError("the selection holds no records", code="export.empty")
+    _budget(vault, ctx, len(ids))
+    rng = secrets.SystemRandom()
+    k = canaries_needed(len(ids))
+    total = len(ids) + k
+    positions = set(rng.sample(range(total), k))
+    known = load_registry(vault).canary_values()
+    reveal = replace(ctx, reveal=True)
+    with vault.db.transaction():
+        cur = vault.db.execute("UPDATE exports SET status = 'fetching' WHERE export_id = ?"
+                               " AND status = 'approved'", (export_id,))
+        if cur.rowcount != 1:
+            raise ExportError("the export is being fetched already", code="export.state")
+        _audit(vault, ctx, "export", ids, "ok")
+    writer = _Writer(out, fmt, info.fields)
+    canaries: list[dict[str, str]] = []
+    try:
+        pos = 0
+        samples: list[dict[str, str | None]] = []
+        for start in range(0, len(ids), _CHUNK):
+            chunk = vault.store.get_many(ids[start:start + _CHUNK])
+            for stored in chunk:
+                full = _derived(open_record(vault.keyring, stored).to_dict())
+                if len(samples) < 1000:
+                    samples.append(full)
+                elif rng.random() < 0.01:
+                    samples[rng.randrange(1000)] = full
+                while pos in positions:
+                    c = _make_canary(vault, rng, samples, sel, known)
+                    canaries.append(c)
+                    writer.write(_present(vault, reveal, _derived(dict(c)), info.fields))
+                    pos += 1
+                writer.write(_present(vault, reveal, full, info.fields))
+                pos += 1
+        while pos < total:
+            c = _make_canary(vault, rng, samples, sel, known)
+            canaries.append(c)
+            writer.write(_present(vault, reveal, _derived(dict(c)), info.fields))
+            pos += 1
+    except BaseException:
+        writer.close()
+        out.unlink(missing_ok=True)
+        vault.db.execute("UPDATE exports SET status = 'approved' WHERE export_id = ?", (export_id,))
+        raise
+    writer.close()
+    with vault.db.transaction():
+        _put_blobs(vault, export_id, "members",
+                   ("\n".join(ids[i:i + 10000]).encode("ascii") for i in range(0, len(ids), 10000)))
+        _put_blobs(vault, export_id, "canaries",
+                   (json.dumps(canaries[i:i + 2000], ensure_ascii=False).encode("utf-8")
+                    for i in range(0, len(canaries), 2000)))
+        vault.db.execute(
+            "UPDATE exports SET status = 'fetched', fetched_by = ?, fetched_at = ?, format = ?, rows = ?,"
+            " canaries = ? WHERE export_id = ?",
+            (ctx.principal, time.time(), fmt, len(ids), len(canaries), export_id))
+    return get_export(vault.db, export_id)
+
+
+def _present(vault: Vault, ctx: AccessContext, r: dict[str, str | None],
+             fields: Sequence[str]) -> dict[str, str | None]:
+    return {f: vault.guard.mask(ctx, f, r.get(f)) for f in fields}
+
+
+def _make_canary(vault: Vault, rng: secrets.SystemRandom, samples: list[dict[str, str | None]],
+                 sel: Selection, known: dict[str, set[str]]) -> dict[str, str]:
+    """A canary no vault record and no earlier canary shares an ID number, mobile or name+birth with."""
+    for _ in range(100):
+        model = rng.choice(samples) if samples else {}
+        c = _clamp_born(_canary(rng, model), sel)
+        nb = f"{c['name']}|{_rid.facts(c['id_number']).birth_date.isoformat()}"
+        if (c["id_number"] in known["id_number"] or c["mobile"] in known["mobile"]
+                or nb in known["name_birth"]):
+            continue
+        kr = vault.keyring
+        if vault.ids_by_id_number({c["id_number"]: kr.blind_index("id_number", c["id_number"])}):
+            continue
+        known["id_number"].add(c["id_number"])
+        known["mobile"].add(c["mobile"])
+        known["name_birth"].add(nb)
+        known["address"].add(c["address"])
+        return c
+    raise ExportError("could not make a unique canary", code="export.canary")
+
+
+# ---------------------------------------------------------------- what the leak check reads
+
+
+@dataclass
+class ExportRegistry:
+    """Every fetched export: its record ids (as 64-bit digests) and its canaries by exact value.
+
+    Decrypted in memory for one leak check; the canaries are fictitious, the
+    record ids opaque.
+    """
+
+    exports: dict[str, ExportInfo] = field(default_factory=dict)
+    members: dict[str, set[int]] = field(default_factory=dict)
+    #: key kind -> normalised value -> (export id, canary number)
+    canaries: dict[str, dict[str, tuple[str, int]]] = field(default_factory=dict)
+    canary_counts: dict[str, int] = field(default_factory=dict)
+
+    def canary_values(self) -> dict[str, set[str]]:
+        return {k: set(self.canaries.get(k, {})) for k in ("id_number", "mobile", "name_birth", "address")}
+
+
+def rid_digest(record_id: str) -> int:
+    """A 64-bit digest of a record id: sets of these stand for sets of ids in memory."""
+    import hashlib
+
+    return int.from_bytes(hashlib.blake2b(record_id.encode("ascii"), digest_size=8).digest(), "big")
+
+
+def load_registry(vault: Vault) -> ExportRegistry:
+    reg = ExportRegistry(canaries={"id_number": {}, "mobile": {}, "name_birth": {}, "address": {}})
+    db = vault.db
+    if not db.table_exists("exports"):
+        return reg
+    for info in list_exports(db):
+        if info.status != "fetched":
+            continue
+        reg.exports[info.export_id] = info
+        members: set[int] = set()
+        for blob in _get_blobs(db, vault.keyring, info.export_id, "members"):
+            members.update(rid_digest(r) for r in blob.decode("ascii").split("\n") if r)
+        reg.members[info.export_id] = members
+        n = 0
+        for blob in _get_blobs(db, vault.keyring, info.export_id, "canaries"):
+            for c in json.loads(blob.decode("utf-8")):
+                born = _rid.facts(c["id_number"]).birth_date.isoformat()
+                entry = (info.export_id, n)
+                reg.canaries["id_number"][c["id_number"]] = entry
+                reg.canaries["mobile"][c["mobile"]] = entry
+                reg.canaries["name_birth"][f"{c['name']}|{born}"] = entry
+                reg.canaries["address"][c["address"]] = entry
+                n += 1
+        reg.canary_counts[info.export_id] = n
+    return reg

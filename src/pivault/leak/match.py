@@ -1,0 +1,259 @@
+"""Match dump rows against the vault through the blind indexes, decrypting nothing.
+
+The vault's blind indexes are truncated on purpose: each index value is shared
+by several residents (``2 <= C <= sqrt(R)``), so one index value says nothing
+about who a row is. Two independent indexes that point at the *same* record
+do: for a row that is not that resident, the chance that some record agrees
+on both is about ``R / 2**(La + Lb)`` (``C**2 / R``: 0.4 % at 10^6 residents,
+0.006 % at 10^9). A row is therefore *confirmed* as a resident when two of its
+keys — ID number, mobile, name + birth date — land on one record; the
+expected number of chance confirmations is summed and reported beside the
+count. A row with a single key cannot be confirmed without decrypting and is
+counted apart.
+
+For speed the pairs are held in memory: one pass over the blind-index table
+builds ``(value_a, value_b) -> record id`` for each pair of indexes, and each
+dump row then costs two or three keyed hashes and dictionary lookups. Above
+``pair_cache_limit`` records the matcher asks the store instead, batch by
+batch (:meth:`RecordStore.candidate_ids`), in memory that does not grow
+with the vault.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from pivault.leak.columns import fast_id_number, fast_mobile, fast_name, parse_birth_date
+from pivault.leak.exports import ExportRegistry
+from pivault.store.db import Database
+
+__all__ = ["KEY_PAIRS", "Keys", "MatchResult", "Matcher", "PairIndex", "RowMatch"]
+
+#: the index pairs that confirm a resident, most specific first
+KEY_PAIRS: tuple[tuple[str, str], ...] = (("id_number", "name_birth"), ("id_number", "mobile"),
+                                          ("mobile", "name_birth"))
+DEFAULT_PAIR_CACHE_LIMIT = 3_000_000
+
+
+@dataclass(slots=True)
+class Keys:
+    """The normalised keys one dump row gives (``None`` where it gives none)."""
+
+    id_number: str | None = None
+    mobile: str | None = None
+    name: str | None = None
+    birth: str | None = None
+    address: str | None = None
+
+    @property
+    def name_birth(self) -> str | None:
+        return f"{self.name}|{self.birth}" if self.name and self.birth else None
+
+    def count(self) -> int:
+        return (self.id_number is not None) + (self.mobile is not None) + (self.name_birth is not None)
+
+
+@dataclass(slots=True)
+class RowMatch:
+    """What one row matched: a confirmed record (and by which pair), export canaries."""
+
+    record_id: str | None = None
+    pair: tuple[str, str] | None = None
+    #: export id of an export canary this row is, with how many exact keys agreed
+    export_canary: tuple[str, int] | None = None
+    canary_keys: int = 0
+    #: whether the ID number was among the exact keys that hit the canary
+    canary_by_id: bool = False
+
+
+@dataclass
+class MatchResult:
+    rows: list[RowMatch]
+    keys: list[Keys]
+    #: expected chance confirmations among these rows
+    expected_false: float = 0.0
+
+
+class PairIndex:
+    """``(blind value a, blind value b) -> record id`` for each pair in :data:`KEY_PAIRS`."""
+
+    def __init__(self) -> None:
+        self.pairs: dict[tuple[str, str], dict[bytes, str]] = {p: {} for p in KEY_PAIRS}
+        self.records = 0
+        self.collisions = 0
+
+    @classmethod
+    def load(cls, db: Database) -> PairIndex:
+        """One ordered pass over the blind-index table (index entries only, no ciphertext)."""
+        out = cls()
+        cur_id: str | None = None
+        cur: dict[str, bytes] = {}
+        for rid, name, value in db.stream(
+                "SELECT record_id, index_name, value FROM blind_index ORDER BY record_id", size=20000):
+            if rid != cur_id:
+                if cur_id is not None:
+                    out._add(cur_id, cur)
+                cur_id, cur = rid, {}
+            cur[name] = bytes(value)
+        if cur_id is not None:
+            out._add(cur_id, cur)
+        return out
+
+    def _add(self, rid: str, index: dict[str, bytes]) -> None:
+        self.records += 1
+        for a, b in KEY_PAIRS:
+            va, vb = index.get(a), index.get(b)
+            if va is None or vb is None:
+                continue
+            d = self.pairs[(a, b)]
+            key = va + vb
+            if key in d:
+                self.collisions += 1
+            else:
+                d[key] = rid
+
+
+def row_keys(row: Sequence[str | None], cols: dict[str, int]) -> Keys:
+    """Normalise the PI cells of one row with the vault's own rules."""
+    k = Keys()
+    n = len(row)
+    i = cols.get("id_number")
+    if i is not None and i < n and row[i]:
+        k.id_number = fast_id_number(row[i].strip())  # type: ignore[union-attr]
+    i = cols.get("mobile")
+    if i is not None and i < n and row[i]:
+        k.mobile = fast_mobile(row[i].strip())  # type: ignore[union-attr]
+    i = cols.get("name")
+    if i is not None and i < n and row[i]:
+        k.name = fast_name(row[i].strip())  # type: ignore[union-attr]
+    if k.id_number is not None:
+        v = k.id_number
+        k.birth = f"{v[6:10]}-{v[10:12]}-{v[12:14]}"
+    else:
+        i = cols.get("birth_date")
+        if i is not None and i < n and row[i]:
+            k.birth = parse_birth_date(row[i])  # type: ignore[arg-type]
+    i = cols.get("address")
+    if i is not None and i < n and row[i]:
+        k.address = row[i].strip()  # type: ignore[union-attr]
+    return k
+
+
+@dataclass
+class Matcher:
+    """Matches batches of rows; holds the keyring's PRFs, the pair index and the export canaries."""
+
+    blind: Callable[[str, str], bytes]
+    bits: dict[str, int]
+    population: int
+    registry: ExportRegistry
+    pairs: PairIndex | None = None
+    candidate_ids: Callable[[str, Sequence[bytes]], dict[bytes, list[str]]] | None = None
+    _rate: dict[tuple[str, str], float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for a, b in KEY_PAIRS:
+            if a in self.bits and b in self.bits:
+                self._rate[(a, b)] = self.population / 2.0 ** (self.bits[a] + self.bits[b])
+
+    @classmethod
+    def for_vault(cls, vault: Any, registry: ExportRegistry, *,
+                  pair_cache_limit: int = DEFAULT_PAIR_CACHE_LIMIT) -> Matcher:
+        kr = vault.keyring
+        population = vault.store.count()
+        bits = {n: kr.index_bits(n) for n in kr.index_names}
+        pairs = PairIndex.load(vault.db) if population <= pair_cache_limit else None
+        return cls(kr.blind_index, bits, max(population, 1), registry, pairs,
+                   vault.store.candidate_ids)
+
+    # -- export canaries: exact values of fictitious people -------------------------
+    def _canary(self, k: Keys, m: RowMatch) -> None:
+        c = self.registry.canaries
+        if not c:
+            return
+        hits: dict[tuple[str, int], int] = {}
+        by_id: tuple[str, int] | None = None
+        for kind, value in (("id_number", k.id_number), ("mobile", k.mobile),
+                            ("name_birth", k.name_birth), ("address", k.address)):
+            if value is None:
+                continue
+            e = c[kind].get(value)
+            if e is not None:
+                hits[e] = hits.get(e, 0) + 1
+                if kind == "id_number":
+                    by_id = e
+        if hits:
+            best = max(hits.items(), key=lambda kv: kv[1])
+            m.export_canary = best[0]
+            m.canary_keys = best[1]
+            m.canary_by_id = by_id == best[0]
+
+    # -- the vault: blind-index pairs --------------------------------------------------
+    def match(self, rows: Sequence[Sequence[str | None]], cols: dict[str, int]) -> MatchResult:
+        keys = [row_keys(r, cols) for r in rows]
+        out = [RowMatch() for _ in keys]
+        cached = self.pairs is not None
+        expected = self._match_cached(keys, out) if cached else self._match_store(keys, out)
+        for k, m in zip(keys, out, strict=True):
+            self._canary(k, m)
+        return MatchResult(out, keys, expected)
+
+    def _match_cached(self, keys: list[Keys], out: list[RowMatch]) -> float:
+        assert self.pairs is not None
+        blind = self.blind
+        p_in, p_im, p_mn = (self.pairs.pairs[p] for p in KEY_PAIRS)
+        rate = self._rate
+        r_in, r_im, r_mn = (rate.get(p, 0.0) for p in KEY_PAIRS)
+        expected = 0.0
+        for k, m in zip(keys, out, strict=True):
+            vi = blind("id_number", k.id_number) if k.id_number is not None else None
+            nb = k.name_birth
+            vn = blind("name_birth", nb) if nb is not None else None
+            if vi is not None and vn is not None:
+                expected += r_in
+                rid = p_in.get(vi + vn)
+                if rid is not None:
+                    m.record_id, m.pair = rid, KEY_PAIRS[0]
+                    continue
+            if k.mobile is None:
+                continue
+            vm = blind("mobile", k.mobile)
+            if vi is not None:
+                expected += r_im
+                rid = p_im.get(vi + vm)
+                if rid is not None:
+                    m.record_id, m.pair = rid, KEY_PAIRS[1]
+                    continue
+            if vn is not None:
+                expected += r_mn
+                rid = p_mn.get(vm + vn)
+                if rid is not None:
+                    m.record_id, m.pair = rid, KEY_PAIRS[2]
+        return expected
+
+    def _match_store(self, keys: list[Keys], out: list[RowMatch]) -> float:
+        assert self.candidate_ids is not None
+        blind = self.blind
+        vals: dict[str, list[bytes | None]] = {"id_number": [], "mobile": [], "name_birth": []}
+        for k in keys:
+            vals["id_number"].append(blind("id_number", k.id_number) if k.id_number else None)
+            vals["mobile"].append(blind("mobile", k.mobile) if k.mobile else None)
+            nb = k.name_birth
+            vals["name_birth"].append(blind("name_birth", nb) if nb else None)
+        cands = {name: self.candidate_ids(name, [v for v in vs if v is not None])
+                 for name, vs in vals.items() if name in self.bits}
+        expected = 0.0
+        for i, m in enumerate(out):
+            for pair in KEY_PAIRS:
+                a, b = pair
+                va, vb = vals[a][i], vals[b][i]
+                if va is None or vb is None or a not in cands or b not in cands:
+                    continue
+                expected += self._rate.get(pair, 0.0)
+                common = set(cands[a].get(va, ())) & set(cands[b].get(vb, ()))
+                if common:
+                    m.record_id, m.pair = min(common), pair
+                    break
+        return expected
