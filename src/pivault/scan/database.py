@@ -37,10 +37,10 @@ def display_url(url: str) -> str:
 
 
 def _sqlite_path(url: str) -> str:
-    if url.startswith("sqlite:///"):
-        return url[len("sqlite:///") - 1 :] if url.startswith("sqlite:////") else url[len("sqlite:///") :]
-    if url.startswith("sqlite://"):
-        return url[len("sqlite://") :]
+    """``sqlite:///relative.db``, ``sqlite:////absolute.db`` or a plain path."""
+    for prefix in ("sqlite:///", "sqlite://", "file:"):
+        if url.startswith(prefix):
+            return url[len(prefix):]
     return url
 
 

@@ -1,0 +1,103 @@
+"""The command line: table, JSON, SARIF, --fail-on exit codes, --db."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+
+import typer
+from typer.testing import CliRunner
+
+from pivault.cli.scan import scan
+
+ID = "11010519491231002X"
+MOBILE = "13812345678"
+
+app = typer.Typer()
+app.command()(scan)
+runner = CliRunner()
+
+
+def _tree(tmp_path: Path) -> Path:
+    d = tmp_path / "share"
+    d.mkdir()
+    (d / "export.csv").write_text(f"姓名,身份证号,手机\n王小明,{ID},{MOBILE}\n李娜,{ID},{MOBILE}\n", encoding="utf-8")
+    (d / "app.env").write_text("ALIYUN_ACCESS_KEY_ID=LTAI5tQ8xK2mN7pR4vW9yZ3b\nDB_PASSWORD=Tr0ub4dor&3\n")
+    (d / "blob.bin").write_bytes(bytes(range(256)) * 8)
+    return d
+
+
+def test_table_output_masks_values(tmp_path: Path) -> None:
+    res = runner.invoke(app, [str(_tree(tmp_path)), "--workers", "1"])
+    assert res.exit_code == 0, res.output
+    assert "id_number" in res.output and "110***********002X" in res.output
+    assert ID not in res.output and MOBILE not in res.output and "LTAI5tQ8xK2mN7pR4vW9yZ3b" not in res.output
+    assert "binary" in res.output  # the issue line
+
+
+def test_json_output(tmp_path: Path) -> None:
+    res = runner.invoke(app, [str(_tree(tmp_path)), "--json", "--workers", "1"])
+    assert res.exit_code == 0
+    doc = json.loads(res.stdout)
+    assert doc["summary"]["totals"]["id_number"] == 2
+    assert doc["summary"]["totals"]["cloud_key"] == 1
+    assert {i["code"] for i in doc["issues"]} == {"binary"}
+    f = next(f for f in doc["findings"] if f["kind"] == "mobile")
+    assert f["column"] == "手机" and f["line"] == 2 and f["masked"] == "138****5678"
+    assert ID not in res.stdout
+
+
+def test_sarif_is_structurally_valid(tmp_path: Path) -> None:
+    out = tmp_path / "scan.sarif"
+    res = runner.invoke(app, [str(_tree(tmp_path)), "--sarif", str(out), "--workers", "1"])
+    assert res.exit_code == 0
+    sarif = json.loads(out.read_text(encoding="utf-8"))
+    assert sarif["version"] == "2.1.0" and "sarif" in sarif["$schema"]
+    run = sarif["runs"][0]
+    rules = run["tool"]["driver"]["rules"]
+    ids = [r["id"] for r in rules]
+    assert len(ids) == len(set(ids)) and "id_number" in ids
+    assert run["results"]
+    for r in run["results"]:
+        assert r["ruleId"] in ids and rules[r["ruleIndex"]]["id"] == r["ruleId"]
+        assert r["level"] in ("error", "warning", "note")
+        assert r["message"]["text"]
+        loc = r["locations"][0]["physicalLocation"]
+        assert loc["artifactLocation"]["uri"]
+        assert loc["region"]["startLine"] >= 1
+    notes = run["invocations"][0]["toolExecutionNotifications"]
+    assert any("binary" in n["message"]["text"] for n in notes)
+    assert ID not in out.read_text(encoding="utf-8")
+
+
+def test_fail_on_exit_codes(tmp_path: Path) -> None:
+    d = _tree(tmp_path)
+    assert runner.invoke(app, [str(d), "--fail-on", "id_number:0", "--workers", "1"]).exit_code == 1
+    assert runner.invoke(app, [str(d), "--fail-on", "id_number:2", "--workers", "1"]).exit_code == 0
+    assert runner.invoke(app, [str(d), "--fail-on", "id_number:5", "--fail-on", "cloud_key:0"]).exit_code == 1
+    assert runner.invoke(app, [str(d), "--fail-on", "any:100", "--workers", "1"]).exit_code == 0
+    assert runner.invoke(app, [str(d), "--fail-on", "passport:0", "--workers", "1"]).exit_code == 0
+    bad = runner.invoke(app, [str(d), "--fail-on", "nonsense:1"])
+    assert bad.exit_code == 2 and "unknown kind" in bad.output
+
+
+def test_kind_filter_and_usage(tmp_path: Path) -> None:
+    res = runner.invoke(app, [str(_tree(tmp_path)), "--kind", "cloud_key", "--json", "--workers", "1"])
+    assert set(json.loads(res.stdout)["summary"]["totals"]) == {"cloud_key"}
+    assert runner.invoke(app, []).exit_code == 2
+
+
+def test_db_option(tmp_path: Path) -> None:
+    db = tmp_path / "crm.db"
+    con = sqlite3.connect(db)
+    con.execute("CREATE TABLE customer (id INTEGER PRIMARY KEY, phone TEXT)")
+    con.executemany("INSERT INTO customer (phone) VALUES (?)", [(MOBILE,)] * 30)
+    con.commit()
+    con.close()
+    res = runner.invoke(app, ["--db", f"sqlite:///{db}", "--table", "customer", "--full", "--json"])
+    assert res.exit_code == 0
+    doc = json.loads(res.stdout)
+    assert doc["summary"]["totals"] == {"mobile": 30}
+    assert doc["findings"][0]["table"] == "customer" and doc["findings"][0]["column"] == "phone"
+    assert runner.invoke(app, ["--db", str(db), "--fail-on", "mobile:10"]).exit_code == 1

@@ -1,0 +1,91 @@
+"""Database tables: SQLite and PostgreSQL, reported by table and column."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+from pivault.scan import ScanOptions, scan_database, scan_paths
+
+ID = "11010519491231002X"
+MOBILE = "13812345678"
+
+
+def _rows(n: int) -> list[tuple[int, str, str, str, str]]:
+    out = []
+    for i in range(n):
+        out.append((i + 1, "王小明" if i % 2 else "李娜", ID if i % 10 == 0 else "n/a", f"1381234{i % 10000:04d}",
+                    "北京市朝阳区建国路88号"))
+    return out
+
+
+def _sqlite(path: Path, n: int) -> None:
+    con = sqlite3.connect(path)
+    con.execute("CREATE TABLE customer (id INTEGER PRIMARY KEY, name TEXT, id_no TEXT, phone TEXT, addr TEXT)")
+    con.execute("CREATE TABLE audit (id INTEGER PRIMARY KEY, note BLOB)")
+    con.executemany("INSERT INTO customer VALUES (?,?,?,?,?)", _rows(n))
+    con.execute("INSERT INTO audit (note) VALUES (?)", (f"called {MOBILE}".encode(),))
+    con.commit()
+    con.close()
+
+
+def test_sqlite_full_scan_by_table_and_column(tmp_path: Path) -> None:
+    db = tmp_path / "crm.db"
+    _sqlite(db, 50)
+    r = scan_database(f"sqlite:///{db}", full=True)
+    cols = {(f.table, f.column, f.kind) for f in r}
+    assert cols == {("customer", "name", "name"), ("customer", "id_no", "id_number"),
+                    ("customer", "phone", "mobile"), ("customer", "addr", "address"), ("audit", "note", "mobile")}
+    assert r.totals()["id_number"] == 5 and r.totals()["mobile"] == 51 and r.totals()["name"] == 50
+    first = next(f for f in r if f.kind == "id_number")
+    assert first.line == 1 and first.masked == "110***********002X" and first.file is None
+    assert r.issues == []
+
+
+def test_sqlite_sample_and_table_filter(tmp_path: Path) -> None:
+    db = tmp_path / "big.db"
+    _sqlite(db, 5000)
+    r = scan_database(str(db), ["customer"], sample=200)
+    assert 150 <= r.totals()["mobile"] <= 200
+    assert {f.table for f in r} == {"customer"}
+    rows = {f.line for f in r if f.kind == "mobile"}
+    assert max(rows) > 200  # sampled from across the table, not only its start
+
+
+def test_sqlite_file_found_in_a_sweep(tmp_path: Path) -> None:
+    _sqlite(tmp_path / "app.sqlite", 20)
+    r = scan_paths([str(tmp_path)], ScanOptions(workers=1))
+    f = next(f for f in r if f.kind == "id_number")
+    assert f.file == str(tmp_path / "app.sqlite") and f.table == "customer" and f.column == "id_no"
+
+
+def test_unreadable_database_is_an_issue(tmp_path: Path) -> None:
+    (tmp_path / "x.db").write_bytes(b"not a database at all" * 10)
+    r = scan_database(str(tmp_path / "x.db"))
+    assert [i.code for i in r.issues] == ["database"]
+    r = scan_database("postgresql://nobody@127.0.0.1:1/none")
+    assert [i.code for i in r.issues] == ["database"]
+
+
+def test_postgresql_tables(pg_url: str) -> None:
+    import psycopg
+
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE scan_customer (id int, full_name text, id_card text, mobile text, note text)")
+        conn.execute("CREATE TABLE scan_other (id int, payload jsonb)")
+        with conn.cursor() as cur:
+            cur.executemany("INSERT INTO scan_customer VALUES (%s,%s,%s,%s,%s)",
+                            [(i, "陈静", ID, MOBILE, f"卡号4111111111111111 #{i}") for i in range(300)])
+            cur.execute("INSERT INTO scan_other VALUES (1, %s)", ('{"k": "AKIA2E3F4G5H6J7K2L3M"}',))
+    full = scan_database(pg_url, full=True)
+    got = {(f.table.split(".")[-1], f.column, f.kind) for f in full}  # type: ignore[union-attr]
+    assert ("scan_customer", "full_name", "name") in got
+    assert ("scan_customer", "id_card", "id_number") in got
+    assert ("scan_customer", "mobile", "mobile") in got
+    assert ("scan_customer", "note", "bank_card") in got
+    assert ("scan_other", "payload", "cloud_key") in got
+    assert full.totals()["id_number"] == 300
+    sampled = scan_database(pg_url, ["scan_customer"], sample=50)
+    assert sampled.totals()["id_number"] == 50
+    assert {f.table for f in sampled} == {next(iter({f.table for f in full if "customer" in (f.table or "")}))}
+    assert "****" not in pg_url or all("****" not in i.source for i in full.issues)
