@@ -18,13 +18,15 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
 import re
 import struct
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NoReturn
@@ -33,6 +35,8 @@ import tink
 from google.protobuf import json_format  # type: ignore[import-untyped]
 from tink import aead, prf
 
+from pivault.crypto import _keysets
+from pivault.crypto import recovery as _recovery
 from pivault.crypto._atomic import write_private
 from pivault.crypto.blind import (
     MIN_POPULATION,
@@ -43,6 +47,12 @@ from pivault.crypto.blind import (
 )
 from pivault.crypto.errors import IntegrityError, KeyringError
 from pivault.crypto.providers import RootKeyProvider
+from pivault.crypto.recordkeys import (
+    KEY_REF_BYTES,
+    RECORD_CIPHERTEXT_VERSION,
+    RECORD_KEY_BYTES,
+    RecordKey,
+)
 
 __all__ = ["DEFAULT_INDEX_NAMES", "FORMAT_VERSION", "Keyring"]
 
@@ -65,6 +75,9 @@ _VERIFIER_PLAINTEXT = b"pivault keyring verifier v1"
 _VERSION_BYTE = bytes([CIPHERTEXT_VERSION])
 _AD_HEAD = struct.Struct(">BI")  # version byte, u32 length of the record id
 _FIELD_CACHE_MAX = 4096
+_NEVER = 1 << 62
+_RECORD_KEY_AD = b"pivault.recordkey\x00"
+_V2_BYTE = bytes([RECORD_CIPHERTEXT_VERSION])
 # Tink output prefixes: TINK = 0x01 | key id, LEGACY/CRUNCHY = 0x00 | key id
 _TINK_PREFIXES = (0x00, 0x01)
 _OUTPUT_PREFIX_NAMES = {0: "UNKNOWN", 1: "TINK", 2: "LEGACY", 3: "RAW", 4: "CRUNCHY"}
@@ -181,13 +194,22 @@ class Keyring:
         "_decrypt",
         "_encrypt",
         "_field_ad",
+        "_flush_at",
         "_header",
         "_prf",
+        "_prf_all",
         "_prf_handles",
         "_provider",
+        "_recovery_mac_key",
+        "_usage",
+        "_usage_every",
+        "_usage_key",
+        "_usage_sink",
+        "_uses",
         "expected_population",
         "index_names",
         "path",
+        "record_keys",
         "vault_id",
     )
 
@@ -201,26 +223,58 @@ class Keyring:
         prf_handles: Mapping[str, tink.KeysetHandle],
     ) -> None:
         self.path = path
-        self._header = header
         self._provider = provider
         self.vault_id: str = header["vault_id"]
         self.expected_population: int = header["expected_population"]
+        self._field_ad: dict[str, bytes] = {}
+        #: encrypt records under per-record keys (format 2); set by the Vault
+        #: when it has a record-key store (see docs/keys.md)
+        self.record_keys = False
+        self._recovery_mac_key: bytes | None = None
+        self._usage: dict[int, int] = {}
+        self._uses = 0
+        self._usage_key = 0
+        self._usage_sink: Callable[[dict[int, int]], None] | None = None
+        self._usage_every = 0
+        self._flush_at = _NEVER
+        self._install(header, aead_handle, prf_handles)
+
+    def _install(
+        self, header: dict[str, Any], aead_handle: tink.KeysetHandle,
+        prf_handles: Mapping[str, tink.KeysetHandle],
+    ) -> None:
+        """Build the primitives of a (new) key state; the last step of open and of every change."""
+        primary = aead_handle.keyset_info().primary_key_id
+        if self._uses and self._usage_key != primary:
+            # encryptions so far belong to the key that was primary when they were made
+            self._usage[self._usage_key] = self._usage.get(self._usage_key, 0) + self._uses
+            self._uses = 0
+            if self._usage_sink is not None:
+                self._flush_at = self._usage_every
+        self._usage_key = primary
+        self._header = header
         self._aead_handle = aead_handle
         self._prf_handles = dict(prf_handles)
         self._aead = aead_handle.primitive(aead.Aead)
         self._encrypt: Callable[[bytes, bytes], bytes] = self._aead.encrypt
         self._decrypt: Callable[[bytes, bytes], bytes] = self._aead.decrypt
-        self._field_ad: dict[str, bytes] = {}
         indexes: dict[str, Any] = header["indexes"]
         self.index_names: tuple[str, ...] = tuple(header["index_names"])
-        self._prf: dict[str, tuple[Any, int, tuple[bytes, ...] | None, int]] = {}
+        prfs: dict[str, tuple[Any, int, tuple[bytes, ...] | None, int]] = {}
+        prf_all: dict[str, tuple[Any, ...]] = {}
         for name in self.index_names:
             bits = int(indexes[name]["bits"])
-            primary = self._prf_handles[name].primitive(prf.PrfSet).primary()
+            prf_set = self._prf_handles[name].primitive(prf.PrfSet)
+            primary_prf = prf_set.primary()
             mask = last_byte_mask(bits)
             # last byte of the index -> itself with the bits past ``bits`` cleared
             last = None if mask == 0xFF else tuple(bytes((b & mask,)) for b in range(256))
-            self._prf[name] = (primary.compute, index_bytes(bits), last, bits)
+            prfs[name] = (primary_prf.compute, index_bytes(bits), last, bits)
+            pid = prf_set.primary_id()
+            others = [p.compute for kid, p in sorted(prf_set.all().items()) if kid != pid]
+            prf_all[name] = (primary_prf.compute, *others)
+        self._prf = prfs
+        self._prf_all = prf_all
 
     # ------------------------------------------------------------------ create/open
 
@@ -283,30 +337,7 @@ class Keyring:
         }
         aead_handle = tink.new_keyset_handle(aead.aead_key_templates.XCHACHA20_POLY1305)
         prf_handles = {name: tink.new_keyset_handle(prf.prf_key_templates.HMAC_SHA256) for name in names}
-        header_bytes = _canonical(header)
-        master = _ProviderAead(provider)
-        keysets: dict[str, Any] = {
-            "aead": json.loads(
-                tink.json_proto_keyset_format.serialize_encrypted(
-                    aead_handle, master, _keyset_ad(header_bytes, "aead")
-                )
-            )
-        }
-        for name, handle in prf_handles.items():
-            keysets[f"prf.{name}"] = json.loads(
-                tink.json_proto_keyset_format.serialize_encrypted(
-                    handle, master, _keyset_ad(header_bytes, f"prf.{name}")
-                )
-            )
-        document = {
-            "header": header,
-            "header_sha256": hashlib.sha256(header_bytes).hexdigest(),
-            "verifier": base64.b64encode(
-                provider.wrap(_VERIFIER_PLAINTEXT, _verifier_ad(header_bytes))
-            ).decode("ascii"),
-            "keysets": keysets,
-        }
-        payload = json.dumps(document, indent=2, sort_keys=True).encode("ascii") + b"\n"
+        payload = _build_document(header, provider, aead_handle, prf_handles, None)
         try:
             target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             write_private(target, payload, overwrite=False)
@@ -335,64 +366,9 @@ class Keyring:
         ``keyring.passphrase`` (wrong passphrase), ``keyring.corrupt``.
         """
         target = Path(path).expanduser().resolve()
-        try:
-            with open(target, "rb") as fh:
-                raw = fh.read(_MAX_FILE_BYTES + 1)
-        except FileNotFoundError:
-            raise KeyringError(f"no keyring at {target}", code="keyring.missing") from None
-        except OSError as exc:
-            raise KeyringError(
-                f"cannot read the keyring at {target}: {exc.strerror}", code="keyring.io"
-            ) from exc
-        if len(raw) > _MAX_FILE_BYTES:
-            _corrupt("file is too large")
-        try:
-            document = json.loads(raw.decode("utf-8"))
-        except (UnicodeDecodeError, ValueError, RecursionError):
-            _corrupt("not a JSON document")
-        header, verifier, keysets = _parse_document(document)
-        header_bytes = _canonical(header)
-        provider_description = header["provider"]
-        try:
-            provider.restore(provider_description)
-        except KeyringError:
-            raise
-        except Exception as exc:
-            raise KeyringError(
-                "the root-key provider rejected the keyring header", code="keyring.provider"
-            ) from exc
-        try:
-            plain = provider.unwrap(verifier, _verifier_ad(header_bytes))
-        except KeyringError:
-            raise
-        except Exception as exc:
-            raise KeyringError(
-                "the root-key provider could not unwrap the keyring (wrong root key?)",
-                code="keyring.unwrap",
-            ) from exc
-        if plain != _VERIFIER_PLAINTEXT:
-            _corrupt("verifier mismatch")
-        master = _ProviderAead(provider)
-        handles: dict[str, tink.KeysetHandle] = {}
-        for name, encrypted in keysets.items():
-            try:
-                handles[name] = tink.json_proto_keyset_format.parse_encrypted(
-                    json.dumps(encrypted), master, _keyset_ad(header_bytes, name)
-                )
-            except Exception:
-                # Tink and the provider say nothing useful here, and must not
-                # be chained into logs: the message is the whole story.
-                _corrupt(f"keyset {name!r} does not decrypt")
-            # Tink stores a cleartext summary (key ids, types) beside the
-            # encrypted keyset and does not authenticate it: it must agree
-            # with what decrypted, or somebody edited it.
-            if encrypted.get("keysetInfo") != json_format.MessageToDict(handles[name].keyset_info()):
-                _corrupt(f"keyset {name!r} summary does not match its keys")
-        aead_handle = handles.pop("aead")
-        _check_keyset(aead_handle, "aead", _AEAD_TYPE_URL)
-        prf_handles = {name.removeprefix("prf."): h for name, h in handles.items()}
-        for name, handle in prf_handles.items():
-            _check_keyset(handle, f"prf.{name}", _PRF_TYPE_URL)
+        document = _read_document(target)
+        header, verifier, keysets, _ = _parse_document(document)
+        aead_handle, prf_handles = _decrypt_keysets(header, verifier, keysets, provider)
         try:
             return cls(
                 path=target,
@@ -403,6 +379,272 @@ class Keyring:
             )
         except Exception:
             _corrupt("keysets cannot be used")
+
+    @classmethod
+    def recover(
+        cls, path: str | os.PathLike[str], recovery_secret: bytes, new_provider: RootKeyProvider,
+    ) -> Keyring:
+        """Open the keyring with the custodians' recovery secret and put it under a new root key.
+
+        For a lost passphrase (or a lost KMS key): the keysets come from the
+        recovery envelope, are checked against the keyring's own summaries,
+        and the file is rewritten under ``new_provider``; the data is not
+        touched. Raises ``keyring.recovery`` when the secret is not this
+        vault's recovery key or no recovery was set up, ``keyring.corrupt``
+        when the envelope was altered. Changes nothing unless it succeeds.
+        """
+        target = Path(path).expanduser().resolve()
+        with _file_lock(target):
+            document = _read_document(target)
+            header, _verifier, keysets, envelope = _parse_document(document)
+            desc = header.get("recovery")
+            if desc is None or envelope is None:
+                raise KeyringError("this keyring has no custodian recovery set up",
+                                   code="keyring.recovery",
+                                   hint="recovery needs a `pivault keys split` made before the loss")
+            public = _strict_b64(desc["public"], "recovery key")
+            try:
+                candidate = _recovery.public_of(recovery_secret)
+            except ValueError:
+                candidate = b""
+            if candidate != public:
+                raise KeyringError(
+                    "the shares do not rebuild this vault's recovery key (a share is wrong, altered, "
+                    "from another split, or there are too few)", code="keyring.recovery")
+            header_bytes = _canonical(header)
+            ad = _recovery_ad(header_bytes)
+            sealed = _strict_b64(envelope.get("sealed"), "recovery envelope")
+            mac = _strict_b64(envelope.get("mac"), "recovery envelope")
+            mkey = _recovery.mac_key(recovery_secret)
+            if not _hmac_equal(_recovery.bundle_mac(mkey, sealed, ad), mac):
+                _corrupt("the recovery envelope was altered")
+            bundle = _recovery.unseal(recovery_secret, sealed, ad)
+            try:
+                parts = json.loads(bundle)
+                handles = {name: _keysets.from_cleartext(base64.b64decode(parts[name], validate=True))
+                           for name in keysets}
+            except Exception:
+                _corrupt("the recovery envelope does not hold this keyring's keysets")
+            for name, handle in handles.items():
+                if keysets[name].get("keysetInfo") != json_format.MessageToDict(handle.keyset_info()):
+                    _corrupt(f"recovered keyset {name!r} does not match the keyring's summary")
+            aead_handle = handles.pop("aead")
+            _check_keyset(aead_handle, "aead", _AEAD_TYPE_URL)
+            prf_handles = {name.removeprefix("prf."): h for name, h in handles.items()}
+            for name, handle in prf_handles.items():
+                _check_keyset(handle, f"prf.{name}", _PRF_TYPE_URL)
+            ring = cls(path=target, header=header, provider=new_provider, aead_handle=aead_handle,
+                       prf_handles=prf_handles)
+            ring._recovery_mac_key = mkey
+            new_header = dict(header)
+            new_header["provider"] = new_provider.describe()
+            ring._commit(new_header, new_provider, aead_handle, prf_handles)
+            return ring
+
+    # ------------------------------------------------------------------ changes
+
+    @property
+    def generation(self) -> int:
+        """How many times the keyring file was rewritten (rotations, root changes)."""
+        return int(self._header.get("generation", 0))
+
+    def keyset_names(self) -> tuple[str, ...]:
+        return ("aead", *(f"prf.{n}" for n in self.index_names))
+
+    def _handle(self, keyset: str) -> tink.KeysetHandle:
+        if keyset == "aead":
+            return self._aead_handle
+        name = keyset.removeprefix("prf.")
+        if keyset.startswith("prf.") and name in self._prf_handles:
+            return self._prf_handles[name]
+        raise KeyringError(f"no keyset named {keyset!r} in this keyring", code="keyring.index")
+
+    def primary_key_id(self, keyset: str = "aead") -> int:
+        return int(self._handle(keyset).keyset_info().primary_key_id)
+
+    def key_ids(self, keyset: str = "aead") -> tuple[int, ...]:
+        return tuple(int(k.key_id) for k in self._handle(keyset).keyset_info().key_info)
+
+    def _commit(self, header: dict[str, Any], provider: RootKeyProvider, aead_handle: tink.KeysetHandle,
+                prf_handles: Mapping[str, tink.KeysetHandle]) -> None:
+        """Write a new key state (caller holds the file lock), prove it opens, then use it."""
+        header = dict(header)
+        header["generation"] = int(header.get("generation", 0)) + 1
+        if "recovery" in header:
+            mkey = self._recovery_key_for_write()
+            header["recovery"] = _recovery_header(header["recovery"], provider, header["vault_id"], mkey)
+        else:
+            mkey = None
+        payload = _build_document(header, provider, aead_handle, prf_handles, mkey)
+        # what is about to replace the only copy of the keys must open with the new root key
+        check = json.loads(payload)
+        h2, v2, k2, _ = _parse_document(check)
+        a2, p2 = _decrypt_keysets(h2, v2, k2, provider)
+        if a2.keyset_info() != aead_handle.keyset_info() or set(p2) != set(prf_handles):
+            _corrupt("the rewritten keyring does not match its keys")
+        try:
+            write_private(self.path, payload, overwrite=True)
+        except OSError as exc:
+            raise KeyringError(f"cannot write the keyring at {self.path}: {exc.strerror}",
+                               code="keyring.io") from exc
+        self._provider = provider
+        self._install(header, aead_handle, prf_handles)
+
+    def _recovery_key_for_write(self) -> bytes:
+        if self._recovery_mac_key is None:
+            desc = self._header.get("recovery")
+            if not isinstance(desc, dict):
+                _corrupt("recovery description missing")
+            wrapped = _strict_b64(desc.get("mac_key"), "recovery MAC key")
+            try:
+                self._recovery_mac_key = self._provider.unwrap(
+                    wrapped, _recovery_mac_ad(self.vault_id, _strict_b64(desc["public"], "recovery key")))
+            except KeyringError:
+                raise
+            except Exception:
+                _corrupt("the recovery MAC key does not unwrap")
+        return self._recovery_mac_key
+
+    @contextlib.contextmanager
+    def _changing(self) -> Iterator[None]:
+        """Hold the keyring's file lock and start from what is on disk now.
+
+        Another process may have rotated since this one opened the file;
+        its change must not be lost by writing an older state back.
+        """
+        with _file_lock(self.path):
+            document = _read_document(self.path)
+            header, verifier, keysets, _ = _parse_document(document)
+            if header.get("generation", 0) != self._header.get("generation", 0) or header != self._header:
+                if header["vault_id"] != self.vault_id:
+                    raise KeyringError("the keyring file now belongs to another vault",
+                                       code="keyring.corrupt")
+                a, p = _decrypt_keysets(header, verifier, keysets, self._provider)
+                self._recovery_mac_key = None
+                self._install(header, a, p)
+            yield
+
+    def rotate(self, keyset: str = "aead") -> int:
+        """Add a fresh key to ``keyset`` and make it primary; return its key id.
+
+        Online: new encryptions (and new blind-index values) use it at once in
+        this process, and in others after :meth:`reload`; every earlier key
+        stays in the keyset, so everything it protects keeps opening.
+        ``keyset`` is ``"aead"`` (field encryption, one key for every field)
+        or ``"prf.<index>"``.
+        """
+        with self._changing():
+            self._handle(keyset)
+            aead_h, prf_h = self._aead_handle, dict(self._prf_handles)
+            if keyset == "aead":
+                aead_h = _keysets.add_primary(aead_h, aead.aead_key_templates.XCHACHA20_POLY1305)
+            else:
+                name = keyset.removeprefix("prf.")
+                prf_h[name] = _keysets.add_primary(prf_h[name], prf.prf_key_templates.HMAC_SHA256)
+            self._commit(self._header, self._provider, aead_h, prf_h)
+            return self.primary_key_id(keyset)
+
+    def retire(self, keyset: str, key_id: int) -> None:
+        """Remove a key that nothing uses any more (destroying it in this file).
+
+        The caller proves it is unused first (``pivault.keys`` counts every
+        ciphertext by key id and finishes the index rebuild); the keyring
+        only refuses to drop the primary.
+        """
+        with self._changing():
+            aead_h, prf_h = self._aead_handle, dict(self._prf_handles)
+            if keyset == "aead":
+                aead_h = _keysets.remove_key(aead_h, key_id)
+            else:
+                self._handle(keyset)
+                name = keyset.removeprefix("prf.")
+                prf_h[name] = _keysets.remove_key(prf_h[name], key_id)
+            self._commit(self._header, self._provider, aead_h, prf_h)
+
+    def change_root(self, new_provider: RootKeyProvider) -> None:
+        """Re-encrypt the keysets under another root key (new passphrase, or a KMS).
+
+        Only the keyring file changes; the data keys, and so the data, stay
+        as they are. The recovery envelope, if any, is rewritten with it.
+        """
+        with self._changing():
+            self._recovery_key_for_write()  # needs the old root key, so before the switch
+            header = dict(self._header)
+            header["provider"] = new_provider.describe()
+            self._commit(header, new_provider, self._aead_handle, self._prf_handles)
+
+    def set_up_recovery(self) -> bytes:
+        """Seal the keysets to a new recovery key; return its secret (32 bytes) once.
+
+        The caller splits the secret among custodians at once and keeps no
+        copy (``pivault keys split``); the keyring keeps the public half and
+        re-seals to it on every later change. A new call replaces the
+        recovery key: shares of the old one stop working.
+        """
+        secret = _recovery.new_recovery_secret()
+        with self._changing():
+            public = _recovery.public_of(secret)
+            self._recovery_mac_key = _recovery.mac_key(secret)
+            header = dict(self._header)
+            header["recovery"] = {
+                "kind": _recovery.RECOVERY_KIND,
+                "public": base64.b64encode(public).decode("ascii"),
+                "fingerprint": _recovery.fingerprint(public),
+                "created": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            }
+            self._commit(header, self._provider, self._aead_handle, self._prf_handles)
+        return secret
+
+    def recovery_fingerprint(self) -> str | None:
+        desc = self._header.get("recovery")
+        return str(desc["fingerprint"]) if isinstance(desc, dict) else None
+
+    def reload(self) -> bool:
+        """Pick up a change another process wrote (rotation, retirement, root change).
+
+        Returns True if the key state changed. Cheap when nothing changed
+        (one file read); long-running services call it every few seconds.
+        """
+        document = _read_document(self.path)
+        header, verifier, keysets, _ = _parse_document(document)
+        if header == self._header:
+            return False
+        if header["vault_id"] != self.vault_id:
+            raise KeyringError("the keyring file now belongs to another vault", code="keyring.corrupt")
+        a, p = _decrypt_keysets(header, verifier, keysets, self._provider)
+        self._recovery_mac_key = None
+        self._install(header, a, p)
+        return True
+
+    # ------------------------------------------------------------------ usage
+
+    def set_usage_sink(self, sink: Callable[[dict[int, int]], None] | None, *, every: int = 65536) -> None:
+        """Report field-key encryptions to ``sink`` every ``every`` encryptions.
+
+        The sink gets ``{key_id: encryptions since the last report}``; the
+        ``pivault.keys`` ledger adds them up durably and warns (or rotates)
+        long before the cipher's bound. Counting costs one integer add per call.
+        """
+        self._usage_sink = sink
+        self._usage_every = max(1, int(every))
+        self._flush_at = self._uses + self._usage_every if sink is not None else _NEVER
+
+    def take_usage(self) -> dict[int, int]:
+        """Encryptions per field key since the last call (or report); resets the count."""
+        out = dict(self._usage)
+        if self._uses:
+            out[self._usage_key] = out.get(self._usage_key, 0) + self._uses
+        self._usage.clear()
+        self._uses = 0
+        if self._usage_sink is not None:
+            self._flush_at = self._usage_every
+        return out
+
+    def _flush_usage(self) -> None:
+        sink = self._usage_sink
+        counts = self.take_usage()
+        if sink is not None and counts:
+            sink(counts)
 
     def __reduce__(self) -> NoReturn:
         raise TypeError(
@@ -428,17 +670,34 @@ class Keyring:
         ad = record_ad_prefix(record_id) + self._field_tail(field)
         if type(plaintext) is not bytes:
             plaintext = _as_bytes(plaintext, field, "plaintext")
-        return _VERSION_BYTE + self._encrypt(plaintext, ad)
+        out = _VERSION_BYTE + self._encrypt(plaintext, ad)
+        self._uses += 1
+        if self._uses >= self._flush_at:
+            self._flush_usage()
+        return out
 
-    def decrypt(self, record_id: str, field: str, ciphertext: bytes) -> bytes:
-        """Decrypt one field value; ``IntegrityError`` on any failure."""
-        return self._open(record_ad_prefix(record_id), field, ciphertext)
+    def decrypt(self, record_id: str, field: str, ciphertext: bytes, *,
+                record_key: bytes | None = None) -> bytes:
+        """Decrypt one field value; ``IntegrityError`` on any failure.
+
+        A format-2 value (per-record key) needs the record's stored
+        ``record_key``; without it (the record was erased) it fails with
+        ``crypto.shredded``.
+        """
+        if record_key is None or ciphertext[:1] != _V2_BYTE:
+            return self._open(record_ad_prefix(record_id), field, ciphertext)
+        return self.open_record_key(record_id, record_key).decrypt(field, ciphertext)
 
     def _open(self, head: bytes, field: str, ciphertext: bytes) -> bytes:
         ad = head + self._field_tail(field)
         if type(ciphertext) is not bytes:
             ciphertext = _as_bytes(ciphertext, field, "ciphertext")
         if ciphertext[:1] != _VERSION_BYTE:
+            if ciphertext[:1] == _V2_BYTE:
+                raise IntegrityError(
+                    f"field {field!r} is encrypted under a record key that is gone: the record was "
+                    "erased (crypto-shredded), or its record key was not supplied",
+                    field=field, code="crypto.shredded")
             raise IntegrityError(f"ciphertext of field {field!r} has an unknown format", field=field)
         try:
             return self._decrypt(ciphertext[1:], ad)
@@ -460,12 +719,93 @@ class Keyring:
             if type(plaintext) is not bytes:
                 plaintext = _as_bytes(plaintext, field, "plaintext")
             out[field] = _VERSION_BYTE + enc(plaintext, ad)
+        self._uses += len(out)
+        if self._uses >= self._flush_at:
+            self._flush_usage()
         return out
 
-    def decrypt_many(self, record_id: str, fields: Mapping[str, bytes]) -> dict[str, bytes]:
-        """Decrypt several fields of one record; ``IntegrityError`` names the first bad field."""
+    def decrypt_many(self, record_id: str, fields: Mapping[str, bytes], *,
+                     record_key: bytes | None = None) -> dict[str, bytes]:
+        """Decrypt several fields of one record; ``IntegrityError`` names the first bad field.
+
+        Fields may mix formats 1 and 2 (a record being rewrapped); the record
+        key is unwrapped once.
+        """
         head = record_ad_prefix(record_id)
-        return {field: self._open(head, field, ct) for field, ct in fields.items()}
+        rk: RecordKey | None = None
+        out: dict[str, bytes] = {}
+        for field, ct in fields.items():
+            if record_key is not None and ct[:1] == _V2_BYTE:
+                if rk is None:
+                    rk = self.open_record_key(record_id, record_key)
+                out[field] = rk.decrypt(field, ct)
+            else:
+                out[field] = self._open(head, field, ct)
+        return out
+
+    # ------------------------------------------------------------------ record keys
+
+    def new_record_key(self, record_id: str) -> RecordKey:
+        """A fresh random data key for one record version, wrapped by the primary field key."""
+        head = record_ad_prefix(record_id)
+        key = os.urandom(32)
+        ref = os.urandom(KEY_REF_BYTES)
+        wrapped = self._encrypt(key, _RECORD_KEY_AD + head + ref)
+        self._uses += 1
+        if self._uses >= self._flush_at:
+            self._flush_usage()
+        return RecordKey(record_id, ref, ref + wrapped, key)
+
+    def open_record_key(self, record_id: str, stored: bytes) -> RecordKey:
+        """Unwrap a stored record key; ``IntegrityError`` if it is not this record's."""
+        if type(stored) is not bytes:
+            stored = _as_bytes(stored, "record key", "record key")
+        if len(stored) != RECORD_KEY_BYTES:
+            raise IntegrityError("a stored record key has the wrong length", field="record_key",
+                                 code="crypto.format")
+        ref = stored[:KEY_REF_BYTES]
+        try:
+            key = self._decrypt(stored[KEY_REF_BYTES:], _RECORD_KEY_AD + record_ad_prefix(record_id) + ref)
+        except tink.TinkError:
+            raise IntegrityError(
+                "a record key failed authentication: altered, moved from another record, or "
+                "wrapped under a key this keyring lacks", field="record_key") from None
+        return RecordKey(record_id, ref, stored, key)
+
+    def rewrap_record_key(self, record_id: str, stored: bytes) -> bytes:
+        """The same record key, wrapped under the current primary field key."""
+        if type(stored) is not bytes or len(stored) != RECORD_KEY_BYTES:
+            raise IntegrityError("a stored record key has the wrong length", field="record_key",
+                                 code="crypto.format")
+        ref = stored[:KEY_REF_BYTES]
+        ad = _RECORD_KEY_AD + record_ad_prefix(record_id) + ref
+        try:
+            key = self._decrypt(stored[KEY_REF_BYTES:], ad)
+        except tink.TinkError:
+            raise IntegrityError("a record key failed authentication", field="record_key") from None
+        self._uses += 1
+        if self._uses >= self._flush_at:
+            self._flush_usage()
+        return ref + self._encrypt(key, ad)
+
+    def record_key_id(self, stored: bytes) -> int:
+        """The Tink key id that wraps a stored record key (no decryption)."""
+        if len(stored) != RECORD_KEY_BYTES or stored[KEY_REF_BYTES] not in _TINK_PREFIXES:
+            raise IntegrityError("not a stored record key", code="crypto.format")
+        return int.from_bytes(stored[KEY_REF_BYTES + 1:KEY_REF_BYTES + 5], "big")
+
+    def encrypt_record(
+        self, record_id: str, fields: Mapping[str, bytes],
+    ) -> tuple[dict[str, bytes], bytes | None]:
+        """Encrypt a record's fields the way this keyring is set to.
+
+        With :attr:`record_keys` on: under a new record key, returned (wrapped)
+        for the record-key store. Otherwise format 1 and ``None``.
+        """
+        if not self.record_keys:
+            return self.encrypt_many(record_id, fields), None
+        rk = self.new_record_key(record_id)
+        return rk.encrypt_many(fields), rk.stored
 
     # ------------------------------------------------------------------ blind indexes
 
@@ -490,6 +830,26 @@ class Keyring:
         if last is not None:
             out = out[:-1] + last[out[-1]]
         return out
+
+    def blind_index_all(self, index_name: str, normalised_value: str) -> tuple[bytes, ...]:
+        """The value's blind index under every key of the index, the primary's first.
+
+        After a blind-index key rotation and until the rebuild has replaced
+        every old entry, a lookup searches all of these (the Vault does).
+        """
+        first = self.blind_index(index_name, normalised_value)
+        others = self._prf_all[index_name][1:]
+        if not others:
+            return (first,)
+        _compute, nbytes, last, _bits = self._prf[index_name]
+        data = normalised_value.encode("utf-8")
+        out = [first]
+        for compute in others:
+            v: bytes = compute(data, nbytes)
+            if last is not None:
+                v = v[:-1] + last[v[-1]]
+            out.append(v)
+        return tuple(out)
 
     def index_bits(self, index_name: str) -> int:
         entry = self._prf.get(index_name)
@@ -529,6 +889,148 @@ class Keyring:
         return json.loads(json.dumps(self._header))  # type: ignore[no-any-return]
 
 
+def _read_document(target: Path) -> Any:
+    try:
+        with open(target, "rb") as fh:
+            raw = fh.read(_MAX_FILE_BYTES + 1)
+    except FileNotFoundError:
+        raise KeyringError(f"no keyring at {target}", code="keyring.missing") from None
+    except OSError as exc:
+        raise KeyringError(
+            f"cannot read the keyring at {target}: {exc.strerror}", code="keyring.io"
+        ) from exc
+    if len(raw) > _MAX_FILE_BYTES:
+        _corrupt("file is too large")
+    try:
+        return json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        _corrupt("not a JSON document")
+
+
+def _decrypt_keysets(
+    header: dict[str, Any], verifier: bytes, keysets: dict[str, Any], provider: RootKeyProvider,
+) -> tuple[tink.KeysetHandle, dict[str, tink.KeysetHandle]]:
+    header_bytes = _canonical(header)
+    try:
+        provider.restore(header["provider"])
+    except KeyringError:
+        raise
+    except Exception as exc:
+        raise KeyringError(
+            "the root-key provider rejected the keyring header", code="keyring.provider"
+        ) from exc
+    try:
+        plain = provider.unwrap(verifier, _verifier_ad(header_bytes))
+    except KeyringError:
+        raise
+    except Exception as exc:
+        raise KeyringError(
+            "the root-key provider could not unwrap the keyring (wrong root key?)",
+            code="keyring.unwrap",
+        ) from exc
+    if plain != _VERIFIER_PLAINTEXT:
+        _corrupt("verifier mismatch")
+    master = _ProviderAead(provider)
+    handles: dict[str, tink.KeysetHandle] = {}
+    for name, encrypted in keysets.items():
+        try:
+            handles[name] = tink.json_proto_keyset_format.parse_encrypted(
+                json.dumps(encrypted), master, _keyset_ad(header_bytes, name)
+            )
+        except Exception:
+            # Tink and the provider say nothing useful here, and must not
+            # be chained into logs: the message is the whole story.
+            _corrupt(f"keyset {name!r} does not decrypt")
+        # Tink stores a cleartext summary (key ids, types) beside the
+        # encrypted keyset and does not authenticate it: it must agree
+        # with what decrypted, or somebody edited it.
+        if encrypted.get("keysetInfo") != json_format.MessageToDict(handles[name].keyset_info()):
+            _corrupt(f"keyset {name!r} summary does not match its keys")
+    aead_handle = handles.pop("aead")
+    _check_keyset(aead_handle, "aead", _AEAD_TYPE_URL)
+    prf_handles = {name.removeprefix("prf."): h for name, h in handles.items()}
+    for name, handle in prf_handles.items():
+        _check_keyset(handle, f"prf.{name}", _PRF_TYPE_URL)
+    return aead_handle, prf_handles
+
+
+def _recovery_ad(header_bytes: bytes) -> bytes:
+    return b"pivault.recovery\x00" + header_bytes
+
+
+def _recovery_mac_ad(vault_id: str, public: bytes) -> bytes:
+    return b"pivault.recovery.mac\x00" + vault_id.encode("ascii") + b"\x00" + public
+
+
+def _recovery_header(desc: Mapping[str, Any], provider: RootKeyProvider, vault_id: str,
+                     mac_key: bytes) -> dict[str, Any]:
+    """The header's recovery entry with its MAC key wrapped under ``provider``."""
+    public = _strict_b64(desc.get("public"), "recovery key")
+    out = {k: v for k, v in desc.items() if k != "mac_key"}
+    out["mac_key"] = base64.b64encode(
+        provider.wrap(mac_key, _recovery_mac_ad(vault_id, public))).decode("ascii")
+    return out
+
+
+def _hmac_equal(a: bytes, b: bytes) -> bool:
+    import hmac
+
+    return hmac.compare_digest(a, b)
+
+
+def _build_document(
+    header: dict[str, Any], provider: RootKeyProvider, aead_handle: tink.KeysetHandle,
+    prf_handles: Mapping[str, tink.KeysetHandle], recovery_mac_key: bytes | None,
+) -> bytes:
+    """The keyring file for a key state: keysets under the root key, and the recovery envelope."""
+    header_bytes = _canonical(header)
+    master = _ProviderAead(provider)
+    handles: dict[str, tink.KeysetHandle] = {"aead": aead_handle}
+    handles.update({f"prf.{name}": h for name, h in prf_handles.items()})
+    keysets: dict[str, Any] = {
+        name: json.loads(tink.json_proto_keyset_format.serialize_encrypted(
+            handle, master, _keyset_ad(header_bytes, name)))
+        for name, handle in handles.items()
+    }
+    document: dict[str, Any] = {
+        "header": header,
+        "header_sha256": hashlib.sha256(header_bytes).hexdigest(),
+        "verifier": base64.b64encode(
+            provider.wrap(_VERIFIER_PLAINTEXT, _verifier_ad(header_bytes))
+        ).decode("ascii"),
+        "keysets": keysets,
+    }
+    recovery = header.get("recovery")
+    if recovery is not None:
+        if recovery_mac_key is None:
+            raise KeyringError("recovery MAC key missing", code="keyring.recovery")
+        public = _strict_b64(recovery.get("public"), "recovery key")
+        bundle = json.dumps({name: base64.b64encode(_keysets.to_cleartext(h)).decode("ascii")
+                             for name, h in handles.items()}, sort_keys=True).encode("ascii")
+        ad = _recovery_ad(header_bytes)
+        sealed = _recovery.seal(public, bundle, ad)
+        document["recovery"] = {
+            "sealed": base64.b64encode(sealed).decode("ascii"),
+            "mac": base64.b64encode(_recovery.bundle_mac(recovery_mac_key, sealed, ad)).decode("ascii"),
+        }
+    return json.dumps(document, indent=2, sort_keys=True).encode("ascii") + b"\n"
+
+
+@contextlib.contextmanager
+def _file_lock(target: Path) -> Iterator[None]:
+    """An exclusive advisory lock beside the keyring: one writer at a time, across processes."""
+    lock_path = target.with_name(target.name + ".lock")
+    try:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o600)
+    except OSError as exc:
+        raise KeyringError(f"cannot lock the keyring: {exc.strerror}", code="keyring.io") from exc
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
 def _describe_keyset(name: str, handle: tink.KeysetHandle, extra: Mapping[str, object]) -> dict[str, object]:
     info = handle.keyset_info()
     keys = [
@@ -562,8 +1064,10 @@ def _check_keyset(handle: tink.KeysetHandle, name: str, type_url: str) -> None:
                 _corrupt("field keyset holds a key without Tink output prefix")
 
 
-def _parse_document(document: object) -> tuple[dict[str, Any], bytes, dict[str, Any]]:
-    """Validate the keyring document's shape; return header, verifier, keysets."""
+def _parse_document(
+    document: object,
+) -> tuple[dict[str, Any], bytes, dict[str, Any], dict[str, Any] | None]:
+    """Validate the keyring document's shape; return header, verifier, keysets, recovery envelope."""
     if not isinstance(document, dict) or not isinstance(document.get("header"), dict):
         _corrupt("no header")
     header = document["header"]
@@ -578,7 +1082,11 @@ def _parse_document(document: object) -> tuple[dict[str, Any], bytes, dict[str, 
                 hint="upgrade pivault",
             )
         _corrupt("unknown format version")
-    if set(document) != {"header", "header_sha256", "verifier", "keysets"}:
+    has_recovery = "recovery" in header
+    expected_top = {"header", "header_sha256", "verifier", "keysets"}
+    if has_recovery:
+        expected_top.add("recovery")
+    if set(document) != expected_top:
         _corrupt("unexpected top-level layout")
     # Catches accidental damage with a precise message. It is no defence
     # against a deliberate edit (anyone can recompute it): that one fails
@@ -619,6 +1127,23 @@ def _parse_document(document: object) -> tuple[dict[str, Any], bytes, dict[str, 
         bits = desc.get("bits")
         if type(bits) is not int or not 1 <= bits <= 256:
             _corrupt("bad index length")
+    generation = header.get("generation", 0)
+    if type(generation) is not int or generation < 0:
+        _corrupt("bad generation")
+    envelope: dict[str, Any] | None = None
+    if has_recovery:
+        desc = header["recovery"]
+        if not isinstance(desc, dict) or desc.get("kind") != _recovery.RECOVERY_KIND \
+                or not isinstance(desc.get("fingerprint"), str):
+            _corrupt("bad recovery description")
+        if len(_strict_b64(desc.get("public"), "recovery key")) != 32:
+            _corrupt("bad recovery key")
+        _strict_b64(desc.get("mac_key"), "recovery MAC key")
+        envelope = document["recovery"]
+        if not isinstance(envelope, dict) or set(envelope) != {"sealed", "mac"}:
+            _corrupt("bad recovery envelope")
+        _strict_b64(envelope.get("sealed"), "recovery envelope")
+        _strict_b64(envelope.get("mac"), "recovery envelope")
     verifier = _strict_b64(document["verifier"], "verifier")
     keysets = document["keysets"]
     expected = {"aead"} | {f"prf.{name}" for name in indexes}
@@ -628,7 +1153,7 @@ def _parse_document(document: object) -> tuple[dict[str, Any], bytes, dict[str, 
         if not isinstance(value, dict):
             _corrupt("bad keyset entry")
         _strict_b64(value.get("encryptedKeyset"), "encrypted keyset")
-    return header, verifier, keysets
+    return header, verifier, keysets, envelope
 
 
 def _strict_b64(text: object, what: str) -> bytes:

@@ -1,0 +1,123 @@
+"""Per-record data keys: what makes an erased resident unrecoverable.
+
+With record keys on, each record's fields are encrypted under a random
+256-bit key of its own (ChaCha20-Poly1305, random 96-bit nonce), and that
+key is stored apart from the data, wrapped by the keyring's field key (Tink
+XChaCha20-Poly1305, so it carries the key id and follows rotation). Erasing
+a resident destroys its wrapped record key; the field ciphertext left in any
+older backup or replica is then noise, whoever holds the keyring.
+
+Field ciphertext, format 2::
+
+    0x02 | key ref (4) | nonce (12) | ChaCha20 ciphertext | Poly1305 tag (16)
+
+associated data ``0x02 | len(record_id) u32be | record_id | len(field) u32be | field | key ref``.
+The key ref names which of a record's keys encrypted it (a record briefly
+has two while an update commits). The record key as stored::
+
+    key ref (4) | Tink ciphertext of the 32-byte key (77 bytes: prefix 5, nonce 24, key 32, tag 16)
+
+wrapped with associated data ``"pivault.recordkey\\0" | record part of the field AD | key ref``.
+A record key encrypts one version of one record, at most a handful of
+values, so its nonce space is never a concern.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from collections.abc import Mapping
+from typing import NoReturn
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+
+from pivault.crypto.errors import IntegrityError
+
+__all__ = [
+    "KEY_REF_BYTES",
+    "RECORD_CIPHERTEXT_VERSION",
+    "RECORD_KEY_BYTES",
+    "RecordKey",
+    "key_ref_of",
+]
+
+RECORD_CIPHERTEXT_VERSION = 2
+KEY_REF_BYTES = 4
+#: stored record key: key ref + Tink ciphertext of the 32-byte key
+RECORD_KEY_BYTES = KEY_REF_BYTES + 5 + 24 + 32 + 16
+_V = bytes([RECORD_CIPHERTEXT_VERSION])
+_HEAD = struct.Struct(">BI")
+_NONCE = 12
+_MIN_CT = 1 + KEY_REF_BYTES + _NONCE + 16
+
+
+def key_ref_of(ciphertext: bytes) -> bytes | None:
+    """The key ref of a format-2 field ciphertext; None for any other value."""
+    if isinstance(ciphertext, bytes | bytearray | memoryview) and len(ciphertext) >= _MIN_CT \
+            and ciphertext[0] == RECORD_CIPHERTEXT_VERSION:
+        return bytes(ciphertext[1:1 + KEY_REF_BYTES])
+    return None
+
+
+def _lp(data: bytes) -> bytes:
+    return len(data).to_bytes(4, "big") + data
+
+
+class RecordKey:
+    """The data key of one record version: encrypts and decrypts its fields.
+
+    Made by :meth:`pivault.crypto.Keyring.new_record_key` or opened by
+    :meth:`~pivault.crypto.Keyring.open_record_key`; never pickled.
+    ``stored`` is what goes to the record-key store (wrapped, never clear).
+    """
+
+    __slots__ = ("_aead", "_head", "key_ref", "record_id", "stored")
+
+    def __init__(self, record_id: str, key_ref: bytes, stored: bytes, key: bytes) -> None:
+        self.record_id = record_id
+        self.key_ref = key_ref
+        self.stored = stored
+        rid = record_id.encode("utf-8")
+        self._head = _HEAD.pack(RECORD_CIPHERTEXT_VERSION, len(rid)) + rid
+        self._aead = ChaCha20Poly1305(key)
+
+    def __reduce__(self) -> NoReturn:
+        raise TypeError("RecordKey holds a key and cannot be pickled")
+
+    def __repr__(self) -> str:
+        return f"RecordKey(key_ref={self.key_ref.hex()})"
+
+    def _ad(self, field: str) -> bytes:
+        return self._head + _lp(field.encode("utf-8")) + self.key_ref
+
+    def encrypt(self, field: str, plaintext: bytes) -> bytes:
+        if type(plaintext) is not bytes:
+            if not isinstance(plaintext, bytearray | memoryview):
+                raise TypeError(f"plaintext for field {field!r} must be bytes")
+            plaintext = bytes(plaintext)
+        nonce = os.urandom(_NONCE)
+        return _V + self.key_ref + nonce + self._aead.encrypt(nonce, plaintext, self._ad(field))
+
+    def encrypt_many(self, fields: Mapping[str, bytes]) -> dict[str, bytes]:
+        return {f: self.encrypt(f, v) for f, v in fields.items()}
+
+    def decrypt(self, field: str, ciphertext: bytes) -> bytes:
+        if type(ciphertext) is not bytes:
+            if not isinstance(ciphertext, bytearray | memoryview):
+                raise TypeError(f"ciphertext for field {field!r} must be bytes")
+            ciphertext = bytes(ciphertext)
+        if len(ciphertext) < _MIN_CT or ciphertext[0] != RECORD_CIPHERTEXT_VERSION:
+            raise IntegrityError(f"ciphertext of field {field!r} has an unknown format", field=field)
+        if ciphertext[1:1 + KEY_REF_BYTES] != self.key_ref:
+            raise IntegrityError(
+                f"ciphertext of field {field!r} was made under another key of this record",
+                field=field)
+        start = 1 + KEY_REF_BYTES
+        try:
+            return self._aead.decrypt(ciphertext[start:start + _NONCE], ciphertext[start + _NONCE:],
+                                      self._ad(field))
+        except InvalidTag:
+            raise IntegrityError(
+                f"ciphertext of field {field!r} failed authentication: altered, or moved from "
+                "another record or field", field=field) from None
