@@ -26,10 +26,14 @@ def version() -> None:
 
 
 def _register() -> None:
-    """Attach every area's commands."""
-    from pivault.cli import synth as synth_cmds
+    """Attach every area's commands, in the order ``--help`` lists them."""
+    from pivault.cli import audit_cmds, scan, serve_cmds, synth, vault_cmds
 
-    app.command("synth")(synth_cmds.synth)
+    vault_cmds.register(app)
+    serve_cmds.register(app)
+    audit_cmds.register(app)
+    app.command("synth")(synth.synth)
+    app.command("scan")(scan.scan)
 
 
 _register()
