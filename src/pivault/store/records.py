@@ -53,6 +53,9 @@ class StoredRecord:
     updated_at: float = 0.0
     #: the import batch that created the record
     batch_id: str | None = None
+    #: the record's wrapped data key (per-record keys, see docs/keys.md); never
+    #: written to these tables: a record-key store beside the keyring holds it
+    record_key: bytes | None = None
 
 
 _SQLITE_V1 = """
