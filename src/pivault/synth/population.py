@@ -568,15 +568,15 @@ class _BadRows:
         self, start: int, batch: pa.RecordBatch, multi: Any,
     ) -> tuple[pa.RecordBatch, Any, list[BadLabel]]:
         rnd, rate, n = self.rng.random, self.rate, batch.num_rows
-        chosen = [j for j in range(n) if rnd() < rate]
-        if not chosen:
-            self.prev = (start, batch, set())
-            return batch, multi, []
-        bad = set(chosen)
+        bad: set[int] = set()
         labels: list[BadLabel] = []
         new: dict[int, Row] = {}
         cols = [batch.column(j) for j in range(len(COLUMNS))]
-        for j in chosen:
+        # one row at a time, every draw in row order: the bad rows of a shorter
+        # population are those of a longer one
+        for j in range(n):
+            if rnd() >= rate:
+                continue
             g = start + j
             kind = self.kinds[int(rnd() * len(self.kinds))]
             base: Row = (cols[0][j].as_py(), cols[1][j].as_py(), cols[2][j].as_py(),
@@ -587,13 +587,16 @@ class _BadRows:
                 if orig is None:
                     kind = self.fallback
                     if not kind:
-                        bad.discard(j)
                         continue
                 else:
                     dup, name, idn = orig
                     base = (name, idn, base[2], base[3], base[4])
+            bad.add(j)
             new[j] = _make_bad(kind, g, base, self.rng, self.t, self.seed, self.as_of)
             labels.append(BadLabel(g + 1, kind, BAD_KINDS[kind], 0, dup))
+        if not new:
+            self.prev = (start, batch, bad)
+            return batch, multi, []
         mask = [False] * n
         for j in new:
             mask[j] = True
