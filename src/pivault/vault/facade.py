@@ -141,6 +141,9 @@ class Vault:
         self.store = RecordStore(db)
         self.guard: Guard = guard if guard is not None else LocalGuard()
         self.config = config
+        #: called with the coarse facts (region code, birth year) of every record read,
+        #: after decryption; the global detector's sweep rules listen here
+        self.read_observers: list[Callable[[AccessContext, list[tuple[str, int]]], None]] = []
 
     # -- construction ------------------------------------------------------
     @classmethod
@@ -237,7 +240,9 @@ class Vault:
             self.guard.audit(ctx, "get", [record_id], "not_found")
             raise NotFoundError("no record with this id", code="record.not_found")
         self.guard.audit(ctx, "get", [record_id], "ok")
-        return self._present(ctx, open_record(self.keyring, stored))
+        resident = open_record(self.keyring, stored)
+        self._observe(ctx, [resident])
+        return self._present(ctx, resident)
 
     def find(self, *, id_number: str | None = None, mobile: str | None = None,
              name: str | None = None, birth_date: str | _dt.date | None = None,
@@ -288,7 +293,15 @@ class Vault:
         ids = [m.record_id for m in matches]
         self._budget(ctx, "find", len(ids), ids)
         self.guard.audit(ctx, "find", ids, "ok" if ids else "not_found")
-        return [self._present(ctx, open_record(kr, m)) for m in matches]
+        residents = [open_record(kr, m) for m in matches]
+        self._observe(ctx, residents)
+        return [self._present(ctx, r) for r in residents]
+
+    def _observe(self, ctx: AccessContext, residents: Sequence[Resident]) -> None:
+        if self.read_observers and residents:
+            facts = [(r.region_code, r.birth_date.year) for r in residents]
+            for observer in self.read_observers:
+                observer(ctx, facts)
 
     def update(self, record_id: str, changes: Mapping[str, str | None], *,
                ctx: AccessContext) -> None:
@@ -405,7 +418,18 @@ class Vault:
 
         self._authorise(ctx, "stats", ())
         self.guard.audit(ctx, "stats", (), "ok")
-        out: dict[str, Any] = {"vault_id": self.keyring.vault_id, "store": self.store.stats()}
+        from pivault.detect.canary import canary_counts
+
+        store = self.store.stats()
+        # canary residents are left out of every count shown to users
+        hidden = canary_counts(self.db)
+        store["rows"] = int(store["rows"]) - hidden["rows"]  # type: ignore[call-overload]
+        entries = store.get("index_entries")
+        if isinstance(entries, dict):
+            for index, n in hidden.items():
+                if index in entries:
+                    entries[index] = max(0, int(entries[index]) - n)
+        out: dict[str, Any] = {"vault_id": self.keyring.vault_id, "store": store}
         out["imports"] = imports.counts(self.db)
         keys = self.keyring.key_info()
         out["keys"] = [{k: v for k, v in info.items() if k != "keys"} for info in keys]

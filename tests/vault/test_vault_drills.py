@@ -1,0 +1,235 @@
+"""Drills: kill -9 during import, no plaintext at rest after a 100,000-row import, erase purges.
+
+The plaintext search reads every file once and looks for every needle at
+every byte offset with fixed-length windows (a zero-copy Arrow view of the
+file per window offset, checked against a hash set of needles). Ciphertext is
+uniformly random, so a needle of L bytes turns up by chance about
+``size / 256**L`` times per distinct needle: for 8 bytes and more that is
+zero (ID numbers, mobiles, addresses, most names) and any hit fails the test;
+for the shortest names (two Chinese characters are 4 bytes in GB18030) chance
+hits are expected and the test allows a few times the chance count, while a
+leak would show about one hit per resident.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pytest
+from vault_support import CHEAP, PASSPHRASE, new_keyring
+
+from pivault.policy import AccessContext
+from pivault.store.db import Database
+from pivault.synth import write_population
+from pivault.vault import Vault
+
+EXACT_MIN_BYTES = 8
+
+
+class NeedleSet:
+    """Byte strings to look for, grouped by length."""
+
+    def __init__(self, values: set[bytes]) -> None:
+        by_len: dict[int, set[bytes]] = {}
+        for v in values:
+            if len(v) >= 4:
+                by_len.setdefault(len(v), set()).add(v)
+        self.by_len = {n: pa.array(sorted(vs), type=pa.binary(n)) for n, vs in by_len.items()}
+
+    def scan(self, data: bytes) -> dict[int, list[bytes]]:
+        """Needles found in ``data``, by length."""
+        buf = pa.py_buffer(data)
+        found: dict[int, list[bytes]] = {}
+        for n, values in self.by_len.items():
+            opts = pc.SetLookupOptions(values)
+            for k in range(n):
+                count = (len(data) - k) // n
+                if count <= 0:
+                    continue
+                windows = pa.Array.from_buffers(pa.binary(n), count, [None, buf.slice(k)])
+                mask = pc.is_in(windows, options=opts)
+                if pc.any(mask).as_py():
+                    found.setdefault(n, []).extend(pc.filter(windows, mask).to_pylist())
+        return found
+
+    def chance_hits(self, size: int, n: int) -> float:
+        return size * len(self.by_len.get(n, [])) / 256.0**n
+
+
+def _needles(csv_path: Path) -> set[bytes]:
+    values: set[bytes] = set()
+    with open(csv_path, encoding="utf-8", newline="") as fh:
+        for row in csv.DictReader(fh):
+            for col in ("name", "id_number", "mobile", "address"):
+                v = (row.get(col) or "").strip()
+                if v:
+                    values.add(v.encode("utf-8"))
+                    values.add(v.encode("gb18030"))
+    return values
+
+
+def _assert_no_plaintext(files: list[Path], needles: NeedleSet) -> None:
+    total = 0
+    short_hits: dict[int, int] = {}
+    for f in files:
+        data = f.read_bytes()
+        total += len(data)
+        for n, hits in needles.scan(data).items():
+            if n >= EXACT_MIN_BYTES:
+                pytest.fail(f"{len(hits)} plaintext value(s) of {n} bytes found in {f.name}")
+            short_hits[n] = short_hits.get(n, 0) + len(hits)
+    for n, hits in short_hits.items():
+        allowed = 4 * needles.chance_hits(total, n) + 10
+        assert hits <= allowed, f"{hits} hits of {n}-byte values (chance allows {allowed:.0f})"
+
+
+def _files_under(d: Path) -> list[Path]:
+    return sorted(p for p in d.rglob("*") if p.is_file())
+
+
+# -- no plaintext at rest ------------------------------------------------------------
+
+@pytest.mark.slow
+def test_no_plaintext_at_rest_after_100k_import(sqlite_url: str, pg_url: str, tmp_path: Path) -> None:
+    src = tmp_path / "population.csv"
+    write_population(src, 100_000, seed=2024, bad_rate=0.01)
+    needles = NeedleSet(_needles(src))
+    # the scanner works: the source file itself is full of hits
+    assert sum(len(h) for n, h in needles.scan(src.read_bytes()[:2_000_000]).items()
+               if n >= EXACT_MIN_BYTES) > 10_000
+
+    # SQLite: database, WAL, shared memory, anything else in the data directory
+    db = Database(sqlite_url)
+    v = Vault.initialise(db, new_keyring(tmp_path / "keys" / "sqlite.keyring", 10**7))
+    s = v.import_files([src], on_duplicate="reject")
+    assert s.reconciles and s.imported > 95_000 and s.rejected > 500
+    data_dir = Path(db.url.target).parent
+    files = _files_under(data_dir)
+    assert any(f.name.endswith("-wal") for f in files)
+    _assert_no_plaintext(files, needles)
+    db.close()
+    _assert_no_plaintext(_files_under(data_dir), needles)
+
+    # PostgreSQL: the heap, TOAST and index files of the vault's relations
+    pdb = Database(pg_url)
+    pv = Vault.initialise(pdb, new_keyring(tmp_path / "keys" / "pg.keyring", 10**7))
+    ps = pv.import_files([src], on_duplicate="reject")
+    assert (ps.imported, ps.rejected) == (s.imported, s.rejected)
+    pdb.execute("CHECKPOINT")
+    data_root = Path(str(pdb.query_one("SHOW data_directory")[0]))  # type: ignore[index]
+    rels = pdb.query(
+        "WITH ours AS (SELECT oid, reltoastrelid FROM pg_class"
+        "              WHERE relnamespace = current_schema()::regnamespace)"
+        " SELECT pg_relation_filepath(oid) FROM ours"
+        " UNION SELECT pg_relation_filepath(reltoastrelid) FROM ours WHERE reltoastrelid <> 0"
+        " UNION SELECT pg_relation_filepath(i.indexrelid) FROM pg_index i"
+        "       JOIN ours o ON i.indrelid = o.reltoastrelid")
+    paths = [data_root / str(r[0]) for r in rels if r[0]]
+    if not paths or not os.access(paths[0].parent, os.R_OK):
+        pdb.close()
+        pytest.skip("the PostgreSQL data directory is not readable by the test process")
+    pg_files = [f for p in paths for f in p.parent.glob(p.name + "*") if f.is_file()]
+    assert sum(f.stat().st_size for f in pg_files) > 10_000_000
+    _assert_no_plaintext(pg_files, needles)
+    pdb.close()
+
+
+def test_erase_leaves_no_ciphertext_in_sqlite_files(sqlite_vault: Vault, ctx: AccessContext) -> None:
+    from vault_support import make_residents
+
+    ids = [sqlite_vault.put(p, ctx=ctx) for p in make_residents(60, seed=77)]
+    victim, keep = sqlite_vault.store.get(ids[10]), sqlite_vault.store.get(ids[20])
+    assert victim is not None and keep is not None
+    sqlite_vault.erase(ids[10], ctx=ctx)
+    files = _files_under(Path(sqlite_vault.db.url.target).parent)
+    blob = b"".join(f.read_bytes() for f in files)
+    for ct in victim.fields.values():
+        assert ct not in blob
+    for ct in keep.fields.values():  # the search would have found them
+        assert ct in blob
+    assert ids[10].encode() not in blob
+
+
+# -- kill -9 ------------------------------------------------------------------------
+
+_CHILD = """
+import sys
+from pivault.crypto import Argon2Params, Keyring, PassphraseProvider
+from pivault.store.db import Database
+from pivault.vault import Vault
+url, keyring_path, src, workers, passphrase = sys.argv[1:6]
+kr = Keyring.open(keyring_path, PassphraseProvider(passphrase, Argon2Params(1, 8, 1)))
+v = Vault(Database(url), kr)
+def progress(p):
+    print("chunk", p.read, flush=True)
+s = v.import_files([src], on_duplicate="reject", workers=int(workers), chunk_size=150,
+                   progress=progress)
+print("done", s.files[0].status, flush=True)
+"""
+
+
+def _run_child(url: str, keyring: Path, src: Path, workers: int) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-c", _CHILD, url, str(keyring), str(src), str(workers), PASSPHRASE],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+
+
+def _kill_group(proc: subprocess.Popen[str]) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_kill_minus_nine_then_rerun_imports_every_row_once(store_url: str, tmp_path: Path,
+                                                           ctx: AccessContext, workers: int) -> None:
+    assert CHEAP.memory_cost == 8
+    src = tmp_path / "pop.csv"
+    write_population(src, 4000, seed=99, bad_rate=0.03)
+    labels_lines = src.with_name(src.name + ".labels.jsonl").read_text().splitlines()
+    keyring_path = tmp_path / "keys" / "kill.keyring"
+    db = Database(store_url)
+    v = Vault.initialise(db, new_keyring(keyring_path))
+    rng = random.Random(f"{store_url}{workers}")
+    kills_mid_import = 0
+    for attempt in range(4):
+        proc = _run_child(store_url, keyring_path, src, workers)
+        assert proc.stdout is not None
+        if attempt == 0:
+            time.sleep(rng.uniform(0.0, 0.6))  # anywhere, maybe before the first chunk
+        else:
+            for _ in range(rng.randint(1, 4)):  # a little way into the import
+                if not proc.stdout.readline():
+                    break
+            time.sleep(rng.uniform(0.0, 0.05))
+        _kill_group(proc)
+        row = db.query_one("SELECT rows_consumed, status FROM import_batches")
+        if row and row[1] == "running" and 0 < row[0] < 4000:
+            kills_mid_import += 1
+    assert kills_mid_import >= 2
+    proc = _run_child(store_url, keyring_path, src, workers)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-2000:]
+    assert "done resumed" in out or "done imported" in out
+    f = v.import_files([src], on_duplicate="reject").files[0]
+    assert f.status == "already_imported"
+    n_bad = len(labels_lines)
+    assert (f.read, f.rejected, f.duplicates, f.imported) == (4000, n_bad, 0, 4000 - n_bad)
+    # exactly once: as many records as good rows, one reject per bad row
+    assert v.store.count() == 4000 - n_bad
+    lines = [r[0] for r in db.query("SELECT line FROM import_rejects ORDER BY line")]
+    assert len(lines) == len(set(lines)) == n_bad
+    rid_rows = db.query("SELECT COUNT(DISTINCT record_id), COUNT(*) FROM blind_index"
+                        " WHERE index_name = 'id_number'")
+    assert rid_rows[0] == (4000 - n_bad, 4000 - n_bad)
+    db.close()
