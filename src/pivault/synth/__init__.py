@@ -56,7 +56,7 @@ id_region             id.region        a division code never assigned
 mobile_short          mobile.length    7 to 10 digits
 mobile_prefix         mobile.prefix    11 digits under an unallocated 1xx prefix
 name_empty            name.empty       an empty name
-name_long             name.length      a Latin-script name of 65 to 81 characters
+name_long             name.length      a Latin-script (pinyin) name over 64 characters
 address_long          address.length   an address of 201 to 240 characters
 notes_long            notes.length     notes of 2001 to 2300 characters
 duplicate             duplicate        the name and ID number of the earlier good row
