@@ -76,8 +76,9 @@ def main() -> None:
         _rss_child(args.rss_child)
         return
 
-    print(f"python {platform.python_version()} on {platform.machine()}, {os.cpu_count()} cores; "
-          f"count={args.count:,}, median of {args.runs} runs")
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    print(f"python {platform.python_version()} on {platform.machine()}, {os.cpu_count()} cores, "
+          f"load average {load}; count={args.count:,}, median of {args.runs} runs")
     capacity()  # build the seed-independent tables once, outside the timing
     with tempfile.TemporaryDirectory() as tmp:
         d = Path(tmp)

@@ -29,7 +29,7 @@ distinct inside the prefix. A second Feistel network over
 so the 11 digits are distinct for distinct rows. Residents under 10 have no
 mobile (empty field); the number reserved for their row is not used.
 
-The ID space holds about 3·10^10 rows and the mobile space about 3.5·10^9;
+The ID space holds about 1.9·10^10 rows and the mobile space about 3.6·10^9;
 asking for more rows than :func:`capacity` raises :class:`ValueError`.
 
 Speed: rows are built a chunk at a time with Arrow compute kernels (table
