@@ -94,9 +94,9 @@ def test_leaked_sample_of_export_b_names_b_and_no_other(scene: dict[str, object]
     real = len(sample) - res.export_canaries[exports["B"]]["found"]
     assert res.residents_matched >= real - 3  # a few chance-free misses at most
     assert res.fields_exposed == ["id_number", "mobile", "name"]
-    # the export's fit: every matched resident is inside B
+    # the export's fit: the matched residents are inside B (but for chance pair coincidences)
     ev = named[0].evidence
-    assert ev["containment"] == 1.0 and ev["recipient"] == "recipient B"
+    assert ev["containment"] >= 0.98 and ev["recipient"] == "recipient B"
     # the case keeps who is affected, for a notifier only
     with pytest.raises(Exception, match="notify"):
         affected(w.vault, res.case_id, ctx=ctx("officer-7", "officer"))

@@ -1,0 +1,117 @@
+"""The command line end to end: export request/approve/fetch, leak check, breach report."""
+
+from __future__ import annotations
+
+import csv
+import json
+import random
+import re
+from pathlib import Path
+
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from leak.conftest import CHEAP
+from pivault.cli.leak_cmds import register
+from pivault.model import Resident
+from pivault.synth import generate
+from pivault.vault import Vault
+from pivault.vault import home as vault_home
+from pivault.vault.facade import seal
+
+PASS = "synthetic cli passphrase"
+
+
+@pytest.fixture
+def cli(tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> tuple[CliRunner, typer.Typer, Path, list[Resident]]:
+    home = tmp_path / "home"
+    vault_home.init(home, passphrase=PASS, keyring_path=tmp_path / "keys" / "k.keyring",
+                    expected_population=10**5, argon2=CHEAP)
+    monkeypatch.setenv("PIVAULT_PASSPHRASE", PASS)
+    monkeypatch.setenv("PIVAULT_HOME", str(home))
+    residents = [Resident.parse({k: row[k] or None for k in  # type: ignore[literal-required]
+                                 ("name", "id_number", "mobile", "address", "notes")})
+                 for row in generate(5000, 21)]
+    with Vault.open(home) as v:
+        v.store.insert([seal(v.keyring, r) for r in residents])
+    app = typer.Typer()
+
+    @app.callback()
+    def _root() -> None:
+        """pivault (test root)."""
+
+    register(app)
+    return CliRunner(), app, tmp_path, residents
+
+
+def _token(principal: str, role: str) -> str:
+    from pivault.policy.tokens import TokenStore
+
+    with Vault.open() as v:
+        _, token = TokenStore(v.db).create(principal, role, ["export approval", "breach notification"],
+                                           ttl_seconds=3600)
+    return token
+
+
+def test_export_leak_and_report_from_the_command_line(cli: tuple[CliRunner, typer.Typer, Path,
+                                                                  list[Resident]]) -> None:
+    runner, app, tmp, residents = cli
+    ids = ",".join(r.record_id for r in residents[:4500])
+    r = runner.invoke(app, ["export", "request", "--recipient", "Institute X", "--purpose", "research",
+                            "--fields", "name,id_number,mobile,birth_date", "--selection", f"ids={ids}",
+                            "--json"])
+    assert r.exit_code == 0, r.output
+    export_id = json.loads(r.output)["export_id"]
+    # the local operator cannot approve: not an approver
+    r = runner.invoke(app, ["export", "approve", export_id])
+    assert r.exit_code == 1 and "approver" in r.output
+    r = runner.invoke(app, ["export", "approve", export_id, "--token", _token("approver-1", "approver")])
+    assert r.exit_code == 0, r.output
+    out = tmp / "x.csv"
+    r = runner.invoke(app, ["export", "fetch", export_id, "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(app, ["export", "list"])
+    assert export_id in r.output and "fetched" in r.output
+    with open(out, encoding="utf-8") as f:
+        rows = list(csv.reader(f))[1:]
+    sample = random.Random(4).sample(rows, 250)
+    dump = tmp / "forum_post.json"
+    objs = [{"a": s[0], "b": s[1].lower(), "c": s[2]} for s in sample]
+    dump.write_text(json.dumps(objs, ensure_ascii=False), encoding="utf-8")
+    r = runner.invoke(app, ["leak", "check", str(dump)])
+    assert r.exit_code == 0, r.output
+    assert f"export {export_id} (conclusive)" in r.output
+    case_id = re.search(r"case (case_[0-9a-f]+)", r.output).group(1)  # type: ignore[union-attr]
+    report_dir = tmp / "report"
+    r = runner.invoke(app, ["leak", "report", case_id, "--out", str(report_dir), "--contact",
+                            "DPO, dpo@example.org", "--measure", "export recipient's access revoked"])
+    assert r.exit_code == 0, r.output
+    page = (report_dir / "report.html").read_text(encoding="utf-8")
+    twin = json.loads((report_dir / "report.json").read_text(encoding="utf-8"))
+    for key in ("kinds_of_pi", "cause", "possible_harm", "measures_taken", "what_residents_can_do",
+                "contact_point", "notification_deadline", "residents_by_region", "timeline"):
+        assert twin[key], key
+    assert twin["residents_affected"] >= 200  # 250 rows, ~7 % of them canaries
+    assert "Institute X" in twin["cause"][0]
+    assert page.count("<svg") == 3 and "<script" not in page
+    assert not re.search(r"(src|href)=", page)  # no external assets
+    for res in residents[:4500]:
+        assert res.id_number not in page and res.id_number not in json.dumps(twin)
+    # who is affected: a notifying role only
+    r = runner.invoke(app, ["leak", "affected", case_id])
+    assert r.exit_code == 1 and "notify" in r.output
+    r = runner.invoke(app, ["leak", "affected", case_id, "--token", _token("dpo-1", "dpo")])
+    assert r.exit_code == 0 and len(r.output.split()) == twin["residents_affected"]
+
+
+def test_bad_input_is_one_clear_line(cli: tuple[CliRunner, typer.Typer, Path, list[Resident]]) -> None:
+    runner, app, tmp, _ = cli
+    r = runner.invoke(app, ["export", "request", "--recipient", "R", "--purpose", "p", "--fields", "notes",
+                            "--selection", "region=31"])
+    assert r.exit_code == 2 and "error[export.untraceable]" in r.output
+    empty = tmp / "e.csv"
+    empty.write_bytes(b"")
+    r = runner.invoke(app, ["leak", "check", str(empty)])
+    assert r.exit_code == 0 and "the file is empty" in r.output
