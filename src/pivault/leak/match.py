@@ -171,7 +171,7 @@ class Matcher:
     # -- export canaries: exact values of fictitious people -------------------------
     def _canary(self, k: Keys, m: RowMatch) -> None:
         c = self.registry.canaries
-        if not c:
+        if not any(c.values()):
             return
         hits: dict[tuple[str, int], int] = {}
         by_id: tuple[str, int] | None = None
@@ -196,8 +196,9 @@ class Matcher:
         out = [RowMatch() for _ in keys]
         cached = self.pairs is not None
         expected = self._match_cached(keys, out) if cached else self._match_store(keys, out)
-        for k, m in zip(keys, out, strict=True):
-            self._canary(k, m)
+        if any(self.registry.canaries.values()):
+            for k, m in zip(keys, out, strict=True):
+                self._canary(k, m)
         return MatchResult(out, keys, expected)
 
     def _match_cached(self, keys: list[Keys], out: list[RowMatch]) -> float:
