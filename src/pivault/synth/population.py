@@ -32,9 +32,10 @@ mobile (empty field); the number reserved for their row is not used.
 The ID space holds about 1.9·10^10 rows and the mobile space about 3.6·10^9;
 asking for more rows than :func:`capacity` raises :class:`ValueError`.
 
-Speed: rows are built a chunk at a time with Arrow compute kernels (table
-lookups, modular arithmetic, string joins), so the per-row cost is a few
-hundred nanoseconds and memory is bounded by one chunk.
+Speed: rows are built a chunk (65,536 rows) at a time with Arrow compute
+kernels (table lookups, modular arithmetic, string joins); no Python code runs
+per good row, and memory is bounded by one chunk. Bad rows are made in Python,
+one at a time (see BENCHMARKS.md for measured rates).
 
 Randomness: personal details come from ``random.Random(seed)`` in one
 ``randbytes`` draw per chunk (row-major, so a shorter population is a prefix
