@@ -71,7 +71,9 @@ def name_birth_key(name: str, birth_date: _dt.date) -> str:
 def seal(keyring: Keyring, r: Resident, batch_id: str | None = None) -> StoredRecord:
     """Encrypt a resident's fields and compute its blind indexes."""
     plain = r.pi_fields()
-    fields = keyring.encrypt_many(r.record_id, {f: v.encode("utf-8") for f, v in plain.items()})
+    # under a new per-record key when the keyring has record keys on (the Vault's store does)
+    fields, record_key = keyring.encrypt_record(r.record_id,
+                                                {f: v.encode("utf-8") for f, v in plain.items()})
     names = keyring.index_names
     index: dict[str, bytes] = {}
     if "id_number" in names:
@@ -80,11 +82,16 @@ def seal(keyring: Keyring, r: Resident, batch_id: str | None = None) -> StoredRe
         index["mobile"] = keyring.blind_index("mobile", r.mobile)
     if "name_birth" in names:
         index["name_birth"] = keyring.blind_index("name_birth", name_birth_key(r.name, r.birth_date))
-    return StoredRecord(r.record_id, fields, index, batch_id=batch_id)
+    return StoredRecord(r.record_id, fields, index, batch_id=batch_id, record_key=record_key)
 
 
 def _integrity(record_id: str, exc: IntegrityError) -> IntegrityError:
     field = exc.field or "?"
+    if exc.code == "crypto.shredded":
+        err = IntegrityError(f"record {record_id}: its record key is gone (the record was erased);"
+                             " it cannot be decrypted", field=field, code=exc.code)
+        err.hint = "an erased record stays unreadable in every copy, backups included"
+        return err
     err = IntegrityError(
         f"record {record_id}: the ciphertext of field {field!r} failed authentication"
         " (altered, copied from another record or field, or made under a key this keyring lacks)",
@@ -98,13 +105,11 @@ def decrypt_fields(keyring: Keyring, stored: StoredRecord,
     """Plaintext of some (default: all) fields; IntegrityError names record and field."""
     want = stored.fields if fields is None else {f: stored.fields[f] for f in fields
                                                    if f in stored.fields}
-    out: dict[str, str] = {}
-    for f, ct in want.items():
-        try:
-            out[f] = keyring.decrypt(stored.record_id, f, ct).decode("utf-8")
-        except IntegrityError as exc:
-            raise _integrity(stored.record_id, exc) from None
-    return out
+    try:
+        raw = keyring.decrypt_many(stored.record_id, want, record_key=stored.record_key)
+    except IntegrityError as exc:
+        raise _integrity(stored.record_id, exc) from None
+    return {f: v.decode("utf-8") for f, v in raw.items()}
 
 
 def open_record(keyring: Keyring, stored: StoredRecord) -> Resident:
@@ -138,7 +143,10 @@ class Vault:
             meta.check(db, keyring)
         self.db = db
         self.keyring = keyring
-        self.store = RecordStore(db)
+        from pivault.keys.attach import record_store
+
+        # each record's fields under a key of its own, kept beside the keyring: erase shreds
+        self.store: RecordStore = record_store(db, keyring, home=config.home if config else None)
         self.guard: Guard = guard if guard is not None else LocalGuard()
         self.config = config
         #: called with the coarse facts (region code, birth year) of every record read,
@@ -176,6 +184,7 @@ class Vault:
             raise
 
     def close(self) -> None:
+        getattr(self.store, "close", lambda: None)()
         self.db.close()
 
     def __enter__(self) -> Vault:
@@ -272,13 +281,12 @@ class Vault:
         self._authorise(ctx, "find", PI_FIELDS)
         kr = self.keyring
         if "id_number" in want:
-            cands = self.store.candidates("id_number", kr.blind_index("id_number", want["id_number"]))
+            cands = self._candidates("id_number", want["id_number"])
         elif "mobile" in want:
-            cands = self.store.candidates("mobile", kr.blind_index("mobile", want["mobile"]))
+            cands = self._candidates("mobile", want["mobile"])
         else:
             assert born is not None
-            cands = self.store.candidates(
-                "name_birth", kr.blind_index("name_birth", name_birth_key(want["name"], born)))
+            cands = self._candidates("name_birth", name_birth_key(want["name"], born))
         check = [f for f in ("name", "id_number", "mobile") if f in want]
         if born is not None and "id_number" not in check:
             check.append("id_number")
@@ -353,6 +361,21 @@ class Vault:
         self.store.purge_freed()
 
     # -- helpers for the import and for uniqueness -----------------------------
+    def _candidates(self, index_name: str, value: str) -> list[StoredRecord]:
+        """Records whose index entry matches ``value`` under any key of the index.
+
+        During a blind-index key rotation some entries still carry the old
+        key's value until the rebuild reaches them (``pivault keys rewrap``).
+        """
+        kr = self.keyring
+        if kr.index_versions(index_name) == 1:
+            return self.store.candidates(index_name, kr.blind_index(index_name, value))
+        found: dict[str, StoredRecord] = {}
+        for v in kr.blind_index_all(index_name, value):
+            for c in self.store.candidates(index_name, v):
+                found.setdefault(c.record_id, c)
+        return [found[k] for k in sorted(found)]
+
     def ids_by_id_number(self, wanted: Mapping[str, bytes]) -> dict[str, str]:
         """Existing record id per normalised ID number, for ``{id_number: blind index}``.
 
@@ -360,7 +383,10 @@ class Vault:
         """
         if not wanted:
             return {}
-        by_value = self.store.candidate_ids("id_number", list(wanted.values()))
+        values = list(wanted.values())
+        if self.keyring.index_versions("id_number") > 1:  # a rotation is rebuilding the index
+            values = [v for idn in wanted for v in self.keyring.blind_index_all("id_number", idn)]
+        by_value = self.store.candidate_ids("id_number", values)
         cand_ids = sorted({rid for ids in by_value.values() for rid in ids})
         if not cand_ids:
             return {}
