@@ -225,8 +225,11 @@ def build_app(opts: ServeOptions, vault: Any | None = None) -> Any:
         # the door's audit trail, read budgets, canaries and detector, under the live policy
         from pivault.detect.setup import build_guard
 
-        v.guard = build_guard(v.db, v.keyring, keyring_path=v.config.keyring_path, home=opts.home,
-                              policy=holder.current)
+        # the route dependency refreshes the holder once per request; the watchman reads it as is
+        guard = build_guard(v.db, v.keyring, keyring_path=v.config.keyring_path, home=opts.home,
+                            policy=holder.peek)
+        v.guard = guard
+        v.read_observers.append(guard.observe_records)
     return create_app(v, holder, config=_service_config(opts))
 
 

@@ -33,7 +33,7 @@ from pivault.policy.context import AccessContext
 from pivault.store.db import Database
 from pivault.store.migrations import Migration, register
 
-__all__ = ["CanaryRegistry", "seed"]
+__all__ = ["CanaryRegistry", "canary_counts", "seed"]
 
 _TAG_DOMAIN = b"pivault.canary.v1\x00"
 _KEY_ID = "canary-registry"
@@ -45,6 +45,27 @@ register(Migration(
     postgresql=("CREATE TABLE canary_key (id SMALLINT PRIMARY KEY CHECK (id = 1), key_ct BYTEA NOT NULL);"
                 "CREATE TABLE canary_registry (tag BYTEA PRIMARY KEY)"),
 ))
+
+
+register(Migration(
+    "canary", 2, "how many canaries carry a mobile (to leave them out of index counts)",
+    sqlite="ALTER TABLE canary_key ADD COLUMN with_mobile INTEGER NOT NULL DEFAULT 0",
+    postgresql="ALTER TABLE canary_key ADD COLUMN with_mobile BIGINT NOT NULL DEFAULT 0",
+))
+
+
+def canary_counts(db: Database) -> dict[str, int]:
+    """What canaries add to the store's counts: rows and index entries (for ``stats``).
+
+    Counts only; which records are canaries stays in the keyed registry.
+    Zero everywhere for a store without canaries (or without the tables).
+    """
+    if not db.table_exists("canary_registry"):
+        return {"rows": 0, "id_number": 0, "name_birth": 0, "mobile": 0}
+    row = db.query_one("SELECT COUNT(*) FROM canary_registry")
+    n = int(row[0]) if row else 0
+    m = db.query_one("SELECT with_mobile FROM canary_key WHERE id = 1")
+    return {"rows": n, "id_number": n, "name_birth": n, "mobile": int(m[0]) if m else 0}
 
 
 class _Cipher(Protocol):
@@ -171,6 +192,8 @@ def seed(vault: _VaultLike, n: int, *, ctx: AccessContext, registry: CanaryRegis
             continue
         made.append(rid)
         registry.add([rid])
+        if record["mobile"]:
+            vault.db.execute("UPDATE canary_key SET with_mobile = with_mobile + 1 WHERE id = 1")
     if len(made) < n:
         raise PivaultError("could not make enough distinct canaries", code="canary.seed")
     if blend:

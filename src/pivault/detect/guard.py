@@ -112,6 +112,10 @@ class DetectGuard:
             return
         self.audit_log.append(AuditEvent.of(ctx, operation, outcome, ids,
                                             count=len(ids) if outcome == "ok" else 0))
+        if operation == "erase" and outcome == "ok" and self.canaries is not None:
+            gone = self.canaries.which(ids)
+            if gone:
+                self.canaries.remove(gone)
         if operation in READ_OPERATIONS and outcome == "ok" and ids:
             if self.canaries is not None:
                 hit = self.canaries.which(ids)

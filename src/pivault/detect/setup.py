@@ -30,13 +30,14 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from pivault.audit.keys import AuditKeyError, create_audit_keys, load_writer
+from pivault.audit.keys import AuditKeyError, WriterKeys, create_audit_keys, load_writer
 from pivault.audit.log import AuditLog
 from pivault.detect.alerts import AlertDispatcher, sinks_from_config
 from pivault.detect.budgets import BudgetPolicy, Budgets
@@ -156,14 +157,7 @@ def build_guard(db: Database, keyring: Any, *, keyring_path: str | os.PathLike[s
     """
     settings = settings or DetectSettings.from_home(home)
     key_dir = audit_key_dir(keyring_path, keyring.vault_id, settings)
-    try:
-        writer = load_writer(key_dir, keyring)
-    except AuditKeyError as exc:
-        if exc.code != "audit.keys.missing" or not create_keys:
-            raise
-        create_audit_keys(key_dir, keyring, data_dir=home)
-        log.warning("created audit keys in %s; move audit-verifier.key to the auditor", key_dir)
-        writer = load_writer(key_dir, keyring)
+    writer = _writer_keys(key_dir, keyring, home, create_keys)
     audit_log = AuditLog(db, keyring, writer, checkpoint_every=settings.checkpoint_every,
                          checkpoint_seconds=settings.checkpoint_seconds)
     counters = counters or counters_from_url(settings.counters_url, namespace=keyring.vault_id)
@@ -187,6 +181,30 @@ def build_guard(db: Database, keyring: Any, *, keyring_path: str | os.PathLike[s
         canaries=CanaryRegistry(db, keyring),
         detector=GlobalDetector(counters, alerts, DetectorConfig(**settings.detector)),
         suspend=suspend, inner=inner)
+
+
+def _writer_keys(key_dir: Path, keyring: Any, home: str | os.PathLike[str] | None,
+                 create: bool) -> WriterKeys:
+    """Load the writer's audit keys; make them on first use (several workers may race to)."""
+    try:
+        return load_writer(key_dir, keyring)
+    except AuditKeyError as exc:
+        if exc.code != "audit.keys.missing" or not create:
+            raise
+    try:
+        create_audit_keys(key_dir, keyring, data_dir=home)
+        log.warning("created audit keys in %s; move audit-verifier.key to the auditor", key_dir)
+    except AuditKeyError as exc:
+        if exc.code != "audit.keys.exists":
+            raise
+    deadline = time.monotonic() + 5.0
+    while True:  # another worker may still be writing its three files
+        try:
+            return load_writer(key_dir, keyring)
+        except AuditKeyError as exc:
+            if exc.code != "audit.keys.missing" or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
 
 
 def _home_policy(home: str | os.PathLike[str]) -> Any:
