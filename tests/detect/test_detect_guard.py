@@ -130,3 +130,43 @@ def test_unreachable_counters_fail_closed(sqlite_db: Database, keyring: Keyring,
         door.vault.get(door.ids[0][0], ctx=who)
     last = list(entries(sqlite_db, principal=who.principal))[-1]
     assert (last.outcome, last.detail["code"]) == ("error", "detect.unavailable")
+
+
+def test_stats_leave_canaries_out(db: Database, keyring: Keyring, tmp_path: Path) -> None:
+    door = make_door(db, keyring, tmp_path / "keys", budget=Budget(), residents=6)
+    seed(door.vault, 2, ctx=OPERATOR, registry=door.canaries)
+    store = door.vault.stats(ctx=OPERATOR, key_usage=False)["store"]
+    assert store["rows"] == 6
+    assert store["index_entries"]["id_number"] == 6 and store["index_entries"]["name_birth"] == 6
+
+
+def test_detector_sees_coarse_cells_of_reads(db: Database, keyring: Keyring, tmp_path: Path) -> None:
+    from pivault.detect import DetectorConfig
+
+    door = make_door(db, keyring, tmp_path / "keys", budget=Budget(), residents=8,
+                     detector=DetectorConfig(evaluate_every=3600))
+    who = door.reader()
+    for rid, _ in door.ids:
+        door.vault.get(rid, ctx=who)
+    detector = door.guard.detector
+    assert detector is not None
+    seen = detector.counters.read_fields([k for k in _bucket_keys(detector)])
+    merged: dict[str, int] = {}
+    for h in seen:
+        for k, v in h.items():
+            merged[k] = merged.get(k, 0) + v
+    assert merged["t"] == 8 and merged["p:" + who.principal] == 8
+    cells = {k: v for k, v in merged.items() if k.startswith("c:")}
+    assert sum(cells.values()) == 8
+    assert all(len(k) == len("c:31:1985") for k in cells)  # province and year only
+
+
+def _bucket_keys(detector: object) -> list[str]:
+    import math
+
+    from pivault.detect import GlobalDetector
+
+    assert isinstance(detector, GlobalDetector)
+    now = detector.counters.now()
+    b = math.floor(now / detector.config.bucket_seconds)
+    return [f"d:{i}" for i in range(b - 5, b + 1)]
