@@ -20,8 +20,8 @@ def _rule_holds(rows: int, bits: int) -> bool:
 
 
 def test_sizes_for_ten_million_and_one_billion() -> None:
-    assert index_bits_for_population(10**7) == 17
-    assert index_bits_for_population(10**9) == 22
+    assert index_bits_for_population(10**7) == 21
+    assert index_bits_for_population(10**9) == 27
     for rows in (10**7, 10**9):
         assert _rule_holds(rows, index_bits_for_population(rows))
 
