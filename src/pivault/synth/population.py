@@ -47,6 +47,7 @@ of a longer one); which rows are bad, and how, comes from a second
 from __future__ import annotations
 
 import datetime as _dt
+import math
 import random
 import sys
 from collections.abc import Iterator, Sequence
@@ -407,8 +408,9 @@ def _join(*parts: Any) -> Any:
     return pc.binary_join_element_wise(*parts, "")
 
 
-def _good_batch(start: int, n: int, words: bytes, t: _Tables, k: _Keyed) -> tuple[pa.RecordBatch, Any]:
-    """Rows ``start .. start+n-1`` before any is made bad, and which notes span two lines.
+def _good_batch(start: int, n: int, words: bytes, t: _Tables, k: _Keyed) -> tuple[pa.RecordBatch, Any, Any]:
+    """Rows ``start .. start+n-1`` before any is made bad, which notes span two lines,
+    and every row's mobile (bad rows get one even under 10).
 
     Arrow kernels throughout; choices between alternatives are made on indices
     (cheap integer ``if_else``) and every string is one ``take`` + join.
@@ -440,10 +442,9 @@ def _good_batch(start: int, n: int, words: bytes, t: _Tables, k: _Keyed) -> tupl
     mr = mod(add(mr, take(m1, ml)), 10_000)
     ml = mod(add(ml, take(m2, mr)), a2)
     mr = mod(add(mr, take(m3, ml)), 10_000)
-    child = take(A["date_child"], d)
-    mob = _join(take(A["mobile_head"], ifelse(child, len(t.mobile_head), pc.divide(ml, 100))),
-                take(A["d2"], ifelse(child, 100, mod(ml, 100))),
-                take(A["d4"], ifelse(child, 10_000, mr)))
+    full_mobile = _join(take(A["mobile_head"], pc.divide(ml, 100)), take(A["d2"], mod(ml, 100)),
+                        take(A["d4"], mr))
+    mob = pc.if_else(take(A["date_child"], d), "", full_mobile)
     # -- random words: w0 surname 16 | given 8 | given 8; w1 name length 5 | minority 3 |
     #    minority name 8 | urban 2 | notes empty 2 | notes follow-up 8; w2 street 16 | number 16;
     #    w3 room 16 | village 16; w4 group 9 | note date 10 | note body 13
@@ -479,7 +480,7 @@ def _good_batch(start: int, n: int, words: bytes, t: _Tables, k: _Keyed) -> tupl
                   take(A["note_bodies"], ifelse(empty, n_bodies, mod(shr(w4, 19), n_bodies))),
                   take(A["follow"], ifelse(empty, 256, follow)))
     multi = pc.and_(pc.invert(empty), pc.less(follow, 3))
-    return pa.RecordBatch.from_arrays([name, idn, mob, addr, notes], schema=SCHEMA), multi
+    return pa.RecordBatch.from_arrays([name, idn, mob, addr, notes], schema=SCHEMA), multi, full_mobile
 
 
 @dataclass(frozen=True, slots=True)
@@ -521,10 +522,10 @@ def chunks(
     newlines = 0
     for start in range(0, count, chunk_size):
         n = min(chunk_size, count - start)
-        batch, multi = _good_batch(start, n, rng.randbytes(4 * _WORDS * n), t, k)
+        batch, multi, full_mobile = _good_batch(start, n, rng.randbytes(4 * _WORDS * n), t, k)
         labels: list[BadLabel] = []
         if bad_rate:
-            batch, multi, labels = bad.apply(start, batch, multi)
+            batch, multi, labels = bad.apply(start, batch, multi, full_mobile)
         counts = pc.cast(multi, pa.int64())
         if labels:
             before = pc.cumulative_sum(counts).to_pylist()
@@ -536,14 +537,28 @@ def chunks(
 
 
 class _BadRows:
-    """Turns chosen rows of each batch into labelled bad rows."""
+    """Turns chosen rows of each batch into labelled bad rows.
+
+    Two random streams, each consumed in row order, keep the bad rows of a
+    shorter population equal to those of a longer one: one decides which rows
+    are bad (geometric gaps between bad rows, the same law as a coin per row)
+    and of what kind, the other how each is broken.
+    """
 
     def __init__(self, seed: int, rate: float, kinds: tuple[str, ...], t: _Tables,
                  as_of: _dt.date) -> None:
-        self.rng = random.Random(f"pivault.synth.bad:{seed}")
+        self.decide = random.Random(f"pivault.synth.bad:{seed}")
+        self.rng = random.Random(f"pivault.synth.bad-detail:{seed}")
         self.rate, self.kinds, self.t, self.seed, self.as_of = rate, kinds, t, seed, as_of
         self.fallback = next((kd for kd in kinds if kd != "duplicate"), "")
         self.prev: tuple[int, pa.RecordBatch, set[int]] | None = None
+        self.next_bad = self._gap() if rate > 0 else -1
+
+    def _gap(self) -> int:
+        """Good rows before the next bad one."""
+        if self.rate >= 1.0:
+            return 0
+        return int(math.log1p(-self.decide.random()) / math.log1p(-self.rate))
 
     def _original(
         self, g: int, start: int, batch: pa.RecordBatch, bad: set[int],
@@ -552,59 +567,60 @@ class _BadRows:
         back = g - 1 - int(self.rng.random() * min(g, 4096))
         while back >= 0:
             if back >= start:
-                if back - start not in bad:
-                    j = back - start
-                    return back + 1, batch.column(0)[j].as_py(), batch.column(1)[j].as_py()
+                src, j, skip = batch, back - start, bad
             elif self.prev is not None and back >= self.prev[0]:
-                p_start, p_batch, p_bad = self.prev
-                if back - p_start not in p_bad:
-                    j = back - p_start
-                    return back + 1, p_batch.column(0)[j].as_py(), p_batch.column(1)[j].as_py()
+                src, j, skip = self.prev[1], back - self.prev[0], self.prev[2]
             else:
                 return None
+            if j not in skip:
+                return back + 1, src.column(0)[j].as_py(), src.column(1)[j].as_py()
             back -= 1
         return None
 
     def apply(
-        self, start: int, batch: pa.RecordBatch, multi: Any,
+        self, start: int, batch: pa.RecordBatch, multi: Any, full_mobile: Any,
     ) -> tuple[pa.RecordBatch, Any, list[BadLabel]]:
-        rnd, rate, n = self.rng.random, self.rate, batch.num_rows
-        bad: set[int] = set()
+        rnd, kinds, end = self.decide.random, self.kinds, start + batch.num_rows
+        chosen: list[tuple[int, str]] = []
+        while 0 <= self.next_bad < end:
+            chosen.append((self.next_bad - start, kinds[int(rnd() * len(kinds))]))
+            self.next_bad += 1 + self._gap()
+        bad = {j for j, _ in chosen}
+        if not chosen:
+            self.prev = (start, batch, bad)
+            return batch, multi, []
+        where = pa.array([j for j, _ in chosen], pa.int64())
+        bases = batch.take(where).to_pylist()
+        mobiles = full_mobile.take(where).to_pylist()
         labels: list[BadLabel] = []
         new: dict[int, Row] = {}
-        cols = [batch.column(j) for j in range(len(COLUMNS))]
-        # one row at a time, every draw in row order: the bad rows of a shorter
-        # population are those of a longer one
-        for j in range(n):
-            if rnd() >= rate:
-                continue
+        for (j, kind), row, mob in zip(chosen, bases, mobiles, strict=True):
             g = start + j
-            kind = self.kinds[int(rnd() * len(self.kinds))]
-            base: Row = (cols[0][j].as_py(), cols[1][j].as_py(), cols[2][j].as_py(),
-                         cols[3][j].as_py(), cols[4][j].as_py())
+            base: Row = (row["name"], row["id_number"], row["mobile"] or mob, row["address"], row["notes"])
             dup: int | None = None
             if kind == "duplicate":
                 orig = self._original(g, start, batch, bad)
                 if orig is None:
                     kind = self.fallback
                     if not kind:
+                        bad.discard(j)
                         continue
                 else:
                     dup, name, idn = orig
                     base = (name, idn, base[2], base[3], base[4])
-            bad.add(j)
-            new[j] = _make_bad(kind, g, base, self.rng, self.t, self.seed, self.as_of)
+            new[j] = _make_bad(kind, base, self.rng, self.t)
             labels.append(BadLabel(g + 1, kind, BAD_KINDS[kind], 0, dup))
         if not new:
             self.prev = (start, batch, bad)
             return batch, multi, []
-        mask = [False] * n
+        mask = [False] * batch.num_rows
         for j in new:
             mask[j] = True
         arrow_mask = pa.array(mask, pa.bool_())
         order = sorted(new)
-        cols = [pc.replace_with_mask(col, arrow_mask, pa.array([new[j][f] for j in order], pa.string()))
-                for f, col in enumerate(cols)]
+        cols = [pc.replace_with_mask(batch.column(f), arrow_mask,
+                                     pa.array([new[j][f] for j in order], pa.string()))
+                for f in range(len(COLUMNS))]
         batch = pa.RecordBatch.from_arrays(cols, schema=SCHEMA)
         has_newline = pa.array(["\n" in new[j][4] for j in order], pa.bool_())
         multi = pc.replace_with_mask(multi, arrow_mask, has_newline)
@@ -612,12 +628,9 @@ class _BadRows:
         return batch, multi, labels
 
 
-def _make_bad(kind: str, g: int, base: Row, rng: random.Random, t: _Tables, seed: int,
-              as_of: _dt.date) -> Row:
-    """Row ``g`` with exactly one rule broken (see the package docstring for each kind)."""
+def _make_bad(kind: str, base: Row, rng: random.Random, t: _Tables) -> Row:
+    """The row with exactly one rule broken (see the package docstring for each kind)."""
     name, idn, mob, addr, notes = base
-    if not mob:
-        mob = identity(g, seed, as_of)[1]
     if kind == "id_checksum":
         idn = idn[:17] + rng.choice([ch for ch in "0123456789X" if ch != idn[17]])
     elif kind == "id_date_impossible":

@@ -105,10 +105,11 @@ def _csv_bytes(chunk: Chunk) -> bytes:
     if n == 0:
         return b""
     damaged = [lb for lb in chunk.labels if lb.kind in CSV_KINDS]
-    raw = _join_lines(list(batch.columns), chunk.multiline, damaged, chunk.start, batch)
-    commas = 4 * (n - len(damaged)) + sum(line.count(",") for line in _damaged_text(damaged, chunk))
+    text = _damaged_text(damaged, chunk)
+    raw = _join_lines(list(batch.columns), chunk.multiline, damaged, text, chunk.start, n)
+    commas = 4 * (n - len(damaged)) + sum(line.count(",") for line in text)
     quotes = 2 * (pc.sum(pc.cast(chunk.multiline, pa.int64())).as_py() or 0)
-    quotes += sum(line.count('"') for line in _damaged_text(damaged, chunk))
+    quotes += sum(line.count('"') for line in text)
     if raw.count(b",") == commas and raw.count(b'"') == quotes and b"\r" not in raw:
         return raw
     cols = []  # pragma: no cover - only if a table ever holds a character that needs quoting
@@ -116,7 +117,7 @@ def _csv_bytes(chunk: Chunk) -> bytes:
         needs = pc.match_substring_regex(col, _NEEDS_QUOTES)
         quoted = pc.binary_join_element_wise('"', pc.replace_substring(col, '"', '""'), '"', "")
         cols.append(pc.if_else(needs, quoted, col))
-    return _join_lines(cols, None, damaged, chunk.start, batch)  # pragma: no cover
+    return _join_lines(cols, None, damaged, text, chunk.start, n)  # pragma: no cover
 
 
 def _damaged_text(damaged: list[BadLabel], chunk: Chunk) -> list[str]:
@@ -124,8 +125,8 @@ def _damaged_text(damaged: list[BadLabel], chunk: Chunk) -> list[str]:
                               for f in range(len(COLUMNS))], lb.kind) for lb in damaged]
 
 
-def _join_lines(cols: list[Any], multiline: Any, damaged: list[BadLabel], start: int,
-                batch: pa.RecordBatch) -> bytes:
+def _join_lines(cols: list[Any], multiline: Any, damaged: list[BadLabel], text: list[str], start: int,
+                n: int) -> bytes:
     if multiline is not None and pc.any(multiline).as_py():
         notes = cols[4]
         quoted = pc.binary_join_element_wise('"', pc.filter(notes, multiline), '"', "")
@@ -133,11 +134,9 @@ def _join_lines(cols: list[Any], multiline: Any, damaged: list[BadLabel], start:
     lines = pc.binary_join_element_wise(*cols, ",")
     lines = pc.binary_join_element_wise(lines, "\n", "")
     if damaged:
-        mask = [False] * batch.num_rows
+        mask = [False] * n
         for lb in damaged:
             mask[lb.row - 1 - start] = True
-        text = [csv_damaged_line([batch.column(f)[lb.row - 1 - start].as_py() for f in range(len(COLUMNS))],
-                                 lb.kind) for lb in damaged]
         lines = pc.replace_with_mask(lines, pa.array(mask, pa.bool_()), pa.array(text, pa.string()))
     offsets = memoryview(lines.buffers()[1]).cast("i")
     first, last = offsets[lines.offset], offsets[lines.offset + len(lines)]
