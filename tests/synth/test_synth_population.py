@@ -74,7 +74,7 @@ def test_rows_are_consistent(population: list[dict[str, str]]) -> None:
 
 
 def test_every_good_row_parses(population: list[dict[str, str]]) -> None:
-    for r in population[:30_000]:
+    for r in population[:15_000]:
         res = Resident.parse(r, today=TODAY)
         assert res.id_number == r["id_number"]
         assert res.gender == ("M" if int(r["id_number"][16]) % 2 else "F")
@@ -242,9 +242,9 @@ def test_gb18030_csv_holds_the_same_text(tmp_path: Path) -> None:
 @pytest.mark.parametrize("ext", ["csv", "jsonl", "parquet"])
 def test_same_seed_same_bytes(tmp_path: Path, ext: str) -> None:
     a, b, c = (tmp_path / f"{name}.{ext}" for name in "abc")
-    write_population(a, 20_000, 123, bad_rate=0.05)
-    write_population(b, 20_000, 123, bad_rate=0.05)
-    write_population(c, 20_000, 124, bad_rate=0.05)
+    write_population(a, 10_000, 123, bad_rate=0.05)
+    write_population(b, 10_000, 123, bad_rate=0.05)
+    write_population(c, 10_000, 124, bad_rate=0.05)
     assert _sha(a) == _sha(b) != _sha(c)
     assert _sha(labels_path_for(a)) == _sha(labels_path_for(b))
 
