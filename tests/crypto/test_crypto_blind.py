@@ -42,11 +42,11 @@ def test_equal_input_equal_output(keyring: Keyring) -> None:
 
 
 def test_length_and_padding(keyring: Keyring) -> None:
-    assert keyring.index_bits("id_number") == 17
+    assert keyring.index_bits("id_number") == 21
     for i in range(200):
         value = keyring.blind_index("mobile", f"139{i:08d}")
         assert len(value) == 3
-        assert value[-1] & 0x7F == 0  # only the leading 17 bits carry information
+        assert value[-1] & 0x07 == 0  # only the leading 21 bits carry information
 
 
 def test_differs_across_index_names(keyring: Keyring) -> None:
@@ -82,7 +82,7 @@ def test_custom_index_names(tmp_path: Path, provider: PassphraseProvider) -> Non
         tmp_path / "k.json", provider, expected_population=10**9, index_names=("id_number", "email")
     )
     assert ring.index_names == ("id_number", "email")
-    assert len(ring.blind_index("email", "someone@example.invalid")) == 3
+    assert len(ring.blind_index("email", "someone@example.invalid")) == 4  # 27 bits
     assert Keyring.open(tmp_path / "k.json", provider).index_names == ("id_number", "email")
     with pytest.raises(KeyringError) as info:
         ring.blind_index("mobile", "13800000000")
