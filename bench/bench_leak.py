@@ -88,6 +88,8 @@ def main() -> None:
     ap.add_argument("--residents", type=int, default=50_000)
     ap.add_argument("--rows", type=int, default=300_000)
     ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--workers", type=int, default=None,
+                    help="matching processes (default: up to 4, by CPU count)")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
@@ -101,7 +103,8 @@ def main() -> None:
         PairIndex.load(vault.db)
         print(f"blind-index pairs loaded in {time.perf_counter() - t:.2f} s (once per check)")
         ctx = AccessContext(principal="bench", role="operator", purpose="leak investigation")
-        checker = Checker(vault, ctx=ctx)
+        checker = Checker(vault, ctx=ctx, workers=args.workers)
+        print(f"workers: {checker.workers}")
         base, match = [], []
         matched = 0
         for _ in range(args.runs):

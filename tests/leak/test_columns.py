@@ -106,3 +106,19 @@ def test_header_detection() -> None:
     names = [[r["name"], r["address"]] for r in PEOPLE[:50]]
     assert not looks_like_header(names[0], names[1:])
     assert looks_like_header(["名字", "地址"], names)
+
+
+def test_fast_mobile_agrees_with_the_model_on_random_ascii() -> None:
+    from pivault.model import mobile
+
+    rng = random.Random(8)
+    alphabet = "0123456789+-(). \t\n86"
+    for _ in range(20000):
+        v = "".join(rng.choice(alphabet) for _ in range(rng.randrange(8, 20)))
+        if rng.random() < 0.5:
+            v = rng.choice(["+86", "0086", "86", ""]) + rng.choice(["138", "120", "199"]) + v[:8]
+        try:
+            want: str | None = mobile.normalise(v)
+        except ValueError:
+            want = None
+        assert fast_mobile(v) == want, repr(v)

@@ -268,3 +268,20 @@ def test_export_requests_are_validated(scene: dict[str, object]) -> None:
                    ctx=ctx("x"))
     sel = ex.Selection.parse(["region=31,3201", "born=1980-01-01..1989-12-31"])
     assert sel.regions == ("31", "3201") and sel.born_to is not None and sel.born_to.year == 1989
+
+
+def test_worker_processes_give_the_same_result(scene: dict[str, object], tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    import pivault.leak.check as check_mod
+
+    w: World = scene["world"]  # type: ignore[assignment]
+    files: dict[str, Path] = scene["files"]  # type: ignore[assignment]
+    monkeypatch.setattr(check_mod, "PARALLEL_BYTES", 0)
+    one = check(w.vault, [files["A"], files["C"]], ctx=ctx("dpo-1", "dpo"), save=False, workers=1)
+    two = check(w.vault, [files["A"], files["C"]], ctx=ctx("dpo-1", "dpo"), save=False, workers=2)
+    a, b = one.to_dict(), two.to_dict()
+    for key in ("case_id", "detected_at", "elapsed_seconds", "timeline"):
+        a.pop(key)
+        b.pop(key)
+    assert a == b
+    assert one.attribution is not None and len(one.attribution.named) == 2

@@ -123,10 +123,28 @@ def fast_id_number(value: str) -> str | None:
         return None
 
 
+# the ASCII characters the model's normaliser strips (``\s``, dash, parentheses, dot)
+_MOBILE_SEPARATORS = str.maketrans("", "", " \t\n\r\x0b\x0c\x1c\x1d\x1e\x1f-().")
+
+
 def fast_mobile(value: str) -> str | None:
-    """The 11-digit mobile number, or ``None``."""
-    if len(value) == 11 and value.isascii() and value.isdigit():
-        return value if value[:3] in _mobile.CARRIERS else None
+    """The 11-digit mobile number, or ``None``.
+
+    ASCII input with ``+86``/``0086``/``86`` and separators is cleaned with one
+    ``str.translate``; anything else (full-width digits …) goes through
+    :func:`pivault.model.mobile.normalise`.
+    """
+    if value.isascii():
+        v = value if (len(value) == 11 and value.isdigit()) else value.translate(_MOBILE_SEPARATORS)
+        if v.startswith("+86"):
+            v = v[3:]
+        elif v.startswith("0086"):
+            v = v[4:]
+        elif len(v) == 13 and v.startswith("86"):
+            v = v[2:]
+        if len(v) == 11 and v.isdigit():
+            return v if v[:3] in _mobile.CARRIERS else None
+        return None
     try:
         return _mobile.normalise(value)
     except ValueError:

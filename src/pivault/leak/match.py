@@ -29,7 +29,12 @@ from pivault.leak.columns import fast_id_number, fast_mobile, fast_name, parse_b
 from pivault.leak.exports import ExportRegistry
 from pivault.store.db import Database
 
-__all__ = ["KEY_PAIRS", "Keys", "MatchResult", "Matcher", "PairIndex", "RowMatch"]
+__all__ = ["KEY_PAIRS", "Compact", "Keys", "MatchResult", "Matcher", "PairIndex", "RowMatch"]
+
+#: one row's outcome, small enough to send between processes: (keys given, region code of
+#: the ID number or "", record id, "a+b" pair, export id of a canary, canary number,
+#: exact canary keys, canary hit by ID number)
+Compact = tuple[int, str, str | None, str | None, str | None, int, int, bool]
 
 #: the index pairs that confirm a resident, most specific first
 KEY_PAIRS: tuple[tuple[str, str], ...] = (("id_number", "name_birth"), ("id_number", "mobile"),
@@ -200,6 +205,18 @@ class Matcher:
             for k, m in zip(keys, out, strict=True):
                 self._canary(k, m)
         return MatchResult(out, keys, expected)
+
+    def match_compact(self, rows: Sequence[Sequence[str | None]],
+                      cols: dict[str, int]) -> tuple[list[Compact], float]:
+        """:meth:`match`, reduced to what the tally needs (cheap to pickle)."""
+        r = self.match(rows, cols)
+        out: list[Compact] = []
+        for k, m in zip(r.keys, r.rows, strict=True):
+            c = m.export_canary
+            out.append((k.count(), k.id_number[:6] if k.id_number else "", m.record_id,
+                        "+".join(m.pair) if m.pair else None, c[0] if c else None, c[1] if c else 0,
+                        m.canary_keys, m.canary_by_id))
+        return out, r.expected_false
 
     def _match_cached(self, keys: list[Keys], out: list[RowMatch]) -> float:
         assert self.pairs is not None
