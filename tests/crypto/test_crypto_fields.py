@@ -121,7 +121,7 @@ def test_key_info_lists_every_keyset(keyring: Keyring) -> None:
     assert [i["keyset"] for i in info] == ["aead", "prf.id_number", "prf.mobile", "prf.name_birth"]
     for entry in info[1:]:
         assert entry["key_type"] == "HmacPrfKey"
-        assert entry["index_bits"] == 17
+        assert entry["index_bits"] == 21
     text = repr(info)
     assert "value" not in text.lower()
 
