@@ -341,10 +341,6 @@ class _Keyed:
     mob_r: tuple[Any, Any, Any, Any]
     seq_of: Any
 
-    @property
-    def arrow(self) -> dict[str, Any]:
-        return {"id_r": self.id_r, "mob_r": self.mob_r, "seq_of": self.seq_of}
-
 
 @lru_cache(maxsize=4)
 def _keyed(seed: int, as_of: _dt.date) -> _Keyed:
@@ -408,9 +404,27 @@ def _join(*parts: Any) -> Any:
     return pc.binary_join_element_wise(*parts, "")
 
 
-def _good_batch(start: int, n: int, words: bytes, t: _Tables, k: _Keyed) -> tuple[pa.RecordBatch, Any, Any]:
-    """Rows ``start .. start+n-1`` before any is made bad, which notes span two lines,
-    and every row's mobile (bad rows get one even under 10).
+def _mobiles(idx: Any, t: _Tables, k: _Keyed, blank: Any = None) -> Any:
+    """The mobile numbers of rows ``idx`` (Int64Array); empty where ``blank`` is true."""
+    take, mod, add, ifelse = pc.take, pc.modulo, pc.add, pc.if_else
+    A = t.arrow
+    a2 = 100 * len(t.mobile_head)
+    m0, m1, m2, m3 = k.mob_r
+    ml, mr = pc.divide(idx, 10_000), mod(idx, 10_000)
+    ml = mod(add(ml, take(m0, mr)), a2)
+    mr = mod(add(mr, take(m1, ml)), 10_000)
+    ml = mod(add(ml, take(m2, mr)), a2)
+    mr = mod(add(mr, take(m3, ml)), 10_000)
+    head, d2 = pc.divide(ml, 100), mod(ml, 100)
+    if blank is not None:
+        head = ifelse(blank, len(t.mobile_head), head)
+        d2 = ifelse(blank, 100, d2)
+        mr = ifelse(blank, 10_000, mr)
+    return _join(take(A["mobile_head"], head), take(A["d2"], d2), take(A["d4"], mr))
+
+
+def _good_batch(start: int, n: int, words: bytes, t: _Tables, k: _Keyed) -> tuple[pa.RecordBatch, Any]:
+    """Rows ``start .. start+n-1`` before any is made bad, and which notes span two lines.
 
     Arrow kernels throughout; choices between alternatives are made on indices
     (cheap integer ``if_else``) and every string is one ``take`` + join.
@@ -435,16 +449,7 @@ def _good_batch(start: int, n: int, words: bytes, t: _Tables, k: _Keyed) -> tupl
     idn = _join(take(A["region_code"], c), take(A["date_str"], d), take(A["seq_str"], s),
                 take(A["check"], total))
     # -- mobile (none under 10: every part points at the tables' empty last entry)
-    a2 = 100 * len(t.mobile_head)
-    m0, m1, m2, m3 = k.mob_r
-    ml, mr = pc.divide(idx, 10_000), mod(idx, 10_000)
-    ml = mod(add(ml, take(m0, mr)), a2)
-    mr = mod(add(mr, take(m1, ml)), 10_000)
-    ml = mod(add(ml, take(m2, mr)), a2)
-    mr = mod(add(mr, take(m3, ml)), 10_000)
-    full_mobile = _join(take(A["mobile_head"], pc.divide(ml, 100)), take(A["d2"], mod(ml, 100)),
-                        take(A["d4"], mr))
-    mob = pc.if_else(take(A["date_child"], d), "", full_mobile)
+    mob = _mobiles(idx, t, k, take(A["date_child"], d))
     # -- random words: w0 surname 16 | given 8 | given 8; w1 name length 5 | minority 3 |
     #    minority name 8 | urban 2 | notes empty 2 | notes follow-up 8; w2 street 16 | number 16;
     #    w3 room 16 | village 16; w4 group 9 | note date 10 | note body 13
@@ -480,7 +485,7 @@ def _good_batch(start: int, n: int, words: bytes, t: _Tables, k: _Keyed) -> tupl
                   take(A["note_bodies"], ifelse(empty, n_bodies, mod(shr(w4, 19), n_bodies))),
                   take(A["follow"], ifelse(empty, 256, follow)))
     multi = pc.and_(pc.invert(empty), pc.less(follow, 3))
-    return pa.RecordBatch.from_arrays([name, idn, mob, addr, notes], schema=SCHEMA), multi, full_mobile
+    return pa.RecordBatch.from_arrays([name, idn, mob, addr, notes], schema=SCHEMA), multi
 
 
 @dataclass(frozen=True, slots=True)
@@ -518,14 +523,14 @@ def chunks(
     t = _tables(as_of)
     k = _keyed(seed, as_of)
     rng = random.Random(seed)
-    bad = _BadRows(seed, bad_rate, tuple(kinds), t, as_of)
+    bad = _BadRows(seed, bad_rate, tuple(kinds), t, k)
     newlines = 0
     for start in range(0, count, chunk_size):
         n = min(chunk_size, count - start)
-        batch, multi, full_mobile = _good_batch(start, n, rng.randbytes(4 * _WORDS * n), t, k)
+        batch, multi = _good_batch(start, n, rng.randbytes(4 * _WORDS * n), t, k)
         labels: list[BadLabel] = []
         if bad_rate:
-            batch, multi, labels = bad.apply(start, batch, multi, full_mobile)
+            batch, multi, labels = bad.apply(start, batch, multi)
         counts = pc.cast(multi, pa.int64())
         if labels:
             before = pc.cumulative_sum(counts).to_pylist()
@@ -546,10 +551,10 @@ class _BadRows:
     """
 
     def __init__(self, seed: int, rate: float, kinds: tuple[str, ...], t: _Tables,
-                 as_of: _dt.date) -> None:
+                 keyed: _Keyed) -> None:
         self.decide = random.Random(f"pivault.synth.bad:{seed}")
         self.rng = random.Random(f"pivault.synth.bad-detail:{seed}")
-        self.rate, self.kinds, self.t, self.seed, self.as_of = rate, kinds, t, seed, as_of
+        self.rate, self.kinds, self.t, self.keyed = rate, kinds, t, keyed
         self.fallback = next((kd for kd in kinds if kd != "duplicate"), "")
         self.prev: tuple[int, pa.RecordBatch, set[int]] | None = None
         self.next_bad = self._gap() if rate > 0 else -1
@@ -578,7 +583,7 @@ class _BadRows:
         return None
 
     def apply(
-        self, start: int, batch: pa.RecordBatch, multi: Any, full_mobile: Any,
+        self, start: int, batch: pa.RecordBatch, multi: Any,
     ) -> tuple[pa.RecordBatch, Any, list[BadLabel]]:
         rnd, kinds, end = self.decide.random, self.kinds, start + batch.num_rows
         chosen: list[tuple[int, str]] = []
@@ -591,7 +596,7 @@ class _BadRows:
             return batch, multi, []
         where = pa.array([j for j, _ in chosen], pa.int64())
         bases = batch.take(where).to_pylist()
-        mobiles = full_mobile.take(where).to_pylist()
+        mobiles = _mobiles(pc.add(where, start), self.t, self.keyed).to_pylist()  # also under 10
         labels: list[BadLabel] = []
         new: dict[int, Row] = {}
         for (j, kind), row, mob in zip(chosen, bases, mobiles, strict=True):
