@@ -30,7 +30,11 @@ Bad rows and the labels contract
 --------------------------------
 With ``bad_rate=R`` each row is independently replaced, with probability R,
 by a bad row of a kind drawn uniformly from the kinds the output format can
-carry. The good rows do not depend on R. Every bad row is labelled in
+carry (a ``duplicate`` repeats a good row at most 4,096 rows earlier; where
+there is none, the row gets the first other kind instead). The good rows do
+not depend on R or the format, and the rows of a shorter population, bad
+ones included, are the first rows of a longer one with the same seed and
+format. Every bad row is labelled in
 ``<out>.labels.jsonl``, one JSON object per line, in row order::
 
     {"row": 17, "line": 18, "kind": "id_checksum", "expected_code": "id.checksum"}
