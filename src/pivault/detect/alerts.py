@@ -208,6 +208,10 @@ class WebhookSink:
                 self._thread = threading.Thread(target=self._run, name="pivault-webhook", daemon=True)
                 self._thread.start()
 
+    def start(self) -> None:
+        """Start the sender now (in this process), so the first alert does not wait for it."""
+        self._ensure_thread()
+
     def emit(self, alert: Alert) -> None:
         self._ensure_thread()
         with self._idle:
@@ -370,15 +374,17 @@ def sinks_from_config(db: Database | None, *, jsonl: str | None = None, webhook_
                       webhook_secret: bytes | None = None, log_sink: bool = True) -> list[AlertSink]:
     """The usual sinks: table (if a store), JSON lines (if a path), webhook (if a URL), log."""
     out: list[AlertSink] = []
+    if webhook_url:  # first: handing it to its thread is instant, and it is the one with a deadline
+        if not webhook_secret:
+            raise PivaultError("the alert webhook needs a secret (PIVAULT_WEBHOOK_SECRET)",
+                               code="alert.webhook")
+        hook = WebhookSink(webhook_url, webhook_secret)
+        hook.start()
+        out.append(hook)
     if db is not None:
         out.append(TableSink(db))
     if jsonl:
         out.append(JsonlSink(jsonl))
-    if webhook_url:
-        if not webhook_secret:
-            raise PivaultError("the alert webhook needs a secret (PIVAULT_WEBHOOK_SECRET)",
-                               code="alert.webhook")
-        out.append(WebhookSink(webhook_url, webhook_secret))
     if log_sink:
         out.append(LogSink())
     return out
