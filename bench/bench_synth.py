@@ -31,9 +31,9 @@ CONSTANT_ROW = (
 )
 
 
-def _synth_seconds(path: Path, count: int, seed: int) -> float:
+def _synth_seconds(path: Path, count: int, seed: int, bad_rate: float) -> float:
     started = time.perf_counter()
-    write_population(path, count, seed)
+    write_population(path, count, seed, bad_rate=bad_rate)
     return time.perf_counter() - started
 
 
@@ -70,6 +70,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--count", type=int, default=1_000_000)
     ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--bad-rate", type=float, default=0.0, help="share of labelled bad rows to mix in")
     ap.add_argument("--rss-child", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.rss_child is not None:
@@ -78,14 +79,14 @@ def main() -> None:
 
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     print(f"python {platform.python_version()} on {platform.machine()}, {os.cpu_count()} cores, "
-          f"load average {load}; count={args.count:,}, median of {args.runs} runs")
+          f"load average {load}; count={args.count:,}, bad rate {args.bad_rate}, median of {args.runs} runs")
     capacity()  # build the seed-independent tables once, outside the timing
     with tempfile.TemporaryDirectory() as tmp:
         d = Path(tmp)
         write_population(d / "warm.csv", 1000, 0)
         synth, base = [], []
         for run in range(args.runs):
-            synth.append(_synth_seconds(d / "synth.csv", args.count, run))
+            synth.append(_synth_seconds(d / "synth.csv", args.count, run, args.bad_rate))
             base.append(_baseline_seconds(d / "base.csv", args.count))
         size = (d / "synth.csv").stat().st_size
     s, b = statistics.median(synth), statistics.median(base)
