@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import socket
 import ssl
 import subprocess
@@ -17,6 +18,7 @@ import httpx
 import pytest
 
 from pivault.crypto import Argon2Params
+from pivault.policy import Policy
 from pivault.policy.tokens import TokenStore
 from pivault.store.db import Database
 
@@ -27,6 +29,27 @@ POPULATION = 40
 SEED = 4242
 ROLE_PURPOSE = {"officer": "identity_verification", "registrar": "registration",
                 "dpo": "data_subject_request", "admin": "administration"}
+
+
+def policy_for_tests() -> str:
+    """The shipped policy with read budgets far above what the tests read, plus a ``trainee``
+    role whose tiny budget the budget test spends."""
+    text = re.sub(r"(?m)^((?:records_per_\w+|misses_per_hour|distinct_per_day) = )\d+", r"\g<1>1000000",
+                  Policy.default_text())
+    return text + TRAINEE
+
+
+TRAINEE = """
+[roles.trainee]
+description = "test role with a tiny read budget"
+operations = ["lookup"]
+purposes = ["training"]
+[roles.trainee.fields]
+name = "mask"
+[roles.trainee.budgets]
+records_per_minute = 2
+misses_per_hour = 100
+"""
 
 
 def free_port() -> int:

@@ -21,6 +21,7 @@ from api_support import (
     Live,
     _store_url,
     free_port,
+    policy_for_tests,
     start_server,
     stop,
 )
@@ -52,7 +53,10 @@ def live(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
     c = make_dev_cert(tmp / "tls")
     port = free_port()
     out, err = tmp / "server.stdout", tmp / "server.stderr"
-    proc = start_server(home, c.certfile, c.keyfile, port, out, err, "--workers", "2")
+    policy_file = tmp / "policy.toml"
+    policy_file.write_text(policy_for_tests(), encoding="utf-8")
+    proc = start_server(home, c.certfile, c.keyfile, port, out, err, "--workers", "2",
+                        "--policy", str(policy_file))
     try:
         yield Live(backend, f"https://127.0.0.1:{port}", home, c.certfile, url, tokens, residents,
                    record_ids, out, err, proc)

@@ -177,8 +177,10 @@ def _status_for(exc: PivaultError) -> int:
     code = exc.code or ""
     if isinstance(exc, AuthError):
         return 401
-    if code.startswith("budget.") or code.startswith("detect."):
+    if code.startswith("budget."):
         return 429
+    if code == "detect.unavailable":
+        return 503  # the shared budget counters are down: fail closed, try again later
     if isinstance(exc, PermissionError) or code.startswith("policy."):
         return 403
     if isinstance(exc, NotFoundError):
@@ -199,7 +201,12 @@ def _problem_for(exc: PivaultError, request_id: str | None) -> Response:
     extra: dict[str, Any] = {}
     if isinstance(exc, ValidationError) and exc.field:
         extra["field"] = exc.field
-    headers = {"WWW-Authenticate": 'Bearer realm="pivault"'} if status == 401 else None
+    headers: dict[str, str] = {}
+    if status == 401:
+        headers["WWW-Authenticate"] = 'Bearer realm="pivault"'
+    retry_after = getattr(exc, "retry_after", None)
+    if status in (429, 503):
+        headers["Retry-After"] = str(int(retry_after) if isinstance(retry_after, int | float) else 5)
     return problem_response(status, exc.code, exc.message, request_id, headers=headers, extra=extra)
 
 

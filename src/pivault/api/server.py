@@ -221,15 +221,14 @@ def build_app(opts: ServeOptions, vault: Any | None = None) -> Any:
     _warm_up()
     policy, path = load_policy(opts)
     holder = PolicyHolder(policy, path=path, marker=Path(opts.home) / "run" / RELOAD_MARKER)
-    if vault is None and v.config is not None:
-        # the door's audit trail, read budgets, canaries and detector, under the live policy
-        from pivault.detect.setup import build_guard
+    from pivault.detect import DetectGuard
+    from pivault.detect.setup import follow_policy
 
-        # the route dependency refreshes the holder once per request; the watchman reads it as is
-        guard = build_guard(v.db, v.keyring, keyring_path=v.config.keyring_path, home=opts.home,
-                            policy=holder.peek)
-        v.guard = guard
-        v.read_observers.append(guard.observe_records)
+    if isinstance(v.guard, DetectGuard):
+        # Vault.open gave the door its watchman (audit, budgets, canaries, detector); its budgets
+        # follow the live policy. The route dependency refreshes the holder once per request;
+        # the watchman reads it as is.
+        follow_policy(v.guard, holder.peek)
     return create_app(v, holder, config=_service_config(opts))
 
 

@@ -1,0 +1,253 @@
+"""Each role reads exactly its fields, masked as the policy says, for its purposes only;
+rights requests, corrections, batches and the request limits — on the live server."""
+
+from __future__ import annotations
+
+from datetime import date
+from typing import Any
+
+from api_support import Live
+from test_api_auth import assert_clean_problem
+
+from pivault.model import resident_id
+from pivault.model.masks import mask_field
+from pivault.policy import Policy
+
+POLICY = Policy.default()
+
+
+def lookup(live: Live, role: str, body: dict[str, Any], purpose: str | None = None) -> Any:
+    with live.client(role=role, purpose=purpose) as c:
+        return c.post("/v1/residents/lookup", json=body)
+
+
+def expected_view(role: str, resident: dict[str, str], record: dict[str, Any], purpose: str,
+                  reveal: bool = False) -> dict[str, Any]:
+    r = POLICY.roles[role]
+    out = {}
+    for f, mask in r.fields.items():
+        value = record[f] if f in ("gender", "birth_date", "region_code") else resident.get(f) or None
+        if value is None:
+            out[f] = None
+        elif reveal and purpose in r.reveal.get(f, ()):
+            out[f] = value
+        elif mask == "mask":
+            out[f] = mask_field(f, value)
+        elif mask == "full":
+            out[f] = "***"
+        else:
+            out[f] = value
+    return out
+
+
+def test_each_role_sees_exactly_its_fields_masked(live: Live) -> None:
+    resident = live.residents[3]
+    for role in ("officer", "registrar", "dpo"):
+        r = lookup(live, role, {"id_number": resident["id_number"]})
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["count"] == 1 and body["revealed"] == []
+        rec = body["records"][0]
+        assert rec["record_id"] == live.record_ids[3]
+        assert set(rec) == {"record_id", *POLICY.roles[role].fields}, role
+        # derived facts as the server computed them, PI fields as the policy masks them
+        expected = expected_view(role, resident, rec, POLICY.roles[role].purposes[0])
+        assert {k: v for k, v in rec.items() if k != "record_id"} == expected
+        for f in ("name", "id_number", "address"):
+            assert rec[f] != resident[f]
+        assert "notes" not in rec or rec["notes"] in (None, "***")
+
+
+def test_admin_reads_no_pi(live: Live) -> None:
+    r = lookup(live, "admin", {"id_number": live.residents[0]["id_number"]})
+    assert assert_clean_problem(r, live, 403)["code"] == "policy.operation"
+    with live.client(role="admin") as c:
+        r = c.get(f"/v1/residents/{live.record_ids[0]}")
+        assert assert_clean_problem(r, live, 403)["code"] == "policy.operation"
+        stats = c.get("/v1/stats")
+        assert stats.status_code == 200
+        for value in live.pi_values():
+            assert value not in stats.text
+
+
+def test_purpose_is_required_and_must_be_the_roles(live: Live) -> None:
+    idn = live.residents[1]["id_number"]
+    with live.client(live.tokens["officer"]) as c:  # no X-Purpose
+        r = c.post("/v1/residents/lookup", json={"id_number": idn})
+    assert assert_clean_problem(r, live, 400)["code"] == "purpose.missing"
+    for purpose in ("registration", "marketing", "data_subject_request"):
+        r = lookup(live, "officer", {"id_number": idn}, purpose=purpose)
+        assert assert_clean_problem(r, live, 403)["code"] == "policy.purpose"
+    r = lookup(live, "officer", {"id_number": idn}, purpose="Not A Purpose!")
+    assert assert_clean_problem(r, live, 400)["code"] == "purpose.invalid"
+    # a token may be narrower than its role
+    store = live.token_store()
+    _, narrow = store.create("narrow-officer", "officer", ["identity_verification"], ttl_seconds=600)
+    with live.client(narrow, purpose="case_investigation") as c:
+        r = c.post("/v1/residents/lookup", json={"id_number": idn})
+    assert assert_clean_problem(r, live, 403)["code"] == "policy.purpose"
+
+
+def test_reveal_needs_a_role_allowed_for_the_field_and_purpose(live: Live) -> None:
+    i = next(k for k, res in enumerate(live.residents) if res["mobile"])
+    resident = live.residents[i]
+    r = lookup(live, "officer", {"id_number": resident["id_number"], "reveal": True},
+               purpose="identity_verification")
+    assert assert_clean_problem(r, live, 403)["code"] == "policy.reveal"
+    r = lookup(live, "officer", {"id_number": resident["id_number"], "reveal": True},
+               purpose="case_investigation")
+    assert r.status_code == 200
+    body = r.json()
+    assert body["revealed"] == ["address", "mobile"]
+    rec = body["records"][0]
+    assert rec["mobile"] == resident["mobile"] and rec["address"] == resident["address"]
+    assert rec["id_number"] == mask_field("id_number", resident["id_number"])
+    assert rec["name"] == mask_field("name", resident["name"])
+    with live.client(role="officer", purpose="case_investigation") as c:
+        got = c.get(f"/v1/residents/{live.record_ids[i]}", params={"reveal": "true"}).json()
+    assert got["record"]["mobile"] == resident["mobile"] and got["revealed"] == ["address", "mobile"]
+
+
+def test_lookup_by_mobile_and_by_name_with_birth_date(live: Live) -> None:
+    i = next(k for k, res in enumerate(live.residents) if res["mobile"])
+    resident = live.residents[i]
+    r = lookup(live, "registrar", {"mobile": resident["mobile"]})
+    assert [x["record_id"] for x in r.json()["records"]] == [live.record_ids[i]]
+    idn = resident["id_number"]
+    birth = f"{idn[6:10]}-{idn[10:12]}-{idn[12:14]}"
+    r = lookup(live, "registrar", {"name": resident["name"], "birth_date": birth})
+    assert live.record_ids[i] in [x["record_id"] for x in r.json()["records"]]
+    for bad in ({}, {"name": resident["name"]}, {"id_number": resident["id_number"], "mobile": "1"},
+                {"id_number": resident["id_number"], "colour": "blue"}):
+        r = lookup(live, "registrar", bad)
+        problem = assert_clean_problem(r, live, 422)
+        assert problem["code"] == "request.invalid"
+    r = lookup(live, "registrar", {"id_number": "110105194912310021"})  # wrong check character
+    assert assert_clean_problem(r, live, 422)["code"].startswith("id.")
+    absent = resident_id.make("110101", date(1990, 1, 1), 997)
+    assert absent not in {x["id_number"] for x in live.residents}
+    assert lookup(live, "registrar", {"id_number": absent}).json()["count"] == 0
+
+
+def test_registrar_creates_corrects_and_batches(live: Live) -> None:
+    from pivault.synth import generate
+
+    fresh = [{k: r[k] for k in ("name", "id_number", "mobile", "address")}  # type: ignore[literal-required]
+             for r in generate(4, 777)]
+    live.extra_pi.extend(v for r in fresh for v in r.values() if v)
+    with live.client(role="registrar") as c:
+        r = c.post("/v1/residents", json=fresh[0])
+        assert r.status_code == 201, r.text
+        rid = r.json()["record_id"]
+        dup = c.post("/v1/residents", json=fresh[0])
+        assert assert_clean_problem(dup, live, 409)["code"] == "record.duplicate"
+        assert rid not in dup.text  # the existing record's id is not disclosed
+        batch = c.post("/v1/residents/batch", json={"items": [
+            fresh[1], fresh[0], {"name": fresh[2]["name"], "id_number": "123"}, fresh[3]]})
+        assert batch.status_code == 200, batch.text
+        b = batch.json()
+        assert (b["read"], b["accepted"], b["rejected"]) == (4, 2, 2)
+        assert [x["status"] for x in b["results"]] == ["created", "rejected", "rejected", "created"]
+        assert b["results"][1]["code"] == "record.duplicate" and b["results"][2]["code"].startswith("id.")
+        for value in live.pi_values():
+            assert value not in batch.text
+    new_mobile = "13900001234" if fresh[0]["mobile"] != "13900001234" else "13900005678"
+    live.extra_pi.append(new_mobile)
+    with live.client(role="registrar", purpose="correction") as c:
+        r = c.patch(f"/v1/residents/{rid}", json={"mobile": new_mobile})
+        assert r.status_code == 200 and r.json()["updated"] == ["mobile"]
+        got = c.get(f"/v1/residents/{rid}", params={"reveal": "true"}).json()["record"]
+        assert got["mobile"] == new_mobile
+        r = c.patch(f"/v1/residents/{rid}", json={})
+        assert assert_clean_problem(r, live, 422)["code"] == "update.empty"
+        r = c.patch(f"/v1/residents/{rid}", json={"name": None})
+        assert assert_clean_problem(r, live, 422)["code"] == "update.required"
+        r = c.patch("/v1/residents/r_" + "1" * 26, json={"notes": "x"})
+        assert assert_clean_problem(r, live, 404)["code"] == "record.not_found"
+
+
+def test_dpo_rights_copy_correct_erase(live: Live) -> None:
+    i = 5
+    resident, rid = live.residents[i], live.record_ids[i]
+    with live.client(role="dpo") as c:
+        r = c.post(f"/v1/rights/{rid}/copy")
+        assert r.status_code == 200, r.text
+        copy = r.json()
+        rec = copy["record"]
+        for f in ("name", "id_number", "mobile", "address", "notes"):
+            assert rec[f] == (resident[f] or None), f
+        assert "PIPL" in copy["legal_basis"] and copy["request_id"].startswith("q_")
+        assert r.headers["cache-control"] == "no-store"
+        r = c.patch(f"/v1/residents/{rid}", json={"notes": None})
+        assert r.status_code == 200
+        assert c.delete(f"/v1/residents/{rid}").status_code == 204
+        assert assert_clean_problem(c.get(f"/v1/residents/{rid}"), live, 404)["code"] == "record.not_found"
+        assert assert_clean_problem(c.post(f"/v1/rights/{rid}/copy"), live, 404)["code"] == "record.not_found"
+        gone = c.post("/v1/residents/lookup", json={"id_number": resident["id_number"]}).json()
+        assert gone["count"] == 0
+    # the copy is refused for a purpose without reveal
+    with live.client(role="dpo", purpose="audit") as c:
+        r = c.post(f"/v1/rights/{live.record_ids[6]}/copy")
+        assert assert_clean_problem(r, live, 403)["code"] == "policy.reveal"
+
+
+def test_limits_media_types_and_no_echo(live: Live) -> None:
+    secret_value = live.residents[7]["id_number"]
+    with live.client(role="officer") as c:
+        big = c.post("/v1/residents/lookup", content=b"{" + b" " * (1024 * 1024 + 10) + b"}",
+                     headers={"Content-Type": "application/json"})
+        assert assert_clean_problem(big, live, 413)["code"] == "request.too_large"
+        form = c.post("/v1/residents/lookup", content=f"id_number={secret_value}",
+                      headers={"Content-Type": "application/x-www-form-urlencoded"})
+        assert assert_clean_problem(form, live, 415)["code"] == "request.media_type"
+        # a validation error names the place and the rule, never the submitted values
+        r = c.post("/v1/residents/lookup", json={"id_number": secret_value, secret_value: secret_value,
+                                                  "birth_date": secret_value})
+        problem = assert_clean_problem(r, live, 422)
+        assert secret_value not in r.text
+        assert any(e["loc"] == ["body", "*"] for e in problem["errors"])
+        r = c.post("/v1/residents/lookup", content=b"{not json " + secret_value.encode(),
+                   headers={"Content-Type": "application/json"})
+        assert_clean_problem(r, live, 422)
+        assert secret_value not in r.text
+        r = c.get("/v1/residents/" + secret_value)  # PI in a URL: refused, not echoed, not logged
+        assert_clean_problem(r, live, 422)
+        assert secret_value not in r.text
+        r = c.put("/v1/residents/lookup", json={})
+        assert assert_clean_problem(r, live, 405)["code"] == "method.not_allowed"
+
+
+def test_security_headers(live: Live) -> None:
+    with live.client(role="officer") as c:
+        for r in (c.get("/healthz"), c.post("/v1/residents/lookup", json={"id_number": "x"}),
+                  c.get("/v1/stats")):
+            h = r.headers
+            assert h["strict-transport-security"].startswith("max-age=")
+            assert h["x-content-type-options"] == "nosniff"
+            assert h["cache-control"] == "no-store"
+            assert h["x-frame-options"] == "DENY"
+            assert h["content-security-policy"].startswith("default-src 'none'")
+            assert h["referrer-policy"] == "no-referrer"
+            assert h["x-request-id"].startswith("q_")
+            assert "server" not in h
+
+
+def test_read_budget_refuses_with_429_then_suspends_the_token(live: Live) -> None:
+    """The watchman behind the policy: a spent budget is a 429 with Retry-After; repeated
+    breaches suspend the token, which every worker then refuses."""
+    _, tok = live.token_store().create("trainee-1", "trainee", ["training"], ttl_seconds=600)
+    statuses = []
+    with live.client(tok, purpose="training") as c:  # one connection: one worker's counters
+        for r in live.residents[20:28]:
+            resp = c.post("/v1/residents/lookup", json={"id_number": r["id_number"]})
+            statuses.append(resp.status_code)
+            if resp.status_code == 429:
+                problem = assert_clean_problem(resp, live, 429)
+                assert problem["code"] == "budget.exceeded"
+                assert int(resp.headers["retry-after"]) >= 1
+            if resp.status_code == 401:
+                assert assert_clean_problem(resp, live, 401)["code"] == "auth.suspended"
+                break
+    assert statuses[:2] == [200, 200] and 429 in statuses and statuses[-1] == 401, statuses
+    info = next(t for t in live.token_store().list() if t.principal == "trainee-1")
+    assert info.state() == "suspended" and info.suspended_reason

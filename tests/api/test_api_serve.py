@@ -1,0 +1,152 @@
+"""``pivault serve`` fails closed; the token, policy and dev-cert commands."""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+from pathlib import Path
+
+import pytest
+from api_support import CHEAP, PASSPHRASE, free_port, serve_cmd, server_env, start_server, stop
+from typer.testing import CliRunner
+
+from pivault.api.server import ServeOptions, ServeRefused, is_loopback, preflight
+from pivault.api.tls import make_dev_cert
+from pivault.cli.serve_cmds import app
+from pivault.policy import PolicyError
+from pivault.policy.tokens import TokenStore
+from pivault.store.db import Database
+from pivault.vault import init, load
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    tmp = tmp_path_factory.mktemp("serve")
+    h = tmp / "home"
+    init(h, passphrase=PASSPHRASE, keyring_path=tmp / "keys" / "v.keyring", argon2=CHEAP,
+         expected_population=1000)
+    return h
+
+
+def refused(home: Path, *args: str) -> str:
+    """Run serve; it must exit non-zero at once, and say why on stderr."""
+    r = subprocess.run(serve_cmd(home, *args), env=server_env(home), capture_output=True, timeout=60)
+    assert r.returncode != 0
+    assert b"Traceback" not in r.stderr
+    return r.stderr.decode()
+
+
+def test_no_principals_refuses_to_start(home: Path) -> None:
+    msg = refused(home, "--port", str(free_port()))
+    assert "no principals" in msg and "pivault token create" in msg
+
+
+def test_non_loopback_without_tls_refuses_to_start(home: Path) -> None:
+    store = TokenStore(Database(load(home).store_url))
+    store.create("someone", "officer", ["identity_verification"], ttl_seconds=600)
+    for host in ("0.0.0.0", "::"):  # other addresses: see test_loopback_and_preflight_rules
+        msg = refused(home, "--host", host, "--port", str(free_port()))
+        assert f"refusing to serve on {host} without TLS" in msg
+        assert "--cert" in msg and "dev-cert" in msg
+
+
+def test_tls_misconfigurations_refuse(home: Path, tmp_path: Path) -> None:
+    c = make_dev_cert(tmp_path / "tls")
+
+    def why(**kw: str) -> str:
+        with pytest.raises(ServeRefused) as exc:
+            preflight(ServeOptions(home=str(home), **kw))  # type: ignore[arg-type]
+        return exc.value.message
+
+    assert "both --cert and --key" in why(certfile=str(c.certfile))
+    os.chmod(c.keyfile, 0o644)
+    assert "can be read by other users" in why(certfile=str(c.certfile), keyfile=str(c.keyfile))
+    assert "does not exist" in why(certfile=str(tmp_path / "no.pem"), keyfile=str(c.keyfile))
+
+
+def test_policy_granting_anonymous_refuses(home: Path, tmp_path: Path) -> None:
+    p = tmp_path / "open.toml"
+    p.write_text('[roles.anonymous]\noperations = ["lookup"]\npurposes = ["any"]\n'
+                 '[roles.anonymous.fields]\nname = "none"\n', encoding="utf-8")
+    with pytest.raises(PolicyError) as exc:
+        preflight(ServeOptions(home=str(home), policy=str(p)))
+    assert "anonymous" in exc.value.message
+
+
+def test_loopback_and_preflight_rules(home: Path) -> None:
+    for h in ("127.0.0.1", "127.8.9.10", "::1", "localhost", "[::1]"):
+        assert is_loopback(h)
+    for h in ("0.0.0.0", "::", "10.0.0.1", "myhost"):
+        assert not is_loopback(h)
+    with pytest.raises(ServeRefused):
+        preflight(ServeOptions(home=str(home), workers=0))
+
+
+def test_serve_on_any_address_with_tls_starts_and_prints_what_it_exposes(home: Path, tmp_path: Path) -> None:
+    """With TLS, binding all addresses is allowed; the test still only talks to loopback."""
+    store = TokenStore(Database(load(home).store_url))
+    store.create("banner-check", "admin", ["administration"], ttl_seconds=600)
+    c = make_dev_cert(tmp_path / "tls2")
+    port = free_port()
+    out, err = tmp_path / "out", tmp_path / "err"
+    proc = start_server(home, c.certfile, c.keyfile, port, out, err, "--host", "0.0.0.0")
+    try:
+        banner = out.read_text()
+        assert f"https://0.0.0.0:{port}" in banner
+        assert "GET    /healthz" in banner and "anyone (liveness only, no data)" in banner
+        assert "POST   /v1/residents/lookup" in banner and "roles: officer, registrar, dpo" in banner
+        assert "banner-check (role admin" in banner
+    finally:
+        stop(proc)
+
+
+def test_token_commands(home: Path, tmp_path: Path) -> None:
+    runner = CliRunner(env={"PIVAULT_HOME": str(home)})
+    r = runner.invoke(app, ["token", "create", "--principal", "clerk-7", "--role", "registrar",
+                            "--purpose", "registration", "--expires", "2h"])
+    assert r.exit_code == 0, r.output
+    token = r.stdout.strip()
+    assert token.startswith("pv_") and "\n" not in token
+    info = TokenStore(Database(load(home).store_url)).verify(token)
+    assert info.role == "registrar" and info.purposes == ("registration",)
+    out = tmp_path / "t" / "officer.token"
+    r = runner.invoke(app, ["token", "create", "--principal", "o-1", "--role", "officer", "--out", str(out)])
+    assert r.exit_code == 0 and "pv_" not in r.stdout
+    assert stat.S_IMODE(out.stat().st_mode) == 0o600
+    r = runner.invoke(app, ["token", "create", "--principal", "x", "--role", "officer",
+                            "--purpose", "registration"])
+    assert r.exit_code == 2 and "may state only" in r.stderr
+    r = runner.invoke(app, ["token", "create", "--principal", "x", "--role", "root"])
+    assert r.exit_code == 2 and "no role 'root'" in r.stderr
+    r = runner.invoke(app, ["token", "list"])
+    assert r.exit_code == 0 and "clerk-7" in r.stdout and token not in r.stdout
+    r = runner.invoke(app, ["token", "revoke", info.token_id])
+    assert r.exit_code == 0
+    r = runner.invoke(app, ["token", "revoke", info.token_id])
+    assert r.exit_code == 2
+    r = runner.invoke(app, ["token", "list", "--all"])
+    assert "revoked" in r.stdout
+
+
+def test_policy_check_command(tmp_path: Path) -> None:
+    runner = CliRunner()
+    r = runner.invoke(app, ["policy", "check"])
+    assert r.exit_code == 0, r.output
+    for role in ("officer", "registrar", "dpo", "admin"):
+        assert role in r.stdout
+    assert "no PI" in r.stdout
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[roles.r]\noperations = ["lookup", "steal"]\npurposes = ["p"]\n', encoding="utf-8")
+    r = runner.invoke(app, ["policy", "check", str(bad)])
+    assert r.exit_code == 2 and "unknown operation 'steal'" in r.stderr
+    r = runner.invoke(app, ["policy", "check", "--print-default"])
+    assert "[roles.officer]" in r.stdout
+
+
+def test_dev_cert_command(tmp_path: Path) -> None:
+    r = CliRunner().invoke(app, ["dev-cert", "--out", str(tmp_path / "c")])
+    assert r.exit_code == 0, r.output
+    assert stat.S_IMODE((tmp_path / "c" / "key.pem").stat().st_mode) == 0o600
+    r = CliRunner().invoke(app, ["dev-cert", "--out", str(tmp_path / "c")])
+    assert r.exit_code == 2  # never overwritten without --force
