@@ -623,3 +623,34 @@ def mixed_stream(seed: int, size: int) -> Iterator[bytes]:
             if done >= size:
                 return
         s += 1
+
+
+def filler_text(seed: int, size: int) -> bytes:
+    """Text without PI or secrets: prose, logs, JSON events and config, with the hard negatives."""
+    g = Gen(seed)
+    r = g.r
+    parts: list[str] = []
+    n = 0
+    while n < size:
+        f = r.random()
+        if f < 0.25:
+            s = "".join(r.choice(ZH_FILLER) for _ in range(4)) + "\n"
+        elif f < 0.5:
+            s = " ".join(r.choice(EN_FILLER) for _ in range(4)) + "\n"
+        elif f < 0.8:
+            t = dt.datetime(2024, 3, 15) + dt.timedelta(milliseconds=r.randrange(86400 * 1000))
+            s = (
+                f"{t:%Y-%m-%d %H:%M:%S}.{t.microsecond // 1000:03d} INFO [exec-{r.randint(1, 200)}] "
+                f"c.e.OrderApi - GET /api/v1/orders/{g.neg_order()} done in {r.randint(1, 900)}ms "
+                f"status=200 trace={g.neg_misc()}\n"
+            )
+        elif f < 0.95:
+            s = (
+                f'{{"ts":{g.neg_timestamp()},"event":"page.view","path":"/item/{r.randrange(10**6)}",'
+                f'"session":"{r.getrandbits(64):016x}","sku":"{g.neg_product()}"}}\n'
+            )
+        else:
+            s = f"cache.ttl={r.randint(1, 3600)}\npool.size={r.randint(1, 64)}\nfeature.flag=true\n"
+        parts.append(s)
+        n += len(s.encode())
+    return "".join(parts).encode()[:size]

@@ -22,7 +22,9 @@ runner = CliRunner()
 def _tree(tmp_path: Path) -> Path:
     d = tmp_path / "share"
     d.mkdir()
-    (d / "export.csv").write_text(f"姓名,身份证号,手机\n王小明,{ID},{MOBILE}\n李娜,{ID},{MOBILE}\n", encoding="utf-8")
+    (d / "export.csv").write_text(
+        f"姓名,身份证号,手机\n王小明,{ID},{MOBILE}\n李娜,{ID},{MOBILE}\n", encoding="utf-8"
+    )
     (d / "app.env").write_text("ALIYUN_ACCESS_KEY_ID=LTAI5tQ8xK2mN7pR4vW9yZ3b\nDB_PASSWORD=Tr0ub4dor&3\n")
     (d / "blob.bin").write_bytes(bytes(range(256)) * 8)
     return d

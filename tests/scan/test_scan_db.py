@@ -14,14 +14,23 @@ MOBILE = "13812345678"
 def _rows(n: int) -> list[tuple[int, str, str, str, str]]:
     out = []
     for i in range(n):
-        out.append((i + 1, "王小明" if i % 2 else "李娜", ID if i % 10 == 0 else "n/a", f"1381234{i % 10000:04d}",
-                    "北京市朝阳区建国路88号"))
+        out.append(
+            (
+                i + 1,
+                "王小明" if i % 2 else "李娜",
+                ID if i % 10 == 0 else "n/a",
+                f"1381234{i % 10000:04d}",
+                "北京市朝阳区建国路88号",
+            )
+        )
     return out
 
 
 def _sqlite(path: Path, n: int) -> None:
     con = sqlite3.connect(path)
-    con.execute("CREATE TABLE customer (id INTEGER PRIMARY KEY, name TEXT, id_no TEXT, phone TEXT, addr TEXT)")
+    con.execute(
+        "CREATE TABLE customer (id INTEGER PRIMARY KEY, name TEXT, id_no TEXT, phone TEXT, addr TEXT)"
+    )
     con.execute("CREATE TABLE audit (id INTEGER PRIMARY KEY, note BLOB)")
     con.executemany("INSERT INTO customer VALUES (?,?,?,?,?)", _rows(n))
     con.execute("INSERT INTO audit (note) VALUES (?)", (f"called {MOBILE}".encode(),))
@@ -34,8 +43,13 @@ def test_sqlite_full_scan_by_table_and_column(tmp_path: Path) -> None:
     _sqlite(db, 50)
     r = scan_database(f"sqlite:///{db}", full=True)
     cols = {(f.table, f.column, f.kind) for f in r}
-    assert cols == {("customer", "name", "name"), ("customer", "id_no", "id_number"),
-                    ("customer", "phone", "mobile"), ("customer", "addr", "address"), ("audit", "note", "mobile")}
+    assert cols == {
+        ("customer", "name", "name"),
+        ("customer", "id_no", "id_number"),
+        ("customer", "phone", "mobile"),
+        ("customer", "addr", "address"),
+        ("audit", "note", "mobile"),
+    }
     assert r.totals()["id_number"] == 5 and r.totals()["mobile"] == 51 and r.totals()["name"] == 50
     first = next(f for f in r if f.kind == "id_number")
     assert first.line == 1 and first.masked == "110***********002X" and first.file is None
@@ -71,11 +85,15 @@ def test_postgresql_tables(pg_url: str) -> None:
     import psycopg
 
     with psycopg.connect(pg_url, autocommit=True) as conn:
-        conn.execute("CREATE TABLE scan_customer (id int, full_name text, id_card text, mobile text, note text)")
+        conn.execute(
+            "CREATE TABLE scan_customer (id int, full_name text, id_card text, mobile text, note text)"
+        )
         conn.execute("CREATE TABLE scan_other (id int, payload jsonb)")
         with conn.cursor() as cur:
-            cur.executemany("INSERT INTO scan_customer VALUES (%s,%s,%s,%s,%s)",
-                            [(i, "陈静", ID, MOBILE, f"卡号4111111111111111 #{i}") for i in range(300)])
+            cur.executemany(
+                "INSERT INTO scan_customer VALUES (%s,%s,%s,%s,%s)",
+                [(i, "陈静", ID, MOBILE, f"卡号4111111111111111 #{i}") for i in range(300)],
+            )
             cur.execute("INSERT INTO scan_other VALUES (1, %s)", ('{"k": "AKIA2E3F4G5H6J7K2L3M"}',))
     full = scan_database(pg_url, full=True)
     got = {(f.table.split(".")[-1], f.column, f.kind) for f in full}  # type: ignore[union-attr]
@@ -87,5 +105,7 @@ def test_postgresql_tables(pg_url: str) -> None:
     assert full.totals()["id_number"] == 300
     sampled = scan_database(pg_url, ["scan_customer"], sample=50)
     assert sampled.totals()["id_number"] == 50
-    assert {f.table for f in sampled} == {next(iter({f.table for f in full if "customer" in (f.table or "")}))}
+    assert {f.table for f in sampled} == {
+        next(iter({f.table for f in full if "customer" in (f.table or "")}))
+    }
     assert "****" not in pg_url or all("****" not in i.source for i in full.issues)

@@ -12,8 +12,7 @@ import string
 import pytest
 
 from pivault.model import mobile, resident_id
-from pivault.scan import HAVE_HYPERSCAN, ScanOptions, scan_text
-from pivault.scan import checks
+from pivault.scan import HAVE_HYPERSCAN, ScanOptions, checks, scan_text
 
 ENGINES = ["re", "hyperscan"] if HAVE_HYPERSCAN else ["re"]
 
@@ -64,8 +63,16 @@ def test_id_numbers_legacy_and_grouped() -> None:
 
 
 def test_mobiles_with_prefixes_and_separators() -> None:
-    for text in ("+8613812345678", "+86 138 1234 5678", "(+86)13812345678", "0086 13812345678",
-                 "138-1234-5678", "tel:138 1234 5678", "8613812345678", "电话13812345678转"):
+    for text in (
+        "+8613812345678",
+        "+86 138 1234 5678",
+        "(+86)13812345678",
+        "0086 13812345678",
+        "138-1234-5678",
+        "tel:138 1234 5678",
+        "8613812345678",
+        "电话13812345678转",
+    ):
         assert kinds(text) == [("mobile", "138****5678")], text
     assert kinds("15412345678") == []  # unallocated prefix
 
@@ -122,7 +129,9 @@ def test_jwt_pem_and_passwords() -> None:
     pem = "-----BEGIN RSA PRIVATE KEY-----\nMIIEowIBAAKCAQEA7bq0Zm3n+Yx0\n-----END RSA PRIVATE KEY-----"
     assert kinds(pem) == [("private_key", "RSA PRIVATE KEY (PEM)")]
     assert kinds('if line == "-----BEGIN RSA PRIVATE KEY-----": pass') == []
-    found = kinds("db.password=Tr0ub4dor&3\nmysql://app:S3cr3t!x@db.internal:3306/app\nspring.password=${DB_PASS}")
+    found = kinds(
+        "db.password=Tr0ub4dor&3\nmysql://app:S3cr3t!x@db.internal:3306/app\nspring.password=${DB_PASS}"
+    )
     assert ("password", "db.password=****") in found
     assert ("password", "mysql://****:****@db.internal") in found
     assert len(found) == 2
@@ -161,5 +170,5 @@ def test_masks_never_hold_the_value() -> None:
         "mail bob@example.com password=Tr0ub4dor&3 护照E12345678 姓名：张伟"
     )
     for f in scan_text(text):
-        value = text.encode()[f.offset: f.offset + f.length].decode()  # type: ignore[operator]
+        value = text.encode()[f.offset : f.offset + f.length].decode()  # type: ignore[operator]
         assert value not in f.masked, (f.kind, f.masked)

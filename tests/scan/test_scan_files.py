@@ -30,7 +30,9 @@ def codes(report: ScanReport) -> dict[str, str]:
 def test_text_csv_json_sql_and_locations(tmp_path: Path) -> None:
     (tmp_path / "a.log").write_text("x\ny\nlogin phone=13812345678 ok\n", encoding="utf-8")
     (tmp_path / "b.csv").write_text(f"id,姓名,身份证号,手机\n1,王小明,{ID},{MOBILE}\n", encoding="utf-8")
-    (tmp_path / "c.jsonl").write_text(f'{{"user": {{"name": "李娜", "mobile": "{MOBILE}"}}}}\n', encoding="utf-8")
+    (tmp_path / "c.jsonl").write_text(
+        f'{{"user": {{"name": "李娜", "mobile": "{MOBILE}"}}}}\n', encoding="utf-8"
+    )
     (tmp_path / "d.sql").write_text(f"INSERT INTO t VALUES (1,'{ID}');\n", encoding="utf-8")
     r = run(tmp_path)
     by = {(os.path.basename(f.file or ""), f.kind): f for f in r}
@@ -157,7 +159,11 @@ def test_bad_input_is_reported_and_the_scan_goes_on(tmp_path: Path) -> None:
     for i in r.issues:  # a clear line, without PI
         assert i.message and ID not in i.message and MOBILE not in i.message
     files = {os.path.basename(f.file or "").split("!")[0] for f in r}
-    assert {"good.txt", "latin1.txt", "shallow.zip"} <= files  # the scan went on; nesting within the limit is read
+    assert {
+        "good.txt",
+        "latin1.txt",
+        "shallow.zip",
+    } <= files  # the scan went on; nesting within the limit is read
     assert "nested.zip" not in files
 
 
@@ -172,11 +178,19 @@ def test_include_exclude_and_gitignore(tmp_path: Path) -> None:
         return {os.path.relpath(f.file or "", tmp_path) for f in r}
 
     assert names(run(tmp_path, include=("*.csv",))) == {"keep/a.csv", "skip/c.csv", "build/d.csv", "e.csv"}
-    assert names(run(tmp_path, include=("*.csv",), exclude=("skip/**",))) == {"keep/a.csv", "build/d.csv", "e.csv"}
-    assert names(run(tmp_path, include=("keep/*",))) == {"keep/a.csv", "keep/b.log"}
-    assert names(run(tmp_path, gitignore=True)) == {"keep/a.csv", "keep/b.log", "skip/c.csv", "e.csv", ".gitignore"} - {
-        ".gitignore"
+    assert names(run(tmp_path, include=("*.csv",), exclude=("skip/**",))) == {
+        "keep/a.csv",
+        "build/d.csv",
+        "e.csv",
     }
+    assert names(run(tmp_path, include=("keep/*",))) == {"keep/a.csv", "keep/b.log"}
+    assert names(run(tmp_path, gitignore=True)) == {
+        "keep/a.csv",
+        "keep/b.log",
+        "skip/c.csv",
+        "e.csv",
+        ".gitignore",
+    } - {".gitignore"}
 
 
 def test_process_pool_spreads_files(tmp_path: Path) -> None:

@@ -17,7 +17,9 @@ def _sep(name: str) -> bytes | None:
     return b"\t" if name.endswith(".tsv") else b"," if name.endswith(".csv") else None
 
 
-def evaluate(docs: list[corpus.Doc], engine: str, chunk_size: int = 4 << 20) -> dict[str, tuple[int, int, int]]:
+def evaluate(
+    docs: list[corpus.Doc], engine: str, chunk_size: int = 4 << 20
+) -> dict[str, tuple[int, int, int]]:
     """kind -> (true positives, false positives, false negatives); a finding matches a label it overlaps."""
     opts = ScanOptions(max_findings_per_source=10**9, chunk_size=chunk_size, engine=engine)
     eng = get_engine(opts.kinds, engine)
@@ -32,8 +34,11 @@ def evaluate(docs: list[corpus.Doc], engine: str, chunk_size: int = 4 << 20) -> 
             hit = [
                 i
                 for i, f in enumerate(r.findings)
-                if f.kind == lab.kind and f.offset is not None and f.length is not None
-                and f.offset < lab.end and lab.start < f.offset + f.length
+                if f.kind == lab.kind
+                and f.offset is not None
+                and f.length is not None
+                and f.offset < lab.end
+                and lab.start < f.offset + f.length
             ]
             if hit:
                 tp[lab.kind] += 1
@@ -65,16 +70,32 @@ def test_validated_kinds_meet_targets(docs: list[corpus.Doc], engine: str) -> No
 
 def test_hard_negatives_are_planted(docs: list[corpus.Doc]) -> None:
     labels = Counter(n.kind for d in docs for n in d.negatives)
-    for label in ("id_check", "id_date", "id_region", "card_luhn", "order", "snowflake", "timestamp", "product"):
+    for label in (
+        "id_check",
+        "id_date",
+        "id_region",
+        "card_luhn",
+        "order",
+        "snowflake",
+        "timestamp",
+        "product",
+    ):
         assert labels[label] >= 20, label
 
 
 def test_other_kinds_do_not_regress(docs: list[corpus.Doc]) -> None:
     """Names and addresses are measured (see BENCHMARKS.md); these floors catch regressions."""
     stats = evaluate(docs, ENGINES[-1])
-    floors = {"name": (0.95, 0.6), "address": (0.95, 0.9), "email": (0.99, 0.99), "passport": (0.95, 0.95),
-              "travel_permit": (0.95, 0.9), "password": (0.95, 0.95), "jwt": (0.99, 0.99),
-              "private_key": (0.99, 0.99)}
+    floors = {
+        "name": (0.95, 0.6),
+        "address": (0.95, 0.9),
+        "email": (0.99, 0.99),
+        "passport": (0.95, 0.95),
+        "travel_permit": (0.95, 0.9),
+        "password": (0.95, 0.95),
+        "jwt": (0.99, 0.99),
+        "private_key": (0.99, 0.99),
+    }
     for kind, (pmin, rmin) in floors.items():
         tp, fp, fn = stats[kind]
         assert tp / (tp + fp) >= pmin, (kind, stats[kind])
@@ -103,7 +124,9 @@ def test_engines_agree(docs: list[corpus.Doc]) -> None:
         out = []
         for d in docs[:14]:
             r = SourceResult(d.name)
-            scan_bytes(d.data, d.name, get_engine(opts.kinds, engine), Collector(r, opts), opts, csv_sep=_sep(d.name))
+            scan_bytes(
+                d.data, d.name, get_engine(opts.kinds, engine), Collector(r, opts), opts, csv_sep=_sep(d.name)
+            )
             out += [(f.kind, f.offset, f.masked) for f in r.findings]
         return sorted(out)
 

@@ -44,9 +44,13 @@ def _dates() -> frozenset[bytes]:
 _MOBILE_PREFIXES = frozenset(p.encode() for p in mobile.CARRIERS)
 
 
+_CODES = _division_codes()
+_DATES = _dates()
+
+
 def id18_ok(tok: bytes) -> bool:
     """``tok`` is 17 digits and a digit or upper-case X: is it a valid resident ID number?"""
-    if tok[:6] not in _division_codes() or tok[6:14] not in _dates():
+    if tok[:6] not in _CODES or tok[6:14] not in _DATES:
         return False
     total = sum(map(operator.mul, _ID_WEIGHTS, tok[:17])) - _ID_BIAS
     return bool(_ID_CHECK[total % 11] == tok[17])
@@ -54,7 +58,7 @@ def id18_ok(tok: bytes) -> bool:
 
 def id15_ok(tok: bytes) -> bool:
     """A 15-digit legacy number: known division and a real 19YY birth date."""
-    return tok[:6] in _division_codes() and (b"19" + tok[6:12]) in _dates()
+    return tok[:6] in _CODES and (b"19" + tok[6:12]) in _DATES
 
 
 def mobile_ok(tok: bytes) -> bool:
@@ -118,7 +122,7 @@ _LENGTHS = {"Visa": (16, 19), "Mastercard": (16,), "Mir": (16, 17, 18, 19)}
 def id_shaped(tok: bytes) -> bool:
     """18 digits that start with a division code and a 19xx/20xx year: an ID number (valid or mistyped),
     not a card."""
-    return len(tok) == 18 and tok[:6] in _division_codes() and tok[6:8] in (b"19", b"20")
+    return len(tok) == 18 and tok[:6] in _CODES and tok[6:8] in (b"19", b"20")
 
 
 def card_ok(tok: bytes) -> str | None:

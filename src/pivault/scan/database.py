@@ -40,7 +40,7 @@ def _sqlite_path(url: str) -> str:
     """``sqlite:///relative.db``, ``sqlite:////absolute.db`` or a plain path."""
     for prefix in ("sqlite:///", "sqlite://", "file:"):
         if url.startswith(prefix):
-            return url[len(prefix):]
+            return url[len(prefix) :]
     return url
 
 

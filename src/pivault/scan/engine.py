@@ -35,7 +35,7 @@ except ImportError:  # pragma: no cover
 HAVE_HYPERSCAN = _hs is not None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Hit:
     """A validated value at ``[start, end)`` of the scanned buffer."""
 
@@ -71,6 +71,10 @@ class _Anchor:
     #: boundaries are not added to these
     hs_core: bytes | None = None
     re_core: bytes | None = None
+    #: hyperscan reports the start of match (costly for some patterns); without it the anchor's
+    #: position is taken as ``end - back`` by both engines
+    som: bool = True
+    back: int = 0
 
     def hs_pattern(self) -> bytes:
         if self.hs_core is not None:
@@ -94,6 +98,7 @@ class _Anchor:
 
 
 _AN = b"0-9A-Za-z"
+
 _DIGIT_KINDS = frozenset({"id_number", "mobile", "bank_card"})
 
 ANCHORS: tuple[_Anchor, ...] = (
@@ -119,10 +124,11 @@ ANCHORS: tuple[_Anchor, ...] = (
     _Anchor(
         "cloud",
         frozenset({"cloud_key"}),
-        rb"LTAI[0-9A-Za-z]{8,30}|A(?:KIA|SIA)[0-9A-Z]{12,20}|AKID[0-9A-Za-z]{28,40}|"
-        rb"AKLT[0-9A-Za-z_\-]{20,60}|AIza[0-9A-Za-z_\-]{35}",
+        rb"LTAI|AKIA|ASIA|AKID|AKLT|AIza",
         _AN,
-        _AN + rb"_\-",
+        None,
+        som=False,
+        back=4,
     ),
     _Anchor(
         "token",
@@ -163,6 +169,8 @@ ANCHORS: tuple[_Anchor, ...] = (
         rb"[A-Za-z0-9_.\-]{0,24}[\"']?[ \t]*(?:=|:|=>)",
         re_core=rb"(?:passw(?:or)?d|pwd|pass|secret|api[_\-]?key|private[_\-]?key)"
         rb"[A-Za-z0-9_.\-]{0,24}[\"']?[ \t]*(?:=|:|=>)",
+        som=False,
+        back=1,
     ),
     _Anchor(
         "email",
@@ -179,7 +187,7 @@ ANCHORS: tuple[_Anchor, ...] = (
         _u(("护照", "通行证", "回乡证", "台胞证", "旅行证")) + rb"|passport|permit",
         caseless=True,
     ),
-    _Anchor("namectx", frozenset({"name"}), _u(lexicon.NAME_CONTEXT_ZH)),
+    _Anchor("namectx", frozenset({"name"}), _u(lexicon.NAME_CONTEXT_ZH), som=False, back=3),
     _Anchor(
         "namekey",
         frozenset({"name"}),
@@ -188,6 +196,8 @@ ANCHORS: tuple[_Anchor, ...] = (
         _AN + b"_",
         None,
         caseless=True,
+        som=False,
+        back=1,
     ),
     _Anchor("nametitle", frozenset({"name"}), _u(lexicon.NAME_SUFFIX_TITLES)),
     _Anchor(
@@ -200,6 +210,8 @@ ANCHORS: tuple[_Anchor, ...] = (
         + _u(("小区", "花园", "苑", "公寓", "大厦", "家园"))
         + rb"[0-9]{1,4}"
         + _u(("号楼", "栋", "幢", "座")),
+        som=False,
+        back=3,
     ),
 )
 
@@ -237,6 +249,8 @@ def _digits(buf: bytes, f: int, t: int) -> list[Hit]:
     raw = buf[f:t]
     tok = raw.replace(b" ", b"").replace(b"-", b"")
     grouped = len(tok) != len(raw)
+    if grouped and t + 1 < len(buf) and buf[t] in b" -" and buf[t + 1] in _DIGITS:
+        return []  # the first groups of a longer grouped number, which has its own candidate
     n = len(tok)
     if tok[-1] == 0x78:  # x
         tok = tok[:-1] + b"X"
@@ -299,18 +313,22 @@ def _varied(s: bytes, minimum: int = 6) -> bool:
 
 
 def _cloud(buf: bytes, f: int, t: int) -> list[Hit]:
-    f, t = _strip(buf, f, t, frozenset(b"LA"), _KEY_CHARS)
+    f = max(0, t - 4)
+    t = f
+    n = len(buf)
+    while t < n and buf[t] in _KEY_CHARS and t - f < 80:
+        t += 1
     tok = buf[f:t]
     p = tok[:4]
     conf, detail = 0.0, ""
     if p == b"LTAI":
-        if 16 <= len(tok) <= 30 and all(b in _ALNUM for b in tok) and _varied(tok[4:]):
+        if 16 <= len(tok) <= 30 and _ALNUM.issuperset(tok) and _varied(tok[4:]):
             conf, detail = (0.95 if len(tok) in (16, 24) else 0.75), "Alibaba Cloud AccessKey ID"
     elif p in (b"AKIA", b"ASIA"):
-        if len(tok) == 20 and all(b in _B32 for b in tok[4:]) and b"EXAMPLE" not in tok and _varied(tok[4:]):
+        if len(tok) == 20 and _B32.issuperset(tok[4:]) and b"EXAMPLE" not in tok and _varied(tok[4:]):
             conf, detail = 0.95, "AWS access key ID" + (" (temporary)" if p == b"ASIA" else "")
     elif p == b"AKID":
-        if len(tok) == 36 and all(b in _ALNUM for b in tok) and _varied(tok[4:], 10):
+        if len(tok) == 36 and _ALNUM.issuperset(tok) and _varied(tok[4:], 10):
             conf, detail = 0.9, "Tencent Cloud SecretId"
     elif p == b"AKLT":
         if 24 <= len(tok) <= 64 and _varied(tok[4:], 10):
@@ -407,10 +425,16 @@ def _secret_value(value: str) -> bool:
 _KV = re.compile(rb"([A-Za-z0-9_.\-]{0,64})[\"']?[ \t]*(?:=>|=|:)[ \t]*[\"']?([^\s\"',;<>]{1,200})")
 
 
+_KEY_DOT = _KEY_CHARS | {0x2E}
+
+
 def _kvpw(buf: bytes, f: int, t: int) -> list[Hit]:
-    # find the key's start: back over key characters (the re engine's anchor starts at the keyword)
-    ks = f
-    while ks > 0 and f - ks < 40 and buf[ks - 1] in _KEY_CHARS | {0x2E}:
+    # back from the assignment sign over quotes and blanks, then over the key
+    k = t
+    while k > 0 and buf[k - 1] in b"=:> \t\"'":
+        k -= 1
+    ks = k
+    while ks > 0 and k - ks < 64 and buf[ks - 1] in _KEY_DOT:
         ks -= 1
     m = _KV.match(buf, ks)
     if m is None or not m.group(1):
@@ -620,7 +644,9 @@ def _namectx(buf: bytes, f: int, t: int) -> list[Hit]:
     span = _pick_name(text, m.start(1))
     if span is None:
         return []
-    return [_name_hit(text, base, *span, 0.85, "after " + buf[f:t].decode("utf-8", "replace"))]
+    pre = buf[max(0, t - 24) : t].decode("utf-8", "ignore")
+    label = next((w for w in _CTX_WORDS if pre.endswith(w)), "a label")
+    return [_name_hit(text, base, *span, 0.85, "after " + label)]
 
 
 def _namekey(buf: bytes, f: int, t: int) -> list[Hit]:
@@ -630,8 +656,13 @@ def _namekey(buf: bytes, f: int, t: int) -> list[Hit]:
     span = _pick_name(text, i)
     if span is None:
         return []
-    key = buf[f:t].decode("utf-8", "replace").strip("\"' \t:=")
-    return [_name_hit(text, base, *span, 0.9, f"{key}=")]
+    k = t
+    while k > 0 and buf[k - 1] in b"=: \t\"'":
+        k -= 1
+    ks = k
+    while ks > 0 and k - ks < 32 and buf[ks - 1] in _KEY_CHARS:
+        ks -= 1
+    return [_name_hit(text, base, *span, 0.9, buf[ks:k].decode("ascii", "replace") + "=")]
 
 
 def _nametitle(buf: bytes, f: int, t: int) -> list[Hit]:
@@ -649,6 +680,10 @@ def _nametitle(buf: bytes, f: int, t: int) -> list[Hit]:
     return []
 
 
+_ADDR_ANCHOR = re.compile(
+    r"(?:路|街|道|巷|弄|胡同|村|里|组)[0-9]{1,5}(?:号|弄|栋|幢)$|(?:小区|花园|苑|公寓|大厦|家园)[0-9]{1,4}(?:号楼|栋|幢|座)$"
+)
+_CTX_WORDS = sorted(lexicon.NAME_CONTEXT_ZH, key=len, reverse=True)
 _ADDR_CTX = re.compile("(?:" + "|".join(lexicon.ADDRESS_CONTEXT) + ")[ \t:：为是]*", re.IGNORECASE)
 _ADDR_TAIL = re.compile(r"(?:[0-9A-Za-z一二三四五六七八九十]{1,4}(?:号楼|号|栋|幢|座|单元|层|楼|室|户)){0,5}")
 _ADDR_CHAR = re.compile(f"[{_CJK}0-9]")
@@ -665,9 +700,12 @@ def _division_first_chars() -> frozenset[str]:
 
 
 def _addr(buf: bytes, f: int, t: int) -> list[Hit]:
-    text, base = _window(buf, f - 150, t + 60)
-    a = len(buf[base:f].decode("utf-8", "replace"))
+    text, base = _window(buf, t - 180, t + 60)
     z = len(buf[base:t].decode("utf-8", "replace"))
+    anchor = _ADDR_ANCHOR.search(text, max(0, z - 12), z)
+    if anchor is None:
+        return []
+    a = anchor.start()
     z += _ADDR_TAIL.match(text, z).end() - z  # type: ignore[union-attr]
     # the run of address characters that ends at the anchor
     run = a
@@ -787,24 +825,31 @@ class Engine:
         if engine not in ("auto", "hyperscan", "re"):
             raise ValueError(f"unknown engine {engine!r}: auto, hyperscan or re")
         self.name = "hyperscan" if use_hs and self.anchors else "re"
-        self._db: Any = None
+        self._backs: list[int | None] = [None if a.som else a.back for a in self.anchors]
         self._res: list[re.Pattern[bytes]] = []
+        self._db: Any = None
         if self.name == "hyperscan":
-            db = _hs.Database(mode=_hs.HS_MODE_BLOCK)
-            flags = [
-                _hs.HS_FLAG_SOM_LEFTMOST | (_hs.HS_FLAG_CASELESS if a.caseless else 0) for a in self.anchors
-            ]
-            db.compile(
-                expressions=[a.hs_pattern() for a in self.anchors],
-                ids=list(range(len(self.anchors))),
-                elements=len(self.anchors),
-                flags=flags,
-            )
-            self._db = db
+            ids = list(range(len(self.anchors)))
+            if ids:
+                db = _hs.Database(mode=_hs.HS_MODE_BLOCK)
+                flags = [
+                    (_hs.HS_FLAG_SOM_LEFTMOST if self.anchors[i].som else 0)
+                    | (_hs.HS_FLAG_CASELESS if self.anchors[i].caseless else 0)
+                    for i in ids
+                ]
+                db.compile(
+                    expressions=[self.anchors[i].hs_pattern() for i in ids],
+                    ids=ids,
+                    elements=len(ids),
+                    flags=flags,
+                )
+                self._db = db
         else:
             self._res = [a.re_pattern() for a in self.anchors]
 
     def _candidates(self, buf: bytes, pos: int) -> list[tuple[int, int, int]]:
+        """(anchor position, anchor end, anchor index), sorted; the position of an anchor without
+        start-of-match is ``end - back`` for both engines."""
         out: list[tuple[int, int, int]] = []
         if not self.anchors:
             return out
@@ -814,6 +859,8 @@ class Engine:
         else:
             for i, rx in enumerate(self._res):
                 out.extend((m.start(), m.end(), i) for m in rx.finditer(buf, pos))
+        backs = self._backs
+        out = [(t - backs[i], t, i) if backs[i] is not None else (f, t, i) for f, t, i in out]  # type: ignore[operator]
         out.sort()
         return out
 

@@ -33,7 +33,7 @@ VALIDATED_KINDS = frozenset(
 )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Finding:
     """One detected value. ``masked`` never holds the whole value."""
 

@@ -116,16 +116,28 @@ def _csv_column(buf: bytes, line_start: int, pos: int, sep: int) -> int:
     return col
 
 
-_FIELD = re.compile(
-    rb"([A-Za-z_][A-Za-z0-9_.\-]{0,40}|(?:[\xe4-\xe9][\x80-\xbf]{2}){1,8})"
-    rb"[\"']?[ \t]*(?:=|:|\xef\xbc\x9a)[ \t]*[\"']?$"
+#: ``key = "``, ``"key": "``, ``键：`` read backwards from a value (a reversed pattern on a reversed slice
+#: is one anchored match instead of a search)
+_FIELD_REV = re.compile(
+    rb"[\"']?[ \t]*(?:=|:|\x9a\xbc\xef)[ \t]*[\"']?"
+    rb"((?:[\x80-\xbf]{2}[\xe4-\xe9]){1,8}|[A-Za-z0-9_.\-]{0,40}[A-Za-z_])"
 )
 
 
 def field_before(buf: bytes, line_start: int, pos: int) -> str | None:
     """The key a value is assigned to (``phone=…``, ``"mobile": "…"``, ``手机：…``), if any."""
-    m = _FIELD.search(buf, max(line_start, pos - 64), pos)
-    return m.group(1).decode("utf-8", "replace") if m else None
+    a = max(line_start, pos - 64)
+    m = _FIELD_REV.match(buf[a:pos][::-1])
+    if m is None:
+        return None
+    key = m.group(1)[::-1]
+    k0 = pos - m.end(1)
+    if k0 > a and buf[k0 - 1] in _KEYISH:
+        return None  # cut in the middle of a longer key
+    return key.decode("utf-8", "replace")
+
+
+_KEYISH = frozenset(b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz_.-")
 
 
 class TextStream:
