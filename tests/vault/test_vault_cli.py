@@ -1,0 +1,105 @@
+"""The vault commands through Typer: output masked by default, JSON for scripts, one-line errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import typer
+from typer.testing import CliRunner
+from vault_support import CHEAP, PASSPHRASE, make_residents
+
+from pivault.cli import vault_cmds
+
+
+@pytest.fixture
+def app() -> typer.Typer:
+    a = typer.Typer(pretty_exceptions_enable=False)
+    vault_cmds.register(a)
+    return a
+
+
+@pytest.fixture
+def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    # keep Argon2 cheap for `init` (opening reads the parameters from the keyring)
+    from pivault.crypto import PassphraseProvider
+    from pivault.vault import home
+
+    def cheap(passphrase: str, params: object = None) -> PassphraseProvider:
+        return PassphraseProvider(passphrase, CHEAP)
+
+    monkeypatch.setattr(home, "PassphraseProvider", cheap)
+    return {"PIVAULT_PASSPHRASE": PASSPHRASE, "PIVAULT_HOME": str(tmp_path / "home"),
+            "XDG_CONFIG_HOME": str(tmp_path / "xdg")}
+
+
+def test_cli_round_trip(app: typer.Typer, env: dict[str, str], tmp_path: Path) -> None:
+    run = CliRunner().invoke
+    r = run(app, ["init", "--expected-population", "1000", "--json"], env=env)
+    assert r.exit_code == 0, r.output
+    info = json.loads(r.stdout)
+    assert Path(info["keyring"]).is_relative_to(tmp_path / "xdg")
+
+    people = make_residents(5, seed=51)
+    src = tmp_path / "in.csv"
+    src.write_text("姓名,身份证号,手机\n" + "".join(
+        f"{p['name']},{p['id_number']},{p['mobile']}\n" for p in people) + "张三,123,13800000000\n",
+        encoding="utf-8")
+    r = run(app, ["import", str(src), "--json"], env=env)
+    assert r.exit_code == 0, r.output
+    summary = json.loads(r.stdout)
+    assert (summary["read"], summary["imported"], summary["rejected"]) == (6, 5, 1)
+    r = run(app, ["import", str(src)], env=env)
+    assert "already imported" in r.stdout
+
+    r = run(app, ["find", "--id-number", people[0]["id_number"], "--json"], env=env)
+    assert r.exit_code == 0, r.output
+    found = json.loads(r.stdout)
+    assert len(found) == 1 and found[0]["name"] != people[0]["name"]       # masked
+    assert people[0]["id_number"] not in r.stdout and people[0]["mobile"] not in r.stdout
+    rid = found[0]["record_id"]
+    r = run(app, ["get", rid, "--reveal", "--json"], env=env)
+    assert json.loads(r.stdout)[0]["mobile"] == people[0]["mobile"]
+    r = run(app, ["get", rid], env=env)
+    assert r.exit_code == 0 and people[0]["mobile"] not in r.stdout
+
+    r = run(app, ["rejects", "show", "--json"], env=env)
+    rej = json.loads(r.stdout)
+    assert [(x["line"], x["code"]) for x in rej] == [(7, "id.length")]
+    assert "123" not in json.dumps(rej["cells"] if isinstance(rej, dict) else rej[0]["cells"])
+    r = run(app, ["rejects", "show", "--reveal", "--json"], env=env)
+    assert json.loads(r.stdout)[0]["cells"]["id_number"] == "123"
+
+    r = run(app, ["stats", "--json"], env=env)
+    stats = json.loads(r.stdout)
+    assert stats["store"]["rows"] == 5 and stats["imports"]["rejects"] == 1
+    for p in people:
+        assert p["id_number"] not in r.stdout
+
+    r = run(app, ["erase", rid], env=env, input="n\n")
+    assert r.exit_code != 0
+    r = run(app, ["erase", rid, "--yes"], env=env)
+    assert r.exit_code == 0, r.output
+    r = run(app, ["get", rid], env=env)
+    assert r.exit_code == 1 and "error[record.not_found]" in r.stderr
+    assert "Traceback" not in r.output
+
+    r = run(app, ["migrate", "--json"], env=env)
+    assert r.exit_code == 0 and json.loads(r.stdout) == {"applied": []}
+
+
+def test_cli_errors_are_one_line_without_pi(app: typer.Typer, env: dict[str, str], tmp_path: Path) -> None:
+    run = CliRunner().invoke
+    r = run(app, ["find", "--mobile", "13800000000"], env=env)
+    assert r.exit_code == 2 and r.stderr.startswith("error[home.missing]:") and "hint:" in r.stderr
+    assert run(app, ["init"], env=env).exit_code == 0
+    r = run(app, ["find", "--id-number", "11010119900101123"], env=env)
+    assert r.exit_code == 2 and "error[id.length]" in r.stderr and "11010119900101123" not in r.stderr
+    bad = tmp_path / "bad.csv"
+    bad.write_text("name,favourite_colour\n张三,blue\n", encoding="utf-8")
+    r = run(app, ["import", str(bad)], env=env)
+    assert r.exit_code == 2 and "error[import.header]" in r.stderr and "--map" in r.stderr
+    r = run(app, ["find", "--mobile", "13800000000"], env={**env, "PIVAULT_PASSPHRASE": "wrong"})
+    assert r.exit_code == 1 and "error[keyring.passphrase]" in r.stderr
+    assert "Traceback" not in r.output

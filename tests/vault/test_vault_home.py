@@ -1,0 +1,74 @@
+"""The vault home: keyring kept out of the data directory, private modes, binding, wrong keys."""
+
+from __future__ import annotations
+
+import stat
+from pathlib import Path
+
+import pytest
+from vault_support import CHEAP, PASSPHRASE, make_residents
+
+from pivault.crypto import KeyringError
+from pivault.errors import ConfigError
+from pivault.policy import local_operator
+from pivault.vault import Vault, VaultMismatch, init, load
+from pivault.vault import home as _home
+
+
+def _mode(p: Path) -> int:
+    return stat.S_IMODE(p.stat().st_mode)
+
+
+def test_init_then_open(tmp_path: Path) -> None:
+    home = tmp_path / "vault-home"
+    cfg = init(home, passphrase=PASSPHRASE, keyring_path=tmp_path / "keys" / "k.keyring",
+               expected_population=1000, argon2=CHEAP)
+    assert cfg.store_url == f"sqlite:///{home / 'vault.db'}"
+    assert _mode(home) == 0o700 and _mode(home / "pivault.toml") == 0o600
+    assert _mode(home / "vault.db") == 0o600 and _mode(cfg.keyring_path) == 0o600
+    assert load(home) == cfg
+    with Vault.open(home, passphrase=PASSPHRASE) as v:
+        rid = v.put(make_residents(1)[0], ctx=local_operator())
+        assert v.get(rid, ctx=local_operator())["record_id"] == rid
+        for f in home.rglob("*"):  # WAL, shared memory, anything else
+            assert _mode(f) == (0o700 if f.is_dir() else 0o600), f.name
+    with pytest.raises(ConfigError) as info:
+        init(home, passphrase=PASSPHRASE, keyring_path=tmp_path / "k2", argon2=CHEAP)
+    assert info.value.code == "home.exists"
+
+
+def test_keyring_inside_home_is_refused_and_nothing_is_left(tmp_path: Path) -> None:
+    home = tmp_path / "h"
+    with pytest.raises(KeyringError) as info:
+        init(home, passphrase=PASSPHRASE, keyring_path=home / "sub" / "k.keyring", argon2=CHEAP)
+    assert info.value.code == "keyring.location"
+    assert not (home / "pivault.toml").exists()
+
+
+def test_default_keyring_goes_to_the_config_directory(tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
+    monkeypatch.setenv("PIVAULT_HOME", str(tmp_path / "envhome"))
+    cfg = init(passphrase=PASSPHRASE, argon2=CHEAP)
+    assert cfg.home == tmp_path / "envhome"
+    assert cfg.keyring_path == tmp_path / "xdg" / "pivault" / "keyrings" / f"{cfg.vault_id}.keyring"
+    assert _mode(cfg.keyring_path.parent) == 0o700
+    assert not [p for p in cfg.keyring_path.parent.iterdir() if p.name.startswith(".new-")]
+    assert _home.resolve_home() == cfg.home
+
+
+def test_wrong_passphrase_missing_home_and_foreign_keyring(tmp_path: Path) -> None:
+    a = init(tmp_path / "a", passphrase=PASSPHRASE, keyring_path=tmp_path / "ka", argon2=CHEAP)
+    b = init(tmp_path / "b", passphrase=PASSPHRASE, keyring_path=tmp_path / "kb", argon2=CHEAP)
+    with pytest.raises(KeyringError) as info:
+        Vault.open(a.home, passphrase="not the passphrase")
+    assert info.value.code == "keyring.passphrase"
+    with pytest.raises(ConfigError) as missing:
+        Vault.open(tmp_path / "nowhere", passphrase=PASSPHRASE)
+    assert missing.value.code == "home.missing"
+    # point vault a at vault b's keyring
+    text = (a.home / "pivault.toml").read_text().replace(str(a.keyring_path), str(b.keyring_path))
+    (a.home / "pivault.toml").write_text(text)
+    with pytest.raises(VaultMismatch) as info2:
+        Vault.open(a.home, passphrase=PASSPHRASE)
+    assert info2.value.code == "vault.mismatch" and b.vault_id not in info2.value.message
