@@ -85,7 +85,10 @@ class PairIndex:
     """``(blind value a, blind value b) -> record id`` for each pair in :data:`KEY_PAIRS`."""
 
     def __init__(self) -> None:
+        #: pair -> key -> record id, or "" when several records share the key
         self.pairs: dict[tuple[str, str], dict[bytes, str]] = {p: {} for p in KEY_PAIRS}
+        #: pair -> key -> the records sharing it (rare: about C**2 / R per record)
+        self.shared: dict[tuple[str, str], dict[bytes, list[str]]] = {p: {} for p in KEY_PAIRS}
         self.records = 0
         self.collisions = 0
 
@@ -114,10 +117,16 @@ class PairIndex:
                 continue
             d = self.pairs[(a, b)]
             key = va + vb
-            if key in d:
-                self.collisions += 1
-            else:
+            first = d.get(key)
+            if first is None:
                 d[key] = rid
+                continue
+            self.collisions += 1
+            shared = self.shared[(a, b)]
+            if first:
+                shared[key] = [first]
+                d[key] = ""
+            shared[key].append(rid)
 
 
 def row_keys(row: Sequence[str | None], cols: dict[str, int]) -> Keys:
@@ -219,36 +228,51 @@ class Matcher:
         return out, r.expected_false
 
     def _match_cached(self, keys: list[Keys], out: list[RowMatch]) -> float:
+        """Try the pairs in order; the mobile's hash is computed only when the first pair
+        does not settle the row. A key several records share is narrowed by the next pair."""
         assert self.pairs is not None
         blind = self.blind
+        pair_in, pair_im, pair_mn = KEY_PAIRS
         p_in, p_im, p_mn = (self.pairs.pairs[p] for p in KEY_PAIRS)
         rate = self._rate
         r_in, r_im, r_mn = (rate.get(p, 0.0) for p in KEY_PAIRS)
+        shared = self.pairs.shared
         expected = 0.0
         for k, m in zip(keys, out, strict=True):
             vi = blind("id_number", k.id_number) if k.id_number is not None else None
             nb = k.name_birth
             vn = blind("name_birth", nb) if nb is not None else None
+            maybe: set[str] | None = None
+            maybe_pair = pair_in
             if vi is not None and vn is not None:
                 expected += r_in
-                rid = p_in.get(vi + vn)
-                if rid is not None:
-                    m.record_id, m.pair = rid, KEY_PAIRS[0]
+                hit = p_in.get(vi + vn)
+                if hit:
+                    m.record_id, m.pair = hit, pair_in
                     continue
-            if k.mobile is None:
-                continue
-            vm = blind("mobile", k.mobile)
-            if vi is not None:
-                expected += r_im
-                rid = p_im.get(vi + vm)
-                if rid is not None:
-                    m.record_id, m.pair = rid, KEY_PAIRS[1]
-                    continue
-            if vn is not None:
-                expected += r_mn
-                rid = p_mn.get(vm + vn)
-                if rid is not None:
-                    m.record_id, m.pair = rid, KEY_PAIRS[2]
+                if hit is not None:
+                    maybe = set(shared[pair_in][vi + vn])
+            if k.mobile is not None:
+                vm = blind("mobile", k.mobile)
+                for pair, d, va, vb, r in ((pair_im, p_im, vi, vm, r_im), (pair_mn, p_mn, vm, vn, r_mn)):
+                    if va is None or vb is None:
+                        continue
+                    expected += r
+                    hit = d.get(va + vb)
+                    if hit is None:
+                        continue
+                    cands = {hit} if hit else set(shared[pair][va + vb])
+                    if maybe is not None and cands & maybe:
+                        maybe, maybe_pair = cands & maybe, pair
+                        if len(maybe) == 1:
+                            break
+                    elif maybe is None:
+                        maybe, maybe_pair = cands, pair
+                        if len(cands) == 1:
+                            break
+            if maybe:
+                # still several records: the row is a resident, which one the indexes cannot tell
+                m.record_id, m.pair = min(maybe), maybe_pair
         return expected
 
     def _match_store(self, keys: list[Keys], out: list[RowMatch]) -> float:
