@@ -167,7 +167,9 @@ class Vault:
         """Open the vault kept in ``home`` (default ``$PIVAULT_HOME`` or ``./.pivault``).
 
         The passphrase comes from the argument, else ``$PIVAULT_PASSPHRASE``,
-        else a terminal prompt.
+        else a terminal prompt. Without ``guard`` the door gets the audit
+        trail, read budgets, canaries and detector of :mod:`pivault.detect`
+        around the local guard.
         """
         from pivault.vault import home as _home
 
@@ -178,7 +180,16 @@ class Vault:
         keyring = Keyring.open(cfg.keyring_path, provider)
         db = Database(cfg.store_url)
         try:
-            return cls(db, keyring, guard=guard, config=cfg)
+            vault = cls(db, keyring, guard=guard, config=cfg)
+            if guard is None:
+                # an opened vault is always audited and budgeted: there is no switch to turn it off
+                from pivault.detect.setup import build_guard
+
+                watch = build_guard(db, keyring, keyring_path=cfg.keyring_path, home=cfg.home,
+                                    inner=LocalGuard())
+                vault.guard = watch
+                vault.read_observers.append(watch.observe_records)
+            return vault
         except BaseException:
             db.close()
             raise
