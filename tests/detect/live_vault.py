@@ -20,7 +20,7 @@ from pivault.policy.context import AccessContext
 from pivault.policy.tokens import TokenStore
 from pivault.store import Database
 from pivault.synth import generate
-from pivault.vault import Vault, init
+from pivault.vault import LocalGuard, Vault, init
 from pivault.vault.home import load
 
 PASSPHRASE = "synthetic-drill-passphrase"
@@ -162,7 +162,7 @@ def make_live_vault(tmp: Path, redis_url: str, webhook_url: str, population: int
     c = make_dev_cert(tmp / "tls")
     setup = AccessContext(principal="local:drill", role="operator", purpose="administration")
     residents: list[dict[str, Any]] = [dict(r) for r in generate(population, 2718)]
-    with Vault.open(home, passphrase=PASSPHRASE) as vault:
+    with Vault.open(home, passphrase=PASSPHRASE, guard=LocalGuard()) as vault:
         assert vault.config is not None
         guard = build_guard(vault.db, vault.keyring, keyring_path=keyring_path, home=home,
                             settings=DetectSettings())

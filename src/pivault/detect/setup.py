@@ -48,7 +48,7 @@ from pivault.detect.guard import DetectGuard
 from pivault.errors import ConfigError
 from pivault.store.db import Database
 
-__all__ = ["DetectSettings", "audit_key_dir", "build_guard"]
+__all__ = ["DetectSettings", "audit_key_dir", "build_guard", "follow_policy"]
 
 log = logging.getLogger("pivault.detect")
 REDIS_ENV = "PIVAULT_REDIS_URL"
@@ -181,6 +181,15 @@ def build_guard(db: Database, keyring: Any, *, keyring_path: str | os.PathLike[s
         canaries=CanaryRegistry(db, keyring),
         detector=GlobalDetector(counters, alerts, DetectorConfig(**settings.detector)),
         suspend=suspend, inner=inner)
+
+
+def follow_policy(guard: DetectGuard, policy: Callable[[], Any]) -> None:
+    """Take budgets from ``policy`` (e.g. the API's reloadable holder) from now on."""
+    if guard.budgets is not None:
+        source = guard.budgets._policy
+        if isinstance(source, _PolicyBudgets):
+            source._policy = policy
+            source._seen = None
 
 
 def _writer_keys(key_dir: Path, keyring: Any, home: str | os.PathLike[str] | None,
