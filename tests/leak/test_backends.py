@@ -41,3 +41,18 @@ def test_export_check_and_case_on_each_backend(store_url: str, tmp_path: Path) -
         assert html.exists() and js.exists()
     finally:
         v.close()
+
+
+def test_matching_during_a_blind_index_key_rotation(sqlite_url: str, tmp_path: Path) -> None:
+    """Entries still under the old key (rotation not yet rebuilt) are found, through the store."""
+    w = build_vault(tmp_path, sqlite_url, count=1500, seed=8)
+    v = w.vault
+    try:
+        dump = tmp_path / "d.csv"
+        dump.write_text("".join(f"{r.name},{r.id_number}\n" for r in w.residents[:400]), encoding="utf-8")
+        before = check(v, [dump], ctx=ctx("dpo", "dpo"), save=False).residents_matched
+        v.keyring.rotate("prf.id_number")
+        after = check(v, [dump], ctx=ctx("dpo", "dpo"), save=False)
+        assert before >= 395 and after.residents_matched == before
+    finally:
+        v.close()

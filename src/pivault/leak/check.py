@@ -230,7 +230,9 @@ class Checker:
         for p in paths:
             with contextlib.suppress(OSError):
                 size += Path(p).stat().st_size
+        # workers never touch the database: only the in-memory pair index is matched in them
         parallel = (self.workers > 1 and size >= PARALLEL_BYTES and self.matcher.pairs is not None
+                    and self.matcher.blind_all is None
                     and "fork" in multiprocessing.get_all_start_methods())
         if not parallel:
             for rows, cols in tasks:

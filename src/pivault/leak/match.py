@@ -165,6 +165,8 @@ class Matcher:
     registry: ExportRegistry
     pairs: PairIndex | None = None
     candidate_ids: Callable[[str, Sequence[bytes]], dict[bytes, list[str]]] | None = None
+    #: every key's value of an index (the primary's first), while a rotation is rebuilding it
+    blind_all: Callable[[str, str], tuple[bytes, ...]] | None = None
     _rate: dict[tuple[str, str], float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -178,9 +180,10 @@ class Matcher:
         kr = vault.keyring
         population = vault.store.count()
         bits = {n: kr.index_bits(n) for n in kr.index_names}
-        pairs = PairIndex.load(vault.db) if population <= pair_cache_limit else None
+        rotating = any(getattr(kr, "index_versions", lambda n: 1)(n) > 1 for n in kr.index_names)
+        pairs = PairIndex.load(vault.db) if population <= pair_cache_limit and not rotating else None
         return cls(kr.blind_index, bits, max(population, 1), registry, pairs,
-                   vault.store.candidate_ids)
+                   vault.store.candidate_ids, kr.blind_index_all if rotating else None)
 
     # -- export canaries: exact values of fictitious people -------------------------
     def _canary(self, k: Keys, m: RowMatch) -> None:
@@ -208,8 +211,10 @@ class Matcher:
     def match(self, rows: Sequence[Sequence[str | None]], cols: dict[str, int]) -> MatchResult:
         keys = [row_keys(r, cols) for r in rows]
         out = [RowMatch() for _ in keys]
-        cached = self.pairs is not None
-        expected = self._match_cached(keys, out) if cached else self._match_store(keys, out)
+        if self.pairs is not None and self.blind_all is None:
+            expected = self._match_cached(keys, out)
+        else:
+            expected = self._match_store(keys, out)
         if any(self.registry.canaries.values()):
             for k, m in zip(keys, out, strict=True):
                 self._canary(k, m)
@@ -276,26 +281,32 @@ class Matcher:
         return expected
 
     def _match_store(self, keys: list[Keys], out: list[RowMatch]) -> float:
-        assert self.candidate_ids is not None
-        blind = self.blind
-        vals: dict[str, list[bytes | None]] = {"id_number": [], "mobile": [], "name_birth": []}
+        """Per index, the values under every key (several during a blind-index rotation);
+        then, per row and pair, the records both indexes point at."""
+        blind_all = self.blind_all or (lambda n, v: (self.blind(n, v),))
+        vals: dict[str, list[tuple[bytes, ...]]] = {"id_number": [], "mobile": [], "name_birth": []}
         for k in keys:
-            vals["id_number"].append(blind("id_number", k.id_number) if k.id_number else None)
-            vals["mobile"].append(blind("mobile", k.mobile) if k.mobile else None)
+            vals["id_number"].append(blind_all("id_number", k.id_number) if k.id_number else ())
+            vals["mobile"].append(blind_all("mobile", k.mobile) if k.mobile else ())
             nb = k.name_birth
-            vals["name_birth"].append(blind("name_birth", nb) if nb else None)
-        cands = {name: self.candidate_ids(name, [v for v in vs if v is not None])
+            vals["name_birth"].append(blind_all("name_birth", nb) if nb else ())
+        cands = {name: self._lookup(name, [v for vs_ in vs for v in vs_])
                  for name, vs in vals.items() if name in self.bits}
         expected = 0.0
         for i, m in enumerate(out):
             for pair in KEY_PAIRS:
                 a, b = pair
                 va, vb = vals[a][i], vals[b][i]
-                if va is None or vb is None or a not in cands or b not in cands:
+                if not va or not vb or a not in cands or b not in cands:
                     continue
                 expected += self._rate.get(pair, 0.0)
-                common = set(cands[a].get(va, ())) & set(cands[b].get(vb, ()))
+                ra = {r for v in va for r in cands[a].get(v, ())}
+                common = ra & {r for v in vb for r in cands[b].get(v, ())}
                 if common:
                     m.record_id, m.pair = min(common), pair
                     break
         return expected
+
+    def _lookup(self, name: str, values: list[bytes]) -> dict[bytes, list[str]]:
+        assert self.candidate_ids is not None
+        return self.candidate_ids(name, values)
