@@ -58,11 +58,25 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def server_env(home: Path) -> dict[str, str]:
+REDIS_URL = os.environ.get("PIVAULT_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+
+
+def redis_available() -> bool:
+    try:
+        import redis
+
+        return bool(redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2).ping())
+    except Exception:
+        return False
+
+
+def server_env(home: Path, *, redis_url: str | None = None) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PIVAULT_")}
     env["PIVAULT_PASSPHRASE"] = PASSPHRASE
     env["PIVAULT_HOME"] = str(home)
     env["XDG_CONFIG_HOME"] = str(home.parent / "xdg")
+    if redis_url:
+        env["PIVAULT_REDIS_URL"] = redis_url
     return env
 
 
@@ -129,10 +143,10 @@ def _store_url(backend: str, tmp: Path) -> tuple[str, str | None]:
 
 
 def start_server(home: Path, cert: Path, key: Path, port: int, out: Path, err: Path,
-                 *extra: str) -> subprocess.Popen[bytes]:
+                 *extra: str, redis_url: str | None = None) -> subprocess.Popen[bytes]:
     cmd = serve_cmd(home, "--port", str(port), "--cert", str(cert), "--key", str(key), *extra)
     with out.open("wb") as o, err.open("wb") as e:
-        proc = subprocess.Popen(cmd, stdout=o, stderr=e, env=server_env(home))
+        proc = subprocess.Popen(cmd, stdout=o, stderr=e, env=server_env(home, redis_url=redis_url))
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if proc.poll() is not None:

@@ -8,6 +8,7 @@ searches afterwards.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
 import pytest
@@ -16,12 +17,14 @@ from api_support import (
     PASSPHRASE,
     PG_BASE,
     POPULATION,
+    REDIS_URL,
     ROLE_PURPOSE,
     SEED,
     Live,
     _store_url,
     free_port,
     policy_for_tests,
+    redis_available,
     start_server,
     stop,
 )
@@ -55,8 +58,15 @@ def live(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
     out, err = tmp / "server.stdout", tmp / "server.stderr"
     policy_file = tmp / "policy.toml"
     policy_file.write_text(policy_for_tests(), encoding="utf-8")
-    proc = start_server(home, c.certfile, c.keyfile, port, out, err, "--workers", "2",
-                        "--policy", str(policy_file))
+    # two workers show that revocation reaches every worker; they must share budget counters
+    if redis_available():
+        workers, redis_url = "2", REDIS_URL
+    elif os.environ.get("CI"):
+        pytest.fail(f"CI must have Redis at {REDIS_URL}")
+    else:
+        workers, redis_url = "1", None
+    proc = start_server(home, c.certfile, c.keyfile, port, out, err, "--workers", workers,
+                        "--policy", str(policy_file), redis_url=redis_url)
     try:
         yield Live(backend, f"https://127.0.0.1:{port}", home, c.certfile, url, tokens, residents,
                    record_ids, out, err, proc)

@@ -65,6 +65,15 @@ def test_tls_misconfigurations_refuse(home: Path, tmp_path: Path) -> None:
     assert "does not exist" in why(certfile=str(tmp_path / "no.pem"), keyfile=str(c.keyfile))
 
 
+def test_several_workers_need_shared_budget_counters(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("PIVAULT_REDIS_URL", raising=False)
+    with pytest.raises(ServeRefused) as exc:
+        preflight(ServeOptions(home=str(home), workers=2))
+    assert "in-process budget counters" in exc.value.message and "--workers 1" in exc.value.message
+    monkeypatch.setenv("PIVAULT_REDIS_URL", "redis://127.0.0.1:6379/15")
+    assert preflight(ServeOptions(home=str(home), workers=2)).counters == "shared, redis://127.0.0.1:6379"
+
+
 def test_policy_granting_anonymous_refuses(home: Path, tmp_path: Path) -> None:
     p = tmp_path / "open.toml"
     p.write_text('[roles.anonymous]\noperations = ["lookup"]\npurposes = ["any"]\n'

@@ -588,6 +588,7 @@ def create_app(vault: VaultLike, policy: Policy | PolicyHolder, *, tokens: Token
                                  access_log=access_log)
 
     app.build_middleware_stack = build  # type: ignore[method-assign]
+    app.state.vault = vault
     app.state.holder = holder
     app.state.tokens = token_store
     app.state.config = cfg

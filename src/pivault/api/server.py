@@ -24,6 +24,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 from pivault.api.app import ROUTES, PolicyHolder, ServiceConfig, create_app
 from pivault.errors import ConfigError
@@ -123,6 +124,8 @@ class Preflight:
     policy: Policy
     policy_path: Path | None
     principals: list[TokenInfo]
+    #: where read budgets are counted, for the banner (no password)
+    counters: str = "in-process"
 
 
 def _check_tls(opts: ServeOptions) -> None:
@@ -153,6 +156,7 @@ def preflight(opts: ServeOptions, tokens: TokenStore | None = None) -> Preflight
     if not (0 < opts.port < 65536):
         raise ServeRefused("--port is between 1 and 65535")
     _check_tls(opts)
+    counters = _check_counters(opts)
     policy, path = load_policy(opts)
     if policy.grants_anonymous():  # pragma: no cover - Policy refuses such files already
         raise ServeRefused("the policy grants something to an anonymous caller")
@@ -164,7 +168,26 @@ def preflight(opts: ServeOptions, tokens: TokenStore | None = None) -> Preflight
                 "no principals: no active token has a role of the policy, so nobody could use the "
                 "service. Create one first: pivault token create --principal NAME --role ROLE "
                 "--purpose PURPOSE --expires 30d")
-    return Preflight(policy, path, principals)
+    return Preflight(policy, path, principals, counters)
+
+
+def _check_counters(opts: ServeOptions) -> str:
+    """Several workers must share their budget counters, or each would allow the whole budget."""
+    from pivault.detect.setup import DetectSettings
+
+    url = DetectSettings.from_home(opts.home).counters_url or ""
+    shared = url.startswith(("redis://", "rediss://", "unix://"))
+    if opts.workers > 1 and not shared:
+        raise ServeRefused(
+            f"refusing {opts.workers} workers with in-process budget counters: each worker would count "
+            f"on its own, so every principal could read {opts.workers} times its budget. Share the "
+            "counters in Redis ([detect] counters = \"redis://HOST:6379/0\" in pivault.toml, or "
+            "PIVAULT_REDIS_URL), or serve with --workers 1.")
+    if not shared:
+        return "in-process (one worker)"
+    parsed = urlparse(url)
+    host = parsed.hostname or parsed.path or "?"
+    return f"shared, {parsed.scheme}://{host}{':' + str(parsed.port) if parsed.port else ''}"
 
 
 def _roles_for(policy: Policy, op: str) -> str:
@@ -185,6 +208,7 @@ def banner(opts: ServeOptions, pre: Preflight) -> str:
         f"workers: {opts.workers})",
         f"policy: {pre.policy_path or 'shipped default'}",
         f"access log: {opts.access_log} (method, route, status, principal, latency; no PI)",
+        f"read budgets: counters {pre.counters}; audit trail and detection on every read",
         "",
         "routes:",
     ]

@@ -274,7 +274,8 @@ def demo(
     home: Annotated[Path, typer.Option("--home", help="Demo vault home.")] = Path(".pivault-demo"),
     count: Annotated[int, typer.Option("--count", help="Synthetic residents to import.")] = 100_000,
     port: Annotated[int, typer.Option("--port")] = 8443,
-    workers: Annotated[int, typer.Option("--workers")] = 2,
+    workers: Annotated[int | None, typer.Option(
+        "--workers", help="Default: 2 with PIVAULT_REDIS_URL (shared budget counters), else 1.")] = None,
     no_serve: Annotated[bool, typer.Option("--no-serve", help="Prepare everything, do not serve.")] = False,
 ) -> None:
     """A vault of synthetic residents, served on loopback over HTTPS, with a token per role.
@@ -354,6 +355,8 @@ def demo(
     typer.echo(example + "\n")
     if no_serve:
         return
+    if workers is None:
+        workers = 2 if os.environ.get("PIVAULT_REDIS_URL") else 1
     opts = ServeOptions(home=str(h), host="127.0.0.1", port=port, workers=workers,
                         certfile=str(tls / "cert.pem"), keyfile=str(tls / "key.pem"))
     run(opts, echo=typer.echo)
