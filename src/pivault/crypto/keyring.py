@@ -851,6 +851,13 @@ class Keyring:
             out.append(v)
         return tuple(out)
 
+    def index_versions(self, index_name: str) -> int:
+        """Keys of the index: more than one while a blind-index key rotation is rebuilding it."""
+        entry = self._prf_all.get(index_name)
+        if entry is None:
+            raise KeyringError(f"no blind index named {index_name!r} in this keyring", code="keyring.index")
+        return len(entry)
+
     def index_bits(self, index_name: str) -> int:
         entry = self._prf.get(index_name)
         if entry is None:
