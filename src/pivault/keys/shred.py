@@ -1,0 +1,480 @@
+"""Crypto-shredding: per-record data keys kept apart from the data.
+
+Deleting a row does not delete its copies: WAL segments, replicas, snapshots
+and every backup taken before keep the ciphertext, and with the keyring it
+opens. So each record's fields are encrypted under a data key of its own
+(:mod:`pivault.crypto.recordkeys`), and that key, wrapped by the keyring's
+field key, lives here: a small database beside the keyring, never in the
+data directory and never in a data backup. ``erase`` deletes the record's
+key first; every copy of its ciphertext anywhere is noise from then on.
+
+Ordering rules that keep this safe without a transaction spanning two
+databases:
+
+* **insert**: the record key commits before the record. A crash between
+  leaves an orphan key (no harm; :meth:`RecordKeyStore.collect_garbage`).
+* **replace** (update, rewrap): the new key commits first, under a new key
+  ref; the old key is dropped only after the record's committed ciphertext
+  no longer names it. A rolled-back update keeps the old key.
+* **delete** (erase): the key goes first. If the data delete then fails,
+  the record is already unreadable, which is what was asked.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from pivault.crypto import Keyring
+from pivault.crypto.recordkeys import KEY_REF_BYTES, RECORD_KEY_BYTES, key_ref_of
+from pivault.errors import ConfigError
+from pivault.store.db import Database
+from pivault.store.records import RecordStore, StoredRecord
+
+__all__ = [
+    "RECORD_KEY_STORE_SUFFIX",
+    "RecordKeyStore",
+    "ShreddingRecordStore",
+    "record_key_store_url",
+]
+
+#: the record-key store of a keyring ``K`` is the SQLite file ``K.recordkeys``
+RECORD_KEY_STORE_SUFFIX = ".recordkeys"
+_SCHEMA_VERSION = "1"
+_CHUNK = 500
+
+_SQLITE_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS record_keys (record_id TEXT NOT NULL, key_ref BLOB NOT NULL,"
+    " wrapped BLOB NOT NULL, created_at DOUBLE PRECISION NOT NULL,"
+    " PRIMARY KEY (record_id, key_ref)) WITHOUT ROWID",
+    "CREATE TABLE IF NOT EXISTS key_usage (key_id BIGINT NOT NULL PRIMARY KEY,"
+    " encryptions BIGINT NOT NULL, updated_at DOUBLE PRECISION NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS keystore_meta (key TEXT NOT NULL PRIMARY KEY, value TEXT NOT NULL)",
+)
+_PG_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS record_keys (record_id TEXT COLLATE \"C\" NOT NULL,"
+    " key_ref BYTEA NOT NULL, wrapped BYTEA NOT NULL, created_at DOUBLE PRECISION NOT NULL,"
+    " PRIMARY KEY (record_id, key_ref))",
+    "CREATE TABLE IF NOT EXISTS key_usage (key_id BIGINT NOT NULL PRIMARY KEY,"
+    " encryptions BIGINT NOT NULL, updated_at DOUBLE PRECISION NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS keystore_meta (key TEXT NOT NULL PRIMARY KEY, value TEXT NOT NULL)",
+)
+
+
+def record_key_store_url(keyring_path: str | Path) -> str:
+    """The default record-key store of a keyring: a SQLite file beside it."""
+    p = Path(keyring_path)
+    return f"sqlite:///{p.with_name(p.name + RECORD_KEY_STORE_SUFFIX)}"
+
+
+def _chunks(seq: Sequence[Any], n: int) -> Iterator[Sequence[Any]]:
+    for i in range(0, len(seq), n):
+        yield seq[i:i + n]
+
+
+class RecordKeyStore:
+    """Wrapped per-record data keys, and the keyring's encryption counters.
+
+    One per vault, bound to its vault id (a store of another vault is
+    refused). SQLite by default (beside the keyring); a PostgreSQL URL of a
+    database other than the data's works too, for several API nodes.
+    """
+
+    def __init__(self, url: str | Database, *, vault_id: str) -> None:
+        self.db = url if isinstance(url, Database) else Database(url)
+        self.vault_id = vault_id
+        self._pg = self.db.dialect == "postgresql"
+        self._ensure_schema()
+
+    @classmethod
+    def beside(cls, keyring: Keyring) -> RecordKeyStore:
+        """The default store of ``keyring`` (created empty on first use)."""
+        return cls(record_key_store_url(keyring.path), vault_id=keyring.vault_id)
+
+    def close(self) -> None:
+        self.db.close()
+
+    def __enter__(self) -> RecordKeyStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _ensure_schema(self) -> None:
+        db = self.db
+        with db.transaction():
+            for stmt in (_PG_SCHEMA if self._pg else _SQLITE_SCHEMA):
+                db.execute(stmt)
+            row = db.query_one("SELECT value FROM keystore_meta WHERE key = 'vault_id'")
+            if row is None:
+                db.execute("INSERT INTO keystore_meta (key, value) VALUES ('vault_id', ?)", (self.vault_id,))
+                db.execute("INSERT INTO keystore_meta (key, value) VALUES ('schema', ?)", (_SCHEMA_VERSION,))
+            elif row[0] != self.vault_id:
+                raise ConfigError(
+                    f"the record-key store belongs to vault {row[0]}, not to this keyring's",
+                    code="keys.store_mismatch",
+                    hint="point the vault at its own record-key store")
+
+    # -- writing --------------------------------------------------------------
+    def put_many(self, items: Iterable[tuple[str, bytes]]) -> int:
+        """Store record keys ``(record_id, stored key)``; committed when this returns."""
+        now = time.time()
+        rows = []
+        for rid, stored in items:
+            if len(stored) != RECORD_KEY_BYTES:
+                raise ValueError("a stored record key has the wrong length")
+            rows.append((rid, stored[:KEY_REF_BYTES], stored[KEY_REF_BYTES:], now))
+        if not rows:
+            return 0
+        db = self.db
+        with db.transaction():
+            db.executemany("INSERT INTO record_keys (record_id, key_ref, wrapped, created_at)"
+                           " VALUES (?, ?, ?, ?)", rows)
+        return len(rows)
+
+    def rewrap(self, record_id: str, old: bytes, new: bytes) -> bool:
+        """Replace a wrapping if it is still ``old`` (compare-and-swap); False if it changed."""
+        if old[:KEY_REF_BYTES] != new[:KEY_REF_BYTES]:
+            raise ValueError("a rewrap keeps the key ref")
+        cur = self.db.execute(
+            "UPDATE record_keys SET wrapped = ? WHERE record_id = ? AND key_ref = ? AND wrapped = ?",
+            (new[KEY_REF_BYTES:], record_id, old[:KEY_REF_BYTES], old[KEY_REF_BYTES:]))
+        return cur.rowcount == 1
+
+    def rewrap_many(self, changes: Sequence[tuple[str, bytes, bytes]]) -> int:
+        """Several compare-and-swap rewraps in one transaction; returns how many applied."""
+        n = 0
+        with self.db.transaction():
+            for rid, old, new in changes:
+                n += self.rewrap(rid, old, new)
+        return n
+
+    def delete_records(self, record_ids: Sequence[str]) -> int:
+        """Destroy every key of these records (the shred); returns keys deleted."""
+        ids = list(dict.fromkeys(record_ids))
+        n = 0
+        db = self.db
+        with db.transaction():
+            for chunk in _chunks(ids, _CHUNK):
+                if self._pg:
+                    n += db.execute("DELETE FROM record_keys WHERE record_id = ANY(?)",
+                                    (list(chunk),)).rowcount
+                else:
+                    n += db.execute("DELETE FROM record_keys WHERE record_id IN"
+                                    f" ({','.join('?' * len(chunk))})", chunk).rowcount
+        return n
+
+    def delete_ref(self, record_id: str, key_ref: bytes) -> bool:
+        return self.db.execute("DELETE FROM record_keys WHERE record_id = ? AND key_ref = ?",
+                               (record_id, key_ref)).rowcount == 1
+
+    def purge(self) -> bool:
+        """Make deleted keys unrecoverable from the store's files (SQLite: checkpoint the WAL).
+
+        ``secure_delete`` zeroes freed cells; the checkpoint removes old page
+        images from ``-wal``. On PostgreSQL only the wrapping key's
+        retirement reaches the server's WAL and backups (see docs/keys.md).
+        """
+        db = self.db
+        if db.in_transaction:
+            return False
+        if self._pg:
+            db.execute("VACUUM record_keys")
+            return True
+        row = db.query_one("PRAGMA wal_checkpoint(TRUNCATE)")
+        return row is not None and row[0] == 0
+
+    # -- reading --------------------------------------------------------------
+    def get(self, record_id: str, key_ref: bytes) -> bytes | None:
+        row = self.db.query_one("SELECT wrapped FROM record_keys WHERE record_id = ? AND key_ref = ?",
+                                (record_id, key_ref))
+        return key_ref + bytes(row[0]) if row else None
+
+    def get_many(self, wanted: Sequence[tuple[str, bytes]]) -> dict[tuple[str, bytes], bytes]:
+        """Stored keys for ``(record_id, key_ref)`` pairs; missing ones are absent."""
+        ids = list(dict.fromkeys(rid for rid, _ in wanted))
+        want = set(wanted)
+        out: dict[tuple[str, bytes], bytes] = {}
+        db = self.db
+        for chunk in _chunks(ids, _CHUNK):
+            if self._pg:
+                rows = db.query("SELECT record_id, key_ref, wrapped FROM record_keys"
+                                " WHERE record_id = ANY(?)", (list(chunk),))
+            else:
+                rows = db.query("SELECT record_id, key_ref, wrapped FROM record_keys WHERE record_id IN"
+                                f" ({','.join('?' * len(chunk))})", chunk)
+            for rid, ref, wrapped in rows:
+                k = (rid, bytes(ref))
+                if k in want:
+                    out[k] = k[1] + bytes(wrapped)
+        return out
+
+    def any_key_many(self, record_ids: Sequence[str]) -> dict[str, bytes]:
+        """One stored key per record that has any (the lowest key ref)."""
+        out: dict[str, bytes] = {}
+        db = self.db
+        for chunk in _chunks(list(dict.fromkeys(record_ids)), _CHUNK):
+            if self._pg:
+                rows = db.query("SELECT record_id, key_ref, wrapped FROM record_keys"
+                                " WHERE record_id = ANY(?) ORDER BY record_id, key_ref", (list(chunk),))
+            else:
+                rows = db.query("SELECT record_id, key_ref, wrapped FROM record_keys WHERE record_id IN"
+                                f" ({','.join('?' * len(chunk))}) ORDER BY record_id, key_ref", chunk)
+            for rid, ref, wrapped in rows:
+                out.setdefault(rid, bytes(ref) + bytes(wrapped))
+        return out
+
+    def refs(self, record_id: str) -> list[bytes]:
+        return [bytes(r[0]) for r in self.db.query(
+            "SELECT key_ref FROM record_keys WHERE record_id = ? ORDER BY key_ref", (record_id,))]
+
+    def count(self) -> int:
+        row = self.db.query_one("SELECT COUNT(*) FROM record_keys")
+        return int(row[0]) if row else 0
+
+    def key_ids_in_use(self) -> dict[int, int]:
+        """How many record keys each field key wraps (Tink key id -> count)."""
+        sub = "substring(wrapped from 2 for 4)" if self._pg else "substr(wrapped, 2, 4)"
+        return {int.from_bytes(bytes(k), "big"): int(n) for k, n in self.db.query(
+            f"SELECT {sub} AS k, COUNT(*) FROM record_keys GROUP BY k") if k is not None}
+
+    def iter_keys(self, *, after: str = "", batch_size: int = 2000,
+                  not_wrapped_by: int | None = None) -> Iterator[tuple[str, bytes]]:
+        """``(record_id, stored key)`` in record-id order, in bounded memory."""
+        cond = ""
+        params: list[Any] = []
+        if not_wrapped_by is not None:
+            sub = "substring(wrapped from 2 for 4)" if self._pg else "substr(wrapped, 2, 4)"
+            cond = f" AND {sub} <> ?"
+            params.append(not_wrapped_by.to_bytes(4, "big"))
+        last_id, last_ref = after, b""
+        while True:
+            rows = self.db.query(
+                "SELECT record_id, key_ref, wrapped FROM record_keys WHERE"
+                " (record_id > ? OR (record_id = ? AND key_ref > ?))" + cond
+                + " ORDER BY record_id, key_ref LIMIT ?",
+                (last_id, last_id, last_ref, *params, batch_size))
+            if not rows:
+                return
+            for rid, ref, wrapped in rows:
+                yield rid, bytes(ref) + bytes(wrapped)
+            last_id, last_ref = rows[-1][0], bytes(rows[-1][1])
+
+    def snapshot(self) -> Iterator[tuple[str, bytes]]:
+        """Every ``(record_id, stored key)`` as of one instant, on a connection of its own.
+
+        Writers are not blocked (SQLite: a read transaction on the WAL;
+        PostgreSQL: ``REPEATABLE READ``): this is what the key backup reads.
+        """
+        sql = "SELECT record_id, key_ref, wrapped FROM record_keys ORDER BY record_id, key_ref"
+        if self._pg:
+            import psycopg
+
+            with psycopg.connect(self.db.url.target) as conn:
+                conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+                conn.read_only = True
+                with conn.transaction(), conn.cursor(name="pivault_rk_snapshot") as cur:
+                    cur.itersize = 5000
+                    cur.execute(sql)
+                    for rid, ref, wrapped in cur:
+                        yield rid, bytes(ref) + bytes(wrapped)
+            return
+        import sqlite3
+
+        lite = sqlite3.connect(self.db.url.target, timeout=30.0, isolation_level=None)
+        try:
+            lite.execute("BEGIN")
+            for rid, ref, wrapped in lite.execute(sql):
+                yield rid, bytes(ref) + bytes(wrapped)
+            lite.execute("COMMIT")
+        finally:
+            lite.close()
+
+    # -- housekeeping ------------------------------------------------------------
+    def collect_garbage(self, data_db: Database, *, grace_seconds: float = 3600.0) -> int:
+        """Delete keys no committed record uses, older than ``grace_seconds``.
+
+        Orphans come from crashes between a key's commit and its record's, and
+        from updates whose old key could not be dropped at once. The grace
+        period protects a key whose record is still being written.
+        """
+        cutoff = time.time() - grace_seconds
+        doomed: list[tuple[str, bytes]] = []
+        pending: list[tuple[str, bytes]] = []
+
+        def settle() -> None:
+            if not pending:
+                return
+            ids = sorted({rid for rid, _ in pending})
+            current = _current_refs(data_db, ids)
+            for rid, ref in pending:
+                if current.get(rid) != ref:
+                    doomed.append((rid, ref))
+            pending.clear()
+
+        for rid, ref, _created in self.db.query(
+                "SELECT record_id, key_ref, created_at FROM record_keys WHERE created_at < ?"
+                " ORDER BY record_id", (cutoff,)):
+            pending.append((rid, bytes(ref)))
+            if len(pending) >= _CHUNK:
+                settle()
+        settle()
+        n = 0
+        with self.db.transaction():
+            for rid, ref in doomed:
+                n += self.delete_ref(rid, ref)
+        if n:
+            self.purge()
+        return n
+
+    # -- usage counters ---------------------------------------------------------
+    def add_usage(self, counts: dict[int, int]) -> dict[int, int]:
+        """Add encryption counts per key id; return the new totals for those keys."""
+        now = time.time()
+        db = self.db
+        out: dict[int, int] = {}
+        with db.transaction():
+            for key_id, n in counts.items():
+                db.execute(
+                    "INSERT INTO key_usage (key_id, encryptions, updated_at) VALUES (?, ?, ?)"
+                    " ON CONFLICT (key_id) DO UPDATE SET encryptions = key_usage.encryptions"
+                    " + excluded.encryptions, updated_at = excluded.updated_at",
+                    (int(key_id), int(n), now))
+                row = db.query_one("SELECT encryptions FROM key_usage WHERE key_id = ?", (int(key_id),))
+                out[int(key_id)] = int(row[0]) if row else int(n)
+        return out
+
+    def usage(self) -> dict[int, int]:
+        return {int(k): int(n) for k, n in self.db.query("SELECT key_id, encryptions FROM key_usage")}
+
+
+def _current_refs(db: Database, ids: Sequence[str]) -> dict[str, bytes | None]:
+    """Key ref of each record's committed ciphertext (its ``name`` field)."""
+    out: dict[str, bytes | None] = {}
+    for chunk in _chunks(list(ids), _CHUNK):
+        if db.dialect == "postgresql":
+            rows = db.query("SELECT record_id, name FROM records WHERE record_id = ANY(?)", (list(chunk),))
+        else:
+            rows = db.query("SELECT record_id, name FROM records WHERE record_id IN"
+                            f" ({','.join('?' * len(chunk))})", chunk)
+        for rid, name in rows:
+            out[rid] = key_ref_of(bytes(name)) if name is not None else None
+    return out
+
+
+def _ref(record: StoredRecord) -> bytes | None:
+    name = record.fields.get("name")
+    return key_ref_of(name) if name is not None else None
+
+
+class ShreddingRecordStore(RecordStore):
+    """A :class:`RecordStore` that keeps each record's key in a :class:`RecordKeyStore`.
+
+    Records read from it carry ``record_key``; records written to it with a
+    ``record_key`` have it stored first; deleting a record destroys its keys
+    before its row. Everything else is the plain record store.
+    """
+
+    def __init__(self, db: Database, keys: RecordKeyStore, *, ledger: Any = None) -> None:
+        super().__init__(db)
+        self.keys = keys
+        #: the usage ledger attached with this store (flushed at close)
+        self.ledger = ledger
+        #: (record id, key ref) replaced inside a caller's transaction, dropped after it commits
+        self._superseded: list[tuple[str, bytes]] = []
+
+    def close(self) -> None:
+        """Report pending usage counts and close the record-key store."""
+        if self.ledger is not None:
+            self.ledger.flush()
+        self.keys.close()
+
+    # -- writing ----------------------------------------------------------------
+    def insert(self, records: Sequence[StoredRecord]) -> None:
+        self.keys.put_many((r.record_id, r.record_key) for r in records if r.record_key is not None)
+        super().insert(records)
+
+    def replace(self, record: StoredRecord) -> bool:
+        rid = record.record_id
+        row = self.db.query_one("SELECT name FROM records WHERE record_id = ?", (rid,))
+        old_ref = key_ref_of(bytes(row[0])) if row and row[0] is not None else None
+        new_ref = record.record_key[:KEY_REF_BYTES] if record.record_key is not None else None
+        if record.record_key is not None and new_ref != old_ref:
+            self.keys.put_many([(rid, record.record_key)])
+        ok = super().replace(record)
+        if not ok:
+            if new_ref is not None and new_ref != old_ref:
+                self.keys.delete_ref(rid, new_ref)
+            return False
+        if old_ref is not None and old_ref != new_ref:
+            self._superseded.append((rid, old_ref))
+            if not self.db.in_transaction:
+                self.drop_superseded()
+        return True
+
+    def drop_superseded(self) -> int:
+        """Delete replaced keys whose record's committed ciphertext no longer names them."""
+        if self.db.in_transaction or not self._superseded:
+            return 0
+        pending, self._superseded = self._superseded, []
+        current = _current_refs(self.db, sorted({rid for rid, _ in pending}))
+        n = 0
+        for rid, ref in pending:
+            if current.get(rid) != ref:
+                n += self.keys.delete_ref(rid, ref)
+        return n
+
+    def delete_many(self, record_ids: Sequence[str]) -> int:
+        # the keys first: from here on every copy of these records is noise
+        self.keys.delete_records(record_ids)
+        n = super().delete_many(record_ids)
+        if not self.db.in_transaction:
+            self.keys.purge()
+        return n
+
+    def purge_freed(self) -> bool:
+        self.drop_superseded()
+        self.keys.purge()
+        return super().purge_freed()
+
+    # -- reading ----------------------------------------------------------------
+    def _attach(self, records: list[StoredRecord]) -> list[StoredRecord]:
+        wanted = [(r.record_id, ref) for r in records if (ref := _ref(r)) is not None]
+        if not wanted:
+            return records
+        found = self.keys.get_many(wanted)
+        missing: list[StoredRecord] = []
+        for r in records:
+            ref = _ref(r)
+            if ref is not None:
+                r.record_key = found.get((r.record_id, ref))
+                if r.record_key is None:
+                    missing.append(r)
+        if missing:
+            # No key under the ref its name names: erased, unless the record has a key of
+            # its own (then the name was moved or altered, and decryption says so).
+            others = self.keys.any_key_many([r.record_id for r in missing])
+            for r in missing:
+                r.record_key = others.get(r.record_id)
+        return records
+
+    def get(self, record_id: str) -> StoredRecord | None:
+        rec = super().get(record_id)
+        if rec is not None:
+            self._attach([rec])
+        return rec
+
+    def get_many(self, record_ids: Sequence[str]) -> list[StoredRecord]:
+        return self._attach(super().get_many(record_ids))
+
+    def iter_all(self, batch_size: int = 1000) -> Iterator[StoredRecord]:
+        batch: list[StoredRecord] = []
+        for rec in super().iter_all(batch_size):
+            batch.append(rec)
+            if len(batch) >= batch_size:
+                yield from self._attach(batch)
+                batch = []
+        if batch:
+            yield from self._attach(batch)
