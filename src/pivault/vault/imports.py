@@ -201,8 +201,8 @@ class ImportSummary:
 
 _OK = 0
 _REJ = 1
-#: (kind, line, record_id | code, id_number | field, fields | reject_id, index | raw_ct)
-Prepared = tuple[int, int, Any, Any, Any, Any]
+#: (kind, line, record_id | code, id_number | field, fields | reject_id, index | raw_ct, record key | None)
+Prepared = tuple[int, int, Any, Any, Any, Any, Any]
 #: (line, cells, error, text): a RawRow as it travels to a worker
 RowTuple = tuple[int, list[str | None], str | None, str | None]
 
@@ -236,7 +236,8 @@ def raw_payload(row: RowTuple, labels: Sequence[str]) -> bytes:
 def _reject(keyring: Keyring, row: RowTuple, code: str, field_name: str | None,
             labels: Sequence[str]) -> Prepared:
     rid = new_reject_id()
-    return (_REJ, row[0], code, field_name, rid, keyring.encrypt(rid, "raw_row", raw_payload(row, labels)))
+    return (_REJ, row[0], code, field_name, rid, keyring.encrypt(rid, "raw_row", raw_payload(row, labels)),
+            None)
 
 
 def prepare(keyring: Keyring, rows: Sequence[RowTuple], positions: Mapping[int, str],
@@ -257,7 +258,7 @@ def prepare(keyring: Keyring, rows: Sequence[RowTuple], positions: Mapping[int, 
             out.append(_reject(keyring, row, exc.code, exc.field, labels))
             continue
         s = seal(keyring, r)
-        out.append((_OK, line, r.record_id, r.id_number, s.fields, s.index))
+        out.append((_OK, line, r.record_id, r.id_number, s.fields, s.index, s.record_key))
     return out
 
 
@@ -395,13 +396,13 @@ class _Committer:
             existing = vault.ids_by_id_number({p[3]: p[5]["id_number"] for p in oks})
             for p in prepared:
                 if p[0] == _REJ:
-                    _, line, code, fld, reject_id, raw_ct = p
+                    _, line, code, fld, reject_id, raw_ct, _ = p
                     reject_rows.append((reject_id, bid, line, code, fld, raw_ct, now))
                     continue
-                _, line, rid, idn, fields, index = p
+                _, line, rid, idn, fields, index, rkey = p
                 target = owner.get(idn) or existing.get(idn)
                 if target is None:
-                    new[rid] = StoredRecord(rid, fields, index, batch_id=bid)
+                    new[rid] = StoredRecord(rid, fields, index, batch_id=bid, record_key=rkey)
                     owner[idn] = rid
                     continue
                 duplicates += 1
@@ -416,7 +417,7 @@ class _Committer:
                     reject_rows.append((reject_id, bid, line, "duplicate", "id_number", raw_ct, now))
                     continue
                 # update: the existing record takes this row's values
-                incoming = open_record(kr, StoredRecord(rid, fields, index))
+                incoming = open_record(kr, StoredRecord(rid, fields, index, record_key=rkey))
                 if target in new:
                     new[target] = self._merge(new[target], target, incoming)
                 else:
