@@ -101,6 +101,15 @@ def _known_regions() -> frozenset[str]:
     return frozenset(divisions.all_codes())
 
 
+_FAST: tuple[frozenset[str], frozenset[str]] | None = None
+
+
+def _fast_tables() -> tuple[frozenset[str], frozenset[str]]:
+    global _FAST
+    _FAST = (_known_regions(), _valid_dates())
+    return _FAST
+
+
 def fast_id_number(value: str) -> str | None:
     """The canonical 18-character ID number, or ``None`` when it does not validate.
 
@@ -112,10 +121,10 @@ def fast_id_number(value: str) -> str | None:
     if len(value) == 18 and value.isascii():
         v = value.upper() if value[17] == "x" else value
         first = v[:17]
-        if (first.isdigit() and v[:6] in _known_regions() and v[6:14] in _valid_dates()
-                and _CHECK[(2 * int(first, 13)) % 11] == v[17]):
-            return v
         if first.isdigit():
+            regions, dates = _FAST or _fast_tables()
+            if v[:6] in regions and v[6:14] in dates and _CHECK[(2 * int(first, 13)) % 11] == v[17]:
+                return v
             return None
     try:
         return _rid.normalise(value)

@@ -51,10 +51,12 @@ class Keys:
     name: str | None = None
     birth: str | None = None
     address: str | None = None
+    #: ``name|YYYY-MM-DD``, the value of the ``name_birth`` index
+    name_birth: str | None = None
 
-    @property
-    def name_birth(self) -> str | None:
-        return f"{self.name}|{self.birth}" if self.name and self.birth else None
+    def __post_init__(self) -> None:
+        if self.name_birth is None and self.name and self.birth:
+            self.name_birth = f"{self.name}|{self.birth}"
 
     def count(self) -> int:
         return (self.id_number is not None) + (self.mobile is not None) + (self.name_birth is not None)
@@ -129,6 +131,28 @@ class PairIndex:
             shared[key].append(rid)
 
 
+def _column(rows: Sequence[Sequence[str | None]], cols: dict[str, int], kind: str) -> list[str | None]:
+    i = cols.get(kind)
+    if i is None:
+        return [None] * len(rows)
+    return [r[i] if i < len(r) else None for r in rows]
+
+
+def batch_keys(rows: Sequence[Sequence[str | None]], cols: dict[str, int]) -> list[Keys]:
+    """:func:`row_keys` for a batch, column by column (the same result, less overhead)."""
+    ids = [fast_id_number(v.strip()) if v else None for v in _column(rows, cols, "id_number")]
+    mobiles = [fast_mobile(v.strip()) if v else None for v in _column(rows, cols, "mobile")]
+    names = [fast_name(v.strip()) if v else None for v in _column(rows, cols, "name")]
+    births: list[str | None] = [f"{v[6:10]}-{v[10:12]}-{v[12:14]}" if v else None for v in ids]
+    if "birth_date" in cols:
+        written = _column(rows, cols, "birth_date")
+        births = [b if b is not None else (parse_birth_date(w) if w else None)
+                  for b, w in zip(births, written, strict=True)]
+    addresses = [v.strip() if v else None for v in _column(rows, cols, "address")]
+    return [Keys(i, m, n, b, a, f"{n}|{b}" if n and b else None)
+            for i, m, n, b, a in zip(ids, mobiles, names, births, addresses, strict=True)]
+
+
 def row_keys(row: Sequence[str | None], cols: dict[str, int]) -> Keys:
     """Normalise the PI cells of one row with the vault's own rules."""
     k = Keys()
@@ -152,6 +176,8 @@ def row_keys(row: Sequence[str | None], cols: dict[str, int]) -> Keys:
     i = cols.get("address")
     if i is not None and i < n and row[i]:
         k.address = row[i].strip()  # type: ignore[union-attr]
+    if k.name and k.birth:
+        k.name_birth = f"{k.name}|{k.birth}"
     return k
 
 
@@ -209,7 +235,7 @@ class Matcher:
 
     # -- the vault: blind-index pairs --------------------------------------------------
     def match(self, rows: Sequence[Sequence[str | None]], cols: dict[str, int]) -> MatchResult:
-        keys = [row_keys(r, cols) for r in rows]
+        keys = batch_keys(rows, cols)
         out = [RowMatch() for _ in keys]
         if self.pairs is not None and self.blind_all is None:
             expected = self._match_cached(keys, out)
