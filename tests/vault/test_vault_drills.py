@@ -216,7 +216,11 @@ def test_kill_minus_nine_then_rerun_imports_every_row_once(store_url: str, tmp_p
                 if not proc.stdout.readline():
                     break
             time.sleep(rng.uniform(0.0, 0.05))
+        early = proc.poll()
         _kill_group(proc)
+        if early is not None and early != 0:
+            assert proc.stderr is not None
+            pytest.fail(f"the import process failed on its own: {proc.stderr.read()[-2000:]}")
         row = db.query_one("SELECT rows_consumed, status FROM import_batches")
         if row and row[1] == "running" and 0 < row[0] < 4000:
             kills_mid_import += 1
