@@ -11,6 +11,7 @@ from pivault.crypto.errors import IntegrityError, KeyringError
 from pivault.crypto.keyring import Keyring
 from pivault.crypto.providers import (
     Argon2Params,
+    KmsProvider,
     PassphraseProvider,
     RootKeyProvider,
     passphrase_from_env_or_prompt,
@@ -21,6 +22,7 @@ __all__ = [
     "IntegrityError",
     "Keyring",
     "KeyringError",
+    "KmsProvider",
     "PassphraseProvider",
     "RootKeyProvider",
     "index_bits_for_population",

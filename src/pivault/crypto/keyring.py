@@ -380,6 +380,12 @@ class Keyring:
         except Exception:
             _corrupt("keysets cannot be used")
 
+    @staticmethod
+    def peek(path: str | os.PathLike[str]) -> dict[str, Any]:
+        """The header of a keyring file, unauthenticated: to choose the provider before ``open``."""
+        header, _v, _k, _e = _parse_document(_read_document(Path(path).expanduser().resolve()))
+        return json.loads(json.dumps(header))  # type: ignore[no-any-return]
+
     @classmethod
     def recover(
         cls, path: str | os.PathLike[str], recovery_secret: bytes, new_provider: RootKeyProvider,
@@ -568,7 +574,8 @@ class Keyring:
         as they are. The recovery envelope, if any, is rewritten with it.
         """
         with self._changing():
-            self._recovery_key_for_write()  # needs the old root key, so before the switch
+            if "recovery" in self._header:
+                self._recovery_key_for_write()  # needs the old root key, so before the switch
             header = dict(self._header)
             header["provider"] = new_provider.describe()
             self._commit(header, new_provider, self._aead_handle, self._prf_handles)

@@ -28,9 +28,11 @@ from pivault.crypto.errors import KeyringError
 __all__ = [
     "PASSPHRASE_ENV",
     "Argon2Params",
+    "KmsProvider",
     "PassphraseProvider",
     "RootKeyProvider",
     "passphrase_from_env_or_prompt",
+    "provider_for",
 ]
 
 PASSPHRASE_ENV = "PIVAULT_PASSPHRASE"
@@ -237,6 +239,71 @@ class PassphraseProvider:
                 code="keyring.passphrase",
                 hint=f"check the passphrase (argument or {PASSPHRASE_ENV})",
             ) from None
+
+
+class KmsProvider:
+    """Root key held by a KMS (GCP KMS, AWS KMS, HashiCorp Vault transit …) through Tink.
+
+    The keysets are wrapped by the remote key directly (a few hundred bytes
+    each), as Tink encrypts keysets with a KMS master key. ``key_uri`` is
+    Tink's (``gcp-kms://projects/…``, ``aws-kms://arn:…``,
+    ``hcvault://…``); the matching ``tink.integration`` client must be
+    registered (``tink.register_kms_client``) before use, or an AEAD passed
+    in. The header records only the URI, and ``open`` refuses another one.
+    """
+
+    kind = "kms"
+
+    def __init__(self, key_uri: str, aead: object | None = None) -> None:
+        if not isinstance(key_uri, str) or "://" not in key_uri:
+            raise KeyringError("a KMS key URI looks like scheme://…", code="keyring.provider")
+        self.key_uri = key_uri
+        self._aead = aead
+
+    def __repr__(self) -> str:
+        return f"KmsProvider({self.key_uri.split('://', 1)[0]}://…)"
+
+    def __reduce__(self) -> NoReturn:
+        raise TypeError("KmsProvider holds a remote key handle and cannot be pickled")
+
+    def _remote(self) -> object:
+        if self._aead is None:
+            import tink
+
+            try:
+                self._aead = tink.kms_client_from_uri(self.key_uri).get_aead(self.key_uri)
+            except Exception as exc:
+                raise KeyringError("no KMS client for this key URI is registered, or it refused",
+                                   code="keyring.provider",
+                                   hint="register the tink.integration client for the KMS first") from exc
+        return self._aead
+
+    def describe(self) -> dict[str, object]:
+        return {"kind": self.kind, "key_uri": self.key_uri, "wrap": "KMS AEAD"}
+
+    def restore(self, description: Mapping[str, object]) -> None:
+        if description.get("kind") != self.kind:
+            raise KeyringError(
+                f"keyring is protected by a {description.get('kind')!s:.40} root key, not by a KMS key",
+                code="keyring.provider")
+        if description.get("key_uri") != self.key_uri:
+            raise KeyringError("keyring is protected by another KMS key", code="keyring.provider")
+
+    def wrap(self, plaintext: bytes, associated_data: bytes) -> bytes:
+        return bytes(self._remote().encrypt(plaintext, associated_data))  # type: ignore[attr-defined]
+
+    def unwrap(self, ciphertext: bytes, associated_data: bytes) -> bytes:
+        return bytes(self._remote().decrypt(ciphertext, associated_data))  # type: ignore[attr-defined]
+
+
+def provider_for(description: Mapping[str, object], *, passphrase: str | None = None) -> RootKeyProvider:
+    """The provider a keyring header names: its passphrase from the argument, env or prompt."""
+    kind = description.get("kind")
+    if kind == "kms":
+        return KmsProvider(str(description.get("key_uri")))
+    if kind == PassphraseProvider.kind:
+        return PassphraseProvider(passphrase if passphrase is not None else passphrase_from_env_or_prompt())
+    raise KeyringError(f"unknown root-key provider {kind!s:.40}", code="keyring.provider")
 
 
 def passphrase_from_env_or_prompt(
