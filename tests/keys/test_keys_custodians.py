@@ -1,0 +1,146 @@
+"""Custodian shares: any k rebuild the recovery key; fewer, mixed, damaged or foreign shares fail clearly."""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+from typing import Any
+
+import pytest
+from keys_support import new_keyring, provider
+
+from pivault.crypto import Keyring, KeyringError
+from pivault.keys.custodians import Share, ShareError, combine, read_share, recover, split, write_shares
+
+
+def _events() -> tuple[list[tuple[str, str, dict[str, Any]]], Any]:
+    seen: list[tuple[str, str, dict[str, Any]]] = []
+    return seen, lambda op, out, d: seen.append((op, out, dict(d)))
+
+
+def test_any_three_of_five_recover_a_lost_passphrase(keyring: Keyring, tmp_path: Path) -> None:
+    ct = keyring.encrypt("r1", "name", b"synthetic")
+    seen, events = _events()
+    shares = split(keyring, shares=5, threshold=3, events=events)
+    assert [s.number for s in shares] == [1, 2, 3, 4, 5]
+    files = write_shares(shares, tmp_path / "custodians")
+    assert all(oct(f.stat().st_mode & 0o777) == "0o600" for f in files)
+    text = files[0].read_text()
+    assert "threshold:   3" in text and keyring.vault_id in text
+    # every 3-subset works; the keyring ends up under each new passphrase in turn
+    for i, combo in enumerate(itertools.combinations(files, 3)):
+        new = provider(f"new-passphrase-{i}")
+        ring = recover(keyring.path, [read_share(f) for f in combo], new, events=events)
+        assert ring.decrypt("r1", "name", ct) == b"synthetic"
+        assert Keyring.open(keyring.path, provider(f"new-passphrase-{i}")).decrypt("r1", "name", ct) \
+            == b"synthetic"
+    with pytest.raises(KeyringError) as info:
+        Keyring.open(keyring.path, provider())
+    assert info.value.code == "keyring.passphrase"
+    assert seen[0][0] == "keys.split" and seen[0][2]["threshold"] == 3
+    assert [e[0] for e in seen[1:]] == ["keys.recover"] * 10
+    # the events name the split and counts, never the shares or the key
+    for _op, _out, detail in seen:
+        for s in shares:
+            assert s.data.hex() not in repr(detail) and s.to_text() not in repr(detail)
+
+
+def test_two_shares_reveal_nothing_and_change_nothing(keyring: Keyring) -> None:
+    shares = split(keyring, shares=5, threshold=3)
+    before = keyring.path.read_bytes()
+    with pytest.raises(ShareError) as info:
+        recover(keyring.path, shares[:2], provider("x"))
+    assert info.value.code == "keys.shares.too_few"
+    assert "3 shares are needed, 2 given" in info.value.message
+    assert keyring.path.read_bytes() == before
+    # what 2 shares give when forced through the arithmetic is not the key
+    import pyshamir
+
+    from pivault.crypto.recovery import fingerprint, public_of
+
+    forced = bytes(pyshamir.combine([bytearray(s.data) for s in shares[:2]]))
+    assert fingerprint(public_of(forced)) != shares[0].fingerprint
+
+
+def test_duplicate_mixed_damaged_and_foreign_shares(keyring: Keyring, tmp_path: Path) -> None:
+    a = split(keyring, shares=4, threshold=2)
+    before = keyring.path.read_bytes()
+    with pytest.raises(ShareError) as info:
+        combine([a[0], a[0]])
+    assert info.value.code == "keys.shares.duplicate"
+    b = split(keyring, shares=4, threshold=2)  # a new split replaces the old recovery key
+    with pytest.raises(ShareError) as info:
+        combine([a[0], b[1]])
+    assert info.value.code == "keys.shares.mixed"
+    # the old split no longer opens the keyring
+    before = keyring.path.read_bytes()
+    with pytest.raises(KeyringError) as kinfo:
+        recover(keyring.path, a[:2], provider("x"))
+    assert kinfo.value.code == "keyring.recovery"
+    assert keyring.path.read_bytes() == before
+    # a mistyped share is named before anything is combined
+    text = b[0].to_text()
+    lines = text.splitlines()
+    i = next(n for n, line in enumerate(lines) if line == "data:") + 1
+    bad = lines[i][:3] + ("A" if lines[i][3] != "A" else "B") + lines[i][4:]
+    with pytest.raises(ShareError) as info:
+        Share.from_text("\n".join([*lines[:i], bad, *lines[i + 1:]]), name="share-1.txt")
+    assert info.value.code == "keys.shares.damaged" and "share-1.txt" in info.value.message
+    with pytest.raises(ShareError) as info:
+        Share.from_text("hello", name="x.txt")
+    assert info.value.code == "keys.shares.format"
+    # a share whose checksum was recomputed after altering it fails the fingerprint check
+    forged = Share(**{**b[0].__dict__, "data": bytes([b[0].data[0] ^ 1]) + b[0].data[1:]})
+    forged = Share.from_text(forged.to_text())
+    with pytest.raises(ShareError) as info:
+        combine([forged, b[1]])
+    assert info.value.code == "keys.shares.wrong"
+    # shares of another vault
+    other = new_keyring(tmp_path / "other" / "vault.keyring")
+    foreign = split(other, shares=3, threshold=2)
+    with pytest.raises(ShareError) as info:
+        recover(keyring.path, foreign[:2], provider("x"))
+    assert info.value.code == "keys.shares.vault"
+    assert keyring.path.read_bytes() == before
+
+
+def test_recovery_survives_rotation_and_root_change(keyring: Keyring) -> None:
+    shares = split(keyring, shares=3, threshold=2)
+    ct1 = keyring.encrypt("r1", "name", b"one")
+    keyring.rotate("aead")
+    keyring.rotate("prf.mobile")
+    ct2 = keyring.encrypt("r2", "name", b"two")
+    keyring.change_root(provider("changed-passphrase"))
+    ring = recover(keyring.path, shares[1:], provider("recovered"))
+    assert ring.decrypt("r1", "name", ct1) == b"one" and ring.decrypt("r2", "name", ct2) == b"two"
+    assert ring.key_ids("prf.mobile") == keyring.key_ids("prf.mobile")
+
+
+def test_a_forged_envelope_is_refused(keyring: Keyring) -> None:
+    """Whoever can write the keyring file cannot plant keys of their own for a recovery."""
+    import base64
+    import json
+
+    from pivault.crypto import recovery
+
+    shares = split(keyring, shares=3, threshold=2)
+    doc = json.loads(keyring.path.read_bytes())
+    public = base64.b64decode(doc["header"]["recovery"]["public"])
+    # seal an attacker's bundle to the (public) recovery key
+    fake = recovery.seal(public, b'{"aead": ""}', b"pivault.recovery\x00" + json.dumps(
+        doc["header"], sort_keys=True, separators=(",", ":")).encode())
+    doc["recovery"]["sealed"] = base64.b64encode(fake).decode()
+    keyring.path.write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
+    with pytest.raises(KeyringError) as info:
+        recover(keyring.path, shares[:2], provider("x"))
+    assert info.value.code == "keyring.corrupt"
+
+
+def test_split_parameters(keyring: Keyring) -> None:
+    for n, k in ((5, 1), (2, 3), (300, 3)):
+        with pytest.raises(ShareError):
+            split(keyring, shares=n, threshold=k)
+    assert keyring.recovery_fingerprint() is None
+    with pytest.raises(KeyringError) as info:
+        Keyring.recover(keyring.path, b"\x00" * 32, provider("x"))
+    assert info.value.code == "keyring.recovery"

@@ -1,0 +1,217 @@
+"""Rotation, status, rewrap and retirement of field keys and blind-index keys, on both backends."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from keys_support import ctx, provider, put_all, residents
+
+from pivault.crypto import IntegrityError, Keyring, KeyringError
+from pivault.keys.rewrap import index_values, rewrap
+from pivault.keys.rotate import resolve_keysets, retire_unused, rotate, status
+from pivault.keys.shred import ShreddingRecordStore
+from pivault.keys.sites import census, file_sites
+from pivault.store.records import RecordStore
+from pivault.vault import Vault
+from pivault.vault.facade import open_record, seal
+
+
+def _keys(vault: Vault) -> ShreddingRecordStore:
+    assert isinstance(vault.store, ShreddingRecordStore)
+    return vault.store
+
+
+def _all_read(vault: Vault, ids: list[str], people: list[dict[str, str]]) -> None:
+    c = ctx()
+    for rid, p in zip(ids, people, strict=True):
+        got = vault.get(rid, ctx=c)
+        assert got["id_number"] == p["id_number"] and got["name"] == p["name"]
+
+
+def test_rotate_then_rewrap_then_retire_field_key(vault: Vault) -> None:
+    kr = vault.keyring
+    people = residents(40, seed=1)
+    ids = put_all(vault, people[:30])
+    old = kr.primary_key_id()
+    st = status(vault.db, kr, record_keys=_keys(vault).keys)
+    assert st["keysets"][0]["keys"][0]["where"]["record_keys"] == 30
+
+    new = rotate(kr, ["aead"])["aead"]
+    assert new != old and kr.primary_key_id() == new
+    # new writes use the new key at once; old records keep reading
+    ids += put_all(vault, people[30:])
+    _all_read(vault, ids, people)
+    keys = {k["key_id"]: k for k in status(vault.db, kr, record_keys=_keys(vault).keys)["keysets"][0]["keys"]}
+    assert keys[old]["values"] == 30 and not keys[old]["retirable"]
+    assert keys[new]["values"] == 10 and keys[new]["primary"]
+    assert retire_unused(vault.db, kr, record_keys=_keys(vault).keys) == []  # still in use
+
+    report = rewrap(vault.db, kr, record_keys=_keys(vault).keys, batch_size=7)
+    assert report.complete and report.record_keys_rewrapped == 30 and report.conflicts == 0
+    c = census(vault.db, kr, record_keys=_keys(vault).keys)
+    assert c.total(old) == 0 and c.total(new) == 40
+    retired = retire_unused(vault.db, kr, record_keys=_keys(vault).keys)
+    assert [(r.keyset, r.key_id) for r in retired] == [("aead", old)]
+    assert kr.key_ids() == (new,)
+    _all_read(vault, ids, people)
+    # and from a fresh open of the rewritten keyring file
+    again = Keyring.open(kr.path, provider())
+    assert again.key_ids() == (new,) and again.generation == kr.generation
+
+
+def test_rewrap_upgrades_records_without_record_keys(vault: Vault) -> None:
+    """Records written before per-record keys (format 1) get keys of their own."""
+    kr = vault.keyring
+    people = residents(12, seed=2)
+    kr.record_keys = False
+    from pivault.model import Resident
+
+    legacy = [seal(kr, Resident.parse(p)) for p in people]
+    RecordStore(vault.db).insert(legacy)
+    kr.record_keys = True
+    assert all(r.record_key is None for r in legacy)
+    rotate(kr, ["aead"])
+    report = rewrap(vault.db, kr, record_keys=_keys(vault).keys)
+    assert report.records_upgraded == 12
+    for r in legacy:
+        stored = vault.store.get(r.record_id)
+        assert stored is not None and stored.record_key is not None
+        assert all(ct[0] == 2 for ct in stored.fields.values())
+        assert stored.created_at == pytest.approx(vault.store.get(r.record_id).created_at)  # type: ignore[union-attr]
+    _all_read(vault, [r.record_id for r in legacy], people)
+    assert len(retire_unused(vault.db, kr, record_keys=_keys(vault).keys)) == 1
+
+
+def test_blind_index_rotation_keeps_lookups_working(vault: Vault) -> None:
+    kr = vault.keyring
+    people = residents(20, seed=3)
+    ids = put_all(vault, people[:15])
+    c = ctx()
+    old = kr.primary_key_id("prf.id_number")
+    rotate(kr, resolve_keysets(kr, field="id_number"))
+    assert kr.index_versions("id_number") == 2
+    ids += put_all(vault, people[15:])
+    # lookups find residents indexed under either key
+    for p, rid in zip(people, ids, strict=True):
+        assert [r["record_id"] for r in vault.find(id_number=p["id_number"], ctx=c)] == [rid]
+    # uniqueness still sees the old entries
+    from pivault.vault import DuplicateRecord
+
+    with pytest.raises(DuplicateRecord):
+        vault.put(people[0], ctx=c)
+    st = status(vault.db, kr, record_keys=_keys(vault).keys)
+    prf = next(k for k in st["keysets"] if k["keyset"] == "prf.id_number")
+    assert not prf["index_complete"]
+    assert retire_unused(vault.db, kr, record_keys=_keys(vault).keys, dry_run=True) == []
+
+    report = rewrap(vault.db, kr, record_keys=_keys(vault).keys, batch_size=4)
+    assert report.complete and report.indexes_rebuilt == 15
+    retired = retire_unused(vault.db, kr, record_keys=_keys(vault).keys)
+    assert [(r.keyset, r.key_id) for r in retired] == [("prf.id_number", old)]
+    assert kr.index_versions("id_number") == 1
+    for p, rid in zip(people, ids, strict=True):
+        assert [r["record_id"] for r in vault.find(id_number=p["id_number"], ctx=c)] == [rid]
+        assert [r["record_id"] for r in vault.find(mobile=p["mobile"], ctx=c)] == [rid]
+
+
+def test_rewrap_index_matches_seal(vault: Vault) -> None:
+    """The rebuild computes exactly the entries the Vault writes."""
+    from pivault.model import Resident
+
+    for p in residents(10, seed=4):
+        r = Resident.parse(p)
+        sealed = seal(vault.keyring, r)
+        assert index_values(vault.keyring, r.pi_fields()) == sealed.index
+
+
+def test_rotate_all_and_field_names(keyring: Keyring) -> None:
+    assert resolve_keysets(keyring) == ["aead"]
+    assert resolve_keysets(keyring, field="mobile") == ["prf.mobile"]
+    assert resolve_keysets(keyring, field="address") == ["aead"]
+    assert set(resolve_keysets(keyring, all_keys=True)) == {"aead", "prf.id_number", "prf.mobile",
+                                                            "prf.name_birth"}
+    with pytest.raises(KeyringError):
+        resolve_keysets(keyring, field="shoe_size")
+    before = {ks: keyring.primary_key_id(ks) for ks in keyring.keyset_names()}
+    events: list[tuple[str, str, dict[str, object]]] = []
+    new = rotate(keyring, resolve_keysets(keyring, all_keys=True),
+                 events=lambda op, out, d: events.append((op, out, dict(d))))
+    assert all(new[ks] != before[ks] for ks in before)
+    assert [e[0] for e in events] == ["keys.rotate"] * 4
+    # the events name key ids, never key material
+    assert all(set(e[2]) == {"keyset", "old_key_id", "new_key_id", "generation"} for e in events)
+
+
+def test_retire_refuses_the_primary_and_unknown_keys(keyring: Keyring) -> None:
+    with pytest.raises(KeyringError) as info:
+        keyring.retire("aead", keyring.primary_key_id())
+    assert info.value.code == "keyring.retire"
+    with pytest.raises(KeyringError):
+        keyring.retire("aead", 12345)
+
+
+def test_other_sites_and_key_files_are_counted_and_rewrapped(vault: Vault, tmp_path: Path) -> None:
+    """Rejects' raw rows, the audit head, signing-key files: all follow the primary key."""
+    from pivault.audit import AuditEvent, AuditLog, create_audit_keys, load_writer
+    from pivault.backup.signing import load_or_create_signing_key
+
+    kr = vault.keyring
+    audit_dir = kr.path.parent / f"{kr.vault_id}.audit"
+    create_audit_keys(audit_dir, kr)
+    log = AuditLog(vault.db, kr, load_writer(audit_dir, kr))
+    log.append(AuditEvent.of(ctx(), "stats", "ok"))
+    load_or_create_signing_key(kr)
+    vault.db.execute("INSERT INTO import_rejects (reject_id, batch_id, line, code, field, raw_row,"
+                     " created_at) VALUES ('x_1', 'b_1', 1, 'id.checksum', NULL, ?, 0)",
+                     (kr.encrypt("x_1", "raw_row", b'{"line":1,"text":"synthetic"}'),))
+    old = kr.primary_key_id()
+    rotate(kr, ["aead"])
+    files = file_sites(kr.path, kr.vault_id)
+    assert {f.path.name for f in files} == {"audit-signing.key", kr.path.name + ".backup-signing.json"}
+    c = census(vault.db, kr, record_keys=_keys(vault).keys, files=files)
+    where = set(c.by_key[old])
+    assert {"import_rejects.raw_row", "audit_head.key_ct", "file:audit-signing.key"} <= where
+    assert retire_unused(vault.db, kr, record_keys=_keys(vault).keys, files=files) == []
+    report = rewrap(vault.db, kr, record_keys=_keys(vault).keys, files=files)
+    assert report.other_values_rewrapped >= 2 and report.files_rewrapped == 2
+    assert census(vault.db, kr, record_keys=_keys(vault).keys, files=files).total(old) == 0
+    retire_unused(vault.db, kr, record_keys=_keys(vault).keys, files=files)
+    assert old not in kr.key_ids()
+    # everything still opens under the remaining key
+    log2 = AuditLog(vault.db, kr, load_writer(audit_dir, kr))
+    log2.append(AuditEvent.of(ctx(), "stats", "ok"))
+    load_or_create_signing_key(kr)
+    assert kr.decrypt("x_1", "raw_row", bytes(vault.db.query_one(
+        "SELECT raw_row FROM import_rejects")[0])).startswith(b'{"line"')  # type: ignore[index]
+
+
+def test_a_value_under_a_retired_key_cannot_be_read(keyring: Keyring) -> None:
+    ct = keyring.encrypt("r1", "name", b"synthetic")
+    old = keyring.primary_key_id()
+    keyring.rotate("aead")
+    keyring.retire("aead", old)
+    with pytest.raises(IntegrityError):
+        keyring.decrypt("r1", "name", ct)
+
+
+def test_update_and_erase_keep_the_record_key_store_exact(vault: Vault) -> None:
+    people = residents(3, seed=5)
+    ids = put_all(vault, people)
+    keys = _keys(vault).keys
+    c = ctx()
+    before = keys.refs(ids[0])
+    vault.update(ids[0], {"address": people[1]["address"]}, ctx=c)
+    after = keys.refs(ids[0])
+    assert len(before) == len(after) == 1 and before != after  # the old key went with the old value
+    assert vault.get(ids[0], ctx=c)["address"] == people[1]["address"]
+    stored = vault.store.get(ids[1])
+    assert stored is not None
+    vault.erase(ids[1], ctx=c)
+    assert keys.refs(ids[1]) == []
+    # the ciphertext of the erased record, as an old copy still holds it, is noise now
+    stored.record_key = None
+    with pytest.raises(IntegrityError) as info:
+        open_record(vault.keyring, stored)
+    assert info.value.code == "crypto.shredded"
+    assert keys.count() == 2
