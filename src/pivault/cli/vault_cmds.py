@@ -163,10 +163,11 @@ def _progress_printer(quiet: bool) -> tuple[Any, Callable[[Any], None] | None]:
     )
 
     bar = Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
-        TextColumn("{task.fields[rows]:,} rows · {task.fields[rate]:,.0f} rows/s"),
-        TextColumn("· {task.fields[rejected]:,} rejected"),
-        TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+        TextColumn("[bold]{task.description}"), BarColumn(bar_width=16),
+        TextColumn("{task.percentage:>3.0f}%"),
+        TextColumn("{task.fields[rows]:,} rows {task.fields[rate]:,.0f}/s"),
+        TextColumn("{task.fields[rejected]:,} rej"),
+        TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(compact=True),
         console=Console(stderr=True), transient=False)
     tasks: dict[str, TaskID] = {}
     import time
