@@ -145,13 +145,16 @@ def leak_check(
     dumps: Annotated[list[Path], typer.Argument(help="Dump files (CSV/TSV, JSON, SQL, xlsx, Parquet; "
                                                      ".gz/.zip).")],
     max_line_mib: Annotated[int, typer.Option("--max-line-mib", help="Longest line or row to read.")] = 16,
+    workers: Annotated[int | None, typer.Option(
+        "--workers", help="Matching processes for large dumps (default: up to 4, by CPU count).")] = None,
     home: HomeOpt = None, token: TokenOpt = None, json_out: JsonOpt = False,
 ) -> None:
     """Is this dump ours, whom does it affect, what was exposed, where did it leak from?"""
     from pivault.leak.check import check
 
     with _open(home) as vault:
-        res = check(vault, dumps, ctx=_ctx(vault, token, "leak investigation"), max_line_mib=max_line_mib)
+        res = check(vault, dumps, ctx=_ctx(vault, token, "leak investigation"), max_line_mib=max_line_mib,
+                    workers=workers)
     if json_out:
         _print_json(res.to_dict())
         return
