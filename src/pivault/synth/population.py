@@ -32,7 +32,7 @@ mobile (empty field); the number reserved for their row is not used.
 The ID space holds about 1.9·10^10 rows and the mobile space about 3.6·10^9;
 asking for more rows than :func:`capacity` raises :class:`ValueError`.
 
-Speed: rows are built a chunk (65,536 rows) at a time with Arrow compute
+Speed: rows are built a chunk (32,768 rows) at a time with Arrow compute
 kernels (table lookups, modular arithmetic, string joins); no Python code runs
 per good row, and memory is bounded by one chunk. Bad rows are made in Python,
 one at a time (see BENCHMARKS.md for measured rates).
@@ -87,7 +87,7 @@ CSV_KINDS: tuple[str, ...] = ("csv_fields", "csv_quote")
 FIELD_KINDS: tuple[str, ...] = tuple(k for k in BAD_KINDS if k not in CSV_KINDS)
 COLUMNS: tuple[str, ...] = ("name", "id_number", "mobile", "address", "notes")
 SCHEMA = pa.schema([(c, pa.string()) for c in COLUMNS])
-CHUNK = 65536
+CHUNK = 32768
 
 KC_MAX = 20   # region slots of the most densely populated counties
 KD_MAX = 25   # date slots of the most common birth dates

@@ -178,7 +178,7 @@ def _write_parquet(path: Path, labels: IO[str], count: int, seed: int, bad_rate:
     import pyarrow.parquet as pq
 
     bad = 0
-    # one row group per chunk (at most 65,536 rows), so memory stays flat
+    # one row group per chunk (at most 32,768 rows), so memory stays flat
     with pq.ParquetWriter(str(path), SCHEMA, compression="zstd") as writer:
         for chunk in chunks(count, seed, bad_rate=bad_rate, as_of=as_of):
             writer.write_batch(chunk.batch)
