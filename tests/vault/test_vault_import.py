@@ -243,3 +243,45 @@ def test_worker_processes_give_the_same_result(sqlite_url: str, tmp_path: Path, 
                         sorted((r["line"], r["code"]) for r in v.rejects(ctx=ctx, limit=None))))
         db.close()
     assert results[0] == results[1]
+
+
+def test_second_importer_of_the_same_batch_stops(sqlite_vault: Vault, tmp_path: Path) -> None:
+    from pivault.vault.imports import ImportConflict, ImportProgress
+
+    src = tmp_path / "c.csv"
+    write_population(src, 900, seed=42)
+    db = sqlite_vault.db
+
+    def meddle(p: ImportProgress) -> None:
+        # another process commits a chunk of the same batch behind our back
+        db.execute("UPDATE import_batches SET rows_consumed = rows_consumed + 1")
+
+    with pytest.raises(ImportConflict):
+        sqlite_vault.import_files([src], chunk_size=300, progress=meddle)
+    assert sqlite_vault.store.count() == 300  # the first chunk, once
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".jsonl", ".parquet"])
+def test_readers_stream_in_flat_memory(tmp_path: Path, suffix: str) -> None:
+    """Peak memory while reading does not grow with the file."""
+    import tracemalloc
+
+    from pivault.vault.imports import _chunks
+    from pivault.vault.readers import open_source
+
+    peaks = []
+    for n in (2_000, 20_000):
+        src = tmp_path / f"m{n}{suffix}"
+        write_population(src, n, seed=43)
+        source = open_source(src)
+        arrow_peak = 0
+        tracemalloc.start()
+        rows = 0
+        for chunk in _chunks(source.rows(), 500):
+            rows += len(chunk)
+            arrow_peak = max(arrow_peak, pa.total_allocated_bytes())
+        _, peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+        assert rows == n
+        peaks.append(peak + arrow_peak)
+    assert peaks[1] < 1.5 * peaks[0] + 512 * 1024, peaks
