@@ -159,9 +159,11 @@ def test_undecodable_bytes_and_structural_errors_are_rejects(sqlite_vault: Vault
 def test_jsonl_and_parquet(sqlite_vault: Vault, tmp_path: Path, reveal: AccessContext) -> None:
     people = make_residents(6, seed=36)
     js = tmp_path / "p.jsonl"
-    js.write_text("\n".join(json.dumps({"full_name": p["name"], "sfzh": p["id_number"],
-                                        "phone": int(p["mobile"])}, ensure_ascii=False)
-                            for p in people[:3]) + "\n[1,2]\n{broken\n", encoding="utf-8")
+    objs = [{"full_name": p["name"], "sfzh": p["id_number"], "phone": int(p["mobile"])}
+            for p in people[:3]]
+    del objs[0]["phone"]  # a writer that leaves out empty keys
+    js.write_text("\n".join(json.dumps(o, ensure_ascii=False) for o in objs)
+                  + "\n[1,2]\n{broken\n", encoding="utf-8")
     pq_path = tmp_path / "p.parquet"
     pq.write_table(pa.table({"name": [p["name"] for p in people[3:]],
                              "id_number": [p["id_number"] for p in people[3:]],
@@ -170,8 +172,9 @@ def test_jsonl_and_parquet(sqlite_vault: Vault, tmp_path: Path, reveal: AccessCo
     assert [(f.format, f.read, f.imported, f.rejected) for f in summary.files] == [
         ("jsonl", 5, 3, 2), ("parquet", 3, 3, 0)]
     assert summary.files[0].reject_codes == {"json.syntax": 1, "json.type": 1}
-    for p in people:
+    for p in people[1:]:
         assert sqlite_vault.find(mobile=p["mobile"], ctx=reveal)[0]["name"] == p["name"]
+    assert sqlite_vault.find(id_number=people[0]["id_number"], ctx=reveal)[0]["mobile"] is None
 
 
 @pytest.mark.parametrize("policy", ["skip", "update", "reject"])

@@ -259,8 +259,18 @@ class DelimitedSource:
 _JSON_SCALARS = (str, int, float)
 
 
+#: JSON Lines: the header is the union of the keys of the objects on these first lines
+JSONL_HEADER_LINES = 1000
+
+
 class JsonLinesSource:
-    """One JSON object per line; the header is the keys of the first object."""
+    """One JSON object per line.
+
+    The header is every key seen in the objects of the first
+    :data:`JSONL_HEADER_LINES` lines (writers often omit null keys, so the
+    first object alone may lack some). A key that first appears later makes
+    its row a reject (``json.fields``) rather than a silent loss.
+    """
 
     format: Format = "jsonl"
 
@@ -269,17 +279,17 @@ class JsonLinesSource:
         self.encoding: str | None = encoding
         self.size = path.stat().st_size
         self._fh: BinaryIO | None = None
-        keys: list[str] | None = None
+        keys: dict[str, None] = {}
         with open(path, "rb") as fh:
             for i, line in enumerate(fh):
-                if i > 1000:
+                if i >= JSONL_HEADER_LINES:
                     break
                 obj = self._parse(line)
                 if isinstance(obj, dict):
-                    keys = [str(k) for k in obj]
-                    break
-        if keys is None:
-            raise ReaderError("no JSON object in the first 1000 lines", code="import.empty")
+                    keys.update(dict.fromkeys(str(k) for k in obj))
+        if not keys:
+            raise ReaderError(f"no JSON object in the first {JSONL_HEADER_LINES} lines",
+                              code="import.empty")
         self.header: tuple[str, ...] = tuple(keys)
 
     def _parse(self, line: bytes) -> Any:
