@@ -37,6 +37,7 @@ __all__ = [
     "RECORD_KEY_STORE_SUFFIX",
     "RecordKeyStore",
     "ShreddingRecordStore",
+    "purge_erased",
     "record_key_store_url",
 ]
 
@@ -348,6 +349,37 @@ class RecordKeyStore:
 
     def usage(self) -> dict[int, int]:
         return {int(k): int(n) for k, n in self.db.query("SELECT key_id, encryptions FROM key_usage")}
+
+
+def purge_erased(db: Database, keys: RecordKeyStore, *, batch_size: int = 1000) -> int:
+    """Delete records whose record key is gone: erasures made after the copy they came from.
+
+    Run after restoring an older data backup, so that residents erased since
+    are not even present as ciphertext (and lookups do not trip over them).
+    Refuses, deleting nothing, when *no* record has a key in ``keys``: that
+    is the wrong record-key store, or it was not restored yet.
+    """
+    missing: list[str] = []
+    present = 0
+    last = ""
+    while True:
+        rows = db.query("SELECT record_id, name FROM records WHERE record_id > ? ORDER BY record_id LIMIT ?",
+                        (last, batch_size))
+        if not rows:
+            break
+        last = rows[-1][0]
+        shreddable = [rid for rid, name in rows if name is not None and key_ref_of(bytes(name)) is not None]
+        found = keys.any_key_many(shreddable)
+        present += len(found)
+        missing.extend(rid for rid in shreddable if rid not in found)
+        if present == 0 and len(missing) >= 10_000:
+            break
+    if missing and present == 0:
+        raise ConfigError("no record has a key in this record-key store; nothing was deleted",
+                          code="keys.store_empty",
+                          hint="restore the record keys first (`pivault keys restore`), or point the vault"
+                               " at its own record-key store")
+    return RecordStore(db).delete_many(missing) if missing else 0
 
 
 def _current_refs(db: Database, ids: Sequence[str]) -> dict[str, bytes | None]:

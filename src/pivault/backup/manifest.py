@@ -1,0 +1,266 @@
+"""The backup container: a tar of data files, a manifest of their checksums, a signature.
+
+::
+
+    data/...        the dumped tables (SQLite: one database file; PostgreSQL: one
+                    binary COPY stream per table)
+    keyring.json    the keyring file as it is on disk (the "keyring envelope":
+                    keysets encrypted under the root key; useless without it)
+    manifest.json   what the backup is, and SHA-256 and size of every file above
+    manifest.sig    Ed25519 signature of manifest.json (domain-separated)
+
+Verification reads every member once: the signature must check under the
+vault's backup key, every listed file must be present with its size and
+digest, and nothing else may be in the tar. Members are never extracted by
+name from the tar's own paths (no path traversal): the reader copies a
+member it knows to a path it chooses.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import json
+import os
+import tarfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+from pivault.backup.signing import BackupError, SigningKey, VerifyKey
+
+__all__ = ["MANIFEST", "SIGNATURE", "Container", "write_container"]
+
+MANIFEST = "manifest.json"
+SIGNATURE = "manifest.sig"
+_DOMAIN = b"pivault.backup.manifest.v1\n"
+_BLOCK = 1 << 20
+
+
+def _canonical(doc: dict[str, Any]) -> bytes:
+    return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode("ascii")
+
+
+def file_digest(path: Path) -> tuple[int, str]:
+    h = hashlib.sha256()
+    n = 0
+    with open(path, "rb") as fh:
+        while block := fh.read(_BLOCK):
+            h.update(block)
+            n += len(block)
+    return n, h.hexdigest()
+
+
+def write_container(out: Path, files: list[tuple[str, Path]], manifest: dict[str, Any],
+                    signer: SigningKey) -> dict[str, Any]:
+    """Write the tar atomically (temp file, fsync, rename; mode 0600); return the manifest."""
+    entries = []
+    for name, path in files:
+        size, digest = file_digest(path)
+        entries.append({"name": name, "bytes": size, "sha256": digest})
+    manifest = dict(manifest)
+    manifest["files"] = entries
+    manifest["signing_key"] = {"public": base64.b64encode(signer.verify_key.public).decode("ascii"),
+                               "fingerprint": signer.verify_key.fingerprint}
+    body = _canonical(manifest)
+    sig = base64.b64encode(signer.sign(_DOMAIN + body)) + b"\n"
+    out = out.expanduser().absolute()
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "wb") as raw, \
+                tarfile.open(fileobj=raw, mode="w:", format=tarfile.PAX_FORMAT) as tar:
+            for name, path in files:
+                info = tar.gettarinfo(str(path), arcname=name)
+                info.uid = info.gid = 0
+                info.uname = info.gname = ""
+                info.mode = 0o600
+                with open(path, "rb") as fh:
+                    tar.addfile(info, fh)
+            for name, data in ((MANIFEST, body + b"\n"), (SIGNATURE, sig)):
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                info.mode = 0o600
+                tar.addfile(info, io.BytesIO(data))
+            tar.close()
+            raw.flush()
+            os.fsync(raw.fileno())
+        os.replace(tmp, out)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return manifest
+
+
+@dataclass
+class Container:
+    """An opened backup file; nothing in it is trusted until :meth:`verify` passed."""
+
+    path: Path
+    manifest: dict[str, Any]
+    manifest_bytes: bytes
+    signature: bytes
+    _tar: tarfile.TarFile
+    verified: bool = False
+
+    @classmethod
+    def open(cls, path: str | os.PathLike[str]) -> Container:
+        p = Path(path)
+        try:
+            tar = tarfile.open(p, mode="r:")  # noqa: SIM115 - kept open by the Container
+        except FileNotFoundError:
+            raise BackupError(f"no backup file {p.name}", code="backup.missing") from None
+        except (tarfile.TarError, OSError):
+            raise BackupError(f"{p.name} is not a pivault backup (not a tar file)",
+                              code="backup.format") from None
+        try:
+            body = _member_bytes(tar, MANIFEST, limit=16 << 20)
+            sig_text = _member_bytes(tar, SIGNATURE, limit=4096)
+            manifest = json.loads(body)
+            signature = base64.b64decode(sig_text.strip(), validate=True)
+        except BackupError:
+            tar.close()
+            raise
+        except (ValueError, UnicodeDecodeError):
+            tar.close()
+            raise BackupError(f"{p.name}: the manifest is damaged", code="backup.format") from None
+        if not isinstance(manifest, dict) or manifest.get("format") != "pivault.backup":
+            tar.close()
+            raise BackupError(f"{p.name} is not a pivault backup", code="backup.format")
+        if manifest.get("version") != 1:
+            tar.close()
+            raise BackupError(f"{p.name} was written by a newer pivault", code="backup.version")
+        return cls(p, manifest, body.rstrip(b"\n"), signature, tar)
+
+    def close(self) -> None:
+        self._tar.close()
+
+    def __enter__(self) -> Container:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def vault_id(self) -> str:
+        return str(self.manifest.get("vault_id"))
+
+    @property
+    def kind(self) -> str:
+        return str(self.manifest.get("kind"))
+
+    def verify(self, key: VerifyKey, *, vault_id: str | None = None,
+               progress: Callable[[str], None] | None = None) -> None:
+        """Signature, then every file's size and SHA-256, then no stray members.
+
+        Raises ``backup.vault`` (another vault's), ``backup.signature``,
+        ``backup.checksum`` or ``backup.format``; reads the whole file once.
+        """
+        if vault_id is not None and self.vault_id != vault_id:
+            raise BackupError(f"this backup is of vault {self.vault_id}, not of this vault ({vault_id})",
+                              code="backup.vault", hint="restore a backup of this vault")
+        if _canonical(self.manifest) != self.manifest_bytes or \
+                not key.verify(self.signature, _DOMAIN + self.manifest_bytes):
+            raise BackupError("the backup's signature does not check: it was altered, or made by "
+                              "another vault's key", code="backup.signature")
+        files = self.manifest.get("files")
+        if not isinstance(files, list):
+            raise BackupError("the manifest lists no files", code="backup.format")
+        listed = {str(f["name"]): f for f in files}
+        seen: set[str] = set()
+        try:
+            members = self._tar.getmembers()
+        except (tarfile.TarError, OSError):
+            raise BackupError("the backup file is truncated or damaged", code="backup.checksum") from None
+        for member in members:
+            if member.name in (MANIFEST, SIGNATURE):
+                continue
+            if member.name not in listed or not member.isreg() or member.name in seen:
+                raise BackupError(f"the backup holds an unexpected member {member.name[:80]!r}",
+                                  code="backup.format")
+            seen.add(member.name)
+            want = listed[member.name]
+            if progress is not None:
+                progress(member.name)
+            size, digest = _member_digest(self._tar, member)
+            if size != int(want["bytes"]) or digest != want["sha256"]:
+                raise BackupError(f"{member.name} in the backup does not match its checksum",
+                                  code="backup.checksum")
+        missing = sorted(set(listed) - seen)
+        if missing:
+            raise BackupError(f"the backup lacks {missing[0]}", code="backup.checksum")
+        self.verified = True
+
+    def extract(self, name: str, dest: Path) -> Path:
+        """Copy one verified member to ``dest`` (mode 0600), checking its digest again."""
+        if not self.verified:
+            raise BackupError("verify the backup before using it", code="backup.unverified")
+        want = {str(f["name"]): f for f in self.manifest["files"]}.get(name)
+        if want is None:
+            raise BackupError(f"the backup has no {name}", code="backup.format")
+        member = self._tar.getmember(name)
+        src = self._tar.extractfile(member)
+        assert src is not None
+        h = hashlib.sha256()
+        fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as out:
+            while block := src.read(_BLOCK):
+                h.update(block)
+                out.write(block)
+            out.flush()
+            os.fsync(out.fileno())
+        if h.hexdigest() != want["sha256"]:
+            dest.unlink(missing_ok=True)
+            raise BackupError(f"{name} changed while it was read", code="backup.checksum")
+        return dest
+
+    def read(self, name: str, limit: int = 64 << 20) -> bytes:
+        """A small verified member's bytes."""
+        if not self.verified:
+            raise BackupError("verify the backup before using it", code="backup.unverified")
+        data = _member_bytes(self._tar, name, limit=limit)
+        want = {str(f["name"]): f for f in self.manifest["files"]}.get(name)
+        if want is None or hashlib.sha256(data).hexdigest() != want["sha256"]:
+            raise BackupError(f"{name} does not match its checksum", code="backup.checksum")
+        return data
+
+    def open_member(self, name: str) -> IO[bytes]:
+        if not self.verified:
+            raise BackupError("verify the backup before using it", code="backup.unverified")
+        f = self._tar.extractfile(self._tar.getmember(name))
+        assert f is not None
+        return f
+
+
+def _member_bytes(tar: tarfile.TarFile, name: str, *, limit: int) -> bytes:
+    try:
+        member = tar.getmember(name)
+    except KeyError:
+        raise BackupError(f"the backup has no {name}", code="backup.format") from None
+    except (tarfile.TarError, OSError):
+        raise BackupError("the backup file is damaged", code="backup.format") from None
+    if not member.isreg() or member.size > limit:
+        raise BackupError(f"{name} in the backup is not a plain file of sensible size",
+                          code="backup.format")
+    f = tar.extractfile(member)
+    if f is None:
+        raise BackupError(f"{name} cannot be read", code="backup.format")
+    return f.read()
+
+
+def _member_digest(tar: tarfile.TarFile, member: tarfile.TarInfo) -> tuple[int, str]:
+    f = tar.extractfile(member)
+    if f is None:
+        raise BackupError(f"{member.name} cannot be read", code="backup.format")
+    h = hashlib.sha256()
+    n = 0
+    try:
+        while block := f.read(_BLOCK):
+            h.update(block)
+            n += len(block)
+    except (tarfile.TarError, OSError):
+        raise BackupError("the backup file is truncated or damaged", code="backup.checksum") from None
+    return n, h.hexdigest()

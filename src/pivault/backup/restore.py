@@ -1,0 +1,412 @@
+"""``pivault restore``: a verified backup into an empty vault, all or nothing.
+
+Refused before anything is touched: a backup whose signature or any
+checksum fails, a backup of another vault, a store that is not empty (it
+holds records, audit entries or any table pivault does not know: a ransom
+note counts). ``quarantine=True`` first moves a damaged store aside (SQLite:
+the files are renamed; PostgreSQL: its tables move to a schema of their
+own), keeping it as evidence, and restores into the emptied place.
+
+After the rows are back the schema is brought forward (``migrate``), so a
+backup made by an older pivault restores into a newer one. An audit trail
+salvaged from the quarantined store can be appended when it continues the
+backup's chain (:func:`salvage_audit_trail`): what happened through the door
+after the backup (the wipe itself, if it went through the door) stays on
+the record, and ``audit verify`` checks it with the rest.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import struct
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pivault.backup.manifest import Container
+from pivault.backup.signing import BackupError, VerifyKey
+from pivault.keys.events import KeyEvents, noop
+from pivault.keys.shred import RecordKeyStore
+from pivault.store.db import Database, parse_url
+from pivault.store.migrations import migrate, needs_migration, pending
+
+__all__ = [
+    "RestoreReport",
+    "restore",
+    "restore_record_keys",
+    "salvage_audit_trail",
+    "verify_backup",
+]
+
+#: tables that a freshly initialised, still empty vault already has rows in
+_BOOKKEEPING = {"schema_migrations", "vault_meta"}
+
+
+@dataclass
+class RestoreReport:
+    backup_id: str
+    vault_id: str
+    backend: str
+    counts: dict[str, int]
+    quarantined: str | None = None
+    migrated: list[str] = field(default_factory=list)
+    #: records deleted after the restore because their record key is gone (erased since)
+    erased_since_backup: int | None = None
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"backup_id": self.backup_id, "vault_id": self.vault_id, "backend": self.backend,
+                "counts": self.counts, "quarantined": self.quarantined, "migrated": self.migrated,
+                "erased_since_backup": self.erased_since_backup, "seconds": round(self.seconds, 3)}
+
+
+def verify_backup(path: str | os.PathLike[str], key: VerifyKey, *, vault_id: str | None = None,
+                  deep: bool = False) -> dict[str, Any]:
+    """Check a backup without restoring it: signature, checksums, and with ``deep`` its contents.
+
+    ``deep`` opens a SQLite copy in a temporary file (integrity check, row
+    counts against the manifest); binary COPY streams are checked by size
+    and digest only.
+    """
+    with Container.open(path) as c:
+        c.verify(key, vault_id=vault_id)
+        out: dict[str, Any] = {"ok": True, "backup_id": c.manifest["backup_id"], "vault_id": c.vault_id,
+                               "kind": c.kind, "created": c.manifest["created"],
+                               "counts": c.manifest.get("counts"), "files": len(c.manifest["files"]),
+                               "signing_key": key.fingerprint}
+        if deep and c.kind == "data" and c.manifest.get("backend") == "sqlite":
+            with tempfile.TemporaryDirectory(prefix=".pivault-verify-") as d:
+                db = c.extract("data/vault.db", Path(d) / "vault.db")
+                _check_sqlite_copy(db, c.manifest)
+            out["deep"] = "sqlite integrity and row counts match"
+        return out
+
+
+def _check_sqlite_copy(path: Path, manifest: dict[str, Any]) -> None:
+    conn = sqlite3.connect(path)
+    try:
+        if conn.execute("PRAGMA integrity_check").fetchone()[0] != "ok":
+            raise BackupError("the database in the backup fails SQLite's integrity check",
+                              code="backup.corrupt")
+        for t, n in manifest.get("counts", {}).items():
+            got = conn.execute(f'SELECT COUNT(*) FROM "{t}"').fetchone()[0]
+            if int(got) != int(n):
+                raise BackupError(f"table {t} holds {got} rows, the manifest says {n}", code="backup.corrupt")
+        row = conn.execute("SELECT value FROM vault_meta WHERE key = 'vault_id'").fetchone()
+        if row is None or row[0] != manifest["vault_id"]:
+            raise BackupError("the database in the backup belongs to another vault", code="backup.vault")
+    finally:
+        conn.close()
+
+
+# -- emptiness -------------------------------------------------------------------------
+
+def _tables(db: Database) -> list[str]:
+    if db.dialect == "sqlite":
+        return [str(r[0]) for r in db.query("SELECT name FROM sqlite_master WHERE type = 'table'"
+                                            " AND name NOT LIKE 'sqlite_%' ORDER BY name")]
+    return [str(r[0]) for r in db.query(
+        "SELECT table_name FROM information_schema.tables WHERE table_schema = current_schema()"
+        " AND table_type = 'BASE TABLE' ORDER BY table_name")]
+
+
+def _why_not_empty(db: Database, vault_id: str) -> str | None:
+    """None if the store may be restored into; else why not (no values named)."""
+    tables = _tables(db)
+    # the tables an operator recognises first, then the rest (a ransom note counts too)
+    first = [t for t in ("records", "audit_entries") if t in tables]
+    for t in first + [t for t in tables if t not in first]:
+        if t in _BOOKKEEPING:
+            continue
+        row = db.query_one(f'SELECT COUNT(*) FROM "{t}"')
+        if row and int(row[0]):
+            return f"table {t} holds {int(row[0])} rows"
+    if "vault_meta" in _tables(db):
+        row = db.query_one("SELECT value FROM vault_meta WHERE key = 'vault_id'")
+        if row is not None and row[0] != vault_id:
+            return f"the store is bound to another vault ({row[0]})"
+    return None
+
+
+# -- schema at the backup's versions -----------------------------------------------------
+
+def _migrate_to(db: Database, versions: dict[str, int]) -> None:
+    """Apply exactly the schema steps the backup's store had, so its rows fit."""
+    needs_migration(db)  # loads every component's steps
+    known: dict[str, int] = {}
+    for step in pending(db):
+        known[step.component] = max(known.get(step.component, 0), step.version)
+    for comp, v in versions.items():
+        if comp != "schema_migrations" and known.get(comp, 0) < v:
+            raise BackupError(f"the backup's schema ({comp} version {v}) is newer than this pivault's",
+                              code="backup.version", hint="restore with the pivault version that made it")
+    for step in pending(db):
+        if step.version > versions.get(step.component, 0):
+            continue
+        action = step.sqlite if db.dialect == "sqlite" else step.postgresql
+        if callable(action):
+            action(db)
+        else:
+            for stmt in (s.strip() for s in action.split(";")):
+                if stmt:
+                    db.execute(stmt)
+        db.execute("INSERT INTO schema_migrations (component, version, description, applied_at)"
+                   " VALUES (?, ?, ?, ?)", (step.component, step.version, step.description, time.time()))
+
+
+# -- SQLite ------------------------------------------------------------------------------
+
+def _sqlite_files(target: str) -> list[Path]:
+    return [Path(target + s) for s in ("", "-wal", "-shm", "-journal")]
+
+
+def _restore_sqlite(c: Container, url: str, quarantine: bool) -> str | None:
+    target = parse_url(url).target
+    tpath = Path(target)
+    tpath.parent.mkdir(parents=True, exist_ok=True)
+    tmp = tpath.with_name(f".{tpath.name}.restore-{os.getpid()}-{os.urandom(4).hex()}")
+    c.extract("data/vault.db", tmp)
+    try:
+        _check_sqlite_copy(tmp, c.manifest)
+        quarantined: str | None = None
+        if tpath.exists() and tpath.stat().st_size > 0:
+            with Database(url) as existing:
+                why = _why_not_empty(existing, c.vault_id)
+                existing.query_one("PRAGMA wal_checkpoint(TRUNCATE)")
+            if why is not None and not quarantine:
+                raise BackupError(f"the target store is not empty: {why}", code="backup.not_empty",
+                                  hint="restore into an empty vault, or pass --quarantine to move the "
+                                       "damaged store aside first")
+            if why is not None:
+                stamp = time.strftime("%Y%m%dT%H%M%S")
+                qpath = tpath.with_name(f"{tpath.name}.quarantine-{stamp}")
+                for f in _sqlite_files(target):
+                    if f.exists():
+                        os.replace(f, Path(str(qpath) + f.name[len(tpath.name):]))
+                quarantined = str(qpath)
+        for f in _sqlite_files(target):
+            f.unlink(missing_ok=True)
+        os.replace(tmp, tpath)
+        fd = os.open(tpath.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        return quarantined
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+# -- PostgreSQL ----------------------------------------------------------------------------
+
+def _restore_postgresql(c: Container, db: Database, quarantine: bool) -> str | None:
+    from pivault.backup.backup import pg_tables
+
+    quarantined: str | None = None
+    with db.transaction():
+        why = _why_not_empty(db, c.vault_id)
+        if why is not None and not quarantine:
+            raise BackupError(f"the target store is not empty: {why}", code="backup.not_empty",
+                              hint="restore into an empty vault, or pass --quarantine to move the "
+                                   "damaged store aside first")
+        if why is not None:
+            schema = "pivault_quarantine_" + time.strftime("%Y%m%d%H%M%S") + "_" + os.urandom(3).hex()
+            db.execute(f'CREATE SCHEMA "{schema}"')
+            for t in _tables(db):
+                db.execute(f'ALTER TABLE "{t}" SET SCHEMA "{schema}"')
+            quarantined = schema
+        else:
+            for t in _tables(db):
+                db.execute(f'DROP TABLE "{t}" CASCADE')
+        db.execute("CREATE TABLE IF NOT EXISTS schema_migrations ("
+                   " component TEXT NOT NULL, version INTEGER NOT NULL, description TEXT NOT NULL,"
+                   " applied_at DOUBLE PRECISION NOT NULL, PRIMARY KEY (component, version))")
+        _migrate_to(db, {k: int(v) for k, v in c.manifest.get("schema", {}).items()})
+        db.execute("DELETE FROM schema_migrations")
+        have = pg_tables(db.raw)
+        want: dict[str, Any] = c.manifest["tables"]
+        if set(have) != set(want) or any(have[t] != want[t]["columns"] for t in want):
+            raise BackupError("the schema made for the backup's versions does not match its tables",
+                              code="backup.schema")
+        with db.raw.cursor() as cur:
+            for t, spec in sorted(want.items()):
+                collist = ", ".join(f'"{col}"' for col in spec["columns"])
+                src = c.open_member(f"data/{t}.copy")
+                with cur.copy(f'COPY "{t}" ({collist}) FROM STDIN (FORMAT BINARY)') as cp:
+                    while block := src.read(1 << 20):
+                        cp.write(block)
+        for t, n in c.manifest["counts"].items():
+            row = db.query_one(f'SELECT COUNT(*) FROM "{t}"')
+            if row is None or int(row[0]) != int(n):
+                raise BackupError(f"table {t} restored with a different row count", code="backup.corrupt")
+    return quarantined
+
+
+def restore(path: str | os.PathLike[str], store_url: str, key: VerifyKey, *,
+            vault_id: str | None = None, quarantine: bool = False,
+            keyring_path: str | os.PathLike[str] | None = None,
+            record_keys: RecordKeyStore | None = None,
+            events: Callable[[Database], KeyEvents] | None = None) -> RestoreReport:
+    """Restore a data backup into the (empty) store at ``store_url``; see the module doc.
+
+    ``vault_id``: the vault this must be (its keyring's); a backup of another
+    vault is refused. ``keyring_path``: if no keyring file is there, the
+    backup's keyring envelope is written there (it still needs the
+    passphrase or the custodians to open). ``record_keys``: the vault's
+    record-key store; records whose key is gone there (erased after the
+    backup was taken) are then deleted from the restored store
+    (:func:`pivault.keys.shred.purge_erased`). ``events``: given the restored
+    store, returns where to record the restore (the audit trail).
+    """
+    t0 = time.monotonic()
+    with Container.open(path) as c:
+        if c.kind != "data":
+            raise BackupError("this is a record-key backup; restore it with `pivault keys restore`",
+                              code="backup.kind")
+        c.verify(key, vault_id=vault_id)
+        if keyring_path is not None:
+            kp = Path(keyring_path)
+            if not kp.exists():
+                from pivault.crypto._atomic import write_private
+
+                kp.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+                write_private(kp, c.read("keyring.json"), overwrite=False)
+        backend = str(c.manifest["backend"])
+        db = Database(store_url)
+        try:
+            if db.dialect != backend:
+                raise BackupError(f"this is a {backend} backup; restore it into a {backend} store",
+                                  code="backup.backend")
+            if backend == "sqlite":
+                db.close()
+                quarantined = _restore_sqlite(c, store_url, quarantine)
+                db = Database(store_url)
+            else:
+                quarantined = _restore_postgresql(c, db, quarantine)
+            migrated = migrate(db)
+            counts = {t: int(n) for t, n in c.manifest["counts"].items()}
+            report = RestoreReport(c.manifest["backup_id"], c.vault_id, backend, counts, quarantined,
+                                   migrated)
+            if record_keys is not None:
+                from pivault.keys.shred import purge_erased
+
+                report.erased_since_backup = purge_erased(db, record_keys)
+            if events is not None:
+                sink = events(db)
+                sink("backup.restore", "ok", {"backup_id": report.backup_id, "file": Path(path).name,
+                                              "records": counts.get("records", 0),
+                                              "quarantined": quarantined,
+                                              "erased_since_backup": report.erased_since_backup})
+        finally:
+            db.close()
+    report.seconds = time.monotonic() - t0
+    return report
+
+
+# -- the audit trail of a damaged store -------------------------------------------------------
+
+def salvage_audit_trail(db: Database, source: Database, *, source_schema: str | None = None) -> int:
+    """Append the entries a damaged store wrote after the backup, if they continue its chain.
+
+    ``source`` is the quarantined store (for PostgreSQL the same database
+    with ``source_schema``). Entries are copied as they are, MACs included;
+    only if the damaged store's chain holds the restored head's entry with
+    the same MAC (it is the same history), so ``audit verify`` judges them
+    with everything else. Returns the number of entries appended.
+    """
+    q = f'"{source_schema}".' if source_schema else ""
+    for t in ("audit_head", "audit_entries", "audit_checkpoints"):
+        if not _columns(source, t, source_schema) or not db.table_exists(t):
+            return 0
+    src_head = source.query_one(f"SELECT chain_id, seq FROM {q}audit_head WHERE id = 1")
+    head = db.query_one("SELECT chain_id, seq, mac FROM audit_head WHERE id = 1")
+    if src_head is None or head is None or src_head[0] != head[0] or int(src_head[1]) <= int(head[1]):
+        return 0
+    seq = int(head[1])
+    if seq:
+        row = source.query_one(f"SELECT mac FROM {q}audit_entries WHERE seq = ?", (seq,))
+        if row is None or bytes(row[0]) != bytes(head[2]):
+            return 0
+    cols = _columns(source, "audit_entries", source_schema)
+    cp_cols = _columns(source, "audit_checkpoints", source_schema)
+    head_cols = _columns(source, "audit_head", source_schema)
+    entries = source.query(f"SELECT {', '.join(cols)} FROM {q}audit_entries WHERE seq > ? ORDER BY seq",
+                           (seq,))
+    cps = source.query(f"SELECT {', '.join(cp_cols)} FROM {q}audit_checkpoints WHERE seq > ?"
+                       " ORDER BY seq", (seq,))
+    new_head = source.query_one(f"SELECT {', '.join(head_cols)} FROM {q}audit_head WHERE id = 1")
+    assert new_head is not None
+    with db.transaction():
+        db.executemany(f"INSERT INTO audit_entries ({', '.join(cols)}) VALUES"
+                       f" ({', '.join('?' * len(cols))})", entries)
+        db.executemany(f"INSERT INTO audit_checkpoints ({', '.join(cp_cols)}) VALUES"
+                       f" ({', '.join('?' * len(cp_cols))})", cps)
+        sets = ", ".join(f"{col} = ?" for col in head_cols if col != "id")
+        db.execute(f"UPDATE audit_head SET {sets} WHERE id = 1",
+                   [v for col, v in zip(head_cols, new_head, strict=True) if col != "id"])
+    return len(entries)
+
+
+def _columns(db: Database, table: str, schema: str | None) -> list[str]:
+    if db.dialect == "sqlite":
+        return [str(r[1]) for r in db.query(f'PRAGMA table_info("{table}")')]
+    return [str(r[0]) for r in db.query(
+        "SELECT column_name FROM information_schema.columns WHERE table_name = ?"
+        " AND table_schema = COALESCE(?, current_schema()) ORDER BY ordinal_position", (table, schema))]
+
+
+# -- record keys --------------------------------------------------------------------------------
+
+_RK_ROW = struct.Struct(">H")
+
+
+def _read_record_keys(c: Container) -> Iterable[tuple[str, bytes]]:
+    f = c.open_member("data/record_keys.bin")
+    while True:
+        head = f.read(2)
+        if not head:
+            return
+        (n,) = _RK_ROW.unpack(head)
+        rid = f.read(n).decode("utf-8")
+        stored = f.read(81)
+        if len(stored) != 81:
+            raise BackupError("the record-key stream is truncated", code="backup.corrupt")
+        yield rid, stored
+
+
+def restore_record_keys(path: str | os.PathLike[str], store: RecordKeyStore, key: VerifyKey, *,
+                        only_records: Sequence[str] | None = None, events: KeyEvents = noop) -> int:
+    """Put back record keys the live store lacks, from a record-key backup.
+
+    This undoes erasures made after that backup: use it to repair a store
+    lost with its disk, or a malicious erase, and read docs/keys.md first.
+    ``only_records`` limits it to those record ids. Returns keys added.
+    """
+    wanted = set(only_records) if only_records is not None else None
+    with Container.open(path) as c:
+        if c.kind != "record-keys":
+            raise BackupError("this is not a record-key backup", code="backup.kind")
+        c.verify(key, vault_id=store.vault_id)
+        batch: list[tuple[str, bytes]] = []
+        added = 0
+
+        def flush() -> int:
+            have = store.get_many([(rid, k[:4]) for rid, k in batch])
+            new = [(rid, k) for rid, k in batch if (rid, k[:4]) not in have]
+            store.put_many(new)
+            batch.clear()
+            return len(new)
+
+        for rid, stored in _read_record_keys(c):
+            if wanted is not None and rid not in wanted:
+                continue
+            batch.append((rid, stored))
+            if len(batch) >= 2000:
+                added += flush()
+        added += flush()
+    events("keys.restore", "ok", {"file": Path(path).name, "keys_added": added})
+    return added
