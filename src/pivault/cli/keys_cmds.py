@@ -1,0 +1,500 @@
+"""Key lifecycle and backup commands: ``keys …``, ``backup``, ``backup verify``, ``restore``.
+
+A thin skin over :mod:`pivault.keys` and :mod:`pivault.backup`, named like
+them. Every change to keys, every split, recovery, backup and restore is
+appended to the vault's audit trail when its audit keys are set up. Output
+names key ids, counts and files, never a key, a share or a value; errors are
+one line (``error[code]: message``) as in the other commands.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from pivault.cli.vault_cmds import HomeOpt, JsonOpt, run_cli
+
+__all__ = ["backup_app", "keys_app", "register", "restore"]
+
+NEW_PASSPHRASE_ENV = "PIVAULT_NEW_PASSPHRASE"
+
+keys_app = typer.Typer(help="Keys over time: rotate, rewrap, status, retire, change-root, custodian "
+                            "split/recover, record-key backup/restore.", no_args_is_help=True)
+backup_app = typer.Typer(help="Signed, consistent online backups of the data store (`backup --out FILE`, "
+                              "`backup verify FILE`).", invoke_without_command=True)
+
+
+def _print_json(obj: Any) -> None:
+    typer.echo(json.dumps(obj, ensure_ascii=False, indent=2, default=str))
+
+
+# -- opening things -------------------------------------------------------------------
+
+@contextmanager
+def _opened(home: Path | None) -> Iterator[Any]:
+    """The vault home's config, keyring (root key from its header), store and record-key store."""
+    from pivault.crypto import Keyring
+    from pivault.crypto.providers import provider_for
+    from pivault.keys.attach import open_record_key_store
+    from pivault.store.db import Database
+    from pivault.vault import home as _home
+
+    cfg = _home.load(home)
+    header = Keyring.peek(cfg.keyring_path)
+    keyring = Keyring.open(cfg.keyring_path, provider_for(header["provider"]))
+    keyring.record_keys = True
+    db = Database(cfg.store_url)
+    try:
+        from pivault.vault import meta
+
+        meta.check(db, keyring)
+        with open_record_key_store(keyring, home=cfg.home) as keys:
+            yield _Opened(cfg, keyring, db, keys)
+    finally:
+        db.close()
+
+
+class _Opened:
+    def __init__(self, cfg: Any, keyring: Any, db: Any, keys: Any) -> None:
+        self.cfg, self.keyring, self.db, self.keys = cfg, keyring, db, keys
+
+    def audit_dir(self) -> Path:
+        from pivault.detect.setup import DetectSettings, audit_key_dir
+
+        return audit_key_dir(self.cfg.keyring_path, self.keyring.vault_id,
+                             DetectSettings.from_home(self.cfg.home))
+
+    def events(self) -> Any:
+        from pivault.keys.events import audit_events, noop
+        from pivault.policy.context import local_operator
+
+        sink = audit_events(self.db, self.keyring, local_operator("key management"), self.audit_dir())
+        return sink if sink is not None else noop
+
+    def files(self) -> Any:
+        from pivault.keys.sites import file_sites
+
+        return file_sites(self.cfg.keyring_path, self.keyring.vault_id, audit_dir=self.audit_dir())
+
+
+def _new_provider(kms: str | None) -> Any:
+    from pivault.crypto import KmsProvider, PassphraseProvider, passphrase_from_env_or_prompt
+
+    if kms:
+        return KmsProvider(kms)
+    return PassphraseProvider(passphrase_from_env_or_prompt(
+        "New keyring passphrase: ", confirm=True, env_var=NEW_PASSPHRASE_ENV))
+
+
+def _progress(quiet: bool, label: str) -> tuple[Any, Callable[[Any], None] | None]:
+    if quiet or not sys.stderr.isatty():
+        return None, None
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(),
+                   TextColumn("{task.completed:,}/{task.total:,} records"), TimeElapsedColumn(),
+                   TextColumn("ETA"), TimeRemainingColumn(), console=Console(stderr=True))
+    task = bar.add_task(label, total=None)
+
+    def update(p: Any) -> None:
+        bar.update(task, completed=p.done, total=max(p.total, p.done), description=f"{label} ({p.phase})")
+
+    return bar, update
+
+
+# -- keys -----------------------------------------------------------------------------
+
+@keys_app.command("rotate")
+@run_cli
+def keys_rotate(
+    field: Annotated[str | None, typer.Option(
+        "--field", help="A PI field (all share the field key), an index name (id_number, mobile, "
+                        "name_birth) for its blind-index key, or a keyset name.")] = None,
+    all_keys: Annotated[bool, typer.Option("--all", help="Rotate every key.")] = False,
+    home: HomeOpt = None, json_out: JsonOpt = False,
+) -> None:
+    """A new key version becomes primary; new writes use it at once, old versions keep reading."""
+    from pivault.keys.rotate import resolve_keysets, rotate
+
+    with _opened(home) as o:
+        new = rotate(o.keyring, resolve_keysets(o.keyring, field=field, all_keys=all_keys), events=o.events())
+    if json_out:
+        _print_json({"rotated": new})
+        return
+    for ks, kid in new.items():
+        typer.echo(f"{ks}: new primary key {kid}")
+    typer.echo("next: `pivault keys rewrap` moves what the old versions protect; running services pick "
+               "up the new keyring when they reload it")
+
+
+@keys_app.command("rewrap")
+@run_cli
+def keys_rewrap(
+    batch: Annotated[int, typer.Option("--batch", min=1, help="Records per transaction.")] = 500,
+    retire: Annotated[bool, typer.Option(
+        "--retire", help="Then retire every key version nothing uses any more.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    home: HomeOpt = None, json_out: JsonOpt = False,
+) -> None:
+    """Re-encrypt everything under the primary keys, online and resumable (run it again after a crash)."""
+    from pivault.keys.rewrap import rewrap
+    from pivault.keys.rotate import retire_unused
+
+    with _opened(home) as o:
+        events = o.events()
+        bar, update = _progress(quiet, "rewrap")
+        try:
+            if bar is not None:
+                bar.start()
+            report = rewrap(o.db, o.keyring, record_keys=o.keys, files=o.files(), batch_size=batch,
+                            progress=update)
+        finally:
+            if bar is not None:
+                bar.stop()
+        events("keys.rewrap", "ok", {k: v for k, v in report.to_dict().items() if k != "seconds"})
+        retired = retire_unused(o.db, o.keyring, record_keys=o.keys, files=o.files(), events=events) \
+            if retire else []
+    out = report.to_dict()
+    out["retired"] = [{"keyset": r.keyset, "key_id": r.key_id} for r in retired]
+    if json_out:
+        _print_json(out)
+        return
+    typer.echo(f"rewrap {'complete' if report.complete else 'stopped'}: {report.records_seen:,} records "
+               f"seen, {report.record_keys_rewrapped:,} record keys rewrapped, "
+               f"{report.records_upgraded + report.records_reencrypted:,} records re-encrypted, "
+               f"{report.indexes_rebuilt:,} index entries rebuilt, {report.other_values_rewrapped:,} "
+               f"other values, {report.files_rewrapped} key files; {report.conflicts} left to concurrent "
+               f"writers, {report.unreadable} unreadable (erased)")
+    for r in retired:
+        typer.echo(f"retired {r.keyset} key {r.key_id}")
+
+
+@keys_app.command("status")
+@run_cli
+def keys_status(home: HomeOpt = None, json_out: JsonOpt = False) -> None:
+    """Per key version: primary or not, how many values still use it, whether it may be retired."""
+    from pivault.keys.rotate import status
+    from pivault.keys.usage import UsageLedger
+
+    with _opened(home) as o:
+        st = status(o.db, o.keyring, record_keys=o.keys, files=o.files(),
+                    ledger=UsageLedger(o.keys, o.keyring))
+    if json_out:
+        _print_json(st)
+        return
+    typer.echo(f"vault {st['vault_id']}  keyring generation {st['generation']}  "
+               f"custodian recovery: {st['recovery_fingerprint'] or 'not set up (pivault keys split)'}")
+    for ks in st["keysets"]:
+        typer.echo(f"{ks['keyset']} ({ks['purpose']})")
+        for k in ks["keys"]:
+            mark = "primary" if k["primary"] else ("retirable" if k["retirable"] else "in use")
+            if ks["keyset"] == "aead":
+                where = ", ".join(f"{p} {n:,}" for p, n in k["where"].items()) or "nothing"
+                enc = f", {k['encryptions']:,} encryptions" if "encryptions" in k else ""
+                typer.echo(f"  key {k['key_id']:>10}  {mark:<9}  {k['values']:>12,} values ({where}){enc}")
+            else:
+                typer.echo(f"  key {k['key_id']:>10}  {mark:<9}  {k['state']}")
+    if st["unknown_key_ids"]:
+        typer.echo(f"values under keys this keyring lacks: {st['unknown_key_ids']}", err=True)
+    rw = st["rewrap"]
+    if rw:
+        typer.echo(f"last rewrap: {rw['state']} ({rw['phase']}, {rw['done']:,} records)"
+                   + ("" if rw["current"] else " — keys rotated since; run `pivault keys rewrap`"))
+
+
+@keys_app.command("retire")
+@run_cli
+def keys_retire(
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Only say what would be retired.")] = False,
+    home: HomeOpt = None, json_out: JsonOpt = False,
+) -> None:
+    """Destroy key versions nothing uses any more (a fresh count decides)."""
+    from pivault.keys.rotate import retire_unused
+
+    with _opened(home) as o:
+        retired = retire_unused(o.db, o.keyring, record_keys=o.keys, files=o.files(), dry_run=dry_run,
+                                events=o.events())
+    rows = [{"keyset": r.keyset, "key_id": r.key_id} for r in retired]
+    if json_out:
+        _print_json({"retired": rows, "dry_run": dry_run})
+        return
+    if not rows:
+        typer.echo("nothing to retire")
+    for r in rows:
+        typer.echo(f"{'would retire' if dry_run else 'retired'} {r['keyset']} key {r['key_id']}")
+
+
+@keys_app.command("change-root")
+@run_cli
+def keys_change_root(
+    kms: Annotated[str | None, typer.Option(
+        "--kms", help="Move the root key to this KMS key URI (gcp-kms://…, aws-kms://…, hcvault://…) "
+                      "instead of a new passphrase.")] = None,
+    home: HomeOpt = None, json_out: JsonOpt = False,
+) -> None:
+    """Put the keysets under a new passphrase ($PIVAULT_NEW_PASSPHRASE) or a KMS key; data untouched."""
+    with _opened(home) as o:
+        new = _new_provider(kms)
+        old_kind = o.keyring.describe()["provider"]["kind"]
+        o.keyring.change_root(new)
+        o.events()("keys.change_root", "ok", {"from": old_kind, "to": new.describe()["kind"],
+                                              "generation": o.keyring.generation})
+    if json_out:
+        _print_json({"root": new.describe()["kind"], "generation": o.keyring.generation})
+        return
+    typer.echo(f"keyring now protected by a {new.describe()['kind']} root key; the data was not touched")
+
+
+@keys_app.command("split")
+@run_cli
+def keys_split(
+    out: Annotated[Path, typer.Option("--out", help="Directory for the share files (one per custodian).")],
+    shares: Annotated[int, typer.Option("--shares", min=2, max=255, help="Shares to make (n).")] = 5,
+    threshold: Annotated[int, typer.Option("--threshold", min=2, help="Shares needed (k).")] = 3,
+    home: HomeOpt = None, json_out: JsonOpt = False,
+) -> None:
+    """Split the vault's recovery key among custodians; any THRESHOLD of them rebuild it."""
+    from pivault.keys.custodians import split, write_shares
+
+    with _opened(home) as o:
+        made = split(o.keyring, shares=shares, threshold=threshold, events=o.events())
+    paths = write_shares(made, out)
+    if json_out:
+        _print_json({"split": made[0].split_id, "fingerprint": made[0].fingerprint,
+                     "threshold": threshold, "files": [str(p) for p in paths]})
+        return
+    typer.echo(f"recovery key {made[0].fingerprint} split {threshold} of {shares} (split {made[0].split_id})")
+    for p in paths:
+        typer.echo(f"  {p}")
+    typer.echo("Give each file to one custodian (print it if you like) and delete it here. Earlier "
+               "shares no longer work.")
+
+
+@keys_app.command("recover")
+@run_cli
+def keys_recover(
+    share_files: Annotated[list[Path], typer.Argument(help="Share files from THRESHOLD custodians.")],
+    kms: Annotated[str | None, typer.Option("--kms", help="Put the keyring under this KMS key "
+                                                          "instead of a new passphrase.")] = None,
+    home: HomeOpt = None, json_out: JsonOpt = False,
+) -> None:
+    """Rebuild the recovery key from custodian shares and set a new passphrase ($PIVAULT_NEW_PASSPHRASE)."""
+    from pivault.keys.custodians import read_share, recover
+    from pivault.keys.events import audit_events
+    from pivault.policy.context import local_operator
+    from pivault.store.db import Database
+    from pivault.vault import home as _home
+
+    cfg = _home.load(home)
+    got = [read_share(p) for p in share_files]
+    ring = recover(cfg.keyring_path, got, _new_provider(kms))
+    with Database(cfg.store_url) as db:
+        from pivault.detect.setup import DetectSettings, audit_key_dir
+
+        adir = audit_key_dir(cfg.keyring_path, ring.vault_id, DetectSettings.from_home(cfg.home))
+        sink = audit_events(db, ring, local_operator("key management"), adir)
+        if sink is not None:
+            sink("keys.recover", "ok", {"split": got[0].split_id, "shares_used": len(got),
+                                        "generation": ring.generation})
+    if json_out:
+        _print_json({"recovered": True, "vault_id": ring.vault_id, "shares_used": len(got)})
+        return
+    typer.echo(f"keyring of vault {ring.vault_id} recovered from {len(got)} shares and put under the new "
+               "root key; the recovery key and its shares stay valid")
+
+
+@keys_app.command("backup")
+@run_cli
+def keys_backup(
+    out: Annotated[Path, typer.Option("--out", help="The record-key backup file to write.")],
+    home: HomeOpt = None, json_out: JsonOpt = False,
+) -> None:
+    """Back up the record keys (kept beside the keyring, apart from the data backups)."""
+    from pivault.backup import backup_record_keys
+
+    with _opened(home) as o:
+        res = backup_record_keys(o.keys, o.keyring, out, events=o.events())
+    if json_out:
+        _print_json(res.to_dict())
+        return
+    typer.echo(f"wrote {res.path} ({res.manifest['counts']['record_keys']:,} record keys, signed by "
+               f"{res.manifest['signing_key']['fingerprint']}); keep it with the keyring backups, "
+               "not the data's, and only as long as erasures may take to become final")
+
+
+@keys_app.command("restore")
+@run_cli
+def keys_restore(
+    file: Annotated[Path, typer.Argument(help="A record-key backup.")],
+    only: Annotated[list[str] | None, typer.Option(
+        "--only", help="Restore the keys of these record ids only (repeatable).")] = None,
+    home: HomeOpt = None, json_out: JsonOpt = False,
+) -> None:
+    """Put back record keys the live store lacks. This undoes erasures made since that backup."""
+    from pivault.backup import load_verify_key, restore_record_keys
+
+    with _opened(home) as o:
+        added = restore_record_keys(file, o.keys, load_verify_key(o.keyring.path), only_records=only,
+                                    events=o.events())
+    if json_out:
+        _print_json({"keys_added": added})
+        return
+    typer.echo(f"{added:,} record keys put back")
+
+
+@keys_app.command("gc")
+@run_cli
+def keys_gc(
+    grace: Annotated[float, typer.Option("--grace", help="Keep keys younger than this (seconds).")] = 3600.0,
+    home: HomeOpt = None, json_out: JsonOpt = False,
+) -> None:
+    """Delete record keys no record uses (left by crashes), older than the grace period."""
+    with _opened(home) as o:
+        n = o.keys.collect_garbage(o.db, grace_seconds=grace)
+    if json_out:
+        _print_json({"deleted": n})
+    else:
+        typer.echo(f"{n:,} orphan record keys deleted")
+
+
+# -- backup / restore -------------------------------------------------------------------
+
+@backup_app.callback()
+@run_cli
+def backup(
+    ctx: typer.Context,
+    out: Annotated[Path | None, typer.Option(
+        "--out", help="The backup file to write (never overwritten).")] = None,
+    home: HomeOpt = None, json_out: JsonOpt = False,
+) -> None:
+    """Write a signed, consistent backup of the data store and the keyring envelope (no plaintext)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    if out is None:
+        raise typer.BadParameter("give --out FILE (or use `pivault backup verify FILE`)")
+    from pivault.backup import create_backup
+
+    with _opened(home) as o:
+        res = create_backup(o.db, o.keyring, out, events=o.events())
+    if json_out:
+        _print_json(res.to_dict())
+        return
+    m = res.manifest
+    typer.echo(f"wrote {res.path}: {m['counts'].get('records', 0):,} records, "
+               f"{m['counts'].get('audit_entries', 0):,} audit entries, {res.path.stat().st_size:,} bytes")
+    typer.echo(f"signed by backup key {m['signing_key']['fingerprint']} "
+               f"(public key {m['signing_key']['public']}; keep a copy of it apart)")
+    typer.echo("record keys are not in it: back them up with `pivault keys backup` to the keyring's shelf")
+
+
+def _verify_key(public_key: str | None, keyring_path: Path) -> Any:
+    from pivault.backup import VerifyKey, load_verify_key
+
+    if public_key:
+        p = Path(public_key)
+        return VerifyKey.parse(p.read_text() if p.exists() else public_key)
+    return load_verify_key(keyring_path)
+
+
+@backup_app.command("verify")
+@run_cli
+def backup_verify(
+    file: Annotated[Path, typer.Argument(help="The backup file.")],
+    public_key: Annotated[str | None, typer.Option(
+        "--public-key", help="The backup public key (base64, or a file holding it); default: the "
+                             "signing key file beside the keyring.")] = None,
+    deep: Annotated[bool, typer.Option("--deep", help="Also open the database copy and count rows.")] = False,
+    home: HomeOpt = None, json_out: JsonOpt = False,
+) -> None:
+    """Check a backup without restoring it: signature, every checksum, nothing extra."""
+    from pivault.backup import verify_backup
+    from pivault.vault import home as _home
+
+    vault_id = None
+    if public_key:
+        key = _verify_key(public_key, Path("."))
+    else:
+        cfg = _home.load(home)
+        key, vault_id = _verify_key(None, cfg.keyring_path), cfg.vault_id
+    out = verify_backup(file, key, vault_id=vault_id, deep=deep)
+    if json_out:
+        _print_json(out)
+        return
+    typer.echo(f"backup {out['backup_id']} of vault {out['vault_id']} ({out['kind']}, {out['created']}): "
+               f"signature and {out['files']} checksums OK" + (f"; {out['deep']}" if "deep" in out else ""))
+
+
+@run_cli
+def restore(
+    file: Annotated[Path, typer.Argument(help="The backup file.")],
+    quarantine: Annotated[bool, typer.Option(
+        "--quarantine", help="Move a damaged, non-empty store aside (kept as evidence) and restore in "
+                             "its place; its audit trail after the backup is salvaged.")] = False,
+    keep_erased: Annotated[bool, typer.Option(
+        "--keep-erased", help="Keep rows whose record key is gone (erased after the backup) instead of "
+                              "deleting them.")] = False,
+    public_key: Annotated[str | None, typer.Option(
+        "--public-key", help="The backup public key (base64 or file); default: beside the keyring.")] = None,
+    home: HomeOpt = None, json_out: JsonOpt = False,
+) -> None:
+    """Restore a verified backup into this (empty) vault; a bad signature or checksum changes nothing."""
+    from pivault.backup import restore as _restore
+    from pivault.backup import salvage_audit_trail
+    from pivault.crypto import Keyring
+    from pivault.crypto.providers import provider_for
+    from pivault.keys.attach import open_record_key_store
+    from pivault.keys.events import audit_events
+    from pivault.policy.context import local_operator
+    from pivault.store.db import Database, parse_url
+    from pivault.vault import home as _home
+
+    cfg = _home.load(home)
+    key = _verify_key(public_key, cfg.keyring_path)
+    keyring = Keyring.open(cfg.keyring_path, provider_for(Keyring.peek(cfg.keyring_path)["provider"]))
+    with open_record_key_store(keyring, home=cfg.home) as keys:
+        report = _restore(file, cfg.store_url, key, vault_id=keyring.vault_id, quarantine=quarantine,
+                          record_keys=None if keep_erased else keys)
+    salvaged = 0
+    with Database(cfg.store_url) as db:
+        if report.quarantined:
+            if parse_url(cfg.store_url).dialect == "sqlite":
+                with Database("sqlite:///" + report.quarantined) as damaged:
+                    salvaged = salvage_audit_trail(db, damaged)
+            else:
+                salvaged = salvage_audit_trail(db, db, source_schema=report.quarantined)
+        from pivault.detect.setup import DetectSettings, audit_key_dir
+
+        adir = audit_key_dir(cfg.keyring_path, keyring.vault_id, DetectSettings.from_home(cfg.home))
+        sink = audit_events(db, keyring, local_operator("restore"), adir)
+        if sink is not None:
+            sink("backup.restore", "ok", {"backup_id": report.backup_id, "file": file.name,
+                                          "records": report.counts.get("records", 0),
+                                          "quarantined": report.quarantined, "salvaged_entries": salvaged,
+                                          "erased_since_backup": report.erased_since_backup})
+    out = report.to_dict()
+    out["salvaged_audit_entries"] = salvaged
+    if json_out:
+        _print_json(out)
+        return
+    typer.echo(f"restored backup {report.backup_id}: {report.counts.get('records', 0):,} records, "
+               f"{report.counts.get('audit_entries', 0):,} audit entries")
+    if report.quarantined:
+        typer.echo(f"the damaged store was kept as {report.quarantined}; {salvaged} audit entries written "
+                   "after the backup were salvaged from it")
+    if report.erased_since_backup:
+        typer.echo(f"{report.erased_since_backup:,} records erased since the backup were removed again")
+    typer.echo("next: `pivault audit verify`")
+
+
+def register(app: typer.Typer) -> None:
+    """Attach ``keys``, ``backup`` and ``restore`` to the main command line."""
+    app.add_typer(keys_app, name="keys")
+    app.add_typer(backup_app, name="backup")
+    app.command("restore")(restore)

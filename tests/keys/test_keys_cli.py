@@ -1,0 +1,122 @@
+"""The command line: keys rotate/rewrap/status/split/recover, backup, backup verify, restore; audited."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import typer
+from keys_support import CHEAP, PASSPHRASE, ctx, residents
+from typer.testing import CliRunner
+
+from pivault.audit import create_audit_keys, entries, load_verifier, verify
+from pivault.cli.keys_cmds import register
+from pivault.crypto import Keyring
+from pivault.detect.setup import audit_key_dir
+from pivault.store.db import Database
+from pivault.vault import Vault
+from pivault.vault import home as _home
+
+
+@pytest.fixture
+def app() -> typer.Typer:
+    a = typer.Typer()
+    register(a)
+    return a
+
+
+def _run(app: typer.Typer, args: list[str], passphrase: str = PASSPHRASE, new: str | None = None,
+         ok: bool = True) -> str:
+    env = {"PIVAULT_PASSPHRASE": passphrase}
+    if new is not None:
+        env["PIVAULT_NEW_PASSPHRASE"] = new
+    res = CliRunner().invoke(app, args, env=env)
+    if ok:
+        assert res.exit_code == 0, (args, res.output)
+    else:
+        assert res.exit_code != 0, (args, res.output)
+    return res.output
+
+
+def test_cli_lifecycle(app: typer.Typer, tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    cfg = _home.init(home, passphrase=PASSPHRASE, keyring_path=tmp_path / "keys" / "vault.keyring",
+                     argon2=CHEAP)
+    kr = Keyring.open(cfg.keyring_path, __import__("keys_support").provider())
+    verifier = create_audit_keys(audit_key_dir(cfg.keyring_path, cfg.vault_id), kr)
+    people = residents(12, seed=61)
+    with Vault.open(home, passphrase=PASSPHRASE) as v:
+        ids = [v.put(p, ctx=ctx()) for p in people]
+    h = ["--home", str(home)]
+
+    st = json.loads(_run(app, ["keys", "status", *h, "--json"]))
+    aead = st["keysets"][0]
+    assert aead["keys"][0]["where"]["record_keys"] == 12 and st["recovery_fingerprint"] is None
+    assert aead["keys"][0]["where"]["file:audit-signing.key"] == 1, aead["keys"][0]["where"]
+    assert aead["keys"][0]["values"] == 14  # and the audit chain head
+    out = _run(app, ["keys", "rotate", "--field", "name", *h])
+    assert "aead: new primary key" in out
+    _run(app, ["keys", "rotate", "--field", "mobile", *h])
+    rw = json.loads(_run(app, ["keys", "rewrap", "--retire", "--batch", "5", *h, "--json"]))
+    assert rw["complete"] and rw["record_keys_rewrapped"] == 12 and rw["indexes_rebuilt"] == 12
+    assert {r["keyset"] for r in rw["retired"]} == {"aead", "prf.mobile"}
+    human = _run(app, ["keys", "status", *h])
+    assert "primary" in human and "record_keys 12" in human
+
+    # custodians: 2 of 3; one share alone is refused and changes nothing
+    shares_dir = tmp_path / "custodians"
+    _run(app, ["keys", "split", "--shares", "3", "--threshold", "2", "--out", str(shares_dir), *h])
+    files = sorted(shares_dir.iterdir())
+    before = cfg.keyring_path.read_bytes()
+    err = _run(app, ["keys", "recover", str(files[0]), *h], new="x", ok=False)
+    assert "error[keys.shares.too_few]" in err and "2 shares are needed, 1 given" in err
+    assert cfg.keyring_path.read_bytes() == before
+    _run(app, ["keys", "recover", str(files[0]), str(files[2]), *h], passphrase="forgotten",
+         new="a-new-passphrase")
+    new_pass = "a-new-passphrase"
+    err = _run(app, ["keys", "status", *h], ok=False)
+    assert "error[keyring.passphrase]" in err
+
+    # backups: data, record keys; verify; a wipe; restore over the damage
+    shelf = tmp_path / "shelf"
+    shelf.mkdir()
+    out = _run(app, ["backup", "--out", str(shelf / "vault.backup"), *h], passphrase=new_pass)
+    assert "12 records" in out and "keys backup" in out
+    _run(app, ["keys", "backup", "--out", str(tmp_path / "record-keys.backup"), *h], passphrase=new_pass)
+    out = _run(app, ["backup", "verify", str(shelf / "vault.backup"), *h, "--deep"], passphrase=new_pass)
+    assert "signature and" in out and "checksums OK" in out
+    with Database(cfg.store_url) as db:
+        db.execute("DELETE FROM records")
+        db.execute("CREATE TABLE ransom_note (message TEXT)")
+        db.execute("INSERT INTO ransom_note VALUES ('pay up')")
+    err = _run(app, ["restore", str(shelf / "vault.backup"), *h], passphrase=new_pass, ok=False)
+    assert "error[backup.not_empty]" in err
+    out = _run(app, ["restore", str(shelf / "vault.backup"), "--quarantine", *h], passphrase=new_pass)
+    assert "restored backup" in out and "kept as" in out
+    with Vault.open(home, passphrase=new_pass) as v:
+        for rid, p in zip(ids, people, strict=True):
+            assert v.get(rid, ctx=ctx())["id_number"] == p["id_number"]
+    # every step is on the audit trail, and the trail verifies
+    with Database(cfg.store_url) as db:
+        ops = [e.operation for e in entries(db)]
+        for op in ("keys.rotate", "keys.rewrap", "keys.retire", "keys.split", "keys.recover",
+                   "backup.create", "keys.backup", "backup.restore"):
+            assert op in ops, op
+        assert verify(db, load_verifier(audit_key_dir(cfg.keyring_path, cfg.vault_id))).ok
+    assert verifier is not None
+
+
+def test_cli_backup_needs_out_and_refuses_bad_files(app: typer.Typer, tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    _home.init(home, passphrase=PASSPHRASE, keyring_path=tmp_path / "keys" / "vault.keyring", argon2=CHEAP)
+    h = ["--home", str(home)]
+    res = CliRunner().invoke(app, ["backup", *h], env={"PIVAULT_PASSPHRASE": PASSPHRASE})
+    assert res.exit_code != 0 and "--out" in res.output
+    junk = tmp_path / "junk.backup"
+    junk.write_bytes(b"\x00" * 1024)
+    _run(app, ["backup", "--out", str(tmp_path / "ok.backup"), *h])
+    err = _run(app, ["backup", "verify", str(junk), *h], ok=False)
+    assert "error[backup." in err
+    err = _run(app, ["keys", "rotate", "--field", "shoe_size", *h], ok=False)
+    assert "error[keys.usage]" in err
