@@ -130,6 +130,10 @@ def test_token_commands(home: Path, tmp_path: Path) -> None:
     assert r.exit_code == 2 and "no role 'root'" in r.stderr
     r = runner.invoke(app, ["token", "list"])
     assert r.exit_code == 0 and "clerk-7" in r.stdout and token not in r.stdout
+    store = TokenStore(Database(load(home).store_url))
+    store.suspend(info.token_id, "test")
+    assert runner.invoke(app, ["token", "resume", info.token_id]).exit_code == 0
+    assert runner.invoke(app, ["token", "resume", info.token_id]).exit_code == 2
     r = runner.invoke(app, ["token", "revoke", info.token_id])
     assert r.exit_code == 0
     r = runner.invoke(app, ["token", "revoke", info.token_id])

@@ -102,13 +102,16 @@ class PolicyHolder:
         self._seen = self._marker_mtime()
         self._lock = threading.Lock()
 
-    def _marker_mtime(self) -> int:
+    def _marker_mtime(self) -> tuple[int, int]:
+        # the marker is replaced (a new inode) on each reload: inode and mtime together
+        # tell a new reload even on a file system with coarse timestamps
         if self.marker is None:
-            return 0
+            return (0, 0)
         try:
-            return os.stat(self.marker).st_mtime_ns
+            st = os.stat(self.marker)
         except OSError:
-            return 0
+            return (0, 0)
+        return (st.st_ino, st.st_mtime_ns)
 
     def _read(self) -> Policy:
         return Policy.load(self.path) if self.path is not None else Policy.default()

@@ -36,6 +36,7 @@ __all__ = [
     "token_app",
     "token_create",
     "token_list",
+    "token_resume",
     "token_revoke",
 ]
 
@@ -163,7 +164,8 @@ def dev_cert(
 
 
 # -- tokens --------------------------------------------------------------------------------------
-token_app = typer.Typer(help="Bearer tokens: create (shown once), list, revoke.", no_args_is_help=True)
+token_app = typer.Typer(help="Bearer tokens: create (shown once), list, revoke, resume.",
+                        no_args_is_help=True)
 
 
 @token_app.command("create")
@@ -238,6 +240,20 @@ def token_revoke(
     if not store.revoke(token_id):
         raise ConfigError("no such token, or it is already revoked", code="token.not_found")
     typer.echo(f"revoked {token_id}")
+
+
+@token_app.command("resume")
+@_cli
+def token_resume(
+    token_id: Annotated[str, typer.Argument(help="The id of a suspended token.")],
+    home: HomeOpt = None,
+) -> None:
+    """Lift a suspension (set by the detector) after the operator has looked into it."""
+    store = _tokens(_home(home))
+    if not store.resume(token_id):
+        raise ConfigError("no suspended token with this id (revoked tokens stay revoked)",
+                          code="token.not_found")
+    typer.echo(f"resumed {token_id}")
 
 
 # -- policy ------------------------------------------------------------------------------------

@@ -1,11 +1,13 @@
 """Principals, roles, purposes, field masks and budgets.
 
 ``Policy`` answers "may this caller do this, and what will it see?";
+``PolicyGuard`` puts those answers at the Vault's door;
 ``TokenStore`` turns a bearer token into a principal with a role;
 ``AccessContext`` carries the answer through the Vault door.
 """
 
 from pivault.policy.context import AccessContext, local_operator, new_request_id
+from pivault.policy.guard import PolicyGuard
 from pivault.policy.policy import (
     MASK_NAMES,
     OPERATIONS,
@@ -30,6 +32,7 @@ __all__ = [
     "Decision",
     "Policy",
     "PolicyError",
+    "PolicyGuard",
     "Role",
     "local_operator",
     "new_request_id",
