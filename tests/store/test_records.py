@@ -259,6 +259,26 @@ def test_sqlite_delete_leaves_no_ciphertext_in_files(sqlite_url: str) -> None:
     db.close()
 
 
+def test_sqlite_replace_leaves_no_old_ciphertext_in_files(sqlite_url: str) -> None:
+    db = connect(sqlite_url)
+    migrate(db)
+    store = RecordStore(db)
+    recs = make(200, field_len=64, index_len=16, rng=random.Random(8))
+    store.insert(recs)
+    old = recs[:50]
+    for r in old:
+        store.replace(StoredRecord(r.record_id, {f: os.urandom(64) for f in r.fields},
+                                   {ix: os.urandom(16) for ix in INDEXES}))
+    assert store.purge_freed()
+    path = Path(db.url.target)
+    data = b"".join(Path(str(path) + s).read_bytes() for s in ("", "-wal", "-shm")
+                    if Path(str(path) + s).exists())
+    for r in old:
+        for ct in [*r.fields.values(), *r.index.values()]:
+            assert not any(w in data for w in _windows(ct)), "replaced bytes remain"
+    db.close()
+
+
 def test_purge_inside_transaction_is_deferred(store: RecordStore) -> None:
     store.insert(make(3))
     with store.db.transaction():
