@@ -315,7 +315,8 @@ def demo(
             passphrase = secrets.token_urlsafe(24)
             _write_secret(secret_file, passphrase + "\n")
             typer.echo(f"generated a passphrase for the demo vault: {secret_file} (0600)")
-        init(h, passphrase=passphrase, expected_population=max(count, 1_000_000))
+        # the keyring is sized for the population it will hold (blind-index anonymity depends on it)
+        init(h, passphrase=passphrase, expected_population=max(count, 1000))
         typer.echo(f"created the vault {h}")
     elif not passphrase:
         if not secret_file.exists():
