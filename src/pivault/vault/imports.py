@@ -95,9 +95,13 @@ register(Migration("imports", 1, "import batches and rejected rows", _SQLITE_V1,
 
 #: rows per chunk: one transaction, one unit of work for a worker
 DEFAULT_CHUNK = 2000
-#: below this many bytes (text) or rows (Parquet), one process is faster than forking
-PARALLEL_MIN_BYTES = 8 << 20
-PARALLEL_MIN_ROWS = 50_000
+#: below this many bytes (text) or rows (Parquet) one process is as fast: forking
+#: the workers costs tens of milliseconds, a small file takes well under a second
+PARALLEL_MIN_BYTES = 1 << 20
+PARALLEL_MIN_ROWS = 5_000
+#: the parent commits every chunk; past this many workers it is the bottleneck
+#: (it spends ~40% of a row's CPU time: reading, duplicate checks, inserts)
+MAX_WORKERS = 4
 _DUPLICATE_POLICIES = ("skip", "update", "reject")
 
 
@@ -332,7 +336,7 @@ def _auto_workers(source: Source) -> int:
         return 0
     small = (source.size < PARALLEL_MIN_ROWS if source.format == "parquet"
              else source.size < PARALLEL_MIN_BYTES)
-    return 0 if small else min(cpus, 4)
+    return 0 if small else min(cpus, MAX_WORKERS)
 
 
 def _chunks(rows: Iterator[RawRow], size: int) -> Iterator[list[RowTuple]]:
