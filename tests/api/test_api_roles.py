@@ -3,6 +3,7 @@ rights requests, corrections, batches and the request limits — on the live ser
 
 from __future__ import annotations
 
+import time
 from datetime import date
 from typing import Any
 
@@ -251,3 +252,31 @@ def test_read_budget_refuses_with_429_then_suspends_the_token(live: Live) -> Non
     assert statuses[:2] == [200, 200] and 429 in statuses and statuses[-1] == 401, statuses
     info = next(t for t in live.token_store().list() if t.principal == "trainee-1")
     assert info.state() == "suspended" and info.suspended_reason
+
+
+def test_every_access_and_refusal_is_in_the_audit_trail(live: Live) -> None:
+    from pivault.audit import entries
+    from pivault.store.db import Database
+
+    resident = live.residents[8]
+    with live.client(role="officer") as c:
+        ok = c.post("/v1/residents/lookup", json={"id_number": resident["id_number"]})
+        refused = c.delete(f"/v1/residents/{live.record_ids[8]}")
+    assert ok.status_code == 200 and refused.status_code == 403
+    db = Database(live.store_url)
+
+    def audited(request_id: str) -> list[Any]:
+        # the entry is durable before the response (a write-ahead journal may chain it a moment later)
+        deadline = time.monotonic() + 10
+        while True:
+            found = list(entries(db, request_id=request_id))
+            if found or time.monotonic() > deadline:
+                return found
+            time.sleep(0.1)
+
+    found = audited(ok.headers["x-request-id"])
+    assert [(e.principal, e.operation, e.outcome, e.record_ids) for e in found] == [
+        ("test-officer", "find", "ok", (live.record_ids[8],))]
+    assert found[0].purpose == "identity_verification" and found[0].source == "api"
+    denied = audited(refused.headers["x-request-id"])
+    assert [(e.principal, e.operation, e.outcome) for e in denied] == [("test-officer", "erase", "denied")]

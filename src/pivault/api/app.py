@@ -49,6 +49,9 @@ OPEN_PATHS: frozenset[str] = frozenset({"/healthz"})
 _PURPOSE = re.compile(r"[a-z][a-z0-9_.-]{0,63}")
 _RECORD_ID = r"^r_[0-9a-z]{26}$"
 _TOKEN_ID = r"^[0-9a-f]{16}$"
+#: the policy's operations -> the Vault's names for them (as the audit trail records them)
+_VAULT_OP: dict[str, str] = {"lookup": "find", "read": "get", "create": "put", "update": "update",
+                             "erase": "erase", "export": "export", "audit": "stats", "admin": "admin"}
 LEGAL_BASIS = "PIPL art. 45 (right to copy); GDPR art. 15 (right of access)"
 
 #: (method, path, operation, who) for the startup banner and the docs
@@ -272,6 +275,9 @@ def create_app(vault: VaultLike, policy: Policy | PolicyHolder, *, tokens: Token
 
     @app.exception_handler(PivaultError)
     async def _pivault_error(request: Request, exc: PivaultError) -> Response:
+        if _status_for(exc) >= 500:
+            # for the access log: the error's type and stable code (never its message)
+            request.scope.setdefault("state", {})["error"] = f"{type(exc).__name__}:{exc.code}"
         return _problem_for(exc, _request_id(request))
 
     @app.exception_handler(RequestValidationError)
@@ -310,29 +316,43 @@ def create_app(vault: VaultLike, policy: Policy | PolicyHolder, *, tokens: Token
             pol = holder.current()
             role = pol.role(token.role)
             rid = _request_id(request) or ""
+            stated = x_purpose.strip() if x_purpose is not None else None
+
+            def refuse(status: int, code: str, detail: str) -> Problem:
+                # a refusal here never reaches the Vault: record it through its guard, so
+                # probing for what a token may do shows in the audit trail too
+                purpose = stated if stated is not None and _PURPOSE.fullmatch(stated) else "-"
+                ctx = AccessContext(principal=token.principal, role=token.role, purpose=purpose,
+                                    request_id=rid, token_id=token.token_id, source="api")
+                try:
+                    vault.guard.audit(ctx, _VAULT_OP.get(operation, operation), (), "denied")
+                except Exception as exc:  # the refusal stands; the log names the failure's type
+                    sys.stderr.write(f"pivault: could not audit a refusal ({type(exc).__name__})\n")
+                return Problem(status, code, detail)
+
             if role is None:
-                raise Problem(403, "policy.role", "the caller's role is not in the current policy")
+                raise refuse(403, "policy.role", "the caller's role is not in the current policy")
             granted = [op for op in ops if op in role.operations]
             if not granted:
-                raise Problem(403, "policy.operation", f"role {role.name!r} may not {operation}")
+                raise refuse(403, "policy.operation", f"role {role.name!r} may not {operation}")
             allowed = [p for p in token.purposes if p in role.purposes]
-            if x_purpose is None:
+            if stated is None:
                 if needs_purpose:
-                    raise Problem(400, "purpose.missing",
-                                  "state the purpose of this request in the X-Purpose header; "
-                                  f"role {role.name!r} may state: {', '.join(allowed) or 'none'}")
+                    raise refuse(400, "purpose.missing",
+                                 "state the purpose of this request in the X-Purpose header; "
+                                 f"role {role.name!r} may state: {', '.join(allowed) or 'none'}")
                 if not allowed:
-                    raise Problem(403, "policy.purpose", "the token allows none of its role's purposes")
+                    raise refuse(403, "policy.purpose", "the token allows none of its role's purposes")
                 purpose = allowed[0]
             else:
-                purpose = x_purpose.strip()
+                purpose = stated
                 if not _PURPOSE.fullmatch(purpose):
-                    raise Problem(400, "purpose.invalid", "X-Purpose is a purpose name "
-                                  "(lower-case letters, digits, _ . -)")
+                    raise refuse(400, "purpose.invalid", "X-Purpose is a purpose name "
+                                 "(lower-case letters, digits, _ . -)")
                 if purpose not in allowed:
-                    raise Problem(403, "policy.purpose",
-                                  f"this purpose is not allowed for role {role.name!r} and this token; "
-                                  f"allowed: {', '.join(allowed) or 'none'}")
+                    raise refuse(403, "policy.purpose",
+                                 f"this purpose is not allowed for role {role.name!r} and this token; "
+                                 f"allowed: {', '.join(allowed) or 'none'}")
             return Caller(token=token, purpose=purpose, policy=pol, request_id=rid)
 
         return dependency

@@ -218,8 +218,8 @@ class ServiceMiddleware:
                     "token_id": state.get("token_id", "-"),
                     "ms": round((time.perf_counter() - start) * 1000, 2),
                 }
-                if error_type:
-                    entry["error"] = error_type
+                if error_type or state.get("error"):
+                    entry["error"] = error_type or state.get("error")
                 if where:
                     entry["where"] = where
                 self.access_log.write(entry)
