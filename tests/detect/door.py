@@ -62,7 +62,7 @@ def make_door(db: Database, keyring: Keyring, key_dir: Path, *, budget: Budget,
         detector=GlobalDetector(counters, alerts, detector) if detector else None,
         suspend=tokens.suspend)
     vault = Vault.initialise(db, keyring, guard=guard)
-    vault.read_observers.append(guard.observe_records)
+    guard.attach(vault)
     ids = []
     for row in generate(residents, 11):
         rid = vault.put({"name": row["name"], "id_number": row["id_number"], "mobile": row["mobile"] or None,

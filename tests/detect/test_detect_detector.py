@@ -110,3 +110,24 @@ def test_baseline_learns_from_quiet_minutes(counters: Counters, clock: FakeClock
 def test_cells_are_coarse() -> None:
     assert cell_of("310104", 1985) == "31:1985"
     assert cell_of(None, 1985) is None and cell_of("31", None) is None
+
+
+def test_incremental_windows_equal_a_full_recount(counters: Counters, clock: FakeClock) -> None:
+    import math
+
+    det = GlobalDetector(counters, AlertDispatcher(), DetectorConfig(evaluate_every=3600))
+    rnd = random.Random(9)
+    spans = {"t": 6, "p:": 30, "c:": 60, "pc": 60}
+    for step in range(400):
+        det.observe(_ctx(rnd.randrange(4)), 1, _population_cells(rnd, 1))
+        clock.advance(rnd.choice([0.5, 3.0, 7.0, 40.0]))
+        if step % 7 == 0:
+            got = det._windows(clock.t, spans)
+            last = math.floor(clock.t / 10.0)
+            for kind, n in spans.items():
+                want: dict[str, int] = {}
+                for h in counters.read_fields([f"d:{b}" for b in range(last - n + 1, last + 1)]):
+                    for k, v in h.items():
+                        if k[:2] == kind or k == kind:
+                            want[k] = want.get(k, 0) + v
+                assert got[kind] == want, (step, kind)

@@ -66,6 +66,17 @@ def _verify(live: LiveVault) -> Any:
         return verify(db, verifier, keyring=keyring)
 
 
+def _trail(live: LiveVault, principal: str, expected: int, timeout: float = 5.0) -> list[Any]:
+    """The principal's audit entries, once the server's journal has chained ``expected`` of them."""
+    deadline = time.monotonic() + timeout
+    while True:
+        with _db(live) as db:
+            got = list(entries(db, principal=principal))
+        if len(got) >= expected or time.monotonic() > deadline:
+            return got
+        time.sleep(0.02)
+
+
 def _wait_alert(receiver: Receiver, rule: str, principal: str | None = None,
                 timeout: float = 5.0) -> tuple[float, dict[str, Any]] | None:
     deadline = time.monotonic() + timeout
@@ -107,7 +118,7 @@ def test_exfiltration_drill(drill: tuple[LiveVault, list[str]], receiver: Receiv
     with _db(live) as db:
         info = TokenStore(db).get(token_id)
         assert info is not None and info.state() == "suspended"
-        trail = list(entries(db, principal="officer-exfil"))
+    trail = _trail(live, "officer-exfil", sum(1 for s in statuses if s != 401))
     # the alert reached the receiver within one second of the breach
     refused = [e for e in trail if e.outcome == "refused"]
     breach_time = refused[0].time

@@ -132,28 +132,50 @@ class Budgets:
     def __init__(self, policy: BudgetPolicy | Callable[[], BudgetPolicy], counters: Counters) -> None:
         self._policy: Callable[[], BudgetPolicy] = policy if callable(policy) else (lambda: policy)
         self.counters = counters
+        self._plans: dict[tuple[str, str], tuple[list[tuple[str, str, int, float, bool]],
+                                                 list[tuple[str, str, int]]]] = {}
+        self._plans_for: BudgetPolicy | None = None
 
     @property
     def policy(self) -> BudgetPolicy:
         return self._policy()
 
+    def _plan(self, principal: str, role: str) -> tuple[list[tuple[str, str, int, float, bool]],
+                                                         list[tuple[str, str, int]]]:
+        """The caller's rules (name, key, limit, window, counts misses), cached per policy."""
+        policy = self._policy()
+        if policy is not self._plans_for:
+            self._plans = {}
+            self._plans_for = policy
+        plan = self._plans.get((principal, role))
+        if plan is None:
+            scopes = (("principal", f"p:{principal}", policy.for_principal(principal, role)),
+                      ("role", f"r:{role}", policy.role_totals.get(role, Budget())),
+                      ("vault", "v", policy.vault))
+            windows: list[tuple[str, str, int, float, bool]] = []
+            distinct: list[tuple[str, str, int]] = []
+            for scope, key, budget in scopes:
+                for name, seconds in _WINDOWS.items():
+                    limit = getattr(budget, name)
+                    if limit is not None:
+                        windows.append((f"{scope}.{name}", f"b:{key}:{name}", limit, seconds,
+                                        name == "misses_per_hour"))
+                if budget.distinct_per_day is not None:
+                    distinct.append((f"{scope}.distinct_per_day", f"b:{key}:distinct",
+                                     budget.distinct_per_day))
+            plan = (windows, distinct)
+            if len(self._plans) > 100_000:
+                self._plans.clear()
+            self._plans[(principal, role)] = plan
+        return plan
+
     def rules(self, ctx: AccessContext, *, records: int, misses: int,
               record_ids: Sequence[str]) -> tuple[list[WindowRule], list[DistinctRule]]:
-        policy = self._policy()
-        scopes = (("principal", f"p:{ctx.principal}", policy.for_principal(ctx.principal, ctx.role)),
-                  ("role", f"r:{ctx.role}", policy.role_totals.get(ctx.role, Budget())),
-                  ("vault", "v", policy.vault))
-        windows: list[WindowRule] = []
-        distinct: list[DistinctRule] = []
-        for scope, key, budget in scopes:
-            for name, seconds in _WINDOWS.items():
-                limit = getattr(budget, name)
-                amount = misses if name == "misses_per_hour" else records
-                if limit is not None and amount > 0:
-                    windows.append(WindowRule(f"{scope}.{name}", f"b:{key}:{name}", limit, seconds, amount))
-            if budget.distinct_per_day is not None and record_ids:
-                distinct.append(DistinctRule(f"{scope}.distinct_per_day", f"b:{key}:distinct",
-                                             budget.distinct_per_day, tuple(record_ids)))
+        wplan, dplan = self._plan(ctx.principal, ctx.role)
+        windows = [WindowRule(name, key, limit, seconds, misses if is_miss else records)
+                   for name, key, limit, seconds, is_miss in wplan if (misses if is_miss else records) > 0]
+        ids = tuple(record_ids)
+        distinct = [DistinctRule(name, key, limit, ids) for name, key, limit in dplan] if ids else []
         return windows, distinct
 
     def charge(self, ctx: AccessContext, *, records: int = 0, misses: int = 0,

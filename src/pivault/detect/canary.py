@@ -18,7 +18,6 @@ answered normally, so the caller cannot tell that it tripped anything.
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import os
 import random
@@ -109,8 +108,8 @@ class CanaryRegistry:
         return self._key
 
     def tag(self, record_id: str) -> bytes:
-        return hmac.new(self._registry_key(), _TAG_DOMAIN + record_id.encode("utf-8"),
-                        hashlib.sha256).digest()[:16]
+        key = self._key if self._key is not None else self._registry_key()
+        return hmac.digest(key, _TAG_DOMAIN + record_id.encode("utf-8"), "sha256")[:16]
 
     def add(self, record_ids: Iterable[str]) -> int:
         rows = [(self.tag(rid),) for rid in record_ids]

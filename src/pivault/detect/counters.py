@@ -23,9 +23,9 @@ from __future__ import annotations
 import math
 import threading
 import time
+from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from pivault.errors import PivaultError
 
@@ -52,8 +52,7 @@ class DetectUnavailable(PivaultError):
     code = "detect.unavailable"
 
 
-@dataclass(frozen=True, slots=True)
-class WindowRule:
+class WindowRule(NamedTuple):
     """Charge ``amount`` against ``limit`` over a sliding ``window`` (seconds)."""
 
     name: str
@@ -63,8 +62,7 @@ class WindowRule:
     amount: int
 
 
-@dataclass(frozen=True, slots=True)
-class DistinctRule:
+class DistinctRule(NamedTuple):
     """At most ``limit`` distinct ids per UTC day under ``key``."""
 
     name: str
@@ -73,8 +71,7 @@ class DistinctRule:
     ids: tuple[str, ...]
 
 
-@dataclass(frozen=True, slots=True)
-class Refusal:
+class Refusal(NamedTuple):
     """The first rule a charge would break: its name, the wait, and what was used."""
 
     rule: str
@@ -115,19 +112,32 @@ class Counters(Protocol):
         ...
 
 
-def _window_check(buckets: dict[int, int], rule: WindowRule, now: float) -> tuple[Refusal | None, int]:
+class _Window:
+    """One sliding window in memory: buckets oldest first, and their running sum."""
+
+    __slots__ = ("buckets", "expires", "used")
+
+    def __init__(self) -> None:
+        self.buckets: deque[list[int]] = deque()
+        self.used = 0
+        #: when the newest bucket leaves the window (then the whole window is empty)
+        self.expires = 0.0
+
+
+def _window_check(w: _Window, rule: WindowRule, now: float) -> tuple[Refusal | None, int]:
     """Drop expired buckets; return (refusal or None, current bucket index)."""
     g = rule.window / BUCKETS
     b = math.floor(now / g)
-    for k in [k for k in buckets if k <= b - BUCKETS]:
-        del buckets[k]
-    used = sum(buckets.values())
+    buckets = w.buckets
+    while buckets and buckets[0][0] <= b - BUCKETS:
+        w.used -= buckets.popleft()[1]
+    used = w.used
     if rule.amount > 0 and used + rule.amount > rule.limit:
         retry = rule.window
         if rule.amount <= rule.limit:
             need, freed = used + rule.amount - rule.limit, 0
-            for k in sorted(buckets):
-                freed += buckets[k]
+            for k, c in buckets:
+                freed += c
                 if freed >= need:
                     retry = (k + BUCKETS) * g - now
                     break
@@ -141,7 +151,7 @@ class MemoryCounters:
     def __init__(self, clock: Any = time.time) -> None:
         self._clock = clock
         self._lock = threading.Lock()
-        self._windows: dict[str, dict[int, int]] = {}
+        self._windows: dict[str, _Window] = {}
         self._sets: dict[str, tuple[float, set[str]]] = {}
         self._values: dict[str, tuple[float, int]] = {}
         self._hashes: dict[str, tuple[float, dict[str, int]]] = {}
@@ -156,13 +166,15 @@ class MemoryCounters:
         now = self.now()
         day = math.floor(now / DAY)
         with self._lock:
-            plan: list[tuple[dict[int, int], int, int]] = []
+            plan: list[tuple[_Window, int, int]] = []
             for rule in windows:
-                buckets = self._windows.setdefault(rule.key, {})
-                refusal, b = _window_check(buckets, rule, now)
+                w = self._windows.get(rule.key)
+                if w is None:
+                    w = self._windows[rule.key] = _Window()
+                refusal, b = _window_check(w, rule, now)
                 if refusal is not None:
                     return refusal
-                plan.append((buckets, b, rule.amount))
+                plan.append((w, b, rule.amount))
             dplan: list[tuple[set[str], set[str]]] = []
             for d in distinct:
                 key = f"{d.key}:{day}"
@@ -174,9 +186,14 @@ class MemoryCounters:
                 if new and len(entry[1]) + len(new) > d.limit:
                     return Refusal(d.name, (day + 1) * DAY - now, len(entry[1]), d.limit)
                 dplan.append((entry[1], new))
-            for buckets, b, amount in plan:
+            for (w, b, amount), rule in zip(plan, windows, strict=True):
                 if amount:
-                    buckets[b] = buckets.get(b, 0) + amount
+                    if w.buckets and w.buckets[-1][0] == b:
+                        w.buckets[-1][1] += amount
+                    else:
+                        w.buckets.append([b, amount])
+                    w.used += amount
+                    w.expires = (b + BUCKETS + 1) * rule.window / BUCKETS
             for members, new in dplan:
                 members |= new
             self._sweep(now)
@@ -194,7 +211,7 @@ class MemoryCounters:
             del self._values[key]
         for key in [k for k, exp in self._claims.items() if exp <= now]:
             del self._claims[key]
-        for key in [k for k, v in self._windows.items() if not v]:
+        for key in [k for k, v in self._windows.items() if v.expires <= now]:
             del self._windows[key]
 
     def incr(self, key: str, ttl: float) -> int:

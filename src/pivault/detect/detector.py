@@ -25,9 +25,11 @@ they are computed inside the door and are not enough to identify anyone.
 
 from __future__ import annotations
 
+import logging
 import math
+import os
 import threading
-from collections import Counter
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -37,6 +39,8 @@ from pivault.errors import PivaultError
 from pivault.policy.context import AccessContext
 
 __all__ = ["DetectorConfig", "GlobalDetector", "cell_of"]
+
+log = logging.getLogger("pivault.detect")
 
 
 def cell_of(region_code: str | None, birth_year: int | None) -> str | None:
@@ -69,9 +73,20 @@ class DetectorConfig:
     ordered_min_run: int = 200
     ordered_min_cells: int = 3
     #: evaluate at most this often per process (seconds)
-    evaluate_every: float = 0.5
+    evaluate_every: float = 1.0
     repeat_seconds: float = 300.0
     extra: dict[str, float] = field(default_factory=dict)
+
+
+def _fold(into: dict[str, int], h: dict[str, int], kind: str, sign: int) -> None:
+    """Add (or take away) the fields of one kind of bucket ``h``."""
+    for k, v in h.items():
+        if k[:2] == kind or k == kind:
+            n = into.get(k, 0) + sign * v
+            if n:
+                into[k] = n
+            else:
+                into.pop(k, None)
 
 
 @dataclass
@@ -92,6 +107,13 @@ class GlobalDetector:
         self._lock = threading.Lock()
         self._next_eval = 0.0
         self._runs: dict[str, _Run] = {}
+        self._thread_pid = -1
+        # sliding-window sums of completed buckets (see _windows)
+        self._eval_lock = threading.Lock()
+        self._agg: dict[str, dict[str, int]] = {}
+        self._agg_spans: dict[str, int] = {}
+        self._agg_last: int | None = None
+        self._done: dict[int, dict[str, int]] = {}
         #: alerts raised by this process (rule names), for status and tests
         self.raised: list[Alert] = []
 
@@ -103,29 +125,51 @@ class GlobalDetector:
         cfg = self.config
         now = self.counters.now()
         bucket = math.floor(now / cfg.bucket_seconds)
-        fields: Counter[str] = Counter()
-        fields["t"] += records
-        fields["p:" + ctx.principal] += records
+        fields: dict[str, int] = {"t": records, "p:" + ctx.principal: records}
         for cell in cells:
             if cell:
-                fields["c:" + cell] += 1
-                fields["pc:" + ctx.principal + "|" + cell] += 1
+                k1, k2 = "c:" + cell, "pc:" + ctx.principal + "|" + cell
+                fields[k1] = fields.get(k1, 0) + 1
+                fields[k2] = fields.get(k2, 0) + 1
         ttl = max(cfg.sweep_window, cfg.distributed_window, 120.0) + 2 * cfg.bucket_seconds
         self.counters.add_fields(f"d:{bucket}", fields, ttl)
-        self._ordered(ctx, cells)
+        if cells:
+            self._ordered(ctx, cells)
+        if self._thread_pid == os.getpid():
+            return  # this process's evaluation thread runs the rules
         if now >= self._next_eval:
             with self._lock:
                 if now < self._next_eval:
                     return
                 self._next_eval = now + cfg.evaluate_every
-            try:
-                self.evaluate(now)
-            except PivaultError:
-                raise
-            except Exception:  # a detector bug must not fail reads; budgets still hold
-                import logging
+            self._evaluate_safely(now)
 
-                logging.getLogger("pivault.detect").exception("global detector evaluation failed")
+    def _evaluate_safely(self, now: float | None = None) -> None:
+        try:
+            self.evaluate(now)
+        except PivaultError as exc:
+            log.warning("global detector could not evaluate: %s", exc.code)
+        except Exception:  # a detector bug must not fail reads; budgets still hold
+            log.exception("global detector evaluation failed")
+
+    def start(self) -> None:
+        """Evaluate in a background thread of this process, every ``evaluate_every`` seconds.
+
+        Reads then only count (one update of the shared counters); the rules
+        run off the request path. Call again after a fork: each process
+        needs its own thread.
+        """
+        if self._thread_pid == os.getpid():
+            return
+        self._thread_pid = os.getpid()
+        period = max(self.config.evaluate_every, 0.05)
+
+        def loop() -> None:
+            while True:
+                time.sleep(period)
+                self._evaluate_safely()
+
+        threading.Thread(target=loop, name="pivault-detector", daemon=True).start()
 
     def _ordered(self, ctx: AccessContext, cells: Sequence[str | None]) -> None:
         """Track how long this principal's reads keep moving forward through the cells.
@@ -172,18 +216,16 @@ class GlobalDetector:
         cfg = self.config
         now = self.counters.now() if now is None else now
         raised: list[Alert] = []
-        longest = max(cfg.sweep_window, cfg.distributed_window, 60.0)
-        buckets = self._buckets(now, longest)
+        size = cfg.bucket_seconds
+        n_rate = max(1, math.ceil(60.0 / size))
+        n_dist = max(1, math.ceil(cfg.distributed_window / size))
+        n_sweep = max(1, math.ceil(cfg.sweep_window / size))
+        windows = self._windows(now, {"t": n_rate, "p:": n_dist, "c:": n_sweep, "pc": n_sweep})
+        per_minute = windows["t"].get("t", 0)
+        principals = {k[2:]: v for k, v in windows["p:"].items()}
+        cells = {k[2:]: v for k, v in windows["c:"].items()}
+        pcells = {k[3:]: v for k, v in windows["pc"].items()}
 
-        def window(seconds: float) -> Counter[str]:
-            n = max(1, math.ceil(seconds / cfg.bucket_seconds))
-            out: Counter[str] = Counter()
-            for h in buckets[-n:]:
-                out.update(h)
-            return out
-
-        minute = window(60.0)
-        per_minute = minute.get("t", 0)
         base = self.baseline()
         threshold = max(cfg.rate_min_per_minute, cfg.rate_factor * base)
         if per_minute > threshold:
@@ -194,8 +236,7 @@ class GlobalDetector:
         else:
             self._learn(now, per_minute)
 
-        dist = window(cfg.distributed_window)
-        busy = {k[2:]: v for k, v in dist.items() if k.startswith("p:") and v >= cfg.distributed_min_each}
+        busy = {p: v for p, v in principals.items() if v >= cfg.distributed_min_each}
         total = sum(busy.values())
         if len(busy) >= cfg.distributed_min_principals and total >= cfg.distributed_min_total:
             top = sorted(busy.items(), key=lambda kv: -kv[1])[:20]
@@ -203,8 +244,6 @@ class GlobalDetector:
                 "principals": len(busy), "records": total, "window_seconds": int(cfg.distributed_window),
                 "top": [{"principal": p, "records": n} for p, n in top]})
 
-        sweep = window(cfg.sweep_window)
-        cells = {k[2:]: v for k, v in sweep.items() if k.startswith("c:")}
         cell_total = sum(cells.values())
         if cell_total >= cfg.sweep_min_reads:
             cell, n = max(cells.items(), key=lambda kv: kv[1])
@@ -212,26 +251,66 @@ class GlobalDetector:
                 raised += self._raise("global.sweep", "warning", None, None, {
                     "cell": cell, "reads_in_cell": n, "reads": cell_total,
                     "window_seconds": int(cfg.sweep_window)})
-        by_principal: dict[str, Counter[str]] = {}
-        for k, v in sweep.items():
-            if k.startswith("pc:"):
-                principal, cell = k[3:].rsplit("|", 1)
-                by_principal.setdefault(principal, Counter())[cell] += v
-        for principal, pcells in by_principal.items():
-            ptotal = sum(pcells.values())
+        by_principal: dict[str, dict[str, int]] = {}
+        for k, v in pcells.items():
+            principal, cell = k.rsplit("|", 1)
+            by_principal.setdefault(principal, {})[cell] = v
+        for principal, pc in by_principal.items():
+            ptotal = sum(pc.values())
             if ptotal >= cfg.sweep_min_reads:
-                cell, n = pcells.most_common(1)[0]
+                cell, n = max(pc.items(), key=lambda kv: kv[1])
                 if n / ptotal >= cfg.sweep_share:
                     raised += self._raise("sweep.principal", "warning", principal, None, {
                         "cell": cell, "reads_in_cell": n, "reads": ptotal,
                         "window_seconds": int(cfg.sweep_window)})
         return raised
 
-    def _buckets(self, now: float, seconds: float) -> list[dict[str, int]]:
-        cfg = self.config
-        last = math.floor(now / cfg.bucket_seconds)
-        n = max(1, math.ceil(seconds / cfg.bucket_seconds))
-        return self.counters.read_fields([f"d:{b}" for b in range(last - n + 1, last + 1)])
+    def _windows(self, now: float, spans: dict[str, int]) -> dict[str, dict[str, int]]:
+        """Sums over sliding windows, per field kind (``t``, ``p:``, ``c:``, ``pc``).
+
+        ``spans`` gives each kind's window in buckets, the current one
+        included. Completed buckets no longer change, so their sums are kept
+        and moved along as time passes; each evaluation reads only the
+        buckets completed since the last one and the current bucket. The
+        cost of an evaluation grows with the traffic of one bucket, not of
+        the whole window.
+        """
+        size = self.config.bucket_seconds
+        last = math.floor(now / size)
+        longest = max(spans.values())
+        with self._eval_lock:
+            prev = self._agg_last
+            if prev is None or last < prev or last - prev >= longest or spans != self._agg_spans:
+                # start over: every completed bucket of the longest window
+                self._agg = {kind: {} for kind in spans}
+                self._agg_spans = dict(spans)
+                new = list(range(last - longest + 1, last))
+                leaving: list[tuple[str, int]] = []
+            else:
+                new = list(range(prev, last))
+                # in a kind's sums before (prev - n < b < prev), out of its window now (b <= last - n)
+                leaving = [(kind, b) for kind, n in spans.items()
+                           for b in range(prev - n + 1, min(prev, last - n + 1))]
+            fetched = self.counters.read_fields([f"d:{b}" for b in (*new, last)])
+            current = fetched[-1]
+            for b, h in zip(new, fetched[:-1], strict=True):
+                self._done[b] = h
+                for kind, n in spans.items():
+                    if b > last - n:
+                        _fold(self._agg[kind], h, kind, 1)
+            for kind, b in leaving:
+                gone = self._done.get(b)
+                if gone is not None:
+                    _fold(self._agg[kind], gone, kind, -1)
+            for b in [b for b in self._done if b <= last - longest]:
+                del self._done[b]
+            self._agg_last = last
+            out: dict[str, dict[str, int]] = {}
+            for kind in spans:
+                total = dict(self._agg[kind])
+                _fold(total, current, kind, 1)
+                out[kind] = total
+            return out
 
     def _learn(self, now: float, per_minute: int) -> None:
         """Fold a quiet minute into the baseline, once per minute across all workers."""

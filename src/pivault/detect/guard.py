@@ -72,6 +72,9 @@ class DetectGuard:
         self.canaries = canaries
         self.detector = detector
         self.suspend = suspend
+        #: set once the Vault reports reads to :meth:`observe_records` (then the detector
+        #: counts records there, with their cells, and not in :meth:`audit`)
+        self._cells_wired = False
         if inner is None:
             from pivault.vault.guard import LocalGuard
 
@@ -100,18 +103,17 @@ class DetectGuard:
                 charge = self.budgets.charge(ctx, records=records, misses=misses,
                                              record_ids=ids if found else ())
             except DetectUnavailable as exc:
-                self.audit_log.append(AuditEvent.of(ctx, operation, "error", ids, count=0,
+                self.audit_log.record(AuditEvent.of(ctx, operation, "error", ids, count=0,
                                                     detail={"code": exc.code}))
                 raise
             if not charge.allowed:
                 self._refuse(ctx, operation, ids, records, misses, charge)
         if operation.startswith(SUBJECT_PREFIXES):
             # token and policy changes: their subjects are token ids or file names, not records
-            self.audit_log.append(AuditEvent.of(ctx, operation, outcome, count=len(ids),
+            self.audit_log.record(AuditEvent.of(ctx, operation, outcome, count=len(ids),
                                                 detail={"subjects": ids}))
             return
-        self.audit_log.append(AuditEvent.of(ctx, operation, outcome, ids,
-                                            count=len(ids) if outcome == "ok" else 0))
+        self.audit_log.record_access(ctx, operation, outcome, ids, len(ids) if outcome == "ok" else 0)
         if operation == "erase" and outcome == "ok" and self.canaries is not None:
             gone = self.canaries.which(ids)
             if gone:
@@ -121,18 +123,23 @@ class DetectGuard:
                 hit = self.canaries.which(ids)
                 if hit:
                     self._canary(ctx, operation, hit)
-            if self.detector is not None:
+            if self.detector is not None and not self._cells_wired:
                 try:
                     self.detector.observe(ctx, len(ids))
                 except DetectUnavailable:
                     log.warning("global detector could not count a read: counters unavailable")
 
     # -- reads seen by the Vault after decryption (coarse cells only) ------------------
+    def attach(self, vault: Any) -> None:
+        """Have ``vault`` report every read's coarse cells here (the detector then counts reads there)."""
+        vault.read_observers.append(self.observe_records)
+        self._cells_wired = True
+
     def observe_records(self, ctx: AccessContext, cells: Sequence[tuple[str | None, int | None]]) -> None:
         """Coarse facts of records read: (region code, birth year) → the detector's cells."""
         if self.detector is not None and cells:
             try:
-                self.detector.observe(ctx, 0, [cell_of(r, y) for r, y in cells])
+                self.detector.observe(ctx, len(cells), [cell_of(r, y) for r, y in cells])
             except DetectUnavailable:
                 log.warning("global detector could not count a read: counters unavailable")
 
@@ -146,7 +153,7 @@ class DetectGuard:
         refusal = charge.refusal
         assert refusal is not None
         err = BudgetExceeded(refusal)
-        self.audit_log.append(AuditEvent.of(ctx, operation, "refused", ids, count=0, detail={
+        self.audit_log.record(AuditEvent.of(ctx, operation, "refused", ids, count=0, detail={
             "rule": refusal.rule, "limit": refusal.limit, "used": refusal.used,
             "requested_records": records, "requested_misses": misses, "retry_after": err.retry_after}))
         evidence: dict[str, Any] = {
@@ -182,7 +189,7 @@ class DetectGuard:
             changed = False
         if changed is False:
             return
-        self.audit_log.append(AuditEvent.of(self._system_ctx(ctx), "token.suspend", "ok", count=0,
+        self.audit_log.record(AuditEvent.of(self._system_ctx(ctx), "token.suspend", "ok", count=0,
                                             detail={"token": ctx.token_id, "rule": rule,
                                                     "principal": ctx.principal}))
         self.alerts.raise_alert(Alert("token.suspended", "critical", ctx.principal, ctx.token_id,

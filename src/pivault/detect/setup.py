@@ -4,6 +4,7 @@ Settings live in the vault's ``pivault.toml`` (all optional)::
 
     [audit]
     key_dir = "/etc/pivault/audit"     # default: <keyring dir>/<vault id>.audit
+    journal_dir = "/var/lib/pivault/audit-journal"   # default: <home>/run/audit-journal
     checkpoint_every = 1000            # entries
     checkpoint_seconds = 300
 
@@ -68,6 +69,7 @@ class DetectSettings:
     webhook_url: str | None = None
     detector: dict[str, Any] = field(default_factory=dict)
     audit_key_dir: str | None = None
+    journal_dir: str | None = None
     checkpoint_every: int = 1000
     checkpoint_seconds: float = 300.0
 
@@ -86,6 +88,8 @@ class DetectSettings:
             out = cls.from_mapping(doc.get("audit", {}), doc.get("detect", {}))
             if out.alerts_jsonl is None:
                 out.alerts_jsonl = str(Path(home) / "logs" / "alerts.jsonl")
+            if out.journal_dir is None:
+                out.journal_dir = str(Path(home) / "run" / "audit-journal")
         env = os.environ.get(REDIS_ENV)
         if env:
             out.counters_url = env
@@ -93,7 +97,7 @@ class DetectSettings:
 
     @classmethod
     def from_mapping(cls, audit: Mapping[str, Any], detect: Mapping[str, Any]) -> DetectSettings:
-        known_audit = {"key_dir", "checkpoint_every", "checkpoint_seconds"}
+        known_audit = {"key_dir", "journal_dir", "checkpoint_every", "checkpoint_seconds"}
         known_detect = {"counters", "suspend_after", "vault", "role_totals", "principals", "alerts_jsonl",
                         "webhook_url", "detector"}
         for name, table, known in (("audit", audit, known_audit), ("detect", detect, known_detect)):
@@ -110,7 +114,8 @@ class DetectSettings:
             vault=dict(detect.get("vault", {})), role_totals=dict(detect.get("role_totals", {})),
             principals=dict(detect.get("principals", {})), alerts_jsonl=detect.get("alerts_jsonl"),
             webhook_url=detect.get("webhook_url"), detector=det,
-            audit_key_dir=audit.get("key_dir"), checkpoint_every=int(audit.get("checkpoint_every", 1000)),
+            audit_key_dir=audit.get("key_dir"), journal_dir=audit.get("journal_dir"),
+            checkpoint_every=int(audit.get("checkpoint_every", 1000)),
             checkpoint_seconds=float(audit.get("checkpoint_seconds", 300.0)))
 
 
@@ -159,7 +164,7 @@ def build_guard(db: Database, keyring: Any, *, keyring_path: str | os.PathLike[s
     key_dir = audit_key_dir(keyring_path, keyring.vault_id, settings)
     writer = _writer_keys(key_dir, keyring, home, create_keys)
     audit_log = AuditLog(db, keyring, writer, checkpoint_every=settings.checkpoint_every,
-                         checkpoint_seconds=settings.checkpoint_seconds)
+                         checkpoint_seconds=settings.checkpoint_seconds, journal_dir=settings.journal_dir)
     counters = counters or counters_from_url(settings.counters_url, namespace=keyring.vault_id)
     secret = os.environ.get(WEBHOOK_SECRET_ENV, "").encode() or None
     if settings.alerts_jsonl:
@@ -176,11 +181,11 @@ def build_guard(db: Database, keyring: Any, *, keyring_path: str | os.PathLike[s
         from pivault.policy.tokens import TokenStore
 
         suspend = TokenStore(db).suspend
+    detector = GlobalDetector(counters, alerts, DetectorConfig(**settings.detector))
+    detector.start()  # the vault-wide rules run off the request path
     return DetectGuard(
         audit_log, budgets=Budgets(_PolicyBudgets(policy, settings), counters), alerts=alerts,
-        canaries=CanaryRegistry(db, keyring),
-        detector=GlobalDetector(counters, alerts, DetectorConfig(**settings.detector)),
-        suspend=suspend, inner=inner)
+        canaries=CanaryRegistry(db, keyring), detector=detector, suspend=suspend, inner=inner)
 
 
 def follow_policy(guard: DetectGuard, policy: Callable[[], Any]) -> None:

@@ -188,7 +188,7 @@ class Vault:
                 watch = build_guard(db, keyring, keyring_path=cfg.keyring_path, home=cfg.home,
                                     inner=LocalGuard())
                 vault.guard = watch
-                vault.read_observers.append(watch.observe_records)
+                watch.attach(vault)
             return vault
         except BaseException:
             db.close()

@@ -1,0 +1,121 @@
+"""The write-ahead journal: entries chained in batches, fail closed, recovered after a crash."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+from pathlib import Path
+
+import pytest
+
+from pivault.audit import AuditError, AuditEvent, AuditLog, VerifierKey, WriterKeys, entries, verify
+from pivault.crypto import Keyring
+from pivault.policy.context import AccessContext
+from pivault.store import Database
+
+
+def _ev(ctx: AccessContext, i: int) -> AuditEvent:
+    return AuditEvent.of(ctx, "find", "ok", [f"r_{i:026d}"])
+
+
+def test_recorded_entries_are_chained(db: Database, keyring: Keyring, writer: WriterKeys,
+                                      verifier: VerifierKey, ctx: AccessContext, tmp_path: Path) -> None:
+    log = AuditLog(db, keyring, writer, journal_dir=tmp_path / "journal")
+    for i in range(300):
+        log.record(_ev(ctx, i))
+    assert log.flush(10)
+    got = list(entries(db))
+    assert [e.record_ids[0] for e in got] == [f"r_{i:026d}" for i in range(300)]
+    assert verify(db, verifier, keyring=keyring).ok
+    # everything chained: the journal file is empty again
+    files = list((tmp_path / "journal").glob("*.journal"))
+    assert len(files) == 1 and files[0].stat().st_size == 0
+
+
+def test_inside_a_transaction_entries_are_appended_at_once(db: Database, keyring: Keyring,
+                                                          writer: WriterKeys, ctx: AccessContext,
+                                                          tmp_path: Path) -> None:
+    log = AuditLog(db, keyring, writer, journal_dir=tmp_path / "journal")
+    with db.transaction():
+        log.record(AuditEvent.of(ctx, "put", "ok", ["r_" + "a" * 26]))
+        assert db.query_one("SELECT COUNT(*) FROM audit_entries") == (1,)
+
+
+def test_chain_failure_refuses_further_requests(sqlite_url: str, keyring: Keyring, writer: WriterKeys,
+                                                ctx: AccessContext, tmp_path: Path) -> None:
+    from pivault.store import migrate
+
+    db = Database(sqlite_url)
+    migrate(db)
+    log = AuditLog(db, keyring, writer, journal_dir=tmp_path / "journal")
+    log.record(_ev(ctx, 0))
+    assert log.flush(5)
+    db.execute("ALTER TABLE audit_entries RENAME TO audit_entries_gone")
+    log.record(_ev(ctx, 1))  # journaled; its chaining will fail
+    assert not log.flush(0.5)
+    with pytest.raises(AuditError) as info:
+        log.record(_ev(ctx, 2))
+    assert info.value.code == "audit.unavailable"
+    db.execute("ALTER TABLE audit_entries_gone RENAME TO audit_entries")
+    assert log.flush(10)  # the thread retries: the waiting entry is chained, requests pass again
+    log.record(_ev(ctx, 3))
+    assert log.flush(5)
+    assert [e.record_ids[0][-1] for e in entries(db)] == ["0", "1", "3"]
+    db.close()
+
+
+def _crashing_writer(url: str, keyring: Keyring, writer: WriterKeys, journal: str, n: int) -> None:
+    db = Database(url)
+    log = AuditLog(db, keyring, writer, journal_dir=journal)
+    assert log.journal is not None
+    log.journal.max_delay = 3600.0  # nothing gets chained before the "crash"
+    log.journal.max_batch = 10**6
+    ctx = AccessContext(principal="worker-crash", role="officer", purpose="case_investigation")
+    for i in range(n):
+        log.record(_ev(ctx, i))
+    os._exit(0)  # no atexit, no flush: a crash
+
+
+def test_a_crashed_process_journal_is_recovered_once(store_url: str, db: Database, keyring: Keyring,
+                                                     writer: WriterKeys, verifier: VerifierKey,
+                                                     tmp_path: Path, ctx: AccessContext) -> None:
+    journal = tmp_path / "journal"
+    fork = mp.get_context("fork")
+    p = fork.Process(target=_crashing_writer, args=(store_url, keyring, writer, str(journal), 40))
+    p.start()
+    p.join(60)
+    assert p.exitcode == 0
+    assert db.query_one("SELECT COUNT(*) FROM audit_entries") == (0,)
+    log = AuditLog(db, keyring, writer, journal_dir=journal)
+    log.record(_ev(ctx, 999))  # the first write of a process recovers dead journals
+    assert log.flush(10)
+    got = list(entries(db, principal="worker-crash"))
+    assert len(got) == 40 and [e.record_ids[0] for e in got] == [f"r_{i:026d}" for i in range(40)]
+    assert verify(db, verifier, keyring=keyring).ok
+    assert log.journal is not None and log.journal.recover() == 0  # nothing twice
+
+
+def _recording_worker(url: str, keyring: Keyring, writer: WriterKeys, journal: str, n: int) -> None:
+    db = Database(url)
+    log = AuditLog(db, keyring, writer, journal_dir=journal)
+    ctx = AccessContext(principal=f"worker-{os.getpid()}", role="officer", purpose="case_investigation")
+    for i in range(n):
+        log.record(_ev(ctx, i))
+    assert log.flush(30)
+    db.close()
+
+
+def test_several_recording_processes_one_chain(store_url: str, db: Database, keyring: Keyring,
+                                               writer: WriterKeys, verifier: VerifierKey,
+                                               tmp_path: Path) -> None:
+    fork = mp.get_context("fork")
+    procs = [fork.Process(target=_recording_worker, args=(store_url, keyring, writer, str(tmp_path / "j"), 150))
+             for _ in range(3)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+        assert p.exitcode == 0
+    report = verify(db, verifier, keyring=keyring)
+    assert report.ok and report.checked == 450
+    assert not list((tmp_path / "j").glob("*.journal"))  # each removed its journal at exit
