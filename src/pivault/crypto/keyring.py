@@ -636,6 +636,11 @@ class Keyring:
         self._usage_every = max(1, int(every))
         self._flush_at = self._uses + self._usage_every if sink is not None else _NEVER
 
+    @property
+    def usage_sink(self) -> Callable[[dict[int, int]], None] | None:
+        """Where encryption counts are reported (None: only counted in memory)."""
+        return self._usage_sink
+
     def take_usage(self) -> dict[int, int]:
         """Encryptions per field key since the last call (or report); resets the count."""
         out = dict(self._usage)

@@ -421,6 +421,7 @@ class ShreddingRecordStore(RecordStore):
         """Report pending usage counts and close the record-key store."""
         if self.ledger is not None:
             self.ledger.flush()
+            self.ledger.detach()
         self.keys.close()
 
     # -- writing ----------------------------------------------------------------

@@ -78,6 +78,11 @@ class UsageLedger:
         """Have the keyring report here every ``every`` encryptions."""
         self.keyring.set_usage_sink(self.record, every=every)
 
+    def detach(self) -> None:
+        """Stop receiving the keyring's reports (if it still reports here)."""
+        if self.keyring.usage_sink == self.record:
+            self.keyring.set_usage_sink(None)
+
     def flush(self) -> None:
         """Report what the keyring counted since its last report (call at shutdown)."""
         counts = self.keyring.take_usage()
