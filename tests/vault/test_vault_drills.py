@@ -199,14 +199,14 @@ def test_kill_minus_nine_then_rerun_imports_every_row_once(store_url: str, tmp_p
                                                            ctx: AccessContext, workers: int) -> None:
     assert CHEAP.memory_cost == 8
     src = tmp_path / "pop.csv"
-    write_population(src, 4000, seed=99, bad_rate=0.03)
+    write_population(src, 3000, seed=99, bad_rate=0.03)
     labels_lines = src.with_name(src.name + ".labels.jsonl").read_text().splitlines()
     keyring_path = tmp_path / "keys" / "kill.keyring"
     db = Database(store_url)
     v = Vault.initialise(db, new_keyring(keyring_path))
     rng = random.Random(f"{store_url}{workers}")
     kills_mid_import = 0
-    for attempt in range(4):
+    for attempt in range(3):
         proc = _run_child(store_url, keyring_path, src, workers)
         assert proc.stdout is not None
         if attempt == 0:
@@ -222,7 +222,7 @@ def test_kill_minus_nine_then_rerun_imports_every_row_once(store_url: str, tmp_p
             assert proc.stderr is not None
             pytest.fail(f"the import process failed on its own: {proc.stderr.read()[-2000:]}")
         row = db.query_one("SELECT rows_consumed, status FROM import_batches")
-        if row and row[1] == "running" and 0 < row[0] < 4000:
+        if row and row[1] == "running" and 0 < row[0] < 3000:
             kills_mid_import += 1
     assert kills_mid_import >= 2
     proc = _run_child(store_url, keyring_path, src, workers)
@@ -232,12 +232,12 @@ def test_kill_minus_nine_then_rerun_imports_every_row_once(store_url: str, tmp_p
     f = v.import_files([src], on_duplicate="reject").files[0]
     assert f.status == "already_imported"
     n_bad = len(labels_lines)
-    assert (f.read, f.rejected, f.duplicates, f.imported) == (4000, n_bad, 0, 4000 - n_bad)
+    assert (f.read, f.rejected, f.duplicates, f.imported) == (3000, n_bad, 0, 3000 - n_bad)
     # exactly once: as many records as good rows, one reject per bad row
-    assert v.store.count() == 4000 - n_bad
+    assert v.store.count() == 3000 - n_bad
     lines = [r[0] for r in db.query("SELECT line FROM import_rejects ORDER BY line")]
     assert len(lines) == len(set(lines)) == n_bad
     rid_rows = db.query("SELECT COUNT(DISTINCT record_id), COUNT(*) FROM blind_index"
                         " WHERE index_name = 'id_number'")
-    assert rid_rows[0] == (4000 - n_bad, 4000 - n_bad)
+    assert rid_rows[0] == (3000 - n_bad, 3000 - n_bad)
     db.close()
