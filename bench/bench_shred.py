@@ -125,8 +125,9 @@ def main(argv: list[str] | None = None) -> None:
     base, rk = best[False], best[True]
     for label, r in (("baseline (field key only)", base), ("record keys (shreddable)", rk)):
         print(f"{label:<27}: {r['rows'] / r['seconds']:>9,.0f} rows/s import  "
-              f"data {r['data_bytes'] / r['rows']:>6,.0f} B/row  record keys {r['keys_bytes'] / r['rows']:>5,.0f} "
-              f"B/row  rewrap {r['rows'] / r['rewrap_seconds']:>9,.0f} rows/s")
+              f"data {r['data_bytes'] / r['rows']:>6,.0f} B/row  "
+              f"record keys {r['keys_bytes'] / r['rows']:>5,.0f} B/row  "
+              f"rewrap {r['rows'] / r['rewrap_seconds']:>9,.0f} rows/s")
     print(f"ratio record keys/baseline: import time {rk['seconds'] / base['seconds']:.2f}, "
           f"bytes per row {(rk['data_bytes'] + rk['keys_bytes']) / (base['data_bytes']):.2f} "
           f"(data alone {rk['data_bytes'] / base['data_bytes']:.2f}), "
