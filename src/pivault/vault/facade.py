@@ -475,13 +475,21 @@ class Vault:
         return out
 
     def _key_usage(self) -> dict[str, int]:
+        # format-1 names carry the field key id at bytes 2..5; format-2 names are under a
+        # record key, itself wrapped by a field key that the record-key store counts
         if self.db.dialect == "sqlite":
-            sql = "SELECT substr(name, 3, 4) AS k, COUNT(*) FROM records GROUP BY k"
+            sql = ("SELECT substr(name, 3, 4) AS k, COUNT(*) FROM records"
+                   " WHERE substr(name, 1, 1) = x'01' GROUP BY k")
         else:
-            sql = "SELECT substring(name from 3 for 4) AS k, COUNT(*) FROM records GROUP BY k"
+            sql = ("SELECT substring(name from 3 for 4) AS k, COUNT(*) FROM records"
+                   " WHERE substring(name from 1 for 1) = '\\x01'::bytea GROUP BY k")
         out: dict[str, int] = {}
         for k, n in self.db.query(sql):
             if k is None:
                 continue
             out[str(int.from_bytes(bytes(k), "big"))] = int(n)
+        keys = getattr(self.store, "keys", None)
+        if keys is not None:
+            for kid, n in keys.key_ids_in_use().items():
+                out[str(kid)] = out.get(str(kid), 0) + n
         return out
