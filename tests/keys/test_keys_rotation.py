@@ -215,3 +215,13 @@ def test_update_and_erase_keep_the_record_key_store_exact(vault: Vault) -> None:
         open_record(vault.keyring, stored)
     assert info.value.code == "crypto.shredded"
     assert keys.count() == 2
+
+
+def test_vault_stats_count_field_keys_through_record_keys(vault: Vault) -> None:
+    kr = vault.keyring
+    put_all(vault, residents(6, seed=6))
+    assert vault.stats(ctx=ctx())["field_key_ids_in_use"] == {str(kr.primary_key_id()): 6}
+    old = kr.primary_key_id()
+    rotate(kr, ["aead"])
+    put_all(vault, residents(2, seed=7))
+    assert vault.stats(ctx=ctx())["field_key_ids_in_use"] == {str(old): 6, str(kr.primary_key_id()): 2}
