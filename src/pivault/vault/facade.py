@@ -445,7 +445,7 @@ class Vault:
         return imports.list_batches(self.db)
 
     # -- stats --------------------------------------------------------------------
-    def stats(self, *, ctx: AccessContext, key_usage: bool = True) -> dict[str, Any]:
+    def stats(self, ctx: AccessContext, *, key_usage: bool = True) -> dict[str, Any]:
         """Counts, sizes and key ids in use; never a value.
 
         ``key_usage`` reads the key id of every record's name ciphertext
