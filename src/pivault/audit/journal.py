@@ -84,6 +84,7 @@ class Journal:
         self._thread: threading.Thread | None = None
         self._closing = False
         self._flush_wanted = False
+        self._db: Any = None
 
     # -- per process -----------------------------------------------------------------
     def _ensure(self) -> None:
@@ -99,6 +100,11 @@ class Journal:
             fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             self._fd = fd
+            # its own connection: chaining never holds the requests' connection, and on
+            # PostgreSQL its round trips overlap with them
+            from pivault.store.db import Database
+
+            self._db = Database(self.log.db.url)
             self._seq = 0
             self._pending = []
             self._chained = 0
@@ -171,9 +177,11 @@ class Journal:
             with contextlib.suppress(OSError):
                 os.unlink(self.directory / f"{self.journal_id}.journal")
             with contextlib.suppress(Exception):
-                self.log.db.execute("DELETE FROM audit_journals WHERE journal_id = ?", (self.journal_id,))
+                self._db.execute("DELETE FROM audit_journals WHERE journal_id = ?", (self.journal_id,))
         with contextlib.suppress(OSError):
             os.close(self._fd)
+        with contextlib.suppress(Exception):
+            self._db.close()
 
     # -- the chaining thread ------------------------------------------------------------------
     def _run(self) -> None:
@@ -194,7 +202,8 @@ class Journal:
                 self._flush_wanted = False
                 batch = self._pending[:self.max_batch]
             try:
-                self.log.append_rows([(ts, f) for _, ts, f in batch], journal=(self.journal_id, batch[-1][0]))
+                self.log.append_rows([(ts, f) for _, ts, f in batch], journal=(self.journal_id, batch[-1][0]),
+                                     db=self._db)
             except Exception as exc:
                 code = getattr(exc, "code", type(exc).__name__)
                 with self._cond:
@@ -242,8 +251,8 @@ class Journal:
         return total
 
     def _replay(self, path: Path, fd: int) -> int:
-        row = self.log.db.query_one("SELECT flushed_seq FROM audit_journals WHERE journal_id = ?",
-                                    (path.stem,))
+        db = self._db if self._db is not None else self.log.db
+        row = db.query_one("SELECT flushed_seq FROM audit_journals WHERE journal_id = ?", (path.stem,))
         done = int(row[0]) if row else 0
         rows: list[tuple[int, int, tuple[Any, ...]]] = []
         with os.fdopen(os.dup(fd), "rb") as fh:
@@ -257,9 +266,9 @@ class Journal:
                     rows.append((seq, ts, tuple(item[2:])))
         for i in range(0, len(rows), self.max_batch):
             part = rows[i:i + self.max_batch]
-            self.log.append_rows([(ts, f) for _, ts, f in part], journal=(path.stem, part[-1][0]))
+            self.log.append_rows([(ts, f) for _, ts, f in part], journal=(path.stem, part[-1][0]), db=db)
         path.unlink()
-        self.log.db.execute("DELETE FROM audit_journals WHERE journal_id = ?", (path.stem,))
+        db.execute("DELETE FROM audit_journals WHERE journal_id = ?", (path.stem,))
         if rows:
             log.warning("audit journal: chained %d entries left by a stopped process", len(rows))
         return len(rows)

@@ -321,6 +321,27 @@ def load_checkpoints(db: Database) -> list[Checkpoint]:
 
 # -- the writer ---------------------------------------------------------------------
 
+_ROW_MARKS = "(" + ", ".join("?" * (len(ENTRY_COLUMNS) + 1)) + ")"
+_INSERT_SQL: dict[int, str] = {}
+
+
+def _insert_sql(n: int) -> str:
+    sql = _INSERT_SQL.get(n)
+    if sql is None:
+        sql = ("INSERT INTO audit_entries (" + ", ".join(ENTRY_COLUMNS) + ", mac) VALUES "
+               + ", ".join([_ROW_MARKS] * n))
+        if len(_INSERT_SQL) < 256:
+            _INSERT_SQL[n] = sql
+    return sql
+
+
+_PG_CASTS = {"seq": "::bigint", "ts_us": "::bigint", "count": "::bigint"}
+_PG_INSERT = (
+    "INSERT INTO audit_entries (" + ", ".join(ENTRY_COLUMNS) + ", mac) SELECT "
+    + ", ".join(f"(r->>{i}){_PG_CASTS.get(c, '')}" for i, c in enumerate(ENTRY_COLUMNS))
+    + f", decode(r->>{len(ENTRY_COLUMNS)}, 'hex') FROM json_array_elements(?::json) AS r")
+
+
 def _head_key_id(chain_id: str, seq: int) -> str:
     # binds the encrypted head key to its position: an old key row copied back fails to open
     return f"audit.{chain_id}.{seq}"
@@ -357,9 +378,12 @@ class AuditLog:
         self.checkpoint_seconds = checkpoint_seconds
         self._clock = clock
         self._lock = threading.Lock()
-        #: (chain_id, seq, mac, next key) after our last commit: saves a decrypt
-        #: when no other process appended since
-        self._cache: _Head | None = None
+        #: per connection: its lock, and (chain_id, seq, mac, next key) after its last
+        #: commit, which saves a decrypt when nobody else appended since. Each
+        #: connection has its own, so the journal's connection never waits on a
+        #: Python lock held by a request that holds the store's write lock.
+        self._conn_locks: dict[int, threading.Lock] = {}
+        self._caches: dict[int, _Head | None] = {}
         self._names_seen: set[str] = set()
         #: with a journal directory, :meth:`record` writes ahead to this process's
         #: journal and a background thread chains entries in batches
@@ -370,15 +394,15 @@ class AuditLog:
             self.journal = Journal(self, journal_dir)
 
     # -- head --------------------------------------------------------------------
-    def _read_head(self) -> _Head | None:
-        lock = " FOR UPDATE" if self.db.dialect == "postgresql" else ""
-        row = self.db.query_one(
+    def _read_head(self, db: Database) -> _Head | None:
+        lock = " FOR UPDATE" if db.dialect == "postgresql" else ""
+        row = db.query_one(
             "SELECT chain_id, seq, mac, key_ct, cp_seq, cp_ts_us FROM audit_head WHERE id = 1" + lock)
         if row is None:
             return None
         chain_id, seq, mac, key_ct, cp_seq, cp_ts = row[0], int(row[1]), bytes(row[2]), bytes(row[3]), \
             int(row[4]), int(row[5])
-        cache = self._cache
+        cache = self._caches.get(id(db))
         if cache is not None and cache.chain_id == chain_id and cache.seq == seq and cache.mac == mac:
             key = cache.key
         else:
@@ -389,27 +413,27 @@ class AuditLog:
                                  code="audit.head") from None
         return _Head(chain_id, seq, mac, key, cp_seq, cp_ts)
 
-    def _init_chain(self, now_us: int) -> _Head:
+    def _init_chain(self, db: Database, now_us: int) -> _Head:
         """First use: a fresh chain, its key k_1 sealed to the auditor in checkpoint 0."""
         chain_id = uuid.uuid4().hex
         key = os.urandom(32)
-        cur = self.db.execute(
+        cur = db.execute(
             "INSERT INTO audit_head (id, chain_id, seq, mac, key_ct, cp_seq, cp_ts_us)"
             " VALUES (1, ?, 0, ?, ?, 0, ?) ON CONFLICT (id) DO NOTHING",
             (chain_id, ZERO_MAC, self._keyring.encrypt(_head_key_id(chain_id, 0), "ratchet", key), now_us))
         if cur.rowcount != 1:  # another process made it first
-            head = self._read_head()
+            head = self._read_head(db)
             assert head is not None
             return head
-        self._write_checkpoint(chain_id, 0, now_us, ZERO_MAC, key)
+        self._write_checkpoint(db, chain_id, 0, now_us, ZERO_MAC, key)
         return _Head(chain_id, 0, ZERO_MAC, key, 0, now_us)
 
-    def _write_checkpoint(self, chain_id: str, seq: int, ts_us: int, mac: bytes,
+    def _write_checkpoint(self, db: Database, chain_id: str, seq: int, ts_us: int, mac: bytes,
                           next_key: bytes) -> Checkpoint:
         sealed = self._writer.public.seal(next_key, _seal_context(chain_id, seq))
         unsigned = Checkpoint(chain_id, seq, ts_us, mac, sealed, b"")
         cp = Checkpoint(chain_id, seq, ts_us, mac, sealed, self._writer.sign(unsigned.message()))
-        self.db.execute(
+        db.execute(
             "INSERT INTO audit_checkpoints (seq, chain_id, ts_us, mac, sealed_key, signature)"
             " VALUES (?, ?, ?, ?, ?, ?)", (seq, chain_id, ts_us, mac, sealed, cp.signature))
         return cp
@@ -469,24 +493,32 @@ class AuditLog:
         return True if self.journal is None else bool(self.journal.flush(timeout))
 
     def append_rows(self, rows: Sequence[tuple[int, tuple[Any, ...]]],
-                    journal: tuple[str, int] | None = None) -> list[int]:
-        """Chain prepared rows ``(ts_us, fields)`` in one transaction.
+                    journal: tuple[str, int] | None = None, *, db: Database | None = None) -> list[int]:
+        """Chain prepared rows ``(ts_us, fields)`` in one transaction (on ``db``, default the log's).
 
         ``journal`` = (journal id, last journal sequence in ``rows``) is stored
         in the same transaction, so a journal replayed after a crash never
         chains an entry twice.
         """
-        with self._lock:
+        conn = db if db is not None else self.db
+        with self._conn_lock(conn):
             try:
-                return self._append_locked(rows, journal)
+                return self._append_locked(conn, rows, journal)
             except AuditError:
-                self._cache = None
+                self._caches[id(conn)] = None
                 raise
             except Exception as exc:
-                self._cache = None
+                self._caches[id(conn)] = None
                 raise AuditError(f"the audit entry could not be written ({type(exc).__name__})",
                                  code="audit.unavailable",
                                  hint="the request was refused; check the store") from None
+
+    def _conn_lock(self, db: Database) -> threading.Lock:
+        lock = self._conn_locks.get(id(db))
+        if lock is None:
+            with self._lock:
+                lock = self._conn_locks.setdefault(id(db), threading.Lock())
+        return lock
 
     @staticmethod
     def _prepare(e: AuditEvent) -> tuple[Any, ...]:
@@ -505,11 +537,11 @@ class AuditLog:
         return (e.principal, e.role, e.purpose, e.operation, ids_json, count, e.outcome,
                 e.request_id, e.token_id, e.source, _check_detail(e.detail) if e.detail else "{}")
 
-    def _append_locked(self, prepared: Sequence[tuple[int, tuple[Any, ...]]],
+    def _append_locked(self, db: Database, prepared: Sequence[tuple[int, tuple[Any, ...]]],
                        journal: tuple[str, int] | None = None) -> list[int]:
         now_us = int(self._clock() * 1_000_000)
-        with self.db.transaction():
-            head = self._read_head() or self._init_chain(now_us)
+        with db.transaction():
+            head = self._read_head(db) or self._init_chain(db, now_us)
             seq, mac, key = head.seq, head.mac, head.key
             rows: list[tuple[Any, ...]] = []
             seqs: list[int] = []
@@ -520,42 +552,48 @@ class AuditLog:
                 key = ratchet(key)
                 rows.append((*row, mac))
                 seqs.append(seq)
-            self.db.executemany(
-                "INSERT INTO audit_entries (" + ", ".join(ENTRY_COLUMNS) + ", mac) VALUES ("
-                + ", ".join("?" * (len(ENTRY_COLUMNS) + 1)) + ")", rows)
+            if db.dialect == "postgresql":
+                # the whole batch as one JSON parameter: adapting 14 parameters per row in the
+                # driver costs more than writing the rows
+                db.execute(_PG_INSERT, (_ENCODE([[*r[:-1], r[-1].hex()] for r in rows]),))
+            else:
+                for i in range(0, len(rows), 200):  # one multi-row INSERT per 200 entries
+                    part = rows[i:i + 200]
+                    db.execute(_insert_sql(len(part)), [v for r in part for v in r])
             cp_seq, cp_ts = head.cp_seq, head.cp_ts_us
             if (seq - cp_seq >= self.checkpoint_every
                     or now_us - cp_ts >= self.checkpoint_seconds * 1_000_000):
-                self._write_checkpoint(head.chain_id, seq, now_us, mac, key)
+                self._write_checkpoint(db, head.chain_id, seq, now_us, mac, key)
                 cp_seq, cp_ts = seq, now_us
-            self.db.execute(
+            db.execute(
                 "UPDATE audit_head SET seq = ?, mac = ?, key_ct = ?, cp_seq = ?, cp_ts_us = ? WHERE id = 1",
                 (seq, mac, self._keyring.encrypt(_head_key_id(head.chain_id, seq), "ratchet", key),
                  cp_seq, cp_ts))
             if journal is not None:
-                self.db.execute(
+                db.execute(
                     "INSERT INTO audit_journals (journal_id, flushed_seq, ts_us) VALUES (?, ?, ?)"
                     " ON CONFLICT (journal_id) DO UPDATE SET flushed_seq = excluded.flushed_seq,"
                     " ts_us = excluded.ts_us", (journal[0], journal[1], now_us))
-        self._cache = _Head(head.chain_id, seq, mac, key, cp_seq, cp_ts)
+        self._caches[id(db)] = _Head(head.chain_id, seq, mac, key, cp_seq, cp_ts)
         return seqs
 
     def checkpoint(self) -> Checkpoint:
         """A checkpoint at the current head (made now if the latest is older)."""
-        with self._lock:
+        db = self.db
+        with self._conn_lock(db):
             try:
                 now_us = int(self._clock() * 1_000_000)
-                with self.db.transaction():
-                    head = self._read_head() or self._init_chain(now_us)
-                    row = self.db.query_one(_SELECT_CHECKPOINT + " WHERE seq = ?", (head.seq,))
+                with db.transaction():
+                    head = self._read_head(db) or self._init_chain(db, now_us)
+                    row = db.query_one(_SELECT_CHECKPOINT + " WHERE seq = ?", (head.seq,))
                     if row is not None:
                         return Checkpoint.from_row(row)
-                    cp = self._write_checkpoint(head.chain_id, head.seq, now_us, head.mac, head.key)
-                    self.db.execute("UPDATE audit_head SET cp_seq = ?, cp_ts_us = ? WHERE id = 1",
-                                    (head.seq, now_us))
+                    cp = self._write_checkpoint(db, head.chain_id, head.seq, now_us, head.mac, head.key)
+                    db.execute("UPDATE audit_head SET cp_seq = ?, cp_ts_us = ? WHERE id = 1",
+                               (head.seq, now_us))
                     return cp
             except AuditError:
-                self._cache = None
+                self._caches[id(db)] = None
                 raise
 
     # -- reading ----------------------------------------------------------------------
