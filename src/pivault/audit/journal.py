@@ -94,7 +94,9 @@ class Journal:
             if self._pid == os.getpid():
                 return
             # a forked child: the parent's file, lock and thread are not ours
-            self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+            # every level private, not just the last (mkdir's mode applies to the leaf only)
+            for level in (*reversed(self.directory.parents[:2]), self.directory):
+                level.mkdir(mode=0o700, exist_ok=True)
             self.journal_id = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(4)}"
             path = self.directory / f"{self.journal_id}.journal"
             fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
