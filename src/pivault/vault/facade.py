@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from pivault.crypto import IntegrityError, Keyring, PassphraseProvider, passphrase_from_env_or_prompt
+from pivault.crypto import IntegrityError, Keyring
 from pivault.crypto.providers import RootKeyProvider
 from pivault.errors import NotFoundError, PivaultError, ValidationError
 from pivault.model import PI_FIELDS, Resident, is_record_id
@@ -175,8 +175,11 @@ class Vault:
 
         cfg = _home.load(home)
         if provider is None:
-            provider = PassphraseProvider(passphrase if passphrase is not None
-                                          else passphrase_from_env_or_prompt())
+            # the root key the keyring's header names: a passphrase, or a KMS key after
+            # `pivault keys change-root --kms`
+            from pivault.crypto.providers import provider_for
+
+            provider = provider_for(Keyring.peek(cfg.keyring_path)["provider"], passphrase=passphrase)
         keyring = Keyring.open(cfg.keyring_path, provider)
         db = Database(cfg.store_url)
         try:
