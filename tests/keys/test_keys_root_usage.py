@@ -146,3 +146,21 @@ def test_counting_failure_never_stops_encryption(keyring: Keyring, tmp_path: Pat
     store.close()
     assert keyring.decrypt("r", "name", keyring.encrypt("r", "name", b"x")) == b"x"
     assert os.path.exists(tmp_path / "keys" / "rk2")
+
+
+def test_vault_opens_with_the_root_key_its_keyring_names(tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    from keys_support import CHEAP, PASSPHRASE
+
+    from pivault.vault import home as _home
+
+    home = tmp_path / "home"
+    cfg = _home.init(home, passphrase=PASSPHRASE, keyring_path=tmp_path / "keys" / "vault.keyring",
+                     argon2=CHEAP)
+    with Vault.open(home, passphrase=PASSPHRASE) as v:
+        rid = v.put(residents(1, seed=23)[0], ctx=ctx())
+        v.keyring.change_root(KmsProvider("fake-kms://projects/test/keys/vault-open"))
+    monkeypatch.delenv("PIVAULT_PASSPHRASE", raising=False)
+    with Vault.open(home) as v:  # no passphrase: the KMS holds the root key
+        assert v.get(rid, ctx=ctx())["record_id"] == rid
+    assert Keyring.peek(cfg.keyring_path)["provider"]["kind"] == "kms"
