@@ -240,12 +240,19 @@ class _Rewrapper:
             cond = f"substr({col}, 1, 2) = x'0101' AND substr({col}, 3, 4) <> ?"
         else:
             cond = f"substring({col} from 1 for 2) = '\\x0101'::bytea AND substring({col} from 3 for 4) <> ?"
-        rows = db.query(f"SELECT {keys_sql}, {col} FROM {site.table} WHERE {cond}",
-                        (self.primary.to_bytes(4, "big"),))
         where = " AND ".join(f"{c} = ?" for c in site.key_columns)
-        for start in range(0, len(rows), 500):
+        after = f"({keys_sql}) > ({', '.join('?' * len(site.key_columns))})"
+        last: tuple[Any, ...] | None = None
+        while True:  # a page at a time, in key order: the table may be large (import rejects)
+            page = "" if last is None else f" AND {after}"
+            rows = db.query(f"SELECT {keys_sql}, {col} FROM {site.table} WHERE {cond}{page}"
+                            f" ORDER BY {keys_sql} LIMIT 500",
+                            (self.primary.to_bytes(4, "big"), *(last or ())))
+            if not rows:
+                return
+            last = tuple(rows[-1][:-1])
             with db.transaction():
-                for row in rows[start:start + 500]:
+                for row in rows:
                     keyvals, old = row[:-1], bytes(row[-1])
                     rid, fld = site.associated(keyvals)
                     try:
