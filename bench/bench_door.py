@@ -176,11 +176,12 @@ def main(argv: list[str] | None = None) -> None:
           f"load average {load}; {backend} store, {counters} counters; count={args.count:,}, "
           f"{args.lookups:,} lookups x {args.rounds} rounds, median round")
     print(f"{'':48s} {'per wall s':>11s} {'per CPU s':>10s}")
-    print(f"{'inner path (local guard, no audit/budgets)':48s} {med['inner']:>11,.0f} {mcpu['inner']:>10,.0f}")
-    print(f"{'full door (audit+budgets+canary+detector)':48s} {med['full']:>11,.0f} {mcpu['full']:>10,.0f}")
-    print(f"{'bare inner path (no guard at all, reference)':48s} {med['bare']:>11,.0f} {mcpu['bare']:>10,.0f}")
-    print(f"ratio full/inner, wall clock: {ratio:.2f}  (audit and budgets cost {(1 - ratio) * 100:.0f}%)")
-    print(f"ratio full/inner, CPU time:   {ratio_cpu:.2f}  (audit and budgets cost {(1 - ratio_cpu) * 100:.0f}%)")
+    for key, label in (("inner", "inner path (local guard, no audit/budgets)"),
+                       ("full", "full door (audit+budgets+canary+detector)"),
+                       ("bare", "bare inner path (no guard at all, reference)")):
+        print(f"{label:48s} {med[key]:>11,.0f} {mcpu[key]:>10,.0f}")
+    for what, value in (("wall clock", ratio), ("CPU time:  ", ratio_cpu)):
+        print(f"ratio full/inner, {what}: {value:.2f}  (audit and budgets cost {(1 - value) * 100:.0f}%)")
     print(f"audit entries chained: {entries[0] if entries else 0:,} (all flushed: {flushed})")
     print("rounds, per wall s:", {k: [round(x) for x in v] for k, v in results.items()})
     print("rounds, per CPU s: ", {k: [round(x) for x in v] for k, v in cpu.items()})

@@ -109,8 +109,8 @@ def test_several_recording_processes_one_chain(store_url: str, db: Database, key
                                                writer: WriterKeys, verifier: VerifierKey,
                                                tmp_path: Path) -> None:
     fork = mp.get_context("fork")
-    procs = [fork.Process(target=_recording_worker, args=(store_url, keyring, writer, str(tmp_path / "j"), 150))
-             for _ in range(3)]
+    args = (store_url, keyring, writer, str(tmp_path / "j"), 150)
+    procs = [fork.Process(target=_recording_worker, args=args) for _ in range(3)]
     for p in procs:
         p.start()
     for p in procs:
