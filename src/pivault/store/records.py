@@ -93,6 +93,7 @@ CREATE INDEX blind_index_record ON blind_index (record_id)
 register(Migration("records", 1, "record and blind-index tables", _SQLITE_V1, _PG_V1))
 
 _COLS = "record_id, name, id_number, mobile, address, notes, created_at, updated_at, batch_id"
+_JOINED_COLS = ", ".join(f"r.{c}" for c in _COLS.split(", "))
 _INSERT_RECORD = f"INSERT INTO records ({_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
 _INSERT_INDEX = "INSERT INTO blind_index (index_name, value, record_id) VALUES (?, ?, ?)"
 _RECORD_TYPES = ["text", "bytea", "bytea", "bytea", "bytea", "bytea", "float8", "float8", "text"]
@@ -348,6 +349,73 @@ class RecordStore:
             "SELECT record_id FROM blind_index WHERE index_name = ? AND value = ?"
             " ORDER BY record_id", (index_name, value))]
         return self.get_many(ids) if ids else []
+
+    def lookup(self, index_name: str, values: Sequence[bytes]) -> list[StoredRecord]:
+        """Records whose ``index_name`` entry is one of ``values``: the Vault's search path.
+
+        Like :meth:`candidates` but for several values (a blind-index key
+        rotation searches each key's value) and without the index entries
+        (``index`` is empty): on SQLite one query (blind index joined to the
+        records), on PostgreSQL two, each of which Citus routes to the shards
+        of its own distribution column. Ordered by record id, each once.
+        """
+        vals = list(dict.fromkeys(bytes(v) for v in values))
+        if not vals:
+            return []
+        db = self._db
+        if self._pg:
+            ids = [r[0] for r in db.query(
+                "SELECT record_id FROM blind_index WHERE index_name = ? AND value = ANY(?)",
+                (index_name, vals))]
+            if not ids:
+                return []
+            rows = db.query(f"SELECT {_COLS} FROM records WHERE record_id = ANY(?)"
+                            " ORDER BY record_id", (sorted(set(ids)),))
+            return [self._record(row, {}) for row in rows]
+        out: dict[str, StoredRecord] = {}
+        for chunk in _chunks(vals, _CHUNK_SQLITE):
+            test = "= ?" if len(chunk) == 1 else f"IN ({','.join('?' * len(chunk))})"
+            for row in db.query(f"SELECT {_JOINED_COLS} FROM blind_index b"
+                                " JOIN records r ON r.record_id = b.record_id"
+                                f" WHERE b.index_name = ? AND b.value {test}", (index_name, *chunk)):
+                out.setdefault(row[0], self._record(row, {}))
+        return [out[k] for k in sorted(out)]
+
+    def candidate_meta(self, index_name: str, values: Sequence[bytes]
+                       ) -> dict[bytes, list[tuple[str, str | None, bool]]]:
+        """``(record id, batch id, changed since insert)`` per blind-index value; no ciphertext.
+
+        For the import's duplicate check: a record still as its own import
+        batch inserted it needs no decryption when that batch knows every ID
+        number it inserted. Only values with records appear; ids sorted.
+        """
+        vals = list(dict.fromkeys(bytes(v) for v in values))
+        out: dict[bytes, list[tuple[str, str | None, bool]]] = {}
+        db = self._db
+        if self._pg:
+            by_value = self.candidate_ids(index_name, vals)
+            ids = sorted({rid for lst in by_value.values() for rid in lst})
+            meta: dict[str, tuple[str | None, bool]] = {}
+            for chunk in _chunks(ids, _CHUNK_PG):
+                for rid, batch, created, updated in db.query(
+                        "SELECT record_id, batch_id, created_at, updated_at FROM records"
+                        " WHERE record_id = ANY(?)", (list(chunk),)):
+                    meta[rid] = (batch, created != updated)
+            for v, rids in by_value.items():
+                hits = [(rid, *meta[rid]) for rid in rids if rid in meta]
+                if hits:
+                    out[v] = hits
+            return out
+        for chunk in _chunks(vals, _CHUNK_SQLITE):
+            for v, rid, batch, created, updated in db.query(
+                    "SELECT b.value, b.record_id, r.batch_id, r.created_at, r.updated_at"
+                    " FROM blind_index b JOIN records r ON r.record_id = b.record_id"
+                    f" WHERE b.index_name = ? AND b.value IN ({','.join('?' * len(chunk))})",
+                    (index_name, *chunk)):
+                out.setdefault(bytes(v), []).append((rid, batch, created != updated))
+        for found in out.values():
+            found.sort()
+        return out
 
     def candidate_ids(self, index_name: str, values: Sequence[bytes]) -> dict[bytes, list[str]]:
         """Record ids per blind-index value, for many values at once.
