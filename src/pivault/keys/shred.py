@@ -502,6 +502,9 @@ class ShreddingRecordStore(RecordStore):
     def get_many(self, record_ids: Sequence[str]) -> list[StoredRecord]:
         return self._attach(super().get_many(record_ids))
 
+    def lookup(self, index_name: str, values: Sequence[bytes]) -> list[StoredRecord]:
+        return self._attach(super().lookup(index_name, values))
+
     def iter_all(self, batch_size: int = 1000) -> Iterator[StoredRecord]:
         batch: list[StoredRecord] = []
         for rec in super().iter_all(batch_size):
