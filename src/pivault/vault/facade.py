@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pivault.crypto import IntegrityError, Keyring
 from pivault.crypto.providers import RootKeyProvider
+from pivault.crypto.recordkeys import RECORD_CIPHERTEXT_VERSION, RecordKey
 from pivault.errors import NotFoundError, PivaultError, ValidationError
 from pivault.model import PI_FIELDS, Resident, is_record_id
 from pivault.model import mobile as _mobile
@@ -49,6 +50,7 @@ OUTPUT_FIELDS: tuple[str, ...] = (
     "gender", "birth_date", "region_code",
 )
 OnDuplicate = Literal["skip", "update", "reject"]
+_V2 = bytes([RECORD_CIPHERTEXT_VERSION])
 
 
 class DuplicateRecord(PivaultError):
@@ -110,6 +112,44 @@ def decrypt_fields(keyring: Keyring, stored: StoredRecord,
     except IntegrityError as exc:
         raise _integrity(stored.record_id, exc) from None
     return {f: v.decode("utf-8") for f, v in raw.items()}
+
+
+class _Opener:
+    """Decrypts fields of one stored record as asked, unwrapping its record key at most once."""
+
+    __slots__ = ("_key", "_keyring", "_plain", "stored")
+
+    def __init__(self, keyring: Keyring, stored: StoredRecord) -> None:
+        self._keyring = keyring
+        self.stored = stored
+        self._key: RecordKey | None = None
+        self._plain: dict[str, str] = {}
+
+    def fields(self, names: Iterable[str]) -> dict[str, str]:
+        """Plaintext of ``names`` (those the record has); IntegrityError names record and field."""
+        st, plain = self.stored, self._plain
+        try:
+            for f in names:
+                if f in plain:
+                    continue
+                ct = st.fields.get(f)
+                if ct is None:
+                    continue
+                if st.record_key is not None and ct[:1] == _V2:
+                    if self._key is None:
+                        self._key = self._keyring.open_record_key(st.record_id, st.record_key)
+                    raw = self._key.decrypt(f, ct)
+                else:
+                    raw = self._keyring.decrypt(st.record_id, f, ct)
+                plain[f] = raw.decode("utf-8")
+        except IntegrityError as exc:
+            raise _integrity(st.record_id, exc) from None
+        return plain
+
+    def resident(self) -> Resident:
+        p = self.fields(self.stored.fields)
+        return Resident(record_id=self.stored.record_id, name=p["name"], id_number=p["id_number"],
+                        mobile=p.get("mobile"), address=p.get("address"), notes=p.get("notes"))
 
 
 def open_record(keyring: Keyring, stored: StoredRecord) -> Resident:
@@ -295,27 +335,29 @@ class Vault:
         self._authorise(ctx, "find", PI_FIELDS)
         kr = self.keyring
         if "id_number" in want:
-            cands = self._candidates("id_number", want["id_number"])
+            cands = self._lookup("id_number", want["id_number"])
         elif "mobile" in want:
-            cands = self._candidates("mobile", want["mobile"])
+            cands = self._lookup("mobile", want["mobile"])
         else:
             assert born is not None
-            cands = self._candidates("name_birth", name_birth_key(want["name"], born))
+            cands = self._lookup("name_birth", name_birth_key(want["name"], born))
         check = [f for f in ("name", "id_number", "mobile") if f in want]
         if born is not None and "id_number" not in check:
             check.append("id_number")
-        matches: list[StoredRecord] = []
+        # each candidate: only the compared fields, its record key unwrapped once for all of them
+        matches: list[_Opener] = []
         for c in cands:
-            plain = decrypt_fields(kr, c, check)
+            opener = _Opener(kr, c)
+            plain = opener.fields(check)
             if any(plain.get(f) != v for f, v in want.items()):
                 continue
             if born is not None and _rid.facts(plain["id_number"]).birth_date != born:
                 continue
-            matches.append(c)
-        ids = [m.record_id for m in matches]
+            matches.append(opener)
+        ids = [m.stored.record_id for m in matches]
         self._budget(ctx, "find", len(ids), ids)
         self.guard.audit(ctx, "find", ids, "ok" if ids else "not_found")
-        residents = [open_record(kr, m) for m in matches]
+        residents = [m.resident() for m in matches]
         self._observe(ctx, residents)
         return [self._present(ctx, r) for r in residents]
 
@@ -375,7 +417,7 @@ class Vault:
         self.store.purge_freed()
 
     # -- helpers for the import and for uniqueness -----------------------------
-    def _candidates(self, index_name: str, value: str) -> list[StoredRecord]:
+    def _lookup(self, index_name: str, value: str) -> list[StoredRecord]:
         """Records whose index entry matches ``value`` under any key of the index.
 
         During a blind-index key rotation some entries still carry the old
@@ -383,12 +425,8 @@ class Vault:
         """
         kr = self.keyring
         if kr.index_versions(index_name) == 1:
-            return self.store.candidates(index_name, kr.blind_index(index_name, value))
-        found: dict[str, StoredRecord] = {}
-        for v in kr.blind_index_all(index_name, value):
-            for c in self.store.candidates(index_name, v):
-                found.setdefault(c.record_id, c)
-        return [found[k] for k in sorted(found)]
+            return self.store.lookup(index_name, (kr.blind_index(index_name, value),))
+        return self.store.lookup(index_name, kr.blind_index_all(index_name, value))
 
     def ids_by_id_number(self, wanted: Mapping[str, bytes]) -> dict[str, str]:
         """Existing record id per normalised ID number, for ``{id_number: blind index}``.
@@ -400,12 +438,8 @@ class Vault:
         values = list(wanted.values())
         if self.keyring.index_versions("id_number") > 1:  # a rotation is rebuilding the index
             values = [v for idn in wanted for v in self.keyring.blind_index_all("id_number", idn)]
-        by_value = self.store.candidate_ids("id_number", values)
-        cand_ids = sorted({rid for ids in by_value.values() for rid in ids})
-        if not cand_ids:
-            return {}
         out: dict[str, str] = {}
-        for stored in self.store.get_many(cand_ids):
+        for stored in self.store.lookup("id_number", values):
             plain = decrypt_fields(self.keyring, stored, ("id_number",))["id_number"]
             if plain in wanted and plain not in out:
                 out[plain] = stored.record_id
