@@ -20,6 +20,7 @@ Distinct-record budgets count the distinct record ids per UTC day (a set).
 
 from __future__ import annotations
 
+import json
 import math
 import threading
 import time
@@ -268,15 +269,14 @@ if ARGV[1] == '' then
 else
   now = tonumber(ARGV[1])
 end
-local nw = tonumber(ARGV[2])
-local nd = tonumber(ARGV[3])
-local buckets = tonumber(ARGV[4])
-local pos = 5
+-- ARGV[2]: JSON {"w": [[limit, window, amount], ...], "d": [[limit, [id, ...]], ...]}, in KEYS order
+local spec = cjson.decode(ARGV[2])
+local buckets = tonumber(ARGV[3])
+local nw = #spec.w
 local plan = {}
 for i = 1, nw do
   local key = KEYS[i]
-  local limit = tonumber(ARGV[pos]); local window = tonumber(ARGV[pos + 1])
-  local amount = tonumber(ARGV[pos + 2]); pos = pos + 3
+  local limit = spec.w[i][1]; local window = spec.w[i][2]; local amount = spec.w[i][3]
   local g = window / buckets
   local b = math.floor(now / g)
   local flat = redis.call('HGETALL', key)
@@ -303,17 +303,16 @@ for i = 1, nw do
 end
 local day = math.floor(now / 86400)
 local dplan = {}
-for i = 1, nd do
+for i = 1, #spec.d do
   local key = KEYS[nw + i] .. ':' .. string.format('%d', day)
-  local limit = tonumber(ARGV[pos]); local n = tonumber(ARGV[pos + 1]); pos = pos + 2
+  local limit = spec.d[i][1]; local ids = spec.d[i][2]
   local new = {}
-  for j = 0, n - 1, 500 do
+  for j = 1, #ids, 500 do
     local chunk = {}
-    for m = j, math.min(j + 499, n - 1) do chunk[#chunk + 1] = ARGV[pos + m] end
+    for m = j, math.min(j + 499, #ids) do chunk[#chunk + 1] = ids[m] end
     local present = redis.call('SMISMEMBER', key, unpack(chunk))
     for m = 1, #chunk do if present[m] == 0 then new[#new + 1] = chunk[m] end end
   end
-  pos = pos + n
   local card = redis.call('SCARD', key)
   if #new > 0 and card + #new > limit then
     return {0, nw + i, tostring((day + 1) * 86400 - now), card}
@@ -327,7 +326,7 @@ for i = 1, nw do
     redis.call('PEXPIRE', p[1], math.ceil(p[4] * 1000))
   end
 end
-for i = 1, nd do
+for i = 1, #dplan do
   local d = dplan[i]
   for j = 1, #d[2], 500 do
     redis.call('SADD', d[1], unpack(d[2], j, math.min(j + 499, #d[2])))
@@ -388,13 +387,11 @@ class RedisCounters:
 
     def charge(self, windows: Sequence[WindowRule], distinct: Sequence[DistinctRule]) -> Refusal | None:
         keys = [self._k(w.key) for w in windows] + [self._k(d.key) for d in distinct]
-        args: list[Any] = ["" if self._clock is None else repr(float(self._clock())), len(windows),
-                           len(distinct), BUCKETS]
-        for w in windows:
-            args += [w.limit, repr(float(w.window)), w.amount]
-        for d in distinct:
-            ids = list(dict.fromkeys(d.ids))
-            args += [d.limit, len(ids), *ids]
+        # one JSON argument: the client library packs three values instead of dozens
+        spec = json.dumps({"w": [[w.limit, float(w.window), w.amount] for w in windows],
+                           "d": [[d.limit, list(dict.fromkeys(d.ids))] for d in distinct]},
+                          separators=(",", ":"))
+        args: list[Any] = ["" if self._clock is None else repr(float(self._clock())), spec, BUCKETS]
         try:
             res = self._charge(keys=keys, args=args)
         except self._redis_mod.RedisError as exc:

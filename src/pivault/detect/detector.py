@@ -108,6 +108,8 @@ class GlobalDetector:
         self._next_eval = 0.0
         self._runs: dict[str, _Run] = {}
         self._thread_pid = -1
+        #: counts of this process not yet in the shared counters, per bucket
+        self._unsent: dict[int, dict[str, int]] = {}
         # sliding-window sums of completed buckets (see _windows)
         self._eval_lock = threading.Lock()
         self._agg: dict[str, dict[str, int]] = {}
@@ -119,30 +121,50 @@ class GlobalDetector:
 
     # -- input -------------------------------------------------------------------
     def observe(self, ctx: AccessContext, records: int, cells: Sequence[str | None] = ()) -> None:
-        """Count ``records`` read by ``ctx`` and their coarse cells; evaluate now and then."""
+        """Count ``records`` read by ``ctx`` and their coarse cells; evaluate now and then.
+
+        With the evaluation thread running (:meth:`start`), counts are summed
+        in this process and handed to the shared counters by that thread
+        before each evaluation (no round trip per read); otherwise they go
+        to the counters at once.
+        """
         if records <= 0 and not cells:
             return
-        cfg = self.config
-        now = self.counters.now()
-        bucket = math.floor(now / cfg.bucket_seconds)
         fields: dict[str, int] = {"t": records, "p:" + ctx.principal: records}
         for cell in cells:
             if cell:
                 k1, k2 = "c:" + cell, "pc:" + ctx.principal + "|" + cell
                 fields[k1] = fields.get(k1, 0) + 1
                 fields[k2] = fields.get(k2, 0) + 1
-        ttl = max(cfg.sweep_window, cfg.distributed_window, 120.0) + 2 * cfg.bucket_seconds
-        self.counters.add_fields(f"d:{bucket}", fields, ttl)
         if cells:
             self._ordered(ctx, cells)
         if self._thread_pid == os.getpid():
-            return  # this process's evaluation thread runs the rules
+            # bucketed by this host's clock: a second of drift does not matter to 10 s buckets
+            bucket = math.floor(time.time() / self.config.bucket_seconds)
+            with self._lock:
+                into = self._unsent.setdefault(bucket, {})
+                for k, v in fields.items():
+                    into[k] = into.get(k, 0) + v
+            return
+        now = self.counters.now()
+        self.counters.add_fields(f"d:{math.floor(now / self.config.bucket_seconds)}", fields, self._ttl())
         if now >= self._next_eval:
             with self._lock:
                 if now < self._next_eval:
                     return
-                self._next_eval = now + cfg.evaluate_every
+                self._next_eval = now + self.config.evaluate_every
             self._evaluate_safely(now)
+
+    def _ttl(self) -> float:
+        cfg = self.config
+        return max(cfg.sweep_window, cfg.distributed_window, 120.0) + 2 * cfg.bucket_seconds
+
+    def _send(self) -> None:
+        """Hand the counts summed in this process to the shared counters."""
+        with self._lock:
+            unsent, self._unsent = self._unsent, {}
+        for bucket, fields in sorted(unsent.items()):
+            self.counters.add_fields(f"d:{bucket}", fields, self._ttl())
 
     def _evaluate_safely(self, now: float | None = None) -> None:
         try:
@@ -167,6 +189,10 @@ class GlobalDetector:
         def loop() -> None:
             while True:
                 time.sleep(period)
+                try:
+                    self._send()
+                except PivaultError as exc:
+                    log.warning("global detector could not send its counts: %s", exc.code)
                 self._evaluate_safely()
 
         threading.Thread(target=loop, name="pivault-detector", daemon=True).start()
