@@ -15,8 +15,12 @@ letters or digits (``SKU13812345678``, a longer digit run) is not.
 
 from __future__ import annotations
 
+import bisect
+import functools
 import itertools
+import operator
 import re
+from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from functools import cache
@@ -51,11 +55,55 @@ class Hit:
 
 _PROV = rb"(?:1[1-5]|2[1-3]|3[1-7]|4[1-6]|5[0-4]|6[1-5]|71|8[12])"
 _CARDP = rb"(?:[3-689][0-9]|2[2-7])"
+_PC = b"(?:" + _PROV + b"|" + _CARDP + b")"
 
 
 def _u(words: Iterable[str]) -> bytes:
     """An alternation of UTF-8 literals, longest first."""
     return b"(?:" + b"|".join(re.escape(w.encode()) for w in sorted(set(words), key=len, reverse=True)) + b")"
+
+
+def _not_suffix(word: bytes, alphabet: bytes) -> bytes:
+    """``len(word)`` characters of ``alphabet`` that are not ``word`` (hyperscan has no lookaround)."""
+    alts = []
+    for k in range(len(word)):
+        others = bytes(c for c in alphabet if c != word[k])
+        rest = b"[" + alphabet + b"]{%d}" % (len(word) - k - 1) if k < len(word) - 1 else b""
+        alts.append(re.escape(word[:k]) + b"[" + others + b"]" + rest)
+    return b"(?:" + b"|".join(alts) + b")"
+
+
+def _digit_alternation(words: Iterable[bytes]) -> bytes:
+    """A regular expression for a set of equal-length digit strings, as a trie (``1(?:3[0-9]|4[5-9])``)."""
+
+    def cls(cs: list[int]) -> bytes:
+        if len(cs) == 1:
+            return bytes(cs)
+        out, i = b"", 0
+        while i < len(cs):
+            j = i
+            while j + 1 < len(cs) and cs[j + 1] == cs[j] + 1:
+                j += 1
+            out += bytes([cs[i]]) if j == i else bytes([cs[i], 0x2D, cs[j]])
+            i = j + 1
+        return b"[" + out + b"]"
+
+    def rec(ws: list[bytes]) -> bytes:
+        if len(ws[0]) == 1:
+            return cls(sorted(w[0] for w in ws))
+        rests: dict[int, list[bytes]] = {}
+        for w in ws:
+            rests.setdefault(w[0], []).append(w[1:])
+        heads: dict[tuple[bytes, ...], list[int]] = {}
+        for c, rest in rests.items():
+            heads.setdefault(tuple(rest), []).append(c)
+        alts = [cls(sorted(cs)) + rec(list(rest)) for rest, cs in heads.items()]
+        return alts[0] if len(alts) == 1 else b"(?:" + b"|".join(alts) + b")"
+
+    return b"(?:" + rec(sorted(set(words))) + b")"
+
+
+_MOB3 = _digit_alternation(checks.MOBILE_PREFIXES)
 
 
 @dataclass(frozen=True)
@@ -75,6 +123,17 @@ class _Anchor:
     #: position is taken as ``end - back`` by both engines
     som: bool = True
     back: int = 0
+    #: a *bulk* anchor's match is the whole value between its two boundaries; its handler takes every
+    #: end at once. Hyperscan consumes the right boundary byte (no ``$``: the buffer is padded instead),
+    #: so its ends are one past the value's; ``re`` looks ahead
+    bulk: bool = False
+    #: the value's length when fixed (its start is then ``end - size``), else 0
+    size: int = 0
+    #: hyperscan database: anchors that slow each other down when compiled together are kept apart
+    group: int = 0
+    #: the core's first character (a byte or a class): ``re`` then checks the left boundary after it,
+    #: so that it can skip to where that character occurs instead of trying every byte
+    lead: bytes = b""
 
     def hs_pattern(self) -> bytes:
         if self.hs_core is not None:
@@ -83,53 +142,98 @@ class _Anchor:
         if self.left is not None:
             p = b"(?:^|[^" + self.left + b"])" + p
         if self.right is not None:
-            p = p + b"(?:[^" + self.right + b"]|$)"
+            p = p + (b"[^" + self.right + b"]" if self.bulk else b"(?:[^" + self.right + b"]|$)")
         return p
 
     def re_pattern(self) -> re.Pattern[bytes]:
         core = self.re_core if self.re_core is not None else self.core
         p = b"(?:" + core + b")"
+        if self.digits_only:
+            return re.compile(p)  # matched against whole runs (see ``Engine._candidates``)
         if self.re_core is None:
-            if self.left is not None:
+            if self.left is not None and self.lead:
+                assert core.startswith(self.lead)
+                rest = core[len(self.lead) :]
+                p = self.lead + b"(?<![" + self.left + b"]" + self.lead + b")(?:" + rest + b")"
+            elif self.left is not None:
                 p = b"(?<![" + self.left + b"])" + p
             if self.right is not None:
                 p = p + b"(?![" + self.right + b"])"
         return re.compile(p, re.IGNORECASE if self.caseless else 0)
 
+    @property
+    def digits_only(self) -> bool:
+        """A bulk anchor whose values are whole digit runs of one length (``re`` finds the runs once for
+        all of them)."""
+        return self.bulk and self.name.startswith(("run", "mob"))
+
 
 _AN = b"0-9A-Za-z"
+#: for ``re``: a digit run of 11 to 19 digits (an X may end it) between bytes that are not letters or digits
+_RE_RUNS = re.compile(rb"[0-9](?<![0-9A-Za-z][0-9])[0-9]{10,18}[Xx]?(?![0-9A-Za-z])")
+_B32_ALPHABET = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567"
+_KEYR = _AN + rb"_\-"
 
 _DIGIT_KINDS = frozenset({"id_number", "mobile", "bank_card"})
+_CLOUD = frozenset({"cloud_key"})
 
 ANCHORS: tuple[_Anchor, ...] = (
+    # a digit run of a length some identifier has, under a prefix it can start with: 18 (ID, X last)
+    # or 15 (legacy ID) under a province code, 16-19 under a card issuer's first digits; 11 under an
+    # allocated mobile prefix, with 86 or 0086 before it. One pattern per length: the value's start is
+    # then its end less the length (no start-of-match tracking), and hyperscan runs these about twice
+    # as fast as one alternation (the exact mobile prefixes give it literals to look for)
+    *(
+        _Anchor(f"run{n}", _DIGIT_KINDS, _PC + b"[0-9]{%d}[0-9Xx]" % (n - 3), _AN, _AN, bulk=True, size=n)
+        for n in (15, 16, 17, 18, 19)
+    ),
+    *(
+        _Anchor(
+            f"mob{len(p) + 11}", _DIGIT_KINDS, p + _MOB3 + rb"[0-9]{8}", _AN, _AN, bulk=True, size=len(p) + 11
+        )
+        for p in (b"", b"86", b"0086")
+    ),
+    # grouped forms, by their shape only (prefixes are checked by the handler: cheaper for hyperscan)
     _Anchor(
-        "run",
+        "gmobile", _DIGIT_KINDS, rb"[0-9]{3}[ \-][0-9]{4}[ \-][0-9]{4}", _AN, _AN, bulk=True, size=13, group=1
+    ),
+    _Anchor(
+        "gcard",
         _DIGIT_KINDS,
-        _PROV + rb"[0-9]{15}[0-9Xx]|" + _PROV + rb"[0-9]{13}|" + _CARDP + rb"[0-9]{14,17}|"
-        rb"1[3-9][0-9]{9}|861[3-9][0-9]{9}|00861[3-9][0-9]{9}",
+        rb"[0-9][0-9]{3}(?:[ \-][0-9]{4}){3}",
         _AN,
         _AN,
+        bulk=True,
+        size=19,
+        group=1,
+        lead=b"[0-9]",
     ),
     _Anchor(
-        "grouped",
+        "gid",
         _DIGIT_KINDS,
-        rb"1[3-9][0-9][ \-][0-9]{4}[ \-][0-9]{4}|"
-        + _CARDP
-        + rb"[0-9]{2}(?:[ \-][0-9]{4}){3}(?:[ \-][0-9]{1,3})?|"
-        + _PROV
-        + rb"[0-9]{4} [0-9]{8} [0-9]{3}[0-9Xx]",
+        rb"[0-9][0-9]{5} [0-9]{8} [0-9]{3}[0-9Xx]",
         _AN,
         _AN,
+        bulk=True,
+        size=20,
+        group=1,
+        lead=b"[0-9]",
     ),
+    # cloud access key ids, whole (the documentation's ...EXAMPLE keys excluded already)
     _Anchor(
-        "cloud",
-        frozenset({"cloud_key"}),
-        rb"LTAI|AKIA|ASIA|AKID|AKLT|AIza",
+        "akia",
+        _CLOUD,
+        rb"A(?:KIA|SIA)[A-Z2-7]{9}" + _not_suffix(b"EXAMPLE", _B32_ALPHABET),
         _AN,
-        None,
-        som=False,
-        back=4,
+        _KEYR,
+        bulk=True,
+        size=20,
+        lead=b"A",
     ),
+    _Anchor("akid", _CLOUD, rb"AKID[0-9A-Za-z]{32}", _AN, _KEYR, bulk=True, size=36, lead=b"A"),
+    _Anchor("aiza", _CLOUD, rb"AIza[0-9A-Za-z_\-]{35}", _AN, _KEYR, bulk=True, size=39, lead=b"A"),
+    _Anchor("ltai", _CLOUD, rb"LTAI[0-9A-Za-z]{12,26}", _AN, _KEYR, bulk=True, lead=b"L"),
+    _Anchor("aklt", _CLOUD, rb"AKLT[0-9A-Za-z_\-]{20,60}", _AN, _KEYR, bulk=True, lead=b"A"),
     _Anchor(
         "token",
         frozenset({"api_token"}),
@@ -218,6 +322,16 @@ ANCHORS: tuple[_Anchor, ...] = (
 
 # --- handlers --------------------------------------------------------------
 
+#: a validated value in a scanned buffer, as the engine passes it on:
+#: ``(start, kind, end, confidence, detail, masked)``. Ordered by start, then kind. ``masked`` is None
+#: for numbers (made from the bytes only for the findings that are kept) and the confidence of a card
+#: is :data:`LAZY_CARD` until it is asked for (it needs a look at the words before the number).
+Raw = tuple[int, str, int, float, str, "str | None"]
+
+ID, MOBILE, CARD = "id_number", "mobile", "bank_card"
+#: a card with a valid Luhn digit, not grouped: 0.95 after a card word, else 0.85
+LAZY_CARD = -1.0
+
 _DIGITS = frozenset(b"0123456789")
 _CARD_CONTEXT = re.compile(
     "(?:卡号|银行卡|借记卡|信用卡|储蓄卡|账号|帐号|账户|card|acct|account|pan)".encode(), re.IGNORECASE
@@ -241,70 +355,171 @@ def _strip(buf: bytes, f: int, t: int, first: frozenset[int], last: frozenset[in
     return f, t
 
 
-_DIGITX = frozenset(b"0123456789Xx")
+_DIGITX = b"0123456789Xx"
+_SEP = (0x20, 0x2D)
+_PROV2 = frozenset(b"%d" % p for p in (*range(11, 16), 21, 22, 23, *range(31, 38), *range(41, 47)))
+_PROV2 |= frozenset(b"%d" % p for p in (*range(50, 55), *range(61, 66), 71, 81, 82))
+_CARDP2 = frozenset(b"%02d" % p for p in range(100) if re.fullmatch(_CARDP, b"%02d" % p))
+_GROUP_TAIL = re.compile(rb"[ \-]([0-9]{1,3})(?![0-9A-Za-z])")
 
 
-def _digits(buf: bytes, f: int, t: int) -> list[Hit]:
-    f, t = _strip(buf, f, t, _DIGITS, _DIGITX)
-    raw = buf[f:t]
-    tok = raw.replace(b" ", b"").replace(b"-", b"")
-    grouped = len(tok) != len(raw)
-    if grouped and t + 1 < len(buf) and buf[t] in b" -" and buf[t + 1] in _DIGITS:
-        return []  # the first groups of a longer grouped number, which has its own candidate
+def _judge(buf: bytes, s: int, e: int, tok: bytes, grouped: bool, out: list[Raw]) -> None:
+    """The digits ``tok`` of the value at ``buf[s:e]`` (separators removed): an ID number, a mobile
+    number, a card, or nothing."""
     n = len(tok)
     if tok[-1] == 0x78:  # x
         tok = tok[:-1] + b"X"
     if n == 18:
         if checks.id18_ok(tok):
-            s = tok.decode()
-            return [Hit("id_number", f, t, checks.mask_id(s), 0.99, "18-digit")]
+            out.append((s, ID, e, 0.99, "18-digit", None))
+            return
         if tok[-1] == 0x58:
-            return []
+            return
     elif n == 11:
-        if checks.mobile_ok(tok):
-            return [Hit("mobile", f, t, checks.mask_mobile(tok.decode()), 0.95 if grouped else 0.9)]
-        return []
+        if tok[:3] in _MOBILE:
+            out.append((s, MOBILE, e, 0.95 if grouped else 0.9, "", None))
+        return
     elif n == 15:
         if checks.id15_ok(tok):
-            return [Hit("id_number", f, t, checks.mask_id(tok.decode()), 0.8, "legacy 15-digit")]
-        if tok.startswith(b"0086") and checks.mobile_ok(tok[4:]):
-            return [Hit("mobile", f, t, checks.mask_mobile(tok[4:].decode()), 0.95)]
-        return []
+            out.append((s, ID, e, 0.8, "legacy 15-digit", None))
+        elif tok[:4] == b"0086" and tok[4:7] in _MOBILE:
+            out.append((s, MOBILE, e, 0.95, "", None))
+        return
     elif n == 13:
-        if tok.startswith(b"86") and checks.mobile_ok(tok[2:]):
-            return [Hit("mobile", f, t, checks.mask_mobile(tok[2:].decode()), 0.95)]
-        return []
+        if tok[:2] == b"86" and tok[2:5] in _MOBILE:
+            out.append((s, MOBILE, e, 0.95, "", None))
+        return
     if 16 <= n <= 19:
         scheme = checks.card_ok(tok)
         if scheme is not None:
-            ctx = _CARD_CONTEXT.search(buf, max(0, f - 40), f) is not None
-            return [
-                Hit(
-                    "bank_card",
-                    f,
-                    t,
-                    checks.mask_card(tok.decode()),
-                    0.95 if ctx or grouped else 0.85,
-                    scheme,
-                )
-            ]
-        if tok[:2] == b"62" and not checks.id_shaped(tok) and _CARD_LABEL.search(buf, max(0, f - 24), f):
+            out.append((s, CARD, e, 0.95 if grouped else LAZY_CARD, scheme, None))
+        elif tok[:2] == b"62" and not checks.id_shaped(tok) and _CARD_LABEL.search(buf, max(0, s - 24), s):
             # some domestic UnionPay cards carry no Luhn digit: a number labelled as a card right before it
-            return [
-                Hit(
-                    "bank_card",
-                    f,
-                    t,
-                    checks.mask_card(tok.decode()),
-                    0.6,
-                    "UnionPay prefix, labelled, no Luhn",
-                )
-            ]
-    return []
+            out.append((s, CARD, e, 0.6, "UnionPay prefix, labelled, no Luhn", None))
+
+
+_MOBILE = checks.MOBILE_PREFIXES
+_CODES = checks.DIVISION_CODES
+_DATES = checks.BIRTH_DATES
+_BASE13 = checks.ID_BASE13
+_ISSUERS = checks.ISSUERS
+_LUHN2 = checks.LUHN_DOUBLED
+
+
+def _bulk_digits(
+    buf: bytes,
+    ends: list[int],
+    shift: int,
+    start: int,
+    limit: int,
+    out: list[Raw],
+    counts: Counter[str] | None,
+    size: int,
+    mobile: bool,
+) -> None:
+    """Digit runs of one length. The common cases are decided inline (a mobile number is valid by its
+    pattern already; an 18-digit ID number; a card with a Luhn digit), the rest by :func:`_judge`. With
+    ``counts``, valid values are counted there instead of listed."""
+    ends.sort()  # hyperscan reports matches nearly, not strictly, in order
+    off = size + shift
+    lo = bisect.bisect_left(ends, start + off)
+    hi = bisect.bisect_left(ends, limit + off)
+    if lo >= hi:
+        return
+    sel = ends[lo:hi] if lo or hi < len(ends) else ends
+    if mobile:
+        if counts is not None:
+            counts[MOBILE] += len(sel)
+        else:
+            conf = 0.9 if size == 11 else 0.95
+            out.extend([(t - off, MOBILE, t - shift, conf, "", None) for t in sel])
+        return
+    append = out.append
+    valid = 0
+    if size == 18:
+        codes, dates, base13 = _CODES, _DATES, _BASE13
+        for t in sel:
+            tok = buf[t - off : t - shift]
+            if tok[:6] in codes and tok[6:14] in dates and int(tok.translate(base13), 13) % 11 == 1:
+                if counts is None:
+                    append((t - off, ID, t - shift, 0.99, "18-digit", None))
+                else:
+                    valid += 1
+            else:
+                _judge(buf, t - off, t - shift, tok, False, out)
+        if valid:
+            counts[ID] += valid  # type: ignore[index]
+        return
+    if size == 15:
+        for t in sel:
+            tok = buf[t - off : t - shift]
+            if tok[-1] <= 0x39:
+                _judge(buf, t - off, t - shift, tok, False, out)
+        return
+    issuers, luhn2 = _ISSUERS, _LUHN2
+    p = 1 - (size & 1)  # Luhn: the digits not doubled (odd positions of an even length), then the others
+    d = size & 1
+    for t in sel:
+        tok = buf[t - off : t - shift]
+        if tok[-1] > 0x39:
+            continue  # X only ends an 18-character ID number
+        issuer = issuers.get(tok[:4])
+        if (
+            issuer is not None
+            and size in issuer[1]
+            and (int(tok[p::2], 11) + int(tok[d::2].translate(luhn2), 11)) % 10 == 0
+        ):
+            if counts is None:
+                append((t - off, CARD, t - shift, LAZY_CARD, issuer[0], None))
+            else:
+                valid += 1
+        else:
+            _judge(buf, t - off, t - shift, tok, False, out)
+    if valid:
+        counts[CARD] += valid  # type: ignore[index]
+
+
+def _bulk_grouped(
+    buf: bytes,
+    ends: list[int],
+    shift: int,
+    start: int,
+    limit: int,
+    out: list[Raw],
+    counts: Counter[str] | None,
+    size: int,
+) -> None:
+    """``3-4-4`` mobiles, ``4-4-4-4[-1..3]`` cards, ``6 8 4`` ID numbers (space or dash between groups)."""
+    n = len(buf)
+    for t in ends:
+        e = t - shift
+        s = e - size
+        if s < start or s >= limit:
+            continue
+        if size == 19:
+            if buf[s : s + 2] not in _CARDP2:
+                continue
+            tok = buf[s : s + 4] + buf[s + 5 : s + 9] + buf[s + 10 : s + 14] + buf[s + 15 : s + 19]
+            if e + 1 < n and buf[e] in _SEP and buf[e + 1] in _DIGITS:
+                m = _GROUP_TAIL.match(buf, e)
+                if m is None:
+                    continue
+                tok += m.group(1)
+                e = m.end()
+        elif size == 13:
+            tok = buf[s : s + 3] + buf[s + 4 : s + 8] + buf[s + 9 : s + 13]
+        else:
+            if buf[s : s + 2] not in _PROV2:
+                continue
+            tok = buf[s : s + 6] + buf[s + 7 : s + 15] + buf[s + 16 : s + 20]
+        if e + 1 < n and buf[e] in _SEP and buf[e + 1] in _DIGITS:
+            continue  # the first groups of a longer grouped number
+        _judge(buf, s, e, tok, True, out)
 
 
 _KEY_CHARS = frozenset(b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz_-")
 _ALNUM = frozenset(b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
+_ALNUM_B = bytes(sorted(_ALNUM))
 _B32 = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567")
 
 
@@ -312,13 +527,8 @@ def _varied(s: bytes, minimum: int = 6) -> bool:
     return len(set(s)) >= minimum
 
 
-def _cloud(buf: bytes, f: int, t: int) -> list[Hit]:
-    f = max(0, t - 4)
-    t = f
-    n = len(buf)
-    while t < n and buf[t] in _KEY_CHARS and t - f < 80:
-        t += 1
-    tok = buf[f:t]
+def _cloud(tok: bytes) -> tuple[float, str]:
+    """(confidence, provider) of a cloud key id cut out whole, or (0, "")."""
     p = tok[:4]
     conf, detail = 0.0, ""
     if p == b"LTAI":
@@ -335,9 +545,41 @@ def _cloud(buf: bytes, f: int, t: int) -> list[Hit]:
             conf, detail = 0.8, "Volcengine/Kingsoft Cloud AccessKey"
     elif p == b"AIza" and len(tok) == 39 and _varied(tok[4:], 10):
         conf, detail = 0.9, "Google API key"
-    if not conf:
-        return []
-    return [Hit("cloud_key", f, t, checks.mask_key(tok.decode()), conf, detail)]
+    return conf, detail
+
+
+def _bulk_cloud(
+    buf: bytes,
+    ends: list[int],
+    shift: int,
+    start: int,
+    limit: int,
+    out: list[Raw],
+    counts: Counter[str] | None,
+    size: int,
+    name: str,
+) -> None:
+    """Cloud key ids: the value runs from its prefix to the first byte that is not a key character."""
+    for t in ends:
+        e = t - shift
+        if size:
+            starts = [e - size]
+        elif name == "ltai":  # LTAI + letters and digits: the run of those that ends here
+            w = buf[max(0, e - 31) : e]
+            starts = [e - (len(w) - len(w.rstrip(_ALNUM_B)))]
+        else:  # AKLT + key characters, which may hold another AKLT after a dash or underscore
+            starts = []
+            p = buf.find(b"AKLT", max(0, e - 64), e - 20)
+            while p >= 0:
+                if p == 0 or buf[p - 1] not in _ALNUM:
+                    starts.append(p)
+                p = buf.find(b"AKLT", p + 1, e - 20)
+        for s in starts:
+            if start <= s < limit:
+                tok = buf[s:e]
+                conf, detail = _cloud(tok)
+                if conf:
+                    out.append((s, "cloud_key", e, conf, detail, checks.mask_key(tok.decode())))
 
 
 def _token(buf: bytes, f: int, t: int) -> list[Hit]:
@@ -369,17 +611,15 @@ def _token(buf: bytes, f: int, t: int) -> list[Hit]:
     return [Hit("api_token", f, t, checks.mask_key(tok), 0.9, detail)]
 
 
-_JWT_CHARS = frozenset(b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz_-.")
+_JWT_RUN = re.compile(rb"[0-9A-Za-z_\-.]{1,10000}")
 
 
 def _jwt(buf: bytes, f: int, t: int) -> list[Hit]:
     f = buf.find(b"eyJ", f, t)
     if f < 0:
         return []
-    end = f
-    n = len(buf)
-    while end < n and buf[end] in _JWT_CHARS and end - f < 10000:
-        end += 1
+    m = _JWT_RUN.match(buf, f)
+    end = m.end() if m else f
     tok = buf[f:end].rstrip(b".")
     alg = checks.jwt_header(tok)
     if alg is None:
@@ -750,9 +990,6 @@ def _addr(buf: bytes, f: int, t: int) -> list[Hit]:
 
 
 _HANDLERS: dict[str, Callable[[bytes, int, int], list[Hit]]] = {
-    "run": _digits,
-    "grouped": _digits,
-    "cloud": _cloud,
     "token": _token,
     "jwt": _jwt,
     "pem": _pem,
@@ -808,15 +1045,56 @@ def cell_hits(value: str, column: str, kinds: frozenset[str]) -> list[Hit]:
 # --- the engine ----------------------------------------------------------------
 
 _SPECIFIC_SECRETS = frozenset({"cloud_key", "api_token", "jwt", "private_key"})
+_KIND = operator.itemgetter(1)
+#: a buffer that ends in one of these needs no padding for the right boundary of a bulk anchor
+_NO_PAD = frozenset(b"\n\r\t ,;\"'")
+
+
+def resolve_confidence(buf: bytes, raw: Raw) -> float:
+    """A hit's confidence (a card's is decided by the words before it only when asked)."""
+    conf = raw[3]
+    if conf == LAZY_CARD:
+        s = raw[0]
+        return 0.95 if _CARD_CONTEXT.search(buf, max(0, s - 40), s) is not None else 0.85
+    return conf
+
+
+def masked(buf: bytes, raw: Raw) -> str:
+    """A hit's masked value (numbers are masked from their bytes only when asked)."""
+    m = raw[5]
+    if m is not None:
+        return m
+    tok = buf[raw[0] : raw[2]].replace(b" ", b"").replace(b"-", b"").decode("ascii")
+    kind = raw[1]
+    if kind == ID:
+        return checks.mask_id(tok.upper())
+    if kind == MOBILE:
+        return checks.mask_mobile(tok[-11:])
+    return checks.mask_card(tok)
+
+
+def to_hit(buf: bytes, raw: Raw) -> Hit:
+    return Hit(raw[1], raw[0], raw[2], masked(buf, raw), resolve_confidence(buf, raw), raw[4])
+
+
+def _as_raw(h: Hit) -> Raw:
+    return (h.start, h.kind, h.end, h.confidence, h.detail, h.masked)
 
 
 class Engine:
-    """Anchors for a set of kinds, compiled once; :meth:`scan` finds and validates."""
+    """Anchors for a set of kinds, compiled once; :meth:`find` and :meth:`scan` find and validate."""
 
     def __init__(self, kinds: frozenset[str], engine: str = "auto") -> None:
         self.kinds = kinds
         self.anchors = [a for a in ANCHORS if a.kinds & kinds]
-        self.handlers = [_HANDLERS[a.name] for a in self.anchors]
+        # bulk anchors first: the match callback tells them apart by index
+        self.anchors.sort(key=lambda a: not a.bulk)
+        self.n_bulk = sum(a.bulk for a in self.anchors)
+        self.handlers = [_HANDLERS.get(a.name) for a in self.anchors]
+        self._bulk = [_bulk_handler(a) for a in self.anchors[: self.n_bulk]]
+        #: bulk anchors whose hits are numbers (never overlapping one another) go to the fast list
+        self._fast = [bool(a.kinds & _DIGIT_KINDS) for a in self.anchors[: self.n_bulk]]
+        self._all_digits = kinds >= _DIGIT_KINDS
         use_hs = engine == "hyperscan" or (engine == "auto" and HAVE_HYPERSCAN)
         if engine == "hyperscan" and not HAVE_HYPERSCAN:
             raise RuntimeError(
@@ -827,13 +1105,14 @@ class Engine:
         self.name = "hyperscan" if use_hs and self.anchors else "re"
         self._backs: list[int | None] = [None if a.som else a.back for a in self.anchors]
         self._res: list[re.Pattern[bytes]] = []
-        self._db: Any = None
+        self._by_size: dict[int, list[int]] = {}
+        self._dbs: list[Any] = []
         if self.name == "hyperscan":
-            ids = list(range(len(self.anchors)))
-            if ids:
+            for group in sorted({a.group for a in self.anchors}):
+                ids = [i for i, a in enumerate(self.anchors) if a.group == group]
                 db = _hs.Database(mode=_hs.HS_MODE_BLOCK)
                 flags = [
-                    (_hs.HS_FLAG_SOM_LEFTMOST if self.anchors[i].som else 0)
+                    (_hs.HS_FLAG_SOM_LEFTMOST if self.anchors[i].som and not self.anchors[i].bulk else 0)
                     | (_hs.HS_FLAG_CASELESS if self.anchors[i].caseless else 0)
                     for i in ids
                 ]
@@ -843,68 +1122,153 @@ class Engine:
                     elements=len(ids),
                     flags=flags,
                 )
-                self._db = db
+                self._dbs.append(db)
         else:
             self._res = [a.re_pattern() for a in self.anchors]
+            for i, a in enumerate(self.anchors):
+                if a.digits_only:
+                    self._by_size.setdefault(a.size, []).append(i)
 
-    def _candidates(self, buf: bytes, pos: int) -> list[tuple[int, int, int]]:
-        """(anchor position, anchor end, anchor index), sorted; the position of an anchor without
-        start-of-match is ``end - back`` for both engines."""
-        out: list[tuple[int, int, int]] = []
-        if not self.anchors:
-            return out
-        if self._db is not None:
-            append = out.append
-            self._db.scan(buf, match_event_handler=lambda i, f, t, _fl, _c: append((f, t, i)))
-        else:
-            for i, rx in enumerate(self._res):
-                out.extend((m.start(), m.end(), i) for m in rx.finditer(buf, pos))
+    def _candidates(self, buf: bytes, pos: int) -> tuple[list[list[Any]], int]:
+        """Per anchor: the ends of bulk anchors' matches, ``(start, end)`` of the others'; and how far
+        past a bulk value its ends lie (hyperscan consumes the right boundary, ``re`` looks ahead)."""
+        lists: list[list[Any]] = [[] for _ in self.anchors]
+        if self._dbs:
+            nb = self.n_bulk
+
+            def on_match(i: int, f: int, t: int, _flags: int, c: list[list[Any]]) -> None:
+                if i < nb:
+                    c[i].append(t)
+                else:
+                    c[i].append((f, t))
+
+            for db in self._dbs:
+                db.scan(buf, match_event_handler=on_match, context=lists)
+            return lists, 1
+        if self._by_size:
+            # every maximal run of 11-19 digits (an X may end it), each given to the anchors of its length
+            # whose pattern it matches: what hyperscan reports for them
+            by_size, full = self._by_size, self._res
+            for m in _RE_RUNS.finditer(buf, pos):
+                s, e = m.span()
+                for i in by_size.get(e - s, ()):
+                    if full[i].fullmatch(buf, s, e):
+                        lists[i].append(e)
+        for i, rx in enumerate(self._res):
+            if self.anchors[i].digits_only:
+                continue
+            if i < self.n_bulk:
+                lists[i] = [m.end() for m in rx.finditer(buf, pos)]
+            else:
+                lists[i] = [(m.start(), m.end()) for m in rx.finditer(buf, pos)]
+        return lists, 0
+
+    def find(
+        self,
+        buf: bytes,
+        start: int = 0,
+        limit: int | None = None,
+        min_confidence: float = 0.0,
+        counts: Counter[str] | None = None,
+    ) -> tuple[list[Raw], list[Raw]]:
+        """Validated hits whose anchor starts in ``[start, limit)``, as two lists of :data:`Raw`:
+
+        - *numbers* (ID numbers, mobiles, cards), unordered: they never overlap one another, and each
+          is found from its own first byte, so it needs no deduplication. With ``counts``, they are
+          counted there per kind and not listed (what a scan past its listing cap needs);
+        - everything else, ordered and deduplicated (the longer of two same-kind hits at one start, no
+          same-kind hit nested in the one before, no password that is a key, token or JWT).
+
+        Bytes before ``start`` are context only; the value of a hit may begin before ``start`` (an
+        address ends at its road number) or end after ``limit``: callers give enough bytes on either
+        side (see ``stream``).
+        """
+        if limit is None:
+            limit = len(buf)
+        if limit + 64 >= len(buf) and buf and buf[-1] not in _NO_PAD:
+            buf = buf + b"\n"  # a value at the very end still has a right boundary to match
+        lists, shift = self._candidates(buf, max(0, start - 64))
+        fast: list[Raw] = []
+        slow: list[Raw] = []
+        kinds = self.kinds
+        filtered = not self._all_digits or min_confidence > 0.6
+        direct = None if filtered else counts
+        for i, bulk in enumerate(self._bulk):
+            if lists[i]:
+                bulk(buf, lists[i], shift, start, limit, fast if self._fast[i] else slow, direct)
+        if fast:
+            if not self._all_digits:
+                fast = [h for h in fast if h[1] in kinds]
+            if min_confidence > 0.6:
+                fast = [h for h in fast if resolve_confidence(buf, h) >= min_confidence]
+            if counts is not None:
+                counts.update(map(_KIND, fast))
+                fast = []
+        nb = self.n_bulk
         backs = self._backs
-        out = [(t - backs[i], t, i) if backs[i] is not None else (f, t, i) for f, t, i in out]  # type: ignore[operator]
-        out.sort()
-        return out
+        cands = [
+            (f if backs[i] is None else t - backs[i], t, i)
+            for i in range(nb, len(self.anchors))
+            for f, t in lists[i]
+        ]
+        if not cands and not slow:
+            return fast, slow
+        cands.sort()
+        hits: dict[tuple[str, int], Raw] = {}
+        for h in slow:
+            if h[1] in kinds and h[3] >= min_confidence:
+                hits[(h[1], h[0])] = h
+        handlers = self.handlers
+        for f, t, i in cands:
+            if not start <= f < limit:
+                continue
+            for hh in handlers[i](buf, f, t):  # type: ignore[misc]
+                if hh.kind not in kinds or hh.confidence < min_confidence:
+                    continue
+                old = hits.get((hh.kind, hh.start))
+                if old is None or hh.end > old[2]:
+                    hits[(hh.kind, hh.start)] = _as_raw(hh)
+        out = sorted(hits.values())
+        if "password" in kinds and len(out) > 1:
+            # spans of keys, tokens and JWTs, by start, with the furthest end so far
+            starts = [h[0] for h in out if h[1] in _SPECIFIC_SECRETS]
+            if starts:
+                reach = list(itertools.accumulate((h[2] for h in out if h[1] in _SPECIFIC_SECRETS), max))
+                out = [h for h in out if h[1] != "password" or not _overlaps(starts, reach, h[0], h[2])]
+        return fast, _drop_nested(out)
 
     def scan(
         self, buf: bytes, start: int = 0, limit: int | None = None, min_confidence: float = 0.0
     ) -> list[Hit]:
-        """Validated hits whose anchor starts in ``[start, limit)``.
-
-        Bytes before ``start`` are context only; the value of a hit may begin
-        before ``start`` (an address ends at its road number) or end after
-        ``limit``: callers give enough bytes on either side (see ``stream``).
-        """
-        if limit is None:
-            limit = len(buf)
-        hits: dict[tuple[str, int], Hit] = {}
-        handlers = self.handlers
-        kinds = self.kinds
-        for f, t, i in self._candidates(buf, max(0, start - 64)):
-            if not start <= f < limit:
-                continue
-            for h in handlers[i](buf, f, t):
-                if h.kind not in kinds or h.confidence < min_confidence:
-                    continue
-                old = hits.get((h.kind, h.start))
-                if old is None or h.end > old.end:
-                    hits[(h.kind, h.start)] = h
-        out = sorted(hits.values(), key=lambda h: (h.start, h.kind))
-        if "password" in kinds and len(out) > 1:
-            spans = [(h.start, h.end) for h in out if h.kind in _SPECIFIC_SECRETS]
-            if spans:
-                out = [
-                    h
-                    for h in out
-                    if h.kind != "password" or not any(s < h.end and h.start < e for s, e in spans)
-                ]
-        return _drop_nested(out)
+        """Validated hits whose anchor starts in ``[start, limit)``, in order, masked (see :meth:`find`)."""
+        fast, slow = self.find(buf, start, limit, min_confidence)
+        return [to_hit(buf, h) for h in sorted(fast + slow)]
 
 
-def _drop_nested(hits: list[Hit]) -> list[Hit]:
+_Bulk = Callable[[bytes, list[int], int, int, int, list[Raw], "Counter[str] | None"], None]
+
+
+def _bulk_handler(a: _Anchor) -> _Bulk:
+    if a.name.startswith(("run", "mob")):
+        return functools.partial(_bulk_digits, size=a.size, mobile=a.name.startswith("mob"))
+    if a.kinds == _DIGIT_KINDS:
+        return functools.partial(_bulk_grouped, size=a.size)
+    return functools.partial(_bulk_cloud, size=a.size, name=a.name)
+
+
+def _overlaps(starts: list[int], reach: list[int], s: int, e: int) -> bool:
+    """Does ``[s, e)`` overlap a span, given the spans' sorted starts and the running maximum of their
+    ends?"""
+    k = bisect.bisect_left(starts, e)  # spans that start before e
+    return k > 0 and reach[k - 1] > s
+
+
+def _drop_nested(hits: list[Raw]) -> list[Raw]:
     """Same-kind hits inside another (a 3-4-4 group inside a longer value) are dropped."""
-    out: list[Hit] = []
+    out: list[Raw] = []
     for h in hits:
-        if out and out[-1].kind == h.kind and h.start < out[-1].end:
-            if h.end - h.start > out[-1].end - out[-1].start:
+        if out and out[-1][1] == h[1] and h[0] < out[-1][2]:
+            if h[2] - h[0] > out[-1][2] - out[-1][0]:
                 out[-1] = h
             continue
         out.append(h)

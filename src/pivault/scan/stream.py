@@ -18,11 +18,13 @@ import bisect
 import codecs
 import csv
 import io
+import operator
 import re
+from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from typing import Protocol
 
-from pivault.scan.engine import Engine, Hit, cell_hits
+from pivault.scan.engine import Engine, Raw, cell_hits, masked, resolve_confidence
 from pivault.scan.findings import Finding, ScanIssue, ScanOptions, SourceResult
 
 
@@ -38,6 +40,9 @@ CONTEXT = 1024
 TAIL = 16384
 #: how much of a file decides its encoding
 SNIFF = 64 * 1024
+
+
+_KIND = operator.itemgetter(1)
 
 
 class Collector:
@@ -56,6 +61,21 @@ class Collector:
             self.result.findings.append(finding)
         else:
             self.result.dropped += 1
+
+    def room(self) -> int:
+        """How many more findings are kept with their details."""
+        return self.cap - len(self.result.findings)
+
+    def count(self, hits: list[Raw]) -> None:
+        """Count hits past the cap (already filtered by confidence): no finding is made for them."""
+        if hits:
+            self.result.counts.update(map(_KIND, hits))
+            self.result.dropped += len(hits)
+
+    def tally(self, counts: Counter[str]) -> None:
+        """Add counts of hits past the cap."""
+        self.result.counts.update(counts)
+        self.result.dropped += sum(counts.values())
 
     def issue(self, code: str, message: str, source: str | None = None) -> None:
         self.result.issues.append(ScanIssue(source or self.result.source, code, message))
@@ -208,59 +228,76 @@ class TextStream:
             self.carry = b""
             return
         keep = max(0, limit - CONTEXT)
-        self.line_base += buf.count(b"\n", 0, keep)
+        if self.out.room() > 0:  # line numbers are only needed while findings are still listed
+            self.line_base += buf.count(b"\n", 0, keep)
         self.abs_base += keep
         self.carry = buf[keep:]
         self.carry_start = limit - keep
 
     def _scan(self, buf: bytes, start: int, limit: int) -> None:
-        hits = self.engine.scan(buf, start, limit)
+        room = self.out.room()
+        # past the listing cap, numbers are only counted (the engine makes no hit for them)
+        tally: Counter[str] | None = Counter() if room <= 0 else None
+        fast, slow = self.engine.find(buf, start, limit, self.out.min_confidence, tally)
+        if tally:
+            self.out.tally(tally)
         if self.hint_cols:
-            hits = self._cell_hits(buf, start, limit, hits)
-        if not hits:
-            self.seen = set()
+            slow = self._cell_hits(buf, start, limit, slow)
+        base = self.abs_base
+        if slow and self.seen:
+            # a value near the end of the last chunk may have been found there from another anchor
+            edge = max(a for _, a in self.seen)
+            slow = [h for h in slow if h[0] + base > edge or (h[1], h[0] + base) not in self.seen]
+        self.seen = set()
+        for h in reversed(slow):
+            if h[0] < limit - CONTEXT:
+                break
+            self.seen.add((h[1], h[0] + base))
+        if not fast and not slow:
             return
-        seen_now: set[tuple[str, int]] = set()
+        if room <= 0:
+            self.out.count(fast)
+            self.out.count(slow)
+            return
+        hits = sorted(fast + slow) if fast and slow else sorted(fast) if fast else slow
+        if len(hits) > room:
+            self.out.count(hits[room:])
+            hits = hits[:room]
         line = self.line_base
         cursor = 0
         sep = self.csv_sep[0] if self.csv_sep else None
         for h in hits:
-            a = self.abs_base + h.start
-            key = (h.kind, a)
-            if key in self.seen or key in seen_now:
-                continue
-            seen_now.add(key)
-            line += buf.count(b"\n", cursor, h.start)
-            cursor = h.start
-            ls = buf.rfind(b"\n", 0, h.start) + 1
+            s, kind, e = h[0], h[1], h[2]
+            line += buf.count(b"\n", cursor, s)
+            cursor = s
+            ls = buf.rfind(b"\n", 0, s) + 1
             column: str | None = None
             if sep is not None and self.header is not None and line > 0:
-                i = _csv_column(buf, ls, h.start, sep)
+                i = _csv_column(buf, ls, s, sep)
                 column = self.header[i] if i < len(self.header) else f"#{i + 1}"
-            elif not (h.kind == "password" and h.detail.endswith("URL")):
-                column = field_before(buf, ls, h.start)
+            elif not (kind == "password" and h[4].endswith("URL")):
+                column = field_before(buf, ls, s)
             self.out.add(
                 Finding(
-                    h.kind,
-                    h.masked,
-                    h.confidence,
+                    kind,
+                    masked(buf, h),
+                    resolve_confidence(buf, h),
                     file=self.name,
                     table=self.table,
                     column=column,
                     line=line + 1,
-                    offset=a,
-                    length=h.end - h.start,
-                    detail=h.detail,
+                    offset=base + s,
+                    length=e - s,
+                    detail=h[4],
                 )
             )
-        self.seen = {k for k in seen_now if k[1] >= self.abs_base + limit - CONTEXT}
 
-    def _cell_hits(self, buf: bytes, start: int, limit: int, hits: list[Hit]) -> list[Hit]:
+    def _cell_hits(self, buf: bytes, start: int, limit: int, hits: list[Raw]) -> list[Raw]:
         assert self.header is not None and self.csv_sep is not None
         sep = self.csv_sep.decode()
         kinds = self.engine.kinds
-        have = {(h.kind, h.start) for h in hits}
-        extra: list[Hit] = []
+        have = {(h[1], h[0]) for h in hits}
+        extra: list[Raw] = []
         pos = start
         # the header line itself is not data
         if self.abs_base == 0 and start == 0:
@@ -277,15 +314,13 @@ class TextStream:
                 if i in self.hint_cols:
                     for h in cell_hits(cell.strip('"'), self.header[i], kinds):
                         s = offset + h.start + (1 if cell.startswith('"') else 0)
-                        if ("name" if h.kind == "name" else h.kind, s) not in have:
-                            extra.append(
-                                Hit(h.kind, s, s + h.end - h.start, h.masked, h.confidence, h.detail)
-                            )
+                        if (h.kind, s) not in have and h.confidence >= self.out.min_confidence:
+                            extra.append((s, h.kind, s + h.end - h.start, h.confidence, h.detail, h.masked))
                 offset += len(cell.encode("utf-8")) + len(sep.encode())
             pos = end + 1
         if not extra:
             return hits
-        return sorted(hits + extra, key=lambda h: h.start)
+        return sorted(hits + extra)
 
 
 def _split_quoted(text: str, sep: str) -> list[str]:
