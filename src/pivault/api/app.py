@@ -512,6 +512,8 @@ def create_app(vault: VaultLike, policy: Policy | PolicyHolder, *, tokens: Token
                                              created_by=caller.token.principal)
         except ValueError as exc:
             raise Problem(422, "token.invalid", str(exc)) from None
+        # token and policy changes go to the audit trail too (subjects: token ids, never secrets)
+        vault.guard.audit(caller.ctx(), "token.create", [info.token_id], "ok")
         return s.TokenCreated(token=token, info=s.TokenView.model_validate(info.to_dict()))
 
     @app.get("/v1/admin/tokens", response_model=s.TokenList, tags=["admin"], responses=problems)
@@ -526,6 +528,7 @@ def create_app(vault: VaultLike, policy: Policy | PolicyHolder, *, tokens: Token
         """Revoke a token; refused from the next request on, on every worker."""
         if not token_store.revoke(token_id):
             raise Problem(404, "token.not_found", "no active or suspended token with this id")
+        vault.guard.audit(caller.ctx(), "token.revoke", [token_id], "ok")
         return Response(status_code=204)
 
     @app.post("/v1/admin/policy/reload", response_model=s.PolicyReloaded, tags=["admin"], responses=problems)
@@ -534,7 +537,9 @@ def create_app(vault: VaultLike, policy: Policy | PolicyHolder, *, tokens: Token
         try:
             new = holder.reload()
         except PolicyError as exc:
+            vault.guard.audit(caller.ctx(), "policy.change", [], "invalid")
             raise Problem(422, exc.code, exc.message) from None
+        vault.guard.audit(caller.ctx(), "policy.change", [], "ok")
         rows = [s.RoleSummary(**{k: r[k] for k in s.RoleSummary.model_fields}) for r in new.explain()]
         return s.PolicyReloaded(source=new.source, roles=rows)
 
