@@ -27,12 +27,13 @@ def version() -> None:
 
 def _register() -> None:
     """Attach every area's commands, in the order ``--help`` lists them."""
-    from pivault.cli import audit_cmds, leak_cmds, scan, serve_cmds, synth, vault_cmds
+    from pivault.cli import audit_cmds, keys_cmds, leak_cmds, scan, serve_cmds, synth, vault_cmds
 
     vault_cmds.register(app)
     serve_cmds.register(app)
     audit_cmds.register(app)
     leak_cmds.register(app)
+    keys_cmds.register(app)
     app.command("synth")(synth.synth)
     app.command("scan")(scan.scan)
 
