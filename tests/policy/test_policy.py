@@ -21,9 +21,12 @@ def ctx(role: str, purpose: str, *, reveal: bool = False) -> AccessContext:
 
 def test_default_policy_loads_with_shipped_roles() -> None:
     p = Policy.default()
-    assert set(p.roles) == {"officer", "registrar", "dpo", "admin"}
+    assert set(p.roles) == {"officer", "registrar", "dpo", "admin", "approver"}
     assert p.roles["admin"].fields == {}
     assert p.roles["admin"].operations == {"admin"}
+    # the export approver decides on exports and sees no field itself
+    assert p.roles["approver"].fields == {}
+    assert p.roles["approver"].operations == {"export"}
     assert p.budgets_for("officer")["records_per_minute"] == 30
 
 
