@@ -111,7 +111,7 @@ def test_serve_on_any_address_with_tls_starts_and_prints_what_it_exposes(home: P
 
 
 def test_token_commands(home: Path, tmp_path: Path) -> None:
-    runner = CliRunner(env={"PIVAULT_HOME": str(home)})
+    runner = CliRunner(env={"PIVAULT_HOME": str(home), "PIVAULT_PASSPHRASE": PASSPHRASE})
     r = runner.invoke(app, ["token", "create", "--principal", "clerk-7", "--role", "registrar",
                             "--purpose", "registration", "--expires", "2h"])
     assert r.exit_code == 0, r.output
@@ -140,6 +140,23 @@ def test_token_commands(home: Path, tmp_path: Path) -> None:
     assert r.exit_code == 2
     r = runner.invoke(app, ["token", "list", "--all"])
     assert "revoked" in r.stdout
+    # every change at the command line is in the audit trail, naming the token, never the secret
+    from pivault.audit import entries
+
+    trail = [(e.operation, tuple(e.detail.get("subjects", ())))
+             for e in entries(Database(load(home).store_url)) if e.operation.startswith("token.")]
+    assert ("token.create", (info.token_id,)) in trail
+    assert ("token.resume", (info.token_id,)) in trail
+    assert ("token.revoke", (info.token_id,)) in trail
+    assert sum(op == "token.create" for op, _ in trail) == 2  # the refused ones left no entry
+
+
+def test_token_commands_need_the_passphrase(home: Path) -> None:
+    runner = CliRunner(env={"PIVAULT_HOME": str(home), "PIVAULT_PASSPHRASE": "not the passphrase"})
+    before = TokenStore(Database(load(home).store_url)).list()
+    r = runner.invoke(app, ["token", "create", "--principal", "mallory", "--role", "admin"])
+    assert r.exit_code != 0 and "pv_" not in r.stdout
+    assert TokenStore(Database(load(home).store_url)).list() == before
 
 
 def test_policy_check_command(tmp_path: Path) -> None:

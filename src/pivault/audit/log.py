@@ -66,7 +66,8 @@ ZERO_MAC = bytes(32)
 #: the operations the door records; others may be added but must match ``_NAME``
 OPERATIONS = frozenset({
     "read", "lookup", "find", "create", "update", "erase", "export", "import", "stats",
-    "token.create", "token.revoke", "token.suspend", "policy.change", "audit.prune", "canary.seed",
+    "token.create", "token.revoke", "token.resume", "token.suspend", "policy.change", "audit.prune",
+    "canary.seed",
 })
 #: "not_found" and "invalid" are the Vault's words for a miss and for rejected input
 OUTCOMES = frozenset({"ok", "miss", "not_found", "denied", "refused", "invalid", "error"})

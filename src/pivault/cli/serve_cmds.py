@@ -14,7 +14,8 @@ import os
 import secrets
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, ParamSpec, TypeVar
 
@@ -101,6 +102,27 @@ def _tokens(home: Path) -> TokenStore:
     db = Database(load(home).store_url)
     migrate(db)  # the tokens table arrives with this component's first schema step
     return TokenStore(db)
+
+
+@contextmanager
+def _audited_tokens(home: Path) -> Iterator[tuple[TokenStore, Callable[[str, str], None]]]:
+    """The token store of an opened vault, and a recorder for the audit trail.
+
+    Token changes at the command line are recorded like those made through
+    the API: the vault is opened (so the passphrase is needed), and each change
+    and its audit entry commit in one transaction, so neither stands alone.
+    """
+    from pivault.policy.context import local_operator
+    from pivault.vault import Vault
+
+    with Vault.open(home) as vault:
+        ctx = local_operator("administration")
+
+        def record(operation: str, token_id: str) -> None:
+            vault.guard.audit(ctx, operation, [token_id], "ok")
+
+        with vault.db.transaction():
+            yield TokenStore(vault.db), record
 
 
 def _write_secret(path: Path, text: str) -> None:
@@ -192,9 +214,10 @@ def token_create(
     if bad:
         raise ConfigError(f"role {role!r} may state only: {', '.join(r.purposes)}", code="token.purpose")
     ttl = parse_duration(expires)
-    store = _tokens(h)
     user = os.environ.get("USER") or "operator"
-    info, token = store.create(principal, role, purposes, ttl_seconds=ttl, created_by=f"local:{user}")
+    with _audited_tokens(h) as (store, record):
+        info, token = store.create(principal, role, purposes, ttl_seconds=ttl, created_by=f"local:{user}")
+        record("token.create", info.token_id)
     when = time.strftime("%Y-%m-%d %H:%M", time.gmtime(info.expires_at))
     if out is not None:
         _write_secret(out, token + "\n")
@@ -234,11 +257,12 @@ def token_revoke(
     home: HomeOpt = None,
 ) -> None:
     """Revoke a token: refused from the next request on, by every worker."""
-    store = _tokens(_home(home))
     if token_id.startswith("pv_"):
         token_id = token_id.split("_")[1]
-    if not store.revoke(token_id):
-        raise ConfigError("no such token, or it is already revoked", code="token.not_found")
+    with _audited_tokens(_home(home)) as (store, record):
+        if not store.revoke(token_id):
+            raise ConfigError("no such token, or it is already revoked", code="token.not_found")
+        record("token.revoke", token_id)
     typer.echo(f"revoked {token_id}")
 
 
@@ -249,10 +273,11 @@ def token_resume(
     home: HomeOpt = None,
 ) -> None:
     """Lift a suspension (set by the detector) after the operator has looked into it."""
-    store = _tokens(_home(home))
-    if not store.resume(token_id):
-        raise ConfigError("no suspended token with this id (revoked tokens stay revoked)",
-                          code="token.not_found")
+    with _audited_tokens(_home(home)) as (store, record):
+        if not store.resume(token_id):
+            raise ConfigError("no suspended token with this id (revoked tokens stay revoked)",
+                              code="token.not_found")
+        record("token.resume", token_id)
     typer.echo(f"resumed {token_id}")
 
 
