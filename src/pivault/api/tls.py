@@ -13,6 +13,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from pivault.errors import ConfigError, ValidationError
+
 __all__ = ["DevCert", "make_dev_cert"]
 
 
@@ -50,9 +52,10 @@ def make_dev_cert(directory: str | os.PathLike[str], *, hosts: tuple[str, ...] =
     d.mkdir(mode=0o700, parents=True, exist_ok=True)
     certfile, keyfile = d / "cert.pem", d / "key.pem"
     if not overwrite and (certfile.exists() or keyfile.exists()):
-        raise FileExistsError(f"{certfile} or {keyfile} exists; pass overwrite to replace them")
+        raise ConfigError(f"{certfile} or {keyfile} exists; it is never overwritten silently",
+                          code="tls.exists", hint="pass --force to replace the pair")
     if not 1 <= days <= 397:
-        raise ValueError("a development certificate lives 1 to 397 days")
+        raise ValidationError("tls.days", "a development certificate lives 1 to 397 days")
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "pivault local development"),
                       x509.NameAttribute(NameOID.ORGANIZATION_NAME, "pivault dev-cert")])

@@ -10,17 +10,17 @@ Nothing printed here holds PI: entries carry opaque record ids only.
 from __future__ import annotations
 
 import datetime as _dt
-import functools
 import json
 import os
-import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, ParamSpec, TypeVar
 
 import typer
 
+from pivault.cli.common import HomeOpt, JsonOpt
+from pivault.cli.common import print_json as _json
+from pivault.cli.common import run_cli as _cli
 from pivault.errors import ConfigError, PivaultError, ValidationError
 
 __all__ = ["alerts_app", "audit_app", "canary_app", "register"]
@@ -33,31 +33,6 @@ audit_app = typer.Typer(help="The audit trail: verify the chain, show entries, e
 alerts_app = typer.Typer(help="Alerts raised by budgets, the detector and canaries.", no_args_is_help=True)
 canary_app = typer.Typer(help="Canary residents: synthetic records nobody should read.", no_args_is_help=True)
 
-HomeOpt = Annotated[Path | None, typer.Option(
-    "--home", envvar="PIVAULT_HOME", show_envvar=True, help="Vault home directory (default ./.pivault).")]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
-
-
-def _cli(fn: Callable[P, R]) -> Callable[P, R]:
-    @functools.wraps(fn)
-    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-        try:
-            return fn(*args, **kwargs)
-        except PivaultError as exc:
-            sys.stderr.write(f"error[{exc.code}]: {exc.message}\n")
-            if exc.hint:
-                sys.stderr.write(f"  hint: {exc.hint}\n")
-            raise typer.Exit(2 if isinstance(exc, ValidationError | ConfigError) else 1) from None
-        except OSError as exc:
-            sys.stderr.write(f"error[io]: {exc.strerror or type(exc).__name__}"
-                             + (f": {Path(exc.filename).name}" if exc.filename else "") + "\n")
-            raise typer.Exit(1) from None
-
-    return wrapper
-
-
-def _json(obj: Any) -> None:
-    typer.echo(json.dumps(obj, ensure_ascii=False, indent=2, default=str))
 
 
 def _config(home: Path | None) -> Any:

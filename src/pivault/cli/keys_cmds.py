@@ -18,7 +18,7 @@ from typing import Annotated, Any
 
 import typer
 
-from pivault.cli.vault_cmds import HomeOpt, JsonOpt, run_cli
+from pivault.cli.common import HomeOpt, JsonOpt, run_cli
 
 __all__ = ["backup_app", "keys_app", "register", "restore"]
 

@@ -14,7 +14,8 @@ from typing import Annotated, Any
 
 import typer
 
-from pivault.cli.vault_cmds import HomeOpt, JsonOpt, _print_json, run_cli
+from pivault.cli.common import HomeOpt, JsonOpt, run_cli
+from pivault.cli.common import print_json as _print_json
 
 __all__ = ["export_app", "leak_app", "register"]
 

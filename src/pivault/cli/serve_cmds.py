@@ -9,10 +9,8 @@ from a record. Tokens are printed once, on stdout alone (so
 
 from __future__ import annotations
 
-import functools
 import os
 import secrets
-import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -21,7 +19,10 @@ from typing import Annotated, ParamSpec, TypeVar
 
 import typer
 
-from pivault.errors import ConfigError, PivaultError, ValidationError
+from pivault.cli.common import HomeOpt
+from pivault.cli.common import err as _err
+from pivault.cli.common import run_cli as _cli
+from pivault.errors import ConfigError
 from pivault.policy import Policy
 from pivault.policy.tokens import TokenStore
 
@@ -51,34 +52,6 @@ DEMO_PURPOSES: dict[str, str] = {
     "dpo": "data_subject_request", "admin": "administration",
 }
 
-HomeOpt = Annotated[Path | None, typer.Option(
-    "--home", envvar="PIVAULT_HOME", show_envvar=True, help="Vault home directory (default ./.pivault).")]
-
-
-def _err(text: str) -> None:
-    sys.stderr.write(text + "\n")
-    sys.stderr.flush()
-
-
-def _cli(fn: Callable[P, R]) -> Callable[P, R]:
-    """pivault errors become one line and an exit status, never a traceback."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-        try:
-            return fn(*args, **kwargs)
-        except PivaultError as exc:
-            _err(f"error[{exc.code}]: {exc.message}")
-            if exc.hint:
-                _err(f"  hint: {exc.hint}")
-            raise typer.Exit(2 if isinstance(exc, ValidationError | ConfigError) else 1) from None
-        except (ValueError, FileExistsError) as exc:
-            _err(f"error[invalid]: {exc}")
-            raise typer.Exit(2) from None
-        except KeyboardInterrupt:
-            raise typer.Exit(130) from None
-
-    return wrapper
 
 
 def _home(home: Path | None) -> Path:

@@ -9,8 +9,6 @@ never a value from a record.
 
 from __future__ import annotations
 
-import functools
-import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -18,7 +16,9 @@ from typing import Annotated, Any, ParamSpec, TypeVar
 
 import typer
 
-from pivault.errors import ConfigError, PivaultError, ValidationError
+from pivault.cli.common import HomeOpt, JsonOpt, run_cli
+from pivault.cli.common import print_json as _print_json
+from pivault.errors import ValidationError
 
 __all__ = [
     "erase",
@@ -36,45 +36,8 @@ __all__ = [
 P = ParamSpec("P")
 R = TypeVar("R")
 
-HomeOpt = Annotated[Path | None, typer.Option(
-    "--home", envvar="PIVAULT_HOME", show_envvar=True,
-    help="Vault home directory (default ./.pivault).")]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 RevealOpt = Annotated[bool, typer.Option(
     "--reveal", help="Show full values instead of masks (audited).")]
-
-
-def _err(text: str) -> None:
-    sys.stderr.write(text + "\n")
-
-
-def run_cli(fn: Callable[P, R]) -> Callable[P, R]:
-    """Turn pivault errors into one clear line and an exit status, never a traceback."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-        try:
-            return fn(*args, **kwargs)
-        except PivaultError as exc:
-            _err(f"error[{exc.code}]: {exc.message}")
-            if exc.hint:
-                _err(f"  hint: {exc.hint}")
-            raise typer.Exit(2 if isinstance(exc, ValidationError | ConfigError) else 1) from None
-        except KeyboardInterrupt:
-            _err("error[interrupted]: stopped; committed work is kept — run the same command "
-                 "again to resume")
-            raise typer.Exit(130) from None
-        except OSError as exc:
-            # file names are the operator's own; contents never reach this message
-            _err(f"error[io]: {exc.strerror or type(exc).__name__}"
-                 + (f": {Path(exc.filename).name}" if exc.filename else ""))
-            raise typer.Exit(1) from None
-
-    return wrapper
-
-
-def _print_json(obj: Any) -> None:
-    typer.echo(json.dumps(obj, ensure_ascii=False, indent=2, default=str))
 
 
 def _open(home: Path | None) -> Any:

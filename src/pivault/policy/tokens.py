@@ -29,7 +29,7 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from pivault.errors import PivaultError
+from pivault.errors import PivaultError, ValidationError
 from pivault.store.db import Database
 from pivault.store.migrations import Migration, register
 
@@ -85,10 +85,10 @@ def parse_duration(text: str) -> int:
     """``30d``, ``12h``, ``90m``, ``3600s`` or plain seconds -> seconds."""
     m = re.fullmatch(r"\s*(\d{1,7})\s*([smhdw]?)\s*", text)
     if not m:
-        raise ValueError("a duration is a number with s, m, h, d or w (e.g. 30d)")
+        raise ValidationError("token.duration", "a duration is a number with s, m, h, d or w (e.g. 30d)")
     n = int(m.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}[m.group(2)]
     if n <= 0:
-        raise ValueError("a duration must be positive")
+        raise ValidationError("token.duration", "a duration must be positive")
     return n
 
 
@@ -154,12 +154,14 @@ class TokenStore:
                created_by: str = "", now: float | None = None) -> tuple[TokenInfo, str]:
         """A new token; returns its row and the token string, which is shown once and never stored."""
         if not _PRINCIPAL.fullmatch(principal):
-            raise ValueError("a principal name is 1-128 letters, digits or _ . @ : - ")
+            raise ValidationError("token.principal",
+                                  "a principal name is 1-128 letters, digits or _ . @ : - ")
         plist = tuple(dict.fromkeys(purposes))
         if not plist:
-            raise ValueError("a token needs at least one purpose")
+            raise ValidationError("token.purpose", "a token needs at least one purpose")
         if ttl_seconds <= 0 or ttl_seconds > MAX_TTL_SECONDS:
-            raise ValueError(f"a token lives between 1 second and {MAX_TTL_SECONDS // 86400} days")
+            raise ValidationError("token.duration",
+                                  f"a token lives between 1 second and {MAX_TTL_SECONDS // 86400} days")
         now = time.time() if now is None else now
         token_id = secrets.token_hex(8)
         secret = base64.b32encode(secrets.token_bytes(32)).decode().rstrip("=").lower()

@@ -1,0 +1,63 @@
+"""What every command shares: the error contract, the ``--home`` and ``--json`` options.
+
+A command never ends in a traceback: a pivault error is one line
+``error[<code>]: <message>`` (plus a hint) on stderr and an exit status —
+2 for bad input or configuration, 1 for anything else, 130 when interrupted.
+Messages come from :class:`pivault.errors.PivaultError`, which never carries
+a value, so no PI reaches the terminal through an error.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, ParamSpec, TypeVar
+
+import typer
+
+from pivault.errors import ConfigError, PivaultError, ValidationError
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+HomeOpt = Annotated[Path | None, typer.Option(
+    "--home", envvar="PIVAULT_HOME", show_envvar=True,
+    help="Vault home (data directory); default ./.pivault.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+
+
+def err(text: str) -> None:
+    sys.stderr.write(text + "\n")
+    sys.stderr.flush()
+
+
+def print_json(obj: Any) -> None:
+    typer.echo(json.dumps(obj, ensure_ascii=False, indent=2, default=str))
+
+
+def run_cli(fn: Callable[P, R]) -> Callable[P, R]:
+    """Turn pivault errors into one clear line and an exit status, never a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return fn(*args, **kwargs)
+        except PivaultError as exc:
+            err(f"error[{exc.code}]: {exc.message}")
+            if exc.hint:
+                err(f"  hint: {exc.hint}")
+            raise typer.Exit(2 if isinstance(exc, ValidationError | ConfigError) else 1) from None
+        except KeyboardInterrupt:
+            err("error[interrupted]: stopped; committed work is kept — run the same command "
+                "again to resume")
+            raise typer.Exit(130) from None
+        except OSError as exc:
+            # file names are the operator's own; contents never reach this message
+            err(f"error[io]: {exc.strerror or type(exc).__name__}"
+                + (f": {Path(exc.filename).name}" if exc.filename else ""))
+            raise typer.Exit(1) from None
+
+    return wrapper
