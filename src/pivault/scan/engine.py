@@ -8,6 +8,14 @@ validates it (division code, date and check character; allocated prefix; Luhn
 and issuer; key alphabet and length; JSON inside a JWT …). Only the handlers
 of names and addresses decode text, and only a small window around the hit.
 
+The numbers and cloud key ids are *bulk* anchors: each pattern is a whole value
+of one length between its boundaries, so the value's start is its end less
+its length, and the match callback only appends an offset. After the scan,
+each such anchor's ends are validated together in one loop (no call per
+candidate), into compact tuples (:data:`Raw`); a mask, and the look at the words
+before a card, are made only for the findings that a report lists, and past a
+source's listing cap numbers are only counted.
+
 Boundaries are explicit character classes, never ``\\b``: a number glued to
 Chinese text (``身份证号11010519491231002X``) is found, one glued to ASCII
 letters or digits (``SKU13812345678``, a longer digit run) is not.
@@ -195,7 +203,15 @@ ANCHORS: tuple[_Anchor, ...] = (
     ),
     # grouped forms, by their shape only (prefixes are checked by the handler: cheaper for hyperscan)
     _Anchor(
-        "gmobile", _DIGIT_KINDS, rb"[0-9]{3}[ \-][0-9]{4}[ \-][0-9]{4}", _AN, _AN, bulk=True, size=13, group=1
+        "gmobile",
+        _DIGIT_KINDS,
+        rb"[0-9][0-9]{2}[ \-][0-9]{4}[ \-][0-9]{4}",
+        _AN,
+        _AN,
+        bulk=True,
+        size=13,
+        group=1,
+        lead=b"[0-9]",
     ),
     _Anchor(
         "gcard",
@@ -390,12 +406,23 @@ def _judge(buf: bytes, s: int, e: int, tok: bytes, grouped: bool, out: list[Raw]
             out.append((s, MOBILE, e, 0.95, "", None))
         return
     if 16 <= n <= 19:
-        scheme = checks.card_ok(tok)
-        if scheme is not None:
-            out.append((s, CARD, e, 0.95 if grouped else LAZY_CARD, scheme, None))
-        elif tok[:2] == b"62" and not checks.id_shaped(tok) and _CARD_LABEL.search(buf, max(0, s - 24), s):
-            # some domestic UnionPay cards carry no Luhn digit: a number labelled as a card right before it
-            out.append((s, CARD, e, 0.6, "UnionPay prefix, labelled, no Luhn", None))
+        _card(buf, s, e, tok, grouped, out)
+
+
+def _card(buf: bytes, s: int, e: int, tok: bytes, grouped: bool, out: list[Raw]) -> None:
+    """16-19 digits: a card with an issuer prefix, a length it issues and a Luhn digit (not an
+    ID-shaped 18-digit number); or a UnionPay-prefixed number labelled as a card."""
+    scheme = checks.card_ok(tok)
+    if scheme is not None:
+        out.append((s, CARD, e, 0.95 if grouped else LAZY_CARD, scheme, None))
+    elif tok[:2] == b"62" and not checks.id_shaped(tok):
+        _unionpay_labelled(buf, s, e, out)
+
+
+def _unionpay_labelled(buf: bytes, s: int, e: int, out: list[Raw]) -> None:
+    # some domestic UnionPay cards carry no Luhn digit: a number labelled as a card right before it
+    if _CARD_LABEL.search(buf, max(0, s - 24), s):
+        out.append((s, CARD, e, 0.6, "UnionPay prefix, labelled, no Luhn", None))
 
 
 _MOBILE = checks.MOBILE_PREFIXES
@@ -440,13 +467,17 @@ def _bulk_digits(
         codes, dates, base13 = _CODES, _DATES, _BASE13
         for t in sel:
             tok = buf[t - off : t - shift]
-            if tok[:6] in codes and tok[6:14] in dates and int(tok.translate(base13), 13) % 11 == 1:
+            if (
+                tok[:6] in codes
+                and tok[6:14] in dates
+                and int(tok if tok[17] < 0x3A else tok.translate(base13), 13) % 11 == 1
+            ):
                 if counts is None:
                     append((t - off, ID, t - shift, 0.99, "18-digit", None))
                 else:
                     valid += 1
-            else:
-                _judge(buf, t - off, t - shift, tok, False, out)
+            elif tok[-1] <= 0x39:  # not an ID number (with an X, nothing): a card?
+                _card(buf, t - off, t - shift, tok, False, out)
         if valid:
             counts[ID] += valid  # type: ignore[index]
         return
@@ -473,8 +504,8 @@ def _bulk_digits(
                 append((t - off, CARD, t - shift, LAZY_CARD, issuer[0], None))
             else:
                 valid += 1
-        else:
-            _judge(buf, t - off, t - shift, tok, False, out)
+        elif tok[:2] == b"62":
+            _unionpay_labelled(buf, t - off, t - shift, out)
     if valid:
         counts[CARD] += valid  # type: ignore[index]
 
@@ -514,13 +545,15 @@ def _bulk_grouped(
             tok = buf[s : s + 6] + buf[s + 7 : s + 15] + buf[s + 16 : s + 20]
         if e + 1 < n and buf[e] in _SEP and buf[e + 1] in _DIGITS:
             continue  # the first groups of a longer grouped number
-        _judge(buf, s, e, tok, True, out)
+        if size == 19 and len(tok) != 18:
+            _card(buf, s, e, tok, True, out)
+        else:
+            _judge(buf, s, e, tok, True, out)
 
 
 _KEY_CHARS = frozenset(b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz_-")
 _ALNUM = frozenset(b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
 _ALNUM_B = bytes(sorted(_ALNUM))
-_B32 = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567")
 
 
 def _varied(s: bytes, minimum: int = 6) -> bool:
@@ -528,17 +561,18 @@ def _varied(s: bytes, minimum: int = 6) -> bool:
 
 
 def _cloud(tok: bytes) -> tuple[float, str]:
-    """(confidence, provider) of a cloud key id cut out whole, or (0, "")."""
+    """(confidence, provider) of a cloud key id cut out whole by its pattern (which holds its alphabet
+    and length), or (0, "")."""
     p = tok[:4]
     conf, detail = 0.0, ""
     if p == b"LTAI":
-        if 16 <= len(tok) <= 30 and _ALNUM.issuperset(tok) and _varied(tok[4:]):
+        if 16 <= len(tok) <= 30 and _varied(tok[4:]):
             conf, detail = (0.95 if len(tok) in (16, 24) else 0.75), "Alibaba Cloud AccessKey ID"
     elif p in (b"AKIA", b"ASIA"):
-        if len(tok) == 20 and _B32.issuperset(tok[4:]) and b"EXAMPLE" not in tok and _varied(tok[4:]):
+        if len(tok) == 20 and b"EXAMPLE" not in tok and _varied(tok[4:]):
             conf, detail = 0.95, "AWS access key ID" + (" (temporary)" if p == b"ASIA" else "")
     elif p == b"AKID":
-        if len(tok) == 36 and _ALNUM.issuperset(tok) and _varied(tok[4:], 10):
+        if len(tok) == 36 and _varied(tok[4:], 10):
             conf, detail = 0.9, "Tencent Cloud SecretId"
     elif p == b"AKLT":
         if 24 <= len(tok) <= 64 and _varied(tok[4:], 10):
