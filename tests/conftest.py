@@ -29,7 +29,7 @@ def _pg_reachable() -> str | None:
         return f"PostgreSQL not reachable at {PG_BASE} ({type(exc).__name__})"
 
 
-_PG_SKIP: str | None | bool = False
+_PG_SKIP: str | bool | None = False
 
 
 def pg_skip_reason() -> str | None:
