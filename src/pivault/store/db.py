@@ -93,8 +93,7 @@ class Database:
             if not path.parent.exists():
                 raise ConfigError("the directory of the SQLite store does not exist",
                                   code="store.path")
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-            os.close(fd)
+            _create_private(path)
             conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False,
                                    timeout=30.0)
             for pragma in ("journal_mode=WAL", "secure_delete=ON", "foreign_keys=ON",
@@ -233,6 +232,26 @@ class Database:
     def blob(self) -> str:
         """The column type for bytes."""
         return "BLOB" if self.dialect == "sqlite" else "BYTEA"
+
+
+def _create_private(path: Path) -> None:
+    """Create a new SQLite store file readable by its owner only; never open an existing one.
+
+    Closing *any* descriptor of a file drops every POSIX lock the process
+    holds on it, among them the SHARED lock that each open WAL-mode SQLite
+    connection keeps on the database file. A process that had lost those
+    locks looks gone to the others: the next process to close its last
+    connection takes the EXCLUSIVE lock, checkpoints and deletes ``-wal`` and
+    ``-shm``, and the processes still open go on committing to the unlinked
+    files, unseen by everyone else (a token created by one process unknown to
+    the server, a suspension or audit entries lost). A file created here with
+    ``O_EXCL`` is new, so no connection of this process holds a lock on it.
+    """
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    except FileExistsError:
+        return
+    os.close(fd)
 
 
 def connect(url: str) -> Database:
