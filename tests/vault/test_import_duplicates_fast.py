@@ -1,0 +1,91 @@
+"""The import's duplicate check when blind-index values are crowded: every duplicate still found.
+
+A keyring sized for 16 residents makes dozens of records share each blind
+index value, so nearly every row of an import has candidates: records this
+run inserted (checked against the run's own set of ID numbers, without
+decryption), records from elsewhere (decrypted), and records of this batch
+changed since (decrypted).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from vault_support import make_residents, new_keyring
+
+from pivault.policy import AccessContext
+from pivault.store.db import Database
+from pivault.vault import Vault
+from pivault.vault.imports import _SeenIds
+
+
+@pytest.fixture
+def crowded(store_url: str, tmp_path: Path) -> Iterator[Vault]:
+    db = Database(store_url)
+    v = Vault.initialise(db, new_keyring(tmp_path / "keys" / "vault.keyring", population=16))
+    yield v
+    db.close()
+
+
+def _csv(path: Path, people: list[dict[str, str]]) -> None:
+    with open(path, "w", encoding="utf-8", newline="") as fh:
+        fh.write("name,id_number,mobile\n")
+        for p in people:
+            fh.write(f"{p['name']},{p['id_number']},{p['mobile']}\n")
+
+
+def test_seen_ids_has_no_false_negatives_and_few_false_positives() -> None:
+    seen = _SeenIds(1000)  # grows past its first capacity
+    added = [f"{i:018d}" for i in range(0, 60_000, 2)]
+    for x in added:
+        seen.add(x)
+    assert all(x in seen for x in added)
+    others = [f"{i:018d}" for i in range(1, 60_000, 2)]
+    assert sum(x in seen for x in others) / len(others) < 0.03
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_crowded_index_duplicates_across_chunks_and_sources(crowded: Vault, tmp_path: Path,
+                                                            ctx: AccessContext, workers: int) -> None:
+    people = make_residents(900, seed=53)
+    rng = random.Random(5)
+    # a first load into an empty vault: later chunks repeat rows of earlier ones, and every
+    # candidate is a record this run inserted
+    repeats = rng.sample(people[:600], 60)
+    src = tmp_path / "crowded.csv"
+    _csv(src, people[:600] + repeats)
+    f = crowded.import_files([src], chunk_size=97, workers=workers).files[0]
+    assert f.reconciles and f.read == 660
+    assert (f.imported, f.duplicates) == (600, 60)
+    # records from elsewhere, then a file that repeats some of them and some of the first file
+    for p in people[600:650]:
+        crowded.put(p, ctx=ctx)
+    again = tmp_path / "again.csv"
+    _csv(again, people[550:900] + rng.sample(people[700:900], 10))
+    g = crowded.import_files([again], chunk_size=61, workers=workers).files[0]
+    assert g.reconciles and (g.imported, g.duplicates) == (250, 110)
+    assert crowded.store.count() == 900
+
+
+def test_record_changed_since_insert_is_checked_by_decryption(crowded: Vault, tmp_path: Path,
+                                                              ctx: AccessContext) -> None:
+    people = make_residents(300, seed=59)
+    first = tmp_path / "first.csv"
+    # a record this run inserted is changed through the door between two chunks
+    changed: dict[str, str] = {}
+
+    def meddle(_progress: object) -> None:
+        if not changed:
+            rid = crowded.find(id_number=people[0]["id_number"], ctx=ctx)[0]["record_id"]
+            assert rid is not None
+            crowded.update(rid, {"id_number": people[250]["id_number"]}, ctx=ctx)
+            changed["rid"] = rid
+
+    rows = [*people[:200], people[250]]   # the last row repeats the changed record's new number
+    _csv(first, rows)
+    f = crowded.import_files([first], chunk_size=50, progress=meddle).files[0]
+    assert f.reconciles and (f.imported, f.duplicates) == (200, 1)
+    assert crowded.store.count() == 200
