@@ -364,9 +364,11 @@ class RecordStore:
             return []
         db = self._db
         if self._pg:
+            # one value (the usual search) as a plain parameter: adapting a list costs more
+            test, param = ("= ?", vals[0]) if len(vals) == 1 else ("= ANY(?)", vals)
             ids = [r[0] for r in db.query(
-                "SELECT record_id FROM blind_index WHERE index_name = ? AND value = ANY(?)",
-                (index_name, vals))]
+                f"SELECT record_id FROM blind_index WHERE index_name = ? AND value {test}",
+                (index_name, param))]
             if not ids:
                 return []
             rows = db.query(f"SELECT {_COLS} FROM records WHERE record_id = ANY(?)"
