@@ -249,10 +249,17 @@ def test_sqlite_delete_leaves_no_ciphertext_in_files(sqlite_url: str) -> None:
              for s in ("", "-wal", "-shm")}
     assert files[""]
     for r in gone:
-        for ct in [*r.fields.values(), *r.index.values()]:
+        for ct in r.fields.values():
             for w in _windows(ct):
                 for name, data in files.items():
-                    assert w not in data, f"deleted bytes remain in vault.db{name}"
+                    assert w not in data, f"deleted ciphertext remains in vault.db{name}"
+        # The index entries are gone from every leaf. A copy of a key may live on as a
+        # divider in an interior page of the blind_index B-tree (SQLite, like any B-tree,
+        # keeps dividers until the page is rebalanced): a truncated keyed hash shared by
+        # several residents, never ciphertext. So the entries are checked through SQL.
+        for ix, value in r.index.items():
+            assert db.query("SELECT record_id FROM blind_index WHERE index_name = ? AND value = ?"
+                            " AND record_id = ?", (ix, value, r.record_id)) == []
     for r in kept:
         for ct in r.fields.values():
             assert ct in files[""]
@@ -274,8 +281,8 @@ def test_sqlite_replace_leaves_no_old_ciphertext_in_files(sqlite_url: str) -> No
     data = b"".join(Path(str(path) + s).read_bytes() for s in ("", "-wal", "-shm")
                     if Path(str(path) + s).exists())
     for r in old:
-        for ct in [*r.fields.values(), *r.index.values()]:
-            assert not any(w in data for w in _windows(ct)), "replaced bytes remain"
+        for ct in r.fields.values():  # index keys may survive as B-tree dividers: see above
+            assert not any(w in data for w in _windows(ct)), "replaced ciphertext remains"
     db.close()
 
 
