@@ -42,3 +42,35 @@ def test_charge_fails_closed_when_redis_is_unreachable() -> None:
             assert exc.code == "detect.unavailable"
         else:
             raise AssertionError("a charge without Redis must be refused")
+
+
+def test_redis_windows_agree_with_in_process_ones_over_time(redis_url: str) -> None:
+    """Random charges at random times (bursts, idle minutes, whole idle windows): the script's
+    running sums refuse exactly when the in-process sliding windows do, with the same figures."""
+    import random
+
+    from detect_helpers import FakeClock
+
+    from pivault.detect import MemoryCounters
+
+    rnd = random.Random(20261129)
+    clock = FakeClock(1_900_000_000.0 - 1_900_000_000.0 % 86400 + 3600)
+    mem = MemoryCounters(clock)
+    rc = RedisCounters(redis_url, namespace="test-" + uuid.uuid4().hex[:8], clock=clock)
+    specs = [("p.records_per_minute", "b:p:r:rpm", 12, 60.0), ("p.records_per_hour", "b:p:r:rph", 90, 3600.0),
+             ("p.records_per_day", "b:p:r:rpd", 400, 86400.0)]
+    try:
+        refused = 0
+        for _ in range(900):
+            clock.advance(rnd.choice((0.0, 0.2, 0.9, 1.0, 3.0, 7.5, 30.0, 61.0, 400.0, 3700.0)))
+            amount = rnd.choice((1, 1, 1, 2, 3, 5))
+            rules = [WindowRule(n, k, lim, w, amount) for n, k, lim, w in specs]
+            a, b = mem.charge(rules, []), rc.charge(rules, [])
+            assert (a is None) == (b is None), (a, b)
+            if a is not None and b is not None:
+                refused += 1
+                assert (a.rule, a.used, a.limit) == (b.rule, b.used, b.limit)
+                assert abs(a.retry_after - b.retry_after) < 1e-6 * max(1.0, a.retry_after)
+        assert 50 < refused < 850  # both outcomes were exercised
+    finally:
+        rc.flush_namespace()
