@@ -65,6 +65,11 @@ def test_redis_windows_agree_with_in_process_ones_over_time(redis_url: str) -> N
             clock.advance(rnd.choice((0.0, 0.2, 0.9, 1.0, 3.0, 7.5, 30.0, 61.0, 400.0, 3700.0)))
             amount = rnd.choice((1, 1, 1, 2, 3, 5))
             rules = [WindowRule(n, k, lim, w, amount) for n, k, lim, w in specs]
+            if rnd.random() < 0.05:
+                # as a script that knows only buckets (an older version) leaves a hash: no sums
+                plain = redis.Redis.from_url(redis_url)
+                for _, key, _, _ in specs:
+                    plain.hdel(rc._k(key), "-1", "-2")
             a, b = mem.charge(rules, []), rc.charge(rules, [])
             assert (a is None) == (b is None), (a, b)
             if a is not None and b is not None:

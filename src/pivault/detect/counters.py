@@ -281,9 +281,11 @@ for i = 1, nw do
   local g = window / buckets
   local b = math.floor(now / g)
   local oldest = b - buckets
-  -- besides its buckets (field = bucket number, value = count) the hash keeps 't', the sum of
-  -- the buckets it holds, and 'lo': every bucket below it was dropped and taken off 't'
-  local state = redis.call('HMGET', key, 't', 'lo')
+  -- besides its buckets (field = bucket number, value = count) the hash keeps, in field '-1',
+  -- the sum of the buckets it holds and, in '-2', 'lo': every bucket below it was dropped and
+  -- taken off the sum. (Numbers below every bucket: a script that knows only buckets, as an
+  -- older version's, drops them as expired, and the next charge here recounts.)
+  local state = redis.call('HMGET', key, '-1', '-2')
   local used = tonumber(state[1]); local lo = tonumber(state[2])
   if used == nil or lo == nil or oldest - lo >= buckets then
     -- no sum yet (a new key, or one an older version wrote), or a whole window idle: recount
@@ -291,12 +293,12 @@ for i = 1, nw do
     used = 0
     for j = 1, #flat, 2 do
       local k = tonumber(flat[j])
-      if k ~= nil and flat[j] ~= 'lo' then
+      if k ~= nil and k >= 0 then
         if k <= oldest then redis.call('HDEL', key, flat[j])
         else used = used + tonumber(flat[j + 1]) end
       end
     end
-    redis.call('HSET', key, 't', used, 'lo', string.format('%d', oldest + 1))
+    redis.call('HSET', key, '-1', used, '-2', string.format('%d', oldest + 1))
     redis.call('PEXPIRE', key, math.ceil((window + g) * 1000))
   elseif lo <= oldest then
     -- drop the buckets that left the window since the last charge (usually one or none)
@@ -305,7 +307,7 @@ for i = 1, nw do
     local counts = redis.call('HMGET', key, unpack(gone))
     for j = 1, #counts do if counts[j] then used = used - tonumber(counts[j]) end end
     redis.call('HDEL', key, unpack(gone))
-    redis.call('HSET', key, 't', used, 'lo', string.format('%d', oldest + 1))
+    redis.call('HSET', key, '-1', used, '-2', string.format('%d', oldest + 1))
     redis.call('PEXPIRE', key, math.ceil((window + g) * 1000))
   end
   if amount > 0 and used + amount > limit then
@@ -316,7 +318,7 @@ for i = 1, nw do
       local live = {}
       for j = 1, #flat, 2 do
         local k = tonumber(flat[j])
-        if k ~= nil and flat[j] ~= 'lo' and k > oldest then live[#live + 1] = {k, tonumber(flat[j + 1])} end
+        if k ~= nil and k > oldest then live[#live + 1] = {k, tonumber(flat[j + 1])} end
       end
       table.sort(live, function(x, y) return x[1] < y[1] end)
       local need = used + amount - limit; local freed = 0
@@ -351,7 +353,7 @@ for i = 1, nw do
   local p = plan[i]
   if p[3] > 0 then
     redis.call('HINCRBY', p[1], string.format('%d', p[2]), p[3])
-    redis.call('HINCRBY', p[1], 't', p[3])
+    redis.call('HINCRBY', p[1], '-1', p[3])
     redis.call('PEXPIRE', p[1], math.ceil(p[4] * 1000))
   end
 end
