@@ -112,6 +112,17 @@ def _unique_violation(exc: BaseException) -> bool:
     return sqlstate == "23505"
 
 
+def _pg_bytea_array(values: Iterable[bytes]) -> str:
+    """A PostgreSQL ``bytea[]`` literal: psycopg adapts a list element by element in Python
+    (~4 µs each), which made a 10,000-value query cost more than its execution."""
+    return "{" + ",".join(f'"\\\\x{v.hex()}"' for v in values) + "}"
+
+
+def _pg_text_array(values: Iterable[str]) -> str:
+    """A PostgreSQL ``text[]`` literal (see :func:`_pg_bytea_array`)."""
+    return "{" + ",".join('"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"' for v in values) + "}"
+
+
 def _chunks(seq: Sequence[Any], n: int) -> Iterator[Sequence[Any]]:
     for i in range(0, len(seq), n):
         yield seq[i:i + n]
@@ -401,7 +412,7 @@ class RecordStore:
             for chunk in _chunks(ids, _CHUNK_PG):
                 for rid, batch, created, updated in db.query(
                         "SELECT record_id, batch_id, created_at, updated_at FROM records"
-                        " WHERE record_id = ANY(?)", (list(chunk),)):
+                        " WHERE record_id = ANY(?::text[])", (_pg_text_array(chunk),)):
                     meta[rid] = (batch, created != updated)
             for v, rids in by_value.items():
                 hits = [(rid, *meta[rid]) for rid in rids if rid in meta]
@@ -431,7 +442,8 @@ class RecordStore:
         if self._pg:
             for chunk in _chunks(vals, _CHUNK_PG):
                 rows = db.query("SELECT value, record_id FROM blind_index"
-                                " WHERE index_name = ? AND value = ANY(?)", (index_name, list(chunk)))
+                                " WHERE index_name = ? AND value = ANY(?::bytea[])",
+                                (index_name, _pg_bytea_array(chunk)))
                 for v, rid in rows:
                     out.setdefault(bytes(v), []).append(rid)
         else:
