@@ -293,18 +293,19 @@ def phase_plain_import(a: dict[str, Any]) -> dict[str, Any]:
             "rss_workers_mib": peaks.children_mib, "sizes": sizes}
 
 
-def _plain_sizes(db: Any) -> dict[str, int]:
+def _plain_sizes(db: Any) -> dict[str, Any]:
     if db.dialect == "postgresql":
         db.execute(f"VACUUM ANALYZE {PLAIN_TABLE}")
         row = db.query_one(f"SELECT pg_relation_size('{PLAIN_TABLE}'), pg_indexes_size('{PLAIN_TABLE}'),"
                            f" pg_total_relation_size('{PLAIN_TABLE}')")
         assert row is not None
-        return {"table": int(row[0]), "indexes": int(row[1]), "total": int(row[2])}
+        return {"table": int(row[0]), "indexes": int(row[1]), "total": int(row[2]),
+                "relations": _pg_relations(db)}
     db.query_one("PRAGMA wal_checkpoint(TRUNCATE)")
     sizes = dict(db.query("SELECT name, SUM(pgsize) FROM dbstat GROUP BY name"))
     table = int(sizes.get(PLAIN_TABLE, 0))
     idx = sum(int(v) for k, v in sizes.items() if k.startswith((f"{PLAIN_TABLE}_", "sqlite_autoindex")))
-    return {"table": table, "indexes": idx, "total": table + idx}
+    return {"table": table, "indexes": idx, "total": table + idx, "relations": sizes}
 
 
 # -- the vault --------------------------------------------------------------------------------
@@ -340,6 +341,14 @@ def phase_vault_import(a: dict[str, Any]) -> dict[str, Any]:
             "sizes": sizes}
 
 
+def _pg_relations(db: Any) -> dict[str, int]:
+    """Bytes of every table and index in the connection's schema."""
+    return {str(n): int(b) for n, b in db.query(
+        "SELECT c.relname, pg_relation_size(c.oid) FROM pg_class c"
+        " JOIN pg_namespace n ON n.oid = c.relnamespace"
+        " WHERE n.nspname = current_schema() AND c.relkind IN ('r', 'i')")}
+
+
 def _vault_sizes(vault: Any) -> dict[str, Any]:
     db = vault.db
     keys_db = vault.store.keys.db
@@ -352,9 +361,11 @@ def _vault_sizes(vault: Any) -> dict[str, Any]:
                                f" pg_total_relation_size('{t}')")
             assert row is not None
             out[t] = {"table": int(row[0]), "indexes": int(row[1]), "total": int(row[2])}
+        out["relations"] = _pg_relations(db)
     else:
         db.query_one("PRAGMA wal_checkpoint(TRUNCATE)")
         sizes = {str(k): int(v) for k, v in db.query("SELECT name, SUM(pgsize) FROM dbstat GROUP BY name")}
+        out["relations"] = sizes
         rec_idx = sum(v for k, v in sizes.items() if k.startswith("sqlite_autoindex_records"))
         out["records"] = {"table": sizes.get("records", 0), "indexes": rec_idx,
                           "total": sizes.get("records", 0) + rec_idx}
@@ -369,6 +380,7 @@ def _vault_sizes(vault: Any) -> dict[str, Any]:
                                 " pg_total_relation_size('record_keys')")
         assert row is not None
         out["record_keys"] = {"table": int(row[0]), "indexes": int(row[1]), "total": int(row[2])}
+        out["key_relations"] = _pg_relations(keys_db)
     else:
         keys_db.query_one("PRAGMA wal_checkpoint(TRUNCATE)")
         sizes = {str(k): int(v)
