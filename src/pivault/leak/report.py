@@ -121,11 +121,16 @@ def _cause(f: dict[str, Any]) -> str:
 
 # ---------------------------------------------------------------- HTML
 
-_CSS = """body{font-family:system-ui,sans-serif;max-width:60rem;margin:2rem auto;color:#222;line-height:1.45}
+# region names are Chinese: name the common CJK faces before the generic family, or a reader
+# whose default sans-serif lacks them sees empty boxes
+_FONTS = ('system-ui,"Noto Sans CJK SC","Source Han Sans SC","PingFang SC","Microsoft YaHei",'
+          '"WenQuanYi Micro Hei",sans-serif')
+_CSS = """body{font-family:%FONTS%;max-width:60rem;margin:2rem auto;color:#222;line-height:1.45}
 h1{font-size:1.5rem}h2{font-size:1.15rem;border-bottom:1px solid #ccc;padding-bottom:.2rem;margin-top:2rem}
 table{border-collapse:collapse}td,th{padding:.2rem .6rem;border-bottom:1px solid #eee;text-align:left}
 .clock{font-size:1.2rem;padding:.6rem;border:2px solid #b00;display:inline-block}
-.ok{border-color:#070}.muted{color:#666}svg text{font-family:system-ui,sans-serif;font-size:12px}"""
+.ok{border-color:#070}.muted{color:#666}svg text{font-family:%FONTS%;font-size:12px}"""
+_CSS = _CSS.replace("%FONTS%", _FONTS)
 
 
 def _bars(data: dict[str, int], title: str, color: str) -> str:
@@ -154,7 +159,7 @@ def _timeline_svg(events: list[dict[str, Any]], raw: list[dict[str, Any]]) -> st
     times = [float(e["time"]) for e in raw]
     lo, hi = min(times), max(times)
     span = (hi - lo) or 1.0
-    width, row = 720, 22
+    width, row = 900, 22
     height = 40 + row * len(raw)
     parts = [f"<svg role='img' aria-label='timeline' width='{width}' height='{height}' "
              "xmlns='http://www.w3.org/2000/svg'>",
@@ -165,8 +170,9 @@ def _timeline_svg(events: list[dict[str, Any]], raw: list[dict[str, Any]]) -> st
         color = "#b00" if "deadline" in e["event"] else "#036"
         parts.append(f"<circle cx='{x:.1f}' cy='20' r='5' fill='{color}'/>"
                      f"<line x1='{x:.1f}' y1='20' x2='{x:.1f}' y2='{y - 4}' stroke='#ccc'/>"
-                     f"<text x='{min(x, width - 330):.1f}' y='{y}'>{html.escape(e['time'])} — "
-                     f"{html.escape(e['event'])}</text>")
+                     # labels right of the middle end at their point, so none runs off the edge
+                     f"<text x='{x:.1f}' y='{y}' text-anchor='{'end' if x > width / 2 else 'start'}'>"
+                     f"{html.escape(e['time'])} — {html.escape(e['event'])}</text>")
     parts.append("</svg>")
     return "".join(parts)
 
