@@ -16,6 +16,7 @@ revealed only to a role allowed to notify (:func:`affected`).
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import multiprocessing
 import os
@@ -23,6 +24,7 @@ import secrets
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -31,7 +33,7 @@ from pivault.errors import NotFoundError, PivaultError
 from pivault.leak.attribution import Attribution, SourceFit, attribute
 from pivault.leak.columns import Column, detect_columns
 from pivault.leak.exports import load_registry, rid_digest
-from pivault.leak.match import Compact, Matcher
+from pivault.leak.match import Matcher, Outcome, match_columns
 from pivault.leak.readers import DEFAULT_MAX_LINE_MIB, DumpError, Table, read_dump
 from pivault.model import divisions
 from pivault.policy.context import AccessContext
@@ -50,6 +52,8 @@ _SAMPLE = 500
 _CASE_CHUNK = 10000
 #: dumps from this size are matched in worker processes (below, forking costs more than it saves)
 PARALLEL_BYTES = 4 * 1024 * 1024
+#: batches out per worker at a time: one being matched, one waiting
+_IN_FLIGHT = 2
 _WORKER_MATCHER: Matcher | None = None
 
 
@@ -175,9 +179,11 @@ class Checker:
         canary_single: dict[str, set[int]] = {}
         fields_exposed: set[str] = set()
         states: dict[int, _TableState] = {}
+        # the batches sent to be matched and not yet tallied (a few, however long the dump)
         pending: deque[tuple[_TableState, list[list[str | None]]]] = deque()
+        cells = self.matcher.cells
 
-        def tasks() -> Iterator[tuple[list[list[str | None]], dict[str, int]]]:
+        def tasks() -> Iterator[tuple[dict[str, list[str | None]], int]]:
             for path in paths:
                 p = Path(path)
                 info: dict[str, Any] = {"file": p.name, "rows": 0, "error": None}
@@ -194,17 +200,16 @@ class Checker:
                         info["rows"] += len(batch.rows)
                         if st.usable:
                             pending.append((st, batch.rows))
-                            yield batch.rows, st.cols
+                            yield match_columns(batch.rows, st.cols, cells), len(batch.rows)
                         if progress:
                             progress(res.rows_read)
                 except DumpError as exc:
                     info["error"] = exc.message
                     res.errors.append({"file": p.name, "code": exc.code, "message": exc.message})
 
-        for compact, expected in self._matched(tasks(), paths):
+        for outcome in self._matched(tasks(), paths):
             st, rows = pending.popleft()
-            res.expected_false += expected
-            _tally(res, st, rows, compact, matched, canary_strong, canary_single)
+            _tally(res, st, rows, outcome, matched, canary_strong, canary_single)
         for st in states.values():
             t = st.table
             res.rows_rejected += t.rejected
@@ -223,9 +228,15 @@ class Checker:
             _save_case(self.vault, res, matched, self.ctx)
         return res
 
-    def _matched(self, tasks: Iterator[tuple[list[list[str | None]], dict[str, int]]],
-                 paths: Sequence[str | Path]) -> Iterator[tuple[list[Compact], float]]:
-        """Match each task, in order: here, or in forked workers for a large dump."""
+    def _matched(self, tasks: Iterator[tuple[dict[str, list[str | None]], int]],
+                 paths: Sequence[str | Path]) -> Iterator[Outcome]:
+        """Match each task, in order: here, or in forked workers for a large dump.
+
+        With workers, this process reads and parses and sends each worker only the cells
+        matching reads; a worker sends back counts and the records matched. At most
+        :data:`_IN_FLIGHT` batches per worker are out at a time, so memory stays flat
+        however long the dump.
+        """
         size = 0
         for p in paths:
             with contextlib.suppress(OSError):
@@ -235,16 +246,24 @@ class Checker:
                     and self.matcher.blind_all is None
                     and "fork" in multiprocessing.get_all_start_methods())
         if not parallel:
-            for rows, cols in tasks:
-                yield self.matcher.match_compact(rows, cols)
+            for columns, rows in tasks:
+                yield self.matcher.outcome(columns, rows)
             return
         global _WORKER_MATCHER
         _WORKER_MATCHER = self.matcher  # inherited by the forked workers, never pickled
+        gc.freeze()  # the collector in a worker leaves the inherited pair index alone (its pages stay shared)
         try:
-            with multiprocessing.get_context("fork").Pool(self.workers) as pool:
-                yield from pool.imap(_work, tasks, chunksize=1)
+            with ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("fork")) as pool:
+                window: deque[Future[Outcome]] = deque()
+                for task in tasks:
+                    window.append(pool.submit(_work, task))
+                    if len(window) >= _IN_FLIGHT * self.workers:
+                        yield window.popleft().result()
+                while window:
+                    yield window.popleft().result()
         finally:
             _WORKER_MATCHER = None
+            gc.unfreeze()
 
     def _attribute(self, res: CheckResult, matched: set[str], canary_strong: dict[str, set[int]],
                    canary_single: dict[str, set[int]]) -> None:
@@ -334,39 +353,36 @@ def _detect(st: _TableState, rows: list[list[str | None]]) -> None:
                  or ("name" in st.cols and has_birth))
 
 
-def _work(task: tuple[list[list[str | None]], dict[str, int]]) -> tuple[list[Compact], float]:
+def _work(task: tuple[dict[str, list[str | None]], int]) -> Outcome:
     """A forked worker's job: match one batch with the matcher it inherited."""
     assert _WORKER_MATCHER is not None
-    return _WORKER_MATCHER.match_compact(*task)
+    return _WORKER_MATCHER.outcome(*task)
 
 
-def _tally(res: CheckResult, st: _TableState, rows: list[list[str | None]], compact: list[Compact],
+def _tally(res: CheckResult, st: _TableState, rows: list[list[str | None]], out: Outcome,
            matched: set[str], canary_strong: dict[str, set[int]],
            canary_single: dict[str, set[int]]) -> None:
+    res.expected_false += out.expected_false
+    res.rows_with_keys += out.with_keys
+    res.rows_single_key += out.single_key
+    for eid, num, keys, by_id in out.canaries:
+        if keys >= 2:
+            canary_strong.setdefault(eid, set()).add(num)
+        elif by_id:
+            canary_single.setdefault(eid, set()).add(num)
+    for by, n in out.matched_by.items():
+        res.matched_by[by] = res.matched_by.get(by, 0) + n
+        res.rows_matched += n
+        st.rows_matched += n
     field_cols = [(c.kind, c.index) for c in st.columns or () if c.kind]
-    for row, (n, region6, rid, by, c_eid, c_num, c_keys, c_by_id) in zip(rows, compact, strict=True):
-        if n:
-            res.rows_with_keys += 1
-            if n == 1:
-                res.rows_single_key += 1
-        if c_eid is not None:
-            if c_keys >= 2:
-                canary_strong.setdefault(c_eid, set()).add(c_num)
-            elif c_by_id:
-                canary_single.setdefault(c_eid, set()).add(c_num)
-            continue
-        if rid is None:
-            continue
-        res.rows_matched += 1
-        st.rows_matched += 1
-        assert by is not None
-        res.matched_by[by] = res.matched_by.get(by, 0) + 1
+    for rid, j, region6 in out.firsts:
         if rid in matched:
             continue
         matched.add(rid)
         region = _province(region6) if region6 else "unknown"
         res.residents_by_region[region] = res.residents_by_region.get(region, 0) + 1
         # fields of this resident the dump exposes (non-empty cells of PI columns)
+        row = rows[j]
         for kind, idx in field_cols:
             cell = row[idx] if idx < len(row) else None
             if cell is not None and cell.strip():

@@ -31,8 +31,11 @@ __all__ = [
     "classify",
     "detect_columns",
     "fast_id_number",
+    "fast_id_numbers",
     "fast_mobile",
+    "fast_mobiles",
     "fast_name",
+    "fast_names",
     "looks_like_header",
     "parse_birth_date",
 ]
@@ -132,8 +135,9 @@ def fast_id_number(value: str) -> str | None:
         return None
 
 
-# the ASCII characters the model's normaliser strips (``\s``, dash, parentheses, dot)
-_MOBILE_SEPARATORS = str.maketrans("", "", " \t\n\r\x0b\x0c\x1c\x1d\x1e\x1f-().")
+# the ASCII characters the model's normaliser strips (``\s``, dash, parentheses, dot); deleted
+# from the ASCII bytes (``bytes.translate`` is several times faster than ``str.translate`` here)
+_MOBILE_SEPARATORS = b" \t\n\r\x0b\x0c\x1c\x1d\x1e\x1f-()."
 
 
 def fast_mobile(value: str) -> str | None:
@@ -144,7 +148,8 @@ def fast_mobile(value: str) -> str | None:
     :func:`pivault.model.mobile.normalise`.
     """
     if value.isascii():
-        v = value if (len(value) == 11 and value.isdigit()) else value.translate(_MOBILE_SEPARATORS)
+        v = value if (len(value) == 11 and value.isdigit()) else \
+            value.encode("ascii").translate(None, _MOBILE_SEPARATORS).decode("ascii")
         if v.startswith("+86"):
             v = v[3:]
         elif v.startswith("0086"):
@@ -170,6 +175,70 @@ def fast_name(value: str) -> str | None:
         return _name.normalise(value)
     except ValueError:
         return None
+
+
+def fast_id_numbers(values: Sequence[str | None]) -> list[str | None]:
+    """``[fast_id_number(v.strip()) if v else None for v in values]``, with less overhead a value."""
+    regions, dates = _FAST or _fast_tables()
+    check = _CHECK
+    slow = fast_id_number
+    out: list[str | None] = []
+    add = out.append
+    for value in values:
+        if not value:
+            add(None)
+            continue
+        v = value.strip()
+        if len(v) == 18 and v.isascii() and v[:17].isdigit():
+            if v[17] == "x":
+                v = v.upper()
+            add(v if v[:6] in regions and v[6:14] in dates and check[(2 * int(v[:17], 13)) % 11] == v[17]
+                else None)
+        else:
+            add(slow(v))
+    return out
+
+
+def fast_mobiles(values: Sequence[str | None]) -> list[str | None]:
+    """``[fast_mobile(v.strip()) if v else None for v in values]``, with less overhead a value."""
+    carriers = _mobile.CARRIERS
+    seps = _MOBILE_SEPARATORS
+    slow = fast_mobile
+    out: list[str | None] = []
+    add = out.append
+    for value in values:
+        if not value:
+            add(None)
+            continue
+        v = value.strip()
+        if not v.isascii():
+            add(slow(v))
+            continue
+        if not (len(v) == 11 and v.isdigit()):
+            v = v.encode("ascii").translate(None, seps).decode("ascii")
+        if v.startswith("+86"):
+            v = v[3:]
+        elif v.startswith("0086"):
+            v = v[4:]
+        elif len(v) == 13 and v.startswith("86"):
+            v = v[2:]
+        add(v if len(v) == 11 and v.isdigit() and v[:3] in carriers else None)
+    return out
+
+
+def fast_names(values: Sequence[str | None]) -> list[str | None]:
+    """``[fast_name(v.strip()) if v else None for v in values]``, with less overhead a value."""
+    cjk = _CJK_NAME.fullmatch
+    slow = fast_name
+    out: list[str | None] = []
+    add = out.append
+    for value in values:
+        if not value:
+            add(None)
+            continue
+        v = value.strip()
+        add(v if 2 <= len(v) <= 6 and cjk(v) else slow(v))
+    return out
 
 
 def parse_birth_date(value: str) -> str | None:

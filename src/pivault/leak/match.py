@@ -21,20 +21,25 @@ with the vault.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from pivault.leak.columns import fast_id_number, fast_mobile, fast_name, parse_birth_date
+from pivault.leak.columns import (
+    fast_id_number,
+    fast_id_numbers,
+    fast_mobile,
+    fast_mobiles,
+    fast_name,
+    fast_names,
+    parse_birth_date,
+)
 from pivault.leak.exports import ExportRegistry
 from pivault.store.db import Database
 
-__all__ = ["KEY_PAIRS", "Compact", "Keys", "MatchResult", "Matcher", "PairIndex", "RowMatch"]
-
-#: one row's outcome, small enough to send between processes: (keys given, region code of
-#: the ID number or "", record id, "a+b" pair, export id of a canary, canary number,
-#: exact canary keys, canary hit by ID number)
-Compact = tuple[int, str, str | None, str | None, str | None, int, int, bool]
+__all__ = ["KEY_PAIRS", "MATCH_CELLS", "Keys", "MatchResult", "Matcher", "Outcome", "PairIndex", "RowMatch",
+           "match_columns"]
 
 #: the index pairs that confirm a resident, most specific first
 KEY_PAIRS: tuple[tuple[str, str], ...] = (("id_number", "name_birth"), ("id_number", "mobile"),
@@ -181,6 +186,53 @@ def row_keys(row: Sequence[str | None], cols: dict[str, int]) -> Keys:
     return k
 
 
+#: the cells matching reads (the address only for export canaries)
+MATCH_CELLS: tuple[str, ...] = ("id_number", "mobile", "name", "birth_date", "address")
+_PAIR_NAMES = tuple("+".join(p) for p in KEY_PAIRS)
+
+
+def match_columns(rows: Sequence[Sequence[str | None]], cols: dict[str, int],
+                  kinds: Sequence[str] = MATCH_CELLS) -> dict[str, list[str | None]]:
+    """The raw cells of ``kinds`` (those ``cols`` has), column by column: what
+    :meth:`Matcher.outcome` needs of a batch, and all a worker process is sent."""
+    out: dict[str, list[str | None]] = {}
+    for kind in kinds:
+        i = cols.get(kind)
+        if i is None:
+            continue
+        if all(len(r) > i for r in rows):
+            out[kind] = [r[i] for r in rows]
+        else:
+            out[kind] = [r[i] if i < len(r) else None for r in rows]
+    return out
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What a batch of rows came to, reduced where it was matched (small to send back).
+
+    Rows that are export canaries are not counted as matched (they are fictitious).
+    """
+
+    rows: int = 0
+    #: rows giving at least one key, and exactly one
+    with_keys: int = 0
+    single_key: int = 0
+    #: matched rows by the pair that confirmed them (``"a+b"``)
+    matched_by: dict[str, int] = field(default_factory=dict)
+    #: expected chance confirmations among these rows
+    expected_false: float = 0.0
+    #: each record matched in the batch, once: (record id, its first row's index, the region
+    #: code of that row's ID number or "")
+    firsts: list[tuple[str, int, str]] = field(default_factory=list)
+    #: rows that are export canaries: (export id, canary number, exact keys, hit by ID number)
+    canaries: list[tuple[str, int, int, bool]] = field(default_factory=list)
+
+    @property
+    def rows_matched(self) -> int:
+        return sum(self.matched_by.values())
+
+
 @dataclass
 class Matcher:
     """Matches batches of rows; holds the keyring's PRFs, the pair index and the export canaries."""
@@ -193,6 +245,9 @@ class Matcher:
     candidate_ids: Callable[[str, Sequence[bytes]], dict[bytes, list[str]]] | None = None
     #: every key's value of an index (the primary's first), while a rotation is rebuilding it
     blind_all: Callable[[str, str], tuple[bytes, ...]] | None = None
+    #: ``blind`` and ``blind_all`` of many values at once (else one by one)
+    blind_many: Callable[[str, Sequence[str]], list[bytes]] | None = None
+    blind_all_many: Callable[[str, Sequence[str]], list[tuple[bytes, ...]]] | None = None
     _rate: dict[tuple[str, str], float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -209,129 +264,216 @@ class Matcher:
         rotating = any(getattr(kr, "index_versions", lambda n: 1)(n) > 1 for n in kr.index_names)
         pairs = PairIndex.load(vault.db) if population <= pair_cache_limit and not rotating else None
         return cls(kr.blind_index, bits, max(population, 1), registry, pairs,
-                   vault.store.candidate_ids, kr.blind_index_all if rotating else None)
+                   vault.store.candidate_ids, kr.blind_index_all if rotating else None,
+                   getattr(kr, "blind_index_many", None),
+                   getattr(kr, "blind_index_all_many", None) if rotating else None)
+
+    @property
+    def cells(self) -> tuple[str, ...]:
+        """The cells :meth:`outcome` reads (see :func:`match_columns`)."""
+        if any(self.registry.canaries.values()):
+            return MATCH_CELLS
+        return MATCH_CELLS[:-1]
+
+    # -- one batch -----------------------------------------------------------------------
+    def match(self, rows: Sequence[Sequence[str | None]], cols: dict[str, int]) -> MatchResult:
+        """Each row's keys and outcome (the record it confirms, export canaries)."""
+        keys = batch_keys(rows, cols)
+        ids = [k.id_number for k in keys]
+        mobiles = [k.mobile for k in keys]
+        nbs = [k.name_birth for k in keys]
+        rids, via, expected = self._confirm(ids, mobiles, nbs)
+        out = [RowMatch(r, KEY_PAIRS[v] if v is not None else None) for r, v in zip(rids, via, strict=True)]
+        addresses = [k.address for k in keys]
+        for j, (eid, keys_, by_id) in self._canaries(ids, mobiles, nbs, addresses).items():
+            out[j].export_canary, out[j].canary_keys, out[j].canary_by_id = eid, keys_, by_id
+        return MatchResult(out, keys, expected)
+
+    def outcome(self, columns: dict[str, list[str | None]], rows: int) -> Outcome:
+        """Match a batch given column by column (:func:`match_columns`) and reduce it to
+        counts, the records it confirms (each once) and its export canaries."""
+        none: list[str | None] = [None] * rows
+        raw = columns.get("id_number")
+        ids = fast_id_numbers(raw) if raw is not None else none
+        raw = columns.get("mobile")
+        mobiles = fast_mobiles(raw) if raw is not None else none
+        raw = columns.get("name")
+        if raw is None:
+            nbs = none
+        else:
+            names = fast_names(raw)
+            written = columns.get("birth_date")
+            if written is None:
+                nbs = [f"{n}|{i[6:10]}-{i[10:12]}-{i[12:14]}" if n and i else None
+                       for n, i in zip(names, ids, strict=True)]
+            else:
+                births = [f"{i[6:10]}-{i[10:12]}-{i[12:14]}" if i else (parse_birth_date(w) if w else None)
+                          for i, w in zip(ids, written, strict=True)]
+                nbs = [f"{n}|{b}" if n and b else None for n, b in zip(names, births, strict=True)]
+        rids, via, expected = self._confirm(ids, mobiles, nbs)
+        res = Outcome(rows, expected_false=expected)
+        # keys per row: 0..3
+        given = [(i is not None) + (m is not None) + (nb is not None)
+                 for i, m, nb in zip(ids, mobiles, nbs, strict=True)]
+        res.single_key = given.count(1)
+        res.with_keys = rows - given.count(0)
+        if any(self.registry.canaries.values()):
+            raw = columns.get("address")
+            addresses = [v.strip() if v else None for v in raw] if raw is not None else none
+            hits = self._canaries(ids, mobiles, nbs, addresses)
+            for j, (eid, keys_, by_id) in hits.items():
+                res.canaries.append((eid[0], eid[1], keys_, by_id))
+                rids[j] = None  # a canary row is not a resident
+                via[j] = None
+        counts = Counter(via)
+        res.matched_by = {name: counts[k] for k, name in enumerate(_PAIR_NAMES) if counts[k]}
+        # first row of each record: walking backwards, the earliest row is written last
+        first = dict(zip(reversed(rids), range(rows - 1, -1, -1), strict=True))
+        res.firsts = [(rid, j, ids[j][:6] if ids[j] else "")  # type: ignore[index]
+                      for rid, j in first.items() if rid is not None]
+        return res
 
     # -- export canaries: exact values of fictitious people -------------------------
-    def _canary(self, k: Keys, m: RowMatch) -> None:
+    def _canaries(self, ids: list[str | None], mobiles: list[str | None], nbs: list[str | None],
+                  addresses: list[str | None]) -> dict[int, tuple[tuple[str, int], int, bool]]:
+        """Row -> (export canary, exact keys that agree, whether the ID number was one)."""
         c = self.registry.canaries
         if not any(c.values()):
-            return
-        hits: dict[tuple[str, int], int] = {}
-        by_id: tuple[str, int] | None = None
-        for kind, value in (("id_number", k.id_number), ("mobile", k.mobile),
-                            ("name_birth", k.name_birth), ("address", k.address)):
-            if value is None:
+            return {}
+        found: dict[int, list[tuple[str, tuple[str, int]]]] = {}
+        for kind, values in (("id_number", ids), ("mobile", mobiles), ("name_birth", nbs),
+                             ("address", addresses)):
+            d = c.get(kind)
+            if not d:
                 continue
-            e = c[kind].get(value)
-            if e is not None:
+            for j, v in enumerate(values):
+                if v is not None:
+                    e = d.get(v)
+                    if e is not None:
+                        found.setdefault(j, []).append((kind, e))
+        out: dict[int, tuple[tuple[str, int], int, bool]] = {}
+        for j in sorted(found):
+            hits: dict[tuple[str, int], int] = {}
+            by_id: tuple[str, int] | None = None
+            for kind, e in found[j]:
                 hits[e] = hits.get(e, 0) + 1
                 if kind == "id_number":
                     by_id = e
-        if hits:
             best = max(hits.items(), key=lambda kv: kv[1])
-            m.export_canary = best[0]
-            m.canary_keys = best[1]
-            m.canary_by_id = by_id == best[0]
+            out[j] = (best[0], best[1], by_id == best[0])
+        return out
 
     # -- the vault: blind-index pairs --------------------------------------------------
-    def match(self, rows: Sequence[Sequence[str | None]], cols: dict[str, int]) -> MatchResult:
-        keys = batch_keys(rows, cols)
-        out = [RowMatch() for _ in keys]
+    def _many(self, name: str, values: list[str]) -> list[bytes]:
+        if self.blind_many is not None:
+            return self.blind_many(name, values)
+        return [self.blind(name, v) for v in values]
+
+    def _hashes(self, name: str, values: list[str | None]) -> list[bytes | None]:
+        """The index values of a column (``None`` stays ``None``), hashed in one batch."""
+        given = [v for v in values if v is not None]
+        if not given:
+            return [None] * len(values)
+        if len(given) == len(values):
+            return self._many(name, given)  # type: ignore[return-value]
+        it = iter(self._many(name, given))
+        return [next(it) if v is not None else None for v in values]
+
+    def _confirm(self, ids: list[str | None], mobiles: list[str | None],
+                 nbs: list[str | None]) -> tuple[list[str | None], list[int | None], float]:
+        """Per row: the record two of its keys confirm (or ``None``), the pair (an index into
+        :data:`KEY_PAIRS`) that did, and the expected chance confirmations of the batch."""
         if self.pairs is not None and self.blind_all is None:
-            expected = self._match_cached(keys, out)
-        else:
-            expected = self._match_store(keys, out)
-        if any(self.registry.canaries.values()):
-            for k, m in zip(keys, out, strict=True):
-                self._canary(k, m)
-        return MatchResult(out, keys, expected)
+            return self._confirm_cached(ids, mobiles, nbs)
+        return self._confirm_store(ids, mobiles, nbs)
 
-    def match_compact(self, rows: Sequence[Sequence[str | None]],
-                      cols: dict[str, int]) -> tuple[list[Compact], float]:
-        """:meth:`match`, reduced to what the tally needs (cheap to pickle)."""
-        r = self.match(rows, cols)
-        out: list[Compact] = []
-        for k, m in zip(r.keys, r.rows, strict=True):
-            c = m.export_canary
-            out.append((k.count(), k.id_number[:6] if k.id_number else "", m.record_id,
-                        "+".join(m.pair) if m.pair else None, c[0] if c else None, c[1] if c else 0,
-                        m.canary_keys, m.canary_by_id))
-        return out, r.expected_false
-
-    def _match_cached(self, keys: list[Keys], out: list[RowMatch]) -> float:
-        """Try the pairs in order; the mobile's hash is computed only when the first pair
-        does not settle the row. A key several records share is narrowed by the next pair."""
+    def _confirm_cached(self, ids: list[str | None], mobiles: list[str | None],
+                        nbs: list[str | None]) -> tuple[list[str | None], list[int | None], float]:
+        """Try the pairs in order; the mobile's hash is computed only for rows the first pair
+        does not settle. A key several records share is narrowed by the next pair."""
         assert self.pairs is not None
-        blind = self.blind
         pair_in, pair_im, pair_mn = KEY_PAIRS
         p_in, p_im, p_mn = (self.pairs.pairs[p] for p in KEY_PAIRS)
-        rate = self._rate
-        r_in, r_im, r_mn = (rate.get(p, 0.0) for p in KEY_PAIRS)
+        r_in, r_im, r_mn = (self._rate.get(p, 0.0) for p in KEY_PAIRS)
         shared = self.pairs.shared
-        expected = 0.0
-        for k, m in zip(keys, out, strict=True):
-            vi = blind("id_number", k.id_number) if k.id_number is not None else None
-            nb = k.name_birth
-            vn = blind("name_birth", nb) if nb is not None else None
+        vi = self._hashes("id_number", ids)
+        vn = self._hashes("name_birth", nbs)
+        both = [a + b if a is not None and b is not None else None for a, b in zip(vi, vn, strict=True)]
+        n_in = len(both) - both.count(None)
+        hits: list[str | None] = list(map(p_in.get, both))  # type: ignore[arg-type]
+        rids: list[str | None] = [h or None for h in hits]
+        via: list[int | None] = [0 if h else None for h in hits]
+        # rows left: shared by several records on the first pair, or with a mobile to try
+        rest = [j for j, (h, m) in enumerate(zip(hits, mobiles, strict=True))
+                if not h and (h is not None or (m is not None and (vi[j] is not None or vn[j] is not None)))]
+        todo = [j for j in rest if mobiles[j] is not None]
+        vms = dict(zip(todo, self._many("mobile", [mobiles[j] for j in todo]), strict=True))  # type: ignore[misc]
+        n_im = n_mn = 0
+        for j in rest:
+            a_i, a_n = vi[j], vn[j]
             maybe: set[str] | None = None
-            maybe_pair = pair_in
-            if vi is not None and vn is not None:
-                expected += r_in
-                hit = p_in.get(vi + vn)
-                if hit:
-                    m.record_id, m.pair = hit, pair_in
-                    continue
-                if hit is not None:
-                    maybe = set(shared[pair_in][vi + vn])
-            if k.mobile is not None:
-                vm = blind("mobile", k.mobile)
-                for pair, d, va, vb, r in ((pair_im, p_im, vi, vm, r_im), (pair_mn, p_mn, vm, vn, r_mn)):
+            maybe_pair = 0
+            if hits[j] is not None:
+                maybe = set(shared[pair_in][both[j]])  # type: ignore[index]
+            vm = vms.get(j)
+            if vm is not None:
+                for k, pair, d, va, vb in ((1, pair_im, p_im, a_i, vm), (2, pair_mn, p_mn, vm, a_n)):
                     if va is None or vb is None:
                         continue
-                    expected += r
+                    if k == 1:
+                        n_im += 1
+                    else:
+                        n_mn += 1
                     hit = d.get(va + vb)
                     if hit is None:
                         continue
                     cands = {hit} if hit else set(shared[pair][va + vb])
                     if maybe is not None and cands & maybe:
-                        maybe, maybe_pair = cands & maybe, pair
+                        maybe, maybe_pair = cands & maybe, k
                         if len(maybe) == 1:
                             break
                     elif maybe is None:
-                        maybe, maybe_pair = cands, pair
+                        maybe, maybe_pair = cands, k
                         if len(cands) == 1:
                             break
             if maybe:
                 # still several records: the row is a resident, which one the indexes cannot tell
-                m.record_id, m.pair = min(maybe), maybe_pair
-        return expected
+                rids[j], via[j] = min(maybe), maybe_pair
+        return rids, via, n_in * r_in + n_im * r_im + n_mn * r_mn
 
-    def _match_store(self, keys: list[Keys], out: list[RowMatch]) -> float:
+    def _confirm_store(self, ids: list[str | None], mobiles: list[str | None],
+                       nbs: list[str | None]) -> tuple[list[str | None], list[int | None], float]:
         """Per index, the values under every key (several during a blind-index rotation);
         then, per row and pair, the records both indexes point at."""
-        blind_all = self.blind_all or (lambda n, v: (self.blind(n, v),))
-        vals: dict[str, list[tuple[bytes, ...]]] = {"id_number": [], "mobile": [], "name_birth": []}
-        for k in keys:
-            vals["id_number"].append(blind_all("id_number", k.id_number) if k.id_number else ())
-            vals["mobile"].append(blind_all("mobile", k.mobile) if k.mobile else ())
-            nb = k.name_birth
-            vals["name_birth"].append(blind_all("name_birth", nb) if nb else ())
+        vals: dict[str, list[tuple[bytes, ...]]] = {}
+        for name, column in (("id_number", ids), ("mobile", mobiles), ("name_birth", nbs)):
+            given = [v for v in column if v]
+            if self.blind_all_many is not None:
+                every = self.blind_all_many(name, given)
+            elif self.blind_all is not None:
+                every = [self.blind_all(name, v) for v in given]
+            else:
+                every = [(h,) for h in self._many(name, given)]
+            it = iter(every)
+            vals[name] = [next(it) if v else () for v in column]
         cands = {name: self._lookup(name, [v for vs_ in vs for v in vs_])
                  for name, vs in vals.items() if name in self.bits}
-        expected = 0.0
-        for i, m in enumerate(out):
-            for pair in KEY_PAIRS:
+        rids: list[str | None] = [None] * len(ids)
+        via: list[int | None] = [None] * len(ids)
+        n_pair = [0, 0, 0]
+        for i in range(len(ids)):
+            for k, pair in enumerate(KEY_PAIRS):
                 a, b = pair
                 va, vb = vals[a][i], vals[b][i]
                 if not va or not vb or a not in cands or b not in cands:
                     continue
-                expected += self._rate.get(pair, 0.0)
+                n_pair[k] += 1
                 ra = {r for v in va for r in cands[a].get(v, ())}
                 common = ra & {r for v in vb for r in cands[b].get(v, ())}
                 if common:
-                    m.record_id, m.pair = min(common), pair
+                    rids[i], via[i] = min(common), k
                     break
-        return expected
+        return rids, via, sum(n * self._rate.get(p, 0.0) for n, p in zip(n_pair, KEY_PAIRS, strict=True))
 
     def _lookup(self, name: str, values: list[bytes]) -> dict[bytes, list[str]]:
         assert self.candidate_ids is not None
