@@ -16,6 +16,7 @@ revealed only to a role allowed to notify (:func:`affected`).
 from __future__ import annotations
 
 import contextlib
+import functools
 import gc
 import json
 import multiprocessing
@@ -103,6 +104,7 @@ class CheckResult:
         return out
 
 
+@functools.cache
 def _province(code: str) -> str:
     return divisions.province_of(code) or divisions.name_of(code[:2] + "0000") or f"region {code[:2]}"
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from operator import itemgetter
 from typing import Any
 
 from pivault.leak.columns import (
@@ -196,12 +197,13 @@ def match_columns(rows: Sequence[Sequence[str | None]], cols: dict[str, int],
     """The raw cells of ``kinds`` (those ``cols`` has), column by column: what
     :meth:`Matcher.outcome` needs of a batch, and all a worker process is sent."""
     out: dict[str, list[str | None]] = {}
+    shortest = min(map(len, rows), default=0)
     for kind in kinds:
         i = cols.get(kind)
         if i is None:
             continue
-        if all(len(r) > i for r in rows):
-            out[kind] = [r[i] for r in rows]
+        if i < shortest:
+            out[kind] = list(map(itemgetter(i), rows))
         else:
             out[kind] = [r[i] if i < len(r) else None for r in rows]
     return out

@@ -25,6 +25,7 @@ import csv
 import datetime as _dt
 import gzip
 import io
+import itertools
 import json
 import os
 import re
@@ -316,21 +317,16 @@ def _split_header(table: Table, rows: Iterator[Row], batch: int) -> Iterator[Bat
 
 
 def _chain(first: list[Row], rest: Iterator[Row]) -> Iterator[Row]:
-    yield from first
-    yield from rest
+    return itertools.chain(first, rest)
 
 
 def _batched(table: Table, rows: Iterable[Row], batch: int) -> Iterator[Batch]:
-    buf: list[Row] = []
-    first = table.rows + 1
-    for row in rows:
-        buf.append(row)
-        if len(buf) >= batch:
-            table.rows += len(buf)
-            yield Batch(table, buf, first)
-            first = table.rows + 1
-            buf = []
-    if buf:
+    it = iter(rows)
+    while True:
+        buf = list(itertools.islice(it, batch))
+        if not buf:
+            return
+        first = table.rows + 1
         table.rows += len(buf)
         yield Batch(table, buf, first)
 
@@ -392,8 +388,7 @@ def _read_csv(stream: IO[bytes], source: str, encoding: str, limit: int, batch: 
 
 
 def _chain_lines(head: list[str], rest: Iterator[str]) -> Iterator[str]:
-    yield from head
-    yield from rest
+    return itertools.chain(head, rest)
 
 
 def _no_value(message: str) -> str:
