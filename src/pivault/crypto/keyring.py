@@ -107,7 +107,7 @@ def _encode_all(values: Sequence[str], index_name: str) -> list[bytes]:
         for v in values:  # the first bad value raises, with blind_index's message
             _text(v, f"value for index {index_name!r}")
     try:
-        return [v.encode("utf-8") for v in values]
+        return list(map(str.encode, values))  # UTF-8, strict
     except UnicodeEncodeError:
         raise ValueError(f"value for index {index_name!r} is not valid Unicode text") from None
 

@@ -284,7 +284,7 @@ class Matcher:
         ids = [k.id_number for k in keys]
         mobiles = [k.mobile for k in keys]
         nbs = [k.name_birth for k in keys]
-        rids, via, expected = self._confirm(ids, mobiles, nbs)
+        rids, via, expected, _ = self._confirm(ids, mobiles, nbs)
         out = [RowMatch(r, KEY_PAIRS[v] if v is not None else None) for r, v in zip(rids, via, strict=True)]
         addresses = [k.address for k in keys]
         for j, (eid, keys_, by_id) in self._canaries(ids, mobiles, nbs, addresses).items():
@@ -297,8 +297,15 @@ class Matcher:
         none: list[str | None] = [None] * rows
         raw = columns.get("id_number")
         ids = fast_id_numbers(raw) if raw is not None else none
-        raw = columns.get("mobile")
-        mobiles = fast_mobiles(raw) if raw is not None else none
+        canaries = any(self.registry.canaries.values())
+        raw_mobiles = columns.get("mobile")
+        mobiles: list[str | None] | None = none
+        if raw_mobiles is not None:
+            # with the pair index, a row the first pair settles needs no mobile: normalised later,
+            # for the other rows only (it is then ``None`` for the settled rows, which give two keys
+            # without it, so the counts of keys below stay right)
+            lazy = not canaries and self.pairs is not None and self.blind_all is None
+            mobiles = None if lazy else fast_mobiles(raw_mobiles)
         raw = columns.get("name")
         if raw is None:
             nbs = none
@@ -312,14 +319,14 @@ class Matcher:
                 births = [f"{i[6:10]}-{i[10:12]}-{i[12:14]}" if i else (parse_birth_date(w) if w else None)
                           for i, w in zip(ids, written, strict=True)]
                 nbs = [f"{n}|{b}" if n and b else None for n, b in zip(names, births, strict=True)]
-        rids, via, expected = self._confirm(ids, mobiles, nbs)
+        rids, via, expected, mobiles = self._confirm(ids, mobiles, nbs, raw_mobiles)
         res = Outcome(rows, expected_false=expected)
         # keys per row: 0..3
         given = [(i is not None) + (m is not None) + (nb is not None)
                  for i, m, nb in zip(ids, mobiles, nbs, strict=True)]
         res.single_key = given.count(1)
         res.with_keys = rows - given.count(0)
-        if any(self.registry.canaries.values()):
+        if canaries:
             raw = columns.get("address")
             addresses = [v.strip() if v else None for v in raw] if raw is not None else none
             hits = self._canaries(ids, mobiles, nbs, addresses)
@@ -381,16 +388,25 @@ class Matcher:
         it = iter(self._many(name, given))
         return [next(it) if v is not None else None for v in values]
 
-    def _confirm(self, ids: list[str | None], mobiles: list[str | None],
-                 nbs: list[str | None]) -> tuple[list[str | None], list[int | None], float]:
+    def _confirm(self, ids: list[str | None], mobiles: list[str | None] | None, nbs: list[str | None],
+                 raw_mobiles: list[str | None] | None = None
+                 ) -> tuple[list[str | None], list[int | None], float, list[str | None]]:
         """Per row: the record two of its keys confirm (or ``None``), the pair (an index into
-        :data:`KEY_PAIRS`) that did, and the expected chance confirmations of the batch."""
-        if self.pairs is not None and self.blind_all is None:
-            return self._confirm_cached(ids, mobiles, nbs)
-        return self._confirm_store(ids, mobiles, nbs)
+        :data:`KEY_PAIRS`) that did, and the expected chance confirmations of the batch.
 
-    def _confirm_cached(self, ids: list[str | None], mobiles: list[str | None],
-                        nbs: list[str | None]) -> tuple[list[str | None], list[int | None], float]:
+        ``mobiles`` ``None``: normalised from ``raw_mobiles`` only for the rows that need
+        them (returned last, ``None`` for the others).
+        """
+        if self.pairs is not None and self.blind_all is None:
+            return self._confirm_cached(ids, mobiles, nbs, raw_mobiles)
+        if mobiles is None:
+            assert raw_mobiles is not None
+            mobiles = fast_mobiles(raw_mobiles)
+        return (*self._confirm_store(ids, mobiles, nbs), mobiles)
+
+    def _confirm_cached(self, ids: list[str | None], mobiles: list[str | None] | None,
+                        nbs: list[str | None], raw_mobiles: list[str | None] | None
+                        ) -> tuple[list[str | None], list[int | None], float, list[str | None]]:
         """Try the pairs in order; the mobile's hash is computed only for rows the first pair
         does not settle. A key several records share is narrowed by the next pair."""
         assert self.pairs is not None
@@ -405,6 +421,12 @@ class Matcher:
         hits: list[str | None] = list(map(p_in.get, both))  # type: ignore[arg-type]
         rids: list[str | None] = [h or None for h in hits]
         via: list[int | None] = [0 if h else None for h in hits]
+        if mobiles is None:
+            assert raw_mobiles is not None
+            need = [j for j, h in enumerate(hits) if not h]
+            mobiles = [None] * len(hits)
+            for j, v in zip(need, fast_mobiles([raw_mobiles[j] for j in need]), strict=True):
+                mobiles[j] = v
         # rows left: shared by several records on the first pair, or with a mobile to try
         rest = [j for j, (h, m) in enumerate(zip(hits, mobiles, strict=True))
                 if not h and (h is not None or (m is not None and (vi[j] is not None or vn[j] is not None)))]
@@ -441,7 +463,7 @@ class Matcher:
             if maybe:
                 # still several records: the row is a resident, which one the indexes cannot tell
                 rids[j], via[j] = min(maybe), maybe_pair
-        return rids, via, n_in * r_in + n_im * r_im + n_mn * r_mn
+        return rids, via, n_in * r_in + n_im * r_im + n_mn * r_mn, mobiles
 
     def _confirm_store(self, ids: list[str | None], mobiles: list[str | None],
                        nbs: list[str | None]) -> tuple[list[str | None], list[int | None], float]:
