@@ -18,7 +18,6 @@ answered normally, so the caller cannot tell that it tripped anything.
 
 from __future__ import annotations
 
-import hmac
 import os
 import random
 import secrets
@@ -27,6 +26,7 @@ import time
 from collections.abc import Iterable, Sequence
 from typing import Any, Protocol
 
+from pivault.crypto.hmac256 import HmacSha256
 from pivault.errors import PivaultError
 from pivault.policy.context import AccessContext
 from pivault.store.db import Database
@@ -86,6 +86,8 @@ class CanaryRegistry:
         self._keyring = keyring
         self.refresh_seconds = refresh_seconds
         self._key: bytes | None = None
+        #: HMAC-SHA256 under the registry key with the domain already hashed in
+        self._mac: HmacSha256 | None = None
         self._tags: frozenset[bytes] = frozenset()
         self._loaded_at = -1e18
         self._lock = threading.Lock()
@@ -105,11 +107,18 @@ class CanaryRegistry:
             except PivaultError:
                 raise PivaultError("the canary registry key does not decrypt with this keyring",
                                    code="canary.key") from None
+        if self._mac is None:
+            self._mac = HmacSha256(self._key, _TAG_DOMAIN)
         return self._key
 
     def tag(self, record_id: str) -> bytes:
-        key = self._key if self._key is not None else self._registry_key()
-        return hmac.digest(key, _TAG_DOMAIN + record_id.encode("utf-8"), "sha256")[:16]
+        """``HMAC-SHA256(K, domain | record id)[:16]`` (every read's record ids pass here)."""
+        mac = self._mac
+        if mac is None:
+            self._registry_key()
+            mac = self._mac
+            assert mac is not None
+        return mac.digest(record_id.encode("utf-8"))[:16]
 
     def add(self, record_ids: Iterable[str]) -> int:
         rows = [(self.tag(rid),) for rid in record_ids]
