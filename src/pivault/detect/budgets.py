@@ -126,22 +126,45 @@ class Charge:
         return self.refusal is None
 
 
+class _Plan:
+    """One caller's rules, resolved from the policy once: what each read is charged against."""
+
+    __slots__ = ("_by_amount", "distinct", "windows")
+
+    def __init__(self, windows: list[tuple[str, str, int, float, bool]],
+                 distinct: list[tuple[str, str, int]]) -> None:
+        #: (name, key, limit, window seconds, counts misses)
+        self.windows = windows
+        #: (name, key, limit)
+        self.distinct = distinct
+        #: the window rules of a charge, per (records, misses): a lookup charges the same each time
+        self._by_amount: dict[tuple[int, int], tuple[WindowRule, ...]] = {}
+
+    def window_rules(self, records: int, misses: int) -> tuple[WindowRule, ...]:
+        rules = self._by_amount.get((records, misses))
+        if rules is None:
+            rules = tuple(WindowRule(name, key, limit, seconds, misses if is_miss else records)
+                          for name, key, limit, seconds, is_miss in self.windows
+                          if (misses if is_miss else records) > 0)
+            if len(self._by_amount) < 256:
+                self._by_amount[(records, misses)] = rules
+        return rules
+
+
 class Budgets:
     """Charges reads to every budget that applies to the caller."""
 
     def __init__(self, policy: BudgetPolicy | Callable[[], BudgetPolicy], counters: Counters) -> None:
         self._policy: Callable[[], BudgetPolicy] = policy if callable(policy) else (lambda: policy)
         self.counters = counters
-        self._plans: dict[tuple[str, str], tuple[list[tuple[str, str, int, float, bool]],
-                                                 list[tuple[str, str, int]]]] = {}
+        self._plans: dict[tuple[str, str], _Plan] = {}
         self._plans_for: BudgetPolicy | None = None
 
     @property
     def policy(self) -> BudgetPolicy:
         return self._policy()
 
-    def _plan(self, principal: str, role: str) -> tuple[list[tuple[str, str, int, float, bool]],
-                                                         list[tuple[str, str, int]]]:
+    def _plan(self, principal: str, role: str) -> _Plan:
         """The caller's rules (name, key, limit, window, counts misses), cached per policy."""
         policy = self._policy()
         if policy is not self._plans_for:
@@ -163,7 +186,7 @@ class Budgets:
                 if budget.distinct_per_day is not None:
                     distinct.append((f"{scope}.distinct_per_day", f"b:{key}:distinct",
                                      budget.distinct_per_day))
-            plan = (windows, distinct)
+            plan = _Plan(windows, distinct)
             if len(self._plans) > 100_000:
                 self._plans.clear()
             self._plans[(principal, role)] = plan
@@ -171,22 +194,25 @@ class Budgets:
 
     def rules(self, ctx: AccessContext, *, records: int, misses: int,
               record_ids: Sequence[str]) -> tuple[list[WindowRule], list[DistinctRule]]:
-        wplan, dplan = self._plan(ctx.principal, ctx.role)
-        windows = [WindowRule(name, key, limit, seconds, misses if is_miss else records)
-                   for name, key, limit, seconds, is_miss in wplan if (misses if is_miss else records) > 0]
+        plan = self._plan(ctx.principal, ctx.role)
         ids = tuple(record_ids)
-        distinct = [DistinctRule(name, key, limit, ids) for name, key, limit in dplan] if ids else []
-        return windows, distinct
+        distinct = [DistinctRule(name, key, limit, ids) for name, key, limit in plan.distinct] if ids else []
+        return list(plan.window_rules(records, misses)), distinct
 
     def charge(self, ctx: AccessContext, *, records: int = 0, misses: int = 0,
                record_ids: Sequence[str] = ()) -> Charge:
         """Charge ``records`` returned and ``misses``; raises ``DetectUnavailable`` if counters are down."""
-        windows, distinct = self.rules(ctx, records=records, misses=misses, record_ids=record_ids)
+        plan = self._plan(ctx.principal, ctx.role)
+        windows = plan.window_rules(records, misses)
+        distinct: list[DistinctRule] = []
+        if record_ids and plan.distinct:
+            ids = tuple(record_ids)
+            distinct = [DistinctRule(name, key, limit, ids) for name, key, limit in plan.distinct]
         if not windows and not distinct:
-            return Charge()
+            return _ALLOWED
         refusal = self.counters.charge(windows, distinct)
         if refusal is None:
-            return Charge()
+            return _ALLOWED
         scope = refusal.rule.split(".", 1)[0]
         breaches = 0
         if scope != "vault":
@@ -194,3 +220,7 @@ class Budgets:
             day = math.floor(self.counters.now() / DAY)
             breaches = self.counters.incr(f"breach:{who}:{day}", DAY + 3600)
         return Charge(refusal, scope, breaches)
+
+
+#: the answer to every allowed charge (frozen: one object serves them all)
+_ALLOWED = Charge()

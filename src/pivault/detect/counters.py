@@ -26,7 +26,7 @@ import os
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from typing import Any, NamedTuple, Protocol
 
 from pivault.errors import PivaultError
@@ -115,36 +115,51 @@ class Counters(Protocol):
 
 
 class _Window:
-    """One sliding window in memory: buckets oldest first, and their running sum."""
+    """One sliding window in memory: buckets oldest first, and their running sum.
 
-    __slots__ = ("buckets", "expires", "used")
+    ``cur`` is the newest bucket (``[index, count]``) and ``g`` the bucket's
+    length: a charge in the same bucket as the one before it finds nothing to
+    drop (buckets leave only when a new one starts) and adds to ``cur``.
+    """
 
-    def __init__(self) -> None:
+    __slots__ = ("buckets", "cur", "expires", "g", "used")
+
+    def __init__(self, window: float) -> None:
         self.buckets: deque[list[int]] = deque()
         self.used = 0
+        self.g = window / BUCKETS
+        #: [bucket index, count] of the newest bucket, not yet one of ``buckets`` if its index is -1
+        self.cur: list[int] = [-1, 0]
         #: when the newest bucket leaves the window (then the whole window is empty)
         self.expires = 0.0
 
 
-def _window_check(w: _Window, rule: WindowRule, now: float) -> tuple[Refusal | None, int]:
-    """Drop expired buckets; return (refusal or None, current bucket index)."""
-    g = rule.window / BUCKETS
-    b = math.floor(now / g)
+def _window_advance(w: _Window, b: int) -> None:
+    """Open bucket ``b`` (the current one) and drop the buckets that left the window."""
     buckets = w.buckets
     while buckets and buckets[0][0] <= b - BUCKETS:
         w.used -= buckets.popleft()[1]
+    if buckets and buckets[-1][0] == b:
+        w.cur = buckets[-1]
+    else:
+        w.cur = [b, 0]
+        buckets.append(w.cur)
+    w.expires = (b + BUCKETS + 1) * w.g
+
+
+def _window_refusal(w: _Window, rule: WindowRule, now: float) -> Refusal:
+    """The refusal of ``rule`` (whose charge does not fit in ``w``): when enough leaves to fit it."""
+    g = w.g
     used = w.used
-    if rule.amount > 0 and used + rule.amount > rule.limit:
-        retry = rule.window
-        if rule.amount <= rule.limit:
-            need, freed = used + rule.amount - rule.limit, 0
-            for k, c in buckets:
-                freed += c
-                if freed >= need:
-                    retry = (k + BUCKETS) * g - now
-                    break
-        return Refusal(rule.name, max(retry, 0.001), used, rule.limit), b
-    return None, b
+    retry = rule.window
+    if rule.amount <= rule.limit:
+        need, freed = used + rule.amount - rule.limit, 0
+        for k, c in w.buckets:
+            freed += c
+            if freed >= need:
+                retry = (k + BUCKETS) * g - now
+                break
+    return Refusal(rule.name, max(retry, 0.001), used, rule.limit)
 
 
 class MemoryCounters:
@@ -165,46 +180,50 @@ class MemoryCounters:
         return float(self._clock())
 
     def charge(self, windows: Sequence[WindowRule], distinct: Sequence[DistinctRule]) -> Refusal | None:
-        now = self.now()
-        day = math.floor(now / DAY)
+        # every read passes here: one pass to check, one to count, nothing built but the plan
+        now = float(self._clock())
+        floor = math.floor
         with self._lock:
-            plan: list[tuple[_Window, int, int]] = []
+            found = self._windows
+            plan: list[tuple[_Window, int]] = []
             for rule in windows:
-                w = self._windows.get(rule.key)
+                w = found.get(rule.key)
                 if w is None:
-                    w = self._windows[rule.key] = _Window()
-                refusal, b = _window_check(w, rule, now)
-                if refusal is not None:
-                    return refusal
-                plan.append((w, b, rule.amount))
-            dplan: list[tuple[set[str], set[str]]] = []
-            for d in distinct:
-                key = f"{d.key}:{day}"
-                entry = self._sets.get(key)
-                if entry is None or entry[0] <= now:
-                    entry = ((day + 1) * DAY, set())
-                    self._sets[key] = entry
-                new = set(d.ids) - entry[1]
-                if new and len(entry[1]) + len(new) > d.limit:
-                    return Refusal(d.name, (day + 1) * DAY - now, len(entry[1]), d.limit)
-                dplan.append((entry[1], new))
-            for (w, b, amount), rule in zip(plan, windows, strict=True):
-                if amount:
-                    if w.buckets and w.buckets[-1][0] == b:
-                        w.buckets[-1][1] += amount
-                    else:
-                        w.buckets.append([b, amount])
-                    w.used += amount
-                    w.expires = (b + BUCKETS + 1) * rule.window / BUCKETS
+                    w = found[rule.key] = _Window(rule.window)
+                if floor(now / w.g) != w.cur[0]:
+                    _window_advance(w, floor(now / w.g))
+                amount = rule.amount
+                if amount > 0:
+                    if w.used + amount > rule.limit:
+                        return _window_refusal(w, rule, now)
+                    plan.append((w, amount))
+            dplan: list[tuple[set[str], Collection[str]]] = []
+            if distinct:
+                day = floor(now / DAY)
+                for d in distinct:
+                    key = f"{d.key}:{day}"
+                    entry = self._sets.get(key)
+                    if entry is None or entry[0] <= now:
+                        entry = ((day + 1) * DAY, set())
+                        self._sets[key] = entry
+                    members = entry[1]
+                    ids = d.ids
+                    new: Collection[str] = ((() if ids[0] in members else ids) if len(ids) == 1
+                                          else set(ids) - members)
+                    if new and len(members) + len(new) > d.limit:
+                        return Refusal(d.name, (day + 1) * DAY - now, len(members), d.limit)
+                    dplan.append((members, new))
+            for w, amount in plan:
+                w.cur[1] += amount
+                w.used += amount
             for members, new in dplan:
-                members |= new
-            self._sweep(now)
+                members.update(new)
+            self._sweeps += 1
+            if not self._sweeps & 1023:
+                self._sweep(now)
         return None
 
     def _sweep(self, now: float) -> None:
-        self._sweeps += 1
-        if self._sweeps % 1024:
-            return
         for key in [k for k, (exp, _) in self._sets.items() if exp <= now]:
             del self._sets[key]
         for key in [k for k, (exp, _) in self._hashes.items() if exp <= now]:
