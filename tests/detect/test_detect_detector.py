@@ -131,3 +131,40 @@ def test_incremental_windows_equal_a_full_recount(counters: Counters, clock: Fak
                         if k[:2] == kind or k == kind:
                             want[k] = want.get(k, 0) + v
                 assert got[kind] == want, (step, kind)
+
+
+def test_with_its_thread_a_read_is_only_queued(counters: Counters, clock: FakeClock) -> None:
+    """Reads queue in the process; the thread counts them (cells, ordered runs) and sends them."""
+    import math
+    import time
+
+    det = GlobalDetector(counters, AlertDispatcher(), DetectorConfig(evaluate_every=3600, ordered_min_run=50,
+                                                                     ordered_min_cells=3))
+    det.start()  # its first round is an hour away: the test plays the thread's part
+    t0 = time.time()
+    for year in range(1980, 1990):
+        for _ in range(6):
+            det.observe_facts(_ctx(4), [("440305", year)])
+    det.observe(_ctx(5), 3, [cell_of("310104", 1985), None, cell_of("310104", 1985)])
+    buckets = [f"d:{b}" for b in range(math.floor(t0 / 10.0) - 1, math.floor(time.time() / 10.0) + 2)]
+    assert all(h == {} for h in counters.read_fields(buckets))  # nothing sent on the request path
+    assert det.raised == []
+    det._send()
+    merged: dict[str, int] = {}
+    for h in counters.read_fields(buckets):
+        for k, v in h.items():
+            merged[k] = merged.get(k, 0) + v
+    assert merged["t"] == 63 and merged["p:officer-4"] == 60 and merged["p:officer-5"] == 3
+    assert merged["c:44:1980"] == 6 and merged["pc:officer-4|44:1989"] == 6
+    assert merged["c:31:1985"] == 2
+    assert "sweep.ordered" in _rules(det)
+
+
+def test_without_its_thread_facts_are_counted_at_once(counters: Counters, clock: FakeClock) -> None:
+    import math
+
+    det = GlobalDetector(counters, AlertDispatcher(), DetectorConfig(evaluate_every=3600))
+    det.observe_facts(_ctx(1), [("310104", 1985), (None, 1990), ("110101", None)])
+    got = counters.read_fields([f"d:{math.floor(clock.t / 10.0)}"])[0]
+    assert got["t"] == 3 and got["p:officer-1"] == 3 and got == {
+        "t": 3, "p:officer-1": 3, "c:31:1985": 1, "pc:officer-1|31:1985": 1}

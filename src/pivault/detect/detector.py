@@ -30,6 +30,7 @@ import math
 import os
 import threading
 import time
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -108,6 +109,9 @@ class GlobalDetector:
         self._next_eval = 0.0
         self._runs: dict[str, _Run] = {}
         self._thread_pid = -1
+        #: reads queued for the evaluation thread: (time, ctx, records, cells, facts or None)
+        self._inbox: deque[tuple[float, AccessContext, int, Sequence[str | None],
+                                 Sequence[tuple[str | None, int | None]] | None]] = deque()
         #: counts of this process not yet in the shared counters, per bucket
         self._unsent: dict[int, dict[str, int]] = {}
         # sliding-window sums of completed buckets (see _windows)
@@ -123,29 +127,45 @@ class GlobalDetector:
     def observe(self, ctx: AccessContext, records: int, cells: Sequence[str | None] = ()) -> None:
         """Count ``records`` read by ``ctx`` and their coarse cells; evaluate now and then.
 
-        With the evaluation thread running (:meth:`start`), counts are summed
-        in this process and handed to the shared counters by that thread
-        before each evaluation (no round trip per read); otherwise they go
-        to the counters at once.
+        With the evaluation thread running (:meth:`start`), a read is only
+        queued here (one append); that thread counts it, follows the ordered
+        sweeps and hands the counts to the shared counters before each
+        evaluation (no round trip per read). Otherwise the read goes to the
+        counters at once.
         """
         if records <= 0 and not cells:
             return
+        if self._thread_pid == os.getpid():
+            self._inbox.append((time.time(), ctx, records, cells, None))
+            return
+        self._count(ctx, records, cells)
+
+    def observe_facts(self, ctx: AccessContext, facts: Sequence[tuple[str | None, int | None]]) -> None:
+        """:meth:`observe` of records given by their coarse facts (region code, birth year).
+
+        The door's hook: the cells are made by the evaluation thread when it runs.
+        """
+        if not facts:
+            return
+        if self._thread_pid == os.getpid():
+            self._inbox.append((time.time(), ctx, len(facts), (), facts))
+            return
+        self._count(ctx, len(facts), [cell_of(r, y) for r, y in facts])
+
+    def _fields(self, ctx: AccessContext, records: int, cells: Sequence[str | None]) -> dict[str, int]:
         fields: dict[str, int] = {"t": records, "p:" + ctx.principal: records}
         for cell in cells:
             if cell:
                 k1, k2 = "c:" + cell, "pc:" + ctx.principal + "|" + cell
                 fields[k1] = fields.get(k1, 0) + 1
                 fields[k2] = fields.get(k2, 0) + 1
+        return fields
+
+    def _count(self, ctx: AccessContext, records: int, cells: Sequence[str | None]) -> None:
+        """Without the thread: count one read in the shared counters at once."""
+        fields = self._fields(ctx, records, cells)
         if cells:
             self._ordered(ctx, cells)
-        if self._thread_pid == os.getpid():
-            # bucketed by this host's clock: a second of drift does not matter to 10 s buckets
-            bucket = math.floor(time.time() / self.config.bucket_seconds)
-            with self._lock:
-                into = self._unsent.setdefault(bucket, {})
-                for k, v in fields.items():
-                    into[k] = into.get(k, 0) + v
-            return
         now = self.counters.now()
         self.counters.add_fields(f"d:{math.floor(now / self.config.bucket_seconds)}", fields, self._ttl())
         if now >= self._next_eval:
@@ -155,12 +175,34 @@ class GlobalDetector:
                 self._next_eval = now + self.config.evaluate_every
             self._evaluate_safely(now)
 
+    def _drain(self) -> None:
+        """The evaluation thread: count the queued reads into this process's unsent buckets."""
+        inbox = self._inbox
+        size = self.config.bucket_seconds
+        while True:
+            try:
+                at, ctx, records, cells, facts = inbox.popleft()
+            except IndexError:
+                return
+            if facts is not None:
+                cells = [cell_of(r, y) for r, y in facts]
+            fields = self._fields(ctx, records, cells)
+            # bucketed by this host's clock: a second of drift does not matter to 10 s buckets
+            bucket = math.floor(at / size)
+            with self._lock:
+                into = self._unsent.setdefault(bucket, {})
+                for k, v in fields.items():
+                    into[k] = into.get(k, 0) + v
+            if cells:
+                self._ordered(ctx, cells)
+
     def _ttl(self) -> float:
         cfg = self.config
         return max(cfg.sweep_window, cfg.distributed_window, 120.0) + 2 * cfg.bucket_seconds
 
     def _send(self) -> None:
         """Hand the counts summed in this process to the shared counters."""
+        self._drain()
         with self._lock:
             unsent, self._unsent = self._unsent, {}
         for bucket, fields in sorted(unsent.items()):
@@ -177,8 +219,8 @@ class GlobalDetector:
     def start(self) -> None:
         """Evaluate in a background thread of this process, every ``evaluate_every`` seconds.
 
-        Reads then only count (one update of the shared counters); the rules
-        run off the request path. Call again after a fork: each process
+        Reads then are only queued; counting them and the rules run off the
+        request path. Call again after a fork: each process
         needs its own thread.
         """
         if self._thread_pid == os.getpid():
@@ -193,6 +235,8 @@ class GlobalDetector:
                     self._send()
                 except PivaultError as exc:
                     log.warning("global detector could not send its counts: %s", exc.code)
+                except Exception:  # a detector bug must not stop the thread
+                    log.exception("global detector could not count reads")
                 self._evaluate_safely()
 
         threading.Thread(target=loop, name="pivault-detector", daemon=True).start()

@@ -37,7 +37,7 @@ from pivault.detect.alerts import Alert, AlertDispatcher
 from pivault.detect.budgets import BudgetExceeded, Budgets, Charge
 from pivault.detect.canary import CanaryRegistry
 from pivault.detect.counters import DetectUnavailable
-from pivault.detect.detector import GlobalDetector, cell_of
+from pivault.detect.detector import GlobalDetector
 from pivault.policy.context import AccessContext
 
 __all__ = ["READ_OPERATIONS", "DetectGuard"]
@@ -141,7 +141,7 @@ class DetectGuard:
         """Coarse facts of records read: (region code, birth year) → the detector's cells."""
         if self.detector is not None and cells:
             try:
-                self.detector.observe(ctx, len(cells), [cell_of(r, y) for r, y in cells])
+                self.detector.observe_facts(ctx, cells)
             except DetectUnavailable:
                 log.warning("global detector could not count a read: counters unavailable")
 
