@@ -119,3 +119,46 @@ def test_several_recording_processes_one_chain(store_url: str, db: Database, key
     report = verify(db, verifier, keyring=keyring)
     assert report.ok and report.checked == 450
     assert not list((tmp_path / "j").glob("*.journal"))  # each removed its journal at exit
+
+
+def _inherited_writer(log: AuditLog, n: int) -> None:
+    ctx = AccessContext(principal=f"child-{os.getpid()}", role="officer", purpose="case_investigation")
+    for i in range(n):
+        log.record(_ev(ctx, 1000 + i))
+    assert log.flush(30)
+
+
+def test_a_forked_child_opens_its_own_journal(store_url: str, db: Database, keyring: Keyring,
+                                              writer: WriterKeys, verifier: VerifierKey,
+                                              ctx: AccessContext, tmp_path: Path) -> None:
+    """The parent's journal object, inherited by a forked child, is not written by the child."""
+    log = AuditLog(db, keyring, writer, journal_dir=tmp_path / "j")
+    for i in range(20):
+        log.record(_ev(ctx, i))
+    parent_journal = log.journal.journal_id
+    fork = mp.get_context("fork")
+    p = fork.Process(target=_inherited_writer, args=(log, 30))
+    p.start()
+    p.join(120)
+    assert p.exitcode == 0
+    for i in range(20, 40):
+        log.record(_ev(ctx, i))
+    assert log.flush(30)
+    assert log.journal.journal_id == parent_journal
+    report = verify(db, verifier, keyring=keyring)
+    assert report.ok and report.checked == 70
+    got = [e for e in entries(db) if e.principal == ctx.principal]
+    assert [e.record_ids[0] for e in got] == [f"r_{i:026d}" for i in range(40)]
+
+
+def test_journal_line_and_mac_share_one_encoding(ctx: AccessContext) -> None:
+    """The values encoded once for the journal line give the JSON the MAC is computed over."""
+    import json
+
+    from pivault.audit.log import encode_fields
+
+    odd = ("officer \"x\" \\ 张三", "officer", "case_investigation", "find", '["r_a","r_b"]', 2, "ok",
+           "q_\u2028\x00", None, "api", json.dumps({"k": "é"}, ensure_ascii=False))
+    for seq, ts in ((1, 0), (2**40, 1_700_000_000_123_456)):
+        assert b"[%d,%d," % (seq, ts) + encode_fields(odd) == json.dumps(
+            [seq, ts, *odd], separators=(",", ":"), ensure_ascii=False).encode("utf-8")

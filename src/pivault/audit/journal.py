@@ -45,6 +45,7 @@ import secrets
 import socket
 import threading
 import time
+import weakref
 from multiprocessing import util as mp_util
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -58,6 +59,23 @@ __all__ = ["Journal"]
 
 log = logging.getLogger("pivault.audit")
 _ENCODE = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+_write = os.write
+_monotonic = time.monotonic
+
+#: forks of this process so far: a journal belongs to the process that opened it, and
+#: comparing a counter costs less per entry than asking the kernel for the pid
+_FORKS = [0]
+_JOURNALS: weakref.WeakSet[Journal] = weakref.WeakSet()
+
+
+def _forked() -> None:
+    _FORKS[0] += 1
+    for journal in list(_JOURNALS):
+        # the parent's chaining thread may have held it at the fork; it does not exist here
+        journal._cond = threading.Condition()
+
+
+os.register_at_fork(after_in_child=_forked)
 
 
 class Journal:
@@ -77,7 +95,10 @@ class Journal:
         self._fd = -1
         self.journal_id = ""
         self._seq = 0
-        self._pending: list[tuple[int, int, tuple[Any, ...]]] = []
+        #: (journal seq, ts_us, fields, encoded fields) written but not yet chained
+        self._pending: list[tuple[int, int, tuple[Any, ...], bytes]] = []
+        self._clock = audit_log._clock
+        self._forks = -1
         self._pending_since = 0.0
         self._chained = 0
         self._broken: str | None = None
@@ -85,13 +106,14 @@ class Journal:
         self._closing = False
         self._flush_wanted = False
         self._db: Any = None
+        _JOURNALS.add(self)
 
     # -- per process -----------------------------------------------------------------
     def _ensure(self) -> None:
-        if self._pid == os.getpid():
+        if self._pid == os.getpid() and self._forks == _FORKS[0]:
             return
         with self._cond:
-            if self._pid == os.getpid():
+            if self._pid == os.getpid() and self._forks == _FORKS[0]:
                 return
             # a forked child: the parent's file, lock and thread are not ours
             # every level private, not just the last (mkdir's mode applies to the leaf only)
@@ -113,6 +135,7 @@ class Journal:
             self._broken = None
             self._closing = False
             self._pid = os.getpid()
+            self._forks = _FORKS[0]
             self._thread = threading.Thread(target=self._run, name="pivault-audit-journal", daemon=True)
             self._thread.start()
             atexit.register(self.close)
@@ -123,32 +146,35 @@ class Journal:
     # -- the request path ---------------------------------------------------------------
     def write(self, fields: tuple[Any, ...]) -> None:
         """Journal one prepared entry; raise ``audit.unavailable`` if it or the chain cannot be written."""
-        self._ensure()
-        ts_us = int(self.log._clock() * 1_000_000)
+        if self._forks != _FORKS[0]:
+            self._ensure()
+        # encoded once, for the line here and for the MAC in the chaining thread
+        tail = _ENCODE(fields).encode("utf-8")[1:]
+        ts_us = int(self._clock() * 1_000_000)
         with self._cond:
             if self._broken is not None:
                 raise AuditError(f"the audit chain cannot be written ({self._broken}); refusing",
                                  code="audit.unavailable", hint="check the store")
-            if len(self._pending) >= self.max_backlog or (
-                    self._pending and time.monotonic() - self._pending_since > self.stale_after):
+            pending = self._pending
+            if pending and (len(pending) >= self.max_backlog
+                            or _monotonic() - self._pending_since > self.stale_after):
                 raise AuditError("the audit chain is falling behind; refusing", code="audit.unavailable",
                                  hint="check the store's load")
-            self._seq += 1
-            line = _ENCODE([self._seq, ts_us, *fields])
+            seq = self._seq + 1
+            data = b"[%d,%d,%s\n" % (seq, ts_us, tail)
             try:
-                data = (line + "\n").encode("utf-8")
-                if os.write(self._fd, data) != len(data):
+                if _write(self._fd, data) != len(data):
                     raise OSError("short write")
             except OSError as exc:
-                self._seq -= 1
                 raise AuditError(f"the audit journal cannot be written ({type(exc).__name__})",
                                  code="audit.unavailable", hint="check the journal's disk") from None
-            if not self._pending:
-                self._pending_since = time.monotonic()
-            self._pending.append((self._seq, ts_us, fields))
+            self._seq = seq
+            if not pending:
+                self._pending_since = _monotonic()
+            pending.append((seq, ts_us, fields, tail))
             # the chaining thread wakes on its own every max_delay; waking it per entry would
             # cost a thread switch per request
-            if len(self._pending) >= self.max_batch:
+            if len(pending) >= self.max_batch:
                 self._cond.notify_all()
 
     def flush(self, timeout: float = 10.0) -> bool:
@@ -204,8 +230,9 @@ class Journal:
                 self._flush_wanted = False
                 batch = self._pending[:self.max_batch]
             try:
-                self.log.append_rows([(ts, f) for _, ts, f in batch], journal=(self.journal_id, batch[-1][0]),
-                                     db=self._db)
+                self.log.append_rows([(ts, f) for _, ts, f, _ in batch],
+                                     journal=(self.journal_id, batch[-1][0]), db=self._db,
+                                     encoded=[e for *_, e in batch])
             except Exception as exc:
                 code = getattr(exc, "code", type(exc).__name__)
                 with self._cond:
