@@ -148,3 +148,14 @@ def test_default_masks() -> None:
 def test_masks_hide_the_middle(number: str) -> None:
     m = masks.mask_mobile(number)
     assert m[:3] == number[:3] and m[-4:] == number[-4:] and m[3:7] == "****"
+
+
+def test_the_control_character_check_is_exactly_unicode_category_cc() -> None:
+    """The address check is a regex for speed; it must refuse exactly what category Cc names."""
+    import unicodedata
+
+    from pivault.model.address import _CONTROL
+
+    for cp in range(0x110000):
+        c = chr(cp)
+        assert (_CONTROL.search(c) is not None) == (unicodedata.category(c) == "Cc"), hex(cp)

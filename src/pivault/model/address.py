@@ -13,6 +13,9 @@ from pivault.model import divisions
 MAX_LENGTH = 200
 _WS = re.compile(r"\s+")
 _CJK_GAP = re.compile(r"(?<=[\u3400-\u9fff])\s+(?=[\u3400-\u9fff0-9])|(?<=[0-9])\s+(?=[\u3400-\u9fff])")
+# Unicode category Cc is exactly these two ranges; one regex search instead of a
+# category look-up per character (most of an address's parse time)
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
 _GENERIC = {"市辖区", "县", "省直辖县级行政区划", "自治区直辖县级行政区划"}
 
 
@@ -28,7 +31,7 @@ def normalise(value: str) -> str:
     if value is None or not str(value).strip():
         raise _err("address.empty", "the address is empty")
     v = unicodedata.normalize("NFKC", str(value)).strip()
-    if any(unicodedata.category(c) == "Cc" for c in v):
+    if _CONTROL.search(v):
         raise _err("address.chars", "the address holds control characters")
     v = _WS.sub(" ", v)
     v = _CJK_GAP.sub("", v)

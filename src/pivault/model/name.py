@@ -12,6 +12,7 @@ _DOTS = re.compile(r"[\u00b7\u2022\u2027\u30fb\uff65\u2219\u22c5\u318d\u0387\uff
 _CJK = r"\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0002ebef"
 _CJK_NAME = re.compile(rf"[{_CJK}]+(?:·[{_CJK}]+)*")
 _LATIN_NAME = re.compile(r"[A-Za-z\u00c0-\u024f]+(?:[ '\-.][A-Za-z\u00c0-\u024f]+)*\.?")
+_HAS_CJK = re.compile(f"[{_CJK}]")
 _WS = re.compile(r"\s+")
 MAX_LATIN = 64
 
@@ -32,7 +33,7 @@ def normalise(value: str) -> str:
         raise _err("name.empty", "the name is empty")
     v = unicodedata.normalize("NFKC", str(value)).strip()
     v = _WS.sub(" ", v)
-    if re.search(f"[{_CJK}]", v):
+    if _HAS_CJK.search(v):
         v = v.replace(" ", "")
         v = _DOTS.sub("·", v)
         if not _CJK_NAME.fullmatch(v):
