@@ -11,14 +11,17 @@ re-typed values, 20 % outsiders). Measured in the same run, median of 3:
 * ``leak check``: parsing, PI column detection, blind indexes of every row,
   matching, export canaries, attribution (case not saved).
 
-The one-off load of the blind-index pairs is timed separately. The peak RSS
-of the process is printed too.
+The one-off load of the blind-index pairs is timed separately. Besides the
+wall-clock rates: rows per CPU-second (of the check's worker processes too),
+the load average of the machine during the runs, and the peak RSS of this
+process and of the largest worker.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import os
 import platform
 import resource
 import statistics
@@ -76,6 +79,11 @@ def write_dump(path: Path, people: list[Resident], rows: int) -> None:
                             r.address or ""])
 
 
+def _children_cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
 def parse_only(path: Path) -> int:
     n = 0
     for batch in read_dump(path):
@@ -105,27 +113,34 @@ def main() -> None:
         ctx = AccessContext(principal="bench", role="operator", purpose="leak investigation")
         checker = Checker(vault, ctx=ctx, workers=args.workers)
         print(f"workers: {checker.workers}")
-        base, match, base_cpu, match_cpu = [], [], [], []
+        base, match, base_cpu, match_cpu, match_par = [], [], [], [], []
         matched = 0
+        load = [os.getloadavg()[0]]
         for _ in range(args.runs):
             t, c = time.perf_counter(), time.process_time()
             assert parse_only(dump) == args.rows
             base.append(time.perf_counter() - t)
             base_cpu.append(time.process_time() - c)
+            kids = _children_cpu()
             t, c = time.perf_counter(), time.process_time()
             res = checker.check([dump], save=False)
             match.append(time.perf_counter() - t)
-            match_cpu.append(time.process_time() - c)
+            match_par.append(time.process_time() - c)
+            # the worker processes' CPU is counted once they have exited, at the end of the check
+            match_cpu.append(match_par[-1] + _children_cpu() - kids)
             matched = res.residents_matched
+            load.append(os.getloadavg()[0])
         b, m = statistics.median(base), statistics.median(match)
-        bc, mc = statistics.median(base_cpu), statistics.median(match_cpu)
-        print(f"python {platform.python_version()}, {platform.machine()}")
+        bc, mc, mp = statistics.median(base_cpu), statistics.median(match_cpu), statistics.median(match_par)
+        print(f"python {platform.python_version()}, {platform.machine()}, {os.cpu_count()} CPUs; "
+              f"1-minute load average during the runs {min(load):.1f}-{max(load):.1f}")
         print(f"parse only (baseline): {args.rows / b:,.0f} rows/s ({b:.2f} s)")
         print(f"leak check (matched):  {args.rows / m:,.0f} rows/s ({m:.2f} s)")
         print(f"ratio check/baseline time: {m / b:.2f}x; residents matched: {matched:,}")
-        print(f"per CPU-second of this process (contention-free; with workers=1 the whole check): "
-              f"parse {args.rows / bc:,.0f} rows/s, check {args.rows / mc:,.0f} rows/s")
-        print(f"peak RSS: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
+        print(f"per CPU-second: parse {args.rows / bc:,.0f} rows/s; check {args.rows / mc:,.0f} rows/s "
+              f"(all its processes; this one alone {args.rows / mp:,.0f} rows/s)")
+        print(f"peak RSS: this process {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB, "
+              f"largest worker {resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024:.0f} MiB")
         vault.close()
 
 
