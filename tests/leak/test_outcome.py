@@ -297,3 +297,27 @@ def test_match_columns_pads_short_rows() -> None:
     assert match_columns(rows, {"name": 0, "mobile": 2}) == {"name": ["a", "d", None, "e"],
                                                               "mobile": ["c", None, None, "f"]}
     assert match_columns(rows[:1] + rows[3:], {"id_number": 1}) == {"id_number": ["b", None]}
+
+
+def test_columns_sent_to_workers_arrive_as_matching_reads_them() -> None:
+    import pivault.leak.check as check_mod
+
+    residents, outsiders = _world(300)
+    pairs, _store = _index(residents)
+    m = Matcher(_blind, dict(BITS), len(residents), ExportRegistry(), pairs)
+    rows = _rows(residents, outsiders, outsiders[:5], 3)
+    rows[0][0] = "a\x1eb"  # a cell holding the separator: that column goes as a list
+    columns = match_columns(rows, COLS, m.cells)
+    packed, n = check_mod._packed((columns, len(rows)))
+    assert n == len(rows)
+    assert isinstance(packed["name"], list) and isinstance(packed["id_number"], str)
+    monkey = check_mod._WORKER_MATCHER
+    check_mod._WORKER_MATCHER = m
+    try:
+        got = check_mod._work((packed, n))
+    finally:
+        check_mod._WORKER_MATCHER = monkey
+    assert got == m.outcome(columns, len(rows))
+    # one-row columns and empty cells
+    one, _ = check_mod._packed(({"id_number": [""], "mobile": [None]}, 1))
+    assert one == {"id_number": "", "mobile": ""}

@@ -258,7 +258,7 @@ class Checker:
             with ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("fork")) as pool:
                 window: deque[Future[Outcome]] = deque()
                 for task in tasks:
-                    window.append(pool.submit(_work, task))
+                    window.append(pool.submit(_work, _packed(task)))
                     if len(window) >= _IN_FLIGHT * self.workers:
                         yield window.popleft().result()
                 while window:
@@ -355,10 +355,32 @@ def _detect(st: _TableState, rows: list[list[str | None]]) -> None:
                  or ("name" in st.cols and has_birth))
 
 
-def _work(task: tuple[dict[str, list[str | None]], int]) -> Outcome:
+#: joins a column's cells for a worker (matching reads an empty cell as it reads a missing one)
+_SEP = "\x1e"
+
+
+def _packed(task: tuple[dict[str, list[str | None]], int]) -> tuple[dict[str, str | list[str | None]], int]:
+    """Each column as one string (one copy to send instead of thousands of objects to pickle),
+    unless a cell holds the separator."""
+    columns, rows = task
+    out: dict[str, str | list[str | None]] = {}
+    for kind, cells in columns.items():
+        try:
+            joined = _SEP.join(cells)  # type: ignore[arg-type]
+        except TypeError:  # None among the cells
+            joined = _SEP.join([c or "" for c in cells])
+        out[kind] = joined if joined.count(_SEP) == len(cells) - 1 else cells
+    return out, rows
+
+
+def _work(task: tuple[dict[str, str | list[str | None]], int]) -> Outcome:
     """A forked worker's job: match one batch with the matcher it inherited."""
     assert _WORKER_MATCHER is not None
-    return _WORKER_MATCHER.outcome(*task)
+    packed, rows = task
+    columns: dict[str, list[str | None]] = {
+        kind: cells.split(_SEP) if isinstance(cells, str) else cells  # type: ignore[misc]
+        for kind, cells in packed.items()}
+    return _WORKER_MATCHER.outcome(columns, rows)
 
 
 def _tally(res: CheckResult, st: _TableState, rows: list[list[str | None]], out: Outcome,
