@@ -234,10 +234,11 @@ class Checker:
                  paths: Sequence[str | Path]) -> Iterator[Outcome]:
         """Match each task, in order: here, or in forked workers for a large dump.
 
-        With workers, this process reads and parses and sends each worker only the cells
-        matching reads; a worker sends back counts and the records matched. At most
-        :data:`_IN_FLIGHT` batches per worker are out at a time, so memory stays flat
-        however long the dump.
+        With ``workers`` = *n*, *n* - 1 processes are forked: this one reads and parses,
+        sends each worker only the cells matching reads (a worker sends back counts and the
+        records matched), and matches a batch itself whenever every worker already has
+        :data:`_IN_FLIGHT` batches to do. At most twice that many batches are held, so
+        memory stays flat however long the dump.
         """
         size = 0
         for p in paths:
@@ -255,11 +256,19 @@ class Checker:
         _WORKER_MATCHER = self.matcher  # inherited by the forked workers, never pickled
         gc.freeze()  # the collector in a worker leaves the inherited pair index alone (its pages stay shared)
         try:
-            with ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("fork")) as pool:
+            forks = self.workers - 1  # this process matches too
+            cap = _IN_FLIGHT * forks
+            with ProcessPoolExecutor(forks, mp_context=multiprocessing.get_context("fork")) as pool:
                 window: deque[Future[Outcome]] = deque()
                 for task in tasks:
-                    window.append(pool.submit(_work, _packed(task)))
-                    if len(window) >= _IN_FLIGHT * self.workers:
+                    if sum(not f.done() for f in window) >= cap:
+                        # the workers have enough to do: this batch is matched here meanwhile
+                        here: Future[Outcome] = Future()
+                        here.set_result(self.matcher.outcome(*task))
+                        window.append(here)
+                    else:
+                        window.append(pool.submit(_work, _packed(task)))
+                    while window and (window[0].done() or len(window) > 2 * cap):
                         yield window.popleft().result()
                 while window:
                     yield window.popleft().result()
