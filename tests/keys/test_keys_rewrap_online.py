@@ -214,3 +214,28 @@ def test_kill_minus_nine_mid_rewrap_then_resume(vault: Vault, store_url: str, tm
     # a crash leaves at most orphan keys behind; garbage collection finds none it may not take
     assert _keys(vault).keys.collect_garbage(vault.db, grace_seconds=0) == 0
     _check_all(vault, expected)
+
+
+def test_a_record_replaced_between_reading_its_row_and_its_key_reads_as_its_new_version(
+        vault: Vault) -> None:
+    """The record and its key are two reads from two stores. An update that lands between them
+    (new ciphertext under a new key, the old key dropped) must not look like tampering: the
+    reader reads the row again and gets the new version."""
+    from pivault.crypto.recordkeys import key_ref_of
+    from pivault.store.records import RecordStore
+    from pivault.vault.facade import decrypt_fields
+
+    c = ctx()
+    people = residents(3, seed=5)
+    ids = put_all(vault, people)
+    store = _keys(vault)
+    stale = RecordStore.get(store, ids[0])  # the row alone, as the first of the two reads sees it
+    assert stale is not None
+    vault.update(ids[0], {"address": people[2]["address"]}, ctx=c)  # new record key; old one dropped
+    old_ref = key_ref_of(stale.fields["name"])
+    assert old_ref is not None and store.keys.get(ids[0], old_ref) is None  # the stale row's key is gone
+    (fresh,) = store._attach([stale])
+    got = decrypt_fields(vault.keyring, fresh)
+    assert got["address"] == people[2]["address"] and got["id_number"] == people[0]["id_number"]
+    # and the vault's own read agrees
+    assert vault.get(ids[0], ctx=c)["address"] == people[2]["address"]

@@ -498,6 +498,8 @@ class ShreddingRecordStore(RecordStore):
                 if r.record_key is None:
                     missing.append(r)
         if missing:
+            records, missing = self._reread(records, missing)
+        if missing:
             # No key under the ref its name names: erased, unless the record has a key of
             # its own (then the name was moved or altered, and decryption says so).
             others = self.keys.any_key_many([r.record_id for r in missing])
@@ -505,11 +507,39 @@ class ShreddingRecordStore(RecordStore):
                 r.record_key = others.get(r.record_id)
         return records
 
+    def _reread(self, records: list[StoredRecord],
+                missing: list[StoredRecord]) -> tuple[list[StoredRecord], list[StoredRecord]]:
+        """Records whose key was missing, read once more: a writer may have replaced them.
+
+        The record and its key live in two stores, read one after the other. An
+        update between the two reads commits the new ciphertext (its new key
+        stored first) and then drops the old key: the row read before it names
+        a key that is gone. Read again, such a record is its new version, whose
+        key is there. Still missing after that, it is judged as before.
+        """
+        fresh = {r.record_id: r for r in super().get_many([r.record_id for r in missing])}
+        changed: dict[str, StoredRecord] = {}
+        for r in missing:
+            f = fresh.get(r.record_id)
+            if f is not None and (ref := _ref(f)) is not None and ref != _ref(r):
+                changed[r.record_id] = f
+        if not changed:
+            return records, missing
+        found = self.keys.get_many([(rid, ref) for rid, f in changed.items()
+                                    if (ref := _ref(f)) is not None])
+        still: list[StoredRecord] = []
+        for f in changed.values():
+            ref = _ref(f)
+            f.record_key = found.get((f.record_id, ref)) if ref is not None else None
+        for r in missing:
+            f = changed.get(r.record_id)
+            if f is None or f.record_key is None:
+                still.append(f or r)
+        return [changed.get(r.record_id, r) for r in records], still
+
     def get(self, record_id: str) -> StoredRecord | None:
         rec = super().get(record_id)
-        if rec is not None:
-            self._attach([rec])
-        return rec
+        return None if rec is None else self._attach([rec])[0]
 
     def get_many(self, record_ids: Sequence[str]) -> list[StoredRecord]:
         return self._attach(super().get_many(record_ids))
