@@ -168,3 +168,24 @@ def test_without_its_thread_facts_are_counted_at_once(counters: Counters, clock:
     got = counters.read_fields([f"d:{math.floor(clock.t / 10.0)}"])[0]
     assert got["t"] == 3 and got["p:officer-1"] == 3 and got == {
         "t": 3, "p:officer-1": 3, "c:31:1985": 1, "pc:officer-1|31:1985": 1}
+
+
+def test_stop_counts_what_is_queued_and_ends_the_thread(counters: Counters, clock: FakeClock) -> None:
+    """A closing vault stops its detector: queued reads still reach the counters, no thread is left
+    to evaluate against a closed store, and later reads are counted at once."""
+    import math
+    import threading
+    import time
+
+    det = GlobalDetector(counters, AlertDispatcher(), DetectorConfig(evaluate_every=3600))
+    t0 = time.time()
+    others = set(threading.enumerate())
+    det.start()
+    (thread,) = [t for t in threading.enumerate() if t not in others and t.name == "pivault-detector"]
+    det.observe(_ctx(7), 4)
+    det.stop()
+    assert not thread.is_alive()
+    queued = [f"d:{b}" for b in range(math.floor(t0 / 10.0) - 1, math.floor(time.time() / 10.0) + 2)]
+    assert sum(h.get("p:officer-7", 0) for h in counters.read_fields(queued)) == 4  # sent by the last round
+    det.observe(_ctx(7), 1)  # no thread now: counted on the caller's thread, at the counters' clock
+    assert counters.read_fields([f"d:{math.floor(clock.t / 10.0)}"])[0]["p:officer-7"] == 1

@@ -72,3 +72,25 @@ def test_wrong_passphrase_missing_home_and_foreign_keyring(tmp_path: Path) -> No
     with pytest.raises(VaultMismatch) as info2:
         Vault.open(a.home, passphrase=PASSPHRASE)
     assert info2.value.code == "vault.mismatch" and b.vault_id not in info2.value.message
+
+
+def test_closing_a_vault_stops_its_threads_before_its_store(tmp_path: Path) -> None:
+    """A closed vault leaves no detector thread behind to evaluate (and alert) against a closed
+    store, and every audit entry of its reads is chained by then."""
+    import threading
+
+    from pivault.audit import entries
+
+    def detectors() -> int:
+        return sum(1 for t in threading.enumerate() if t.name == "pivault-detector" and t.is_alive())
+
+    cfg = init(tmp_path / "home", passphrase=PASSPHRASE, keyring_path=tmp_path / "k", argon2=CHEAP)
+    before = detectors()
+    v = Vault.open(cfg.home, passphrase=PASSPHRASE)
+    assert detectors() == before + 1
+    rid = v.put(make_residents(1)[0], ctx=local_operator())
+    v.get(rid, ctx=local_operator())
+    v.close()
+    assert detectors() == before
+    with Vault.open(cfg.home, passphrase=PASSPHRASE) as again:
+        assert [e.operation for e in entries(again.db) if rid in e.record_ids][-2:] == ["put", "get"]

@@ -109,6 +109,8 @@ class GlobalDetector:
         self._next_eval = 0.0
         self._runs: dict[str, _Run] = {}
         self._thread_pid = -1
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
         #: reads queued for the evaluation thread: (time, ctx, records, cells, facts or None)
         self._inbox: deque[tuple[float, AccessContext, int, Sequence[str | None],
                                  Sequence[tuple[str | None, int | None]] | None]] = deque()
@@ -226,20 +228,40 @@ class GlobalDetector:
         if self._thread_pid == os.getpid():
             return
         self._thread_pid = os.getpid()
+        self._stop = threading.Event()  # a forked child's own, unset
         period = max(self.config.evaluate_every, 0.05)
+        stop = self._stop
 
         def loop() -> None:
-            while True:
-                time.sleep(period)
-                try:
-                    self._send()
-                except PivaultError as exc:
-                    log.warning("global detector could not send its counts: %s", exc.code)
-                except Exception:  # a detector bug must not stop the thread
-                    log.exception("global detector could not count reads")
-                self._evaluate_safely()
+            while not stop.wait(period):
+                self._tick()
+            self._tick()  # what was read before the stop still counts
 
-        threading.Thread(target=loop, name="pivault-detector", daemon=True).start()
+        self._thread = threading.Thread(target=loop, name="pivault-detector", daemon=True)
+        self._thread.start()
+
+    def _tick(self) -> None:
+        try:
+            self._send()
+        except PivaultError as exc:
+            log.warning("global detector could not send its counts: %s", exc.code)
+        except Exception:  # a detector bug must not stop the thread
+            log.exception("global detector could not count reads")
+        self._evaluate_safely()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Count what is queued, evaluate once more and end the thread (the vault is closing).
+
+        After this, reads are counted on the caller's thread again, as before :meth:`start`.
+        """
+        thread = self._thread
+        if thread is None or self._thread_pid != os.getpid():
+            return
+        self._stop.set()
+        if thread is not threading.current_thread():
+            thread.join(timeout)
+        self._thread = None
+        self._thread_pid = -1
 
     def _ordered(self, ctx: AccessContext, cells: Sequence[str | None]) -> None:
         """Track how long this principal's reads keep moving forward through the cells.

@@ -132,6 +132,16 @@ class DetectGuard:
                     log.warning("global detector could not count a read: counters unavailable")
 
     # -- reads seen by the Vault after decryption (coarse cells only) ------------------
+    def close(self) -> None:
+        """The vault is closing: the detector counts what it holds and stops, before the store goes.
+
+        Left running, its thread would evaluate against a closed store: an alert it raised then
+        would miss the alerts table.
+        """
+        if self.detector is not None:
+            self.detector.stop()
+        self.audit_log.flush(10)
+
     def attach(self, vault: Any) -> None:
         """Have ``vault`` report every read's coarse cells here (the detector then counts reads there)."""
         vault.read_observers.append(self.observe_records)

@@ -77,6 +77,10 @@ class PolicyGuard:
         assert last is not None
         raise self.denied(last.reason, code=last.code)
 
+    def close(self) -> None:
+        """Close the delegate (its detector and audit journal) with the vault."""
+        getattr(self.delegate, "close", lambda: None)()
+
     def budget(self, ctx: AccessContext, operation: str, n: int) -> None:
         if self.delegate is not None:
             self.delegate.budget(ctx, operation, n)

@@ -238,6 +238,8 @@ class Vault:
             raise
 
     def close(self) -> None:
+        # the guard first: its threads (detector, audit journal) still write to the store
+        getattr(self.guard, "close", lambda: None)()
         getattr(self.store, "close", lambda: None)()
         self.db.close()
 
