@@ -10,8 +10,8 @@ kernel's ``VmHWM``; the import's forked workers are sampled the same way):
    to CSV; queries are drawn from it: existing ID numbers and mobiles, and
    misses (residents N+1… of the same synthetic population, so valid
    numbers that are not in the file).
-1. plaintext baseline: the same file through the same reader, chunking (2,000
-   rows), forked workers and ``Resident.parse`` as the import; the parent
+1. plaintext baseline: the same file through the same reader, chunking (10,000
+   rows, ``DEFAULT_CHUNK``), forked workers and ``Resident.parse`` as the import; the parent
    checks ID numbers already present with one query per chunk (as the
    import does, in plaintext) and inserts the new rows, one transaction per
    chunk, through the same ``Database`` layer (``executemany`` on SQLite,

@@ -103,3 +103,22 @@ def test_cli_errors_are_one_line_without_pi(app: typer.Typer, env: dict[str, str
     r = run(app, ["find", "--mobile", "13800000000"], env={**env, "PIVAULT_PASSPHRASE": "wrong"})
     assert r.exit_code == 1 and "error[keyring.passphrase]" in r.stderr
     assert "Traceback" not in r.output
+
+
+def test_cli_import_chunk_size(app: typer.Typer, env: dict[str, str], tmp_path: Path) -> None:
+    """Smaller chunks (less memory per transaction) import the same rows; nonsense is refused."""
+    run = CliRunner().invoke
+    assert run(app, ["init", "--expected-population", "1000"], env=env).exit_code == 0
+    people = make_residents(25, seed=52)
+    src = tmp_path / "chunked.csv"
+    src.write_text("name,id_number,mobile\n" + "".join(
+        f"{p['name']},{p['id_number']},{p['mobile']}\n" for p in people), encoding="utf-8")
+    r = run(app, ["import", str(src), "--chunk-size", "0"], env=env)
+    assert r.exit_code == 2 and "error[import.chunk_size]" in r.stderr
+    r = run(app, ["import", str(src), "--chunk-size", "7", "--json"], env=env)
+    assert r.exit_code == 0, r.output
+    summary = json.loads(r.stdout)
+    assert (summary["read"], summary["imported"], summary["rejected"]) == (25, 25, 0)
+    for p in (people[0], people[24]):
+        r = run(app, ["find", "--id-number", p["id_number"], "--json"], env=env)
+        assert r.exit_code == 0 and len(json.loads(r.stdout)) == 1

@@ -163,6 +163,9 @@ def import_(
         "--on-duplicate", help="skip | update | reject rows whose ID number is already known.")] = "skip",
     workers: Annotated[int | None, typer.Option(
         "--workers", help="Worker processes (default: by file size; 0 = one process).")] = None,
+    chunk_size: Annotated[int | None, typer.Option(
+        "--chunk-size", help="Rows committed per transaction (default 10,000). Smaller chunks hold less"
+        " memory on large SQLite vaults and import more slowly (docs/import.md).")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
     json_out: JsonOpt = False,
 ) -> None:
@@ -172,6 +175,8 @@ def import_(
     mapping = parse_mapping(map_ or [])
     if on_duplicate not in ("skip", "update", "reject"):
         raise ValidationError("import.on_duplicate", "--on-duplicate is skip, update or reject")
+    if chunk_size is not None and not 1 <= chunk_size <= 1_000_000:
+        raise ValidationError("import.chunk_size", "--chunk-size is between 1 and 1,000,000 rows")
     bar, update = _progress_printer(quiet or json_out)
     with _open(home) as vault:
         if bar is not None:
@@ -179,12 +184,12 @@ def import_(
                 summary = vault.import_files(files, ctx=_ctx("import"), mapping=mapping,
                                              ignore=ignore or (), encoding=encoding,
                                              on_duplicate=on_duplicate,
-                                             workers=workers, progress=update)
+                                             workers=workers, progress=update, chunk_size=chunk_size)
         else:
             summary = vault.import_files(files, ctx=_ctx("import"), mapping=mapping,
                                          ignore=ignore or (), encoding=encoding,
                                          on_duplicate=on_duplicate,
-                                         workers=workers)
+                                         workers=workers, chunk_size=chunk_size)
     if json_out:
         _print_json(summary.to_dict())
         return
