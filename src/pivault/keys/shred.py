@@ -485,11 +485,10 @@ class ShreddingRecordStore(RecordStore):
         return super().purge_freed()
 
     # -- reading ----------------------------------------------------------------
-    def _attach(self, records: list[StoredRecord]) -> list[StoredRecord]:
+    def _keys_for(self, records: Sequence[StoredRecord]) -> list[StoredRecord]:
+        """Give each record the key its ciphertext names; the records with a ref but no such key."""
         wanted = [(r.record_id, ref) for r in records if (ref := _ref(r)) is not None]
-        if not wanted:
-            return records
-        found = self.keys.get_many(wanted)
+        found = self.keys.get_many(wanted) if wanted else {}
         missing: list[StoredRecord] = []
         for r in records:
             ref = _ref(r)
@@ -497,8 +496,22 @@ class ShreddingRecordStore(RecordStore):
                 r.record_key = found.get((r.record_id, ref))
                 if r.record_key is None:
                     missing.append(r)
+        return missing
+
+    def _attach(self, records: list[StoredRecord]) -> list[StoredRecord]:
+        missing = self._keys_for(records)
         if missing:
-            records, missing = self._reread(records, missing)
+            # The record and its key live in two stores, read one after the other. An update
+            # between the two reads commits the new ciphertext (its new key stored first) and
+            # then drops the old key: the row read before it names a key that is gone. Read
+            # once more, such a record is its new version, whose key is there.
+            fresh = {f.record_id: f for f in super().get_many([r.record_id for r in missing])}
+            changed = {r.record_id: f for r in missing
+                       if (f := fresh.get(r.record_id)) is not None and _ref(f) != _ref(r)}
+            if changed:
+                records = [changed.get(r.record_id, r) for r in records]
+                missing = [r for r in missing if r.record_id not in changed]
+                missing += self._keys_for(list(changed.values()))
         if missing:
             # No key under the ref its name names: erased, unless the record has a key of
             # its own (then the name was moved or altered, and decryption says so).
@@ -506,36 +519,6 @@ class ShreddingRecordStore(RecordStore):
             for r in missing:
                 r.record_key = others.get(r.record_id)
         return records
-
-    def _reread(self, records: list[StoredRecord],
-                missing: list[StoredRecord]) -> tuple[list[StoredRecord], list[StoredRecord]]:
-        """Records whose key was missing, read once more: a writer may have replaced them.
-
-        The record and its key live in two stores, read one after the other. An
-        update between the two reads commits the new ciphertext (its new key
-        stored first) and then drops the old key: the row read before it names
-        a key that is gone. Read again, such a record is its new version, whose
-        key is there. Still missing after that, it is judged as before.
-        """
-        fresh = {r.record_id: r for r in super().get_many([r.record_id for r in missing])}
-        changed: dict[str, StoredRecord] = {}
-        for r in missing:
-            f = fresh.get(r.record_id)
-            if f is not None and (ref := _ref(f)) is not None and ref != _ref(r):
-                changed[r.record_id] = f
-        if not changed:
-            return records, missing
-        found = self.keys.get_many([(rid, ref) for rid, f in changed.items()
-                                    if (ref := _ref(f)) is not None])
-        still: list[StoredRecord] = []
-        for f in changed.values():
-            ref = _ref(f)
-            f.record_key = found.get((f.record_id, ref)) if ref is not None else None
-        for r in missing:
-            f = changed.get(r.record_id)
-            if f is None or f.record_key is None:
-                still.append(f or r)
-        return [changed.get(r.record_id, r) for r in records], still
 
     def get(self, record_id: str) -> StoredRecord | None:
         rec = super().get(record_id)
