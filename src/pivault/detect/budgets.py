@@ -195,19 +195,14 @@ class Budgets:
     def rules(self, ctx: AccessContext, *, records: int, misses: int,
               record_ids: Sequence[str]) -> tuple[list[WindowRule], list[DistinctRule]]:
         plan = self._plan(ctx.principal, ctx.role)
-        ids = tuple(record_ids)
-        distinct = [DistinctRule(name, key, limit, ids) for name, key, limit in plan.distinct] if ids else []
-        return list(plan.window_rules(records, misses)), distinct
+        return list(plan.window_rules(records, misses)), _distinct(plan, record_ids)
 
     def charge(self, ctx: AccessContext, *, records: int = 0, misses: int = 0,
                record_ids: Sequence[str] = ()) -> Charge:
         """Charge ``records`` returned and ``misses``; raises ``DetectUnavailable`` if counters are down."""
         plan = self._plan(ctx.principal, ctx.role)
         windows = plan.window_rules(records, misses)
-        distinct: list[DistinctRule] = []
-        if record_ids and plan.distinct:
-            ids = tuple(record_ids)
-            distinct = [DistinctRule(name, key, limit, ids) for name, key, limit in plan.distinct]
+        distinct = _distinct(plan, record_ids)
         if not windows and not distinct:
             return _ALLOWED
         refusal = self.counters.charge(windows, distinct)
@@ -220,6 +215,14 @@ class Budgets:
             day = math.floor(self.counters.now() / DAY)
             breaches = self.counters.incr(f"breach:{who}:{day}", DAY + 3600)
         return Charge(refusal, scope, breaches)
+
+
+def _distinct(plan: _Plan, record_ids: Sequence[str]) -> list[DistinctRule]:
+    """The distinct-records rules of a read of ``record_ids`` (none for a read of none)."""
+    if not record_ids or not plan.distinct:
+        return []
+    ids = tuple(record_ids)
+    return [DistinctRule(name, key, limit, ids) for name, key, limit in plan.distinct]
 
 
 #: the answer to every allowed charge (frozen: one object serves them all)
