@@ -257,11 +257,12 @@ class GlobalDetector:
         thread = self._thread
         if thread is None or self._thread_pid != os.getpid():
             return
+        # reads from here on are counted on their own thread; the last round drains the queue
+        self._thread_pid = -1
         self._stop.set()
         if thread is not threading.current_thread():
             thread.join(timeout)
         self._thread = None
-        self._thread_pid = -1
 
     def _ordered(self, ctx: AccessContext, cells: Sequence[str | None]) -> None:
         """Track how long this principal's reads keep moving forward through the cells.
