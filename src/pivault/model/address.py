@@ -72,18 +72,31 @@ def _names() -> tuple[dict[str, str], dict[str, list[str]], dict[str, list[str]]
 
 
 @cache
-def _longest() -> int:
-    """Length of the longest division name (some autonomous counties have 15 characters)."""
-    provinces, prefectures, districts = _names()
-    return max(len(n) for n in [*provinces, *prefectures, *districts])
+def _lengths() -> tuple[dict[str, tuple[int, ...]], ...]:
+    """Per level (province, prefecture, district): first character -> name lengths, longest first.
+
+    A mask runs on every record read: trying only the lengths of names that start with the
+    address's character costs one or two dictionary probes per level instead of one per
+    possible length (some autonomous counties have 15 characters).
+    """
+    out: list[dict[str, tuple[int, ...]]] = []
+    for names in _names():
+        by_first: dict[str, set[int]] = {}
+        for name in names:
+            by_first.setdefault(name[0], set()).add(len(name))
+        out.append({c: tuple(sorted(ns, reverse=True)) for c, ns in by_first.items()})
+    return tuple(out)
 
 
-def _matches(text: str, pos: int, names: dict[str, list[str]] | dict[str, str]) -> list[str]:
+def _matches(text: str, pos: int, names: dict[str, list[str]] | dict[str, str],
+             lengths: dict[str, tuple[int, ...]]) -> list[str]:
     """Names found at ``pos``, longest first."""
+    if pos >= len(text):
+        return []
     out: list[str] = []
-    for n in range(min(_longest(), len(text) - pos), 1, -1):
+    for n in lengths.get(text[pos], ()):
         cand = text[pos:pos + n]
-        if cand in names:
+        if len(cand) == n and cand in names:
             out.append(cand)
     return out
 
@@ -96,18 +109,19 @@ def parse_prefix(normalised: str) -> AddressPrefix:
     another script) give an empty prefix with ``end`` 0.
     """
     provinces, prefectures, districts = _names()
+    p_len, c_len, d_len = _lengths()
     pos = 0
     province = prefecture = district = None
     code: str | None = None
-    for p in _matches(normalised, pos, provinces):
+    for p in _matches(normalised, pos, provinces, p_len):
         province, code, pos = p, provinces[p] + "0000", pos + len(p)
         break
-    for c in _matches(normalised, pos, prefectures):
+    for c in _matches(normalised, pos, prefectures, c_len):
         cands = [x for x in prefectures[c] if code is None or x[:2] == code[:2]]
         if cands:
             prefecture, code, pos = c, cands[0], pos + len(c)
             break
-    for d in _matches(normalised, pos, districts):
+    for d in _matches(normalised, pos, districts, d_len):
         cands = list(districts[d])
         if code is not None:
             width = 2 if code.endswith("0000") else 4
