@@ -89,3 +89,31 @@ def test_record_changed_since_insert_is_checked_by_decryption(crowded: Vault, tm
     f = crowded.import_files([first], chunk_size=50, progress=meddle).files[0]
     assert f.reconciles and (f.imported, f.duplicates) == (200, 1)
     assert crowded.store.count() == 200
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_first_load_finds_a_record_another_connection_wrote_meanwhile(
+        crowded: Vault, store_url: str, tmp_path: Path, ctx: AccessContext, workers: int) -> None:
+    # a first load into an empty vault skips the blind index while it is the store's only
+    # writer: a record committed by another connection (another process, say) in between must
+    # end that, or the file's later row for the same person would become a second record
+    people = make_residents(400, seed=61)
+    late = people[350]
+    other_db = Database(store_url)
+    other = Vault(other_db, crowded.keyring)
+    wrote: list[str] = []
+
+    def elsewhere(_progress: object) -> None:
+        if not wrote:
+            wrote.append(other.put({**late, "name": "甲乙"}, ctx=ctx))
+
+    src = tmp_path / "first.csv"
+    _csv(src, people)
+    try:
+        f = crowded.import_files([src], chunk_size=50, workers=workers, progress=elsewhere).files[0]
+    finally:
+        other_db.close()
+    assert f.reconciles and (f.imported, f.duplicates) == (399, 1)
+    found = crowded.find(id_number=late["id_number"], ctx=ctx)
+    assert [r["record_id"] for r in found] == wrote
+    assert crowded.store.count() == 400

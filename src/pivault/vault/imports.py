@@ -411,6 +411,58 @@ class _SeenIds:
         return False
 
 
+class _SoleWriter:
+    """Whether this run is still the only writer of a store that was empty when it began.
+
+    A first load of a population into a new vault is the import that must be
+    fast, and the one where the duplicate check has least to do: every record
+    there is one this run inserted, so an ID number the run has not seen
+    (exact, from :class:`_SeenIds`) has no record, and the check need not
+    read the blind index at all (about a third of the importing process's
+    work at 10^5-10^6 rows). Two counters tell that nobody else wrote:
+    SQLite's ``data_version`` changes when another connection commits to
+    the file, and the connection's ``total_changes`` moves when another
+    thread writes through this one between two chunks. Both are read inside
+    the chunk's write transaction, which holds the file's write lock and the
+    connection's, so nothing can be written between the check and the
+    chunk's own insert. Once another writer has been seen the run uses the
+    general check for good. PostgreSQL has no such counter: it always uses
+    the general check.
+    """
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        self.version = -1
+        self.changes = -1
+
+    @classmethod
+    def start(cls, db: Database) -> _SoleWriter | None:
+        if db.dialect != "sqlite":
+            return None
+        sole = cls(db)
+        with db.transaction():
+            if db.query_one("SELECT 1 FROM records LIMIT 1") is not None:
+                return None
+            sole.mark()
+        return sole
+
+    def _counters(self) -> tuple[int, int]:
+        row = self.db.query_one("PRAGMA main.data_version")
+        return (int(row[0]) if row else -1), int(self.db.raw.total_changes)
+
+    def mark(self) -> None:
+        """Take this run's own writes as seen; call last inside each chunk's transaction."""
+        self.version, self.changes = self._counters()
+
+    def still(self, rows_changed: int) -> bool:
+        """Nobody else has written since :meth:`mark`; call inside the chunk's transaction.
+
+        ``rows_changed``: the rows this transaction has changed so far.
+        """
+        version, changes = self._counters()
+        return self.db.in_transaction and version == self.version and changes == self.changes + rows_changed
+
+
 class _Committer:
     """Applies prepared chunks in source order: duplicates, then one transaction each."""
 
@@ -424,6 +476,8 @@ class _Committer:
         self.labels = labels
         #: ID numbers this run inserted; only when the run started the batch (no resume)
         self.seen = seen
+        #: set while every record in the store is one this run inserted: see :meth:`_sole_writer`
+        self.sole: _SoleWriter | None = None
 
     def _existing(self, oks: list[Prepared]) -> dict[str, str]:
         """Existing record id per ID number of the chunk's good rows.
@@ -438,6 +492,11 @@ class _Committer:
         seen = self.seen
         if seen is None or not wanted or vault.keyring.index_versions("id_number") > 1:
             return vault.ids_by_id_number(wanted)
+        if self.sole is not None:
+            # every record in the store is one of this run's, each holding an ID number
+            # in `seen`: a number never seen has no record, without reading the index
+            maybe = {idn: value for idn, value in wanted.items() if idn in seen}
+            return vault.ids_by_id_number(maybe) if maybe else {}
         meta = vault.store.candidate_meta("id_number", list(wanted.values()))
         bid = self.batch.batch_id
         unsure: dict[str, bytes] = {}
@@ -483,6 +542,8 @@ class _Committer:
                 raise ImportConflict(
                     "another process is importing the same file with the same options",
                     hint="wait for it to finish; then run the command again to check")
+            if self.sole is not None and not self.sole.still(rows_changed=cur.rowcount):
+                self.sole = None  # someone else wrote: the general duplicate check from now on
             oks = [p for p in prepared if p[0] == _OK]
             existing = self._existing(oks)
             for p in prepared:
@@ -530,6 +591,8 @@ class _Committer:
             touched = [*new, *updates]
             if touched:
                 vault.guard.audit(self.ctx, "import", touched, "ok")
+            if self.sole is not None:
+                self.sole.mark()
         if self.seen is not None:
             for idn in owner:
                 self.seen.add(idn)
@@ -604,6 +667,8 @@ def _import_file(
     # a run that starts the batch knows every record the batch has: see _Committer._existing
     seen = _SeenIds(_expected_rows(source)) if skip == 0 else None
     committer = _Committer(vault, batch, ctx, on_duplicate, set(positions.values()), labels, seen)
+    if seen is not None:
+        committer.sole = _SoleWriter.start(db)
     n_workers = _auto_workers(source) if workers is None else max(0, int(workers))
     summary.workers = n_workers
     unit = "rows" if source.format == "parquet" else "bytes"
