@@ -194,6 +194,23 @@ def test_failed_insert_inside_transaction_keeps_outer_usable(store: RecordStore)
     assert store.count() == 7
 
 
+def test_insert_without_savepoint_is_undone_with_its_transaction(store: RecordStore) -> None:
+    # the import's chunk: a failure undoes the caller's whole transaction, never a part of it
+    db = store.db
+    first = make(3)
+    store.insert(first)
+    batch = make(700, rng=random.Random(13))
+    batch[-1] = StoredRecord(first[0].record_id, {"name": b"other"}, {"mobile": b"zz"})
+    with pytest.raises(DuplicateRecordId) as err, db.transaction():
+        store.insert(make(4, rng=random.Random(17)), undo_alone=False)
+        store.insert(batch, undo_alone=False)
+    assert first[0].record_id in err.value.record_ids
+    assert "other" not in str(err.value)
+    assert store.count() == 3
+    assert store.get(first[0].record_id) == first[0]
+    assert sum(store.stats()["index_entries"].values()) == 3 * len(INDEXES)
+
+
 def test_large_batch_uses_copy_on_postgres(pg_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
     import psycopg
 

@@ -437,9 +437,9 @@ class ShreddingRecordStore(RecordStore):
         self.keys.close()
 
     # -- writing ----------------------------------------------------------------
-    def insert(self, records: Sequence[StoredRecord]) -> None:
+    def insert(self, records: Sequence[StoredRecord], *, undo_alone: bool = True) -> None:
         self.keys.put_many((r.record_id, r.record_key) for r in records if r.record_key is not None)
-        super().insert(records)
+        super().insert(records, undo_alone=undo_alone)
 
     def replace(self, record: StoredRecord) -> bool:
         rid = record.record_id

@@ -577,7 +577,8 @@ class _Committer:
                     updates[target] = self._merge(base, target, incoming)
                 updated += 1
             if new:
-                vault.store.insert(list(new.values()))
+                # the chunk's transaction is undone whole on any failure: no savepoint of its own
+                vault.store.insert(list(new.values()), undo_alone=False)
             for rec in updates.values():
                 vault.store.replace(rec)
             if reject_rows:
