@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from vault_support import make_residents, new_keyring
 
-from pivault.policy import AccessContext
+from pivault.policy import AccessContext, local_operator
 from pivault.store.db import Database
 from pivault.vault import Vault
 from pivault.vault.imports import _SeenIds
@@ -117,3 +117,23 @@ def test_first_load_finds_a_record_another_connection_wrote_meanwhile(
     found = crowded.find(id_number=late["id_number"], ctx=ctx)
     assert [r["record_id"] for r in found] == wrote
     assert crowded.store.count() == 400
+
+
+@pytest.mark.parametrize("policy", ["update", "reject"])
+def test_first_load_repeats_under_each_policy(crowded: Vault, tmp_path: Path, ctx: AccessContext,
+                                              policy: str) -> None:
+    people = make_residents(500, seed=67)
+    rng = random.Random(9)
+    repeats = [{**p, "mobile": "139" + p["mobile"][3:]} for p in rng.sample(people[:400], 40)]
+    src = tmp_path / "repeats.csv"
+    _csv(src, people[:400] + repeats + people[400:])
+    f = crowded.import_files([src], chunk_size=53, on_duplicate=policy).files[0]  # type: ignore[arg-type]
+    assert f.reconciles and f.read == 540 and f.imported == 500
+    if policy == "update":
+        assert (f.duplicates, f.updated, f.rejected) == (40, 40, 0)
+        for p in repeats[:5]:
+            [rec] = crowded.find(id_number=p["id_number"], ctx=local_operator("test", reveal=True))
+            assert rec["mobile"] == p["mobile"]
+    else:
+        assert (f.duplicates, f.rejected) == (0, 40)
+    assert crowded.store.count() == 500
