@@ -1,7 +1,8 @@
 """Keys and field encryption: the keyring.
 
-``Keyring`` encrypts PI fields (XChaCha20-Poly1305, bound to record id and
-field) and computes blind indexes (truncated HMAC-SHA256) with Tink keysets
+``Keyring`` encrypts PI fields (AES-256-GCM under a per-record key that a
+XChaCha20-Poly1305 field key wraps, or the field key itself; bound to record
+id and field) and computes blind indexes (truncated HMAC-SHA256) with Tink keysets
 that are stored encrypted under a root key from a ``RootKeyProvider``
 (passphrase + Argon2id by default). Callers get operations, never key bytes.
 """
