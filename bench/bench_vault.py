@@ -14,7 +14,7 @@ kernel's ``VmHWM``; the import's forked workers are sampled the same way):
    rows, ``DEFAULT_CHUNK``), forked workers and ``Resident.parse`` as the import; the parent
    checks ID numbers already present with one query per chunk (as the
    import does, in plaintext) and inserts the new rows, one transaction per
-   chunk, through the same ``Database`` layer (``executemany`` on SQLite,
+   chunk, through the same ``Database`` layer and page cache (``executemany`` on SQLite,
    binary ``COPY`` on PostgreSQL, as ``RecordStore.insert`` does), into one
    table with the same columns in plaintext (plus the birth date, which the
    vault derives from the ID number) and plain B-tree indexes on
@@ -228,11 +228,13 @@ def phase_plain_import(a: dict[str, Any]) -> dict[str, Any]:
 
     from pivault.store import Database
     from pivault.vault import mapping as _mapping
-    from pivault.vault.imports import DEFAULT_CHUNK, _chunks
+    from pivault.vault.imports import DEFAULT_CHUNK, IMPORT_CACHE_KIB, _chunks
     from pivault.vault.readers import open_source
 
     global _PLAIN_POSITIONS
     db = Database(a["plain_url"])
+    if db.dialect == "sqlite":  # the page cache the import gives its own connection
+        db.execute(f"PRAGMA cache_size=-{IMPORT_CACHE_KIB}")
     with db.transaction():
         for stmt in _plain_ddl(db.dialect):
             db.execute(stmt)
