@@ -16,7 +16,6 @@ from __future__ import annotations
 import os
 import sqlite3
 import time
-from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -104,6 +103,17 @@ COPY_THRESHOLD = 500
 #: values per ``IN (…)`` list on SQLite, per array on PostgreSQL
 _CHUNK_SQLITE = 500
 _CHUNK_PG = 5000
+
+
+def _repeats(ids: Sequence[str]) -> set[str]:
+    """The ids that occur more than once in ``ids``."""
+    seen: set[str] = set()
+    repeated: set[str] = set()
+    for rid in ids:
+        if rid in seen:
+            repeated.add(rid)
+        seen.add(rid)
+    return repeated
 
 
 def _unique_violation(exc: BaseException) -> bool:
@@ -204,42 +214,32 @@ class RecordStore:
             return
         rec_rows, idx_rows = self._rows(records, time.time())
         db = self._db
-        if not undo_alone and not self._pg and db.in_transaction:
-            try:
-                self._write(rec_rows, idx_rows)
-            except Exception as exc:
-                if _unique_violation(exc):
-                    # the rows written before the failure are still there until the caller
-                    # undoes its transaction: which id existed before cannot be told apart
-                    ids = [r[0] for r in rec_rows]
-                    repeats = sorted(i for i, n in Counter(ids).items() if n > 1)
-                    raise DuplicateRecordId(repeats or sorted(set(ids))) from None
-                raise
-            return
+        savepoint = undo_alone or self._pg or not db.in_transaction
         try:
             with db.transaction():
-                db.execute("SAVEPOINT pivault_records_insert")
+                if savepoint:
+                    db.execute("SAVEPOINT pivault_records_insert")
                 try:
                     self._write(rec_rows, idx_rows)
                 except BaseException:
-                    db.execute("ROLLBACK TO SAVEPOINT pivault_records_insert")
-                    db.execute("RELEASE SAVEPOINT pivault_records_insert")
+                    if savepoint:
+                        db.execute("ROLLBACK TO SAVEPOINT pivault_records_insert")
+                        db.execute("RELEASE SAVEPOINT pivault_records_insert")
                     raise
-                db.execute("RELEASE SAVEPOINT pivault_records_insert")
+                if savepoint:
+                    db.execute("RELEASE SAVEPOINT pivault_records_insert")
         except Exception as exc:
             if _unique_violation(exc):
-                raise DuplicateRecordId(self._duplicates([r[0] for r in rec_rows])) from None
+                ids = [r[0] for r in rec_rows]
+                if savepoint:
+                    raise DuplicateRecordId(self._duplicates(ids)) from None
+                # without a savepoint the rows written before the failure stay until the caller
+                # undoes its transaction: which ids existed before cannot be told apart
+                raise DuplicateRecordId(sorted(_repeats(ids)) or sorted(set(ids))) from None
             raise
 
     def _duplicates(self, ids: list[str]) -> list[str]:
-        seen: set[str] = set()
-        dup: list[str] = []
-        for rid in ids:
-            if rid in seen:
-                dup.append(rid)
-            seen.add(rid)
-        existing = self._existing(sorted(seen))
-        return sorted(set(dup) | existing)
+        return sorted(_repeats(ids) | self._existing(sorted(set(ids))))
 
     def _existing(self, ids: Sequence[str]) -> set[str]:
         out: set[str] = set()

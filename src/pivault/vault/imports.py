@@ -483,7 +483,7 @@ class _Committer:
         self.labels = labels
         #: ID numbers this run inserted; only when the run started the batch (no resume)
         self.seen = seen
-        #: set while every record in the store is one this run inserted: see :meth:`_sole_writer`
+        #: set while every record in the store is one this run inserted: see :class:`_SoleWriter`
         self.sole: _SoleWriter | None = None
 
     def _existing(self, oks: list[Prepared]) -> dict[str, str]:
