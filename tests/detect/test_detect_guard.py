@@ -18,6 +18,7 @@ from pivault.detect import (
     list_alerts,
     seed,
 )
+from pivault.model.record import _B32
 from pivault.store import Database
 
 
@@ -85,6 +86,13 @@ def test_canary_read_suspends_at_once(db: Database, keyring: Keyring, tmp_path: 
     assert token is not None and token.state() == "suspended"
 
 
+def _id_second(record_id: str) -> int:
+    n = 0
+    for ch in record_id[2:]:
+        n = n * 32 + _B32.index(ch)
+    return n >> 95
+
+
 def test_canaries_look_like_residents(db: Database, keyring: Keyring, tmp_path: Path) -> None:
     door = make_door(db, keyring, tmp_path / "keys", budget=Budget(), residents=20)
     canaries = seed(door.vault, 4, ctx=OPERATOR, registry=door.canaries)
@@ -100,6 +108,10 @@ def test_canaries_look_like_residents(db: Database, keyring: Keyring, tmp_path: 
             if col in ("created_at", "updated_at"):
                 times = [float(r[i]) for r in real]
                 assert min(times) - 10 <= float(row[i]) <= max(times) + 10  # blended into real times
+                # and the id, whose first characters are the creation second, tells the same time
+                assert _id_second(rid) == int(float(row[i]))
+                real_seconds = [_id_second(r) for r, _ in door.ids]
+                assert min(real_seconds) - 10 <= _id_second(rid) <= max(real_seconds) + 10
             elif col == "batch_id":
                 assert row[i] is None and all(r[i] is None for r in real)
     # the registry holds keyed tags only: no record id, and another key recognises nothing

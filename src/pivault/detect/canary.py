@@ -177,9 +177,11 @@ def seed(vault: _VaultLike, n: int, *, ctx: AccessContext, registry: CanaryRegis
 
     Rows whose ID number or mobile already belong to someone are skipped and
     replaced, so a canary never collides with a real resident. With
-    ``blend`` each canary's creation time is copied from a random existing
-    record, so creation time does not single the canaries out.
+    ``blend`` each canary takes the creation time of a random existing record
+    (± a few seconds), in its ``created_at`` and in its record id (whose first
+    characters are the creation second), so neither singles the canaries out.
     """
+    from pivault.model.record import Resident, new_record_id
     from pivault.synth import generate
     from pivault.vault.facade import DuplicateRecord
 
@@ -188,36 +190,58 @@ def seed(vault: _VaultLike, n: int, *, ctx: AccessContext, registry: CanaryRegis
     registry = registry or CanaryRegistry(vault.db, vault.keyring)
     registry._registry_key()
     seed_value = rng_seed if rng_seed is not None else secrets.randbits(48)
-    made: list[str] = []
+    rnd = random.SystemRandom()
+    times = _creation_times(vault.db, max(n, 16), rnd) if blend else []
+    made: list[tuple[str, float | None]] = []
     for row in generate(n * 3 + 10, seed_value):
         if len(made) >= n:
             break
+        at = max(rnd.choice(times) + rnd.uniform(-5.0, 5.0), 0.0) if times else None
         record = {"name": row["name"], "id_number": row["id_number"], "mobile": row["mobile"],
                   "address": row["address"], "notes": row["notes"]}
+        resident = Resident.parse({k: (v or None) for k, v in record.items()}, record_id=new_record_id(at))
         try:
-            rid = vault.put({k: (v or None) for k, v in record.items()}, ctx=ctx)
+            rid = vault.put(resident, ctx=ctx)
         except DuplicateRecord:
             continue
-        made.append(rid)
+        made.append((rid, at))
         registry.add([rid])
         if record["mobile"]:
             vault.db.execute("UPDATE canary_key SET with_mobile = with_mobile + 1 WHERE id = 1")
     if len(made) < n:
         raise PivaultError("could not make enough distinct canaries", code="canary.seed")
-    if blend:
-        _blend_times(vault.db, made)
-    return made
+    backdated = [(at, at, rid) for rid, at in made if at is not None]
+    if backdated:
+        with vault.db.transaction():
+            vault.db.executemany("UPDATE records SET created_at = ?, updated_at = ? WHERE record_id = ?",
+                                 backdated)
+    return [rid for rid, _ in made]
 
 
-def _blend_times(db: Database, record_ids: Sequence[str]) -> None:
-    """Give each canary the creation time of a random other record (± a few seconds)."""
-    canary = set(record_ids)
-    rows = db.query("SELECT record_id, created_at FROM records ORDER BY record_id LIMIT 20000")
-    pool = [float(r[1]) for r in rows if r[0] not in canary]
-    if not pool:
-        return
-    rnd = random.SystemRandom()
-    with db.transaction():
-        for rid in record_ids:
-            t = rnd.choice(pool) + rnd.uniform(-5.0, 5.0)
-            db.execute("UPDATE records SET created_at = ?, updated_at = ? WHERE record_id = ?", (t, t, rid))
+def _creation_times(db: Database, n: int, rnd: random.Random) -> list[float]:
+    """Creation times of ``n`` records drawn at random (fewer if the vault holds fewer; none if empty).
+
+    Record ids sort by creation time, so the first ids would all be the oldest
+    records: the draw goes by SQLite's row number, or a page sample on
+    PostgreSQL, and costs a few index probes rather than a scan of the table.
+    """
+    if db.dialect == "sqlite":
+        top = db.query_one("SELECT max(rowid) FROM records")
+        if top is None or top[0] is None:
+            return []
+        out: list[float] = []
+        for _ in range(n):
+            row = db.query_one("SELECT created_at FROM records WHERE rowid >= ? ORDER BY rowid LIMIT 1",
+                               (rnd.randint(1, int(top[0])),))
+            if row is not None:
+                out.append(float(row[0]))
+        return out
+    est = db.query_one("SELECT reltuples FROM pg_class WHERE oid = 'records'::regclass")
+    rows_guess = float(est[0]) if est is not None and est[0] is not None else 0.0
+    if rows_guess > 100 * n:
+        percent = min(100.0, 100.0 * 20 * n / rows_guess)
+        sampled = db.query(f"SELECT created_at FROM records TABLESAMPLE SYSTEM ({percent:.6f})"
+                           f" ORDER BY random() LIMIT {int(n)}")
+        if sampled:
+            return [float(r[0]) for r in sampled]
+    return [float(r[0]) for r in db.query(f"SELECT created_at FROM records ORDER BY random() LIMIT {int(n)}")]

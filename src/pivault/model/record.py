@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as _dt
 import re
 import secrets
+import time
 import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -23,12 +24,33 @@ _RECORD_ID = re.compile(r"r_[0-9a-z]{26}")
 _B32 = "0123456789abcdefghjkmnpqrstvwxyz"
 
 
-def new_record_id() -> str:
-    """A random, opaque record id: 130 bits from the OS, never derived from PI."""
-    n = secrets.randbits(130)
-    chars = []
-    for _ in range(26):
-        chars.append(_B32[n & 31])
+#: a record id is "r_" and 26 base-32 characters: 130 bits, the creation second then random bits
+_SECOND_BITS = 35  # seconds since 1970 fit until the year 3058
+_RANDOM_BITS = 130 - _SECOND_BITS
+
+
+def new_record_id(at: float | None = None) -> str:
+    """An opaque record id, never derived from PI: its creation second, then 95 random bits from the OS.
+
+    The second comes first so that ids made one after another sort together:
+    every B-tree keyed by record id (the records' primary key, the record-key
+    store, the blind index's record index) then takes an import's rows at its
+    right edge, in pages already in memory, instead of one random page per row
+    across a tree that outgrows any cache. That cut an import of 3·10^5
+    residents on SQLite from about 22 to 18 s (docs/import.md). What the second
+    tells is the creation time the store keeps in the clear anyway
+    (``created_at``, non-PI metadata); the 95 random bits keep ids unguessable.
+    ``at`` backdates an id (canary residents take the creation time of a real
+    record). The characters sort in the order of the alphabet's ASCII codes, so
+    ids compare as their numbers do.
+    """
+    second = int(time.time() if at is None else at)
+    if not 0 <= second < 1 << _SECOND_BITS:
+        raise ValueError("a record id's time is a second between 1970 and 3058")
+    n = (second << _RANDOM_BITS) | secrets.randbits(_RANDOM_BITS)
+    chars = [""] * 26
+    for i in range(25, -1, -1):
+        chars[i] = _B32[n & 31]
         n >>= 5
     return "r_" + "".join(chars)
 
