@@ -1,0 +1,37 @@
+"""Canaries take the creation times of records drawn from the whole vault, on both backends.
+
+Record ids sort in creation order, so a draw by id order would hand every
+canary the time of the oldest records; the draw goes by row number (SQLite)
+or a page sample (PostgreSQL) instead.
+"""
+
+from __future__ import annotations
+
+import random
+
+from pivault.detect.canary import _creation_times
+from pivault.model.record import new_record_id
+from pivault.store import connect, migrate
+from pivault.store.records import RecordStore, StoredRecord
+
+T0 = 1_700_000_000.0
+
+
+def test_times_are_drawn_across_the_vault(store_url: str) -> None:
+    db = connect(store_url)
+    migrate(db)
+    assert _creation_times(db, 16, random.Random(1)) == []  # an empty vault gives none
+    n = 3000
+    RecordStore(db).insert([
+        StoredRecord(new_record_id(T0 + i), {"name": b"c", "id_number": b"c"},
+                     {"id_number": i.to_bytes(4, "big")}, created_at=T0 + i, updated_at=T0 + i)
+        for i in range(n)])
+    if db.dialect == "postgresql":
+        db.execute("ANALYZE records")  # the page sample is sized from the planner's row estimate
+    times = _creation_times(db, 16, random.Random(5))
+    db.close()
+    assert len(times) == 16
+    assert all(T0 <= t < T0 + n and t == int(t) for t in times)  # real records' times
+    assert len(set(times)) >= 12
+    # not the oldest records first: 16 draws all below the tenth percentile would be a 1e-16 event
+    assert max(times) > T0 + n / 10
