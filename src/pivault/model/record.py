@@ -36,8 +36,8 @@ def new_record_id(at: float | None = None) -> str:
     every B-tree keyed by record id (the records' primary key, the record-key
     store, the blind index's record index) then takes an import's rows at its
     right edge, in pages already in memory, instead of one random page per row
-    across a tree that outgrows any cache. That cut an import of 3·10^5
-    residents on SQLite from about 22 to 18 s (docs/import.md). What the second
+    across a tree that outgrows any cache. That took an import of 10^6
+    residents on SQLite from 126 to 64–71 s (docs/import.md). What the second
     tells is the creation time the store keeps in the clear anyway
     (``created_at``, non-PI metadata); the 95 random bits keep ids unguessable.
     ``at`` backdates an id (canary residents take the creation time of a real
