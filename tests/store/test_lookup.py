@@ -1,4 +1,4 @@
-"""RecordStore.lookup and candidate_meta, the search paths of find and the import, on both backends."""
+"""The search paths of find and the import (lookup, candidate_meta, foreign_candidates), both backends."""
 
 from __future__ import annotations
 
@@ -73,3 +73,26 @@ def test_candidate_meta(store: RecordStore) -> None:
     assert meta[shared] == expect
     assert store.candidate_meta("id_number", []) == {}
     assert store.candidate_meta("id_number", [new_record_id().encode()]) == {}
+
+
+def test_foreign_candidates(store: RecordStore) -> None:
+    """Per value with records: does one of them belong to another batch, or changed since inserted?"""
+    r = random.Random(5)
+    mine, others, changed_v, none_v = (bytes([k]) * 4 for k in (0x21, 0x22, 0x23, 0x24))
+
+    def rec(value: bytes, batch: str | None) -> StoredRecord:
+        return StoredRecord(new_record_id(), {"name": r.randbytes(40), "id_number": r.randbytes(40)},
+                            {"id_number": value}, created_at=1_700_000_000.0, batch_id=batch)
+
+    recs = [rec(mine, "b_me"), rec(mine, "b_me"),          # only this batch's, unchanged
+            rec(others, "b_me"), rec(others, "b_other"),    # one from another batch
+            rec(others, None),                              # and one made by put (no batch)
+            rec(changed_v, "b_me"), rec(changed_v, "b_me")]  # one of these changed below
+    store.insert(recs)
+    c = recs[5]
+    store.replace(StoredRecord(c.record_id, c.fields, c.index, updated_at=1_900_000_000.0))
+    got = store.foreign_candidates("id_number", [mine, others, changed_v, none_v, mine], "b_me")
+    assert got == {mine: False, others: True, changed_v: True}
+    assert store.foreign_candidates("id_number", [mine], "b_other") == {mine: True}
+    assert store.foreign_candidates("mobile", [mine], "b_me") == {}
+    assert store.foreign_candidates("id_number", [], "b_me") == {}

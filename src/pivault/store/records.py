@@ -451,6 +451,33 @@ class RecordStore:
             found.sort()
         return out
 
+    def foreign_candidates(self, index_name: str, values: Sequence[bytes], batch_id: str
+                           ) -> dict[bytes, bool]:
+        """Per blind-index value that has records: whether one of them is not ``batch_id``'s as inserted.
+
+        :meth:`candidate_meta` boiled down to what the import's duplicate check
+        asks. On PostgreSQL the test runs in the server, so a first load, whose
+        candidates are all its own, gets back record ids only for the first step
+        (the index lookup, by value) and nothing for the second (the records, by
+        record id): the two steps keep each query on one kind of shard key, as
+        Citus needs, and moving 4–8 candidates a row through Python cost the
+        importing process a third of its time.
+        """
+        if not self._pg:
+            return {v: any(b != batch_id or changed for _rid, b, changed in cands)
+                    for v, cands in self.candidate_meta(index_name, values).items()}
+        by_value = self.candidate_ids(index_name, values)
+        ids = list({rid for lst in by_value.values() for rid in lst})
+        foreign: set[str] = set()
+        for chunk in _chunks(ids, _CHUNK_PG):
+            foreign.update(rid for (rid,) in self._db.query(
+                "SELECT record_id FROM records WHERE record_id = ANY(?::text[])"
+                " AND (batch_id IS DISTINCT FROM ? OR created_at <> updated_at)",
+                (_pg_text_array(chunk), batch_id)))
+        if not foreign:
+            return dict.fromkeys(by_value, False)
+        return {v: any(rid in foreign for rid in rids) for v, rids in by_value.items()}
+
     def candidate_ids(self, index_name: str, values: Sequence[bytes]) -> dict[bytes, list[str]]:
         """Record ids per blind-index value, for many values at once.
 

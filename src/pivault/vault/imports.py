@@ -504,14 +504,13 @@ class _Committer:
             # in `seen`: a number never seen has no record, without reading the index
             maybe = {idn: value for idn, value in wanted.items() if idn in seen}
             return vault.ids_by_id_number(maybe) if maybe else {}
-        meta = vault.store.candidate_meta("id_number", list(wanted.values()))
-        bid = self.batch.batch_id
+        foreign = vault.store.foreign_candidates("id_number", list(wanted.values()), self.batch.batch_id)
         unsure: dict[str, bytes] = {}
         for idn, value in wanted.items():
-            cands = meta.get(value)
-            if not cands:
-                continue
-            if idn in seen or any(batch_id != bid or changed for _rid, batch_id, changed in cands):
+            has_foreign = foreign.get(value)
+            if has_foreign is None:
+                continue  # no record holds this value
+            if has_foreign or idn in seen:
                 unsure[idn] = value
         return vault.ids_by_id_number(unsure) if unsure else {}
 
