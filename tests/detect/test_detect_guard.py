@@ -18,7 +18,7 @@ from pivault.detect import (
     list_alerts,
     seed,
 )
-from pivault.model.record import _B32
+from pivault.model.record import _id_second
 from pivault.store import Database
 
 
@@ -84,13 +84,6 @@ def test_canary_read_suspends_at_once(db: Database, keyring: Keyring, tmp_path: 
     assert canary_alert["principal"] == who.principal
     token = door.tokens.get(who.token_id or "")
     assert token is not None and token.state() == "suspended"
-
-
-def _id_second(record_id: str) -> int:
-    n = 0
-    for ch in record_id[2:]:
-        n = n * 32 + _B32.index(ch)
-    return n >> 95
 
 
 def test_canaries_look_like_residents(db: Database, keyring: Keyring, tmp_path: Path) -> None:

@@ -6,15 +6,7 @@ import time
 
 import pytest
 
-from pivault.model.record import _B32, is_record_id, new_record_id
-
-
-def _second(record_id: str) -> int:
-    """The creation second in an id's first 7 characters (35 bits)."""
-    n = 0
-    for ch in record_id[2:]:
-        n = n * 32 + _B32.index(ch)
-    return n >> 95
+from pivault.model.record import _B32, _id_second, is_record_id, new_record_id
 
 
 def test_format_and_uniqueness() -> None:
@@ -33,14 +25,14 @@ def test_ids_sort_in_creation_order() -> None:
     now = [new_record_id() for _ in range(200)]
     later = [new_record_id(t + 86_400 * 365) for _ in range(200)]
     assert max(early) < min(now) and max(now) < min(later)
-    assert {_second(i) for i in early} == {int(t - 3600)}
-    assert all(abs(_second(i) - t) <= 2 for i in now)
+    assert {_id_second(i) for i in early} == {int(t - 3600)}
+    assert all(abs(_id_second(i) - t) <= 2 for i in now)
     # the alphabet's characters are in ASCII order, so text order is number order
     assert list(_B32) == sorted(_B32)
 
 
 def test_the_time_is_a_second_after_1970() -> None:
-    assert _second(new_record_id(0)) == 0
+    assert _id_second(new_record_id(0)) == 0
     with pytest.raises(ValueError):
         new_record_id(-1)
     with pytest.raises(ValueError):

@@ -30,6 +30,7 @@ import pyarrow.compute as pc
 import pytest
 from vault_support import CHEAP, PASSPHRASE, new_keyring
 
+from pivault.model.record import _B32
 from pivault.policy import AccessContext
 from pivault.store.db import Database
 from pivault.synth import write_population
@@ -45,7 +46,7 @@ EXACT_MIN_BYTES = 7
 #: millions of record ids, whose random characters hold one of those 25 strings in about 2 % of
 #: runs; a leak of the rejected rows would show all 25 (the short-needle bound allows 10)
 ID_LIKE_EXACT_MIN_BYTES = 8
-_ID_ALPHABET = frozenset(b"0123456789abcdefghjkmnpqrstvwxyz")
+_ID_ALPHABET = frozenset(_B32.encode())
 
 
 class NeedleSet:

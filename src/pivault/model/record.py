@@ -55,6 +55,14 @@ def new_record_id(at: float | None = None) -> str:
     return "r_" + "".join(chars)
 
 
+def _id_second(record_id: str) -> int:
+    """The creation second in a record id's first characters (meaningless for ids made before them)."""
+    n = 0
+    for ch in record_id[2:]:
+        n = n * 32 + _B32.index(ch)
+    return n >> _RANDOM_BITS
+
+
 def is_record_id(value: str) -> bool:
     return bool(_RECORD_ID.fullmatch(value))
 

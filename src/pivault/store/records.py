@@ -474,8 +474,6 @@ class RecordStore:
                 "SELECT record_id FROM records WHERE record_id = ANY(?::text[])"
                 " AND (batch_id IS DISTINCT FROM ? OR created_at <> updated_at)",
                 (_pg_text_array(chunk), batch_id)))
-        if not foreign:
-            return dict.fromkeys(by_value, False)
         return {v: any(rid in foreign for rid in rids) for v, rids in by_value.items()}
 
     def candidate_ids(self, index_name: str, values: Sequence[bytes]) -> dict[bytes, list[str]]:
