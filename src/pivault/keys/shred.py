@@ -22,6 +22,7 @@ databases:
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
@@ -75,6 +76,12 @@ def record_key_store_url(keyring_path: str | Path) -> str:
 def _chunks(seq: Sequence[Any], n: int) -> Iterator[Sequence[Any]]:
     for i in range(0, len(seq), n):
         yield seq[i:i + n]
+
+
+@functools.cache
+def _select_keys_sqlite(n: int) -> str:
+    """The SQLite query for the keys of ``n`` records (one string per ``n``: a lookup asks for a few)."""
+    return f"SELECT record_id, key_ref, wrapped FROM record_keys WHERE record_id IN ({','.join('?' * n)})"
 
 
 class RecordKeyStore:
@@ -216,12 +223,11 @@ class RecordKeyStore:
                 rows = db.query("SELECT record_id, key_ref, wrapped FROM record_keys"
                                 " WHERE record_id = ANY(?)", (list(chunk),))
             else:
-                rows = db.query("SELECT record_id, key_ref, wrapped FROM record_keys WHERE record_id IN"
-                                f" ({','.join('?' * len(chunk))})", chunk)
+                rows = db.query(_select_keys_sqlite(len(chunk)), chunk)
             for rid, ref, wrapped in rows:
-                k = (rid, bytes(ref))
+                k = (rid, ref if type(ref) is bytes else bytes(ref))
                 if k in want:
-                    out[k] = k[1] + bytes(wrapped)
+                    out[k] = k[1] + (wrapped if type(wrapped) is bytes else bytes(wrapped))
         return out
 
     def any_key_many(self, record_ids: Sequence[str]) -> dict[str, bytes]:
@@ -487,14 +493,14 @@ class ShreddingRecordStore(RecordStore):
     # -- reading ----------------------------------------------------------------
     def _keys_for(self, records: Sequence[StoredRecord]) -> list[StoredRecord]:
         """Give each record the key its ciphertext names; the records with a ref but no such key."""
-        wanted = [(r.record_id, ref) for r in records if (ref := _ref(r)) is not None]
+        refs = [(r, _ref(r)) for r in records]
+        wanted = [(r.record_id, ref) for r, ref in refs if ref is not None]
         found = self.keys.get_many(wanted) if wanted else {}
         missing: list[StoredRecord] = []
-        for r in records:
-            ref = _ref(r)
+        for r, ref in refs:
             if ref is not None:
-                r.record_key = found.get((r.record_id, ref))
-                if r.record_key is None:
+                key = r.record_key = found.get((r.record_id, ref))
+                if key is None:
                     missing.append(r)
         return missing
 

@@ -114,12 +114,17 @@ class Resident:
                 out[f] = v
         return out
 
+    @property
+    def birth_year(self) -> int:
+        return int(self.id_number[6:10])
+
     def to_dict(self) -> dict[str, str | None]:
+        f = _rid.facts(self.id_number)
         return {
             "record_id": self.record_id, "name": self.name, "id_number": self.id_number,
             "mobile": self.mobile, "address": self.address, "notes": self.notes,
-            "gender": self.gender, "birth_date": self.birth_date.isoformat(),
-            "region_code": self.region_code,
+            "gender": f.gender, "birth_date": f.birth_date.isoformat(),
+            "region_code": f.region_code,
         }
 
     @classmethod

@@ -365,7 +365,7 @@ class Vault:
 
     def _observe(self, ctx: AccessContext, residents: Sequence[Resident]) -> None:
         if self.read_observers and residents:
-            facts = [(r.region_code, r.birth_date.year) for r in residents]
+            facts = [(r.region_code, r.birth_year) for r in residents]
             for observer in self.read_observers:
                 observer(ctx, facts)
 
