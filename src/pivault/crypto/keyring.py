@@ -175,7 +175,7 @@ def _direct_decrypt(a: Any) -> Callable[[bytes, bytes], bytes]:
         if fn is not None:
             try:
                 return fn(ciphertext[5:], associated_data)
-            except Exception:  # noqa: S110 - Tink's wrapper below gives the error
+            except Exception:  # Tink's wrapper below gives the error
                 pass
         return public(ciphertext, associated_data)
 

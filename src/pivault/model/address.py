@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from dataclasses import dataclass
 from functools import cache
+from typing import NamedTuple
 
 from pivault.errors import ValidationError
 from pivault.model import divisions
@@ -40,9 +40,8 @@ def normalise(value: str) -> str:
     return v
 
 
-@dataclass(frozen=True, slots=True)
-class AddressPrefix:
-    """The administrative part an address starts with."""
+class AddressPrefix(NamedTuple):
+    """The administrative part an address starts with (a named tuple: one is made per record shown)."""
 
     province: str | None
     prefecture: str | None
@@ -88,17 +87,27 @@ def _lengths() -> tuple[dict[str, tuple[int, ...]], ...]:
     return tuple(out)
 
 
-def _matches(text: str, pos: int, names: dict[str, list[str]] | dict[str, str],
-             lengths: dict[str, tuple[int, ...]]) -> list[str]:
-    """Names found at ``pos``, longest first."""
+def _first(text: str, pos: int, names: dict[str, list[str]] | dict[str, str],
+           lengths: dict[str, tuple[int, ...]], width: int, code: str | None
+           ) -> tuple[str, str | list[str]] | None:
+    """The longest name at ``pos`` (with its code or codes) one of whose codes lies inside
+    ``code[:width]`` (any, when there is no ``code``); None when there is none."""
     if pos >= len(text):
-        return []
-    out: list[str] = []
+        return None
     for n in lengths.get(text[pos], ()):
         cand = text[pos:pos + n]
-        if len(cand) == n and cand in names:
-            out.append(cand)
-    return out
+        if len(cand) != n:
+            continue
+        found = names.get(cand)
+        if found is None:
+            continue
+        if code is None or isinstance(found, str):
+            return cand, found
+        head = code[:width]
+        hits = [x for x in found if x[:width] == head]
+        if hits:
+            return cand, hits
+    return None
 
 
 def parse_prefix(normalised: str) -> AddressPrefix:
@@ -106,29 +115,25 @@ def parse_prefix(normalised: str) -> AddressPrefix:
 
     Missing levels stay ``None``; the ``region_code`` is the most specific
     consistent code found. Addresses that start below the district (or in
-    another script) give an empty prefix with ``end`` 0.
+    another script) give an empty prefix with ``end`` 0. Every record shown
+    masked passes here (the address mask keeps this prefix).
     """
     provinces, prefectures, districts = _names()
     p_len, c_len, d_len = _lengths()
     pos = 0
     province = prefecture = district = None
     code: str | None = None
-    for p in _matches(normalised, pos, provinces, p_len):
-        province, code, pos = p, provinces[p] + "0000", pos + len(p)
-        break
-    for c in _matches(normalised, pos, prefectures, c_len):
-        cands = [x for x in prefectures[c] if code is None or x[:2] == code[:2]]
-        if cands:
-            prefecture, code, pos = c, cands[0], pos + len(c)
-            break
-    for d in _matches(normalised, pos, districts, d_len):
-        cands = list(districts[d])
-        if code is not None:
-            width = 2 if code.endswith("0000") else 4
-            cands = [x for x in cands if x[:width] == code[:width]]
-        if cands:
-            district, code, pos = d, cands[0], pos + len(d)
-            break
+    hit = _first(normalised, 0, provinces, p_len, 0, None)
+    if hit is not None:
+        province, pos = hit[0], len(hit[0])
+        code = f"{hit[1]}0000"
+    hit = _first(normalised, pos, prefectures, c_len, 2, code)
+    if hit is not None:
+        prefecture, code, pos = hit[0], hit[1][0], pos + len(hit[0])
+    width = 2 if code is not None and code.endswith("0000") else 4
+    hit = _first(normalised, pos, districts, d_len, width, code)
+    if hit is not None:
+        district, code, pos = hit[0], hit[1][0], pos + len(hit[0])
     return AddressPrefix(province, prefecture, district, code, pos)
 
 
