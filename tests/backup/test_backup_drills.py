@@ -133,7 +133,7 @@ def test_erase_drill(store_url: str, keyring: Keyring, tmp_path: Path) -> None:
 
     # disaster (or a curious insider with the old backup): it all goes back in
     with Database(store_url) as wipe:
-        for t in ("blind_index", "records"):
+        for t in ("blind_index", "records", "index_check_key"):
             wipe.execute(f"DELETE FROM {t}")
     restore(data.path, store_url, verify_key, vault_id=keyring.vault_id)
     with Database(store_url) as restored:
@@ -153,7 +153,7 @@ def test_erase_drill(store_url: str, keyring: Keyring, tmp_path: Path) -> None:
             getattr(v.store, "close", lambda: None)()
     # restoring with the record-key store re-applies the erasure: the row is not even there
     with Database(store_url) as wipe:
-        for t in ("blind_index", "records"):
+        for t in ("blind_index", "records", "index_check_key"):
             wipe.execute(f"DELETE FROM {t}")
     with open_record_key_store(keyring) as live_keys:
         out = restore(data.path, store_url, verify_key, vault_id=keyring.vault_id, record_keys=live_keys)

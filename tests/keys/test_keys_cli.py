@@ -54,7 +54,8 @@ def test_cli_lifecycle(app: typer.Typer, tmp_path: Path) -> None:
     aead = st["keysets"][0]
     assert aead["keys"][0]["where"]["record_keys"] == 12 and st["recovery_fingerprint"] is None
     assert aead["keys"][0]["where"]["file:audit-signing.key"] == 1, aead["keys"][0]["where"]
-    assert aead["keys"][0]["values"] == 14  # and the audit chain head
+    assert aead["keys"][0]["where"]["index_check_key.key_ct"] == 1  # the check tags' key
+    assert aead["keys"][0]["values"] == 15  # and the audit chain head
     out = _run(app, ["keys", "rotate", "--field", "name", *h])
     assert "aead: new primary key" in out
     _run(app, ["keys", "rotate", "--field", "mobile", *h])

@@ -8,7 +8,7 @@ import pytest
 from keys_support import ctx, provider, put_all, residents
 
 from pivault.crypto import IntegrityError, Keyring, KeyringError
-from pivault.keys.rewrap import index_values, rewrap
+from pivault.keys.rewrap import index_inputs, index_values, rewrap
 from pivault.keys.rotate import resolve_keysets, retire_unused, rotate, status
 from pivault.keys.shred import ShreddingRecordStore
 from pivault.keys.sites import census, file_sites
@@ -43,14 +43,16 @@ def test_rotate_then_rewrap_then_retire_field_key(vault: Vault) -> None:
     ids += put_all(vault, people[30:])
     _all_read(vault, ids, people)
     keys = {k["key_id"]: k for k in status(vault.db, kr, record_keys=_keys(vault).keys)["keysets"][0]["keys"]}
-    assert keys[old]["values"] == 30 and not keys[old]["retirable"]
+    # 30 record keys and the key of the index's check tags (pivault.vault.checks)
+    assert keys[old]["values"] == 31 and not keys[old]["retirable"]
+    assert keys[old]["where"] == {"record_keys": 30, "index_check_key.key_ct": 1}
     assert keys[new]["values"] == 10 and keys[new]["primary"]
     assert retire_unused(vault.db, kr, record_keys=_keys(vault).keys) == []  # still in use
 
     report = rewrap(vault.db, kr, record_keys=_keys(vault).keys, batch_size=7)
     assert report.complete and report.record_keys_rewrapped == 30 and report.conflicts == 0
     c = census(vault.db, kr, record_keys=_keys(vault).keys)
-    assert c.total(old) == 0 and c.total(new) == 40
+    assert c.total(old) == 0 and c.total(new) == 41
     retired = retire_unused(vault.db, kr, record_keys=_keys(vault).keys)
     assert [(r.keyset, r.key_id) for r in retired] == [("aead", old)]
     assert kr.key_ids() == (new,)
@@ -105,8 +107,14 @@ def test_blind_index_rotation_keeps_lookups_working(vault: Vault) -> None:
     assert not prf["index_complete"]
     assert retire_unused(vault.db, kr, record_keys=_keys(vault).keys, dry_run=True) == []
 
+    tags_before = dict(((r[0], r[1]), bytes(r[2])) for r in vault.db.query(
+        "SELECT record_id, index_name, tag FROM blind_index"))
     report = rewrap(vault.db, kr, record_keys=_keys(vault).keys, batch_size=4)
     assert report.complete and report.indexes_rebuilt == 15
+    # the rebuilt entries carry the same check tags: a tag is of the value, not of the index key
+    tags_after = dict(((r[0], r[1]), bytes(r[2])) for r in vault.db.query(
+        "SELECT record_id, index_name, tag FROM blind_index"))
+    assert tags_after == tags_before
     retired = retire_unused(vault.db, kr, record_keys=_keys(vault).keys)
     assert [(r.keyset, r.key_id) for r in retired] == [("prf.id_number", old)]
     assert kr.index_versions("id_number") == 1
@@ -121,8 +129,10 @@ def test_rewrap_index_matches_seal(vault: Vault) -> None:
 
     for p in residents(10, seed=4):
         r = Resident.parse(p)
-        sealed = seal(vault.keyring, r)
+        sealed = seal(vault.keyring, r, checks=vault.checks)
         assert index_values(vault.keyring, r.pi_fields()) == sealed.index
+        inputs = index_inputs(vault.keyring, r.pi_fields())
+        assert {n: vault.checks.tag(n, r.record_id, v) for n, v in inputs.items()} == sealed.checks
 
 
 def test_rotate_all_and_field_names(keyring: Keyring) -> None:

@@ -53,6 +53,7 @@ def test_import_on_both_backends_and_rerun(vault: Vault, tmp_path: Path, ctx: Ac
     f = first.files[0]
     assert f.status == "imported" and first.reconciles and f.read == 3000
     assert vault.store.count() == f.imported
+    assert _untagged(vault) == 0  # every entry carries its check tag
     again = vault.import_files([src], chunk_size=500)
     g = again.files[0]
     assert g.status == "already_imported" and g.batch_id == f.batch_id
@@ -64,6 +65,14 @@ def test_import_on_both_backends_and_rerun(vault: Vault, tmp_path: Path, ctx: Ac
     for row in good:
         found = vault.find(id_number=row["id_number"], ctx=reveal)
         assert [x["name"] for x in found] == [row["name"]]
+
+
+def _untagged(vault: Vault) -> int:
+    """Blind-index entries without a check tag (there should be none from this pivault)."""
+    n, untagged = vault.db.query_one(
+        "SELECT COUNT(*), SUM(CASE WHEN tag IS NULL THEN 1 ELSE 0 END) FROM blind_index") or (0, 0)
+    assert n > 0
+    return int(untagged or 0)
 
 
 def _rows_of(path: Path) -> list[dict[str, str]]:
@@ -207,6 +216,7 @@ def test_duplicate_policies(vault: Vault, tmp_path: Path, ctx: AccessContext, re
         assert f.reject_codes == {"duplicate": 2}
         assert [r["line"] for r in vault.rejects(ctx=ctx)] == [2, 4]
     assert vault.store.count() == 3
+    assert _untagged(vault) == 0  # also the entries an update rewrote
 
 
 def test_rejects_are_encrypted_and_masked(sqlite_vault: Vault, tmp_path: Path, ctx: AccessContext,
@@ -242,6 +252,7 @@ def test_worker_processes_give_the_same_result(sqlite_url: str, tmp_path: Path, 
         v = Vault.initialise(db, new_keyring(tmp_path / "keys" / f"w{workers}.keyring"))
         f = v.import_files([src], workers=workers, chunk_size=300, on_duplicate="reject").files[0]
         assert f.workers == workers
+        assert _untagged(v) == 0  # the forked workers computed the tags
         results.append((f.read, f.imported, f.rejected, f.duplicates, f.reject_codes,
                         sorted((r["line"], r["code"]) for r in v.rejects(ctx=ctx, limit=None))))
         db.close()

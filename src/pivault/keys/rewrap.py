@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from pivault.crypto import IntegrityError, Keyring
@@ -90,22 +90,26 @@ def _index_rotating(keyring: Keyring) -> bool:
     return any(len(keyring.key_ids(f"prf.{n}")) > 1 for n in keyring.index_names)
 
 
-def index_values(keyring: Keyring, plain: dict[str, str]) -> dict[str, bytes]:
-    """The blind-index entries of a record from its (normalised) plaintext fields."""
+def index_inputs(keyring: Keyring, plain: dict[str, str]) -> dict[str, str]:
+    """What each blind index of a record is computed over, from its (normalised) plaintext fields."""
     from pivault.model import resident_id as _rid
     from pivault.vault.facade import name_birth_key
 
     names = keyring.index_names
-    out: dict[str, bytes] = {}
+    out: dict[str, str] = {}
     idn = plain["id_number"]
     if "id_number" in names:
-        out["id_number"] = keyring.blind_index("id_number", idn)
+        out["id_number"] = idn
     if plain.get("mobile") and "mobile" in names:
-        out["mobile"] = keyring.blind_index("mobile", plain["mobile"])
+        out["mobile"] = plain["mobile"]
     if "name_birth" in names:
-        out["name_birth"] = keyring.blind_index(
-            "name_birth", name_birth_key(plain["name"], _rid.facts(idn).birth_date))
+        out["name_birth"] = name_birth_key(plain["name"], _rid.facts(idn).birth_date)
     return out
+
+
+def index_values(keyring: Keyring, plain: dict[str, str]) -> dict[str, bytes]:
+    """The blind-index entries of a record from its (normalised) plaintext fields."""
+    return {name: keyring.blind_index(name, v) for name, v in index_inputs(keyring, plain).items()}
 
 
 @dataclass
@@ -115,6 +119,7 @@ class _Plan:
     new_fields: dict[str, bytes] | None = None
     new_key: bytes | None = None
     new_index: dict[str, bytes] | None = None
+    new_tags: dict[str, bytes] = field(default_factory=dict)
     upgraded: bool = False
 
 
@@ -135,6 +140,10 @@ class _Rewrapper:
         self.index_fn = index_fn
         self.primary = keyring.primary_key_id("aead")
         self.rotating_index = _index_rotating(keyring)
+        # a rebuilt entry gets its check tag again: the tag is of the value, not of the index key
+        from pivault.vault.checks import load_check_tags
+
+        self.checks = load_check_tags(db, keyring) if self.rotating_index else None
         if keyring.record_keys and keys is None:
             raise ValueError("record keys are on but no record-key store was given")
 
@@ -190,6 +199,9 @@ class _Rewrapper:
                 idx = self.index_fn(kr, plain)
                 if idx != current_index.get(rid, {}):
                     plan.new_index = idx
+                    if self.checks is not None:
+                        inputs = index_inputs(kr, plain)
+                        plan.new_tags = {n: self.checks.tag(n, rid, inputs[n]) for n in idx if n in inputs}
             if plan.new_fields is not None or plan.new_index is not None:
                 plans.append(plan)
         if key_rewraps and self.keys is not None:
@@ -215,8 +227,9 @@ class _Rewrapper:
                     continue
                 if p.new_index is not None:
                     db.execute("DELETE FROM blind_index WHERE record_id = ?", (p.record_id,))
-                    db.executemany("INSERT INTO blind_index (index_name, value, record_id) VALUES (?, ?, ?)",
-                                   [(n, v, p.record_id) for n, v in p.new_index.items()])
+                    db.executemany(
+                        "INSERT INTO blind_index (index_name, value, record_id, tag) VALUES (?, ?, ?, ?)",
+                        [(n, v, p.record_id, p.new_tags.get(n)) for n, v in p.new_index.items()])
                     rep.indexes_rebuilt += 1
                 if p.new_fields is not None:
                     if p.upgraded:

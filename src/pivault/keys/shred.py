@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import functools
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -533,8 +533,9 @@ class ShreddingRecordStore(RecordStore):
     def get_many(self, record_ids: Sequence[str]) -> list[StoredRecord]:
         return self._attach(super().get_many(record_ids))
 
-    def lookup(self, index_name: str, values: Sequence[bytes]) -> list[StoredRecord]:
-        return self._attach(super().lookup(index_name, values))
+    def lookup(self, index_name: str, values: Sequence[bytes],
+               check: Callable[[str], bytes] | None = None) -> list[StoredRecord]:
+        return self._attach(super().lookup(index_name, values, check))
 
     def iter_all(self, batch_size: int = 1000) -> Iterator[StoredRecord]:
         batch: list[StoredRecord] = []

@@ -67,11 +67,12 @@ def sites() -> tuple[Site, ...]:
 
 
 # The associated data below must stay in step with the modules that write
-# these columns (imports, audit, detect.canary, leak.exports, leak.check).
+# these columns (imports, audit, detect.canary, vault.checks, leak.exports, leak.check).
 register_site(Site("import_rejects", ("reject_id",), "raw_row", lambda k: (str(k[0]), "raw_row")))
 register_site(Site("audit_head", ("chain_id", "seq"), "key_ct",
                    lambda k: (f"audit.{k[0]}.{int(k[1])}", "ratchet")))
 register_site(Site("canary_key", ("id",), "key_ct", lambda k: ("canary-registry", "key")))
+register_site(Site("index_check_key", ("id",), "key_ct", lambda k: ("index-check", "key")))
 register_site(Site("exports", ("export_id",), "selection", lambda k: (f"export:{k[0]}", "selection")))
 register_site(Site("export_members", ("export_id", "kind", "chunk"), "data",
                    lambda k: (f"export:{k[0]}", f"{k[1]}.{int(k[2])}")))

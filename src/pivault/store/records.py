@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -56,6 +56,9 @@ class StoredRecord:
     #: the record's wrapped data key (per-record keys, see docs/keys.md); never
     #: written to these tables: a record-key store beside the keyring holds it
     record_key: bytes | None = None
+    #: index name -> check tag of that entry (``pivault.vault.checks``); written with the
+    #: entry, never read back into a record
+    checks: dict[str, bytes] = field(default_factory=dict)
 
 
 _SQLITE_V1 = """
@@ -91,16 +94,28 @@ CREATE INDEX blind_index_record ON blind_index (record_id)
 """
 
 register(Migration("records", 1, "record and blind-index tables", _SQLITE_V1, _PG_V1))
+# v2: a check tag per blind-index entry, and its key (encrypted under the keyring's field
+# key), so that a lookup decrypts only the candidates whose tag matches (pivault.vault.checks).
+# Entries written before it have no tag and are decrypted as before.
+register(Migration(
+    "records", 2, "check tags of blind-index entries and their encrypted key",
+    "ALTER TABLE blind_index ADD COLUMN tag BLOB;"
+    "CREATE TABLE index_check_key (id INTEGER PRIMARY KEY CHECK (id = 1), key_ct BLOB NOT NULL)",
+    "ALTER TABLE blind_index ADD COLUMN tag BYTEA;"
+    "CREATE TABLE index_check_key (id SMALLINT PRIMARY KEY CHECK (id = 1), key_ct BYTEA NOT NULL)"))
 
 _COLS = "record_id, name, id_number, mobile, address, notes, created_at, updated_at, batch_id"
 _JOINED_COLS = ", ".join(f"r.{c}" for c in _COLS.split(", "))
 _INSERT_RECORD = f"INSERT INTO records ({_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
-_INSERT_INDEX = "INSERT INTO blind_index (index_name, value, record_id) VALUES (?, ?, ?)"
-_LOOKUP_ONE_SQLITE = (f"SELECT {_JOINED_COLS} FROM blind_index b"
+_INSERT_INDEX = "INSERT INTO blind_index (index_name, value, record_id, tag) VALUES (?, ?, ?, ?)"
+_LOOKUP_ONE_SQLITE = (f"SELECT b.tag, {_JOINED_COLS} FROM blind_index b"
                       " JOIN records r ON r.record_id = b.record_id"
                       " WHERE b.index_name = ? AND b.value = ? ORDER BY b.record_id")
+_ENTRIES_ONE = "SELECT record_id, tag FROM blind_index WHERE index_name = ? AND value = ?"
+_ENTRIES_ANY_PG = "SELECT record_id, tag FROM blind_index WHERE index_name = ? AND value = ANY(?)"
+_RECORD_ONE = f"SELECT {_COLS} FROM records WHERE record_id = ?"
 _RECORD_TYPES = ["text", "bytea", "bytea", "bytea", "bytea", "bytea", "float8", "float8", "text"]
-_INDEX_TYPES = ["text", "bytea", "text"]
+_INDEX_TYPES = ["text", "bytea", "text", "bytea"]
 #: PostgreSQL batches from this size go through binary COPY
 COPY_THRESHOLD = 500
 #: values per ``IN (…)`` list on SQLite, per array on PostgreSQL
@@ -160,9 +175,9 @@ class RecordStore:
 
     # -- writing ------------------------------------------------------------
     def _rows(self, records: Iterable[StoredRecord], now: float
-              ) -> tuple[list[tuple[Any, ...]], list[tuple[str, bytes, str]]]:
+              ) -> tuple[list[tuple[Any, ...]], list[tuple[str, bytes, str, bytes | None]]]:
         rec_rows: list[tuple[Any, ...]] = []
-        idx_rows: list[tuple[str, bytes, str]] = []
+        idx_rows: list[tuple[str, bytes, str, bytes | None]] = []
         fieldset = self._FIELDSET
         for r in records:
             f = r.fields
@@ -176,11 +191,13 @@ class RecordStore:
             rec_rows.append((rid, f.get("name"), f.get("id_number"), f.get("mobile"),
                              f.get("address"), f.get("notes"), created,
                              r.updated_at or created, r.batch_id))
+            checks = r.checks
             for name, value in r.index.items():
-                idx_rows.append((name, value, rid))
+                idx_rows.append((name, value, rid, checks.get(name)))
         return rec_rows, idx_rows
 
-    def _write(self, rec_rows: list[tuple[Any, ...]], idx_rows: list[tuple[str, bytes, str]]) -> None:
+    def _write(self, rec_rows: list[tuple[Any, ...]],
+               idx_rows: list[tuple[str, bytes, str, bytes | None]]) -> None:
         db = self._db
         if self._pg and len(rec_rows) >= COPY_THRESHOLD:
             with db.raw.cursor() as cur:
@@ -189,7 +206,7 @@ class RecordStore:
                     for row in rec_rows:
                         cp.write_row(row)
                 if idx_rows:
-                    with cur.copy("COPY blind_index (index_name, value, record_id)"
+                    with cur.copy("COPY blind_index (index_name, value, record_id, tag)"
                                   " FROM STDIN (FORMAT BINARY)") as cp:
                         cp.set_types(_INDEX_TYPES)
                         for irow in idx_rows:
@@ -349,6 +366,22 @@ class RecordStore:
             "SELECT index_name, value FROM blind_index WHERE record_id = ?", (record_id,))}
         return self._record(row, index)
 
+    def _records_only(self, ids: Sequence[str]) -> list[StoredRecord]:
+        """The records of sorted, distinct ``ids`` that exist, in that order, without index entries."""
+        db = self._db
+        found: list[StoredRecord] = []
+        if self._pg:
+            for chunk in _chunks(ids, _CHUNK_PG):
+                found += [self._record(row, {}) for row in db.query(
+                    f"SELECT {_COLS} FROM records WHERE record_id = ANY(?) ORDER BY record_id",
+                    (list(chunk),))]
+        else:
+            for chunk in _chunks(ids, _CHUNK_SQLITE):
+                found += [self._record(row, {}) for row in db.query(
+                    f"SELECT {_COLS} FROM records WHERE record_id IN ({','.join('?' * len(chunk))})"
+                    " ORDER BY record_id", chunk)]
+        return found
+
     def get_many(self, record_ids: Sequence[str]) -> list[StoredRecord]:
         """The records that exist, in the order asked, each once."""
         ids = list(dict.fromkeys(record_ids))
@@ -387,42 +420,58 @@ class RecordStore:
             " ORDER BY record_id", (index_name, value))]
         return self.get_many(ids) if ids else []
 
-    def lookup(self, index_name: str, values: Sequence[bytes]) -> list[StoredRecord]:
+    def lookup(self, index_name: str, values: Sequence[bytes],
+               check: Callable[[str], bytes] | None = None) -> list[StoredRecord]:
         """Records whose ``index_name`` entry is one of ``values``: the Vault's search path.
 
         Like :meth:`candidates` but for several values (a blind-index key
         rotation searches each key's value) and without the index entries
-        (``index`` is empty): on SQLite one query (blind index joined to the
-        records), on PostgreSQL two, each of which Citus routes to the shards
-        of its own distribution column. Ordered by record id, each once.
+        (``index`` is empty). Ordered by record id, each once.
+
+        ``check(record_id)`` is the check tag that the entry of the resident
+        searched for carries (:mod:`pivault.vault.checks`): an entry with
+        another tag is left out before its record is read, an entry without one
+        (written before tags existed) stays in. With it, the blind index is
+        read first and only the records kept are fetched; without it, on
+        SQLite one query joins the two tables. On PostgreSQL always two
+        queries, each of which Citus routes to the shards of its own
+        distribution column.
         """
         vals = list(dict.fromkeys(bytes(v) for v in values))
         if not vals:
             return []
         db = self._db
-        if len(vals) == 1 and not self._pg:
-            # the usual search: one value, one query whose rows come in record-id order from
-            # the blind index's primary key, each record once (no dict, no sort, no SQL built)
-            rec = self._record
-            return [rec(row, {}) for row in db.query(_LOOKUP_ONE_SQLITE, (index_name, vals[0]))]
-        if self._pg:
-            # one value (the usual search) as a plain parameter: adapting a list costs more
-            test, param = ("= ?", vals[0]) if len(vals) == 1 else ("= ANY(?)", vals)
-            ids = [r[0] for r in db.query(
-                f"SELECT record_id FROM blind_index WHERE index_name = ? AND value {test}",
-                (index_name, param))]
+        rec = self._record
+        if check is None and len(vals) == 1 and not self._pg:
+            # one value, one query whose rows come in record-id order from the blind index's
+            # primary key, each record once (no dict, no sort, no SQL built)
+            return [rec(row[1:], {}) for row in db.query(_LOOKUP_ONE_SQLITE, (index_name, vals[0]))]
+        if check is not None or self._pg:
+            if len(vals) == 1:
+                entries = db.query(_ENTRIES_ONE, (index_name, vals[0]))
+            elif self._pg:
+                entries = db.query(_ENTRIES_ANY_PG, (index_name, vals))
+            else:
+                entries = [e for chunk in _chunks(vals, _CHUNK_SQLITE) for e in db.query(
+                    f"SELECT record_id, tag FROM blind_index WHERE index_name = ?"
+                    f" AND value IN ({','.join('?' * len(chunk))})", (index_name, *chunk))]
+            if check is None:
+                ids = {rid for rid, _tag in entries}
+            else:
+                ids = {rid for rid, tag in entries if tag is None or tag == check(rid)}
             if not ids:
                 return []
-            rows = db.query(f"SELECT {_COLS} FROM records WHERE record_id = ANY(?)"
-                            " ORDER BY record_id", (sorted(set(ids)),))
-            return [self._record(row, {}) for row in rows]
+            if len(ids) == 1:
+                row = db.query_one(_RECORD_ONE, (next(iter(ids)),))
+                return [] if row is None else [rec(row, {})]
+            return self._records_only(sorted(ids))
         out: dict[str, StoredRecord] = {}
         for chunk in _chunks(vals, _CHUNK_SQLITE):
             test = "= ?" if len(chunk) == 1 else f"IN ({','.join('?' * len(chunk))})"
             for row in db.query(f"SELECT {_JOINED_COLS} FROM blind_index b"
                                 " JOIN records r ON r.record_id = b.record_id"
                                 f" WHERE b.index_name = ? AND b.value {test}", (index_name, *chunk)):
-                out.setdefault(row[0], self._record(row, {}))
+                out.setdefault(row[0], rec(row, {}))
         return [out[k] for k in sorted(out)]
 
     def candidate_meta(self, index_name: str, values: Sequence[bytes]

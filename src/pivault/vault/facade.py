@@ -29,6 +29,7 @@ from pivault.store.db import Database
 from pivault.store.migrations import migrate
 from pivault.store.records import RecordStore, StoredRecord
 from pivault.vault import meta
+from pivault.vault.checks import CheckTags, load_check_tags
 from pivault.vault.guard import AccessDenied, Guard, LocalGuard
 
 if TYPE_CHECKING:
@@ -70,21 +71,32 @@ def name_birth_key(name: str, birth_date: _dt.date) -> str:
     return f"{name}|{birth_date.isoformat()}"
 
 
-def seal(keyring: Keyring, r: Resident, batch_id: str | None = None) -> StoredRecord:
-    """Encrypt a resident's fields and compute its blind indexes."""
+def index_values(keyring: Keyring, r: Resident) -> dict[str, str]:
+    """The normalised value each of the keyring's blind indexes is computed over for ``r``."""
+    names = keyring.index_names
+    values: dict[str, str] = {}
+    if "id_number" in names:
+        values["id_number"] = r.id_number
+    if r.mobile and "mobile" in names:
+        values["mobile"] = r.mobile
+    if "name_birth" in names:
+        values["name_birth"] = name_birth_key(r.name, r.birth_date)
+    return values
+
+
+def seal(keyring: Keyring, r: Resident, batch_id: str | None = None,
+         checks: CheckTags | None = None) -> StoredRecord:
+    """Encrypt a resident's fields and compute its blind indexes (and their check tags)."""
     plain = r.pi_fields()
     # under a new per-record key when the keyring has record keys on (the Vault's store does)
     fields, record_key = keyring.encrypt_record(r.record_id,
                                                 {f: v.encode("utf-8") for f, v in plain.items()})
-    names = keyring.index_names
-    index: dict[str, bytes] = {}
-    if "id_number" in names:
-        index["id_number"] = keyring.blind_index("id_number", r.id_number)
-    if r.mobile and "mobile" in names:
-        index["mobile"] = keyring.blind_index("mobile", r.mobile)
-    if "name_birth" in names:
-        index["name_birth"] = keyring.blind_index("name_birth", name_birth_key(r.name, r.birth_date))
-    return StoredRecord(r.record_id, fields, index, batch_id=batch_id, record_key=record_key)
+    values = index_values(keyring, r)
+    index = {name: keyring.blind_index(name, v) for name, v in values.items()}
+    tags = ({name: checks.tag(name, r.record_id, v) for name, v in values.items()}
+            if checks is not None else {})
+    return StoredRecord(r.record_id, fields, index, batch_id=batch_id, record_key=record_key,
+                        checks=tags)
 
 
 def _integrity(record_id: str, exc: IntegrityError) -> IntegrityError:
@@ -189,6 +201,7 @@ class Vault:
         self.store: RecordStore = record_store(db, keyring, home=config.home if config else None)
         self.guard: Guard = guard if guard is not None else LocalGuard()
         self.config = config
+        self._checks: CheckTags | None = None
         #: called with the coarse facts (region code, birth year) of every record read,
         #: after decryption; the global detector's sweep rules listen here
         self.read_observers: list[Callable[[AccessContext, list[tuple[str, int]]], None]] = []
@@ -252,6 +265,14 @@ class Vault:
     def __repr__(self) -> str:
         return f"Vault(vault_id={self.keyring.vault_id!r}, store={self.db.url.redacted!r})"
 
+    @property
+    def checks(self) -> CheckTags:
+        """The check tags of this vault's blind-index entries (their key is read, or made, once)."""
+        tags = self._checks
+        if tags is None:
+            tags = self._checks = load_check_tags(self.db, self.keyring)
+        return tags
+
     # -- the fixed order ------------------------------------------------------
     def _authorise(self, ctx: AccessContext, operation: str, fields: Sequence[str],
                    record_ids: Sequence[str] = ()) -> None:
@@ -287,7 +308,7 @@ class Vault:
         r = record if isinstance(record, Resident) else Resident.parse(record)
         self._authorise(ctx, "put", tuple(r.pi_fields()))
         self._budget(ctx, "put", 1)
-        sealed = seal(self.keyring, r)
+        sealed = seal(self.keyring, r, checks=self.checks)
         with self.db.transaction():
             existing = self.ids_by_id_number({r.id_number: sealed.index["id_number"]})
             if existing:
@@ -390,7 +411,7 @@ class Vault:
             merged: dict[str, str | None] = dict(current.pi_fields())
             merged.update(changes)
             new = Resident.parse(merged, record_id=record_id)
-            sealed = seal(self.keyring, new, stored.batch_id)
+            sealed = seal(self.keyring, new, stored.batch_id, self.checks)
             if new.id_number != current.id_number:
                 other = self.ids_by_id_number({new.id_number: sealed.index["id_number"]})
                 if other:
@@ -426,9 +447,10 @@ class Vault:
         key's value until the rebuild reaches them (``pivault keys rewrap``).
         """
         kr = self.keyring
+        check = self.checks.checker(index_name, value)
         if kr.index_versions(index_name) == 1:
-            return self.store.lookup(index_name, (kr.blind_index(index_name, value),))
-        return self.store.lookup(index_name, kr.blind_index_all(index_name, value))
+            return self.store.lookup(index_name, (kr.blind_index(index_name, value),), check)
+        return self.store.lookup(index_name, kr.blind_index_all(index_name, value), check)
 
     def ids_by_id_number(self, wanted: Mapping[str, bytes]) -> dict[str, str]:
         """Existing record id per normalised ID number, for ``{id_number: blind index}``.

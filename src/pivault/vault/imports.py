@@ -45,6 +45,7 @@ from pivault.store.migrations import Migration, register
 from pivault.store.records import StoredRecord
 from pivault.vault import mapping as _mapping
 from pivault.vault import meta as _meta  # noqa: F401 - registers the vault_meta step
+from pivault.vault.checks import CheckTags
 from pivault.vault.facade import open_record, seal
 from pivault.vault.readers import RawRow, Source, open_source
 
@@ -217,13 +218,16 @@ class ImportSummary:
 
 _OK = 0
 _REJ = 1
-#: (kind, line, record_id | code, id_number | field, fields | reject_id, index | raw_ct, record key | None)
-Prepared = tuple[int, int, Any, Any, Any, Any, Any]
+#: (kind, line, record_id | code, id_number | field, fields | reject_id, index | raw_ct,
+#:  record key | None, check tags | None)
+Prepared = tuple[int, int, Any, Any, Any, Any, Any, Any]
 #: (line, cells, error, text): a RawRow as it travels to a worker
 RowTuple = tuple[int, list[str | None], str | None, str | None]
 
 #: the keyring a forked worker inherited from its parent (never pickled)
 _WORKER_KEYRING: Keyring | None = None
+#: and the vault's check tags (their key read before the fork)
+_WORKER_CHECKS: CheckTags | None = None
 
 
 def new_reject_id() -> str:
@@ -253,11 +257,11 @@ def _reject(keyring: Keyring, row: RowTuple, code: str, field_name: str | None,
             labels: Sequence[str]) -> Prepared:
     rid = new_reject_id()
     return (_REJ, row[0], code, field_name, rid, keyring.encrypt(rid, "raw_row", raw_payload(row, labels)),
-            None)
+            None, None)
 
 
 def prepare(keyring: Keyring, rows: Sequence[RowTuple], positions: Mapping[int, str],
-            labels: Sequence[str]) -> list[Prepared]:
+            labels: Sequence[str], checks: CheckTags | None = None) -> list[Prepared]:
     """Validate and encrypt a chunk; a bad row becomes an encrypted reject."""
     out: list[Prepared] = []
     items = tuple(positions.items())
@@ -273,8 +277,8 @@ def prepare(keyring: Keyring, rows: Sequence[RowTuple], positions: Mapping[int, 
         except ValidationError as exc:
             out.append(_reject(keyring, row, exc.code, exc.field, labels))
             continue
-        s = seal(keyring, r)
-        out.append((_OK, line, r.record_id, r.id_number, s.fields, s.index, s.record_key))
+        s = seal(keyring, r, checks=checks)
+        out.append((_OK, line, r.record_id, r.id_number, s.fields, s.index, s.record_key, s.checks))
     return out
 
 
@@ -282,7 +286,7 @@ def _work(task: tuple[list[RowTuple], dict[int, str], list[str]]) -> list[Prepar
     keyring = _WORKER_KEYRING
     if keyring is None:  # pragma: no cover - only if started without fork
         raise RuntimeError("import worker has no keyring (workers must be forked)")
-    return prepare(keyring, *task)
+    return prepare(keyring, *task, _WORKER_CHECKS)
 
 
 # -- batches -------------------------------------------------------------------------
@@ -526,7 +530,8 @@ class _Committer:
         merged = Resident(record_id=target_id, name=values["name"], id_number=values["id_number"],
                           mobile=values.get("mobile"), address=values.get("address"),
                           notes=values.get("notes"))
-        return seal(kr, merged, base.batch_id if base is not None else self.batch.batch_id)
+        return seal(kr, merged, base.batch_id if base is not None else self.batch.batch_id,
+                    self.vault.checks)
 
     def commit(self, rows: list[RowTuple], prepared: list[Prepared]) -> None:
         vault, batch, kr = self.vault, self.batch, self.vault.keyring
@@ -554,13 +559,14 @@ class _Committer:
             existing = self._existing(oks)
             for p in prepared:
                 if p[0] == _REJ:
-                    _, line, code, fld, reject_id, raw_ct, _ = p
+                    _, line, code, fld, reject_id, raw_ct, _, _ = p
                     reject_rows.append((reject_id, bid, line, code, fld, raw_ct, now))
                     continue
-                _, line, rid, idn, fields, index, rkey = p
+                _, line, rid, idn, fields, index, rkey, tags = p
                 target = owner.get(idn) or existing.get(idn)
                 if target is None:
-                    new[rid] = StoredRecord(rid, fields, index, batch_id=bid, record_key=rkey)
+                    new[rid] = StoredRecord(rid, fields, index, batch_id=bid, record_key=rkey,
+                                            checks=tags)
                     owner[idn] = rid
                     continue
                 duplicates += 1
@@ -709,12 +715,13 @@ def _run_chunks(vault: Vault, chunks: Iterator[list[RowTuple]], positions: dict[
                 labels: list[str], n_workers: int,
                 step: Callable[[list[RowTuple], list[Prepared]], None]) -> None:
     """Prepare each chunk (in worker processes when ``n_workers``) and commit them in file order."""
-    global _WORKER_KEYRING
+    global _WORKER_KEYRING, _WORKER_CHECKS
+    checks = vault.checks
     if n_workers == 0:
         for rows in chunks:
-            step(rows, prepare(vault.keyring, rows, positions, labels))
+            step(rows, prepare(vault.keyring, rows, positions, labels, checks))
     else:
-        _WORKER_KEYRING = vault.keyring
+        _WORKER_KEYRING, _WORKER_CHECKS = vault.keyring, checks
         try:
             mp = multiprocessing.get_context("fork")
             with mp.Pool(n_workers) as pool:
@@ -729,7 +736,7 @@ def _run_chunks(vault: Vault, chunks: Iterator[list[RowTuple]], positions: dict[
                     done_rows, res = pending.popleft()
                     step(done_rows, res.get())
         finally:
-            _WORKER_KEYRING = None
+            _WORKER_KEYRING, _WORKER_CHECKS = None, None
 
 
 # -- reading back --------------------------------------------------------------------------
