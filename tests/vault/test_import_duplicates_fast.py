@@ -137,3 +137,33 @@ def test_first_load_repeats_under_each_policy(crowded: Vault, tmp_path: Path, ct
     else:
         assert (f.duplicates, f.rejected) == (0, 40)
     assert crowded.store.count() == 500
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_first_load_into_a_new_vault_never_reads_the_blind_index(sqlite_url: str, tmp_path: Path,
+                                                                  workers: int) -> None:
+    """The fast duplicate check of a first load holds to the end, from the vault's very first write.
+
+    The vault's first index entry also makes the key of its check tags: that write must not look
+    like another writer's, or the whole load would fall back to reading the blind index per row.
+    """
+    db = Database(sqlite_url)
+    v = Vault.initialise(db, new_keyring(tmp_path / "keys" / "new.keyring", population=16))
+    assert db.query_one("SELECT COUNT(*) FROM index_check_key") == (0,)  # a vault that never wrote
+    reads: list[int] = []
+    real = v.store.foreign_candidates
+
+    def counted(*args: object, **kw: object) -> object:
+        reads.append(1)
+        return real(*args, **kw)  # type: ignore[arg-type]
+
+    v.store.foreign_candidates = counted  # type: ignore[method-assign]
+    people = make_residents(500, seed=71)
+    src = tmp_path / "first.csv"
+    _csv(src, people)
+    try:
+        f = v.import_files([src], chunk_size=50, workers=workers).files[0]
+    finally:
+        db.close()
+    assert f.reconciles and f.imported == 500
+    assert reads == []  # every chunk knew its rows were new without reading the index

@@ -108,7 +108,7 @@ _COLS = "record_id, name, id_number, mobile, address, notes, created_at, updated
 _JOINED_COLS = ", ".join(f"r.{c}" for c in _COLS.split(", "))
 _INSERT_RECORD = f"INSERT INTO records ({_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
 _INSERT_INDEX = "INSERT INTO blind_index (index_name, value, record_id, tag) VALUES (?, ?, ?, ?)"
-_LOOKUP_ONE_SQLITE = (f"SELECT b.tag, {_JOINED_COLS} FROM blind_index b"
+_LOOKUP_ONE_SQLITE = (f"SELECT {_JOINED_COLS} FROM blind_index b"
                       " JOIN records r ON r.record_id = b.record_id"
                       " WHERE b.index_name = ? AND b.value = ? ORDER BY b.record_id")
 _ENTRIES_ONE = "SELECT record_id, tag FROM blind_index WHERE index_name = ? AND value = ?"
@@ -445,7 +445,7 @@ class RecordStore:
         if check is None and len(vals) == 1 and not self._pg:
             # one value, one query whose rows come in record-id order from the blind index's
             # primary key, each record once (no dict, no sort, no SQL built)
-            return [rec(row[1:], {}) for row in db.query(_LOOKUP_ONE_SQLITE, (index_name, vals[0]))]
+            return [rec(row, {}) for row in db.query(_LOOKUP_ONE_SQLITE, (index_name, vals[0]))]
         if check is not None or self._pg:
             if len(vals) == 1:
                 entries = db.query(_ENTRIES_ONE, (index_name, vals[0]))

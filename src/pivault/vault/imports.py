@@ -679,6 +679,9 @@ def _import_file(
     # a run that starts the batch knows every record the batch has: see _Committer._existing
     seen = _SeenIds(_expected_rows(source)) if skip == 0 else None
     committer = _Committer(vault, batch, ctx, on_duplicate, set(positions.values()), labels, seen)
+    # the vault's first index entry makes the check tags' key (a write): before the sole-writer
+    # counters start, or that write would end the first load's fast duplicate check at once
+    checks = vault.checks
     if seen is not None:
         committer.sole = _SoleWriter.start(db)
     n_workers = _auto_workers(source) if workers is None else max(0, int(workers))
@@ -693,7 +696,7 @@ def _import_file(
                                     batch.imported, batch.rejected, batch.duplicates))
 
     with _import_cache(db):
-        _run_chunks(vault, chunks, positions, labels, n_workers, step)
+        _run_chunks(vault, checks, chunks, positions, labels, n_workers, step)
     _finish(db, batch_id)
     return fill()
 
@@ -711,12 +714,12 @@ def _import_cache(db: Database) -> Iterator[None]:
         db.execute(f"PRAGMA cache_size=-{SQLITE_CACHE_KIB}")
 
 
-def _run_chunks(vault: Vault, chunks: Iterator[list[RowTuple]], positions: dict[int, str],
+def _run_chunks(vault: Vault, checks: CheckTags, chunks: Iterator[list[RowTuple]],
+                positions: dict[int, str],
                 labels: list[str], n_workers: int,
                 step: Callable[[list[RowTuple], list[Prepared]], None]) -> None:
     """Prepare each chunk (in worker processes when ``n_workers``) and commit them in file order."""
     global _WORKER_KEYRING, _WORKER_CHECKS
-    checks = vault.checks
     if n_workers == 0:
         for rows in chunks:
             step(rows, prepare(vault.keyring, rows, positions, labels, checks))
