@@ -8,8 +8,8 @@ at the price of reading the candidate's row and record key and unwrapping the
 key: the largest part of a lookup's work, paid C times, and on a store larger
 than memory two random page reads per candidate.
 
-So each entry also carries ``HMAC-SHA256(K, index name | record id | value)``
-cut to 8 bytes, where ``K`` is a random key kept in the store encrypted under
+So each entry also carries a check tag, keyed BLAKE2b (RFC 7693, a PRF) of
+``index name | record id | value`` in 8 bytes, where ``K`` is a random key kept in the store encrypted under
 the keyring's field key (as the canary registry keeps its key). A lookup
 computes, for each candidate's record id, the tag the resident it looks for
 would carry, reads only the records whose tag matches (and those whose entry
@@ -30,11 +30,12 @@ What a tag tells:
 
 from __future__ import annotations
 
+import hashlib
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from pivault.crypto import IntegrityError, Keyring
-from pivault.crypto.hmac256 import HmacSha256
 from pivault.errors import PivaultError
 from pivault.store.db import Database
 
@@ -50,15 +51,20 @@ KEY_FIELD = "key"
 
 
 class CheckTags:
-    """Check tags under one key; thread-safe (each tag works on copies of prepared states)."""
+    """Check tags under one key; thread-safe (each tag works on a copy of a prepared state).
 
-    __slots__ = ("_key", "_macs")
+    Keyed BLAKE2b rather than HMAC-SHA256: one pass instead of two, about half the
+    time, and the import computes three tags per resident.
+    """
+
+    __slots__ = ("_key", "_states")
 
     def __init__(self, key: bytes) -> None:
         if len(key) != 32:
             raise ValueError("a check-tag key has 32 bytes")
         self._key = key
-        self._macs: dict[str, HmacSha256] = {}
+        #: index name -> BLAKE2b state keyed with K that has absorbed the domain and the name
+        self._states: dict[str, Any] = {}
 
     def __repr__(self) -> str:
         return "CheckTags(<key>)"
@@ -66,13 +72,14 @@ class CheckTags:
     def __reduce__(self) -> tuple[object, ...]:
         raise TypeError("CheckTags holds a key and cannot be pickled")
 
-    def _mac(self, index_name: str) -> HmacSha256:
-        mac = self._macs.get(index_name)
-        if mac is None:
-            mac = HmacSha256(self._key, _DOMAIN + index_name.encode("utf-8") + b"\x00")
-            if len(self._macs) < 64:
-                self._macs[index_name] = mac
-        return mac
+    def _state(self, index_name: str) -> Any:
+        st = self._states.get(index_name)
+        if st is None:
+            st = hashlib.blake2b(_DOMAIN + index_name.encode("utf-8") + b"\x00", key=self._key,
+                                 digest_size=TAG_BYTES)
+            if len(self._states) < 64:
+                self._states[index_name] = st
+        return st
 
     def tag(self, index_name: str, record_id: str, value: str) -> bytes:
         """The tag of the entry of ``record_id`` under ``index_name`` for a normalised ``value``.
@@ -80,16 +87,31 @@ class CheckTags:
         ``value`` is what the blind index is computed over; a record id holds no NUL byte, so
         the message ``record id | NUL | value`` splits one way only.
         """
-        return self._mac(index_name).digest(b"%s\x00%s" % (record_id.encode("ascii"),
-                                                             value.encode("utf-8")))[:TAG_BYTES]
+        h = self._state(index_name).copy()
+        h.update(b"%s\x00%s" % (record_id.encode("ascii"), value.encode("utf-8")))
+        return h.digest()  # type: ignore[no-any-return]
+
+    def tags(self, record_id: str, values: Mapping[str, str]) -> dict[str, bytes]:
+        """:meth:`tag` of each ``index name -> value`` of one record (the import's three)."""
+        head = record_id.encode("ascii") + b"\x00"
+        states = self._states
+        out: dict[str, bytes] = {}
+        for name, value in values.items():
+            st = states.get(name)
+            h = (st if st is not None else self._state(name)).copy()
+            h.update(head + value.encode("utf-8"))
+            out[name] = h.digest()
+        return out
 
     def checker(self, index_name: str, value: str) -> Callable[[str], bytes]:
         """``record_id -> tag`` for one searched value (what the store's lookup takes)."""
-        mac = self._mac(index_name)
-        tail = value.encode("utf-8")
+        state = self._state(index_name)
+        tail = b"\x00" + value.encode("utf-8")
 
         def tag(record_id: str) -> bytes:
-            return mac.digest(b"%s\x00%s" % (record_id.encode("ascii"), tail))[:TAG_BYTES]
+            h = state.copy()
+            h.update(record_id.encode("ascii") + tail)
+            return h.digest()  # type: ignore[no-any-return]
 
         return tag
 

@@ -93,8 +93,7 @@ def seal(keyring: Keyring, r: Resident, batch_id: str | None = None,
                                                 {f: v.encode("utf-8") for f, v in plain.items()})
     values = index_values(keyring, r)
     index = {name: keyring.blind_index(name, v) for name, v in values.items()}
-    tags = ({name: checks.tag(name, r.record_id, v) for name, v in values.items()}
-            if checks is not None else {})
+    tags = checks.tags(r.record_id, values) if checks is not None else {}
     return StoredRecord(r.record_id, fields, index, batch_id=batch_id, record_key=record_key,
                         checks=tags)
 
