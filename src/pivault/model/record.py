@@ -22,6 +22,9 @@ REQUIRED_FIELDS: tuple[str, ...] = ("name", "id_number")
 NOTES_MAX = 2000
 _RECORD_ID = re.compile(r"r_[0-9a-z]{26}")
 _B32 = "0123456789abcdefghjkmnpqrstvwxyz"
+#: every 10-bit value as its two digits, and the shifts of an id's 13 pairs (most significant first)
+_PAIRS = tuple(a + b for a in _B32 for b in _B32)
+_PAIR_SHIFTS = tuple(range(120, -1, -10))
 
 
 #: a record id is "r_" and 26 base-32 characters: 130 bits, the creation second then random bits
@@ -48,11 +51,8 @@ def new_record_id(at: float | None = None) -> str:
     if not 0 <= second < 1 << _SECOND_BITS:
         raise ValueError("a record id's time is a second between 1970 and 3058")
     n = (second << _RANDOM_BITS) | secrets.randbits(_RANDOM_BITS)
-    chars = [""] * 26
-    for i in range(25, -1, -1):
-        chars[i] = _B32[n & 31]
-        n >>= 5
-    return "r_" + "".join(chars)
+    # two digits at a time (the import makes an id per resident)
+    return "r_" + "".join([_PAIRS[(n >> s) & 1023] for s in _PAIR_SHIFTS])
 
 
 def _id_second(record_id: str) -> int:
