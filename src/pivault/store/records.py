@@ -179,6 +179,7 @@ class RecordStore:
         rec_rows: list[tuple[Any, ...]] = []
         idx_rows: list[tuple[str, bytes, str, bytes | None]] = []
         fieldset = self._FIELDSET
+        add_record, add_entries = rec_rows.append, idx_rows.extend  # a row of an import's 10^4 each
         for r in records:
             f = r.fields
             if not f.keys() <= fieldset:
@@ -188,12 +189,11 @@ class RecordStore:
                                  hint=f"the fields are {', '.join(self.FIELDS)}")
             rid = r.record_id
             created = r.created_at or now
-            rec_rows.append((rid, f.get("name"), f.get("id_number"), f.get("mobile"),
-                             f.get("address"), f.get("notes"), created,
-                             r.updated_at or created, r.batch_id))
-            checks = r.checks
-            for name, value in r.index.items():
-                idx_rows.append((name, value, rid, checks.get(name)))
+            get = f.get
+            add_record((rid, get("name"), get("id_number"), get("mobile"), get("address"), get("notes"),
+                        created, r.updated_at or created, r.batch_id))
+            tag = r.checks.get
+            add_entries([(name, value, rid, tag(name)) for name, value in r.index.items()])
         return rec_rows, idx_rows
 
     def _write(self, rec_rows: list[tuple[Any, ...]],

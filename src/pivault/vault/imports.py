@@ -391,6 +391,9 @@ class _SeenIds:
     def __init__(self, capacity: int) -> None:
         self._key = secrets.token_bytes(32)
         self._filters: list[tuple[bytearray, int]] = []
+        #: hashes of the numbers tested since :meth:`forget`: a chunk tests each number, then
+        #: adds the new ones (one hash a number instead of two)
+        self._tested: dict[str, tuple[int, ...]] = {}
         self._room = 0
         self._capacity = 0
         self._grow(max(1 << 14, capacity))
@@ -409,12 +412,17 @@ class _SeenIds:
             self._grow(2 * self._capacity)
         self._room -= 1
         bits, m = self._filters[-1]
-        for h in self._hashes(id_number):
+        hs = self._tested.pop(id_number, None)
+        for h in hs if hs is not None else self._hashes(id_number):
             p = h % m
             bits[p >> 3] |= 1 << (p & 7)
 
+    def forget(self) -> None:
+        """Drop the hashes kept from membership tests (end of a chunk)."""
+        self._tested.clear()
+
     def __contains__(self, id_number: str) -> bool:
-        hs = self._hashes(id_number)
+        hs = self._tested[id_number] = self._hashes(id_number)
         for bits, m in self._filters:
             for h in hs:
                 p = h % m
@@ -612,6 +620,7 @@ class _Committer:
         if self.seen is not None:
             for idn in owner:
                 self.seen.add(idn)
+            self.seen.forget()
         batch.read += len(rows)
         batch.imported += len(new)
         batch.rejected += len(reject_rows)
