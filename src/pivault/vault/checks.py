@@ -9,7 +9,7 @@ key: the largest part of a lookup's work, paid C times, and on a store larger
 than memory two random page reads per candidate.
 
 So each entry also carries a check tag, keyed BLAKE2b (RFC 7693, a PRF) of
-``index name | record id | value`` in 8 bytes, where ``K`` is a random key kept in the store encrypted under
+``index name | record id | value`` in 4 bytes, where ``K`` is a random key kept in the store encrypted under
 the keyring's field key (as the canary registry keeps its key). A lookup
 computes, for each candidate's record id, the tag the resident it looks for
 would carry, reads only the records whose tag matches (and those whose entry
@@ -41,9 +41,10 @@ from pivault.store.db import Database
 
 __all__ = ["TAG_BYTES", "CheckTags", "load_check_tags"]
 
-#: 64 bits: among a lookup's handful of candidates a wrong one matches by chance with
-#: probability ~2^-61, and is then still told apart by decryption
-TAG_BYTES = 8
+#: 32 bits: a lookup's C - 1 wrong candidates pass by chance with probability ~C * 2^-32, and
+#: are then still told apart by decryption; each byte more is 3 bytes a resident in the
+#: blind index, whose inserts are the random part of an import
+TAG_BYTES = 4
 _DOMAIN = b"pivault.index-check.v1\x00"
 #: associated data of the key's ciphertext (a keyring ciphertext site, see pivault.keys.sites)
 KEY_RECORD_ID = "index-check"
