@@ -119,3 +119,39 @@ def test_the_tag_key_opens_only_with_its_own_keyring(crowded: tuple[Vault, list[
     again = load_check_tags(v.db, v.keyring)
     assert again.tag("id_number", ids[0], people[0]["id_number"]) == \
         v.checks.tag("id_number", ids[0], people[0]["id_number"])
+
+
+def test_duplicate_checks_decrypt_only_the_record_whose_tag_fits(
+        crowded: tuple[Vault, list[dict[str, str]], list[str]]) -> None:
+    """put, update and the import ask the same question: which record holds this ID number?"""
+    from pivault.vault import DuplicateRecord
+
+    v, people, ids = crowded
+    asked: list[list[str]] = []
+    real = v.store.get_records
+
+    def counted(record_ids: list[str]) -> object:
+        asked.append(list(record_ids))
+        return real(record_ids)
+
+    v.store.get_records = counted  # type: ignore[method-assign]
+    kr = v.keyring
+    wanted = {p["id_number"]: kr.blind_index("id_number", p["id_number"]) for p in people[:5]}
+    holders = {p["id_number"]: rid for p, rid in zip(people[:5], ids, strict=False)}
+    assert v.ids_by_id_number(wanted) == holders
+    assert asked == [sorted(ids[:5])]  # ~10 residents share each value; only the 5 holders were read
+    asked.clear()
+    newcomer = make_residents(60, seed=21)[-1]
+    idn = newcomer["id_number"]
+    assert v.ids_by_id_number({idn: kr.blind_index("id_number", idn)}) == {}
+    assert asked == []  # a new number: nothing decrypted
+    with pytest.raises(DuplicateRecord) as info:
+        v.put(people[3], ctx=_op())
+    assert info.value.existing_record_id == ids[3]
+    # entries written before tags existed: every candidate is read, and the answer is the same
+    v.db.execute("UPDATE blind_index SET tag = NULL")
+    asked.clear()
+    assert v.ids_by_id_number(wanted) == holders
+    assert len(asked[0]) > 5
+    with pytest.raises(DuplicateRecord):
+        v.put(people[7], ctx=_op())

@@ -533,6 +533,9 @@ class ShreddingRecordStore(RecordStore):
     def get_many(self, record_ids: Sequence[str]) -> list[StoredRecord]:
         return self._attach(super().get_many(record_ids))
 
+    def get_records(self, ids: Sequence[str]) -> list[StoredRecord]:
+        return self._attach(super().get_records(ids))
+
     def lookup(self, index_name: str, values: Sequence[bytes],
                check: Callable[[str], bytes] | None = None) -> list[StoredRecord]:
         return self._attach(super().lookup(index_name, values, check))

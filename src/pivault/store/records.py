@@ -366,7 +366,7 @@ class RecordStore:
             "SELECT index_name, value FROM blind_index WHERE record_id = ?", (record_id,))}
         return self._record(row, index)
 
-    def _records_only(self, ids: Sequence[str]) -> list[StoredRecord]:
+    def get_records(self, ids: Sequence[str]) -> list[StoredRecord]:
         """The records of sorted, distinct ``ids`` that exist, in that order, without index entries."""
         db = self._db
         found: list[StoredRecord] = []
@@ -464,7 +464,7 @@ class RecordStore:
             if len(ids) == 1:
                 row = db.query_one(_RECORD_ONE, (next(iter(ids)),))
                 return [] if row is None else [rec(row, {})]
-            return self._records_only(sorted(ids))
+            return RecordStore.get_records(self, sorted(ids))
         out: dict[str, StoredRecord] = {}
         for chunk in _chunks(vals, _CHUNK_SQLITE):
             test = "= ?" if len(chunk) == 1 else f"IN ({','.join('?' * len(chunk))})"
@@ -534,6 +534,28 @@ class RecordStore:
                 " AND (batch_id IS DISTINCT FROM ? OR created_at <> updated_at)",
                 (_pg_text_array(chunk), batch_id)))
         return {v: any(rid in foreign for rid in rids) for v, rids in by_value.items()}
+
+    def entry_tags(self, index_name: str, values: Sequence[bytes]) -> list[tuple[bytes, str, bytes | None]]:
+        """``(value, record id, check tag)`` of every entry of ``values``: no ciphertext read.
+
+        For the duplicate checks: with the check tags (``pivault.vault.checks``) the caller
+        decrypts only the records whose tag fits the number it looks for.
+        """
+        vals = list(dict.fromkeys(bytes(v) for v in values))
+        out: list[tuple[bytes, str, bytes | None]] = []
+        db = self._db
+        if self._pg:
+            for chunk in _chunks(vals, _CHUNK_PG):
+                rows = db.query("SELECT value, record_id, tag FROM blind_index"
+                                " WHERE index_name = ? AND value = ANY(?::bytea[])",
+                                (index_name, _pg_bytea_array(chunk)))
+                out += [(bytes(v), rid, None if tag is None else bytes(tag)) for v, rid, tag in rows]
+        else:
+            for chunk in _chunks(vals, _CHUNK_SQLITE):
+                out += [(bytes(v), rid, tag) for v, rid, tag in db.query(
+                    "SELECT value, record_id, tag FROM blind_index WHERE index_name = ?"
+                    f" AND value IN ({','.join('?' * len(chunk))})", (index_name, *chunk))]
+        return out
 
     def candidate_ids(self, index_name: str, values: Sequence[bytes]) -> dict[bytes, list[str]]:
         """Record ids per blind-index value, for many values at once.

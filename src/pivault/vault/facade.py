@@ -454,16 +454,28 @@ class Vault:
     def ids_by_id_number(self, wanted: Mapping[str, bytes]) -> dict[str, str]:
         """Existing record id per normalised ID number, for ``{id_number: blind index}``.
 
-        Internal: decrypts candidates' ID numbers to compare, returns only ids.
+        Internal: decrypts the ID numbers of the candidates whose check tag fits (usually
+        only the record holding the number, none for a new one), returns only ids.
         """
         if not wanted:
             return {}
-        values = list(wanted.values())
-        if self.keyring.index_versions("id_number") > 1:  # a rotation is rebuilding the index
-            values = [v for idn in wanted for v in self.keyring.blind_index_all("id_number", idn)]
+        kr = self.keyring
+        # blind index value -> the numbers searched under it
+        by_value: dict[bytes, list[str]] = {}
+        if kr.index_versions("id_number") > 1:  # a rotation is rebuilding the index
+            for idn in wanted:
+                for v in kr.blind_index_all("id_number", idn):
+                    by_value.setdefault(v, []).append(idn)
+        else:
+            for idn, v in wanted.items():
+                by_value.setdefault(bytes(v), []).append(idn)
+        # only the entries whose check tag fits one of the numbers (or that have no tag)
+        tag = self.checks.tag
+        keep = sorted({rid for value, rid, t in self.store.entry_tags("id_number", list(by_value))
+                       if t is None or any(t == tag("id_number", rid, idn) for idn in by_value[value])})
         out: dict[str, str] = {}
-        for stored in self.store.lookup("id_number", values):
-            plain = decrypt_fields(self.keyring, stored, ("id_number",))["id_number"]
+        for stored in self.store.get_records(keep) if keep else ():
+            plain = decrypt_fields(kr, stored, ("id_number",))["id_number"]
             if plain in wanted and plain not in out:
                 out[plain] = stored.record_id
         return out
