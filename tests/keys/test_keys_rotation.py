@@ -236,3 +236,22 @@ def test_vault_stats_count_field_keys_through_record_keys(vault: Vault) -> None:
     rotate(kr, ["aead"])
     put_all(vault, residents(2, seed=7))
     assert vault.stats(ctx=ctx())["field_key_ids_in_use"] == {str(old): 6, str(kr.primary_key_id()): 2}
+
+
+def test_rewrap_tags_entries_written_before_check_tags(vault: Vault) -> None:
+    """A vault migrated from before check tags gets them from `keys rewrap`, and lookups use them."""
+    people = residents(12, seed=6)
+    ids = put_all(vault, people)
+    expected = {(r[0], r[1]): bytes(r[2]) for r in vault.db.query(
+        "SELECT record_id, index_name, tag FROM blind_index")}
+    vault.db.execute("UPDATE blind_index SET tag = NULL")  # as `migrate` leaves older entries
+    report = rewrap(vault.db, vault.keyring, record_keys=_keys(vault).keys, batch_size=5)
+    assert report.complete and report.records_tagged == 12 and report.indexes_rebuilt == 0
+    tags = {(r[0], r[1]): bytes(r[2]) for r in vault.db.query(
+        "SELECT record_id, index_name, tag FROM blind_index")}
+    assert tags == expected
+    for p, rid in zip(people, ids, strict=True):
+        assert [r["record_id"] for r in vault.find(mobile=p["mobile"], ctx=ctx())] == [rid]
+    # a second run finds nothing left to tag
+    again = rewrap(vault.db, vault.keyring, record_keys=_keys(vault).keys, batch_size=5)
+    assert again.records_tagged == 0

@@ -169,7 +169,8 @@ def keys_rewrap(
     typer.echo(f"rewrap {'complete' if report.complete else 'stopped'}: {report.records_seen:,} records "
                f"seen, {report.record_keys_rewrapped:,} record keys rewrapped, "
                f"{report.records_upgraded + report.records_reencrypted:,} records re-encrypted, "
-               f"{report.indexes_rebuilt:,} index entries rebuilt, {report.other_values_rewrapped:,} "
+               f"{report.indexes_rebuilt:,} index entries rebuilt, {report.records_tagged:,} records' "
+               f"entries given check tags, {report.other_values_rewrapped:,} "
                f"other values, {report.files_rewrapped} key files; {report.conflicts} left to concurrent "
                f"writers, {report.unreadable} unreadable (erased)")
     for r in retired:

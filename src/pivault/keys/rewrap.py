@@ -65,6 +65,8 @@ class RewrapReport:
     records_upgraded: int = 0
     record_keys_rewrapped: int = 0
     indexes_rebuilt: int = 0
+    #: records whose index entries were written before check tags existed, tagged now
+    records_tagged: int = 0
     conflicts: int = 0
     unreadable: int = 0
     other_values_rewrapped: int = 0
@@ -120,6 +122,7 @@ class _Plan:
     new_key: bytes | None = None
     new_index: dict[str, bytes] | None = None
     new_tags: dict[str, bytes] = field(default_factory=dict)
+    tags_only: bool = False
     upgraded: bool = False
 
 
@@ -140,10 +143,11 @@ class _Rewrapper:
         self.index_fn = index_fn
         self.primary = keyring.primary_key_id("aead")
         self.rotating_index = _index_rotating(keyring)
-        # a rebuilt entry gets its check tag again: the tag is of the value, not of the index key
+        # a rebuilt entry gets its check tag again (the tag is of the value, not of the index
+        # key), and entries written before tags existed get theirs
         from pivault.vault.checks import load_check_tags
 
-        self.checks = load_check_tags(db, keyring) if self.rotating_index else None
+        self.checks = load_check_tags(db, keyring)
         if keyring.record_keys and keys is None:
             raise ValueError("record keys are on but no record-key store was given")
 
@@ -155,9 +159,15 @@ class _Rewrapper:
             out.setdefault(rid, {})[name] = bytes(value)
         return out
 
+    def _untagged(self, ids: Sequence[str]) -> set[str]:
+        cond, params = _in(self.db, ids)
+        return {r[0] for r in self.db.query(
+            f"SELECT DISTINCT record_id FROM blind_index WHERE record_id {cond} AND tag IS NULL", params)}
+
     def batch(self, rows: list[tuple[Any, ...]], job: jobs.Job, phase: str) -> None:
         kr, rep = self.kr, self.report
         ids = [r[0] for r in rows]
+        untagged = self._untagged(ids)
         stored_keys: dict[tuple[str, bytes], bytes] = {}
         refs: dict[str, bytes] = {}
         for r in rows:
@@ -183,7 +193,7 @@ class _Rewrapper:
             reencrypt = not upgrade and any(kr.key_id_of(ct) != self.primary for ct in v1.values())
             if stored is not None and kr.record_key_id(stored) != self.primary:
                 key_rewraps.append((rid, stored, kr.rewrap_record_key(rid, stored)))
-            if not (upgrade or reencrypt or self.rotating_index):
+            if not (upgrade or reencrypt or self.rotating_index or rid in untagged):
                 continue
             try:
                 plain_b = kr.decrypt_many(rid, fields, record_key=stored)
@@ -194,15 +204,17 @@ class _Rewrapper:
             if upgrade or reencrypt:
                 new_fields, new_key = kr.encrypt_record(rid, plain_b)
                 plan.new_fields, plan.new_key, plan.upgraded = new_fields, new_key, upgrade
+            plain = {f: v.decode("utf-8") for f, v in plain_b.items()}
             if self.rotating_index:
-                plain = {f: v.decode("utf-8") for f, v in plain_b.items()}
                 idx = self.index_fn(kr, plain)
                 if idx != current_index.get(rid, {}):
                     plan.new_index = idx
-                    if self.checks is not None:
-                        inputs = index_inputs(kr, plain)
-                        plan.new_tags = {n: self.checks.tag(n, rid, inputs[n]) for n in idx if n in inputs}
-            if plan.new_fields is not None or plan.new_index is not None:
+            if plan.new_index is not None or rid in untagged:
+                inputs = index_inputs(kr, plain)
+                names = plan.new_index if plan.new_index is not None else inputs
+                plan.new_tags = {n: self.checks.tag(n, rid, inputs[n]) for n in names if n in inputs}
+                plan.tags_only = plan.new_index is None
+            if plan.new_fields is not None or plan.new_index is not None or plan.tags_only:
                 plans.append(plan)
         if key_rewraps and self.keys is not None:
             rep.record_keys_rewrapped += self.keys.rewrap_many(key_rewraps)
@@ -231,6 +243,12 @@ class _Rewrapper:
                         "INSERT INTO blind_index (index_name, value, record_id, tag) VALUES (?, ?, ?, ?)",
                         [(n, v, p.record_id, p.new_tags.get(n)) for n, v in p.new_index.items()])
                     rep.indexes_rebuilt += 1
+                elif p.tags_only:
+                    # the entries as they are, each given the tag of its value
+                    db.executemany("UPDATE blind_index SET tag = ? WHERE record_id = ? AND index_name = ?"
+                                   " AND tag IS NULL",
+                                   [(t, p.record_id, n) for n, t in p.new_tags.items()])
+                    rep.records_tagged += 1
                 if p.new_fields is not None:
                     if p.upgraded:
                         rep.records_upgraded += 1
