@@ -112,7 +112,6 @@ _LOOKUP_ONE_SQLITE = (f"SELECT {_JOINED_COLS} FROM blind_index b"
                       " JOIN records r ON r.record_id = b.record_id"
                       " WHERE b.index_name = ? AND b.value = ? ORDER BY b.record_id")
 _ENTRIES_ONE = "SELECT record_id, tag FROM blind_index WHERE index_name = ? AND value = ?"
-_ENTRIES_ANY_PG = "SELECT record_id, tag FROM blind_index WHERE index_name = ? AND value = ANY(?)"
 _RECORD_ONE = f"SELECT {_COLS} FROM records WHERE record_id = ?"
 _RECORD_TYPES = ["text", "bytea", "bytea", "bytea", "bytea", "bytea", "float8", "float8", "text"]
 _INDEX_TYPES = ["text", "bytea", "text", "bytea"]
@@ -449,12 +448,8 @@ class RecordStore:
         if check is not None or self._pg:
             if len(vals) == 1:
                 entries = db.query(_ENTRIES_ONE, (index_name, vals[0]))
-            elif self._pg:
-                entries = db.query(_ENTRIES_ANY_PG, (index_name, vals))
-            else:
-                entries = [e for chunk in _chunks(vals, _CHUNK_SQLITE) for e in db.query(
-                    f"SELECT record_id, tag FROM blind_index WHERE index_name = ?"
-                    f" AND value IN ({','.join('?' * len(chunk))})", (index_name, *chunk))]
+            else:  # a blind-index key rotation: each key's value
+                entries = [(rid, tag) for _v, rid, tag in self.entry_tags(index_name, vals)]
             if check is None:
                 ids = {rid for rid, _tag in entries}
             else:
@@ -563,23 +558,9 @@ class RecordStore:
         Only values with at least one record appear in the result (use
         ``.get(value, [])``); ids are sorted.
         """
-        vals = list(dict.fromkeys(bytes(v) for v in values))
         out: dict[bytes, list[str]] = {}
-        db = self._db
-        if self._pg:
-            for chunk in _chunks(vals, _CHUNK_PG):
-                rows = db.query("SELECT value, record_id FROM blind_index"
-                                " WHERE index_name = ? AND value = ANY(?::bytea[])",
-                                (index_name, _pg_bytea_array(chunk)))
-                for v, rid in rows:
-                    out.setdefault(bytes(v), []).append(rid)
-        else:
-            for chunk in _chunks(vals, _CHUNK_SQLITE):
-                rows = db.query("SELECT value, record_id FROM blind_index WHERE index_name = ?"
-                                f" AND value IN ({','.join('?' * len(chunk))})",
-                                (index_name, *chunk))
-                for v, rid in rows:
-                    out.setdefault(bytes(v), []).append(rid)
+        for v, rid, _tag in self.entry_tags(index_name, values):
+            out.setdefault(v, []).append(rid)
         for lst in out.values():
             lst.sort()
         return out
