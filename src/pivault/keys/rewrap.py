@@ -94,19 +94,9 @@ def _index_rotating(keyring: Keyring) -> bool:
 
 def index_inputs(keyring: Keyring, plain: dict[str, str]) -> dict[str, str]:
     """What each blind index of a record is computed over, from its (normalised) plaintext fields."""
-    from pivault.model import resident_id as _rid
-    from pivault.vault.facade import name_birth_key
+    from pivault.vault.facade import index_inputs as inputs
 
-    names = keyring.index_names
-    out: dict[str, str] = {}
-    idn = plain["id_number"]
-    if "id_number" in names:
-        out["id_number"] = idn
-    if plain.get("mobile") and "mobile" in names:
-        out["mobile"] = plain["mobile"]
-    if "name_birth" in names:
-        out["name_birth"] = name_birth_key(plain["name"], _rid.facts(idn).birth_date)
-    return out
+    return inputs(keyring, plain)
 
 
 def index_values(keyring: Keyring, plain: dict[str, str]) -> dict[str, bytes]:

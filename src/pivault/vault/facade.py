@@ -71,16 +71,20 @@ def name_birth_key(name: str, birth_date: _dt.date) -> str:
     return f"{name}|{birth_date.isoformat()}"
 
 
-def index_values(keyring: Keyring, r: Resident) -> dict[str, str]:
-    """The normalised value each of the keyring's blind indexes is computed over for ``r``."""
+def index_inputs(keyring: Keyring, plain: Mapping[str, str]) -> dict[str, str]:
+    """What each of the keyring's blind indexes is computed over, from a record's normalised fields.
+
+    The one definition: sealing, the index rebuild of ``keys rewrap`` and the check tags all use it.
+    """
     names = keyring.index_names
     values: dict[str, str] = {}
+    idn = plain["id_number"]
     if "id_number" in names:
-        values["id_number"] = r.id_number
-    if r.mobile and "mobile" in names:
-        values["mobile"] = r.mobile
+        values["id_number"] = idn
+    if plain.get("mobile") and "mobile" in names:
+        values["mobile"] = plain["mobile"]
     if "name_birth" in names:
-        values["name_birth"] = name_birth_key(r.name, r.birth_date)
+        values["name_birth"] = name_birth_key(plain["name"], _rid.facts(idn).birth_date)
     return values
 
 
@@ -91,7 +95,7 @@ def seal(keyring: Keyring, r: Resident, batch_id: str | None = None,
     # under a new per-record key when the keyring has record keys on (the Vault's store does)
     fields, record_key = keyring.encrypt_record(r.record_id,
                                                 {f: v.encode("utf-8") for f, v in plain.items()})
-    values = index_values(keyring, r)
+    values = index_inputs(keyring, plain)
     index = {name: keyring.blind_index(name, v) for name, v in values.items()}
     tags = checks.tags(r.record_id, values) if checks is not None else {}
     return StoredRecord(r.record_id, fields, index, batch_id=batch_id, record_key=record_key,
