@@ -41,3 +41,23 @@ def test_concurrent_processes_one_chain(store_url: str, db: Database, keyring: K
     assert report.checked == WORKERS * PER_WORKER
     seen = [e.principal for e in entries(db)]
     assert {p: seen.count(p) for p in set(seen)} == {f"worker-{w}": PER_WORKER for w in range(WORKERS)}
+
+
+def test_verify_while_workers_append(store_url: str, db: Database, keyring: Keyring,
+                                     writer: WriterKeys, verifier: VerifierKey) -> None:
+    """A DPO runs ``audit verify`` on a busy vault: what is being written is not tampering."""
+    fork = mp.get_context("fork")
+    procs = [fork.Process(target=_worker, args=(store_url, keyring, writer, 4 * PER_WORKER, 1),
+                          name=str(w)) for w in range(2)]
+    for p in procs:
+        p.start()
+    reports = []
+    while any(p.is_alive() for p in procs) or not reports:
+        reports.append(verify(db, verifier, keyring=keyring))
+    for p in procs:
+        p.join(120)
+        assert p.exitcode == 0
+    bad = [r for r in reports if not r.ok]
+    assert not bad, bad[0]
+    assert len(reports) > 1, "the verifier never ran while the workers wrote"
+    assert verify(db, verifier, keyring=keyring).checked == 2 * 4 * PER_WORKER

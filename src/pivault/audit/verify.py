@@ -80,7 +80,8 @@ def verify(db: Database, verifier: VerifierKey, *, checkpoint: Checkpoint | None
     """
     state: dict[str, Any] = {"checked": 0, "first": None, "last": None, "cps": 0, "chain": None}
     try:
-        _verify(db, verifier, checkpoint, keyring, state)
+        with db.snapshot():  # a live vault keeps appending while it is verified
+            _verify(db, verifier, checkpoint, keyring, state)
     except _Bad as bad:
         return VerifyReport(False, state["checked"], state["first"], state["last"], state["cps"],
                             state["chain"], bad.problem, bad.first_bad, bad.message)

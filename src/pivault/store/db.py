@@ -85,6 +85,7 @@ class Database:
         self._lock = threading.RLock()
         self._depth = 0
         self._owner: int | None = None
+        self._snapshot = False
         self._pid = os.getpid()
         self._conn: Any = self._connect()
 
@@ -177,6 +178,13 @@ class Database:
                 if not rows:
                     return
                 yield from (tuple(r) for r in rows)
+        elif self._snapshot and self.in_transaction:
+            # inside snapshot(): read what the snapshot sees, on its own connection
+            with self._lock, self._conn.cursor(name="pivault_snapshot_stream") as cur:
+                cur.itersize = size
+                cur.execute(self.sql(sql), params)
+                for row in cur:
+                    yield tuple(row)
         else:
             import psycopg
 
@@ -221,6 +229,37 @@ class Database:
                         yield self
                 finally:
                     self._depth = 0
+
+    @contextmanager
+    def snapshot(self) -> Iterator[Database]:
+        """Read-only: every query inside sees the database as it was at the first one.
+
+        For readers that compare rows across tables (the audit verifier reads the
+        chain head, then the entries): on a live vault, writers commit between two
+        plain queries and the reader would see a state that never existed. Other
+        threads wait on this connection until the snapshot ends.
+        """
+        with self._lock:
+            if self._depth:
+                raise StoreError("a snapshot cannot start inside a transaction",
+                                 code="store.snapshot")
+            self._owner = threading.get_ident()
+            self._depth = 1
+            self._snapshot = True
+            try:
+                if self.dialect == "sqlite":
+                    self._conn.execute("BEGIN")  # deferred: a read snapshot, no write lock
+                    try:
+                        yield self
+                    finally:
+                        self._conn.execute("COMMIT")
+                else:
+                    with self._conn.transaction():
+                        self._conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+                        yield self
+            finally:
+                self._depth = 0
+                self._snapshot = False
 
     @property
     def in_transaction(self) -> bool:
