@@ -162,3 +162,33 @@ def test_journal_line_and_mac_share_one_encoding(ctx: AccessContext) -> None:
     for seq, ts in ((1, 0), (2**40, 1_700_000_000_123_456)):
         assert b"[%d,%d," % (seq, ts) + encode_fields(odd) == json.dumps(
             [seq, ts, *odd], separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+def test_a_head_moved_while_the_macs_were_computed_ahead_is_chained_again(
+        db: Database, keyring: Keyring, writer: WriterKeys, verifier: VerifierKey,
+        ctx: AccessContext, store_url: str) -> None:
+    """The chaining thread computes a batch's MACs before its transaction; another writer
+    appending in between must not leave two entries with one sequence number or a broken chain."""
+    other_db = Database(store_url)
+    other = AuditLog(other_db, keyring, writer)
+    moved = []
+
+    class Racing(AuditLog):
+        def _macs_ahead(self, *args: object, **kwargs: object) -> object:  # type: ignore[override]
+            ahead = super()._macs_ahead(*args, **kwargs)  # type: ignore[arg-type]
+            if not moved:  # another process's entry lands between the two
+                moved.append(other.append(_ev(ctx, 999)))
+            return ahead
+
+    log = Racing(db, keyring, writer)
+    log.append_many([_ev(ctx, 0)])  # a head to compute ahead from
+    rows = [(1_700_000_000_000_000 + i, log._prepare(_ev(ctx, i))) for i in range(1, 11)]
+    seqs = log.append_rows(rows, background=True)
+    assert moved == [2] and seqs == list(range(3, 13))
+    report = verify(db, verifier, keyring=keyring)
+    assert report.ok and report.checked == 12, report
+    # and with nobody in between, the MACs computed ahead are the ones stored
+    seqs = log.append_rows(rows, background=True)
+    assert seqs == list(range(13, 23))
+    assert verify(db, verifier, keyring=keyring).ok
+    other_db.close()

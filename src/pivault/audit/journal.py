@@ -232,7 +232,7 @@ class Journal:
             try:
                 self.log.append_rows([(ts, f) for _, ts, f, _ in batch],
                                      journal=(self.journal_id, batch[-1][0]), db=self._db,
-                                     encoded=[e for *_, e in batch])
+                                     encoded=[e for *_, e in batch], background=True)
             except Exception as exc:
                 code = getattr(exc, "code", type(exc).__name__)
                 with self._cond:

@@ -370,6 +370,43 @@ class _Head:
     cp_ts_us: int
 
 
+#: entries whose MACs the chaining thread computes before it lets other threads run
+_YIELD_EVERY = 4
+#: how long it lets them run: any sleep lets a waiting request take the interpreter
+_YIELD_SECONDS = 0.00002
+
+
+@dataclass(frozen=True)
+class _Chained:
+    """A batch's rows with their MACs, chained onto ``head``, and the head after them."""
+
+    head: _Head
+    rows: list[tuple[Any, ...]]
+    seqs: list[int]
+    seq: int
+    mac: bytes
+    key: bytes
+
+
+def _chain(head: _Head, prepared: Sequence[tuple[int, tuple[Any, ...]]], encoded: Sequence[bytes],
+           yield_every: int) -> _Chained:
+    """MAC and ratchet each entry after ``head``; with ``yield_every``, sleep between slices."""
+    seq, mac, key = head.seq, head.mac, head.key
+    rows: list[tuple[Any, ...]] = []
+    seqs: list[int] = []
+    sleep = time.sleep
+    for (ts_us, fields_), tail in zip(prepared, encoded, strict=True):
+        seq += 1
+        # entry_mac and ratchet, inlined: the JSON of (seq, ts_us, *fields) from its tail
+        mac = hmac_sha256(key, b"%s[%d,%d,%s%s" % (ENTRY_DOMAIN, seq, ts_us, tail, mac))
+        key = hmac_sha256(key, RATCHET_LABEL)
+        rows.append((seq, ts_us, *fields_, mac))
+        seqs.append(seq)
+        if yield_every and not seq % yield_every:
+            sleep(_YIELD_SECONDS)
+    return _Chained(head, rows, seqs, seq, mac, key)
+
+
 class AuditLog:
     """Appends entries to the chain and makes checkpoints.
 
@@ -407,8 +444,8 @@ class AuditLog:
             self.journal = Journal(self, journal_dir)
 
     # -- head --------------------------------------------------------------------
-    def _read_head(self, db: Database) -> _Head | None:
-        lock = " FOR UPDATE" if db.dialect == "postgresql" else ""
+    def _read_head(self, db: Database, *, for_update: bool = True) -> _Head | None:
+        lock = " FOR UPDATE" if for_update and db.dialect == "postgresql" else ""
         row = db.query_one(
             "SELECT chain_id, seq, mac, key_ct, cp_seq, cp_ts_us FROM audit_head WHERE id = 1" + lock)
         if row is None:
@@ -507,18 +544,29 @@ class AuditLog:
 
     def append_rows(self, rows: Sequence[tuple[int, tuple[Any, ...]]],
                     journal: tuple[str, int] | None = None, *, db: Database | None = None,
-                    encoded: Sequence[bytes] | None = None) -> list[int]:
+                    encoded: Sequence[bytes] | None = None, background: bool = False) -> list[int]:
         """Chain prepared rows ``(ts_us, fields)`` in one transaction (on ``db``, default the log's).
 
         ``journal`` = (journal id, last journal sequence in ``rows``) is stored
         in the same transaction, so a journal replayed after a crash never
         chains an entry twice. ``encoded``, if given, holds each row's
         :func:`encode_fields` (computed once when it was journalled).
+
+        ``background``: the caller is the journal's chaining thread, beside
+        requests in the same interpreter. The MACs are then computed before the
+        write transaction, in slices between which the thread lets go of the
+        interpreter: a batch's MACs
+        (about a millisecond of Python for 40 entries) would otherwise hold up
+        whichever request was running when the thread woke, and hold the store's
+        write lock meanwhile. The head they start from is read first, outside the
+        transaction; if another writer moved it in between, the transaction
+        computes them again from the head it reads.
         """
         conn = db if db is not None else self.db
         with self._conn_lock(conn):
             try:
-                return self._append_locked(conn, rows, journal, encoded)
+                ahead = self._macs_ahead(conn, rows, encoded) if background else None
+                return self._append_locked(conn, rows, journal, encoded, ahead)
             except AuditError:
                 self._caches[id(conn)] = None
                 raise
@@ -552,24 +600,35 @@ class AuditLog:
         return (e.principal, e.role, e.purpose, e.operation, ids_json, count, e.outcome,
                 e.request_id, e.token_id, e.source, _check_detail(e.detail) if e.detail else "{}")
 
-    def _append_locked(self, db: Database, prepared: Sequence[tuple[int, tuple[Any, ...]]],
-                       journal: tuple[str, int] | None = None,
-                       encoded: Sequence[bytes] | None = None) -> list[int]:
-        now_us = int(self._clock() * 1_000_000)
+    def _macs_ahead(self, db: Database, prepared: Sequence[tuple[int, tuple[Any, ...]]],
+                    encoded: Sequence[bytes] | None) -> _Chained | None:
+        """The batch chained onto the head as it is now, yielding the GIL between slices.
+
+        The head is read outside the write transaction (another process's chaining
+        thread may move it before ours begins, which the transaction detects).
+        """
+        head = self._read_head(db, for_update=False)
+        if head is None:
+            return None
         if encoded is None:
             encoded = [encode_fields(f) for _, f in prepared]
+        return _chain(head, prepared, encoded, _YIELD_EVERY)
+
+    def _append_locked(self, db: Database, prepared: Sequence[tuple[int, tuple[Any, ...]]],
+                       journal: tuple[str, int] | None = None,
+                       encoded: Sequence[bytes] | None = None,
+                       ahead: _Chained | None = None) -> list[int]:
+        now_us = int(self._clock() * 1_000_000)
         with db.transaction():
             head = self._read_head(db) or self._init_chain(db, now_us)
-            seq, mac, key = head.seq, head.mac, head.key
-            rows: list[tuple[Any, ...]] = []
-            seqs: list[int] = []
-            for (ts_us, fields_), tail in zip(prepared, encoded, strict=True):
-                seq += 1
-                # entry_mac and ratchet, inlined: the JSON of (seq, ts_us, *fields) from its tail
-                mac = hmac_sha256(key, b"%s[%d,%d,%s%s" % (ENTRY_DOMAIN, seq, ts_us, tail, mac))
-                key = hmac_sha256(key, RATCHET_LABEL)
-                rows.append((seq, ts_us, *fields_, mac))
-                seqs.append(seq)
+            if (ahead is not None and ahead.head.chain_id == head.chain_id and ahead.head.seq == head.seq
+                    and ahead.head.mac == head.mac):
+                chained = ahead
+            else:  # no head known before, or another writer appended since: chain from this one
+                if encoded is None:
+                    encoded = [encode_fields(f) for _, f in prepared]
+                chained = _chain(head, prepared, encoded, 0)
+            rows, seqs, seq, mac, key = chained.rows, chained.seqs, chained.seq, chained.mac, chained.key
             if db.dialect == "postgresql":
                 # the whole batch as one JSON parameter: adapting 14 parameters per row in the
                 # driver costs more than writing the rows
