@@ -167,3 +167,62 @@ def test_fast_lookup_answers_and_audits_as_the_fastapi_route(
     assert 200 in statuses and 403 in statuses and 422 in statuses and 429 in statuses, statuses
     for (role, headers, body), a, b in zip(requests, slow, fast_answers, strict=True):
         assert a == b, (role, headers, body)
+
+
+_TRACED = '''
+import json, sys
+from contextlib import contextmanager
+from opentelemetry import trace
+from opentelemetry.trace import INVALID_SPAN_CONTEXT, NonRecordingSpan
+
+started = []
+
+class Tracer(trace.Tracer):
+    def start_span(self, name, *args, **kwargs):
+        started.append(name)
+        return NonRecordingSpan(INVALID_SPAN_CONTEXT)
+
+    @contextmanager
+    def start_as_current_span(self, name, *args, **kwargs):
+        started.append(name)
+        yield NonRecordingSpan(INVALID_SPAN_CONTEXT)
+
+class Provider(trace.TracerProvider):
+    def get_tracer(self, *args, **kwargs):
+        return Tracer()
+
+trace.set_tracer_provider(Provider())
+from fastapi.testclient import TestClient
+from pivault.api.server import ServeOptions, build_app
+
+home, policy, token, id_number = sys.argv[1:5]
+app = build_app(ServeOptions(home=home, policy=policy, log_to_stderr=False))
+with TestClient(app, base_url="https://testserver") as c:
+    assert c.get("/healthz").status_code == 200
+    r = c.post("/v1/residents/lookup", json={"id_number": id_number},
+               headers={"Authorization": "Bearer " + token, "X-Purpose": "identity_verification"})
+    assert r.status_code == 200, r.text
+app.state.vault.close()
+print(json.dumps(started))
+'''
+
+
+def test_no_request_reaches_an_opentelemetry_tracer(home: tuple[Path, Path, list[dict[str, Any]]],
+                                                    tmp_path: Path) -> None:
+    """A tracer provider installed in the process (as an OTEL_* setup or an agent would) sees no
+    request: what the service records leaves only through its access log and audit trail."""
+    import os
+    import subprocess
+    import sys
+
+    h, policy, residents = home
+    with Vault.open(h, passphrase=PASSPHRASE) as vault:
+        _, token = TokenStore(vault.db).create("otel-officer", "officer", ["identity_verification"],
+                                               ttl_seconds=3600)
+    script = tmp_path / "traced.py"
+    script.write_text(_TRACED, encoding="utf-8")
+    done = subprocess.run([sys.executable, str(script), str(h), str(policy), token,
+                           residents[0]["id_number"]], capture_output=True, text=True, timeout=120,
+                          env=dict(os.environ, PIVAULT_PASSPHRASE=PASSPHRASE))
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == []
