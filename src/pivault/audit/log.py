@@ -555,12 +555,12 @@ class AuditLog:
         ``background``: the caller is the journal's chaining thread, beside
         requests in the same interpreter. The MACs are then computed before the
         write transaction, in slices between which the thread lets go of the
-        interpreter: a batch's MACs
-        (about a millisecond of Python for 40 entries) would otherwise hold up
-        whichever request was running when the thread woke, and hold the store's
-        write lock meanwhile. The head they start from is read first, outside the
-        transaction; if another writer moved it in between, the transaction
-        computes them again from the head it reads.
+        interpreter: a batch's MACs (about a millisecond of Python for 40
+        entries) would otherwise hold up whichever request was running when the
+        thread woke, and hold the store's write lock meanwhile. The head they
+        start from is read first, outside the transaction; if another writer
+        moved it in between, the transaction computes them again from the head
+        it reads.
         """
         conn = db if db is not None else self.db
         with self._conn_lock(conn):

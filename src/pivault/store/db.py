@@ -179,7 +179,7 @@ class Database:
                     return
                 yield from (tuple(r) for r in rows)
         elif self._snapshot and self.in_transaction:
-            # inside snapshot(): read what the snapshot sees, on its own connection
+            # inside snapshot(): a cursor of the snapshot's own transaction, so it sees what it sees
             with self._lock, self._conn.cursor(name="pivault_snapshot_stream") as cur:
                 cur.itersize = size
                 cur.execute(self.sql(sql), params)
