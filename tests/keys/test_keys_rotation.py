@@ -8,13 +8,13 @@ import pytest
 from keys_support import ctx, provider, put_all, residents
 
 from pivault.crypto import IntegrityError, Keyring, KeyringError
-from pivault.keys.rewrap import index_inputs, index_values, rewrap
+from pivault.keys.rewrap import index_values, rewrap
 from pivault.keys.rotate import resolve_keysets, retire_unused, rotate, status
 from pivault.keys.shred import ShreddingRecordStore
 from pivault.keys.sites import census, file_sites
 from pivault.store.records import RecordStore
 from pivault.vault import Vault
-from pivault.vault.facade import open_record, seal
+from pivault.vault.facade import index_inputs, open_record, seal
 
 
 def _keys(vault: Vault) -> ShreddingRecordStore:

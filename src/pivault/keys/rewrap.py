@@ -38,6 +38,7 @@ from pivault.keys.shred import RecordKeyStore
 from pivault.keys.sites import FileSite, Site, sites
 from pivault.store.db import Database
 from pivault.store.records import RecordStore
+from pivault.vault.facade import index_inputs
 
 __all__ = ["JOB", "RewrapProgress", "RewrapReport", "index_values", "rewrap", "target_of"]
 
@@ -90,13 +91,6 @@ def target_of(keyring: Keyring) -> dict[str, Any]:
 
 def _index_rotating(keyring: Keyring) -> bool:
     return any(len(keyring.key_ids(f"prf.{n}")) > 1 for n in keyring.index_names)
-
-
-def index_inputs(keyring: Keyring, plain: dict[str, str]) -> dict[str, str]:
-    """What each blind index of a record is computed over, from its (normalised) plaintext fields."""
-    from pivault.vault.facade import index_inputs as inputs
-
-    return inputs(keyring, plain)
 
 
 def index_values(keyring: Keyring, plain: dict[str, str]) -> dict[str, bytes]:
