@@ -88,9 +88,7 @@ class CheckTags:
         ``value`` is what the blind index is computed over; a record id holds no NUL byte, so
         the message ``record id | NUL | value`` splits one way only.
         """
-        h = self._state(index_name).copy()
-        h.update(b"%s\x00%s" % (record_id.encode("ascii"), value.encode("utf-8")))
-        return h.digest()  # type: ignore[no-any-return]
+        return self.tags(record_id, {index_name: value})[index_name]
 
     def tags(self, record_id: str, values: Mapping[str, str]) -> dict[str, bytes]:
         """:meth:`tag` of each ``index name -> value`` of one record (the import's three)."""
