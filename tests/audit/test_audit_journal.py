@@ -5,8 +5,11 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from pivault.audit import AuditError, AuditEvent, AuditLog, VerifierKey, WriterKeys, entries, verify
 from pivault.crypto import Keyring
@@ -162,6 +165,19 @@ def test_journal_line_and_mac_share_one_encoding(ctx: AccessContext) -> None:
     for seq, ts in ((1, 0), (2**40, 1_700_000_000_123_456)):
         assert b"[%d,%d," % (seq, ts) + encode_fields(odd) == json.dumps(
             [seq, ts, *odd], separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.one_of(st.text(), st.integers(min_value=-2**70, max_value=2**70), st.none(),
+                          st.booleans(), st.floats(allow_nan=False)), min_size=1, max_size=12))
+def test_the_fast_encoding_is_the_json_encoders_byte_for_byte(values: list[Any]) -> None:
+    """Any values, odd ones included (bools and floats take the encoder's own path)."""
+    import json
+
+    from pivault.audit.log import encode_fields
+
+    assert b"[7,9," + encode_fields(tuple(values)) == json.dumps(
+        [7, 9, *values], separators=(",", ":"), ensure_ascii=False).encode("utf-8")
 
 
 def test_a_head_moved_while_the_macs_were_computed_ahead_is_chained_again(

