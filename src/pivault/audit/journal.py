@@ -71,7 +71,8 @@ def _forked() -> None:
     _FORKS[0] += 1
     for journal in list(_JOURNALS):
         # the parent's chaining thread may have held it at the fork; it does not exist here
-        journal._cond = threading.Condition()
+        journal._lock = threading.Lock()
+        journal._cond = threading.Condition(journal._lock)
 
 
 os.register_at_fork(after_in_child=_forked)
@@ -89,7 +90,10 @@ class Journal:
         self.max_backlog = max_backlog
         #: refuse new entries when the oldest waiting one is older than this
         self.stale_after = stale_after
-        self._cond = threading.Condition()
+        #: the condition's own lock, entered directly on the request path (a C-level `with`,
+        #: without the Condition's Python-level __enter__)
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
         self._pid = -1
         self._fd = -1
         self.journal_id = ""
@@ -150,7 +154,7 @@ class Journal:
         # encoded once, for the line here and for the MAC in the chaining thread
         tail = encode_fields(fields)
         ts_us = int(self._clock() * 1_000_000)
-        with self._cond:
+        with self._lock:
             if self._broken is not None:
                 raise AuditError(f"the audit chain cannot be written ({self._broken}); refusing",
                                  code="audit.unavailable", hint="check the store")
