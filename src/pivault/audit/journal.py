@@ -2,7 +2,7 @@
 
 A database transaction per lookup would cost more than the lookup itself
 (about 100-150 µs for the smallest SQLite write transaction against about
-300 µs for a lookup on the development machine). So, as a database does with
+300 µs for a lookup on the benchmark machine). So, as a database does with
 its own write-ahead log, each process writes an entry first to its own
 journal file — one ``write`` with ``O_APPEND``, the same durability as a
 SQLite commit in WAL mode with ``synchronous=NORMAL`` (survives a crash of
