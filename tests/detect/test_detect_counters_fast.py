@@ -79,3 +79,51 @@ def test_redis_windows_agree_with_in_process_ones_over_time(redis_url: str) -> N
         assert 50 < refused < 850  # both outcomes were exercised
     finally:
         rc.flush_namespace()
+
+
+def test_detector_buckets_reach_redis_whole_in_several_commands(redis_url: str) -> None:
+    """More fields than one command carries: every field counted, the hash given its lifetime."""
+    from pivault.detect.counters import _ADD_FIELDS_CHUNK
+
+    rc = RedisCounters(redis_url, namespace="test-" + uuid.uuid4().hex[:8])
+    fields = {f"pc:officer-{i % 7}|{i % 34:02d}:{1930 + i // 34:04d}": 1 + i % 3
+              for i in range(2 * _ADD_FIELDS_CHUNK + 500)}
+    fields["t"] = 12_345
+    try:
+        rc.add_fields("d:42", fields, 600.0)
+        rc.add_fields("d:42", fields, 600.0)
+        (got,) = rc.read_fields(["d:42"])
+        assert got == {k: 2 * v for k, v in fields.items()}
+        ttl_ms = redis.Redis.from_url(redis_url).pttl(rc._k("d:42"))
+        assert 590_000 < ttl_ms <= 600_000
+    finally:
+        rc.flush_namespace()
+
+
+def test_detector_buckets_survive_a_lost_script_and_a_dropped_connection(redis_url: str) -> None:
+    rc = RedisCounters(redis_url, namespace="test-" + uuid.uuid4().hex[:8])
+    try:
+        rc.add_fields("d:7", {"t": 1, "p:a": 1}, 60.0)
+        rc._add.sha = "0" * 40  # the server lacks the script
+        rc.add_fields("d:7", {"t": 1, "p:a": 1}, 60.0)
+        conn = rc._own.conn
+        conn.send_command("CLIENT", "ID")
+        client_id = conn.read_response()
+        redis.Redis.from_url(redis_url).client_kill_filter(_id=client_id)  # the server drops it
+        rc.add_fields("d:7", {"t": 1, "p:a": 1}, 60.0)
+        rc.add_fields("d:7", {"t": 1, "p:a": 1}, 60.0)
+        assert rc.read_fields(["d:7"]) == [{"t": 4, "p:a": 4}]  # four sends, each counted once
+    finally:
+        rc.flush_namespace()
+
+
+def test_detector_buckets_fail_closed_when_redis_is_unreachable() -> None:
+    from pivault.detect import DetectUnavailable
+
+    rc = RedisCounters("redis://127.0.0.1:1/0", timeout=0.2)
+    try:
+        rc.add_fields("d:1", {"t": 1}, 60.0)
+    except DetectUnavailable as exc:
+        assert exc.code == "detect.unavailable"
+    else:
+        raise AssertionError("counts that cannot reach Redis must raise, not vanish")
