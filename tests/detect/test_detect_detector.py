@@ -189,3 +189,44 @@ def test_stop_counts_what_is_queued_and_ends_the_thread(counters: Counters, cloc
     assert sum(h.get("p:officer-7", 0) for h in counters.read_fields(queued)) == 4  # sent by the last round
     det.observe(_ctx(7), 1)  # no thread now: counted on the caller's thread, at the counters' clock
     assert counters.read_fields([f"d:{math.floor(clock.t / 10.0)}"])[0]["p:officer-7"] == 1
+
+
+def test_a_queued_round_counts_and_follows_sweeps_as_reads_one_by_one_do() -> None:
+    """The thread sums a whole round of queued reads at once: the same counts and the same
+    ordered-sweep verdicts, per principal, as counting each read as it comes."""
+    from pivault.detect import MemoryCounters
+
+    rnd = random.Random(11)
+    reads: list[tuple[AccessContext, list[tuple[str | None, int | None]]]] = []
+    for _ in range(1500):
+        who = rnd.randrange(4)
+        if who == 0:  # officer-0 sweeps forward through the years, with a few steps back
+            year = 1950 + len([r for r in reads if r[0].principal == "officer-0"]) // 8
+            year -= 30 if rnd.random() < 0.01 else 0
+            facts: list[tuple[str | None, int | None]] = [("440305", year)]
+        else:
+            facts = [(rnd.choice(["310104", "110101", None]), rnd.choice([None, rnd.randint(1930, 2020)]))
+                     for _ in range(rnd.randint(1, 3))]
+        reads.append((_ctx(who), facts))
+    cfg = DetectorConfig(evaluate_every=3600, ordered_min_run=40, ordered_min_cells=3)
+    one_by_one = GlobalDetector(MemoryCounters(), AlertDispatcher(), cfg)
+    queued = GlobalDetector(MemoryCounters(), AlertDispatcher(), cfg)
+    queued.start()  # its first round is an hour away: the test plays the thread's part
+    try:
+        for ctx, facts in reads:
+            one_by_one.observe_facts(ctx, facts)
+            queued.observe_facts(ctx, facts)
+        queued._send()
+        totals = []
+        for det in (one_by_one, queued):
+            merged: dict[str, int] = {}
+            hashes = det.counters._hashes  # type: ignore[attr-defined]
+            for key in [k for k in hashes if k[2:].isdigit()]:  # the buckets (the two may straddle one)
+                for field, n in det.counters.read_fields([key])[0].items():
+                    merged[field] = merged.get(field, 0) + n
+            totals.append(merged)
+        assert totals[0] == totals[1] and totals[0]["t"] == sum(len(f) for _, f in reads)
+        sweeps = [{a.principal for a in d.raised if a.rule == "sweep.ordered"} for d in (one_by_one, queued)]
+        assert sweeps[0] == sweeps[1] and "officer-0" in sweeps[1]
+    finally:
+        queued.stop()

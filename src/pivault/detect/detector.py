@@ -92,7 +92,7 @@ def _fold(into: dict[str, int], h: dict[str, int], kind: str, sign: int) -> None
 
 @dataclass
 class _Run:
-    last: tuple[str, str] | None = None
+    last: str | None = None
     length: int = 0
     cells: int = 0
 
@@ -178,25 +178,62 @@ class GlobalDetector:
             self._evaluate_safely(now)
 
     def _drain(self) -> None:
-        """The evaluation thread: count the queued reads into this process's unsent buckets."""
+        """The evaluation thread: count the queued reads into this process's unsent buckets.
+
+        What is queued is taken at once and summed here, then added to the
+        unsent buckets under one lock: the thread holds the interpreter for as
+        short a time as it can while requests wait for it.
+        """
         inbox = self._inbox
+        pop = inbox.popleft
+        taken = []
+        try:
+            while True:
+                taken.append(pop())
+        except IndexError:
+            pass
+        if not taken:
+            return
         size = self.config.bucket_seconds
-        while True:
-            try:
-                at, ctx, records, cells, facts = inbox.popleft()
-            except IndexError:
-                return
+        floor = math.floor
+        sums: dict[int, dict[str, int]] = {}
+        runs: list[tuple[AccessContext, Sequence[str | None]]] = []
+        for at, ctx, records, cells, facts in taken:
             if facts is not None:
                 cells = [cell_of(r, y) for r, y in facts]
-            fields = self._fields(ctx, records, cells)
             # bucketed by this host's clock: a second of drift does not matter to 10 s buckets
-            bucket = math.floor(at / size)
-            with self._lock:
-                into = self._unsent.setdefault(bucket, {})
+            bucket = floor(at / size)
+            into = sums.get(bucket)
+            if into is None:
+                into = sums[bucket] = {}
+            principal = ctx.principal
+            into["t"] = into.get("t", 0) + records
+            key = "p:" + principal
+            into[key] = into.get(key, 0) + records
+            for cell in cells:
+                if cell:
+                    key = "c:" + cell
+                    into[key] = into.get(key, 0) + 1
+                    key = "pc:" + principal + "|" + cell
+                    into[key] = into.get(key, 0) + 1
+            if cells:
+                runs.append((ctx, cells))
+        # the latest evidence of each principal whose reads kept in order, raised once a round
+        evidence: dict[str, tuple[AccessContext, dict[str, object]]] = {}
+        with self._lock:
+            for ctx, cells in runs:
+                found = self._advance(ctx.principal, cells)
+                if found is not None:
+                    evidence[ctx.principal] = (ctx, found)
+            for bucket, fields in sums.items():
+                into = self._unsent.get(bucket)
+                if into is None:
+                    self._unsent[bucket] = fields
+                    continue
                 for k, v in fields.items():
                     into[k] = into.get(k, 0) + v
-            if cells:
-                self._ordered(ctx, cells)
+        for principal, (ctx, found) in evidence.items():
+            self._raise("sweep.ordered", "warning", principal, ctx.token_id, found)
 
     def _ttl(self) -> float:
         cfg = self.config
@@ -270,30 +307,36 @@ class GlobalDetector:
         Kept per process: each worker sees a subsequence of a principal's
         reads, and a subsequence of an ordered sweep is still ordered.
         """
-        cfg = self.config
-        evidence: dict[str, object] | None = None
         with self._lock:
-            run = self._runs.get(ctx.principal)
-            if run is None:
-                if len(self._runs) > 100_000:
-                    self._runs.clear()
-                run = self._runs[ctx.principal] = _Run()
-            for cell in cells:
-                if not cell:
-                    continue
-                prov, _, year = cell.partition(":")
-                key = (prov, year)
-                if run.last is None or key < run.last:
-                    run.length, run.cells = 1, 1
-                else:
-                    run.length += 1
-                    run.cells += key != run.last
-                run.last = key
-            if run.length >= cfg.ordered_min_run and run.cells >= cfg.ordered_min_cells:
-                evidence = {"reads_in_order": run.length, "cells": run.cells,
-                            "last_cell": ":".join(run.last) if run.last else None}
+            evidence = self._advance(ctx.principal, cells)
         if evidence is not None:
             self._raise("sweep.ordered", "warning", ctx.principal, ctx.token_id, evidence)
+
+    def _advance(self, principal: str, cells: Sequence[str | None]) -> dict[str, object] | None:
+        """:meth:`_ordered`'s step, with the lock held; the evidence once the run is long enough.
+
+        Cells compare as text: ``PP:YYYY`` has fixed widths, so their text order is
+        (province, year) order.
+        """
+        run = self._runs.get(principal)
+        if run is None:
+            if len(self._runs) > 100_000:
+                self._runs.clear()
+            run = self._runs[principal] = _Run()
+        for cell in cells:
+            if not cell:
+                continue
+            last = run.last
+            if last is None or cell < last:
+                run.length, run.cells = 1, 1
+            else:
+                run.length += 1
+                run.cells += cell != last
+            run.last = cell
+        cfg = self.config
+        if run.length >= cfg.ordered_min_run and run.cells >= cfg.ordered_min_cells:
+            return {"reads_in_order": run.length, "cells": run.cells, "last_cell": run.last}
+        return None
 
     # -- evaluation -----------------------------------------------------------------
     def baseline(self) -> float:
