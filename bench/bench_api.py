@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import re
@@ -297,6 +298,15 @@ def _wrk_latency(text: str, pct: str) -> float:
     return v / 1000 if m.group(2) == "us" else v * 1000 if m.group(2) == "s" else v
 
 
+def _wrk_max(text: str) -> float:
+    """The slowest request of the run, in ms (wrk's thread-stats line: avg, stdev, max, +/- stdev)."""
+    m = re.search(r"^\s*Latency\s+\S+\s+\S+\s+([\d.]+)(us|ms|s)\s", text, re.M)
+    if not m:
+        return float("nan")
+    v = float(m.group(1))
+    return v / 1000 if m.group(2) == "us" else v * 1000 if m.group(2) == "s" else v
+
+
 def run_wrk(url: str, seconds: int, connections: int, threads: int, script: Path | None,
             meter: CpuMeter | None = None) -> dict[str, float]:
     cmd = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--latency", "--timeout", "5s"]
@@ -318,6 +328,7 @@ def run_wrk(url: str, seconds: int, connections: int, threads: int, script: Path
     non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", text)
     errors = re.search(r"Socket errors:.*", text)
     out = {"rps": rps, "p50": _wrk_latency(text, "50"), "p99": _wrk_latency(text, "99"),
+           "max": _wrk_max(text),
            "non2xx": float(non2xx.group(1)) if non2xx else 0.0, "socket_errors": 1.0 if errors else 0.0,
            "client_ms": client / max(requests, 1) * 1000}
     for k in after:
@@ -459,7 +470,8 @@ def main() -> None:
     print("                                                         workers  redis  client")
     for label, r in (("baseline GET /healthz     ", health), ("POST /v1/residents/lookup ", look)):
         print(f"{label}: {r['rps']:>8,.0f} req/s  p50 {r['p50']:6.2f} ms  p99 {r['p99']:6.2f} ms  "
-              f"{r['workers_ms']:6.3f} {r['redis_ms']:6.3f} {r['client_ms']:6.3f}")
+              f"{r['workers_ms']:6.3f} {r['redis_ms']:6.3f} {r['client_ms']:6.3f}  "
+              f"max {r.get('max', math.nan):.1f} ms")
     print(f"lookups refused or failed (non-2xx), median round: {look['non2xx']:.0f}")
     rounds_l = ", ".join(f"{r['rps']:,.0f}" for r in looks)
     rounds_h = ", ".join(f"{r['rps']:,.0f}" for r in healths)

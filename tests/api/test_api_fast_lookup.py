@@ -226,3 +226,26 @@ def test_no_request_reaches_an_opentelemetry_tracer(home: tuple[Path, Path, list
                           env=dict(os.environ, PIVAULT_PASSPHRASE=PASSPHRASE))
     assert done.returncode == 0, done.stderr[-2000:]
     assert json.loads(done.stdout.strip().splitlines()[-1]) == []
+
+
+def test_a_worker_keeps_what_it_built_at_startup_out_of_the_collectors_walks(
+        home: tuple[Path, Path, list[dict[str, Any]]]) -> None:
+    """uvicorn's factory freezes the worker's startup objects: a full collection then walks only
+    what requests made, instead of holding the worker's requests for tens of milliseconds."""
+    import os
+    import subprocess
+    import sys
+
+    from pivault.api.server import OPTIONS_ENV
+
+    h, policy, _ = home
+    code = ("import gc; from pivault.api.server import app_factory\n"
+            "assert gc.get_freeze_count() == 0\n"
+            "app = app_factory()\n"
+            "print(gc.get_freeze_count())\n"
+            "app.state.vault.close()\n")
+    opts = ServeOptions(home=str(h), policy=str(policy), log_to_stderr=False)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          env=dict(os.environ, PIVAULT_PASSPHRASE=PASSPHRASE, **{OPTIONS_ENV: opts.to_env()}))
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert int(done.stdout.strip().splitlines()[-1]) > 10_000  # the app, the vault, the policy, the model
