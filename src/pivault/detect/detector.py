@@ -31,7 +31,7 @@ import os
 import threading
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from pivault.detect.alerts import Alert, AlertDispatcher
@@ -79,15 +79,25 @@ class DetectorConfig:
     extra: dict[str, float] = field(default_factory=dict)
 
 
-def _fold(into: dict[str, int], h: dict[str, int], kind: str, sign: int) -> None:
-    """Add (or take away) the fields of one kind of bucket ``h``."""
+def _by_kind(h: dict[str, int], kinds: Iterable[str]) -> dict[str, dict[str, int]]:
+    """A bucket's fields split by kind (``t``, ``p:``, ``c:``, ``pc``) in one pass."""
+    parts: dict[str, dict[str, int]] = {kind: {} for kind in kinds}
     for k, v in h.items():
-        if k[:2] == kind or k == kind:
-            n = into.get(k, 0) + sign * v
-            if n:
-                into[k] = n
-            else:
-                into.pop(k, None)
+        part = parts.get(k if k == "t" else k[:2])
+        if part is not None:
+            part[k] = v
+    return parts
+
+
+def _fold(into: dict[str, int], part: dict[str, int], sign: int) -> None:
+    """Add (or take away) the fields of one kind of a bucket."""
+    get = into.get
+    for k, v in part.items():
+        n = get(k, 0) + sign * v
+        if n:
+            into[k] = n
+        else:
+            into.pop(k, None)
 
 
 @dataclass
@@ -121,7 +131,7 @@ class GlobalDetector:
         self._agg: dict[str, dict[str, int]] = {}
         self._agg_spans: dict[str, int] = {}
         self._agg_last: int | None = None
-        self._done: dict[int, dict[str, int]] = {}
+        self._done: dict[int, dict[str, dict[str, int]]] = {}
         #: alerts raised by this process (rule names), for status and tests
         self.raised: list[Alert] = []
 
@@ -428,23 +438,23 @@ class GlobalDetector:
                 leaving = [(kind, b) for kind, n in spans.items()
                            for b in range(prev - n + 1, min(prev, last - n + 1))]
             fetched = self.counters.read_fields([f"d:{b}" for b in (*new, last)])
-            current = fetched[-1]
+            current = _by_kind(fetched[-1], spans)
             for b, h in zip(new, fetched[:-1], strict=True):
-                self._done[b] = h
+                parts = self._done[b] = _by_kind(h, spans)
                 for kind, n in spans.items():
                     if b > last - n:
-                        _fold(self._agg[kind], h, kind, 1)
+                        _fold(self._agg[kind], parts[kind], 1)
             for kind, b in leaving:
                 gone = self._done.get(b)
                 if gone is not None:
-                    _fold(self._agg[kind], gone, kind, -1)
+                    _fold(self._agg[kind], gone[kind], -1)
             for b in [b for b in self._done if b <= last - longest]:
                 del self._done[b]
             self._agg_last = last
             out: dict[str, dict[str, int]] = {}
             for kind in spans:
                 total = dict(self._agg[kind])
-                _fold(total, current, kind, 1)
+                _fold(total, current[kind], 1)
                 out[kind] = total
             return out
 
