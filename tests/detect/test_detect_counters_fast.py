@@ -89,6 +89,7 @@ def test_detector_buckets_reach_redis_whole_in_several_commands(redis_url: str) 
     fields = {f"pc:officer-{i % 7}|{i % 34:02d}:{1930 + i // 34:04d}": 1 + i % 3
               for i in range(2 * _ADD_FIELDS_CHUNK + 500)}
     fields["t"] = 12_345
+    fields["pc:警员-甲|31:1985"] = 3  # principals are named by operators, in any script
     try:
         rc.add_fields("d:42", fields, 600.0)
         rc.add_fields("d:42", fields, 600.0)
