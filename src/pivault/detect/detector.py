@@ -79,6 +79,20 @@ class DetectorConfig:
     extra: dict[str, float] = field(default_factory=dict)
 
 
+def _count_read(into: dict[str, int], principal: str, records: int, cells: Sequence[str | None]) -> None:
+    """Add one read to a bucket's fields: ``t`` records in all, ``p:`` by principal, ``c:`` by
+    cell, ``pc:`` by principal and cell (the kinds the rules sum)."""
+    into["t"] = into.get("t", 0) + records
+    key = "p:" + principal
+    into[key] = into.get(key, 0) + records
+    for cell in cells:
+        if cell:
+            key = "c:" + cell
+            into[key] = into.get(key, 0) + 1
+            key = "pc:" + principal + "|" + cell
+            into[key] = into.get(key, 0) + 1
+
+
 def _by_kind(h: dict[str, int], kinds: Iterable[str]) -> dict[str, dict[str, int]]:
     """A bucket's fields split by kind (``t``, ``p:``, ``c:``, ``pc``) in one pass."""
     parts: dict[str, dict[str, int]] = {kind: {} for kind in kinds}
@@ -165,12 +179,8 @@ class GlobalDetector:
         self._count(ctx, len(facts), [cell_of(r, y) for r, y in facts])
 
     def _fields(self, ctx: AccessContext, records: int, cells: Sequence[str | None]) -> dict[str, int]:
-        fields: dict[str, int] = {"t": records, "p:" + ctx.principal: records}
-        for cell in cells:
-            if cell:
-                k1, k2 = "c:" + cell, "pc:" + ctx.principal + "|" + cell
-                fields[k1] = fields.get(k1, 0) + 1
-                fields[k2] = fields.get(k2, 0) + 1
+        fields: dict[str, int] = {}
+        _count_read(fields, ctx.principal, records, cells)
         return fields
 
     def _count(self, ctx: AccessContext, records: int, cells: Sequence[str | None]) -> None:
@@ -216,16 +226,7 @@ class GlobalDetector:
             into = sums.get(bucket)
             if into is None:
                 into = sums[bucket] = {}
-            principal = ctx.principal
-            into["t"] = into.get("t", 0) + records
-            key = "p:" + principal
-            into[key] = into.get(key, 0) + records
-            for cell in cells:
-                if cell:
-                    key = "c:" + cell
-                    into[key] = into.get(key, 0) + 1
-                    key = "pc:" + principal + "|" + cell
-                    into[key] = into.get(key, 0) + 1
+            _count_read(into, ctx.principal, records, cells)
             if cells:
                 runs.append((ctx, cells))
         # the latest evidence of each principal whose reads kept in order, raised once a round
