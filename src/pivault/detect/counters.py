@@ -425,7 +425,7 @@ class RedisCounters:
         self._charge = self._r.register_script(_CHARGE_LUA)
         self._incr = self._r.register_script(_INCR_LUA)
         self._add = self._r.register_script(_ADD_FIELDS_LUA)
-        #: per thread, a connection of its own for :meth:`charge` (see there)
+        #: per thread, a connection of its own for the scripts (see :meth:`_run`)
         self._own = threading.local()
 
     def _fail(self, exc: Exception) -> DetectUnavailable:
@@ -457,17 +457,7 @@ class RedisCounters:
                            "d": [[d.limit, list(dict.fromkeys(d.ids))] for d in distinct]},
                           separators=(",", ":"))
         args: list[Any] = ["" if self._clock is None else repr(float(self._clock())), spec, BUCKETS]
-        errors = self._redis_mod.exceptions
-        try:
-            res = self._charge_fast(keys, args)
-        except (errors.NoScriptError, errors.ConnectionError, errors.TimeoutError):
-            try:
-                # the client library's own way: loads the script if the server lost it, retries
-                res = self._charge(keys=keys, args=args)
-            except self._redis_mod.RedisError as exc:
-                raise self._fail(exc) from None
-        except self._redis_mod.RedisError as exc:
-            raise self._fail(exc) from None
+        res = self._run(self._charge, keys, args)
         if int(res[0]) == 1:
             return None
         idx = int(res[1]) - 1
@@ -475,14 +465,25 @@ class RedisCounters:
         rule = rules[idx]
         return Refusal(rule.name, max(float(res[2]), 0.001), int(res[3]), rule.limit)
 
-    def _charge_fast(self, keys: list[str], args: list[Any]) -> Any:
-        """``EVALSHA`` of the charge script on this thread's own connection (see :meth:`_evalsha`).
+    def _run(self, script: Any, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        """A registered script: on this thread's own connection, else the client library's way.
 
-        Every read pays this round trip, and the client library's general path
+        Every read pays the charge's round trip, and the library's general path
         (connection pool, retry wrapper, command packing) costs about three times
-        the CPU of the send and the receive themselves.
+        the CPU of the send and the receive themselves. If the server lost the
+        script or the connection broke, the library's call loads the script and
+        retries; any other failure, or that one's, is ``DetectUnavailable``.
         """
-        return self._evalsha(self._charge.sha, keys, args)
+        errors = self._redis_mod.exceptions
+        try:
+            return self._evalsha(script.sha, keys, args)
+        except (errors.NoScriptError, errors.ConnectionError, errors.TimeoutError):
+            try:
+                return script(keys=keys, args=args)
+            except self._redis_mod.RedisError as exc:
+                raise self._fail(exc) from None
+        except self._redis_mod.RedisError as exc:
+            raise self._fail(exc) from None
 
     def _evalsha(self, sha: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
         """``EVALSHA``, packed here and sent on this thread's own connection.
@@ -518,19 +519,8 @@ class RedisCounters:
         keys = [self._k(key)]
         flat = [x for kv in fields.items() for x in kv]
         step = 2 * _ADD_FIELDS_CHUNK
-        errors = self._redis_mod.exceptions
         for i in range(0, len(flat), step):
-            args = [int(ttl * 1000), *flat[i:i + step]]
-            try:
-                self._evalsha(self._add.sha, keys, args)
-            except (errors.NoScriptError, errors.ConnectionError, errors.TimeoutError):
-                try:
-                    # the client library's own way: loads the script if the server lost it, retries
-                    self._add(keys=keys, args=args)
-                except self._redis_mod.RedisError as exc:
-                    raise self._fail(exc) from None
-            except self._redis_mod.RedisError as exc:
-                raise self._fail(exc) from None
+            self._run(self._add, keys, [int(ttl * 1000), *flat[i:i + step]])
 
     def read_fields(self, keys: Sequence[str]) -> list[dict[str, int]]:
         try:
