@@ -240,8 +240,7 @@ def entry_mac(key: bytes, row: Sequence[Any], prev_mac: bytes) -> bytes:
     The row is serialised as a JSON array of exactly the stored values, so the
     verifier recomputes it from the database without re-encoding anything.
     """
-    body = _ENCODE(list(row)).encode("utf-8")
-    return hmac_sha256(key, ENTRY_DOMAIN + body + prev_mac)
+    return hmac_sha256(key, ENTRY_DOMAIN + b"[" + encode_fields(row) + prev_mac)
 
 
 def encode_fields(fields: Sequence[Any]) -> bytes:
