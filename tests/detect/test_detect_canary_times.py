@@ -35,3 +35,24 @@ def test_times_are_drawn_across_the_vault(store_url: str) -> None:
     assert len(set(times)) >= 12
     # not the oldest records first: 16 draws all below the tenth percentile would be a 1e-16 event
     assert max(times) > T0 + n / 10
+
+
+def test_a_large_vault_is_sampled_by_pages_spread_over_the_table(store_url: str) -> None:
+    db = connect(store_url)
+    migrate(db)
+    n = 2000
+    big = b"x" * 1500  # a few records per page: the table spans hundreds of pages
+    RecordStore(db).insert([
+        StoredRecord(new_record_id(T0 + i), {"name": big, "id_number": b"c"},
+                     {"id_number": i.to_bytes(4, "big")}, created_at=T0 + i, updated_at=T0 + i)
+        for i in range(n)])
+    if db.dialect == "postgresql":
+        db.execute("ANALYZE records")
+        pages = db.query_one("SELECT relpages FROM pg_class WHERE oid = 'records'::regclass")
+        assert pages is not None and pages[0] > 8 * 16  # the page sample is what is drawn from
+    times = _creation_times(db, 16, random.Random(9))
+    db.close()
+    assert len(times) == 16 and all(T0 <= t < T0 + n for t in times)
+    # from all over the table, not a few neighbouring pages: at least 4 of its tenths (16 uniform
+    # draws fall in fewer with odds below 1e-6)
+    assert len({int((t - T0) * 10 // n) for t in times}) >= 4

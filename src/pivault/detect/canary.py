@@ -236,12 +236,15 @@ def _creation_times(db: Database, n: int, rnd: random.Random) -> list[float]:
             if row is not None:
                 out.append(float(row[0]))
         return out
-    est = db.query_one("SELECT reltuples FROM pg_class WHERE oid = 'records'::regclass")
-    rows_guess = float(est[0]) if est is not None and est[0] is not None else 0.0
-    if rows_guess > 100 * n:
-        percent = min(100.0, 100.0 * 20 * n / rows_guess)
+    # a page sample of about 4n pages: the draws then come from ~n different pages, spread over
+    # the table, rather than from the handful of pages that 20n rows fill (records of one page
+    # were created together: canaries drawn from it would share their times)
+    est = db.query_one("SELECT relpages FROM pg_class WHERE oid = 'records'::regclass")
+    pages = int(est[0]) if est is not None and est[0] is not None else 0
+    if pages > 8 * n:
+        percent = 100.0 * 4 * n / pages
         sampled = db.query(f"SELECT created_at FROM records TABLESAMPLE SYSTEM ({percent:.6f})"
                            f" ORDER BY random() LIMIT {int(n)}")
-        if sampled:
+        if len(sampled) == n:
             return [float(r[0]) for r in sampled]
     return [float(r[0]) for r in db.query(f"SELECT created_at FROM records ORDER BY random() LIMIT {int(n)}")]
