@@ -10,7 +10,8 @@ database dashboard on a public address with no login):
 
 Several worker processes (``--workers``) each open the vault themselves: the
 parent passes its options in ``PIVAULT_SERVE_OPTIONS`` and uvicorn builds
-each worker's app with :func:`app_factory`.
+each worker's app with :func:`app_factory`. On Linux each worker listens on a
+socket of its own (:mod:`pivault.api.workers`).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from pivault.api.app import ROUTES, PolicyHolder, ServiceConfig, create_app
+from pivault.api.workers import balanced, serve_workers
 from pivault.errors import ConfigError
 from pivault.policy.policy import Policy
 from pivault.policy.tokens import TokenInfo, TokenStore
@@ -290,11 +292,22 @@ def run(opts: ServeOptions, *, echo: Callable[[str], None] = print) -> None:
     opts.log_dir.mkdir(mode=0o700, exist_ok=True)
     echo(banner(opts, pre))
     os.environ[OPTIONS_ENV] = opts.to_env()
-    uvicorn.run(
-        "pivault.api.server:app_factory", factory=True, host=opts.host, port=opts.port,
-        workers=opts.workers, ssl_certfile=opts.certfile, ssl_keyfile=opts.keyfile,
-        access_log=False,  # uvicorn's would print query strings; ours logs route templates
-        server_header=False, proxy_headers=False, log_level="warning",
-        timeout_keep_alive=5, timeout_graceful_shutdown=10, h11_max_incomplete_event_size=16 * 1024,
-        limit_concurrency=1000,
-    )
+    config: dict[str, Any] = {
+        "app": "pivault.api.server:app_factory", "factory": True, "host": opts.host, "port": opts.port,
+        "ssl_certfile": opts.certfile, "ssl_keyfile": opts.keyfile,
+        "access_log": False,  # uvicorn's would print query strings; ours logs route templates
+        "server_header": False, "proxy_headers": False, "log_level": "warning",
+        "timeout_keep_alive": 5, "timeout_graceful_shutdown": 10, "h11_max_incomplete_event_size": 16 * 1024,
+        "limit_concurrency": 1000,
+    }
+    if opts.workers > 1 and balanced():
+        # a socket per worker, so that connections spread over the workers (see api/workers.py)
+        try:
+            serve_workers(config, opts.host, opts.port, opts.workers, grace=10)
+        except OSError as exc:
+            raise ServeRefused(f"cannot listen on {opts.host}:{opts.port}: {exc.strerror or exc} "
+                               "(is another server using this port?)") from None
+        except RuntimeError as exc:
+            raise ServeRefused(str(exc)) from None
+        return
+    uvicorn.run(workers=opts.workers, **config)
