@@ -63,6 +63,14 @@ def test_tls_misconfigurations_refuse(home: Path, tmp_path: Path) -> None:
     os.chmod(c.keyfile, 0o644)
     assert "can be read by other users" in why(certfile=str(c.certfile), keyfile=str(c.keyfile))
     assert "does not exist" in why(certfile=str(tmp_path / "no.pem"), keyfile=str(c.keyfile))
+    os.chmod(c.keyfile, 0o600)
+    # files that exist but do not make a TLS pair: refused before any worker would start on them
+    other = make_dev_cert(tmp_path / "other")
+    garbage = tmp_path / "garbage.pem"
+    garbage.write_text("not a certificate\n", encoding="utf-8")
+    for cert, key in ((garbage, c.keyfile), (c.certfile, other.keyfile)):
+        msg = why(certfile=str(cert), keyfile=str(key))
+        assert "do not load" in msg and "dev-cert" in msg
 
 
 def test_several_workers_need_shared_budget_counters(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:

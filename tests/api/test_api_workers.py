@@ -141,6 +141,18 @@ def test_a_taken_port_is_refused_even_to_a_group_of_the_same_user() -> None:
         s.close()
 
 
+def test_a_worker_that_cannot_start_stops_the_service_instead_of_restarting_forever() -> None:
+    from pivault.api.workers import serve_workers
+
+    socks = listen_group("127.0.0.1", free_port(), 2)
+    t0 = time.monotonic()
+    with pytest.raises(RuntimeError) as exc:  # every worker fails to import its app
+        serve_workers({"app": "pivault.no_such_module:app", "log_level": "critical"}, socks, grace=1)
+    assert "could not start" in str(exc.value)
+    assert time.monotonic() - t0 < 60
+    assert all(s.fileno() == -1 for s in socks)  # closed on the way out
+
+
 # -- a real server with two workers -----------------------------------------------------------------
 
 class Server:

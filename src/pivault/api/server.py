@@ -19,6 +19,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+import ssl
 import stat
 import time
 from collections.abc import Callable
@@ -28,7 +29,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from pivault.api.app import ROUTES, PolicyHolder, ServiceConfig, create_app
-from pivault.api.workers import balanced, serve_workers
+from pivault.api.workers import balanced, listen_group, serve_workers
 from pivault.errors import ConfigError
 from pivault.policy.policy import Policy
 from pivault.policy.tokens import TokenInfo, TokenStore
@@ -149,6 +150,17 @@ def _check_tls(opts: ServeOptions) -> None:
     if mode & 0o077:
         raise ServeRefused(f"the TLS key file {opts.keyfile} can be read by other users "
                            f"(mode {mode:o}); make it private: chmod 600 {opts.keyfile}")
+    # loaded here once, so that a bad pair stops `serve` with this line rather than each
+    # worker with a traceback
+    cert, key = opts.certfile, opts.keyfile
+    assert cert is not None and key is not None
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(cert, key)
+    except (ssl.SSLError, OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", None) or type(exc).__name__
+        raise ServeRefused(f"the TLS certificate {cert} and key {key} do not load "
+                           f"({reason}): give a PEM certificate and the private key that belongs to it"
+                           " (for a local trial, `pivault dev-cert`)") from None
 
 
 def preflight(opts: ServeOptions, tokens: TokenStore | None = None) -> Preflight:
@@ -290,6 +302,15 @@ def run(opts: ServeOptions, *, echo: Callable[[str], None] = print) -> None:
     Vault.open(opts.home).close()
     (Path(opts.home) / "run").mkdir(mode=0o700, exist_ok=True)
     opts.log_dir.mkdir(mode=0o700, exist_ok=True)
+    socks = None
+    if opts.workers > 1 and balanced():
+        # a socket per worker, so that connections spread over the workers (see api/workers.py);
+        # bound before the banner, so a taken port is reported before "serving" is
+        try:
+            socks = listen_group(opts.host, opts.port, opts.workers)
+        except OSError as exc:
+            raise ServeRefused(f"cannot listen on {opts.host}:{opts.port}: {exc.strerror or exc} "
+                               "(is another server using this port?)") from None
     echo(banner(opts, pre))
     os.environ[OPTIONS_ENV] = opts.to_env()
     config: dict[str, Any] = {
@@ -300,13 +321,9 @@ def run(opts: ServeOptions, *, echo: Callable[[str], None] = print) -> None:
         "timeout_keep_alive": 5, "timeout_graceful_shutdown": 10, "h11_max_incomplete_event_size": 16 * 1024,
         "limit_concurrency": 1000,
     }
-    if opts.workers > 1 and balanced():
-        # a socket per worker, so that connections spread over the workers (see api/workers.py)
+    if socks is not None:
         try:
-            serve_workers(config, opts.host, opts.port, opts.workers, grace=10)
-        except OSError as exc:
-            raise ServeRefused(f"cannot listen on {opts.host}:{opts.port}: {exc.strerror or exc} "
-                               "(is another server using this port?)") from None
+            serve_workers(config, socks, grace=10)
         except RuntimeError as exc:
             raise ServeRefused(str(exc)) from None
         return

@@ -142,20 +142,19 @@ class _Supervisor:
                 p.join()
 
 
-def serve_workers(config_kwargs: dict[str, Any], host: str, port: int, workers: int,
-                  *, grace: float = 10.0) -> None:
-    """Run ``workers`` uvicorn servers, one per socket of a ``SO_REUSEPORT`` group, until a signal.
+def serve_workers(config_kwargs: dict[str, Any], socks: list[socket.socket], *, grace: float = 10.0) -> None:
+    """Run one uvicorn server per socket of ``socks`` (from :func:`listen_group`) until a signal.
 
     ``config_kwargs`` are :class:`uvicorn.Config`'s (an import string app, so
     each worker builds its own). Returns when SIGINT or SIGTERM arrives, after
     the workers have stopped; raises ``RuntimeError`` if a worker cannot start.
+    The sockets are closed on return.
     """
-    socks = listen_group(host, port, workers)
     sup = _Supervisor(config_kwargs, socks, grace)
     previous = {sig: signal.signal(sig, lambda *_: sup.stop.set())
                 for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        for i in range(workers):
+        for i in range(len(socks)):
             sup.start(i)
         while not sup.stop.wait(0.5):
             sup.watch()
