@@ -67,69 +67,12 @@ def test_chain_failure_refuses_further_requests(sqlite_url: str, keyring: Keyrin
     db.close()
 
 
-def _count(db: Database) -> int:
-    row = db.query_one("SELECT COUNT(*) FROM audit_entries")
-    return int(row[0]) if row else 0
-
-
-def test_on_sqlite_the_request_that_fills_a_batch_chains_it(db: Database, keyring: Keyring,
-                                                           writer: WriterKeys, verifier: VerifierKey,
-                                                           ctx: AccessContext, tmp_path: Path) -> None:
-    log = AuditLog(db, keyring, writer, journal_dir=tmp_path / "journal")
-    assert log.journal is not None
-    log.journal.max_delay = 3600.0  # the background thread would wait an hour
-    batch = log.journal.inline_batch
-    for i in range(batch - 1):
-        log.record(_ev(ctx, i))
-    assert _count(db) == 0
-    log.record(_ev(ctx, batch - 1))
-    if db.dialect == "sqlite":
-        assert _count(db) == batch  # chained by that request, before it returned
-    else:
-        # PostgreSQL: a batch is network round trips, which the thread overlaps with requests
-        assert _count(db) == 0
-    assert log.flush(10) and _count(db) == batch
-    assert verify(db, verifier, keyring=keyring).ok
-
-
-def test_a_request_never_waits_for_a_write_lock_held_elsewhere(sqlite_url: str, keyring: Keyring,
-                                                               writer: WriterKeys, verifier: VerifierKey,
-                                                               ctx: AccessContext, tmp_path: Path) -> None:
-    import sqlite3
-    import time
-
-    from pivault.store import migrate
-
-    db = Database(sqlite_url)
-    migrate(db)
-    log = AuditLog(db, keyring, writer, journal_dir=tmp_path / "journal")
-    assert log.journal is not None
-    log.journal.max_delay = 3600.0  # only requests try to chain, until the flush below
-    other = sqlite3.connect(sqlite_url.removeprefix("sqlite:///"), isolation_level=None)
-    other.execute("BEGIN IMMEDIATE")  # an import's chunk, another process's chaining …
-    try:
-        t0 = time.monotonic()
-        for i in range(3 * log.journal.inline_batch):
-            log.record(_ev(ctx, i))
-        assert time.monotonic() - t0 < 5  # not the 30 s a writer waits for the lock
-        assert _count(db) == 0
-    finally:
-        other.execute("COMMIT")
-        other.close()
-    assert log.flush(20)  # the thread chains them once the lock is free: each once, in order
-    got = [e.record_ids[0] for e in entries(db)]
-    assert got == [f"r_{i:026d}" for i in range(3 * log.journal.inline_batch)]
-    assert verify(db, verifier, keyring=keyring).ok
-    db.close()
-
-
 def _crashing_writer(url: str, keyring: Keyring, writer: WriterKeys, journal: str, n: int) -> None:
     db = Database(url)
     log = AuditLog(db, keyring, writer, journal_dir=journal)
     assert log.journal is not None
     log.journal.max_delay = 3600.0  # nothing gets chained before the "crash"
     log.journal.max_batch = 10**6
-    log.journal.inline_batch = 10**9
     ctx = AccessContext(principal="worker-crash", role="officer", purpose="case_investigation")
     for i in range(n):
         log.record(_ev(ctx, i))

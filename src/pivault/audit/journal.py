@@ -6,21 +6,9 @@ A database transaction per lookup would cost more than the lookup itself
 its own write-ahead log, each process writes an entry first to its own
 journal file — one ``write`` with ``O_APPEND``, the same durability as a
 SQLite commit in WAL mode with ``synchronous=NORMAL`` (survives a crash of
-the process, not of the machine) — and the entries are chained into the
-database in batches, up to ``max_batch`` per transaction, within
-``max_delay`` seconds (20 ms by default):
-
-* on SQLite, by the request that finds ``inline_batch`` (64) entries
-  waiting, on its own thread, if the store's write lock is free at that
-  moment (it never waits for it). A background thread that chains runs on
-  another core while the requests run, and the two threads hand the
-  interpreter back and forth across cores: measured, that cost 20-25 µs of
-  CPU per lookup on top of the ~8 µs of chaining itself. Chained inline, one
-  request in 64 takes ~0.6 ms longer;
-* otherwise (PostgreSQL, where a batch is network round trips that a thread
-  overlaps with requests; a write lock held elsewhere; a quiet moment with
-  fewer than 64 waiting), by a background thread, at the latest
-  ``max_delay`` after the oldest waiting entry.
+the process, not of the machine) — and a background thread chains the
+entries into the database, up to ``max_batch`` per transaction, within
+``max_delay`` seconds (20 ms by default).
 
 Fail closed:
 
@@ -63,7 +51,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pivault.audit.log import AuditError, encode_fields
-from pivault.store.db import BUSY_TIMEOUT_MS
 
 if TYPE_CHECKING:
     from pivault.audit.log import AuditLog
@@ -73,7 +60,6 @@ __all__ = ["Journal"]
 log = logging.getLogger("pivault.audit")
 _write = os.write
 _monotonic = time.monotonic
-_NEVER = 1 << 62
 
 #: forks of this process so far: a journal belongs to the process that opened it, and
 #: comparing a counter costs less per entry than asking the kernel for the pid
@@ -87,7 +73,6 @@ def _forked() -> None:
         # the parent's chaining thread may have held it at the fork; it does not exist here
         journal._lock = threading.Lock()
         journal._cond = threading.Condition(journal._lock)
-        journal._chaining = threading.Lock()
 
 
 os.register_at_fork(after_in_child=_forked)
@@ -97,8 +82,7 @@ class Journal:
     """One process's write-ahead journal of audit entries and its chaining thread."""
 
     def __init__(self, audit_log: AuditLog, directory: str | os.PathLike[str], *, max_delay: float = 0.02,
-                 max_batch: int = 500, max_backlog: int = 50_000, stale_after: float = 2.0,
-                 inline_batch: int = 64) -> None:
+                 max_batch: int = 500, max_backlog: int = 50_000, stale_after: float = 2.0) -> None:
         self.log = audit_log
         self.directory = Path(directory)
         self.max_delay = max_delay
@@ -110,13 +94,6 @@ class Journal:
         #: without the Condition's Python-level __enter__)
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)
-        #: held by whoever chains a batch: a request thread (inline) or the chaining thread
-        self._chaining = threading.Lock()
-        #: on SQLite, a request that finds this many entries waiting chains them itself
-        self.inline_batch = inline_batch
-        #: when the next request chains inline (raised after an attempt that found the
-        #: store's write lock taken; never on PostgreSQL)
-        self._inline_at = inline_batch
         self._pid = -1
         self._fd = -1
         self.journal_id = ""
@@ -155,7 +132,6 @@ class Journal:
             from pivault.store.db import Database
 
             self._db = Database(self.log.db.url)
-            self._inline_at = self.inline_batch if self._db.dialect == "sqlite" else _NEVER
             self._seq = 0
             self._pending = []
             self._chained = 0
@@ -199,16 +175,10 @@ class Journal:
             if not pending:
                 self._pending_since = _monotonic()
             pending.append((seq, ts_us, fields, tail))
-            waiting = len(pending)
             # the chaining thread wakes on its own every max_delay; waking it per entry would
             # cost a thread switch per request
-            if waiting >= self.max_batch:
+            if len(pending) >= self.max_batch:
                 self._cond.notify_all()
-        if waiting >= self._inline_at and self._chaining.acquire(blocking=False):
-            try:
-                self._chain_inline(waiting)
-            finally:
-                self._chaining.release()
 
     def flush(self, timeout: float = 10.0) -> bool:
         """Wait until everything written so far is chained."""
@@ -245,50 +215,6 @@ class Journal:
             self._db.close()
 
     # -- the chaining thread ------------------------------------------------------------------
-    def _chain_inline(self, waiting: int) -> None:
-        """Chain the waiting entries on this (request) thread, if the write lock is free now.
-
-        Never waits for the lock (another process's chaining, an import): the
-        request would wait with it. Any failure is left to the chaining thread,
-        which retries and refuses requests meanwhile; this request's entry is
-        in the journal already.
-        """
-        db = self._db
-        ok = False
-        try:
-            db.execute("PRAGMA busy_timeout = 0")
-            try:
-                self._chain_batch(inline=True)
-                ok = True
-            finally:
-                db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-        except Exception:  # the chaining thread meets it too, and reports it
-            ok = False
-        self._inline_at = self.inline_batch if ok else waiting + self.inline_batch
-
-    def _chain_batch(self, *, inline: bool) -> None:
-        """Chain up to ``max_batch`` waiting entries; the caller holds ``_chaining``."""
-        with self._lock:
-            batch = self._pending[:self.max_batch]
-        if not batch:
-            return
-        self.log.append_rows([(ts, f) for _, ts, f, _ in batch],
-                             journal=(self.journal_id, batch[-1][0]), db=self._db,
-                             encoded=[e for *_, e in batch], background=not inline)
-        with self._cond:
-            if self._broken is not None:
-                log.warning("audit journal: chaining works again")
-            self._broken = None
-            del self._pending[:len(batch)]
-            self._chained = batch[-1][0]
-            if self._pending:
-                self._pending_since = time.monotonic()
-            else:
-                # everything is chained: start the file afresh (O_APPEND writes go to the new end)
-                with contextlib.suppress(OSError):
-                    os.ftruncate(self._fd, 0)
-            self._cond.notify_all()
-
     def _run(self) -> None:
         backoff = 0.05
         while True:
@@ -305,9 +231,11 @@ class Journal:
                 if self._closing and not self._pending:
                     return
                 self._flush_wanted = False
+                batch = self._pending[:self.max_batch]
             try:
-                with self._chaining:
-                    self._chain_batch(inline=False)
+                self.log.append_rows([(ts, f) for _, ts, f, _ in batch],
+                                     journal=(self.journal_id, batch[-1][0]), db=self._db,
+                                     encoded=[e for *_, e in batch], background=True)
             except Exception as exc:
                 code = getattr(exc, "code", type(exc).__name__)
                 with self._cond:
@@ -319,6 +247,19 @@ class Journal:
                 backoff = min(backoff * 2, 2.0)
                 continue
             backoff = 0.05
+            with self._cond:
+                if self._broken is not None:
+                    log.warning("audit journal: chaining works again")
+                self._broken = None
+                del self._pending[:len(batch)]
+                self._chained = batch[-1][0]
+                if self._pending:
+                    self._pending_since = time.monotonic()
+                else:
+                    # everything is chained: start the file afresh (O_APPEND writes go to the new end)
+                    with contextlib.suppress(OSError):
+                        os.ftruncate(self._fd, 0)
+                self._cond.notify_all()
 
     # -- recovery ---------------------------------------------------------------------------------
     def recover(self) -> int:

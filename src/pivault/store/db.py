@@ -41,8 +41,6 @@ class _Cursor(Protocol):
 _QMARK = re.compile(r"\?")
 #: SQLite page cache per connection, KiB (pages are only allocated as they are read)
 SQLITE_CACHE_KIB = 32768
-#: how long a SQLite writer waits for another's write lock before it fails
-BUSY_TIMEOUT_MS = 30_000
 
 
 @dataclass(frozen=True)
@@ -104,7 +102,7 @@ class Database:
             # a 32 MiB page cache (default 2 MB): at 10^6 rows and more, bulk inserts and
             # lookups touch random B-tree pages, and rereading them through the OS costs CPU
             for pragma in ("journal_mode=WAL", "secure_delete=ON", "foreign_keys=ON",
-                           "synchronous=NORMAL", "temp_store=MEMORY", f"busy_timeout={BUSY_TIMEOUT_MS}",
+                           "synchronous=NORMAL", "temp_store=MEMORY", "busy_timeout=30000",
                            f"cache_size=-{SQLITE_CACHE_KIB}"):
                 conn.execute(f"PRAGMA {pragma}")
             return conn
