@@ -3,6 +3,7 @@ worker is replaced, a stopped server leaves no worker behind, a second server ca
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -262,3 +263,25 @@ def test_stopping_the_server_stops_every_worker(tmp_path: Path) -> None:
     while time.monotonic() < deadline and any(Path(f"/proc/{p}").exists() for p in workers):
         time.sleep(0.1)
     assert not any(Path(f"/proc/{p}").exists() for p in workers), "a worker outlived its server"
+
+
+def test_workers_do_not_outlive_a_killed_server(tmp_path: Path) -> None:
+    if not redis_available():
+        if os.environ.get("CI"):
+            pytest.fail(f"CI must have Redis at {REDIS_URL}")
+        pytest.skip(f"two workers need shared budget counters: no Redis at {REDIS_URL}")
+    s = Server(tmp_path)
+    workers = s.workers
+    s.proc.kill()  # SIGKILL, the OOM killer: no chance to stop its workers itself
+    s.proc.wait(10)
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and any(Path(f"/proc/{p}").exists() for p in workers):
+            time.sleep(0.1)
+        assert not any(Path(f"/proc/{p}").exists() for p in workers), "headless workers kept serving"
+        for sock in listen_group("127.0.0.1", s.port, 2):  # the port is free for a new server
+            sock.close()
+    finally:
+        for p in workers:  # whatever the outcome, no worker is left behind
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(p, signal.SIGKILL)

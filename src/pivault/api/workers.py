@@ -11,7 +11,8 @@ Here the parent binds one socket per worker, all to the same address with
 ``SO_REUSEPORT``, so the kernel spreads new connections across them (by a
 hash of the client's address and port), and each worker serves only its own.
 A worker that dies is replaced on the same socket; connections that arrive
-meanwhile wait in its queue instead of being refused.
+meanwhile wait in its queue instead of being refused. A serving process that
+dies takes its workers with it (``PR_SET_PDEATHSIG``).
 
 Linux keeps a ``SO_REUSEPORT`` group to sockets of one user, so no other
 account can join it and take connections. Before binding, the parent checks
@@ -26,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import multiprocessing
+import os
 import signal
 import socket
 import sys
@@ -83,9 +85,28 @@ def listen_group(host: str, port: int, n: int) -> list[socket.socket]:
     return socks
 
 
-def _worker_main(config_kwargs: dict[str, Any], sock: socket.socket) -> None:
+def _die_with_parent(parent: int) -> None:
+    """Have the kernel send SIGTERM to this worker when the serving process dies.
+
+    A serving process killed outright (SIGKILL, the OOM killer) would otherwise
+    leave its workers answering on the port, headless: nobody restarts or stops
+    them, and a new ``pivault serve`` cannot bind. SIGTERM lets each finish the
+    requests in flight.
+    """
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+    if os.getppid() != parent:  # it died before the request above took effect
+        sys.exit(0)
+
+
+def _worker_main(config_kwargs: dict[str, Any], sock: socket.socket, parent: int) -> None:
     """One worker: uvicorn's server on this worker's socket only."""
     import uvicorn
+
+    _die_with_parent(parent)
 
     server = uvicorn.Server(uvicorn.Config(**config_kwargs))
     server.run(sockets=[sock])
@@ -108,7 +129,7 @@ class _Supervisor:
         self.failed: str | None = None
 
     def start(self, i: int) -> None:
-        p = self.ctx.Process(target=_worker_main, args=(self.config_kwargs, self.socks[i]),
+        p = self.ctx.Process(target=_worker_main, args=(self.config_kwargs, self.socks[i], os.getpid()),
                              name=f"pivault-worker-{i}", daemon=False)
         p.start()
         self.procs[i] = p
