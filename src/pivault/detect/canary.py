@@ -243,8 +243,10 @@ def _creation_times(db: Database, n: int, rnd: random.Random) -> list[float]:
     pages = int(est[0]) if est is not None and est[0] is not None else 0
     if pages > 8 * n:
         percent = 100.0 * 4 * n / pages
-        sampled = db.query(f"SELECT created_at FROM records TABLESAMPLE SYSTEM ({percent:.6f})"
-                           f" ORDER BY random() LIMIT {int(n)}")
-        if len(sampled) == n:
-            return [float(r[0]) for r in sampled]
+        for _ in range(3):  # a sample short of n rows (very unlikely): a larger one, not a scan
+            sampled = db.query(f"SELECT created_at FROM records TABLESAMPLE SYSTEM ({percent:.6f})"
+                               f" ORDER BY random() LIMIT {int(n)}")
+            if len(sampled) == n:
+                return [float(r[0]) for r in sampled]
+            percent = min(100.0, percent * 4)
     return [float(r[0]) for r in db.query(f"SELECT created_at FROM records ORDER BY random() LIMIT {int(n)}")]
