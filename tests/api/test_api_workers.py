@@ -52,8 +52,8 @@ def children(pid: int) -> list[int]:
     return sorted(out)
 
 
-def established_on(port: int, state: str = "01") -> set[str]:
-    """Socket inodes of the server side of TCP connections to ``port`` (01 established, 0A listening)."""
+def tcp_sockets_on(port: int, state: str = "01") -> set[str]:
+    """Inodes of the TCP sockets on local ``port`` in ``state`` (01 established, 0A listening)."""
     inodes = set()
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         with open(table) as fh:
@@ -78,16 +78,8 @@ def sockets_of(pid: int) -> set[str]:
 
 
 def connections_per_process(pids: list[int], port: int) -> dict[int, int]:
-    est = established_on(port)
+    est = tcp_sockets_on(port)
     return {pid: len(sockets_of(pid) & est) for pid in pids}
-
-
-def test_each_worker_listens_on_a_socket_of_its_own(server: Server) -> None:
-    listening = established_on(server.port, "0A")
-    workers = children(server.proc.pid)
-    own = [sockets_of(pid) & listening for pid in workers]
-    assert len(listening) == 2 and all(len(s) == 1 for s in own), (listening, own)
-    assert own[0] != own[1]  # one socket shared by both is what lets one worker take every connection
 
 
 # -- the socket group itself ------------------------------------------------------------------------
@@ -202,6 +194,14 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         yield s
     finally:
         stop(s.proc)
+
+
+def test_each_worker_listens_on_a_socket_of_its_own(server: Server) -> None:
+    listening = tcp_sockets_on(server.port, "0A")
+    workers = children(server.proc.pid)
+    own = [sockets_of(pid) & listening for pid in workers]
+    assert len(listening) == 2 and all(len(s) == 1 for s in own), (listening, own)
+    assert own[0] != own[1]  # one socket shared by both is what lets one worker take every connection
 
 
 def test_keep_alive_connections_are_spread_over_the_workers(server: Server) -> None:
