@@ -183,12 +183,25 @@ class Server:
                             verify=ssl.create_default_context(cafile=str(self.tls.certfile)))
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+def need_redis() -> None:
+    """Two workers need shared budget counters: Redis, which CI must have."""
     if not redis_available():
         if os.environ.get("CI"):
             pytest.fail(f"CI must have Redis at {REDIS_URL}")
         pytest.skip(f"two workers need shared budget counters: no Redis at {REDIS_URL}")
+
+
+def gone(pids: list[int], within: float) -> bool:
+    """True once none of ``pids`` is alive, waiting up to ``within`` seconds."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline and any(Path(f"/proc/{p}").exists() for p in pids):
+        time.sleep(0.1)
+    return not any(Path(f"/proc/{p}").exists() for p in pids)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    need_redis()
     s = Server(tmp_path_factory.mktemp("workers"))
     try:
         yield s
@@ -251,34 +264,21 @@ def test_a_second_server_on_the_same_port_refuses(server: Server) -> None:
 
 
 def test_stopping_the_server_stops_every_worker(tmp_path: Path) -> None:
-    if not redis_available():
-        if os.environ.get("CI"):
-            pytest.fail(f"CI must have Redis at {REDIS_URL}")
-        pytest.skip(f"two workers need shared budget counters: no Redis at {REDIS_URL}")
+    need_redis()
     s = Server(tmp_path)
-    workers = s.workers
     stop(s.proc)
     assert s.proc.returncode == 0
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline and any(Path(f"/proc/{p}").exists() for p in workers):
-        time.sleep(0.1)
-    assert not any(Path(f"/proc/{p}").exists() for p in workers), "a worker outlived its server"
+    assert gone(s.workers, 20), "a worker outlived its server"
 
 
 def test_workers_do_not_outlive_a_killed_server(tmp_path: Path) -> None:
-    if not redis_available():
-        if os.environ.get("CI"):
-            pytest.fail(f"CI must have Redis at {REDIS_URL}")
-        pytest.skip(f"two workers need shared budget counters: no Redis at {REDIS_URL}")
+    need_redis()
     s = Server(tmp_path)
     workers = s.workers
     s.proc.kill()  # SIGKILL, the OOM killer: no chance to stop its workers itself
     s.proc.wait(10)
     try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and any(Path(f"/proc/{p}").exists() for p in workers):
-            time.sleep(0.1)
-        assert not any(Path(f"/proc/{p}").exists() for p in workers), "headless workers kept serving"
+        assert gone(workers, 30), "headless workers kept serving"
         for sock in listen_group("127.0.0.1", s.port, 2):  # the port is free for a new server
             sock.close()
     finally:
