@@ -178,14 +178,10 @@ class GlobalDetector:
             return
         self._count(ctx, len(facts), [cell_of(r, y) for r, y in facts])
 
-    def _fields(self, ctx: AccessContext, records: int, cells: Sequence[str | None]) -> dict[str, int]:
-        fields: dict[str, int] = {}
-        _count_read(fields, ctx.principal, records, cells)
-        return fields
-
     def _count(self, ctx: AccessContext, records: int, cells: Sequence[str | None]) -> None:
         """Without the thread: count one read in the shared counters at once."""
-        fields = self._fields(ctx, records, cells)
+        fields: dict[str, int] = {}
+        _count_read(fields, ctx.principal, records, cells)
         if cells:
             self._ordered(ctx, cells)
         now = self.counters.now()
