@@ -35,12 +35,13 @@ import threading
 import time
 from typing import Any
 
+# uvicorn's exit status for a worker that could not start (bad TLS files, app import)
+from uvicorn.config import STARTUP_FAILURE
+
 __all__ = ["balanced", "listen_group", "serve_workers"]
 
 log = logging.getLogger("pivault.api")
 
-#: uvicorn's exit status for a worker that could not start (bad TLS files, app import)
-STARTUP_FAILURE = 3
 BACKLOG = 2048
 #: a worker that stops within QUICK seconds of its start, STRIKES times in a row, is not restarted
 QUICK = 5.0
