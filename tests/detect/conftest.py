@@ -10,7 +10,7 @@ import pytest
 from detect_helpers import FakeClock
 
 from pivault.crypto import Argon2Params, Keyring, PassphraseProvider
-from pivault.detect import Counters, MemoryCounters, RedisCounters
+from pivault.detect import Counters, FileCounters, MemoryCounters, RedisCounters
 from pivault.store import Database, migrate
 
 CHEAP = Argon2Params(time_cost=1, memory_cost=8, parallelism=1)
@@ -22,11 +22,16 @@ def clock() -> FakeClock:
     return FakeClock(1_900_000_000.0 - 1_900_000_000.0 % 86400 + 43200)
 
 
-@pytest.fixture(params=["memory", "redis"])
-def counters(request: pytest.FixtureRequest, clock: FakeClock) -> Iterator[Counters]:
-    """Each test using this runs on in-process counters and on the real Redis."""
+@pytest.fixture(params=["memory", "file", "redis"])
+def counters(request: pytest.FixtureRequest, clock: FakeClock, tmp_path: Path) -> Iterator[Counters]:
+    """Each test using this runs on in-process counters, on a counters file and on the real Redis."""
     if request.param == "memory":
         yield MemoryCounters(clock)
+        return
+    if request.param == "file":
+        fc = FileCounters(tmp_path / "run" / "counters.db", clock=clock)
+        yield fc
+        fc.close()
         return
     url = request.getfixturevalue("redis_url")
     rc = RedisCounters(url, namespace="test-" + uuid.uuid4().hex[:8], clock=clock)

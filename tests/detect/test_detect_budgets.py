@@ -1,10 +1,14 @@
-"""Read budgets over in-process counters and over the real Redis."""
+"""Read budgets over in-process counters, a counters file and the real Redis."""
 
 from __future__ import annotations
 
 import multiprocessing as mp
+import sqlite3
+import stat
 import time
 import uuid
+from pathlib import Path
+from typing import Any
 
 import pytest
 from detect_helpers import FakeClock
@@ -16,7 +20,9 @@ from pivault.detect import (
     Budgets,
     Counters,
     DetectUnavailable,
+    FileCounters,
     RedisCounters,
+    counters_from_url,
 )
 from pivault.policy import Policy
 from pivault.policy.context import AccessContext
@@ -166,9 +172,80 @@ def test_redis_unreachable_fails_closed() -> None:
 
 def _hammer(url: str, ns: str, n: int, out: mp.Queue[int]) -> None:
     policy = BudgetPolicy(roles={"officer": Budget(records_per_minute=100)})
-    b = Budgets(policy, RedisCounters(url, namespace=ns))
+    b = Budgets(policy, counters_from_url(url, namespace=ns))
     ok = sum(b.charge(OFFICER, records=1, record_ids=[f"r_{i}"]).allowed for i in range(n))
     out.put(ok)
+
+
+def _hammer_distinct(url: str, first: int, out: mp.Queue[int]) -> None:
+    policy = BudgetPolicy(roles={"officer": Budget(distinct_per_day=50)})
+    b = Budgets(policy, counters_from_url(url))
+    # each process reads 40 records; 20 of them are read by another process too
+    ok = sum(b.charge(OFFICER, records=1, record_ids=[f"r_{first + i}"]).allowed for i in range(40))
+    out.put(ok)
+
+
+def _run_all(target: Any, args: list[tuple[Any, ...]]) -> list[int]:
+    ctx = mp.get_context("fork")
+    q: mp.Queue[int] = ctx.Queue()
+    procs = [ctx.Process(target=target, args=(*a, q)) for a in args]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+    return [q.get(timeout=5) for _ in procs]
+
+
+def test_file_budget_holds_across_processes(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'run' / 'counters.db'}"
+    assert sum(_run_all(_hammer, [(url, "v", 60)] * 4)) == 100  # 240 attempts, exactly the budget
+    # a fifth process, later (a restarted worker): the minute's budget is still spent
+    assert _run_all(_hammer, [(url, "v", 5)]) == [0]
+
+
+def test_file_distinct_budget_holds_across_processes(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'counters.db'}"
+    # ids 0-39, 20-59, 40-79: 80 distinct ids asked for, at most 50 granted in all
+    granted = _run_all(_hammer_distinct, [(url, 0), (url, 20), (url, 40)])
+    fc = FileCounters(tmp_path / "counters.db")
+    day = int(time.time() // 86400)
+    row = fc._conn().execute("SELECT n FROM sets WHERE key LIKE ?", (f"%:{day}",)).fetchone()
+    members = fc._conn().execute("SELECT COUNT(*) FROM members").fetchone()
+    assert row[0] == members[0] == 50  # exactly the budget, counted once each
+    assert sum(granted) >= 50  # a re-read of an id already counted is granted
+
+
+def test_file_counters_fail_closed(tmp_path: Path) -> None:
+    (tmp_path / "not-a-dir").write_text("")
+    b = Budgets(BudgetPolicy(roles={"officer": Budget(records_per_minute=5)}),
+                FileCounters(tmp_path / "not-a-dir" / "counters.db"))
+    with pytest.raises(DetectUnavailable) as info:
+        b.charge(OFFICER, records=1, record_ids=["r_1"])
+    assert info.value.code == "detect.unavailable"
+
+    # another process holds the file's write lock past the timeout: refused, not waited on forever
+    path = tmp_path / "counters.db"
+    fc = FileCounters(path, timeout=0.2)
+    b = Budgets(BudgetPolicy(roles={"officer": Budget(records_per_minute=5)}), fc)
+    assert b.charge(OFFICER, records=1, record_ids=["r_1"]).allowed
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    t0 = time.monotonic()
+    with pytest.raises(DetectUnavailable):
+        b.charge(OFFICER, records=1, record_ids=["r_2"])
+    assert time.monotonic() - t0 < 2
+    holder.execute("ROLLBACK")
+    holder.close()
+    assert b.charge(OFFICER, records=1, record_ids=["r_2"]).allowed  # and works again after
+
+
+def test_file_counters_are_private_and_hold_no_more_than_ids(tmp_path: Path) -> None:
+    path = tmp_path / "run" / "counters.db"
+    b = Budgets(BudgetPolicy(roles={"officer": Budget(records_per_minute=5, distinct_per_day=9)}),
+                counters_from_url(f"sqlite:///{path}"))
+    assert b.charge(OFFICER, records=1, record_ids=["r_1"]).allowed
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
 
 
 def test_redis_budget_holds_across_processes(redis_url: str) -> None:

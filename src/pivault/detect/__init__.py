@@ -1,8 +1,8 @@
 """Read budgets, the global detector, canary residents and alerts.
 
 :class:`Budgets` charges every read to the caller's, its role's and the
-vault's budgets over shared :class:`Counters` (in-process or Redis; fail
-closed); :class:`GlobalDetector` watches vault-wide rates, distributed
+vault's budgets over shared :class:`Counters` (in-process, a file shared by
+the node's workers, or Redis; fail closed); :class:`GlobalDetector` watches vault-wide rates, distributed
 enumeration and sweeps; :class:`CanaryRegistry` knows (under a keyring-held
 key) which residents are canaries; :class:`AlertDispatcher` sends
 :class:`Alert` s to a JSON-lines file, the ``alerts`` table and a signed
@@ -32,6 +32,7 @@ from pivault.detect.counters import (
     counters_from_url,
 )
 from pivault.detect.detector import DetectorConfig, GlobalDetector, cell_of
+from pivault.detect.filecounters import FileCounters
 from pivault.detect.guard import DetectGuard
 
 __all__ = [
@@ -47,6 +48,7 @@ __all__ = [
     "DetectGuard",
     "DetectUnavailable",
     "DetectorConfig",
+    "FileCounters",
     "GlobalDetector",
     "JsonlSink",
     "LogSink",

@@ -1,8 +1,11 @@
-"""Counters shared by every worker: in-process, or Redis for several workers and nodes.
+"""Counters shared by every worker: in-process, a file for one node, or Redis for several nodes.
 
-Two backends with the same semantics:
+Three backends with the same semantics:
 
 * :class:`MemoryCounters` — one process (a single worker, tests, the CLI).
+* :class:`~pivault.detect.filecounters.FileCounters` — every process of one
+  node (several ``serve`` workers), in an SQLite file; one write
+  transaction per charge.
 * :class:`RedisCounters` — every worker of every API node; the budget check
   and the increments run in one Lua script, so two workers cannot both spend
   the last record of a budget. Redis's own clock is used, so nodes whose
@@ -33,6 +36,7 @@ from pivault.errors import PivaultError
 
 __all__ = [
     "BUCKETS",
+    "SHARED_SCHEMES",
     "Counters",
     "DetectUnavailable",
     "DistinctRule",
@@ -561,10 +565,20 @@ class RedisCounters:
             raise self._fail(exc) from None
 
 
+#: URL schemes of counters that several processes share
+SHARED_SCHEMES = ("redis://", "rediss://", "unix://", "sqlite:///")
+
+
 def counters_from_url(url: str | None, *, namespace: str = "default") -> Counters:
-    """``None`` or ``memory://`` for in-process counters, ``redis://…`` for shared ones."""
+    """``None`` or ``memory://`` for in-process counters; ``sqlite:///PATH`` for a file shared by
+    this node's processes; ``redis://…`` for counters shared by several nodes."""
     if url is None or url in ("", "memory://"):
         return MemoryCounters()
     if url.startswith(("redis://", "rediss://", "unix://")):
         return RedisCounters(url, namespace=namespace)
-    raise PivaultError("budget counters are memory:// or redis://HOST:PORT/DB", code="detect.config")
+    if url.startswith("sqlite:///") and len(url) > len("sqlite:///"):
+        from pivault.detect.filecounters import FileCounters
+
+        return FileCounters(url[len("sqlite://"):])
+    raise PivaultError("budget counters are memory://, sqlite:///PATH or redis://HOST:PORT/DB",
+                       code="detect.config")
