@@ -73,13 +73,23 @@ def test_tls_misconfigurations_refuse(home: Path, tmp_path: Path) -> None:
         assert "do not load" in msg and "dev-cert" in msg
 
 
-def test_several_workers_need_shared_budget_counters(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_several_workers_share_their_budget_counters(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("PIVAULT_REDIS_URL", raising=False)
+    monkeypatch.delenv("PIVAULT_COUNTERS_URL", raising=False)
+    # nothing configured: one worker counts in-process, several share a file in the data directory
+    one = preflight(ServeOptions(home=str(home), workers=1))
+    assert one.counters == "in-process (one worker)" and one.counters_url is None
+    two = preflight(ServeOptions(home=str(home), workers=2))
+    assert two.counters_url == f"sqlite:///{home.absolute() / 'run' / 'counters.db'}"
+    assert two.counters.startswith("shared by this node's workers, file ")
+    # in-process counters asked for by name: several workers would each allow the whole budget
+    monkeypatch.setenv("PIVAULT_COUNTERS_URL", "memory://")
     with pytest.raises(ServeRefused) as exc:
         preflight(ServeOptions(home=str(home), workers=2))
     assert "in-process budget counters" in exc.value.message and "--workers 1" in exc.value.message
     monkeypatch.setenv("PIVAULT_REDIS_URL", "redis://127.0.0.1:6379/15")
-    assert preflight(ServeOptions(home=str(home), workers=2)).counters == "shared, redis://127.0.0.1:6379"
+    pre = preflight(ServeOptions(home=str(home), workers=2))
+    assert pre.counters == "shared, redis://127.0.0.1:6379" and pre.counters_url is None
 
 
 def test_policy_granting_anonymous_refuses(home: Path, tmp_path: Path) -> None:

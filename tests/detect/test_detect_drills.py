@@ -208,3 +208,45 @@ def test_distributed_enumeration_drill(drill: tuple[LiveVault, list[str]], recei
         states = {t.principal: t.state() for t in TokenStore(db).list()}
     assert all(states[f"officer-swarm-{i}"] == "active" for i in range(10))
     assert _verify(live).ok
+
+
+def test_budget_holds_across_workers_and_servers_sharing_a_counters_file(
+        tmp_path_factory: pytest.TempPathFactory) -> None:
+    """No Redis: the workers of a server, and a second server of the same vault, share one file."""
+    live, _ = make_live_vault(tmp_path_factory.mktemp("drill-file"), "", "http://127.0.0.1:9/unused",
+                              population=120, canaries=0)
+    try:
+        live.token("officer-on-duty")
+        first = live.start(workers=2)
+        second = live.start(workers=2)
+        counters = live.home / "run" / "counters.db"
+        assert counters.exists()
+        assert "shared by this node's workers, file" in (live.home.parent / f"server-{first.rsplit(':', 1)[1]}.log"
+                                                          ).read_text()
+        token_id, token = live.token("officer-file-counters")
+        statuses: list[int] = []
+        lock = threading.Lock()
+
+        def hammer(base: str, part: list[dict[str, Any]]) -> None:
+            with live.client(token, base=base) as c:  # a connection each: both workers of each server
+                for resident in part:
+                    r = c.post("/v1/residents/lookup", json={"id_number": resident["id_number"]})
+                    with lock:
+                        statuses.append(r.status_code)
+
+        people = live.residents[:120]
+        threads = [threading.Thread(target=hammer, args=(base, people[i::6]))
+                   for i, base in enumerate([first, second] * 3)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        # 120 lookups from six connections over two servers of two workers: exactly the budget granted
+        assert statuses.count(200) == PER_MINUTE, statuses
+        assert statuses.count(429) >= 1 and set(statuses) <= {200, 429, 401}
+        with _db(live) as db:
+            info = TokenStore(db).get(token_id)
+            assert info is not None and info.state() == "suspended"
+        assert _verify(live).ok
+    finally:
+        live.stop()

@@ -48,6 +48,8 @@ __all__ = [
 OPTIONS_ENV = "PIVAULT_SERVE_OPTIONS"
 ACCESS_LOG_NAME = "access.log"
 RELOAD_MARKER = "policy.reload"
+#: the budget counters several workers share when none are configured, in ``<home>/run``
+COUNTERS_FILE = "counters.db"
 
 
 class ServeRefused(ConfigError):
@@ -129,6 +131,8 @@ class Preflight:
     principals: list[TokenInfo]
     #: where read budgets are counted, for the banner (no password)
     counters: str = "in-process"
+    #: the counters file chosen for several workers when none is configured (given to them)
+    counters_url: str | None = None
 
 
 def _check_tls(opts: ServeOptions) -> None:
@@ -170,7 +174,7 @@ def preflight(opts: ServeOptions, tokens: TokenStore | None = None) -> Preflight
     if not (0 < opts.port < 65536):
         raise ServeRefused("--port is between 1 and 65535")
     _check_tls(opts)
-    counters = _check_counters(opts)
+    counters, counters_url = _check_counters(opts)
     policy, path = load_policy(opts)
     if policy.grants_anonymous():  # pragma: no cover - Policy refuses such files already
         raise ServeRefused("the policy grants something to an anonymous caller")
@@ -182,26 +186,37 @@ def preflight(opts: ServeOptions, tokens: TokenStore | None = None) -> Preflight
                 "no principals: no active token has a role of the policy, so nobody could use the "
                 "service. Create one first: pivault token create --principal NAME --role ROLE "
                 "--purpose PURPOSE --expires 30d")
-    return Preflight(policy, path, principals, counters)
+    return Preflight(policy, path, principals, counters, counters_url)
 
 
-def _check_counters(opts: ServeOptions) -> str:
-    """Several workers must share their budget counters, or each would allow the whole budget."""
+def _check_counters(opts: ServeOptions) -> tuple[str, str | None]:
+    """Several workers must share their budget counters, or each would allow the whole budget.
+
+    Returns the banner's description and, when nothing is configured and there are several
+    workers, the URL of the counters file they will share (``<home>/run/counters.db``).
+    """
+    from pivault.detect.counters import SHARED_SCHEMES
     from pivault.detect.setup import DetectSettings
 
     url = DetectSettings.from_home(opts.home).counters_url or ""
-    shared = url.startswith(("redis://", "rediss://", "unix://"))
+    chosen: str | None = None
+    if opts.workers > 1 and not url:
+        chosen = url = f"sqlite:///{Path(opts.home).expanduser().absolute() / 'run' / COUNTERS_FILE}"
+    shared = url.startswith(SHARED_SCHEMES)
     if opts.workers > 1 and not shared:
         raise ServeRefused(
             f"refusing {opts.workers} workers with in-process budget counters: each worker would count "
-            f"on its own, so every principal could read {opts.workers} times its budget. Share the "
-            "counters in Redis ([detect] counters = \"redis://HOST:6379/0\" in pivault.toml, or "
+            f"on its own, so every principal could read {opts.workers} times its budget. Leave [detect] "
+            "counters unset (the workers then share a file in the data directory), share them in Redis "
+            "for several nodes ([detect] counters = \"redis://HOST:6379/0\" in pivault.toml, or "
             "PIVAULT_REDIS_URL), or serve with --workers 1.")
     if not shared:
-        return "in-process (one worker)"
+        return "in-process (one worker)", None
+    if url.startswith("sqlite:///"):
+        return f"shared by this node's workers, file {url[len('sqlite://'):]}", chosen
     parsed = urlparse(url)
     host = parsed.hostname or parsed.path or "?"
-    return f"shared, {parsed.scheme}://{host}{':' + str(parsed.port) if parsed.port else ''}"
+    return f"shared, {parsed.scheme}://{host}{':' + str(parsed.port) if parsed.port else ''}", None
 
 
 def _roles_for(policy: Policy, op: str) -> str:
@@ -313,6 +328,10 @@ def run(opts: ServeOptions, *, echo: Callable[[str], None] = print) -> None:
                                "(is another server using this port?)") from None
     echo(banner(opts, pre))
     os.environ[OPTIONS_ENV] = opts.to_env()
+    if pre.counters_url:
+        from pivault.detect.setup import COUNTERS_ENV
+
+        os.environ[COUNTERS_ENV] = pre.counters_url  # the workers inherit it
     config: dict[str, Any] = {
         "app": "pivault.api.server:app_factory", "factory": True, "host": opts.host, "port": opts.port,
         "ssl_certfile": opts.certfile, "ssl_keyfile": opts.keyfile,

@@ -117,7 +117,9 @@ def serve(
     host: Annotated[str, typer.Option(
         "--host", help="Address to bind; not loopback needs TLS.")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port")] = 8443,
-    workers: Annotated[int, typer.Option("--workers", help="Worker processes.")] = 1,
+    workers: Annotated[int, typer.Option(
+        "--workers", help="Worker processes, one per core; several share their read budgets in a file "
+                          "of the vault (<home>/run/counters.db) or in the configured Redis.")] = 1,
     cert: Annotated[Path | None, typer.Option("--cert", help="TLS certificate (PEM).")] = None,
     key: Annotated[Path | None, typer.Option("--key", help="TLS private key (PEM, mode 0600).")] = None,
     policy: Annotated[Path | None, typer.Option(
@@ -289,7 +291,8 @@ def demo(
     count: Annotated[int, typer.Option("--count", help="Synthetic residents to import.")] = 100_000,
     port: Annotated[int, typer.Option("--port")] = 8443,
     workers: Annotated[int | None, typer.Option(
-        "--workers", help="Default: 2 with PIVAULT_REDIS_URL (shared budget counters), else 1.")] = None,
+        "--workers", help="Default: one per core, at most 2 (they share their budget counters in a "
+                          "file of the demo vault, or in Redis with PIVAULT_REDIS_URL).")] = None,
     no_serve: Annotated[bool, typer.Option("--no-serve", help="Prepare everything, do not serve.")] = False,
 ) -> None:
     """A vault of synthetic residents, served on loopback over HTTPS, with a token per role.
@@ -371,7 +374,7 @@ def demo(
     if no_serve:
         return
     if workers is None:
-        workers = 2 if os.environ.get("PIVAULT_REDIS_URL") else 1
+        workers = min(2, os.cpu_count() or 1)
     opts = ServeOptions(home=str(h), host="127.0.0.1", port=port, workers=workers,
                         certfile=str(tls / "cert.pem"), keyfile=str(tls / "key.pem"))
     run(opts, echo=typer.echo)

@@ -579,6 +579,6 @@ def counters_from_url(url: str | None, *, namespace: str = "default") -> Counter
     if url.startswith("sqlite:///") and len(url) > len("sqlite:///"):
         from pivault.detect.filecounters import FileCounters
 
-        return FileCounters(url[len("sqlite://"):])
+        return FileCounters(url[len("sqlite://"):], namespace=namespace)
     raise PivaultError("budget counters are memory://, sqlite:///PATH or redis://HOST:PORT/DB",
                        code="detect.config")

@@ -85,12 +85,16 @@ class FileCounters:
     """Counters in the SQLite file ``path``, for every process of this node that opens it.
 
     Each thread of each process has a connection of its own (one made before
-    a fork is never used after it). ``timeout`` bounds the wait for another
+    a fork is never used after it). ``namespace`` (the vault id) keeps the
+    counters of vaults that share a file apart. ``timeout`` bounds the wait for another
     process's transaction; past it the charge fails closed.
     """
 
-    def __init__(self, path: str | os.PathLike[str], *, clock: Any = time.time, timeout: float = 2.0) -> None:
+    def __init__(self, path: str | os.PathLike[str], *, namespace: str = "default", clock: Any = time.time,
+                 timeout: float = 2.0) -> None:
         self.path = Path(path).expanduser().absolute()
+        #: several vaults may share one file: every key carries the vault's namespace
+        self._ns = namespace + ":"
         self._clock = clock
         self._timeout = timeout
         self._local = _Conn()
@@ -163,7 +167,8 @@ class FileCounters:
                 distinct: Sequence[DistinctRule]) -> Refusal | None:
         floor = math.floor
         states: dict[str, list[Any]] = {}
-        keys = list(dict.fromkeys(w.key for w in windows))
+        ns = self._ns
+        keys = list(dict.fromkeys(ns + w.key for w in windows))
         if keys:
             rows = conn.execute(
                 f"SELECT key, expires, used, buckets FROM windows WHERE key IN ({','.join('?' * len(keys))})",
@@ -175,9 +180,10 @@ class FileCounters:
         for rule in windows:
             g = rule.window / BUCKETS
             b = floor(now / g)
-            st = states.get(rule.key)
+            key = ns + rule.key
+            st = states.get(key)
             if st is None:
-                st = states[rule.key] = [0, [], True]
+                st = states[key] = [0, [], True]
             used, buckets = st[0], st[1]
             oldest = b - BUCKETS
             drop = 0
@@ -191,7 +197,7 @@ class FileCounters:
             if amount > 0:
                 if used + amount > rule.limit:
                     return _refusal(buckets, used, rule, now, g)
-                plan.append((rule.key, b, g))
+                plan.append((key, b, g))
                 if buckets and buckets[-1][0] == b:
                     buckets[-1][1] += amount
                 else:
@@ -201,7 +207,7 @@ class FileCounters:
         day = floor(now / DAY)
         dplan: list[tuple[str, list[str]]] = []
         for d in distinct:
-            key = f"{d.key}:{day}"
+            key = f"{ns}{d.key}:{day}"
             row = conn.execute("SELECT n, expires FROM sets WHERE key = ?", (key,)).fetchone()
             n = int(row[0]) if row is not None and row[1] > now else 0
             ids = list(dict.fromkeys(d.ids))
@@ -248,7 +254,7 @@ class FileCounters:
     def incr(self, key: str, ttl: float) -> int:
         now = self.now()
         try:
-            row = self._conn().execute(_INCR, (key, now + ttl, now)).fetchone()
+            row = self._conn().execute(_INCR, (self._ns + key, now + ttl, now)).fetchone()
         except sqlite3.Error as exc:
             raise self._fail(exc) from None
         return int(row[0])
@@ -258,6 +264,7 @@ class FileCounters:
             return
         now = self.now()
         conn = self._conn()
+        key = self._ns + key
         try:
             conn.execute("BEGIN IMMEDIATE")
             try:
@@ -283,7 +290,7 @@ class FileCounters:
         try:
             for key in keys:
                 rows = conn.execute("SELECT f.field, f.n FROM hashes h JOIN fields f ON f.key = h.key"
-                                    " WHERE h.key = ? AND h.expires > ?", (key, now)).fetchall()
+                                    " WHERE h.key = ? AND h.expires > ?", (self._ns + key, now)).fetchall()
                 out.append({str(f): int(n) for f, n in rows})
         except sqlite3.Error as exc:
             raise self._fail(exc) from None
@@ -292,13 +299,14 @@ class FileCounters:
     def claim(self, key: str, ttl: float) -> bool:
         now = self.now()
         try:
-            return self._conn().execute(_CLAIM, (key, now + ttl, now)).fetchone() is not None
+            return self._conn().execute(_CLAIM, (self._ns + key, now + ttl, now)).fetchone() is not None
         except sqlite3.Error as exc:
             raise self._fail(exc) from None
 
     def get_state(self, key: str) -> dict[str, str]:
         try:
-            rows = self._conn().execute("SELECT field, value FROM state WHERE key = ?", (key,)).fetchall()
+            rows = self._conn().execute("SELECT field, value FROM state WHERE key = ?",
+                                        (self._ns + key,)).fetchall()
         except sqlite3.Error as exc:
             raise self._fail(exc) from None
         return {str(f): str(v) for f, v in rows}
@@ -312,7 +320,7 @@ class FileCounters:
             try:
                 conn.executemany("INSERT INTO state (key, field, value) VALUES (?, ?, ?)"
                                  " ON CONFLICT (key, field) DO UPDATE SET value = excluded.value",
-                                 [(key, str(f), str(v)) for f, v in values.items()])
+                                 [(self._ns + key, str(f), str(v)) for f, v in values.items()])
             except BaseException:
                 conn.execute("ROLLBACK")
                 raise

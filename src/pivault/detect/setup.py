@@ -9,7 +9,9 @@ Settings live in the vault's ``pivault.toml`` (all optional)::
     checkpoint_seconds = 300
 
     [detect]
-    counters = "redis://127.0.0.1:6379/0"   # default: in-process (one worker only)
+    counters = "redis://127.0.0.1:6379/0"   # several nodes; sqlite:///PATH for one node's
+                                            # workers; default: in-process, and for several
+                                            # serve workers a file in <home>/run
     suspend_after = 3                       # budget breaches a day before suspension
     alerts_jsonl = "/var/log/pivault/alerts.jsonl"   # default: <home>/logs/alerts.jsonl
     webhook_url = "https://siem.example/hooks/pivault" # secret in $PIVAULT_WEBHOOK_SECRET
@@ -23,7 +25,8 @@ Settings live in the vault's ``pivault.toml`` (all optional)::
     [detect.detector]                       # see DetectorConfig
     rate_factor = 5
 
-``$PIVAULT_REDIS_URL`` overrides ``counters``. Per-principal budgets of each
+``$PIVAULT_COUNTERS_URL`` overrides ``counters``, and ``$PIVAULT_REDIS_URL``
+overrides both. Per-principal budgets of each
 role come from the access policy (``[roles.R.budgets]``).
 """
 
@@ -49,10 +52,12 @@ from pivault.detect.guard import DetectGuard
 from pivault.errors import ConfigError
 from pivault.store.db import Database
 
-__all__ = ["DetectSettings", "audit_key_dir", "build_guard", "follow_policy"]
+__all__ = ["COUNTERS_ENV", "DetectSettings", "audit_key_dir", "build_guard", "follow_policy"]
 
 log = logging.getLogger("pivault.detect")
 REDIS_ENV = "PIVAULT_REDIS_URL"
+#: any counters URL (memory://, sqlite:///PATH, redis://…); ``serve`` sets it for its workers
+COUNTERS_ENV = "PIVAULT_COUNTERS_URL"
 WEBHOOK_SECRET_ENV = "PIVAULT_WEBHOOK_SECRET"
 
 
@@ -90,7 +95,7 @@ class DetectSettings:
                 out.alerts_jsonl = str(Path(home) / "logs" / "alerts.jsonl")
             if out.journal_dir is None:
                 out.journal_dir = str(Path(home) / "run" / "audit-journal")
-        env = os.environ.get(REDIS_ENV)
+        env = os.environ.get(REDIS_ENV) or os.environ.get(COUNTERS_ENV)
         if env:
             out.counters_url = env
         return out
