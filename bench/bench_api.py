@@ -16,7 +16,9 @@ The load generator is ``wrk`` when it is installed (C, cheap on the shared
 cores), else a Python client (threads, httpx) that takes a larger share of
 the CPU; the output says which. The read budgets of the policy are raised
 for the benchmark principal (the shipped 30 lookups a minute would refuse
-it at once), but they are still charged on every lookup.
+it at once), but they are still charged on every lookup: with several
+workers in the vault's counters file (what ``serve`` does with nothing
+configured), or in Redis with ``--counters redis``.
 
 The two runs alternate for ``--rounds`` rounds and the medians are printed,
 so that load from other processes on a shared machine hits both alike. Each
@@ -123,9 +125,11 @@ def start(home: Path, port: int, workers: int, cert: Path, key: Path, policy: Pa
           redis_url: str | None) -> subprocess.Popen[bytes]:
     import httpx
 
-    env = dict(os.environ, PIVAULT_PASSPHRASE=PASSPHRASE)
+    env = {k: v for k, v in os.environ.items() if k not in ("PIVAULT_REDIS_URL", "PIVAULT_COUNTERS_URL")}
+    env["PIVAULT_PASSPHRASE"] = PASSPHRASE
     if redis_url:
         env["PIVAULT_REDIS_URL"] = redis_url  # several workers share their budget counters
+    # else several workers share a counters file of the vault (<home>/run/counters.db)
     cmd = [sys.executable, "-m", "pivault.cli.serve_cmds", "serve", "--home", str(home), "--port", str(port),
            "--workers", str(workers), "--cert", str(cert), "--key", str(key), "--policy", str(policy)]
     out = (logdir / "server.out").open("wb")
@@ -413,7 +417,10 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3, help="alternating rounds of both runs; medians")
     ap.add_argument("--client", choices=("auto", "wrk", "python"), default="auto")
     ap.add_argument("--redis-url", default=os.environ.get("PIVAULT_REDIS_URL", "redis://127.0.0.1:6379/14"),
-                    help="budget counters shared by the workers (needed for --workers > 1)")
+                    help="the Redis server of --counters redis")
+    ap.add_argument("--counters", choices=("file", "redis"), default="file",
+                    help="where several workers share their read budgets: the vault's counters file "
+                         "(what serve does with nothing configured) or Redis")
     args = ap.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="pivault-bench-api-"))
@@ -431,7 +438,8 @@ def main() -> None:
     breakdown = door_breakdown(home, policy, ids)
     use_wrk = args.client == "wrk" or (args.client == "auto" and shutil.which("wrk") is not None)
     port = _free_port()
-    redis_url = args.redis_url if args.workers > 1 else None
+    redis_url = args.redis_url if args.workers > 1 and args.counters == "redis" else None
+    counters = "Redis" if redis_url else "the vault's file" if args.workers > 1 else "in-process"
     proc = start(home, port, args.workers, cert.certfile, cert.keyfile, policy, tmp, redis_url)
     base = f"https://127.0.0.1:{port}"
     meter = CpuMeter(_workers(proc.pid), _redis_pid(redis_url))
@@ -465,7 +473,7 @@ def main() -> None:
     print(f"python {platform.python_version()} on {platform.machine()}, {os.cpu_count()} cores, "
           f"load average {load}; {backend}, {args.count:,} residents, {args.workers} workers, "
           f"{args.connections} connections, {args.seconds} s per run, {args.rounds} alternating rounds "
-          f"(medians), client: {tool}; budget counters: {'Redis' if redis_url else 'in-process'}")
+          f"(medians), client: {tool}; budget counters: {counters}")
     print("                                                          CPU ms per request")
     print("                                                         workers  redis  client")
     for label, r in (("baseline GET /healthz     ", health), ("POST /v1/residents/lookup ", look)):
