@@ -221,8 +221,8 @@ def test_budget_holds_across_workers_and_servers_sharing_a_counters_file(
         second = live.start(workers=2)
         counters = live.home / "run" / "counters.db"
         assert counters.exists()
-        assert "shared by this node's workers, file" in (live.home.parent / f"server-{first.rsplit(':', 1)[1]}.log"
-                                                          ).read_text()
+        banner = (live.home.parent / f"server-{first.rsplit(':', 1)[1]}.log").read_text()
+        assert "shared by this node's workers, file" in banner
         token_id, token = live.token("officer-file-counters")
         statuses: list[int] = []
         lock = threading.Lock()
