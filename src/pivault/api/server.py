@@ -339,6 +339,8 @@ def run(opts: ServeOptions, *, echo: Callable[[str], None] = print) -> None:
         "server_header": False, "proxy_headers": False, "log_level": "warning",
         "timeout_keep_alive": 5, "timeout_graceful_shutdown": 10, "h11_max_incomplete_event_size": 16 * 1024,
         "limit_concurrency": 1000,
+        # each response in one write, so one TLS record and one system call (api/onewrite.py)
+        "http": "pivault.api.onewrite:OneWriteProtocol",
     }
     if socks is not None:
         try:
