@@ -81,7 +81,7 @@ def test_several_workers_share_their_budget_counters(home: Path, monkeypatch: py
     assert one.counters == "in-process (one worker)" and one.counters_url is None
     two = preflight(ServeOptions(home=str(home), workers=2))
     assert two.counters_url == f"sqlite:///{home.absolute() / 'run' / 'counters.db'}"
-    assert two.counters.startswith("shared by this node's workers, file ")
+    assert two.counters == f"shared by this node's workers, file {home.absolute() / 'run' / 'counters.db'}"
     # in-process counters asked for by name: several workers would each allow the whole budget
     monkeypatch.setenv("PIVAULT_COUNTERS_URL", "memory://")
     with pytest.raises(ServeRefused) as exc:

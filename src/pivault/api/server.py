@@ -195,7 +195,7 @@ def _check_counters(opts: ServeOptions) -> tuple[str, str | None]:
     Returns the banner's description and, when nothing is configured and there are several
     workers, the URL of the counters file they will share (``<home>/run/counters.db``).
     """
-    from pivault.detect.counters import SHARED_SCHEMES
+    from pivault.detect.counters import SHARED_SCHEMES, counters_file
     from pivault.detect.setup import DetectSettings
 
     url = DetectSettings.from_home(opts.home).counters_url or ""
@@ -213,7 +213,7 @@ def _check_counters(opts: ServeOptions) -> tuple[str, str | None]:
     if not shared:
         return "in-process (one worker)", None
     if url.startswith("sqlite:///"):
-        return f"shared by this node's workers, file {url[len('sqlite://'):]}", chosen
+        return f"shared by this node's workers, file {counters_file(url)}", chosen
     parsed = urlparse(url)
     host = parsed.hostname or parsed.path or "?"
     return f"shared, {parsed.scheme}://{host}{':' + str(parsed.port) if parsed.port else ''}", None

@@ -44,6 +44,7 @@ __all__ = [
     "RedisCounters",
     "Refusal",
     "WindowRule",
+    "counters_file",
     "counters_from_url",
 ]
 
@@ -569,6 +570,11 @@ class RedisCounters:
 SHARED_SCHEMES = ("redis://", "rediss://", "unix://", "sqlite:///")
 
 
+def counters_file(url: str) -> str:
+    """The absolute path of ``sqlite:///PATH`` (``sqlite:////PATH`` too): counters files are not relative."""
+    return "/" + url[len("sqlite://"):].lstrip("/")
+
+
 def counters_from_url(url: str | None, *, namespace: str = "default") -> Counters:
     """``None`` or ``memory://`` for in-process counters; ``sqlite:///PATH`` for a file shared by
     this node's processes; ``redis://…`` for counters shared by several nodes."""
@@ -579,6 +585,6 @@ def counters_from_url(url: str | None, *, namespace: str = "default") -> Counter
     if url.startswith("sqlite:///") and len(url) > len("sqlite:///"):
         from pivault.detect.filecounters import FileCounters
 
-        return FileCounters(url[len("sqlite://"):], namespace=namespace)
+        return FileCounters(counters_file(url), namespace=namespace)
     raise PivaultError("budget counters are memory://, sqlite:///PATH or redis://HOST:PORT/DB",
                        code="detect.config")
