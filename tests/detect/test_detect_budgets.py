@@ -260,3 +260,15 @@ def test_redis_budget_holds_across_processes(redis_url: str) -> None:
     total = sum(q.get(timeout=5) for _ in procs)
     RedisCounters(redis_url, namespace=ns).flush_namespace()
     assert total == 100  # 240 attempts, exactly the budget granted
+
+
+def test_a_clock_stepping_back_keeps_the_window(counters: Counters, clock: FakeClock) -> None:
+    """A node's clock set back a few seconds (NTP) must not forget the newer buckets' reads."""
+    b = Budgets(BudgetPolicy(roles={"officer": Budget(records_per_minute=10)}), counters)
+    for i in range(6):
+        assert b.charge(OFFICER, records=1, record_ids=[f"r_{i}"]).allowed
+    clock.advance(-3)
+    for i in range(6, 10):
+        assert b.charge(OFFICER, records=1, record_ids=[f"r_{i}"]).allowed
+    clock.advance(5)
+    assert not b.charge(OFFICER, records=1, record_ids=["r_10"]).allowed  # all ten still count

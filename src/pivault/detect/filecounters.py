@@ -292,7 +292,9 @@ class FileCounters:
                 return _refusal(counts, b, used, rule, now, g)
             counts[b % BUCKETS] += amount
             st[0] = used + amount
-            writes.append((key, (b + BUCKETS + 1) * g, st[0], b, counts.tobytes()))
+            # a clock that stepped back charges its own, still live, bucket; the newest stays
+            newest = st[1]
+            writes.append((key, (newest + BUCKETS + 1) * g, st[0], newest, counts.tobytes()))
         new_members: list[tuple[str, str]] = []
         set_writes: list[tuple[str, float, int]] = []
         for d, key in zip(distinct, dkeys, strict=True):
