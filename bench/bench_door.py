@@ -9,7 +9,9 @@ One vault, one run, two doors over the same store and keyring:
    decrypt the record, mask. No audit, no budgets.
 2. full door: the same call through the :class:`~pivault.detect.DetectGuard`
    that ``Vault.open`` installs: read budgets charged (per principal, role
-   and vault; in-process counters, or Redis with ``--redis``), the audit
+   and vault; in-process counters, a counters file with ``--file-counters``
+   (what several ``serve`` workers share on one node), or Redis with
+   ``--redis``), the audit
    entry appended and chained (one transaction per lookup, on the same
    store), the canary check, the global detector fed with coarse cells.
 
@@ -42,7 +44,9 @@ from pivault.detect import (
     BudgetPolicy,
     Budgets,
     CanaryRegistry,
+    Counters,
     DetectGuard,
+    FileCounters,
     GlobalDetector,
     MemoryCounters,
     RedisCounters,
@@ -78,7 +82,7 @@ class BareGuard:
 
 
 def build(tmp: Path, count: int, store_url: str | None, redis_url: str | None,
-          canaries: int) -> tuple[Vault, Vault, Vault, list[str], Database]:
+          canaries: int, file_counters: bool = False) -> tuple[Vault, Vault, Vault, list[str], Database]:
     keyring = Keyring.create(tmp / "keys" / "keyring.json", PassphraseProvider("bench-pass", CHEAP),
                              expected_population=max(count, 10**5))
     url = store_url or f"sqlite:///{tmp / 'data' / 'vault.db'}"
@@ -87,8 +91,9 @@ def build(tmp: Path, count: int, store_url: str | None, redis_url: str | None,
     writer_dir = tmp / "keys" / "audit"
     create_audit_keys(writer_dir, keyring)
     log = AuditLog(db, keyring, load_writer(writer_dir, keyring), journal_dir=tmp / "data" / "journal")
-    counters = (RedisCounters(redis_url, namespace="bench-" + keyring.vault_id) if redis_url
-                else MemoryCounters())
+    counters: Counters = (RedisCounters(redis_url, namespace="bench-" + keyring.vault_id) if redis_url
+                          else FileCounters(tmp / "data" / "counters.db") if file_counters
+                          else MemoryCounters())
     alerts = AlertDispatcher([TableSink(db)], claim=counters.claim)
     big = Budget(records_per_minute=BIG, records_per_hour=BIG, records_per_day=BIG, misses_per_hour=BIG,
                  distinct_per_day=BIG)
@@ -139,10 +144,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--canaries", type=int, default=20)
     ap.add_argument("--store", default=None, help="store URL (default: a new SQLite file)")
     ap.add_argument("--redis", default=None, help="Redis URL for the budget counters (default in-process)")
+    ap.add_argument("--file-counters", action="store_true",
+                    help="budget counters in an SQLite file, as several serve workers share them")
     args = ap.parse_args(argv)
 
     with tempfile.TemporaryDirectory(prefix="pivault-bench-door-") as d:
-        inner, full, bare, ids, db = build(Path(d), args.count, args.store, args.redis, args.canaries)
+        inner, full, bare, ids, db = build(Path(d), args.count, args.store, args.redis, args.canaries,
+                                           args.file_counters)
         rnd = random.Random(7)
         ctx = READER
         doors: dict[str, Callable[[str], Any]] = {
@@ -171,7 +179,7 @@ def main(argv: list[str] | None = None) -> None:
     ratio_cpu = mcpu["full"] / mcpu["inner"]
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     backend = "PostgreSQL" if args.store and args.store.startswith("postgres") else "SQLite"
-    counters = "Redis" if args.redis else "in-process"
+    counters = "Redis" if args.redis else "file" if args.file_counters else "in-process"
     print(f"python {platform.python_version()} on {platform.machine()}, {os.cpu_count()} cores, "
           f"load average {load}; {backend} store, {counters} counters; count={args.count:,}, "
           f"{args.lookups:,} lookups x {args.rounds} rounds, median round")
