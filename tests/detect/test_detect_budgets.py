@@ -272,3 +272,23 @@ def test_a_clock_stepping_back_keeps_the_window(counters: Counters, clock: FakeC
         assert b.charge(OFFICER, records=1, record_ids=[f"r_{i}"]).allowed
     clock.advance(5)
     assert not b.charge(OFFICER, records=1, record_ids=["r_10"]).allowed  # all ten still count
+
+
+def test_file_budget_holds_across_threads(tmp_path: Path) -> None:
+    """A worker's thread pool charges too: threads of one process get exactly the budget."""
+    import threading
+
+    b = Budgets(BudgetPolicy(roles={"officer": Budget(records_per_minute=100, distinct_per_day=150)}),
+                FileCounters(tmp_path / "counters.db"))
+    granted: list[int] = []
+
+    def hammer(k: int) -> None:
+        ok = sum(b.charge(OFFICER, records=1, record_ids=[f"r_{k}_{i}"]).allowed for i in range(30))
+        granted.append(ok)
+
+    threads = [threading.Thread(target=hammer, args=(k,)) for k in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert sum(granted) == 100  # 240 attempts from 8 threads
