@@ -152,14 +152,17 @@ def _window_advance(w: _Window, b: int) -> None:
     w.expires = (b + BUCKETS + 1) * w.g
 
 
-def _window_refusal(w: _Window, rule: WindowRule, now: float) -> Refusal:
-    """The refusal of ``rule`` (whose charge does not fit in ``w``): when enough leaves to fit it."""
-    g = w.g
-    used = w.used
+def window_refusal(buckets: Iterable[Sequence[int]], used: int, rule: WindowRule, now: float,
+                   g: float) -> Refusal:
+    """The refusal of ``rule``, whose charge does not fit in a window holding ``used``.
+
+    ``buckets`` are the window's ``(bucket number, count)`` oldest first and ``g`` a bucket's
+    length: the wait is until enough of the oldest have left for the charge to fit.
+    """
     retry = rule.window
     if rule.amount <= rule.limit:
         need, freed = used + rule.amount - rule.limit, 0
-        for k, c in w.buckets:
+        for k, c in buckets:
             freed += c
             if freed >= need:
                 retry = (k + BUCKETS) * g - now
@@ -200,7 +203,7 @@ class MemoryCounters:
                 amount = rule.amount
                 if amount > 0:
                     if w.used + amount > rule.limit:
-                        return _window_refusal(w, rule, now)
+                        return window_refusal(w.buckets, w.used, rule, now, w.g)
                     plan.append((w, amount))
             dplan: list[tuple[set[str], Collection[str]]] = []
             if distinct:

@@ -37,6 +37,7 @@ from pivault.detect.counters import (
     DistinctRule,
     Refusal,
     WindowRule,
+    window_refusal,
 )
 
 __all__ = ["FileCounters"]
@@ -289,7 +290,9 @@ class FileCounters:
             if amount <= 0:
                 continue
             if used + amount > rule.limit:
-                return _refusal(counts, b, used, rule, now, g)
+                # the live buckets, oldest first: the slots of buckets b - BUCKETS + 1 .. b
+                live = ((k, counts[k % BUCKETS]) for k in range(b - BUCKETS + 1, b + 1))
+                return window_refusal(live, used, rule, now, g)
             counts[b % BUCKETS] += amount
             st[0] = used + amount
             # a clock that stepped back charges its own, still live, bucket; the newest stays
@@ -385,19 +388,3 @@ class FileCounters:
             conn.executemany("INSERT INTO state (key, field, value) VALUES (?, ?, ?)"
                              " ON CONFLICT (key, field) DO UPDATE SET value = excluded.value",
                              [(self._ns + key, str(f), str(v)) for f, v in values.items()])
-
-
-def _refusal(counts: array[int], b: int, used: int, rule: WindowRule, now: float, g: float) -> Refusal:
-    """The refusal of ``rule``: the wait until enough of the window's oldest buckets have left.
-
-    ``counts`` holds bucket ``k`` at ``k % BUCKETS``, for the buckets up to ``b``.
-    """
-    retry = rule.window
-    if rule.amount <= rule.limit:
-        need, freed = used + rule.amount - rule.limit, 0
-        for k in range(b - BUCKETS + 1, b + 1):
-            freed += counts[k % BUCKETS]
-            if freed >= need:
-                retry = (k + BUCKETS) * g - now
-                break
-    return Refusal(rule.name, max(retry, 0.001), used, rule.limit)
