@@ -569,8 +569,9 @@ class RedisCounters:
             raise self._fail(exc) from None
 
 
-#: URL schemes of counters that several processes share
-SHARED_SCHEMES = ("redis://", "rediss://", "unix://", "sqlite:///")
+#: URL schemes of Redis counters, and of all counters that several processes share
+REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+SHARED_SCHEMES = (*REDIS_SCHEMES, "sqlite:///")
 
 
 def counters_file(url: str) -> str:
@@ -583,7 +584,7 @@ def counters_from_url(url: str | None, *, namespace: str = "default") -> Counter
     this node's processes; ``redis://…`` for counters shared by several nodes."""
     if url is None or url in ("", "memory://"):
         return MemoryCounters()
-    if url.startswith(("redis://", "rediss://", "unix://")):
+    if url.startswith(REDIS_SCHEMES):
         return RedisCounters(url, namespace=namespace)
     if url.startswith("sqlite:///") and len(url) > len("sqlite:///"):
         from pivault.detect.filecounters import FileCounters
