@@ -302,7 +302,7 @@ class FileCounters:
         set_writes: list[tuple[str, float, int]] = []
         for d, key in zip(distinct, dkeys, strict=True):
             n = sizes.get(key, 0)
-            ids = list(dict.fromkeys(d.ids))
+            ids = tested or tuple(dict.fromkeys(d.ids))  # deduplicated once
             if not tested:  # several sets, or a read of many ids: each tested apart
                 present = set()
                 for i in range(0, len(ids), _CHUNK) if n else ():
