@@ -238,6 +238,9 @@ def banner(opts: ServeOptions, pre: Preflight) -> str:
         f"policy: {pre.policy_path or 'shipped default'}",
         f"access log: {opts.access_log} (method, route, status, principal, latency; no PI)",
         f"read budgets: counters {pre.counters}; audit trail and detection on every read",
+        "audit chain: " + ("the workers' journals chained by the node's audit chainer process"
+                           if opts.workers > 1 and balanced()
+                           else "the journal chained by a thread of the worker"),
         "",
         "routes:",
     ]
@@ -343,8 +346,11 @@ def run(opts: ServeOptions, *, echo: Callable[[str], None] = print) -> None:
         "http": "pivault.api.onewrite:OneWriteProtocol",
     }
     if socks is not None:
+        from pivault.detect.setup import AUDIT_CHAIN_ENV
+
+        os.environ[AUDIT_CHAIN_ENV] = "node"  # the workers leave their journals to the node's chainer
         try:
-            serve_workers(config, socks, grace=10)
+            serve_workers(config, socks, grace=10, chainer_home=str(opts.home))
         except RuntimeError as exc:
             raise ServeRefused(str(exc)) from None
         return

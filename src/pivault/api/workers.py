@@ -11,7 +11,12 @@ Here the parent binds one socket per worker, all to the same address with
 ``SO_REUSEPORT``, so the kernel spreads new connections across them (by a
 hash of the client's address and port), and each worker serves only its own.
 A worker that dies is replaced on the same socket; connections that arrive
-meanwhile wait in its queue instead of being refused. A serving process that
+meanwhile wait in its queue instead of being refused. Beside the workers runs
+the node's audit chainer (:mod:`pivault.audit.chainer`): the workers write
+their audit entries ahead to their journals and the chainer chains them, so
+no worker spends its requests' time on it. It too is replaced if it dies;
+until then the workers' entries wait in their journals, and after a couple of
+seconds the workers refuse requests (fail closed). A serving process that
 dies takes its workers with it (``PR_SET_PDEATHSIG``).
 
 Linux keeps a ``SO_REUSEPORT`` group to sockets of one user, so no other
@@ -115,10 +120,29 @@ def _worker_main(config_kwargs: dict[str, Any], sock: socket.socket, parent: int
         sys.exit(STARTUP_FAILURE)
 
 
+def _chainer_main(home: str, parent: int) -> None:
+    """The node's audit chainer: chains the workers' journals until SIGTERM."""
+    from pivault.detect.setup import run_node_chainer
+
+    _die_with_parent(parent)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the serving process stops us in order
+    try:
+        run_node_chainer(home, stop)
+    except Exception as exc:
+        log.error("the audit chainer stopped: %s", getattr(exc, "code", type(exc).__name__))
+        sys.exit(STARTUP_FAILURE)
+
+
 class _Supervisor:
     def __init__(self, config_kwargs: dict[str, Any], socks: list[socket.socket],
-                 grace: float) -> None:
+                 grace: float, chainer_home: str | None = None) -> None:
         self.config_kwargs = config_kwargs
+        self.chainer_home = chainer_home
+        self.chainer: Any = None
+        self.chainer_started = 0.0
+        self.chainer_strikes = 0
         self.socks = socks
         self.grace = grace
         self.ctx = multiprocessing.get_context("spawn")
@@ -136,7 +160,30 @@ class _Supervisor:
         self.procs[i] = p
         self.started_at[i] = time.monotonic()
 
+    def start_chainer(self) -> None:
+        p = self.ctx.Process(target=_chainer_main, args=(self.chainer_home, os.getpid()),
+                             name="pivault-audit-chainer", daemon=False)
+        p.start()
+        self.chainer = p
+        self.chainer_started = time.monotonic()
+
+    def watch_chainer(self) -> None:
+        p = self.chainer
+        if p is None or p.is_alive() or self.stop.is_set():
+            return
+        p.join()
+        quick = time.monotonic() - self.chainer_started < QUICK
+        self.chainer_strikes = self.chainer_strikes + 1 if quick else 0
+        if self.chainer_strikes >= STRIKES:
+            self.failed = (f"the audit chainer could not start (exit status {p.exitcode}); "
+                           "see the messages above")
+            self.stop.set()
+            return
+        log.warning("the audit chainer stopped (exit status %s); starting a new one", p.exitcode)
+        self.start_chainer()
+
     def watch(self) -> None:
+        self.watch_chainer()
         for i, p in enumerate(self.procs):
             if p.is_alive() or self.stop.is_set():
                 continue
@@ -162,20 +209,34 @@ class _Supervisor:
             if p.is_alive():
                 p.kill()
                 p.join()
+        # the chainer last: the workers' last entries are chained before it goes
+        p = self.chainer
+        if p is not None and p.is_alive():
+            with contextlib.suppress(OSError):
+                p.terminate()
+            p.join(15)
+            if p.is_alive():
+                p.kill()
+                p.join()
 
 
-def serve_workers(config_kwargs: dict[str, Any], socks: list[socket.socket], *, grace: float = 10.0) -> None:
+def serve_workers(config_kwargs: dict[str, Any], socks: list[socket.socket], *, grace: float = 10.0,
+                  chainer_home: str | None = None) -> None:
     """Run one uvicorn server per socket of ``socks`` (from :func:`listen_group`) until a signal.
 
     ``config_kwargs`` are :class:`uvicorn.Config`'s (an import string app, so
-    each worker builds its own). Returns when SIGINT or SIGTERM arrives, after
+    each worker builds its own). With ``chainer_home``, the node's audit
+    chainer of that vault runs beside them (the workers must then be told to
+    leave their journals to it: ``$PIVAULT_AUDIT_CHAIN=node``). Returns when SIGINT or SIGTERM arrives, after
     the workers have stopped; raises ``RuntimeError`` if a worker cannot start.
     The sockets are closed on return.
     """
-    sup = _Supervisor(config_kwargs, socks, grace)
+    sup = _Supervisor(config_kwargs, socks, grace, chainer_home)
     previous = {sig: signal.signal(sig, lambda *_: sup.stop.set())
                 for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
+        if chainer_home is not None:
+            sup.start_chainer()
         for i in range(len(socks)):
             sup.start(i)
         while not sup.stop.wait(0.5):

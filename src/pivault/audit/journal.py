@@ -40,9 +40,11 @@ import contextlib
 import fcntl
 import json
 import logging
+import mmap
 import os
 import secrets
 import socket
+import struct
 import threading
 import time
 import weakref
@@ -55,7 +57,15 @@ from pivault.audit.log import AuditError, encode_fields
 if TYPE_CHECKING:
     from pivault.audit.log import AuditLog
 
-__all__ = ["Journal"]
+__all__ = ["CHAIN_MODES", "PROGRESS", "Journal"]
+
+#: who chains a journal: a thread of its own process, or the node's chainer process
+#: (:mod:`pivault.audit.chainer`), which several worker processes share
+CHAIN_MODES = ("thread", "node")
+#: a journal's progress file, written by the node's chainer: the last journal sequence
+#: chained, and 0 or the code of the failure that stops the chainer (requests then refuse)
+PROGRESS = struct.Struct("<qq")
+PROGRESS_SUFFIX = ".chained"
 
 log = logging.getLogger("pivault.audit")
 _write = os.write
@@ -82,8 +92,20 @@ class Journal:
     """One process's write-ahead journal of audit entries and its chaining thread."""
 
     def __init__(self, audit_log: AuditLog, directory: str | os.PathLike[str], *, max_delay: float = 0.02,
-                 max_batch: int = 500, max_backlog: int = 50_000, stale_after: float = 2.0) -> None:
+                 max_batch: int = 500, max_backlog: int = 50_000, stale_after: float = 2.0,
+                 chain: str = "thread", rotate_bytes: int = 1 << 20) -> None:
+        if chain not in CHAIN_MODES:
+            raise AuditError(f"the audit journal is chained by a thread or the node's chainer, not {chain!r}",
+                             code="audit.config")
         self.log = audit_log
+        #: "node": no thread here; the node's chainer process reads the file and reports
+        #: its progress in ``<journal>.chained``, which :meth:`write` reads to fail closed
+        self.chain = chain
+        #: in "node" mode, the file starts afresh once everything in it is chained and it is this long
+        self.rotate_bytes = rotate_bytes
+        self._progress: mmap.mmap | None = None
+        self._size = 0
+        self._unchained_from = 0
         self.directory = Path(directory)
         self.max_delay = max_delay
         self.max_batch = max_batch
@@ -124,19 +146,30 @@ class Journal:
                 level.mkdir(mode=0o700, exist_ok=True)
             self.journal_id = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(4)}"
             path = self.directory / f"{self.journal_id}.journal"
+            # in node mode the progress file first: the chainer may find the journal at once
+            progress = self._open_progress(path) if self.chain == "node" else None
             fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             self._fd = fd
-            # its own connection: chaining never holds the requests' connection, and on
-            # PostgreSQL its round trips overlap with them
-            from pivault.store.db import Database
-
-            self._db = Database(self.log.db.url)
             self._seq = 0
             self._pending = []
             self._chained = 0
             self._broken = None
             self._closing = False
+            self._size = 0
+            self._unchained_from = 0
+            if self.chain == "node":
+                self._progress = progress
+                self._pid = os.getpid()
+                self._forks = _FORKS[0]
+                atexit.register(self.close)
+                mp_util.Finalize(None, self.close, exitpriority=10)
+                return  # the node's chainer recovers the journals of stopped processes
+            # its own connection: chaining never holds the requests' connection, and on
+            # PostgreSQL its round trips overlap with them
+            from pivault.store.db import Database
+
+            self._db = Database(self.log.db.url)
             self._pid = os.getpid()
             self._forks = _FORKS[0]
             self._thread = threading.Thread(target=self._run, name="pivault-audit-journal", daemon=True)
@@ -146,6 +179,25 @@ class Journal:
             mp_util.Finalize(None, self.close, exitpriority=10)
         self.recover()
 
+    def _open_progress(self, path: Path) -> mmap.mmap:
+        """This journal's progress file, zeroed, mapped for reading (the chainer writes it)."""
+        progress = path.with_suffix(PROGRESS_SUFFIX)
+        pfd = os.open(progress, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        try:
+            os.write(pfd, bytes(PROGRESS.size))
+            return mmap.mmap(pfd, PROGRESS.size, access=mmap.ACCESS_READ)
+        finally:
+            os.close(pfd)
+
+    def _node_progress(self) -> tuple[int, int]:
+        """(last sequence chained, failure code) as the node's chainer last wrote them."""
+        mm = self._progress
+        assert mm is not None
+        while True:  # two equal reads: never a value torn by the chainer's write
+            first = PROGRESS.unpack_from(mm)
+            if PROGRESS.unpack_from(mm) == first:
+                return first
+
     # -- the request path ---------------------------------------------------------------
     def write(self, fields: tuple[Any, ...]) -> None:
         """Journal one prepared entry; raise ``audit.unavailable`` if it or the chain cannot be written."""
@@ -154,6 +206,9 @@ class Journal:
         # encoded once, for the line here and for the MAC in the chaining thread
         tail = encode_fields(fields)
         ts_us = int(self._clock() * 1_000_000)
+        if self._progress is not None:
+            self._write_node(tail, ts_us)
+            return
         with self._lock:
             if self._broken is not None:
                 raise AuditError(f"the audit chain cannot be written ({self._broken}); refusing",
@@ -180,11 +235,58 @@ class Journal:
             if len(pending) >= self.max_batch:
                 self._cond.notify_all()
 
+    def _write_node(self, tail: bytes, ts_us: int) -> None:
+        """:meth:`write` when the node's chainer chains: refuse if it has failed or fallen behind."""
+        with self._lock:
+            chained, failure = self._node_progress()
+            if failure:
+                raise AuditError("the node's audit chainer cannot write the chain; refusing",
+                                 code="audit.unavailable", hint="check the store and the chainer's log")
+            now = _monotonic()
+            waiting = self._seq - chained
+            if waiting <= 0:
+                if self._size >= self.rotate_bytes:
+                    # everything in the file is chained: start it afresh (the chainer reads the
+                    # sequence numbers, so it notices)
+                    try:
+                        os.ftruncate(self._fd, 0)
+                        self._size = 0
+                    except OSError:
+                        pass
+            else:
+                if self._unchained_from <= chained:
+                    # the chainer moved on: the oldest waiting entry is newer than the one timed
+                    self._unchained_from = chained + 1
+                    self._pending_since = now
+                if waiting >= self.max_backlog or now - self._pending_since > self.stale_after:
+                    raise AuditError("no audit chainer has chained this process's entries for "
+                                     f"{self.stale_after:g} s; refusing", code="audit.unavailable",
+                                     hint="check that the node's audit chainer runs, and the store")
+            seq = self._seq + 1
+            data = b"[%d,%d,%s\n" % (seq, ts_us, tail)
+            try:
+                if _write(self._fd, data) != len(data):
+                    raise OSError("short write")
+            except OSError as exc:
+                raise AuditError(f"the audit journal cannot be written ({type(exc).__name__})",
+                                 code="audit.unavailable", hint="check the journal's disk") from None
+            self._seq = seq
+            self._size += len(data)
+            if waiting <= 0:
+                self._unchained_from = seq
+                self._pending_since = now
+
     def flush(self, timeout: float = 10.0) -> bool:
         """Wait until everything written so far is chained."""
         if self._pid != os.getpid():
             return True
         deadline = time.monotonic() + timeout
+        if self._progress is not None:
+            while self._node_progress()[0] < self._seq:
+                if time.monotonic() >= deadline:
+                    return False
+                time.sleep(0.002)
+            return True
         with self._cond:
             target = self._seq
             self._flush_wanted = True
@@ -204,6 +306,20 @@ class Journal:
         with self._cond:
             self._closing = True
             self._cond.notify_all()
+        if self._progress is not None:
+            # the chainer forgets a journal whose file is gone; one left behind (not all of it
+            # chained) it chains once this process's lock is released, as after a crash
+            if done:
+                path = self.directory / f"{self.journal_id}.journal"
+                with contextlib.suppress(OSError):
+                    os.unlink(path)
+                with contextlib.suppress(OSError):
+                    os.unlink(path.with_suffix(PROGRESS_SUFFIX))
+            with contextlib.suppress(OSError, ValueError):
+                self._progress.close()
+            with contextlib.suppress(OSError):
+                os.close(self._fd)
+            return
         if done:
             with contextlib.suppress(OSError):
                 os.unlink(self.directory / f"{self.journal_id}.journal")

@@ -432,7 +432,7 @@ class AuditLog:
     def __init__(self, db: Database, keyring: FieldCipher, writer: WriterKeys, *,
                  checkpoint_every: int = 1000, checkpoint_seconds: float = 300.0,
                  clock: Callable[[], float] = time.time,
-                 journal_dir: str | os.PathLike[str] | None = None) -> None:
+                 journal_dir: str | os.PathLike[str] | None = None, journal_chain: str = "thread") -> None:
         if checkpoint_every < 1 or checkpoint_seconds <= 0:
             raise AuditError("checkpoint interval must be positive", code="audit.config")
         self.db = db
@@ -450,12 +450,13 @@ class AuditLog:
         self._caches: dict[int, _Head | None] = {}
         self._names_seen: set[str] = set()
         #: with a journal directory, :meth:`record` writes ahead to this process's
-        #: journal and a background thread chains entries in batches
+        #: journal, and a background thread (``journal_chain="thread"``) or the node's
+        #: chainer process (``"node"``, :mod:`pivault.audit.chainer`) chains entries in batches
         self.journal: Any = None
         if journal_dir is not None:
             from pivault.audit.journal import Journal
 
-            self.journal = Journal(self, journal_dir)
+            self.journal = Journal(self, journal_dir, chain=journal_chain)
 
     # -- head --------------------------------------------------------------------
     def _read_head(self, db: Database, *, for_update: bool = True) -> _Head | None:

@@ -26,7 +26,9 @@ Settings live in the vault's ``pivault.toml`` (all optional)::
     rate_factor = 5
 
 ``$PIVAULT_COUNTERS_URL`` overrides ``counters``, and ``$PIVAULT_REDIS_URL``
-overrides both. Per-principal budgets of each
+overrides both. ``$PIVAULT_AUDIT_CHAIN=node``, which ``pivault serve`` sets
+for its workers when it runs the node's audit chainer, leaves the chaining of
+their journals to that process (:mod:`pivault.audit.chainer`). Per-principal budgets of each
 role come from the access policy (``[roles.R.budgets]``).
 """
 
@@ -34,6 +36,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 import tomllib
 from collections.abc import Callable, Mapping
@@ -41,6 +44,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from pivault.audit.journal import CHAIN_MODES
 from pivault.audit.keys import AuditKeyError, WriterKeys, create_audit_keys, load_writer
 from pivault.audit.log import AuditLog
 from pivault.detect.alerts import AlertDispatcher, sinks_from_config
@@ -52,12 +56,14 @@ from pivault.detect.guard import DetectGuard
 from pivault.errors import ConfigError
 from pivault.store.db import Database
 
-__all__ = ["COUNTERS_ENV", "DetectSettings", "audit_key_dir", "build_guard", "follow_policy"]
+__all__ = ["AUDIT_CHAIN_ENV", "COUNTERS_ENV", "DetectSettings", "audit_key_dir", "build_guard",
+           "follow_policy", "run_node_chainer"]
 
 log = logging.getLogger("pivault.detect")
 REDIS_ENV = "PIVAULT_REDIS_URL"
 #: any counters URL (memory://, sqlite:///PATH, redis://…); ``serve`` sets it for its workers
 COUNTERS_ENV = "PIVAULT_COUNTERS_URL"
+AUDIT_CHAIN_ENV = "PIVAULT_AUDIT_CHAIN"
 WEBHOOK_SECRET_ENV = "PIVAULT_WEBHOOK_SECRET"
 
 
@@ -77,6 +83,8 @@ class DetectSettings:
     journal_dir: str | None = None
     checkpoint_every: int = 1000
     checkpoint_seconds: float = 300.0
+    #: who chains this process's audit journal: its own thread, or the node's chainer process
+    journal_chain: str = "thread"
 
     @classmethod
     def from_home(cls, home: str | os.PathLike[str] | None) -> DetectSettings:
@@ -98,6 +106,12 @@ class DetectSettings:
         env = os.environ.get(REDIS_ENV) or os.environ.get(COUNTERS_ENV)
         if env:
             out.counters_url = env
+        chain = os.environ.get(AUDIT_CHAIN_ENV)
+        if chain:
+            if chain not in CHAIN_MODES:
+                raise ConfigError(f"${AUDIT_CHAIN_ENV} is one of {', '.join(CHAIN_MODES)}",
+                                  code="home.config")
+            out.journal_chain = chain
         return out
 
     @classmethod
@@ -169,7 +183,8 @@ def build_guard(db: Database, keyring: Any, *, keyring_path: str | os.PathLike[s
     key_dir = audit_key_dir(keyring_path, keyring.vault_id, settings)
     writer = _writer_keys(key_dir, keyring, home, create_keys)
     audit_log = AuditLog(db, keyring, writer, checkpoint_every=settings.checkpoint_every,
-                         checkpoint_seconds=settings.checkpoint_seconds, journal_dir=settings.journal_dir)
+                         checkpoint_seconds=settings.checkpoint_seconds, journal_dir=settings.journal_dir,
+                         journal_chain=settings.journal_chain)
     counters = counters or counters_from_url(settings.counters_url, namespace=keyring.vault_id)
     secret = os.environ.get(WEBHOOK_SECRET_ENV, "").encode() or None
     if settings.alerts_jsonl:
@@ -191,6 +206,30 @@ def build_guard(db: Database, keyring: Any, *, keyring_path: str | os.PathLike[s
     return DetectGuard(
         audit_log, budgets=Budgets(_PolicyBudgets(policy, settings), counters), alerts=alerts,
         canaries=CanaryRegistry(db, keyring), detector=detector, suspend=suspend, inner=inner)
+
+
+def run_node_chainer(home: str | os.PathLike[str], stop: threading.Event) -> None:
+    """Chain the audit journals of every worker of the vault in ``home`` until ``stop`` is set.
+
+    Opens only what chaining needs: the store, the keyring (the chain head's key
+    is kept encrypted under it) and the writer's audit keys (the checkpoints'
+    signatures) — no budgets, no detector, no record is read.
+    """
+    from pivault.audit.chainer import NodeChainer
+    from pivault.crypto import Keyring
+    from pivault.crypto.providers import provider_for
+    from pivault.vault.home import load
+
+    cfg = load(home)
+    keyring = Keyring.open(cfg.keyring_path, provider_for(Keyring.peek(cfg.keyring_path)["provider"]))
+    settings = DetectSettings.from_home(cfg.home)
+    key_dir = audit_key_dir(cfg.keyring_path, keyring.vault_id, settings)
+    writer = _writer_keys(key_dir, keyring, cfg.home, True)
+    with Database(cfg.store_url) as db:
+        audit_log = AuditLog(db, keyring, writer, checkpoint_every=settings.checkpoint_every,
+                             checkpoint_seconds=settings.checkpoint_seconds)
+        assert settings.journal_dir is not None
+        NodeChainer(audit_log, settings.journal_dir).run(stop)
 
 
 def follow_policy(guard: DetectGuard, policy: Callable[[], Any]) -> None:

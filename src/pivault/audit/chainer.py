@@ -1,0 +1,285 @@
+"""The node's audit chainer: one process chains the journals of every worker on the node.
+
+Each worker still writes its entries ahead to its own journal, one ``write``
+per request, before any data leaves (:mod:`pivault.audit.journal`). What a
+chaining thread inside the worker would then do — two MACs per entry and a
+write transaction every few milliseconds — is done here, in a process of its
+own. A thread beside the requests shares their interpreter: each time a
+request let go of it (every SQLite call does), the chaining thread took it,
+and the request waited for it back. Measured in one process, that hand-off
+cost more than the chaining's own work (BENCHMARKS *door*). In a separate
+process the chaining runs on another core, and one chainer for all the
+workers makes one transaction per journal per round instead of one per worker
+thread.
+
+How the two sides agree, with no other channel than files:
+
+* the chainer reads each journal's new complete lines and chains those whose
+  journal sequence is above the last one chained (``audit_journals``, updated
+  in the same transaction as the entries), so nothing is chained twice or
+  skipped, whatever the chainer or the worker did in between;
+* after each commit it writes the journal's progress file
+  (``<journal>.chained``: the last sequence chained, and a failure code). The
+  worker reads it on every entry: it refuses requests (``audit.unavailable``)
+  when the chainer reports a failure, or when its oldest waiting entry has
+  waited ``stale_after`` seconds (no chainer running) — fail closed, as with
+  the thread;
+* a worker starts its file afresh once everything in it is chained; the
+  chainer notices because the line at its reading position is not the next
+  sequence, and reads the file from the start;
+* a journal whose process is gone (its ``flock`` is free) is chained to its
+  end and removed, as a starting process recovers journals in thread mode.
+
+One chainer per journal directory: it holds ``chainer.lock`` there, and a
+second one waits for the first to stop.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pivault.audit.journal import PROGRESS, PROGRESS_SUFFIX
+
+if TYPE_CHECKING:
+    from pivault.audit.log import AuditLog
+    from pivault.store.db import Database
+
+__all__ = ["LOCK_NAME", "NodeChainer"]
+
+log = logging.getLogger("pivault.audit")
+
+LOCK_NAME = "chainer.lock"
+#: failure code written to a progress file while the chain cannot be written
+FAILED = 1
+
+
+@dataclass
+class _Tail:
+    """What the chainer knows of one live journal."""
+
+    fd: int
+    #: the last journal sequence chained from it
+    done: int
+    #: where its next unread line starts
+    offset: int = 0
+    #: its progress file; none if its process chains it itself (a thread-mode journal: the
+    #: command line beside a server) — left alone while that process lives
+    progress_fd: int = -1
+
+
+class NodeChainer:
+    """Chains the journals in ``directory`` into ``audit_log``'s store, round after round.
+
+    ``audit_log`` is an :class:`~pivault.audit.log.AuditLog` without a
+    journal of its own (its keys make the MACs and checkpoints). ``db``, if
+    given, is the connection the chainer writes with (default the log's).
+    """
+
+    def __init__(self, audit_log: AuditLog, directory: str | os.PathLike[str], *, max_delay: float = 0.02,
+                 max_batch: int = 500, db: Database | None = None) -> None:
+        self.log = audit_log
+        self.directory = Path(directory)
+        self.max_delay = max_delay
+        self.max_batch = max_batch
+        self.db = db if db is not None else audit_log.db
+        self._tails: dict[str, _Tail] = {}
+        self._lock_fd = -1
+        self._failing = False
+
+    # -- the process's life -----------------------------------------------------------------
+    def acquire(self, stop: threading.Event | None = None, poll: float = 0.2) -> bool:
+        """Take the directory's chainer lock, waiting while another chainer holds it; False if stopped."""
+        for level in (*reversed(self.directory.parents[:2]), self.directory):
+            level.mkdir(mode=0o700, exist_ok=True)
+        fd = os.open(self.directory / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                self._lock_fd = fd
+                return True
+            except BlockingIOError:
+                if stop is not None and stop.wait(poll):
+                    os.close(fd)
+                    return False
+                if stop is None:
+                    time.sleep(poll)
+
+    def run(self, stop: threading.Event) -> None:
+        """Chain every ``max_delay`` until ``stop`` is set, then chain what is left and release."""
+        if not self.acquire(stop):
+            return
+        backoff = 0.05
+        try:
+            while not stop.is_set():
+                try:
+                    self.run_once()
+                    backoff = 0.05
+                    stop.wait(self.max_delay)
+                except Exception as exc:  # the store is down or locked: report, retry with backoff
+                    self._fail(exc)
+                    stop.wait(backoff)
+                    backoff = min(backoff * 2, 2.0)
+            with contextlib.suppress(Exception):
+                self.run_once()
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        for tail in self._tails.values():
+            self._forget(tail)
+        self._tails.clear()
+        if self._lock_fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(self._lock_fd)
+            self._lock_fd = -1
+
+    # -- one round ---------------------------------------------------------------------------
+    def run_once(self) -> int:
+        """Chain what every journal holds now; return how many entries. Raises if the store fails."""
+        total = 0
+        seen: set[str] = set()
+        for path in sorted(self.directory.glob("*.journal")):
+            jid = path.stem
+            seen.add(jid)
+            tail = self._tails.get(jid)
+            if tail is None:
+                tail = self._open(path)
+                if tail is None:
+                    continue
+                self._tails[jid] = tail
+            try:
+                fcntl.flock(tail.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:  # its process is alive
+                if tail.progress_fd >= 0:
+                    total += self._chain_new(jid, tail)
+                continue
+            # its process is gone: what it left is chained, and the journal goes. Its own
+            # thread may have chained more since we first saw it: the store says how much
+            row = self.db.query_one("SELECT flushed_seq FROM audit_journals WHERE journal_id = ?", (jid,))
+            if row is not None and int(row[0]) > tail.done:
+                tail.done, tail.offset = int(row[0]), 0
+            total += self._chain_new(jid, tail)
+            with contextlib.suppress(OSError):
+                path.unlink()
+            with contextlib.suppress(OSError):
+                path.with_suffix(PROGRESS_SUFFIX).unlink()
+            self.db.execute("DELETE FROM audit_journals WHERE journal_id = ?", (jid,))
+            self._forget(self._tails.pop(jid))
+        for jid in [j for j in self._tails if j not in seen]:
+            # removed by its process at a clean exit, everything chained (or recovered by another)
+            if self._tails[jid].progress_fd >= 0:
+                self.db.execute("DELETE FROM audit_journals WHERE journal_id = ?", (jid,))
+            self._forget(self._tails.pop(jid))
+        if self._failing:
+            self._failing = False
+            for tail in self._tails.values():
+                self._report(tail, 0)
+            log.warning("audit chainer: chaining works again")
+        return total
+
+    def _open(self, path: Path) -> _Tail | None:
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            return None  # removed meanwhile
+        row = self.db.query_one("SELECT flushed_seq FROM audit_journals WHERE journal_id = ?", (path.stem,))
+        tail = _Tail(fd, int(row[0]) if row else 0)
+        # a node-mode worker makes its progress file before its journal
+        with contextlib.suppress(OSError):
+            tail.progress_fd = os.open(path.with_suffix(PROGRESS_SUFFIX), os.O_WRONLY | os.O_CLOEXEC)
+        self._report(tail, 0)
+        return tail
+
+    def _forget(self, tail: _Tail) -> None:
+        for fd in (tail.fd, tail.progress_fd):
+            if fd >= 0:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+
+    def _read_lines(self, tail: _Tail) -> list[bytes]:
+        """Complete lines from the reading position; from the file's start if it was started afresh."""
+        size = os.fstat(tail.fd).st_size
+        if size < tail.offset:
+            tail.offset = 0
+        if size == tail.offset:
+            return []
+        data = os.pread(tail.fd, size - tail.offset, tail.offset)
+        end = data.rfind(b"\n") + 1
+        lines = data[:end].splitlines()
+        if tail.offset and lines and _seq_of(lines[0]) != tail.done + 1:
+            # the file was started afresh and has grown past where we were: read it whole
+            tail.offset = 0
+            return self._read_lines(tail)
+        tail.offset += end
+        return lines
+
+    def _chain_new(self, jid: str, tail: _Tail) -> int:
+        before = tail.done
+        try:
+            self._chain_lines(jid, tail)
+        except BaseException:
+            tail.offset = 0  # read again next round: the sequence numbers skip what was chained
+            raise
+        return tail.done - before
+
+    def _chain_lines(self, jid: str, tail: _Tail) -> None:
+        rows: list[tuple[int, tuple[Any, ...]]] = []
+        encoded: list[bytes] = []
+        last = tail.done
+        for raw in self._read_lines(tail):
+            seq = _seq_of(raw)
+            if seq is None or seq <= last:
+                continue  # chained before, or a line torn by a crash (its request got no answer)
+            try:
+                item = json.loads(raw)
+                ts_us = int(item[1])
+            except (ValueError, TypeError, IndexError):
+                continue
+            cut = raw.index(b",", raw.index(b",") + 1) + 1
+            rows.append((ts_us, tuple(item[2:])))
+            encoded.append(raw[cut:])  # the bytes the worker encoded: the MAC is over them
+            last = seq
+            if len(rows) >= self.max_batch:
+                self._append(jid, tail, rows, encoded, last)
+                rows, encoded = [], []
+        if rows:
+            self._append(jid, tail, rows, encoded, last)
+
+    def _append(self, jid: str, tail: _Tail, rows: list[tuple[int, tuple[Any, ...]]],
+                encoded: list[bytes], last: int) -> None:
+        self.log.append_rows(rows, journal=(jid, last), db=self.db, encoded=encoded)
+        tail.done = last
+        self._report(tail, 0)
+
+    def _report(self, tail: _Tail, failure: int) -> None:
+        if tail.progress_fd >= 0:
+            with contextlib.suppress(OSError):
+                os.pwrite(tail.progress_fd, PROGRESS.pack(tail.done, failure), 0)
+
+    def _fail(self, exc: BaseException) -> None:
+        if not self._failing:
+            log.error("audit chainer: chaining failed (%s); the workers refuse requests until it works",
+                      getattr(exc, "code", type(exc).__name__))
+        self._failing = True
+        for tail in self._tails.values():
+            self._report(tail, FAILED)
+
+
+def _seq_of(line: bytes) -> int | None:
+    """The journal sequence a line starts with, without parsing the rest."""
+    if line[:1] != b"[":
+        return None
+    comma = line.find(b",", 1)
+    try:
+        return int(line[1:comma]) if comma > 0 else None
+    except ValueError:
+        return None
