@@ -15,8 +15,14 @@ One vault, one run, two doors over the same store and keyring:
    entry appended and chained (one transaction per lookup, on the same
    store), the canary check, the global detector fed with coarse cells.
 
-Rounds alternate between the two so that load from other processes hits
-both alike; the figure is the median round. The budgets are set far above
+With ``--chainer node`` a third door is measured: the full door as
+``pivault serve`` runs it with several workers, its journal chained by the
+node's audit chainer in a process of its own (:mod:`pivault.audit.chainer`)
+instead of a thread beside the lookups; that process's CPU time is counted
+with the benchmark's.
+
+Rounds alternate between the doors so that load from other processes hits
+them alike; the figure is the median round. The budgets are set far above
 what the benchmark reads (so every lookup is charged, none refused). A
 third line shows the bare inner path without even the local guard, for
 reference.
@@ -25,12 +31,15 @@ reference.
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import os
 import platform
 import random
+import signal
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -81,6 +90,47 @@ class BareGuard:
         return value
 
 
+def _chainer(url: str, keys: str, journal: str) -> None:
+    """The node's audit chainer, as ``pivault serve`` runs it beside its workers."""
+    from pivault.audit.chainer import NodeChainer
+
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    keyring = Keyring.open(Path(keys) / "keyring.json", PassphraseProvider("bench-pass", CHEAP))
+    with Database(url) as db:
+        log = AuditLog(db, keyring, load_writer(Path(keys) / "audit", keyring))
+        NodeChainer(log, journal).run(stop)
+
+
+def _cpu_s(pid: int) -> float:
+    with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
+        parts = fh.read().rsplit(")", 1)[1].split()
+    return (int(parts[11]) + int(parts[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def node_door(tmp: Path, db: Database, keyring: Keyring, counters: Counters, canaries: CanaryRegistry
+              ) -> tuple[Vault, Any]:
+    """The full door with its journal left to a node chainer process (started here)."""
+    url = db.url.raw
+    journal = tmp / "data" / "node-journal"
+    proc = multiprocessing.get_context("spawn").Process(
+        target=_chainer, args=(url, str(tmp / "keys"), str(journal)), daemon=True)
+    proc.start()
+    log = AuditLog(db, keyring, load_writer(tmp / "keys" / "audit", keyring), journal_dir=journal,
+                   journal_chain="node")
+    alerts = AlertDispatcher([TableSink(db)], claim=counters.claim)
+    big = Budget(records_per_minute=BIG, records_per_hour=BIG, records_per_day=BIG, misses_per_hour=BIG,
+                 distinct_per_day=BIG)
+    budgets = Budgets(BudgetPolicy(roles={"operator": big}, vault=Budget(records_per_minute=BIG)), counters)
+    detector = GlobalDetector(counters, alerts)
+    detector.start()
+    guard = DetectGuard(log, budgets=budgets, alerts=alerts, canaries=canaries, detector=detector,
+                        inner=LocalGuard())
+    vault = Vault(db, keyring, guard=guard)
+    guard.attach(vault)
+    return vault, proc
+
+
 def build(tmp: Path, count: int, store_url: str | None, redis_url: str | None,
           canaries: int, file_counters: bool = False) -> tuple[Vault, Vault, Vault, list[str], Database]:
     keyring = Keyring.create(tmp / "keys" / "keyring.json", PassphraseProvider("bench-pass", CHEAP),
@@ -118,8 +168,8 @@ def build(tmp: Path, count: int, store_url: str | None, redis_url: str | None,
     return inner, full, bare, ids, db
 
 
-def rate(fn: Callable[[str], Any], queries: list[str], settle: Callable[[], Any] | None = None
-         ) -> tuple[float, float]:
+def rate(fn: Callable[[str], Any], queries: list[str], settle: Callable[[], Any] | None = None,
+         other_cpu: Callable[[], float] | None = None) -> tuple[float, float]:
     """(lookups per wall-clock second, lookups per CPU second of the whole process).
 
     CPU time counts every thread of the process, so the journal's chaining
@@ -127,13 +177,15 @@ def rate(fn: Callable[[str], Any], queries: list[str], settle: Callable[[], Any]
     (the journal flush) runs inside the measurement so no chaining work is
     left over for the next round.
     """
+    o0 = other_cpu() if other_cpu is not None else 0.0
     c0, t0 = time.process_time(), time.perf_counter()
     for q in queries:
         fn(q)
     if settle is not None:
         settle()
     c1, t1 = time.process_time(), time.perf_counter()
-    return len(queries) / (t1 - t0), len(queries) / (c1 - c0)
+    o1 = other_cpu() if other_cpu is not None else 0.0
+    return len(queries) / (t1 - t0), len(queries) / (c1 - c0 + o1 - o0)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -146,6 +198,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--redis", default=None, help="Redis URL for the budget counters (default in-process)")
     ap.add_argument("--file-counters", action="store_true",
                     help="budget counters in an SQLite file, as several serve workers share them")
+    ap.add_argument("--chainer", choices=["thread", "node"], default="thread",
+                    help="node: also measure the full door with its journal chained by a node chainer "
+                         "process, as serve runs it with several workers")
     args = ap.parse_args(argv)
 
     with tempfile.TemporaryDirectory(prefix="pivault-bench-door-") as d:
@@ -159,6 +214,15 @@ def main(argv: list[str] | None = None) -> None:
             "bare": lambda q: bare.find(id_number=q, ctx=ctx),
         }
         settle = {"full": lambda: full.guard.audit_log.flush(30)}  # type: ignore[attr-defined]
+        other: dict[str, Callable[[], float]] = {}
+        chainer = None
+        if args.chainer == "node":
+            guard: Any = full.guard
+            node, chainer = node_door(Path(d), db, full.keyring, guard.budgets.counters, guard.canaries)
+            doors["node"] = lambda q: node.find(id_number=q, ctx=ctx)
+            settle["node"] = lambda: node.guard.audit_log.flush(30)  # type: ignore[attr-defined]
+            pid = chainer.pid
+            other["node"] = lambda: _cpu_s(pid)
         for fn in doors.values():  # warm caches and code paths
             rate(fn, rnd.sample(ids, 200))
         results: dict[str, list[float]] = {k: [] for k in doors}
@@ -166,10 +230,16 @@ def main(argv: list[str] | None = None) -> None:
         for r in range(args.rounds):
             order = list(doors) if r % 2 == 0 else list(reversed(doors))
             for name in order:
-                wall, per_cpu = rate(doors[name], rnd.sample(ids, args.lookups), settle.get(name))
+                wall, per_cpu = rate(doors[name], rnd.sample(ids, args.lookups), settle.get(name),
+                                     other.get(name))
                 results[name].append(wall)
                 cpu[name].append(per_cpu)
         flushed = full.guard.audit_log.flush(30)  # type: ignore[attr-defined]
+        if chainer is not None:
+            flushed = node.guard.audit_log.flush(30) and flushed  # type: ignore[attr-defined]
+            node.guard.close()  # type: ignore[attr-defined]
+            chainer.terminate()
+            chainer.join(30)
         entries = db.query_one("SELECT COUNT(*) FROM audit_entries")
         db.close()
 
@@ -186,10 +256,17 @@ def main(argv: list[str] | None = None) -> None:
     print(f"{'':48s} {'per wall s':>11s} {'per CPU s':>10s}")
     for key, label in (("inner", "inner path (local guard, no audit/budgets)"),
                        ("full", "full door (audit+budgets+canary+detector)"),
+                       ("node", "full door, journal chained by a node chainer"),
                        ("bare", "bare inner path (no guard at all, reference)")):
-        print(f"{label:48s} {med[key]:>11,.0f} {mcpu[key]:>10,.0f}")
+        if key in med:
+            print(f"{label:48s} {med[key]:>11,.0f} {mcpu[key]:>10,.0f}")
     for what, value in (("wall clock", ratio), ("CPU time:  ", ratio_cpu)):
         print(f"ratio full/inner, {what}: {value:.2f}  (audit and budgets cost {(1 - value) * 100:.0f}%)")
+    if "node" in med:
+        for what, value in (("wall clock", med["node"] / med["inner"]),
+                            ("CPU time (with the chainer's)", mcpu["node"] / mcpu["inner"])):
+            print(f"ratio node-chained full/inner, {what}: {value:.2f}  "
+                  f"(audit and budgets cost {(1 - value) * 100:.0f}%)")
     print(f"audit entries chained: {entries[0] if entries else 0:,} (all flushed: {flushed})")
     print("rounds, per wall s:", {k: [round(x) for x in v] for k, v in results.items()})
     print("rounds, per CPU s: ", {k: [round(x) for x in v] for k, v in cpu.items()})

@@ -38,7 +38,7 @@ pytestmark = pytest.mark.skipif(not balanced(), reason="SO_REUSEPORT spreads con
 # -- helpers: the kernel's view of who holds which connection ---------------------------------------
 
 def children(pid: int) -> list[int]:
-    """The worker processes of server ``pid`` (not multiprocessing's resource tracker)."""
+    """The worker processes of server ``pid`` (not multiprocessing's resource tracker, nor the chainer)."""
     out = []
     for entry in os.listdir("/proc"):
         if entry.isdigit():
@@ -47,9 +47,22 @@ def children(pid: int) -> list[int]:
             except OSError:
                 continue
             if int(stat.rsplit(")", 1)[1].split()[1]) == pid and b"spawn_main" in Path(
-                    f"/proc/{entry}/cmdline").read_bytes():
+                    f"/proc/{entry}/cmdline").read_bytes() and "(pivault-chainer)" not in stat:
                 out.append(int(entry))
     return sorted(out)
+
+
+def chainer_of(pid: int) -> int | None:
+    """The audit chainer process of server ``pid``."""
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            if "(pivault-chainer)" in stat and int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                return int(entry)
+    return None
 
 
 def tcp_sockets_on(port: int, state: str = "01") -> set[str]:
@@ -162,6 +175,11 @@ class Server:
                                  self.err, "--workers", "2", redis_url=REDIS_URL)
         try:
             self.workers = self.wait_for_workers(2)
+            deadline = time.monotonic() + 30
+            while (chainer := chainer_of(self.proc.pid)) is None:
+                assert time.monotonic() < deadline, "no audit chainer beside the workers"
+                time.sleep(0.1)
+            self.chainer = chainer
         except BaseException:
             stop(self.proc)
             raise
@@ -269,16 +287,17 @@ def test_stopping_the_server_stops_every_worker(tmp_path: Path) -> None:
     stop(s.proc)
     assert s.proc.returncode == 0
     assert gone(s.workers, 20), "a worker outlived its server"
+    assert gone([s.chainer], 20), "the audit chainer outlived its server"
 
 
 def test_workers_do_not_outlive_a_killed_server(tmp_path: Path) -> None:
     need_redis()
     s = Server(tmp_path)
-    workers = s.workers
+    workers = [*s.workers, s.chainer]
     s.proc.kill()  # SIGKILL, the OOM killer: no chance to stop its workers itself
     s.proc.wait(10)
     try:
-        assert gone(workers, 30), "headless workers kept serving"
+        assert gone(workers, 30), "headless workers (or their audit chainer) kept running"
         for sock in listen_group("127.0.0.1", s.port, 2):  # the port is free for a new server
             sock.close()
     finally:

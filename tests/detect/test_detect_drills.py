@@ -7,9 +7,11 @@ receiver run by the test, the audit trail checked afterwards.
 from __future__ import annotations
 
 import os
+import signal
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -250,3 +252,55 @@ def test_budget_holds_across_workers_and_servers_sharing_a_counters_file(
         assert _verify(live).ok
     finally:
         live.stop()
+
+
+def _lock_holder(path: Path) -> int | None:
+    """The pid holding an ``flock`` on ``path``, from ``/proc/locks``."""
+    st = path.stat()
+    for line in Path("/proc/locks").read_text().splitlines():
+        parts = line.split()
+        if "FLOCK" not in parts or "->" in parts:
+            continue
+        dev_inode = parts[5].split(":")
+        if int(dev_inode[-1]) == st.st_ino:
+            return int(parts[4])
+    return None
+
+
+def test_a_killed_audit_chainer_is_replaced_and_no_entry_is_lost(
+        tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Two workers leave their journals to the node's chainer; kill -9 it mid-session."""
+    live, _ = make_live_vault(tmp_path_factory.mktemp("drill-chainer"), "", "http://127.0.0.1:9/unused",
+                              population=40, canaries=0)
+    try:
+        live.token("officer-on-duty")
+        base = live.start(workers=2)
+        banner = (live.home.parent / f"server-{base.rsplit(':', 1)[1]}.log").read_text()
+        assert "chained by the node's audit chainer process" in banner
+        journal = live.home / "run" / "audit-journal"
+        _, token = live.token("officer-chainer")
+        statuses: list[int] = []
+        with live.client(token) as c:
+            for resident in live.residents[:6]:
+                statuses.append(c.post("/v1/residents/lookup", json={"id_number": resident["id_number"]})
+                                .status_code)
+            assert list(journal.glob("*.chained"))  # the workers run in node mode
+            first = _lock_holder(journal / "chainer.lock")
+            assert first is not None and first != live.servers[0][1].pid
+            os.kill(first, signal.SIGKILL)
+            deadline = time.monotonic() + 20
+            while (holder := _lock_holder(journal / "chainer.lock")) in (None, first):
+                assert time.monotonic() < deadline, "the serving process did not replace the chainer"
+                time.sleep(0.1)
+            assert holder != first
+            for resident in live.residents[6:14]:
+                statuses.append(c.post("/v1/residents/lookup", json={"id_number": resident["id_number"]})
+                                .status_code)
+        # every answered lookup was recorded (a refused one, if the entries waited too long, was not)
+        assert set(statuses) <= {200, 503} and statuses.count(200) >= 10
+        trail = _trail(live, "officer-chainer", statuses.count(200))
+        assert len(trail) == statuses.count(200) and all(e.outcome == "ok" for e in trail)
+        assert _verify(live).ok
+    finally:
+        live.stop()
+    assert not list(journal.glob("*.journal"))  # the workers' last entries chained at shutdown

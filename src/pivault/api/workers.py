@@ -43,11 +43,13 @@ from typing import Any
 # uvicorn's exit status for a worker that could not start (bad TLS files, app import)
 from uvicorn.config import STARTUP_FAILURE
 
-__all__ = ["balanced", "listen_group", "serve_workers"]
+__all__ = ["CHAINER_NAME", "balanced", "listen_group", "serve_workers"]
 
 log = logging.getLogger("pivault.api")
 
 BACKLOG = 2048
+#: the audit chainer's process name (``ps -o comm``, ``/proc/PID/comm``)
+CHAINER_NAME = b"pivault-chainer"
 #: a worker that stops within QUICK seconds of its start, STRIKES times in a row, is not restarted
 QUICK = 5.0
 STRIKES = 3
@@ -122,9 +124,15 @@ def _worker_main(config_kwargs: dict[str, Any], sock: socket.socket, parent: int
 
 def _chainer_main(home: str, parent: int) -> None:
     """The node's audit chainer: chains the workers' journals until SIGTERM."""
+    import ctypes
+
     from pivault.detect.setup import run_node_chainer
 
     _die_with_parent(parent)
+    # named for ps and top (the workers share its command line)
+    pr_set_name = 15
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_name, CHAINER_NAME, 0, 0, 0)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the serving process stops us in order
