@@ -22,7 +22,8 @@ configured), or in Redis with ``--counters redis``.
 
 The two runs alternate for ``--rounds`` rounds and the medians are printed,
 so that load from other processes on a shared machine hits both alike. Each
-run also reports the CPU time spent per request by the server's workers, by
+run also reports the CPU time spent per request by the server's workers (with the node's audit
+chainer beside them), by
 the Redis server (when it runs on this machine) and by the client, read from
 ``/proc``: the steadier figure when the machine is shared.
 Also measured in the same run: one token check (primary-key read + hash
@@ -258,7 +259,7 @@ def _children(pid: int) -> list[int]:
 
 
 def _workers(server_pid: int) -> list[int]:
-    """The processes that serve: uvicorn's worker processes, or the server itself with one worker."""
+    """The processes that serve: the worker processes and the audit chainer, or the server itself alone."""
     found = []
     for child in _children(server_pid):
         try:
