@@ -22,10 +22,10 @@ configured), or in Redis with ``--counters redis``.
 
 The two runs alternate for ``--rounds`` rounds and the medians are printed,
 so that load from other processes on a shared machine hits both alike. Each
-run also reports the CPU time spent per request by the server's workers (with the node's audit
-chainer beside them), by
-the Redis server (when it runs on this machine) and by the client, read from
-``/proc``: the steadier figure when the machine is shared.
+run also reports the CPU time spent per request by the server's workers (with
+the node's audit chainer beside them), by the Redis server (when it runs on
+this machine) and by the client, read from ``/proc``: the steadier figure
+when the machine is shared.
 Also measured in the same run: one token check (primary-key read + hash
 compare) in-process, the per-request price of refusing revoked tokens at once;
 and, in-process without sockets, where the time of a lookup goes (the ASGI app
