@@ -59,11 +59,15 @@ def _node_log(db: Database, keyring: Keyring, writer: WriterKeys, journal: Path)
 def test_node_mode_journal_is_chained_by_the_chainer_not_a_thread(
         db: Database, keyring: Keyring, writer: WriterKeys, verifier: VerifierKey, journal: Path,
         ctx: AccessContext, chainer: _Running) -> None:
+    def chaining_threads() -> set[threading.Thread]:
+        return {t for t in threading.enumerate() if t.name == "pivault-audit-journal"}
+
+    before = chaining_threads()  # other tests' journals may have left theirs
     log = _node_log(db, keyring, writer, journal)
     for i in range(60):
         log.record(_ev(ctx, i))
     assert log.flush(10)
-    assert not [t for t in threading.enumerate() if t.name == "pivault-audit-journal"]
+    assert chaining_threads() <= before
     got = [e.record_ids[0] for e in entries(db, principal=ctx.principal)]
     assert got == [f"r_{i:026d}" for i in range(60)]
     report = verify(db, verifier, keyring=keyring)
@@ -209,6 +213,22 @@ def test_a_crashed_worker_journal_is_chained_once_and_removed(
     got = [e.record_ids[0] for e in entries(db, principal="worker-crash")]
     assert got == [f"r_{i:026d}" for i in range(40)]
     assert not list(journal.glob("*.journal")) and not list(journal.glob("*.chained"))
+    assert verify(db, verifier, keyring=keyring).ok
+
+
+def test_with_no_chainer_left_a_command_recovers_a_crashed_workers_journal(
+        store_url: str, db: Database, keyring: Keyring, writer: WriterKeys, verifier: VerifierKey,
+        journal: Path, ctx: AccessContext) -> None:
+    p = mp.get_context("fork").Process(target=_crashing, args=(store_url, keyring, writer, str(journal), 25))
+    p.start()
+    p.join(60)
+    assert p.exitcode == 0
+    cli = AuditLog(db, keyring, writer, journal_dir=journal)  # thread mode, as the command line
+    cli.record(_ev(ctx, 999))  # its first entry recovers the journals of stopped processes
+    assert cli.flush(10)
+    assert len(list(entries(db, principal="worker-crash"))) == 25
+    assert [p.name for p in journal.iterdir() if p.suffix in (".journal", ".chained")] == [
+        f"{cli.journal.journal_id}.journal"]
     assert verify(db, verifier, keyring=keyring).ok
 
 

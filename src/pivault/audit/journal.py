@@ -31,6 +31,11 @@ entry is lost or chained twice. Journals hold what the audit entries hold
 An entry waits unchained (and so without a MAC) for at most ``max_delay``
 in normal operation; that window is the price of the throughput, and is
 stated in docs/audit.md.
+
+In node mode (``chain="node"``, what ``pivault serve`` gives its workers)
+there is no thread: the node's chainer process (:mod:`pivault.audit.chainer`)
+reads the journal and writes its progress to ``<journal>.chained``, which
+:meth:`Journal.write` reads to fail closed the same way.
 """
 
 from __future__ import annotations
@@ -89,7 +94,7 @@ os.register_at_fork(after_in_child=_forked)
 
 
 class Journal:
-    """One process's write-ahead journal of audit entries and its chaining thread."""
+    """One process's write-ahead journal of audit entries, and its chaining thread in thread mode."""
 
     def __init__(self, audit_log: AuditLog, directory: str | os.PathLike[str], *, max_delay: float = 0.02,
                  max_batch: int = 500, max_backlog: int = 50_000, stale_after: float = 2.0,
@@ -416,6 +421,8 @@ class Journal:
             part = rows[i:i + self.max_batch]
             self.log.append_rows([(ts, f) for _, ts, f in part], journal=(path.stem, part[-1][0]), db=db)
         path.unlink()
+        with contextlib.suppress(OSError):  # a node-mode journal's
+            path.with_suffix(PROGRESS_SUFFIX).unlink()
         db.execute("DELETE FROM audit_journals WHERE journal_id = ?", (path.stem,))
         if rows:
             log.warning("audit journal: chained %d entries left by a stopped process", len(rows))
