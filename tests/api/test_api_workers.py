@@ -159,6 +159,24 @@ def test_a_worker_that_cannot_start_stops_the_service_instead_of_restarting_fore
     assert all(s.fileno() == -1 for s in socks)  # closed on the way out
 
 
+async def hello_app(scope: dict[str, object], receive: object, send: object) -> None:
+    """A worker app that starts: only the audit chainer beside it fails."""
+    return None
+
+
+def test_an_audit_chainer_that_cannot_start_stops_the_service(tmp_path: Path) -> None:
+    from pivault.api.workers import serve_workers
+
+    socks = listen_group("127.0.0.1", free_port(), 1)
+    t0 = time.monotonic()
+    with pytest.raises(RuntimeError) as exc:  # no vault there: the chainer fails on every start
+        serve_workers({"app": "test_api_workers:hello_app", "log_level": "critical"}, socks, grace=1,
+                      chainer_home=str(tmp_path / "no-vault"))
+    assert "audit chainer could not start" in str(exc.value)
+    assert time.monotonic() - t0 < 60
+    assert all(s.fileno() == -1 for s in socks)
+
+
 # -- a real server with two workers -----------------------------------------------------------------
 
 class Server:
