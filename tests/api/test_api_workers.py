@@ -37,32 +37,31 @@ pytestmark = pytest.mark.skipif(not balanced(), reason="SO_REUSEPORT spreads con
 
 # -- helpers: the kernel's view of who holds which connection ---------------------------------------
 
-def children(pid: int) -> list[int]:
-    """The worker processes of server ``pid`` (not multiprocessing's resource tracker, nor the chainer)."""
-    out = []
+def _kids(pid: int) -> Iterator[tuple[int, str]]:
+    """(pid, /proc stat line) of each child process of ``pid``."""
     for entry in os.listdir("/proc"):
         if entry.isdigit():
             try:
                 stat = Path(f"/proc/{entry}/stat").read_text()
             except OSError:
                 continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == pid and b"spawn_main" in Path(
-                    f"/proc/{entry}/cmdline").read_bytes() and "(pivault-chainer)" not in stat:
-                out.append(int(entry))
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                yield int(entry), stat
+
+
+def children(pid: int) -> list[int]:
+    """The worker processes of server ``pid`` (not multiprocessing's resource tracker, nor the chainer)."""
+    out = []
+    for kid, stat in _kids(pid):
+        with contextlib.suppress(OSError):
+            if b"spawn_main" in Path(f"/proc/{kid}/cmdline").read_bytes() and "(pivault-chainer)" not in stat:
+                out.append(kid)
     return sorted(out)
 
 
 def chainer_of(pid: int) -> int | None:
     """The audit chainer process of server ``pid``."""
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_text()
-            except OSError:
-                continue
-            if "(pivault-chainer)" in stat and int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-                return int(entry)
-    return None
+    return next((kid for kid, stat in _kids(pid) if "(pivault-chainer)" in stat), None)
 
 
 def tcp_sockets_on(port: int, state: str = "01") -> set[str]:

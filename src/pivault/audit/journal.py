@@ -224,13 +224,7 @@ class Journal:
                 raise AuditError("the audit chain is falling behind; refusing", code="audit.unavailable",
                                  hint="check the store's load")
             seq = self._seq + 1
-            data = b"[%d,%d,%s\n" % (seq, ts_us, tail)
-            try:
-                if _write(self._fd, data) != len(data):
-                    raise OSError("short write")
-            except OSError as exc:
-                raise AuditError(f"the audit journal cannot be written ({type(exc).__name__})",
-                                 code="audit.unavailable", hint="check the journal's disk") from None
+            self._append_line(seq, ts_us, tail)
             self._seq = seq
             if not pending:
                 self._pending_since = _monotonic()
@@ -239,6 +233,17 @@ class Journal:
             # cost a thread switch per request
             if len(pending) >= self.max_batch:
                 self._cond.notify_all()
+
+    def _append_line(self, seq: int, ts_us: int, tail: bytes) -> int:
+        """One ``write`` of the entry's line (the caller holds the lock); its length."""
+        data = b"[%d,%d,%s\n" % (seq, ts_us, tail)
+        try:
+            if _write(self._fd, data) != len(data):
+                raise OSError("short write")
+        except OSError as exc:
+            raise AuditError(f"the audit journal cannot be written ({type(exc).__name__})",
+                             code="audit.unavailable", hint="check the journal's disk") from None
+        return len(data)
 
     def _write_node(self, tail: bytes, ts_us: int) -> None:
         """:meth:`write` when the node's chainer chains: refuse if it has failed or fallen behind."""
@@ -268,15 +273,8 @@ class Journal:
                                      f"{self.stale_after:g} s; refusing", code="audit.unavailable",
                                      hint="check that the node's audit chainer runs, and the store")
             seq = self._seq + 1
-            data = b"[%d,%d,%s\n" % (seq, ts_us, tail)
-            try:
-                if _write(self._fd, data) != len(data):
-                    raise OSError("short write")
-            except OSError as exc:
-                raise AuditError(f"the audit journal cannot be written ({type(exc).__name__})",
-                                 code="audit.unavailable", hint="check the journal's disk") from None
+            self._size += self._append_line(seq, ts_us, tail)
             self._seq = seq
-            self._size += len(data)
             if waiting <= 0:
                 self._unchained_from = seq
                 self._pending_since = now
