@@ -257,6 +257,31 @@ def test_a_journal_started_afresh_past_the_chainers_position_is_read_whole(
     assert verify(db, verifier, keyring=keyring).ok
 
 
+def test_a_round_chains_every_journal_in_one_transaction_in_time_order(
+        db: Database, keyring: Keyring, writer: WriterKeys, verifier: VerifierKey, journal: Path) -> None:
+    # two workers' journals (two logs of this process stand for them)
+    a, b = _node_log(db, keyring, writer, journal), _node_log(db, keyring, writer, journal)
+    ca = AccessContext(principal="worker-a", role="officer", purpose="case_investigation")
+    cb = AccessContext(principal="worker-b", role="officer", purpose="case_investigation")
+    for i in range(5):
+        a.record(_ev(ca, i))
+        time.sleep(0.001)
+        b.record(_ev(cb, i))
+        time.sleep(0.001)
+    chainer = NodeChainer(AuditLog(db, keyring, writer), journal)
+    assert chainer.acquire()
+    try:
+        assert chainer.run_once() == 10
+    finally:
+        chainer.close()
+    order = [(e.principal, e.record_ids[0][-1]) for e in entries(db)]
+    assert order == [(w, str(i)) for i in range(5) for w in ("worker-a", "worker-b")]
+    # one transaction: both journals' progress stored by the same commit
+    rows = db.query("SELECT flushed_seq, ts_us FROM audit_journals")
+    assert len(rows) == 2 and {r[0] for r in rows} == {5} and len({r[1] for r in rows}) == 1
+    assert verify(db, verifier, keyring=keyring).ok
+
+
 def test_one_chainer_per_journal_directory(db: Database, keyring: Keyring, writer: WriterKeys,
                                            journal: Path) -> None:
     first = NodeChainer(AuditLog(db, keyring, writer), journal)

@@ -9,8 +9,8 @@ request let go of it (every SQLite call does), the chaining thread took it,
 and the request waited for it back. Measured in one process, that hand-off
 cost more than the chaining's own work (BENCHMARKS *door*). In a separate
 process the chaining runs on another core, and one chainer for all the
-workers makes one transaction per journal per round instead of one per worker
-thread.
+workers makes one transaction a round for all their journals instead of one
+per worker thread.
 
 How the two sides agree, with no other channel than files:
 
@@ -74,6 +74,19 @@ class _Tail:
     #: its progress file; none if its process chains it itself (a thread-mode journal: the
     #: command line beside a server) — left alone while that process lives
     progress_fd: int = -1
+
+
+@dataclass
+class _Read:
+    """A journal's entries read in a round, chained together with the others' or not at all."""
+
+    jid: str
+    tail: _Tail
+    rows: list[tuple[int, tuple[Any, ...]]]
+    encoded: list[bytes]
+    #: the last journal sequence among them, and where the next unread line starts
+    last: int
+    offset: int
 
 
 class NodeChainer:
@@ -144,8 +157,13 @@ class NodeChainer:
 
     # -- one round ---------------------------------------------------------------------------
     def run_once(self) -> int:
-        """Chain what every journal holds now; return how many entries. Raises if the store fails."""
-        total = 0
+        """Chain what every journal holds now, in one transaction; return how many entries.
+
+        Raises if the store fails; then nothing of the round counts as chained, and the
+        next round reads the same lines again.
+        """
+        reads: list[_Read] = []
+        gone: list[tuple[str, Path]] = []
         seen: set[str] = set()
         for path in sorted(self.directory.glob("*.journal")):
             jid = path.stem
@@ -160,14 +178,17 @@ class NodeChainer:
                 fcntl.flock(tail.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:  # its process is alive
                 if tail.progress_fd >= 0:
-                    total += self._chain_new(jid, tail)
+                    reads.append(self._read(jid, tail, self.max_batch))
                 continue
             # its process is gone: what it left is chained, and the journal goes. Its own
             # thread may have chained more since we first saw it: the store says how much
             row = self.db.query_one("SELECT flushed_seq FROM audit_journals WHERE journal_id = ?", (jid,))
             if row is not None and int(row[0]) > tail.done:
                 tail.done, tail.offset = int(row[0]), 0
-            total += self._chain_new(jid, tail)
+            reads.append(self._read(jid, tail, None))
+            gone.append((jid, path))
+        total = self._commit(reads)
+        for jid, path in gone:
             with contextlib.suppress(OSError):
                 path.unlink()
             with contextlib.suppress(OSError):
@@ -205,60 +226,50 @@ class NodeChainer:
                 with contextlib.suppress(OSError):
                     os.close(fd)
 
-    def _read_lines(self, tail: _Tail) -> list[bytes]:
-        """Complete lines from the reading position; from the file's start if it was started afresh."""
+    def _read(self, jid: str, tail: _Tail, limit: int | None) -> _Read:
+        """The entries after the last chained, up to ``limit``; nothing moves until they are chained."""
         size = os.fstat(tail.fd).st_size
-        if size < tail.offset:
-            tail.offset = 0
-        if size == tail.offset:
-            return []
-        data = os.pread(tail.fd, size - tail.offset, tail.offset)
-        end = data.rfind(b"\n") + 1
-        lines = data[:end].splitlines()
-        if tail.offset and lines and _seq_of(lines[0]) != tail.done + 1:
+        offset = tail.offset if tail.offset <= size else 0
+        lines = _complete_lines(tail.fd, offset, size)
+        if offset and lines and _seq_of(lines[0]) != tail.done + 1:
             # the file was started afresh and has grown past where we were: read it whole
-            tail.offset = 0
-            return self._read_lines(tail)
-        tail.offset += end
-        return lines
-
-    def _chain_new(self, jid: str, tail: _Tail) -> int:
-        before = tail.done
-        try:
-            self._chain_lines(jid, tail)
-        except BaseException:
-            tail.offset = 0  # read again next round: the sequence numbers skip what was chained
-            raise
-        return tail.done - before
-
-    def _chain_lines(self, jid: str, tail: _Tail) -> None:
-        rows: list[tuple[int, tuple[Any, ...]]] = []
-        encoded: list[bytes] = []
-        last = tail.done
-        for raw in self._read_lines(tail):
+            offset = 0
+            lines = _complete_lines(tail.fd, 0, size)
+        out = _Read(jid, tail, [], [], tail.done, offset)
+        pos = offset
+        for raw in lines:
+            pos += len(raw) + 1
             seq = _seq_of(raw)
-            if seq is None or seq <= last:
-                continue  # chained before, or a line torn by a crash (its request got no answer)
             try:
+                if seq is None or seq <= out.last:
+                    raise ValueError  # chained before, or a line torn by a crash (no answer left)
                 item = json.loads(raw)
                 ts_us = int(item[1])
             except (ValueError, TypeError, IndexError):
+                out.offset = pos
                 continue
             cut = raw.index(b",", raw.index(b",") + 1) + 1
-            rows.append((ts_us, tuple(item[2:])))
-            encoded.append(raw[cut:])  # the bytes the worker encoded: the MAC is over them
-            last = seq
-            if len(rows) >= self.max_batch:
-                self._append(jid, tail, rows, encoded, last)
-                rows, encoded = [], []
-        if rows:
-            self._append(jid, tail, rows, encoded, last)
+            out.rows.append((ts_us, tuple(item[2:])))
+            out.encoded.append(raw[cut:])  # the bytes the worker encoded: the MAC is over them
+            out.last, out.offset = seq, pos
+            if limit is not None and len(out.rows) >= limit:
+                break
+        return out
 
-    def _append(self, jid: str, tail: _Tail, rows: list[tuple[int, tuple[Any, ...]]],
-                encoded: list[bytes], last: int) -> None:
-        self.log.append_rows(rows, journal=(jid, last), db=self.db, encoded=encoded)
-        tail.done = last
-        self._report(tail, 0)
+    def _commit(self, reads: list[_Read]) -> int:
+        """Chain the round's entries of every journal in one transaction, in time order."""
+        merged = sorted((r.rows[i][0], k, i) for k, r in enumerate(reads) for i in range(len(r.rows)))
+        if merged:
+            # one transaction a round, not one a journal: each commit makes every reader of the
+            # store drop its page cache (BENCHMARKS *door*)
+            self.log.append_rows([reads[k].rows[i] for _, k, i in merged], db=self.db,
+                                 encoded=[reads[k].encoded[i] for _, k, i in merged],
+                                 journals=[(r.jid, r.last) for r in reads if r.rows])
+        for r in reads:
+            r.tail.done, r.tail.offset = r.last, r.offset
+            if r.rows:
+                self._report(r.tail, 0)
+        return len(merged)
 
     def _report(self, tail: _Tail, failure: int) -> None:
         if tail.progress_fd >= 0:
@@ -272,6 +283,14 @@ class NodeChainer:
         self._failing = True
         for tail in self._tails.values():
             self._report(tail, FAILED)
+
+
+def _complete_lines(fd: int, offset: int, size: int) -> list[bytes]:
+    """The complete lines of a journal from ``offset`` (a line still being written is left)."""
+    if size <= offset:
+        return []
+    data = os.pread(fd, size - offset, offset)
+    return data[:data.rfind(b"\n") + 1].split(b"\n")[:-1]
 
 
 def _seq_of(line: bytes) -> int | None:

@@ -559,12 +559,14 @@ class AuditLog:
 
     def append_rows(self, rows: Sequence[tuple[int, tuple[Any, ...]]],
                     journal: tuple[str, int] | None = None, *, db: Database | None = None,
-                    encoded: Sequence[bytes] | None = None, background: bool = False) -> list[int]:
+                    encoded: Sequence[bytes] | None = None, background: bool = False,
+                    journals: Sequence[tuple[str, int]] = ()) -> list[int]:
         """Chain prepared rows ``(ts_us, fields)`` in one transaction (on ``db``, default the log's).
 
         ``journal`` = (journal id, last journal sequence in ``rows``) is stored
         in the same transaction, so a journal replayed after a crash never
-        chains an entry twice. ``encoded``, if given, holds each row's
+        chains an entry twice; ``journals``, the same for rows from several
+        journals (the node's chainer). ``encoded``, if given, holds each row's
         :func:`encode_fields` (computed once when it was journalled).
 
         ``background``: the caller is the journal's chaining thread, beside
@@ -581,7 +583,8 @@ class AuditLog:
         with self._conn_lock(conn):
             try:
                 ahead = self._macs_ahead(conn, rows, encoded) if background else None
-                return self._append_locked(conn, rows, journal, encoded, ahead)
+                marks = [journal, *journals] if journal is not None else list(journals)
+                return self._append_locked(conn, rows, marks, encoded, ahead)
             except AuditError:
                 self._caches[id(conn)] = None
                 raise
@@ -630,7 +633,7 @@ class AuditLog:
         return _chain(head, prepared, encoded, _YIELD_AFTER)
 
     def _append_locked(self, db: Database, prepared: Sequence[tuple[int, tuple[Any, ...]]],
-                       journal: tuple[str, int] | None = None,
+                       journals: Sequence[tuple[str, int]] = (),
                        encoded: Sequence[bytes] | None = None,
                        ahead: _Chained | None = None) -> list[int]:
         now_us = int(self._clock() * 1_000_000)
@@ -661,11 +664,11 @@ class AuditLog:
                 "UPDATE audit_head SET seq = ?, mac = ?, key_ct = ?, cp_seq = ?, cp_ts_us = ? WHERE id = 1",
                 (seq, mac, self._keyring.encrypt(_head_key_id(head.chain_id, seq), "ratchet", key),
                  cp_seq, cp_ts))
-            if journal is not None:
+            for journal_id, flushed in journals:
                 db.execute(
                     "INSERT INTO audit_journals (journal_id, flushed_seq, ts_us) VALUES (?, ?, ?)"
                     " ON CONFLICT (journal_id) DO UPDATE SET flushed_seq = excluded.flushed_seq,"
-                    " ts_us = excluded.ts_us", (journal[0], journal[1], now_us))
+                    " ts_us = excluded.ts_us", (journal_id, flushed, now_us))
         self._caches[id(db)] = _Head(head.chain_id, seq, mac, key, cp_seq, cp_ts)
         return seqs
 
