@@ -139,16 +139,22 @@ class FileCounters:
             os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
             fd = os.open(f"{self.path}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
             try:
-                conn = sqlite3.connect(self.path, isolation_level=None, timeout=self._timeout,
-                                       check_same_thread=False)
-                # WAL: readers never wait; NORMAL: a commit is not synced, a crash of the machine
-                # may forget the last moments' counts but never corrupts the file
-                for pragma in ("journal_mode=WAL", "synchronous=NORMAL",
-                               f"busy_timeout={int(self._timeout * 1000)}"):
-                    conn.execute(f"PRAGMA {pragma}")
-                if not self._made:
-                    conn.executescript(_SCHEMA)
-                    self._made = True
+                # set up under the file's lock: workers (or threads) starting together would
+                # otherwise switch a new file to WAL at once, and one of them be refused
+                self._lock(fd)
+                try:
+                    conn = sqlite3.connect(self.path, isolation_level=None, timeout=self._timeout,
+                                           check_same_thread=False)
+                    # WAL: readers never wait; NORMAL: a commit is not synced, a crash of the
+                    # machine may forget the last moments' counts but never corrupts the file
+                    for pragma in ("journal_mode=WAL", "synchronous=NORMAL",
+                                   f"busy_timeout={int(self._timeout * 1000)}"):
+                        conn.execute(f"PRAGMA {pragma}")
+                    if not self._made:
+                        conn.executescript(_SCHEMA)
+                        self._made = True
+                finally:
+                    fcntl.flock(fd, fcntl.LOCK_UN)
             except BaseException:
                 os.close(fd)
                 raise
