@@ -212,13 +212,19 @@ def test_distributed_enumeration_drill(drill: tuple[LiveVault, list[str]], recei
     assert _verify(live).ok
 
 
+def _vault_without_redis(factory: pytest.TempPathFactory, name: str, population: int) -> LiveVault:
+    """A vault whose servers share budgets in its counters file, with a principal (serve needs one)."""
+    live, _ = make_live_vault(factory.mktemp(name), "", "http://127.0.0.1:9/unused",
+                              population=population, canaries=0)
+    live.token("officer-on-duty")
+    return live
+
+
 def test_budget_holds_across_workers_and_servers_sharing_a_counters_file(
         tmp_path_factory: pytest.TempPathFactory) -> None:
     """No Redis: the workers of a server, and a second server of the same vault, share one file."""
-    live, _ = make_live_vault(tmp_path_factory.mktemp("drill-file"), "", "http://127.0.0.1:9/unused",
-                              population=120, canaries=0)
+    live = _vault_without_redis(tmp_path_factory, "drill-file", 120)
     try:
-        live.token("officer-on-duty")
         first = live.start(workers=2)
         second = live.start(workers=2)
         counters = live.home / "run" / "counters.db"
@@ -270,10 +276,8 @@ def _lock_holder(path: Path) -> int | None:
 def test_a_killed_audit_chainer_is_replaced_and_no_entry_is_lost(
         tmp_path_factory: pytest.TempPathFactory) -> None:
     """Two workers leave their journals to the node's chainer; kill -9 it mid-session."""
-    live, _ = make_live_vault(tmp_path_factory.mktemp("drill-chainer"), "", "http://127.0.0.1:9/unused",
-                              population=40, canaries=0)
+    live = _vault_without_redis(tmp_path_factory, "drill-chainer", 40)
     try:
-        live.token("officer-on-duty")
         base = live.start(workers=2)
         banner = (live.home.parent / f"server-{base.rsplit(':', 1)[1]}.log").read_text()
         assert "chained by the node's audit chainer process" in banner
