@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import json
 import logging
 import os
 import threading
@@ -47,7 +46,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pivault.audit.journal import PROGRESS, PROGRESS_SUFFIX
+from pivault.audit.journal import PROGRESS, PROGRESS_SUFFIX, chained_seq, parse_line, remove_journal
 
 if TYPE_CHECKING:
     from pivault.audit.log import AuditLog
@@ -182,18 +181,14 @@ class NodeChainer:
                 continue
             # its process is gone: what it left is chained, and the journal goes. Its own
             # thread may have chained more since we first saw it: the store says how much
-            row = self.db.query_one("SELECT flushed_seq FROM audit_journals WHERE journal_id = ?", (jid,))
-            if row is not None and int(row[0]) > tail.done:
-                tail.done, tail.offset = int(row[0]), 0
+            done = chained_seq(self.db, jid)
+            if done > tail.done:
+                tail.done, tail.offset = done, 0
             reads.append(self._read(jid, tail, None))
             gone.append((jid, path))
         total = self._commit(reads)
         for jid, path in gone:
-            with contextlib.suppress(OSError):
-                path.unlink()
-            with contextlib.suppress(OSError):
-                path.with_suffix(PROGRESS_SUFFIX).unlink()
-            self.db.execute("DELETE FROM audit_journals WHERE journal_id = ?", (jid,))
+            remove_journal(self.db, path)
             self._forget(self._tails.pop(jid))
         for jid in [j for j in self._tails if j not in seen]:
             # removed by its process at a clean exit, everything chained (or recovered by another)
@@ -212,8 +207,7 @@ class NodeChainer:
             fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         except OSError:
             return None  # removed meanwhile
-        row = self.db.query_one("SELECT flushed_seq FROM audit_journals WHERE journal_id = ?", (path.stem,))
-        tail = _Tail(fd, int(row[0]) if row else 0)
+        tail = _Tail(fd, chained_seq(self.db, path.stem))
         # a node-mode worker makes its progress file before its journal
         with contextlib.suppress(OSError):
             tail.progress_fd = os.open(path.with_suffix(PROGRESS_SUFFIX), os.O_WRONLY | os.O_CLOEXEC)
@@ -231,7 +225,8 @@ class NodeChainer:
         size = os.fstat(tail.fd).st_size
         offset = tail.offset if tail.offset <= size else 0
         lines = _complete_lines(tail.fd, offset, size)
-        if offset and lines and _seq_of(lines[0]) != tail.done + 1:
+        first = parse_line(lines[0]) if offset and lines else None
+        if offset and lines and (first is None or first[0] != tail.done + 1):
             # the file was started afresh and has grown past where we were: read it whole
             offset = 0
             lines = _complete_lines(tail.fd, 0, size)
@@ -239,18 +234,13 @@ class NodeChainer:
         pos = offset
         for raw in lines:
             pos += len(raw) + 1
-            seq = _seq_of(raw)
-            try:
-                if seq is None or seq <= out.last:
-                    raise ValueError  # chained before, or a line torn by a crash (no answer left)
-                item = json.loads(raw)
-                ts_us = int(item[1])
-            except (ValueError, TypeError, IndexError):
-                out.offset = pos
+            line = parse_line(raw)
+            if line is None or line[0] <= out.last:
+                out.offset = pos  # a line torn by a crash (its request got no answer), or chained before
                 continue
-            cut = raw.index(b",", raw.index(b",") + 1) + 1
-            out.rows.append((ts_us, tuple(item[2:])))
-            out.encoded.append(raw[cut:])  # the bytes the worker encoded: the MAC is over them
+            seq, ts_us, fields, encoded = line
+            out.rows.append((ts_us, fields))
+            out.encoded.append(encoded)
             out.last, out.offset = seq, pos
             if limit is not None and len(out.rows) >= limit:
                 break
@@ -291,14 +281,3 @@ def _complete_lines(fd: int, offset: int, size: int) -> list[bytes]:
         return []
     data = os.pread(fd, size - offset, offset)
     return data[:data.rfind(b"\n") + 1].split(b"\n")[:-1]
-
-
-def _seq_of(line: bytes) -> int | None:
-    """The journal sequence a line starts with, without parsing the rest."""
-    if line[:1] != b"[":
-        return None
-    comma = line.find(b",", 1)
-    try:
-        return int(line[1:comma]) if comma > 0 else None
-    except ValueError:
-        return None

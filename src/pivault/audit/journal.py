@@ -62,7 +62,7 @@ from pivault.audit.log import AuditError, encode_fields
 if TYPE_CHECKING:
     from pivault.audit.log import AuditLog
 
-__all__ = ["CHAIN_MODES", "PROGRESS", "Journal"]
+__all__ = ["CHAIN_MODES", "PROGRESS", "Journal", "chained_seq", "parse_line", "remove_journal"]
 
 #: who chains a journal: a thread of its own process, or the node's chainer process
 #: (:mod:`pivault.audit.chainer`), which several worker processes share
@@ -91,6 +91,35 @@ def _forked() -> None:
 
 
 os.register_at_fork(after_in_child=_forked)
+
+
+def parse_line(raw: bytes) -> tuple[int, int, tuple[Any, ...], bytes] | None:
+    """A journal line's (journal sequence, ts_us, fields, encoded fields); None for a torn line.
+
+    The encoded fields are the bytes the writer encoded, which the chain's MAC is over.
+    """
+    try:
+        item = json.loads(raw)
+        seq, ts_us = int(item[0]), int(item[1])
+        cut = raw.index(b",", raw.index(b",") + 1) + 1
+    except (ValueError, TypeError, IndexError):
+        return None
+    return seq, ts_us, tuple(item[2:]), raw[cut:].rstrip(b"\n")
+
+
+def chained_seq(db: Any, journal_id: str) -> int:
+    """The last sequence of journal ``journal_id`` chained into the store (0 for none)."""
+    row = db.query_one("SELECT flushed_seq FROM audit_journals WHERE journal_id = ?", (journal_id,))
+    return int(row[0]) if row else 0
+
+
+def remove_journal(db: Any, path: Path) -> None:
+    """A journal whose entries are all chained: its file, its progress file (node mode) and its row."""
+    with contextlib.suppress(OSError):
+        path.unlink()
+    with contextlib.suppress(OSError):
+        path.with_suffix(PROGRESS_SUFFIX).unlink()
+    db.execute("DELETE FROM audit_journals WHERE journal_id = ?", (path.stem,))
 
 
 class Journal:
@@ -403,25 +432,18 @@ class Journal:
 
     def _replay(self, path: Path, fd: int) -> int:
         db = self._db if self._db is not None else self.log.db
-        row = db.query_one("SELECT flushed_seq FROM audit_journals WHERE journal_id = ?", (path.stem,))
-        done = int(row[0]) if row else 0
-        rows: list[tuple[int, int, tuple[Any, ...]]] = []
+        done = chained_seq(db, path.stem)
+        rows: list[tuple[int, int, tuple[Any, ...], bytes]] = []
         with os.fdopen(os.dup(fd), "rb") as fh:
             for raw in fh:
-                try:
-                    item = json.loads(raw)
-                    seq, ts = int(item[0]), int(item[1])
-                except (ValueError, TypeError, IndexError):
-                    continue  # a line torn by the crash: its request never got an answer
-                if seq > done:
-                    rows.append((seq, ts, tuple(item[2:])))
+                line = parse_line(raw)  # None: a line torn by the crash, its request never answered
+                if line is not None and line[0] > done:
+                    rows.append(line)
         for i in range(0, len(rows), self.max_batch):
             part = rows[i:i + self.max_batch]
-            self.log.append_rows([(ts, f) for _, ts, f in part], journal=(path.stem, part[-1][0]), db=db)
-        path.unlink()
-        with contextlib.suppress(OSError):  # a node-mode journal's
-            path.with_suffix(PROGRESS_SUFFIX).unlink()
-        db.execute("DELETE FROM audit_journals WHERE journal_id = ?", (path.stem,))
+            self.log.append_rows([(ts, f) for _, ts, f, _ in part], journal=(path.stem, part[-1][0]), db=db,
+                                 encoded=[e for *_, e in part])
+        remove_journal(db, path)
         if rows:
             log.warning("audit journal: chained %d entries left by a stopped process", len(rows))
         return len(rows)
