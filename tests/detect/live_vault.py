@@ -122,6 +122,10 @@ class LiveVault:
         proc.terminate()
         raise RuntimeError("server did not come up")
 
+    def output(self, base: str) -> str:
+        """What the server at ``base`` printed (its banner first)."""
+        return (self.home.parent / f"server-{base.rsplit(':', 1)[1]}.log").read_text()
+
     def tls(self) -> ssl.SSLContext:
         return ssl.create_default_context(cafile=str(self.cert))
 

@@ -229,7 +229,7 @@ def test_budget_holds_across_workers_and_servers_sharing_a_counters_file(
         second = live.start(workers=2)
         counters = live.home / "run" / "counters.db"
         assert counters.exists()
-        banner = (live.home.parent / f"server-{first.rsplit(':', 1)[1]}.log").read_text()
+        banner = live.output(first)
         assert "shared by this node's workers, file" in banner
         token_id, token = live.token("officer-file-counters")
         statuses: list[int] = []
@@ -279,7 +279,7 @@ def test_a_killed_audit_chainer_is_replaced_and_no_entry_is_lost(
     live = _vault_without_redis(tmp_path_factory, "drill-chainer", 40)
     try:
         base = live.start(workers=2)
-        banner = (live.home.parent / f"server-{base.rsplit(':', 1)[1]}.log").read_text()
+        banner = live.output(base)
         assert "chained by the node's audit chainer process" in banner
         journal = live.home / "run" / "audit-journal"
         _, token = live.token("officer-chainer")
