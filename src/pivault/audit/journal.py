@@ -382,7 +382,7 @@ class Journal:
                 batch = self._pending[:self.max_batch]
             try:
                 self.log.append_rows([(ts, f) for _, ts, f, _ in batch],
-                                     journal=(self.journal_id, batch[-1][0]), db=self._db,
+                                     journals=[(self.journal_id, batch[-1][0])], db=self._db,
                                      encoded=[e for *_, e in batch], background=True)
             except Exception as exc:
                 code = getattr(exc, "code", type(exc).__name__)
@@ -441,8 +441,8 @@ class Journal:
                     rows.append(line)
         for i in range(0, len(rows), self.max_batch):
             part = rows[i:i + self.max_batch]
-            self.log.append_rows([(ts, f) for _, ts, f, _ in part], journal=(path.stem, part[-1][0]), db=db,
-                                 encoded=[e for *_, e in part])
+            self.log.append_rows([(ts, f) for _, ts, f, _ in part], journals=[(path.stem, part[-1][0])],
+                                 db=db, encoded=[e for *_, e in part])
         remove_journal(db, path)
         if rows:
             log.warning("audit journal: chained %d entries left by a stopped process", len(rows))

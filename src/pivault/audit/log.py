@@ -557,17 +557,16 @@ class AuditLog:
         """Wait until every recorded entry of this process is chained; False on timeout."""
         return True if self.journal is None else bool(self.journal.flush(timeout))
 
-    def append_rows(self, rows: Sequence[tuple[int, tuple[Any, ...]]],
-                    journal: tuple[str, int] | None = None, *, db: Database | None = None,
-                    encoded: Sequence[bytes] | None = None, background: bool = False,
-                    journals: Sequence[tuple[str, int]] = ()) -> list[int]:
+    def append_rows(self, rows: Sequence[tuple[int, tuple[Any, ...]]], *,
+                    journals: Sequence[tuple[str, int]] = (), db: Database | None = None,
+                    encoded: Sequence[bytes] | None = None, background: bool = False) -> list[int]:
         """Chain prepared rows ``(ts_us, fields)`` in one transaction (on ``db``, default the log's).
 
-        ``journal`` = (journal id, last journal sequence in ``rows``) is stored
-        in the same transaction, so a journal replayed after a crash never
-        chains an entry twice; ``journals``, the same for rows from several
-        journals (the node's chainer). ``encoded``, if given, holds each row's
-        :func:`encode_fields` (computed once when it was journalled).
+        ``journals`` = (journal id, last journal sequence in ``rows``) of each
+        journal the rows come from is stored in the same transaction, so a
+        journal replayed after a crash never chains an entry twice. ``encoded``,
+        if given, holds each row's :func:`encode_fields` (computed once when it
+        was journalled).
 
         ``background``: the caller is the journal's chaining thread, beside
         requests in the same interpreter. The MACs are then computed before the
@@ -583,8 +582,7 @@ class AuditLog:
         with self._conn_lock(conn):
             try:
                 ahead = self._macs_ahead(conn, rows, encoded) if background else None
-                marks = [journal, *journals] if journal is not None else list(journals)
-                return self._append_locked(conn, rows, marks, encoded, ahead)
+                return self._append_locked(conn, rows, journals, encoded, ahead)
             except AuditError:
                 self._caches[id(conn)] = None
                 raise

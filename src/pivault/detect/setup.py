@@ -180,11 +180,7 @@ def build_guard(db: Database, keyring: Any, *, keyring_path: str | os.PathLike[s
     warning to move the verifier key to the auditor.
     """
     settings = settings or DetectSettings.from_home(home)
-    key_dir = audit_key_dir(keyring_path, keyring.vault_id, settings)
-    writer = _writer_keys(key_dir, keyring, home, create_keys)
-    audit_log = AuditLog(db, keyring, writer, checkpoint_every=settings.checkpoint_every,
-                         checkpoint_seconds=settings.checkpoint_seconds, journal_dir=settings.journal_dir,
-                         journal_chain=settings.journal_chain)
+    audit_log = _audit_log(db, keyring, keyring_path, home, settings, create_keys, journal=True)
     counters = counters or counters_from_url(settings.counters_url, namespace=keyring.vault_id)
     secret = os.environ.get(WEBHOOK_SECRET_ENV, "").encode() or None
     if settings.alerts_jsonl:
@@ -223,13 +219,21 @@ def run_node_chainer(home: str | os.PathLike[str], stop: threading.Event) -> Non
     cfg = load(home)
     keyring = Keyring.open(cfg.keyring_path, provider_for(Keyring.peek(cfg.keyring_path)["provider"]))
     settings = DetectSettings.from_home(cfg.home)
-    key_dir = audit_key_dir(cfg.keyring_path, keyring.vault_id, settings)
-    writer = _writer_keys(key_dir, keyring, cfg.home, True)
+    assert settings.journal_dir is not None
     with Database(cfg.store_url) as db:
-        audit_log = AuditLog(db, keyring, writer, checkpoint_every=settings.checkpoint_every,
-                             checkpoint_seconds=settings.checkpoint_seconds)
-        assert settings.journal_dir is not None
+        audit_log = _audit_log(db, keyring, cfg.keyring_path, cfg.home, settings, True, journal=False)
         NodeChainer(audit_log, settings.journal_dir).run(stop)
+
+
+def _audit_log(db: Database, keyring: Any, keyring_path: str | os.PathLike[str],
+               home: str | os.PathLike[str] | None, settings: DetectSettings, create_keys: bool, *,
+               journal: bool) -> AuditLog:
+    """The vault's audit log as its settings say; ``journal``: written ahead to this process's journal."""
+    writer = _writer_keys(audit_key_dir(keyring_path, keyring.vault_id, settings), keyring, home, create_keys)
+    return AuditLog(db, keyring, writer, checkpoint_every=settings.checkpoint_every,
+                    checkpoint_seconds=settings.checkpoint_seconds,
+                    journal_dir=settings.journal_dir if journal else None,
+                    journal_chain=settings.journal_chain)
 
 
 def follow_policy(guard: DetectGuard, policy: Callable[[], Any]) -> None:
