@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import multiprocessing as mp
-import sqlite3
 import stat
+import subprocess
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -24,6 +25,7 @@ from pivault.detect import (
     RedisCounters,
     counters_from_url,
 )
+from pivault.detect.budgetmap import BudgetMap
 from pivault.policy import Policy
 from pivault.policy.context import AccessContext
 
@@ -209,9 +211,8 @@ def test_file_distinct_budget_holds_across_processes(tmp_path: Path) -> None:
     granted = _run_all(_hammer_distinct, [(url, 0), (url, 20), (url, 40)])
     fc = FileCounters(tmp_path / "counters.db")
     day = int(time.time() // 86400)
-    row = fc._conn().execute("SELECT n FROM sets WHERE key LIKE ?", (f"%:{day}",)).fetchone()
-    members = fc._conn().execute("SELECT COUNT(*) FROM members").fetchone()
-    assert row[0] == members[0] == 50  # exactly the budget, counted once each
+    members = BudgetMap(fc.budgets_path).member_count(day)
+    assert fc.distinct_count(f"b:p:{OFFICER.principal}:distinct", day) == members == 50  # counted once each
     assert sum(granted) >= 50  # a re-read of an id already counted is granted
 
 
@@ -228,24 +229,43 @@ def test_file_counters_fail_closed(tmp_path: Path) -> None:
     fc = FileCounters(path, timeout=0.2)
     b = Budgets(BudgetPolicy(roles={"officer": Budget(records_per_minute=5)}), fc)
     assert b.charge(OFFICER, records=1, record_ids=["r_1"]).allowed
-    holder = sqlite3.connect(path, isolation_level=None)
-    holder.execute("BEGIN IMMEDIATE")
-    t0 = time.monotonic()
-    with pytest.raises(DetectUnavailable):
-        b.charge(OFFICER, records=1, record_ids=["r_2"])
-    assert time.monotonic() - t0 < 2
-    holder.execute("ROLLBACK")
-    holder.close()
+    holder = _lock_holder(Path(f"{path}.lock"))
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(DetectUnavailable):
+            b.charge(OFFICER, records=1, record_ids=["r_2"])
+        assert time.monotonic() - t0 < 2
+    finally:
+        holder.kill()  # a process that dies holding the lock lets it go
+        holder.wait(10)
     assert b.charge(OFFICER, records=1, record_ids=["r_2"]).allowed  # and works again after
 
 
-def test_file_counters_are_private_and_hold_no_more_than_ids(tmp_path: Path) -> None:
+def _lock_holder(path: Path) -> subprocess.Popen[str]:
+    """Another process that takes the counters' lock and keeps it."""
+    code = ("import fcntl, sys, time\nf = open(sys.argv[1], 'a')\nfcntl.flock(f, fcntl.LOCK_EX)\n"
+            "print('held', flush=True)\ntime.sleep(60)\n")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(path)], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "held"
+    return proc
+
+
+def test_file_counters_are_private_and_hold_no_names_or_ids(tmp_path: Path) -> None:
     path = tmp_path / "run" / "counters.db"
-    b = Budgets(BudgetPolicy(roles={"officer": Budget(records_per_minute=5, distinct_per_day=9)}),
-                counters_from_url(f"sqlite:///{path}"))
-    assert b.charge(OFFICER, records=1, record_ids=["r_1"]).allowed
-    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    counters = counters_from_url(f"sqlite:///{path}")
+    b = Budgets(BudgetPolicy(roles={"officer": Budget(records_per_minute=5, distinct_per_day=9)}), counters)
+    assert b.charge(OFFICER, records=1, record_ids=["r_0123456789abcdefghijklmnop"]).allowed
+    assert counters.incr("breach:aaaaaaaaaaaaaaaa:1", 60) == 1  # the SQLite file is made too
+    files = sorted(p.name for p in path.parent.iterdir())
+    assert {"counters.db", "counters.db.budgets", "counters.db.lock"} <= set(files)
+    for f in path.parent.iterdir():
+        assert stat.S_IMODE(f.stat().st_mode) == 0o600, f.name
     assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+    # the budgets map holds digests: neither the principal nor the record id, in any form
+    raw = (path.parent / "counters.db.budgets").read_bytes()
+    for needle in (OFFICER.principal, "r_0123456789abcdefghijklmnop", "0123456789abcdefghijklmnop"):
+        assert needle.encode() not in raw
+        assert needle.encode("utf-16-le") not in raw
 
 
 def test_redis_budget_holds_across_processes(redis_url: str) -> None:

@@ -1,56 +1,43 @@
-"""Budget counters in an SQLite file: shared by every worker process of one node.
+"""Budget counters in files of the node: shared by every worker process of one node.
 
 Several ``pivault serve`` workers must count against the same budgets, or each
 would allow the whole of every budget. Redis does that across nodes; on one
-node, a file beside the vault does it without a server to run, and without a
-network round trip: one short write transaction per charge, which SQLite
-serialises across processes. The semantics are those of
+node, files beside the vault do it without a server to run, and without a
+network round trip. The read budgets' windows and distinct-record sets, which
+every read charges, are in a file that every worker maps
+(:mod:`pivault.detect.budgetmap`); the rest (breaches, the detector's buckets
+and state, alert claims), written a few times a second, in an SQLite file.
+Both are written under one advisory lock. The semantics are those of
 :class:`~pivault.detect.counters.MemoryCounters` (the same sliding windows of
 :data:`~pivault.detect.counters.BUCKETS` buckets, the same distinct-record sets
 per UTC day), so the three backends pass the same tests.
 
 The counters survive a restart of the service (an attacker who got a worker
 restarted would not get a fresh budget). Only opaque keys and record ids are
-stored, never PI. Any error of the file (locked past the timeout, disk full,
-unreadable) raises :class:`~pivault.detect.counters.DetectUnavailable`: the
-door refuses the request, as it does when Redis is down.
+stored (in the budgets map only as keyed digests), never PI. Any error of the
+files (locked past the timeout, disk full, unreadable, a full table) raises
+:class:`~pivault.detect.counters.DetectUnavailable`: the door refuses the
+request, as it does when Redis is down.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
-import math
 import os
 import sqlite3
 import threading
 import time
-from array import array
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from pivault.detect.counters import (
-    BUCKETS,
-    DAY,
-    DetectUnavailable,
-    DistinctRule,
-    Refusal,
-    WindowRule,
-    window_refusal,
-)
+from pivault.detect.budgetmap import BudgetMap, BudgetMapFull
+from pivault.detect.counters import DetectUnavailable, DistinctRule, Refusal, WindowRule
 
 __all__ = ["FileCounters"]
 
 _SCHEMA = """
-CREATE TABLE IF NOT EXISTS windows (
-  key TEXT PRIMARY KEY, expires REAL NOT NULL, used INTEGER NOT NULL, newest INTEGER NOT NULL,
-  counts BLOB NOT NULL
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS sets (key TEXT PRIMARY KEY, expires REAL NOT NULL, n INTEGER NOT NULL)
-  WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS members (key TEXT NOT NULL, id TEXT NOT NULL, PRIMARY KEY (key, id))
-  WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS vals (key TEXT PRIMARY KEY, expires REAL NOT NULL, value INTEGER NOT NULL)
   WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS claims (key TEXT PRIMARY KEY, expires REAL NOT NULL) WITHOUT ROWID;
@@ -63,13 +50,6 @@ CREATE TABLE IF NOT EXISTS state (
 ) WITHOUT ROWID;
 """
 
-_UPSERT_WINDOW = ("INSERT INTO windows (key, expires, used, newest, counts) VALUES (?, ?, ?, ?, ?)"
-                  " ON CONFLICT (key) DO UPDATE SET expires = excluded.expires, used = excluded.used,"
-                  " newest = excluded.newest, counts = excluded.counts")
-
-_UPSERT_SET = ("INSERT INTO sets (key, expires, n) VALUES (?, ?, ?) ON CONFLICT (key) DO UPDATE SET"
-               " n = excluded.n, expires = excluded.expires")
-
 _INCR = ("INSERT INTO vals (key, expires, value) VALUES (?1, ?2, 1) ON CONFLICT (key) DO UPDATE SET"
          " value = CASE WHEN vals.expires <= ?3 THEN 1 ELSE vals.value + 1 END,"
          " expires = CASE WHEN vals.expires <= ?3 THEN excluded.expires ELSE vals.expires END"
@@ -78,8 +58,6 @@ _INCR = ("INSERT INTO vals (key, expires, value) VALUES (?1, ?2, 1) ON CONFLICT 
 _CLAIM = ("INSERT INTO claims (key, expires) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET"
           " expires = excluded.expires WHERE claims.expires <= ?3 RETURNING 1")
 
-#: ids per membership test in the charge's one query; a read of more ids tests the rest apart
-_CHUNK = 500
 
 
 class _Local(threading.local):
@@ -90,41 +68,68 @@ class _Local(threading.local):
 
 
 class FileCounters:
-    """Counters in the SQLite file ``path``, for every process of this node that opens it.
+    """Counters in the files ``path`` (SQLite) and ``path.budgets`` (mapped), for this node.
 
-    Each thread of each process has a connection of its own (one made before
-    a fork is never used after it). ``namespace`` (the vault id) keeps the
-    counters of vaults that share a file apart. ``timeout`` bounds the wait
-    for another process's charge; past it the charge fails closed.
+    ``namespace`` (the vault id) keeps the counters of vaults that share a
+    file apart. ``timeout`` bounds the wait for another process's charge;
+    past it the charge fails closed. ``capacity`` sizes a new budgets map:
+    (windows, sets, members), see :class:`~pivault.detect.budgetmap.BudgetMap`.
 
-    Writers take an advisory lock on ``PATH.lock`` (``flock``) before their
-    transaction: SQLite's own wait for a busy file sleeps a millisecond and
-    more at a time, which at thousands of charges a second would land in
-    every request's tail; a lock held for tens of microseconds is better
+    Each thread of each process has a lock descriptor and an SQLite
+    connection of its own (one made before a fork is never used after it);
+    the budgets map is one per process. Every write takes an advisory lock on
+    ``PATH.lock`` (``flock``) first: SQLite's own wait for a busy file sleeps
+    a millisecond and more at a time, which at thousands of charges a second
+    would land in every request's tail; a lock held for microseconds is better
     waited for by trying again sooner. A process that dies holding it
     releases it.
     """
 
     def __init__(self, path: str | os.PathLike[str], *, namespace: str = "default", clock: Any = time.time,
-                 timeout: float = 2.0) -> None:
+                 timeout: float = 2.0, capacity: tuple[int, int, int] | None = None) -> None:
         self.path = Path(path).expanduser().absolute()
         #: several vaults may share one file: every key carries the vault's namespace
         self._ns = namespace + ":"
         self._clock = clock
         self._timeout = timeout
+        self._capacity = capacity
         self._local = _Local()
         self._made = False
-        #: the charge's query per shape (windows, sets, ids tested)
-        self._sql: dict[tuple[int, int, int], str] = {}
+        self._map: BudgetMap | None = None
+        self._map_pid = 0
+        self._map_lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"FileCounters({str(self.path)!r})"
 
-    # -- connections ---------------------------------------------------------------------
+    @property
+    def budgets_path(self) -> Path:
+        """The mapped file of the read budgets' windows and distinct-record sets."""
+        return self.path.with_name(self.path.name + ".budgets")
+
+    # -- files ---------------------------------------------------------------------------
     def _fail(self, exc: BaseException) -> DetectUnavailable:
+        if isinstance(exc, BudgetMapFull):
+            return DetectUnavailable(
+                f"{exc}; requests are refused until there is room",
+                hint=f"move {self.budgets_path.name} aside while the service is stopped, or give the "
+                     "counters a larger capacity")
         return DetectUnavailable(
             f"the budget counters file cannot be used ({type(exc).__name__}); requests are refused "
             "until it can", hint="check the counters file, its directory and its disk")
+
+    def _lock_fd(self) -> int:
+        """This thread's descriptor of ``PATH.lock`` (made with the directory if need be)."""
+        local = self._local
+        if local.lock_fd >= 0 and local.pid == os.getpid():
+            return local.lock_fd
+        parent = self.path.parent
+        if not parent.exists():
+            parent.mkdir(mode=0o700, parents=True)
+        # private from the first byte: budgets name principals and count their reads
+        local.lock_fd = os.open(f"{self.path}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        local.pid, local.conn, local.charges = os.getpid(), None, 0
+        return local.lock_fd
 
     def _conn(self) -> sqlite3.Connection:
         local = self._local
@@ -132,36 +137,47 @@ class FileCounters:
         if conn is not None and local.pid == os.getpid():
             return conn
         try:
-            parent = self.path.parent
-            if not parent.exists():
-                parent.mkdir(mode=0o700, parents=True)
-            # private from the first byte: budgets name principals and count their reads
+            fd = self._lock_fd()
             os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
-            fd = os.open(f"{self.path}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            # set up under the file's lock: workers (or threads) starting together would
+            # otherwise switch a new file to WAL at once, and one of them be refused
+            self._lock(fd)
             try:
-                # set up under the file's lock: workers (or threads) starting together would
-                # otherwise switch a new file to WAL at once, and one of them be refused
-                self._lock(fd)
-                try:
-                    conn = sqlite3.connect(self.path, isolation_level=None, timeout=self._timeout,
-                                           check_same_thread=False)
-                    # WAL: readers never wait; NORMAL: a commit is not synced, a crash of the
-                    # machine may forget the last moments' counts but never corrupts the file
-                    for pragma in ("journal_mode=WAL", "synchronous=NORMAL",
-                                   f"busy_timeout={int(self._timeout * 1000)}"):
-                        conn.execute(f"PRAGMA {pragma}")
-                    if not self._made:
-                        conn.executescript(_SCHEMA)
-                        self._made = True
-                finally:
-                    fcntl.flock(fd, fcntl.LOCK_UN)
-            except BaseException:
-                os.close(fd)
-                raise
+                conn = sqlite3.connect(self.path, isolation_level=None, timeout=self._timeout,
+                                       check_same_thread=False)
+                # WAL: readers never wait; NORMAL: a commit is not synced, a crash of the
+                # machine may forget the last moments' counts but never corrupts the file
+                for pragma in ("journal_mode=WAL", "synchronous=NORMAL",
+                               f"busy_timeout={int(self._timeout * 1000)}"):
+                    conn.execute(f"PRAGMA {pragma}")
+                if not self._made:
+                    conn.executescript(_SCHEMA)
+                    self._made = True
+            finally:
+                fcntl.flock(fd, fcntl.LOCK_UN)
         except (OSError, sqlite3.Error) as exc:
             raise self._fail(exc) from None
-        local.conn, local.lock_fd, local.pid, local.charges = conn, fd, os.getpid(), 0
+        local.conn = conn
         return conn
+
+    def _budget_map(self) -> BudgetMap:
+        """This process's mapping of the budgets file; made (under the lock) if it is new."""
+        bm = self._map
+        if bm is not None and self._map_pid == os.getpid():
+            return bm
+        with self._map_lock:
+            if self._map is not None and self._map_pid == os.getpid():
+                return self._map
+            fd = self._lock_fd()
+            self._lock(fd)
+            try:
+                sizes = self._capacity or ()
+                bm = BudgetMap(self.budgets_path, **dict(zip(("windows", "sets", "members"), sizes,
+                                                              strict=False)))
+            finally:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+            self._map, self._map_pid = bm, os.getpid()
+            return bm
 
     @contextlib.contextmanager
     def _writing(self) -> Iterator[sqlite3.Connection]:
@@ -203,10 +219,15 @@ class FileCounters:
 
     def close(self) -> None:
         local = self._local
-        if local.conn is not None and local.pid == os.getpid():
-            local.conn.close()
-            os.close(local.lock_fd)
+        if local.pid == os.getpid():
+            if local.conn is not None:
+                local.conn.close()
+            if local.lock_fd >= 0:
+                os.close(local.lock_fd)
         local.conn, local.lock_fd = None, -1
+        if self._map is not None and self._map_pid == os.getpid():
+            self._map.close()
+        self._map = None
 
     def now(self) -> float:
         return float(self._clock())
@@ -214,129 +235,35 @@ class FileCounters:
     # -- budgets -------------------------------------------------------------------------
     def charge(self, windows: Sequence[WindowRule], distinct: Sequence[DistinctRule]) -> Refusal | None:
         now = self.now()
-        with self._writing() as conn:
-            refusal = self._charge(conn, now, windows, distinct)
+        try:
+            bm = self._budget_map()
+            fd = self._lock_fd()
+            self._lock(fd)
+            try:
+                refusal = bm.charge(now, self._ns, windows, distinct)
+            finally:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+        except (OSError, ValueError) as exc:
+            raise self._fail(exc) from None
         local = self._local
         local.charges += 1
         if not local.charges & 1023:
             self._sweep(now)
         return refusal
 
-    def _query(self, nw: int, nd: int, nids: int) -> str:
-        sql = self._sql.get((nw, nd, nids))
-        if sql is None:
-            def marks(n: int) -> str:
-                return ",".join("?" * n)
-
-            parts = []
-            if nw:
-                parts.append("SELECT 0, key, expires, used, newest, counts FROM windows"
-                             f" WHERE key IN ({marks(nw)})")
-            if nd:
-                parts.append(f"SELECT 1, key, expires, n, 0, NULL FROM sets WHERE key IN ({marks(nd)})")
-            if nids:
-                parts.append("SELECT 2, key, 0, 0, 0, id FROM members"
-                             f" WHERE key = ? AND id IN ({marks(nids)})")
-            sql = " UNION ALL ".join(parts)
-            if len(self._sql) < 256:
-                self._sql[(nw, nd, nids)] = sql
-        return sql
-
-    def _charge(self, conn: sqlite3.Connection, now: float, windows: Sequence[WindowRule],
-                distinct: Sequence[DistinctRule]) -> Refusal | None:
-        """Check every rule against the file, then move every counter: one read, two writes."""
-        floor = math.floor
-        ns = self._ns
-        day = floor(now / DAY)
-        wkeys = list(dict.fromkeys(ns + w.key for w in windows))
-        dkeys = [f"{ns}{d.key}:{day}" for d in distinct]
-        # one query reads every window, every set's size and, for one set, which ids it has
-        tested: tuple[str, ...] = ()
-        if len(distinct) == 1 and len(distinct[0].ids) <= _CHUNK:
-            tested = tuple(dict.fromkeys(distinct[0].ids))
-        params: list[Any] = [*wkeys, *dkeys]
-        if tested:
-            params += [dkeys[0], *tested]
-        #: per window: [used, newest bucket, counts by bucket % BUCKETS]
-        states: dict[str, list[Any]] = {}
-        sizes: dict[str, int] = {}
-        present: set[str] = set()
-        sql = self._query(len(wkeys), len(dkeys), len(tested))
-        if sql:
-            for kind, key, expires, used, newest, extra in conn.execute(sql, params):
-                if kind == 0:
-                    if expires > now:
-                        states[key] = [int(used), int(newest), array("q", extra)]
-                elif kind == 1:
-                    if expires > now:
-                        sizes[key] = int(used)
-                else:
-                    present.add(extra)
-        writes: list[tuple[str, float, int, int, bytes]] = []
-        for rule in windows:
-            g = rule.window / BUCKETS
-            b = floor(now / g)
-            key = ns + rule.key
-            st = states.get(key)
-            if st is None:
-                st = states[key] = [0, b, array("q", bytes(8 * BUCKETS))]
-            used, newest, counts = st
-            if b > newest:
-                # the buckets after the newest up to this one take the slots of buckets that left
-                if b - newest >= BUCKETS:
-                    counts = st[2] = array("q", bytes(8 * BUCKETS))
-                    used = 0
-                else:
-                    for k in range(newest + 1, b + 1):
-                        slot = k % BUCKETS
-                        used -= counts[slot]
-                        counts[slot] = 0
-                st[0], st[1] = used, b
-            amount = rule.amount
-            if amount <= 0:
-                continue
-            if used + amount > rule.limit:
-                # the live buckets, oldest first: the slots of buckets b - BUCKETS + 1 .. b
-                live = ((k, counts[k % BUCKETS]) for k in range(b - BUCKETS + 1, b + 1))
-                return window_refusal(live, used, rule, now, g)
-            counts[b % BUCKETS] += amount
-            st[0] = used + amount
-            # a clock that stepped back charges its own, still live, bucket; the newest stays
-            newest = st[1]
-            writes.append((key, (newest + BUCKETS + 1) * g, st[0], newest, counts.tobytes()))
-        new_members: list[tuple[str, str]] = []
-        set_writes: list[tuple[str, float, int]] = []
-        for d, key in zip(distinct, dkeys, strict=True):
-            n = sizes.get(key, 0)
-            ids = tested or tuple(dict.fromkeys(d.ids))  # deduplicated once
-            if not tested:  # several sets, or a read of many ids: each tested apart
-                present = set()
-                for i in range(0, len(ids), _CHUNK) if n else ():
-                    part = ids[i:i + _CHUNK]
-                    present.update(r[0] for r in conn.execute(
-                        f"SELECT id FROM members WHERE key = ? AND id IN ({','.join('?' * len(part))})",
-                        (key, *part)))
-            new = [i for i in ids if i not in present]
-            if new and n + len(new) > d.limit:
-                return Refusal(d.name, (day + 1) * DAY - now, n, d.limit)
-            if new:
-                new_members += [(key, i) for i in new]
-                set_writes.append((key, (day + 1) * DAY, n + len(new)))
-        # every rule passed: now move the counters
-        if writes:
-            conn.executemany(_UPSERT_WINDOW, writes)
-        if new_members:
-            conn.executemany("INSERT OR IGNORE INTO members (key, id) VALUES (?, ?)", new_members)
-            conn.executemany(_UPSERT_SET, set_writes)
-        return None
+    def distinct_count(self, key: str, day: int) -> int:
+        """Records counted under the distinct-records rule ``key`` on UTC ``day`` (today or yesterday)."""
+        try:
+            return self._budget_map().set_size(self._ns, key, day)
+        except (OSError, ValueError) as exc:
+            raise self._fail(exc) from None
 
     def _sweep(self, now: float) -> None:
-        """Drop what has expired (every 1,024 charges of a connection), in its own transaction."""
+        """Drop what has expired (every 1,024 charges of a thread), in its own transaction."""
         with self._writing() as conn:
-            for child, parent in (("members", "sets"), ("fields", "hashes")):
-                conn.execute(f"DELETE FROM {child} WHERE key IN"
-                             f" (SELECT key FROM {parent} WHERE expires <= ?)", (now,))
-            for table in ("windows", "sets", "vals", "claims", "hashes"):
+            conn.execute("DELETE FROM fields WHERE key IN (SELECT key FROM hashes WHERE expires <= ?)",
+                         (now,))
+            for table in ("vals", "claims", "hashes"):
                 conn.execute(f"DELETE FROM {table} WHERE expires <= ?", (now,))
 
     # -- breaches, detector buckets, alert claims, detector state ------------------------------
