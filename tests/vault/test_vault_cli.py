@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -77,6 +78,12 @@ def test_cli_round_trip(app: typer.Typer, env: dict[str, str], tmp_path: Path) -
     for p in people:
         assert p["id_number"] not in r.stdout
 
+    store_file = Path(env["PIVAULT_HOME"]) / "vault.db"
+    with sqlite3.connect(store_file) as raw:
+        row = raw.execute("SELECT name, id_number, mobile FROM records WHERE record_id = ?",
+                          (rid,)).fetchone()
+    ciphertexts = [bytes(v) for v in row if v is not None]
+    assert len(ciphertexts) == 3
     r = run(app, ["erase", rid], env=env, input="n\n")
     assert r.exit_code != 0
     r = run(app, ["erase", rid, "--yes"], env=env)
@@ -84,6 +91,14 @@ def test_cli_round_trip(app: typer.Typer, env: dict[str, str], tmp_path: Path) -
     r = run(app, ["get", rid], env=env)
     assert r.exit_code == 1 and "error[record.not_found]" in r.stderr
     assert "Traceback" not in r.output
+    r = run(app, ["scrub", "--json"], env=env)
+    assert r.exit_code == 0 and json.loads(r.stdout) == {"scrubbed": True}, r.output
+    files = [f for d in (Path(env["PIVAULT_HOME"]), Path(info["keyring"]).parent)
+             for f in d.rglob("*") if f.is_file()]
+    assert store_file in files
+    for f in files:
+        data = f.read_bytes()
+        assert not any(ct in data for ct in ciphertexts), f.name
 
     r = run(app, ["migrate", "--json"], env=env)
     assert r.exit_code == 0 and json.loads(r.stdout) == {"applied": []}

@@ -30,6 +30,7 @@ __all__ = [
     "rejects_app",
     "rejects_show",
     "run_cli",
+    "scrub",
     "stats",
 ]
 
@@ -276,7 +277,7 @@ def erase(
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
     json_out: JsonOpt = False,
 ) -> None:
-    """Erase a record and purge its ciphertext from the store files."""
+    """Erase a record: its cells zeroed and its key destroyed (then run pivault scrub; see docs)."""
     if not yes:
         if not sys.stdin.isatty():
             raise ValidationError("erase.confirm", "erasing needs confirmation: pass --yes")
@@ -287,6 +288,27 @@ def erase(
         _print_json({"erased": record_id})
     else:
         typer.echo(f"erased {record_id}")
+
+
+@run_cli
+def scrub(home: HomeOpt = None, json_out: JsonOpt = False) -> None:
+    """Rewrite the store's files so that no byte of an erased record is left in them.
+
+    An erase zeroes the record's cells at once; copies of them that SQLite's page rebuilds
+    left in unallocated space go only when the file is rewritten. This takes as long as
+    copying the store, needs as much free disk, and holds its write lock meanwhile.
+    """
+    from pivault.errors import PivaultError
+
+    with _open(home) as vault:
+        done = vault.store.scrub()
+    if not done:
+        raise PivaultError("the scrub could not finish: another connection was reading an older "
+                           "snapshot", code="store.busy", hint="run pivault scrub again")
+    if json_out:
+        _print_json({"scrubbed": True})
+    else:
+        typer.echo("scrubbed: the store and the record-key store were rewritten whole")
 
 
 @run_cli
@@ -354,6 +376,7 @@ def register(app: typer.Typer) -> None:
     app.command("find")(find)
     app.command("get")(get)
     app.command("erase")(erase)
+    app.command("scrub")(scrub)
     app.command("stats")(stats)
     app.command("migrate")(migrate)
     app.add_typer(rejects_app, name="rejects")

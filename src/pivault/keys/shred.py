@@ -206,6 +206,12 @@ class RecordKeyStore:
         row = db.query_one("PRAGMA wal_checkpoint(TRUNCATE)")
         return row is not None and row[0] == 0
 
+    def scrub(self) -> bool:
+        """Leave no byte of any deleted key in the store's files (SQLite: rewrite it whole)."""
+        if self._pg:
+            return self.purge()
+        return self.db.rewrite_sqlite()
+
     # -- reading --------------------------------------------------------------
     def get(self, record_id: str, key_ref: bytes) -> bytes | None:
         row = self.db.query_one("SELECT wrapped FROM record_keys WHERE record_id = ? AND key_ref = ?",
@@ -489,6 +495,11 @@ class ShreddingRecordStore(RecordStore):
         self.drop_superseded()
         self.keys.purge()
         return super().purge_freed()
+
+    def scrub(self) -> bool:
+        self.drop_superseded()
+        keys_done = self.keys.scrub()
+        return super().scrub() and keys_done
 
     # -- reading ----------------------------------------------------------------
     def _keys_for(self, records: Sequence[StoredRecord]) -> list[StoredRecord]:

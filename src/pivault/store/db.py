@@ -277,6 +277,29 @@ class Database:
         """The column type for bytes."""
         return "BLOB" if self.dialect == "sqlite" else "BYTEA"
 
+    def rewrite_sqlite(self) -> bool:
+        """SQLite: rewrite the whole file (``VACUUM``), then cut the WAL; False if it could not finish.
+
+        ``secure_delete`` zeroes a deleted cell and a freed page, but not the copies of cells
+        that a B-tree page rebuild (rebalancing after inserts and deletes) leaves in the page's
+        unallocated space: a record moved that way and erased later leaves its old copy behind.
+        A rewrite writes every page afresh, so nothing outside a live cell survives in the file.
+        Its temporary copy goes to a file (ciphertext only, deleted at the end), not to memory,
+        whatever the store's size.
+        """
+        if self.dialect != "sqlite":
+            raise StoreError("only an SQLite store is rewritten this way", code="store.dialect")
+        if self.in_transaction:
+            return False
+        with self._lock:
+            self._conn.execute("PRAGMA temp_store=FILE")
+            try:
+                self._conn.execute("VACUUM")
+            finally:
+                self._conn.execute("PRAGMA temp_store=MEMORY")
+            row = self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        return row is not None and row[0] == 0
+
 
 def _create_private(path: Path) -> None:
     """Create a new SQLite store file readable by its owner only; never open an existing one.

@@ -350,6 +350,19 @@ class RecordStore:
         row = db.query_one("PRAGMA wal_checkpoint(TRUNCATE)")
         return row is not None and row[0] == 0
 
+    def scrub(self) -> bool:
+        """Leave no byte of any erased record in the files: :meth:`purge_freed`, and more.
+
+        SQLite: the store is rewritten whole (:meth:`Database.rewrite_sqlite`), which also
+        removes the copies of cells that page rebuilds leave behind, where ``secure_delete``
+        does not reach. It takes as long as copying the store and as much free disk, and
+        holds the write lock meanwhile: run it after erasures, not after each one.
+        PostgreSQL: :meth:`purge_freed` (no byte guarantee; see docs/store.md).
+        """
+        if self._pg:
+            return self.purge_freed()
+        return self._db.rewrite_sqlite()
+
     # -- reading ------------------------------------------------------------
     @staticmethod
     def _record(row: Sequence[Any], index: dict[str, bytes]) -> StoredRecord:
