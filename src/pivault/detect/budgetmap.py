@@ -15,12 +15,14 @@ read alike by every other.
   the counts of its :data:`~pivault.detect.counters.BUCKETS` buckets (slot
   ``b % BUCKETS``); the window's sum is the sum of its slots;
 * per UTC day, two generations (today's and yesterday's, the day's parity):
-  each distinct-record set's size, and the set members, one keyed hash of
+  each distinct-record set's size, and the set members, one digest of
   (namespace, set, record id) a slot. A generation is emptied when its day
   comes round again, so no member outlives the day after its own.
 
 Keys are 128-bit BLAKE2b digests of the namespace and the key: the file
-holds principal names and record ids only as such digests. An expired
+holds principal names and record ids only as such digests (not keyed: one
+who can guess a name can test it, as one who can read the vault's other
+files can list them). An expired
 window's slot is taken by the next new key that probes past it, so probe
 chains never break. A table that is full (or a probe that runs long) fails
 closed, as an unreachable Redis does.

@@ -14,7 +14,7 @@ per UTC day), so the three backends pass the same tests.
 
 The counters survive a restart of the service (an attacker who got a worker
 restarted would not get a fresh budget). Only opaque keys and record ids are
-stored (in the budgets map only as keyed digests), never PI. Any error of the
+stored (in the budgets map only as digests), never PI. Any error of the
 files (locked past the timeout, disk full, unreadable, a full table) raises
 :class:`~pivault.detect.counters.DetectUnavailable`: the door refuses the
 request, as it does when Redis is down.
