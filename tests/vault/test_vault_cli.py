@@ -84,6 +84,11 @@ def test_cli_round_trip(app: typer.Typer, env: dict[str, str], tmp_path: Path) -
                           (rid,)).fetchone()
     ciphertexts = [bytes(v) for v in row if v is not None]
     assert len(ciphertexts) == 3
+    with sqlite3.connect(Path(info["keyring"] + ".recordkeys")) as raw:
+        wrapped = [bytes(w) for (w,) in raw.execute("SELECT wrapped FROM record_keys WHERE record_id = ?",
+                                                    (rid,))]
+    assert len(wrapped) == 1
+    ciphertexts += wrapped  # the record's key: gone too
     r = run(app, ["erase", rid], env=env, input="n\n")
     assert r.exit_code != 0
     r = run(app, ["erase", rid, "--yes"], env=env)
