@@ -11,11 +11,14 @@ from pathlib import Path
 import pytest
 from detect_helpers import FakeClock
 
-from pivault.detect import Budget, BudgetPolicy, Budgets, DetectUnavailable, FileCounters
+from pivault.detect import Budget, BudgetPolicy, Budgets, DetectUnavailable, FileCounters, counters_from_url
 from pivault.detect.budgetmap import BudgetMap
+from pivault.errors import PivaultError
 from pivault.policy.context import AccessContext
 
 DAY = 86400
+SMALL = {"windows": 16, "sets": 8, "members": 64}
+LARGER = {"windows": 1 << 12, "sets": 1 << 10, "members": 1 << 12}
 
 
 def _ctx(n: int) -> AccessContext:
@@ -49,7 +52,7 @@ def test_a_day_of_distinct_records_is_forgotten_two_days_on(tmp_path: Path, cloc
 
 
 def test_ids_that_collide_in_a_small_table_are_each_counted(tmp_path: Path, clock: FakeClock) -> None:
-    fc = FileCounters(tmp_path / "counters.db", clock=clock, capacity=(16, 8, 64))
+    fc = FileCounters(tmp_path / "counters.db", clock=clock, capacity=SMALL)
     b = _budgets(fc, distinct_per_day=40)
     ids = [f"r_{i:03d}" for i in range(40)]
     assert b.charge(_ctx(1), records=40, record_ids=ids).allowed
@@ -72,18 +75,27 @@ def test_a_refused_charge_leaves_no_member_behind(tmp_path: Path, clock: FakeClo
     fc.close()
 
 
-def test_a_full_table_of_distinct_records_fails_closed(tmp_path: Path, clock: FakeClock) -> None:
-    fc = FileCounters(tmp_path / "counters.db", clock=clock, capacity=(64, 64, 64))
+def test_a_full_table_of_distinct_records_fails_closed(tmp_path: Path) -> None:
+    # the sizes of a new map, as an operator gives them in the counters URL
+    fc = counters_from_url(f"sqlite:///{tmp_path / 'counters.db'}?windows=64&sets=64&members=64")
+    assert isinstance(fc, FileCounters)
     b = _budgets(fc, distinct_per_day=1000)
     with pytest.raises(DetectUnavailable) as info:
         for i in range(100):
             b.charge(_ctx(i % 7), records=1, record_ids=[f"r_{i}"])
-    assert "full" in str(info.value) and info.value.hint
+    assert "full" in str(info.value) and "members=" in info.value.hint
     assert 40 <= i <= 49  # three quarters of 64 members, spread over sets of several callers
 
 
+@pytest.mark.parametrize("query", ["members=100", "members=0", "members=", "rows=64", "members=1&x"])
+def test_a_bad_size_in_the_counters_url_is_refused(tmp_path: Path, query: str) -> None:
+    with pytest.raises(PivaultError) as info:
+        counters_from_url(f"sqlite:///{tmp_path / 'counters.db'}?{query}")
+    assert info.value.code == "detect.config"
+
+
 def test_expired_windows_make_room_for_new_callers(tmp_path: Path, clock: FakeClock) -> None:
-    fc = FileCounters(tmp_path / "counters.db", clock=clock, capacity=(16, 8, 64))
+    fc = FileCounters(tmp_path / "counters.db", clock=clock, capacity=SMALL)
     b = _budgets(fc, records_per_minute=5)
     for n in range(16):  # one window each: the table is full
         assert b.charge(_ctx(n), records=1).allowed
@@ -107,9 +119,9 @@ def test_another_file_at_the_budgets_path_fails_closed(tmp_path: Path) -> None:
 
 
 def test_an_existing_file_keeps_its_sizes(tmp_path: Path, clock: FakeClock) -> None:
-    small = FileCounters(tmp_path / "counters.db", clock=clock, capacity=(16, 8, 64))
+    small = FileCounters(tmp_path / "counters.db", clock=clock, capacity=SMALL)
     assert _budgets(small, records_per_minute=5).charge(_ctx(1), records=2).allowed
-    other = FileCounters(tmp_path / "counters.db", clock=clock, capacity=(1 << 12, 1 << 10, 1 << 12))
+    other = FileCounters(tmp_path / "counters.db", clock=clock, capacity=LARGER)
     b = _budgets(other, records_per_minute=5)
     assert b.charge(_ctx(1), records=3).allowed  # the same window, read through the file's own sizes
     assert not b.charge(_ctx(1), records=1).allowed
@@ -163,7 +175,7 @@ def test_two_new_windows_on_one_slot_are_kept_apart(tmp_path: Path, clock: FakeC
         return _digest(f"default:b:p:officer-{n}:{name}")[1] & 15
 
     n = next(n for n in range(10_000) if home(n, "records_per_minute") == home(n, "records_per_hour"))
-    fc = FileCounters(tmp_path / "counters.db", clock=clock, capacity=(16, 8, 64))
+    fc = FileCounters(tmp_path / "counters.db", clock=clock, capacity=SMALL)
     b = _budgets(fc, records_per_minute=5, records_per_hour=7)
     assert b.charge(_ctx(n), records=5).allowed
     assert not b.charge(_ctx(n), records=1).allowed  # the minute's

@@ -576,19 +576,46 @@ SHARED_SCHEMES = (*REDIS_SCHEMES, "sqlite:///")
 
 def counters_file(url: str) -> str:
     """The absolute path of ``sqlite:///PATH`` (``sqlite:////PATH`` too): counters files are not relative."""
-    return "/" + url[len("sqlite://"):].lstrip("/")
+    return "/" + url[len("sqlite://"):].split("?", 1)[0].lstrip("/")
+
+
+#: the sizes a new budgets map may be given in a counters file's URL (``?members=…``)
+CAPACITY_PARAMS = ("windows", "sets", "members")
+
+
+def counters_capacity(url: str) -> dict[str, int]:
+    """The table sizes given in ``sqlite:///PATH?windows=…&sets=…&members=…`` (powers of two)."""
+    from urllib.parse import parse_qsl
+
+    query = url.split("?", 1)[1] if "?" in url else ""
+    out: dict[str, int] = {}
+    try:
+        pairs = parse_qsl(query, keep_blank_values=True, strict_parsing=bool(query))
+    except ValueError:
+        raise PivaultError("the counters URL's query is not name=value pairs", code="detect.config") from None
+    for name, value in pairs:
+        if name not in CAPACITY_PARAMS:
+            raise PivaultError(f"a counters file takes {', '.join(CAPACITY_PARAMS)} in its URL, not {name!r}",
+                               code="detect.config")
+        n = int(value) if value.isdigit() else 0
+        if n < 8 or n & (n - 1) or n > 1 << 30:
+            raise PivaultError(f"{name} in the counters URL is a power of two from 8 to 2^30",
+                               code="detect.config")
+        out[name] = n
+    return out
 
 
 def counters_from_url(url: str | None, *, namespace: str = "default") -> Counters:
-    """``None`` or ``memory://`` for in-process counters; ``sqlite:///PATH`` for a file shared by
-    this node's processes; ``redis://…`` for counters shared by several nodes."""
+    """``None`` or ``memory://`` for in-process counters; ``sqlite:///PATH`` for files shared by
+    this node's processes (``?members=N`` and the like size a new budgets map); ``redis://…`` for
+    counters shared by several nodes."""
     if url is None or url in ("", "memory://"):
         return MemoryCounters()
     if url.startswith(REDIS_SCHEMES):
         return RedisCounters(url, namespace=namespace)
-    if url.startswith("sqlite:///") and len(url) > len("sqlite:///"):
+    if url.startswith("sqlite:///") and len(counters_file(url)) > 1:
         from pivault.detect.filecounters import FileCounters
 
-        return FileCounters(counters_file(url), namespace=namespace)
+        return FileCounters(counters_file(url), namespace=namespace, capacity=counters_capacity(url))
     raise PivaultError("budget counters are memory://, sqlite:///PATH or redis://HOST:PORT/DB",
                        code="detect.config")

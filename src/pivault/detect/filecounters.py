@@ -72,8 +72,8 @@ class FileCounters:
 
     ``namespace`` (the vault id) keeps the counters of vaults that share a
     file apart. ``timeout`` bounds the wait for another process's charge;
-    past it the charge fails closed. ``capacity`` sizes a new budgets map:
-    (windows, sets, members), see :class:`~pivault.detect.budgetmap.BudgetMap`.
+    past it the charge fails closed. ``capacity`` sizes a new budgets map
+    (``windows``, ``sets``, ``members``: see :class:`~pivault.detect.budgetmap.BudgetMap`).
 
     Each thread of each process has a lock descriptor and an SQLite
     connection of its own (one made before a fork is never used after it);
@@ -86,13 +86,13 @@ class FileCounters:
     """
 
     def __init__(self, path: str | os.PathLike[str], *, namespace: str = "default", clock: Any = time.time,
-                 timeout: float = 2.0, capacity: tuple[int, int, int] | None = None) -> None:
+                 timeout: float = 2.0, capacity: Mapping[str, int] | None = None) -> None:
         self.path = Path(path).expanduser().absolute()
         #: several vaults may share one file: every key carries the vault's namespace
         self._ns = namespace + ":"
         self._clock = clock
         self._timeout = timeout
-        self._capacity = capacity
+        self._capacity = dict(capacity or {})
         self._local = _Local()
         self._made = False
         self._map: BudgetMap | None = None
@@ -112,8 +112,8 @@ class FileCounters:
         if isinstance(exc, BudgetMapFull):
             return DetectUnavailable(
                 f"{exc}; requests are refused until there is room",
-                hint=f"move {self.budgets_path.name} aside while the service is stopped, or give the "
-                     "counters a larger capacity")
+                hint=f"stop the service, move {self.budgets_path.name} aside and give the counters "
+                     "URL larger sizes (sqlite:///PATH?members=N&windows=N&sets=N, powers of two)")
         return DetectUnavailable(
             f"the budget counters file cannot be used ({type(exc).__name__}); requests are refused "
             "until it can", hint="check the counters file, its directory and its disk")
@@ -171,9 +171,7 @@ class FileCounters:
             fd = self._lock_fd()
             self._lock(fd)
             try:
-                sizes = self._capacity or ()
-                bm = BudgetMap(self.budgets_path, **dict(zip(("windows", "sets", "members"), sizes,
-                                                              strict=False)))
+                bm = BudgetMap(self.budgets_path, **self._capacity)
             finally:
                 fcntl.flock(fd, fcntl.LOCK_UN)
             self._map, self._map_pid = bm, os.getpid()
