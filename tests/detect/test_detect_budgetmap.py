@@ -118,6 +118,19 @@ def test_another_file_at_the_budgets_path_fails_closed(tmp_path: Path) -> None:
         _budgets(fc, records_per_minute=5).charge(_ctx(1), records=1)
 
 
+def test_a_damaged_or_cut_file_fails_closed(tmp_path: Path, clock: FakeClock) -> None:
+    fc = FileCounters(tmp_path / "counters.db", clock=clock, capacity=SMALL)
+    assert _budgets(fc, records_per_minute=5).charge(_ctx(1), records=1).allowed
+    fc.close()
+    good = fc.budgets_path.read_bytes()
+    for bad in (good[:8 * 3] + (100).to_bytes(8, "little") + good[8 * 4:],  # not a power of two
+                good[:len(good) // 2]):  # shorter than its tables
+        fc.budgets_path.write_bytes(bad)
+        with pytest.raises(DetectUnavailable):
+            _budgets(FileCounters(tmp_path / "counters.db", clock=clock), records_per_minute=5).charge(
+                _ctx(1), records=1)
+
+
 def test_an_existing_file_keeps_its_sizes(tmp_path: Path, clock: FakeClock) -> None:
     small = FileCounters(tmp_path / "counters.db", clock=clock, capacity=SMALL)
     assert _budgets(small, records_per_minute=5).charge(_ctx(1), records=2).allowed

@@ -109,6 +109,9 @@ class BudgetMap:
             raise ValueError("not a budget counters file of this version")
         self._mv = mv
         self._nw, self._ns, self._nm = int(mv[_H_WINDOWS]), int(mv[_H_SETS]), int(mv[_H_MEMBERS])
+        if any(n < 8 or n & (n - 1) or n > 1 << 30 for n in (self._nw, self._ns, self._nm)):
+            self.close()
+            raise ValueError("the budget counters file's header is damaged")
         if 8 * (_HEADER + self._nw * _W_WORDS + 2 * (self._ns * _S_WORDS + self._nm * _M_WORDS)) > size:
             self.close()
             raise ValueError("the budget counters file is shorter than its tables")
