@@ -123,7 +123,7 @@ def test_a_damaged_or_cut_file_fails_closed(tmp_path: Path, clock: FakeClock) ->
     assert _budgets(fc, records_per_minute=5).charge(_ctx(1), records=1).allowed
     fc.close()
     good = fc.budgets_path.read_bytes()
-    for bad in (good[:8 * 3] + (100).to_bytes(8, "little") + good[8 * 4:],  # not a power of two
+    for bad in (good[:8 * 3] + (6).to_bytes(8, "little") + good[8 * 4:],  # sets: not a power of two
                 good[:len(good) // 2]):  # shorter than its tables
         fc.budgets_path.write_bytes(bad)
         with pytest.raises(DetectUnavailable):
