@@ -296,7 +296,8 @@ def scrub(home: HomeOpt = None, json_out: JsonOpt = False) -> None:
 
     An erase zeroes the record's cells at once; copies of them that SQLite's page rebuilds
     left in unallocated space go only when the file is rewritten. This takes as long as
-    copying the store, needs as much free disk, and holds its write lock meanwhile.
+    copying the store, needs as much free disk, and holds its write lock meanwhile (a running
+    service refuses requests after 2 s of it: run it at a quiet hour).
     """
     from pivault.errors import PivaultError
 
