@@ -96,8 +96,13 @@ def test_cli_round_trip(app: typer.Typer, env: dict[str, str], tmp_path: Path) -
     r = run(app, ["get", rid], env=env)
     assert r.exit_code == 1 and "error[record.not_found]" in r.stderr
     assert "Traceback" not in r.output
+    r = run(app, ["stats"], env=env)
+    assert "erased since the last scrub: 1 (run pivault scrub); last scrub: never" in r.stdout
     r = run(app, ["scrub", "--json"], env=env)
-    assert r.exit_code == 0 and json.loads(r.stdout) == {"scrubbed": True}, r.output
+    assert r.exit_code == 0 and json.loads(r.stdout) == {"scrubbed": True, "erasures_behind_it": 1}, r.output
+    r = run(app, ["stats", "--json"], env=env)
+    erasure = json.loads(r.stdout)["erasure"]
+    assert erasure["erased_since_scrub"] == 0 and erasure["last_scrub"] is not None
     files = [f for d in (Path(env["PIVAULT_HOME"]), Path(info["keyring"]).parent)
              for f in d.rglob("*") if f.is_file()]
     assert store_file in files

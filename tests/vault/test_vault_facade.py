@@ -13,7 +13,7 @@ from pivault.crypto import IntegrityError
 from pivault.errors import NotFoundError, ValidationError
 from pivault.policy import AccessContext
 from pivault.store.db import Database
-from pivault.vault import OUTPUT_FIELDS, AccessDenied, DuplicateRecord, LocalGuard, Vault, VaultMismatch
+from pivault.vault import OUTPUT_FIELDS, AccessDenied, DuplicateRecord, LocalGuard, Vault, VaultMismatch, meta
 
 
 def test_put_get_masked_and_revealed(vault: Vault, ctx: AccessContext, reveal: AccessContext) -> None:
@@ -121,6 +121,14 @@ def test_erase(vault: Vault, ctx: AccessContext) -> None:
     with pytest.raises(NotFoundError):
         vault.erase(rid, ctx=ctx)
     assert vault.get(keep, ctx=ctx)["record_id"] == keep
+    # counted for the scrub (the refused second erase is not), on both backends
+    assert vault.stats(ctx=ctx, key_usage=False)["erasure"] == {"erased_since_scrub": 1, "last_scrub": None}
+    vault.erase(keep, ctx=ctx)
+    erased, _ = meta.erasures_since_scrub(vault.db)
+    assert erased == 2
+    meta.scrubbed(vault.db, 1)  # one more erasure came while that scrub ran: it stays to do
+    assert meta.erasures_since_scrub(vault.db)[0] == 1
+    assert meta.erasures_since_scrub(vault.db)[1] is not None
 
 
 def test_moved_ciphertext_fails_with_clear_integrity_error(vault: Vault, ctx: AccessContext) -> None:

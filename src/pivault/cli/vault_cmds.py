@@ -10,6 +10,7 @@ never a value from a record.
 from __future__ import annotations
 
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, ParamSpec, TypeVar
@@ -300,16 +301,21 @@ def scrub(home: HomeOpt = None, json_out: JsonOpt = False) -> None:
     service refuses requests after 2 s of it: run it at a quiet hour).
     """
     from pivault.errors import PivaultError
+    from pivault.vault import meta
 
     with _open(home) as vault:
+        erased, _ = meta.erasures_since_scrub(vault.db)
         done = vault.store.scrub()
+        if done:
+            meta.scrubbed(vault.db, erased)
     if not done:
         raise PivaultError("the scrub could not finish: another connection was reading an older "
                            "snapshot", code="store.busy", hint="run pivault scrub again")
     if json_out:
-        _print_json({"scrubbed": True})
+        _print_json({"scrubbed": True, "erasures_behind_it": erased})
     else:
-        typer.echo("scrubbed: the store and the record-key store were rewritten whole")
+        typer.echo(f"scrubbed: the store and the record-key store were rewritten whole "
+                   f"({erased:,} erased records since the last scrub)")
 
 
 @run_cli
@@ -328,6 +334,11 @@ def stats(home: HomeOpt = None, json_out: JsonOpt = False) -> None:
     imp = out["imports"]
     typer.echo(f"  imports:       {imp['batches']} batches ({imp['batches_done']} done), "
                f"{imp['rejects']:,} rejected rows")
+    era = out["erasure"]
+    last = (time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(era["last_scrub"]))
+            if era["last_scrub"] is not None else "never")
+    hint = " (run pivault scrub)" if era["erased_since_scrub"] and s["backend"] == "sqlite" else ""
+    typer.echo(f"  erased since the last scrub: {era['erased_since_scrub']:,}{hint}; last scrub: {last}")
     for k in out["keys"]:
         typer.echo(f"  key {k['keyset']}: primary {k['primary_key_id']}, ids {k['key_ids']}")
     if out.get("field_key_ids_in_use"):

@@ -437,6 +437,7 @@ class Vault:
             if exists:
                 self.guard.audit(ctx, "erase", [record_id], "ok")
                 self.store.delete(record_id)
+                meta.count_erasure(self.db)  # what `pivault scrub` has still to rewrite
         if not exists:
             self.guard.audit(ctx, "erase", [record_id], "not_found")
             raise NotFoundError("no record with this id", code="record.not_found")
@@ -544,6 +545,8 @@ class Vault:
                     entries[index] = max(0, int(entries[index]) - n)
         out: dict[str, Any] = {"vault_id": self.keyring.vault_id, "store": store}
         out["imports"] = imports.counts(self.db)
+        erased, scrubbed_at = meta.erasures_since_scrub(self.db)
+        out["erasure"] = {"erased_since_scrub": erased, "last_scrub": scrubbed_at}
         keys = self.keyring.key_info()
         out["keys"] = [{k: v for k, v in info.items() if k != "keys"} for info in keys]
         if key_usage:

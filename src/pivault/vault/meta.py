@@ -15,7 +15,8 @@ from pivault.errors import ConfigError
 from pivault.store.db import Database
 from pivault.store.migrations import Migration, needs_migration, register
 
-__all__ = ["VaultMismatch", "bind", "bound_vault_id", "check"]
+__all__ = ["VaultMismatch", "bind", "bound_vault_id", "check", "count_erasure", "erasures_since_scrub",
+           "scrubbed"]
 
 register(Migration(
     "vault", 1, "vault metadata: the keyring this store belongs to",
@@ -68,3 +69,36 @@ def check(db: Database, keyring: Keyring) -> None:
                           code="vault.unbound", hint="create the vault with `pivault init`")
     if current != keyring.vault_id:
         _mismatch(current)
+
+
+# -- erasures and scrubs: how much an erase still leaves to `pivault scrub` ----------------------
+
+def count_erasure(db: Database, n: int = 1) -> None:
+    """Count ``n`` erasures since the last scrub (inside the erase's own transaction)."""
+    now = time.time()
+    row = db.query_one("SELECT value FROM vault_meta WHERE key = 'erased_since_scrub'")
+    if row is None:
+        db.execute("INSERT INTO vault_meta (key, value, updated_at) VALUES ('erased_since_scrub', ?, ?)",
+                   (str(n), now))
+    else:
+        db.execute("UPDATE vault_meta SET value = ?, updated_at = ? WHERE key = 'erased_since_scrub'",
+                   (str(int(row[0]) + n), now))
+
+
+def erasures_since_scrub(db: Database) -> tuple[int, float | None]:
+    """(records erased since the last scrub, when the last scrub finished or None)."""
+    rows = dict(db.query("SELECT key, value FROM vault_meta"
+                         " WHERE key IN ('erased_since_scrub', 'scrubbed_at')"))
+    scrubbed_at = rows.get("scrubbed_at")
+    return int(rows.get("erased_since_scrub", 0)), (float(scrubbed_at) if scrubbed_at is not None else None)
+
+
+def scrubbed(db: Database, erased_before: int) -> None:
+    """A scrub finished: the ``erased_before`` erasures counted when it began are behind it."""
+    now = time.time()
+    with db.transaction():
+        erased, _ = erasures_since_scrub(db)
+        db.execute("DELETE FROM vault_meta WHERE key IN ('erased_since_scrub', 'scrubbed_at')")
+        db.executemany("INSERT INTO vault_meta (key, value, updated_at) VALUES (?, ?, ?)",
+                       [("erased_since_scrub", str(max(0, erased - erased_before)), now),
+                        ("scrubbed_at", repr(now), now)])
