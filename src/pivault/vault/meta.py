@@ -74,15 +74,16 @@ def check(db: Database, keyring: Keyring) -> None:
 # -- erasures and scrubs: how much an erase still leaves to `pivault scrub` ----------------------
 
 def count_erasure(db: Database, n: int = 1) -> None:
-    """Count ``n`` erasures since the last scrub (inside the erase's own transaction)."""
+    """Count ``n`` erasures since the last scrub (inside the erase's own transaction).
+
+    One ``UPDATE`` adds to the stored count, so erasures committed at once by several
+    processes are all counted.
+    """
     now = time.time()
-    row = db.query_one("SELECT value FROM vault_meta WHERE key = 'erased_since_scrub'")
-    if row is None:
-        db.execute("INSERT INTO vault_meta (key, value, updated_at) VALUES ('erased_since_scrub', ?, ?)",
-                   (str(n), now))
-    else:
-        db.execute("UPDATE vault_meta SET value = ?, updated_at = ? WHERE key = 'erased_since_scrub'",
-                   (str(int(row[0]) + n), now))
+    db.execute("INSERT INTO vault_meta (key, value, updated_at) VALUES ('erased_since_scrub', '0', ?)"
+               " ON CONFLICT (key) DO NOTHING", (now,))
+    db.execute("UPDATE vault_meta SET value = CAST(CAST(value AS INTEGER) + ? AS TEXT), updated_at = ?"
+               " WHERE key = 'erased_since_scrub'", (n, now))
 
 
 def erasures_since_scrub(db: Database) -> tuple[int, float | None]:
@@ -97,8 +98,9 @@ def scrubbed(db: Database, erased_before: int) -> None:
     """A scrub finished: the ``erased_before`` erasures counted when it began are behind it."""
     now = time.time()
     with db.transaction():
-        erased, _ = erasures_since_scrub(db)
-        db.execute("DELETE FROM vault_meta WHERE key IN ('erased_since_scrub', 'scrubbed_at')")
-        db.executemany("INSERT INTO vault_meta (key, value, updated_at) VALUES (?, ?, ?)",
-                       [("erased_since_scrub", str(max(0, erased - erased_before)), now),
-                        ("scrubbed_at", repr(now), now)])
+        db.execute("UPDATE vault_meta SET value = CAST(CASE WHEN CAST(value AS INTEGER) > ?"
+                   " THEN CAST(value AS INTEGER) - ? ELSE 0 END AS TEXT), updated_at = ?"
+                   " WHERE key = 'erased_since_scrub'", (erased_before, erased_before, now))
+        db.execute("INSERT INTO vault_meta (key, value, updated_at) VALUES ('scrubbed_at', ?, ?)"
+                   " ON CONFLICT (key) DO UPDATE SET value = excluded.value,"
+                   " updated_at = excluded.updated_at", (repr(now), now))
