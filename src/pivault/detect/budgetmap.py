@@ -203,10 +203,10 @@ class BudgetMap:
             self._keys[key] = k
         return k
 
-    def _window(self, nskey: str, now_us: int, taken: set[int]) -> tuple[int, bool]:
+    def _window(self, nskey: str, key: tuple[int, int], now_us: int, taken: set[int]) -> tuple[int, bool]:
         """(``nskey``'s window slot, whether it is live), from where it was last if it is still there."""
         mv = self._mv
-        k0, k1 = self._wkey(nskey)
+        k0, k1 = key
         off = self._where.get(nskey, -1)
         if off < 0 or mv[off] != k0 or mv[off + 1] != k1 or off in taken:
             off, live = self._window_slot((k0, k1), now_us, taken)
@@ -225,7 +225,7 @@ class BudgetMap:
         mv = self._mv
         floor = math.floor
         now_us = int(now * 1e6)
-        #: per window key: [slot, live, bucket, amount to add, bucket length]
+        #: per window key: [slot, live, bucket, amount to add, bucket length, digest]
         plan: dict[str, list[Any]] = {}
         taken: set[int] = set()
         for rule in windows:
@@ -233,9 +233,10 @@ class BudgetMap:
             b = floor(now / g)
             p = plan.get(rule.key)
             if p is None:
-                off, live = self._window(namespace + rule.key, now_us, taken)
+                key = self._wkey(namespace + rule.key)
+                off, live = self._window(namespace + rule.key, key, now_us, taken)
                 taken.add(off)
-                p = plan[rule.key] = [off, live, b, 0, g]
+                p = plan[rule.key] = [off, live, b, 0, g, key]
             off, live = p[0], p[1]
             used = p[3]
             if live:
@@ -286,7 +287,7 @@ class BudgetMap:
             if new_members and mv[_H_COUNT0 + (day & 1)] + len(new_members) > self._nm * 3 // 4:
                 raise BudgetMapFull("the budget counters' table of distinct records is full")
         # every rule passed: now move the counters (a new slot's key last)
-        for nskey, (off, live, b, amount, g) in plan.items():
+        for off, live, b, amount, g, (k0, k1) in plan.values():
             if not amount:
                 continue
             if live:
@@ -300,7 +301,6 @@ class BudgetMap:
                 mv[off + 4 + b % BUCKETS] = amount
                 mv[off + 2] = b
                 mv[off + 3] = int((b + BUCKETS + 1) * g * 1e6)
-                k0, k1 = self._wkey(namespace + nskey)
                 mv[off + 1] = k1
                 mv[off] = k0
         for moff, k0, k1 in new_members:

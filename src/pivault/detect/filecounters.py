@@ -64,7 +64,7 @@ class _Local(threading.local):
     conn: sqlite3.Connection | None = None
     lock_fd: int = -1
     pid: int = 0
-    charges: int = 0
+    writes: int = 0
 
 
 class FileCounters:
@@ -128,7 +128,7 @@ class FileCounters:
             parent.mkdir(mode=0o700, parents=True)
         # private from the first byte: budgets name principals and count their reads
         local.lock_fd = os.open(f"{self.path}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        local.pid, local.conn, local.charges = os.getpid(), None, 0
+        local.pid, local.conn, local.writes = os.getpid(), None, 0
         return local.lock_fd
 
     def _conn(self) -> sqlite3.Connection:
@@ -137,12 +137,11 @@ class FileCounters:
         if conn is not None and local.pid == os.getpid():
             return conn
         try:
-            fd = self._lock_fd()
+            self._lock_fd()  # makes the directory (0700) if need be
             os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
             # set up under the file's lock: workers (or threads) starting together would
             # otherwise switch a new file to WAL at once, and one of them be refused
-            self._lock(fd)
-            try:
+            with self._held():
                 conn = sqlite3.connect(self.path, isolation_level=None, timeout=self._timeout,
                                        check_same_thread=False)
                 # WAL: readers never wait; NORMAL: a commit is not synced, a crash of the
@@ -153,8 +152,6 @@ class FileCounters:
                 if not self._made:
                     conn.executescript(_SCHEMA)
                     self._made = True
-            finally:
-                fcntl.flock(fd, fcntl.LOCK_UN)
         except (OSError, sqlite3.Error) as exc:
             raise self._fail(exc) from None
         local.conn = conn
@@ -168,23 +165,31 @@ class FileCounters:
         with self._map_lock:
             if self._map is not None and self._map_pid == os.getpid():
                 return self._map
-            fd = self._lock_fd()
-            self._lock(fd)
-            try:
+            with self._held():
                 bm = BudgetMap(self.budgets_path, **self._capacity)
-            finally:
-                fcntl.flock(fd, fcntl.LOCK_UN)
             self._map, self._map_pid = bm, os.getpid()
             return bm
 
     @contextlib.contextmanager
-    def _writing(self) -> Iterator[sqlite3.Connection]:
-        """The file's lock, then a write transaction: committed if the body returns."""
-        conn = self._conn()
-        fd = self._local.lock_fd
+    def _held(self) -> Iterator[None]:
+        """This node's lock on the counters, held for the body."""
+        fd = self._lock_fd()
+        self._lock(fd)
         try:
-            self._lock(fd)
-            try:
+            yield
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[sqlite3.Connection]:
+        """The lock, then a write transaction of the SQLite file: committed if the body returns.
+
+        Every 1,024th of a thread's transactions is followed by a sweep of what has expired
+        there: the writes that fill the file pay for emptying it, not the reads' charges.
+        """
+        conn = self._conn()
+        try:
+            with self._held():
                 conn.execute("BEGIN IMMEDIATE")
                 try:
                     yield conn
@@ -192,10 +197,12 @@ class FileCounters:
                     conn.execute("ROLLBACK")
                     raise
                 conn.execute("COMMIT")
-            finally:
-                fcntl.flock(fd, fcntl.LOCK_UN)
         except (OSError, sqlite3.Error) as exc:
             raise self._fail(exc) from None
+        local = self._local
+        local.writes += 1
+        if not local.writes & 1023:
+            self._sweep(self.now())
 
     def _lock(self, fd: int) -> None:
         try:
@@ -235,19 +242,10 @@ class FileCounters:
         now = self.now()
         try:
             bm = self._budget_map()
-            fd = self._lock_fd()
-            self._lock(fd)
-            try:
-                refusal = bm.charge(now, self._ns, windows, distinct)
-            finally:
-                fcntl.flock(fd, fcntl.LOCK_UN)
+            with self._held():
+                return bm.charge(now, self._ns, windows, distinct)
         except (OSError, ValueError) as exc:
             raise self._fail(exc) from None
-        local = self._local
-        local.charges += 1
-        if not local.charges & 1023:
-            self._sweep(now)
-        return refusal
 
     def distinct_count(self, key: str, day: int) -> int:
         """Records counted under the distinct-records rule ``key`` on UTC ``day`` (today or yesterday)."""
@@ -257,7 +255,7 @@ class FileCounters:
             raise self._fail(exc) from None
 
     def _sweep(self, now: float) -> None:
-        """Drop what has expired (every 1,024 charges of a thread), in its own transaction."""
+        """Drop what has expired, in its own transaction."""
         with self._writing() as conn:
             conn.execute("DELETE FROM fields WHERE key IN (SELECT key FROM hashes WHERE expires <= ?)",
                          (now,))
