@@ -176,7 +176,7 @@ def _restore_sqlite(c: Container, url: str, quarantine: bool) -> str | None:
         if tpath.exists() and tpath.stat().st_size > 0:
             with Database(url) as existing:
                 why = _why_not_empty(existing, c.vault_id)
-                existing.query_one("PRAGMA wal_checkpoint(TRUNCATE)")
+                existing.truncate_wal()
             if why is not None and not quarantine:
                 raise BackupError(f"the target store is not empty: {why}", code="backup.not_empty",
                                   hint="restore into an empty vault, or pass --quarantine to move the "

@@ -203,8 +203,7 @@ class RecordKeyStore:
         if self._pg:
             db.execute("VACUUM record_keys")
             return True
-        row = db.query_one("PRAGMA wal_checkpoint(TRUNCATE)")
-        return row is not None and row[0] == 0
+        return db.truncate_wal()
 
     def scrub(self) -> bool:
         """Leave no byte of any deleted key in the store's files (SQLite: rewrite it whole)."""

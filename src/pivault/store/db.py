@@ -277,6 +277,14 @@ class Database:
         """The column type for bytes."""
         return "BLOB" if self.dialect == "sqlite" else "BYTEA"
 
+    def truncate_wal(self) -> bool:
+        """SQLite: every page of the WAL into the main file, and the WAL cut to zero bytes.
+
+        False if a reader of an older snapshot kept the checkpoint from finishing.
+        """
+        row = self.query_one("PRAGMA wal_checkpoint(TRUNCATE)")
+        return row is not None and row[0] == 0
+
     def rewrite_sqlite(self) -> bool:
         """SQLite: rewrite the whole file (``VACUUM``), then cut the WAL; False if it could not finish.
 
@@ -297,8 +305,7 @@ class Database:
                 self._conn.execute("VACUUM")
             finally:
                 self._conn.execute("PRAGMA temp_store=MEMORY")
-            row = self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
-        return row is not None and row[0] == 0
+            return self.truncate_wal()
 
 
 def _create_private(path: Path) -> None:

@@ -347,8 +347,7 @@ class RecordStore:
             db.execute("VACUUM records")
             db.execute("VACUUM blind_index")
             return True
-        row = db.query_one("PRAGMA wal_checkpoint(TRUNCATE)")
-        return row is not None and row[0] == 0
+        return db.truncate_wal()
 
     def scrub(self) -> bool:
         """Leave no byte of any erased record in the files: :meth:`purge_freed`, and more.
