@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -99,3 +102,77 @@ def test_parse_duration() -> None:
     for bad in ("", "0", "1y", "-5d", "abc"):
         with pytest.raises(ValueError):
             parse_duration(bad)
+
+
+# -- the rows a process keeps on SQLite ------------------------------------------------------
+
+def _statements(db: Database) -> list[str]:
+    """Every statement the connection runs from here on (SQLite's trace callback)."""
+    seen: list[str] = []
+    db.raw.set_trace_callback(seen.append)
+    return seen
+
+
+def test_sqlite_keeps_the_row_until_anything_is_committed(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'vault.db'}"
+    db = Database(url)
+    migrate(db)
+    tokens = TokenStore(db)
+    info, tok = tokens.create("erin", "officer", ["p"], ttl_seconds=600)
+    tokens.verify(tok)
+    ran = _statements(db)
+    for _ in range(3):
+        tokens.verify(tok)
+    assert ran and not any("FROM tokens" in s for s in ran), ran  # the row was kept
+    # another process revokes it: the next check reads the row again and refuses
+    subprocess.run(
+        [sys.executable, "-c", "import sqlite3, sys; c = sqlite3.connect(sys.argv[1]);"
+         " c.execute('UPDATE tokens SET revoked_at = 1 WHERE token_id = ?', (sys.argv[2],)); c.commit()",
+         str(tmp_path / "vault.db"), info.token_id], check=True)
+    with pytest.raises(AuthError) as exc:
+        tokens.verify(tok)
+    assert exc.value.code == "auth.revoked"
+    assert any("FROM tokens" in s for s in ran)
+    db.close()
+
+
+def test_a_kept_row_still_checks_the_secret_the_clock_and_this_connections_writes(tmp_path: Path) -> None:
+    db = Database(f"sqlite:///{tmp_path / 'vault.db'}")
+    migrate(db)
+    tokens = TokenStore(db)
+    info, tok = tokens.create("frank", "officer", ["p"], ttl_seconds=60)
+    tokens.verify(tok)  # kept from here
+    forged = tok[:-1] + ("a" if tok[-1] != "a" else "b")
+    with pytest.raises(AuthError) as exc:
+        tokens.verify(forged)
+    assert exc.value.code == "auth.invalid"
+    with pytest.raises(AuthError) as exc:
+        tokens.verify(tok, now=time.time() + 61)
+    assert exc.value.code == "auth.expired"
+    # a write through the same connection (another thread of this worker, the detector's
+    # suspension) moves the mark too
+    db.execute("UPDATE tokens SET suspended_at = 1 WHERE token_id = ?", (info.token_id,))
+    with pytest.raises(AuthError) as exc:
+        tokens.verify(tok)
+    assert exc.value.code == "auth.suspended"
+    db.close()
+
+
+def test_nothing_is_kept_inside_a_transaction_that_may_roll_back(tmp_path: Path) -> None:
+    db = Database(f"sqlite:///{tmp_path / 'vault.db'}")
+    migrate(db)
+    tokens = TokenStore(db)
+    info, tok = tokens.create("gina", "officer", ["p"], ttl_seconds=600)
+    tokens.suspend(info.token_id, "test")
+
+    class Undo(Exception):
+        pass
+
+    with pytest.raises(Undo), db.transaction():
+        tokens.resume(info.token_id)
+        assert tokens.verify(tok).principal == "gina"  # resumed, inside the transaction
+        raise Undo
+    with pytest.raises(AuthError) as exc:
+        tokens.verify(tok)
+    assert exc.value.code == "auth.suspended"
+    db.close()

@@ -11,9 +11,15 @@ theft. A 256-bit random secret cannot be guessed at any hash speed (2^256
 candidates), so a slow hash would add milliseconds to every request and no
 security. The comparison is constant-time (:func:`hmac.compare_digest`).
 
-Every request reads the token's row by primary key — no cache — so expiry,
-revocation and suspension take effect on the next request, on every worker
-process and every API node sharing the store.
+Expiry, revocation and suspension take effect on the next request, on every
+worker process and every API node sharing the store. On PostgreSQL every
+request reads the token's row by primary key. On SQLite a process keeps the
+rows it has read for as long as nothing at all has been committed to the
+vault's file since (SQLite's ``data_version`` and the connection's own change
+count, read on every request: a few microseconds against the row's read): any
+commit, by any process, empties the cache, so a revocation is seen by the
+next request as before. Expiry is checked against the clock on every request,
+and the secret against the stored hash.
 """
 
 from __future__ import annotations
@@ -149,6 +155,8 @@ class TokenStore:
 
     def __init__(self, db: Database) -> None:
         self.db = db
+        #: (the store's change mark when read, token id -> (hash, row)); see the module's docstring
+        self._seen: tuple[tuple[int, int] | None, dict[str, tuple[bytes, TokenInfo]]] = (None, {})
 
     def create(self, principal: str, role: str, purposes: Iterable[str], *, ttl_seconds: int,
                created_by: str = "", now: float | None = None) -> tuple[TokenInfo, str]:
@@ -179,19 +187,41 @@ class TokenStore:
         if not m:
             raise AuthError("the bearer token is malformed", code="auth.malformed")
         token_id, secret = m.group(1), m.group(2)
-        row = self.db.query_one(f"SELECT {_COLS}, token_hash FROM tokens WHERE token_id = ?", (token_id,))
         digest = _hash(token_id, secret)
-        if row is None:
+        known = self._row(token_id)
+        if known is None:
             # compare anyway so an unknown id costs the same as a wrong secret
             hmac.compare_digest(digest, bytes(32))
             raise AuthError("the bearer token is not valid", code="auth.invalid")
-        if not hmac.compare_digest(digest, bytes(row[10])):
+        stored, info = known
+        if not hmac.compare_digest(digest, stored):
             raise AuthError("the bearer token is not valid", code="auth.invalid")
-        info = _info(row)
         state = info.state(now)
         if state != "active":
             raise AuthError(f"the bearer token is {state}", code=f"auth.{state}")
         return info
+
+    def _row(self, token_id: str) -> tuple[bytes, TokenInfo] | None:
+        """The token's stored hash and row: read, or kept from a read since which nothing changed."""
+        db = self.db
+        # the mark is read before the row, so a commit after it shows as a new mark next time;
+        # inside a transaction of this connection nothing is kept (it may yet roll back)
+        mark = None if db.in_transaction else db.change_mark()
+        seen_mark, seen = self._seen
+        if mark is not None and mark == seen_mark:
+            hit = seen.get(token_id)
+            if hit is not None:
+                return hit
+        row = db.query_one(f"SELECT {_COLS}, token_hash FROM tokens WHERE token_id = ?", (token_id,))
+        if row is None:
+            return None
+        found = (bytes(row[10]), _info(row))
+        if mark is not None:
+            if mark != seen_mark or len(seen) >= 4096:
+                self._seen = (mark, {token_id: found})
+            else:
+                seen[token_id] = found
+        return found
 
     def get(self, token_id: str) -> TokenInfo | None:
         row = self.db.query_one(f"SELECT {_COLS} FROM tokens WHERE token_id = ?", (token_id,))

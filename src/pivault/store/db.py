@@ -168,6 +168,20 @@ class Database:
             row = self._conn.execute(self.sql(sql), params).fetchone()
             return tuple(row) if row is not None else None
 
+    def change_mark(self) -> tuple[int, int] | None:
+        """A value that moves whenever anything is committed to this SQLite file; None on PostgreSQL.
+
+        SQLite's ``data_version`` changes when another connection (any process)
+        commits, and ``total_changes`` when this connection writes. A reader may
+        keep what it read for as long as the mark stays the same. PostgreSQL has
+        no such counter.
+        """
+        if self.dialect != "sqlite":
+            return None
+        with self._lock:
+            row = self._conn.execute("PRAGMA main.data_version").fetchone()
+            return (int(row[0]) if row else -1), int(self._conn.total_changes)
+
     def stream(self, sql: str, params: Params = (), *, size: int = 1000) -> Iterator[tuple[Any, ...]]:
         """Rows in bounded memory: a server-side cursor on PostgreSQL."""
         if self.dialect == "sqlite":

@@ -469,8 +469,9 @@ class _SoleWriter:
         return sole
 
     def _counters(self) -> tuple[int, int]:
-        row = self.db.query_one("PRAGMA main.data_version")
-        return (int(row[0]) if row else -1), int(self.db.raw.total_changes)
+        mark = self.db.change_mark()
+        assert mark is not None  # SQLite only (see start)
+        return mark
 
     def mark(self) -> None:
         """Take this run's own writes as seen; call last inside each chunk's transaction."""
