@@ -98,11 +98,18 @@ def test_cli_round_trip(app: typer.Typer, env: dict[str, str], tmp_path: Path) -
     assert "Traceback" not in r.output
     r = run(app, ["stats"], env=env)
     assert "erased since the last scrub: 1 (run pivault scrub); last scrub: never" in r.stdout
-    r = run(app, ["scrub", "--json"], env=env)
+    r = run(app, ["scrub", "--only-if-erased", "--json"], env=env)
     assert r.exit_code == 0 and json.loads(r.stdout) == {"scrubbed": True, "erasures_behind_it": 1}, r.output
     r = run(app, ["stats", "--json"], env=env)
     erasure = json.loads(r.stdout)["erasure"]
     assert erasure["erased_since_scrub"] == 0 and erasure["last_scrub"] is not None
+    # on a schedule: nothing erased since, nothing rewritten
+    before = store_file.read_bytes()
+    r = run(app, ["scrub", "--only-if-erased"], env=env)
+    assert r.exit_code == 0 and "nothing to scrub" in r.stdout, r.output
+    r = run(app, ["scrub", "--only-if-erased", "--json"], env=env)
+    assert json.loads(r.stdout) == {"scrubbed": False, "erasures_behind_it": 0}, r.output
+    assert store_file.read_bytes() == before
     files = [f for d in (Path(env["PIVAULT_HOME"]), Path(info["keyring"]).parent)
              for f in d.rglob("*") if f.is_file()]
     assert store_file in files

@@ -292,19 +292,30 @@ def erase(
 
 
 @run_cli
-def scrub(home: HomeOpt = None, json_out: JsonOpt = False) -> None:
+def scrub(home: HomeOpt = None, json_out: JsonOpt = False,
+          only_if_erased: Annotated[bool, typer.Option(
+              "--only-if-erased",
+              help="do nothing unless a record was erased since the last scrub (for a schedule)")] = False,
+          ) -> None:
     """Rewrite the store's files so that no byte of an erased record is left in them.
 
     An erase zeroes the record's cells at once; copies of them that SQLite's page rebuilds
     left in unallocated space go only when the file is rewritten. This takes as long as
     copying the store, needs as much free disk, and holds its write lock meanwhile (a running
-    service refuses requests after 2 s of it: run it at a quiet hour).
+    service refuses requests after 2 s of it: run it at a quiet hour). On a schedule, use
+    --only-if-erased: a night without erasures then costs nothing.
     """
     from pivault.errors import PivaultError
     from pivault.vault import meta
 
     with _open(home) as vault:
         erased, _ = meta.erasures_since_scrub(vault.db)
+        if only_if_erased and not erased:
+            if json_out:
+                _print_json({"scrubbed": False, "erasures_behind_it": 0})
+            else:
+                typer.echo("nothing to scrub: no record was erased since the last scrub")
+            return
         done = vault.store.scrub()
         if done:
             meta.scrubbed(vault.db, erased)
