@@ -176,3 +176,41 @@ def test_nothing_is_kept_inside_a_transaction_that_may_roll_back(tmp_path: Path)
         tokens.verify(tok)
     assert exc.value.code == "auth.suspended"
     db.close()
+
+
+def test_a_forked_process_reads_the_row_again_on_its_own_connection(tmp_path: Path) -> None:
+    """A child's new connection counts its marks afresh: the parent's kept rows are not its own.
+
+    The reading connection never writes, so its marks are (data_version, 0); a new connection
+    opened after the revocation starts again at the same data_version.
+    """
+    import multiprocessing
+
+    url = f"sqlite:///{tmp_path / 'vault.db'}"
+    admin_db = Database(url)
+    migrate(admin_db)
+    admin = TokenStore(admin_db)
+    info, tok = admin.create("hana", "officer", ["p"], ttl_seconds=600)
+    db = Database(url)
+    tokens = TokenStore(db)
+    tokens.verify(tok)  # kept by the parent, under its connection's first mark
+    admin.revoke(info.token_id)
+    ctx = multiprocessing.get_context("fork")
+    queue = ctx.Queue()
+    child = ctx.Process(target=_verify_in_child, args=(tokens, tok, queue))
+    child.start()
+    child.join(30)
+    assert queue.get(timeout=5) == "auth.revoked"
+    with pytest.raises(AuthError):
+        tokens.verify(tok)  # and the parent, at its next check
+    db.close()
+    admin_db.close()
+
+
+def _verify_in_child(tokens: TokenStore, tok: str, queue: object) -> None:
+    tokens.db.reopen_after_fork()
+    try:
+        tokens.verify(tok)
+        queue.put("accepted")  # type: ignore[attr-defined]
+    except AuthError as exc:
+        queue.put(exc.code)  # type: ignore[attr-defined]

@@ -155,8 +155,11 @@ class TokenStore:
 
     def __init__(self, db: Database) -> None:
         self.db = db
-        #: (the store's change mark when read, token id -> (hash, row)); see the module's docstring
-        self._seen: tuple[tuple[int, int] | None, dict[str, tuple[bytes, TokenInfo]]] = (None, {})
+        #: (the connection and its change mark when read, token id -> (hash, row)); see the
+        #: module's docstring. The connection itself is compared: a forked process's new one
+        #: counts its marks afresh.
+        self._seen: tuple[object, tuple[int, int] | None, dict[str, tuple[bytes, TokenInfo]]] = (
+            None, None, {})
 
     def create(self, principal: str, role: str, purposes: Iterable[str], *, ttl_seconds: int,
                created_by: str = "", now: float | None = None) -> tuple[TokenInfo, str]:
@@ -206,9 +209,11 @@ class TokenStore:
         db = self.db
         # the mark is read before the row, so a commit after it shows as a new mark next time;
         # inside a transaction of this connection nothing is kept (it may yet roll back)
+        conn = db.raw
         mark = None if db.in_transaction else db.change_mark()
-        seen_mark, seen = self._seen
-        if mark is not None and mark == seen_mark:
+        seen_conn, seen_mark, seen = self._seen
+        fresh = mark is not None and mark == seen_mark and conn is seen_conn
+        if fresh:
             hit = seen.get(token_id)
             if hit is not None:
                 return hit
@@ -217,8 +222,8 @@ class TokenStore:
             return None
         found = (bytes(row[10]), _info(row))
         if mark is not None:
-            if mark != seen_mark or len(seen) >= 4096:
-                self._seen = (mark, {token_id: found})
+            if not fresh or len(seen) >= 4096:
+                self._seen = (conn, mark, {token_id: found})
             else:
                 seen[token_id] = found
         return found
