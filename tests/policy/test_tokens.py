@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -113,11 +114,17 @@ def _statements(db: Database) -> list[str]:
     return seen
 
 
-def test_sqlite_keeps_the_row_until_anything_is_committed(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'vault.db'}"
-    db = Database(url)
+@pytest.fixture
+def local_tokens(tmp_path: Path) -> Iterator[TokenStore]:
+    """A token store on an SQLite file of its own (``tmp_path / "vault.db"``)."""
+    db = Database(f"sqlite:///{tmp_path / 'vault.db'}")
     migrate(db)
-    tokens = TokenStore(db)
+    yield TokenStore(db)
+    db.close()
+
+
+def test_sqlite_keeps_the_row_until_anything_is_committed(tmp_path: Path, local_tokens: TokenStore) -> None:
+    tokens, db = local_tokens, local_tokens.db
     info, tok = tokens.create("erin", "officer", ["p"], ttl_seconds=600)
     tokens.verify(tok)
     ran = _statements(db)
@@ -133,13 +140,11 @@ def test_sqlite_keeps_the_row_until_anything_is_committed(tmp_path: Path) -> Non
         tokens.verify(tok)
     assert exc.value.code == "auth.revoked"
     assert any("FROM tokens" in s for s in ran)
-    db.close()
 
 
-def test_a_kept_row_still_checks_the_secret_the_clock_and_this_connections_writes(tmp_path: Path) -> None:
-    db = Database(f"sqlite:///{tmp_path / 'vault.db'}")
-    migrate(db)
-    tokens = TokenStore(db)
+def test_a_kept_row_still_checks_the_secret_the_clock_and_this_connections_writes(
+        local_tokens: TokenStore) -> None:
+    tokens, db = local_tokens, local_tokens.db
     info, tok = tokens.create("frank", "officer", ["p"], ttl_seconds=60)
     tokens.verify(tok)  # kept from here
     forged = tok[:-1] + ("a" if tok[-1] != "a" else "b")
@@ -155,13 +160,10 @@ def test_a_kept_row_still_checks_the_secret_the_clock_and_this_connections_write
     with pytest.raises(AuthError) as exc:
         tokens.verify(tok)
     assert exc.value.code == "auth.suspended"
-    db.close()
 
 
-def test_nothing_is_kept_inside_a_transaction_that_may_roll_back(tmp_path: Path) -> None:
-    db = Database(f"sqlite:///{tmp_path / 'vault.db'}")
-    migrate(db)
-    tokens = TokenStore(db)
+def test_nothing_is_kept_inside_a_transaction_that_may_roll_back(local_tokens: TokenStore) -> None:
+    tokens, db = local_tokens, local_tokens.db
     info, tok = tokens.create("gina", "officer", ["p"], ttl_seconds=600)
     tokens.suspend(info.token_id, "test")
 
@@ -175,7 +177,6 @@ def test_nothing_is_kept_inside_a_transaction_that_may_roll_back(tmp_path: Path)
     with pytest.raises(AuthError) as exc:
         tokens.verify(tok)
     assert exc.value.code == "auth.suspended"
-    db.close()
 
 
 def test_a_forked_process_reads_the_row_again_on_its_own_connection(tmp_path: Path) -> None:
