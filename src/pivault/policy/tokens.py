@@ -193,7 +193,9 @@ class TokenStore:
         digest = _hash(token_id, secret)
         known = self._row(token_id)
         if known is None:
-            # compare anyway so an unknown id costs the same as a wrong secret
+            # compare anyway, as for a wrong secret. Whether an id exists may still show in the
+            # time taken (a kept row is quicker than a read): ids are not secret, they appear in
+            # logs and listings; the secret is what the constant-time comparison guards
             hmac.compare_digest(digest, bytes(32))
             raise AuthError("the bearer token is not valid", code="auth.invalid")
         stored, info = known
