@@ -310,3 +310,40 @@ def test_the_chain_mode_is_checked(db: Database, keyring: Keyring, writer: Write
     with pytest.raises(AuditError) as info:
         AuditLog(db, keyring, writer, journal_dir=journal, journal_chain="cron")
     assert info.value.code == "audit.config"
+
+
+class _CountingChainer(NodeChainer):
+    """The chainer, with its rounds counted (what an idle node pays for it)."""
+
+    rounds = 0
+
+    def run_once(self) -> int:
+        self.rounds += 1
+        return super().run_once()
+
+
+def test_an_idle_chainer_wakes_seldom_and_chains_again_when_entries_come(
+        store_url: str, db: Database, keyring: Keyring, writer: WriterKeys, journal: Path,
+        ctx: AccessContext) -> None:
+    own = Database(store_url)
+    chainer = _CountingChainer(AuditLog(own, keyring, writer), journal, max_delay=0.02, idle_delay=0.2)
+    stop = threading.Event()
+    thread = threading.Thread(target=chainer.run, args=(stop,), daemon=True)
+    thread.start()
+    try:
+        log = _node_log(db, keyring, writer, journal)
+        time.sleep(1.5)  # idle: rounds 20, 40, 80, 160 ms apart, then every 200 ms
+        idle_rounds = chainer.rounds
+        # at max_delay it would be 75 rounds; the cap allows at most 1.5 / 0.2 + the ramp's 4
+        assert idle_rounds <= 14, idle_rounds
+        for i in range(5):
+            log.record(_ev(ctx, i))
+        assert log.flush(10)  # chained by a later round, at most idle_delay away
+        got = [e.record_ids[0] for e in entries(db, principal=ctx.principal)]
+        assert got == [f"r_{i:026d}" for i in range(5)]
+        log.journal.close()
+    finally:
+        stop.set()
+        thread.join(30)
+        own.close()
+    assert not thread.is_alive()

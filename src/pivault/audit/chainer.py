@@ -97,11 +97,12 @@ class NodeChainer:
     """
 
     def __init__(self, audit_log: AuditLog, directory: str | os.PathLike[str], *, max_delay: float = 0.02,
-                 max_batch: int = 500, db: Database | None = None) -> None:
+                 max_batch: int = 500, db: Database | None = None, idle_delay: float = 0.2) -> None:
         self.log = audit_log
         self.directory = Path(directory)
         self.max_delay = max_delay
         self.max_batch = max_batch
+        self.idle_delay = idle_delay
         self.db = db if db is not None else audit_log.db
         self._tails: dict[str, _Tail] = {}
         self._lock_fd = -1
@@ -126,16 +127,26 @@ class NodeChainer:
                     time.sleep(poll)
 
     def run(self, stop: threading.Event) -> None:
-        """Chain every ``max_delay`` until ``stop`` is set, then chain what is left and release."""
+        """Chain every ``max_delay`` until ``stop`` is set, then chain what is left and release.
+
+        While rounds find nothing to chain (an idle node), the wait between them doubles up to
+        ``idle_delay``, and falls back to ``max_delay`` at the first round that chains again: an
+        idle service does not wake fifty times a second. The first entry after a quiet spell
+        then waits for its chaining up to ``idle_delay``, a tenth of the ``stale_after`` at
+        which workers would refuse requests; it was written to its journal before its request
+        was answered, as always.
+        """
         if not self.acquire(stop):
             return
         backoff = 0.05
+        wait = self.max_delay
         try:
             while not stop.is_set():
                 try:
-                    self.run_once()
+                    chained = self.run_once()
                     backoff = 0.05
-                    stop.wait(self.max_delay)
+                    wait = self.max_delay if chained else min(wait * 2, max(self.idle_delay, self.max_delay))
+                    stop.wait(wait)
                 except Exception as exc:  # the store is down or locked: report, retry with backoff
                     self._fail(exc)
                     stop.wait(backoff)
