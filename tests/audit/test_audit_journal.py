@@ -208,3 +208,24 @@ def test_a_head_moved_while_the_macs_were_computed_ahead_is_chained_again(
     assert seqs == list(range(13, 23))
     assert verify(db, verifier, keyring=keyring).ok
     other_db.close()
+
+
+def test_an_idle_chaining_thread_sleeps_until_the_next_entry_wakes_it(
+        db: Database, keyring: Keyring, writer: WriterKeys, ctx: AccessContext, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import time
+
+    from pivault.audit import journal as journal_mod
+
+    # an idle thread that would sleep half a minute: only the entry's own wake-up chains it soon
+    monkeypatch.setattr(journal_mod, "_IDLE_WAIT", 30.0)
+    log = AuditLog(db, keyring, writer, journal_dir=tmp_path / "journal")
+    log.record(_ev(ctx, 0))
+    assert log.flush(10)
+    time.sleep(0.3)  # nothing pending: the thread is in its idle wait
+    log.record(_ev(ctx, 1))
+    deadline = time.monotonic() + 5
+    while len(list(entries(db))) < 2:  # no flush here: that would wake it too
+        assert time.monotonic() < deadline, "the entry waited for the idle timeout"
+        time.sleep(0.01)
+    assert [e.record_ids[0] for e in entries(db)] == [f"r_{i:026d}" for i in range(2)]

@@ -77,6 +77,8 @@ _write = os.write
 _monotonic = time.monotonic
 
 #: forks of this process so far: a journal belongs to the process that opened it, and
+#: how long the chaining thread sleeps with nothing pending, unless an entry wakes it first
+_IDLE_WAIT = 1.0
 #: comparing a counter costs less per entry than asking the kernel for the pid
 _FORKS = [0]
 _JOURNALS: weakref.WeakSet[Journal] = weakref.WeakSet()
@@ -88,6 +90,7 @@ def _forked() -> None:
         # the parent's chaining thread may have held it at the fork; it does not exist here
         journal._lock = threading.Lock()
         journal._cond = threading.Condition(journal._lock)
+        journal._idle = False
 
 
 os.register_at_fork(after_in_child=_forked)
@@ -150,6 +153,8 @@ class Journal:
         #: without the Condition's Python-level __enter__)
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)
+        #: the chaining thread waits with nothing pending (the next entry wakes it)
+        self._idle = False
         self._pid = -1
         self._fd = -1
         self.journal_id = ""
@@ -257,6 +262,8 @@ class Journal:
             self._seq = seq
             if not pending:
                 self._pending_since = _monotonic()
+                if self._idle:
+                    self._cond.notify_all()
             pending.append((seq, ts_us, fields, tail))
             # the chaining thread wakes on its own every max_delay; waking it per entry would
             # cost a thread switch per request
@@ -374,8 +381,12 @@ class Journal:
                         if left <= 0 or len(self._pending) >= self.max_batch or self._flush_wanted:
                             break
                     else:
-                        left = self.max_delay
+                        # idle: the first entry wakes the thread (write notifies while _idle is
+                        # set), so an idle process does not wake fifty times a second
+                        self._idle = True
+                        left = _IDLE_WAIT
                     self._cond.wait(left)
+                    self._idle = False
                 if self._closing and not self._pending:
                     return
                 self._flush_wanted = False
