@@ -229,3 +229,40 @@ def test_an_idle_chaining_thread_sleeps_until_the_next_entry_wakes_it(
         assert time.monotonic() < deadline, "the entry waited for the idle timeout"
         time.sleep(0.01)
     assert [e.record_ids[0] for e in entries(db)] == [f"r_{i:026d}" for i in range(2)]
+
+
+def test_a_new_journal_is_locked_before_others_can_take_it_for_dead(
+        db: Database, keyring: Keyring, writer: WriterKeys, ctx: AccessContext, tmp_path: Path,
+        store_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another process starting at the same moment looks for dead journals (a free ``flock``).
+
+    It runs here at the worst moment: just before the new journal takes its lock. Its journal
+    must not be seen then, or the other would take it for a dead one and remove it.
+    """
+    import fcntl
+
+    journal_dir = tmp_path / "journal"
+    other_db = Database(store_url)
+    other = AuditLog(other_db, keyring, writer, journal_dir=journal_dir)
+    real_flock = fcntl.flock
+    interleaved: list[int] = []
+
+    def flock(fd: int, op: int) -> None:
+        if not interleaved:
+            interleaved.append(fd)
+            other.record(_ev(ctx, 900))  # its first write: its journal, then its recovery
+        real_flock(fd, op)
+
+    monkeypatch.setattr(fcntl, "flock", flock)
+    log = AuditLog(db, keyring, writer, journal_dir=journal_dir)
+    log.record(_ev(ctx, 0))
+    monkeypatch.setattr(fcntl, "flock", real_flock)
+    assert interleaved
+    assert log.flush(10) and other.flush(10)
+    assert log.journal is not None and other.journal is not None
+    mine = journal_dir / f"{log.journal.journal_id}.journal"
+    assert mine.exists(), "the other process removed a live journal"
+    assert {p.name for p in journal_dir.glob("*.journal")} == {
+        mine.name, f"{other.journal.journal_id}.journal"}
+    other.journal.close()
+    other_db.close()

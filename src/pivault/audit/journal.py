@@ -187,8 +187,13 @@ class Journal:
             path = self.directory / f"{self.journal_id}.journal"
             # in node mode the progress file first: the chainer may find the journal at once
             progress = self._open_progress(path) if self.chain == "node" else None
-            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            # locked before it takes its name: a process looking for dead journals (a starting
+            # one, the node's chainer) takes a free flock on a *.journal for its owner's death,
+            # and would otherwise find this one in the moment between its creation and its lock
+            fresh = path.with_name(f".{path.name}-new")
+            fd = os.open(fresh, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            os.rename(fresh, path)
             self._fd = fd
             self._seq = 0
             self._pending = []
