@@ -76,9 +76,9 @@ log = logging.getLogger("pivault.audit")
 _write = os.write
 _monotonic = time.monotonic
 
-#: forks of this process so far: a journal belongs to the process that opened it, and
 #: how long the chaining thread sleeps with nothing pending, unless an entry wakes it first
 _IDLE_WAIT = 1.0
+#: forks of this process so far: a journal belongs to the process that opened it, and
 #: comparing a counter costs less per entry than asking the kernel for the pid
 _FORKS = [0]
 _JOURNALS: weakref.WeakSet[Journal] = weakref.WeakSet()
