@@ -45,7 +45,7 @@ from typing import Any
 
 from pivault.detect.counters import BUCKETS, DAY, DistinctRule, Refusal, WindowRule, window_refusal
 
-__all__ = ["BudgetMap", "BudgetMapFull"]
+__all__ = ["BudgetMap", "BudgetMapFull", "is_table_size"]
 
 _MAGIC = 0x3130_5047_4455_4250  # "PBUDGP01", little-endian
 _VERSION = 1
@@ -62,6 +62,11 @@ _M_WORDS = 2  # key
 _MAX_PROBE = 512
 _LOW = (1 << 64) - 1
 _ZEROS = array("Q", bytes(8 * BUCKETS))
+
+
+def is_table_size(n: int) -> bool:
+    """A table of the map has a power of two of slots, from 8 to 2^30."""
+    return 8 <= n <= 1 << 30 and not n & (n - 1)
 
 
 class BudgetMapFull(OSError):
@@ -86,8 +91,8 @@ class BudgetMap:
     def __init__(self, path: str | os.PathLike[str], *, windows: int = 1 << 15, sets: int = 1 << 14,
                  members: int = 1 << 21) -> None:
         for n in (windows, sets, members):
-            if n < 8 or n & (n - 1):
-                raise ValueError("table sizes are powers of two")
+            if not is_table_size(n):
+                raise ValueError("table sizes are powers of two from 8 to 2^30")
         self.path = os.fspath(path)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
@@ -109,7 +114,7 @@ class BudgetMap:
             raise ValueError("not a budget counters file of this version")
         self._mv = mv
         self._nw, self._ns, self._nm = int(mv[_H_WINDOWS]), int(mv[_H_SETS]), int(mv[_H_MEMBERS])
-        if any(n < 8 or n & (n - 1) or n > 1 << 30 for n in (self._nw, self._ns, self._nm)):
+        if not all(is_table_size(n) for n in (self._nw, self._ns, self._nm)):
             self.close()
             raise ValueError("the budget counters file's header is damaged")
         if 8 * (_HEADER + self._nw * _W_WORDS + 2 * (self._ns * _S_WORDS + self._nm * _M_WORDS)) > size:

@@ -587,6 +587,8 @@ def counters_capacity(url: str) -> dict[str, int]:
     """The table sizes given in ``sqlite:///PATH?windows=…&sets=…&members=…`` (powers of two)."""
     from urllib.parse import parse_qsl
 
+    from pivault.detect.budgetmap import is_table_size  # it imports this module
+
     query = url.split("?", 1)[1] if "?" in url else ""
     out: dict[str, int] = {}
     try:
@@ -598,7 +600,7 @@ def counters_capacity(url: str) -> dict[str, int]:
             raise PivaultError(f"a counters file takes {', '.join(CAPACITY_PARAMS)} in its URL, not {name!r}",
                                code="detect.config")
         n = int(value) if value.isdigit() else 0
-        if n < 8 or n & (n - 1) or n > 1 << 30:
+        if not is_table_size(n):
             raise PivaultError(f"{name} in the counters URL is a power of two from 8 to 2^30",
                                code="detect.config")
         out[name] = n
