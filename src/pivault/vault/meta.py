@@ -76,14 +76,13 @@ def check(db: Database, keyring: Keyring) -> None:
 def count_erasure(db: Database, n: int = 1) -> None:
     """Count ``n`` erasures since the last scrub (inside the erase's own transaction).
 
-    One ``UPDATE`` adds to the stored count, so erasures committed at once by several
-    processes are all counted.
+    One statement adds to the stored count (or makes it), so erasures committed at once by
+    several processes are all counted.
     """
-    now = time.time()
-    db.execute("INSERT INTO vault_meta (key, value, updated_at) VALUES ('erased_since_scrub', '0', ?)"
-               " ON CONFLICT (key) DO NOTHING", (now,))
-    db.execute("UPDATE vault_meta SET value = CAST(CAST(value AS INTEGER) + ? AS TEXT), updated_at = ?"
-               " WHERE key = 'erased_since_scrub'", (n, now))
+    db.execute("INSERT INTO vault_meta (key, value, updated_at) VALUES ('erased_since_scrub', ?, ?)"
+               " ON CONFLICT (key) DO UPDATE SET value = CAST(CAST(vault_meta.value AS INTEGER) + ? AS TEXT),"
+               " updated_at = excluded.updated_at",
+               (str(n), time.time(), n))
 
 
 def erasures_since_scrub(db: Database) -> tuple[int, float | None]:
