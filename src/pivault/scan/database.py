@@ -70,17 +70,22 @@ def _sqlite_rows(
             for row in con.execute(f"SELECT rowid, * FROM {_q(table)} ORDER BY rowid"):
                 yield row[0], row[1:]
             return
-        per = max(1, sample // SAMPLE_BLOCKS)
+        # One block from each of SAMPLE_BLOCKS equal stretches of the rowid
+        # range, never overlapping the one before: the sample has as many
+        # rows as asked for and spans the whole table.
         rng = random.Random()
-        starts = sorted(rng.randint(lo, hi) for _ in range(SAMPLE_BLOCKS))
-        seen: set[int] = set()
-        for s in starts:
+        width = (hi - lo + 1) // SAMPLE_BLOCKS
+        nxt = lo
+        for b in range(SAMPLE_BLOCKS):
+            per = sample // SAMPLE_BLOCKS + (1 if b < sample % SAMPLE_BLOCKS else 0)
+            if per == 0:
+                continue
+            start = max(nxt, lo + b * width + rng.randint(0, max(0, width - per)))
             for row in con.execute(
-                f"SELECT rowid, * FROM {_q(table)} WHERE rowid >= ? ORDER BY rowid LIMIT ?", (s, per)
+                f"SELECT rowid, * FROM {_q(table)} WHERE rowid >= ? ORDER BY rowid LIMIT ?", (start, per)
             ):
-                if row[0] not in seen:
-                    seen.add(row[0])
-                    yield row[0], row[1:]
+                nxt = row[0] + 1
+                yield row[0], row[1:]
 
     return cols, gen()
 
