@@ -3,6 +3,7 @@ suspended one, another role's — against the real server process over TLS."""
 
 from __future__ import annotations
 
+import socket
 import time
 from typing import Any
 
@@ -168,3 +169,51 @@ def test_docs_are_off_and_openapi_needs_a_token(live: Live) -> None:
         for op in item.values():
             for p in op.get("parameters", []):
                 assert p["name"] not in ("id_number", "mobile", "name", "birth_date", "address")
+
+
+def test_two_authorization_headers_are_refused(live: Live) -> None:
+    # a proxy that checks the first header and a service that used the last would disagree on who calls
+    officer, admin = live.tokens["officer"], live.tokens["admin"]
+    with httpx.Client(base_url=live.base, verify=live.tls()) as c:
+        for first, second in ((officer, admin), (admin, officer)):
+            r = c.get("/v1/admin/tokens", headers=[("Authorization", f"Bearer {first}"),
+                                                   ("Authorization", f"Bearer {second}")])
+            assert assert_clean_problem(r, live, 401)["code"] == "auth.malformed"
+
+
+def test_no_body_is_read_before_the_token_is_checked(live: Live) -> None:
+    """An anonymous caller declaring a large body is answered from its head alone, at once."""
+    host, port = live.base.removeprefix("https://").split(":")
+    head = (f"POST /v1/residents/lookup HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: 1000000\r\n\r\n").encode()
+    with socket.create_connection((host, int(port)), timeout=10) as raw, \
+            live.tls().wrap_socket(raw, server_hostname=host) as s:
+        s.sendall(head)  # and not one byte of the body: a server waiting for it would time out
+        s.settimeout(5)
+        answer = s.recv(65536)
+    assert answer.startswith(b"HTTP/1.1 401"), answer[:40]
+    assert b"application/problem+json" in answer and b"auth.missing" in answer
+
+
+def test_path_tricks_are_not_served(live: Live) -> None:
+    with live.client(role="dpo") as c:
+        rid = live.record_ids[0]
+        assert c.get(f"/v1/residents/{rid}").status_code == 200
+        # an encoded slash: a proxy matching on the raw path would see another route
+        for path in (f"/v1/residents%2f{rid}", f"/v1/residents%2F{rid}", "/v1%2Fstats"):
+            assert assert_clean_problem(c.get(path), live, 400)["code"] == "request.path"
+        # a trailing slash is not redirected (the target would come from the Host header, and a 307
+        # would have the client send its body there again)
+        r = c.post("/v1/residents/lookup/", json=LOOKUP_BODY, headers={"Host": "attacker.example"})
+        assert assert_clean_problem(r, live, 404)["code"] == "route.not_found"
+        assert "location" not in r.headers
+        for path in ("/v1/stats/", f"/v1/residents/{rid}/"):
+            assert assert_clean_problem(c.get(path), live, 404)["code"] == "route.not_found"
+
+
+def test_deeply_nested_json_is_a_client_error(live: Live) -> None:
+    with live.client(role="officer") as c:
+        for body in (b"[" * 100_000 + b"]" * 100_000, b'{"a":' * 5_000 + b"1" + b"}" * 5_000):
+            r = c.post("/v1/residents/lookup", content=body, headers={"Content-Type": "application/json"})
+            assert 400 <= r.status_code < 500, r.status_code
+            assert_clean_problem(r, live, r.status_code)

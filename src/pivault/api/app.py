@@ -279,6 +279,9 @@ def create_app(vault: VaultLike, policy: Policy | PolicyHolder, *, tokens: Token
         title="pivault", version=__version__,
         description="Privacy vault for personal information. Every route but GET /healthz needs a "
                     "bearer token; PI routes need an X-Purpose header from the caller's role.",
+        # a route with a trailing slash is not found, not redirected: the redirect's target is built
+        # from the client's Host header, and a 307 has the client send its body (PI) there again
+        redirect_slashes=False,
         openapi_url="/v1/openapi.json", docs_url=None, redoc_url=None, swagger_ui_oauth2_redirect_url=None,
         # FastAPI's OpenTelemetry hooks off: what the service records leaves through its own
         # access log and audit trail only, never through an exporter switched on by an
@@ -601,8 +604,13 @@ def create_app(vault: VaultLike, policy: Policy | PolicyHolder, *, tokens: Token
 
     # -- authentication and the service middleware -------------------------------------------
     def authenticate(scope: Scope) -> None:
-        headers = dict(scope.get("headers", ()))
-        raw = headers.get(b"authorization")
+        raw: bytes | None = None
+        for name, value in scope.get("headers", ()):
+            if name == b"authorization":
+                if raw is not None:
+                    # proxies and this service could each take a different one of them
+                    raise AuthError("send one Authorization header, not several", code="auth.malformed")
+                raw = value
         if raw is None:
             raise AuthError("this route needs a bearer token (Authorization: Bearer pv_…)",
                             code="auth.missing")
@@ -654,7 +662,7 @@ def create_app(vault: VaultLike, policy: Policy | PolicyHolder, *, tokens: Token
             return False
         try:
             parsed = s.LookupIn.model_validate(json.loads(body))
-        except (ValueError, PydanticValidationError):  # a JSON error is a ValueError
+        except (ValueError, RecursionError, PydanticValidationError):  # a JSON error is a ValueError
             return False
         state = scope["state"]
         rid: str = state["request_id"]
@@ -672,37 +680,42 @@ def create_app(vault: VaultLike, policy: Policy | PolicyHolder, *, tokens: Token
         await resp(scope, _no_receive, send)
         return True
 
+    def gate(scope: Scope) -> Response | None:
+        """What can be refused from the request's head, before any of its body is read."""
+        rid = scope.get("state", {}).get("request_id")
+        if b"%2f" in scope.get("raw_path", b"").lower():
+            # a proxy in front matching on the raw path would see another route than this one
+            return problem_response(400, "request.path", "an encoded slash (%2F) is not allowed in a path",
+                                    rid)
+        if scope.get("path") in OPEN_PATHS:
+            return None
+        try:
+            authenticate(scope)
+        except AuthError as exc:
+            return problem_response(401, exc.code, exc.message, rid,
+                                    headers={"WWW-Authenticate": 'Bearer realm="pivault"'})
+        if scope.get("method") in ("POST", "PUT", "PATCH") and not _json_or_absent(scope):
+            return problem_response(415, "request.media_type",
+                                    "send the body as JSON (Content-Type: application/json)", rid)
+        return None
+
     inner = app.build_middleware_stack
 
     def build() -> Any:
         fastapi_stack = inner()
 
-        async def auth_layer(scope: Scope, receive: Receive, send: Send) -> None:
-            if scope["type"] == "http" and scope.get("path") not in OPEN_PATHS:
-                try:
-                    authenticate(scope)
-                except AuthError as exc:
-                    rid = scope.get("state", {}).get("request_id")
-                    resp = problem_response(401, exc.code, exc.message, rid,
-                                            headers={"WWW-Authenticate": 'Bearer realm="pivault"'})
-                    await resp(scope, receive, send)
+        async def lookup_layer(scope: Scope, receive: Receive, send: Send) -> None:
+            if (cfg.fast_lookup and scope["type"] == "http" and scope.get("path") == LOOKUP_PATH
+                    and scope.get("method") == "POST"):
+                message = await receive()
+                if (message["type"] == "http.request" and not message.get("more_body", False)
+                        and await fast_lookup(scope, message.get("body", b""), send)):
                     return
-                if scope.get("method") in ("POST", "PUT", "PATCH") and not _json_or_absent(scope):
-                    rid = scope.get("state", {}).get("request_id")
-                    resp = problem_response(415, "request.media_type",
-                                            "send the body as JSON (Content-Type: application/json)", rid)
-                    await resp(scope, receive, send)
-                    return
-                if cfg.fast_lookup and scope["path"] == LOOKUP_PATH and scope.get("method") == "POST":
-                    message = await receive()
-                    if (message["type"] == "http.request" and not message.get("more_body", False)
-                            and await fast_lookup(scope, message.get("body", b""), send)):
-                        return
-                    receive = _replay(message, receive)
+                receive = _replay(message, receive)
             await fastapi_stack(scope, receive, send)
 
-        return ServiceMiddleware(auth_layer, max_body=cfg.max_body, timeout=cfg.timeout, tls=cfg.tls,
-                                 access_log=access_log)
+        return ServiceMiddleware(lookup_layer, max_body=cfg.max_body, timeout=cfg.timeout, tls=cfg.tls,
+                                 access_log=access_log, gate=gate)
 
     app.build_middleware_stack = build  # type: ignore[method-assign]
     app.state.vault = vault

@@ -4,6 +4,9 @@ It is a plain ASGI callable rather than Starlette's ``BaseHTTPMiddleware``
 because it runs on every request (a lookup costs well under a millisecond, so
 the per-request overhead of a task and a queue per middleware shows).
 
+- the ``gate`` (authentication, the body's media type) answers first, from the
+  request's head alone: a caller without a valid token never gets a body read,
+  so it cannot make a worker buffer megabytes on its behalf;
 - the request body is read up front, bounded by ``max_body`` (413 beyond), so a
   client cannot hold a worker with a huge or endless upload;
 - the whole request is bounded by ``timeout`` seconds (503 if no response has
@@ -39,6 +42,8 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+#: decides from a request's head alone: None to go on, or the response that refuses it
+Gate = Callable[[Scope], Callable[[Scope, Receive, Send], Awaitable[None]] | None]
 
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
@@ -115,8 +120,9 @@ class _TooLarge(Exception):
 
 class ServiceMiddleware:
     def __init__(self, app: ASGIApp, *, max_body: int = 1024 * 1024, timeout: float = 30.0,
-                 tls: bool = False, access_log: AccessLog | None = None) -> None:
+                 tls: bool = False, access_log: AccessLog | None = None, gate: Gate | None = None) -> None:
         self.app = app
+        self.gate = gate
         self.max_body = max_body
         self.timeout = timeout
         self.headers = security_headers(tls)
@@ -174,7 +180,10 @@ class ServiceMiddleware:
         where: list[str] = []
         try:
             async with asyncio.timeout(self.timeout):
-                if scope.get("method") in _BODY_METHODS:
+                refusal = self.gate(scope) if self.gate is not None else None
+                if refusal is not None:
+                    await refusal(scope, receive, send_wrapper)
+                elif scope.get("method") in _BODY_METHODS:
                     try:
                         body = await self._read_body(scope, receive)
                     except _TooLarge:

@@ -99,6 +99,8 @@ def validation_problem(errors: Sequence[Mapping[str, Any]]) -> list[dict[str, An
         # messages of pydantic's own rules never include the input; cut any
         # "Value error, ..." raised by our validators to their first line anyway
         msg = msg.splitlines()[0][:200] if msg else "invalid"
-        out.append({"loc": _safe_loc(e.get("loc", ())), "type": str(e.get("type", "invalid"))[:60],
-                    "msg": msg})
+        loc = _safe_loc(e.get("loc", ()))
+        if e.get("type") == "extra_forbidden" and loc:
+            loc[-1] = "*"  # the key the client invented, however harmless it looks
+        out.append({"loc": loc, "type": str(e.get("type", "invalid"))[:60], "msg": msg})
     return out
