@@ -32,8 +32,8 @@ ROLE_PURPOSE = {"officer": "identity_verification", "registrar": "registration",
 
 
 def policy_for_tests() -> str:
-    """The shipped policy with read budgets far above what the tests read, plus a ``trainee``
-    role whose tiny budget the budget test spends."""
+    """The shipped policy with read budgets far above what the tests read, plus ``trainee`` and
+    ``clerk`` roles whose tiny budgets the budget tests spend."""
     text = re.sub(r"(?m)^((?:records_per_\w+|misses_per_hour|distinct_per_day) = )\d+", r"\g<1>1000000",
                   Policy.default_text())
     return text + TRAINEE
@@ -49,6 +49,14 @@ name = "mask"
 [roles.trainee.budgets]
 records_per_minute = 2
 misses_per_hour = 100
+
+[roles.clerk]
+description = "test role that registers residents, with a tiny read budget"
+operations = ["create"]
+purposes = ["training"]
+writable = ["name", "id_number", "mobile", "address", "notes"]
+[roles.clerk.budgets]
+records_per_minute = 2
 """
 
 

@@ -280,3 +280,31 @@ def test_every_access_and_refusal_is_in_the_audit_trail(live: Live) -> None:
     assert found[0].purpose == "identity_verification" and found[0].source == "api"
     denied = audited(refused.headers["x-request-id"])
     assert [(e.principal, e.operation, e.outcome) for e in denied] == [("test-officer", "erase", "denied")]
+
+
+def test_duplicates_are_charged_like_lookups(live: Live) -> None:
+    """A create refused as a duplicate tells that the ID number is held: a batch of known numbers
+    is audited and stopped by the read budget, like the lookups it amounts to."""
+    from pivault.audit import entries
+    from pivault.store.db import Database
+
+    _, tok = live.token_store().create("clerk-1", "clerk", ["training"], ttl_seconds=600)
+    items = [{"name": r["name"], "id_number": r["id_number"]} for r in live.residents[20:25]]
+    with live.client(tok, purpose="training") as c:
+        r = c.post("/v1/residents/batch", json={"items": items})
+    assert r.status_code == 200, r.text
+    results = r.json()["results"]
+    assert [x["code"] for x in results] == ["record.duplicate"] * 2 + ["budget.exceeded"] * 3
+    assert results[3]["detail"] == results[4]["detail"] == "not tried: the read budget is spent"
+    for value in live.pi_values():
+        assert value not in r.text
+    db = Database(live.store_url)
+    deadline = time.monotonic() + 10
+    while True:
+        found = list(entries(db, request_id=r.headers["x-request-id"]))
+        if len(found) >= 3 or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert [(e.principal, e.operation, e.outcome) for e in found] == [
+        ("clerk-1", "put", "duplicate"), ("clerk-1", "put", "duplicate"), ("clerk-1", "put", "refused")]
+    assert [e.record_ids for e in found] == [(rid,) for rid in live.record_ids[20:23]]

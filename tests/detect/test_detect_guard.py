@@ -18,8 +18,11 @@ from pivault.detect import (
     list_alerts,
     seed,
 )
+from pivault.errors import NotFoundError
 from pivault.model.record import _id_second
 from pivault.store import Database
+from pivault.vault import DuplicateRecord
+from pivault.vault.facade import open_record
 
 
 def test_reads_are_audited_and_budgeted(db: Database, keyring: Keyring, tmp_path: Path) -> None:
@@ -82,6 +85,52 @@ def test_canary_read_suspends_at_once(db: Database, keyring: Keyring, tmp_path: 
     canary_alert = next(a for a in alerts if a["rule"] == "canary.read")
     assert canary_alert["evidence"]["record_ids"] == [canaries[1]]
     assert canary_alert["principal"] == who.principal
+    token = door.tokens.get(who.token_id or "")
+    assert token is not None and token.state() == "suspended"
+
+
+def test_duplicate_refusals_are_audited_and_budgeted(db: Database, keyring: Keyring, tmp_path: Path) -> None:
+    """"This ID number is already in the vault" answers a lookup: recorded and charged like one."""
+    door = make_door(db, keyring, tmp_path / "keys", budget=Budget(records_per_minute=3), residents=10)
+    who = door.reader()
+    for _, idn in door.ids[:3]:
+        with pytest.raises(DuplicateRecord):
+            door.vault.put({"name": "测试", "id_number": idn}, ctx=who)
+    with pytest.raises(BudgetExceeded) as info:
+        door.vault.put({"name": "测试", "id_number": door.ids[3][1]}, ctx=who)
+    assert info.value.rule == "principal.records_per_minute"
+    trail = list(entries(db, principal=who.principal))
+    assert [(e.operation, e.outcome) for e in trail] == [("put", "duplicate")] * 3 + [("put", "refused")]
+    assert [e.record_ids for e in trail] == [(rid,) for rid, _ in door.ids[:4]]
+    assert door.vault.store.count() == 10  # nothing written by any of them
+    assert verify(db, door.verifier, keyring=keyring).ok
+
+
+def test_refused_corrections_are_audited(db: Database, keyring: Keyring, tmp_path: Path) -> None:
+    door = make_door(db, keyring, tmp_path / "keys", budget=Budget(records_per_minute=100), residents=3)
+    who = door.reader()
+    (first, _), (second, second_idn) = door.ids[:2]
+    missing = first[:-4] + ("aaaa" if not first.endswith("aaaa") else "bbbb")
+    with pytest.raises(NotFoundError):
+        door.vault.update(missing, {"notes": "x"}, ctx=who)
+    with pytest.raises(DuplicateRecord):
+        door.vault.update(first, {"id_number": second_idn}, ctx=who)
+    trail = [(e.operation, e.outcome, e.record_ids) for e in entries(db, principal=who.principal)]
+    assert trail == [("update", "not_found", (missing,)), ("update", "duplicate", (first, second))]
+    assert open_record(keyring, door.vault.store.get(first)).id_number == door.ids[0][1]  # type: ignore[arg-type]
+
+
+def test_registering_a_canarys_number_trips_it(db: Database, keyring: Keyring, tmp_path: Path) -> None:
+    """Only someone holding a copy of the vault knows a canary's ID number to try it."""
+    door = make_door(db, keyring, tmp_path / "keys", budget=Budget(records_per_minute=100), residents=5)
+    canary = seed(door.vault, 1, ctx=OPERATOR, registry=door.canaries)[0]
+    stored = door.vault.store.get(canary)
+    assert stored is not None
+    who = door.reader()
+    with pytest.raises(DuplicateRecord):
+        door.vault.put({"name": "测试", "id_number": open_record(keyring, stored).id_number}, ctx=who)
+    alerts = list_alerts(db, severity="critical")
+    assert {a["rule"] for a in alerts} == {"canary.read", "token.suspended"}
     token = door.tokens.get(who.token_id or "")
     assert token is not None and token.state() == "suspended"
 

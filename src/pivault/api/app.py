@@ -438,8 +438,14 @@ def create_app(vault: VaultLike, policy: Policy | PolicyHolder, *, tokens: Token
         ctx = caller.ctx()
 
         def run() -> list[s.BatchItemResult]:
-            results = []
+            results: list[s.BatchItemResult] = []
             for i, item in enumerate(body.items):
+                if results and results[-1].code == "budget.exceeded":
+                    # the caller's read budget is spent (duplicates are charged as reads): the
+                    # rest is not tried, so that a batch cannot keep asking which numbers exist
+                    results.append(s.BatchItemResult(index=i, status="rejected", code="budget.exceeded",
+                                                     detail="not tried: the read budget is spent"))
+                    continue
                 try:
                     rid = vault.put(item.model_dump(), ctx=ctx)
                     results.append(s.BatchItemResult(index=i, status="created", record_id=rid))

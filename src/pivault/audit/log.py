@@ -70,8 +70,9 @@ OPERATIONS = frozenset({
     "token.create", "token.revoke", "token.resume", "token.suspend", "policy.change", "audit.prune",
     "canary.seed",
 })
-#: "not_found" and "invalid" are the Vault's words for a miss and for rejected input
-OUTCOMES = frozenset({"ok", "miss", "not_found", "denied", "refused", "invalid", "error"})
+#: "not_found" and "invalid" are the Vault's words for a miss and for rejected input;
+#: "duplicate" for a create or a correction refused because another record holds the ID number
+OUTCOMES = frozenset({"ok", "miss", "not_found", "denied", "refused", "invalid", "duplicate", "error"})
 _NAME = re.compile(r"[a-z][a-z0-9_.\-]{0,63}")
 _DETAIL_KEY = re.compile(r"[a-z][a-z0-9_]{0,39}")
 _PLAIN_ID = re.compile(r"[A-Za-z0-9_.:\-]{1,128}")

@@ -8,7 +8,9 @@ Vault knows which records are about to leave and before any of them is
 decrypted for the caller, and does, in order:
 
 1. for reads (``get``, ``find``, ``export``): charge the read budgets with
-   the records found (and one miss for a lookup that found nothing). If a
+   the records found (and one miss for a lookup that found nothing); a create
+   or a correction refused as a duplicate is charged as a read of the record
+   holding the number, since the refusal tells the caller it exists. If a
    budget is spent: write an audit entry with outcome ``refused``, raise an
    alert, count a breach (and suspend the token after ``suspend_after``),
    and raise :class:`~pivault.detect.budgets.BudgetExceeded` (HTTP 429 with
@@ -16,8 +18,9 @@ decrypted for the caller, and does, in order:
    raise ``DetectUnavailable`` — fail closed;
 2. append the audit entry — if it cannot be written, the exception stops the
    request (fail closed);
-3. if any record is a canary: critical alert, token suspended at once (the
-   read itself is answered, so the caller cannot tell);
+3. if any record is a canary (read, or holding the ID number of a refused
+   duplicate): critical alert, token suspended at once (the read itself is
+   answered, so the caller cannot tell);
 4. feed the global detector.
 
 Budgets are charged here rather than in ``budget`` because only here does
@@ -46,6 +49,10 @@ log = logging.getLogger("pivault.detect")
 
 #: Vault operations that hand records to the caller, and so spend budget
 READ_OPERATIONS = frozenset({"get", "find", "export", "read", "lookup"})
+
+#: writes whose refusal as a duplicate answers "is this ID number in the vault?", and so are
+#: charged to the read budgets as a lookup that found one record would be
+WRITE_PROBES = frozenset({"put", "update", "create"})
 
 #: operations about tokens and the policy rather than records
 SUBJECT_PREFIXES = ("token.", "policy.")
@@ -97,13 +104,17 @@ class DetectGuard:
 
     def audit(self, ctx: AccessContext, operation: str, record_ids: Sequence[str], outcome: str) -> None:
         ids = list(record_ids)
-        if operation in READ_OPERATIONS and outcome in ("ok", "not_found") and self.budgets is not None:
-            found = outcome == "ok"
-            records = len(ids) if found else 0
+        probe = outcome == "duplicate" and operation in WRITE_PROBES
+        if self.budgets is not None and (
+                probe or (operation in READ_OPERATIONS and outcome in ("ok", "not_found"))):
+            found = outcome != "not_found"
+            # a duplicate refusal tells that its ID number is held: one record found, the last id
+            charged = ids[-1:] if probe else ids
+            records = len(charged) if found else 0
             misses = 0 if found else 1
             try:
                 charge = self.budgets.charge(ctx, records=records, misses=misses,
-                                             record_ids=ids if found else ())
+                                             record_ids=charged if found else ())
             except DetectUnavailable as exc:
                 self.audit_log.record(AuditEvent.of(ctx, operation, "error", ids, count=0,
                                                     detail={"code": exc.code}))
@@ -120,6 +131,12 @@ class DetectGuard:
             gone = self.canaries.which(ids)
             if gone:
                 self.canaries.remove(gone)
+        if probe and self.canaries is not None:
+            # only someone holding a canary's ID number (from a copy of the vault) can try to
+            # register it again
+            hit = self.canaries.which(ids[-1:])
+            if hit:
+                self._canary(ctx, operation, hit)
         if operation in READ_OPERATIONS and outcome == "ok" and ids:
             if self.canaries is not None:
                 hit = self.canaries.which(ids)

@@ -314,11 +314,14 @@ class Vault:
         sealed = seal(self.keyring, r, checks=self.checks)
         with self.db.transaction():
             existing = self.ids_by_id_number({r.id_number: sealed.index["id_number"]})
-            if existing:
-                raise DuplicateRecord(existing[r.id_number])
-            self.guard.audit(ctx, "put", [r.record_id], "ok")
-            self.store.insert([sealed])
-        return r.record_id
+            if not existing:
+                self.guard.audit(ctx, "put", [r.record_id], "ok")
+                self.store.insert([sealed])
+                return r.record_id
+        # the refusal tells the caller that the number is in the vault: recorded (outside the
+        # transaction, which writes nothing), and charged to the read budgets like a lookup
+        self.guard.audit(ctx, "put", [existing[r.id_number]], "duplicate")
+        raise DuplicateRecord(existing[r.id_number])
 
     def get(self, record_id: str, *, ctx: AccessContext) -> dict[str, str | None]:
         """One record, masked unless the context reveals (and the guard lets it)."""
@@ -406,21 +409,29 @@ class Vault:
                                   + ", ".join(PI_FIELDS))
         self._authorise(ctx, "update", tuple(changes), [record_id])
         self._budget(ctx, "update", 1, [record_id])
+        holder: str | None = None
         with self.db.transaction():
             stored = self.store.get(record_id) if is_record_id(record_id) else None
-            if stored is None:
-                raise NotFoundError("no record with this id", code="record.not_found")
-            current = open_record(self.keyring, stored)
-            merged: dict[str, str | None] = dict(current.pi_fields())
-            merged.update(changes)
-            new = Resident.parse(merged, record_id=record_id)
-            sealed = seal(self.keyring, new, stored.batch_id, self.checks)
-            if new.id_number != current.id_number:
-                other = self.ids_by_id_number({new.id_number: sealed.index["id_number"]})
-                if other:
-                    raise DuplicateRecord(other[new.id_number])
-            self.guard.audit(ctx, "update", [record_id], "ok")
-            self.store.replace(sealed)
+            if stored is not None:
+                current = open_record(self.keyring, stored)
+                merged: dict[str, str | None] = dict(current.pi_fields())
+                merged.update(changes)
+                new = Resident.parse(merged, record_id=record_id)
+                sealed = seal(self.keyring, new, stored.batch_id, self.checks)
+                if new.id_number != current.id_number:
+                    other = self.ids_by_id_number({new.id_number: sealed.index["id_number"]})
+                    holder = other.get(new.id_number)
+                if holder is None:
+                    self.guard.audit(ctx, "update", [record_id], "ok")
+                    self.store.replace(sealed)
+        # refusals are recorded outside the transaction, which wrote nothing
+        if stored is None:
+            self.guard.audit(ctx, "update", [record_id], "not_found")
+            raise NotFoundError("no record with this id", code="record.not_found")
+        if holder is not None:
+            # the record being changed first, the one that holds the number last
+            self.guard.audit(ctx, "update", [record_id, holder], "duplicate")
+            raise DuplicateRecord(holder)
         self.store.purge_freed()
 
     def erase(self, record_id: str, *, ctx: AccessContext) -> None:

@@ -29,7 +29,7 @@ OPERATIONS: tuple[str, ...] = (
     "put", "get", "find", "update", "erase", "import", "rejects.show", "stats",
 )
 
-Outcome = str  # "ok", "denied", "not_found", "invalid", "error"
+Outcome = str  # "ok", "denied", "not_found", "invalid", "duplicate", "error"
 
 
 class AccessDenied(PivaultError, PermissionError):
