@@ -169,6 +169,16 @@ def test_docs_are_off_and_openapi_needs_a_token(live: Live) -> None:
         for op in item.values():
             for p in op.get("parameters", []):
                 assert p["name"] not in ("id_number", "mobile", "name", "birth_date", "address")
+    # the spec says what the service does: X-Purpose is required where PI is read or written
+    def purpose_required(method: str, path: str) -> bool:
+        params = spec["paths"][path][method].get("parameters", [])
+        return next(p["required"] for p in params if p["name"] == "X-Purpose")
+
+    assert purpose_required("post", "/v1/residents/lookup")
+    assert purpose_required("get", "/v1/residents/{record_id}")
+    assert purpose_required("post", "/v1/residents")
+    assert not purpose_required("get", "/v1/stats")
+    assert "field" in spec["components"]["schemas"]["Problem"]["properties"]
 
 
 def test_two_authorization_headers_are_refused(live: Live) -> None:

@@ -81,6 +81,10 @@ def test_purpose_is_required_and_must_be_the_roles(live: Live) -> None:
         assert assert_clean_problem(r, live, 403)["code"] == "policy.purpose"
     r = lookup(live, "officer", {"id_number": idn}, purpose="Not A Purpose!")
     assert assert_clean_problem(r, live, 400)["code"] == "purpose.invalid"
+    for path in ("/v1/residents/lookup", f"/v1/residents/{live.record_ids[1]}"):  # also over-long
+        with live.client(live.tokens["officer"], purpose="p" * 65) as c:
+            r = c.post(path, json={"id_number": idn}) if path.endswith("lookup") else c.get(path)
+        assert assert_clean_problem(r, live, 400)["code"] == "purpose.invalid"
     # a token may be narrower than its role
     store = live.token_store()
     _, narrow = store.create("narrow-officer", "officer", ["identity_verification"], ttl_seconds=600)

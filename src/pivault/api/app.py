@@ -66,7 +66,7 @@ ROUTES: tuple[tuple[str, str, str], ...] = (
     ("GET", "/v1/residents/{record_id}", "read"),
     ("PATCH", "/v1/residents/{record_id}", "update"),
     ("DELETE", "/v1/residents/{record_id}", "erase"),
-    ("POST", "/v1/rights/{record_id}/copy", "export"),
+    ("POST", "/v1/rights/{record_id}/copy", "export and read"),
     ("GET", "/v1/stats", "audit or admin"),
     ("POST", "/v1/admin/tokens", "admin"),
     ("GET", "/v1/admin/tokens", "admin"),
@@ -378,7 +378,9 @@ def create_app(vault: VaultLike, policy: Policy | PolicyHolder, *, tokens: Token
         async def dependency(
             request: Request,
             x_purpose: str | None = Header(
-                default=None, alias="X-Purpose", max_length=64,
+                # no length limit here: an over-long or malformed purpose is refused, and
+                # audited, by authorise_caller as 400 purpose.invalid, like any other bad name
+                default=None, alias="X-Purpose",
                 description="Why the caller acts: one of the purposes its role and token allow"
                             + ("" if needs_purpose else " (optional here)")),
         ) -> Caller:
@@ -599,6 +601,13 @@ def create_app(vault: VaultLike, policy: Policy | PolicyHolder, *, tokens: Token
         doc["security"] = [{"bearer": []}]
         for path_item in doc.get("paths", {}).values():
             for op in path_item.values():
+                for param in op.get("parameters", ()):
+                    # required wherever the route reads PI (the header's text says where it is
+                    # optional); declared optional to FastAPI so that its absence is answered,
+                    # and audited, as 400 purpose.missing rather than a 422
+                    if param.get("name") == "X-Purpose" and "(optional here)" not in param.get(
+                            "description", ""):
+                        param["required"] = True
                 for code, resp in op.get("responses", {}).items():
                     if code.startswith(("4", "5")):
                         resp["content"] = {"application/problem+json": {
@@ -647,9 +656,8 @@ def create_app(vault: VaultLike, policy: Policy | PolicyHolder, *, tokens: Token
         validated by the route's model, the caller checked by ``authorise_caller``
         (refusals audited), the Vault called and the response built by
         ``run_lookup``, errors answered by the same problem responses. Anything
-        else — a body that does not parse or validate, an over-long ``X-Purpose`` —
-        returns False before any effect, and FastAPI serves the request, with its
-        own 422 bodies.
+        else — a body that does not parse or validate — returns False before any
+        effect, and FastAPI serves the request, with its own 422 bodies.
         """
         x_purpose: str | None = None
         json_body = False
@@ -664,7 +672,7 @@ def create_app(vault: VaultLike, policy: Policy | PolicyHolder, *, tokens: Token
                         or not (sub == b"json" or sub.endswith(b"+json"))):
                     return False
                 json_body = True
-        if not json_body or (x_purpose is not None and len(x_purpose) > 64):
+        if not json_body:
             return False
         try:
             parsed = s.LookupIn.model_validate(json.loads(body))

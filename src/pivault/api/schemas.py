@@ -55,6 +55,8 @@ class Problem(BaseModel):
     code: str
     request_id: str | None = None
     errors: list[dict[str, object]] | None = None
+    #: the field a value error is about (never its value)
+    field: str | None = None
 
 
 class Health(BaseModel):

@@ -224,8 +224,12 @@ def _roles_for(policy: Policy, op: str) -> str:
         return "anyone (liveness only, no data)"
     if op == "any valid token":
         return "any valid token"
-    ops = [o.strip() for o in op.split(" or ")]
-    roles = [r.name for r in policy.roles.values() if any(o in r.operations for o in ops)]
+    if " and " in op:  # every one of them (a rights copy is an export that reads the record)
+        needed = [o.strip() for o in op.split(" and ")]
+        roles = [r.name for r in policy.roles.values() if all(o in r.operations for o in needed)]
+    else:
+        ops = [o.strip() for o in op.split(" or ")]
+        roles = [r.name for r in policy.roles.values() if any(o in r.operations for o in ops)]
     return ("roles: " + ", ".join(roles)) if roles else "nobody (no role is granted it)"
 
 
