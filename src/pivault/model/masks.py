@@ -17,6 +17,20 @@ def mask_id_number(v: str) -> str:
     return v[:3] + "*" * (len(v) - 7) + v[-4:]
 
 
+def mask_id_number_ends(v: str) -> str:
+    """Only the first and the last character.
+
+    The last four characters the default mask keeps are the sequence and the
+    check character: the only part of a number that is not a fact about its
+    holder (where registered, when born, which sex). Whoever knows the birth
+    date (any caller of a lookup by name and birth date) and the region
+    rebuilds the rest, so a role that must not learn numbers sees the ends only.
+    """
+    if len(v) <= 7:
+        return "*" * len(v)
+    return v[:1] + "*" * (len(v) - 2) + v[-1:]
+
+
 def mask_mobile(v: str) -> str:
     if len(v) <= 7:
         return "*" * len(v)
@@ -50,6 +64,15 @@ def mask_date(v: str) -> str:
     return v[:4] + "-**-**" if len(v) >= 4 else "*" * len(v)
 
 
+def mask_region_province(v: str) -> str:
+    """A division code cut to its province (the first two digits).
+
+    The full code, with the birth date, leaves only the sequence of a resident
+    ID number unknown; the province leaves dozens to hundreds of counties.
+    """
+    return v[:2] + "*" * (len(v) - 2) if len(v) > 2 else "*" * len(v)
+
+
 def mask_full(v: str) -> str:
     return "***" if v else v
 
@@ -61,6 +84,8 @@ MASKS: dict[str, Callable[[str], str]] = {
     "address": mask_address,
     "notes": mask_notes,
     "birth_date": mask_date,
+    "id_number_ends": mask_id_number_ends,
+    "region_province": mask_region_province,
 }
 
 
