@@ -10,7 +10,9 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +20,9 @@ import httpx
 import pytest
 
 from pivault.crypto import Argon2Params
+from pivault.model import divisions, resident_id
 from pivault.policy import Policy
+from pivault.policy.policy import Decision
 from pivault.policy.tokens import TokenStore
 from pivault.store.db import Database
 
@@ -58,6 +62,35 @@ writable = ["name", "id_number", "mobile", "address", "notes"]
 [roles.clerk.budgets]
 records_per_minute = 2
 """
+
+
+#: the fields that are digits of a resident ID number, or tell one of them (gender: the 17th's parity)
+ID_PARTS = ("id_number", "region_code", "birth_date", "gender")
+
+
+def rebuild_ids(view: Mapping[str, Any], birth_date: str, masks: Mapping[str, str]) -> list[str]:
+    """Every valid number whose view under ``masks`` is ``view``, to a caller who knows the birth date.
+
+    The attack a masked ID number has to survive: try every division code the
+    masked region code allows and every sequence, mask each number as the
+    server does, and keep those that look like what was shown.
+    """
+    shown_masks = {f: m for f, m in masks.items() if f in ID_PARTS}
+    seen = Decision(True, "lookup", "caller", "purpose", fields=shown_masks)
+    shown = {f: view[f] for f in shown_masks}
+    born = date.fromisoformat(birth_date)
+    codes = [c for c in divisions.all_codes()
+             if "region_code" not in shown
+             or seen.apply({"region_code": c})["region_code"] == shown["region_code"]]
+    found = []
+    for code in codes:
+        for seq in range(1000):
+            number = resident_id.make(code, born, seq)
+            candidate = {"id_number": number, "region_code": code, "birth_date": birth_date,
+                         "gender": "M" if seq % 2 else "F"}
+            if seen.apply(candidate) == shown:
+                found.append(number)
+    return found
 
 
 def free_port() -> int:

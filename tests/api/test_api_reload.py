@@ -35,6 +35,14 @@ def test_reload_applies_on_every_worker_and_refuses_invalid_files(live: Live) ->
             problem = assert_clean_problem(admin.post("/v1/admin/policy/reload"), live, 422)
         assert problem["code"] == "policy.invalid" and "steal" in problem["detail"]
         assert all(_lookup_status(live, "audit") == 403 for _ in range(4))
+        # so is one that shows the officer the county beside the number's sequence and check character
+        _write(policy_file, original.replace('id_number = "id_number_ends"', 'id_number = "mask"', 1)
+               .replace('region_code = "region_province"', 'region_code = "none"', 1))
+        with live.client(role="admin") as admin:
+            problem = assert_clean_problem(admin.post("/v1/admin/policy/reload"), live, 422)
+        assert problem["code"] == "policy.id_rebuild"
+        assert problem["detail"].startswith("roles.officer, purpose 'identity_verification': ")
+        assert all(_lookup_status(live, "audit") == 403 for _ in range(4))
         assert _lookup_status(live, "data_subject_request") == 200
     finally:
         _write(policy_file, original)

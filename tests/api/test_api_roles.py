@@ -7,13 +7,14 @@ import time
 from datetime import date
 from typing import Any
 
-from api_support import Live
+from api_support import ID_PARTS, Live, rebuild_ids
 from test_api_auth import assert_clean_problem
 
 from pivault.model import resident_id
 from pivault.model.masks import mask_field
 from pivault.policy import Policy
-from pivault.policy.policy import apply_mask
+from pivault.policy.inference import THRESHOLD
+from pivault.policy.policy import Decision, apply_mask
 
 POLICY = Policy.default()
 
@@ -116,6 +117,35 @@ def test_reveal_needs_a_role_allowed_for_the_field_and_purpose(live: Live) -> No
     with live.client(role="officer", purpose="case_investigation") as c:
         got = c.get(f"/v1/residents/{live.record_ids[i]}", params={"reveal": "true"}).json()
     assert got["record"]["mobile"] == resident["mobile"] and got["revealed"] == ["address", "mobile"]
+
+
+def test_the_old_masks_gave_the_registrar_the_whole_number() -> None:
+    # region code and birth date in full, the number's last four: the attack finds one number, the real one
+    resident = resident_id.make("130302", date(1972, 5, 17), 353)
+    facts = resident_id.facts(resident)
+    old = Decision(True, "lookup", "registrar", "registration", fields={
+        "id_number": "mask", "region_code": "none", "birth_date": "none", "gender": "none"})
+    view = old.apply({"id_number": resident, "region_code": facts.region_code,
+                      "birth_date": facts.birth_date.isoformat(), "gender": facts.gender})
+    assert rebuild_ids(view, view["birth_date"], old.fields) == [resident]
+
+
+def test_no_role_rebuilds_a_number_from_a_lookup_by_name_and_birth_date(live: Live) -> None:
+    resident = live.residents[5]
+    idn = resident_id.normalise(resident["id_number"])
+    birth = f"{idn[6:10]}-{idn[10:12]}-{idn[12:14]}"
+    for role in ("officer", "registrar", "dpo"):
+        r = POLICY.roles[role]
+        for purpose in r.purposes:
+            if purpose in r.reveal.get("id_number", ()):
+                continue
+            got = lookup(live, role, {"name": resident["name"], "birth_date": birth}, purpose=purpose)
+            assert got.status_code == 200, got.text
+            rec = next(x for x in got.json()["records"] if x["record_id"] == live.record_ids[5])
+            assert rec["id_number"] != idn
+            candidates = rebuild_ids(rec, birth, {f: m for f, m in r.fields.items() if f in ID_PARTS})
+            assert idn in candidates  # the attack is sound: the real number is among them
+            assert len(candidates) >= THRESHOLD, (role, purpose, len(candidates))
 
 
 def test_lookup_by_mobile_and_by_name_with_birth_date(live: Live) -> None:

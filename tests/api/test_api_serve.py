@@ -101,6 +101,17 @@ def test_policy_granting_anonymous_refuses(home: Path, tmp_path: Path) -> None:
     assert "anonymous" in exc.value.message
 
 
+def test_policy_rebuilding_id_numbers_refuses(home: Path, tmp_path: Path) -> None:
+    p = tmp_path / "rebuild.toml"
+    p.write_text('[roles.clerk]\noperations = ["read"]\npurposes = ["registration"]\n'
+                 '[roles.clerk.fields]\nid_number = "mask"\nregion_code = "none"\nbirth_date = "none"\n',
+                 encoding="utf-8")
+    with pytest.raises(PolicyError) as exc:
+        preflight(ServeOptions(home=str(home), policy=str(p)))
+    assert exc.value.code == "policy.id_rebuild"
+    assert exc.value.message.startswith("roles.clerk, purpose 'registration': id_number + region_code")
+
+
 def test_loopback_and_preflight_rules(home: Path) -> None:
     for h in ("127.0.0.1", "127.8.9.10", "::1", "localhost", "[::1]"):
         assert is_loopback(h)

@@ -41,7 +41,7 @@ purposes = ["case_investigation"]
 
 [roles.officer.fields]
 name = "mask"
-id_number = "mask"
+id_number = "id_number_ends"
 mobile = "mask"
 
 [roles.officer.budgets]

@@ -14,7 +14,7 @@ a security policy must not silently widen or narrow access. The format::
 
     [roles.officer.fields]          # the fields the role sees, and their mask
     name = "mask"                   # the field's default display mask
-    id_number = "mask"
+    id_number = "id_number_ends"    # a named mask: first and last character
     gender = "none"                 # shown in full
 
     [roles.officer.reveal]          # full values on request, per field and purpose
@@ -24,7 +24,9 @@ a security policy must not silently widen or narrow access. The format::
     records_per_minute = 30
 
 A field a role does not list is never returned to it. ``record_id`` is opaque
-(not PI) and always returned. Nothing is granted to a caller without a token:
+(not PI) and always returned. A role that could rebuild a resident ID number
+from what it sees, for a purpose under which it may not reveal the number, makes
+the policy invalid (:mod:`pivault.policy.inference`). Nothing is granted to a caller without a token:
 a role named like an anonymous caller (``anonymous``, ``*`` …) that grants
 anything makes the policy invalid.
 """
@@ -42,6 +44,7 @@ from typing import Any
 
 from pivault.errors import ConfigError, PivaultError
 from pivault.model.masks import MASKS, mask_field, mask_full
+from pivault.policy import inference
 from pivault.policy.context import AccessContext
 
 __all__ = [
@@ -292,6 +295,9 @@ class Policy:
         self.roles: dict[str, Role] = dict(roles)
         self.source = source
         self.version = version
+        for e in self.id_exposures():
+            if e.refused:
+                raise PolicyError(inference.refusal(e), code="policy.id_rebuild")
 
     # -- loading ------------------------------------------------------------
     @classmethod
@@ -410,6 +416,17 @@ class Policy:
                              f"role {role.name!r} may not reveal full values for this purpose")
             visible = {f: ("none" if f in revealed else m) for f, m in visible.items()}
         return Decision(True, operation, role.name, ctx.purpose, fields=visible, revealed=revealed)
+
+    def id_exposures(self) -> list[inference.IdExposure]:
+        """Per role and purpose without a reveal of id_number: how far its other fields narrow the number.
+
+        A mask on the number is worth nothing if the region code and birth
+        date beside it are its own digits; :mod:`pivault.policy.inference`
+        says how the positions are found and counted.
+        """
+        return [e for r in self.roles.values()
+                for e in inference.exposures(apply_mask, r.name, r.purposes, r.fields, r.reveal,
+                                             r.operations)]
 
     def grants_anonymous(self) -> bool:
         """True if any role would grant something to a caller without a token (never, once validated)."""
