@@ -128,3 +128,4 @@ def test_policy_check_prints_the_refusal(tmp_path: Path) -> None:
     assert "roles.clerk, purpose 'p1'" in r.stderr and "region_province" in r.stderr
     r = CliRunner().invoke(app, ["policy", "check"])
     assert r.exit_code == 0, r.output
+    assert "ID numbers, registrar for registration: " in r.stdout and "1,455 candidates" in r.stdout

@@ -282,6 +282,12 @@ def policy_check(
                       row["writes"], row["budgets"])
     Console(width=160).print(table)
     typer.echo("No role is granted to callers without a token; only GET /healthz is open.")
+    from pivault.policy.inference import THRESHOLD
+
+    # what each role could still narrow an ID number to, so an operator sees the margin, not only a pass
+    for e in pol.id_exposures():
+        typer.echo(f"ID numbers, {e.role} for {e.purpose}: {' + '.join(e.sources) or 'nothing'} leave "
+                   f"{e.candidates:,} candidates for the worst-placed resident (refused below {THRESHOLD:,})")
 
 
 # -- demo ----------------------------------------------------------------------------------------
