@@ -18,7 +18,7 @@ from pivault.detect import (
     list_alerts,
     seed,
 )
-from pivault.errors import NotFoundError
+from pivault.errors import NotFoundError, ValidationError
 from pivault.model.record import _id_second
 from pivault.store import Database
 from pivault.vault import DuplicateRecord
@@ -118,6 +118,27 @@ def test_refused_corrections_are_audited(db: Database, keyring: Keyring, tmp_pat
     trail = [(e.operation, e.outcome, e.record_ids) for e in entries(db, principal=who.principal)]
     assert trail == [("update", "not_found", (missing,)), ("update", "duplicate", (first, second))]
     assert open_record(keyring, door.vault.store.get(first)).id_number == door.ids[0][1]  # type: ignore[arg-type]
+
+
+def test_what_is_not_a_record_id_never_reaches_the_trail(db: Database, keyring: Keyring,
+                                                        tmp_path: Path) -> None:
+    """An ID number typed where a record id belongs: refused, and the refusal recorded without it."""
+    door = make_door(db, keyring, tmp_path / "keys", budget=Budget(records_per_minute=100), residents=3)
+    who = door.reader()
+    typed = door.ids[0][1]  # the resident's ID number, not their record id
+    for call in (lambda: door.vault.get(typed, ctx=who), lambda: door.vault.erase(typed, ctx=who),
+                 lambda: door.vault.update(typed, {"notes": "x"}, ctx=who)):
+        with pytest.raises(ValidationError) as info:
+            call()
+        assert info.value.code == "record.id"
+    trail = list(entries(db, principal=who.principal))
+    assert [(e.operation, e.outcome, e.record_ids) for e in trail] == [
+        ("get", "invalid", ()), ("erase", "invalid", ()), ("update", "invalid", ())]
+    door.log.flush(10)
+    for f in tmp_path.rglob("*"):
+        if f.is_file():
+            assert typed.encode() not in f.read_bytes(), f.name
+    assert verify(db, door.verifier, keyring=keyring).ok
 
 
 def test_registering_a_canarys_number_trips_it(db: Database, keyring: Keyring, tmp_path: Path) -> None:

@@ -38,8 +38,9 @@ def test_put_get_masked_and_revealed(vault: Vault, ctx: AccessContext, reveal: A
 def test_get_unknown_and_duplicate_put(vault: Vault, ctx: AccessContext) -> None:
     with pytest.raises(NotFoundError):
         vault.get("r_" + "0" * 26, ctx=ctx)
-    with pytest.raises(NotFoundError):
+    with pytest.raises(ValidationError) as bad:  # refused before it could reach the audit trail
         vault.get("not-an-id", ctx=ctx)
+    assert bad.value.code == "record.id"
     r = make_residents(1, seed=3)[0]
     rid = vault.put(r, ctx=ctx)
     with pytest.raises(DuplicateRecord) as info:

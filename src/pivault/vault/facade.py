@@ -285,6 +285,18 @@ class Vault:
             self.guard.audit(ctx, operation, record_ids, "denied")
             raise
 
+    def _check_record_id(self, ctx: AccessContext, operation: str, record_id: str) -> None:
+        """Refuse what is not a record id before it can reach the audit trail.
+
+        Whatever is asked for is recorded, and the trail is kept for years and
+        cannot be edited; an ID number typed where a record id belongs must not
+        become one of its entries. The refusal itself is recorded, without it.
+        """
+        if not is_record_id(record_id):
+            self.guard.audit(ctx, operation, (), "invalid")
+            raise ValidationError("record.id", "this is not a record id (r_ and 26 letters or digits); "
+                                  "to find a resident by ID number or mobile use find")
+
     def _budget(self, ctx: AccessContext, operation: str, n: int,
                 record_ids: Sequence[str] = ()) -> None:
         try:
@@ -325,9 +337,10 @@ class Vault:
 
     def get(self, record_id: str, *, ctx: AccessContext) -> dict[str, str | None]:
         """One record, masked unless the context reveals (and the guard lets it)."""
+        self._check_record_id(ctx, "get", record_id)
         self._authorise(ctx, "get", PI_FIELDS, [record_id])
         self._budget(ctx, "get", 1, [record_id])
-        stored = self.store.get(record_id) if is_record_id(record_id) else None
+        stored = self.store.get(record_id)
         if stored is None:
             self.guard.audit(ctx, "get", [record_id], "not_found")
             raise NotFoundError("no record with this id", code="record.not_found")
@@ -407,11 +420,12 @@ class Vault:
         if unknown:
             raise ValidationError("update.field", "only PI fields can be changed: "
                                   + ", ".join(PI_FIELDS))
+        self._check_record_id(ctx, "update", record_id)
         self._authorise(ctx, "update", tuple(changes), [record_id])
         self._budget(ctx, "update", 1, [record_id])
         holder: str | None = None
         with self.db.transaction():
-            stored = self.store.get(record_id) if is_record_id(record_id) else None
+            stored = self.store.get(record_id)
             if stored is not None:
                 current = open_record(self.keyring, stored)
                 merged: dict[str, str | None] = dict(current.pi_fields())
@@ -441,10 +455,11 @@ class Vault:
         and journal files; on PostgreSQL the server's WAL and backups keep it
         until they expire (see docs).
         """
+        self._check_record_id(ctx, "erase", record_id)
         self._authorise(ctx, "erase", PI_FIELDS, [record_id])
         self._budget(ctx, "erase", 1, [record_id])
         with self.db.transaction():
-            exists = is_record_id(record_id) and self.store.get(record_id) is not None
+            exists = self.store.get(record_id) is not None
             if exists:
                 self.guard.audit(ctx, "erase", [record_id], "ok")
                 self.store.delete(record_id)
