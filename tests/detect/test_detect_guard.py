@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -138,6 +139,18 @@ def test_what_is_not_a_record_id_never_reaches_the_trail(db: Database, keyring: 
     for f in tmp_path.rglob("*"):
         if f.is_file():
             assert typed.encode() not in f.read_bytes(), f.name
+    assert verify(db, door.verifier, keyring=keyring).ok
+
+
+def test_full_value_reads_are_marked_in_the_trail(db: Database, keyring: Keyring, tmp_path: Path) -> None:
+    door = make_door(db, keyring, tmp_path / "keys", budget=Budget(records_per_minute=100), residents=2)
+    who = door.reader()
+    rid, idn = door.ids[0]
+    door.vault.get(rid, ctx=who)
+    door.vault.find(id_number=idn, ctx=dataclasses.replace(who, reveal=True))
+    door.vault.get(rid, ctx=dataclasses.replace(who, reveal=True))
+    trail = [(e.operation, e.detail) for e in entries(db, principal=who.principal)]
+    assert trail == [("get", {}), ("find", {"reveal": True}), ("get", {"reveal": True})]
     assert verify(db, door.verifier, keyring=keyring).ok
 
 

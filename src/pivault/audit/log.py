@@ -76,6 +76,8 @@ OUTCOMES = frozenset({"ok", "miss", "not_found", "denied", "refused", "invalid",
 _NAME = re.compile(r"[a-z][a-z0-9_.\-]{0,63}")
 _DETAIL_KEY = re.compile(r"[a-z][a-z0-9_]{0,39}")
 _PLAIN_ID = re.compile(r"[A-Za-z0-9_.:\-]{1,128}")
+#: the detail of an entry whose caller asked for full values (``reveal``)
+_REVEALED = '{"reveal":true}'
 
 
 class AuditError(PivaultError):
@@ -547,8 +549,10 @@ class AuditLog:
             ids_json = '["' + '","'.join(record_ids) + '"]' if record_ids else "[]"
         else:
             ids_json = json.dumps([str(r) for r in record_ids], separators=(",", ":"))
+        # a read of full values is not a read of masked ones: an auditor must tell them apart
+        detail = _REVEALED if ctx.reveal else "{}"
         fields = (ctx.principal, ctx.role, ctx.purpose, operation, ids_json, count, outcome,
-                  ctx.request_id, ctx.token_id, ctx.source, "{}")
+                  ctx.request_id, ctx.token_id, ctx.source, detail)
         if self.journal is None or self.db.in_transaction:
             self.append_rows([(int(self._clock() * 1_000_000), fields)])
         else:
