@@ -94,3 +94,22 @@ def test_closing_a_vault_stops_its_threads_before_its_store(tmp_path: Path) -> N
     assert detectors() == before
     with Vault.open(cfg.home, passphrase=PASSPHRASE) as again:
         assert [e.operation for e in entries(again.db) if rid in e.record_ids][-2:] == ["put", "get"]
+
+
+def test_a_missing_store_is_named_not_recreated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    home = tmp_path / "vault-home"
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "rel").mkdir()
+    cfg = init(home, passphrase=PASSPHRASE, store_url="sqlite:///rel/vault.db",
+               keyring_path=tmp_path / "keys" / "k.keyring", expected_population=1000, argon2=CHEAP)
+    # a relative path would name another file from every other directory: it is stored absolute
+    assert cfg.store_url == f"sqlite:///{tmp_path / 'rel' / 'vault.db'}" and load(home) == cfg
+    monkeypatch.chdir(home)
+    with Vault.open(home, passphrase=PASSPHRASE) as v:
+        v.put(make_residents(1)[0], ctx=local_operator())
+    moved = tmp_path / "elsewhere.db"
+    (tmp_path / "rel" / "vault.db").rename(moved)
+    with pytest.raises(ConfigError) as info:
+        Vault.open(home, passphrase=PASSPHRASE)
+    assert info.value.code == "store.missing" and "pivault restore" in (info.value.hint or "")
+    assert not (tmp_path / "rel" / "vault.db").exists()  # no empty store made in its place

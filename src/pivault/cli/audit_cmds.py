@@ -45,7 +45,7 @@ def _db(cfg: Any, *, migrate: bool = False) -> Any:
     from pivault.store.db import Database
     from pivault.store.migrations import migrate as _migrate
 
-    db = Database(cfg.store_url)
+    db = Database(cfg.existing_store_url())
     if migrate:
         _migrate(db)
     return db

@@ -72,7 +72,7 @@ def _tokens(home: Path) -> TokenStore:
     from pivault.store.migrations import migrate
     from pivault.vault.home import load
 
-    db = Database(load(home).store_url)
+    db = Database(load(home).existing_store_url())
     migrate(db)  # the tokens table arrives with this component's first schema step
     return TokenStore(db)
 

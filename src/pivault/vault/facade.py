@@ -237,7 +237,7 @@ class Vault:
 
             provider = provider_for(Keyring.peek(cfg.keyring_path)["provider"], passphrase=passphrase)
         keyring = Keyring.open(cfg.keyring_path, provider)
-        db = Database(cfg.store_url)
+        db = Database(cfg.existing_store_url())
         try:
             vault = cls(db, keyring, guard=guard, config=cfg)
             if guard is None:

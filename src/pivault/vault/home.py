@@ -56,6 +56,21 @@ class VaultConfig:
     def config_path(self) -> Path:
         return self.home / CONFIG_NAME
 
+    def existing_store_url(self) -> str:
+        """The store's URL, once a SQLite store's file is known to be there.
+
+        Opening a missing SQLite file makes an empty one, which then reads as a
+        vault whose schema is out of date: the operator is sent to `migrate`,
+        then to `init`, which refuses the existing home. Say what happened
+        instead. (`pivault restore` writes a missing store and does not ask.)
+        """
+        parsed = parse_url(self.store_url)
+        if parsed.dialect == "sqlite" and not Path(parsed.target).exists():
+            raise ConfigError(f"the vault's store {parsed.target} is not there (moved or deleted?)",
+                              code="store.missing",
+                              hint="put the file back, or restore a backup with `pivault restore`")
+        return self.store_url
+
     def to_toml(self) -> str:
         def s(v: str) -> str:
             return json.dumps(v, ensure_ascii=False)
@@ -133,7 +148,10 @@ def init(
         raise ConfigError(f"a vault already exists at {h}", code="home.exists",
                           hint="choose another --home, or use the existing vault")
     url = store_url or f"sqlite:///{h / 'vault.db'}"
-    parse_url(url)  # a bad URL fails before anything is created
+    parsed = parse_url(url)  # a bad URL fails before anything is created
+    if parsed.dialect == "sqlite" and not Path(parsed.target).is_absolute():
+        # kept relative, the path would name another file from every other directory
+        url = f"sqlite:///{Path(parsed.target).absolute()}"
     provider = PassphraseProvider(passphrase, argon2)
     _private_dir(h)
     if keyring_path is not None:
