@@ -154,6 +154,25 @@ def test_full_value_reads_are_marked_in_the_trail(db: Database, keyring: Keyring
     assert verify(db, door.verifier, keyring=keyring).ok
 
 
+def test_every_import_chunk_is_in_the_trail(db: Database, keyring: Keyring, tmp_path: Path) -> None:
+    """A chunk that only rejected rows, or only met numbers already held, still stored or learnt
+    something: it is recorded like one that imported records."""
+    from pivault.vault.imports import import_files
+
+    door = make_door(db, keyring, tmp_path / "keys", budget=Budget(records_per_minute=100), residents=3)
+    (rid0, idn0), (rid1, idn1) = door.ids[:2]
+    src = tmp_path / "in.csv"
+    src.write_text(f"姓名,身份证号\n测试,{idn0}\n测试,123\n测试,{idn1}\n", encoding="utf-8")
+    summary = import_files(door.vault, [src], ctx=OPERATOR, workers=0)
+    assert (summary.imported, summary.rejected, summary.duplicates) == (0, 1, 2)
+    trail = [(e.operation, e.outcome, e.record_ids) for e in entries(db, operation="import")]
+    assert [t[:2] for t in trail] == [("import", "invalid"), ("import", "duplicate")]
+    assert trail[1][2] == (rid0, rid1)
+    rejects = [r[0] for r in db.query("SELECT reject_id FROM import_rejects")]
+    assert trail[0][2] == tuple(rejects) and len(rejects) == 1
+    assert verify(db, door.verifier, keyring=keyring).ok
+
+
 def test_registering_a_canarys_number_trips_it(db: Database, keyring: Keyring, tmp_path: Path) -> None:
     """Only someone holding a copy of the vault knows a canary's ID number to try it."""
     door = make_door(db, keyring, tmp_path / "keys", budget=Budget(records_per_minute=100), residents=5)

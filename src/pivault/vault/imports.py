@@ -555,6 +555,7 @@ class _Committer:
         updates: dict[str, StoredRecord] = {}   # existing record id -> new version
         owner: dict[str, str] = {}              # ID number -> record id, within this chunk
         duplicates = updated = 0
+        skipped: list[str] = []                 # record ids that already held a row's ID number
         by_line: dict[int, RowTuple] | None = None
         with db.transaction():
             cur = db.execute(
@@ -583,6 +584,7 @@ class _Committer:
                     continue
                 duplicates += 1
                 if self.on_duplicate == "skip":
+                    skipped.append(target)
                     continue
                 if self.on_duplicate == "reject":
                     duplicates -= 1
@@ -613,9 +615,15 @@ class _Committer:
                 "UPDATE import_batches SET imported = imported + ?, rejected = rejected + ?,"
                 " duplicates = duplicates + ?, updated = updated + ? WHERE batch_id = ?",
                 (len(new), len(reject_rows), duplicates, updated, bid))
+            # every chunk that stored or found anything is in the trail, in its own transaction:
+            # records written, rejected rows kept (by reject id), records that held a number
             touched = [*new, *updates]
             if touched:
                 vault.guard.audit(self.ctx, "import", touched, "ok")
+            if reject_rows:
+                vault.guard.audit(self.ctx, "import", [r[0] for r in reject_rows], "invalid")
+            if skipped:
+                vault.guard.audit(self.ctx, "import", list(dict.fromkeys(skipped)), "duplicate")
             if self.sole is not None:
                 self.sole.mark()
         if self.seen is not None:
