@@ -15,6 +15,7 @@ import pytest
 import uvicorn
 from api_support import Live, free_port
 
+from pivault.api.connection import GuardedProtocol
 from pivault.api.onewrite import OneWriteProtocol
 
 
@@ -55,10 +56,10 @@ async def _slow_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     await send({"type": "http.response.body", "body": b"done"})
 
 
-@pytest.fixture
-def slow_server() -> Iterator[int]:
+@pytest.fixture(params=[OneWriteProtocol, GuardedProtocol], ids=["onewrite", "guarded"])
+def slow_server(request: pytest.FixtureRequest) -> Iterator[int]:
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(_slow_app, host="127.0.0.1", port=port, http=OneWriteProtocol,
+    server = uvicorn.Server(uvicorn.Config(_slow_app, host="127.0.0.1", port=port, http=request.param,
                                            log_level="warning", lifespan="off"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

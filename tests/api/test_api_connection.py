@@ -1,0 +1,292 @@
+"""Before the app sees a request: a head's deadline and size, one client's share of a worker, and the
+server's own errors as problems. A real uvicorn server on loopback with the real protocol class."""
+
+from __future__ import annotations
+
+import functools
+import json
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import pytest
+import uvicorn
+from api_support import free_port
+
+from pivault.api.connection import ConnectionLimits, GuardedProtocol
+
+HEAD_TIMEOUT = 0.5
+MAX_HEAD = 4096
+PER_CLIENT = 3
+#: what every problem answered below the app carries, as every response of the service does
+SECURITY = {"x-content-type-options": "nosniff", "cache-control": "no-store",
+            "content-security-policy": "default-src 'none'; frame-ancestors 'none'"}
+
+
+async def _app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """Echoes the path and the size of the body; ``/early`` answers without reading the body."""
+    if scope["type"] != "http":
+        return
+    got = 0
+    if scope["path"] != "/early":
+        while True:
+            msg = await receive()
+            got += len(msg.get("body", b""))
+            if not msg.get("more_body"):
+                break
+    body = json.dumps({"path": scope["path"], "got": got}).encode()
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
+
+
+@contextmanager
+def _server(**config: Any) -> Iterator[int]:
+    port = free_port()
+    protocol = functools.partial(GuardedProtocol, limits=ConnectionLimits(head_timeout=HEAD_TIMEOUT,
+                                                                          per_client=PER_CLIENT))
+    server = uvicorn.Server(uvicorn.Config(_app, host="127.0.0.1", port=port, http=protocol,  # type: ignore[arg-type]
+                                           log_level="critical", lifespan="off",
+                                           h11_max_incomplete_event_size=MAX_HEAD, **config))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert server.started
+    try:
+        yield port
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+@pytest.fixture(scope="module")
+def port() -> Iterator[int]:
+    with _server() as p:
+        yield p
+
+
+class Conn:
+    """A raw HTTP/1.1 connection that reads whole responses, pipelined ones included."""
+
+    def __init__(self, port: int) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+        self.buf = b""
+
+    def __enter__(self) -> Conn:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.sock.close()
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def _fill(self) -> None:
+        chunk = self.sock.recv(65536)
+        if not chunk:
+            raise EOFError("the connection was closed")
+        self.buf += chunk
+
+    def response(self) -> tuple[int, dict[str, str], bytes]:
+        while b"\r\n\r\n" not in self.buf:
+            self._fill()
+        head, _, self.buf = self.buf.partition(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
+        n = int(headers.get("content-length", "0"))
+        while len(self.buf) < n:
+            self._fill()
+        body, self.buf = self.buf[:n], self.buf[n:]
+        return int(lines[0].split()[1]), headers, body
+
+    def closed(self) -> bool:
+        """True once the server has closed the connection (within the socket's timeout)."""
+        try:
+            return self.sock.recv(65536) == b""
+        except ConnectionResetError:
+            return True
+
+
+def get(path: str = "/") -> bytes:
+    return f"GET {path} HTTP/1.1\r\nHost: t\r\n\r\n".encode()
+
+
+def problem(status: int, headers: dict[str, str], body: bytes, code: str) -> dict[str, Any]:
+    assert headers["content-type"] == "application/problem+json"
+    for name, value in SECURITY.items():
+        assert headers[name] == value, name
+    assert headers["connection"] == "close"
+    doc: dict[str, Any] = json.loads(body)
+    assert doc["status"] == status and doc["code"] == code and doc["type"].endswith(code)
+    return doc
+
+
+def test_half_a_head_gets_408_within_the_timeout(port: int) -> None:
+    with Conn(port) as c:
+        c.send(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-A: b")
+        t0 = time.monotonic()
+        status, headers, body = c.response()
+        waited = time.monotonic() - t0
+        assert status == 408
+        problem(408, headers, body, "request.head_timeout")
+        assert c.closed()
+    assert HEAD_TIMEOUT * 0.8 <= waited < HEAD_TIMEOUT + 1.5
+
+
+def test_a_trickled_head_has_the_timeout_from_its_first_byte(port: int) -> None:
+    with Conn(port) as c:
+        t0 = time.monotonic()
+        head = b"GET / HTTP/1.1\r\nHost: t\r\nX-Pad: " + b"a" * 100
+        with pytest.raises(OSError):  # the server closes the connection while bytes still come
+            for i in range(len(head)):
+                c.send(head[i:i + 1])
+                time.sleep(0.05)
+        waited = time.monotonic() - t0
+    assert waited < HEAD_TIMEOUT + 1.5  # 100+ bytes at 50 ms would take over 5 s
+
+
+def test_a_connection_that_sends_nothing_gets_408(port: int) -> None:
+    with Conn(port) as c:
+        t0 = time.monotonic()
+        status, headers, body = c.response()
+        assert status == 408 and time.monotonic() - t0 < HEAD_TIMEOUT + 1.5
+        problem(408, headers, body, "request.head_timeout")
+        assert c.closed()
+
+
+def test_keep_alive_idles_freely_and_each_head_has_its_own_deadline(port: int) -> None:
+    with Conn(port) as c:
+        c.send(get("/one"))
+        assert c.response()[0] == 200
+        time.sleep(HEAD_TIMEOUT * 2)  # idle between requests: the keep-alive timeout's, not the head's
+        c.send(get("/two"))
+        status, _, body = c.response()
+        assert status == 200 and json.loads(body)["path"] == "/two"
+        c.send(b"GET /three HTTP/1.1\r\nHo")
+        t0 = time.monotonic()
+        assert c.response()[0] == 408
+        assert time.monotonic() - t0 < HEAD_TIMEOUT + 1.5
+
+
+def test_empty_lines_between_requests_do_not_hold_a_connection(port: int) -> None:
+    with Conn(port) as c:
+        c.send(get())
+        assert c.response()[0] == 200
+        t0 = time.monotonic()
+        with pytest.raises(OSError):
+            for _ in range(100):
+                c.send(b"\r\n")
+                time.sleep(0.05)
+        assert time.monotonic() - t0 < HEAD_TIMEOUT + 1.5
+
+
+def test_a_body_trickling_after_its_answer_does_not_hold_a_connection(port: int) -> None:
+    with Conn(port) as c:
+        c.send(b"POST /early HTTP/1.1\r\nHost: t\r\nContent-Length: 100000\r\n\r\n" + b"x" * 10)
+        assert c.response()[0] == 200
+        t0 = time.monotonic()
+        with pytest.raises(OSError):
+            for _ in range(100):
+                c.send(b"x")
+                time.sleep(0.05)
+        assert time.monotonic() - t0 < HEAD_TIMEOUT + 1.5
+
+
+def test_pipelined_requests_and_bodies_larger_than_a_head(port: int) -> None:
+    body = b"b" * 100_000  # handed to the parser in pieces of at most MAX_HEAD
+    head_near_cap = b"GET /near HTTP/1.1\r\nHost: t\r\nX-Pad: " + b"p" * (MAX_HEAD - 100) + b"\r\n\r\n"
+    with Conn(port) as c:
+        c.send(b"POST /upload HTTP/1.1\r\nHost: t\r\nContent-Length: 100000\r\n\r\n" + body
+               + get("/after") + head_near_cap + get("/last"))
+        answers = [c.response() for _ in range(4)]
+    assert [a[0] for a in answers] == [200] * 4
+    assert [json.loads(a[2]) for a in answers] == [
+        {"path": "/upload", "got": 100_000}, {"path": "/after", "got": 0},
+        {"path": "/near", "got": 0}, {"path": "/last", "got": 0}]
+
+
+def test_a_head_over_the_cap_gets_431_and_is_not_read_further(port: int) -> None:
+    with Conn(port) as c:
+        c.send(b"GET / HTTP/1.1\r\nHost: t\r\nX-Big: " + b"a" * (MAX_HEAD * 2) + b"\r\n\r\n")
+        status, headers, body = c.response()
+        assert status == 431
+        problem(431, headers, body, "request.head_too_large")
+        assert c.closed()
+    with Conn(port) as c:
+        c.send(b"GET / HTTP/1.1\r\nHost: t\r\n" + b"X-Url: /" + b"u" * (MAX_HEAD * 2))
+        assert c.response()[0] == 431
+    # 64 MB of one header: the server stops reading at the cap, so the client cannot send it all
+    # (a server that read on would take it all, and keep it, the header being unfinished)
+    with Conn(port) as c:
+        c.send(b"GET / HTTP/1.1\r\nHost: t\r\nX-Big: ")
+        chunk = b"a" * 65536
+        sent = 0
+        with pytest.raises(OSError):
+            while sent < 64 * 1024 * 1024:
+                c.send(chunk)
+                sent += len(chunk)
+        assert sent < 32 * 1024 * 1024
+
+
+def test_a_client_over_its_share_gets_503_and_its_connections_still_work(port: int) -> None:
+    conns = [Conn(port) for _ in range(PER_CLIENT)]
+    try:
+        for c in conns:
+            c.send(get())
+            assert c.response()[0] == 200
+        with Conn(port) as extra:
+            status, headers, body = extra.response()  # answered before it sends anything
+            assert status == 503
+            problem(503, headers, body, "connection.limit")
+            assert extra.closed()
+        conns[0].send(get("/still"))
+        assert conns[0].response()[0] == 200
+        conns.pop().sock.close()
+        deadline = time.monotonic() + 5
+        while True:  # the server counts the closed one out as soon as it sees it go
+            with Conn(port) as again:
+                again.send(get("/again"))
+                try:
+                    if again.response()[0] == 200:
+                        break
+                except (EOFError, ConnectionResetError):
+                    pass
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+    finally:
+        for c in conns:
+            c.sock.close()
+
+
+@pytest.mark.parametrize("request_bytes", [
+    b"NOT HTTP AT ALL\r\n\r\n",
+    b"BREW / HTTP/1.1\r\nHost: t\r\n\r\n",
+    b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+], ids=["garbage", "unknown-method", "length-and-chunked"])
+def test_what_is_not_http_gets_a_problem_400(port: int, request_bytes: bytes) -> None:
+    with Conn(port) as c:
+        c.send(request_bytes)
+        status, headers, body = c.response()
+        assert status == 400
+        doc = problem(400, headers, body, "request.malformed")
+        assert b"HTTP AT ALL" not in body and "BREW" not in doc["detail"]
+        assert c.closed()
+
+
+def test_over_the_concurrency_limit_a_503_problem() -> None:
+    with _server(limit_concurrency=2) as p, Conn(p) as first:
+        first.send(get())
+        assert first.response()[0] == 200
+        with Conn(p) as second:
+            second.send(get())
+            status, headers, body = second.response()
+            assert status == 503
+            problem(503, headers, body, "server.busy")
+            assert second.closed()
+        first.send(get())
+        assert first.response()[0] == 200
