@@ -18,9 +18,11 @@ with those bounds:
   as long too (the connection is then closed without a word: it was answered);
 - a head (request line and headers) over ``max_head`` bytes — uvicorn's
   ``h11_max_incomplete_event_size``, the same limit its h11 protocol keeps —
-  is answered ``431`` and the connection closed, without reading further.
-  Data is handed to the parser at most ``max_head`` bytes at a time, so the
-  parser never holds more than twice ``max_head`` of an unfinished head;
+  is answered ``431`` and the connection closed, without reading further
+  (over TLS, what arrives until the close is done, at most ``CLOSE_GRACE``
+  seconds, is decrypted and dropped). Data is handed to the parser at most
+  ``max_head`` bytes at a time, so the parser never holds more than twice
+  ``max_head`` of an unfinished head;
 - one client address holds at most ``per_client`` connections to a worker; one
   more is answered ``503`` at once and closed, before anything is read or
   parsed.
@@ -56,6 +58,11 @@ __all__ = ["DEFAULT_MAX_HEAD", "ConnectionLimits", "GuardedProtocol"]
 
 #: a head's largest size when uvicorn's ``h11_max_incomplete_event_size`` is not set (h11's own default)
 DEFAULT_MAX_HEAD = 16 * 1024
+
+#: seconds a refused connection has to take its answer before it is cut: closing waits, without a
+#: limit of its own, for a plain client to read what is written and for a TLS client's reply to the
+#: close, and reads (and decrypts) whatever the client sends meanwhile
+CLOSE_GRACE = 1.0
 
 Headers = list[tuple[bytes, bytes]]
 
@@ -133,6 +140,7 @@ class GuardedProtocol(OneWriteProtocol):
         self._in_body = False
         #: bytes the head being read may still take (max_head while a body is read)
         self._room = self.max_head
+        self._lost = False
 
     # -- the connection --------------------------------------------------------------------
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -150,6 +158,7 @@ class GuardedProtocol(OneWriteProtocol):
         self._head_timer = self.loop.call_later(self.head_timeout, self._head_timed_out)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._lost = True
         self._stop_timer()
         self._release()
         super().connection_lost(exc)
@@ -183,6 +192,11 @@ class GuardedProtocol(OneWriteProtocol):
             self.transport.write(_response(status, code, detail, self.scheme == "https",
                                            self.server_state.default_headers))
             self.transport.close()
+            self.loop.call_later(CLOSE_GRACE, self._cut)
+
+    def _cut(self) -> None:
+        if not self._lost:
+            self.transport.abort()
 
     # -- reading ---------------------------------------------------------------------------
     def data_received(self, data: bytes) -> None:
