@@ -16,6 +16,7 @@ socket of its own (:mod:`pivault.api.workers`).
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import json
 import os
@@ -29,6 +30,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from pivault.api.app import ROUTES, PolicyHolder, ServiceConfig, create_app
+from pivault.api.connection import ConnectionLimits, GuardedProtocol
 from pivault.api.workers import balanced, listen_group, serve_workers
 from pivault.errors import ConfigError
 from pivault.policy.policy import Policy
@@ -48,6 +50,10 @@ __all__ = [
 OPTIONS_ENV = "PIVAULT_SERVE_OPTIONS"
 ACCESS_LOG_NAME = "access.log"
 RELOAD_MARKER = "policy.reload"
+#: connections and requests in progress a worker takes before it answers 503 (uvicorn's limit_concurrency)
+LIMIT_CONCURRENCY = 1000
+#: the largest request head (request line and headers), bytes; 431 beyond
+MAX_HEAD = 16 * 1024
 #: the budget counters several workers share when none are configured, in ``<home>/run``
 COUNTERS_FILE = "counters.db"
 
@@ -70,6 +76,10 @@ class ServeOptions:
     policy: str | None = None
     max_body: int = 1024 * 1024
     timeout: float = 30.0
+    #: seconds for a request's head (request line and headers) to arrive whole (api/connection.py)
+    head_timeout: float = 10.0
+    #: connections one client address may hold open to each worker
+    max_client_connections: int = 256
     log_to_stderr: bool = True
 
     @property
@@ -173,6 +183,10 @@ def preflight(opts: ServeOptions, tokens: TokenStore | None = None) -> Preflight
         raise ServeRefused("--workers is between 1 and 64")
     if not (0 < opts.port < 65536):
         raise ServeRefused("--port is between 1 and 65535")
+    if not (0 < opts.head_timeout <= 300):
+        raise ServeRefused("--head-timeout is more than 0 and at most 300 seconds")
+    if not (1 <= opts.max_client_connections <= LIMIT_CONCURRENCY):
+        raise ServeRefused(f"--max-client-connections is between 1 and {LIMIT_CONCURRENCY}")
     _check_tls(opts)
     counters, counters_url = _check_counters(opts)
     policy, path = load_policy(opts)
@@ -344,10 +358,13 @@ def run(opts: ServeOptions, *, echo: Callable[[str], None] = print) -> None:
         "ssl_certfile": opts.certfile, "ssl_keyfile": opts.keyfile,
         "access_log": False,  # uvicorn's would print query strings; ours logs route templates
         "server_header": False, "proxy_headers": False, "log_level": "warning",
-        "timeout_keep_alive": 5, "timeout_graceful_shutdown": 10, "h11_max_incomplete_event_size": 16 * 1024,
-        "limit_concurrency": 1000,
-        # each response in one write, so one TLS record and one system call (api/onewrite.py)
-        "http": "pivault.api.onewrite:OneWriteProtocol",
+        "timeout_keep_alive": 5, "timeout_graceful_shutdown": 10, "h11_max_incomplete_event_size": MAX_HEAD,
+        "limit_concurrency": LIMIT_CONCURRENCY,
+        # each response in one write, so one TLS record and one system call (api/onewrite.py), with
+        # a deadline and a size for each request head and a share of each worker per client address
+        # (api/connection.py); a partial of a module's class, so it pickles into the worker processes
+        "http": functools.partial(GuardedProtocol, limits=ConnectionLimits(
+            head_timeout=opts.head_timeout, per_client=opts.max_client_connections)),
     }
     if socks is not None:
         from pivault.detect.setup import AUDIT_CHAIN_ENV

@@ -126,6 +126,11 @@ def serve(
         "--policy", help="Policy file (default: the vault's, else the shipped default).")] = None,
     max_body: Annotated[int, typer.Option("--max-body", help="Largest request body, bytes.")] = 1024 * 1024,
     timeout: Annotated[float, typer.Option("--timeout", help="Longest request, seconds.")] = 30.0,
+    head_timeout: Annotated[float, typer.Option(
+        "--head-timeout", help="Longest wait for a request's line and headers, seconds (408 after).")] = 10.0,
+    max_client_connections: Annotated[int, typer.Option(
+        "--max-client-connections", help="Connections one client address may hold open to each worker "
+                                         "(503 beyond).")] = 256,
 ) -> None:
     """Serve the vault over HTTPS to token holders, as the policy allows. Refuses to start unsafe."""
     from pivault.api.server import ServeOptions, run
@@ -136,7 +141,8 @@ def serve(
     os.environ["PIVAULT_PASSPHRASE"] = passphrase_from_env_or_prompt()
     opts = ServeOptions(home=str(h), host=host, port=port, workers=workers,
                         certfile=str(cert) if cert else None, keyfile=str(key) if key else None,
-                        policy=str(policy) if policy else None, max_body=max_body, timeout=timeout)
+                        policy=str(policy) if policy else None, max_body=max_body, timeout=timeout,
+                        head_timeout=head_timeout, max_client_connections=max_client_connections)
     run(opts, echo=typer.echo)
 
 
