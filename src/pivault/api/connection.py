@@ -191,8 +191,11 @@ class GuardedProtocol(OneWriteProtocol):
         if not self.transport.is_closing():
             self.transport.write(_response(status, code, detail, self.scheme == "https",
                                            self.server_state.default_headers))
-            self.transport.close()
-            self.loop.call_later(CLOSE_GRACE, self._cut)
+            self._close()
+
+    def _close(self) -> None:
+        self.transport.close()
+        self.loop.call_later(CLOSE_GRACE, self._cut)
 
     def _cut(self) -> None:
         if not self._lost:
@@ -242,7 +245,7 @@ class GuardedProtocol(OneWriteProtocol):
             # a response is being written: the next head is not late while it waits for it
             self._head_timer = self.loop.call_later(self.head_timeout, self._head_timed_out)
         elif self._in_body:
-            self.transport.close()  # the rest of a body whose request was answered already
+            self._close()  # the rest of a body whose request was answered already
         else:
             self._answer(408, "request.head_timeout",
                          f"the request line and headers did not arrive within {self.head_timeout:g} s")
