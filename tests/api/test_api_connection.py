@@ -20,6 +20,7 @@ import uvicorn
 from api_support import CHEAP, PASSPHRASE, free_port, start_server, stop
 
 from pivault.api.connection import CLOSE_GRACE, ConnectionLimits, GuardedProtocol
+from pivault.api.problems import TITLES
 from pivault.api.tls import make_dev_cert
 from pivault.policy.tokens import TokenStore
 from pivault.store.db import Database
@@ -130,6 +131,7 @@ def problem(status: int, headers: dict[str, str], body: bytes, code: str) -> dic
     assert headers["connection"] == "close"
     doc: dict[str, Any] = json.loads(body)
     assert doc["status"] == status and doc["code"] == code and doc["type"].endswith(code)
+    assert doc["title"] == TITLES[status]
     return doc
 
 

@@ -413,11 +413,12 @@ def create_app(vault: VaultLike, policy: Policy | PolicyHolder, *, tokens: Token
                         media_type="application/json")
 
     problems: dict[int | str, dict[str, Any]] = {c: {"model": s.Problem, "description": d} for c, d in (
-        (400, "Bad request (e.g. no X-Purpose)"), (401, "No valid bearer token"),
-        (415, "Body is not JSON"),
+        (400, "Bad request (e.g. no X-Purpose, or not HTTP/1.1)"), (401, "No valid bearer token"),
+        (408, "The request line and headers did not arrive in time"), (415, "Body is not JSON"),
         (403, "The policy refuses (role, operation, purpose or reveal)"), (413, "Body too large"),
-        (422, "Invalid request"), (429, "Read budget spent"), (500, "Internal error"),
-        (503, "Timed out"))}
+        (422, "Invalid request"), (429, "Read budget spent"), (431, "Request line and headers too large"),
+        (500, "Internal error"),
+        (503, "Timed out, or the server's or this address's connections are at their limit"))}
     with_404: dict[int | str, dict[str, Any]] = {
         **problems, 404: {"model": s.Problem, "description": "No such record"}}
 

@@ -29,11 +29,13 @@ TITLES: dict[int, str] = {
     404: "Not found",
     405: "Method not allowed",
     406: "Not acceptable",
+    408: "Request timeout",
     409: "Conflict",
     413: "Request too large",
     415: "Unsupported media type",
     422: "Invalid request",
     429: "Too many requests",
+    431: "Request head too large",
     500: "Internal error",
     503: "Service unavailable",
 }
