@@ -115,3 +115,40 @@ def test_bad_input_is_one_clear_line(cli: tuple[CliRunner, typer.Typer, Path, li
     empty.write_bytes(b"")
     r = runner.invoke(app, ["leak", "check", str(empty)])
     assert r.exit_code == 0 and "the file is empty" in r.output
+
+
+def _request(runner: CliRunner, app: typer.Typer, residents: list[Resident]) -> str:
+    ids = ",".join(r.record_id for r in residents[:300])
+    r = runner.invoke(app, ["export", "request", "--recipient", "Self", "--purpose", "research",
+                            "--fields", "name,id_number", "--selection", f"ids={ids}", "--json"])
+    assert r.exit_code == 0, r.output
+    return str(json.loads(r.output)["export_id"])
+
+
+def test_a_token_the_requester_issued_cannot_approve(
+        cli: tuple[CliRunner, typer.Typer, Path, list[Resident]]) -> None:
+    from pivault.audit import entries
+    from pivault.cli.main import app as main_app
+    from pivault.leak.exports import get_export
+
+    runner, _, tmp, residents = cli
+    export_id = _request(runner, main_app, residents)
+    # the requester issues an approver token for a made-up second person
+    r = runner.invoke(main_app, ["token", "create", "--principal", "sock-puppet", "--role", "approver",
+                                 "--expires", "5m"])
+    assert r.exit_code == 0, r.output
+    puppet = r.stdout.strip().splitlines()[-1]
+    r = runner.invoke(main_app, ["export", "approve", export_id, "--token", puppet])
+    assert r.exit_code == 1 and "error[export.two_person]" in r.output, r.output
+    assert "issued by the export's requester" in r.output
+    r = runner.invoke(main_app, ["export", "fetch", export_id, "--out", str(tmp / "f.csv")])
+    assert r.exit_code == 1 and "only an approved export" in r.output
+    assert not (tmp / "f.csv").exists()
+    with Vault.open() as v:
+        assert get_export(v.db, export_id).status == "requested"
+        denied = [e for e in entries(v.db, operation="export.approve") if e.principal == "sock-puppet"]
+    assert [e.outcome for e in denied] == ["denied"]
+    # a token issued by someone else still approves
+    r = runner.invoke(main_app, ["export", "approve", export_id, "--token", _token("approver-2", "approver")])
+    assert r.exit_code == 0, r.output
+

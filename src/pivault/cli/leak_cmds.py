@@ -4,7 +4,8 @@ A thin skin over :mod:`pivault.leak` (``exports``, ``check``, ``report``),
 named like its functions. Who runs a command is the holder of ``--token``
 (or ``$PIVAULT_TOKEN``): its principal and role decide, so the two-person rule
 of exports holds at the command line too. Without a token the caller is the
-local operator, who may request and fetch but never approve.
+local operator, who may request and fetch but never approve (nor through a
+token it issued: see :func:`pivault.leak.exports.approve`).
 """
 
 from __future__ import annotations

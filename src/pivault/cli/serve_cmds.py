@@ -183,6 +183,7 @@ def token_create(
     home: HomeOpt = None,
 ) -> None:
     """Create a token: 256 random bits, stored only as a hash, printed once."""
+    from pivault.policy.context import local_principal
     from pivault.policy.tokens import parse_duration
 
     h = _home(home)
@@ -195,9 +196,10 @@ def token_create(
     if bad:
         raise ConfigError(f"role {role!r} may state only: {', '.join(r.purposes)}", code="token.purpose")
     ttl = parse_duration(expires)
-    user = os.environ.get("USER") or "operator"
     with _audited_tokens(h) as (store, record):
-        info, token = store.create(principal, role, purposes, ttl_seconds=ttl, created_by=f"local:{user}")
+        # the issuer is the account running this, as the export rule compares it
+        info, token = store.create(principal, role, purposes, ttl_seconds=ttl,
+                                   created_by=local_principal())
         record("token.create", info.token_id)
     when = time.strftime("%Y-%m-%d %H:%M", time.gmtime(info.expires_at))
     if out is not None:

@@ -2,7 +2,8 @@
 
 An export is requested by one principal (selection, recipient, purpose,
 fields), approved by a second principal holding an approver role (two-person
-rule: nobody approves their own request), and only then fetched. Fetching is a
+rule: nobody approves their own request, nor with a token they issued), and
+only then fetched. Fetching is a
 door operation: authorise → budget → audit (with every record id) → decrypt →
 mask (with ``reveal``: the policy decides which fields may leave in full) →
 write CSV, JSONL or Parquet.
@@ -388,6 +389,20 @@ def request(vault: Vault, selection: Selection, *, recipient: str, purpose: str,
     return get_export(vault.db, export_id)
 
 
+def _minted_by(vault: Vault, ctx: AccessContext) -> str | None:
+    """Who issued the caller's token (``created_by``), or None for a caller without one.
+
+    Whoever can issue tokens can issue one for a made-up approver; comparing the
+    issuer with the requester keeps one person from approving through such a token.
+    """
+    if ctx.token_id is None:
+        return None
+    from pivault.policy.tokens import TokenStore
+
+    row = TokenStore(vault.db).get(ctx.token_id)
+    return row.created_by if row is not None and row.created_by else None
+
+
 def _decide(vault: Vault, export_id: str, ctx: AccessContext, status: str) -> ExportInfo:
     info = get_export(vault.db, export_id)
     op = "export.approve" if status == "approved" else "export.refuse"
@@ -399,6 +414,12 @@ def _decide(vault: Vault, export_id: str, ctx: AccessContext, status: str) -> Ex
         _audit(vault, ctx, op, (), "denied")
         raise ExportError("the requester cannot decide on their own export (two-person rule)",
                           code="export.two_person")
+    if _minted_by(vault, ctx) == info.requester:
+        # a token the requester issued is the requester's second hand, not a second person
+        _audit(vault, ctx, op, (), "denied")
+        raise ExportError("this token was issued by the export's requester, who cannot decide on their "
+                          "own export (two-person rule)", code="export.two_person",
+                          hint="the approver's token must come from someone other than the requester")
     if info.status != "requested":
         raise ExportError(f"the export is {info.status}, not awaiting a decision", code="export.state")
     with vault.db.transaction():
@@ -412,7 +433,13 @@ def _decide(vault: Vault, export_id: str, ctx: AccessContext, status: str) -> Ex
 
 
 def approve(vault: Vault, export_id: str, *, ctx: AccessContext) -> ExportInfo:
-    """Approve another principal's request (two-person rule)."""
+    """Approve another principal's request (two-person rule).
+
+    Refused, and audited as ``denied``, for the requester's own principal and for
+    a token whose ``created_by`` is the requester. Two people who collude, or an
+    admin issuing an approver token to a principal of their own, are not stopped:
+    the token's issuer and its creation are in the audit trail.
+    """
     return _decide(vault, export_id, ctx, "approved")
 
 

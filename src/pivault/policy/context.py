@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import secrets
 from dataclasses import dataclass, field
 
@@ -32,11 +33,26 @@ class AccessContext:
 
 def local_operator(purpose: str = "administration", *, reveal: bool = False) -> AccessContext:
     """The context of a person at the vault's own command line (holds the keyring passphrase)."""
-    import getpass
-
-    try:
-        user = getpass.getuser()
-    except Exception:
-        user = "unknown"
-    return AccessContext(principal=f"local:{user}", role="operator", purpose=purpose,
+    return AccessContext(principal=local_principal(), role="operator", purpose=purpose,
                          reveal=reveal, source="cli")
+
+
+def local_principal() -> str:
+    """``local:<account>``: the operating-system account this process runs as.
+
+    Read from the process's user id, not from ``$USER`` or ``$LOGNAME``: those are
+    the caller's to set, and the two-person rule of exports compares this name
+    with the issuer of an approver's token.
+    """
+    try:
+        import pwd
+
+        user = pwd.getpwuid(os.getuid()).pw_name
+    except (ImportError, KeyError, AttributeError):
+        import getpass
+
+        try:
+            user = getpass.getuser()
+        except Exception:
+            user = "unknown"
+    return f"local:{user}"
