@@ -152,3 +152,34 @@ def test_a_token_the_requester_issued_cannot_approve(
     r = runner.invoke(main_app, ["export", "approve", export_id, "--token", _token("approver-2", "approver")])
     assert r.exit_code == 0, r.output
 
+
+def test_an_export_file_is_made_0600_and_never_overwrites(
+        cli: tuple[CliRunner, typer.Typer, Path, list[Resident]]) -> None:
+    import os
+    import stat
+
+    runner, app, tmp, residents = cli
+    old = os.umask(0o022)
+    try:
+        for fmt in ("csv", "parquet"):
+            export_id = _request(runner, app, residents)
+            r = runner.invoke(app, ["export", "approve", export_id, "--token",
+                                    _token(f"approver-{fmt}", "approver")])
+            assert r.exit_code == 0, r.output
+            out = tmp / f"ex.{fmt}"
+            r = runner.invoke(app, ["export", "fetch", export_id, "--out", str(out)])
+            assert r.exit_code == 0, r.output
+            assert stat.S_IMODE(out.stat().st_mode) == 0o600 and out.stat().st_size > 0
+        # an existing file is neither truncated nor replaced, and the export stays approved
+        export_id = _request(runner, app, residents)
+        r = runner.invoke(app, ["export", "approve", export_id, "--token", _token("approver-3", "approver")])
+        assert r.exit_code == 0, r.output
+        taken = tmp / "taken.csv"
+        taken.write_text("someone else's file\n", encoding="utf-8")
+        r = runner.invoke(app, ["export", "fetch", export_id, "--out", str(taken)])
+        assert r.exit_code == 1 and "error[export.exists]" in r.output, r.output
+        assert taken.read_text(encoding="utf-8") == "someone else's file\n"
+        r = runner.invoke(app, ["export", "fetch", export_id, "--out", str(tmp / "ex2.csv")])
+        assert r.exit_code == 0, r.output
+    finally:
+        os.umask(old)

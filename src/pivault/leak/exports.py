@@ -3,10 +3,10 @@
 An export is requested by one principal (selection, recipient, purpose,
 fields), approved by a second principal holding an approver role (two-person
 rule: nobody approves their own request, nor with a token they issued), and
-only then fetched. Fetching is a
-door operation: authorise → budget → audit (with every record id) → decrypt →
-mask (with ``reveal``: the policy decides which fields may leave in full) →
-write CSV, JSONL or Parquet.
+only then fetched. Fetching is a door operation: authorise → budget → audit
+(with every record id) → decrypt → mask (with ``reveal``: the policy decides
+which fields may leave in full) → write CSV, JSONL or Parquet, to a new file
+of mode 0600.
 
 Every file carries canary residents unique to that export: fictitious people,
 made to blend into the selection (same regions and birth years as the real
@@ -24,6 +24,7 @@ import csv
 import datetime as _dt
 import json
 import math
+import os
 import re
 import secrets
 import time
@@ -527,16 +528,29 @@ def _select(vault: Vault, sel: Selection) -> list[str]:
 
 
 class _Writer:
+    """The export file: created new with mode 0600, as tokens and backups are.
+
+    The mode is given when the file is made (never a chmod after it, which
+    would leave a moment in which others may open it), and an existing file is
+    refused rather than truncated: truncating keeps the old file's mode.
+    """
+
     def __init__(self, path: Path, fmt: str, fields: Sequence[str]) -> None:
         self.fmt = fmt
         self.fields = list(fields)
         self.path = path
         self._pq: Any = None
         self._buf: list[dict[str, str | None]] = []
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o600)
+        except FileExistsError:
+            raise ExportError(f"{path.name} already exists; an export is written to a new file",
+                              code="export.exists") from None
         if fmt == "parquet":
             self._fh = None
+            self._bin: Any = open(fd, "wb")  # noqa: SIM115 - closed in close()
         else:
-            self._fh = open(path, "w", encoding="utf-8", newline="")  # noqa: SIM115
+            self._fh = open(fd, "w", encoding="utf-8", newline="")  # noqa: SIM115
             if fmt == "csv":
                 self._csv = csv.writer(self._fh, lineterminator="\n")
                 self._csv.writerow(self.fields)
@@ -561,7 +575,7 @@ class _Writer:
         table = pa.table({f: pa.array([r.get(f) for r in self._buf], type=pa.string())
                           for f in self.fields})
         if self._pq is None:
-            self._pq = pq.ParquetWriter(self.path, table.schema)
+            self._pq = pq.ParquetWriter(self._bin, table.schema)
         self._pq.write_table(table)
         self._buf = []
 
@@ -573,9 +587,10 @@ class _Writer:
                 import pyarrow.parquet as pq
 
                 pq.write_table(pa.table({f: pa.array([], type=pa.string()) for f in self.fields}),
-                               self.path)
+                               self._bin)
             else:
                 self._pq.close()
+            self._bin.close()
         elif self._fh is not None:
             self._fh.close()
 
@@ -593,7 +608,8 @@ def fetch(vault: Vault, export_id: str, out: str | Path, *, ctx: AccessContext,
     """Write an approved export to ``out`` (CSV, JSONL or Parquet by ``fmt`` or extension).
 
     Once only: a second fetch is refused (ask for a new export). The audit
-    entry holding every record id is written before the first row.
+    entry holding every record id is written before the first row. ``out`` is
+    a new file, made with mode 0600: it holds PI in full.
     """
     from pivault.vault.facade import open_record
 
@@ -601,6 +617,9 @@ def fetch(vault: Vault, export_id: str, out: str | Path, *, ctx: AccessContext,
     fmt = (fmt or out.suffix.lstrip(".") or "csv").lower()
     if fmt not in FORMATS:
         raise ValidationError("export.format", "an export is written as csv, jsonl or parquet")
+    if out.exists() or out.is_symlink():  # said before any budget is spent; _Writer makes sure
+        raise ExportError(f"{out.name} already exists; an export is written to a new file",
+                          code="export.exists")
     info = get_export(vault.db, export_id)
     if info.status != "approved":
         _audit(vault, ctx, "export", (), "denied")
@@ -625,13 +644,19 @@ def fetch(vault: Vault, export_id: str, out: str | Path, *, ctx: AccessContext,
     positions = set(rng.sample(range(total), k))
     known = load_registry(vault).canary_values()
     reveal = replace(ctx, reveal=True)
-    with vault.db.transaction():
-        cur = vault.db.execute("UPDATE exports SET status = 'fetching' WHERE export_id = ?"
-                               " AND status = 'approved'", (export_id,))
-        if cur.rowcount != 1:
-            raise ExportError("the export is being fetched already", code="export.state")
-        _audit(vault, ctx, "export", ids, "ok")
+    # the file first: one that cannot be made leaves the export approved, not half-fetched
     writer = _Writer(out, fmt, info.fields)
+    try:
+        with vault.db.transaction():
+            cur = vault.db.execute("UPDATE exports SET status = 'fetching' WHERE export_id = ?"
+                                   " AND status = 'approved'", (export_id,))
+            if cur.rowcount != 1:
+                raise ExportError("the export is being fetched already", code="export.state")
+            _audit(vault, ctx, "export", ids, "ok")
+    except BaseException:
+        writer.close()
+        out.unlink(missing_ok=True)
+        raise
     canaries: list[dict[str, str]] = []
     try:
         pos = 0
