@@ -151,6 +151,7 @@ def test_token_commands(home: Path, tmp_path: Path) -> None:
     info = TokenStore(Database(load(home).store_url)).verify(token)
     assert info.role == "registrar" and info.purposes == ("registration",)
     out = tmp_path / "t" / "officer.token"
+    out.parent.mkdir(mode=0o700)
     r = runner.invoke(app, ["token", "create", "--principal", "o-1", "--role", "officer", "--out", str(out)])
     assert r.exit_code == 0 and "pv_" not in r.stdout
     assert stat.S_IMODE(out.stat().st_mode) == 0o600
@@ -180,6 +181,60 @@ def test_token_commands(home: Path, tmp_path: Path) -> None:
     assert ("token.resume", (info.token_id,)) in trail
     assert ("token.revoke", (info.token_id,)) in trail
     assert sum(op == "token.create" for op, _ in trail) == 2  # the refused ones left no entry
+
+
+def test_token_out_is_checked_before_the_token_exists(home: Path, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    runner = CliRunner(env={"PIVAULT_HOME": str(home), "PIVAULT_PASSPHRASE": PASSPHRASE})
+
+    def tokens() -> list[str]:
+        return [t.token_id for t in TokenStore(Database(load(home).store_url)).list()]
+
+    def create(out: Path, *more: str) -> tuple[int, str]:
+        r = runner.invoke(app, ["token", "create", "--principal", "o-2", "--role", "officer",
+                                "--out", str(out), *more])
+        assert "pv_" not in r.output
+        return r.exit_code, r.output
+
+    before = tokens()
+    # a directory: refused before anything is made, and nothing is left in it
+    d = tmp_path / "dir"
+    d.mkdir()
+    code, out = create(d)
+    assert code == 2 and "error[token.out]" in out and "is a directory" in out
+    assert list(d.iterdir()) == [] and tokens() == before
+    # a missing directory is not made
+    code, out = create(tmp_path / "no" / "such" / "t.token")
+    assert code == 2 and "error[token.out]" in out
+    assert not (tmp_path / "no").exists() and tokens() == before
+    # an existing file is kept, unless --force
+    f = tmp_path / "held.token"
+    f.write_text("an earlier token\n")
+    code, out = create(f)
+    assert code == 2 and "error[token.exists]" in out and "--force" in out
+    assert f.read_text() == "an earlier token\n" and tokens() == before
+    code, out = create(f, "--force")
+    assert code == 0, out
+    assert f.read_text().startswith("pv_") and stat.S_IMODE(f.stat().st_mode) == 0o600
+    assert len(tokens()) == len(before) + 1
+    TokenStore(Database(load(home).store_url)).verify(f.read_text().strip())
+    # a write that fails after the checks (the path taken meanwhile) leaves no token and no file
+    from pivault.crypto import _atomic
+
+    real = _atomic.write_private
+
+    def taken_meanwhile(path: Path, data: bytes, *, overwrite: bool) -> None:
+        path.mkdir()
+        real(path, data, overwrite=overwrite)
+
+    monkeypatch.setattr(_atomic, "write_private", taken_meanwhile)
+    before = tokens()
+    late = tmp_path / "late" / "t.token"
+    late.parent.mkdir()
+    code, out = create(late)
+    assert code == 1 and "error[io]" in out
+    assert tokens() == before
+    assert [p.name for p in late.parent.iterdir()] == ["t.token"] and late.is_dir()
 
 
 def test_token_commands_need_the_passphrase(home: Path) -> None:

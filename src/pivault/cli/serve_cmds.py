@@ -98,6 +98,24 @@ def _audited_tokens(home: Path) -> Iterator[tuple[TokenStore, Callable[[str, str
             yield TokenStore(vault.db), record
 
 
+def _check_token_out(path: Path, force: bool) -> None:
+    """Refuse a ``--out`` the token cannot go to, before the token exists.
+
+    An existing file is not replaced without ``--force`` (the token in it would
+    stay active with nobody holding it), and a missing directory is not made (a
+    mistyped path would put a secret where nobody looks).
+    """
+    if path.is_dir():
+        raise ConfigError(f"{path.name} is a directory; --out names the file to write the token to",
+                          code="token.out")
+    if (path.exists() or path.is_symlink()) and not force:
+        raise ConfigError(f"{path.name} already exists; refusing to overwrite it", code="token.exists",
+                          hint="choose a new file, or pass --force (then revoke the token it held)")
+    if not path.parent.is_dir():
+        raise ConfigError(f"the directory of {path.name} does not exist; create it first (mode 0700)",
+                          code="token.out")
+
+
 def _write_secret(path: Path, text: str) -> None:
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -179,10 +197,15 @@ def token_create(
     purpose: Annotated[list[str] | None, typer.Option(
         "--purpose", help="Purpose the holder may state (repeat; default: all of the role's).")] = None,
     expires: Annotated[str, typer.Option("--expires", help="Lifetime: 30d, 12h, 90m …")] = "30d",
-    out: Annotated[Path | None, typer.Option("--out", help="Write the token to this file (0600).")] = None,
+    out: Annotated[Path | None, typer.Option(
+        "--out", help="Write the token to this new file (0600) in an existing directory.")] = None,
+    force: Annotated[bool, typer.Option(
+        "--force", help="Replace an existing --out file (the token it held stays active: revoke it).")
+    ] = False,
     home: HomeOpt = None,
 ) -> None:
     """Create a token: 256 random bits, stored only as a hash, printed once."""
+    from pivault.crypto._atomic import write_private
     from pivault.policy.context import local_principal
     from pivault.policy.tokens import parse_duration
 
@@ -196,14 +219,26 @@ def token_create(
     if bad:
         raise ConfigError(f"role {role!r} may state only: {', '.join(r.purposes)}", code="token.purpose")
     ttl = parse_duration(expires)
-    with _audited_tokens(h) as (store, record):
-        # the issuer is the account running this, as the export rule compares it
-        info, token = store.create(principal, role, purposes, ttl_seconds=ttl,
-                                   created_by=local_principal())
-        record("token.create", info.token_id)
+    if out is not None:
+        _check_token_out(out, force)
+    written = False
+    try:
+        with _audited_tokens(h) as (store, record):
+            # the issuer is the account running this, as the export rule compares it
+            info, token = store.create(principal, role, purposes, ttl_seconds=ttl,
+                                       created_by=local_principal())
+            if out is not None:
+                # inside the transaction: if the file cannot be written, the token is rolled
+                # back with it, so no active token is left that nobody holds
+                write_private(out, (token + "\n").encode(), overwrite=force)
+                written = True
+            record("token.create", info.token_id)
+    except BaseException:
+        if written and out is not None:
+            out.unlink(missing_ok=True)  # holds a token that was never committed
+        raise
     when = time.strftime("%Y-%m-%d %H:%M", time.gmtime(info.expires_at))
     if out is not None:
-        _write_secret(out, token + "\n")
         _err(f"token {info.token_id} for {principal} (role {role}) written to {out} (0600), "
              f"expires {when} UTC")
     else:
