@@ -107,14 +107,47 @@ def test_export_leak_and_report_from_the_command_line(cli: tuple[CliRunner, type
 
 
 def test_bad_input_is_one_clear_line(cli: tuple[CliRunner, typer.Typer, Path, list[Resident]]) -> None:
-    runner, app, tmp, _ = cli
+    runner, app, _, _ = cli
     r = runner.invoke(app, ["export", "request", "--recipient", "R", "--purpose", "p", "--fields", "notes",
                             "--selection", "region=31"])
     assert r.exit_code == 2 and "error[export.untraceable]" in r.output
+
+
+def _cases() -> int:
+    with Vault.open() as v:
+        if not v.db.table_exists("leak_cases"):
+            return 0
+        row = v.db.query_one("SELECT COUNT(*) FROM leak_cases")
+        assert row is not None
+        return int(row[0])
+
+
+def test_a_dump_that_cannot_be_read_is_an_error_not_a_clean_case(
+        cli: tuple[CliRunner, typer.Typer, Path, list[Resident]]) -> None:
+    runner, app, tmp, residents = cli
     empty = tmp / "e.csv"
     empty.write_bytes(b"")
-    r = runner.invoke(app, ["leak", "check", str(empty)])
-    assert r.exit_code == 0 and "the file is empty" in r.output
+    folder = tmp / "dumps"
+    folder.mkdir()
+    for args, code, why in (([str(tmp / "nonexist.csv")], "dump.open", "nonexist.csv: cannot open"),
+                            ([str(folder)], "dump.open", "dumps: a directory"),
+                            ([str(empty)], "dump.unread", "e.csv: the file is empty"),
+                            ([str(empty), str(tmp / "nonexist.csv")], "dump.open", "nonexist.csv")):
+        r = runner.invoke(app, ["leak", "check", *args])
+        assert r.exit_code == 1, (args, r.output)
+        assert f"error[{code}]" in r.output and why in r.output, r.output
+        assert "case_" not in r.output and "confirmed" not in r.output
+        assert len(r.output.strip().splitlines()) == 1
+    assert _cases() == 0
+    # a dump read in part is checked, and says that it was read in part
+    good = tmp / "part.csv"
+    good.write_text("name,id_number\n" + "".join(f"{p.name},{p.id_number}\n" for p in residents[:50]),
+                    encoding="utf-8")
+    r = runner.invoke(app, ["leak", "check", str(good), str(empty)])
+    assert r.exit_code == 0, r.output
+    assert "50 rows read, 50 matched" in r.output and "problem in e.csv" in r.output
+    assert "warning: 1 dump file(s) not read in full" in r.output
+    assert _cases() == 1
 
 
 def _request(runner: CliRunner, app: typer.Typer, residents: list[Resident]) -> str:

@@ -15,7 +15,7 @@ from typing import Annotated, Any
 
 import typer
 
-from pivault.cli.common import HomeOpt, JsonOpt, run_cli
+from pivault.cli.common import HomeOpt, JsonOpt, err, run_cli
 from pivault.cli.common import print_json as _print_json
 
 __all__ = ["export_app", "leak_app", "register"]
@@ -169,6 +169,10 @@ def leak_check(
                    + (cols or t["message"] or ""))
     for e in res.errors:
         typer.echo(f"  problem in {e['file']}: {e['message']}")
+    if res.errors:
+        # the rows read were checked; what could not be read was not, and may hold anyone
+        err(f"warning: {len(res.errors)} dump file(s) not read in full (listed above); the result covers "
+            "only the rows read")
     typer.echo(f"  fields exposed: {', '.join(res.fields_exposed) or 'none'}")
     found = {k: v["found"] for k, v in res.export_canaries.items() if v["found"]}
     typer.echo(f"  canaries: exports {found or 'none'}; vault {res.vault_canaries.get('found', 0)}"

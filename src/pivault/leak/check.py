@@ -168,13 +168,19 @@ class Checker:
               progress: Callable[[int], None] | None = None, save: bool = True) -> CheckResult:
         """Check the dump files ``paths``; save the case unless ``save`` is false.
 
-        Errors in one file (truncated, unreadable, too long a line) are
-        recorded in ``errors`` with the rows read before them, and the other
-        files are still read. With ``workers`` > 1 and a dump of at least
+        A path that cannot be opened (missing, a directory, no permission) is
+        a :class:`DumpError` before anything is read, and so is a dump of which
+        no row could be read (empty files, nothing but damage): neither makes
+        a case, which would read as a clean result. Errors in one file
+        (truncated, empty, too long a line) are otherwise recorded in
+        ``errors`` with the rows read before them, and the other files are
+        still read. With ``workers`` > 1 and a dump of at least
         :data:`PARALLEL_BYTES`, batches are matched in forked worker processes
         while this one reads on; the result is the same.
         """
         t0 = time.perf_counter()
+        for path in paths:
+            _openable(Path(path))
         res = CheckResult(case_id="case_" + secrets.token_hex(8), detected_at=time.time())
         matched: set[str] = set()
         canary_strong: dict[str, set[int]] = {}
@@ -225,6 +231,11 @@ class Checker:
         res.fields_exposed = sorted(fields_exposed)
         self._attribute(res, matched, canary_strong, canary_single)
         res.elapsed_seconds = round(time.perf_counter() - t0, 3)
+        if not res.rows_read:
+            # a case of nothing read would say "no resident confirmed": no case, an error
+            why = "; ".join(e["message"] for e in res.errors) or "the dump holds no rows"
+            raise DumpError(f"no row could be read from the dump ({why}); no case was saved",
+                            code="dump.unread")
         self.vault.guard.audit(self.ctx, "leak.check", (), "ok")
         if save:
             _save_case(self.vault, res, matched, self.ctx)
@@ -346,6 +357,19 @@ def check(vault: Vault, paths: Sequence[str | Path], *, ctx: AccessContext,
     checker = Checker(vault, ctx=ctx, max_line_mib=max_line_mib, pair_cache_limit=pair_cache_limit,
                       workers=workers)
     return checker.check(paths, progress=progress, save=save)
+
+
+def _openable(p: Path) -> None:
+    """Raise :class:`DumpError` unless ``p`` is a file this process can open for reading."""
+    if p.is_dir():
+        raise DumpError("a directory, not a dump file: name the files in it", code="dump.open",
+                        source=p.name)
+    try:
+        with open(p, "rb"):
+            pass
+    except OSError as exc:
+        raise DumpError(f"cannot open the file ({exc.strerror or type(exc).__name__})", code="dump.open",
+                        source=p.name) from None
 
 
 def _no_pi_message(st: _TableState) -> str:
