@@ -103,3 +103,35 @@ def test_db_option(tmp_path: Path) -> None:
     assert doc["summary"]["totals"] == {"mobile": 30}
     assert doc["findings"][0]["table"] == "customer" and doc["findings"][0]["column"] == "phone"
     assert runner.invoke(app, ["--db", str(db), "--fail-on", "mobile:10"]).exit_code == 1
+
+
+def test_an_input_that_cannot_be_read_is_an_error(tmp_path: Path) -> None:
+    d = _tree(tmp_path)
+    not_a_db = tmp_path / "x.db"
+    not_a_db.write_bytes(b"not a database at all" * 10)
+    cases = [
+        ([str(tmp_path / "nonexistent_path"), "--fail-on", "any:0"], "nonexistent_path"),
+        (["--db", "postgresql://nobody:pw@127.0.0.1:1/none"], "127.0.0.1:1/none"),
+        (["--db", f"sqlite:///{tmp_path / 'missing.db'}"], "missing.db"),
+        (["--db", str(not_a_db)], "x.db"),
+        # what could be read is still reported; the unread input still fails the scan
+        ([str(d), str(tmp_path / "gone.csv"), "--workers", "1"], "gone.csv"),
+    ]
+    for args, named in cases:
+        res = runner.invoke(app, args)
+        assert res.exit_code == 2, (args, res.output)
+        lines = [ln for ln in res.stderr.splitlines() if ln.startswith("error[")]
+        assert len(lines) == 1 and lines[0].startswith("error[scan.unreadable]: not read: ")
+        assert named in lines[0] and "pw@" not in lines[0]
+        assert "No personal information or secrets found." not in res.stdout
+    res = runner.invoke(app, [str(d), str(tmp_path / "gone.csv"), "--workers", "1", "--json"])
+    assert res.exit_code == 2 and json.loads(res.stdout)["summary"]["totals"]["id_number"] == 2
+    # a URL of another database is refused, not opened as a SQLite path
+    res = runner.invoke(app, ["--db", "mysql://x"])
+    assert res.exit_code == 2 and "error[scan.database]: cannot scan a mysql:// database" in res.stderr
+    assert not Path("mysql:").exists()
+    # an empty directory is not called clean either
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    res = runner.invoke(app, [str(empty)])
+    assert res.exit_code == 0 and "Nothing was scanned" in res.stdout

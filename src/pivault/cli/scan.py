@@ -13,8 +13,10 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
+from pivault.cli.common import err as _err
 from pivault.scan import (
     KINDS,
+    ScanIssue,
     ScanOptions,
     ScanReport,
     parse_fail_on,
@@ -24,6 +26,25 @@ from pivault.scan import (
     to_json,
     to_sarif,
 )
+
+#: issue codes that mean an input was not read at all, not merely in part
+_NOT_READ = frozenset({"unreadable", "not_regular", "symlink_loop", "database", "error"})
+
+
+def _not_read(report: ScanReport, paths: list[Path], db: str | None) -> list[ScanIssue]:
+    """Issues of the inputs named on the command line that left them unread.
+
+    A file, directory or database given by name that could not be opened is
+    not a clean result: nothing is known of what it holds. Issues of files
+    inside a directory, or of one table of a database (``db#table``), leave
+    the input read in part: they are listed in the report.
+    """
+    from pivault.scan.database import source_name
+
+    named = {str(p) for p in paths}
+    if db is not None:
+        named.add(source_name(db))
+    return [i for i in report.issues if i.code in _NOT_READ and i.source in named]
 
 
 def scan(
@@ -82,7 +103,11 @@ def scan(
     if paths:
         report = scan_paths([str(p) for p in paths], options)
     if db:
-        report.merge(scan_database(db, table or None, full=full, sample=sample, options=options))
+        try:
+            report.merge(scan_database(db, table or None, full=full, sample=sample, options=options))
+        except ValueError as e:
+            _err(f"error[scan.database]: {e}")
+            raise typer.Exit(2) from None
     if sarif is not None:
         sarif.write_text(json.dumps(to_sarif(report), ensure_ascii=False, indent=2), encoding="utf-8")
     if as_json:
@@ -90,7 +115,13 @@ def scan(
     else:
         render_table(report, Console())
     over = report.exceeded(limits)
+    for k, n, limit in over:
+        err.print(f"fail-on: {n} {k} finding(s), more than {limit}", markup=False)
+    unread = _not_read(report, paths or [], db)
+    if unread:
+        # after the report, so what was read is still shown; status 2 whatever was found
+        _err("error[scan.unreadable]: not read: "
+             + "; ".join(f"{i.source} ({i.message})" for i in unread))
+        raise typer.Exit(2)
     if over:
-        for k, n, limit in over:
-            err.print(f"fail-on: {n} {k} finding(s), more than {limit}", markup=False)
         raise typer.Exit(1)

@@ -44,6 +44,13 @@ def _sqlite_path(url: str) -> str:
     return url
 
 
+def source_name(url: str) -> str:
+    """The source a database's own results and issues carry (its tables': ``name#table``)."""
+    if url.startswith(("postgresql://", "postgres://")):
+        return display_url(url)
+    return _sqlite_path(url)
+
+
 def _q(ident: str) -> str:
     return '"' + ident.replace('"', '""') + '"'
 
@@ -250,8 +257,14 @@ def scan_database(
     ``tables`` restricts the scan (``schema.table`` for PostgreSQL); ``full``
     reads every row, otherwise ``sample`` rows per table are read (SQLite: in
     blocks from random rowids; PostgreSQL: ``TABLESAMPLE SYSTEM`` for large
-    tables). Findings carry the table, the column and the row.
+    tables). Findings carry the table, the column and the row. A database
+    that cannot be opened is an issue of the report (code ``database``);
+    a URL of another kind of database is a ``ValueError``, never a path.
     """
+    scheme = urlsplit(url).scheme.lower() if "://" in url else ""
+    if scheme not in ("", "sqlite", "file", "postgresql", "postgres"):
+        raise ValueError(f"cannot scan a {scheme}:// database: the scanner reads SQLite (sqlite:///file.db "
+                         "or a path) and PostgreSQL (postgresql://…)")
     options = options or ScanOptions()
     engine = get_engine(options.kinds, options.engine)
     report = ScanReport()

@@ -47,6 +47,12 @@ def render_table(report: ScanReport, console: Console) -> None:
             first = False
     if rows:
         console.print(table)
+    elif report.issues:
+        # not a clean result: what could not be read may hold anything
+        console.print("No personal information or secrets found in what could be read; "
+                      "see the inputs not scanned below.")
+    elif not report.sources:
+        console.print("Nothing was scanned: no file to read.")
     else:
         console.print("No personal information or secrets found.")
     if report.issues:
