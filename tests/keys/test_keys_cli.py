@@ -121,3 +121,31 @@ def test_cli_backup_needs_out_and_refuses_bad_files(app: typer.Typer, tmp_path: 
     assert "error[backup." in err
     err = _run(app, ["keys", "rotate", "--field", "shoe_size", *h], ok=False)
     assert "error[keys.usage]" in err
+
+
+def test_a_second_split_needs_force_and_says_what_it_invalidates(app: typer.Typer, tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    _home.init(home, passphrase=PASSPHRASE, keyring_path=tmp_path / "keys" / "vault.keyring", argon2=CHEAP)
+    h = ["--home", str(home)]
+    first, second = tmp_path / "first", tmp_path / "second"
+    _run(app, ["keys", "split", "--shares", "3", "--threshold", "2", "--out", str(first), *h])
+    fp = json.loads(_run(app, ["keys", "status", *h, "--json"]))["recovery_fingerprint"]
+    assert fp
+    # run again by mistake: refused before anything changes, naming the split it would invalidate
+    res = CliRunner().invoke(app, ["keys", "split", "--out", str(second), *h],
+                             env={"PIVAULT_PASSPHRASE": PASSPHRASE})
+    assert res.exit_code != 0 and "error[keys.shares.split]" in res.stderr and fp in res.stderr
+    assert "--force" in res.stderr
+    assert not second.exists()
+    assert json.loads(_run(app, ["keys", "status", *h, "--json"]))["recovery_fingerprint"] == fp
+    # with --force it says so first, then replaces the key
+    res = CliRunner().invoke(app, ["keys", "split", "--out", str(second), "--force", *h],
+                             env={"PIVAULT_PASSPHRASE": PASSPHRASE})
+    assert res.exit_code == 0, res.output
+    assert f"replacing recovery key {fp}: every share of it stops working" in res.stderr
+    assert len(list(second.iterdir())) == 5
+    assert json.loads(_run(app, ["keys", "status", *h, "--json"]))["recovery_fingerprint"] != fp
+    # an --out that is a file is refused before the split
+    res = CliRunner().invoke(app, ["keys", "split", "--out", str(next(second.iterdir())), "--force", *h],
+                             env={"PIVAULT_PASSPHRASE": PASSPHRASE})
+    assert res.exit_code != 0 and "error[keys.shares.out]" in res.stderr

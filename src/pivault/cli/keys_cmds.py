@@ -18,7 +18,7 @@ from typing import Annotated, Any
 
 import typer
 
-from pivault.cli.common import HomeOpt, JsonOpt, run_cli
+from pivault.cli.common import HomeOpt, JsonOpt, err, run_cli
 
 __all__ = ["backup_app", "keys_app", "register", "restore"]
 
@@ -259,12 +259,29 @@ def keys_split(
     out: Annotated[Path, typer.Option("--out", help="Directory for the share files (one per custodian).")],
     shares: Annotated[int, typer.Option("--shares", min=2, max=255, help="Shares to make (n).")] = 5,
     threshold: Annotated[int, typer.Option("--threshold", min=2, help="Shares needed (k).")] = 3,
+    force: Annotated[bool, typer.Option(
+        "--force", help="Replace a recovery key already split: every share of it stops working.")] = False,
     home: HomeOpt = None, json_out: JsonOpt = False,
 ) -> None:
-    """Split the vault's recovery key among custodians; any THRESHOLD of them rebuild it."""
-    from pivault.keys.custodians import split, write_shares
+    """Split the vault's recovery key among custodians; any THRESHOLD of them rebuild it.
 
+    A vault has one recovery key: a new split replaces it, and the shares the
+    custodians hold stop working. So an existing split is replaced only with
+    ``--force``, and what it invalidates is said before anything changes.
+    """
+    from pivault.keys.custodians import ShareError, split, write_shares
+
+    if out.exists() and not out.is_dir():
+        raise ShareError(f"{out.name} is not a directory", code="keys.shares.out")
     with _opened(home) as o:
+        earlier = o.keyring.recovery_fingerprint()
+        if earlier is not None:
+            if not force:
+                raise ShareError(
+                    f"recovery key {earlier} is already split among custodians; a new split would make "
+                    "every one of its shares stop working", code="keys.shares.split",
+                    hint="pass --force to replace it, then collect and destroy the old shares")
+            err(f"replacing recovery key {earlier}: every share of it stops working now")
         made = split(o.keyring, shares=shares, threshold=threshold, events=o.events())
     paths = write_shares(made, out)
     if json_out:
@@ -274,8 +291,8 @@ def keys_split(
     typer.echo(f"recovery key {made[0].fingerprint} split {threshold} of {shares} (split {made[0].split_id})")
     for p in paths:
         typer.echo(f"  {p}")
-    typer.echo("Give each file to one custodian (print it if you like) and delete it here. Earlier "
-               "shares no longer work.")
+    typer.echo("Give each file to one custodian (print it if you like) and delete it here."
+               + (f" The shares of {earlier} no longer work." if earlier else ""))
 
 
 @keys_app.command("recover")
