@@ -397,3 +397,20 @@ def test_deeply_nested_json_is_corrupt(
     with pytest.raises(KeyringError) as info:
         Keyring.open(keyring_path, provider)
     assert info.value.code == "keyring.corrupt"
+
+
+@pytest.mark.parametrize("weak", ["short", " " * 20, "  eleven-ch  ", "\t" * 3])
+def test_a_new_passphrase_must_be_long_enough(monkeypatch: pytest.MonkeyPatch, weak: str) -> None:
+    """Only a new keyring's passphrase is judged: an existing keyring opens with the one it has."""
+    monkeypatch.setenv("PIVAULT_PASSPHRASE", weak)
+    with pytest.raises(KeyringError) as info:
+        passphrase_from_env_or_prompt(confirm=True)
+    assert info.value.code == "keyring.passphrase_weak"
+    assert passphrase_from_env_or_prompt() == weak
+    monkeypatch.delenv("PIVAULT_PASSPHRASE")
+    monkeypatch.setattr(sys, "stdin", _Tty(""))
+    monkeypatch.setattr(providers_module, "getpass", lambda prompt="": weak)
+    with pytest.raises(KeyringError):
+        passphrase_from_env_or_prompt(confirm=True)
+    monkeypatch.setenv("PIVAULT_PASSPHRASE", "twelve chars")
+    assert passphrase_from_env_or_prompt(confirm=True) == "twelve chars"

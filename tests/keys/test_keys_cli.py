@@ -71,6 +71,8 @@ def test_cli_lifecycle(app: typer.Typer, tmp_path: Path) -> None:
     files = sorted(shares_dir.iterdir())
     before = cfg.keyring_path.read_bytes()
     err = _run(app, ["keys", "recover", str(files[0]), *h], new="x", ok=False)
+    assert "error[keyring.passphrase_weak]" in err  # judged before any share is read
+    err = _run(app, ["keys", "recover", str(files[0]), *h], new="a-new-passphrase", ok=False)
     assert "error[keys.shares.too_few]" in err and "2 shares are needed, 1 given" in err
     assert cfg.keyring_path.read_bytes() == before
     _run(app, ["keys", "recover", str(files[0]), str(files[2]), *h], passphrase="forgotten",

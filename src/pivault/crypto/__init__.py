@@ -15,6 +15,7 @@ from pivault.crypto.providers import (
     KmsProvider,
     PassphraseProvider,
     RootKeyProvider,
+    check_new_passphrase,
     passphrase_from_env_or_prompt,
 )
 
@@ -26,6 +27,7 @@ __all__ = [
     "KmsProvider",
     "PassphraseProvider",
     "RootKeyProvider",
+    "check_new_passphrase",
     "index_bits_for_population",
     "passphrase_from_env_or_prompt",
 ]

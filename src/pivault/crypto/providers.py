@@ -31,11 +31,14 @@ __all__ = [
     "KmsProvider",
     "PassphraseProvider",
     "RootKeyProvider",
+    "check_new_passphrase",
     "passphrase_from_env_or_prompt",
     "provider_for",
 ]
 
 PASSPHRASE_ENV = "PIVAULT_PASSPHRASE"
+#: the fewest characters (spaces at the ends not counted) a new keyring passphrase may have
+MIN_PASSPHRASE = 12
 
 
 @runtime_checkable
@@ -317,7 +320,7 @@ def passphrase_from_env_or_prompt(
     """
     value = os.environ.get(env_var)
     if value:
-        return value
+        return check_new_passphrase(value) if confirm else value
     if not (sys.stdin is not None and sys.stdin.isatty()):
         raise KeyringError(
             f"no passphrase: set {env_var} or run on a terminal to be asked",
@@ -326,6 +329,22 @@ def passphrase_from_env_or_prompt(
     first = getpass(prompt)
     if not first:
         raise KeyringError("the passphrase is empty", code="keyring.passphrase")
-    if confirm and getpass("Repeat passphrase: ") != first:
-        raise KeyringError("the two passphrases differ", code="keyring.passphrase")
+    if confirm:
+        check_new_passphrase(first)
+        if getpass("Repeat passphrase: ") != first:
+            raise KeyringError("the two passphrases differ", code="keyring.passphrase")
     return first
+
+
+def check_new_passphrase(passphrase: str) -> str:
+    """``passphrase``, if it is long enough to become a keyring's; else ``KeyringError``.
+
+    It is all that stands between a stolen keyring file and every record's key:
+    Argon2 slows each guess, but a short or blank passphrase is guessed anyway.
+    """
+    if len(passphrase.strip()) < MIN_PASSPHRASE:
+        raise KeyringError(
+            f"a new keyring passphrase needs at least {MIN_PASSPHRASE} characters, not counting "
+            "spaces at its ends: it alone protects the key of every record",
+            code="keyring.passphrase_weak", hint="choose a phrase of several words, or a KMS key (--kms)")
+    return passphrase

@@ -18,7 +18,7 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pivault.crypto import Argon2Params, Keyring, KeyringError, PassphraseProvider
+from pivault.crypto import Argon2Params, Keyring, KeyringError, PassphraseProvider, check_new_passphrase
 from pivault.crypto._atomic import write_private
 from pivault.errors import ConfigError
 from pivault.store.db import Database, parse_url
@@ -152,7 +152,7 @@ def init(
     if parsed.dialect == "sqlite" and not Path(parsed.target).is_absolute():
         # kept relative, the path would name another file from every other directory
         url = f"sqlite:///{Path(parsed.target).absolute()}"
-    provider = PassphraseProvider(passphrase, argon2)
+    provider = PassphraseProvider(check_new_passphrase(passphrase), argon2)
     _private_dir(h)
     if keyring_path is not None:
         target = Path(keyring_path).expanduser().absolute()
