@@ -134,7 +134,8 @@ def test_default_masks() -> None:
     assert masks.mask_mobile("13812345678") == "138****5678"
     assert masks.mask_name("张三") == "张*"
     assert masks.mask_name("欧阳娜娜") == "欧***"
-    assert masks.mask_name("Zhang Wei") == "Z**** W**"
+    assert masks.mask_name("Zhang Wei") == "Z**** ***"
+    assert masks.mask_name("Zhang Jun Hui") == "Z**** *** ***"  # not every initial
     assert masks.mask_address("北京市朝阳区建国路88号3栋1502室") == "北京市朝阳区***"
     assert masks.mask_address("广东省深圳市南山区科技路1号") == "广东省深圳市南山区***"
     assert masks.mask_address("科技路1号") == "***"
@@ -148,6 +149,17 @@ def test_default_masks() -> None:
 def test_masks_hide_the_middle(number: str) -> None:
     m = masks.mask_mobile(number)
     assert m[:3] == number[:3] and m[-4:] == number[-4:] and m[3:7] == "****"
+
+
+@pytest.mark.parametrize(("value", "shown"), [
+    ("13333515", "******15"), ("133302505", "*******05"), ("1333", "****"), ("133351", "****51"),
+    ("1333025050", "********50"), ("110105194912310", "110********2310"),
+])
+def test_a_value_of_an_odd_length_shows_little_of_itself(value: str, shown: str) -> None:
+    # a rejected row's mobile of 8 digits must not come back with 7 of them
+    assert masks.mask_mobile(value) == shown or masks.mask_id_number(value) == shown
+    for m in (masks.mask_mobile(value), masks.mask_id_number(value)):
+        assert m.count("*") >= max(4, len(value) // 2)
 
 
 def test_the_control_character_check_is_exactly_unicode_category_cc() -> None:

@@ -11,10 +11,23 @@ from collections.abc import Callable
 from pivault.model import address as _address
 
 
+def _ends(v: str, head: int, tail: int) -> str:
+    """``head`` first and ``tail`` last characters, if at least four stay hidden between them.
+
+    A value of an odd length (a rejected row's mobile of 8 or 9 digits, say)
+    would otherwise show nearly all of itself: then only its last two
+    characters are shown, and nothing of a value shorter than six.
+    """
+    n = len(v)
+    if n >= head + tail + 4:
+        return v[:head] + "*" * (n - head - tail) + v[n - tail:]
+    if n >= 6:
+        return "*" * (n - 2) + v[-2:]
+    return "*" * n
+
+
 def mask_id_number(v: str) -> str:
-    if len(v) <= 7:
-        return "*" * len(v)
-    return v[:3] + "*" * (len(v) - 7) + v[-4:]
+    return _ends(v, 3, 4)
 
 
 def mask_id_number_ends(v: str) -> str:
@@ -32,17 +45,20 @@ def mask_id_number_ends(v: str) -> str:
 
 
 def mask_mobile(v: str) -> str:
-    if len(v) <= 7:
-        return "*" * len(v)
-    return v[:3] + "*" * (len(v) - 7) + v[-4:]
+    return _ends(v, 3, 4)
 
 
 def mask_name(v: str) -> str:
+    """The first character only (``张*``); in a name written in Latin letters, the first word's.
+
+    Every word's initial (``Z**** J** H**``) is most of what tells one resident
+    from another of the same surname.
+    """
     if not v:
         return v
     if v.isascii():
-        parts = v.split(" ")
-        return " ".join(p[0] + "*" * (len(p) - 1) if p else p for p in parts)
+        first, *rest = v.split(" ")
+        return " ".join([first[:1] + "*" * (len(first) - 1), *("*" * len(p) for p in rest)])
     return v[0] + "*" * (len(v) - 1)
 
 
