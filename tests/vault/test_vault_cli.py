@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 from pathlib import Path
 
@@ -154,3 +155,55 @@ def test_cli_import_chunk_size(app: typer.Typer, env: dict[str, str], tmp_path: 
     for p in (people[0], people[24]):
         r = run(app, ["find", "--id-number", p["id_number"], "--json"], env=env)
         assert r.exit_code == 0 and len(json.loads(r.stdout)) == 1
+
+
+def _cell_traces(cell: str) -> set[str]:
+    """A cell and what it reads as in the encodings the test uses (its mojibake)."""
+    raw = cell.encode("utf-8")
+    return {cell, *(raw.decode(enc, errors="replace") for enc in ("gb18030", "latin-1", "big5"))}
+
+
+def test_cli_import_header_errors_show_no_cell(app: typer.Typer, env: dict[str, str],
+                                               tmp_path: Path) -> None:
+    """A file without a header, or read in the wrong encoding: columns by position, never a value."""
+    run = CliRunner().invoke
+    assert run(app, ["init", "--expected-population", "1000"], env=env).exit_code == 0
+    people = make_residents(3, seed=53)
+    broken_id = people[0]["id_number"][:17] + ("0" if people[0]["id_number"][17] != "0" else "1")
+    rows = [[people[0]["name"], broken_id, people[0]["address"]],
+            *([p["name"], p["id_number"], p["mobile"]] for p in people[1:])]
+    nohdr = tmp_path / "nohdr.csv"
+    nohdr.write_text("".join(",".join(r) + "\n" for r in rows), encoding="utf-8")
+    # no ID number in the first row: only names and addresses
+    names = tmp_path / "names.csv"
+    names.write_text("".join(f"{p['name']},{p['address']}\n" for p in people), encoding="utf-8")
+    traces = {t for r in rows for c in r for t in _cell_traces(c)}
+    traces |= {t for p in people for c in (p["name"], p["address"]) for t in _cell_traces(c)}
+    cases = [
+        ([str(nohdr)], "import.no_header"),
+        ([str(nohdr), "--encoding", "gb18030"], "import.no_header"),
+        ([str(names)], "import.header"),
+        ([str(names), "--encoding", "gb18030"], "import.header"),
+        ([str(names), "--encoding", "latin-1"], "import.header"),
+        ([str(names), "--encoding", "big5"], "import.header"),
+    ]
+    for args, code in cases:
+        r = run(app, ["import", *args], env=env)
+        assert r.exit_code == 2 and "Traceback" not in r.output, (args, r.output)
+        # a wrong encoding may show already in the header's bytes: no header to map then
+        assert r.stderr.startswith((f"error[{code}]:", "error[import.encoding]:")), (args, r.output)
+        assert "--map" in r.stderr or "--encoding" in r.stderr or "header line" in r.stderr
+        # no quote of any cell, in the file's encoding or another
+        assert not re.search(r"'[^'\s]+'|\"[^\"\s]+\"", r.output), args
+        for t in traces:
+            assert t not in r.output, args
+    r = run(app, ["import", str(nohdr)], env=env)
+    assert "#1 (Chinese text), #2 (looks like an ID number), #3 (Chinese text)" in r.stderr
+    r = run(app, ["import", str(names)], env=env)
+    assert "#1 (Chinese text), #2 (Chinese text)" in r.stderr
+    r = run(app, ["import", str(names), "--map", f"name={people[0]['name']}", "--map", "id_number=x"],
+            env=env)
+    assert r.exit_code == 2 and "error[import.mapping]" in r.stderr
+    assert people[0]["name"] not in r.output
+    r = run(app, ["stats", "--json"], env=env)
+    assert json.loads(r.stdout)["imports"]["batches"] == 0

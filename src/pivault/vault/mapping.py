@@ -5,6 +5,11 @@ alike. The common names are recognised without help; anything else needs an
 explicit ``--map field=column`` (or ``--ignore column``), and an unknown column
 stops the import *before* any row is read: guessing would put an address in
 the notes field, or silently drop a column the operator thought was kept.
+
+An error names columns by position (``#2``) and the kind of text they hold
+("looks like an ID number"), never by their text: in a file without a header
+row, or one read in the wrong encoding, the "header" is a resident's name,
+ID number and address, and an error message must not carry them.
 """
 
 from __future__ import annotations
@@ -104,7 +109,8 @@ def parse_mapping(specs: Iterable[str]) -> dict[str, str]:
                 raise MappingError("a mapping is written field=column, e.g. name=姓名",
                                    code="import.mapping")
             if field not in PI_FIELDS:
-                raise MappingError(f"unknown field {field!r} in the mapping; fields are "
+                # not echoed: an operator may have written a value where a field belongs
+                raise MappingError("a mapping names an unknown field; fields are "
                                    f"{', '.join(PI_FIELDS)}", code="import.mapping")
             if field in out:
                 raise MappingError(f"field {field!r} is mapped twice", code="import.mapping")
@@ -112,14 +118,42 @@ def parse_mapping(specs: Iterable[str]) -> dict[str, str]:
     return out
 
 
-def _looks_like_data(cell: str) -> bool:
-    return _rid.is_valid(cell) or _mobile.is_valid(cell)
+_ID_SHAPE = re.compile(r"[0-9]{17}[0-9X]|[0-9]{15}")
+_MOBILE_SHAPE = re.compile(r"1[0-9]{10}")
+_DATE_SHAPE = re.compile(r"[0-9]{4}([-/.年])[0-9]{1,2}([-/.月])[0-9]{1,2}日?|(19|20)[0-9]{6}")
+_NUMBER_SHAPE = re.compile(r"[+-]?[0-9][0-9.,\s]*")
+_UNREADABLE = re.compile("[\udc80-\udcff\ufffd\x00-\x08\x0b-\x1f\x7f]")
+#: kinds of a header cell that only a resident's data has, never a column's name
+_DATA_KINDS = ("looks like an ID number", "looks like a mobile number", "looks like a date")
 
 
-def _shown(header: str) -> str:
-    """A header name as an error message may show it (never a long cell)."""
-    h = header.strip()
-    return repr(h if len(h) <= 30 else h[:30] + "…")
+def _kind(cell: str) -> str:
+    """What a header cell looks like, for an error message that must not show it.
+
+    The shapes are loose on purpose (a mistyped check character is still an ID
+    number): a header row that is really a resident's row must be told apart.
+    """
+    v = unicodedata.normalize("NFKC", cell).strip()
+    if not v:
+        return "empty"
+    if _ID_SHAPE.fullmatch(_rid.clean(v)):
+        return "looks like an ID number"
+    if _MOBILE_SHAPE.fullmatch(_mobile.clean(v)):
+        return "looks like a mobile number"
+    if _DATE_SHAPE.fullmatch(v):
+        return "looks like a date"
+    if _NUMBER_SHAPE.fullmatch(v):
+        return "a number"
+    if _UNREADABLE.search(v):
+        return "not readable text in this encoding"
+    if any("\u4e00" <= c <= "\u9fff" or "\u3400" <= c <= "\u4dbf" for c in v):
+        return "Chinese text"
+    return "text"
+
+
+def _columns(positions: Iterable[int]) -> str:
+    """``#2, #5``: columns named by position only."""
+    return ", ".join(f"#{i + 1}" for i in positions)
 
 
 def resolve(
@@ -136,11 +170,14 @@ def resolve(
     required field.
     """
     header = tuple(header)
-    if any(_looks_like_data(h) for h in header):
+    kinds = [_kind(h) for h in header]
+    if any(k in _DATA_KINDS for k in kinds):
         # Never echo the row: it is a resident's data, not a header.
         raise MappingError(
-            "the first row holds an ID or mobile number: the file needs a header row",
-            code="import.no_header", hint="add a header line naming the columns (姓名,身份证号,…)")
+            "the first row looks like data, not a header, so no column can be mapped: "
+            + ", ".join(f"#{i + 1} ({k})" for i, k in enumerate(kinds)), code="import.no_header",
+            hint="add a header line naming the columns (姓名,身份证号,手机号,…); a column with "
+                 "another name is then mapped with --map FIELD=COLUMN")
     by_key: dict[str, list[int]] = {}
     for i, h in enumerate(header):
         by_key.setdefault(_key(h), []).append(i)
@@ -149,11 +186,13 @@ def resolve(
     for field, column in mapping.items():
         found = by_key.get(_key(column))
         if not found:
-            raise MappingError(f"the mapping names column {_shown(column)} for {field}, "
-                               "but the header has no such column", code="import.mapping")
+            raise MappingError(f"the mapping for {field} names a column the header does not have",
+                               code="import.mapping",
+                               hint="the file's first line holds the column names, spelled as --map "
+                                    "must give them")
         if len(found) > 1:
-            raise MappingError(f"column {_shown(column)} appears {len(found)} times in the header",
-                               code="import.header")
+            raise MappingError(f"the column mapped to {field} appears {len(found)} times in the "
+                               f"header ({_columns(found)})", code="import.header")
         positions[found[0]] = field
     ignore_keys = {_key(c) for c in ignore}
     ignored: list[str] = []
@@ -167,25 +206,24 @@ def resolve(
             continue
         known = _KNOWN.get(k)
         if known is None:
-            if not k:
-                unknown.append(f"#{i + 1} (empty)")
-            else:
-                unknown.append(f"#{i + 1} {_shown(h)}")
+            unknown.append(f"#{i + 1} ({kinds[i]})")
             continue
         if known in mapping:
             # the operator chose another column for this field: this one is not imported
             ignored.append(h)
             continue
         if known in positions.values():
+            first = next(j for j, f in positions.items() if f == known)
             raise MappingError(f"columns for {known} appear more than once in the header "
-                               f"(column #{i + 1} {_shown(h)}); choose one with --map {known}=COLUMN",
+                               f"({_columns((first, i))}); choose one with --map {known}=COLUMN",
                                code="import.header")
         positions[i] = known
     if unknown:
         raise MappingError(
             "the header has columns pivault does not recognise: " + ", ".join(unknown),
             hint="map them with --map FIELD=COLUMN (fields: " + ", ".join(PI_FIELDS)
-                 + ") or leave them out with --ignore COLUMN")
+                 + ") or leave them out with --ignore COLUMN, naming each column as the file's "
+                   "first line does")
     missing = [f for f in REQUIRED_FIELDS if f not in positions.values()]
     if missing:
         raise MappingError("the header has no column for " + " and ".join(missing),
