@@ -207,3 +207,23 @@ def test_cli_import_header_errors_show_no_cell(app: typer.Typer, env: dict[str, 
     assert people[0]["name"] not in r.output
     r = run(app, ["stats", "--json"], env=env)
     assert json.loads(r.stdout)["imports"]["batches"] == 0
+
+
+def test_cli_import_refuses_unreadable_encodings(app: typer.Typer, env: dict[str, str],
+                                                  tmp_path: Path) -> None:
+    """Codecs the CSV reader cannot read a row at a time: one line, exit 2, no batch begun."""
+    run = CliRunner().invoke
+    assert run(app, ["init", "--expected-population", "1000"], env=env).exit_code == 0
+    people = make_residents(3, seed=54)
+    src = tmp_path / "people.csv"
+    src.write_text("name,id_number\n" + "".join(f"{p['name']},{p['id_number']}\n" for p in people),
+                   encoding="utf-8")
+    for enc in ("utf-16", "utf-16-le", "utf-32", "utf-7", "rot13", "base64", "hex", "no-such-codec"):
+        r = run(app, ["import", str(src), "--encoding", enc], env=env)
+        assert r.exit_code == 2, (enc, r.output)
+        assert r.stderr.startswith("error[import.encoding]:") and "Traceback" not in r.output, enc
+        assert len(r.stderr.splitlines()) == 2 and "hint:" in r.stderr, enc  # the line and its hint
+    r = run(app, ["stats", "--json"], env=env)
+    assert json.loads(r.stdout)["imports"]["batches"] == 0
+    r = run(app, ["import", str(src), "--encoding", "UTF8", "--json"], env=env)
+    assert r.exit_code == 0 and json.loads(r.stdout)["imported"] == 3, r.output

@@ -132,11 +132,34 @@ def detect_encoding(path: Path) -> str:
 
 
 def _check_encoding(name: str) -> str:
+    """The codec's name, if the files can be read in it; one clear error otherwise.
+
+    Accepted: text encodings in which every ASCII byte stands for itself (UTF-8,
+    GB18030, GBK, Big5, Latin-1 …). There the delimiters, quotes and line ends
+    are what the CSV reader looks for, and a byte that does not decode becomes a
+    reject of its row. In UTF-16, UTF-32, UTF-7 or the ISO-2022 and escape
+    codecs they are not, and a bad byte would stop the import half-way through a
+    batch that every rerun would stop in again; ``rot13``, ``base64`` and their
+    like do not turn bytes into text at all. All are refused before any batch.
+    """
     try:
-        return codecs.lookup(name).name
+        info = codecs.lookup(name)
     except LookupError:
         raise ReaderError("unknown text encoding", code="import.encoding",
                           hint="use utf-8, utf-8-sig, gb18030 or gbk") from None
+    if not getattr(info, "_is_text_encoding", True):
+        raise ReaderError(f"{info.name} is not a text encoding", code="import.encoding",
+                          hint="use utf-8, utf-8-sig, gb18030 or gbk") from None
+    try:
+        ascii_safe = all(bytes([b]).decode(info.name) == chr(b) for b in range(128))
+    except UnicodeError:
+        ascii_safe = False
+    if not ascii_safe:
+        raise ReaderError(f"{info.name} files are not supported: pivault reads encodings that keep "
+                          "every ASCII byte as it is (utf-8, gb18030, gbk, big5, latin-1 …)",
+                          code="import.encoding",
+                          hint=f"convert the file to UTF-8 (iconv -f {info.name} -t UTF-8)")
+    return info.name
 
 
 def open_source(path: str | os.PathLike[str], *, encoding: str | None = None,
