@@ -33,8 +33,9 @@ class ValidationError(PivaultError, ValueError):
 
     code = "invalid"
 
-    def __init__(self, code: str, message: str, *, field: str | None = None) -> None:
-        super().__init__(message, code=code)
+    def __init__(self, code: str, message: str, *, field: str | None = None,
+                 hint: str | None = None) -> None:
+        super().__init__(message, code=code, hint=hint)
         self.field = field
 
 

@@ -304,3 +304,20 @@ def test_cli_writes_and_summarises(tmp_path: Path) -> None:
 def _written(path: Path, count: int, seed: int, rate: float) -> bytes:
     write_population(path, count, seed, bad_rate=rate)
     return path.read_bytes()
+
+
+def test_cli_errors_are_one_line_and_leave_no_file(tmp_path: Path) -> None:
+    """A missing directory or a bad option: one line, exit 2, nothing written."""
+    app = typer.Typer()
+    app.command()(synth_command)
+    r = CliRunner().invoke(app, ["--count", "3", "--out", str(tmp_path / "missing" / "x.csv")])
+    assert r.exit_code == 2 and r.stderr.startswith("error[synth.out]:"), r.output
+    assert "Traceback" not in r.output and "hint:" in r.stderr
+    r = CliRunner().invoke(app, ["--count", "3", "--out", str(tmp_path / "x.jsonl"),
+                                 "--encoding", "gb18030"])
+    assert r.exit_code == 2 and r.stderr.startswith("error[synth.options]:"), r.output
+    # the output cannot be opened after the labels file was: neither is left behind
+    (tmp_path / "taken.csv").mkdir()
+    r = CliRunner().invoke(app, ["--count", "3", "--out", str(tmp_path / "taken.csv")])
+    assert r.exit_code == 1 and r.stderr.startswith("error[io]:"), r.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["taken.csv"]

@@ -7,9 +7,12 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
+from pivault.cli.common import run_cli
+from pivault.errors import ValidationError
 from pivault.synth import write_population
 
 
+@run_cli
 def synth(
     count: int = typer.Option(..., "--count", min=0, help="Number of residents to write."),
     seed: int = typer.Option(0, "--seed", help="The same seed gives the same file, byte for byte."),
@@ -21,13 +24,18 @@ def synth(
     encoding: str = typer.Option("utf-8", "--encoding", help="utf-8, or gb18030 for CSV."),
 ) -> None:
     """Write a synthetic population of residents (no real person in it)."""
-    console = Console()
+    # checked first: the labels file is opened before the output, and neither should be
+    # half-made because the other cannot be
+    if not out.parent.is_dir():
+        raise ValidationError("synth.out", f"the directory of --out {out.name} does not exist",
+                              hint="create it first (mkdir -p), or write the file elsewhere")
     try:
         summary = write_population(out, count, seed, bad_rate=bad_rate, encoding=encoding)
+    except ValidationError:
+        raise
     except ValueError as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(2) from None
-    console.print(
+        raise ValidationError("synth.options", str(exc)) from None
+    Console().print(
         f"wrote [bold]{summary.rows:,}[/bold] rows ([bold]{summary.bad_rows:,}[/bold] bad) "
         f"to {summary.path} in {summary.seconds:.2f} s; labels in {summary.labels_path}",
         highlight=False, soft_wrap=True,

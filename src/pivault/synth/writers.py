@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
 import time
@@ -212,13 +213,24 @@ def write_population(
     labels_path = labels_path_for(path)
     tally: Counter[str] = Counter()
     started = time.perf_counter()
-    with labels_path.open("w", encoding="utf-8", newline="") as labels:
-        if kind == "parquet":
-            bad = _write_parquet(path, labels, count, seed, bad_rate, as_of, tally)
-        else:
-            with path.open("wb") as out:
-                writer = _write_csv if kind == "csv" else _write_jsonl
-                bad = writer(out, labels, count, seed, bad_rate, as_of, tally, enc)
+    opened: list[Path] = []
+    try:
+        with labels_path.open("w", encoding="utf-8", newline="") as labels:
+            opened.append(labels_path)
+            if kind == "parquet":
+                opened.append(path)
+                bad = _write_parquet(path, labels, count, seed, bad_rate, as_of, tally)
+            else:
+                with path.open("wb") as out:
+                    opened.append(path)
+                    writer = _write_csv if kind == "csv" else _write_jsonl
+                    bad = writer(out, labels, count, seed, bad_rate, as_of, tally, enc)
+    except BaseException:
+        # a half-written population would read as a whole one: leave none behind
+        for p in opened:
+            with contextlib.suppress(OSError):
+                p.unlink()
+        raise
     return SynthSummary(
         path=path, labels_path=labels_path, format=kind, encoding=enc, rows=count, bad_rows=bad,
         kinds=dict(sorted(tally.items())), seconds=time.perf_counter() - started,
