@@ -227,3 +227,21 @@ def test_cli_import_refuses_unreadable_encodings(app: typer.Typer, env: dict[str
     assert json.loads(r.stdout)["imports"]["batches"] == 0
     r = run(app, ["import", str(src), "--encoding", "UTF8", "--json"], env=env)
     assert r.exit_code == 0 and json.loads(r.stdout)["imported"] == 3, r.output
+
+
+def test_cli_import_workers_are_bounded(app: typer.Typer, env: dict[str, str], tmp_path: Path) -> None:
+    """--workers is 0 to 64 like serve's: a typo forks nothing and begins no batch."""
+    run = CliRunner().invoke
+    assert run(app, ["init", "--expected-population", "1000"], env=env).exit_code == 0
+    people = make_residents(4, seed=55)
+    src = tmp_path / "few.csv"
+    src.write_text("name,id_number\n" + "".join(f"{p['name']},{p['id_number']}\n" for p in people),
+                   encoding="utf-8")
+    for bad in ("1000", "65", "-1"):
+        r = run(app, ["import", str(src), "--workers", bad], env=env)
+        assert r.exit_code == 2 and r.stderr.startswith("error[import.workers]:"), (bad, r.output)
+        assert "between 0 and 64" in r.stderr
+    r = run(app, ["stats", "--json"], env=env)
+    assert json.loads(r.stdout)["imports"]["batches"] == 0
+    r = run(app, ["import", str(src), "--workers", "1", "--json"], env=env)
+    assert r.exit_code == 0 and json.loads(r.stdout)["files"][0]["workers"] == 1, r.output

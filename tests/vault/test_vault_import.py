@@ -11,6 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 from vault_support import make_residents
 
+from pivault.errors import ValidationError
 from pivault.policy import AccessContext
 from pivault.synth import write_population
 from pivault.vault import Vault
@@ -148,6 +149,11 @@ def test_one_bad_file_stops_before_any_import(sqlite_vault: Vault, tmp_path: Pat
     assert sqlite_vault.store.count() == 0
     with pytest.raises(ReaderError):
         sqlite_vault.import_files([tmp_path / "missing.csv"])
+    for workers in (-1, 1000):
+        with pytest.raises(ValidationError) as info:
+            sqlite_vault.import_files([good], workers=workers)
+        assert info.value.code == "import.workers"
+    assert sqlite_vault.db.query("SELECT COUNT(*) FROM import_batches")[0][0] == 0
 
 
 def test_undecodable_bytes_and_structural_errors_are_rejects(sqlite_vault: Vault, tmp_path: Path,

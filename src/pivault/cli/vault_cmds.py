@@ -164,7 +164,7 @@ def import_(
     on_duplicate: Annotated[str, typer.Option(
         "--on-duplicate", help="skip | update | reject rows whose ID number is already known.")] = "skip",
     workers: Annotated[int | None, typer.Option(
-        "--workers", help="Worker processes (default: by file size; 0 = one process).")] = None,
+        "--workers", help="Worker processes, 0 to 64 (default: by file size; 0 = one process).")] = None,
     chunk_size: Annotated[int | None, typer.Option(
         "--chunk-size", help="Rows committed per transaction (default 10,000). Smaller chunks hold less"
         " memory on large SQLite vaults and import more slowly (docs/import.md).")] = None,
@@ -172,9 +172,13 @@ def import_(
     json_out: JsonOpt = False,
 ) -> None:
     """Import residents; bad rows go to the reject table. Safe to interrupt and rerun."""
+    from pivault.vault.imports import WORKERS_LIMIT
     from pivault.vault.mapping import parse_mapping
 
     mapping = parse_mapping(map_ or [])
+    if workers is not None and not 0 <= workers <= WORKERS_LIMIT:
+        raise ValidationError("import.workers", f"--workers is between 0 and {WORKERS_LIMIT} "
+                              "(0 = one process)")
     if on_duplicate not in ("skip", "update", "reject"):
         raise ValidationError("import.on_duplicate", "--on-duplicate is skip, update or reject")
     if chunk_size is not None and not 1 <= chunk_size <= 1_000_000:

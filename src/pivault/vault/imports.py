@@ -55,6 +55,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_CHUNK",
+    "WORKERS_LIMIT",
     "FileSummary",
     "ImportConflict",
     "ImportProgress",
@@ -116,6 +117,9 @@ PARALLEL_MIN_ROWS = 5_000
 #: the parent commits every chunk; past this many workers it is the bottleneck
 #: (it spends ~40% of a row's CPU time: reading, duplicate checks, inserts)
 MAX_WORKERS = 4
+#: the most worker processes a caller may ask for (as ``serve --workers``): each is a
+#: forked process, and a typo must not fork a thousand
+WORKERS_LIMIT = 64
 _DUPLICATE_POLICIES = ("skip", "update", "reject")
 
 
@@ -651,6 +655,9 @@ def import_files(
     if on_duplicate not in _DUPLICATE_POLICIES:
         raise ValidationError("import.on_duplicate",
                               "on_duplicate is one of " + ", ".join(_DUPLICATE_POLICIES))
+    if workers is not None and not 0 <= workers <= WORKERS_LIMIT:
+        raise ValidationError("import.workers", f"--workers is between 0 and {WORKERS_LIMIT} "
+                              "(0 = one process)")
     vault._authorise(ctx, "import", PI_FIELDS)
     started = time.monotonic()
     # every header is checked before any row of any file is imported
@@ -705,7 +712,7 @@ def _import_file(
     checks = vault.checks
     if seen is not None:
         committer.sole = _SoleWriter.start(db)
-    n_workers = _auto_workers(source) if workers is None else max(0, int(workers))
+    n_workers = _auto_workers(source) if workers is None else int(workers)
     summary.workers = n_workers
     unit = "rows" if source.format == "parquet" else "bytes"
     chunks = _chunks(source.rows(skip=skip, columns=sorted(positions)), chunk_size)
