@@ -119,6 +119,21 @@ def test_loopback_and_preflight_rules(home: Path) -> None:
         assert not is_loopback(h)
     with pytest.raises(ServeRefused):
         preflight(ServeOptions(home=str(home), workers=0))
+    for kw in ({"max_body": 0}, {"max_body": -1}, {"timeout": 0.0}, {"timeout": -5.0},
+               {"timeout": float("nan")}):
+        with pytest.raises(ServeRefused):
+            preflight(ServeOptions(home=str(home), **kw))  # type: ignore[arg-type]
+
+
+def test_nonsense_limits_refuse_to_start(home: Path) -> None:
+    """A body limit or timeout that would refuse every request: one line, exit 2, not started."""
+    for args, what in ((("--max-body", "-1"), "--max-body"), (("--max-body", "0"), "--max-body"),
+                       (("--timeout", "0"), "--timeout"), (("--timeout", "-1"), "--timeout")):
+        r = subprocess.run(serve_cmd(home, "--port", str(free_port()), *args), env=server_env(home),
+                           capture_output=True, timeout=60)
+        err = r.stderr.decode()
+        assert r.returncode == 2 and err.startswith("error[serve.refused]:") and what in err, (args, err)
+        assert "Traceback" not in err and len(err.splitlines()) == 1
 
 
 def test_serve_on_any_address_with_tls_starts_and_prints_what_it_exposes(home: Path, tmp_path: Path) -> None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import functools
 import ipaddress
 import json
+import math
 import os
 import ssl
 import stat
@@ -187,6 +188,11 @@ def preflight(opts: ServeOptions, tokens: TokenStore | None = None) -> Preflight
         raise ServeRefused("--head-timeout is more than 0 and at most 300 seconds")
     if not (1 <= opts.max_client_connections <= LIMIT_CONCURRENCY):
         raise ServeRefused(f"--max-client-connections is between 1 and {LIMIT_CONCURRENCY}")
+    # a service that answers every request 413, or times every one out, is not started
+    if opts.max_body < 1:
+        raise ServeRefused("--max-body is the largest request body in bytes: at least 1")
+    if not (math.isfinite(opts.timeout) and opts.timeout > 0):
+        raise ServeRefused("--timeout is the longest request in seconds: more than 0")
     _check_tls(opts)
     counters, counters_url = _check_counters(opts)
     policy, path = load_policy(opts)
