@@ -91,6 +91,11 @@ def test_alerts_list_and_ack(home: Path, app: typer.Typer) -> None:
     assert "(none)" in r.output
     r = CliRunner().invoke(app, ["alerts", "ack", alerts[0]["alert_id"]])
     assert r.exit_code == 1 and "alert.not_found" in r.output
+    r = CliRunner().invoke(app, ["alerts", "list", "--severity", "warning", "--json"])
+    assert r.exit_code == 0 and len(json.loads(r.output)) == 1
+    r = CliRunner().invoke(app, ["alerts", "list", "--severity", "extreme"])
+    assert r.exit_code == 2 and r.output.startswith("error[alerts.severity]:"), r.output
+    assert "info, warning or critical" in r.output
 
 
 def test_canary_seed(home: Path, app: typer.Typer) -> None:

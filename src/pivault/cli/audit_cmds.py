@@ -248,7 +248,12 @@ def alerts_list(
 ) -> None:
     """Alerts, newest first."""
     from pivault.detect import list_alerts
+    from pivault.detect.alerts import SEVERITIES
 
+    if severity is not None and severity not in SEVERITIES:
+        # an unknown severity would list nothing, which reads as "no alerts"
+        raise ValidationError("alerts.severity", "--severity is " + ", ".join(SEVERITIES[:-1])
+                              + " or " + SEVERITIES[-1])
     cfg = _config(home)
     with _db(cfg, migrate=True) as db:
         got = list_alerts(db, unacked=unacked, since=_when(since), rule=rule, severity=severity, limit=limit)
