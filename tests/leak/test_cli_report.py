@@ -111,6 +111,9 @@ def test_bad_input_is_one_clear_line(cli: tuple[CliRunner, typer.Typer, Path, li
     r = runner.invoke(app, ["export", "request", "--recipient", "R", "--purpose", "p", "--fields", "notes",
                             "--selection", "region=31"])
     assert r.exit_code == 2 and "error[export.untraceable]" in r.output
+    r = runner.invoke(app, ["export", "request", "--recipient", "R", "--purpose", "Bad Purpose",
+                            "--fields", "name", "--selection", "region=31"])
+    assert r.exit_code == 2 and "error[purpose.invalid]" in r.output
 
 
 def _cases() -> int:

@@ -245,3 +245,21 @@ def test_cli_import_workers_are_bounded(app: typer.Typer, env: dict[str, str], t
     assert json.loads(r.stdout)["imports"]["batches"] == 0
     r = run(app, ["import", str(src), "--workers", "1", "--json"], env=env)
     assert r.exit_code == 0 and json.loads(r.stdout)["files"][0]["workers"] == 1, r.output
+
+
+def test_cli_purpose_is_a_name(app: typer.Typer, env: dict[str, str], tmp_path: Path) -> None:
+    """--purpose as the API takes X-Purpose: free text is refused, unrepeated and unaudited."""
+    run = CliRunner().invoke
+    assert run(app, ["init", "--expected-population", "1000"], env=env).exit_code == 0
+    person = make_residents(1, seed=56)[0]
+    for bad in ("Bad Purpose", f"call {person['name']}", "x" * 65, "9lives", "", "lookup\n"):
+        for cmd in (["find", "--id-number", person["id_number"]], ["get", "r_" + "0" * 26]):
+            r = run(app, [*cmd, "--purpose", bad], env=env)
+            assert r.exit_code == 2 and r.stderr.startswith("error[purpose.invalid]:"), (bad, r.output)
+            assert person["name"] not in r.output
+    r = run(app, ["find", "--id-number", person["id_number"], "--purpose", "case-17.review_2"], env=env)
+    assert r.exit_code == 0, r.output
+    with sqlite3.connect(Path(env["PIVAULT_HOME"]) / "vault.db") as raw:
+        purposes = {p for (p,) in raw.execute("SELECT purpose FROM audit_entries")}
+    assert "case-17.review_2" in purposes
+    assert not any(" " in p or person["name"] in p for p in purposes)

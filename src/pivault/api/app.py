@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 import sys
 import threading
 import time
@@ -37,7 +36,7 @@ from pivault.api import schemas as s
 from pivault.api.middleware import AccessLog, Message, Receive, Scope, Send, ServiceMiddleware
 from pivault.api.problems import Problem, problem_response, validation_problem
 from pivault.errors import NotFoundError, PivaultError, ValidationError
-from pivault.policy.context import AccessContext
+from pivault.policy.context import PURPOSE_NAME, AccessContext
 from pivault.policy.guard import PolicyGuard
 from pivault.policy.policy import PI_OPERATIONS, WRITABLE_FIELDS, Policy, PolicyError
 from pivault.policy.tokens import AuthError, TokenInfo, TokenStore, parse_duration
@@ -48,7 +47,7 @@ __all__ = ["OPEN_PATHS", "ROUTES", "PolicyHolder", "ServiceConfig", "VaultLike",
 #: the only paths a caller without a token may reach
 OPEN_PATHS: frozenset[str] = frozenset({"/healthz"})
 LOOKUP_PATH = "/v1/residents/lookup"
-_PURPOSE = re.compile(r"[a-z][a-z0-9_.-]{0,63}")
+_PURPOSE = PURPOSE_NAME
 _RECORD_ID = r"^r_[0-9a-z]{26}$"
 _TOKEN_ID = r"^[0-9a-f]{16}$"
 #: the policy's operations -> the Vault's names for them (as the audit trail records them)

@@ -29,6 +29,20 @@ HomeOpt = Annotated[Path | None, typer.Option(
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 
 
+def check_purpose(purpose: str) -> str:
+    """A ``--purpose`` as the API takes ``X-Purpose``: a name, recorded in the audit trail as given.
+
+    Free text is refused, and not repeated in the error: it may hold a resident's name.
+    """
+    from pivault.policy.context import PURPOSE_NAME
+
+    if not PURPOSE_NAME.fullmatch(purpose):
+        raise ValidationError("purpose.invalid", "--purpose is a purpose name: a lower-case letter, "
+                              "then lower-case letters, digits, _ . - (at most 64)",
+                              hint="e.g. --purpose identity_verification")
+    return purpose
+
+
 def err(text: str) -> None:
     sys.stderr.write(text + "\n")
     sys.stderr.flush()

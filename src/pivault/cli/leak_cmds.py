@@ -15,7 +15,7 @@ from typing import Annotated, Any
 
 import typer
 
-from pivault.cli.common import HomeOpt, JsonOpt, err, run_cli
+from pivault.cli.common import HomeOpt, JsonOpt, check_purpose, err, run_cli
 from pivault.cli.common import print_json as _print_json
 
 __all__ = ["export_app", "leak_app", "register"]
@@ -65,6 +65,7 @@ def export_request(
     """Request an export; another principal with an approver role must approve it."""
     from pivault.leak import exports
 
+    check_purpose(purpose)
     with _open(home) as vault:
         info = exports.request(vault, exports.Selection.parse(selection), recipient=recipient,
                                purpose=purpose, fields=fields.split(","),

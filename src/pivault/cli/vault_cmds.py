@@ -17,7 +17,7 @@ from typing import Annotated, Any, ParamSpec, TypeVar
 
 import typer
 
-from pivault.cli.common import HomeOpt, JsonOpt, run_cli
+from pivault.cli.common import HomeOpt, JsonOpt, check_purpose, run_cli
 from pivault.cli.common import print_json as _print_json
 from pivault.errors import ValidationError
 
@@ -255,6 +255,7 @@ def find(
     json_out: JsonOpt = False,
 ) -> None:
     """Find residents by ID number, mobile, or name and birth date (exact matches)."""
+    check_purpose(purpose)
     with _open(home) as vault:
         found = vault.find(id_number=id_number, mobile=mobile, name=name, birth_date=birth_date,
                            ctx=_ctx(purpose, reveal))
@@ -270,6 +271,7 @@ def get(
     json_out: JsonOpt = False,
 ) -> None:
     """Show one record."""
+    check_purpose(purpose)
     with _open(home) as vault:
         rec = vault.get(record_id, ctx=_ctx(purpose, reveal))
     _print_records([rec], json_out)

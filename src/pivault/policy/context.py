@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import os
+import re
 import secrets
 from dataclasses import dataclass, field
+
+#: a stated purpose: a name like the policy's purposes (lower-case letters, digits, ``_ . -``,
+#: at most 64), never free text, which could carry a resident's name into the audit trail
+PURPOSE_NAME = re.compile(r"[a-z][a-z0-9_.-]{0,63}")
 
 
 def new_request_id() -> str:
