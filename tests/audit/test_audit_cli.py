@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -105,3 +108,17 @@ def test_canary_seed(home: Path, app: typer.Typer) -> None:
     with Database(load(home).store_url) as db:
         assert db.query_one("SELECT COUNT(*) FROM canary_registry") == (3,)
         assert len(db.query("SELECT record_ids FROM audit_entries WHERE operation = 'put'")) == 3
+
+
+def test_a_reader_that_stops_early_ends_the_command_quietly(home: Path) -> None:
+    """`pivault audit show | head -1`: no "Broken pipe" error, no complaint at exit."""
+    _fill(home, 40)
+    for args in (["audit", "show"], ["audit", "show", "--json"], ["version"]):
+        read_end, write_end = os.pipe()
+        os.close(read_end)  # the reader is gone before the first byte
+        try:
+            r = subprocess.run([sys.executable, "-m", "pivault.cli.main", *args], stdout=write_end,
+                               stderr=subprocess.PIPE, env=os.environ.copy(), timeout=60)
+        finally:
+            os.close(write_end)
+        assert r.stderr == b"" and r.returncode == 1, (args, r.stderr.decode())

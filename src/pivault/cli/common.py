@@ -3,6 +3,8 @@
 A command never ends in a traceback: a pivault error is one line
 ``error[<code>]: <message>`` (plus a hint) on stderr and an exit status —
 2 for bad input or configuration, 1 for anything else, 130 when interrupted.
+When the reader of stdout goes away (``pivault audit show | head -1``) the
+command stops without a word and exits 1, as Python's own recipe for it does.
 Messages come from :class:`pivault.errors.PivaultError`, which never carries
 a value, so no PI reaches the terminal through an error.
 """
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -52,6 +55,20 @@ def print_json(obj: Any) -> None:
     typer.echo(json.dumps(obj, ensure_ascii=False, indent=2, default=str))
 
 
+def silence_stdout() -> None:
+    """Send what is left for stdout to /dev/null, after its reader closed the pipe.
+
+    Python flushes stdout at exit; without this, the output still buffered
+    would fail again there and print a complaint of its own.
+    """
+    try:
+        fd = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(fd, sys.stdout.fileno())
+        os.close(fd)
+    except (OSError, ValueError):  # no file descriptor behind stdout (a test's capture)
+        pass
+
+
 def run_cli(fn: Callable[P, R]) -> Callable[P, R]:
     """Turn pivault errors into one clear line and an exit status, never a traceback."""
 
@@ -64,6 +81,10 @@ def run_cli(fn: Callable[P, R]) -> Callable[P, R]:
             if exc.hint:
                 err(f"  hint: {exc.hint}")
             raise typer.Exit(2 if isinstance(exc, ValidationError | ConfigError) else 1) from None
+        except BrokenPipeError:
+            # the reader has what it wanted (`| head`): not an error to report
+            silence_stdout()
+            raise typer.Exit(1) from None
         except KeyboardInterrupt:
             err("error[interrupted]: stopped; committed work is kept — run the same command "
                 "again to resume")

@@ -6,9 +6,12 @@ them, so ``pivault --help`` reads like the library's table of contents.
 
 from __future__ import annotations
 
+import sys
+
 import typer
 
 from pivault import __version__
+from pivault.cli.common import silence_stdout
 
 app = typer.Typer(
     name="pivault",
@@ -41,8 +44,24 @@ def _register() -> None:
 _register()
 
 
-def main() -> None:  # pragma: no cover - console entry point
-    app()
+def main() -> None:
+    """The console entry point: run :data:`app`, then flush stdout while a failure can be told.
+
+    A reader that closed the pipe early (``pivault audit show | head -1``) ends
+    the command quietly with status 1, as Python's recipe for a broken pipe
+    does, rather than with a complaint from the flush at exit.
+    """
+    code: int | str | None = 0
+    try:
+        app()
+    except SystemExit as exc:
+        code = exc.code
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        silence_stdout()
+        code = 1
+    sys.exit(code)
 
 
 if __name__ == "__main__":  # pragma: no cover
