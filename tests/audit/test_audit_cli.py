@@ -79,8 +79,11 @@ def test_prune_dry_run_and_floor(home: Path, app: typer.Typer) -> None:
     _fill(home, 3)
     r = CliRunner().invoke(app, ["audit", "prune"])
     assert r.exit_code == 0 and "would delete 0 entries" in r.output
-    r = CliRunner().invoke(app, ["audit", "prune", "--keep-days", "30", "--yes"])
-    assert r.exit_code == 1 and "error[audit.retention]" in r.output
+    for args in (["--keep-days", "30", "--yes"], ["--keep-days", "10"], ["--keep-days", "1095"]):
+        r = CliRunner().invoke(app, ["audit", "prune", *args])
+        assert r.exit_code == 2 and r.output.startswith("error[audit.retention]:"), (args, r.output)
+    r = CliRunner().invoke(app, ["audit", "prune", "--keep-days", "1096"])
+    assert r.exit_code == 0 and "would delete 0 entries" in r.output
 
 
 def test_alerts_list_and_ack(home: Path, app: typer.Typer) -> None:

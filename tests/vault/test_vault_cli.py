@@ -263,3 +263,18 @@ def test_cli_purpose_is_a_name(app: typer.Typer, env: dict[str, str], tmp_path: 
         purposes = {p for (p,) in raw.execute("SELECT purpose FROM audit_entries")}
     assert "case-17.review_2" in purposes
     assert not any(" " in p or person["name"] in p for p in purposes)
+
+
+def test_cli_bad_argument_values_exit_2(app: typer.Typer, env: dict[str, str], tmp_path: Path) -> None:
+    """A value out of an option's range is bad input (exit 2), said before anything is made."""
+    run = CliRunner().invoke
+    for population in ("0", "15", "-3", str(10**13)):
+        r = run(app, ["init", "--expected-population", population], env=env)
+        assert r.exit_code == 2 and r.stderr.startswith("error[keyring.population]:"), r.output
+    assert not Path(env["PIVAULT_HOME"]).exists() and not (tmp_path / "xdg").exists()
+    assert run(app, ["init", "--expected-population", "16"], env=env).exit_code == 0
+    r = run(app, ["rejects", "show", "--limit", "-1"], env=env)
+    assert r.exit_code == 2
+    # errors that are not about an argument keep their status
+    r = run(app, ["get", "r_" + "0" * 26], env=env)
+    assert r.exit_code == 1 and "error[record.not_found]" in r.stderr

@@ -197,9 +197,13 @@ def audit_prune(
     yes: Annotated[bool, typer.Option("--yes", help="Delete; without it, only say what would go.")] = False,
 ) -> None:
     """Delete entries older than the retention period, up to a signed checkpoint."""
-    from pivault.audit import AuditLog, RetentionPolicy, load_writer, prunable, prune
+    from pivault.audit import MIN_RETENTION_DAYS, AuditLog, RetentionPolicy, load_writer, prunable, prune
     from pivault.policy.context import local_operator
 
+    if keep_days < MIN_RETENTION_DAYS:
+        # a bad argument (exit 2), said before the store is opened; the policy holds the same floor
+        raise ValidationError("audit.retention", f"--keep-days is at least {MIN_RETENTION_DAYS}: audit "
+                              "entries must be kept three years (PIPL art. 56)")
     policy = RetentionPolicy(keep_days=keep_days)
     cfg = _config(home)
     with _db(cfg, migrate=True) as db:

@@ -72,8 +72,14 @@ def init(
 ) -> None:
     """Create a vault: data directory, keyring (kept apart from it) and schema."""
     from pivault.crypto import passphrase_from_env_or_prompt
+    from pivault.crypto.blind import MIN_POPULATION
+    from pivault.crypto.keyring import MAX_POPULATION
     from pivault.vault import home as _home
 
+    if not MIN_POPULATION <= expected_population <= MAX_POPULATION:
+        # a bad argument (exit 2), said before the passphrase is asked for or anything is made
+        raise ValidationError("keyring.population", f"--expected-population is between "
+                              f"{MIN_POPULATION} and {MAX_POPULATION:,}")
     passphrase = passphrase_from_env_or_prompt("New keyring passphrase: ", confirm=True)
     cfg = _home.init(home, passphrase=passphrase, store_url=store, keyring_path=keyring,
                      expected_population=expected_population)
@@ -373,7 +379,7 @@ rejects_app = typer.Typer(help="Rows an import could not accept.", no_args_is_he
 def rejects_show(
     home: HomeOpt = None,
     batch: Annotated[str | None, typer.Option("--batch", help="Only this import batch.")] = None,
-    limit: Annotated[int, typer.Option("--limit", help="At most this many rows.")] = 1000,
+    limit: Annotated[int, typer.Option("--limit", min=1, help="At most this many rows.")] = 1000,
     reveal: RevealOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
