@@ -38,8 +38,8 @@ ROLE_PURPOSE = {"officer": "identity_verification", "registrar": "registration",
 def policy_for_tests() -> str:
     """The shipped policy with read budgets far above what the tests read, plus ``trainee`` and
     ``clerk`` roles whose tiny budgets the budget tests spend."""
-    text = re.sub(r"(?m)^((?:records_per_\w+|misses_per_hour|distinct_per_day) = )\d+", r"\g<1>1000000",
-                  Policy.default_text())
+    text = re.sub(r"(?m)^((?:records_per_\w+|misses_per_hour|distinct_per_day|changes_per_day) = )\d+",
+                  r"\g<1>1000000", Policy.default_text())
     return text + TRAINEE
 
 

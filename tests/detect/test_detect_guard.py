@@ -173,6 +173,28 @@ def test_every_import_chunk_is_in_the_trail(db: Database, keyring: Keyring, tmp_
     assert verify(db, door.verifier, keyring=keyring).ok
 
 
+def test_corrections_and_erasures_are_budgeted(db: Database, keyring: Keyring, tmp_path: Path) -> None:
+    """One token may not rewrite or empty the register without limit: changes have a budget too."""
+    door = make_door(db, keyring, tmp_path / "keys", budget=Budget(changes_per_day=2), residents=4)
+    who = door.reader()
+    (r0, _), (r1, _), (r2, _), _ = door.ids
+    door.vault.update(r0, {"notes": "x"}, ctx=who)
+    door.vault.erase(r1, ctx=who)
+    with pytest.raises(BudgetExceeded) as info:
+        door.vault.erase(r2, ctx=who)
+    assert info.value.rule == "principal.changes_per_day" and "change budget" in str(info.value)
+    assert door.vault.store.get(r2) is not None  # refused before anything was removed
+    with pytest.raises(BudgetExceeded):
+        door.vault.update(r2, {"notes": "y"}, ctx=who)
+    trail = [(e.operation, e.outcome) for e in entries(db, principal=who.principal)]
+    assert trail == [("update", "ok"), ("erase", "ok"), ("erase", "refused"), ("update", "refused")]
+    refusal = next(e for e in entries(db, principal=who.principal) if e.outcome == "refused")
+    assert refusal.detail["rule"] == "principal.changes_per_day" and refusal.detail["requested_changes"] == 1
+    assert "budget.exceeded" in {a["rule"] for a in list_alerts(db)}
+    door.vault.get(r2, ctx=who)  # reads have their own budgets
+    assert verify(db, door.verifier, keyring=keyring).ok
+
+
 def test_registering_a_canarys_number_trips_it(db: Database, keyring: Keyring, tmp_path: Path) -> None:
     """Only someone holding a copy of the vault knows a canary's ID number to try it."""
     door = make_door(db, keyring, tmp_path / "keys", budget=Budget(records_per_minute=100), residents=5)

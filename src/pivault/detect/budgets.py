@@ -7,6 +7,10 @@ its principals together) and for the whole vault. Each budget may set::
     records_per_minute, records_per_hour, records_per_day   records returned
     misses_per_hour                                          lookups that found nothing
     distinct_per_day                                         distinct record ids (UTC day)
+    changes_per_day                                          records corrected or erased
+
+Changes are budgeted because one token able to erase or rewrite records
+without limit could destroy the register as surely as a dump exposes it.
 
 A charge is all-or-nothing across every applicable rule (one Lua script on
 Redis): a request that would exceed any budget is refused whole, and the
@@ -29,13 +33,14 @@ from pivault.policy.context import AccessContext
 __all__ = ["BUDGET_KEYS", "Budget", "BudgetExceeded", "BudgetPolicy", "Budgets", "Charge"]
 
 BUDGET_KEYS = ("records_per_minute", "records_per_hour", "records_per_day", "misses_per_hour",
-               "distinct_per_day")
-_WINDOWS = {"records_per_minute": 60.0, "records_per_hour": 3600.0, "records_per_day": DAY,
-            "misses_per_hour": 3600.0}
+               "distinct_per_day", "changes_per_day")
+#: window rules: seconds, and what they count (0 records returned, 1 misses, 2 records changed)
+_WINDOWS = {"records_per_minute": (60.0, 0), "records_per_hour": (3600.0, 0), "records_per_day": (DAY, 0),
+            "misses_per_hour": (3600.0, 1), "changes_per_day": (DAY, 2)}
 
 
 class BudgetExceeded(PivaultError, PermissionError):
-    """A read budget is spent (HTTP 429 with ``Retry-After``). Names the rule, never the data."""
+    """A read (or change) budget is spent (HTTP 429 with ``Retry-After``). Names the rule, never the data."""
 
     code = "budget.exceeded"
 
@@ -44,7 +49,8 @@ class BudgetExceeded(PivaultError, PermissionError):
         self.limit = refusal.limit
         #: whole seconds to wait (the HTTP ``Retry-After`` value)
         self.retry_after = max(1, math.ceil(refusal.retry_after))
-        super().__init__(f"read budget spent: {refusal.rule} (limit {refusal.limit}); "
+        what = "change budget" if refusal.rule.endswith("changes_per_day") else "read budget"
+        super().__init__(f"{what} spent: {refusal.rule} (limit {refusal.limit}); "
                          f"retry after {self.retry_after} s",
                          hint="wait, or ask for a larger budget in the policy")
 
@@ -58,6 +64,7 @@ class Budget:
     records_per_day: int | None = None
     misses_per_hour: int | None = None
     distinct_per_day: int | None = None
+    changes_per_day: int | None = None
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> Budget:
@@ -131,23 +138,23 @@ class _Plan:
 
     __slots__ = ("_by_amount", "distinct", "windows")
 
-    def __init__(self, windows: list[tuple[str, str, int, float, bool]],
+    def __init__(self, windows: list[tuple[str, str, int, float, int]],
                  distinct: list[tuple[str, str, int]]) -> None:
-        #: (name, key, limit, window seconds, counts misses)
+        #: (name, key, limit, window seconds, what it counts: 0 records, 1 misses, 2 changes)
         self.windows = windows
         #: (name, key, limit)
         self.distinct = distinct
-        #: the window rules of a charge, per (records, misses): a lookup charges the same each time
-        self._by_amount: dict[tuple[int, int], tuple[WindowRule, ...]] = {}
+        #: the window rules of a charge, per amounts: a lookup charges the same each time
+        self._by_amount: dict[tuple[int, int, int], tuple[WindowRule, ...]] = {}
 
-    def window_rules(self, records: int, misses: int) -> tuple[WindowRule, ...]:
-        rules = self._by_amount.get((records, misses))
+    def window_rules(self, records: int, misses: int, changes: int = 0) -> tuple[WindowRule, ...]:
+        amounts = (records, misses, changes)
+        rules = self._by_amount.get(amounts)
         if rules is None:
-            rules = tuple(WindowRule(name, key, limit, seconds, misses if is_miss else records)
-                          for name, key, limit, seconds, is_miss in self.windows
-                          if (misses if is_miss else records) > 0)
+            rules = tuple(WindowRule(name, key, limit, seconds, amounts[kind])
+                          for name, key, limit, seconds, kind in self.windows if amounts[kind] > 0)
             if len(self._by_amount) < 256:
-                self._by_amount[(records, misses)] = rules
+                self._by_amount[amounts] = rules
         return rules
 
 
@@ -175,14 +182,13 @@ class Budgets:
             scopes = (("principal", f"p:{principal}", policy.for_principal(principal, role)),
                       ("role", f"r:{role}", policy.role_totals.get(role, Budget())),
                       ("vault", "v", policy.vault))
-            windows: list[tuple[str, str, int, float, bool]] = []
+            windows: list[tuple[str, str, int, float, int]] = []
             distinct: list[tuple[str, str, int]] = []
             for scope, key, budget in scopes:
-                for name, seconds in _WINDOWS.items():
+                for name, (seconds, kind) in _WINDOWS.items():
                     limit = getattr(budget, name)
                     if limit is not None:
-                        windows.append((f"{scope}.{name}", f"b:{key}:{name}", limit, seconds,
-                                        name == "misses_per_hour"))
+                        windows.append((f"{scope}.{name}", f"b:{key}:{name}", limit, seconds, kind))
                 if budget.distinct_per_day is not None:
                     distinct.append((f"{scope}.distinct_per_day", f"b:{key}:distinct",
                                      budget.distinct_per_day))
@@ -197,11 +203,12 @@ class Budgets:
         plan = self._plan(ctx.principal, ctx.role)
         return list(plan.window_rules(records, misses)), _distinct(plan, record_ids)
 
-    def charge(self, ctx: AccessContext, *, records: int = 0, misses: int = 0,
+    def charge(self, ctx: AccessContext, *, records: int = 0, misses: int = 0, changes: int = 0,
                record_ids: Sequence[str] = ()) -> Charge:
-        """Charge ``records`` returned and ``misses``; raises ``DetectUnavailable`` if counters are down."""
+        """Charge ``records`` returned, ``misses`` and records ``changes``d; raises ``DetectUnavailable``
+        if counters are down."""
         plan = self._plan(ctx.principal, ctx.role)
-        windows = plan.window_rules(records, misses)
+        windows = plan.window_rules(records, misses, changes)
         distinct = _distinct(plan, record_ids)
         if not windows and not distinct:
             return _ALLOWED

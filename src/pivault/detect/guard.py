@@ -54,6 +54,9 @@ READ_OPERATIONS = frozenset({"get", "find", "export", "read", "lookup"})
 #: charged to the read budgets as a lookup that found one record would be
 WRITE_PROBES = frozenset({"put", "update", "create"})
 
+#: operations that change or remove records, charged to the ``changes_per_day`` budgets
+CHANGE_OPERATIONS = frozenset({"update", "erase"})
+
 #: operations about tokens and the policy rather than records
 SUBJECT_PREFIXES = ("token.", "policy.")
 
@@ -95,8 +98,18 @@ class DetectGuard:
         self.inner.authorise(ctx, operation, fields)
 
     def budget(self, ctx: AccessContext, operation: str, n: int) -> None:
-        """Nothing here: reads are charged in :meth:`audit`, where the record ids are known."""
-        return None
+        """Changes (corrections, erasures) are charged here, before their transaction, so that a
+        refusal's entry and alert are not undone with it; reads are charged in :meth:`audit`,
+        where the record ids are known."""
+        if operation not in CHANGE_OPERATIONS or n <= 0 or self.budgets is None:
+            return
+        try:
+            charge = self.budgets.charge(ctx, changes=n)
+        except DetectUnavailable as exc:
+            self.audit_log.record(AuditEvent.of(ctx, operation, "error", count=0, detail={"code": exc.code}))
+            raise
+        if not charge.allowed:
+            self._refuse(ctx, operation, [], 0, 0, charge, changes=n)
 
     def mask(self, ctx: AccessContext, field: str, value: str | None) -> str | None:
         result: str | None = self.inner.mask(ctx, field, value)
@@ -178,16 +191,17 @@ class DetectGuard:
                              request_id=ctx.request_id, token_id=ctx.token_id, source="system")
 
     def _refuse(self, ctx: AccessContext, operation: str, ids: list[str], records: int, misses: int,
-                charge: Charge) -> None:
+                charge: Charge, *, changes: int = 0) -> None:
         refusal = charge.refusal
         assert refusal is not None
         err = BudgetExceeded(refusal)
+        asked = {"requested_records": records, "requested_misses": misses,
+                 **({"requested_changes": changes} if changes else {})}
         self.audit_log.record(AuditEvent.of(ctx, operation, "refused", ids, count=0, detail={
-            "rule": refusal.rule, "limit": refusal.limit, "used": refusal.used,
-            "requested_records": records, "requested_misses": misses, "retry_after": err.retry_after}))
+            "rule": refusal.rule, "limit": refusal.limit, "used": refusal.used, **asked,
+            "retry_after": err.retry_after}))
         evidence: dict[str, Any] = {
-            "budget_rule": refusal.rule, "limit": refusal.limit, "used": refusal.used,
-            "requested_records": records, "requested_misses": misses,
+            "budget_rule": refusal.rule, "limit": refusal.limit, "used": refusal.used, **asked,
             "retry_after_seconds": err.retry_after, "breaches_today": charge.breaches,
             "record_ids": ids[:50]}
         if charge.scope == "vault":

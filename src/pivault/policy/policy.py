@@ -79,7 +79,7 @@ ANONYMOUS_NAMES: frozenset[str] = frozenset({"anonymous", "anon", "*", "any", "a
                                              "public", "guest", "unauthenticated", "nobody", ""})
 #: budget keys the budget engine understands (values are passed through, type-checked only)
 BUDGET_KEYS: frozenset[str] = frozenset({"records_per_minute", "records_per_hour", "records_per_day",
-                                         "misses_per_hour", "distinct_per_day"})
+                                         "misses_per_hour", "distinct_per_day", "changes_per_day"})
 
 _NAME = re.compile(r"[a-z][a-z0-9_]{0,39}")
 _PURPOSE = re.compile(r"[a-z][a-z0-9_.-]{0,63}")
