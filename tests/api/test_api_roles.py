@@ -347,3 +347,14 @@ def test_duplicates_are_charged_like_lookups(live: Live) -> None:
     assert [(e.principal, e.operation, e.outcome) for e in found] == [
         ("clerk-1", "put", "duplicate"), ("clerk-1", "put", "duplicate"), ("clerk-1", "put", "refused")]
     assert [e.record_ids for e in found] == [(rid,) for rid in live.record_ids[20:23]]
+
+
+def test_a_dpo_erases_only_for_a_data_subjects_request(live: Live) -> None:
+    """The purpose stated must be one the operation may be done for, not any of the role's."""
+    rid = live.record_ids[12]
+    with live.client(role="dpo", purpose="audit") as c:
+        r = c.delete(f"/v1/residents/{rid}")
+        assert assert_clean_problem(r, live, 403)["code"] == "policy.purpose"
+        r = c.patch(f"/v1/residents/{rid}", json={"notes": "x"})
+        assert assert_clean_problem(r, live, 403)["code"] == "policy.purpose"
+        assert c.get(f"/v1/residents/{rid}").status_code == 200  # an audit still looks, and nothing changed

@@ -67,11 +67,29 @@ def test_reveal_only_for_allowed_fields_and_purpose() -> None:
     ("admin", "administration", "read", "policy.operation"),
     ("registrar", "registration", "erase", "policy.operation"),
     ("ghost", "x", "read", "policy.role"),
+    # purposes tied to operations: an audit looks, only a data subject's request erases or corrects
+    ("dpo", "audit", "erase", "policy.purpose"),
+    ("dpo", "audit", "update", "policy.purpose"),
+    ("dpo", "audit", "export", "policy.purpose"),
+    ("registrar", "registration", "update", "policy.purpose"),
+    ("registrar", "correction", "create", "policy.purpose"),
 ])
 def test_refusals(role: str, purpose: str, op: str, code: str) -> None:
     d = Policy.default().authorise(ctx(role, purpose), op)
     assert not d.allowed
     assert d.code == code
+
+
+def test_operations_allowed_for_their_own_purposes() -> None:
+    p = Policy.default()
+    for role, purpose, op in (("dpo", "data_subject_request", "erase"), ("dpo", "audit", "read"),
+                              ("dpo", "audit", "lookup"), ("registrar", "correction", "update"),
+                              ("registrar", "registration", "create"), ("registrar", "registration", "read")):
+        assert p.authorise(ctx(role, purpose), op).allowed, (role, purpose, op)
+    d = p.authorise(ctx("dpo", "audit"), "erase")
+    assert d.reason == "role 'dpo' may erase only for: data_subject_request"
+    dpo = next(r for r in p.explain() if r["role"] == "dpo")
+    assert "erase only for data_subject_request" in dpo["purposes"]
 
 
 def test_writable_fields_checked() -> None:
@@ -109,6 +127,9 @@ name = "mask"
     (BASE + "[roles.r.reveal]\nname = [\"q\"]\n", "not one of the role's purposes"),
     (BASE + "[roles.r.budgets]\nrecords_per_minute = -1\n", "non-negative"),
     (BASE + "[roles.r.budgets]\nbananas = 1\n", "unknown budget"),
+    (BASE + "[roles.r.operation_purposes]\nerase = [\"p\"]\n", "may not erase"),
+    (BASE + "[roles.r.operation_purposes]\nlookup = [\"q\"]\n", "not one of the role's purposes"),
+    (BASE + "[roles.r.operation_purposes]\nlookup = []\n", "is empty"),
     (BASE.replace('operations = ["lookup"]', 'operations = ["admin"]'), "no operation that returns"),
     (BASE.replace("[roles.r.fields]", "colour = 1\n[roles.r.fields]"), "unknown key"),
     ("[policy]\nversion = 2\n" + BASE, "version"),

@@ -125,6 +125,8 @@ class Role:
     writable: frozenset[str]
     #: passed through to the budget engine
     budgets: Mapping[str, int | float] = field(default_factory=dict)
+    #: operation -> the only purposes it may be done for (an operation not listed: any of the role's)
+    operation_purposes: Mapping[str, frozenset[str]] = field(default_factory=dict)
 
     def grants_anything(self) -> bool:
         return bool(self.operations or self.fields or self.reveal)
@@ -214,8 +216,8 @@ def _parse_role(name: str, raw: object) -> Role:
                           "pivault grants nothing to anonymous callers (only GET /healthz is open)")
     if not _NAME.fullmatch(name):
         raise PolicyError(f"{where}: role names are lower-case letters, digits and _ (max 40)")
-    _only_keys(raw, ("description", "operations", "purposes", "fields", "reveal", "writable", "budgets"),
-               where)
+    _only_keys(raw, ("description", "operations", "purposes", "operation_purposes", "fields", "reveal",
+                     "writable", "budgets"), where)
     description = raw.get("description", "")
     if not isinstance(description, str):
         raise PolicyError(f"{where}.description must be a string")
@@ -278,8 +280,26 @@ def _parse_role(name: str, raw: object) -> Role:
     else:
         writable_set = frozenset(WRITABLE_FIELDS) if writes else frozenset()
     budgets = _parse_budgets(raw.get("budgets", {}), f"{where}.budgets")
+    op_raw = raw.get("operation_purposes", {})
+    if not isinstance(op_raw, dict):
+        raise PolicyError(f"{where}.operation_purposes must be a table of operation = [purposes]")
+    op_purposes: dict[str, frozenset[str]] = {}
+    for op, ps in op_raw.items():
+        if op not in ops:
+            raise PolicyError(f"{where}.operation_purposes.{op}: the role may not {op} "
+                              f"(add it to {where}.operations first)")
+        plist = _strs(ps, f"{where}.operation_purposes.{op}")
+        if not plist:
+            raise PolicyError(f"{where}.operation_purposes.{op} is empty: leave {op} out of "
+                              f"{where}.operations instead")
+        for p in plist:
+            if p not in purposes:
+                raise PolicyError(f"{where}.operation_purposes.{op}: purpose {p!r} is not one of the "
+                                  "role's purposes")
+        op_purposes[op] = frozenset(plist)
     return Role(name=name, description=description, operations=frozenset(ops), purposes=tuple(purposes),
-                fields=fields, reveal=reveal, writable=writable_set, budgets=budgets)
+                fields=fields, reveal=reveal, writable=writable_set, budgets=budgets,
+                operation_purposes=op_purposes)
 
 
 class Policy:
@@ -330,7 +350,7 @@ class Policy:
             b = _parse_budgets(raw, f"budgets.{name}")
             r = roles[name]
             roles[name] = Role(r.name, r.description, r.operations, r.purposes, r.fields, r.reveal,
-                               r.writable, b)
+                               r.writable, b, r.operation_purposes)
         return cls(roles, source=source, version=1)
 
     @classmethod
@@ -399,6 +419,10 @@ class Policy:
             return _deny(role.name, operation, ctx.purpose, "policy.purpose",
                          f"the stated purpose is not one of role {role.name!r}'s purposes "
                          f"({', '.join(role.purposes)})")
+        only = role.operation_purposes.get(operation)
+        if only is not None and ctx.purpose not in only:
+            return _deny(role.name, operation, ctx.purpose, "policy.purpose",
+                         f"role {role.name!r} may {operation} only for: {', '.join(sorted(only))}")
         wanted = list(fields) if fields is not None else None
         if operation in ("create", "update"):
             bad = sorted(set(wanted or ()) - role.writable)
@@ -447,7 +471,9 @@ class Policy:
             rows.append({
                 "role": r.name,
                 "operations": ", ".join(ops) or "-",
-                "purposes": ", ".join(r.purposes),
+                "purposes": ", ".join(r.purposes) + "".join(
+                    f"; {op} only for {', '.join(sorted(ps))}"
+                    for op, ps in sorted(r.operation_purposes.items())),
                 "sees": ", ".join(seen) or "no PI",
                 "reveal": "; ".join(reveal) or "-",
                 "writes": ", ".join(f for f in WRITABLE_FIELDS if f in r.writable) or "-",
