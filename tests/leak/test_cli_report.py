@@ -219,3 +219,14 @@ def test_an_export_file_is_made_0600_and_never_overwrites(
         assert r.exit_code == 0, r.output
     finally:
         os.umask(old)
+
+
+def test_a_refused_export_is_listed_as_refused_by_its_decider(
+        cli: tuple[CliRunner, typer.Typer, Path, list[Resident]]) -> None:
+    runner, app, _, residents = cli
+    export_id = _request(runner, app, residents)
+    r = runner.invoke(app, ["export", "refuse", export_id, "--token", _token("approver-9", "approver")])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(app, ["export", "list"])
+    line = next(x for x in r.output.splitlines() if export_id in x)
+    assert "refused by approver-9" in line and "approved by" not in line

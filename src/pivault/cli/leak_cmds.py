@@ -136,8 +136,10 @@ def export_list(home: HomeOpt = None, json_out: JsonOpt = False) -> None:
         return
     for r in rows:
         n = r["rows"] if r["rows"] is not None else "-"
+        # the second person decided either way: "approved by" on a refused export would misread
+        decided = "refused by" if r["status"] == "refused" else "approved by"
         typer.echo(f"{r['export_id']}  {r['status']:<9}  {r['recipient']}  requested by {r['requester']}"
-                   f"  approved by {r['approver'] or '-'}  rows {n}")
+                   f"  {decided} {r['approver'] or '-'}  rows {n}")
 
 
 # -- leak -------------------------------------------------------------------------------
