@@ -418,10 +418,14 @@ def demo(
         f"  https://127.0.0.1:{port}/v1/residents/lookup"
     )
     typer.echo("\ntokens (mode 0600): " + ", ".join(str(p) for p in token_files.values()))
+    if no_serve:
+        # nothing listens: the example is for once the vault is served
+        typer.echo("ready, not served (--no-serve): run `pivault demo` without it to serve the vault, then "
+                   "try (a synthetic resident; the officer sees masked values):\n")
+        typer.echo(example + "\n")
+        return
     typer.echo("try, from another terminal (a synthetic resident; the officer sees masked values):\n")
     typer.echo(example + "\n")
-    if no_serve:
-        return
     if workers is None:
         workers = min(2, os.cpu_count() or 1)
     opts = ServeOptions(home=str(h), host="127.0.0.1", port=port, workers=workers,
