@@ -86,8 +86,13 @@ def test_ransom_drill(store_url: str, keyring: Keyring, tmp_path: Path) -> None:
         salvaged = salvage_audit_trail(restored, restored, source_schema=report.quarantined)
     assert salvaged >= 12
     # the intruder's door erasures destroyed record keys; bring those back from the key shelf
+    put_back: list[tuple[str, str, dict[str, object]]] = []
     with open_record_key_store(keyring) as live_keys:
-        assert restore_record_keys(keys.path, live_keys, verify_key, only_records=erased_by_intruder) == 12
+        assert restore_record_keys(keys.path, live_keys, verify_key, only_records=erased_by_intruder,
+                                   events=lambda op, out, d: put_back.append((op, out, dict(d)))) == 12
+    # the trail will say which erasures this undid, not only how many
+    assert put_back == [("keys.restore", "ok", {"file": keys.path.name, "keys_added": 12,
+                                                "records": erased_by_intruder})]
     sink = audit_events(restored, keyring, ctx("restore"), audit_dir)
     assert sink is not None
     sink("backup.restore", "ok", {"backup_id": report.backup_id, "salvaged_entries": salvaged})

@@ -393,11 +393,15 @@ def restore_record_keys(path: str | os.PathLike[str], store: RecordKeyStore, key
         c.verify(key, vault_id=store.vault_id)
         batch: list[tuple[str, bytes]] = []
         added = 0
+        #: with ``only_records``: the records whose erasure this undoes, for the audit entry
+        put_back: list[str] = []
 
         def flush() -> int:
             have = store.get_many([(rid, k[:4]) for rid, k in batch])
             new = [(rid, k) for rid, k in batch if (rid, k[:4]) not in have]
             store.put_many(new)
+            if wanted is not None:
+                put_back.extend(rid for rid, _ in new)
             batch.clear()
             return len(new)
 
@@ -408,5 +412,9 @@ def restore_record_keys(path: str | os.PathLike[str], store: RecordKeyStore, key
             if len(batch) >= 2000:
                 added += flush()
         added += flush()
-    events("keys.restore", "ok", {"file": Path(path).name, "keys_added": added})
+    detail: dict[str, object] = {"file": Path(path).name, "keys_added": added}
+    if wanted is not None:
+        # named records brought back from erasure: the trail says which (a whole restore, a count)
+        detail["records"] = sorted(set(put_back))
+    events("keys.restore", "ok", detail)
     return added
