@@ -63,6 +63,11 @@ def test_verify_show_and_tamper(home: Path, app: typer.Typer, tmp_path: Path) ->
     assert len(shown) == 12 and shown[0]["operation"] == "get"
     r = CliRunner().invoke(app, ["audit", "show", "--limit", "3"])
     assert r.exit_code == 0 and "officer-17" in r.output
+    # without --since the latest entries, in order; with it the first from that time
+    r = CliRunner().invoke(app, ["audit", "show", "--limit", "3", "--json"])
+    assert [e["seq"] for e in json.loads(r.output)] == [10, 11, 12]
+    r = CliRunner().invoke(app, ["audit", "show", "--limit", "3", "--json", "--since", "1h"])
+    assert [e["seq"] for e in json.loads(r.output)] == [1, 2, 3]
     cp_file = tmp_path / "cp.json"
     r = CliRunner().invoke(app, ["audit", "export-checkpoint", "--out", str(cp_file)])
     assert r.exit_code == 0 and "entry 12" in r.output

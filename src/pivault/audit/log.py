@@ -708,8 +708,12 @@ def latest_checkpoint(db: Database) -> Checkpoint | None:
 def entries(db: Database, *, principal: str | None = None, operation: str | None = None,
             since: float | None = None, until: float | None = None, outcome: str | None = None,
             request_id: str | None = None, after_seq: int | None = None,
-            limit: int | None = None) -> Iterator[AuditEntry]:
-    """Stored entries in chain order, filtered (``audit show``)."""
+            limit: int | None = None, newest: bool = False) -> Iterator[AuditEntry]:
+    """Stored entries in chain order, filtered (``audit show``).
+
+    With ``limit`` the first ``limit`` entries that match, or with ``newest`` the
+    last ``limit`` (still in chain order).
+    """
     where: list[str] = []
     params: list[Any] = []
     for col, value in (("principal", principal), ("operation", operation), ("outcome", outcome),
@@ -727,6 +731,11 @@ def entries(db: Database, *, principal: str | None = None, operation: str | None
         where.append("seq > ?")
         params.append(after_seq)
     sql = _SELECT_ENTRY + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY seq"
+    if limit is not None and newest:
+        rows = db.query(sql + f" DESC LIMIT {int(limit)}", params)
+        for row in reversed(rows):
+            yield _row_to_entry(row)
+        return
     if limit is not None:
         sql += f" LIMIT {int(limit)}"
     for row in db.query(sql, params):

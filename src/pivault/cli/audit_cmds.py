@@ -148,7 +148,8 @@ def audit_show(
     limit: Annotated[int, typer.Option("--limit", min=1)] = 100,
     as_json: JsonOpt = False,
 ) -> None:
-    """Entries of the audit trail, oldest first, filtered."""
+    """Entries of the audit trail, in order, filtered: the latest LIMIT, or with --since the first LIMIT
+    from that time."""
     from pivault.audit import entries
 
     cfg = _config(home)
@@ -157,7 +158,7 @@ def audit_show(
             raise PivaultError("this vault has no audit trail yet", code="audit.missing")
         got = [e.to_dict() for e in entries(db, principal=principal, operation=operation, outcome=outcome,
                                             since=_when(since), until=_when(until), request_id=request_id,
-                                            limit=limit)]
+                                            limit=limit, newest=since is None)]
     if as_json:
         _json(got)
         return
