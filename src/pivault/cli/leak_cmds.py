@@ -25,8 +25,9 @@ export_app = typer.Typer(help="Approved, traceable exports (two-person rule, can
 leak_app = typer.Typer(help="Leak response: check a dump, write the breach report.", no_args_is_help=True)
 
 TokenOpt = Annotated[str | None, typer.Option(
-    "--token", envvar="PIVAULT_TOKEN", show_envvar=False,
-    help="Bearer token of the principal running the command (default: the local operator).")]
+    "--token", envvar="PIVAULT_TOKEN", show_envvar=True,
+    help="Bearer token of the principal running the command (default: the local operator). Prefer "
+         "$PIVAULT_TOKEN: a command line is visible to every user of the machine (ps).")]
 
 
 def _open(home: Path | None) -> Any:
