@@ -136,6 +136,27 @@ def test_nonsense_limits_refuse_to_start(home: Path) -> None:
         assert "Traceback" not in err and len(err.splitlines()) == 1
 
 
+def test_a_taken_port_is_one_line_before_the_banner(home: Path, tmp_path: Path) -> None:
+    import socket
+
+    store = TokenStore(Database(load(home).store_url))
+    store.create("port-check", "admin", ["administration"], ttl_seconds=600)
+    c = make_dev_cert(tmp_path / "tls3")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        for workers in ("1", "2"):
+            r = subprocess.run(serve_cmd(home, "--port", str(port), "--workers", workers, "--cert",
+                                         str(c.certfile), "--key", str(c.keyfile)),
+                               env=server_env(home), capture_output=True, timeout=60)
+            last = r.stderr.decode().strip().splitlines()[-1]  # after a first start's note on audit keys
+            assert r.returncode == 2, (workers, last)
+            assert last.startswith("error[serve.refused]: cannot listen"), (workers, last)
+            assert "another server" in last and "Traceback" not in r.stderr.decode()
+            assert b"routes:" not in r.stdout  # nothing said to be served
+
+
 def test_serve_on_any_address_with_tls_starts_and_prints_what_it_exposes(home: Path, tmp_path: Path) -> None:
     """With TLS, binding all addresses is allowed; the test still only talks to loopback."""
     store = TokenStore(Database(load(home).store_url))

@@ -329,6 +329,19 @@ def app_factory() -> Any:
     return app
 
 
+def _check_port(host: str, port: int) -> None:
+    import socket
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_STREAM) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind((host, port))
+    except OSError as exc:
+        raise ServeRefused(f"cannot listen on {host}:{port}: {exc.strerror or exc} "
+                           "(is another server using this port?)") from None
+
+
 def run(opts: ServeOptions, *, echo: Callable[[str], None] = print) -> None:
     """Check, print the banner, and serve until interrupted."""
     import uvicorn
@@ -338,7 +351,7 @@ def run(opts: ServeOptions, *, echo: Callable[[str], None] = print) -> None:
     from pivault.vault.home import load
 
     cfg = load(opts.home)
-    with Database(cfg.store_url) as db:
+    with Database(cfg.existing_store_url()) as db:
         pre = preflight(opts, TokenStore(db))
     # open once here so a wrong passphrase or a missing keyring fails before listening
     Vault.open(opts.home).close()
@@ -353,6 +366,9 @@ def run(opts: ServeOptions, *, echo: Callable[[str], None] = print) -> None:
         except OSError as exc:
             raise ServeRefused(f"cannot listen on {opts.host}:{opts.port}: {exc.strerror or exc} "
                                "(is another server using this port?)") from None
+    else:
+        # uvicorn binds later, after the banner: find a taken port now, and say so in one line
+        _check_port(opts.host, opts.port)
     echo(banner(opts, pre))
     os.environ[OPTIONS_ENV] = opts.to_env()
     if pre.counters_url:
