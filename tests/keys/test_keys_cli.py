@@ -151,3 +151,16 @@ def test_a_second_split_needs_force_and_says_what_it_invalidates(app: typer.Type
     res = CliRunner().invoke(app, ["keys", "split", "--out", str(next(second.iterdir())), "--force", *h],
                              env={"PIVAULT_PASSPHRASE": PASSPHRASE})
     assert res.exit_code != 0 and "error[keys.shares.out]" in res.stderr
+
+
+def test_change_root_refuses_the_current_passphrase_and_a_weak_one(app: typer.Typer, tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    _home.init(home, passphrase=PASSPHRASE, keyring_path=tmp_path / "keys" / "vault.keyring", argon2=CHEAP)
+    h = ["--home", str(home)]
+    err = _run(app, ["keys", "change-root", *h], new=PASSPHRASE, ok=False)
+    assert "error[keyring.passphrase_same]" in err
+    err = _run(app, ["keys", "change-root", *h], new="short", ok=False)
+    assert "error[keyring.passphrase_weak]" in err
+    _run(app, ["keys", "status", *h])  # nothing changed: the old passphrase still opens it
+    _run(app, ["keys", "change-root", *h], new="another synthetic passphrase")
+    _run(app, ["keys", "status", *h], passphrase="another synthetic passphrase")

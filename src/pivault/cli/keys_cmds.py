@@ -49,7 +49,7 @@ def _opened(home: Path | None) -> Iterator[Any]:
     header = Keyring.peek(cfg.keyring_path)
     keyring = Keyring.open(cfg.keyring_path, provider_for(header["provider"]))
     keyring.record_keys = True
-    db = Database(cfg.store_url)
+    db = Database(cfg.existing_store_url())
     try:
         from pivault.vault import meta
 
@@ -241,9 +241,20 @@ def keys_change_root(
     home: HomeOpt = None, json_out: JsonOpt = False,
 ) -> None:
     """Put the keysets under a new passphrase ($PIVAULT_NEW_PASSPHRASE) or a KMS key; data untouched."""
+    from pivault.crypto import Keyring, KeyringError, PassphraseProvider
+
     with _opened(home) as o:
         new = _new_provider(kms)
         old_kind = o.keyring.describe()["provider"]["kind"]
+        if isinstance(new, PassphraseProvider):
+            # a change to the same passphrase would be recorded as a change and protect nothing more
+            try:
+                Keyring.open(o.keyring.path, new)
+            except KeyringError:
+                pass
+            else:
+                raise KeyringError("the new passphrase is the current one", code="keyring.passphrase_same",
+                                   hint=f"set the new one in ${NEW_PASSPHRASE_ENV}, or type it when asked")
         o.keyring.change_root(new)
         o.events()("keys.change_root", "ok", {"from": old_kind, "to": new.describe()["kind"],
                                               "generation": o.keyring.generation})
