@@ -9,7 +9,7 @@ import pytest
 from vault_support import CHEAP, PASSPHRASE, make_residents
 
 from pivault.crypto import KeyringError
-from pivault.errors import ConfigError
+from pivault.errors import ConfigError, PivaultError
 from pivault.policy import local_operator
 from pivault.vault import Vault, VaultMismatch, init, load
 from pivault.vault import home as _home
@@ -113,3 +113,19 @@ def test_a_missing_store_is_named_not_recreated(tmp_path: Path, monkeypatch: pyt
         Vault.open(home, passphrase=PASSPHRASE)
     assert info.value.code == "store.missing" and "pivault restore" in (info.value.hint or "")
     assert not (tmp_path / "rel" / "vault.db").exists()  # no empty store made in its place
+
+
+def test_a_refused_init_or_dev_cert_leaves_no_directory(tmp_path: Path) -> None:
+    from pivault.api.tls import make_dev_cert
+
+    with pytest.raises(KeyringError) as info:
+        init(tmp_path / "h", passphrase=PASSPHRASE, keyring_path=tmp_path / "k" / "k.keyring",
+             expected_population=0, argon2=CHEAP)
+    assert info.value.code == "keyring.population"
+    with pytest.raises(KeyringError) as weak:
+        init(tmp_path / "h2", passphrase="short", keyring_path=tmp_path / "k2" / "k.keyring", argon2=CHEAP)
+    assert weak.value.code == "keyring.passphrase_weak"
+    with pytest.raises(PivaultError) as bad:
+        make_dev_cert(tmp_path / "tls", days=0)
+    assert bad.value.code == "tls.days"
+    assert sorted(p.name for p in tmp_path.iterdir()) == []

@@ -48,14 +48,14 @@ def make_dev_cert(directory: str | os.PathLike[str], *, hosts: tuple[str, ...] =
     from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+    if not 1 <= days <= 397:  # before anything is made
+        raise ValidationError("tls.days", "a development certificate lives 1 to 397 days")
     d = Path(directory)
-    d.mkdir(mode=0o700, parents=True, exist_ok=True)
     certfile, keyfile = d / "cert.pem", d / "key.pem"
     if not overwrite and (certfile.exists() or keyfile.exists()):
         raise ConfigError(f"{certfile} or {keyfile} exists; it is never overwritten silently",
                           code="tls.exists", hint="pass --force to replace the pair")
-    if not 1 <= days <= 397:
-        raise ValidationError("tls.days", "a development certificate lives 1 to 397 days")
+    d.mkdir(mode=0o700, parents=True, exist_ok=True)
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "pivault local development"),
                       x509.NameAttribute(NameOID.ORGANIZATION_NAME, "pivault dev-cert")])

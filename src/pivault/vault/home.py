@@ -20,6 +20,8 @@ from pathlib import Path
 
 from pivault.crypto import Argon2Params, Keyring, KeyringError, PassphraseProvider, check_new_passphrase
 from pivault.crypto._atomic import write_private
+from pivault.crypto.blind import MIN_POPULATION
+from pivault.crypto.keyring import MAX_POPULATION
 from pivault.errors import ConfigError
 from pivault.store.db import Database, parse_url
 
@@ -153,6 +155,10 @@ def init(
         # kept relative, the path would name another file from every other directory
         url = f"sqlite:///{Path(parsed.target).absolute()}"
     provider = PassphraseProvider(check_new_passphrase(passphrase), argon2)
+    if type(expected_population) is not int or not MIN_POPULATION <= expected_population <= MAX_POPULATION:
+        # refused before the home is made, as the keyring would refuse it after
+        raise KeyringError(f"expected population must be an integer within "
+                           f"{MIN_POPULATION}..{MAX_POPULATION}", code="keyring.population")
     _private_dir(h)
     if keyring_path is not None:
         target = Path(keyring_path).expanduser().absolute()
