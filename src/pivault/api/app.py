@@ -368,6 +368,14 @@ def create_app(vault: VaultLike, policy: Policy | PolicyHolder, *, tokens: Token
                 raise refuse(403, "policy.purpose",
                              f"this purpose is not allowed for role {role.name!r} and this token; "
                              f"allowed: {', '.join(allowed) or 'none'}")
+        # the route's own operation, for the purposes the policy ties it to: the Vault checks its
+        # operation, which for a route may be another (a rights copy is an export that reads)
+        fits = [op for op in granted
+                if (only := role.operation_purposes.get(op)) is None or purpose in only]
+        if not fits:
+            ties = "; ".join(f"{op} only for {', '.join(sorted(role.operation_purposes[op]))}"
+                             for op in granted)
+            raise refuse(403, "policy.purpose", f"role {role.name!r} may {ties}")
         return Caller(token=token, purpose=purpose, policy=pol, request_id=rid)
 
     def require(operation: str, *alternatives: str) -> Callable[..., Awaitable[Caller]]:
