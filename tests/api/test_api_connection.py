@@ -10,7 +10,7 @@ import ssl
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,10 +34,15 @@ SECURITY = {"x-content-type-options": "nosniff", "cache-control": "no-store",
             "content-security-policy": "default-src 'none'; frame-ancestors 'none'"}
 
 
+#: every path the app was called for, in order
+CALLED: list[str] = []
+
+
 async def _app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     """Echoes the path and the size of the body; ``/early`` answers without reading the body."""
     if scope["type"] != "http":
         return
+    CALLED.append(scope["path"])
     got = 0
     if scope["path"] != "/early":
         while True:
@@ -413,3 +418,45 @@ def test_serve_caps_one_address_and_keeps_its_connections(served: Served) -> Non
     finally:
         for c in conns:
             c.sock.close()
+
+
+def test_a_refused_tls_connection_runs_nothing_it_sent(tmp_path: Path) -> None:
+    """Over TLS, asyncio's SSL protocol hands on data it had buffered while it closes: a request that
+    came with the handshake's last message must not run on a connection refused at its start."""
+    cert = make_dev_cert(tmp_path / "tls")
+    ctx = ssl.create_default_context(cafile=str(cert.certfile))
+    with _server(loop="asyncio", ssl_certfile=str(cert.certfile), ssl_keyfile=str(cert.keyfile)) as port:
+        held = []
+        for i in range(PER_CLIENT):  # the address's share, each used once
+            s = ctx.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=5),
+                                server_hostname="localhost")
+            s.sendall(f"GET /held{i} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+            assert s.recv(200).startswith(b"HTTP/1.1 200")
+            held.append(s)
+        raw = socket.create_connection(("127.0.0.1", port), timeout=5)
+        incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+        tls = ctx.wrap_bio(incoming, outgoing, server_hostname="localhost")
+        while True:
+            try:
+                tls.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                raw.sendall(outgoing.read())
+                incoming.write(raw.recv(65536))
+        tls.write(b"DELETE /refused HTTP/1.1\r\nHost: x\r\n\r\n")
+        raw.sendall(outgoing.read())  # the handshake's last message and the request, in one segment
+        answer = b""
+        deadline = time.monotonic() + 5
+        while b"connection.limit" not in answer and time.monotonic() < deadline:
+            chunk = raw.recv(65536)
+            if not chunk:
+                break
+            incoming.write(chunk)
+            with suppress(ssl.SSLWantReadError, ssl.SSLZeroReturnError):
+                answer += tls.read(65536)
+        time.sleep(CLOSE_GRACE + 0.5)
+        assert answer.startswith(b"HTTP/1.1 503") and b"connection.limit" in answer, answer[:80]
+        assert "/refused" not in CALLED
+        raw.close()
+        for s in held:
+            s.close()

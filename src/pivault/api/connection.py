@@ -141,6 +141,8 @@ class GuardedProtocol(OneWriteProtocol):
         #: bytes the head being read may still take (max_head while a body is read)
         self._room = self.max_head
         self._lost = False
+        #: answered by this protocol itself and closing: nothing more is read
+        self._answered = False
 
     # -- the connection --------------------------------------------------------------------
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -188,6 +190,7 @@ class GuardedProtocol(OneWriteProtocol):
     def _answer(self, status: int, code: str, detail: str) -> None:
         """Answer with a problem and close: for what is refused before any app is called."""
         self._stop_timer()
+        self._answered = True
         if not self.transport.is_closing():
             self.transport.write(_response(status, code, detail, self.scheme == "https",
                                            self.server_state.default_headers))
@@ -203,6 +206,10 @@ class GuardedProtocol(OneWriteProtocol):
 
     # -- reading ---------------------------------------------------------------------------
     def data_received(self, data: bytes) -> None:
+        if self._answered:
+            # refused (503, 408, 431) and closing: over TLS, asyncio's SSL protocol still hands on
+            # what it had buffered while it flushes; none of it may reach the parser, or the app
+            return
         if self._fresh:
             # the first byte: from here the head has head_timeout seconds of its own
             self._fresh = False
@@ -245,6 +252,7 @@ class GuardedProtocol(OneWriteProtocol):
             # a response is being written: the next head is not late while it waits for it
             self._head_timer = self.loop.call_later(self.head_timeout, self._head_timed_out)
         elif self._in_body:
+            self._answered = True
             self._close()  # the rest of a body whose request was answered already
         else:
             self._answer(408, "request.head_timeout",
