@@ -229,3 +229,24 @@ def test_deeply_nested_json_is_a_client_error(live: Live) -> None:
             r = c.post("/v1/residents/lookup", content=body, headers={"Content-Type": "application/json"})
             assert 400 <= r.status_code < 500, r.status_code
             assert_clean_problem(r, live, r.status_code)
+
+
+def test_two_purposes_a_websocket_and_a_loose_reveal_are_refused(live: Live) -> None:
+    idn = live.residents[3]["id_number"]
+    with httpx.Client(base_url=live.base, verify=live.tls()) as c:
+        r = c.post("/v1/residents/lookup", json={"id_number": idn},
+                   headers=[("Authorization", f"Bearer {live.tokens['officer']}"),
+                            ("X-Purpose", "identity_verification"), ("X-Purpose", "case_investigation")])
+        assert assert_clean_problem(r, live, 400)["code"] == "purpose.invalid"
+    with live.client(role="officer", purpose="case_investigation") as c:
+        for loose in ("yes", 1, "true"):  # only true asks for full values
+            r = c.post("/v1/residents/lookup", json={"id_number": idn, "reveal": loose})
+            assert assert_clean_problem(r, live, 422)["code"] == "request.invalid", loose
+    # no WebSocket upgrade: an ordinary answer, with the service's headers
+    host, port = live.base.removeprefix("https://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as raw, \
+            live.tls().wrap_socket(raw, server_hostname=host) as s:
+        s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                  b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+        answer = s.recv(65536)
+    assert answer.startswith(b"HTTP/1.1 200") and b"x-content-type-options: nosniff" in answer.lower()

@@ -716,6 +716,9 @@ def create_app(vault: VaultLike, policy: Policy | PolicyHolder, *, tokens: Token
         except AuthError as exc:
             return problem_response(401, exc.code, exc.message, rid,
                                     headers={"WWW-Authenticate": 'Bearer realm="pivault"'})
+        if sum(1 for name, _ in scope.get("headers", ()) if name == b"x-purpose") > 1:
+            # a proxy and this service could each take a different one of them
+            return problem_response(400, "purpose.invalid", "send one X-Purpose header, not several", rid)
         if scope.get("method") in ("POST", "PUT", "PATCH") and not _json_or_absent(scope):
             return problem_response(415, "request.media_type",
                                     "send the body as JSON (Content-Type: application/json)", rid)

@@ -135,7 +135,8 @@ class LookupIn(_Strict):
     mobile: str | None = Field(default=None, min_length=1, max_length=_SHORT)
     name: str | None = Field(default=None, min_length=1, max_length=_SHORT)
     birth_date: str | None = Field(default=None, pattern=r"^\d{4}-\d{2}-\d{2}$")
-    reveal: bool = False
+    #: true or false only: a "yes" or a 1 asking for full values is a mistake to point out
+    reveal: bool = Field(default=False, strict=True)
 
     @model_validator(mode="after")
     def _one_key(self) -> LookupIn:

@@ -382,6 +382,9 @@ def run(opts: ServeOptions, *, echo: Callable[[str], None] = print) -> None:
         "server_header": False, "proxy_headers": False, "log_level": "warning",
         "timeout_keep_alive": 5, "timeout_graceful_shutdown": 10, "h11_max_incomplete_event_size": MAX_HEAD,
         "limit_concurrency": LIMIT_CONCURRENCY,
+        # no WebSocket: the service has no such route, and an upgrade would leave the protocol's
+        # limits and the middleware's headers and token check behind
+        "ws": "none",
         # each response in one write, so one TLS record and one system call (api/onewrite.py), with
         # a deadline and a size for each request head and a share of each worker per client address
         # (api/connection.py); a partial of a module's class, so it pickles into the worker processes
