@@ -61,6 +61,7 @@ purposes = ["training"]
 writable = ["name", "id_number", "mobile", "address", "notes"]
 [roles.clerk.budgets]
 records_per_minute = 2
+changes_per_day = 6
 """
 
 

@@ -225,10 +225,10 @@ def test_dpo_rights_copy_correct_erase(live: Live) -> None:
         assert assert_clean_problem(c.post(f"/v1/rights/{rid}/copy"), live, 404)["code"] == "record.not_found"
         gone = c.post("/v1/residents/lookup", json={"id_number": resident["id_number"]}).json()
         assert gone["count"] == 0
-    # the copy is refused for a purpose without reveal
+    # the copy is refused for another purpose: the shipped dpo exports only for a subject's request
     with live.client(role="dpo", purpose="audit") as c:
         r = c.post(f"/v1/rights/{live.record_ids[6]}/copy")
-        assert assert_clean_problem(r, live, 403)["code"] == "policy.reveal"
+        assert assert_clean_problem(r, live, 403)["code"] == "policy.purpose"
 
 
 def test_limits_media_types_and_no_echo(live: Live) -> None:
@@ -334,7 +334,7 @@ def test_duplicates_are_charged_like_lookups(live: Live) -> None:
     assert r.status_code == 200, r.text
     results = r.json()["results"]
     assert [x["code"] for x in results] == ["record.duplicate"] * 2 + ["budget.exceeded"] * 3
-    assert results[3]["detail"] == results[4]["detail"] == "not tried: the read budget is spent"
+    assert results[3]["detail"] == results[4]["detail"] == "not tried: a budget of the caller is spent"
     for value in live.pi_values():
         assert value not in r.text
     db = Database(live.store_url)
@@ -358,3 +358,20 @@ def test_a_dpo_erases_only_for_a_data_subjects_request(live: Live) -> None:
         r = c.patch(f"/v1/residents/{rid}", json={"notes": "x"})
         assert assert_clean_problem(r, live, 403)["code"] == "policy.purpose"
         assert c.get(f"/v1/residents/{rid}").status_code == 200  # an audit still looks, and nothing changed
+
+
+def test_creates_are_budgeted_changes(live: Live) -> None:
+    """Every create answers whether its number was held, and fills the register: six a day here."""
+    from pivault.synth import generate
+
+    fresh = [{"name": r["name"], "id_number": r["id_number"]} for r in generate(8, 991)]
+    assert not {p["id_number"] for p in fresh} & {r["id_number"] for r in live.residents}
+    live.extra_pi.extend(v for p in fresh for v in p.values())
+    _, tok = live.token_store().create("clerk-2", "clerk", ["training"], ttl_seconds=600)
+    with live.client(tok, purpose="training") as c:
+        r = c.post("/v1/residents/batch", json={"items": fresh})
+    assert r.status_code == 200, r.text
+    results = r.json()["results"]
+    assert [x["status"] for x in results] == ["created"] * 6 + ["rejected"] * 2
+    assert [x["code"] for x in results[6:]] == ["budget.exceeded"] * 2
+    assert results[7]["detail"] == "not tried: a budget of the caller is spent"

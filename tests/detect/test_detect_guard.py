@@ -174,10 +174,20 @@ def test_every_import_chunk_is_in_the_trail(db: Database, keyring: Keyring, tmp_
 
 
 def test_corrections_and_erasures_are_budgeted(db: Database, keyring: Keyring, tmp_path: Path) -> None:
-    """One token may not rewrite or empty the register without limit: changes have a budget too."""
-    door = make_door(db, keyring, tmp_path / "keys", budget=Budget(changes_per_day=2), residents=4)
+    """One token may not fill, rewrite or empty the register without limit: changes have a budget too."""
+    import datetime
+
+    from pivault.detect import BudgetPolicy, Budgets, MemoryCounters
+    from pivault.model import resident_id
+
+    door = make_door(db, keyring, tmp_path / "keys", budget=Budget(), residents=4)
+    budgets = BudgetPolicy(roles={"operator": Budget(changes_per_day=3)})
+    door.guard.budgets = Budgets(budgets, MemoryCounters())  # the residents above are put in
     who = door.reader()
     (r0, _), (r1, _), (r2, _), _ = door.ids
+    fresh = resident_id.make("110101", datetime.date(1990, 1, 1), 997)
+    assert fresh not in {idn for _, idn in door.ids}
+    door.vault.put({"name": "测试", "id_number": fresh}, ctx=who)  # a create is a change
     door.vault.update(r0, {"notes": "x"}, ctx=who)
     door.vault.erase(r1, ctx=who)
     with pytest.raises(BudgetExceeded) as info:
@@ -187,7 +197,8 @@ def test_corrections_and_erasures_are_budgeted(db: Database, keyring: Keyring, t
     with pytest.raises(BudgetExceeded):
         door.vault.update(r2, {"notes": "y"}, ctx=who)
     trail = [(e.operation, e.outcome) for e in entries(db, principal=who.principal)]
-    assert trail == [("update", "ok"), ("erase", "ok"), ("erase", "refused"), ("update", "refused")]
+    assert trail == [("put", "ok"), ("update", "ok"), ("erase", "ok"), ("erase", "refused"),
+                     ("update", "refused")]
     refusal = next(e for e in entries(db, principal=who.principal) if e.outcome == "refused")
     assert refusal.detail["rule"] == "principal.changes_per_day" and refusal.detail["requested_changes"] == 1
     assert "budget.exceeded" in {a["rule"] for a in list_alerts(db)}

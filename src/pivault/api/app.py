@@ -451,10 +451,10 @@ def create_app(vault: VaultLike, policy: Policy | PolicyHolder, *, tokens: Token
             results: list[s.BatchItemResult] = []
             for i, item in enumerate(body.items):
                 if results and results[-1].code == "budget.exceeded":
-                    # the caller's read budget is spent (duplicates are charged as reads): the
+                    # a budget of the caller is spent (duplicates charge reads, creates changes): the
                     # rest is not tried, so that a batch cannot keep asking which numbers exist
                     results.append(s.BatchItemResult(index=i, status="rejected", code="budget.exceeded",
-                                                     detail="not tried: the read budget is spent"))
+                                                     detail="not tried: a budget of the caller is spent"))
                     continue
                 try:
                     rid = vault.put(item.model_dump(), ctx=ctx)

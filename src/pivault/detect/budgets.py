@@ -7,10 +7,12 @@ its principals together) and for the whole vault. Each budget may set::
     records_per_minute, records_per_hour, records_per_day   records returned
     misses_per_hour                                          lookups that found nothing
     distinct_per_day                                         distinct record ids (UTC day)
-    changes_per_day                                          records corrected or erased
+    changes_per_day                                          records created, corrected or erased
 
 Changes are budgeted because one token able to erase or rewrite records
-without limit could destroy the register as surely as a dump exposes it.
+without limit could destroy the register as surely as a dump exposes it, and
+creates with them because each create, refused as a duplicate or not, tells
+whether an ID number is held.
 
 A charge is all-or-nothing across every applicable rule (one Lua script on
 Redis): a request that would exceed any budget is refused whole, and the

@@ -54,8 +54,9 @@ READ_OPERATIONS = frozenset({"get", "find", "export", "read", "lookup"})
 #: charged to the read budgets as a lookup that found one record would be
 WRITE_PROBES = frozenset({"put", "update", "create"})
 
-#: operations that change or remove records, charged to the ``changes_per_day`` budgets
-CHANGE_OPERATIONS = frozenset({"update", "erase"})
+#: operations that write, change or remove records, charged to the ``changes_per_day`` budgets: a
+#: create is a change too, and each one refused or not answers "is this ID number held?"
+CHANGE_OPERATIONS = frozenset({"put", "update", "erase"})
 
 #: operations about tokens and the policy rather than records
 SUBJECT_PREFIXES = ("token.", "policy.")
@@ -98,7 +99,7 @@ class DetectGuard:
         self.inner.authorise(ctx, operation, fields)
 
     def budget(self, ctx: AccessContext, operation: str, n: int) -> None:
-        """Changes (corrections, erasures) are charged here, before their transaction, so that a
+        """Changes (creates, corrections, erasures) are charged here, before their transaction, so that a
         refusal's entry and alert are not undone with it; reads are charged in :meth:`audit`,
         where the record ids are known."""
         if operation not in CHANGE_OPERATIONS or n <= 0 or self.budgets is None:
