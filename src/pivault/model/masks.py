@@ -71,6 +71,17 @@ def mask_address(v: str) -> str:
     return v[: prefix.end] + "***"
 
 
+def mask_address_province(v: str) -> str:
+    """Only the province an address starts with.
+
+    The district the default mask keeps is, for a resident who never moved,
+    the county of their ID number: with the birth date a caller searched by,
+    the sex and one character of the number, that leaves a few dozen numbers.
+    """
+    prefix = _address.parse_prefix(v)
+    return (prefix.province + "***") if prefix.province else "***"
+
+
 def mask_notes(v: str) -> str:
     return "***" if v else v
 
@@ -102,6 +113,7 @@ MASKS: dict[str, Callable[[str], str]] = {
     "birth_date": mask_date,
     "id_number_ends": mask_id_number_ends,
     "region_province": mask_region_province,
+    "address_province": mask_address_province,
 }
 
 

@@ -34,11 +34,15 @@ candidates cost a caller about 500 failed lookups by ID number to confirm one,
 ten hours and more against the shipped ``misses_per_hour`` budgets (20-50),
 which suspend the principal long before.
 
+The address of residence counts too, as the division it names: for a resident
+registered where they live (most never move) the district the default address
+mask keeps is the number's county, so a role that looks up by name and birth
+date and sees it is left a few dozen numbers. The shipped roles see the
+address cut to its province (``address_province``).
+
 Limits: the division codes of Taiwan, Hong Kong and Macau (71, 81, 82) each
 stand alone in their province, so a role shown a province learns those holders'
-whole region; they are left out of the worst case. The address of residence is
-not counted: its district is the number's region only for a resident who never
-moved, and the address mask's cut is a separate decision.
+whole region; they are left out of the worst case.
 """
 
 from __future__ import annotations
@@ -118,6 +122,32 @@ def _visible_birth(mask_fn: MaskFn, mask: str) -> set[int]:
             if _changes(mask_fn, mask, "birth_date", s, c)}
 
 
+def _sample_address(code: str) -> str:
+    """A synthetic address in the division ``code``: province, prefecture, district, then a street."""
+    parts = [divisions.province_of(code), divisions.prefecture_of(code), divisions.name_of(code)]
+    return "".join(dict.fromkeys(p for p in parts if p)) + "人民路1号"
+
+
+def _visible_address(mask_fn: MaskFn, mask: str) -> set[int]:
+    """The ID positions an address under ``mask`` gives away: its division's code, to the level shown.
+
+    Taken for a resident registered where they live (most never move): the
+    district shown is the number's county, the prefecture its first four digits.
+    """
+    from pivault.model.address import parse_prefix
+
+    known: set[int] = set()
+    for s in _ID_SAMPLES:
+        shown = parse_prefix(mask_fn(mask, "address", _sample_address(s[:6])))
+        if shown.district is not None:
+            known |= set(_REGION)
+        elif shown.prefecture is not None:
+            known |= set(range(0, 4))
+        elif shown.province is not None:
+            known |= set(range(0, 2))
+    return known
+
+
 def _gender_visible(mask_fn: MaskFn, mask: str) -> bool:
     return mask_fn(mask, "gender", "M") != mask_fn(mask, "gender", "F")
 
@@ -176,6 +206,11 @@ def id_exposure(mask_fn: MaskFn, role: str, purpose: str, fields: Mapping[str, s
         if shown:
             known |= shown
             sources.append("region_code")
+    if "address" in fields:
+        shown = _visible_address(mask_fn, fields["address"])
+        if shown - known:
+            known |= shown
+            sources.append("address")
     from_lookup = "lookup" in set(operations)
     if from_lookup:
         known |= set(_DATE)
@@ -232,10 +267,11 @@ def refusal(e: IdExposure) -> str:
     combine = " + ".join(
         f"{s} (from lookups by name and birth date)" if s == "birth_date" and e.birth_from_lookup else s
         for s in e.sources)
-    fix = ("mask region_code further (region_province) or mask more of id_number (id_number_ends)"
+    fix = ("mask region_code (region_province) and the address (address_province) further, or mask "
+           "more of id_number (id_number_ends)"
            if e.birth_from_lookup else
-           "mask region_code (region_province) or birth_date further, or mask more of id_number "
-           "(id_number_ends)")
+           "mask region_code (region_province), the address (address_province) or birth_date further, "
+           "or mask more of id_number (id_number_ends)")
     what = ("rebuild a resident ID number" if e.candidates == 1
             else "narrow a resident ID number down")
     return (f"roles.{e.role}, purpose {e.purpose!r}: {combine} {what} "
