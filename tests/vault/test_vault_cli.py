@@ -278,3 +278,16 @@ def test_cli_bad_argument_values_exit_2(app: typer.Typer, env: dict[str, str], t
     # errors that are not about an argument keep their status
     r = run(app, ["get", "r_" + "0" * 26], env=env)
     assert r.exit_code == 1 and "error[record.not_found]" in r.stderr
+
+
+def test_cli_migrate_names_a_missing_store(app: typer.Typer, env: dict[str, str], tmp_path: Path) -> None:
+    run = CliRunner().invoke
+    r = run(app, ["init", "--expected-population", "1000"], env=env)
+    assert r.exit_code == 0, r.output
+    store = Path(env["PIVAULT_HOME"]) / "vault.db"
+    for f in store.parent.glob("vault.db*"):
+        f.unlink()
+    for args in (["migrate"], ["stats"]):
+        r = run(app, args, env=env)
+        assert r.exit_code != 0 and "error[store.missing]" in r.output, (args, r.output)
+    assert not store.exists()  # not made anew, empty

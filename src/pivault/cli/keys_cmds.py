@@ -322,9 +322,10 @@ def keys_recover(
     from pivault.vault import home as _home
 
     cfg = _home.load(home)
+    store_url = cfg.existing_store_url()  # the recovery is audited into it: it must be there first
     got = [read_share(p) for p in share_files]
     ring = recover(cfg.keyring_path, got, _new_provider(kms))
-    with Database(cfg.store_url) as db:
+    with Database(store_url) as db:
         from pivault.detect.setup import DetectSettings, audit_key_dir
 
         adir = audit_key_dir(cfg.keyring_path, ring.vault_id, DetectSettings.from_home(cfg.home))

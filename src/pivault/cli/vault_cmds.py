@@ -107,7 +107,7 @@ def migrate(home: HomeOpt = None, json_out: JsonOpt = False) -> None:
     from pivault.vault import home as _home
 
     cfg = _home.load(home)
-    with Database(cfg.store_url) as db:
+    with Database(cfg.existing_store_url()) as db:  # a missing store is not made anew, empty
         done = _migrate(db)
     if json_out:
         _print_json({"applied": done})

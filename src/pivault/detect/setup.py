@@ -220,7 +220,7 @@ def run_node_chainer(home: str | os.PathLike[str], stop: threading.Event) -> Non
     keyring = Keyring.open(cfg.keyring_path, provider_for(Keyring.peek(cfg.keyring_path)["provider"]))
     settings = DetectSettings.from_home(cfg.home)
     assert settings.journal_dir is not None
-    with Database(cfg.store_url) as db:
+    with Database(cfg.existing_store_url()) as db:
         audit_log = _audit_log(db, keyring, cfg.keyring_path, cfg.home, settings, True, journal=False)
         NodeChainer(audit_log, settings.journal_dir).run(stop)
 
