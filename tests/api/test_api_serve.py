@@ -271,6 +271,18 @@ def test_token_out_is_checked_before_the_token_exists(home: Path, tmp_path: Path
     assert code == 1 and "error[io]" in out
     assert tokens() == before
     assert [p.name for p in late.parent.iterdir()] == ["t.token"] and late.is_dir()
+    # with --force, a failure after the new token is written keeps the file it would have replaced
+
+    def written_then_failed(path: Path, data: bytes, *, overwrite: bool) -> None:
+        real(path, data, overwrite=overwrite)
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(_atomic, "write_private", written_then_failed)
+    held = f.read_text()
+    code, out = create(f, "--force")
+    assert code == 1 and tokens() == before
+    assert f.read_text() == held  # the file it would have replaced, and its holder's token, as they were
+    assert [p.name for p in f.parent.iterdir() if p.name.startswith(".")] == []  # no new token left
 
 
 def test_token_commands_need_the_passphrase(home: Path) -> None:

@@ -221,21 +221,26 @@ def token_create(
     ttl = parse_duration(expires)
     if out is not None:
         _check_token_out(out, force)
+    # a file replaced with --force is replaced only once the token is committed: until then the new
+    # token waits beside it, so a failed commit leaves the old file (and its holder) as they were
+    target = out.with_name(f".{out.name}.{os.getpid()}.new") if out is not None and force else out
     written = False
     try:
         with _audited_tokens(h) as (store, record):
             # the issuer is the account running this, as the export rule compares it
             info, token = store.create(principal, role, purposes, ttl_seconds=ttl,
                                        created_by=local_principal())
-            if out is not None:
+            if target is not None:
                 # inside the transaction: if the file cannot be written, the token is rolled
                 # back with it, so no active token is left that nobody holds
-                write_private(out, (token + "\n").encode(), overwrite=force)
+                write_private(target, (token + "\n").encode(), overwrite=force)
                 written = True
             record("token.create", info.token_id)
+        if out is not None and target is not None and target != out:
+            os.replace(target, out)
     except BaseException:
-        if written and out is not None:
-            out.unlink(missing_ok=True)  # holds a token that was never committed
+        if target is not None and (written or target != out):
+            target.unlink(missing_ok=True)  # holds a token that was never committed
         raise
     when = time.strftime("%Y-%m-%d %H:%M", time.gmtime(info.expires_at))
     if out is not None:
