@@ -7,7 +7,6 @@ import functools
 import json
 import socket
 import ssl
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
@@ -16,8 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import uvicorn
-from api_support import CHEAP, PASSPHRASE, free_port, start_server, stop
+from api_support import CHEAP, PASSPHRASE, free_port, start_server, stop, uvicorn_thread
 
 from pivault.api.connection import CLOSE_GRACE, ConnectionLimits, GuardedProtocol
 from pivault.api.problems import TITLES
@@ -58,23 +56,11 @@ async def _app(scope: dict[str, Any], receive: Any, send: Any) -> None:
 
 @contextmanager
 def _server(**config: Any) -> Iterator[int]:
-    port = free_port()
     protocol = functools.partial(GuardedProtocol, limits=ConnectionLimits(head_timeout=HEAD_TIMEOUT,
                                                                           per_client=PER_CLIENT))
-    server = uvicorn.Server(uvicorn.Config(_app, host="127.0.0.1", port=port, http=protocol,  # type: ignore[arg-type]
-                                           log_level="critical", lifespan="off",
-                                           h11_max_incomplete_event_size=MAX_HEAD, **config))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert server.started
-    try:
+    with uvicorn_thread(_app, http=protocol, log_level="critical", h11_max_incomplete_event_size=MAX_HEAD,
+                        **config) as port:
         yield port
-    finally:
-        server.should_exit = True
-        thread.join(10)
 
 
 @pytest.fixture(scope="module")

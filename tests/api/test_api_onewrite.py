@@ -6,14 +6,12 @@ import asyncio
 import json
 import socket
 import ssl
-import threading
 import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
-import uvicorn
-from api_support import Live, free_port
+from api_support import Live, uvicorn_thread
 
 from pivault.api.connection import GuardedProtocol
 from pivault.api.onewrite import OneWriteProtocol
@@ -58,20 +56,8 @@ async def _slow_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
 
 @pytest.fixture(params=[OneWriteProtocol, GuardedProtocol], ids=["onewrite", "guarded"])
 def slow_server(request: pytest.FixtureRequest) -> Iterator[int]:
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(_slow_app, host="127.0.0.1", port=port, http=request.param,
-                                           log_level="warning", lifespan="off"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert server.started
-    try:
+    with uvicorn_thread(_slow_app, http=request.param, log_level="warning") as port:
         yield port
-    finally:
-        server.should_exit = True
-        thread.join(10)
 
 
 def test_a_slow_body_does_not_hold_its_head(slow_server: int) -> None:
