@@ -36,7 +36,7 @@ from __future__ import annotations
 import math
 import re
 import tomllib
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -207,6 +207,24 @@ def _parse_budgets(raw: object, where: str) -> dict[str, int | float]:
     return out
 
 
+def _purpose_table(raw: object, where: str, what: str, keys: Collection[str], purposes: Sequence[str],
+                   not_a_key: Callable[[str], str]) -> dict[str, list[str]]:
+    """A table of ``what = [purposes]`` (a role's reveal, its operation_purposes): each key one of
+    ``keys``, each purpose one of the role's."""
+    if not isinstance(raw, dict):
+        raise PolicyError(f"{where} must be a table of {what} = [purposes]")
+    out: dict[str, list[str]] = {}
+    for key, ps in raw.items():
+        if key not in keys:
+            raise PolicyError(f"{where}.{key}: {not_a_key(key)}")
+        plist = _strs(ps, f"{where}.{key}")
+        for p in plist:
+            if p not in purposes:
+                raise PolicyError(f"{where}.{key}: purpose {p!r} is not one of the role's purposes")
+        out[key] = plist
+    return out
+
+
 def _parse_role(name: str, raw: object) -> Role:
     where = f"roles.{name}"
     if not isinstance(raw, dict):
@@ -253,20 +271,9 @@ def _parse_role(name: str, raw: object) -> Role:
     if fields and not reads:
         raise PolicyError(f"{where}.fields is set but the role has no operation that returns a record "
                           "(lookup, read, export)")
-    reveal_raw = raw.get("reveal", {})
-    if not isinstance(reveal_raw, dict):
-        raise PolicyError(f"{where}.reveal must be a table of field = [purposes]")
-    reveal: dict[str, frozenset[str]] = {}
-    for fname, ps in reveal_raw.items():
-        if fname not in fields:
-            raise PolicyError(f"{where}.reveal.{fname}: the role does not see this field "
-                              f"(add it to {where}.fields first)")
-        plist = _strs(ps, f"{where}.reveal.{fname}")
-        for p in plist:
-            if p not in purposes:
-                raise PolicyError(f"{where}.reveal.{fname}: purpose {p!r} is not one of the role's purposes")
-        if plist:
-            reveal[fname] = frozenset(plist)
+    reveal = {f: frozenset(ps) for f, ps in _purpose_table(
+        raw.get("reveal", {}), f"{where}.reveal", "field", fields, purposes,
+        lambda f: f"the role does not see this field (add it to {where}.fields first)").items() if ps}
     writes = {"create", "update"} & set(ops)
     if "writable" in raw:
         writable = _strs(raw["writable"], f"{where}.writable")
@@ -280,22 +287,14 @@ def _parse_role(name: str, raw: object) -> Role:
     else:
         writable_set = frozenset(WRITABLE_FIELDS) if writes else frozenset()
     budgets = _parse_budgets(raw.get("budgets", {}), f"{where}.budgets")
-    op_raw = raw.get("operation_purposes", {})
-    if not isinstance(op_raw, dict):
-        raise PolicyError(f"{where}.operation_purposes must be a table of operation = [purposes]")
     op_purposes: dict[str, frozenset[str]] = {}
-    for op, ps in op_raw.items():
-        if op not in ops:
-            raise PolicyError(f"{where}.operation_purposes.{op}: the role may not {op} "
-                              f"(add it to {where}.operations first)")
-        plist = _strs(ps, f"{where}.operation_purposes.{op}")
+    for op, plist in _purpose_table(raw.get("operation_purposes", {}), f"{where}.operation_purposes",
+                                    "operation", ops, purposes,
+                                    lambda op: f"the role may not {op} (add it to {where}.operations first)"
+                                    ).items():
         if not plist:
             raise PolicyError(f"{where}.operation_purposes.{op} is empty: leave {op} out of "
                               f"{where}.operations instead")
-        for p in plist:
-            if p not in purposes:
-                raise PolicyError(f"{where}.operation_purposes.{op}: purpose {p!r} is not one of the "
-                                  "role's purposes")
         op_purposes[op] = frozenset(plist)
     return Role(name=name, description=description, operations=frozenset(ops), purposes=tuple(purposes),
                 fields=fields, reveal=reveal, writable=writable_set, budgets=budgets,
