@@ -536,8 +536,8 @@ class ShreddingRecordStore(RecordStore):
                 r.record_key = others.get(r.record_id)
         return records
 
-    def get(self, record_id: str) -> StoredRecord | None:
-        rec = super().get(record_id)
+    def get(self, record_id: str, *, for_update: bool = False) -> StoredRecord | None:
+        rec = super().get(record_id, for_update=for_update)
         return None if rec is None else self._attach([rec])[0]
 
     def get_many(self, record_ids: Sequence[str]) -> list[StoredRecord]:

@@ -122,6 +122,11 @@ _CHUNK_SQLITE = 500
 #: the PI columns of ``records``, in their order
 _FIELD_NAMES: tuple[str, ...] = ("name", "id_number", "mobile", "address", "notes")
 _CHUNK_PG = 5000
+#: PostgreSQL advisory-lock spaces (the two-``int4`` form): every writer that adds or
+#: changes an ID number takes the first shared (an import's chunk takes it exclusive),
+#: then the second keyed by the number's blind index value
+_LOCK_WRITERS = 0x70760001
+_LOCK_NUMBERS = 0x70760002
 
 
 def _repeats(ids: Sequence[str]) -> set[str]:
@@ -369,8 +374,45 @@ class RecordStore:
                   for f, v in zip(_FIELD_NAMES, row[1:6], strict=True) if v is not None}
         return StoredRecord(row[0], fields, index, float(row[6]), float(row[7]), row[8])
 
-    def get(self, record_id: str) -> StoredRecord | None:
-        row = self._db.query_one(f"SELECT {_COLS} FROM records WHERE record_id = ?", (record_id,))
+    def lock_id_numbers(self, values: Sequence[bytes] | None) -> None:
+        """Hold, until the transaction ends, the right to add or change records of these ID numbers.
+
+        The uniqueness of an ID number is a read (is it in the vault?) then a
+        write. SQLite serialises every writer of the file already (``BEGIN
+        IMMEDIATE``), so this is a no-op there; under PostgreSQL's READ
+        COMMITTED two transactions would both read "absent" and both insert.
+        So on PostgreSQL the writer takes transaction-scoped advisory locks
+        first: one shared by every such writer, then one per blind index value
+        (several numbers share a value: they only queue behind each other).
+        ``None`` asks for every number at once (the shared lock exclusively),
+        for an import's chunk: its thousands of numbers would overflow the
+        server's lock table, and it queues single writers for one
+        transaction. Call it first in the transaction, before reading what it
+        protects.
+        """
+        if not self._pg:
+            return
+        db = self._db
+        if not db.in_transaction:
+            raise StoreError("the ID-number locks are taken inside the writing transaction",
+                             code="store.lock")
+        if values is None:
+            db.execute("SELECT pg_advisory_xact_lock(?::int4, 0)", (_LOCK_WRITERS,))
+            return
+        db.execute("SELECT pg_advisory_xact_lock_shared(?::int4, 0)", (_LOCK_WRITERS,))
+        for key in sorted({int.from_bytes(bytes(v)[:4], "big", signed=True) for v in values}):
+            db.execute("SELECT pg_advisory_xact_lock(?::int4, ?::int4)", (_LOCK_NUMBERS, key))
+
+    def get(self, record_id: str, *, for_update: bool = False) -> StoredRecord | None:
+        """A record with its index entries, or None.
+
+        ``for_update`` (inside a transaction) also locks the record's row until
+        it ends on PostgreSQL, so that a read-modify-write does not lose a
+        concurrent writer's change; SQLite's write transaction holds the file.
+        """
+        lock = " FOR UPDATE" if for_update and self._pg else ""
+        row = self._db.query_one(f"SELECT {_COLS} FROM records WHERE record_id = ?{lock}",
+                                 (record_id,))
         if row is None:
             return None
         index = {n: bytes(v) for n, v in self._db.query(

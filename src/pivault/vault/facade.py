@@ -325,6 +325,7 @@ class Vault:
         self._budget(ctx, "put", 1)
         sealed = seal(self.keyring, r, checks=self.checks)
         with self.db.transaction():
+            self.store.lock_id_numbers([sealed.index["id_number"]])
             existing = self.ids_by_id_number({r.id_number: sealed.index["id_number"]})
             if not existing:
                 self.guard.audit(ctx, "put", [r.record_id], "ok")
@@ -425,7 +426,10 @@ class Vault:
         self._budget(ctx, "update", 1, [record_id])
         holder: str | None = None
         with self.db.transaction():
-            stored = self.store.get(record_id)
+            # writers of ID numbers first, then this record's row, then the new number (no cycle
+            # with an import's chunk, which holds every number and then rows it updates)
+            self.store.lock_id_numbers([])
+            stored = self.store.get(record_id, for_update=True)
             if stored is not None:
                 current = open_record(self.keyring, stored)
                 merged: dict[str, str | None] = dict(current.pi_fields())
@@ -433,6 +437,7 @@ class Vault:
                 new = Resident.parse(merged, record_id=record_id)
                 sealed = seal(self.keyring, new, stored.batch_id, self.checks)
                 if new.id_number != current.id_number:
+                    self.store.lock_id_numbers([sealed.index["id_number"]])
                     other = self.ids_by_id_number({new.id_number: sealed.index["id_number"]})
                     holder = other.get(new.id_number)
                 if holder is None:

@@ -562,6 +562,8 @@ class _Committer:
         skipped: list[str] = []                 # record ids that already held a row's ID number
         by_line: dict[int, RowTuple] | None = None
         with db.transaction():
+            # every ID number, for the chunk's check and writes: see RecordStore.lock_id_numbers
+            vault.store.lock_id_numbers(None)
             cur = db.execute(
                 "UPDATE import_batches SET rows_consumed = rows_consumed + ?, updated_at = ?"
                 " WHERE batch_id = ? AND rows_consumed = ? AND status = 'running'",
