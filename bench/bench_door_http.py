@@ -1,27 +1,32 @@
 """Benchmark: what the audit trail and read budgets cost a lookup service over HTTPS.
 
-    python bench/bench_door_http.py --count 100000 --connections 16 --seconds 10 --rounds 5
+    python bench/bench_door_http.py --count 100000 --seconds 10 --rounds 5 [--workers 2]
 
 BENCHMARKS *door* measures the door in-process: ``Vault.find`` with and without
 its watchman, nothing around it. A member of staff looks a resident up through
 the API, so this measures the same two doors behind the service that carries
-them: two ``pivault serve`` processes over one vault, one worker each, the same
-TLS, HTTP stack, token check, policy and masks, driven in turn by ``wrk`` with
+them: two ``pivault serve`` processes over one vault, the same TLS, HTTP stack,
+token check, policy and masks, driven in turn by ``wrk`` with
 ``POST /v1/residents/lookup`` by ID number as an ``officer``:
 
 1. inner path (the baseline): the vault's door with the local guard only
    (authorise, masks), no audit entry, no budgets, no canary check, no
    detector. ``pivault serve`` has no such mode: this benchmark builds it by
-   replacing, in its own server process, the function that opens the vault,
-   so that the vault is opened with ``LocalGuard`` (``Vault.open(guard=…)``);
-2. full door: ``pivault serve`` as it runs with one worker — audit entry
-   written and chained by the worker's thread, read budgets charged (raised
-   far above what the run reads, so that every lookup is charged and none
-   refused), canary check, detector.
+   replacing, in every process of that server, the function that opens the
+   vault, so that the vault is opened with ``LocalGuard``
+   (``Vault.open(guard=…)``), through a ``sitecustomize`` module of its own
+   on that server's ``PYTHONPATH``;
+2. full door: ``pivault serve`` as it runs — audit entry written and chained
+   (by the worker's thread with one worker; by the node's chainer process with
+   several), read budgets charged (in-process with one worker, in the vault's
+   counters file with several; raised far above what the run reads, so that
+   every lookup is charged and none refused), canary check, detector.
 
-One worker each, so that a server's throughput is what its one core can do
-(``wrk`` takes the other); the rounds alternate, and the figures are medians
-of the rounds. The CPU time of each server process per lookup, read from
+With one worker (the default) a server's throughput is what its one core can
+do and ``wrk`` takes the other; with ``--workers 2`` the servers run as
+``serve`` runs on this machine by default. The rounds alternate, and the
+figures are medians of the rounds. The CPU time of the processes that serve
+(workers and, with several, the node's chainer) per lookup, read from
 ``/proc``, is the steadier figure on a shared machine.
 """
 
@@ -41,35 +46,46 @@ from pathlib import Path
 
 import bench_api as api
 
+#: imported by every Python process of the inner server (its workers are spawned, so a patch made
+#: in the parent alone would not reach them): the vault is opened with the local guard only
+_INNER_SITECUSTOMIZE = """
+from pivault.api import server as _server
+from pivault.vault import LocalGuard as _LocalGuard, Vault as _Vault
 
-def _serve(which: str, home: str, port: int, cert: str, key: str, policy: str) -> None:
-    """Run one server (this process), the product's ``serve`` path; ``inner`` opens the vault bare."""
+_product_build = _server.build_app
+
+
+def _inner_build(opts, vault=None):
+    return _product_build(opts, vault if vault is not None else _Vault.open(opts.home, guard=_LocalGuard()))
+
+
+_server.build_app = _inner_build
+"""
+
+
+def _serve(home: str, port: int, workers: int, cert: str, key: str, policy: str) -> None:
+    """Run one server in this process, by the product's ``serve`` path."""
     from pivault.api import server
 
-    if which == "inner":
-        from pivault.vault import LocalGuard, Vault
-
-        product_build = server.build_app
-
-        def inner_build(opts: server.ServeOptions, vault: object | None = None) -> object:
-            bare = vault if vault is not None else Vault.open(opts.home, guard=LocalGuard())
-            return product_build(opts, bare)
-
-        server.build_app = inner_build  # type: ignore[assignment]
     os.environ["PIVAULT_PASSPHRASE"] = api.PASSPHRASE
-    server.run(server.ServeOptions(home=home, port=port, workers=1, certfile=cert, keyfile=key, policy=policy,
-                                   log_to_stderr=False), echo=lambda _: None)
+    server.run(server.ServeOptions(home=home, port=port, workers=workers, certfile=cert, keyfile=key,
+                                   policy=policy, log_to_stderr=False), echo=lambda _: None)
 
 
-def _start(which: str, home: Path, port: int, cert: Path, key: Path, policy: Path,
+def _start(which: str, home: Path, port: int, workers: int, cert: Path, key: Path, policy: Path,
            logdir: Path) -> subprocess.Popen[bytes]:
     import ssl
 
     import httpx
 
     env = {k: v for k, v in os.environ.items() if k not in ("PIVAULT_REDIS_URL", "PIVAULT_COUNTERS_URL")}
+    if which == "inner":
+        site = logdir / "inner-site"
+        site.mkdir(exist_ok=True)
+        (site / "sitecustomize.py").write_text(_INNER_SITECUSTOMIZE, encoding="utf-8")
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(site), env.get("PYTHONPATH")]))
     cmd = [sys.executable, __file__, "--serve", which, "--home", str(home), "--port", str(port),
-           "--cert", str(cert), "--key", str(key), "--policy", str(policy)]
+           "--workers", str(workers), "--cert", str(cert), "--key", str(key), "--policy", str(policy)]
     proc = subprocess.Popen(cmd, stdout=(logdir / f"{which}.out").open("wb"),
                             stderr=(logdir / f"{which}.err").open("wb"), env=env)
     ctx = ssl.create_default_context(cafile=str(cert))
@@ -101,6 +117,9 @@ def main() -> None:
     ap.add_argument("--count", type=int, default=100_000, help="synthetic residents in the vault")
     ap.add_argument("--home", type=Path, help="reuse this bench vault home (created if absent)")
     ap.add_argument("--store-url", help="postgresql://… to bench the PostgreSQL backend")
+    ap.add_argument("--workers", type=int, default=1,
+                    help="worker processes of each server (several: the budgets in the counters file, "
+                         "the audit chained by the node's chainer, as serve runs them)")
     ap.add_argument("--connections", type=int, default=16, help="concurrent keep-alive clients")
     ap.add_argument("--seconds", type=int, default=10)
     ap.add_argument("--rounds", type=int, default=5, help="alternating rounds of both servers; medians")
@@ -111,7 +130,7 @@ def main() -> None:
     ap.add_argument("--policy", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.serve:
-        _serve(args.serve, str(args.home), args.port, args.cert, args.key, args.policy)
+        _serve(str(args.home), args.port, args.workers, args.cert, args.key, args.policy)
         return
     if shutil.which("wrk") is None:
         raise SystemExit("this benchmark drives the servers with wrk: install it (apt-get install wrk)")
@@ -129,8 +148,10 @@ def main() -> None:
     ids = api._lookup_ids(min(1000, args.count))
     script = api.wrk_script(tmp / "lookup.lua", token, ids)
     entries_before = _audit_entries(home)
-    procs = {w: _start(w, home, api._free_port(), cert.certfile, cert.keyfile, policy, tmp)
+    procs = {w: _start(w, home, api._free_port(), args.workers, cert.certfile, cert.keyfile, policy, tmp)
              for w in ("inner", "full")}
+    # the processes that serve (with several workers: the workers and the node's chainer)
+    serving = {w: api._workers(p.pid) for w, p in procs.items()}
     urls = {w: "https://127.0.0.1:" + p.args[p.args.index("--port") + 1] for w, p in procs.items()}  # type: ignore[union-attr]
     runs: dict[str, list[dict[str, float]]] = {"inner": [], "full": []}
     try:
@@ -138,7 +159,7 @@ def main() -> None:
             api.run_wrk(urls[w] + "/v1/residents/lookup", 2, args.connections, 1, script)
         for _ in range(args.rounds):
             for w in runs:
-                meter = api.CpuMeter([procs[w].pid], None)
+                meter = api.CpuMeter(serving[w], None)
                 runs[w].append(api.run_wrk(urls[w] + "/v1/residents/lookup", args.seconds, args.connections,
                                            1, script, meter))
     finally:
@@ -154,11 +175,12 @@ def main() -> None:
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     backend = "PostgreSQL" if args.store_url else "SQLite"
     print(f"python {platform.python_version()} on {platform.machine()}, {os.cpu_count()} cores, "
-          f"load average {load}; {backend}, {args.count:,} residents; one worker a server, "
+          f"load average {load}; {backend}, {args.count:,} residents; {args.workers} worker(s) a server, "
           f"{args.connections} connections, {args.seconds} s a run, {args.rounds} alternating rounds "
           "(medians)")
     print("                                  lookups/s   p50 ms   p99 ms   server CPU ms a lookup")
-    labels = {"inner": "inner path (no audit, no budgets)", "full": "full door (serve --workers 1)"}
+    labels = {"inner": "inner path (no audit, no budgets)",
+              "full": f"full door (serve --workers {args.workers})"}
     for w, label in labels.items():
         r = med[w]
         print(f"{label:<33} {r['rps']:>9,.0f}  {r['p50']:7.2f}  {r['p99']:7.2f}  {r['workers_ms']:8.3f}")
