@@ -6,6 +6,8 @@ import csv
 import json
 import random
 import re
+import zipfile
+import zlib
 from pathlib import Path
 
 import pytest
@@ -151,6 +153,54 @@ def test_a_dump_that_cannot_be_read_is_an_error_not_a_clean_case(
     assert "50 rows read, 50 matched" in r.output and "problem in e.csv" in r.output
     assert "warning: 1 dump file(s) not read in full" in r.output
     assert _cases() == 1
+
+
+def _audit_checks() -> int:
+    with Vault.open() as v:
+        row = v.db.query_one("SELECT COUNT(*) FROM audit_entries WHERE operation = 'leak.check'") \
+            if v.db.table_exists("audit_entries") else (0,)
+        assert row is not None
+        return int(row[0])
+
+
+def test_a_binary_file_is_refused_not_read_as_an_empty_dump(
+        cli: tuple[CliRunner, typer.Typer, Path, list[Resident]]) -> None:
+    runner, app, tmp, residents = cli
+    rnd = random.Random(5)
+
+    def noise(n: int) -> bytes:
+        return rnd.randbytes(n).replace(b"\x00", b"")
+
+    pdf = tmp / "offer.pdf"
+    pdf.write_bytes(b"%PDF-1.4\n" + zlib.compress(noise(200_000)).replace(b"\x00", b"\x01"))
+    blob = tmp / "dump.csv"  # the name says CSV; the content decides
+    blob.write_bytes(noise(200_000))
+    packed = tmp / "dump.zip"
+    with zipfile.ZipFile(packed, "w") as zf:
+        zf.writestr("data.bin", noise(100_000))
+    for path, why in ((pdf, "offer.pdf: the file is a PDF document"),
+                      (blob, "dump.csv: the file is neither text"),
+                      (packed, "dump.zip:data.bin: the file is neither text")):
+        r = runner.invoke(app, ["leak", "check", str(path)])
+        assert r.exit_code == 1, r.output
+        assert "error[dump.unread]" in r.output and why in r.output, r.output
+        assert "case_" not in r.output and "affected" not in r.output
+        assert len(r.output.strip().splitlines()) == 1
+    assert _cases() == 0
+    assert _audit_checks() == 0
+    # a binary member beside a CSV in one archive: the CSV is checked, the member named as not read
+    mixed = tmp / "mixed.zip"
+    with zipfile.ZipFile(mixed, "w") as zf:
+        zf.writestr("proof.bin", noise(50_000))
+        zf.writestr("people.csv", "name,id_number\n"
+                    + "".join(f"{p.name},{p.id_number}\n" for p in residents[:30]))
+    r = runner.invoke(app, ["leak", "check", str(mixed)])
+    assert r.exit_code == 0, r.output
+    assert "30 rows read, 30 matched" in r.output
+    assert "problem in mixed.zip: mixed.zip:proof.bin: the file is neither text" in r.output
+    assert "warning: 1 dump file(s) not read in full" in r.output
+    assert _cases() == 1
+    assert _audit_checks() == 1
 
 
 def _request(runner: CliRunner, app: typer.Typer, residents: list[Resident]) -> str:

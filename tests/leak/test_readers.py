@@ -7,8 +7,10 @@ import gzip
 import io
 import json
 import os
+import random
 import resource
 import zipfile
+import zlib
 from pathlib import Path
 
 import pytest
@@ -406,6 +408,63 @@ def test_binary_file_is_refused(tmp_path: Path) -> None:
     p.write_bytes(bytes(range(256)) * 100 + b"\x00" * 5000)
     with pytest.raises(DumpError, match="neither text"):
         list(read_dump(p))
+
+
+def _noise(n: int, seed: int) -> bytes:
+    """Random bytes without NUL (what compressed or encrypted data looks like to a text sniffer)."""
+    return random.Random(seed).randbytes(n).replace(b"\x00", b"")
+
+
+def test_binary_without_nul_bytes_is_not_text() -> None:
+    for n in (64, 500, 4096, 300_000):
+        assert detect_encoding(_noise(n, n)) == "binary", n
+    assert detect_encoding(zlib.compress(_noise(50_000, 1)).replace(b"\x00", b"\x01")) == "binary"
+    # text stays text: GB18030, UTF-8, an undeclared 8-bit encoding, tabs, colour codes, Hive's ^A
+    text = csv_text(["姓名", "身份证号", "手机号码", "住址"], PEOPLE)
+    assert detect_encoding(text.encode("gb18030")) == "gb18030"
+    assert detect_encoding(text.encode("utf-8")) == "utf-8"
+    assert detect_encoding(("nom,prénom\n" + "Lefèvre,Hélène\n" * 50).encode("latin-1")) != "binary"
+    assert detect_encoding(csv_text(None, PEOPLE, "\t").encode("utf-8") + b"\x1a") == "utf-8"
+    assert detect_encoding(b"".join(b"\x1b[32mINFO\x1b[0m " + r["mobile"].encode() + b"\n"
+                                    for r in PEOPLE)) == "utf-8"
+    assert detect_encoding(csv_text(None, PEOPLE, "\x01").encode("utf-8")) == "utf-8"
+
+
+@pytest.mark.parametrize("content", [
+    b"%PDF-1.4\n" + zlib.compress(_noise(100_000, 2)),
+    zlib.compress(_noise(100_000, 3)).replace(b"\x00", b"\x01"),
+    _noise(100_000, 4),
+    b"BZh91AY&SY" + _noise(1000, 5),
+], ids=["pdf", "zlib", "noise", "bzip2"])
+def test_binary_files_without_nul_bytes_are_refused(tmp_path: Path, content: bytes) -> None:
+    p = tmp_path / "dump.dat"
+    p.write_bytes(content)
+    with pytest.raises(DumpError) as e:
+        list(read_dump(p))
+    assert e.value.code == "dump.format" and e.value.source == "dump.dat"
+
+
+def test_zip_member_that_is_binary_is_refused_and_the_others_read(tmp_path: Path) -> None:
+    zp = tmp_path / "leak.zip"
+    with zipfile.ZipFile(zp, "w") as zf:
+        zf.writestr("proof.bin", _noise(20_000, 6))
+        zf.writestr("people.csv", csv_text(FIELDS, PEOPLE[:40]).encode("utf-8"))
+        zf.writestr("scan.pdf", b"%PDF-1.7\n" + _noise(2000, 7))
+    got: list[Batch] = []
+    with pytest.raises(DumpError) as e:
+        for b in read_dump(zp):
+            got.append(b)
+    assert e.value.code == "dump.format"
+    assert "2 zip members not read" in e.value.message
+    assert "leak.zip:proof.bin" in e.value.message and "leak.zip:scan.pdf" in e.value.message
+    assert {b.table.source for b in got} == {"leak.zip:people.csv"}
+    assert sum(len(b.rows) for b in got) == 40
+    only = tmp_path / "only.zip"
+    with zipfile.ZipFile(only, "w") as zf:
+        zf.writestr("data.bin", _noise(20_000, 8))
+    with pytest.raises(DumpError) as e:
+        list(read_dump(only))
+    assert e.value.code == "dump.format" and e.value.source == "only.zip:data.bin"
 
 
 def test_messages_hold_no_values(tmp_path: Path) -> None:

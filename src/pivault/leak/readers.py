@@ -135,14 +135,32 @@ def _gb18030_fallback(exc: UnicodeError) -> tuple[str, int]:
 codecs.register_error("pivault-gb18030", _gb18030_fallback)
 
 
+#: control characters no text dump holds: C0 but tab, LF, VT, FF, CR, ESC (colour codes in logs)
+#: and \x01-\x03 (the field delimiters of Hive text exports), and DEL. Compressed or random data
+#: is about 9 % such characters, text (in any encoding) next to none.
+_CONTROLS = dict.fromkeys([*range(0x04, 0x09), *range(0x0E, 0x1B), *range(0x1C, 0x20), 0x7F])
+#: more than this share of control characters in the sample: binary data, not text
+BINARY_CONTROL_SHARE = 0.01
+
+
 def detect_encoding(sample: bytes) -> str:
     """Guess the text encoding of a dump from its first bytes.
 
     A BOM decides; otherwise NUL bytes at one parity say UTF-16 without BOM;
     otherwise UTF-8 if the sample is valid UTF-8, GB18030 if it is valid
-    GB18030. Returns a Python codec name (``utf-8-sig``, ``utf-16-le`` …);
-    ``binary`` when the sample is not text at all.
+    GB18030, else UTF-8 falling back to GB18030 sequence by sequence. Returns
+    a Python codec name (``utf-8-sig``, ``utf-16-le`` …); ``binary`` when the
+    sample is not text at all: NUL bytes that are not UTF-16, or, once
+    decoded, control characters in more than 1 % of it (compressed, encrypted
+    or random data, whether or not a text decoder happens to accept it).
     """
+    encoding = _guess_encoding(sample)
+    if encoding == "binary" or not sample:
+        return encoding
+    return "binary" if _looks_binary(_decode_sample(sample, encoding)) else encoding
+
+
+def _guess_encoding(sample: bytes) -> str:
     if sample.startswith(codecs.BOM_UTF8):
         return "utf-8-sig"
     if sample.startswith(codecs.BOM_UTF32_LE) or sample.startswith(codecs.BOM_UTF32_BE):
@@ -171,7 +189,19 @@ def detect_encoding(sample: bytes) -> str:
         codecs.getincrementaldecoder("gb18030")().decode(sample, final=False)
         return "gb18030"
     except UnicodeDecodeError:
+        # neither: read as UTF-8 with GB18030 for what UTF-8 rejects (binary data is caught after)
         return "utf-8"
+
+
+def _decode_sample(sample: bytes, encoding: str) -> str:
+    """The sample as the readers will decode it (a sequence cut off at its end left out)."""
+    decoder = codecs.getincrementaldecoder(encoding)(errors=_errors_for(encoding))
+    return decoder.decode(sample, final=False)
+
+
+def _looks_binary(text: str) -> bool:
+    controls = len(text) - len(text.translate(_CONTROLS))
+    return controls > max(1, len(text) * BINARY_CONTROL_SHARE)
 
 
 def _errors_for(encoding: str) -> str:
@@ -937,6 +967,34 @@ def _read_parquet(stream: IO[bytes], source: str, batch: int) -> Iterator[Batch]
 
 # ---------------------------------------------------------------- dispatch
 
+#: binary formats leak check does not read, told by their first bytes (a clearer refusal than
+#: "not text", and one a PDF whose first streams hold text still gets)
+_BINARY_MAGIC: tuple[tuple[bytes, str], ...] = (
+    (b"%PDF-", "a PDF document"),
+    (b"\x89PNG\r\n\x1a\n", "a PNG image"),
+    (b"\xff\xd8\xff", "a JPEG image"),
+    (b"GIF87a", "a GIF image"),
+    (b"GIF89a", "a GIF image"),
+    (b"\x7fELF", "an executable"),
+    (b"7z\xbc\xaf\x27\x1c", "a 7-Zip archive"),
+    (b"Rar!\x1a\x07", "a RAR archive"),
+    (b"\xfd7zXZ\x00", "an xz stream"),
+    (b"\x28\xb5\x2f\xfd", "a Zstandard stream"),
+    (b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1", "a legacy Office document (.xls, .doc)"),
+    (b"SQLite format 3\x00", "an SQLite database"),
+)
+_FORMATS = "CSV/TSV, JSON, SQL, xlsx, Parquet, gzip, zip"
+
+
+def _binary_format(sample: bytes) -> str | None:
+    if sample[:3] == b"BZh" and sample[4:10] == b"1AY&SY":
+        return "a bzip2 stream"
+    for magic, what in _BINARY_MAGIC:
+        if sample.startswith(magic):
+            return what
+    return None
+
+
 _SQL_HEAD = re.compile(
     r"\s*(?:--|/\*|#|(?:INSERT|REPLACE|CREATE|SET|DROP|LOCK|UNLOCK|COPY|BEGIN|START|USE|"
     r"ALTER|SELECT|COMMIT)\b)", re.I)
@@ -1061,6 +1119,10 @@ def _dispatch(stream: IO[bytes], name: str, limit: int, batch: int, depth: int) 
     if sample[:4] == b"PAR1":
         yield from _read_parquet(stream, name, batch)
         return
+    what = _binary_format(sample)
+    if what is not None:
+        raise DumpError(f"the file is {what}, not a dump format leak check reads ({_FORMATS})",
+                        code="dump.format", source=name)
     encoding = detect_encoding(sample)
     if encoding == "binary":
         raise DumpError("the file is neither text nor a known binary format (gzip, zip, xlsx, Parquet)",
@@ -1074,6 +1136,10 @@ def _dispatch(stream: IO[bytes], name: str, limit: int, batch: int, depth: int) 
     if kind == "empty":
         raise DumpError("the file holds only blank text", code="dump.empty", source=name)
     yield from readers[kind](stream, name, encoding, limit, batch)
+
+
+#: errors of a zip member raised before it yields a row: the archive's other members are read on
+_MEMBER_SKIPPED = frozenset({"dump.format", "dump.empty", "dump.encrypted"})
 
 
 def _read_zip(stream: IO[bytes], name: str, limit: int, batch: int, depth: int) -> Iterator[Batch]:
@@ -1095,9 +1161,23 @@ def _read_zip(stream: IO[bytes], name: str, limit: int, batch: int, depth: int) 
                    and not i.filename.rsplit("/", 1)[-1].startswith(".")]
         if not members:
             raise DumpError("the zip archive holds no files", code="dump.empty", source=name)
+        skipped: list[DumpError] = []
         for info in members:
             if info.flag_bits & 0x1:
-                raise DumpError("a zip member is encrypted; unpack it with its password first",
-                                code="dump.encrypted", source=f"{name}:{info.filename}")
-            with zf.open(info) as member:
-                yield from _dispatch(member, f"{name}:{info.filename}", limit, batch, depth + 1)
+                skipped.append(DumpError("a zip member is encrypted; unpack it with its password first",
+                                         code="dump.encrypted", source=f"{name}:{info.filename}"))
+                continue
+            try:
+                with zf.open(info) as member:
+                    yield from _dispatch(member, f"{name}:{info.filename}", limit, batch, depth + 1)
+            except DumpError as exc:
+                # a member refused before its first row (binary, empty): the others are still read
+                if exc.code not in _MEMBER_SKIPPED:
+                    raise
+                skipped.append(exc)
+        if len(skipped) == 1:
+            raise skipped[0]
+        if skipped:
+            raise DumpError(f"{len(skipped)} zip members not read: "
+                            + "; ".join(e.message for e in skipped),
+                            code=skipped[0].code, source=name)
