@@ -6,6 +6,7 @@ import json
 import sqlite3
 from pathlib import Path
 
+import pytest
 import typer
 from typer.testing import CliRunner
 
@@ -135,3 +136,58 @@ def test_an_input_that_cannot_be_read_is_an_error(tmp_path: Path) -> None:
     empty.mkdir()
     res = runner.invoke(app, [str(empty)])
     assert res.exit_code == 0 and "Nothing was scanned" in res.stdout
+
+
+def _unread_line(res: object) -> str:
+    lines = [ln for ln in res.stderr.splitlines() if ln.startswith("error[")]  # type: ignore[attr-defined]
+    assert len(lines) == 1, lines
+    return lines[0]
+
+
+def test_a_named_table_that_cannot_be_read_is_an_error_sqlite(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    db = tmp_path / "crm.db"
+    con = sqlite3.connect(db)
+    con.execute("CREATE TABLE customer (id INTEGER PRIMARY KEY, phone TEXT)")
+    con.executemany("INSERT INTO customer (phone) VALUES (?)", [(MOBILE,)] * 3)
+    con.commit()
+    con.close()
+    url = f"sqlite:///{db}"
+    # a misspelt table does not pass a gate, beside a table that is read or alone
+    res = runner.invoke(app, ["--db", url, "--table", "custmer", "--fail-on", "any:0"])
+    assert res.exit_code == 2, res.output
+    line = _unread_line(res)
+    assert line.startswith("error[scan.unreadable]: not read: ") and "crm.db#custmer" in line
+    res = runner.invoke(app, ["--db", url, "--table", "customer", "--table", "custmer", "--json"])
+    assert res.exit_code == 2, res.output
+    assert json.loads(res.stdout)["summary"]["totals"] == {"mobile": 3}
+    assert "crm.db#custmer" in _unread_line(res) and "#customer " not in _unread_line(res)
+    assert runner.invoke(app, ["--db", url, "--table", "customer"]).exit_code == 0
+    # a table found by listing the database that fails is an issue of the report, not fatal
+    from pivault.scan import database
+
+    monkeypatch.setattr(database, "sqlite_tables", lambda con: ["customer", "vanished"])
+    res = runner.invoke(app, ["--db", url])
+    assert res.exit_code == 0, res.output
+    assert "vanished" in res.stdout and "error[" not in res.stderr
+
+
+def test_a_named_table_that_cannot_be_read_is_an_error_postgresql(pg_url: str) -> None:
+    import psycopg
+
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE scan_customer (id int, mobile text)")
+        conn.execute("INSERT INTO scan_customer VALUES (1, %s), (2, %s)", (MOBILE, MOBILE))
+        schema = conn.execute("SELECT current_schema()").fetchone()[0]  # type: ignore[index]
+    for table in ("public.nonexist", "nonexist", f"{schema}.nonexist"):
+        res = runner.invoke(app, ["--db", pg_url, "--table", table, "--fail-on", "any:0"])
+        assert res.exit_code == 2, (table, res.output)
+        line = _unread_line(res)
+        assert line.startswith("error[scan.unreadable]: not read: ") and "nonexist" in line
+        assert "UndefinedTable" in line
+    res = runner.invoke(app, ["--db", pg_url, "--table", "scan_customer", "--table", "nonexist", "--json"])
+    assert res.exit_code == 2, res.output
+    assert json.loads(res.stdout)["summary"]["totals"] == {"mobile": 2}
+    assert runner.invoke(app, ["--db", pg_url, "--table", "scan_customer"]).exit_code == 0
+    assert runner.invoke(app, ["--db", pg_url, "--fail-on", "mobile:2"]).exit_code == 0

@@ -31,20 +31,33 @@ from pivault.scan import (
 _NOT_READ = frozenset({"unreadable", "not_regular", "symlink_loop", "database", "error"})
 
 
-def _not_read(report: ScanReport, paths: list[Path], db: str | None) -> list[ScanIssue]:
+def _not_read(
+    report: ScanReport, paths: list[Path], db: str | None, tables: list[str] | None = None
+) -> list[ScanIssue]:
     """Issues of the inputs named on the command line that left them unread.
 
     A file, directory or database given by name that could not be opened is
-    not a clean result: nothing is known of what it holds. Issues of files
-    inside a directory, or of one table of a database (``db#table``), leave
-    the input read in part: they are listed in the report.
+    not a clean result: nothing is known of what it holds, and neither is it
+    of a table named with ``--table`` that could not be read (a misspelt
+    name, no privilege). Issues of files inside a directory, or of one table
+    of a database whose tables were listed (``db#table``), leave the input
+    read in part: they are listed in the report.
     """
     from pivault.scan.database import source_name
 
     named = {str(p) for p in paths}
+    table_of: str | None = None
     if db is not None:
         named.add(source_name(db))
-    return [i for i in report.issues if i.code in _NOT_READ and i.source in named]
+        if tables:
+            # every table scanned was named (schema resolved on the search path when not given)
+            table_of = source_name(db) + "#"
+    return [
+        i
+        for i in report.issues
+        if i.code in _NOT_READ
+        and (i.source in named or (table_of is not None and i.source.startswith(table_of)))
+    ]
 
 
 def scan(
@@ -117,7 +130,7 @@ def scan(
     over = report.exceeded(limits)
     for k, n, limit in over:
         err.print(f"fail-on: {n} {k} finding(s), more than {limit}", markup=False)
-    unread = _not_read(report, paths or [], db)
+    unread = _not_read(report, paths or [], db, table)
     if unread:
         # after the report, so what was read is still shown; status 2 whatever was found
         _err("error[scan.unreadable]: not read: "
