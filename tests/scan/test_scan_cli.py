@@ -91,6 +91,23 @@ def test_kind_filter_and_usage(tmp_path: Path) -> None:
     assert runner.invoke(app, []).exit_code == 2
 
 
+def test_usage_errors_are_one_coded_line(tmp_path: Path) -> None:
+    d = _tree(tmp_path)
+    for args, code, why in (
+        ([], "scan.usage", "nothing to scan"),
+        ([str(d), "--kind", "phone_numbr"], "scan.kind", "unknown kinds: phone_numbr"),
+        ([str(d), "--fail-on", "nonsense:1"], "scan.fail_on", "unknown kind 'nonsense'"),
+        ([str(d), "--fail-on", "id_number:x"], "scan.fail_on", "the count must be an integer"),
+        ([str(d), "--fail-on", "id_number:-1"], "scan.fail_on", "must not be negative"),
+        (["--db", "mysql://x"], "scan.database", "cannot scan a mysql:// database"),
+    ):
+        res = runner.invoke(app, args)
+        assert res.exit_code == 2, (args, res.output)
+        assert res.stderr.startswith(f"error[{code}]: "), res.stderr
+        assert why in res.stderr.splitlines()[0]
+        assert res.stdout == "" and "Traceback" not in res.output
+
+
 def test_db_option(tmp_path: Path) -> None:
     db = tmp_path / "crm.db"
     con = sqlite3.connect(db)

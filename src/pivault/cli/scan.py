@@ -14,6 +14,8 @@ import typer
 from rich.console import Console
 
 from pivault.cli.common import err as _err
+from pivault.cli.common import run_cli
+from pivault.errors import ValidationError
 from pivault.scan import (
     KINDS,
     ScanIssue,
@@ -60,6 +62,7 @@ def _not_read(
     ]
 
 
+@run_cli
 def scan(
     paths: list[Path] | None = typer.Argument(None, help="Files and directories to scan (recursively)."),
     db: str | None = typer.Option(None, "--db", help="Database URL: sqlite:///file.db or postgresql://…"),
@@ -95,10 +98,14 @@ def scan(
     """Find personal information and secrets in files and database tables (values shown masked)."""
     err = Console(stderr=True)
     if not paths and not db:
-        err.print("Give PATH… to scan files, or --db URL to scan a database.")
-        raise typer.Exit(2)
+        raise ValidationError("scan.usage", "nothing to scan: give PATH… to scan files, "
+                              "or --db URL to scan a database",
+                              hint="pivault scan ./share, or pivault scan --db sqlite:///app.db")
     try:
         limits = parse_fail_on(fail_on or [])
+    except ValueError as e:
+        raise ValidationError("scan.fail_on", str(e)) from None
+    try:
         options = ScanOptions(
             kinds=frozenset(kind) if kind else frozenset(KINDS),
             min_confidence=min_confidence,
@@ -110,8 +117,7 @@ def scan(
             db_sample=sample,
         )
     except ValueError as e:
-        err.print(f"error: {e}", markup=False)
-        raise typer.Exit(2) from None
+        raise ValidationError("scan.kind", str(e)) from None
     report = ScanReport()
     if paths:
         report = scan_paths([str(p) for p in paths], options)
@@ -119,8 +125,7 @@ def scan(
         try:
             report.merge(scan_database(db, table or None, full=full, sample=sample, options=options))
         except ValueError as e:
-            _err(f"error[scan.database]: {e}")
-            raise typer.Exit(2) from None
+            raise ValidationError("scan.database", str(e)) from None
     if sarif is not None:
         sarif.write_text(json.dumps(to_sarif(report), ensure_ascii=False, indent=2), encoding="utf-8")
     if as_json:
