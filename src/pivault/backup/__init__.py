@@ -9,11 +9,13 @@ needs.
 
 from pivault.backup.backup import BackupResult, backup_record_keys, create_backup
 from pivault.backup.manifest import Container
+from pivault.backup.newhome import NewHomeReport, restore_new_home
 from pivault.backup.restore import (
     RestoreReport,
     restore,
     restore_record_keys,
     salvage_audit_trail,
+    salvage_quarantined,
     verify_backup,
 )
 from pivault.backup.signing import BackupError, VerifyKey, load_or_create_signing_key, load_verify_key
@@ -22,6 +24,7 @@ __all__ = [
     "BackupError",
     "BackupResult",
     "Container",
+    "NewHomeReport",
     "RestoreReport",
     "VerifyKey",
     "backup_record_keys",
@@ -29,7 +32,9 @@ __all__ = [
     "load_or_create_signing_key",
     "load_verify_key",
     "restore",
+    "restore_new_home",
     "restore_record_keys",
     "salvage_audit_trail",
+    "salvage_quarantined",
     "verify_backup",
 ]

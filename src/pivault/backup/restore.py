@@ -39,6 +39,7 @@ __all__ = [
     "restore",
     "restore_record_keys",
     "salvage_audit_trail",
+    "salvage_quarantined",
     "verify_backup",
 ]
 
@@ -349,6 +350,16 @@ def salvage_audit_trail(db: Database, source: Database, *, source_schema: str | 
         db.execute(f"UPDATE audit_head SET {sets} WHERE id = 1",
                    [v for col, v in zip(head_cols, new_head, strict=True) if col != "id"])
     return len(entries)
+
+
+def salvage_quarantined(db: Database, store_url: str, quarantined: str | None) -> int:
+    """:func:`salvage_audit_trail` from what a ``quarantine`` restore set aside (0 if nothing was)."""
+    if not quarantined:
+        return 0
+    if parse_url(store_url).dialect == "sqlite":
+        with Database("sqlite:///" + quarantined) as damaged:
+            return salvage_audit_trail(db, damaged)
+    return salvage_audit_trail(db, db, source_schema=quarantined)
 
 
 def _columns(db: Database, table: str, schema: str | None) -> list[str]:

@@ -472,37 +472,66 @@ def restore(
                               "deleting them.")] = False,
     public_key: Annotated[str | None, typer.Option(
         "--public-key", help="The backup public key (base64 or file); default: beside the keyring.")] = None,
+    new_home: Annotated[bool, typer.Option(
+        "--new-home", help="The data directory was lost: make the vault home --home DIR anew from the "
+                           "backup (pivault.toml, store, and the keyring if none is there).")] = False,
+    store: Annotated[str | None, typer.Option(
+        "--store", help="With --new-home: the store to restore into (default sqlite in --home; a "
+                        "PostgreSQL backup needs postgresql://USER@HOST:PORT/DB).")] = None,
+    keyring: Annotated[Path | None, typer.Option(
+        "--keyring", help="With --new-home: the keyring's path, outside --home (default "
+                          "~/.config/pivault/keyrings/<vault-id>.keyring); written from the backup if "
+                          "no keyring is there.")] = None,
+    record_keys: Annotated[Path | None, typer.Option(
+        "--record-keys", help="With --new-home: a record-key backup (`pivault keys backup`) to put back "
+                              "first, when the record keys were lost with the keyring.")] = None,
     home: HomeOpt = None, json_out: JsonOpt = False,
 ) -> None:
-    """Restore a verified backup into this (empty) vault; a bad signature or checksum changes nothing."""
+    """Restore a verified backup into this (empty) vault; a bad signature or checksum changes nothing.
+
+    After the data directory is lost, --new-home rebuilds the vault home from the backup.
+    """
     from pivault.backup import restore as _restore
-    from pivault.backup import salvage_audit_trail
+    from pivault.backup import salvage_quarantined
     from pivault.crypto import Keyring
     from pivault.crypto.providers import provider_for
+    from pivault.errors import ConfigError, ValidationError
     from pivault.keys.attach import open_record_key_store
     from pivault.keys.events import audit_events
     from pivault.policy.context import local_operator
-    from pivault.store.db import Database, parse_url
+    from pivault.store.db import Database
     from pivault.vault import home as _home
 
-    cfg = _home.load(home)
+    if new_home:
+        if home is None:
+            raise ValidationError("restore.home", "--new-home needs --home DIR (the vault home to make)")
+        _restore_new_home(file, home, public_key=public_key, store=store, keyring=keyring,
+                          record_keys=record_keys, keep_erased=keep_erased, quarantine=quarantine,
+                          json_out=json_out)
+        return
+    for name, given in (("--store", store), ("--keyring", keyring), ("--record-keys", record_keys)):
+        if given is not None:
+            raise ValidationError("restore.args", f"{name} goes with --new-home: a vault's own restore "
+                                  "uses the store and keyring of its pivault.toml")
+    try:
+        cfg = _home.load(home)
+    except ConfigError as exc:
+        if exc.code != "home.missing":
+            raise
+        raise ConfigError(exc.message, code=exc.code,
+                          hint="if the data directory was lost, make it anew from the backup: "
+                               "pivault restore FILE --home DIR --new-home") from None
     key = _verify_key(public_key, cfg.keyring_path)
-    keyring = Keyring.open(cfg.keyring_path, provider_for(Keyring.peek(cfg.keyring_path)["provider"]))
-    with open_record_key_store(keyring, home=cfg.home) as keys:
-        report = _restore(file, cfg.store_url, key, vault_id=keyring.vault_id, quarantine=quarantine,
+    ring = Keyring.open(cfg.keyring_path, provider_for(Keyring.peek(cfg.keyring_path)["provider"]))
+    with open_record_key_store(ring, home=cfg.home) as keys:
+        report = _restore(file, cfg.store_url, key, vault_id=ring.vault_id, quarantine=quarantine,
                           record_keys=None if keep_erased else keys)
-    salvaged = 0
     with Database(cfg.store_url) as db:
-        if report.quarantined:
-            if parse_url(cfg.store_url).dialect == "sqlite":
-                with Database("sqlite:///" + report.quarantined) as damaged:
-                    salvaged = salvage_audit_trail(db, damaged)
-            else:
-                salvaged = salvage_audit_trail(db, db, source_schema=report.quarantined)
+        salvaged = salvage_quarantined(db, cfg.store_url, report.quarantined)
         from pivault.detect.setup import DetectSettings, audit_key_dir
 
-        adir = audit_key_dir(cfg.keyring_path, keyring.vault_id, DetectSettings.from_home(cfg.home))
-        sink = audit_events(db, keyring, local_operator("restore"), adir)
+        adir = audit_key_dir(cfg.keyring_path, ring.vault_id, DetectSettings.from_home(cfg.home))
+        sink = audit_events(db, ring, local_operator("restore"), adir)
         if sink is not None:
             sink("backup.restore", "ok", {"backup_id": report.backup_id, "file": file.name,
                                           "records": report.counts.get("records", 0),
@@ -513,6 +542,11 @@ def restore(
     if json_out:
         _print_json(out)
         return
+    _say_restored(report, salvaged)
+    typer.echo("next: `pivault audit verify`")
+
+
+def _say_restored(report: Any, salvaged: int) -> None:
     typer.echo(f"restored backup {report.backup_id}: {report.counts.get('records', 0):,} records, "
                f"{report.counts.get('audit_entries', 0):,} audit entries")
     if report.quarantined:
@@ -520,6 +554,29 @@ def restore(
                    "after the backup were salvaged from it")
     if report.erased_since_backup:
         typer.echo(f"{report.erased_since_backup:,} records erased since the backup were removed again")
+
+
+def _restore_new_home(file: Path, home: Path, *, public_key: str | None, store: str | None,
+                      keyring: Path | None, record_keys: Path | None, keep_erased: bool, quarantine: bool,
+                      json_out: bool) -> None:
+    from pivault.backup import restore_new_home
+
+    key = _verify_key(public_key, Path(".")) if public_key else None
+    res = restore_new_home(file, home, key=key, store_url=store, keyring_path=keyring,
+                           record_keys_backup=record_keys, keep_erased=keep_erased, quarantine=quarantine)
+    if json_out:
+        _print_json(res.to_dict())
+        return
+    cfg = res.config
+    typer.echo(f"made vault home {cfg.home} for vault {cfg.vault_id}")
+    _say_restored(res.restore, res.salvaged_audit_entries)
+    typer.echo(f"  store:   {res.to_dict()['store']}")
+    typer.echo(f"  keyring: {cfg.keyring_path}"
+               + (" (written from the backup)" if res.keyring_written else " (already there)"))
+    if res.record_keys_added is not None:
+        typer.echo(f"  {res.record_keys_added:,} record keys put back")
+    for note in res.notes:
+        typer.echo(f"note: {note}")
     typer.echo("next: `pivault audit verify`")
 
 
