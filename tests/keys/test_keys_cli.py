@@ -164,3 +164,27 @@ def test_change_root_refuses_the_current_passphrase_and_a_weak_one(app: typer.Ty
     _run(app, ["keys", "status", *h])  # nothing changed: the old passphrase still opens it
     _run(app, ["keys", "change-root", *h], new="another synthetic passphrase")
     _run(app, ["keys", "status", *h], passphrase="another synthetic passphrase")
+
+
+def test_kms_is_refused_by_the_command_line(app: typer.Typer, tmp_path: Path) -> None:
+    """No KMS client is registered by any command: --kms says so first, and changes nothing."""
+    from pivault.crypto import KeyringError, check_new_passphrase
+
+    home = tmp_path / "home"
+    cfg = _home.init(home, passphrase=PASSPHRASE, keyring_path=tmp_path / "keys" / "vault.keyring",
+                     argon2=CHEAP)
+    before = cfg.keyring_path.read_bytes()
+    uri = "gcp-kms://projects/p/locations/l/keyRings/r/cryptoKeys/pivault-root"
+    for args in (["keys", "change-root", "--kms", uri, "--home", str(home)],
+                 ["keys", "recover", str(tmp_path / "no-share.json"), "--kms", uri, "--home", str(home)]):
+        # no passphrase in the environment: a command that asked for one would fail otherwise
+        res = CliRunner().invoke(app, args, env={"PIVAULT_PASSPHRASE": "", "PIVAULT_NEW_PASSPHRASE": ""})
+        assert res.exit_code == 2, res.output
+        assert res.stderr.startswith("error[keyring.kms_cli]: a KMS root key is a library feature")
+        assert "hint:" in res.stderr and "Traceback" not in res.output
+        assert len(res.stderr.strip().splitlines()) == 2
+    assert cfg.keyring_path.read_bytes() == before
+    assert "--kms" not in CliRunner().invoke(app, ["keys", "change-root", "--help"]).stdout
+    with pytest.raises(KeyringError) as info:
+        check_new_passphrase("short")
+    assert info.value.hint is not None and "kms" not in info.value.hint.lower()

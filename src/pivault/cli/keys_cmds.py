@@ -83,11 +83,29 @@ class _Opened:
         return file_sites(self.cfg.keyring_path, self.keyring.vault_id, audit_dir=self.audit_dir())
 
 
-def _new_provider(kms: str | None) -> Any:
-    from pivault.crypto import KmsProvider, PassphraseProvider, passphrase_from_env_or_prompt
+KMS_HELP = ("Not available from the command line: it registers no KMS client. A KMS root key is a "
+            "library feature (docs/keys.md, Root-key change).")
 
-    if kms:
-        return KmsProvider(kms)
+
+def _refuse_kms(kms: str | None) -> None:
+    """``--kms`` is refused before anything is asked or opened: the command line has no KMS client.
+
+    Tink's KMS integrations (``tink[gcpkms]``, ``tink[awskms]``, ``tink[hcvault]``) are
+    not among pivault's dependencies, so no command can reach a KMS; a program that
+    registers the client itself moves the root key with :class:`pivault.crypto.KmsProvider`.
+    """
+    from pivault.errors import ValidationError
+
+    if kms is not None:
+        raise ValidationError("keyring.kms_cli", "a KMS root key is a library feature: the pivault "
+                              "command line registers no KMS client",
+                              hint="use Keyring.change_root(KmsProvider(uri)) from a program that "
+                                   "registers the tink.integration client (docs/keys.md)")
+
+
+def _new_provider() -> Any:
+    from pivault.crypto import PassphraseProvider, passphrase_from_env_or_prompt
+
     return PassphraseProvider(passphrase_from_env_or_prompt(
         "New keyring passphrase: ", confirm=True, env_var=NEW_PASSPHRASE_ENV))
 
@@ -235,16 +253,15 @@ def keys_retire(
 @keys_app.command("change-root")
 @run_cli
 def keys_change_root(
-    kms: Annotated[str | None, typer.Option(
-        "--kms", help="Move the root key to this KMS key URI (gcp-kms://…, aws-kms://…, hcvault://…) "
-                      "instead of a new passphrase.")] = None,
+    kms: Annotated[str | None, typer.Option("--kms", hidden=True, help=KMS_HELP)] = None,
     home: HomeOpt = None, json_out: JsonOpt = False,
 ) -> None:
-    """Put the keysets under a new passphrase ($PIVAULT_NEW_PASSPHRASE) or a KMS key; data untouched."""
+    """Put the keysets under a new passphrase ($PIVAULT_NEW_PASSPHRASE); data untouched."""
     from pivault.crypto import Keyring, KeyringError, PassphraseProvider
 
+    _refuse_kms(kms)
     with _opened(home) as o:
-        new = _new_provider(kms)
+        new = _new_provider()
         old_kind = o.keyring.describe()["provider"]["kind"]
         if isinstance(new, PassphraseProvider):
             # a change to the same passphrase would be recorded as a change and protect nothing more
@@ -310,8 +327,7 @@ def keys_split(
 @run_cli
 def keys_recover(
     share_files: Annotated[list[Path], typer.Argument(help="Share files from THRESHOLD custodians.")],
-    kms: Annotated[str | None, typer.Option("--kms", help="Put the keyring under this KMS key "
-                                                          "instead of a new passphrase.")] = None,
+    kms: Annotated[str | None, typer.Option("--kms", hidden=True, help=KMS_HELP)] = None,
     home: HomeOpt = None, json_out: JsonOpt = False,
 ) -> None:
     """Rebuild the recovery key from custodian shares and set a new passphrase ($PIVAULT_NEW_PASSPHRASE)."""
@@ -321,10 +337,11 @@ def keys_recover(
     from pivault.store.db import Database
     from pivault.vault import home as _home
 
+    _refuse_kms(kms)
     cfg = _home.load(home)
     store_url = cfg.existing_store_url()  # the recovery is audited into it: it must be there first
     got = [read_share(p) for p in share_files]
-    ring = recover(cfg.keyring_path, got, _new_provider(kms))
+    ring = recover(cfg.keyring_path, got, _new_provider())
     with Database(store_url) as db:
         from pivault.detect.setup import DetectSettings, audit_key_dir
 

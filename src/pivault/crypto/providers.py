@@ -278,7 +278,9 @@ class KmsProvider:
             except Exception as exc:
                 raise KeyringError("no KMS client for this key URI is registered, or it refused",
                                    code="keyring.provider",
-                                   hint="register the tink.integration client for the KMS first") from exc
+                                   hint="register the tink.integration client for the KMS in the program "
+                                        "that opens the keyring; the pivault command line registers "
+                                        "none (docs/keys.md)") from exc
         return self._aead
 
     def describe(self) -> dict[str, object]:
@@ -346,5 +348,5 @@ def check_new_passphrase(passphrase: str) -> str:
         raise KeyringError(
             f"a new keyring passphrase needs at least {MIN_PASSPHRASE} characters, not counting "
             "spaces at its ends: it alone protects the key of every record",
-            code="keyring.passphrase_weak", hint="choose a phrase of several words, or a KMS key (--kms)")
+            code="keyring.passphrase_weak", hint="choose a phrase of several words")
     return passphrase
