@@ -1,9 +1,11 @@
 """Writers racing through the door, each on its own connection, on both backends.
 
 An ID number is in the vault once, whatever the writers do at the same moment;
-a correction never loses another writer's correction of the same record. On
-PostgreSQL both rest on the ID-number locks (RecordStore.lock_id_numbers) and
-the record's row lock; on SQLite on its one writer at a time.
+a correction never loses another writer's correction of the same record; an
+erasure beside a correction leaves nothing of the record behind, and two
+erasures of one record erase it once. On PostgreSQL these rest on the ID-number
+locks (RecordStore.lock_id_numbers) and the record's row lock; on SQLite on its
+one writer at a time.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from pathlib import Path
 import pytest
 from vault_support import make_residents
 
+from pivault.errors import NotFoundError
 from pivault.policy import AccessContext
 from pivault.store.db import Database
 from pivault.vault import DuplicateRecord, Vault
@@ -168,3 +171,53 @@ def test_number_locks_are_taken_inside_the_writing_transaction(vault: Vault,
     with pytest.raises(StoreError) as err:
         vault.store.lock_id_numbers(values)
     assert err.value.code == "store.lock"
+
+
+def _orphan_entries(vault: Vault) -> int:
+    row = vault.db.query_one("SELECT COUNT(*) FROM blind_index b"
+                             " WHERE NOT EXISTS (SELECT 1 FROM records r WHERE r.record_id = b.record_id)")
+    assert row is not None
+    return int(row[0])
+
+
+def test_erase_beside_a_correction_leaves_no_index_entry_behind(vault: Vault, ctx: AccessContext) -> None:
+    people = make_residents(40, seed=26)
+    rids = [vault.put(dict(p), ctx=ctx) for p in people]
+    erased: list[str] = []
+
+    def corrector(v: Vault, i: int) -> None:
+        # a new mobile: the record's index entries are replaced
+        with contextlib.suppress(NotFoundError):
+            v.update(rids[i], {"mobile": f"1370000{i:04d}"}, ctx=ctx)
+
+    def eraser(v: Vault, i: int) -> None:
+        v.erase(rids[i], ctx=ctx)
+        erased.append(rids[i])
+
+    assert _race(vault, len(rids), corrector, eraser) == []
+    assert len(erased) == len(rids) and vault.store.count() == 0
+    # an erased resident leaves nothing a leak check or a lookup could still find
+    assert _orphan_entries(vault) == 0
+
+
+def test_simultaneous_erasures_of_one_record_erase_it_once(vault: Vault, ctx: AccessContext) -> None:
+    from pivault.vault import meta
+
+    rids = [vault.put(dict(p), ctx=ctx) for p in make_residents(40, seed=27)]
+    done: list[list[str]] = [[], []]
+    missed: list[list[str]] = [[], []]
+
+    def eraser(k: int) -> Callable[[Vault, int], None]:
+        def act(v: Vault, i: int) -> None:
+            try:
+                v.erase(rids[i], ctx=ctx)
+                done[k].append(rids[i])
+            except NotFoundError:
+                missed[k].append(rids[i])
+        return act
+
+    assert _race(vault, len(rids), eraser(0), eraser(1)) == []
+    # each record erased by one of the two, the other told it was not there
+    assert sorted(done[0] + done[1]) == sorted(rids)
+    assert sorted(missed[0] + missed[1]) == sorted(rids)
+    assert meta.erasures_since_scrub(vault.db)[0] == len(rids)

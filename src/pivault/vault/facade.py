@@ -464,7 +464,10 @@ class Vault:
         self._authorise(ctx, "erase", PI_FIELDS, [record_id])
         self._budget(ctx, "erase", 1, [record_id])
         with self.db.transaction():
-            exists = self.store.get(record_id) is not None
+            # the row locked before anything is deleted: a correction of the record finishes first
+            # (its new index entries and key are then erased with it), and of two erasures the
+            # second finds nothing
+            exists = self.store.get(record_id, for_update=True) is not None
             if exists:
                 self.guard.audit(ctx, "erase", [record_id], "ok")
                 self.store.delete(record_id)
