@@ -310,3 +310,19 @@ def _bucket_keys(detector: object) -> list[str]:
     now = detector.counters.now()
     b = math.floor(now / detector.config.bucket_seconds)
     return [f"d:{i}" for i in range(b - 5, b + 1)]
+
+
+def test_a_canary_replaced_by_another_process_is_caught(db: Database, keyring: Keyring) -> None:
+    """A worker's registry learns of canaries seeded and erased elsewhere, even when they balance."""
+    worker = CanaryRegistry(db, keyring, refresh_seconds=0.0)
+    other = CanaryRegistry(Database(db.url.raw), keyring)  # another process, its own connection
+    try:
+        other.add(["r_canary_old_1", "r_canary_old_2", "r_canary_old_3"])
+        assert worker.which(["r_canary_old_3", "r_someone"]) == ["r_canary_old_3"]
+        # the operator replaces one canary: one erased, one seeded, the count is as before
+        other.remove(["r_canary_old_3"])
+        other.add(["r_canary_new_1"])
+        assert worker.which(["r_canary_new_1", "r_canary_old_3"]) == ["r_canary_new_1"]
+        assert worker.count() == 3
+    finally:
+        other.db.close()

@@ -53,6 +53,18 @@ register(Migration(
 ))
 
 
+register(Migration(
+    "canary", 3, "a count of the registry's changes (workers reload its tags when it moves)",
+    sqlite="ALTER TABLE canary_key ADD COLUMN generation INTEGER NOT NULL DEFAULT 0",
+    postgresql="ALTER TABLE canary_key ADD COLUMN generation BIGINT NOT NULL DEFAULT 0",
+))
+
+#: the registry's change count and size, read together: a worker reloads the tags when either moves
+_STATE = ("SELECT (SELECT generation FROM canary_key WHERE id = 1),"
+          " (SELECT COUNT(*) FROM canary_registry)")
+_BUMP = "UPDATE canary_key SET generation = generation + 1 WHERE id = 1"
+
+
 def canary_counts(db: Database) -> dict[str, int]:
     """What canaries add to the store's counts: rows and index entries (for ``stats``).
 
@@ -76,9 +88,11 @@ class _Cipher(Protocol):
 class CanaryRegistry:
     """Which record ids are canaries; a keyed-hash check, cached in memory.
 
-    The tag set is reloaded when its size changes (checked at most every
-    ``refresh_seconds``), so canaries seeded by another process are caught
-    within that delay.
+    The tag set is reloaded when the registry changed (checked at most every
+    ``refresh_seconds``), so canaries seeded or erased by another process are
+    caught within that delay. Every change moves the registry's change count
+    in its own transaction: a canary erased and another seeded leave the size
+    as it was, not the count.
     """
 
     def __init__(self, db: Database, keyring: _Cipher, *, refresh_seconds: float = 2.0) -> None:
@@ -89,6 +103,8 @@ class CanaryRegistry:
         #: HMAC-SHA256 under the registry key with the domain already hashed in
         self._mac: HmacSha256 | None = None
         self._tags: frozenset[bytes] = frozenset()
+        #: (change count, size) of the registry when the tags were loaded
+        self._state: tuple[object, object] | None = None
         self._loaded_at = -1e18
         self._lock = threading.Lock()
 
@@ -122,15 +138,19 @@ class CanaryRegistry:
 
     def add(self, record_ids: Iterable[str]) -> int:
         rows = [(self.tag(rid),) for rid in record_ids]
-        self.db.executemany("INSERT INTO canary_registry (tag) VALUES (?) ON CONFLICT (tag) DO NOTHING",
-                            rows)
+        with self.db.transaction():
+            self.db.executemany("INSERT INTO canary_registry (tag) VALUES (?) ON CONFLICT (tag) DO NOTHING",
+                                rows)
+            self.db.execute(_BUMP)
         with self._lock:
             self._tags = self._tags | {r[0] for r in rows}
         return len(rows)
 
     def remove(self, record_ids: Iterable[str]) -> None:
         tags = [(self.tag(rid),) for rid in record_ids]
-        self.db.executemany("DELETE FROM canary_registry WHERE tag = ?", tags)
+        with self.db.transaction():
+            self.db.executemany("DELETE FROM canary_registry WHERE tag = ?", tags)
+            self.db.execute(_BUMP)
         with self._lock:
             self._tags = self._tags - {t[0] for t in tags}
 
@@ -140,11 +160,13 @@ class CanaryRegistry:
             return self._tags
         with self._lock:
             if now - self._loaded_at >= self.refresh_seconds:
-                row = self.db.query_one("SELECT COUNT(*) FROM canary_registry")
-                n = int(row[0]) if row else 0
-                if n != len(self._tags):
+                # the state before the tags: a change committed between the two reloads them again
+                row = self.db.query_one(_STATE)
+                state = (row[0], row[1]) if row else None
+                if state != self._state:
                     rows = self.db.query("SELECT tag FROM canary_registry")
                     self._tags = frozenset(bytes(r[0]) for r in rows)
+                    self._state = state
                 self._loaded_at = now
             return self._tags
 
