@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from keys_support import PASSPHRASE, ctx, put_all, residents
+from keys_support import PASSPHRASE, ctx, provider, put_all, residents
 
 from pivault.keys import jobs
 from pivault.keys.rewrap import JOB, RewrapProgress, rewrap
@@ -239,3 +239,54 @@ def test_a_record_replaced_between_reading_its_row_and_its_key_reads_as_its_new_
     assert got["address"] == people[2]["address"] and got["id_number"] == people[0]["id_number"]
     # and the vault's own read agrees
     assert vault.get(ids[0], ctx=c)["address"] == people[2]["address"]
+
+
+def test_a_rewrap_overtaken_by_a_newer_one_cannot_mark_the_index_rebuilt(vault: Vault) -> None:
+    """Two rewraps after two rotations: the older run must not finish the newer run's job.
+
+    The older run walks on under the keys it started with; had it marked the job done, the
+    newer blind-index key would count as rebuilt everywhere, and retiring the older keys would
+    leave every entry the older run wrote unsearchable (lookups miss, numbers register twice).
+    """
+    from pivault.crypto import Keyring
+    from pivault.errors import PivaultError
+
+    kr = vault.keyring
+    people = residents(40, seed=16)
+    expected = dict(zip(put_all(vault, people), people, strict=True))
+    rotate(kr, ["prf.id_number"])
+    keys = _keys(vault).keys
+    overtaken: list[PivaultError] = []
+
+    def crash(p: RewrapProgress) -> None:
+        if p.done >= 8:
+            raise _Crash
+
+    def newer_run_starts(p: RewrapProgress) -> None:
+        if p.done != 8:
+            return
+        # another operator, another process: one more rotation, and a rewrap that stops after a batch
+        other = Keyring.open(kr.path, provider())
+        rotate(other, ["prf.id_number"])
+        own = Database(vault.db.url.raw)
+        try:
+            with pytest.raises(_Crash):
+                rewrap(own, other, record_keys=keys, batch_size=8, progress=crash)
+        finally:
+            own.close()
+
+    try:
+        rewrap(vault.db, kr, record_keys=keys, batch_size=8, progress=newer_run_starts)
+    except PivaultError as exc:
+        overtaken.append(exc)
+    assert [e.code for e in overtaken] == ["keys.job_superseded"]  # the older run stopped
+    kr.reload()
+    job = jobs.load_job(vault.db, JOB)
+    assert job is not None and job.state == "running"  # the newer run's job is not done
+    retire_unused(vault.db, kr, record_keys=keys)
+    assert kr.index_versions("id_number") == 3  # nothing retired before the newer run is complete
+    _check_all(vault, expected)
+    # the newer run resumes and completes; only then are the older keys retired
+    assert rewrap(vault.db, kr, record_keys=keys, batch_size=8).complete
+    assert len(retire_unused(vault.db, kr, record_keys=keys)) == 2
+    _check_all(vault, expected)

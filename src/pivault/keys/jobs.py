@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from pivault.errors import ConfigError
+from pivault.errors import ConfigError, PivaultError
 from pivault.store.db import Database
 from pivault.store.migrations import Migration, register
 
@@ -86,7 +86,13 @@ def start_job(db: Database, name: str, target: dict[str, Any], phase: str) -> Jo
 
 def save_progress(db: Database, job: Job, *, phase: str | None = None, cursor: str | None = None,
                   add_done: int = 0, finished: bool = False, detail: dict[str, Any] | None = None) -> None:
-    """Record progress; call inside the batch's transaction so both commit together."""
+    """Record progress; call inside the batch's transaction so both commit together.
+
+    Only into the run's own row: if another run restarted the job since (after a rotation),
+    this run raises ``keys.job_superseded`` and its batch is undone with the transaction. Its
+    progress, counted under keys older than the new run's, would otherwise move the new run's
+    cursor past records it never saw, or mark its job done.
+    """
     if phase is not None:
         job.phase = phase
     if cursor is not None:
@@ -98,7 +104,12 @@ def save_progress(db: Database, job: Job, *, phase: str | None = None, cursor: s
     if finished:
         job.state = "done"
         job.finished_at = job.updated_at
-    db.execute("UPDATE key_jobs SET state = ?, phase = ?, cursor = ?, done = ?, updated_at = ?,"
-               " finished_at = ?, detail = ? WHERE job = ?",
-               (job.state, job.phase, job.cursor, job.done, job.updated_at, job.finished_at,
-                json.dumps(job.detail, sort_keys=True), job.job))
+    cur = db.execute("UPDATE key_jobs SET state = ?, phase = ?, cursor = ?, done = ?, updated_at = ?,"
+                     " finished_at = ?, detail = ? WHERE job = ? AND started_at = ? AND target = ?",
+                     (job.state, job.phase, job.cursor, job.done, job.updated_at, job.finished_at,
+                      json.dumps(job.detail, sort_keys=True), job.job, job.started_at,
+                      json.dumps(job.target, sort_keys=True)))
+    if cur.rowcount != 1:
+        raise PivaultError(f"the {job.job} job was restarted by another run (a key was rotated since"
+                           " this one began); this run stops", code="keys.job_superseded",
+                           hint="let the newer run finish; run the command again to resume it")
