@@ -347,3 +347,43 @@ def test_an_idle_chainer_wakes_seldom_and_chains_again_when_entries_come(
         thread.join(30)
         own.close()
     assert not thread.is_alive()
+
+
+def test_a_crashed_workers_journal_recovered_by_two_processes_at_once_is_chained_once(
+        store_url: str, db: Database, keyring: Keyring, writer: WriterKeys, verifier: VerifierKey,
+        journal: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The chainer has listed a stopped worker's journal; a starting process recovers and removes it
+    before the chainer takes its lock. The chainer then holds the lock of a removed file whose
+    progress row is gone: it must not chain the entries a second time."""
+    import fcntl as real_fcntl
+    import types
+
+    from pivault.audit import chainer as chainer_module
+
+    p = mp.get_context("fork").Process(target=_crashing, args=(store_url, keyring, writer, str(journal), 30))
+    p.start()
+    p.join(60)
+    assert p.exitcode == 0
+    starting = Database(store_url)
+    other = AuditLog(starting, keyring, writer, journal_dir=journal)  # a process starting up
+    assert other.journal is not None
+    recovered: list[int] = []
+
+    def flock(fd: int, op: int) -> None:
+        if not recovered:  # between the chainer's listing and its lock, the other process recovers
+            recovered.append(other.journal.recover())  # type: ignore[union-attr]
+        real_fcntl.flock(fd, op)
+
+    monkeypatch.setattr(chainer_module, "fcntl", types.SimpleNamespace(
+        flock=flock, LOCK_EX=real_fcntl.LOCK_EX, LOCK_NB=real_fcntl.LOCK_NB, LOCK_UN=real_fcntl.LOCK_UN))
+    chainer = NodeChainer(AuditLog(db, keyring, writer), journal)
+    try:
+        chainer.run_once()
+    finally:
+        chainer.close()
+        other.journal.close()
+        starting.close()
+    assert recovered == [30]
+    got = [e.record_ids[0] for e in entries(db, principal="worker-crash")]
+    assert got == [f"r_{i:026d}" for i in range(30)]  # each access once in the trail
+    assert verify(db, verifier, keyring=keyring).ok

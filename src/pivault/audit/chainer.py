@@ -46,7 +46,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pivault.audit.journal import PROGRESS, PROGRESS_SUFFIX, chained_seq, parse_line, remove_journal
+from pivault.audit.journal import (
+    PROGRESS,
+    PROGRESS_SUFFIX,
+    chained_seq,
+    parse_line,
+    remove_journal,
+    still_there,
+)
 
 if TYPE_CHECKING:
     from pivault.audit.log import AuditLog
@@ -189,6 +196,14 @@ class NodeChainer:
             except BlockingIOError:  # its process is alive
                 if tail.progress_fd >= 0:
                     reads.append(self._read(jid, tail, self.max_batch))
+                continue
+            if not still_there(path, tail.fd):
+                # removed since we listed it, by a starting process that recovered it or by its
+                # own at a clean exit: everything in it is chained, and its progress row is ours
+                # to drop as when it is no longer listed
+                if tail.progress_fd >= 0:
+                    self.db.execute("DELETE FROM audit_journals WHERE journal_id = ?", (jid,))
+                self._forget(self._tails.pop(jid))
                 continue
             # its process is gone: what it left is chained, and the journal goes. Its own
             # thread may have chained more since we first saw it: the store says how much

@@ -116,6 +116,20 @@ def chained_seq(db: Any, journal_id: str) -> int:
     return int(row[0]) if row else 0
 
 
+def still_there(path: Path, fd: int) -> bool:
+    """``fd``, opened at ``path`` and locked, is the file at ``path`` still.
+
+    A journal is removed by whoever chained it last, under its lock: a process that opened
+    it before and takes the lock after holds a removed file, whose progress row is gone too,
+    and would chain its entries again.
+    """
+    try:
+        here, held = os.stat(path), os.fstat(fd)
+    except OSError:
+        return False
+    return (here.st_dev, here.st_ino) == (held.st_dev, held.st_ino)
+
+
 def remove_journal(db: Any, path: Path) -> None:
     """A journal whose entries are all chained: its file, its progress file (node mode) and its row."""
     with contextlib.suppress(OSError):
@@ -441,6 +455,8 @@ class Journal:
                     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 except BlockingIOError:
                     continue  # its process is alive
+                if not still_there(path, fd):
+                    continue  # recovered and removed by another process meanwhile
                 total += self._replay(path, fd)
             finally:
                 os.close(fd)
