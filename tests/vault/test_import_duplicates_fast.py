@@ -140,14 +140,14 @@ def test_first_load_repeats_under_each_policy(crowded: Vault, tmp_path: Path, ct
 
 
 @pytest.mark.parametrize("workers", [0, 2])
-def test_first_load_into_a_new_vault_never_reads_the_blind_index(sqlite_url: str, tmp_path: Path,
+def test_first_load_into_a_new_vault_never_reads_the_blind_index(store_url: str, tmp_path: Path,
                                                                   workers: int) -> None:
     """The fast duplicate check of a first load holds to the end, from the vault's very first write.
 
     The vault's first index entry also makes the key of its check tags: that write must not look
     like another writer's, or the whole load would fall back to reading the blind index per row.
     """
-    db = Database(sqlite_url)
+    db = Database(store_url)
     v = Vault.initialise(db, new_keyring(tmp_path / "keys" / "new.keyring", population=16))
     assert db.query_one("SELECT COUNT(*) FROM index_check_key") == (0,)  # a vault that never wrote
     reads: list[int] = []

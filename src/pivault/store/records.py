@@ -104,6 +104,13 @@ register(Migration(
     "ALTER TABLE blind_index ADD COLUMN tag BYTEA;"
     "CREATE TABLE index_check_key (id SMALLINT PRIMARY KEY CHECK (id = 1), key_ct BYTEA NOT NULL)"))
 
+# v3: how many transactions have taken the ID-number locks to write (RecordStore.lock_id_numbers):
+# a first load on PostgreSQL tells from it that nobody else added or changed a number meanwhile.
+# A sequence, because nextval neither waits nor is undone: writers never queue on it, and a
+# writer that rolled back still counts (the importer then checks as if it had written).
+register(Migration("records", 3, "a count of the writers of ID numbers (PostgreSQL)",
+                   lambda db: None, "CREATE SEQUENCE number_writes"))
+
 _COLS = "record_id, name, id_number, mobile, address, notes, created_at, updated_at, batch_id"
 _JOINED_COLS = ", ".join(f"r.{c}" for c in _COLS.split(", "))
 _INSERT_RECORD = f"INSERT INTO records ({_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
@@ -399,9 +406,22 @@ class RecordStore:
         if values is None:
             db.execute("SELECT pg_advisory_xact_lock(?::int4, 0)", (_LOCK_WRITERS,))
             return
-        db.execute("SELECT pg_advisory_xact_lock_shared(?::int4, 0)", (_LOCK_WRITERS,))
+        db.execute("SELECT pg_advisory_xact_lock_shared(?::int4, 0), nextval('number_writes')",
+                   (_LOCK_WRITERS,))
         for key in sorted({int.from_bytes(bytes(v)[:4], "big", signed=True) for v in values}):
             db.execute("SELECT pg_advisory_xact_lock(?::int4, ?::int4)", (_LOCK_NUMBERS, key))
+
+    def number_writes(self) -> int | None:
+        """How many writers have taken the ID-number locks (:meth:`lock_id_numbers`); None on SQLite.
+
+        Read under the exclusive lock (``lock_id_numbers(None)``), an unchanged count means
+        that no transaction added or changed an ID number since it was last read: every such
+        writer counts itself while it takes the shared lock, before the exclusive one can be had.
+        """
+        if not self._pg:
+            return None
+        row = self._db.query_one("SELECT last_value, is_called FROM number_writes")
+        return int(row[0]) if row is not None and row[1] else 0
 
     def get(self, record_id: str, *, for_update: bool = False) -> StoredRecord | None:
         """A record with its index entries, or None.

@@ -43,7 +43,7 @@ from pivault.model import PI_FIELDS, Resident
 from pivault.policy.context import AccessContext
 from pivault.store.db import SQLITE_CACHE_KIB, Database
 from pivault.store.migrations import Migration, register
-from pivault.store.records import StoredRecord
+from pivault.store.records import RecordStore, StoredRecord
 from pivault.vault import mapping as _mapping
 from pivault.vault import meta as _meta  # noqa: F401 - registers the vault_meta step
 from pivault.vault.checks import CheckTags
@@ -445,28 +445,33 @@ class _SoleWriter:
     there is one this run inserted, so an ID number the run has not seen
     (exact, from :class:`_SeenIds`) has no record, and the check need not
     read the blind index at all (about a third of the importing process's
-    work at 10^5-10^6 rows). Two counters tell that nobody else wrote:
-    SQLite's ``data_version`` changes when another connection commits to
-    the file, and the connection's ``total_changes`` moves when another
-    thread writes through this one between two chunks. Both are read inside
-    the chunk's write transaction, which holds the file's write lock and the
-    connection's, so nothing can be written between the check and the
-    chunk's own insert. Once another writer has been seen the run uses the
-    general check for good. PostgreSQL has no such counter: it always uses
-    the general check.
+    work at 10^5-10^6 rows; on PostgreSQL also half the server's). Counters
+    tell that nobody else wrote, read inside each chunk's write transaction:
+
+    * SQLite: ``data_version`` changes when another connection commits to
+      the file, and the connection's ``total_changes`` moves when another
+      thread writes through this one between two chunks. The transaction
+      holds the file's write lock and the connection's, so nothing can be
+      written between the check and the chunk's own insert.
+    * PostgreSQL: every writer of an ID number counts itself while it takes
+      the shared ID-number lock (``RecordStore.number_writes``); the chunk's
+      transaction holds that lock exclusively, so the count it reads is
+      final until it commits.
+
+    Once another writer has been seen the run uses the general check for good.
     """
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, store: RecordStore) -> None:
         self.db = db
+        self.store = store
         self.version = -1
         self.changes = -1
 
     @classmethod
-    def start(cls, db: Database) -> _SoleWriter | None:
-        if db.dialect != "sqlite":
-            return None
-        sole = cls(db)
+    def start(cls, db: Database, store: RecordStore) -> _SoleWriter | None:
+        sole = cls(db, store)
         with db.transaction():
+            store.lock_id_numbers(None)  # PostgreSQL: no writer of a number between the two reads
             if db.query_one("SELECT 1 FROM records LIMIT 1") is not None:
                 return None
             sole.mark()
@@ -474,8 +479,11 @@ class _SoleWriter:
 
     def _counters(self) -> tuple[int, int]:
         mark = self.db.change_mark()
-        assert mark is not None  # SQLite only (see start)
-        return mark
+        if mark is not None:
+            return mark
+        writes = self.store.number_writes()
+        assert writes is not None  # PostgreSQL, where change_mark is None
+        return writes, 0
 
     def mark(self) -> None:
         """Take this run's own writes as seen; call last inside each chunk's transaction."""
@@ -484,10 +492,12 @@ class _SoleWriter:
     def still(self, rows_changed: int) -> bool:
         """Nobody else has written since :meth:`mark`; call inside the chunk's transaction.
 
-        ``rows_changed``: the rows this transaction has changed so far.
+        ``rows_changed``: the rows this transaction has changed so far (SQLite's count).
         """
         version, changes = self._counters()
-        return self.db.in_transaction and version == self.version and changes == self.changes + rows_changed
+        if not self.db.in_transaction or version != self.version:
+            return False
+        return self.db.dialect != "sqlite" or changes == self.changes + rows_changed
 
 
 class _Committer:
@@ -713,7 +723,7 @@ def _import_file(
     # counters start, or that write would end the first load's fast duplicate check at once
     checks = vault.checks
     if seen is not None:
-        committer.sole = _SoleWriter.start(db)
+        committer.sole = _SoleWriter.start(db, vault.store)
     n_workers = _auto_workers(source) if workers is None else int(workers)
     summary.workers = n_workers
     unit = "rows" if source.format == "parquet" else "bytes"
