@@ -107,9 +107,10 @@ register(Migration(
 # v3: how many transactions have taken the ID-number locks to write (RecordStore.lock_id_numbers):
 # a first load on PostgreSQL tells from it that nobody else added or changed a number meanwhile.
 # A sequence, because nextval neither waits nor is undone: writers never queue on it, and a
-# writer that rolled back still counts (the importer then checks as if it had written).
+# writer that rolled back still counts (the importer then checks as if it had written). A
+# restore drops or moves the tables only: the sequence stays, and its count goes on.
 register(Migration("records", 3, "a count of the writers of ID numbers (PostgreSQL)",
-                   lambda db: None, "CREATE SEQUENCE number_writes"))
+                   lambda db: None, "CREATE SEQUENCE IF NOT EXISTS number_writes"))
 
 _COLS = "record_id, name, id_number, mobile, address, notes, created_at, updated_at, batch_id"
 _JOINED_COLS = ", ".join(f"r.{c}" for c in _COLS.split(", "))
