@@ -291,3 +291,63 @@ def test_cli_migrate_names_a_missing_store(app: typer.Typer, env: dict[str, str]
         r = run(app, args, env=env)
         assert r.exit_code != 0 and "error[store.missing]" in r.output, (args, r.output)
     assert not store.exists()  # not made anew, empty
+
+
+def test_cli_config_mistakes_are_one_line_errors(app: typer.Typer, env: dict[str, str]) -> None:
+    run = CliRunner().invoke
+    assert run(app, ["init", "--expected-population", "1000"], env=env).exit_code == 0
+    config = Path(env["PIVAULT_HOME"]) / "pivault.toml"
+    written = config.read_text(encoding="utf-8")
+    without_policy = written.replace('[policy]\npath = ""\n', "")
+    cases = {
+        # the key the shipped policy's comment once named, at the top level
+        'policy = "/etc/pivault/policy.toml"\n' + without_policy: ("policy", "[policy]"),
+        written + '\n[keys]\nusage_warn = "lots"\n': ("[keys] usage_warn", "a number"),
+        written + "\n[keys]\nauto_rotat = true\n": ("[keys]", "'auto_rotat'"),
+        written + "\n[keys]\nusage_warn = 0.9\nusage_rotate = 0.5\n": ("[keys]", "usage_rotate"),
+        written + "\n[audit]\ncheckpoint_every = 1.5\n": ("[audit] checkpoint_every", "integer"),
+        written + '\n[detect]\nvault = "all"\n': ("[detect] vault", "a table"),
+        written + "\n[kyes]\nauto_rotate = true\n": ("'kyes'",),
+        written.replace('[vault]\n', '[vault]\nvault_idd = "x"\n'): ("[vault]", "'vault_idd'"),
+        written.replace("expected_population = 1000", 'expected_population = "1000"'):
+            ("[vault] expected_population",),
+    }
+    for text, words in cases.items():
+        config.write_text(text, encoding="utf-8")
+        for args in (["stats"], ["find", "--mobile", "13800000000"]):
+            r = run(app, args, env=env)
+            assert r.exit_code == 2 and r.stderr.startswith("error[home.config]: "), (text, r.output)
+            assert "Traceback" not in r.output and all(w in r.stderr for w in words), (text, r.stderr)
+    # every setting the docs show, together, is accepted
+    config.write_text(written.replace('path = ""', 'path = ""\n') + """
+[keys]
+usage_limit = 281474976710656
+usage_warn = 0.25
+usage_rotate = 0.5
+auto_rotate = false
+
+[audit]
+checkpoint_every = 1000
+checkpoint_seconds = 300
+
+[detect]
+suspend_after = 3
+alerts_jsonl = "/tmp/pivault-test-alerts.jsonl"
+[detect.vault]
+records_per_minute = 5000
+[detect.role_totals.officer]
+records_per_hour = 20000
+[detect.principals."officer-17"]
+records_per_day = 5000
+[detect.detector]
+rate_factor = 5
+""", encoding="utf-8")
+    r = run(app, ["stats"], env=env)
+    assert r.exit_code == 0, r.output
+
+
+def test_shipped_policy_names_the_real_setting() -> None:
+    from importlib import resources
+
+    text = resources.files("pivault.policy").joinpath("default_policy.toml").read_text(encoding="utf-8")
+    assert 'policy = "FILE"' not in text and '`path = "FILE"` under `[policy]`' in text

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pivault.crypto import Keyring
+from pivault.errors import ConfigError
 from pivault.keys.shred import RecordKeyStore
 
 __all__ = ["DEFAULT_LIMIT", "UsageLedger", "UsagePolicy"]
@@ -55,10 +56,15 @@ class UsagePolicy:
         """From a ``[keys]`` table of ``pivault.toml`` (``usage_limit``, ``usage_warn``,
         ``usage_rotate``, ``auto_rotate``)."""
         d = cls()
-        return cls(limit=int(data.get("usage_limit", d.limit)),
-                   warn_at=float(data.get("usage_warn", d.warn_at)),
-                   rotate_at=float(data.get("usage_rotate", d.rotate_at)),
-                   auto_rotate=bool(data.get("auto_rotate", d.auto_rotate)))
+        try:
+            return cls(limit=int(data.get("usage_limit", d.limit)),
+                       warn_at=float(data.get("usage_warn", d.warn_at)),
+                       rotate_at=float(data.get("usage_rotate", d.rotate_at)),
+                       auto_rotate=bool(data.get("auto_rotate", d.auto_rotate)))
+        except (TypeError, ValueError):
+            raise ConfigError("[keys] needs usage_limit >= 1 and 0 < usage_warn <= usage_rotate <= 1",
+                              code="home.config", hint="usage_warn and usage_rotate are fractions "
+                              "of usage_limit, e.g. 0.25 and 0.5") from None
 
 
 class UsageLedger:

@@ -29,7 +29,9 @@ __all__ = [
     "CONFIG_NAME",
     "DEFAULT_EXPECTED_POPULATION",
     "HOME_ENV",
+    "SETTINGS",
     "VaultConfig",
+    "check_settings",
     "default_keyring_dir",
     "init",
     "load",
@@ -103,8 +105,74 @@ def default_keyring_dir() -> Path:
     return Path(base).expanduser().absolute() / "pivault" / "keyrings"
 
 
+#: every table ``pivault.toml`` may hold, and the kind of each of its settings: str, int,
+#: number, bool, table, or tables (a table of tables). docs/api.md, docs/keys.md, docs/detect.md
+#: and docs/audit.md describe them.
+SETTINGS: dict[str, dict[str, str]] = {
+    "vault": {"vault_id": "str", "expected_population": "int"},
+    "store": {"url": "str"},
+    "keyring": {"path": "str"},
+    "policy": {"path": "str"},
+    "keys": {"record_key_store": "str", "usage_limit": "int", "usage_warn": "number",
+             "usage_rotate": "number", "auto_rotate": "bool"},
+    "audit": {"key_dir": "str", "journal_dir": "str", "checkpoint_every": "int",
+              "checkpoint_seconds": "number"},
+    "detect": {"counters": "str", "suspend_after": "int", "vault": "table", "role_totals": "tables",
+               "principals": "tables", "alerts_jsonl": "str", "webhook_url": "str",
+               "detector": "table"},
+}
+
+_KIND_WORDS = {"str": "a string", "int": "an integer", "number": "a number", "bool": "true or false",
+               "table": "a table", "tables": "a table of tables"}
+
+
+def _is(kind: str, value: object) -> bool:
+    if kind == "str":
+        return isinstance(value, str)
+    if kind == "bool":
+        return isinstance(value, bool)
+    if kind == "int":
+        return isinstance(value, int) and not isinstance(value, bool)
+    if kind == "number":
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if kind == "table":
+        return isinstance(value, dict)
+    return isinstance(value, dict) and all(isinstance(v, dict) for v in value.values())
+
+
+def check_settings(doc: dict[str, object]) -> None:
+    """Refuse what ``pivault.toml`` may not hold: an unknown table or setting, a value of the wrong kind.
+
+    Raises :class:`ConfigError` (``home.config``) naming the table and the
+    setting, never the value. Missing settings are :func:`load`'s to report.
+    """
+    hint = "compare with the file `pivault init` writes"
+    for name, table in doc.items():
+        known = SETTINGS.get(name)
+        if known is None:
+            raise ConfigError(f"pivault.toml has an unknown table or setting {name!r}",
+                              code="home.config", hint=hint)
+        if not isinstance(table, dict):
+            raise ConfigError(f"{name} in pivault.toml must be the table [{name}], not a single value",
+                              code="home.config",
+                              hint=f"write [{name}] on a line of its own and its settings under it, "
+                                   + ('e.g. path = "FILE"' if name == "policy" else "one per line"))
+        for key, value in table.items():
+            kind = known.get(key)
+            if kind is None:
+                raise ConfigError(f"[{name}] has an unknown setting {key!r}", code="home.config",
+                                  hint=f"[{name}] takes {', '.join(known)}")
+            if not _is(kind, value):
+                raise ConfigError(f"[{name}] {key} must be {_KIND_WORDS[kind]}", code="home.config")
+    keys = doc.get("keys")
+    if isinstance(keys, dict) and keys:
+        from pivault.keys.usage import UsagePolicy
+
+        UsagePolicy.from_mapping(keys)  # the fractions' order and range
+
+
 def load(home: str | os.PathLike[str] | None = None) -> VaultConfig:
-    """Read ``pivault.toml`` of a vault home."""
+    """Read ``pivault.toml`` of a vault home (its settings checked: :func:`check_settings`)."""
     h = resolve_home(home)
     path = h / CONFIG_NAME
     try:
@@ -115,6 +183,7 @@ def load(home: str | os.PathLike[str] | None = None) -> VaultConfig:
                           hint=f"create one with `pivault init`, or set {HOME_ENV} / --home") from None
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise ConfigError(f"cannot read {path}: {type(exc).__name__}", code="home.config") from None
+    check_settings(doc)
     try:
         vault = doc["vault"]
         store = doc["store"]
