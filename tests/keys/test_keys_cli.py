@@ -70,10 +70,16 @@ def test_cli_lifecycle(app: typer.Typer, tmp_path: Path) -> None:
     _run(app, ["keys", "split", "--shares", "3", "--threshold", "2", "--out", str(shares_dir), *h])
     files = sorted(shares_dir.iterdir())
     before = cfg.keyring_path.read_bytes()
-    err = _run(app, ["keys", "recover", str(files[0]), *h], new="x", ok=False)
-    assert "error[keyring.passphrase_weak]" in err  # judged before any share is read
     err = _run(app, ["keys", "recover", str(files[0]), *h], new="a-new-passphrase", ok=False)
     assert "error[keys.shares.too_few]" in err and "2 shares are needed, 1 given" in err
+    # the shares are judged before the new passphrase is asked for (or read)
+    res = CliRunner().invoke(app, ["keys", "recover", str(files[0]), *h],
+                             env={"PIVAULT_NEW_PASSPHRASE": None})
+    assert res.exit_code == 1 and res.stderr.startswith("error[keys.shares.too_few]"), res.output
+    err = _run(app, ["keys", "recover", str(files[0]), *h], new="x", ok=False)
+    assert "error[keys.shares.too_few]" in err
+    err = _run(app, ["keys", "recover", str(files[0]), str(files[2]), *h], new="x", ok=False)
+    assert "error[keyring.passphrase_weak]" in err
     assert cfg.keyring_path.read_bytes() == before
     _run(app, ["keys", "recover", str(files[0]), str(files[2]), *h], passphrase="forgotten",
          new="a-new-passphrase")

@@ -331,7 +331,7 @@ def keys_recover(
     home: HomeOpt = None, json_out: JsonOpt = False,
 ) -> None:
     """Rebuild the recovery key from custodian shares and set a new passphrase ($PIVAULT_NEW_PASSPHRASE)."""
-    from pivault.keys.custodians import read_share, recover
+    from pivault.keys.custodians import check_shares, read_share, recover
     from pivault.keys.events import audit_events
     from pivault.policy.context import local_operator
     from pivault.store.db import Database
@@ -341,6 +341,7 @@ def keys_recover(
     cfg = _home.load(home)
     store_url = cfg.existing_store_url()  # the recovery is audited into it: it must be there first
     got = [read_share(p) for p in share_files]
+    check_shares(cfg.keyring_path, got)  # too few or wrong shares are said before the new passphrase is asked
     ring = recover(cfg.keyring_path, got, _new_provider())
     with Database(store_url) as db:
         from pivault.detect.setup import DetectSettings, audit_key_dir

@@ -39,6 +39,7 @@ from pivault.keys.events import KeyEvents, noop
 __all__ = [
     "Share",
     "ShareError",
+    "check_shares",
     "combine",
     "read_share",
     "recover",
@@ -220,6 +221,16 @@ def _vault_id_of(keyring_path: Path) -> str | None:
     except (OSError, ValueError, KeyError, TypeError):
         return None
     return vid if isinstance(vid, str) else None
+
+
+def check_shares(keyring_path: str | os.PathLike[str], shares: Sequence[Share]) -> None:
+    """Make every check :func:`recover` makes of ``shares`` (``ShareError`` if one fails).
+
+    The command line calls it before it asks for the new passphrase, so that
+    too few or wrong shares are said first.
+    """
+    secret = combine(shares, vault_id=_vault_id_of(Path(keyring_path)))
+    del secret
 
 
 def recover(keyring_path: str | os.PathLike[str], shares: Sequence[Share], new_provider: RootKeyProvider,
