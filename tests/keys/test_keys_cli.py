@@ -127,8 +127,9 @@ def test_cli_backup_needs_out_and_refuses_bad_files(app: typer.Typer, tmp_path: 
     _run(app, ["backup", "--out", str(tmp_path / "ok.backup"), *h])
     err = _run(app, ["backup", "verify", str(junk), *h], ok=False)
     assert "error[backup." in err
-    err = _run(app, ["keys", "rotate", "--field", "shoe_size", *h], ok=False)
-    assert "error[keys.usage]" in err
+    for bad in (["--field", "shoe_size"], ["--field", "name", "--all"]):
+        res = CliRunner().invoke(app, ["keys", "rotate", *bad, *h], env={"PIVAULT_PASSPHRASE": PASSPHRASE})
+        assert res.exit_code == 2 and res.stderr.startswith("error[keys.usage]"), res.output
 
 
 def test_a_second_split_needs_force_and_says_what_it_invalidates(app: typer.Typer, tmp_path: Path) -> None:

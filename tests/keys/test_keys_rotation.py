@@ -8,6 +8,7 @@ import pytest
 from keys_support import ctx, provider, put_all, residents
 
 from pivault.crypto import IntegrityError, Keyring, KeyringError
+from pivault.errors import ValidationError
 from pivault.keys.rewrap import index_values, rewrap
 from pivault.keys.rotate import resolve_keysets, retire_unused, rotate, status
 from pivault.keys.shred import ShreddingRecordStore
@@ -141,8 +142,9 @@ def test_rotate_all_and_field_names(keyring: Keyring) -> None:
     assert resolve_keysets(keyring, field="address") == ["aead"]
     assert set(resolve_keysets(keyring, all_keys=True)) == {"aead", "prf.id_number", "prf.mobile",
                                                             "prf.name_birth"}
-    with pytest.raises(KeyringError):
+    with pytest.raises(ValidationError) as bad:
         resolve_keysets(keyring, field="shoe_size")
+    assert bad.value.code == "keys.usage"
     before = {ks: keyring.primary_key_id(ks) for ks in keyring.keyset_names()}
     events: list[tuple[str, str, dict[str, object]]] = []
     new = rotate(keyring, resolve_keysets(keyring, all_keys=True),

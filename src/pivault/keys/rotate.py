@@ -15,7 +15,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from pivault.crypto import Keyring, KeyringError
+from pivault.crypto import Keyring
+from pivault.errors import ValidationError
 from pivault.keys import jobs
 from pivault.keys.events import KeyEvents, noop
 from pivault.keys.rewrap import JOB
@@ -39,7 +40,7 @@ def resolve_keysets(keyring: Keyring, *, field: str | None = None, all_keys: boo
     """
     if all_keys:
         if field is not None:
-            raise KeyringError("give --field or --all, not both", code="keys.usage")
+            raise ValidationError("keys.usage", "give --field or --all, not both")
         return list(keyring.keyset_names())
     if field is None or field in ("aead", "data"):
         return ["aead"]
@@ -49,8 +50,8 @@ def resolve_keysets(keyring: Keyring, *, field: str | None = None, all_keys: boo
         return [f"prf.{field}"]
     if field in PI_FIELDS:
         return ["aead"]
-    raise KeyringError(f"no key for {field!r}: name a PI field, an index ({', '.join(keyring.index_names)})"
-                       " or use --all", code="keys.usage")
+    raise ValidationError("keys.usage", f"no key for {field!r}: name a PI field, an index "
+                          f"({', '.join(keyring.index_names)}) or use --all")
 
 
 def rotate(keyring: Keyring, keysets: Sequence[str], *, events: KeyEvents = noop) -> dict[str, int]:
