@@ -33,3 +33,10 @@ def test_unknown_scheme() -> None:
     with pytest.raises(Exception) as err:
         connect("mysql://x")
     assert getattr(err.value, "code", "") == "store.url"
+
+
+def test_sqlite_urls_name_their_file() -> None:
+    from pivault.store.db import parse_url
+
+    assert parse_url("sqlite:////srv/pivault/vault.db").target == "/srv/pivault/vault.db"
+    assert parse_url("sqlite:///data/vault.db").target == "data/vault.db"

@@ -290,6 +290,7 @@ def test_cli_migrate_names_a_missing_store(app: typer.Typer, env: dict[str, str]
     for args in (["migrate"], ["stats"]):
         r = run(app, args, env=env)
         assert r.exit_code != 0 and "error[store.missing]" in r.output, (args, r.output)
+        assert f"the vault's store {store} is not there" in r.stderr, r.stderr  # one slash
     assert not store.exists()  # not made anew, empty
 
 

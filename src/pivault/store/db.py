@@ -62,8 +62,8 @@ class StoreURL:
 def parse_url(url: str) -> StoreURL:
     """``sqlite:///path/to/vault.db`` or ``postgresql://user@host:port/db``."""
     if url.startswith("sqlite:///"):
-        return StoreURL("sqlite", url[len("sqlite:///") - 1 :] if url.startswith("sqlite:////")
-                        else url[len("sqlite:///"):], url)
+        # sqlite:////abs/path names /abs/path; sqlite:///rel/path names rel/path
+        return StoreURL("sqlite", url[len("sqlite:///"):], url)
     if url.startswith(("postgresql://", "postgres://")):
         return StoreURL("postgresql", url, url)
     raise ConfigError(
