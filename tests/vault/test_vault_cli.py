@@ -352,3 +352,12 @@ def test_shipped_policy_names_the_real_setting() -> None:
 
     text = resources.files("pivault.policy").joinpath("default_policy.toml").read_text(encoding="utf-8")
     assert 'policy = "FILE"' not in text and '`path = "FILE"` under `[policy]`' in text
+
+
+def test_cli_wrong_passphrase_hint_names_what_a_user_can_change(app: typer.Typer,
+                                                                env: dict[str, str]) -> None:
+    run = CliRunner().invoke
+    assert run(app, ["init", "--expected-population", "1000"], env=env).exit_code == 0
+    r = run(app, ["stats"], env={**env, "PIVAULT_PASSPHRASE": "not the passphrase"})
+    assert r.exit_code == 1 and r.stderr.startswith("error[keyring.passphrase]: wrong passphrase"), r.output
+    assert "argument" not in r.stderr and "$PIVAULT_PASSPHRASE" in r.stderr and "typed" in r.stderr

@@ -240,7 +240,8 @@ class PassphraseProvider:
             raise KeyringError(
                 "wrong passphrase for this keyring (or its header was altered)",
                 code="keyring.passphrase",
-                hint=f"check the passphrase (argument or {PASSPHRASE_ENV})",
+                hint=f"check the passphrase: the one in ${PASSPHRASE_ENV} if it is set, "
+                     "else the one typed when asked",
             ) from None
 
 
