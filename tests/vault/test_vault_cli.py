@@ -361,3 +361,26 @@ def test_cli_wrong_passphrase_hint_names_what_a_user_can_change(app: typer.Typer
     r = run(app, ["stats"], env={**env, "PIVAULT_PASSPHRASE": "not the passphrase"})
     assert r.exit_code == 1 and r.stderr.startswith("error[keyring.passphrase]: wrong passphrase"), r.output
     assert "argument" not in r.stderr and "$PIVAULT_PASSPHRASE" in r.stderr and "typed" in r.stderr
+
+
+def test_cli_rejects_by_batch_and_a_second_import(app: typer.Typer, env: dict[str, str],
+                                                  tmp_path: Path) -> None:
+    run = CliRunner().invoke
+    assert run(app, ["init", "--expected-population", "1000"], env=env).exit_code == 0
+    people = make_residents(3, seed=53)
+    src = tmp_path / "in.csv"
+    src.write_text("姓名,身份证号,手机\n" + "".join(
+        f"{p['name']},{p['id_number']},{p['mobile']}\n" for p in people) + "张三,123,13800000000\n",
+        encoding="utf-8")
+    r = run(app, ["import", str(src), "--json"], env=env)
+    assert r.exit_code == 0, r.output
+    batch = json.loads(r.stdout)["files"][0]["batch_id"]
+    # the human table shows the batch id whole, ready to be copied
+    r = run(app, ["rejects", "show"], env={**env, "COLUMNS": "80"})
+    assert r.exit_code == 0 and batch in r.stdout, r.stdout
+    r = run(app, ["rejects", "show", "--batch", batch, "--json"], env=env)
+    assert r.exit_code == 0 and [x["line"] for x in json.loads(r.stdout)] == [5]
+    for unknown in (batch[:8], "b_" + "0" * 32):
+        r = run(app, ["rejects", "show", "--batch", unknown], env=env)
+        assert r.exit_code == 1 and r.stderr.startswith("error[import.batch_unknown]: "), r.output
+        assert "no rejected rows" not in r.stdout

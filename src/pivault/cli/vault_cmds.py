@@ -396,7 +396,9 @@ def rejects_show(
     from rich.table import Table
 
     table = Table(show_header=True, header_style="bold")
-    for c in ("batch", "line", "code", "field", "row"):
+    # the batch id whole, to be copied into --batch; the row's cells wrap instead
+    table.add_column("batch", no_wrap=True, min_width=max(len(r["batch_id"]) for r in rows))
+    for c in ("line", "code", "field", "row"):
         table.add_column(c)
     for r in rows:
         cells = "; ".join(f"{k}={v}" for k, v in r["cells"].items() if v not in (None, ""))

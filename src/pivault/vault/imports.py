@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pivault.crypto import IntegrityError, Keyring
-from pivault.errors import PivaultError, ValidationError
+from pivault.errors import NotFoundError, PivaultError, ValidationError
 from pivault.model import PI_FIELDS, Resident
 from pivault.policy.context import AccessContext
 from pivault.store.db import SQLITE_CACHE_KIB, Database
@@ -791,6 +791,12 @@ def show_rejects(vault: Vault, *, ctx: AccessContext, batch_id: str | None = Non
     sql = "SELECT reject_id, batch_id, line, code, field, raw_row FROM import_rejects"
     params: list[Any] = []
     if batch_id is not None:
+        if vault.db.query_one("SELECT 1 FROM import_batches WHERE batch_id = ?", (batch_id,)) is None:
+            vault.guard.audit(ctx, "rejects.show", [], "not_found")
+            raise NotFoundError("no import batch with this id (give the whole id, b_ and 32 characters)",
+                                code="import.batch_unknown",
+                                hint="`pivault import` prints each file's batch id; `pivault rejects show` "
+                                     "without --batch lists every batch's rejects")
         sql += " WHERE batch_id = ?"
         params.append(batch_id)
     sql += " ORDER BY batch_id, line, reject_id"
