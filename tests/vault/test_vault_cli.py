@@ -384,3 +384,8 @@ def test_cli_rejects_by_batch_and_a_second_import(app: typer.Typer, env: dict[st
         r = run(app, ["rejects", "show", "--batch", unknown], env=env)
         assert r.exit_code == 1 and r.stderr.startswith("error[import.batch_unknown]: "), r.output
         assert "no rejected rows" not in r.stdout
+    # a file already imported: nothing was read, so no rate
+    r = run(app, ["import", str(src), "--json"], env=env)
+    again = json.loads(r.stdout)
+    f = again["files"][0]
+    assert f["status"] == "already_imported" and f["rows_per_second"] == 0 and "seconds" in again

@@ -172,6 +172,9 @@ class FileSummary:
 
     @property
     def rows_per_second(self) -> float:
+        """Rows this run read, per second; 0 for a file already imported (this run read none)."""
+        if self.status == "already_imported":
+            return 0.0
         done = self.read - self.resumed_from
         return done / self.seconds if self.seconds > 0 else 0.0
 
