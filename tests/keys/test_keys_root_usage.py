@@ -141,6 +141,24 @@ def test_the_vault_counts_its_encryptions(vault: Vault) -> None:
     assert store.keys.usage() == {vault.keyring.primary_key_id(): 5 + 1}
 
 
+@pytest.mark.parametrize("workers", [0, 2])
+def test_import_workers_encryptions_are_counted(vault: Vault, tmp_path: Path, workers: int) -> None:
+    from pivault.synth import write_population
+
+    src = tmp_path / "people.csv"
+    write_population(src, 3000, seed=23)
+    store = vault.store
+    assert isinstance(store, ShreddingRecordStore)
+    store.ledger.flush()
+    before = sum(store.keys.usage().values())
+    f = vault.import_files([src], workers=workers, chunk_size=400).files[0]
+    assert f.workers == workers and f.imported == 3000
+    store.ledger.flush()
+    # one field-key encryption per record at least (its record key's wrap), from every worker
+    added = sum(store.keys.usage().values()) - before
+    assert f.imported <= added <= f.imported + 10, added  # and none counted twice
+
+
 def test_counting_failure_never_stops_encryption(keyring: Keyring, tmp_path: Path) -> None:
     store = RecordKeyStore(f"sqlite:///{tmp_path / 'keys' / 'rk2'}", vault_id=keyring.vault_id)
     UsageLedger(store, keyring).attach(every=1)

@@ -739,6 +739,16 @@ class Keyring:
             self._flush_at = self._usage_every
         return out
 
+    def add_usage(self, counts: Mapping[int, int]) -> None:
+        """Count encryptions made with this keyring's keys elsewhere: by a forked worker, which
+        hands back its :meth:`take_usage` with each piece of work. They are reported with this
+        keyring's own, at once if they reach the reporting interval."""
+        for key_id, n in counts.items():
+            if n > 0:
+                self._usage[key_id] = self._usage.get(key_id, 0) + n
+        if self._usage_sink is not None and self._uses + sum(self._usage.values()) >= self._usage_every:
+            self._flush_usage()
+
     def _flush_usage(self) -> None:
         sink = self._usage_sink
         counts = self.take_usage()

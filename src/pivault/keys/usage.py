@@ -3,7 +3,8 @@
 The keyring counts in memory (one integer add per encryption) and reports
 to this ledger every ``every`` encryptions; the ledger adds the counts up in
 the record-key store, beside the keyring, so they survive restarts and add
-up across processes.
+up across processes. Forked import workers hand their counts back to the
+importing process with each chunk (:meth:`Keyring.add_usage`).
 
 The bound: field keys are XChaCha20-Poly1305 with 192-bit random nonces.
 After q encryptions the chance of any repeated nonce is at most q²/2^193.

@@ -292,11 +292,27 @@ def prepare(keyring: Keyring, rows: Sequence[RowTuple], positions: Mapping[int, 
     return out
 
 
-def _work(task: tuple[list[RowTuple], dict[int, str], list[str]]) -> list[Prepared]:
+def _worker_start() -> None:
+    """In a new worker: count only its own encryptions, and report them to the parent.
+
+    The fork copied the parent's counts not yet reported (the parent reports
+    them itself) and its report sink; the worker's counts go back with each
+    chunk instead (:func:`_work`), which a pool's workers, terminated at the
+    end, would otherwise lose.
+    """
+    keyring = _WORKER_KEYRING
+    if keyring is not None:
+        keyring.set_usage_sink(None)
+        keyring.take_usage()
+
+
+def _work(task: tuple[list[RowTuple], dict[int, str], list[str]]) -> tuple[list[Prepared], dict[int, int]]:
+    """Prepare one chunk in a worker; with it, the encryptions it made per field key."""
     keyring = _WORKER_KEYRING
     if keyring is None:  # pragma: no cover - only if started without fork
         raise RuntimeError("import worker has no keyring (workers must be forked)")
-    return prepare(keyring, *task, _WORKER_CHECKS)
+    prepared = prepare(keyring, *task, _WORKER_CHECKS)
+    return prepared, keyring.take_usage()
 
 
 # -- batches -------------------------------------------------------------------------
@@ -770,17 +786,22 @@ def _run_chunks(vault: Vault, checks: CheckTags, chunks: Iterator[list[RowTuple]
         _WORKER_KEYRING, _WORKER_CHECKS = vault.keyring, checks
         try:
             mp = multiprocessing.get_context("fork")
-            with mp.Pool(n_workers) as pool:
+            with mp.Pool(n_workers, initializer=_worker_start) as pool:
                 pending: deque[tuple[list[RowTuple], Any]] = deque()
                 depth = n_workers + 1  # every worker busy, one chunk ready to commit
+
+                def commit_next() -> None:
+                    done_rows, res = pending.popleft()
+                    prepared, used = res.get()
+                    vault.keyring.add_usage(used)  # the worker's encryptions, counted here
+                    step(done_rows, prepared)
+
                 for rows in chunks:
                     pending.append((rows, pool.apply_async(_work, ((rows, positions, labels),))))
                     while len(pending) > depth:
-                        done_rows, res = pending.popleft()
-                        step(done_rows, res.get())
+                        commit_next()
                 while pending:
-                    done_rows, res = pending.popleft()
-                    step(done_rows, res.get())
+                    commit_next()
         finally:
             _WORKER_KEYRING, _WORKER_CHECKS = None, None
 
