@@ -47,6 +47,36 @@ def test_seen_ids_has_no_false_negatives_and_few_false_positives() -> None:
     assert sum(x in seen for x in others) / len(others) < 0.03
 
 
+def test_seen_ids_stop_at_their_memory_bound(monkeypatch: pytest.MonkeyPatch) -> None:
+    first = (1 << 14) * 10 // 8  # the bytes of the smallest filter
+    monkeypatch.setattr(_SeenIds, "MAX_BYTES", 3 * first)  # room for it and one twice its size
+    # an estimate far past the bound starts at the bound, not past it
+    assert _SeenIds(10**9)._bytes <= _SeenIds.MAX_BYTES
+    seen = _SeenIds(1)
+    fit = [f"{i:018d}" for i in range(3 * (1 << 14))]
+    for x in fit:
+        seen.add(x)
+    assert not seen.overflowed and all(x in seen for x in fit)
+    seen.add("1" * 18)  # a third filter would pass the bound: the run must stop asking
+    assert seen.overflowed and seen._filters == []
+
+
+def test_import_past_the_filters_bound_still_finds_every_duplicate(
+        crowded: Vault, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # a bound of one filter of 500 numbers: it overflows in the second chunk, whose later numbers
+    # it never holds, and the run checks from then on through the blind index; repeats of those
+    # numbers in the last chunk are still found
+    monkeypatch.setattr(_SeenIds, "MAX_BYTES", 500 * 10 // 8)
+    people = make_residents(1500, seed=57)
+    rng = random.Random(7)
+    src = tmp_path / "big.csv"
+    repeats = rng.sample(people[600:800], 30)
+    _csv(src, people[:1200] + repeats + people[1200:])
+    f = crowded.import_files([src], chunk_size=400).files[0]
+    assert f.reconciles and (f.read, f.imported, f.duplicates) == (1530, 1500, 30)
+    assert crowded.store.count() == 1500
+
+
 @pytest.mark.parametrize("workers", [0, 2])
 def test_crowded_index_duplicates_across_chunks_and_sources(crowded: Vault, tmp_path: Path,
                                                             ctx: AccessContext, workers: int) -> None:

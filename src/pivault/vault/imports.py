@@ -410,29 +410,45 @@ class _SeenIds:
 
     _K = 7
     _BITS_PER_ITEM = 10
+    #: the filters' memory at most (~5·10^7 numbers): past it the run stops using them
+    #: (:attr:`overflowed`), so that memory stays bounded for a file of any size
+    MAX_BYTES = 64 << 20
 
     def __init__(self, capacity: int) -> None:
         self._key = secrets.token_bytes(32)
         self._filters: list[tuple[bytearray, int]] = []
+        self._bytes = 0
+        #: set once a number could not be added: "not seen" is no longer exact, and the
+        #: filter must not be asked again (the committer then drops it)
+        self.overflowed = False
         #: hashes of the numbers tested since :meth:`forget`: a chunk tests each number, then
         #: adds the new ones (one hash a number instead of two)
         self._tested: dict[str, tuple[int, ...]] = {}
         self._room = 0
         self._capacity = 0
-        self._grow(max(1 << 14, capacity))
+        self._grow(min(max(1 << 14, capacity), self.MAX_BYTES * 8 // self._BITS_PER_ITEM))
 
-    def _grow(self, capacity: int) -> None:
+    def _grow(self, capacity: int) -> bool:
         m = capacity * self._BITS_PER_ITEM
-        self._filters.append((bytearray((m + 7) // 8), m))
+        size = (m + 7) // 8
+        if self._filters and self._bytes + size > self.MAX_BYTES:
+            return False
+        self._filters.append((bytearray(size), m))
+        self._bytes += size
         self._capacity, self._room = capacity, capacity
+        return True
 
     def _hashes(self, id_number: str) -> tuple[int, ...]:
         digest = hashlib.blake2b(id_number.encode("utf-8"), key=self._key, digest_size=4 * self._K).digest()
         return struct.unpack("<7I", digest)
 
     def add(self, id_number: str) -> None:
-        if self._room == 0:
-            self._grow(2 * self._capacity)
+        if self.overflowed:
+            return
+        if self._room == 0 and not self._grow(2 * self._capacity):
+            self.overflowed = True
+            self._filters.clear()  # never asked again: give the memory back
+            return
         self._room -= 1
         bits, m = self._filters[-1]
         hs = self._tested.pop(id_number, None)
@@ -665,6 +681,9 @@ class _Committer:
             for idn in owner:
                 self.seen.add(idn)
             self.seen.forget()
+            if self.seen.overflowed:
+                # a file of more numbers than the filter holds: the general check from here on
+                self.seen = self.sole = None
         batch.read += len(rows)
         batch.imported += len(new)
         batch.rejected += len(reject_rows)
