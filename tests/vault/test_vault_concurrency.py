@@ -221,3 +221,42 @@ def test_simultaneous_erasures_of_one_record_erase_it_once(vault: Vault, ctx: Ac
     assert sorted(done[0] + done[1]) == sorted(rids)
     assert sorted(missed[0] + missed[1]) == sorted(rids)
     assert meta.erasures_since_scrub(vault.db)[0] == len(rids)
+
+
+def test_two_first_loads_side_by_side_store_each_number_once(vault: Vault, tmp_path: Path,
+                                                             ctx: AccessContext) -> None:
+    # both start on an empty vault, so both would take the first load's fast duplicate check:
+    # each must see the other's chunks and fall back to the general check
+    people = make_residents(1600, seed=27)
+    files = []
+    for name, part in (("a.csv", people[:1000]), ("b.csv", people[600:])):
+        path = tmp_path / name
+        with path.open("w", encoding="utf-8", newline="") as fh:
+            w = csv.DictWriter(fh, fieldnames=list(people[0]))
+            w.writeheader()
+            w.writerows(part)
+        files.append(path)
+    start = threading.Barrier(2)
+    summaries: dict[str, object] = {}
+    failures: list[BaseException] = []
+
+    def load(path: Path) -> None:
+        own = Vault(Database(vault.db.url.raw), vault.keyring)
+        try:
+            start.wait(timeout=30)
+            summaries[path.name] = own.import_files([path], chunk_size=50, workers=0).files[0]
+        except BaseException as exc:
+            failures.append(exc)
+        finally:
+            own.db.close()
+
+    threads = [threading.Thread(target=load, args=(p,)) for p in files]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert failures == []
+    a, b = summaries["a.csv"], summaries["b.csv"]
+    assert a.imported + b.imported == len(people) == vault.store.count()  # type: ignore[attr-defined]
+    assert a.duplicates + b.duplicates == 400  # type: ignore[attr-defined]
+    assert all(_holders(vault, ctx, p["id_number"]) == 1 for p in people[550:1050])

@@ -382,7 +382,7 @@ class RecordStore:
                   for f, v in zip(_FIELD_NAMES, row[1:6], strict=True) if v is not None}
         return StoredRecord(row[0], fields, index, float(row[6]), float(row[7]), row[8])
 
-    def lock_id_numbers(self, values: Sequence[bytes] | None) -> None:
+    def lock_id_numbers(self, values: Sequence[bytes] | None) -> int | None:
         """Hold, until the transaction ends, the right to add or change records of these ID numbers.
 
         The uniqueness of an ID number is a read (is it in the vault?) then a
@@ -397,32 +397,28 @@ class RecordStore:
         server's lock table, and it queues single writers for one
         transaction. Call it first in the transaction, before reading what it
         protects.
+
+        Returns, on PostgreSQL, the count of such writers including this one
+        (the ``number_writes`` sequence, moved once the lock is held; None on
+        SQLite): a run that takes the exclusive lock twice and gets two
+        consecutive counts knows that no other transaction wrote an ID number
+        between.
         """
         if not self._pg:
-            return
+            return None
         db = self._db
         if not db.in_transaction:
             raise StoreError("the ID-number locks are taken inside the writing transaction",
                              code="store.lock")
-        if values is None:
-            db.execute("SELECT pg_advisory_xact_lock(?::int4, 0)", (_LOCK_WRITERS,))
-            return
-        db.execute("SELECT pg_advisory_xact_lock_shared(?::int4, 0), nextval('number_writes')",
-                   (_LOCK_WRITERS,))
-        for key in sorted({int.from_bytes(bytes(v)[:4], "big", signed=True) for v in values}):
+        # the lock first, then the count: a subquery in FROM is evaluated before the select list
+        take = "pg_advisory_xact_lock" if values is None else "pg_advisory_xact_lock_shared"
+        row = db.query_one(f"SELECT nextval('number_writes') FROM (SELECT {take}(?::int4, 0)) AS held",
+                           (_LOCK_WRITERS,))
+        if row is None:  # pragma: no cover - the select always has its one row
+            raise StoreError("the ID-number lock returned nothing", code="store.lock")
+        for key in sorted({int.from_bytes(bytes(v)[:4], "big", signed=True) for v in values or ()}):
             db.execute("SELECT pg_advisory_xact_lock(?::int4, ?::int4)", (_LOCK_NUMBERS, key))
-
-    def number_writes(self) -> int | None:
-        """How many writers have taken the ID-number locks (:meth:`lock_id_numbers`); None on SQLite.
-
-        Read under the exclusive lock (``lock_id_numbers(None)``), an unchanged count means
-        that no transaction added or changed an ID number since it was last read: every such
-        writer counts itself while it takes the shared lock, before the exclusive one can be had.
-        """
-        if not self._pg:
-            return None
-        row = self._db.query_one("SELECT last_value, is_called FROM number_writes")
-        return int(row[0]) if row is not None and row[1] else 0
+        return int(row[0])
 
     def get(self, record_id: str, *, for_update: bool = False) -> StoredRecord | None:
         """A record with its index entries, or None.

@@ -488,51 +488,52 @@ class _SoleWriter:
       thread writes through this one between two chunks. The transaction
       holds the file's write lock and the connection's, so nothing can be
       written between the check and the chunk's own insert.
-    * PostgreSQL: every writer of an ID number counts itself while it takes
-      the shared ID-number lock (``RecordStore.number_writes``); the chunk's
-      transaction holds that lock exclusively, so the count it reads is
-      final until it commits.
+    * PostgreSQL: every writer of an ID number, this run included, counts
+      itself once it holds the ID-number lock (``RecordStore.lock_id_numbers``);
+      each chunk's transaction holds it exclusively, so when the count it gets
+      follows the one of the chunk before, nobody else wrote a number between.
 
     Once another writer has been seen the run uses the general check for good.
     """
 
-    def __init__(self, db: Database, store: RecordStore) -> None:
+    def __init__(self, db: Database) -> None:
         self.db = db
-        self.store = store
         self.version = -1
         self.changes = -1
 
     @classmethod
     def start(cls, db: Database, store: RecordStore) -> _SoleWriter | None:
-        sole = cls(db, store)
+        sole = cls(db)
         with db.transaction():
-            store.lock_id_numbers(None)  # PostgreSQL: no writer of a number between the two reads
+            writes = store.lock_id_numbers(None)  # PostgreSQL: nobody writes a number meanwhile
             if db.query_one("SELECT 1 FROM records LIMIT 1") is not None:
                 return None
-            sole.mark()
+            sole.mark(writes)
         return sole
 
-    def _counters(self) -> tuple[int, int]:
+    def mark(self, writes: int | None) -> None:
+        """Take this run's own writes as seen; call last inside each chunk's transaction.
+
+        ``writes``: on PostgreSQL, the count this transaction's ID-number lock returned.
+        """
         mark = self.db.change_mark()
-        if mark is not None:
-            return mark
-        writes = self.store.number_writes()
-        assert writes is not None  # PostgreSQL, where change_mark is None
-        return writes, 0
+        if mark is None:
+            mark = (-1 if writes is None else writes, 0)
+        self.version, self.changes = mark
 
-    def mark(self) -> None:
-        """Take this run's own writes as seen; call last inside each chunk's transaction."""
-        self.version, self.changes = self._counters()
-
-    def still(self, rows_changed: int) -> bool:
+    def still(self, rows_changed: int, writes: int | None) -> bool:
         """Nobody else has written since :meth:`mark`; call inside the chunk's transaction.
 
-        ``rows_changed``: the rows this transaction has changed so far (SQLite's count).
+        ``rows_changed``: the rows this transaction has changed so far (SQLite); ``writes``:
+        the count this transaction's ID-number lock returned (PostgreSQL).
         """
-        version, changes = self._counters()
-        if not self.db.in_transaction or version != self.version:
+        if not self.db.in_transaction:
             return False
-        return self.db.dialect != "sqlite" or changes == self.changes + rows_changed
+        mark = self.db.change_mark()
+        if mark is None:
+            return writes is not None and writes == self.version + 1
+        version, changes = mark
+        return version == self.version and changes == self.changes + rows_changed
 
 
 class _Committer:
@@ -608,7 +609,7 @@ class _Committer:
         by_line: dict[int, RowTuple] | None = None
         with db.transaction():
             # every ID number, for the chunk's check and writes: see RecordStore.lock_id_numbers
-            vault.store.lock_id_numbers(None)
+            writes = vault.store.lock_id_numbers(None)
             cur = db.execute(
                 "UPDATE import_batches SET rows_consumed = rows_consumed + ?, updated_at = ?"
                 " WHERE batch_id = ? AND rows_consumed = ? AND status = 'running'",
@@ -617,7 +618,7 @@ class _Committer:
                 raise ImportConflict(
                     "another process is importing the same file with the same options",
                     hint="wait for it to finish; then run the command again to check")
-            if self.sole is not None and not self.sole.still(rows_changed=cur.rowcount):
+            if self.sole is not None and not self.sole.still(rows_changed=cur.rowcount, writes=writes):
                 self.sole = None  # someone else wrote: the general duplicate check from now on
             oks = [p for p in prepared if p[0] == _OK]
             existing = self._existing(oks)
@@ -676,7 +677,7 @@ class _Committer:
             if skipped:
                 vault.guard.audit(self.ctx, "import", list(dict.fromkeys(skipped)), "duplicate")
             if self.sole is not None:
-                self.sole.mark()
+                self.sole.mark(writes)
         if self.seen is not None:
             for idn in owner:
                 self.seen.add(idn)
