@@ -50,6 +50,34 @@ def test_keys_are_not_overwritten(key_dir: Path, keyring: Keyring, verifier: Ver
     assert info.value.code == "audit.keys.exists"
 
 
+def test_keys_made_by_two_processes_at_once_are_one_set(tmp_path: Path, keyring: Keyring) -> None:
+    # the first workers of a new vault open it together, and each finds no audit keys yet
+    import threading
+
+    for i in range(15):
+        d = tmp_path / f"race{i}"
+        start = threading.Barrier(2)
+        outcomes: list[str] = []
+
+        def make(d: Path = d, start: threading.Barrier = start, outcomes: list[str] = outcomes) -> None:
+            start.wait(timeout=10)
+            try:
+                create_audit_keys(d, keyring)
+                outcomes.append("made")
+            except AuditKeyError as exc:
+                outcomes.append(exc.code)
+
+        threads = [threading.Thread(target=make) for _ in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=30)
+        assert sorted(outcomes) == ["audit.keys.exists", "made"]
+        # one set: what the writer signs, the public half the auditor holds accepts
+        writer = load_writer(d, keyring)
+        assert load_verifier(d).public.check_signature(writer.sign(b"checkpoint"), b"checkpoint")
+
+
 def test_verifier_key_with_passphrase(tmp_path: Path, keyring: Keyring) -> None:
     d = tmp_path / "k2"
     create_audit_keys(d, keyring, verifier_passphrase=b"synthetic-auditor-secret")

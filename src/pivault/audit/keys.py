@@ -208,11 +208,17 @@ def create_audit_keys(
         "signing_public": _b64(signing_pub),
         "verifier_public": _b64(_raw_public(verifier.public_key())),
     }
-    write_private(target / SIGNING_FILE, json.dumps(signing_doc, indent=2).encode() + b"\n",
-                  overwrite=False)
-    write_private(target / VERIFIER_FILE, verifier_pem, overwrite=False)
-    write_private(target / PUBLIC_FILE, json.dumps(public_doc, indent=2).encode() + b"\n",
-                  overwrite=False)
+    try:
+        # the signing file first: of processes making the keys at once (the first workers of a
+        # new vault), the one whose signing file lands writes the rest; the others write nothing
+        write_private(target / SIGNING_FILE, json.dumps(signing_doc, indent=2).encode() + b"\n",
+                      overwrite=False)
+        write_private(target / VERIFIER_FILE, verifier_pem, overwrite=False)
+        write_private(target / PUBLIC_FILE, json.dumps(public_doc, indent=2).encode() + b"\n",
+                      overwrite=False)
+    except FileExistsError:
+        raise AuditKeyError("the audit keys were made meanwhile; refusing to overwrite them",
+                            code="audit.keys.exists") from None
     public = AuditKeys(signing.public_key(), verifier.public_key())
     return VerifierKey(public, verifier)
 
