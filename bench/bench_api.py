@@ -124,8 +124,6 @@ def token_check_us(home: Path, token: str, n: int = 5000) -> float:
 
 def start(home: Path, port: int, workers: int, cert: Path, key: Path, policy: Path, logdir: Path,
           redis_url: str | None) -> subprocess.Popen[bytes]:
-    import httpx
-
     env = {k: v for k, v in os.environ.items() if k not in ("PIVAULT_REDIS_URL", "PIVAULT_COUNTERS_URL")}
     env["PIVAULT_PASSPHRASE"] = PASSPHRASE
     if redis_url:
@@ -136,11 +134,19 @@ def start(home: Path, port: int, workers: int, cert: Path, key: Path, policy: Pa
     out = (logdir / "server.out").open("wb")
     err = (logdir / "server.err").open("wb")
     proc = subprocess.Popen(cmd, stdout=out, stderr=err, env=env)
+    return wait_healthy(proc, port, cert, logdir / "server.err", "server")
+
+
+def wait_healthy(proc: subprocess.Popen[bytes], port: int, cert: Path, errfile: Path,
+                 what: str) -> subprocess.Popen[bytes]:
+    """Wait until the server answers ``/healthz`` over TLS; stop with its error output if it exits."""
+    import httpx
+
     ctx = ssl.create_default_context(cafile=str(cert))
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise SystemExit("the server exited: " + (logdir / "server.err").read_text()[-2000:])
+            raise SystemExit(f"the {what} exited: " + errfile.read_text()[-2000:])
         try:
             if httpx.get(f"https://127.0.0.1:{port}/healthz", verify=ctx, timeout=2).status_code == 200:
                 return proc
@@ -148,7 +154,7 @@ def start(home: Path, port: int, workers: int, cert: Path, key: Path, policy: Pa
             pass
         time.sleep(0.3)
     proc.terminate()
-    raise SystemExit("the server did not start")
+    raise SystemExit(f"the {what} did not start")
 
 
 def door_breakdown(home: Path, policy_file: Path, ids: list[str], n: int = 300) -> dict[str, float]:

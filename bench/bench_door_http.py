@@ -41,7 +41,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import bench_api as api
@@ -74,9 +73,7 @@ def _serve(home: str, port: int, workers: int, cert: str, key: str, policy: str)
 
 def _start(which: str, home: Path, port: int, workers: int, cert: Path, key: Path, policy: Path,
            logdir: Path) -> subprocess.Popen[bytes]:
-    import ssl
 
-    import httpx
 
     env = {k: v for k, v in os.environ.items() if k not in ("PIVAULT_REDIS_URL", "PIVAULT_COUNTERS_URL")}
     if which == "inner":
@@ -88,19 +85,7 @@ def _start(which: str, home: Path, port: int, workers: int, cert: Path, key: Pat
            "--workers", str(workers), "--cert", str(cert), "--key", str(key), "--policy", str(policy)]
     proc = subprocess.Popen(cmd, stdout=(logdir / f"{which}.out").open("wb"),
                             stderr=(logdir / f"{which}.err").open("wb"), env=env)
-    ctx = ssl.create_default_context(cafile=str(cert))
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"the {which} server exited: " + (logdir / f"{which}.err").read_text()[-2000:])
-        try:
-            if httpx.get(f"https://127.0.0.1:{port}/healthz", verify=ctx, timeout=2).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
-    proc.terminate()
-    raise SystemExit(f"the {which} server did not start")
+    return api.wait_healthy(proc, port, cert, logdir / f"{which}.err", f"{which} server")
 
 
 def _audit_entries(home: Path) -> int:

@@ -236,26 +236,14 @@ def test_two_first_loads_side_by_side_store_each_number_once(vault: Vault, tmp_p
             w.writeheader()
             w.writerows(part)
         files.append(path)
-    start = threading.Barrier(2)
     summaries: dict[str, object] = {}
-    failures: list[BaseException] = []
 
-    def load(path: Path) -> None:
-        own = Vault(Database(vault.db.url.raw), vault.keyring)
-        try:
-            start.wait(timeout=30)
-            summaries[path.name] = own.import_files([path], chunk_size=50, workers=0).files[0]
-        except BaseException as exc:
-            failures.append(exc)
-        finally:
-            own.db.close()
+    def loader(path: Path) -> Callable[[Vault, int], None]:
+        def act(v: Vault, _round: int) -> None:
+            summaries[path.name] = v.import_files([path], chunk_size=50, workers=0).files[0]
+        return act
 
-    threads = [threading.Thread(target=load, args=(p,)) for p in files]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=120)
-    assert failures == []
+    assert _race(vault, 1, loader(files[0]), loader(files[1])) == []
     a, b = summaries["a.csv"], summaries["b.csv"]
     assert a.imported + b.imported == len(people) == vault.store.count()  # type: ignore[attr-defined]
     assert a.duplicates + b.duplicates == 400  # type: ignore[attr-defined]
