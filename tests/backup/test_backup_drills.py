@@ -181,3 +181,37 @@ def test_erase_drill(store_url: str, keyring: Keyring, tmp_path: Path) -> None:
         c.verify(verify_key)
         assert c.manifest["counts"]["records"] == 20
     assert again.vault_id == keyring.vault_id
+
+
+@pytest.mark.parametrize("quarantine", [False, True])
+def test_restore_never_drops_or_moves_another_programs_tables(store_url: str, keyring: Keyring,
+                                                              tmp_path: Path, quarantine: bool) -> None:
+    # a store URL typed by mistake: another program's database, whose tables happen to be empty
+    audit_dir = keyring.path.parent / f"{keyring.vault_id}.audit"
+    source = Database(store_url)
+    vault, _ = audited_vault(source, keyring, audit_dir)
+    _import(vault, residents(20, seed=53), tmp_path)
+    data = create_backup(source, keyring, tmp_path / "shelf" / "vault.backup")
+    vault.close()
+    if parse_url(store_url).dialect == "sqlite":
+        target = f"sqlite:///{tmp_path / 'app.db'}"
+    else:  # another schema of the same database
+        import psycopg
+
+        schema = store_url.rsplit("%3D", 1)[1] + "_app"
+        with psycopg.connect(store_url.split("?")[0], autocommit=True) as conn:
+            conn.execute(f"CREATE SCHEMA {schema}")
+        target = store_url.rsplit("%3D", 1)[0] + "%3D" + schema
+    try:
+        with Database(target) as other:
+            other.execute("CREATE TABLE customers (id INTEGER PRIMARY KEY, name TEXT)")
+        with pytest.raises(Exception) as refused:
+            restore(data.path, target, load_verify_key(keyring.path), vault_id=keyring.vault_id,
+                    quarantine=quarantine)
+        assert getattr(refused.value, "code", "") == "backup.foreign_store"
+        with Database(target) as after:
+            assert after.table_exists("customers") and not after.table_exists("records")
+    finally:
+        if not target.startswith("sqlite"):
+            with psycopg.connect(store_url.split("?")[0], autocommit=True) as conn:
+                conn.execute(f"DROP SCHEMA {schema} CASCADE")

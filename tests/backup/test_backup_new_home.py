@@ -8,6 +8,7 @@ import, backup, the loss, the rebuild into a new directory, then find/get,
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -231,3 +232,43 @@ def test_interrupted_rebuild_leaves_no_vault_and_can_be_finished(env: dict[str, 
     assert out["quarantined"] and Path(out["quarantined"]).exists()
     _check_restored(env, new, s)
 
+
+
+def test_surviving_record_keys_are_not_overwritten_by_an_older_backup(env: dict[str, str],
+                                                                      tmp_path: Path) -> None:
+    # the data directory is lost, the keyring and its record keys are not: putting the record-key
+    # backup back would bring back the key of a record erased after it was taken
+    home = tmp_path / "home"
+    s = _setup(env, tmp_path, home, None)
+    victim = s["before"][s["people"][0]["id_number"]]["record_id"]
+    run(env, "erase", victim, "--yes", "--home", str(home))
+    shutil.rmtree(home)
+    new = tmp_path / "rebuilt"
+    base = ["restore", str(s["backup"]), "--home", str(new), "--new-home"]
+    r = run(env, *base, "--record-keys", str(s["record_keys"]), code=1)
+    assert r.stderr.startswith("error[restore.record_keys_present]") and not new.exists()
+    out = _json(run(env, *base, "--json"))
+    assert out["erased_since_backup"] == 1  # the erasure holds: the backup's copy of it is removed again
+    r = run(env, "get", victim, "--home", str(new), code=1)
+    assert "record.not_found" in r.stderr
+
+
+def test_new_home_is_never_a_link_nor_a_directory_in_use(env: dict[str, str], tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    s = _setup(env, tmp_path, home, None)
+    shutil.rmtree(home)
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o1777)
+    (shared / "someone-elses.txt").write_text("x", encoding="utf-8")
+    link = tmp_path / "link"
+    link.symlink_to(shared)
+    for target in (link, shared):
+        r = run(env, "restore", str(s["backup"]), "--home", str(target), "--new-home", code=2)
+        assert r.stderr.startswith("error[restore.home]")
+    assert (shared.stat().st_mode & 0o7777) == 0o1777 and sorted(os.listdir(shared)) == ["someone-elses.txt"]
+    dangling = tmp_path / "dangling"
+    dangling.mkdir()
+    (dangling / "pivault.toml").symlink_to(tmp_path / "elsewhere.toml")
+    r = run(env, "restore", str(s["backup"]), "--home", str(dangling), "--new-home", code=2)
+    assert r.stderr.startswith("error[home.exists]") and not (tmp_path / "elsewhere.toml").exists()

@@ -42,7 +42,13 @@ from pathlib import Path
 from typing import Any
 
 from pivault.backup.manifest import Container
-from pivault.backup.restore import RestoreReport, _why_not_empty, restore, restore_record_keys
+from pivault.backup.restore import (
+    RestoreReport,
+    _refuse_foreign,
+    _why_not_empty,
+    restore,
+    restore_record_keys,
+)
 from pivault.backup.signing import BackupError, VerifyKey, load_verify_key, signing_key_path
 from pivault.crypto import Keyring, KeyringError
 from pivault.crypto._atomic import write_private
@@ -88,7 +94,42 @@ def _store_state(url: str, vault_id: str) -> tuple[str | None, str | None]:
         if not p.exists() or p.stat().st_size == 0:
             return None, None
     with Database(url) as db:
+        _refuse_foreign(db)  # before anything is written: another program's tables are never touched
         return meta.bound_vault_id(db), _why_not_empty(db, vault_id)
+
+
+def _check_new_home(h: Path) -> None:
+    """``h`` can become a vault home: a new directory, or one holding only an earlier try's store.
+
+    Never a symbolic link (the home would be made elsewhere), a file, or a
+    directory in use by something else (its mode would be narrowed, its
+    files mixed with the vault's).
+    """
+    if h.is_symlink():
+        raise ConfigError(f"{h} is a symbolic link: give the directory itself", code="restore.home")
+    if h.exists() and not h.is_dir():
+        raise ConfigError(f"{h} exists and is not a directory", code="restore.home")
+    if h.exists():
+        others = sorted(e.name for e in h.iterdir() if not e.name.lstrip(".").startswith("vault.db"))
+        if others:
+            raise ConfigError(f"{h} already holds {len(others)} other entries: give a new directory",
+                              code="restore.home", hint="--new-home makes the vault home; it does not "
+                              "share a directory with other files")
+
+
+def _record_keys_held(keyring_path: Path) -> int:
+    """How many record keys the default record-key store beside the keyring holds (0 if none)."""
+    from pivault.keys.shred import record_key_store_url
+
+    url = record_key_store_url(keyring_path)
+    p = Path(parse_url(url).target)
+    if not p.exists() or p.stat().st_size == 0:
+        return 0
+    with Database(url) as db:
+        if not db.table_exists("record_keys"):
+            return 0
+        row = db.query_one("SELECT COUNT(*) FROM record_keys")
+    return int(row[0]) if row else 0
 
 
 def _verified_record_keys(path: str | os.PathLike[str], key: VerifyKey, vault_id: str) -> None:
@@ -120,9 +161,10 @@ def restore_new_home(
 
     make_provider = provider or provider_for
     h = resolve_home(home)
-    if (h / CONFIG_NAME).exists():
+    if os.path.lexists(h / CONFIG_NAME):
         raise ConfigError(f"a vault already exists at {h}", code="home.exists",
                           hint="restore into it with `pivault restore FILE --home DIR` (without --new-home)")
+    _check_new_home(h)
     with Container.open(path) as c:
         if c.kind != "data":
             raise BackupError("this is a record-key backup; give the data backup, and this one with "
@@ -157,6 +199,13 @@ def restore_new_home(
         c.verify(key)
         if record_keys_backup is not None:
             _verified_record_keys(record_keys_backup, key, vault_id)
+            held = _record_keys_held(kpath)
+            if held:
+                raise BackupError(f"the record-key store beside the keyring survived ({held} keys): putting "
+                                  "the record-key backup back would undo every erasure made since it was "
+                                  "taken", code="restore.record_keys_present",
+                                  hint="leave --record-keys out: the keys in place open every record "
+                                       "not erased (`pivault keys restore --only` brings chosen ones back)")
         backend = str(c.manifest.get("backend"))
         if store_url is None:
             if backend != "sqlite":
@@ -207,8 +256,9 @@ def restore_new_home(
         keyring_written = True
         keyring = Keyring.open(kpath, prov)  # the provider caches the derived key
 
-    h.mkdir(mode=0o700, parents=True, exist_ok=True)
-    os.chmod(h, 0o700)
+    if not h.exists():
+        h.mkdir(mode=0o700, parents=True)
+        os.chmod(h, 0o700)  # exactly, whatever the umask (a directory that was there keeps its mode)
     report = restore(path, store_url, key, vault_id=vault_id, quarantine=quarantine)
     out = NewHomeReport(VaultConfig(home=h, store_url=store_url, keyring_path=kpath, vault_id=vault_id,
                                     expected_population=population), report, keyring_written)

@@ -115,6 +115,29 @@ def _tables(db: Database) -> list[str]:
         " AND table_type = 'BASE TABLE' ORDER BY table_name")]
 
 
+def foreign_store(db: Database) -> str | None:
+    """Why the store is not one pivault may restore into, whatever ``quarantine`` says; or None.
+
+    A store with tables but without pivault's schema bookkeeping belongs to
+    other software (another program's database, or the record-key file
+    beside a keyring, given as ``--store`` by mistake): its tables are never
+    dropped, moved aside or replaced, even when they are empty.
+    """
+    tables = _tables(db)
+    if tables and "schema_migrations" not in tables:
+        return (f"it holds {len(tables)} table(s) and no pivault schema: the store of other software "
+                "(or a record-key store), which a restore never moves or drops")
+    return None
+
+
+def _refuse_foreign(db: Database) -> None:
+    why = foreign_store(db)
+    if why is not None:
+        raise BackupError(f"the target store is not a pivault store: {why}", code="backup.foreign_store",
+                          hint="restore into an empty store, or into this vault's own; a store wrecked "
+                               "beyond pivault's schema is moved aside by hand first")
+
+
 def _why_not_empty(db: Database, vault_id: str) -> str | None:
     """None if the store may be restored into; else why not (no values named)."""
     tables = _tables(db)
@@ -176,6 +199,7 @@ def _restore_sqlite(c: Container, url: str, quarantine: bool) -> str | None:
         quarantined: str | None = None
         if tpath.exists() and tpath.stat().st_size > 0:
             with Database(url) as existing:
+                _refuse_foreign(existing)
                 why = _why_not_empty(existing, c.vault_id)
                 existing.truncate_wal()
             if why is not None and not quarantine:
@@ -209,6 +233,7 @@ def _restore_postgresql(c: Container, db: Database, quarantine: bool) -> str | N
 
     quarantined: str | None = None
     with db.transaction():
+        _refuse_foreign(db)
         why = _why_not_empty(db, c.vault_id)
         if why is not None and not quarantine:
             raise BackupError(f"the target store is not empty: {why}", code="backup.not_empty",
