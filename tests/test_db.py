@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from pivault.store import Database, connect, migrate
@@ -40,3 +42,20 @@ def test_sqlite_urls_name_their_file() -> None:
 
     assert parse_url("sqlite:////srv/pivault/vault.db").target == "/srv/pivault/vault.db"
     assert parse_url("sqlite:///data/vault.db").target == "data/vault.db"
+
+
+def test_a_store_url_naming_no_database_is_one_clear_error(tmp_path: Path) -> None:
+    base = tmp_path
+    text = base / "people.csv"
+    text.write_text("name,id_number\n" * 200, encoding="utf-8")
+    for target, code in ((text, "store.open"), (base, "store.open")):
+        with pytest.raises(StoreError) as err:
+            Database(f"sqlite:///{target}")
+        assert err.value.code == code
+    assert text.read_text(encoding="utf-8") == "name,id_number\n" * 200  # nothing written into it
+
+
+def test_a_postgresql_search_path_without_a_schema_is_one_clear_error(pg_url: str) -> None:
+    with pytest.raises(StoreError) as err:
+        Database(pg_url.rsplit("%3D", 1)[0] + "%3Dno_such_schema_here")
+    assert err.value.code == "store.schema"

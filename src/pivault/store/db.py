@@ -96,28 +96,43 @@ class Database:
             if not path.parent.exists():
                 raise ConfigError("the directory of the SQLite store does not exist",
                                   code="store.path")
+            if path.is_dir():
+                raise StoreError(f"the SQLite store {path} is a directory", code="store.open",
+                                 hint="the store URL names a file: sqlite:///DIR/vault.db")
             _create_private(path)
-            conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False,
-                                   timeout=30.0)
-            # a 32 MiB page cache (default 2 MB): at 10^6 rows and more, bulk inserts and
-            # lookups touch random B-tree pages, and rereading them through the OS costs CPU
-            for pragma in ("journal_mode=WAL", "secure_delete=ON", "foreign_keys=ON",
-                           "synchronous=NORMAL", "temp_store=MEMORY", "busy_timeout=30000",
-                           f"cache_size=-{SQLITE_CACHE_KIB}"):
-                conn.execute(f"PRAGMA {pragma}")
+            try:
+                conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False,
+                                       timeout=30.0)
+                # a 32 MiB page cache (default 2 MB): at 10^6 rows and more, bulk inserts and
+                # lookups touch random B-tree pages, and rereading them through the OS costs CPU
+                for pragma in ("journal_mode=WAL", "secure_delete=ON", "foreign_keys=ON",
+                               "synchronous=NORMAL", "temp_store=MEMORY", "busy_timeout=30000",
+                               f"cache_size=-{SQLITE_CACHE_KIB}"):
+                    conn.execute(f"PRAGMA {pragma}")
+            except sqlite3.DatabaseError as exc:
+                raise StoreError(f"the SQLite store {path} cannot be opened: not a database file, or "
+                                 f"a damaged one ({type(exc).__name__})", code="store.open",
+                                 hint="check the store URL; restore a damaged store from a backup") from None
             return conn
         try:
             import psycopg
         except ImportError as exc:  # pragma: no cover - dependency is mandatory
             raise ConfigError("psycopg is not installed", code="store.driver") from exc
         try:
-            return psycopg.connect(self.url.target, autocommit=True)
+            pg = psycopg.connect(self.url.target, autocommit=True)
         except psycopg.OperationalError as exc:
             raise StoreError(
                 f"cannot connect to PostgreSQL at {self.url.redacted}: "
                 f"{type(exc).__name__}", code="store.connect",
                 hint="check that the server runs and the URL is right",
             ) from None
+        row = pg.execute("SELECT current_schema()").fetchone()
+        if row is None or row[0] is None:
+            pg.close()
+            raise StoreError(f"the search path of {self.url.redacted} names no schema that exists",
+                             code="store.schema",
+                             hint="create the schema first (CREATE SCHEMA …), or fix search_path in the URL")
+        return pg
 
     def reopen_after_fork(self) -> None:
         """Give a forked worker process its own connection."""
