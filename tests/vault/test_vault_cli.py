@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import sqlite3
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -389,3 +390,17 @@ def test_cli_rejects_by_batch_and_a_second_import(app: typer.Typer, env: dict[st
     again = json.loads(r.stdout)
     f = again["files"][0]
     assert f["status"] == "already_imported" and f["rows_per_second"] == 0 and "seconds" in again
+
+
+@pytest.mark.parametrize(("table", "setting"), [
+    ("audit", "checkpoint_seconds = nan"), ("audit", "checkpoint_seconds = inf"),
+    ("audit", "checkpoint_every = 0"), ("detect", "suspend_after = -1"),
+])
+def test_config_values_out_of_range_are_refused(table: str, setting: str) -> None:
+    from pivault.errors import ConfigError
+    from pivault.vault.home import check_settings
+
+    doc = tomllib.loads(f"[{table}]\n{setting}\n")
+    with pytest.raises(ConfigError) as err:
+        check_settings(doc)
+    assert err.value.code == "home.config" and setting.split(" ")[0] in err.value.message

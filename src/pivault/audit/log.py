@@ -26,6 +26,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import math
 import os
 import re
 import threading
@@ -436,7 +437,7 @@ class AuditLog:
                  checkpoint_every: int = 1000, checkpoint_seconds: float = 300.0,
                  clock: Callable[[], float] = time.time,
                  journal_dir: str | os.PathLike[str] | None = None, journal_chain: str = "thread") -> None:
-        if checkpoint_every < 1 or checkpoint_seconds <= 0:
+        if checkpoint_every < 1 or not math.isfinite(checkpoint_seconds) or checkpoint_seconds <= 0:
             raise AuditError("checkpoint interval must be positive", code="audit.config")
         self.db = db
         self._keyring = keyring

@@ -12,11 +12,14 @@ removable medium, a secrets mount). Directories are created 0700, files 0600.
 from __future__ import annotations
 
 import json
+import math
 import os
 import secrets
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from pivault.crypto import Argon2Params, Keyring, KeyringError, PassphraseProvider, check_new_passphrase
 from pivault.crypto._atomic import write_private
@@ -140,6 +143,23 @@ def _is(kind: str, value: object) -> bool:
     return isinstance(value, dict) and all(isinstance(v, dict) for v in value.values())
 
 
+#: (table, setting) -> (test, what it must be): values of the right kind that still make no sense
+_RANGES: dict[tuple[str, str], tuple[Callable[[Any], bool], str]] = {
+    ("audit", "checkpoint_every"): (lambda v: v >= 1, "at least 1 (entries)"),
+    ("audit", "checkpoint_seconds"): (lambda v: math.isfinite(v) and v > 0,
+                                      "a positive, finite number of seconds"),
+    ("detect", "suspend_after"): (lambda v: v >= 0, "0 (never) or more breaches"),
+    ("vault", "expected_population"): (lambda v: v >= 1, "at least 1"),
+}
+
+
+def _check_ranges(doc: dict[str, object]) -> None:
+    for (table, key), (ok, what) in _RANGES.items():
+        section = doc.get(table)
+        if isinstance(section, dict) and key in section and not ok(section[key]):
+            raise ConfigError(f"[{table}] {key} must be {what}", code="home.config")
+
+
 def check_settings(doc: dict[str, object]) -> None:
     """Refuse what ``pivault.toml`` may not hold: an unknown table or setting, a value of the wrong kind.
 
@@ -164,6 +184,7 @@ def check_settings(doc: dict[str, object]) -> None:
                                   hint=f"[{name}] takes {', '.join(known)}")
             if not _is(kind, value):
                 raise ConfigError(f"[{name}] {key} must be {_KIND_WORDS[kind]}", code="home.config")
+    _check_ranges(doc)
     keys = doc.get("keys")
     if isinstance(keys, dict) and keys:
         from pivault.keys.usage import UsagePolicy
