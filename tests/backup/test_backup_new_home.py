@@ -267,6 +267,11 @@ def test_new_home_is_never_a_link_nor_a_directory_in_use(env: dict[str, str], tm
         r = run(env, "restore", str(s["backup"]), "--home", str(target), "--new-home", code=2)
         assert r.stderr.startswith("error[restore.home]")
     assert (shared.stat().st_mode & 0o7777) == 0o1777 and sorted(os.listdir(shared)) == ["someone-elses.txt"]
+    afile = tmp_path / "afile"
+    afile.write_text("x", encoding="utf-8")
+    for target in (afile, afile / "sub"):
+        r = run(env, "restore", str(s["backup"]), "--home", str(target), "--new-home", code=2)
+        assert r.stderr.startswith("error[restore.home]")
     dangling = tmp_path / "dangling"
     dangling.mkdir()
     (dangling / "pivault.toml").symlink_to(tmp_path / "elsewhere.toml")

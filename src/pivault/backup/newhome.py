@@ -109,6 +109,11 @@ def _check_new_home(h: Path) -> None:
         raise ConfigError(f"{h} is a symbolic link: give the directory itself", code="restore.home")
     if h.exists() and not h.is_dir():
         raise ConfigError(f"{h} exists and is not a directory", code="restore.home")
+    base = h
+    while not base.exists() and base != base.parent:
+        base = base.parent
+    if not base.is_dir():
+        raise ConfigError(f"{h} cannot be made: {base} is not a directory", code="restore.home")
     if h.exists():
         others = sorted(e.name for e in h.iterdir() if not e.name.lstrip(".").startswith("vault.db"))
         if others:
