@@ -248,3 +248,28 @@ def test_two_first_loads_side_by_side_store_each_number_once(vault: Vault, tmp_p
     assert a.imported + b.imported == len(people) == vault.store.count()  # type: ignore[attr-defined]
     assert a.duplicates + b.duplicates == 400  # type: ignore[attr-defined]
     assert all(_holders(vault, ctx, p["id_number"]) == 1 for p in people[550:1050])
+
+
+def test_two_imports_of_one_new_file_at_once_import_it_once(vault: Vault, tmp_path: Path) -> None:
+    from pivault.vault.imports import ImportConflict
+
+    people = make_residents(300, seed=29)
+    src = tmp_path / "same.csv"
+    with src.open("w", encoding="utf-8", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(people[0]))
+        w.writeheader()
+        w.writerows(people)
+    outcomes: list[str] = []
+
+    def importer(v: Vault, _round: int) -> None:
+        try:
+            f = v.import_files([src], chunk_size=50, workers=0).files[0]
+            outcomes.append(f.status)
+        except ImportConflict:
+            outcomes.append("conflict")
+
+    for _ in range(3):  # each round a new batch of the same rows: the first imports, later skip
+        assert _race(vault, 1, importer, importer) == []
+        src.write_text(src.read_text(encoding="utf-8") + "\n", encoding="utf-8")
+    assert vault.store.count() == len(people)
+    assert all(o in ("imported", "already_imported", "conflict") for o in outcomes), outcomes

@@ -351,7 +351,10 @@ def _begin(db: Database, batch_id: str, name: str, digest: str, fmt: str,
             db.execute(
                 "INSERT INTO import_batches (batch_id, source_name, content_sha256, format, options,"
                 " status, rows_consumed, imported, rejected, duplicates, updated, started_at,"
-                " updated_at) VALUES (?, ?, ?, ?, ?, 'running', 0, 0, 0, 0, 0, ?, ?)",
+                " updated_at) VALUES (?, ?, ?, ?, ?, 'running', 0, 0, 0, 0, 0, ?, ?)"
+                # another process starting the same batch at this moment made the row first: both
+                # go on, and the chunks' compare-and-set lets one of them import
+                " ON CONFLICT (batch_id) DO NOTHING",
                 (batch_id, name, digest, fmt, _canonical(options), now, now))
             row = db.query_one(sel, (batch_id,))
     assert row is not None
