@@ -116,11 +116,10 @@ class DetectSettings:
 
     @classmethod
     def from_mapping(cls, audit: Mapping[str, Any], detect: Mapping[str, Any]) -> DetectSettings:
-        known_audit = {"key_dir", "journal_dir", "checkpoint_every", "checkpoint_seconds"}
-        known_detect = {"counters", "suspend_after", "vault", "role_totals", "principals", "alerts_jsonl",
-                        "webhook_url", "detector"}
-        for name, table, known in (("audit", audit, known_audit), ("detect", detect, known_detect)):
-            unknown = sorted(set(table) - known)
+        from pivault.vault.home import SETTINGS  # the settings pivault.toml may hold, in one place
+
+        for name, table in (("audit", audit), ("detect", detect)):
+            unknown = sorted(set(table) - set(SETTINGS[name]))
             if unknown:
                 raise ConfigError(f"[{name}] has an unknown setting {unknown[0]!r}", code="home.config")
         detector_names = {f.name for f in fields(DetectorConfig)} - {"extra"}
