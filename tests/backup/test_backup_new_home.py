@@ -19,23 +19,14 @@ from typer.testing import CliRunner, Result
 
 sys.path.insert(0, str(Path(__file__).parent.parent / "vault"))
 
-from vault_support import CHEAP, PASSPHRASE, make_residents
+from vault_support import cheap_cli_env, make_residents
 
 from pivault.cli.main import app as main_app
 
 
 @pytest.fixture
 def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
-    # Argon2 kept cheap for `init`; opening reads the parameters from the keyring
-    from pivault.crypto import PassphraseProvider
-    from pivault.vault import home
-
-    def cheap(passphrase: str, params: object = None) -> PassphraseProvider:
-        return PassphraseProvider(passphrase, CHEAP)
-
-    monkeypatch.setattr(home, "PassphraseProvider", cheap)
-    return {"PIVAULT_PASSPHRASE": PASSPHRASE, "XDG_CONFIG_HOME": str(tmp_path / "xdg"),
-            "PIVAULT_HOME": ""}
+    return cheap_cli_env(tmp_path, monkeypatch, "")
 
 
 def run(env: dict[str, str], *args: str, code: int = 0, **more: str) -> Result:

@@ -108,13 +108,19 @@ def test_usage_errors_are_one_coded_line(tmp_path: Path) -> None:
         assert res.stdout == "" and "Traceback" not in res.output
 
 
-def test_db_option(tmp_path: Path) -> None:
+def _crm_db(tmp_path: Path, rows: int) -> Path:
+    """Another program's SQLite database: a customer table of synthetic mobiles."""
     db = tmp_path / "crm.db"
     con = sqlite3.connect(db)
     con.execute("CREATE TABLE customer (id INTEGER PRIMARY KEY, phone TEXT)")
-    con.executemany("INSERT INTO customer (phone) VALUES (?)", [(MOBILE,)] * 30)
+    con.executemany("INSERT INTO customer (phone) VALUES (?)", [(MOBILE,)] * rows)
     con.commit()
     con.close()
+    return db
+
+
+def test_db_option(tmp_path: Path) -> None:
+    db = _crm_db(tmp_path, 30)
     res = runner.invoke(app, ["--db", f"sqlite:///{db}", "--table", "customer", "--full", "--json"])
     assert res.exit_code == 0
     doc = json.loads(res.stdout)
@@ -164,12 +170,7 @@ def _unread_line(res: object) -> str:
 def test_a_named_table_that_cannot_be_read_is_an_error_sqlite(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    db = tmp_path / "crm.db"
-    con = sqlite3.connect(db)
-    con.execute("CREATE TABLE customer (id INTEGER PRIMARY KEY, phone TEXT)")
-    con.executemany("INSERT INTO customer (phone) VALUES (?)", [(MOBILE,)] * 3)
-    con.commit()
-    con.close()
+    db = _crm_db(tmp_path, 3)
     url = f"sqlite:///{db}"
     # a misspelt table does not pass a gate, beside a table that is read or alone
     res = runner.invoke(app, ["--db", url, "--table", "custmer", "--fail-on", "any:0"])

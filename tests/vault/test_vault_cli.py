@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import typer
 from typer.testing import CliRunner
-from vault_support import CHEAP, PASSPHRASE, make_residents
+from vault_support import cheap_cli_env, make_residents
 
 from pivault.cli import vault_cmds
 
@@ -25,16 +25,7 @@ def app() -> typer.Typer:
 
 @pytest.fixture
 def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
-    # keep Argon2 cheap for `init` (opening reads the parameters from the keyring)
-    from pivault.crypto import PassphraseProvider
-    from pivault.vault import home
-
-    def cheap(passphrase: str, params: object = None) -> PassphraseProvider:
-        return PassphraseProvider(passphrase, CHEAP)
-
-    monkeypatch.setattr(home, "PassphraseProvider", cheap)
-    return {"PIVAULT_PASSPHRASE": PASSPHRASE, "PIVAULT_HOME": str(tmp_path / "home"),
-            "XDG_CONFIG_HOME": str(tmp_path / "xdg")}
+    return cheap_cli_env(tmp_path, monkeypatch, str(tmp_path / "home"))
 
 
 def test_cli_round_trip(app: typer.Typer, env: dict[str, str], tmp_path: Path) -> None:

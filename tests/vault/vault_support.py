@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as _dt
 import random
 from pathlib import Path
+from typing import Any
 
 from pivault.crypto import Argon2Params, Keyring, PassphraseProvider
 from pivault.model import resident_id
@@ -42,3 +43,16 @@ def make_residents(n: int, seed: int = 1) -> list[dict[str, str]]:
 
 def new_keyring(path: Path, population: int = 10**6) -> Keyring:
     return Keyring.create(path, PassphraseProvider(PASSPHRASE, CHEAP), expected_population=population)
+
+
+def cheap_cli_env(tmp_path: Path, monkeypatch: Any, home: str) -> dict[str, str]:
+    """Environment for the command line in tests: the synthetic passphrase, keyrings under
+    ``tmp_path``, and Argon2 kept cheap for ``init`` (opening reads the keyring's parameters)."""
+    from pivault.vault import home as _home
+
+    def cheap(passphrase: str, params: object = None) -> PassphraseProvider:
+        return PassphraseProvider(passphrase, CHEAP)
+
+    monkeypatch.setattr(_home, "PassphraseProvider", cheap)
+    return {"PIVAULT_PASSPHRASE": PASSPHRASE, "PIVAULT_HOME": home,
+            "XDG_CONFIG_HOME": str(tmp_path / "xdg")}
