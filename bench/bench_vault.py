@@ -25,6 +25,11 @@ kernel's ``VmHWM``; the import's forked workers are sampled the same way):
 2. ``Vault.import_files`` (what ``pivault import`` runs) into a new vault
    whose keyring is sized for N residents (so ~4–8 residents share a blind
    index value, as in production).
+
+With ``--files K`` the population comes as K files of consecutive rows (one
+per region or month, as registers often export it), imported in one run by
+both sides: the plaintext baseline reads them one after the other, the vault
+imports them as K batches of one ``import_files`` call.
 3. lookups in one process, in alternating blocks so that the machine's load
    hits both alike: ``Vault.find(id_number=…)`` and ``find(mobile=…)``
    through the full door of ``Vault.open`` — audit trail (journal, chained
@@ -238,8 +243,8 @@ def phase_plain_import(a: dict[str, Any]) -> dict[str, Any]:
     with db.transaction():
         for stmt in _plain_ddl(db.dialect):
             db.execute(stmt)
-    source = open_source(a["csv"])
-    cmap = _mapping.resolve(source.header, None, ())
+    sources = [open_source(path) for path in a["csvs"]]
+    cmap = _mapping.resolve(sources[0].header, None, ())
     _PLAIN_POSITIONS = dict(cmap.positions)
     pids = _pg_pids([db])
     srv0 = sum(_proc_cpu(p) for p in pids)
@@ -265,7 +270,9 @@ def phase_plain_import(a: dict[str, Any]) -> dict[str, Any]:
         inserted += len(rows)
 
     with PeakSampler() as peaks:
-        chunks = _chunks(source.rows(columns=sorted(_PLAIN_POSITIONS)), DEFAULT_CHUNK)
+        # the files one after the other, each in chunks of its own, as the vault's import reads them
+        chunks = (chunk for source in sources
+                  for chunk in _chunks(source.rows(columns=sorted(_PLAIN_POSITIONS)), DEFAULT_CHUNK))
         workers = a["workers"]
         if workers == 0:
             for rows in chunks:
@@ -328,16 +335,16 @@ def phase_vault_import(a: dict[str, Any]) -> dict[str, Any]:
     srv0 = sum(_proc_cpu(p) for p in pids)
     (own0, kids0), t0 = _cpu_self_and_children(), time.perf_counter()
     with PeakSampler() as peaks:
-        summary = vault.import_files([a["csv"]], workers=a["workers"])
+        summary = vault.import_files(a["csvs"], workers=a["workers"])
         vault.guard.audit_log.flush(60)  # type: ignore[attr-defined]
     wall = time.perf_counter() - t0
     own, kids = _cpu_self_and_children()
     server = sum(_proc_cpu(p) for p in pids) - srv0
-    f = summary.files[0]
     sizes = _vault_sizes(vault)
     vault.close()
-    return {"read": f.read, "imported": f.imported, "duplicates": f.duplicates, "rejected": f.rejected,
-            "reconciles": summary.reconciles, "workers": f.workers, "seconds": wall,
+    return {"read": summary.read, "imported": summary.imported, "duplicates": summary.duplicates,
+            "rejected": summary.rejected, "reconciles": summary.reconciles,
+            "workers": summary.files[0].workers, "seconds": wall,
             "cpu_client": own - own0 + kids - kids0, "cpu_parent": own - own0, "cpu_workers": kids - kids0,
             "cpu_server": server, "rss_parent_mib": peaks.self_mib, "rss_workers_mib": peaks.children_mib,
             "sizes": sizes}
@@ -487,6 +494,8 @@ def phase_synth(a: dict[str, Any]) -> dict[str, Any]:
     if not (done.exists() and done.read_text() == stamp):  # a kept --workdir reuses its file
         write_population(a["csv"], a["count"], a["seed"])
         done.write_text(stamp)
+    if len(a["csvs"]) > 1:
+        _split(a["csv"], a["csvs"], a["count"])
     synth_s = time.perf_counter() - t0
     rnd = random.Random(a["seed"] + 1)
     n_hit = a["lookups"] - int(a["lookups"] * a["miss_rate"])
@@ -516,6 +525,21 @@ def phase_synth(a: dict[str, Any]) -> dict[str, Any]:
                "mobile": [_mobile.normalise(x) for x in mobiles]}
     Path(a["queries"]).write_text(json.dumps(queries), encoding="utf-8")
     return {"seconds": synth_s, "bytes": os.path.getsize(a["csv"])}
+
+
+def _split(path: str, parts: Sequence[str], count: int) -> None:
+    """The population file as len(parts) files of consecutive rows, each with the header (streamed)."""
+    per = -(-count // len(parts))
+    with open(path, encoding="utf-8", newline="") as src:
+        header = src.readline()
+        for part in parts:
+            with open(part, "w", encoding="utf-8", newline="") as out:
+                out.write(header)
+                for _ in range(per):
+                    line = src.readline()
+                    if not line:
+                        break
+                    out.write(line)
 
 
 PHASES: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
@@ -587,7 +611,8 @@ def report(args: argparse.Namespace, r: dict[str, Any]) -> None:
           f"lookups: {args.lookups:,} per kind and side "
           f"({args.miss_rate:.0%} misses) in {args.rounds} alternating rounds")
     print(f"synthetic CSV: {r['synth']['bytes'] / 2**20:,.0f} MiB "
-          f"(written in {r['synth']['seconds']:.0f} s, not timed)")
+          f"(written in {r['synth']['seconds']:.0f} s, not timed)"
+          + (f", imported as {args.files} files in one run" if args.files > 1 else ""))
     print()
     print("import                 rows    wall s    rows/s  CPU s: parent+workers+server  rows/CPU-s  "
           "peak RSS parent / worker")
@@ -653,6 +678,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--miss-rate", type=float, default=0.1)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--seed", type=int, default=2022)
+    ap.add_argument("--files", type=int, default=1,
+                    help="import the population as this many files of consecutive rows, in one run")
     ap.add_argument("--expected-population", type=int, default=None,
                     help="size the keyring's blind indexes for this many residents (default: --count)")
     ap.add_argument("--workdir", default=None, help="keep files here (default: a temporary directory)")
@@ -684,6 +711,8 @@ def main(argv: list[str] | None = None) -> None:
         vault_url, keys_url = None, None
     common = {"count": args.count, "workers": args.workers, "seed": args.seed,
               "csv": str(work / "people.csv"),
+              "csvs": ([str(work / "people.csv")] if args.files == 1 else
+                       [str(work / f"people.{i + 1}.csv") for i in range(args.files)]),
               "queries": str(work / "queries.json"), "plain_url": plain_url, "vault_url": vault_url,
               "keys_url": keys_url, "home": str(work / "home" / "vault"),
               "keyring": str(work / "keys" / "vault.keyring"), "lookups": args.lookups,

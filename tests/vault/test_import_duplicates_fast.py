@@ -19,7 +19,7 @@ from vault_support import make_residents, new_keyring
 from pivault.policy import AccessContext, local_operator
 from pivault.store.db import Database
 from pivault.vault import Vault
-from pivault.vault.imports import _SeenIds
+from pivault.vault.imports import ImportProgress, _SeenIds
 
 
 @pytest.fixture
@@ -197,3 +197,74 @@ def test_first_load_into_a_new_vault_never_reads_the_blind_index(store_url: str,
         db.close()
     assert f.reconciles and f.imported == 500
     assert reads == []  # every chunk knew its rows were new without reading the index
+
+
+def _count_index_reads(v: Vault) -> list[int]:
+    reads: list[int] = []
+    real = v.store.foreign_candidates
+
+    def counted(*args: object, **kw: object) -> object:
+        reads.append(1)
+        return real(*args, **kw)  # type: ignore[arg-type]
+
+    v.store.foreign_candidates = counted  # type: ignore[method-assign]
+    return reads
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_first_load_of_several_files_never_reads_the_blind_index(store_url: str, tmp_path: Path,
+                                                                 workers: int) -> None:
+    # a population that comes as several files: while the run is the store's only writer, the
+    # fast check goes on from file to file, and a later file's repeats of an earlier file's
+    # residents are still found
+    db = Database(store_url)
+    v = Vault.initialise(db, new_keyring(tmp_path / "keys" / "files.keyring", population=16))
+    reads = _count_index_reads(v)
+    people = make_residents(600, seed=73)
+    repeats = random.Random(11).sample(people[:200], 15)
+    paths = []
+    for name, rows in (("a.csv", people[:200]), ("b.csv", people[200:400]),
+                       ("c.csv", people[400:] + repeats)):
+        paths.append(tmp_path / name)
+        _csv(paths[-1], rows)
+    try:
+        summary = v.import_files(paths, chunk_size=50, workers=workers)
+        assert v.store.count() == 600
+    finally:
+        db.close()
+    assert [f.status for f in summary.files] == ["imported"] * 3
+    assert summary.reconciles and (summary.imported, summary.duplicates) == (600, 15)
+    assert reads == []  # no chunk of any file read the index to know its rows were new
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_write_between_two_files_ends_the_fast_check(crowded: Vault, store_url: str, tmp_path: Path,
+                                                       ctx: AccessContext, workers: int) -> None:
+    # another connection stores a resident after the first file's last chunk and before the
+    # second file starts: the second file's row for the same person must be found as a duplicate
+    people = make_residents(300, seed=79)
+    late = people[250]
+    other_db = Database(store_url)
+    other = Vault(other_db, crowded.keyring)
+    wrote: list[str] = []
+
+    def elsewhere(p: ImportProgress) -> None:
+        if not wrote and p.file == "a.csv" and p.read == 150:
+            wrote.append(other.put({**late, "name": "甲乙"}, ctx=ctx))
+
+    a, b = tmp_path / "a.csv", tmp_path / "b.csv"
+    _csv(a, people[:150])
+    _csv(b, people[150:])
+    reads = _count_index_reads(crowded)
+    try:
+        summary = crowded.import_files([a, b], chunk_size=50, workers=workers, progress=elsewhere)
+    finally:
+        other_db.close()
+    assert wrote
+    fa, fb = summary.files
+    assert fa.reconciles and fa.imported == 150
+    assert fb.reconciles and (fb.imported, fb.duplicates) == (149, 1)
+    found = crowded.find(id_number=late["id_number"], ctx=ctx)
+    assert [r["record_id"] for r in found] == wrote
+    assert crowded.store.count() == 300
+    assert reads  # the second file checked through the index

@@ -341,10 +341,11 @@ def _canonical(obj: object) -> str:
 
 
 def _begin(db: Database, batch_id: str, name: str, digest: str, fmt: str,
-           options: dict[str, Any]) -> _Batch:
+           options: dict[str, Any], run: _Run | None = None) -> _Batch:
     sel = ("SELECT batch_id, status, rows_consumed, imported, rejected, duplicates, updated"
            " FROM import_batches WHERE batch_id = ?")
     with db.transaction():
+        alone = run.alone_at_start() if run is not None else False
         row = db.query_one(sel, (batch_id,))
         if row is None:
             now = time.time()
@@ -357,14 +358,20 @@ def _begin(db: Database, batch_id: str, name: str, digest: str, fmt: str,
                 " ON CONFLICT (batch_id) DO NOTHING",
                 (batch_id, name, digest, fmt, _canonical(options), now, now))
             row = db.query_one(sel, (batch_id,))
+        if run is not None:
+            run.alone_at_end(alone)
     assert row is not None
     return _Batch(str(row[0]), str(row[1]), *(int(v) for v in row[2:7]))
 
 
-def _finish(db: Database, batch_id: str) -> None:
+def _finish(db: Database, batch_id: str, run: _Run | None = None) -> None:
     now = time.time()
-    db.execute("UPDATE import_batches SET status = 'done', finished_at = ?, updated_at = ?"
-               " WHERE batch_id = ? AND status <> 'done'", (now, now, batch_id))
+    with db.transaction():
+        alone = run.alone_at_start() if run is not None else False
+        db.execute("UPDATE import_batches SET status = 'done', finished_at = ?, updated_at = ?"
+                   " WHERE batch_id = ? AND status <> 'done'", (now, now, batch_id))
+        if run is not None:
+            run.alone_at_end(alone)
 
 
 def _reject_codes(db: Database, batch_id: str) -> dict[str, int]:
@@ -537,6 +544,51 @@ class _SoleWriter:
             return writes is not None and writes == self.version + 1
         version, changes = mark
         return version == self.version and changes == self.changes + rows_changed
+
+
+class _Run:
+    """What one import of several files carries from file to file: the first load's fast check.
+
+    A population often comes as many files (one per region, per month of
+    registrations). While the run stays the store's only writer, every record
+    is one of its own, whichever file it came from: the numbers it inserted
+    (:class:`_SeenIds`) go on from file to file, and so does the fast check.
+    Each of the run's own transactions between two files (one file's end, the
+    next one's start) checks that nobody else wrote since the run's last one,
+    then marks its own writes; the first that finds another writer's, or a file
+    that resumes a batch another run began, ends the fast check for the rest of
+    the run.
+    """
+
+    def __init__(self, store: RecordStore) -> None:
+        self.store = store
+        self.seen: _SeenIds | None = None
+        self.sole: _SoleWriter | None = None
+        self._writes: int | None = None
+
+    def alone_at_start(self) -> bool:
+        """First in a transaction of the run's own between files: nobody else wrote since the last."""
+        if self.sole is None:
+            return False
+        self._writes = self.store.lock_id_numbers(None)
+        if self.sole.still(rows_changed=0, writes=self._writes):
+            return True
+        self.end()
+        return False
+
+    def alone_at_end(self, alone: bool) -> None:
+        """Last in that transaction: its own writes are the run's."""
+        if alone and self.sole is not None:
+            self.sole.mark(self._writes)
+
+    def take(self, committer: _Committer) -> None:
+        """A file's import ended: what its committer still knows goes on to the next file."""
+        self.seen, self.sole = committer.seen, committer.sole
+        if self.sole is None:
+            self.seen = None
+
+    def end(self) -> None:
+        self.seen = self.sole = None
 
 
 class _Committer:
@@ -719,9 +771,10 @@ def import_files(
     for path in paths:
         source = open_source(path, encoding=encoding)
         plans.append((path, source, _mapping.resolve(source.header, mapping, ignore)))
+    run = _Run(vault.store)
     files = [
         _import_file(vault, path, source, cmap, ctx=ctx, on_duplicate=on_duplicate,
-                     workers=workers, progress=progress, chunk_size=chunk_size or DEFAULT_CHUNK)
+                     workers=workers, progress=progress, chunk_size=chunk_size or DEFAULT_CHUNK, run=run)
         for path, source, cmap in plans
     ]
     return ImportSummary(files, time.monotonic() - started)
@@ -730,7 +783,7 @@ def import_files(
 def _import_file(
     vault: Vault, path: Path, source: Source, cmap: _mapping.ColumnMap, *, ctx: AccessContext,
     on_duplicate: str, workers: int | None, progress: Callable[[ImportProgress], None] | None,
-    chunk_size: int,
+    chunk_size: int, run: _Run,
 ) -> FileSummary:
     t0 = time.monotonic()
     db = vault.db
@@ -738,7 +791,7 @@ def _import_file(
     options = {"format": source.format, "encoding": source.encoding, "columns": cmap.to_json(),
                "on_duplicate": on_duplicate}
     batch_id = "b_" + hashlib.sha256(f"{digest}\n{_canonical(options)}".encode()).hexdigest()[:32]
-    batch = _begin(db, batch_id, path.name, digest, source.format, options)
+    batch = _begin(db, batch_id, path.name, digest, source.format, options, run)
     summary = FileSummary(file=path.name, batch_id=batch_id, status="imported", format=source.format,
                           encoding=source.encoding, ignored_columns=list(cmap.ignored))
 
@@ -756,15 +809,18 @@ def _import_file(
     if skip:
         summary.status = "resumed"
         summary.resumed_from = skip
+        run.end()  # the batch holds records of another run: their numbers are not in `seen`
     positions = dict(cmap.positions)
     labels = _labels(cmap.header, positions)
     # a run that starts the batch knows every record the batch has: see _Committer._existing
-    seen = _SeenIds(_expected_rows(source)) if skip == 0 else None
+    seen = None if skip else run.seen if run.sole is not None else _SeenIds(_expected_rows(source))
     committer = _Committer(vault, batch, ctx, on_duplicate, set(positions.values()), labels, seen)
     # the vault's first index entry makes the check tags' key (a write): before the sole-writer
     # counters start, or that write would end the first load's fast duplicate check at once
     checks = vault.checks
-    if seen is not None:
+    if run.sole is not None and seen is not None:
+        committer.sole = run.sole  # every record in the store is still one of this run's files'
+    elif seen is not None:
         committer.sole = _SoleWriter.start(db, vault.store)
     n_workers = _auto_workers(source) if workers is None else int(workers)
     summary.workers = n_workers
@@ -779,7 +835,9 @@ def _import_file(
 
     with _import_cache(db):
         _run_chunks(vault, checks, chunks, positions, labels, n_workers, step)
-    _finish(db, batch_id)
+    if seen is not None:
+        run.take(committer)
+    _finish(db, batch_id, run)
     return fill()
 
 
