@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import random
 import signal
 import time
 from pathlib import Path
@@ -13,6 +14,7 @@ from detect_helpers import FakeClock
 
 from pivault.detect import Budget, BudgetPolicy, Budgets, DetectUnavailable, FileCounters, counters_from_url
 from pivault.detect.budgetmap import BudgetMap
+from pivault.detect.counters import MemoryCounters
 from pivault.errors import PivaultError
 from pivault.policy.context import AccessContext
 
@@ -196,4 +198,56 @@ def test_two_new_windows_on_one_slot_are_kept_apart(tmp_path: Path, clock: FakeC
     assert b.charge(_ctx(n), records=2).allowed
     refused = b.charge(_ctx(n), records=1)
     assert refused.refusal is not None and refused.refusal.rule == "principal.records_per_hour"
+    fc.close()
+
+
+def test_a_file_of_the_version_before_the_sums_keeps_its_counts(tmp_path: Path, clock: FakeClock) -> None:
+    """A node's counters file from before the windows' sums: upgraded in place, nothing forgotten."""
+    limits = {"records_per_minute": 10, "records_per_hour": 12}
+    fc = FileCounters(tmp_path / "counters.db", clock=clock, capacity=SMALL)
+    b = _budgets(fc, **limits)
+    for _ in range(3):
+        assert b.charge(_ctx(1), records=2).allowed
+        clock.advance(5)
+    fc.close()
+    # the file as the version before wrote it: the same tables, no sums after them
+    data = bytearray(fc.budgets_path.read_bytes())
+    del data[len(data) - 8 * SMALL["windows"]:]
+    data[8:16] = (1).to_bytes(8, "little")
+    fc.budgets_path.write_bytes(bytes(data))
+    again = FileCounters(tmp_path / "counters.db", clock=clock)
+    b = _budgets(again, **limits)
+    assert b.charge(_ctx(1), records=4).allowed  # 6 read before, 10 in the minute
+    refused = b.charge(_ctx(1), records=1)
+    assert refused.refusal is not None and refused.refusal.rule == "principal.records_per_minute"
+    assert refused.refusal.used == 10
+    clock.advance(61)  # the minute is empty, the hour holds 10 of its 12
+    assert b.charge(_ctx(1), records=2).allowed
+    refused = b.charge(_ctx(1), records=1)
+    assert refused.refusal is not None and refused.refusal.rule == "principal.records_per_hour"
+    assert int.from_bytes(again.budgets_path.read_bytes()[8:16], "little") == 2
+    again.close()
+
+
+def test_the_files_windows_refuse_as_the_memory_counters_do(tmp_path: Path, clock: FakeClock) -> None:
+    """Random charges over hours of a fake clock: the file's running sums never drift from the buckets."""
+    limits = {"records_per_minute": 8, "records_per_hour": 40, "misses_per_hour": 3}
+    policy = BudgetPolicy(roles={"officer": Budget(**limits)},  # type: ignore[arg-type]
+                          role_totals={"officer": Budget(records_per_hour=70)})
+    fc = FileCounters(tmp_path / "counters.db", clock=clock, capacity=LARGER)
+    in_file, in_memory = Budgets(policy, fc), Budgets(policy, MemoryCounters(clock=clock))
+    rng = random.Random(2022)
+    refusals = 0
+    for _ in range(4000):
+        clock.advance(rng.choice((0.0, 0.4, 1.0, 2.5, 7.0, 30.0, 65.0, 900.0)))
+        who = _ctx(rng.randrange(3))
+        records, misses = rng.randrange(0, 7), int(rng.random() < 0.2)
+        a = in_file.charge(who, records=records, misses=misses)
+        m = in_memory.charge(who, records=records, misses=misses)
+        assert (a.refusal is None) == (m.refusal is None)
+        if a.refusal is not None and m.refusal is not None:
+            refusals += 1
+            assert (a.refusal.rule, a.refusal.used) == (m.refusal.rule, m.refusal.used)
+            assert a.refusal.retry_after == pytest.approx(m.refusal.retry_after)
+    assert 200 < refusals < 3800  # both refused often, and allowed often
     fc.close()

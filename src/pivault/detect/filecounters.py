@@ -242,8 +242,12 @@ class FileCounters:
         now = self.now()
         try:
             bm = self._budget_map()
-            with self._held():
+            fd = self._lock_fd()
+            self._lock(fd)  # as _held(), without a generator on every read's path
+            try:
                 return bm.charge(now, self._ns, windows, distinct)
+            finally:
+                fcntl.flock(fd, fcntl.LOCK_UN)
         except (OSError, ValueError) as exc:
             raise self._fail(exc) from None
 
