@@ -225,6 +225,29 @@ def test_interrupted_rebuild_leaves_no_vault_and_can_be_finished(env: dict[str, 
 
 
 
+def test_a_store_that_survived_its_home_is_not_rolled_back_unasked(env: dict[str, str],
+                                                                   tmp_path: Path) -> None:
+    # the home is lost, the store (kept elsewhere) is not, and it served after the backup: a
+    # rebuild into it must say so, not offer --quarantine as for a half-done restore
+    home = tmp_path / "home"
+    store = f"sqlite:///{tmp_path / 'db' / 'vault.db'}"
+    (tmp_path / "db").mkdir()
+    s = _setup(env, tmp_path, home, store)
+    p = s["people"][0]
+    run(env, "find", "--home", str(home), "--id-number", p["id_number"])  # read after the backup
+    shutil.rmtree(home)
+    new = tmp_path / "rebuilt"
+    r = run(env, "restore", str(s["backup"]), "--home", str(new), "--new-home", "--store", store, code=1)
+    assert r.stderr.startswith("error[backup.store_survived]"), r.stderr
+    assert "after the backup" in r.stderr and "pivault.toml" in r.stderr
+    assert p["id_number"] not in r.stderr and not (new / "pivault.toml").exists()
+    # a damaged store is still set aside on purpose, and its later audit entries salvaged
+    out = _json(run(env, "restore", str(s["backup"]), "--home", str(new), "--new-home", "--store", store,
+                    "--quarantine", "--json"))
+    assert out["quarantined"] and out["salvaged_audit_entries"] >= 1
+    _check_restored(env, new, s)
+
+
 def test_surviving_record_keys_are_not_overwritten_by_an_older_backup(env: dict[str, str],
                                                                       tmp_path: Path) -> None:
     # the data directory is lost, the keyring and its record keys are not: putting the record-key

@@ -10,7 +10,9 @@ stopping at the first refusal:
 2. refusals: a vault already in DIR (``home.exists``), a keyring at the
    target path of another vault, a store bound to another vault (even with
    ``quarantine``: it is someone's live vault), a store that is not empty
-   (unless ``quarantine``), a store of the other backend;
+   (unless ``quarantine``; this vault's store used since the backup is named
+   as such, since restoring into it rolls the vault back), a store of the
+   other backend;
 3. the root key is checked against the keyring (the one in place, else the
    backup's envelope staged under a temporary name);
 4. the keyring envelope is written if no keyring is at the target path
@@ -38,6 +40,7 @@ import secrets
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +48,7 @@ from pivault.backup.manifest import Container
 from pivault.backup.restore import (
     RestoreReport,
     _refuse_foreign,
+    _tables,
     _why_not_empty,
     restore,
     restore_record_keys,
@@ -96,6 +100,40 @@ def _store_state(url: str, vault_id: str) -> tuple[str | None, str | None]:
     with Database(url) as db:
         _refuse_foreign(db)  # before anything is written: another program's tables are never touched
         return meta.bound_vault_id(db), _why_not_empty(db, vault_id)
+
+
+def _used_since(url: str, manifest: dict[str, Any]) -> str | None:
+    """What shows that this vault's store was used after the backup was taken; None if nothing does.
+
+    An earlier try of the same restore leaves only the backup's rows and its own
+    ``backup.restore`` entry; a store that went on serving has audit entries past
+    the backup's chain head (every access is one) or records changed after it.
+    """
+    head = manifest.get("audit_head") or {}
+    with Database(url) as db:
+        tables = set(_tables(db))
+        if "audit_entries" in tables:
+            row = db.query_one("SELECT COUNT(*), MAX(ts_us) FROM audit_entries WHERE seq > ? AND operation"
+                               " <> 'backup.restore'", (int(head.get("seq", 0)),))
+            if row is not None and int(row[0]):
+                return (f"{int(row[0])} audit entries after the backup's, the last at "
+                        f"{_utc(float(row[1]) / 1e6)}")
+        created = manifest.get("created")
+        if "records" in tables and isinstance(created, str):
+            try:
+                taken = datetime.strptime(created, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC).timestamp()
+            except ValueError:
+                return None
+            # the stamp is in whole seconds, taken once the copy was made: a second's slack
+            row = db.query_one("SELECT COUNT(*), MAX(updated_at) FROM records WHERE updated_at > ?",
+                               (taken + 1.0,))
+            if row is not None and int(row[0]):
+                return f"{int(row[0])} records changed after the backup, the last at {_utc(float(row[1]))}"
+    return None
+
+
+def _utc(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def _check_new_home(h: Path) -> None:
@@ -236,6 +274,15 @@ def restore_new_home(
             raise BackupError(f"the store is bound to another vault ({bound}); it is not restored into",
                               code="backup.vault", hint="give --store an empty store of its own")
         if why is not None and not quarantine:
+            used = _used_since(store_url, c.manifest) if bound == vault_id else None
+            if used is not None:
+                # the store survived the home: restoring would roll the vault back to the backup
+                raise BackupError(
+                    f"the target store is this vault's and was used after the backup ({used}): "
+                    "restoring it would set that aside and roll the vault back", code="backup.store_survived",
+                    hint="if the store is sound, it needs no restore: write DIR/pivault.toml naming it "
+                         "(docs/backup.md, 'When the store survived'); if it is damaged, pass "
+                         "--quarantine to set it aside and restore the backup")
             raise BackupError(f"the target store is not empty: {why}", code="backup.not_empty",
                               hint="give an empty store; if an interrupted restore filled it, pass "
                                    "--quarantine to move it aside")
