@@ -356,6 +356,25 @@ def test_serve_answers_a_stalled_head_408_over_tls(served: Served) -> None:
         assert c.closed()
 
 
+def test_serve_cuts_a_tls_handshake_that_never_ends(served: Served) -> None:
+    # a connection that never completes its TLS handshake used to hold a descriptor and a TLS
+    # object of the worker for the event loop's minute: it now has the head's deadline
+    for hello in (b"", b"\x16\x03\x01\x00\xa5\x01"):  # nothing; the first bytes of a ClientHello
+        with socket.create_connection(("127.0.0.1", served.port), timeout=SERVE_HEAD_TIMEOUT + 5) as raw:
+            if hello:
+                raw.sendall(hello)
+            t0 = time.monotonic()
+            try:
+                data = raw.recv(1)  # until the server closes (a timeout here fails the test)
+            except ConnectionResetError:
+                data = b""
+            assert data == b""
+            assert time.monotonic() - t0 < SERVE_HEAD_TIMEOUT + 3
+    with TlsConn(served) as c:  # a client that completes its handshake is served as before
+        c.send(get("/healthz"))
+        assert c.response()[0] == 200
+
+
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads the server's size in /proc")
 def test_serve_stops_reading_a_huge_header(served: Served) -> None:
     with TlsConn(served) as c:  # the worker's first connection of this size: what it costs by itself

@@ -32,6 +32,7 @@ from urllib.parse import urlparse
 
 from pivault.api.app import ROUTES, PolicyHolder, ServiceConfig, create_app
 from pivault.api.connection import ConnectionLimits, GuardedProtocol
+from pivault.api.handshake import HANDSHAKE_ENV
 from pivault.api.workers import balanced, listen_group, serve_workers
 from pivault.errors import ConfigError
 from pivault.policy.policy import Policy
@@ -371,6 +372,7 @@ def run(opts: ServeOptions, *, echo: Callable[[str], None] = print) -> None:
         _check_port(opts.host, opts.port)
     echo(banner(opts, pre))
     os.environ[OPTIONS_ENV] = opts.to_env()
+    os.environ[HANDSHAKE_ENV] = repr(opts.head_timeout)  # read by every worker's event loop
     if pre.counters_url:
         from pivault.detect.setup import COUNTERS_ENV
 
@@ -382,6 +384,8 @@ def run(opts: ServeOptions, *, echo: Callable[[str], None] = print) -> None:
         "server_header": False, "proxy_headers": False, "log_level": "warning",
         "timeout_keep_alive": 5, "timeout_graceful_shutdown": 10, "h11_max_incomplete_event_size": MAX_HEAD,
         "limit_concurrency": LIMIT_CONCURRENCY,
+        # a TLS handshake has the head's deadline too, instead of the event loop's minute
+        "loop": "pivault.api.handshake:deadline_loop",
         # no WebSocket: the service has no such route, and an upgrade would leave the protocol's
         # limits and the middleware's headers and token check behind
         "ws": "none",
