@@ -25,6 +25,7 @@ from pivault.model import mobile as _mobile
 from pivault.model import resident_id as _rid
 
 __all__ = [
+    "COMPOUND_SURNAMES",
     "KINDS",
     "MATCH_KINDS",
     "Column",
@@ -62,6 +63,8 @@ _SURNAMES = set(
 )
 _COMPOUND = {"欧阳", "司马", "上官", "诸葛", "东方", "皇甫", "尉迟", "公孙", "慕容", "长孙", "宇文",
              "司徒", "夏侯", "轩辕", "令狐", "端木", "独孤", "南宫", "西门", "百里", "呼延", "赫连"}
+#: the compound surnames, which a name's split into surname and given name must know
+COMPOUND_SURNAMES: frozenset[str] = frozenset(_COMPOUND)
 _CJK_NAME = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff]{2,4}")
 _MINORITY = re.compile(r"[\u4e00-\u9fff]{1,8}(?:[·•・.][\u4e00-\u9fff]{1,8}){1,3}")
 _LATIN_NAME = re.compile(r"[A-Z][a-z]{1,15}(?: [A-Z][a-z]{1,15}){1,2}")

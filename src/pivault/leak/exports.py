@@ -8,9 +8,10 @@ only then fetched. Fetching is a door operation: authorise → budget → audit
 which fields may leave in full) → write CSV, JSONL or Parquet, to a new file
 of mode 0600.
 
-Every file carries canary residents unique to that export: fictitious people,
-made to blend into the selection (same regions and birth years as the real
-rows), mixed in at random positions, at a rate such that any sample of 200
+Every file carries canary residents unique to that export: fictitious people
+assembled from pieces of different real rows of the export
+(:mod:`pivault.leak.canaries`), so no rule on the file tells them apart, mixed
+in at random positions among the real rows in random order, at a rate such that any sample of 200
 rows of the file holds at least one canary with probability >= 1 - 10^-6
 (:func:`canaries_needed`; the calculation is in docs/leak.md). The canaries and
 the export's record ids are stored encrypted under the vault's keyring; when
@@ -34,8 +35,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pivault.errors import NotFoundError, PivaultError, ValidationError
-from pivault.model import address as _address
-from pivault.model import divisions, is_record_id
+from pivault.leak.canaries import Blender
+from pivault.model import is_record_id
 from pivault.model import resident_id as _rid
 from pivault.policy.context import AccessContext
 from pivault.store.db import Database
@@ -53,6 +54,7 @@ __all__ = [
     "Selection",
     "approve",
     "canaries_needed",
+    "canary_values",
     "fetch",
     "get_export",
     "list_exports",
@@ -77,6 +79,10 @@ MISS_PROBABILITY = 1e-6
 MIN_CANARIES = 3
 FORMATS = ("csv", "jsonl", "parquet")
 _CHUNK = 5000
+#: rows of the export whose pieces canaries are made of (a uniform sample)
+_MODELS = 1000
+#: the PostgreSQL advisory lock that queues the registration of export canaries
+_CANARY_LOCK = 0x70766361
 _EXPORT_ID = re.compile(r"x_[0-9a-f]{16}")
 
 
@@ -448,59 +454,6 @@ def refuse(vault: Vault, export_id: str, *, ctx: AccessContext) -> ExportInfo:
     return _decide(vault, export_id, ctx, "refused")
 
 
-# ---------------------------------------------------------------- canaries
-
-_CANARY_SURNAMES = ("王李张刘陈杨黄赵吴周徐孙马朱胡郭何高林罗郑梁谢宋唐许"
-                    "韩冯邓曹彭曾肖田董袁潘于蒋蔡余杜叶程苏魏吕丁任沈姚卢")
-_CANARY_GIVEN = ("伟芳娜秀英敏静丽强磊军洋勇艳杰娟涛明超兰霞平刚桂华"
-                 "玉萍红鹏飞宇浩然思雨欣怡子轩梓涵佳琪志文建国海燕晓东"
-                 "俊杰婷慧颖博宁丹辉鑫亮")
-_CANARY_PREFIXES = ("134", "135", "136", "137", "138", "139", "150", "151", "152", "157", "158", "159",
-                    "182", "183", "187", "188", "130", "131", "132", "155", "156", "185", "186", "133",
-                    "153", "177", "180", "181", "189", "199", "198", "166")
-_CANARY_STREETS = ("建设路", "人民路", "解放路", "中山路", "和平街", "新华路", "胜利路", "文化路", "光明街",
-                   "团结路", "幸福路", "朝阳路", "青年路", "长江路", "黄河路", "复兴路")
-_CANARY_NOTES = ("", "", "户籍信息核对无误", "联系方式已更新", "已办理居住登记", "信息由本人申报")
-
-
-def _canary(rng: secrets.SystemRandom, model: dict[str, str | None]) -> dict[str, str]:
-    """A fictitious resident shaped like ``model`` (a real row of the export): same region
-    and birth year, fresh everything else, so no filter on the selection strips it."""
-    idn = model.get("id_number") or ""
-    region = idn[:6] if len(idn) == 18 else rng.choice(divisions.current_county_codes())
-    year = int(idn[6:10]) if len(idn) == 18 else rng.randrange(1950, 2005)
-    born = _dt.date(year, 1, 1) + _dt.timedelta(days=rng.randrange(365))
-    today = _dt.date.today()
-    born = min(born, today - _dt.timedelta(days=1))
-    number = _rid.make(region, born, rng.randrange(1, 1000))
-    given = "".join(rng.choice(_CANARY_GIVEN) for _ in range(rng.choice((1, 2, 2))))
-    name = rng.choice(_CANARY_SURNAMES) + given
-    mobile = rng.choice(_CANARY_PREFIXES) + f"{rng.randrange(10**8):08d}"
-    addr_model = model.get("address") or ""
-    prefix = ""
-    if addr_model:
-        try:
-            p = _address.parse_prefix(_address.normalise(addr_model))
-            prefix = addr_model[:p.end]
-        except ValueError:
-            prefix = ""
-    if not prefix:
-        prefix = (divisions.province_of(region) or "") + (divisions.name_of(region) or "")
-    address = (f"{prefix}{rng.choice(_CANARY_STREETS)}{rng.randrange(1, 1000)}号"
-               f"{rng.randrange(1, 30)}0{rng.randrange(1, 9)}室")
-    return {"name": name, "id_number": number, "mobile": mobile, "address": address,
-            "notes": rng.choice(_CANARY_NOTES)}
-
-
-def _clamp_born(c: dict[str, str], sel: Selection) -> dict[str, str]:
-    born = _rid.facts(c["id_number"]).birth_date
-    lo, hi = sel.born_from, sel.born_to
-    if (lo and born < lo) or (hi and born > hi):
-        new = min(max(born, lo or born), hi or born)
-        c = dict(c, id_number=_rid.make(c["id_number"][:6], new, int(c["id_number"][14:17])))
-    return c
-
-
 # ---------------------------------------------------------------- fetch
 
 
@@ -639,10 +592,20 @@ def fetch(vault: Vault, export_id: str, out: str | Path, *, ctx: AccessContext,
         raise ExportError("the selection holds no records", code="export.empty")
     _budget(vault, ctx, len(ids))
     rng = secrets.SystemRandom()
+    # the file's order says nothing: not the import order (record ids begin with their creation
+    # second), not the order the requester listed the ids in; a canary cannot stand out of a run
+    rng.shuffle(ids)
     k = canaries_needed(len(ids))
     total = len(ids) + k
     positions = set(rng.sample(range(total), k))
-    known = load_registry(vault).canary_values()
+    # canaries are made of pieces of a uniform sample of the export's own rows
+    sample_ids = set(rng.sample(ids, min(len(ids), _MODELS)))
+    samples = [_derived(open_record(vault.keyring, s).to_dict())
+               for start in range(0, len(ids), _CHUNK)
+               for s in vault.store.get_many([i for i in ids[start:start + _CHUNK] if i in sample_ids])]
+    blender = Blender(samples, sel.regions, sel.born_from, sel.born_to, rng)
+    known, seen = canary_values(vault)
+    canaries = [_make_canary(vault, blender, known) for _ in range(k)]
     reveal = replace(ctx, reveal=True)
     # the file first: one that cannot be made leaves the export approved, not half-fetched
     writer = _Writer(out, fmt, info.fields)
@@ -652,47 +615,39 @@ def fetch(vault: Vault, export_id: str, out: str | Path, *, ctx: AccessContext,
                                    " AND status = 'approved'", (export_id,))
             if cur.rowcount != 1:
                 raise ExportError("the export is being fetched already", code="export.state")
+            _register_canaries(vault, export_id, canaries, blender, known, seen)
             _audit(vault, ctx, "export", ids, "ok")
     except BaseException:
         writer.close()
         out.unlink(missing_ok=True)
         raise
-    canaries: list[dict[str, str]] = []
     try:
         pos = 0
-        samples: list[dict[str, str | None]] = []
+        it = iter(canaries)
         for start in range(0, len(ids), _CHUNK):
-            chunk = vault.store.get_many(ids[start:start + _CHUNK])
-            for stored in chunk:
-                full = _derived(open_record(vault.keyring, stored).to_dict())
-                if len(samples) < 1000:
-                    samples.append(full)
-                elif rng.random() < 0.01:
-                    samples[rng.randrange(1000)] = full
+            part = ids[start:start + _CHUNK]
+            by_id = {s.record_id: s for s in vault.store.get_many(part)}
+            for rid in part:
+                full = _derived(open_record(vault.keyring, by_id[rid]).to_dict())
                 while pos in positions:
-                    c = _make_canary(vault, rng, samples, sel, known)
-                    canaries.append(c)
-                    writer.write(_present(vault, reveal, _derived(dict(c)), info.fields))
+                    writer.write(_present(vault, reveal, _derived(_as_row(next(it))), info.fields))
                     pos += 1
                 writer.write(_present(vault, reveal, full, info.fields))
                 pos += 1
         while pos < total:
-            c = _make_canary(vault, rng, samples, sel, known)
-            canaries.append(c)
-            writer.write(_present(vault, reveal, _derived(dict(c)), info.fields))
+            writer.write(_present(vault, reveal, _derived(_as_row(next(it))), info.fields))
             pos += 1
     except BaseException:
         writer.close()
         out.unlink(missing_ok=True)
-        vault.db.execute("UPDATE exports SET status = 'approved' WHERE export_id = ?", (export_id,))
+        with vault.db.transaction():
+            vault.db.execute("DELETE FROM export_members WHERE export_id = ?", (export_id,))
+            vault.db.execute("UPDATE exports SET status = 'approved' WHERE export_id = ?", (export_id,))
         raise
     writer.close()
     with vault.db.transaction():
         _put_blobs(vault, export_id, "members",
                    ("\n".join(ids[i:i + 10000]).encode("ascii") for i in range(0, len(ids), 10000)))
-        _put_blobs(vault, export_id, "canaries",
-                   (json.dumps(canaries[i:i + 2000], ensure_ascii=False).encode("utf-8")
-                    for i in range(0, len(canaries), 2000)))
         vault.db.execute(
             "UPDATE exports SET status = 'fetched', fetched_by = ?, fetched_at = ?, format = ?, rows = ?,"
             " canaries = ? WHERE export_id = ?",
@@ -705,25 +660,77 @@ def _present(vault: Vault, ctx: AccessContext, r: dict[str, str | None],
     return {f: vault.guard.mask(ctx, f, r.get(f)) for f in fields}
 
 
-def _make_canary(vault: Vault, rng: secrets.SystemRandom, samples: list[dict[str, str | None]],
-                 sel: Selection, known: dict[str, set[str]]) -> dict[str, str]:
-    """A canary no vault record and no earlier canary shares an ID number, mobile or name+birth with."""
+def _as_row(c: dict[str, str]) -> dict[str, str | None]:
+    """A canary as a row: an empty field is absent, as it is in a real row."""
+    return {k: (v or None) for k, v in c.items()}
+
+
+#: the exact values by which a canary is found in a dump
+CANARY_KEYS: tuple[str, ...] = ("id_number", "mobile", "name_birth", "address")
+
+
+def _canary_keys(c: dict[str, str]) -> dict[str, str]:
+    born = _rid.facts(c["id_number"]).birth_date.isoformat()
+    out = {"id_number": c["id_number"], "mobile": c.get("mobile") or "",
+           "name_birth": f"{c['name']}|{born}" if c.get("name") else "", "address": c.get("address") or ""}
+    return {k: v for k, v in out.items() if v}
+
+
+def _make_canary(vault: Vault, blender: Blender, known: dict[str, set[str]]) -> dict[str, str]:
+    """A canary sharing no exact value with an earlier canary, and no ID number with a record."""
     for _ in range(100):
-        model = rng.choice(samples) if samples else {}
-        c = _clamp_born(_canary(rng, model), sel)
-        nb = f"{c['name']}|{_rid.facts(c['id_number']).birth_date.isoformat()}"
-        if (c["id_number"] in known["id_number"] or c["mobile"] in known["mobile"]
-                or nb in known["name_birth"]):
+        c = blender.make()
+        keys = _canary_keys(c)
+        if any(v in known[k] for k, v in keys.items()):
             continue
         kr = vault.keyring
         if vault.ids_by_id_number({c["id_number"]: kr.blind_index("id_number", c["id_number"])}):
             continue
-        known["id_number"].add(c["id_number"])
-        known["mobile"].add(c["mobile"])
-        known["name_birth"].add(nb)
-        known["address"].add(c["address"])
+        for k, v in keys.items():
+            known[k].add(v)
         return c
     raise ExportError("could not make a unique canary", code="export.canary")
+
+
+def canary_values(vault: Vault, skip: Iterable[str] = ()) -> tuple[dict[str, set[str]], set[str]]:
+    """Every registered export canary's exact values, and the exports they belong to
+    (but for those in ``skip``): what a new canary must not share a value with."""
+    known: dict[str, set[str]] = {k: set() for k in CANARY_KEYS}
+    done = set(skip)
+    seen: set[str] = set()
+    for (eid,) in vault.db.query("SELECT DISTINCT export_id FROM export_members WHERE kind = 'canaries'"):
+        if eid in done:
+            continue
+        seen.add(eid)
+        for blob in _get_blobs(vault.db, vault.keyring, eid, "canaries"):
+            for c in json.loads(blob.decode("utf-8")):
+                for k, v in _canary_keys(c).items():
+                    known[k].add(v)
+    return known, seen | done
+
+
+def _register_canaries(vault: Vault, export_id: str, canaries: list[dict[str, str]], blender: Blender,
+                       known: dict[str, set[str]], seen: set[str]) -> None:
+    """Store the canaries before the file is written, in a transaction other fetches queue behind.
+
+    The canaries were checked against those registered when they were made; an export
+    fetched at the same moment may have registered some of the same values since. Inside
+    the lock those are looked up and the clashing canaries made again, so no value is ever
+    the canary of two exports (a dump would otherwise count it for the wrong one).
+    """
+    db = vault.db
+    if db.dialect != "sqlite":  # SQLite's BEGIN IMMEDIATE already holds the write lock
+        db.execute("SELECT pg_advisory_xact_lock(?)", (_CANARY_LOCK,))
+    more, _ = canary_values(vault, skip=seen)
+    if any(more.values()):
+        for k, vs in more.items():
+            known[k] |= vs
+        for i, c in enumerate(canaries):
+            if any(v in more[k] for k, v in _canary_keys(c).items()):
+                canaries[i] = _make_canary(vault, blender, known)
+    _put_blobs(vault, export_id, "canaries",
+               (json.dumps(canaries[i:i + 2000], ensure_ascii=False).encode("utf-8")
+                for i in range(0, len(canaries), 2000)))
 
 
 # ---------------------------------------------------------------- what the leak check reads
@@ -755,12 +762,20 @@ def rid_digest(record_id: str) -> int:
 
 
 def load_registry(vault: Vault) -> ExportRegistry:
-    reg = ExportRegistry(canaries={"id_number": {}, "mobile": {}, "name_birth": {}, "address": {}})
+    """Every fetched export (and one being fetched: its canaries are registered before its
+    file is written, and a fetch cut short may leave part of a file behind).
+
+    A value that is the canary of two exports (possible in a vault whose exports were
+    fetched at the same moment before canaries were registered up front) says nothing
+    about which of them leaked: it is left out rather than counted for the one loaded last.
+    """
+    reg = ExportRegistry(canaries={k: {} for k in CANARY_KEYS})
     db = vault.db
     if not db.table_exists("exports"):
         return reg
+    shared: dict[str, set[str]] = {k: set() for k in CANARY_KEYS}
     for info in list_exports(db):
-        if info.status != "fetched":
+        if info.status not in ("fetched", "fetching"):
             continue
         reg.exports[info.export_id] = info
         members: set[int] = set()
@@ -770,12 +785,14 @@ def load_registry(vault: Vault) -> ExportRegistry:
         n = 0
         for blob in _get_blobs(db, vault.keyring, info.export_id, "canaries"):
             for c in json.loads(blob.decode("utf-8")):
-                born = _rid.facts(c["id_number"]).birth_date.isoformat()
                 entry = (info.export_id, n)
-                reg.canaries["id_number"][c["id_number"]] = entry
-                reg.canaries["mobile"][c["mobile"]] = entry
-                reg.canaries["name_birth"][f"{c['name']}|{born}"] = entry
-                reg.canaries["address"][c["address"]] = entry
+                for k, v in _canary_keys(c).items():
+                    have = reg.canaries[k].setdefault(v, entry)
+                    if have[0] != info.export_id:
+                        shared[k].add(v)
                 n += 1
         reg.canary_counts[info.export_id] = n
+    for k, vs in shared.items():
+        for v in vs:
+            del reg.canaries[k][v]
     return reg
