@@ -209,3 +209,25 @@ def test_exports_fetched_at_the_same_moment_share_no_canary(tmp_path: Path) -> N
     assert sum(ex.canaries_needed(500) for _ in range(4)) == len(owners)
     assert all(len(o) == 1 for o in owners.values())
     v.close()
+
+
+def test_a_resident_sharing_one_value_with_a_canary_is_counted(
+        export: tuple[World, list[Row], list[Row], Path], tmp_path: Path) -> None:
+    """Canary mobiles are drawn, so a real person may hold one (numbers are reissued; at
+    population scale most numbers of a block are someone's). That person, leaked with name and
+    ID number, is an affected resident, and no evidence against the export."""
+    w, _, canaries, _ = export
+    v = w.vault
+    from leak.synthetic import people
+
+    donors = [c for c in canaries if c["mobile"]][:30]
+    newcomers = [Resident.parse({"name": p["name"], "id_number": p["id_number"], "mobile": c["mobile"]})
+                 for p, c in zip(people(30, seed=77), donors, strict=True)]
+    v.store.insert([seal(v.keyring, r) for r in newcomers])
+    dump = tmp_path / "others.csv"
+    body = "".join(f"{r.name},{r.id_number},{r.mobile}\n" for r in newcomers)
+    dump.write_text("姓名,身份证号,手机\n" + body, encoding="utf-8")
+    res = check(v, [dump], ctx=ctx("dpo-1", "dpo"), save=False)
+    assert res.residents_matched == 30
+    assert all(c["single_key"] == 0 and c["found"] == 0 for c in res.export_canaries.values())
+    assert res.attribution is not None and res.attribution.named == []

@@ -206,7 +206,8 @@ def _reference(m: Matcher, rows: Sequence[Sequence[str | None]],
         n = k.count()
         with_keys += n > 0
         single += n == 1
-        if can is not None:
+        if can is not None and (can[1] >= 2 or rid is None):
+            # a canary row; one value shared with a canary does not unmake a confirmed resident
             canaries.append((can[0][0], can[0][1], can[1], can[2]))
             continue
         if rid is None:

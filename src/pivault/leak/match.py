@@ -331,6 +331,10 @@ class Matcher:
             addresses = [v.strip() if v else None for v in raw] if raw is not None else none
             hits = self._canaries(ids, mobiles, nbs, addresses)
             for j, (eid, keys_, by_id) in hits.items():
+                if keys_ < 2 and rids[j] is not None:
+                    # a resident two keys confirm who shares one value with a canary (a mobile
+                    # number reissued, a common name and birthday): a resident, not evidence
+                    continue
                 res.canaries.append((eid[0], eid[1], keys_, by_id))
                 rids[j] = None  # a canary row is not a resident
                 via[j] = None
