@@ -231,3 +231,30 @@ def test_a_resident_sharing_one_value_with_a_canary_is_counted(
     assert res.residents_matched == 30
     assert all(c["single_key"] == 0 and c["found"] == 0 for c in res.export_canaries.values())
     assert res.attribution is not None and res.attribution.named == []
+
+
+def test_residents_of_an_exported_region_leaked_elsewhere_blame_no_export(tmp_path: Path) -> None:
+    """An officer reads 150 residents of Guangdong and leaks them. Exports of all Guangdong
+    residents were fetched too: the dump fits inside each of them, but holds none of their
+    canaries, which a copy of any of them would. The officer is named; no export is."""
+    import random
+
+    w = build_vault(tmp_path, f"sqlite:///{tmp_path / 'vault.db'}", count=6000, seed=31)
+    v = w.vault
+    exported = []
+    for n in range(2):
+        req = ex.request(v, ex.Selection(regions=("44",)), recipient=f"R{n}", purpose="research",
+                         fields=["name", "id_number", "mobile"], ctx=ctx(f"req-{n}"))
+        ex.approve(v, req.export_id, ctx=ctx("appr", "approver"))
+        ex.fetch(v, req.export_id, tmp_path / f"e{n}.csv", ctx=ctx(f"req-{n}"))
+        exported.append(req.export_id)
+    guangdong = [r for r in w.residents if r.id_number.startswith("44")]
+    read = random.Random(4).sample(guangdong, 150)
+    for r in read:
+        v.get(r.record_id, ctx=ctx("officer-9", "officer"))
+    dump = tmp_path / "sale.csv"
+    dump.write_text("".join(f"{r.name},{r.id_number},{r.mobile or ''}\n" for r in read), encoding="utf-8")
+    res = check(v, [dump], ctx=ctx("dpo-1", "dpo"), save=False)
+    assert res.attribution is not None
+    assert [(f.kind, f.source_id) for f in res.attribution.named] == [("principal", "officer-9")]
+    v.close()

@@ -149,6 +149,17 @@ class Attribution:
                 "findings": [f.to_dict() for f in self.findings]}
 
 
+def _canaries_missed(fit: SourceFit) -> float:
+    """The chance that a copy of the export holding ``fit.inside`` of its residents holds none
+    of its canaries. A dump of residents who merely live where an export was drawn (an
+    officer's reads in one province, another export of it) fits inside every export of that
+    region; a copy of the export would almost surely have brought canaries along, so their
+    absence speaks against it, and only an export small enough to miss them all is named."""
+    from pivault.leak.exports import miss_probability
+
+    return miss_probability(fit.size, fit.canaries_total, sample=max(fit.inside, 1))
+
+
 def _fit_p(fit: SourceFit, matched: int, population: int) -> float:
     p0 = min(1.0, fit.size / max(population, 1))
     return binomial_tail_bound(fit.inside, matched, p0)
@@ -182,7 +193,7 @@ def attribute(*, matched: int, population: int, dump_rows: int, exports: Sequenc
         elif fit.canaries_single > 0 and p_single < P_NAME:
             findings.append(Finding("export", fit.source_id, "strong", p_single, evidence, True))
         elif (matched >= MIN_MATCHED and contain >= MIN_CONTAINMENT and p_fit < P_NAME
-              and dump_rows < 200):
+              and dump_rows < 200 and _canaries_missed(fit) >= P_WEAK):
             # too small a sample to be sure to hold a canary, but a fit chance cannot explain
             findings.append(Finding("export", fit.source_id, "strong", p_fit, evidence, True))
         elif (matched >= MIN_MATCHED and p_fit < P_WEAK) or fit.canaries_single > 0:
