@@ -53,3 +53,37 @@ def test_reload_applies_on_every_worker_and_refuses_invalid_files(live: Live) ->
 
 def _write(path: Path, text: str) -> None:
     path.write_text(text, encoding="utf-8")
+
+
+def test_every_worker_takes_the_policy_the_reload_validated(tmp_path: Path) -> None:
+    """Two workers' holders over one policy file and one reload marker.
+
+    A worker that serves no request between a reload and a later edit of the file must
+    take what was reloaded, not the edit nobody reloaded (a broader policy, or one it
+    would refuse and so stay on the policy from before the reload).
+    """
+    from pivault.api.app import PolicyHolder
+    from pivault.policy import Policy
+
+    original = Policy.default_text()
+    narrowed = original.replace('purposes = ["data_subject_request", "audit"]',
+                                'purposes = ["data_subject_request"]', 1)
+    broader = original.replace('purposes = ["data_subject_request", "audit"]',
+                               'purposes = ["data_subject_request", "audit", "identity_verification"]', 1)
+    assert narrowed != original and broader != original
+    path, marker = tmp_path / "policy.toml", tmp_path / "run" / "policy.reload"
+    marker.parent.mkdir()
+    _write(path, original)
+    a, b, c = (PolicyHolder(Policy.load(path), path=path, marker=marker) for _ in range(3))
+    _write(path, narrowed)
+    assert a.reload().purposes_for("dpo") == ("data_subject_request",)
+    invalid = original.replace('operations = ["lookup", "read"]', 'operations = ["lookup", "steal"]')
+    for worker, edit in ((b, broader), (c, invalid)):
+        _write(path, edit)  # edited after the reload, and not reloaded
+        assert worker.current().purposes_for("dpo") == ("data_subject_request",)
+    assert (marker.stat().st_mode & 0o777) == 0o600
+    # the next reload of a valid file reaches the other worker as it was validated
+    _write(path, broader)
+    a.reload()
+    _write(path, original)
+    assert "identity_verification" in b.current().purposes_for("dpo")

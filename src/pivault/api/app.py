@@ -92,11 +92,16 @@ class VaultLike(Protocol):
 class PolicyHolder:
     """The current policy of one worker, swapped whole on reload.
 
-    A reload on one worker writes a marker file; every worker looks at the
-    marker's mtime on each request (one ``stat``, about a microsecond) and
-    reloads the policy file when it changed, so ``POST /v1/admin/policy/reload``
-    reaches all the workers of a server, not only the one that took the request.
-    An invalid file never replaces a valid policy.
+    A reload on one worker writes a marker file holding the text it validated;
+    every worker looks at the marker's mtime on each request (one ``stat``,
+    about a microsecond) and takes that text when it changed, so ``POST
+    /v1/admin/policy/reload`` reaches all the workers of a server, not only
+    the one that took the request, with the same policy. (The workers used to
+    read the policy file itself when they next served a request: one that
+    served none between a reload and a later edit of the file took the edit,
+    which nobody had reloaded — a broader policy, or an invalid one, which it
+    refused, staying on the policy from before the reload.) An invalid file
+    never replaces a valid policy.
     """
 
     def __init__(self, policy: Policy, *, path: Path | None = None, marker: Path | None = None) -> None:
@@ -117,9 +122,6 @@ class PolicyHolder:
             return (0, 0)
         return (st.st_ino, st.st_mtime_ns)
 
-    def _read(self) -> Policy:
-        return Policy.load(self.path) if self.path is not None else Policy.default()
-
     def peek(self) -> Policy:
         """The policy as last checked, without looking at the marker (for the guard, mid-request)."""
         return self._policy
@@ -132,21 +134,41 @@ class PolicyHolder:
                     if seen != self._seen:
                         self._seen = seen
                         try:
-                            self._policy = self._read()
+                            self._policy = self._from_marker()
                         except PolicyError as exc:
                             sys.stderr.write(f"pivault: policy reload refused, keeping the old one: {exc}\n")
         return self._policy
 
+    def _source(self) -> str:
+        return str(self.path) if self.path is not None else "<default policy>"
+
+    def _from_marker(self) -> Policy:
+        """The policy another worker validated and made current (the marker's text, checked)."""
+        assert self.marker is not None
+        try:
+            head, _, text = self.marker.read_text(encoding="utf-8").partition("\n")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise PolicyError(f"cannot read the reload marker ({type(exc).__name__})",
+                              code="policy.unreadable") from None
+        if hashlib.sha256(text.encode("utf-8")).hexdigest() != head.split(" ", 1)[0]:
+            raise PolicyError("the reload marker is damaged (its text does not match its digest)",
+                              code="policy.unreadable")
+        return Policy.loads(text, source=self._source())
+
     def reload(self) -> Policy:
         """Validate the policy file and make it current here and on every worker."""
-        new = self._read()
+        # the text validated here is the text every worker takes, byte for byte: the file may
+        # change again before another worker looks
+        text = Policy.default_text() if self.path is None else Policy.read_text(self.path)
+        new = Policy.loads(text, source=self._source())
         with self._lock:
             self._policy = new
             if self.marker is not None:
-                digest = hashlib.sha256(Policy.default_text().encode() if self.path is None
-                                        else self.path.read_bytes()).hexdigest()
+                digest = hashlib.sha256(text.encode("utf-8")).hexdigest()
                 tmp = self.marker.with_name(self.marker.name + ".tmp")
-                tmp.write_text(f"{digest} {time.time_ns()}\n", encoding="ascii")
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+                with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                    fh.write(f"{digest} {time.time_ns()}\n{text}")
                 os.replace(tmp, self.marker)
                 self._seen = self._marker_mtime()
         return new

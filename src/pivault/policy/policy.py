@@ -362,17 +362,21 @@ class Policy:
 
     @classmethod
     def load(cls, path: str | Path) -> Policy:
+        return cls.loads(cls.read_text(path), source=str(Path(path)))
+
+    @staticmethod
+    def read_text(path: str | Path) -> str:
+        """A policy file's text, with :meth:`load`'s checks (size, readable, UTF-8)."""
         p = Path(path)
         try:
             if p.stat().st_size > _MAX_POLICY_BYTES:
                 raise PolicyError(f"{p.name} is larger than {_MAX_POLICY_BYTES} bytes")
-            text = p.read_text(encoding="utf-8")
+            return p.read_text(encoding="utf-8")
         except OSError as exc:
             raise PolicyError(f"cannot read the policy file {p}: {exc.strerror}",
                               code="policy.unreadable") from None
         except UnicodeDecodeError:
             raise PolicyError(f"{p} is not UTF-8") from None
-        return cls.loads(text, source=str(p))
 
     @staticmethod
     def default_text() -> str:
