@@ -377,15 +377,16 @@ def _no_pi_message(st: _TableState) -> str:
     if not found:
         return "no PI columns found: no column holds ID numbers, mobiles, names or addresses"
     return ("PI found (" + ", ".join(sorted(set(found))) + ") but no key to match residents by: "
-            "an ID number, a mobile, or a name with a birth date is needed")
+            "an ID number, a mobile, a name with a birth date, or a name with an address is needed")
 
 
 def _detect(st: _TableState, rows: list[list[str | None]]) -> None:
     st.columns = detect_columns(st.table.header, rows[:_SAMPLE])
     st.cols = {c.kind: c.index for c in st.columns if c.kind and c.primary}
     has_birth = "id_number" in st.cols or "birth_date" in st.cols
+    # name and address: no blind index, but two exact values of an exported row or a canary
     st.usable = ("id_number" in st.cols or "mobile" in st.cols
-                 or ("name" in st.cols and has_birth))
+                 or ("name" in st.cols and (has_birth or "address" in st.cols)))
 
 
 #: joins a column's cells for a worker (matching reads an empty cell as it reads a missing one)

@@ -17,6 +17,12 @@ rows of the file holds at least one canary with probability >= 1 - 10^-6
 the export's record ids are stored encrypted under the vault's keyring; when
 a dump surfaces, :mod:`pivault.leak.check` finds the canaries by exact value
 and measures how well the dump fits inside each export's record set.
+
+An export that a copy could not be traced back to is refused
+(:func:`untraceable`): it carries the ID number, or two of name, mobile and
+address. For the latter, the digests of each real row's pairs of exact values
+are kept with its record ids, so that a copied row is confirmed as its
+resident though names and addresses have no blind index.
 """
 
 from __future__ import annotations
@@ -48,6 +54,8 @@ if TYPE_CHECKING:
 __all__ = [
     "APPROVER_ROLES",
     "EXPORT_FIELDS",
+    "PAIR_FIELDS",
+    "ROW_KEYS",
     "ExportError",
     "ExportInfo",
     "ExportRegistry",
@@ -62,6 +70,8 @@ __all__ = [
     "miss_probability",
     "refuse",
     "request",
+    "row_key",
+    "untraceable",
 ]
 
 #: roles that may approve another principal's export request
@@ -69,8 +79,8 @@ APPROVER_ROLES: frozenset[str] = frozenset({"approver", "dpo"})
 #: what an export may carry: the PI fields and what derives from the ID number
 EXPORT_FIELDS: tuple[str, ...] = ("name", "id_number", "mobile", "address", "notes",
                                   "gender", "birth_date", "region_code")
-#: fields through which a leaked row can be traced back to a canary
-TRACE_FIELDS: frozenset[str] = frozenset({"id_number", "mobile", "address"})
+#: fields of which any two find a canary, and confirm an exported resident, by exact value
+PAIR_FIELDS: tuple[str, ...] = ("name", "mobile", "address")
 #: any leaked sample of at least this many rows holds a canary ...
 SAMPLE_ROWS = 200
 #: ... except with at most this probability
@@ -364,6 +374,27 @@ def _budget(vault: Vault, ctx: AccessContext, n: int) -> None:
 # ---------------------------------------------------------------- request / approve
 
 
+def untraceable(fields: Iterable[str]) -> str | None:
+    """Why a copy of an export of ``fields`` could not be traced back to it (None: it could).
+
+    A copy is traced by its canaries, found where two of their exact values agree (or
+    by the ID number alone, beyond its chance count), and its rows are counted as
+    residents where two keys point at one. So an export carries ``id_number``, or two of
+    name, mobile and address. A name with a birth date is not enough: it is one canary
+    key and one blind index, and a row of one mobile or one address is no more.
+    """
+    have = set(fields)
+    if "id_number" in have:
+        return None
+    pair = [f for f in PAIR_FIELDS if f in have]
+    if len(pair) >= 2:
+        return None
+    missing = [f for f in PAIR_FIELDS if f not in have]
+    add = " or ".join(missing) if pair else "two of " + ", ".join(missing)
+    return ("a copy of this export could not be traced: an export carries id_number, or two of "
+            f"name, mobile and address (add id_number, or add {add})")
+
+
 def request(vault: Vault, selection: Selection, *, recipient: str, purpose: str,
             fields: Sequence[str], ctx: AccessContext) -> ExportInfo:
     """Record an export request; nothing leaves until another principal approves it."""
@@ -371,11 +402,9 @@ def request(vault: Vault, selection: Selection, *, recipient: str, purpose: str,
     bad = [f for f in flds if f not in EXPORT_FIELDS]
     if bad or not flds:
         raise ValidationError("export.fields", "export fields are: " + ", ".join(EXPORT_FIELDS))
-    if not (TRACE_FIELDS & set(flds) or {"name", "birth_date"} <= set(flds)):
-        raise ValidationError(
-            "export.untraceable",
-            "an export must carry a field its canaries can be traced by: id_number, mobile, "
-            "address, or name with birth_date")
+    why = untraceable(flds)
+    if why:
+        raise ValidationError("export.untraceable", why)
     if selection.empty:
         raise ValidationError("export.selection", "an export needs a selection (region, born or ids)")
     if not recipient.strip() or not purpose.strip():
@@ -605,7 +634,9 @@ def fetch(vault: Vault, export_id: str, out: str | Path, *, ctx: AccessContext,
                for s in vault.store.get_many([i for i in ids[start:start + _CHUNK] if i in sample_ids])]
     blender = Blender(samples, sel.regions, sel.born_from, sel.born_to, rng)
     known, seen = canary_values(vault)
-    canaries = [_make_canary(vault, blender, known) for _ in range(k)]
+    # without the ID number a canary is found by two of these: each canary carries two
+    trace = () if "id_number" in info.fields else tuple(f for f in PAIR_FIELDS if f in info.fields)
+    canaries = [_make_canary(vault, blender, known, trace) for _ in range(k)]
     reveal = replace(ctx, reveal=True)
     # the file first: one that cannot be made leaves the export approved, not half-fetched
     writer = _Writer(out, fmt, info.fields)
@@ -615,12 +646,15 @@ def fetch(vault: Vault, export_id: str, out: str | Path, *, ctx: AccessContext,
                                    " AND status = 'approved'", (export_id,))
             if cur.rowcount != 1:
                 raise ExportError("the export is being fetched already", code="export.state")
-            _register_canaries(vault, export_id, canaries, blender, known, seen)
+            _register_canaries(vault, export_id, canaries, blender, known, seen, trace)
             _audit(vault, ctx, "export", ids, "ok")
     except BaseException:
         writer.close()
         out.unlink(missing_ok=True)
         raise
+    # each real row's exact pairs (name and mobile, ...): what confirms a copied row as its resident
+    # when the export carries too little for two blind indexes (no ID number)
+    row_keys: list[list[int]] = []
     try:
         pos = 0
         it = iter(canaries)
@@ -629,6 +663,7 @@ def fetch(vault: Vault, export_id: str, out: str | Path, *, ctx: AccessContext,
             by_id = {s.record_id: s for s in vault.store.get_many(part)}
             for rid in part:
                 full = _derived(open_record(vault.keyring, by_id[rid]).to_dict())
+                row_keys.append(_row_keys(full, info.fields))
                 while pos in positions:
                     writer.write(_present(vault, reveal, _derived(_as_row(next(it))), info.fields))
                     pos += 1
@@ -646,8 +681,13 @@ def fetch(vault: Vault, export_id: str, out: str | Path, *, ctx: AccessContext,
         raise
     writer.close()
     with vault.db.transaction():
+        step = _MEMBER_CHUNK
         _put_blobs(vault, export_id, "members",
-                   ("\n".join(ids[i:i + 10000]).encode("ascii") for i in range(0, len(ids), 10000)))
+                   ("\n".join(ids[i:i + step]).encode("ascii") for i in range(0, len(ids), step)))
+        # aligned with the members' chunks: per row, one 8-byte key per pair of ROW_KEYS
+        _put_blobs(vault, export_id, "rowkeys",
+                   (b"".join(k.to_bytes(8, "big") for keys in row_keys[i:i + step] for k in keys)
+                    for i in range(0, len(ids), step)))
         vault.db.execute(
             "UPDATE exports SET status = 'fetched', fetched_by = ?, fetched_at = ?, format = ?, rows = ?,"
             " canaries = ? WHERE export_id = ?",
@@ -665,31 +705,105 @@ def _as_row(c: dict[str, str]) -> dict[str, str | None]:
     return {k: (v or None) for k, v in c.items()}
 
 
-#: the exact values by which a canary is found in a dump
-CANARY_KEYS: tuple[str, ...] = ("id_number", "mobile", "name_birth", "address")
+#: the exact values by which a canary is found in a dump: a row agreeing with one canary on
+#: two of them is that canary (``name_mobile`` and ``name_address`` hold the name with another
+#: value, so that the name, shared by many, counts only beside a value unique to the canary)
+CANARY_KEYS: tuple[str, ...] = ("id_number", "mobile", "name_birth", "address", "name_mobile",
+                                "name_address")
+#: the pairs of exact values by which an exported row is confirmed as its resident
+ROW_KEYS: tuple[tuple[str, str], ...] = (("name", "mobile"), ("name", "address"), ("mobile", "address"))
+#: rows of an export per stored chunk of its record ids and of its row keys
+_MEMBER_CHUNK = 10000
 
 
 def _canary_keys(c: dict[str, str]) -> dict[str, str]:
+    """A stored canary's keys, derived from its values: a canary registered before a key
+    existed is found by it too."""
     born = _rid.facts(c["id_number"]).birth_date.isoformat()
-    out = {"id_number": c["id_number"], "mobile": c.get("mobile") or "",
-           "name_birth": f"{c['name']}|{born}" if c.get("name") else "", "address": c.get("address") or ""}
+    name, mobile, address = c.get("name") or "", c.get("mobile") or "", c.get("address") or ""
+    out = {"id_number": c["id_number"], "mobile": mobile,
+           "name_birth": f"{name}|{born}" if name else "", "address": address,
+           "name_mobile": f"{name}|{mobile}" if name and mobile else "",
+           "name_address": f"{name}|{address}" if name and address else ""}
     return {k: v for k, v in out.items() if v}
 
 
-def _make_canary(vault: Vault, blender: Blender, known: dict[str, set[str]]) -> dict[str, str]:
-    """A canary sharing no exact value with an earlier canary, and no ID number with a record."""
-    for _ in range(100):
+def row_key(a: str, b: str) -> int:
+    """A 64-bit digest of two exact values of one row (normalised as the leak check reads them)."""
+    import hashlib
+
+    data = f"{a}\x1f{b}".encode()
+    return int.from_bytes(hashlib.blake2b(data, digest_size=8, person=b"pivault-rowkey").digest(), "big")
+
+
+def _row_keys(r: dict[str, str | None], fields: Sequence[str]) -> list[int]:
+    """The row's key per pair of :data:`ROW_KEYS` the export carries (0 where a value is empty)."""
+    from pivault.leak.columns import fast_mobile, fast_name
+
+    name, mobile = (r.get("name") or "").strip(), (r.get("mobile") or "").strip()
+    values = {"name": fast_name(name) if name else None, "mobile": fast_mobile(mobile) if mobile else None,
+              "address": (r.get("address") or "").strip() or None}
+    out = []
+    for a, b in ROW_KEYS:
+        va, vb = values[a], values[b]
+        out.append(row_key(va, vb) if a in fields and b in fields and va and vb else 0)
+    return out
+
+
+def _traceable(c: dict[str, str], trace: Sequence[str]) -> bool:
+    """Whether a canary carries two of the export's ``trace`` fields (always, with no such
+    fields: the export carries the ID number, and the canary's is its own)."""
+    return not trace or sum(1 for f in trace if c.get(f)) >= 2
+
+
+def _held_by_resident(vault: Vault, c: dict[str, str]) -> bool:
+    """Whether a record holds the canary's mobile with its name or its address.
+
+    Such a resident, leaked by other means with those two values, would be taken for the
+    canary and blame the export. The mobile index narrows the records to a few; their
+    values are compared exactly. (An address alone is not indexed: see docs/leak.md.)
+    """
+    from pivault.vault.facade import decrypt_fields
+
+    kr = vault.keyring
+    mobile = c.get("mobile")
+    if not mobile or "mobile" not in kr.index_names:
+        return False
+    values = (kr.blind_index_all("mobile", mobile) if kr.index_versions("mobile") > 1
+              else (kr.blind_index("mobile", mobile),))
+    cands = sorted({r for rs in vault.store.candidate_ids("mobile", list(values)).values() for r in rs})
+    for stored in vault.store.get_records(cands) if cands else ():
+        plain = decrypt_fields(kr, stored, ("name", "mobile", "address"))
+        if plain.get("mobile") == mobile and (plain.get("name") == c.get("name")
+                                              or (c.get("address") and plain.get("address") == c["address"])):
+            return True
+    return False
+
+
+def _make_canary(vault: Vault, blender: Blender, known: dict[str, set[str]],
+                 trace: Sequence[str] = ()) -> dict[str, str]:
+    """A canary sharing no exact value with an earlier canary, no ID number with a record,
+    no mobile with a record of its name or address, and carrying two of ``trace``."""
+    misses = 0
+    for _ in range(2000):
         c = blender.make()
+        if not _traceable(c, trace):  # a child without a mobile in an export of names and mobiles
+            continue
         keys = _canary_keys(c)
         if any(v in known[k] for k, v in keys.items()):
-            continue
-        kr = vault.keyring
-        if vault.ids_by_id_number({c["id_number"]: kr.blind_index("id_number", c["id_number"])}):
-            continue
-        for k, v in keys.items():
-            known[k].add(v)
-        return c
-    raise ExportError("could not make a unique canary", code="export.canary")
+            misses += 1
+        else:
+            kr = vault.keyring
+            if (not vault.ids_by_id_number({c["id_number"]: kr.blind_index("id_number", c["id_number"])})
+                    and not _held_by_resident(vault, c)):
+                for k, v in keys.items():
+                    known[k].add(v)
+                return c
+            misses += 1
+        if misses >= 100:
+            raise ExportError("could not make a unique canary", code="export.canary")
+    raise ExportError("too few of the export's rows carry two of " + ", ".join(trace)
+                      + " to make canaries that would trace a copy", code="export.canary")
 
 
 def canary_values(vault: Vault, skip: Iterable[str] = ()) -> tuple[dict[str, set[str]], set[str]]:
@@ -710,7 +824,7 @@ def canary_values(vault: Vault, skip: Iterable[str] = ()) -> tuple[dict[str, set
 
 
 def _register_canaries(vault: Vault, export_id: str, canaries: list[dict[str, str]], blender: Blender,
-                       known: dict[str, set[str]], seen: set[str]) -> None:
+                       known: dict[str, set[str]], seen: set[str], trace: Sequence[str] = ()) -> None:
     """Store the canaries before the file is written, in a transaction other fetches queue behind.
 
     The canaries were checked against those registered when they were made; an export
@@ -727,7 +841,7 @@ def _register_canaries(vault: Vault, export_id: str, canaries: list[dict[str, st
             known[k] |= vs
         for i, c in enumerate(canaries):
             if any(v in more[k] for k, v in _canary_keys(c).items()):
-                canaries[i] = _make_canary(vault, blender, known)
+                canaries[i] = _make_canary(vault, blender, known, trace)
     _put_blobs(vault, export_id, "canaries",
                (json.dumps(canaries[i:i + 2000], ensure_ascii=False).encode("utf-8")
                 for i in range(0, len(canaries), 2000)))
@@ -749,9 +863,12 @@ class ExportRegistry:
     #: key kind -> normalised value -> (export id, canary number)
     canaries: dict[str, dict[str, tuple[str, int]]] = field(default_factory=dict)
     canary_counts: dict[str, int] = field(default_factory=dict)
+    #: pair of :data:`ROW_KEYS` -> :func:`row_key` of an exported row -> its record id (the
+    #: smallest, where two residents share both values: one of them is affected)
+    rows: dict[tuple[str, str], dict[int, str]] = field(default_factory=dict)
 
     def canary_values(self) -> dict[str, set[str]]:
-        return {k: set(self.canaries.get(k, {})) for k in ("id_number", "mobile", "name_birth", "address")}
+        return {k: set(self.canaries.get(k, {})) for k in CANARY_KEYS}
 
 
 def rid_digest(record_id: str) -> int:
@@ -769,7 +886,7 @@ def load_registry(vault: Vault) -> ExportRegistry:
     fetched at the same moment before canaries were registered up front) says nothing
     about which of them leaked: it is left out rather than counted for the one loaded last.
     """
-    reg = ExportRegistry(canaries={k: {} for k in CANARY_KEYS})
+    reg = ExportRegistry(canaries={k: {} for k in CANARY_KEYS}, rows={p: {} for p in ROW_KEYS})
     db = vault.db
     if not db.table_exists("exports"):
         return reg
@@ -779,9 +896,12 @@ def load_registry(vault: Vault) -> ExportRegistry:
             continue
         reg.exports[info.export_id] = info
         members: set[int] = set()
+        ids: list[str] = []
         for blob in _get_blobs(db, vault.keyring, info.export_id, "members"):
-            members.update(rid_digest(r) for r in blob.decode("ascii").split("\n") if r)
+            ids.extend(r for r in blob.decode("ascii").split("\n") if r)
+        members.update(map(rid_digest, ids))
         reg.members[info.export_id] = members
+        _load_row_keys(reg, db, vault.keyring, info.export_id, ids)
         n = 0
         for blob in _get_blobs(db, vault.keyring, info.export_id, "canaries"):
             for c in json.loads(blob.decode("utf-8")):
@@ -796,3 +916,23 @@ def load_registry(vault: Vault) -> ExportRegistry:
         for v in vs:
             del reg.canaries[k][v]
     return reg
+
+
+def _load_row_keys(reg: ExportRegistry, db: Database, keyring: Any, export_id: str, ids: list[str]) -> None:
+    """An export's row keys, aligned with its record ids (none for an export fetched before
+    they were kept: its rows are confirmed by the blind indexes only)."""
+    width = 8 * len(ROW_KEYS)
+    pos = 0
+    for blob in _get_blobs(db, keyring, export_id, "rowkeys"):
+        for off in range(0, len(blob) - width + 1, width):
+            if pos >= len(ids):
+                return
+            rid = ids[pos]
+            pos += 1
+            for j, pair in enumerate(ROW_KEYS):
+                k = int.from_bytes(blob[off + 8 * j:off + 8 * j + 8], "big")
+                if k:
+                    d = reg.rows[pair]
+                    have = d.get(k)
+                    if have is None or rid < have:
+                        d[k] = rid

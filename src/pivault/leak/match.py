@@ -9,7 +9,10 @@ on both is about ``R / 2**(La + Lb)`` (``C**2 / R``: 0.4 % at 10^6 residents,
 keys — ID number, mobile, name + birth date — land on one record; the
 expected number of chance confirmations is summed and reported beside the
 count. A row with a single key cannot be confirmed without decrypting and is
-counted apart.
+counted apart, unless two of its exact values (name and mobile, name and
+address, mobile and address) are those of a row an export wrote: each export
+keeps their digests (:data:`pivault.leak.exports.ROW_KEYS`), which confirm a
+copied row of an export without ID numbers as its resident.
 
 For speed the pairs are held in memory: one pass over the blind-index table
 builds ``(value_a, value_b) -> record id`` for each pair of indexes, and each
@@ -36,7 +39,7 @@ from pivault.leak.columns import (
     fast_names,
     parse_birth_date,
 )
-from pivault.leak.exports import ExportRegistry
+from pivault.leak.exports import ROW_KEYS, ExportRegistry, row_key
 from pivault.store.db import Database
 
 __all__ = ["KEY_PAIRS", "MATCH_CELLS", "Keys", "MatchResult", "Matcher", "Outcome", "PairIndex", "RowMatch",
@@ -189,7 +192,9 @@ def row_keys(row: Sequence[str | None], cols: dict[str, int]) -> Keys:
 
 #: the cells matching reads (the address only for export canaries)
 MATCH_CELLS: tuple[str, ...] = ("id_number", "mobile", "name", "birth_date", "address")
-_PAIR_NAMES = tuple("+".join(p) for p in KEY_PAIRS)
+#: how a row was confirmed: by a pair of blind indexes, or by a pair of an exported row's exact
+#: values (:data:`pivault.leak.exports.ROW_KEYS`, numbered after the index pairs)
+_PAIR_NAMES = tuple("+".join(p) for p in (*KEY_PAIRS, *ROW_KEYS))
 
 
 def match_columns(rows: Sequence[Sequence[str | None]], cols: dict[str, int],
@@ -287,8 +292,13 @@ class Matcher:
         rids, via, expected, _ = self._confirm(ids, mobiles, nbs)
         out = [RowMatch(r, KEY_PAIRS[v] if v is not None else None) for r, v in zip(rids, via, strict=True)]
         addresses = [k.address for k in keys]
-        for j, (eid, keys_, by_id) in self._canaries(ids, mobiles, nbs, addresses).items():
-            out[j].export_canary, out[j].canary_keys, out[j].canary_by_id = eid, keys_, by_id
+        names = [k.name for k in keys]
+        exported = self._exported_rows(names, mobiles, addresses, rids)
+        for j, (rid, k) in exported.items():
+            out[j] = RowMatch(rid, ROW_KEYS[k])
+        for j, (eid, keys_, by_id) in self._canaries(ids, mobiles, nbs, addresses, names).items():
+            if j not in exported:
+                out[j].export_canary, out[j].canary_keys, out[j].canary_by_id = eid, keys_, by_id
         return MatchResult(out, keys, expected)
 
     def outcome(self, columns: dict[str, list[str | None]], rows: int) -> Outcome:
@@ -307,6 +317,7 @@ class Matcher:
             lazy = not canaries and self.pairs is not None and self.blind_all is None
             mobiles = None if lazy else fast_mobiles(raw_mobiles)
         raw = columns.get("name")
+        names: list[str | None] = none
         if raw is None:
             nbs = none
         else:
@@ -324,13 +335,22 @@ class Matcher:
         # keys per row: 0..3
         given = [(i is not None) + (m is not None) + (nb is not None)
                  for i, m, nb in zip(ids, mobiles, nbs, strict=True)]
-        res.single_key = given.count(1)
-        res.with_keys = rows - given.count(0)
+        exported: dict[int, tuple[str, int]] = {}
         if canaries:
             raw = columns.get("address")
             addresses = [v.strip() if v else None for v in raw] if raw is not None else none
-            hits = self._canaries(ids, mobiles, nbs, addresses)
+            # rows too thin for two blind indexes (no ID number, no birth date) that are an
+            # exported row: two exact values of it agree
+            exported = self._exported_rows(names, mobiles, addresses, rids)
+            for j, (rid, k) in exported.items():
+                rids[j], via[j] = rid, len(KEY_PAIRS) + k
+                given[j] = max(given[j], 2)
+            hits = self._canaries(ids, mobiles, nbs, addresses, names)
             for j, (eid, keys_, by_id) in hits.items():
+                if j in exported:
+                    # two values agree with a real exported row: a resident (a canary never shares
+                    # an exported row's pair by design; should one, the resident wins, not the blame)
+                    continue
                 if keys_ < 2 and rids[j] is not None:
                     # a resident two keys confirm who shares one value with a canary (a mobile
                     # number reissued, a common name and birthday): a resident, not evidence
@@ -338,6 +358,8 @@ class Matcher:
                 res.canaries.append((eid[0], eid[1], keys_, by_id))
                 rids[j] = None  # a canary row is not a resident
                 via[j] = None
+        res.single_key = given.count(1)
+        res.with_keys = rows - given.count(0)
         counts = Counter(via)
         res.matched_by = {name: counts[k] for k, name in enumerate(_PAIR_NAMES) if counts[k]}
         # first row of each record: walking backwards, the earliest row is written last
@@ -348,14 +370,22 @@ class Matcher:
 
     # -- export canaries: exact values of fictitious people -------------------------
     def _canaries(self, ids: list[str | None], mobiles: list[str | None], nbs: list[str | None],
-                  addresses: list[str | None]) -> dict[int, tuple[tuple[str, int], int, bool]]:
-        """Row -> (export canary, exact keys that agree, whether the ID number was one)."""
+                  addresses: list[str | None], names: list[str | None] | None = None
+                  ) -> dict[int, tuple[tuple[str, int], int, bool]]:
+        """Row -> (export canary, exact keys that agree, whether the ID number was one).
+
+        ``name_mobile`` and ``name_address`` agree only where the mobile or the address does
+        too: a row agreeing with a canary on its name and its mobile counts two keys."""
         c = self.registry.canaries
         if not any(c.values()):
             return {}
+        names = names if names is not None else [None] * len(ids)
+        name_mobiles = [f"{n}|{m}" if n and m else None for n, m in zip(names, mobiles, strict=True)]
+        name_addresses = [f"{n}|{a}" if n and a else None for n, a in zip(names, addresses, strict=True)]
         found: dict[int, list[tuple[str, tuple[str, int]]]] = {}
         for kind, values in (("id_number", ids), ("mobile", mobiles), ("name_birth", nbs),
-                             ("address", addresses)):
+                             ("address", addresses), ("name_mobile", name_mobiles),
+                             ("name_address", name_addresses)):
             d = c.get(kind)
             if not d:
                 continue
@@ -374,6 +404,33 @@ class Matcher:
                     by_id = e
             best = max(hits.items(), key=lambda kv: kv[1])
             out[j] = (best[0], best[1], by_id == best[0])
+        return out
+
+    # -- exported rows: two exact values of a row some export holds -------------------------
+    def _exported_rows(self, names: list[str | None], mobiles: list[str | None],
+                       addresses: list[str | None], rids: list[str | None]) -> dict[int, tuple[str, int]]:
+        """Row -> (record id, pair of :data:`ROW_KEYS`) for the rows the blind indexes left
+        unconfirmed whose two exact values are those of an exported resident's row.
+
+        A 64-bit digest of two exact values: a row that is not that resident agrees by
+        chance with about ``rows exported / 2**64`` probability; two residents sharing both
+        values (a family's mobile and address) make it one of them, counted once.
+        """
+        rows = self.registry.rows
+        if not any(rows.values()):
+            return {}
+        values = {"name": names, "mobile": mobiles, "address": addresses}
+        out: dict[int, tuple[str, int]] = {}
+        for j, rid in enumerate(rids):
+            if rid is not None:
+                continue
+            for k, (a, b) in enumerate(ROW_KEYS):
+                va, vb = values[a][j], values[b][j]
+                if va and vb:
+                    hit = rows[(a, b)].get(row_key(va, vb))
+                    if hit is not None:
+                        out[j] = (hit, k)
+                        break
         return out
 
     # -- the vault: blind-index pairs --------------------------------------------------
