@@ -200,3 +200,19 @@ def test_guard_called_in_order_and_denies_unknown_roles(vault: Vault, ctx: Acces
         v.get(rid, ctx=stranger)
     assert info.value.code == "policy.denied"
     assert guard.calls == [("authorise", "get"), ("audit:denied", "get")]
+
+
+def test_name_birth_value_sliced_as_the_date_gives_it() -> None:
+    # the name_birth index value takes the birth date from the number's digits without
+    # parsing it: the same text as the date's ISO form, for every day of a leap year and more
+    from pivault.model import resident_id as rid
+    from pivault.vault.facade import _name_birth_of, name_birth_key
+
+    day = _dt.date(1999, 12, 25)
+    while day <= _dt.date(2001, 1, 5):
+        number = rid.make("110101", day, 123)
+        assert _name_birth_of("张三", number) == name_birth_key("张三", rid.facts(number).birth_date)
+        day += _dt.timedelta(days=1)
+    # anything but the 18-character form takes the long way
+    with pytest.raises(ValueError):
+        _name_birth_of("张三", "11010119991325")
