@@ -385,3 +385,18 @@ def test_schema_is_plain(store: RecordStore) -> None:
     db: Database = store.db
     assert db.table_exists("records") and db.table_exists("blind_index")
     assert migrate(db) == []
+
+
+def test_bulk_index_rows_go_in_key_order() -> None:
+    # the COPY of a large batch sends blind-index entries in the primary key's order
+    from pivault.store.records import _in_key_order
+
+    rng = random.Random(5)
+    rows = [(name, rng.randbytes(2), f"r_{i:04d}", rng.randbytes(4))
+            for i in range(300) for name in ("mobile", "id_number", "name_birth")]
+    rows.append(("mobile", rows[0][1], "r_9999", None))  # a value shared with an earlier entry
+    out = _in_key_order(rows)
+    assert sorted(out) == sorted(rows)
+    assert [(r[0], r[1]) for r in out] == sorted((r[0], r[1]) for r in rows)
+    shared = [r[2] for r in out if r[:2] == rows[0][:2]]
+    assert shared.index("r_0000") < shared.index("r_9999")  # ties keep their order
