@@ -13,7 +13,7 @@ import pytest
 from pivault.model.record import new_record_id
 from pivault.store import Database, connect, migrate
 from pivault.store.db import StoreError
-from pivault.store.records import DuplicateRecordId, RecordStore, StoredRecord
+from pivault.store.records import DuplicateRecordId, NewRecords, RecordStore, StoredRecord
 
 INDEXES = ("id_number", "mobile", "name_birth")
 
@@ -400,3 +400,45 @@ def test_bulk_index_rows_go_in_key_order() -> None:
     assert [(r[0], r[1]) for r in out] == sorted((r[0], r[1]) for r in rows)
     shared = [r[2] for r in out if r[:2] == rows[0][:2]]
     assert shared.index("r_0000") < shared.index("r_9999")  # ties keep their order
+
+
+def _columns(recs: list[StoredRecord]) -> NewRecords:
+    """The records column by column, as an import's worker hands them over."""
+    index: dict[str, tuple[list[int], list[bytes], list[bytes | None]]] = {}
+    for name in INDEXES:
+        at = [k for k, r in enumerate(recs) if name in r.index]
+        index[name] = (at, [recs[k].index[name] for k in at], [recs[k].checks.get(name) for k in at])
+    return NewRecords([r.record_id for r in recs],
+                      {f: [r.fields.get(f) for r in recs] for f in RecordStore.FIELDS}, index,
+                      [r.record_key for r in recs], batch_id=recs[0].batch_id)
+
+
+@pytest.mark.parametrize("n", [40, 600])  # executemany, and on PostgreSQL the COPY
+def test_insert_new_stores_what_insert_stores(store: RecordStore, n: int) -> None:
+    recs = make(n, rng=random.Random(n))
+    for k, r in enumerate(recs):
+        if k % 4 == 1:
+            del r.index["mobile"]  # a resident without a mobile number has no entry
+        if k % 5 == 2:
+            r.checks = {name: bytes([k % 256]) * 4 for name in r.index}
+    cols = _columns(recs)
+    assert [cols.record(k) for k in range(n)] == [
+        StoredRecord(r.record_id, r.fields, r.index, batch_id=r.batch_id, checks=r.checks) for r in recs]
+    keep = [k for k in range(n) if k % 7]
+    store.insert_new(cols.take(keep))
+    assert store.count() == len(keep)
+    for k in keep[:30]:
+        got = store.get(recs[k].record_id)
+        assert got is not None
+        assert (got.fields, got.index, got.batch_id) == (recs[k].fields, recs[k].index, "b1")
+        assert got.created_at == got.updated_at > 0
+    tags = dict(((v, rid), t) for v, rid, t in store.entry_tags("id_number", [recs[k].index["id_number"]
+                                                                              for k in keep]))
+    for k in keep:
+        assert tags[(recs[k].index["id_number"], recs[k].record_id)] == recs[k].checks.get("id_number")
+    with pytest.raises(DuplicateRecordId):
+        store.insert_new(cols.take(keep[:3]))
+    assert store.count() == len(keep)
+    with pytest.raises(StoreError) as err:
+        store.insert_new(NewRecords(["r_x"], {"name": [b"x"]}, {}, [None]))
+    assert err.value.code == "store.field"

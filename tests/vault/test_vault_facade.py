@@ -216,3 +216,22 @@ def test_name_birth_value_sliced_as_the_date_gives_it() -> None:
     # anything but the 18-character form takes the long way
     with pytest.raises(ValueError):
         _name_birth_of("张三", "11010119991325")
+
+
+def test_seal_columns_seals_as_seal_does(sqlite_vault: Vault) -> None:
+    # an import's workers seal a chunk column by column: the same index values and check tags,
+    # ciphertext that opens to the same resident under each record's own new key
+    from pivault.model import Resident
+    from pivault.vault.facade import open_record, seal, seal_columns
+
+    kr = sqlite_vault.keyring
+    people = [Resident.parse(p) for p in make_residents(30, seed=3)]
+    people[4] = Resident.parse({**make_residents(1, seed=4)[0], "mobile": None})
+    cols = seal_columns(kr, people, "b_x", sqlite_vault.checks)
+    assert cols.record_ids == [r.record_id for r in people] and cols.batch_id == "b_x"
+    assert 4 not in cols.index["mobile"][0]
+    for k, r in enumerate(people):
+        one, got = seal(kr, r, "b_x", sqlite_vault.checks), cols.record(k)
+        assert (got.index, got.checks, got.batch_id) == (one.index, one.checks, "b_x")
+        assert got.record_key is not None and got.record_key != one.record_key
+        assert open_record(kr, got) == r

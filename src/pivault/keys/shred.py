@@ -32,7 +32,7 @@ from pivault.crypto import Keyring
 from pivault.crypto.recordkeys import KEY_REF_BYTES, RECORD_KEY_BYTES, key_ref_of
 from pivault.errors import ConfigError
 from pivault.store.db import Database
-from pivault.store.records import RecordStore, StoredRecord
+from pivault.store.records import NewRecords, RecordStore, StoredRecord
 
 __all__ = [
     "RECORD_KEY_STORE_SUFFIX",
@@ -451,6 +451,11 @@ class ShreddingRecordStore(RecordStore):
     def insert(self, records: Sequence[StoredRecord], *, undo_alone: bool = True) -> None:
         self.keys.put_many((r.record_id, r.record_key) for r in records if r.record_key is not None)
         super().insert(records, undo_alone=undo_alone)
+
+    def insert_new(self, new: NewRecords, *, undo_alone: bool = True) -> None:
+        self.keys.put_many((rid, key) for rid, key in zip(new.record_ids, new.record_keys, strict=True)
+                           if key is not None)
+        super().insert_new(new, undo_alone=undo_alone)
 
     def replace(self, record: StoredRecord) -> bool:
         rid = record.record_id

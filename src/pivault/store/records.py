@@ -16,8 +16,10 @@ from __future__ import annotations
 import os
 import sqlite3
 import time
+from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from itertools import repeat
 from operator import itemgetter
 from typing import Any
 
@@ -60,6 +62,62 @@ class StoredRecord:
     #: index name -> check tag of that entry (``pivault.vault.checks``); written with the
     #: entry, never read back into a record
     checks: dict[str, bytes] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class NewRecords:
+    """New records column by column: an import's chunk as a worker hands it over.
+
+    Ten thousand :class:`StoredRecord` objects a chunk, each with three dicts,
+    cost their worker more to pickle and the importing process more to unpickle
+    and turn into table rows than the rows' COPY itself; lists of one entry a
+    record pickle as flat runs of bytes, and :meth:`RecordStore.insert_new`
+    makes the rows from them with ``zip``. Entry ``k`` of every list belongs
+    to record ``record_ids[k]``.
+    """
+
+    record_ids: list[str]
+    #: field name (every one of :attr:`RecordStore.FIELDS`) -> ciphertext per record, None if absent
+    fields: dict[str, list[bytes | None]]
+    #: index name -> (the positions of the records that have an entry, their values, their
+    #: check tags), positions ascending
+    index: dict[str, tuple[list[int], list[bytes], list[bytes | None]]]
+    #: the records' wrapped data keys (see :attr:`StoredRecord.record_key`)
+    record_keys: list[bytes | None]
+    batch_id: str | None = None
+
+    def __len__(self) -> int:
+        return len(self.record_ids)
+
+    def record(self, k: int) -> StoredRecord:
+        """Record ``k`` as a :class:`StoredRecord` (for the rare record that takes another path)."""
+        index: dict[str, bytes] = {}
+        checks: dict[str, bytes] = {}
+        for name, (positions, values, tags) in self.index.items():
+            i = bisect_left(positions, k)
+            if i < len(positions) and positions[i] == k:
+                index[name] = values[i]
+                tag = tags[i]
+                if tag is not None:
+                    checks[name] = tag
+        return StoredRecord(self.record_ids[k],
+                            {f: v for f, col in self.fields.items() if (v := col[k]) is not None},
+                            index, batch_id=self.batch_id, record_key=self.record_keys[k],
+                            checks=checks)
+
+    def take(self, keep: Sequence[int]) -> NewRecords:
+        """Only records ``keep`` (ascending positions), in their order."""
+        if len(keep) == len(self.record_ids):
+            return self
+        ids = self.record_ids
+        index: dict[str, tuple[list[int], list[bytes], list[bytes | None]]] = {}
+        at = {k: i for i, k in enumerate(keep)}
+        for name, (positions, values, tags) in self.index.items():
+            picked = [(at[k], v, t) for k, v, t in zip(positions, values, tags, strict=True) if k in at]
+            index[name] = ([p[0] for p in picked], [p[1] for p in picked], [p[2] for p in picked])
+        return NewRecords([ids[k] for k in keep],
+                          {f: [col[k] for k in keep] for f, col in self.fields.items()}, index,
+                          [self.record_keys[k] for k in keep], self.batch_id)
 
 
 _SQLITE_V1 = """
@@ -276,7 +334,27 @@ class RecordStore:
         """
         if not records:
             return
-        rec_rows, idx_rows = self._rows(records, time.time())
+        self._insert_rows(*self._rows(records, time.time()), undo_alone=undo_alone)
+
+    def insert_new(self, new: NewRecords, *, undo_alone: bool = True) -> None:
+        """:meth:`insert` of records given column by column (see :class:`NewRecords`)."""
+        if not new.record_ids:
+            return
+        fields = new.fields
+        if fields.keys() != self._FIELDSET:
+            raise StoreError("new records carry a column for every record field and no other",
+                             code="store.field", hint=f"the fields are {', '.join(self.FIELDS)}")
+        now = time.time()
+        ids = new.record_ids
+        rec_rows = list(zip(ids, *(fields[f] for f in self.FIELDS), repeat(now), repeat(now),
+                            repeat(new.batch_id)))
+        idx_rows: list[tuple[str, bytes, str, bytes | None]] = []
+        for name, (positions, values, tags) in new.index.items():
+            idx_rows += zip(repeat(name), values, [ids[k] for k in positions], tags)
+        self._insert_rows(rec_rows, idx_rows, undo_alone=undo_alone)
+
+    def _insert_rows(self, rec_rows: list[tuple[Any, ...]],
+                     idx_rows: list[tuple[str, bytes, str, bytes | None]], *, undo_alone: bool) -> None:
         db = self._db
         savepoint = undo_alone or self._pg or not db.in_transaction
         try:

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from pivault.crypto import IntegrityError, Keyring
@@ -100,6 +100,17 @@ class CheckTags:
             h = (st if st is not None else self._state(name)).copy()
             h.update(head + value.encode("utf-8"))
             out[name] = h.digest()
+        return out
+
+    def tags_many(self, index_name: str, record_ids: Sequence[str], values: Sequence[str]) -> list[bytes]:
+        """:meth:`tag` of each ``(record id, value)`` under one index, in order (an import's chunk)."""
+        copy = self._state(index_name).copy
+        out: list[bytes] = []
+        add = out.append
+        for rid, value in zip(record_ids, values, strict=True):
+            h = copy()
+            h.update(rid.encode("ascii") + b"\x00" + value.encode("utf-8"))
+            add(h.digest())
         return out
 
     def checker(self, index_name: str, value: str) -> Callable[[str], bytes]:

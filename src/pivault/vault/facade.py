@@ -27,7 +27,7 @@ from pivault.model import resident_id as _rid
 from pivault.policy.context import AccessContext
 from pivault.store.db import Database
 from pivault.store.migrations import migrate
-from pivault.store.records import RecordStore, StoredRecord
+from pivault.store.records import NewRecords, RecordStore, StoredRecord
 from pivault.vault import meta
 from pivault.vault.checks import CheckTags, load_check_tags
 from pivault.vault.guard import AccessDenied, Guard, LocalGuard
@@ -43,6 +43,7 @@ __all__ = [
     "name_birth_key",
     "open_record",
     "seal",
+    "seal_columns",
 ]
 
 #: the keys of every record a Vault returns, in this order
@@ -113,6 +114,44 @@ def seal(keyring: Keyring, r: Resident, batch_id: str | None = None,
     tags = checks.tags(r.record_id, values) if checks is not None else {}
     return StoredRecord(r.record_id, fields, index, batch_id=batch_id, record_key=record_key,
                         checks=tags)
+
+
+def seal_columns(keyring: Keyring, residents: Sequence[Resident], batch_id: str | None = None,
+                 checks: CheckTags | None = None) -> NewRecords:
+    """:func:`seal` of each resident, column by column (:class:`NewRecords`): an import's chunk.
+
+    The same ciphertext under a new record key each, the same index values and
+    check tags; what changes is the shape, which a worker pickles and the
+    importing process turns into rows at a fraction of the cost of a record
+    object each. Each index is computed for the whole chunk in one call.
+    """
+    encrypt = keyring.encrypt_record
+    names = RecordStore.FIELDS
+    columns: dict[str, list[bytes | None]] = {f: [] for f in names}
+    appends = [(f, columns[f].append) for f in names]
+    keys: list[bytes | None] = []
+    inputs: list[dict[str, str]] = []
+    ids: list[str] = []
+    for r in residents:
+        plain = r.pi_fields()
+        fields, record_key = encrypt(r.record_id, {f: v.encode("utf-8") for f, v in plain.items()})
+        get = fields.get
+        for f, add in appends:
+            add(get(f))
+        keys.append(record_key)
+        inputs.append(index_inputs(keyring, plain))
+        ids.append(r.record_id)
+    index: dict[str, tuple[list[int], list[bytes], list[bytes | None]]] = {}
+    for name in keyring.index_names:
+        positions = [k for k, v in enumerate(inputs) if name in v]
+        if not positions:
+            continue
+        values = [inputs[k][name] for k in positions]
+        tags: list[bytes | None] = (
+            list(checks.tags_many(name, [ids[k] for k in positions], values)) if checks is not None
+            else [None] * len(positions))
+        index[name] = (positions, keyring.blind_index_many(name, values), tags)
+    return NewRecords(ids, columns, index, keys, batch_id)
 
 
 def _integrity(record_id: str, exc: IntegrityError) -> IntegrityError:
