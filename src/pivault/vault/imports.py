@@ -25,9 +25,11 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import hashlib
+import io
 import json
 import multiprocessing
 import os
+import pickle
 import secrets
 import struct
 import time
@@ -323,13 +325,28 @@ def _worker_start() -> None:
         keyring.take_usage()
 
 
-def _work(task: tuple[list[RowTuple], dict[int, str], list[str]]) -> tuple[Prepared, dict[int, int]]:
-    """Prepare one chunk in a worker; with it, the encryptions it made per field key."""
+def _work(task: tuple[list[RowTuple], dict[int, str], list[str]]) -> bytes:
+    """Prepare one chunk in a worker; with it, the encryptions it made per field key (:func:`_loads`).
+
+    Pickled here without the pickler's memo, which would otherwise record each
+    of the chunk's ~10^5 ciphertexts, values and ids in case it recurs; none
+    does (each is a new object), so the pool then sends a single bytes object.
+    """
     keyring = _WORKER_KEYRING
     if keyring is None:  # pragma: no cover - only if started without fork
         raise RuntimeError("import worker has no keyring (workers must be forked)")
     prepared = prepare(keyring, *task, _WORKER_CHECKS)
-    return prepared, keyring.take_usage()
+    out = io.BytesIO()
+    pickler = pickle.Pickler(out, protocol=pickle.HIGHEST_PROTOCOL)
+    pickler.fast = True  # no memo: nothing in a chunk refers to itself
+    pickler.dump((prepared, keyring.take_usage()))
+    return out.getvalue()
+
+
+def _loads(data: bytes) -> tuple[Prepared, dict[int, int]]:
+    """What :func:`_work` pickled."""
+    prepared, used = pickle.loads(data)  # from our own forked worker, over its pipe
+    return prepared, used
 
 
 # -- batches -------------------------------------------------------------------------
@@ -902,7 +919,7 @@ def _run_chunks(vault: Vault, checks: CheckTags, chunks: Iterator[list[RowTuple]
 
                 def commit_next() -> None:
                     done_rows, res = pending.popleft()
-                    prepared, used = res.get()
+                    prepared, used = _loads(res.get())
                     vault.keyring.add_usage(used)  # the worker's encryptions, counted here
                     step(done_rows, prepared)
 
