@@ -469,14 +469,30 @@ def create_app(vault: VaultLike, policy: Policy | PolicyHolder, *, tokens: Token
         """Register up to 500 residents; each item is accepted or rejected on its own."""
         ctx = caller.ctx()
 
-        def run() -> list[s.BatchItemResult]:
-            results: list[s.BatchItemResult] = []
+        def stopped() -> tuple[str, str] | None:
+            """Why the rest of the batch is not tried: a spent budget, or a token no longer active."""
+            if results and results[-1].code == "budget.exceeded":
+                # duplicates charge reads, creates changes: a batch cannot keep asking which numbers exist
+                return "budget.exceeded", "not tried: a budget of the caller is spent"
+            # the token is read again before each item: an item that trips a canary suspends it (and an
+            # admin may revoke it meanwhile, on any worker), and a suspended token asks nothing more,
+            # not even in the request that got it suspended
+            info = token_store.get(caller.token.token_id)
+            state = info.state() if info is not None else "revoked"
+            if state != "active":
+                return f"auth.{state}", f"not tried: the token is {state}"
+            return None
+
+        results: list[s.BatchItemResult] = []
+
+        def run() -> None:
+            halt: tuple[str, str] | None = None
             for i, item in enumerate(body.items):
-                if results and results[-1].code == "budget.exceeded":
-                    # a budget of the caller is spent (duplicates charge reads, creates changes): the
-                    # rest is not tried, so that a batch cannot keep asking which numbers exist
-                    results.append(s.BatchItemResult(index=i, status="rejected", code="budget.exceeded",
-                                                     detail="not tried: a budget of the caller is spent"))
+                if halt is None and i > 0:
+                    halt = stopped()
+                if halt is not None:
+                    results.append(s.BatchItemResult(index=i, status="rejected", code=halt[0],
+                                                     detail=halt[1]))
                     continue
                 try:
                     rid = vault.put(item.model_dump(), ctx=ctx)
@@ -486,9 +502,8 @@ def create_app(vault: VaultLike, policy: Policy | PolicyHolder, *, tokens: Token
                         raise
                     results.append(s.BatchItemResult(index=i, status="rejected", code=exc.code,
                                                      detail=exc.message))
-            return results
 
-        results = await run_in_threadpool(run)
+        await run_in_threadpool(run)
         accepted = sum(1 for r in results if r.status == "created")
         return s.BatchOut(read=len(body.items), accepted=accepted, rejected=len(results) - accepted,
                           results=results)
