@@ -104,3 +104,30 @@ def test_a_batch_stops_at_the_canary_that_suspends_its_token(insider: Insider) -
     # the trail shows the one attempt and the suspension, and no probe of the numbers after it
     found = insider.audited(r.headers["x-request-id"], at_least=2)
     assert [(e.operation, e.outcome) for e in found] == [("put", "duplicate"), ("token.suspend", "ok")]
+
+
+def test_a_bad_value_is_refused_and_recorded_alike_for_any_record(insider: Insider) -> None:
+    """A correction with a bad value was refused inside the record's transaction, after the record
+    was read and decrypted, with no audit entry — and only for a record that exists (404 for one that
+    does not). Now the value is checked first: the same 422 and an ``invalid`` entry either way; and
+    a lookup with a bad value leaves an entry too."""
+    live = insider.live
+    tok = insider.token("registrar-probe", "registrar")
+    missing = "r_" + "0" * 26
+    with live.client(tok, purpose="correction") as c:
+        held = c.patch(f"/v1/residents/{live.record_ids[3]}", json={"mobile": "12"})
+        absent = c.patch(f"/v1/residents/{missing}", json={"mobile": "12"})
+    for r in (held, absent):
+        assert r.status_code == 422 and r.json()["code"] == "mobile.length", r.text
+    entries_held = insider.audited(held.headers["x-request-id"])
+    assert [(e.operation, e.outcome, e.record_ids) for e in entries_held] == [
+        ("update", "invalid", (live.record_ids[3],))]
+    assert [(e.operation, e.outcome) for e in insider.audited(absent.headers["x-request-id"])] == [
+        ("update", "invalid")]
+    bad = live.residents[4]["id_number"][:17] + ("0" if live.residents[4]["id_number"][17] != "0" else "1")
+    with live.client(tok, purpose="correction") as c:
+        r = c.post("/v1/residents/lookup", json={"id_number": bad})
+    assert r.status_code == 422 and r.json()["code"] == "id.checksum"
+    found = insider.audited(r.headers["x-request-id"])
+    assert [(e.operation, e.outcome, e.record_ids) for e in found] == [("find", "invalid", ())]
+    assert bad not in (live.home / "logs" / "access.log").read_text(encoding="utf-8")

@@ -161,3 +161,30 @@ class Resident:
             address=_address.normalise(a) if a is not None else None,
             notes=normalise_notes(t) if t is not None else None,
         )
+
+
+def check_changes(raw: Mapping[str, str | None]) -> None:
+    """Validate the fields of a correction each on its own, as :meth:`Resident.parse` would.
+
+    A correction is checked before the record it names is read: a bad value is
+    then refused the same way whether the record exists or not, and before any
+    of it is decrypted.
+    """
+    for f, v in raw.items():
+        value = None if v is None or (isinstance(v, str) and not v.strip()) else str(v)
+        if value is None:
+            if f == "name":
+                raise ValidationError("name.empty", "the name is empty", field="name")
+            if f == "id_number":
+                raise ValidationError("id.empty", "the resident ID number is empty", field="id_number")
+            continue
+        if f == "name":
+            _name.normalise(value)
+        elif f == "id_number":
+            _rid.normalise(value)
+        elif f == "mobile":
+            _mobile.normalise(value)
+        elif f == "address":
+            _address.normalise(value)
+        elif f == "notes":
+            normalise_notes(value)

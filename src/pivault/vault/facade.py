@@ -24,6 +24,7 @@ from pivault.model import PI_FIELDS, Resident, is_record_id
 from pivault.model import mobile as _mobile
 from pivault.model import name as _name
 from pivault.model import resident_id as _rid
+from pivault.model.record import check_changes
 from pivault.policy.context import AccessContext
 from pivault.store.db import Database
 from pivault.store.migrations import migrate
@@ -413,6 +414,19 @@ class Vault:
         counted, audited and returned. A name is searched together with a
         birth date.
         """
+        self._authorise(ctx, "find", PI_FIELDS)
+        try:
+            want, born = self._query(id_number, mobile, name, birth_date)
+        except ValidationError:
+            # what was asked is not recorded (it may be PI), but that something was asked is
+            self.guard.audit(ctx, "find", (), "invalid")
+            raise
+        return self._find(want, born, ctx)
+
+    @staticmethod
+    def _query(id_number: str | None, mobile: str | None, name: str | None,
+               birth_date: str | _dt.date | None) -> tuple[dict[str, str], _dt.date | None]:
+        """The normalised criteria of a lookup, or :class:`ValidationError`."""
         want: dict[str, str] = {}
         if id_number is not None:
             want["id_number"] = _rid.normalise(id_number)
@@ -427,7 +441,10 @@ class Vault:
         if not want:
             raise ValidationError("find.query",
                                   "give an ID number, a mobile number, or a name and a birth date")
-        self._authorise(ctx, "find", PI_FIELDS)
+        return want, born
+
+    def _find(self, want: dict[str, str], born: _dt.date | None,
+              ctx: AccessContext) -> list[dict[str, str | None]]:
         kr = self.keyring
         if "id_number" in want:
             cands = self._lookup("id_number", want["id_number"])
@@ -475,6 +492,13 @@ class Vault:
                                   + ", ".join(PI_FIELDS))
         self._check_record_id(ctx, "update", record_id)
         self._authorise(ctx, "update", tuple(changes), [record_id])
+        try:
+            # before the record is read: a bad value is refused, and recorded, alike for a record that
+            # exists and one that does not (a refusal inside the transaction left no entry at all)
+            check_changes(changes)
+        except ValidationError:
+            self.guard.audit(ctx, "update", [record_id], "invalid")
+            raise
         self._budget(ctx, "update", 1, [record_id])
         holder: str | None = None
         with self.db.transaction():
