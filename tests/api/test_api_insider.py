@@ -131,3 +131,17 @@ def test_a_bad_value_is_refused_and_recorded_alike_for_any_record(insider: Insid
     found = insider.audited(r.headers["x-request-id"])
     assert [(e.operation, e.outcome, e.record_ids) for e in found] == [("find", "invalid", ())]
     assert bad not in (live.home / "logs" / "access.log").read_text(encoding="utf-8")
+
+
+def test_no_token_is_issued_under_the_names_of_the_operator_or_the_service(insider: Insider) -> None:
+    """``local:<account>`` is the vault's own command line and ``system:detect`` the watchman: a token
+    under such a name put its reads on their account in the audit trail."""
+    live = insider.live
+    admin = insider.token("admin-mint", "admin")
+    with live.client(admin, purpose="administration") as c:
+        for name in ("system:detect", "local:root", "LOCAL:alice"):
+            r = c.post("/v1/admin/tokens", json={"principal": name, "role": "officer"})
+            assert r.status_code == 422 and r.json()["code"] == "token.invalid", r.text
+        ok = c.post("/v1/admin/tokens", json={"principal": "officer-local", "role": "officer"})
+        assert ok.status_code == 201
+    assert not [t for t in live.token_store().list() if t.principal.lower().startswith(("local:", "system:"))]

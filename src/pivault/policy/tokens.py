@@ -52,6 +52,8 @@ _TOKEN = re.compile(r"pv_([0-9a-f]{16})_([a-z2-7]{52})")
 _DOMAIN = b"pivault.token.v1\x00"
 _PRINCIPAL = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@:-]{0,127}")
 MAX_TTL_SECONDS = 366 * 86400
+#: names the vault gives callers without a token (the command line's operator, the service itself)
+RESERVED_PRINCIPAL_PREFIXES = ("local:", "system:")
 
 register(Migration(
     "tokens", 1, "bearer tokens: hash, principal, role, purposes, expiry, revocation, suspension",
@@ -167,6 +169,12 @@ class TokenStore:
         if not _PRINCIPAL.fullmatch(principal):
             raise ValidationError("token.principal",
                                   "a principal name is 1-128 letters, digits or _ . @ : - ")
+        if principal.lower().startswith(RESERVED_PRINCIPAL_PREFIXES):
+            # ``local:<account>`` is the operator at the vault's command line and ``system:`` the
+            # service itself: a token under such a name would put its reads on their account in the
+            # audit trail, and pass for the local requester of an export
+            raise ValidationError("token.principal", "principal names beginning with "
+                                  + " or ".join(RESERVED_PRINCIPAL_PREFIXES) + " are reserved")
         plist = tuple(dict.fromkeys(purposes))
         if not plist:
             raise ValidationError("token.purpose", "a token needs at least one purpose")
