@@ -169,6 +169,19 @@ def test_first_load_repeats_under_each_policy(crowded: Vault, tmp_path: Path, ct
     assert crowded.store.count() == 500
 
 
+def _count_index_reads(v: Vault) -> list[int]:
+    """Calls of the store's blind-index read for the duplicate check, counted (it still runs)."""
+    reads: list[int] = []
+    real = v.store.foreign_candidates
+
+    def counted(*args: object, **kw: object) -> object:
+        reads.append(1)
+        return real(*args, **kw)  # type: ignore[arg-type]
+
+    v.store.foreign_candidates = counted  # type: ignore[method-assign]
+    return reads
+
+
 @pytest.mark.parametrize("workers", [0, 2])
 def test_first_load_into_a_new_vault_never_reads_the_blind_index(store_url: str, tmp_path: Path,
                                                                   workers: int) -> None:
@@ -180,14 +193,7 @@ def test_first_load_into_a_new_vault_never_reads_the_blind_index(store_url: str,
     db = Database(store_url)
     v = Vault.initialise(db, new_keyring(tmp_path / "keys" / "new.keyring", population=16))
     assert db.query_one("SELECT COUNT(*) FROM index_check_key") == (0,)  # a vault that never wrote
-    reads: list[int] = []
-    real = v.store.foreign_candidates
-
-    def counted(*args: object, **kw: object) -> object:
-        reads.append(1)
-        return real(*args, **kw)  # type: ignore[arg-type]
-
-    v.store.foreign_candidates = counted  # type: ignore[method-assign]
+    reads = _count_index_reads(v)
     people = make_residents(500, seed=71)
     src = tmp_path / "first.csv"
     _csv(src, people)
@@ -197,18 +203,6 @@ def test_first_load_into_a_new_vault_never_reads_the_blind_index(store_url: str,
         db.close()
     assert f.reconciles and f.imported == 500
     assert reads == []  # every chunk knew its rows were new without reading the index
-
-
-def _count_index_reads(v: Vault) -> list[int]:
-    reads: list[int] = []
-    real = v.store.foreign_candidates
-
-    def counted(*args: object, **kw: object) -> object:
-        reads.append(1)
-        return real(*args, **kw)  # type: ignore[arg-type]
-
-    v.store.foreign_candidates = counted  # type: ignore[method-assign]
-    return reads
 
 
 @pytest.mark.parametrize("workers", [0, 2])
