@@ -122,6 +122,29 @@ def test_vault_wide_limit_is_not_a_breach(counters: Counters) -> None:
     assert (c.scope, c.breaches) == ("vault", 0)
 
 
+def test_a_miss_is_refused_while_the_vault_cannot_take_a_record(counters: Counters, clock: FakeClock) -> None:
+    # while the vault-wide records budget is spent, a lookup that finds nothing is refused as a
+    # hit is: answered, the miss would tell that the number is not in the vault, and the hit's
+    # refusal that it is, without a breach of anyone's own budget
+    b = _budgets(counters, vault=Budget(records_per_minute=3, records_per_hour=1000))
+    assert b.charge(OFFICER, records=3, record_ids=_ids("a", 3)).allowed
+    assert b.charge(OTHER, misses=1).allowed is False
+    hit = b.charge(OTHER, records=1, record_ids=_ids("b", 1))
+    miss = b.charge(OTHER, misses=1)
+    for c in (hit, miss):
+        assert c.refusal is not None and c.refusal.rule == "vault.records_per_minute"
+        assert (c.scope, c.breaches, c.refusal.used) == ("vault", 0, 3)
+    assert hit.refusal is not None and miss.refusal is not None
+    assert miss.refusal.retry_after == pytest.approx(hit.refusal.retry_after)
+    clock.advance(miss.refusal.retry_after + 0.01)
+    # the probes charged nothing: not a record to the vault, not a miss to the caller (5 an hour)
+    for _ in range(5):
+        assert b.charge(OTHER, misses=1).allowed
+    refused = b.charge(OTHER, misses=1)
+    assert refused.refusal is not None and refused.refusal.rule == "principal.misses_per_hour"
+    assert b.charge(OTHER, records=3, record_ids=_ids("c", 3)).allowed
+
+
 def test_role_total(counters: Counters) -> None:
     b = _budgets(counters, role_totals={"officer": Budget(records_per_minute=35)})
     assert b.charge(OFFICER, records=20, record_ids=_ids("a", 20)).allowed

@@ -320,15 +320,17 @@ class BudgetMap:
                     used = mv[soff]
                 p = plan[nskey] = [off, live, b, 0, g, key, soff, used]
             amount = rule.amount
-            if amount <= 0:
+            if amount == 0:
                 continue
             used = p[7] + p[3]
-            if used + amount > rule.limit:
+            need = abs(amount)  # a negative amount is a probe: room for it, nothing charged
+            if used + need > rule.limit:
                 off, live, b = p[0], p[1], p[2]
                 counts = mv[off + 4:off + 4 + BUCKETS] if live else _ZEROS
                 live_buckets = ((k, counts[k % BUCKETS]) for k in range(b - BUCKETS + 1, b + 1))
-                return window_refusal(live_buckets, used, rule, now, g)
-            p[3] += amount
+                return window_refusal(live_buckets, used, rule._replace(amount=need), now, g)
+            if amount > 0:
+                p[3] += amount
         day = floor(now / DAY)
         new_members: list[tuple[int, int, int]] = []
         sets: list[tuple[int, tuple[int, int], int]] = []

@@ -155,6 +155,14 @@ class _Plan:
         if rules is None:
             rules = tuple(WindowRule(name, key, limit, seconds, amounts[kind])
                           for name, key, limit, seconds, kind in self.windows if amounts[kind] > 0)
+            if misses > 0 and records == 0:
+                # a lookup that found nothing must have room for one record in the vault-wide
+                # windows (a probe: nothing charged). Else, while the vault's budget is spent, a
+                # hit would be refused and a miss answered, and the answer would tell which
+                # numbers the vault holds; a caller's own budgets count breaches for that
+                rules += tuple(WindowRule(name, key, limit, seconds, -1)
+                               for name, key, limit, seconds, kind in self.windows
+                               if kind == 0 and name.startswith("vault."))
             if len(self._by_amount) < 256:
                 self._by_amount[amounts] = rules
         return rules

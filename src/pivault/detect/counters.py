@@ -60,7 +60,12 @@ class DetectUnavailable(PivaultError):
 
 
 class WindowRule(NamedTuple):
-    """Charge ``amount`` against ``limit`` over a sliding ``window`` (seconds)."""
+    """Charge ``amount`` against ``limit`` over a sliding ``window`` (seconds).
+
+    A negative ``amount`` is a probe: the window must have room for ``-amount``,
+    and nothing is charged to it (a lookup that found nothing must not tell,
+    by being answered, that a record would have been refused).
+    """
 
     name: str
     key: str
@@ -205,6 +210,8 @@ class MemoryCounters:
                     if w.used + amount > rule.limit:
                         return window_refusal(w.buckets, w.used, rule, now, w.g)
                     plan.append((w, amount))
+                elif amount < 0 and w.used - amount > rule.limit:  # a probe: room, not a charge
+                    return window_refusal(w.buckets, w.used, rule._replace(amount=-amount), now, w.g)
             dplan: list[tuple[set[str], Collection[str]]] = []
             if distinct:
                 day = floor(now / DAY)
@@ -337,9 +344,11 @@ for i = 1, nw do
     redis.call('HSET', key, '-1', used, '-2', string.format('%d', oldest + 1))
     redis.call('PEXPIRE', key, math.ceil((window + g) * 1000))
   end
-  if amount > 0 and used + amount > limit then
+  -- a negative amount is a probe: the window must have room for it, and is not charged
+  local need = math.abs(amount)
+  if need > 0 and used + need > limit then
     local retry = window
-    if amount <= limit then
+    if need <= limit then
       -- the live buckets, oldest first, only for a refusal
       local flat = redis.call('HGETALL', key)
       local live = {}
@@ -348,10 +357,10 @@ for i = 1, nw do
         if k ~= nil and k > oldest then live[#live + 1] = {k, tonumber(flat[j + 1])} end
       end
       table.sort(live, function(x, y) return x[1] < y[1] end)
-      local need = used + amount - limit; local freed = 0
+      local over = used + need - limit; local freed = 0
       for _, kc in ipairs(live) do
         freed = freed + kc[2]
-        if freed >= need then retry = (kc[1] + buckets) * g - now; break end
+        if freed >= over then retry = (kc[1] + buckets) * g - now; break end
       end
     end
     return {0, i, tostring(retry), used}
