@@ -265,3 +265,78 @@ def test_kill_minus_nine_then_rerun_imports_every_row_once(store_url: str, tmp_p
                         " WHERE index_name = 'id_number'")
     assert rid_rows[0] == (ROWS - n_bad, ROWS - n_bad)
     db.close()
+
+
+_CHILD_FILES = """
+import sys
+from pivault.crypto import Argon2Params, Keyring, PassphraseProvider
+from pivault.store.db import Database
+from pivault.vault import Vault
+url, keyring_path, workers, passphrase, *srcs = sys.argv[1:]
+kr = Keyring.open(keyring_path, PassphraseProvider(passphrase, Argon2Params(1, 8, 1)))
+v = Vault(Database(url), kr)
+def progress(p):
+    print("chunk", p.file, p.read, flush=True)
+s = v.import_files(srcs, workers=int(workers), chunk_size=150, progress=progress)
+print("done", " ".join(f.status for f in s.files), flush=True)
+"""
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_kill_minus_nine_in_a_load_of_several_files(store_url: str, tmp_path: Path, workers: int) -> None:
+    """A first load of three files, killed at random points and run again: every resident once.
+
+    The run carries its fast duplicate check from file to file; after a kill the rerun finds some
+    files done, one half done and the rest new, and the third file repeats residents of the first.
+    """
+    src = tmp_path / "pop.csv"
+    write_population(src, 9000, seed=98)
+    with open(src, encoding="utf-8", newline="") as fh:
+        header, *rows = list(csv.reader(fh))
+    repeats = random.Random(3).sample(rows[:3000], 300)
+    parts = [rows[:3000], rows[3000:6000], rows[6000:] + repeats]
+    files = []
+    for i, part in enumerate(parts):
+        files.append(tmp_path / f"part{i + 1}.csv")
+        with open(files[-1], "w", encoding="utf-8", newline="") as fh:
+            csv.writer(fh).writerows([header, *part])
+    keyring_path = tmp_path / "keys" / "files.keyring"
+    db = Database(store_url)
+    v = Vault.initialise(db, new_keyring(keyring_path))
+    rng = random.Random(f"files{store_url}{workers}")
+
+    def child() -> subprocess.Popen[str]:
+        return subprocess.Popen(
+            [sys.executable, "-c", _CHILD_FILES, store_url, str(keyring_path), str(workers), PASSPHRASE,
+             *map(str, files)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+
+    kills_mid_load = 0
+    for _ in range(3):
+        proc = child()
+        assert proc.stdout is not None
+        for _ in range(rng.randint(2, 25)):  # somewhere in one of the files
+            if not proc.stdout.readline():
+                break
+        time.sleep(rng.uniform(0.0, 0.05))
+        early = proc.poll()
+        _kill_group(proc)
+        if early is not None and early != 0:
+            assert proc.stderr is not None
+            pytest.fail(f"the import process failed on its own: {proc.stderr.read()[-2000:]}")
+        done = db.query_one("SELECT COUNT(*) FROM import_batches WHERE status = 'done'")
+        kills_mid_load += done is not None and done[0] < 3
+    assert kills_mid_load >= 2
+    proc = child()
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-2000:]
+    statuses = out.splitlines()[-1].split()[1:]
+    assert len(statuses) == 3 and set(statuses) <= {"imported", "resumed", "already_imported"}
+    summary = v.import_files(files)
+    assert [f.status for f in summary.files] == ["already_imported"] * 3
+    assert summary.reconciles and (summary.read, summary.duplicates) == (9300, 300)
+    assert summary.imported == v.store.count() == 9000
+    rid_rows = db.query("SELECT COUNT(DISTINCT record_id), COUNT(*) FROM blind_index"
+                        " WHERE index_name = 'id_number'")
+    assert rid_rows[0] == (9000, 9000)
+    db.close()
