@@ -206,6 +206,24 @@ def _kill_group(proc: subprocess.Popen[str]) -> None:
     proc.wait(timeout=30)
 
 
+def _kill_midway(proc: subprocess.Popen[str], chunks: int, wait: float) -> None:
+    """Kill -9 the import ``wait`` seconds after it reported ``chunks`` chunks (or ended).
+
+    An import that failed on its own before the kill fails the test: a kill must interrupt work
+    that would have succeeded.
+    """
+    assert proc.stdout is not None
+    for _ in range(chunks):
+        if not proc.stdout.readline():
+            break
+    time.sleep(wait)
+    early = proc.poll()
+    _kill_group(proc)
+    if early is not None and early != 0:
+        assert proc.stderr is not None
+        pytest.fail(f"the import process failed on its own: {proc.stderr.read()[-2000:]}")
+
+
 #: enough 150-row chunks that the kills below land before the end even on a fast machine: 6,000
 #: rows took 0.6 s with 2 workers on SQLite, as long as the first attempt's kill may wait, so
 #: that attempt sometimes finished the import and left the others nothing to interrupt
@@ -226,19 +244,10 @@ def test_kill_minus_nine_then_rerun_imports_every_row_once(store_url: str, tmp_p
     kills_mid_import = 0
     for attempt in range(3):
         proc = _run_child(store_url, keyring_path, src, workers)
-        assert proc.stdout is not None
         if attempt == 0:
-            time.sleep(rng.uniform(0.0, 0.6))  # anywhere, maybe before the first chunk
+            _kill_midway(proc, 0, rng.uniform(0.0, 0.6))  # anywhere, maybe before the first chunk
         else:
-            for _ in range(rng.randint(1, 4)):  # a little way into the import
-                if not proc.stdout.readline():
-                    break
-            time.sleep(rng.uniform(0.0, 0.05))
-        early = proc.poll()
-        _kill_group(proc)
-        if early is not None and early != 0:
-            assert proc.stderr is not None
-            pytest.fail(f"the import process failed on its own: {proc.stderr.read()[-2000:]}")
+            _kill_midway(proc, rng.randint(1, 4), rng.uniform(0.0, 0.05))  # a little way in
         row = db.query_one("SELECT rows_consumed, status FROM import_batches")
         if row and row[1] == "running" and 0 < row[0] < ROWS:
             kills_mid_import += 1
@@ -313,17 +322,7 @@ def test_kill_minus_nine_in_a_load_of_several_files(store_url: str, tmp_path: Pa
 
     kills_mid_load = 0
     for _ in range(3):
-        proc = child()
-        assert proc.stdout is not None
-        for _ in range(rng.randint(2, 25)):  # somewhere in one of the files
-            if not proc.stdout.readline():
-                break
-        time.sleep(rng.uniform(0.0, 0.05))
-        early = proc.poll()
-        _kill_group(proc)
-        if early is not None and early != 0:
-            assert proc.stderr is not None
-            pytest.fail(f"the import process failed on its own: {proc.stderr.read()[-2000:]}")
+        _kill_midway(child(), rng.randint(2, 25), rng.uniform(0.0, 0.05))  # somewhere in one of the files
         done = db.query_one("SELECT COUNT(*) FROM import_batches WHERE status = 'done'")
         kills_mid_load += done is not None and done[0] < 3
     assert kills_mid_load >= 2
