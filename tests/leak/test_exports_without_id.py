@@ -23,6 +23,7 @@ from leak.conftest import CHEAP, World, build_vault, ctx
 from pivault.errors import ValidationError
 from pivault.leak import exports as ex
 from pivault.leak.check import affected, check
+from pivault.leak.match import PairIndex
 
 #: accepted field sets without the ID number (each holds two of name, mobile, address)
 ACCEPTED = [["name", "mobile"], ["address", "name"], ["mobile", "address"],
@@ -84,6 +85,12 @@ def _resident_rows(w: World, sel: list[str], header: list[str]) -> dict[tuple[st
     return out
 
 
+def _sharing_a_pair(w: World) -> set[str]:
+    """Records that share both blind-index values of a confirming pair with another record."""
+    shared = PairIndex.load(w.vault.db).shared
+    return {rid for by_key in shared.values() for rids in by_key.values() for rid in rids}
+
+
 def _traceable(header: list[str], row: list[str]) -> bool:
     """A row carrying two of name, mobile and address: one the check can confirm."""
     return sum(1 for h, v in zip(header, row, strict=True) if h in PAIR and v) >= 2
@@ -111,8 +118,13 @@ def test_a_copy_and_a_sample_are_traced_to_the_export(scene: dict[str, object], 
         # every real row carrying two of name, mobile and address is counted, and only those
         want = {residents[tuple(r)] for r in dump_rows if tuple(r) in residents and _traceable(header, r)}
         assert len(want) > 0.8 * sum(1 for r in dump_rows if tuple(r) in residents)
-        assert res.residents_matched == len(want), name
-        assert set(affected(w.vault, res.case_id, ctx=ctx("dpo-1", "dpo"))) == want
+        got = set(affected(w.vault, res.case_id, ctx=ctx("dpo-1", "dpo")))
+        # the blind indexes are truncated by design, so now and then two records share both values
+        # of a pair (about C**2 / R a record): the check then counts a resident without telling
+        # which of them (docs/leak.md). Every other resident is found, and nobody else is named
+        twins = _sharing_a_pair(w)
+        assert want - twins <= got and got - want <= twins, name
+        assert len(want - twins) <= res.residents_matched <= len(want), name
 
 
 @pytest.mark.parametrize("n", range(len(ACCEPTED)), ids=["+".join(f) for f in ACCEPTED])
