@@ -26,6 +26,7 @@ import json
 import os
 import re
 import struct
+import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
@@ -77,6 +78,8 @@ _VERSION_BYTE = bytes([CIPHERTEXT_VERSION])
 _AD_HEAD = struct.Struct(">BI")  # version byte, u32 length of the record id
 _FIELD_CACHE_MAX = 4096
 _NEVER = 1 << 62
+#: how often (seconds) a keyring looks whether another process rewrote its file; see Keyring._fresh
+_FRESH_EVERY = 0.01
 _RECORD_KEY_AD = b"pivault.recordkey\x00"
 _V2_BYTE = bytes([RECORD_CIPHERTEXT_VERSION])
 # Tink output prefixes: TINK = 0x01 | key id, LEGACY/CRUNCHY = 0x00 | key id
@@ -317,7 +320,9 @@ class Keyring:
         "_decrypt",
         "_encrypt",
         "_field_ad",
+        "_file_sig",
         "_flush_at",
+        "_fresh_at",
         "_header",
         "_prf",
         "_prf_all",
@@ -361,6 +366,9 @@ class Keyring:
         self._usage_sink: Callable[[dict[int, int]], None] | None = None
         self._usage_every = 0
         self._flush_at = _NEVER
+        #: (inode, size, mtime) of the keyring file whose keys are installed; None: unknown yet
+        self._file_sig: tuple[int, int, int] | None = None
+        self._fresh_at = 0.0
         self._install(header, aead_handle, prf_handles)
 
     def _install(
@@ -478,13 +486,15 @@ class Keyring:
             raise KeyringError(
                 f"cannot write the keyring at {target}: {exc.strerror}", code="keyring.io"
             ) from exc
-        return cls(
+        ring = cls(
             path=target,
             header=header,
             provider=provider,
             aead_handle=aead_handle,
             prf_handles=prf_handles,
         )
+        ring._file_sig = _stat_of(target)
+        return ring
 
     @classmethod
     def open(cls, path: str | os.PathLike[str], provider: RootKeyProvider) -> Keyring:
@@ -494,11 +504,12 @@ class Keyring:
         ``keyring.passphrase`` (wrong passphrase), ``keyring.corrupt``.
         """
         target = Path(path).expanduser().resolve()
+        sig = _stat_of(target)  # before the read: a change in between is seen by the next check
         document = _read_document(target)
         header, verifier, keysets, _ = _parse_document(document)
         aead_handle, prf_handles = _decrypt_keysets(header, verifier, keysets, provider)
         try:
-            return cls(
+            ring = cls(
                 path=target,
                 header=header,
                 provider=provider,
@@ -507,6 +518,8 @@ class Keyring:
             )
         except Exception:
             _corrupt("keysets cannot be used")
+        ring._file_sig = sig
+        return ring
 
     @staticmethod
     def peek(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -623,6 +636,7 @@ class Keyring:
                                code="keyring.io") from exc
         self._provider = provider
         self._install(header, aead_handle, prf_handles)
+        self._file_sig = _stat_of(self.path)  # written under the lock: this is our own state
 
     def _recovery_key_for_write(self) -> bytes:
         if self._recovery_mac_key is None:
@@ -653,6 +667,7 @@ class Keyring:
                 if header["vault_id"] != self.vault_id:
                     raise KeyringError("the keyring file now belongs to another vault",
                                        code="keyring.corrupt")
+                self._refuse_rollback(header)
                 a, p = _decrypt_keysets(header, verifier, keysets, self._provider)
                 self._recovery_mac_key = None
                 self._install(header, a, p)
@@ -740,16 +755,88 @@ class Keyring:
         Returns True if the key state changed. Cheap when nothing changed
         (one file read); long-running services call it every few seconds.
         """
+        sig = _stat_of(self.path)
         document = _read_document(self.path)
         header, verifier, keysets, _ = _parse_document(document)
         if header == self._header:
+            self._file_sig = sig
             return False
         if header["vault_id"] != self.vault_id:
             raise KeyringError("the keyring file now belongs to another vault", code="keyring.corrupt")
+        self._refuse_rollback(header)
         a, p = _decrypt_keysets(header, verifier, keysets, self._provider)
         self._recovery_mac_key = None
         self._install(header, a, p)
+        self._file_sig = sig
         return True
+
+    def _fresh(self, *, force: bool = False) -> bool:
+        """Follow a key change another process wrote, before this one makes a ciphertext.
+
+        A service or an import that opened the keyring before `keys rotate`,
+        `rewrap` and `retire` (run elsewhere) would otherwise go on wrapping
+        record keys, and making index values, under a key the file no longer
+        holds: what it writes would open nowhere once it stops. So every
+        operation that makes ciphertext or index values first compares the
+        file's inode, size and mtime (one ``stat``, at most every
+        ``_FRESH_EVERY`` seconds) and reloads on a change. If the new file
+        does not open with this process's root key (``keys change-root``
+        ran), that is harmless as long as the primary keys are the ones this
+        process has; otherwise writing is refused (``keyring.stale``) rather
+        than done under keys that may be gone. Returns True if keys changed.
+        """
+        now = time.monotonic()
+        if not force and now < self._fresh_at:
+            return False
+        self._fresh_at = now + _FRESH_EVERY
+        sig = _stat_of(self.path)
+        if sig is None or sig == self._file_sig:
+            return False  # unchanged, or no file to follow (nothing can be retired through it)
+        document = _read_document(self.path)
+        header, verifier, keysets, _ = _parse_document(document)
+        if header == self._header:
+            self._file_sig = sig
+            return False
+        if header["vault_id"] != self.vault_id:
+            raise KeyringError("the keyring file now belongs to another vault", code="keyring.corrupt")
+        self._refuse_rollback(header)
+        try:
+            a, p = _decrypt_keysets(header, verifier, keysets, self._provider)
+        except KeyringError:
+            if _primaries_on_disk(keysets) != self._primaries():
+                raise KeyringError(
+                    "the keyring was changed by another process under a root key this one does not"
+                    " have, and its keys were rotated: nothing is written with the old keys",
+                    code="keyring.stale",
+                    hint="restart this process with the keyring's current passphrase or KMS key",
+                ) from None
+            self._file_sig = sig  # only the root key changed: the keys this process writes with are current
+            return False
+        self._recovery_mac_key = None
+        self._install(header, a, p)
+        self._file_sig = sig
+        return True
+
+    def _refuse_rollback(self, header: Mapping[str, Any]) -> None:
+        """Refuse a keyring file older than the keys this process holds.
+
+        An older copy put back over the file (from a backup, by hand) lacks
+        the keys added since; following it would drop them from this process
+        too, perhaps their last copy, and write new values under keys the
+        newer file may have retired. Reads go on with the keys held; writes
+        and key changes stop until an operator sorts out which file is right.
+        """
+        if int(header.get("generation", 0)) < self.generation:
+            raise KeyringError(
+                f"the keyring file was replaced by an older copy (generation {header.get('generation', 0)}"
+                f" < {self.generation}): nothing is written or changed with it",
+                code="keyring.rollback",
+                hint="put the newest keyring file back, or restart every process with the file you mean")
+
+    def _primaries(self) -> dict[str, int]:
+        out = {"aead": self.primary_key_id("aead")}
+        out.update({f"prf.{n}": self.primary_key_id(f"prf.{n}") for n in self.index_names})
+        return out
 
     # ------------------------------------------------------------------ usage
 
@@ -817,6 +904,7 @@ class Keyring:
 
     def encrypt(self, record_id: str, field: str, plaintext: bytes) -> bytes:
         """AEAD-encrypt one field value, bound to ``record_id`` and ``field``."""
+        self._fresh()
         ad = record_ad_prefix(record_id) + self._field_tail(field)
         if type(plaintext) is not bytes:
             plaintext = _as_bytes(plaintext, field, "plaintext")
@@ -852,6 +940,8 @@ class Keyring:
         try:
             return self._decrypt(ciphertext[1:], ad)
         except tink.TinkError:
+            if self._fresh(force=True):  # made under a key another process added since
+                return self._open(head, field, ciphertext)
             raise IntegrityError(
                 f"ciphertext of field {field!r} failed authentication: altered, moved from "
                 "another record or field, or made under a key this keyring lacks",
@@ -860,6 +950,7 @@ class Keyring:
 
     def encrypt_many(self, record_id: str, fields: Mapping[str, bytes]) -> dict[str, bytes]:
         """Encrypt several fields of one record; the record id is encoded once."""
+        self._fresh()
         head = record_ad_prefix(record_id)
         tail_of = self._field_tail
         enc = self._encrypt
@@ -897,6 +988,7 @@ class Keyring:
 
     def new_record_key(self, record_id: str) -> RecordKey:
         """A fresh random data key for one record version, wrapped by the primary field key."""
+        self._fresh()
         head = record_ad_prefix(record_id)
         drawn = os.urandom(32 + KEY_REF_BYTES)  # one system call for both
         key, ref = drawn[:32], drawn[32:]
@@ -917,6 +1009,8 @@ class Keyring:
         try:
             key = self._decrypt(stored[KEY_REF_BYTES:], _RECORD_KEY_AD + record_ad_prefix(record_id) + ref)
         except tink.TinkError:
+            if self._fresh(force=True):  # wrapped under a key another process added since
+                return self.open_record_key(record_id, stored)
             raise IntegrityError(
                 "a record key failed authentication: altered, moved from another record, or "
                 "wrapped under a key this keyring lacks", field="record_key") from None
@@ -924,6 +1018,7 @@ class Keyring:
 
     def rewrap_record_key(self, record_id: str, stored: bytes) -> bytes:
         """The same record key, wrapped under the current primary field key."""
+        self._fresh()
         if type(stored) is not bytes or len(stored) != RECORD_KEY_BYTES:
             raise IntegrityError("a stored record key has the wrong length", field="record_key",
                                  code="crypto.format")
@@ -966,6 +1061,7 @@ class Keyring:
         with the trailing bits zero. Composite indexes (``name_birth``) take
         the caller's joined value.
         """
+        self._fresh()
         entry = self._prf.get(index_name)
         if entry is None:
             raise KeyringError(f"no blind index named {index_name!r} in this keyring", code="keyring.index")
@@ -1013,6 +1109,7 @@ class Keyring:
         batch (all ``str``, none empty, all encodable), then each is hashed by
         the same Tink PRF. Nothing is computed when any value is bad.
         """
+        self._fresh()
         entry = self._prf.get(index_name)
         if entry is None:
             raise KeyringError(f"no blind index named {index_name!r} in this keyring", code="keyring.index")
@@ -1026,6 +1123,7 @@ class Keyring:
     def blind_index_all_many(self, index_name: str,
                              normalised_values: Sequence[str]) -> list[tuple[bytes, ...]]:
         """:meth:`blind_index_all` of each value, in order (the primary key's value first)."""
+        self._fresh()
         entry = self._prf.get(index_name)
         if entry is None:
             raise KeyringError(f"no blind index named {index_name!r} in this keyring", code="keyring.index")
@@ -1047,6 +1145,7 @@ class Keyring:
         return len(entry)
 
     def index_bits(self, index_name: str) -> int:
+        self._fresh()
         entry = self._prf.get(index_name)
         if entry is None:
             raise KeyringError(f"no blind index named {index_name!r} in this keyring", code="keyring.index")
@@ -1082,6 +1181,23 @@ class Keyring:
     def describe(self) -> dict[str, object]:
         """Non-secret header of the keyring (for ``pivault status``)."""
         return json.loads(json.dumps(self._header))  # type: ignore[no-any-return]
+
+
+def _stat_of(target: Path) -> tuple[int, int, int] | None:
+    """What tells a rewritten keyring file from the one loaded (a rewrite is a new inode)."""
+    try:
+        st = os.stat(target)
+    except OSError:
+        return None
+    return (st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def _primaries_on_disk(keysets: Mapping[str, Any]) -> dict[str, int] | None:
+    """Primary key id per keyset from the file's cleartext ``keysetInfo`` (None if unreadable)."""
+    try:
+        return {name: int(ks["keysetInfo"]["primaryKeyId"]) for name, ks in keysets.items()}
+    except (KeyError, TypeError, ValueError):
+        return None
 
 
 def _read_document(target: Path) -> Any:
