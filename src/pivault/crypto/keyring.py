@@ -823,8 +823,9 @@ class Keyring:
         An older copy put back over the file (from a backup, by hand) lacks
         the keys added since; following it would drop them from this process
         too, perhaps their last copy, and write new values under keys the
-        newer file may have retired. Reads go on with the keys held; writes
-        and key changes stop until an operator sorts out which file is right.
+        newer file may have retired. Decryption goes on with the keys held;
+        encryption, index values (so lookups too) and key changes stop until
+        an operator sorts out which file is right.
         """
         if int(header.get("generation", 0)) < self.generation:
             raise KeyringError(
