@@ -755,20 +755,7 @@ class Keyring:
         Returns True if the key state changed. Cheap when nothing changed
         (one file read); long-running services call it every few seconds.
         """
-        sig = _stat_of(self.path)
-        document = _read_document(self.path)
-        header, verifier, keysets, _ = _parse_document(document)
-        if header == self._header:
-            self._file_sig = sig
-            return False
-        if header["vault_id"] != self.vault_id:
-            raise KeyringError("the keyring file now belongs to another vault", code="keyring.corrupt")
-        self._refuse_rollback(header)
-        a, p = _decrypt_keysets(header, verifier, keysets, self._provider)
-        self._recovery_mac_key = None
-        self._install(header, a, p)
-        self._file_sig = sig
-        return True
+        return self._follow(_stat_of(self.path), root_change_ok=False)
 
     def _fresh(self, *, force: bool = False) -> bool:
         """Follow a key change another process wrote, before this one makes a ciphertext.
@@ -792,6 +779,15 @@ class Keyring:
         sig = _stat_of(self.path)
         if sig is None or sig == self._file_sig:
             return False  # unchanged, or no file to follow (nothing can be retired through it)
+        return self._follow(sig, root_change_ok=True)
+
+    def _follow(self, sig: tuple[int, int, int] | None, *, root_change_ok: bool) -> bool:
+        """Install the file's keys if they changed (its stat ``sig`` taken before the read).
+
+        ``root_change_ok``: a file that no longer opens with this process's root key is
+        followed no further, as long as its primary keys are the ones held (see :meth:`_fresh`);
+        else the error stands. Returns True if keys changed.
+        """
         document = _read_document(self.path)
         header, verifier, keysets, _ = _parse_document(document)
         if header == self._header:
@@ -803,6 +799,8 @@ class Keyring:
         try:
             a, p = _decrypt_keysets(header, verifier, keysets, self._provider)
         except KeyringError:
+            if not root_change_ok:
+                raise
             if _primaries_on_disk(keysets) != self._primaries():
                 raise KeyringError(
                     "the keyring was changed by another process under a root key this one does not"
