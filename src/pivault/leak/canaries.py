@@ -104,7 +104,7 @@ class Blender:
     # -- one piece at a time ----------------------------------------------------------
     def _region(self) -> str:
         """The county of a row from the prefecture of another: counties come as often as
-        the export's rows come from them (never a placeholder code no one lives under)."""
+        the export's rows come from them (never a code under which no one lives)."""
         model = (self._pick()["id_number"] or "")[:4]
         return (self._pick(self._by_pref.get(model))["id_number"] or "")[:6]
 

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import csv
 import datetime as _dt
+import hashlib
 import json
 import math
 import os
@@ -42,6 +43,7 @@ from typing import TYPE_CHECKING, Any
 
 from pivault.errors import NotFoundError, PivaultError, ValidationError
 from pivault.leak.canaries import Blender
+from pivault.leak.columns import fast_mobile, fast_name
 from pivault.model import is_record_id
 from pivault.model import resident_id as _rid
 from pivault.policy.context import AccessContext
@@ -730,16 +732,12 @@ def _canary_keys(c: dict[str, str]) -> dict[str, str]:
 
 def row_key(a: str, b: str) -> int:
     """A 64-bit digest of two exact values of one row (normalised as the leak check reads them)."""
-    import hashlib
-
     data = f"{a}\x1f{b}".encode()
     return int.from_bytes(hashlib.blake2b(data, digest_size=8, person=b"pivault-rowkey").digest(), "big")
 
 
 def _row_keys(r: dict[str, str | None], fields: Sequence[str]) -> list[int]:
     """The row's key per pair of :data:`ROW_KEYS` the export carries (0 where a value is empty)."""
-    from pivault.leak.columns import fast_mobile, fast_name
-
     name, mobile = (r.get("name") or "").strip(), (r.get("mobile") or "").strip()
     values = {"name": fast_name(name) if name else None, "mobile": fast_mobile(mobile) if mobile else None,
               "address": (r.get("address") or "").strip() or None}
@@ -873,8 +871,6 @@ class ExportRegistry:
 
 def rid_digest(record_id: str) -> int:
     """A 64-bit digest of a record id: sets of these stand for sets of ids in memory."""
-    import hashlib
-
     return int.from_bytes(hashlib.blake2b(record_id.encode("ascii"), digest_size=8).digest(), "big")
 
 
