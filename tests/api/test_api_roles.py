@@ -220,6 +220,7 @@ def test_dpo_rights_copy_correct_erase(live: Live) -> None:
             assert rec[f] == (resident[f] or None), f
         assert "PIPL" in copy["legal_basis"] and copy["request_id"].startswith("q_")
         assert r.headers["cache-control"] == "no-store"
+        copied = r.headers["x-request-id"]
         r = c.patch(f"/v1/residents/{rid}", json={"notes": None})
         assert r.status_code == 200
         assert c.delete(f"/v1/residents/{rid}").status_code == 204
@@ -231,6 +232,28 @@ def test_dpo_rights_copy_correct_erase(live: Live) -> None:
     with live.client(role="dpo", purpose="audit") as c:
         r = c.post(f"/v1/rights/{live.record_ids[6]}/copy")
         assert assert_clean_problem(r, live, 403)["code"] == "policy.purpose"
+    # an auditor finds the full copy that left the vault under its own operation, not among reads
+    found = _audited(live, copied)
+    assert [(e.operation, e.outcome, e.record_ids, e.count, e.purpose) for e in found] == [
+        ("rights.copy", "ok", (rid,), 1, "data_subject_request")]
+    assert found[0].detail == {"reveal": True}
+    # the refused copy is recorded as a refused export, with no record handed out
+    assert [(e.operation, e.outcome, e.count) for e in _audited(live, r.headers["x-request-id"])] == [
+        ("export", "denied", 0)]
+
+
+def _audited(live: Live, request_id: str) -> list[Any]:
+    """The entries of one request; durable before the response, chained a moment later."""
+    from pivault.audit import entries
+    from pivault.store.db import Database
+
+    deadline = time.monotonic() + 10
+    with Database(live.store_url) as db:
+        while True:
+            found = list(entries(db, request_id=request_id))
+            if found or time.monotonic() > deadline:
+                return found
+            time.sleep(0.1)
 
 
 def test_limits_media_types_and_no_echo(live: Live) -> None:

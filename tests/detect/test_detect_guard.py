@@ -90,6 +90,27 @@ def test_canary_read_suspends_at_once(db: Database, keyring: Keyring, tmp_path: 
     assert token is not None and token.state() == "suspended"
 
 
+def test_a_subject_copy_is_a_read_for_budgets_and_canaries(db: Database, keyring: Keyring,
+                                                           tmp_path: Path) -> None:
+    """A rights copy hands a record out of the vault: charged, and a canary's copy trips it."""
+    door = make_door(db, keyring, tmp_path / "keys", budget=Budget(records_per_minute=2), residents=5)
+    canaries = seed(door.vault, 1, ctx=OPERATOR, registry=door.canaries)
+    who = door.reader()
+    for rid, _ in door.ids[:2]:
+        assert door.vault.subject_copy(rid, ctx=who)["record_id"] == rid
+    with pytest.raises(BudgetExceeded):
+        door.vault.subject_copy(door.ids[2][0], ctx=who)
+    trail = list(entries(db, principal=who.principal))
+    assert [(e.operation, e.outcome) for e in trail] == [
+        ("rights.copy", "ok"), ("rights.copy", "ok"), ("rights.copy", "refused")]
+    other = door.reader(2)
+    door.vault.subject_copy(canaries[0], ctx=other)
+    assert {a["rule"] for a in list_alerts(db, severity="critical")} == {"canary.read", "token.suspended"}
+    token = door.tokens.get(other.token_id or "")
+    assert token is not None and token.state() == "suspended"
+    assert verify(db, door.verifier, keyring=keyring).ok
+
+
 def test_duplicate_refusals_are_audited_and_budgeted(db: Database, keyring: Keyring, tmp_path: Path) -> None:
     """"This ID number is already in the vault" answers a lookup: recorded and charged like one."""
     door = make_door(db, keyring, tmp_path / "keys", budget=Budget(records_per_minute=3), residents=10)

@@ -569,7 +569,7 @@ def create_app(vault: VaultLike, policy: Policy | PolicyHolder, *, tokens: Token
         if missing:
             raise Problem(403, "policy.reveal", "a rights copy shows every field in full; for this purpose "
                           f"role {role.name!r} may not reveal: {', '.join(missing)}")
-        record = await call(vault.get, record_id, ctx=caller.ctx(reveal=True))
+        record = await call(vault.subject_copy, record_id, ctx=caller.ctx(reveal=True))
         return json_response({"record": view(caller, record), "generated_at": time.time(),
                               "legal_basis": LEGAL_BASIS, "request_id": caller.request_id})
 

@@ -48,7 +48,7 @@ __all__ = ["READ_OPERATIONS", "DetectGuard"]
 log = logging.getLogger("pivault.detect")
 
 #: Vault operations that hand records to the caller, and so spend budget
-READ_OPERATIONS = frozenset({"get", "find", "export", "read", "lookup"})
+READ_OPERATIONS = frozenset({"get", "find", "export", "read", "lookup", "rights.copy"})
 
 #: writes whose refusal as a duplicate answers "is this ID number in the vault?", and so are
 #: charged to the read budgets as a lookup that found one record would be

@@ -48,7 +48,7 @@ __all__ = ["NOTIFY_ROLES", "READ_OPERATIONS", "CheckResult", "Checker", "affecte
 #: roles that may see which residents a case affects (to notify them)
 NOTIFY_ROLES: frozenset[str] = frozenset({"dpo", "notifier"})
 #: audit operations that serve records to a principal through the door
-READ_OPERATIONS: frozenset[str] = frozenset({"get", "read", "find", "lookup"})
+READ_OPERATIONS: frozenset[str] = frozenset({"get", "read", "find", "lookup", "rights.copy"})
 _SAMPLE = 500
 _CASE_CHUNK = 10000
 #: dumps from this size are matched in worker processes (below, forking costs more than it saves)

@@ -19,7 +19,7 @@ from pivault.errors import PivaultError
 from pivault.policy.context import AccessContext
 from pivault.policy.policy import AccessDenied, Policy, apply_mask
 
-__all__ = ["VAULT_OPERATIONS", "PolicyGuard"]
+__all__ = ["VAULT_OPERATIONS", "VAULT_OPERATIONS_ALL", "PolicyGuard"]
 
 #: the Vault's operation names -> the policy's operations that permit them
 VAULT_OPERATIONS: dict[str, tuple[str, ...]] = {
@@ -32,6 +32,12 @@ VAULT_OPERATIONS: dict[str, tuple[str, ...]] = {
     "export": ("export",),
     "rejects.show": ("audit",),
     "stats": ("audit", "admin"),
+}
+
+#: Vault operations that need every one of several policy operations
+VAULT_OPERATIONS_ALL: dict[str, tuple[str, ...]] = {
+    # a data subject's copy reads the record and hands it out of the vault
+    "rights.copy": ("read", "export"),
 }
 
 
@@ -62,6 +68,14 @@ class PolicyGuard:
         return self._policy()
 
     def authorise(self, ctx: AccessContext, operation: str, fields: Sequence[str]) -> None:
+        every = VAULT_OPERATIONS_ALL.get(operation)
+        if every is not None:
+            policy = self._policy()
+            for op in every:
+                decision = policy.authorise(ctx, op, None)
+                if not decision.allowed:
+                    raise self.denied(decision.reason, code=decision.code)
+            return
         ops = VAULT_OPERATIONS.get(operation)
         if ops is None:
             raise self.denied(f"operation {operation!r} is not governed by the policy",

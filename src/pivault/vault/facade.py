@@ -391,14 +391,28 @@ class Vault:
 
     def get(self, record_id: str, *, ctx: AccessContext) -> dict[str, str | None]:
         """One record, masked unless the context reveals (and the guard lets it)."""
-        self._check_record_id(ctx, "get", record_id)
-        self._authorise(ctx, "get", PI_FIELDS, [record_id])
-        self._budget(ctx, "get", 1, [record_id])
+        return self._get(record_id, ctx, "get")
+
+    def subject_copy(self, record_id: str, *, ctx: AccessContext) -> dict[str, str | None]:
+        """A data subject's copy of their own record, for a rights request (PIPL art. 45, GDPR art. 15).
+
+        Read like :meth:`get`, but authorised and audited as ``rights.copy``:
+        a full copy handed out of the vault is an export, and an auditor
+        asking who took records out must find it under its own name rather
+        than among ordinary reads. The caller's context states ``reveal``
+        when the copy is to hold full values.
+        """
+        return self._get(record_id, ctx, "rights.copy")
+
+    def _get(self, record_id: str, ctx: AccessContext, operation: str) -> dict[str, str | None]:
+        self._check_record_id(ctx, operation, record_id)
+        self._authorise(ctx, operation, PI_FIELDS, [record_id])
+        self._budget(ctx, operation, 1, [record_id])
         stored = self.store.get(record_id)
         if stored is None:
-            self.guard.audit(ctx, "get", [record_id], "not_found")
+            self.guard.audit(ctx, operation, [record_id], "not_found")
             raise NotFoundError("no record with this id", code="record.not_found")
-        self.guard.audit(ctx, "get", [record_id], "ok")
+        self.guard.audit(ctx, operation, [record_id], "ok")
         resident = open_record(self.keyring, stored)
         self._observe(ctx, [resident])
         return self._present(ctx, resident)

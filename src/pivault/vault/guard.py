@@ -26,7 +26,7 @@ __all__ = [
 
 #: operations the Vault reports to its guard
 OPERATIONS: tuple[str, ...] = (
-    "put", "get", "find", "update", "erase", "import", "rejects.show", "stats",
+    "put", "get", "find", "update", "erase", "import", "rejects.show", "stats", "rights.copy",
 )
 
 Outcome = str  # "ok", "denied", "not_found", "invalid", "duplicate", "error"
