@@ -120,6 +120,19 @@ def test_today_bounds_the_birth_date() -> None:
     assert code_of(number, today=born - dt.timedelta(days=1)) == "id.date"
 
 
+
+def test_without_a_date_the_clock_says_what_today_is(monkeypatch: pytest.MonkeyPatch) -> None:
+    today = dt.date.today()
+    born_today = resident_id.make("110105", today, 1)
+    born_tomorrow = resident_id.make("110105", today + dt.timedelta(days=1), 1)
+    assert resident_id.normalise(born_today) == born_today
+    with pytest.raises(ValidationError) as info:
+        resident_id.normalise(born_tomorrow)
+    assert info.value.code == "id.date"
+    # the day is kept until the clock leaves it: a process running past midnight asks again
+    monkeypatch.setattr(resident_id, "_today_cache", (today - dt.timedelta(days=1), 0.0, 1.0))
+    assert resident_id.normalise(born_today) == born_today
+
 @settings(max_examples=150, deadline=None)
 @given(st.one_of(st.from_regex(r"[0-9Xx \-]{8,25}", fullmatch=True), valid_ids(), st.text(max_size=30)))
 def test_any_input_is_accepted_or_rejected_with_a_code_and_never_echoed(value: str) -> None:

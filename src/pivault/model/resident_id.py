@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import re
+import time
 import unicodedata
 from typing import NamedTuple
 
@@ -54,6 +55,23 @@ def upgrade15(number15: str) -> str:
     return first17 + check_char(first17)
 
 
+#: today's local date and the span of clock time it covers [start, end)
+_today_cache: tuple[_dt.date, float, float] = (_dt.date.min, 0.0, 0.0)
+
+
+def _today() -> _dt.date:
+    """``date.today()``, asked of the clock once a day: every number validated compares with it."""
+    global _today_cache
+    day, start, end = _today_cache
+    if start <= time.time() < end:  # a clock set back or forward past midnight asks again
+        return day
+    day = _dt.date.today()
+    start = _dt.datetime.combine(day, _dt.time()).timestamp()
+    end = _dt.datetime.combine(day + _dt.timedelta(days=1), _dt.time()).timestamp()
+    _today_cache = (day, start, end)
+    return day
+
+
 def _date(number: str, today: _dt.date | None) -> _dt.date:
     try:
         born = _dt.date(int(number[6:10]), int(number[10:12]), int(number[12:14]))
@@ -61,7 +79,7 @@ def _date(number: str, today: _dt.date | None) -> _dt.date:
         raise _err("id.date", "the birth date in the resident ID number is not a real date") from None
     if born < EARLIEST_BIRTH:
         raise _err("id.date", "the birth date in the resident ID number is before 1900")
-    if born > (today or _dt.date.today()):
+    if born > (today or _today()):
         raise _err("id.date", "the birth date in the resident ID number is in the future")
     return born
 
@@ -74,9 +92,13 @@ def normalise(value: str, *, today: _dt.date | None = None) -> str:
     ``id.empty``, ``id.length``, ``id.format``, ``id.region``, ``id.date``,
     ``id.checksum``.
     """
-    if value is None or not str(value).strip():
+    if (value.__class__ is str and len(value) == 18 and value.isascii()
+            and _RE18.fullmatch(v := value.upper())):
+        pass  # already 17 digits and a digit or X: nothing for clean() to fold (every import row, lookup)
+    elif value is None or not str(value).strip():
         raise _err("id.empty", "the resident ID number is empty")
-    v = clean(str(value))
+    else:
+        v = clean(str(value))
     if len(v) == 15:
         if not _RE15.fullmatch(v):
             raise _err("id.format", "a legacy resident ID number has 15 digits")
