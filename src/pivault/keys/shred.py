@@ -154,6 +154,34 @@ class RecordKeyStore:
                                " VALUES (?, ?, ?, ?)", rows)
         return len(rows)
 
+    def put_back_versions(self, items: Iterable[tuple[str, bytes]]) -> int:
+        """Add keys of earlier versions of records that still hold a key here; returns keys added.
+
+        A restore brings back a record as it was before a correction, and
+        the correction dropped that version's key. Erasure is known here
+        only as a record with no key at all, so the test for "still holds a
+        key" sits in the very statement that inserts, in one transaction
+        with the rest: a key of an erased record is never put back, even
+        when a key backup still has it.
+        """
+        now = time.time()
+        rows: list[tuple[str, bytes, bytes, float, str, str, bytes]] = []
+        for rid, stored in items:
+            if len(stored) != RECORD_KEY_BYTES:
+                raise ValueError("a stored record key has the wrong length")
+            ref = stored[:KEY_REF_BYTES]
+            rows.append((rid, ref, stored[KEY_REF_BYTES:], now, rid, rid, ref))
+        n = 0
+        db = self.db
+        with db.transaction():
+            for row in rows:
+                n += db.execute(
+                    "INSERT INTO record_keys (record_id, key_ref, wrapped, created_at) SELECT ?, ?, ?, ?"
+                    " WHERE EXISTS (SELECT 1 FROM record_keys WHERE record_id = ?)"
+                    " AND NOT EXISTS (SELECT 1 FROM record_keys WHERE record_id = ? AND key_ref = ?)",
+                    row).rowcount
+        return n
+
     def rewrap(self, record_id: str, old: bytes, new: bytes) -> bool:
         """Replace a wrapping if it is still ``old`` (compare-and-swap); False if it changed."""
         if old[:KEY_REF_BYTES] != new[:KEY_REF_BYTES]:
