@@ -7,6 +7,16 @@ note counts). ``quarantine=True`` first moves a damaged store aside (SQLite:
 the files are renamed; PostgreSQL: its tables move to a schema of their
 own), keeping it as evidence, and restores into the emptied place.
 
+Given the record-key store, the restore leaves no record that silently
+cannot be opened. A row whose record has no key at all was erased since
+the backup, and is deleted again (crypto-shredding is never undone by a
+restore). A row whose record still has a key, but not the one its
+ciphertext names, was corrected since: the correction dropped the key of
+the version the backup holds. That key is put back from the record-key
+backup given with the data backup, and only for records that still hold a
+key; where no copy of it exists the restore is refused, touching nothing,
+unless ``keep_unreadable`` asks to keep such rows and list them.
+
 After the rows are back the schema is brought forward (``migrate``), so a
 backup made by an older pivault restores into a newer one. An audit trail
 salvaged from the quarantined store can be appended when it continues the
@@ -17,18 +27,22 @@ the record, and ``audit verify`` checks it with the rest.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import os
 import sqlite3
 import struct
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from pivault.backup.manifest import Container
 from pivault.backup.signing import BackupError, VerifyKey
+from pivault.crypto.recordkeys import KEY_REF_BYTES, RECORD_KEY_BYTES, key_ref_of
+from pivault.errors import ConfigError
 from pivault.keys.events import KeyEvents, noop
 from pivault.keys.shred import RecordKeyStore
 from pivault.store.db import Database, parse_url
@@ -45,6 +59,10 @@ __all__ = [
 
 #: tables that a freshly initialised, still empty vault already has rows in
 _BOOKKEEPING = {"schema_migrations", "vault_meta"}
+#: rows of a store being restored, read before they are committed: (sql with ``?``, params) -> rows
+Query = Callable[[str, Sequence[Any]], list[tuple[Any, ...]]]
+#: the record ids an error names at most: enough to look one up, short enough for one line
+_IDS_IN_ERROR = 3
 
 
 @dataclass
@@ -57,12 +75,36 @@ class RestoreReport:
     migrated: list[str] = field(default_factory=list)
     #: records deleted after the restore because their record key is gone (erased since)
     erased_since_backup: int | None = None
+    #: records corrected since the backup, back at their backed-up version, whose key was put back
+    #: from the record-key backup (None: no record-key store was given, nothing was checked)
+    corrected_since_backup: int | None = None
+    #: their record ids: the corrections made since the backup are undone and must be made again
+    corrected_record_ids: list[str] = field(default_factory=list)
+    #: records corrected since the backup whose backed-up version has no key anywhere, kept only
+    #: because ``keep_unreadable`` was given: they cannot be opened
+    unreadable_record_ids: list[str] = field(default_factory=list)
     seconds: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return {"backup_id": self.backup_id, "vault_id": self.vault_id, "backend": self.backend,
                 "counts": self.counts, "quarantined": self.quarantined, "migrated": self.migrated,
-                "erased_since_backup": self.erased_since_backup, "seconds": round(self.seconds, 3)}
+                "erased_since_backup": self.erased_since_backup,
+                "corrected_since_backup": self.corrected_since_backup,
+                "corrected_record_ids": self.corrected_record_ids,
+                "unreadable": len(self.unreadable_record_ids),
+                "unreadable_record_ids": self.unreadable_record_ids, "seconds": round(self.seconds, 3)}
+
+    def audit_detail(self) -> dict[str, Any]:
+        """The record-key facts for the ``backup.restore`` audit entry.
+
+        Counts, and the ids only of records left unreadable: those are few,
+        and each is a resident whose data must be collected again, which the
+        trail must keep. Corrected records can run to many; the report lists them.
+        """
+        return {"erased_since_backup": self.erased_since_backup,
+                "corrected_since_backup": self.corrected_since_backup,
+                "unreadable": len(self.unreadable_record_ids),
+                "unreadable_records": list(self.unreadable_record_ids)}
 
 
 def verify_backup(path: str | os.PathLike[str], key: VerifyKey, *, vault_id: str | None = None,
@@ -188,7 +230,8 @@ def _sqlite_files(target: str) -> list[Path]:
     return [Path(target + s) for s in ("", "-wal", "-shm", "-journal")]
 
 
-def _restore_sqlite(c: Container, url: str, quarantine: bool) -> str | None:
+def _restore_sqlite(c: Container, url: str, quarantine: bool,
+                    settle: Callable[[Query], None] | None = None) -> str | None:
     target = parse_url(url).target
     tpath = Path(target)
     tpath.parent.mkdir(parents=True, exist_ok=True)
@@ -197,6 +240,7 @@ def _restore_sqlite(c: Container, url: str, quarantine: bool) -> str | None:
     try:
         _check_sqlite_copy(tmp, c.manifest)
         quarantined: str | None = None
+        why: str | None = None
         if tpath.exists() and tpath.stat().st_size > 0:
             with Database(url) as existing:
                 _refuse_foreign(existing)
@@ -206,13 +250,20 @@ def _restore_sqlite(c: Container, url: str, quarantine: bool) -> str | None:
                 raise BackupError(f"the target store is not empty: {why}", code="backup.not_empty",
                                   hint="restore into an empty vault, or pass --quarantine to move the "
                                        "damaged store aside first")
-            if why is not None:
-                stamp = time.strftime("%Y%m%dT%H%M%S")
-                qpath = tpath.with_name(f"{tpath.name}.quarantine-{stamp}")
-                for f in _sqlite_files(target):
-                    if f.exists():
-                        os.replace(f, Path(str(qpath) + f.name[len(tpath.name):]))
-                quarantined = str(qpath)
+        if settle is not None:
+            # read-only: the copy must stay byte for byte what was checked
+            copy = sqlite3.connect(f"file:{tmp}?mode=ro", uri=True)
+            try:
+                settle(lambda sql, params: copy.execute(sql, params).fetchall())
+            finally:
+                copy.close()
+        if why is not None:
+            stamp = time.strftime("%Y%m%dT%H%M%S")
+            qpath = tpath.with_name(f"{tpath.name}.quarantine-{stamp}")
+            for f in _sqlite_files(target):
+                if f.exists():
+                    os.replace(f, Path(str(qpath) + f.name[len(tpath.name):]))
+            quarantined = str(qpath)
         for f in _sqlite_files(target):
             f.unlink(missing_ok=True)
         os.replace(tmp, tpath)
@@ -228,7 +279,8 @@ def _restore_sqlite(c: Container, url: str, quarantine: bool) -> str | None:
 
 # -- PostgreSQL ----------------------------------------------------------------------------
 
-def _restore_postgresql(c: Container, db: Database, quarantine: bool) -> str | None:
+def _restore_postgresql(c: Container, db: Database, quarantine: bool,
+                        settle: Callable[[Query], None] | None = None) -> str | None:
     from pivault.backup.backup import pg_tables
 
     quarantined: str | None = None
@@ -269,6 +321,8 @@ def _restore_postgresql(c: Container, db: Database, quarantine: bool) -> str | N
             row = db.query_one(f'SELECT COUNT(*) FROM "{t}"')
             if row is None or int(row[0]) != int(n):
                 raise BackupError(f"table {t} restored with a different row count", code="backup.corrupt")
+        if settle is not None:
+            settle(db.query)  # inside the transaction: a refusal rolls back the quarantine too
     return quarantined
 
 
@@ -276,6 +330,8 @@ def restore(path: str | os.PathLike[str], store_url: str, key: VerifyKey, *,
             vault_id: str | None = None, quarantine: bool = False,
             keyring_path: str | os.PathLike[str] | None = None,
             record_keys: RecordKeyStore | None = None,
+            record_keys_backup: str | os.PathLike[str] | None = None,
+            keep_erased: bool = False, keep_unreadable: bool = False,
             events: Callable[[Database], KeyEvents] | None = None) -> RestoreReport:
     """Restore a data backup into the (empty) store at ``store_url``; see the module doc.
 
@@ -283,17 +339,33 @@ def restore(path: str | os.PathLike[str], store_url: str, key: VerifyKey, *,
     vault is refused. ``keyring_path``: if no keyring file is there, the
     backup's keyring envelope is written there (it still needs the
     passphrase or the custodians to open). ``record_keys``: the vault's
-    record-key store; records whose key is gone there (erased after the
-    backup was taken) are then deleted from the restored store
-    (:func:`pivault.keys.shred.purge_erased`). ``events``: given the restored
-    store, returns where to record the restore (the audit trail).
+    record-key store. With it, the keys of records corrected since the
+    backup are put back from ``record_keys_backup`` (a ``pivault keys
+    backup`` taken with the data backup), or the restore is refused
+    (``restore.keys_missing``) unless ``keep_unreadable``; then records
+    whose key is gone there (erased after the backup was taken) are deleted
+    from the restored store (:func:`pivault.keys.shred.purge_erased`) unless
+    ``keep_erased``. Without it the record keys are not looked at.
+    ``events``: given the restored store, returns where to record the
+    restore (the audit trail).
     """
     t0 = time.monotonic()
-    with Container.open(path) as c:
+    if record_keys_backup is not None and record_keys is None:
+        raise ConfigError("a record-key backup is put back into a record-key store: give both",
+                          code="restore.record_keys")
+    with Container.open(path) as c, contextlib.ExitStack() as stack:
         if c.kind != "data":
             raise BackupError("this is a record-key backup; restore it with `pivault keys restore`",
                               code="backup.kind")
         c.verify(key, vault_id=vault_id)
+        rk: Container | None = None
+        if record_keys_backup is not None:
+            rk = stack.enter_context(Container.open(record_keys_backup))
+            if rk.kind != "record-keys":
+                raise BackupError(f"{Path(record_keys_backup).name} is not a record-key backup",
+                                  code="backup.kind",
+                                  hint="--record-keys takes a file written by `pivault keys backup`")
+            rk.verify(key, vault_id=c.vault_id)
         if keyring_path is not None:
             kp = Path(keyring_path)
             if not kp.exists():
@@ -301,6 +373,14 @@ def restore(path: str | os.PathLike[str], store_url: str, key: VerifyKey, *,
 
                 kp.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
                 write_private(kp, c.read("keyring.json"), overwrite=False)
+        settled: list[_VersionKeys] = []
+        settle: Callable[[Query], None] | None = None
+        if record_keys is not None:
+            keys = record_keys
+
+            def settle(query: Query) -> None:
+                settled.append(_settle_version_keys(query, keys, rk, keep_unreadable))
+
         backend = str(c.manifest["backend"])
         db = Database(store_url)
         try:
@@ -309,15 +389,19 @@ def restore(path: str | os.PathLike[str], store_url: str, key: VerifyKey, *,
                                   code="backup.backend")
             if backend == "sqlite":
                 db.close()
-                quarantined = _restore_sqlite(c, store_url, quarantine)
+                quarantined = _restore_sqlite(c, store_url, quarantine, settle)
                 db = Database(store_url)
             else:
-                quarantined = _restore_postgresql(c, db, quarantine)
+                quarantined = _restore_postgresql(c, db, quarantine, settle)
             migrated = migrate(db)
             counts = {t: int(n) for t, n in c.manifest["counts"].items()}
             report = RestoreReport(c.manifest["backup_id"], c.vault_id, backend, counts, quarantined,
                                    migrated)
-            if record_keys is not None:
+            if settled:
+                report.corrected_since_backup = len(settled[0].corrected)
+                report.corrected_record_ids = settled[0].corrected
+                report.unreadable_record_ids = settled[0].unreadable
+            if record_keys is not None and not keep_erased:
                 from pivault.keys.shred import purge_erased
 
                 report.erased_since_backup = purge_erased(db, record_keys)
@@ -325,12 +409,84 @@ def restore(path: str | os.PathLike[str], store_url: str, key: VerifyKey, *,
                 sink = events(db)
                 sink("backup.restore", "ok", {"backup_id": report.backup_id, "file": Path(path).name,
                                               "records": counts.get("records", 0),
-                                              "quarantined": quarantined,
-                                              "erased_since_backup": report.erased_since_backup})
+                                              "quarantined": quarantined, **report.audit_detail()})
         finally:
             db.close()
     report.seconds = time.monotonic() - t0
     return report
+
+
+# -- record keys of the restored rows ----------------------------------------------------------
+
+@dataclass
+class _VersionKeys:
+    #: records corrected since the backup whose backed-up version's key was put back
+    corrected: list[str] = field(default_factory=list)
+    #: records corrected since the backup whose backed-up version has no key anywhere
+    unreadable: list[str] = field(default_factory=list)
+
+
+def _corrected_since(query: Query, keys: RecordKeyStore, *, batch_size: int = 1000) -> dict[str, bytes]:
+    """Rows whose version has no key while their record keeps one: record id -> the key ref wanted.
+
+    An update drops the key of the version it replaces, an erase every key
+    of the record. So a row whose key is missing is a record corrected since
+    the backup when the record still has a key, and one erased since when it
+    has none (:func:`pivault.keys.shred.purge_erased` deletes those).
+    """
+    out: dict[str, bytes] = {}
+    last = ""
+    while True:
+        rows = query("SELECT record_id, name FROM records WHERE record_id > ? ORDER BY record_id LIMIT ?",
+                     (last, batch_size))
+        if not rows:
+            return out
+        last = str(rows[-1][0])
+        named: dict[str, bytes] = {}
+        for rid, name in rows:
+            ref = key_ref_of(bytes(name)) if name is not None else None
+            if ref is not None:
+                named[str(rid)] = ref
+        have = keys.get_many(list(named.items()))
+        lacking = [rid for rid, ref in named.items() if (rid, ref) not in have]
+        if lacking:
+            kept = keys.any_key_many(lacking)
+            out.update((rid, named[rid]) for rid in lacking if rid in kept)
+
+
+def _settle_version_keys(query: Query, keys: RecordKeyStore, backup: Container | None,
+                         keep_unreadable: bool) -> _VersionKeys:
+    """Put back the keys of versions corrected since the backup, before the restored rows commit.
+
+    Keys go first, as for any write of a record (docs/keys.md): a restore
+    that fails after this leaves spare keys of versions no row names, which
+    ``pivault keys gc`` removes; never a row without its key. Refuses,
+    having put back nothing, when some version has no key anywhere and
+    ``keep_unreadable`` is not given.
+    """
+    wanted = _corrected_since(query, keys)
+    found: dict[str, bytes] = {}
+    if wanted and backup is not None:
+        for rid, stored in _read_record_keys(backup):
+            if wanted.get(rid) == stored[:KEY_REF_BYTES]:
+                found[rid] = stored
+    unreadable = sorted(set(wanted) - set(found))
+    if unreadable and not keep_unreadable:
+        where = ("neither in the record-key store nor in the record-key backup given" if backup is not None
+                 else "in the record-key store")
+        shown = ", ".join(unreadable[:_IDS_IN_ERROR]) + (", …" if len(unreadable) > _IDS_IN_ERROR else "")
+        raise BackupError(
+            f"{len(unreadable)} records corrected since the backup have no key for their backed-up "
+            f"version {where} ({shown}); nothing was restored", code="restore.keys_missing",
+            hint="give the record-key backup taken with this data backup (--record-keys FILE); if no "
+                 "copy holds those keys, --keep-unreadable restores the rest and lists these records")
+    added = keys.put_back_versions(sorted(found.items()))
+    corrected = sorted(found)
+    if added != len(found):
+        # a record that lost its last key meanwhile was erased: its key stays gone, its row is purged
+        have = keys.get_many([(rid, stored[:KEY_REF_BYTES]) for rid, stored in found.items()])
+        corrected = [rid for rid in corrected if (rid, found[rid][:KEY_REF_BYTES]) in have]
+    return _VersionKeys(corrected, unreadable)
 
 
 # -- the audit trail of a damaged store -------------------------------------------------------
@@ -398,20 +554,38 @@ def _columns(db: Database, table: str, schema: str | None) -> list[str]:
 # -- record keys --------------------------------------------------------------------------------
 
 _RK_ROW = struct.Struct(">H")
+_RK_MEMBER = "data/record_keys.bin"
 
 
-def _read_record_keys(c: Container) -> Iterable[tuple[str, bytes]]:
-    f = c.open_member("data/record_keys.bin")
+def _read_record_keys(c: Container) -> Iterator[tuple[str, bytes]]:
+    """The keys of a verified record-key backup, checked once more against its digest as read.
+
+    The keys read are used at once (put into a store): a file changed on
+    the shelf after it was verified must not slip its keys in unchecked.
+    """
+    want = {str(f["name"]): f for f in c.manifest["files"]}.get(_RK_MEMBER)
+    f = c.open_member(_RK_MEMBER)
+    h = hashlib.sha256()
+
+    def take(n: int) -> bytes:
+        data = f.read(n)
+        h.update(data)
+        return data
+
     while True:
-        head = f.read(2)
+        head = take(2)
         if not head:
-            return
-        (n,) = _RK_ROW.unpack(head)
-        rid = f.read(n).decode("utf-8")
-        stored = f.read(81)
-        if len(stored) != 81:
+            break
+        if len(head) != 2:
             raise BackupError("the record-key stream is truncated", code="backup.corrupt")
-        yield rid, stored
+        (n,) = _RK_ROW.unpack(head)
+        raw = take(n)
+        stored = take(RECORD_KEY_BYTES)
+        if len(raw) != n or len(stored) != RECORD_KEY_BYTES:
+            raise BackupError("the record-key stream is truncated", code="backup.corrupt")
+        yield raw.decode("utf-8"), stored
+    if want is None or h.hexdigest() != want["sha256"]:
+        raise BackupError("the record-key backup changed after it was verified", code="backup.checksum")
 
 
 def restore_record_keys(path: str | os.PathLike[str], store: RecordKeyStore, key: VerifyKey, *,
