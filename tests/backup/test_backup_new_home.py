@@ -248,23 +248,46 @@ def test_a_store_that_survived_its_home_is_not_rolled_back_unasked(env: dict[str
     _check_restored(env, new, s)
 
 
+def _correct(home: Path, record_id: str, times: int = 1) -> None:
+    """A correction through the library's door (the command line has none)."""
+    from vault_support import PASSPHRASE
+
+    from pivault.policy.context import local_operator
+    from pivault.vault import Vault
+
+    v = Vault.open(home, passphrase=PASSPHRASE)
+    try:
+        for i in range(times):
+            v.update(record_id, {"notes": f"synthetic correction {i}"}, ctx=local_operator("correction"))
+    finally:
+        v.close()
+
+
 def test_surviving_record_keys_are_not_overwritten_by_an_older_backup(env: dict[str, str],
                                                                       tmp_path: Path) -> None:
-    # the data directory is lost, the keyring and its record keys are not: putting the record-key
-    # backup back would bring back the key of a record erased after it was taken
+    # the data directory is lost, the keyring and its record keys are not: the record-key backup
+    # still holds the key of a record erased after it was taken, and must not bring it back; it
+    # only fills in the key of a version a correction since dropped
     home = tmp_path / "home"
     s = _setup(env, tmp_path, home, None)
     victim = s["before"][s["people"][0]["id_number"]]["record_id"]
+    corrected = s["before"][s["people"][1]["id_number"]]["record_id"]
     run(env, "erase", victim, "--yes", "--home", str(home))
+    _correct(home, corrected, times=2)
     shutil.rmtree(home)
     new = tmp_path / "rebuilt"
     base = ["restore", str(s["backup"]), "--home", str(new), "--new-home"]
-    r = run(env, *base, "--record-keys", str(s["record_keys"]), code=1)
-    assert r.stderr.startswith("error[restore.record_keys_present]") and not new.exists()
-    out = _json(run(env, *base, "--json"))
+    r = run(env, *base, code=1)  # the corrected record's backed-up version has no key in the store
+    assert r.stderr.startswith("error[restore.keys_missing]") and corrected in r.stderr
+    assert "--record-keys" in r.stderr and not (new / "pivault.toml").exists()
+    out = _json(run(env, *base, "--record-keys", str(s["record_keys"]), "--json"))
     assert out["erased_since_backup"] == 1  # the erasure holds: the backup's copy of it is removed again
+    assert out["corrected_since_backup"] == 1 and out["corrected_record_ids"] == [corrected]
+    assert out["record_keys_added"] is None and any("survived" in n for n in out["notes"])
     r = run(env, "get", victim, "--home", str(new), code=1)
     assert "record.not_found" in r.stderr
+    s["people"] = s["people"][1:]  # every other resident reads back as it was at the backup
+    _check_restored(env, new, s)
 
 
 def test_new_home_is_never_a_link_nor_a_directory_in_use(env: dict[str, str], tmp_path: Path) -> None:

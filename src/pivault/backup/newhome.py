@@ -17,8 +17,13 @@ stopping at the first refusal:
    backup's envelope staged under a temporary name);
 4. the keyring envelope is written if no keyring is at the target path
    (an existing keyring is never overwritten);
-5. the store is restored (:func:`pivault.backup.restore`), the record keys
-   put back from the record-key backup if given, rows erased since the
+5. the record keys are put back from the record-key backup, if given: all
+   of them when no record-key store survived beside the keyring; else only
+   the keys of versions of records corrected since the backup (a survived
+   store knows which records were erased since, and those stay erased).
+   Then the store is restored (:func:`pivault.backup.restore`, which
+   refuses if a record corrected since has no key for its backed-up
+   version anywhere, unless ``keep_unreadable``), rows erased since the
    backup deleted (when the record-key store holds keys), the restore
    appended to the audit trail (when the audit keys are in place);
 6. ``pivault.toml`` is written last, atomically: a crash before leaves no
@@ -69,6 +74,7 @@ class NewHomeReport:
     restore: RestoreReport
     #: the keyring envelope was written from the backup (no keyring was there)
     keyring_written: bool
+    #: keys put back from the record-key backup into an empty record-key store (None: none was)
     record_keys_added: int | None = None
     salvaged_audit_entries: int = 0
     #: things the operator must bring back by hand before using the vault
@@ -188,7 +194,7 @@ def restore_new_home(
     key: VerifyKey | None = None, store_url: str | None = None,
     keyring_path: str | os.PathLike[str] | None = None,
     record_keys_backup: str | os.PathLike[str] | None = None,
-    keep_erased: bool = False, quarantine: bool = False,
+    keep_erased: bool = False, keep_unreadable: bool = False, quarantine: bool = False,
     provider: Callable[[Mapping[str, object]], Any] | None = None,
 ) -> NewHomeReport:
     """Make the vault home ``home`` anew from a data backup; see the module doc.
@@ -199,6 +205,9 @@ def restore_new_home(
     ``~/.config/pivault/keyrings/<vault-id>.keyring``. ``provider``: the
     root-key provider for a keyring header's description (default
     :func:`pivault.crypto.providers.provider_for`, which asks for the passphrase).
+    ``record_keys_backup``: a ``pivault keys backup``, put back whole only
+    into an empty record-key store; ``keep_erased`` and ``keep_unreadable``
+    as for :func:`pivault.backup.restore`.
     """
     from pivault.crypto.providers import provider_for
 
@@ -240,15 +249,12 @@ def restore_new_home(
                                   hint="pass --public-key with the backup public key kept apart (printed "
                                        "by every `pivault backup`)") from None
         c.verify(key)
+        keys_survived = False
         if record_keys_backup is not None:
             _verified_record_keys(record_keys_backup, key, vault_id)
-            held = _record_keys_held(kpath)
-            if held:
-                raise BackupError(f"the record-key store beside the keyring survived ({held} keys): putting "
-                                  "the record-key backup back would undo every erasure made since it was "
-                                  "taken", code="restore.record_keys_present",
-                                  hint="leave --record-keys out: the keys in place open every record "
-                                       "not erased (`pivault keys restore --only` brings chosen ones back)")
+            # a surviving store knows the erasures made since the key backup: putting the backup back
+            # whole would undo them, so it only fills in versions of records the store still keeps
+            keys_survived = _record_keys_held(kpath) > 0
         backend = str(c.manifest.get("backend"))
         if store_url is None:
             if backend != "sqlite":
@@ -311,22 +317,36 @@ def restore_new_home(
     if not h.exists():
         h.mkdir(mode=0o700, parents=True)
         os.chmod(h, 0o700)  # exactly, whatever the umask (a directory that was there keeps its mode)
-    report = restore(path, store_url, key, vault_id=vault_id, quarantine=quarantine)
+    from pivault.keys.attach import open_record_key_store
+
+    keyring.record_keys = True
+    added: int | None = None
+    with open_record_key_store(keyring) as keys:
+        if record_keys_backup is not None and not keys_survived:
+            # the keys first, as for any write of a record; audited once the trail is back
+            added = restore_record_keys(record_keys_backup, keys, key)
+        # erasures since are purged below, where an empty record-key store is a note, not an error
+        report = restore(path, store_url, key, vault_id=vault_id, quarantine=quarantine, record_keys=keys,
+                         record_keys_backup=record_keys_backup, keep_erased=True,
+                         keep_unreadable=keep_unreadable)
     out = NewHomeReport(VaultConfig(home=h, store_url=store_url, keyring_path=kpath, vault_id=vault_id,
-                                    expected_population=population), report, keyring_written)
-    _after_restore(out, keyring, record_keys_backup, key, keep_erased, Path(path).name)
+                                    expected_population=population), report, keyring_written, added)
+    if keys_survived:
+        out.notes.append("the record-key store beside the keyring survived: the record-key backup put back "
+                         "only keys of records corrected since the data backup, none of a record erased")
+    _after_restore(out, keyring, record_keys_backup, keep_erased, Path(path).name)
     # last: only now is DIR a vault home
     write_private(h / CONFIG_NAME, out.config.to_toml().encode("utf-8"), overwrite=False)
     return out
 
 
 def _after_restore(out: NewHomeReport, keyring: Keyring, record_keys_backup: str | os.PathLike[str] | None,
-                   key: VerifyKey, keep_erased: bool, file_name: str) -> None:
+                   keep_erased: bool, file_name: str) -> None:
     """Salvage, record keys, erasures since the backup, the audit entry; notes for the operator."""
     from pivault.backup.restore import salvage_quarantined
     from pivault.detect.setup import audit_key_dir
     from pivault.keys.attach import open_record_key_store
-    from pivault.keys.events import audit_events, noop
+    from pivault.keys.events import audit_events
     from pivault.keys.shred import purge_erased
     from pivault.policy.context import local_operator
 
@@ -335,11 +355,10 @@ def _after_restore(out: NewHomeReport, keyring: Keyring, record_keys_backup: str
     with Database(cfg.store_url) as db:
         out.salvaged_audit_entries = salvage_quarantined(db, cfg.store_url, report.quarantined)
         sink = audit_events(db, keyring, local_operator("restore"), adir)
-        keyring.record_keys = True
+        if sink is not None and out.record_keys_added is not None and record_keys_backup is not None:
+            sink("keys.restore", "ok", {"file": Path(record_keys_backup).name,
+                                        "keys_added": out.record_keys_added})
         with open_record_key_store(keyring) as keys:
-            if record_keys_backup is not None:
-                out.record_keys_added = restore_record_keys(record_keys_backup, keys, key,
-                                                            events=sink or noop)
             if not keep_erased:
                 try:
                     report.erased_since_backup = purge_erased(db, keys)
@@ -354,7 +373,7 @@ def _after_restore(out: NewHomeReport, keyring: Keyring, record_keys_backup: str
                                           "records": report.counts.get("records", 0),
                                           "quarantined": report.quarantined, "new_home": True,
                                           "salvaged_entries": out.salvaged_audit_entries,
-                                          "erased_since_backup": report.erased_since_backup})
+                                          **report.audit_detail()})
         else:
             out.notes.append(f"no audit keys at {adir}: put back the copy kept apart (audit-signing.key, "
                              "audit-public.json; the auditor keeps audit-verifier.key) before the vault is "
