@@ -290,6 +290,45 @@ def test_surviving_record_keys_are_not_overwritten_by_an_older_backup(env: dict[
     _check_restored(env, new, s)
 
 
+def test_own_restore_puts_back_keys_of_corrected_records_and_counts_them(env: dict[str, str],
+                                                                         tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    s = _setup(env, tmp_path, home, None)
+    ids = [s["before"][p["id_number"]]["record_id"] for p in s["people"]]
+    _correct(home, ids[1])
+    _correct(home, ids[2], times=2)
+    _correct(home, ids[3])
+    run(env, "erase", ids[3], "--yes", "--home", str(home))  # corrected, then erased
+    for f in home.iterdir():  # the data store is lost; pivault.toml and the keyring are not
+        if f.name.startswith("vault.db"):
+            f.unlink()
+    r = run(env, "restore", str(s["backup"]), "--home", str(home), code=1)
+    assert r.stderr.startswith("error[restore.keys_missing]: 2 records corrected since the backup")
+    assert len(r.stderr.splitlines()) == 2 and "hint:" in r.stderr  # one line, and what to do
+    assert not any(v in r.stderr for p in s["people"] for v in p.values() if len(v) > 3)
+    # asked to, it restores without those keys, and names the records that cannot be opened
+    r = run(env, "restore", str(s["backup"]), "--home", str(home), "--keep-unreadable")
+    assert "2 records corrected since the backup cannot be opened" in r.stdout
+    assert ids[1] in r.stdout and ids[2] in r.stdout
+    r = run(env, "get", ids[1], "--home", str(home), code=1)
+    assert r.stderr.startswith("error[crypto.integrity]")
+    assert _json(run(env, "get", ids[0], "--home", str(home), "--json"))[0]["record_id"] == ids[0]
+    for f in home.iterdir():  # and lost again, to be restored with the record-key backup
+        if f.name.startswith("vault.db"):
+            f.unlink()
+    r = run(env, "restore", str(s["backup"]), "--home", str(home), "--record-keys", str(s["record_keys"]))
+    assert "1 records erased since the backup were removed again" in r.stdout
+    assert "2 records corrected since the backup are back at their backed-up values" in r.stdout
+    r = run(env, "get", ids[3], "--home", str(home), code=1)
+    assert "record.not_found" in r.stderr
+    s["people"] = [p for i, p in enumerate(s["people"]) if i != 3]
+    _check_restored(env, home, s)
+    shown = _json(run(env, "audit", "show", "--home", str(home), "--json"))
+    entry = [e for e in shown if e["operation"] == "backup.restore"][-1]
+    assert entry["detail"]["corrected_since_backup"] == 2 and entry["detail"]["erased_since_backup"] == 1
+    assert entry["detail"]["unreadable"] == 0
+
+
 def test_new_home_is_never_a_link_nor_a_directory_in_use(env: dict[str, str], tmp_path: Path) -> None:
     home = tmp_path / "home"
     s = _setup(env, tmp_path, home, None)

@@ -488,6 +488,10 @@ def restore(
     keep_erased: Annotated[bool, typer.Option(
         "--keep-erased", help="Keep rows whose record key is gone (erased after the backup) instead of "
                               "deleting them.")] = False,
+    keep_unreadable: Annotated[bool, typer.Option(
+        "--keep-unreadable", help="Restore even if records corrected since the backup have no key for "
+                                  "their backed-up version anywhere: those rows are kept, cannot be "
+                                  "opened, and are listed.")] = False,
     public_key: Annotated[str | None, typer.Option(
         "--public-key", help="The backup public key (base64 or file); default: beside the keyring.")] = None,
     new_home: Annotated[bool, typer.Option(
@@ -501,8 +505,10 @@ def restore(
                           "~/.config/pivault/keyrings/<vault-id>.keyring); written from the backup if "
                           "no keyring is there.")] = None,
     record_keys: Annotated[Path | None, typer.Option(
-        "--record-keys", help="With --new-home: a record-key backup (`pivault keys backup`) to put back "
-                              "first, when the record keys were lost with the keyring.")] = None,
+        "--record-keys", help="The record-key backup (`pivault keys backup`) taken with this data "
+                              "backup: the keys of records corrected since are put back from it, never "
+                              "those of records erased since. With --new-home and no record-key store "
+                              "left beside the keyring, all its keys are put back.")] = None,
     home: HomeOpt = None, json_out: JsonOpt = False,
 ) -> None:
     """Restore a verified backup into this (empty) vault; a bad signature or checksum changes nothing.
@@ -524,10 +530,10 @@ def restore(
         if home is None:
             raise ValidationError("restore.home", "--new-home needs --home DIR (the vault home to make)")
         _restore_new_home(file, home, public_key=public_key, store=store, keyring=keyring,
-                          record_keys=record_keys, keep_erased=keep_erased, quarantine=quarantine,
-                          json_out=json_out)
+                          record_keys=record_keys, keep_erased=keep_erased,
+                          keep_unreadable=keep_unreadable, quarantine=quarantine, json_out=json_out)
         return
-    for name, given in (("--store", store), ("--keyring", keyring), ("--record-keys", record_keys)):
+    for name, given in (("--store", store), ("--keyring", keyring)):
         if given is not None:
             raise ValidationError("restore.args", f"{name} goes with --new-home: a vault's own restore "
                                   "uses the store and keyring of its pivault.toml")
@@ -543,7 +549,8 @@ def restore(
     ring = Keyring.open(cfg.keyring_path, provider_for(Keyring.peek(cfg.keyring_path)["provider"]))
     with open_record_key_store(ring, home=cfg.home) as keys:
         report = _restore(file, cfg.store_url, key, vault_id=ring.vault_id, quarantine=quarantine,
-                          record_keys=None if keep_erased else keys)
+                          record_keys=keys, record_keys_backup=record_keys, keep_erased=keep_erased,
+                          keep_unreadable=keep_unreadable)
     with Database(cfg.store_url) as db:
         salvaged = salvage_quarantined(db, cfg.store_url, report.quarantined)
         from pivault.detect.setup import DetectSettings, audit_key_dir
@@ -554,7 +561,7 @@ def restore(
             sink("backup.restore", "ok", {"backup_id": report.backup_id, "file": file.name,
                                           "records": report.counts.get("records", 0),
                                           "quarantined": report.quarantined, "salvaged_entries": salvaged,
-                                          "erased_since_backup": report.erased_since_backup})
+                                          **report.audit_detail()})
     out = report.to_dict()
     out["salvaged_audit_entries"] = salvaged
     if json_out:
@@ -562,6 +569,10 @@ def restore(
         return
     _say_restored(report, salvaged)
     typer.echo("next: `pivault audit verify`")
+
+
+#: unreadable records named in the text output; --json lists them all
+_IDS_SHOWN = 20
 
 
 def _say_restored(report: Any, salvaged: int) -> None:
@@ -572,16 +583,28 @@ def _say_restored(report: Any, salvaged: int) -> None:
                    "after the backup were salvaged from it")
     if report.erased_since_backup:
         typer.echo(f"{report.erased_since_backup:,} records erased since the backup were removed again")
+    if report.corrected_since_backup:
+        typer.echo(f"{report.corrected_since_backup:,} records corrected since the backup are back at their "
+                   "backed-up values (their keys put back from the record-key backup): make those "
+                   "corrections again (--json lists the records)")
+    if report.unreadable_record_ids:
+        shown = report.unreadable_record_ids[:_IDS_SHOWN]
+        more = len(report.unreadable_record_ids) - len(shown)
+        tail = f" and {more:,} more (--json lists them)" if more else ""
+        typer.echo(f"{len(report.unreadable_record_ids):,} records corrected since the backup cannot be "
+                   "opened, no key for their backed-up version was found (docs/backup.md says what to "
+                   "do): " + ", ".join(shown) + tail)
 
 
 def _restore_new_home(file: Path, home: Path, *, public_key: str | None, store: str | None,
-                      keyring: Path | None, record_keys: Path | None, keep_erased: bool, quarantine: bool,
-                      json_out: bool) -> None:
+                      keyring: Path | None, record_keys: Path | None, keep_erased: bool,
+                      keep_unreadable: bool, quarantine: bool, json_out: bool) -> None:
     from pivault.backup import restore_new_home
 
     key = _verify_key(public_key, Path(".")) if public_key else None
     res = restore_new_home(file, home, key=key, store_url=store, keyring_path=keyring,
-                           record_keys_backup=record_keys, keep_erased=keep_erased, quarantine=quarantine)
+                           record_keys_backup=record_keys, keep_erased=keep_erased,
+                           keep_unreadable=keep_unreadable, quarantine=quarantine)
     if json_out:
         _print_json(res.to_dict())
         return
