@@ -58,7 +58,7 @@ def test_a_record_corrected_after_the_backup_still_opens_after_the_restore(
     _wipe(store_url)
     with open_record_key_store(keyring) as live_keys:
         report = restore(data.path, store_url, load_verify_key(keyring.path), vault_id=keyring.vault_id,
-                         record_keys=live_keys, record_keys_backup=keys.path)
+                         record_keys=live_keys, record_keys_backup=keys.path, keyring=keyring)
     assert report.corrected_since_backup == 1 and report.corrected_record_ids == [ids[0]]
     assert report.unreadable_record_ids == [] and report.erased_since_backup == 0
     v = _open(store_url, keyring)
@@ -207,3 +207,46 @@ def test_a_version_with_no_key_anywhere_refuses_the_restore_or_is_kept_and_named
     if store_url.startswith("postgresql"):
         with Database(store_url) as pg:
             pg.execute(f'DROP SCHEMA "{report.quarantined}" CASCADE')
+
+
+def test_a_key_wrapped_by_a_field_key_retired_since_is_not_put_back(store_url: str, keyring: Keyring,
+                                                                    tmp_path: Path) -> None:
+    # the field key rotated, every live record key rewrapped, the old field key retired: the key
+    # backup's copy of the corrected version's key can no longer be opened, and the restore says so
+    from pivault.keys.rewrap import rewrap
+    from pivault.keys.rotate import retire_unused, rotate
+
+    db = Database(store_url)
+    vault = Vault.initialise(db, keyring)
+    people = residents(3, seed=57)
+    ids = put_all(vault, people)
+    data = create_backup(db, keyring, tmp_path / "vault.backup")
+    with open_record_key_store(keyring) as live_keys:
+        keys = backup_record_keys(live_keys, keyring, tmp_path / "keyshelf" / "record-keys.backup")
+        vault.update(ids[0], {"notes": "synthetic correction"}, ctx=ctx())
+        old = keyring.primary_key_id("aead")
+        rotate(keyring, ["aead"])
+        assert rewrap(db, keyring, record_keys=live_keys).complete
+        assert any(r.keyset == "aead" and r.key_id == old
+                   for r in retire_unused(db, keyring, record_keys=live_keys))
+    vault.close()
+    _wipe(store_url)
+    with Database(store_url) as wipe:
+        wipe.execute("DELETE FROM key_jobs")
+    verify_key = load_verify_key(keyring.path)
+    with open_record_key_store(keyring) as live_keys:
+        with pytest.raises(BackupError) as info:
+            restore(data.path, store_url, verify_key, vault_id=keyring.vault_id, record_keys=live_keys,
+                    record_keys_backup=keys.path, keyring=keyring)
+        assert info.value.code == "restore.keys_missing", info.value.message
+        assert ids[0] in info.value.message
+        report = restore(data.path, store_url, verify_key, vault_id=keyring.vault_id, record_keys=live_keys,
+                         record_keys_backup=keys.path, keyring=keyring, keep_unreadable=True)
+        assert len(live_keys.refs(ids[0])) == 1  # the corrected version's key; the useless copy stayed out
+    assert report.unreadable_record_ids == [ids[0]] and report.corrected_since_backup == 0
+    v = _open(store_url, keyring)
+    try:
+        for i in (1, 2):
+            assert v.get(ids[i], ctx=ctx())["id_number"] == people[i]["id_number"]
+    finally:
+        _close(v)

@@ -41,6 +41,7 @@ from typing import Any
 
 from pivault.backup.manifest import Container
 from pivault.backup.signing import BackupError, VerifyKey
+from pivault.crypto import IntegrityError, Keyring
 from pivault.crypto.recordkeys import KEY_REF_BYTES, RECORD_KEY_BYTES, key_ref_of
 from pivault.errors import ConfigError
 from pivault.keys.events import KeyEvents, noop
@@ -331,7 +332,7 @@ def restore(path: str | os.PathLike[str], store_url: str, key: VerifyKey, *,
             keyring_path: str | os.PathLike[str] | None = None,
             record_keys: RecordKeyStore | None = None,
             record_keys_backup: str | os.PathLike[str] | None = None,
-            keep_erased: bool = False, keep_unreadable: bool = False,
+            keyring: Keyring | None = None, keep_erased: bool = False, keep_unreadable: bool = False,
             events: Callable[[Database], KeyEvents] | None = None) -> RestoreReport:
     """Restore a data backup into the (empty) store at ``store_url``; see the module doc.
 
@@ -346,6 +347,9 @@ def restore(path: str | os.PathLike[str], store_url: str, key: VerifyKey, *,
     whose key is gone there (erased after the backup was taken) are deleted
     from the restored store (:func:`pivault.keys.shred.purge_erased`) unless
     ``keep_erased``. Without it the record keys are not looked at.
+    ``keyring``: the vault's; given, a key from the record-key backup is put
+    back only if it opens under it (one wrapped by a field key retired since
+    would leave the record as unreadable as no key at all).
     ``events``: given the restored store, returns where to record the
     restore (the audit trail).
     """
@@ -379,7 +383,7 @@ def restore(path: str | os.PathLike[str], store_url: str, key: VerifyKey, *,
             keys = record_keys
 
             def settle(query: Query) -> None:
-                settled.append(_settle_version_keys(query, keys, rk, keep_unreadable))
+                settled.append(_settle_version_keys(query, keys, rk, keyring, keep_unreadable))
 
         backend = str(c.manifest["backend"])
         db = Database(store_url)
@@ -455,7 +459,7 @@ def _corrected_since(query: Query, keys: RecordKeyStore, *, batch_size: int = 10
 
 
 def _settle_version_keys(query: Query, keys: RecordKeyStore, backup: Container | None,
-                         keep_unreadable: bool) -> _VersionKeys:
+                         keyring: Keyring | None, keep_unreadable: bool) -> _VersionKeys:
     """Put back the keys of versions corrected since the backup, before the restored rows commit.
 
     Keys go first, as for any write of a record (docs/keys.md): a restore
@@ -470,14 +474,20 @@ def _settle_version_keys(query: Query, keys: RecordKeyStore, backup: Container |
         for rid, stored in _read_record_keys(backup):
             if wanted.get(rid) == stored[:KEY_REF_BYTES]:
                 found[rid] = stored
+    if keyring is not None:
+        for rid in sorted(found):
+            try:
+                keyring.open_record_key(rid, found[rid])
+            except IntegrityError:
+                del found[rid]
     unreadable = sorted(set(wanted) - set(found))
     if unreadable and not keep_unreadable:
         where = ("neither in the record-key store nor in the record-key backup given" if backup is not None
                  else "in the record-key store")
         shown = ", ".join(unreadable[:_IDS_IN_ERROR]) + (", …" if len(unreadable) > _IDS_IN_ERROR else "")
         raise BackupError(
-            f"{len(unreadable)} records corrected since the backup have no key for their backed-up "
-            f"version {where} ({shown}); nothing was restored", code="restore.keys_missing",
+            f"{len(unreadable)} records corrected since the backup have no key that opens their "
+            f"backed-up version {where} ({shown}); nothing was restored", code="restore.keys_missing",
             hint="give the record-key backup taken with this data backup (--record-keys FILE); if no "
                  "copy holds those keys, --keep-unreadable restores the rest and lists these records")
     added = keys.put_back_versions(sorted(found.items()))
