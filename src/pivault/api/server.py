@@ -145,6 +145,8 @@ class Preflight:
     counters: str = "in-process"
     #: the counters file chosen for several workers when none is configured (given to them)
     counters_url: str | None = None
+    #: what holds everyone together (vault-wide limit, role totals), for the banner
+    limits: str = ""
 
 
 def _check_tls(opts: ServeOptions) -> None:
@@ -207,7 +209,28 @@ def preflight(opts: ServeOptions, tokens: TokenStore | None = None) -> Preflight
                 "no principals: no active token has a role of the policy, so nobody could use the "
                 "service. Create one first: pivault token create --principal NAME --role ROLE "
                 "--purpose PURPOSE --expires 30d")
-    return Preflight(policy, path, principals, counters, counters_url)
+    return Preflight(policy, path, principals, counters, counters_url, _limits(opts))
+
+
+def _limits(opts: ServeOptions) -> str:
+    """The banner's line on what stops many principals reading together, each under its own budget.
+
+    Without a vault-wide limit every token issued to a new principal name
+    brings a budget of its own; the operator must see that at start, not
+    learn it from the first ``global.distributed`` alert.
+    """
+    from pivault.detect.setup import DetectSettings
+
+    settings = DetectSettings.from_home(opts.home)
+    parts = []
+    if settings.vault:
+        parts.append("vault-wide " + ", ".join(f"{k} {v}" for k, v in sorted(settings.vault.items())))
+    for role, budget in sorted(settings.role_totals.items()):
+        parts.append(f"role {role} in all " + ", ".join(f"{k} {v}" for k, v in sorted(budget.items())))
+    if not settings.vault:
+        parts.append("no vault-wide limit: N principals may read N budgets' worth together (the "
+                     "detector alerts, nothing stops them); set [detect.vault] in pivault.toml")
+    return "; ".join(parts)
 
 
 def _check_counters(opts: ServeOptions) -> tuple[str, str | None]:
@@ -263,6 +286,7 @@ def banner(opts: ServeOptions, pre: Preflight) -> str:
         f"policy: {pre.policy_path or 'shipped default'}",
         f"access log: {opts.access_log} (method, route, status, principal, latency; no PI)",
         f"read budgets: counters {pre.counters}; audit trail and detection on every read",
+        f"read limits together: {pre.limits}",
         "audit chain: " + ("the workers' journals chained by the node's audit chainer process"
                            if opts.workers > 1 and balanced()
                            else "the journal chained by a thread of the worker"),
