@@ -323,6 +323,7 @@ class Keyring:
         "_file_sig",
         "_flush_at",
         "_fresh_at",
+        "_generation",
         "_header",
         "_prf",
         "_prf_all",
@@ -385,6 +386,7 @@ class Keyring:
                 self._flush_at = self._usage_every
         self._usage_key = primary
         self._header = header
+        self._generation = int(header.get("generation", 0))
         self._aead_handle = aead_handle
         self._prf_handles = dict(prf_handles)
         self._aead = aead_handle.primitive(aead.Aead)
@@ -592,8 +594,24 @@ class Keyring:
 
     @property
     def generation(self) -> int:
-        """How many times the keyring file was rewritten (rotations, root changes)."""
-        return int(self._header.get("generation", 0))
+        """How many times the keyring file was rewritten (rotations, retirements, root changes).
+
+        It only grows, and it is part of the authenticated header, so it tells an older
+        copy of the file from a newer one: the data store keeps the highest it has seen
+        (:mod:`pivault.keys.seen`) and refuses an older keyring.
+        """
+        return self._generation
+
+    def write_generation(self, *, look_now: bool = False) -> int:
+        """The generation of the keys that what this keyring makes from now on is made with.
+
+        Follows the file first, as every encryption does (at most every 10 ms; at once
+        with ``look_now``), so a writer that notes it before sealing knows a lower bound
+        for every key it sealed with: the store refuses values sealed with a keyring older
+        than the newest it has seen, whose keys may be retired (:mod:`pivault.keys.seen`).
+        """
+        self._fresh(force=look_now)
+        return self._generation
 
     def keyset_names(self) -> tuple[str, ...]:
         return ("aead", *(f"prf.{n}" for n in self.index_names))
@@ -809,6 +827,8 @@ class Keyring:
                     hint="restart this process with the keyring's current passphrase or KMS key",
                 ) from None
             self._file_sig = sig  # only the root key changed: the keys this process writes with are current
+            # and as current as the file's: a store that has seen its generation takes what this one seals
+            self._generation = max(self._generation, int(header.get("generation", 0)))
             return False
         self._recovery_mac_key = None
         self._install(header, a, p)
