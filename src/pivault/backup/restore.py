@@ -59,7 +59,7 @@ __all__ = [
 ]
 
 #: tables that a freshly initialised, still empty vault already has rows in
-_BOOKKEEPING = {"schema_migrations", "vault_meta"}
+_BOOKKEEPING = {"schema_migrations", "vault_meta", "keyring_seen"}
 #: rows of a store being restored, read before they are committed: (sql with ``?``, params) -> rows
 Query = Callable[[str, Sequence[Any]], list[tuple[Any, ...]]]
 #: the record ids an error names at most: enough to look one up, short enough for one line

@@ -142,7 +142,8 @@ def keys_rotate(
     from pivault.keys.rotate import resolve_keysets, rotate
 
     with _opened(home) as o:
-        new = rotate(o.keyring, resolve_keysets(o.keyring, field=field, all_keys=all_keys), events=o.events())
+        new = rotate(o.keyring, resolve_keysets(o.keyring, field=field, all_keys=all_keys), events=o.events(),
+                     db=o.db)
     if json_out:
         _print_json({"rotated": new})
         return
@@ -258,6 +259,7 @@ def keys_change_root(
 ) -> None:
     """Put the keysets under a new passphrase ($PIVAULT_NEW_PASSPHRASE); data untouched."""
     from pivault.crypto import Keyring, KeyringError, PassphraseProvider
+    from pivault.keys import seen
 
     _refuse_kms(kms)
     with _opened(home) as o:
@@ -273,6 +275,7 @@ def keys_change_root(
                 raise KeyringError("the new passphrase is the current one", code="keyring.passphrase_same",
                                    hint=f"set the new one in ${NEW_PASSPHRASE_ENV}, or type it when asked")
         o.keyring.change_root(new)
+        seen.record(o.db, o.keyring)
         o.events()("keys.change_root", "ok", {"from": old_kind, "to": new.describe()["kind"],
                                               "generation": o.keyring.generation})
     if json_out:
@@ -297,6 +300,7 @@ def keys_split(
     custodians hold stop working. So an existing split is replaced only with
     ``--force``, and what it invalidates is said before anything changes.
     """
+    from pivault.keys import seen
     from pivault.keys.custodians import ShareError, split, write_shares
 
     if out.exists() and not out.is_dir():
@@ -311,6 +315,7 @@ def keys_split(
                     hint="pass --force to replace it, then collect and destroy the old shares")
             err(f"replacing recovery key {earlier}: every share of it stops working now")
         made = split(o.keyring, shares=shares, threshold=threshold, events=o.events())
+        seen.record(o.db, o.keyring)
     paths = write_shares(made, out)
     if json_out:
         _print_json({"split": made[0].split_id, "fingerprint": made[0].fingerprint,
@@ -331,6 +336,7 @@ def keys_recover(
     home: HomeOpt = None, json_out: JsonOpt = False,
 ) -> None:
     """Rebuild the recovery key from custodian shares and set a new passphrase ($PIVAULT_NEW_PASSPHRASE)."""
+    from pivault.keys import seen
     from pivault.keys.custodians import check_shares, read_share, recover
     from pivault.keys.events import audit_events
     from pivault.policy.context import local_operator
@@ -342,8 +348,11 @@ def keys_recover(
     store_url = cfg.existing_store_url()  # the recovery is audited into it: it must be there first
     got = [read_share(p) for p in share_files]
     check_shares(cfg.keyring_path, got)  # too few or wrong shares are said before the new passphrase is asked
+    with Database(store_url) as db:
+        seen.check_file(db, cfg.keyring_path)  # an older copy is not given a current generation
     ring = recover(cfg.keyring_path, got, _new_provider())
     with Database(store_url) as db:
+        seen.check(db, ring)  # the rewritten keyring's generation; an older copy is said here
         from pivault.detect.setup import DetectSettings, audit_key_dir
 
         adir = audit_key_dir(cfg.keyring_path, ring.vault_id, DetectSettings.from_home(cfg.home))

@@ -220,6 +220,9 @@ def run_node_chainer(home: str | os.PathLike[str], stop: threading.Event) -> Non
     settings = DetectSettings.from_home(cfg.home)
     assert settings.journal_dir is not None
     with Database(cfg.existing_store_url()) as db:
+        from pivault.keys import seen
+
+        seen.check(db, keyring)  # it writes the chain head under the keyring: never an older copy
         audit_log = _audit_log(db, keyring, cfg.keyring_path, cfg.home, settings, True, journal=False)
         NodeChainer(audit_log, settings.journal_dir).run(stop)
 

@@ -17,7 +17,7 @@ from typing import Any
 
 from pivault.crypto import Keyring
 from pivault.errors import ValidationError
-from pivault.keys import jobs
+from pivault.keys import jobs, seen
 from pivault.keys.events import KeyEvents, noop
 from pivault.keys.rewrap import JOB
 from pivault.keys.shred import RecordKeyStore
@@ -54,12 +54,24 @@ def resolve_keysets(keyring: Keyring, *, field: str | None = None, all_keys: boo
                           f"({', '.join(keyring.index_names)}) or use --all")
 
 
-def rotate(keyring: Keyring, keysets: Sequence[str], *, events: KeyEvents = noop) -> dict[str, int]:
-    """Make a new key version primary in each keyset; return the new key ids."""
+def rotate(keyring: Keyring, keysets: Sequence[str], *, events: KeyEvents = noop,
+           db: Database | None = None) -> dict[str, int]:
+    """Make a new key version primary in each keyset; return the new key ids.
+
+    With the vault's store ``db``: refused with a keyring older than the store has
+    seen (a rotation there would fork the key history), and each new generation is
+    recorded in the store as soon as the keyring file holds it, so that values sealed
+    with the keys of before are sealed again before they are written
+    (:mod:`pivault.keys.seen`).
+    """
+    if db is not None:
+        seen.check(db, keyring)
     out: dict[str, int] = {}
     for ks in keysets:
         old = keyring.primary_key_id(ks)
         new = keyring.rotate(ks)
+        if db is not None:
+            seen.record(db, keyring)
         out[ks] = new
         events("keys.rotate", "ok", {"keyset": ks, "old_key_id": old, "new_key_id": new,
                                      "generation": keyring.generation})
@@ -134,11 +146,17 @@ def retire_unused(db: Database, keyring: Keyring, *, record_keys: RecordKeyStore
     """Remove every key version nothing uses any more; return what was (or would be) removed.
 
     Field keys: only with a fresh census at zero. Blind-index keys: only
-    after a complete rebuild towards the current primary. Processes still
-    running with an older copy of the keyring must have reloaded it (a
-    service does so on its timer) before this runs.
+    after a complete rebuild towards the current primary. Before the census
+    the store records this keyring's generation (refusing a keyring older than
+    it has seen): from then on a record sealed with an older keyring, whose keys
+    may be the ones retired here, is sealed again before it is written, so none
+    can arrive after the census (:mod:`pivault.keys.seen`). Other values under
+    the field key (an audit chain head, a reject row, an export) are written by
+    processes that follow the keyring file at most 10 ms late: see docs/keys.md.
     """
     out: list[Retired] = []
+    if not dry_run:
+        seen.record(db, keyring)
     c = census(db, keyring, record_keys=record_keys, files=files)
     for kid in keyring.key_ids("aead"):
         if kid != c.primary and c.total(kid) == 0:
@@ -152,6 +170,7 @@ def retire_unused(db: Database, keyring: Keyring, *, record_keys: RecordKeyStore
     if not dry_run:
         for r in out:
             keyring.retire(r.keyset, r.key_id)
+            seen.record(db, keyring)
             events("keys.retire", "ok", {"keyset": r.keyset, "key_id": r.key_id,
                                          "generation": keyring.generation})
     return out

@@ -68,7 +68,7 @@ def _load_components() -> None:
 
     for mod in ("pivault.store.records", "pivault.policy.tokens", "pivault.audit.log",
                 "pivault.detect.alerts", "pivault.vault.imports", "pivault.leak.exports",
-                "pivault.detect.canary", "pivault.keys.jobs"):
+                "pivault.detect.canary", "pivault.keys.jobs", "pivault.keys.seen"):
         try:
             importlib.import_module(mod)
         except ModuleNotFoundError as exc:

@@ -1,9 +1,11 @@
-"""Which keyring a store belongs to.
+"""Which keyring a store belongs to, and how new a keyring it has seen.
 
 A store encrypted under one keyring is noise under any other: opening it with
 the wrong keyring would make every read fail with an integrity error, and
 every write would mix two vaults in one table. The store therefore remembers
 the keyring's vault id, and the Vault refuses to open with a different one.
+It also remembers the newest keyring generation it has seen
+(:mod:`pivault.keys.seen`), and the Vault refuses an older copy of the keyring.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import time
 
 from pivault.crypto import Keyring
 from pivault.errors import ConfigError
+from pivault.keys import seen
 from pivault.store.db import Database
 from pivault.store.migrations import Migration, needs_migration, register
 
@@ -41,15 +44,15 @@ def bound_vault_id(db: Database) -> str | None:
 
 
 def bind(db: Database, keyring: Keyring) -> None:
-    """Record the keyring's vault id in a new store; idempotent for the same keyring."""
+    """Record the keyring's vault id (and generation) in a new store; idempotent for the same keyring."""
     with db.transaction():
         current = bound_vault_id(db)
         if current is None:
             db.execute("INSERT INTO vault_meta (key, value, updated_at) VALUES ('vault_id', ?, ?)",
                        (keyring.vault_id, time.time()))
-            return
-    if current != keyring.vault_id:
+    if current is not None and current != keyring.vault_id:
         _mismatch(current)
+    seen.check(db, keyring)
 
 
 def _mismatch(current: str) -> None:
@@ -59,7 +62,8 @@ def _mismatch(current: str) -> None:
 
 
 def check(db: Database, keyring: Keyring) -> None:
-    """Refuse a store that is out of date, unbound, or bound to another keyring."""
+    """Refuse a store that is out of date, unbound, bound to another keyring, or that has seen a
+    newer copy of this keyring (``keyring.rollback``); note a newer keyring than it has seen."""
     if needs_migration(db):
         raise ConfigError("the store's schema is older than this pivault",
                           code="store.schema", hint="run `pivault migrate` (back up first)")
@@ -69,6 +73,7 @@ def check(db: Database, keyring: Keyring) -> None:
                           code="vault.unbound", hint="create the vault with `pivault init`")
     if current != keyring.vault_id:
         _mismatch(current)
+    seen.check(db, keyring)
 
 
 # -- erasures and scrubs: how much an erase still leaves to `pivault scrub` ----------------------

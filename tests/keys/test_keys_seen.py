@@ -1,0 +1,224 @@
+"""An older keyring file put back is refused by every process, not only by those that held a newer one.
+
+The attacker (or the careless operator) copies last month's keyring file over the
+current one after keys were rotated, rewrapped and retired, and starts a process:
+a Vault, a command. The store remembers the newest keyring generation it has seen
+(pivault.keys.seen), so the process refuses to open, naming the problem in one
+line, and nothing is read, written or changed with the older keys. The current
+keyring keeps working, and so does a data backup restored with it.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from keys_support import CHEAP, PASSPHRASE, ctx, provider, put_all, residents
+
+from pivault.backup import create_backup, load_verify_key, restore
+from pivault.backup.restore import _BOOKKEEPING, _tables
+from pivault.crypto import Keyring, KeyringError
+from pivault.keys import seen
+from pivault.keys.rewrap import rewrap
+from pivault.keys.rotate import retire_unused, rotate
+from pivault.keys.shred import ShreddingRecordStore
+from pivault.store.db import Database
+from pivault.store.migrations import migrate
+from pivault.vault import Vault
+from pivault.vault import home as _home
+
+SRC = str(Path(__file__).resolve().parents[2] / "src")
+
+
+def _open(url: str, path: Path) -> Vault:
+    """The vault as a process started now opens it: the keyring file as it is on disk."""
+    return Vault(Database(url), Keyring.open(path, provider()))
+
+
+def _record_keys(vault: Vault) -> ShreddingRecordStore:
+    store = vault.store
+    assert isinstance(store, ShreddingRecordStore)
+    return store
+
+
+def _operator(vault: Vault) -> Keyring:
+    """The operator's own process (`pivault keys …`), with the keyring file as it is now."""
+    kr = Keyring.open(vault.keyring.path, provider())
+    kr.record_keys = True
+    return kr
+
+
+def _rotate_rewrap_retire(vault: Vault, keyset: str = "aead") -> tuple[int, int]:
+    """`keys rotate`, `keys rewrap --retire` from the operator's process: (retired, new) key ids."""
+    kr = _operator(vault)
+    old = kr.primary_key_id(keyset)
+    rotate(kr, [keyset], db=vault.db)
+    assert rewrap(vault.db, kr, record_keys=_record_keys(vault).keys).complete
+    retired = retire_unused(vault.db, kr, record_keys=_record_keys(vault).keys)
+    assert (keyset, old) in [(r.keyset, r.key_id) for r in retired]
+    return old, kr.primary_key_id(keyset)
+
+
+def _put_back(path: Path, data: bytes) -> None:
+    """A copy put over the keyring file, as `cp` or a restore of the keyring's backup does."""
+    path.unlink()
+    path.write_bytes(data)
+
+
+def _refused(url: str, path: Path) -> KeyringError:
+    with pytest.raises(KeyringError) as exc:
+        _open(url, path).close()
+    return exc.value
+
+
+def _no_pi(text: str, people: list[dict[str, str]]) -> None:
+    for p in people:
+        for value in (p["name"], p["id_number"], p["mobile"]):
+            assert value not in text
+
+
+def test_an_older_keyring_put_back_after_a_rotation_is_refused_by_a_new_process(vault: Vault) -> None:
+    url, path = vault.db.url.raw, vault.keyring.path
+    people = residents(6, seed=71)
+    ids = put_all(vault, people[:3])
+    older = path.read_bytes()
+    rotate(_operator(vault), ["aead"], db=vault.db)  # `pivault keys rotate`
+    ids += put_all(vault, people[3:])  # wrapped under the new key, which the older copy lacks
+    newer = path.read_bytes()
+
+    _put_back(path, older)
+    err = _refused(url, path)
+    assert err.code == "keyring.rollback"
+    assert "older" in err.message and "\n" not in err.message and "keyring" in err.hint
+    _no_pi(err.message + err.hint, people)
+    with pytest.raises(KeyringError) as exc:  # nor is a key change built on it
+        rotate(Keyring.open(path, provider()), ["aead"], db=vault.db)
+    assert exc.value.code == "keyring.rollback"
+    assert path.read_bytes() == older  # nothing changed
+
+    _put_back(path, newer)
+    reader = _open(url, path)
+    try:
+        for rid, p in zip(ids, people, strict=True):
+            assert reader.get(rid, ctx=ctx())["id_number"] == p["id_number"]
+    finally:
+        reader.close()
+
+
+def test_every_older_copy_is_refused_after_a_retirement(vault: Vault) -> None:
+    url, path = vault.db.url.raw, vault.keyring.path
+    people = residents(6, seed=72)
+    ids = put_all(vault, people[:2])
+    before_rotation = path.read_bytes()
+    kr = _operator(vault)
+    rotate(kr, ["aead"], db=vault.db)
+    before_retirement = path.read_bytes()  # has the new key, and the old one
+    assert rewrap(vault.db, kr, record_keys=_record_keys(vault).keys).complete
+    assert retire_unused(vault.db, kr, record_keys=_record_keys(vault).keys)
+    current = path.read_bytes()
+    time.sleep(0.05)  # the running vault looks at its file at most every 10 ms
+    ids += put_all(vault, people[2:])
+
+    for copy in (before_rotation, before_retirement):
+        _put_back(path, copy)
+        assert _refused(url, path).code == "keyring.rollback"
+    _put_back(path, current)
+    reader = _open(url, path)
+    try:
+        for rid, p in zip(ids, people, strict=True):
+            assert reader.get(rid, ctx=ctx())["name"] == p["name"]
+        assert seen.seen_generation(reader.db) == reader.keyring.generation
+    finally:
+        reader.close()
+
+
+def test_the_command_line_refuses_an_older_keyring_in_one_line(tmp_path: Path) -> None:
+    """A real process: `pivault keys status` and `keys rotate` after the file was put back."""
+    home = tmp_path / "home"
+    cfg = _home.init(home, passphrase=PASSPHRASE, keyring_path=tmp_path / "keys" / "vault.keyring",
+                     argon2=CHEAP)
+    people = residents(3, seed=73)
+    with Vault.open(home, passphrase=PASSPHRASE) as v:
+        put_all(v, people)
+    path = cfg.keyring_path
+    older = path.read_bytes()
+    env = {**os.environ, "PIVAULT_PASSPHRASE": PASSPHRASE, "PIVAULT_HOME": str(home),
+           "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
+
+    def pivault(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-c", "from pivault.cli.main import main; main()", *args],
+                              env=env, capture_output=True, text=True, timeout=120, check=False)
+
+    assert pivault("keys", "rotate").returncode == 0
+    _put_back(path, older)
+    for args in (("keys", "status"), ("keys", "rotate"), ("stats",)):
+        res = pivault(*args)
+        assert res.returncode == 1, (args, res.stderr)
+        first, *rest = res.stderr.splitlines()
+        assert first.startswith("error[keyring.rollback]: the keyring ") and "older" in first, res.stderr
+        assert all(line.startswith("  hint: ") for line in rest) and "Traceback" not in res.stderr
+        _no_pi(res.stdout + res.stderr, people)
+    assert path.read_bytes() == older  # the refused rotation changed nothing
+
+
+def test_a_restored_data_backup_opens_with_the_current_keyring(store_url: str, tmp_path: Path) -> None:
+    """The backup brings back the store's mark of its time; the current keyring is newer and opens."""
+    path = tmp_path / "keys" / "vault.keyring"
+    keyring = Keyring.create(path, provider(), expected_population=10**6)
+    vault = Vault.initialise(Database(store_url), keyring)
+    people = residents(6, seed=74)
+    try:
+        ids = put_all(vault, people[:3])
+        too_old = path.read_bytes()
+        rotate(_operator(vault), ["aead"], db=vault.db)
+        time.sleep(0.05)
+        ids += put_all(vault, people[3:5])
+        create_backup(vault.db, vault.keyring, tmp_path / "vault.backup")
+        at_backup = seen.seen_generation(vault.db)
+        rotate(_operator(vault), ["aead", "prf.mobile"], db=vault.db)  # after the backup: the mark moves on
+        time.sleep(0.05)
+        ids.append(vault.put(people[5], ctx=ctx()))
+        assert seen.seen_generation(vault.db) == at_backup + 2
+        # the store is wiped (every row but the bookkeeping); the data backup is restored into it
+        for table in _tables(vault.db):
+            if table not in _BOOKKEEPING:
+                vault.db.execute(f'DELETE FROM "{table}"')
+    finally:
+        vault.close()
+    restore(tmp_path / "vault.backup", store_url, load_verify_key(path), vault_id=keyring.vault_id)
+    with Database(store_url) as db:
+        assert seen.seen_generation(db) == at_backup
+    reader = _open(store_url, path)
+    try:
+        assert seen.seen_generation(reader.db) == reader.keyring.generation  # the open noted it
+        for rid, p in zip(ids[:5], people[:5], strict=True):
+            assert reader.get(rid, ctx=ctx())["mobile"] == p["mobile"]
+    finally:
+        reader.close()
+    _put_back(path, too_old)  # older than the backup's own mark: still refused
+    assert _refused(store_url, path).code == "keyring.rollback"
+
+
+def test_a_store_migrated_from_before_the_mark_gets_it(store_url: str, keyring: Keyring) -> None:
+    db = Database(store_url)
+    Vault.initialise(db, keyring).close()
+    older = keyring.path.read_bytes()
+    db = Database(store_url)
+    # the store as an older pivault left it: no mark, its schema step not applied
+    db.execute(f"DROP TABLE {seen.TABLE}")
+    db.execute("DELETE FROM schema_migrations WHERE component = 'keyring'")
+    Keyring.open(keyring.path, provider()).rotate("aead")  # a change the store never heard of
+    with pytest.raises(Exception) as exc:
+        _open(store_url, keyring.path).close()
+    assert getattr(exc.value, "code", None) == "store.schema"  # `pivault migrate` first
+    assert "keyring:1" in migrate(db)
+    assert seen.seen_generation(db) == 0
+    _open(store_url, keyring.path).close()  # the first open notes the keyring it is opened with
+    assert seen.seen_generation(db) == Keyring.peek(keyring.path)["generation"] == 1
+    _put_back(keyring.path, older)
+    assert _refused(store_url, keyring.path).code == "keyring.rollback"
+    db.close()
