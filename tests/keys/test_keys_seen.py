@@ -6,6 +6,11 @@ a Vault, a command. The store remembers the newest keyring generation it has see
 (pivault.keys.seen), so the process refuses to open, naming the problem in one
 line, and nothing is read, written or changed with the older keys. The current
 keyring keeps working, and so does a data backup restored with it.
+
+Also here: a writer whose keyring has not looked at its file since the keys changed
+(the 10 ms between two looks, or an import chunk sealed before a rotation) seals
+again before it commits, so nothing arrives under a key a retirement's census
+found unused.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -222,3 +228,126 @@ def test_a_store_migrated_from_before_the_mark_gets_it(store_url: str, keyring: 
     _put_back(keyring.path, older)
     assert _refused(store_url, keyring.path).code == "keyring.rollback"
     db.close()
+
+
+def _asleep(vault: Vault) -> None:
+    """The writer does not look at its keyring file now: as in the 10 ms between two looks."""
+    vault.keyring._fresh_at = time.monotonic() + 3600
+
+
+def test_a_rotation_and_retirement_inside_the_writers_window_cannot_strand_a_record(vault: Vault) -> None:
+    people = residents(5, seed=75)
+    ids = put_all(vault, people[:2])
+    _asleep(vault)
+    retired, new = _rotate_rewrap_retire(vault)  # all within the writer's window
+    assert vault.keyring.primary_key_id() == retired  # it has not seen the change
+    ids += put_all(vault, people[2:4])  # sealed under the retired key, then sealed again
+    vault.update(ids[0], {"mobile": people[4]["mobile"]}, ctx=ctx())
+    assert vault.keyring.primary_key_id() == new
+    keys = _record_keys(vault).keys
+    assert set(keys.key_ids_in_use()) == {new}
+    reader = _open(vault.db.url.raw, vault.keyring.path)
+    try:
+        for rid, p in zip(ids[1:], people[1:4], strict=True):
+            assert reader.get(rid, ctx=ctx())["id_number"] == p["id_number"]
+        assert reader.get(ids[0], ctx=ctx())["mobile"] == people[4]["mobile"]
+    finally:
+        reader.close()
+
+
+def test_an_index_key_retired_inside_the_writers_window_leaves_no_entry_unfindable(vault: Vault) -> None:
+    people = residents(4, seed=76)
+    put_all(vault, people[:1])
+    _asleep(vault)
+    _rotate_rewrap_retire(vault, "prf.id_number")
+    put_all(vault, people[1:])  # its index values computed again under the new index key
+    reader = _open(vault.db.url.raw, vault.keyring.path)
+    try:
+        for p in people:
+            found = reader.find(id_number=p["id_number"], ctx=ctx())
+            assert [f["name"] for f in found] == [p["name"]]
+    finally:
+        reader.close()
+
+
+def test_an_import_chunk_sealed_before_the_rotation_is_sealed_again(vault: Vault, tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    from pivault.vault import imports
+
+    people = residents(40, seed=77)
+    src = tmp_path / "people.csv"
+    src.write_text("name,id_number,mobile\n" + "".join(
+        f"{p['name']},{p['id_number']},{p['mobile']}\n" for p in people), encoding="utf-8")
+    original = imports._Committer.commit
+    done: list[tuple[int, int]] = []
+
+    def commit_after_a_retirement(self: imports._Committer, rows: list[imports.RowTuple],
+                                  prepared: imports.Prepared) -> None:
+        if not done:  # the first chunk was sealed; the operator rotates and retires before it commits
+            _asleep(vault)
+            done.append(_rotate_rewrap_retire(vault))
+        original(self, rows, prepared)
+
+    monkeypatch.setattr(imports._Committer, "commit", commit_after_a_retirement)
+    summary = vault.import_files([src], ctx=ctx("load"), chunk_size=10, workers=0)
+    assert summary.imported == 40 and done
+    keys = _record_keys(vault).keys
+    assert set(keys.key_ids_in_use()) == {done[0][1]}
+    reader = _open(vault.db.url.raw, vault.keyring.path)
+    try:
+        for p in people:
+            assert [f["mobile"] for f in reader.find(id_number=p["id_number"], ctx=ctx())] == [p["mobile"]]
+    finally:
+        reader.close()
+
+
+def test_a_root_change_elsewhere_leaves_the_writer_writing(vault: Vault) -> None:
+    people = residents(3, seed=78)
+    put_all(vault, people[:1])
+    other = _operator(vault)
+    other.change_root(provider("another synthetic passphrase"))
+    seen.record(vault.db, other)  # `pivault keys change-root` records it
+    time.sleep(0.05)
+    put_all(vault, people[1:])  # the data keys are the ones it holds: as current as the file's
+    assert vault.keyring.generation == other.generation
+
+
+def test_a_writer_whose_keyring_file_is_behind_the_store_writes_nothing(vault: Vault, tmp_path: Path) -> None:
+    """Another host's copy of the keyring rotated the keys; this host's file was never updated."""
+    people = residents(2, seed=79)
+    put_all(vault, people[:1])
+    elsewhere = tmp_path / "elsewhere" / "vault.keyring"
+    elsewhere.parent.mkdir()
+    elsewhere.write_bytes(vault.keyring.path.read_bytes())
+    rotate(Keyring.open(elsewhere, provider()), ["aead"], db=vault.db)
+    before = vault.db.query_one("SELECT COUNT(*) FROM records")
+    with pytest.raises(KeyringError) as exc:
+        put_all(vault, people[1:])
+    assert exc.value.code == "keyring.rollback" and "this process" in exc.value.message
+    assert vault.db.query_one("SELECT COUNT(*) FROM records") == before
+
+
+def test_raising_the_mark_waits_for_a_writer_that_read_it(vault: Vault, keyring: Keyring) -> None:
+    """The retirement's census comes after every writer that saw the old mark has committed."""
+    other = _operator(vault)
+    other.rotate("aead")
+    db2 = Database(vault.db.url)
+    raised = threading.Event()
+
+    def raise_mark() -> None:
+        seen.record(db2, other)
+        raised.set()
+
+    try:
+        with vault.db.transaction():
+            mark = seen.require_current(vault.db, vault.keyring)
+            t = threading.Thread(target=raise_mark)
+            t.start()
+            time.sleep(0.3)
+            assert not raised.is_set()  # held until this writer commits
+            assert mark == keyring.generation
+        t.join(30)
+        assert raised.is_set()
+        assert seen.seen_generation(vault.db) == other.generation
+    finally:
+        db2.close()

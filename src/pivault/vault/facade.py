@@ -20,6 +20,7 @@ from pivault.crypto import IntegrityError, Keyring
 from pivault.crypto.providers import RootKeyProvider
 from pivault.crypto.recordkeys import RECORD_CIPHERTEXT_VERSION, RecordKey
 from pivault.errors import NotFoundError, PivaultError, ValidationError
+from pivault.keys import seen
 from pivault.model import PI_FIELDS, Resident, is_record_id
 from pivault.model import mobile as _mobile
 from pivault.model import name as _name
@@ -250,6 +251,8 @@ class Vault:
         if check:
             meta.check(db, keyring)
         self.db = db
+        #: the store keeps the newest keyring generation it has seen (pivault.keys.seen)
+        self._marked = check or db.table_exists(seen.TABLE)
         self.keyring = keyring
         from pivault.keys.attach import record_store
 
@@ -376,9 +379,17 @@ class Vault:
         r = record if isinstance(record, Resident) else Resident.parse(record)
         self._authorise(ctx, "put", tuple(r.pi_fields()))
         self._budget(ctx, "put", 1)
+        sealed_at = self.keyring.write_generation()
         sealed = seal(self.keyring, r, checks=self.checks)
         with self.db.transaction():
             self.store.lock_id_numbers([sealed.index["id_number"]])
+            if sealed_at < self._keyring_mark():
+                # the keys changed since it was sealed (those of then may be retired by now): again,
+                # with the keyring brought up to the store's mark
+                value = sealed.index["id_number"]
+                sealed = seal(self.keyring, r, checks=self.checks)
+                if sealed.index["id_number"] != value:  # a new index key: the number's new value too
+                    self.store.lock_id_numbers([sealed.index["id_number"]])
             existing = self.ids_by_id_number({r.id_number: sealed.index["id_number"]})
             if not existing:
                 self.guard.audit(ctx, "put", [r.record_id], "ok")
@@ -519,6 +530,7 @@ class Vault:
             # writers of ID numbers first, then this record's row, then the new number (no cycle
             # with an import's chunk, which holds every number and then rows it updates)
             self.store.lock_id_numbers([])
+            self._keyring_mark()  # the keyring up to the store's mark: what is sealed below may commit
             stored = self.store.get(record_id, for_update=True)
             if stored is not None:
                 current = open_record(self.keyring, stored)
@@ -566,6 +578,18 @@ class Vault:
             self.guard.audit(ctx, "erase", [record_id], "not_found")
             raise NotFoundError("no record with this id", code="record.not_found")
         self.store.purge_freed()
+
+    def _keyring_mark(self) -> int:
+        """First in a write transaction: the newest keyring generation the store has seen.
+
+        Held until the transaction ends, with this vault's keyring brought up to it
+        (:func:`pivault.keys.seen.require_current`): a value sealed with an older
+        keyring generation is sealed again before it is written. 0 on a store opened
+        unchecked whose schema predates the mark.
+        """
+        if not self._marked:
+            return 0
+        return seen.require_current(self.db, self.keyring)
 
     # -- helpers for the import and for uniqueness -----------------------------
     def _lookup(self, index_name: str, value: str) -> list[StoredRecord]:

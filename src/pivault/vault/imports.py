@@ -243,6 +243,9 @@ class Prepared:
     id_numbers: list[str]
     new: NewRecords
     rejects: list[Rejected]
+    #: the generation of the keyring it was sealed with (at least): a chunk sealed before a key
+    #: change the store has seen is sealed again before it commits (pivault.keys.seen)
+    keyring_generation: int = 0
 
 
 #: (line, cells, error, text): a RawRow as it travels to a worker
@@ -286,6 +289,7 @@ def _reject(keyring: Keyring, row: RowTuple, code: str, field_name: str | None,
 def prepare(keyring: Keyring, rows: Sequence[RowTuple], positions: Mapping[int, str],
             labels: Sequence[str], checks: CheckTags | None = None) -> Prepared:
     """Validate and encrypt a chunk; a bad row becomes an encrypted reject."""
+    generation = keyring.write_generation()
     rejects: list[Rejected] = []
     good: list[Resident] = []
     lines: list[int] = []
@@ -308,7 +312,7 @@ def prepare(keyring: Keyring, rows: Sequence[RowTuple], positions: Mapping[int, 
         good.append(r)
         lines.append(line)
     return Prepared(lines, [r.id_number for r in good], seal_columns(keyring, good, checks=checks),
-                    rejects)
+                    rejects, generation)
 
 
 def _worker_start() -> None:
@@ -629,8 +633,11 @@ class _Committer:
     """Applies prepared chunks in source order: duplicates, then one transaction each."""
 
     def __init__(self, vault: Vault, batch: _Batch, ctx: AccessContext, on_duplicate: str,
-                 mapped: set[str], labels: list[str], seen: _SeenIds | None = None) -> None:
+                 mapped: set[str], labels: list[str], seen: _SeenIds | None,
+                 reseal: Callable[[list[RowTuple]], Prepared]) -> None:
         self.vault = vault
+        #: prepares a chunk again in this process, for one sealed before a key change (see commit)
+        self.reseal = reseal
         self.batch = batch
         self.ctx = ctx
         self.on_duplicate = on_duplicate
@@ -702,6 +709,10 @@ class _Committer:
         with db.transaction():
             # every ID number, for the chunk's check and writes: see RecordStore.lock_id_numbers
             writes = vault.store.lock_id_numbers(None)
+            if prepared.keyring_generation < vault._keyring_mark():
+                # sealed before a key change the store has seen (a retirement may have taken its
+                # census since): sealed again here, with the keyring brought up to the change
+                prepared = self.reseal(rows)
             cur = db.execute(
                 "UPDATE import_batches SET rows_consumed = rows_consumed + ?, updated_at = ?"
                 " WHERE batch_id = ? AND rows_consumed = ? AND status = 'running'",
@@ -860,10 +871,15 @@ def _import_file(
     labels = _labels(cmap.header, positions)
     # a run that starts the batch knows every record the batch has: see _Committer._existing
     seen = None if skip else run.seen if run.sole is not None else _SeenIds(_expected_rows(source))
-    committer = _Committer(vault, batch, ctx, on_duplicate, set(positions.values()), labels, seen)
     # the vault's first index entry makes the check tags' key (a write): before the sole-writer
     # counters start, or that write would end the first load's fast duplicate check at once
     checks = vault.checks
+
+    def reseal(rows: list[RowTuple]) -> Prepared:
+        return prepare(vault.keyring, rows, positions, labels, checks)
+
+    committer = _Committer(vault, batch, ctx, on_duplicate, set(positions.values()), labels, seen,
+                           reseal)
     if run.sole is not None and seen is not None:
         committer.sole = run.sole  # every record in the store is still one of this run's files'
     elif seen is not None:
