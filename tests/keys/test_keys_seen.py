@@ -193,9 +193,18 @@ def test_a_restored_data_backup_opens_with_the_current_keyring(store_url: str, t
         for table in _tables(vault.db):
             if table not in _BOOKKEEPING:
                 vault.db.execute(f'DELETE FROM "{table}"')
+        wiped = seen.seen_generation(vault.db)
     finally:
         vault.close()
-    restore(tmp_path / "vault.backup", store_url, load_verify_key(path), vault_id=keyring.vault_id)
+    backup, key = tmp_path / "vault.backup", load_verify_key(path)
+    # with a keyring older than the backup's store had seen: refused before anything changes
+    with pytest.raises(KeyringError) as exc:
+        restore(backup, store_url, key, vault_id=keyring.vault_id, keyring_generation=0)
+    assert exc.value.code == "keyring.rollback" and "nothing was restored" in exc.value.message
+    with Database(store_url) as db:
+        assert seen.seen_generation(db) == wiped and db.query_one("SELECT COUNT(*) FROM records") == (0,)
+    restore(backup, store_url, key, vault_id=keyring.vault_id,
+            keyring_generation=Keyring.peek(path)["generation"])
     with Database(store_url) as db:
         assert seen.seen_generation(db) == at_backup
     reader = _open(store_url, path)

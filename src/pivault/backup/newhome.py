@@ -328,7 +328,8 @@ def restore_new_home(
         # erasures since are purged below, where an empty record-key store is a note, not an error
         report = restore(path, store_url, key, vault_id=vault_id, quarantine=quarantine, record_keys=keys,
                          record_keys_backup=record_keys_backup, keyring=keyring, keep_erased=True,
-                         keep_unreadable=keep_unreadable)
+                         keep_unreadable=keep_unreadable,
+                         keyring_generation=keyring.generation)
     out = NewHomeReport(VaultConfig(home=h, store_url=store_url, keyring_path=kpath, vault_id=vault_id,
                                     expected_population=population), report, keyring_written, added)
     if keys_survived:

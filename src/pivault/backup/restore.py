@@ -44,6 +44,7 @@ from pivault.backup.signing import BackupError, VerifyKey
 from pivault.crypto import IntegrityError, Keyring
 from pivault.crypto.recordkeys import KEY_REF_BYTES, RECORD_KEY_BYTES, key_ref_of
 from pivault.errors import ConfigError
+from pivault.keys import seen
 from pivault.keys.events import KeyEvents, noop
 from pivault.keys.shred import RecordKeyStore
 from pivault.store.db import Database, parse_url
@@ -231,7 +232,20 @@ def _sqlite_files(target: str) -> list[Path]:
     return [Path(target + s) for s in ("", "-wal", "-shm", "-journal")]
 
 
-def _restore_sqlite(c: Container, url: str, quarantine: bool,
+def _sqlite_mark(path: Path) -> int:
+    """The newest keyring generation the store in a SQLite copy had seen (0: none, or older schema)."""
+    conn = sqlite3.connect(path)
+    try:
+        if conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?",
+                        (seen.TABLE,)).fetchone() is None:
+            return 0
+        row = conn.execute(f"SELECT generation FROM {seen.TABLE} WHERE id = 1").fetchone()
+        return int(row[0]) if row else 0
+    finally:
+        conn.close()
+
+
+def _restore_sqlite(c: Container, url: str, quarantine: bool, keyring_generation: int | None,
                     settle: Callable[[Query], None] | None = None) -> str | None:
     target = parse_url(url).target
     tpath = Path(target)
@@ -240,6 +254,8 @@ def _restore_sqlite(c: Container, url: str, quarantine: bool,
     c.extract("data/vault.db", tmp)
     try:
         _check_sqlite_copy(tmp, c.manifest)
+        if keyring_generation is not None:
+            seen.check_restore(_sqlite_mark(tmp), keyring_generation)
         quarantined: str | None = None
         why: str | None = None
         if tpath.exists() and tpath.stat().st_size > 0:
@@ -281,6 +297,7 @@ def _restore_sqlite(c: Container, url: str, quarantine: bool,
 # -- PostgreSQL ----------------------------------------------------------------------------
 
 def _restore_postgresql(c: Container, db: Database, quarantine: bool,
+                        keyring_generation: int | None,
                         settle: Callable[[Query], None] | None = None) -> str | None:
     from pivault.backup.backup import pg_tables
 
@@ -322,6 +339,8 @@ def _restore_postgresql(c: Container, db: Database, quarantine: bool,
             row = db.query_one(f'SELECT COUNT(*) FROM "{t}"')
             if row is None or int(row[0]) != int(n):
                 raise BackupError(f"table {t} restored with a different row count", code="backup.corrupt")
+        if keyring_generation is not None:  # refused inside the transaction: the store is left as it was
+            seen.check_restore(seen.seen_generation(db), keyring_generation)
         if settle is not None:
             settle(db.query)  # inside the transaction: a refusal rolls back the quarantine too
     return quarantined
@@ -333,7 +352,8 @@ def restore(path: str | os.PathLike[str], store_url: str, key: VerifyKey, *,
             record_keys: RecordKeyStore | None = None,
             record_keys_backup: str | os.PathLike[str] | None = None,
             keyring: Keyring | None = None, keep_erased: bool = False, keep_unreadable: bool = False,
-            events: Callable[[Database], KeyEvents] | None = None) -> RestoreReport:
+            events: Callable[[Database], KeyEvents] | None = None,
+            keyring_generation: int | None = None) -> RestoreReport:
     """Restore a data backup into the (empty) store at ``store_url``; see the module doc.
 
     ``vault_id``: the vault this must be (its keyring's); a backup of another
@@ -352,6 +372,9 @@ def restore(path: str | os.PathLike[str], store_url: str, key: VerifyKey, *,
     would leave the record as unreadable as no key at all).
     ``events``: given the restored store, returns where to record the
     restore (the audit trail).
+    ``keyring_generation``: that of the keyring the vault will be opened with; a
+    backup whose store had seen a newer one is refused before anything changes
+    (``keyring.rollback``: the restored vault would refuse that keyring).
     """
     t0 = time.monotonic()
     if record_keys_backup is not None and record_keys is None:
@@ -393,10 +416,10 @@ def restore(path: str | os.PathLike[str], store_url: str, key: VerifyKey, *,
                                   code="backup.backend")
             if backend == "sqlite":
                 db.close()
-                quarantined = _restore_sqlite(c, store_url, quarantine, settle)
+                quarantined = _restore_sqlite(c, store_url, quarantine, keyring_generation, settle)
                 db = Database(store_url)
             else:
-                quarantined = _restore_postgresql(c, db, quarantine, settle)
+                quarantined = _restore_postgresql(c, db, quarantine, keyring_generation, settle)
             migrated = migrate(db)
             counts = {t: int(n) for t, n in c.manifest["counts"].items()}
             report = RestoreReport(c.manifest["backup_id"], c.vault_id, backend, counts, quarantined,

@@ -559,7 +559,8 @@ def restore(
     with open_record_key_store(ring, home=cfg.home) as keys:
         report = _restore(file, cfg.store_url, key, vault_id=ring.vault_id, quarantine=quarantine,
                           record_keys=keys, record_keys_backup=record_keys, keyring=ring,
-                          keep_erased=keep_erased, keep_unreadable=keep_unreadable)
+                          keep_erased=keep_erased, keep_unreadable=keep_unreadable,
+                          keyring_generation=ring.generation)
     with Database(cfg.store_url) as db:
         salvaged = salvage_quarantined(db, cfg.store_url, report.quarantined)
         from pivault.detect.setup import DetectSettings, audit_key_dir

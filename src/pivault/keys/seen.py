@@ -35,7 +35,8 @@ from pivault.crypto import Keyring, KeyringError
 from pivault.store.db import Database, StoreError
 from pivault.store.migrations import Migration, register
 
-__all__ = ["TABLE", "check", "check_file", "record", "require_current", "seen_generation"]
+__all__ = ["TABLE", "check", "check_file", "check_restore", "record", "require_current",
+           "seen_generation"]
 
 TABLE = "keyring_seen"
 
@@ -168,6 +169,18 @@ def check_file(db: Database, path: str | os.PathLike[str]) -> None:
             code="keyring.rollback",
             hint="put the newest keyring file back (each data backup carries the keyring of its time "
                  "as keyring.json) and run the command again")
+
+
+def check_restore(backup_mark: int, keyring_generation: int) -> None:
+    """Before a data backup is restored: refuse when its store had seen a newer keyring than the one at
+    hand, which the restored vault would refuse to open with (and whose keys its values may need)."""
+    if keyring_generation < backup_mark:
+        raise KeyringError(
+            f"the backup's store had seen keyring generation {backup_mark}, newer than the keyring at"
+            f" hand (generation {keyring_generation}): the restored vault would refuse it; nothing was"
+            " restored", code="keyring.rollback",
+            hint="restore with the newest keyring file; the backup carries the one of its time "
+                 "(keyring.json), which `pivault restore --new-home` writes where no keyring is")
 
 
 def require_current(db: Database, keyring: Keyring) -> int:
