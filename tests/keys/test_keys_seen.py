@@ -23,8 +23,9 @@ import time
 from pathlib import Path
 
 import pytest
-from keys_support import CHEAP, PASSPHRASE, ctx, provider, put_all, residents
+from keys_support import CHEAP, PASSPHRASE, AuditingGuard, audited_vault, ctx, provider, put_all, residents
 
+from pivault.audit import AuditLog, load_writer, verify
 from pivault.backup import create_backup, load_verify_key, restore
 from pivault.backup.restore import _BOOKKEEPING, _tables
 from pivault.crypto import Keyring, KeyringError
@@ -32,6 +33,7 @@ from pivault.keys import seen
 from pivault.keys.rewrap import rewrap
 from pivault.keys.rotate import retire_unused, rotate
 from pivault.keys.shred import ShreddingRecordStore
+from pivault.keys.sites import file_sites
 from pivault.store.db import Database
 from pivault.store.migrations import migrate
 from pivault.vault import Vault
@@ -308,6 +310,36 @@ def test_an_import_chunk_sealed_before_the_rotation_is_sealed_again(vault: Vault
             assert [f["mobile"] for f in reader.find(id_number=p["id_number"], ctx=ctx())] == [p["mobile"]]
     finally:
         reader.close()
+
+
+def test_the_audit_chain_head_written_inside_the_window_stays_readable(store_url: str, keyring: Keyring,
+                                                                       tmp_path: Path) -> None:
+    """Every access rewrites the chain head's key under the field key: never under a retired one."""
+    audit_dir = tmp_path / "audit"
+    vault, verifier = audited_vault(Database(store_url), keyring, audit_dir)
+    try:
+        people = residents(3, seed=80)
+        ids = put_all(vault, people)
+        _asleep(vault)
+        kr = _operator(vault)
+        old = kr.primary_key_id()
+        files = file_sites(kr.path, kr.vault_id, audit_dir=audit_dir)
+        rotate(kr, ["aead"], db=vault.db)
+        assert rewrap(vault.db, kr, record_keys=_record_keys(vault).keys, files=files).complete
+        retired = retire_unused(vault.db, kr, record_keys=_record_keys(vault).keys, files=files)
+        assert ("aead", old) in [(r.keyset, r.key_id) for r in retired]
+        assert vault.keyring.primary_key_id() == old  # the door has not looked at its keyring file yet
+        assert vault.get(ids[0], ctx=ctx())["name"] == people[0]["name"]  # its entry rewrites the head
+        reader = _open(store_url, keyring.path)
+        try:
+            reader.guard = AuditingGuard(AuditLog(reader.db, reader.keyring,
+                                                  load_writer(audit_dir, reader.keyring)))
+            assert reader.get(ids[1], ctx=ctx())["name"] == people[1]["name"]  # the chain goes on
+            assert verify(reader.db, verifier).ok
+        finally:
+            reader.close()
+    finally:
+        vault.close()
 
 
 def test_a_root_change_elsewhere_leaves_the_writer_writing(vault: Vault) -> None:

@@ -425,6 +425,13 @@ def _chain(head: _Head, prepared: Sequence[tuple[int, tuple[Any, ...]]], encoded
     return _Chained(head, rows, seqs, seq, mac, key)
 
 
+#: pivault.keys.seen.TABLE: the newest keyring generation the store has seen
+_KEYRING_SEEN = "keyring_seen"
+_UPDATE_HEAD = "UPDATE audit_head SET seq = ?, mac = ?, key_ct = ?, cp_seq = ?, cp_ts_us = ? WHERE id = 1"
+_UPDATE_HEAD_MARKED = (_UPDATE_HEAD + f" AND COALESCE((SELECT generation FROM {_KEYRING_SEEN}"
+                       " WHERE id = 1), 0) <= ?")
+
+
 class AuditLog:
     """Appends entries to the chain and makes checkpoints.
 
@@ -441,6 +448,9 @@ class AuditLog:
             raise AuditError("checkpoint interval must be positive", code="audit.config")
         self.db = db
         self._keyring = keyring
+        #: the store keeps the newest keyring generation it has seen: the head's key is checked
+        #: against it as it is written (see _write_head)
+        self._marked = hasattr(keyring, "write_generation") and db.table_exists(_KEYRING_SEEN)
         self._writer = writer
         self.checkpoint_every = checkpoint_every
         self.checkpoint_seconds = checkpoint_seconds
@@ -664,10 +674,7 @@ class AuditLog:
                     or now_us - cp_ts >= self.checkpoint_seconds * 1_000_000):
                 self._write_checkpoint(db, head.chain_id, seq, now_us, mac, key)
                 cp_seq, cp_ts = seq, now_us
-            db.execute(
-                "UPDATE audit_head SET seq = ?, mac = ?, key_ct = ?, cp_seq = ?, cp_ts_us = ? WHERE id = 1",
-                (seq, mac, self._keyring.encrypt(_head_key_id(head.chain_id, seq), "ratchet", key),
-                 cp_seq, cp_ts))
+            self._write_head(db, head.chain_id, seq, mac, key, cp_seq, cp_ts)
             for journal_id, flushed in journals:
                 db.execute(
                     "INSERT INTO audit_journals (journal_id, flushed_seq, ts_us) VALUES (?, ?, ?)"
@@ -675,6 +682,45 @@ class AuditLog:
                     " ts_us = excluded.ts_us", (journal_id, flushed, now_us))
         self._caches[id(db)] = _Head(head.chain_id, seq, mac, key, cp_seq, cp_ts)
         return seqs
+
+    def _write_head(self, db: Database, chain_id: str, seq: int, mac: bytes, key: bytes,
+                    cp_seq: int, cp_ts: int) -> None:
+        """The new head, its key encrypted with keys at least as new as the store has seen.
+
+        The head is rewritten under the current field key at every append, and
+        a key change is seen by a process at most 10 ms late: a retirement
+        whose census ran in between would otherwise destroy the only key of the
+        head's key, and the chain could not go on. The store's keyring mark
+        (:mod:`pivault.keys.seen`) is compared in the same statement, at no
+        extra round trip: the head row is locked by this transaction
+        (``FOR UPDATE``, or SQLite's write lock), and a change of the mark takes
+        that lock before it commits, so the mark read here is the one a
+        retirement's census comes after. A head key made with an older keyring
+        is made again after the keyring has looked at its file.
+        """
+        head_id = _head_key_id(chain_id, seq)
+        made_at = self._generation(look_now=False)
+        key_ct = self._keyring.encrypt(head_id, "ratchet", key)
+        if made_at is None:
+            db.execute(_UPDATE_HEAD, (seq, mac, key_ct, cp_seq, cp_ts))
+            return
+        if db.execute(_UPDATE_HEAD_MARKED, (seq, mac, key_ct, cp_seq, cp_ts, made_at)).rowcount == 1:
+            return
+        made_at = self._generation(look_now=True)
+        key_ct = self._keyring.encrypt(head_id, "ratchet", key)
+        if db.execute(_UPDATE_HEAD_MARKED, (seq, mac, key_ct, cp_seq, cp_ts, made_at)).rowcount != 1:
+            raise AuditError(
+                f"this process's keyring (generation {made_at}) is older than this vault's store has seen:"
+                " the keyring file it follows is an older copy or is not the one the keys were last"
+                " changed in; the audit entry was not written", code="keyring.rollback",
+                hint="put the newest keyring file at that path and restart this process")
+
+    def _generation(self, *, look_now: bool) -> int | None:
+        """The keyring generation what it encrypts from now on is made with; None: nothing to compare."""
+        if not self._marked:
+            return None
+        follow: Callable[..., int] | None = getattr(self._keyring, "write_generation", None)
+        return None if follow is None else follow(look_now=look_now)
 
     def checkpoint(self) -> Checkpoint:
         """A checkpoint at the current head (made now if the latest is older)."""

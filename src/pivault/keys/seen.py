@@ -93,14 +93,19 @@ def _lock_exclusive(db: Database) -> None:
     """On PostgreSQL, wait for every writer that read the mark to commit (SQLite's writers queue already).
 
     Under READ COMMITTED a writer that read the old mark could otherwise commit after a
-    retirement raised it and took its census, unseen by both. Writers hold the lock
-    shared (``pivault_keyring_mark()``); PostgreSQL queues a new shared request behind a
-    waiting exclusive one, so a steady stream of writers cannot hold a change off.
-    The lock is taken in a statement of its own: the mark is read in the next one,
-    whose snapshot comes after it.
+    retirement raised it and took its census, unseen by both. Writers of records hold the
+    lock shared (``pivault_keyring_mark()``); PostgreSQL queues a new shared request behind
+    a waiting exclusive one, so a steady stream of writers cannot hold a change off. The
+    lock is taken in a statement of its own: the mark is read in the next one, whose
+    snapshot comes after it. Then the audit chain head's row, which its writers lock
+    before they compare the mark in the statement that rewrites it (taken second, as the
+    record writers, who append to the chain inside their transactions, take them).
     """
     if db.dialect == "postgresql":
         db.execute("SELECT pg_advisory_xact_lock(?::int4, 0)", (_LOCK_SEEN,))
+        # the audit chain head's writers hold its row instead (pivault.audit.log, AuditLog._write_head)
+        if db.table_exists("audit_head"):
+            db.execute("SELECT 1 FROM audit_head WHERE id = 1 FOR UPDATE")
 
 
 def _read(db: Database) -> int | None:
