@@ -57,6 +57,13 @@ def _keyring(cfg: Any) -> Any:
     return Keyring.open(cfg.keyring_path, PassphraseProvider(passphrase_from_env_or_prompt()))
 
 
+def _current(db: Any, keyring: Any) -> None:
+    """Refuse a keyring older than the store has seen (keyring.rollback), as opening a vault does."""
+    from pivault.keys import seen
+
+    seen.check(db, keyring)
+
+
 def _key_dir(cfg: Any) -> Path:
     from pivault.detect.setup import DetectSettings, audit_key_dir
 
@@ -120,6 +127,8 @@ def audit_verify(
     with _db(cfg) as db:
         if not db.table_exists("audit_entries"):
             raise PivaultError("this vault has no audit trail yet", code="audit.missing")
+        if keyring is not None:
+            _current(db, keyring)
         report = verify(db, verifier, checkpoint=cp, keyring=keyring)
     if as_json:
         _json(report.to_dict())
@@ -181,6 +190,7 @@ def audit_export_checkpoint(
     cfg = _config(home)
     keyring = _keyring(cfg)
     with _db(cfg, migrate=True) as db:
+        _current(db, keyring)
         cp = AuditLog(db, keyring, load_writer(_key_dir(cfg), keyring)).checkpoint()
     if out is None:
         typer.echo(cp.to_json(), nl=False)
@@ -214,6 +224,7 @@ def audit_prune(
                        "run again with --yes")
             return
         keyring = _keyring(cfg)
+        _current(db, keyring)
         result = prune(AuditLog(db, keyring, load_writer(_key_dir(cfg), keyring)),
                        local_operator("audit"), policy)
     typer.echo(f"deleted {result.deleted} entries (through entry {result.through_seq})")
