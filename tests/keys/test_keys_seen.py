@@ -29,6 +29,7 @@ from pivault.audit import AuditLog, load_writer, verify
 from pivault.backup import create_backup, load_verify_key, restore
 from pivault.backup.restore import _BOOKKEEPING, _tables
 from pivault.crypto import Keyring, KeyringError
+from pivault.errors import ConfigError
 from pivault.keys import seen
 from pivault.keys.rewrap import rewrap
 from pivault.keys.rotate import retire_unused, rotate
@@ -78,8 +79,12 @@ def _put_back(path: Path, data: bytes) -> None:
 
 
 def _refused(url: str, path: Path) -> KeyringError:
-    with pytest.raises(KeyringError) as exc:
-        _open(url, path).close()
+    db = Database(url)
+    try:
+        with pytest.raises(KeyringError) as exc:
+            Vault(db, Keyring.open(path, provider())).close()
+    finally:
+        db.close()
     return exc.value
 
 
@@ -229,9 +234,9 @@ def test_a_store_migrated_from_before_the_mark_gets_it(store_url: str, keyring: 
     db.execute(f"DROP TABLE {seen.TABLE}")
     db.execute("DELETE FROM schema_migrations WHERE component = 'keyring'")
     Keyring.open(keyring.path, provider()).rotate("aead")  # a change the store never heard of
-    with pytest.raises(Exception) as exc:
-        _open(store_url, keyring.path).close()
-    assert getattr(exc.value, "code", None) == "store.schema"  # `pivault migrate` first
+    with pytest.raises(ConfigError) as exc:
+        Vault(db, Keyring.open(keyring.path, provider()))
+    assert exc.value.code == "store.schema"  # `pivault migrate` first
     assert "keyring:1" in migrate(db)
     assert seen.seen_generation(db) == 0
     _open(store_url, keyring.path).close()  # the first open notes the keyring it is opened with
