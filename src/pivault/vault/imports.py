@@ -123,6 +123,8 @@ MAX_WORKERS = 4
 #: forked process, and a typo must not fork a thousand
 WORKERS_LIMIT = 64
 _DUPLICATE_POLICIES = ("skip", "update", "reject")
+#: the most text a chunk holds (characters): ~10^4 rows of a resident file are ~2·10^6
+CHUNK_CHARS = 16 << 20
 
 
 class ImportConflict(PivaultError):
@@ -436,13 +438,21 @@ def _expected_rows(source: Source) -> int:
     return min(source.size // 64, 1 << 24)
 
 
-def _chunks(rows: Iterator[RawRow], size: int) -> Iterator[list[RowTuple]]:
+def _chunks(rows: Iterator[RawRow], size: int, max_chars: int = CHUNK_CHARS) -> Iterator[list[RowTuple]]:
+    """Chunks of ``size`` rows, or fewer when their text passes ``max_chars``.
+
+    A row may be up to 4 MiB (``readers.ROW_LIMIT``): counted in rows alone,
+    a chunk of such rows would hold gigabytes, once per worker.
+    """
     chunk: list[RowTuple] = []
+    chars = 0
     for r in rows:
         chunk.append((r.line, r.cells, r.error, r.text))
-        if len(chunk) >= size:
+        chars += len(r.text) if r.text is not None else sum(map(len, filter(None, r.cells)))
+        if len(chunk) >= size or chars >= max_chars:
             yield chunk
             chunk = []
+            chars = 0
     if chunk:
         yield chunk
 

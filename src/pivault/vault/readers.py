@@ -39,6 +39,12 @@ Format = Literal["csv", "tsv", "jsonl", "parquet"]
 SNIFF_BYTES = 1 << 20
 #: a single CSV field larger than this is a broken file, not a resident
 FIELD_LIMIT = 1 << 20
+#: a row longer than this (characters of a CSV/TSV row's lines together, bytes of a JSON Lines
+#: line) is not a resident either; it is read in pieces and becomes a reject (``row.size``)
+#: without ever being held whole: a file that is one 200 MB line must not need 200 MB
+ROW_LIMIT = 4 << 20
+#: what a ``row.size`` reject keeps of its row: enough to find it in the file
+KEPT_CHARS = 64 << 10
 _SURROGATE = re.compile("[\udc80-\udcff]")
 
 
@@ -182,6 +188,61 @@ def open_source(path: str | os.PathLike[str], *, encoding: str | None = None,
 csv.field_size_limit(FIELD_LIMIT)
 
 
+class _RowTooLong(Exception):
+    """Raised by :class:`_Lines` in place of a line that would make its row too long."""
+
+
+class _Lines:
+    """The physical lines of a text file for the CSV reader, never more than a row can hold.
+
+    ``readline`` without a limit reads a line whole, however long: a file that
+    is one 200 MB line would take gigabytes to read. Here a row's lines
+    together are at most :data:`ROW_LIMIT` characters; the line that would
+    pass it is read on in pieces to its end, kept only in part
+    (:attr:`kept`), and raises :class:`_RowTooLong` instead of reaching the
+    CSV reader, which then starts afresh at the next line.
+    """
+
+    def __init__(self, text: io.TextIOWrapper) -> None:
+        self._readline = text.readline
+        #: physical lines read so far
+        self.count = 0
+        #: the lines of the current row (:meth:`new_row` starts another)
+        self.consumed: list[str] = []
+        #: what a row that was too long keeps of itself
+        self.kept = ""
+        self._size = 0
+        self._cr = False  # the last piece read ended with a CR whose LF may follow
+
+    def new_row(self) -> None:
+        self.consumed.clear()
+        self._size = 0
+
+    def __iter__(self) -> _Lines:
+        return self
+
+    def __next__(self) -> str:
+        line = self._readline(ROW_LIMIT - self._size + 1)
+        if self._cr and line.startswith("\n"):
+            line = line[1:] or self._readline(ROW_LIMIT - self._size + 1)  # the rest of a CRLF
+        self._cr = False
+        if not line:
+            raise StopIteration
+        self.count += 1
+        if self._size + len(line) <= ROW_LIMIT:
+            self.consumed.append(line)
+            self._size += len(line)
+            return line
+        self.kept = ("".join(self.consumed) + line)[:KEPT_CHARS]
+        while not line.endswith(("\n", "\r")):
+            line = self._readline(1 << 16)
+            if not line:
+                break
+        self._cr = line.endswith("\r")
+        self.new_row()
+        raise _RowTooLong
+
+
 class DelimitedSource:
     """CSV or TSV; the first non-blank row is the header."""
 
@@ -193,7 +254,7 @@ class DelimitedSource:
         self._delimiter = delimiter
         self._fh: BinaryIO | None = None
         with self._open() as text:
-            reader = csv.reader(text, delimiter=delimiter, strict=True)
+            reader = csv.reader(_Lines(text), delimiter=delimiter, strict=True)
             header: list[str] = []
             try:
                 for row in reader:
@@ -202,6 +263,9 @@ class DelimitedSource:
                         break
             except csv.Error:
                 raise ReaderError("the header row is not valid CSV") from None
+            except _RowTooLong:
+                raise ReaderError(f"the header row is longer than {ROW_LIMIT >> 20} MiB: "
+                                  "the file is not a table of residents") from None
         if not header:
             raise ReaderError("the file is empty: no header row", code="import.empty")
         if any(_SURROGATE.search(h) for h in header):
@@ -229,35 +293,29 @@ class DelimitedSource:
     def rows(self, skip: int = 0, columns: Sequence[int] | None = None) -> Iterator[RawRow]:
         width = self._width
         with self._open() as text:
-            consumed: list[str] = []  # the physical lines of the current row
-
-            def lines() -> Iterator[str]:
-                for physical in text:
-                    consumed.append(physical)
-                    yield physical
-
+            lines = _Lines(text)  # the physical lines of the current row: lines.consumed
             # strict: a quote in the wrong place is an error for that row (code
             # csv.quoting), not a silently different value; the reader goes on
             # with the next line
-            reader = csv.reader(lines(), delimiter=self._delimiter, strict=True)
+            reader = csv.reader(lines, delimiter=self._delimiter, strict=True)
             seen_header = False
             n = 0
-            last_line = 0
             while True:
-                start = last_line + 1
-                consumed.clear()
+                start = lines.count + 1
+                lines.new_row()
                 try:
                     row = next(reader)
                 except StopIteration:
                     return
-                except csv.Error as exc:
-                    last_line = reader.line_num
+                except (csv.Error, _RowTooLong) as exc:
                     n += 1
                     if n > skip and seen_header:
+                        if isinstance(exc, _RowTooLong):
+                            yield RawRow(start, [], "row.size", text=lines.kept)
+                            continue
                         code = "csv.field_size" if "field larger" in str(exc) else "csv.quoting"
-                        yield RawRow(start, [], code, text="".join(consumed).rstrip("\r\n"))
+                        yield RawRow(start, [], code, text="".join(lines.consumed).rstrip("\r\n"))
                     continue
-                last_line = reader.line_num
                 if not seen_header:
                     if any(c.strip() for c in row):
                         seen_header = True
@@ -304,10 +362,10 @@ class JsonLinesSource:
         self._fh: BinaryIO | None = None
         keys: dict[str, None] = {}
         with open(path, "rb") as fh:
-            for i, line in enumerate(fh):
+            for i, (line, whole) in enumerate(_json_lines(fh)):
                 if i >= JSONL_HEADER_LINES:
                     break
-                obj = self._parse(line)
+                obj = self._parse(line) if whole else None
                 if isinstance(obj, dict):
                     keys.update(dict.fromkeys(str(k) for k in obj))
         if not keys:
@@ -334,11 +392,15 @@ class JsonLinesSource:
         n = 0
         with open(self.path, "rb") as fh:
             self._fh = fh
-            for lineno, line in enumerate(fh, start=1):
+            for lineno, (line, whole) in enumerate(_json_lines(fh), start=1):
                 if not line.strip():
                     continue
                 n += 1
                 if n <= skip:
+                    continue
+                if not whole:
+                    yield RawRow(lineno, [], "row.size",
+                                 text=line.decode(enc, errors="surrogateescape")[:KEPT_CHARS])
                     continue
                 try:
                     text = line.decode(enc)
@@ -374,6 +436,22 @@ class JsonLinesSource:
                 if error:
                     cells.extend(extra)
                 yield RawRow(lineno, cells, error)
+
+
+def _json_lines(fh: BinaryIO) -> Iterator[tuple[bytes, bool]]:
+    """Each line of ``fh`` and whether it is whole: one over :data:`ROW_LIMIT` bytes is cut short.
+
+    The rest of a line that is too long is read in pieces and dropped, so
+    that a file of one huge line is read in flat memory (see :class:`_Lines`).
+    """
+    while line := fh.readline(ROW_LIMIT + 1):
+        if len(line) <= ROW_LIMIT or line.endswith(b"\n"):
+            yield line, True
+            continue
+        kept = line[:KEPT_CHARS]
+        while line and not line.endswith(b"\n"):
+            line = fh.readline(1 << 16)
+        yield kept, False
 
 
 # -- Parquet --------------------------------------------------------------------

@@ -1,0 +1,93 @@
+"""Import of hostile and careless files: what a broken or malicious source must not do to the vault.
+
+Every row still ends up in exactly one place (a record, a reject with its
+line and code, or the duplicate count), memory stays flat, no traceback
+reaches the operator, and no value is left in the clear anywhere.
+"""
+
+from __future__ import annotations
+
+import json
+import tracemalloc
+from pathlib import Path
+
+import pytest
+
+from pivault.policy import AccessContext
+from pivault.synth import generate
+from pivault.vault import Vault
+from pivault.vault.imports import ImportSummary
+from pivault.vault.readers import ROW_LIMIT
+
+MiB = 1 << 20
+
+
+def _people(n: int, seed: int) -> list[dict[str, str]]:
+    """Synthetic adults (every one has a mobile number)."""
+    return [{k: str(v) for k, v in r.items()} for r in generate(n * 3, seed) if r["mobile"]][:n]
+
+
+def _csv_line(p: dict[str, str], notes: str = "") -> str:
+    return f"{p['name']},{p['id_number']},{p['mobile']},{notes}\n"
+
+
+def _import_traced(vault: Vault, path: Path) -> tuple[ImportSummary, int]:
+    tracemalloc.start()
+    try:
+        summary = vault.import_files([path], workers=0)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    return summary, peak
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".jsonl"])
+def test_a_huge_line_is_one_reject_read_in_flat_memory(sqlite_vault: Vault, tmp_path: Path,
+                                                       ctx: AccessContext, suffix: str) -> None:
+    """A 24 MiB line (a broken export, or a file built to exhaust memory) costs a few MiB, not its size."""
+    a, b, c = _people(3, seed=71)
+    huge = "x" * (6 * ROW_LIMIT)
+    src = tmp_path / f"long{suffix}"
+    with open(src, "w", encoding="utf-8") as fh:
+        if suffix == ".csv":
+            fh.write("name,id_number,mobile,notes\n")
+            fh.write(_csv_line(a) + _csv_line(b, huge) + _csv_line(c))
+        else:
+            for p, notes in ((a, ""), (b, huge), (c, "")):
+                fh.write(json.dumps({"name": p["name"], "id_number": p["id_number"],
+                                     "mobile": p["mobile"], "notes": notes}, ensure_ascii=False) + "\n")
+    summary, peak = _import_traced(sqlite_vault, src)
+    assert peak < 4 * ROW_LIMIT, f"peak {peak / MiB:.1f} MiB for a {len(huge) / MiB:.0f} MiB line"
+    # the reject keeps enough of the row to find it, not the whole of it
+    (size,) = sqlite_vault.db.query_one("SELECT LENGTH(raw_row) FROM import_rejects")
+    assert size < MiB
+    f = summary.files[0]
+    assert (f.read, f.imported, f.rejected, f.duplicates) == (3, 2, 1, 0) and f.reconciles
+    line = 3 if suffix == ".csv" else 2
+    rejects = sqlite_vault.rejects(ctx=ctx)
+    assert [(r["line"], r["code"]) for r in rejects] == [(line, "row.size")]
+    assert sqlite_vault.find(id_number=c["id_number"], ctx=ctx)
+
+
+def test_a_row_after_a_huge_line_keeps_its_line_number(sqlite_vault: Vault, tmp_path: Path,
+                                                       ctx: AccessContext) -> None:
+    """Lines cut short (CRLF endings too) are counted once, so later rejects name the right line."""
+    a, b = _people(2, seed=72)
+    src = tmp_path / "crlf.csv"
+    with open(src, "w", encoding="utf-8", newline="") as fh:
+        fh.write("name,id_number,mobile,notes\r\n")
+        fh.write(_csv_line(a, "y" * (ROW_LIMIT + 5)).replace("\n", "\r\n"))
+        fh.write(f"{b['name']},{b['id_number']},12345,\r\n")  # mobile.length, on line 3
+    f = sqlite_vault.import_files([src], workers=0).files[0]
+    assert (f.read, f.imported, f.rejected) == (2, 0, 2)
+    assert [(r["line"], r["code"]) for r in sqlite_vault.rejects(ctx=ctx)] == [
+        (2, "row.size"), (3, "mobile.length")]
+
+
+def test_chunks_are_cut_by_their_text_too() -> None:
+    from pivault.vault.imports import _chunks
+    from pivault.vault.readers import RawRow
+
+    rows = (RawRow(i, ["x" * MiB, None], None) for i in range(40))
+    sizes = [len(c) for c in _chunks(rows, 10_000, max_chars=8 * MiB)]
+    assert sum(sizes) == 40 and max(sizes) == 8
