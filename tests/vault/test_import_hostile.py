@@ -91,3 +91,20 @@ def test_chunks_are_cut_by_their_text_too() -> None:
     rows = (RawRow(i, ["x" * MiB, None], None) for i in range(40))
     sizes = [len(c) for c in _chunks(rows, 10_000, max_chars=8 * MiB)]
     assert sum(sizes) == 40 and max(sizes) == 8
+
+
+@pytest.mark.parametrize("where", ["first", "late"])
+def test_json_nested_too_deep_is_a_reject_not_a_crash(sqlite_vault: Vault, tmp_path: Path,
+                                                      ctx: AccessContext, where: str) -> None:
+    """Nesting past the parser's depth raised RecursionError: a traceback, a batch never finished."""
+    people = _people(3, seed=73)
+    deep = '{"name": ' + "[" * 100_000 + "]" * 100_000 + "}"
+    good = [json.dumps({"name": p["name"], "id_number": p["id_number"], "mobile": p["mobile"]},
+                       ensure_ascii=False) for p in people]
+    lines = [deep, *good] if where == "first" else [*good, deep]
+    src = tmp_path / "deep.jsonl"
+    src.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    f = sqlite_vault.import_files([src], workers=0).files[0]
+    assert (f.read, f.imported, f.rejected) == (4, 3, 1) and f.reconciles
+    line = 1 if where == "first" else 4
+    assert [(r["line"], r["code"]) for r in sqlite_vault.rejects(ctx=ctx)] == [(line, "json.syntax")]

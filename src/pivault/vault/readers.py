@@ -376,7 +376,7 @@ class JsonLinesSource:
     def _parse(self, line: bytes) -> Any:
         try:
             return json.loads(line.decode(self.encoding or "utf-8"))
-        except (UnicodeDecodeError, ValueError):
+        except (UnicodeDecodeError, ValueError, RecursionError):
             return None
 
     def position(self) -> int:
@@ -410,7 +410,7 @@ class JsonLinesSource:
                     continue
                 try:
                     obj = json.loads(text)
-                except ValueError:
+                except (ValueError, RecursionError):  # nested deeper than the parser goes: not a row
                     yield RawRow(lineno, [], "json.syntax", text=text.rstrip("\r\n"))
                     continue
                 if not isinstance(obj, dict):
