@@ -108,3 +108,67 @@ def test_json_nested_too_deep_is_a_reject_not_a_crash(sqlite_vault: Vault, tmp_p
     assert (f.read, f.imported, f.rejected) == (4, 3, 1) and f.reconciles
     line = 1 if where == "first" else 4
     assert [(r["line"], r["code"]) for r in sqlite_vault.rejects(ctx=ctx)] == [(line, "json.syntax")]
+
+
+def _parquet(path: Path, people: list[dict[str, str]], notes: list[object], **kw: object) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"name": [p["name"] for p in people],
+                             "id_number": [p["id_number"] for p in people],
+                             "notes": notes}), path, **kw)  # type: ignore[arg-type]
+
+
+def test_parquet_that_expands_past_its_size_is_refused_before_any_row(sqlite_vault: Vault,
+                                                                      tmp_path: Path) -> None:
+    """A few KB of zstd that inflate to a 64 MiB value: refused from the file's own figures."""
+    from pivault.vault.readers import ReaderError
+
+    people = _people(2, seed=74)
+    src = tmp_path / "bomb.parquet"
+    _parquet(src, people, ["x" * (64 * MiB), ""], compression="zstd")
+    assert src.stat().st_size < 64 * 1024
+    with pytest.raises(ReaderError) as info:
+        sqlite_vault.import_files([src], workers=0)
+    assert info.value.code == "import.format" and "decompression bomb" in info.value.message
+    assert sqlite_vault.store.count() == 0
+    assert sqlite_vault.db.query_one("SELECT COUNT(*) FROM import_batches")[0] == 0
+
+
+def test_parquet_dictionary_that_repeats_a_long_value_is_refused(sqlite_vault: Vault,
+                                                                 tmp_path: Path) -> None:
+    """One 256 KiB value stored once and named by 300 rows: 75 MiB of text from a small file."""
+    import secrets
+
+    import pyarrow as pa
+
+    from pivault.vault.readers import ReaderError
+
+    people = _people(300, seed=75)
+    long = secrets.token_hex(128 * 1024)  # random: it does not compress
+    notes = pa.DictionaryArray.from_arrays(pa.array([0] * len(people), pa.int32()), pa.array([long]))
+    src = tmp_path / "dict.parquet"
+    _parquet(src, people, notes)  # type: ignore[arg-type]
+    assert src.stat().st_size < MiB
+    with pytest.raises(ReaderError) as info:
+        sqlite_vault.import_files([src], workers=0)
+    assert info.value.code == "import.format"
+    assert sqlite_vault.store.count() == 0
+    assert sqlite_vault.db.query_one("SELECT COUNT(*) FROM import_rejects")[0] == 0
+
+
+def test_parquet_row_over_the_limit_is_a_small_reject(sqlite_vault: Vault, tmp_path: Path,
+                                                      ctx: AccessContext) -> None:
+    import secrets
+
+    people = _people(3, seed=76)
+    src = tmp_path / "long.parquet"
+    _parquet(src, people, ["", secrets.token_hex(3 * MiB), ""])  # 6 MiB, incompressible
+    summary, peak = _import_traced(sqlite_vault, src)
+    assert peak < 4 * ROW_LIMIT, f"peak {peak / MiB:.1f} MiB"
+    (size,) = sqlite_vault.db.query_one("SELECT LENGTH(raw_row) FROM import_rejects")
+    assert size < MiB
+    f = summary.files[0]
+    assert (f.read, f.imported, f.rejected) == (3, 2, 1) and f.reconciles
+    (reject,) = sqlite_vault.rejects(ctx=ctx)
+    assert (reject["line"], reject["code"]) == (2, "row.size")

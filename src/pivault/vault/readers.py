@@ -456,8 +456,25 @@ def _json_lines(fh: BinaryIO) -> Iterator[tuple[bytes, bool]]:
 
 # -- Parquet --------------------------------------------------------------------
 
+#: a Parquet file may hold this many times its own size in text (decoded and decompressed), and
+#: at least this much: real tables come to a few times their file; more is a decompression bomb
+PARQUET_MAX_RATIO = 200
+PARQUET_MIN_EXPANDED = 64 << 20
+#: text of the rows one Parquet batch turns into Python values at a time
+PARQUET_SLICE_BYTES = 16 << 20
+
+
 class ParquetSource:
-    """Parquet, read one record batch at a time; ``line`` is the row number."""
+    """Parquet, read one record batch at a time; ``line`` is the row number.
+
+    Parquet compresses: a file of 30 KB can hold a value of 300 MB, and a
+    dictionary column one long value repeated on every row. So the text a
+    file holds is measured on the Arrow arrays before any of it becomes
+    Python strings (lengths only, nothing decoded): past
+    :data:`PARQUET_MAX_RATIO` times the file's size it is refused, a row
+    over :data:`ROW_LIMIT` becomes a ``row.size`` reject that keeps the head
+    of each cell, and a batch is turned into values a slice at a time.
+    """
 
     format: Format = "parquet"
     encoding: str | None = None
@@ -471,8 +488,18 @@ class ParquetSource:
         except Exception as exc:
             raise ReaderError(f"not a readable Parquet file ({type(exc).__name__})") from None
         self.header: tuple[str, ...] = tuple(self._file.schema_arrow.names)
-        self.size: int = self._file.metadata.num_rows
+        meta = self._file.metadata
+        self.size: int = meta.num_rows
         self._done = 0
+        self._limit = max(PARQUET_MAX_RATIO * path.stat().st_size, PARQUET_MIN_EXPANDED)
+        declared = sum(meta.row_group(g).total_byte_size for g in range(meta.num_row_groups))
+        if declared > self._limit:
+            raise self._bomb()
+
+    def _bomb(self) -> ReaderError:
+        return ReaderError(f"the Parquet file expands to more than {PARQUET_MAX_RATIO} times its size: "
+                           "it is not a table of residents (a decompression bomb?)",
+                           hint="export the data again, or as CSV or JSON Lines")
 
     def position(self) -> int:
         return self._done
@@ -483,6 +510,7 @@ class ParquetSource:
         names = [self.header[i] for i in wanted]
         width = len(self.header)
         row_no = 0
+        expanded = 0
         for rg in range(meta.num_row_groups):
             count = meta.row_group(rg).num_rows
             if row_no + count <= skip:
@@ -490,25 +518,119 @@ class ParquetSource:
                 self._done = row_no
                 continue
             for batch in self._file.iter_batches(batch_size=8192, row_groups=[rg], columns=names):
-                cols = [batch.column(j).to_pylist() for j in range(len(names))]
-                for k in range(batch.num_rows):
-                    row_no += 1
-                    if row_no <= skip:
-                        continue
-                    cells: list[str | None] = [None] * width
-                    error: str | None = None
-                    for j, i in enumerate(wanted):
-                        v = cols[j][k]
-                        if v is None or isinstance(v, str):
-                            cells[i] = v
-                        elif isinstance(v, bytes):
-                            try:
-                                cells[i] = v.decode("utf-8")
-                            except UnicodeDecodeError:
-                                cells[i] = v.decode("utf-8", errors="surrogateescape")
-                                error = "encoding"
-                        else:
-                            cells[i] = str(v)
-                    self._done = row_no
-                    yield RawRow(row_no, cells, error)
+                sizes = _row_bytes(batch)
+                expanded += sizes.total
+                if expanded > self._limit:
+                    raise self._bomb()
+                for first, stop in sizes.slices():
+                    part = batch.slice(first, stop - first)
+                    big = sizes.over_limit(first, stop)
+                    cols = [_values(part.column(j), big) for j in range(len(names))]
+                    for k in range(part.num_rows):
+                        row_no += 1
+                        if row_no <= skip:
+                            continue
+                        cells: list[str | None] = [None] * width
+                        error: str | None = "row.size" if k in big else None
+                        for j, i in enumerate(wanted):
+                            v = cols[j][k]
+                            if v is None or isinstance(v, str):
+                                cells[i] = v
+                            elif isinstance(v, bytes):
+                                try:
+                                    cells[i] = v.decode("utf-8")
+                                except UnicodeDecodeError:
+                                    cells[i] = v.decode("utf-8", errors="surrogateescape")
+                                    error = error or "encoding"
+                            else:
+                                cells[i] = str(v)
+                        self._done = row_no
+                        yield RawRow(row_no, cells, error)
         self._done = row_no
+
+
+def _text_lengths(col: Any) -> Any:
+    """Bytes of each value of a text or binary Arrow array, without decoding one; None for other types."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    t = col.type
+    if pa.types.is_dictionary(t):
+        lengths = _text_lengths(col.dictionary)
+        return None if lengths is None else pc.take(lengths, col.indices)
+    if (pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_binary(t)
+            or pa.types.is_large_binary(t)):
+        return pc.binary_length(col)
+    return None  # numbers, dates, flags: short, whatever they hold
+
+
+@dataclass(slots=True)
+class _RowBytes:
+    """The text each row of a record batch holds, in bytes (``per_row`` only when some row needs it)."""
+
+    rows: int
+    total: int
+    per_row: list[int] | None
+
+    def slices(self) -> Iterator[tuple[int, int]]:
+        """``(first, stop)`` ranges of rows holding at most :data:`PARQUET_SLICE_BYTES` (or one row)."""
+        if self.per_row is None:
+            yield 0, self.rows
+            return
+        first, held = 0, 0
+        for k, n in enumerate(self.per_row):
+            n = min(n, KEPT_CHARS)  # a row over the limit gives only the head of its cells
+            if k > first and held + n > PARQUET_SLICE_BYTES:
+                yield first, k
+                first, held = k, 0
+            held += n
+        if self.rows > first:
+            yield first, self.rows
+
+    def over_limit(self, first: int, stop: int) -> set[int]:
+        """Rows of ``first:stop`` (numbered from ``first``) longer than :data:`ROW_LIMIT`."""
+        if self.per_row is None:
+            return set()
+        return {k - first for k in range(first, stop) if self.per_row[k] > ROW_LIMIT}
+
+
+def _row_bytes(batch: Any) -> _RowBytes:
+    """How much text a record batch holds, measured on its Arrow arrays (nothing is decoded)."""
+    import pyarrow.compute as pc
+
+    total = None
+    for j in range(batch.num_columns):
+        lengths = _text_lengths(batch.column(j))
+        if lengths is not None:
+            lengths = pc.fill_null(lengths, 0)
+            total = lengths if total is None else pc.add(total, lengths)
+    if total is None or batch.num_rows == 0:
+        return _RowBytes(batch.num_rows, 0, None)
+    whole = int(pc.sum(total).as_py())
+    if whole <= PARQUET_SLICE_BYTES and int(pc.max(total).as_py()) <= ROW_LIMIT:
+        return _RowBytes(batch.num_rows, whole, None)  # the usual batch: taken in one piece
+    return _RowBytes(batch.num_rows, whole, total.to_pylist())
+
+
+def _values(col: Any, big: set[int]) -> list[Any]:
+    """A column's Python values; of the rows in ``big`` only the first :data:`KEPT_CHARS` of each."""
+    if not big:
+        return list(col.to_pylist())
+    return [_head(col, k) if k in big else col[k].as_py() for k in range(len(col))]
+
+
+def _head(col: Any, k: int) -> Any:
+    """The start of value ``k``, cut in Arrow so that a value of hundreds of MB is never copied whole."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    t = col.type
+    if pa.types.is_dictionary(t):
+        index = col.indices[k].as_py()
+        return None if index is None else _head(col.dictionary, index)
+    one = col.slice(k, 1)
+    if pa.types.is_string(t) or pa.types.is_large_string(t):
+        one = pc.utf8_slice_codeunits(one, 0, KEPT_CHARS)
+    elif pa.types.is_binary(t) or pa.types.is_large_binary(t):
+        one = pc.binary_slice(one, 0, KEPT_CHARS)
+    return one[0].as_py()
