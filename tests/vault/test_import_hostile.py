@@ -172,3 +172,24 @@ def test_parquet_row_over_the_limit_is_a_small_reject(sqlite_vault: Vault, tmp_p
     assert (f.read, f.imported, f.rejected) == (3, 2, 1) and f.reconciles
     (reject,) = sqlite_vault.rejects(ctx=ctx)
     assert (reject["line"], reject["code"]) == (2, "row.size")
+
+
+@pytest.mark.parametrize("kind", ["list", "struct"])
+def test_parquet_column_of_lists_or_records_is_refused_before_any_row(sqlite_vault: Vault, tmp_path: Path,
+                                                                      ctx: AccessContext, kind: str) -> None:
+    """A nested column was imported as Python's repr of it ("['…', '…']") without a word."""
+    from pivault.vault.readers import ReaderError
+
+    people = _people(2, seed=77)
+    notes: list[object] = ([["合成", "备注"], []] if kind == "list"
+                           else [{"text": "合成备注"}, {"text": ""}])
+    src = tmp_path / "nested.parquet"
+    _parquet(src, people, notes)
+    with pytest.raises(ReaderError) as info:
+        sqlite_vault.import_files([src], workers=0)
+    assert info.value.code == "import.mapping" and "#3" in info.value.message, info.value.message
+    assert sqlite_vault.store.count() == 0
+    # left out, the file imports
+    f = sqlite_vault.import_files([src], workers=0, ignore=["notes"]).files[0]
+    assert (f.read, f.imported) == (2, 2)
+    assert sqlite_vault.find(id_number=people[0]["id_number"], ctx=ctx)

@@ -50,7 +50,7 @@ from pivault.vault import mapping as _mapping
 from pivault.vault import meta as _meta  # noqa: F401 - registers the vault_meta step
 from pivault.vault.checks import CheckTags
 from pivault.vault.facade import open_record, seal, seal_columns
-from pivault.vault.readers import RawRow, Source, open_source
+from pivault.vault.readers import RawRow, Source, check_columns, open_source
 
 if TYPE_CHECKING:
     from pivault.vault.facade import Vault
@@ -837,7 +837,9 @@ def import_files(
     plans = []
     for path in paths:
         source = open_source(path, encoding=encoding)
-        plans.append((path, source, _mapping.resolve(source.header, mapping, ignore)))
+        cmap = _mapping.resolve(source.header, mapping, ignore)
+        check_columns(source, cmap.positions)
+        plans.append((path, source, cmap))
     run = _Run(vault.store)
     files = [
         _import_file(vault, path, source, cmap, ctx=ctx, on_duplicate=on_duplicate,

@@ -16,7 +16,7 @@ import io
 import json
 import os
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Literal, Protocol
@@ -28,6 +28,7 @@ __all__ = [
     "RawRow",
     "ReaderError",
     "Source",
+    "check_columns",
     "detect_encoding",
     "detect_format",
     "open_source",
@@ -181,6 +182,16 @@ def open_source(path: str | os.PathLike[str], *, encoding: str | None = None,
     if fmt == "jsonl":
         return JsonLinesSource(p, enc)
     return DelimitedSource(p, enc, "\t" if fmt == "tsv" else ",")
+
+
+def check_columns(source: Source, positions: Mapping[int, str]) -> None:
+    """Whether the columns mapped to fields (position -> field) can be read as text; one error if not.
+
+    Only Parquet has column types: a column of lists or records is refused
+    here, with the header's other errors, before any row of any file is read.
+    """
+    if isinstance(source, ParquetSource):
+        source.check_columns(positions)
 
 
 # -- CSV / TSV ---------------------------------------------------------------
@@ -495,6 +506,24 @@ class ParquetSource:
         declared = sum(meta.row_group(g).total_byte_size for g in range(meta.num_row_groups))
         if declared > self._limit:
             raise self._bomb()
+
+    def check_columns(self, positions: Mapping[int, str]) -> None:
+        """One error, before any row is read, for a mapped column that holds lists or records.
+
+        ``str()`` of such a value is Python's picture of it (``['…', '…']``),
+        not anything an operator meant to store as a field.
+        """
+        import pyarrow as pa
+
+        schema = self._file.schema_arrow
+        for i, fld in sorted(positions.items()):
+            t = schema.field(i).type
+            if pa.types.is_dictionary(t):
+                t = t.value_type
+            if pa.types.is_nested(t):
+                raise ReaderError(f"the column mapped to {fld} (#{i + 1}) holds lists or records, not text",
+                                  code="import.mapping",
+                                  hint="map another column to it, or leave this one out with --ignore COLUMN")
 
     def _bomb(self) -> ReaderError:
         return ReaderError(f"the Parquet file expands to more than {PARQUET_MAX_RATIO} times its size: "
