@@ -193,3 +193,18 @@ def test_parquet_column_of_lists_or_records_is_refused_before_any_row(sqlite_vau
     f = sqlite_vault.import_files([src], workers=0, ignore=["notes"]).files[0]
     assert (f.read, f.imported) == (2, 2)
     assert sqlite_vault.find(id_number=people[0]["id_number"], ctx=ctx)
+
+
+def test_json_object_naming_a_key_twice_is_a_reject(sqlite_vault: Vault, tmp_path: Path,
+                                                    ctx: AccessContext) -> None:
+    """{"id_number": A, …, "id_number": B}: other readers take A, json.loads took B without a word."""
+    a, b, c = _people(3, seed=78)
+    src = tmp_path / "twice.jsonl"
+    src.write_text(
+        json.dumps({"name": a["name"], "id_number": a["id_number"]}, ensure_ascii=False) + "\n"
+        + f'{{"name": "{b["name"]}", "id_number": "{b["id_number"]}", "id_number": "{c["id_number"]}"}}\n',
+        encoding="utf-8")
+    f = sqlite_vault.import_files([src], workers=0).files[0]
+    assert (f.read, f.imported, f.rejected) == (2, 1, 1) and f.reconciles
+    assert [(r["line"], r["code"]) for r in sqlite_vault.rejects(ctx=ctx)] == [(2, "json.fields")]
+    assert not sqlite_vault.find(id_number=c["id_number"], ctx=ctx)

@@ -420,12 +420,15 @@ class JsonLinesSource:
                                  text=line.decode(enc, errors="surrogateescape").rstrip("\r\n"))
                     continue
                 try:
-                    obj = json.loads(text)
+                    obj = _JSON.decode(text)
                 except (ValueError, RecursionError):  # nested deeper than the parser goes: not a row
                     yield RawRow(lineno, [], "json.syntax", text=text.rstrip("\r\n"))
                     continue
                 if not isinstance(obj, dict):
                     yield RawRow(lineno, [], "json.type", text=text.rstrip("\r\n"))
+                    continue
+                if isinstance(obj, _KeyTwice):
+                    yield RawRow(lineno, [], "json.fields", text=text.rstrip("\r\n"))
                     continue
                 cells: list[str | None] = [None] * width
                 error: str | None = None
@@ -447,6 +450,23 @@ class JsonLinesSource:
                 if error:
                     cells.extend(extra)
                 yield RawRow(lineno, cells, error)
+
+
+class _KeyTwice(dict[str, Any]):
+    """A JSON object that named a key more than once.
+
+    ``json.loads`` keeps the last value without a word, other readers the
+    first: which one the row means cannot be told, so it is a reject.
+    """
+
+
+def _object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    return obj if len(obj) == len(pairs) else _KeyTwice(obj)
+
+
+#: one decoder for every line: ``json.loads`` with a hook would build a new one per call (2 us)
+_JSON = json.JSONDecoder(object_pairs_hook=_object)
 
 
 def _json_lines(fh: BinaryIO) -> Iterator[tuple[bytes, bool]]:
