@@ -208,3 +208,22 @@ def test_json_object_naming_a_key_twice_is_a_reject(sqlite_vault: Vault, tmp_pat
     assert (f.read, f.imported, f.rejected) == (2, 1, 1) and f.reconciles
     assert [(r["line"], r["code"]) for r in sqlite_vault.rejects(ctx=ctx)] == [(2, "json.fields")]
     assert not sqlite_vault.find(id_number=c["id_number"], ctx=ctx)
+
+
+@pytest.mark.parametrize("kind", ["directory", "fifo"])
+def test_a_path_that_is_not_a_regular_file_is_named_for_what_it_is(sqlite_vault: Vault, tmp_path: Path,
+                                                                   kind: str) -> None:
+    """A FIFO is never opened (that would wait for a writer); neither is reported as missing."""
+    import os
+
+    from pivault.vault.readers import ReaderError
+
+    src = tmp_path / "people.csv"
+    if kind == "directory":
+        src.mkdir()
+    else:
+        os.mkfifo(src)
+    with pytest.raises(ReaderError) as info:
+        sqlite_vault.import_files([src], workers=0)
+    assert info.value.code == "import.file"
+    assert "not a regular file" in info.value.message and "no such file" not in info.value.message

@@ -174,6 +174,9 @@ def open_source(path: str | os.PathLike[str], *, encoding: str | None = None,
     """Open ``path`` and read its header (one clear error if that is impossible)."""
     p = Path(path)
     if not p.is_file():
+        if p.exists():  # a directory, a FIFO (opening one waits for a writer), a device
+            raise ReaderError(f"not a regular file: {p.name}", code="import.file",
+                              hint="give the path of a CSV, TSV, JSON Lines or Parquet file")
         raise ReaderError(f"no such file: {p.name}", code="import.file")
     fmt = format or detect_format(p)
     if fmt == "parquet":
