@@ -227,3 +227,33 @@ def test_a_path_that_is_not_a_regular_file_is_named_for_what_it_is(sqlite_vault:
         sqlite_vault.import_files([src], workers=0)
     assert info.value.code == "import.file"
     assert "not a regular file" in info.value.message and "no such file" not in info.value.message
+
+
+def test_a_file_rewritten_during_its_import_stops_it_before_rows_of_the_new_content(
+        sqlite_vault: Vault, tmp_path: Path, ctx: AccessContext) -> None:
+    """The batch is named by the content hashed at the start, and resumes by a row count: a chunk
+    read from other content, committed under it, would be skipped when the file itself is imported
+    again (its rows never imported, the summary reconciling all the same)."""
+    from pivault.errors import PivaultError
+    from pivault.vault.imports import ImportProgress
+
+    people = _people(2400, seed=79)
+    header = "name,id_number,mobile,notes\n"
+    src = tmp_path / "moving.csv"
+    src.write_text(header + "".join(_csv_line(p) for p in people[:1200]), encoding="utf-8")
+    original = src.read_bytes()
+
+    def rewrite(p: ImportProgress) -> None:
+        if p.read == 300:  # another program writes the file while pivault reads it
+            src.write_text(header + "".join(_csv_line(q) for q in people[1200:]), encoding="utf-8")
+
+    with pytest.raises(PivaultError) as info:
+        sqlite_vault.import_files([src], workers=0, chunk_size=300, progress=rewrite)
+    assert info.value.code == "import.changed"
+    assert sqlite_vault.db.query("SELECT status, rows_consumed FROM import_batches") == [("running", 300)]
+    src.write_bytes(original)  # the file as it was when the import began: the same batch, resumed
+    f = sqlite_vault.import_files([src], workers=0, chunk_size=300).files[0]
+    assert (f.status, f.read, f.imported, f.duplicates) == ("resumed", 1200, 1200, 0) and f.reconciles
+    missing = [p for p in people[:1200] if not sqlite_vault.find(id_number=p["id_number"], ctx=ctx)]
+    assert not missing, f"{len(missing)} rows of the file were never imported"
+    assert not sqlite_vault.find(id_number=people[1200]["id_number"], ctx=ctx)

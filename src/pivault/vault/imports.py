@@ -50,7 +50,7 @@ from pivault.vault import mapping as _mapping
 from pivault.vault import meta as _meta  # noqa: F401 - registers the vault_meta step
 from pivault.vault.checks import CheckTags
 from pivault.vault.facade import open_record, seal, seal_columns
-from pivault.vault.readers import RawRow, Source, check_columns, open_source
+from pivault.vault.readers import RawRow, Source, check_columns, open_source, stamp
 
 if TYPE_CHECKING:
     from pivault.vault.facade import Vault
@@ -59,6 +59,7 @@ __all__ = [
     "DEFAULT_CHUNK",
     "WORKERS_LIMIT",
     "FileSummary",
+    "ImportChanged",
     "ImportConflict",
     "ImportProgress",
     "ImportSummary",
@@ -131,6 +132,18 @@ class ImportConflict(PivaultError):
     """Another process is importing the same batch."""
 
     code = "import.conflict"
+
+
+class ImportChanged(PivaultError):
+    """The file was written or replaced while it was being imported.
+
+    A batch is named by the content hashed when it began and resumed by a
+    row count: a chunk read from other content must not be committed under
+    it, or the rows it stands for would be skipped when the file is
+    imported again.
+    """
+
+    code = "import.changed"
 
 
 @dataclass(frozen=True, slots=True)
@@ -901,7 +914,16 @@ def _import_file(
     unit = "rows" if source.format == "parquet" else "bytes"
     chunks = _chunks(source.rows(skip=skip, columns=sorted(positions)), chunk_size)
 
+    def unchanged() -> None:
+        # after the chunk was read, before it is committed: a chunk read after a change fails here
+        if stamp(path) != source.stamp:
+            raise ImportChanged(
+                f"{path.name} changed while it was being imported; the rows read before the "
+                "change are kept", hint="import it again once nothing writes to it: the same "
+                "content resumes where this run stopped, other content is a new batch")
+
     def step(rows: list[RowTuple], prepared: Prepared) -> None:
+        unchanged()
         committer.commit(rows, prepared)
         if progress is not None:
             progress(ImportProgress(path.name, source.position(), source.size, unit, batch.read,
@@ -909,6 +931,7 @@ def _import_file(
 
     with _import_cache(db):
         _run_chunks(vault, checks, chunks, positions, labels, n_workers, step)
+    unchanged()
     if seen is not None:
         run.take(committer)
     _finish(db, batch_id, run)

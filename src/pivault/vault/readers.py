@@ -32,6 +32,7 @@ __all__ = [
     "detect_encoding",
     "detect_format",
     "open_source",
+    "stamp",
 ]
 
 Format = Literal["csv", "tsv", "jsonl", "parquet"]
@@ -81,6 +82,8 @@ class Source(Protocol):
     header: tuple[str, ...]
     #: the unit of :meth:`position`: total bytes for text files, rows for Parquet
     size: int
+    #: the file's :func:`stamp` when it was opened (before its header was read)
+    stamp: tuple[int, ...]
 
     def rows(self, skip: int = 0, columns: Sequence[int] | None = None) -> Iterator[RawRow]:
         """Rows after the first ``skip`` data rows; ``columns`` limits what is read."""
@@ -89,6 +92,12 @@ class Source(Protocol):
     def position(self) -> int:
         """How far the reader got, in the unit of :attr:`size`."""
         ...
+
+
+def stamp(path: Path) -> tuple[int, ...]:
+    """What changes when a file is written or replaced: device, inode, size, modification time."""
+    st = path.stat()
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
 
 
 # -- detection ---------------------------------------------------------------
@@ -264,7 +273,8 @@ class DelimitedSource:
         self.path = path
         self.format: Format = "tsv" if delimiter == "\t" else "csv"
         self.encoding: str | None = encoding
-        self.size = path.stat().st_size
+        self.stamp = stamp(path)
+        self.size = self.stamp[2]
         self._delimiter = delimiter
         self._fh: BinaryIO | None = None
         with self._open() as text:
@@ -372,7 +382,8 @@ class JsonLinesSource:
     def __init__(self, path: Path, encoding: str) -> None:
         self.path = path
         self.encoding: str | None = encoding
-        self.size = path.stat().st_size
+        self.stamp = stamp(path)
+        self.size = self.stamp[2]
         self._fh: BinaryIO | None = None
         keys: dict[str, None] = {}
         with open(path, "rb") as fh:
@@ -517,6 +528,7 @@ class ParquetSource:
         import pyarrow.parquet as pq
 
         self.path = path
+        self.stamp = stamp(path)
         try:
             self._file = pq.ParquetFile(path)
         except Exception as exc:
@@ -525,7 +537,7 @@ class ParquetSource:
         meta = self._file.metadata
         self.size: int = meta.num_rows
         self._done = 0
-        self._limit = max(PARQUET_MAX_RATIO * path.stat().st_size, PARQUET_MIN_EXPANDED)
+        self._limit = max(PARQUET_MAX_RATIO * self.stamp[2], PARQUET_MIN_EXPANDED)
         declared = sum(meta.row_group(g).total_byte_size for g in range(meta.num_row_groups))
         if declared > self._limit:
             raise self._bomb()
