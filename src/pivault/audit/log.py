@@ -330,7 +330,8 @@ class Checkpoint:
                        mac=bytes.fromhex(doc["mac"]),
                        sealed_key=base64.b64decode(doc["sealed_key"], validate=True),
                        signature=base64.b64decode(doc["signature"], validate=True))
-        except (ValueError, KeyError, TypeError, AttributeError, binascii.Error):
+        except (ValueError, KeyError, TypeError, AttributeError, binascii.Error,
+                OverflowError, RecursionError):  # 1e400 as a number, nesting past the parser's depth
             raise AuditError("not a pivault audit checkpoint file", code="audit.checkpoint") from None
 
     @classmethod

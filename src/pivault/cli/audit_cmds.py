@@ -18,7 +18,7 @@ from typing import Annotated, Any, ParamSpec, TypeVar
 
 import typer
 
-from pivault.cli.common import HomeOpt, JsonOpt
+from pivault.cli.common import LIMIT_MAX, HomeOpt, JsonOpt
 from pivault.cli.common import print_json as _json
 from pivault.cli.common import run_cli as _cli
 from pivault.errors import ConfigError, PivaultError, ValidationError
@@ -100,6 +100,18 @@ def _table(rows: list[dict[str, Any]], cols: list[str]) -> None:
         typer.echo("  ".join(str(r.get(c, "")).ljust(widths[c]) for c in cols))
 
 
+def _read_checkpoint(path: Path) -> Any:
+    """An exported checkpoint; a file that is not one (not UTF-8, a JSON bomb) is one clear error."""
+    from pivault.audit import AuditError, Checkpoint
+
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise AuditError("not a pivault audit checkpoint file (not UTF-8 text)",
+                         code="audit.checkpoint") from None
+    return Checkpoint.from_json(text)
+
+
 # -- audit -----------------------------------------------------------------------------------
 @audit_app.command("verify")
 @_cli
@@ -116,13 +128,13 @@ def audit_verify(
     as_json: JsonOpt = False,
 ) -> None:
     """Recompute the chain; name the first modified, deleted, inserted or reordered entry."""
-    from pivault.audit import Checkpoint, load_verifier, verify
+    from pivault.audit import load_verifier, verify
 
     cfg = _config(home)
     passphrase = os.environ.get("PIVAULT_AUDIT_PASSPHRASE")
     verifier = load_verifier(_key_dir(cfg), verifier_file=verifier_key,
                              passphrase=passphrase.encode() if passphrase else None)
-    cp = Checkpoint.from_json(checkpoint.read_text(encoding="utf-8")) if checkpoint else None
+    cp = _read_checkpoint(checkpoint) if checkpoint else None
     keyring = _keyring(cfg) if use_keyring else None
     with _db(cfg) as db:
         if not db.table_exists("audit_entries"):
@@ -154,7 +166,7 @@ def audit_show(
     since: Annotated[str | None, typer.Option("--since", help="ISO time or age (24h, 7d).")] = None,
     until: Annotated[str | None, typer.Option("--until", help="ISO time or age.")] = None,
     request_id: Annotated[str | None, typer.Option("--request-id")] = None,
-    limit: Annotated[int, typer.Option("--limit", min=1)] = 100,
+    limit: Annotated[int, typer.Option("--limit", min=1, max=LIMIT_MAX)] = 100,
     as_json: JsonOpt = False,
 ) -> None:
     """Entries of the audit trail, in order, filtered: the latest LIMIT, or with --since the first LIMIT

@@ -30,6 +30,8 @@ HomeOpt = Annotated[Path | None, typer.Option(
     "--home", envvar="PIVAULT_HOME", show_envvar=True,
     help="Vault home (data directory); default ./.pivault.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+#: the largest ``--limit`` of a listing: past SQLite's 64-bit integers the store itself fails
+LIMIT_MAX = 1_000_000_000
 
 
 def check_purpose(purpose: str) -> str:

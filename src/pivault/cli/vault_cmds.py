@@ -17,7 +17,7 @@ from typing import Annotated, Any, ParamSpec, TypeVar
 
 import typer
 
-from pivault.cli.common import HomeOpt, JsonOpt, check_purpose, run_cli
+from pivault.cli.common import LIMIT_MAX, HomeOpt, JsonOpt, check_purpose, run_cli
 from pivault.cli.common import print_json as _print_json
 from pivault.errors import ValidationError
 
@@ -379,7 +379,8 @@ rejects_app = typer.Typer(help="Rows an import could not accept.", no_args_is_he
 def rejects_show(
     home: HomeOpt = None,
     batch: Annotated[str | None, typer.Option("--batch", help="Only this import batch.")] = None,
-    limit: Annotated[int, typer.Option("--limit", min=1, help="At most this many rows.")] = 1000,
+    limit: Annotated[int, typer.Option(
+        "--limit", min=1, max=LIMIT_MAX, help="At most this many rows.")] = 1000,
     reveal: RevealOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
