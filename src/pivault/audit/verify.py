@@ -12,13 +12,17 @@ recomputes every MAC in sequence order. It finds:
   (``tail.truncated``);
 * a deleted prefix that no logged ``audit.prune`` covers (``prune.unlogged``);
 * a forged or altered checkpoint (``checkpoint.signature``,
-  ``checkpoint.mismatch``).
+  ``checkpoint.mismatch``);
+* a prune that removed the entry of a given exported checkpoint younger
+  than the retention floor (``prune.early``).
 """
 
 from __future__ import annotations
 
+import datetime as _dt
 import hmac
 import json
+import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -31,6 +35,7 @@ from pivault.audit.log import (
     load_checkpoints,
     ratchet,
 )
+from pivault.audit.retention import MIN_RETENTION_DAYS
 from pivault.errors import PivaultError
 from pivault.store.db import Database
 
@@ -70,18 +75,19 @@ def _prune_through(detail_text: str) -> int:
 
 
 def verify(db: Database, verifier: VerifierKey, *, checkpoint: Checkpoint | None = None,
-           keyring: FieldCipher | None = None) -> VerifyReport:
+           keyring: FieldCipher | None = None, now: float | None = None) -> VerifyReport:
     """Verify the whole retained chain.
 
     ``checkpoint`` is an exported checkpoint kept elsewhere (it bounds what an
-    attacker holding the database *and* the keyring can rewrite). With
-    ``keyring`` the head's encrypted key is checked too, which catches a tail
-    truncated together with a rewritten head row.
+    attacker holding the database *and* the keyring can rewrite: its entry
+    must still be in the chain, or be older than the retention floor at
+    ``now``). With ``keyring`` the head's encrypted key is checked too, which
+    catches a tail truncated together with a rewritten head row.
     """
     state: dict[str, Any] = {"checked": 0, "first": None, "last": None, "cps": 0, "chain": None}
     try:
         with db.snapshot():  # a live vault keeps appending while it is verified
-            _verify(db, verifier, checkpoint, keyring, state)
+            _verify(db, verifier, checkpoint, keyring, state, time.time() if now is None else now)
     except _Bad as bad:
         return VerifyReport(False, state["checked"], state["first"], state["last"], state["cps"],
                             state["chain"], bad.problem, bad.first_bad, bad.message)
@@ -90,7 +96,7 @@ def verify(db: Database, verifier: VerifierKey, *, checkpoint: Checkpoint | None
 
 
 def _verify(db: Database, verifier: VerifierKey, external: Checkpoint | None,
-            keyring: FieldCipher | None, state: dict[str, Any]) -> None:
+            keyring: FieldCipher | None, state: dict[str, Any], now: float) -> None:
     public = verifier.public
     head = db.query_one("SELECT chain_id, seq, mac, key_ct FROM audit_head WHERE id = 1")
     cps = load_checkpoints(db)
@@ -182,6 +188,14 @@ def _verify(db: Database, verifier: VerifierKey, external: Checkpoint | None,
         if reference is None or not hmac.compare_digest(reference, external.mac):
             raise _Bad("checkpoint.mismatch", external.seq,
                        f"the given checkpoint disagrees with entry {external.seq}")
+    elif external is not None and external.ts_us > (now - MIN_RETENTION_DAYS * 86400) * 1_000_000:
+        # Its entry was pruned. The whole writer (store and keyring) can log a prune of any recent
+        # entries, with a clock set ahead; the rule it breaks is the retention floor, and the
+        # checkpoint's own signed time, kept out of the writer's reach, shows it.
+        made = _dt.datetime.fromtimestamp(external.ts_us / 1e6, _dt.UTC).strftime("%Y-%m-%d")
+        raise _Bad("prune.early", external.seq,
+                   f"entry {external.seq} of the given checkpoint (made {made}) was pruned, but entries "
+                   f"are kept at least {MIN_RETENTION_DAYS} days: removed before their time")
     if keyring is not None:
         try:
             head_key = keyring.decrypt(_head_key_id(chain_id, int(head[1])), "ratchet", bytes(head[3]))
