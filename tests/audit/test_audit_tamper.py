@@ -168,3 +168,23 @@ def test_rewrite_with_the_stolen_writer_state_fails(filled: AuditLog, verifier: 
     db.execute("UPDATE audit_entries SET record_ids = ?, mac = ? WHERE seq = 5", (row[6], row[-1]))
     r = verify(db, verifier, keyring=keyring)
     assert (r.ok, r.problem, r.first_bad) == (False, "entry.mac", 5)
+
+
+@pytest.mark.xfail(strict=True, reason="known gap: nothing outside the store records how far the chain went")
+def test_tail_rolled_back_to_an_earlier_copy_of_itself(log: AuditLog, ctx: AccessContext,
+                                                       verifier: VerifierKey, keyring: Keyring) -> None:
+    """The head row copied at entry 20 (a backup, a snapshot) and put back after 30, with the entries
+    and checkpoints after 20 deleted, is a consistent earlier chain: its encrypted head key is the
+    one for entry 20. Only a checkpoint exported after entry 20 shows the loss (docs/audit.md)."""
+    for i in range(20):
+        log.append(AuditEvent.of(ctx, "lookup", "ok", [f"r_{i:04d}"]))
+    db = log.db
+    copy = db.query_one("SELECT seq, mac, key_ct, cp_seq, cp_ts_us FROM audit_head")
+    assert copy is not None
+    for i in range(10):  # what an insider read afterwards
+        log.append(AuditEvent.of(ctx, "lookup", "ok", [f"r_taken_{i:04d}"]))
+    db.execute("DELETE FROM audit_entries WHERE seq > 20")
+    db.execute("DELETE FROM audit_checkpoints WHERE seq > 20")
+    db.execute("UPDATE audit_head SET seq = ?, mac = ?, key_ct = ?, cp_seq = ?, cp_ts_us = ?", copy)
+    r = verify(db, verifier, keyring=keyring)
+    assert (r.ok, r.problem, r.first_bad) == (False, "tail.truncated", 21)
