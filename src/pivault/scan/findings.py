@@ -90,7 +90,7 @@ class ScanIssue:
 
     source: str
     #: ``unreadable``, ``not_regular``, ``binary``, ``encoding``, ``corrupt``, ``zip_bomb``, ``too_deep``,
-    #: ``symlink_loop``, ``database``
+    #: ``symlink_loop``, ``symlink_outside``, ``database``
     code: str
     message: str
 

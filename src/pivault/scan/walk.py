@@ -1,10 +1,14 @@
 """Walking the paths to scan: recursion, include/exclude globs, .gitignore, symlink loops.
 
 Globs match the path relative to the root given (``logs/*.gz``, ``**/*.csv``)
-or the file's name alone (``*.csv``). Symbolic links are followed; a link
-that leads back into a directory already being walked is reported as a
-symlink loop, a dangling link or one that cannot be resolved as unreadable.
-FIFOs, sockets and devices are reported and never opened.
+or the file's name alone (``*.csv``). Symbolic links are followed while they
+stay inside the paths given: a link that leads out of them (to ``/``, to
+``/proc/kmsg``, to another team's share) is reported and not followed, or
+one link planted in a share would take the sweep over the whole machine or
+into a read that never returns. A link that leads back into a directory
+already being walked is reported as a symlink loop, a dangling link or one
+that cannot be resolved as unreadable. FIFOs, sockets and devices are
+reported and never opened.
 """
 
 from __future__ import annotations
@@ -109,10 +113,17 @@ def _ignored(rules: Sequence[_Rule], rel: str, is_dir: bool) -> bool:
     return verdict
 
 
+def _within(path: str, roots: Sequence[str]) -> bool:
+    """Whether the link ``path`` resolves to one of ``roots`` (real paths) or to something under one."""
+    target = os.path.realpath(path)
+    return any(target == r or target.startswith(r.rstrip("/") + "/") for r in roots)
+
+
 def iter_files(
     paths: Sequence[str | os.PathLike[str]], options: ScanOptions, on_issue: Callable[[ScanIssue], None]
 ) -> Iterator[str]:
     """Regular files under ``paths`` to scan, in a stable order; problems go to ``on_issue``."""
+    roots = [os.path.realpath(os.fspath(p)) for p in paths]
     for p in paths:
         root = os.fspath(p)
         try:
@@ -122,7 +133,7 @@ def iter_files(
             continue
         if stat.S_ISDIR(st.st_mode):
             rules: list[_Rule] = []
-            yield from _walk(root, "", options, on_issue, {(st.st_dev, st.st_ino)}, rules)
+            yield from _walk(root, "", options, on_issue, {(st.st_dev, st.st_ino)}, rules, roots)
         elif stat.S_ISREG(st.st_mode):
             yield root
         else:
@@ -141,6 +152,10 @@ def _stat_issue(path: str, e: OSError) -> ScanIssue:
     return ScanIssue(path, "unreadable", f"cannot stat: {e.strerror or type(e).__name__}")
 
 
+def _outside(path: str) -> ScanIssue:
+    return ScanIssue(path, "symlink_outside", "symbolic link leads out of the paths scanned: not followed")
+
+
 def _selected(rel: str, options: ScanOptions) -> bool:
     if options.include and not any(glob_match(g, rel) for g in options.include):
         return False
@@ -154,6 +169,7 @@ def _walk(
     on_issue: Callable[[ScanIssue], None],
     active: set[tuple[int, int]],
     rules: list[_Rule],
+    roots: Sequence[str],
 ) -> Iterator[str]:
     try:
         with os.scandir(directory) as it:
@@ -186,6 +202,9 @@ def _walk(
                 continue
             if any(glob_match(g, child_rel) or glob_match(g, child_rel + "/") for g in options.exclude):
                 continue
+            if is_link and not _within(entry.path, roots):
+                on_issue(_outside(entry.path))
+                continue
             key = (st.st_dev, st.st_ino)
             if key in active:
                 on_issue(
@@ -198,13 +217,16 @@ def _walk(
                 continue
             active.add(key)
             try:
-                yield from _walk(entry.path, child_rel, options, on_issue, active, rules)
+                yield from _walk(entry.path, child_rel, options, on_issue, active, rules, roots)
             finally:
                 active.discard(key)
         elif stat.S_ISREG(st.st_mode):
             if options.gitignore and _ignored(rules, child_rel, False):
                 continue
             if _selected(child_rel, options):
+                if is_link and not _within(entry.path, roots):
+                    on_issue(_outside(entry.path))
+                    continue
                 yield entry.path
         elif _selected(child_rel, options):
             on_issue(
