@@ -37,3 +37,49 @@ def test_links_out_of_the_scanned_tree_are_not_followed(tmp_path: Path) -> None:
     # named on the command line, the other tree is scanned: the operator chose it
     assert {f.file for f in _scan(share, elsewhere) if f.kind == "id_number"} >= {
         str(elsewhere / "other.csv"), str(share / "to_dir" / "other.csv")}
+
+
+def _parquet_with(path: Path, person: dict[str, str], notes: object, rows: int = 1, **kw: object) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"身份证号": [person["id_number"]] * rows, "备注": notes}),
+                   path, **kw)  # type: ignore[arg-type]
+
+
+def _scan_traced(path: Path) -> tuple[ScanReport, int]:
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        report = _scan(path)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    return report, peak
+
+
+def test_parquet_that_inflates_past_the_limits_is_a_bomb_not_read(tmp_path: Path) -> None:
+    """30 KB of zstd holding a 64 MiB value: the archives' limits hold for Parquet too."""
+    src = tmp_path / "bomb.parquet"
+    _parquet_with(src, _person(83), ["x" * (64 << 20)], compression="zstd")
+    assert src.stat().st_size < 64 * 1024
+    r, peak = _scan_traced(src)
+    assert [(os.path.basename(i.source), i.code) for i in r.issues] == [("bomb.parquet", "zip_bomb")]
+    assert peak < 16 << 20, f"peak {peak >> 20} MiB"
+
+
+def test_parquet_dictionary_that_repeats_a_long_value_is_a_bomb(tmp_path: Path) -> None:
+    """A 256 KiB value stored once and named by 300 rows: 75 MiB of text from a small file."""
+    import secrets
+
+    import pyarrow as pa
+
+    long = secrets.token_hex(128 * 1024)  # random: it does not compress
+    notes = pa.DictionaryArray.from_arrays(pa.array([0] * 300, pa.int32()), pa.array([long]))
+    src = tmp_path / "dict.parquet"
+    _parquet_with(src, _person(84), notes, rows=300)
+    assert src.stat().st_size < 1 << 20
+    r, peak = _scan_traced(src)
+    assert [(os.path.basename(i.source), i.code) for i in r.issues] == [("dict.parquet", "zip_bomb")]
+    assert peak < 32 << 20, f"peak {peak >> 20} MiB"

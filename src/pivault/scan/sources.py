@@ -413,20 +413,83 @@ def _docx(f: BinaryIO, name: str, ctx: _Ctx) -> None:
         ctx.out.issue("corrupt", f"unreadable document ({type(e).__name__})", name)
 
 
+#: text of the rows of a Parquet batch turned into Python values at a time
+PARQUET_SLICE_BYTES = 16 * 1024 * 1024
+
+
 def _parquet(f: BinaryIO, name: str, ctx: _Ctx) -> None:
+    """A Parquet file under the archives' limits.
+
+    Parquet compresses and repeats: 30 KB can hold a 300 MB value, and a
+    dictionary column one long value named by every row. What the row groups
+    declare, then the text of each batch (measured on its Arrow arrays,
+    dictionaries included, before any of it is decoded) is taken from the
+    file's expansion budget; rows become Python values 16 MiB at a time.
+    """
     try:
         import pyarrow.parquet as pq
 
         pf = pq.ParquetFile(f)
+        meta = pf.metadata
+        declared = sum(meta.row_group(g).total_byte_size for g in range(meta.num_row_groups))
+        if declared > ctx.budget.limit - ctx.budget.used:
+            raise BombError(f"the Parquet file declares {declared // (1024 * 1024)} MiB of data, more "
+                            f"than {ctx.budget.limit // (1024 * 1024)} MiB")
         done = 0
         for batch in pf.iter_batches(batch_size=8192):
             cols = list(batch.schema.names)
-            data = [batch.column(i).to_pylist() for i in range(batch.num_columns)]
-            rows = list(zip(*data, strict=True))
-            ctx.bytes_read += scan_columns(rows, cols, name, None, ctx.engine, ctx.out, first_row=done + 1)
-            done += len(rows)
+            sizes = _parquet_row_bytes(batch)
+            ctx.budget.take(sum(sizes))
+            for first, stop in _parquet_slices(sizes):
+                part = batch.slice(first, stop - first)
+                data = [part.column(i).to_pylist() for i in range(part.num_columns)]
+                rows = list(zip(*data, strict=True))
+                ctx.bytes_read += scan_columns(rows, cols, name, None, ctx.engine, ctx.out,
+                                               first_row=done + 1)
+                done += len(rows)
+    except BombError:
+        raise
     except Exception as e:
         ctx.out.issue("corrupt", f"unreadable Parquet file ({type(e).__name__})", name)
+
+
+def _parquet_row_bytes(batch: object) -> list[int]:
+    """Bytes of text each row of a record batch holds, from the Arrow arrays' lengths alone."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    def lengths(col: pa.Array) -> pa.Array | None:
+        t = col.type
+        if pa.types.is_dictionary(t):
+            inner = lengths(col.dictionary)
+            return None if inner is None else pc.take(inner, col.indices)
+        if (pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_binary(t)
+                or pa.types.is_large_binary(t)):
+            return pc.binary_length(col)
+        return None  # numbers, dates, nested values: counted as a few bytes a row
+
+    assert isinstance(batch, pa.RecordBatch)
+    total = pa.array([8 * batch.num_columns] * batch.num_rows, pa.int64())
+    for j in range(batch.num_columns):
+        n = lengths(batch.column(j))
+        if n is not None:
+            total = pc.add(total, pc.fill_null(n, 0).cast(pa.int64()))
+    return list(total.to_pylist())
+
+
+def _parquet_slices(sizes: Sequence[int]) -> Iterable[tuple[int, int]]:
+    """``(first, stop)`` row ranges of at most :data:`PARQUET_SLICE_BYTES` of text, or one row."""
+    if sum(sizes) <= PARQUET_SLICE_BYTES:
+        yield 0, len(sizes)
+        return
+    first, held = 0, 0
+    for k, n in enumerate(sizes):
+        if k > first and held + n > PARQUET_SLICE_BYTES:
+            yield first, k
+            first, held = k, 0
+        held += n
+    if len(sizes) > first:
+        yield first, len(sizes)
 
 
 def scan_file(path: str, options: ScanOptions, engine: Engine | None = None) -> SourceResult:
