@@ -83,3 +83,36 @@ def test_parquet_dictionary_that_repeats_a_long_value_is_a_bomb(tmp_path: Path) 
     r, peak = _scan_traced(src)
     assert [(os.path.basename(i.source), i.code) for i in r.issues] == [("dict.parquet", "zip_bomb")]
     assert peak < 32 << 20, f"peak {peak >> 20} MiB"
+
+
+def _first_row_values(p: dict[str, str]) -> list[str]:
+    return [p["name"], p["id_number"], p["mobile"], p["address"]]
+
+
+def test_a_file_without_a_header_does_not_name_columns_by_its_first_row(tmp_path: Path) -> None:
+    """Headerless exports are common: the first row, a resident's whole ID number, mobile and address,
+    was taken for the header and printed as the column of every finding below it."""
+    import json
+
+    from pivault.scan import to_json, to_sarif
+
+    people = [p for p in (dict(r) for r in generate(40, 85)) if p["mobile"]][:5]
+    share = tmp_path / "share"
+    share.mkdir()
+    lines = [",".join(str(p[k]) for k in ("name", "id_number", "mobile", "address")) for p in people]
+    (share / "export.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    import openpyxl
+
+    wb = openpyxl.Workbook()
+    ws = wb.active
+    assert ws is not None
+    for p in people:
+        ws.append([str(p[k]) for k in ("name", "id_number", "mobile", "address")])
+    wb.save(share / "export.xlsx")
+    r = _scan(share)
+    kinds = {(os.path.basename(f.file or ""), f.kind) for f in r}
+    assert {("export.csv", "id_number"), ("export.xlsx", "id_number"), ("export.csv", "mobile")} <= kinds
+    report = json.dumps(to_json(r), ensure_ascii=False) + json.dumps(to_sarif(r), ensure_ascii=False)
+    for value in _first_row_values({k: str(v) for k, v in people[0].items()}):
+        assert value not in report, "a value of the first row is in the report"
+    assert {f.column for f in r if f.line and f.line > 1} <= {"#1", "#2", "#3", "#4", "B", "C", "D", None}

@@ -33,7 +33,14 @@ from typing import BinaryIO, cast
 
 from pivault.scan.engine import Engine, get_engine
 from pivault.scan.findings import ScanOptions, SourceResult
-from pivault.scan.stream import Collector, Readable, scan_binary_stream, scan_bytes, scan_columns
+from pivault.scan.stream import (
+    Collector,
+    Readable,
+    header_is_data,
+    scan_binary_stream,
+    scan_bytes,
+    scan_columns,
+)
 
 RATIO_FLOOR = 8 * 1024 * 1024
 TOTAL_FLOOR = 64 * 1024 * 1024
@@ -335,8 +342,12 @@ def _tar(f: Readable, name: str, ctx: _Ctx, depth: int) -> None:
         ctx.out.issue("corrupt", f"corrupt tar archive ({type(e).__name__})", name)
 
 
-def _columns(first: tuple[object, ...] | None, width: int) -> tuple[list[str], bool]:
-    """Column names from a first row that looks like a header, else spreadsheet letters."""
+def _columns(first: Sequence[object] | None, width: int, ctx: _Ctx) -> tuple[list[str], bool]:
+    """Column names from a first row that looks like a header, else spreadsheet letters.
+
+    A row of short texts can be a resident's row stored as text; one that
+    holds personal information is never a header (:func:`header_is_data`).
+    """
 
     def letter(i: int) -> str:
         s = ""
@@ -350,6 +361,8 @@ def _columns(first: tuple[object, ...] | None, width: int) -> tuple[list[str], b
         first
         and all(isinstance(v, str) and v.strip() and len(v) < 64 for v in first if v is not None)
         and any(v is not None for v in first)
+        and not header_is_data([str(v) for v in first if v is not None], ctx.engine,
+                               ctx.options.min_confidence)
     ):
         return [str(v).strip() if v is not None else letter(i) for i, v in enumerate(first)] + [
             letter(i) for i in range(len(first), width)
@@ -371,7 +384,7 @@ def _xlsx(f: BinaryIO, name: str, ctx: _Ctx) -> None:
             rows = ws.iter_rows(values_only=True)
             first = next(rows, None)
             width = max(ws.max_column or 0, len(first) if first else 0)
-            cols, is_header = _columns(first, width)
+            cols, is_header = _columns(first, width, ctx)
 
             body: Iterable[Sequence[object]] = rows
             if first is not None and not is_header:
@@ -404,7 +417,7 @@ def _docx(f: BinaryIO, name: str, ctx: _Ctx) -> None:
             if not rows:
                 continue
             width = max(len(r) for r in rows)
-            cols, is_header = _columns(rows[0], width)
+            cols, is_header = _columns(rows[0], width, ctx)
             body = rows[1:] if is_header else rows
             ctx.bytes_read += scan_columns(
                 body, cols, name, f"table {i}", ctx.engine, ctx.out, first_row=2 if is_header else 1

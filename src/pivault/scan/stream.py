@@ -116,6 +116,24 @@ def sniff_encoding(head: bytes) -> str | None:
     return None
 
 
+_DIGIT_RUN = re.compile(rb"[0-9]{6}")
+
+
+def header_is_data(cells: Sequence[str], engine: Engine, min_confidence: float) -> bool:
+    """Whether a first row taken for a header is a row of data, whose cells must not name columns.
+
+    A header's cells are printed whole as the column of every finding below
+    them; in a file without a header they are the first resident's ID
+    number, mobile and address. A row in which the scanner finds a value, or
+    that holds a run of six digits (no column name does), is data.
+    """
+    text = "\t".join(cells).encode("utf-8")
+    if _DIGIT_RUN.search(text):
+        return True
+    fast, slow = engine.find(text, 0, len(text), min_confidence)
+    return bool(fast or slow)
+
+
 def _csv_header(line: bytes, sep: bytes) -> list[str]:
     text = line.decode("utf-8", "replace").lstrip("\ufeff").rstrip("\r\n")
     try:
@@ -188,6 +206,8 @@ class TextStream:
     def _set_header(self, first_line: bytes) -> None:
         assert self.csv_sep is not None
         self.header = _csv_header(first_line, self.csv_sep)
+        if header_is_data(self.header, self.engine, self.out.min_confidence):
+            self.header = []  # no header: columns are named by position (#1, #2 …)
         kinds = self.engine.kinds
         from pivault.scan import lexicon
 
