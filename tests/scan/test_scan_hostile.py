@@ -116,3 +116,31 @@ def test_a_file_without_a_header_does_not_name_columns_by_its_first_row(tmp_path
     for value in _first_row_values({k: str(v) for k, v in people[0].items()}):
         assert value not in report, "a value of the first row is in the report"
     assert {f.column for f in r if f.line and f.line > 1} <= {"#1", "#2", "#3", "#4", "B", "C", "D", None}
+
+
+def test_column_names_that_are_a_residents_values_are_not_printed(tmp_path: Path) -> None:
+    """A headerless CSV read by a tool that takes its first row for names (pandas does), saved as
+    Parquet or as an SQLite table: the names are the first resident's values."""
+    import json
+    import sqlite3
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from pivault.scan import scan_database, to_json
+
+    people = [{k: str(v) for k, v in r.items()} for r in generate(40, 86) if r["mobile"]][:4]
+    first, rest = people[0], people[1:]
+    names = [first["name"], first["id_number"], first["mobile"]]
+    columns = {n: [p[k] for p in rest] for n, k in zip(names, ("name", "id_number", "mobile"), strict=True)}
+    pq.write_table(pa.table(columns), tmp_path / "export.parquet")
+    db = tmp_path / "export.db"
+    with sqlite3.connect(db) as con:
+        con.execute("CREATE TABLE t (" + ", ".join(f'"{n}" TEXT' for n in names) + ")")
+        con.executemany("INSERT INTO t VALUES (?, ?, ?)",
+                        [(p["name"], p["id_number"], p["mobile"]) for p in rest])
+    for report in (_scan(tmp_path / "export.parquet"), scan_database(f"sqlite:///{db}", full=True)):
+        assert {f.kind for f in report} >= {"id_number", "mobile"}
+        text = json.dumps(to_json(report), ensure_ascii=False)
+        for value in names[1:]:
+            assert value not in text, "a column name that is a resident's value is in the report"

@@ -443,8 +443,13 @@ def scan_columns(
     A batch of one column's cells is scanned as one text (a cell per line), so
     the per-cell cost is small. Returns the bytes of cell text scanned.
     ``row_ids`` maps a 0-based ordinal to the row number reported (a rowid,
-    say); by default rows count from ``first_row``.
+    say); by default rows count from ``first_row``. Column names that hold a
+    resident's values (a headerless file read by a tool that took its first
+    row for names, then saved as Parquet or as a table) are replaced by
+    positions, ``#1``, ``#2`` …: they would be printed with every finding.
     """
+    if header_is_data(columns, engine, collector.min_confidence):
+        columns = [f"#{j + 1}" for j in range(len(columns))]
     total = 0
     ordinal = 0
     pending: list[Sequence[object]] = []
