@@ -257,3 +257,19 @@ def test_a_file_rewritten_during_its_import_stops_it_before_rows_of_the_new_cont
     missing = [p for p in people[:1200] if not sqlite_vault.find(id_number=p["id_number"], ctx=ctx)]
     assert not missing, f"{len(missing)} rows of the file were never imported"
     assert not sqlite_vault.find(id_number=people[1200]["id_number"], ctx=ctx)
+
+
+def test_rejects_show_masks_cells_under_columns_that_are_not_fields(sqlite_vault: Vault, tmp_path: Path,
+                                                                    ctx: AccessContext) -> None:
+    """A row shifted by one field puts a mobile number under 'gender', a column left out because the
+    ID number gives it: the masked listing showed it whole, as a gender is shown."""
+    p = _people(1, seed=80)[0]
+    src = tmp_path / "shifted.csv"
+    row = f"1,{p['name']},{p['id_number']},{p['mobile']},{p['id_number'][:6]},男\n"
+    src.write_text("name,id_number,mobile,gender,region_code\n" + row, encoding="utf-8")
+    f = sqlite_vault.import_files([src], workers=0).files[0]
+    assert (f.rejected, f.reject_codes) == (1, {"csv.fields": 1})
+    (reject,) = sqlite_vault.rejects(ctx=ctx)
+    shown = json.dumps(reject, ensure_ascii=False)
+    for value in (p["name"], p["id_number"], p["mobile"], p["id_number"][:6]):
+        assert value not in shown, f"{reject['cells']}"

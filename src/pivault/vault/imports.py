@@ -1021,7 +1021,11 @@ def show_rejects(vault: Vault, *, ctx: AccessContext, batch_id: str | None = Non
         if "text" in obj:
             cells = {"text": mask(ctx, "text", obj["text"])}
         else:
-            cells = {k: mask(ctx, k.split("#", 1)[0], v) for k, v in obj["cells"].items()}
+            # a cell is masked as a field only under a field's name: the other labels are the file's
+            # headers ("gender", "region_code", which a shifted row fills with a mobile number), and
+            # what is under them is hidden whole unless revealed
+            cells = {k: mask(ctx, f if (f := k.split("#", 1)[0]) in PI_FIELDS else "text", v)
+                     for k, v in obj["cells"].items()}
         out.append({"reject_id": reject_id, "batch_id": bid, "line": int(line), "code": code,
                     "field": fld, "cells": cells})
     return out
