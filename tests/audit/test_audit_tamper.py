@@ -188,3 +188,31 @@ def test_tail_rolled_back_to_an_earlier_copy_of_itself(log: AuditLog, ctx: Acces
     db.execute("UPDATE audit_head SET seq = ?, mac = ?, key_ct = ?, cp_seq = ?, cp_ts_us = ?", copy)
     r = verify(db, verifier, keyring=keyring)
     assert (r.ok, r.problem, r.first_bad) == (False, "tail.truncated", 21)
+
+
+def test_the_whole_trail_deleted_from_a_store_that_holds_records(log: AuditLog, keyring: Keyring,
+                                                                 verifier: VerifierKey) -> None:
+    """Every record is written with its audit entry in one transaction: a store with records and no
+    trail at all lost it. verify said 'audit chain intact: 0 entries'."""
+    from collections.abc import Sequence
+
+    from pivault.synth import generate
+    from pivault.vault import Vault
+    from pivault.vault.guard import LocalGuard
+
+    class Audited(LocalGuard):
+        def audit(self, ctx: AccessContext, operation: str, record_ids: Sequence[str],
+                  outcome: str) -> None:
+            log.append(AuditEvent.of(ctx, operation, outcome, record_ids))
+
+    db = log.db
+    vault = Vault.initialise(db, keyring)
+    vault = Vault(db, keyring, guard=Audited())
+    person = next(r for r in generate(5, 87) if r["mobile"])
+    operator = AccessContext(principal="local:synthetic", role="operator", purpose="registration")
+    vault.put({k: str(v) for k, v in person.items()}, ctx=operator)
+    assert verify(db, verifier, keyring=keyring).ok
+    for table in ("audit_entries", "audit_checkpoints", "audit_head", "audit_journals"):
+        db.execute(f"DELETE FROM {table}")
+    r = verify(db, verifier, keyring=keyring)
+    assert (r.ok, r.problem) == (False, "head.missing"), r

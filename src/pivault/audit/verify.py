@@ -9,7 +9,8 @@ recomputes every MAC in sequence order. It finds:
 * a deleted entry: a gap in the sequence (``entry.missing``);
 * a truncated tail: the chain ends before the head row, a stored checkpoint,
   an exported checkpoint, or the head's encrypted key says it should
-  (``tail.truncated``);
+  (``tail.truncated``); a trail deleted whole from a store that holds
+  records (``head.missing``);
 * a deleted prefix that no logged ``audit.prune`` covers (``prune.unlogged``);
 * a forged or altered checkpoint (``checkpoint.signature``,
   ``checkpoint.mismatch``);
@@ -66,6 +67,10 @@ class _Bad(Exception):
         self.problem, self.first_bad, self.message = problem, first_bad, message
 
 
+def _holds_records(db: Database) -> bool:
+    return db.table_exists("records") and db.query_one("SELECT 1 FROM records LIMIT 1") is not None
+
+
 def _prune_through(detail_text: str) -> int:
     try:
         detail = json.loads(detail_text)
@@ -107,6 +112,11 @@ def _verify(db: Database, verifier: VerifierKey, external: Checkpoint | None,
         if external is not None:
             raise _Bad("tail.truncated", 1, "the audit trail is empty but a checkpoint says "
                        f"it held {external.seq} entries")
+        if _holds_records(db):
+            # every record is written through the door with its entry, in one transaction: an
+            # empty trail beside records is a deleted one, not a vault that has not begun
+            raise _Bad("head.missing", 1, "the audit trail is empty, but the store holds records, "
+                       "each written with an entry in the trail: the trail was deleted")
         return
     if head is None:
         raise _Bad("head.missing", first_seq, "the audit chain head row is missing")
