@@ -144,3 +144,20 @@ def test_column_names_that_are_a_residents_values_are_not_printed(tmp_path: Path
         text = json.dumps(to_json(report), ensure_ascii=False)
         for value in names[1:]:
             assert value not in text, "a column name that is a resident's value is in the report"
+
+
+def test_a_name_before_a_colon_is_not_printed_as_the_column(tmp_path: Path) -> None:
+    """A contact list ('王伟：138…') is the commonest shape of all: the key before a value was
+    reported as its column, so every masked mobile came with its holder's whole name."""
+    from pivault.scan import scan_text
+
+    people = [p for p in ({k: str(v) for k, v in r.items()} for r in generate(40, 88)) if p["mobile"]][:4]
+    text = "".join(f"{p['name']}：{p['mobile']}\n" for p in people[:3])
+    text += f"{people[3]['name']}={people[3]['mobile']}\n"
+    text += f"手机：{people[0]['mobile']}\n电话={people[1]['mobile']}\n"
+    found = scan_text(text)
+    assert sum(f.kind == "mobile" for f in found) == 6
+    columns = [f.column for f in found]
+    for p in people:
+        assert p["name"] not in columns, columns
+    assert "手机" in columns and "电话" in columns  # keys are still keys

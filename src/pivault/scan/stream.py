@@ -172,7 +172,24 @@ def field_before(buf: bytes, line_start: int, pos: int) -> str | None:
     k0 = pos - m.end(1)
     if k0 > a and buf[k0 - 1] in _KEYISH:
         return None  # cut in the middle of a longer key
-    return key.decode("utf-8", "replace")
+    text = key.decode("utf-8", "replace")
+    if key[0] >= 0x80 and _name_shaped(text):
+        return None  # '王伟：138…', a contact list: the "key" is the holder's name
+    return text
+
+
+#: characters of the keys that label a value (手机号, 银行卡, 车牌 …), which a name does not hold
+_KEY_CHARS = frozenset("号码卡证址牌额箱机话")
+
+
+def _name_shaped(key: str) -> bool:
+    """Whether a Chinese key before a value could be a person's name, never to be printed as a column."""
+    from pivault.scan import lexicon
+
+    return (2 <= len(key) <= 4
+            and (key[:2] in lexicon.SURNAMES_2 or key[0] in lexicon.SURNAMES_1)
+            and key not in lexicon.NOT_NAMES and key[:2] not in lexicon.NOT_NAMES
+            and _KEY_CHARS.isdisjoint(key))
 
 
 _KEYISH = frozenset(b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz_.-")
