@@ -39,6 +39,8 @@ __all__ = [
     "fast_names",
     "looks_like_header",
     "parse_birth_date",
+    "plain_address",
+    "spreadsheet_safe",
 ]
 
 #: kinds of PI column, in precedence order for ties
@@ -242,6 +244,29 @@ def fast_names(values: Sequence[str | None]) -> list[str | None]:
         v = value.strip()
         add(v if 2 <= len(v) <= 6 and cjk(v) else slow(v))
     return out
+
+
+#: first characters that make a spreadsheet take a cell for a formula (CSV injection)
+FORMULA_START: tuple[str, ...] = ("=", "+", "-", "@", "\t", "\r")
+
+
+def spreadsheet_safe(value: str) -> str:
+    """A CSV cell a spreadsheet shows as text: a leading ``'`` before what would start a formula.
+
+    Addresses and notes are free text, and an export is opened in a
+    spreadsheet by whoever receives it: ``=HYPERLINK(...)`` stored in a
+    resident's notes must not run there (OWASP's CSV injection advice).
+    :func:`plain_address` undoes it when a copy of the export comes back.
+    """
+    return "'" + value if value.startswith(FORMULA_START) else value
+
+
+def plain_address(value: str) -> str | None:
+    """An address cell of a dump as the vault holds it: stripped, a spreadsheet's ``'`` taken off."""
+    v = value.strip()
+    if v[:1] == "'" and v[1:2] in FORMULA_START and len(v) > 1:
+        v = v[1:].strip()
+    return v or None
 
 
 def parse_birth_date(value: str) -> str | None:

@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING, Any
 
 from pivault.errors import NotFoundError, PivaultError, ValidationError
 from pivault.leak.canaries import Blender
-from pivault.leak.columns import fast_mobile, fast_name
+from pivault.leak.columns import fast_mobile, fast_name, spreadsheet_safe
 from pivault.model import is_record_id
 from pivault.model import resident_id as _rid
 from pivault.policy.context import AccessContext
@@ -541,7 +541,8 @@ class _Writer:
 
     def write(self, row: dict[str, str | None]) -> None:
         if self.fmt == "csv":
-            self._csv.writerow([row.get(f) or "" for f in self.fields])
+            # opened in a spreadsheet by whoever receives it: no cell may start a formula
+            self._csv.writerow([spreadsheet_safe(row.get(f) or "") for f in self.fields])
         elif self.fmt == "jsonl":
             assert self._fh is not None
             self._fh.write(json.dumps({f: row.get(f) for f in self.fields}, ensure_ascii=False) + "\n")

@@ -38,6 +38,7 @@ from pivault.leak.columns import (
     fast_name,
     fast_names,
     parse_birth_date,
+    plain_address,
 )
 from pivault.leak.exports import ROW_KEYS, ExportRegistry, row_key
 from pivault.store.db import Database
@@ -157,7 +158,7 @@ def batch_keys(rows: Sequence[Sequence[str | None]], cols: dict[str, int]) -> li
         written = _column(rows, cols, "birth_date")
         births = [b if b is not None else (parse_birth_date(w) if w else None)
                   for b, w in zip(births, written, strict=True)]
-    addresses = [v.strip() if v else None for v in _column(rows, cols, "address")]
+    addresses = [plain_address(v) if v else None for v in _column(rows, cols, "address")]
     return [Keys(i, m, n, b, a, f"{n}|{b}" if n and b else None)
             for i, m, n, b, a in zip(ids, mobiles, names, births, addresses, strict=True)]
 
@@ -184,7 +185,7 @@ def row_keys(row: Sequence[str | None], cols: dict[str, int]) -> Keys:
             k.birth = parse_birth_date(row[i])  # type: ignore[arg-type]
     i = cols.get("address")
     if i is not None and i < n and row[i]:
-        k.address = row[i].strip()  # type: ignore[union-attr]
+        k.address = plain_address(row[i])  # type: ignore[arg-type]
     if k.name and k.birth:
         k.name_birth = f"{k.name}|{k.birth}"
     return k
@@ -338,7 +339,7 @@ class Matcher:
         exported: dict[int, tuple[str, int]] = {}
         if canaries:
             raw = columns.get("address")
-            addresses = [v.strip() if v else None for v in raw] if raw is not None else none
+            addresses = [plain_address(v) if v else None for v in raw] if raw is not None else none
             # rows too thin for two blind indexes (no ID number, no birth date) that are an
             # exported row: two exact values of it agree
             exported = self._exported_rows(names, mobiles, addresses, rids)
