@@ -59,3 +59,24 @@ def test_a_postgresql_search_path_without_a_schema_is_one_clear_error(pg_url: st
     with pytest.raises(StoreError) as err:
         Database(pg_url.rsplit("%3D", 1)[0] + "%3Dno_such_schema_here")
     assert err.value.code == "store.schema"
+
+
+def test_after_commit_runs_once_the_outermost_transaction_commits(store_url: str) -> None:
+    db = connect(store_url)
+    db.execute("CREATE TABLE t (x INTEGER)")
+    said: list[str] = []
+    with db.transaction():
+        db.execute("INSERT INTO t VALUES (1)")
+        with db.transaction():  # nested: joins the outer one, commits only with it
+            db.after_commit(lambda: said.append("inner"))
+        assert said == []
+        db.after_commit(lambda: said.append("outer"))
+    assert said == ["inner", "outer"]
+    with pytest.raises(RuntimeError), db.transaction():
+        db.after_commit(lambda: said.append("undone"))
+        raise RuntimeError("rolled back")
+    with db.transaction():  # nothing of the rolled-back one is left over
+        pass
+    db.after_commit(lambda: said.append("now"))  # outside a transaction: at once
+    assert said == ["inner", "outer", "now"]
+    db.close()

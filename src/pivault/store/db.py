@@ -13,7 +13,7 @@ import os
 import re
 import sqlite3
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -86,6 +86,8 @@ class Database:
         self._depth = 0
         self._owner: int | None = None
         self._snapshot = False
+        #: run once the outermost transaction has committed (see after_commit)
+        self._after: list[Callable[[], None]] = []
         self._pid = os.getpid()
         self._conn: Any = self._connect()
 
@@ -247,17 +249,44 @@ class Database:
                     yield self
                 except BaseException:
                     self._depth = 0
+                    self._after.clear()
                     self._conn.execute("ROLLBACK")
                     raise
                 self._depth = 0
-                self._conn.execute("COMMIT")
+                try:
+                    self._conn.execute("COMMIT")
+                except BaseException:
+                    self._after.clear()
+                    raise
             else:
                 self._depth = 1
                 try:
                     with self._conn.transaction():
                         yield self
+                except BaseException:
+                    self._after.clear()
+                    raise
                 finally:
                     self._depth = 0
+            after, self._after = self._after, []
+        for callback in after:
+            callback()
+
+    def after_commit(self, callback: Callable[[], None]) -> None:
+        """Run ``callback`` once the calling thread's transaction has committed; never if it rolls back.
+
+        For what must not be said before the store holds it: a mark kept
+        outside the store (the audit anchor) naming a checkpoint whose
+        transaction then rolled back would accuse a sound chain. A write
+        nested in a caller's transaction commits only with that transaction,
+        so the callback waits for the outermost one. Outside a transaction it
+        runs at once. The callback runs after the connection's lock is
+        released, and must not raise.
+        """
+        if self.in_transaction:
+            self._after.append(callback)
+        else:
+            callback()
 
     @contextmanager
     def snapshot(self) -> Iterator[Database]:
