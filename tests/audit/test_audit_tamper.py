@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from pivault.audit import AuditEvent, AuditLog, Checkpoint, VerifierKey, verify
+from pivault.audit import AuditEvent, AuditLog, Checkpoint, VerifierKey, WriterKeys, verify
 from pivault.audit.log import ENTRY_COLUMNS, entry_mac
 from pivault.crypto import Keyring
 from pivault.policy.context import AccessContext
@@ -170,15 +170,16 @@ def test_rewrite_with_the_stolen_writer_state_fails(filled: AuditLog, verifier: 
     assert (r.ok, r.problem, r.first_bad) == (False, "entry.mac", 5)
 
 
-@pytest.mark.xfail(strict=True, reason="known gap: nothing outside the store records how far the chain went")
-def test_tail_rolled_back_to_an_earlier_copy_of_itself(log: AuditLog, ctx: AccessContext,
-                                                       verifier: VerifierKey, keyring: Keyring) -> None:
+def test_tail_rolled_back_to_an_earlier_copy_of_itself(db: Database, keyring: Keyring, writer: WriterKeys,
+                                                       ctx: AccessContext, verifier: VerifierKey,
+                                                       tmp_path: Path) -> None:
     """The head row copied at entry 20 (a backup, a snapshot) and put back after 30, with the entries
     and checkpoints after 20 deleted, is a consistent earlier chain: its encrypted head key is the
-    one for entry 20. Only a checkpoint exported after entry 20 shows the loss (docs/audit.md)."""
+    one for entry 20. The store alone cannot show it; the anchor the writers keep outside it does."""
+    anchor = tmp_path / "home" / "audit-anchor.jsonl"
+    log = AuditLog(db, keyring, writer, checkpoint_every=10, anchor=anchor)
     for i in range(20):
         log.append(AuditEvent.of(ctx, "lookup", "ok", [f"r_{i:04d}"]))
-    db = log.db
     copy = db.query_one("SELECT seq, mac, key_ct, cp_seq, cp_ts_us FROM audit_head")
     assert copy is not None
     for i in range(10):  # what an insider read afterwards
@@ -186,8 +187,11 @@ def test_tail_rolled_back_to_an_earlier_copy_of_itself(log: AuditLog, ctx: Acces
     db.execute("DELETE FROM audit_entries WHERE seq > 20")
     db.execute("DELETE FROM audit_checkpoints WHERE seq > 20")
     db.execute("UPDATE audit_head SET seq = ?, mac = ?, key_ct = ?, cp_seq = ?, cp_ts_us = ?", copy)
-    r = verify(db, verifier, keyring=keyring)
-    assert (r.ok, r.problem, r.first_bad) == (False, "tail.truncated", 21)
+    assert verify(db, verifier, keyring=keyring).ok  # the store alone: a consistent, shorter chain
+    for ring in (keyring, None):  # the anchor needs no keyring: the database alone cannot fool it
+        r = verify(db, verifier, keyring=ring, anchor=anchor)
+        assert (r.ok, r.problem, r.first_bad) == (False, "tail.rolled_back", 21), r
+        assert "marked entry 30" in r.message
 
 
 def test_the_whole_trail_deleted_from_a_store_that_holds_records(log: AuditLog, keyring: Keyring,

@@ -6,6 +6,7 @@ processes share one chain); :func:`verify` recomputes the chain from the
 oldest retained signed :class:`Checkpoint` and names the first bad entry.
 """
 
+from pivault.audit.anchor import Anchor
 from pivault.audit.keys import (
     AuditKeyError,
     AuditKeys,
@@ -30,6 +31,7 @@ from pivault.audit.verify import VerifyReport, verify
 
 __all__ = [
     "MIN_RETENTION_DAYS",
+    "Anchor",
     "AuditEntry",
     "AuditError",
     "AuditEvent",

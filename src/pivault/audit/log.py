@@ -34,7 +34,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pivault.audit.keys import AuditKeys, FieldCipher, WriterKeys
 from pivault.crypto.hmac256 import hmac_sha256
@@ -42,6 +42,9 @@ from pivault.errors import PivaultError
 from pivault.policy.context import AccessContext
 from pivault.store.db import Database
 from pivault.store.migrations import Migration, register
+
+if TYPE_CHECKING:
+    from pivault.audit.anchor import Anchor
 
 __all__ = [
     "ENTRY_DOMAIN",
@@ -444,7 +447,8 @@ class AuditLog:
     def __init__(self, db: Database, keyring: FieldCipher, writer: WriterKeys, *,
                  checkpoint_every: int = 1000, checkpoint_seconds: float = 300.0,
                  clock: Callable[[], float] = time.time,
-                 journal_dir: str | os.PathLike[str] | None = None, journal_chain: str = "thread") -> None:
+                 journal_dir: str | os.PathLike[str] | None = None, journal_chain: str = "thread",
+                 anchor: Anchor | str | os.PathLike[str] | None = None) -> None:
         if checkpoint_every < 1 or not math.isfinite(checkpoint_seconds) or checkpoint_seconds <= 0:
             raise AuditError("checkpoint interval must be positive", code="audit.config")
         self.db = db
@@ -464,6 +468,14 @@ class AuditLog:
         self._conn_locks: dict[int, threading.Lock] = {}
         self._caches: dict[int, _Head | None] = {}
         self._names_seen: set[str] = set()
+        #: the vault home's anchor (:mod:`pivault.audit.anchor`): each checkpoint this log
+        #: writes is appended to it once committed, so that how far the chain went is known
+        #: outside the store. None: checkpoints are kept in the store only
+        self.anchor: Anchor | None = None
+        if anchor is not None:
+            from pivault.audit.anchor import Anchor
+
+            self.anchor = anchor if isinstance(anchor, Anchor) else Anchor(anchor)
         #: with a journal directory, :meth:`record` writes ahead to this process's
         #: journal, and a background thread (``journal_chain="thread"``) or the node's
         #: chainer process (``"node"``, :mod:`pivault.audit.chainer`) chains entries in batches
@@ -516,7 +528,19 @@ class AuditLog:
         db.execute(
             "INSERT INTO audit_checkpoints (seq, chain_id, ts_us, mac, sealed_key, signature)"
             " VALUES (?, ?, ?, ?, ?, ?)", (seq, chain_id, ts_us, mac, sealed, cp.signature))
+        self._anchor_after_commit(db, cp)
         return cp
+
+    def _anchor_after_commit(self, db: Database, cp: Checkpoint) -> None:
+        # after the commit, never before: a mark whose checkpoint then rolled back would
+        # accuse a sound chain of having lost its tail; a mark lost to a crash in between
+        # only leaves the anchor one checkpoint behind
+        anchor = self.anchor
+        if anchor is not None:
+            def mark() -> None:
+                anchor.mark(cp)
+
+            db.after_commit(mark)
 
     # -- append -------------------------------------------------------------------
     def append(self, event: AuditEvent) -> int:
@@ -733,7 +757,9 @@ class AuditLog:
                     head = self._read_head(db) or self._init_chain(db, now_us)
                     row = db.query_one(_SELECT_CHECKPOINT + " WHERE seq = ?", (head.seq,))
                     if row is not None:
-                        return Checkpoint.from_row(row)
+                        cp = Checkpoint.from_row(row)
+                        self._anchor_after_commit(db, cp)  # an anchor begun since still gets it
+                        return cp
                     cp = self._write_checkpoint(db, head.chain_id, head.seq, now_us, head.mac, head.key)
                     db.execute("UPDATE audit_head SET cp_seq = ?, cp_ts_us = ? WHERE id = 1",
                                (head.seq, now_us))

@@ -15,7 +15,12 @@ recomputes every MAC in sequence order. It finds:
 * a forged or altered checkpoint (``checkpoint.signature``,
   ``checkpoint.mismatch``);
 * a prune that removed the entry of a given exported checkpoint younger
-  than the retention floor (``prune.early``).
+  than the retention floor (``prune.early``);
+* against the vault home's anchor (:mod:`pivault.audit.anchor`), kept
+  outside the store: a chain that no longer reaches the newest anchored
+  checkpoint — the head row put back as it was earlier, with the tail
+  deleted (``tail.rolled_back``) — or whose anchored entries changed
+  (``anchor.mismatch``).
 """
 
 from __future__ import annotations
@@ -23,13 +28,16 @@ from __future__ import annotations
 import datetime as _dt
 import hmac
 import json
+import os
 import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from pivault.audit.keys import AuditKeyError, FieldCipher, VerifierKey
+from pivault.audit.anchor import REBASE_OPERATIONS, Anchor, AnchorRead, Mark
+from pivault.audit.keys import AuditKeyError, AuditKeys, FieldCipher, VerifierKey
 from pivault.audit.log import (
     ENTRY_COLUMNS,
+    AuditError,
     Checkpoint,
     _head_key_id,
     entry_mac,
@@ -56,6 +64,11 @@ class VerifyReport:
     problem: str | None = None
     first_bad: int | None = None
     message: str = "audit chain intact"
+    #: the anchor file checked, and the newest anchored entry the chain was found to reach
+    anchor: str | None = None
+    anchored_seq: int | None = None
+    #: what the operator should know though nothing failed (an anchor missing, torn lines, a re-base)
+    notes: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -80,7 +93,9 @@ def _prune_through(detail_text: str) -> int:
 
 
 def verify(db: Database, verifier: VerifierKey, *, checkpoint: Checkpoint | None = None,
-           keyring: FieldCipher | None = None, now: float | None = None) -> VerifyReport:
+           keyring: FieldCipher | None = None, now: float | None = None,
+           anchor: Anchor | str | os.PathLike[str] | None = None,
+           anchor_required: bool = False) -> VerifyReport:
     """Verify the whole retained chain.
 
     ``checkpoint`` is an exported checkpoint kept elsewhere (it bounds what an
@@ -88,20 +103,57 @@ def verify(db: Database, verifier: VerifierKey, *, checkpoint: Checkpoint | None
     must still be in the chain, or be older than the retention floor at
     ``now``). With ``keyring`` the head's encrypted key is checked too, which
     catches a tail truncated together with a rewritten head row.
+
+    ``anchor`` is the vault home's anchor file (or a copy of it): the chain
+    must still reach its newest mark, with the same MAC, which catches the
+    tail rolled back to an earlier copy of itself — the one change the store
+    alone cannot show. It is read before the store's snapshot is taken, so a
+    checkpoint anchored while this runs is in the snapshot. A missing file
+    is a note (a vault older than the anchor has none), or with
+    ``anchor_required`` a failure (``anchor.missing``).
     """
-    state: dict[str, Any] = {"checked": 0, "first": None, "last": None, "cps": 0, "chain": None}
+    state: dict[str, Any] = {"checked": 0, "first": None, "last": None, "cps": 0, "chain": None,
+                             "anchored": None, "notes": []}
+    read: AnchorRead | None = None
+    where: str | None = None
+    if anchor is not None:
+        handle = anchor if isinstance(anchor, Anchor) else Anchor(anchor)
+        where = str(handle.path)
+        try:
+            read = handle.read()  # before the snapshot: every mark read is of a committed checkpoint
+        except AuditError as exc:
+            if exc.code != "anchor.missing":
+                raise
+            if anchor_required:
+                state["missing"] = where
+            else:
+                state["notes"].append(f"the tail was not checked: no audit anchor at {where} (writers "
+                                      "start it at their next checkpoint; `pivault audit "
+                                      "export-checkpoint` starts it now)")
+        if read is not None and read.torn:
+            state["notes"].append(f"{read.torn} torn or damaged line(s) of the audit anchor skipped")
+        if read is not None and read.rebase is not None:
+            rb = read.rebase
+            state["notes"].append(f"the audit anchor was re-based at entry {rb.mark.seq} ({rb.operation}); "
+                                  f"{read.superseded} earlier mark(s) describe the chain before it")
     try:
         with db.snapshot():  # a live vault keeps appending while it is verified
-            _verify(db, verifier, checkpoint, keyring, state, time.time() if now is None else now)
+            _verify(db, verifier, checkpoint, keyring, state, time.time() if now is None else now, read)
+        if state.get("missing"):
+            raise _Bad("anchor.missing", None, f"no audit anchor at {where}, and [audit] anchor_required "
+                       "is set: the tail cannot be checked")
     except _Bad as bad:
         return VerifyReport(False, state["checked"], state["first"], state["last"], state["cps"],
-                            state["chain"], bad.problem, bad.first_bad, bad.message)
+                            state["chain"], bad.problem, bad.first_bad, bad.message, where,
+                            state["anchored"], tuple(state["notes"]))
     return VerifyReport(True, state["checked"], state["first"], state["last"], state["cps"],
-                        state["chain"])
+                        state["chain"], anchor=where, anchored_seq=state["anchored"],
+                        notes=tuple(state["notes"]))
 
 
 def _verify(db: Database, verifier: VerifierKey, external: Checkpoint | None,
-            keyring: FieldCipher | None, state: dict[str, Any], now: float) -> None:
+            keyring: FieldCipher | None, state: dict[str, Any], now: float,
+            anchor: AnchorRead | None = None) -> None:
     public = verifier.public
     head = db.query_one("SELECT chain_id, seq, mac, key_ct FROM audit_head WHERE id = 1")
     cps = load_checkpoints(db)
@@ -112,6 +164,8 @@ def _verify(db: Database, verifier: VerifierKey, external: Checkpoint | None,
         if external is not None:
             raise _Bad("tail.truncated", 1, "the audit trail is empty but a checkpoint says "
                        f"it held {external.seq} entries")
+        if anchor is not None and anchor.marks:
+            _check_anchor(anchor, None, None, 0, {}, None, public, now, state)
         if _holds_records(db):
             # every record is written through the door with its entry, in one transaction: an
             # empty trail beside records is a deleted one, not a vault that has not begun
@@ -153,6 +207,12 @@ def _verify(db: Database, verifier: VerifierKey, external: Checkpoint | None,
     expected = start.seq + 1
     logged_through = 0
     ext_mac: bytes | None = None
+    # the entries the anchor marked (their recomputed MACs are compared after the walk), and the
+    # operation of the entry a re-base stands on
+    anchored = {m.seq for m in anchor.marks if m.checkpoint.chain_id == chain_id} if anchor else set()
+    macs_at: dict[int, bytes] = {start.seq: start.mac}
+    rebase_seq = anchor.rebase.mark.seq if anchor is not None and anchor.rebase is not None else None
+    rebase_op: str | None = None
     cols = ", ".join((*ENTRY_COLUMNS, "mac"))
     for row in db.stream(f"SELECT {cols} FROM audit_entries ORDER BY seq"):
         seq = int(row[0])
@@ -168,6 +228,10 @@ def _verify(db: Database, verifier: VerifierKey, external: Checkpoint | None,
             raise _Bad("checkpoint.mismatch", seq, f"checkpoint at entry {seq} disagrees with the chain")
         if external is not None and seq == external.seq:
             ext_mac = mac
+        if seq in anchored:
+            macs_at[seq] = mac
+        if seq == rebase_seq:
+            rebase_op = row[5]
         if row[5] == "audit.prune":
             logged_through = max(logged_through, _prune_through(row[12]))
         prev = mac
@@ -215,3 +279,72 @@ def _verify(db: Database, verifier: VerifierKey, external: Checkpoint | None,
             raise _Bad("tail.truncated", last + 1,
                        f"the head's chain key is not the one after entry {last}: entries from "
                        f"{last + 1} were removed and the head rewritten")
+    if anchor is not None:
+        _check_anchor(anchor, chain_id, start, last, macs_at, rebase_op, public, now, state)
+
+
+def _day(ts_us: int) -> str:
+    return _dt.datetime.fromtimestamp(ts_us / 1e6, _dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def _check_anchor(anchor: AnchorRead, chain_id: str | None, start: Checkpoint | None, last: int,
+                  macs_at: dict[int, bytes], rebase_op: str | None, public: AuditKeys, now: float,
+                  state: dict[str, Any]) -> None:
+    """The chain against the marks kept outside the store, from the anchor's last re-base on.
+
+    A mark is trusted only once its signature checks, and checked only when it
+    would fail the chain: a mark the chain agrees with says nothing new, and
+    signatures are the costly part of reading a long anchor.
+    """
+    def authentic(m: Mark) -> None:
+        if not m.checkpoint.signature_ok(public):
+            raise _Bad("anchor.signature", m.seq, f"line {m.line} of the audit anchor is not signed by "
+                       "this vault's audit key: another vault's anchor, or an altered line")
+
+    rb = anchor.rebase
+    if rb is not None:
+        authentic(rb.mark)
+        if rb.operation not in REBASE_OPERATIONS or not public.check_signature(rb.signature, rb.message()):
+            raise _Bad("anchor.signature", rb.mark.seq, f"the re-base on line {rb.mark.line} of the audit "
+                       "anchor is not signed by this vault's audit key")
+    if not anchor.marks:
+        return
+    foreign = [m for m in anchor.marks if m.checkpoint.chain_id != chain_id]
+    if foreign:
+        m = foreign[-1]
+        authentic(m)
+        if chain_id is None:
+            raise _Bad("tail.rolled_back", 1, f"the audit trail is empty, but the audit anchor marked "
+                       f"entry {m.seq} ({_day(m.checkpoint.ts_us)}, line {m.line}): the trail was deleted")
+        raise _Bad("tail.rolled_back", None, f"the store's audit chain is not the one the audit anchor "
+                   f"marked last (entry {m.seq}, {_day(m.checkpoint.ts_us)}, line {m.line}): the trail was "
+                   "replaced")
+    assert start is not None
+    newest = anchor.newest(chain_id)
+    assert newest is not None
+    if newest.seq > last:
+        authentic(newest)
+        raise _Bad("tail.rolled_back", last + 1,
+                   f"the chain ends at entry {last}, but the audit anchor marked entry {newest.seq} "
+                   f"({_day(newest.checkpoint.ts_us)}, line {newest.line}): entries from {last + 1} were "
+                   "removed and the head put back as it was")
+    # a mark whose entry was pruned since: only entries past the retention floor go, and the newest
+    # such mark is the youngest of them
+    pruned = max((m for m in anchor.marks if m.seq < start.seq), key=lambda m: m.seq, default=None)
+    if pruned is not None and pruned.checkpoint.ts_us > (now - MIN_RETENTION_DAYS * 86400) * 1_000_000:
+        authentic(pruned)
+        raise _Bad("prune.early", pruned.seq, f"entry {pruned.seq}, marked in the audit anchor "
+                   f"({_day(pruned.checkpoint.ts_us)}, line {pruned.line}), was pruned, but entries are kept "
+                   f"at least {MIN_RETENTION_DAYS} days: removed before their time")
+    for m in sorted(anchor.marks, key=lambda m: m.seq):
+        if m.seq < start.seq:
+            continue
+        got = macs_at.get(m.seq)
+        if got is None or not hmac.compare_digest(got, m.checkpoint.mac):
+            authentic(m)
+            raise _Bad("anchor.mismatch", m.seq, f"entry {m.seq} is not the one the audit anchor marked "
+                       f"(line {m.line}): the chain was rewritten from there")
+    if rb is not None and rb.mark.seq > start.seq and rebase_op not in REBASE_OPERATIONS:
+        raise _Bad("anchor.rebase", rb.mark.seq, f"the audit anchor was re-based at entry {rb.mark.seq} "
+                   f"(line {rb.mark.line}), but that entry records no restore")
+    state["anchored"] = newest.seq
