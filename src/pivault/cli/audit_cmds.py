@@ -1,6 +1,6 @@
 """Commands for the audit trail, alerts and canaries: a thin skin over pivault.audit and pivault.detect.
 
-``pivault audit verify|show|export-checkpoint|prune|init-keys``,
+``pivault audit verify|show|export-checkpoint|prune|rebase-anchor|init-keys``,
 ``pivault alerts list|ack``, ``pivault canary seed``. Errors are one line on
 stderr (``error[code]: message``), exit status 2 for bad input and 1 for
 everything else; ``audit verify`` exits 1 when the chain is not intact.
@@ -64,10 +64,24 @@ def _current(db: Any, keyring: Any) -> None:
     seen.check(db, keyring)
 
 
-def _key_dir(cfg: Any) -> Path:
-    from pivault.detect.setup import DetectSettings, audit_key_dir
+def _settings(cfg: Any) -> Any:
+    from pivault.detect.setup import DetectSettings
 
-    return audit_key_dir(cfg.keyring_path, cfg.vault_id, DetectSettings.from_home(cfg.home))
+    return DetectSettings.from_home(cfg.home)
+
+
+def _key_dir(cfg: Any) -> Path:
+    from pivault.detect.setup import audit_key_dir
+
+    return audit_key_dir(cfg.keyring_path, cfg.vault_id, _settings(cfg))
+
+
+def _log(db: Any, keyring: Any, cfg: Any, *, anchored: bool = True) -> Any:
+    """The vault's audit log for a command: its checkpoints go to the home's anchor as the writers' do."""
+    from pivault.audit import AuditLog, load_writer
+
+    return AuditLog(db, keyring, load_writer(_key_dir(cfg), keyring),
+                    anchor=_settings(cfg).anchor if anchored else None)
 
 
 def _when(text: str | None) -> float | None:
@@ -125,12 +139,17 @@ def audit_verify(
     use_keyring: Annotated[bool, typer.Option(
         "--keyring/--no-keyring", help="Also check the head's encrypted chain key (needs the passphrase).")
     ] = True,
+    anchor: Annotated[Path | None, typer.Option(
+        "--anchor", help="The audit anchor to check the tail against, e.g. a copy kept on another host "
+                         "(default: this home's, [audit] anchor).")] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Recompute the chain; name the first modified, deleted, inserted or reordered entry."""
+    """Recompute the chain; name the first modified, deleted, inserted or reordered entry, and a tail
+    rolled back behind the anchor kept outside the store."""
     from pivault.audit import load_verifier, verify
 
     cfg = _config(home)
+    settings = _settings(cfg)
     passphrase = os.environ.get("PIVAULT_AUDIT_PASSPHRASE")
     verifier = load_verifier(_key_dir(cfg), verifier_file=verifier_key,
                              passphrase=passphrase.encode() if passphrase else None)
@@ -141,15 +160,28 @@ def audit_verify(
             raise PivaultError("this vault has no audit trail yet", code="audit.missing")
         if keyring is not None:
             _current(db, keyring)
-        report = verify(db, verifier, checkpoint=cp, keyring=keyring)
+        # a given file must be there: only the home's own may be missing (a vault older than anchors)
+        if anchor is not None and not anchor.is_file():
+            raise PivaultError(f"no audit anchor file at {anchor}", code="anchor.missing")
+        report = verify(db, verifier, checkpoint=cp, keyring=keyring,
+                        anchor=anchor if anchor is not None else settings.anchor,
+                        anchor_required=settings.anchor_required or anchor is not None)
     if as_json:
         _json(report.to_dict())
     elif report.ok:
         typer.echo(f"audit chain intact: {report.checked} entries "
                    f"({report.first_seq}..{report.last_seq}), {report.checkpoints} signed checkpoints"
-                   + (", matches the given checkpoint" if cp else ""))
+                   + (", matches the given checkpoint" if cp else "")
+                   + (f", reaches the anchor's newest mark (entry {report.anchored_seq})"
+                      if report.anchored_seq is not None else ""))
     else:
-        typer.echo(f"AUDIT CHAIN BROKEN at entry {report.first_bad} [{report.problem}]: {report.message}")
+        at = f" at entry {report.first_bad}" if report.first_bad is not None else ""
+        # without the anchor nothing was found broken, but the tail could not be checked as required
+        what = "AUDIT CHAIN NOT VERIFIED" if report.problem == "anchor.missing" else "AUDIT CHAIN BROKEN"
+        typer.echo(f"{what}{at} [{report.problem}]: {report.message}")
+    if not as_json:
+        for note in report.notes:
+            typer.echo(f"note: {note}")
     if not report.ok:
         raise typer.Exit(1)
 
@@ -196,14 +228,12 @@ def audit_export_checkpoint(
     home: HomeOpt = None,
     out: Annotated[Path | None, typer.Option("--out", help="File to write (default: stdout).")] = None,
 ) -> None:
-    """Sign a checkpoint at the newest entry and write it, to keep somewhere else."""
-    from pivault.audit import AuditLog, load_writer
-
+    """Sign a checkpoint at the newest entry and write it, to keep somewhere else (and to the anchor)."""
     cfg = _config(home)
     keyring = _keyring(cfg)
     with _db(cfg, migrate=True) as db:
         _current(db, keyring)
-        cp = AuditLog(db, keyring, load_writer(_key_dir(cfg), keyring)).checkpoint()
+        cp = _log(db, keyring, cfg).checkpoint()
     if out is None:
         typer.echo(cp.to_json(), nl=False)
     else:
@@ -220,7 +250,7 @@ def audit_prune(
     yes: Annotated[bool, typer.Option("--yes", help="Delete; without it, only say what would go.")] = False,
 ) -> None:
     """Delete entries older than the retention period, up to a signed checkpoint."""
-    from pivault.audit import MIN_RETENTION_DAYS, AuditLog, RetentionPolicy, load_writer, prunable, prune
+    from pivault.audit import MIN_RETENTION_DAYS, RetentionPolicy, prunable, prune
     from pivault.policy.context import local_operator
 
     if keep_days < MIN_RETENTION_DAYS:
@@ -237,9 +267,44 @@ def audit_prune(
             return
         keyring = _keyring(cfg)
         _current(db, keyring)
-        result = prune(AuditLog(db, keyring, load_writer(_key_dir(cfg), keyring)),
-                       local_operator("audit"), policy)
+        result = prune(_log(db, keyring, cfg), local_operator("audit"), policy)
     typer.echo(f"deleted {result.deleted} entries (through entry {result.through_seq})")
+
+
+@audit_app.command("rebase-anchor")
+@_cli
+def audit_rebase_anchor(
+    home: HomeOpt = None,
+    yes: Annotated[bool, typer.Option("--yes", help="Re-base; without it, only say whether one is needed.")
+    ] = False,
+) -> None:
+    """After the store was put back on purpose outside `pivault restore` (a point-in-time recovery, a
+    snapshot): record it in the chain and let the anchor follow. `audit verify` names every re-base."""
+    from pivault.audit import load_writer
+    from pivault.audit.anchor import Anchor, settle, unreached
+    from pivault.policy.context import local_operator
+
+    cfg = _config(home)
+    anchor = Anchor(_settings(cfg).anchor)
+    with _db(cfg, migrate=True) as db:
+        if not yes:
+            behind = unreached(anchor.read(), db) if anchor.exists() else None
+            if behind is None:
+                typer.echo("the store's chain reaches the anchor's newest mark: no re-base is needed")
+            else:
+                typer.echo(f"the anchor marked entry {behind.seq}, which the store's chain no longer holds; "
+                           "if the store was put back on purpose, run again with --yes (recorded in the "
+                           "chain); otherwise it was rolled back: see docs/audit.md")
+            return
+        keyring = _keyring(cfg)
+        _current(db, keyring)
+        writer = load_writer(_key_dir(cfg), keyring)
+        done = settle(_log(db, keyring, cfg, anchored=False), writer, anchor, local_operator("audit"))
+    if done.rebased and done.superseded is not None:
+        typer.echo(f"audit anchor re-based at entry {done.checkpoint.seq} ({done.operation}): it had marked "
+                   f"entry {done.superseded.seq}, which the store's chain no longer holds")
+    else:
+        typer.echo(f"no re-base needed: the anchor marks entry {done.checkpoint.seq}")
 
 
 @audit_app.command("init-keys")

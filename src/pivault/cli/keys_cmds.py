@@ -71,10 +71,12 @@ class _Opened:
                              DetectSettings.from_home(self.cfg.home))
 
     def events(self) -> Any:
+        from pivault.detect.setup import DetectSettings
         from pivault.keys.events import audit_events, noop
         from pivault.policy.context import local_operator
 
-        sink = audit_events(self.db, self.keyring, local_operator("key management"), self.audit_dir())
+        sink = audit_events(self.db, self.keyring, local_operator("key management"), self.audit_dir(),
+                            anchor=DetectSettings.from_home(self.cfg.home).anchor)
         return sink if sink is not None else noop
 
     def files(self) -> Any:
@@ -355,8 +357,9 @@ def keys_recover(
         seen.check(db, ring)  # the rewritten keyring's generation; an older copy is said here
         from pivault.detect.setup import DetectSettings, audit_key_dir
 
-        adir = audit_key_dir(cfg.keyring_path, ring.vault_id, DetectSettings.from_home(cfg.home))
-        sink = audit_events(db, ring, local_operator("key management"), adir)
+        settings = DetectSettings.from_home(cfg.home)
+        adir = audit_key_dir(cfg.keyring_path, ring.vault_id, settings)
+        sink = audit_events(db, ring, local_operator("key management"), adir, anchor=settings.anchor)
         if sink is not None:
             sink("keys.recover", "ok", {"split": got[0].split_id, "shares_used": len(got),
                                         "generation": ring.generation})

@@ -7,6 +7,8 @@ Settings live in the vault's ``pivault.toml`` (all optional)::
     journal_dir = "/var/lib/pivault/audit-journal"   # default: <home>/run/audit-journal
     checkpoint_every = 1000            # entries
     checkpoint_seconds = 300
+    anchor = "/srv/pivault-anchor/audit-anchor.jsonl"   # default: <home>/audit-anchor.jsonl
+    anchor_required = false            # true: `audit verify` fails without the anchor file
 
     [detect]
     counters = "redis://127.0.0.1:6379/0"   # several nodes; sqlite:///PATH for one node's
@@ -44,6 +46,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from pivault.audit.anchor import ANCHOR_NAME
 from pivault.audit.journal import CHAIN_MODES
 from pivault.audit.keys import AuditKeyError, WriterKeys, create_audit_keys, load_writer
 from pivault.audit.log import AuditLog
@@ -83,6 +86,11 @@ class DetectSettings:
     journal_dir: str | None = None
     checkpoint_every: int = 1000
     checkpoint_seconds: float = 300.0
+    #: the file each checkpoint is appended to, outside the store (:mod:`pivault.audit.anchor`);
+    #: None without a vault home (library use): checkpoints are kept in the store only
+    anchor: str | None = None
+    #: `audit verify` fails when the anchor file is missing, instead of saying it could not check
+    anchor_required: bool = False
     #: who chains this process's audit journal: its own thread, or the node's chainer process
     journal_chain: str = "thread"
 
@@ -103,6 +111,9 @@ class DetectSettings:
                 out.alerts_jsonl = str(Path(home) / "logs" / "alerts.jsonl")
             if out.journal_dir is None:
                 out.journal_dir = str(Path(home) / "run" / "audit-journal")
+            # a relative path is the home's: every process of the vault must name the same file
+            configured = Path(out.anchor or ANCHOR_NAME).expanduser()
+            out.anchor = str(Path(home).expanduser().absolute() / configured)
         env = os.environ.get(REDIS_ENV) or os.environ.get(COUNTERS_ENV)
         if env:
             out.counters_url = env
@@ -134,7 +145,8 @@ class DetectSettings:
             webhook_url=detect.get("webhook_url"), detector=det,
             audit_key_dir=audit.get("key_dir"), journal_dir=audit.get("journal_dir"),
             checkpoint_every=int(audit.get("checkpoint_every", 1000)),
-            checkpoint_seconds=float(audit.get("checkpoint_seconds", 300.0)))
+            checkpoint_seconds=float(audit.get("checkpoint_seconds", 300.0)),
+            anchor=audit.get("anchor"), anchor_required=bool(audit.get("anchor_required", False)))
 
 
 def audit_key_dir(keyring_path: str | os.PathLike[str], vault_id: str,
@@ -235,7 +247,7 @@ def _audit_log(db: Database, keyring: Any, keyring_path: str | os.PathLike[str],
     return AuditLog(db, keyring, writer, checkpoint_every=settings.checkpoint_every,
                     checkpoint_seconds=settings.checkpoint_seconds,
                     journal_dir=settings.journal_dir if journal else None,
-                    journal_chain=settings.journal_chain)
+                    journal_chain=settings.journal_chain, anchor=settings.anchor)
 
 
 def follow_policy(guard: DetectGuard, policy: Callable[[], Any]) -> None:

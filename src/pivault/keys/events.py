@@ -35,8 +35,12 @@ def _detail(detail: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def audit_events(db: Database, keyring: Keyring, ctx: AccessContext,
-                 audit_dir: Path | None = None) -> KeyEvents | None:
-    """Events appended to the vault's audit chain, or None when it has no audit keys."""
+                 audit_dir: Path | None = None, *, anchor: str | Path | None = None) -> KeyEvents | None:
+    """Events appended to the vault's audit chain, or None when it has no audit keys.
+
+    ``anchor``: the vault home's audit anchor, to which a checkpoint one of
+    these appends makes is added, as the writers' are.
+    """
     from pivault.audit import AuditEvent, AuditKeyError, AuditLog, load_writer
     from pivault.keys.sites import default_audit_dir
 
@@ -49,7 +53,7 @@ def audit_events(db: Database, keyring: Keyring, ctx: AccessContext,
         if exc.code == "audit.keys.keyring":
             return None  # the audit keys there belong to another vault
         raise
-    log = AuditLog(db, keyring, writer)
+    log = AuditLog(db, keyring, writer, anchor=anchor)
 
     def emit(operation: str, outcome: str, detail: Mapping[str, Any]) -> None:
         log.append(AuditEvent.of(ctx, operation, outcome, detail=_detail(detail)))

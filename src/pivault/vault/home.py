@@ -119,7 +119,7 @@ SETTINGS: dict[str, dict[str, str]] = {
     "keys": {"record_key_store": "str", "usage_limit": "int", "usage_warn": "number",
              "usage_rotate": "number", "auto_rotate": "bool"},
     "audit": {"key_dir": "str", "journal_dir": "str", "checkpoint_every": "int",
-              "checkpoint_seconds": "number"},
+              "checkpoint_seconds": "number", "anchor": "str", "anchor_required": "bool"},
     "detect": {"counters": "str", "suspend_after": "int", "vault": "table", "role_totals": "tables",
                "principals": "tables", "alerts_jsonl": "str", "webhook_url": "str",
                "detector": "table"},

@@ -1,0 +1,139 @@
+"""The audit anchor from the command line: ``audit verify [--anchor]``, ``audit rebase-anchor``;
+the settings ``[audit] anchor`` and ``anchor_required``. A real vault home (SQLite)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from pivault.audit import AuditEvent
+from pivault.audit.anchor import Anchor
+from pivault.cli import audit_cmds, keys_cmds
+from pivault.crypto import Argon2Params, Keyring, PassphraseProvider
+from pivault.detect.setup import build_guard
+from pivault.policy.context import AccessContext
+from pivault.store import Database
+from pivault.vault.home import init, load
+
+PASS = "synthetic-anchor-passphrase"
+TABLES = ("audit_entries", "audit_checkpoints", "audit_head")
+
+
+def _make_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, audit: str = "") -> Path:
+    h = tmp_path / "home"
+    init(h, passphrase=PASS, keyring_path=tmp_path / "keys" / "keyring.json",
+         argon2=Argon2Params(time_cost=1, memory_cost=8, parallelism=1), expected_population=10**6)
+    with open(h / "pivault.toml", "a", encoding="utf-8") as fh:
+        fh.write("\n[audit]\ncheckpoint_every = 5\n" + audit)
+    monkeypatch.setenv("PIVAULT_PASSPHRASE", PASS)
+    monkeypatch.setenv("PIVAULT_HOME", str(h))
+    monkeypatch.delenv("PIVAULT_REDIS_URL", raising=False)
+    return h
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    return _make_home(tmp_path, monkeypatch)
+
+
+@pytest.fixture
+def app() -> typer.Typer:
+    a = typer.Typer()
+    audit_cmds.register(a)
+    keys_cmds.register(a)
+    return a
+
+
+def _run(app: typer.Typer, *args: str, code: int = 0) -> str:
+    r = CliRunner().invoke(app, list(args))
+    assert r.exit_code == code, r.output
+    return r.output
+
+
+def _fill(home: Path, n: int, start: int = 0) -> None:
+    cfg = load(home)
+    keyring = Keyring.open(cfg.keyring_path, PassphraseProvider(PASS))
+    with Database(cfg.store_url) as db:
+        guard = build_guard(db, keyring, keyring_path=cfg.keyring_path, home=home)
+        ctx = AccessContext(principal="officer-17", role="officer", purpose="case_investigation")
+        for i in range(start, start + n):
+            guard.audit_log.append(AuditEvent.of(ctx, "get", "ok", [f"r_{i:026d}"]))
+        guard.close()
+
+
+def _copy(home: Path) -> dict[str, list[tuple[Any, ...]]]:
+    with Database(load(home).store_url) as db:
+        return {t: db.query(f"SELECT * FROM {t}") for t in TABLES}
+
+
+def _put_back(home: Path, copy: dict[str, list[tuple[Any, ...]]]) -> None:
+    with Database(load(home).store_url) as db, db.transaction():
+        for t in TABLES:
+            db.execute(f"DELETE FROM {t}")
+        for t, rows in copy.items():
+            if rows:
+                db.executemany(f"INSERT INTO {t} VALUES ({', '.join('?' * len(rows[0]))})", rows)
+
+
+def test_verify_finds_a_rollback_also_with_a_copy_kept_elsewhere_and_a_re_base_is_named(
+        home: Path, app: typer.Typer, tmp_path: Path) -> None:
+    _fill(home, 7)
+    anchor = home / "audit-anchor.jsonl"
+    assert [m.seq for m in Anchor(anchor).read().marks] == [0, 5]
+    out = _run(app, "audit", "verify")
+    assert "audit chain intact: 7 entries (1..7)" in out
+    assert "reaches the anchor's newest mark (entry 5)" in out
+    snapshot = _copy(home)
+    _fill(home, 8, start=7)  # marks 10 and 15
+    elsewhere = tmp_path / "other-host" / "anchor-copy.jsonl"
+    elsewhere.parent.mkdir()
+    shutil.copy(anchor, elsewhere)
+    _put_back(home, snapshot)
+    for extra in ((), ("--no-keyring",), ("--anchor", str(elsewhere))):
+        out = _run(app, "audit", "verify", *extra, code=1)
+        assert "AUDIT CHAIN BROKEN at entry 8 [tail.rolled_back]: the chain ends at entry 7, but the audit " \
+               "anchor marked entry 15" in out, out
+    # the home's own anchor lost too: the copy on the other host still tells
+    anchor.unlink()
+    out = _run(app, "audit", "verify")
+    assert "audit chain intact" in out and "note: the tail was not checked: no audit anchor" in out
+    _run(app, "audit", "verify", "--anchor", str(elsewhere), code=1)
+    r = CliRunner().invoke(app, ["audit", "verify", "--anchor", str(tmp_path / "nowhere.jsonl")])
+    assert r.exit_code == 1 and "error[anchor.missing]" in r.output and len(r.output.splitlines()) == 1
+
+    # the store was put back on purpose (say, a point-in-time recovery): recorded, then verified
+    shutil.copy(elsewhere, anchor)
+    out = _run(app, "audit", "rebase-anchor")
+    assert "the anchor marked entry 15, which the store's chain no longer holds" in out
+    _run(app, "audit", "verify", code=1)  # asking changed nothing
+    out = _run(app, "audit", "rebase-anchor", "--yes")
+    assert "re-based at entry 8 (audit.rebase): it had marked entry 15" in out
+    out = _run(app, "audit", "verify")
+    assert "audit chain intact: 8 entries" in out
+    assert "note: the audit anchor was re-based at entry 8 (audit.rebase); 4 earlier mark(s)" in out
+    assert "no re-base is needed" in _run(app, "audit", "rebase-anchor")
+    # and a silent rollback after it is found again
+    after = _copy(home)
+    _fill(home, 6, start=15)  # a mark at 13
+    _put_back(home, after)
+    assert "[tail.rolled_back]" in _run(app, "audit", "verify", code=1)
+
+
+def test_export_checkpoint_starts_a_missing_anchor_and_a_required_one_must_be_there(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, app: typer.Typer) -> None:
+    home = _make_home(tmp_path, monkeypatch,
+                      'anchor = "../anchor-disk/pivault.anchor"\nanchor_required = true\n')
+    anchor = (home / "../anchor-disk/pivault.anchor").resolve()
+    _fill(home, 3)
+    assert anchor.exists()  # a relative path is the home's
+    anchor.unlink()
+    out = _run(app, "audit", "verify", code=1)
+    assert f"[anchor.missing]: no audit anchor at {home / '../anchor-disk/pivault.anchor'}" in out
+    assert "entry 3" in _run(app, "audit", "export-checkpoint", "--out", str(tmp_path / "cp.json"))
+    assert [m.seq for m in Anchor(anchor).read().marks] == [3]
+    assert "reaches the anchor's newest mark (entry 3)" in _run(app, "audit", "verify")
