@@ -1,8 +1,9 @@
-"""The audit anchor from the command line: ``audit verify [--anchor]``, ``audit rebase-anchor``;
-the settings ``[audit] anchor`` and ``anchor_required``. A real vault home (SQLite)."""
+"""The audit anchor from the command line: ``audit verify [--anchor]``, ``audit rebase-anchor``,
+``restore``; the settings ``[audit] anchor`` and ``anchor_required``. A real vault home (SQLite)."""
 
 from __future__ import annotations
 
+import itertools
 import shutil
 from pathlib import Path
 from typing import Any
@@ -16,8 +17,10 @@ from pivault.audit.anchor import Anchor
 from pivault.cli import audit_cmds, keys_cmds
 from pivault.crypto import Argon2Params, Keyring, PassphraseProvider
 from pivault.detect.setup import build_guard
-from pivault.policy.context import AccessContext
+from pivault.policy.context import AccessContext, local_operator
 from pivault.store import Database
+from pivault.synth import generate
+from pivault.vault import Vault
 from pivault.vault.home import init, load
 
 PASS = "synthetic-anchor-passphrase"
@@ -137,3 +140,49 @@ def test_export_checkpoint_starts_a_missing_anchor_and_a_required_one_must_be_th
     assert "entry 3" in _run(app, "audit", "export-checkpoint", "--out", str(tmp_path / "cp.json"))
     assert [m.seq for m in Anchor(anchor).read().marks] == [3]
     assert "reaches the anchor's newest mark (entry 3)" in _run(app, "audit", "verify")
+
+
+def _residents(n: int) -> list[dict[str, str]]:
+    got = (r for r in generate(n * 3 + 20, seed=83) if r["mobile"])
+    return [{k: str(v) for k, v in r.items()} for r in itertools.islice(got, n)]
+
+
+def test_restore_re_bases_the_anchor_in_the_open_and_a_later_rollback_is_found(
+        home: Path, app: typer.Typer, tmp_path: Path) -> None:
+    people = _residents(14)
+    operator = local_operator("registration")
+    with Vault.open(home, passphrase=PASS) as v:
+        for p in people[:6]:
+            v.put(p, ctx=operator)
+    backup = tmp_path / "shelf" / "vault.backup"
+    backup.parent.mkdir()
+    _run(app, "backup", "--out", str(backup))
+    with Vault.open(home, passphrase=PASS) as v:
+        for p in people[6:]:
+            v.put(p, ctx=operator)
+    anchor = Anchor(home / "audit-anchor.jsonl")
+    newest = max(m.seq for m in anchor.read().marks)
+    # the data directory's store is lost; the backup goes back in
+    store = Path(load(home).store_url.removeprefix("sqlite:///"))
+    for f in store.parent.glob(store.name + "*"):
+        f.unlink()
+    out = _run(app, "restore", str(backup))
+    assert f"the audit anchor had marked entry {newest}, past the restored chain: it was re-based at entry" \
+           in out and "(backup.restore), signed" in out, out
+    read = anchor.read()
+    assert read.rebase is not None and read.rebase.operation == "backup.restore"
+    out = _run(app, "audit", "verify")
+    assert "audit chain intact" in out and "re-based at entry" in out and "(backup.restore)" in out
+    after = _copy(home)
+    with Vault.open(home, passphrase=PASS) as v:
+        for p in people[6:]:
+            v.put(p, ctx=operator)
+    _put_back(home, after)
+    assert "[tail.rolled_back]" in _run(app, "audit", "verify", code=1)
+    # the data directory lost whole: the new home's anchor starts at the restored chain's checkpoint
+    new_home = tmp_path / "new-home"
+    out = _run(app, "restore", str(backup), "--home", str(new_home), "--new-home",
+               "--keyring", str(load(home).keyring_path))
+    assert "the audit anchor starts at entry" in out, out
+    out = _run(app, "audit", "verify", "--home", str(new_home))
+    assert "audit chain intact" in out and "reaches the anchor's newest mark" in out, out

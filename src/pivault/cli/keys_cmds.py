@@ -568,20 +568,51 @@ def restore(
         salvaged = salvage_quarantined(db, cfg.store_url, report.quarantined)
         from pivault.detect.setup import DetectSettings, audit_key_dir
 
-        adir = audit_key_dir(cfg.keyring_path, ring.vault_id, DetectSettings.from_home(cfg.home))
+        settings = DetectSettings.from_home(cfg.home)
+        adir = audit_key_dir(cfg.keyring_path, ring.vault_id, settings)
+        # the restore's entry is not anchored as it is written: _anchor_restored below decides
+        # whether the anchor follows it by a mark or by a re-base
         sink = audit_events(db, ring, local_operator("restore"), adir)
+        anchored: str | None = None
         if sink is not None:
             sink("backup.restore", "ok", {"backup_id": report.backup_id, "file": file.name,
                                           "records": report.counts.get("records", 0),
                                           "quarantined": report.quarantined, "salvaged_entries": salvaged,
                                           **report.audit_detail()})
+            anchored = _anchor_restored(db, ring, adir, settings.anchor)
     out = report.to_dict()
     out["salvaged_audit_entries"] = salvaged
+    out["audit_anchor"] = anchored
     if json_out:
         _print_json(out)
         return
     _say_restored(report, salvaged)
+    if anchored:
+        typer.echo(anchored)
     typer.echo("next: `pivault audit verify`")
+
+
+def _anchor_restored(db: Any, ring: Any, audit_dir: Path, anchor_path: str | None) -> str | None:
+    """After a restore, the home's audit anchor follows the chain put back; what happened, in a line.
+
+    The anchor is legitimately ahead of a restored chain (it marked checkpoints made after the
+    backup). Left so, `audit verify` would report the tail rolled back for ever after; re-based
+    silently, a real rollback could hide behind a restore. So the re-base stands on the restore's
+    audited entry and is signed, and verify names it.
+    """
+    from pivault.audit import AuditLog, load_writer
+    from pivault.audit.anchor import Anchor, settle
+    from pivault.policy.context import local_operator
+
+    if anchor_path is None:
+        return None
+    writer = load_writer(audit_dir, ring)
+    done = settle(AuditLog(db, ring, writer), writer, Anchor(anchor_path), local_operator("restore"))
+    if done.rebased and done.superseded is not None:
+        return (f"the audit anchor had marked entry {done.superseded.seq}, past the restored chain: it was "
+                f"re-based at entry {done.checkpoint.seq} ({done.operation}), signed; a later rollback is "
+                "still found")
+    return f"the audit anchor marks entry {done.checkpoint.seq} of the restored chain"
 
 
 #: unreadable records named in the text output; --json lists them all
@@ -618,8 +649,9 @@ def _restore_new_home(file: Path, home: Path, *, public_key: str | None, store: 
     res = restore_new_home(file, home, key=key, store_url=store, keyring_path=keyring,
                            record_keys_backup=record_keys, keep_erased=keep_erased,
                            keep_unreadable=keep_unreadable, quarantine=quarantine)
+    anchored = _anchor_new_home(res.config)
     if json_out:
-        _print_json(res.to_dict())
+        _print_json({**res.to_dict(), "audit_anchor": anchored})
         return
     cfg = res.config
     typer.echo(f"made vault home {cfg.home} for vault {cfg.vault_id}")
@@ -631,7 +663,36 @@ def _restore_new_home(file: Path, home: Path, *, public_key: str | None, store: 
         typer.echo(f"  {res.record_keys_added:,} record keys put back")
     for note in res.notes:
         typer.echo(f"note: {note}")
+    if anchored:
+        typer.echo(anchored)
     typer.echo("next: `pivault audit verify`")
+
+
+def _anchor_new_home(cfg: Any) -> str | None:
+    """The new home's audit anchor starts at the restored chain's newest checkpoint, signed as stored.
+
+    Nothing here needs a key: the checkpoint is the store's own, already signed.
+    Until the anchor holds a mark, `audit verify` cannot check the tail.
+    """
+    from pivault.audit import latest_checkpoint
+    from pivault.audit.anchor import Anchor, unreached
+    from pivault.detect.setup import DetectSettings
+    from pivault.store.db import Database
+
+    path = DetectSettings.from_home(cfg.home).anchor
+    if path is None:
+        return None
+    anchor = Anchor(path)
+    with Database(cfg.store_url) as db:
+        if not db.table_exists("audit_checkpoints"):
+            return None
+        if anchor.exists() and unreached(anchor.read(), db) is not None:
+            return (f"the audit anchor at {anchor.path} marks entries past the restored chain: if this "
+                    "restore is what put the chain back, record it with `pivault audit rebase-anchor --yes`")
+        cp = latest_checkpoint(db)
+    if cp is None or not anchor.mark(cp):
+        return None
+    return f"the audit anchor starts at entry {cp.seq} of the restored chain"
 
 
 def register(app: typer.Typer) -> None:
