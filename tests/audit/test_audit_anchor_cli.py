@@ -186,3 +186,35 @@ def test_restore_re_bases_the_anchor_in_the_open_and_a_later_rollback_is_found(
     assert "the audit anchor starts at entry" in out, out
     out = _run(app, "audit", "verify", "--home", str(new_home))
     assert "audit chain intact" in out and "reaches the anchor's newest mark" in out, out
+
+
+def test_the_node_chainer_of_pivault_serve_marks_the_homes_anchor(
+        home: Path, app: typer.Typer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under `pivault serve --workers N` the workers only write ahead; the chainer process checkpoints,
+    so it is the one that marks the anchor (here in a thread, with the same entry point)."""
+    import threading
+
+    from pivault.detect.setup import run_node_chainer
+
+    stop = threading.Event()
+    chainer = threading.Thread(target=run_node_chainer, args=(home, stop), daemon=True)
+    chainer.start()
+    try:
+        monkeypatch.setenv("PIVAULT_AUDIT_CHAIN", "node")  # what serve gives its workers
+        cfg = load(home)
+        keyring = Keyring.open(cfg.keyring_path, PassphraseProvider(PASS))
+        with Database(cfg.store_url) as db:
+            guard = build_guard(db, keyring, keyring_path=cfg.keyring_path, home=home)
+            assert guard.audit_log.journal.chain == "node"
+            ctx = AccessContext(principal="officer-17", role="officer", purpose="case_investigation")
+            for i in range(12):
+                guard.audit_log.record(AuditEvent.of(ctx, "get", "ok", [f"r_{i:026d}"]))
+            assert guard.audit_log.flush(10)
+            guard.close()
+    finally:
+        stop.set()
+        chainer.join(30)
+    assert not chainer.is_alive()
+    marks = [m.seq for m in Anchor(home / "audit-anchor.jsonl").read().marks]
+    assert marks[0] == 0 and marks[-1] >= 5, marks
+    assert f"reaches the anchor's newest mark (entry {marks[-1]})" in _run(app, "audit", "verify")
