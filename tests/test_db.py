@@ -78,5 +78,8 @@ def test_after_commit_runs_once_the_outermost_transaction_commits(store_url: str
     with db.transaction():  # nothing of the rolled-back one is left over
         pass
     db.after_commit(lambda: said.append("now"))  # outside a transaction: at once
-    assert said == ["inner", "outer", "now"]
+    with db.snapshot():  # a read snapshot commits nothing to wait for
+        db.after_commit(lambda: said.append("read"))
+        assert said[-1] == "read"
+    assert said == ["inner", "outer", "now", "read"]
     db.close()

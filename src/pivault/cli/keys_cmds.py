@@ -602,12 +602,18 @@ def _anchor_restored(db: Any, ring: Any, audit_dir: Path, anchor_path: str | Non
     """
     from pivault.audit import AuditLog, load_writer
     from pivault.audit.anchor import Anchor, settle
+    from pivault.errors import PivaultError
     from pivault.policy.context import local_operator
 
     if anchor_path is None:
         return None
-    writer = load_writer(audit_dir, ring)
-    done = settle(AuditLog(db, ring, writer), writer, Anchor(anchor_path), local_operator("restore"))
+    try:
+        writer = load_writer(audit_dir, ring)
+        done = settle(AuditLog(db, ring, writer), writer, Anchor(anchor_path), local_operator("restore"))
+    except PivaultError as exc:
+        # the restore itself is done and recorded: say what is left to do rather than fail it
+        return (f"the audit anchor could not follow the restore ({exc.code}): `pivault audit verify` "
+                "will report the tail rolled back until `pivault audit rebase-anchor --yes` records it")
     if done.rebased and done.superseded is not None:
         return (f"the audit anchor had marked entry {done.superseded.seq}, past the restored chain: it was "
                 f"re-based at entry {done.checkpoint.seq} ({done.operation}), signed; a later rollback is "

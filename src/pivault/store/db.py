@@ -279,11 +279,12 @@ class Database:
         outside the store (the audit anchor) naming a checkpoint whose
         transaction then rolled back would accuse a sound chain. A write
         nested in a caller's transaction commits only with that transaction,
-        so the callback waits for the outermost one. Outside a transaction it
-        runs at once. The callback runs after the connection's lock is
-        released, and must not raise.
+        so the callback waits for the outermost one. Outside a transaction (or
+        inside a read-only snapshot, which writes nothing) it runs at once.
+        The callback runs after the connection's lock is released, and must
+        not raise.
         """
-        if self.in_transaction:
+        if self.in_transaction and not self._snapshot:
             self._after.append(callback)
         else:
             callback()
