@@ -98,7 +98,8 @@ def _chainer(url: str, keys: str, journal: str) -> None:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     keyring = Keyring.open(Path(keys) / "keyring.json", PassphraseProvider("bench-pass", CHEAP))
     with Database(url) as db:
-        log = AuditLog(db, keyring, load_writer(Path(keys) / "audit", keyring))
+        log = AuditLog(db, keyring, load_writer(Path(keys) / "audit", keyring),
+                       anchor=Path(keys).parent / "audit-anchor.jsonl")
         NodeChainer(log, journal).run(stop)
 
 
@@ -117,7 +118,7 @@ def node_door(tmp: Path, db: Database, keyring: Keyring, counters: Counters, can
         target=_chainer, args=(url, str(tmp / "keys"), str(journal)), daemon=True)
     proc.start()
     log = AuditLog(db, keyring, load_writer(tmp / "keys" / "audit", keyring), journal_dir=journal,
-                   journal_chain="node")
+                   journal_chain="node", anchor=tmp / "audit-anchor.jsonl")
     alerts = AlertDispatcher([TableSink(db)], claim=counters.claim)
     big = Budget(records_per_minute=BIG, records_per_hour=BIG, records_per_day=BIG, misses_per_hour=BIG,
                  distinct_per_day=BIG)
@@ -140,7 +141,9 @@ def build(tmp: Path, count: int, store_url: str | None, redis_url: str | None,
     db = Database(url)
     writer_dir = tmp / "keys" / "audit"
     create_audit_keys(writer_dir, keyring)
-    log = AuditLog(db, keyring, load_writer(writer_dir, keyring), journal_dir=tmp / "data" / "journal")
+    # the anchor as Vault.open gives it: each checkpoint marked outside the store
+    log = AuditLog(db, keyring, load_writer(writer_dir, keyring), journal_dir=tmp / "data" / "journal",
+                   anchor=tmp / "audit-anchor.jsonl")
     counters: Counters = (RedisCounters(redis_url, namespace="bench-" + keyring.vault_id) if redis_url
                           else FileCounters(tmp / "data" / "counters.db") if file_counters
                           else MemoryCounters())
