@@ -124,7 +124,8 @@ class Container:
         except BackupError:
             tar.close()
             raise
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):
+            # nesting deeper than the parser's stack: unsigned text made to crash the reader
             tar.close()
             raise BackupError(f"{p.name}: the manifest is damaged", code="backup.format") from None
         if not isinstance(manifest, dict) or manifest.get("format") != "pivault.backup":

@@ -1,0 +1,98 @@
+"""Backup files made by whoever can write to the backup shelf, and files given by mistake.
+
+None of these carries a valid signature, so none may get further than the
+first check: each must end in one clear ``error[code]`` line (no traceback,
+nothing of the attacker's text echoed), quickly, in bounded memory, and
+without touching any store.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+import tarfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from keys_support import new_keyring, put_all, residents
+
+from pivault.backup import BackupError, BackupResult, create_backup, load_verify_key, verify_backup
+from pivault.backup.signing import VerifyKey
+from pivault.crypto import Keyring
+from pivault.store.db import Database
+from pivault.vault import Vault
+
+
+@pytest.fixture
+def shelf(sqlite_url: str, tmp_path: Path) -> Iterator[tuple[BackupResult, Keyring]]:
+    """A real backup of a small SQLite vault, and its keyring."""
+    kr = new_keyring(tmp_path / "keys" / "vault.keyring")
+    with Database(sqlite_url) as db:
+        v = Vault.initialise(db, kr)
+        put_all(v, residents(4, seed=91))
+        res = create_backup(db, kr, tmp_path / "shelf" / "vault.pvb")
+        v.close()
+    yield res, kr
+
+
+def _members(path: Path) -> dict[str, bytes]:
+    with tarfile.open(path) as tar:
+        out = {}
+        for m in tar.getmembers():
+            f = tar.extractfile(m)
+            assert f is not None
+            out[m.name] = f.read()
+        return out
+
+
+def _write_tar(out: Path, members: list[tuple[str, bytes]]) -> Path:
+    with tarfile.open(out, "w:", format=tarfile.PAX_FORMAT) as tar:
+        for name, body in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(body)
+            tar.addfile(info, io.BytesIO(body))
+    return out
+
+
+def _with_manifest(res: BackupResult, out: Path, manifest: bytes) -> Path:
+    members = _members(res.path)
+    members["manifest.json"] = manifest
+    return _write_tar(out, list(members.items()))
+
+
+_CLI = "from pivault.cli.main import main; main()"
+
+
+def _cli_verify(path: Path, key: VerifyKey, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
+    """`pivault backup verify FILE --public-key KEY` in its own process, as an operator runs it."""
+    import base64
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    return subprocess.run([sys.executable, "-c", _CLI, "backup", "verify", str(path), "--public-key",
+                           base64.b64encode(key.public).decode()], capture_output=True, text=True,
+                          timeout=timeout, env=env)
+
+
+def _one_clear_line(proc: subprocess.CompletedProcess[str], code: str) -> None:
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    lines = proc.stderr.splitlines()
+    assert lines and lines[0].startswith(f"error[{code}]: "), proc.stderr[-2000:]
+    assert all(line.startswith("  hint: ") for line in lines[1:]), proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr and "\x1b" not in proc.stderr
+    assert len(proc.stderr) < 1000
+
+
+def test_a_deeply_nested_manifest_is_refused_in_one_line(shelf: tuple[BackupResult, Keyring],
+                                                         tmp_path: Path) -> None:
+    res, kr = shelf
+    key = load_verify_key(kr.path)
+    for label, body in (("array", b"[" * 100_000 + b"]" * 100_000),
+                        ("object", b'{"a":' * 100_000 + b"1" + b"}" * 100_000)):
+        bad = _with_manifest(res, tmp_path / f"nested-{label}.pvb", body)
+        with pytest.raises(BackupError) as info:
+            verify_backup(bad, key)
+        assert info.value.code == "backup.format", label
+        _one_clear_line(_cli_verify(bad, key), "backup.format")
