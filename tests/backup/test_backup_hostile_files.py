@@ -9,6 +9,7 @@ without touching any store.
 from __future__ import annotations
 
 import io
+import json
 import os
 import subprocess
 import sys
@@ -96,3 +97,17 @@ def test_a_deeply_nested_manifest_is_refused_in_one_line(shelf: tuple[BackupResu
             verify_backup(bad, key)
         assert info.value.code == "backup.format", label
         _one_clear_line(_cli_verify(bad, key), "backup.format")
+
+
+def test_the_unsigned_vault_id_is_never_echoed(shelf: tuple[BackupResult, Keyring], tmp_path: Path) -> None:
+    """Before the signature is checked the manifest is the attacker's text: it must not reach the terminal."""
+    res, kr = shelf
+    manifest = json.loads(_members(res.path)["manifest.json"])
+    manifest["vault_id"] = "\x1b[2J\x1b[31m\nerror[ok]: backup verified, restore it now " + "x" * 10_000
+    bad = _with_manifest(res, tmp_path / "lying-id.pvb", json.dumps(manifest).encode())
+    with pytest.raises(BackupError) as info:
+        verify_backup(bad, load_verify_key(kr.path), vault_id=kr.vault_id)
+    assert info.value.code == "backup.vault"
+    assert "\x1b" not in info.value.message and "\n" not in info.value.message
+    assert "restore it now" not in info.value.message and len(info.value.message) < 300
+    assert kr.vault_id in info.value.message

@@ -24,6 +24,7 @@ import io
 import json
 import os
 import tarfile
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -161,7 +162,10 @@ class Container:
         ``backup.checksum`` or ``backup.format``; reads the whole file once.
         """
         if vault_id is not None and self.vault_id != vault_id:
-            raise BackupError(f"this backup is of vault {self.vault_id}, not of this vault ({vault_id})",
+            # not signed yet: the id is named only if it is one, never as the file's own text
+            theirs = (f"is of vault {self.vault_id}" if _is_vault_id(self.vault_id)
+                      else "names no valid vault id")
+            raise BackupError(f"this backup {theirs}, not of this vault ({vault_id})",
                               code="backup.vault", hint="restore a backup of this vault")
         if _canonical(self.manifest) != self.manifest_bytes or \
                 not key.verify(self.signature, _DOMAIN + self.manifest_bytes):
@@ -234,6 +238,13 @@ class Container:
         f = self._tar.extractfile(self._tar.getmember(name))
         assert f is not None
         return f
+
+
+def _is_vault_id(text: str) -> bool:
+    try:
+        return str(uuid.UUID(text)) == text
+    except ValueError:
+        return False
 
 
 def _member_bytes(tar: tarfile.TarFile, name: str, *, limit: int) -> bytes:
