@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from keys_support import new_keyring, put_all, residents
 
-from pivault.backup import BackupError, BackupResult, create_backup, load_verify_key, verify_backup
+from pivault.backup import BackupError, BackupResult, Container, create_backup, load_verify_key, verify_backup
 from pivault.backup.signing import VerifyKey
 from pivault.crypto import Keyring
 from pivault.store.db import Database
@@ -111,3 +111,24 @@ def test_the_unsigned_vault_id_is_never_echoed(shelf: tuple[BackupResult, Keyrin
     assert "\x1b" not in info.value.message and "\n" not in info.value.message
     assert "restore it now" not in info.value.message and len(info.value.message) < 300
     assert kr.vault_id in info.value.message
+
+
+@pytest.mark.parametrize("kind", ["fifo", "/dev/zero", "/dev/null", "directory"])
+def test_a_backup_path_that_is_no_regular_file_is_refused_at_once(shelf: tuple[BackupResult, Keyring],
+                                                                  tmp_path: Path, kind: str) -> None:
+    _, kr = shelf
+    if kind == "fifo":
+        path = tmp_path / "vault.pvb"
+        os.mkfifo(path)  # nobody writes: opening it for reading would wait forever
+    elif kind == "directory":
+        path = tmp_path / "vault.pvb"
+        path.mkdir()
+    else:
+        path = Path(kind)
+    key = load_verify_key(kr.path)
+    proc = _cli_verify(path, key, timeout=30)
+    _one_clear_line(proc, "backup.format")
+    assert "not a regular file" in proc.stderr
+    with pytest.raises(BackupError) as info:
+        Container.open(path)
+    assert info.value.code == "backup.format"

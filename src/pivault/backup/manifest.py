@@ -23,6 +23,7 @@ import hashlib
 import io
 import json
 import os
+import stat
 import tarfile
 import uuid
 from collections.abc import Callable
@@ -105,40 +106,45 @@ class Container:
     manifest_bytes: bytes
     signature: bytes
     _tar: tarfile.TarFile
+    _file: IO[bytes]
     verified: bool = False
 
     @classmethod
     def open(cls, path: str | os.PathLike[str]) -> Container:
         p = Path(path)
+        fh = _open_regular(p)
         try:
-            tar = tarfile.open(p, mode="r:")  # noqa: SIM115 - kept open by the Container
-        except FileNotFoundError:
-            raise BackupError(f"no backup file {p.name}", code="backup.missing") from None
-        except (tarfile.TarError, OSError):
-            raise BackupError(f"{p.name} is not a pivault backup (not a tar file)",
-                              code="backup.format") from None
-        try:
-            body = _member_bytes(tar, MANIFEST, limit=16 << 20)
-            sig_text = _member_bytes(tar, SIGNATURE, limit=4096)
-            manifest = json.loads(body)
-            signature = base64.b64decode(sig_text.strip(), validate=True)
-        except BackupError:
-            tar.close()
+            try:
+                tar = tarfile.open(fileobj=fh, mode="r:")  # noqa: SIM115 - kept open by the Container
+            except (tarfile.TarError, OSError):
+                raise BackupError(f"{p.name} is not a pivault backup (not a tar file)",
+                                  code="backup.format") from None
+            try:
+                body = _member_bytes(tar, MANIFEST, limit=16 << 20)
+                sig_text = _member_bytes(tar, SIGNATURE, limit=4096)
+                manifest = json.loads(body)
+                signature = base64.b64decode(sig_text.strip(), validate=True)
+            except BackupError:
+                tar.close()
+                raise
+            except (ValueError, UnicodeDecodeError, RecursionError):
+                # nesting deeper than the parser's stack: unsigned text made to crash the reader
+                tar.close()
+                raise BackupError(f"{p.name}: the manifest is damaged", code="backup.format") from None
+            if not isinstance(manifest, dict) or manifest.get("format") != "pivault.backup":
+                tar.close()
+                raise BackupError(f"{p.name} is not a pivault backup", code="backup.format")
+            if manifest.get("version") != 1:
+                tar.close()
+                raise BackupError(f"{p.name} was written by a newer pivault", code="backup.version")
+        except BaseException:
+            fh.close()
             raise
-        except (ValueError, UnicodeDecodeError, RecursionError):
-            # nesting deeper than the parser's stack: unsigned text made to crash the reader
-            tar.close()
-            raise BackupError(f"{p.name}: the manifest is damaged", code="backup.format") from None
-        if not isinstance(manifest, dict) or manifest.get("format") != "pivault.backup":
-            tar.close()
-            raise BackupError(f"{p.name} is not a pivault backup", code="backup.format")
-        if manifest.get("version") != 1:
-            tar.close()
-            raise BackupError(f"{p.name} was written by a newer pivault", code="backup.version")
-        return cls(p, manifest, body.rstrip(b"\n"), signature, tar)
+        return cls(p, manifest, body.rstrip(b"\n"), signature, tar, fh)
 
     def close(self) -> None:
         self._tar.close()
+        self._file.close()
 
     def __enter__(self) -> Container:
         return self
@@ -238,6 +244,26 @@ class Container:
         f = self._tar.extractfile(self._tar.getmember(name))
         assert f is not None
         return f
+
+
+def _open_regular(p: Path) -> IO[bytes]:
+    """The backup file, for reading, refused unless it is a regular file.
+
+    Checked on the opened descriptor, and opened without waiting: a FIFO
+    would wait forever for a writer, a device is read without end, and a
+    name checked before it is opened can be swapped in between.
+    """
+    try:
+        fd = os.open(p, os.O_RDONLY | os.O_NONBLOCK)
+    except FileNotFoundError:
+        raise BackupError(f"no backup file {p.name}", code="backup.missing") from None
+    except OSError as exc:
+        raise BackupError(f"{p.name} cannot be read ({exc.strerror})", code="backup.format") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise BackupError(f"{p.name} is not a regular file (a directory, a FIFO or a device), so not a "
+                          "pivault backup", code="backup.format", hint="give the backup file itself")
+    return os.fdopen(fd, "rb")
 
 
 def _is_vault_id(text: str) -> bool:
