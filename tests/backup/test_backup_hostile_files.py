@@ -132,3 +132,74 @@ def test_a_backup_path_that_is_no_regular_file_is_refused_at_once(shelf: tuple[B
     with pytest.raises(BackupError) as info:
         Container.open(path)
     assert info.value.code == "backup.format"
+
+
+def _sparse_header_bomb(out: Path, header_type: bytes, declared: int) -> Path:
+    """A tar whose first header announces a pax (or GNU long-name) record of ``declared`` bytes.
+
+    The file is sparse: it costs the attacker nothing on disk, while a reader that takes such a
+    record whole allocates ``declared`` bytes.
+    """
+    info = tarfile.TarInfo("././@PaxHeader")
+    info.type = header_type
+    info.size = declared
+    with open(out, "wb") as fh:
+        fh.write(info.tobuf(format=tarfile.USTAR_FORMAT))
+        fh.truncate(512 + declared + 1024)
+    return out
+
+
+#: the child's own peak (VmHWM starts afresh at exec; ru_maxrss would carry the test process's over)
+_VERIFY_CHILD = """
+import re, sys
+from pivault.backup import BackupError, verify_backup
+from pivault.backup.signing import VerifyKey
+try:
+    verify_backup(sys.argv[1], VerifyKey(bytes(32)))
+    print("passed")
+except BackupError as exc:
+    print("refused", exc.code)
+with open("/proc/self/status") as fh:
+    print("peak_kib", re.search(r"VmHWM:\\s+(\\d+)", fh.read()).group(1))
+"""
+
+
+def _peak_mib(bad: Path) -> tuple[str, int]:
+    """Verify ``bad`` in a process of its own: its outcome, and the most memory it held (MiB)."""
+    if not Path("/proc/self/status").exists():
+        pytest.skip("needs /proc to measure a process's peak memory")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    proc = subprocess.run([sys.executable, "-c", _VERIFY_CHILD, str(bad)], capture_output=True, text=True,
+                          timeout=120, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    outcome, peak = proc.stdout.splitlines()
+    return outcome, int(peak.split()[1]) // 1024
+
+
+@pytest.mark.parametrize("header_type", [tarfile.XHDTYPE, tarfile.GNUTYPE_LONGNAME])
+def test_a_huge_tar_header_record_is_refused_before_it_is_read(tmp_path: Path, header_type: bytes) -> None:
+    bomb = _sparse_header_bomb(tmp_path / "bomb.pvb", header_type, 768 << 20)
+    outcome, peak = _peak_mib(bomb)
+    assert outcome == "refused backup.format"
+    assert peak < 150, f"reading a refused backup took {peak} MiB"
+
+
+def test_a_tar_of_countless_members_is_refused(tmp_path: Path) -> None:
+    """Every member header costs memory in the reader: a real backup has a few dozen."""
+    bomb = tmp_path / "members.pvb"
+    with tarfile.open(bomb, "w:", format=tarfile.USTAR_FORMAT) as tar:
+        for i in range(20_000):
+            tar.addfile(tarfile.TarInfo(f"data/t{i}.copy"))
+    with pytest.raises(BackupError) as info:
+        verify_backup(bomb, VerifyKey(bytes(32)))
+    assert info.value.code == "backup.format" and "members" in info.value.message
+
+
+def test_an_oversized_manifest_is_refused_unparsed(shelf: tuple[BackupResult, Keyring],
+                                                   tmp_path: Path) -> None:
+    """A real manifest is a few KiB; one of many MiB of tiny objects takes hundreds of MiB once parsed."""
+    res, _ = shelf
+    body = b'{"format":"pivault.backup","version":1,"pad":[' + b"{}," * (5 << 20) + b"{}]}"
+    outcome, peak = _peak_mib(_with_manifest(res, tmp_path / "huge.pvb", body))
+    assert outcome == "refused backup.format"
+    assert peak < 150, f"reading a refused backup took {peak} MiB"

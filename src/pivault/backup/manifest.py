@@ -29,7 +29,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Self
 
 from pivault.backup.signing import BackupError, SigningKey, VerifyKey
 
@@ -39,6 +39,14 @@ MANIFEST = "manifest.json"
 SIGNATURE = "manifest.sig"
 _DOMAIN = b"pivault.backup.manifest.v1\n"
 _BLOCK = 1 << 20
+#: a real manifest is a few KiB (tables, columns, counts, files); parsed, a MiB of JSON is tens of MiB
+_MANIFEST_LIMIT = 1 << 20
+#: a backup holds a file per table, the keyring, the manifest and its signature: a few dozen members
+_MAX_MEMBERS = 4096
+#: pax and GNU long-name records, which the tar reader takes into memory whole
+_HEADER_RECORDS = (tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE, tarfile.GNUTYPE_LONGNAME,
+                   tarfile.GNUTYPE_LONGLINK)
+_HEADER_LIMIT = 64 << 10
 
 
 def _canonical(doc: dict[str, Any]) -> bytes:
@@ -97,6 +105,38 @@ def write_container(out: Path, files: list[tuple[str, Path]], manifest: dict[str
     return manifest
 
 
+class _Header(tarfile.TarInfo):
+    """A member header whose extension record is refused, above a sensible size, before it is read.
+
+    The tar reader reads a pax or long-name record whole, of any size a
+    header announces: a sparse file of a few KiB on the shelf could claim
+    gigabytes and take that much memory.
+    """
+
+    @classmethod
+    def frombuf(cls, buf: bytes | bytearray, encoding: str, errors: str) -> Self:
+        info = super().frombuf(buf, encoding, errors)
+        if info.type in _HEADER_RECORDS and info.size > _HEADER_LIMIT:
+            raise BackupError(f"a tar header record of {info.size:,} bytes: not a pivault backup",
+                              code="backup.format")
+        return info
+
+
+class _Tar(tarfile.TarFile):
+    """Stops reading member headers past :data:`_MAX_MEMBERS`: each one read is kept in memory."""
+
+    _headers_read = 0
+
+    def next(self) -> tarfile.TarInfo | None:
+        info = super().next()
+        if info is not None:
+            self._headers_read += 1
+            if self._headers_read > _MAX_MEMBERS:
+                raise BackupError(f"more than {_MAX_MEMBERS:,} members in the tar: not a pivault backup",
+                                  code="backup.format")
+        return info
+
+
 @dataclass
 class Container:
     """An opened backup file; nothing in it is trusted until :meth:`verify` passed."""
@@ -115,12 +155,12 @@ class Container:
         fh = _open_regular(p)
         try:
             try:
-                tar = tarfile.open(fileobj=fh, mode="r:")  # noqa: SIM115 - kept open by the Container
+                tar = _Tar.open(fileobj=fh, mode="r:", tarinfo=_Header)
             except (tarfile.TarError, OSError):
                 raise BackupError(f"{p.name} is not a pivault backup (not a tar file)",
                                   code="backup.format") from None
             try:
-                body = _member_bytes(tar, MANIFEST, limit=16 << 20)
+                body = _member_bytes(tar, MANIFEST, limit=_MANIFEST_LIMIT)
                 sig_text = _member_bytes(tar, SIGNATURE, limit=4096)
                 manifest = json.loads(body)
                 signature = base64.b64decode(sig_text.strip(), validate=True)
