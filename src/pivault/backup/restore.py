@@ -330,11 +330,7 @@ def _restore_postgresql(c: Container, db: Database, quarantine: bool,
                               code="backup.schema")
         with db.raw.cursor() as cur:
             for t, spec in sorted(want.items()):
-                collist = ", ".join(f'"{col}"' for col in spec["columns"])
-                src = c.open_member(f"data/{t}.copy")
-                with cur.copy(f'COPY "{t}" ({collist}) FROM STDIN (FORMAT BINARY)') as cp:
-                    while block := src.read(1 << 20):
-                        cp.write(block)
+                _copy_in(c, cur, t, spec["columns"])
         for t, n in c.manifest["counts"].items():
             row = db.query_one(f'SELECT COUNT(*) FROM "{t}"')
             if row is None or int(row[0]) != int(n):
@@ -344,6 +340,40 @@ def _restore_postgresql(c: Container, db: Database, quarantine: bool,
         if settle is not None:
             settle(db.query)  # inside the transaction: a refusal rolls back the quarantine too
     return quarantined
+
+
+def _copy_in(c: Container, cur: Any, table: str, columns: list[str]) -> None:
+    """COPY a table's member into it, hashing what is sent, inside the restore's transaction.
+
+    The file was verified in a pass of its own: a member changed on the
+    shelf since must not reach the store, so its digest is checked again on
+    the bytes sent, before the transaction can commit (a refusal rolls it
+    back). A change that breaks the stream's framing makes the server
+    refuse first; the rest of the member is then read to tell that apart
+    from rows this server cannot take.
+    """
+    import psycopg
+
+    name = f"data/{table}.copy"
+    want = {str(f["name"]): f for f in c.manifest["files"]}[name]["sha256"]
+    collist = ", ".join(f'"{col}"' for col in columns)
+    src = c.open_member(name)
+    h = hashlib.sha256()
+    try:
+        with cur.copy(f'COPY "{table}" ({collist}) FROM STDIN (FORMAT BINARY)') as cp:
+            while block := src.read(1 << 20):
+                h.update(block)
+                cp.write(block)
+    except psycopg.Error:
+        while block := src.read(1 << 20):
+            h.update(block)
+        if h.hexdigest() == want:
+            raise BackupError(f"the server refused the rows of table {table} in the backup; nothing was "
+                              "restored", code="backup.corrupt") from None
+    if h.hexdigest() != want:
+        raise BackupError(f"{name} in the backup changed after it was verified; nothing was restored",
+                          code="backup.checksum", hint="the backup file is being written to: find out by "
+                          "whom, then verify it again")
 
 
 def restore(path: str | os.PathLike[str], store_url: str, key: VerifyKey, *,

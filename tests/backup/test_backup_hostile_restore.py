@@ -1,0 +1,79 @@
+"""Restores under attack: a backup changed on the shelf after it was verified.
+
+Whoever can write to the backup shelf can also write *while* a restore
+runs: the file is verified in one pass and read again to be restored.
+Nothing read in the second pass may reach a store unless it is what the
+first pass checked.
+"""
+
+from __future__ import annotations
+
+import tarfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from keys_support import put_all, residents
+
+from pivault.backup import (
+    BackupError,
+    Container,
+    create_backup,
+    load_verify_key,
+    restore,
+)
+from pivault.store.db import Database
+from pivault.vault import Vault
+
+
+def _flip(path: Path, member: str, back: int) -> None:
+    """Change one byte of ``member`` in place (the same file), ``back`` bytes before its end."""
+    with tarfile.open(path) as tar:
+        info = tar.getmember(member)
+        at = info.offset_data + info.size - back
+    with open(path, "r+b") as fh:
+        fh.seek(at)
+        byte = fh.read(1)
+        fh.seek(at)
+        fh.write(bytes([byte[0] ^ 0x01]))
+
+
+@pytest.fixture
+def tamper_after_verify(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[tuple[Path, str, int]]]:
+    """Files to change on the shelf the moment a restore has verified them: (path, member, bytes back)."""
+    plans: list[tuple[Path, str, int]] = []
+    real = Container.verify
+
+    def verify_then_tamper(self: Container, *args: Any, **kwargs: Any) -> None:
+        real(self, *args, **kwargs)
+        for path, member, back in plans:
+            if self.path == path:
+                _flip(path, member, back)
+
+    monkeypatch.setattr(Container, "verify", verify_then_tamper)
+    yield plans
+
+
+@pytest.mark.parametrize("back", [3, 1000])
+def test_postgresql_rows_changed_after_verify_are_not_restored(pg_url: str, tmp_path: Path,
+                                                               tamper_after_verify: list[Any],
+                                                               back: int) -> None:
+    """3 bytes before the end breaks the stream's framing; 1000 changes a row's data and nothing else."""
+    from keys_support import new_keyring
+
+    keyring = new_keyring(tmp_path / "keys" / "vault.keyring")
+    v = Vault.initialise(Database(pg_url), keyring)
+    put_all(v, residents(30, seed=93))
+    res = create_backup(v.db, keyring, tmp_path / "shelf" / "vault.pvb")
+    schema = v.db.query_one("SELECT current_schema()")
+    assert schema is not None
+    v.db.execute(f'DROP SCHEMA "{schema[0]}" CASCADE')  # the wipe
+    v.db.execute(f'CREATE SCHEMA "{schema[0]}"')
+    v.close()
+    tamper_after_verify.append((res.path, "data/records.copy", back))
+    with pytest.raises(BackupError) as info:
+        restore(res.path, pg_url, load_verify_key(keyring.path), vault_id=keyring.vault_id)
+    assert info.value.code == "backup.checksum", info.value.message
+    with Database(pg_url) as db:
+        assert not db.table_exists("records")
