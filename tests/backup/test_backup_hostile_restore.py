@@ -8,6 +8,7 @@ first pass checked.
 
 from __future__ import annotations
 
+import os
 import tarfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,10 +20,13 @@ from keys_support import put_all, residents
 from pivault.backup import (
     BackupError,
     Container,
+    backup_record_keys,
     create_backup,
     load_verify_key,
     restore,
+    restore_record_keys,
 )
+from pivault.keys.shred import ShreddingRecordStore
 from pivault.store.db import Database
 from pivault.vault import Vault
 
@@ -77,3 +81,21 @@ def test_postgresql_rows_changed_after_verify_are_not_restored(pg_url: str, tmp_
     assert info.value.code == "backup.checksum", info.value.message
     with Database(pg_url) as db:
         assert not db.table_exists("records")
+
+
+def test_record_keys_changed_after_verify_are_not_put_back(vault: Vault, tmp_path: Path,
+                                                           tamper_after_verify: list[Any]) -> None:
+    """More keys than one batch: none of them may be committed before the whole stream checked."""
+    store = vault.store
+    assert isinstance(store, ShreddingRecordStore)
+    keys = store.keys
+    synthetic = [(f"rec-{i:06d}", os.urandom(81)) for i in range(5000)]
+    keys.put_many(synthetic)
+    res = backup_record_keys(keys, vault.keyring, tmp_path / "keyshelf" / "record-keys.pvb")
+    keys.delete_records([rid for rid, _ in synthetic])
+    before = keys.count()
+    tamper_after_verify.append((res.path, "data/record_keys.bin", 3))
+    with pytest.raises(BackupError) as info:
+        restore_record_keys(res.path, keys, load_verify_key(vault.keyring.path))
+    assert info.value.code == "backup.checksum"
+    assert keys.count() == before

@@ -678,13 +678,16 @@ def restore_record_keys(path: str | os.PathLike[str], store: RecordKeyStore, key
             batch.clear()
             return len(new)
 
-        for rid, stored in _read_record_keys(c):
-            if wanted is not None and rid not in wanted:
-                continue
-            batch.append((rid, stored))
-            if len(batch) >= 2000:
-                added += flush()
-        added += flush()
+        # one transaction: the stream's digest is known only at its end, and a backup changed on the
+        # shelf since it was verified must not have put back the keys read before that
+        with store.db.transaction():
+            for rid, stored in _read_record_keys(c):
+                if wanted is not None and rid not in wanted:
+                    continue
+                batch.append((rid, stored))
+                if len(batch) >= 2000:
+                    added += flush()
+            added += flush()
     detail: dict[str, object] = {"file": Path(path).name, "keys_added": added}
     if wanted is not None:
         # named records brought back from erasure: the trail says which (a whole restore, a count)
