@@ -99,3 +99,41 @@ def test_record_keys_changed_after_verify_are_not_put_back(vault: Vault, tmp_pat
         restore_record_keys(res.path, keys, load_verify_key(vault.keyring.path))
     assert info.value.code == "backup.checksum"
     assert keys.count() == before
+
+
+#: a table name made to end the quoted identifier and run SQL of its own
+_SQL_NAME = 'note"; DROP TABLE records; --'
+
+
+def test_tables_and_columns_named_to_break_the_sql(vault: Vault, store_url: str, tmp_path: Path) -> None:
+    """An intruder with access to the database names a table, and an audit column, to inject SQL.
+
+    Backups go on, a restore refuses the store naming the table harmlessly,
+    and ``--quarantine`` sets it aside, salvaging the audit trail without
+    running the intruder's text.
+    """
+    put_all(vault, residents(6, seed=94))
+    clean = create_backup(vault.db, vault.keyring, tmp_path / "shelf" / "clean.pvb")
+    quoted = '"' + _SQL_NAME.replace('"', '""') + '"'
+    vault.db.execute(f"CREATE TABLE {quoted} (msg TEXT)")
+    vault.db.execute(f"INSERT INTO {quoted} (msg) VALUES ('pay 10 BTC')")
+    vault.db.execute('ALTER TABLE audit_entries ADD COLUMN "seq) SELECT 1; --" TEXT')
+    # the backup itself is not stopped by the planted names
+    create_backup(vault.db, vault.keyring, tmp_path / "shelf" / "planted.pvb")
+    vault.db.execute("DELETE FROM blind_index")
+    vault.db.execute("DELETE FROM records")
+    vault.close()
+    key = load_verify_key(vault.keyring.path)
+    with pytest.raises(BackupError) as info:
+        restore(clean.path, store_url, key, vault_id=vault.keyring.vault_id)
+    assert info.value.code == "backup.not_empty"
+    report = restore(clean.path, store_url, key, vault_id=vault.keyring.vault_id, quarantine=True)
+    assert report.quarantined
+    from pivault.backup import salvage_quarantined
+
+    with Database(store_url) as db:
+        salvage_quarantined(db, store_url, report.quarantined)
+        assert db.query_one("SELECT COUNT(*) FROM records") == (6,)
+        tables = ("SELECT name FROM sqlite_master WHERE type = 'table'" if db.dialect == "sqlite" else
+                  "SELECT table_name FROM information_schema.tables WHERE table_schema = current_schema()")
+        assert _SQL_NAME not in {r[0] for r in db.query(tables)}

@@ -42,7 +42,7 @@ from pivault.keys.events import KeyEvents, noop
 from pivault.keys.shred import RecordKeyStore
 from pivault.store.db import Database
 
-__all__ = ["BackupResult", "backup_record_keys", "create_backup", "pg_tables"]
+__all__ = ["BackupResult", "backup_record_keys", "create_backup", "ident", "pg_tables"]
 
 _RK_ROW = struct.Struct(">H")
 
@@ -73,6 +73,15 @@ def _staging(out: Path) -> Iterator[Path]:
         shutil.rmtree(d, ignore_errors=True)
 
 
+def ident(name: str) -> str:
+    """``name`` as a quoted SQL identifier (SQLite and PostgreSQL alike).
+
+    Table and column names are read from the store, where whoever reached
+    the database may have named one to end the quotes and run SQL of their own.
+    """
+    return '"' + name.replace('"', '""') + '"'
+
+
 def _now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -99,8 +108,8 @@ def _dump_sqlite(db: Database, dest: Path) -> dict[str, Any]:
                 " ORDER BY name")]
             info: dict[str, Any] = {"tables": {}, "counts": {}}
             for t in tables:
-                cols = [r[1] for r in dst.execute(f'PRAGMA table_info("{t}")')]
-                n = dst.execute(f'SELECT COUNT(*) FROM "{t}"').fetchone()[0]
+                cols = [r[1] for r in dst.execute(f"PRAGMA table_info({ident(t)})")]
+                n = dst.execute(f"SELECT COUNT(*) FROM {ident(t)}").fetchone()[0]
                 info["tables"][t] = {"columns": cols}
                 info["counts"][t] = int(n)
             info["schema"] = _schema_versions(lambda q: dst.execute(q).fetchall(),
@@ -147,13 +156,13 @@ def _dump_postgresql(db: Database, stage: Path) -> tuple[dict[str, Any], list[tu
         with conn.transaction():
             tables = pg_tables(conn)
             for t, cols in sorted(tables.items()):
-                collist = ", ".join(f'"{c}"' for c in cols)
+                collist = ", ".join(ident(c) for c in cols)
                 path = stage / f"{t}.copy"
                 with open(path, "wb") as fh, conn.cursor() as cur, \
-                        cur.copy(f'COPY "{t}" ({collist}) TO STDOUT (FORMAT BINARY)') as cp:
+                        cur.copy(f"COPY {ident(t)} ({collist}) TO STDOUT (FORMAT BINARY)") as cp:
                     for chunk in cp:
                         fh.write(chunk)
-                n = conn.execute(f'SELECT COUNT(*) FROM "{t}"').fetchone()
+                n = conn.execute(f"SELECT COUNT(*) FROM {ident(t)}").fetchone()
                 info["tables"][t] = {"columns": cols}
                 info["counts"][t] = int(n[0]) if n else 0
                 files.append((f"data/{t}.copy", path))

@@ -30,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import re
 import sqlite3
 import struct
 import tempfile
@@ -39,6 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pivault.backup.backup import ident
 from pivault.backup.manifest import Container
 from pivault.backup.signing import BackupError, VerifyKey
 from pivault.crypto import IntegrityError, Keyring
@@ -138,9 +140,10 @@ def _check_sqlite_copy(path: Path, manifest: dict[str, Any]) -> None:
             raise BackupError("the database in the backup fails SQLite's integrity check",
                               code="backup.corrupt")
         for t, n in manifest.get("counts", {}).items():
-            got = conn.execute(f'SELECT COUNT(*) FROM "{t}"').fetchone()[0]
+            got = conn.execute(f"SELECT COUNT(*) FROM {ident(t)}").fetchone()[0]
             if int(got) != int(n):
-                raise BackupError(f"table {t} holds {got} rows, the manifest says {n}", code="backup.corrupt")
+                raise BackupError(f"table {_named(t)} holds {got} rows, the manifest says {n}",
+                                  code="backup.corrupt")
         row = conn.execute("SELECT value FROM vault_meta WHERE key = 'vault_id'").fetchone()
         if row is None or row[0] != manifest["vault_id"]:
             raise BackupError("the database in the backup belongs to another vault", code="backup.vault")
@@ -149,6 +152,11 @@ def _check_sqlite_copy(path: Path, manifest: dict[str, Any]) -> None:
 
 
 # -- emptiness -------------------------------------------------------------------------
+
+def _named(table: str) -> str:
+    """A table name fit for a message: as it is if it is a plain name, else quoted, escaped and cut."""
+    return table if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,62}", table) else repr(table[:64])
+
 
 def _tables(db: Database) -> list[str]:
     if db.dialect == "sqlite":
@@ -190,9 +198,9 @@ def _why_not_empty(db: Database, vault_id: str) -> str | None:
     for t in first + [t for t in tables if t not in first]:
         if t in _BOOKKEEPING:
             continue
-        row = db.query_one(f'SELECT COUNT(*) FROM "{t}"')
+        row = db.query_one(f"SELECT COUNT(*) FROM {ident(t)}")
         if row and int(row[0]):
-            return f"table {t} holds {int(row[0])} rows"
+            return f"table {_named(t)} holds {int(row[0])} rows"
     if "vault_meta" in _tables(db):
         row = db.query_one("SELECT value FROM vault_meta WHERE key = 'vault_id'")
         if row is not None and row[0] != vault_id:
@@ -311,13 +319,13 @@ def _restore_postgresql(c: Container, db: Database, quarantine: bool,
                                    "damaged store aside first")
         if why is not None:
             schema = "pivault_quarantine_" + time.strftime("%Y%m%d%H%M%S") + "_" + os.urandom(3).hex()
-            db.execute(f'CREATE SCHEMA "{schema}"')
+            db.execute(f"CREATE SCHEMA {ident(schema)}")
             for t in _tables(db):
-                db.execute(f'ALTER TABLE "{t}" SET SCHEMA "{schema}"')
+                db.execute(f"ALTER TABLE {ident(t)} SET SCHEMA {ident(schema)}")
             quarantined = schema
         else:
             for t in _tables(db):
-                db.execute(f'DROP TABLE "{t}" CASCADE')
+                db.execute(f"DROP TABLE {ident(t)} CASCADE")
         db.execute("CREATE TABLE IF NOT EXISTS schema_migrations ("
                    " component TEXT NOT NULL, version INTEGER NOT NULL, description TEXT NOT NULL,"
                    " applied_at DOUBLE PRECISION NOT NULL, PRIMARY KEY (component, version))")
@@ -332,9 +340,10 @@ def _restore_postgresql(c: Container, db: Database, quarantine: bool,
             for t, spec in sorted(want.items()):
                 _copy_in(c, cur, t, spec["columns"])
         for t, n in c.manifest["counts"].items():
-            row = db.query_one(f'SELECT COUNT(*) FROM "{t}"')
+            row = db.query_one(f"SELECT COUNT(*) FROM {ident(t)}")
             if row is None or int(row[0]) != int(n):
-                raise BackupError(f"table {t} restored with a different row count", code="backup.corrupt")
+                raise BackupError(f"table {_named(t)} restored with a different row count",
+                                  code="backup.corrupt")
         if keyring_generation is not None:  # refused inside the transaction: the store is left as it was
             seen.check_restore(seen.seen_generation(db), keyring_generation)
         if settle is not None:
@@ -356,11 +365,11 @@ def _copy_in(c: Container, cur: Any, table: str, columns: list[str]) -> None:
 
     name = f"data/{table}.copy"
     want = {str(f["name"]): f for f in c.manifest["files"]}[name]["sha256"]
-    collist = ", ".join(f'"{col}"' for col in columns)
+    collist = ", ".join(ident(col) for col in columns)
     src = c.open_member(name)
     h = hashlib.sha256()
     try:
-        with cur.copy(f'COPY "{table}" ({collist}) FROM STDIN (FORMAT BINARY)') as cp:
+        with cur.copy(f"COPY {ident(table)} ({collist}) FROM STDIN (FORMAT BINARY)") as cp:
             while block := src.read(1 << 20):
                 h.update(block)
                 cp.write(block)
@@ -368,8 +377,8 @@ def _copy_in(c: Container, cur: Any, table: str, columns: list[str]) -> None:
         while block := src.read(1 << 20):
             h.update(block)
         if h.hexdigest() == want:
-            raise BackupError(f"the server refused the rows of table {table} in the backup; nothing was "
-                              "restored", code="backup.corrupt") from None
+            raise BackupError(f"the server refused the rows of table {_named(table)} in the backup; nothing "
+                              "was restored", code="backup.corrupt") from None
     if h.hexdigest() != want:
         raise BackupError(f"{name} in the backup changed after it was verified; nothing was restored",
                           code="backup.checksum", hint="the backup file is being written to: find out by "
@@ -563,10 +572,16 @@ def salvage_audit_trail(db: Database, source: Database, *, source_schema: str | 
     the same MAC (it is the same history), so ``audit verify`` judges them
     with everything else. Returns the number of entries appended.
     """
-    q = f'"{source_schema}".' if source_schema else ""
+    q = f"{ident(source_schema)}." if source_schema else ""
+    # the restored store's columns, read from the damaged one: its own column names are the
+    # intruder's to choose, and extra ones are not part of any entry's MAC
+    tables: dict[str, list[str]] = {}
     for t in ("audit_head", "audit_entries", "audit_checkpoints"):
-        if not _columns(source, t, source_schema) or not db.table_exists(t):
+        have = set(_columns(source, t, source_schema))
+        cols = _columns(db, t, None) if db.table_exists(t) else []
+        if not cols or not have.issuperset(cols):
             return 0
+        tables[t] = cols
     src_head = source.query_one(f"SELECT chain_id, seq FROM {q}audit_head WHERE id = 1")
     head = db.query_one("SELECT chain_id, seq, mac FROM audit_head WHERE id = 1")
     if src_head is None or head is None or src_head[0] != head[0] or int(src_head[1]) <= int(head[1]):
@@ -576,21 +591,22 @@ def salvage_audit_trail(db: Database, source: Database, *, source_schema: str | 
         row = source.query_one(f"SELECT mac FROM {q}audit_entries WHERE seq = ?", (seq,))
         if row is None or bytes(row[0]) != bytes(head[2]):
             return 0
-    cols = _columns(source, "audit_entries", source_schema)
-    cp_cols = _columns(source, "audit_checkpoints", source_schema)
-    head_cols = _columns(source, "audit_head", source_schema)
-    entries = source.query(f"SELECT {', '.join(cols)} FROM {q}audit_entries WHERE seq > ? ORDER BY seq",
-                           (seq,))
-    cps = source.query(f"SELECT {', '.join(cp_cols)} FROM {q}audit_checkpoints WHERE seq > ?"
-                       " ORDER BY seq", (seq,))
-    new_head = source.query_one(f"SELECT {', '.join(head_cols)} FROM {q}audit_head WHERE id = 1")
+    cols, cp_cols, head_cols = tables["audit_entries"], tables["audit_checkpoints"], tables["audit_head"]
+
+    def listed(names: list[str]) -> str:
+        return ", ".join(ident(n) for n in names)
+
+    entries = source.query(f"SELECT {listed(cols)} FROM {q}audit_entries WHERE seq > ? ORDER BY seq", (seq,))
+    cps = source.query(f"SELECT {listed(cp_cols)} FROM {q}audit_checkpoints WHERE seq > ? ORDER BY seq",
+                       (seq,))
+    new_head = source.query_one(f"SELECT {listed(head_cols)} FROM {q}audit_head WHERE id = 1")
     assert new_head is not None
     with db.transaction():
-        db.executemany(f"INSERT INTO audit_entries ({', '.join(cols)}) VALUES"
+        db.executemany(f"INSERT INTO audit_entries ({listed(cols)}) VALUES"
                        f" ({', '.join('?' * len(cols))})", entries)
-        db.executemany(f"INSERT INTO audit_checkpoints ({', '.join(cp_cols)}) VALUES"
+        db.executemany(f"INSERT INTO audit_checkpoints ({listed(cp_cols)}) VALUES"
                        f" ({', '.join('?' * len(cp_cols))})", cps)
-        sets = ", ".join(f"{col} = ?" for col in head_cols if col != "id")
+        sets = ", ".join(f"{ident(col)} = ?" for col in head_cols if col != "id")
         db.execute(f"UPDATE audit_head SET {sets} WHERE id = 1",
                    [v for col, v in zip(head_cols, new_head, strict=True) if col != "id"])
     return len(entries)
@@ -608,7 +624,7 @@ def salvage_quarantined(db: Database, store_url: str, quarantined: str | None) -
 
 def _columns(db: Database, table: str, schema: str | None) -> list[str]:
     if db.dialect == "sqlite":
-        return [str(r[1]) for r in db.query(f'PRAGMA table_info("{table}")')]
+        return [str(r[1]) for r in db.query(f"PRAGMA table_info({ident(table)})")]
     return [str(r[0]) for r in db.query(
         "SELECT column_name FROM information_schema.columns WHERE table_name = ?"
         " AND table_schema = COALESCE(?, current_schema()) ORDER BY ordinal_position", (table, schema))]
