@@ -26,6 +26,7 @@ from pivault.backup import (
     restore,
     restore_record_keys,
 )
+from pivault.backup.backup import ident
 from pivault.keys.shred import ShreddingRecordStore
 from pivault.store.db import Database
 from pivault.vault import Vault
@@ -137,3 +138,29 @@ def test_tables_and_columns_named_to_break_the_sql(vault: Vault, store_url: str,
         tables = ("SELECT name FROM sqlite_master WHERE type = 'table'" if db.dialect == "sqlite" else
                   "SELECT table_name FROM information_schema.tables WHERE table_schema = current_schema()")
         assert _SQL_NAME not in {r[0] for r in db.query(tables)}
+
+
+def test_a_table_outside_pivaults_schema_does_not_make_backups_unrestorable(pg_url: str,
+                                                                           tmp_path: Path) -> None:
+    """One table added to the vault's PostgreSQL schema (by an operator, or planted by an intruder
+    long before a wipe) is in every backup taken since; the restore leaves it out and says so."""
+    from keys_support import new_keyring
+
+    keyring = new_keyring(tmp_path / "keys" / "vault.keyring")
+    v = Vault.initialise(Database(pg_url), keyring)
+    expected = put_all(v, residents(5, seed=95))
+    v.db.execute("CREATE TABLE ops_notes (note TEXT)")
+    v.db.execute("INSERT INTO ops_notes (note) VALUES ('checked')")
+    v.db.execute(f"CREATE TABLE {ident(_SQL_NAME)} (msg TEXT)")
+    res = create_backup(v.db, keyring, tmp_path / "shelf" / "vault.pvb")
+    assert {"ops_notes", _SQL_NAME} <= set(res.manifest["tables"])
+    schema = v.db.query_one("SELECT current_schema()")
+    assert schema is not None
+    v.db.execute(f'DROP SCHEMA "{schema[0]}" CASCADE')  # the wipe
+    v.db.execute(f'CREATE SCHEMA "{schema[0]}"')
+    v.close()
+    report = restore(res.path, pg_url, load_verify_key(keyring.path), vault_id=keyring.vault_id)
+    assert report.not_restored == sorted(["ops_notes", _SQL_NAME])
+    with Database(pg_url) as db:
+        assert db.query_one("SELECT COUNT(*) FROM records") == (len(expected),)
+        assert not db.table_exists("ops_notes")

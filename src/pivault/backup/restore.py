@@ -87,6 +87,8 @@ class RestoreReport:
     #: records corrected since the backup whose backed-up version has no key anywhere, kept only
     #: because ``keep_unreadable`` was given: they cannot be opened
     unreadable_record_ids: list[str] = field(default_factory=list)
+    #: tables in the backup that pivault's schema does not have (PostgreSQL): left out of the restore
+    not_restored: list[str] = field(default_factory=list)
     seconds: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
@@ -96,7 +98,8 @@ class RestoreReport:
                 "corrected_since_backup": self.corrected_since_backup,
                 "corrected_record_ids": self.corrected_record_ids,
                 "unreadable": len(self.unreadable_record_ids),
-                "unreadable_record_ids": self.unreadable_record_ids, "seconds": round(self.seconds, 3)}
+                "unreadable_record_ids": self.unreadable_record_ids, "not_restored": self.not_restored,
+                "seconds": round(self.seconds, 3)}
 
     def audit_detail(self) -> dict[str, Any]:
         """The record-key facts for the ``backup.restore`` audit entry.
@@ -142,7 +145,7 @@ def _check_sqlite_copy(path: Path, manifest: dict[str, Any]) -> None:
         for t, n in manifest.get("counts", {}).items():
             got = conn.execute(f"SELECT COUNT(*) FROM {ident(t)}").fetchone()[0]
             if int(got) != int(n):
-                raise BackupError(f"table {_named(t)} holds {got} rows, the manifest says {n}",
+                raise BackupError(f"table {table_label(t)} holds {got} rows, the manifest says {n}",
                                   code="backup.corrupt")
         row = conn.execute("SELECT value FROM vault_meta WHERE key = 'vault_id'").fetchone()
         if row is None or row[0] != manifest["vault_id"]:
@@ -153,7 +156,7 @@ def _check_sqlite_copy(path: Path, manifest: dict[str, Any]) -> None:
 
 # -- emptiness -------------------------------------------------------------------------
 
-def _named(table: str) -> str:
+def table_label(table: str) -> str:
     """A table name fit for a message: as it is if it is a plain name, else quoted, escaped and cut."""
     return table if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,62}", table) else repr(table[:64])
 
@@ -200,7 +203,7 @@ def _why_not_empty(db: Database, vault_id: str) -> str | None:
             continue
         row = db.query_one(f"SELECT COUNT(*) FROM {ident(t)}")
         if row and int(row[0]):
-            return f"table {_named(t)} holds {int(row[0])} rows"
+            return f"table {table_label(t)} holds {int(row[0])} rows"
     if "vault_meta" in _tables(db):
         row = db.query_one("SELECT value FROM vault_meta WHERE key = 'vault_id'")
         if row is not None and row[0] != vault_id:
@@ -306,7 +309,7 @@ def _restore_sqlite(c: Container, url: str, quarantine: bool, keyring_generation
 
 def _restore_postgresql(c: Container, db: Database, quarantine: bool,
                         keyring_generation: int | None,
-                        settle: Callable[[Query], None] | None = None) -> str | None:
+                        settle: Callable[[Query], None] | None = None) -> tuple[str | None, list[str]]:
     from pivault.backup.backup import pg_tables
 
     quarantined: str | None = None
@@ -332,7 +335,10 @@ def _restore_postgresql(c: Container, db: Database, quarantine: bool,
         _migrate_to(db, {k: int(v) for k, v in c.manifest.get("schema", {}).items()})
         db.execute("DELETE FROM schema_migrations")
         have = pg_tables(db.raw)
-        want: dict[str, Any] = c.manifest["tables"]
+        # every table pivault's schema has must be in the backup, as it is; a table in the backup that
+        # the schema does not make (added to the store by hand, or planted) is left out, and named
+        want: dict[str, Any] = {t: spec for t, spec in c.manifest["tables"].items() if t in have}
+        not_restored = sorted(set(c.manifest["tables"]) - set(want))
         if set(have) != set(want) or any(have[t] != want[t]["columns"] for t in want):
             raise BackupError("the schema made for the backup's versions does not match its tables",
                               code="backup.schema")
@@ -340,15 +346,17 @@ def _restore_postgresql(c: Container, db: Database, quarantine: bool,
             for t, spec in sorted(want.items()):
                 _copy_in(c, cur, t, spec["columns"])
         for t, n in c.manifest["counts"].items():
+            if t not in want:
+                continue
             row = db.query_one(f"SELECT COUNT(*) FROM {ident(t)}")
             if row is None or int(row[0]) != int(n):
-                raise BackupError(f"table {_named(t)} restored with a different row count",
+                raise BackupError(f"table {table_label(t)} restored with a different row count",
                                   code="backup.corrupt")
         if keyring_generation is not None:  # refused inside the transaction: the store is left as it was
             seen.check_restore(seen.seen_generation(db), keyring_generation)
         if settle is not None:
             settle(db.query)  # inside the transaction: a refusal rolls back the quarantine too
-    return quarantined
+    return quarantined, not_restored
 
 
 def _copy_in(c: Container, cur: Any, table: str, columns: list[str]) -> None:
@@ -377,8 +385,8 @@ def _copy_in(c: Container, cur: Any, table: str, columns: list[str]) -> None:
         while block := src.read(1 << 20):
             h.update(block)
         if h.hexdigest() == want:
-            raise BackupError(f"the server refused the rows of table {_named(table)} in the backup; nothing "
-                              "was restored", code="backup.corrupt") from None
+            raise BackupError(f"the server refused the rows of table {table_label(table)} in the backup; "
+                              "nothing was restored", code="backup.corrupt") from None
     if h.hexdigest() != want:
         raise BackupError(f"{name} in the backup changed after it was verified; nothing was restored",
                           code="backup.checksum", hint="the backup file is being written to: find out by "
@@ -453,16 +461,18 @@ def restore(path: str | os.PathLike[str], store_url: str, key: VerifyKey, *,
             if db.dialect != backend:
                 raise BackupError(f"this is a {backend} backup; restore it into a {backend} store",
                                   code="backup.backend")
+            not_restored: list[str] = []
             if backend == "sqlite":
                 db.close()
                 quarantined = _restore_sqlite(c, store_url, quarantine, keyring_generation, settle)
                 db = Database(store_url)
             else:
-                quarantined = _restore_postgresql(c, db, quarantine, keyring_generation, settle)
+                quarantined, not_restored = _restore_postgresql(c, db, quarantine, keyring_generation,
+                                                                settle)
             migrated = migrate(db)
-            counts = {t: int(n) for t, n in c.manifest["counts"].items()}
+            counts = {t: int(n) for t, n in c.manifest["counts"].items() if t not in not_restored}
             report = RestoreReport(c.manifest["backup_id"], c.vault_id, backend, counts, quarantined,
-                                   migrated)
+                                   migrated, not_restored=not_restored)
             if settled:
                 report.corrected_since_backup = len(settled[0].corrected)
                 report.corrected_record_ids = settled[0].corrected

@@ -637,6 +637,14 @@ def _say_restored(report: Any, salvaged: int) -> None:
         typer.echo(f"{report.corrected_since_backup:,} records corrected since the backup are back at their "
                    "backed-up values (their keys put back from the record-key backup): make those "
                    "corrections again (--json lists the records)")
+    if report.not_restored:
+        from pivault.backup.restore import table_label
+
+        shown = ", ".join(table_label(t) for t in report.not_restored[:5])
+        more = len(report.not_restored) - 5
+        tail = f" and {more} more (--json lists them)" if more > 0 else ""
+        typer.echo(f"{len(report.not_restored)} tables in the backup are not part of pivault's schema and "
+                   f"were not restored: {shown}{tail}")
     if report.unreadable_record_ids:
         shown = report.unreadable_record_ids[:_IDS_SHOWN]
         more = len(report.unreadable_record_ids) - len(shown)
