@@ -164,3 +164,82 @@ def test_a_table_outside_pivaults_schema_does_not_make_backups_unrestorable(pg_u
     with Database(pg_url) as db:
         assert db.query_one("SELECT COUNT(*) FROM records") == (len(expected),)
         assert not db.table_exists("ops_notes")
+
+
+def _resigned(res: Any, keyring: Any, out: Path, change: Any) -> Path:
+    """The backup with its manifest changed by ``change`` and signed again with the vault's own key.
+
+    What a signer that lies would write (a stolen signing key, or a faulty build): the signature
+    checks, so only the restore's own checks of what the manifest says stand in the way.
+    """
+    import base64
+    import io
+    import json
+
+    from pivault.backup.signing import load_or_create_signing_key
+
+    with tarfile.open(res.path) as tar:
+        members = {}
+        for m in tar.getmembers():
+            f = tar.extractfile(m)
+            assert f is not None
+            members[m.name] = f.read()
+    manifest = json.loads(members["manifest.json"])
+    change(manifest)
+    body = json.dumps(manifest, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode("ascii")
+    signer = load_or_create_signing_key(keyring)
+    members["manifest.json"] = body + b"\n"
+    members["manifest.sig"] = base64.b64encode(signer.sign(b"pivault.backup.manifest.v1\n" + body)) + b"\n"
+    with tarfile.open(out, "w:", format=tarfile.PAX_FORMAT) as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return out
+
+
+def _lies(backend: str) -> dict[str, Any]:
+    def files_without_sizes(m: dict[str, Any]) -> None:
+        for f in m["files"]:
+            del f["bytes"]
+
+    def files_not_entries(m: dict[str, Any]) -> None:
+        m["files"] = ["data/vault.db", "keyring.json"]
+
+    def other_backend(m: dict[str, Any]) -> None:
+        m["backend"] = "postgresql" if backend == "sqlite" else "sqlite"
+
+    def no_backend(m: dict[str, Any]) -> None:
+        del m["backend"]
+
+    def sql_in_counts(m: dict[str, Any]) -> None:
+        m["counts"]['records"; DROP TABLE records; --'] = 0
+
+    def counts_not_numbers(m: dict[str, Any]) -> None:
+        m["counts"]["records"] = "many"
+
+    def one_more_record(m: dict[str, Any]) -> None:
+        m["counts"]["records"] += 1
+
+    def a_column_more(m: dict[str, Any]) -> None:
+        m["tables"]["records"]["columns"].append("extra")
+
+    return {f.__name__: f for f in (files_without_sizes, files_not_entries, other_backend, no_backend,
+                                    sql_in_counts, counts_not_numbers, one_more_record, a_column_more)}
+
+
+def test_a_signed_manifest_that_lies_is_refused_and_changes_nothing(vault: Vault, store_url: str,
+                                                                    tmp_path: Path) -> None:
+    backend = vault.db.dialect
+    put_all(vault, residents(5, seed=96))
+    res = create_backup(vault.db, vault.keyring, tmp_path / "shelf" / "vault.pvb")
+    vault.db.execute("DELETE FROM blind_index")
+    vault.db.execute("DELETE FROM records")
+    key = load_verify_key(vault.keyring.path)
+    for label, change in _lies(backend).items():
+        bad = _resigned(res, vault.keyring, tmp_path / f"{label}.pvb", change)
+        with pytest.raises(BackupError) as info:
+            restore(bad, store_url, key, vault_id=vault.keyring.vault_id, quarantine=True)
+        assert info.value.code.startswith("backup."), label
+        assert vault.db.query_one("SELECT COUNT(*) FROM records") == (0,), label
+        assert vault.db.table_exists("records"), label

@@ -23,6 +23,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import stat
 import tarfile
 import uuid
@@ -220,6 +221,11 @@ class Container:
         files = self.manifest.get("files")
         if not isinstance(files, list):
             raise BackupError("the manifest lists no files", code="backup.format")
+        why = _malformed(self.manifest)
+        if why is not None:
+            raise BackupError(f"the backup's manifest is signed but malformed ({why})", code="backup.format",
+                              hint="it was not written by a sound pivault: do not restore it, and check "
+                                   "who holds the backup signing key")
         listed = {str(f["name"]): f for f in files}
         seen: set[str] = set()
         try:
@@ -284,6 +290,55 @@ class Container:
         f = self._tar.extractfile(self._tar.getmember(name))
         assert f is not None
         return f
+
+
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+def _count(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _names(value: object) -> bool:
+    return isinstance(value, list) and all(isinstance(v, str) and v for v in value)
+
+
+def _malformed(m: dict[str, Any]) -> str | None:
+    """What is wrong with a signed manifest's shape, or None: what a restore reads from it, it can trust.
+
+    A signature says who wrote the manifest, not that it is sound: a faulty
+    build or a stolen signing key can sign lies. Every field a restore uses
+    is checked here once, so that none of them fails later in the middle of
+    a restore, nor goes into SQL as a name the store does not have.
+    """
+    files = m["files"]
+    if not all(isinstance(f, dict) and isinstance(f.get("name"), str) and _count(f.get("bytes"))
+               and isinstance(f.get("sha256"), str) and _SHA256.fullmatch(f["sha256"]) for f in files):
+        return "a file entry without name, size or SHA-256"
+    names = {f["name"] for f in files}
+    if len(names) != len(files):
+        return "a file listed twice"
+    counts = m.get("counts")
+    if not isinstance(counts, dict) or not all(_count(n) for n in counts.values()):
+        return "row counts that are not counts"
+    if m.get("kind") == "record-keys":
+        return None if "data/record_keys.bin" in names else "no record-key stream"
+    if m.get("kind") != "data":
+        return "no kind of backup"
+    tables, schema = m.get("tables"), m.get("schema")
+    if not isinstance(tables, dict) or not all(isinstance(spec, dict) and _names(spec.get("columns"))
+                                               for spec in tables.values()):
+        return "tables without their columns"
+    if not isinstance(schema, dict) or not all(_count(v) for v in schema.values()):
+        return "schema versions that are not versions"
+    if not set(counts) <= set(tables):
+        return "row counts of tables it does not list"
+    backend = m.get("backend")
+    if backend == "sqlite":
+        return None if "data/vault.db" in names else "no database file"
+    if backend == "postgresql":
+        return None if all(f"data/{t}.copy" in names for t in tables) else "a table without its data file"
+    return "no backend"
 
 
 def _open_regular(p: Path) -> IO[bytes]:

@@ -142,6 +142,14 @@ def _check_sqlite_copy(path: Path, manifest: dict[str, Any]) -> None:
         if conn.execute("PRAGMA integrity_check").fetchone()[0] != "ok":
             raise BackupError("the database in the backup fails SQLite's integrity check",
                               code="backup.corrupt")
+        tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'"
+                                             " AND name NOT LIKE 'sqlite_%'")]
+        listed: dict[str, Any] = manifest["tables"]
+        if set(tables) != set(listed) or any(
+                [r[1] for r in conn.execute(f"PRAGMA table_info({ident(t)})")] != listed[t]["columns"]
+                for t in tables):
+            raise BackupError("the database in the backup does not hold the tables and columns its "
+                              "manifest lists", code="backup.corrupt")
         for t, n in manifest.get("counts", {}).items():
             got = conn.execute(f"SELECT COUNT(*) FROM {ident(t)}").fetchone()[0]
             if int(got) != int(n):
@@ -150,6 +158,9 @@ def _check_sqlite_copy(path: Path, manifest: dict[str, Any]) -> None:
         row = conn.execute("SELECT value FROM vault_meta WHERE key = 'vault_id'").fetchone()
         if row is None or row[0] != manifest["vault_id"]:
             raise BackupError("the database in the backup belongs to another vault", code="backup.vault")
+    except sqlite3.Error as exc:
+        raise BackupError(f"the database in the backup cannot be read ({type(exc).__name__})",
+                          code="backup.corrupt") from None
     finally:
         conn.close()
 
