@@ -328,7 +328,7 @@ def restore_new_home(
         # erasures since are purged below, where an empty record-key store is a note, not an error
         report = restore(path, store_url, key, vault_id=vault_id, quarantine=quarantine, record_keys=keys,
                          record_keys_backup=record_keys_backup, keyring=keyring, keep_erased=True,
-                         keep_unreadable=keep_unreadable,
+                         keep_unreadable=keep_unreadable, salvage=True,
                          keyring_generation=keyring.generation)
     out = NewHomeReport(VaultConfig(home=h, store_url=store_url, keyring_path=kpath, vault_id=vault_id,
                                     expected_population=population), report, keyring_written, added)
@@ -344,7 +344,6 @@ def restore_new_home(
 def _after_restore(out: NewHomeReport, keyring: Keyring, record_keys_backup: str | os.PathLike[str] | None,
                    keep_erased: bool, file_name: str) -> None:
     """Salvage, record keys, erasures since the backup, the audit entry; notes for the operator."""
-    from pivault.backup.restore import salvage_quarantined
     from pivault.detect.setup import audit_key_dir
     from pivault.keys.attach import open_record_key_store
     from pivault.keys.events import audit_events
@@ -354,7 +353,7 @@ def _after_restore(out: NewHomeReport, keyring: Keyring, record_keys_backup: str
     cfg, report = out.config, out.restore
     adir = audit_key_dir(cfg.keyring_path, cfg.vault_id)
     with Database(cfg.store_url) as db:
-        out.salvaged_audit_entries = salvage_quarantined(db, cfg.store_url, report.quarantined)
+        out.salvaged_audit_entries = report.salvaged_audit_entries
         sink = audit_events(db, keyring, local_operator("restore"), adir)
         if sink is not None and out.record_keys_added is not None and record_keys_backup is not None:
             sink("keys.restore", "ok", {"file": Path(record_keys_backup).name,

@@ -20,14 +20,18 @@ unless ``keep_unreadable`` asks to keep such rows and list them.
 After the rows are back the schema is brought forward (``migrate``), so a
 backup made by an older pivault restores into a newer one. An audit trail
 salvaged from the quarantined store can be appended when it continues the
-backup's chain (:func:`salvage_audit_trail`): what happened through the door
-after the backup (the wipe itself, if it went through the door) stays on
-the record, and ``audit verify`` checks it with the rest.
+backup's chain (``salvage=True``, :func:`salvage_audit_trail`): what happened
+through the door after the backup (the wipe itself, if it went through the
+door) stays on the record, and ``audit verify`` checks it with the rest.
+
+All of that is done to the restored rows before they take the store's
+place, so a crash leaves the old store or the restored one whole.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
 import re
@@ -67,6 +71,9 @@ _BOOKKEEPING = {"schema_migrations", "vault_meta", "keyring_seen"}
 Query = Callable[[str, Sequence[Any]], list[tuple[Any, ...]]]
 #: the record ids an error names at most: enough to look one up, short enough for one line
 _IDS_IN_ERROR = 3
+#: what a restore does to the restored rows before they take the store's place:
+#: (restored store, damaged store or None, its PostgreSQL schema, the quarantine's name)
+Finish = Callable[[Database, Database | None, str | None, str | None], None]
 
 
 @dataclass
@@ -89,6 +96,8 @@ class RestoreReport:
     unreadable_record_ids: list[str] = field(default_factory=list)
     #: tables in the backup that pivault's schema does not have (PostgreSQL): left out of the restore
     not_restored: list[str] = field(default_factory=list)
+    #: audit entries the damaged store wrote after the backup, appended to the restored trail
+    salvaged_audit_entries: int = 0
     seconds: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
@@ -99,7 +108,7 @@ class RestoreReport:
                 "corrected_record_ids": self.corrected_record_ids,
                 "unreadable": len(self.unreadable_record_ids),
                 "unreadable_record_ids": self.unreadable_record_ids, "not_restored": self.not_restored,
-                "seconds": round(self.seconds, 3)}
+                "salvaged_audit_entries": self.salvaged_audit_entries, "seconds": round(self.seconds, 3)}
 
     def audit_detail(self) -> dict[str, Any]:
         """The record-key facts for the ``backup.restore`` audit entry.
@@ -268,17 +277,27 @@ def _sqlite_mark(path: Path) -> int:
 
 
 def _restore_sqlite(c: Container, url: str, quarantine: bool, keyring_generation: int | None,
-                    settle: Callable[[Query], None] | None = None) -> str | None:
+                    settle: Callable[[Query], None] | None = None,
+                    finish: Finish | None = None) -> str | None:
+    """Stage the copy beside the store, finish it there, and rename it into place: that is the commit.
+
+    Everything the restore does to the restored rows (``finish``: schema
+    steps, erased records purged, the audit trail salvaged and the restore
+    recorded) is done to the staged copy first, so a crash at any point
+    leaves either the old store under its name or the restored one whole.
+    The damaged store is set aside as a hard link made before the rename:
+    until then its name still holds it, and a rerun reuses that link.
+    """
     target = parse_url(url).target
     tpath = Path(target)
     tpath.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_copies(tpath)
     tmp = tpath.with_name(f".{tpath.name}.restore-{os.getpid()}-{os.urandom(4).hex()}")
     c.extract("data/vault.db", tmp)
     try:
         _check_sqlite_copy(tmp, c.manifest)
         if keyring_generation is not None:
             seen.check_restore(_sqlite_mark(tmp), keyring_generation)
-        quarantined: str | None = None
         why: str | None = None
         if tpath.exists() and tpath.stat().st_size > 0:
             with Database(url) as existing:
@@ -296,14 +315,20 @@ def _restore_sqlite(c: Container, url: str, quarantine: bool, keyring_generation
                 settle(lambda sql, params: copy.execute(sql, params).fetchall())
             finally:
                 copy.close()
-        if why is not None:
-            stamp = time.strftime("%Y%m%dT%H%M%S")
-            qpath = tpath.with_name(f"{tpath.name}.quarantine-{stamp}")
-            for f in _sqlite_files(target):
-                if f.exists():
-                    os.replace(f, Path(str(qpath) + f.name[len(tpath.name):]))
-            quarantined = str(qpath)
-        for f in _sqlite_files(target):
+        qpath = _quarantine_path(tpath) if why is not None else None
+        if finish is not None:
+            with Database(f"sqlite:///{tmp}") as staged:
+                damaged = Database(url) if qpath is not None else None
+                try:
+                    finish(staged, damaged, None, str(qpath) if qpath is not None else None)
+                finally:
+                    if damaged is not None:
+                        damaged.close()
+                staged.execute("PRAGMA journal_mode=DELETE")  # one self-contained file again
+        if qpath is not None:
+            _set_aside(tpath, qpath)
+        for f in _sqlite_files(target)[1:]:
+            # what is left of the old store's journals must not meet the restored file
             f.unlink(missing_ok=True)
         os.replace(tmp, tpath)
         fd = os.open(tpath.parent, os.O_RDONLY)
@@ -311,16 +336,78 @@ def _restore_sqlite(c: Container, url: str, quarantine: bool, keyring_generation
             os.fsync(fd)
         finally:
             os.close(fd)
-        return quarantined
+        return str(qpath) if qpath is not None else None
     finally:
-        tmp.unlink(missing_ok=True)
+        for f in _sqlite_files(str(tmp)):
+            f.unlink(missing_ok=True)
+
+
+_STAGED = re.compile(r"\.(?P<name>.+)\.restore-(?P<pid>\d+)-[0-9a-f]{8}(-wal|-shm|-journal)?")
+
+
+def _remove_stale_copies(tpath: Path) -> None:
+    """Delete the staged copies that restores killed before their rename left beside the store.
+
+    Each is as large as the store; only those of processes no longer
+    running are removed (a restore running alongside keeps its own).
+    """
+    for p in tpath.parent.glob(f".{tpath.name}.restore-*"):
+        m = _STAGED.fullmatch(p.name)
+        if m is None or m["name"] != tpath.name:
+            continue
+        pid = int(m["pid"])
+        if pid == os.getpid():
+            continue
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            p.unlink(missing_ok=True)
+        except PermissionError:
+            pass  # alive, another user's
+
+
+def _quarantine_path(tpath: Path) -> Path:
+    """Where the damaged store goes: the link an interrupted restore already made, or a new name."""
+    for q in sorted(tpath.parent.glob(f"{tpath.name}.quarantine-*")):
+        if not q.name.endswith(("-wal", "-shm", "-journal")) and os.path.samefile(q, tpath):
+            return q
+    base = tpath.with_name(f"{tpath.name}.quarantine-{time.strftime('%Y%m%dT%H%M%S')}")
+    q, n = base, 1
+    while any(os.path.lexists(str(q) + s) for s in ("", "-wal", "-shm", "-journal")):
+        n += 1  # never over an earlier quarantine, even one made within the same second
+        q = base.with_name(f"{base.name}-{n}")
+    return q
+
+
+def _set_aside(tpath: Path, qpath: Path) -> None:
+    """Give the damaged store its quarantine name while its own name still holds it (a hard link).
+
+    Its journals are moved: they must not be there when the restored file
+    takes the name. Where hard links are not supported, the file is renamed:
+    a crash before the restored file is renamed in then leaves no store
+    under the name, and a rerun restores into that emptiness.
+    """
+    for f in _sqlite_files(str(tpath)):
+        if not f.exists():
+            continue
+        q = Path(str(qpath) + f.name[len(tpath.name):])
+        if f != tpath:
+            os.replace(f, q)
+        elif not (q.exists() and os.path.samefile(f, q)):
+            try:
+                os.link(f, q)
+            except OSError as exc:
+                if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.EMLINK):
+                    raise
+                os.rename(f, q)
 
 
 # -- PostgreSQL ----------------------------------------------------------------------------
 
 def _restore_postgresql(c: Container, db: Database, quarantine: bool,
                         keyring_generation: int | None,
-                        settle: Callable[[Query], None] | None = None) -> tuple[str | None, list[str]]:
+                        settle: Callable[[Query], None] | None = None,
+                        finish: Finish | None = None) -> tuple[str | None, list[str]]:
     from pivault.backup.backup import pg_tables
 
     quarantined: str | None = None
@@ -367,6 +454,9 @@ def _restore_postgresql(c: Container, db: Database, quarantine: bool,
             seen.check_restore(seen.seen_generation(db), keyring_generation)
         if settle is not None:
             settle(db.query)  # inside the transaction: a refusal rolls back the quarantine too
+        if finish is not None:
+            # in the same transaction: a crash before it commits leaves the old store as it was
+            finish(db, db if quarantined else None, quarantined, quarantined)
     return quarantined, not_restored
 
 
@@ -410,7 +500,8 @@ def restore(path: str | os.PathLike[str], store_url: str, key: VerifyKey, *,
             record_keys: RecordKeyStore | None = None,
             record_keys_backup: str | os.PathLike[str] | None = None,
             keyring: Keyring | None = None, keep_erased: bool = False, keep_unreadable: bool = False,
-            events: Callable[[Database], KeyEvents] | None = None,
+            salvage: bool = False,
+            events: Callable[[Database], KeyEvents | None] | None = None,
             keyring_generation: int | None = None) -> RestoreReport:
     """Restore a data backup into the (empty) store at ``store_url``; see the module doc.
 
@@ -428,11 +519,17 @@ def restore(path: str | os.PathLike[str], store_url: str, key: VerifyKey, *,
     ``keyring``: the vault's; given, a key from the record-key backup is put
     back only if it opens under it (one wrapped by a field key retired since
     would leave the record as unreadable as no key at all).
+    ``salvage``: with ``quarantine``, append the audit entries the damaged
+    store wrote after the backup (:func:`salvage_audit_trail`).
     ``events``: given the restored store, returns where to record the
-    restore (the audit trail).
+    restore (the audit trail), or None.
     ``keyring_generation``: that of the keyring the vault will be opened with; a
     backup whose store had seen a newer one is refused before anything changes
     (``keyring.rollback``: the restored vault would refuse that keyring).
+
+    All of this happens before the restored rows take the store's place
+    (SQLite: the staged copy is renamed in last; PostgreSQL: one
+    transaction), so a crash leaves the old store or the restored one whole.
     """
     t0 = time.monotonic()
     if record_keys_backup is not None and record_keys is None:
@@ -458,45 +555,50 @@ def restore(path: str | os.PathLike[str], store_url: str, key: VerifyKey, *,
 
                 kp.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
                 write_private(kp, c.read("keyring.json"), overwrite=False)
-        settled: list[_VersionKeys] = []
+        backend = str(c.manifest["backend"])
+        report = RestoreReport(c.manifest["backup_id"], c.vault_id, backend,
+                               {t: int(n) for t, n in c.manifest["counts"].items()})
         settle: Callable[[Query], None] | None = None
         if record_keys is not None:
             keys = record_keys
 
             def settle(query: Query) -> None:
-                settled.append(_settle_version_keys(query, keys, rk, keyring, keep_unreadable))
+                settled = _settle_version_keys(query, keys, rk, keyring, keep_unreadable)
+                report.corrected_since_backup = len(settled.corrected)
+                report.corrected_record_ids = settled.corrected
+                report.unreadable_record_ids = settled.unreadable
 
-        backend = str(c.manifest["backend"])
+        def finish(store: Database, damaged: Database | None, damaged_schema: str | None,
+                   quarantined: str | None) -> None:
+            report.quarantined = quarantined
+            report.migrated = migrate(store)
+            if record_keys is not None and not keep_erased:
+                from pivault.keys.shred import purge_erased
+
+                report.erased_since_backup = purge_erased(store, record_keys)
+            if salvage and damaged is not None:
+                report.salvaged_audit_entries = salvage_audit_trail(store, damaged,
+                                                                    source_schema=damaged_schema)
+            sink = events(store) if events is not None else None
+            if sink is not None:
+                sink("backup.restore", "ok", {"backup_id": report.backup_id, "file": Path(path).name,
+                                              "records": report.counts.get("records", 0),
+                                              "quarantined": quarantined,
+                                              "salvaged_entries": report.salvaged_audit_entries,
+                                              **report.audit_detail()})
+
         db = Database(store_url)
         try:
             if db.dialect != backend:
                 raise BackupError(f"this is a {backend} backup; restore it into a {backend} store",
                                   code="backup.backend")
-            not_restored: list[str] = []
             if backend == "sqlite":
                 db.close()
-                quarantined = _restore_sqlite(c, store_url, quarantine, keyring_generation, settle)
-                db = Database(store_url)
+                _restore_sqlite(c, store_url, quarantine, keyring_generation, settle, finish)
             else:
-                quarantined, not_restored = _restore_postgresql(c, db, quarantine, keyring_generation,
-                                                                settle)
-            migrated = migrate(db)
-            counts = {t: int(n) for t, n in c.manifest["counts"].items() if t not in not_restored}
-            report = RestoreReport(c.manifest["backup_id"], c.vault_id, backend, counts, quarantined,
-                                   migrated, not_restored=not_restored)
-            if settled:
-                report.corrected_since_backup = len(settled[0].corrected)
-                report.corrected_record_ids = settled[0].corrected
-                report.unreadable_record_ids = settled[0].unreadable
-            if record_keys is not None and not keep_erased:
-                from pivault.keys.shred import purge_erased
-
-                report.erased_since_backup = purge_erased(db, record_keys)
-            if events is not None:
-                sink = events(db)
-                sink("backup.restore", "ok", {"backup_id": report.backup_id, "file": Path(path).name,
-                                              "records": counts.get("records", 0),
-                                              "quarantined": quarantined, **report.audit_detail()})
+                _, report.not_restored = _restore_postgresql(c, db, quarantine, keyring_generation, settle,
+                                                             finish)
+                report.counts = {t: n for t, n in report.counts.items() if t not in report.not_restored}
         finally:
             db.close()
     report.seconds = time.monotonic() - t0

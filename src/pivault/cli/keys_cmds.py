@@ -527,8 +527,8 @@ def restore(
 
     After the data directory is lost, --new-home rebuilds the vault home from the backup.
     """
+    from pivault.backup import BackupError
     from pivault.backup import restore as _restore
-    from pivault.backup import salvage_quarantined
     from pivault.crypto import Keyring
     from pivault.crypto.providers import provider_for
     from pivault.errors import ConfigError, ValidationError
@@ -559,37 +559,84 @@ def restore(
                                "pivault restore FILE --home DIR --new-home") from None
     key = _verify_key(public_key, cfg.keyring_path)
     ring = Keyring.open(cfg.keyring_path, provider_for(Keyring.peek(cfg.keyring_path)["provider"]))
-    with open_record_key_store(ring, home=cfg.home) as keys:
-        report = _restore(file, cfg.store_url, key, vault_id=ring.vault_id, quarantine=quarantine,
-                          record_keys=keys, record_keys_backup=record_keys, keyring=ring,
-                          keep_erased=keep_erased, keep_unreadable=keep_unreadable,
-                          keyring_generation=ring.generation)
-    with Database(cfg.store_url) as db:
-        salvaged = salvage_quarantined(db, cfg.store_url, report.quarantined)
-        from pivault.detect.setup import DetectSettings, audit_key_dir
+    from pivault.detect.setup import DetectSettings, audit_key_dir
 
-        settings = DetectSettings.from_home(cfg.home)
-        adir = audit_key_dir(cfg.keyring_path, ring.vault_id, settings)
+    settings = DetectSettings.from_home(cfg.home)
+    adir = audit_key_dir(cfg.keyring_path, ring.vault_id, settings)
+    recorded: list[bool] = []
+
+    def trail(db: Database) -> Any:
         # the restore's entry is not anchored as it is written: _anchor_restored below decides
         # whether the anchor follows it by a mark or by a re-base
         sink = audit_events(db, ring, local_operator("restore"), adir)
-        anchored: str | None = None
         if sink is not None:
-            sink("backup.restore", "ok", {"backup_id": report.backup_id, "file": file.name,
-                                          "records": report.counts.get("records", 0),
-                                          "quarantined": report.quarantined, "salvaged_entries": salvaged,
-                                          **report.audit_detail()})
+            recorded.append(True)
+        return sink
+
+    # salvage and the audit entry are part of the restore: done before the restored store takes the
+    # old one's place, so that a crash cannot leave a restore without them
+    try:
+        with open_record_key_store(ring, home=cfg.home) as keys:
+            report = _restore(file, cfg.store_url, key, vault_id=ring.vault_id, quarantine=quarantine,
+                              record_keys=keys, record_keys_backup=record_keys, keyring=ring,
+                              keep_erased=keep_erased, keep_unreadable=keep_unreadable, salvage=True,
+                              events=trail, keyring_generation=ring.generation)
+    except BackupError as exc:
+        backup_id = _restored_before(exc, file, cfg.store_url)
+        if backup_id is None:
+            raise
+        # an earlier run restored the store and was stopped before the anchor followed: finish that
+        with Database(cfg.store_url) as db:
+            anchored = _anchor_restored(db, ring, adir, settings.anchor)
+        if json_out:
+            _print_json({"backup_id": backup_id, "already_restored": True, "audit_anchor": anchored})
+            return
+        typer.echo(f"the store already holds backup {backup_id}, restored by an earlier run (its audit trail "
+                   "ends with that restore): nothing was restored again")
+        if anchored:
+            typer.echo(anchored)
+        typer.echo("next: `pivault audit verify`")
+        return
+    anchored = None
+    if recorded:
+        # the anchor is a file outside the store: it follows the restored chain once that is in place
+        # (after a crash in between, `pivault audit verify` says what to do)
+        with Database(cfg.store_url) as db:
             anchored = _anchor_restored(db, ring, adir, settings.anchor)
     out = report.to_dict()
-    out["salvaged_audit_entries"] = salvaged
     out["audit_anchor"] = anchored
     if json_out:
         _print_json(out)
         return
-    _say_restored(report, salvaged)
+    _say_restored(report, report.salvaged_audit_entries)
     if anchored:
         typer.echo(anchored)
     typer.echo("next: `pivault audit verify`")
+
+
+def _restored_before(exc: Any, file: Path, store_url: str) -> str | None:
+    """The backup's id if ``exc`` refused a store that this backup was restored into, and nothing since.
+
+    A restore is recorded by the last entry of the store's trail; any use of
+    the store since appends more. So a store whose trail ends with this
+    backup's ``backup.restore`` holds exactly what running the command again
+    would put there.
+    """
+    from pivault.audit import entries
+    from pivault.backup import Container
+    from pivault.store.db import Database
+
+    if getattr(exc, "code", None) != "backup.not_empty":
+        return None
+    with Container.open(file) as c:
+        backup_id = str(c.manifest.get("backup_id"))
+    with Database(store_url) as db:
+        if not db.table_exists("audit_entries"):
+            return None
+        last = list(entries(db, limit=1, newest=True))
+    if last and last[0].operation == "backup.restore" and last[0].detail.get("backup_id") == backup_id:
+        return backup_id
+    return None
 
 
 def _anchor_restored(db: Any, ring: Any, audit_dir: Path, anchor_path: str | None) -> str | None:
