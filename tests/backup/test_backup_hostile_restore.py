@@ -243,3 +243,54 @@ def test_a_signed_manifest_that_lies_is_refused_and_changes_nothing(vault: Vault
         assert info.value.code.startswith("backup."), label
         assert vault.db.query_one("SELECT COUNT(*) FROM records") == (0,), label
         assert vault.db.table_exists("records"), label
+
+
+_HOLDER = """
+import sys, time
+from pivault.store.db import Database
+db = Database(sys.argv[1])
+db.query_one("SELECT COUNT(*) FROM sqlite_master")
+print("open", flush=True)
+time.sleep(120)
+"""
+
+
+@pytest.mark.parametrize("quarantine", [False, True])
+def test_an_sqlite_store_open_in_another_process_is_not_restored_under_it(sqlite_url: str, tmp_path: Path,
+                                                                          quarantine: bool) -> None:
+    """A `pivault serve` left running would go on reading and writing the file set aside (or
+    unlinked), unseen: its accesses' audit entries and its writes lost to the restored store."""
+    import subprocess
+    import sys
+
+    from keys_support import new_keyring
+
+    keyring = new_keyring(tmp_path / "keys" / "vault.keyring")
+    v = Vault.initialise(Database(sqlite_url), keyring)
+    put_all(v, residents(5, seed=97))
+    res = create_backup(v.db, keyring, tmp_path / "shelf" / "vault.pvb")
+    v.db.execute("DELETE FROM blind_index")
+    v.db.execute("DELETE FROM records")
+    if quarantine:
+        v.db.execute("CREATE TABLE ransom_note (msg TEXT)")
+        v.db.execute("INSERT INTO ransom_note (msg) VALUES ('pay')")
+    v.close()
+    if not quarantine:  # the wipe took the files; the server still runs, on a new empty one
+        for suffix in ("", "-wal", "-shm"):
+            Path(sqlite_url[len("sqlite:///"):] + suffix).unlink(missing_ok=True)
+    server = subprocess.Popen([sys.executable, "-c", _HOLDER, sqlite_url], stdout=subprocess.PIPE, text=True,
+                              env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    try:
+        assert server.stdout is not None and server.stdout.readline() == "open\n"
+        inode = os.stat(sqlite_url[len("sqlite:///"):]).st_ino
+        with pytest.raises(BackupError) as info:
+            restore(res.path, sqlite_url, load_verify_key(keyring.path), vault_id=keyring.vault_id,
+                    quarantine=quarantine)
+        assert info.value.code == "restore.store_in_use" and info.value.hint
+        assert os.stat(sqlite_url[len("sqlite:///"):]).st_ino == inode
+    finally:
+        server.kill()
+        server.wait()
+    report = restore(res.path, sqlite_url, load_verify_key(keyring.path), vault_id=keyring.vault_id,
+                     quarantine=quarantine)
+    assert report.counts["records"] == 5

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import hashlib
 import os
 import re
@@ -304,10 +305,15 @@ def _restore_sqlite(c: Container, url: str, quarantine: bool, keyring_generation
                 _refuse_foreign(existing)
                 why = _why_not_empty(existing, c.vault_id)
                 existing.truncate_wal()
-            if why is not None and not quarantine:
-                raise BackupError(f"the target store is not empty: {why}", code="backup.not_empty",
-                                  hint="restore into an empty vault, or pass --quarantine to move the "
-                                       "damaged store aside first")
+        if why is not None and not quarantine:
+            raise BackupError(f"the target store is not empty: {why}", code="backup.not_empty",
+                              hint="restore into an empty vault, or pass --quarantine to move the "
+                                   "damaged store aside first")
+        if _open_elsewhere(tpath):
+            raise BackupError("the store is open in another process (a running `pivault serve`, an import, "
+                              "another command): it would go on using the old store, and what it wrote "
+                              "would be lost; nothing was restored", code="restore.store_in_use",
+                              hint="stop every process using the vault, then run the restore again")
         if settle is not None:
             # read-only: the copy must stay byte for byte what was checked
             copy = sqlite3.connect(f"file:{tmp}?mode=ro", uri=True)
@@ -340,6 +346,38 @@ def _restore_sqlite(c: Container, url: str, quarantine: bool, keyring_generation
     finally:
         for f in _sqlite_files(str(tmp)):
             f.unlink(missing_ok=True)
+
+
+#: the byte of a WAL store's ``-shm`` file on which every open SQLite connection holds a read lock
+#: (its "dead man switch"), for as long as it is open
+_SHM_DMS = 128
+
+
+def _open_elsewhere(tpath: Path) -> bool:
+    """Whether another process has the SQLite store open (a running server, an import).
+
+    Each open connection holds a read lock on the ``-shm`` file's DMS byte;
+    a write lock on it is refused while another process holds one (this
+    process's own connections do not count). Closing the probe's descriptor
+    drops this process's own locks on that file: harmless here, since the
+    store is refused or replaced next, and this process's connections to it
+    are stale either way.
+    """
+    try:
+        fd = os.open(str(tpath) + "-shm", os.O_RDWR)
+    except FileNotFoundError:
+        return False  # no connection has it open in WAL mode
+    try:
+        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, _SHM_DMS)
+    except OSError as exc:
+        if exc.errno in (errno.EAGAIN, errno.EACCES):
+            return True
+        raise
+    else:
+        fcntl.lockf(fd, fcntl.LOCK_UN, 1, _SHM_DMS)
+    finally:
+        os.close(fd)
+    return False
 
 
 _STAGED = re.compile(r"\.(?P<name>.+)\.restore-(?P<pid>\d+)-[0-9a-f]{8}(-wal|-shm|-journal)?")
