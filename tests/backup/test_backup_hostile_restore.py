@@ -294,3 +294,38 @@ def test_an_sqlite_store_open_in_another_process_is_not_restored_under_it(sqlite
     report = restore(res.path, sqlite_url, load_verify_key(keyring.path), vault_id=keyring.vault_id,
                      quarantine=quarantine)
     assert report.counts["records"] == 5
+
+
+@pytest.mark.parametrize("quarantine", [False, True])
+def test_an_sqlite_store_reached_through_a_symbolic_link_is_restored_where_it_lives(tmp_path: Path,
+                                                                                   quarantine: bool) -> None:
+    """``vault.db`` links to the disk that holds the data: the restore lands there, the link stays."""
+    from keys_support import new_keyring
+
+    home, disk = tmp_path / "home", tmp_path / "data-disk"
+    home.mkdir()
+    disk.mkdir()
+    (home / "vault.db").symlink_to(disk / "vault.db")
+    url = f"sqlite:///{home / 'vault.db'}"
+    keyring = new_keyring(tmp_path / "keys" / "vault.keyring")
+    v = Vault.initialise(Database(url), keyring)
+    put_all(v, residents(5, seed=98))
+    res = create_backup(v.db, keyring, tmp_path / "shelf" / "vault.pvb")
+    v.db.execute("DELETE FROM blind_index")
+    v.db.execute("DELETE FROM records")
+    v.db.execute("CREATE TABLE ransom_note (msg TEXT)")
+    v.db.execute("INSERT INTO ransom_note (msg) VALUES ('pay')")
+    v.close()
+    if not quarantine:  # the wipe took the data disk's files, the link is left dangling
+        for suffix in ("", "-wal", "-shm"):
+            (disk / f"vault.db{suffix}").unlink(missing_ok=True)
+    report = restore(res.path, url, load_verify_key(keyring.path), vault_id=keyring.vault_id,
+                     quarantine=quarantine)
+    assert (home / "vault.db").is_symlink() and (home / "vault.db").resolve() == disk / "vault.db"
+    assert sorted(p.name for p in home.iterdir()) == ["vault.db"]
+    with Database(f"sqlite:///{disk / 'vault.db'}") as db:
+        assert db.query_one("SELECT COUNT(*) FROM records") == (5,)
+    if quarantine:
+        assert report.quarantined is not None and Path(report.quarantined).parent == disk
+        with Database(f"sqlite:///{report.quarantined}") as damaged:
+            assert damaged.table_exists("ransom_note")

@@ -289,7 +289,9 @@ def _restore_sqlite(c: Container, url: str, quarantine: bool, keyring_generation
     The damaged store is set aside as a hard link made before the rename:
     until then its name still holds it, and a rerun reuses that link.
     """
-    target = parse_url(url).target
+    # where SQLite keeps the store: a symbolic link (to a data disk) is followed, as SQLite does, so
+    # the copy is staged and renamed in there and the link stays, and the journals are the real ones
+    target = os.path.realpath(parse_url(url).target)
     tpath = Path(target)
     tpath.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale_copies(tpath)
