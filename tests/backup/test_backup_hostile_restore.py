@@ -329,3 +329,42 @@ def test_an_sqlite_store_reached_through_a_symbolic_link_is_restored_where_it_li
         assert report.quarantined is not None and Path(report.quarantined).parent == disk
         with Database(f"sqlite:///{report.quarantined}") as damaged:
             assert damaged.table_exists("ransom_note")
+
+
+def test_a_store_encrypted_by_ransomware_is_named_and_left_alone(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """The intruder encrypted vault.db in place: what the restore says must be what to do next."""
+    import json
+    import sys
+
+    from typer.testing import CliRunner
+
+    sys.path.insert(0, str(Path(__file__).parent.parent / "vault"))
+    from vault_support import cheap_cli_env
+
+    from pivault.cli.main import app
+
+    env = cheap_cli_env(tmp_path, monkeypatch, "")
+    home = tmp_path / "home"
+    runner = CliRunner()
+    init = runner.invoke(app, ["init", "--home", str(home), "--expected-population", "100"], env=env)
+    assert init.exit_code == 0, init.output
+    backup = tmp_path / "shelf" / "vault.pvb"
+    assert runner.invoke(app, ["backup", "--out", str(backup), "--home", str(home)], env=env).exit_code == 0
+    for suffix in ("-wal", "-shm"):
+        (home / f"vault.db{suffix}").unlink(missing_ok=True)
+    encrypted = os.urandom(64 << 10)
+    (home / "vault.db").write_bytes(encrypted)
+    for extra in ([], ["--quarantine"]):
+        res = runner.invoke(app, ["restore", str(backup), "--home", str(home), *extra], env=env)
+        assert res.exit_code == 1, res.output
+        lines = res.stderr.splitlines()
+        assert lines[0].startswith("error[restore.store_unreadable]: ") and "vault.db" in lines[0], res.stderr
+        assert lines[1].startswith("  hint: ") and "aside" in lines[1] and "again" in lines[1], res.stderr
+        assert "Traceback" not in res.output
+        assert (home / "vault.db").read_bytes() == encrypted
+    # moved aside by hand, as the hint says: the same command restores
+    (home / "vault.db").rename(home / "vault.db.encrypted")
+    res = runner.invoke(app, ["restore", str(backup), "--home", str(home), "--json"], env=env)
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["backup_id"]

@@ -55,6 +55,7 @@ from pivault.backup.restore import (
     _refuse_foreign,
     _tables,
     _why_not_empty,
+    open_target,
     restore,
     restore_record_keys,
 )
@@ -103,7 +104,7 @@ def _store_state(url: str, vault_id: str) -> tuple[str | None, str | None]:
         p = Path(parsed.target)
         if not p.exists() or p.stat().st_size == 0:
             return None, None
-    with Database(url) as db:
+    with open_target(url) as db:
         _refuse_foreign(db)  # before anything is written: another program's tables are never touched
         return meta.bound_vault_id(db), _why_not_empty(db, vault_id)
 

@@ -54,7 +54,7 @@ from pivault.errors import ConfigError
 from pivault.keys import seen
 from pivault.keys.events import KeyEvents, noop
 from pivault.keys.shred import RecordKeyStore
-from pivault.store.db import Database, parse_url
+from pivault.store.db import Database, StoreError, parse_url
 from pivault.store.migrations import migrate, needs_migration, pending
 
 __all__ = [
@@ -189,6 +189,26 @@ def _tables(db: Database) -> list[str]:
     return [str(r[0]) for r in db.query(
         "SELECT table_name FROM information_schema.tables WHERE table_schema = current_schema()"
         " AND table_type = 'BASE TABLE' ORDER BY table_name")]
+
+
+def open_target(url: str) -> Database:
+    """The store to restore into, opened; an SQLite file that is no database is refused as such.
+
+    That file may be the store encrypted in place by ransomware, or another
+    program's file: a restore cannot tell, and moves neither, even with
+    ``--quarantine`` (as for a foreign store), so it says what to do instead.
+    """
+    try:
+        return Database(url)
+    except StoreError as exc:
+        target = Path(parse_url(url).target)
+        if exc.code != "store.open" or not target.is_file():
+            raise
+        raise BackupError(f"the store {target.name} is not a database SQLite can open (encrypted or "
+                          "overwritten?); a restore does not move a file it cannot tell is a vault's store, "
+                          "and nothing was restored", code="restore.store_unreadable",
+                          hint=f"move {target.name} (and any {target.name}-wal, {target.name}-shm) aside "
+                               "by hand, keeping it as evidence, then run the same restore again") from None
 
 
 def foreign_store(db: Database) -> str | None:
@@ -627,7 +647,7 @@ def restore(path: str | os.PathLike[str], store_url: str, key: VerifyKey, *,
                                               "salvaged_entries": report.salvaged_audit_entries,
                                               **report.audit_detail()})
 
-        db = Database(store_url)
+        db = open_target(store_url)
         try:
             if db.dialect != backend:
                 raise BackupError(f"this is a {backend} backup; restore it into a {backend} store",
