@@ -203,3 +203,29 @@ def test_an_oversized_manifest_is_refused_unparsed(shelf: tuple[BackupResult, Ke
     outcome, peak = _peak_mib(_with_manifest(res, tmp_path / "huge.pvb", body))
     assert outcome == "refused backup.format"
     assert peak < 150, f"reading a refused backup took {peak} MiB"
+
+
+@pytest.mark.parametrize("kind", ["binary file", "fifo", "/dev/zero"])
+def test_a_public_key_argument_that_names_no_key_file_is_refused_in_one_line(
+        shelf: tuple[BackupResult, Keyring], tmp_path: Path, kind: str) -> None:
+    """`--public-key` takes the key or a file holding it: a wrong file must not hang, eat memory or crash."""
+    res, _ = shelf
+    if kind == "binary file":
+        arg = tmp_path / "vault.pvb.copy"
+        arg.write_bytes(res.path.read_bytes())  # the backup given in the key's place
+    elif kind == "fifo":
+        arg = tmp_path / "key.fifo"
+        os.mkfifo(arg)
+    else:
+        arg = Path(kind)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+
+    def limit_memory() -> None:
+        import resource
+
+        resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))
+
+    proc = subprocess.run([sys.executable, "-c", _CLI, "backup", "verify", str(res.path), "--public-key",
+                           str(arg)], capture_output=True, text=True, timeout=30, env=env,
+                          preexec_fn=limit_memory)
+    _one_clear_line(proc, "backup.key")

@@ -9,6 +9,7 @@ one line (``error[code]: message``) as in the other commands.
 
 from __future__ import annotations
 
+import errno
 import json
 import sys
 from collections.abc import Callable, Iterator
@@ -458,9 +459,44 @@ def _verify_key(public_key: str | None, keyring_path: Path) -> Any:
     from pivault.backup import VerifyKey, load_verify_key
 
     if public_key:
-        p = Path(public_key)
-        return VerifyKey.parse(p.read_text() if p.exists() else public_key)
+        return VerifyKey.parse(_key_text(public_key))
     return load_verify_key(keyring_path)
+
+
+def _key_text(arg: str) -> str:
+    """``--public-key``: the key itself, or a file holding it.
+
+    A file is read only if it is a regular file, and only its first few
+    KiB (a key is 44 characters): a FIFO would wait forever, /dev/zero be
+    read without end, and the backup given by mistake is not text.
+    """
+    import os
+    import stat
+
+    from pivault.backup import BackupError
+
+    try:
+        fd = os.open(arg, os.O_RDONLY | os.O_NONBLOCK)
+    except (FileNotFoundError, NotADirectoryError):
+        return arg
+    except OSError as exc:
+        if exc.errno == errno.ENAMETOOLONG:
+            return arg
+        raise
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise BackupError(f"--public-key names {Path(arg).name}, which is not a regular file",
+                              code="backup.key", hint="give the key (base64, as `pivault backup` prints it) "
+                                                      "or a file holding it")
+        data = os.read(fd, 4096)
+    finally:
+        os.close(fd)
+    try:
+        return data.decode("ascii")
+    except UnicodeDecodeError:
+        raise BackupError(f"{Path(arg).name} does not hold a backup public key", code="backup.key",
+                          hint="give the key (base64, as `pivault backup` prints it) or a file holding "
+                               "it") from None
 
 
 @backup_app.command("verify")
