@@ -229,3 +229,30 @@ def test_a_public_key_argument_that_names_no_key_file_is_refused_in_one_line(
                            str(arg)], capture_output=True, text=True, timeout=30, env=env,
                           preexec_fn=limit_memory)
     _one_clear_line(proc, "backup.key")
+
+
+def test_a_member_announced_larger_than_listed_is_refused_before_it_is_read(
+        shelf: tuple[BackupResult, Keyring], tmp_path: Path) -> None:
+    """The signed manifest stays; the database member's header claims 64 GiB (a sparse file costs nothing)."""
+    import time
+
+    res, kr = shelf
+    members = _members(res.path)
+    claimed = 64 << 30
+    bad = tmp_path / "huge-member.pvb"
+    with open(bad, "wb") as fh:
+        info = tarfile.TarInfo("data/vault.db")
+        info.size = claimed
+        fh.write(info.tobuf(format=tarfile.GNU_FORMAT))
+        fh.seek(claimed, os.SEEK_CUR)  # a hole, then the rest of the backup as it was
+        for name in ("keyring.json", "manifest.json", "manifest.sig"):
+            body = members[name]
+            info = tarfile.TarInfo(name)
+            info.size = len(body)
+            fh.write(info.tobuf(format=tarfile.GNU_FORMAT) + body + b"\0" * (-len(body) % 512))
+        fh.write(b"\0" * 1024)
+    t0 = time.monotonic()
+    with pytest.raises(BackupError) as info_:
+        verify_backup(bad, load_verify_key(kr.path))
+    assert info_.value.code == "backup.checksum"
+    assert time.monotonic() - t0 < 10, "the claimed 64 GiB were read"

@@ -240,6 +240,10 @@ class Container:
                                   code="backup.format")
             seen.add(member.name)
             want = listed[member.name]
+            if member.size != want["bytes"]:
+                # before reading it: a header may claim any size, and a sparse file makes it cheap to
+                raise BackupError(f"{member.name} in the backup does not match its checksum",
+                                  code="backup.checksum")
             if progress is not None:
                 progress(member.name)
             size, digest = _member_digest(self._tar, member)
