@@ -256,3 +256,32 @@ def test_a_member_announced_larger_than_listed_is_refused_before_it_is_read(
         verify_backup(bad, load_verify_key(kr.path))
     assert info_.value.code == "backup.checksum"
     assert time.monotonic() - t0 < 10, "the claimed 64 GiB were read"
+
+
+@pytest.mark.parametrize("kind", ["fifo", "directory"])
+def test_new_home_with_a_keyring_path_that_is_no_file_is_refused_at_once(shelf: tuple[BackupResult, Keyring],
+                                                                         tmp_path: Path, kind: str) -> None:
+    import base64
+
+    res, kr = shelf
+    keyring = tmp_path / "elsewhere" / "vault.keyring"
+    keyring.parent.mkdir()
+    if kind == "fifo":
+        os.mkfifo(keyring)
+    else:
+        keyring.mkdir()
+    public = base64.b64encode(load_verify_key(kr.path).public).decode()
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "XDG_CONFIG_HOME": str(tmp_path / "xdg")}
+    new = tmp_path / "new"
+    proc = subprocess.run([sys.executable, "-c", _CLI, "restore", str(res.path), "--home", str(new),
+                           "--new-home", "--keyring", str(keyring), "--public-key", public],
+                          capture_output=True, text=True, timeout=30, env=env)
+    _one_clear_line_or_two(proc, "restore.keyring")
+    assert not new.exists()
+
+
+def _one_clear_line_or_two(proc: subprocess.CompletedProcess[str], code: str) -> None:
+    assert proc.returncode in (1, 2), proc.stderr[-2000:]
+    lines = proc.stderr.splitlines()
+    assert lines and lines[0].startswith(f"error[{code}]: "), proc.stderr[-2000:]
+    assert all(line.startswith("  hint: ") for line in lines[1:]) and "Traceback" not in proc.stderr

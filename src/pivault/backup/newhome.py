@@ -233,6 +233,10 @@ def restore_new_home(
         if _inside(kpath, h):
             raise KeyringError("the keyring must not be stored inside the data directory",
                                code="keyring.location", hint="give --keyring a path outside --home")
+        if kpath.exists() and not kpath.is_file():
+            # a FIFO there would make the keyring's reader wait forever
+            raise ConfigError(f"the keyring path {kpath} is not a regular file", code="restore.keyring",
+                              hint="give --keyring the path of this vault's keyring file, or a free one")
         if kpath.exists():
             there = Keyring.peek(kpath).get("vault_id")
             if there != vault_id:
