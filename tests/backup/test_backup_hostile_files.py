@@ -285,3 +285,40 @@ def _one_clear_line_or_two(proc: subprocess.CompletedProcess[str], code: str) ->
     lines = proc.stderr.splitlines()
     assert lines and lines[0].startswith(f"error[{code}]: "), proc.stderr[-2000:]
     assert all(line.startswith("  hint: ") for line in lines[1:]) and "Traceback" not in proc.stderr
+
+
+def _member(name: str, kind: bytes = tarfile.REGTYPE, link: str = "") -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type, info.linkname = kind, link
+    info.size = len(b"pwned") if kind == tarfile.REGTYPE else 0
+    return info
+
+
+@pytest.mark.parametrize("planted", [
+    _member("../../escaped.txt"),
+    _member("/tmp/escaped-absolute.txt"),
+    _member("data/../../escaped.txt"),
+    _member("data/vault.db", tarfile.SYMTYPE, link="/etc/passwd"),
+    _member("data/vault.db", tarfile.LNKTYPE, link="keyring.json"),
+    _member("data/vault.db", tarfile.CHRTYPE),
+], ids=["dotdot", "absolute", "inner-dotdot", "symlink", "hardlink", "device"])
+def test_members_aimed_outside_the_restore_are_refused_and_write_nothing(shelf: tuple[BackupResult, Keyring],
+                                                                         tmp_path: Path,
+                                                                         planted: tarfile.TarInfo) -> None:
+    """Names are never used as paths; a listed name that is not a plain file is no backup member."""
+    res, kr = shelf
+    bad = tmp_path / "deep" / "er" / "planted.pvb"
+    bad.parent.mkdir(parents=True)
+    members = _members(res.path)
+    with tarfile.open(bad, "w:", format=tarfile.PAX_FORMAT) as tar:
+        for name, body in members.items():
+            if name == planted.name:
+                continue
+            info = tarfile.TarInfo(name)
+            info.size = len(body)
+            tar.addfile(info, io.BytesIO(body))
+        tar.addfile(planted, io.BytesIO(b"pwned") if planted.isreg() else None)
+    with pytest.raises(BackupError) as info:
+        verify_backup(bad, load_verify_key(kr.path), deep=True)
+    assert info.value.code in ("backup.format", "backup.checksum")
+    assert not (tmp_path / "escaped.txt").exists() and not Path("/tmp/escaped-absolute.txt").exists()
