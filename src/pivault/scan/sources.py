@@ -31,6 +31,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import BinaryIO, cast
 
+from pivault.arrowtext import text_lengths
 from pivault.scan.engine import Engine, get_engine
 from pivault.scan.findings import ScanOptions, SourceResult
 from pivault.scan.stream import (
@@ -471,20 +472,10 @@ def _parquet_row_bytes(batch: object) -> list[int]:
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    def lengths(col: pa.Array) -> pa.Array | None:
-        t = col.type
-        if pa.types.is_dictionary(t):
-            inner = lengths(col.dictionary)
-            return None if inner is None else pc.take(inner, col.indices)
-        if (pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_binary(t)
-                or pa.types.is_large_binary(t)):
-            return pc.binary_length(col)
-        return None  # numbers, dates, nested values: counted as a few bytes a row
-
     assert isinstance(batch, pa.RecordBatch)
     total = pa.array([8 * batch.num_columns] * batch.num_rows, pa.int64())
     for j in range(batch.num_columns):
-        n = lengths(batch.column(j))
+        n = text_lengths(batch.column(j))
         if n is not None:
             total = pc.add(total, pc.fill_null(n, 0).cast(pa.int64()))
     return list(total.to_pylist())

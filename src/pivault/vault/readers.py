@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Literal, Protocol
 
+from pivault.arrowtext import text_lengths
 from pivault.errors import ConfigError
 
 __all__ = [
@@ -613,21 +614,6 @@ class ParquetSource:
         self._done = row_no
 
 
-def _text_lengths(col: Any) -> Any:
-    """Bytes of each value of a text or binary Arrow array, without decoding one; None for other types."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    t = col.type
-    if pa.types.is_dictionary(t):
-        lengths = _text_lengths(col.dictionary)
-        return None if lengths is None else pc.take(lengths, col.indices)
-    if (pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_binary(t)
-            or pa.types.is_large_binary(t)):
-        return pc.binary_length(col)
-    return None  # numbers, dates, flags: short, whatever they hold
-
-
 @dataclass(slots=True)
 class _RowBytes:
     """The text each row of a record batch holds, in bytes (``per_row`` only when some row needs it)."""
@@ -664,7 +650,7 @@ def _row_bytes(batch: Any) -> _RowBytes:
 
     total = None
     for j in range(batch.num_columns):
-        lengths = _text_lengths(batch.column(j))
+        lengths = text_lengths(batch.column(j))
         if lengths is not None:
             lengths = pc.fill_null(lengths, 0)
             total = lengths if total is None else pc.add(total, lengths)
