@@ -418,12 +418,12 @@ def _remove_stale_copies(tpath: Path) -> None:
         pid = int(m["pid"])
         if pid == os.getpid():
             continue
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            p.unlink(missing_ok=True)
-        except PermissionError:
-            pass  # alive, another user's
+        # a staged copy of a restore still running (even another user's) is left alone
+        with contextlib.suppress(PermissionError):
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                p.unlink(missing_ok=True)
 
 
 def _quarantine_path(tpath: Path) -> Path:

@@ -92,13 +92,12 @@ def normalise(value: str, *, today: _dt.date | None = None) -> str:
     ``id.empty``, ``id.length``, ``id.format``, ``id.region``, ``id.date``,
     ``id.checksum``.
     """
-    if (value.__class__ is str and len(value) == 18 and value.isascii()
-            and _RE18.fullmatch(v := value.upper())):
-        pass  # already 17 digits and a digit or X: nothing for clean() to fold (every import row, lookup)
-    elif value is None or not str(value).strip():
+    # already 17 digits and a digit or X (every import row, lookup): nothing for clean() to fold
+    canonical = (value.__class__ is str and len(value) == 18 and value.isascii()
+                 and _RE18.fullmatch(value.upper()) is not None)
+    if not canonical and (value is None or not str(value).strip()):
         raise _err("id.empty", "the resident ID number is empty")
-    else:
-        v = clean(str(value))
+    v = value.upper() if canonical else clean(str(value))
     if len(v) == 15:
         if not _RE15.fullmatch(v):
             raise _err("id.format", "a legacy resident ID number has 15 digits")
