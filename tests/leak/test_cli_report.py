@@ -280,3 +280,18 @@ def test_a_refused_export_is_listed_as_refused_by_its_decider(
     r = runner.invoke(app, ["export", "list"])
     line = next(x for x in r.output.splitlines() if export_id in x)
     assert "refused by approver-9" in line and "approved by" not in line
+
+
+def test_leak_check_says_how_many_ids_the_vault_does_not_hold(
+        cli: tuple[CliRunner, typer.Typer, Path, list[Resident]]) -> None:
+    runner, app, tmp, residents = cli
+    dump = tmp / "scrape.csv"
+    made_up = [f"r_{i:026d}" for i in range(7)]
+    dump.write_text("record_id,gender\n" + "".join(f"{rid},F\n" for rid in
+                                                   [r.record_id for r in residents[:12]] + made_up),
+                    encoding="utf-8")
+    r = runner.invoke(app, ["leak", "check", str(dump)])
+    assert r.exit_code == 0, r.output
+    assert "12 residents of this vault affected" in r.output
+    assert "record ids the vault does not hold: 7 rows" in r.output
+    assert "fields exposed: gender" in r.output

@@ -287,3 +287,87 @@ def test_worker_processes_give_the_same_result(scene: dict[str, object], tmp_pat
         b.pop(key)
     assert a == b
     assert one.attribution is not None and len(one.attribution.named) == 2
+
+
+def _served_masked(w: World, record_ids: list[str], principal: str) -> list[dict[str, str | None]]:
+    """What the door served ``principal`` (masked: an officer sees no full value)."""
+    return [w.vault.get(rid, ctx=ctx(principal, "officer")) for rid in record_ids]
+
+
+def test_masked_copy_of_served_records_is_traced_by_record_id(scene: dict[str, object],
+                                                              tmp_path: Path) -> None:
+    """An insider scrapes masked lookups (record id and masked values, as the API answers) and
+    the copy turns up: the masks leave no value the blind indexes can use, the ids confirm
+    each resident and the audit trail names the reader."""
+    import json
+
+    w: World = scene["world"]  # type: ignore[assignment]
+    officer: list[str] = scene["officer"]  # type: ignore[assignment]
+    picked = random.Random(8).sample(officer, 150)
+    served = _served_masked(w, picked, "officer-7")
+    assert all("*" in (r["id_number"] or "") and "*" in (r["mobile"] or "*") for r in served)
+    dump = tmp_path / "scrape.jsonl"
+    dump.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in served), encoding="utf-8")
+    res = check(w.vault, [dump], ctx=ctx("dpo-1", "dpo"), save=False)
+    assert res.residents_matched == 150
+    assert res.matched_by == {"record_id": 150}
+    assert res.expected_false == 0
+    assert res.record_ids_not_held == 0
+    assert "record_id" not in res.fields_exposed  # an id is no PI of the resident
+    assert res.attribution is not None
+    assert [(f.kind, f.source_id) for f in res.attribution.named] == [("principal", "officer-7")]
+
+    # the answer saved as the API gave it: {"count": …, "records": […], "revealed": []}
+    answer = tmp_path / "answer.json"
+    answer.write_text(json.dumps({"count": len(served), "records": served, "revealed": []},
+                                 ensure_ascii=False), encoding="utf-8")
+    again = check(w.vault, [answer], ctx=ctx("dpo-1", "dpo"), save=False)
+    assert again.residents_matched == 150 and again.matched_by == {"record_id": 150}
+
+    # the same masked values without their ids: nothing to match them by
+    bare = tmp_path / "scrape-no-ids.jsonl"
+    bare.write_text("".join(json.dumps({k: v for k, v in r.items() if k != "record_id"},
+                                       ensure_ascii=False) + "\n" for r in served), encoding="utf-8")
+    assert check(w.vault, [bare], ctx=ctx("dpo-1", "dpo"), save=False).residents_matched == 0
+
+
+def test_record_ids_the_vault_never_issued_confirm_nobody(scene: dict[str, object], tmp_path: Path) -> None:
+    """Ids of the vault's form that it does not hold (made up, or of erased residents) are
+    counted apart, never as residents, and name no source."""
+    w: World = scene["world"]  # type: ignore[assignment]
+    rng = random.Random(21)
+    alphabet = "0123456789abcdefghjkmnpqrstvwxyz"
+    made_up = ["r_" + "".join(rng.choice(alphabet) for _ in range(26)) for _ in range(200)]
+    held = w.vault.store.existing(made_up)
+    assert not held
+    officer: list[str] = scene["officer"]  # type: ignore[assignment]
+    real = officer[:5]
+    dump = tmp_path / "ids.csv"
+    dump.write_text("record_id,gender\n" + "".join(f"{r},M\n" for r in made_up + real), encoding="utf-8")
+    res = check(w.vault, [dump], ctx=ctx("dpo-1", "dpo"), save=False)
+    assert res.record_ids_not_held == 200
+    assert res.residents_matched == 5
+    assert res.matched_by == {"record_id": 5}
+    assert res.attribution is not None and not res.attribution.named
+
+
+def test_record_ids_matched_in_worker_processes_give_the_same_result(
+        scene: dict[str, object], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import json
+
+    import pivault.leak.check as check_mod
+
+    w: World = scene["world"]  # type: ignore[assignment]
+    officer: list[str] = scene["officer"]  # type: ignore[assignment]
+    served = _served_masked(w, officer[:120], "officer-7")
+    dump = tmp_path / "scrape.jsonl"
+    dump.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in served * 3), encoding="utf-8")
+    monkeypatch.setattr(check_mod, "PARALLEL_BYTES", 0)
+    one = check(w.vault, [dump], ctx=ctx("dpo-1", "dpo"), save=False, workers=1)
+    two = check(w.vault, [dump], ctx=ctx("dpo-1", "dpo"), save=False, workers=2)
+    a, b = one.to_dict(), two.to_dict()
+    for key in ("case_id", "detected_at", "elapsed_seconds", "timeline"):
+        a.pop(key)
+        b.pop(key)
+    assert a == b
+    assert one.residents_matched == 120 and one.rows_matched == 360

@@ -177,6 +177,9 @@ def leak_check(
         # the rows read were checked; what could not be read was not, and may hold anyone
         err(f"warning: {len(res.errors)} dump file(s) not read in full (listed above); the result covers "
             "only the rows read")
+    if res.record_ids_not_held:
+        typer.echo(f"  record ids the vault does not hold: {res.record_ids_not_held} rows (erased "
+                   "residents', or made up; not counted as residents)")
     typer.echo(f"  fields exposed: {', '.join(res.fields_exposed) or 'none'}")
     found = {k: v["found"] for k, v in res.export_canaries.items() if v["found"]}
     typer.echo(f"  canaries: exports {found or 'none'}; vault {res.vault_canaries.get('found', 0)}"

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 from pivault.errors import NotFoundError, PivaultError
 from pivault.leak.attribution import Attribution, SourceFit, attribute
-from pivault.leak.columns import Column, detect_columns
+from pivault.leak.columns import PI_KINDS, Column, detect_columns
 from pivault.leak.exports import load_registry, rid_digest
 from pivault.leak.match import Matcher, Outcome, match_columns
 from pivault.leak.readers import DEFAULT_MAX_LINE_MIB, DumpError, Table, read_dump
@@ -81,6 +81,9 @@ class CheckResult:
     rows_with_keys: int = 0
     rows_single_key: int = 0
     rows_matched: int = 0
+    #: rows that carry an id of the vault's form that the vault does not hold (an erased
+    #: resident's, or made up)
+    record_ids_not_held: int = 0
     residents_matched: int = 0
     matched_by: dict[str, int] = field(default_factory=dict)
     expected_false: float = 0.0
@@ -203,7 +206,8 @@ class Checker:
                             st = states[id(batch.table)] = _TableState(batch.table)
                             _detect(st, batch.rows)
                             if st.usable:
-                                fields_exposed.update(c.kind for c in st.columns or () if c.kind)
+                                fields_exposed.update(c.kind for c in st.columns or ()
+                                                      if c.kind in PI_KINDS)
                         res.rows_read += len(batch.rows)
                         info["rows"] += len(batch.rows)
                         if st.usable:
@@ -217,6 +221,7 @@ class Checker:
 
         for outcome in self._matched(tasks(), paths):
             st, rows = pending.popleft()
+            self._held(outcome, res)
             _tally(res, st, rows, outcome, matched, canary_strong, canary_single)
         for st in states.values():
             t = st.table
@@ -286,6 +291,30 @@ class Checker:
         finally:
             _WORKER_MATCHER = None
             gc.unfreeze()
+
+    def _held(self, out: Outcome, res: CheckResult) -> None:
+        """Count the rows matched by a record id the store holds (looked up here: workers never
+        touch the store).
+
+        Record ids are random: one the vault holds in a dump was copied from its output, so
+        it confirms the resident without any chance match, where the masks left no value the
+        blind indexes could use.
+        """
+        if not out.record_ids:
+            return
+        held = self.vault.store.existing(sorted({rid for _, rid in out.record_ids}))
+        seen = {rid for rid, _j, _region in out.firsts}
+        n = 0
+        for j, rid in out.record_ids:
+            if rid not in held:
+                res.record_ids_not_held += 1
+                continue
+            n += 1
+            if rid not in seen:
+                seen.add(rid)
+                out.firsts.append((rid, j, ""))
+        if n:
+            out.matched_by["record_id"] = out.matched_by.get("record_id", 0) + n
 
     def _attribute(self, res: CheckResult, matched: set[str], canary_strong: dict[str, set[int]],
                    canary_single: dict[str, set[int]]) -> None:
@@ -373,11 +402,12 @@ def _openable(p: Path) -> None:
 
 
 def _no_pi_message(st: _TableState) -> str:
-    found = [c.kind for c in st.columns or () if c.kind]
+    found = [c.kind for c in st.columns or () if c.kind in PI_KINDS]
     if not found:
         return "no PI columns found: no column holds ID numbers, mobiles, names or addresses"
     return ("PI found (" + ", ".join(sorted(set(found))) + ") but no key to match residents by: "
-            "an ID number, a mobile, a name with a birth date, or a name with an address is needed")
+            "an ID number, a mobile, a name with a birth date, a name with an address, or the vault's "
+            "record ids is needed")
 
 
 def _detect(st: _TableState, rows: list[list[str | None]]) -> None:
@@ -385,7 +415,7 @@ def _detect(st: _TableState, rows: list[list[str | None]]) -> None:
     st.cols = {c.kind: c.index for c in st.columns if c.kind and c.primary}
     has_birth = "id_number" in st.cols or "birth_date" in st.cols
     # name and address: no blind index, but two exact values of an exported row or a canary
-    st.usable = ("id_number" in st.cols or "mobile" in st.cols
+    st.usable = ("id_number" in st.cols or "mobile" in st.cols or "record_id" in st.cols
                  or ("name" in st.cols and (has_birth or "address" in st.cols)))
 
 
@@ -432,7 +462,7 @@ def _tally(res: CheckResult, st: _TableState, rows: list[list[str | None]], out:
         res.matched_by[by] = res.matched_by.get(by, 0) + n
         res.rows_matched += n
         st.rows_matched += n
-    field_cols = [(c.kind, c.index) for c in st.columns or () if c.kind]
+    field_cols = [(c.kind, c.index) for c in st.columns or () if c.kind in PI_KINDS]
     for rid, j, region6 in out.firsts:
         if rid in matched:
             continue

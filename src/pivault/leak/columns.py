@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from functools import cache
 
 from pivault.model import address as _address
+from pivault.model import is_record_id
 from pivault.model import mobile as _mobile
 from pivault.model import resident_id as _rid
 
@@ -28,6 +29,7 @@ __all__ = [
     "COMPOUND_SURNAMES",
     "KINDS",
     "MATCH_KINDS",
+    "PI_KINDS",
     "Column",
     "classify",
     "detect_columns",
@@ -44,11 +46,15 @@ __all__ = [
 ]
 
 #: kinds of PI column, in precedence order for ties
-KINDS: tuple[str, ...] = ("id_number", "mobile", "birth_date", "gender", "name", "address", "notes")
+KINDS: tuple[str, ...] = ("id_number", "mobile", "birth_date", "gender", "name", "address", "notes",
+                          "record_id")
+#: kinds that are PI (a record id is the vault's own opaque id: it exposes nothing of the resident,
+#: but a dump that carries ids the vault issued was served by it)
+PI_KINDS: tuple[str, ...] = KINDS[:-1]
 #: kinds the matcher uses to find residents through the blind indexes
 MATCH_KINDS: tuple[str, ...] = ("id_number", "mobile", "name", "birth_date")
 _THRESHOLD = {"id_number": 0.5, "mobile": 0.5, "birth_date": 0.6, "gender": 0.8, "name": 0.6,
-              "address": 0.6, "notes": 0.6}
+              "address": 0.6, "notes": 0.6, "record_id": 0.5}
 _MIN_VALUES = 3
 
 # The ~300 commonest surnames (together >95 % of the population) and the compound ones.
@@ -309,6 +315,8 @@ def classify(value: str | None) -> str | None:
     v = value.strip()
     if not v:
         return None
+    if len(v) == 28 and is_record_id(v):
+        return "record_id"
     if fast_id_number(v):
         return "id_number"
     if fast_mobile(v):

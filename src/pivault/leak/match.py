@@ -41,6 +41,7 @@ from pivault.leak.columns import (
     plain_address,
 )
 from pivault.leak.exports import ROW_KEYS, ExportRegistry, row_key
+from pivault.model import is_record_id
 from pivault.store.db import Database
 
 __all__ = ["KEY_PAIRS", "MATCH_CELLS", "Keys", "MatchResult", "Matcher", "Outcome", "PairIndex", "RowMatch",
@@ -235,6 +236,9 @@ class Outcome:
     firsts: list[tuple[str, int, str]] = field(default_factory=list)
     #: rows that are export canaries: (export id, canary number, exact keys, hit by ID number)
     canaries: list[tuple[str, int, int, bool]] = field(default_factory=list)
+    #: rows nothing above confirmed that carry an id of the vault's form: (row index, record id),
+    #: for the caller to look up in the store (a worker never touches it)
+    record_ids: list[tuple[int, str]] = field(default_factory=list)
 
     @property
     def rows_matched(self) -> int:
@@ -280,8 +284,8 @@ class Matcher:
     def cells(self) -> tuple[str, ...]:
         """The cells :meth:`outcome` reads (see :func:`match_columns`)."""
         if any(self.registry.canaries.values()):
-            return MATCH_CELLS
-        return MATCH_CELLS[:-1]
+            return (*MATCH_CELLS, "record_id")
+        return (*MATCH_CELLS[:-1], "record_id")
 
     # -- one batch -----------------------------------------------------------------------
     def match(self, rows: Sequence[Sequence[str | None]], cols: dict[str, int]) -> MatchResult:
@@ -337,6 +341,7 @@ class Matcher:
         given = [(i is not None) + (m is not None) + (nb is not None)
                  for i, m, nb in zip(ids, mobiles, nbs, strict=True)]
         exported: dict[int, tuple[str, int]] = {}
+        canary_rows: set[int] = set()
         if canaries:
             raw = columns.get("address")
             addresses = [plain_address(v) if v else None for v in raw] if raw is not None else none
@@ -357,8 +362,18 @@ class Matcher:
                     # number reissued, a common name and birthday): a resident, not evidence
                     continue
                 res.canaries.append((eid[0], eid[1], keys_, by_id))
+                canary_rows.add(j)
                 rids[j] = None  # a canary row is not a resident
                 via[j] = None
+        raw = columns.get("record_id")
+        if raw is not None:
+            # a masked copy of what the door served (an API response, a screen) keeps no value the
+            # blind indexes can use, but each record's id: the store says whether it issued it
+            for j, v in enumerate(raw):
+                if v and rids[j] is None and j not in canary_rows:
+                    v = v.strip()
+                    if len(v) == 28 and is_record_id(v):
+                        res.record_ids.append((j, v))
         res.single_key = given.count(1)
         res.with_keys = rows - given.count(0)
         counts = Counter(via)

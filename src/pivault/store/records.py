@@ -383,6 +383,11 @@ class RecordStore:
     def _duplicates(self, ids: list[str]) -> list[str]:
         return sorted(_repeats(ids) | self._existing(sorted(set(ids))))
 
+    def existing(self, ids: Sequence[str]) -> set[str]:
+        """Which of ``ids`` the store holds: ids only, no ciphertext read (the leak check
+        confirms a copied record id with it)."""
+        return self._existing(ids)
+
     def _existing(self, ids: Sequence[str]) -> set[str]:
         out: set[str] = set()
         if self._pg:
