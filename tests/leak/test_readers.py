@@ -130,6 +130,24 @@ def test_jsonl_and_json_array_and_object(tmp_path: Path) -> None:
     assert table.source.endswith("#data") and len(rows) == 100
 
 
+def test_jsonl_of_api_answers_is_read_record_by_record(tmp_path: Path) -> None:
+    """A copy scraped answer by answer: each line an envelope holding a page of records."""
+    recs = [{"record_id": f"r_{i:026d}", "name": r["name"], "mobile": r["mobile"]}
+            for i, r in enumerate(PEOPLE[:10])]
+    p = tmp_path / "answers.jsonl"
+    p.write_text("".join(json.dumps({"count": 2, "records": recs[i:i + 2], "revealed": []},
+                                    ensure_ascii=False) + "\n" for i in range(0, 10, 2))
+                 # a record that holds a list of objects of its own stays one record
+                 + json.dumps({"name": PEOPLE[10]["name"], "addresses": [{"city": "x"}, {"city": "y"}]},
+                              ensure_ascii=False) + "\n", encoding="utf-8")
+    table, rows = only_table(p)
+    assert table.rows == 11
+    assert table.header is not None and table.header[:3] == ["record_id", "name", "mobile"]
+    assert [r[0] for r in rows[:10]] == [r["record_id"] for r in recs]
+    assert rows[10][1] == PEOPLE[10]["name"]
+    assert any("record by record" in n for n in table.notes)
+
+
 def test_json_array_streams_across_chunk_boundaries(tmp_path: Path) -> None:
     recs = [{"n": i, "s": "x" * 500} for i in range(5000)]  # ~2.6 MB: several read chunks
     p = tmp_path / "big.json"

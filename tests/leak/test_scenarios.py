@@ -324,6 +324,15 @@ def test_masked_copy_of_served_records_is_traced_by_record_id(scene: dict[str, o
     again = check(w.vault, [answer], ctx=ctx("dpo-1", "dpo"), save=False)
     assert again.residents_matched == 150 and again.matched_by == {"record_id": 150}
 
+    # scraped answer by answer, one JSON line each (three records an answer)
+    lines = tmp_path / "answers.jsonl"
+    lines.write_text("".join(json.dumps({"count": 3, "records": served[i:i + 3], "revealed": []},
+                                        ensure_ascii=False) + "\n" for i in range(0, 150, 3)),
+                     encoding="utf-8")
+    scraped = check(w.vault, [lines], ctx=ctx("dpo-1", "dpo"), save=False)
+    assert scraped.rows_read == 150 and scraped.matched_by == {"record_id": 150}
+    assert any("record by record" in n for t in scraped.tables for n in t["notes"])
+
     # the same masked values without their ids: nothing to match them by
     bare = tmp_path / "scrape-no-ids.jsonl"
     bare.write_text("".join(json.dumps({k: v for k, v in r.items() if k != "record_id"},

@@ -467,6 +467,26 @@ def _flatten(obj: dict[str, Any], prefix: str, out: dict[str, object], depth: in
             out[name] = value
 
 
+#: members that hold a page of records in an API's answer (``{"count": 3, "records": [...]}``)
+_ENVELOPE_KEYS = frozenset({"records", "data", "items", "results", "rows"})
+
+
+def _envelope(obj: object) -> list[dict[str, Any]] | None:
+    """The records of a JSON line that is one answer of an API (a copy scraped answer by answer),
+    or None for a line that is itself a record.
+
+    Only a member of a known name whose value is a list of objects counts: a record with a
+    list of, say, addresses stays one record.
+    """
+    if not isinstance(obj, dict):
+        return None
+    for key in _ENVELOPE_KEYS.intersection(obj):
+        value = obj[key]
+        if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+            return value
+    return None
+
+
 def _read_jsonl(stream: IO[bytes], source: str, encoding: str, limit: int, batch: int) -> Iterator[Batch]:
     table = Table(source, "jsonl", encoding)
     cols = _Columns(table)
@@ -484,7 +504,13 @@ def _read_jsonl(stream: IO[bytes], source: str, encoding: str, limit: int, batch
                 table.rejected += 1
                 table.note("lines that are not JSON were skipped")
                 continue
-            yield cols.row(obj)
+            inner = _envelope(obj)
+            if inner is None:
+                yield cols.row(obj)
+            else:
+                table.note("lines holding a list of records (an API answer each) were read record by record")
+                for rec in inner:
+                    yield cols.row(rec)
 
     yield from _batched(table, rows(), batch)
     if table.header == []:
