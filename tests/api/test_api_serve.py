@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from pivault.api.server import ServeOptions, ServeRefused, is_loopback, preflight
 from pivault.api.tls import make_dev_cert
 from pivault.cli.serve_cmds import app
-from pivault.policy import PolicyError
+from pivault.policy import Policy, PolicyError
 from pivault.policy.tokens import TokenStore
 from pivault.store.db import Database
 from pivault.vault import init, load
@@ -134,6 +134,28 @@ def test_nonsense_limits_refuse_to_start(home: Path) -> None:
         err = r.stderr.decode()
         assert r.returncode == 2 and err.startswith("error[serve.refused]:") and what in err, (args, err)
         assert "Traceback" not in err and len(err.splitlines()) == 1
+
+
+def test_client_share_limits_are_checked_and_named(home: Path) -> None:
+    """Each client address's share (connections, TLS handshakes a second): out of range, serve says
+    which option and its range in one line and does not start; in range, the banner states them."""
+    rate = "--max-client-handshake-rate"
+    for args, what in (((rate, "0"), f"{rate} is between 1 and 10000 new TLS handshakes a second"),
+                       ((rate, "10001"), f"{rate} is between 1 and 10000"),
+                       (("--max-client-connections", "0"), "--max-client-connections is between 1 and")):
+        r = subprocess.run(serve_cmd(home, "--port", str(free_port()), *args), env=server_env(home),
+                           capture_output=True, timeout=60)
+        err = r.stderr.decode()
+        assert r.returncode == 2 and err.startswith("error[serve.refused]:") and what in err, (args, err)
+        assert "Traceback" not in err and len(err.splitlines()) == 1
+    tls = ServeOptions(home=str(home), certfile="c.pem", keyfile="k.pem", max_client_connections=8,
+                       max_client_handshake_rate=20)
+    from pivault.api.server import Preflight, banner
+
+    line = next(x for x in banner(tls, Preflight(Policy.default(), None, [])).splitlines()
+                if x.startswith("per client address"))
+    assert line == ("per client address and worker: 8 connections (TLS handshakes in progress included), "
+                    "20 new TLS handshakes a second; more are closed before their handshake")
 
 
 def test_a_taken_port_is_one_line_before_the_banner(home: Path, tmp_path: Path) -> None:

@@ -25,7 +25,10 @@ with those bounds:
   ``max_head`` of an unfinished head;
 - one client address holds at most ``per_client`` connections to a worker; one
   more is answered ``503`` at once and closed, before anything is read or
-  parsed.
+  parsed. Over TLS this protocol only sees a connection once its handshake is
+  done, so ``pivault serve`` counts TLS connections from their accept, before
+  the handshake, in its event loop (:mod:`pivault.api.admission`); this count
+  then never reaches the cap and holds for plain HTTP.
 
 No task and no timer is made for a request whose head arrives in one read
 (nearly all): the head timer is armed only when a read ends inside a head, or

@@ -30,9 +30,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from pivault.api.admission import AdmissionLimits
 from pivault.api.app import ROUTES, PolicyHolder, ServiceConfig, create_app
 from pivault.api.connection import ConnectionLimits, GuardedProtocol
-from pivault.api.handshake import HANDSHAKE_ENV
+from pivault.api.handshake import ADMISSION_ENV, HANDSHAKE_ENV, admission_env
 from pivault.api.workers import balanced, listen_group, serve_workers
 from pivault.errors import ConfigError
 from pivault.policy.policy import Policy
@@ -56,6 +57,8 @@ RELOAD_MARKER = "policy.reload"
 LIMIT_CONCURRENCY = 1000
 #: the largest request head (request line and headers), bytes; 431 beyond
 MAX_HEAD = 16 * 1024
+#: the most new TLS handshakes a second one client address may be allowed at a worker
+MAX_HANDSHAKE_RATE = 10_000
 #: the budget counters several workers share when none are configured, in ``<home>/run``
 COUNTERS_FILE = "counters.db"
 
@@ -80,8 +83,10 @@ class ServeOptions:
     timeout: float = 30.0
     #: seconds for a request's head (request line and headers) to arrive whole (api/connection.py)
     head_timeout: float = 10.0
-    #: connections one client address may hold open to each worker
+    #: connections one client address may hold open to each worker, TLS handshakes in progress included
     max_client_connections: int = 256
+    #: TLS handshakes one client address may start at each worker per second (and at once)
+    max_client_handshake_rate: int = 256
     log_to_stderr: bool = True
 
     @property
@@ -191,6 +196,9 @@ def preflight(opts: ServeOptions, tokens: TokenStore | None = None) -> Preflight
         raise ServeRefused("--head-timeout is more than 0 and at most 300 seconds")
     if not (1 <= opts.max_client_connections <= LIMIT_CONCURRENCY):
         raise ServeRefused(f"--max-client-connections is between 1 and {LIMIT_CONCURRENCY}")
+    if not (1 <= opts.max_client_handshake_rate <= MAX_HANDSHAKE_RATE):
+        raise ServeRefused(f"--max-client-handshake-rate is between 1 and {MAX_HANDSHAKE_RATE} new TLS "
+                           "handshakes a second")
     # a service that answers every request 413, or times every one out, is not started
     if opts.max_body < 1:
         raise ServeRefused("--max-body is the largest request body in bytes: at least 1")
@@ -287,6 +295,9 @@ def banner(opts: ServeOptions, pre: Preflight) -> str:
         f"access log: {opts.access_log} (method, route, status, principal, latency; no PI)",
         f"read budgets: counters {pre.counters}; audit trail and detection on every read",
         f"read limits together: {pre.limits}",
+        f"per client address and worker: {opts.max_client_connections} connections"
+        + (f" (TLS handshakes in progress included), {opts.max_client_handshake_rate} new TLS handshakes "
+           "a second; more are closed before their handshake" if opts.tls else "; 503 beyond"),
         "audit chain: " + ("the workers' journals chained by the node's audit chainer process"
                            if opts.workers > 1 and balanced()
                            else "the journal chained by a thread of the worker"),
@@ -397,6 +408,8 @@ def run(opts: ServeOptions, *, echo: Callable[[str], None] = print) -> None:
     echo(banner(opts, pre))
     os.environ[OPTIONS_ENV] = opts.to_env()
     os.environ[HANDSHAKE_ENV] = repr(opts.head_timeout)  # read by every worker's event loop
+    os.environ[ADMISSION_ENV] = admission_env(AdmissionLimits(  # so is each address's share of handshakes
+        per_client=opts.max_client_connections, rate=float(opts.max_client_handshake_rate)))
     if pre.counters_url:
         from pivault.detect.setup import COUNTERS_ENV
 
@@ -408,7 +421,8 @@ def run(opts: ServeOptions, *, echo: Callable[[str], None] = print) -> None:
         "server_header": False, "proxy_headers": False, "log_level": "warning",
         "timeout_keep_alive": 5, "timeout_graceful_shutdown": 10, "h11_max_incomplete_event_size": MAX_HEAD,
         "limit_concurrency": LIMIT_CONCURRENCY,
-        # a TLS handshake has the head's deadline too, instead of the event loop's minute
+        # a TLS handshake has the head's deadline too, instead of the event loop's minute, and counts
+        # against its client address from the accept (api/admission.py)
         "loop": "pivault.api.handshake:deadline_loop",
         # no WebSocket: the service has no such route, and an upgrade would leave the protocol's
         # limits and the middleware's headers and token check behind

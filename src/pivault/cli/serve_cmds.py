@@ -147,8 +147,13 @@ def serve(
     head_timeout: Annotated[float, typer.Option(
         "--head-timeout", help="Longest wait for a request's line and headers, seconds (408 after).")] = 10.0,
     max_client_connections: Annotated[int, typer.Option(
-        "--max-client-connections", help="Connections one client address may hold open to each worker "
-                                         "(503 beyond).")] = 256,
+        "--max-client-connections", help="Connections one client address may hold open to each worker, "
+                                         "TLS handshakes in progress included (beyond: 503, or over TLS "
+                                         "closed before the handshake).")] = 256,
+    max_client_handshake_rate: Annotated[int, typer.Option(
+        "--max-client-handshake-rate", help="New TLS handshakes one client address may start at each "
+                                            "worker per second, and at once (beyond: closed before the "
+                                            "handshake).")] = 256,
 ) -> None:
     """Serve the vault over HTTPS to token holders, as the policy allows. Refuses to start unsafe."""
     from pivault.api.server import ServeOptions, run
@@ -160,7 +165,8 @@ def serve(
     opts = ServeOptions(home=str(h), host=host, port=port, workers=workers,
                         certfile=str(cert) if cert else None, keyfile=str(key) if key else None,
                         policy=str(policy) if policy else None, max_body=max_body, timeout=timeout,
-                        head_timeout=head_timeout, max_client_connections=max_client_connections)
+                        head_timeout=head_timeout, max_client_connections=max_client_connections,
+                        max_client_handshake_rate=max_client_handshake_rate)
     run(opts, echo=typer.echo)
 
 
