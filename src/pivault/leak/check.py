@@ -219,10 +219,12 @@ class Checker:
                     info["error"] = exc.message
                     res.errors.append({"file": p.name, "code": exc.code, "message": exc.message})
 
+        unplaced: set[str] = set()
         for outcome in self._matched(tasks(), paths):
             st, rows = pending.popleft()
             self._held(outcome, res)
-            _tally(res, st, rows, outcome, matched, canary_strong, canary_single)
+            _tally(res, st, rows, outcome, matched, canary_strong, canary_single, unplaced)
+        self._place(res, unplaced)
         for st in states.values():
             t = st.table
             res.rows_rejected += t.rejected
@@ -245,6 +247,26 @@ class Checker:
         if save:
             _save_case(self.vault, res, matched, self.ctx)
         return res
+
+    def _place(self, res: CheckResult, unplaced: set[str]) -> None:
+        """Count residents matched without an ID number under their record's province.
+
+        Their rows carry no region, but once matched the vault knows their
+        record, and its ID number says where they are registered: the vault
+        gives the counts per region code (no value), the case keeps them per
+        province. A record erased since it was matched stays ``unknown``.
+        """
+        if not unplaced:
+            return
+        counts = self.vault.region_counts(unplaced, ctx=self.ctx)
+        placed = 0
+        for code, n in counts.items():
+            region = _province(code)
+            res.residents_by_region[region] = res.residents_by_region.get(region, 0) + n
+            placed += n
+        if placed < len(unplaced):
+            res.residents_by_region["unknown"] = (res.residents_by_region.get("unknown", 0)
+                                                 + len(unplaced) - placed)
 
     def _matched(self, tasks: Iterator[tuple[dict[str, list[str | None]], int]],
                  paths: Sequence[str | Path]) -> Iterator[Outcome]:
@@ -449,7 +471,9 @@ def _work(task: tuple[dict[str, str | list[str | None]], int]) -> Outcome:
 
 def _tally(res: CheckResult, st: _TableState, rows: list[list[str | None]], out: Outcome,
            matched: set[str], canary_strong: dict[str, set[int]],
-           canary_single: dict[str, set[int]]) -> None:
+           canary_single: dict[str, set[int]], unplaced: set[str]) -> None:
+    """Add a matched batch to the result; residents whose first row has no ID number go to
+    ``unplaced``, to be counted by their record's region once the dump is read."""
     res.expected_false += out.expected_false
     res.rows_with_keys += out.with_keys
     res.rows_single_key += out.single_key
@@ -467,8 +491,11 @@ def _tally(res: CheckResult, st: _TableState, rows: list[list[str | None]], out:
         if rid in matched:
             continue
         matched.add(rid)
-        region = _province(region6) if region6 else "unknown"
-        res.residents_by_region[region] = res.residents_by_region.get(region, 0) + 1
+        if region6:
+            region = _province(region6)
+            res.residents_by_region[region] = res.residents_by_region.get(region, 0) + 1
+        else:
+            unplaced.add(rid)
         # fields of this resident the dump exposes (non-empty cells of PI columns)
         row = rows[j]
         for kind, idx in field_cols:

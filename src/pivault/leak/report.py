@@ -49,7 +49,8 @@ RESIDENT_ADVICE = (
     "it (PIPL art. 44-47).",
 )
 DEFAULT_MEASURES = (
-    "Case opened and the dump matched against the vault without decrypting any record.",
+    "Case opened and the dump matched against the vault without decrypting any record; residents "
+    "named without an ID number were counted by the province of their record inside the vault.",
     "Affected residents identified inside the vault; notification prepared by a notifying role.",
 )
 
