@@ -70,3 +70,13 @@ def test_a_resident_seen_first_without_and_then_with_an_id_number_is_counted_onc
     res = check(world.vault, [dump], ctx=ctx("dpo-1", "dpo"), save=False)
     assert res.residents_matched == 100
     assert res.residents_by_region == dict(Counter(_province(r.id_number[:6]) for r in people))
+
+
+def test_residents_matched_by_record_id_are_counted_in_their_records_province(
+        world: World, tmp_path: Path) -> None:
+    people = world.residents[2000:2060]
+    dump = tmp_path / "ids.csv"
+    dump.write_text("record_id,gender\n" + "".join(f"{r.record_id},M\n" for r in people), encoding="utf-8")
+    res = check(world.vault, [dump], ctx=ctx("dpo-1", "dpo"), save=False)
+    assert res.matched_by == {"record_id": 60}
+    assert res.residents_by_region == dict(Counter(_province(r.id_number[:6]) for r in people))
