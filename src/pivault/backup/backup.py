@@ -1,11 +1,17 @@
 """``pivault backup``: a consistent, signed, online copy of the data store.
 
 What is in it: every table of the store as it was at one instant
-(ciphertext, blind indexes, audit trail, import and job state), and the
-keyring file (keysets encrypted under the root key). What is not: any
-plaintext, any key in clear, and the record keys, which live beside the
-keyring and have their own backup (:func:`backup_record_keys`), so that an
-erase also reaches every data backup already taken.
+(ciphertext, blind indexes, audit trail, import and job state), the
+keyring file (keysets encrypted under the root key), and (format 2) the
+wrapped record keys of every record version it copies, read against the
+same instant, so that the backup restores on its own after a record was
+corrected (an update drops the key of the version it replaces). Those keys
+are sealed, a frame at a time, under a fresh key of this backup that is
+kept in the record-key store beside the keyring and never in the backup:
+the data shelf alone, even with the root key, opens no record, and once
+that key is forgotten (``pivault keys gc --backup-keys-older-than``) an
+erasure is final in this backup too. What is not in it: any plaintext,
+any key in clear, and the keys of records erased before the copy.
 
 Consistency while the vault keeps serving:
 
@@ -36,15 +42,18 @@ from typing import Any
 
 from pivault import __version__
 from pivault.backup.manifest import write_container
-from pivault.backup.signing import BackupError, load_or_create_signing_key
+from pivault.backup.signing import BackupError, SigningKey, load_or_create_signing_key
 from pivault.crypto import Keyring
+from pivault.crypto.recordkeys import RecordKey, key_ref_of
 from pivault.keys.events import KeyEvents, noop
-from pivault.keys.shred import RecordKeyStore
+from pivault.keys.shred import KeySnapshot, RecordKeyStore
 from pivault.store.db import Database
 
 __all__ = ["BackupResult", "backup_record_keys", "create_backup", "ident", "pg_tables"]
 
 _RK_ROW = struct.Struct(">H")
+#: rows read from a snapshot of the store being backed up: (sql with ``?``, params) -> rows
+Query = Callable[[str, tuple[Any, ...]], list[tuple[Any, ...]]]
 
 
 @dataclass
@@ -96,12 +105,18 @@ def _audit_head(query: Callable[[str], list[tuple[Any, ...]]], has_table: bool) 
     return {"chain_id": str(chain), "seq": int(seq), "mac": bytes(mac).hex()}
 
 
-def _dump_sqlite(db: Database, dest: Path) -> dict[str, Any]:
-    src = sqlite3.connect(db.url.target, timeout=30.0)
+def _dump_sqlite(db: Database, dest: Path, pinned: Callable[[], None],
+                 collect: Callable[[Query], None]) -> dict[str, Any]:
+    src = sqlite3.connect(db.url.target, timeout=30.0, isolation_level=None)
     try:
+        # pin the snapshot first (a read transaction): the record keys are read against this instant
+        src.execute("BEGIN")
+        src.execute("SELECT COUNT(*) FROM sqlite_master").fetchall()
+        pinned()
         dst = sqlite3.connect(dest)
         try:
-            src.backup(dst)  # one step: a single consistent read of every page
+            src.backup(dst)  # one step, inside the pinned read: a single consistent read of every page
+            src.execute("COMMIT")
             dst.execute("PRAGMA journal_mode=DELETE")
             tables = [r[0] for r in dst.execute(
                 "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'"
@@ -118,6 +133,8 @@ def _dump_sqlite(db: Database, dest: Path) -> dict[str, Any]:
             vid = dst.execute("SELECT value FROM vault_meta WHERE key = 'vault_id'").fetchone() \
                 if "vault_meta" in tables else None
             info["store_vault_id"] = vid[0] if vid else None
+            if "records" in tables:
+                collect(lambda sql, params: dst.execute(sql, params).fetchall())
             dst.commit()
         finally:
             dst.close()
@@ -145,7 +162,8 @@ def pg_tables(conn: Any) -> dict[str, list[str]]:
     return out
 
 
-def _dump_postgresql(db: Database, stage: Path) -> tuple[dict[str, Any], list[tuple[str, Path]]]:
+def _dump_postgresql(db: Database, stage: Path, pinned: Callable[[], None],
+                     collect: Callable[[Query], None]) -> tuple[dict[str, Any], list[tuple[str, Path]]]:
     import psycopg
 
     files: list[tuple[str, Path]] = []
@@ -154,7 +172,8 @@ def _dump_postgresql(db: Database, stage: Path) -> tuple[dict[str, Any], list[tu
         conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
         conn.read_only = True
         with conn.transaction():
-            tables = pg_tables(conn)
+            tables = pg_tables(conn)  # the first statement: the snapshot is taken here
+            pinned()
             for t, cols in sorted(tables.items()):
                 collist = ", ".join(ident(c) for c in cols)
                 path = stage / f"{t}.copy"
@@ -174,42 +193,185 @@ def _dump_postgresql(db: Database, stage: Path) -> tuple[dict[str, Any], list[tu
             info["audit_head"] = _audit_head(q, "audit_head" in tables)
             vid = q("SELECT value FROM vault_meta WHERE key = 'vault_id'") if "vault_meta" in tables else []
             info["store_vault_id"] = vid[0][0] if vid else None
+            if "records" in tables:
+                collect(lambda sql, params: [tuple(r) for r in conn.execute(
+                    sql.replace("?", "%s"), params).fetchall()])
     return info, files
 
 
+class _Race(Exception):
+    """A version copied into the backup lost its key before it could be read (retry the backup)."""
+
+
+#: data backups written now: version 2 carries the record keys of the versions it holds, sealed
+DATA_FORMAT_VERSION = 2
+#: the sealed record keys inside a data backup
+SEALED_MEMBER = "record_keys.sealed"
+#: record keys per sealed frame (about 1 MiB of plaintext per frame at most)
+_FRAME_KEYS = 8192
+_FRAME = struct.Struct(">I")
+#: attempts at a backup whose copied versions lost a key in the instant between its snapshots
+_ATTEMPTS = 3
+
+
+def sealing_record_id(backup_id: str) -> str:
+    """The record id the key sealing a data backup's record keys is bound to (never a resident's)."""
+    return f"pivault.backup/{backup_id}"
+
+
+def frame_field(n: int) -> str:
+    """The associated-data field name of sealed frame ``n``: frames cannot be reordered or swapped."""
+    return f"record_keys/{n}"
+
+
+class _Sealer:
+    """Writes ``u16 len | record id | stored key`` rows, sealed a frame at a time, to a file."""
+
+    def __init__(self, path: Path, key: RecordKey) -> None:
+        self._fh = open(path, "wb")  # noqa: SIM115 - closed by close()
+        self._key = key
+        self._rows: list[bytes] = []
+        self._frames = 0
+        self.count = 0
+
+    def add(self, record_id: str, stored: bytes) -> None:
+        raw = record_id.encode("utf-8")
+        self._rows.append(_RK_ROW.pack(len(raw)) + raw + stored)
+        self.count += 1
+        if len(self._rows) >= _FRAME_KEYS:
+            self._flush()
+
+    def _flush(self) -> None:
+        if not self._rows:
+            return
+        ct = self._key.encrypt(frame_field(self._frames), b"".join(self._rows))
+        self._fh.write(_FRAME.pack(len(ct)) + ct)
+        self._frames += 1
+        self._rows.clear()
+
+    def close(self) -> None:
+        self._flush()
+        self._fh.close()
+
+
+def _collector(sealer: _Sealer, snaps: list[KeySnapshot]) -> Callable[[Query], None]:
+    """Reads the copied rows' key refs and seals the key of each version, from the key snapshots.
+
+    ``snaps`` is [before, after]: key-store snapshots taken just before and
+    just after the data's. A version's key is taken from *after*; one
+    missing there whose record still holds a key was corrected in between
+    (the correction dropped it), so it comes from *before*. A record with no
+    key *after* was erased: its key is left out, even though *before* has
+    it. A version found in neither was written and corrected within the
+    instant between the snapshots: :class:`_Race`, the backup starts again.
+    """
+    def collect(query: Query) -> None:
+        before, after = snaps
+        last = ""
+        while True:
+            rows = query("SELECT record_id, name FROM records WHERE record_id > ? ORDER BY record_id"
+                         " LIMIT ?", (last, 1000))
+            if not rows:
+                return
+            last = str(rows[-1][0])
+            named = {str(rid): ref for rid, name in rows
+                     if name is not None and (ref := key_ref_of(bytes(name))) is not None}
+            now = after.keys_of(list(named))
+            gone = [rid for rid, ref in named.items() if rid in now and ref not in now[rid]]
+            earlier = before.keys_of(gone) if gone else {}
+            for rid, ref in named.items():
+                if rid not in now:
+                    continue  # erased since the rows were copied: its key stays gone
+                stored = now[rid].get(ref) or earlier.get(rid, {}).get(ref)
+                if stored is None:
+                    raise _Race
+                sealer.add(rid, stored)
+    return collect
+
+
 def create_backup(db: Database, keyring: Keyring, out: str | os.PathLike[str], *,
-                  events: KeyEvents = noop) -> BackupResult:
-    """Write a signed backup of ``db`` and the keyring file to ``out`` (never overwriting)."""
+                  events: KeyEvents = noop, record_keys: RecordKeyStore | None = None,
+                  on_snapshot: Callable[[], None] | None = None) -> BackupResult:
+    """Write a signed backup of ``db``, the keyring file and its versions' record keys to ``out``.
+
+    Never overwrites. The record keys come from ``record_keys`` (default:
+    the vault's record-key store beside the keyring), read against the same
+    instant as the rows (:func:`_collector`), sealed under a key of this
+    backup that is kept in that store and not in the backup (see the module
+    doc). ``on_snapshot`` is called once the rows' snapshot is taken, before the
+    second key snapshot (for drills of changes made while a backup runs).
+    """
     t0 = time.monotonic()
     target = Path(out).expanduser().absolute()
     if target.exists():
         raise BackupError(f"{target.name} exists; refusing to overwrite a backup", code="backup.exists")
     signer = load_or_create_signing_key(keyring)
-    with _staging(target) as stage:
+    with contextlib.ExitStack() as owned:
+        if record_keys is None:
+            from pivault.keys.attach import open_record_key_store
+
+            record_keys = owned.enter_context(open_record_key_store(keyring))
+        if record_keys.vault_id != keyring.vault_id:
+            raise BackupError("the record-key store belongs to another vault", code="backup.vault")
+        for attempt in range(_ATTEMPTS):
+            try:
+                manifest = _write_backup(db, keyring, record_keys, target, signer, on_snapshot)
+                break
+            except _Race:
+                on_snapshot = None
+                if attempt == _ATTEMPTS - 1:
+                    raise BackupError(
+                        f"records kept being written and corrected while the backup read them, {_ATTEMPTS}"
+                        " times over; no backup was written", code="backup.busy",
+                        hint="run the backup again, at a quieter moment") from None
+    events("backup.create", "ok", {"backup_id": manifest["backup_id"], "file": target.name,
+                                   "records": manifest["counts"].get("records", 0),
+                                   "record_keys": manifest["record_keys"]["keys"]})
+    return BackupResult(target, manifest, time.monotonic() - t0)
+
+
+def _write_backup(db: Database, keyring: Keyring, keys: RecordKeyStore, target: Path, signer: SigningKey,
+                  on_snapshot: Callable[[], None] | None) -> dict[str, Any]:
+    backup_id = str(uuid.uuid4())
+    seal = keyring.new_record_key(sealing_record_id(backup_id))
+    with _staging(target) as stage, contextlib.ExitStack() as snaps_open:
+        sealer = _Sealer(stage / SEALED_MEMBER, seal)
+        snaps_open.callback(sealer.close)
+        snaps = [snaps_open.enter_context(keys.pinned())]
+
+        def pinned() -> None:
+            if on_snapshot is not None:
+                on_snapshot()
+            snaps.append(snaps_open.enter_context(keys.pinned()))
+
+        collect = _collector(sealer, snaps)
         if db.dialect == "sqlite":
             path = stage / "vault.db"
-            info = _dump_sqlite(db, path)
+            info = _dump_sqlite(db, path, pinned, collect)
             files = [("data/vault.db", path)]
         else:
-            info, files = _dump_postgresql(db, stage)
+            info, files = _dump_postgresql(db, stage, pinned, collect)
+        snaps_open.close()
         if info.get("store_vault_id") != keyring.vault_id:
             raise BackupError("the store is not bound to this keyring's vault", code="backup.vault")
         kr_copy = stage / "keyring.json"
         shutil.copyfile(keyring.path, kr_copy)
         files.append(("keyring.json", kr_copy))
+        files.append((SEALED_MEMBER, stage / SEALED_MEMBER))
         manifest = {
-            "format": "pivault.backup", "version": 1, "kind": "data",
-            "backup_id": str(uuid.uuid4()), "vault_id": keyring.vault_id, "created": _now(),
+            "format": "pivault.backup", "version": DATA_FORMAT_VERSION, "kind": "data",
+            "backup_id": backup_id, "vault_id": keyring.vault_id, "created": _now(),
             "pivault_version": __version__, "backend": db.dialect,
             "schema": info["schema"], "tables": info["tables"], "counts": info["counts"],
             "audit_head": info["audit_head"], "keyring_generation": keyring.generation,
-            "record_keys": "not included: they are kept beside the keyring and backed up by "
-                           "`pivault keys backup`, so an erase reaches this backup too",
+            "record_keys": {"keys": sealer.count, "file": SEALED_MEMBER,
+                            "sealed_by": "a key of this backup kept in the record-key store beside the "
+                                         "keyring, never in the backup: an erase reaches this backup "
+                                         "once that key is forgotten (`pivault keys gc`)"},
         }
-        manifest = write_container(target, files, manifest, signer)
-    events("backup.create", "ok", {"backup_id": manifest["backup_id"], "file": target.name,
-                                   "records": manifest["counts"].get("records", 0)})
-    return BackupResult(target, manifest, time.monotonic() - t0)
+        # the sealing key is kept before the backup exists: no backup whose keys nothing opens
+        keys.put_backup_key(backup_id, seal.stored)
+        return write_container(target, files, manifest, signer)
 
 
 def backup_record_keys(store: RecordKeyStore, keyring: Keyring, out: str | os.PathLike[str], *,

@@ -48,6 +48,9 @@ _MAX_MEMBERS = 4096
 _HEADER_RECORDS = (tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE, tarfile.GNUTYPE_LONGNAME,
                    tarfile.GNUTYPE_LONGLINK)
 _HEADER_LIMIT = 64 << 10
+#: manifest versions this pivault reads: 1 (data backups without record keys), 2 (data backups
+#: carrying their versions' record keys, sealed); record-key backups are version 1
+_VERSIONS = (1, 2)
 
 
 def _canonical(doc: dict[str, Any]) -> bytes:
@@ -175,7 +178,7 @@ class Container:
             if not isinstance(manifest, dict) or manifest.get("format") != "pivault.backup":
                 tar.close()
                 raise BackupError(f"{p.name} is not a pivault backup", code="backup.format")
-            if manifest.get("version") != 1:
+            if manifest.get("version") not in _VERSIONS:
                 tar.close()
                 raise BackupError(f"{p.name} was written by a newer pivault", code="backup.version")
         except BaseException:
@@ -329,6 +332,11 @@ def _malformed(m: dict[str, Any]) -> str | None:
         return None if "data/record_keys.bin" in names else "no record-key stream"
     if m.get("kind") != "data":
         return "no kind of backup"
+    if m.get("version") == 2:
+        rk = m.get("record_keys")
+        if not isinstance(rk, dict) or not _count(rk.get("keys")) or rk.get("file") not in names \
+                or rk.get("file") != "record_keys.sealed":
+            return "no sealed record keys"
     tables, schema = m.get("tables"), m.get("schema")
     if not isinstance(tables, dict) or not all(isinstance(spec, dict) and _names(spec.get("columns"))
                                                for spec in tables.values()):

@@ -49,7 +49,7 @@ from pivault.backup.backup import ident
 from pivault.backup.manifest import Container
 from pivault.backup.signing import BackupError, VerifyKey
 from pivault.crypto import IntegrityError, Keyring
-from pivault.crypto.recordkeys import KEY_REF_BYTES, RECORD_KEY_BYTES, key_ref_of
+from pivault.crypto.recordkeys import KEY_REF_BYTES, RECORD_KEY_BYTES, RecordKey, key_ref_of
 from pivault.errors import ConfigError
 from pivault.keys import seen
 from pivault.keys.events import KeyEvents, noop
@@ -621,9 +621,19 @@ def restore(path: str | os.PathLike[str], store_url: str, key: VerifyKey, *,
         settle: Callable[[Query], None] | None = None
         if record_keys is not None:
             keys = record_keys
+            sources: list[_KeySource] = []
+            if rk is not None:
+                backup_rk = rk
+                sources.append(_KeySource("the record-key backup given",
+                                          lambda: _read_record_keys(backup_rk)))
+            own = _own_keys(c, keys, keyring)
+            if own is not None:
+                sources.append(own)
 
             def settle(query: Query) -> None:
-                settled = _settle_version_keys(query, keys, rk, keyring, keep_unreadable)
+                settled = _settle_version_keys(query, keys, sources, keyring, keep_unreadable,
+                                               backup_id=str(c.manifest["backup_id"]),
+                                               has_own=c.manifest.get("version", 1) >= 2)
                 report.corrected_since_backup = len(settled.corrected)
                 report.corrected_record_ids = settled.corrected
                 report.unreadable_record_ids = settled.unreadable
@@ -661,6 +671,9 @@ def restore(path: str | os.PathLike[str], store_url: str, key: VerifyKey, *,
                 report.counts = {t: n for t, n in report.counts.items() if t not in report.not_restored}
         finally:
             db.close()
+        if record_keys is not None:
+            # in place and reported: what this restore put back is no longer news to a rerun
+            record_keys.restore_done(report.backup_id)
     report.seconds = time.monotonic() - t0
     return report
 
@@ -675,21 +688,25 @@ class _VersionKeys:
     unreadable: list[str] = field(default_factory=list)
 
 
-def _corrected_since(query: Query, keys: RecordKeyStore, *, batch_size: int = 1000) -> dict[str, bytes]:
+def _corrected_since(query: Query, keys: RecordKeyStore, earlier: dict[str, bytes], *,
+                     batch_size: int = 1000) -> tuple[dict[str, bytes], list[str]]:
     """Rows whose version has no key while their record keeps one: record id -> the key ref wanted.
 
     An update drops the key of the version it replaces, an erase every key
     of the record. So a row whose key is missing is a record corrected since
     the backup when the record still has a key, and one erased since when it
-    has none (:func:`pivault.keys.shred.purge_erased` deletes those).
+    has none (:func:`pivault.keys.shred.purge_erased` deletes those). Also
+    returned: the rows whose version's key an earlier, unfinished run of
+    this restore already put back (``earlier``), which are corrected too.
     """
     out: dict[str, bytes] = {}
+    again: list[str] = []
     last = ""
     while True:
         rows = query("SELECT record_id, name FROM records WHERE record_id > ? ORDER BY record_id LIMIT ?",
                      (last, batch_size))
         if not rows:
-            return out
+            return out, again
         last = str(rows[-1][0])
         named: dict[str, bytes] = {}
         for rid, name in rows:
@@ -698,26 +715,40 @@ def _corrected_since(query: Query, keys: RecordKeyStore, *, batch_size: int = 10
                 named[str(rid)] = ref
         have = keys.get_many(list(named.items()))
         lacking = [rid for rid, ref in named.items() if (rid, ref) not in have]
+        again.extend(rid for rid, ref in named.items() if (rid, ref) in have and earlier.get(rid) == ref)
         if lacking:
             kept = keys.any_key_many(lacking)
             out.update((rid, named[rid]) for rid in lacking if rid in kept)
 
 
-def _settle_version_keys(query: Query, keys: RecordKeyStore, backup: Container | None,
-                         keyring: Keyring | None, keep_unreadable: bool) -> _VersionKeys:
+@dataclass
+class _KeySource:
+    """Where stored keys of backed-up versions can come from, named for a message."""
+
+    name: str
+    read: Callable[[], Iterator[tuple[str, bytes]]]
+
+
+def _settle_version_keys(query: Query, keys: RecordKeyStore, sources: Sequence[_KeySource],
+                         keyring: Keyring | None, keep_unreadable: bool, *, backup_id: str,
+                         has_own: bool) -> _VersionKeys:
     """Put back the keys of versions corrected since the backup, before the restored rows commit.
 
     Keys go first, as for any write of a record (docs/keys.md): a restore
     that fails after this leaves spare keys of versions no row names, which
-    ``pivault keys gc`` removes; never a row without its key. Refuses,
+    ``pivault keys gc`` removes; never a row without its key. What is put
+    back is noted with the restore (:meth:`RecordKeyStore.put_back_for_restore`),
+    so that a rerun after a crash still reports those records. Refuses,
     having put back nothing, when some version has no key anywhere and
     ``keep_unreadable`` is not given.
     """
-    wanted = _corrected_since(query, keys)
+    wanted, again = _corrected_since(query, keys, keys.put_back_earlier(backup_id))
     found: dict[str, bytes] = {}
-    if wanted and backup is not None:
-        for rid, stored in _read_record_keys(backup):
-            if wanted.get(rid) == stored[:KEY_REF_BYTES]:
+    for source in sources:
+        if len(found) == len(wanted):
+            break
+        for rid, stored in source.read():
+            if rid not in found and wanted.get(rid) == stored[:KEY_REF_BYTES]:
                 found[rid] = stored
     if keyring is not None:
         for rid in sorted(found):
@@ -727,21 +758,87 @@ def _settle_version_keys(query: Query, keys: RecordKeyStore, backup: Container |
                 del found[rid]
     unreadable = sorted(set(wanted) - set(found))
     if unreadable and not keep_unreadable:
-        where = ("neither in the record-key store nor in the record-key backup given" if backup is not None
-                 else "in the record-key store")
+        where = " nor ".join(["in the record-key store", *(s.name for s in sources)])
+        if len(sources) > 0:
+            where = "neither " + where
+        if has_own and not any(s.name == _OWN for s in sources):
+            where += (" (the keys this backup carries are sealed by a key the record-key store no longer"
+                      " holds)")
         shown = ", ".join(unreadable[:_IDS_IN_ERROR]) + (", …" if len(unreadable) > _IDS_IN_ERROR else "")
         raise BackupError(
             f"{len(unreadable)} records corrected since the backup have no key that opens their "
             f"backed-up version {where} ({shown}); nothing was restored", code="restore.keys_missing",
             hint="give the record-key backup taken with this data backup (--record-keys FILE); if no "
                  "copy holds those keys, --keep-unreadable restores the rest and lists these records")
-    added = keys.put_back_versions(sorted(found.items()))
-    corrected = sorted(found)
-    if added != len(found):
-        # a record that lost its last key meanwhile was erased: its key stays gone, its row is purged
-        have = keys.get_many([(rid, stored[:KEY_REF_BYTES]) for rid, stored in found.items()])
-        corrected = [rid for rid in corrected if (rid, found[rid][:KEY_REF_BYTES]) in have]
-    return _VersionKeys(corrected, unreadable)
+    corrected = keys.put_back_for_restore(backup_id, sorted(found.items())) if found else []
+    return _VersionKeys(sorted(set(corrected) | set(again)), unreadable)
+
+
+#: how the keys a data backup carries are named in a message
+_OWN = "the keys this backup carries"
+_FRAME = struct.Struct(">I")
+
+
+def _own_keys(c: Container, keys: RecordKeyStore, keyring: Keyring | None) -> _KeySource | None:
+    """The record keys sealed inside a data backup (format 2), if their sealing key still opens.
+
+    That key is in the record-key store, not in the backup: it is gone when
+    the store was lost or the key expired (``pivault keys gc``), and opens
+    nothing once the field key that wrapped it was retired. Then the backup
+    restores as one without keys does.
+    """
+    from pivault.backup.backup import sealing_record_id
+
+    if keyring is None or c.manifest.get("version", 1) < 2:
+        return None
+    backup_id = str(c.manifest["backup_id"])
+    stored = keys.backup_key(backup_id)
+    if stored is None:
+        return None
+    try:
+        seal = keyring.open_record_key(sealing_record_id(backup_id), stored)
+    except IntegrityError:
+        return None
+    return _KeySource(_OWN, lambda: _read_sealed(c, seal))
+
+
+def _read_sealed(c: Container, seal: RecordKey) -> Iterator[tuple[str, bytes]]:
+    """The keys sealed in a verified data backup, each frame opened and the digest checked as read."""
+    from pivault.backup.backup import SEALED_MEMBER, frame_field
+
+    want = {str(f["name"]): f for f in c.manifest["files"]}.get(SEALED_MEMBER)
+    f = c.open_member(SEALED_MEMBER)
+    h = hashlib.sha256()
+    n = 0
+    while True:
+        head = f.read(_FRAME.size)
+        h.update(head)
+        if not head:
+            break
+        ct = f.read(_FRAME.unpack(head)[0]) if len(head) == _FRAME.size else b""
+        h.update(ct)
+        try:
+            plain = seal.decrypt(frame_field(n), ct)
+        except IntegrityError:
+            raise BackupError("the record keys sealed in the backup do not open", code="backup.corrupt",
+                              hint="restore with --record-keys and the record-key backup taken with "
+                                   "it") from None
+        n += 1
+        yield from _rows(plain)
+    if want is None or h.hexdigest() != want["sha256"]:
+        raise BackupError("the backup changed after it was verified", code="backup.checksum")
+
+
+def _rows(plain: bytes) -> Iterator[tuple[str, bytes]]:
+    at = 0
+    while at < len(plain):
+        (n,) = _RK_ROW.unpack_from(plain, at)
+        at += 2
+        rid, stored = plain[at:at + n], plain[at + n:at + n + RECORD_KEY_BYTES]
+        at += n + RECORD_KEY_BYTES
+        if len(stored) != RECORD_KEY_BYTES:
+            raise BackupError("the record keys sealed in the backup are truncated", code="backup.corrupt")
+        yield rid.decode("utf-8"), stored
 
 
 # -- the audit trail of a damaged store -------------------------------------------------------

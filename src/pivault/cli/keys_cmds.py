@@ -414,15 +414,27 @@ def keys_restore(
 @run_cli
 def keys_gc(
     grace: Annotated[float, typer.Option("--grace", help="Keep keys younger than this (seconds).")] = 3600.0,
+    backup_keys_days: Annotated[float | None, typer.Option(
+        "--backup-keys-older-than", min=0.0,
+        help="Also forget the keys that seal the record keys inside data backups older than this many "
+             "days: from then on an erasure is final in those backups too, and a record corrected since "
+             "one of them needs `--record-keys` to restore.")] = None,
     home: HomeOpt = None, json_out: JsonOpt = False,
 ) -> None:
     """Delete record keys no record uses (left by crashes), older than the grace period."""
     with _opened(home) as o:
         n = o.keys.collect_garbage(o.db, grace_seconds=grace)
+        forgotten = o.keys.forget_backup_keys(older_than_seconds=backup_keys_days * 86400.0) \
+            if backup_keys_days is not None else 0
+        if forgotten:
+            o.events()("keys.forget_backup_keys", "ok", {"backups": forgotten,
+                                                         "older_than_days": backup_keys_days})
     if json_out:
-        _print_json({"deleted": n})
+        _print_json({"deleted": n, "backup_keys_forgotten": forgotten})
     else:
         typer.echo(f"{n:,} orphan record keys deleted")
+        if backup_keys_days is not None:
+            typer.echo(f"{forgotten:,} data backups' record-key seals forgotten")
 
 
 # -- backup / restore -------------------------------------------------------------------
@@ -452,7 +464,8 @@ def backup(
                f"{m['counts'].get('audit_entries', 0):,} audit entries, {res.path.stat().st_size:,} bytes")
     typer.echo(f"signed by backup key {m['signing_key']['fingerprint']} "
                f"(public key {m['signing_key']['public']}; keep a copy of it apart)")
-    typer.echo("record keys are not in it: back them up with `pivault keys backup` to the keyring's shelf")
+    typer.echo(f"with the record keys of its {m['record_keys']['keys']:,} record versions, sealed by a key "
+               "kept in the record-key store; `pivault keys backup` still backs up that store itself")
 
 
 def _verify_key(public_key: str | None, keyring_path: Path) -> Any:

@@ -36,6 +36,7 @@ from pivault.store.records import NewRecords, RecordStore, StoredRecord
 
 __all__ = [
     "RECORD_KEY_STORE_SUFFIX",
+    "KeySnapshot",
     "RecordKeyStore",
     "ShreddingRecordStore",
     "purge_erased",
@@ -56,6 +57,10 @@ _SQLITE_SCHEMA = (
     "CREATE TABLE IF NOT EXISTS key_usage (key_id BIGINT NOT NULL PRIMARY KEY,"
     " encryptions BIGINT NOT NULL, updated_at DOUBLE PRECISION NOT NULL)",
     "CREATE TABLE IF NOT EXISTS keystore_meta (key TEXT NOT NULL PRIMARY KEY, value TEXT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS backup_keys (backup_id TEXT NOT NULL PRIMARY KEY, stored BLOB NOT NULL,"
+    " created_at DOUBLE PRECISION NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS restore_put_back (backup_id TEXT NOT NULL, record_id TEXT NOT NULL,"
+    " key_ref BLOB NOT NULL, PRIMARY KEY (backup_id, record_id))",
 )
 _PG_SCHEMA = (
     "CREATE TABLE IF NOT EXISTS record_keys (record_id TEXT COLLATE \"C\" NOT NULL,"
@@ -64,6 +69,10 @@ _PG_SCHEMA = (
     "CREATE TABLE IF NOT EXISTS key_usage (key_id BIGINT NOT NULL PRIMARY KEY,"
     " encryptions BIGINT NOT NULL, updated_at DOUBLE PRECISION NOT NULL)",
     "CREATE TABLE IF NOT EXISTS keystore_meta (key TEXT NOT NULL PRIMARY KEY, value TEXT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS backup_keys (backup_id TEXT NOT NULL PRIMARY KEY, stored BYTEA NOT NULL,"
+    " created_at DOUBLE PRECISION NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS restore_put_back (backup_id TEXT NOT NULL, record_id TEXT COLLATE \"C\""
+    " NOT NULL, key_ref BYTEA NOT NULL, PRIMARY KEY (backup_id, record_id))",
 )
 
 
@@ -344,6 +353,74 @@ class RecordKeyStore:
         finally:
             lite.close()
 
+    def pinned(self) -> KeySnapshot:
+        """A read-only view of the store as of now, on a connection of its own (close it after use).
+
+        A data backup takes one before and one just after it pins its own
+        snapshot of the data store, to find the key of every version it copies
+        while writers go on (:func:`pivault.backup.create_backup`).
+        """
+        return KeySnapshot(self.db.url.target, pg=self._pg)
+
+    # -- keys that seal a data backup's record keys ----------------------------------
+    def put_backup_key(self, backup_id: str, stored: bytes) -> None:
+        """Keep the (wrapped) key that seals the record keys inside data backup ``backup_id``.
+
+        It lives here, beside the keyring, and never in the data backup: the
+        data shelf alone opens no record, and deleting this key (expiry,
+        :meth:`forget_backup_keys`) ends that backup's own copy of the keys.
+        """
+        self.db.execute("INSERT INTO backup_keys (backup_id, stored, created_at) VALUES (?, ?, ?)",
+                        (backup_id, stored, time.time()))
+
+    def backup_key(self, backup_id: str) -> bytes | None:
+        row = self.db.query_one("SELECT stored FROM backup_keys WHERE backup_id = ?", (backup_id,))
+        return bytes(row[0]) if row else None
+
+    def forget_backup_keys(self, *, older_than_seconds: float) -> int:
+        """Delete the sealing keys of data backups older than this; returns how many.
+
+        From then on those backups restore as a backup without record keys
+        does: a record corrected since needs the record-key backup taken with
+        it. This is what makes an erasure final for their copies of the keys.
+        """
+        cutoff = time.time() - older_than_seconds
+        n = self.db.execute("DELETE FROM backup_keys WHERE created_at < ?", (cutoff,)).rowcount
+        if n:
+            self.purge()
+        return n
+
+    # -- what a restore put back ---------------------------------------------------------
+    def put_back_for_restore(self, backup_id: str, items: Sequence[tuple[str, bytes]]) -> list[str]:
+        """:meth:`put_back_versions`, noting in the same transaction which records got their key back.
+
+        A restore stopped after this (a crash, ``kill -9``) and run again finds
+        those keys already in place: the note is how it still reports the
+        records it puts back at their backed-up version. Returns the record
+        ids whose key is now here for the restore (put back now or earlier).
+        """
+        db = self.db
+        with db.transaction():
+            self.put_back_versions(items)
+            have = self.get_many([(rid, stored[:KEY_REF_BYTES]) for rid, stored in items])
+            done = [(rid, stored[:KEY_REF_BYTES]) for rid, stored in items
+                    if (rid, stored[:KEY_REF_BYTES]) in have]
+            for rid, ref in done:
+                db.execute("DELETE FROM restore_put_back WHERE backup_id = ? AND record_id = ?",
+                           (backup_id, rid))
+                db.execute("INSERT INTO restore_put_back (backup_id, record_id, key_ref) VALUES (?, ?, ?)",
+                           (backup_id, rid, ref))
+        return sorted(rid for rid, _ in done)
+
+    def put_back_earlier(self, backup_id: str) -> dict[str, bytes]:
+        """Record id -> key ref put back by an unfinished restore of ``backup_id`` (see above)."""
+        return {str(rid): bytes(ref) for rid, ref in self.db.query(
+            "SELECT record_id, key_ref FROM restore_put_back WHERE backup_id = ?", (backup_id,))}
+
+    def restore_done(self, backup_id: str) -> None:
+        """The restore of ``backup_id`` is in place and has reported: forget what it put back."""
+        self.db.execute("DELETE FROM restore_put_back WHERE backup_id = ?", (backup_id,))
+
     # -- housekeeping ------------------------------------------------------------
     def collect_garbage(self, data_db: Database, *, grace_seconds: float = 3600.0) -> int:
         """Delete keys no committed record uses, older than ``grace_seconds``.
@@ -400,6 +477,54 @@ class RecordKeyStore:
 
     def usage(self) -> dict[int, int]:
         return {int(k): int(n) for k, n in self.db.query("SELECT key_id, encryptions FROM key_usage")}
+
+
+class KeySnapshot:
+    """The record-key store as of one instant, read on a connection of its own.
+
+    SQLite: a read transaction on the WAL; PostgreSQL: ``REPEATABLE READ READ
+    ONLY``. The instant is fixed when this is made (a first read), not when
+    it is first queried, so several snapshots (of this store and of the data
+    store) can be taken within a moment and read at leisure.
+    """
+
+    def __init__(self, target: str, *, pg: bool) -> None:
+        self._pg = pg
+        self._conn: Any
+        if pg:
+            import psycopg
+
+            self._conn = psycopg.connect(target, autocommit=True)
+            self._conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        else:
+            import sqlite3
+
+            self._conn = sqlite3.connect(target, timeout=30.0, isolation_level=None)
+            self._conn.execute("BEGIN")
+        self._conn.execute("SELECT COUNT(*) FROM keystore_meta").fetchall()  # fixes the instant
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def __enter__(self) -> KeySnapshot:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _rows(self, ids: Sequence[str]) -> list[tuple[Any, ...]]:
+        if self._pg:
+            return list(self._conn.execute("SELECT record_id, key_ref, wrapped FROM record_keys"
+                                           " WHERE record_id = ANY(%s)", (list(ids),)).fetchall())
+        return list(self._conn.execute(_select_keys_sqlite(len(ids)), list(ids)).fetchall())
+
+    def keys_of(self, record_ids: Sequence[str]) -> dict[str, dict[bytes, bytes]]:
+        """Every stored key of these records: record id -> key ref -> stored key."""
+        out: dict[str, dict[bytes, bytes]] = {}
+        for chunk in _chunks(list(dict.fromkeys(record_ids)), _CHUNK):
+            for rid, ref, wrapped in self._rows(chunk):
+                out.setdefault(str(rid), {})[bytes(ref)] = bytes(ref) + bytes(wrapped)
+        return out
 
 
 def purge_erased(db: Database, keys: RecordKeyStore, *, batch_size: int = 1000) -> int:
