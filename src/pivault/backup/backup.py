@@ -27,7 +27,9 @@ Consistency while the vault keeps serving:
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
+import re
 import shutil
 import sqlite3
 import struct
@@ -70,16 +72,86 @@ class BackupResult:
                 "seconds": round(self.seconds, 3)}
 
 
+#: a backup run's private scratch directory on the shelf: ``.pivault-backup-<random>``
+STAGE_PREFIX = ".pivault-backup-"
+#: taken while a run makes its scratch directory, and while stale ones are cleared
+_SHELF_LOCK = ".pivault-backup.lock"
+#: the temporary tar an older pivault wrote beside the target: ``.<name>.<pid>.<8 hex>.tmp``
+_OLD_TMP = re.compile(r"\..+\.(?P<pid>\d+)\.[0-9a-f]{8}\.tmp")
+
+
+def is_unfinished(path: Path) -> bool:
+    """Whether ``path`` is a backup run's scratch file, never a backup (to verify or restore)."""
+    p = Path(path).absolute()
+    return p.parent.name.startswith(STAGE_PREFIX) or p.name.startswith(STAGE_PREFIX) \
+        or _OLD_TMP.fullmatch(p.name) is not None or p.name == _SHELF_LOCK
+
+
+@contextlib.contextmanager
+def _shelf_lock(shelf: Path) -> Iterator[None]:
+    fd = os.open(shelf / _SHELF_LOCK, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _remove_stale(shelf: Path) -> int:
+    """Delete what backup runs that died (``kill -9``, a crash, a power cut) left on the shelf.
+
+    Each run holds a lock on its scratch directory for as long as it lives,
+    and the kernel drops it when the process dies: a directory whose lock
+    can be taken belongs to no live run. Called under the shelf lock, which
+    a run holds from making its directory until it has locked it, so a
+    directory just made is never taken for a dead one. Temporary tars of an
+    older pivault name their process: removed when it no longer runs.
+    """
+    n = 0
+    for entry in shelf.iterdir():
+        if entry.name.startswith(STAGE_PREFIX) and entry.is_dir() and not entry.is_symlink():
+            try:
+                fd = os.open(entry, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+            except OSError:
+                continue  # gone meanwhile, or not ours to open
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue  # a live run's
+            else:
+                shutil.rmtree(entry, ignore_errors=True)
+                n += 1
+            finally:
+                os.close(fd)
+        elif (m := _OLD_TMP.fullmatch(entry.name)) is not None and entry.is_file():
+            try:
+                os.kill(int(m["pid"]), 0)
+            except ProcessLookupError:
+                entry.unlink(missing_ok=True)
+                n += 1
+            except PermissionError:
+                continue  # another user's live process
+    return n
+
+
 @contextlib.contextmanager
 def _staging(out: Path) -> Iterator[Path]:
-    """A private scratch directory beside the output (same file system: the rename is atomic)."""
+    """A private scratch directory on the shelf (same file system: the rename is atomic).
+
+    Locked for as long as this run lives; what dead runs left is cleared first.
+    """
     out.parent.mkdir(parents=True, exist_ok=True)
-    d = Path(tempfile.mkdtemp(prefix=".pivault-backup-", dir=out.parent))
-    os.chmod(d, 0o700)
+    with _shelf_lock(out.parent):
+        _remove_stale(out.parent)
+        d = Path(tempfile.mkdtemp(prefix=STAGE_PREFIX, dir=out.parent))
+        os.chmod(d, 0o700)
+        fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
+        fcntl.flock(fd, fcntl.LOCK_EX)
     try:
         yield d
     finally:
         shutil.rmtree(d, ignore_errors=True)
+        os.close(fd)
 
 
 def ident(name: str) -> str:
@@ -371,7 +443,7 @@ def _write_backup(db: Database, keyring: Keyring, keys: RecordKeyStore, target: 
         }
         # the sealing key is kept before the backup exists: no backup whose keys nothing opens
         keys.put_backup_key(backup_id, seal.stored)
-        return write_container(target, files, manifest, signer)
+        return write_container(target, files, manifest, signer, scratch=stage)
 
 
 def backup_record_keys(store: RecordKeyStore, keyring: Keyring, out: str | os.PathLike[str], *,
@@ -403,6 +475,7 @@ def backup_record_keys(store: RecordKeyStore, keyring: Keyring, out: str | os.Pa
             "pivault_version": __version__, "counts": {"record_keys": n},
             "keyring_generation": keyring.generation,
         }
-        manifest = write_container(target, [("data/record_keys.bin", path)], manifest, signer)
+        manifest = write_container(target, [("data/record_keys.bin", path)], manifest, signer,
+                                   scratch=stage)
     events("keys.backup", "ok", {"backup_id": manifest["backup_id"], "file": target.name, "keys": n})
     return BackupResult(target, manifest, time.monotonic() - t0)

@@ -68,8 +68,13 @@ def file_digest(path: Path) -> tuple[int, str]:
 
 
 def write_container(out: Path, files: list[tuple[str, Path]], manifest: dict[str, Any],
-                    signer: SigningKey) -> dict[str, Any]:
-    """Write the tar atomically (temp file, fsync, rename; mode 0600); return the manifest."""
+                    signer: SigningKey, *, scratch: Path | None = None) -> dict[str, Any]:
+    """Write the tar atomically (temp file, fsync, rename; mode 0600); return the manifest.
+
+    The temp file goes into ``scratch`` (a run's locked directory on the
+    same file system) when given, so that a run killed mid-way leaves it
+    where the next run clears it, and never beside the backups.
+    """
     entries = []
     for name, path in files:
         size, digest = file_digest(path)
@@ -81,7 +86,8 @@ def write_container(out: Path, files: list[tuple[str, Path]], manifest: dict[str
     body = _canonical(manifest)
     sig = base64.b64encode(signer.sign(_DOMAIN + body)) + b"\n"
     out = out.expanduser().absolute()
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
+    tmp = (scratch / "container.tmp") if scratch is not None \
+        else out.with_name(f".{out.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
         os.fchmod(fd, 0o600)
@@ -156,6 +162,13 @@ class Container:
     @classmethod
     def open(cls, path: str | os.PathLike[str]) -> Container:
         p = Path(path)
+        from pivault.backup.backup import is_unfinished
+
+        if is_unfinished(p):
+            raise BackupError(f"{p.name} is the scratch file of a backup run that did not finish (or is "
+                              "still running), not a backup", code="backup.unfinished",
+                              hint="give a backup file that `pivault backup --out` wrote; the next backup "
+                                   "run clears what dead runs left")
         fh = _open_regular(p)
         try:
             try:

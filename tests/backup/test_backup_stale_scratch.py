@@ -1,0 +1,106 @@
+"""`kill -9` of `pivault backup`: what the dead run left on the shelf goes, a live run's stays.
+
+A backup run works in a scratch directory on the backup shelf (the copy of
+the store, the temporary tar) and holds a lock on it for as long as it
+lives. The next run clears the directories of dead runs and never one a
+live run is writing; `backup verify` and `restore` refuse a scratch file as
+not a backup. Real processes, a real SIGKILL, a real SIGSTOP.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner, Result
+
+sys.path.insert(0, str(Path(__file__).parent.parent / "vault"))
+
+from vault_support import cheap_cli_env, make_residents
+
+from pivault.cli.main import app as main_app
+
+_CLI = "from pivault.cli.main import main; main()"
+
+
+@pytest.fixture
+def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    return cheap_cli_env(tmp_path, monkeypatch, "")
+
+
+def run(env: dict[str, str], *args: str, code: int = 0) -> Result:
+    res = CliRunner().invoke(main_app, list(args), env=env)
+    assert res.exit_code == code, (args, res.output)
+    assert "Traceback" not in res.output
+    return res
+
+
+def _spawn(env: dict[str, str], *args: str) -> subprocess.Popen[str]:
+    full = {**os.environ, **env, "PYTHONPATH": os.pathsep.join(sys.path)}
+    return subprocess.Popen([sys.executable, "-c", _CLI, *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True, env=full)
+
+
+def _scratch(shelf: Path) -> set[Path]:
+    return {p for p in shelf.glob(".pivault-backup-*") if p.is_dir()} if shelf.exists() else set()
+
+
+def _caught(env: dict[str, str], home: Path, out: Path, sig: int) -> tuple[subprocess.Popen[str], Path]:
+    """A `pivault backup` given ``sig`` while its scratch directory holds a file (retried until caught)."""
+    before = _scratch(out.parent)
+    for _ in range(20):
+        proc = _spawn(env, "backup", "--out", str(out), "--home", str(home))
+        while proc.poll() is None:
+            made = [d for d in _scratch(out.parent) - before if any(d.iterdir())]
+            if made:
+                os.killpg(proc.pid, sig)
+                return proc, made[0]
+            time.sleep(0.0005)
+        out.unlink(missing_ok=True)  # it finished before it could be caught: try again
+    pytest.fail("no backup run was caught while writing its scratch directory")
+
+
+def test_a_killed_backups_scratch_is_cleared_by_the_next_never_a_live_ones(
+        env: dict[str, str], tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    run(env, "init", "--home", str(home), "--expected-population", "100000", "--json")
+    src = tmp_path / "residents.csv"
+    with open(src, "w", newline="", encoding="utf-8") as fh:
+        w = csv.DictWriter(fh, fieldnames=["name", "id_number", "mobile", "address"])
+        w.writeheader()
+        w.writerows({k: p[k] for k in ("name", "id_number", "mobile", "address")}
+                    for p in make_residents(300, seed=71))
+    run(env, "import", str(src), "--home", str(home))
+    shelf = tmp_path / "shelf"
+
+    killed, dead_dir = _caught(env, home, shelf / "killed.pvb", signal.SIGKILL)
+    killed.wait(timeout=30)
+    assert dead_dir.exists() and not (shelf / "killed.pvb").exists()
+    left = next(p for p in dead_dir.iterdir())
+    res = run(env, "backup", "verify", str(left), "--home", str(home), code=1)
+    assert "backup.unfinished" in res.output and "Traceback" not in res.output
+
+    live, live_dir = _caught(env, home, shelf / "live.pvb", signal.SIGSTOP)
+    try:
+        run(env, "backup", "--out", str(shelf / "next.pvb"), "--home", str(home))
+        assert not dead_dir.exists(), "the dead run's scratch was left on the shelf"
+        assert live_dir.exists(), "a live run's scratch was removed under it"
+    finally:
+        os.killpg(live.pid, signal.SIGCONT)
+    _, err = live.communicate(timeout=120)
+    assert live.returncode == 0, err[-2000:]
+    assert not live_dir.exists() and _scratch(shelf) == set()
+    for name in ("live.pvb", "next.pvb"):
+        out = json.loads(run(env, "backup", "verify", str(shelf / name), "--home", str(home),
+                             "--json").stdout)
+        assert out["ok"] is True
+    # nothing on the shelf but the two backups and the shelf's lock
+    assert sorted(p.name for p in shelf.iterdir()) == [".pivault-backup.lock", "live.pvb", "next.pvb"]
+
