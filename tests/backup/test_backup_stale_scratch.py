@@ -104,3 +104,32 @@ def test_a_killed_backups_scratch_is_cleared_by_the_next_never_a_live_ones(
     # nothing on the shelf but the two backups and the shelf's lock
     assert sorted(p.name for p in shelf.iterdir()) == [".pivault-backup.lock", "live.pvb", "next.pvb"]
 
+
+def test_a_public_key_other_than_the_one_beside_the_keyring_is_warned_of(
+        env: dict[str, str], tmp_path: Path) -> None:
+    """`--public-key` wins over the key file beside the keyring; when they differ, stderr says so once."""
+    home = tmp_path / "home"
+    info = json.loads(run(env, "init", "--home", str(home), "--expected-population", "100000",
+                          "--json").stdout)
+    shelf = tmp_path / "shelf"
+    first = json.loads(run(env, "backup", "--out", str(shelf / "a.pvb"), "--home", str(home),
+                           "--json").stdout)
+    old_key = first["signing_key"]
+    signing = Path(info["keyring"] + ".backup-signing.json")
+    old_public = json.loads(signing.read_text())["public"]
+    signing.rename(signing.with_name(signing.name + ".old"))  # a new signing key from the next backup
+    run(env, "backup", "--out", str(shelf / "b.pvb"), "--home", str(home))
+    new_public = json.loads(signing.read_text())["public"]
+    assert new_public != old_public
+
+    res = run(env, "backup", "verify", str(shelf / "a.pvb"), "--public-key", old_public, "--home", str(home))
+    lines = res.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("warning:") and old_key in lines[0]
+    assert "differs" in lines[0] and "signing key beside the keyring" in lines[0]
+    res = run(env, "restore", str(shelf / "a.pvb"), "--public-key", old_public, "--home", str(home))
+    assert res.stderr.splitlines()[0].startswith("warning:") and "Traceback" not in res.stderr
+    # the same key, or none given: nothing to warn of
+    res = run(env, "backup", "verify", str(shelf / "b.pvb"), "--public-key", new_public, "--home", str(home))
+    assert res.stderr == ""
+    res = run(env, "backup", "verify", str(shelf / "b.pvb"), "--home", str(home))
+    assert res.stderr == ""

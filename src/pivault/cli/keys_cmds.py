@@ -468,12 +468,41 @@ def backup(
                "kept in the record-key store; `pivault keys backup` still backs up that store itself")
 
 
-def _verify_key(public_key: str | None, keyring_path: Path) -> Any:
-    from pivault.backup import VerifyKey, load_verify_key
+def _verify_key(public_key: str | None, keyring_path: Path | None) -> Any:
+    """The backup public key: ``--public-key`` if given, else the signing key file beside the keyring.
+
+    ``--public-key`` wins. When the file beside the keyring holds another
+    key, one line on stderr says so (fingerprints only): a backup checked
+    against a key nobody meant would otherwise pass or fail unexplained.
+    """
+    from pivault.backup import BackupError, VerifyKey, load_verify_key
 
     if public_key:
-        return VerifyKey.parse(_key_text(public_key))
+        key = VerifyKey.parse(_key_text(public_key))
+        if keyring_path is not None:
+            try:
+                beside = load_verify_key(keyring_path)
+            except BackupError:
+                beside = None  # no key file there (or none readable): nothing to differ from
+            if beside is not None and beside != key:
+                err(f"warning: --public-key {key.fingerprint} differs from the backup signing key beside "
+                    f"the keyring ({beside.fingerprint}); checking against --public-key")
+        return key
+    if keyring_path is None:
+        raise BackupError("no backup public key: no keyring to find it beside", code="backup.key.missing",
+                          hint="pass --public-key")
     return load_verify_key(keyring_path)
+
+
+def _home_keyring(home: Path | None) -> Path | None:
+    """The keyring path of the vault home, if there is one to read (no passphrase needed)."""
+    from pivault.errors import ConfigError
+    from pivault.vault import home as _home
+
+    try:
+        return Path(_home.load(home).keyring_path)
+    except ConfigError:
+        return None
 
 
 def _key_text(arg: str) -> str:
@@ -528,7 +557,7 @@ def backup_verify(
 
     vault_id = None
     if public_key:
-        key = _verify_key(public_key, Path("."))
+        key = _verify_key(public_key, _home_keyring(home))
     else:
         cfg = _home.load(home)
         key, vault_id = _verify_key(None, cfg.keyring_path), cfg.vault_id
@@ -755,7 +784,7 @@ def _restore_new_home(file: Path, home: Path, *, public_key: str | None, store: 
                       keep_unreadable: bool, quarantine: bool, json_out: bool) -> None:
     from pivault.backup import restore_new_home
 
-    key = _verify_key(public_key, Path(".")) if public_key else None
+    key = _verify_key(public_key, keyring) if public_key else None
     res = restore_new_home(file, home, key=key, store_url=store, keyring_path=keyring,
                            record_keys_backup=record_keys, keep_erased=keep_erased,
                            keep_unreadable=keep_unreadable, quarantine=quarantine)
