@@ -397,3 +397,53 @@ def test_raising_the_mark_waits_for_a_writer_that_read_it(vault: Vault, keyring:
         assert seen.seen_generation(vault.db) == other.generation
     finally:
         db2.close()
+
+
+def test_a_keyring_of_another_vault_never_moves_the_mark(vault: Vault, tmp_path: Path) -> None:
+    """The wrong file at the keyring's path (another vault's, whose keys were rotated more often)
+    is refused as another vault's, and the store's mark stays where it was: put the right keyring
+    back and the vault opens, instead of being refused for ever as an 'older copy'."""
+    url, path = vault.db.url.raw, vault.keyring.path
+    people = residents(2, seed=80)
+    ids = put_all(vault, people)
+    mark = seen.seen_generation(vault.db)
+    other = Keyring.create(tmp_path / "other" / "other.keyring", provider(), expected_population=10**6)
+    for _ in range(3):
+        other.rotate("aead")
+    assert other.generation > mark
+    for attempt in (seen.check, seen.record):
+        with pytest.raises(ConfigError) as exc:
+            attempt(vault.db, other)
+        assert exc.value.code == "vault.mismatch" and "\n" not in exc.value.message
+        assert seen.seen_generation(vault.db) == mark
+    reader = _open(url, path)
+    try:
+        assert reader.get(ids[0], ctx=ctx())["name"] == people[0]["name"]
+    finally:
+        reader.close()
+
+
+def test_audit_verify_with_another_vaults_keyring_leaves_the_vault_openable(tmp_path: Path) -> None:
+    """`pivault audit verify` (which opens the keyring itself) given another vault's keyring says so in
+    one line, and the vault still opens with its own keyring afterwards."""
+    home = tmp_path / "home"
+    cfg = _home.init(home, passphrase=PASSPHRASE, keyring_path=tmp_path / "keys" / "vault.keyring",
+                     argon2=CHEAP)
+    with Vault.open(home, passphrase=PASSPHRASE) as v:
+        put_all(v, residents(2, seed=81))
+    other = Keyring.create(tmp_path / "other" / "other.keyring", provider(), expected_population=10**6)
+    for _ in range(3):
+        other.rotate("aead")
+    own = cfg.keyring_path.read_bytes()
+    _put_back(cfg.keyring_path, other.path.read_bytes())
+    env = {**os.environ, "PIVAULT_PASSPHRASE": PASSPHRASE, "PIVAULT_HOME": str(home),
+           "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    res = subprocess.run([sys.executable, "-c", "from pivault.cli.main import main; main()",
+                          "audit", "verify"],
+                         env=env, capture_output=True, text=True, timeout=120, check=False)
+    assert res.returncode != 0
+    assert res.stderr.startswith("error[vault.mismatch]: "), res.stdout + res.stderr
+    assert "Traceback" not in res.stderr
+    _put_back(cfg.keyring_path, own)
+    with Vault.open(home, passphrase=PASSPHRASE) as v:
+        assert v.stats(ctx=ctx())["store"]["rows"] == 2

@@ -9,6 +9,7 @@ added since, and a ``keys rotate`` there would have forked the key history. So
 the store keeps the highest generation it has seen (table ``keyring_seen``,
 one row, no secret):
 
+* a keyring of another vault is refused (``vault.mismatch``) and never moves the mark;
 * a vault opened with an older keyring is refused (``keyring.rollback``); one
   opened with a newer keyring (a data backup restored, a key change made
   without the store) raises the mark;
@@ -108,6 +109,23 @@ def _lock_exclusive(db: Database) -> None:
             db.execute("SELECT 1 FROM audit_head WHERE id = 1 FOR UPDATE")
 
 
+def _same_vault(db: Database, vault_id: str, path: str | os.PathLike[str]) -> None:
+    """Refuse a keyring of another vault before its generation is compared or written.
+
+    Generations of two vaults count different histories: another vault's keyring put at this
+    one's path (or named by a command) must not raise this store's mark, or the vault's own
+    keyring, put back, would be refused for ever as an older copy of itself.
+    """
+    from pivault.vault.meta import VaultMismatch, bound_vault_id
+
+    bound = bound_vault_id(db)
+    if bound is not None and bound != vault_id:
+        raise VaultMismatch(
+            f"this store belongs to vault {bound}, but the keyring {path} is of vault {vault_id};"
+            " nothing was read or written with it",
+            hint="put this vault's own keyring at that path (see keyring.path in pivault.toml)")
+
+
 def _read(db: Database) -> int | None:
     row = db.query_one(f"SELECT generation FROM {TABLE} WHERE id = 1")
     return None if row is None else int(row[0])
@@ -129,6 +147,7 @@ def record(db: Database, keyring: Keyring) -> int:
     """
     generation = keyring.write_generation(look_now=True)
     with db.transaction():
+        _same_vault(db, keyring.vault_id, keyring.path)
         _lock_exclusive(db)
         seen = _read(db)
         if seen is None:
@@ -149,6 +168,7 @@ def check(db: Database, keyring: Keyring) -> None:
     A store whose schema predates the mark is left alone (``pivault migrate`` adds it;
     the first open after that notes the keyring it is opened with).
     """
+    _same_vault(db, keyring.vault_id, keyring.path)
     if not db.table_exists(TABLE):
         return
     seen = _read(db)
@@ -160,12 +180,15 @@ def check(db: Database, keyring: Keyring) -> None:
 
 def check_file(db: Database, path: str | os.PathLike[str]) -> None:
     """Before a keyring file is rewritten without being opened (a custodian recovery): refuse an
-    older copy, which the rewrite would give a generation the store may count as current.
+    older copy, which the rewrite would give a generation the store may count as current, and
+    another vault's keyring, which the store is not the store of.
 
     The generation is read from the file's header unauthenticated: it is only used to
     refuse (an edited header does not open anyway), never to raise the mark.
     """
-    on_disk = int(Keyring.peek(path).get("generation", 0))
+    header = Keyring.peek(path)
+    _same_vault(db, str(header.get("vault_id")), path)
+    on_disk = int(header.get("generation", 0))
     mark = seen_generation(db)
     if on_disk < mark:
         raise KeyringError(
