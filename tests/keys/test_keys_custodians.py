@@ -146,3 +146,50 @@ def test_split_parameters(keyring: Keyring) -> None:
     with pytest.raises(KeyringError) as info:
         Keyring.recover(keyring.path, b"\x00" * 32, provider("x"))
     assert info.value.code == "keyring.recovery"
+
+
+def _reforged(share: Share, **changes: Any) -> str:
+    """The share's text with header fields changed and its (unkeyed) checksum made to fit again."""
+    return Share(**{**share.__dict__, **changes}).to_text()
+
+
+def test_a_share_whose_header_claims_impossible_counts_is_refused(tmp_path: Path) -> None:
+    """Anyone can recompute a share's checksum: a share claiming a threshold below 2, above its
+    count of shares, or a number outside 1..n is refused as unreadable, in one line, from the
+    library and from the command line, and the keyring is not touched."""
+    import os
+    import subprocess
+    import sys
+
+    from keys_support import CHEAP, PASSPHRASE
+
+    from pivault.vault import home as _home
+
+    home = tmp_path / "home"
+    cfg = _home.init(home, passphrase=PASSPHRASE, keyring_path=tmp_path / "keys" / "vault.keyring",
+                     argon2=CHEAP)
+    ring = Keyring.open(cfg.keyring_path, provider())
+    good = split(ring, shares=3, threshold=2)
+    before = cfg.keyring_path.read_bytes()
+    impossible = [{"threshold": 1}, {"threshold": 0}, {"threshold": -1}, {"threshold": 4},
+                  {"threshold": 300, "total": 300}, {"number": 0}, {"number": 4}, {"total": 1}]
+    src = str(Path(__file__).resolve().parents[2] / "src")
+    env = {**os.environ, "PIVAULT_PASSPHRASE": PASSPHRASE,
+           "PIVAULT_NEW_PASSPHRASE": "another-long-passphrase", "PIVAULT_HOME": str(home),
+           "PYTHONPATH": src + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    for i, changes in enumerate(impossible):
+        text = _reforged(good[0], **changes)
+        with pytest.raises(ShareError) as info:
+            Share.from_text(text, name="forged.txt")
+        assert info.value.code == "keys.shares.format" and "forged.txt" in info.value.message
+        forged = Share(**{**good[0].__dict__, **changes})
+        with pytest.raises(ShareError):
+            recover(cfg.keyring_path, [forged] * max(1, min(forged.threshold, 3)), provider("x"))
+        path = tmp_path / f"forged-{i}.txt"
+        path.write_text(text)
+        res = subprocess.run([sys.executable, "-c", "from pivault.cli.main import main; main()",
+                              "keys", "recover", str(path)],
+                             env=env, capture_output=True, text=True, timeout=120, check=False)
+        assert res.returncode != 0 and "Traceback" not in res.stderr, (changes, res.stderr)
+        assert res.stderr.startswith("error[keys.shares.format]: "), (changes, res.stderr)
+        assert cfg.keyring_path.read_bytes() == before

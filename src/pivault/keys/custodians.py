@@ -132,7 +132,19 @@ class Share:
         if len(share.data) != _SECRET_BYTES + 1 or raw[-_CHECK_BYTES:] != share._check():
             raise ShareError(f"{name} is damaged or mistyped (checksum does not match)",
                              code="keys.shares.damaged", hint="compare it with the custodian's copy")
+        share.check_counts(name)
         return share
+
+    def check_counts(self, name: str = "share") -> None:
+        """Refuse counts no split makes (``keys.shares.format``).
+
+        The checksum is not a secret, so a share's header can be rewritten with counts
+        that fit: a threshold below 2 would reach Shamir's arithmetic with one share.
+        """
+        if not (2 <= self.threshold <= self.total <= 255 and 1 <= self.number <= self.total):
+            raise ShareError(f"{name} claims counts no split makes (threshold, shares, number): it was "
+                             "altered", code="keys.shares.format",
+                             hint="use the share files as `pivault keys split` wrote them")
 
 
 def split(keyring: Keyring, *, shares: int = 5, threshold: int = 3,
@@ -189,6 +201,8 @@ def combine(shares: Sequence[Share], *, vault_id: str | None = None) -> bytes:
     """Rebuild the recovery secret from k or more shares of one split; checked, never guessed."""
     if not shares:
         raise ShareError("no shares given", code="keys.shares.too_few")
+    for s in shares:
+        s.check_counts(f"share {s.number}")
     first = shares[0]
     for s in shares[1:]:
         if (s.vault_id, s.split_id, s.fingerprint, s.threshold, s.total) != \
