@@ -193,3 +193,47 @@ def test_a_share_whose_header_claims_impossible_counts_is_refused(tmp_path: Path
         assert res.returncode != 0 and "Traceback" not in res.stderr, (changes, res.stderr)
         assert res.stderr.startswith("error[keys.shares.format]: "), (changes, res.stderr)
         assert cfg.keyring_path.read_bytes() == before
+
+
+def test_a_split_whose_shares_cannot_be_written_keeps_the_recovery_key(tmp_path: Path) -> None:
+    """The shares are the only copy of a new recovery key: if they cannot be written (an --out
+    under a file, a full disk), the keyring keeps the recovery key it had and the custodians'
+    shares keep working, from the library and from `pivault keys split --force`."""
+    import os
+    import subprocess
+    import sys
+
+    from keys_support import CHEAP, PASSPHRASE
+
+    from pivault.vault import home as _home
+
+    home = tmp_path / "home"
+    cfg = _home.init(home, passphrase=PASSPHRASE, keyring_path=tmp_path / "keys" / "vault.keyring",
+                     argon2=CHEAP)
+    ring = Keyring.open(cfg.keyring_path, provider())
+    held = split(ring, shares=3, threshold=2)
+    fingerprint = ring.recovery_fingerprint()
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    with pytest.raises(ShareError) as info:
+        split(ring, shares=3, threshold=2, out=blocker / "shares")
+    assert info.value.code == "keys.shares.out" and "\n" not in info.value.message
+    assert ring.recovery_fingerprint() == fingerprint
+    assert Keyring.peek(cfg.keyring_path)["recovery"]["fingerprint"] == fingerprint
+    src = str(Path(__file__).resolve().parents[2] / "src")
+    env = {**os.environ, "PIVAULT_PASSPHRASE": PASSPHRASE, "PIVAULT_HOME": str(home),
+           "PYTHONPATH": src + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    res = subprocess.run([sys.executable, "-c", "from pivault.cli.main import main; main()",
+                          "keys", "split", "--force", "--out", str(blocker / "shares")],
+                         env=env, capture_output=True, text=True, timeout=120, check=False)
+    assert res.returncode != 0 and "Traceback" not in res.stderr
+    assert "error[keys.shares.out]: " in res.stderr, res.stderr
+    assert Keyring.peek(cfg.keyring_path)["recovery"]["fingerprint"] == fingerprint
+    recovered = recover(cfg.keyring_path, held[1:], provider("recovered-passphrase"))
+    assert recovered.recovery_fingerprint() == fingerprint
+    # a split that can write its shares writes them before the keyring takes the new key
+    made = split(recovered, shares=3, threshold=2, out=tmp_path / "custodians")
+    files = sorted((tmp_path / "custodians").iterdir())
+    assert len(files) == 3 and [read_share(f) for f in files] == sorted(made, key=lambda s: s.number)
+    assert Keyring.peek(cfg.keyring_path)["recovery"]["fingerprint"] == made[0].fingerprint
+    recover(cfg.keyring_path, [read_share(f) for f in files[:2]], provider("again-recovered"))

@@ -304,7 +304,7 @@ def keys_split(
     ``--force``, and what it invalidates is said before anything changes.
     """
     from pivault.keys import seen
-    from pivault.keys.custodians import ShareError, split, write_shares
+    from pivault.keys.custodians import ShareError, share_path, split
 
     if out.exists() and not out.is_dir():
         raise ShareError(f"{out.name} is not a directory", code="keys.shares.out")
@@ -317,9 +317,9 @@ def keys_split(
                     "every one of its shares stop working", code="keys.shares.split",
                     hint="pass --force to replace it, then collect and destroy the old shares")
             err(f"replacing recovery key {earlier}: every share of it stops working now")
-        made = split(o.keyring, shares=shares, threshold=threshold, events=o.events())
+        made = split(o.keyring, shares=shares, threshold=threshold, events=o.events(), out=out)
         seen.record(o.db, o.keyring)
-    paths = write_shares(made, out)
+    paths = [share_path(out, s) for s in made]
     if json_out:
         _print_json({"split": made[0].split_id, "fingerprint": made[0].fingerprint,
                      "threshold": threshold, "files": [str(p) for p in paths]})

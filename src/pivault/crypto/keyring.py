@@ -741,15 +741,19 @@ class Keyring:
             header["provider"] = new_provider.describe()
             self._commit(header, new_provider, self._aead_handle, self._prf_handles)
 
-    def set_up_recovery(self) -> bytes:
+    def set_up_recovery(self, secret: bytes | None = None) -> bytes:
         """Seal the keysets to a new recovery key; return its secret (32 bytes) once.
 
         The caller splits the secret among custodians at once and keeps no
         copy (``pivault keys split``); the keyring keeps the public half and
         re-seals to it on every later change. A new call replaces the
-        recovery key: shares of the old one stop working.
+        recovery key: shares of the old one stop working. ``secret``: a
+        recovery secret the caller made (:func:`pivault.crypto.recovery.new_recovery_secret`)
+        and has already split and handed out, so that the keyring takes it only
+        once its shares exist.
         """
-        secret = _recovery.new_recovery_secret()
+        if secret is None:
+            secret = _recovery.new_recovery_secret()
         with self._changing():
             public = _recovery.public_of(secret)
             self._recovery_mac_key = _recovery.mac_key(secret)

@@ -32,7 +32,7 @@ import pyshamir
 from pivault.crypto import Keyring, KeyringError
 from pivault.crypto._atomic import write_private
 from pivault.crypto.providers import RootKeyProvider
-from pivault.crypto.recovery import fingerprint, public_of
+from pivault.crypto.recovery import fingerprint, new_recovery_secret, public_of
 from pivault.errors import PivaultError
 from pivault.keys.events import KeyEvents, noop
 
@@ -43,6 +43,7 @@ __all__ = [
     "combine",
     "read_share",
     "recover",
+    "share_path",
     "split",
     "write_shares",
 ]
@@ -148,44 +149,88 @@ class Share:
 
 
 def split(keyring: Keyring, *, shares: int = 5, threshold: int = 3,
-          events: KeyEvents = noop) -> list[Share]:
+          events: KeyEvents = noop, out: str | os.PathLike[str] | None = None) -> list[Share]:
     """Set up a new recovery key for ``keyring`` and split it into ``shares`` shares.
 
     Replaces any earlier recovery key (its shares stop working). The secret
-    exists only in this call's memory.
+    exists only in this call's memory. With ``out``, the share files are written
+    there (:func:`write_shares`) *before* the keyring takes the new key: the
+    shares are its only copy, so when they cannot be written the keyring keeps
+    the recovery key it had, and the custodians' shares of it keep working.
     """
     if not 2 <= threshold <= shares <= 255:
         raise ShareError("need 2 <= threshold <= shares <= 255", code="keys.shares.params")
-    secret = keyring.set_up_recovery()
+    secret = new_recovery_secret()
     try:
         parts = pyshamir.split(secret, shares, threshold)
-        fp = keyring.recovery_fingerprint()
-        assert fp is not None
+        fp = fingerprint(public_of(secret))
         split_id = secrets.token_hex(8)
         created = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-        out = [Share(keyring.vault_id, split_id, fp, threshold, shares, i + 1, created, bytes(p))
-               for i, p in enumerate(parts)]
+        made = [Share(keyring.vault_id, split_id, fp, threshold, shares, i + 1, created, bytes(p))
+                for i, p in enumerate(parts)]
+        written = write_shares(made, out) if out is not None else []
+        try:
+            keyring.set_up_recovery(secret)
+        except BaseException:
+            _forget(keyring, written, fp)
+            raise
     finally:
         del secret
-    events("keys.split", "ok", {"split": out[0].split_id, "shares": shares, "threshold": threshold,
-                                "fingerprint": out[0].fingerprint})
-    return out
+    events("keys.split", "ok", {"split": made[0].split_id, "shares": shares, "threshold": threshold,
+                                "fingerprint": made[0].fingerprint})
+    return made
+
+
+def _forget(keyring: Keyring, written: Sequence[Path], fp: str) -> None:
+    """Remove share files of a recovery key the keyring did not take (they would open nothing).
+
+    Kept if the file on disk names the key after all (the write landed and a later step failed).
+    """
+    try:
+        taken = Keyring.peek(keyring.path).get("recovery", {}).get("fingerprint") == fp
+    except KeyringError:
+        taken = True  # unsure: keep the shares rather than lose the only copy
+    if not taken:
+        for path in written:
+            path.unlink(missing_ok=True)
+
+
+def share_path(directory: str | os.PathLike[str], share: Share) -> Path:
+    """The file :func:`write_shares` gives ``share`` in ``directory``."""
+    name = f"pivault-share-{share.vault_id[:8]}-{share.split_id}-{share.number}-of-{share.total}.txt"
+    return Path(directory) / name
 
 
 def write_shares(shares: Sequence[Share], directory: str | os.PathLike[str]) -> list[Path]:
-    """One file per share (mode 0600, never overwriting); hand each to its custodian."""
+    """One file per share (mode 0600, never overwriting); hand each to its custodian.
+
+    All or none: a share that cannot be written (``keys.shares.out``, ``keys.shares.exists``)
+    removes those written before it, so no incomplete set is handed out.
+    """
     d = Path(directory)
-    d.mkdir(mode=0o700, parents=True, exist_ok=True)
-    out = []
-    for s in shares:
-        path = d / f"pivault-share-{s.vault_id[:8]}-{s.split_id}-{s.number}-of-{s.total}.txt"
-        try:
+    out: list[Path] = []
+    try:
+        d.mkdir(mode=0o700, parents=True, exist_ok=True)
+        for s in shares:
+            path = share_path(d, s)
             write_private(path, s.to_text().encode("ascii"), overwrite=False)
-        except FileExistsError:
-            raise ShareError(f"{path.name} already exists; refusing to overwrite it",
-                             code="keys.shares.exists") from None
-        out.append(path)
+            out.append(path)
+    except FileExistsError:
+        _remove(out)
+        raise ShareError(f"{share_path(d, shares[len(out)]).name} already exists; refusing to overwrite it",
+                         code="keys.shares.exists") from None
+    except OSError as exc:
+        _remove(out)
+        raise ShareError(f"cannot write the share files in {d}: {exc.strerror or type(exc).__name__}",
+                         code="keys.shares.out",
+                         hint="write them to a directory that can be written (--out); the vault's "
+                              "recovery key was not changed") from None
     return out
+
+
+def _remove(paths: Sequence[Path]) -> None:
+    for path in paths:
+        path.unlink(missing_ok=True)
 
 
 def read_share(path: str | os.PathLike[str]) -> Share:
