@@ -257,3 +257,45 @@ def test_rewrap_tags_entries_written_before_check_tags(vault: Vault) -> None:
     # a second run finds nothing left to tag
     again = rewrap(vault.db, vault.keyring, record_keys=_keys(vault).keys, batch_size=5)
     assert again.records_tagged == 0
+
+
+def test_no_key_is_retired_while_records_have_no_key_in_the_record_key_store(vault: Vault,
+                                                                            tmp_path: Path) -> None:
+    """The record-key store at hand is empty or not the vault's real one (moved, an unmounted disk,
+    a wrong [keys] record_key_store): every record looks erased to the rewrap, and the census finds
+    no record key under the old field key. Retiring it would make every record key in the real
+    store unreadable for good, and retiring the old index keys would hide the records whose entries
+    the walk could not rebuild. So nothing is retired until the store has the records' keys."""
+    from pivault.errors import PivaultError
+    from pivault.keys.shred import RecordKeyStore
+
+    kr = vault.keyring
+    people = residents(12, seed=31)
+    ids = put_all(vault, people)
+    erased = vault.put(residents(1, seed=32)[0], ctx=ctx())
+    _keys(vault).keys.delete_records([erased])  # an erasure that stopped before its row went
+    old = kr.primary_key_id()
+    old_index = kr.primary_key_id("prf.mobile")
+    rotate(kr, ["aead", "prf.mobile"])
+    before = {ks: kr.key_ids(ks) for ks in kr.keyset_names()}
+    wrong = RecordKeyStore(f"sqlite:///{tmp_path / 'empty.recordkeys'}", vault_id=kr.vault_id)
+    try:
+        report = rewrap(vault.db, kr, record_keys=wrong)
+        assert report.complete and report.unreadable >= 13  # in the walk, and again in the recheck
+        for dry_run in (True, False):
+            with pytest.raises(PivaultError) as info:
+                retire_unused(vault.db, kr, record_keys=wrong, dry_run=dry_run)
+            assert info.value.code == "keys.retire_keys_missing" and "\n" not in info.value.message
+            assert "13" in info.value.message
+        assert {ks: kr.key_ids(ks) for ks in kr.keyset_names()} == before
+    finally:
+        wrong.close()
+    real = _keys(vault).keys
+    assert rewrap(vault.db, kr, record_keys=real).complete
+    with pytest.raises(PivaultError) as info:  # the one record erased half-way still holds it back
+        retire_unused(vault.db, kr, record_keys=real)
+    assert info.value.code == "keys.retire_keys_missing" and erased in info.value.message
+    vault.erase(erased, ctx=ctx())  # erasing it again finishes the erasure
+    retired = {(r.keyset, r.key_id) for r in retire_unused(vault.db, kr, record_keys=real)}
+    assert retired == {("aead", old), ("prf.mobile", old_index)}
+    _all_read(vault, ids, people)

@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from pivault.crypto import Keyring
-from pivault.errors import ValidationError
+from pivault.crypto.recordkeys import key_ref_of
+from pivault.errors import PivaultError, ValidationError
 from pivault.keys import jobs, seen
 from pivault.keys.events import KeyEvents, noop
 from pivault.keys.rewrap import JOB
@@ -134,6 +135,45 @@ def _target(keyring: Keyring) -> dict[str, Any]:
     return target_of(keyring)
 
 
+#: record ids named in the refusal below (opaque ids, never a value)
+_IDS_SHOWN = 5
+
+
+def _refuse_missing_keys(db: Database, record_keys: RecordKeyStore, *, batch_size: int = 1000) -> None:
+    """Refuse to retire anything while records name record keys the record-key store lacks.
+
+    The census counts record keys in the store at hand. If that store is empty or not the vault's
+    (moved, on a disk not mounted, a wrong ``[keys] record_key_store``), every record looks erased:
+    the rewrap skips them and the census finds nothing under the old field key, whose retirement
+    would then make every key in the real store unreadable for good (and the old index keys'
+    retirement would hide records whose entries the walk could not rebuild). A record erased
+    half-way (its key gone, its row left) holds retirement back too until it is erased again.
+    """
+    missing: list[str] = []
+    count = 0
+    last = ""
+    while True:
+        rows = db.query("SELECT record_id, name FROM records WHERE record_id > ? ORDER BY record_id LIMIT ?",
+                        (last, batch_size))
+        if not rows:
+            break
+        last = rows[-1][0]
+        named = [rid for rid, name in rows if name is not None and key_ref_of(bytes(name)) is not None]
+        found = record_keys.any_key_many(named)
+        lacking = [rid for rid in named if rid not in found]
+        count += len(lacking)
+        missing.extend(lacking[:_IDS_SHOWN - len(missing)])
+    if count:
+        more = f" and {count - len(missing)} more" if count > len(missing) else ""
+        raise PivaultError(
+            f"{count} records have no key in the record-key store ({', '.join(missing)}{more}); nothing was"
+            " retired: if the store is not the vault's own, a key retired now would make every record key"
+            " in the real one unreadable", code="keys.retire_keys_missing",
+            hint="point the vault at its own record-key store ([keys] record_key_store, default beside the"
+                 " keyring) and run `pivault keys rewrap`; records erased half-way are finished by"
+                 " `pivault erase` again")
+
+
 @dataclass(frozen=True)
 class Retired:
     keyset: str
@@ -157,6 +197,8 @@ def retire_unused(db: Database, keyring: Keyring, *, record_keys: RecordKeyStore
     out: list[Retired] = []
     if not dry_run:
         seen.record(db, keyring)
+    if record_keys is not None:
+        _refuse_missing_keys(db, record_keys)
     c = census(db, keyring, record_keys=record_keys, files=files)
     for kid in keyring.key_ids("aead"):
         if kid != c.primary and c.total(kid) == 0:
