@@ -302,6 +302,8 @@ def test_cli_config_mistakes_are_one_line_errors(app: typer.Typer, env: dict[str
         written + "\n[audit]\ncheckpoint_every = 1.5\n": ("[audit] checkpoint_every", "integer"),
         written + '\n[detect]\nvault = "all"\n': ("[detect] vault", "a table"),
         written + "\n[kyes]\nauto_rotate = true\n": ("'kyes'",),
+        # a table declared twice: the parser's reason and the line, not only "cannot read"
+        written + '\n[policy]\npath = "/etc/pivault/policy.toml"\n': ("('policy',) twice", "at line 16"),
         written.replace('[vault]\n', '[vault]\nvault_idd = "x"\n'): ("[vault]", "'vault_idd'"),
         written.replace("expected_population = 1000", 'expected_population = "1000"'):
             ("[vault] expected_population",),

@@ -105,7 +105,9 @@ class DetectSettings:
             except FileNotFoundError:
                 doc = {}
             except (OSError, tomllib.TOMLDecodeError) as exc:
-                raise ConfigError(f"cannot read {path}: {type(exc).__name__}", code="home.config") from None
+                from pivault.vault.home import unreadable
+
+                raise unreadable(path, exc) from None
             out = cls.from_mapping(doc.get("audit", {}), doc.get("detect", {}))
             if out.alerts_jsonl is None:
                 out.alerts_jsonl = str(Path(home) / "logs" / "alerts.jsonl")

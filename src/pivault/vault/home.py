@@ -203,7 +203,7 @@ def load(home: str | os.PathLike[str] | None = None) -> VaultConfig:
         raise ConfigError(f"no vault at {h} (no {CONFIG_NAME})", code="home.missing",
                           hint=f"create one with `pivault init`, or set {HOME_ENV} / --home") from None
     except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise ConfigError(f"cannot read {path}: {type(exc).__name__}", code="home.config") from None
+        raise unreadable(path, exc) from None
     check_settings(doc)
     try:
         vault = doc["vault"]
@@ -217,6 +217,17 @@ def load(home: str | os.PathLike[str] | None = None) -> VaultConfig:
     except (KeyError, TypeError, ValueError) as exc:
         raise ConfigError(f"{path} lacks a setting ({exc})", code="home.config",
                           hint="compare with the file `pivault init` writes") from None
+
+
+def unreadable(path: Path, exc: OSError | tomllib.TOMLDecodeError) -> ConfigError:
+    """The error for a ``pivault.toml`` that cannot be read: the parser's words name the line.
+
+    A table declared twice (one added by hand under the one ``init`` wrote) is
+    told by line, which the operator can fix; the file holds no PI.
+    """
+    why = str(exc) if isinstance(exc, tomllib.TOMLDecodeError) else (exc.strerror or type(exc).__name__)
+    return ConfigError(f"cannot read {path}: {why}", code="home.config",
+                       hint="compare with the file `pivault init` writes")
 
 
 def _private_dir(path: Path) -> None:
