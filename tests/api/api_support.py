@@ -45,6 +45,14 @@ def policy_for_tests() -> str:
     return text + TRAINEE
 
 
+def lift_vault_limit(home: Path) -> None:
+    """Raise the vault-wide read limit `pivault init` wrote far above what the tests read, as
+    :func:`policy_for_tests` does the budgets of each principal: one server serves every test."""
+    config = home / "pivault.toml"
+    config.write_text(re.sub(r"(?m)^(records_per_\w+) = \d+$", r"\g<1> = 1000000",
+                             config.read_text(encoding="utf-8")), encoding="utf-8")
+
+
 TRAINEE = """
 [roles.trainee]
 description = "test role with a tiny read budget"

@@ -23,6 +23,7 @@ from api_support import (
     Live,
     _store_url,
     free_port,
+    lift_vault_limit,
     policy_for_tests,
     redis_available,
     start_server,
@@ -45,6 +46,7 @@ def live(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
     url, schema = _store_url(backend, tmp)
     init(home, passphrase=PASSPHRASE, store_url=url, keyring_path=tmp / "keys" / "vault.keyring",
          argon2=CHEAP, expected_population=1000)
+    lift_vault_limit(home)
     residents = [{k: r[k] for k in ("name", "id_number", "mobile", "address", "notes")}  # type: ignore[literal-required]
                  for r in generate(POPULATION, SEED)]
     policy = Policy.default()

@@ -38,6 +38,14 @@ def test_demo_without_serving_prepares_the_vault_and_says_nothing_listens(
     r = CliRunner().invoke(app, ["demo", "--home", str(home), "--count", "300", "--no-serve"])
     assert r.exit_code == 0, r.output
     assert "not served (--no-serve)" in r.output and "try, from another terminal" not in r.output
+    # the demo vault limits all principals together, as every vault `pivault init` makes
+    import tomllib
+
+    from pivault.detect.setup import default_vault_budget
+
+    assert "read limit, all principals together: 100 a minute, 1,000 an hour, 5,000 a day" in r.output
+    config = tomllib.loads((home / "pivault.toml").read_text(encoding="utf-8"))
+    assert config["detect"]["vault"] == default_vault_budget(1000)
     tokens = sorted(p.name for p in (home / "tokens").iterdir())
     assert tokens == ["admin.token", "dpo.token", "officer.token", "registrar.token"]
     for p in [*(home / "tokens").iterdir(), home / "secrets" / "passphrase"]:

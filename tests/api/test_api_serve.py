@@ -195,9 +195,10 @@ def test_serve_on_any_address_with_tls_starts_and_prints_what_it_exposes(home: P
         # the approver may export but reads no record, so a rights copy is not its to make
         assert next(x for x in banner.splitlines() if "/v1/rights/" in x).endswith("roles: dpo")
         assert "banner-check (role admin" in banner
-        # this vault sets no vault-wide limit: the operator is told at start what that allows
+        # a vault made by `pivault init` limits everyone together; the operator sees it at start
         limits = next(x for x in banner.splitlines() if x.startswith("read limits together:"))
-        assert "no vault-wide limit" in limits and "[detect.vault]" in limits
+        assert limits == ("read limits together: vault-wide records_per_day 5000, records_per_hour 1000, "
+                          f"records_per_minute 100 ([detect.vault] in {home / 'pivault.toml'})")
     finally:
         stop(proc)
 
@@ -209,8 +210,8 @@ def test_the_banner_states_the_limits_on_everyone_together(tmp_path: Path) -> No
         "[detect.vault]\nrecords_per_minute = 5000\nrecords_per_hour = 20000\n"
         "[detect.role_totals.officer]\nrecords_per_hour = 8000\n", encoding="utf-8")
     line = _limits(ServeOptions(home=str(tmp_path)))
-    assert line == ("vault-wide records_per_hour 20000, records_per_minute 5000; "
-                    "role officer in all records_per_hour 8000")
+    assert line == ("vault-wide records_per_hour 20000, records_per_minute 5000 ([detect.vault] in "
+                    f"{tmp_path / 'pivault.toml'}); role officer in all records_per_hour 8000")
 
 
 def test_token_commands(home: Path, tmp_path: Path) -> None:

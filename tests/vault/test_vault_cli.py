@@ -293,6 +293,8 @@ def test_cli_config_mistakes_are_one_line_errors(app: typer.Typer, env: dict[str
     config = Path(env["PIVAULT_HOME"]) / "pivault.toml"
     written = config.read_text(encoding="utf-8")
     without_policy = written.replace('[policy]\npath = ""\n', "")
+    # as init wrote it before its default vault-wide limit (the file ended with [policy])
+    without_limit = written[:written.index("[policy]")] + '[policy]\npath = ""\n'
     cases = {
         # the key the shipped policy's comment once named, at the top level
         'policy = "/etc/pivault/policy.toml"\n' + without_policy: ("policy", "[policy]"),
@@ -300,10 +302,12 @@ def test_cli_config_mistakes_are_one_line_errors(app: typer.Typer, env: dict[str
         written + "\n[keys]\nauto_rotat = true\n": ("[keys]", "'auto_rotat'"),
         written + "\n[keys]\nusage_warn = 0.9\nusage_rotate = 0.5\n": ("[keys]", "usage_rotate"),
         written + "\n[audit]\ncheckpoint_every = 1.5\n": ("[audit] checkpoint_every", "integer"),
-        written + '\n[detect]\nvault = "all"\n': ("[detect] vault", "a table"),
+        without_limit + '\n[detect]\nvault = "all"\n': ("[detect] vault", "a table"),
+        without_limit + '\n[detect.vault]\nrecords_per_hour = 0\n': ("[detect.vault] records_per_hour",
+                                                                     "at least 1"),
         written + "\n[kyes]\nauto_rotate = true\n": ("'kyes'",),
         # a table declared twice: the parser's reason and the line, not only "cannot read"
-        written + '\n[policy]\npath = "/etc/pivault/policy.toml"\n': ("('policy',) twice", "at line 16"),
+        written + '\n[policy]\npath = "/etc/pivault/policy.toml"\n': ("('policy',) twice", "at line "),
         written.replace('[vault]\n', '[vault]\nvault_idd = "x"\n'): ("[vault]", "'vault_idd'"),
         written.replace("expected_population = 1000", 'expected_population = "1000"'):
             ("[vault] expected_population",),
@@ -314,8 +318,8 @@ def test_cli_config_mistakes_are_one_line_errors(app: typer.Typer, env: dict[str
             r = run(app, args, env=env)
             assert r.exit_code == 2 and r.stderr.startswith("error[home.config]: "), (text, r.output)
             assert "Traceback" not in r.output and all(w in r.stderr for w in words), (text, r.stderr)
-    # every setting the docs show, together, is accepted
-    config.write_text(written.replace('path = ""', 'path = ""\n') + """
+    # every setting the docs show, together, is accepted (their own vault-wide limit instead of init's)
+    config.write_text(without_limit + "\n" + """
 [keys]
 usage_limit = 281474976710656
 usage_warn = 0.25

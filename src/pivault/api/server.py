@@ -225,20 +225,29 @@ def _limits(opts: ServeOptions) -> str:
 
     Without a vault-wide limit every token issued to a new principal name
     brings a budget of its own; the operator must see that at start, not
-    learn it from the first ``global.distributed`` alert.
+    learn it from the first ``global.distributed`` alert. A vault made before
+    ``init`` wrote a default keeps running without one (nothing changes under
+    it on upgrade), and is told the exact lines that give it the default.
     """
-    from pivault.detect.setup import DetectSettings
+    from pivault.detect.setup import DetectSettings, default_vault_budget, vault_budget_lines
+    from pivault.vault.home import CONFIG_NAME, load
 
     settings = DetectSettings.from_home(opts.home)
+    config = Path(opts.home) / CONFIG_NAME
     parts = []
     if settings.vault:
-        parts.append("vault-wide " + ", ".join(f"{k} {v}" for k, v in sorted(settings.vault.items())))
+        parts.append("vault-wide " + ", ".join(f"{k} {v}" for k, v in sorted(settings.vault.items()))
+                     + f" ([detect.vault] in {config})")
     for role, budget in sorted(settings.role_totals.items()):
         parts.append(f"role {role} in all " + ", ".join(f"{k} {v}" for k, v in sorted(budget.items())))
-    if not settings.vault:
-        parts.append("no vault-wide limit: N principals may read N budgets' worth together (the "
-                     "detector alerts, nothing stops them); set [detect.vault] in pivault.toml")
-    return "; ".join(parts)
+    if settings.vault:
+        return "; ".join(parts)
+    population = load(opts.home).expected_population
+    parts.append("no vault-wide limit: N principals may read N budgets' worth together (the "
+                 f"detector alerts, nothing stops them); to set [detect.vault], add to {config} the "
+                 f"lines `pivault init` writes for {population:,} residents:")
+    return "; ".join(parts) + "".join("\n    " + line
+                                      for line in vault_budget_lines(default_vault_budget(population)))
 
 
 def _check_counters(opts: ServeOptions) -> tuple[str, str | None]:

@@ -377,8 +377,11 @@ def demo(
             _write_secret(secret_file, passphrase + "\n")
             typer.echo(f"generated a passphrase for the demo vault: {secret_file} (0600)")
         # the keyring is sized for the population it will hold (blind-index anonymity depends on it)
-        init(h, passphrase=passphrase, expected_population=max(count, 1000))
+        cfg = init(h, passphrase=passphrase, expected_population=max(count, 1000))
         typer.echo(f"created the vault {h}")
+        from pivault.cli.vault_cmds import read_limit_line
+
+        typer.echo(read_limit_line(cfg))
     elif not passphrase:
         if not secret_file.exists():
             raise ConfigError(f"{h} exists but its passphrase is neither in PIVAULT_PASSPHRASE nor in "

@@ -28,6 +28,7 @@ __all__ = [
     "import_",
     "init",
     "migrate",
+    "read_limit_line",
     "rejects_app",
     "rejects_show",
     "run_cli",
@@ -87,7 +88,7 @@ def init(
 
     info = {"home": str(cfg.home), "vault_id": cfg.vault_id, "keyring": str(cfg.keyring_path),
             "store": parse_url(cfg.store_url).redacted,
-            "expected_population": cfg.expected_population}
+            "expected_population": cfg.expected_population, "vault_read_limit": cfg.vault_budget}
     if json_out:
         _print_json(info)
         return
@@ -95,8 +96,18 @@ def init(
     typer.echo(f"  home:    {cfg.home}")
     typer.echo(f"  store:   {info['store']}")
     typer.echo(f"  keyring: {cfg.keyring_path}")
+    typer.echo(read_limit_line(cfg))
     typer.echo("Back up the keyring apart from the data, and keep the passphrase: without both "
                "the data cannot be decrypted.")
+
+
+def read_limit_line(cfg: Any) -> str:
+    """What a new vault lets everyone together read, and where to change it: said when it is made,
+    so that the first refusal for the vault-wide limit is no surprise."""
+    b = cfg.vault_budget
+    return (f"  read limit, all principals together: {b['records_per_minute']:,} a minute, "
+            f"{b['records_per_hour']:,} an hour, {b['records_per_day']:,} a day "
+            f"([detect.vault] in {cfg.config_path}; sized for {cfg.expected_population:,} residents)")
 
 
 @run_cli

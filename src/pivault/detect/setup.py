@@ -18,8 +18,8 @@ Settings live in the vault's ``pivault.toml`` (all optional)::
     alerts_jsonl = "/var/log/pivault/alerts.jsonl"   # default: <home>/logs/alerts.jsonl
     webhook_url = "https://siem.example/hooks/pivault" # secret in $PIVAULT_WEBHOOK_SECRET
 
-    [detect.vault]                          # everyone together
-    records_per_minute = 5000
+    [detect.vault]                          # everyone together; `pivault init` writes
+    records_per_minute = 5000               # default_vault_budget(expected population)
     [detect.role_totals.officer]            # all officers together
     records_per_hour = 20000
     [detect.principals."officer-17"]        # one principal, instead of its role's budget
@@ -28,7 +28,9 @@ Settings live in the vault's ``pivault.toml`` (all optional)::
     rate_factor = 5
 
 ``$PIVAULT_COUNTERS_URL`` overrides ``counters``, and ``$PIVAULT_REDIS_URL``
-overrides both. ``$PIVAULT_AUDIT_CHAIN=node``, which ``pivault serve`` sets
+overrides both. A ``[detect.vault]`` value must be a whole number of at least 1:
+the section is removed to have no vault-wide limit, never set to 0 (which would
+refuse every read). ``$PIVAULT_AUDIT_CHAIN=node``, which ``pivault serve`` sets
 for its workers when it runs the node's audit chainer, leaves the chaining of
 their journals to that process (:mod:`pivault.audit.chainer`). Per-principal budgets of each
 role come from the access policy (``[roles.R.budgets]``).
@@ -59,8 +61,20 @@ from pivault.detect.guard import DetectGuard
 from pivault.errors import ConfigError
 from pivault.store.db import Database
 
-__all__ = ["AUDIT_CHAIN_ENV", "COUNTERS_ENV", "DetectSettings", "audit_key_dir", "build_guard",
-           "follow_policy", "run_node_chainer"]
+__all__ = [
+    "AUDIT_CHAIN_ENV",
+    "COUNTERS_ENV",
+    "VAULT_LIMIT_DIVISORS",
+    "VAULT_LIMIT_FLOORS",
+    "DetectSettings",
+    "audit_key_dir",
+    "build_guard",
+    "check_vault_budget",
+    "default_vault_budget",
+    "follow_policy",
+    "run_node_chainer",
+    "vault_budget_lines",
+]
 
 log = logging.getLogger("pivault.detect")
 REDIS_ENV = "PIVAULT_REDIS_URL"
@@ -68,6 +82,60 @@ REDIS_ENV = "PIVAULT_REDIS_URL"
 COUNTERS_ENV = "PIVAULT_COUNTERS_URL"
 AUDIT_CHAIN_ENV = "PIVAULT_AUDIT_CHAIN"
 WEBHOOK_SECRET_ENV = "PIVAULT_WEBHOOK_SECRET"
+
+#: The default vault-wide read limit, as the population divided by these: 0.01 % of the residents
+#: a minute, 0.2 % an hour, 2 % a day. Reading everyone then takes at least 50 days at the limit,
+#: refused and alerted (``budget.vault``) each time a window is spent, while an organisation that
+#: reads 0.4 % of its population on a working day (a member of staff per 1,000 residents, each
+#: looking up four records) stays under every window with room for its busiest hour and minute
+#: twice over. docs/detect.md ("The vault-wide limit") gives the reasoning.
+VAULT_LIMIT_DIVISORS: dict[str, int] = {"records_per_minute": 10_000, "records_per_hour": 500,
+                                      "records_per_day": 50}
+#: ... and never less than these, so that a small vault still serves a few principals at the shipped
+#: officer budget (30 a minute, 300 an hour, 1,000 a day): about three at once, five days' budgets a day
+VAULT_LIMIT_FLOORS: dict[str, int] = {"records_per_minute": 100, "records_per_hour": 1_000,
+                                      "records_per_day": 5_000}
+
+
+def default_vault_budget(population: int) -> dict[str, int]:
+    """The vault-wide read limit ``pivault init`` writes for a vault of ``population`` residents.
+
+    Budgets per principal do not add up to a limit: every token issued to a new
+    principal name brings its own, so without this ten tokens read ten budgets'
+    worth, and enough of them the whole population. Sized from the population
+    (:data:`VAULT_LIMIT_DIVISORS`) with floors (:data:`VAULT_LIMIT_FLOORS`).
+    """
+    return {key: max(VAULT_LIMIT_FLOORS[key], population // share)
+            for key, share in VAULT_LIMIT_DIVISORS.items()}
+
+
+def check_vault_budget(table: Mapping[str, Any]) -> dict[str, int]:
+    """The ``[detect.vault]`` table, refused in one line naming the key if a value cannot be a limit.
+
+    Stricter than the budgets of a principal: a 0 there shuts one caller out,
+    here it would refuse every read of everyone, and a fraction would be cut to
+    a whole number silently. No limit is said by leaving the section out.
+    """
+    from pivault.detect.budgets import BUDGET_KEYS
+
+    out: dict[str, int] = {}
+    for key, value in table.items():
+        if key not in BUDGET_KEYS:
+            raise ConfigError(f"[detect.vault] has an unknown setting {key!r}; it takes "
+                              f"{', '.join(BUDGET_KEYS)}", code="home.config")
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"[detect.vault] {key} must be a whole number of records, e.g. "
+                              f"{key} = 1000; fix the line in pivault.toml", code="home.config")
+        if value < 1:
+            raise ConfigError(f"[detect.vault] {key} must be at least 1 (0 or less would refuse every "
+                              "read); to have no vault-wide limit, delete the line", code="home.config")
+        out[key] = value
+    return out
+
+
+def vault_budget_lines(budget: Mapping[str, int]) -> list[str]:
+    """``budget`` as the lines of pivault.toml that set it (init writes them, the banner prints them)."""
+    return ["[detect.vault]", *(f"{key} = {value}" for key, value in budget.items())]
 
 
 @dataclass
@@ -142,13 +210,20 @@ class DetectSettings:
             raise ConfigError(f"[detect.detector] has an unknown setting {bad[0]!r}", code="home.config")
         return cls(
             counters_url=detect.get("counters"), suspend_after=int(detect.get("suspend_after", 3)),
-            vault=dict(detect.get("vault", {})), role_totals=dict(detect.get("role_totals", {})),
+            vault=check_vault_budget(_table(detect.get("vault", {}), "[detect] vault")),
+            role_totals=dict(detect.get("role_totals", {})),
             principals=dict(detect.get("principals", {})), alerts_jsonl=detect.get("alerts_jsonl"),
             webhook_url=detect.get("webhook_url"), detector=det,
             audit_key_dir=audit.get("key_dir"), journal_dir=audit.get("journal_dir"),
             checkpoint_every=int(audit.get("checkpoint_every", 1000)),
             checkpoint_seconds=float(audit.get("checkpoint_seconds", 300.0)),
             anchor=audit.get("anchor"), anchor_required=bool(audit.get("anchor_required", False)))
+
+
+def _table(value: Any, what: str) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{what} must be a table", code="home.config")
+    return value
 
 
 def audit_key_dir(keyring_path: str | os.PathLike[str], vault_id: str,

@@ -57,6 +57,9 @@ class VaultConfig:
     expected_population: int
     #: the access policy file; empty until policies are configured
     policy_path: str = ""
+    #: the vault-wide read limit (``[detect.vault]``); empty: none, as in vaults made before
+    #: ``init`` wrote one (:func:`pivault.detect.setup.default_vault_budget`)
+    vault_budget: dict[str, int] = field(default_factory=dict)
     extra: dict[str, object] = field(default_factory=dict)
 
     @property
@@ -94,6 +97,21 @@ class VaultConfig:
             f"path = {s(str(self.keyring_path))}\n\n"
             "[policy]\n"
             f"path = {s(self.policy_path)}\n"
+        ) + self._vault_budget_toml()
+
+    def _vault_budget_toml(self) -> str:
+        if not self.vault_budget:
+            return ""
+        from pivault.detect.setup import vault_budget_lines
+
+        # no [detect] header: settings added under one of their own further down stay valid TOML
+        return (
+            "\n# Records all principals together may read (each also has its role's budget).\n"
+            f"# Sized by `pivault init` for {self.expected_population:,} residents: 0.01 % of them a\n"
+            "# minute, 0.2 % an hour, 2 % a day, with floors (docs/detect.md). Raise a value for\n"
+            "# traffic the vault must carry; delete the section only to have no limit on everyone\n"
+            "# together.\n"
+            + "\n".join(vault_budget_lines(self.vault_budget)) + "\n"
         )
 
 
@@ -185,6 +203,11 @@ def check_settings(doc: dict[str, object]) -> None:
             if not _is(kind, value):
                 raise ConfigError(f"[{name}] {key} must be {_KIND_WORDS[kind]}", code="home.config")
     _check_ranges(doc)
+    detect = doc.get("detect")
+    if isinstance(detect, dict) and isinstance(detect.get("vault"), dict):
+        from pivault.detect.setup import check_vault_budget
+
+        check_vault_budget(detect["vault"])
     keys = doc.get("keys")
     if isinstance(keys, dict) and keys:
         from pivault.keys.usage import UsagePolicy
@@ -213,6 +236,7 @@ def load(home: str | os.PathLike[str] | None = None) -> VaultConfig:
             home=h, store_url=str(store["url"]), keyring_path=Path(str(keyring["path"])),
             vault_id=str(vault["vault_id"]), expected_population=int(vault["expected_population"]),
             policy_path=str(doc.get("policy", {}).get("path", "")),
+            vault_budget=dict(doc.get("detect", {}).get("vault", {})),
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise ConfigError(f"{path} lacks a setting ({exc})", code="home.config",
@@ -241,7 +265,7 @@ def init(
     expected_population: int = DEFAULT_EXPECTED_POPULATION,
     argon2: Argon2Params | None = None,
 ) -> VaultConfig:
-    """Create a vault: home directory, keyring (outside it), schema, binding.
+    """Create a vault: home directory, keyring (outside it), schema, binding, default read limit.
 
     Refuses a home that already has a configuration, and a keyring path
     inside the home (``keyring.location``). Returns the written configuration.
@@ -281,8 +305,12 @@ def init(
         finally:
             os.unlink(tmp)
         keyring = Keyring.open(target, provider)  # the provider caches the derived key
+    from pivault.detect.setup import default_vault_budget
+
+    # a new vault limits everyone together from the start (see default_vault_budget)
     cfg = VaultConfig(home=h, store_url=url, keyring_path=target, vault_id=keyring.vault_id,
-                      expected_population=expected_population)
+                      expected_population=expected_population,
+                      vault_budget=default_vault_budget(expected_population))
     from pivault.vault.facade import Vault
 
     parsed = parse_url(url)
