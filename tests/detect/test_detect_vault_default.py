@@ -281,3 +281,40 @@ def test_ten_tokens_under_their_own_budgets_are_stopped_by_the_default(fresh: Li
         states = {t.principal: t.state() for t in TokenStore(db).list()}
     assert all(states[f"officer-crowd-{i}"] == "active" for i in range(10))
 
+
+def test_an_export_larger_than_the_limit_waits_for_the_operator_to_raise_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An approved export is still a bulk read: it is charged whole to the vault-wide limit, and one
+    larger than it never fits however long one waits. The refusal says so, and the export stays
+    approved until the operator raises the limit in pivault.toml."""
+    home = _init(tmp_path)
+    people = _residents(150, seed=78)
+    with Vault.open(home, passphrase=PASSPHRASE) as v:
+        v.store.insert([seal(v.keyring, r) for r in people])
+        _, approver = TokenStore(v.db).create("approver-1", "approver", ["export_approval"], ttl_seconds=600)
+    monkeypatch.setenv("PIVAULT_PASSPHRASE", PASSPHRASE)
+    monkeypatch.setenv("PIVAULT_HOME", str(home))
+    run = CliRunner().invoke
+    r = run(app, ["export", "request", "--recipient", "Institute X", "--purpose", "research", "--fields",
+                  "name,id_number", "--selection", "ids=" + ",".join(p.record_id for p in people), "--json"])
+    assert r.exit_code == 0, r.output
+    export_id = json.loads(r.stdout)["export_id"]
+    r = run(app, ["export", "approve", export_id, "--token", approver])
+    assert r.exit_code == 0, r.output
+    out = tmp_path / "x.csv"
+    r = run(app, ["export", "fetch", export_id, "--out", str(out)])
+    assert r.exit_code == 1 and not out.exists()
+    assert r.stderr.startswith("error[budget.exceeded]: read budget spent: vault.records_per_minute "
+                               "(limit 100)"), r.stderr
+    assert "hint: " in r.stderr and "never fits" in r.stderr and "[detect.vault]" in r.stderr
+    assert str(home / "pivault.toml") in r.stderr and "policy" not in r.stderr.split("hint: ")[1]
+    r = run(app, ["export", "list", "--json"])
+    assert [e["status"] for e in json.loads(r.stdout)] == ["approved"]
+    # the operator raises the limit for the fetch, deliberately, in the file
+    config = home / "pivault.toml"
+    config.write_text(config.read_text(encoding="utf-8").replace("records_per_minute = 100\n",
+                                                                  "records_per_minute = 200\n"),
+                      encoding="utf-8")
+    r = run(app, ["export", "fetch", export_id, "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    assert "150 records" in r.stdout

@@ -71,6 +71,24 @@ def silence_stdout() -> None:
         pass
 
 
+def _vault_limit_hint(exc: PivaultError, home: object) -> str | None:
+    """What to do about a refusal by the vault-wide read limit, which the policy does not set.
+
+    At the command line the refused request is often one large read (an export's
+    fetch is charged whole), which no wait lets through: the operator who wants it
+    raises the limit in pivault.toml, deliberately.
+    """
+    rule = getattr(exc, "rule", None)
+    if exc.code != "budget.exceeded" or not isinstance(rule, str) or not rule.startswith("vault."):
+        return None
+    from pivault.vault.home import CONFIG_NAME, resolve_home
+
+    config = resolve_home(home if isinstance(home, str | os.PathLike) else None) / CONFIG_NAME
+    return (f"this is the limit on all principals together, {rule.split('.', 1)[1]} in [detect.vault] of "
+            f"{config}; wait and retry, but a request (an export) larger than the limit never fits: "
+            "raise it there for that request, then put it back")
+
+
 def run_cli(fn: Callable[P, R]) -> Callable[P, R]:
     """Turn pivault errors into one clear line and an exit status, never a traceback."""
 
@@ -80,8 +98,9 @@ def run_cli(fn: Callable[P, R]) -> Callable[P, R]:
             return fn(*args, **kwargs)
         except PivaultError as exc:
             err(f"error[{exc.code}]: {exc.message}")
-            if exc.hint:
-                err(f"  hint: {exc.hint}")
+            hint = _vault_limit_hint(exc, kwargs.get("home")) or exc.hint
+            if hint:
+                err(f"  hint: {hint}")
             raise typer.Exit(2 if isinstance(exc, ValidationError | ConfigError) else 1) from None
         except BrokenPipeError:
             # the reader has what it wanted (`| head`): not an error to report
