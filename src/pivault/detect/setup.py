@@ -87,8 +87,9 @@ WEBHOOK_SECRET_ENV = "PIVAULT_WEBHOOK_SECRET"
 #: a minute, 0.2 % an hour, 2 % a day. Reading everyone then takes at least 50 days at the limit,
 #: refused and alerted (``budget.vault``) each time a window is spent, while an organisation that
 #: reads 0.4 % of its population on a working day (a member of staff per 1,000 residents, each
-#: looking up four records) stays under every window with room for its busiest hour and minute
-#: twice over. docs/detect.md ("The vault-wide limit") gives the reasoning.
+#: looking up four records) stays under every window with its busiest hour at four times the
+#: average hour, its busiest minute at twelve times the average minute. docs/detect.md ("The
+#: vault-wide limit") gives the reasoning.
 VAULT_LIMIT_DIVISORS: dict[str, int] = {"records_per_minute": 10_000, "records_per_hour": 500,
                                       "records_per_day": 50}
 #: ... and never less than these, so that a small vault still serves a few principals at the shipped
