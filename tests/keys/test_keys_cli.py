@@ -195,3 +195,29 @@ def test_kms_is_refused_by_the_command_line(app: typer.Typer, tmp_path: Path) ->
     with pytest.raises(KeyringError) as info:
         check_new_passphrase("short")
     assert info.value.hint is not None and "kms" not in info.value.hint.lower()
+
+
+def test_cli_rewrap_names_a_key_file_it_cannot_open(app: typer.Typer, tmp_path: Path) -> None:
+    import base64
+
+    home = tmp_path / "home"
+    cfg = _home.init(home, passphrase=PASSPHRASE, keyring_path=tmp_path / "keys" / "vault.keyring",
+                     argon2=CHEAP)
+    kr = Keyring.open(cfg.keyring_path, __import__("keys_support").provider())
+    key_dir = audit_key_dir(cfg.keyring_path, cfg.vault_id)
+    create_audit_keys(key_dir, kr)
+    h = ["--home", str(home)]
+    _run(app, ["keys", "rotate", *h])
+    sealed = key_dir / "audit-signing.key"
+    doc = json.loads(sealed.read_bytes())
+    from pivault.keys.sites import file_sites
+
+    member = next(f.member for f in file_sites(cfg.keyring_path, cfg.vault_id, audit_dir=key_dir)
+                  if f.path == sealed)
+    ct = bytearray(base64.b64decode(doc[member]))
+    ct[-1] ^= 0x01
+    doc[member] = base64.b64encode(bytes(ct)).decode("ascii")
+    sealed.write_text(json.dumps(doc), encoding="utf-8")
+    res = CliRunner().invoke(app, ["keys", "rewrap", *h], env={"PIVAULT_PASSPHRASE": PASSPHRASE})
+    assert "1 key file(s) beside the keyring could not be opened" in res.output, res.output
+    assert "audit-signing.key" in res.output

@@ -299,3 +299,30 @@ def test_no_key_is_retired_while_records_have_no_key_in_the_record_key_store(vau
     retired = {(r.keyset, r.key_id) for r in retire_unused(vault.db, kr, record_keys=real)}
     assert retired == {("aead", old), ("prf.mobile", old_index)}
     _all_read(vault, ids, people)
+
+
+def test_a_damaged_key_file_is_named_by_the_rewrap_and_left_as_it_is(vault: Vault) -> None:
+    """A key file whose ciphertext no key opens (damaged, or another keyring's) was skipped in silence:
+    the operator learnt of it only when the signing key it held failed."""
+    import base64
+    import json
+
+    from pivault.audit import create_audit_keys
+    from pivault.backup.signing import load_or_create_signing_key
+
+    kr = vault.keyring
+    create_audit_keys(kr.path.parent / f"{kr.vault_id}.audit", kr)
+    load_or_create_signing_key(kr)
+    rotate(kr, ["aead"])
+    files = file_sites(kr.path, kr.vault_id)
+    damaged = next(f for f in files if f.path.name == "audit-signing.key")
+    doc = json.loads(damaged.path.read_bytes())
+    ct = bytearray(base64.b64decode(doc[damaged.member]))
+    ct[-1] ^= 0x01
+    doc[damaged.member] = base64.b64encode(bytes(ct)).decode("ascii")
+    damaged.path.write_text(json.dumps(doc), encoding="utf-8")
+    before = damaged.path.read_bytes()
+    report = rewrap(vault.db, kr, record_keys=_keys(vault).keys, files=files)
+    assert report.files_unreadable == ["audit-signing.key"]
+    assert report.files_rewrapped == 1  # the backup signing key, intact
+    assert damaged.path.read_bytes() == before

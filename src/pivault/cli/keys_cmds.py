@@ -195,6 +195,10 @@ def keys_rewrap(
                f"entries given check tags, {report.other_values_rewrapped:,} "
                f"other values, {report.files_rewrapped} key files; {report.conflicts} left to concurrent "
                f"writers, {report.unreadable} unreadable (erased)")
+    if report.files_unreadable:
+        err(f"warning: {len(report.files_unreadable)} key file(s) beside the keyring could not be opened "
+            f"and were left as they are ({', '.join(report.files_unreadable)}): damaged or of another "
+            "keyring; put back a good copy of each from where the key files are kept")
     for r in retired:
         typer.echo(f"retired {r.keyset} key {r.key_id}")
 

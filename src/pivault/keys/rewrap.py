@@ -72,6 +72,9 @@ class RewrapReport:
     unreadable: int = 0
     other_values_rewrapped: int = 0
     files_rewrapped: int = 0
+    #: key files beside the keyring whose ciphertext no key opens (damaged or replaced): left as
+    #: they are, and named by the command line, since a signing key there no longer works
+    files_unreadable: list[str] = field(default_factory=list)
     resumed_from: str = ""
     complete: bool = False
     seconds: float = 0.0
@@ -342,10 +345,13 @@ def rewrap(
             ct = fs.read()
             if ct is not None and ct[:1] == b"\x01":
                 try:
-                    if keyring.key_id_of(ct) != w.primary and fs.rewrap(keyring):
-                        report.files_rewrapped += 1
+                    if keyring.key_id_of(ct) != w.primary:
+                        if fs.rewrap(keyring):
+                            report.files_rewrapped += 1
+                        else:
+                            report.files_unreadable.append(fs.path.name)
                 except IntegrityError:
-                    pass
+                    report.files_unreadable.append(fs.path.name)
         with db.transaction():
             jobs.save_progress(db, job, phase="done", cursor="", finished=True,
                                detail={"index_rebuilt": w.rotating_index})
