@@ -168,6 +168,27 @@ def test_breaches_counted_per_token(counters: Counters) -> None:
 def test_too_large_request(counters: Counters) -> None:
     c = _budgets(counters).charge(OFFICER, records=31, record_ids=_ids("a", 31))
     assert c.refusal is not None and c.refusal.retry_after == 60
+    # whatever keeps the counters says what was asked: no wait lets this one through, and the
+    # refusal says so instead of "retry after 60 s"
+    assert (c.refusal.amount, c.refusal.limit) == (31, 30)
+    err = BudgetExceeded(c.refusal)
+    assert "the request needs 31" in err.message and "no wait" in err.message
+    assert "retry after" not in err.message and err.hint is not None and "policy" in err.hint
+
+
+def test_a_request_larger_than_the_vault_wide_limit_says_who_sets_it(counters: Counters) -> None:
+    b = _budgets(counters, vault=Budget(records_per_minute=20))
+    c = b.charge(OFFICER, records=25, record_ids=_ids("a", 25))
+    assert c.refusal is not None and c.refusal.rule == "vault.records_per_minute"
+    err = BudgetExceeded(c.refusal)
+    assert "allows 20, the request needs 25" in err.message
+    assert err.hint is not None and "[detect.vault]" in err.hint and "operator" in err.hint
+    # a charge that fits once the window moves on keeps its wait, and names the same place
+    assert b.charge(OFFICER, records=15, record_ids=_ids("b", 15)).allowed
+    again = b.charge(OTHER, records=10, record_ids=_ids("c", 10))
+    assert again.refusal is not None and again.refusal.amount == 10
+    late = BudgetExceeded(again.refusal)
+    assert "retry after" in late.message and late.hint is not None and "[detect.vault]" in late.hint
 
 
 def test_budget_from_the_policy_file() -> None:

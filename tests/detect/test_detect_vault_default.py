@@ -304,8 +304,9 @@ def test_an_export_larger_than_the_limit_waits_for_the_operator_to_raise_it(
     out = tmp_path / "x.csv"
     r = run(app, ["export", "fetch", export_id, "--out", str(out)])
     assert r.exit_code == 1 and not out.exists()
-    assert r.stderr.startswith("error[budget.exceeded]: read budget spent: vault.records_per_minute "
-                               "(limit 100)"), r.stderr
+    assert r.stderr.startswith("error[budget.exceeded]: read budget too small for this request: "
+                               "vault.records_per_minute allows 100, the request needs 150; no wait lets "
+                               "it through"), r.stderr
     assert "hint: " in r.stderr and "never fits" in r.stderr and "[detect.vault]" in r.stderr
     assert str(home / "pivault.toml") in r.stderr and "policy" not in r.stderr.split("hint: ")[1]
     r = run(app, ["export", "list", "--json"])

@@ -351,7 +351,7 @@ class BudgetMap:
                         claimed.add(moff)
                         new.append((moff, *mkey))
                 if new and n + len(new) > d.limit:
-                    return Refusal(d.name, (day + 1) * DAY - now, n, d.limit)
+                    return Refusal(d.name, (day + 1) * DAY - now, n, d.limit, len(new))
                 if new:
                     if not there:
                         claimed.add(soff)

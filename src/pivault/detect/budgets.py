@@ -51,10 +51,21 @@ class BudgetExceeded(PivaultError, PermissionError):
         self.limit = refusal.limit
         #: whole seconds to wait (the HTTP ``Retry-After`` value)
         self.retry_after = max(1, math.ceil(refusal.retry_after))
+        self.amount = refusal.amount
         what = "change budget" if refusal.rule.endswith("changes_per_day") else "read budget"
+        together = refusal.rule.startswith("vault.")
+        where = ("the limit on all principals together ([detect.vault] in the vault's pivault.toml), "
+                 "which the vault's operator sets" if together else "a larger budget in the policy")
+        if refusal.amount > refusal.limit:
+            # waiting never helps: the request alone is more than the window holds
+            super().__init__(f"{what} too small for this request: {refusal.rule} allows {refusal.limit}, "
+                             f"the request needs {refusal.amount}; no wait lets it through",
+                             hint=f"ask for it in smaller parts, or for {where}")
+            return
         super().__init__(f"{what} spent: {refusal.rule} (limit {refusal.limit}); "
                          f"retry after {self.retry_after} s",
-                         hint="wait, or ask for a larger budget in the policy")
+                         hint=f"wait, or ask for {where}" if together
+                         else "wait, or ask for a larger budget in the policy")
 
 
 @dataclass(frozen=True, slots=True)

@@ -90,6 +90,9 @@ class Refusal(NamedTuple):
     retry_after: float
     used: int
     limit: int
+    #: what the refused charge asked for (0 where the counter store does not say): more than
+    #: ``limit`` means no wait lets it through
+    amount: int = 0
 
 
 class Counters(Protocol):
@@ -172,7 +175,7 @@ def window_refusal(buckets: Iterable[Sequence[int]], used: int, rule: WindowRule
             if freed >= need:
                 retry = (k + BUCKETS) * g - now
                 break
-    return Refusal(rule.name, max(retry, 0.001), used, rule.limit)
+    return Refusal(rule.name, max(retry, 0.001), used, rule.limit, abs(rule.amount))
 
 
 class MemoryCounters:
@@ -226,7 +229,7 @@ class MemoryCounters:
                     new: Collection[str] = ((() if ids[0] in members else ids) if len(ids) == 1
                                           else set(ids) - members)
                     if new and len(members) + len(new) > d.limit:
-                        return Refusal(d.name, (day + 1) * DAY - now, len(members), d.limit)
+                        return Refusal(d.name, (day + 1) * DAY - now, len(members), d.limit, len(new))
                     dplan.append((members, new))
             for w, amount in plan:
                 w.cur[1] += amount
@@ -480,7 +483,8 @@ class RedisCounters:
         idx = int(res[1]) - 1
         rules: list[WindowRule | DistinctRule] = [*windows, *distinct]
         rule = rules[idx]
-        return Refusal(rule.name, max(float(res[2]), 0.001), int(res[3]), rule.limit)
+        amount = abs(rule.amount) if isinstance(rule, WindowRule) else 0
+        return Refusal(rule.name, max(float(res[2]), 0.001), int(res[3]), rule.limit, amount)
 
     def _run(self, script: Any, keys: Sequence[str], args: Sequence[Any]) -> Any:
         """A registered script: on this thread's own connection, else the client library's way.
