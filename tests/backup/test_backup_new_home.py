@@ -81,6 +81,8 @@ def _check_restored(env: dict[str, str], home: Path, s: dict[str, Any]) -> None:
     assert verified["ok"] is True, verified
     cfg = (home / "pivault.toml").read_text()
     assert f'vault_id = "{s["info"]["vault_id"]}"' in cfg and "expected_population = 1000" in cfg
+    # the new home limits everyone together from the start, as a new vault does
+    assert "[detect.vault]" in cfg and "records_per_minute = 100" in cfg
     assert _json(run(env, "stats", "--home", str(home), "--json"))["vault_id"] == s["info"]["vault_id"]
 
 

@@ -335,8 +335,16 @@ def restore_new_home(
                          record_keys_backup=record_keys_backup, keyring=keyring, keep_erased=True,
                          keep_unreadable=keep_unreadable, salvage=True,
                          keyring_generation=keyring.generation)
+    from pivault.detect.setup import default_vault_budget
+
+    # the lost home's pivault.toml is not in the backup: the new one limits everyone together from the
+    # start, as a new vault's does, rather than not at all
     out = NewHomeReport(VaultConfig(home=h, store_url=store_url, keyring_path=kpath, vault_id=vault_id,
-                                    expected_population=population), report, keyring_written, added)
+                                    expected_population=population,
+                                    vault_budget=default_vault_budget(population)),
+                        report, keyring_written, added)
+    out.notes.append("the new pivault.toml limits the reads of all principals together to the default for "
+                     f"{population:,} residents ([detect.vault]); set it as the lost home had it")
     if keys_survived:
         out.notes.append("the record-key store beside the keyring survived: the record-key backup put back "
                          "only keys of records corrected since the data backup, none of a record erased")
