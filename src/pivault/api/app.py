@@ -53,6 +53,8 @@ _TOKEN_ID = r"^[0-9a-f]{16}$"
 #: the policy's operations -> the Vault's names for them (as the audit trail records them)
 _VAULT_OP: dict[str, str] = {"lookup": "find", "read": "get", "create": "put", "update": "update",
                              "erase": "erase", "export": "export", "audit": "stats", "admin": "admin"}
+#: what the audit trail records for a stated purpose that no role of the policy has
+UNKNOWN_PURPOSE = "?"
 LEGAL_BASIS = "PIPL art. 45 (right to copy); GDPR art. 15 (right of access)"
 
 #: (method, path, operation, who) for the startup banner and the docs
@@ -358,8 +360,13 @@ def create_app(vault: VaultLike, policy: Policy | PolicyHolder, *, tokens: Token
 
         def refuse(status: int, code: str, detail: str) -> Problem:
             # a refusal here never reaches the Vault: record it through its guard, so
-            # probing for what a token may do shows in the audit trail too
-            purpose = stated if stated is not None and _PURPOSE.fullmatch(stated) else "-"
+            # probing for what a token may do shows in the audit trail too. The purpose as stated
+            # only if the policy knows it: the trail is kept for years and cannot be edited, and
+            # anything else in the header ("id-11010519491231002x") could be a resident's data
+            if stated is None or not _PURPOSE.fullmatch(stated):
+                purpose = "-"
+            else:
+                purpose = stated if stated in pol.purpose_names else UNKNOWN_PURPOSE
             ctx = AccessContext(principal=token.principal, role=token.role, purpose=purpose,
                                 request_id=rid, token_id=token.token_id, source="api")
             try:

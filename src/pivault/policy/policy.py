@@ -312,6 +312,9 @@ class Policy:
         if not roles:
             raise PolicyError("the policy defines no roles")
         self.roles: dict[str, Role] = dict(roles)
+        #: every purpose some role may state: the only purpose names that may be recorded as stated
+        #: (a name that matches none is free text, which could be a resident's ID number or name)
+        self.purpose_names: frozenset[str] = frozenset(p for r in self.roles.values() for p in r.purposes)
         self.source = source
         self.version = version
         for e in self.id_exposures():
