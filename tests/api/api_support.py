@@ -39,7 +39,7 @@ ROLE_PURPOSE = {"officer": "identity_verification", "registrar": "registration",
 
 def policy_for_tests() -> str:
     """The shipped policy with read budgets far above what the tests read, plus ``trainee`` and
-    ``clerk`` roles whose tiny budgets the budget tests spend."""
+    ``clerk`` roles whose tiny budgets the budget tests spend, and a ``copier`` that reveals nothing."""
     text = re.sub(r"(?m)^((?:records_per_\w+|misses_per_hour|distinct_per_day|changes_per_day) = )\d+",
                   r"\g<1>1000000", Policy.default_text())
     return text + TRAINEE
@@ -63,6 +63,13 @@ name = "mask"
 [roles.trainee.budgets]
 records_per_minute = 2
 misses_per_hour = 100
+
+[roles.copier]
+description = "test role that reads and copies records but may reveal nothing"
+operations = ["read", "export"]
+purposes = ["training"]
+[roles.copier.fields]
+name = "mask"
 
 [roles.clerk]
 description = "test role that registers residents, with a tiny read budget"

@@ -49,3 +49,30 @@ def test_a_purpose_the_policy_does_not_know_is_not_written_to_the_audit_trail(li
         assert resident["id_number"][:17] not in repr(trail)
     trail = audited(live, other.headers["x-request-id"])
     assert [(e.outcome, e.purpose) for e in trail] == [("denied", "data_subject_request")]
+
+
+def test_a_refusal_on_a_record_route_names_the_record_tried(live: Live) -> None:
+    """An officer trying to correct or erase a resident, a DPO copying one for an audit, a role copying
+    without the reveals a copy needs: each refused at the route, and recorded without the record, so
+    that "who tried to touch this resident?" missed them (a refusal at the Vault's door names it).
+    The copy was recorded as an ``export``, its reveal refusal not at all; the Vault records copies
+    as ``rights.copy``. A path that is no record id (an ID number typed there) still names nothing."""
+    rid = live.record_ids[12]
+    typed = live.residents[12]["id_number"]
+    copier = live.token_store().create("test-copier", "copier", ["training"], ttl_seconds=600)[1]
+    with live.client(role="officer") as c:
+        patch = c.patch(f"/v1/residents/{rid}", json={"notes": "x"})
+        erase = c.delete(f"/v1/residents/{rid}")
+        typo = c.delete(f"/v1/residents/{typed}")
+    with live.client(live.tokens["dpo"], purpose="audit") as c:
+        copy = c.post(f"/v1/rights/{rid}/copy")
+    with live.client(copier, purpose="training") as c:
+        masked = c.post(f"/v1/rights/{rid}/copy")
+    expected = [(patch, "update", (rid,)), (erase, "erase", (rid,)), (typo, "erase", ()),
+                (copy, "rights.copy", (rid,)), (masked, "rights.copy", (rid,))]
+    for r, operation, records in expected:
+        assert r.status_code == 403, r.text
+        trail = audited(live, r.headers["x-request-id"])
+        assert [(e.operation, e.outcome, e.record_ids) for e in trail] == [(operation, "denied", records)]
+    assert masked.json()["code"] == "policy.reveal"
+    assert typed not in repr(audited(live, typo.headers["x-request-id"]))

@@ -237,9 +237,10 @@ def test_dpo_rights_copy_correct_erase(live: Live) -> None:
     assert [(e.operation, e.outcome, e.record_ids, e.count, e.purpose) for e in found] == [
         ("rights.copy", "ok", (rid,), 1, "data_subject_request")]
     assert found[0].detail == {"reveal": True}
-    # the refused copy is recorded as a refused export, with no record handed out
-    assert [(e.operation, e.outcome, e.count) for e in _audited(live, r.headers["x-request-id"])] == [
-        ("export", "denied", 0)]
+    # the refused copy is recorded under the same operation, naming the record, none handed out
+    assert [(e.operation, e.outcome, e.record_ids, e.count)
+            for e in _audited(live, r.headers["x-request-id"])] == [
+        ("rights.copy", "denied", (live.record_ids[6],), 0)]
 
 
 def _audited(live: Live, request_id: str) -> list[Any]:

@@ -67,4 +67,4 @@ def test_a_route_holds_the_purposes_its_own_operation_is_tied_to(sqlite_db: Data
         r = c.post(f"/v1/rights/{rid}/copy", headers={"X-Purpose": "subject_request"})
         assert r.status_code == 200 and r.json()["record"]["id_number"] == idn
     refused = [e for e in entries(sqlite_db, principal="clerk-1") if e.outcome == "denied"]
-    assert [(e.operation, e.purpose) for e in refused] == [("export", "audit")]
+    assert [(e.operation, e.purpose, e.record_ids) for e in refused] == [("rights.copy", "audit", (rid,))]

@@ -36,6 +36,7 @@ from pivault.api import schemas as s
 from pivault.api.middleware import AccessLog, Message, Receive, Scope, Send, ServiceMiddleware
 from pivault.api.problems import Problem, problem_response, validation_problem
 from pivault.errors import NotFoundError, PivaultError, ValidationError
+from pivault.model import is_record_id
 from pivault.policy.context import PURPOSE_NAME, AccessContext
 from pivault.policy.guard import PolicyGuard
 from pivault.policy.policy import PI_OPERATIONS, WRITABLE_FIELDS, Policy, PolicyError
@@ -351,9 +352,22 @@ def create_app(vault: VaultLike, policy: Policy | PolicyHolder, *, tokens: Token
                                 headers=dict(exc.headers or {}))
 
     # -- authorisation per route ------------------------------------------------
+    def audit_refusal(ctx: AccessContext, operation: str, record_ids: tuple[str, ...]) -> None:
+        """Record a refusal decided at the route, which never reaches the Vault, through its guard."""
+        try:
+            vault.guard.audit(ctx, operation, record_ids, "denied")
+        except Exception as exc:  # the refusal stands; the log names the failure's type
+            sys.stderr.write(f"pivault: could not audit a refusal ({type(exc).__name__})\n")
+
     def authorise_caller(token: TokenInfo, operation: str, ops: tuple[str, ...], needs_purpose: bool,
-                         x_purpose: str | None, rid: str) -> Caller:
-        """The caller of a route needing ``ops``, or :class:`Problem` (the refusal audited)."""
+                         x_purpose: str | None, rid: str, *, audit_as: str | None = None,
+                         record_id: str | None = None) -> Caller:
+        """The caller of a route needing ``ops``, or :class:`Problem` (the refusal audited).
+
+        ``audit_as`` is the name the Vault records the route's call under (a rights copy is an
+        export that reads: ``rights.copy``), and ``record_id`` the record the route is about, so
+        that a refusal here is found where one at the Vault's door would be.
+        """
         pol = holder.current()
         role = pol.role(token.role)
         stated = x_purpose.strip() if x_purpose is not None else None
@@ -369,10 +383,9 @@ def create_app(vault: VaultLike, policy: Policy | PolicyHolder, *, tokens: Token
                 purpose = stated if stated in pol.purpose_names else UNKNOWN_PURPOSE
             ctx = AccessContext(principal=token.principal, role=token.role, purpose=purpose,
                                 request_id=rid, token_id=token.token_id, source="api")
-            try:
-                vault.guard.audit(ctx, _VAULT_OP.get(operation, operation), (), "denied")
-            except Exception as exc:  # the refusal stands; the log names the failure's type
-                sys.stderr.write(f"pivault: could not audit a refusal ({type(exc).__name__})\n")
+            # the record only if the path holds a record id: what else was typed there is not recorded
+            subjects = (record_id,) if record_id is not None and is_record_id(record_id) else ()
+            audit_refusal(ctx, audit_as or _VAULT_OP.get(operation, operation), subjects)
             return Problem(status, code, detail)
 
         if role is None:
@@ -408,7 +421,8 @@ def create_app(vault: VaultLike, policy: Policy | PolicyHolder, *, tokens: Token
             raise refuse(403, "policy.purpose", f"role {role.name!r} may {ties}")
         return Caller(token=token, purpose=purpose, policy=pol, request_id=rid)
 
-    def require(operation: str, *alternatives: str) -> Callable[..., Awaitable[Caller]]:
+    def require(operation: str, *alternatives: str,
+                audit_as: str | None = None) -> Callable[..., Awaitable[Caller]]:
         ops = (operation, *alternatives)
         needs_purpose = any(op in PI_OPERATIONS for op in ops)
 
@@ -422,8 +436,11 @@ def create_app(vault: VaultLike, policy: Policy | PolicyHolder, *, tokens: Token
                             + ("" if needs_purpose else " (optional here)")),
         ) -> Caller:
             token: TokenInfo = request.scope.get("state", {})["token"]
+            # not validated yet (the route's parameters are, after its dependencies)
+            record_id = request.path_params.get("record_id")
             return authorise_caller(token, operation, ops, needs_purpose, x_purpose,
-                                    _request_id(request) or "")
+                                    _request_id(request) or "", audit_as=audit_as,
+                                    record_id=record_id if isinstance(record_id, str) else None)
 
         return dependency
 
@@ -567,7 +584,7 @@ def create_app(vault: VaultLike, policy: Policy | PolicyHolder, *, tokens: Token
     @app.post("/v1/rights/{record_id}/copy", response_model=s.CopyOut, tags=["rights"], responses=with_404)
     async def rights_copy(
         record_id: str = PathParam(pattern=_RECORD_ID, max_length=28),
-        caller: Caller = Depends(require("export")),
+        caller: Caller = Depends(require("export", audit_as="rights.copy")),
     ) -> Response:
         """A data subject's full copy of their record (PIPL art. 45, GDPR art. 15)."""
         role = caller.policy.role(caller.token.role)
@@ -575,6 +592,7 @@ def create_app(vault: VaultLike, policy: Policy | PolicyHolder, *, tokens: Token
         masked = {f for f, m in role.fields.items() if m != "none"}
         missing = sorted(masked - role.revealable(caller.purpose))
         if missing:
+            audit_refusal(caller.ctx(reveal=True), "rights.copy", (record_id,))
             raise Problem(403, "policy.reveal", "a rights copy shows every field in full; for this purpose "
                           f"role {role.name!r} may not reveal: {', '.join(missing)}")
         record = await call(vault.subject_copy, record_id, ctx=caller.ctx(reveal=True))
