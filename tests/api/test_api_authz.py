@@ -4,6 +4,7 @@ operation and the record tried, and never a value the caller typed."""
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any
 
@@ -76,3 +77,50 @@ def test_a_refusal_on_a_record_route_names_the_record_tried(live: Live) -> None:
         assert [(e.operation, e.outcome, e.record_ids) for e in trail] == [(operation, "denied", records)]
     assert masked.json()["code"] == "policy.reveal"
     assert typed not in repr(audited(live, typo.headers["x-request-id"]))
+
+
+def test_a_revoked_expired_or_suspended_token_still_used_is_in_the_audit_trail(live: Live) -> None:
+    """A token is revoked or suspended because it may have leaked; whoever still sends it is the one
+    to find. Its requests were answered 401 and left no entry, and the access log said "-" for
+    who sent them. Now each is recorded under the token's principal (``token.use``, ``denied``),
+    and the access log names the principal and the token. A token with a wrong secret is nobody's:
+    it is refused as before and recorded under no principal."""
+    store = live.token_store()
+    revoked, revoked_token = store.create("test-leaked", "officer", ["identity_verification"],
+                                          ttl_seconds=600)
+    suspended, suspended_token = store.create("test-suspended", "officer", ["identity_verification"],
+                                              ttl_seconds=600)
+    expired, expired_token = store.create("test-expired", "officer", ["identity_verification"],
+                                          ttl_seconds=1)
+    store.revoke(revoked.token_id)
+    store.suspend(suspended.token_id, "test")
+    forged = revoked_token[:-4] + ("aaaa" if not revoked_token.endswith("aaaa") else "bbbb")
+    time.sleep(1.2)
+    body = {"id_number": live.residents[13]["id_number"]}
+    answers = []
+    for info, token, code in ((revoked, revoked_token, "auth.revoked"),
+                              (suspended, suspended_token, "auth.suspended"),
+                              (expired, expired_token, "auth.expired"), (None, forged, "auth.invalid")):
+        with live.client(token, purpose="identity_verification") as c:
+            r = c.post("/v1/residents/lookup", json=body)
+        assert r.status_code == 401 and r.json()["code"] == code, r.text
+        answers.append((info, r))
+    time.sleep(0.5)
+    log = [json.loads(line) for line in (live.home / "logs" / "access.log").read_text().splitlines()]
+    by_request = {e["request_id"]: e for e in log}
+    for info, r in answers[:3]:
+        assert info is not None
+        rid = r.headers["x-request-id"]
+        trail = audited(live, rid)
+        assert [(e.principal, e.role, e.token_id, e.operation, e.outcome) for e in trail] == [
+            (info.principal, "officer", info.token_id, "token.use", "denied")]
+        assert trail[0].detail == {"subjects": [info.token_id]}
+        line = by_request[rid]
+        assert (line["principal"], line["token_id"], line["status"]) == (info.principal, info.token_id, 401)
+    # sent before the entries above were found, by then chained too
+    forged_rid = answers[3][1].headers["x-request-id"]
+    assert audited(live, forged_rid, at_least=0) == []
+    assert by_request[forged_rid]["principal"] == "-"
+    for token in (revoked_token, forged):
+        assert token not in (live.home / "logs" / "access.log").read_text()
+        assert token not in live.stderr.read_text() + live.stdout.read_text()

@@ -765,6 +765,21 @@ def create_app(vault: VaultLike, policy: Policy | PolicyHolder, *, tokens: Token
         await resp(scope, _no_receive, send)
         return True
 
+    def inactive_token_used(scope: Scope, token: TokenInfo, rid: str) -> None:
+        """A genuine token used once expired, revoked or suspended: refused, and recorded as its principal's.
+
+        A token is revoked or suspended because it may have leaked, and whoever still sends it
+        holds its secret: the audit trail and the access log name its principal and token id
+        (never the token). A token whose secret does not match names nobody, and is not recorded.
+        """
+        state = scope.setdefault("state", {})
+        state["principal"] = token.principal
+        state["role"] = token.role
+        state["token_id"] = token.token_id
+        ctx = AccessContext(principal=token.principal, role=token.role, purpose="-", request_id=rid,
+                            token_id=token.token_id, source="api")
+        audit_refusal(ctx, "token.use", (token.token_id,))
+
     def gate(scope: Scope) -> Response | None:
         """What can be refused from the request's head, before any of its body is read."""
         rid = scope.get("state", {}).get("request_id")
@@ -777,6 +792,8 @@ def create_app(vault: VaultLike, policy: Policy | PolicyHolder, *, tokens: Token
         try:
             authenticate(scope)
         except AuthError as exc:
+            if exc.token is not None:
+                inactive_token_used(scope, exc.token, rid or "")
             return problem_response(401, exc.code, exc.message, rid,
                                     headers={"WWW-Authenticate": 'Bearer realm="pivault"'})
         if sum(1 for name, _ in scope.get("headers", ()) if name == b"x-purpose") > 1:

@@ -83,6 +83,9 @@ class AuthError(PivaultError):
     """
 
     code = "auth.invalid"
+    #: the token's row when the token is genuine but no longer active (expired, revoked,
+    #: suspended): whoever still sends it holds its secret, and is to be recorded as its principal
+    token: TokenInfo | None = None
 
 
 def _hash(token_id: str, secret: str) -> bytes:
@@ -211,7 +214,9 @@ class TokenStore:
             raise AuthError("the bearer token is not valid", code="auth.invalid")
         state = info.state(now)
         if state != "active":
-            raise AuthError(f"the bearer token is {state}", code=f"auth.{state}")
+            err = AuthError(f"the bearer token is {state}", code=f"auth.{state}")
+            err.token = info
+            raise err
         return info
 
     def _row(self, token_id: str) -> tuple[bytes, TokenInfo] | None:
