@@ -124,3 +124,30 @@ def test_a_revoked_expired_or_suspended_token_still_used_is_in_the_audit_trail(l
     for token in (revoked_token, forged):
         assert token not in (live.home / "logs" / "access.log").read_text()
         assert token not in live.stderr.read_text() + live.stdout.read_text()
+
+
+def test_a_refused_token_creation_or_revocation_is_in_the_audit_trail(live: Live) -> None:
+    """An admin minting a token under the name of the vault's operator or its watchman, for a role
+    the policy lacks, or with purposes beyond the role's, was refused and left no entry (a reload of
+    an invalid policy file does leave one); nor did revoking a token that does not exist."""
+    refused = []
+    with live.client(role="admin") as c:
+        for body in ({"principal": "system:detect", "role": "officer"},
+                     {"principal": "local:root", "role": "dpo"},
+                     {"principal": "mallory", "role": "superuser"},
+                     {"principal": "mallory", "role": "officer", "purposes": ["data_subject_request"]}):
+            r = c.post("/v1/admin/tokens", json=body)
+            assert r.status_code == 422, r.text
+            refused.append(r)
+        gone = c.delete("/v1/admin/tokens/0123456789abcdef")
+        assert gone.status_code == 404 and gone.json()["code"] == "token.not_found"
+    admin_id = live.tokens["admin"].split("_")[1]
+    for r in refused:
+        trail = audited(live, r.headers["x-request-id"])
+        assert [(e.principal, e.token_id, e.operation, e.outcome, e.detail) for e in trail] == [
+            ("test-admin", admin_id, "token.create", "denied", {"subjects": []})]
+    trail = audited(live, gone.headers["x-request-id"])
+    assert [(e.principal, e.operation, e.outcome, e.detail) for e in trail] == [
+        ("test-admin", "token.revoke", "not_found", {"subjects": ["0123456789abcdef"]})]
+    asked = ("system:detect", "local:root", "mallory")
+    assert not [t for t in live.token_store().list() if t.principal in asked]

@@ -610,21 +610,28 @@ def create_app(vault: VaultLike, policy: Policy | PolicyHolder, *, tokens: Token
     async def create_token(body: s.TokenCreateIn,
                            caller: Caller = Depends(require("admin"))) -> s.TokenCreated:
         """Issue a token for a principal; the token is in this response only, never stored."""
+
+        def refused(code: str, detail: str) -> Problem:
+            # an admin reaching beyond a role, or for the name of the vault's operator or its
+            # watchman, leaves a trace as a refused policy reload does (no subject: nothing was made,
+            # and the principal asked for is the admin's text)
+            vault.guard.audit(caller.ctx(), "token.create", [], "denied")
+            return Problem(422, code, detail)
+
         pol = holder.current()
         role = pol.role(body.role)
         if role is None:
-            raise Problem(422, "token.role", f"no role {body.role!r} in the current policy")
+            raise refused("token.role", f"no role {body.role!r} in the current policy")
         purposes = body.purposes if body.purposes is not None else list(role.purposes)
         bad = [p for p in purposes if p not in role.purposes]
         if bad or not purposes:
-            raise Problem(422, "token.purpose",
-                          f"role {role.name!r} may state only: {', '.join(role.purposes)}")
+            raise refused("token.purpose", f"role {role.name!r} may state only: {', '.join(role.purposes)}")
         try:
             ttl = parse_duration(body.expires)
             info, token = token_store.create(body.principal, role.name, purposes, ttl_seconds=ttl,
                                              created_by=caller.token.principal)
         except ValueError as exc:
-            raise Problem(422, "token.invalid", str(exc)) from None
+            raise refused("token.invalid", str(exc)) from None
         # token and policy changes go to the audit trail too (subjects: token ids, never secrets)
         vault.guard.audit(caller.ctx(), "token.create", [info.token_id], "ok")
         return s.TokenCreated(token=token, info=s.TokenView.model_validate(info.to_dict()))
@@ -640,6 +647,7 @@ def create_app(vault: VaultLike, policy: Policy | PolicyHolder, *, tokens: Token
                            caller: Caller = Depends(require("admin"))) -> Response:
         """Revoke a token; refused from the next request on, on every worker."""
         if not token_store.revoke(token_id):
+            vault.guard.audit(caller.ctx(), "token.revoke", [token_id], "not_found")
             raise Problem(404, "token.not_found", "no active or suspended token with this id")
         vault.guard.audit(caller.ctx(), "token.revoke", [token_id], "ok")
         return Response(status_code=204)
