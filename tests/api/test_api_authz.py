@@ -151,3 +151,23 @@ def test_a_refused_token_creation_or_revocation_is_in_the_audit_trail(live: Live
         ("test-admin", "token.revoke", "not_found", {"subjects": ["0123456789abcdef"]})]
     asked = ("system:detect", "local:root", "mallory")
     assert not [t for t in live.token_store().list() if t.principal in asked]
+
+
+def test_reveal_in_the_query_is_exactly_true_or_false_and_given_once(live: Live) -> None:
+    """``?reveal=1``, ``yes`` or ``on`` were read as true, and ``?reveal=false&reveal=true`` as the
+    last: a proxy in front filtering on the parameter could read it otherwise than the service.
+    Lookups take JSON ``true`` only, and a repeated X-Purpose header is refused for the same reason."""
+    rid = live.record_ids[12]
+    with live.client(role="officer", purpose="case_investigation") as c:
+        full = c.get(f"/v1/residents/{rid}", params={"reveal": "true"})
+        masked = c.get(f"/v1/residents/{rid}", params={"reveal": "false"})
+        loose = [c.get(f"/v1/residents/{rid}?reveal={v}") for v in ("1", "yes", "on", "True", "")]
+        twice = c.get(f"/v1/residents/{rid}?reveal=false&reveal=true")
+        other = c.get(f"/v1/residents/{rid}?x=1&x=2")
+    assert full.status_code == 200 and full.json()["revealed"] == ["address", "id_number", "mobile"]
+    assert masked.status_code == 200 and masked.json()["revealed"] == []
+    for r in loose:
+        assert r.status_code == 422, (r.request.url, r.text)
+        assert live.residents[12]["id_number"] not in r.text
+    for r in (twice, other):
+        assert r.status_code == 400 and r.json()["code"] == "request.query", r.text

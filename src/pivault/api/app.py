@@ -21,6 +21,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
+from urllib.parse import unquote_plus
 
 from fastapi import Depends, FastAPI, Header, Query, Request
 from fastapi import Path as PathParam
@@ -249,6 +250,14 @@ def _problem_for(exc: PivaultError, request_id: str | None) -> Response:
 def _request_id(request: Request) -> str | None:
     rid = request.scope.get("state", {}).get("request_id")
     return str(rid) if rid else None
+
+
+def _repeated_query(query: bytes) -> bool:
+    """Whether a query string names one parameter twice (``?reveal=false&reveal=true``)."""
+    if not query:
+        return False
+    names = [unquote_plus(part.split("=", 1)[0]) for part in query.decode("latin-1").split("&") if part]
+    return len(names) != len(set(names))
 
 
 def _json_or_absent(scope: Scope) -> bool:
@@ -547,12 +556,18 @@ def create_app(vault: VaultLike, policy: Policy | PolicyHolder, *, tokens: Token
     @app.get("/v1/residents/{record_id}", response_model=s.ReadOut, tags=["residents"], responses=with_404)
     async def read_resident(
         record_id: str = PathParam(pattern=_RECORD_ID, max_length=28),
-        reveal: bool = Query(False, description="full values where the policy allows"),
+        reveal: str = Query("false", pattern="^(true|false)$",
+                            description="true: full values where the policy allows (exactly true or false)"),
         caller: Caller = Depends(require("read")),
     ) -> Response:
-        """One resident by its opaque record id, as the caller's role may see it."""
-        record = await call(vault.get, record_id, ctx=caller.ctx(reveal=reveal))
-        return json_response({"record": view(caller, record), "revealed": revealed(caller, reveal)})
+        """One resident by its opaque record id, as the caller's role may see it.
+
+        ``reveal`` is ``true`` or ``false`` and nothing else (not ``1``, ``yes`` or ``on``), as a
+        lookup's JSON ``reveal`` is: a proxy in front that filters on it must read it as this does.
+        """
+        full = reveal == "true"
+        record = await call(vault.get, record_id, ctx=caller.ctx(reveal=full))
+        return json_response({"record": view(caller, record), "revealed": revealed(caller, full)})
 
     @app.patch("/v1/residents/{record_id}", response_model=s.Updated, tags=["residents"],
                responses={**with_404, 409: {"model": s.Problem, "description": "ID number already held"}})
@@ -807,6 +822,9 @@ def create_app(vault: VaultLike, policy: Policy | PolicyHolder, *, tokens: Token
         if sum(1 for name, _ in scope.get("headers", ()) if name == b"x-purpose") > 1:
             # a proxy and this service could each take a different one of them
             return problem_response(400, "purpose.invalid", "send one X-Purpose header, not several", rid)
+        if _repeated_query(scope.get("query_string", b"")):
+            # ?reveal=false&reveal=true: a proxy may read the first, this service would take the last
+            return problem_response(400, "request.query", "send each query parameter once", rid)
         if scope.get("method") in ("POST", "PUT", "PATCH") and not _json_or_absent(scope):
             return problem_response(415, "request.media_type",
                                     "send the body as JSON (Content-Type: application/json)", rid)
