@@ -137,6 +137,9 @@ def _chainer_main(home: str, parent: int) -> None:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the serving process stops us in order
     try:
+        from pivault.keys.binding import check_home
+
+        check_home(home)  # never chains beside a record-key store every other door refuses
         run_node_chainer(home, stop)
     except Exception as exc:
         log.error("the audit chainer stopped: %s", getattr(exc, "code", type(exc).__name__))

@@ -382,7 +382,8 @@ def create_backup(db: Database, keyring: Keyring, out: str | os.PathLike[str], *
         if record_keys is None:
             from pivault.keys.attach import open_record_key_store
 
-            record_keys = owned.enter_context(open_record_key_store(keyring))
+            # the store the data store is bound to: a missing one is refused, never made anew
+            record_keys = owned.enter_context(open_record_key_store(keyring, db=db))
         if record_keys.vault_id != keyring.vault_id:
             raise BackupError("the record-key store belongs to another vault", code="backup.vault")
         for attempt in range(_ATTEMPTS):

@@ -167,6 +167,14 @@ def _check_new_home(h: Path) -> None:
                               "share a directory with other files")
 
 
+def _record_key_store_there(keyring_path: Path) -> bool:
+    """Whether a record-key store (its tables, not just a file) is beside the keyring; nothing is made."""
+    from pivault.keys.binding import probe
+    from pivault.keys.shred import record_key_store_url
+
+    return probe(record_key_store_url(keyring_path)).tables == {"keystore_meta", "record_keys"}
+
+
 def _record_keys_held(keyring_path: Path) -> int:
     """How many record keys the default record-key store beside the keyring holds (0 if none)."""
     from pivault.keys.shred import record_key_store_url
@@ -326,15 +334,23 @@ def restore_new_home(
 
     keyring.record_keys = True
     added: int | None = None
-    with open_record_key_store(keyring) as keys:
-        if record_keys_backup is not None and not keys_survived:
-            # the keys first, as for any write of a record; audited once the trail is back
-            added = restore_record_keys(record_keys_backup, keys, key)
-        # erasures since are purged below, where an empty record-key store is a note, not an error
-        report = restore(path, store_url, key, vault_id=vault_id, quarantine=quarantine, record_keys=keys,
-                         record_keys_backup=record_keys_backup, keyring=keyring, keep_erased=True,
-                         keep_unreadable=keep_unreadable, salvage=True,
+    there = _record_key_store_there(kpath)
+    if not there and record_keys_backup is None:
+        # no store survived and none is given: none is made, empty (every record would read as
+        # erased); the vault refuses to open until `pivault keys restore` refills it
+        report = restore(path, store_url, key, vault_id=vault_id, quarantine=quarantine, keyring=keyring,
+                         keep_erased=True, keep_unreadable=keep_unreadable, salvage=True,
                          keyring_generation=keyring.generation)
+    else:
+        with open_record_key_store(keyring, create=not there) as keys:
+            if record_keys_backup is not None and not keys_survived:
+                # the keys first, as for any write of a record; audited once the trail is back
+                added = restore_record_keys(record_keys_backup, keys, key)
+            # erasures since are purged below, where an empty record-key store is a note, not an error
+            report = restore(path, store_url, key, vault_id=vault_id, quarantine=quarantine,
+                             record_keys=keys, record_keys_backup=record_keys_backup, keyring=keyring,
+                             keep_erased=True, keep_unreadable=keep_unreadable, salvage=True,
+                             keyring_generation=keyring.generation, fresh_keys=not there)
     from pivault.detect.setup import default_vault_budget
 
     # the lost home's pivault.toml is not in the backup: the new one limits everyone together from the
@@ -371,8 +387,12 @@ def _after_restore(out: NewHomeReport, keyring: Keyring, record_keys_backup: str
         if sink is not None and out.record_keys_added is not None and record_keys_backup is not None:
             sink("keys.restore", "ok", {"file": Path(record_keys_backup).name,
                                         "keys_added": out.record_keys_added})
-        with open_record_key_store(keyring) as keys:
-            if not keep_erased:
+        if not _record_key_store_there(cfg.keyring_path):
+            out.notes.append("no record-key store beside the keyring: the vault refuses to open until "
+                             "`pivault keys restore FILE` puts back the newest record-key backup (or pass "
+                             "it here with --record-keys)")
+        elif not keep_erased:
+            with open_record_key_store(keyring) as keys:
                 try:
                     report.erased_since_backup = purge_erased(db, keys)
                 except ConfigError as exc:

@@ -562,7 +562,7 @@ def restore(path: str | os.PathLike[str], store_url: str, key: VerifyKey, *,
             keyring: Keyring | None = None, keep_erased: bool = False, keep_unreadable: bool = False,
             salvage: bool = False,
             events: Callable[[Database], KeyEvents | None] | None = None,
-            keyring_generation: int | None = None) -> RestoreReport:
+            keyring_generation: int | None = None, fresh_keys: bool = False) -> RestoreReport:
     """Restore a data backup into the (empty) store at ``store_url``; see the module doc.
 
     ``vault_id``: the vault this must be (its keyring's); a backup of another
@@ -586,6 +586,9 @@ def restore(path: str | os.PathLike[str], store_url: str, key: VerifyKey, *,
     ``keyring_generation``: that of the keyring the vault will be opened with; a
     backup whose store had seen a newer one is refused before anything changes
     (``keyring.rollback``: the restored vault would refuse that keyring).
+    With ``record_keys`` and ``keyring``, the restored store is bound to that
+    record-key store, or the restore refused (:func:`pivault.keys.binding.bind`;
+    ``fresh_keys``: the caller made it for this restore).
 
     All of this happens before the restored rows take the store's place
     (SQLite: the staged copy is renamed in last; PostgreSQL: one
@@ -642,6 +645,13 @@ def restore(path: str | os.PathLike[str], store_url: str, key: VerifyKey, *,
                    quarantined: str | None) -> None:
             report.quarantined = quarantined
             report.migrated = migrate(store)
+            if record_keys is not None and keyring is not None:
+                # the restored rows and the record-key store at hand must belong together (the
+                # backup's binding, or a store that clearly holds its records' keys): refused here,
+                # the old store stays in place
+                from pivault.keys.binding import bind
+
+                bind(store, keyring, record_keys, fresh=fresh_keys)
             if record_keys is not None and not keep_erased:
                 from pivault.keys.shred import purge_erased
 

@@ -38,8 +38,13 @@ def _print_json(obj: Any) -> None:
 # -- opening things -------------------------------------------------------------------
 
 @contextmanager
-def _opened(home: Path | None) -> Iterator[Any]:
-    """The vault home's config, keyring (root key from its header), store and record-key store."""
+def _opened(home: Path | None, *, repair: bool = False) -> Iterator[Any]:
+    """The vault home's config, keyring (root key from its header), store and record-key store.
+
+    The record-key store must be the one the store is bound to (a missing or
+    foreign one is refused before any key is touched); ``repair`` lets
+    ``keys restore`` refill one that is lost (:func:`pivault.keys.binding.attach`).
+    """
     from pivault.crypto import Keyring
     from pivault.crypto.providers import provider_for
     from pivault.keys.attach import open_record_key_store
@@ -55,7 +60,7 @@ def _opened(home: Path | None) -> Iterator[Any]:
         from pivault.vault import meta
 
         meta.check(db, keyring)
-        with open_record_key_store(keyring, home=cfg.home) as keys:
+        with open_record_key_store(keyring, home=cfg.home, db=db, repair=repair) as keys:
             yield _Opened(cfg, keyring, db, keys)
     finally:
         db.close()
@@ -459,7 +464,7 @@ def backup(
     from pivault.backup import create_backup
 
     with _opened(home) as o:
-        res = create_backup(o.db, o.keyring, out, events=o.events())
+        res = create_backup(o.db, o.keyring, out, events=o.events(), record_keys=o.keys)
     if json_out:
         _print_json(res.to_dict())
         return
@@ -658,6 +663,8 @@ def restore(
     # salvage and the audit entry are part of the restore: done before the restored store takes the
     # old one's place, so that a crash cannot leave a restore without them
     try:
+        # the store must be there (never made anew, empty, by a restore); the restored rows are bound
+        # to it, or refused, before they take the old store's place
         with open_record_key_store(ring, home=cfg.home) as keys:
             report = _restore(file, cfg.store_url, key, vault_id=ring.vault_id, quarantine=quarantine,
                               record_keys=keys, record_keys_backup=record_keys, keyring=ring,

@@ -69,9 +69,13 @@ def init(
     expected_population: Annotated[int, typer.Option(
         "--expected-population", help="Residents the vault is sized for (sets blind-index "
                                        "length).")] = 10_000_000,
+    record_key_store: Annotated[str | None, typer.Option(
+        "--record-key-store", help="Where the per-record keys go: sqlite:///PATH or a PostgreSQL URL of "
+                                   "another database or schema than the data's (default: beside the "
+                                   "keyring). The vault opens only with this store from then on.")] = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """Create a vault: data directory, keyring (kept apart from it) and schema."""
+    """Create a vault: data directory, keyring (kept apart from it), record-key store and schema."""
     from pivault.crypto import passphrase_from_env_or_prompt
     from pivault.crypto.blind import MIN_POPULATION
     from pivault.crypto.keyring import MAX_POPULATION
@@ -83,7 +87,7 @@ def init(
                               f"{MIN_POPULATION} and {MAX_POPULATION:,}")
     passphrase = passphrase_from_env_or_prompt("New keyring passphrase: ", confirm=True)
     cfg = _home.init(home, passphrase=passphrase, store_url=store, keyring_path=keyring,
-                     expected_population=expected_population)
+                     expected_population=expected_population, record_key_store=record_key_store)
     from pivault.store.db import parse_url
 
     info = {"home": str(cfg.home), "vault_id": cfg.vault_id, "keyring": str(cfg.keyring_path),

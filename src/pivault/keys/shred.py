@@ -41,6 +41,8 @@ __all__ = [
     "ShreddingRecordStore",
     "purge_erased",
     "record_key_store_url",
+    "store_location",
+    "store_missing",
 ]
 
 #: the record-key store of a keyring ``K`` is the SQLite file ``K.recordkeys``
@@ -82,6 +84,38 @@ def record_key_store_url(keyring_path: str | Path) -> str:
     return f"sqlite:///{p.with_name(p.name + RECORD_KEY_STORE_SUFFIX)}"
 
 
+def store_location(url: str) -> str:
+    """How a record-key store is named in a message: its file, or its URL without a password."""
+    from pivault.store.db import parse_url
+
+    parsed = parse_url(url)
+    return parsed.target if parsed.dialect == "sqlite" else parsed.redacted
+
+
+def store_missing(where: str, *, sqlite: bool, tables_lost: bool = False) -> ConfigError:
+    """The refusal for a record-key store that is not there: what, why, and what to do, in a line.
+
+    Made in one place because every door into a vault (the library, each
+    command, ``serve``, the chainer, backups and restores) says the same: a
+    store made anew in its place would hold no key, and every record would
+    read as erased.
+    """
+    if tables_lost:
+        what = f"the record-key store {where} has lost its table record_keys (dropped, or a wrong schema)"
+    elif sqlite:
+        what = (f"the record-key store {where} is not there (moved or deleted, its disk not mounted, or a "
+                "wrong [keys] record_key_store in pivault.toml)")
+    else:
+        what = (f"the record-key store {where} has no record-key tables (dropped, or [keys] record_key_store "
+                "names the wrong database or schema)")
+    return ConfigError(
+        f"{what}: this vault's records cannot be opened without it, so nothing was read, created or "
+        "written; put it back (or point [keys] record_key_store at it) and run the command again",
+        code="keys.store_missing",
+        hint="a new, empty store in its place would make every record read as erased; if the store is "
+             "lost, `pivault keys restore FILE` puts back the newest record-key backup")
+
+
 def _chunks(seq: Sequence[Any], n: int) -> Iterator[Sequence[Any]]:
     for i in range(0, len(seq), n):
         yield seq[i:i + n]
@@ -101,11 +135,30 @@ class RecordKeyStore:
     database other than the data's works too, for several API nodes.
     """
 
-    def __init__(self, url: str | Database, *, vault_id: str) -> None:
+    def __init__(self, url: str | Database, *, vault_id: str, create: bool = True) -> None:
+        """Open the store at ``url``; ``create=False`` refuses one that is not there (``keys.store_missing``).
+
+        A vault opens its store through :mod:`pivault.keys.binding`, which
+        decides whether a new one may be made; ``create`` is for a store made
+        on purpose (a new vault, a store refilled from its backup, a test).
+        """
+        if not create and not isinstance(url, Database):
+            from pivault.store.db import parse_url
+
+            parsed = parse_url(url)
+            p = Path(parsed.target)
+            if parsed.dialect == "sqlite" and (not p.is_file() or p.stat().st_size == 0):
+                # opening a missing SQLite file makes it: refuse before connecting
+                raise store_missing(str(p), sqlite=True)
         self.db = url if isinstance(url, Database) else Database(url)
         self.vault_id = vault_id
         self._pg = self.db.dialect == "postgresql"
-        self._ensure_schema()
+        try:
+            self._ensure_schema(create)
+        except BaseException:
+            if not isinstance(url, Database):
+                self.db.close()
+            raise
 
     @classmethod
     def beside(cls, keyring: Keyring) -> RecordKeyStore:
@@ -121,8 +174,13 @@ class RecordKeyStore:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _ensure_schema(self) -> None:
+    def _ensure_schema(self, create: bool = True) -> None:
         db = self.db
+        if not create:
+            lost = [t for t in ("keystore_meta", "record_keys") if not db.table_exists(t)]
+            if lost:
+                where = self.db.url.target if not self._pg else self.db.url.redacted
+                raise store_missing(where, sqlite=not self._pg, tables_lost=lost == ["record_keys"])
         with db.transaction():
             for stmt in (_PG_SCHEMA if self._pg else _SQLITE_SCHEMA):
                 db.execute(stmt)
@@ -131,10 +189,35 @@ class RecordKeyStore:
                 db.execute("INSERT INTO keystore_meta (key, value) VALUES ('vault_id', ?)", (self.vault_id,))
                 db.execute("INSERT INTO keystore_meta (key, value) VALUES ('schema', ?)", (_SCHEMA_VERSION,))
             elif row[0] != self.vault_id:
+                where = self.db.url.target if not self._pg else self.db.url.redacted
                 raise ConfigError(
-                    f"the record-key store belongs to vault {row[0]}, not to this keyring's",
+                    f"the record-key store {where} belongs to vault {row[0]}, not to this keyring's: its "
+                    "keys open none of this vault's records, so nothing was read or written with it",
                     code="keys.store_mismatch",
-                    hint="point the vault at its own record-key store")
+                    hint="point [keys] record_key_store in pivault.toml at this vault's own record-key store")
+
+    # -- which store this is (pivault.keys.binding) --------------------------------
+    @property
+    def store_id(self) -> str | None:
+        """The id this store was given when a vault's data store was bound to it; None before that."""
+        row = self.db.query_one("SELECT value FROM keystore_meta WHERE key = 'store_id'")
+        return str(row[0]) if row else None
+
+    def claim_id(self, store_id: str) -> str:
+        """Give this store ``store_id`` unless it has one already; returns the id it holds.
+
+        One statement that loses to an id written first, so two processes
+        binding the same store at once agree on one id.
+        """
+        self.db.execute("INSERT INTO keystore_meta (key, value) VALUES ('store_id', ?)"
+                        " ON CONFLICT (key) DO NOTHING", (store_id,))
+        held = self.store_id
+        assert held is not None
+        return held
+
+    def holds_keys(self) -> bool:
+        """Whether any record key is here (an empty store opens no record)."""
+        return self.db.query_one("SELECT 1 FROM record_keys LIMIT 1") is not None
 
     # -- writing --------------------------------------------------------------
     def put_many(self, items: Iterable[tuple[str, bytes]]) -> int:

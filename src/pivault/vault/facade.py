@@ -247,7 +247,8 @@ class Vault:
     """
 
     def __init__(self, db: Database, keyring: Keyring, *, guard: Guard | None = None,
-                 config: VaultConfig | None = None, check: bool = True) -> None:
+                 config: VaultConfig | None = None, check: bool = True,
+                 record_key_store: str | None = None) -> None:
         if check:
             meta.check(db, keyring)
         self.db = db
@@ -256,8 +257,11 @@ class Vault:
         self.keyring = keyring
         from pivault.keys.attach import record_store
 
-        # each record's fields under a key of its own, kept beside the keyring: erase shreds
-        self.store: RecordStore = record_store(db, keyring, home=config.home if config else None)
+        # each record's fields under a key of its own, kept beside the keyring: erase shreds. The
+        # record-key store must be the one this store is bound to: a missing one is refused, never
+        # made anew and empty (every record would read as erased)
+        self.store: RecordStore = record_store(db, keyring, home=config.home if config else None,
+                                               url=record_key_store)
         self.guard: Guard = guard if guard is not None else LocalGuard()
         self.config = config
         self._checks: CheckTags | None = None
@@ -267,11 +271,17 @@ class Vault:
 
     # -- construction ------------------------------------------------------
     @classmethod
-    def initialise(cls, db: Database, keyring: Keyring, *, guard: Guard | None = None) -> Vault:
-        """Bring the store's schema up to date and bind it to ``keyring`` (idempotent)."""
+    def initialise(cls, db: Database, keyring: Keyring, *, guard: Guard | None = None,
+                   record_key_store: str | None = None) -> Vault:
+        """Bring the store's schema up to date and bind it to ``keyring`` (idempotent).
+
+        A new vault's record-key store (``record_key_store``, default beside
+        the keyring) is made here and bound to the store: from then on the
+        vault opens only with that one (:mod:`pivault.keys.binding`).
+        """
         migrate(db)
         meta.bind(db, keyring)
-        return cls(db, keyring, guard=guard)
+        return cls(db, keyring, guard=guard, record_key_store=record_key_store)
 
     @classmethod
     def open(cls, home: str | os.PathLike[str] | None = None, *, passphrase: str | None = None,

@@ -60,6 +60,8 @@ class VaultConfig:
     #: the vault-wide read limit (``[detect.vault]``); empty: none, as in vaults made before
     #: ``init`` wrote one (:func:`pivault.detect.setup.default_vault_budget`)
     vault_budget: dict[str, int] = field(default_factory=dict)
+    #: ``[keys] record_key_store``: the record-key store's URL; empty: beside the keyring
+    record_key_store: str = ""
     extra: dict[str, object] = field(default_factory=dict)
 
     @property
@@ -97,7 +99,14 @@ class VaultConfig:
             f"path = {s(str(self.keyring_path))}\n\n"
             "[policy]\n"
             f"path = {s(self.policy_path)}\n"
-        ) + self._vault_budget_toml()
+        ) + self._keys_toml() + self._vault_budget_toml()
+
+    def _keys_toml(self) -> str:
+        if not self.record_key_store:
+            return ""
+        return ("\n[keys]\n"
+                "# the record-key store this vault is bound to: it opens only with this one\n"
+                f"record_key_store = {json.dumps(self.record_key_store, ensure_ascii=False)}\n")
 
     def _vault_budget_toml(self) -> str:
         if not self.vault_budget:
@@ -237,6 +246,7 @@ def load(home: str | os.PathLike[str] | None = None) -> VaultConfig:
             vault_id=str(vault["vault_id"]), expected_population=int(vault["expected_population"]),
             policy_path=str(doc.get("policy", {}).get("path", "")),
             vault_budget=dict(doc.get("detect", {}).get("vault", {})),
+            record_key_store=str(doc.get("keys", {}).get("record_key_store", "")),
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise ConfigError(f"{path} lacks a setting ({exc})", code="home.config",
@@ -263,12 +273,16 @@ def init(
     home: str | os.PathLike[str] | None = None, *, passphrase: str,
     store_url: str | None = None, keyring_path: str | os.PathLike[str] | None = None,
     expected_population: int = DEFAULT_EXPECTED_POPULATION,
-    argon2: Argon2Params | None = None,
+    argon2: Argon2Params | None = None, record_key_store: str | None = None,
 ) -> VaultConfig:
     """Create a vault: home directory, keyring (outside it), schema, binding, default read limit.
 
     Refuses a home that already has a configuration, and a keyring path
-    inside the home (``keyring.location``). Returns the written configuration.
+    inside the home (``keyring.location``). ``record_key_store``: a URL for
+    the record-key store (default: a SQLite file beside the keyring), made
+    and bound to the vault here, since a vault opens only with the store it
+    was made with (:mod:`pivault.keys.binding`). Returns the written
+    configuration.
     """
     h = resolve_home(home)
     if (h / CONFIG_NAME).exists():
@@ -276,6 +290,7 @@ def init(
                           hint="choose another --home, or use the existing vault")
     url = store_url or f"sqlite:///{h / 'vault.db'}"
     parsed = parse_url(url)  # a bad URL fails before anything is created
+    keys_url = _record_key_store_url(record_key_store, url)
     if parsed.dialect == "sqlite" and not Path(parsed.target).is_absolute():
         # kept relative, the path would name another file from every other directory
         url = f"sqlite:///{Path(parsed.target).absolute()}"
@@ -310,20 +325,43 @@ def init(
     # a new vault limits everyone together from the start (see default_vault_budget)
     cfg = VaultConfig(home=h, store_url=url, keyring_path=target, vault_id=keyring.vault_id,
                       expected_population=expected_population,
-                      vault_budget=default_vault_budget(expected_population))
+                      vault_budget=default_vault_budget(expected_population),
+                      record_key_store=keys_url or "")
     from pivault.vault.facade import Vault
 
     parsed = parse_url(url)
     new_file = parsed.dialect == "sqlite" and not Path(parsed.target).exists()
+    from pivault.keys.shred import record_key_store_url
+
+    keys_target = parse_url(keys_url or record_key_store_url(target))
+    new_keys = keys_target.dialect == "sqlite" and not Path(keys_target.target).exists()
     try:
         with Database(url) as db:
-            Vault.initialise(db, keyring)
+            Vault.initialise(db, keyring, record_key_store=keys_url).close()
         write_private(h / CONFIG_NAME, cfg.to_toml().encode("utf-8"), overwrite=False)
     except BaseException:
         # nothing is protected by the new keyring yet: leave no half-made vault behind
         target.unlink(missing_ok=True)
-        if new_file:
-            for suffix in ("", "-wal", "-shm", "-journal"):
-                Path(parsed.target + suffix).unlink(missing_ok=True)
+        for made, path in ((new_file, parsed.target), (new_keys, keys_target.target)):
+            if made:
+                for suffix in ("", "-wal", "-shm", "-journal"):
+                    Path(path + suffix).unlink(missing_ok=True)
         raise
     return cfg
+
+
+def _record_key_store_url(given: str | None, store_url: str) -> str | None:
+    """``init``'s record-key store URL, checked: a SQLite path made absolute, never the data store itself.
+
+    Record keys in the data store would go wherever its copies go (a dump, a
+    snapshot), and an erasure would no longer reach every copy of a record.
+    """
+    if not given:
+        return None
+    parsed = parse_url(given)
+    if parsed.dialect == "sqlite" and not Path(parsed.target).is_absolute():
+        given = f"sqlite:///{Path(parsed.target).absolute()}"
+    if parse_url(given).target == parse_url(store_url).target:
+        raise ConfigError("the record-key store must not be the data store itself", code="keys.store_url",
+                          hint="give --record-key-store another database (or schema) than --store")
+    return given
