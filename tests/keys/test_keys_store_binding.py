@@ -263,6 +263,21 @@ def test_a_new_vault_makes_and_binds_its_store(env: dict[str, str], tmp_path: Pa
     assert not store.exists()
 
 
+def test_keys_restore_refills_a_lost_store_and_binds_it(env: dict[str, str], tmp_path: Path) -> None:
+    v = _make(env, tmp_path)
+    store, ids, people = v["store"], v["ids"], v["people"]
+    rk = tmp_path / "keyshelf" / "rk.pvb"
+    run(env, "keys", "backup", "--out", str(rk))
+    for f in store.parent.glob(store.name + "*"):
+        f.unlink()  # the disk that held it failed
+    _refused(run(env, "get", ids[0], code=2), "keys.store_missing", where=store, pi=people)
+    out = run(env, "keys", "restore", str(rk))
+    assert "6 record keys put back" in out.stdout
+    for rid, p in zip(ids, people, strict=True):
+        assert json.loads(run(env, "get", rid, "--reveal", "--json").stdout)[0]["mobile"] == p["mobile"]
+    data_id, store_id = _ids(Path(env["PIVAULT_HOME"]), store)
+    assert data_id is not None and data_id == store_id
+
 
 @pytest.fixture
 def pg_keys_url(pg_url: str) -> Iterator[str]:
@@ -319,6 +334,28 @@ def test_postgresql_record_key_store_dropped_or_wrong_schema(env: dict[str, str]
     for rid, p in zip(ids, people, strict=True):
         assert json.loads(run(env, "get", rid, "--reveal", "--json").stdout)[0]["mobile"] == p["mobile"]
 
+
+def test_a_rebuilt_home_without_record_keys_refuses_until_they_are_put_back(env: dict[str, str],
+                                                                            tmp_path: Path) -> None:
+    v = _make(env, tmp_path)
+    home, store, ids, people = Path(env["PIVAULT_HOME"]), v["store"], v["ids"], v["people"]
+    data = tmp_path / "shelf" / "vault.pvb"
+    run(env, "backup", "--out", str(data))
+    rk = tmp_path / "keyshelf" / "rk.pvb"
+    run(env, "keys", "backup", "--out", str(rk))
+    shutil.rmtree(home)
+    for f in store.parent.glob(store.name + "*"):
+        f.unlink()  # the record keys were on the same lost disk; the keyring was not
+    new = tmp_path / "rebuilt"
+    new_env = {**env, "PIVAULT_HOME": str(new)}
+    out = json.loads(run(new_env, "restore", str(data), "--home", str(new), "--new-home", "--json").stdout)
+    assert out["counts"]["records"] == 6
+    assert any("keys restore" in n for n in out["notes"]) and not store.exists()
+    _refused(run(new_env, "get", ids[0], code=2), "keys.store_missing", where=store, pi=people)
+    assert not store.exists()
+    assert "6 record keys put back" in run(new_env, "keys", "restore", str(rk)).stdout
+    for rid, p in zip(ids, people, strict=True):
+        assert json.loads(run(new_env, "get", rid, "--reveal", "--json").stdout)[0]["name"] == p["name"]
 
 
 def test_a_restore_needs_the_vaults_own_record_key_store(env: dict[str, str], tmp_path: Path) -> None:

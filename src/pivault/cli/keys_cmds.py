@@ -407,12 +407,19 @@ def keys_restore(
         "--only", help="Restore the keys of these record ids only (repeatable).")] = None,
     home: HomeOpt = None, json_out: JsonOpt = False,
 ) -> None:
-    """Put back record keys the live store lacks. This undoes erasures made since that backup."""
-    from pivault.backup import load_verify_key, restore_record_keys
+    """Put back record keys the live store lacks. This undoes erasures made since that backup.
 
-    with _opened(home) as o:
+    It also refills a record-key store that was lost (made anew here): the
+    vault is bound to it once the keys put back open its records.
+    """
+    from pivault.backup import load_verify_key, restore_record_keys
+    from pivault.keys.binding import bind
+
+    with _opened(home, repair=True) as o:
+        fresh = not o.keys.holds_keys()
         added = restore_record_keys(file, o.keys, load_verify_key(o.keyring.path), only_records=only,
                                     events=o.events())
+        bind(o.db, o.keyring, o.keys, fresh=fresh)
     if json_out:
         _print_json({"keys_added": added})
         return
