@@ -63,6 +63,12 @@ class Probe:
     def present(self) -> bool:
         return bool(self.tables)
 
+    @property
+    def lost_table(self) -> str | None:
+        """The one essential table missing from a store that has the other (dropped), else None."""
+        lost = {"keystore_meta", "record_keys"} - self.tables
+        return lost.pop() if self.present and len(lost) == 1 else None
+
 
 def probe(url: str) -> Probe:
     """Look at the store at ``url``: its tables and ids. A missing SQLite file is not made."""
@@ -217,7 +223,7 @@ def attach(db: Database, keyring: Keyring, url: str, *, repair: bool = False) ->
     complete = found.tables == {"keystore_meta", "record_keys"}
     if not complete and not repair:
         if found.present or bound is not None or sealed_sample(db):
-            raise store_missing(found.where, sqlite=found.sqlite, tables_lost=found.present)
+            raise store_missing(found.where, sqlite=found.sqlite, lost_table=found.lost_table)
         keys = RecordKeyStore(url, vault_id=keyring.vault_id)  # a vault being made
     else:
         keys = RecordKeyStore(url, vault_id=keyring.vault_id, create=repair)
@@ -254,6 +260,6 @@ def check_home(home: str | os.PathLike[str]) -> None:
         return
     found = probe(url)
     if found.tables != {"keystore_meta", "record_keys"}:
-        raise store_missing(found.where, sqlite=found.sqlite, tables_lost=found.present)
+        raise store_missing(found.where, sqlite=found.sqlite, lost_table=found.lost_table)
     if found.store_id != bound:
         raise _mismatch(found.where)

@@ -92,7 +92,7 @@ def store_location(url: str) -> str:
     return parsed.target if parsed.dialect == "sqlite" else parsed.redacted
 
 
-def store_missing(where: str, *, sqlite: bool, tables_lost: bool = False) -> ConfigError:
+def store_missing(where: str, *, sqlite: bool, lost_table: str | None = None) -> ConfigError:
     """The refusal for a record-key store that is not there: what, why, and what to do, in a line.
 
     Made in one place because every door into a vault (the library, each
@@ -100,8 +100,8 @@ def store_missing(where: str, *, sqlite: bool, tables_lost: bool = False) -> Con
     store made anew in its place would hold no key, and every record would
     read as erased.
     """
-    if tables_lost:
-        what = f"the record-key store {where} has lost its table record_keys (dropped, or a wrong schema)"
+    if lost_table:
+        what = f"the record-key store {where} has lost its table {lost_table} (dropped, or a wrong schema)"
     elif sqlite:
         what = (f"the record-key store {where} is not there (moved or deleted, its disk not mounted, or a "
                 "wrong [keys] record_key_store in pivault.toml)")
@@ -180,7 +180,8 @@ class RecordKeyStore:
             lost = [t for t in ("keystore_meta", "record_keys") if not db.table_exists(t)]
             if lost:
                 where = self.db.url.target if not self._pg else self.db.url.redacted
-                raise store_missing(where, sqlite=not self._pg, tables_lost=lost == ["record_keys"])
+                one = lost[0] if len(lost) == 1 else None
+                raise store_missing(where, sqlite=not self._pg, lost_table=one)
         with db.transaction():
             for stmt in (_PG_SCHEMA if self._pg else _SQLITE_SCHEMA):
                 db.execute(stmt)
