@@ -16,12 +16,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from pivault.crypto import Keyring
-from pivault.crypto.recordkeys import key_ref_of
 from pivault.errors import PivaultError, ValidationError
 from pivault.keys import jobs, seen
 from pivault.keys.events import KeyEvents, noop
 from pivault.keys.rewrap import JOB
-from pivault.keys.shred import RecordKeyStore
+from pivault.keys.shred import RecordKeyStore, keyless_batches
 from pivault.keys.sites import FileSite, census
 from pivault.keys.usage import UsageLedger
 from pivault.store.db import Database
@@ -151,16 +150,7 @@ def _refuse_missing_keys(db: Database, record_keys: RecordKeyStore, *, batch_siz
     """
     missing: list[str] = []
     count = 0
-    last = ""
-    while True:
-        rows = db.query("SELECT record_id, name FROM records WHERE record_id > ? ORDER BY record_id LIMIT ?",
-                        (last, batch_size))
-        if not rows:
-            break
-        last = rows[-1][0]
-        named = [rid for rid, name in rows if name is not None and key_ref_of(bytes(name)) is not None]
-        found = record_keys.any_key_many(named)
-        lacking = [rid for rid in named if rid not in found]
+    for lacking, _found in keyless_batches(db, record_keys, batch_size=batch_size):
         count += len(lacking)
         missing.extend(lacking[:_IDS_SHOWN - len(missing)])
     if count:

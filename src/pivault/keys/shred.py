@@ -39,6 +39,7 @@ __all__ = [
     "KeySnapshot",
     "RecordKeyStore",
     "ShreddingRecordStore",
+    "keyless_batches",
     "purge_erased",
     "record_key_store_url",
     "store_location",
@@ -611,6 +612,26 @@ class KeySnapshot:
         return out
 
 
+def keyless_batches(db: Database, keys: RecordKeyStore, *,
+                    batch_size: int = 1000) -> Iterator[tuple[list[str], int]]:
+    """Walk every record sealed under a record key, in record-id order: per batch, the ids whose
+    key ``keys`` lacks and how many of the batch's keys it has.
+
+    What an erasure leaves (the key gone) and what a wrong or emptied record-key store looks like
+    (every key gone) are told apart from these counts by the caller.
+    """
+    last = ""
+    while True:
+        rows = db.query("SELECT record_id, name FROM records WHERE record_id > ? ORDER BY record_id LIMIT ?",
+                        (last, batch_size))
+        if not rows:
+            return
+        last = rows[-1][0]
+        sealed = [rid for rid, name in rows if name is not None and key_ref_of(bytes(name)) is not None]
+        found = keys.any_key_many(sealed)
+        yield [rid for rid in sealed if rid not in found], len(found)
+
+
 def purge_erased(db: Database, keys: RecordKeyStore, *, batch_size: int = 1000) -> int:
     """Delete records whose record key is gone: erasures made after the copy they came from.
 
@@ -621,17 +642,9 @@ def purge_erased(db: Database, keys: RecordKeyStore, *, batch_size: int = 1000) 
     """
     missing: list[str] = []
     present = 0
-    last = ""
-    while True:
-        rows = db.query("SELECT record_id, name FROM records WHERE record_id > ? ORDER BY record_id LIMIT ?",
-                        (last, batch_size))
-        if not rows:
-            break
-        last = rows[-1][0]
-        shreddable = [rid for rid, name in rows if name is not None and key_ref_of(bytes(name)) is not None]
-        found = keys.any_key_many(shreddable)
-        present += len(found)
-        missing.extend(rid for rid in shreddable if rid not in found)
+    for lacking, found in keyless_batches(db, keys, batch_size=batch_size):
+        present += found
+        missing.extend(lacking)
         if present == 0 and len(missing) >= 10_000:
             break
     if missing and present == 0:
