@@ -120,7 +120,13 @@ def test_exfiltration_drill(drill: tuple[LiveVault, list[str]], receiver: Receiv
     with _db(live) as db:
         info = TokenStore(db).get(token_id)
         assert info is not None and info.state() == "suspended"
-    trail = _trail(live, "officer-exfil", sum(1 for s in statuses if s != 401))
+    # every request that reached the door, and each use of the token once suspended (the last of the
+    # loop's and the one above), recorded under its principal
+    uses = statuses.count(401) + 1
+    everything = _trail(live, "officer-exfil", len(statuses) - statuses.count(401) + uses)
+    assert [(e.operation, e.outcome) for e in everything if e.operation == "token.use"] == [
+        ("token.use", "denied")] * uses
+    trail = [e for e in everything if e.operation != "token.use"]
     # the alert reached the receiver within one second of the breach
     refused = [e for e in trail if e.outcome == "refused"]
     breach_time = refused[0].time
