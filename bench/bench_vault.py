@@ -55,6 +55,7 @@ import json
 import os
 import platform
 import random
+import re
 import statistics
 import subprocess
 import sys
@@ -324,12 +325,13 @@ def phase_vault_import(a: dict[str, Any]) -> dict[str, Any]:
 
     home = Path(a["home"])
     init(home, passphrase=PASSPHRASE, store_url=a["vault_url"], keyring_path=a["keyring"],
-         expected_population=a["expected_population"])
-    with open(home / "pivault.toml", "a", encoding="utf-8") as fh:
-        if a.get("keys_url"):
-            fh.write(f'\n[keys]\nrecord_key_store = "{a["keys_url"]}"\n')
-        # a vault-wide read budget far above what the benchmark reads: every lookup is charged
-        fh.write("\n[detect.vault]\nrecords_per_minute = 1000000000\nmisses_per_hour = 1000000000\n")
+         expected_population=a["expected_population"], record_key_store=a.get("keys_url"))
+    # a vault-wide read budget far above what the benchmark reads: every lookup is charged
+    config = home / "pivault.toml"
+    text = re.sub(r"(?m)^(records_per_\w+|misses_per_hour) = \d+$", r"\1 = 1000000000",
+                  config.read_text(encoding="utf-8"))
+    config.write_text(text.replace("[detect.vault]\n", "[detect.vault]\nmisses_per_hour = 1000000000\n", 1)
+                      if "misses_per_hour" not in text else text, encoding="utf-8")
     vault = Vault.open(home, passphrase=PASSPHRASE)
     pids = _pg_pids([vault.db, getattr(vault.store, "keys", None) and vault.store.keys.db])  # type: ignore[attr-defined]
     srv0 = sum(_proc_cpu(p) for p in pids)
