@@ -418,7 +418,9 @@ def request(vault: Vault, selection: Selection, *, recipient: str, purpose: str,
                                 json.dumps(selection.to_json()).encode("utf-8"))
     now = time.time()
     with vault.db.transaction():
-        _audit(vault, ctx, "export.request", (), "ok")
+        # the export's id is the entry's subject: the trail, not the editable exports table,
+        # says who asked for, decided on and fetched which export
+        _audit(vault, ctx, "export.request", (export_id,), "ok")
         vault.db.execute(
             "INSERT INTO exports (export_id, status, requested_at, requester, requester_role, recipient,"
             " purpose, fields, selection) VALUES (?, 'requested', ?, ?, ?, ?, ?, ?, ?)",
@@ -445,23 +447,24 @@ def _decide(vault: Vault, export_id: str, ctx: AccessContext, status: str) -> Ex
     info = get_export(vault.db, export_id)
     op = "export.approve" if status == "approved" else "export.refuse"
     if ctx.role not in APPROVER_ROLES:
-        _audit(vault, ctx, op, (), "denied")
+        _audit(vault, ctx, op, (export_id,), "denied")
         raise ExportError(f"only a principal with an approver role ({', '.join(sorted(APPROVER_ROLES))})"
                           " may decide on an export", code="export.not_approver")
     if ctx.principal == info.requester:
-        _audit(vault, ctx, op, (), "denied")
+        _audit(vault, ctx, op, (export_id,), "denied")
         raise ExportError("the requester cannot decide on their own export (two-person rule)",
                           code="export.two_person")
     if _minted_by(vault, ctx) == info.requester:
         # a token the requester issued is the requester's second hand, not a second person
-        _audit(vault, ctx, op, (), "denied")
+        _audit(vault, ctx, op, (export_id,), "denied")
         raise ExportError("this token was issued by the export's requester, who cannot decide on their "
                           "own export (two-person rule)", code="export.two_person",
                           hint="the approver's token must come from someone other than the requester")
     if info.status != "requested":
+        _audit(vault, ctx, op, (export_id,), "denied")
         raise ExportError(f"the export is {info.status}, not awaiting a decision", code="export.state")
     with vault.db.transaction():
-        _audit(vault, ctx, op, (), "ok")
+        _audit(vault, ctx, op, (export_id,), "ok")
         cur = vault.db.execute("UPDATE exports SET status = ?, approver = ?, decided_at = ?"
                                " WHERE export_id = ? AND status = 'requested'",
                                (status, ctx.principal, time.time(), export_id))
@@ -607,11 +610,11 @@ def fetch(vault: Vault, export_id: str, out: str | Path, *, ctx: AccessContext,
                           code="export.exists")
     info = get_export(vault.db, export_id)
     if info.status != "approved":
-        _audit(vault, ctx, "export", (), "denied")
+        _audit(vault, ctx, "export.fetch", (export_id,), "denied")
         raise ExportError(f"the export is {info.status}; only an approved export can be fetched once",
                           code="export.state")
     if ctx.principal != info.requester:
-        _audit(vault, ctx, "export", (), "denied")
+        _audit(vault, ctx, "export.fetch", (export_id,), "denied")
         raise ExportError("only the requester fetches an approved export", code="export.fetcher")
     row = vault.db.query_one("SELECT selection FROM exports WHERE export_id = ?", (export_id,))
     assert row is not None
@@ -650,6 +653,7 @@ def fetch(vault: Vault, export_id: str, out: str | Path, *, ctx: AccessContext,
             if cur.rowcount != 1:
                 raise ExportError("the export is being fetched already", code="export.state")
             _register_canaries(vault, export_id, canaries, blender, known, seen, trace)
+            _audit(vault, ctx, "export.fetch", (export_id,), "ok")
             _audit(vault, ctx, "export", ids, "ok")
     except BaseException:
         writer.close()

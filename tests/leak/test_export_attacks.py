@@ -1,0 +1,55 @@
+"""An insider against the two-person rule: what an export's steps let one person do alone."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from leak.conftest import World, build_vault, ctx
+from pivault.audit import entries
+from pivault.leak import exports as ex
+from pivault.leak.exports import ExportError
+
+
+@pytest.fixture
+def small(tmp_path: Path, store_url: str) -> Iterator[World]:
+    w = build_vault(tmp_path, store_url, count=1500, seed=5)
+    yield w
+    w.vault.close()
+
+
+def _approved(w: World, region: str = "11", fields: tuple[str, ...] = ("name", "id_number")) -> str:
+    req = ex.request(w.vault, ex.Selection(regions=(region,)), recipient="Institute X", purpose="audit",
+                     fields=list(fields), ctx=ctx("carol", "approver"))
+    ex.approve(w.vault, req.export_id, ctx=ctx("erin", "dpo"))
+    return req.export_id
+
+
+def test_every_step_names_its_export_in_the_audit_trail(small: World, tmp_path: Path) -> None:
+    """Who asked for, decided on and fetched which export: the tamper-evident trail says it,
+    not only the exports table, which anyone with write access to the database can edit."""
+    v = small.vault
+    req = ex.request(v, ex.Selection(regions=("11",)), recipient="R", purpose="audit",
+                     fields=["name", "id_number"], ctx=ctx("carol", "approver"))
+    x = req.export_id
+    with pytest.raises(ExportError, match="two-person"):
+        ex.approve(v, x, ctx=ctx("carol", "approver"))
+    ex.approve(v, x, ctx=ctx("erin", "dpo"))
+    with pytest.raises(ExportError, match="approved"):  # approving twice
+        ex.approve(v, x, ctx=ctx("frank", "dpo"))
+    with pytest.raises(ExportError, match="requester"):
+        ex.fetch(v, x, tmp_path / "y.csv", ctx=ctx("erin", "dpo"))
+    ex.fetch(v, x, tmp_path / "x.csv", ctx=ctx("carol", "approver"))
+
+    def named(op: str, principal: str, outcome: str) -> bool:
+        return any(x in e.record_ids for e in entries(v.db, operation=op, principal=principal,
+                                                      outcome=outcome))
+
+    assert named("export.request", "carol", "ok")
+    assert named("export.approve", "carol", "denied")
+    assert named("export.approve", "erin", "ok")
+    assert named("export.approve", "frank", "denied")
+    assert named("export.fetch", "erin", "denied")
+    assert named("export.fetch", "carol", "ok")
