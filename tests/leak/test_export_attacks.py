@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,6 +12,9 @@ from leak.conftest import World, build_vault, ctx
 from pivault.audit import entries
 from pivault.leak import exports as ex
 from pivault.leak.exports import ExportError
+from pivault.model import Resident
+from pivault.synth import generate
+from pivault.vault.facade import seal
 
 
 @pytest.fixture
@@ -53,3 +57,25 @@ def test_every_step_names_its_export_in_the_audit_trail(small: World, tmp_path: 
     assert named("export.approve", "frank", "denied")
     assert named("export.fetch", "erin", "denied")
     assert named("export.fetch", "carol", "ok")
+
+
+def test_records_added_after_approval_are_not_exported(small: World, tmp_path: Path) -> None:
+    """The approver agreed to the residents the selection held when they approved; residents
+    registered since (perhaps by the requester) are not part of that decision."""
+    v = small.vault
+    region = "11"
+    before = sum(1 for r in small.residents if (r.id_number or "").startswith(region))
+    assert before > 0
+    x = _approved(small, region)
+    newcomers = [Resident.parse({k: row[k] or None for k in  # type: ignore[literal-required]
+                                 ("name", "id_number", "mobile", "address", "notes")})
+                 for row in generate(4000, 99)]
+    newcomers = [r for r in newcomers if (r.id_number or "").startswith(region)
+                 and r.id_number not in {s.id_number for s in small.residents}][:50]
+    assert newcomers
+    v.store.insert([seal(v.keyring, r) for r in newcomers])
+    info = ex.fetch(v, x, tmp_path / "x.csv", ctx=ctx("carol", "approver"))
+    assert info.rows == before
+    with open(tmp_path / "x.csv", encoding="utf-8", newline="") as fh:
+        got = {row["id_number"] for row in csv.DictReader(fh)}
+    assert not got & {r.id_number for r in newcomers}

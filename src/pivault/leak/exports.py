@@ -491,8 +491,13 @@ def refuse(vault: Vault, export_id: str, *, ctx: AccessContext) -> ExportInfo:
 # ---------------------------------------------------------------- fetch
 
 
-def _select(vault: Vault, sel: Selection) -> list[str]:
-    """Record ids the selection admits; region and birth date come from each ID number."""
+def _select(vault: Vault, sel: Selection, approved_at: float) -> list[str]:
+    """Record ids the selection admitted when it was approved; region and birth date come from
+    each ID number.
+
+    The approver agreed to the residents the selection held then: a record created since
+    (perhaps by the requester) was not part of that decision and is left out.
+    """
     from pivault.vault.facade import decrypt_fields
 
     if sel.record_ids:
@@ -500,7 +505,7 @@ def _select(vault: Vault, sel: Selection) -> list[str]:
         out = []
         for rid in dict.fromkeys(sel.record_ids):
             s = found.get(rid)
-            if s is None:
+            if s is None or s.created_at > approved_at:
                 continue
             narrowed = bool(sel.regions or sel.born_from or sel.born_to)
             if narrowed and not sel.admits(decrypt_fields(vault.keyring, s, ("id_number",))["id_number"]):
@@ -509,6 +514,8 @@ def _select(vault: Vault, sel: Selection) -> list[str]:
         return out
     out = []
     for stored in vault.store.iter_all(batch_size=2000):
+        if stored.created_at > approved_at:
+            continue
         if sel.admits(decrypt_fields(vault.keyring, stored, ("id_number",))["id_number"]):
             out.append(stored.record_id)
     return out
@@ -622,7 +629,8 @@ def fetch(vault: Vault, export_id: str, out: str | Path, *, ctx: AccessContext,
                                                                bytes(row[0]))))
     pi = [f for f in info.fields if f in ("name", "id_number", "mobile", "address", "notes")]
     _authorise(vault, ctx, pi or ["id_number"])
-    ids = _select(vault, sel)
+    assert info.decided_at is not None  # an approved export was decided
+    ids = _select(vault, sel, info.decided_at)
     if not ids:
         raise ExportError("the selection holds no records", code="export.empty")
     _budget(vault, ctx, len(ids))
