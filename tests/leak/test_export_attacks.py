@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -79,3 +80,41 @@ def test_records_added_after_approval_are_not_exported(small: World, tmp_path: P
     with open(tmp_path / "x.csv", encoding="utf-8", newline="") as fh:
         got = {row["id_number"] for row in csv.DictReader(fh)}
     assert not got & {r.id_number for r in newcomers}
+
+
+def test_terms_changed_in_the_database_after_approval_are_refused(small: World, tmp_path: Path) -> None:
+    """Fields, recipient or purpose edited in the exports table after the approval, or a
+    request marked approved by hand, are not what a second person agreed to."""
+    v = small.vault
+    x = _approved(small, "11", ("name", "id_number"))
+    v.db.execute("UPDATE exports SET fields = ? WHERE export_id = ?",
+                 (json.dumps(["name", "id_number", "mobile", "address", "notes"]), x))
+    with pytest.raises(ExportError, match="agreed") as exc:
+        ex.fetch(v, x, tmp_path / "x.csv", ctx=ctx("carol", "approver"))
+    assert exc.value.code == "export.tampered"
+    assert not (tmp_path / "x.csv").exists()
+
+    y = _approved(small, "11")
+    v.db.execute("UPDATE exports SET recipient = 'Broker Y' WHERE export_id = ?", (y,))
+    with pytest.raises(ExportError) as exc:
+        ex.fetch(v, y, tmp_path / "y.csv", ctx=ctx("carol", "approver"))
+    assert exc.value.code == "export.tampered"
+
+    req = ex.request(v, ex.Selection(regions=("11",)), recipient="R", purpose="audit",
+                     fields=["name", "id_number"], ctx=ctx("carol", "approver"))
+    v.db.execute("UPDATE exports SET status = 'approved', approver = 'erin' WHERE export_id = ?",
+                 (req.export_id,))
+    with pytest.raises(ExportError) as exc:
+        ex.fetch(v, req.export_id, tmp_path / "z.csv", ctx=ctx("carol", "approver"))
+    assert exc.value.code == "export.tampered"
+
+
+def test_a_fetched_export_set_back_to_approved_is_not_fetched_again(small: World, tmp_path: Path) -> None:
+    v = small.vault
+    x = _approved(small, "11")
+    ex.fetch(v, x, tmp_path / "x.csv", ctx=ctx("carol", "approver"))
+    v.db.execute("UPDATE exports SET status = 'approved' WHERE export_id = ?", (x,))
+    with pytest.raises(ExportError) as exc:
+        ex.fetch(v, x, tmp_path / "again.csv", ctx=ctx("carol", "approver"))
+    assert exc.value.code == "export.state"
+    assert not (tmp_path / "again.csv").exists()

@@ -443,6 +443,33 @@ def _minted_by(vault: Vault, ctx: AccessContext) -> str | None:
     return row.created_by if row is not None and row.created_by else None
 
 
+def _terms(db: Database, info: ExportInfo, approver: str) -> bytes:
+    """What an approver agrees to: the export's requester, recipient, purpose, fields and
+    selection, and who approved.
+
+    Stored encrypted with the approval and compared at fetch: the exports table is plain,
+    and an edit to it (more fields, another recipient, a request marked approved by hand)
+    must not pass for the second person's decision.
+    """
+    row = db.query_one("SELECT selection FROM exports WHERE export_id = ?", (info.export_id,))
+    assert row is not None
+    return json.dumps({"requester": info.requester, "recipient": info.recipient, "purpose": info.purpose,
+                       "fields": list(info.fields), "approver": approver,
+                       "selection": hashlib.sha256(bytes(row[0])).hexdigest()},
+                      sort_keys=True).encode("utf-8")
+
+
+def _approved_as_stored(vault: Vault, info: ExportInfo) -> bool:
+    """Whether the export's row still holds the terms its approver agreed to."""
+    if info.approver is None:
+        return False
+    try:
+        stored = list(_get_blobs(vault.db, vault.keyring, info.export_id, "approval"))
+    except PivaultError:  # a ciphertext changed or moved from another export
+        return False
+    return len(stored) == 1 and secrets.compare_digest(stored[0], _terms(vault.db, info, info.approver))
+
+
 def _decide(vault: Vault, export_id: str, ctx: AccessContext, status: str) -> ExportInfo:
     info = get_export(vault.db, export_id)
     op = "export.approve" if status == "approved" else "export.refuse"
@@ -470,6 +497,8 @@ def _decide(vault: Vault, export_id: str, ctx: AccessContext, status: str) -> Ex
                                (status, ctx.principal, time.time(), export_id))
         if cur.rowcount != 1:
             raise ExportError("the export was decided concurrently", code="export.state")
+        if status == "approved":
+            _put_blobs(vault, export_id, "approval", [_terms(vault.db, info, ctx.principal)])
     return get_export(vault.db, export_id)
 
 
@@ -623,6 +652,11 @@ def fetch(vault: Vault, export_id: str, out: str | Path, *, ctx: AccessContext,
     if ctx.principal != info.requester:
         _audit(vault, ctx, "export.fetch", (export_id,), "denied")
         raise ExportError("only the requester fetches an approved export", code="export.fetcher")
+    if not _approved_as_stored(vault, info):
+        _audit(vault, ctx, "export.fetch", (export_id,), "denied")
+        raise ExportError("the export's requester, recipient, purpose, fields or selection are not those "
+                          "its approver agreed to", code="export.tampered",
+                          hint="request the export again and have it approved")
     row = vault.db.query_one("SELECT selection FROM exports WHERE export_id = ?", (export_id,))
     assert row is not None
     sel = Selection.from_json(json.loads(vault.keyring.decrypt(_aad_id(export_id), "selection",
@@ -660,6 +694,11 @@ def fetch(vault: Vault, export_id: str, out: str | Path, *, ctx: AccessContext,
                                    " AND status = 'approved'", (export_id,))
             if cur.rowcount != 1:
                 raise ExportError("the export is being fetched already", code="export.state")
+            if vault.db.query_one("SELECT 1 FROM export_members WHERE export_id = ? AND kind = 'canaries'",
+                                  (export_id,)) is not None:
+                # canaries are registered once per export, by its one fetch: a status set back
+                # to approved by hand does not make a second copy
+                raise ExportError("the export was fetched already", code="export.state")
             _register_canaries(vault, export_id, canaries, blender, known, seen, trace)
             _audit(vault, ctx, "export.fetch", (export_id,), "ok")
             _audit(vault, ctx, "export", ids, "ok")
@@ -691,7 +730,8 @@ def fetch(vault: Vault, export_id: str, out: str | Path, *, ctx: AccessContext,
         writer.close()
         out.unlink(missing_ok=True)
         with vault.db.transaction():
-            vault.db.execute("DELETE FROM export_members WHERE export_id = ?", (export_id,))
+            vault.db.execute("DELETE FROM export_members WHERE export_id = ? AND kind <> 'approval'",
+                             (export_id,))
             vault.db.execute("UPDATE exports SET status = 'approved' WHERE export_id = ?", (export_id,))
         raise
     writer.close()
