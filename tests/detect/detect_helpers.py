@@ -27,12 +27,15 @@ class FakeClock:
 class Receiver:
     """A webhook receiver on 127.0.0.1 run by the test: checks signatures, records arrival times.
 
-    ``fail_first`` answers 503 to the first N posts, to exercise retries.
+    ``fail_first`` answers 503 to the first N posts, to exercise retries;
+    ``answer`` answers every post with that status (a 3xx with a ``Location``
+    elsewhere), like a receiver that moved or was misconfigured.
     """
 
-    def __init__(self, secret: bytes, *, fail_first: int = 0) -> None:
+    def __init__(self, secret: bytes, *, fail_first: int = 0, answer: int | None = None) -> None:
         self.secret = secret
         self.fail_first = fail_first
+        self.answer = answer
         self.received: list[tuple[float, dict[str, Any]]] = []
         self.bad_signatures = 0
         self.posts = 0
@@ -44,6 +47,12 @@ class Receiver:
                 body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
                 with receiver._cond:
                     receiver.posts += 1
+                    if receiver.answer is not None:
+                        self.send_response(receiver.answer)
+                        if 300 <= receiver.answer < 400:
+                            self.send_header("Location", "http://127.0.0.1:1/elsewhere")
+                        self.end_headers()
+                        return
                     if receiver.posts <= receiver.fail_first:
                         self.send_response(503)
                         self.end_headers()

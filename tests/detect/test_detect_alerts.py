@@ -135,3 +135,37 @@ def test_a_broken_sink_does_not_stop_the_others(tmp_path: Path) -> None:
     path = tmp_path / "a.jsonl"
     AlertDispatcher([Broken(), JsonlSink(path)]).raise_alert(_alert())
     assert path.read_text().count("\n") == 1
+
+
+@pytest.mark.parametrize("answer", [None, 302, 404])
+def test_an_undelivered_alert_leaves_a_trace_in_the_alerts_table(db: Database, tmp_path: Path,
+                                                                 answer: int | None) -> None:
+    """A webhook that is down, redirects or refuses must not lose the alert silently: the operator
+    who reads the alerts table (or the JSON lines) learns that the webhook never got it."""
+    from pivault.detect.alerts import sinks_from_config
+
+    r = Receiver(SECRET, answer=answer) if answer is not None else None
+    url = r.url if r is not None else "http://127.0.0.1:1/hook"
+    try:
+        sinks = sinks_from_config(db, jsonl=str(tmp_path / "a.jsonl"), webhook_url=url,
+                                  webhook_secret=SECRET, log_sink=False)
+        hook = next(s for s in sinks if isinstance(s, WebhookSink))
+        hook.attempts, hook.backoff, hook.timeout = 2, 0.01, 0.5
+        a = _alert("canary.read", "critical")
+        AlertDispatcher(sinks).raise_alert(a)
+        assert hook.flush(5)
+        assert (hook.delivered, hook.failed) == (0, 1)
+        traces = list_alerts(db, rule="alert.undelivered")
+        assert len(traces) == 1
+        ev = traces[0]["evidence"]
+        assert ev["alert_id"] == a.alert_id and ev["alert_rule"] == "canary.read"
+        assert traces[0]["severity"] == "critical"
+        assert SECRET.decode() not in json.dumps(traces[0])
+        lines = [json.loads(x) for x in (tmp_path / "a.jsonl").read_text().splitlines()]
+        assert [x["rule"] for x in lines] == ["canary.read", "alert.undelivered"]
+        if r is not None:
+            assert r.posts == (1 if answer in (302, 404) else 2)  # a refusal is final, not retried
+        hook.close()
+    finally:
+        if r is not None:
+            r.close()

@@ -172,12 +172,19 @@ class WebhookSink:
     Delivery starts at once (the request that raised the alert does not
     wait). A 2xx answer ends it; a connection error, a timeout, 408, 429 or
     5xx is retried after ``backoff`` × 2^n seconds (capped at
-    ``max_backoff``) up to ``attempts`` times; any other answer is final.
+    ``max_backoff``) up to ``attempts`` times; any other answer (a redirect,
+    which is not followed, or a 4xx) is final and counts as a failure.
     The receiver checks ``X-Pivault-Signature`` against the shared secret.
+
+    An alert that never reached the receiver is handed to ``on_give_up``
+    (alert, reason): the webhook is often the only place a person watches,
+    so its failure must be recorded where the operator looks next (the
+    alerts table), not only in a log line.
     """
 
     def __init__(self, url: str, secret: bytes, *, attempts: int = 8, backoff: float = 0.25,
-                 max_backoff: float = 60.0, timeout: float = 3.0) -> None:
+                 max_backoff: float = 60.0, timeout: float = 3.0,
+                 on_give_up: Callable[[Alert, str], None] | None = None) -> None:
         if not secret:
             raise PivaultError("a webhook needs a signing secret", code="alert.webhook")
         self.url = url
@@ -186,6 +193,7 @@ class WebhookSink:
         self.backoff = backoff
         self.max_backoff = max_backoff
         self.timeout = timeout
+        self.on_give_up = on_give_up
         self._queue: queue.Queue[tuple[Alert, int] | None] = queue.Queue()
         self._thread: threading.Thread | None = None
         self._pid = -1
@@ -246,14 +254,17 @@ class WebhookSink:
         with httpx.Client(timeout=self.timeout) as client:
 
             def attempt(alert: Alert, tried: int) -> None:
-                if self._post(client, alert):
+                outcome, reason = self._post(client, alert)
+                if outcome == "delivered":
                     self.delivered += 1
                     self._done()
                     return
                 tried += 1
-                if tried >= self.attempts:
+                if outcome == "refused" or tried >= self.attempts:
                     self.failed += 1
-                    log.warning("webhook gave up on alert %s after %d attempts", alert.alert_id, tried)
+                    log.warning("webhook gave up on alert %s after %d attempts (%s)", alert.alert_id,
+                                tried, reason)
+                    self._gave_up(alert, reason)
                     self._done()
                     return
                 delay = min(self.max_backoff, self.backoff * 2 ** (tried - 1))
@@ -275,7 +286,17 @@ class WebhookSink:
                 for _, alert, tried in due:
                     attempt(alert, tried)
 
-    def _post(self, client: Any, alert: Alert) -> bool:
+    def _gave_up(self, alert: Alert, reason: str) -> None:
+        if self.on_give_up is None:
+            return
+        try:
+            self.on_give_up(alert, reason)
+        except Exception as exc:  # the sender thread must live on for the next alerts
+            log.error("could not record that alert %s was not delivered: %s", alert.alert_id,
+                      type(exc).__name__)
+
+    def _post(self, client: Any, alert: Alert) -> tuple[str, str]:
+        """One attempt: ("delivered" | "retry" | "refused", reason without the URL or secret)."""
         import httpx
 
         body = alert.to_json()
@@ -285,13 +306,15 @@ class WebhookSink:
             resp = client.post(self.url, content=body, headers=headers)
         except httpx.HTTPError as exc:
             log.info("webhook delivery of %s failed: %s", alert.alert_id, type(exc).__name__)
-            return False
+            return "retry", type(exc).__name__
         if 200 <= resp.status_code < 300:
-            return True
+            return "delivered", f"HTTP {resp.status_code}"
         if resp.status_code in (408, 429) or resp.status_code >= 500:
-            return False
+            return "retry", f"HTTP {resp.status_code}"
+        # a redirect is not followed (the signed alert would go where the receiver says) and a 4xx
+        # will answer the same next time: final, and a failure, not a delivery
         log.warning("webhook refused alert %s with HTTP %d; not retried", alert.alert_id, resp.status_code)
-        return True  # final: retrying cannot help
+        return "refused", f"HTTP {resp.status_code}"
 
 
 class AlertDispatcher:
@@ -379,7 +402,6 @@ def sinks_from_config(db: Database | None, *, jsonl: str | None = None, webhook_
             raise PivaultError("the alert webhook needs a secret (PIVAULT_WEBHOOK_SECRET)",
                                code="alert.webhook")
         hook = WebhookSink(webhook_url, webhook_secret)
-        hook.start()
         out.append(hook)
     if db is not None:
         out.append(TableSink(db))
@@ -387,4 +409,21 @@ def sinks_from_config(db: Database | None, *, jsonl: str | None = None, webhook_
         out.append(JsonlSink(jsonl))
     if log_sink:
         out.append(LogSink())
+    if webhook_url:
+        others = out[1:]
+
+        def undelivered(alert: Alert, reason: str) -> None:
+            """Record, in the other sinks, that the webhook never got ``alert``."""
+            trace = Alert("alert.undelivered", "critical", alert.principal, alert.token_id, {
+                "alert_id": alert.alert_id, "alert_rule": alert.rule, "alert_severity": alert.severity,
+                "sink": "webhook", "reason": reason})
+            for sink in others:
+                try:
+                    sink.emit(trace)
+                except Exception as exc:
+                    log.error("alert sink %s failed for %s: %s", type(sink).__name__, trace.alert_id,
+                              type(exc).__name__)
+
+        hook.on_give_up = undelivered
+        hook.start()
     return out
