@@ -347,3 +347,35 @@ def test_a_canary_replaced_by_another_process_is_caught(db: Database, keyring: K
         assert worker.count() == 3
     finally:
         other.db.close()
+
+
+def _mobile_entries(db: Database, record_ids: list[str]) -> int:
+    return sum(1 for rid in record_ids if db.query_one(
+        "SELECT 1 FROM blind_index WHERE index_name = 'mobile' AND record_id = ?", (rid,)) is not None)
+
+
+def test_a_seeding_stopped_half_way_leaves_its_canaries_blended_and_counted(
+        db: Database, keyring: Keyring, tmp_path: Path) -> None:
+    """`canary seed` stopped part-way (here the change budget, as a kill or a crash would) must not
+    leave canaries that the records table singles out by their creation time, nor stats that count
+    them as residents."""
+    from pivault.detect import BudgetPolicy, Budgets, MemoryCounters
+
+    door = make_door(db, keyring, tmp_path / "keys", budget=Budget(), residents=20)
+    real_times = [float(r[0]) for r in db.query("SELECT created_at FROM records")]
+    door.guard.budgets = Budgets(BudgetPolicy(roles={"operator": Budget(changes_per_day=3)}),
+                                 MemoryCounters())
+    with pytest.raises(BudgetExceeded):
+        seed(door.vault, 6, ctx=OPERATOR, registry=door.canaries)
+    real = {rid for rid, _ in door.ids}
+    made = [str(r[0]) for r in db.query("SELECT record_id FROM records") if r[0] not in real]
+    assert len(made) == 3 and sorted(door.canaries.which(made)) == sorted(made)
+    for rid in made:
+        row = db.query_one("SELECT created_at, updated_at FROM records WHERE record_id = ?", (rid,))
+        assert row is not None
+        assert min(real_times) - 10 <= float(row[0]) <= max(real_times) + 10
+        assert float(row[1]) == float(row[0]) and _id_second(rid) == int(float(row[0]))
+    store = door.vault.stats(ctx=OPERATOR, key_usage=False)["store"]
+    assert store["rows"] == 20
+    assert store["index_entries"].get("mobile", 0) == _mobile_entries(db, sorted(real))
+

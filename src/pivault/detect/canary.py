@@ -222,21 +222,26 @@ def seed(vault: _VaultLike, n: int, *, ctx: AccessContext, registry: CanaryRegis
         record = {"name": row["name"], "id_number": row["id_number"], "mobile": row["mobile"],
                   "address": row["address"], "notes": row["notes"]}
         resident = Resident.parse({k: (v or None) for k, v in record.items()}, record_id=new_record_id(at))
-        try:
-            rid = vault.put(resident, ctx=ctx)
-        except DuplicateRecord:
-            continue
-        made.append((rid, at))
-        registry.add([rid])
-        if record["mobile"]:
-            vault.db.execute("UPDATE canary_key SET with_mobile = with_mobile + 1 WHERE id = 1")
+        # one transaction per canary: the record, its registry tag, the mobile count and the
+        # backdating commit together, so a seeding killed or refused part-way leaves neither an
+        # unregistered synthetic resident (counted in stats, silent when read) nor a canary whose
+        # creation time is the seeding's while its id tells another
+        with vault.db.transaction():
+            try:
+                rid: str | None = vault.put(resident, ctx=ctx)
+            except DuplicateRecord:  # caught inside: the refusal's audit entry is kept
+                rid = None
+            if rid is not None:
+                registry.add([rid])
+                if record["mobile"]:
+                    vault.db.execute("UPDATE canary_key SET with_mobile = with_mobile + 1 WHERE id = 1")
+                if at is not None:
+                    vault.db.execute("UPDATE records SET created_at = ?, updated_at = ? WHERE record_id = ?",
+                                     (at, at, rid))
+        if rid is not None:
+            made.append((rid, at))
     if len(made) < n:
         raise PivaultError("could not make enough distinct canaries", code="canary.seed")
-    backdated = [(at, at, rid) for rid, at in made if at is not None]
-    if backdated:
-        with vault.db.transaction():
-            vault.db.executemany("UPDATE records SET created_at = ?, updated_at = ? WHERE record_id = ?",
-                                 backdated)
     return [rid for rid, _ in made]
 
 
