@@ -379,3 +379,16 @@ def test_a_seeding_stopped_half_way_leaves_its_canaries_blended_and_counted(
     assert store["rows"] == 20
     assert store["index_entries"].get("mobile", 0) == _mobile_entries(db, sorted(real))
 
+
+def test_erasing_a_canary_keeps_the_mobile_count_exact(db: Database, keyring: Keyring,
+                                                       tmp_path: Path) -> None:
+    """stats must count the residents' mobiles after a canary with a mobile is erased, not fewer."""
+    door = make_door(db, keyring, tmp_path / "keys", budget=Budget(), residents=10)
+    canaries = seed(door.vault, 6, ctx=OPERATOR, registry=door.canaries)
+    with_mobile = [rid for rid in canaries if _mobile_entries(db, [rid])]
+    assert with_mobile  # the generator gives most residents a mobile
+    door.vault.erase(with_mobile[0], ctx=OPERATOR)
+    real = sorted(rid for rid, _ in door.ids)
+    store = door.vault.stats(ctx=OPERATOR, key_usage=False)["store"]
+    assert store["rows"] == 10
+    assert store["index_entries"].get("mobile", 0) == _mobile_entries(db, real)

@@ -147,10 +147,21 @@ class CanaryRegistry:
         return len(rows)
 
     def remove(self, record_ids: Iterable[str]) -> None:
-        tags = [(self.tag(rid),) for rid in record_ids]
+        """Forget these canaries; called before their records and index entries are deleted.
+
+        Their mobiles leave the count that ``stats`` subtracts (else a canary
+        erased would make ``stats`` show one mobile fewer than the residents hold).
+        """
+        ids = list(record_ids)
+        tags = [(self.tag(rid),) for rid in ids]
         with self.db.transaction():
+            mobiles = sum(1 for rid in ids if self.db.query_one(
+                "SELECT 1 FROM blind_index WHERE record_id = ? AND index_name = 'mobile'", (rid,)))
             self.db.executemany("DELETE FROM canary_registry WHERE tag = ?", tags)
             self.db.execute(_BUMP)
+            if mobiles:
+                self.db.execute("UPDATE canary_key SET with_mobile = with_mobile - ? WHERE id = 1"
+                                " AND with_mobile >= ?", (mobiles, mobiles))
         with self._lock:
             self._tags = self._tags - {t[0] for t in tags}
 
