@@ -169,3 +169,40 @@ def test_an_undelivered_alert_leaves_a_trace_in_the_alerts_table(db: Database, t
     finally:
         if r is not None:
             r.close()
+
+
+def test_a_hanging_receiver_does_not_grow_the_queue_without_bound() -> None:
+    """Critical alerts are never suppressed: a flood of them (refusals at the vault-wide limit)
+    against a receiver that accepts and never answers must keep the sender's memory bounded, and
+    every alert it cannot hold is handed on as undelivered rather than lost without a word."""
+    import socket
+    import threading
+
+    hang = socket.socket()
+    hang.bind(("127.0.0.1", 0))
+    hang.listen(64)  # accepts connections, never reads or answers
+    undelivered: list[tuple[str, str]] = []
+    lock = threading.Lock()
+
+    def gave_up(alert: Alert, reason: str) -> None:
+        with lock:
+            undelivered.append((alert.alert_id, reason))
+
+    try:
+        hook = WebhookSink(f"http://127.0.0.1:{hang.getsockname()[1]}/hook", SECRET, attempts=1,
+                           timeout=0.3, max_queue=5, on_give_up=gave_up)
+        hook.start()
+        d = AlertDispatcher([hook])
+        t0 = time.monotonic()
+        raised = [_alert("budget.vault", "critical") for _ in range(40)]
+        for a in raised:
+            d.raise_alert(a)
+        assert time.monotonic() - t0 < 1.0  # the requests raising them never wait
+        assert hook._pending <= 5
+        assert hook.flush(10)
+        assert sorted(i for i, _ in undelivered) == sorted(a.alert_id for a in raised)
+        assert sum(1 for _, r in undelivered if r == "queue full") >= 30
+        assert (hook.delivered, hook.failed) == (0, 40)
+        hook.close()
+    finally:
+        hang.close()

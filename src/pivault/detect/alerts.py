@@ -184,7 +184,8 @@ class WebhookSink:
 
     def __init__(self, url: str, secret: bytes, *, attempts: int = 8, backoff: float = 0.25,
                  max_backoff: float = 60.0, timeout: float = 3.0,
-                 on_give_up: Callable[[Alert, str], None] | None = None) -> None:
+                 on_give_up: Callable[[Alert, str], None] | None = None,
+                 max_queue: int = 10_000) -> None:
         if not secret:
             raise PivaultError("a webhook needs a signing secret", code="alert.webhook")
         self.url = url
@@ -194,6 +195,9 @@ class WebhookSink:
         self.max_backoff = max_backoff
         self.timeout = timeout
         self.on_give_up = on_give_up
+        #: alerts held at most (queued or waiting for a retry): a receiver that hangs while
+        #: critical alerts (never suppressed) keep coming must not grow the process without bound
+        self.max_queue = max_queue
         self._queue: queue.Queue[tuple[Alert, int] | None] = queue.Queue()
         self._thread: threading.Thread | None = None
         self._pid = -1
@@ -223,7 +227,15 @@ class WebhookSink:
     def emit(self, alert: Alert) -> None:
         self._ensure_thread()
         with self._idle:
-            self._pending += 1
+            full = self._pending >= self.max_queue
+            if not full:
+                self._pending += 1
+        if full:
+            self.failed += 1
+            log.warning("webhook queue full (%d alerts held); alert %s not sent", self.max_queue,
+                        alert.alert_id)
+            self._gave_up(alert, "queue full")
+            return
         self._queue.put((alert, 0))
 
     def flush(self, timeout: float = 10.0) -> bool:
