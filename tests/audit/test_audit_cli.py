@@ -102,6 +102,16 @@ def test_alerts_list_and_ack(home: Path, app: typer.Typer) -> None:
     assert "(none)" in r.output
     r = CliRunner().invoke(app, ["alerts", "ack", alerts[0]["alert_id"]])
     assert r.exit_code == 1 and "alert.not_found" in r.output
+    # both tries are in the audit trail, which an insider acking a canary's alarm cannot skip
+    r = CliRunner().invoke(app, ["audit", "show", "--operation", "alerts.ack", "--json"])
+    acks = json.loads(r.output)
+    assert [(e["outcome"], e["record_ids"]) for e in acks] == [("ok", [alerts[0]["alert_id"]]),
+                                                               ("not_found", [alerts[0]["alert_id"]])]
+    # what is no alert id is refused before anything is written (it could be anything typed there)
+    r = CliRunner().invoke(app, ["alerts", "ack", "11010519491231002X"])
+    assert r.exit_code == 2 and r.output.startswith("error[alerts.id]:"), r.output
+    r = CliRunner().invoke(app, ["audit", "show", "--operation", "alerts.ack", "--json"])
+    assert len(json.loads(r.output)) == 2
     r = CliRunner().invoke(app, ["alerts", "list", "--severity", "warning", "--json"])
     assert r.exit_code == 0 and len(json.loads(r.output)) == 1
     r = CliRunner().invoke(app, ["alerts", "list", "--severity", "extreme"])

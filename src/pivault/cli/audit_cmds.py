@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import os
+import re
 import time
 from pathlib import Path
 from typing import Annotated, Any, ParamSpec, TypeVar
@@ -49,6 +50,9 @@ def _db(cfg: Any, *, migrate: bool = False) -> Any:
     if migrate:
         _migrate(db)
     return db
+
+
+_ALERT_ID = re.compile(r"al_[0-9a-f]{16}")
 
 
 def _keyring(cfg: Any) -> Any:
@@ -367,13 +371,38 @@ def alerts_ack(
     home: HomeOpt = None,
     note: Annotated[str, typer.Option("--note", help="What was found (no PI).")] = "",
 ) -> None:
-    """Mark an alert as handled."""
+    """Mark an alert as handled; the acknowledgement is in the audit trail.
+
+    An alert acknowledged is one nobody looks at again: whoever quietly acked a canary's
+    alarm would hide the read that tripped it, so the ack is recorded in the chain (in the
+    same transaction), which takes the vault's passphrase.
+    """
     from pivault.detect import ack_alert
+    from pivault.detect.setup import build_guard
+    from pivault.errors import NotFoundError
     from pivault.policy.context import local_operator
 
+    if not _ALERT_ID.fullmatch(alert_id):
+        raise ValidationError("alerts.id",
+                              "an alert id is al_ and 16 hexadecimal digits (see `pivault alerts list`)")
     cfg = _config(home)
+    keyring = _keyring(cfg)
+    ctx = local_operator("administration")
     with _db(cfg, migrate=True) as db:
-        ack_alert(db, alert_id, by=local_operator().principal, note=note)
+        _current(db, keyring)
+        guard = build_guard(db, keyring, keyring_path=cfg.keyring_path, home=cfg.home)
+        try:
+            with db.transaction():
+                try:
+                    ack_alert(db, alert_id, by=ctx.principal, note=note)
+                    outcome = "ok"
+                except NotFoundError:
+                    outcome = "not_found"
+                guard.audit(ctx, "alerts.ack", [alert_id], outcome)
+        finally:
+            guard.close()
+    if outcome != "ok":
+        raise NotFoundError("no unacknowledged alert with this id", code="alert.not_found")
     typer.echo(f"acknowledged {alert_id}")
 
 
