@@ -380,3 +380,25 @@ def test_record_ids_matched_in_worker_processes_give_the_same_result(
         b.pop(key)
     assert a == b
     assert one.residents_matched == 120 and one.rows_matched == 360
+
+
+def test_vault_canaries_in_a_copy_are_evidence_not_residents(scene: dict[str, object],
+                                                              tmp_path: Path) -> None:
+    """Canaries are fictitious: a copy holding them counts them as evidence (found, never served) and
+    leaves them out of the residents it affects, their regions and the list to notify, as ``stats``
+    leaves them out of its counts."""
+    w: World = scene["world"]  # type: ignore[assignment]
+    v = w.vault
+    canaries: list[str] = list(scene["canaries"])  # type: ignore[call-overload]
+    never_left: list[str] = scene["never_left"]  # type: ignore[assignment]
+    real = [r for r in never_left if r not in set(canaries)][:200]
+    rows = [open_record(v.keyring, s) for s in v.store.get_many(real + canaries)]
+    dump = tmp_path / "copy.csv"
+    dump.write_text("name,id_number,mobile\n" + "".join(f"{r.name},{r.id_number},{r.mobile or ''}\n"
+                                                        for r in rows), encoding="utf-8")
+    res = check(v, [dump], ctx=ctx("dpo-1", "dpo"))
+    assert res.vault_canaries["found"] == len(canaries) == 40
+    assert res.residents_matched == 200
+    assert sum(res.residents_by_region.values()) == 200
+    assert res.residents_by_field["id_number"] == 200
+    assert sorted(affected(v, res.case_id, ctx=ctx("dpo-1", "dpo"))) == sorted(real)

@@ -220,9 +220,11 @@ class Checker:
                     res.errors.append({"file": p.name, "code": exc.code, "message": exc.message})
 
         unplaced: set[str] = set()
+        canaries: set[str] = set()
         for outcome in self._matched(tasks(), paths):
             st, rows = pending.popleft()
             self._held(outcome, res)
+            self._apart(outcome, matched, canaries)
             _tally(res, st, rows, outcome, matched, canary_strong, canary_single, unplaced)
         self._place(res, unplaced)
         for st in states.values():
@@ -236,7 +238,7 @@ class Checker:
                 "message": None if st.usable else _no_pi_message(st)})
         res.residents_matched = len(matched)
         res.fields_exposed = sorted(fields_exposed)
-        self._attribute(res, matched, canary_strong, canary_single)
+        self._attribute(res, matched, canaries, canary_strong, canary_single)
         res.elapsed_seconds = round(time.perf_counter() - t0, 3)
         if not res.rows_read:
             # a case of nothing read would say "no resident confirmed": no case, an error
@@ -338,9 +340,27 @@ class Checker:
         if n:
             out.matched_by["record_id"] = out.matched_by.get("record_id", 0) + n
 
-    def _attribute(self, res: CheckResult, matched: set[str], canary_strong: dict[str, set[int]],
-                   canary_single: dict[str, set[int]]) -> None:
+    def _apart(self, out: Outcome, matched: set[str], canaries: set[str]) -> None:
+        """Set the vault canaries among the batch's newly matched records apart.
+
+        They are fictitious: left out of the residents counted, placed by region and listed for
+        notification, as they are left out of ``stats``, and weighed only as evidence of where
+        the copy came from (:meth:`_attribute`).
+        """
+        reg = self.canary_registry
+        if reg is None or not out.firsts:
+            return
+        new = [rid for rid, _j, _region in out.firsts if rid not in matched and rid not in canaries]
+        hits = set(reg.which(new)) if new else set()
+        if hits:
+            canaries |= hits
+            out.firsts = [f for f in out.firsts if f[0] not in hits]
+
+    def _attribute(self, res: CheckResult, residents: set[str], canaries: set[str],
+                   canary_strong: dict[str, set[int]], canary_single: dict[str, set[int]]) -> None:
         registry = self.registry
+        # the fits weigh every record the copy holds, the vault's canaries among them
+        matched = residents | canaries
         digests = {rid_digest(r) for r in matched}
         exports: list[SourceFit] = []
         for eid, info in registry.exports.items():
@@ -366,10 +386,9 @@ class Checker:
         reg = self.canary_registry
         v_found = v_unserved = v_total = 0
         if reg is not None and matched:
-            hits = reg.which(sorted(matched))
             v_total = reg.count()
-            v_found = len(hits)
-            v_unserved = sum(1 for h in hits if rid_digest(h) not in self.served)
+            v_found = len(canaries)
+            v_unserved = sum(1 for h in canaries if rid_digest(h) not in self.served)
         res.vault_canaries = {"found": v_found, "never_served": v_unserved, "total": v_total}
         rows_tested = max(res.rows_with_keys, 1)
         res.attribution = attribute(
