@@ -16,7 +16,10 @@ import shutil
 from pathlib import Path
 
 import pytest
+from keys_support import close_vault as _close
 from keys_support import ctx, put_all, residents
+from keys_support import open_vault as _open
+from keys_support import wipe_store as _wipe
 
 from pivault.backup import BackupError, Container, create_backup, load_verify_key, restore
 from pivault.backup.manifest import write_container
@@ -26,22 +29,6 @@ from pivault.errors import NotFoundError
 from pivault.keys.attach import open_record_key_store
 from pivault.store.db import Database
 from pivault.vault import Vault
-
-
-def _wipe(store_url: str) -> None:
-    """The store is lost after the changes (a wipe that left the schema)."""
-    with Database(store_url) as wipe:
-        for t in ("blind_index", "records", "index_check_key"):
-            wipe.execute(f"DELETE FROM {t}")
-
-
-def _open(store_url: str, keyring: Keyring) -> Vault:
-    return Vault(Database(store_url), keyring)
-
-
-def _close(v: Vault) -> None:
-    getattr(v.store, "close", lambda: None)()
-    v.db.close()
 
 
 def _restore(path: Path, store_url: str, keyring: Keyring, **kw: object) -> object:

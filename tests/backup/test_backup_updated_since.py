@@ -16,7 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from keys_support import close_vault as _close
 from keys_support import ctx, put_all, residents
+from keys_support import open_vault as _open
+from keys_support import wipe_store as _wipe
 
 from pivault.backup import BackupError, backup_record_keys, create_backup, load_verify_key, restore
 from pivault.crypto import Keyring
@@ -26,22 +29,6 @@ from pivault.keys.attach import open_record_key_store
 from pivault.keys.events import KeyEvents
 from pivault.store.db import Database
 from pivault.vault import Vault
-
-
-def _wipe(store_url: str) -> None:
-    """The store is lost after the changes (a wipe that left the schema)."""
-    with Database(store_url) as wipe:
-        for t in ("blind_index", "records", "index_check_key"):
-            wipe.execute(f"DELETE FROM {t}")
-
-
-def _open(store_url: str, keyring: Keyring) -> Vault:
-    return Vault(Database(store_url), keyring)
-
-
-def _close(v: Vault) -> None:
-    getattr(v.store, "close", lambda: None)()
-    v.db.close()
 
 
 def test_a_record_corrected_after_the_backup_still_opens_after_the_restore(

@@ -75,3 +75,19 @@ def audited_vault(db: Database, keyring: Keyring, audit_dir: Path) -> tuple[Vaul
 def put_all(vault: Vault, people: Sequence[dict[str, str]]) -> list[str]:
     c = ctx("load")
     return [vault.put(p, ctx=c) for p in people]
+
+
+def wipe_store(store_url: str) -> None:
+    """The data store is lost after the changes (a wipe that left the schema)."""
+    with Database(store_url) as wipe:
+        for t in ("blind_index", "records", "index_check_key"):
+            wipe.execute(f"DELETE FROM {t}")
+
+
+def open_vault(store_url: str, keyring: Keyring) -> Vault:
+    return Vault(Database(store_url), keyring)
+
+
+def close_vault(v: Vault) -> None:
+    getattr(v.store, "close", lambda: None)()
+    v.db.close()
