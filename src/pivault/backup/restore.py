@@ -191,6 +191,35 @@ def _tables(db: Database) -> list[str]:
         " AND table_type = 'BASE TABLE' ORDER BY table_name")]
 
 
+def _new_sqlite_target(url: str) -> Path | None:
+    """The SQLite file a restore is about to create by opening it (None: PostgreSQL, or it exists)."""
+    parsed = parse_url(url)
+    if parsed.dialect != "sqlite":
+        return None
+    target = Path(parsed.target)
+    return None if target.exists() else target
+
+
+def _drop_if_empty(target: Path) -> None:
+    """Remove the store file a refused restore created, if it still holds no table.
+
+    Opening the target makes the file; a restore refused after that (the wrong backend, a
+    record-key store the rows are not bound to) left an empty database where none was, which
+    the next command then took for the vault's store. A file with any table (another
+    process's, made meanwhile) is left alone.
+    """
+    import sqlite3
+
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{target}?mode=ro", uri=True)) as conn:
+            tables = conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()[0]
+    except sqlite3.Error:
+        return
+    if tables == 0:
+        for p in (target, target.with_name(target.name + "-wal"), target.with_name(target.name + "-shm")):
+            p.unlink(missing_ok=True)
+
+
 def open_target(url: str) -> Database:
     """The store to restore into, opened; an SQLite file that is no database is refused as such.
 
@@ -667,7 +696,9 @@ def restore(path: str | os.PathLike[str], store_url: str, key: VerifyKey, *,
                                               "salvaged_entries": report.salvaged_audit_entries,
                                               **report.audit_detail()})
 
+        made = _new_sqlite_target(store_url)
         db = open_target(store_url)
+        done = False
         try:
             if db.dialect != backend:
                 raise BackupError(f"this is a {backend} backup; restore it into a {backend} store",
@@ -679,8 +710,11 @@ def restore(path: str | os.PathLike[str], store_url: str, key: VerifyKey, *,
                 _, report.not_restored = _restore_postgresql(c, db, quarantine, keyring_generation, settle,
                                                              finish)
                 report.counts = {t: n for t, n in report.counts.items() if t not in report.not_restored}
+            done = True
         finally:
             db.close()
+            if not done and made is not None:
+                _drop_if_empty(made)
         if record_keys is not None:
             # in place and reported: what this restore put back is no longer news to a rerun
             record_keys.restore_done(report.backup_id)
