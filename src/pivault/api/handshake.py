@@ -74,7 +74,9 @@ def _base() -> tuple[type[asyncio.AbstractEventLoop], type]:
         from asyncio.sslproto import SSLProtocol
 
         return asyncio.SelectorEventLoop, SSLProtocol
-    ssl_protocol: type = uvloop.loop.SSLProtocol  # type: ignore[attr-defined]  # not in its stubs
+    # the Cython SSL layer uvloop's own TLS servers put over a connection; uvloop's type hints do
+    # not declare it, so it is read from the module's namespace
+    ssl_protocol: type = vars(uvloop.loop)["SSLProtocol"]
     return uvloop.Loop, ssl_protocol
 
 
