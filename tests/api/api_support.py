@@ -252,3 +252,17 @@ def uvicorn_thread(app: Any, **config: Any) -> Iterator[int]:
     finally:
         server.should_exit = True
         thread.join(10)
+
+
+def audited(store_url: str, request_id: str, at_least: int = 1, timeout: float = 10.0) -> list[Any]:
+    """The audit entries of one request: durable before the response, chained a moment later (by the
+    worker's thread, or the node's chainer with several workers)."""
+    from pivault.audit import entries
+
+    with Database(store_url) as db:
+        deadline = time.monotonic() + timeout
+        while True:
+            found = list(entries(db, request_id=request_id))
+            if len(found) >= at_least or time.monotonic() > deadline:
+                return found
+            time.sleep(0.1)

@@ -6,26 +6,8 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any
 
-from api_support import Live
-
-from pivault.audit import entries
-from pivault.store.db import Database
-
-
-def audited(live: Live, request_id: str, at_least: int = 1) -> list[Any]:
-    """The entries of one request: durable before the response, chained a moment later."""
-    db = Database(live.store_url)
-    try:
-        deadline = time.monotonic() + 10
-        while True:
-            found = list(entries(db, request_id=request_id))
-            if len(found) >= at_least or time.monotonic() > deadline:
-                return found
-            time.sleep(0.1)
-    finally:
-        db.close()
+from api_support import Live, audited
 
 
 def test_a_purpose_the_policy_does_not_know_is_not_written_to_the_audit_trail(live: Live) -> None:
@@ -45,10 +27,10 @@ def test_a_purpose_the_policy_does_not_know_is_not_written_to_the_audit_trail(li
     for r in (found, read, admin, other):
         assert r.status_code == 403 and r.json()["code"] == "policy.purpose", r.text
     for r, principal in ((found, "test-officer"), (read, "test-officer"), (admin, "test-admin")):
-        trail = audited(live, r.headers["x-request-id"])
+        trail = audited(live.store_url, r.headers["x-request-id"])
         assert [(e.principal, e.outcome, e.purpose) for e in trail] == [(principal, "denied", "?")]
         assert resident["id_number"][:17] not in repr(trail)
-    trail = audited(live, other.headers["x-request-id"])
+    trail = audited(live.store_url, other.headers["x-request-id"])
     assert [(e.outcome, e.purpose) for e in trail] == [("denied", "data_subject_request")]
 
 
@@ -73,10 +55,10 @@ def test_a_refusal_on_a_record_route_names_the_record_tried(live: Live) -> None:
                 (copy, "rights.copy", (rid,)), (masked, "rights.copy", (rid,))]
     for r, operation, records in expected:
         assert r.status_code == 403, r.text
-        trail = audited(live, r.headers["x-request-id"])
+        trail = audited(live.store_url, r.headers["x-request-id"])
         assert [(e.operation, e.outcome, e.record_ids) for e in trail] == [(operation, "denied", records)]
     assert masked.json()["code"] == "policy.reveal"
-    assert typed not in repr(audited(live, typo.headers["x-request-id"]))
+    assert typed not in repr(audited(live.store_url, typo.headers["x-request-id"]))
 
 
 def test_a_revoked_expired_or_suspended_token_still_used_is_in_the_audit_trail(live: Live) -> None:
@@ -111,7 +93,7 @@ def test_a_revoked_expired_or_suspended_token_still_used_is_in_the_audit_trail(l
     for info, r in answers[:3]:
         assert info is not None
         rid = r.headers["x-request-id"]
-        trail = audited(live, rid)
+        trail = audited(live.store_url, rid)
         assert [(e.principal, e.role, e.token_id, e.operation, e.outcome) for e in trail] == [
             (info.principal, "officer", info.token_id, "token.use", "denied")]
         assert trail[0].detail == {"subjects": [info.token_id]}
@@ -119,7 +101,7 @@ def test_a_revoked_expired_or_suspended_token_still_used_is_in_the_audit_trail(l
         assert (line["principal"], line["token_id"], line["status"]) == (info.principal, info.token_id, 401)
     # sent before the entries above were found, by then chained too
     forged_rid = answers[3][1].headers["x-request-id"]
-    assert audited(live, forged_rid, at_least=0) == []
+    assert audited(live.store_url, forged_rid, at_least=0) == []
     assert by_request[forged_rid]["principal"] == "-"
     for token in (revoked_token, forged):
         assert token not in (live.home / "logs" / "access.log").read_text()
@@ -143,10 +125,10 @@ def test_a_refused_token_creation_or_revocation_is_in_the_audit_trail(live: Live
         assert gone.status_code == 404 and gone.json()["code"] == "token.not_found"
     admin_id = live.tokens["admin"].split("_")[1]
     for r in refused:
-        trail = audited(live, r.headers["x-request-id"])
+        trail = audited(live.store_url, r.headers["x-request-id"])
         assert [(e.principal, e.token_id, e.operation, e.outcome, e.detail) for e in trail] == [
             ("test-admin", admin_id, "token.create", "denied", {"subjects": []})]
-    trail = audited(live, gone.headers["x-request-id"])
+    trail = audited(live.store_url, gone.headers["x-request-id"])
     assert [(e.principal, e.operation, e.outcome, e.detail) for e in trail] == [
         ("test-admin", "token.revoke", "not_found", {"subjects": ["0123456789abcdef"]})]
     asked = ("system:detect", "local:root", "mallory")

@@ -4,7 +4,6 @@ canary residents."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -16,6 +15,7 @@ from api_support import (
     POPULATION,
     SEED,
     Live,
+    audited,
     free_port,
     policy_for_tests,
     start_server,
@@ -23,12 +23,10 @@ from api_support import (
 )
 
 from pivault.api.tls import make_dev_cert
-from pivault.audit import entries
 from pivault.detect.canary import seed
 from pivault.policy import Policy
 from pivault.policy.context import local_operator
 from pivault.policy.tokens import TokenStore
-from pivault.store.db import Database
 from pivault.synth import generate
 from pivault.vault import Vault, init
 
@@ -44,14 +42,7 @@ class Insider:
                                               ttl_seconds=600)[1]
 
     def audited(self, request_id: str, at_least: int = 1) -> list[Any]:
-        # the entries are durable before the response; the node's chainer may chain them a moment later
-        db = Database(self.live.store_url)
-        deadline = time.monotonic() + 10
-        while True:
-            found = list(entries(db, request_id=request_id))
-            if len(found) >= at_least or time.monotonic() > deadline:
-                return found
-            time.sleep(0.1)
+        return audited(self.live.store_url, request_id, at_least)
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ import time
 from datetime import date
 from typing import Any
 
-from api_support import ID_PARTS, Live, rebuild_ids
+from api_support import ID_PARTS, Live, audited, rebuild_ids
 from test_api_auth import assert_clean_problem
 
 from pivault.model import resident_id
@@ -233,28 +233,14 @@ def test_dpo_rights_copy_correct_erase(live: Live) -> None:
         r = c.post(f"/v1/rights/{live.record_ids[6]}/copy")
         assert assert_clean_problem(r, live, 403)["code"] == "policy.purpose"
     # an auditor finds the full copy that left the vault under its own operation, not among reads
-    found = _audited(live, copied)
+    found = audited(live.store_url, copied)
     assert [(e.operation, e.outcome, e.record_ids, e.count, e.purpose) for e in found] == [
         ("rights.copy", "ok", (rid,), 1, "data_subject_request")]
     assert found[0].detail == {"reveal": True}
     # the refused copy is recorded under the same operation, naming the record, none handed out
     assert [(e.operation, e.outcome, e.record_ids, e.count)
-            for e in _audited(live, r.headers["x-request-id"])] == [
+            for e in audited(live.store_url, r.headers["x-request-id"])] == [
         ("rights.copy", "denied", (live.record_ids[6],), 0)]
-
-
-def _audited(live: Live, request_id: str) -> list[Any]:
-    """The entries of one request; durable before the response, chained a moment later."""
-    from pivault.audit import entries
-    from pivault.store.db import Database
-
-    deadline = time.monotonic() + 10
-    with Database(live.store_url) as db:
-        while True:
-            found = list(entries(db, request_id=request_id))
-            if found or time.monotonic() > deadline:
-                return found
-            time.sleep(0.1)
 
 
 def test_limits_media_types_and_no_echo(live: Live) -> None:
@@ -320,30 +306,17 @@ def test_read_budget_refuses_with_429_then_suspends_the_token(live: Live) -> Non
 
 
 def test_every_access_and_refusal_is_in_the_audit_trail(live: Live) -> None:
-    from pivault.audit import entries
-    from pivault.store.db import Database
 
     resident = live.residents[8]
     with live.client(role="officer") as c:
         ok = c.post("/v1/residents/lookup", json={"id_number": resident["id_number"]})
         refused = c.delete(f"/v1/residents/{live.record_ids[8]}")
     assert ok.status_code == 200 and refused.status_code == 403
-    db = Database(live.store_url)
-
-    def audited(request_id: str) -> list[Any]:
-        # the entry is durable before the response (a write-ahead journal may chain it a moment later)
-        deadline = time.monotonic() + 10
-        while True:
-            found = list(entries(db, request_id=request_id))
-            if found or time.monotonic() > deadline:
-                return found
-            time.sleep(0.1)
-
-    found = audited(ok.headers["x-request-id"])
+    found = audited(live.store_url, ok.headers["x-request-id"])
     assert [(e.principal, e.operation, e.outcome, e.record_ids) for e in found] == [
         ("test-officer", "find", "ok", (live.record_ids[8],))]
     assert found[0].purpose == "identity_verification" and found[0].source == "api"
-    denied = audited(refused.headers["x-request-id"])
+    denied = audited(live.store_url, refused.headers["x-request-id"])
     assert [(e.principal, e.operation, e.outcome) for e in denied] == [("test-officer", "erase", "denied")]
 
 
