@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import csv
 import json
-import os
 import random
 import subprocess
 import sys
@@ -28,12 +27,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from typer.testing import CliRunner, Result
+from typer.testing import CliRunner
 
 sys.path.insert(0, str(Path(__file__).parent.parent / "vault"))
 
 from test_vault_drills import _kill_midway
 from vault_support import cheap_cli_env, make_residents
+from vault_support import run_cli as run
+from vault_support import spawn_cli as _spawn
 
 from pivault.audit import entries
 from pivault.backup import Container, load_verify_key, restore
@@ -42,7 +43,6 @@ from pivault.store.db import Database, parse_url
 
 pytestmark = pytest.mark.slow
 
-_CLI = "from pivault.cli.main import main; main()"
 RESIDENTS = 400
 ERASED = 5
 KILLS = 5
@@ -51,20 +51,6 @@ KILLS = 5
 @pytest.fixture
 def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
     return cheap_cli_env(tmp_path, monkeypatch, "")
-
-
-def run(env: dict[str, str], *args: str, code: int = 0) -> Result:
-    res = CliRunner().invoke(main_app, list(args), env=env)
-    assert res.exit_code == code, (args, res.output)
-    assert "Traceback" not in res.output
-    return res
-
-
-def _spawn(env: dict[str, str], *args: str) -> subprocess.Popen[str]:
-    """The command line in a process of its own (and its own group), as an operator runs it."""
-    full = {**os.environ, **env, "PYTHONPATH": os.pathsep.join(sys.path)}
-    return subprocess.Popen([sys.executable, "-c", _CLI, *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True, env=full)
 
 
 def _set_up(env: dict[str, str], tmp_path: Path, store: str | None) -> dict[str, Any]:

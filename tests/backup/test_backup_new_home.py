@@ -15,25 +15,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from typer.testing import CliRunner, Result
+from typer.testing import Result
 
 sys.path.insert(0, str(Path(__file__).parent.parent / "vault"))
 
 from vault_support import cheap_cli_env, make_residents
-
-from pivault.cli.main import app as main_app
+from vault_support import run_cli as run
 
 
 @pytest.fixture
 def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
     return cheap_cli_env(tmp_path, monkeypatch, "")
-
-
-def run(env: dict[str, str], *args: str, code: int = 0, **more: str) -> Result:
-    res = CliRunner().invoke(main_app, list(args), env={**env, **more})
-    assert res.exit_code == code, (args, res.output)
-    assert "Traceback" not in res.output
-    return res
 
 
 def _json(res: Result) -> Any:

@@ -19,33 +19,17 @@ import time
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner, Result
 
 sys.path.insert(0, str(Path(__file__).parent.parent / "vault"))
 
 from vault_support import cheap_cli_env, make_residents
-
-from pivault.cli.main import app as main_app
-
-_CLI = "from pivault.cli.main import main; main()"
+from vault_support import run_cli as run
+from vault_support import spawn_cli as _spawn
 
 
 @pytest.fixture
 def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
     return cheap_cli_env(tmp_path, monkeypatch, "")
-
-
-def run(env: dict[str, str], *args: str, code: int = 0) -> Result:
-    res = CliRunner().invoke(main_app, list(args), env=env)
-    assert res.exit_code == code, (args, res.output)
-    assert "Traceback" not in res.output
-    return res
-
-
-def _spawn(env: dict[str, str], *args: str) -> subprocess.Popen[str]:
-    full = {**os.environ, **env, "PYTHONPATH": os.pathsep.join(sys.path)}
-    return subprocess.Popen([sys.executable, "-c", _CLI, *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True, env=full)
 
 
 def _scratch(shelf: Path) -> set[Path]:

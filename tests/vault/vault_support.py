@@ -56,3 +56,30 @@ def cheap_cli_env(tmp_path: Path, monkeypatch: Any, home: str) -> dict[str, str]
     monkeypatch.setattr(_home, "PassphraseProvider", cheap)
     return {"PIVAULT_PASSPHRASE": PASSPHRASE, "PIVAULT_HOME": home,
             "XDG_CONFIG_HOME": str(tmp_path / "xdg")}
+
+
+def run_cli(env: dict[str, str], *args: str, code: int = 0, **more: str) -> Any:
+    """``pivault ARGS`` in this process with ``env`` (and ``more``): its exit code is ``code``, and
+    no traceback reached the operator."""
+    from typer.testing import CliRunner
+
+    from pivault.cli.main import app
+
+    res = CliRunner().invoke(app, list(args), env={**env, **more})
+    assert res.exit_code == code, (args, res.output)
+    assert "Traceback" not in res.output
+    return res
+
+
+def spawn_cli(env: dict[str, str], *args: str) -> Any:
+    """The command line in a process of its own (and its own group), as an operator runs it: one
+    that a test can kill."""
+    import os
+    import subprocess
+    import sys
+
+    full = {**os.environ, **env, "PYTHONPATH": os.pathsep.join(sys.path)}
+    return subprocess.Popen([sys.executable, "-c", "from pivault.cli.main import main; main()", *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True, env=full)
+
