@@ -327,6 +327,35 @@ def test_postgresql_record_key_store_dropped_or_wrong_schema(env: dict[str, str]
         assert json.loads(run(env, "get", rid, "--reveal", "--json").stdout)[0]["mobile"] == p["mobile"]
 
 
+def test_failed_init_leaves_no_tables_in_postgresql(env: dict[str, str], tmp_path: Path, pg_url: str,
+                                                   pg_keys_url: str) -> None:
+    """An init stopped by an unreachable record-key store used to leave the data schema's tables bound
+    to the keyring it deleted: the next init was refused as another vault's store."""
+    from pivault.store.db import Database
+
+    with Database(pg_url) as db:  # the operator's own table in the schema stays whatever happens
+        db.execute("CREATE TABLE operator_notes (note TEXT)")
+    with Database(pg_keys_url) as db:
+        db.execute("CREATE TABLE keys_notes (note TEXT)")
+    unreachable = "postgresql://postgres@127.0.0.1:1/test"
+    res = run(env, "init", "--expected-population", "1000", "--store", pg_url,
+              "--record-key-store", unreachable, code=1)
+    assert res.stderr.startswith("error[store.connect]: "), res.stderr
+    assert _pg_tables(pg_url) == {"operator_notes"}
+    with Database(pg_url) as db:
+        assert db.query("SELECT proname FROM pg_proc"
+                        " WHERE pronamespace = current_schema()::regnamespace") == []
+        assert db.query("SELECT sequence_name FROM information_schema.sequences"
+                        " WHERE sequence_schema = current_schema()") == []
+    assert not (Path(env["PIVAULT_HOME"]) / "pivault.toml").exists()
+    # the same init with the right store goes through, and the vault works
+    v = _make(env, tmp_path, "--store", pg_url, "--record-key-store", pg_keys_url)
+    assert {"operator_notes", "records", "vault_meta"} <= _pg_tables(pg_url)
+    assert {"keys_notes", "record_keys"} <= _pg_tables(pg_keys_url)
+    got = json.loads(run(env, "get", v["ids"][0], "--reveal", "--json").stdout)
+    assert got[0]["name"] == v["people"][0]["name"]
+
+
 def test_a_rebuilt_home_without_record_keys_refuses_until_they_are_put_back(env: dict[str, str],
                                                                             tmp_path: Path) -> None:
     v = _make(env, tmp_path)

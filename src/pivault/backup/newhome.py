@@ -53,7 +53,6 @@ from pivault.backup.manifest import Container
 from pivault.backup.restore import (
     RestoreReport,
     _refuse_foreign,
-    _tables,
     _why_not_empty,
     open_target,
     restore,
@@ -118,7 +117,7 @@ def _used_since(url: str, manifest: dict[str, Any]) -> str | None:
     """
     head = manifest.get("audit_head") or {}
     with Database(url) as db:
-        tables = set(_tables(db))
+        tables = set(db.tables())
         if "audit_entries" in tables:
             row = db.query_one("SELECT COUNT(*), MAX(ts_us) FROM audit_entries WHERE seq > ? AND operation"
                                " <> 'backup.restore'", (int(head.get("seq", 0)),))

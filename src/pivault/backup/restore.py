@@ -182,15 +182,6 @@ def table_label(table: str) -> str:
     return table if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,62}", table) else repr(table[:64])
 
 
-def _tables(db: Database) -> list[str]:
-    if db.dialect == "sqlite":
-        return [str(r[0]) for r in db.query("SELECT name FROM sqlite_master WHERE type = 'table'"
-                                            " AND name NOT LIKE 'sqlite_%' ORDER BY name")]
-    return [str(r[0]) for r in db.query(
-        "SELECT table_name FROM information_schema.tables WHERE table_schema = current_schema()"
-        " AND table_type = 'BASE TABLE' ORDER BY table_name")]
-
-
 def _new_sqlite_target(url: str) -> Path | None:
     """The SQLite file a restore is about to create by opening it (None: PostgreSQL, or it exists)."""
     parsed = parse_url(url)
@@ -248,7 +239,7 @@ def foreign_store(db: Database) -> str | None:
     beside a keyring, given as ``--store`` by mistake): its tables are never
     dropped, moved aside or replaced, even when they are empty.
     """
-    tables = _tables(db)
+    tables = db.tables()
     if tables and "schema_migrations" not in tables:
         return (f"it holds {len(tables)} table(s) and no pivault schema: the store of other software "
                 "(or a record-key store), which a restore never moves or drops")
@@ -265,7 +256,7 @@ def _refuse_foreign(db: Database) -> None:
 
 def _why_not_empty(db: Database, vault_id: str) -> str | None:
     """None if the store may be restored into; else why not (no values named)."""
-    tables = _tables(db)
+    tables = db.tables()
     # the tables an operator recognises first, then the rest (a ransom note counts too)
     first = [t for t in ("records", "audit_entries") if t in tables]
     for t in first + [t for t in tables if t not in first]:
@@ -274,7 +265,7 @@ def _why_not_empty(db: Database, vault_id: str) -> str | None:
         row = db.query_one(f"SELECT COUNT(*) FROM {ident(t)}")
         if row and int(row[0]):
             return f"table {table_label(t)} holds {int(row[0])} rows"
-    if "vault_meta" in _tables(db):
+    if "vault_meta" in db.tables():
         row = db.query_one("SELECT value FROM vault_meta WHERE key = 'vault_id'")
         if row is not None and row[0] != vault_id:
             return f"the store is bound to another vault ({row[0]})"
@@ -510,11 +501,11 @@ def _restore_postgresql(c: Container, db: Database, quarantine: bool,
         if why is not None:
             schema = "pivault_quarantine_" + time.strftime("%Y%m%d%H%M%S") + "_" + os.urandom(3).hex()
             db.execute(f"CREATE SCHEMA {ident(schema)}")
-            for t in _tables(db):
+            for t in db.tables():
                 db.execute(f"ALTER TABLE {ident(t)} SET SCHEMA {ident(schema)}")
             quarantined = schema
         else:
-            for t in _tables(db):
+            for t in db.tables():
                 db.execute(f"DROP TABLE {ident(t)} CASCADE")
         db.execute("CREATE TABLE IF NOT EXISTS schema_migrations ("
                    " component TEXT NOT NULL, version INTEGER NOT NULL, description TEXT NOT NULL,"

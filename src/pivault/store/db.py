@@ -332,6 +332,15 @@ class Database:
                 "SELECT 1 FROM sqlite_master WHERE type='table' AND name=?", (name,)) is not None
         return self.query_one("SELECT to_regclass(?)", (name,)) not in (None, (None,))
 
+    def tables(self) -> list[str]:
+        """Names of the tables in the store (PostgreSQL: in the URL's schema), sorted."""
+        if self.dialect == "sqlite":
+            return [str(r[0]) for r in self.query("SELECT name FROM sqlite_master WHERE type = 'table'"
+                                                  " AND name NOT LIKE 'sqlite_%' ORDER BY name")]
+        return [str(r[0]) for r in self.query(
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = current_schema()"
+            " AND table_type = 'BASE TABLE' ORDER BY table_name")]
+
     def blob(self) -> str:
         """The column type for bytes."""
         return "BLOB" if self.dialect == "sqlite" else "BYTEA"

@@ -335,19 +335,63 @@ def init(
 
     keys_target = parse_url(keys_url or record_key_store_url(target))
     new_keys = keys_target.dialect == "sqlite" and not Path(keys_target.target).exists()
+    # PostgreSQL: the tables already in each schema, so that a failed init removes only its own
+    servers = {u: _existing_tables(u) for u in (url, keys_url) if u and parse_url(u).dialect != "sqlite"}
     try:
         with Database(url) as db:
             Vault.initialise(db, keyring, record_key_store=keys_url).close()
         write_private(h / CONFIG_NAME, cfg.to_toml().encode("utf-8"), overwrite=False)
     except BaseException:
-        # nothing is protected by the new keyring yet: leave no half-made vault behind
+        # nothing is protected by the new keyring yet: leave no half-made vault behind (a store
+        # left bound to the keyring deleted here would refuse the next init as another vault's)
         target.unlink(missing_ok=True)
         for made, path in ((new_file, parsed.target), (new_keys, keys_target.target)):
             if made:
                 for suffix in ("", "-wal", "-shm", "-journal"):
                     Path(path + suffix).unlink(missing_ok=True)
+        for server_url, before in servers.items():
+            if before is not None:
+                _drop_new_tables(server_url, before)
         raise
     return cfg
+
+
+def _existing_tables(url: str) -> set[tuple[str, str]] | None:
+    """The tables, sequences and functions in a PostgreSQL store's schema before ``init``.
+
+    None if it cannot be reached: then init makes nothing there, and there is nothing to undo.
+    """
+    try:
+        with Database(url) as db:
+            return _schema_objects(db)
+    except Exception:
+        return None
+
+
+def _schema_objects(db: Database) -> set[tuple[str, str]]:
+    """``(kind, SQL name)`` of what ``DROP <kind>`` would remove from the URL's schema."""
+    found = {("TABLE", t) for t in db.tables()}
+    found |= {("SEQUENCE", str(r[0])) for r in db.query(
+        "SELECT sequence_name FROM information_schema.sequences WHERE sequence_schema = current_schema()")}
+    found |= {("FUNCTION", str(r[0])) for r in db.query(
+        "SELECT p.oid::regprocedure::text FROM pg_proc p"
+        " WHERE p.pronamespace = current_schema()::regnamespace")}
+    return found
+
+
+def _drop_new_tables(url: str, before: set[tuple[str, str]]) -> None:
+    """Drop what a failed ``init`` made in a PostgreSQL schema; never what was there before.
+
+    Best effort: the error that stopped the init is the one reported.
+    """
+    try:
+        with Database(url) as db, db.transaction():
+            for kind, name in sorted(_schema_objects(db) - before, key=lambda o: o[0] != "TABLE"):
+                # a function's name comes with its argument types, already quoted as needed
+                sql_name = name if kind == "FUNCTION" else '"' + name.replace('"', '""') + '"'
+                db.execute(f"DROP {kind} IF EXISTS {sql_name} CASCADE")
+    except Exception:
+        return
 
 
 def _record_key_store_url(given: str | None, store_url: str) -> str | None:
