@@ -212,7 +212,7 @@ def test_kill_minus_nine_mid_rewrap_then_resume(vault: Vault, store_url: str, tm
     assert len(retire_unused(vault.db, kr, record_keys=_keys(vault).keys)) == 2
     _check_all(vault, expected)
     # a crash leaves at most orphan keys behind; garbage collection finds none it may not take
-    assert _keys(vault).keys.collect_garbage(vault.db, grace_seconds=0) == 0
+    assert _keys(vault).keys.collect_garbage(vault.db, grace_seconds=0, writers_stopped=True) == 0
     _check_all(vault, expected)
 
 

@@ -356,6 +356,47 @@ def test_failed_init_leaves_no_tables_in_postgresql(env: dict[str, str], tmp_pat
     assert got[0]["name"] == v["people"][0]["name"]
 
 
+def test_keys_gc_with_a_short_grace_needs_the_writers_stopped(env: dict[str, str], tmp_path: Path) -> None:
+    """A record key commits before its record: `keys gc --grace 0` on a vault that writes could take
+    the key of a record in the middle of its write, which then committed unreadable for good."""
+    from pivault.keys.shred import ShreddingRecordStore
+    from pivault.model.record import Resident
+    from pivault.store.records import RecordStore
+    from pivault.vault import Vault
+    from pivault.vault.facade import seal
+
+    v = _make(env, tmp_path)
+    home = Path(env["PIVAULT_HOME"])
+    newcomer = make_residents(7, seed=93)[6]
+    vault = Vault.open(home, passphrase=PASSPHRASE)
+    try:
+        sealed = seal(vault.keyring, Resident.parse(newcomer), checks=vault.checks)
+        assert isinstance(vault.store, ShreddingRecordStore)
+        vault.store.keys.put_many([(sealed.record_id, sealed.record_key)])  # the first half of a put: its key
+        for grace in ("0", "599"):
+            res = run(env, "keys", "gc", "--grace", grace, code=2)
+            assert res.stderr.startswith("error[keys.gc_grace]: ") and "--writers-stopped" in res.stderr
+        assert json.loads(run(env, "keys", "gc", "--json").stdout)["deleted"] == 0
+        RecordStore.insert(vault.store, [sealed])  # the record's own commit, after the key's
+    finally:
+        vault.close()
+    got = json.loads(run(env, "get", sealed.record_id, "--reveal", "--json").stdout)
+    assert got[0]["id_number"] == newcomer["id_number"]
+    # with every writer stopped, a crash's orphan key goes at once; no record's key goes with it
+    orphan = make_residents(8, seed=93)[7]
+    vault = Vault.open(home, passphrase=PASSPHRASE)
+    try:
+        lost = seal(vault.keyring, Resident.parse(orphan), checks=vault.checks)
+        assert isinstance(vault.store, ShreddingRecordStore)
+        vault.store.keys.put_many([(lost.record_id, lost.record_key)])
+    finally:
+        vault.close()
+    out = json.loads(run(env, "keys", "gc", "--grace", "0", "--writers-stopped", "--json").stdout)
+    assert out["deleted"] == 1
+    for rid in [*v["ids"], sealed.record_id]:
+        assert json.loads(run(env, "get", rid, "--json").stdout)[0]["record_id"] == rid
+
+
 def test_a_rebuilt_home_without_record_keys_refuses_until_they_are_put_back(env: dict[str, str],
                                                                             tmp_path: Path) -> None:
     v = _make(env, tmp_path)

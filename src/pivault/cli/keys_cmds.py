@@ -429,7 +429,14 @@ def keys_restore(
 @keys_app.command("gc")
 @run_cli
 def keys_gc(
-    grace: Annotated[float, typer.Option("--grace", help="Keep keys younger than this (seconds).")] = 3600.0,
+    grace: Annotated[float, typer.Option(
+        "--grace", help="Keep keys younger than this (seconds; at least 600 unless --writers-stopped).")
+    ] = 3600.0,
+    writers_stopped: Annotated[bool, typer.Option(
+        "--writers-stopped",
+        help="Nothing writes to the vault now (no serve, import or rewrap running): allows a grace under "
+             "600 s. A key commits before its record, so on a vault that writes, a shorter grace can "
+             "leave a new record unreadable.")] = False,
     backup_keys_days: Annotated[float | None, typer.Option(
         "--backup-keys-older-than", min=0.0,
         help="Also forget the keys that seal the record keys inside data backups older than this many "
@@ -439,7 +446,7 @@ def keys_gc(
 ) -> None:
     """Delete record keys no record uses (left by crashes), older than the grace period."""
     with _opened(home) as o:
-        n = o.keys.collect_garbage(o.db, grace_seconds=grace)
+        n = o.keys.collect_garbage(o.db, grace_seconds=grace, writers_stopped=writers_stopped)
         forgotten = o.keys.forget_backup_keys(older_than_seconds=backup_keys_days * 86400.0) \
             if backup_keys_days is not None else 0
         if forgotten:

@@ -34,6 +34,10 @@ from pivault.errors import ConfigError
 from pivault.store.db import Database
 from pivault.store.records import NewRecords, RecordStore, StoredRecord
 
+#: the shortest grace ``keys gc`` takes on a vault that may be writing: far longer than any write
+#: keeps a committed key waiting for its record (an import chunk, a rewrap batch, an update)
+MIN_GC_GRACE_SECONDS = 600.0
+
 __all__ = [
     "RECORD_KEY_STORE_SUFFIX",
     "KeySnapshot",
@@ -507,13 +511,25 @@ class RecordKeyStore:
         self.db.execute("DELETE FROM restore_put_back WHERE backup_id = ?", (backup_id,))
 
     # -- housekeeping ------------------------------------------------------------
-    def collect_garbage(self, data_db: Database, *, grace_seconds: float = 3600.0) -> int:
+    def collect_garbage(self, data_db: Database, *, grace_seconds: float = 3600.0,
+                        writers_stopped: bool = False) -> int:
         """Delete keys no committed record uses, older than ``grace_seconds``.
 
         Orphans come from crashes between a key's commit and its record's, and
         from updates whose old key could not be dropped at once. The grace
-        period protects a key whose record is still being written.
+        period protects a key whose record is still being written: a key
+        commits before its record, so on a vault that is writing, a key taken
+        in between leaves its record unreadable for good. A grace shorter than
+        :data:`MIN_GC_GRACE_SECONDS` is refused unless the caller states that
+        nothing writes to the vault (``writers_stopped``).
         """
+        if grace_seconds < MIN_GC_GRACE_SECONDS and not writers_stopped:
+            raise ConfigError(
+                f"a grace period under {MIN_GC_GRACE_SECONDS:g} s could delete the key of a record whose "
+                "write has not committed yet, and that record could never be read again",
+                code="keys.gc_grace",
+                hint=f"keep --grace at {MIN_GC_GRACE_SECONDS:g} or more, or stop every process that "
+                     "writes to the vault (serve, import, rewrap) and add --writers-stopped")
         cutoff = time.time() - grace_seconds
         doomed: list[tuple[str, bytes]] = []
         pending: list[tuple[str, bytes]] = []
