@@ -153,3 +153,30 @@ def test_reveal_in_the_query_is_exactly_true_or_false_and_given_once(live: Live)
         assert live.residents[12]["id_number"] not in r.text
     for r in (twice, other):
         assert r.status_code == 400 and r.json()["code"] == "request.query", r.text
+
+
+def test_a_refused_reveal_is_in_the_audit_trail_as_a_reveal(live: Live) -> None:
+    """A read or a lookup asking for full values, or a rights copy (always full values), refused at
+    the route for its purpose or operation, was recorded as a refusal of a masked access: an auditor
+    looking for attempts to see full values missed it. Each is marked ``{"reveal": true}`` now, as
+    a refusal at the Vault's door and a revealed read are; the same refusals of masked accesses are
+    not."""
+    rid, idn = live.record_ids[15], live.residents[15]["id_number"]
+    with live.client(role="officer", purpose="data_subject_request") as c:
+        read = c.get(f"/v1/residents/{rid}", params={"reveal": "true"})
+        found = c.post("/v1/residents/lookup", json={"id_number": idn, "reveal": True})
+        masked = [c.get(f"/v1/residents/{rid}"), c.post("/v1/residents/lookup", json={"id_number": idn})]
+    with live.client(role="dpo", purpose="audit") as c:
+        copy = c.post(f"/v1/rights/{rid}/copy")
+    with live.client(role="admin") as c:
+        admin = c.post("/v1/residents/lookup", json={"id_number": idn, "reveal": True})
+    for r, operation in ((read, "get"), (found, "find"), (copy, "rights.copy"), (admin, "find")):
+        assert r.status_code == 403, r.text
+        trail = audited(live.store_url, r.headers["x-request-id"])
+        assert [(e.operation, e.outcome, e.detail) for e in trail] == [
+            (operation, "denied", {"reveal": True})]
+    for r in masked:
+        assert r.status_code == 403, r.text
+        assert [(e.outcome, e.detail) for e in audited(live.store_url, r.headers["x-request-id"])] == [
+            ("denied", {})]
+

@@ -368,14 +368,30 @@ def create_app(vault: VaultLike, policy: Policy | PolicyHolder, *, tokens: Token
         except Exception as exc:  # the refusal stands; the log names the failure's type
             sys.stderr.write(f"pivault: could not audit a refusal ({type(exc).__name__})\n")
 
+    def recorded_purpose(pol: Policy, stated: str | None) -> str:
+        """The purpose an entry records for a request the Vault never saw: as stated only if the
+        policy knows it. The trail is kept for years and cannot be edited, and anything else in the
+        header ("id-11010519491231002x") could be a resident's data."""
+        if stated is None or not _PURPOSE.fullmatch(stated):
+            return "-"
+        return stated if stated in pol.purpose_names else UNKNOWN_PURPOSE
+
+    def subjects_of(record_id: str | None) -> tuple[str, ...]:
+        """The record a route's path names, only if it is a record id: what else was typed there is
+        not recorded."""
+        return (record_id,) if record_id is not None and is_record_id(record_id) else ()
+
     def authorise_caller(token: TokenInfo, operation: str, ops: tuple[str, ...], needs_purpose: bool,
                          x_purpose: str | None, rid: str, *, audit_as: str | None = None,
-                         record_id: str | None = None) -> Caller:
+                         record_id: str | None = None, reveal: bool = False) -> Caller:
         """The caller of a route needing ``ops``, or :class:`Problem` (the refusal audited).
 
         ``audit_as`` is the name the Vault records the route's call under (a rights copy is an
         export that reads: ``rights.copy``), and ``record_id`` the record the route is about, so
-        that a refusal here is found where one at the Vault's door would be.
+        that a refusal here is found where one at the Vault's door would be. ``reveal``: the
+        request asks for full values; its refusal is marked as such (``{"reveal": true}``), as a
+        refusal at the Vault's door is, so that an auditor looking for attempts to see full
+        values finds those stopped here too.
         """
         pol = holder.current()
         role = pol.role(token.role)
@@ -383,18 +399,11 @@ def create_app(vault: VaultLike, policy: Policy | PolicyHolder, *, tokens: Token
 
         def refuse(status: int, code: str, detail: str) -> Problem:
             # a refusal here never reaches the Vault: record it through its guard, so
-            # probing for what a token may do shows in the audit trail too. The purpose as stated
-            # only if the policy knows it: the trail is kept for years and cannot be edited, and
-            # anything else in the header ("id-11010519491231002x") could be a resident's data
-            if stated is None or not _PURPOSE.fullmatch(stated):
-                purpose = "-"
-            else:
-                purpose = stated if stated in pol.purpose_names else UNKNOWN_PURPOSE
-            ctx = AccessContext(principal=token.principal, role=token.role, purpose=purpose,
-                                request_id=rid, token_id=token.token_id, source="api")
-            # the record only if the path holds a record id: what else was typed there is not recorded
-            subjects = (record_id,) if record_id is not None and is_record_id(record_id) else ()
-            audit_refusal(ctx, audit_as or _VAULT_OP.get(operation, operation), subjects)
+            # probing for what a token may do shows in the audit trail too
+            ctx = AccessContext(principal=token.principal, role=token.role,
+                                purpose=recorded_purpose(pol, stated), request_id=rid,
+                                token_id=token.token_id, source="api", reveal=reveal)
+            audit_refusal(ctx, audit_as or _VAULT_OP.get(operation, operation), subjects_of(record_id))
             return Problem(status, code, detail)
 
         if role is None:
@@ -430,8 +439,25 @@ def create_app(vault: VaultLike, policy: Policy | PolicyHolder, *, tokens: Token
             raise refuse(403, "policy.purpose", f"role {role.name!r} may {ties}")
         return Caller(token=token, purpose=purpose, policy=pol, request_id=rid)
 
-    def require(operation: str, *alternatives: str,
-                audit_as: str | None = None) -> Callable[..., Awaitable[Caller]]:
+    async def body_asks_reveal(request: Request) -> bool:
+        """Whether the JSON body asks for full values as the route would grant them (``"reveal": true``).
+
+        FastAPI has parsed the body before the dependencies run, and Starlette keeps what it parsed:
+        this reads it again at the cost of a lookup. A body that is not JSON asks for nothing.
+        """
+        try:
+            body = await request.json()
+        except (ValueError, RecursionError):  # a JSON or UTF-8 error is a ValueError
+            return False
+        return isinstance(body, dict) and body.get("reveal") is True
+
+    def require(operation: str, *alternatives: str, audit_as: str | None = None,
+                reveal: str | None = None) -> Callable[..., Awaitable[Caller]]:
+        """The dependency that authorises a route's caller (:func:`authorise_caller`).
+
+        ``reveal``: where the route's request asks for full values — ``"query"`` (``?reveal=true``),
+        ``"body"`` (``"reveal": true``) or ``"always"`` (a rights copy) — so that a refusal says so.
+        """
         ops = (operation, *alternatives)
         needs_purpose = any(op in PI_OPERATIONS for op in ops)
 
@@ -447,9 +473,16 @@ def create_app(vault: VaultLike, policy: Policy | PolicyHolder, *, tokens: Token
             token: TokenInfo = request.scope.get("state", {})["token"]
             # not validated yet (the route's parameters are, after its dependencies)
             record_id = request.path_params.get("record_id")
+            if reveal is None:
+                asked = False
+            elif reveal == "query":
+                asked = request.query_params.get("reveal") == "true"
+            else:
+                asked = reveal == "always" or await body_asks_reveal(request)
             return authorise_caller(token, operation, ops, needs_purpose, x_purpose,
                                     _request_id(request) or "", audit_as=audit_as,
-                                    record_id=record_id if isinstance(record_id, str) else None)
+                                    record_id=record_id if isinstance(record_id, str) else None,
+                                    reveal=asked)
 
         return dependency
 
@@ -543,7 +576,8 @@ def create_app(vault: VaultLike, policy: Policy | PolicyHolder, *, tokens: Token
                           results=results)
 
     @app.post("/v1/residents/lookup", response_model=s.LookupOut, tags=["residents"], responses=problems)
-    async def lookup(body: s.LookupIn, caller: Caller = Depends(require("lookup"))) -> Response:
+    async def lookup(body: s.LookupIn,
+                     caller: Caller = Depends(require("lookup", reveal="body"))) -> Response:
         """Find residents by ID number, mobile, or name with birth date (in the body, never the URL)."""
         return await run_lookup(body, caller)
 
@@ -558,7 +592,7 @@ def create_app(vault: VaultLike, policy: Policy | PolicyHolder, *, tokens: Token
         record_id: str = PathParam(pattern=_RECORD_ID, max_length=28),
         reveal: str = Query("false", pattern="^(true|false)$",
                             description="true: full values where the policy allows (exactly true or false)"),
-        caller: Caller = Depends(require("read")),
+        caller: Caller = Depends(require("read", reveal="query")),
     ) -> Response:
         """One resident by its opaque record id, as the caller's role may see it.
 
@@ -599,7 +633,7 @@ def create_app(vault: VaultLike, policy: Policy | PolicyHolder, *, tokens: Token
     @app.post("/v1/rights/{record_id}/copy", response_model=s.CopyOut, tags=["rights"], responses=with_404)
     async def rights_copy(
         record_id: str = PathParam(pattern=_RECORD_ID, max_length=28),
-        caller: Caller = Depends(require("export", audit_as="rights.copy")),
+        caller: Caller = Depends(require("export", audit_as="rights.copy", reveal="always")),
     ) -> Response:
         """A data subject's full copy of their record (PIPL art. 45, GDPR art. 15)."""
         role = caller.policy.role(caller.token.role)
@@ -776,7 +810,8 @@ def create_app(vault: VaultLike, policy: Policy | PolicyHolder, *, tokens: Token
         rid: str = state["request_id"]
         scope["route"] = lookup_route  # for the access log's route template
         try:
-            caller = authorise_caller(state["token"], "lookup", lookup_ops, True, x_purpose, rid)
+            caller = authorise_caller(state["token"], "lookup", lookup_ops, True, x_purpose, rid,
+                                      reveal=parsed.reveal)
             resp = await run_lookup(parsed, caller)
         except Problem as exc:
             resp = problem_response(exc.status, exc.code, exc.detail, rid, headers=exc.headers,

@@ -185,7 +185,14 @@ class AuditEvent:
     @classmethod
     def of(cls, ctx: AccessContext, operation: str, outcome: str, record_ids: Iterable[str] = (),
            *, count: int | None = None, detail: Mapping[str, Any] | None = None) -> AuditEvent:
-        """An event for the caller ``ctx``."""
+        """An event for the caller ``ctx``.
+
+        A caller asking for full values is marked in ``detail`` (``"reveal": true``) as
+        :meth:`AuditLog.record_access` marks it: a budget refusal or an error of a reveal is an
+        attempt to see full values too, and an auditor looking for those must find it.
+        """
+        if ctx.reveal:
+            detail = {**(detail or {}), "reveal": True}
         return cls(operation=operation, outcome=outcome, principal=ctx.principal, role=ctx.role,
                    purpose=ctx.purpose, request_id=ctx.request_id, record_ids=tuple(record_ids),
                    count=count, token_id=ctx.token_id, source=ctx.source, detail=detail or {})
