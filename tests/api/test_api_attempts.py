@@ -1,9 +1,10 @@
 """Attempts the audit trail must show, on the app a worker serves (over a real vault home): a reveal
 asked for and refused — by the route, by the Vault or by a budget, on the lookup's fast path and on
-FastAPI's."""
+FastAPI's — and a request of a valid token rejected as malformed."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -107,3 +108,37 @@ def test_a_refused_reveal_is_recorded_as_a_reveal(home: tuple[Path, Path, list[d
         assert idn not in repr([_trail(app, r.headers["x-request-id"]) for r in answers])
     app.state.vault.close()
 
+
+def test_a_malformed_body_of_a_valid_token_is_recorded_as_invalid(
+        home: tuple[Path, Path, list[dict[str, Any]]]) -> None:
+    """On FastAPI's path (the fast lookup declines what does not parse or validate): a body that is
+    no JSON, or does not match the schema, left no entry. Now each leaves one, ``invalid``, under the
+    caller and the route's operation, without the values sent; a caller without a valid token still
+    leaves none."""
+    home_dir, policy, residents = home
+    app = build_app(ServeOptions(home=str(home_dir), policy=str(policy), log_to_stderr=False))
+    store = TokenStore(app.state.vault.db)
+    officer = store.create("officer-2", "officer", ["identity_verification"], ttl_seconds=600)[1]
+    idn = residents[2]["id_number"]
+    auth = {"Authorization": f"Bearer {officer}", "X-Purpose": "identity_verification",
+            "Content-Type": "application/json"}
+    with TestClient(app, base_url="https://testserver") as c:
+        broken = c.post("/v1/residents/lookup", content=b'{"id_number": "' + idn.encode(), headers=auth)
+        extra = c.post("/v1/residents/lookup", content=json.dumps({"id_number": idn, idn: idn}), headers=auth)
+        typed = c.post("/v1/residents/lookup", content=b'{"id_number": "x"}',
+                       headers={**auth, "X-Purpose": "id-" + idn.lower()})
+        anonymous = c.post("/v1/residents/lookup", content=b'{"id_number": "' + idn.encode(),
+                           headers={k: v for k, v in auth.items() if k != "Authorization"})
+    for r in (broken, extra):
+        assert r.status_code == 422 and r.json()["code"] == "request.invalid", r.text
+        trail = _trail(app, r.headers["x-request-id"])
+        assert [(e.principal, e.role, e.purpose, e.operation, e.outcome, e.record_ids, e.count)
+                for e in trail] == [
+            ("officer-2", "officer", "identity_verification", "find", "invalid", (), 0)]
+        assert idn not in repr(trail)
+    # a purpose the caller may not state is refused (and recorded as a refusal, as "?"), not rejected
+    assert typed.status_code == 403
+    assert [(e.purpose, e.outcome) for e in _trail(app, typed.headers["x-request-id"])] == [("?", "denied")]
+    assert anonymous.status_code == 401
+    assert _trail(app, anonymous.headers["x-request-id"]) == []
+    app.state.vault.close()

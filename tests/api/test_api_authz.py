@@ -180,3 +180,50 @@ def test_a_refused_reveal_is_in_the_audit_trail_as_a_reveal(live: Live) -> None:
         assert [(e.outcome, e.detail) for e in audited(live.store_url, r.headers["x-request-id"])] == [
             ("denied", {})]
 
+
+def test_a_rejected_request_of_a_valid_token_is_in_the_audit_trail(live: Live) -> None:
+    """A request of a valid token that its route rejects as malformed (422) left no entry unless the
+    Vault rejected it: a body that is not JSON or does not match the schema, a parameter out of its
+    pattern, a correction naming nothing or clearing a required field, a new resident the Vault
+    refuses to parse. Each leaves one ``invalid`` entry now, under the caller and the route's
+    operation, naming the record its path names and never a value sent; a batch leaves one for all
+    of its malformed items. A request without a valid token is refused 401 and leaves none."""
+    rid, resident = live.record_ids[16], live.residents[16]
+    idn = resident["id_number"]
+    wrong = idn[:-1] + ("0" if idn[-1] != "0" else "1")  # a wrong check character
+    with live.client(role="registrar") as c:
+        create = c.post("/v1/residents", json={"name": resident["name"], "id_number": wrong})
+        batch = c.post("/v1/residents/batch", json={"items": [
+            {"name": resident["name"], "id_number": wrong}, {"id_number": idn}, {"name": resident["name"]}]})
+    with live.client(role="registrar", purpose="correction") as c:
+        patch_schema = c.patch(f"/v1/residents/{rid}", json={"mobile": resident["mobile"], "colour": idn})
+        patch_empty = c.patch(f"/v1/residents/{rid}", json={})
+        patch_clear = c.patch(f"/v1/residents/{rid}", json={"name": None})
+        patch_json = c.patch(f"/v1/residents/{rid}", content=f'{{"notes": "{idn}',
+                             headers={"Content-Type": "application/json"})
+    with live.client(role="officer") as c:
+        lookup = c.post("/v1/residents/lookup", json={"id_number": idn, "mobile": resident["mobile"]})
+        read = c.get(f"/v1/residents/{rid}?reveal=yes")
+    with live.client(role="admin") as c:
+        mint = c.post("/v1/admin/tokens", json={"principal": idn + " x", "role": "officer"})
+        revoke = c.delete(f"/v1/admin/tokens/{idn[:15]}z")  # not a token id
+    with live.client(purpose="identity_verification") as c:
+        anonymous = c.post("/v1/residents/lookup", json={"id_number": idn, "mobile": resident["mobile"]})
+    assert batch.status_code == 200 and batch.json()["rejected"] == 3, batch.text
+    expected = [
+        (create, "test-registrar", "put", ()), (batch, "test-registrar", "put", ()),
+        (patch_schema, "test-registrar", "update", (rid,)), (patch_empty, "test-registrar", "update", (rid,)),
+        (patch_clear, "test-registrar", "update", (rid,)), (patch_json, "test-registrar", "update", (rid,)),
+        (lookup, "test-officer", "find", ()), (read, "test-officer", "get", (rid,)),
+        (mint, "test-admin", "token.create", ()), (revoke, "test-admin", "token.revoke", ()),
+    ]
+    for r, principal, operation, records in expected:
+        assert r.status_code in (200, 422), r.text
+        trail = audited(live.store_url, r.headers["x-request-id"])
+        assert [(e.principal, e.operation, e.outcome, e.record_ids, e.count) for e in trail] == [
+            (principal, operation, "invalid", records, 0)], r.request.url
+        for value in (idn, wrong, resident["name"], resident["mobile"]):
+            assert value not in repr(trail)
+    assert audited(live.store_url, mint.headers["x-request-id"])[0].detail == {"subjects": []}
+    assert anonymous.status_code == 401
+    assert audited(live.store_url, anonymous.headers["x-request-id"], at_least=0, timeout=1) == []

@@ -203,6 +203,9 @@ class Caller:
     purpose: str
     policy: Policy
     request_id: str
+    #: the request asked for full values (a reveal, a rights copy): its entries say so, even
+    #: an entry of a request refused or rejected before the Vault was asked
+    asked_reveal: bool = False
 
     def ctx(self, *, reveal: bool = False) -> AccessContext:
         return AccessContext(principal=self.token.principal, role=self.token.role, purpose=self.purpose,
@@ -343,6 +346,7 @@ def create_app(vault: VaultLike, policy: Policy | PolicyHolder, *, tokens: Token
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> Response:
+        audit_rejected(request)
         return problem_response(422, "request.invalid", "the request does not match the API schema",
                                 _request_id(request), extra={"errors": validation_problem(exc.errors())})
 
@@ -361,10 +365,15 @@ def create_app(vault: VaultLike, policy: Policy | PolicyHolder, *, tokens: Token
                                 headers=dict(exc.headers or {}))
 
     # -- authorisation per route ------------------------------------------------
-    def audit_refusal(ctx: AccessContext, operation: str, record_ids: tuple[str, ...]) -> None:
-        """Record a refusal decided at the route, which never reaches the Vault, through its guard."""
+    def audit_refusal(ctx: AccessContext, operation: str, record_ids: tuple[str, ...],
+                      outcome: str = "denied") -> None:
+        """Record a refusal decided at the route, which never reaches the Vault, through its guard.
+
+        ``outcome`` is ``denied`` for the policy's refusals and ``invalid`` for a request
+        rejected as malformed (its values never recorded).
+        """
         try:
-            vault.guard.audit(ctx, operation, record_ids, "denied")
+            vault.guard.audit(ctx, operation, record_ids, outcome)
         except Exception as exc:  # the refusal stands; the log names the failure's type
             sys.stderr.write(f"pivault: could not audit a refusal ({type(exc).__name__})\n")
 
@@ -380,6 +389,45 @@ def create_app(vault: VaultLike, policy: Policy | PolicyHolder, *, tokens: Token
         """The record a route's path names, only if it is a record id: what else was typed there is
         not recorded."""
         return (record_id,) if record_id is not None and is_record_id(record_id) else ()
+
+    def audit_rejected(request: Request) -> None:
+        """Record a request of a valid token that its route rejects as malformed (422, ``invalid``).
+
+        Probing what a route accepts is an access attempt like a refusal: the entry names the
+        principal, the route's operation, the record its path names (if that is a record id) and
+        the request id, never a value sent (the errors in the answer name places and rules only).
+        A caller without a valid token never gets this far (the middleware answers 401 from the
+        request's head), so it cannot write entries; a valid token writes one per request, as a
+        refused request does, within the limits every request of that token and address has.
+        """
+        scope = request.scope
+        state = scope.get("state", {})
+        token: TokenInfo | None = state.get("token")
+        name = invalid_name(scope.get("route"))
+        if token is None or name is None:
+            return
+        caller: Caller | None = state.get("caller")
+        if caller is not None:
+            ctx = caller.ctx(reveal=caller.asked_reveal)
+        else:
+            # a body that is no JSON is rejected before the route's dependency runs: who sent it,
+            # with the purpose stated if the policy knows it
+            stated = request.headers.get("x-purpose")
+            ctx = AccessContext(principal=token.principal, role=token.role,
+                                purpose=recorded_purpose(holder.peek(), stated.strip() if stated else None),
+                                request_id=_request_id(request) or "", token_id=token.token_id,
+                                source="api")
+        record_id = (scope.get("path_params") or {}).get("record_id")
+        audit_refusal(ctx, name, subjects_of(record_id if isinstance(record_id, str) else None), "invalid")
+
+    def invalid_name(route: Any) -> str | None:
+        """The operation a route's rejected requests are recorded under (None: a route without a caller)."""
+        dependant = getattr(route, "dependant", None)
+        for dep in getattr(dependant, "dependencies", ()):
+            name = invalid_names.get(dep.call)
+            if name is not None:
+                return name
+        return None
 
     def authorise_caller(token: TokenInfo, operation: str, ops: tuple[str, ...], needs_purpose: bool,
                          x_purpose: str | None, rid: str, *, audit_as: str | None = None,
@@ -437,7 +485,10 @@ def create_app(vault: VaultLike, policy: Policy | PolicyHolder, *, tokens: Token
             ties = "; ".join(f"{op} only for {', '.join(sorted(role.operation_purposes[op]))}"
                              for op in granted)
             raise refuse(403, "policy.purpose", f"role {role.name!r} may {ties}")
-        return Caller(token=token, purpose=purpose, policy=pol, request_id=rid)
+        return Caller(token=token, purpose=purpose, policy=pol, request_id=rid, asked_reveal=reveal)
+
+    #: each route's dependency -> the operation its rejected (422) requests are recorded under
+    invalid_names: dict[Callable[..., Any], str] = {}
 
     async def body_asks_reveal(request: Request) -> bool:
         """Whether the JSON body asks for full values as the route would grant them (``"reveal": true``).
@@ -452,14 +503,18 @@ def create_app(vault: VaultLike, policy: Policy | PolicyHolder, *, tokens: Token
         return isinstance(body, dict) and body.get("reveal") is True
 
     def require(operation: str, *alternatives: str, audit_as: str | None = None,
+                invalid_as: str | None = None,
                 reveal: str | None = None) -> Callable[..., Awaitable[Caller]]:
         """The dependency that authorises a route's caller (:func:`authorise_caller`).
 
+        ``invalid_as``: the operation a rejected (422) request of the route is recorded under, when
+        it is not the one its refusals are (an admin route's ``token.create``, not ``admin``).
         ``reveal``: where the route's request asks for full values — ``"query"`` (``?reveal=true``),
         ``"body"`` (``"reveal": true``) or ``"always"`` (a rights copy) — so that a refusal says so.
         """
         ops = (operation, *alternatives)
         needs_purpose = any(op in PI_OPERATIONS for op in ops)
+        refused_as = audit_as or _VAULT_OP.get(operation, operation)
 
         async def dependency(
             request: Request,
@@ -470,7 +525,8 @@ def create_app(vault: VaultLike, policy: Policy | PolicyHolder, *, tokens: Token
                 description="Why the caller acts: one of the purposes its role and token allow"
                             + ("" if needs_purpose else " (optional here)")),
         ) -> Caller:
-            token: TokenInfo = request.scope.get("state", {})["token"]
+            state = request.scope["state"]
+            token: TokenInfo = state["token"]
             # not validated yet (the route's parameters are, after its dependencies)
             record_id = request.path_params.get("record_id")
             if reveal is None:
@@ -479,11 +535,15 @@ def create_app(vault: VaultLike, policy: Policy | PolicyHolder, *, tokens: Token
                 asked = request.query_params.get("reveal") == "true"
             else:
                 asked = reveal == "always" or await body_asks_reveal(request)
-            return authorise_caller(token, operation, ops, needs_purpose, x_purpose,
-                                    _request_id(request) or "", audit_as=audit_as,
-                                    record_id=record_id if isinstance(record_id, str) else None,
-                                    reveal=asked)
+            caller = authorise_caller(token, operation, ops, needs_purpose, x_purpose,
+                                      _request_id(request) or "", audit_as=audit_as,
+                                      record_id=record_id if isinstance(record_id, str) else None,
+                                      reveal=asked)
+            # for the handler of a request the route's parameters or body then reject
+            state["caller"] = caller
+            return caller
 
+        invalid_names[dependency] = invalid_as or refused_as
         return dependency
 
     def view(caller: Caller, record: dict[str, Any]) -> dict[str, Any]:
@@ -528,7 +588,13 @@ def create_app(vault: VaultLike, policy: Policy | PolicyHolder, *, tokens: Token
               responses={**problems, 409: {"model": s.Problem, "description": "ID number already held"}})
     async def create_resident(body: s.ResidentIn, caller: Caller = Depends(require("create"))) -> s.Created:
         """Register one resident."""
-        record_id = await call(vault.put, body.model_dump(), ctx=caller.ctx())
+        try:
+            record_id = await call(vault.put, body.model_dump(), ctx=caller.ctx())
+        except ValidationError:
+            # the Vault parses a new record before anything is recorded: an ID number with a wrong
+            # check character, say, is recorded here (that a create was rejected, never the value)
+            audit_refusal(caller.ctx(), "put", (), "invalid")
+            raise
         return s.Created(record_id=record_id)
 
     @app.post("/v1/residents/batch", response_model=s.BatchOut, tags=["residents"], responses=problems)
@@ -551,6 +617,7 @@ def create_app(vault: VaultLike, policy: Policy | PolicyHolder, *, tokens: Token
             return None
 
         results: list[s.BatchItemResult] = []
+        invalid: list[int] = []
 
         def run() -> None:
             halt: tuple[str, str] | None = None
@@ -567,10 +634,18 @@ def create_app(vault: VaultLike, policy: Policy | PolicyHolder, *, tokens: Token
                 except PivaultError as exc:
                     if _status_for(exc) == 500:
                         raise
+                    if isinstance(exc, ValidationError):
+                        invalid.append(i)
                     results.append(s.BatchItemResult(index=i, status="rejected", code=exc.code,
                                                      detail=exc.message))
 
-        await run_in_threadpool(run)
+        try:
+            await run_in_threadpool(run)
+        finally:
+            # items rejected as malformed are recorded as one entry for the batch, not one each: a
+            # batch of 500 bad items must not write 500 entries that no budget charges
+            if invalid:
+                audit_refusal(ctx, "put", (), "invalid")
         accepted = sum(1 for r in results if r.status == "created")
         return s.BatchOut(read=len(body.items), accepted=accepted, rejected=len(results) - accepted,
                           results=results)
@@ -613,9 +688,11 @@ def create_app(vault: VaultLike, policy: Policy | PolicyHolder, *, tokens: Token
         """Correct fields of a resident (registrars; DPOs for rights requests). ``null`` clears."""
         changes = body.model_dump(exclude_unset=True)
         if not changes:
+            audit_refusal(caller.ctx(), "update", (record_id,), "invalid")
             raise Problem(422, "update.empty", "name at least one field to correct")
         for f in ("name", "id_number"):
             if f in changes and changes[f] is None:
+                audit_refusal(caller.ctx(), "update", (record_id,), "invalid")
                 raise Problem(422, "update.required", f"{f} cannot be cleared", extra={"field": f})
         await call(vault.update, record_id, changes, ctx=caller.ctx())
         return s.Updated(record_id=record_id, updated=[f for f in WRITABLE_FIELDS if f in changes])
@@ -657,7 +734,8 @@ def create_app(vault: VaultLike, policy: Policy | PolicyHolder, *, tokens: Token
     @app.post("/v1/admin/tokens", response_model=s.TokenCreated, status_code=201, tags=["admin"],
               responses=problems)
     async def create_token(body: s.TokenCreateIn,
-                           caller: Caller = Depends(require("admin"))) -> s.TokenCreated:
+                           caller: Caller = Depends(require("admin", invalid_as="token.create"))
+                           ) -> s.TokenCreated:
         """Issue a token for a principal; the token is in this response only, never stored."""
 
         def refused(code: str, detail: str) -> Problem:
@@ -693,7 +771,8 @@ def create_app(vault: VaultLike, policy: Policy | PolicyHolder, *, tokens: Token
     @app.delete("/v1/admin/tokens/{token_id}", status_code=204, tags=["admin"], responses=with_404,
                 response_class=Response)
     async def revoke_token(token_id: str = PathParam(pattern=_TOKEN_ID, max_length=16),
-                           caller: Caller = Depends(require("admin"))) -> Response:
+                           caller: Caller = Depends(require("admin", invalid_as="token.revoke"))
+                           ) -> Response:
         """Revoke a token; refused from the next request on, on every worker."""
         if not token_store.revoke(token_id):
             vault.guard.audit(caller.ctx(), "token.revoke", [token_id], "not_found")
@@ -702,7 +781,8 @@ def create_app(vault: VaultLike, policy: Policy | PolicyHolder, *, tokens: Token
         return Response(status_code=204)
 
     @app.post("/v1/admin/policy/reload", response_model=s.PolicyReloaded, tags=["admin"], responses=problems)
-    async def reload_policy(caller: Caller = Depends(require("admin"))) -> s.PolicyReloaded:
+    async def reload_policy(caller: Caller = Depends(require("admin", invalid_as="policy.change"))
+                            ) -> s.PolicyReloaded:
         """Re-read the policy file; an invalid file is refused and the current policy stays."""
         try:
             new = holder.reload()
