@@ -107,6 +107,13 @@ class PolicyHolder:
     which nobody had reloaded — a broader policy, or an invalid one, which it
     refused, staying on the policy from before the reload.) An invalid file
     never replaces a valid policy.
+
+    ``pivault serve`` writes the marker too, before it starts any worker, with
+    the text it checked at start, and every worker it starts — at start, or
+    later in place of one that died — takes its policy from the marker
+    (:meth:`resume`), not from the file: a worker started after a reload runs
+    what the others run, not an edit of the file nobody reloaded, nor the file
+    as it was before a reload.
     """
 
     def __init__(self, policy: Policy, *, path: Path | None = None, marker: Path | None = None) -> None:
@@ -116,16 +123,40 @@ class PolicyHolder:
         self._seen = self._marker_mtime()
         self._lock = threading.Lock()
 
+    @classmethod
+    def resume(cls, marker: Path, *, path: Path | None = None) -> PolicyHolder:
+        """The holder of a worker of a running server: the policy the marker holds, checked.
+
+        The marker is the last policy accepted on this server (at its start, or by a reload);
+        the file may have been edited since. Raises :class:`PolicyError` when the marker is
+        missing, unreadable or damaged: a worker that cannot tell what the others run does
+        not start (it would serve the file's policy, which nobody may have accepted).
+        """
+        seen = _file_id(marker)  # before the text: a reload in between is taken on the next request
+        if seen == (0, 0):
+            raise PolicyError("the server's policy marker is missing; restart pivault serve",
+                              code="policy.unreadable")
+        holder = cls(_read_marker(marker, str(path) if path is not None else "<default policy>"),
+                     path=path, marker=marker)
+        holder._seen = seen
+        return holder
+
+    @staticmethod
+    def publish(marker: Path, text: str) -> None:
+        """Make ``text`` (a policy already checked) the one every worker of the server runs.
+
+        Written to a new file moved over the marker, so a worker reads the old text or the new,
+        never part of one; 0600, since a policy says who may see what.
+        """
+        digest = hashlib.sha256(text.encode("utf-8")).hexdigest()
+        tmp = marker.with_name(marker.name + ".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(f"{digest} {time.time_ns()}\n{text}")
+        os.replace(tmp, marker)
+
     def _marker_mtime(self) -> tuple[int, int]:
-        # the marker is replaced (a new inode) on each reload: inode and mtime together
-        # tell a new reload even on a file system with coarse timestamps
-        if self.marker is None:
-            return (0, 0)
-        try:
-            st = os.stat(self.marker)
-        except OSError:
-            return (0, 0)
-        return (st.st_ino, st.st_mtime_ns)
+        return (0, 0) if self.marker is None else _file_id(self.marker)
 
     def peek(self) -> Policy:
         """The policy as last checked, without looking at the marker (for the guard, mid-request)."""
@@ -150,15 +181,7 @@ class PolicyHolder:
     def _from_marker(self) -> Policy:
         """The policy another worker validated and made current (the marker's text, checked)."""
         assert self.marker is not None
-        try:
-            head, _, text = self.marker.read_text(encoding="utf-8").partition("\n")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise PolicyError(f"cannot read the reload marker ({type(exc).__name__})",
-                              code="policy.unreadable") from None
-        if hashlib.sha256(text.encode("utf-8")).hexdigest() != head.split(" ", 1)[0]:
-            raise PolicyError("the reload marker is damaged (its text does not match its digest)",
-                              code="policy.unreadable")
-        return Policy.loads(text, source=self._source())
+        return _read_marker(self.marker, self._source())
 
     def reload(self) -> Policy:
         """Validate the policy file and make it current here and on every worker."""
@@ -169,14 +192,35 @@ class PolicyHolder:
         with self._lock:
             self._policy = new
             if self.marker is not None:
-                digest = hashlib.sha256(text.encode("utf-8")).hexdigest()
-                tmp = self.marker.with_name(self.marker.name + ".tmp")
-                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-                with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                    fh.write(f"{digest} {time.time_ns()}\n{text}")
-                os.replace(tmp, self.marker)
+                self.publish(self.marker, text)
                 self._seen = self._marker_mtime()
         return new
+
+
+def _file_id(path: Path) -> tuple[int, int]:
+    """(inode, mtime) of ``path``, (0, 0) if there is none.
+
+    The marker is replaced (a new inode) on each reload: inode and mtime together tell a new
+    reload even on a file system with coarse timestamps.
+    """
+    try:
+        st = os.stat(path)
+    except OSError:
+        return (0, 0)
+    return (st.st_ino, st.st_mtime_ns)
+
+
+def _read_marker(marker: Path, source: str) -> Policy:
+    """The policy a marker holds: its text checked against its digest, then as a policy."""
+    try:
+        head, _, text = marker.read_text(encoding="utf-8").partition("\n")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise PolicyError(f"cannot read the reload marker ({type(exc).__name__})",
+                          code="policy.unreadable") from None
+    if hashlib.sha256(text.encode("utf-8")).hexdigest() != head.split(" ", 1)[0]:
+        raise PolicyError("the reload marker is damaged (its text does not match its digest)",
+                          code="policy.unreadable")
+    return Policy.loads(text, source=source)
 
 
 @dataclass

@@ -25,7 +25,7 @@ import ssl
 import stat
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -88,6 +88,9 @@ class ServeOptions:
     #: TLS handshakes one client address may start at each worker per second (and at once)
     max_client_handshake_rate: int = 256
     log_to_stderr: bool = True
+    #: set by :func:`run` for the workers it starts, not by the operator: the policy is the one
+    #: in ``<home>/run/policy.reload`` (the last one accepted on this server), not the file's
+    policy_from_marker: bool = False
 
     @property
     def tls(self) -> bool:
@@ -136,9 +139,27 @@ def policy_path_for(opts: ServeOptions) -> Path | None:
 
 
 def load_policy(opts: ServeOptions) -> tuple[Policy, Path | None]:
-    path = policy_path_for(opts)
-    policy = Policy.load(path) if path is not None else Policy.default()
+    policy, path, _ = load_policy_text(opts)
     return policy, path
+
+
+def load_policy_text(opts: ServeOptions) -> tuple[Policy, Path | None, str]:
+    """The policy, its file (None: the shipped default) and the text it was read from.
+
+    The text is read once and checked once: what is handed on to the workers is byte for byte
+    what was checked, even if the file changes meanwhile.
+    """
+    path = policy_path_for(opts)
+    if path is None:
+        text = Policy.default_text()
+        return Policy.loads(text, source="<default policy>"), None, text
+    text = Policy.read_text(path)
+    return Policy.loads(text, source=str(path)), path, text
+
+
+def reload_marker(opts: ServeOptions) -> Path:
+    """The file holding the policy every worker of the server runs (written at start and on reload)."""
+    return Path(opts.home) / "run" / RELOAD_MARKER
 
 
 @dataclass
@@ -152,6 +173,8 @@ class Preflight:
     counters_url: str | None = None
     #: what holds everyone together (vault-wide limit, role totals), for the banner
     limits: str = ""
+    #: the policy's text as checked, handed to the workers through the reload marker
+    policy_text: str = ""
 
 
 def _check_tls(opts: ServeOptions) -> None:
@@ -206,7 +229,7 @@ def preflight(opts: ServeOptions, tokens: TokenStore | None = None) -> Preflight
         raise ServeRefused("--timeout is the longest request in seconds: more than 0")
     _check_tls(opts)
     counters, counters_url = _check_counters(opts)
-    policy, path = load_policy(opts)
+    policy, path, text = load_policy_text(opts)
     if policy.grants_anonymous():  # pragma: no cover - Policy refuses such files already
         raise ServeRefused("the policy grants something to an anonymous caller")
     principals: list[TokenInfo] = []
@@ -217,7 +240,7 @@ def preflight(opts: ServeOptions, tokens: TokenStore | None = None) -> Preflight
                 "no principals: no active token has a role of the policy, so nobody could use the "
                 "service. Create one first: pivault token create --principal NAME --role ROLE "
                 "--purpose PURPOSE --expires 30d")
-    return Preflight(policy, path, principals, counters, counters_url, _limits(opts))
+    return Preflight(policy, path, principals, counters, counters_url, _limits(opts), text)
 
 
 def _limits(opts: ServeOptions) -> str:
@@ -344,8 +367,14 @@ def build_app(opts: ServeOptions, vault: Any | None = None) -> Any:
 
     v = vault if vault is not None else Vault.open(opts.home)
     _warm_up()
-    policy, path = load_policy(opts)
-    holder = PolicyHolder(policy, path=path, marker=Path(opts.home) / "run" / RELOAD_MARKER)
+    if opts.policy_from_marker:
+        # a worker of a running server, at its start or in place of one that died: the policy
+        # the others run, which a reload may have changed since the server started, and the
+        # file since that reload
+        holder = PolicyHolder.resume(reload_marker(opts), path=policy_path_for(opts))
+    else:
+        policy, path = load_policy(opts)
+        holder = PolicyHolder(policy, path=path, marker=reload_marker(opts))
     from pivault.detect import DetectGuard
     from pivault.detect.setup import follow_policy
 
@@ -402,6 +431,11 @@ def run(opts: ServeOptions, *, echo: Callable[[str], None] = print) -> None:
     Vault.open(opts.home).close()
     (Path(opts.home) / "run").mkdir(mode=0o700, exist_ok=True)
     opts.log_dir.mkdir(mode=0o700, exist_ok=True)
+    # the policy checked above is the one every worker starts from, whenever it starts: a worker
+    # started in place of one that died takes the last policy accepted (this one, or a reload's)
+    # from the marker, never the file, which may have been edited since without a reload
+    PolicyHolder.publish(reload_marker(opts), pre.policy_text)
+    opts = replace(opts, policy_from_marker=True)
     socks = None
     if opts.workers > 1 and balanced():
         # a socket per worker, so that connections spread over the workers (see api/workers.py);
