@@ -62,6 +62,8 @@ class VaultConfig:
     vault_budget: dict[str, int] = field(default_factory=dict)
     #: ``[keys] record_key_store``: the record-key store's URL; empty: beside the keyring
     record_key_store: str = ""
+    #: ``[export]``: the windows of the export workflow (:class:`pivault.leak.exports.ExportSettings`)
+    export: dict[str, float] = field(default_factory=dict)
     extra: dict[str, object] = field(default_factory=dict)
 
     @property
@@ -136,8 +138,8 @@ def default_keyring_dir() -> Path:
 
 
 #: every table ``pivault.toml`` may hold, and the kind of each of its settings: str, int,
-#: number, bool, table, or tables (a table of tables). docs/api.md, docs/keys.md, docs/detect.md
-#: and docs/audit.md describe them.
+#: number, bool, table, or tables (a table of tables). docs/api.md, docs/keys.md, docs/detect.md,
+#: docs/audit.md and docs/leak.md describe them.
 SETTINGS: dict[str, dict[str, str]] = {
     "vault": {"vault_id": "str", "expected_population": "int"},
     "store": {"url": "str"},
@@ -150,6 +152,7 @@ SETTINGS: dict[str, dict[str, str]] = {
     "detect": {"counters": "str", "suspend_after": "int", "vault": "table", "role_totals": "tables",
                "principals": "tables", "alerts_jsonl": "str", "webhook_url": "str",
                "detector": "table"},
+    "export": {"approve_within_days": "number", "fetch_within_days": "number"},
 }
 
 _KIND_WORDS = {"str": "a string", "int": "an integer", "number": "a number", "bool": "true or false",
@@ -177,6 +180,10 @@ _RANGES: dict[tuple[str, str], tuple[Callable[[Any], bool], str]] = {
                                       "a positive, finite number of seconds"),
     ("detect", "suspend_after"): (lambda v: v >= 0, "0 (never) or more breaches"),
     ("vault", "expected_population"): (lambda v: v >= 1, "at least 1"),
+    ("export", "approve_within_days"): (lambda v: math.isfinite(v) and v > 0,
+                                        "a positive, finite number of days"),
+    ("export", "fetch_within_days"): (lambda v: math.isfinite(v) and v > 0,
+                                      "a positive, finite number of days"),
 }
 
 
@@ -247,6 +254,7 @@ def load(home: str | os.PathLike[str] | None = None) -> VaultConfig:
             policy_path=str(doc.get("policy", {}).get("path", "")),
             vault_budget=dict(doc.get("detect", {}).get("vault", {})),
             record_key_store=str(doc.get("keys", {}).get("record_key_store", "")),
+            export={k: float(v) for k, v in doc.get("export", {}).items()},
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise ConfigError(f"{path} lacks a setting ({exc})", code="home.config",
