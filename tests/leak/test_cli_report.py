@@ -300,3 +300,38 @@ def test_leak_check_says_how_many_ids_the_vault_does_not_hold(
     assert "12 residents of this vault affected" in r.output
     assert "record ids the vault does not hold: 7 rows" in r.output
     assert "fields exposed: gender" in r.output
+
+
+def test_the_approver_sees_the_count_and_the_window_comes_from_pivault_toml(
+        cli: tuple[CliRunner, typer.Typer, Path, list[Resident]]) -> None:
+    """`export list` shows how many records a request holds before anyone approves it; `approve`
+    states the count and the deadline; `[export] fetch_within_days` sets the window."""
+    runner, app, tmp, residents = cli
+    config = tmp / "home" / "pivault.toml"
+    config.write_text(config.read_text(encoding="utf-8") + "\n[export]\nfetch_within_days = 0.5\n",
+                      encoding="utf-8")
+    export_id = _request(runner, app, residents)
+    with Vault.open(tmp / "home") as v:
+        from pivault.leak import exports as ex
+
+        n = ex.get_export(v.db, export_id).selected
+    assert n
+    r = runner.invoke(app, ["export", "list"])
+    line = next(x for x in r.output.splitlines() if export_id in x)
+    assert f"records {n} " in line and "requested " in line and "decide by" in line
+    r = runner.invoke(app, ["export", "approve", export_id, "--max-records", str(n - 1),
+                            "--token", _token("approver-2", "approver")])
+    assert r.exit_code == 1 and "error[export.count]" in r.output
+    r = runner.invoke(app, ["export", "approve", export_id, "--token", _token("approver-3", "approver"),
+                            "--json"])
+    assert r.exit_code == 0, r.output
+    got = json.loads(r.stdout)
+    assert got["selected"] == n and got["expires_at"] - got["decided_at"] == pytest.approx(43200)
+    r = runner.invoke(app, ["export", "list"])
+    line = next(x for x in r.output.splitlines() if export_id in x)
+    assert "approved" in line and "fetch by" in line
+    config.write_text(config.read_text(encoding="utf-8").replace("fetch_within_days = 0.5",
+                                                                 "fetch_within_days = 0"), encoding="utf-8")
+    r = runner.invoke(app, ["export", "list"])
+    assert r.exit_code == 2
+    assert "error[home.config]: [export] fetch_within_days must be a positive" in r.output

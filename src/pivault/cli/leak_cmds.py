@@ -63,7 +63,10 @@ def export_request(
                             "(repeat to combine)")],
     home: HomeOpt = None, token: TokenOpt = None, json_out: JsonOpt = False,
 ) -> None:
-    """Request an export; another principal with an approver role must approve it."""
+    """Request an export; another principal with an approver role must approve it.
+
+    The selection is counted now: the approver sees that count and approves those records.
+    """
     from pivault.leak import exports
 
     check_purpose(purpose)
@@ -74,22 +77,31 @@ def export_request(
     if json_out:
         _print_json(info.to_dict())
     else:
-        typer.echo(f"export {info.export_id} requested; awaiting approval by another principal")
+        typer.echo(f"export {info.export_id} requested: {info.selected} records; awaiting approval by "
+                   f"another principal until {exports.when(info.expires_at)}")
 
 
 @export_app.command("approve")
 @run_cli
-def export_approve(export_id: str, home: HomeOpt = None, token: TokenOpt = None,
-                   json_out: JsonOpt = False) -> None:
-    """Approve another principal's export request (approver or dpo role)."""
+def export_approve(
+    export_id: str,
+    max_records: Annotated[int | None, typer.Option(
+        "--max-records", min=1, help="Refuse to approve if the export holds more records than this "
+                                     "(the count `export list` showed).")] = None,
+    home: HomeOpt = None, token: TokenOpt = None, json_out: JsonOpt = False,
+) -> None:
+    """Approve another principal's export request (approver or dpo role) for the records it was
+    counted with; it must then be fetched before the approval lapses."""
     from pivault.leak import exports
 
     with _open(home) as vault:
-        info = exports.approve(vault, export_id, ctx=_ctx(vault, token, "export approval"))
+        info = exports.approve(vault, export_id, ctx=_ctx(vault, token, "export approval"),
+                               max_records=max_records)
     if json_out:
         _print_json(info.to_dict())
     else:
-        typer.echo(f"export {info.export_id} approved by {info.approver}")
+        typer.echo(f"export {info.export_id} approved by {info.approver}: {info.selected} records for "
+                   f"{info.recipient}; to be fetched by {exports.when(info.expires_at)}")
 
 
 @export_app.command("refuse")
@@ -122,12 +134,15 @@ def export_fetch(
         _print_json(info.to_dict())
     else:
         typer.echo(f"export {info.export_id}: {info.rows} records for {info.recipient} written to {out.name}")
+        if info.left_out:
+            typer.echo(f"  {info.left_out} approved records were left out: erased or corrected out of the "
+                       "selection since the request")
 
 
 @export_app.command("list")
 @run_cli
 def export_list(home: HomeOpt = None, json_out: JsonOpt = False) -> None:
-    """Every export: status, requester, approver, recipient, counts (no PI)."""
+    """Every export: status, requester, approver, recipient, counts, deadline (no PI)."""
     from pivault.leak import exports
 
     with _open(home) as vault:
@@ -139,8 +154,13 @@ def export_list(home: HomeOpt = None, json_out: JsonOpt = False) -> None:
         n = r["rows"] if r["rows"] is not None else "-"
         # the second person decided either way: "approved by" on a refused export would misread
         decided = "refused by" if r["status"] == "refused" else "approved by"
+        # what the approver approves: the records the selection held when requested
+        selected = r["selected"] if r["selected"] is not None else "-"
+        step = {"requested": "  decide by ", "approved": "  fetch by ", "expired": "  expired "}
+        due = (step[r["status"]] + exports.when(r["expires_at"])
+               if r["status"] in step and r["expires_at"] else "")
         typer.echo(f"{r['export_id']}  {r['status']:<9}  {r['recipient']}  requested by {r['requester']}"
-                   f"  {decided} {r['approver'] or '-'}  rows {n}")
+                   f"  records {selected}  {decided} {r['approver'] or '-'}  rows {n}{due}")
 
 
 # -- leak -------------------------------------------------------------------------------

@@ -8,6 +8,11 @@ only then fetched. Fetching is a door operation: authorise → budget → audit
 which fields may leave in full) → write CSV, JSONL or Parquet, to a new file
 of mode 0600.
 
+The request counts its selection and keeps the records it holds (encrypted):
+the approver sees that count and approves that set, and the fetch hands out
+no record outside it. An approval is fetched within a window, a request
+decided within another (:class:`ExportSettings`, ``[export]`` in pivault.toml).
+
 Every file carries canary residents unique to that export: fictitious people
 assembled from pieces of different real rows of the export
 (:mod:`pivault.leak.canaries`), so no rule on the file tells them apart, mixed
@@ -27,10 +32,12 @@ resident though names and addresses have no blind index.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import datetime as _dt
 import hashlib
 import json
+import logging
 import math
 import os
 import re
@@ -61,6 +68,7 @@ __all__ = [
     "ExportError",
     "ExportInfo",
     "ExportRegistry",
+    "ExportSettings",
     "Selection",
     "approve",
     "canaries_needed",
@@ -74,6 +82,7 @@ __all__ = [
     "request",
     "row_key",
     "untraceable",
+    "when",
 ]
 
 #: roles that may approve another principal's export request
@@ -96,10 +105,49 @@ _MODELS = 1000
 #: the PostgreSQL advisory lock that queues the registration of export canaries
 _CANARY_LOCK = 0x70766361
 _EXPORT_ID = re.compile(r"x_[0-9a-f]{16}")
+#: days an approved export may wait for its fetch, and a request for its decision, by default
+FETCH_WITHIN_DAYS = 7.0
+APPROVE_WITHIN_DAYS = 30.0
+_DAY = 86400.0
+#: what a fetch writes to export_members (an approval and a request's set are kept when it fails)
+_FETCH_KINDS = ("canaries", "members", "rowkeys")
+
+log = logging.getLogger(__name__)
 
 
 class ExportError(PivaultError):
     code = "export.error"
+
+
+@dataclass(frozen=True)
+class ExportSettings:
+    """How long an export's steps may wait (``[export]`` in pivault.toml).
+
+    An approval is given for the records the selection held when it was
+    requested; the longer it waits, the more of them have moved, been
+    corrected or erased, and the longer a forgotten approval stays a way out.
+    So an approval lapses ``fetch_within_days`` after it was given, and a
+    request nobody decided on lapses ``approve_within_days`` after it was made.
+    Each deadline is fixed when its step happens: changing the setting later
+    does not extend an approval already given.
+    """
+
+    fetch_within_days: float = FETCH_WITHIN_DAYS
+    approve_within_days: float = APPROVE_WITHIN_DAYS
+
+    def __post_init__(self) -> None:
+        for name in ("fetch_within_days", "approve_within_days"):
+            v = getattr(self, name)
+            if not (isinstance(v, int | float) and math.isfinite(v) and v > 0):
+                raise ValidationError("export.settings", f"[export] {name} must be a positive, finite "
+                                                         "number of days")
+
+    @classmethod
+    def of(cls, vault: Vault) -> ExportSettings:
+        """The vault's settings: its pivault.toml's ``[export]``, or the defaults (library use)."""
+        config = getattr(vault, "config", None)
+        table = dict(config.export) if config is not None else {}
+        return cls(**{k: float(v) for k, v in table.items()})
 
 
 # ---------------------------------------------------------------- schema
@@ -147,6 +195,17 @@ CREATE TABLE leak_case_members (
 """
 register(Migration("exports", 2, "leak cases and their affected residents (encrypted)",
                    _CASES, _CASES.replace("BLOB", "BYTEA")))
+
+# what the approver sees and when a step lapses: the records the selection held when requested
+# (canary residents not counted), the deadline of the step awaited, and the records of the
+# approved set that had left the selection when it was fetched
+_COUNTS = """
+ALTER TABLE exports ADD COLUMN selected INTEGER;
+ALTER TABLE exports ADD COLUMN expires_at DOUBLE PRECISION;
+ALTER TABLE exports ADD COLUMN left_out INTEGER
+"""
+register(Migration("exports", 3, "an export's counted selection, its deadline, and the records left out",
+                   _COUNTS, _COUNTS))
 
 
 # ---------------------------------------------------------------- the canary rate
@@ -300,22 +359,37 @@ class ExportInfo:
     format: str | None = None
     rows: int | None = None
     canaries: int | None = None
+    #: records the selection held when requested (canary residents not counted): what the
+    #: approver approves; None for a request made before requests were counted
+    selected: int | None = None
+    #: when the step awaited lapses: the decision of a request, the fetch of an approval
+    expires_at: float | None = None
+    #: records of the approved set the fetch left out: erased, or corrected out of the selection
+    left_out: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.__dict__.items()}
 
 
 _COLS = ("export_id, status, requested_at, requester, requester_role, recipient, purpose, fields,"
-         " approver, decided_at, fetched_by, fetched_at, format, rows, canaries")
+         " approver, decided_at, fetched_by, fetched_at, format, rows, canaries, selected, expires_at,"
+         " left_out")
+
+
+def _num(v: Any, kind: type[int] | type[float]) -> Any:
+    return None if v is None else kind(v)
 
 
 def _info(row: Sequence[Any]) -> ExportInfo:
-    return ExportInfo(row[0], row[1], float(row[2]), row[3], row[4], row[5], row[6],
-                      tuple(json.loads(row[7])), row[8],
-                      None if row[9] is None else float(row[9]), row[10],
-                      None if row[11] is None else float(row[11]), row[12],
-                      None if row[13] is None else int(row[13]),
-                      None if row[14] is None else int(row[14]))
+    """An export's row; a request or approval past its deadline reads as ``expired``."""
+    info = ExportInfo(row[0], row[1], float(row[2]), row[3], row[4], row[5], row[6],
+                      tuple(json.loads(row[7])), row[8], _num(row[9], float), row[10],
+                      _num(row[11], float), row[12], _num(row[13], int), _num(row[14], int),
+                      _num(row[15], int), _num(row[16], float), _num(row[17], int))
+    if info.status in ("requested", "approved") and info.expires_at is not None \
+            and time.time() > info.expires_at:
+        info.status = "expired"
+    return info
 
 
 def get_export(db: Database, export_id: str) -> ExportInfo:
@@ -398,8 +472,16 @@ def untraceable(fields: Iterable[str]) -> str | None:
 
 
 def request(vault: Vault, selection: Selection, *, recipient: str, purpose: str,
-            fields: Sequence[str], ctx: AccessContext) -> ExportInfo:
-    """Record an export request; nothing leaves until another principal approves it."""
+            fields: Sequence[str], ctx: AccessContext, settings: ExportSettings | None = None) -> ExportInfo:
+    """Record an export request; nothing leaves until another principal approves it.
+
+    The selection is run now, and the records it holds are kept with the request
+    (encrypted) and counted (canary residents left out, as ``stats`` leaves them
+    out): that count is what the approver sees, and that set is what an approval
+    covers. A resident added to the selection later, or corrected into it, was
+    never shown to the approver and is not exported. A selection that holds
+    nobody is refused (``export.empty``).
+    """
     flds = tuple(dict.fromkeys(f.strip() for f in fields if f.strip()))
     bad = [f for f in flds if f not in EXPORT_FIELDS]
     if bad or not flds:
@@ -413,6 +495,11 @@ def request(vault: Vault, selection: Selection, *, recipient: str, purpose: str,
         raise ValidationError("export.request", "an export names its recipient and its purpose")
     pi = [f for f in flds if f in ("name", "id_number", "mobile", "address", "notes")] or ["id_number"]
     _authorise(vault, ctx, pi)
+    window = (settings or ExportSettings.of(vault)).approve_within_days
+    ids = _select(vault, selection)
+    if not ids:
+        raise ExportError("the selection holds no records", code="export.empty",
+                          hint="check the region codes, birth dates or record ids of --selection")
     export_id = "x_" + secrets.token_hex(8)
     sel = vault.keyring.encrypt(_aad_id(export_id), "selection",
                                 json.dumps(selection.to_json()).encode("utf-8"))
@@ -423,10 +510,34 @@ def request(vault: Vault, selection: Selection, *, recipient: str, purpose: str,
         _audit(vault, ctx, "export.request", (export_id,), "ok")
         vault.db.execute(
             "INSERT INTO exports (export_id, status, requested_at, requester, requester_role, recipient,"
-            " purpose, fields, selection) VALUES (?, 'requested', ?, ?, ?, ?, ?, ?, ?)",
+            " purpose, fields, selection, selected, expires_at) VALUES (?, 'requested', ?, ?, ?, ?, ?, ?, ?,"
+            " ?, ?)",
             (export_id, now, ctx.principal, ctx.role, recipient.strip(), purpose.strip(),
-             json.dumps(list(flds)), sel))
+             json.dumps(list(flds)), sel, _shown(vault, ids), now + window * _DAY))
+        _put_ids(vault, export_id, "selected", ids)
     return get_export(vault.db, export_id)
+
+
+def _shown(vault: Vault, ids: Sequence[str]) -> int:
+    """How many of ``ids`` a user is told of: canary residents are left out of every count shown."""
+    from pivault.detect.canary import CanaryRegistry
+
+    if not vault.db.table_exists("canary_registry"):
+        return len(ids)
+    return len(ids) - len(CanaryRegistry(vault.db, vault.keyring).which(ids))
+
+
+def _put_ids(vault: Vault, export_id: str, kind: str, ids: Sequence[str]) -> None:
+    step = _MEMBER_CHUNK
+    _put_blobs(vault, export_id, kind,
+               ("\n".join(ids[i:i + step]).encode("ascii") for i in range(0, len(ids), step)))
+
+
+def _get_ids(db: Database, keyring: Any, export_id: str, kind: str) -> list[str]:
+    ids: list[str] = []
+    for blob in _get_blobs(db, keyring, export_id, kind):
+        ids.extend(r for r in blob.decode("ascii").split("\n") if r)
+    return ids
 
 
 def _minted_by(vault: Vault, ctx: AccessContext) -> str | None:
@@ -443,34 +554,58 @@ def _minted_by(vault: Vault, ctx: AccessContext) -> str | None:
     return row.created_by if row is not None and row.created_by else None
 
 
-def _terms(db: Database, info: ExportInfo, approver: str) -> bytes:
+#: what an approval holds besides the row's terms: when it was given, when it lapses, and how
+#: many records of the request's set it covers (all of them, canary residents included)
+_GRANT = ("approved_at", "expires_at", "records")
+
+
+def _terms(db: Database, info: ExportInfo, approver: str) -> dict[str, Any]:
     """What an approver agrees to: the export's requester, recipient, purpose, fields and
     selection, and who approved.
 
-    Stored encrypted with the approval and compared at fetch: the exports table is plain,
-    and an edit to it (more fields, another recipient, a request marked approved by hand)
-    must not pass for the second person's decision.
+    Stored encrypted with the approval (beside :data:`_GRANT`) and compared at fetch: the
+    exports table is plain, and an edit to it (more fields, another recipient, a request
+    marked approved by hand, a later deadline) must not pass for the second person's decision.
     """
     row = db.query_one("SELECT selection FROM exports WHERE export_id = ?", (info.export_id,))
     assert row is not None
-    return json.dumps({"requester": info.requester, "recipient": info.recipient, "purpose": info.purpose,
-                       "fields": list(info.fields), "approver": approver,
-                       "selection": hashlib.sha256(bytes(row[0])).hexdigest()},
-                      sort_keys=True).encode("utf-8")
+    return {"requester": info.requester, "recipient": info.recipient, "purpose": info.purpose,
+            "fields": list(info.fields), "approver": approver,
+            "selection": hashlib.sha256(bytes(row[0])).hexdigest()}
 
 
-def _approved_as_stored(vault: Vault, info: ExportInfo) -> bool:
-    """Whether the export's row still holds the terms its approver agreed to."""
+def _encode(terms: dict[str, Any]) -> bytes:
+    return json.dumps(terms, sort_keys=True).encode("utf-8")
+
+
+def _approved_as_stored(vault: Vault, info: ExportInfo) -> dict[str, Any] | None:
+    """The approval, if the export's row still holds the terms its approver agreed to.
+
+    An approval given before approvals held their deadline and count comes back
+    without :data:`_GRANT`: the caller refuses it (``export.stale``).
+    """
     if info.approver is None:
-        return False
+        return None
     try:
         stored = list(_get_blobs(vault.db, vault.keyring, info.export_id, "approval"))
     except PivaultError:  # a ciphertext changed or moved from another export
-        return False
-    return len(stored) == 1 and secrets.compare_digest(stored[0], _terms(vault.db, info, info.approver))
+        return None
+    if len(stored) != 1:
+        return None
+    try:
+        grant = json.loads(stored[0])
+    except ValueError:
+        return None
+    if not isinstance(grant, dict):
+        return None
+    terms = {k: v for k, v in grant.items() if k not in _GRANT}
+    if not secrets.compare_digest(_encode(terms), _encode(_terms(vault.db, info, info.approver))):
+        return None
+    return grant
 
 
-def _decide(vault: Vault, export_id: str, ctx: AccessContext, status: str) -> ExportInfo:
+def _decide(vault: Vault, export_id: str, ctx: AccessContext, status: str,
+            settings: ExportSettings | None = None, max_records: int | None = None) -> ExportInfo:
     info = get_export(vault.db, export_id)
     op = "export.approve" if status == "approved" else "export.refuse"
     if ctx.role not in APPROVER_ROLES:
@@ -487,30 +622,75 @@ def _decide(vault: Vault, export_id: str, ctx: AccessContext, status: str) -> Ex
         raise ExportError("this token was issued by the export's requester, who cannot decide on their "
                           "own export (two-person rule)", code="export.two_person",
                           hint="the approver's token must come from someone other than the requester")
+    if info.status == "expired":
+        _audit(vault, ctx, op, (export_id,), "denied")
+        raise ExportError(f"the export was not decided by {when(info.expires_at)} and has expired",
+                          code="export.expired", hint="the requester may request it again")
     if info.status != "requested":
         _audit(vault, ctx, op, (export_id,), "denied")
         raise ExportError(f"the export is {info.status}, not awaiting a decision", code="export.state")
+    grant: dict[str, Any] = {}
+    shown = info.selected
+    if status == "approved":
+        try:
+            ids = _get_ids(vault.db, vault.keyring, export_id, "selected")
+        except PivaultError:  # a ciphertext changed or moved from another export
+            ids = []
+        if not ids:
+            _audit(vault, ctx, op, (export_id,), "denied")
+            raise ExportError("the request holds no counted selection (requested before requests were "
+                              "counted, or its records were removed)", code="export.stale",
+                              hint="the requester may request it again")
+        # counted again from the set itself: the count in the plain table may have been edited
+        shown = _shown(vault, ids)
+        if max_records is not None and shown > max_records:
+            _audit(vault, ctx, op, (export_id,), "denied")
+            raise ExportError(f"the export holds {shown} records, more than the {max_records} "
+                              "this approval allows", code="export.count",
+                              hint="refuse it, or approve it knowing its count")
+        records = len(ids)
+        now = time.time()
+        window = (settings or ExportSettings.of(vault)).fetch_within_days
+        grant = {"approved_at": now, "expires_at": now + window * _DAY, "records": records}
     with vault.db.transaction():
         _audit(vault, ctx, op, (export_id,), "ok")
-        cur = vault.db.execute("UPDATE exports SET status = ?, approver = ?, decided_at = ?"
-                               " WHERE export_id = ? AND status = 'requested'",
-                               (status, ctx.principal, time.time(), export_id))
+        cur = vault.db.execute("UPDATE exports SET status = ?, approver = ?, decided_at = ?, expires_at = ?,"
+                               " selected = ? WHERE export_id = ? AND status = 'requested'",
+                               (status, ctx.principal, grant.get("approved_at", time.time()),
+                                grant.get("expires_at"), shown, export_id))
         if cur.rowcount != 1:
             raise ExportError("the export was decided concurrently", code="export.state")
         if status == "approved":
-            _put_blobs(vault, export_id, "approval", [_terms(vault.db, info, ctx.principal)])
+            _put_blobs(vault, export_id, "approval",
+                       [_encode({**_terms(vault.db, info, ctx.principal), **grant})])
+        else:  # nothing will read a refused request's records again
+            vault.db.execute("DELETE FROM export_members WHERE export_id = ? AND kind = 'selected'",
+                             (export_id,))
     return get_export(vault.db, export_id)
 
 
-def approve(vault: Vault, export_id: str, *, ctx: AccessContext) -> ExportInfo:
-    """Approve another principal's request (two-person rule).
+def when(t: float | None) -> str:
+    """A deadline as the user reads it (UTC, to the minute)."""
+    if t is None:
+        return "-"
+    return _dt.datetime.fromtimestamp(t, _dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def approve(vault: Vault, export_id: str, *, ctx: AccessContext, settings: ExportSettings | None = None,
+            max_records: int | None = None) -> ExportInfo:
+    """Approve another principal's request (two-person rule) for the records it was counted with.
 
     Refused, and audited as ``denied``, for the requester's own principal and for
     a token whose ``created_by`` is the requester. Two people who collude, or an
     admin issuing an approver token to a principal of their own, are not stopped:
     the token's issuer and its creation are in the audit trail.
+
+    The approval covers the set of records counted when the export was requested
+    (``selected``, shown by ``list_exports``), and must be fetched within
+    ``fetch_within_days``. ``max_records``: refuse to approve (``export.count``)
+    an export holding more records than the approver expects.
     """
-    return _decide(vault, export_id, ctx, "approved")
+    return _decide(vault, export_id, ctx, "approved", settings, max_records)
 
 
 def refuse(vault: Vault, export_id: str, *, ctx: AccessContext) -> ExportInfo:
@@ -520,58 +700,69 @@ def refuse(vault: Vault, export_id: str, *, ctx: AccessContext) -> ExportInfo:
 # ---------------------------------------------------------------- fetch
 
 
-def _select(vault: Vault, sel: Selection, approved_at: float) -> list[str]:
-    """Record ids the selection admitted when it was approved; region and birth date come from
-    each ID number.
+def _select(vault: Vault, sel: Selection, among: Sequence[str] | None = None) -> list[str]:
+    """Record ids the selection holds now (of ``among``, if given); region and birth date come
+    from each ID number.
 
-    The approver agreed to the residents the selection held then: a record created since
-    (perhaps by the requester) was not part of that decision and is left out.
+    At request time the whole selection is run; at fetch time only the records counted at
+    request (``among``): an approval covers those, and of them the ones still in the
+    selection (not erased, not corrected out of it) are handed out.
     """
     from pivault.vault.facade import decrypt_fields
 
-    if sel.record_ids:
-        found = {s.record_id: s for s in vault.store.get_many(list(sel.record_ids))}
+    narrowed = bool(sel.regions or sel.born_from or sel.born_to)
+    ids = among if among is not None else (sel.record_ids or None)
+    if ids is not None:
+        wanted = list(dict.fromkeys(ids))
+        if among is not None and sel.record_ids:
+            listed = set(sel.record_ids)
+            wanted = [r for r in wanted if r in listed]
         out = []
-        for rid in dict.fromkeys(sel.record_ids):
-            s = found.get(rid)
-            if s is None or s.created_at > approved_at:
-                continue
-            narrowed = bool(sel.regions or sel.born_from or sel.born_to)
-            if narrowed and not sel.admits(decrypt_fields(vault.keyring, s, ("id_number",))["id_number"]):
-                continue
-            out.append(rid)
+        for start in range(0, len(wanted), _CHUNK):
+            part = wanted[start:start + _CHUNK]
+            found = {s.record_id: s for s in vault.store.get_many(part)}
+            for rid in part:
+                s = found.get(rid)
+                if s is None:
+                    continue
+                if narrowed and not sel.admits(decrypt_fields(vault.keyring, s, ("id_number",))["id_number"]):
+                    continue
+                out.append(rid)
         return out
     out = []
     for stored in vault.store.iter_all(batch_size=2000):
-        if stored.created_at > approved_at:
-            continue
         if sel.admits(decrypt_fields(vault.keyring, stored, ("id_number",))["id_number"]):
             out.append(stored.record_id)
     return out
 
 
 class _Writer:
-    """The export file: created new with mode 0600, as tokens and backups are.
+    """The export file, written under a temporary name beside ``out`` and put in place whole.
 
-    The mode is given when the file is made (never a chmod after it, which
-    would leave a moment in which others may open it), and an existing file is
-    refused rather than truncated: truncating keeps the old file's mode.
+    Created new with mode 0600, as tokens and backups are: the mode is given when
+    the file is made (never a chmod after it, which would leave a moment in which
+    others may open it). Rows go to a hidden ``.NAME.….part`` file in the same
+    directory; :meth:`publish` syncs it and links it to ``out`` (never replacing a
+    file there), so ``out`` appears complete or not at all, and :meth:`discard`
+    removes the partial file of a fetch that failed.
     """
 
-    def __init__(self, path: Path, fmt: str, fields: Sequence[str]) -> None:
+    def __init__(self, out: Path, fmt: str, fields: Sequence[str]) -> None:
         self.fmt = fmt
         self.fields = list(fields)
-        self.path = path
+        self.out = out
+        self.path = out.with_name(f".{out.name}.{secrets.token_hex(6)}.part")
         self._pq: Any = None
+        self._fh: Any = None
+        self._bin: Any = None
         self._buf: list[dict[str, str | None]] = []
         try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o600)
+            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o600)
         except FileExistsError:
-            raise ExportError(f"{path.name} already exists; an export is written to a new file",
+            raise ExportError(f"{self.path.name} already exists; an export is written to a new file",
                               code="export.exists") from None
         if fmt == "parquet":
-            self._fh = None
-            self._bin: Any = open(fd, "wb")  # noqa: SIM115 - closed in close()
+            self._bin = open(fd, "wb")  # noqa: SIM115 - closed in close()
         else:
             self._fh = open(fd, "w", encoding="utf-8", newline="")  # noqa: SIM115
             if fmt == "csv":
@@ -604,6 +795,7 @@ class _Writer:
         self._buf = []
 
     def close(self) -> None:
+        """Finish the file and sync it to disk (a full disk shows here, if not before)."""
         if self.fmt == "parquet":
             self._flush()
             if self._pq is None:
@@ -614,9 +806,39 @@ class _Writer:
                                self._bin)
             else:
                 self._pq.close()
-            self._bin.close()
-        elif self._fh is not None:
-            self._fh.close()
+                self._pq = None
+            fh = self._bin
+        else:
+            fh = self._fh
+        fh.flush()
+        os.fsync(fh.fileno())
+        fh.close()
+
+    def publish(self) -> None:
+        """Give the finished file its name; a file that appeared there meanwhile is kept."""
+        try:
+            os.link(self.path, self.out)
+        except FileExistsError:
+            raise ExportError(f"{self.out.name} already exists; an export is written to a new file",
+                              code="export.exists") from None
+        except OSError:  # a file system without hard links: rename, having looked first
+            if self.out.exists() or self.out.is_symlink():
+                raise ExportError(f"{self.out.name} already exists; an export is written to a new file",
+                                  code="export.exists") from None
+            os.rename(self.path, self.out)
+            return
+        self.path.unlink()
+
+    def discard(self) -> None:
+        """Close and remove the partial file; errors of a full disk are moot by now."""
+        self._buf = []
+        for close in (getattr(self._pq, "close", None), getattr(self._fh, "close", None),
+                      getattr(self._bin, "close", None)):
+            if close is not None:
+                with contextlib.suppress(Exception):  # the file is deleted next
+                    close()
+        self._pq = None
+        self.path.unlink(missing_ok=True)
 
 
 def _derived(r: dict[str, str | None]) -> dict[str, str | None]:
@@ -633,7 +855,14 @@ def fetch(vault: Vault, export_id: str, out: str | Path, *, ctx: AccessContext,
 
     Once only: a second fetch is refused (ask for a new export). The audit
     entry holding every record id is written before the first row. ``out`` is
-    a new file, made with mode 0600: it holds PI in full.
+    a new file, made with mode 0600: it holds PI in full. It appears whole or
+    not at all: a fetch that fails part-way removes what it wrote, records the
+    failure in the audit trail (``export.fetch``, outcome ``error``) and leaves
+    the export approved, to be fetched again.
+
+    Handed out are the records counted when the export was requested that the
+    selection still holds; an approval past its deadline is refused
+    (``export.expired``), as is a set larger than the one approved (``export.grown``).
     """
     from pivault.vault.facade import open_record
 
@@ -641,32 +870,50 @@ def fetch(vault: Vault, export_id: str, out: str | Path, *, ctx: AccessContext,
     fmt = (fmt or out.suffix.lstrip(".") or "csv").lower()
     if fmt not in FORMATS:
         raise ValidationError("export.format", "an export is written as csv, jsonl or parquet")
-    if out.exists() or out.is_symlink():  # said before any budget is spent; _Writer makes sure
+    if out.exists() or out.is_symlink():  # said before any budget is spent; publish makes sure
         raise ExportError(f"{out.name} already exists; an export is written to a new file",
                           code="export.exists")
     info = get_export(vault.db, export_id)
+
+    def refused(message: str, code: str, hint: str | None = None) -> ExportError:
+        _audit(vault, ctx, "export.fetch", (export_id,), "denied")
+        return ExportError(message, code=code, hint=hint)
+
+    if info.status == "expired":
+        raise refused(f"the export's approval lapsed at {when(info.expires_at)} unfetched",
+                      "export.expired", "the requester may request it again")
     if info.status != "approved":
-        _audit(vault, ctx, "export.fetch", (export_id,), "denied")
-        raise ExportError(f"the export is {info.status}; only an approved export can be fetched once",
-                          code="export.state")
+        raise refused(f"the export is {info.status}; only an approved export can be fetched once",
+                      "export.state")
     if ctx.principal != info.requester:
-        _audit(vault, ctx, "export.fetch", (export_id,), "denied")
-        raise ExportError("only the requester fetches an approved export", code="export.fetcher")
-    if not _approved_as_stored(vault, info):
-        _audit(vault, ctx, "export.fetch", (export_id,), "denied")
-        raise ExportError("the export's requester, recipient, purpose, fields or selection are not those "
-                          "its approver agreed to", code="export.tampered",
-                          hint="request the export again and have it approved")
+        raise refused("only the requester fetches an approved export", "export.fetcher")
+    grant = _approved_as_stored(vault, info)
+    if grant is None:
+        raise refused("the export's requester, recipient, purpose, fields or selection are not those "
+                      "its approver agreed to", "export.tampered",
+                      "request the export again and have it approved")
+    if not all(k in grant for k in _GRANT):
+        raise refused("the export was approved before approvals held their count and deadline",
+                      "export.stale", "request the export again and have it approved")
+    if time.time() > float(grant["expires_at"]):  # the approval's own deadline, not the table's
+        raise refused(f"the export's approval lapsed at {when(float(grant['expires_at']))} unfetched",
+                      "export.expired", "the requester may request it again")
     row = vault.db.query_one("SELECT selection FROM exports WHERE export_id = ?", (export_id,))
     assert row is not None
     sel = Selection.from_json(json.loads(vault.keyring.decrypt(_aad_id(export_id), "selection",
                                                                bytes(row[0]))))
     pi = [f for f in info.fields if f in ("name", "id_number", "mobile", "address", "notes")]
     _authorise(vault, ctx, pi or ["id_number"])
-    assert info.decided_at is not None  # an approved export was decided
-    ids = _select(vault, sel, info.decided_at)
+    counted = _get_ids(vault.db, vault.keyring, export_id, "selected")
+    ids = _select(vault, sel, counted)
+    if len(ids) > int(grant["records"]):
+        raise refused(f"the export would hand out {len(ids)} records, more than the {grant['records']} "
+                      "approved", "export.grown", "request the export again and have it approved")
     if not ids:
-        raise ExportError("the selection holds no records", code="export.empty")
+        raise ExportError("the selection holds none of the records approved (erased or corrected out "
+                          "of it since)", code="export.empty")
+    kept = set(ids)
+    left_out = _shown(vault, [r for r in counted if r not in kept])
     _budget(vault, ctx, len(ids))
     rng = secrets.SystemRandom()
     # the file's order says nothing: not the import order (record ids begin with their creation
@@ -703,13 +950,14 @@ def fetch(vault: Vault, export_id: str, out: str | Path, *, ctx: AccessContext,
             _audit(vault, ctx, "export.fetch", (export_id,), "ok")
             _audit(vault, ctx, "export", ids, "ok")
     except BaseException:
-        writer.close()
-        out.unlink(missing_ok=True)
+        # rolled back with the transaction: no entry says the fetch went ahead
+        writer.discard()
         raise
-    # each real row's exact pairs (name and mobile, ...): what confirms a copied row as its resident
-    # when the export carries too little for two blind indexes (no ID number)
-    row_keys: list[list[int]] = []
+    # from here the trail says the records left: a failure must say they did not
     try:
+        # each real row's exact pairs (name and mobile, ...): what confirms a copied row as its
+        # resident when the export carries too little for two blind indexes (no ID number)
+        row_keys: list[list[int]] = []
         pos = 0
         it = iter(canaries)
         for start in range(0, len(ids), _CHUNK):
@@ -726,28 +974,52 @@ def fetch(vault: Vault, export_id: str, out: str | Path, *, ctx: AccessContext,
         while pos < total:
             writer.write(_present(vault, reveal, _derived(_as_row(next(it))), info.fields))
             pos += 1
-    except BaseException:
         writer.close()
-        out.unlink(missing_ok=True)
         with vault.db.transaction():
-            vault.db.execute("DELETE FROM export_members WHERE export_id = ? AND kind <> 'approval'",
-                             (export_id,))
-            vault.db.execute("UPDATE exports SET status = 'approved' WHERE export_id = ?", (export_id,))
+            step = _MEMBER_CHUNK
+            _put_ids(vault, export_id, "members", ids)
+            # aligned with the members' chunks: per row, one 8-byte key per pair of ROW_KEYS
+            _put_blobs(vault, export_id, "rowkeys",
+                       (b"".join(k.to_bytes(8, "big") for keys in row_keys[i:i + step] for k in keys)
+                        for i in range(0, len(ids), step)))
+            vault.db.execute(
+                "UPDATE exports SET status = 'fetched', fetched_by = ?, fetched_at = ?, format = ?,"
+                " rows = ?, canaries = ?, left_out = ? WHERE export_id = ?",
+                (ctx.principal, time.time(), fmt, len(ids), len(canaries), left_out, export_id))
+        # recorded as fetched before the file gets its name: a crash between the two leaves an
+        # export spent and no file, never a file the vault does not know of
+        writer.publish()
+    except BaseException as exc:
+        writer.discard()
+        _fetch_failed(vault, ctx, export_id, exc)
         raise
-    writer.close()
-    with vault.db.transaction():
-        step = _MEMBER_CHUNK
-        _put_blobs(vault, export_id, "members",
-                   ("\n".join(ids[i:i + step]).encode("ascii") for i in range(0, len(ids), step)))
-        # aligned with the members' chunks: per row, one 8-byte key per pair of ROW_KEYS
-        _put_blobs(vault, export_id, "rowkeys",
-                   (b"".join(k.to_bytes(8, "big") for keys in row_keys[i:i + step] for k in keys)
-                    for i in range(0, len(ids), step)))
-        vault.db.execute(
-            "UPDATE exports SET status = 'fetched', fetched_by = ?, fetched_at = ?, format = ?, rows = ?,"
-            " canaries = ? WHERE export_id = ?",
-            (ctx.principal, time.time(), fmt, len(ids), len(canaries), export_id))
     return get_export(vault.db, export_id)
+
+
+def _fetch_failed(vault: Vault, ctx: AccessContext, export_id: str, exc: BaseException) -> None:
+    """Undo a fetch that failed after its audit entries: no file is left (the caller removed
+    it), the canaries and members go, the export is approved again, and the trail says so.
+
+    Each step is tried on its own: a full disk or a lost database may fail them too, and
+    the first error is the one the caller raises.
+    """
+    try:
+        with vault.db.transaction():
+            marks = ", ".join("?" for _ in _FETCH_KINDS)
+            vault.db.execute(f"DELETE FROM export_members WHERE export_id = ? AND kind IN ({marks})",
+                             (export_id, *_FETCH_KINDS))
+            vault.db.execute("UPDATE exports SET status = 'approved', fetched_by = NULL, fetched_at = NULL,"
+                             " format = NULL, rows = NULL, canaries = NULL, left_out = NULL"
+                             " WHERE export_id = ?", (export_id,))
+    except Exception as undo:  # reported; the fetch's own error is raised
+        log.error("export %s: could not set the failed fetch back (%s); it stays %s", export_id,
+                  type(undo).__name__, "fetching")
+    try:
+        _audit(vault, ctx, "export.fetch", (export_id,), "error")
+    except Exception as undo:
+        log.error("export %s: the failed fetch (%s) could not be audited (%s)", export_id,
+                  type(exc).__name__, type(undo).__name__)
+
 
 
 def _present(vault: Vault, ctx: AccessContext, r: dict[str, str | None],
