@@ -414,4 +414,4 @@ def _after_restore(out: NewHomeReport, keyring: Keyring, record_keys_backup: str
         out.notes.append("no backup signing key beside the keyring: the next `pivault backup` makes a new "
                          "one; older backups then verify with --public-key")
     out.notes.append("pivault.toml holds the vault id, store and keyring only: add back by hand any "
-                     "[policy], [audit], [detect] or [keys] settings the lost one had")
+                     "[policy], [audit], [detect], [keys] or [export] settings the lost one had")
