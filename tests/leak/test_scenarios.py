@@ -402,3 +402,30 @@ def test_vault_canaries_in_a_copy_are_evidence_not_residents(scene: dict[str, ob
     assert sum(res.residents_by_region.values()) == 200
     assert res.residents_by_field["id_number"] == 200
     assert sorted(affected(v, res.case_id, ctx=ctx("dpo-1", "dpo"))) == sorted(real)
+
+
+def test_a_vault_canary_met_again_in_a_later_batch_is_no_resident(scene: dict[str, object],
+                                                                    tmp_path: Path) -> None:
+    """A canary is set apart where it is first met; a second file (or a duplicated row in a later
+    batch) holding it again must not count it among the residents affected."""
+    w: World = scene["world"]  # type: ignore[assignment]
+    v = w.vault
+    canaries: list[str] = list(scene["canaries"])  # type: ignore[call-overload]
+    never_left: list[str] = scene["never_left"]  # type: ignore[assignment]
+    real = [r for r in never_left if r not in set(canaries)][:100]
+    records = {s.record_id: open_record(v.keyring, s) for s in v.store.get_many(real + canaries)}
+
+    def write(path: Path, ids: list[str]) -> Path:
+        path.write_text("name,id_number,mobile\n" + "".join(
+            f"{records[i].name},{records[i].id_number},{records[i].mobile or ''}\n" for i in ids),
+            encoding="utf-8")
+        return path
+
+    first = write(tmp_path / "part1.csv", real + canaries)
+    again = write(tmp_path / "part2.csv", canaries[:10] + real[:5])
+    res = check(v, [first, again], ctx=ctx("dpo-1", "dpo"))
+    assert res.vault_canaries["found"] == 40
+    assert res.residents_matched == 100
+    assert sum(res.residents_by_region.values()) == 100
+    assert res.residents_by_field["id_number"] == 100
+    assert sorted(affected(v, res.case_id, ctx=ctx("dpo-1", "dpo"))) == sorted(real)

@@ -351,10 +351,11 @@ class Checker:
         if reg is None or not out.firsts:
             return
         new = [rid for rid, _j, _region in out.firsts if rid not in matched and rid not in canaries]
-        hits = set(reg.which(new)) if new else set()
-        if hits:
-            canaries |= hits
-            out.firsts = [f for f in out.firsts if f[0] not in hits]
+        canaries |= set(reg.which(new)) if new else set()
+        # every canary known so far, not only this batch's new ones: one met again in a later batch
+        # (a duplicated row, a second file) is still no resident
+        if canaries:
+            out.firsts = [f for f in out.firsts if f[0] not in canaries]
 
     def _attribute(self, res: CheckResult, residents: set[str], canaries: set[str],
                    canary_strong: dict[str, set[int]], canary_single: dict[str, set[int]]) -> None:
