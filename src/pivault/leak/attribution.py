@@ -116,6 +116,9 @@ class SourceFit:
     canaries_found: int = 0  # confirmed by two or more exact keys
     canaries_single: int = 0  # one exact key (ID number) only
     label: dict[str, Any] = field(default_factory=dict)
+    #: matched residents inside it that a PI value of the dump confirmed (not a record id alone);
+    #: ``None``: all of them
+    inside_by_value: int | None = None
 
 
 @dataclass
@@ -165,15 +168,44 @@ def _fit_p(fit: SourceFit, matched: int, population: int) -> float:
     return binomial_tail_bound(fit.inside, matched, p0)
 
 
+#: why a fit resting on record ids alone names nobody
+_IDS_ONLY = ("the fit rests on record ids, and not on the residents a value of the dump confirms: the "
+             "store and the audit trail hold the ids in clear, so whoever can read either could have "
+             "written them, and they do not show who copied the residents' data")
+
+
+def _fits(inside: int, matched: int, size: int, population: int) -> bool:
+    """Whether ``inside`` of ``matched`` residents in a source of ``size`` passes the naming test."""
+    if matched < MIN_MATCHED or inside < MIN_CONTAINMENT * matched:
+        return False
+    return binomial_tail_bound(inside, matched, min(1.0, size / max(population, 1))) < P_NAME
+
+
+def _by_value(fit: SourceFit, matched_by_value: int | None, population: int) -> bool:
+    """Whether the fit holds on the residents the dump's PI values confirm, without those a
+    record id alone confirmed.
+
+    A record id is random, so chance cannot put one in a dump; but the ids are no secret of
+    the door: the store holds them in clear and the audit trail lists, in clear, which ids each
+    principal and each export fetch was served. A list of ids taken from either fits its source
+    perfectly while holding nothing of the residents, and would frame it.
+    """
+    if matched_by_value is None or fit.inside_by_value is None:
+        return True
+    return _fits(fit.inside_by_value, matched_by_value, fit.size, population)
+
+
 def attribute(*, matched: int, population: int, dump_rows: int, exports: Sequence[SourceFit],
               principals: Sequence[SourceFit], vault_canaries_found: int,
               vault_canaries_unserved: int, vault_canaries_total: int,
-              expected_false_per_row: float) -> Attribution:
+              expected_false_per_row: float, matched_by_value: int | None = None) -> Attribution:
     """Weigh the evidence for every candidate source; name only what passes the test.
 
-    ``matched`` counts distinct confirmed residents; ``expected_false_per_row``
-    is the chance rate of a confirmation per dump row (from the index
-    lengths), which bounds how many vault canaries could match by chance.
+    ``matched`` counts distinct confirmed residents; ``matched_by_value`` those of them a PI
+    value of the dump confirmed (``None``: all), as a fit on record ids alone names nobody
+    (:func:`_by_value`); ``expected_false_per_row`` is the chance rate of a confirmation per
+    dump row (from the index lengths), which bounds how many vault canaries could match by
+    chance.
     """
     findings: list[Finding] = []
     # -- exports: canaries first, then containment ------------------------------------
@@ -187,15 +219,21 @@ def attribute(*, matched: int, population: int, dump_rows: int, exports: Sequenc
                     "canaries_in_export": fit.canaries_total, "export_records": fit.size,
                     "matched_inside": fit.inside, "containment": round(contain, 4),
                     "p_containment": p_fit, **fit.label}
+        if fit.inside_by_value is not None:
+            evidence["matched_inside_by_value"] = fit.inside_by_value
+        # a fit chance cannot explain, from too small a sample to be sure to hold a canary
+        small_fit = (matched >= MIN_MATCHED and contain >= MIN_CONTAINMENT and p_fit < P_NAME
+                     and dump_rows < 200 and _canaries_missed(fit) >= P_WEAK)
         if fit.canaries_found > 0:
             # fictitious people, unique to this file, matched on two exact keys: no chance path
             findings.append(Finding("export", fit.source_id, "conclusive", 0.0, evidence, True))
         elif fit.canaries_single > 0 and p_single < P_NAME:
             findings.append(Finding("export", fit.source_id, "strong", p_single, evidence, True))
-        elif (matched >= MIN_MATCHED and contain >= MIN_CONTAINMENT and p_fit < P_NAME
-              and dump_rows < 200 and _canaries_missed(fit) >= P_WEAK):
-            # too small a sample to be sure to hold a canary, but a fit chance cannot explain
+        elif small_fit and _by_value(fit, matched_by_value, population):
             findings.append(Finding("export", fit.source_id, "strong", p_fit, evidence, True))
+        elif small_fit:
+            evidence["why_not_named"] = _IDS_ONLY
+            findings.append(Finding("export", fit.source_id, "weak", min(p_fit, p_single), evidence, False))
         elif (matched >= MIN_MATCHED and p_fit < P_WEAK) or fit.canaries_single > 0:
             evidence["why_not_named"] = (
                 "the residents fit this export's selection, but the dump holds none of its canaries"
@@ -208,9 +246,15 @@ def attribute(*, matched: int, population: int, dump_rows: int, exports: Sequenc
         p_fit = _fit_p(fit, matched, population)
         evidence = {"records_read": fit.size, "matched_inside": fit.inside,
                     "containment": round(contain, 4), "p_containment": p_fit, **fit.label}
+        if fit.inside_by_value is not None:
+            evidence["matched_inside_by_value"] = fit.inside_by_value
         exports_of = set(fit.label.get("exports", ()))
         if exports_of & named_exports:
             evidence["why_not_named"] = "the reads are the named export's fetch"
+            findings.append(Finding("principal", fit.source_id, "weak", p_fit, evidence, False))
+        elif (matched >= MIN_MATCHED and contain >= MIN_CONTAINMENT and p_fit < P_NAME
+              and not _by_value(fit, matched_by_value, population)):
+            evidence["why_not_named"] = _IDS_ONLY
             findings.append(Finding("principal", fit.source_id, "weak", p_fit, evidence, False))
         elif matched >= MIN_MATCHED and contain >= MIN_CONTAINMENT and p_fit < P_NAME:
             strength = "strong" if contain >= 0.99 else "moderate"

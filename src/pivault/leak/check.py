@@ -221,8 +221,11 @@ class Checker:
 
         unplaced: set[str] = set()
         canaries: set[str] = set()
+        # records a PI value of the dump confirmed (before :meth:`_held` adds those an id alone did)
+        by_value: set[str] = set()
         for outcome in self._matched(tasks(), paths):
             st, rows = pending.popleft()
+            by_value.update(rid for rid, _j, _region in outcome.firsts)
             self._held(outcome, res)
             self._apart(outcome, matched, canaries)
             _tally(res, st, rows, outcome, matched, canary_strong, canary_single, unplaced)
@@ -238,7 +241,7 @@ class Checker:
                 "message": None if st.usable else _no_pi_message(st)})
         res.residents_matched = len(matched)
         res.fields_exposed = sorted(fields_exposed)
-        self._attribute(res, matched, canaries, canary_strong, canary_single)
+        self._attribute(res, matched, canaries, canary_strong, canary_single, by_value)
         res.elapsed_seconds = round(time.perf_counter() - t0, 3)
         if not res.rows_read:
             # a case of nothing read would say "no resident confirmed": no case, an error
@@ -358,11 +361,14 @@ class Checker:
             out.firsts = [f for f in out.firsts if f[0] not in canaries]
 
     def _attribute(self, res: CheckResult, residents: set[str], canaries: set[str],
-                   canary_strong: dict[str, set[int]], canary_single: dict[str, set[int]]) -> None:
+                   canary_strong: dict[str, set[int]], canary_single: dict[str, set[int]],
+                   by_value: set[str]) -> None:
         registry = self.registry
         # the fits weigh every record the copy holds, the vault's canaries among them
         matched = residents | canaries
         digests = {rid_digest(r) for r in matched}
+        # and again without those a record id alone confirmed: the ids are no secret of the door
+        valued = {rid_digest(r) for r in matched & by_value}
         exports: list[SourceFit] = []
         for eid, info in registry.exports.items():
             members = registry.members.get(eid, set())
@@ -376,14 +382,16 @@ class Checker:
                                          registry.canary_counts.get(eid, 0), strong, single,
                                          {"recipient": info.recipient, "purpose": info.purpose,
                                           "requester": info.requester, "approver": info.approver,
-                                          "fetched_at": info.fetched_at}))
+                                          "fetched_at": info.fetched_at},
+                                         inside_by_value=len(valued & members)))
         principals: list[SourceFit] = []
         for who, got in self.reads.items():
             inside = len(digests & got)
             if inside:
                 lo, hi = self.read_times.get(who, (0.0, 0.0))
                 principals.append(SourceFit("principal", who, len(got), inside,
-                                            label={"first_read": lo, "last_read": hi}))
+                                            label={"first_read": lo, "last_read": hi},
+                                            inside_by_value=len(valued & got)))
         reg = self.canary_registry
         v_found = v_unserved = v_total = 0
         if reg is not None and matched:
@@ -396,7 +404,7 @@ class Checker:
             matched=len(matched), population=self.matcher.population, dump_rows=res.rows_read,
             exports=exports, principals=principals, vault_canaries_found=v_found,
             vault_canaries_unserved=v_unserved, vault_canaries_total=v_total,
-            expected_false_per_row=res.expected_false / rows_tested)
+            expected_false_per_row=res.expected_false / rows_tested, matched_by_value=len(valued))
         res.timeline = self._timeline(res)
 
     def _timeline(self, res: CheckResult) -> list[dict[str, Any]]:
