@@ -12,6 +12,7 @@ from pivault.leak.columns import (
     fast_mobile,
     looks_like_header,
     parse_birth_date,
+    shown_header,
 )
 from pivault.model import resident_id
 
@@ -106,6 +107,32 @@ def test_header_detection() -> None:
     names = [[r["name"], r["address"]] for r in PEOPLE[:50]]
     assert not looks_like_header(names[0], names[1:])
     assert looks_like_header(["名字", "地址"], names)
+
+
+def test_a_resident_missing_keys_is_data_not_a_header() -> None:
+    """A first row whose ID number and mobile are missing, or whose notes use a header word, is a
+    resident: taken for a header, its name and address would be kept as column names."""
+    data = [[r["name"], r["id_number"], r["mobile"], r["address"], "无"] for r in PEOPLE[:50]]
+    first = [PEOPLE[60]["name"], "", "", PEOPLE[60]["address"], "无"]
+    assert not looks_like_header(first, data)
+    noted = [PEOPLE[61]["name"], "", "", PEOPLE[61]["address"], "户籍于2019年迁入本市"]
+    assert not looks_like_header(noted, data)
+    assert looks_like_header(["姓名", "", "", "地址", "备注"], data)  # blank header cells
+
+
+def test_header_cells_that_read_as_values_are_masked() -> None:
+    p = PEOPLE[62]
+    assert shown_header(p["name"]) == p["name"][0] + "*" * (len(p["name"]) - 1)
+    assert shown_header(p["address"]).endswith("***")  # type: ignore[union-attr]
+    assert p["address"][-6:] not in (shown_header(p["address"]) or "")
+    assert shown_header(p["id_number"]) == p["id_number"][:3] + "*" * 11 + p["id_number"][-4:]
+    assert shown_header("Zhang Wei") == "Z**** ***"
+    for value in ("户籍于2019年迁入本市", "工作单位", "E12345678", "男"):
+        assert shown_header(value) == "***"
+    for label in ("姓名", "常住地址", "手机号码(11位)", "身份证号", "col3", "zjhm", "ID Number",
+                  "r_0123456789abcdefghjkmnpqrs"):
+        assert shown_header(label) == label
+    assert shown_header(None) is None
 
 
 def test_fast_mobile_agrees_with_the_model_on_random_ascii() -> None:

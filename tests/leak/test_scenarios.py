@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import gzip
+import json
 import random
 from collections.abc import Iterator
 from pathlib import Path
@@ -433,3 +434,35 @@ def test_a_vault_canary_met_again_in_a_later_batch_is_no_resident(scene: dict[st
     assert sum(res.residents_by_region.values()) == 100
     assert res.residents_by_field["id_number"] == 100
     assert sorted(affected(v, res.case_id, ctx=ctx("dpo-1", "dpo"))) == sorted(real)
+
+
+def test_a_first_row_taken_for_a_header_keeps_no_pi_in_the_case(scene: dict[str, object],
+                                                                 tmp_path: Path) -> None:
+    """The first resident of a dump lacks an ID number and a mobile: their row is data, and
+    nothing of it may reach the case (printed with ``--json``) as a column name."""
+    w: World = scene["world"]  # type: ignore[assignment]
+    never_left: list[str] = scene["never_left"]  # type: ignore[assignment]
+    canaries = set(scene["canaries"])  # type: ignore[call-overload]
+    by_id = {r.record_id: r for r in w.residents}
+    rows = [by_id[r] for r in never_left if r in by_id and r not in canaries][:120]
+    first = rows[0]
+    assert first.address
+    dump = tmp_path / "d.csv"
+    dump.write_text(f"{first.name},,,{first.address}\n" + "".join(
+        f"{r.name},{r.id_number},{r.mobile or ''},{r.address or ''}\n" for r in rows[1:]), encoding="utf-8")
+    res = check(w.vault, [dump], ctx=ctx("dpo-1", "dpo"))
+    assert res.rows_read == 120 and res.tables[0]["header"] is False
+    saved = json.dumps(load_case(w.vault, res.case_id), ensure_ascii=False)
+    assert first.name not in saved and first.address not in saved
+
+    # notes using a header word still pass the row for a header: its values are masked
+    noted = tmp_path / "noted.csv"
+    noted.write_text(f"{first.name},,,{first.address},户籍迁入本市\n" + "".join(
+        f"{r.name},{r.id_number},{r.mobile or ''},{r.address or ''},无\n" for r in rows[1:]),
+        encoding="utf-8")
+    res = check(w.vault, [noted], ctx=ctx("dpo-1", "dpo"))
+    assert res.tables[0]["header"] is True
+    headers = [c["header"] for c in res.tables[0]["columns"]]
+    assert headers[0] == first.name[0] + "*" * (len(first.name) - 1) and headers[3].endswith("***")
+    saved = json.dumps(load_case(w.vault, res.case_id), ensure_ascii=False)
+    assert first.name not in saved and first.address not in saved

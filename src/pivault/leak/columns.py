@@ -24,6 +24,7 @@ from pivault.model import address as _address
 from pivault.model import is_record_id
 from pivault.model import mobile as _mobile
 from pivault.model import resident_id as _rid
+from pivault.model.masks import mask_field
 
 __all__ = [
     "COMPOUND_SURNAMES",
@@ -42,6 +43,7 @@ __all__ = [
     "looks_like_header",
     "parse_birth_date",
     "plain_address",
+    "shown_header",
     "spreadsheet_safe",
 ]
 
@@ -362,7 +364,9 @@ class Column:
         return "low"
 
     def describe(self) -> dict[str, object]:
-        return {"column": self.index + 1, "header": self.header, "kind": self.kind,
+        """The column for a case and its report: no PI, so a header cell that holds a value is
+        masked (:func:`shown_header`)."""
+        return {"column": self.index + 1, "header": shown_header(self.header), "kind": self.kind,
                 "share": round(self.share, 3), "values": self.values,
                 "confidence": self.confidence, "primary": self.primary}
 
@@ -408,6 +412,54 @@ def detect_columns(header: Sequence[str] | None, rows: Sequence[Sequence[str | N
     return out
 
 
+#: a header cell is a label: this many characters at most
+_LABEL_MAX = 24
+#: a label written in ASCII (``col3``, ``zjhm``, ``ID Number``, ``user.name``)
+_ASCII_LABEL = re.compile(r"[A-Za-z][A-Za-z0-9_ .\-]*")
+_DIGITS = re.compile(r"[0-9０-９]")
+
+
+def _has_header_word(cell: str) -> bool:
+    for word in _WORD.findall(cell.lower()):
+        if word in _HEADER_WORDS or any(h in word for h in _HEADER_WORDS if not h.isascii()):
+            return True
+    return False
+
+
+def _label(cell: str) -> bool:
+    """Whether a cell reads as a column's label: short, few digits, and a header word or an
+    ASCII name. Free text of a resident (notes: ``户籍于2019年迁入``) is longer or carries
+    numbers, and a value (a passport or plate number) carries digits."""
+    if len(cell) > _LABEL_MAX or len(_DIGITS.findall(cell)) > 2:
+        return False
+    return _has_header_word(cell) or bool(_ASCII_LABEL.fullmatch(cell))
+
+
+def shown_header(cell: str | None) -> str | None:
+    """A header cell as a case may keep it: as it is when it reads as a label, else masked.
+
+    The first row of a dump is taken for a header by its content, and a data row can pass
+    for one. Its cells would then be a resident's name, address or notes, kept in the case
+    and printed with ``--json``, where no PI may go. So a cell that reads as PI is masked
+    like the value it is (``张*``, the address cut after the district) unless it is a label
+    with a header word that happens to read as a value too (``常住地址`` starts with a surname,
+    ``手机号码(11位)`` has an address's marker and digits), and any other cell that does not
+    read as a label (:func:`_label`) is hidden (``***``): a header the case cannot tell from a
+    value loses its name, never a resident's data.
+    """
+    if cell is None:
+        return None
+    v = cell.strip()
+    if not v:
+        return v
+    kind = classify(v)
+    if kind == "record_id" or (_has_header_word(v) and _label(v)):
+        return v  # the vault's opaque id (no PI of the resident), or a label
+    if kind is not None:
+        return mask_field(kind, v)
+    return v if _label(v) else "***"
+
+
 def looks_like_header(first: Sequence[str | None], rest: Sequence[Sequence[str | None]]) -> bool:
     """Whether ``first`` is a header row rather than data.
 
@@ -421,15 +473,16 @@ def looks_like_header(first: Sequence[str | None], rest: Sequence[Sequence[str |
         return False
     if not any(cells):
         return False
-    for c in cells:
-        low = c.lower()
-        for word in _WORD.findall(low):
-            if word in _HEADER_WORDS or any(h in word for h in _HEADER_WORDS if not h.isascii()):
-                return True
+    # a header word counts in a label only: a resident's notes may hold one (``户籍迁入本市``)
+    if any(_has_header_word(c) and _label(c) for c in cells):
+        return True
     if not rest:
         return False
     typed = mismatched = 0
     for i, kind in enumerate(kinds):
+        if not cells[i]:
+            # an empty cell is a value missing from a data row as often as a header left blank
+            continue
         col = [classify(r[i]) for r in rest if i < len(r) and r[i] is not None and str(r[i]).strip()]
         if len(col) < 2:
             continue
