@@ -23,10 +23,12 @@ from __future__ import annotations
 import codecs
 import csv
 import datetime as _dt
+import functools
 import gzip
 import io
 import itertools
 import json
+import operator
 import os
 import re
 import zipfile
@@ -57,6 +59,15 @@ _SAMPLE_BYTES = 256 * 1024
 _HEADER_SAMPLE_ROWS = 200
 _READ_CHUNK = MiB
 _MAX_ZIP_DEPTH = 4
+#: what a batch (and the sample a header is decided on) may cost in memory, about: a row may be
+#: as long as a line (``max_line_mib``), and a batch of thousands of such rows would not fit
+BATCH_BYTES = 16 * MiB
+#: what a batch is charged per cell (a string object and its pointer) and per character
+_CELL_BYTES = 64
+_CHAR_BYTES = 2
+#: columns a row may have: a wider one is no table of residents and is skipped, counted rejected
+#: (a line of a few MiB of commas would otherwise be a row of millions of cells, in every batch)
+MAX_COLUMNS = 4096
 
 
 class DumpError(PivaultError):
@@ -279,7 +290,8 @@ def _text(stream: IO[bytes], encoding: str) -> io.TextIOWrapper:
 
 
 def _bounded_lines(text: IO[str], limit: int, source: str, counter: list[int]) -> Iterator[str]:
-    """Lines of ``text``, none longer than ``limit`` characters; ``counter[0]`` is the line number."""
+    """Lines of ``text``, none longer than ``limit`` characters; ``counter[0]`` is the line number,
+    ``counter[1]`` the characters read (what the batches of these lines cost: :func:`_batched`)."""
     readline = text.readline
     mib = max(1, limit // MiB)
     while True:
@@ -287,6 +299,7 @@ def _bounded_lines(text: IO[str], limit: int, source: str, counter: list[int]) -
         if not line:
             return
         counter[0] += 1
+        counter[1] += len(line)
         if len(line) > limit:
             raise DumpError(f"line longer than {mib} MiB at line {counter[0]}; "
                             "raise --max-line-mib to read it", code="dump.line_too_long",
@@ -329,36 +342,97 @@ def _cell(value: object) -> str | None:
 # ---------------------------------------------------------------- header detection
 
 
-def _split_header(table: Table, rows: Iterator[Row], batch: int) -> Iterator[Batch]:
-    """Decide whether the first row is a header from a sample, then stream batches."""
+def _split_header(table: Table, rows: Iterator[Row], batch: int,
+                  chars: Callable[[], int] | None = None) -> Iterator[Batch]:
+    """Decide whether the first row is a header from a sample, then stream batches.
+
+    The sample is bounded like a batch (:func:`_take`); its rows are then the first batch's.
+    """
     from pivault.leak.columns import looks_like_header
 
-    sample: list[Row] = []
-    for row in rows:
-        sample.append(row)
-        if len(sample) >= _HEADER_SAMPLE_ROWS:
-            break
+    sample = _take(table, rows, _HEADER_SAMPLE_ROWS, chars, chars() if chars else 0)
     if not sample:
         return
     if table.header is None and looks_like_header(sample[0], sample[1:]):
         table.header = [(c or "").strip() for c in sample[0]]
         sample = sample[1:]
-    yield from _batched(table, _chain(sample, rows), batch)
+    yield from _batched(table, rows, batch, chars, sample)
 
 
-def _chain(first: list[Row], rest: Iterator[Row]) -> Iterator[Row]:
-    return itertools.chain(first, rest)
+def _reading(counter: list[int]) -> Callable[[], int]:
+    """The characters :func:`_bounded_lines` has read so far, as :func:`_take` asks for them."""
+    return functools.partial(operator.getitem, counter, 1)  # type: ignore[return-value]
 
 
-def _batched(table: Table, rows: Iterable[Row], batch: int) -> Iterator[Batch]:
+def _chars_of(row: Row) -> int:
+    return sum(map(len, filter(None, row)))
+
+
+def _too_wide(table: Table) -> None:
+    table.rejected += 1
+    table.note(f"rows of more than {MAX_COLUMNS} columns were skipped")
+
+
+def _take(table: Table, it: Iterator[Row], batch: int, chars: Callable[[], int] | None, mark: int,
+          buf: list[Row] | None = None) -> list[Row]:
+    """The next rows of ``it`` (after ``buf``), up to ``batch`` of them or :data:`BATCH_BYTES`.
+
+    A row is charged its cells and characters; ``chars`` (characters the reader has consumed,
+    ``mark`` at the start of ``buf``) spares counting them row by row. A row of more than
+    :data:`MAX_COLUMNS` cells is skipped and counted rejected, here only (the rows of ``buf``
+    were taken here before).
+    """
+    buf = [] if buf is None else buf
+    if len(buf) >= batch:
+        return buf
+    # in characters: what is left of the batch's bytes once its cells are paid for
+    room = BATCH_BYTES // _CHAR_BYTES
+    cell = _CELL_BYTES // _CHAR_BYTES
+    widest = MAX_COLUMNS
+    used = sum(map(len, buf)) * cell + (0 if chars else sum(map(_chars_of, buf)))
+    append = buf.append
+    if chars is not None:
+        used -= mark
+        for row in it:
+            n = len(row)
+            if n > widest:
+                _too_wide(table)
+                continue
+            append(row)
+            used += n * cell
+            if len(buf) >= batch or used + chars() >= room:
+                break
+        return buf
+    for row in it:
+        n = len(row)
+        if n > widest:
+            _too_wide(table)
+            continue
+        append(row)
+        used += n * cell + _chars_of(row)
+        if len(buf) >= batch or used >= room:
+            break
+    return buf
+
+
+def _batched(table: Table, rows: Iterable[Row], batch: int, chars: Callable[[], int] | None = None,
+             first: list[Row] | None = None) -> Iterator[Batch]:
+    """Batches of at most ``batch`` rows and about :data:`BATCH_BYTES` (:func:`_take`), so that
+    memory is bounded by the batch and not by how long each row may be; ``first``: rows already
+    taken from ``rows`` (a header's sample)."""
     it = iter(rows)
+    mark = 0
+    buf = first
     while True:
-        buf = list(itertools.islice(it, batch))
+        buf = _take(table, it, batch, chars, mark, buf)
+        if chars:
+            mark = chars()
         if not buf:
             return
-        first = table.rows + 1
+        start = table.rows + 1
         table.rows += len(buf)
-        yield Batch(table, buf, first)
+        yield Batch(table, buf, start)
+        buf = None
 
 
 # ---------------------------------------------------------------- CSV / TSV
@@ -390,12 +464,13 @@ def _sniff_delimiter(lines: list[str]) -> str:
 
 def _read_csv(stream: IO[bytes], source: str, encoding: str, limit: int, batch: int) -> Iterator[Batch]:
     text = _text(stream, encoding)
-    counter = [0]
+    counter = [0, 0]
     lines = _bounded_lines(text, limit, source, counter)
     head: list[str] = []
     for line in lines:
         head.append(line)
-        if len(head) >= 100:
+        # a hundred lines to tell the delimiter by, fewer when they are long (memory)
+        if len(head) >= 100 or counter[1] >= _SAMPLE_BYTES:
             break
     delim = _sniff_delimiter(head)
     table = Table(source, "tsv" if delim == "\t" else "csv", encoding)
@@ -414,7 +489,7 @@ def _read_csv(stream: IO[bytes], source: str, encoding: str, limit: int, batch: 
             raise DumpError(f"CSV cannot be parsed: {_no_value(str(exc))}", code="dump.csv",
                             source=source, line=counter[0]) from None
 
-    yield from _split_header(table, rows(), batch)
+    yield from _split_header(table, rows(), batch, _reading(counter))
 
 
 def _chain_lines(head: list[str], rest: Iterator[str]) -> Iterator[str]:
@@ -445,7 +520,8 @@ class _Columns:
             for key, value in flat.items():
                 pos = self.index.get(key)
                 if pos is None:
-                    if len(self.index) >= 4096:
+                    if len(self.index) >= MAX_COLUMNS:
+                        self.table.note(f"keys beyond the first {MAX_COLUMNS} were not read")
                         continue
                     pos = self.index[key] = len(self.index)
                     assert self.table.header is not None
@@ -490,7 +566,7 @@ def _envelope(obj: object) -> list[dict[str, Any]] | None:
 def _read_jsonl(stream: IO[bytes], source: str, encoding: str, limit: int, batch: int) -> Iterator[Batch]:
     table = Table(source, "jsonl", encoding)
     cols = _Columns(table)
-    counter = [0]
+    counter = [0, 0]
     lines = _bounded_lines(_text(stream, encoding), limit, source, counter)
     loads = json.loads
 
@@ -512,7 +588,7 @@ def _read_jsonl(stream: IO[bytes], source: str, encoding: str, limit: int, batch
                 for rec in inner:
                     yield cols.row(rec)
 
-    yield from _batched(table, rows(), batch)
+    yield from _batched(table, rows(), batch, _reading(counter))
     if table.header == []:
         table.header = None
 
@@ -531,6 +607,7 @@ class _JsonScanner:
         self.eof = False
         self.decoder = json.JSONDecoder()
         self.consumed_lines = 0
+        self.consumed_chars = 0
 
     def _fill(self) -> bool:
         if self.eof:
@@ -541,6 +618,7 @@ class _JsonScanner:
             return False
         if self.pos:
             self.consumed_lines += self.buf.count("\n", 0, self.pos)
+            self.consumed_chars += self.pos
             self.buf = self.buf[self.pos:]
             self.pos = 0
         self.buf += chunk
@@ -548,6 +626,10 @@ class _JsonScanner:
 
     def line(self) -> int:
         return self.consumed_lines + self.buf.count("\n", 0, self.pos) + 1
+
+    def chars(self) -> int:
+        """Characters consumed so far (what the batches of its elements cost)."""
+        return self.consumed_chars + self.pos
 
     def skip_ws(self) -> str:
         """The next non-blank character ('' at the end), not consumed."""
@@ -606,7 +688,7 @@ def _read_json(stream: IO[bytes], source: str, encoding: str, limit: int, batch:
     if first == "[":
         table = Table(source, "json", encoding)
         cols = _Columns(table)
-        yield from _batched(table, (cols.row(o) for o in scan.array()), batch)
+        yield from _batched(table, (cols.row(o) for o in scan.array()), batch, scan.chars)
         return
     # an object: stream every member that is an array (``{"data": [...]}``)
     if scan.skip_ws() == "}":
@@ -618,7 +700,7 @@ def _read_json(stream: IO[bytes], source: str, encoding: str, limit: int, batch:
             scan.pos += 1
             table = Table(f"{source}#{key}", "json", encoding)
             cols = _Columns(table)
-            yield from _batched(table, (cols.row(o) for o in scan.array()), batch)
+            yield from _batched(table, (cols.row(o) for o in scan.array()), batch, scan.chars)
         else:
             scan.value()
         if scan.expect(",}") == "}":
@@ -832,6 +914,7 @@ class _SqlParser:
     def values(self, name: str, collist: str | None) -> Iterator[Batch]:
         table = self.table(name, collist, "sql-mysql" if self.mysql else "sql-postgresql")
         out: list[Row] = []
+        cost = 0
         tuple_re = self.tuple_re
         while True:
             self.skip_blank()
@@ -850,11 +933,16 @@ class _SqlParser:
                                     code="dump.truncated", source=self.source, line=self.line())
                 m = tuple_re.match(self.buf, self.pos)
             self.pos = m.end()
-            out.append(self.split(m.group(1)))
-            if len(out) >= self.batch:
+            row = self.split(m.group(1))
+            if len(row) > MAX_COLUMNS:
+                _too_wide(table)
+            else:
+                out.append(row)
+                cost += _CELL_BYTES * len(row) + _CHAR_BYTES * (m.end() - m.start())
+            if len(out) >= self.batch or cost >= BATCH_BYTES:
                 table.rows += len(out)
                 yield Batch(table, out, table.rows - len(out) + 1)
-                out = []
+                out, cost = [], 0
             self.skip_blank()
             c = self.buf[self.pos:self.pos + 1]
             if c == ",":
@@ -891,6 +979,7 @@ class _SqlParser:
     def copy(self, name: str, collist: str | None) -> Iterator[Batch]:
         table = self.table(name, collist, "sql-postgresql")
         out: list[Row] = []
+        cost = 0
         while True:
             nl = self.buf.find("\n", self.pos)
             if nl < 0:
@@ -904,7 +993,11 @@ class _SqlParser:
             if line == "\\.":
                 break
             row: Row = []
-            for f in line.split("\t"):
+            fields = line.split("\t")
+            if len(fields) > MAX_COLUMNS:
+                _too_wide(table)
+                continue
+            for f in fields:
                 if f == "\\N":
                     row.append(None)
                 elif "\\" in f:
@@ -912,10 +1005,11 @@ class _SqlParser:
                 else:
                     row.append(f)
             out.append(row)
-            if len(out) >= self.batch:
+            cost += _CELL_BYTES * len(row) + _CHAR_BYTES * len(line)
+            if len(out) >= self.batch or cost >= BATCH_BYTES:
                 table.rows += len(out)
                 yield Batch(table, out, table.rows - len(out) + 1)
-                out = []
+                out, cost = [], 0
         if out:
             table.rows += len(out)
             yield Batch(table, out, table.rows - len(out) + 1)
@@ -983,6 +1077,15 @@ def _read_parquet(stream: IO[bytes], source: str, batch: int) -> Iterator[Batch]
         raise DumpError(f"the Parquet file cannot be opened ({type(exc).__name__})",
                         code="dump.parquet", source=source) from None
     table = Table(source, "parquet", None, [str(n) for n in pf.schema_arrow.names])
+    meta = pf.metadata
+    if table.width > MAX_COLUMNS:
+        table.rejected += meta.num_rows
+        table.note(f"rows of more than {MAX_COLUMNS} columns were skipped")
+        return
+    # rows a batch, from the widest row group's uncompressed bytes a row (a batch ~ BATCH_BYTES)
+    per_row = max((meta.row_group(i).total_byte_size / max(meta.row_group(i).num_rows, 1)
+                   for i in range(meta.num_row_groups)), default=0.0)
+    batch = max(1, min(batch, int(BATCH_BYTES / (per_row * _CHAR_BYTES + _CELL_BYTES * max(table.width, 1)))))
     for rb in pf.iter_batches(batch_size=batch):
         columns = [[_cell(v) for v in col.to_pylist()] for col in rb.columns]
         rows: list[Row] = [list(r) for r in zip(*columns, strict=True)]
