@@ -493,3 +493,28 @@ def test_messages_hold_no_values(tmp_path: Path) -> None:
         list(read_dump(p, max_line_mib=1))
     except DumpError as exc:
         assert secret not in str(exc)
+
+
+@pytest.mark.skipif(not Path("/dev/null").exists() or not Path("/dev/fd").exists(), reason="POSIX devices")
+def test_devices_are_refused_and_pipes_read(tmp_path: Path) -> None:
+    """A device is no dump (a terminal would be read forever); a pipe is read as it comes."""
+    import threading
+
+    with pytest.raises(DumpError, match="not a file") as e:
+        list(read_dump("/dev/null"))
+    assert e.value.code == "dump.open"
+    r, w = os.pipe()
+    body = csv_text(["姓名", "身份证号", "手机", "地址"], PEOPLE[:20]).encode("utf-8")
+
+    def write() -> None:
+        with os.fdopen(w, "wb") as f:
+            f.write(body)
+
+    t = threading.Thread(target=write, daemon=True)
+    t.start()
+    try:
+        table, rows = only_table(Path(f"/dev/fd/{r}"))
+    finally:
+        t.join(10)
+        os.close(r)
+    assert len(rows) == 20 and table.header == ["姓名", "身份证号", "手机", "地址"]

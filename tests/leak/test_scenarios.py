@@ -466,3 +466,36 @@ def test_a_first_row_taken_for_a_header_keeps_no_pi_in_the_case(scene: dict[str,
     assert headers[0] == first.name[0] + "*" * (len(first.name) - 1) and headers[3].endswith("***")
     saved = json.dumps(load_case(w.vault, res.case_id), ensure_ascii=False)
     assert first.name not in saved and first.address not in saved
+
+
+def test_a_fifo_as_dump_does_not_hang_the_check(scene: dict[str, object], tmp_path: Path) -> None:
+    """A named pipe no one writes to (extracted from a hostile archive, or named by mistake)
+    reads as an empty file at once: opening it must not wait for a writer forever."""
+    import contextlib
+    import os
+    import threading
+
+    from pivault.leak.readers import DumpError
+
+    w: World = scene["world"]  # type: ignore[assignment]
+    fifo = tmp_path / "dump.csv"
+    os.mkfifo(fifo)
+    got: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            check(w.vault, [fifo], ctx=ctx("dpo-1", "dpo"), save=False)
+        except BaseException as exc:  # handed to the test's thread
+            got.append(exc)
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    t.join(10)
+    if t.is_alive():
+        while t.is_alive():  # let each stuck open() return, so that the thread ends
+            with contextlib.suppress(OSError):
+                os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+            t.join(0.2)
+        pytest.fail("leak check waited for a writer of the FIFO")
+    assert len(got) == 1 and isinstance(got[0], DumpError), got
+    assert got[0].code == "dump.unread" and "empty" in got[0].message

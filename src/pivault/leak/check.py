@@ -35,7 +35,7 @@ from pivault.leak.attribution import Attribution, SourceFit, attribute
 from pivault.leak.columns import PI_KINDS, Column, detect_columns
 from pivault.leak.exports import load_registry, rid_digest
 from pivault.leak.match import Matcher, Outcome, match_columns
-from pivault.leak.readers import DEFAULT_MAX_LINE_MIB, DumpError, Table, read_dump
+from pivault.leak.readers import DEFAULT_MAX_LINE_MIB, DumpError, Table, open_dump, read_dump
 from pivault.model import divisions
 from pivault.policy.context import AccessContext
 
@@ -439,16 +439,9 @@ def check(vault: Vault, paths: Sequence[str | Path], *, ctx: AccessContext,
 
 
 def _openable(p: Path) -> None:
-    """Raise :class:`DumpError` unless ``p`` is a file this process can open for reading."""
-    if p.is_dir():
-        raise DumpError("a directory, not a dump file: name the files in it", code="dump.open",
-                        source=p.name)
-    try:
-        with open(p, "rb"):
-            pass
-    except OSError as exc:
-        raise DumpError(f"cannot open the file ({exc.strerror or type(exc).__name__})", code="dump.open",
-                        source=p.name) from None
+    """Raise :class:`DumpError` unless ``p`` is a file this process can open for reading
+    (:func:`pivault.leak.readers.open_dump`: never waiting on a pipe)."""
+    open_dump(p).close()
 
 
 def _no_pi_message(st: _TableState) -> str:

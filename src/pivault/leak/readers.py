@@ -31,6 +31,7 @@ import json
 import operator
 import os
 import re
+import stat
 import zipfile
 import zlib
 from collections.abc import Callable, Iterable, Iterator
@@ -48,6 +49,7 @@ __all__ = [
     "DumpError",
     "Table",
     "detect_encoding",
+    "open_dump",
     "read_dump",
     "read_stream",
 ]
@@ -1164,14 +1166,43 @@ def read_dump(path: str | os.PathLike[str], *, max_line_mib: int = DEFAULT_MAX_L
     malformed structure); rows yielded before the error stay valid.
     """
     p = Path(path)
-    try:
-        fh = open(p, "rb")  # noqa: SIM115 - closed in finally; the generator owns it
-    except OSError as exc:
-        raise DumpError(f"cannot open the file ({exc.strerror})", code="dump.open", source=p.name) from None
+    fh = open_dump(p)
     try:
         yield from read_stream(fh, p.name, max_line_mib=max_line_mib, batch=batch)
     finally:
         fh.close()
+
+
+def open_dump(path: str | os.PathLike[str]) -> IO[bytes]:
+    """Open a dump file for reading, refusing what is no file, without ever waiting.
+
+    ``open`` of a named pipe waits for a writer, forever if none comes (a FIFO extracted from a
+    hostile archive, or named by mistake); a terminal or another device may never end. So the
+    file is opened without blocking and looked at before it is read: a directory, a device or
+    a socket is a :class:`DumpError` (``dump.open``); a pipe is read as it comes (what
+    ``zcat dump.gz | pivault leak check /dev/stdin`` gives), and one without a writer ends at once.
+    """
+    p = Path(path)
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(p, flags)
+    except OSError as exc:
+        raise DumpError(f"cannot open the file ({exc.strerror or type(exc).__name__})", code="dump.open",
+                        source=p.name) from None
+    try:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):
+            raise DumpError("a directory, not a dump file: name the files in it", code="dump.open",
+                            source=p.name)
+        if not (stat.S_ISREG(mode) or stat.S_ISFIFO(mode)):
+            raise DumpError("not a file (a device or a socket): copy the dump into a file", code="dump.open",
+                            source=p.name)
+        if flags & getattr(os, "O_NONBLOCK", 0):
+            os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 def read_stream(stream: IO[bytes], name: str, *, max_line_mib: int = DEFAULT_MAX_LINE_MIB,
