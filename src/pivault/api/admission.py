@@ -70,12 +70,41 @@ class AdmissionLimits:
     rate: float = 256.0
 
 
+#: the IPv6 prefix counted as one client: what a single subscriber or host is handed
+IPV6_CLIENT_PREFIX = 64
+
+
+def client_key(host: str) -> str:
+    """What a client's share is counted under: an IPv4 address, or an IPv6 address's /64.
+
+    One IPv6 host holds a whole /64 (SLAAC, privacy addresses) and can pick a
+    new source address for every connection: counted per address, its share
+    would have no bound. A dual-stack socket's IPv4 client (``::ffff:a.b.c.d``)
+    counts as that IPv4 address.
+    """
+    if ":" not in host:  # IPv4: as it is, without parsing (every connection passes here)
+        return host
+    try:
+        addr = ipaddress.IPv6Address(host.split("%", 1)[0])
+    except ValueError:
+        return host
+    if addr.ipv4_mapped is not None:
+        return str(addr.ipv4_mapped)
+    shift = 128 - IPV6_CLIENT_PREFIX
+    return str(ipaddress.IPv6Network((int(addr) >> shift << shift, IPV6_CLIENT_PREFIX)))
+
+
 def network_of(host: str) -> str:
-    """The network an address is logged as: IPv4 /24, IPv6 /48 (an address could name a person)."""
+    """The network an address (or a client's /64) is logged as: IPv4 /24, IPv6 /48 (an address
+    could name a person)."""
     try:
         addr = ipaddress.ip_address(host)
     except ValueError:
-        return "-"
+        try:
+            net = ipaddress.ip_network(host, strict=False)
+        except ValueError:
+            return "-"
+        return str(net.supernet(new_prefix=48)) if net.version == 6 and net.prefixlen > 48 else "-"
     if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
         addr = addr.ipv4_mapped  # a dual-stack socket's IPv4 client
     prefix = 24 if addr.version == 4 else 48
@@ -107,10 +136,14 @@ class Admission:
         self._flush: asyncio.TimerHandle | None = None
 
     def admit(self, host: str | None) -> str | None:
-        """Count a new connection from ``host``: None if it may have its handshake, else the reason."""
+        """Count a new connection from ``host``: None if it may have its handshake, else the reason.
+
+        Counted under :func:`client_key` (an IPv6 client's /64), as :meth:`release` is.
+        """
         if host is None:  # not an IP connection: nothing to count it under
             self.admitted += 1
             return None
+        host = client_key(host)
         n = self.open.get(host, 0)
         if n >= self.limits.per_client:
             return self._refuse(host, "connection.limit")
@@ -129,6 +162,7 @@ class Admission:
         """A connection counted by :meth:`admit` is closed."""
         if host is None:
             return
+        host = client_key(host)
         n = self.open.get(host, 1) - 1
         if n > 0:
             self.open[host] = n

@@ -53,6 +53,7 @@ from typing import Any
 from uvicorn.config import Config
 from uvicorn.server import ServerState
 
+from pivault.api.admission import client_key
 from pivault.api.middleware import security_headers
 from pivault.api.onewrite import OneWriteProtocol
 from pivault.api.problems import MEDIA_TYPE, problem_body
@@ -150,7 +151,8 @@ class GuardedProtocol(OneWriteProtocol):
     # -- the connection --------------------------------------------------------------------
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
-        host = self.client[0] if self.client else None
+        # an IPv6 client counted by its /64, which one host can draw new addresses from at will
+        host = client_key(self.client[0]) if self.client else None
         if host is not None:
             n = self._clients.get(host, 0)
             if n >= self.per_client:
