@@ -21,7 +21,9 @@ from pivault.detect import (
 )
 from pivault.errors import NotFoundError, ValidationError
 from pivault.model.record import _id_second
+from pivault.policy.context import AccessContext
 from pivault.store import Database
+from pivault.synth import generate
 from pivault.vault import DuplicateRecord
 from pivault.vault.facade import open_record
 
@@ -391,4 +393,96 @@ def test_erasing_a_canary_keeps_the_mobile_count_exact(db: Database, keyring: Ke
     real = sorted(rid for rid, _ in door.ids)
     store = door.vault.stats(ctx=OPERATOR, key_usage=False)["store"]
     assert store["rows"] == 10
+    assert store["index_entries"].get("mobile", 0) == _mobile_entries(db, real)
+
+
+def test_correcting_a_canarys_mobile_keeps_the_mobile_count_exact(db: Database, keyring: Keyring,
+                                                                   tmp_path: Path) -> None:
+    """stats must count the residents' mobiles after a canary's mobile is cleared or given back.
+
+    The count of canaries with a mobile is kept, not recomputed (the registry cannot be joined to
+    the index without the key): a correction that changes it must move it, in either direction.
+    """
+    door = make_door(db, keyring, tmp_path / "keys", budget=Budget(), residents=10)
+    canaries = seed(door.vault, 6, ctx=OPERATOR, registry=door.canaries)
+    real = sorted(rid for rid, _ in door.ids)
+
+    def mobiles_shown() -> int:
+        store = door.vault.stats(ctx=OPERATOR, key_usage=False)["store"]
+        assert store["rows"] == 10
+        return int(store["index_entries"].get("mobile", 0))
+
+    with_mobile = [rid for rid in canaries if _mobile_entries(db, [rid])]
+    assert with_mobile  # the generator gives most residents a mobile
+    target = with_mobile[0]
+    assert mobiles_shown() == _mobile_entries(db, real)
+    door.vault.update(target, {"mobile": None}, ctx=OPERATOR)
+    assert _mobile_entries(db, [target]) == 0
+    assert mobiles_shown() == _mobile_entries(db, real)
+    # a correction that leaves the mobile as it was (absent) does not move the count
+    door.vault.update(target, {"address": "上海市黄浦区南京东路1号"}, ctx=OPERATOR)
+    assert mobiles_shown() == _mobile_entries(db, real)
+    fresh = next(row["mobile"] for row in generate(50, 97) if row["mobile"])
+    door.vault.update(target, {"mobile": fresh}, ctx=OPERATOR)
+    assert _mobile_entries(db, [target]) == 1
+    assert mobiles_shown() == _mobile_entries(db, real)
+    # changing one mobile for another, and a resident's (not a canary's) mobile, move nothing
+    other = next(row["mobile"] for row in generate(60, 98) if row["mobile"])
+    door.vault.update(target, {"mobile": other}, ctx=OPERATOR)
+    assert mobiles_shown() == _mobile_entries(db, real)
+    someone = next(rid for rid in real if _mobile_entries(db, [rid]))
+    door.vault.update(someone, {"mobile": None}, ctx=OPERATOR)
+    assert mobiles_shown() == _mobile_entries(db, real)
+    # erasing the canary afterwards still leaves the residents' count exact
+    door.vault.erase(target, ctx=OPERATOR)
+    assert mobiles_shown() == _mobile_entries(db, real)
+
+
+def test_an_import_that_updates_a_canarys_mobile_keeps_the_mobile_count_exact(
+        db: Database, keyring: Keyring, tmp_path: Path) -> None:
+    """An import with ``on_duplicate="update"`` corrects records too: a row holding a canary's ID
+    number with an empty mobile clears the canary's mobile, and one with a mobile gives it back."""
+    door = make_door(db, keyring, tmp_path / "keys", budget=Budget(), residents=10)
+    canaries = seed(door.vault, 6, ctx=OPERATOR, registry=door.canaries)
+    real = sorted(rid for rid, _ in door.ids)
+    target = next(rid for rid in canaries if _mobile_entries(db, [rid]))
+    stored = door.vault.store.get(target)
+    assert stored is not None
+    was = open_record(keyring, stored)
+
+    def load(mobile: str) -> None:
+        src = tmp_path / "correction.csv"
+        src.write_text(f"name,id_number,mobile\n{was.name},{was.id_number},{mobile}\n", encoding="utf-8")
+        f = door.vault.import_files([src], ctx=OPERATOR, on_duplicate="update").files[0]
+        assert f.updated == 1
+
+    def mobiles_shown() -> int:
+        return int(door.vault.stats(ctx=OPERATOR, key_usage=False)["store"]["index_entries"]
+                   .get("mobile", 0))
+
+    load("")
+    assert _mobile_entries(db, [target]) == 0
+    assert mobiles_shown() == _mobile_entries(db, real)
+    load(str(was.mobile))
+    assert _mobile_entries(db, [target]) == 1
+    assert mobiles_shown() == _mobile_entries(db, real)
+
+
+def test_a_correction_through_the_policy_guard_keeps_the_mobile_count_exact(
+        db: Database, keyring: Keyring, tmp_path: Path) -> None:
+    """Under the HTTP API the door's guard is the policy, with the watchman as its delegate: a
+    registrar's correction of a canary's mobile must still reach the count."""
+    from pivault.policy import Policy
+    from pivault.policy.guard import PolicyGuard
+
+    door = make_door(db, keyring, tmp_path / "keys", budget=Budget(), residents=10)
+    canaries = seed(door.vault, 6, ctx=OPERATOR, registry=door.canaries)
+    real = sorted(rid for rid, _ in door.ids)
+    target = next(rid for rid in canaries if _mobile_entries(db, [rid]))
+    clerk = AccessContext(principal="registrar-3", role="registrar", purpose="correction",
+                          token_id="cccccccccccccccc", source="api")
+    door.vault.guard = PolicyGuard(Policy.default(), delegate=door.guard)
+    door.vault.update(target, {"mobile": None}, ctx=clerk)
+    door.vault.guard = door.guard
+    store = door.vault.stats(ctx=OPERATOR, key_usage=False)["store"]
     assert store["index_entries"].get("mobile", 0) == _mobile_entries(db, real)

@@ -165,6 +165,15 @@ class CanaryRegistry:
         with self._lock:
             self._tags = self._tags - {t[0] for t in tags}
 
+    def mobiles_changed(self, delta: int) -> None:
+        """``delta`` canaries gained (+) or lost (-) their mobile in a correction.
+
+        Called inside the correction's transaction, so the count that ``stats``
+        subtracts moves with the index entry it stands for; never below zero.
+        """
+        self.db.execute("UPDATE canary_key SET with_mobile = CASE WHEN with_mobile + ? < 0 THEN 0"
+                        " ELSE with_mobile + ? END WHERE id = 1", (delta, delta))
+
     def _refresh(self) -> frozenset[bytes]:
         now = time.monotonic()
         if now - self._loaded_at < self.refresh_seconds:

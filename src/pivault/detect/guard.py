@@ -162,6 +162,19 @@ class DetectGuard:
                 except DetectUnavailable:
                     log.warning("global detector could not count a read: counters unavailable")
 
+    def changed(self, ctx: AccessContext,
+                changes: Sequence[tuple[str, frozenset[str], frozenset[str]]]) -> None:
+        """Records changed in place: a canary that gained or lost its mobile moves the count
+        ``stats`` subtracts, in the write's transaction (an erasure does so in :meth:`audit`)."""
+        if self.canaries is None:
+            return
+        moved = {rid: ("mobile" in after) - ("mobile" in before) for rid, before, after in changes}
+        moved = {rid: d for rid, d in moved.items() if d}
+        if moved:
+            delta = sum(moved[rid] for rid in self.canaries.which(list(moved)))
+            if delta:
+                self.canaries.mobiles_changed(delta)
+
     # -- reads seen by the Vault after decryption (coarse cells only) ------------------
     def close(self) -> None:
         """The vault is closing: the detector counts what it holds and stops, before the store goes.

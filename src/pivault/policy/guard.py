@@ -95,6 +95,13 @@ class PolicyGuard:
         """Close the delegate (its detector and audit journal) with the vault."""
         getattr(self.delegate, "close", lambda: None)()
 
+    def changed(self, ctx: AccessContext,
+                changes: Sequence[tuple[str, frozenset[str], frozenset[str]]]) -> None:
+        """Hand records changed in place to the delegate (it keeps the canaries' counts right)."""
+        hook = getattr(self.delegate, "changed", None)
+        if hook is not None:
+            hook(ctx, changes)
+
     def budget(self, ctx: AccessContext, operation: str, n: int) -> None:
         if self.delegate is not None:
             self.delegate.budget(ctx, operation, n)

@@ -32,7 +32,7 @@ from pivault.store.migrations import migrate
 from pivault.store.records import NewRecords, RecordStore, StoredRecord
 from pivault.vault import meta
 from pivault.vault.checks import CheckTags, load_check_tags
-from pivault.vault.guard import AccessDenied, Guard, LocalGuard
+from pivault.vault.guard import AccessDenied, Change, Guard, LocalGuard
 
 if TYPE_CHECKING:
     from pivault.vault.home import VaultConfig
@@ -555,6 +555,7 @@ class Vault:
                 if holder is None:
                     self.guard.audit(ctx, "update", [record_id], "ok")
                     self.store.replace(sealed)
+                    self.changed(ctx, [(record_id, frozenset(stored.index), frozenset(sealed.index))])
         # refusals are recorded outside the transaction, which wrote nothing
         if stored is None:
             self.guard.audit(ctx, "update", [record_id], "not_found")
@@ -588,6 +589,17 @@ class Vault:
             self.guard.audit(ctx, "erase", [record_id], "not_found")
             raise NotFoundError("no record with this id", code="record.not_found")
         self.store.purge_freed()
+
+    def changed(self, ctx: AccessContext, changes: Sequence[Change]) -> None:
+        """Tell the guard, inside the write transaction, which records changed in place.
+
+        What the guard keeps beside the records (how many canaries hold a
+        mobile, which ``stats`` subtracts) must move with a correction in the
+        same transaction, or the counts shown to users drift by one per change.
+        """
+        hook = getattr(self.guard, "changed", None)
+        if hook is not None and changes:
+            hook(ctx, changes)
 
     def _keyring_mark(self) -> int:
         """First in a write transaction: the newest keyring generation the store has seen.

@@ -5,6 +5,12 @@ The :class:`~pivault.vault.Vault` calls one :class:`Guard` at fixed points:
 write transaction for changes) → decrypt → ``mask`` → return. Policy, read
 budgets, the audit chain and canaries plug in by providing another guard;
 the Vault and its callers do not change.
+
+A guard may also have ``changed(ctx, changes)``: the Vault calls it inside
+the write transaction after records were changed in place (a correction, an
+import's update), with a :data:`Change` per record. Counts kept beside the
+records (how many canaries hold a mobile) move there, in the same
+transaction as the change.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from pivault.policy.context import AccessContext
 __all__ = [
     "OPERATIONS",
     "AccessDenied",
+    "Change",
     "Guard",
     "LocalGuard",
     "Outcome",
@@ -30,6 +37,10 @@ OPERATIONS: tuple[str, ...] = (
 )
 
 Outcome = str  # "ok", "denied", "not_found", "invalid", "duplicate", "error"
+
+#: a record changed in place: (record id, names of the index entries it had, names it has now).
+#: Names only (``mobile``, ``id_number``, ``name_birth``), never a value
+Change = tuple[str, frozenset[str], frozenset[str]]
 
 
 class AccessDenied(PivaultError, PermissionError):

@@ -725,6 +725,7 @@ class _Committer:
         bid = batch.batch_id
         reject_rows: list[tuple[Any, ...]] = []
         updates: dict[str, StoredRecord] = {}   # existing record id -> new version
+        had: dict[str, frozenset[str]] = {}     # existing record id -> its index names before
         owner: dict[str, str] = {}              # ID number -> record id, within this chunk
         duplicates = updated = 0
         skipped: list[str] = []                 # record ids that already held a row's ID number
@@ -781,7 +782,10 @@ class _Committer:
                     made = merged.get(target) or cols.record(new_at[target])
                     merged[target] = self._merge(made, target, incoming)
                 else:
-                    base = updates.get(target) or vault.store.get(target)
+                    base = updates.get(target)
+                    if base is None:
+                        base = vault.store.get(target)
+                        had[target] = frozenset(base.index) if base is not None else frozenset()
                     updates[target] = self._merge(base, target, incoming)
                 updated += 1
             new = [ids[k] for k in keep]
@@ -794,6 +798,8 @@ class _Committer:
                 vault.store.insert_new(cols.take(keep), undo_alone=False)
             for rec in updates.values():
                 vault.store.replace(rec)
+            # in this transaction: a canary whose mobile the update added or cleared moves its count
+            vault.changed(self.ctx, [(rid, had[rid], frozenset(rec.index)) for rid, rec in updates.items()])
             if reject_rows:
                 db.executemany(
                     "INSERT INTO import_rejects (reject_id, batch_id, line, code, field, raw_row,"
