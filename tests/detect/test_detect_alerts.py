@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from detect_helpers import Receiver
+from detect_helpers import FakeClock, Receiver
 
 from pivault.detect import (
     Alert,
@@ -17,10 +17,12 @@ from pivault.detect import (
     JsonlSink,
     MemoryCounters,
     TableSink,
+    WebhookSignatureError,
     WebhookSink,
     ack_alert,
     list_alerts,
-    sign_body,
+    sign_webhook,
+    verify_webhook,
 )
 from pivault.errors import NotFoundError, PivaultError
 from pivault.store import Database
@@ -113,7 +115,99 @@ def test_wrong_secret_is_detectable(receiver: Receiver) -> None:
 
 
 def test_signature_format() -> None:
-    assert sign_body(b"k", b"{}").startswith("sha256=") and len(sign_body(b"k", b"{}")) == 71
+    """The header as docs/detect.md states it: the time and an HMAC over "<time>.<body>"."""
+    import hashlib
+    import hmac
+
+    value = sign_webhook(b"k", b"{}", timestamp=1_900_000_000)
+    want = hmac.new(b"k", b"1900000000.{}", hashlib.sha256).hexdigest()
+    assert value == f"t=1900000000,v1={want}"
+    # the test vector docs/detect.md gives receivers written in other languages
+    doc = (Path(__file__).parents[2] / "docs" / "detect.md").read_text(encoding="utf-8")
+    vector = sign_webhook(b"example-secret", b'{"alert_id":"al_0123456789abcdef"}', timestamp=1_900_000_000)
+    assert f"X-Pivault-Signature: {vector}\n" in doc
+
+
+def _delivery(receiver: Receiver, alert: Alert | None = None) -> tuple[dict[str, str], bytes]:
+    """One alert sent through a real sink: the headers and raw body the receiver got."""
+    sink = WebhookSink(receiver.url, SECRET)
+    sink.emit(alert or _alert())
+    assert sink.flush(10) and sink.delivered == 1
+    sink.close()
+    return receiver.deliveries[-1]
+
+
+def test_verify_webhook_accepts_a_delivery_and_says_why_it_refuses_one(receiver: Receiver) -> None:
+    a = _alert()
+    headers, body = _delivery(receiver, a)
+    assert headers["X-Pivault-Alert"] == a.alert_id  # what a receiver de-duplicates on
+    signed = verify_webhook(SECRET, headers, body)
+    assert abs(signed - time.time()) < 300
+    value = headers["X-Pivault-Signature"]
+    # the header's value alone, the headers under another case, the secret as text: all the same
+    assert verify_webhook(SECRET, value, body) == signed
+    assert verify_webhook(SECRET.decode(), {"x-pivault-signature": value}, body) == signed
+    # within the tolerance either side of the receiver's clock
+    assert verify_webhook(SECRET, value, body, now=signed + 300) == signed
+    assert verify_webhook(SECRET, value, body, now=signed - 300) == signed
+
+    def refused(code: str, secret: bytes, sig: dict[str, str] | str | None, data: bytes,
+                **kw: float) -> None:
+        with pytest.raises(WebhookSignatureError) as info:
+            verify_webhook(secret, sig, data, **kw)
+        assert info.value.code == code
+        text = str(info.value)
+        assert "\n" not in text and SECRET.decode() not in text and a.alert_id not in text
+
+    refused("webhook.no_signature", SECRET, {"Content-Type": "application/json"}, body)
+    refused("webhook.no_signature", SECRET, None, body)
+    refused("webhook.malformed", SECRET, "sha256=" + "0" * 64, body)  # the form sent before times
+    refused("webhook.malformed", SECRET, value.split(",")[1], body)   # no time
+    refused("webhook.malformed", SECRET, value + ",v1=xyz", body)
+    refused("webhook.bad_signature", b"another-secret", value, body)
+    refused("webhook.bad_signature", SECRET, value, body.replace(b"officer-17", b"officer-18"))
+    # a later time put on an old signature: the time is signed, so it no longer matches
+    refused("webhook.bad_signature", SECRET, value.replace(f"t={signed}", f"t={signed + 3600}"), body)
+    # a delivery captured and replayed later, or signed by a clock far ahead
+    refused("webhook.stale", SECRET, value, body, now=signed + 301)
+    refused("webhook.stale", SECRET, value, body, now=signed - 301)
+    refused("webhook.stale", SECRET, value, body, now=signed + 61, tolerance=60)
+    # a second v1 (a secret being rolled over) does not stop the right one from matching
+    assert verify_webhook(SECRET, f"{value},v1={'0' * 64}", body) == signed
+
+
+def test_a_replayed_delivery_is_refused_by_a_receiver_that_checks_the_time() -> None:
+    """The replay the time closes: a delivery captured on the way and posted again, unchanged, an
+    hour later. Its signature over the body still matches; its signed time is an hour old."""
+    import httpx
+
+    clock = FakeClock(time.time())
+    r = Receiver(SECRET, clock=clock)
+    try:
+        headers, body = _delivery(r)
+        clock.advance(3600)
+        replayed = {"Content-Type": "application/json", "X-Pivault-Signature": headers["X-Pivault-Signature"]}
+        again = httpx.post(r.url, content=body, headers=replayed)
+        assert again.status_code == 401 and r.bad_signatures == 1 and len(r.received) == 1
+    finally:
+        r.close()
+
+
+def test_each_retry_is_signed_with_its_own_time() -> None:
+    """A retry after a long backoff must not carry the first attempt's time, or a receiver that
+    refuses old times would refuse every late retry. Here each failure moves the clocks of both
+    ends on by 1000 s (beyond the 300 s tolerance)."""
+    clock = FakeClock(1_900_000_000.0)
+    r = Receiver(SECRET, fail_first=2, clock=clock, on_fail=lambda: clock.advance(1000))
+    try:
+        sink = WebhookSink(r.url, SECRET, backoff=0.05, clock=clock)
+        sink.emit(_alert())
+        assert sink.flush(10)
+        assert r.stamps == [1_900_000_000, 1_900_001_000, 1_900_002_000]
+        assert (sink.delivered, sink.failed, r.bad_signatures, len(r.received)) == (1, 0, 0, 1)
+        sink.close()
+    finally:
+        r.close()
 
 
 def test_dispatcher_deduplicates_but_never_critical(tmp_path: Path) -> None:
@@ -206,3 +300,4 @@ def test_a_hanging_receiver_does_not_grow_the_queue_without_bound() -> None:
         hook.close()
     finally:
         hang.close()
+

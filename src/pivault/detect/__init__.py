@@ -16,10 +16,12 @@ from pivault.detect.alerts import (
     JsonlSink,
     LogSink,
     TableSink,
+    WebhookSignatureError,
     WebhookSink,
     ack_alert,
     list_alerts,
-    sign_body,
+    sign_webhook,
+    verify_webhook,
 )
 from pivault.detect.budgets import Budget, BudgetExceeded, BudgetPolicy, Budgets, Charge
 from pivault.detect.canary import CanaryRegistry, seed
@@ -56,11 +58,13 @@ __all__ = [
     "RedisCounters",
     "Refusal",
     "TableSink",
+    "WebhookSignatureError",
     "WebhookSink",
     "ack_alert",
     "cell_of",
     "counters_from_url",
     "list_alerts",
     "seed",
-    "sign_body",
+    "sign_webhook",
+    "verify_webhook",
 ]

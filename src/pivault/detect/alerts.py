@@ -7,8 +7,10 @@ An :class:`Alert` names the rule, the principal and token, and the evidence
 * :class:`TableSink` — the ``alerts`` table, listed and acknowledged with
   ``pivault alerts list`` / ``ack``;
 * :class:`WebhookSink` — an HTTP POST of the JSON body with
-  ``X-Pivault-Signature: sha256=<hex HMAC-SHA256(secret, body)>``, sent from
-  a background thread at once and retried with exponential backoff.
+  ``X-Pivault-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256(secret, "<t>.<body>")>``,
+  sent from a background thread at once and retried with exponential
+  backoff (each attempt signed afresh). Receivers check it
+  with :func:`verify_webhook` (or the recipe in ``docs/detect.md``).
 
 :class:`AlertDispatcher` fans an alert out to every sink. A failing sink is
 logged and skipped; it never fails the request that raised the alert.
@@ -44,15 +46,22 @@ __all__ = [
     "JsonlSink",
     "LogSink",
     "TableSink",
+    "WebhookSignatureError",
     "WebhookSink",
     "ack_alert",
     "list_alerts",
-    "sign_body",
+    "sign_webhook",
+    "verify_webhook",
 ]
 
 log = logging.getLogger("pivault.detect.alerts")
 SEVERITIES = ("info", "warning", "critical")
 SIGNATURE_HEADER = "X-Pivault-Signature"
+#: how far a delivery's signed time may be from the receiver's clock, by default (seconds)
+WEBHOOK_TOLERANCE = 300
+_SIG_FIELD = re.compile(r"([a-z][a-z0-9]{0,15})=([^,\s]{1,512})")
+_SIG_TIME = re.compile(r"[0-9]{1,15}")
+_SIG_MAC = re.compile(r"[0-9a-f]{64}")
 _RULE = re.compile(r"[a-z][a-z0-9_.\-]{0,63}")
 _KEY = re.compile(r"[a-z][a-z0-9_]{0,39}")
 
@@ -161,9 +170,91 @@ class TableSink:
              json.dumps(dict(alert.evidence), sort_keys=True, ensure_ascii=False)))
 
 
-def sign_body(secret: bytes, body: bytes) -> str:
-    """The ``X-Pivault-Signature`` value for ``body``: ``sha256=<hex>``."""
-    return "sha256=" + hmac.new(secret, body, hashlib.sha256).hexdigest()
+class WebhookSignatureError(PivaultError):
+    """A webhook delivery that must not be trusted: no signature, a malformed or wrong one, or too old.
+
+    The message says which, in one line; it never holds the secret or the body.
+    """
+
+    code = "webhook.bad_signature"
+
+
+def sign_webhook(secret: bytes, body: bytes, *, timestamp: int) -> str:
+    """The ``X-Pivault-Signature`` value for ``body`` sent at ``timestamp`` (unix seconds).
+
+    ``t=<timestamp>,v1=<hex HMAC-SHA256(secret, "<timestamp>." + body)>``: the time is
+    signed with the body, so a receiver can refuse a delivery captured and
+    replayed later, which a signature over the body alone cannot tell apart.
+    """
+    mac = hmac.new(secret, str(int(timestamp)).encode("ascii") + b"." + body, hashlib.sha256)
+    return f"t={int(timestamp)},v1={mac.hexdigest()}"
+
+
+def _signature_value(headers_or_signature: Mapping[str, str] | str | None) -> str | None:
+    if headers_or_signature is None or isinstance(headers_or_signature, str):
+        return headers_or_signature
+    value = headers_or_signature.get(SIGNATURE_HEADER)
+    if value is None:  # header names are case-insensitive; a plain dict keeps the sender's case
+        wanted = SIGNATURE_HEADER.lower()
+        value = next((v for k, v in headers_or_signature.items() if k.lower() == wanted), None)
+    return value
+
+
+def verify_webhook(secret: bytes | str, headers_or_signature: Mapping[str, str] | str | None,
+                   body: bytes, *, tolerance: float = WEBHOOK_TOLERANCE, now: float | None = None) -> int:
+    """Check a webhook delivery as a receiver; return its signed time (unix seconds).
+
+    ``headers_or_signature`` is the request's headers (any mapping; the
+    ``X-Pivault-Signature`` name is matched without regard to case) or that
+    header's value; ``body`` the raw request body, byte for byte, before any
+    JSON parsing. Raises :class:`WebhookSignatureError` with code
+    ``webhook.no_signature`` (no header), ``webhook.malformed`` (not
+    ``t=…,v1=…``), ``webhook.bad_signature`` (no ``v1`` matches: another
+    secret, or an altered time or body) or ``webhook.stale`` (signed more
+    than ``tolerance`` seconds before or after ``now``, default the clock:
+    a replay, or a clock far off). Passing all of them does not make a
+    delivery unique: the sender re-sends an alert whose answer it did not
+    get, so de-duplicate on the alert id.
+    """
+    if tolerance <= 0:
+        raise PivaultError("the webhook tolerance is a positive number of seconds", code="webhook.tolerance")
+    value = _signature_value(headers_or_signature)
+    if value is None or not value.strip():
+        raise WebhookSignatureError(f"the delivery has no {SIGNATURE_HEADER} header",
+                                    code="webhook.no_signature")
+    if len(value) > 4096:
+        raise WebhookSignatureError(f"the {SIGNATURE_HEADER} header is not t=<seconds>,v1=<hex>",
+                                    code="webhook.malformed")
+    stamps: list[str] = []
+    macs: list[str] = []
+    for part in value.split(","):
+        m = _SIG_FIELD.fullmatch(part.strip())
+        if m is None:
+            raise WebhookSignatureError(f"the {SIGNATURE_HEADER} header is not t=<seconds>,v1=<hex>",
+                                        code="webhook.malformed")
+        if m[1] == "t":
+            stamps.append(m[2])
+        elif m[1] == "v1" and _SIG_MAC.fullmatch(m[2]):
+            macs.append(m[2])
+        elif m[1] == "v1":
+            raise WebhookSignatureError(f"the {SIGNATURE_HEADER} header is not t=<seconds>,v1=<hex>",
+                                        code="webhook.malformed")
+        # other schemes (a later version) are skipped: a receiver checks the one it knows
+    if len(stamps) != 1 or not _SIG_TIME.fullmatch(stamps[0]) or not macs:
+        raise WebhookSignatureError(f"the {SIGNATURE_HEADER} header is not t=<seconds>,v1=<hex>",
+                                    code="webhook.malformed")
+    key = secret.encode("utf-8") if isinstance(secret, str) else secret
+    timestamp = int(stamps[0])
+    want = sign_webhook(key, body, timestamp=timestamp).rsplit("=", 1)[1]
+    # every v1 is compared (a sender rolling its secret may sign with two): any one may match
+    if not any(hmac.compare_digest(want, got) for got in macs):
+        raise WebhookSignatureError("the webhook signature does not match this secret and body",
+                                    code="webhook.bad_signature")
+    clock = time.time() if now is None else now
+    if abs(clock - timestamp) > tolerance:
+        raise WebhookSignatureError(f"the webhook delivery was signed {int(clock - timestamp)} s from now,"
+                                    f" beyond the {tolerance:g} s tolerance", code="webhook.stale")
+    return timestamp
 
 
 class WebhookSink:
@@ -174,7 +265,9 @@ class WebhookSink:
     5xx is retried after ``backoff`` × 2^n seconds (capped at
     ``max_backoff``) up to ``attempts`` times; any other answer (a redirect,
     which is not followed, or a 4xx) is final and counts as a failure.
-    The receiver checks ``X-Pivault-Signature`` against the shared secret.
+    Every attempt is signed afresh (:func:`sign_webhook`, time from
+    ``clock``), so a retry after minutes is not refused as a replay by a
+    receiver that checks the time (:func:`verify_webhook`).
 
     An alert that never reached the receiver is handed to ``on_give_up``
     (alert, reason): the webhook is often the only place a person watches,
@@ -185,7 +278,7 @@ class WebhookSink:
     def __init__(self, url: str, secret: bytes, *, attempts: int = 8, backoff: float = 0.25,
                  max_backoff: float = 60.0, timeout: float = 3.0,
                  on_give_up: Callable[[Alert, str], None] | None = None,
-                 max_queue: int = 10_000) -> None:
+                 max_queue: int = 10_000, clock: Callable[[], float] = time.time) -> None:
         if not secret:
             raise PivaultError("a webhook needs a signing secret", code="alert.webhook")
         self.url = url
@@ -198,6 +291,8 @@ class WebhookSink:
         #: alerts held at most (queued or waiting for a retry): a receiver that hangs while
         #: critical alerts (never suppressed) keep coming must not grow the process without bound
         self.max_queue = max_queue
+        #: the time each attempt is signed with (unix seconds)
+        self.clock = clock
         self._queue: queue.Queue[tuple[Alert, int] | None] = queue.Queue()
         self._thread: threading.Thread | None = None
         self._pid = -1
@@ -312,7 +407,9 @@ class WebhookSink:
         import httpx
 
         body = alert.to_json()
-        headers = {"Content-Type": "application/json", SIGNATURE_HEADER: sign_body(self._secret, body),
+        # signed now, not when the alert was raised: a retry minutes later is still fresh
+        signature = sign_webhook(self._secret, body, timestamp=int(self.clock()))
+        headers = {"Content-Type": "application/json", SIGNATURE_HEADER: signature,
                    "X-Pivault-Alert": alert.alert_id}
         try:
             resp = client.post(self.url, content=body, headers=headers)
