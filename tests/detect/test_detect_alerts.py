@@ -301,3 +301,61 @@ def test_a_hanging_receiver_does_not_grow_the_queue_without_bound() -> None:
     finally:
         hang.close()
 
+
+def test_alerts_arrive_in_the_order_raised_while_the_receiver_fails() -> None:
+    """A receiver that fails the first attempts must still get the alerts in the order they were
+    raised: the first alert holds the ones after it until it is delivered (here on its third try),
+    rather than being overtaken by them while it waits out its backoff."""
+    r = Receiver(SECRET, fail_first=2)
+    try:
+        # a backoff far longer than raising three alerts takes, even on a loaded machine
+        sink = WebhookSink(r.url, SECRET, backoff=0.5)
+        raised = [_alert(rule) for rule in ("budget.exceeded", "token.suspended", "canary.read")]
+        for a in raised:
+            sink.emit(a)
+        assert sink.flush(30)
+        assert [alert["alert_id"] for _, alert in r.received] == [a.alert_id for a in raised]
+        assert (r.posts, sink.delivered, sink.failed) == (5, 3, 0)  # three tries, then one each
+        sink.close()
+    finally:
+        r.close()
+
+
+def test_an_alert_given_up_lets_the_next_ones_go_in_order() -> None:
+    """The first alert holds the others only until it is given up: then they go, in order, and the
+    one given up is handed on as undelivered (the trace the operator reads in the alerts table)."""
+    r = Receiver(SECRET, fail_first=2)
+    undelivered: list[tuple[str, str]] = []
+    try:
+        sink = WebhookSink(r.url, SECRET, attempts=2, backoff=0.5,
+                           on_give_up=lambda a, why: undelivered.append((a.alert_id, why)))
+        first, *rest = [_alert(rule) for rule in ("budget.exceeded", "token.suspended", "canary.read")]
+        for a in (first, *rest):
+            sink.emit(a)
+        assert sink.flush(30)
+        assert undelivered == [(first.alert_id, "HTTP 503")]
+        assert [alert["alert_id"] for _, alert in r.received] == [a.alert_id for a in rest]
+        assert (r.posts, sink.delivered, sink.failed) == (4, 2, 1)
+        sink.close()
+    finally:
+        r.close()
+
+
+def test_closing_the_sink_gives_up_a_held_alert_at_once() -> None:
+    """close() does not wait out a long backoff: the alert held gets one last attempt and, failing,
+    is handed on as undelivered rather than dropped without a word."""
+    r = Receiver(SECRET, fail_first=100)
+    undelivered: list[str] = []
+    try:
+        sink = WebhookSink(r.url, SECRET, backoff=60,
+                           on_give_up=lambda a, why: undelivered.append(a.alert_id))
+        a = _alert()
+        sink.emit(a)
+        deadline = time.monotonic() + 10
+        while r.posts < 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        sink.close()  # waits 5 s at most for the sender; its backoff here is 60 s
+        assert undelivered == [a.alert_id] and (sink.delivered, sink.failed) == (0, 1)
+        assert r.posts in (1, 2)  # the last attempt is skipped if close() came before the backoff
+    finally:
+        r.close()

@@ -8,8 +8,8 @@ An :class:`Alert` names the rule, the principal and token, and the evidence
   ``pivault alerts list`` / ``ack``;
 * :class:`WebhookSink` — an HTTP POST of the JSON body with
   ``X-Pivault-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256(secret, "<t>.<body>")>``,
-  sent from a background thread at once and retried with exponential
-  backoff (each attempt signed afresh). Receivers check it
+  sent from a background thread at once, in the order raised, and retried
+  with exponential backoff (each attempt signed afresh). Receivers check it
   with :func:`verify_webhook` (or the recipe in ``docs/detect.md``).
 
 :class:`AlertDispatcher` fans an alert out to every sink. A failing sink is
@@ -258,13 +258,22 @@ def verify_webhook(secret: bytes | str, headers_or_signature: Mapping[str, str] 
 
 
 class WebhookSink:
-    """POST each alert to ``url`` from a background thread, retried with exponential backoff.
+    """POST each alert to ``url`` from a background thread, in order, retried with exponential backoff.
 
     Delivery starts at once (the request that raised the alert does not
     wait). A 2xx answer ends it; a connection error, a timeout, 408, 429 or
     5xx is retried after ``backoff`` × 2^n seconds (capped at
     ``max_backoff``) up to ``attempts`` times; any other answer (a redirect,
     which is not followed, or a 4xx) is final and counts as a failure.
+
+    Alerts leave in the order this process raised them: one being retried
+    holds the ones after it until it is delivered or given up. A receiver
+    reads a story from them (budget spent, then token suspended); if a
+    later alert overtook an earlier one while it waited out its backoff,
+    the story would read backwards. The cost is that a receiver failing on
+    one alert only delays the next ones by at most its retries (about 30 s
+    of backoff by default), and the cap below still bounds what waits.
+
     Every attempt is signed afresh (:func:`sign_webhook`, time from
     ``clock``), so a retry after minutes is not refused as a replay by a
     receiver that checks the time (:func:`verify_webhook`).
@@ -288,12 +297,13 @@ class WebhookSink:
         self.max_backoff = max_backoff
         self.timeout = timeout
         self.on_give_up = on_give_up
-        #: alerts held at most (queued or waiting for a retry): a receiver that hangs while
+        #: alerts held at most (queued or being retried): a receiver that hangs while
         #: critical alerts (never suppressed) keep coming must not grow the process without bound
         self.max_queue = max_queue
         #: the time each attempt is signed with (unix seconds)
         self.clock = clock
-        self._queue: queue.Queue[tuple[Alert, int] | None] = queue.Queue()
+        self._queue: queue.Queue[Alert | None] = queue.Queue()
+        self._closing = threading.Event()
         self._thread: threading.Thread | None = None
         self._pid = -1
         self._start_lock = threading.Lock()
@@ -310,6 +320,7 @@ class WebhookSink:
             if self._thread is None or self._pid != os.getpid() or not self._thread.is_alive():
                 if self._pid != os.getpid():  # a forked worker: the parent's thread is not here
                     self._queue = queue.Queue()
+                    self._closing = threading.Event()
                     self._pending = 0
                 self._pid = os.getpid()
                 self._thread = threading.Thread(target=self._run, name="pivault-webhook", daemon=True)
@@ -331,7 +342,7 @@ class WebhookSink:
                         alert.alert_id)
             self._gave_up(alert, "queue full")
             return
-        self._queue.put((alert, 0))
+        self._queue.put(alert)
 
     def flush(self, timeout: float = 10.0) -> bool:
         """Wait until every queued alert was delivered or given up; False on timeout."""
@@ -345,7 +356,14 @@ class WebhookSink:
         return True
 
     def close(self) -> None:
+        """Stop the sender (waiting 5 s at most): from now on no alert waits out a backoff.
+
+        The alert held and those still queued get one more attempt each; one that
+        fails then is given up (handed to ``on_give_up``) rather than dropped
+        without a word.
+        """
         if self._thread is not None and self._thread.is_alive() and self._pid == os.getpid():
+            self._closing.set()
             self._queue.put(None)
             self._thread.join(5)
 
@@ -357,41 +375,32 @@ class WebhookSink:
     def _run(self) -> None:
         import httpx
 
-        retry: list[tuple[float, Alert, int]] = []
         with httpx.Client(timeout=self.timeout) as client:
-
-            def attempt(alert: Alert, tried: int) -> None:
-                outcome, reason = self._post(client, alert)
-                if outcome == "delivered":
-                    self.delivered += 1
-                    self._done()
-                    return
-                tried += 1
-                if outcome == "refused" or tried >= self.attempts:
-                    self.failed += 1
-                    log.warning("webhook gave up on alert %s after %d attempts (%s)", alert.alert_id,
-                                tried, reason)
-                    self._gave_up(alert, reason)
-                    self._done()
-                    return
-                delay = min(self.max_backoff, self.backoff * 2 ** (tried - 1))
-                retry.append((time.monotonic() + delay, alert, tried))
-
             while True:
-                wait = max(0.0, min(r[0] for r in retry) - time.monotonic()) if retry else None
-                try:
-                    item = self._queue.get(timeout=wait)
-                except queue.Empty:
-                    pass
-                else:
-                    if item is None:
-                        return
-                    attempt(*item)
-                now = time.monotonic()
-                due = [r for r in retry if r[0] <= now]
-                retry[:] = [r for r in retry if r[0] > now]
-                for _, alert, tried in due:
-                    attempt(alert, tried)
+                alert = self._queue.get()
+                if alert is None:
+                    return
+                self._deliver(client, alert)
+
+    def _deliver(self, client: Any, alert: Alert) -> None:
+        """Send one alert until it is delivered or given up; the ones after it wait."""
+        tried = 0
+        while True:
+            outcome, reason = self._post(client, alert)
+            if outcome == "delivered":
+                self.delivered += 1
+                self._done()
+                return
+            tried += 1
+            if outcome == "refused" or tried >= self.attempts or self._closing.is_set():
+                self.failed += 1
+                log.warning("webhook gave up on alert %s after %d attempts (%s)", alert.alert_id,
+                            tried, reason)
+                self._gave_up(alert, reason)
+                self._done()
+                return
+            # woken early by close(): one last attempt, then given up if it fails too
+            self._closing.wait(min(self.max_backoff, self.backoff * 2 ** (tried - 1)))
 
     def _gave_up(self, alert: Alert, reason: str) -> None:
         if self.on_give_up is None:
