@@ -172,6 +172,11 @@ def test_verify_webhook_accepts_a_delivery_and_says_why_it_refuses_one(receiver:
     refused("webhook.stale", SECRET, value, body, now=signed + 301)
     refused("webhook.stale", SECRET, value, body, now=signed - 301)
     refused("webhook.stale", SECRET, value, body, now=signed + 61, tolerance=60)
+    # a receiver whose secret is unset, or a window that is no window, is refused outright
+    for secret, tolerance, code in ((b"", 300.0, "webhook.secret"), (SECRET, 0.0, "webhook.tolerance")):
+        with pytest.raises(PivaultError) as bad:
+            verify_webhook(secret, value, body, tolerance=tolerance)
+        assert bad.value.code == code
     # a second v1 (a secret being rolled over) does not stop the right one from matching
     assert verify_webhook(SECRET, f"{value},v1={'0' * 64}", body) == signed
 

@@ -218,6 +218,8 @@ def verify_webhook(secret: bytes | str, headers_or_signature: Mapping[str, str] 
     """
     if tolerance <= 0:
         raise PivaultError("the webhook tolerance is a positive number of seconds", code="webhook.tolerance")
+    if not secret:  # pivault never signs with an empty secret: a receiver without one is misconfigured
+        raise PivaultError("the webhook secret is empty", code="webhook.secret")
     value = _signature_value(headers_or_signature)
     if value is None or not value.strip():
         raise WebhookSignatureError(f"the delivery has no {SIGNATURE_HEADER} header",
