@@ -518,3 +518,36 @@ def test_devices_are_refused_and_pipes_read(tmp_path: Path) -> None:
         t.join(10)
         os.close(r)
     assert len(rows) == 20 and table.header == ["姓名", "身份证号", "手机", "地址"]
+
+
+def test_names_the_dump_chose_are_shown_without_pi_or_control_characters(tmp_path: Path) -> None:
+    """A zip member's path, a JSON key, a SQL table and a sheet name are chosen by whoever made the
+    dump: one named after a resident put the resident's ID number and name into the case (kept for
+    years, printed with --json), and escape sequences in it acted on the terminal printing it."""
+    import openpyxl
+
+    who, other = PEOPLE[0], PEOPLE[1]
+    body = csv_text(["姓名", "身份证号", "手机号码", "住址"], PEOPLE[:20]).encode("utf-8")
+    zp = tmp_path / "leak.zip"
+    with zipfile.ZipFile(zp, "w") as zf:
+        zf.writestr(f"exports/{who['id_number']}_{who['name']}.csv", body)
+        zf.writestr("\x1b]0;owned\x07\x1b[2J\u202egpj.csv", body)
+        zf.writestr("keyed.json", json.dumps({other["mobile"]: PEOPLE[:5]}, ensure_ascii=False))
+        zf.writestr("dump.sql", f"INSERT INTO `{other['id_number']}` VALUES "
+                                + ",".join(f"({_my(r['name'])},{_my(r['id_number'])})" for r in PEOPLE[:5])
+                                + ";\n")
+    wb = openpyxl.Workbook()
+    ws = wb.active
+    ws.title = other["name"]
+    for r in PEOPLE[:5]:
+        ws.append([r["name"], r["id_number"], r["mobile"]])
+    wb.save(tmp_path / "book.xlsx")
+    with zipfile.ZipFile(zp, "a") as zf:
+        zf.write(tmp_path / "book.xlsx", "book.xlsx")
+    tables = rows_of(list(read_dump(zp)))
+    assert len(tables) == 5 and all(rows for _t, rows in tables.values())
+    names = "\n".join(tables)
+    for value in (who["id_number"], who["name"], other["mobile"], other["id_number"], other["name"]):
+        assert value not in names, names
+    assert not any(c in names for c in ("\x1b", "\x07", "\u202e"))
+    assert "leak.zip:exports/" in names and ".csv" in names  # what is no PI is kept

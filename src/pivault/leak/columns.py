@@ -44,6 +44,7 @@ __all__ = [
     "parse_birth_date",
     "plain_address",
     "shown_header",
+    "shown_name",
     "spreadsheet_safe",
 ]
 
@@ -458,6 +459,42 @@ def shown_header(cell: str | None) -> str | None:
     if kind is not None:
         return mask_field(kind, v)
     return v if _label(v) else "***"
+
+
+#: what splits a name from a dump (a zip member's path, a JSON key, a table or sheet name) into parts
+_NAME_PARTS = re.compile(r"([/\\_.\-#:\s]+)")
+#: a run of digits long enough to be an ID number, a mobile or a card number
+_LONG_DIGITS = re.compile(r"[0-9０-９]{6,}")
+#: characters a terminal or an HTML page acts on rather than shows: controls, and bidi overrides
+_UNSHOWN = re.compile("[\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+#: characters of such a name kept at most
+NAME_MAX = 120
+
+
+def shown_name(name: str) -> str:
+    """A name the dump itself gave (a zip member's path, a JSON key, a table or a sheet name), as a
+    case, its report and error messages may show it.
+
+    Whoever made the dump chose these names: ``110105194912310021_张三.csv`` inside a zip puts a
+    resident's ID number and name into the case, kept for years and printed with ``--json``, and
+    escape sequences in a member's name would act on the terminal that prints it. So each part
+    that reads as PI is masked as the value it is, any long run of digits is hidden, characters a
+    terminal or a page would act on are replaced by ``?``, and the name is cut to
+    :data:`NAME_MAX` characters.
+    """
+    text = _UNSHOWN.sub("?", name)
+    if len(text) > NAME_MAX:
+        text = text[:NAME_MAX - 1] + "…"
+    parts = _NAME_PARTS.split(text)
+    for i in range(0, len(parts), 2):  # the separators sit at the odd places
+        part = parts[i]
+        if not part:
+            continue
+        kind = classify(part)
+        if kind is not None and kind != "record_id":
+            part = mask_field(kind, part) or "***"
+        parts[i] = _LONG_DIGITS.sub(lambda m: "*" * len(m.group()), part)
+    return "".join(parts)
 
 
 def looks_like_header(first: Sequence[str | None], rest: Sequence[Sequence[str | None]]) -> bool:

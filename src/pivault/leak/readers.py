@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from pivault.errors import PivaultError
+from pivault.leak.columns import shown_name
 
 __all__ = [
     "DEFAULT_BATCH",
@@ -700,7 +701,7 @@ def _read_json(stream: IO[bytes], source: str, encoding: str, limit: int, batch:
         scan.expect(":")
         if scan.skip_ws() == "[":
             scan.pos += 1
-            table = Table(f"{source}#{key}", "json", encoding)
+            table = Table(f"{source}#{shown_name(str(key))}", "json", encoding)
             cols = _Columns(table)
             yield from _batched(table, (cols.row(o) for o in scan.array()), batch, scan.chars)
         else:
@@ -909,7 +910,8 @@ class _SqlParser:
         t = self.tables.get(name)
         if t is None:
             header = _ident_list(collist[1:-1]) if collist else self.columns.get(name)
-            t = Table(f"{self.source}#{name}", fmt, self.encoding, list(header) if header else None)
+            t = Table(f"{self.source}#{shown_name(name)}", fmt, self.encoding,
+                      list(header) if header else None)
             self.tables[name] = t
         return t
 
@@ -1055,7 +1057,7 @@ def _read_xlsx(stream: IO[bytes], source: str, batch: int) -> Iterator[Batch]:
                         code="dump.xlsx", source=source) from None
     try:
         for ws in wb.worksheets:
-            table = Table(f"{source}#{ws.title}", "xlsx", None)
+            table = Table(f"{source}#{shown_name(str(ws.title))}", "xlsx", None)
 
             def rows(ws: Any = ws) -> Iterator[Row]:
                 for values in ws.iter_rows(values_only=True):
@@ -1325,11 +1327,13 @@ def _read_zip(stream: IO[bytes], name: str, limit: int, batch: int, depth: int) 
         for info in members:
             if info.flag_bits & 0x1:
                 skipped.append(DumpError("a zip member is encrypted; unpack it with its password first",
-                                         code="dump.encrypted", source=f"{name}:{info.filename}"))
+                                         code="dump.encrypted", source=f"{name}:{shown_name(info.filename)}"))
                 continue
             try:
                 with zf.open(info) as member:
-                    yield from _dispatch(member, f"{name}:{info.filename}", limit, batch, depth + 1)
+                    # the member's name as the archive's maker chose it, shown without its PI
+                    shown = f"{name}:{shown_name(info.filename)}"
+                    yield from _dispatch(member, shown, limit, batch, depth + 1)
             except DumpError as exc:
                 # a member refused before its first row (binary, empty): the others are still read
                 if exc.code not in _MEMBER_SKIPPED:
