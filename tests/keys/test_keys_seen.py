@@ -27,7 +27,7 @@ from keys_support import CHEAP, PASSPHRASE, AuditingGuard, audited_vault, ctx, p
 
 from pivault.audit import AuditLog, load_writer, verify
 from pivault.backup import create_backup, load_verify_key, restore
-from pivault.backup.restore import _BOOKKEEPING, _tables
+from pivault.backup.restore import _BOOKKEEPING
 from pivault.crypto import Keyring, KeyringError
 from pivault.errors import ConfigError
 from pivault.keys import seen
@@ -197,7 +197,7 @@ def test_a_restored_data_backup_opens_with_the_current_keyring(store_url: str, t
         ids.append(vault.put(people[5], ctx=ctx()))
         assert seen.seen_generation(vault.db) == at_backup + 2
         # the store is wiped (every row but the bookkeeping); the data backup is restored into it
-        for table in _tables(vault.db):
+        for table in vault.db.tables():
             if table not in _BOOKKEEPING:
                 vault.db.execute(f'DELETE FROM "{table}"')
         wiped = seen.seen_generation(vault.db)
