@@ -6,6 +6,7 @@ import dataclasses
 from pathlib import Path
 
 import pytest
+from detect_helpers import FakeClock
 from door import OPERATOR, make_door
 
 from pivault.audit import AuditError, entries, verify
@@ -14,6 +15,7 @@ from pivault.detect import (
     Budget,
     BudgetExceeded,
     CanaryRegistry,
+    Counters,
     DetectUnavailable,
     RedisCounters,
     list_alerts,
@@ -128,6 +130,49 @@ def test_duplicate_refusals_are_audited_and_budgeted(db: Database, keyring: Keyr
     assert [e.record_ids for e in trail] == [(rid,) for rid, _ in door.ids[:4]]
     assert door.vault.store.count() == 10  # nothing written by any of them
     assert verify(db, door.verifier, keyring=keyring).ok
+
+
+def test_writes_are_refused_alike_while_the_vault_cannot_take_a_record(
+        sqlite_db: Database, keyring: Keyring, tmp_path: Path, counters: Counters, clock: FakeClock) -> None:
+    """While the vault-wide records budget was spent, a create of a held ID number was refused (429,
+    no breach of anyone's own budget) and one of a new number went through, as did a correction to a
+    new number: the answers told which numbers the vault holds, charged to nothing but the changes
+    budget. A create or correction now needs room for one record in the vault-wide windows, as a
+    lookup that finds nothing does: refused alike either way, and nothing charged by the probe."""
+    import datetime
+
+    from pivault.model import resident_id
+
+    door = make_door(sqlite_db, keyring, tmp_path / "keys", budget=Budget(changes_per_day=100),
+                     vault_budget=Budget(records_per_minute=2), counters=counters, residents=4)
+    who = door.reader()
+    (r0, own), (_, held), (r2, _), _ = door.ids
+    fresh = [resident_id.make("110101", datetime.date(1990, 1, 1), seq) for seq in (995, 997)]
+    assert not set(fresh) & {idn for _, idn in door.ids}
+    door.vault.get(r0, ctx=who)
+    door.vault.get(r2, ctx=who)  # the vault's budget for this minute is spent
+    refusals = []
+    for attempt in (lambda: door.vault.put({"name": "测试", "id_number": held}, ctx=who),
+                    lambda: door.vault.put({"name": "测试", "id_number": fresh[0]}, ctx=who),
+                    lambda: door.vault.update(r0, {"id_number": held}, ctx=who),
+                    lambda: door.vault.update(r0, {"id_number": fresh[1]}, ctx=who)):
+        with pytest.raises(BudgetExceeded) as info:
+            attempt()
+        refusals.append(info.value.rule)
+    assert refusals == ["vault.records_per_minute"] * 4
+    assert door.vault.store.count() == 4  # nothing written
+    stored = door.vault.store.get(r0)
+    assert stored is not None and open_record(keyring, stored).id_number == own
+    token = door.tokens.get(who.token_id or "")
+    assert token is not None and token.state() == "active"  # the vault's limit is no breach
+    trail = [(e.operation, e.outcome) for e in entries(sqlite_db, principal=who.principal)]
+    assert trail == [("get", "ok")] * 2 + [("put", "refused")] * 2 + [("update", "refused")] * 2
+    clock.advance(61)
+    # the probes charged nothing to the vault: two records fit again, and a create goes through
+    door.vault.put({"name": "测试", "id_number": fresh[0]}, ctx=who)
+    door.vault.get(r0, ctx=who)
+    door.vault.get(r2, ctx=who)
+    assert verify(sqlite_db, door.verifier, keyring=keyring).ok
 
 
 def test_refused_corrections_are_audited(db: Database, keyring: Keyring, tmp_path: Path) -> None:

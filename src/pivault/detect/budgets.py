@@ -157,25 +157,29 @@ class _Plan:
         self.windows = windows
         #: (name, key, limit)
         self.distinct = distinct
-        #: the window rules of a charge, per amounts: a lookup charges the same each time
-        self._by_amount: dict[tuple[int, int, int], tuple[WindowRule, ...]] = {}
+        #: the window rules of a charge, per amounts (and probe): a lookup charges the same each time
+        self._by_amount: dict[tuple[int, int, int, bool], tuple[WindowRule, ...]] = {}
 
-    def window_rules(self, records: int, misses: int, changes: int = 0) -> tuple[WindowRule, ...]:
+    def window_rules(self, records: int, misses: int, changes: int = 0, *,
+                     probe: bool = False) -> tuple[WindowRule, ...]:
+        probe = records == 0 and (probe or misses > 0)
         amounts = (records, misses, changes)
-        rules = self._by_amount.get(amounts)
+        rules = self._by_amount.get((*amounts, probe))
         if rules is None:
             rules = tuple(WindowRule(name, key, limit, seconds, amounts[kind])
                           for name, key, limit, seconds, kind in self.windows if amounts[kind] > 0)
-            if misses > 0 and records == 0:
-                # a lookup that found nothing must have room for one record in the vault-wide
+            if probe:
+                # a lookup that found nothing, or a create or correction whose success tells that
+                # its ID number is not held, must have room for one record in the vault-wide
                 # windows (a probe: nothing charged). Else, while the vault's budget is spent, a
-                # hit would be refused and a miss answered, and the answer would tell which
-                # numbers the vault holds; a caller's own budgets count breaches for that
+                # hit (or a duplicate refusal) would be refused and a miss (or the write)
+                # answered, and the answer would tell which numbers the vault holds; a caller's
+                # own budgets count breaches for that
                 rules += tuple(WindowRule(name, key, limit, seconds, -1)
                                for name, key, limit, seconds, kind in self.windows
                                if kind == 0 and name.startswith("vault."))
             if len(self._by_amount) < 256:
-                self._by_amount[amounts] = rules
+                self._by_amount[(*amounts, probe)] = rules
         return rules
 
 
@@ -225,11 +229,17 @@ class Budgets:
         return list(plan.window_rules(records, misses)), _distinct(plan, record_ids)
 
     def charge(self, ctx: AccessContext, *, records: int = 0, misses: int = 0, changes: int = 0,
-               record_ids: Sequence[str] = ()) -> Charge:
+               record_ids: Sequence[str] = (), probe: bool = False) -> Charge:
         """Charge ``records`` returned, ``misses`` and records ``changes``d; raises ``DetectUnavailable``
-        if counters are down."""
+        if counters are down.
+
+        ``probe``: the request's answer tells whether the vault holds something (a create or a
+        correction of an ID number: it succeeds only if the number is not held). Like a miss, it
+        must then find room for one record in the vault-wide record windows, without being
+        charged to them.
+        """
         plan = self._plan(ctx.principal, ctx.role)
-        windows = plan.window_rules(records, misses, changes)
+        windows = plan.window_rules(records, misses, changes, probe=probe)
         distinct = _distinct(plan, record_ids)
         if not windows and not distinct:
             return _ALLOWED

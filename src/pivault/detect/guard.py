@@ -101,11 +101,15 @@ class DetectGuard:
     def budget(self, ctx: AccessContext, operation: str, n: int) -> None:
         """Changes (creates, corrections, erasures) are charged here, before their transaction, so that a
         refusal's entry and alert are not undone with it; reads are charged in :meth:`audit`,
-        where the record ids are known."""
+        where the record ids are known. A create or a correction also needs room for one record
+        in the vault-wide record windows (a probe, as for a miss)."""
         if operation not in CHANGE_OPERATIONS or n <= 0 or self.budgets is None:
             return
         try:
-            charge = self.budgets.charge(ctx, changes=n)
+            # a create or a correction that goes through tells that its ID number is not held, as a
+            # lookup that finds nothing does: it too needs room for a record in the vault-wide
+            # windows, or while they are spent a duplicate would be refused and a new number taken
+            charge = self.budgets.charge(ctx, changes=n, probe=operation in WRITE_PROBES)
         except DetectUnavailable as exc:
             self.audit_log.record(AuditEvent.of(ctx, operation, "error", count=0, detail={"code": exc.code}))
             raise
