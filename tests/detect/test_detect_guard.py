@@ -289,6 +289,38 @@ def test_registering_a_canarys_number_trips_it(db: Database, keyring: Keyring, t
     assert token is not None and token.state() == "suspended"
 
 
+def test_a_canary_asked_for_past_the_budget_still_trips(db: Database, keyring: Keyring,
+                                                        tmp_path: Path) -> None:
+    """A lookup refused by a budget had found what it asked for, but the canaries were checked only
+    for reads answered: someone holding a copy of the vault could spend its budget first, then try
+    its numbers (429 for a held one, an empty answer for the others) with no canary ever tripping.
+    Asking for a canary is the sign; it now trips whether or not the budget could answer, for a
+    lookup and for a create refused as a duplicate alike."""
+    door = make_door(db, keyring, tmp_path / "keys", budget=Budget(records_per_minute=1), residents=5,
+                     suspend_after=0)
+    canaries = [open_record(keyring, s) for s in door.vault.store.get_records(
+        seed(door.vault, 2, ctx=OPERATOR, registry=door.canaries))]
+    looker, creator = door.reader(1), door.reader(2)
+    for who in (looker, creator):
+        door.vault.get(door.ids[0][0], ctx=who)  # the minute's budget is spent
+    assert list_alerts(db, severity="critical") == []
+    with pytest.raises(BudgetExceeded):
+        door.vault.find(id_number=canaries[0].id_number, ctx=looker)
+    with pytest.raises(BudgetExceeded):
+        door.vault.put({"name": "测试", "id_number": canaries[1].id_number}, ctx=creator)
+    for who, canary in ((looker, canaries[0]), (creator, canaries[1])):
+        token = door.tokens.get(who.token_id or "")
+        assert token is not None and token.state() == "suspended"
+        alert = next(a for a in list_alerts(db, severity="critical")
+                     if a["rule"] == "canary.read" and a["principal"] == who.principal)
+        assert alert["evidence"]["record_ids"] == [canary.record_id]
+        trail = [(e.operation, e.outcome) for e in entries(db, principal=who.principal)]
+        assert trail[-1][1] == "refused"
+    assert [e.detail["token"] for e in entries(db, operation="token.suspend")] == [
+        looker.token_id, creator.token_id]
+    assert verify(db, door.verifier, keyring=keyring).ok
+
+
 def test_canaries_look_like_residents(db: Database, keyring: Keyring, tmp_path: Path) -> None:
     door = make_door(db, keyring, tmp_path / "keys", budget=Budget(), residents=20)
     canaries = seed(door.vault, 4, ctx=OPERATOR, registry=door.canaries)

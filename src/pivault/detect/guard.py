@@ -20,7 +20,8 @@ decrypted for the caller, and does, in order:
    request (fail closed);
 3. if any record is a canary (read, or holding the ID number of a refused
    duplicate): critical alert, token suspended at once (the read itself is
-   answered, so the caller cannot tell);
+   answered, so the caller cannot tell). A read refused by a budget is
+   checked too: asking for a canary is the sign, not being answered;
 4. feed the global detector.
 
 Budgets are charged here rather than in ``budget`` because only here does
@@ -138,7 +139,16 @@ class DetectGuard:
                                                     detail={"code": exc.code}))
                 raise
             if not charge.allowed:
-                self._refuse(ctx, operation, ids, records, misses, charge)
+                try:
+                    self._refuse(ctx, operation, ids, records, misses, charge)
+                finally:
+                    # a refused read still asked for what it found: a canary among it was asked for
+                    # by someone holding its ID number, mobile or name and birth date (from a copy of
+                    # the vault), whether or not a budget had room to answer
+                    if found and self.canaries is not None:
+                        hit = self.canaries.which(charged)
+                        if hit:
+                            self._canary(ctx, operation, hit)
         if operation.startswith(SUBJECT_PREFIXES):
             # token and policy changes: their subjects are token ids or file names, not records
             self.audit_log.record(AuditEvent.of(ctx, operation, outcome, count=len(ids),
