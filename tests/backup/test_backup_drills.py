@@ -18,12 +18,14 @@ from pivault.backup import (
     salvage_audit_trail,
 )
 from pivault.crypto import IntegrityError, Keyring
+from pivault.errors import NotFoundError
 from pivault.keys.attach import open_record_key_store
 from pivault.keys.events import audit_events
 from pivault.keys.shred import ShreddingRecordStore
 from pivault.policy.context import AccessContext
 from pivault.store.db import Database, parse_url
 from pivault.vault import Vault
+from pivault.vault.facade import open_record
 
 
 def _import(vault: Vault, people: list[dict[str, str]], tmp_path: Path) -> dict[str, dict[str, str]]:
@@ -145,12 +147,16 @@ def test_erase_drill(store_url: str, keyring: Keyring, tmp_path: Path) -> None:
         v = Vault(restored, keyring)
         try:
             assert v.store.count() == 20  # the erased row is back, as ciphertext ...
+            stored = v.store.get(victim)
+            assert stored is not None
             with pytest.raises(IntegrityError) as info:
-                v.get(victim, ctx=ctx())
+                open_record(keyring, stored)
             assert info.value.code == "crypto.shredded"  # ... and it is noise
             assert people[7]["id_number"] not in info.value.message
-            with pytest.raises(IntegrityError):
-                v.find(id_number=people[7]["id_number"], ctx=ctx())
+            # through the door the resident stays erased
+            with pytest.raises(NotFoundError):
+                v.get(victim, ctx=ctx())
+            assert v.find(id_number=people[7]["id_number"], ctx=ctx()) == []
             for rid, p in zip(ids, people, strict=True):
                 if rid != victim:
                     assert v.get(rid, ctx=ctx())["id_number"] == p["id_number"]

@@ -29,6 +29,7 @@ from pivault.keys.attach import open_record_key_store
 from pivault.keys.events import KeyEvents
 from pivault.store.db import Database
 from pivault.vault import Vault
+from pivault.vault.facade import open_record
 
 
 def test_a_record_corrected_after_the_backup_still_opens_after_the_restore(
@@ -132,9 +133,13 @@ def test_kept_erased_rows_stay_shredded_even_with_the_key_backup(store_url: str,
     v = _open(store_url, keyring)
     try:
         assert v.store.count() == 3  # the row is back as ciphertext, and it is noise
+        stored = v.store.get(ids[0])
+        assert stored is not None
         with pytest.raises(IntegrityError) as info:
-            v.get(ids[0], ctx=ctx())
+            open_record(keyring, stored)
         assert info.value.code == "crypto.shredded"
+        with pytest.raises(NotFoundError):  # through the door the resident stays erased
+            v.get(ids[0], ctx=ctx())
         assert v.get(ids[1], ctx=ctx())["id_number"] == people[1]["id_number"]
     finally:
         _close(v)

@@ -221,6 +221,20 @@ class _Opener:
                         mobile=p.get("mobile"), address=p.get("address"), notes=p.get("notes"))
 
 
+def shredded(stored: StoredRecord) -> bool:
+    """Whether a record's key is gone while its row is still there: the record is erased.
+
+    ``erase`` destroys the key (committed in the record-key store) before it
+    deletes the row (in the data store); a reader between the two, or after an
+    erasing process died between them, finds the row. The door treats it as
+    the erasure made it: not there.
+    """
+    if stored.record_key is not None:
+        return False
+    ct = stored.fields.get("name")
+    return ct is not None and ct[:1] == _V2
+
+
 def open_record(keyring: Keyring, stored: StoredRecord) -> Resident:
     """The resident held in a stored record (fields were normalised when sealed)."""
     p = decrypt_fields(keyring, stored)
@@ -430,7 +444,7 @@ class Vault:
         self._authorise(ctx, operation, PI_FIELDS, [record_id])
         self._budget(ctx, operation, 1, [record_id])
         stored = self.store.get(record_id)
-        if stored is None:
+        if stored is None or (stored.record_key is None and shredded(stored)):
             self.guard.audit(ctx, operation, [record_id], "not_found")
             raise NotFoundError("no record with this id", code="record.not_found")
         self.guard.audit(ctx, operation, [record_id], "ok")
@@ -494,6 +508,8 @@ class Vault:
         # each candidate: only the compared fields, its record key unwrapped once for all of them
         matches: list[_Opener] = []
         for c in cands:
+            if c.record_key is None and shredded(c):
+                continue  # erased: its key is gone, its row not yet
             opener = _Opener(kr, c)
             plain = opener.fields(check)
             if any(plain.get(f) != v for f, v in want.items()):
@@ -542,6 +558,8 @@ class Vault:
             self.store.lock_id_numbers([])
             self._keyring_mark()  # the keyring up to the store's mark: what is sealed below may commit
             stored = self.store.get(record_id, for_update=True)
+            if stored is not None and shredded(stored):
+                stored = None  # erased (its key is gone): only `erase` still removes its row
             if stored is not None:
                 current = open_record(self.keyring, stored)
                 merged: dict[str, str | None] = dict(current.pi_fields())
@@ -579,7 +597,8 @@ class Vault:
         with self.db.transaction():
             # the row locked before anything is deleted: a correction of the record finishes first
             # (its new index entries and key are then erased with it), and of two erasures the
-            # second finds nothing
+            # second finds nothing. A row whose key is gone (an erasure that died after destroying
+            # the key) is deleted here too: asked again, the erasure finishes
             exists = self.store.get(record_id, for_update=True) is not None
             if exists:
                 self.guard.audit(ctx, "erase", [record_id], "ok")
@@ -650,6 +669,8 @@ class Vault:
                        if t is None or any(t == tag("id_number", rid, idn) for idn in by_value[value])})
         out: dict[str, str] = {}
         for stored in self.store.get_records(keep) if keep else ():
+            if shredded(stored):
+                continue  # erased: the number is free
             plain = decrypt_fields(kr, stored, ("id_number",))["id_number"]
             if plain in wanted and plain not in out:
                 out[plain] = stored.record_id
@@ -737,6 +758,8 @@ class Vault:
         counts: dict[str, int] = {}
         for i in range(0, len(ids), 5000):
             for stored in self.store.get_records(ids[i:i + 5000]):
+                if shredded(stored):
+                    continue
                 region = decrypt_fields(self.keyring, stored, ("id_number",)).get("id_number", "")[:6]
                 if region:
                     counts[region] = counts.get(region, 0) + 1

@@ -1,0 +1,139 @@
+"""An erasure seen from the other side of the door, on both backends.
+
+``erase`` destroys the record's key (in the record-key store, committed at
+once) before it deletes the record's row (in the data store): two databases,
+no transaction spanning both. Between the two, and for good if the erasing
+process dies between them, the row is there and its key is not. The resident
+is erased from that moment: every reader is told "not found", as after the
+erasure, never handed an integrity error; a lookup is not broken by it; the
+ID number can be stored again; and erasing the record once more finishes the
+job.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+from vault_support import PASSPHRASE, make_residents
+
+from pivault.errors import NotFoundError
+from pivault.keys.shred import RecordKeyStore, ShreddingRecordStore
+from pivault.policy import AccessContext
+from pivault.store.db import Database
+from pivault.vault import Vault
+
+
+def _keys(vault: Vault) -> RecordKeyStore:
+    assert isinstance(vault.store, ShreddingRecordStore)
+    return vault.store.keys
+
+
+def _assert_erased(vault: Vault, ctx: AccessContext, rid: str, person: dict[str, str]) -> None:
+    """What every reader sees of an erased resident: nothing, and no error but "not found"."""
+    with pytest.raises(NotFoundError):
+        vault.get(rid, ctx=ctx)
+    with pytest.raises(NotFoundError):
+        vault.subject_copy(rid, ctx=ctx)
+    assert vault.find(id_number=person["id_number"], ctx=ctx) == []
+    assert vault.find(mobile=person["mobile"], ctx=ctx) == []
+    born = f"{person['id_number'][6:10]}-{person['id_number'][10:12]}-{person['id_number'][12:14]}"
+    assert vault.find(name=person["name"], birth_date=born, ctx=ctx) == []
+    assert vault.region_counts([rid], ctx=ctx) == {}
+
+
+def test_a_reader_during_an_erasure_is_told_not_found(vault: Vault, ctx: AccessContext) -> None:
+    people = make_residents(2, seed=31)
+    rid, other = (vault.put(dict(p), ctx=ctx) for p in people)
+    shredded, finish = threading.Event(), threading.Event()
+    errors: list[BaseException] = []
+
+    def erase() -> None:
+        own = Vault(Database(vault.db.url.raw), vault.keyring)
+        keys = _keys(own)
+        delete = keys.delete_records
+
+        def shred_then_wait(ids: Sequence[str]) -> int:
+            n = delete(ids)  # committed: the record is unreadable from here on
+            shredded.set()
+            assert finish.wait(60)
+            return n
+
+        keys.delete_records = shred_then_wait  # type: ignore[method-assign]
+        try:
+            own.erase(rid, ctx=ctx)
+        except BaseException as exc:  # reported to the test
+            errors.append(exc)
+            shredded.set()
+        finally:
+            own.close()
+
+    t = threading.Thread(target=erase)
+    t.start()
+    try:
+        assert shredded.wait(60) and not errors
+        # the key is gone, the row not yet: another process reads meanwhile
+        _assert_erased(vault, ctx, rid, people[0])
+        # a resident beside it is unaffected
+        assert [r["record_id"] for r in vault.find(id_number=people[1]["id_number"], ctx=ctx)] == [other]
+    finally:
+        finish.set()
+        t.join(60)
+    assert not t.is_alive() and errors == []
+    _assert_erased(vault, ctx, rid, people[0])
+    assert vault.store.count() == 1
+
+
+_DIE_AFTER_SHRED = textwrap.dedent("""
+    import os, signal, sys
+    from pivault.crypto import Argon2Params, Keyring, PassphraseProvider
+    from pivault.policy import local_operator
+    from pivault.store.db import Database
+    from pivault.store.records import RecordStore
+    from pivault.vault import Vault
+
+    keyring_path, url, passphrase, rid = sys.argv[1:]
+    kr = Keyring.open(keyring_path, PassphraseProvider(passphrase, Argon2Params(1, 8, 1)))
+    v = Vault(Database(url), kr)
+
+    def die(self, ids):  # the record's key is destroyed and committed; its row is next
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    RecordStore.delete_many = die
+    v.erase(rid, ctx=local_operator("erase"))
+    print("erased")
+""")
+
+
+def test_an_erasure_killed_after_the_shred_leaves_the_resident_erased(
+        vault: Vault, ctx: AccessContext, reveal: AccessContext, tmp_path: Path) -> None:
+    people = make_residents(2, seed=32)
+    rid, other = (vault.put(dict(p), ctx=ctx) for p in people)
+    script = tmp_path / "erase_child.py"
+    script.write_text(_DIE_AFTER_SHRED)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    child = subprocess.run([sys.executable, str(script), str(vault.keyring.path), vault.db.url.raw,
+                            PASSPHRASE, rid], env=env, capture_output=True, text=True, timeout=120)
+    assert child.returncode == -9 and "erased" not in child.stdout, child.stderr[-2000:]
+    # what the killed erasure left: the row, without any key
+    assert vault.store.count() == 2 and _keys(vault).any_key_many([rid]) == {}
+    _assert_erased(vault, ctx, rid, people[0])
+    with pytest.raises(NotFoundError):
+        vault.update(rid, {"address": "北京市东城区东华门街道1号"}, ctx=ctx)
+    # the resident can be stored again, and is then the one holder of the number
+    again = vault.put(dict(people[0]), ctx=ctx)
+    got: list[dict[str, Any]] = vault.find(id_number=people[0]["id_number"], ctx=reveal)
+    assert [r["record_id"] for r in got] == [again] and got[0]["name"] == people[0]["name"]
+    # the erasure asked again finishes: the row is gone, nothing else is touched
+    vault.erase(rid, ctx=ctx)
+    assert vault.store.count() == 2
+    assert vault.db.query_one("SELECT COUNT(*) FROM blind_index WHERE record_id = ?", (rid,)) == (0,)
+    assert {r["record_id"] for r in (vault.get(other, ctx=ctx), vault.get(again, ctx=ctx))} == {other, again}
+
