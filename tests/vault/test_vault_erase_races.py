@@ -7,7 +7,8 @@ process dies between them, the row is there and its key is not. The resident
 is erased from that moment: every reader is told "not found", as after the
 erasure, never handed an integrity error; a lookup is not broken by it; the
 ID number can be stored again; and erasing the record once more finishes the
-job.
+job. An import that updates the holders of its rows' numbers locks them first:
+a holder erased meanwhile stays erased, and the row becomes a new record.
 """
 
 from __future__ import annotations
@@ -137,3 +138,52 @@ def test_an_erasure_killed_after_the_shred_leaves_the_resident_erased(
     assert vault.db.query_one("SELECT COUNT(*) FROM blind_index WHERE record_id = ?", (rid,)) == (0,)
     assert {r["record_id"] for r in (vault.get(other, ctx=ctx), vault.get(again, ctx=ctx))} == {other, again}
 
+
+def test_an_import_updating_a_resident_erased_meanwhile_keeps_the_row(
+        vault: Vault, ctx: AccessContext, reveal: AccessContext, tmp_path: Path) -> None:
+    """``--on-duplicate update``: the chunk finds the holder of a row's ID number, and before it
+    writes, another process erases that holder. The row is then a new resident, stored: not an
+    update of a record that is gone (lost, though counted), nor an integrity error."""
+    if vault.db.dialect == "sqlite":
+        pytest.skip("SQLite runs one writer at a time: an erasure waits for the chunk")
+    import csv
+
+    people = make_residents(3, seed=33)
+    held = vault.put(dict(people[0]), ctx=ctx)
+    corrected = [dict(people[0], address="北京市东城区东华门街道7号"), *people[1:]]
+    src = tmp_path / "update.csv"
+    with src.open("w", encoding="utf-8", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(people[0]))
+        w.writeheader()
+        w.writerows(corrected)
+    find_holders = vault.ids_by_id_number
+    erased: list[bool] = []
+
+    def erase_after_the_check(wanted: Any) -> dict[str, str]:
+        found = find_holders(wanted)
+        if held in found.values() and not erased:
+            # another process erases the holder now, before the chunk writes
+            other = Vault(Database(vault.db.url.raw), vault.keyring)
+            try:
+                other.erase(held, ctx=ctx)
+            finally:
+                other.close()
+            erased.append(True)
+        return found
+
+    vault.ids_by_id_number = erase_after_the_check  # type: ignore[method-assign]
+    try:
+        summary = vault.import_files([src], on_duplicate="update", workers=0)
+    finally:
+        del vault.ids_by_id_number
+    assert erased, "the chunk never looked for the holder: no race was run"
+    f = summary.files[0]
+    assert summary.reconciles and f.read == 3
+    with pytest.raises(NotFoundError):
+        vault.get(held, ctx=ctx)
+    # the resident of the row is in the vault, with the row's values: it was not lost
+    got = vault.find(id_number=people[0]["id_number"], ctx=reveal)
+    assert len(got) == 1 and got[0]["record_id"] != held
+    assert got[0]["address"] == corrected[0]["address"]
+    assert (f.imported, f.updated) == (3, 0)
+    assert vault.store.count() == 3

@@ -49,7 +49,7 @@ from pivault.store.records import NewRecords, RecordStore, StoredRecord
 from pivault.vault import mapping as _mapping
 from pivault.vault import meta as _meta  # noqa: F401 - registers the vault_meta step
 from pivault.vault.checks import CheckTags
-from pivault.vault.facade import open_record, seal, seal_columns
+from pivault.vault.facade import open_record, seal, seal_columns, shredded
 from pivault.vault.readers import RawRow, Source, check_columns, open_source, stamp
 
 if TYPE_CHECKING:
@@ -703,6 +703,26 @@ class _Committer:
                 unsure[idn] = value
         return vault.ids_by_id_number(unsure) if unsure else {}
 
+    def _lock_holders(self, existing: dict[str, str]) -> tuple[dict[str, str], dict[str, StoredRecord]]:
+        """The holders that the chunk's rows update, each row locked until the chunk commits.
+
+        The chunk's ID-number lock does not keep an erasure out (it adds no number): one that
+        commits after the holders were found would leave the update a record that is gone,
+        and the row would be lost though counted. Locked (in record-id order, as an erasure
+        waits for the chunk and the chunk for an erasure under way) and read again, a holder
+        erased meanwhile is not there, or is there without its key, and its number is free:
+        the row becomes a new record.
+        """
+        store = self.vault.store
+        bases: dict[str, StoredRecord] = {}
+        for rid in sorted(set(existing.values())):
+            base = store.get(rid, for_update=True)
+            if base is not None and not shredded(base):
+                bases[rid] = base
+        if len(bases) < len(set(existing.values())):
+            existing = {idn: rid for idn, rid in existing.items() if rid in bases}
+        return existing, bases
+
     def _merge(self, base: StoredRecord | None, target_id: str, new: Resident) -> StoredRecord:
         """The record ``target_id`` after an update from ``new``: mapped fields replace."""
         kr = self.vault.keyring
@@ -753,6 +773,9 @@ class _Committer:
             for line, code, fld, reject_id, raw_ct in prepared.rejects:
                 reject_rows.append((reject_id, bid, line, code, fld, raw_ct, now))
             existing = self._existing(prepared.id_numbers, cols)
+            bases: dict[str, StoredRecord] = {}
+            if self.on_duplicate == "update" and existing:
+                existing, bases = self._lock_holders(existing)
             keep: list[int] = []                    # the rows that make new records, in order
             new_at: dict[str, int] = {}             # their record ids -> their rows
             merged: dict[str, StoredRecord] = {}    # new records that a later row updated
@@ -784,8 +807,8 @@ class _Committer:
                 else:
                     base = updates.get(target)
                     if base is None:
-                        base = vault.store.get(target)
-                        had[target] = frozenset(base.index) if base is not None else frozenset()
+                        base = bases[target]
+                        had[target] = frozenset(base.index)
                     updates[target] = self._merge(base, target, incoming)
                 updated += 1
             new = [ids[k] for k in keep]
