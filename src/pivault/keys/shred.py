@@ -56,6 +56,9 @@ _SCHEMA_VERSION = "1"
 _CHUNK = 500
 #: PostgreSQL batches of record keys from this size go through binary COPY
 _COPY_FROM = 500
+#: how many times a read takes a record's row again when an update dropped the key it named
+#: (each time a further update committed between its two reads)
+_REREADS = 8
 
 _SQLITE_SCHEMA = (
     "CREATE TABLE IF NOT EXISTS record_keys (record_id TEXT NOT NULL, key_ref BLOB NOT NULL,"
@@ -787,18 +790,22 @@ class ShreddingRecordStore(RecordStore):
 
     def _attach(self, records: list[StoredRecord]) -> list[StoredRecord]:
         missing = self._keys_for(records)
-        if missing:
+        rounds = _REREADS
+        while missing and rounds:
+            rounds -= 1
             # The record and its key live in two stores, read one after the other. An update
             # between the two reads commits the new ciphertext (its new key stored first) and
             # then drops the old key: the row read before it names a key that is gone. Read
-            # once more, such a record is its new version, whose key is there.
+            # once more, such a record is its new version, whose key is there, unless another
+            # update overtook this read too: then again, until row and key agree.
             fresh = {f.record_id: f for f in super().get_many([r.record_id for r in missing])}
             changed = {r.record_id: f for r in missing
                        if (f := fresh.get(r.record_id)) is not None and _ref(f) != _ref(r)}
-            if changed:
-                records = [changed.get(r.record_id, r) for r in records]
-                missing = [r for r in missing if r.record_id not in changed]
-                missing += self._keys_for(list(changed.values()))
+            if not changed:
+                break
+            records = [changed.get(r.record_id, r) for r in records]
+            missing = [r for r in missing if r.record_id not in changed]
+            missing += self._keys_for(list(changed.values()))
         if missing:
             # No key under the ref its name names: erased, unless the record has a key of
             # its own (then the name was moved or altered, and decryption says so).
