@@ -123,6 +123,29 @@ def test_a_fetched_export_set_back_to_approved_is_not_fetched_again(small: World
     assert not (tmp_path / "again.csv").exists()
 
 
+def test_a_fetched_export_made_to_look_unfetched_is_not_fetched_again(small: World,
+                                                                     tmp_path: Path) -> None:
+    """With write access to the database (not the keyring), the requester sets a fetched export
+    back to approved and deletes what its fetch stored (canaries, members, row keys): the
+    approval itself is intact. A second fetch would hand out a second copy with other
+    canaries, and the registry would know only one of them. The audit trail says the export
+    was fetched: the second fetch is refused and writes nothing."""
+    v = small.vault
+    x = _approved(small, "11")
+    first = ex.fetch(v, x, tmp_path / "x.csv", ctx=ctx("carol", "approver"))
+    v.db.execute("UPDATE exports SET status = 'approved', fetched_by = NULL, fetched_at = NULL"
+                 " WHERE export_id = ?", (x,))
+    v.db.execute("DELETE FROM export_members WHERE export_id = ?"
+                 " AND kind IN ('canaries', 'members', 'rowkeys')", (x,))
+    with pytest.raises(ExportError) as exc:
+        ex.fetch(v, x, tmp_path / "again.csv", ctx=ctx("carol", "approver"))
+    assert exc.value.code == "export.state" and "audit trail" in str(exc.value)
+    assert not (tmp_path / "again.csv").exists()
+    assert not [p for p in tmp_path.iterdir() if "again" in p.name]
+    assert len(list(entries(v.db, operation="export", principal="carol", outcome="ok"))) == 1
+    assert first.rows
+
+
 # ---------------------------------------------------------------- what the approver approves
 
 

@@ -946,6 +946,11 @@ def fetch(vault: Vault, export_id: str, out: str | Path, *, ctx: AccessContext,
                 # canaries are registered once per export, by its one fetch: a status set back
                 # to approved by hand does not make a second copy
                 raise ExportError("the export was fetched already", code="export.state")
+            if _fetched_in_trail(vault, info.requester, export_id, float(grant["approved_at"])):
+                # the exports table and the export's members can be edited, and an approval
+                # copied back: the trail, which cannot be edited unseen, says it was fetched
+                raise ExportError("the audit trail records a fetch of this export that was not undone",
+                                  code="export.state")
             _register_canaries(vault, export_id, canaries, blender, known, seen, trace)
             _audit(vault, ctx, "export.fetch", (export_id,), "ok")
             _audit(vault, ctx, "export", ids, "ok")
@@ -996,6 +1001,29 @@ def fetch(vault: Vault, export_id: str, out: str | Path, *, ctx: AccessContext,
     return get_export(vault.db, export_id)
 
 
+#: how far before its approval a fetch's audit entry is looked for (clocks of two nodes differ)
+_CLOCK_SLACK = _DAY
+
+
+def _fetched_in_trail(vault: Vault, requester: str, export_id: str, approved_at: float) -> bool:
+    """Whether the audit trail holds a fetch of the export (``export.fetch`` ``ok``) that no
+    ``error`` entry undid: a file may have left, whatever the exports table says now.
+
+    Only the requester fetches, and only after the approval: the entries looked at are
+    theirs, from (a day before, for clocks that differ) the sealed time of the approval.
+    """
+    from pivault.audit import entries
+
+    if not vault.db.table_exists("audit_entries"):  # a vault without a trail
+        return False
+    done = 0
+    for e in entries(vault.db, principal=requester, operation="export.fetch",
+                     since=approved_at - _CLOCK_SLACK):
+        if export_id in e.record_ids:
+            done += {"ok": 1, "error": -1}.get(e.outcome, 0)
+    return done > 0
+
+
 def _fetch_failed(vault: Vault, ctx: AccessContext, export_id: str, exc: BaseException) -> None:
     """Undo a fetch that failed after its audit entries: no file is left (the caller removed
     it), the canaries and members go, the export is approved again, and the trail says so.
@@ -1011,6 +1039,10 @@ def _fetch_failed(vault: Vault, ctx: AccessContext, export_id: str, exc: BaseExc
             vault.db.execute("UPDATE exports SET status = 'approved', fetched_by = NULL, fetched_at = NULL,"
                              " format = NULL, rows = NULL, canaries = NULL, left_out = NULL"
                              " WHERE export_id = ?", (export_id,))
+            # with the undo, in its transaction: the entry that lets the export be fetched again
+            # (see _fetched_in_trail) is in the trail exactly when the export is approved again
+            _audit(vault, ctx, "export.fetch", (export_id,), "error")
+        return
     except Exception as undo:  # reported; the fetch's own error is raised
         log.error("export %s: could not set the failed fetch back (%s); it stays %s", export_id,
                   type(undo).__name__, "fetching")
