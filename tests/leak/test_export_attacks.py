@@ -412,3 +412,55 @@ def test_exports_from_before_counting_are_requested_again(small: World, tmp_path
         ex.fetch(v, x, tmp_path / "x.csv", ctx=ctx("carol", "approver"))
     assert exc.value.code == "export.stale"
     assert not (tmp_path / "x.csv").exists()
+
+
+def test_an_interruption_after_the_file_got_its_name_does_not_undo_the_fetch(
+        small: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The file was linked to its name, then the fetch was interrupted (Ctrl-C, or the
+    temporary name could not be removed). The file is out with its canaries: the export
+    stays fetched with them registered, not approved again to be fetched a second time."""
+    v = small.vault
+    x = _approved(small, "11")
+    real_unlink = Path.unlink
+
+    once = [True]
+
+    def interrupted(self: Path, missing_ok: bool = False) -> None:
+        if self.name.endswith(".part") and (tmp_path / "out" / "x.csv").exists() and once.pop():
+            raise KeyboardInterrupt  # the step after the link
+        real_unlink(self, missing_ok=missing_ok)
+
+    monkeypatch.setattr(Path, "unlink", interrupted)
+    out = tmp_path / "out" / "x.csv"
+    out.parent.mkdir()
+    with pytest.raises(KeyboardInterrupt):
+        ex.fetch(v, x, out, ctx=ctx("carol", "approver"))
+    monkeypatch.setattr(Path, "unlink", real_unlink)
+    assert out.exists()
+    info = ex.get_export(v.db, x)
+    assert info.status == "fetched"
+    assert ex.load_registry(v).canary_counts[x] == info.canaries
+    assert len(_written_ids(out)) == (info.rows or 0) + (info.canaries or 0)
+    assert not any(x in e.record_ids for e in entries(v.db, operation="export.fetch", outcome="error"))
+    with pytest.raises(ExportError) as exc:
+        ex.fetch(v, x, tmp_path / "again.csv", ctx=ctx("carol", "approver"))
+    assert exc.value.code == "export.state"
+
+
+def test_a_temporary_name_that_cannot_be_removed_leaves_the_export_fetched(
+        small: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    v = small.vault
+    x = _approved(small, "11")
+    real_unlink = Path.unlink
+
+    def unlink(self: Path, missing_ok: bool = False) -> None:
+        if self.name.endswith(".part"):
+            raise PermissionError(errno.EPERM, "Operation not permitted")
+        real_unlink(self, missing_ok=missing_ok)
+
+    monkeypatch.setattr(Path, "unlink", unlink)
+    out = tmp_path / "x.csv"
+    info = ex.fetch(v, x, out, ctx=ctx("carol", "approver"))
+    monkeypatch.setattr(Path, "unlink", real_unlink)
+    assert info.status == "fetched" and out.exists()
+    assert ex.load_registry(v).canary_counts[x] == info.canaries

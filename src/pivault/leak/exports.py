@@ -756,6 +756,8 @@ class _Writer:
         self._fh: Any = None
         self._bin: Any = None
         self._buf: list[dict[str, str | None]] = []
+        #: the file has its name: from then on nothing may undo the fetch that wrote it
+        self.published = False
         try:
             fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o600)
         except FileExistsError:
@@ -826,11 +828,23 @@ class _Writer:
                 raise ExportError(f"{self.out.name} already exists; an export is written to a new file",
                                   code="export.exists") from None
             os.rename(self.path, self.out)
+            self.published = True
             return
-        self.path.unlink()
+        self.published = True
+        # the temporary name goes; should that fail, the file is still out under its name
+        try:
+            self.path.unlink()
+        except OSError as exc:
+            log.error("export file published; its temporary name could not be removed (%s)",
+                      type(exc).__name__)
 
     def discard(self) -> None:
-        """Close and remove the partial file; errors of a full disk are moot by now."""
+        """Close and remove the partial file; errors of a full disk are moot by now.
+
+        A published file is not touched: it is out, and its export recorded as fetched.
+        """
+        if self.published:
+            return
         self._buf = []
         for close in (getattr(self._pq, "close", None), getattr(self._fh, "close", None),
                       getattr(self._bin, "close", None)):
@@ -995,6 +1009,10 @@ def fetch(vault: Vault, export_id: str, out: str | Path, *, ctx: AccessContext,
         # export spent and no file, never a file the vault does not know of
         writer.publish()
     except BaseException as exc:
+        if writer.published:
+            # the file is out with its canaries, and the export recorded as fetched: undoing
+            # the fetch now would let it be fetched again while this copy exists
+            raise
         writer.discard()
         _fetch_failed(vault, ctx, export_id, exc)
         raise
