@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import socket
 import stat
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -364,3 +366,61 @@ def test_closing_the_sink_gives_up_a_held_alert_at_once() -> None:
         assert r.posts in (1, 2)  # the last attempt is skipped if close() came before the backoff
     finally:
         r.close()
+
+
+def _trickler(stop: threading.Event) -> tuple[socket.socket, int]:
+    """A receiver that answers, one byte at a time and never done: each byte comes well within
+    the sender's timeout, so no read ever times out."""
+    srv = socket.socket()
+    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(16)
+    srv.settimeout(0.2)
+
+    def drip(conn: socket.socket) -> None:
+        with conn:
+            try:
+                conn.recv(65536)
+                for b in b"HTTP/1.1 200 OK\r\nX-Slow: " + b"a" * 100_000:
+                    if stop.is_set():
+                        return
+                    conn.sendall(bytes([b]))
+                    time.sleep(0.05)
+            except OSError:
+                return
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = srv.accept()
+            except OSError:
+                continue
+            threading.Thread(target=drip, args=(conn,), daemon=True).start()
+
+    threading.Thread(target=serve, daemon=True).start()
+    return srv, srv.getsockname()[1]
+
+
+def test_a_receiver_that_answers_a_byte_at_a_time_does_not_hold_the_alerts_forever() -> None:
+    """In-order delivery holds every later alert while one is being sent: a receiver that
+    keeps a delivery alive by answering one byte at a time (each read well within the
+    timeout) would hold them for ever. An attempt as a whole is bounded: the alert is given
+    up after its attempts, and the next one goes."""
+    stop = threading.Event()
+    srv, port = _trickler(stop)
+    undelivered: list[tuple[str, str]] = []
+    try:
+        hook = WebhookSink(f"http://127.0.0.1:{port}/hook", SECRET, attempts=2, backoff=0.05,
+                           timeout=0.3, on_give_up=lambda a, why: undelivered.append((a.alert_id, why)))
+        first, second = _alert(), _alert("canary.read", "critical")
+        t0 = time.monotonic()
+        hook.emit(first)
+        hook.emit(second)
+        assert hook.flush(15)
+        assert time.monotonic() - t0 < 10
+        assert [i for i, _ in undelivered] == [first.alert_id, second.alert_id]
+        assert all("deadline" in why for _, why in undelivered)
+        hook.close()
+    finally:
+        stop.set()
+        srv.close()

@@ -18,6 +18,7 @@ logged and skipped; it never fails the request that raised the alert.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import json
@@ -274,7 +275,11 @@ class WebhookSink:
     later alert overtook an earlier one while it waited out its backoff,
     the story would read backwards. The cost is that a receiver failing on
     one alert only delays the next ones by at most its retries (about 30 s
-    of backoff by default), and the cap below still bounds what waits.
+    of backoff by default, plus ``deadline`` for each attempt that does not
+    end), and the cap below still bounds what waits. ``timeout`` bounds each
+    step of an attempt (connect, send, each read); ``deadline`` the attempt as
+    a whole, which a receiver answering a byte at a time would otherwise
+    keep alive for ever.
 
     Every attempt is signed afresh (:func:`sign_webhook`, time from
     ``clock``), so a retry after minutes is not refused as a replay by a
@@ -289,7 +294,8 @@ class WebhookSink:
     def __init__(self, url: str, secret: bytes, *, attempts: int = 8, backoff: float = 0.25,
                  max_backoff: float = 60.0, timeout: float = 3.0,
                  on_give_up: Callable[[Alert, str], None] | None = None,
-                 max_queue: int = 10_000, clock: Callable[[], float] = time.time) -> None:
+                 max_queue: int = 10_000, clock: Callable[[], float] = time.time,
+                 deadline: float | None = None) -> None:
         if not secret:
             raise PivaultError("a webhook needs a signing secret", code="alert.webhook")
         self.url = url
@@ -297,7 +303,12 @@ class WebhookSink:
         self.attempts = attempts
         self.backoff = backoff
         self.max_backoff = max_backoff
+        #: how long one step of an attempt (connect, send, each read) may wait
         self.timeout = timeout
+        #: how long one attempt may take as a whole (default 3 x ``timeout``): a receiver that
+        #: answers a byte at a time, each within ``timeout``, is cut off here, so an alert
+        #: holding the ones after it holds them for at most ``attempts`` such deadlines
+        self.deadline = 3 * timeout if deadline is None else deadline
         self.on_give_up = on_give_up
         #: alerts held at most (queued or being retried): a receiver that hangs while
         #: critical alerts (never suppressed) keep coming must not grow the process without bound
@@ -377,7 +388,8 @@ class WebhookSink:
     def _run(self) -> None:
         import httpx
 
-        with httpx.Client(timeout=self.timeout) as client:
+        # a new connection per attempt: an attempt's deadline is kept by shutting its socket
+        with httpx.Client(timeout=self.timeout, limits=httpx.Limits(max_keepalive_connections=0)) as client:
             while True:
                 alert = self._queue.get()
                 if alert is None:
@@ -422,11 +434,37 @@ class WebhookSink:
         signature = sign_webhook(self._secret, body, timestamp=int(self.clock()))
         headers = {"Content-Type": "application/json", SIGNATURE_HEADER: signature,
                    "X-Pivault-Alert": alert.alert_id}
+        sockets: list[Any] = []
+        expired = threading.Event()
+        lock = threading.Lock()
+
+        def trace(event: str, info: Mapping[str, Any]) -> None:
+            """Keep the attempt's socket, so that its deadline can cut it off."""
+            if event in ("connection.connect_tcp.complete", "connection.start_tls.complete"):
+                sock = getattr(info.get("return_value"), "get_extra_info", lambda _: None)("socket")
+                if sock is not None:
+                    with lock:
+                        sockets.append(sock)
+                        if expired.is_set():
+                            _cut(sock)
+
+        def cut_off() -> None:
+            with lock:
+                expired.set()
+                for sock in sockets:
+                    _cut(sock)
+
+        timer = threading.Timer(self.deadline, cut_off)
+        timer.daemon = True
+        timer.start()
         try:
-            resp = client.post(self.url, content=body, headers=headers)
+            resp = client.post(self.url, content=body, headers=headers, extensions={"trace": trace})
         except httpx.HTTPError as exc:
-            log.info("webhook delivery of %s failed: %s", alert.alert_id, type(exc).__name__)
-            return "retry", type(exc).__name__
+            reason = f"deadline of {self.deadline:g} s" if expired.is_set() else type(exc).__name__
+            log.info("webhook delivery of %s failed: %s", alert.alert_id, reason)
+            return "retry", reason
+        finally:
+            timer.cancel()
         if 200 <= resp.status_code < 300:
             return "delivered", f"HTTP {resp.status_code}"
         if resp.status_code in (408, 429) or resp.status_code >= 500:
@@ -435,6 +473,14 @@ class WebhookSink:
         # will answer the same next time: final, and a failure, not a delivery
         log.warning("webhook refused alert %s with HTTP %d; not retried", alert.alert_id, resp.status_code)
         return "refused", f"HTTP {resp.status_code}"
+
+
+def _cut(sock: Any) -> None:
+    """End a connection now: a read waiting on it returns at once (closing alone may not wake it)."""
+    import socket
+
+    with contextlib.suppress(OSError):  # already closed
+        sock.shutdown(socket.SHUT_RDWR)
 
 
 class AlertDispatcher:
