@@ -424,3 +424,18 @@ def test_a_receiver_that_answers_a_byte_at_a_time_does_not_hold_the_alerts_forev
     finally:
         stop.set()
         srv.close()
+
+
+@pytest.mark.parametrize("tolerance, now", [(float("nan"), None), (float("inf"), None), (300, float("nan")),
+                                            ("300", None)])
+def test_a_tolerance_or_clock_that_is_not_a_number_does_not_let_a_replay_through(
+        tolerance: float, now: float | None) -> None:
+    """A receiver reading its tolerance from a setting ("nan", "inf") or its clock from a
+    broken source would compare a NaN: every comparison is false, so a delivery signed a year
+    ago passed for fresh. Such a tolerance or clock is refused, not trusted."""
+    body = _alert().to_json()
+    old = int(time.time()) - 365 * 86400
+    header = sign_webhook(SECRET, body, timestamp=old)
+    with pytest.raises(PivaultError) as exc:
+        verify_webhook(SECRET, header, body, tolerance=tolerance, now=now)
+    assert exc.value.code in ("webhook.tolerance", "webhook.clock")

@@ -23,6 +23,7 @@ import hashlib
 import hmac
 import json
 import logging
+import math
 import os
 import queue
 import re
@@ -217,8 +218,12 @@ def verify_webhook(secret: bytes | str, headers_or_signature: Mapping[str, str] 
     delivery unique: the sender re-sends an alert whose answer it did not
     get, so de-duplicate on the alert id.
     """
-    if tolerance <= 0:
+    # a NaN compares false with everything: as a tolerance or a clock it would let every
+    # delivery, however old, pass for fresh
+    if not (isinstance(tolerance, int | float) and math.isfinite(tolerance) and tolerance > 0):
         raise PivaultError("the webhook tolerance is a positive number of seconds", code="webhook.tolerance")
+    if now is not None and not (isinstance(now, int | float) and math.isfinite(now)):
+        raise PivaultError("the receiver's clock is a finite number of seconds", code="webhook.clock")
     if not secret:  # pivault never signs with an empty secret: a receiver without one is misconfigured
         raise PivaultError("the webhook secret is empty", code="webhook.secret")
     value = _signature_value(headers_or_signature)
