@@ -439,3 +439,28 @@ def test_a_tolerance_or_clock_that_is_not_a_number_does_not_let_a_replay_through
     with pytest.raises(PivaultError) as exc:
         verify_webhook(SECRET, header, body, tolerance=tolerance, now=now)
     assert exc.value.code in ("webhook.tolerance", "webhook.clock")
+
+
+def test_an_unexpected_error_in_a_delivery_gives_the_alert_up_and_the_sender_lives_on() -> None:
+    """An error the HTTP client does not class as an HTTP error (here a URL it cannot parse,
+    given as the webhook's address) ended the sender thread: the alert was neither delivered
+    nor handed on as undelivered, and flush() waited for it for ever. It is given up, with the
+    error's name, and the alerts after it are still handled."""
+    undelivered: list[tuple[str, str]] = []
+    hook = WebhookSink("http://127.0.0.1:1/hook", SECRET, attempts=3, backoff=0.01,
+                       on_give_up=lambda a, why: undelivered.append((a.alert_id, why)))
+    hook.url = "http://[::1/hook"  # as a bad address reaches the client
+    first, second = _alert(), _alert("canary.read", "critical")
+    hook.emit(first)
+    hook.emit(second)
+    assert hook.flush(5)
+    assert undelivered == [(first.alert_id, "InvalidURL"), (second.alert_id, "InvalidURL")]
+    assert (hook.delivered, hook.failed) == (0, 2)
+    hook.close()
+
+
+def test_a_webhook_address_that_is_not_http_is_refused_when_configured() -> None:
+    for url in ("http://[::1/hook", "ftp://127.0.0.1/hook", "hook.example/x", "file:///etc/passwd"):
+        with pytest.raises(PivaultError) as exc:
+            WebhookSink(url, SECRET)
+        assert exc.value.code == "alert.webhook"

@@ -303,6 +303,14 @@ class WebhookSink:
                  deadline: float | None = None) -> None:
         if not secret:
             raise PivaultError("a webhook needs a signing secret", code="alert.webhook")
+        import httpx
+
+        try:
+            scheme = httpx.URL(url).scheme
+        except (httpx.InvalidURL, TypeError):
+            scheme = ""
+        if scheme not in ("http", "https"):  # said now, not by the first alert that is lost
+            raise PivaultError("the webhook URL is not an http:// or https:// address", code="alert.webhook")
         self.url = url
         self._secret = secret
         self.attempts = attempts
@@ -468,6 +476,10 @@ class WebhookSink:
             reason = f"deadline of {self.deadline:g} s" if expired.is_set() else type(exc).__name__
             log.info("webhook delivery of %s failed: %s", alert.alert_id, reason)
             return "retry", reason
+        except Exception as exc:  # not a failure of the receiver: it would end the sender thread
+            log.warning("webhook could not send alert %s: %s; not retried", alert.alert_id,
+                        type(exc).__name__)
+            return "refused", type(exc).__name__
         finally:
             timer.cancel()
         if 200 <= resp.status_code < 300:
