@@ -464,3 +464,47 @@ def test_a_webhook_address_that_is_not_http_is_refused_when_configured() -> None
         with pytest.raises(PivaultError) as exc:
             WebhookSink(url, SECRET)
         assert exc.value.code == "alert.webhook"
+
+
+def test_a_worker_forked_while_the_sender_held_its_lock_still_sends() -> None:
+    """A serve worker is forked from a process whose sender thread may, at that instant, hold
+    the sink's lock (it takes it after each alert): the child inherits the lock held by a
+    thread it does not have, and its first alert would wait on it for ever, holding the
+    request that raised it. The child starts with its own locks and queue."""
+    import os
+    import signal
+
+    r = Receiver(SECRET)
+    try:
+        hook = WebhookSink(r.url, SECRET)
+        hook.emit(_alert())  # the sender is up and idle
+        assert hook.flush(5)
+        held = threading.Event()
+        release = threading.Event()
+
+        def sender_busy() -> None:  # as the sender thread does in _done()
+            with hook._idle:
+                held.set()
+                release.wait(10)
+
+        t = threading.Thread(target=sender_busy)
+        t.start()
+        assert held.wait(5)
+        pid = os.fork()
+        if pid == 0:  # the worker
+            code = 1
+            try:
+                signal.signal(signal.SIGALRM, signal.SIG_DFL)  # a worker stuck for ever is killed
+                signal.alarm(5)
+                hook.emit(_alert())
+                code = 0 if hook.flush(4) else 2
+            finally:
+                os._exit(code)
+        release.set()
+        t.join()
+        _, status = os.waitpid(pid, 0)
+        assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, status
+        assert len(r.received) == 2
+        hook.close()
+    finally:
+        r.close()

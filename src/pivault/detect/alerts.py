@@ -30,6 +30,7 @@ import re
 import secrets
 import threading
 import time
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -328,26 +329,31 @@ class WebhookSink:
         self.max_queue = max_queue
         #: the time each attempt is signed with (unix seconds)
         self.clock = clock
-        self._queue: queue.Queue[Alert | None] = queue.Queue()
-        self._closing = threading.Event()
         self._thread: threading.Thread | None = None
         self._pid = -1
-        self._start_lock = threading.Lock()
-        self._pending = 0
-        self._idle = threading.Condition()
+        self._fresh_state()
+        _SINKS.add(self)
         #: counts for tests and status: delivered, failed (gave up)
         self.delivered = 0
         self.failed = 0
+
+    def _fresh_state(self) -> None:
+        """Locks, queue and counts of a sender that holds nothing yet.
+
+        Also run in a forked child (:func:`_after_fork`): it has none of the parent's
+        threads, and a lock one of them held at the fork would be held for ever there.
+        """
+        self._queue: queue.Queue[Alert | None] = queue.Queue()
+        self._closing = threading.Event()
+        self._start_lock = threading.Lock()
+        self._pending = 0
+        self._idle = threading.Condition()
 
     def _ensure_thread(self) -> None:
         if self._thread is not None and self._pid == os.getpid() and self._thread.is_alive():
             return
         with self._start_lock:
             if self._thread is None or self._pid != os.getpid() or not self._thread.is_alive():
-                if self._pid != os.getpid():  # a forked worker: the parent's thread is not here
-                    self._queue = queue.Queue()
-                    self._closing = threading.Event()
-                    self._pending = 0
                 self._pid = os.getpid()
                 self._thread = threading.Thread(target=self._run, name="pivault-webhook", daemon=True)
                 self._thread.start()
@@ -490,6 +496,21 @@ class WebhookSink:
         # will answer the same next time: final, and a failure, not a delivery
         log.warning("webhook refused alert %s with HTTP %d; not retried", alert.alert_id, resp.status_code)
         return "refused", f"HTTP {resp.status_code}"
+
+
+#: every webhook sink of the process, made fresh in a forked child
+_SINKS: weakref.WeakSet[WebhookSink] = weakref.WeakSet()
+
+
+def _after_fork() -> None:
+    for sink in list(_SINKS):
+        sink._thread = None
+        sink._pid = -1
+        sink._fresh_state()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork)
 
 
 def _cut(sock: Any) -> None:
