@@ -508,3 +508,35 @@ def test_a_worker_forked_while_the_sender_held_its_lock_still_sends() -> None:
         hook.close()
     finally:
         r.close()
+
+
+def test_closing_the_sink_hands_on_every_alert_it_could_not_send_before_it_returns() -> None:
+    """close() waits 5 s for the sender. Alerts still queued behind a receiver that never
+    answers were left to a thread the process ends with: they vanished without an
+    undelivered trace. When close() returns, every alert but the one in its last attempt
+    has been handed on as undelivered."""
+    hang = socket.socket()
+    hang.bind(("127.0.0.1", 0))
+    hang.listen(64)  # accepts connections, never answers
+    undelivered: list[str] = []
+    lock = threading.Lock()
+
+    def gave_up(alert: Alert, reason: str) -> None:
+        with lock:
+            undelivered.append(alert.alert_id)
+
+    try:
+        hook = WebhookSink(f"http://127.0.0.1:{hang.getsockname()[1]}/hook", SECRET, attempts=1,
+                           timeout=2.0, on_give_up=gave_up)
+        raised = [_alert() for _ in range(8)]
+        for a in raised:
+            hook.emit(a)
+        t0 = time.monotonic()
+        hook.close()
+        assert time.monotonic() - t0 < 6.5
+        with lock:
+            assert len(undelivered) >= len(raised) - 1
+        assert hook.flush(10)
+        assert sorted(undelivered) == sorted(a.alert_id for a in raised)
+    finally:
+        hang.close()

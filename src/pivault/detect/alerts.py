@@ -392,12 +392,31 @@ class WebhookSink:
 
         The alert held and those still queued get one more attempt each; one that
         fails then is given up (handed to ``on_give_up``) rather than dropped
-        without a word.
+        without a word. Those not reached within the 5 s are given up before
+        this returns.
         """
         if self._thread is not None and self._thread.is_alive() and self._pid == os.getpid():
             self._closing.set()
             self._queue.put(None)
             self._thread.join(5)
+            if self._thread.is_alive():
+                # still in an attempt: the alerts behind it are given up now, not left to a
+                # thread the process may end with before it reaches them
+                left: list[Alert] = []
+                while True:
+                    try:
+                        item = self._queue.get_nowait()
+                    except queue.Empty:
+                        break
+                    if item is not None:
+                        left.append(item)
+                self._queue.put(None)
+                for alert in left:
+                    self.failed += 1
+                    log.warning("webhook gave up on alert %s: the sink was closed before it could be sent",
+                                alert.alert_id)
+                    self._gave_up(alert, "closed before it was sent")
+                    self._done()
 
     def _done(self) -> None:
         with self._idle:
