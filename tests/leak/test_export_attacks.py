@@ -464,3 +464,26 @@ def test_a_temporary_name_that_cannot_be_removed_leaves_the_export_fetched(
     monkeypatch.setattr(Path, "unlink", real_unlink)
     assert info.status == "fetched" and out.exists()
     assert ex.load_registry(v).canary_counts[x] == info.canaries
+
+
+def test_a_request_that_lapses_while_it_is_being_approved_is_not_approved(
+        small: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The approval counts the request's set again before it is written, which takes a while
+    for a large one: a request whose deadline passed meanwhile is not approved by it."""
+    v = small.vault
+    window = ex.ExportSettings(approve_within_days=0.3 / 86400)
+    req = ex.request(v, ex.Selection(regions=("11",)), recipient="R", purpose="audit",
+                     fields=["name", "id_number"], ctx=ctx("carol", "approver"), settings=window)
+    real_shown = ex._shown
+
+    def slow_count(vault: object, ids: list[str]) -> int:
+        time.sleep(0.5)  # the deadline passes while the set is counted
+        return real_shown(vault, ids)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(ex, "_shown", slow_count)
+    with pytest.raises(ExportError) as exc:
+        ex.approve(v, req.export_id, ctx=ctx("erin", "dpo"))
+    assert exc.value.code == "export.expired"
+    assert ex.get_export(v.db, req.export_id).status == "expired"
+    assert not v.db.query("SELECT 1 FROM export_members WHERE export_id = ? AND kind = 'approval'",
+                          (req.export_id,))

@@ -652,12 +652,17 @@ def _decide(vault: Vault, export_id: str, ctx: AccessContext, status: str,
         now = time.time()
         window = (settings or ExportSettings.of(vault)).fetch_within_days
         grant = {"approved_at": now, "expires_at": now + window * _DAY, "records": records}
+    decided = grant.get("approved_at", time.time())
+    if status == "approved" and info.expires_at is not None and decided > info.expires_at:
+        # the request lapsed while its set was counted again: too late to approve it
+        _audit(vault, ctx, op, (export_id,), "denied")
+        raise ExportError(f"the export was not decided by {when(info.expires_at)} and has expired",
+                          code="export.expired", hint="the requester may request it again")
     with vault.db.transaction():
         _audit(vault, ctx, op, (export_id,), "ok")
         cur = vault.db.execute("UPDATE exports SET status = ?, approver = ?, decided_at = ?, expires_at = ?,"
                                " selected = ? WHERE export_id = ? AND status = 'requested'",
-                               (status, ctx.principal, grant.get("approved_at", time.time()),
-                                grant.get("expires_at"), shown, export_id))
+                               (status, ctx.principal, decided, grant.get("expires_at"), shown, export_id))
         if cur.rowcount != 1:
             raise ExportError("the export was decided concurrently", code="export.state")
         if status == "approved":
