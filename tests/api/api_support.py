@@ -266,3 +266,30 @@ def audited(store_url: str, request_id: str, at_least: int = 1, timeout: float =
             if len(found) >= at_least or time.monotonic() > deadline:
                 return found
             time.sleep(0.1)
+
+
+def small_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, count: int, seed: int,
+               extra_policy: str = "") -> tuple[Path, Path, list[dict[str, Any]]]:
+    """A SQLite vault of ``count`` synthetic residents and a policy file for in-process apps.
+
+    The policy is :func:`policy_for_tests` with ``extra_policy`` appended; the passphrase is
+    in the environment, and budgets are counted in-process. Returns (home, policy file,
+    residents as put).
+    """
+    from pivault.policy.context import local_operator
+    from pivault.synth import generate
+    from pivault.vault import Vault, init
+
+    home = tmp_path / "home"
+    init(home, passphrase=PASSPHRASE, store_url=f"sqlite:///{home / 'vault.db'}",
+         keyring_path=tmp_path / "keys" / "vault.keyring", argon2=CHEAP, expected_population=1000)
+    residents = [{k: r[k] for k in ("name", "id_number", "mobile", "address", "notes")}
+                 for r in generate(count, seed)]
+    with Vault.open(home, passphrase=PASSPHRASE) as vault:
+        for r in residents:
+            vault.put(r, ctx=local_operator("test setup"))
+    policy = tmp_path / "policy.toml"
+    policy.write_text(policy_for_tests() + extra_policy, encoding="utf-8")
+    monkeypatch.setenv("PIVAULT_PASSPHRASE", PASSPHRASE)
+    monkeypatch.delenv("PIVAULT_REDIS_URL", raising=False)
+    return home, policy, residents

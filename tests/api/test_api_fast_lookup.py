@@ -15,17 +15,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from api_support import CHEAP, PASSPHRASE, TRAINEE, policy_for_tests
+from api_support import PASSPHRASE, TRAINEE, small_home
 from fastapi.testclient import TestClient
 
 from pivault.api import schemas
 from pivault.api.server import ServeOptions, build_app
 from pivault.audit import entries
 from pivault.policy import Policy
-from pivault.policy.context import local_operator
 from pivault.policy.tokens import TokenStore
-from pivault.synth import generate
-from pivault.vault import Vault, init
+from pivault.vault import Vault
 
 assert TRAINEE  # the policy_for_tests() policy has a "trainee" role with a 2-a-minute budget
 
@@ -33,19 +31,7 @@ assert TRAINEE  # the policy_for_tests() policy has a "trainee" role with a 2-a-
 @pytest.fixture
 def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
          ) -> Iterator[tuple[Path, Path, list[dict[str, Any]]]]:
-    home = tmp_path / "home"
-    init(home, passphrase=PASSPHRASE, store_url=f"sqlite:///{home / 'vault.db'}",
-         keyring_path=tmp_path / "keys" / "vault.keyring", argon2=CHEAP, expected_population=1000)
-    residents = [{k: r[k] for k in ("name", "id_number", "mobile", "address", "notes")}
-                 for r in generate(12, 9090)]
-    with Vault.open(home, passphrase=PASSPHRASE) as vault:
-        for r in residents:
-            vault.put(r, ctx=local_operator("test setup"))
-    policy = tmp_path / "policy.toml"
-    policy.write_text(policy_for_tests(), encoding="utf-8")
-    monkeypatch.setenv("PIVAULT_PASSPHRASE", PASSPHRASE)
-    monkeypatch.delenv("PIVAULT_REDIS_URL", raising=False)
-    yield home, policy, residents
+    yield small_home(tmp_path, monkeypatch, 12, 9090)
 
 
 def _app(home: Path, policy: Path, *, fast: bool) -> Any:
