@@ -563,3 +563,34 @@ def test_a_correction_through_the_policy_guard_keeps_the_mobile_count_exact(
     door.vault.guard = door.guard
     store = door.vault.stats(ctx=OPERATOR, key_usage=False)["store"]
     assert store["index_entries"].get("mobile", 0) == _mobile_entries(db, real)
+
+
+@pytest.mark.parametrize("on_duplicate", ["skip", "update", "reject"])
+def test_an_import_holding_a_canarys_id_number_raises_the_canary_alarm(
+        db: Database, keyring: Keyring, tmp_path: Path, on_duplicate: str) -> None:
+    """A canary's ID number exists only in the vault: a file that holds one was made from a copy
+    of it. Whatever the duplicate policy does with the row, the import raises the canary alarm,
+    naming the canary and nothing of the file's other residents."""
+    door = make_door(db, keyring, tmp_path / "keys", budget=Budget(), residents=10)
+    canaries = seed(door.vault, 4, ctx=OPERATOR, registry=door.canaries)
+    stored = door.vault.store.get(canaries[2])
+    assert stored is not None
+    was = open_record(keyring, stored)
+    held = door.vault.store.get(door.ids[0][0])
+    assert held is not None
+    resident = open_record(keyring, held)
+    newcomer = next(r for r in generate(40, 4242) if r["mobile"])
+    src = tmp_path / "copy.csv"
+    src.write_text("name,id_number\n" + "".join(f"{p.name},{p.id_number}\n" for p in (resident, was))
+                   + f"{newcomer['name']},{newcomer['id_number']}\n", encoding="utf-8")
+    f = door.vault.import_files([src], ctx=OPERATOR, on_duplicate=on_duplicate).files[0]
+    assert f.read == 3
+    alarms = [a for a in list_alerts(db, severity="critical") if a["rule"] == "canary.read"]
+    assert len(alarms) == 1
+    assert alarms[0]["evidence"]["operation"] == "import"
+    assert alarms[0]["evidence"]["record_ids"] == [canaries[2]]
+    # an import of residents only (the file an organisation really has) raises nothing
+    clean = tmp_path / "clean.csv"
+    clean.write_text(f"name,id_number\n{resident.name},{resident.id_number}\n", encoding="utf-8")
+    door.vault.import_files([clean], ctx=OPERATOR, on_duplicate=on_duplicate)
+    assert len([a for a in list_alerts(db, severity="critical") if a["rule"] == "canary.read"]) == 1

@@ -189,6 +189,19 @@ class DetectGuard:
             if delta:
                 self.canaries.mobiles_changed(delta)
 
+    def held_numbers(self, ctx: AccessContext, operation: str, record_ids: Sequence[str]) -> None:
+        """Records whose ID number a bulk write named (an import's rows that were already held).
+
+        A canary's ID number exists nowhere but in the vault: a file that holds one was made
+        from a copy of the vault, whoever brings it in. So a canary among them raises the same
+        critical alert (and suspension, for a token) as a canary read.
+        """
+        if self.canaries is None or not record_ids:
+            return
+        hit = self.canaries.which(list(record_ids))
+        if hit:
+            self._canary(ctx, operation, hit)
+
     # -- reads seen by the Vault after decryption (coarse cells only) ------------------
     def close(self) -> None:
         """The vault is closing: the detector counts what it holds and stops, before the store goes.

@@ -773,6 +773,7 @@ class _Committer:
             for line, code, fld, reject_id, raw_ct in prepared.rejects:
                 reject_rows.append((reject_id, bid, line, code, fld, raw_ct, now))
             existing = self._existing(prepared.id_numbers, cols)
+            held = set(existing.values())  # checked for canaries once the chunk has committed
             bases: dict[str, StoredRecord] = {}
             if self.on_duplicate == "update" and existing:
                 existing, bases = self._lock_holders(existing)
@@ -842,6 +843,12 @@ class _Committer:
                 vault.guard.audit(self.ctx, "import", list(dict.fromkeys(skipped)), "duplicate")
             if self.sole is not None:
                 self.sole.mark(writes)
+        if held:
+            # a row holding a canary's ID number came from a copy of the vault: the guard raises
+            # the alarm (after the commit, so the chunk's own work stands either way)
+            tripwire = getattr(vault.guard, "held_numbers", None)
+            if tripwire is not None:
+                tripwire(self.ctx, "import", sorted(held))
         if self.seen is not None:
             for idn in owner:
                 self.seen.add(idn)
