@@ -594,3 +594,23 @@ def test_an_import_holding_a_canarys_id_number_raises_the_canary_alarm(
     clean.write_text(f"name,id_number\n{resident.name},{resident.id_number}\n", encoding="utf-8")
     door.vault.import_files([clean], ctx=OPERATOR, on_duplicate=on_duplicate)
     assert len([a for a in list_alerts(db, severity="critical") if a["rule"] == "canary.read"]) == 1
+
+
+def test_a_lookup_too_large_for_the_window_is_not_told_how_many_it_found(
+        db: Database, keyring: Keyring, tmp_path: Path) -> None:
+    """How many residents share a mobile (or a name and a birth date) is an answer too: a lookup
+    refused because it found more than a whole window holds must not carry the number in its
+    refusal. The audit entry keeps it for the auditor."""
+    door = make_door(db, keyring, tmp_path / "keys", budget=Budget(records_per_minute=2), residents=3)
+    shared = next(r["mobile"] for r in generate(30, 777) if r["mobile"])
+    for row in list(generate(40, 778))[:3]:
+        door.vault.put({"name": row["name"], "id_number": row["id_number"], "mobile": shared},
+                       ctx=OPERATOR)
+    who = door.reader()
+    with pytest.raises(BudgetExceeded) as caught:
+        door.vault.find(mobile=shared, ctx=who)
+    message = str(caught.value)
+    assert "no wait lets it through" in message and "allows 2" in message
+    assert "3" not in message.replace("records_per_minute", "")
+    refused = [e for e in entries(db, operation="find") if e.outcome == "refused"]
+    assert refused and refused[-1].detail["requested_records"] == 3

@@ -46,7 +46,10 @@ class BudgetExceeded(PivaultError, PermissionError):
 
     code = "budget.exceeded"
 
-    def __init__(self, refusal: Refusal) -> None:
+    def __init__(self, refusal: Refusal, *, show_amount: bool = True) -> None:
+        """``show_amount``: the message may say how many records the request needs. Not for a
+        lookup: how many residents share a mobile, or a name and a birth date, is itself an answer
+        the budget refused (the audit entry and the alert keep the number)."""
         self.rule = refusal.rule
         self.limit = refusal.limit
         #: whole seconds to wait (the HTTP ``Retry-After`` value)
@@ -58,8 +61,9 @@ class BudgetExceeded(PivaultError, PermissionError):
                  "which the vault's operator sets" if together else "a larger budget in the policy")
         if refusal.amount > refusal.limit:
             # waiting never helps: the request alone is more than the window holds
+            needs = f"the request needs {refusal.amount}" if show_amount else "the request needs more"
             super().__init__(f"{what} too small for this request: {refusal.rule} allows {refusal.limit}, "
-                             f"the request needs {refusal.amount}; no wait lets it through",
+                             f"{needs}; no wait lets it through",
                              hint=f"ask for it in smaller parts, or for {where}")
             return
         super().__init__(f"{what} spent: {refusal.rule} (limit {refusal.limit}); "

@@ -51,6 +51,9 @@ log = logging.getLogger("pivault.detect")
 #: Vault operations that hand records to the caller, and so spend budget
 READ_OPERATIONS = frozenset({"get", "find", "export", "read", "lookup", "rights.copy"})
 
+#: reads by a search: how many records they found is itself something the caller asked
+LOOKUP_OPERATIONS = frozenset({"find", "lookup"})
+
 #: writes whose refusal as a duplicate answers "is this ID number in the vault?", and so are
 #: charged to the read budgets as a lookup that found one record would be
 WRITE_PROBES = frozenset({"put", "update", "create"})
@@ -235,7 +238,8 @@ class DetectGuard:
                 charge: Charge, *, changes: int = 0) -> None:
         refusal = charge.refusal
         assert refusal is not None
-        err = BudgetExceeded(refusal)
+        # a lookup refused for its size is not told how many residents it found
+        err = BudgetExceeded(refusal, show_amount=operation not in LOOKUP_OPERATIONS)
         asked = {"requested_records": records, "requested_misses": misses,
                  **({"requested_changes": changes} if changes else {})}
         self.audit_log.record(AuditEvent.of(ctx, operation, "refused", ids, count=0, detail={
