@@ -148,10 +148,8 @@ class DetectGuard:
                     # a refused read still asked for what it found: a canary among it was asked for
                     # by someone holding its ID number, mobile or name and birth date (from a copy of
                     # the vault), whether or not a budget had room to answer
-                    if found and self.canaries is not None:
-                        hit = self.canaries.which(charged)
-                        if hit:
-                            self._canary(ctx, operation, hit)
+                    if found:
+                        self._trip(ctx, operation, charged)
         if operation.startswith(SUBJECT_PREFIXES):
             # token and policy changes: their subjects are token ids or file names, not records
             self.audit_log.record(AuditEvent.of(ctx, operation, outcome, count=len(ids),
@@ -162,17 +160,12 @@ class DetectGuard:
             gone = self.canaries.which(ids)
             if gone:
                 self.canaries.remove(gone)
-        if probe and self.canaries is not None:
+        if probe:
             # only someone holding a canary's ID number (from a copy of the vault) can try to
             # register it again
-            hit = self.canaries.which(ids[-1:])
-            if hit:
-                self._canary(ctx, operation, hit)
+            self._trip(ctx, operation, ids[-1:])
         if operation in READ_OPERATIONS and outcome == "ok" and ids:
-            if self.canaries is not None:
-                hit = self.canaries.which(ids)
-                if hit:
-                    self._canary(ctx, operation, hit)
+            self._trip(ctx, operation, ids)
             if self.detector is not None and not self._cells_wired:
                 try:
                     self.detector.observe(ctx, len(ids))
@@ -199,11 +192,8 @@ class DetectGuard:
         from a copy of the vault, whoever brings it in. So a canary among them raises the same
         critical alert (and suspension, for a token) as a canary read.
         """
-        if self.canaries is None or not record_ids:
-            return
-        hit = self.canaries.which(list(record_ids))
-        if hit:
-            self._canary(ctx, operation, hit)
+        if record_ids:
+            self._trip(ctx, operation, list(record_ids))
 
     # -- reads seen by the Vault after decryption (coarse cells only) ------------------
     def close(self) -> None:
@@ -260,6 +250,13 @@ class DetectGuard:
                           "budget.breaches", {"breaches_today": charge.breaches, "budget_rule": refusal.rule,
                                               "suspend_after": limit})
         raise err
+
+    def _trip(self, ctx: AccessContext, operation: str, ids: list[str]) -> None:
+        """The canary alarm, if any of ``ids`` is a canary (asked for, read, or named by a write)."""
+        if self.canaries is not None:
+            hit = self.canaries.which(ids)
+            if hit:
+                self._canary(ctx, operation, hit)
 
     def _canary(self, ctx: AccessContext, operation: str, hit: list[str]) -> None:
         self.alerts.raise_alert(Alert("canary.read", "critical", ctx.principal, ctx.token_id, {

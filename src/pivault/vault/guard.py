@@ -10,7 +10,10 @@ A guard may also have ``changed(ctx, changes)``: the Vault calls it inside
 the write transaction after records were changed in place (a correction, an
 import's update), with a :data:`Change` per record. Counts kept beside the
 records (how many canaries hold a mobile) move there, in the same
-transaction as the change.
+transaction as the change. And ``held_numbers(ctx, operation, record_ids)``:
+an import calls it, after each chunk commits, with the records whose ID
+numbers the chunk's rows named (a canary among them means the file came
+from a copy of the vault).
 """
 
 from __future__ import annotations
