@@ -608,27 +608,29 @@ def _decide(vault: Vault, export_id: str, ctx: AccessContext, status: str,
             settings: ExportSettings | None = None, max_records: int | None = None) -> ExportInfo:
     info = get_export(vault.db, export_id)
     op = "export.approve" if status == "approved" else "export.refuse"
+
+    def refused(message: str, *, code: str, hint: str | None = None) -> ExportError:
+        return _refused(vault, ctx, op, export_id, message, code=code, hint=hint)
+
+    def expired() -> ExportError:
+        return refused(f"the export was not decided by {when(info.expires_at)} and has expired",
+                       code="export.expired", hint="the requester may request it again")
+
     if ctx.role not in APPROVER_ROLES:
-        _audit(vault, ctx, op, (export_id,), "denied")
-        raise ExportError(f"only a principal with an approver role ({', '.join(sorted(APPROVER_ROLES))})"
-                          " may decide on an export", code="export.not_approver")
+        raise refused(f"only a principal with an approver role ({', '.join(sorted(APPROVER_ROLES))})"
+                      " may decide on an export", code="export.not_approver")
     if ctx.principal == info.requester:
-        _audit(vault, ctx, op, (export_id,), "denied")
-        raise ExportError("the requester cannot decide on their own export (two-person rule)",
-                          code="export.two_person")
+        raise refused("the requester cannot decide on their own export (two-person rule)",
+                      code="export.two_person")
     if _minted_by(vault, ctx) == info.requester:
         # a token the requester issued is the requester's second hand, not a second person
-        _audit(vault, ctx, op, (export_id,), "denied")
-        raise ExportError("this token was issued by the export's requester, who cannot decide on their "
-                          "own export (two-person rule)", code="export.two_person",
-                          hint="the approver's token must come from someone other than the requester")
+        raise refused("this token was issued by the export's requester, who cannot decide on their "
+                      "own export (two-person rule)", code="export.two_person",
+                      hint="the approver's token must come from someone other than the requester")
     if info.status == "expired":
-        _audit(vault, ctx, op, (export_id,), "denied")
-        raise ExportError(f"the export was not decided by {when(info.expires_at)} and has expired",
-                          code="export.expired", hint="the requester may request it again")
+        raise expired()
     if info.status != "requested":
-        _audit(vault, ctx, op, (export_id,), "denied")
-        raise ExportError(f"the export is {info.status}, not awaiting a decision", code="export.state")
+        raise refused(f"the export is {info.status}, not awaiting a decision", code="export.state")
     grant: dict[str, Any] = {}
     shown = info.selected
     if status == "approved":
@@ -637,17 +639,15 @@ def _decide(vault: Vault, export_id: str, ctx: AccessContext, status: str,
         except PivaultError:  # a ciphertext changed or moved from another export
             ids = []
         if not ids:
-            _audit(vault, ctx, op, (export_id,), "denied")
-            raise ExportError("the request holds no counted selection (requested before requests were "
-                              "counted, or its records were removed)", code="export.stale",
-                              hint="the requester may request it again")
+            raise refused("the request holds no counted selection (requested before requests were "
+                          "counted, or its records were removed)", code="export.stale",
+                          hint="the requester may request it again")
         # counted again from the set itself: the count in the plain table may have been edited
         shown = _shown(vault, ids)
         if max_records is not None and shown > max_records:
-            _audit(vault, ctx, op, (export_id,), "denied")
-            raise ExportError(f"the export holds {shown} records, more than the {max_records} "
-                              "this approval allows", code="export.count",
-                              hint="refuse it, or approve it knowing its count")
+            raise refused(f"the export holds {shown} records, more than the {max_records} "
+                          "this approval allows", code="export.count",
+                          hint="refuse it, or approve it knowing its count")
         records = len(ids)
         now = time.time()
         window = (settings or ExportSettings.of(vault)).fetch_within_days
@@ -655,9 +655,7 @@ def _decide(vault: Vault, export_id: str, ctx: AccessContext, status: str,
     decided = grant.get("approved_at", time.time())
     if status == "approved" and info.expires_at is not None and decided > info.expires_at:
         # the request lapsed while its set was counted again: too late to approve it
-        _audit(vault, ctx, op, (export_id,), "denied")
-        raise ExportError(f"the export was not decided by {when(info.expires_at)} and has expired",
-                          code="export.expired", hint="the requester may request it again")
+        raise expired()
     with vault.db.transaction():
         _audit(vault, ctx, op, (export_id,), "ok")
         cur = vault.db.execute("UPDATE exports SET status = ?, approver = ?, decided_at = ?, expires_at = ?,"
@@ -672,6 +670,13 @@ def _decide(vault: Vault, export_id: str, ctx: AccessContext, status: str,
             vault.db.execute("DELETE FROM export_members WHERE export_id = ? AND kind = 'selected'",
                              (export_id,))
     return get_export(vault.db, export_id)
+
+
+def _refused(vault: Vault, ctx: AccessContext, operation: str, export_id: str, message: str, *,
+             code: str, hint: str | None = None) -> ExportError:
+    """A step of an export refused: audited as ``denied`` under the export's id, the error to raise."""
+    _audit(vault, ctx, operation, (export_id,), "denied")
+    return ExportError(message, code=code, hint=hint)
 
 
 def when(t: float | None) -> str:
@@ -895,8 +900,7 @@ def fetch(vault: Vault, export_id: str, out: str | Path, *, ctx: AccessContext,
     info = get_export(vault.db, export_id)
 
     def refused(message: str, code: str, hint: str | None = None) -> ExportError:
-        _audit(vault, ctx, "export.fetch", (export_id,), "denied")
-        return ExportError(message, code=code, hint=hint)
+        return _refused(vault, ctx, "export.fetch", export_id, message, code=code, hint=hint)
 
     if info.status == "expired":
         raise refused(f"the export's approval lapsed at {when(info.expires_at)} unfetched",
