@@ -9,6 +9,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from detect_helpers import FakeClock, Receiver
@@ -540,3 +541,43 @@ def test_closing_the_sink_hands_on_every_alert_it_could_not_send_before_it_retur
         assert sorted(undelivered) == sorted(a.alert_id for a in raised)
     finally:
         hang.close()
+
+
+def test_a_name_lookup_that_hangs_does_not_hold_the_alerts_forever(
+        receiver: Receiver, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The attempt's deadline cut its connection, but a name lookup comes before there is one:
+    a resolver that never answered held the alert, and every alert behind it, for as long as
+    the resolver waited. The attempt is now given up at its deadline; once the resolver answers
+    again the alerts go, and the attempts left behind never deliver late (out of order)."""
+    real = socket.getaddrinfo
+    answered = threading.Event()
+
+    def resolver(host: Any, *args: Any, **kwargs: Any) -> Any:
+        if host == "alerts.receiver.test":
+            answered.wait(30)  # the resolver's servers are unreachable until the test says so
+            host = "127.0.0.1"
+        return real(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", resolver)
+    port = receiver.url.rsplit(":", 1)[1].split("/", 1)[0]
+    undelivered: list[tuple[str, str]] = []
+    hook = WebhookSink(f"http://alerts.receiver.test:{port}/hook", SECRET, attempts=2, backoff=0.05,
+                       timeout=0.2, on_give_up=lambda a, why: undelivered.append((a.alert_id, why)))
+    first, second = _alert(), _alert("canary.read", "critical")
+    t0 = time.monotonic()
+    hook.emit(first)
+    hook.emit(second)
+    assert hook.flush(20)
+    assert time.monotonic() - t0 < 12  # two alerts, two attempts each, 0.6 s deadline + 1 s grace
+    assert [i for i, _ in undelivered] == [first.alert_id, second.alert_id]
+    assert all("name lookup" in why for _, why in undelivered)
+    # the resolver answers again: the next alert is delivered, and the attempts left in their
+    # lookups find their deadline passed when they connect (no late copy of a given-up alert)
+    answered.set()
+    third = _alert("budget.vault", "critical")
+    hook.emit(third)
+    assert hook.flush(10)
+    time.sleep(0.5)
+    assert [json.loads(body)["alert_id"] for _, body in receiver.deliveries] == [third.alert_id]
+    assert receiver.posts == 1
+    hook.close()

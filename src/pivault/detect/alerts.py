@@ -344,6 +344,8 @@ class WebhookSink:
         threads, and a lock one of them held at the fork would be held for ever there.
         """
         self._queue: queue.Queue[Alert | None] = queue.Queue()
+        #: attempts left behind past their deadline, still in a name lookup
+        self._stuck: list[threading.Thread] = []
         self._closing = threading.Event()
         self._start_lock = threading.Lock()
         self._pending = 0
@@ -492,11 +494,45 @@ class WebhookSink:
                 for sock in sockets:
                     _cut(sock)
 
+        # stuck attempts (name lookups that never returned) end on their own or with the process
+        self._stuck = [t for t in self._stuck if t.is_alive()]
+        if len(self._stuck) >= _MAX_STUCK:
+            log.info("webhook delivery of %s not tried: %d name lookups still hanging", alert.alert_id,
+                     len(self._stuck))
+            return "retry", "name lookups still hanging"
+        outcome: list[Any] = []
+
+        def attempt() -> None:
+            try:
+                outcome.append(client.post(self.url, content=body, headers=headers,
+                                           extensions={"trace": trace}))
+            except BaseException as exc:  # handed to the sender thread, which decides
+                outcome.append(exc)
+
         timer = threading.Timer(self.deadline, cut_off)
         timer.daemon = True
         timer.start()
+        # the attempt in a thread of its own: the deadline cuts a connection it has, but a name
+        # lookup (before there is any socket) cannot be cut, and the resolver may wait for its
+        # servers for minutes. Left behind, such an attempt can no longer deliver: the moment its
+        # connection is made, the trace above finds the deadline passed and cuts it
+        sender = threading.Thread(target=attempt, name="pivault-webhook-attempt", daemon=True)
+        sender.start()
+        sender.join(self.deadline + _CUT_GRACE)
+        if sender.is_alive():
+            timer.cancel()
+            cut_off()
+            self._stuck.append(sender)
+            reason = f"deadline of {self.deadline:g} s (name lookup)"
+            log.info("webhook delivery of %s failed: %s", alert.alert_id, reason)
+            return "retry", reason
+        if isinstance(outcome[0], BaseException) and not isinstance(outcome[0], Exception):
+            timer.cancel()  # the attempt's thread was told to end (not a failure of the receiver)
+            return "refused", type(outcome[0]).__name__
         try:
-            resp = client.post(self.url, content=body, headers=headers, extensions={"trace": trace})
+            if isinstance(outcome[0], Exception):
+                raise outcome[0]
+            resp = outcome[0]
         except httpx.HTTPError as exc:
             reason = f"deadline of {self.deadline:g} s" if expired.is_set() else type(exc).__name__
             log.info("webhook delivery of %s failed: %s", alert.alert_id, reason)
@@ -516,6 +552,12 @@ class WebhookSink:
         log.warning("webhook refused alert %s with HTTP %d; not retried", alert.alert_id, resp.status_code)
         return "refused", f"HTTP {resp.status_code}"
 
+
+#: how long after its deadline an attempt whose connection was cut is waited for
+_CUT_GRACE = 1.0
+#: attempts stuck in a name lookup at most: past them none is started until one ends, so a
+#: resolver that never answers does not grow the process by a thread per retry
+_MAX_STUCK = 4
 
 #: every webhook sink of the process, made fresh in a forked child
 _SINKS: weakref.WeakSet[WebhookSink] = weakref.WeakSet()
