@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import random
 
-from pivault.detect.canary import _creation_times
+from pivault.detect.canary import _creation_draws
 from pivault.model.record import new_record_id
 from pivault.store import connect, migrate
 from pivault.store.records import RecordStore, StoredRecord
@@ -20,7 +20,7 @@ T0 = 1_700_000_000.0
 def test_times_are_drawn_across_the_vault(store_url: str) -> None:
     db = connect(store_url)
     migrate(db)
-    assert _creation_times(db, 16, random.Random(1)) == []  # an empty vault gives none
+    assert _creation_draws(db, 16, random.Random(1)) == []  # an empty vault gives none
     n = 3000
     RecordStore(db).insert([
         StoredRecord(new_record_id(T0 + i), {"name": b"c", "id_number": b"c"},
@@ -28,7 +28,7 @@ def test_times_are_drawn_across_the_vault(store_url: str) -> None:
         for i in range(n)])
     if db.dialect == "postgresql":
         db.execute("ANALYZE records")  # the page sample is sized from the planner's row estimate
-    times = _creation_times(db, 16, random.Random(5))
+    times = [t for t, _ in _creation_draws(db, 16, random.Random(5))]
     db.close()
     assert len(times) == 16
     assert all(T0 <= t < T0 + n and t == int(t) for t in times)  # real records' times
@@ -50,7 +50,7 @@ def test_a_large_vault_is_sampled_by_pages_spread_over_the_table(store_url: str)
         db.execute("ANALYZE records")
         pages = db.query_one("SELECT relpages FROM pg_class WHERE oid = 'records'::regclass")
         assert pages is not None and pages[0] > 8 * 16  # the page sample is what is drawn from
-    times = _creation_times(db, 16, random.Random(9))
+    times = [t for t, _ in _creation_draws(db, 16, random.Random(9))]
     db.close()
     assert len(times) == 16 and all(T0 <= t < T0 + n for t in times)
     # from all over the table, not a few neighbouring pages: at least 4 of its tenths (16 uniform

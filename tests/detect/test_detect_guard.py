@@ -614,3 +614,31 @@ def test_a_lookup_too_large_for_the_window_is_not_told_how_many_it_found(
     assert "3" not in message.replace("records_per_minute", "")
     refused = [e for e in entries(db, operation="find") if e.outcome == "refused"]
     assert refused and refused[-1].detail["requested_records"] == 3
+
+
+def test_canaries_are_not_told_by_row_order_or_by_their_keys_dates(
+        db: Database, keyring: Keyring, tmp_path: Path) -> None:
+    """Whoever holds the database files tries what tells a row's history: on SQLite the
+    implicit rowid gives the order rows were written in, so canaries seeded after the residents
+    were the last rows whatever their backdated time; and a canary's record key kept its
+    seeding time while its record claimed another, where a real record's key is stored a moment
+    before its record. Neither tells a canary now."""
+    door = make_door(db, keyring, tmp_path / "keys", budget=Budget(), residents=60)
+    real = {rid for rid, _ in door.ids}
+    canaries = seed(door.vault, 6, ctx=OPERATOR, registry=door.canaries)
+    assert len(canaries) == 6
+    if db.dialect == "sqlite":
+        order = [str(r[0]) for r in db.query("SELECT record_id FROM records ORDER BY rowid")]
+        assert len(order) == 66
+        assert not set(order[-6:]) & set(canaries)  # the rows written last are residents
+        assert set(order[:60]) >= set(canaries)  # each canary sits among the residents' rows
+    created = {str(r[0]): float(r[1]) for r in db.query("SELECT record_id, created_at FROM records")}
+    keys = door.vault.store.keys.db
+    for rid, key_at in keys.query("SELECT record_id, created_at FROM record_keys"):
+        # every record's key, a canary's as a resident's, a moment before its record
+        assert 0 <= created[str(rid)] - float(key_at) < 1.0, "a key dated apart from its record"
+    # the residents moved to the end are the same residents, readable, and the canaries trip
+    for rid, idn in door.ids:
+        assert [r["record_id"] for r in door.vault.find(id_number=idn, ctx=OPERATOR)] == [rid]
+    assert set(door.canaries.which(sorted(real | set(canaries)))) == set(canaries)
+    assert verify(db, door.verifier, keyring=keyring).ok

@@ -18,6 +18,7 @@ answered normally, so the caller cannot tell that it tripped anything.
 
 from __future__ import annotations
 
+import logging
 import os
 import random
 import secrets
@@ -31,6 +32,8 @@ from pivault.errors import PivaultError
 from pivault.policy.context import AccessContext
 from pivault.store.db import Database
 from pivault.store.migrations import Migration, register
+
+log = logging.getLogger(__name__)
 
 __all__ = ["CanaryRegistry", "canary_counts", "seed"]
 
@@ -209,6 +212,7 @@ class CanaryRegistry:
 class _VaultLike(Protocol):
     db: Database
     keyring: Any
+    store: Any
 
     def put(self, record: Any, *, ctx: AccessContext) -> str: ...
 
@@ -220,8 +224,12 @@ def seed(vault: _VaultLike, n: int, *, ctx: AccessContext, registry: CanaryRegis
     Rows whose ID number or mobile already belong to someone are skipped and
     replaced, so a canary never collides with a real resident. With
     ``blend`` each canary takes the creation time of a random existing record
-    (± a few seconds), in its ``created_at`` and in its record id (whose first
-    characters are the creation second), so neither singles the canaries out.
+    (± a few seconds), in its ``created_at``, in its record key's (which a real
+    record's key precedes by a moment) and in its record id (whose first
+    characters are the creation second), so none of them singles the canaries
+    out. On SQLite it also takes that record's place in the table's row order
+    (the implicit rowid, which tells the order rows were written in), and the
+    record moves to the end, where the canary would otherwise be.
     """
     from pivault.model.record import Resident, new_record_id
     from pivault.synth import generate
@@ -233,12 +241,18 @@ def seed(vault: _VaultLike, n: int, *, ctx: AccessContext, registry: CanaryRegis
     registry._registry_key()
     seed_value = rng_seed if rng_seed is not None else secrets.randbits(48)
     rnd = random.SystemRandom()
-    times = _creation_times(vault.db, max(n, 16), rnd) if blend else []
+    draws = _creation_draws(vault.db, max(n, 16), rnd) if blend else []
+    places = _real_places(vault.db, registry, [place for _, place in draws if place is not None])
+    # the draws whose places are free come first, each once: every canary then takes a place
+    # while there are enough of them (a repeated draw would leave its second canary at the end)
+    pool = list({place: (t, place) for t, place in draws if place in places}.values())
+    rnd.shuffle(pool)
     made: list[tuple[str, float | None]] = []
     for row in generate(n * 3 + 10, seed_value):
         if len(made) >= n:
             break
-        at = max(rnd.choice(times) + rnd.uniform(-5.0, 5.0), 0.0) if times else None
+        drawn, place = pool.pop() if pool else rnd.choice(draws) if draws else (None, None)
+        at = max(drawn + rnd.uniform(-5.0, 5.0), 0.0) if drawn is not None else None
         record = {"name": row["name"], "id_number": row["id_number"], "mobile": row["mobile"],
                   "address": row["address"], "notes": row["notes"]}
         resident = Resident.parse({k: (v or None) for k, v in record.items()}, record_id=new_record_id(at))
@@ -258,30 +272,97 @@ def seed(vault: _VaultLike, n: int, *, ctx: AccessContext, registry: CanaryRegis
                 if at is not None:
                     vault.db.execute("UPDATE records SET created_at = ?, updated_at = ? WHERE record_id = ?",
                                      (at, at, rid))
+                if place is not None and place in places:
+                    places.discard(place)
+                    _take_place(vault.db, rid, place)
+        if rid is None and place is not None and place in places:
+            pool.append((drawn, place))  # not taken: there for the next canary
         if rid is not None:
             made.append((rid, at))
+            if at is not None:
+                # after the record committed: a key older than the garbage collector's grace and
+                # without its record would be taken for an orphan
+                _backdate_key(vault, rid, at - rnd.uniform(0.0002, 0.002))
     if len(made) < n:
         raise PivaultError("could not make enough distinct canaries", code="canary.seed")
     return [rid for rid, _ in made]
 
 
-def _creation_times(db: Database, n: int, rnd: random.Random) -> list[float]:
-    """Creation times of ``n`` records drawn at random (fewer if the vault holds fewer; none if empty).
+def _real_places(db: Database, registry: CanaryRegistry, places: Sequence[int]) -> set[int]:
+    """The SQLite row numbers among ``places`` that hold a real record, not a canary seeded before
+    (whose place a new canary would otherwise take, sending it to the end of the table)."""
+    if not places:
+        return set()
+    held: dict[int, str] = {}
+    for at in range(0, len(places), 500):
+        part = list(places[at:at + 500])
+        held.update((int(r[0]), str(r[1])) for r in db.query(
+            f"SELECT rowid, record_id FROM records WHERE rowid IN ({','.join('?' * len(part))})", part))
+    canaries = set(registry.which(list(held.values())))
+    return {place for place, rid in held.items() if rid not in canaries}
+
+
+def _take_place(db: Database, record_id: str, place: int) -> None:
+    """Give the canary ``record_id`` the SQLite row number ``place``; its holder goes to the end.
+
+    A row's number tells when it was written: a canary seeded after an import
+    would be found as the last rows of the table, whatever its backdated time
+    and id. The record that held ``place`` (drawn for its creation time, so the
+    canary sits among the rows of the time it claims) moves to the canary's
+    number at the end, as if it had been written last; in the one transaction
+    that writes the canary.
+    """
+    row = db.query_one("SELECT rowid FROM records WHERE record_id = ?", (record_id,))
+    if row is None or int(row[0]) == place:
+        return
+    last = int(row[0])
+    parked = db.query_one("SELECT min(rowid) FROM records")
+    spare = min(int(parked[0]) if parked and parked[0] is not None else 0, 0) - 1  # a number no row has
+    db.execute("UPDATE records SET rowid = ? WHERE rowid = ?", (spare, place))
+    db.execute("UPDATE records SET rowid = ? WHERE rowid = ?", (place, last))
+    db.execute("UPDATE records SET rowid = ? WHERE rowid = ?", (last, spare))
+
+
+def _backdate_key(vault: _VaultLike, record_id: str, at: float) -> None:
+    """Date the canary's record key as a real record's: stored a moment before its record.
+
+    Best effort: a key dated when it was seeded would tell the canary by its
+    key store, but failing here must not leave the seeding half done (the
+    canary is registered already).
+    """
+    keys = getattr(vault.store, "keys", None)
+    if keys is None:
+        return
+    try:
+        keys.db.execute("UPDATE record_keys SET created_at = ? WHERE record_id = ?", (at, record_id))
+    except Exception as exc:
+        log.warning("a canary's record key keeps its seeding time (%s)", type(exc).__name__)
+
+
+def _creation_draws(db: Database, n: int, rnd: random.Random) -> list[tuple[float, int | None]]:
+    """Creation times of ``n`` records drawn at random, each with its SQLite row number (None on
+    PostgreSQL); fewer if the vault holds fewer, none if it is empty.
 
     Record ids sort by creation time, so the first ids would all be the oldest
     records: the draw goes by SQLite's row number, or a page sample on
     PostgreSQL, and costs a few index probes rather than a scan of the table.
+    Canaries already seeded are drawn like any record, for their time; the
+    caller does not take their places.
     """
     if db.dialect == "sqlite":
         top = db.query_one("SELECT max(rowid) FROM records")
         if top is None or top[0] is None:
             return []
-        out: list[float] = []
-        for _ in range(n):
-            row = db.query_one("SELECT created_at FROM records WHERE rowid >= ? ORDER BY rowid LIMIT 1",
-                               (rnd.randint(1, int(top[0])),))
-            if row is not None:
-                out.append(float(row[0]))
+        out: list[tuple[float, int | None]] = []
+        seen: set[int] = set()
+        for _ in range(4 * n):  # n different rows if the vault has them (a repeat is drawn again)
+            if len(out) >= n:
+                break
+            row = db.query_one("SELECT created_at, rowid FROM records WHERE rowid >= ?"
+                               " ORDER BY rowid LIMIT 1", (rnd.randint(1, int(top[0])),))
+            if row is not None and int(row[1]) not in seen:
+                seen.add(int(row[1]))
+                out.append((float(row[0]), int(row[1])))
         return out
     # a page sample of about 4n pages: the draws then come from ~n different pages, spread over
     # the table, rather than from the handful of pages that 20n rows fill (records of one page
@@ -294,6 +375,7 @@ def _creation_times(db: Database, n: int, rnd: random.Random) -> list[float]:
             sampled = db.query(f"SELECT created_at FROM records TABLESAMPLE SYSTEM ({percent:.6f})"
                                f" ORDER BY random() LIMIT {int(n)}")
             if len(sampled) == n:
-                return [float(r[0]) for r in sampled]
+                return [(float(r[0]), None) for r in sampled]
             percent = min(100.0, percent * 4)
-    return [float(r[0]) for r in db.query(f"SELECT created_at FROM records ORDER BY random() LIMIT {int(n)}")]
+    return [(float(r[0]), None)
+            for r in db.query(f"SELECT created_at FROM records ORDER BY random() LIMIT {int(n)}")]
