@@ -275,7 +275,7 @@ def seed(vault: _VaultLike, n: int, *, ctx: AccessContext, registry: CanaryRegis
                 if place is not None and place in places:
                     places.discard(place)
                     _take_place(vault.db, rid, place)
-        if rid is None and place is not None and place in places:
+        if rid is None and drawn is not None and place is not None and place in places:
             pool.append((drawn, place))  # not taken: there for the next canary
         if rid is not None:
             made.append((rid, at))
