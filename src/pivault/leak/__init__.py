@@ -1,6 +1,7 @@
 """Leak response: approved and traceable exports, leak check, attribution, breach report.
 
-* :mod:`pivault.leak.exports` — request / approve / fetch (two-person rule), canaries per export;
+* :mod:`pivault.leak.exports` — request / approve / fetch (two-person rule), canaries per export,
+  recover (a fetch killed part-way);
 * :mod:`pivault.leak.readers` — streaming dump readers (CSV, JSON, SQL, xlsx, Parquet, gz/zip);
 * :mod:`pivault.leak.columns` — PI columns found by content;
 * :mod:`pivault.leak.match` — matching through the blind indexes, decrypting nothing;
@@ -16,11 +17,13 @@ from pivault.leak.columns import Column, detect_columns
 from pivault.leak.exports import (
     ExportError,
     ExportInfo,
+    Recovery,
     Selection,
     approve,
     canaries_needed,
     fetch,
     list_exports,
+    recover,
     refuse,
     request,
 )
@@ -37,6 +40,7 @@ __all__ = [
     "ExportError",
     "ExportInfo",
     "Finding",
+    "Recovery",
     "Selection",
     "Table",
     "affected",
@@ -49,6 +53,7 @@ __all__ = [
     "load_case",
     "read_dump",
     "read_stream",
+    "recover",
     "refuse",
     "request",
     "write_report",

@@ -23,6 +23,11 @@ the export's record ids are stored encrypted under the vault's keyring; when
 a dump surfaces, :mod:`pivault.leak.check` finds the canaries by exact value
 and measures how well the dump fits inside each export's record set.
 
+A fetch killed part-way (``kill -9``, a machine lost) leaves its temporary file, PI in
+full, and the export ``fetching``: :func:`recover` (and the export's next fetch) tells a
+dead fetch from a running one by the locks the fetch held for its life, removes the file,
+and undoes the fetch in the trail, so that the export is fetched once, again.
+
 An export that a copy could not be traced back to is refused
 (:func:`untraceable`): it carries the ID number, or two of name, mobile and
 address. For the latter, the digests of each real row's pairs of exact values
@@ -35,6 +40,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import datetime as _dt
+import fcntl
 import hashlib
 import json
 import logging
@@ -42,8 +48,10 @@ import math
 import os
 import re
 import secrets
+import socket
+import stat
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -64,11 +72,13 @@ __all__ = [
     "APPROVER_ROLES",
     "EXPORT_FIELDS",
     "PAIR_FIELDS",
+    "RECOVER_ROLES",
     "ROW_KEYS",
     "ExportError",
     "ExportInfo",
     "ExportRegistry",
     "ExportSettings",
+    "Recovery",
     "Selection",
     "approve",
     "canaries_needed",
@@ -78,6 +88,7 @@ __all__ = [
     "list_exports",
     "load_registry",
     "miss_probability",
+    "recover",
     "refuse",
     "request",
     "row_key",
@@ -87,6 +98,8 @@ __all__ = [
 
 #: roles that may approve another principal's export request
 APPROVER_ROLES: frozenset[str] = frozenset({"approver", "dpo"})
+#: roles that may recover any export's interrupted fetch (a requester recovers their own)
+RECOVER_ROLES: frozenset[str] = frozenset({"dpo", "operator"})
 #: what an export may carry: the PI fields and what derives from the ID number
 EXPORT_FIELDS: tuple[str, ...] = ("name", "id_number", "mobile", "address", "notes",
                                   "gender", "birth_date", "region_code")
@@ -104,6 +117,13 @@ _CHUNK = 5000
 _MODELS = 1000
 #: the PostgreSQL advisory lock that queues the registration of export canaries
 _CANARY_LOCK = 0x70766361
+#: the class of the PostgreSQL advisory locks (two-key form, the second key the export's) that a
+#: fetch holds for its session's life: whoever can take one knows no live session fetches that export
+_FETCH_LOCK = 0x70766674
+#: a fetch's temporary file: hidden, beside the output, named after it and after the attempt
+_PART = re.compile(r"\.(?P<name>.+)\.(?P<token>[0-9a-f]{16})\.part")
+#: how an attempt to fetch is named in the audit trail, beside its export
+_ATTEMPT = "xf_"
 _EXPORT_ID = re.compile(r"x_[0-9a-f]{16}")
 #: days an approved export may wait for its fetch, and a request for its decision, by default
 FETCH_WITHIN_DAYS = 7.0
@@ -206,6 +226,15 @@ ALTER TABLE exports ADD COLUMN left_out INTEGER
 """
 register(Migration("exports", 3, "an export's counted selection, its deadline, and the records left out",
                    _COUNTS, _COUNTS))
+
+# what recovers a fetch whose process was killed (kill -9, power lost): the temporary file it was
+# writing (a path, not PI), on which host, recorded with the status 'fetching' in one transaction
+_RECOVERY = """
+ALTER TABLE exports ADD COLUMN fetch_part TEXT;
+ALTER TABLE exports ADD COLUMN fetch_host TEXT
+"""
+register(Migration("exports", 4, "where an export's fetch writes its temporary file, for recovery",
+                   _RECOVERY, _RECOVERY))
 
 
 # ---------------------------------------------------------------- the canary rate
@@ -366,6 +395,10 @@ class ExportInfo:
     expires_at: float | None = None
     #: records of the approved set the fetch left out: erased, or corrected out of the selection
     left_out: int | None = None
+    #: while a fetch runs, or after one was killed: its temporary file (a path; no PI in it, but
+    #: never logged) and the host it ran on (see :func:`recover`)
+    fetch_part: str | None = None
+    fetch_host: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.__dict__.items()}
@@ -373,7 +406,7 @@ class ExportInfo:
 
 _COLS = ("export_id, status, requested_at, requester, requester_role, recipient, purpose, fields,"
          " approver, decided_at, fetched_by, fetched_at, format, rows, canaries, selected, expires_at,"
-         " left_out")
+         " left_out, fetch_part, fetch_host")
 
 
 def _num(v: Any, kind: type[int] | type[float]) -> Any:
@@ -385,7 +418,7 @@ def _info(row: Sequence[Any]) -> ExportInfo:
     info = ExportInfo(row[0], row[1], float(row[2]), row[3], row[4], row[5], row[6],
                       tuple(json.loads(row[7])), row[8], _num(row[9], float), row[10],
                       _num(row[11], float), row[12], _num(row[13], int), _num(row[14], int),
-                      _num(row[15], int), _num(row[16], float), _num(row[17], int))
+                      _num(row[15], int), _num(row[16], float), _num(row[17], int), row[18], row[19])
     if info.status in ("requested", "approved") and info.expires_at is not None \
             and time.time() > info.expires_at:
         info.status = "expired"
@@ -751,28 +784,52 @@ class _Writer:
 
     Created new with mode 0600, as tokens and backups are: the mode is given when
     the file is made (never a chmod after it, which would leave a moment in which
-    others may open it). Rows go to a hidden ``.NAME.….part`` file in the same
+    others may open it). Rows go to a hidden ``.NAME.<attempt>.part`` file in the same
     directory; :meth:`publish` syncs it and links it to ``out`` (never replacing a
     file there), so ``out`` appears complete or not at all, and :meth:`discard`
     removes the partial file of a fetch that failed.
+
+    A process killed part-way runs no cleanup: so the writer holds an exclusive
+    ``flock`` on the temporary file from its creation until :meth:`release`, on a
+    descriptor of its own (the file's is closed when the rows are done). The kernel
+    lets go of it when the process ends, however it ends: a lock that another
+    process can take is a fetch nobody is running any more (:func:`recover`).
     """
 
     def __init__(self, out: Path, fmt: str, fields: Sequence[str]) -> None:
         self.fmt = fmt
         self.fields = list(fields)
         self.out = out
-        self.path = out.with_name(f".{out.name}.{secrets.token_hex(6)}.part")
+        token = secrets.token_hex(8)
+        #: names this attempt in the audit trail, beside the export: recovery tells by it whether
+        #: this attempt's file was finished (``export.publish``) or undone (``export.fetch`` error)
+        self.attempt = _ATTEMPT + token
+        #: absolute: a recovery run from another directory finds it by the export's row
+        self.path = Path(os.path.abspath(out)).with_name(f".{out.name}.{token}.part")
         self._pq: Any = None
         self._fh: Any = None
         self._bin: Any = None
         self._buf: list[dict[str, str | None]] = []
         #: the file has its name: from then on nothing may undo the fetch that wrote it
         self.published = False
+        #: the temporary name is gone (published and unlinked, or renamed into place)
+        self.temp_removed = False
+        self._lock_fd: int | None = None
         try:
             fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o600)
         except FileExistsError:
             raise ExportError(f"{self.path.name} already exists; an export is written to a new file",
                               code="export.exists") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            self._lock_fd = os.dup(fd)
+        except OSError as exc:
+            # without the lock a recovery would take this fetch for a killed one and remove its file
+            os.close(fd)
+            self.path.unlink(missing_ok=True)
+            raise ExportError(f"the export's directory does not take file locks ({type(exc).__name__}); "
+                              "a fetch there could not be told from an interrupted one",
+                              code="export.lock", hint="write the export to a local file system") from None
         if fmt == "parquet":
             self._bin = open(fd, "wb")  # noqa: SIM115 - closed in close()
         else:
@@ -838,15 +895,38 @@ class _Writer:
                 raise ExportError(f"{self.out.name} already exists; an export is written to a new file",
                                   code="export.exists") from None
             os.rename(self.path, self.out)
-            self.published = True
+            self.published = self.temp_removed = True
             return
         self.published = True
-        # the temporary name goes; should that fail, the file is still out under its name
+        # the temporary name goes; should that fail, the file is still out under its name (and
+        # the export's row keeps the temporary name, for `export recover` to remove)
         try:
             self.path.unlink()
+            self.temp_removed = True
         except OSError as exc:
             log.error("export file published; its temporary name could not be removed (%s)",
                       type(exc).__name__)
+
+    def empty(self) -> None:
+        """Close the partial file and cut it to nothing, keeping its name and its lock.
+
+        A failed fetch empties its file, records the undo, then removes the file: until the
+        undo is recorded the name is there, locked, so a recovery running meanwhile sees a
+        fetch still running rather than a killed one whose file went; and a process killed
+        in between leaves an empty file, no PI.
+        """
+        if self.published:
+            return
+        self._buf = []
+        for close in (getattr(self._pq, "close", None), getattr(self._fh, "close", None),
+                      getattr(self._bin, "close", None)):
+            if close is not None:
+                with contextlib.suppress(Exception):  # the file is emptied next
+                    close()
+        self._pq = None
+        if self._lock_fd is not None:
+            with contextlib.suppress(OSError):  # removed next, whatever happens here
+                os.ftruncate(self._lock_fd, 0)
 
     def discard(self) -> None:
         """Close and remove the partial file; errors of a full disk are moot by now.
@@ -855,14 +935,14 @@ class _Writer:
         """
         if self.published:
             return
-        self._buf = []
-        for close in (getattr(self._pq, "close", None), getattr(self._fh, "close", None),
-                      getattr(self._bin, "close", None)):
-            if close is not None:
-                with contextlib.suppress(Exception):  # the file is deleted next
-                    close()
-        self._pq = None
+        self.empty()
         self.path.unlink(missing_ok=True)
+
+    def release(self) -> None:
+        """Let go of the fetch's lock, once the fetch is over (done, undone or given up)."""
+        fd, self._lock_fd = self._lock_fd, None
+        if fd is not None:
+            os.close(fd)
 
 
 def _derived(r: dict[str, str | None]) -> dict[str, str | None]:
@@ -882,7 +962,9 @@ def fetch(vault: Vault, export_id: str, out: str | Path, *, ctx: AccessContext,
     a new file, made with mode 0600: it holds PI in full. It appears whole or
     not at all: a fetch that fails part-way removes what it wrote, records the
     failure in the audit trail (``export.fetch``, outcome ``error``) and leaves
-    the export approved, to be fetched again.
+    the export approved, to be fetched again. A fetch of the export that was
+    killed part-way (its process gone, its file left) is recovered first, as
+    :func:`recover` does; one still running is left alone and this one refused.
 
     Handed out are the records counted when the export was requested that the
     selection still holds; an approval past its deadline is refused
@@ -902,6 +984,14 @@ def fetch(vault: Vault, export_id: str, out: str | Path, *, ctx: AccessContext,
     def refused(message: str, code: str, hint: str | None = None) -> ExportError:
         return _refused(vault, ctx, "export.fetch", export_id, message, code=code, hint=hint)
 
+    if ctx.principal == info.requester and (info.status == "fetching" or info.fetch_part):
+        # an earlier fetch of this export was killed part-way: its leftover file goes and the
+        # export is approved again; a fetch still running is left alone, and this one refused
+        recovered = _recover(vault, ctx, export_id)
+        info = get_export(vault.db, export_id)
+        if info.status == "fetching":
+            raise refused("the export is being fetched" if recovered is None
+                          else f"the export is fetching: {recovered.message}", "export.state")
     if info.status == "expired":
         raise refused(f"the export's approval lapsed at {when(info.expires_at)} unfetched",
                       "export.expired", "the requester may request it again")
@@ -956,12 +1046,45 @@ def fetch(vault: Vault, export_id: str, out: str | Path, *, ctx: AccessContext,
     trace = () if "id_number" in info.fields else tuple(f for f in PAIR_FIELDS if f in info.fields)
     canaries = [_make_canary(vault, blender, known, trace) for _ in range(k)]
     reveal = replace(ctx, reveal=True)
-    # the file first: one that cannot be made leaves the export approved, not half-fetched
-    writer = _Writer(out, fmt, info.fields)
+    # held for the fetch's life on PostgreSQL: a recovery on any node that can take it knows
+    # no live session fetches this export (the file lock below answers on this host)
+    if not _hold(vault.db, export_id):
+        raise ExportError("the export is being fetched or recovered by another process",
+                          code="export.state")
+    try:
+        # the file first: one that cannot be made leaves the export approved, not half-fetched
+        writer = _Writer(out, fmt, info.fields)
+        try:
+            _write_export(vault, ctx, reveal, export_id, info, writer, fmt, grant=grant, ids=ids,
+                          canaries=canaries, positions=positions, blender=blender, known=known,
+                          seen=seen, trace=trace, left_out=left_out)
+        finally:
+            writer.release()
+    finally:
+        _let_go(vault.db, export_id)
+    return get_export(vault.db, export_id)
+
+
+def _write_export(vault: Vault, ctx: AccessContext, reveal: AccessContext, export_id: str,
+                  info: ExportInfo, writer: _Writer, fmt: str, *, grant: dict[str, Any], ids: list[str],
+                  canaries: list[dict[str, str]], positions: set[int], blender: Blender,
+                  known: dict[str, set[str]], seen: set[str], trace: Sequence[str], left_out: int) -> None:
+    """The fetch from its first audit entry to the file's name: all of it or, undone, none.
+
+    The row records the temporary file and the host with the status ``fetching``, in
+    the transaction of the audit entries that say the records left, so a process
+    killed after it leaves what :func:`recover` needs; the attempt's name in those
+    entries ties them to the file.
+    """
+    from pivault.vault.facade import open_record
+
+    part = str(writer.path)
+    total = len(ids) + len(canaries)
     try:
         with vault.db.transaction():
-            cur = vault.db.execute("UPDATE exports SET status = 'fetching' WHERE export_id = ?"
-                                   " AND status = 'approved'", (export_id,))
+            cur = vault.db.execute("UPDATE exports SET status = 'fetching', fetch_part = ?, fetch_host = ?"
+                                   " WHERE export_id = ? AND status = 'approved'",
+                                   (part, socket.gethostname(), export_id))
             if cur.rowcount != 1:
                 raise ExportError("the export is being fetched already", code="export.state")
             if vault.db.query_one("SELECT 1 FROM export_members WHERE export_id = ? AND kind = 'canaries'",
@@ -975,7 +1098,7 @@ def fetch(vault: Vault, export_id: str, out: str | Path, *, ctx: AccessContext,
                 raise ExportError("the audit trail records a fetch of this export that was not undone",
                                   code="export.state")
             _register_canaries(vault, export_id, canaries, blender, known, seen, trace)
-            _audit(vault, ctx, "export.fetch", (export_id,), "ok")
+            _audit(vault, ctx, "export.fetch", (export_id, writer.attempt), "ok")
             _audit(vault, ctx, "export", ids, "ok")
     except BaseException:
         # rolled back with the transaction: no entry says the fetch went ahead
@@ -989,9 +1112,9 @@ def fetch(vault: Vault, export_id: str, out: str | Path, *, ctx: AccessContext,
         pos = 0
         it = iter(canaries)
         for start in range(0, len(ids), _CHUNK):
-            part = ids[start:start + _CHUNK]
-            by_id = {s.record_id: s for s in vault.store.get_many(part)}
-            for rid in part:
+            chunk = ids[start:start + _CHUNK]
+            by_id = {s.record_id: s for s in vault.store.get_many(chunk)}
+            for rid in chunk:
                 full = _derived(open_record(vault.keyring, by_id[rid]).to_dict())
                 row_keys.append(_row_keys(full, info.fields))
                 while pos in positions:
@@ -1004,16 +1127,24 @@ def fetch(vault: Vault, export_id: str, out: str | Path, *, ctx: AccessContext,
             pos += 1
         writer.close()
         with vault.db.transaction():
+            cur = vault.db.execute(
+                "UPDATE exports SET status = 'fetched', fetched_by = ?, fetched_at = ?, format = ?,"
+                " rows = ?, canaries = ?, left_out = ? WHERE export_id = ? AND status = 'fetching'"
+                " AND fetch_part = ?",
+                (ctx.principal, time.time(), fmt, len(ids), len(canaries), left_out, export_id, part))
+            if cur.rowcount != 1:
+                # a recovery took this attempt for a killed one (its file or its database session
+                # was lost meanwhile) and undid it: this copy must not come out
+                raise ExportError("the fetch was undone by a recovery while it ran", code="export.state")
             step = _MEMBER_CHUNK
             _put_ids(vault, export_id, "members", ids)
             # aligned with the members' chunks: per row, one 8-byte key per pair of ROW_KEYS
             _put_blobs(vault, export_id, "rowkeys",
                        (b"".join(k.to_bytes(8, "big") for keys in row_keys[i:i + step] for k in keys)
                         for i in range(0, len(ids), step)))
-            vault.db.execute(
-                "UPDATE exports SET status = 'fetched', fetched_by = ?, fetched_at = ?, format = ?,"
-                " rows = ?, canaries = ?, left_out = ? WHERE export_id = ?",
-                (ctx.principal, time.time(), fmt, len(ids), len(canaries), left_out, export_id))
+            # the point of no return, in the trail: a recovery never undoes an attempt past it,
+            # whatever the exports table says
+            _audit(vault, ctx, "export.publish", (export_id, writer.attempt), "ok")
         # recorded as fetched before the file gets its name: a crash between the two leaves an
         # export spent and no file, never a file the vault does not know of
         writer.publish()
@@ -1022,10 +1153,12 @@ def fetch(vault: Vault, export_id: str, out: str | Path, *, ctx: AccessContext,
             # the file is out with its canaries, and the export recorded as fetched: undoing
             # the fetch now would let it be fetched again while this copy exists
             raise
+        writer.empty()
+        _fetch_failed(vault, ctx, export_id, exc, part, writer.attempt)
         writer.discard()
-        _fetch_failed(vault, ctx, export_id, exc)
         raise
-    return get_export(vault.db, export_id)
+    if writer.temp_removed:
+        _forget_part(vault, export_id, part)
 
 
 #: how far before its approval a fetch's audit entry is looked for (clocks of two nodes differ)
@@ -1036,49 +1169,422 @@ def _fetched_in_trail(vault: Vault, requester: str, export_id: str, approved_at:
     """Whether the audit trail holds a fetch of the export (``export.fetch`` ``ok``) that no
     ``error`` entry undid: a file may have left, whatever the exports table says now.
 
-    Only the requester fetches, and only after the approval: the entries looked at are
-    theirs, from (a day before, for clocks that differ) the sealed time of the approval.
+    Only the requester fetches, and only after the approval: the ``ok`` entries looked at
+    are theirs, from (a day before, for clocks that differ) the sealed time of the approval.
+    An ``error`` entry undoes the ``ok`` of its own attempt (named beside the export since
+    fetches name them; one entry of each before that), whoever wrote it: the fetch that
+    failed, or the recovery of one that was killed.
     """
     from pivault.audit import entries
 
     if not vault.db.table_exists("audit_entries"):  # a vault without a trail
         return False
-    done = 0
-    for e in entries(vault.db, principal=requester, operation="export.fetch",
-                     since=approved_at - _CLOCK_SLACK):
-        if export_id in e.record_ids:
-            done += {"ok": 1, "error": -1}.get(e.outcome, 0)
-    return done > 0
+    started: dict[str | None, int] = {}
+    undone: dict[str | None, int] = {}
+    for e in entries(vault.db, operation="export.fetch", since=approved_at - _CLOCK_SLACK):
+        if export_id not in e.record_ids:
+            continue
+        attempt = _attempt_named(e.record_ids)
+        if e.outcome == "ok" and e.principal == requester:
+            started[attempt] = started.get(attempt, 0) + 1
+        elif e.outcome == "error":
+            undone[attempt] = undone.get(attempt, 0) + 1
+    return any(n > undone.get(a, 0) for a, n in started.items())
 
 
-def _fetch_failed(vault: Vault, ctx: AccessContext, export_id: str, exc: BaseException) -> None:
-    """Undo a fetch that failed after its audit entries: no file is left (the caller removed
-    it), the canaries and members go, the export is approved again, and the trail says so.
+def _attempt_named(ids: Sequence[str]) -> str | None:
+    """The attempt an export's audit entry names beside the export (None: an older entry)."""
+    return next((r for r in ids if r.startswith(_ATTEMPT)), None)
+
+
+def _undo(vault: Vault, ctx: AccessContext, export_id: str, part: str, attempt: str,
+          *, interrupted: bool) -> bool:
+    """Set an attempt back: its canaries and members go, the export is approved again, and the
+    trail says so (``export.fetch`` ``error``; ``export.recover`` for a killed fetch), in one
+    transaction. False if the row no longer holds this attempt (undone already).
+
+    The row must still name the attempt's temporary file: a fetch and a recovery of it
+    racing each other undo it once, and never a later attempt of the same export. A
+    recovery undoes only a fetch still ``fetching``; the fetch itself also one it recorded
+    as fetched whose file then did not get its name (it knows; a recovery cannot).
+    """
+    statuses = "('fetching')" if interrupted else "('fetching', 'fetched')"
+    with vault.db.transaction():
+        cur = vault.db.execute(
+            "UPDATE exports SET status = 'approved', fetched_by = NULL, fetched_at = NULL, format = NULL,"
+            " rows = NULL, canaries = NULL, left_out = NULL, fetch_part = NULL, fetch_host = NULL"
+            f" WHERE export_id = ? AND status IN {statuses} AND fetch_part = ?", (export_id, part))
+        if cur.rowcount != 1:
+            return False
+        marks = ", ".join("?" for _ in _FETCH_KINDS)
+        vault.db.execute(f"DELETE FROM export_members WHERE export_id = ? AND kind IN ({marks})",
+                         (export_id, *_FETCH_KINDS))
+        # with the undo, in its transaction: the entry that lets the export be fetched again
+        # (see _fetched_in_trail) is in the trail exactly when the export is approved again
+        _audit(vault, ctx, "export.fetch", (export_id, attempt), "error")
+        if interrupted:
+            _audit(vault, ctx, "export.recover", (export_id, attempt), "ok")
+    return True
+
+
+def _fetch_failed(vault: Vault, ctx: AccessContext, export_id: str, exc: BaseException, part: str,
+                  attempt: str) -> None:
+    """Undo a fetch that failed after its audit entries: its file holds nothing (the caller
+    emptied it, and removes it next), the canaries and members go, the export is approved
+    again, and the trail says so.
 
     Each step is tried on its own: a full disk or a lost database may fail them too, and
-    the first error is the one the caller raises.
+    the first error is the one the caller raises. A recovery that took this fetch for a
+    killed one (it lost its file or its database session) may have undone it already.
     """
     try:
-        with vault.db.transaction():
-            marks = ", ".join("?" for _ in _FETCH_KINDS)
-            vault.db.execute(f"DELETE FROM export_members WHERE export_id = ? AND kind IN ({marks})",
-                             (export_id, *_FETCH_KINDS))
-            vault.db.execute("UPDATE exports SET status = 'approved', fetched_by = NULL, fetched_at = NULL,"
-                             " format = NULL, rows = NULL, canaries = NULL, left_out = NULL"
-                             " WHERE export_id = ?", (export_id,))
-            # with the undo, in its transaction: the entry that lets the export be fetched again
-            # (see _fetched_in_trail) is in the trail exactly when the export is approved again
-            _audit(vault, ctx, "export.fetch", (export_id,), "error")
+        if not _undo(vault, ctx, export_id, part, attempt, interrupted=False):
+            log.warning("export %s: the failed fetch was undone by a recovery already", export_id)
         return
     except Exception as undo:  # reported; the fetch's own error is raised
         log.error("export %s: could not set the failed fetch back (%s); it stays %s", export_id,
                   type(undo).__name__, "fetching")
     try:
-        _audit(vault, ctx, "export.fetch", (export_id,), "error")
+        _audit(vault, ctx, "export.fetch", (export_id, attempt), "error")
     except Exception as undo:
         log.error("export %s: the failed fetch (%s) could not be audited (%s)", export_id,
                   type(exc).__name__, type(undo).__name__)
 
+
+def _forget_part(vault: Vault, export_id: str, part: str) -> None:
+    """The fetched file has its name and its temporary name is gone: nothing is left to recover."""
+    try:
+        vault.db.execute("UPDATE exports SET fetch_part = NULL, fetch_host = NULL WHERE export_id = ?"
+                         " AND fetch_part = ?", (export_id, part))
+    except Exception as exc:  # the export is fetched; `export recover` clears the row later
+        log.warning("export %s: fetched; its row still names its temporary file (%s)", export_id,
+                    type(exc).__name__)
+
+
+# ---------------------------------------------------------------- recovery of a killed fetch
+
+
+def _hold(db: Database, export_id: str) -> bool:
+    """PostgreSQL: take the export's fetch lock for this session, if no other session holds it.
+
+    A session-level advisory lock lives as long as the session: the server lets go of it
+    when the fetching process's connection ends, on whatever node it ran. SQLite has no
+    sessions to ask; the lock on the temporary file answers there (True).
+    """
+    if db.dialect != "postgresql":
+        return True
+    row = db.query_one("SELECT pg_try_advisory_lock(CAST(? AS integer), CAST(? AS integer))",
+                       _lock_keys(export_id))
+    return bool(row and row[0])
+
+
+def _let_go(db: Database, export_id: str) -> None:
+    if db.dialect != "postgresql":
+        return
+    try:
+        db.query_one("SELECT pg_advisory_unlock(CAST(? AS integer), CAST(? AS integer))",
+                     _lock_keys(export_id))
+    except Exception as exc:  # it goes with the session
+        log.warning("export %s: its fetch lock could not be released (%s)", export_id, type(exc).__name__)
+
+
+def _lock_keys(export_id: str) -> tuple[int, int]:
+    return _FETCH_LOCK, int.from_bytes(hashlib.blake2b(export_id.encode("utf-8"), digest_size=4).digest(),
+                                       "big", signed=True)
+
+
+@dataclass(frozen=True)
+class Recovery:
+    """What :func:`recover` found of one export's fetch and did about it (ids, a path, a host; no PI).
+
+    ``outcome``: ``recovered`` — the fetch was killed part-way and is undone, the export
+    approved again; ``cleaned`` — a fetched export's file kept its temporary name, now
+    removed (the export stays fetched); ``running`` — a live process holds the fetch, left
+    alone; ``left`` — whether its process lives cannot be told from here (``message`` says
+    why and what to do); ``refused`` — the audit trail says this fetch's file was finished,
+    so it is not undone whatever the exports table says.
+    ``file``: ``removed``, ``not_found`` (not on this host) or ``kept``.
+    """
+
+    export_id: str
+    outcome: str
+    status: str
+    file: str
+    message: str
+    #: the temporary file the fetch wrote (for whoever must remove it where the fetch ran)
+    part: str | None = None
+    host: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+class _Busy(Exception):
+    """The fetch's process still holds the lock on its file."""
+
+
+class _Unsure(Exception):
+    """Whether the fetch's process lives cannot be told from here (the message says why)."""
+
+
+class _Part:
+    """A killed fetch's temporary file, open and locked: the lock keeps a second recovery off it,
+    and the file's identity keeps :meth:`remove` from unlinking anything put at its name since."""
+
+    def __init__(self, dir_fd: int, fd: int, name: str) -> None:
+        self.dir_fd, self.fd, self.name = dir_fd, fd, name
+        st = os.fstat(fd)
+        self.identity = (st.st_dev, st.st_ino)
+        #: other names of the file: the export's own name, once a fetch linked it there
+        self.other_names = st.st_nlink - 1
+
+    def remove(self) -> None:
+        """Unlink the temporary name, without overwriting: the file itself is the export's, and
+        its blocks are the file system's to reuse (see docs/leak.md on a killed fetch)."""
+        st = os.stat(self.name, dir_fd=self.dir_fd, follow_symlinks=False)
+        if (st.st_dev, st.st_ino) != self.identity:
+            raise _Unsure("the temporary file was replaced while it was looked at; left as it is")
+        os.unlink(self.name, dir_fd=self.dir_fd)
+
+    def close(self) -> None:
+        os.close(self.fd)  # and with it the lock
+        os.close(self.dir_fd)
+
+
+def _open_part(path: str) -> _Part | None:
+    """The temporary file at ``path``, open and locked; None if this host has no file there.
+
+    Raises :class:`_Busy` when a live process holds its lock, :class:`_Unsure` when it cannot
+    be checked (another account's, not a regular file, a file system without locks). The row
+    naming it can be edited: only a fetch's temporary name is looked at, never through a
+    symbolic link, and a FIFO put there does not block the open.
+    """
+    p = Path(path)
+    if not p.is_absolute() or _PART.fullmatch(p.name) is None:
+        raise _Unsure("the export's row does not name a fetch's temporary file; left as it is")
+    try:
+        dir_fd = os.open(p.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except OSError:
+        raise _Unsure("the directory of the temporary file cannot be opened by this account: run the "
+                      "recovery as the account that ran the fetch") from None
+    try:
+        fd = os.open(p.name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dir_fd)
+    except FileNotFoundError:
+        os.close(dir_fd)
+        return None
+    except PermissionError:
+        os.close(dir_fd)
+        raise _Unsure("the temporary file belongs to another account: run the recovery as the account "
+                      "that ran the fetch") from None
+    except OSError:
+        os.close(dir_fd)
+        raise _Unsure("the temporary file's name holds something else (a link); left as it is") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise _Unsure("the temporary file's name holds something else; left as it is")
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise _Busy from None
+        except OSError:
+            raise _Unsure("the temporary file's file system takes no locks: whether its fetch runs "
+                          "cannot be told") from None
+        return _Part(dir_fd, fd, p.name)
+    except BaseException:
+        os.close(fd)
+        os.close(dir_fd)
+        raise
+
+
+def _finished_in_trail(vault: Vault, requester: str, export_id: str, attempt: str,
+                       approved_at: float) -> bool:
+    """Whether the trail holds the attempt's ``export.publish`` entry: its file was complete and the
+    export recorded as fetched, past which no fetch is undone (the exports table may say
+    otherwise: it can be edited, the trail not unseen)."""
+    from pivault.audit import entries
+
+    if not vault.db.table_exists("audit_entries"):
+        return False
+    return any(export_id in e.record_ids and attempt in e.record_ids
+               for e in entries(vault.db, principal=requester, operation="export.publish",
+                                since=approved_at - _CLOCK_SLACK))
+
+
+def recover(vault: Vault, export_id: str | None = None, *, ctx: AccessContext) -> list[Recovery]:
+    """Recover the fetches of ``export_id`` (default: of every export) that were killed part-way.
+
+    A fetch whose process ended without cleaning up (``kill -9``, a lost machine) leaves
+    its temporary file, PI in full, and the export ``fetching``. Whether the process lives
+    is told by the locks it held for the whole fetch, which the kernel (the temporary
+    file's ``flock``) and PostgreSQL (a session advisory lock) release when it ends. For a
+    dead one: the temporary file is removed (unlinked) and the fetch undone as a failed one
+    is — canaries and members dropped, the export approved again, ``export.fetch`` ``error``
+    and ``export.recover`` in the trail, in one transaction — so it is fetched once, again.
+    A fetched export whose file kept its temporary name loses that name, nothing more.
+
+    Never touched: a fetch whose process still runs, and a fetch the trail records as
+    finished (``export.publish``). A file this host cannot see (the fetch ran on another
+    node) is said, not guessed at: see :class:`Recovery`.
+
+    The export's requester recovers their own (``fetch`` does so first); a principal of a
+    role in :data:`RECOVER_ROLES` recovers any, or all.
+    """
+    db = vault.db
+    if export_id is None:
+        if ctx.role not in RECOVER_ROLES:
+            _audit(vault, ctx, "export.recover", (), "denied")
+            raise ExportError("only a principal with role " + " or ".join(sorted(RECOVER_ROLES))
+                              + " recovers the fetches of every export", code="export.not_recoverer",
+                              hint="name the export: its requester may recover it")
+        if not db.table_exists("exports"):
+            return []
+        wanted = [str(r[0]) for r in db.query(
+            "SELECT export_id FROM exports WHERE status = 'fetching' OR fetch_part IS NOT NULL"
+            " ORDER BY requested_at, export_id")]
+    else:
+        info = get_export(db, export_id)
+        if ctx.principal != info.requester and ctx.role not in RECOVER_ROLES:
+            raise _refused(vault, ctx, "export.recover", export_id, "only the export's requester or a "
+                           "principal with role " + " or ".join(sorted(RECOVER_ROLES))
+                           + " recovers its fetch", code="export.not_recoverer")
+        wanted = [export_id]
+    return [r for r in (_recover(vault, ctx, x) for x in wanted) if r is not None]
+
+
+def _recover(vault: Vault, ctx: AccessContext, export_id: str) -> Recovery | None:
+    """:func:`recover` for one export the caller may recover (None: nothing to recover).
+
+    The row is read, the locks taken, and the row read again: a fetch that ended in
+    between (its locks are let go last) has moved the row on, and is looked at anew.
+    """
+    db = vault.db
+    for _ in range(3):
+        row = _fetch_row(db, export_id)
+        if row is None:
+            return None
+        status, part, host = row
+        if status not in ("fetching", "fetched") or (status == "fetched" and part is None):
+            return None
+        if part is None:
+            return _result(db, export_id, "left", "kept", "the fetch began before pivault recorded how to "
+                           "recover one: whether its process still runs cannot be told; left as it is",
+                           part, host)
+        if not _hold(db, export_id):
+            return _result(db, export_id, "running", "kept", "a fetch of this export is running (another "
+                           "process holds it); left alone", part, host)
+        try:
+            try:
+                held = _open_part(part)
+            except _Busy:
+                return _result(db, export_id, "running", "kept", "a fetch of this export is running (its "
+                               "process holds its temporary file); left alone", part, host)
+            except _Unsure as exc:
+                return _result(db, export_id, "left", "kept", str(exc), part, host)
+            try:
+                if _fetch_row(db, export_id) != row:
+                    continue
+                return _recover_held(vault, ctx, export_id, status, part, host, held)
+            finally:
+                if held is not None:
+                    held.close()
+        finally:
+            _let_go(db, export_id)
+    return _result(db, export_id, "left", "kept", "the export's fetch kept changing while it was looked at: "
+                   "run the recovery again", None, None)
+
+
+def _fetch_row(db: Database, export_id: str) -> tuple[str, str | None, str | None] | None:
+    row = db.query_one("SELECT status, fetch_part, fetch_host FROM exports WHERE export_id = ?", (export_id,))
+    return None if row is None else (str(row[0]), row[1], row[2])
+
+
+def _result(db: Database, export_id: str, outcome: str, file: str, message: str, part: str | None,
+            host: str | None) -> Recovery:
+    return Recovery(export_id, outcome, get_export(db, export_id).status, file, message, part, host)
+
+
+def _recover_held(vault: Vault, ctx: AccessContext, export_id: str, status: str, part: str,
+                  host: str | None, held: _Part | None) -> Recovery | None:
+    """Recover a fetch whose process is gone (its locks are ours now; ``held``: its file, if this
+    host has it)."""
+    db = vault.db
+    match = _PART.fullmatch(Path(part).name)
+    assert match is not None  # _open_part looks only at a fetch's temporary name
+    attempt = _ATTEMPT + match.group("token")
+    elsewhere = bool(host) and host != socket.gethostname()
+
+    def result(outcome: str, file: str, message: str) -> Recovery:
+        return _result(db, export_id, outcome, file, message, part, host)
+
+    if held is None and elsewhere and db.dialect == "sqlite":
+        # no session to ask, no file to lock: a fetch there may be running
+        return result("left", "kept", "the fetch ran on another host: whether its process still runs "
+                      "cannot be told from here; run the recovery there")
+    try:
+        if status == "fetched":
+            return _clean_fetched(vault, ctx, export_id, part, attempt, held, elsewhere, result)
+        info = get_export(db, export_id)
+        grant = _approved_as_stored(vault, info)
+        if grant is None or "approved_at" not in grant:
+            _audit(vault, ctx, "export.recover", (export_id, attempt), "denied")
+            return result("refused", "kept", "the export's row no longer holds what its approver agreed to: "
+                          "not undone")
+        if _finished_in_trail(vault, info.requester, export_id, attempt, float(grant["approved_at"])):
+            _audit(vault, ctx, "export.recover", (export_id, attempt), "denied")
+            return result("refused", "kept", "the audit trail records that this fetch's file was finished: "
+                          "it is not undone, whatever the exports table says")
+        file = "not_found"
+        if held is not None:
+            # the file first: PI on a disk outlives a database that fails now
+            held.remove()
+            file = "removed"
+        if not _undo(vault, ctx, export_id, part, attempt, interrupted=True):
+            return result("left", file, "the export changed while it was recovered: run the recovery again")
+    except _Unsure as exc:
+        return result("left", "kept", str(exc))
+    except OSError as exc:
+        return result("left", "kept", f"the temporary file could not be removed ({type(exc).__name__}): run "
+                      "the recovery as the account that ran the fetch")
+    log.warning("export %s: an interrupted fetch was recovered; the export is approved again", export_id)
+    again = "the export is approved again, to be fetched once"
+    if file == "removed":
+        return result("recovered", file, "the fetch was interrupted: its temporary file was removed; "
+                      + again)
+    return result("recovered", file, f"the fetch was interrupted; {again}. The temporary file could not be "
+                  "found on this host; remove it where the fetch ran")
+
+
+def _clean_fetched(vault: Vault, ctx: AccessContext, export_id: str, part: str, attempt: str,
+                   held: _Part | None, elsewhere: bool,
+                   result: Callable[[str, str, str], Recovery]) -> Recovery | None:
+    """A fetched export whose row still names its temporary file: the process ended between
+    recording the export as fetched and removing that name. The export stays fetched (its
+    canaries are registered; a copy may be out); the temporary name goes.
+    """
+    file = "not_found"
+    named = False
+    if held is not None:
+        named = held.other_names > 0
+        held.remove()
+        file = "removed"
+    with vault.db.transaction():
+        cur = vault.db.execute("UPDATE exports SET fetch_part = NULL, fetch_host = NULL WHERE export_id = ?"
+                               " AND status = 'fetched' AND fetch_part = ?", (export_id, part))
+        if cur.rowcount == 1 and (held is not None or elsewhere):
+            _audit(vault, ctx, "export.recover", (export_id, attempt), "ok")
+    if held is None:
+        if not elsewhere:  # its temporary name went, as it should have: nothing is left
+            return None
+        return result("cleaned", file, "the export is fetched; its temporary file could not be found on "
+                      "this host: if it is still there, remove it where the fetch ran")
+    if named:
+        return result("cleaned", file, "the export is fetched and its file has its name; the temporary "
+                      "name it kept was removed")
+    return result("cleaned", file, "the export is recorded as fetched, but its process ended before the "
+                  "file got its name: the temporary file was removed, and the export stays fetched "
+                  "(request it again for another copy)")
 
 
 def _present(vault: Vault, ctx: AccessContext, r: dict[str, str | None],
