@@ -14,6 +14,7 @@ there, or lets it go on.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import select
@@ -439,3 +440,56 @@ def test_migrate_brings_an_older_vault_to_recovery(store_url: str, tmp_path: Pat
     finally:
         v.close()
 
+
+def test_export_recover_at_the_command_line(lite: tuple[World, str], tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """`pivault export list` points at an interrupted fetch; `pivault export recover` acts and
+    exits 0, or 1 when a fetch could not be recovered from here."""
+    import typer
+    from typer.testing import CliRunner
+
+    from pivault.cli import leak_cmds
+
+    w, url = lite
+    v = w.vault
+    x = _approved(w)
+    fetcher = Fetcher(w, url, x, tmp_path / "x.csv")
+    part = _part(w, x)
+    fetcher.kill()
+    monkeypatch.setattr(leak_cmds, "_open", lambda home: _Shared(v))
+    app = typer.Typer()
+
+    @app.callback()
+    def _root() -> None:
+        """pivault (test root)."""
+
+    leak_cmds.register(app)
+    runner = CliRunner()
+    r = runner.invoke(app, ["export", "list"])
+    assert r.exit_code == 0 and f"pivault export recover {x}" in r.output
+    r = runner.invoke(app, ["export", "recover", "--json"])
+    assert r.exit_code == 0, r.output
+    [got] = json.loads(r.output)
+    assert (got["export_id"], got["outcome"], got["status"], got["file"]) == (x, "recovered", "approved",
+                                                                               "removed")
+    assert not part.exists()
+    r = runner.invoke(app, ["export", "recover"])
+    assert r.exit_code == 0 and "no export fetch to recover" in r.output
+    # a row naming something that is not a fetch's temporary file: left, and the exit says so
+    v.db.execute("UPDATE exports SET status = 'fetching', fetch_part = ? WHERE export_id = ?",
+                 (str(tmp_path / "notes.txt"), x))
+    r = runner.invoke(app, ["export", "recover", x])
+    assert r.exit_code == 1 and "left" in r.output and "temporary file:" in r.output
+
+
+class _Shared:
+    """The test's vault handed to a command, which closes what it opens: this one stays open."""
+
+    def __init__(self, vault: object) -> None:
+        self.vault = vault
+
+    def __enter__(self) -> object:
+        return self.vault
+
+    def __exit__(self, *exc: object) -> None:
+        return None

@@ -139,6 +139,38 @@ def export_fetch(
                        "selection since the request")
 
 
+@export_app.command("recover")
+@run_cli
+def export_recover(
+    export_id: Annotated[str | None, typer.Argument(
+        help="One export (default: every export whose fetch runs or was interrupted).")] = None,
+    home: HomeOpt = None, token: TokenOpt = None, json_out: JsonOpt = False,
+) -> None:
+    """Recover export fetches killed part-way (kill -9, power lost): remove the temporary file
+    they left (PI in full) and approve the export again, to be fetched once.
+
+    A fetch still running is left alone, and a file that got its name is never undone. The
+    export's requester recovers their own (`export fetch` does so first); a dpo or the local
+    operator recovers any, or all. Exits 1 when a fetch could not be recovered from here.
+    """
+    from pivault.leak import exports
+
+    with _open(home) as vault:
+        done = exports.recover(vault, export_id, ctx=_ctx(vault, token, "export recovery"))
+    if json_out:
+        _print_json([r.to_dict() for r in done])
+    else:
+        if not done:
+            typer.echo("no export fetch to recover")
+        for r in done:
+            typer.echo(f"export {r.export_id}: {r.outcome}, now {r.status}: {r.message}")
+            if r.part and r.file != "removed":
+                # the operator's own file name, for whoever removes it where the fetch ran
+                typer.echo(f"  temporary file: {r.part}" + (f" (host {r.host})" if r.host else ""))
+    if any(r.outcome in ("left", "refused") for r in done):
+        raise typer.Exit(1)
+
+
 @export_app.command("list")
 @run_cli
 def export_list(home: HomeOpt = None, json_out: JsonOpt = False) -> None:
@@ -159,6 +191,10 @@ def export_list(home: HomeOpt = None, json_out: JsonOpt = False) -> None:
         step = {"requested": "  decide by ", "approved": "  fetch by ", "expired": "  expired "}
         due = (step[r["status"]] + exports.when(r["expires_at"])
                if r["status"] in step and r["expires_at"] else "")
+        if r["status"] == "fetching" or r["fetch_part"]:
+            # a fetch running, or one killed part-way whose temporary file (PI in full) is left
+            due += (f"  fetch on host {r['fetch_host'] or '?'}: if its process ended, "
+                    f"`pivault export recover {r['export_id']}`")
         typer.echo(f"{r['export_id']}  {r['status']:<9}  {r['recipient']}  requested by {r['requester']}"
                    f"  records {selected}  {decided} {r['approver'] or '-'}  rows {n}{due}")
 
