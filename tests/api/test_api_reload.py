@@ -71,7 +71,16 @@ def test_reload_applies_on_every_worker_and_refuses_invalid_files(live: Live) ->
         assert problem["detail"].startswith("roles.officer, purpose 'identity_verification': ")
         assert all(_lookup_status(live, "audit") == 403 for _ in range(4))
         assert _lookup_status(live, "data_subject_request") == 200
+        # and a valid file that every account of the host may write (any of them could have
+        # widened it) is not taken either
+        _write(policy_file, original)
+        policy_file.chmod(0o666)
+        with live.client(role="admin") as admin:
+            problem = assert_clean_problem(admin.post("/v1/admin/policy/reload"), live, 422)
+        assert problem["code"] == "policy.writable"
+        assert all(_lookup_status(live, "audit") == 403 for _ in range(4))
     finally:
+        policy_file.chmod(0o644)
         _write(policy_file, original)
         with live.client(role="admin") as admin:
             assert admin.post("/v1/admin/policy/reload").status_code == 200

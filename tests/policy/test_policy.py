@@ -158,6 +158,20 @@ def test_missing_file_is_a_policy_error(tmp_path: Path) -> None:
     assert exc.value.code == "policy.unreadable"
 
 
+def test_a_policy_file_every_account_may_write_is_not_read(tmp_path: Path) -> None:
+    """A policy file writable by every account of the host lets any of them widen every role at
+    the service's next start or reload: it is refused, with what to do; a group-writable one
+    (a shared admin group) is the operator's choice and is read."""
+    path = tmp_path / "policy.toml"
+    path.write_text(Policy.default_text(), encoding="utf-8")
+    path.chmod(0o666)
+    with pytest.raises(PolicyError) as exc:
+        Policy.load(path)
+    assert exc.value.code == "policy.writable" and "chmod o-w" in (exc.value.hint or "")
+    path.chmod(0o664)
+    assert Policy.load(path).roles.keys() == Policy.default().roles.keys()
+
+
 def test_explain_has_a_row_per_role() -> None:
     rows = {r["role"]: r for r in Policy.default().explain()}
     assert rows["admin"]["sees"] == "no PI"

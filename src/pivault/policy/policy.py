@@ -34,7 +34,9 @@ anything makes the policy invalid.
 from __future__ import annotations
 
 import math
+import os
 import re
+import stat
 import tomllib
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -369,12 +371,26 @@ class Policy:
 
     @staticmethod
     def read_text(path: str | Path) -> str:
-        """A policy file's text, with :meth:`load`'s checks (size, readable, UTF-8)."""
+        """A policy file's text, with :meth:`load`'s checks (size, readable, UTF-8, not writable by all).
+
+        The policy says who reads what: a file every account of the host may write lets any of
+        them widen every role, and the service would take it at its next start or reload. The
+        mode is checked on the descriptor the text is read from, so the file checked is the file
+        read. A group-writable file is left to the operator (a shared admin group is common).
+        """
         p = Path(path)
         try:
-            if p.stat().st_size > _MAX_POLICY_BYTES:
+            with open(p, "rb") as fh:
+                st = os.fstat(fh.fileno())
+                if st.st_mode & stat.S_IWOTH:
+                    raise PolicyError(f"the policy file {p.name} may be written by every account of this "
+                                      "host, so anyone could widen every role; it was not read",
+                                      code="policy.writable",
+                                      hint=f"chmod o-w {p.name} (and check who changed it)")
+                data = fh.read(_MAX_POLICY_BYTES + 1)
+            if len(data) > _MAX_POLICY_BYTES:
                 raise PolicyError(f"{p.name} is larger than {_MAX_POLICY_BYTES} bytes")
-            return p.read_text(encoding="utf-8")
+            return data.decode("utf-8")
         except OSError as exc:
             raise PolicyError(f"cannot read the policy file {p}: {exc.strerror}",
                               code="policy.unreadable") from None
