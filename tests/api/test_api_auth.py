@@ -3,13 +3,15 @@ suspended one, another role's — against the real server process over TLS."""
 
 from __future__ import annotations
 
+import json
+import re
 import socket
 import time
 from typing import Any
 
 import httpx
 import pytest
-from api_support import ROLE_PURPOSE, Live
+from api_support import ROLE_PURPOSE, Live, audited
 
 FAKE_ID = "r_" + "0" * 26
 FAKE_TOKEN_ID = "0123456789abcdef"
@@ -250,3 +252,56 @@ def test_two_purposes_a_websocket_and_a_loose_reveal_are_refused(live: Live) -> 
                   b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
         answer = s.recv(65536)
     assert answer.startswith(b"HTTP/1.1 200") and b"x-content-type-options: nosniff" in answer.lower()
+
+
+def _send_head_then_body(live: Live, token: str, body: bytes, meanwhile: Any) -> bytes:
+    """A lookup whose head (with its token) arrives at once and whose body arrives after ``meanwhile()``."""
+    host, port = live.base.removeprefix("https://").split(":")
+    head = (f"POST /v1/residents/lookup HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {token}\r\n"
+            f"X-Purpose: identity_verification\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n").encode()
+    with socket.create_connection((host, int(port)), timeout=10) as raw, \
+            live.tls().wrap_socket(raw, server_hostname=host) as s:
+        s.sendall(head + body[:3])
+        time.sleep(0.3)  # the head is read and its token checked
+        meanwhile()
+        s.sendall(body[3:])
+        s.settimeout(10)
+        answer = b""
+        while b"\r\n\r\n" not in answer or not answer.rstrip().endswith(b"}"):
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            answer += chunk
+    return answer
+
+
+def test_a_token_revoked_or_expired_while_its_body_arrives_is_refused(live: Live) -> None:
+    """The token was checked from the request's head alone, and the request then served with that
+    check however long its body took (up to --timeout, 30 s): a token revoked, suspended or expired
+    meanwhile read a resident after it was no longer valid, on as many connections as its holder had
+    opened beforehand. A request whose body is slow to come is checked again once it has come."""
+    store = live.token_store()
+    body = json.dumps({"id_number": live.residents[5]["id_number"]}).encode()
+    revoked, revoked_token = store.create("test-in-flight", "officer", ["identity_verification"],
+                                          ttl_seconds=600)
+    # expires a second after the head has been checked
+    expiring = store.create("test-in-flight-expiry", "officer", ["identity_verification"],
+                            ttl_seconds=600, now=time.time() - 598.7)[1]
+    cases = ((revoked_token, lambda: store.revoke(revoked.token_id), "auth.revoked"),
+             (expiring, lambda: time.sleep(1.2), "auth.expired"))
+    for token, meanwhile, code in cases:
+        answer = _send_head_then_body(live, token, body, meanwhile)
+        assert answer.startswith(b"HTTP/1.1 401"), answer[:200]
+        assert code.encode() in answer and live.residents[5]["name"].encode() not in answer
+    # the refusal is recorded under the token's principal, as any use of a revoked token is
+    rid = re.search(rb"x-request-id: (q_[0-9a-f]+)", answer, re.IGNORECASE)
+    assert rid is not None
+    trail = audited(live.store_url, rid.group(1).decode())
+    assert [(e.principal, e.operation, e.outcome) for e in trail] == [
+        ("test-in-flight-expiry", "token.use", "denied")]
+    # a body that comes with its head is served as before
+    with live.client(live.token_store().create("test-in-time", "officer", ["identity_verification"],
+                                               ttl_seconds=600)[1], purpose="identity_verification") as c:
+        assert c.post("/v1/residents/lookup", content=body,
+                      headers={"Content-Type": "application/json"}).status_code == 200

@@ -9,6 +9,10 @@ the per-request overhead of a task and a queue per middleware shows).
   so it cannot make a worker buffer megabytes on its behalf;
 - the request body is read up front, bounded by ``max_body`` (413 beyond), so a
   client cannot hold a worker with a huge or endless upload;
+- a body that took longer than ``REGATE_AFTER`` to come has its head passed
+  through the gate again: the token checked when the head came may have been
+  revoked, suspended or expired while the body trickled in (for up to
+  ``timeout`` seconds), and the request reaches the vault only now;
 - the whole request is bounded by ``timeout`` seconds (503 if no response has
   started by then);
 - security headers on every response (HSTS only over TLS);
@@ -46,6 +50,9 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 Gate = Callable[[Scope], Callable[[Scope, Receive, Send], Awaitable[None]] | None]
 
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+#: seconds a request's body may take to come before its head is checked again: a body sent with its
+#: head (nearly all) is not, so the usual request checks its token once
+REGATE_AFTER = 0.05
 
 
 class AccessLog:
@@ -118,6 +125,11 @@ class _TooLarge(Exception):
     pass
 
 
+async def _no_receive() -> Message:
+    # the body has been read: a refusal sent after it has nothing more to take from the client
+    return {"type": "http.disconnect"}
+
+
 class ServiceMiddleware:
     def __init__(self, app: ASGIApp, *, max_body: int = 1024 * 1024, timeout: float = 30.0,
                  tls: bool = False, access_log: AccessLog | None = None, gate: Gate | None = None) -> None:
@@ -184,12 +196,19 @@ class ServiceMiddleware:
                 if refusal is not None:
                     await refusal(scope, receive, send_wrapper)
                 elif scope.get("method") in _BODY_METHODS:
+                    gated = time.perf_counter()
                     try:
                         body = await self._read_body(scope, receive)
                     except _TooLarge:
                         await reply(413, "request.too_large",
                                     f"the request body is larger than {self.max_body} bytes")
                         return
+                    if self.gate is not None and time.perf_counter() - gated > REGATE_AFTER:
+                        # the token may have been revoked, suspended or expired while the body came
+                        refusal = self.gate(scope)
+                        if refusal is not None:
+                            await refusal(scope, _no_receive, send_wrapper)
+                            return
                     sent = False
 
                     async def replay() -> Message:
