@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import time
 
+import httpx
 from api_support import Live, audited
 
 
@@ -225,5 +226,53 @@ def test_a_rejected_request_of_a_valid_token_is_in_the_audit_trail(live: Live) -
         for value in (idn, wrong, resident["name"], resident["mobile"]):
             assert value not in repr(trail)
     assert audited(live.store_url, mint.headers["x-request-id"])[0].detail == {"subjects": []}
+    assert anonymous.status_code == 401
+    assert audited(live.store_url, anonymous.headers["x-request-id"], at_least=0, timeout=1) == []
+
+
+def test_an_ambiguous_or_mistyped_request_of_a_valid_token_is_in_the_audit_trail(live: Live) -> None:
+    """Two X-Purpose headers, a query parameter given twice (``?reveal=false&reveal=true``: a proxy
+    in front reads the first, a service the last) and a body that is not JSON were refused from the
+    request's head and left no entry at all, though a valid token sent them: the very attempts to
+    slip a purpose or a reveal past a proxy were the ones the trail never showed. Each leaves one
+    ``invalid`` entry now, under the caller and the route's operation, naming the record its path
+    names, with no purpose where two were stated, and marked ``{"reveal": true}`` where full values
+    were asked for."""
+    rid, idn = live.record_ids[17], live.residents[17]["id_number"]
+    officer = live.tokens["officer"]
+    two_purposes = [("Authorization", f"Bearer {officer}"), ("X-Purpose", "identity_verification"),
+                    ("X-Purpose", "case_investigation")]
+    with httpx.Client(base_url=live.base, verify=live.tls()) as c:
+        lookup = c.post("/v1/residents/lookup", json={"id_number": idn, "reveal": True}, headers=two_purposes)
+        read = c.get(f"/v1/residents/{rid}", headers=two_purposes)
+    with live.client(role="officer", purpose="case_investigation") as c:
+        twice = c.get(f"/v1/residents/{rid}?reveal=false&reveal=true")
+        other = c.get(f"/v1/residents/{rid}?x=1&x=2")
+        text = c.post("/v1/residents/lookup", content=json.dumps({"id_number": idn}),
+                      headers={"Content-Type": "text/plain"})
+    with live.client(role="registrar", purpose="correction") as c:
+        patch = c.patch(f"/v1/residents/{rid}", content=b"notes=x",
+                        headers={"Content-Type": "application/x-www-form-urlencoded"})
+    with live.client(role="admin") as c:
+        admin = c.get("/v1/admin/tokens?x=1&x=1")
+    expected = [  # answer, status, code, principal, operation, records, purpose, detail
+        (lookup, 400, "purpose.invalid", "test-officer", "find", (), "-", {"reveal": True}),
+        (read, 400, "purpose.invalid", "test-officer", "get", (rid,), "-", {}),
+        (twice, 400, "request.query", "test-officer", "get", (rid,), "case_investigation", {"reveal": True}),
+        (other, 400, "request.query", "test-officer", "get", (rid,), "case_investigation", {}),
+        (text, 415, "request.media_type", "test-officer", "find", (), "case_investigation", {}),
+        (patch, 415, "request.media_type", "test-registrar", "update", (rid,), "correction", {}),
+        (admin, 400, "request.query", "test-admin", "admin", (), "administration", {}),
+    ]
+    for r, status, code, principal, operation, records, purpose, detail in expected:
+        assert r.status_code == status and r.json()["code"] == code, r.text
+        trail = audited(live.store_url, r.headers["x-request-id"])
+        assert [(e.principal, e.operation, e.outcome, e.record_ids, e.purpose, e.detail) for e in trail] == [
+            (principal, operation, "invalid", records, purpose, detail)], r.request.url
+        assert idn not in repr(trail)
+    # a caller without a valid token still writes nothing, however it phrases its request
+    with httpx.Client(base_url=live.base, verify=live.tls()) as c:
+        anonymous = c.get(f"/v1/residents/{rid}?reveal=false&reveal=true",
+                          headers=[("X-Purpose", "identity_verification"), ("X-Purpose", "audit")])
     assert anonymous.status_code == 401
     assert audited(live.store_url, anonymous.headers["x-request-id"], at_least=0, timeout=1) == []

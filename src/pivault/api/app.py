@@ -315,6 +315,23 @@ def _json_or_absent(scope: Scope) -> bool:
     return True
 
 
+def _head_rejection(scope: Scope) -> tuple[int, str, str] | None:
+    """What makes a request malformed from its head alone: (status, code, detail), or None.
+
+    Two ``X-Purpose`` headers, or a query parameter given twice (``?reveal=false&reveal=true``):
+    a proxy in front may read one of them and this service another. A body that is not JSON.
+    Asked by the route's caller check, not before routing, so that a valid token's request
+    refused for it is recorded under the route's operation like any other it sends.
+    """
+    if sum(1 for name, _ in scope.get("headers", ()) if name == b"x-purpose") > 1:
+        return 400, "purpose.invalid", "send one X-Purpose header, not several"
+    if _repeated_query(scope.get("query_string", b"")):
+        return 400, "request.query", "send each query parameter once"
+    if scope.get("method") in ("POST", "PUT", "PATCH") and not _json_or_absent(scope):
+        return 415, "request.media_type", "send the body as JSON (Content-Type: application/json)"
+    return None
+
+
 async def _no_receive() -> Message:
     # a response sent in full never reads the request again
     return {"type": "http.disconnect"}
@@ -456,9 +473,10 @@ def create_app(vault: VaultLike, policy: Policy | PolicyHolder, *, tokens: Token
         else:
             # a body that is no JSON is rejected before the route's dependency runs: who sent it,
             # with the purpose stated if the policy knows it
-            stated = request.headers.get("x-purpose")
+            sent = request.headers.getlist("x-purpose")
+            stated = sent[0].strip() if len(sent) == 1 else None  # of two, neither is the purpose
             ctx = AccessContext(principal=token.principal, role=token.role,
-                                purpose=recorded_purpose(holder.peek(), stated.strip() if stated else None),
+                                purpose=recorded_purpose(holder.peek(), stated),
                                 request_id=_request_id(request) or "", token_id=token.token_id,
                                 source="api")
         record_id = (scope.get("path_params") or {}).get("record_id")
@@ -472,6 +490,25 @@ def create_app(vault: VaultLike, policy: Policy | PolicyHolder, *, tokens: Token
             if name is not None:
                 return name
         return None
+
+    def reject_head(scope: Scope, token: TokenInfo, operation: str, x_purpose: str | None, rid: str, *,
+                    record_id: str | None = None, reveal: bool = False) -> None:
+        """Refuse, and record as ``invalid`` under ``operation``, a request its head makes malformed.
+
+        Two purposes or a repeated query parameter are how a caller would slip a purpose or a
+        reveal past a proxy in front: the trail must show them as it shows any other refusal of a
+        valid token's request (with no purpose where two were stated: neither was taken).
+        """
+        rejected = _head_rejection(scope)
+        if rejected is None:
+            return
+        status, code, detail = rejected
+        stated = None if code == "purpose.invalid" or x_purpose is None else x_purpose.strip()
+        ctx = AccessContext(principal=token.principal, role=token.role,
+                            purpose=recorded_purpose(holder.current(), stated), request_id=rid,
+                            token_id=token.token_id, source="api", reveal=reveal)
+        audit_refusal(ctx, operation, subjects_of(record_id), "invalid")
+        raise Problem(status, code, detail)
 
     def authorise_caller(token: TokenInfo, operation: str, ops: tuple[str, ...], needs_purpose: bool,
                          x_purpose: str | None, rid: str, *, audit_as: str | None = None,
@@ -576,9 +613,13 @@ def create_app(vault: VaultLike, policy: Policy | PolicyHolder, *, tokens: Token
             if reveal is None:
                 asked = False
             elif reveal == "query":
-                asked = request.query_params.get("reveal") == "true"
+                # any of them: ?reveal=false&reveal=true asks for full values too (and is refused)
+                asked = "true" in request.query_params.getlist("reveal")
             else:
                 asked = reveal == "always" or await body_asks_reveal(request)
+            rid = _request_id(request) or ""
+            reject_head(request.scope, token, invalid_as or refused_as, x_purpose, rid,
+                        record_id=record_id if isinstance(record_id, str) else None, reveal=asked)
             caller = authorise_caller(token, operation, ops, needs_purpose, x_purpose,
                                       _request_id(request) or "", audit_as=audit_as,
                                       record_id=record_id if isinstance(record_id, str) else None,
@@ -934,6 +975,7 @@ def create_app(vault: VaultLike, policy: Policy | PolicyHolder, *, tokens: Token
         rid: str = state["request_id"]
         scope["route"] = lookup_route  # for the access log's route template
         try:
+            reject_head(scope, state["token"], "find", x_purpose, rid, reveal=parsed.reveal)
             caller = authorise_caller(state["token"], "lookup", lookup_ops, True, x_purpose, rid,
                                       reveal=parsed.reveal)
             resp = await run_lookup(parsed, caller)
@@ -978,15 +1020,8 @@ def create_app(vault: VaultLike, policy: Policy | PolicyHolder, *, tokens: Token
                 inactive_token_used(scope, exc.token, rid or "")
             return problem_response(401, exc.code, exc.message, rid,
                                     headers={"WWW-Authenticate": 'Bearer realm="pivault"'})
-        if sum(1 for name, _ in scope.get("headers", ()) if name == b"x-purpose") > 1:
-            # a proxy and this service could each take a different one of them
-            return problem_response(400, "purpose.invalid", "send one X-Purpose header, not several", rid)
-        if _repeated_query(scope.get("query_string", b"")):
-            # ?reveal=false&reveal=true: a proxy may read the first, this service would take the last
-            return problem_response(400, "request.query", "send each query parameter once", rid)
-        if scope.get("method") in ("POST", "PUT", "PATCH") and not _json_or_absent(scope):
-            return problem_response(415, "request.media_type",
-                                    "send the body as JSON (Content-Type: application/json)", rid)
+        # two purposes, a repeated query parameter or a body that is not JSON are refused by the
+        # route's caller check (reject_head), which records them under the route's operation
         return None
 
     inner = app.build_middleware_stack
