@@ -305,3 +305,48 @@ def test_a_token_revoked_or_expired_while_its_body_arrives_is_refused(live: Live
                                                ttl_seconds=600)[1], purpose="identity_verification") as c:
         assert c.post("/v1/residents/lookup", content=body,
                       headers={"Content-Type": "application/json"}).status_code == 200
+
+
+def test_a_body_is_read_one_way_only(live: Live) -> None:
+    """A JSON object naming a key twice was read by its last value, and a UTF-16 or UTF-32 body was
+    decoded as such: a proxy or gateway in front that reads the first value (many parsers do), or
+    reads JSON as the UTF-8 it must be, saw another resident, or no reveal, than the one the service
+    served (``{"reveal": false, "reveal": true}`` got the full values). The service refuses both, as
+    it refuses a second X-Purpose header or a repeated query parameter, and records the attempt."""
+    first, second = live.residents[6]["id_number"], live.residents[7]["id_number"]
+    rid = live.record_ids[6]
+    json_type = {"Content-Type": "application/json"}
+    with live.client(role="officer", purpose="case_investigation") as c:
+        two_numbers = c.post("/v1/residents/lookup", headers=json_type,
+                             content=f'{{"id_number": "{first}", "id_number": "{second}"}}')
+        two_reveals = c.post("/v1/residents/lookup", headers=json_type,
+                             content=f'{{"id_number": "{first}", "reveal": false, "reveal": true}}')
+        utf16 = c.post("/v1/residents/lookup", headers=json_type,
+                       content=json.dumps({"id_number": first}).encode("utf-16"))
+        utf32 = c.post("/v1/residents/lookup", headers=json_type,
+                       content=json.dumps({"id_number": first}).encode("utf-32"))
+        long_number = c.post("/v1/residents/lookup", headers=json_type,
+                             content=b'{"id_number": 1' + b"0" * 5000 + b"}")
+        # a UTF-8 body, with or without the byte order mark some tools write, is read as before
+        plain = c.post("/v1/residents/lookup", headers=json_type, content=json.dumps({"id_number": first}))
+        marked = c.post("/v1/residents/lookup", headers=json_type,
+                        content=b"\xef\xbb\xbf" + json.dumps({"id_number": first}).encode())
+    with live.client(role="registrar", purpose="correction") as c:
+        two_notes = c.patch(f"/v1/residents/{rid}", headers=json_type,
+                            content='{"notes": "first", "notes": "second"}')
+    for r in (two_numbers, two_reveals, long_number, two_notes):
+        assert assert_clean_problem(r, live, 422)["code"] == "request.invalid", r.text
+        assert [e["type"] for e in r.json()["errors"]] == ["json_invalid"]
+    for r in (utf16, utf32):
+        problem = assert_clean_problem(r, live, 400)
+        assert problem["code"] == "http.error" and "UTF-8" in problem["detail"], r.text
+    for r in (plain, marked):
+        assert r.status_code == 200 and r.json()["count"] == 1, r.text
+    # each refusal is the caller's attempt, recorded as any malformed request of a valid token is
+    expected = [(two_numbers, "find", (), {}), (two_reveals, "find", (), {"reveal": True}),
+                (utf16, "find", (), {}), (two_notes, "update", (rid,), {})]
+    for r, operation, records, detail in expected:
+        trail = audited(live.store_url, r.headers["x-request-id"])
+        assert [(e.operation, e.outcome, e.record_ids, e.detail) for e in trail] == [
+            (operation, "invalid", records, detail)]
+        assert first not in repr(trail) and second not in repr(trail)

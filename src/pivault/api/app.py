@@ -17,7 +17,7 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -27,6 +27,7 @@ from fastapi import Depends, FastAPI, Header, Query, Request
 from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
+from fastapi.routing import APIRoute
 from pydantic import ValidationError as PydanticValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -315,6 +316,75 @@ def _json_or_absent(scope: Scope) -> bool:
     return True
 
 
+class _DuplicateKey(json.JSONDecodeError):
+    """A JSON object of a request body names one key twice."""
+
+    def __init__(self, doc: str, asks_reveal: bool) -> None:
+        super().__init__("an object names a key twice", doc, 0)
+        #: one of the values was ``"reveal": true``: the request asked for full values
+        self.asks_reveal = asks_reveal
+
+
+class _Repeated(Exception):
+    def __init__(self, pairs: list[tuple[str, Any]]) -> None:
+        super().__init__()
+        self.pairs = pairs
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        raise _Repeated(pairs)
+    return out
+
+
+def loads_body(body: bytes) -> Any:
+    """A request body's JSON, read one way only: UTF-8, each key of an object once.
+
+    ``json.loads`` takes the last of two values of a key and decodes UTF-16 and UTF-32 as well:
+    a proxy or gateway in front that reads the first value (as many parsers do), or reads the
+    UTF-8 that JSON on the wire must be, would see another resident or no reveal where this
+    service serves one. A body that is not UTF-8 raises :class:`UnicodeDecodeError` (a leading
+    byte order mark is allowed); an object naming a key twice, or a number too long to read,
+    :class:`json.JSONDecodeError`.
+    """
+    text = body.decode("utf-8-sig")
+    try:
+        return json.loads(text, object_pairs_hook=_unique_keys)
+    except _Repeated as exc:
+        raise _DuplicateKey(text, any(k == "reveal" and v is True for k, v in exc.pairs)) from None
+    except json.JSONDecodeError:
+        raise
+    except ValueError:  # an integer of more digits than Python converts
+        raise json.JSONDecodeError("a number is too long", text, 0) from None
+
+
+class _BodyRequest(Request):
+    """A request whose JSON body is read by :func:`loads_body`, the one way the service reads it."""
+
+    async def json(self) -> Any:
+        if not hasattr(self, "_json"):
+            try:
+                self._json = loads_body(await self.body())
+            except _DuplicateKey as exc:
+                # for the entry of the rejected request: it asked for full values too
+                self.scope.setdefault("state", {})["body_asks_reveal"] = exc.asks_reveal
+                raise
+        return self._json
+
+
+class _BodyRoute(APIRoute):
+    """FastAPI's route, handing its handler a :class:`_BodyRequest`: bodies parsed by :func:`loads_body`."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def route_handler(request: Request) -> Response:
+            return await handler(_BodyRequest(request.scope, request.receive))
+
+        return route_handler
+
+
 def _head_rejection(scope: Scope) -> tuple[int, str, str] | None:
     """What makes a request malformed from its head alone: (status, code, detail), or None.
 
@@ -386,6 +456,8 @@ def create_app(vault: VaultLike, policy: Policy | PolicyHolder, *, tokens: Token
         # environment variable (and the check for one costs ~5 µs on every request)
         telemetry={"tracing": False, "metrics": False, "logs": False},
     )
+    # every route reads its JSON body one way only (loads_body)
+    app.router.route_class = _BodyRoute
 
     async def call(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         if cfg.inline:
@@ -422,6 +494,11 @@ def create_app(vault: VaultLike, policy: Policy | PolicyHolder, *, tokens: Token
         code = {404: "route.not_found", 405: "method.not_allowed"}.get(exc.status_code, "http.error")
         detail = {404: "no such route", 405: "this route does not accept this method"}.get(
             exc.status_code, "the request was refused")
+        if exc.status_code == 400:
+            # FastAPI could not read the body (loads_body): rejected as malformed, and recorded so
+            if isinstance(exc.__cause__, UnicodeDecodeError):
+                detail = "the body is not UTF-8"
+            audit_rejected(request)
         return problem_response(exc.status_code, code, detail, _request_id(request),
                                 headers=dict(exc.headers or {}))
 
@@ -464,31 +541,34 @@ def create_app(vault: VaultLike, policy: Policy | PolicyHolder, *, tokens: Token
         scope = request.scope
         state = scope.get("state", {})
         token: TokenInfo | None = state.get("token")
-        name = invalid_name(scope.get("route"))
-        if token is None or name is None:
+        dependency = caller_dependency(scope.get("route"))
+        if token is None or dependency is None:
             return
+        name = invalid_names[dependency]
         caller: Caller | None = state.get("caller")
         if caller is not None:
             ctx = caller.ctx(reveal=caller.asked_reveal)
         else:
             # a body that is no JSON is rejected before the route's dependency runs: who sent it,
-            # with the purpose stated if the policy knows it
+            # with the purpose stated if the policy knows it, and whether one of two "reveal" keys
+            # of a body asked for full values where the route reads them from its body
             sent = request.headers.getlist("x-purpose")
             stated = sent[0].strip() if len(sent) == 1 else None  # of two, neither is the purpose
+            asked = reveal_modes[dependency] == "body" and state.get("body_asks_reveal") is True
             ctx = AccessContext(principal=token.principal, role=token.role,
                                 purpose=recorded_purpose(holder.peek(), stated),
                                 request_id=_request_id(request) or "", token_id=token.token_id,
-                                source="api")
+                                source="api", reveal=asked)
         record_id = (scope.get("path_params") or {}).get("record_id")
         audit_refusal(ctx, name, subjects_of(record_id if isinstance(record_id, str) else None), "invalid")
 
-    def invalid_name(route: Any) -> str | None:
-        """The operation a route's rejected requests are recorded under (None: a route without a caller)."""
+    def caller_dependency(route: Any) -> Callable[..., Any] | None:
+        """The dependency that checks a route's caller (None: a route without a caller)."""
         dependant = getattr(route, "dependant", None)
         for dep in getattr(dependant, "dependencies", ()):
-            name = invalid_names.get(dep.call)
-            if name is not None:
-                return name
+            call: Callable[..., Any] = dep.call
+            if call in invalid_names:
+                return call
         return None
 
     def reject_head(scope: Scope, token: TokenInfo, operation: str, x_purpose: str | None, rid: str, *,
@@ -570,6 +650,8 @@ def create_app(vault: VaultLike, policy: Policy | PolicyHolder, *, tokens: Token
 
     #: each route's dependency -> the operation its rejected (422) requests are recorded under
     invalid_names: dict[Callable[..., Any], str] = {}
+    #: each route's dependency -> where its requests ask for full values (see require)
+    reveal_modes: dict[Callable[..., Any], str | None] = {}
 
     async def body_asks_reveal(request: Request) -> bool:
         """Whether the JSON body asks for full values as the route would grant them (``"reveal": true``).
@@ -629,6 +711,7 @@ def create_app(vault: VaultLike, policy: Policy | PolicyHolder, *, tokens: Token
             return caller
 
         invalid_names[dependency] = invalid_as or refused_as
+        reveal_modes[dependency] = reveal
         return dependency
 
     def view(caller: Caller, record: dict[str, Any]) -> dict[str, Any]:
@@ -945,7 +1028,7 @@ def create_app(vault: VaultLike, policy: Policy | PolicyHolder, *, tokens: Token
 
         The busiest route spends more in FastAPI's routing, dependency solving and
         body handling than in the Vault's door. This takes the same steps with the
-        same functions — the body parsed as FastAPI parses it (``json.loads``) and
+        same functions — the body parsed as FastAPI's routes parse it (``loads_body``) and
         validated by the route's model, the caller checked by ``authorise_caller``
         (refusals audited), the Vault called and the response built by
         ``run_lookup``, errors answered by the same problem responses. Anything
@@ -968,7 +1051,7 @@ def create_app(vault: VaultLike, policy: Policy | PolicyHolder, *, tokens: Token
         if not json_body:
             return False
         try:
-            parsed = s.LookupIn.model_validate(json.loads(body))
+            parsed = s.LookupIn.model_validate(loads_body(body))
         except (ValueError, RecursionError, PydanticValidationError):  # a JSON error is a ValueError
             return False
         state = scope["state"]
