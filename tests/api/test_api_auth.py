@@ -158,6 +158,13 @@ def test_admin_cannot_mint_tokens_beyond_a_role(live: Live) -> None:
         assert assert_clean_problem(r, live, 422)["code"] == "token.purpose"
         r = admin.post("/v1/admin/tokens", json={"principal": "p", "role": "root"})
         assert assert_clean_problem(r, live, 422)["code"] == "token.role"
+        # the role asked for is not repeated in the answer: a name of the pattern can be anything
+        # the admin typed, a resident's name in pinyin and birth date among them
+        typed = "zhangwei19491231"
+        r = admin.post("/v1/admin/tokens", json={"principal": "p", "role": typed})
+        problem = assert_clean_problem(r, live, 422)
+        assert problem["code"] == "token.role" and typed not in r.text
+        assert "officer" in problem["detail"]
 
 
 def test_docs_are_off_and_openapi_needs_a_token(live: Live) -> None:

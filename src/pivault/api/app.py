@@ -916,7 +916,10 @@ def create_app(vault: VaultLike, policy: Policy | PolicyHolder, *, tokens: Token
         pol = holder.current()
         role = pol.role(body.role)
         if role is None:
-            raise refused("token.role", f"no role {body.role!r} in the current policy")
+            # the name asked for is not repeated: an error body never holds what the caller typed
+            # (a role name of the pattern can be a resident's name in pinyin and a birth date)
+            raise refused("token.role", "no such role in the current policy; its roles: "
+                          + ", ".join(pol.roles))
         purposes = body.purposes if body.purposes is not None else list(role.purposes)
         bad = [p for p in purposes if p not in role.purposes]
         if bad or not purposes:
