@@ -702,8 +702,8 @@ def create_app(vault: VaultLike, policy: Policy | PolicyHolder, *, tokens: Token
             rid = _request_id(request) or ""
             reject_head(request.scope, token, invalid_as or refused_as, x_purpose, rid,
                         record_id=record_id if isinstance(record_id, str) else None, reveal=asked)
-            caller = authorise_caller(token, operation, ops, needs_purpose, x_purpose,
-                                      _request_id(request) or "", audit_as=audit_as,
+            caller = authorise_caller(token, operation, ops, needs_purpose, x_purpose, rid,
+                                      audit_as=audit_as,
                                       record_id=record_id if isinstance(record_id, str) else None,
                                       reveal=asked)
             # for the handler of a request the route's parameters or body then reject
