@@ -18,7 +18,13 @@ from pivault.backup.restore import (
     salvage_quarantined,
     verify_backup,
 )
-from pivault.backup.signing import BackupError, VerifyKey, load_or_create_signing_key, load_verify_key
+from pivault.backup.signing import (
+    BackupError,
+    VerifyKey,
+    load_or_create_signing_key,
+    load_trusted_verify_key,
+    load_verify_key,
+)
 
 __all__ = [
     "BackupError",
@@ -30,6 +36,7 @@ __all__ = [
     "backup_record_keys",
     "create_backup",
     "load_or_create_signing_key",
+    "load_trusted_verify_key",
     "load_verify_key",
     "restore",
     "restore_new_home",

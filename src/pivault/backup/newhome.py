@@ -58,7 +58,13 @@ from pivault.backup.restore import (
     restore,
     restore_record_keys,
 )
-from pivault.backup.signing import BackupError, VerifyKey, load_verify_key, signing_key_path
+from pivault.backup.signing import (
+    BackupError,
+    VerifyKey,
+    load_trusted_verify_key,
+    load_verify_key,
+    signing_key_path,
+)
 from pivault.crypto import Keyring, KeyringError
 from pivault.crypto._atomic import write_private
 from pivault.errors import ConfigError
@@ -189,6 +195,19 @@ def _record_keys_held(keyring_path: Path) -> int:
     return int(row[0]) if row else 0
 
 
+def _vouched(keyring: Keyring, kpath: Path, key: VerifyKey) -> None:
+    """Refuse unless ``key``, read in clear beside the keyring, is the signing key sealed under it.
+
+    Before the root key was at hand, the backup could only be checked against that clear copy,
+    which whoever can write the keyring's directory could have replaced with a key of their
+    own; the keyring, now open, says whether it did. Nothing has been written yet.
+    """
+    if load_trusted_verify_key(keyring, keyring_path=kpath) != key:
+        raise BackupError("the backup signing key beside the keyring changed while the restore ran; nothing "
+                          "was restored", code="backup.key.altered",
+                          hint="run the restore again, with --public-key and the copy kept apart")
+
+
 def _verified_record_keys(path: str | os.PathLike[str], key: VerifyKey, vault_id: str) -> None:
     with Container.open(path) as rk:
         if rk.kind != "record-keys":
@@ -250,6 +269,8 @@ def restore_new_home(
                 raise BackupError(f"the keyring at {kpath} is of vault {there}, not of the backup's "
                                   f"({vault_id})", code="backup.vault",
                                   hint="give --keyring the path of this vault's keyring, or a free one")
+        #: the key is the clear copy beside the keyring: checked against the keyring once it is open
+        beside = key is None
         if key is None:
             try:
                 key = load_verify_key(kpath)
@@ -309,13 +330,17 @@ def restore_new_home(
     keyring_written = False
     if kpath.exists():
         keyring = Keyring.open(kpath, make_provider(Keyring.peek(kpath)["provider"]))
+        if beside:
+            _vouched(keyring, kpath, key)
     else:
         kpath.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         staged = kpath.with_name(f".restore-{secrets.token_hex(8)}.keyring")
         write_private(staged, envelope, overwrite=False)
         try:
             prov = make_provider(Keyring.peek(staged)["provider"])
-            Keyring.open(staged, prov)  # a wrong passphrase stops here, and nothing is left
+            opened = Keyring.open(staged, prov)  # a wrong passphrase stops here, and nothing is left
+            if beside:
+                _vouched(opened, kpath, key)
             try:
                 os.link(staged, kpath)
             except FileExistsError:

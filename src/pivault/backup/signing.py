@@ -35,6 +35,7 @@ __all__ = [
     "SigningKey",
     "VerifyKey",
     "load_or_create_signing_key",
+    "load_trusted_verify_key",
     "load_verify_key",
     "signing_key_path",
 ]
@@ -115,9 +116,60 @@ def _read(path: Path) -> dict[str, object]:
 
 
 def load_verify_key(keyring_path: str | os.PathLike[str]) -> VerifyKey:
-    """The public key from the signing key file beside the keyring (no passphrase needed)."""
+    """The public key from the signing key file beside the keyring (no passphrase needed).
+
+    The public half is in clear, so this is only as trustworthy as the
+    file: whoever can write beside the keyring can put a key of their own
+    there. A caller holding the keyring uses :func:`load_trusted_verify_key`.
+    """
     doc = _read(signing_key_path(keyring_path))
     return VerifyKey.parse(str(doc.get("public", "")))
+
+
+def load_trusted_verify_key(keyring: Keyring, *,
+                            keyring_path: str | os.PathLike[str] | None = None) -> VerifyKey:
+    """The public key of the signing key sealed under ``keyring``, checked against the file's clear copy.
+
+    A restore holds the keyring: it checks a backup against the key the
+    keyring vouches for (the private half, which only the root key opens),
+    not against the clear public half beside it. Otherwise an intruder who
+    can write the keyring's directory, but has no root key, could put a key
+    of their own there and have a backup of their making restored (a bearer
+    token of theirs planted in it, say). Refused (``backup.key.altered``)
+    when the clear half is not the sealed key's. ``keyring_path``: where the
+    keyring's file is to live, when ``keyring`` was opened from a staged copy.
+    """
+    signing = _open(_read(signing_key_path(keyring_path if keyring_path is not None else keyring.path)),
+                    keyring)
+    return signing.verify_key
+
+
+def _open(doc: dict[str, object], keyring: Keyring) -> SigningKey:
+    """The signing key in ``doc``, opened with ``keyring``; its clear public half must be its own."""
+    if doc.get("vault_id") != keyring.vault_id:
+        raise BackupError("the backup signing key beside the keyring belongs to another vault",
+                          code="backup.key")
+    try:
+        ct = base64.b64decode(str(doc.get("private_ct", "")), validate=True)
+        raw = keyring.decrypt(*_AD, ct)
+    except (binascii.Error, ValueError, IntegrityError):
+        raise BackupError("the backup signing key does not decrypt with this keyring",
+                          code="backup.key", hint="check and restore backups with --public-key and the "
+                                                   "copy of the public key kept apart") from None
+    private = Ed25519PrivateKey.from_private_bytes(raw)
+    sealed = VerifyKey(_raw_public(private.public_key()))
+    try:
+        public = VerifyKey.parse(str(doc.get("public", "")))
+    except BackupError:
+        public = None
+    if public != sealed:
+        raise BackupError(
+            f"the public key in the backup signing key file beside the keyring is not the one sealed under "
+            f"the keyring ({sealed.fingerprint}): the file was altered, and no backup is checked or signed "
+            "with it", code="backup.key.altered",
+            hint="find out who can write the keyring's directory; check and restore backups with "
+                 "--public-key and the copy of the public key kept apart")
+    return SigningKey(sealed, private)
 
 
 def load_or_create_signing_key(keyring: Keyring) -> SigningKey:
@@ -133,18 +185,4 @@ def load_or_create_signing_key(keyring: Keyring) -> SigningKey:
         # another process may have made it first: then use theirs
         with contextlib.suppress(FileExistsError):
             write_private(path, json.dumps(doc, indent=2).encode() + b"\n", overwrite=False)
-    doc = _read(path)
-    if doc.get("vault_id") != keyring.vault_id:
-        raise BackupError("the backup signing key beside the keyring belongs to another vault",
-                          code="backup.key")
-    try:
-        ct = base64.b64decode(str(doc.get("private_ct", "")), validate=True)
-        raw = keyring.decrypt(*_AD, ct)
-    except (binascii.Error, ValueError, IntegrityError):
-        raise BackupError("the backup signing key does not decrypt with this keyring",
-                          code="backup.key") from None
-    private = Ed25519PrivateKey.from_private_bytes(raw)
-    public = VerifyKey.parse(str(doc.get("public", "")))
-    if _raw_public(private.public_key()) != public.public:
-        raise BackupError("the backup signing key file is inconsistent", code="backup.key")
-    return SigningKey(public, private)
+    return _open(_read(path), keyring)

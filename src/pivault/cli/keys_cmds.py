@@ -412,12 +412,13 @@ def keys_restore(
     It also refills a record-key store that was lost (made anew here): the
     vault is bound to it once the keys put back open its records.
     """
-    from pivault.backup import load_verify_key, restore_record_keys
+    from pivault.backup import load_trusted_verify_key, restore_record_keys
     from pivault.keys.binding import bind
 
     with _opened(home, repair=True) as o:
         fresh = not o.keys.holds_keys()
-        added = restore_record_keys(file, o.keys, load_verify_key(o.keyring.path), only_records=only,
+        # the key the keyring vouches for, not the clear copy beside it that anyone there could replace
+        added = restore_record_keys(file, o.keys, load_trusted_verify_key(o.keyring), only_records=only,
                                     events=o.events())
         bind(o.db, o.keyring, o.keys, fresh=fresh)
     if json_out:
@@ -628,7 +629,7 @@ def restore(
 
     After the data directory is lost, --new-home rebuilds the vault home from the backup.
     """
-    from pivault.backup import BackupError
+    from pivault.backup import BackupError, load_trusted_verify_key
     from pivault.backup import restore as _restore
     from pivault.crypto import Keyring
     from pivault.crypto.providers import provider_for
@@ -660,6 +661,9 @@ def restore(
                                "pivault restore FILE --home DIR --new-home") from None
     key = _verify_key(public_key, cfg.keyring_path)
     ring = Keyring.open(cfg.keyring_path, provider_for(Keyring.peek(cfg.keyring_path)["provider"]))
+    if not public_key:
+        # with the keyring open, the key it vouches for: the clear copy beside it proves nothing
+        key = load_trusted_verify_key(ring)
     from pivault.detect.setup import DetectSettings, audit_key_dir
 
     settings = DetectSettings.from_home(cfg.home)
