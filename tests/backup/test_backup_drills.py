@@ -91,7 +91,7 @@ def test_ransom_drill(store_url: str, keyring: Keyring, tmp_path: Path) -> None:
     put_back: list[tuple[str, str, dict[str, object]]] = []
     with open_record_key_store(keyring) as live_keys:
         assert restore_record_keys(keys.path, live_keys, verify_key, only_records=erased_by_intruder,
-                                   events=lambda op, out, d: put_back.append((op, out, dict(d)))) == 12
+                                   events=lambda op, out, d: put_back.append((op, out, dict(d)))).added == 12
     # the trail will say which erasures this undid, not only how many
     assert put_back == [("keys.restore", "ok", {"file": keys.path.name, "keys_added": 12,
                                                 "records": erased_by_intruder})]

@@ -230,7 +230,7 @@ def test_backup_of_a_lost_keyring_restores_the_envelope(vault: Vault, empty_url:
     from pivault.keys.shred import RecordKeyStore, record_key_store_url
 
     store = RecordKeyStore(record_key_store_url(lost), vault_id=ring.vault_id)
-    assert restore_record_keys(keys_backup.path, store, key) == 4
+    assert restore_record_keys(keys_backup.path, store, key).added == 4
     store.close()
     _reads_back(empty_url, ring, expected)
 

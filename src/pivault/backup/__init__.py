@@ -11,7 +11,9 @@ from pivault.backup.backup import BackupResult, backup_record_keys, create_backu
 from pivault.backup.manifest import Container
 from pivault.backup.newhome import NewHomeReport, restore_new_home
 from pivault.backup.restore import (
+    RecordKeysReport,
     RestoreReport,
+    erased_on_record,
     restore,
     restore_record_keys,
     salvage_audit_trail,
@@ -31,10 +33,12 @@ __all__ = [
     "BackupResult",
     "Container",
     "NewHomeReport",
+    "RecordKeysReport",
     "RestoreReport",
     "VerifyKey",
     "backup_record_keys",
     "create_backup",
+    "erased_on_record",
     "load_or_create_signing_key",
     "load_trusted_verify_key",
     "load_verify_key",

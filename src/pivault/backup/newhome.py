@@ -369,7 +369,7 @@ def restore_new_home(
         with open_record_key_store(keyring, create=not there) as keys:
             if record_keys_backup is not None and not keys_survived:
                 # the keys first, as for any write of a record; audited once the trail is back
-                added = restore_record_keys(record_keys_backup, keys, key)
+                added = restore_record_keys(record_keys_backup, keys, key).added
             # erasures since are purged below, where an empty record-key store is a note, not an error
             report = restore(path, store_url, key, vault_id=vault_id, quarantine=quarantine,
                              record_keys=keys, record_keys_backup=record_keys_backup, keyring=keyring,

@@ -34,13 +34,14 @@ import contextlib
 import errno
 import fcntl
 import hashlib
+import json
 import os
 import re
 import sqlite3
 import struct
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -58,7 +59,9 @@ from pivault.store.db import Database, StoreError, parse_url
 from pivault.store.migrations import migrate, needs_migration, pending
 
 __all__ = [
+    "RecordKeysReport",
     "RestoreReport",
+    "erased_on_record",
     "restore",
     "restore_record_keys",
     "salvage_audit_trail",
@@ -982,32 +985,72 @@ def _read_record_keys(c: Container) -> Iterator[tuple[str, bytes]]:
         raise BackupError("the record-key backup changed after it was verified", code="backup.checksum")
 
 
+@dataclass
+class RecordKeysReport:
+    """What :func:`restore_record_keys` put back, and what it left out."""
+
+    #: keys added to the record-key store
+    added: int = 0
+    #: records whose erasure is on record (``erased``) and whose key the backup holds and the store
+    #: lacks: left out, so those erasures stand
+    left_out_erased: list[str] = field(default_factory=list)
+
+
+def erased_on_record(db: Database) -> set[str]:
+    """The records whose erasure the audit trail records (``erase`` entries with outcome ``ok``).
+
+    A record id is never given to another record, so such a record's key is
+    never needed again; putting it back would undo an erasure (a resident's
+    right to deletion) that the trail shows was made. Entries pruned from the
+    trail are not seen.
+    """
+    if not db.table_exists("audit_entries"):
+        return set()
+    out: set[str] = set()
+    for (ids,) in db.query("SELECT record_ids FROM audit_entries"
+                           " WHERE operation = 'erase' AND outcome = 'ok'"):
+        try:
+            named = json.loads(ids)
+        except ValueError:
+            continue
+        if isinstance(named, list):
+            out.update(r for r in named if isinstance(r, str))
+    return out
+
+
 def restore_record_keys(path: str | os.PathLike[str], store: RecordKeyStore, key: VerifyKey, *,
-                        only_records: Sequence[str] | None = None, events: KeyEvents = noop) -> int:
+                        only_records: Sequence[str] | None = None, erased: Collection[str] = (),
+                        events: KeyEvents = noop) -> RecordKeysReport:
     """Put back record keys the live store lacks, from a record-key backup.
 
     This undoes erasures made after that backup: use it to repair a store
     lost with its disk, or a malicious erase, and read docs/keys.md first.
-    ``only_records`` limits it to those record ids. Returns keys added.
+    ``only_records`` limits it to those record ids. ``erased``: records
+    whose erasure is on record (:func:`erased_on_record`); their keys are
+    left out unless ``only_records`` names them, so that refilling a store
+    never undoes an erasure nobody asked to undo.
     """
     wanted = set(only_records) if only_records is not None else None
+    spared = set(erased) - (wanted or set())
+    report = RecordKeysReport()
     with Container.open(path) as c:
         if c.kind != "record-keys":
             raise BackupError("this is not a record-key backup", code="backup.kind")
         c.verify(key, vault_id=store.vault_id)
         batch: list[tuple[str, bytes]] = []
-        added = 0
         #: with ``only_records``: the records whose erasure this undoes, for the audit entry
         put_back: list[str] = []
 
         def flush() -> int:
             have = store.get_many([(rid, k[:4]) for rid, k in batch])
             new = [(rid, k) for rid, k in batch if (rid, k[:4]) not in have]
-            store.put_many(new)
+            kept = [(rid, k) for rid, k in new if rid not in spared]
+            report.left_out_erased.extend(rid for rid, _ in new if rid in spared)
+            store.put_many(kept)
             if wanted is not None:
-                put_back.extend(rid for rid, _ in new)
+                put_back.extend(rid for rid, _ in kept)
             batch.clear()
-            return len(new)
+            return len(kept)
 
         # one transaction: the stream's digest is known only at its end, and a backup changed on the
         # shelf since it was verified must not have put back the keys read before that
@@ -1017,11 +1060,14 @@ def restore_record_keys(path: str | os.PathLike[str], store: RecordKeyStore, key
                     continue
                 batch.append((rid, stored))
                 if len(batch) >= 2000:
-                    added += flush()
-            added += flush()
-    detail: dict[str, object] = {"file": Path(path).name, "keys_added": added}
+                    report.added += flush()
+            report.added += flush()
+    report.left_out_erased = sorted(set(report.left_out_erased))
+    detail: dict[str, object] = {"file": Path(path).name, "keys_added": report.added}
     if wanted is not None:
         # named records brought back from erasure: the trail says which (a whole restore, a count)
         detail["records"] = sorted(set(put_back))
+    if report.left_out_erased:
+        detail["erased_left_out"] = len(report.left_out_erased)
     events("keys.restore", "ok", detail)
-    return added
+    return report

@@ -404,27 +404,37 @@ def keys_backup(
 def keys_restore(
     file: Annotated[Path, typer.Argument(help="A record-key backup.")],
     only: Annotated[list[str] | None, typer.Option(
-        "--only", help="Restore the keys of these record ids only (repeatable).")] = None,
+        "--only", help="Restore the keys of these record ids only (repeatable); the only way to put back "
+                       "the key of a record whose erasure the audit trail records.")] = None,
     home: HomeOpt = None, json_out: JsonOpt = False,
 ) -> None:
-    """Put back record keys the live store lacks. This undoes erasures made since that backup.
+    """Put back record keys the live store lacks, never those of records the audit trail shows erased.
 
-    It also refills a record-key store that was lost (made anew here): the
-    vault is bound to it once the keys put back open its records.
+    A key of a record erased since that backup is put back only when --only
+    names it (a malicious erase): that undoes the erasure. It also refills a
+    record-key store that was lost (made anew here): the vault is bound to it
+    once the keys put back open its records.
     """
-    from pivault.backup import load_trusted_verify_key, restore_record_keys
+    from pivault.backup import erased_on_record, load_trusted_verify_key, restore_record_keys
     from pivault.keys.binding import bind
 
     with _opened(home, repair=True) as o:
         fresh = not o.keys.holds_keys()
         # the key the keyring vouches for, not the clear copy beside it that anyone there could replace
-        added = restore_record_keys(file, o.keys, load_trusted_verify_key(o.keyring), only_records=only,
-                                    events=o.events())
+        res = restore_record_keys(file, o.keys, load_trusted_verify_key(o.keyring), only_records=only,
+                                  erased=erased_on_record(o.db), events=o.events())
         bind(o.db, o.keyring, o.keys, fresh=fresh)
+    left_out = res.left_out_erased
     if json_out:
-        _print_json({"keys_added": added})
+        _print_json({"keys_added": res.added, "erased_left_out": len(left_out),
+                     "erased_left_out_record_ids": left_out})
         return
-    typer.echo(f"{added:,} record keys put back")
+    typer.echo(f"{res.added:,} record keys put back")
+    if left_out:
+        shown = ", ".join(left_out[:_IDS_SHOWN]) + (" …" if len(left_out) > _IDS_SHOWN else "")
+        typer.echo(f"{len(left_out):,} keys of records whose erasure the audit trail records were left out, "
+                   f"so those erasures stand ({shown}); to undo one (a malicious erase), name the record "
+                   "with --only")
 
 
 @keys_app.command("gc")
