@@ -58,6 +58,7 @@ __all__ = [
     "encode_fields",
     "entries",
     "entry_mac",
+    "head_opens",
     "latest_checkpoint",
     "load_checkpoints",
     "ratchet",
@@ -383,6 +384,20 @@ _PG_INSERT = (
 def _head_key_id(chain_id: str, seq: int) -> str:
     # binds the encrypted head key to its position: an old key row copied back fails to open
     return f"audit.{chain_id}.{seq}"
+
+
+def head_opens(keyring: FieldCipher, chain_id: str, seq: int, key_ct: bytes) -> bool:
+    """Whether a chain head's sealed key opens under ``keyring`` at that position.
+
+    A head that does not (altered, moved, or of another keyring) can be
+    appended to by no writer: a restore checks it before it takes over a
+    damaged store's head.
+    """
+    try:
+        keyring.decrypt(_head_key_id(chain_id, seq), "ratchet", key_ct)
+    except PivaultError:
+        return False
+    return True
 
 
 @dataclass(slots=True)

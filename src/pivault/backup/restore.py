@@ -102,6 +102,8 @@ class RestoreReport:
     not_restored: list[str] = field(default_factory=list)
     #: audit entries the damaged store wrote after the backup, appended to the restored trail
     salvaged_audit_entries: int = 0
+    #: why the damaged store's audit entries after the backup were not salvaged (they stay with it)
+    salvage_refused: str | None = None
     seconds: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
@@ -112,7 +114,12 @@ class RestoreReport:
                 "corrected_record_ids": self.corrected_record_ids,
                 "unreadable": len(self.unreadable_record_ids),
                 "unreadable_record_ids": self.unreadable_record_ids, "not_restored": self.not_restored,
-                "salvaged_audit_entries": self.salvaged_audit_entries, "seconds": round(self.seconds, 3)}
+                "salvaged_audit_entries": self.salvaged_audit_entries,
+                "salvage_refused": self.salvage_refused, "seconds": round(self.seconds, 3)}
+
+    def salvage_detail(self) -> dict[str, Any]:
+        """For the ``backup.restore`` audit entry: why the damaged store's entries were not salvaged."""
+        return {"salvage_refused": self.salvage_refused} if self.salvage_refused else {}
 
     def audit_detail(self) -> dict[str, Any]:
         """The record-key facts for the ``backup.restore`` audit entry.
@@ -680,15 +687,15 @@ def restore(path: str | os.PathLike[str], store_url: str, key: VerifyKey, *,
 
                 report.erased_since_backup = purge_erased(store, record_keys)
             if salvage and damaged is not None:
-                report.salvaged_audit_entries = salvage_audit_trail(store, damaged,
-                                                                    source_schema=damaged_schema)
+                carried = _salvage(store, damaged, source_schema=damaged_schema, keyring=keyring)
+                report.salvaged_audit_entries, report.salvage_refused = carried.entries, carried.refused
             sink = events(store) if events is not None else None
             if sink is not None:
                 sink("backup.restore", "ok", {"backup_id": report.backup_id, "file": Path(path).name,
                                               "records": report.counts.get("records", 0),
                                               "quarantined": quarantined,
                                               "salvaged_entries": report.salvaged_audit_entries,
-                                              **report.audit_detail()})
+                                              **report.salvage_detail(), **report.audit_detail()})
 
         made = _new_sqlite_target(store_url)
         db = open_target(store_url)
@@ -881,14 +888,45 @@ def _rows(plain: bytes) -> Iterator[tuple[str, bytes]]:
 
 # -- the audit trail of a damaged store -------------------------------------------------------
 
-def salvage_audit_trail(db: Database, source: Database, *, source_schema: str | None = None) -> int:
+@dataclass
+class Salvage:
+    """What :func:`salvage` carried over from a damaged store's audit trail."""
+
+    #: entries appended to the restored trail
+    entries: int = 0
+    #: why the entries the damaged store holds past the backup were not carried over (they stay
+    #: with it, as evidence); None when they were, or when it holds none of this history
+    refused: str | None = None
+
+
+def salvage_audit_trail(db: Database, source: Database, *, source_schema: str | None = None,
+                        keyring: Keyring | None = None) -> int:
+    """Append the entries a damaged store wrote after the backup, if they continue its chain.
+
+    The number appended (see :func:`_salvage`; a restore's report also says why none were).
+    """
+    return _salvage(db, source, source_schema=source_schema, keyring=keyring).entries
+
+
+def _salvage(db: Database, source: Database, *, source_schema: str | None = None,
+            keyring: Keyring | None = None) -> Salvage:
     """Append the entries a damaged store wrote after the backup, if they continue its chain.
 
     ``source`` is the quarantined store (for PostgreSQL the same database
     with ``source_schema``). Entries are copied as they are, MACs included;
     only if the damaged store's chain holds the restored head's entry with
     the same MAC (it is the same history), so ``audit verify`` judges them
-    with everything else. Returns the number of entries appended.
+    with everything else.
+
+    The damaged store is the intruder's to change, and a salvage that
+    failed would fail the restore it is part of: a ransom restore could be
+    blocked by one row. So only what the damaged store's chain head vouches
+    for is taken (entries and checkpoints up to its sequence number, not
+    rows planted past it), only when that head opens under ``keyring``
+    (else the restored vault could append nothing more), and a row the
+    restored trail cannot take (a planted duplicate, a value the schema
+    refuses) undoes the salvage, not the restore. What is not carried over
+    stays in the quarantined store; ``refused`` says why.
     """
     q = f"{ident(source_schema)}." if source_schema else ""
     # the restored store's columns, read from the damaged one: its own column names are the
@@ -898,36 +936,63 @@ def salvage_audit_trail(db: Database, source: Database, *, source_schema: str | 
         have = set(_columns(source, t, source_schema))
         cols = _columns(db, t, None) if db.table_exists(t) else []
         if not cols or not have.issuperset(cols):
-            return 0
+            return Salvage()
         tables[t] = cols
-    src_head = source.query_one(f"SELECT chain_id, seq FROM {q}audit_head WHERE id = 1")
+    src_head = source.query_one(f"SELECT chain_id, seq, key_ct FROM {q}audit_head WHERE id = 1")
     head = db.query_one("SELECT chain_id, seq, mac FROM audit_head WHERE id = 1")
     if src_head is None or head is None or src_head[0] != head[0] or int(src_head[1]) <= int(head[1]):
-        return 0
-    seq = int(head[1])
+        return Salvage()
+    seq, last = int(head[1]), int(src_head[1])
     if seq:
         row = source.query_one(f"SELECT mac FROM {q}audit_entries WHERE seq = ?", (seq,))
         if row is None or bytes(row[0]) != bytes(head[2]):
-            return 0
+            return Salvage()
+    if keyring is not None:
+        from pivault.audit.log import head_opens
+
+        if not head_opens(keyring, str(src_head[0]), last, bytes(src_head[2])):
+            return Salvage(refused="its audit chain head does not open under the keyring (altered), so the "
+                                   "restored trail could not go on from it")
     cols, cp_cols, head_cols = tables["audit_entries"], tables["audit_checkpoints"], tables["audit_head"]
 
     def listed(names: list[str]) -> str:
         return ", ".join(ident(n) for n in names)
 
-    entries = source.query(f"SELECT {listed(cols)} FROM {q}audit_entries WHERE seq > ? ORDER BY seq", (seq,))
-    cps = source.query(f"SELECT {listed(cp_cols)} FROM {q}audit_checkpoints WHERE seq > ? ORDER BY seq",
-                       (seq,))
+    entries = source.query(f"SELECT {listed(cols)} FROM {q}audit_entries WHERE seq > ? AND seq <= ?"
+                           " ORDER BY seq", (seq, last))
+    cps = source.query(f"SELECT {listed(cp_cols)} FROM {q}audit_checkpoints WHERE seq > ? AND seq <= ?"
+                       " ORDER BY seq", (seq, last))
     new_head = source.query_one(f"SELECT {listed(head_cols)} FROM {q}audit_head WHERE id = 1")
     assert new_head is not None
+    failed: str | None = None
     with db.transaction():
-        db.executemany(f"INSERT INTO audit_entries ({listed(cols)}) VALUES"
-                       f" ({', '.join('?' * len(cols))})", entries)
-        db.executemany(f"INSERT INTO audit_checkpoints ({listed(cp_cols)}) VALUES"
-                       f" ({', '.join('?' * len(cp_cols))})", cps)
-        sets = ", ".join(f"{ident(col)} = ?" for col in head_cols if col != "id")
-        db.execute(f"UPDATE audit_head SET {sets} WHERE id = 1",
-                   [v for col, v in zip(head_cols, new_head, strict=True) if col != "id"])
-    return len(entries)
+        # a savepoint: on PostgreSQL this runs inside the restore's own transaction
+        db.execute("SAVEPOINT pivault_salvage")
+        try:
+            db.executemany(f"INSERT INTO audit_entries ({listed(cols)}) VALUES"
+                           f" ({', '.join('?' * len(cols))})", entries)
+            db.executemany(f"INSERT INTO audit_checkpoints ({listed(cp_cols)}) VALUES"
+                           f" ({', '.join('?' * len(cp_cols))})", cps)
+            sets = ", ".join(f"{ident(col)} = ?" for col in head_cols if col != "id")
+            db.execute(f"UPDATE audit_head SET {sets} WHERE id = 1",
+                       [v for col, v in zip(head_cols, new_head, strict=True) if col != "id"])
+        except _db_errors(db) as exc:
+            db.execute("ROLLBACK TO SAVEPOINT pivault_salvage")
+            failed = (f"the restored trail could not take its entries ({type(exc).__name__}: a row was "
+                      "altered or planted)")
+        db.execute("RELEASE SAVEPOINT pivault_salvage")
+    if failed is not None:
+        return Salvage(refused=failed)
+    return Salvage(len(entries))
+
+
+def _db_errors(db: Database) -> tuple[type[Exception], ...]:
+    """The driver's errors for a statement the database refused (a constraint, a type)."""
+    if db.dialect == "postgresql":
+        import psycopg
+
+        return (psycopg.Error,)
+    return (sqlite3.Error,)
 
 
 def salvage_quarantined(db: Database, store_url: str, quarantined: str | None) -> int:

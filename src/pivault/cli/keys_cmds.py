@@ -792,7 +792,10 @@ _IDS_SHOWN = 20
 def _say_restored(report: Any, salvaged: int) -> None:
     typer.echo(f"restored backup {report.backup_id}: {report.counts.get('records', 0):,} records, "
                f"{report.counts.get('audit_entries', 0):,} audit entries")
-    if report.quarantined:
+    if report.quarantined and report.salvage_refused:
+        typer.echo(f"the damaged store was kept as {report.quarantined}; the audit entries it holds after "
+                   f"the backup were not salvaged: {report.salvage_refused}; they stay there, as evidence")
+    elif report.quarantined:
         typer.echo(f"the damaged store was kept as {report.quarantined}; {salvaged} audit entries written "
                    "after the backup were salvaged from it")
     if report.erased_since_backup:
