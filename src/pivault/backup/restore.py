@@ -104,6 +104,12 @@ class RestoreReport:
     salvaged_audit_entries: int = 0
     #: why the damaged store's audit entries after the backup were not salvaged (they stay with it)
     salvage_refused: str | None = None
+    #: tokens revoked, or suspended, after the backup (the damaged store shows it): kept so
+    tokens_kept_revoked: list[str] = field(default_factory=list)
+    tokens_kept_suspended: list[str] = field(default_factory=list)
+    #: tokens active as the backup had them, with no damaged store to tell of a revocation since
+    #: (None: there was one, and what it shows was kept)
+    tokens_unchecked: int | None = None
     seconds: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
@@ -115,11 +121,24 @@ class RestoreReport:
                 "unreadable": len(self.unreadable_record_ids),
                 "unreadable_record_ids": self.unreadable_record_ids, "not_restored": self.not_restored,
                 "salvaged_audit_entries": self.salvaged_audit_entries,
-                "salvage_refused": self.salvage_refused, "seconds": round(self.seconds, 3)}
+                "salvage_refused": self.salvage_refused, "tokens_kept_revoked": self.tokens_kept_revoked,
+                "tokens_kept_suspended": self.tokens_kept_suspended,
+                "tokens_unchecked": self.tokens_unchecked, "seconds": round(self.seconds, 3)}
 
     def salvage_detail(self) -> dict[str, Any]:
-        """For the ``backup.restore`` audit entry: why the damaged store's entries were not salvaged."""
-        return {"salvage_refused": self.salvage_refused} if self.salvage_refused else {}
+        """For the ``backup.restore`` audit entry: what was kept of the damaged store's history.
+
+        Why its entries were not salvaged, and which tokens revoked or
+        suspended after the backup stayed so (ids of tokens, never a secret).
+        """
+        out: dict[str, Any] = {"salvage_refused": self.salvage_refused} if self.salvage_refused else {}
+        if self.tokens_kept_revoked:
+            out["tokens_kept_revoked"] = self.tokens_kept_revoked
+        if self.tokens_kept_suspended:
+            out["tokens_kept_suspended"] = self.tokens_kept_suspended
+        if self.tokens_unchecked:
+            out["tokens_unchecked"] = self.tokens_unchecked
+        return out
 
     def audit_detail(self) -> dict[str, Any]:
         """The record-key facts for the ``backup.restore`` audit entry.
@@ -689,6 +708,15 @@ def restore(path: str | os.PathLike[str], store_url: str, key: VerifyKey, *,
             if salvage and damaged is not None:
                 carried = _salvage(store, damaged, source_schema=damaged_schema, keyring=keyring)
                 report.salvaged_audit_entries, report.salvage_refused = carried.entries, carried.refused
+            from pivault.backup.revocations import active_tokens, carry_over
+
+            if damaged is not None:
+                # a credential revoked or suspended after the backup must not work again once it is back
+                kept = carry_over(store, damaged, damaged_schema=damaged_schema,
+                                  after_seq=int((c.manifest.get("audit_head") or {}).get("seq", 0)))
+                report.tokens_kept_revoked, report.tokens_kept_suspended = kept.revoked, kept.suspended
+            else:
+                report.tokens_unchecked = active_tokens(store)
             sink = events(store) if events is not None else None
             if sink is not None:
                 sink("backup.restore", "ok", {"backup_id": report.backup_id, "file": Path(path).name,

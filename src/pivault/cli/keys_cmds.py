@@ -798,6 +798,14 @@ def _say_restored(report: Any, salvaged: int) -> None:
     elif report.quarantined:
         typer.echo(f"the damaged store was kept as {report.quarantined}; {salvaged} audit entries written "
                    "after the backup were salvaged from it")
+    for ids, what in ((report.tokens_kept_revoked, "revoked"), (report.tokens_kept_suspended, "suspended")):
+        if ids:
+            shown = ", ".join(ids[:_IDS_SHOWN]) + (" …" if len(ids) > _IDS_SHOWN else "")
+            typer.echo(f"{len(ids):,} tokens {what} after the backup stay {what}: {shown}")
+    if report.tokens_unchecked:
+        typer.echo(f"warning: {report.tokens_unchecked:,} tokens are active as the backup had them; a token "
+                   "revoked or suspended after the backup was taken is active again (the store restored into "
+                   "held nothing to tell): review `pivault token list` and revoke any that must not work")
     if report.erased_since_backup:
         typer.echo(f"{report.erased_since_backup:,} records erased since the backup were removed again")
     if report.corrected_since_backup:
