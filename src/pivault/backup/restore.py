@@ -110,10 +110,17 @@ class RestoreReport:
     #: tokens active as the backup had them, with no damaged store to tell of a revocation since
     #: (None: there was one, and what it shows was kept)
     tokens_unchecked: int | None = None
+    #: when the backup was taken (UTC, from its signed manifest)
+    created: str = ""
+    #: data backups of this vault taken after this one, newest first, as the record-key store knows
+    #: them: (backup id, when); restoring this one loses what they hold
+    newer_backups: list[tuple[str, str]] = field(default_factory=list)
     seconds: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return {"backup_id": self.backup_id, "vault_id": self.vault_id, "backend": self.backend,
+                "created": self.created,
+                "newer_backups": [{"backup_id": b, "created": t} for b, t in self.newer_backups],
                 "counts": self.counts, "quarantined": self.quarantined, "migrated": self.migrated,
                 "erased_since_backup": self.erased_since_backup,
                 "corrected_since_backup": self.corrected_since_backup,
@@ -132,6 +139,11 @@ class RestoreReport:
         suspended after the backup stayed so (ids of tokens, never a secret).
         """
         out: dict[str, Any] = {"salvage_refused": self.salvage_refused} if self.salvage_refused else {}
+        if self.created:
+            out["taken"] = self.created
+        if self.newer_backups:
+            out["newer_backups"] = len(self.newer_backups)
+            out["newest_backup"] = self.newer_backups[0][0]
         if self.tokens_kept_revoked:
             out["tokens_kept_revoked"] = self.tokens_kept_revoked
         if self.tokens_kept_suspended:
@@ -669,7 +681,13 @@ def restore(path: str | os.PathLike[str], store_url: str, key: VerifyKey, *,
                 write_private(kp, c.read("keyring.json"), overwrite=False)
         backend = str(c.manifest["backend"])
         report = RestoreReport(c.manifest["backup_id"], c.vault_id, backend,
-                               {t: int(n) for t, n in c.manifest["counts"].items()})
+                               {t: int(n) for t, n in c.manifest["counts"].items()},
+                               created=str(c.manifest.get("created", "")))
+        if record_keys is not None:
+            # a file on the shelf can be an older backup put in a newer one's place: the record-key
+            # store knows every backup taken, and says which came after this one
+            report.newer_backups = [(b, _utc_text(t)) for b, t in record_keys.backups_after(
+                report.backup_id, _parse_utc(report.created))]
         settle: Callable[[Query], None] | None = None
         if record_keys is not None:
             keys = record_keys
@@ -749,6 +767,22 @@ def restore(path: str | os.PathLike[str], store_url: str, key: VerifyKey, *,
             record_keys.restore_done(report.backup_id)
     report.seconds = time.monotonic() - t0
     return report
+
+
+def _parse_utc(text: str) -> float:
+    """A manifest's ``created`` (whole seconds, UTC) as a time; one second on, since it was cut."""
+    from datetime import UTC, datetime
+
+    try:
+        return datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC).timestamp() + 1.0
+    except ValueError:
+        return 0.0
+
+
+def _utc_text(ts: float) -> str:
+    from datetime import UTC, datetime
+
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 # -- record keys of the restored rows ----------------------------------------------------------

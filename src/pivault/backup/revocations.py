@@ -15,7 +15,9 @@ damaged store aside (``quarantine``) carries over what that store knows:
   after looking, as for any suspension).
 
 Both sources are read, since the intruder may have changed either: a token
-is kept from use if either says so. Nothing is made less restrictive: a
+is kept from use if either says so (so an entry planted there can only
+revoke or suspend more: new tokens are then issued). Nothing is made less
+restrictive: a
 resumption after the backup does not lift a suspension the backup holds,
 and a token created after the backup is not in the restored store at all.
 Without a damaged store (the store was empty) nothing after the backup is

@@ -790,8 +790,14 @@ _IDS_SHOWN = 20
 
 
 def _say_restored(report: Any, salvaged: int) -> None:
-    typer.echo(f"restored backup {report.backup_id}: {report.counts.get('records', 0):,} records, "
+    taken = f" (taken {report.created})" if report.created else ""
+    typer.echo(f"restored backup {report.backup_id}{taken}: {report.counts.get('records', 0):,} records, "
                f"{report.counts.get('audit_entries', 0):,} audit entries")
+    if report.newer_backups:
+        newest, when = report.newer_backups[0]
+        typer.echo(f"warning: this vault took {len(report.newer_backups):,} data backups after this one (the "
+                   f"newest, {newest}, at {when}): what they hold beyond it was not restored; if this file "
+                   "was not chosen on purpose, restore the newest backup")
     if report.quarantined and report.salvage_refused:
         typer.echo(f"the damaged store was kept as {report.quarantined}; the audit entries it holds after "
                    f"the backup were not salvaged: {report.salvage_refused}; they stay there, as evidence")

@@ -469,6 +469,20 @@ class RecordKeyStore:
         row = self.db.query_one("SELECT stored FROM backup_keys WHERE backup_id = ?", (backup_id,))
         return bytes(row[0]) if row else None
 
+    def backups_after(self, backup_id: str, created: float) -> list[tuple[str, float]]:
+        """Data backups of this vault taken after ``backup_id`` (taken at ``created``), newest first.
+
+        Every data backup keeps its sealing key here as it is written, so this
+        store knows which backups exist, and when each was taken, whatever the
+        backup shelf now holds: an older backup given in place of a newer one
+        is told apart (those forgotten by ``keys gc`` are not seen).
+        """
+        own = self.db.query_one("SELECT created_at FROM backup_keys WHERE backup_id = ?", (backup_id,))
+        after = float(own[0]) if own else created
+        return [(str(b), float(t)) for b, t in self.db.query(
+            "SELECT backup_id, created_at FROM backup_keys WHERE created_at > ? AND backup_id <> ?"
+            " ORDER BY created_at DESC", (after, backup_id))]
+
     def forget_backup_keys(self, *, older_than_seconds: float) -> int:
         """Delete the sealing keys of data backups older than this; returns how many.
 
