@@ -430,7 +430,7 @@ def _after_restore(out: NewHomeReport, keyring: Keyring, record_keys_backup: str
                                           "records": report.counts.get("records", 0),
                                           "quarantined": report.quarantined, "new_home": True,
                                           "salvaged_entries": out.salvaged_audit_entries,
-                                          **report.salvage_detail(), **report.audit_detail()})
+                                          **report.restore_detail(), **report.audit_detail()})
         else:
             out.notes.append(f"no audit keys at {adir}: put back the copy kept apart (audit-signing.key, "
                              "audit-public.json; the auditor keeps audit-verifier.key) before the vault is "

@@ -132,11 +132,12 @@ class RestoreReport:
                 "tokens_kept_suspended": self.tokens_kept_suspended,
                 "tokens_unchecked": self.tokens_unchecked, "seconds": round(self.seconds, 3)}
 
-    def salvage_detail(self) -> dict[str, Any]:
-        """For the ``backup.restore`` audit entry: what was kept of the damaged store's history.
+    def restore_detail(self) -> dict[str, Any]:
+        """For the ``backup.restore`` audit entry: what was restored, and what was kept of since.
 
-        Why its entries were not salvaged, and which tokens revoked or
-        suspended after the backup stayed so (ids of tokens, never a secret).
+        When the backup was taken and whether newer ones were, why the damaged
+        store's entries were not salvaged, which tokens revoked or suspended
+        after the backup stayed so (ids of tokens, never a secret).
         """
         out: dict[str, Any] = {"salvage_refused": self.salvage_refused} if self.salvage_refused else {}
         if self.created:
@@ -741,7 +742,7 @@ def restore(path: str | os.PathLike[str], store_url: str, key: VerifyKey, *,
                                               "records": report.counts.get("records", 0),
                                               "quarantined": quarantined,
                                               "salvaged_entries": report.salvaged_audit_entries,
-                                              **report.salvage_detail(), **report.audit_detail()})
+                                              **report.restore_detail(), **report.audit_detail()})
 
         made = _new_sqlite_target(store_url)
         db = open_target(store_url)
@@ -776,7 +777,7 @@ def _parse_utc(text: str) -> float:
     try:
         return datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC).timestamp() + 1.0
     except ValueError:
-        return 0.0
+        return float("inf")  # not known: no backup is said to be newer
 
 
 def _utc_text(ts: float) -> str:
@@ -1150,9 +1151,10 @@ def restore_record_keys(path: str | os.PathLike[str], store: RecordKeyStore, key
                         events: KeyEvents = noop) -> RecordKeysReport:
     """Put back record keys the live store lacks, from a record-key backup.
 
-    This undoes erasures made after that backup: use it to repair a store
-    lost with its disk, or a malicious erase, and read docs/keys.md first.
-    ``only_records`` limits it to those record ids. ``erased``: records
+    Keys of records erased after that backup come back with the rest, so
+    this undoes those erasures, but for the ones ``erased`` names: use it to
+    repair a store lost with its disk, or a malicious erase, and read
+    docs/keys.md first. ``only_records`` limits it to those record ids. ``erased``: records
     whose erasure is on record (:func:`erased_on_record`); their keys are
     left out unless ``only_records`` names them, so that refilling a store
     never undoes an erasure nobody asked to undo.

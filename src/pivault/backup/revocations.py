@@ -17,9 +17,9 @@ damaged store aside (``quarantine``) carries over what that store knows:
 Both sources are read, since the intruder may have changed either: a token
 is kept from use if either says so (so an entry planted there can only
 revoke or suspend more: new tokens are then issued). Nothing is made less
-restrictive: a
-resumption after the backup does not lift a suspension the backup holds,
-and a token created after the backup is not in the restored store at all.
+restrictive: a resumption after the backup does not lift a suspension the
+backup holds, and a token created after the backup is not in the restored
+store at all.
 Without a damaged store (the store was empty) nothing after the backup is
 known; :func:`active_tokens` counts what the operator must then review.
 """
