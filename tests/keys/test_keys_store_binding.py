@@ -474,3 +474,27 @@ def test_the_library_door_and_the_node_chainer_refuse_too(env: dict[str, str], t
     _put_back(store, aside)
     with Vault.open(home, passphrase=PASSPHRASE) as vault:
         assert vault.store.count() == 6
+
+
+def test_keys_gc_refuses_to_take_the_keys_of_a_wiped_data_store(env: dict[str, str], tmp_path: Path) -> None:
+    """An intruder (or a wrong restore) deletes the records' rows: every record key is then an
+    orphan, and `keys gc` took them all, so the data backups that still hold those records could
+    never be read again. Keys by the dozen without a record are refused unless the operator says
+    the records went on purpose; the gc that goes through is in the audit trail."""
+    v = _make(env, tmp_path)
+    run(env, "import", str(_csv(tmp_path / "more.csv", make_residents(40, seed=95)[6:])))
+    home = Path(env["PIVAULT_HOME"])
+    with sqlite3.connect(home / "vault.db") as con:  # the wipe, straight in the data file
+        wiped = con.execute("DELETE FROM records WHERE record_id <> ?", (v["ids"][0],)).rowcount
+    assert wiped == 39
+    res = run(env, "keys", "gc", "--grace", "0", "--writers-stopped", code=2)
+    assert res.stderr.startswith("error[keys.gc_mass]: 39 of the 40 record keys"), res.stderr
+    with sqlite3.connect(v["store"]) as con:
+        assert con.execute("SELECT COUNT(*) FROM record_keys").fetchone()[0] == 40  # none deleted
+    out = json.loads(run(env, "keys", "gc", "--grace", "0", "--writers-stopped", "--allow-mass-delete",
+                         "--json").stdout)
+    assert out["deleted"] == 39
+    got = json.loads(run(env, "get", v["ids"][0], "--reveal", "--json").stdout)
+    assert got[0]["id_number"] == v["people"][0]["id_number"]
+    trail = json.loads(run(env, "audit", "show", "--operation", "keys.gc", "--json").stdout)
+    assert [(e["outcome"], e["detail"]["deleted"]) for e in trail] == [("ok", 39)]

@@ -448,6 +448,11 @@ def keys_gc(
         help="Nothing writes to the vault now (no serve, import or rewrap running): allows a grace under "
              "600 s. A key commits before its record, so on a vault that writes, a shorter grace can "
              "leave a new record unreadable.")] = False,
+    allow_mass: Annotated[bool, typer.Option(
+        "--allow-mass-delete",
+        help="Delete orphan keys even when there are many (more than 10 and 1 % of the store): "
+             "without it such a gc is refused, since the data store may have been wiped or replaced.")
+    ] = False,
     backup_keys_days: Annotated[float | None, typer.Option(
         "--backup-keys-older-than", min=0.0,
         help="Also forget the keys that seal the record keys inside data backups older than this many "
@@ -457,7 +462,11 @@ def keys_gc(
 ) -> None:
     """Delete record keys no record uses (left by crashes), older than the grace period."""
     with _opened(home) as o:
-        n = o.keys.collect_garbage(o.db, grace_seconds=grace, writers_stopped=writers_stopped)
+        n = o.keys.collect_garbage(o.db, grace_seconds=grace, writers_stopped=writers_stopped,
+                                   allow_mass=allow_mass)
+        if n:
+            # a record's key deleted is that record gone from every backup: who did it, and how many
+            o.events()("keys.gc", "ok", {"deleted": n, "grace_seconds": grace, "mass": allow_mass})
         forgotten = o.keys.forget_backup_keys(older_than_seconds=backup_keys_days * 86400.0) \
             if backup_keys_days is not None else 0
         if forgotten:

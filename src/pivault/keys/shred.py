@@ -37,6 +37,10 @@ from pivault.store.records import NewRecords, RecordStore, StoredRecord
 #: the shortest grace ``keys gc`` takes on a vault that may be writing: far longer than any write
 #: keeps a committed key waiting for its record (an import chunk, a rewrap batch, an update)
 MIN_GC_GRACE_SECONDS = 600.0
+#: orphan keys a garbage collection deletes without being told to (``allow_mass``) at most,
+#: unless they are also at most :data:`MASS_SHARE` of the store's keys
+MASS_ORPHANS = 10
+MASS_SHARE = 0.01
 
 __all__ = [
     "RECORD_KEY_STORE_SUFFIX",
@@ -529,7 +533,7 @@ class RecordKeyStore:
 
     # -- housekeeping ------------------------------------------------------------
     def collect_garbage(self, data_db: Database, *, grace_seconds: float = 3600.0,
-                        writers_stopped: bool = False) -> int:
+                        writers_stopped: bool = False, allow_mass: bool = False) -> int:
         """Delete keys no committed record uses, older than ``grace_seconds``.
 
         Orphans come from crashes between a key's commit and its record's, and
@@ -539,6 +543,13 @@ class RecordKeyStore:
         in between leaves its record unreadable for good. A grace shorter than
         :data:`MIN_GC_GRACE_SECONDS` is refused unless the caller states that
         nothing writes to the vault (``writers_stopped``).
+
+        Crashes leave a few orphans; an erasure takes its keys with it. Keys by the
+        hundred without a record mean the data store was wiped, replaced by an
+        older copy, or is not this store's: deleting them would make those records
+        unreadable in every backup that holds them. So more than
+        :data:`MASS_ORPHANS` keys that are also more than :data:`MASS_SHARE` of
+        the store are refused (``keys.gc_mass``) unless ``allow_mass``.
         """
         if grace_seconds < MIN_GC_GRACE_SECONDS and not writers_stopped:
             raise ConfigError(
@@ -568,6 +579,17 @@ class RecordKeyStore:
             if len(pending) >= _CHUNK:
                 settle()
         settle()
+        if len(doomed) > MASS_ORPHANS and not allow_mass:
+            total = self.count()
+            if len(doomed) > MASS_SHARE * total:
+                raise ConfigError(
+                    f"{len(doomed):,} of the {total:,} record keys have no record in the data store: more "
+                    "than crashes leave. The data store may have been wiped, replaced by an older copy, or "
+                    "not be this store's; deleting the keys would make those records unreadable in every "
+                    "backup that holds them, so none was deleted",
+                    code="keys.gc_mass",
+                    hint="check the data store (restore it from a backup if it was wiped); if those "
+                         "records were removed on purpose, add --allow-mass-delete")
         n = 0
         with self.db.transaction():
             for rid, ref in doomed:
