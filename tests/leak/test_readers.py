@@ -309,6 +309,63 @@ def test_parquet_by_row_group(tmp_path: Path) -> None:
     assert rows[299] == [*(PEOPLE[299][f] for f in FIELDS), "299"]
 
 
+def _string_column(values: list[bytes]) -> object:
+    """A Parquet STRING column holding these bytes as they are, UTF-8 or not (Arrow checks nothing
+    when an array is made from buffers, as a careless exporter's GBK text gets into a file)."""
+    import itertools
+
+    import pyarrow as pa
+
+    offsets = pa.array([0, *itertools.accumulate(map(len, values))], pa.int32())
+    return pa.Array.from_buffers(pa.string(), len(values),
+                                 [None, offsets.buffers()[1], pa.py_buffer(b"".join(values))])
+
+
+@pytest.mark.parametrize("dictionary", [False, True])
+def test_parquet_text_in_gbk_is_read_as_such(tmp_path: Path, dictionary: bool) -> None:
+    """Names in GBK inside a STRING column (the register's own encoding, written by an exporter
+    that checked nothing): Arrow's UnicodeDecodeError refused the whole dump ("no row could be
+    read"), so the residents in it were never matched. Each cell is read in the first of UTF-8
+    and GB18030 that decodes it."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    names = [p["name"].encode("utf-8") for p in PEOPLE[:20]]
+    for i in (3, 11):
+        names[i] = PEOPLE[i]["name"].encode("gbk")
+    tbl = pa.table({"name": _string_column(names), "id_number": [p["id_number"] for p in PEOPLE[:20]]})
+    path = tmp_path / "gbk.parquet"
+    pq.write_table(tbl, path, use_dictionary=dictionary)
+    table, rows = only_table(path)
+    assert [r[0] for r in rows] == [p["name"] for p in PEOPLE[:20]]
+    assert table.rejected == 0
+
+
+def test_a_damaged_parquet_row_group_costs_its_own_rows_only(tmp_path: Path) -> None:
+    """Bytes of one data page changed (a dump cut and patched, a bad disk): Arrow's OSError ended the
+    read with "error[io]: OSError", and the residents in the groups after it were never matched.
+    The damaged group's rows are counted rejected, with a note that says which group and why
+    (not Arrow's message, which may quote a value); the other groups are read."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    tbl = pa.table({f: [r[f] for r in PEOPLE] for f in FIELDS})
+    path = tmp_path / "damaged.parquet"
+    pq.write_table(tbl, path, row_group_size=100, compression="snappy")
+    start = pq.ParquetFile(path).metadata.row_group(1).column(0).data_page_offset  # rows 101-200
+    data = bytearray(path.read_bytes())
+    for i in range(start + 8, start + 40):
+        data[i] ^= 0x5A
+    path.write_bytes(bytes(data))
+    table, rows = only_table(path)
+    ids = [r[1] for r in rows]
+    assert ids[:100] == [p["id_number"] for p in PEOPLE[:100]]
+    assert ids[-100:] == [p["id_number"] for p in PEOPLE[200:]]
+    assert table.rows + table.rejected == 300 and table.rejected >= 1
+    assert any("row group 2" in n and "damaged" in n for n in table.notes), table.notes
+    assert not any(p["name"] in n for p in PEOPLE for n in table.notes)
+
+
 # ------------------------------------------------------------------ archives
 
 

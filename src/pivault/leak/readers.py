@@ -1091,12 +1091,50 @@ def _read_parquet(stream: IO[bytes], source: str, batch: int) -> Iterator[Batch]
     per_row = max((meta.row_group(i).total_byte_size / max(meta.row_group(i).num_rows, 1)
                    for i in range(meta.num_row_groups)), default=0.0)
     batch = max(1, min(batch, int(BATCH_BYTES / (per_row * _CHAR_BYTES + _CELL_BYTES * max(table.width, 1)))))
-    for rb in pf.iter_batches(batch_size=batch):
-        columns = [[_cell(v) for v in col.to_pylist()] for col in rb.columns]
-        rows: list[Row] = [list(r) for r in zip(*columns, strict=True)]
-        if rows:
-            table.rows += len(rows)
-            yield Batch(table, rows, table.rows - len(rows) + 1)
+    # row group by row group: a dump found in the wild is often damaged (cut, patched, a bad
+    # disk), and one group that cannot be read is no reason to miss the residents in the others
+    for group in range(meta.num_row_groups):
+        expected = meta.row_group(group).num_rows
+        got = 0
+        try:
+            for rb in pf.iter_batches(batch_size=batch, row_groups=[group]):
+                columns = [_column_cells(col) for col in rb.columns]
+                rows: list[Row] = [list(r) for r in zip(*columns, strict=True)]
+                if rows:
+                    got += len(rows)
+                    table.rows += len(rows)
+                    yield Batch(table, rows, table.rows - len(rows) + 1)
+        except (OSError, ValueError, IndexError, OverflowError, ArithmeticError) as exc:
+            # Arrow's errors (ArrowInvalid is a ValueError, ArrowIOError an OSError) may quote
+            # a value: only the kind is told, and what is left of the group counts rejected
+            table.rejected += max(expected - got, 0)
+            table.note(f"Parquet row group {group + 1} could not be read past its first {got} rows "
+                       f"(damaged: {type(exc).__name__}); its other rows were counted rejected")
+
+
+def _column_cells(col: Any) -> list[str | None]:
+    """A Parquet column's cells as text; a STRING column whose bytes are not all UTF-8 (a careless
+    exporter's GBK, as Chinese registers often hold) is read cell by cell, each in the first of
+    UTF-8 and GB18030 that decodes it, so its residents are still matched."""
+    try:
+        return [_cell(v) for v in col.to_pylist()]
+    except UnicodeDecodeError:
+        import pyarrow as pa
+
+        kind = col.type
+        if pa.types.is_dictionary(kind):
+            col, kind = col.dictionary_decode(), kind.value_type
+        binary = pa.large_binary() if pa.types.is_large_string(kind) else pa.binary()
+        return [None if v is None else _decoded(v) for v in col.view(binary).to_pylist()]
+
+
+def _decoded(raw: bytes) -> str:
+    for encoding in ("utf-8", "gb18030"):
+        try:
+            return raw.decode(encoding)
+        except UnicodeDecodeError:
+            continue
+    return raw.decode("utf-8", errors="replace")
 
 
 # ---------------------------------------------------------------- dispatch
