@@ -112,6 +112,11 @@ def test_address_and_notes_error_codes() -> None:
         normalise_notes("记" * 2001)
     assert info.value.code == "notes.length"
     assert normalise_notes("记" * 2000) == "记" * 2000
+    # half of a UTF-16 pair on its own (JSON's "\ud800") is no character: it cannot even be stored
+    assert rejected(address.normalise, "北京市朝阳区\udc80") == "address.chars"
+    with pytest.raises(ValidationError) as info:
+        normalise_notes("备注\ud800")
+    assert info.value.code == "notes.chars"
 
 
 def test_resident_parse_reports_the_first_field_in_order() -> None:
@@ -162,12 +167,13 @@ def test_a_value_of_an_odd_length_shows_little_of_itself(value: str, shown: str)
         assert m.count("*") >= max(4, len(value) // 2)
 
 
-def test_the_control_character_check_is_exactly_unicode_category_cc() -> None:
-    """The address check is a regex for speed; it must refuse exactly what category Cc names."""
+def test_the_control_character_check_is_exactly_unicode_categories_cc_and_cs() -> None:
+    """The address check is a regex for speed; it must refuse exactly what categories Cc (control
+    characters) and Cs (halves of UTF-16 pairs, which cannot be encoded to be sealed) name."""
     import unicodedata
 
     from pivault.model.address import _CONTROL
 
     for cp in range(0x110000):
         c = chr(cp)
-        assert (_CONTROL.search(c) is not None) == (unicodedata.category(c) == "Cc"), hex(cp)
+        assert (_CONTROL.search(c) is not None) == (unicodedata.category(c) in ("Cc", "Cs")), hex(cp)

@@ -273,3 +273,22 @@ def test_rejects_show_masks_cells_under_columns_that_are_not_fields(sqlite_vault
     shown = json.dumps(reject, ensure_ascii=False)
     for value in (p["name"], p["id_number"], p["mobile"], p["id_number"][:6]):
         assert value not in shown, f"{reject['cells']}"
+
+
+def test_json_escape_of_a_lone_surrogate_is_a_reject_not_a_crash(sqlite_vault: Vault, tmp_path: Path,
+                                                                  ctx: AccessContext) -> None:
+    """JSON may write half of a UTF-16 pair ("\\ud800") on its own: that is no character, and
+    sealing the notes or address that held it failed with a traceback, on every rerun of the batch."""
+    people = _people(4, seed=81)
+    objs = [{"name": p["name"], "id_number": p["id_number"], "mobile": p["mobile"], "address": "",
+             "notes": ""} for p in people]
+    objs[1]["notes"] = "合成\ud800"
+    objs[2]["address"] = "北京市东城区\udc80"
+    src = tmp_path / "surrogates.jsonl"
+    # ensure_ascii writes each lone surrogate as a \uXXXX escape, as a careless writer would
+    src.write_text("".join(json.dumps(o) + "\n" for o in objs), encoding="utf-8")
+    f = sqlite_vault.import_files([src], workers=0).files[0]
+    assert (f.read, f.imported, f.rejected) == (4, 2, 2) and f.reconciles
+    assert [(r["line"], r["code"]) for r in sqlite_vault.rejects(ctx=ctx)] == [
+        (2, "notes.chars"), (3, "address.chars")]
+    assert sqlite_vault.find(id_number=people[3]["id_number"], ctx=ctx)

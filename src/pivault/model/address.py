@@ -13,9 +13,11 @@ from pivault.model import divisions
 MAX_LENGTH = 200
 _WS = re.compile(r"\s+")
 _CJK_GAP = re.compile(r"(?<=[\u3400-\u9fff])\s+(?=[\u3400-\u9fff0-9])|(?<=[0-9])\s+(?=[\u3400-\u9fff])")
-# Unicode category Cc is exactly these two ranges; one regex search instead of a
-# category look-up per character (most of an address's parse time)
-_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
+# Unicode category Cc is exactly the first two ranges; one regex search instead of a
+# category look-up per character (most of an address's parse time). The third is category Cs:
+# halves of UTF-16 pairs on their own (JSON's "\\ud800" escape) are no characters at all, and an
+# address holding one could not even be encoded to be sealed
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
 _GENERIC = {"市辖区", "县", "省直辖县级行政区划", "自治区直辖县级行政区划"}
 
 
@@ -32,7 +34,7 @@ def normalise(value: str) -> str:
         raise _err("address.empty", "the address is empty")
     v = unicodedata.normalize("NFKC", str(value)).strip()
     if _CONTROL.search(v):
-        raise _err("address.chars", "the address holds control characters")
+        raise _err("address.chars", "the address holds control characters or half of a UTF-16 pair")
     v = _WS.sub(" ", v)
     v = _CJK_GAP.sub("", v)
     if len(v) > MAX_LENGTH:

@@ -20,6 +20,7 @@ from pivault.model import resident_id as _rid
 PI_FIELDS: tuple[str, ...] = ("name", "id_number", "mobile", "address", "notes")
 REQUIRED_FIELDS: tuple[str, ...] = ("name", "id_number")
 NOTES_MAX = 2000
+_SURROGATE = re.compile("[\ud800-\udfff]")
 _RECORD_ID = re.compile(r"r_[0-9a-z]{26}")
 _B32 = "0123456789abcdefghjkmnpqrstvwxyz"
 #: every 10-bit value as its two digits, and the shifts of an id's 13 pairs (most significant first)
@@ -74,6 +75,11 @@ def normalise_notes(value: str) -> str:
                               field="notes")
     if "\x00" in v:
         raise ValidationError("notes.chars", "notes hold a NUL character", field="notes")
+    if _SURROGATE.search(v):
+        # half of a UTF-16 pair on its own (JSON allows the escape "\\ud800"): not a character,
+        # and notes holding one could not be encoded to be sealed
+        raise ValidationError("notes.chars", "notes hold half of a UTF-16 surrogate pair, which is no "
+                              "character", field="notes")
     return v
 
 
