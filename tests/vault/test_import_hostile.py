@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import tracemalloc
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -291,4 +292,41 @@ def test_json_escape_of_a_lone_surrogate_is_a_reject_not_a_crash(sqlite_vault: V
     assert (f.read, f.imported, f.rejected) == (4, 2, 2) and f.reconciles
     assert [(r["line"], r["code"]) for r in sqlite_vault.rejects(ctx=ctx)] == [
         (2, "notes.chars"), (3, "address.chars")]
+    assert sqlite_vault.find(id_number=people[3]["id_number"], ctx=ctx)
+
+
+def _string_column(values: list[bytes]) -> Any:
+    """A Parquet STRING column holding these bytes as they are, UTF-8 or not (as a careless exporter
+    writes GBK text into a UTF-8 column: Arrow checks nothing when a file is written from buffers)."""
+    import itertools
+
+    import pyarrow as pa
+
+    offsets = pa.array([0, *itertools.accumulate(map(len, values))], pa.int32())
+    return pa.Array.from_buffers(pa.string(), len(values),
+                                 [None, offsets.buffers()[1], pa.py_buffer(b"".join(values))])
+
+
+@pytest.mark.parametrize("kind", ["plain", "dictionary", "long"])
+def test_parquet_text_that_is_not_utf8_is_an_encoding_reject(sqlite_vault: Vault, tmp_path: Path,
+                                                            ctx: AccessContext, kind: str) -> None:
+    """A STRING column is UTF-8 by Parquet's rules, but GBK bytes in one stopped the import with
+    Python's UnicodeDecodeError (a traceback) at the same row on every rerun."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    people = _people(4, seed=82)
+    names = [p["name"].encode("utf-8") for p in people]
+    names[1] = people[1]["name"].encode("gbk")
+    if kind == "long":  # a row over the limit, cut to its head in Arrow before it is decoded
+        names[2] = people[2]["name"].encode("gbk") + b"x" * (ROW_LIMIT + 1)
+    column = _string_column(names)
+    if kind == "dictionary":
+        column = column.dictionary_encode()
+    src = tmp_path / f"gbk_{kind}.parquet"
+    pq.write_table(pa.table({"name": column, "id_number": [p["id_number"] for p in people]}), src)
+    f = sqlite_vault.import_files([src], workers=0).files[0]
+    expected = [(2, "encoding")] + ([(3, "row.size")] if kind == "long" else [])
+    assert (f.read, f.imported, f.rejected) == (4, 4 - len(expected), len(expected)) and f.reconciles
+    assert [(r["line"], r["code"]) for r in sqlite_vault.rejects(ctx=ctx)] == expected
     assert sqlite_vault.find(id_number=people[3]["id_number"], ctx=ctx)

@@ -663,10 +663,37 @@ def _row_bytes(batch: Any) -> _RowBytes:
 
 
 def _values(col: Any, big: set[int]) -> list[Any]:
-    """A column's Python values; of the rows in ``big`` only the first :data:`KEPT_CHARS` of each."""
-    if not big:
-        return list(col.to_pylist())
-    return [_head(col, k) if k in big else col[k].as_py() for k in range(len(col))]
+    """A column's Python values; of the rows in ``big`` only the first :data:`KEPT_CHARS` of each.
+
+    A text column is UTF-8 by Parquet's rules, but nothing stops a writer from putting other
+    bytes in it (GBK text from a careless exporter), and Arrow turns those into Python's
+    ``UnicodeDecodeError``. Such a column is then read as bytes, so that each value that is not
+    UTF-8 makes its own row an ``encoding`` reject (:meth:`ParquetSource.rows`).
+    """
+    try:
+        if not big:
+            return list(col.to_pylist())
+        return [_head(col, k) if k in big else col[k].as_py() for k in range(len(col))]
+    except UnicodeDecodeError:
+        as_bytes = _as_bytes(col)
+        if as_bytes is None:
+            raise
+        return _values(as_bytes, big)
+
+
+def _as_bytes(col: Any) -> Any:
+    """A text column (or a dictionary of text) as binary, its bytes unchanged; None for other types."""
+    import pyarrow as pa
+
+    t = col.type
+    if pa.types.is_dictionary(t):
+        values = _as_bytes(col.dictionary)
+        return None if values is None else pa.DictionaryArray.from_arrays(col.indices, values)
+    if pa.types.is_string(t):
+        return col.view(pa.binary())
+    if pa.types.is_large_string(t):
+        return col.view(pa.large_binary())
+    return None
 
 
 def _head(col: Any, k: int) -> Any:
