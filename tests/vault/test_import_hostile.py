@@ -330,3 +330,52 @@ def test_parquet_text_that_is_not_utf8_is_an_encoding_reject(sqlite_vault: Vault
     assert (f.read, f.imported, f.rejected) == (4, 4 - len(expected), len(expected)) and f.reconciles
     assert [(r["line"], r["code"]) for r in sqlite_vault.rejects(ctx=ctx)] == expected
     assert sqlite_vault.find(id_number=people[3]["id_number"], ctx=ctx)
+
+
+@pytest.mark.parametrize("damage", ["page", "arrow", "year"])
+def test_an_unreadable_parquet_row_group_stops_the_import_with_one_clear_error(
+        sqlite_vault: Vault, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, damage: str) -> None:
+    """Bytes of a data page changed on the way (a bad disk, a copy cut and patched): Arrow's own
+    OSError reached the operator as "error[io]: OSError", and its ArrowInvalid, its IndexError and
+    Python's OverflowError (a timestamp past the year 9999) as a traceback. The rows before the
+    damage are kept, and the error says where it is."""
+    import datetime as dt
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from pivault.vault.readers import UnreadableRows
+
+    people = _people(300, seed=83)
+    src = tmp_path / "damaged.parquet"
+    notes = pa.array([dt.datetime(2020, 1, 1)] * 300, pa.timestamp("s"))
+    if damage == "year":
+        notes = pa.array([0] * 150 + [1 << 40] + [0] * 149, pa.timestamp("s"))  # row 151
+    pq.write_table(pa.table({"name": [p["name"] for p in people],
+                             "id_number": [p["id_number"] for p in people], "notes": notes}),
+                   src, row_group_size=100, compression="snappy")
+    if damage == "page":
+        start = pq.ParquetFile(src).metadata.row_group(1).column(0).data_page_offset  # rows 101-200
+        data = bytearray(src.read_bytes())
+        for i in range(start + 8, start + 40):
+            data[i] ^= 0x5A
+        src.write_bytes(bytes(data))
+    elif damage == "arrow":
+        real = pq.ParquetFile.iter_batches
+
+        def failing(self: pq.ParquetFile, *args: Any, **kwargs: Any) -> Any:
+            if kwargs.get("row_groups") == [1]:
+                raise pa.ArrowInvalid("a message that may quote a value")
+            return real(self, *args, **kwargs)
+
+        monkeypatch.setattr(pq.ParquetFile, "iter_batches", failing)
+    with pytest.raises(UnreadableRows) as info:
+        sqlite_vault.import_files([src], workers=0, chunk_size=50)
+    assert info.value.code == "import.unreadable" and "quote" not in info.value.message
+    assert "damaged" in info.value.message and "rows 101-200" in info.value.message, info.value.message
+    assert sqlite_vault.store.count() == 100  # the first row group, committed before the damage
+    assert sqlite_vault.db.query("SELECT status, rows_consumed FROM import_batches") == [("running", 100)]
+    # run again, it stops at the same place, having imported nothing twice
+    with pytest.raises(UnreadableRows):
+        sqlite_vault.import_files([src], workers=0, chunk_size=50)
+    assert sqlite_vault.store.count() == 100

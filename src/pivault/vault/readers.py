@@ -11,6 +11,7 @@ record like any other bad row, with its line number. Nothing is dropped.
 from __future__ import annotations
 
 import codecs
+import contextlib
 import csv
 import io
 import json
@@ -22,13 +23,14 @@ from pathlib import Path
 from typing import Any, BinaryIO, Literal, Protocol
 
 from pivault.arrowtext import text_lengths
-from pivault.errors import ConfigError
+from pivault.errors import ConfigError, PivaultError
 
 __all__ = [
     "Format",
     "RawRow",
     "ReaderError",
     "Source",
+    "UnreadableRows",
     "check_columns",
     "detect_encoding",
     "detect_format",
@@ -55,6 +57,16 @@ class ReaderError(ConfigError):
     """The file as a whole cannot be read; nothing was imported."""
 
     code = "import.format"
+
+
+class UnreadableRows(PivaultError):
+    """A part of a file, past its start, cannot be read (a damaged Parquet row group).
+
+    The import stops there; the chunks committed before it stand, and a rerun
+    of the same file stops at the same place.
+    """
+
+    code = "import.unreadable"
 
 
 @dataclass(slots=True)
@@ -582,15 +594,23 @@ class ParquetSource:
                 row_no += count
                 self._done = row_no
                 continue
-            for batch in self._file.iter_batches(batch_size=8192, row_groups=[rg], columns=names):
-                sizes = _row_bytes(batch)
+            start = row_no
+            with self._reading(rg, start, count):
+                batches = self._file.iter_batches(batch_size=8192, row_groups=[rg], columns=names)
+            while True:
+                with self._reading(rg, start, count):
+                    batch = next(batches, None)
+                    if batch is None:
+                        break
+                    sizes = _row_bytes(batch)
                 expanded += sizes.total
                 if expanded > self._limit:
                     raise self._bomb()
                 for first, stop in sizes.slices():
-                    part = batch.slice(first, stop - first)
-                    big = sizes.over_limit(first, stop)
-                    cols = [_values(part.column(j), big) for j in range(len(names))]
+                    with self._reading(rg, start, count):
+                        part = batch.slice(first, stop - first)
+                        big = sizes.over_limit(first, stop)
+                        cols = [_values(part.column(j), big) for j in range(len(names))]
                     for k in range(part.num_rows):
                         row_no += 1
                         if row_no <= skip:
@@ -611,7 +631,35 @@ class ParquetSource:
                                 cells[i] = str(v)
                         self._done = row_no
                         yield RawRow(row_no, cells, error)
+            if row_no != start + count:
+                # a resume skips row groups by the footer's counts: rows numbered otherwise would
+                # be skipped, or imported twice, by the next run of the batch
+                raise self._unreadable(rg, start, count, "its rows are not as many as the footer says")
         self._done = row_no
+
+    @contextlib.contextmanager
+    def _reading(self, rg: int, start: int, count: int) -> Iterator[None]:
+        """Arrow's failures to read row group ``rg`` (rows ``start + 1`` on) as one clear error.
+
+        A data page changed on the way (a bad disk, a copy cut short and patched) or a codec
+        this pyarrow lacks surfaces from Arrow as ``OSError``, its own ``ArrowInvalid`` or
+        ``ArrowIndexError``, and a value out of Python's range (a timestamp in the year 60000)
+        as ``OverflowError``: without this, a traceback, or "error[io]: OSError" that names no
+        file and no place. Arrow's message is left out: it may quote a value.
+        """
+        import pyarrow as pa
+
+        try:
+            yield
+        except (OSError, ArithmeticError, ValueError, IndexError, pa.ArrowException) as exc:
+            raise self._unreadable(rg, start, count, type(exc).__name__) from None
+
+    def _unreadable(self, rg: int, start: int, count: int, why: str) -> UnreadableRows:
+        return UnreadableRows(
+            f"{self.path.name}: row group {rg + 1} (rows {start + 1}-{start + count}) cannot be read "
+            f"({why}): the file is damaged, or holds what pivault cannot read as text",
+            hint="the rows committed before it are kept; import an undamaged copy of the file (a new "
+                 "batch: the rows already imported count as duplicates), or export it again")
 
 
 @dataclass(slots=True)
