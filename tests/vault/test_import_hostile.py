@@ -379,3 +379,26 @@ def test_an_unreadable_parquet_row_group_stops_the_import_with_one_clear_error(
     with pytest.raises(UnreadableRows):
         sqlite_vault.import_files([src], workers=0, chunk_size=50)
     assert sqlite_vault.store.count() == 100
+
+
+def test_rejects_show_hides_cells_that_do_not_have_their_fields_shape(sqlite_vault: Vault, tmp_path: Path,
+                                                                     ctx: AccessContext) -> None:
+    """A delimiter lost between two fields puts a name after an ID number or a mobile number in one
+    cell. Their masks keep the last four characters, made for a number's last digits: the masked
+    listing showed the name whole ("310**************3冯英娟")."""
+    a, b, c = _people(3, seed=84)
+    src = tmp_path / "run_together.csv"
+    src.write_text("name,id_number,mobile,address\n"
+                   f"{a['name']},{a['id_number']}{b['name']},{a['mobile']},\n"
+                   f"{b['name']},{b['id_number']},{b['mobile']}{c['name']},\n"
+                   f"{c['name']},{c['id_number']}0,{c['mobile']}0,\n", encoding="utf-8")
+    f = sqlite_vault.import_files([src], workers=0).files[0]
+    assert (f.read, f.rejected) == (3, 3)
+    rejects = sqlite_vault.rejects(ctx=ctx)
+    shown = json.dumps(rejects, ensure_ascii=False)
+    for p in (a, b, c):
+        for value in (p["name"], p["id_number"], p["mobile"]):
+            assert value not in shown, [r["cells"] for r in rejects]
+    # a number that is only wrong (one digit too many) keeps its usual mask
+    last = rejects[-1]["cells"]
+    assert last["id_number"].startswith(c["id_number"][:3]) and last["mobile"].startswith(c["mobile"][:3])

@@ -30,6 +30,7 @@ import json
 import multiprocessing
 import os
 import pickle
+import re
 import secrets
 import struct
 import time
@@ -1057,14 +1058,31 @@ def show_rejects(vault: Vault, *, ctx: AccessContext, batch_id: str | None = Non
         if "text" in obj:
             cells = {"text": mask(ctx, "text", obj["text"])}
         else:
-            # a cell is masked as a field only under a field's name: the other labels are the file's
-            # headers ("gender", "region_code", which a shifted row fills with a mobile number), and
-            # what is under them is hidden whole unless revealed
-            cells = {k: mask(ctx, f if (f := k.split("#", 1)[0]) in PI_FIELDS else "text", v)
-                     for k, v in obj["cells"].items()}
+            cells = {k: mask(ctx, _mask_as(k, v), v) for k, v in obj["cells"].items()}
         out.append({"reject_id": reject_id, "batch_id": bid, "line": int(line), "code": code,
                     "field": fld, "cells": cells})
     return out
+
+
+#: what a rejected cell must look like to be masked as its field: the masks of numbers keep their
+#: first and last characters, made for digits; in a cell where a lost delimiter ran a name on after
+#: the number ("…0021张三"), the last characters are the name
+_SHAPES = {"id_number": re.compile(r"\s*[0-9Xx]+\s*"), "mobile": re.compile(r"[0-9+\-\s]+")}
+
+
+def _mask_as(label: str, value: str) -> str:
+    """The field whose mask a rejected row's cell gets; ``text`` (hidden whole) unless it is one.
+
+    A cell is masked as a field only under a field's name: the other labels are the file's
+    headers ("gender", "region_code", which a shifted row fills with a mobile number), and what
+    is under them is hidden whole unless revealed. So is a cell under a number's name that is
+    not a number (see :data:`_SHAPES`): the row was rejected, and its cells may be anything.
+    """
+    f = label.split("#", 1)[0]
+    if f not in PI_FIELDS:
+        return "text"
+    shape = _SHAPES.get(f)
+    return f if shape is None or shape.fullmatch(value) else "text"
 
 
 def list_batches(db: Database) -> list[dict[str, Any]]:
