@@ -402,3 +402,63 @@ def test_rejects_show_hides_cells_that_do_not_have_their_fields_shape(sqlite_vau
     # a number that is only wrong (one digit too many) keeps its usual mask
     last = rejects[-1]["cells"]
     assert last["id_number"].startswith(c["id_number"][:3]) and last["mobile"].startswith(c["mobile"][:3])
+
+
+@pytest.mark.parametrize("closed_by", ["end_of_file", "a_later_quote", "the_field_limit"])
+def test_a_quote_never_closed_takes_only_its_own_line(sqlite_vault: Vault, tmp_path: Path,
+                                                      ctx: AccessContext, closed_by: str) -> None:
+    """One stray quote opening a field ("引用…) made every line after it, to the next quote or the
+    end of the file, part of that one field: 1,995 residents became a single csv.quoting reject,
+    and the summary reconciled. The line where the quote opened is the reject; the reader goes on
+    with the line after it."""
+    people = _people(2000 if closed_by != "the_field_limit" else 6000, seed=85)
+    # past 1 MiB of lines the field is too large (csv.field_size) before anything closes it
+    notes = ["合成备注" * (60 if closed_by == "the_field_limit" else 0)] * len(people)
+    notes[4] = '"引用'  # line 6: the quote opens a field and is never closed well
+    if closed_by == "a_later_quote":
+        notes[1500] = '"合成,备注"'  # line 1502: a good quoted field, whose first quote ends the stray one
+    src = tmp_path / "stray_quote.csv"
+    with open(src, "w", encoding="utf-8") as fh:
+        fh.write("name,id_number,mobile,notes\n")
+        for i, p in enumerate(people):
+            fh.write(_csv_line(p, notes[i] if i != len(people) - 3 else "12345,"))  # csv.fields
+    from pivault.vault.imports import ImportProgress
+
+    class Stop(Exception):
+        pass
+
+    def stop(p: ImportProgress) -> None:
+        if p.read >= 1000:  # interrupted past the lines read again: the rerun skips them by count
+            raise Stop
+
+    with pytest.raises(Stop):
+        sqlite_vault.import_files([src], workers=0, chunk_size=500, progress=stop)
+    f = sqlite_vault.import_files([src], workers=0, chunk_size=500).files[0]
+    n = len(people)
+    assert f.status == "resumed" and f.resumed_from == 1000
+    assert (f.read, f.imported, f.rejected) == (n, n - 2, 2) and f.reconciles
+    assert [(r["line"], r["code"]) for r in sqlite_vault.rejects(ctx=ctx)] == [
+        (6, "csv.quoting"), (n - 1, "csv.fields")]
+    assert sqlite_vault.find(id_number=people[5]["id_number"], ctx=ctx)
+    assert sqlite_vault.find(id_number=people[1500]["id_number"], ctx=ctx)
+
+
+def test_quotes_built_to_be_read_again_and_again_are_read_in_linear_time(tmp_path: Path) -> None:
+    """Each line after a broken row is read again, but a row of fields that each open a quote on
+    one line and close it on the next would find another such row in every reading again: at most
+    as much is read again as was read, and the rest is one reject, every line of it kept."""
+    import time
+
+    from pivault.vault.readers import open_source
+
+    src = tmp_path / "nested.csv"
+    with open(src, "w", encoding="utf-8") as fh:
+        fh.write('name,id_number,mobile,notes\na,b,c,"start\n')
+        fh.write('plain text\nx","\n' * 16_000)
+        fh.write('end"x\n')
+    t0 = time.monotonic()
+    rows = list(open_source(src).rows())
+    assert time.monotonic() - t0 < 10  # read again from every such line, it took minutes
+    assert [(r.line, r.error) for r in rows] == [(2, "csv.quoting"), (3, "csv.fields"), (4, "csv.quoting")]
+    assert rows[-1].text is not None and rows[-1].text.endswith('end"x')
+    assert rows[-1].text.count("\n") == 2 * 16_000 - 1  # lines 4 to 32,003: none lost

@@ -249,18 +249,36 @@ class _Lines:
         self.kept = ""
         self._size = 0
         self._cr = False  # the last piece read ended with a CR whose LF may follow
+        #: whole lines handed back by :meth:`read_again`, the next one last
+        self._again: list[str] = []
 
     def new_row(self) -> None:
         self.consumed.clear()
         self._size = 0
 
+    def read_again(self, lines: Sequence[str]) -> None:
+        """Give back ``lines`` (whole lines, as :attr:`consumed` holds them) to be read next."""
+        self._again.extend(reversed(lines))
+        self.count -= len(lines)
+
+    def _read(self, limit: int) -> str:
+        """Up to ``limit`` characters of the next line, as ``readline`` reads them."""
+        if not self._again:
+            return self._readline(limit)
+        line = self._again.pop()
+        if len(line) > limit:  # the rest is read next, as readline would leave it
+            self._again.append(line[limit:])
+            line = line[:limit]
+        return line
+
     def __iter__(self) -> _Lines:
         return self
 
     def __next__(self) -> str:
-        line = self._readline(ROW_LIMIT - self._size + 1)
+        limit = ROW_LIMIT - self._size + 1
+        line = self._read(limit) if self._again else self._readline(limit)
         if self._cr and line.startswith("\n"):
-            line = line[1:] or self._readline(ROW_LIMIT - self._size + 1)  # the rest of a CRLF
+            line = line[1:] or self._read(ROW_LIMIT - self._size + 1)  # the rest of a CRLF
         self._cr = False
         if not line:
             raise StopIteration
@@ -271,7 +289,7 @@ class _Lines:
             return line
         self.kept = ("".join(self.consumed) + line)[:KEPT_CHARS]
         while not line.endswith(("\n", "\r")):
-            line = self._readline(1 << 16)
+            line = self._read(1 << 16)
             if not line:
                 break
         self._cr = line.endswith("\r")
@@ -337,6 +355,7 @@ class DelimitedSource:
             reader = csv.reader(lines, delimiter=self._delimiter, strict=True)
             seen_header = False
             n = 0
+            read_again = 0  # characters given back to be read again (see below)
             while True:
                 start = lines.count + 1
                 lines.new_row()
@@ -346,6 +365,25 @@ class DelimitedSource:
                     return
                 except (csv.Error, _RowTooLong) as exc:
                     n += 1
+                    again = lines.consumed[1:] if isinstance(exc, csv.Error) else []
+                    size = sum(map(len, again))
+                    if again and read_again + size <= self.position():
+                        # A quote opened a field on the row's first line and was never closed
+                        # well: every line after it, to the next quote or the end of the file,
+                        # was read into that one field (a stray quote, a field over the size
+                        # limit, data ending inside quotes). Those lines are rows of their own,
+                        # not one broken row: the first line is the reject, and the reader goes
+                        # on with the line after it. At most as much text is read again as was
+                        # read from the file: lines built so that each reading again finds
+                        # another such row in what it reads would otherwise be read over and
+                        # over (hours for a file of a few MB); past that, the row is one
+                        # reject, as it was read.
+                        read_again += size
+                        first = lines.consumed[0]
+                        lines.read_again(again)
+                        if n > skip and seen_header:
+                            yield RawRow(start, [], "csv.quoting", text=first.rstrip("\r\n"))
+                        continue
                     if n > skip and seen_header:
                         if isinstance(exc, _RowTooLong):
                             yield RawRow(start, [], "row.size", text=lines.kept)
