@@ -462,3 +462,34 @@ def test_quotes_built_to_be_read_again_and_again_are_read_in_linear_time(tmp_pat
     assert [(r.line, r.error) for r in rows] == [(2, "csv.quoting"), (3, "csv.fields"), (4, "csv.quoting")]
     assert rows[-1].text is not None and rows[-1].text.endswith('end"x')
     assert rows[-1].text.count("\n") == 2 * 16_000 - 1  # lines 4 to 32,003: none lost
+
+
+def test_a_tab_separated_txt_file_is_read_as_tsv(sqlite_vault: Vault, tmp_path: Path) -> None:
+    """Excel's "Text (Tab delimited)" and many exports write tab-separated .txt files: read as CSV,
+    the header was one column and the error named "#1 (Chinese text)", which no --map could fix
+    (there is no option to name the format). A .csv file of tabs is told what it is."""
+    from pivault.errors import ConfigError
+    from pivault.vault.readers import ReaderError
+
+    people = _people(3, seed=86)
+    body = "".join(f"{p['name']}\t{p['id_number']}\t{p['mobile']}\n" for p in people)
+    txt = tmp_path / "导出.txt"
+    txt.write_text("姓名\t身份证号\t手机号\n" + body, encoding="utf-8")
+    f = sqlite_vault.import_files([txt], workers=0).files[0]
+    assert (f.format, f.read, f.imported) == ("tsv", 3, 3)
+    # without a header it is said to be data, not an unknown column
+    bare = tmp_path / "bare.txt"
+    bare.write_text(body, encoding="utf-8")
+    with pytest.raises(ConfigError) as info:
+        sqlite_vault.import_files([bare], workers=0)
+    assert info.value.code == "import.no_header"
+    # a comma-separated .txt is CSV, as before
+    commas = tmp_path / "commas.txt"
+    commas.write_text(txt.read_text(encoding="utf-8").replace("\t", ","), encoding="utf-8")
+    assert sqlite_vault.import_files([commas], workers=0).files[0].format == "csv"
+    mislabelled = tmp_path / "tabs.csv"
+    mislabelled.write_text(txt.read_text(encoding="utf-8"), encoding="utf-8")
+    with pytest.raises(ReaderError) as info:
+        sqlite_vault.import_files([mislabelled], workers=0)
+    assert info.value.code == "import.format" and "tab" in info.value.message
+    assert ".tsv" in info.value.hint and people[0]["name"] not in str(info.value)

@@ -116,7 +116,11 @@ def stamp(path: Path) -> tuple[int, ...]:
 # -- detection ---------------------------------------------------------------
 
 def detect_format(path: Path) -> Format:
-    """From the extension, else from the first bytes."""
+    """From the extension, else from the first bytes.
+
+    A ``.txt`` file is CSV or TSV by its first line: Excel's "Text (Tab delimited)"
+    and many an export write tab-separated ``.txt`` files.
+    """
     ext = path.suffix.lower()
     if ext in (".parquet", ".pq"):
         return "parquet"
@@ -124,17 +128,23 @@ def detect_format(path: Path) -> Format:
         return "jsonl"
     if ext in (".tsv", ".tab"):
         return "tsv"
-    if ext in (".csv", ".txt"):
+    if ext == ".csv":
         return "csv"
     with open(path, "rb") as fh:
         head = fh.read(64 * 1024)
-    if head[:4] == b"PAR1":
-        return "parquet"
+    if ext != ".txt":
+        if head[:4] == b"PAR1":
+            return "parquet"
+        if head.lstrip(codecs.BOM_UTF8).lstrip()[:1] == b"{":
+            return "jsonl"
+    return "tsv" if _tabs_first(head) else "csv"
+
+
+def _tabs_first(head: bytes) -> bool:
+    """Whether the first non-blank line has more tabs than commas."""
     body = head.lstrip(codecs.BOM_UTF8).lstrip()
-    if body[:1] == b"{":
-        return "jsonl"
     first = body.split(b"\n", 1)[0]
-    return "tsv" if first.count(b"\t") > first.count(b",") else "csv"
+    return first.count(b"\t") > first.count(b",")
 
 
 def detect_encoding(path: Path) -> str:
@@ -323,6 +333,12 @@ class DelimitedSource:
                                   "the file is not a table of residents") from None
         if not header:
             raise ReaderError("the file is empty: no header row", code="import.empty")
+        if delimiter == "," and len(header) == 1 and "\t" in header[0]:
+            # one column, whose name is the whole line: the file is separated by tabs (and a
+            # table of residents has two columns at least). Said before the mapping names
+            # column #1 as unknown, which no --map can fix
+            raise ReaderError("the first line is separated by tabs, not commas",
+                              hint="name the file .tsv (or .txt) to read it as tab-separated")
         if any(_SURROGATE.search(h) for h in header):
             raise ReaderError("the header row is not text in the file's encoding",
                               code="import.encoding", hint="give the encoding with --encoding")
