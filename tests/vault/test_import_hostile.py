@@ -493,3 +493,46 @@ def test_a_tab_separated_txt_file_is_read_as_tsv(sqlite_vault: Vault, tmp_path: 
         sqlite_vault.import_files([mislabelled], workers=0)
     assert info.value.code == "import.format" and "tab" in info.value.message
     assert ".tsv" in info.value.hint and people[0]["name"] not in str(info.value)
+
+
+def test_json_objects_with_a_key_per_value_are_refused_in_flat_memory(sqlite_vault: Vault,
+                                                                      tmp_path: Path) -> None:
+    """The header of a JSON Lines file is every key of its first 1,000 lines: objects keyed by
+    their values (an ID number, a row number) made a header of millions of columns. 300 MB of such
+    lines took 12 GB, and the error listed every column (500 MB on the terminal)."""
+    from pivault.vault.readers import ReaderError
+
+    src = tmp_path / "keyed.jsonl"
+    with open(src, "w", encoding="utf-8") as fh:
+        for i in range(40):
+            fh.write(json.dumps({f"k{i}_{j:07d}": "" for j in range(20_000)}) + "\n")
+    assert src.stat().st_size > 8 * MiB
+    tracemalloc.start()
+    try:
+        with pytest.raises(ReaderError) as info:
+            sqlite_vault.import_files([src], workers=0)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert info.value.code == "import.format" and len(str(info.value)) < 300, str(info.value)[:300]
+    assert peak < 4 * ROW_LIMIT, f"peak {peak / MiB:.1f} MiB"
+
+
+def test_a_header_of_too_many_columns_is_refused_and_errors_list_a_few(sqlite_vault: Vault,
+                                                                       tmp_path: Path) -> None:
+    from pivault.vault.mapping import MappingError
+    from pivault.vault.readers import MAX_COLUMNS, ReaderError
+
+    wide = tmp_path / "wide.csv"
+    wide.write_text("name,id_number," + ",".join(f"c{i}" for i in range(MAX_COLUMNS)) + "\n",
+                    encoding="utf-8")
+    with pytest.raises(ReaderError) as info:
+        sqlite_vault.import_files([wide], workers=0)
+    assert info.value.code == "import.format" and f"{MAX_COLUMNS:,}" in info.value.message
+    # a header of many unknown columns: the error names the first ones and counts the rest
+    many = tmp_path / "many.csv"
+    many.write_text("name,id_number," + ",".join(f"c{i}" for i in range(100)) + "\n", encoding="utf-8")
+    with pytest.raises(MappingError) as mapping:
+        sqlite_vault.import_files([many], workers=0)
+    assert "#3 (text)" in mapping.value.message and "#102" not in mapping.value.message
+    assert "and 80 more" in mapping.value.message, mapping.value.message

@@ -151,9 +151,19 @@ def _kind(cell: str) -> str:
     return "text"
 
 
+#: the most columns an error names; the others are counted ("and 80 more")
+LISTED = 20
+
+
 def _columns(positions: Iterable[int]) -> str:
     """``#2, #5``: columns named by position only."""
-    return ", ".join(f"#{i + 1}" for i in positions)
+    return _listed([f"#{i + 1}" for i in positions])
+
+
+def _listed(items: Sequence[str]) -> str:
+    """``#1 (text), #2 (a number)``, the first :data:`LISTED` of them and a count of the rest."""
+    shown = ", ".join(items[:LISTED])
+    return shown if len(items) <= LISTED else f"{shown}, and {len(items) - LISTED:,} more"
 
 
 def resolve(
@@ -175,7 +185,7 @@ def resolve(
         # Never echo the row: it is a resident's data, not a header.
         raise MappingError(
             "the first row looks like data, not a header, so no column can be mapped: "
-            + ", ".join(f"#{i + 1} ({k})" for i, k in enumerate(kinds)), code="import.no_header",
+            + _listed([f"#{i + 1} ({k})" for i, k in enumerate(kinds)]), code="import.no_header",
             hint="add a header line naming the columns (姓名,身份证号,手机号,…); a column with "
                  "another name is then mapped with --map FIELD=COLUMN")
     by_key: dict[str, list[int]] = {}
@@ -220,7 +230,7 @@ def resolve(
         positions[i] = known
     if unknown:
         raise MappingError(
-            "the header has columns pivault does not recognise: " + ", ".join(unknown),
+            "the header has columns pivault does not recognise: " + _listed(unknown),
             hint="map them with --map FIELD=COLUMN (fields: " + ", ".join(PI_FIELDS)
                  + ") or leave them out with --ignore COLUMN, naming each column as the file's "
                    "first line does")

@@ -26,6 +26,7 @@ from pivault.arrowtext import text_lengths
 from pivault.errors import ConfigError, PivaultError
 
 __all__ = [
+    "MAX_COLUMNS",
     "Format",
     "RawRow",
     "ReaderError",
@@ -50,6 +51,9 @@ FIELD_LIMIT = 1 << 20
 ROW_LIMIT = 4 << 20
 #: what a ``row.size`` reject keeps of its row: enough to find it in the file
 KEPT_CHARS = 64 << 10
+#: the most columns a header may have (Excel's widest sheet). More is not a table of residents:
+#: JSON objects keyed by their values (an ID number, a row number) make a column of every key
+MAX_COLUMNS = 16_384
 _SURROGATE = re.compile("[\udc80-\udcff]")
 
 
@@ -219,6 +223,13 @@ def open_source(path: str | os.PathLike[str], *, encoding: str | None = None,
     return DelimitedSource(p, enc, "\t" if fmt == "tsv" else ",")
 
 
+def _check_width(columns: int) -> None:
+    """One clear error for a header of more than :data:`MAX_COLUMNS` columns."""
+    if columns > MAX_COLUMNS:
+        raise ReaderError(f"the header has more than {MAX_COLUMNS:,} columns: the file is not a "
+                          "table of residents", hint="export only the columns of the residents' fields")
+
+
 def check_columns(source: Source, positions: Mapping[int, str]) -> None:
     """Whether the columns mapped to fields (position -> field) can be read as text; one error if not.
 
@@ -347,6 +358,7 @@ class DelimitedSource:
         self._width = len(header)
         while header and not header[-1].strip():
             header.pop()
+        _check_width(len(header))
         self.header: tuple[str, ...] = tuple(h.strip() for h in header)
 
     def _open(self) -> io.TextIOWrapper:
@@ -453,13 +465,24 @@ class JsonLinesSource:
         self.size = self.stamp[2]
         self._fh: BinaryIO | None = None
         keys: dict[str, None] = {}
+        chars = 0
         with open(path, "rb") as fh:
             for i, (line, whole) in enumerate(_json_lines(fh)):
                 if i >= JSONL_HEADER_LINES:
                     break
                 obj = self._parse(line) if whole else None
                 if isinstance(obj, dict):
-                    keys.update(dict.fromkeys(str(k) for k in obj))
+                    for k in obj:
+                        if k not in keys:
+                            keys[k] = None
+                            chars += len(k)
+                    # bounded as a CSV header line is: a thousand lines of keys that are values
+                    # would otherwise make a header of gigabytes
+                    _check_width(len(keys))
+                    if chars > ROW_LIMIT:
+                        raise ReaderError(f"the keys of the first lines' objects come to more than "
+                                          f"{ROW_LIMIT >> 20} MiB: the file is not a table of residents",
+                                          hint="export one object per resident, its fields as keys")
         if not keys:
             raise ReaderError(f"no JSON object in the first {JSONL_HEADER_LINES} lines",
                               code="import.empty")
@@ -600,6 +623,7 @@ class ParquetSource:
             self._file = pq.ParquetFile(path)
         except Exception as exc:
             raise ReaderError(f"not a readable Parquet file ({type(exc).__name__})") from None
+        _check_width(len(self._file.schema_arrow.names))
         self.header: tuple[str, ...] = tuple(self._file.schema_arrow.names)
         meta = self._file.metadata
         self.size: int = meta.num_rows
