@@ -536,3 +536,15 @@ def test_a_header_of_too_many_columns_is_refused_and_errors_list_a_few(sqlite_va
         sqlite_vault.import_files([many], workers=0)
     assert "#3 (text)" in mapping.value.message and "#102" not in mapping.value.message
     assert "and 80 more" in mapping.value.message, mapping.value.message
+
+
+def test_one_column_mapped_to_two_fields_is_named_as_such() -> None:
+    """--map id_number=证件,notes=证件: the second entry silently replaced the first, and the error
+    said the header had no column for id_number, the field the operator had just mapped."""
+    from pivault.vault.mapping import MappingError, parse_mapping, resolve
+
+    with pytest.raises(MappingError) as info:
+        resolve(["人员", "证件"], parse_mapping(["name=人员", "id_number=证件,notes=证件"]))
+    assert info.value.code == "import.mapping"
+    assert "id_number" in info.value.message and "notes" in info.value.message
+    assert "证件" not in info.value.message and "#2" in info.value.message

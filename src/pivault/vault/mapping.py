@@ -203,6 +203,11 @@ def resolve(
         if len(found) > 1:
             raise MappingError(f"the column mapped to {field} appears {len(found)} times in the "
                                f"header ({_columns(found)})", code="import.header")
+        if found[0] in positions:
+            # the later entry would replace the earlier one, and the error would then say the
+            # header has no column for the field just mapped
+            raise MappingError(f"column #{found[0] + 1} is mapped to both {positions[found[0]]} and "
+                               f"{field}: a column feeds one field", code="import.mapping")
         positions[found[0]] = field
     ignore_keys = {_key(c) for c in ignore}
     ignored: list[str] = []
