@@ -548,3 +548,36 @@ def test_one_column_mapped_to_two_fields_is_named_as_such() -> None:
     assert info.value.code == "import.mapping"
     assert "id_number" in info.value.message and "notes" in info.value.message
     assert "证件" not in info.value.message and "#2" in info.value.message
+
+
+def test_a_nul_byte_in_one_cell_is_that_rows_reject_not_a_refused_file(sqlite_vault: Vault, tmp_path: Path,
+                                                                       ctx: AccessContext) -> None:
+    """A C string's terminator left in one notes cell made the whole file "not a text file" (and the
+    hint said to export it as CSV, which it was). A binary file (a spreadsheet, UTF-16 without its
+    byte-order mark) is still refused as one."""
+    import openpyxl
+
+    from pivault.vault.readers import ReaderError
+
+    people = _people(50, seed=87)
+    lines = [_csv_line(p, "合成") for p in people]
+    lines[2] = _csv_line(people[2], "合成\x00")
+    src = tmp_path / "nul.csv"
+    src.write_text("name,id_number,mobile,notes\n" + "".join(lines), encoding="utf-8")
+    f = sqlite_vault.import_files([src], workers=0).files[0]
+    assert (f.read, f.imported, f.rejected) == (50, 49, 1) and f.reconciles
+    assert [(r["line"], r["code"]) for r in sqlite_vault.rejects(ctx=ctx)] == [(4, "notes.chars")]
+    book = openpyxl.Workbook()
+    sheet = book.active
+    assert sheet is not None
+    sheet.append(["name", "id_number"])
+    for p in people:
+        sheet.append([p["name"], p["id_number"]])
+    xlsx = tmp_path / "people"  # no extension: the first bytes decide
+    book.save(xlsx)
+    utf16 = tmp_path / "utf16.csv"
+    utf16.write_bytes(src.read_text(encoding="utf-8").replace("\x00", "").encode("utf-16-le"))
+    for binary in (xlsx, utf16):
+        with pytest.raises(ReaderError) as info:
+            sqlite_vault.import_files([binary], workers=0)
+        assert "not a text file" in info.value.message, binary.name

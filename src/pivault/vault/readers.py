@@ -151,6 +151,10 @@ def _tabs_first(head: bytes) -> bool:
     return first.count(b"\t") > first.count(b",")
 
 
+#: bytes no text file holds but by mistake: C0 controls but tab, line ends, form feed and escape
+_CONTROL_BYTES = bytes([*range(0x00, 0x09), *range(0x0E, 0x1B), *range(0x1C, 0x20), 0x7F])
+
+
 def detect_encoding(path: Path) -> str:
     """UTF-8 (with or without BOM) if the first MiB decodes strictly, else GB18030.
 
@@ -164,8 +168,12 @@ def detect_encoding(path: Path) -> str:
     if head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
         raise ReaderError("UTF-16 files are not supported", code="import.encoding",
                           hint="convert the file to UTF-8 (iconv -f UTF-16 -t UTF-8)")
-    if b"\x00" in head:
-        raise ReaderError("the file holds NUL bytes: it is not a text file",
+    controls = len(head) - len(head.translate(None, _CONTROL_BYTES))
+    if controls > max(1, len(head) // 100):
+        # a spreadsheet, an archive, UTF-16 without its byte-order mark (every other byte NUL);
+        # a NUL or two in a text file (a C string's terminator left in a cell) are bad rows
+        # of it, rejects like any other, not a reason to refuse the whole file
+        raise ReaderError("the file holds NUL or other control bytes: it is not a text file",
                           hint="export the data as CSV, JSON Lines or Parquet")
     try:
         codecs.getincrementaldecoder("utf-8")("strict").decode(head, final=False)
