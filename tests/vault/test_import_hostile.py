@@ -581,3 +581,21 @@ def test_a_nul_byte_in_one_cell_is_that_rows_reject_not_a_refused_file(sqlite_va
         with pytest.raises(ReaderError) as info:
             sqlite_vault.import_files([binary], workers=0)
         assert "not a text file" in info.value.message, binary.name
+
+
+def test_a_file_given_twice_is_counted_once_in_the_totals(sqlite_vault: Vault, tmp_path: Path) -> None:
+    """A copy of a file is the same batch (the same content and options): the second is "already
+    imported", but the command's totals added its counts again, so a glob over a folder that held
+    a copy reported twice the records the vault had gained."""
+    people = _people(20, seed=88)
+    src = tmp_path / "a.csv"
+    src.write_text("name,id_number,mobile,notes\n" + "".join(_csv_line(p) for p in people)
+                   + f"{people[0]['name']},{people[0]['id_number']},123,\n", encoding="utf-8")
+    copy = tmp_path / "copy_of_a.csv"
+    copy.write_bytes(src.read_bytes())
+    summary = sqlite_vault.import_files([src, copy, src], workers=0)
+    assert [f.status for f in summary.files] == ["imported", "already_imported", "already_imported"]
+    assert (summary.read, summary.imported, summary.rejected) == (21, 20, 1) and summary.reconciles
+    assert summary.imported == sqlite_vault.store.count()
+    totals = summary.to_dict()
+    assert (totals["read"], totals["imported"]) == (21, 20) and len(totals["files"]) == 3

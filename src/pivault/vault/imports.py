@@ -203,7 +203,13 @@ class ImportSummary:
     seconds: float = 0.0
 
     def _sum(self, name: str) -> int:
-        return sum(int(getattr(f, name)) for f in self.files)
+        """The total over the command's batches, each counted once.
+
+        A file given twice, or a copy of one, is the same batch (the same content and options):
+        every entry of it holds the batch's counts, so adding each would count its rows again.
+        """
+        batches = {f.batch_id: f for f in reversed(self.files)}
+        return sum(int(getattr(f, name)) for f in batches.values())
 
     @property
     def read(self) -> int:
