@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from pivault.audit import AuditEvent, AuditLog, Checkpoint, VerifierKey, WriterKeys, verify
-from pivault.audit.log import ENTRY_COLUMNS, entry_mac
+from pivault.audit.log import ENTRY_COLUMNS, entry_mac, open_head
 from pivault.crypto import Keyring
 from pivault.policy.context import AccessContext
 from pivault.store import Database
@@ -160,7 +160,7 @@ def test_rewrite_with_the_stolen_writer_state_fails(filled: AuditLog, verifier: 
     db = filled.db
     head = db.query_one("SELECT chain_id, seq, key_ct FROM audit_head")
     assert head is not None
-    stolen = keyring.decrypt(f"audit.{head[0]}.{head[1]}", "ratchet", bytes(head[2]))
+    stolen, _, _ = open_head(keyring.decrypt(f"audit.{head[0]}.{head[1]}", "ratchet", bytes(head[2])))
     row = list(_row(db, 5))
     row[6] = json.dumps([])
     prev = _row(db, 4)[-1]

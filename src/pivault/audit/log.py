@@ -29,6 +29,7 @@ import json
 import math
 import os
 import re
+import struct
 import threading
 import time
 import uuid
@@ -59,8 +60,10 @@ __all__ = [
     "entries",
     "entry_mac",
     "head_opens",
+    "head_plaintext",
     "latest_checkpoint",
     "load_checkpoints",
+    "open_head",
     "ratchet",
 ]
 
@@ -400,6 +403,34 @@ def head_opens(keyring: FieldCipher, chain_id: str, seq: int, key_ct: bytes) -> 
     return True
 
 
+#: what the head's encrypted key holds after the key: the entry and time of the last checkpoint
+_HEAD_SCHEDULE = struct.Struct(">qq")
+
+
+def head_plaintext(key: bytes, cp_seq: int, cp_ts_us: int) -> bytes:
+    """The plaintext of ``audit_head.key_ct``: the chain key, then when the last checkpoint was made.
+
+    The checkpoint schedule is sealed with the key because the writers decide from it when the
+    next checkpoint is due: left in plain columns, whoever holds the database could set them
+    ahead and no checkpoint would ever be made again, so the anchor outside the store would
+    get no more marks, and a rollback of everything since would go unseen.
+    """
+    return key + _HEAD_SCHEDULE.pack(cp_seq, cp_ts_us)
+
+
+def open_head(plain: bytes) -> tuple[bytes, int | None, int | None]:
+    """(chain key, checkpoint seq, checkpoint time) from :func:`head_plaintext`.
+
+    A head written before the schedule was sealed holds the key alone: (key, None, None).
+    """
+    if len(plain) == 32:
+        return plain, None, None
+    if len(plain) != 32 + _HEAD_SCHEDULE.size:
+        raise AuditError("the audit chain head's key has an unknown form", code="audit.head")
+    cp_seq, cp_ts_us = _HEAD_SCHEDULE.unpack(plain[32:])
+    return plain[:32], cp_seq, cp_ts_us
+
+
 @dataclass(slots=True)
 class _Head:
     chain_id: str
@@ -518,13 +549,17 @@ class AuditLog:
             int(row[4]), int(row[5])
         cache = self._caches.get(id(db))
         if cache is not None and cache.chain_id == chain_id and cache.seq == seq and cache.mac == mac:
-            key = cache.key
-        else:
-            try:
-                key = self._keyring.decrypt(_head_key_id(chain_id, seq), "ratchet", key_ct)
-            except PivaultError:
-                raise AuditError("the audit chain head does not decrypt: altered, or another keyring",
-                                 code="audit.head") from None
+            # the schedule as this connection committed it, not as the columns say now
+            return _Head(chain_id, seq, mac, cache.key, cache.cp_seq, cache.cp_ts_us)
+        try:
+            plain = self._keyring.decrypt(_head_key_id(chain_id, seq), "ratchet", key_ct)
+        except PivaultError:
+            raise AuditError("the audit chain head does not decrypt: altered, or another keyring",
+                             code="audit.head") from None
+        key, sealed_seq, sealed_ts = open_head(plain)
+        if sealed_seq is not None and sealed_ts is not None:
+            # the columns are for reading only: the schedule the writers follow is the sealed one
+            cp_seq, cp_ts = sealed_seq, sealed_ts
         return _Head(chain_id, seq, mac, key, cp_seq, cp_ts)
 
     def _init_chain(self, db: Database, now_us: int) -> _Head:
@@ -534,7 +569,8 @@ class AuditLog:
         cur = db.execute(
             "INSERT INTO audit_head (id, chain_id, seq, mac, key_ct, cp_seq, cp_ts_us)"
             " VALUES (1, ?, 0, ?, ?, 0, ?) ON CONFLICT (id) DO NOTHING",
-            (chain_id, ZERO_MAC, self._keyring.encrypt(_head_key_id(chain_id, 0), "ratchet", key), now_us))
+            (chain_id, ZERO_MAC, self._keyring.encrypt(_head_key_id(chain_id, 0), "ratchet",
+                                                        head_plaintext(key, 0, now_us)), now_us))
         if cur.rowcount != 1:  # another process made it first
             head = self._read_head(db)
             assert head is not None
@@ -746,15 +782,16 @@ class AuditLog:
         is made again after the keyring has looked at its file.
         """
         head_id = _head_key_id(chain_id, seq)
+        plain = head_plaintext(key, cp_seq, cp_ts)
         made_at = self._generation(look_now=False)
-        key_ct = self._keyring.encrypt(head_id, "ratchet", key)
+        key_ct = self._keyring.encrypt(head_id, "ratchet", plain)
         if made_at is None:
             db.execute(_UPDATE_HEAD, (seq, mac, key_ct, cp_seq, cp_ts))
             return
         if db.execute(_UPDATE_HEAD_MARKED, (seq, mac, key_ct, cp_seq, cp_ts, made_at)).rowcount == 1:
             return
         made_at = self._generation(look_now=True)
-        key_ct = self._keyring.encrypt(head_id, "ratchet", key)
+        key_ct = self._keyring.encrypt(head_id, "ratchet", plain)
         if db.execute(_UPDATE_HEAD_MARKED, (seq, mac, key_ct, cp_seq, cp_ts, made_at)).rowcount != 1:
             raise AuditError(
                 f"this process's keyring (generation {made_at}) is older than this vault's store has seen:"
@@ -783,9 +820,12 @@ class AuditLog:
                         self._anchor_after_commit(db, cp)  # an anchor begun since still gets it
                         return cp
                     cp = self._write_checkpoint(db, head.chain_id, head.seq, now_us, head.mac, head.key)
-                    db.execute("UPDATE audit_head SET cp_seq = ?, cp_ts_us = ? WHERE id = 1",
-                               (head.seq, now_us))
-                    return cp
+                    # the schedule is sealed with the key: the head's key is written again
+                    self._write_head(db, head.chain_id, head.seq, head.mac, head.key, head.seq, now_us)
+                # read again from the store next time: this may be inside a caller's transaction,
+                # which can still roll the new schedule back
+                self._caches[id(db)] = None
+                return cp
             except AuditError:
                 self._caches[id(db)] = None
                 raise

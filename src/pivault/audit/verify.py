@@ -42,6 +42,7 @@ from pivault.audit.log import (
     _head_key_id,
     entry_mac,
     load_checkpoints,
+    open_head,
     ratchet,
 )
 from pivault.audit.retention import MIN_RETENTION_DAYS
@@ -155,7 +156,7 @@ def _verify(db: Database, verifier: VerifierKey, external: Checkpoint | None,
             keyring: FieldCipher | None, state: dict[str, Any], now: float,
             anchor: AnchorRead | None = None) -> None:
     public = verifier.public
-    head = db.query_one("SELECT chain_id, seq, mac, key_ct FROM audit_head WHERE id = 1")
+    head = db.query_one("SELECT chain_id, seq, mac, key_ct, cp_seq, cp_ts_us FROM audit_head WHERE id = 1")
     cps = load_checkpoints(db)
     bounds = db.query_one("SELECT MIN(seq), MAX(seq) FROM audit_entries")
     first_seq = int(bounds[0]) if bounds and bounds[0] is not None else None
@@ -270,17 +271,27 @@ def _verify(db: Database, verifier: VerifierKey, external: Checkpoint | None,
         raise _Bad("prune.early", external.seq,
                    f"entry {external.seq} of the given checkpoint (made {made}) was pruned, but entries "
                    f"are kept at least {MIN_RETENTION_DAYS} days: removed before their time")
+    cp_seq: int | None = None
+    cp_ts_us: int | None = None
     if keyring is not None:
         try:
-            head_key = keyring.decrypt(_head_key_id(chain_id, int(head[1])), "ratchet", bytes(head[3]))
+            head_key, cp_seq, cp_ts_us = open_head(
+                keyring.decrypt(_head_key_id(chain_id, int(head[1])), "ratchet", bytes(head[3])))
         except PivaultError:
-            head_key = b""
+            head_key, cp_seq, cp_ts_us = b"", None, None
         if not hmac.compare_digest(head_key, key):
             raise _Bad("tail.truncated", last + 1,
                        f"the head's chain key is not the one after entry {last}: entries from "
                        f"{last + 1} were removed and the head rewritten")
     if anchor is not None:
         _check_anchor(anchor, chain_id, start, last, macs_at, rebase_op, public, now, state)
+    if keyring is not None and cp_seq is not None and (cp_seq, cp_ts_us) != (head[4], head[5]):
+        # Checked last, the chain and the anchor having said what they could: the writers follow
+        # the schedule sealed with the key, so the change stopped nothing; but someone tried to
+        # stop the checkpoints, and with them the anchor's marks.
+        raise _Bad("head.mismatch", int(head[1]),
+                   "the head row's checkpoint schedule is not the one sealed with its key: it was "
+                   "altered in the store (to stop checkpoints, and with them the anchor's marks)")
 
 
 def _day(ts_us: int) -> str:
