@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from test_audit_prune_forgery import _backdate
 
 from pivault.audit import AuditEvent, AuditLog, VerifierKey, WriterKeys, entries, prune, verify
 from pivault.audit.anchor import Anchor, rebase_message, settle
@@ -153,6 +154,7 @@ def test_a_prune_before_its_time_is_found_by_the_anchor(db: Database, keyring: K
     log = _log(db, keyring, writer, anchor)
     _read(log, ctx, 25)
     assert prune(_log(db, keyring, writer, None), ctx, now=time.time() + 4 * 365 * DAY).through_seq == 20
+    _backdate(db, writer, 20, 4 * 365 * DAY)  # the checkpoint it stands on, signed again years back
     assert verify(db, verifier, keyring=keyring).ok
     r = verify(db, verifier, keyring=keyring, anchor=anchor)
     assert (r.ok, r.problem, r.first_bad) == (False, "prune.early", 10), r

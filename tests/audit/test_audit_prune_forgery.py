@@ -12,13 +12,24 @@ exported checkpoint.
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 
-from pivault.audit import AuditEvent, AuditLog, VerifierKey, WriterKeys, prune, verify
+from pivault.audit import AuditEvent, AuditLog, Checkpoint, VerifierKey, WriterKeys, prune, verify
 from pivault.crypto import Keyring
 from pivault.policy.context import AccessContext
 from pivault.store import Database
 
 DAY = 86400.0
+
+
+def _backdate(db: Database, writer: WriterKeys, seq: int, by: float) -> None:
+    """What the whole writer can do with the signing key: sign a checkpoint again, dated earlier."""
+    row = db.query_one("SELECT seq, chain_id, ts_us, mac, sealed_key, signature FROM audit_checkpoints"
+                       " WHERE seq = ?", (seq,))
+    assert row is not None
+    cp = replace(Checkpoint.from_row(row), ts_us=Checkpoint.from_row(row).ts_us - int(by * 1_000_000))
+    db.execute("UPDATE audit_checkpoints SET ts_us = ?, signature = ? WHERE seq = ?",
+               (cp.ts_us, writer.sign(cp.message()), seq))
 
 
 def _read(log: AuditLog, ctx: AccessContext, n: int, tag: str) -> None:
@@ -35,6 +46,9 @@ def test_a_prune_past_a_recent_exported_checkpoint_is_found(db: Database, keyrin
     _read(log, ctx, 15, "insider")  # what the insider wants gone; a checkpoint at entry 35
     result = prune(log, ctx, now=time.time() + 4 * 365 * DAY)
     assert result.through_seq == 35
+    r = verify(db, verifier, keyring=keyring)  # the checkpoint the chain starts at is too young ...
+    assert (r.ok, r.problem, r.first_bad) == (False, "prune.early", 35), r
+    _backdate(db, writer, 35, 4 * 365 * DAY)  # ... until the writer signs it again, dated years back
     assert verify(db, verifier, keyring=keyring).ok  # the store alone cannot tell (docs/audit.md)
     r = verify(db, verifier, checkpoint=exported, keyring=keyring)
     assert (r.ok, r.problem, r.first_bad) == (False, "prune.early", 25), r

@@ -538,6 +538,11 @@ class AuditLog:
 
             self.journal = Journal(self, journal_dir, chain=journal_chain)
 
+    @property
+    def public_keys(self) -> AuditKeys:
+        """The vault's public audit keys, to check a checkpoint's signature."""
+        return self._writer.public
+
     # -- head --------------------------------------------------------------------
     def _read_head(self, db: Database, *, for_update: bool = True) -> _Head | None:
         lock = " FOR UPDATE" if for_update and db.dialect == "postgresql" else ""

@@ -285,6 +285,15 @@ def _verify(db: Database, verifier: VerifierKey, external: Checkpoint | None,
                        f"{last + 1} were removed and the head rewritten")
     if anchor is not None:
         _check_anchor(anchor, chain_id, start, last, macs_at, rebase_op, public, now, state)
+    if start.seq > 0 and start.ts_us > (now - MIN_RETENTION_DAYS * 86400) * 1_000_000:
+        # The chain starts at a checkpoint a logged prune stood on, but that checkpoint's signed time
+        # is younger than the retention floor: no due prune reaches it. A prune deceived by an entry's
+        # time set back in the store, or one logged with a clock set ahead. Checked after the anchor
+        # and a given checkpoint, which name what the prune removed.
+        raise _Bad("prune.early", start.seq,
+                   f"entries up to {start.seq} were pruned, but the checkpoint there was made "
+                   f"{_day(start.ts_us)}, and entries are kept at least {MIN_RETENTION_DAYS} days: "
+                   "removed before their time")
     if keyring is not None and cp_seq is not None and (cp_seq, cp_ts_us) != (head[4], head[5]):
         # Checked last, the chain and the anchor having said what they could: the writers follow
         # the schedule sealed with the key, so the change stopped nothing; but someone tried to

@@ -254,7 +254,7 @@ def audit_prune(
     yes: Annotated[bool, typer.Option("--yes", help="Delete; without it, only say what would go.")] = False,
 ) -> None:
     """Delete entries older than the retention period, up to a signed checkpoint."""
-    from pivault.audit import MIN_RETENTION_DAYS, RetentionPolicy, prunable, prune
+    from pivault.audit import MIN_RETENTION_DAYS, RetentionPolicy, load_public, prunable, prune
     from pivault.policy.context import local_operator
 
     if keep_days < MIN_RETENTION_DAYS:
@@ -265,7 +265,7 @@ def audit_prune(
     cfg = _config(home)
     with _db(cfg, migrate=True) as db:
         if not yes:
-            plan = prunable(db, policy)
+            plan = prunable(db, policy, keys=load_public(_key_dir(cfg)))
             typer.echo(f"would delete {plan.deleted} entries (through entry {plan.through_seq}); "
                        "run again with --yes")
             return
