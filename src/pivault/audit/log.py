@@ -29,6 +29,7 @@ import json
 import math
 import os
 import re
+import sqlite3
 import struct
 import threading
 import time
@@ -59,12 +60,15 @@ __all__ = [
     "encode_fields",
     "entries",
     "entry_mac",
+    "entry_rows",
     "head_opens",
     "head_plaintext",
     "latest_checkpoint",
     "load_checkpoints",
+    "malformed_columns",
     "open_head",
     "ratchet",
+    "undecodable",
 ]
 
 ENTRY_DOMAIN = b"pivault.audit.v1\x00"
@@ -220,6 +224,9 @@ class AuditEntry:
     source: str
     detail: dict[str, Any]
     mac: bytes
+    #: the columns whose stored value is not of a kind the writers store (so the entry was
+    #: altered in the store; ``audit verify`` names it): shown as far as they can be, never fatal
+    malformed: tuple[str, ...] = ()
 
     @property
     def time(self) -> float:
@@ -228,14 +235,22 @@ class AuditEntry:
     def to_dict(self) -> dict[str, Any]:
         from datetime import UTC, datetime
 
-        return {
+        try:
+            when = ("(not a time)" if "ts_us" in self.malformed
+                    else datetime.fromtimestamp(self.time, UTC).isoformat(timespec="microseconds"))
+        except (ValueError, OverflowError, OSError):  # a time no calendar holds: set so in the store
+            when = f"(not a time: {self.ts_us} us)"
+        out = {
             "seq": self.seq,
-            "time": datetime.fromtimestamp(self.time, UTC).isoformat(timespec="microseconds"),
+            "time": when,
             "principal": self.principal, "role": self.role, "purpose": self.purpose,
             "operation": self.operation, "record_ids": list(self.record_ids), "count": self.count,
             "outcome": self.outcome, "request_id": self.request_id, "token_id": self.token_id,
             "source": self.source, "detail": self.detail, "mac": self.mac.hex(),
         }
+        if self.malformed:
+            out["malformed"] = list(self.malformed)
+        return out
 
 
 #: the stored columns, in MAC order (record_ids and detail as their stored JSON text)
@@ -284,12 +299,135 @@ def ratchet(key: bytes) -> bytes:
     return hmac_sha256(key, RATCHET_LABEL)
 
 
+#: the kind of value the writers store in each column of ``ENTRY_COLUMNS``, then the MAC
+_KINDS: tuple[tuple[type, ...], ...] = (
+    (int,), (int,), (str,), (str,), (str,), (str,), (str,), (int,), (str,), (str,), (str, type(None)),
+    (str,), (str,), (bytes,))
+
+
+def malformed_columns(row: Sequence[Any]) -> tuple[str, ...]:
+    """The columns of a stored row (``ENTRY_COLUMNS`` and the MAC) whose value the writers never store.
+
+    SQLite keeps whatever is put in a column (text in an integer column, a blob in a text one),
+    so an entry altered in the store can hold values of any kind: the readers check the kind
+    before they use a value, and report the entry instead of failing on it.
+    """
+    bad = [name for name, value, kinds in zip((*ENTRY_COLUMNS, "mac"), row, _KINDS, strict=True)
+           if value.__class__ not in kinds]
+    if not bad and len(row[13]) != 32:
+        bad.append("mac")
+    return tuple(bad)
+
+
+def _json_of(text: Any, kind: type) -> Any:
+    """``text`` parsed as JSON if it is a ``kind``; None otherwise (a value set in the store)."""
+    if not isinstance(text, str):
+        return None
+    try:
+        value = json.loads(text)
+    except (ValueError, RecursionError):
+        return None
+    return value if isinstance(value, kind) else None
+
+
+def _shown(value: Any) -> str:
+    """A stored value of a kind the writers never store, as text to show (bounded)."""
+    if isinstance(value, bytes):
+        return "0x" + value[:64].hex() + ("…" if len(value) > 64 else "")
+    return repr(value)[:200]
+
+
 def _row_to_entry(row: Sequence[Any]) -> AuditEntry:
+    bad = list(malformed_columns(row))
+    record_ids = _json_of(row[6], list)
+    if record_ids is None or not all(isinstance(r, str) for r in record_ids):
+        record_ids = [row[6] if isinstance(row[6], str) else _shown(row[6])]
+        if "record_ids" not in bad:
+            bad.append("record_ids")
+    detail = _json_of(row[12], dict)
+    if detail is None:
+        detail = {}
+        if "detail" not in bad:
+            bad.append("detail")
+
+    def text(i: int) -> str:
+        return row[i] if isinstance(row[i], str) else _shown(row[i])
+
+    def number(i: int) -> int:
+        return row[i] if row[i].__class__ is int else 0
+
     return AuditEntry(
-        seq=int(row[0]), ts_us=int(row[1]), principal=row[2], role=row[3], purpose=row[4],
-        operation=row[5], record_ids=tuple(json.loads(row[6])), count=int(row[7]), outcome=row[8],
-        request_id=row[9], token_id=row[10], source=row[11], detail=json.loads(row[12]),
-        mac=bytes(row[13]))
+        seq=number(0), ts_us=number(1), principal=text(2), role=text(3), purpose=text(4),
+        operation=text(5), record_ids=tuple(record_ids), count=number(7), outcome=text(8),
+        request_id=text(9), token_id=None if row[10] is None else text(10), source=text(11),
+        detail=detail, mac=row[13] if isinstance(row[13], bytes) else b"",
+        malformed=tuple(c for c in (*ENTRY_COLUMNS, "mac") if c in bad))
+
+
+def undecodable(exc: BaseException) -> bool:
+    """SQLite's error for text that is not UTF-8, raised when a row holding it is fetched."""
+    return isinstance(exc, sqlite3.OperationalError) and "decode" in str(exc)
+
+
+#: the columns of ENTRY_COLUMNS stored as text
+_TEXT_COLUMNS = frozenset(c for c, kinds in zip(ENTRY_COLUMNS, _KINDS, strict=False) if str in kinds)
+#: the entry's columns with each text column fetched as its bytes and its storage class
+_SELECT_ENTRY_BYTES = "SELECT " + ", ".join(
+    f"CASE typeof({c}) WHEN 'text' THEN CAST({c} AS BLOB) ELSE {c} END, typeof({c})"
+    if c in _TEXT_COLUMNS else c for c in (*ENTRY_COLUMNS, "mac")) + " FROM audit_entries"
+
+
+class _NotUtf8:
+    """Text stored in the store that is not UTF-8: no value the writers store."""
+
+    def __init__(self, raw: bytes) -> None:
+        self.raw = raw
+
+    def __repr__(self) -> str:
+        return "(not UTF-8) " + _shown(self.raw)
+
+
+def _decoded(row: Sequence[Any]) -> tuple[Any, ...]:
+    out: list[Any] = []
+    i = 0
+    for c in (*ENTRY_COLUMNS, "mac"):
+        value = row[i]
+        if c in _TEXT_COLUMNS:
+            if row[i + 1] == "text":
+                try:
+                    value = bytes(value).decode("utf-8")
+                except UnicodeDecodeError:
+                    value = _NotUtf8(bytes(value))
+            i += 2
+        else:
+            i += 1
+        out.append(value)
+    return tuple(out)
+
+
+def entry_rows(db: Database, tail: str = "", params: Sequence[Any] = (), *,
+               stream: bool = False) -> Iterator[tuple[Any, ...]]:
+    """The stored rows (``ENTRY_COLUMNS`` and the MAC) of ``SELECT … FROM audit_entries`` + ``tail``.
+
+    SQLite refuses to fetch a row whose text is not UTF-8 (set so in the store): the rows are
+    then fetched again with their text as bytes, decoded here, and such a value is given as
+    an object :func:`malformed_columns` reports, so that the readers name the entry rather
+    than fail. ``stream``: in bounded memory (``audit verify``); the rows already given are
+    not given again (the caller reads one snapshot).
+    """
+    run = db.stream if stream else db.query
+    given = 0
+    try:
+        for row in run(_SELECT_ENTRY + tail, params):
+            yield tuple(row)
+            given += 1
+        return
+    except sqlite3.OperationalError as exc:
+        if not undecodable(exc):
+            raise
+    for i, row in enumerate(run(_SELECT_ENTRY_BYTES + tail, params)):
+        if i >= given:
+            yield _decoded(row)
 
 
 # -- checkpoints -----------------------------------------------------------------
@@ -350,8 +488,14 @@ class Checkpoint:
 
     @classmethod
     def from_row(cls, row: Sequence[Any]) -> Checkpoint:
+        """A stored checkpoint; ``audit.checkpoint`` for values no writer stores (set in the store)."""
         seq, chain_id, ts_us, mac, sealed, sig = row
-        return cls(chain_id, int(seq), int(ts_us), bytes(mac), bytes(sealed), bytes(sig))
+        if (seq.__class__ is not int or ts_us.__class__ is not int or chain_id.__class__ is not str
+                or not all(b.__class__ is bytes for b in (mac, sealed, sig))):
+            at = f" at entry {seq}" if seq.__class__ is int else ""
+            raise AuditError(f"the checkpoint{at} holds a value no writer stores: it was altered in "
+                             "the store", code="audit.checkpoint", hint="run `pivault audit verify`")
+        return cls(chain_id, seq, ts_us, mac, sealed, sig)
 
 
 _SELECT_CHECKPOINT = "SELECT seq, chain_id, ts_us, mac, sealed_key, signature FROM audit_checkpoints"
@@ -871,13 +1015,13 @@ def entries(db: Database, *, principal: str | None = None, operation: str | None
     if after_seq is not None:
         where.append("seq > ?")
         params.append(after_seq)
-    sql = _SELECT_ENTRY + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY seq"
+    sql = (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY seq"
     if limit is not None and newest:
-        rows = db.query(sql + f" DESC LIMIT {int(limit)}", params)
+        rows = list(entry_rows(db, sql + f" DESC LIMIT {int(limit)}", params))
         for row in reversed(rows):
             yield _row_to_entry(row)
         return
     if limit is not None:
         sql += f" LIMIT {int(limit)}"
-    for row in db.query(sql, params):
+    for row in entry_rows(db, sql, params):
         yield _row_to_entry(row)

@@ -29,6 +29,7 @@ import datetime as _dt
 import hmac
 import json
 import os
+import sqlite3
 import time
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -36,14 +37,16 @@ from typing import Any
 from pivault.audit.anchor import REBASE_OPERATIONS, Anchor, AnchorRead, Mark
 from pivault.audit.keys import AuditKeyError, AuditKeys, FieldCipher, VerifierKey
 from pivault.audit.log import (
-    ENTRY_COLUMNS,
+    _SELECT_CHECKPOINT,
     AuditError,
     Checkpoint,
     _head_key_id,
     entry_mac,
-    load_checkpoints,
+    entry_rows,
+    malformed_columns,
     open_head,
     ratchet,
+    undecodable,
 )
 from pivault.audit.retention import MIN_RETENTION_DAYS
 from pivault.errors import PivaultError
@@ -89,7 +92,7 @@ def _prune_through(detail_text: str) -> int:
     try:
         detail = json.loads(detail_text)
         return int(detail.get("through", 0))
-    except (ValueError, TypeError, AttributeError):
+    except (ValueError, TypeError, AttributeError, OverflowError, RecursionError):
         return 0
 
 
@@ -156,8 +159,18 @@ def _verify(db: Database, verifier: VerifierKey, external: Checkpoint | None,
             keyring: FieldCipher | None, state: dict[str, Any], now: float,
             anchor: AnchorRead | None = None) -> None:
     public = verifier.public
-    head = db.query_one("SELECT chain_id, seq, mac, key_ct, cp_seq, cp_ts_us FROM audit_head WHERE id = 1")
-    cps = load_checkpoints(db)
+    try:
+        head = db.query_one("SELECT chain_id, seq, mac, key_ct, cp_seq, cp_ts_us FROM audit_head"
+                            " WHERE id = 1")
+    except sqlite3.OperationalError as exc:
+        if not undecodable(exc):
+            raise
+        raise _Bad("head.mismatch", None, "the head row holds text that is not UTF-8: it was altered in "
+                   "the store") from None
+    if head is not None and [v.__class__ for v in head] != [str, int, bytes, bytes, int, int]:
+        raise _Bad("head.mismatch", None, "the head row holds a value no writer stores: it was altered "
+                   "in the store")
+    cps = _checkpoints(db)
     bounds = db.query_one("SELECT MIN(seq), MAX(seq) FROM audit_entries")
     first_seq = int(bounds[0]) if bounds and bounds[0] is not None else None
     state["first"] = first_seq
@@ -214,14 +227,18 @@ def _verify(db: Database, verifier: VerifierKey, external: Checkpoint | None,
     macs_at: dict[int, bytes] = {start.seq: start.mac}
     rebase_seq = anchor.rebase.mark.seq if anchor is not None and anchor.rebase is not None else None
     rebase_op: str | None = None
-    cols = ", ".join((*ENTRY_COLUMNS, "mac"))
-    for row in db.stream(f"SELECT {cols} FROM audit_entries ORDER BY seq"):
+    for row in entry_rows(db, " ORDER BY seq", stream=True):
         seq = int(row[0])
         if seq != expected:
             raise _Bad("entry.missing", expected, f"entry {expected} is missing (deleted)")
-        values = (seq, int(row[1]), *row[2:7], int(row[7]), *row[8:13])
-        mac = entry_mac(key, values, prev)
-        if not hmac.compare_digest(mac, bytes(row[13])):
+        odd = malformed_columns(row)
+        if odd:
+            # text in a number's column, a blob in a text one, text that is not UTF-8: SQLite keeps
+            # what it is given, and no writer stores such values
+            raise _Bad("entry.mac", seq, f"entry {seq} holds a value no writer stores ({', '.join(odd)}): "
+                                         "modified in the store")
+        mac = entry_mac(key, row[:13], prev)
+        if not hmac.compare_digest(mac, row[13]):
             raise _Bad("entry.mac", seq, f"entry {seq} fails its MAC: modified, inserted, moved, "
                                          "or the entry before it was removed")
         stored_cp = by_seq.get(seq)
@@ -301,6 +318,25 @@ def _verify(db: Database, verifier: VerifierKey, external: Checkpoint | None,
         raise _Bad("head.mismatch", int(head[1]),
                    "the head row's checkpoint schedule is not the one sealed with its key: it was "
                    "altered in the store (to stop checkpoints, and with them the anchor's marks)")
+
+
+def _checkpoints(db: Database) -> list[Checkpoint]:
+    """The stored checkpoints; one holding values no writer stores is named, not a crash."""
+    try:
+        rows = db.query(_SELECT_CHECKPOINT + " ORDER BY seq")
+    except sqlite3.OperationalError as exc:
+        if not undecodable(exc):
+            raise
+        raise _Bad("checkpoint.signature", None, "a checkpoint holds text that is not UTF-8: it was "
+                   "altered in the store") from None
+    out: list[Checkpoint] = []
+    for row in rows:
+        try:
+            out.append(Checkpoint.from_row(row))
+        except AuditError as exc:
+            raise _Bad("checkpoint.signature", row[0] if row[0].__class__ is int else None,
+                       exc.message) from None
+    return out
 
 
 def _day(ts_us: int) -> str:

@@ -108,14 +108,30 @@ def _when(text: str | None) -> float | None:
     return t.timestamp()
 
 
+#: characters a terminal acts on or that reorder or hide text: C0 and C1 controls, bidirectional
+#: overrides and isolates, zero-width and line separators, the byte order mark
+_UNSHOWABLE = re.compile(r"[\x00-\x1f\x7f-\x9f\u200b-\u200f\u2028-\u202e\u2060-\u206f\ufeff]")
+
+
+def _plain(value: object) -> str:
+    """``value`` as one line that shows what it holds: the characters above escaped.
+
+    Whoever can write to the store can put anything in an entry (its MAC breaks, but ``show``
+    lists it): an escape sequence that clears the screen or recolours it, a line break that draws a
+    made-up row, a right-to-left override that turns a name around.
+    """
+    return _UNSHOWABLE.sub(lambda m: f"\\u{ord(m.group()):04x}", str(value))
+
+
 def _table(rows: list[dict[str, Any]], cols: list[str]) -> None:
     if not rows:
         typer.echo("(none)")
         return
-    widths = {c: max(len(c), *(len(str(r.get(c, ""))) for r in rows)) for c in cols}
+    shown = [{c: _plain(r.get(c, "")) for c in cols} for r in rows]
+    widths = {c: max(len(c), *(len(r[c]) for r in shown)) for c in cols}
     typer.echo("  ".join(c.ljust(widths[c]) for c in cols))
-    for r in rows:
-        typer.echo("  ".join(str(r.get(c, "")).ljust(widths[c]) for c in cols))
+    for r in shown:
+        typer.echo("  ".join(r[c].ljust(widths[c]) for c in cols))
 
 
 def _read_checkpoint(path: Path) -> Any:
@@ -224,6 +240,10 @@ def audit_show(
         e["records"] = ",".join(ids[:3]) + (f" (+{len(ids) - 3})" if len(ids) > 3 else "")
         e["time"] = e["time"][:23]
     _table(got, ["seq", "time", "principal", "role", "purpose", "operation", "outcome", "count", "records"])
+    altered = [str(e["seq"]) for e in got if e.get("malformed")]
+    if altered:
+        typer.echo(f"note: values no writer stores, altered in the store, in entry {', '.join(altered)}; "
+                   "run `pivault audit verify`")
 
 
 @audit_app.command("export-checkpoint")
