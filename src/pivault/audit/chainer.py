@@ -51,9 +51,12 @@ from pivault.audit.journal import (
     PROGRESS_SUFFIX,
     chained_seq,
     parse_line,
+    refusal,
     remove_journal,
     still_there,
 )
+from pivault.audit.log import encode_fields
+from pivault.crypto.hmac256 import HmacSha256
 
 if TYPE_CHECKING:
     from pivault.audit.log import AuditLog
@@ -75,6 +78,11 @@ class _Tail:
     fd: int
     #: the last journal sequence chained from it
     done: int
+    #: what tags its lines
+    mac: HmacSha256
+    #: the store knows it (registered by its process before it took its name); a journal it
+    #: does not know is refused whole, and its process, if it lives, is told to refuse requests
+    known: bool = True
     #: where its next unread line starts
     offset: int = 0
     #: its progress file; none if its process chains it itself (a thread-mode journal: the
@@ -93,6 +101,10 @@ class _Read:
     #: the last journal sequence among them, and where the next unread line starts
     last: int
     offset: int
+    #: complete lines refused (their tag does not check, or the journal is unknown), and
+    #: sequence numbers skipped between the lines read (lines taken out of the file)
+    refused: int = 0
+    missing: int = 0
 
 
 class NodeChainer:
@@ -194,7 +206,7 @@ class NodeChainer:
             try:
                 fcntl.flock(tail.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:  # its process is alive
-                if tail.progress_fd >= 0:
+                if tail.progress_fd >= 0 and tail.known:
                     reads.append(self._read(jid, tail, self.max_batch))
                 continue
             if not still_there(path, tail.fd):
@@ -208,13 +220,14 @@ class NodeChainer:
             # its process is gone: what it left is chained, and the journal goes. Its own
             # thread may have chained more since we first saw it: the store says how much
             done = chained_seq(self.db, jid)
-            if done > tail.done:
+            if done is not None and done > tail.done:
                 tail.done, tail.offset = done, 0
             reads.append(self._read(jid, tail, None))
             gone.append((jid, path))
         total = self._commit(reads)
+        refused = {r.jid for r in reads if r.refused or r.missing}
         for jid, path in gone:
-            remove_journal(self.db, path)
+            remove_journal(self.db, path, keep=jid in refused)
             self._forget(self._tails.pop(jid))
         for jid in [j for j in self._tails if j not in seen]:
             # removed by its process at a clean exit, everything chained (or recovered by another)
@@ -233,10 +246,22 @@ class NodeChainer:
             fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         except OSError:
             return None  # removed meanwhile
-        tail = _Tail(fd, chained_seq(self.db, path.stem))
+        done = chained_seq(self.db, path.stem)
+        if done is None and not still_there(path, fd):
+            os.close(fd)  # recovered and removed (row and all) by another process meanwhile
+            return None
+        tail = _Tail(fd, done or 0, self.log.journal_mac(path.stem), known=done is not None)
         # a node-mode worker makes its progress file before its journal
         with contextlib.suppress(OSError):
             tail.progress_fd = os.open(path.with_suffix(PROGRESS_SUFFIX), os.O_WRONLY | os.O_CLOEXEC)
+        if not tail.known:
+            # Every writer registers its journal before the journal takes its name: this one is
+            # not a writer's, or a removed one put back. Nothing in it is chained; a process
+            # holding it is told that its entries cannot be (it refuses requests), and once the
+            # file is free its lines are counted in the trail.
+            log.error("audit chainer: a journal the store does not know was found; it is not chained")
+            self._report(tail, FAILED)
+            return tail
         self._report(tail, 0)
         return tail
 
@@ -251,20 +276,30 @@ class NodeChainer:
         size = os.fstat(tail.fd).st_size
         offset = tail.offset if tail.offset <= size else 0
         lines = _complete_lines(tail.fd, offset, size)
-        first = parse_line(lines[0]) if offset and lines else None
+        first = parse_line(lines[0], tail.mac) if offset and lines else None
         if offset and lines and (first is None or first[0] != tail.done + 1):
-            # the file was started afresh and has grown past where we were: read it whole
+            # the file was started afresh and has grown past where we were (we would read from
+            # the middle of a line): read it whole
             offset = 0
             lines = _complete_lines(tail.fd, 0, size)
         out = _Read(jid, tail, [], [], tail.done, offset)
         pos = offset
         for raw in lines:
             pos += len(raw) + 1
-            line = parse_line(raw)
-            if line is None or line[0] <= out.last:
-                out.offset = pos  # a line torn by a crash (its request got no answer), or chained before
+            line = parse_line(raw, tail.mac) if tail.known else None
+            if line is None:
+                # a complete line whose tag does not check: altered, made by someone without the
+                # writer's keys, copied from another journal, or two lines run together after a
+                # failed write. Its sequence number is not believed (a forged high one would make
+                # every later line look chained): it is counted, and the next lines are read
+                out.refused += 1
+                out.offset = pos
+                continue
+            if line[0] <= out.last:
+                out.offset = pos  # chained before
                 continue
             seq, ts_us, fields, encoded = line
+            out.missing += seq - out.last - 1  # lines taken out of the file
             out.rows.append((ts_us, fields))
             out.encoded.append(encoded)
             out.last, out.offset = seq, pos
@@ -275,11 +310,22 @@ class NodeChainer:
     def _commit(self, reads: list[_Read]) -> int:
         """Chain the round's entries of every journal in one transaction, in time order."""
         merged = sorted((r.rows[i][0], k, i) for k, r in enumerate(reads) for i in range(len(r.rows)))
-        if merged:
+        rows = [reads[k].rows[i] for _, k, i in merged]
+        encoded = [reads[k].encoded[i] for _, k, i in merged]
+        now_us = int(time.time() * 1_000_000)
+        for r in reads:
+            if r.refused or r.missing:
+                # what was not chained is recorded in the chain, by count: never its content
+                log.error("audit chainer: %d line(s) of a journal refused and %d missing: altered, or "
+                          "not made by this vault's writers; recorded in the trail", r.refused, r.missing)
+                fields = self.log.prepare(refusal(r.jid, refused=r.refused, missing=r.missing,
+                                                  unknown=not r.tail.known))
+                rows.append((now_us, fields))
+                encoded.append(encode_fields(fields))
+        if rows:
             # one transaction a round, not one a journal: each commit makes every reader of the
             # store drop its page cache (BENCHMARKS *door*)
-            self.log.append_rows([reads[k].rows[i] for _, k, i in merged], db=self.db,
-                                 encoded=[reads[k].encoded[i] for _, k, i in merged],
+            self.log.append_rows(rows, db=self.db, encoded=encoded,
                                  journals=[(r.jid, r.last) for r in reads if r.rows])
         for r in reads:
             r.tail.done, r.tail.offset = r.last, r.offset

@@ -43,6 +43,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import fcntl
+import hmac
 import json
 import logging
 import mmap
@@ -57,12 +58,15 @@ from multiprocessing import util as mp_util
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pivault.audit.log import AuditError, encode_fields
+from pivault.audit.log import AuditError, AuditEvent, encode_fields
+from pivault.crypto.hmac256 import HmacSha256
+from pivault.policy.context import AccessContext
 
 if TYPE_CHECKING:
     from pivault.audit.log import AuditLog
 
-__all__ = ["CHAIN_MODES", "PROGRESS", "Journal", "chained_seq", "parse_line", "remove_journal"]
+__all__ = ["CHAIN_MODES", "PROGRESS", "REFUSAL", "TAG_BYTES", "Journal", "chained_seq", "parse_line",
+           "refusal", "register", "remove_journal"]
 
 #: who chains a journal: a thread of its own process, or the node's chainer process
 #: (:mod:`pivault.audit.chainer`), which several worker processes share
@@ -71,6 +75,10 @@ CHAIN_MODES = ("thread", "node")
 #: chained, and 0 or the code of the failure that stops the chainer (requests then refuse)
 PROGRESS = struct.Struct("<qq")
 PROGRESS_SUFFIX = ".chained"
+#: a journal whose lines were refused, kept under this suffix for the operator to look at
+REFUSED_SUFFIX = ".refused"
+#: the bytes of a line's tag (HMAC-SHA256 under the journal's key, truncated)
+TAG_BYTES = 16
 
 log = logging.getLogger("pivault.audit")
 _write = os.write
@@ -96,24 +104,66 @@ def _forked() -> None:
 os.register_at_fork(after_in_child=_forked)
 
 
-def parse_line(raw: bytes) -> tuple[int, int, tuple[Any, ...], bytes] | None:
-    """A journal line's (journal sequence, ts_us, fields, encoded fields); None for a torn line.
+def parse_line(raw: bytes, mac: HmacSha256) -> tuple[int, int, tuple[Any, ...], bytes] | None:
+    """A journal line's (journal sequence, ts_us, fields, encoded fields); None for a line to refuse.
 
-    The encoded fields are the bytes the writer encoded, which the chain's MAC is over.
+    ``mac`` is the journal's (:meth:`AuditLog.journal_mac`): a line is ``[seq,ts_us,fields…]``, a
+    space, and its tag, so a line torn by a crash, altered, moved from another journal or made by
+    someone without the writer's keys is refused. The encoded fields are the bytes the writer
+    encoded, which the chain's MAC is over.
     """
-    try:
-        item = json.loads(raw)
-        seq, ts_us = int(item[0]), int(item[1])
-        cut = raw.index(b",", raw.index(b",") + 1) + 1
-    except (ValueError, TypeError, IndexError):
+    body, space, tag = raw.rstrip(b"\n").rpartition(b" ")
+    if not space or len(tag) != 2 * TAG_BYTES:
         return None
-    return seq, ts_us, tuple(item[2:]), raw[cut:].rstrip(b"\n")
+    try:
+        claimed = bytes.fromhex(tag.decode("ascii"))
+    except (ValueError, UnicodeDecodeError):
+        return None
+    if not hmac.compare_digest(mac.digest(body)[:TAG_BYTES], claimed):
+        return None
+    try:
+        item = json.loads(body)
+        seq, ts_us = int(item[0]), int(item[1])
+        cut = body.index(b",", body.index(b",") + 1) + 1
+    except (ValueError, TypeError, IndexError, KeyError, RecursionError):
+        return None
+    return seq, ts_us, tuple(item[2:]), body[cut:]
 
 
-def chained_seq(db: Any, journal_id: str) -> int:
-    """The last sequence of journal ``journal_id`` chained into the store (0 for none)."""
+def chained_seq(db: Any, journal_id: str) -> int | None:
+    """The last sequence of journal ``journal_id`` chained into the store (0 for none yet).
+
+    None for a journal the store does not know: every journal is registered by its process
+    before it takes its name (:func:`register`), and its row goes when it is removed. So a file
+    without a row was not made by a writer of this store, or is a copy of a journal chained
+    and removed before, put back to have its entries chained twice.
+    """
     row = db.query_one("SELECT flushed_seq FROM audit_journals WHERE journal_id = ?", (journal_id,))
-    return int(row[0]) if row else 0
+    return int(row[0]) if row else None
+
+
+def register(db: Any, journal_id: str, ts_us: int) -> None:
+    """Make the store know journal ``journal_id`` before any process can find its file."""
+    db.execute("INSERT INTO audit_journals (journal_id, flushed_seq, ts_us) VALUES (?, 0, ?)",
+               (journal_id, ts_us))
+
+
+#: what the chainer of a journal records when it refuses lines of it
+REFUSAL = "audit.journal"
+
+
+def refusal(journal_id: str, *, refused: int, missing: int, unknown: bool) -> AuditEvent:
+    """The entry that records lines of a journal not chained: their count, never their content.
+
+    ``refused``: complete lines whose tag does not check (altered, forged, copied from another
+    journal), or every line of a journal the store does not know (``unknown``); ``missing``:
+    sequence numbers skipped between the lines chained, which no line that checks holds (lines
+    taken out of the file, or altered).
+    """
+    ctx = AccessContext(principal="system:audit", role="system", purpose="protection", source="system")
+    return AuditEvent.of(ctx, REFUSAL, "invalid", count=0, detail={
+        "journal": journal_id, "refused_lines": refused, "missing_lines": missing,
+        "reason": "unknown journal" if unknown else "lines altered or removed"})
 
 
 def still_there(path: Path, fd: int) -> bool:
@@ -130,10 +180,16 @@ def still_there(path: Path, fd: int) -> bool:
     return (here.st_dev, here.st_ino) == (held.st_dev, held.st_ino)
 
 
-def remove_journal(db: Any, path: Path) -> None:
-    """A journal whose entries are all chained: its file, its progress file (node mode) and its row."""
+def remove_journal(db: Any, path: Path, *, keep: bool = False) -> None:
+    """A journal whose entries are all chained: its file, its progress file (node mode) and its row.
+
+    ``keep``: some of its lines were refused; the file is kept as ``<journal>.refused``.
+    """
     with contextlib.suppress(OSError):
-        path.unlink()
+        if keep:
+            path.rename(path.with_suffix(REFUSED_SUFFIX))
+        else:
+            path.unlink()
     with contextlib.suppress(OSError):
         path.with_suffix(PROGRESS_SUFFIX).unlink()
     db.execute("DELETE FROM audit_journals WHERE journal_id = ?", (path.stem,))
@@ -184,6 +240,8 @@ class Journal:
         self._closing = False
         self._flush_wanted = False
         self._db: Any = None
+        #: the tag of this journal's lines (set with its id)
+        self._mac = HmacSha256(b"")
         _JOURNALS.add(self)
 
     # -- per process -----------------------------------------------------------------
@@ -198,6 +256,7 @@ class Journal:
             for level in (*reversed(self.directory.parents[:2]), self.directory):
                 level.mkdir(mode=0o700, exist_ok=True)
             self.journal_id = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(4)}"
+            self._mac = self.log.journal_mac(self.journal_id)
             path = self.directory / f"{self.journal_id}.journal"
             # in node mode the progress file first: the chainer may find the journal at once
             progress = self._open_progress(path) if self.chain == "node" else None
@@ -207,6 +266,21 @@ class Journal:
             fresh = path.with_name(f".{path.name}-new")
             fd = os.open(fresh, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            try:
+                # and known to the store before it takes its name: a journal file the store does
+                # not know is refused (made by someone else, or a removed one put back)
+                self._register()
+            except Exception as exc:
+                os.close(fd)
+                with contextlib.suppress(OSError):
+                    os.unlink(fresh)
+                if progress is not None:
+                    progress.close()
+                    with contextlib.suppress(OSError):
+                        os.unlink(path.with_suffix(PROGRESS_SUFFIX))
+                raise AuditError(f"the audit journal cannot be registered in the store "
+                                 f"({getattr(exc, 'code', type(exc).__name__)})",
+                                 code="audit.unavailable", hint="check the store") from None
             os.rename(fresh, path)
             self._fd = fd
             self._seq = 0
@@ -236,6 +310,13 @@ class Journal:
             # multiprocessing children leave through os._exit, past atexit: its finalizers still run
             mp_util.Finalize(None, self.close, exitpriority=10)
         self.recover()
+
+    def _register(self) -> None:
+        """This journal's row in the store (its own connection: never a request's transaction)."""
+        from pivault.store.db import Database
+
+        with Database(self.log.db.url) as db:
+            register(db, self.journal_id, int(self._clock() * 1_000_000))
 
     def _open_progress(self, path: Path) -> mmap.mmap:
         """This journal's progress file, zeroed, mapped for reading (the chainer writes it)."""
@@ -291,7 +372,8 @@ class Journal:
 
     def _append_line(self, seq: int, ts_us: int, tail: bytes) -> int:
         """One ``write`` of the entry's line (the caller holds the lock); its length."""
-        data = b"[%d,%d,%s\n" % (seq, ts_us, tail)
+        body = b"[%d,%d,%s" % (seq, ts_us, tail)
+        data = b"%s %s\n" % (body, self._mac.digest(body)[:TAG_BYTES].hex().encode("ascii"))
         try:
             if _write(self._fd, data) != len(data):
                 raise OSError("short write")
@@ -464,18 +546,37 @@ class Journal:
 
     def _replay(self, path: Path, fd: int) -> int:
         db = self._db if self._db is not None else self.log.db
-        done = chained_seq(db, path.stem)
+        known = chained_seq(db, path.stem)
+        done = known or 0
+        mac = self.log.journal_mac(path.stem)
         rows: list[tuple[int, int, tuple[Any, ...], bytes]] = []
+        refused = missing = 0
         with os.fdopen(os.dup(fd), "rb") as fh:
             for raw in fh:
-                line = parse_line(raw)  # None: a line torn by the crash, its request never answered
-                if line is not None and line[0] > done:
+                if not raw.endswith(b"\n"):
+                    continue  # the last line, torn by the crash: its request was never answered
+                line = parse_line(raw, mac) if known is not None else None
+                if line is None:
+                    refused += 1
+                elif line[0] > done:
+                    missing += line[0] - done - 1  # lines taken out of the file
+                    done = line[0]
                     rows.append(line)
-        for i in range(0, len(rows), self.max_batch):
+        prepared = [(ts, f) for _, ts, f, _ in rows]
+        encoded = [e for *_, e in rows]
+        if refused or missing:
+            event = self.log.prepare(refusal(path.stem, refused=refused, missing=missing,
+                                             unknown=known is None))
+            prepared.append((int(self._clock() * 1_000_000), event))
+            encoded.append(encode_fields(event))
+            log.error("audit journal: %d line(s) of a stopped process's journal refused and %d missing: "
+                      "altered, or not made by this vault's writers; recorded in the trail", refused, missing)
+        for i in range(0, len(prepared), self.max_batch):
             part = rows[i:i + self.max_batch]
-            self.log.append_rows([(ts, f) for _, ts, f, _ in part], journals=[(path.stem, part[-1][0])],
-                                 db=db, encoded=[e for *_, e in part])
-        remove_journal(db, path)
+            self.log.append_rows(prepared[i:i + self.max_batch],
+                                 journals=[(path.stem, part[-1][0])] if part else [],
+                                 db=db, encoded=encoded[i:i + self.max_batch])
+        remove_journal(db, path, keep=bool(refused or missing))
         if rows:
             log.warning("audit journal: chained %d entries left by a stopped process", len(rows))
         return len(rows)

@@ -38,6 +38,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from pivault.crypto._atomic import write_private
+from pivault.crypto.hmac256 import hmac_sha256
 from pivault.errors import PivaultError
 
 __all__ = [
@@ -62,6 +63,7 @@ _SIGNING_FORMAT = "pivault.audit.signing"
 _PUBLIC_FORMAT = "pivault.audit.public"
 _SEAL_INFO = b"pivault.audit.seal.v1"
 _SEAL_VERSION = 1
+_JOURNAL_LABEL = b"pivault.audit.journal.v1"
 
 
 class AuditKeyError(PivaultError):
@@ -133,6 +135,19 @@ class WriterKeys:
 
     def sign(self, message: bytes) -> bytes:
         return self.signing.sign(message)
+
+    def journal_key(self, journal_id: str) -> bytes:
+        """The key that authenticates the lines of the write-ahead journal ``journal_id``.
+
+        Derived from the signing key, which only the writers hold (it is kept encrypted
+        under the keyring): whoever can write to the journal directory but does not hold
+        the keyring cannot make a line the chainer accepts. One key per journal, so a line
+        copied from one journal to another does not check.
+        """
+        seed = self.signing.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw,
+                                          serialization.NoEncryption())
+        base = hmac_sha256(seed, _JOURNAL_LABEL)
+        return hmac_sha256(base, journal_id.encode("utf-8"))
 
 
 @dataclass(frozen=True)

@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from pivault.audit.keys import AuditKeys, FieldCipher, WriterKeys
-from pivault.crypto.hmac256 import hmac_sha256
+from pivault.crypto.hmac256 import HmacSha256, hmac_sha256
 from pivault.errors import PivaultError
 from pivault.policy.context import AccessContext
 from pivault.store.db import Database
@@ -80,7 +80,7 @@ ZERO_MAC = bytes(32)
 OPERATIONS = frozenset({
     "read", "lookup", "find", "create", "update", "erase", "export", "import", "stats",
     "token.create", "token.revoke", "token.resume", "token.suspend", "policy.change", "audit.prune",
-    "canary.seed",
+    "audit.journal", "canary.seed",
 })
 #: "not_found" and "invalid" are the Vault's words for a miss and for rejected input;
 #: "duplicate" for a create or a correction refused because another record holds the ID number
@@ -846,6 +846,14 @@ class AuditLog:
             with self._lock:
                 lock = self._conn_locks.setdefault(id(db), threading.Lock())
         return lock
+
+    def journal_mac(self, journal_id: str) -> HmacSha256:
+        """What tags the lines of write-ahead journal ``journal_id`` (see :meth:`WriterKeys.journal_key`)."""
+        return HmacSha256(self._writer.journal_key(journal_id))
+
+    def prepare(self, event: AuditEvent) -> tuple[Any, ...]:
+        """``event`` checked, as its stored columns after ``seq`` and ``ts_us`` (:meth:`append_rows`)."""
+        return self._prepare(event)
 
     @staticmethod
     def _prepare(e: AuditEvent) -> tuple[Any, ...]:
