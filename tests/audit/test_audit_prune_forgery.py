@@ -27,7 +27,8 @@ def _backdate(db: Database, writer: WriterKeys, seq: int, by: float) -> None:
     row = db.query_one("SELECT seq, chain_id, ts_us, mac, sealed_key, signature FROM audit_checkpoints"
                        " WHERE seq = ?", (seq,))
     assert row is not None
-    cp = replace(Checkpoint.from_row(row), ts_us=Checkpoint.from_row(row).ts_us - int(by * 1_000_000))
+    stored = Checkpoint.from_row(row)
+    cp = replace(stored, ts_us=stored.ts_us - int(by * 1_000_000))
     db.execute("UPDATE audit_checkpoints SET ts_us = ?, signature = ? WHERE seq = ?",
                (cp.ts_us, writer.sign(cp.message()), seq))
 
