@@ -79,8 +79,10 @@ CSV readers: ``csv.reader(f, strict=True)`` raises ``csv.Error`` on a
 ``csv_quote`` line and goes on with the next line; a non-strict reader reads
 a 19-character ID number there, which ``Resident.parse`` rejects as
 ``id.length``. No bad row spans more than one line, so no damage spills into
-the next row. (An unterminated quote, which would swallow every following
-line, is deliberately not generated: it leaves no row to reconcile.)
+the next row. (An unterminated quote is deliberately not generated: pivault's
+import rejects only the line where it opened and reads the lines after it
+again, but a general CSV reader swallows every following line into one
+field, so a label could not say what every reader makes of it.)
 """
 
 from __future__ import annotations
