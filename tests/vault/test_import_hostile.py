@@ -136,6 +136,40 @@ def test_parquet_that_expands_past_its_size_is_refused_before_any_row(sqlite_vau
     assert sqlite_vault.db.query_one("SELECT COUNT(*) FROM import_batches")[0] == 0
 
 
+def test_parquet_that_expands_only_past_its_first_rows_does_not_say_nothing_was_imported(
+        sqlite_vault: Vault, tmp_path: Path) -> None:
+    """A bomb in a later row group: the chunks before it were committed, yet the refusal was
+    the whole-file error (`import.format`, "nothing imported"). It is now the error of an
+    unreadable part past the start, which says the rows before it are kept; a rerun stops at
+    the same place without importing anything twice."""
+    import secrets
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from pivault.vault.readers import UnreadableRows
+
+    people = _people(600, seed=76)
+    long = secrets.token_hex(128 * 1024)
+    head = pa.table({"name": [p["name"] for p in people[:300]],
+                     "id_number": [p["id_number"] for p in people[:300]],
+                     "notes": pa.array(["" for _ in range(300)])})
+    tail = pa.table({"name": [p["name"] for p in people[300:]],
+                     "id_number": [p["id_number"] for p in people[300:]],
+                     "notes": pa.DictionaryArray.from_arrays(pa.array([0] * 300, pa.int32()),
+                                                             pa.array([long])).cast(pa.string())})
+    src = tmp_path / "late-bomb.parquet"
+    with pq.ParquetWriter(src, head.schema) as w:
+        w.write_table(head, row_group_size=100)
+        w.write_table(tail, row_group_size=300)
+    for _ in range(2):
+        with pytest.raises(UnreadableRows) as info:
+            sqlite_vault.import_files([src], workers=0, chunk_size=50)
+        assert info.value.code == "import.unreadable" and "decompression bomb" in info.value.message
+        assert "rows 301-600" in info.value.message and "kept" in (info.value.hint or "")
+        assert sqlite_vault.store.count() == 300  # the rows before the bomb, once
+
+
 def test_parquet_dictionary_that_repeats_a_long_value_is_refused(sqlite_vault: Vault,
                                                                  tmp_path: Path) -> None:
     """One 256 KiB value stored once and named by 300 rows: 75 MiB of text from a small file."""

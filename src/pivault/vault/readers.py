@@ -674,6 +674,7 @@ class ParquetSource:
         width = len(self.header)
         row_no = 0
         expanded = 0
+        first_batch = True
         for rg in range(meta.num_row_groups):
             count = meta.row_group(rg).num_rows
             if row_no + count <= skip:
@@ -691,7 +692,11 @@ class ParquetSource:
                     sizes = _row_bytes(batch)
                 expanded += sizes.total
                 if expanded > self._limit:
-                    raise self._bomb()
+                    # past the first rows, the chunks before are committed: not "nothing imported"
+                    raise self._bomb() if first_batch and skip == 0 else \
+                        self._unreadable(rg, start, count, f"expands past {PARQUET_MAX_RATIO} times the "
+                                         "file's size: a decompression bomb?")
+                first_batch = False
                 for first, stop in sizes.slices():
                     with self._reading(rg, start, count):
                         part = batch.slice(first, stop - first)
