@@ -117,7 +117,12 @@ def _closed_within(socks: list[socket.socket], expected: int, within: float) -> 
         open_ = [s for s in socks if s not in closed]
         if not open_:
             break
-        ready, _, _ = select.select(open_, [], [], 0.1)
+        # poll, not select: late in a long test run this process's descriptors pass FD_SETSIZE
+        poller = select.poll()
+        by_fd = {s.fileno(): s for s in open_}
+        for fd in by_fd:
+            poller.register(fd, select.POLLIN)
+        ready = [by_fd[fd] for fd, _ in poller.poll(100)]
         for s in ready:
             if _closed_by_server(s, 0.05):
                 closed.append(s)

@@ -137,8 +137,10 @@ class Fetcher:
 
     def _line(self, timeout: float = 120.0) -> str:
         assert self.proc.stdout is not None
-        ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
-        if not ready:
+        # poll, not select: late in a long test run this process's descriptors pass FD_SETSIZE
+        poller = select.poll()
+        poller.register(self.proc.stdout, select.POLLIN)
+        if not poller.poll(timeout * 1000):
             self.proc.kill()
             pytest.fail("the fetching process said nothing")
         return self.proc.stdout.readline().strip()

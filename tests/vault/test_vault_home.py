@@ -129,3 +129,48 @@ def test_a_refused_init_or_dev_cert_leaves_no_directory(tmp_path: Path) -> None:
         make_dev_cert(tmp_path / "tls", days=0)
     assert bad.value.code == "tls.days"
     assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_a_closed_vault_leaves_no_connection_thread_or_journal_behind(tmp_path: Path) -> None:
+    """A process that opens and closes vaults (a batch job, a notebook, a test run) kept, for
+    each vault it had closed, its audit journal's file, chaining thread and store connection
+    until it exited: a long run ran out of file descriptors. Closing the vault chains what is
+    left and lets all of it go."""
+    import os
+    import threading
+    import time
+
+    home = tmp_path / "vault-home"
+    init(home, passphrase=PASSPHRASE, keyring_path=tmp_path / "keys" / "k.keyring",
+         expected_population=1000, argon2=CHEAP)
+    people = make_residents(3)
+    with Vault.open(home, passphrase=PASSPHRASE) as v:
+        for p in people:
+            v.put(p, ctx=local_operator())
+
+    def held() -> int:
+        n = 0
+        for fd in os.listdir("/proc/self/fd"):
+            try:
+                n += os.readlink(f"/proc/self/fd/{fd}").startswith(str(home))
+            except OSError:
+                continue
+        return n
+
+    for _ in range(4):
+        v = Vault.open(home, passphrase=PASSPHRASE)
+        assert v.find(id_number=people[0]["id_number"], ctx=local_operator())
+        v.close()
+    def chaining() -> bool:
+        return any(t.name == "pivault-audit-journal" for t in threading.enumerate())
+
+    deadline = time.monotonic() + 5
+    while chaining() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not chaining()
+    assert held() == 0
+    assert not list((home / "run" / "audit-journal").glob("*.journal"))
+    with Vault.open(home, passphrase=PASSPHRASE) as v:  # and every read was chained
+        from pivault.audit import entries
+
+        assert sum(1 for e in entries(v.db, operation="find")) == 4

@@ -805,6 +805,16 @@ class AuditLog:
         """Wait until every recorded entry of this process is chained; False on timeout."""
         return True if self.journal is None else bool(self.journal.flush(timeout))
 
+    def close(self) -> None:
+        """Chain what is left and let go of the journal: its file, its thread's connection.
+
+        The vault closing says nothing more will be recorded here. Left to the process's exit,
+        every vault a long-lived process opened and closed kept a journal, a thread and a
+        store connection open until then.
+        """
+        if self.journal is not None:
+            self.journal.close()
+
     def append_rows(self, rows: Sequence[tuple[int, tuple[Any, ...]]], *,
                     journals: Sequence[tuple[str, int]] = (), db: Database | None = None,
                     encoded: Sequence[bytes] | None = None, background: bool = False) -> list[int]:

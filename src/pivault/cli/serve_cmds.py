@@ -270,9 +270,13 @@ def token_list(
     from rich.table import Table
 
     store = _tokens(_home(home))
+    try:
+        listed = store.list(include_inactive=all_)
+    finally:
+        store.db.close()
     table = Table("token id", "principal", "role", "purposes", "expires (UTC)", "state")
     table.columns[0].no_wrap = True
-    for t in store.list(include_inactive=all_):
+    for t in listed:
         state = t.state() + (f" ({t.suspended_reason})" if t.suspended_reason else "")
         table.add_row(t.token_id, t.principal, t.role, ", ".join(t.purposes),
                       time.strftime("%Y-%m-%d %H:%M", time.gmtime(t.expires_at)), state)

@@ -205,6 +205,7 @@ class DetectGuard:
         if self.detector is not None:
             self.detector.stop()
         self.audit_log.flush(10)
+        self.audit_log.close()
 
     def attach(self, vault: Any) -> None:
         """Have ``vault`` report every read's coarse cells here (the detector then counts reads there)."""
