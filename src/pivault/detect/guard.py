@@ -24,6 +24,10 @@ decrypted for the caller, and does, in order:
    checked too: asking for a canary is the sign, not being answered;
 4. feed the global detector.
 
+A read too large for one entry (an export's fetch) comes through
+``audit_batches``: charged once, whole, then an entry per batch of its
+record ids, so that neither this guard nor the trail holds them all.
+
 Budgets are charged here rather than in ``budget`` because only here does
 the Vault pass the record ids (needed for distinct-record budgets and
 canaries); the position in the request is the same: after the lookup, before
@@ -32,9 +36,10 @@ audit and decryption.
 
 from __future__ import annotations
 
+import itertools
 import logging
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any, overload
 
 from pivault.audit.log import AuditEvent, AuditLog
 from pivault.detect.alerts import Alert, AlertDispatcher
@@ -66,6 +71,35 @@ CHANGE_OPERATIONS = frozenset({"put", "update", "erase"})
 SUBJECT_PREFIXES = ("token.", "policy.")
 
 SuspendFn = Callable[[str, str], object]
+
+
+class _Streamed(Sequence[str]):
+    """The record ids of a read given in batches, as one sequence read afresh from ``batches`` each
+    time it is iterated (never held whole here)."""
+
+    def __init__(self, batches: Callable[[], Iterable[Sequence[str]]], count: int) -> None:
+        self._batches, self._count = batches, count
+
+    def __len__(self) -> int:
+        return self._count
+
+    def __iter__(self) -> Iterator[str]:
+        for batch in self._batches():
+            yield from batch
+
+    @overload
+    def __getitem__(self, i: int) -> str: ...
+
+    @overload
+    def __getitem__(self, i: slice) -> Sequence[str]: ...
+
+    def __getitem__(self, i: int | slice) -> str | Sequence[str]:
+        if isinstance(i, slice):
+            return list(itertools.islice(self, *i.indices(self._count)))
+        at = i + self._count if i < 0 else i
+        if not 0 <= at < self._count:
+            raise IndexError(i)
+        return next(itertools.islice(self, at, None))
 
 
 class DetectGuard:
@@ -172,6 +206,57 @@ class DetectGuard:
                 except DetectUnavailable:
                     log.warning("global detector could not count a read: counters unavailable")
 
+    def audit_batches(self, ctx: AccessContext, operation: str,
+                      batches: Callable[[], Iterable[Sequence[str]]], count: int, outcome: str) -> None:
+        """:meth:`audit` for one read too large for one entry: an export of millions of records.
+
+        ``batches`` gives the read's record ids a batch at a time, afresh at each call, and
+        ``count`` says how many there are. The read is charged once, whole, as :meth:`audit`
+        charges a read of ``count`` records: a budget refuses all of it or lets all of it
+        through, never the first batches and not the rest. Then one entry per batch, the
+        canary check over every batch (one alert, naming every canary read), the detector
+        fed once. Nothing here holds every id at once, but a budget of distinct records,
+        which counts the ids themselves (a read larger than that budget is refused by it).
+        Any other operation or outcome is audited a batch at a time, as :meth:`audit` does.
+        """
+        reads = operation in READ_OPERATIONS and outcome == "ok"
+        if not reads:
+            for batch in batches():
+                self.audit(ctx, operation, batch, outcome)
+            return
+        if self.budgets is not None:
+            try:
+                charge = self.budgets.charge(ctx, records=count, record_ids=_Streamed(batches, count))
+            except DetectUnavailable as exc:
+                for batch in batches():
+                    self.audit_log.record(AuditEvent.of(ctx, operation, "error", batch, count=0,
+                                                        detail={"code": exc.code}))
+                raise
+            if not charge.allowed:
+                try:
+                    self._refuse(ctx, operation, [], count, 0, charge, batches=batches)
+                finally:
+                    self._trip_batches(ctx, operation, batches, record=False)
+        self._trip_batches(ctx, operation, batches, record=True)
+        if count and self.detector is not None and not self._cells_wired:
+            try:
+                self.detector.observe(ctx, count)
+            except DetectUnavailable:
+                log.warning("global detector could not count a read: counters unavailable")
+
+    def _trip_batches(self, ctx: AccessContext, operation: str,
+                      batches: Callable[[], Iterable[Sequence[str]]], *, record: bool) -> None:
+        """Each batch's entry (``record``), and one canary alarm for every canary among them."""
+        hit: list[str] = []
+        for batch in batches():
+            ids = list(batch)
+            if record:
+                self.audit_log.record_access(ctx, operation, "ok", ids, len(ids))
+            if self.canaries is not None:
+                hit += self.canaries.which(ids)
+        if hit:
+            self._canary(ctx, operation, hit)
+
     def changed(self, ctx: AccessContext,
                 changes: Sequence[tuple[str, frozenset[str], frozenset[str]]]) -> None:
         """Records changed in place: a canary that gained or lost its mobile moves the count
@@ -226,16 +311,22 @@ class DetectGuard:
                              request_id=ctx.request_id, token_id=ctx.token_id, source="system")
 
     def _refuse(self, ctx: AccessContext, operation: str, ids: list[str], records: int, misses: int,
-                charge: Charge, *, changes: int = 0) -> None:
+                charge: Charge, *, changes: int = 0,
+                batches: Callable[[], Iterable[Sequence[str]]] | None = None) -> None:
+        """Refuse a charge: the entry (one per batch of a read given in ``batches``), the alert,
+        a suspension after too many breaches, and :class:`BudgetExceeded` raised."""
         refusal = charge.refusal
         assert refusal is not None
         # a lookup refused for its size is not told how many residents it found
         err = BudgetExceeded(refusal, show_amount=operation not in LOOKUP_OPERATIONS)
         asked = {"requested_records": records, "requested_misses": misses,
                  **({"requested_changes": changes} if changes else {})}
-        self.audit_log.record(AuditEvent.of(ctx, operation, "refused", ids, count=0, detail={
-            "rule": refusal.rule, "limit": refusal.limit, "used": refusal.used, **asked,
-            "retry_after": err.retry_after}))
+        detail = {"rule": refusal.rule, "limit": refusal.limit, "used": refusal.used, **asked,
+                  "retry_after": err.retry_after}
+        for batch in ([ids] if batches is None else batches()):
+            if batches is not None and len(ids) < 50:
+                ids = ids + list(batch)[:50 - len(ids)]
+            self.audit_log.record(AuditEvent.of(ctx, operation, "refused", batch, count=0, detail=detail))
         evidence: dict[str, Any] = {
             "budget_rule": refusal.rule, "limit": refusal.limit, "used": refusal.used, **asked,
             "retry_after_seconds": err.retry_after, "breaches_today": charge.breaches,

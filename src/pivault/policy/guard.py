@@ -12,7 +12,7 @@ reloaded policy applies from the next request on.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Protocol
 
 from pivault.errors import PivaultError
@@ -109,6 +109,19 @@ class PolicyGuard:
     def audit(self, ctx: AccessContext, operation: str, record_ids: Sequence[str], outcome: str) -> None:
         if self.delegate is not None:
             self.delegate.audit(ctx, operation, record_ids, outcome)
+
+    def audit_batches(self, ctx: AccessContext, operation: str,
+                      batches: Callable[[], Iterable[Sequence[str]]], count: int, outcome: str) -> None:
+        """One access audited in several entries (an export of millions of records): handed to the
+        delegate whole where it takes it so (the detect guard charges it once), else a batch at a time."""
+        if self.delegate is None:
+            return
+        many = getattr(self.delegate, "audit_batches", None)
+        if many is not None:
+            many(ctx, operation, batches, count, outcome)
+            return
+        for batch in batches():
+            self.delegate.audit(ctx, operation, batch, outcome)
 
     def mask(self, ctx: AccessContext, field: str, value: str | None) -> str | None:
         if field == "record_id":

@@ -13,7 +13,11 @@ records (how many canaries hold a mobile) move there, in the same
 transaction as the change. And ``held_numbers(ctx, operation, record_ids)``:
 an import calls it, after each chunk commits, with the records whose ID
 numbers the chunk's rows named (a canary among them means the file came
-from a copy of the vault).
+from a copy of the vault). And ``audit_batches(ctx, operation, batches,
+count, outcome)``: one access too large for one entry (an export's
+fetch, of millions of records), its record ids given by ``batches()`` a
+batch at a time; such a guard charges it once, whole, and writes an entry
+per batch. An export asks a guard without it for one ``audit`` per batch.
 """
 
 from __future__ import annotations
