@@ -50,6 +50,7 @@ import re
 import secrets
 import socket
 import stat
+import struct
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
@@ -112,9 +113,32 @@ MISS_PROBABILITY = 1e-6
 #: canaries in even the smallest export: several, so one can be lost in a sample
 MIN_CANARIES = 3
 FORMATS = ("csv", "jsonl", "parquet")
+#: records decrypted at a time
 _CHUNK = 5000
 #: rows of the export whose pieces canaries are made of (a uniform sample)
 _MODELS = 1000
+# No step of an export holds its whole set: what the sizes below bound is what is in memory.
+#: record ids per stored chunk of a request's set, of an export's members and of its row keys
+_MEMBER_CHUNK = 10000
+#: a fetch's random order: the mean number of record ids in one of its parts (one part is in
+#: memory at a time: see _Plan)
+_PART_IDS = 1 << 15
+#: record ids a fetch's first pass holds, over all parts, before it stores them; and the fewest
+#: it stores in one chunk
+_STAGE_IDS = 1 << 17
+_MIN_STAGE = 64
+#: record ids per ``export`` audit entry
+_AUDIT_IDS = 10000
+#: canaries per stored chunk
+_CANARY_CHUNK = 2000
+#: stored chunks read per query
+_PAGE = 8
+#: records read per query when a request runs its selection over every record
+_SCAN_PAGE = 2000
+#: the filter of canary values taken: bits per value, and its largest size (32 MiB)
+_SEEN_BITS = 16
+_SEEN_MAX_BITS = 1 << 28
+_MASK64 = (1 << 64) - 1
 #: the PostgreSQL advisory lock that queues the registration of export canaries
 _CANARY_LOCK = 0x70766361
 #: the class of the PostgreSQL advisory locks (two-key form, the second key the export's) that a
@@ -443,16 +467,53 @@ def _aad_id(export_id: str) -> str:
 
 
 def _put_blobs(vault: Vault, export_id: str, kind: str, payloads: Iterable[bytes]) -> None:
-    rows = [(export_id, i, kind, vault.keyring.encrypt(_aad_id(export_id), f"{kind}.{i}", p))
-            for i, p in enumerate(payloads)]
-    vault.db.executemany(vault.db.sql(
-        "INSERT INTO export_members (export_id, chunk, kind, data) VALUES (?, ?, ?, ?)"), rows)
+    for i, p in enumerate(payloads):
+        _put_blob(vault, export_id, kind, i, p)
+
+
+def _put_blob(vault: Vault, export_id: str, kind: str, chunk: int, payload: bytes) -> None:
+    """One chunk of an export's members, encrypted and bound to the export, its kind and its number."""
+    vault.db.execute("INSERT INTO export_members (export_id, chunk, kind, data) VALUES (?, ?, ?, ?)",
+                     (export_id, chunk, kind, vault.keyring.encrypt(_aad_id(export_id), f"{kind}.{chunk}",
+                                                                    payload)))
+
+
+def _blob_rows(db: Database, export_id: str, kind: str) -> Iterator[tuple[int, bytes]]:
+    """The stored chunks of one kind, in order, a few at a time: a kind may hold millions of ids."""
+    last: int | None = None
+    while True:
+        after = "" if last is None else " AND chunk > ?"
+        rows = db.query("SELECT chunk, data FROM export_members WHERE export_id = ? AND kind = ?" + after
+                        + f" ORDER BY chunk LIMIT {_PAGE}",
+                        (export_id, kind) + (() if last is None else (last,)))
+        for chunk, data in rows:
+            yield int(chunk), bytes(data)
+        if len(rows) < _PAGE:
+            return
+        last = int(rows[-1][0])
 
 
 def _get_blobs(db: Database, keyring: Any, export_id: str, kind: str) -> Iterator[bytes]:
-    for chunk, data in db.query("SELECT chunk, data FROM export_members WHERE export_id = ? AND kind = ?"
-                                " ORDER BY chunk", (export_id, kind)):
-        yield keyring.decrypt(_aad_id(export_id), f"{kind}.{int(chunk)}", bytes(data))
+    for chunk, data in _blob_rows(db, export_id, kind):
+        yield keyring.decrypt(_aad_id(export_id), f"{kind}.{chunk}", data)
+
+
+def _id_chunks(db: Database, keyring: Any, export_id: str, kind: str) -> Iterator[tuple[int, list[str]]]:
+    """Each stored chunk of record ids of one kind, with its number: one chunk in memory at a time."""
+    for chunk, data in _blob_rows(db, export_id, kind):
+        text = keyring.decrypt(_aad_id(export_id), f"{kind}.{chunk}", data).decode("ascii")
+        yield chunk, [r for r in text.split("\n") if r]
+
+
+def _chunked(items: Iterable[str], size: int) -> Iterator[list[str]]:
+    part: list[str] = []
+    for x in items:
+        part.append(x)
+        if len(part) >= size:
+            yield part
+            part = []
+    if part:
+        yield part
 
 
 def _audit(vault: Vault, ctx: AccessContext, operation: str, ids: Sequence[str], outcome: str) -> None:
@@ -529,26 +590,46 @@ def request(vault: Vault, selection: Selection, *, recipient: str, purpose: str,
     pi = [f for f in flds if f in ("name", "id_number", "mobile", "address", "notes")] or ["id_number"]
     _authorise(vault, ctx, pi)
     window = (settings or ExportSettings.of(vault)).approve_within_days
-    ids = _select(vault, selection)
-    if not ids:
-        raise ExportError("the selection holds no records", code="export.empty",
-                          hint="check the region codes, birth dates or record ids of --selection")
     export_id = "x_" + secrets.token_hex(8)
-    sel = vault.keyring.encrypt(_aad_id(export_id), "selection",
-                                json.dumps(selection.to_json()).encode("utf-8"))
-    now = time.time()
-    with vault.db.transaction():
-        # the export's id is the entry's subject: the trail, not the editable exports table,
-        # says who asked for, decided on and fetched which export
-        _audit(vault, ctx, "export.request", (export_id,), "ok")
-        vault.db.execute(
-            "INSERT INTO exports (export_id, status, requested_at, requester, requester_role, recipient,"
-            " purpose, fields, selection, selected, expires_at) VALUES (?, 'requested', ?, ?, ?, ?, ?, ?, ?,"
-            " ?, ?)",
-            (export_id, now, ctx.principal, ctx.role, recipient.strip(), purpose.strip(),
-             json.dumps(list(flds)), sel, _shown(vault, ids), now + window * _DAY))
-        _put_ids(vault, export_id, "selected", ids)
+    # the selection goes to the store a chunk at a time as it is run (never whole in memory), under
+    # the export's id, before the row that names it: a request that fails takes its chunks back
+    held = shown = 0
+    try:
+        for n, ids in enumerate(_chunked(_selected(vault, selection), _MEMBER_CHUNK)):
+            _put_blob(vault, export_id, "selected", n, "\n".join(ids).encode("ascii"))
+            held += len(ids)
+            shown += _shown(vault, ids)
+        if not held:
+            raise ExportError("the selection holds no records", code="export.empty",
+                              hint="check the region codes, birth dates or record ids of --selection")
+        sel = vault.keyring.encrypt(_aad_id(export_id), "selection",
+                                    json.dumps(selection.to_json()).encode("utf-8"))
+        now = time.time()
+        with vault.db.transaction():
+            # the export's id is the entry's subject: the trail, not the editable exports table,
+            # says who asked for, decided on and fetched which export
+            _audit(vault, ctx, "export.request", (export_id,), "ok")
+            vault.db.execute(
+                "INSERT INTO exports (export_id, status, requested_at, requester, requester_role, recipient,"
+                " purpose, fields, selection, selected, expires_at) VALUES (?, 'requested', ?, ?, ?, ?, ?, ?,"
+                " ?, ?, ?)",
+                (export_id, now, ctx.principal, ctx.role, recipient.strip(), purpose.strip(),
+                 json.dumps(list(flds)), sel, shown, now + window * _DAY))
+    except BaseException:
+        _drop(vault, export_id, "selected")
+        raise
     return get_export(vault.db, export_id)
+
+
+def _drop(vault: Vault, export_id: str, pattern: str) -> None:
+    """Remove an export's chunks whose kind matches ``pattern`` (SQL ``LIKE``), when what wrote them
+    failed. Tried once: the store may be what failed; what is left is ciphertext of record ids."""
+    try:
+        vault.db.execute("DELETE FROM export_members WHERE export_id = ? AND kind LIKE ?",
+                         (export_id, pattern))
+    except Exception as exc:
+        log.warning("export %s: chunks of a step that failed could not be removed (%s)", export_id,
+                    type(exc).__name__)
 
 
 def _shown(vault: Vault, ids: Sequence[str]) -> int:
@@ -558,19 +639,6 @@ def _shown(vault: Vault, ids: Sequence[str]) -> int:
     if not vault.db.table_exists("canary_registry"):
         return len(ids)
     return len(ids) - len(CanaryRegistry(vault.db, vault.keyring).which(ids))
-
-
-def _put_ids(vault: Vault, export_id: str, kind: str, ids: Sequence[str]) -> None:
-    step = _MEMBER_CHUNK
-    _put_blobs(vault, export_id, kind,
-               ("\n".join(ids[i:i + step]).encode("ascii") for i in range(0, len(ids), step)))
-
-
-def _get_ids(db: Database, keyring: Any, export_id: str, kind: str) -> list[str]:
-    ids: list[str] = []
-    for blob in _get_blobs(db, keyring, export_id, kind):
-        ids.extend(r for r in blob.decode("ascii").split("\n") if r)
-    return ids
 
 
 def _minted_by(vault: Vault, ctx: AccessContext) -> str | None:
@@ -667,21 +735,23 @@ def _decide(vault: Vault, export_id: str, ctx: AccessContext, status: str,
     grant: dict[str, Any] = {}
     shown = info.selected
     if status == "approved":
+        # counted again from the set itself, a chunk at a time: the count in the plain table may
+        # have been edited
+        records = shown = 0
         try:
-            ids = _get_ids(vault.db, vault.keyring, export_id, "selected")
+            for _, ids in _id_chunks(vault.db, vault.keyring, export_id, "selected"):
+                records += len(ids)
+                shown += _shown(vault, ids)
         except PivaultError:  # a ciphertext changed or moved from another export
-            ids = []
-        if not ids:
+            records = 0
+        if not records:
             raise refused("the request holds no counted selection (requested before requests were "
                           "counted, or its records were removed)", code="export.stale",
                           hint="the requester may request it again")
-        # counted again from the set itself: the count in the plain table may have been edited
-        shown = _shown(vault, ids)
         if max_records is not None and shown > max_records:
             raise refused(f"the export holds {shown} records, more than the {max_records} "
                           "this approval allows", code="export.count",
                           hint="refuse it, or approve it knowing its count")
-        records = len(ids)
         now = time.time()
         window = (settings or ExportSettings.of(vault)).fetch_within_days
         grant = {"approved_at": now, "expires_at": now + window * _DAY, "records": records}
@@ -743,40 +813,77 @@ def refuse(vault: Vault, export_id: str, *, ctx: AccessContext) -> ExportInfo:
 # ---------------------------------------------------------------- fetch
 
 
-def _select(vault: Vault, sel: Selection, among: Sequence[str] | None = None) -> list[str]:
-    """Record ids the selection holds now (of ``among``, if given); region and birth date come
-    from each ID number.
+class _Picker:
+    """Which of some record ids the selection holds now: region and birth date come from each
+    record's ID number, decrypted a chunk at a time.
 
-    At request time the whole selection is run; at fetch time only the records counted at
-    request (``among``): an approval covers those, and of them the ones still in the
-    selection (not erased, not corrected out of it) are handed out.
+    At request time it runs over the records the selection names, or over every record; at
+    fetch time over the records counted at request, a chunk at a time: an approval covers
+    those, and of them the ones still in the selection (not erased, not corrected out of it)
+    are handed out.
     """
-    from pivault.vault.facade import decrypt_fields
 
-    narrowed = bool(sel.regions or sel.born_from or sel.born_to)
-    ids = among if among is not None else (sel.record_ids or None)
-    if ids is not None:
-        wanted = list(dict.fromkeys(ids))
-        if among is not None and sel.record_ids:
-            listed = set(sel.record_ids)
-            wanted = [r for r in wanted if r in listed]
+    def __init__(self, vault: Vault, sel: Selection, *, listed_only: bool = False) -> None:
+        self.vault, self.sel = vault, sel
+        self.narrowed = bool(sel.regions or sel.born_from or sel.born_to)
+        #: at fetch time, a selection by record ids admits only the ids it lists (built once: the
+        #: list is the request itself, held as it was given)
+        self.listed = set(sel.record_ids) if listed_only and sel.record_ids else None
+
+    def pick(self, ids: Sequence[str]) -> list[str]:
+        """Those of ``ids`` (distinct) that exist and that the selection holds, in their order."""
+        from pivault.vault.facade import decrypt_fields
+
+        listed = self.listed
+        wanted = [r for r in ids if r in listed] if listed is not None else list(ids)
         out = []
         for start in range(0, len(wanted), _CHUNK):
             part = wanted[start:start + _CHUNK]
-            found = {s.record_id: s for s in vault.store.get_many(part)}
+            found = {s.record_id: s for s in self.vault.store.get_many(part)}
             for rid in part:
                 s = found.get(rid)
                 if s is None:
                     continue
-                if narrowed and not sel.admits(decrypt_fields(vault.keyring, s, ("id_number",))["id_number"]):
+                if self.narrowed and not self.sel.admits(
+                        decrypt_fields(self.vault.keyring, s, ("id_number",))["id_number"]):
                     continue
                 out.append(rid)
         return out
-    out = []
-    for stored in vault.store.iter_all(batch_size=2000):
-        if sel.admits(decrypt_fields(vault.keyring, stored, ("id_number",))["id_number"]):
-            out.append(stored.record_id)
-    return out
+
+    def admitted(self, records: Iterable[Any]) -> Iterator[str]:
+        """The ids of those stored ``records`` the selection holds."""
+        from pivault.vault.facade import decrypt_fields
+
+        for s in records:
+            if self.sel.admits(decrypt_fields(self.vault.keyring, s, ("id_number",))["id_number"]):
+                yield s.record_id
+
+
+def _selected(vault: Vault, sel: Selection) -> Iterator[str]:
+    """The record ids the selection holds now, as a stream: those it lists (the first time each),
+    or every record's in record-id order, read a page at a time.
+
+    A page is one complete query, so nothing stays open on the connection between pages:
+    the chunks the request stores meanwhile commit at once (SQLite commits a write only once
+    no statement of its connection is still reading).
+    """
+    picker = _Picker(vault, sel)
+    if sel.record_ids:
+        for part in _chunked(dict.fromkeys(sel.record_ids), _CHUNK):
+            yield from picker.pick(part)
+        return
+    db = vault.db
+    last: str | None = None
+    while True:
+        after = "" if last is None else " WHERE record_id > ?"
+        ids = [str(r[0]) for r in db.query(f"SELECT record_id FROM records{after} ORDER BY record_id"
+                                           f" LIMIT {_SCAN_PAGE}", () if last is None else (last,))]
+        if not ids:
+            return
+        yield from picker.admitted(vault.store.get_records(ids))
+        if len(ids) < _SCAN_PAGE:
+            return
+        last = ids[-1]
 
 
 class _Writer:
@@ -796,11 +903,11 @@ class _Writer:
     process can take is a fetch nobody is running any more (:func:`recover`).
     """
 
-    def __init__(self, out: Path, fmt: str, fields: Sequence[str]) -> None:
+    def __init__(self, out: Path, fmt: str, fields: Sequence[str], *, token: str | None = None) -> None:
         self.fmt = fmt
         self.fields = list(fields)
         self.out = out
-        token = secrets.token_hex(8)
+        token = token or secrets.token_hex(8)
         #: names this attempt in the audit trail, beside the export: recovery tells by it whether
         #: this attempt's file was finished (``export.publish``) or undone (``export.fetch`` error)
         self.attempt = _ATTEMPT + token
@@ -1017,69 +1124,371 @@ def fetch(vault: Vault, export_id: str, out: str | Path, *, ctx: AccessContext,
                                                                bytes(row[0]))))
     pi = [f for f in info.fields if f in ("name", "id_number", "mobile", "address", "notes")]
     _authorise(vault, ctx, pi or ["id_number"])
-    counted = _get_ids(vault.db, vault.keyring, export_id, "selected")
-    ids = _select(vault, sel, counted)
-    if len(ids) > int(grant["records"]):
-        raise refused(f"the export would hand out {len(ids)} records, more than the {grant['records']} "
-                      "approved", "export.grown", "request the export again and have it approved")
-    if not ids:
-        raise ExportError("the selection holds none of the records approved (erased or corrected out "
-                          "of it since)", code="export.empty")
-    kept = set(ids)
-    left_out = _shown(vault, [r for r in counted if r not in kept])
-    _budget(vault, ctx, len(ids))
     rng = secrets.SystemRandom()
-    # the file's order says nothing: not the import order (record ids begin with their creation
-    # second), not the order the requester listed the ids in; a canary cannot stand out of a run
-    rng.shuffle(ids)
-    k = canaries_needed(len(ids))
-    total = len(ids) + k
-    positions = set(rng.sample(range(total), k))
-    # canaries are made of pieces of a uniform sample of the export's own rows
-    sample_ids = set(rng.sample(ids, min(len(ids), _MODELS)))
-    samples = [_derived(open_record(vault.keyring, s).to_dict())
-               for start in range(0, len(ids), _CHUNK)
-               for s in vault.store.get_many([i for i in ids[start:start + _CHUNK] if i in sample_ids])]
-    blender = Blender(samples, sel.regions, sel.born_from, sel.born_to, rng)
-    known, seen = canary_values(vault)
-    # without the ID number a canary is found by two of these: each canary carries two
-    trace = () if "id_number" in info.fields else tuple(f for f in PAIR_FIELDS if f in info.fields)
-    canaries = [_make_canary(vault, blender, known, trace) for _ in range(k)]
-    reveal = replace(ctx, reveal=True)
-    # held for the fetch's life on PostgreSQL: a recovery on any node that can take it knows
-    # no live session fetches this export (the file lock below answers on this host)
-    if not _hold(vault.db, export_id):
-        raise ExportError("the export is being fetched or recovered by another process",
-                          code="export.state")
+    token = secrets.token_hex(8)
     try:
-        # the file first: one that cannot be made leaves the export approved, not half-fetched
-        writer = _Writer(out, fmt, info.fields)
+        plan = _plan(vault, export_id, sel, int(grant["records"]), token, rng)
+        if plan.rows > int(grant["records"]):
+            raise refused(f"the export would hand out {plan.rows} records, more than the {grant['records']} "
+                          "approved", "export.grown", "request the export again and have it approved")
+        if not plan.rows:
+            raise ExportError("the selection holds none of the records approved (erased or corrected out "
+                              "of it since)", code="export.empty")
+        if not _parts_intact(vault, export_id, plan):
+            raise refused("the export's set holds a record twice, or changed while it was read",
+                          "export.tampered", "request the export again and have it approved")
+        _budget(vault, ctx, plan.rows)
+        k = canaries_needed(plan.rows)
+        # canaries are made of pieces of a uniform sample of the export's own rows
+        samples = [_derived(open_record(vault.keyring, s).to_dict())
+                   for s in vault.store.get_many(plan.models)]
+        blender = Blender(samples, sel.regions, sel.born_from, sel.born_to, rng)
+        # without the ID number a canary is found by two of these: each canary carries two
+        trace = () if "id_number" in info.fields else tuple(f for f in PAIR_FIELDS if f in info.fields)
+        taken, seen = _taken(vault, k)
+        _stage_canaries(vault, export_id, plan, k, blender, taken, trace)
+        reveal = replace(ctx, reveal=True)
+        # held for the fetch's life on PostgreSQL: a recovery on any node that can take it knows
+        # no live session fetches this export (the file lock below answers on this host)
+        if not _hold(vault.db, export_id):
+            raise ExportError("the export is being fetched or recovered by another process",
+                              code="export.state")
         try:
-            _write_export(vault, ctx, reveal, export_id, info, writer, fmt, grant=grant, ids=ids,
-                          canaries=canaries, positions=positions, blender=blender, known=known,
-                          seen=seen, trace=trace, left_out=left_out)
+            # the file first: one that cannot be made leaves the export approved, not half-fetched
+            writer = _Writer(out, fmt, info.fields, token=token)
+            try:
+                _write_export(vault, ctx, reveal, export_id, info, writer, fmt, grant=grant, plan=plan,
+                              canaries=k, rng=rng, blender=blender, taken=taken, seen=seen, trace=trace)
+            finally:
+                writer.release()
         finally:
-            writer.release()
+            _let_go(vault.db, export_id)
     finally:
-        _let_go(vault.db, export_id)
+        # what waited in the store for this attempt (undone or fetched, none is left; a failure
+        # before the fetch was recorded leaves it here)
+        _drop(vault, export_id, f"tmp.{token}.%")
     return get_export(vault.db, export_id)
 
 
+#: the record ids a fetch stores under kinds of its own while it runs (``tmp.<attempt>.…``):
+#: the parts of its random order, the records left out of each counted chunk, its canaries before
+#: they are registered
+_STAGED = "tmp.{token}.{what}"
+
+
+@dataclass
+class _Plan:
+    """An approved set as a fetch's first pass found it, waiting in the store to be written.
+
+    **The file's order.** Each record id goes to one of ``parts`` parts (a power of two) by
+    the first 64 bits of a keyed hash (BLAKE2b under a random key of this fetch, never
+    stored); a part is then read whole, shuffled (``SystemRandom``) and written, part after
+    part. With the key unknown the hash is a random function, so each record falls in a
+    part uniformly and independently of every other; given the parts' sizes, which records
+    a part holds is then a uniformly random subset, and its order a uniform shuffle. Every
+    record is exchangeable with every other in this process, so every order of the real rows
+    is equally likely: a uniform permutation, as one shuffle of them all in memory gives,
+    whatever order the ids were counted in (import order, or the requester's). The canaries
+    are spread likewise (each to a part uniformly, at uniform places among its rows), so
+    their places are a uniform choice among all the file's positions.
+
+    A part holds ``_PART_IDS`` ids on average, whatever the export's size: that, not the
+    export, is what is in memory. The parts wait in the store encrypted under the keyring,
+    as the members do, under this attempt's kinds (:data:`_STAGED`); nothing stored in
+    clear, and no key kept, tells which part a record was in or where it went in the file.
+    The same hash's other 64 bits, summed over the set, make a digest by which each later
+    pass checks it reads the same records as the first.
+    """
+
+    token: str
+    key: bytes
+    parts: int
+    #: ids stored in each part
+    sizes: list[int]
+    rows: int = 0
+    left_out: int = 0
+    digest: int = 0
+    #: numbers of the counted chunks of which some records were left out (stored: the audit
+    #: entries list the records handed out, the counted chunks less these)
+    short: set[int] = field(default_factory=set)
+    #: ids of a uniform sample of the records handed out, for the canaries' pieces
+    models: list[str] = field(default_factory=list)
+
+    def kind(self, what: str) -> str:
+        return _STAGED.format(token=self.token, what=what)
+
+    def hash(self, rid: str) -> tuple[int, int]:
+        """(the record's part, its term of the set's digest)."""
+        d = hashlib.blake2b(rid.encode("ascii"), key=self.key, digest_size=16).digest()
+        return int.from_bytes(d[:8], "big") >> (65 - self.parts.bit_length()), int.from_bytes(d[8:], "big")
+
+
+def _plan(vault: Vault, export_id: str, sel: Selection, records: int, token: str,
+          rng: secrets.SystemRandom) -> _Plan:
+    """The first pass over the approved set, a counted chunk at a time: which records the
+    selection still holds, each stored in its part of the file's order (see :class:`_Plan`);
+    which were left out (counted as ``stats`` counts, canary residents not shown); a uniform
+    sample of those handed out (:class:`_Sample`).
+
+    ``records``, the approved count, sizes the parts; a set grown beyond it is counted
+    whole and refused by the caller.
+    """
+    parts = 1
+    while parts * _PART_IDS < records:
+        parts *= 2
+    plan = _Plan(token, os.urandom(32), parts, [0] * parts)
+    picker = _Picker(vault, sel, listed_only=True)
+    models = _Sample(_MODELS, rng)
+    # the ids held before they are stored, over all parts, stay about _STAGE_IDS
+    flush_at = max(_MIN_STAGE, _STAGE_IDS // parts)
+    held: list[list[str]] = [[] for _ in range(parts)]
+    stored = [0] * parts
+
+    def store(b: int) -> None:
+        _put_blob(vault, export_id, plan.kind(f"shuffle.{b}"), stored[b], "\n".join(held[b]).encode("ascii"))
+        plan.sizes[b] += len(held[b])
+        stored[b] += 1
+        held[b] = []
+
+    for chunk, counted in _id_chunks(vault.db, vault.keyring, export_id, "selected"):
+        kept = picker.pick(counted)
+        if len(kept) < len(counted):
+            still = set(kept)
+            gone = [r for r in counted if r not in still]
+            plan.left_out += _shown(vault, gone)
+            _put_blob(vault, export_id, plan.kind("left"), chunk, "\n".join(gone).encode("ascii"))
+            plan.short.add(chunk)
+        for rid in kept:
+            b, d = plan.hash(rid)
+            plan.digest = (plan.digest + d) & _MASK64
+            models.offer(rid)
+            held[b].append(rid)
+            if len(held[b]) >= flush_at:
+                store(b)
+        plan.rows += len(kept)
+    for b in range(parts):
+        if held[b]:
+            store(b)
+    plan.models = models.items
+    return plan
+
+
+def _part_ids(vault: Vault, export_id: str, plan: _Plan, b: int) -> list[str]:
+    ids: list[str] = []
+    for _, chunk in _id_chunks(vault.db, vault.keyring, export_id, plan.kind(f"shuffle.{b}")):
+        ids.extend(chunk)
+    return ids
+
+
+def _parts_intact(vault: Vault, export_id: str, plan: _Plan) -> bool:
+    """Whether the stored parts hold what the first pass put there, each record once.
+
+    Checked before anything is audited: a record counted twice (a set edited with the
+    keyring) falls twice in one part, its hash being its own, and is found here.
+    """
+    digest = 0
+    for b in range(plan.parts):
+        ids = _part_ids(vault, export_id, plan, b)
+        if len(ids) != plan.sizes[b] or len(set(ids)) != len(ids):
+            return False
+        for rid in ids:
+            digest += plan.hash(rid)[1]
+    return digest & _MASK64 == plan.digest
+
+
+def _kept_chunks(vault: Vault, export_id: str, plan: _Plan) -> Iterator[list[str]]:
+    """The records handed out, at most :data:`_AUDIT_IDS` at a time, in the order they were
+    counted at request: never the file's order, which the audit trail (plain text) must not tell."""
+    db, kr = vault.db, vault.keyring
+    for chunk, counted in _id_chunks(db, kr, export_id, "selected"):
+        if chunk in plan.short:
+            kind = plan.kind("left")
+            row = db.query_one("SELECT data FROM export_members WHERE export_id = ? AND kind = ?"
+                               " AND chunk = ?", (export_id, kind, chunk))
+            gone = set() if row is None else set(
+                kr.decrypt(_aad_id(export_id), f"{kind}.{chunk}", bytes(row[0])).decode("ascii").split("\n"))
+            counted = [r for r in counted if r not in gone]
+        for i in range(0, len(counted), _AUDIT_IDS):
+            yield counted[i:i + _AUDIT_IDS]
+
+
+def _audit_export(vault: Vault, ctx: AccessContext, export_id: str, plan: _Plan) -> None:
+    """The ``export`` entries: every record handed out, :data:`_AUDIT_IDS` an entry (one entry
+    of millions of ids would be held whole by the trail's writer and by every reader of it).
+
+    A guard with ``audit_batches`` (the detect guard) charges the read budgets once for
+    the whole export, as for one read, and writes the entries; another guard is asked
+    once per entry. The entries must list exactly the set the first pass found: counted
+    and summed as they are written, and checked in the same transaction.
+    """
+    tally = [-1, -1]
+
+    def batches() -> Iterator[list[str]]:
+        n = d = 0
+        for batch in _kept_chunks(vault, export_id, plan):
+            n += len(batch)
+            for rid in batch:
+                d += plan.hash(rid)[1]
+            yield batch
+        tally[:] = [n, d & _MASK64]
+
+    many = getattr(vault.guard, "audit_batches", None)
+    if many is not None:
+        many(ctx, "export", batches, plan.rows, "ok")
+    else:
+        for batch in batches():
+            _audit(vault, ctx, "export", batch, "ok")
+    if tally != [plan.rows, plan.digest]:
+        raise ExportError("the export's set changed while it was fetched", code="export.tampered",
+                          hint="request the export again and have it approved")
+
+
+class _Sample:
+    """A uniform sample of ``size`` items of a stream whose length is not known beforehand, in
+    memory for ``size`` items (Li's "Algorithm L": the reservoir skips ahead by a drawn number of
+    items, so there are a few draws per item taken, not one per item seen)."""
+
+    def __init__(self, size: int, rng: secrets.SystemRandom) -> None:
+        self.size, self.rng = size, rng
+        self.items: list[str] = []
+        self._seen = 0
+        self._next = 0
+        self._w = 1.0
+
+    def _draw(self) -> float:
+        u = self.rng.random()
+        while u == 0.0:
+            u = self.rng.random()
+        return u
+
+    def _skip(self) -> None:
+        self._w *= math.exp(math.log(self._draw()) / self.size)
+        gap = math.floor(math.log(self._draw()) / math.log1p(-self._w)) if self._w < 1.0 else 0
+        self._next += gap + 1
+
+    def offer(self, item: str) -> None:
+        i = self._seen
+        self._seen += 1
+        if i < self.size:
+            self.items.append(item)
+            if i == self.size - 1:
+                self._next = i
+                self._skip()
+        elif i == self._next:
+            self.items[self.rng.randrange(self.size)] = item
+            self._skip()
+
+
+def _spread(count: int, parts: int) -> list[int]:
+    """How many of ``count`` canaries fall in each of ``parts`` parts (a power of two): each to a
+    part uniformly and independently, from ``os.urandom`` (what ``SystemRandom`` draws from)."""
+    out = [0] * parts
+    mask = parts - 1
+    left = count
+    while left:
+        n = min(left, 1 << 16)
+        for w in memoryview(os.urandom(4 * n)).cast("I"):
+            out[w & mask] += 1
+        left -= n
+    return out
+
+
+def _arranged(ids: list[str], canaries: int, rng: secrets.SystemRandom) -> list[str | None]:
+    """One part of the file in order: its record ids shuffled, and ``canaries`` places (None)
+    among them, at a uniform choice of the part's positions."""
+    rng.shuffle(ids)
+    total = len(ids) + canaries
+    slots = set(rng.sample(range(total), canaries))
+    rest = iter(ids)
+    return [None if p in slots else next(rest) for p in range(total)]
+
+
+class _Members:
+    """The exported record ids in the file's order, and each real row's keys, stored a chunk at
+    a time as the rows are written (chunk i of both holds the same rows)."""
+
+    def __init__(self, vault: Vault, export_id: str) -> None:
+        self.vault, self.export_id = vault, export_id
+        self.ids: list[str] = []
+        self.keys: list[list[int]] = []
+        self.chunk = self.count = 0
+
+    def add(self, rid: str, keys: list[int]) -> None:
+        self.ids.append(rid)
+        self.keys.append(keys)
+        if len(self.ids) >= _MEMBER_CHUNK:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.ids:
+            return
+        v, x = self.vault, self.export_id
+        with v.db.transaction():
+            _put_blob(v, x, "members", self.chunk, "\n".join(self.ids).encode("ascii"))
+            # per row, one 8-byte key per pair of ROW_KEYS
+            _put_blob(v, x, "rowkeys", self.chunk,
+                      b"".join(k.to_bytes(8, "big") for ks in self.keys for k in ks))
+        self.count += len(self.ids)
+        self.chunk += 1
+        self.ids, self.keys = [], []
+
+
+def _write_rows(vault: Vault, reveal: AccessContext, export_id: str, info: ExportInfo, writer: _Writer,
+                plan: _Plan, canaries: int, rng: secrets.SystemRandom) -> None:
+    """The rows, part after part (see :class:`_Plan`), the canaries at their places among them;
+    each part's stored ids are removed once it is written."""
+    from pivault.vault.facade import open_record
+
+    spread = _spread(canaries, plan.parts)
+    made = _canary_rows(vault, export_id)
+    members = _Members(vault, export_id)
+    digest = 0
+
+    def canary() -> None:
+        c = next(made, None)
+        if c is None:
+            raise ExportError("the export's registered canaries changed while it was fetched",
+                              code="export.tampered")
+        writer.write(_present(vault, reveal, _derived(_as_row(c)), info.fields))
+
+    for b in range(plan.parts):
+        ids = _part_ids(vault, export_id, plan, b)
+        if len(ids) != plan.sizes[b]:
+            raise ExportError("the export's set changed while it was fetched", code="export.tampered")
+        order = _arranged(ids, spread[b], rng)
+        for start in range(0, len(order), _CHUNK):
+            window = order[start:start + _CHUNK]
+            by_id = {s.record_id: s for s in vault.store.get_many([r for r in window if r is not None])}
+            for rid in window:
+                if rid is None:
+                    canary()
+                    continue
+                full = _derived(open_record(vault.keyring, by_id[rid]).to_dict())
+                writer.write(_present(vault, reveal, full, info.fields))
+                # each real row's exact pairs (name and mobile, ...): what confirms a copied row as
+                # its resident when the export carries too little for two blind indexes (no ID number)
+                members.add(rid, _row_keys(full, info.fields))
+                digest += plan.hash(rid)[1]
+        vault.db.execute("DELETE FROM export_members WHERE export_id = ? AND kind = ?",
+                         (export_id, plan.kind(f"shuffle.{b}")))
+    members.flush()
+    if members.count != plan.rows or digest & _MASK64 != plan.digest or next(made, None) is not None:
+        raise ExportError("the export's set changed while it was fetched", code="export.tampered")
+
+
 def _write_export(vault: Vault, ctx: AccessContext, reveal: AccessContext, export_id: str,
-                  info: ExportInfo, writer: _Writer, fmt: str, *, grant: dict[str, Any], ids: list[str],
-                  canaries: list[dict[str, str]], positions: set[int], blender: Blender,
-                  known: dict[str, set[str]], seen: set[str], trace: Sequence[str], left_out: int) -> None:
+                  info: ExportInfo, writer: _Writer, fmt: str, *, grant: dict[str, Any], plan: _Plan,
+                  canaries: int, rng: secrets.SystemRandom, blender: Blender, taken: _Seen,
+                  seen: set[str], trace: Sequence[str]) -> None:
     """The fetch from its first audit entry to the file's name: all of it or, undone, none.
 
     The row records the temporary file and the host with the status ``fetching``, in
     the transaction of the audit entries that say the records left, so a process
     killed after it leaves what :func:`recover` needs; the attempt's name in those
-    entries ties them to the file.
+    entries ties them to the file. The members and row keys are stored as the rows are
+    written; an undone fetch drops them with its canaries.
     """
-    from pivault.vault.facade import open_record
-
     part = str(writer.path)
-    total = len(ids) + len(canaries)
     try:
         with vault.db.transaction():
             cur = vault.db.execute("UPDATE exports SET status = 'fetching', fetch_part = ?, fetch_host = ?"
@@ -1097,51 +1506,35 @@ def _write_export(vault: Vault, ctx: AccessContext, reveal: AccessContext, expor
                 # copied back: the trail, which cannot be edited unseen, says it was fetched
                 raise ExportError("the audit trail records a fetch of this export that was not undone",
                                   code="export.state")
-            _register_canaries(vault, export_id, canaries, blender, known, seen, trace)
+            if _register_canaries(vault, export_id, plan, blender, taken, seen, trace) != canaries:
+                raise ExportError("the canaries made for the export changed before they were registered",
+                                  code="export.tampered")
             _audit(vault, ctx, "export.fetch", (export_id, writer.attempt), "ok")
-            _audit(vault, ctx, "export", ids, "ok")
+            _audit_export(vault, ctx, export_id, plan)
+            vault.db.execute("DELETE FROM export_members WHERE export_id = ? AND kind IN (?, ?)",
+                             (export_id, plan.kind("canaries"), plan.kind("left")))
     except BaseException:
         # rolled back with the transaction: no entry says the fetch went ahead
         writer.discard()
         raise
     # from here the trail says the records left: a failure must say they did not
     try:
-        # each real row's exact pairs (name and mobile, ...): what confirms a copied row as its
-        # resident when the export carries too little for two blind indexes (no ID number)
-        row_keys: list[list[int]] = []
-        pos = 0
-        it = iter(canaries)
-        for start in range(0, len(ids), _CHUNK):
-            chunk = ids[start:start + _CHUNK]
-            by_id = {s.record_id: s for s in vault.store.get_many(chunk)}
-            for rid in chunk:
-                full = _derived(open_record(vault.keyring, by_id[rid]).to_dict())
-                row_keys.append(_row_keys(full, info.fields))
-                while pos in positions:
-                    writer.write(_present(vault, reveal, _derived(_as_row(next(it))), info.fields))
-                    pos += 1
-                writer.write(_present(vault, reveal, full, info.fields))
-                pos += 1
-        while pos < total:
-            writer.write(_present(vault, reveal, _derived(_as_row(next(it))), info.fields))
-            pos += 1
+        _write_rows(vault, reveal, export_id, info, writer, plan, canaries, rng)
         writer.close()
         with vault.db.transaction():
             cur = vault.db.execute(
                 "UPDATE exports SET status = 'fetched', fetched_by = ?, fetched_at = ?, format = ?,"
                 " rows = ?, canaries = ?, left_out = ? WHERE export_id = ? AND status = 'fetching'"
                 " AND fetch_part = ?",
-                (ctx.principal, time.time(), fmt, len(ids), len(canaries), left_out, export_id, part))
+                (ctx.principal, time.time(), fmt, plan.rows, canaries, plan.left_out, export_id, part))
             if cur.rowcount != 1:
                 # a recovery took this attempt for a killed one (its file or its database session
                 # was lost meanwhile) and undid it: this copy must not come out
                 raise ExportError("the fetch was undone by a recovery while it ran", code="export.state")
-            step = _MEMBER_CHUNK
-            _put_ids(vault, export_id, "members", ids)
-            # aligned with the members' chunks: per row, one 8-byte key per pair of ROW_KEYS
-            _put_blobs(vault, export_id, "rowkeys",
-                       (b"".join(k.to_bytes(8, "big") for keys in row_keys[i:i + step] for k in keys)
-                        for i in range(0, len(ids), step)))
+            # what any attempt of this export left waiting in the store (one killed before it was
+            # recorded, or beaten to the fetch) is of no use now
+            vault.db.execute("DELETE FROM export_members WHERE export_id = ? AND kind LIKE ?",
+                             (export_id, _STAGED.format(token="%", what="%")))
             # the point of no return, in the trail: a recovery never undoes an attempt past it,
             # whatever the exports table says
             _audit(vault, ctx, "export.publish", (export_id, writer.attempt), "ok")
@@ -1217,8 +1610,9 @@ def _undo(vault: Vault, ctx: AccessContext, export_id: str, part: str, attempt: 
         if cur.rowcount != 1:
             return False
         marks = ", ".join("?" for _ in _FETCH_KINDS)
-        vault.db.execute(f"DELETE FROM export_members WHERE export_id = ? AND kind IN ({marks})",
-                         (export_id, *_FETCH_KINDS))
+        staged = _STAGED.format(token=attempt[len(_ATTEMPT):], what="%")
+        vault.db.execute("DELETE FROM export_members WHERE export_id = ?"
+                         f" AND (kind IN ({marks}) OR kind LIKE ?)", (export_id, *_FETCH_KINDS, staged))
         # with the undo, in its transaction: the entry that lets the export be fetched again
         # (see _fetched_in_trail) is in the trail exactly when the export is approved again
         _audit(vault, ctx, "export.fetch", (export_id, attempt), "error")
@@ -1604,8 +1998,6 @@ CANARY_KEYS: tuple[str, ...] = ("id_number", "mobile", "name_birth", "address", 
                                 "name_address")
 #: the pairs of exact values by which an exported row is confirmed as its resident
 ROW_KEYS: tuple[tuple[str, str], ...] = (("name", "mobile"), ("name", "address"), ("mobile", "address"))
-#: rows of an export per stored chunk of its record ids and of its row keys
-_MEMBER_CHUNK = 10000
 
 
 def _canary_keys(c: dict[str, str]) -> dict[str, str]:
@@ -1668,7 +2060,48 @@ def _held_by_resident(vault: Vault, c: dict[str, str]) -> bool:
     return False
 
 
-def _make_canary(vault: Vault, blender: Blender, known: dict[str, set[str]],
+class _Seen:
+    """The exact canary values already taken (every registered export's, and this fetch's as its
+    canaries are made), as a Bloom filter: bits set at a few keyed hashes of each value.
+
+    A set of the values themselves grows with the export (six values a canary, a canary for
+    about fourteen rows) and with every export fetched before; the filter has a fixed size
+    for the values it was made for, ``_SEEN_BITS`` bits each, and never more than
+    ``_SEEN_MAX_BITS`` (32 MiB). It never says a value that was added is free (no false
+    negatives), so no canary shares a value with another, exactly as with a set. It says now
+    and then that a free value is taken (at 16 bits a value, less than once in 5,000 values;
+    more often past its largest size, about 2.8 million canaries): that canary is drawn
+    again, and nothing else follows.
+    """
+
+    def __init__(self, values: int) -> None:
+        values = max(1, values)
+        size = 1 << 16
+        while size < values * _SEEN_BITS and size < _SEEN_MAX_BITS:
+            size <<= 1
+        self._mask = size - 1
+        self._bits = bytearray(size >> 3)
+        self._k = max(1, min(8, round(math.log(2) * size / values)))
+        self._unpack = struct.Struct(f"<{self._k}I").unpack
+        self._key = os.urandom(32)
+
+    def _places(self, kind: str, value: str) -> list[int]:
+        d = hashlib.blake2b(f"{kind}\x1f{value}".encode(), key=self._key, digest_size=4 * self._k).digest()
+        return [p & self._mask for p in self._unpack(d)]
+
+    def holds(self, keys: dict[str, str]) -> bool:
+        """Whether any of a canary's keys (:func:`_canary_keys`) may be taken."""
+        bits = self._bits
+        return any(all(bits[p >> 3] >> (p & 7) & 1 for p in self._places(k, v)) for k, v in keys.items())
+
+    def add(self, keys: dict[str, str]) -> None:
+        bits = self._bits
+        for k, v in keys.items():
+            for p in self._places(k, v):
+                bits[p >> 3] |= 1 << (p & 7)
+
+
+def _make_canary(vault: Vault, blender: Blender, taken: _Seen,
                  trace: Sequence[str] = ()) -> dict[str, str]:
     """A canary sharing no exact value with an earlier canary, no ID number with a record,
     no mobile with a record of its name or address, and carrying two of ``trace``."""
@@ -1678,14 +2111,13 @@ def _make_canary(vault: Vault, blender: Blender, known: dict[str, set[str]],
         if not _traceable(c, trace):  # a child without a mobile in an export of names and mobiles
             continue
         keys = _canary_keys(c)
-        if any(v in known[k] for k, v in keys.items()):
+        if taken.holds(keys):
             misses += 1
         else:
             kr = vault.keyring
             if (not vault.ids_by_id_number({c["id_number"]: kr.blind_index("id_number", c["id_number"])})
                     and not _held_by_resident(vault, c)):
-                for k, v in keys.items():
-                    known[k].add(v)
+                taken.add(keys)
                 return c
             misses += 1
         if misses >= 100:
@@ -1711,9 +2143,64 @@ def canary_values(vault: Vault, skip: Iterable[str] = ()) -> tuple[dict[str, set
     return known, seen | done
 
 
-def _register_canaries(vault: Vault, export_id: str, canaries: list[dict[str, str]], blender: Blender,
-                       known: dict[str, set[str]], seen: set[str], trace: Sequence[str] = ()) -> None:
-    """Store the canaries before the file is written, in a transaction other fetches queue behind.
+def _canary_chunks(vault: Vault) -> dict[str, int]:
+    """The exports whose canaries are registered, and how many chunks (of up to 2000) hold them."""
+    return {str(e): int(n) for e, n in vault.db.query(
+        "SELECT export_id, COUNT(*) FROM export_members WHERE kind = 'canaries' GROUP BY export_id")}
+
+
+def _add_registered(vault: Vault, exports: Iterable[str], into: Sequence[_Seen]) -> None:
+    """Add the exact values of these exports' registered canaries to each filter of ``into``,
+    a stored chunk at a time."""
+    for eid in exports:
+        for c in _canary_rows(vault, eid):
+            keys = _canary_keys(c)
+            for f in into:
+                f.add(keys)
+
+
+def _taken(vault: Vault, canaries: int) -> tuple[_Seen, set[str]]:
+    """The values a new export's ``canaries`` must not take: every registered canary's, in a
+    filter sized for those and the new ones; and the exports whose canaries are in it."""
+    chunks = _canary_chunks(vault)
+    taken = _Seen(len(CANARY_KEYS) * (_CANARY_CHUNK * sum(chunks.values()) + canaries))
+    _add_registered(vault, chunks, (taken,))
+    return taken, set(chunks)
+
+
+def _canary_rows(vault: Vault, export_id: str, kind: str = "canaries") -> Iterator[dict[str, str]]:
+    for blob in _get_blobs(vault.db, vault.keyring, export_id, kind):
+        yield from json.loads(blob.decode("utf-8"))
+
+
+def _store_canaries(vault: Vault, export_id: str, kind: str, canaries: Iterable[dict[str, str]]) -> int:
+    """Store canaries as they come, :data:`_CANARY_CHUNK` a chunk; how many were stored."""
+    n = chunk = 0
+    batch: list[dict[str, str]] = []
+    for c in canaries:
+        batch.append(c)
+        n += 1
+        if len(batch) >= _CANARY_CHUNK:
+            _put_blob(vault, export_id, kind, chunk, json.dumps(batch, ensure_ascii=False).encode("utf-8"))
+            chunk += 1
+            batch = []
+    if batch:
+        _put_blob(vault, export_id, kind, chunk, json.dumps(batch, ensure_ascii=False).encode("utf-8"))
+    return n
+
+
+def _stage_canaries(vault: Vault, export_id: str, plan: _Plan, count: int, blender: Blender, taken: _Seen,
+                    trace: Sequence[str]) -> None:
+    """Make the export's canaries, before its fetch is recorded, and keep them (encrypted, under
+    this attempt's kind) until :func:`_register_canaries` registers them: a chunk in memory at a time."""
+    _store_canaries(vault, export_id, plan.kind("canaries"),
+                    (_make_canary(vault, blender, taken, trace) for _ in range(count)))
+
+
+def _register_canaries(vault: Vault, export_id: str, plan: _Plan, blender: Blender, taken: _Seen,
+                       seen: set[str], trace: Sequence[str] = ()) -> int:
+    """Register the canaries made for the export before its file is written, in a transaction
+    other fetches queue behind; how many were registered.
 
     The canaries were checked against those registered when they were made; an export
     fetched at the same moment may have registered some of the same values since. Inside
@@ -1723,16 +2210,19 @@ def _register_canaries(vault: Vault, export_id: str, canaries: list[dict[str, st
     db = vault.db
     if db.dialect != "sqlite":  # SQLite's BEGIN IMMEDIATE already holds the write lock
         db.execute("SELECT pg_advisory_xact_lock(?)", (_CANARY_LOCK,))
-    more, _ = canary_values(vault, skip=seen)
-    if any(more.values()):
-        for k, vs in more.items():
-            known[k] |= vs
-        for i, c in enumerate(canaries):
-            if any(v in more[k] for k, v in _canary_keys(c).items()):
-                canaries[i] = _make_canary(vault, blender, known, trace)
-    _put_blobs(vault, export_id, "canaries",
-               (json.dumps(canaries[i:i + 2000], ensure_ascii=False).encode("utf-8")
-                for i in range(0, len(canaries), 2000)))
+    since: _Seen | None = None
+    new = {e: n for e, n in _canary_chunks(vault).items() if e not in seen}
+    if new:
+        since = _Seen(len(CANARY_KEYS) * _CANARY_CHUNK * sum(new.values()))
+        _add_registered(vault, new, (since, taken))
+
+    def checked() -> Iterator[dict[str, str]]:
+        for c in _canary_rows(vault, export_id, plan.kind("canaries")):
+            if since is not None and since.holds(_canary_keys(c)):
+                c = _make_canary(vault, blender, taken, trace)
+            yield c
+
+    return _store_canaries(vault, export_id, "canaries", checked())
 
 
 # ---------------------------------------------------------------- what the leak check reads
