@@ -23,6 +23,12 @@ the export's record ids are stored encrypted under the vault's keyring; when
 a dump surfaces, :mod:`pivault.leak.check` finds the canaries by exact value
 and measures how well the dump fits inside each export's record set.
 
+No step holds an export's whole set, whatever its size: the request stores its selection a
+chunk at a time as it runs, the approval counts it a chunk at a time, and the fetch writes its
+rows part after part of a random order that waits in the store, encrypted (:class:`_Plan` says
+why the file's order is still uniformly random). What is in memory is bounded by the sizes of
+those chunks and parts, never by the number of records.
+
 A fetch killed part-way (``kill -9``, a machine lost) leaves its temporary file, PI in
 full, and the export ``fetching``: :func:`recover` (and the export's next fetch) tells a
 dead fetch from a running one by the locks the fetch held for its life, removes the file,
@@ -2069,9 +2075,9 @@ class _Seen:
     for the values it was made for, ``_SEEN_BITS`` bits each, and never more than
     ``_SEEN_MAX_BITS`` (32 MiB). It never says a value that was added is free (no false
     negatives), so no canary shares a value with another, exactly as with a set. It says now
-    and then that a free value is taken (at 16 bits a value, less than once in 5,000 values;
-    more often past its largest size, about 2.8 million canaries): that canary is drawn
-    again, and nothing else follows.
+    and then that a free value is taken (at 16 bits a value, about once in 1,800 values, so
+    about one canary in 300; more often past its largest size, about 2.8 million canaries):
+    that canary is drawn again, and nothing else follows.
     """
 
     def __init__(self, values: int) -> None:
