@@ -18,7 +18,7 @@ It prints, per step, the wall-clock and CPU seconds, the resident set just after
 opened and the peak, and the peak against the baseline's. The resident set counts SQLite's page
 cache (up to 32 MiB a connection), which fills as a step reads more of the store; with
 ``--trace`` each step also reports the peak of the Python objects it allocated (``tracemalloc``,
-which slows it down about twofold). Run it with ``PYTHONPATH`` pointing at another checkout's
+which makes it several times slower). Run it with ``PYTHONPATH`` pointing at another checkout's
 ``src`` to measure that code with the same script.
 """
 

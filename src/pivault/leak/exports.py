@@ -1172,7 +1172,7 @@ def fetch(vault: Vault, export_id: str, out: str | Path, *, ctx: AccessContext,
     finally:
         # what waited in the store for this attempt (undone or fetched, none is left; a failure
         # before the fetch was recorded leaves it here)
-        _drop(vault, export_id, f"tmp.{token}.%")
+        _drop(vault, export_id, _STAGED.format(token=token, what="%"))
     return get_export(vault.db, export_id)
 
 
