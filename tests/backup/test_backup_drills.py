@@ -6,6 +6,7 @@ import csv
 from pathlib import Path
 
 import pytest
+from backup_support import drop_quarantine
 from keys_support import audited_vault, ctx, put_all, residents
 
 from pivault.audit import entries, verify
@@ -121,9 +122,7 @@ def test_ransom_drill(store_url: str, keyring: Keyring, tmp_path: Path) -> None:
     finally:
         getattr(v.store, "close", lambda: None)()
         restored.close()
-    if parse_url(store_url).dialect == "postgresql":
-        with Database(store_url) as pg:
-            pg.execute(f'DROP SCHEMA "{report.quarantined}" CASCADE')
+    drop_quarantine(store_url, report.quarantined)
 
 
 def test_erase_drill(store_url: str, keyring: Keyring, tmp_path: Path) -> None:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from backup_support import drop_quarantine
 from keys_support import audited_vault, ctx, put_all, residents
 
 from pivault.backup import (
@@ -65,9 +66,7 @@ def test_a_key_of_an_audited_erasure_is_left_out_unless_named(store_url: str, ke
     with open_record_key_store(keyring) as keys:
         report = restore(data.path, store_url, verify_key, vault_id=keyring.vault_id, quarantine=True,
                          record_keys=keys, keyring=keyring)
-    if db.dialect == "postgresql" and report.quarantined:
-        with Database(store_url) as pg:  # the quarantine is a schema of its own: not the test's to keep
-            pg.execute(f'DROP SCHEMA "{report.quarantined}" CASCADE')
+    drop_quarantine(store_url, report.quarantined)
     assert report.erased_since_backup == 1
     from keys_support import open_vault
 

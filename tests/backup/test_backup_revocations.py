@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from backup_support import drop_quarantine
 from keys_support import AuditingGuard, audited_vault, ctx, put_all, residents
 
 from pivault.audit import entries
@@ -88,9 +89,7 @@ def test_revocations_and_suspensions_after_the_backup_survive_a_quarantine_resto
             assert last.detail["tokens_kept_revoked"] == [stolen]
             assert last.detail["tokens_kept_suspended"] == [flagged]
     finally:
-        if db.dialect == "postgresql" and report.quarantined:
-            with Database(store_url) as pg:
-                pg.execute(f'DROP SCHEMA "{report.quarantined}" CASCADE')
+        drop_quarantine(store_url, report.quarantined)
 
 
 def test_a_restore_into_an_empty_store_says_how_many_tokens_it_could_not_check(

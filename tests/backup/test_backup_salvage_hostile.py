@@ -19,6 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from backup_support import drop_quarantine
 from keys_support import audited_vault, ctx, put_all, residents
 
 from pivault.audit import entries, verify
@@ -115,9 +116,7 @@ def test_a_tampered_trail_in_the_damaged_store_does_not_block_the_restore(
             getattr(v.store, "close", lambda: None)()
             restored.close()
     finally:
-        if db.dialect == "postgresql" and report.quarantined:
-            with Database(store_url) as pg:
-                pg.execute(f'DROP SCHEMA "{report.quarantined}" CASCADE')
+        drop_quarantine(store_url, report.quarantined)
 
 
 def test_the_command_line_restores_and_says_why_nothing_was_salvaged(

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from backup_support import drop_quarantine
 from keys_support import close_vault as _close
 from keys_support import ctx, put_all, residents
 from keys_support import open_vault as _open
@@ -196,9 +197,7 @@ def test_a_version_with_no_key_anywhere_refuses_the_restore_or_is_kept_and_named
             assert v.get(ids[i], ctx=ctx())["id_number"] == people[i]["id_number"]
     finally:
         _close(v)
-    if store_url.startswith("postgresql"):
-        with Database(store_url) as pg:
-            pg.execute(f'DROP SCHEMA "{report.quarantined}" CASCADE')
+    drop_quarantine(store_url, report.quarantined)
 
 
 def test_a_key_wrapped_by_a_field_key_retired_since_is_not_put_back(store_url: str, keyring: Keyring,
