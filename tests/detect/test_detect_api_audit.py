@@ -26,10 +26,12 @@ def test_token_and_policy_changes_are_audited(sqlite_db: Database, keyring: Keyr
         new_id = r.json()["info"]["token_id"]
         assert c.delete(f"/v1/admin/tokens/{new_id}").status_code == 204
         assert c.post("/v1/admin/policy/reload").status_code == 200
+        listed = [t["token_id"] for t in c.get("/v1/admin/tokens").json()["tokens"]]
     trail = entries(sqlite_db, principal="admin-1")
     got = [(e.operation, e.outcome, e.detail.get("subjects")) for e in trail]
     assert got == [("token.create", "ok", [new_id]), ("token.revoke", "ok", [new_id]),
-                   ("policy.change", "ok", [])]
+                   ("policy.change", "ok", []), ("token.list", "ok", listed)]
+    assert len(listed) == 2  # the admin's own token and the one it created (revoked, still listed)
     assert new_id not in str([e.record_ids for e in entries(sqlite_db)])  # subjects, not record ids
 
 

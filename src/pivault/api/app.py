@@ -937,7 +937,12 @@ def create_app(vault: VaultLike, policy: Policy | PolicyHolder, *, tokens: Token
     @app.get("/v1/admin/tokens", response_model=s.TokenList, tags=["admin"], responses=problems)
     async def list_tokens(caller: Caller = Depends(require("admin"))) -> s.TokenList:
         """Every token's row (never the token or its hash)."""
-        return s.TokenList(tokens=[s.TokenView.model_validate(t.to_dict()) for t in token_store.list()])
+        listed = token_store.list()
+        # who holds which role, and which tokens are live, is what an intruder maps before
+        # choosing whose token to take: the listing is in the trail as a change is (its subjects:
+        # the token ids shown)
+        vault.guard.audit(caller.ctx(), "token.list", [t.token_id for t in listed], "ok")
+        return s.TokenList(tokens=[s.TokenView.model_validate(t.to_dict()) for t in listed])
 
     @app.delete("/v1/admin/tokens/{token_id}", status_code=204, tags=["admin"], responses=with_404,
                 response_class=Response)

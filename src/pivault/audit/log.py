@@ -79,8 +79,8 @@ ZERO_MAC = bytes(32)
 #: the operations the door records; others may be added but must match ``_NAME``
 OPERATIONS = frozenset({
     "read", "lookup", "find", "create", "update", "erase", "export", "import", "stats",
-    "token.create", "token.revoke", "token.resume", "token.suspend", "policy.change", "audit.prune",
-    "audit.journal", "canary.seed",
+    "token.create", "token.list", "token.revoke", "token.resume", "token.suspend", "policy.change",
+    "audit.prune", "audit.journal", "canary.seed",
 })
 #: "not_found" and "invalid" are the Vault's words for a miss and for rejected input;
 #: "duplicate" for a create or a correction refused because another record holds the ID number
