@@ -278,6 +278,26 @@ def test_what_is_not_http_gets_a_problem_400(port: int, request_bytes: bytes) ->
         assert c.closed()
 
 
+@pytest.mark.parametrize("request_bytes", [
+    b"GET /path HTTP/2.0\r\nHost: t\r\n\r\n",
+    b"GET /path HTTP/0.9\r\n\r\n",
+    b"GET /path\r\n\r\n",
+], ids=["http-2.0", "http-0.9", "no-version"])
+def test_a_request_line_of_another_version_is_refused_505(port: int, request_bytes: bytes) -> None:
+    CALLED.clear()
+    with Conn(port) as c:
+        c.send(request_bytes)
+        status, headers, body = c.response()
+        assert status == 505
+        problem(505, headers, body, "request.http_version")
+        assert c.closed()
+    assert CALLED == []  # the app never saw it
+    with Conn(port) as c:  # HTTP/1.0 is still served
+        c.send(b"GET /ten HTTP/1.0\r\nHost: t\r\n\r\n")
+        assert c.response()[0] == 200
+    assert CALLED == ["/ten"]
+
+
 def test_over_the_concurrency_limit_a_503_problem() -> None:
     with _server(limit_concurrency=2) as p, Conn(p) as first:
         first.send(get())

@@ -114,6 +114,21 @@ async def _busy(scope: MutableMapping[str, Any], receive: Callable[[], Awaitable
     await send({"type": "http.response.body", "body": body, "more_body": False})
 
 
+_VERSION = (505, "request.http_version", "this server speaks HTTP/1.1 and HTTP/1.0 only; the request line "
+                                        "named another version (HTTP/2 is not served, nor HTTP/0.9)")
+
+#: the versions of a request line served; httptools also parses 0.9 (no version at all) and 2.0
+SERVED_VERSIONS = frozenset({"1.0", "1.1"})
+
+
+async def _version_unsupported(scope: MutableMapping[str, Any], receive: Callable[[], Awaitable[Any]],
+                               send: Callable[[MutableMapping[str, Any]], Awaitable[None]]) -> None:
+    """The answer to a request line of a version not served, as a problem (and the connection closed)."""
+    headers, body = _problem(*_VERSION, scope.get("scheme") == "https")
+    await send({"type": "http.response.start", "status": 505, "headers": headers})
+    await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
 class GuardedProtocol(OneWriteProtocol):
     """uvicorn's httptools protocol (one write per small response) with a deadline and a size for each head,
     and a share of the worker for each client address."""
@@ -275,16 +290,25 @@ class GuardedProtocol(OneWriteProtocol):
         if self._head_timer is not None:
             self._stop_timer()
         limit = self.concurrency
-        if limit is not None and (len(self.connections) >= limit or len(self.tasks) >= limit):
+        if self.parser.get_http_version() not in SERVED_VERSIONS:
+            # a proxy in front and this server would read such a request differently (an HTTP/2
+            # line on a connection that is not HTTP/2, a bare 0.9 line with no headers at all):
+            # refused before any app sees it, as a head too large is
+            self._swapped(_version_unsupported)
+        elif limit is not None and (len(self.connections) >= limit or len(self.tasks) >= limit):
             self.logger.warning("Exceeded concurrency limit.")
-            app = self.app
-            self.app = _busy
-            try:
-                super().on_headers_complete()
-            finally:
-                self.app = app
+            self._swapped(_busy)
         else:
             super().on_headers_complete()
+
+    def _swapped(self, answer: Any) -> None:
+        """This request answered by ``answer`` instead of the app."""
+        app = self.app
+        self.app = answer
+        try:
+            super().on_headers_complete()
+        finally:
+            self.app = app
 
     def on_message_complete(self) -> None:
         self._in_body = False

@@ -38,6 +38,7 @@ TITLES: dict[int, str] = {
     431: "Request head too large",
     500: "Internal error",
     503: "Service unavailable",
+    505: "HTTP version not supported",
 }
 
 #: a location element that is safe to echo: a field name or an index; anything
