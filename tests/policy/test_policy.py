@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -169,6 +170,22 @@ def test_a_policy_file_every_account_may_write_is_not_read(tmp_path: Path) -> No
         Policy.load(path)
     assert exc.value.code == "policy.writable" and "chmod o-w" in (exc.value.hint or "")
     path.chmod(0o664)
+    assert Policy.load(path).roles.keys() == Policy.default().roles.keys()
+
+
+def test_a_policy_file_of_another_account_is_not_read(tmp_path: Path) -> None:
+    """Whoever may write the policy's directory can swap in a file of their own, mode 0644 and
+    all: a file owned by an account other than the one running pivault (or root) is refused."""
+    if os.geteuid() != 0:
+        pytest.skip("giving a file to another account needs root")
+    path = tmp_path / "policy.toml"
+    path.write_text(Policy.default_text(), encoding="utf-8")
+    path.chmod(0o644)
+    os.chown(path, 65534, 65534)  # nobody
+    with pytest.raises(PolicyError) as exc:
+        Policy.load(path)
+    assert exc.value.code == "policy.owner" and "65534" in exc.value.message
+    os.chown(path, 0, 0)
     assert Policy.load(path).roles.keys() == Policy.default().roles.keys()
 
 

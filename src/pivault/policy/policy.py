@@ -376,7 +376,8 @@ class Policy:
         The policy says who reads what: a file every account of the host may write lets any of
         them widen every role, and the service would take it at its next start or reload. The
         mode is checked on the descriptor the text is read from, so the file checked is the file
-        read. A group-writable file is left to the operator (a shared admin group is common).
+        read. A group-writable file is left to the operator (a shared admin group is common); a
+        file owned by an account other than this one or root is refused.
         """
         p = Path(path)
         try:
@@ -387,6 +388,14 @@ class Policy:
                                       "host, so anyone could widen every role; it was not read",
                                       code="policy.writable",
                                       hint=f"chmod o-w {p.name} (and check who changed it)")
+                if st.st_uid not in (0, os.geteuid()):
+                    # whoever may write its directory can put a file of their own in its place,
+                    # with any mode: the account that owns the file is the one that wrote it
+                    raise PolicyError(f"the policy file {p.name} belongs to another account (uid "
+                                      f"{st.st_uid}) than the one running pivault or root, so that account "
+                                      "could widen every role; it was not read", code="policy.owner",
+                                      hint="check who wrote it, then chown it to this account or to root "
+                                           "(and make its directory writable by them only)")
                 data = fh.read(_MAX_POLICY_BYTES + 1)
             if len(data) > _MAX_POLICY_BYTES:
                 raise PolicyError(f"{p.name} is larger than {_MAX_POLICY_BYTES} bytes")
