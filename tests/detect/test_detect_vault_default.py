@@ -311,6 +311,15 @@ def test_an_export_larger_than_the_limit_waits_for_the_operator_to_raise_it(
     assert str(home / "pivault.toml") in r.stderr and "policy" not in r.stderr.split("hint: ")[1]
     r = run(app, ["export", "list", "--json"])
     assert [e["status"] for e in json.loads(r.stdout)] == ["approved"]
+    # the refusal outlives the fetch it stopped: in the trail, which still verifies, and in the alerts
+    r = run(app, ["audit", "show", "--operation", "export", "--outcome", "refused", "--json"])
+    assert r.exit_code == 0, r.output
+    assert sorted(rid for e in json.loads(r.stdout) for rid in e["record_ids"]) == sorted(
+        p.record_id for p in people)
+    r = run(app, ["alerts", "list", "--rule", "budget.vault", "--json"])
+    assert [a["evidence"]["requested_records"] for a in json.loads(r.stdout)] == [150]
+    r = run(app, ["audit", "verify"])
+    assert r.exit_code == 0 and r.stdout.startswith("audit chain intact"), r.output
     # the operator raises the limit for the fetch, deliberately, in the file
     config = home / "pivault.toml"
     config.write_text(config.read_text(encoding="utf-8").replace("records_per_minute = 100\n",

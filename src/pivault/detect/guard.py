@@ -26,7 +26,10 @@ decrypted for the caller, and does, in order:
 
 A read too large for one entry (an export's fetch) comes through
 ``audit_batches``: charged once, whole, then an entry per batch of its
-record ids, so that neither this guard nor the trail holds them all.
+record ids, so that neither this guard nor the trail holds them all. A caller
+that records such a read inside a transaction of its own charges it first with
+``charge_batches``, outside that transaction, so that a refusal's entries,
+alert and suspension are kept rather than rolled back with it.
 
 Budgets are charged here rather than in ``budget`` because only here does
 the Vault pass the record ids (needed for distinct-record budgets and
@@ -207,7 +210,8 @@ class DetectGuard:
                     log.warning("global detector could not count a read: counters unavailable")
 
     def audit_batches(self, ctx: AccessContext, operation: str,
-                      batches: Callable[[], Iterable[Sequence[str]]], count: int, outcome: str) -> None:
+                      batches: Callable[[], Iterable[Sequence[str]]], count: int, outcome: str, *,
+                      charged: bool = False) -> None:
         """:meth:`audit` for one read too large for one entry: an export of millions of records.
 
         ``batches`` gives the read's record ids a batch at a time, afresh at each call, and
@@ -218,31 +222,49 @@ class DetectGuard:
         fed once. Nothing here holds every id at once, but a budget of distinct records,
         which counts the ids themselves (a read larger than that budget is refused by it).
         Any other operation or outcome is audited a batch at a time, as :meth:`audit` does.
+
+        ``charged``: the caller charged the read with :meth:`charge_batches` already, before the
+        transaction this runs in, and it was allowed; it is not charged again.
         """
         reads = operation in READ_OPERATIONS and outcome == "ok"
         if not reads:
             for batch in batches():
                 self.audit(ctx, operation, batch, outcome)
             return
-        if self.budgets is not None:
-            try:
-                charge = self.budgets.charge(ctx, records=count, record_ids=_Streamed(batches, count))
-            except DetectUnavailable as exc:
-                for batch in batches():
-                    self.audit_log.record(AuditEvent.of(ctx, operation, "error", batch, count=0,
-                                                        detail={"code": exc.code}))
-                raise
-            if not charge.allowed:
-                try:
-                    self._refuse(ctx, operation, [], count, 0, charge, batches=batches)
-                finally:
-                    self._trip_batches(ctx, operation, batches, record=False)
+        if not charged:
+            self.charge_batches(ctx, operation, batches, count)
         self._trip_batches(ctx, operation, batches, record=True)
         if count and self.detector is not None and not self._cells_wired:
             try:
                 self.detector.observe(ctx, count)
             except DetectUnavailable:
                 log.warning("global detector could not count a read: counters unavailable")
+
+    def charge_batches(self, ctx: AccessContext, operation: str,
+                       batches: Callable[[], Iterable[Sequence[str]]], count: int) -> None:
+        """Charge a read given in batches, whole, as :meth:`audit_batches` does, but on its own.
+
+        For a caller that records the read in a transaction of its own (an export's fetch): called
+        before that transaction opens, so that a refusal's consequences (the ``refused`` entries,
+        the alert, a suspension after ``suspend_after`` breaches, the canary alarm) are written
+        and kept, not undone with the transaction the refusal stops. Raises
+        :class:`BudgetExceeded` when a budget refuses; if it returns, the read fits, and the caller
+        records it with ``audit_batches(..., charged=True)``.
+        """
+        if self.budgets is None or operation not in READ_OPERATIONS:
+            return
+        try:
+            charge = self.budgets.charge(ctx, records=count, record_ids=_Streamed(batches, count))
+        except DetectUnavailable as exc:
+            for batch in batches():
+                self.audit_log.record(AuditEvent.of(ctx, operation, "error", batch, count=0,
+                                                    detail={"code": exc.code}))
+            raise
+        if not charge.allowed:
+            try:
+                self._refuse(ctx, operation, [], count, 0, charge, batches=batches)
+            finally:
+                self._trip_batches(ctx, operation, batches, record=False)
 
     def _trip_batches(self, ctx: AccessContext, operation: str,
                       batches: Callable[[], Iterable[Sequence[str]]], *, record: bool) -> None:

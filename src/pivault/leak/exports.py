@@ -1082,6 +1082,10 @@ def fetch(vault: Vault, export_id: str, out: str | Path, *, ctx: AccessContext,
     Handed out are the records counted when the export was requested that the
     selection still holds; an approval past its deadline is refused
     (``export.expired``), as is a set larger than the one approved (``export.grown``).
+
+    The read budgets are charged with the whole set before the transaction that records
+    the fetch: one that refuses it (``BudgetExceeded``) leaves its ``refused`` entries,
+    its alert and any suspension on record, and the export approved, with no file.
     """
     from pivault.vault.facade import open_record
 
@@ -1160,11 +1164,15 @@ def fetch(vault: Vault, export_id: str, out: str | Path, *, ctx: AccessContext,
             raise ExportError("the export is being fetched or recovered by another process",
                               code="export.state")
         try:
+            # the read budgets, before the transaction that records the fetch: a refusal's entries,
+            # alert and suspension are kept, and the export is left as it was (no file, approved)
+            charger = _charge_export(vault, ctx, export_id, plan)
             # the file first: one that cannot be made leaves the export approved, not half-fetched
             writer = _Writer(out, fmt, info.fields, token=token)
             try:
                 _write_export(vault, ctx, reveal, export_id, info, writer, fmt, grant=grant, plan=plan,
-                              canaries=k, rng=rng, blender=blender, taken=taken, seen=seen, trace=trace)
+                              canaries=k, rng=rng, blender=blender, taken=taken, seen=seen, trace=trace,
+                              charger=charger)
             finally:
                 writer.release()
         finally:
@@ -1318,13 +1326,39 @@ def _kept_chunks(vault: Vault, export_id: str, plan: _Plan) -> Iterator[list[str
             yield counted[i:i + _AUDIT_IDS]
 
 
-def _audit_export(vault: Vault, ctx: AccessContext, export_id: str, plan: _Plan) -> None:
+def _reads_charger(vault: Vault) -> Any:
+    """The guard that charges a read given in batches on its own (``charge_batches``: the detect
+    guard, the vault's own or the one its policy guard delegates to), or None."""
+    for guard in (vault.guard, getattr(vault.guard, "delegate", None)):
+        if guard is not None and callable(getattr(guard, "charge_batches", None)):
+            return guard
+    return None
+
+
+def _charge_export(vault: Vault, ctx: AccessContext, export_id: str, plan: _Plan) -> Any:
+    """Charge the read budgets with the whole export, outside any transaction; the guard that did.
+
+    The fetch records its records in one transaction, all or none; a budget that refused
+    them in there would see its ``refused`` entries, its alert row and the suspension it
+    calls for rolled back with it. So the charge comes first, on its own, and the
+    transaction records the entries without charging again (:func:`_audit_export`).
+    Raises :class:`~pivault.detect.budgets.BudgetExceeded` when refused; None is returned
+    for a guard that charges a read only as it records it.
+    """
+    charger = _reads_charger(vault)
+    if charger is not None:
+        charger.charge_batches(ctx, "export", lambda: _kept_chunks(vault, export_id, plan), plan.rows)
+    return charger
+
+
+def _audit_export(vault: Vault, ctx: AccessContext, export_id: str, plan: _Plan, charger: Any = None) -> None:
     """The ``export`` entries: every record handed out, :data:`_AUDIT_IDS` an entry (one entry
     of millions of ids would be held whole by the trail's writer and by every reader of it).
 
     A guard with ``audit_batches`` (the detect guard) charges the read budgets once for
-    the whole export, as for one read, and writes the entries; another guard is asked
-    once per entry. The entries must list exactly the set the first pass found: counted
+    the whole export, as for one read, and writes the entries (``charger``: the guard that
+    charged them already, before this transaction, which writes them only); another guard is
+    asked once per entry. The entries must list exactly the set the first pass found: counted
     and summed as they are written, and checked in the same transaction.
     """
     tally = [-1, -1]
@@ -1339,7 +1373,9 @@ def _audit_export(vault: Vault, ctx: AccessContext, export_id: str, plan: _Plan)
         tally[:] = [n, d & _MASK64]
 
     many = getattr(vault.guard, "audit_batches", None)
-    if many is not None:
+    if charger is not None:
+        charger.audit_batches(ctx, "export", batches, plan.rows, "ok", charged=True)
+    elif many is not None:
         many(ctx, "export", batches, plan.rows, "ok")
     else:
         for batch in batches():
@@ -1485,7 +1521,7 @@ def _write_rows(vault: Vault, reveal: AccessContext, export_id: str, info: Expor
 def _write_export(vault: Vault, ctx: AccessContext, reveal: AccessContext, export_id: str,
                   info: ExportInfo, writer: _Writer, fmt: str, *, grant: dict[str, Any], plan: _Plan,
                   canaries: int, rng: secrets.SystemRandom, blender: Blender, taken: _Seen,
-                  seen: set[str], trace: Sequence[str]) -> None:
+                  seen: set[str], trace: Sequence[str], charger: Any = None) -> None:
     """The fetch from its first audit entry to the file's name: all of it or, undone, none.
 
     The row records the temporary file and the host with the status ``fetching``, in
@@ -1516,7 +1552,7 @@ def _write_export(vault: Vault, ctx: AccessContext, reveal: AccessContext, expor
                 raise ExportError("the canaries made for the export changed before they were registered",
                                   code="export.tampered")
             _audit(vault, ctx, "export.fetch", (export_id, writer.attempt), "ok")
-            _audit_export(vault, ctx, export_id, plan)
+            _audit_export(vault, ctx, export_id, plan, charger)
             vault.db.execute("DELETE FROM export_members WHERE export_id = ? AND kind IN (?, ?)",
                              (export_id, plan.kind("canaries"), plan.kind("left")))
     except BaseException:
