@@ -241,7 +241,7 @@ class DetectGuard:
                 log.warning("global detector could not count a read: counters unavailable")
 
     def charge_batches(self, ctx: AccessContext, operation: str,
-                       batches: Callable[[], Iterable[Sequence[str]]], count: int) -> None:
+                       batches: Callable[[], Iterable[Sequence[str]]], count: int) -> bool:
         """Charge a read given in batches, whole, as :meth:`audit_batches` does, but on its own.
 
         For a caller that records the read in a transaction of its own (an export's fetch): called
@@ -249,10 +249,10 @@ class DetectGuard:
         the alert, a suspension after ``suspend_after`` breaches, the canary alarm) are written
         and kept, not undone with the transaction the refusal stops. Raises
         :class:`BudgetExceeded` when a budget refuses; if it returns, the read fits, and the caller
-        records it with ``audit_batches(..., charged=True)``.
+        records it with ``audit_batches(..., charged=True)`` (True: there was a charge to make).
         """
         if self.budgets is None or operation not in READ_OPERATIONS:
-            return
+            return True
         try:
             charge = self.budgets.charge(ctx, records=count, record_ids=_Streamed(batches, count))
         except DetectUnavailable as exc:
@@ -265,6 +265,7 @@ class DetectGuard:
                 self._refuse(ctx, operation, [], count, 0, charge, batches=batches)
             finally:
                 self._trip_batches(ctx, operation, batches, record=False)
+        return True
 
     def _trip_batches(self, ctx: AccessContext, operation: str,
                       batches: Callable[[], Iterable[Sequence[str]]], *, record: bool) -> None:

@@ -1166,13 +1166,13 @@ def fetch(vault: Vault, export_id: str, out: str | Path, *, ctx: AccessContext,
         try:
             # the read budgets, before the transaction that records the fetch: a refusal's entries,
             # alert and suspension are kept, and the export is left as it was (no file, approved)
-            charger = _charge_export(vault, ctx, export_id, plan)
+            charged = _charge_export(vault, ctx, export_id, plan)
             # the file first: one that cannot be made leaves the export approved, not half-fetched
             writer = _Writer(out, fmt, info.fields, token=token)
             try:
                 _write_export(vault, ctx, reveal, export_id, info, writer, fmt, grant=grant, plan=plan,
                               canaries=k, rng=rng, blender=blender, taken=taken, seen=seen, trace=trace,
-                              charger=charger)
+                              charged=charged)
             finally:
                 writer.release()
         finally:
@@ -1326,38 +1326,30 @@ def _kept_chunks(vault: Vault, export_id: str, plan: _Plan) -> Iterator[list[str
             yield counted[i:i + _AUDIT_IDS]
 
 
-def _reads_charger(vault: Vault) -> Any:
-    """The guard that charges a read given in batches on its own (``charge_batches``: the detect
-    guard, the vault's own or the one its policy guard delegates to), or None."""
-    for guard in (vault.guard, getattr(vault.guard, "delegate", None)):
-        if guard is not None and callable(getattr(guard, "charge_batches", None)):
-            return guard
-    return None
-
-
-def _charge_export(vault: Vault, ctx: AccessContext, export_id: str, plan: _Plan) -> Any:
-    """Charge the read budgets with the whole export, outside any transaction; the guard that did.
+def _charge_export(vault: Vault, ctx: AccessContext, export_id: str, plan: _Plan) -> bool:
+    """Charge the read budgets with the whole export, outside any transaction; True if charged.
 
     The fetch records its records in one transaction, all or none; a budget that refused
     them in there would see its ``refused`` entries, its alert row and the suspension it
     calls for rolled back with it. So the charge comes first, on its own, and the
     transaction records the entries without charging again (:func:`_audit_export`).
-    Raises :class:`~pivault.detect.budgets.BudgetExceeded` when refused; None is returned
-    for a guard that charges a read only as it records it.
+    Raises :class:`~pivault.detect.budgets.BudgetExceeded` when refused; False for a
+    guard that charges a read only as it records it.
     """
-    charger = _reads_charger(vault)
-    if charger is not None:
-        charger.charge_batches(ctx, "export", lambda: _kept_chunks(vault, export_id, plan), plan.rows)
-    return charger
+    charge = getattr(vault.guard, "charge_batches", None)
+    if charge is None:
+        return False
+    return bool(charge(ctx, "export", lambda: _kept_chunks(vault, export_id, plan), plan.rows))
 
 
-def _audit_export(vault: Vault, ctx: AccessContext, export_id: str, plan: _Plan, charger: Any = None) -> None:
+def _audit_export(vault: Vault, ctx: AccessContext, export_id: str, plan: _Plan, charged: bool = False
+                  ) -> None:
     """The ``export`` entries: every record handed out, :data:`_AUDIT_IDS` an entry (one entry
     of millions of ids would be held whole by the trail's writer and by every reader of it).
 
     A guard with ``audit_batches`` (the detect guard) charges the read budgets once for
-    the whole export, as for one read, and writes the entries (``charger``: the guard that
-    charged them already, before this transaction, which writes them only); another guard is
+    the whole export, as for one read, and writes the entries (only the entries when
+    ``charged`` by :func:`_charge_export` before this transaction); another guard is
     asked once per entry. The entries must list exactly the set the first pass found: counted
     and summed as they are written, and checked in the same transaction.
     """
@@ -1373,10 +1365,8 @@ def _audit_export(vault: Vault, ctx: AccessContext, export_id: str, plan: _Plan,
         tally[:] = [n, d & _MASK64]
 
     many = getattr(vault.guard, "audit_batches", None)
-    if charger is not None:
-        charger.audit_batches(ctx, "export", batches, plan.rows, "ok", charged=True)
-    elif many is not None:
-        many(ctx, "export", batches, plan.rows, "ok")
+    if many is not None:
+        many(ctx, "export", batches, plan.rows, "ok", **({"charged": True} if charged else {}))
     else:
         for batch in batches():
             _audit(vault, ctx, "export", batch, "ok")
@@ -1521,7 +1511,7 @@ def _write_rows(vault: Vault, reveal: AccessContext, export_id: str, info: Expor
 def _write_export(vault: Vault, ctx: AccessContext, reveal: AccessContext, export_id: str,
                   info: ExportInfo, writer: _Writer, fmt: str, *, grant: dict[str, Any], plan: _Plan,
                   canaries: int, rng: secrets.SystemRandom, blender: Blender, taken: _Seen,
-                  seen: set[str], trace: Sequence[str], charger: Any = None) -> None:
+                  seen: set[str], trace: Sequence[str], charged: bool = False) -> None:
     """The fetch from its first audit entry to the file's name: all of it or, undone, none.
 
     The row records the temporary file and the host with the status ``fetching``, in
@@ -1552,7 +1542,7 @@ def _write_export(vault: Vault, ctx: AccessContext, reveal: AccessContext, expor
                 raise ExportError("the canaries made for the export changed before they were registered",
                                   code="export.tampered")
             _audit(vault, ctx, "export.fetch", (export_id, writer.attempt), "ok")
-            _audit_export(vault, ctx, export_id, plan, charger)
+            _audit_export(vault, ctx, export_id, plan, charged)
             vault.db.execute("DELETE FROM export_members WHERE export_id = ? AND kind IN (?, ?)",
                              (export_id, plan.kind("canaries"), plan.kind("left")))
     except BaseException:

@@ -111,17 +111,28 @@ class PolicyGuard:
             self.delegate.audit(ctx, operation, record_ids, outcome)
 
     def audit_batches(self, ctx: AccessContext, operation: str,
-                      batches: Callable[[], Iterable[Sequence[str]]], count: int, outcome: str) -> None:
+                      batches: Callable[[], Iterable[Sequence[str]]], count: int, outcome: str, *,
+                      charged: bool = False) -> None:
         """One access audited in several entries (an export of millions of records): handed to the
-        delegate whole where it takes it so (the detect guard charges it once), else a batch at a time."""
+        delegate whole where it takes it so (the detect guard charges it once, unless ``charged``
+        by :meth:`charge_batches` already), else a batch at a time."""
         if self.delegate is None:
             return
         many = getattr(self.delegate, "audit_batches", None)
         if many is not None:
-            many(ctx, operation, batches, count, outcome)
+            many(ctx, operation, batches, count, outcome, charged=charged)
             return
         for batch in batches():
             self.delegate.audit(ctx, operation, batch, outcome)
+
+    def charge_batches(self, ctx: AccessContext, operation: str,
+                       batches: Callable[[], Iterable[Sequence[str]]], count: int) -> bool:
+        """The delegate's ``charge_batches``: True if it charged the read (then recorded with
+        ``audit_batches(..., charged=True)``), False if it charges only as it records."""
+        charge = getattr(self.delegate, "charge_batches", None)
+        if charge is None:
+            return False
+        return bool(charge(ctx, operation, batches, count))
 
     def mask(self, ctx: AccessContext, field: str, value: str | None) -> str | None:
         if field == "record_id":

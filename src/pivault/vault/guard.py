@@ -18,7 +18,7 @@ count, outcome)``: one access too large for one entry (an export's
 fetch, of millions of records), its record ids given by ``batches()`` a
 batch at a time; such a guard charges it once, whole, and writes an entry
 per batch. An export asks a guard without it for one ``audit`` per batch.
-And ``charge_batches(ctx, operation, batches, count)``: such a read charged
+And ``charge_batches(ctx, operation, batches, count)`` (True if it charged): such a read charged
 on its own, before the transaction that records it, so that a refusal's
 entries, alert and suspension are not rolled back with that transaction; an
 export's fetch then records it with ``audit_batches(..., charged=True)``.
