@@ -79,6 +79,9 @@ def test_a_fetch_refused_by_a_budget_is_on_record_and_suspends(db: Database, key
     refused = list(entries(db, principal=who.principal, operation="export", outcome="refused"))
     assert sorted(r for e in refused for r in e.record_ids) == sorted(rid for rid, _ in door.ids[:30])
     assert refused[0].detail["requested_records"] == 30
+    # and the export they were asked for, by its id
+    named = list(entries(db, principal=who.principal, operation="export.fetch", outcome="refused"))
+    assert [tuple(e.record_ids) for e in named] == [(export_id,)]
     # the alert in the table `pivault alerts list` shows
     alerts = [a for a in list_alerts(db) if a["rule"] == "budget.exceeded"]
     assert len(alerts) == 1 and alerts[0]["principal"] == who.principal

@@ -1336,10 +1336,17 @@ def _charge_export(vault: Vault, ctx: AccessContext, export_id: str, plan: _Plan
     Raises :class:`~pivault.detect.budgets.BudgetExceeded` when refused; False for a
     guard that charges a read only as it records it.
     """
+    from pivault.detect.budgets import BudgetExceeded
+
     charge = getattr(vault.guard, "charge_batches", None)
     if charge is None:
         return False
-    return bool(charge(ctx, "export", lambda: _kept_chunks(vault, export_id, plan), plan.rows))
+    try:
+        return bool(charge(ctx, "export", lambda: _kept_chunks(vault, export_id, plan), plan.rows))
+    except BudgetExceeded:
+        # the refused entries list the records; this one names the export they were asked for
+        _audit(vault, ctx, "export.fetch", (export_id,), "refused")
+        raise
 
 
 def _audit_export(vault: Vault, ctx: AccessContext, export_id: str, plan: _Plan, charged: bool = False
