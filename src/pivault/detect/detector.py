@@ -29,7 +29,6 @@ import logging
 import math
 import os
 import threading
-import time
 from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -42,6 +41,9 @@ from pivault.policy.context import AccessContext
 __all__ = ["DetectorConfig", "GlobalDetector", "cell_of"]
 
 log = logging.getLogger("pivault.detect")
+
+#: counts (fields) a process keeps while the shared counters cannot take them
+_UNSENT_MAX = 100_000
 
 
 def cell_of(region_code: str | None, birth_year: int | None) -> str | None:
@@ -135,11 +137,12 @@ class GlobalDetector:
         self._thread_pid = -1
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        #: reads queued for the evaluation thread: (time, ctx, records, cells, facts or None)
-        self._inbox: deque[tuple[float, AccessContext, int, Sequence[str | None],
+        #: reads queued for the evaluation thread: (ctx, records, cells, facts or None)
+        self._inbox: deque[tuple[AccessContext, int, Sequence[str | None],
                                  Sequence[tuple[str | None, int | None]] | None]] = deque()
-        #: counts of this process not yet in the shared counters, per bucket
-        self._unsent: dict[int, dict[str, int]] = {}
+        #: counts of this process not yet in the shared counters (sent to the bucket of the
+        #: counters' clock when they are sent)
+        self._unsent: dict[str, int] = {}
         # sliding-window sums of completed buckets (see _windows)
         self._eval_lock = threading.Lock()
         self._agg: dict[str, dict[str, int]] = {}
@@ -162,7 +165,7 @@ class GlobalDetector:
         if records <= 0 and not cells:
             return
         if self._thread_pid == os.getpid():
-            self._inbox.append((time.time(), ctx, records, cells, None))
+            self._inbox.append((ctx, records, cells, None))
             return
         self._count(ctx, records, cells)
 
@@ -174,7 +177,7 @@ class GlobalDetector:
         if not facts:
             return
         if self._thread_pid == os.getpid():
-            self._inbox.append((time.time(), ctx, len(facts), (), facts))
+            self._inbox.append((ctx, len(facts), (), facts))
             return
         self._count(ctx, len(facts), [cell_of(r, y) for r, y in facts])
 
@@ -194,10 +197,10 @@ class GlobalDetector:
             self._evaluate_safely(now)
 
     def _drain(self) -> None:
-        """The evaluation thread: count the queued reads into this process's unsent buckets.
+        """The evaluation thread: count the queued reads into this process's unsent counts.
 
         What is queued is taken at once and summed here, then added to the
-        unsent buckets under one lock: the thread holds the interpreter for as
+        unsent counts under one lock: the thread holds the interpreter for as
         short a time as it can while requests wait for it.
         """
         inbox = self._inbox
@@ -210,19 +213,12 @@ class GlobalDetector:
             pass
         if not taken:
             return
-        size = self.config.bucket_seconds
-        floor = math.floor
-        sums: dict[int, dict[str, int]] = {}
+        sums: dict[str, int] = {}
         runs: list[tuple[AccessContext, Sequence[str | None]]] = []
-        for at, ctx, records, cells, facts in taken:
+        for ctx, records, cells, facts in taken:
             if facts is not None:
                 cells = [cell_of(r, y) for r, y in facts]
-            # bucketed by this host's clock: a second of drift does not matter to 10 s buckets
-            bucket = floor(at / size)
-            into = sums.get(bucket)
-            if into is None:
-                into = sums[bucket] = {}
-            _count_read(into, ctx.principal, records, cells)
+            _count_read(sums, ctx.principal, records, cells)
             if cells:
                 runs.append((ctx, cells))
         # the latest evidence of each principal whose reads kept in order, raised once a round
@@ -232,13 +228,9 @@ class GlobalDetector:
                 found = self._advance(ctx.principal, cells)
                 if found is not None:
                     evidence[ctx.principal] = (ctx, found)
-            for bucket, fields in sums.items():
-                into = self._unsent.get(bucket)
-                if into is None:
-                    self._unsent[bucket] = fields
-                    continue
-                for k, v in fields.items():
-                    into[k] = into.get(k, 0) + v
+            into = self._unsent
+            for k, v in sums.items():
+                into[k] = into.get(k, 0) + v
         for principal, (ctx, found) in evidence.items():
             self._raise("sweep.ordered", "warning", principal, ctx.token_id, found)
 
@@ -247,12 +239,33 @@ class GlobalDetector:
         return max(cfg.sweep_window, cfg.distributed_window, 120.0) + 2 * cfg.bucket_seconds
 
     def _send(self) -> None:
-        """Hand the counts summed in this process to the shared counters."""
+        """Hand the counts summed in this process to the shared counters, in the bucket that is
+        current on the counters' clock.
+
+        Not the bucket of each read's time on this host: every process evaluates a completed
+        bucket once, so counts sent to a bucket after it completed would be seen by no other
+        process (a second of each bucket's reads, which a caller timing its reads to the
+        buckets' ends could make all of them), and a host whose clock is behind the counters'
+        would send every count to buckets already completed. Counts that could not be sent
+        are kept for the next round (up to :data:`_UNSENT_MAX` fields).
+        """
         self._drain()
         with self._lock:
             unsent, self._unsent = self._unsent, {}
-        for bucket, fields in sorted(unsent.items()):
-            self.counters.add_fields(f"d:{bucket}", fields, self._ttl())
+        if not unsent:
+            return
+        try:
+            now = self.counters.now()
+            self.counters.add_fields(f"d:{math.floor(now / self.config.bucket_seconds)}", unsent,
+                                     self._ttl())
+        except BaseException:
+            # the counters are down: the reads still happened, and count once they are back
+            with self._lock:
+                if len(self._unsent) + len(unsent) <= _UNSENT_MAX:
+                    for k, v in self._unsent.items():
+                        unsent[k] = unsent.get(k, 0) + v
+                    self._unsent = unsent
+            raise
 
     def _evaluate_safely(self, now: float | None = None) -> None:
         try:

@@ -1,0 +1,85 @@
+"""An insider copying the population through the door, trying not to be seen by the detector."""
+
+from __future__ import annotations
+
+import fcntl
+import math
+import os
+from pathlib import Path
+
+from detect_helpers import FakeClock
+from door import make_door
+
+from pivault.crypto import Keyring
+from pivault.detect import (
+    AlertDispatcher,
+    Budget,
+    Counters,
+    DetectorConfig,
+    FileCounters,
+    GlobalDetector,
+)
+from pivault.store import Database
+
+#: five principals reading six records each in five minutes are "enumerating together"
+SPREAD = DetectorConfig(evaluate_every=3600, distributed_min_principals=5, distributed_min_each=6,
+                        distributed_min_total=30, rate_min_per_minute=10_000)
+
+
+def test_reads_another_worker_sends_late_are_still_seen(sqlite_db: Database, keyring: Keyring,
+                                                        tmp_path: Path, counters: Counters,
+                                                        clock: FakeClock) -> None:
+    """Two workers share the counters. Six readers each read six records through one worker's
+    door (its evaluation thread sends them a moment later, as its round comes), while the
+    other worker has already evaluated the bucket they were read in; the host's clock is not
+    the counters' (as on a node whose clock is behind Redis's). The other worker must still
+    see them all, and raise ``global.distributed``."""
+    door = make_door(sqlite_db, keyring, tmp_path / "keys", budget=Budget(records_per_minute=100),
+                     counters=counters, detector=SPREAD, residents=36)
+    worker = door.guard.detector
+    assert worker is not None
+    worker.start()  # its rounds are an hour apart: the test plays the thread's part
+    other = GlobalDetector(counters, AlertDispatcher(), SPREAD)
+    try:
+        readers = [door.reader(n) for n in range(6)]
+        for i, (_, idn) in enumerate(door.ids):
+            assert len(door.vault.find(id_number=idn, ctx=readers[i % 6])) == 1
+        clock.advance(10)  # the bucket of those reads is complete on the counters' clock...
+        assert other.evaluate() == []  # ...and the other worker has read it: nothing sent yet
+        worker._send()  # the worker's round, a moment later
+        clock.advance(10)
+        raised = other.evaluate()
+        assert [a.rule for a in raised] == ["global.distributed"]
+        assert raised[0].evidence["principals"] == 6 and raised[0].evidence["records"] == 36
+    finally:
+        worker.stop()
+
+
+def test_counts_the_counters_could_not_take_are_sent_later(tmp_path: Path, clock: FakeClock) -> None:
+    """While the counters file is locked past its timeout, the detector's round cannot send its
+    counts; they are kept and sent by the next round, not lost."""
+    from pivault.policy.context import AccessContext
+
+    counters = FileCounters(tmp_path / "run" / "counters.db", clock=clock, timeout=0.05)
+    det = GlobalDetector(counters, AlertDispatcher(), SPREAD)
+    det.start()
+    holder = -1
+    try:
+        counters.read_fields(["d:0"])  # makes the files
+        for n in range(6):
+            ctx = AccessContext(principal=f"officer-{n}", role="officer", purpose="case_investigation")
+            for _ in range(6):
+                det.observe_facts(ctx, [("310104", 1980 + n)])
+        holder = os.open(f"{counters.path}.lock", os.O_RDWR)
+        fcntl.flock(holder, fcntl.LOCK_EX)  # another process holds the counters
+        det._tick()  # logs that it could not send; the reads are not forgotten
+        fcntl.flock(holder, fcntl.LOCK_UN)
+        det._tick()  # sends them, and evaluates
+        sent = counters.read_fields([f"d:{math.floor(clock.t / 10.0)}"])[0]
+        assert sent["t"] == 36 and sent["p:officer-5"] == 6
+        assert [a.rule for a in det.raised] == ["global.distributed"]
+    finally:
+        if holder >= 0:
+            os.close(holder)
+        det.stop()
+        counters.close()
