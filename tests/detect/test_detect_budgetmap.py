@@ -106,7 +106,7 @@ def test_expired_windows_make_room_for_new_callers(tmp_path: Path, clock: FakeCl
     for n in range(16):  # the callers it has keep their windows
         assert b.charge(_ctx(n), records=4).allowed
         assert not b.charge(_ctx(n), records=1).allowed
-    clock.advance(62)  # every window has emptied: new callers take their slots
+    clock.advance(64)  # every window has emptied: new callers take their slots
     for n in range(100, 116):
         assert b.charge(_ctx(n), records=5).allowed
         assert not b.charge(_ctx(n), records=1).allowed
@@ -187,14 +187,14 @@ def test_two_new_windows_on_one_slot_are_kept_apart(tmp_path: Path, clock: FakeC
     from pivault.detect.budgetmap import _digest
 
     def home(n: int, name: str) -> int:
-        return _digest(f"default:b:p:officer-{n}:{name}")[1] & 15
+        return _digest(f"default:w:p:officer-{n}:{name}")[1] & 15
 
     n = next(n for n in range(10_000) if home(n, "records_per_minute") == home(n, "records_per_hour"))
     fc = FileCounters(tmp_path / "counters.db", clock=clock, capacity=SMALL)
     b = _budgets(fc, records_per_minute=5, records_per_hour=7)
     assert b.charge(_ctx(n), records=5).allowed
     assert not b.charge(_ctx(n), records=1).allowed  # the minute's
-    clock.advance(61)
+    clock.advance(62)
     assert b.charge(_ctx(n), records=2).allowed
     refused = b.charge(_ctx(n), records=1)
     assert refused.refusal is not None and refused.refusal.rule == "principal.records_per_hour"

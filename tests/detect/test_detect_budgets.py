@@ -53,7 +53,8 @@ def test_minute_budget_refuses_and_says_when(counters: Counters, clock: FakeCloc
     assert not c.allowed and c.refusal is not None
     assert c.refusal.rule == "principal.records_per_minute"
     assert (c.refusal.limit, c.refusal.used) == (30, 30)
-    assert 0 < c.refusal.retry_after <= 60
+    # a window of W seconds lets a read go W to W + W/59 seconds after it (its bucket's end)
+    assert 0 < c.refusal.retry_after <= 60 + 60 / 59 + 1e-6
     assert c.scope == "principal" and c.breaches == 1
     clock.advance(c.refusal.retry_after + 0.01)
     assert b.charge(OFFICER, records=1, record_ids=["r_x"]).allowed
@@ -69,9 +70,10 @@ def test_sliding_window(counters: Counters, clock: FakeClock) -> None:
     clock.advance(20)
     c = b.charge(OFFICER, records=1, record_ids=["r_c"])
     assert not c.allowed and c.refusal is not None
-    # the 20 from t=0 leave the window at t=60: 10 s from now
-    assert 9 < c.refusal.retry_after <= 11
-    clock.advance(11)
+    # the 20 from t=0 leave the window once a whole minute has passed, at the end of their
+    # bucket (at most 60/59 s later): 10 s from now, or a little more
+    assert 10 <= c.refusal.retry_after <= 10 + 60 / 59 + 1e-6
+    clock.advance(c.refusal.retry_after + 0.01)
     assert b.charge(OFFICER, records=20, record_ids=_ids("c", 20)).allowed
 
 
@@ -86,7 +88,7 @@ def test_hour_budget(counters: Counters, clock: FakeClock) -> None:
     b = _budgets(counters)
     for _ in range(3):
         assert b.charge(OFFICER, records=30, record_ids=_ids(uuid.uuid4().hex[:4], 30)).allowed
-        clock.advance(61)
+        clock.advance(62)
     c = b.charge(OFFICER, records=30, record_ids=_ids("z", 30))
     assert c.refusal is not None and c.refusal.rule == "principal.records_per_hour"
 
@@ -97,7 +99,7 @@ def test_misses_per_hour(counters: Counters) -> None:
         assert b.charge(OFFICER, misses=1).allowed
     c = b.charge(OFFICER, misses=1)
     assert c.refusal is not None and c.refusal.rule == "principal.misses_per_hour"
-    assert 3500 < c.refusal.retry_after <= 3600
+    assert 3500 < c.refusal.retry_after <= 3600 + 3600 / 59 + 1e-6
     assert b.charge(OFFICER, records=1, record_ids=["r_hit"]).allowed  # hits still pass
 
 

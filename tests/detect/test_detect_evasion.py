@@ -14,6 +14,7 @@ from pivault.crypto import Keyring
 from pivault.detect import (
     AlertDispatcher,
     Budget,
+    BudgetExceeded,
     Counters,
     DetectorConfig,
     FileCounters,
@@ -83,3 +84,29 @@ def test_counts_the_counters_could_not_take_are_sent_later(tmp_path: Path, clock
             os.close(holder)
         det.stop()
         counters.close()
+
+
+def test_no_minute_holds_more_than_the_minutes_limit(sqlite_db: Database, keyring: Keyring,
+                                                     tmp_path: Path, counters: Counters,
+                                                     clock: FakeClock) -> None:
+    """Every quarter second for three minutes, a caller looks up as many residents as the vault's
+    limit of five a minute lets it. Whatever the buckets' edges, no 60 seconds may hold more than
+    five answers: five spent at the end of one bucket must not come back before a whole minute
+    has passed (they came back a bucket sooner: ten answers in 59 seconds)."""
+    door = make_door(sqlite_db, keyring, tmp_path / "keys", budget=Budget(records_per_minute=1000),
+                     vault_budget=Budget(records_per_minute=5), counters=counters, residents=20)
+    who = door.reader()
+    clock.advance(0.9)
+    answered: list[float] = []
+    for step in range(720):
+        for n in range(5):
+            try:
+                door.vault.find(id_number=door.ids[(step + n) % 20][1], ctx=who)
+            except BudgetExceeded as exc:
+                assert exc.rule == "vault.records_per_minute"
+                break
+            answered.append(clock.t)
+        clock.advance(0.25)
+    assert len(answered) >= 10  # the limit comes back, minute after minute
+    busiest = max(sum(1 for u in answered if t <= u <= t + 60.0) for t in answered)
+    assert busiest == 5

@@ -50,7 +50,15 @@ from array import array
 from collections.abc import Sequence
 from typing import Any
 
-from pivault.detect.counters import BUCKETS, DAY, DistinctRule, Refusal, WindowRule, window_refusal
+from pivault.detect.counters import (
+    BUCKETS,
+    DAY,
+    DistinctRule,
+    Refusal,
+    WindowRule,
+    bucket_length,
+    window_refusal,
+)
 
 __all__ = ["BudgetMap", "BudgetMapFull", "is_table_size"]
 
@@ -254,7 +262,7 @@ class BudgetMap:
         found = self._prepared.get(id(windows))
         if found is not None and found[0] is windows and found[1] == namespace:
             return found[2]
-        rules = [(rule, namespace + rule.key, self._wkey(namespace + rule.key), rule.window / BUCKETS)
+        rules = [(rule, namespace + rule.key, self._wkey(namespace + rule.key), bucket_length(rule.window))
                  for rule in windows]
         if len(self._prepared) > 10_000:
             self._prepared.clear()

@@ -217,7 +217,10 @@ class Budgets:
                 for name, (seconds, kind) in _WINDOWS.items():
                     limit = getattr(budget, name)
                     if limit is not None:
-                        windows.append((f"{scope}.{name}", f"b:{key}:{name}", limit, seconds, kind))
+                        # "w:", not the "b:" of the windows of W/60-second buckets before: a
+                        # window's bucket numbers depend on their length, and the old ones'
+                        # would never leave a window counted in the new
+                        windows.append((f"{scope}.{name}", f"w:{key}:{name}", limit, seconds, kind))
                 if budget.distinct_per_day is not None:
                     distinct.append((f"{scope}.distinct_per_day", f"b:{key}:distinct",
                                      budget.distinct_per_day))

@@ -13,12 +13,17 @@ Three backends with the same semantics:
   :class:`DetectUnavailable` (``detect.unavailable``) and the door refuses
   the request: budgets fail closed.
 
-Sliding windows: a window of ``W`` seconds is kept as 60 buckets of ``W/60``
-seconds; a charge is allowed when the sum over the current bucket and the 59
-before it, plus the charge, stays within the limit. So at most ``limit``
-records are ever counted in any 60 consecutive buckets (1-second buckets for
-a per-minute budget, 1-minute buckets per hour, 24-minute buckets per day).
-Distinct-record budgets count the distinct record ids per UTC day (a set).
+Sliding windows: a window of ``W`` seconds is kept as 60 buckets of ``W/59``
+seconds (:func:`bucket_length`); a charge is allowed when the sum over the
+current bucket and the 59 before it, plus the charge, stays within the limit.
+The 59 whole buckets before the current one span ``W``, so no ``W`` seconds
+ever hold more than ``limit`` records, wherever they start. (With buckets of
+``W/60`` they spanned ``W - W/60``: a caller who spent the limit at the end
+of one bucket could spend it again ``W - W/60`` later, twice the limit in
+less than one window.) A charge then stays counted for ``W`` to ``W + W/59``
+seconds (1.02-second buckets for a per-minute budget, 61 s per hour, 24.4 min
+per day). Distinct-record budgets count the distinct record ids per UTC day
+(a set).
 """
 
 from __future__ import annotations
@@ -44,6 +49,7 @@ __all__ = [
     "RedisCounters",
     "Refusal",
     "WindowRule",
+    "bucket_length",
     "counters_file",
     "counters_from_url",
 ]
@@ -51,6 +57,12 @@ __all__ = [
 #: buckets per sliding window
 BUCKETS = 60
 DAY = 86400.0
+
+
+def bucket_length(window: float) -> float:
+    """Seconds per bucket of a window of ``window`` seconds: the 59 whole buckets before the
+    current one span the whole window, so no ``window`` seconds hold more than the limit."""
+    return window / (BUCKETS - 1)
 
 
 class DetectUnavailable(PivaultError):
@@ -140,7 +152,7 @@ class _Window:
     def __init__(self, window: float) -> None:
         self.buckets: deque[list[int]] = deque()
         self.used = 0
-        self.g = window / BUCKETS
+        self.g = bucket_length(window)
         #: [bucket index, count] of the newest bucket, not yet one of ``buckets`` if its index is -1
         self.cur: list[int] = [-1, 0]
         #: when the newest bucket leaves the window (then the whole window is empty)
@@ -315,7 +327,8 @@ local plan = {}
 for i = 1, nw do
   local key = KEYS[i]
   local limit = spec.w[i][1]; local window = spec.w[i][2]; local amount = spec.w[i][3]
-  local g = window / buckets
+  -- buckets of window / (buckets - 1) s: the whole buckets before the current one span the window
+  local g = window / (buckets - 1)
   local b = math.floor(now / g)
   local oldest = b - buckets
   -- besides its buckets (field = bucket number, value = count) the hash keeps, in field '-1',
