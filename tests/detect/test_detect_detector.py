@@ -227,3 +227,14 @@ def test_a_queued_round_counts_and_follows_sweeps_as_reads_one_by_one_do() -> No
         assert sweeps[0] == sweeps[1] and "officer-0" in sweeps[1]
     finally:
         queued.stop()
+
+
+def test_reads_in_no_order_are_no_sweep(counters: Counters, clock: FakeClock) -> None:
+    """An officer reading residents as cases bring them (any province, any year) never looks like
+    a sweep at the shipped thresholds, though runs are followed both ways and per province."""
+    det = GlobalDetector(counters, AlertDispatcher(), DetectorConfig(evaluate_every=3600))
+    rnd = random.Random(21)
+    for _ in range(5000):
+        det.observe(_ctx(6), 1, _population_cells(rnd, 1))
+        clock.advance(0.5)
+    assert "sweep.ordered" not in _rules(det)

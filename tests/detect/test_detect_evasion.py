@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 
 from detect_helpers import FakeClock
-from door import make_door
+from door import Door, make_door
 
 from pivault.crypto import Keyring
 from pivault.detect import (
@@ -110,3 +110,62 @@ def test_no_minute_holds_more_than_the_minutes_limit(sqlite_db: Database, keyrin
     assert len(answered) >= 10  # the limit comes back, minute after minute
     busiest = max(sum(1 for u in answered if t <= u <= t + 60.0) for t in answered)
     assert busiest == 5
+
+
+def _sweep_door(db: Database, keyring: Keyring, tmp_path: Path,
+                counters: Counters) -> tuple[Door, list[tuple[str, int, str]]]:
+    """A door whose detector calls eight reads in a row through three cells a sweep, over a
+    synthetic population spread over the provinces and birth years; and each resident's
+    province and birth year, as its ID number says them."""
+    cfg = DetectorConfig(evaluate_every=3600, ordered_min_run=8, ordered_min_cells=3,
+                         sweep_min_reads=10_000, rate_min_per_minute=10_000)
+    door = make_door(db, keyring, tmp_path / "keys", budget=Budget(records_per_minute=10_000),
+                     counters=counters, detector=cfg, residents=240)
+    facts = [(idn[:2], int(idn[6:10]), idn) for _, idn in door.ids]
+    return door, facts
+
+
+def _sweeps(door: Door) -> list[dict[str, object]]:
+    det = door.guard.detector
+    assert det is not None
+    return [a.evidence for a in det.raised if a.rule == "sweep.ordered"]
+
+
+def test_a_sweep_walked_backwards_is_a_sweep(sqlite_db: Database, keyring: Keyring, tmp_path: Path,
+                                             counters: Counters) -> None:
+    """Residents read from the last province and birth year down to the first."""
+    door, facts = _sweep_door(sqlite_db, keyring, tmp_path, counters)
+    who = door.reader()
+    for _, _, idn in sorted(facts, reverse=True)[:40]:
+        door.vault.find(id_number=idn, ctx=who)
+    found = _sweeps(door)
+    assert found and found[0]["direction"] == "backward"
+
+
+def test_regions_walked_side_by_side_are_a_sweep(sqlite_db: Database, keyring: Keyring, tmp_path: Path,
+                                                 counters: Counters) -> None:
+    """Two provinces walked by birth year at once, one resident of each in turn: the cells go
+    back and forth, each province's years go forward."""
+    door, facts = _sweep_door(sqlite_db, keyring, tmp_path, counters)
+    by_province: dict[str, list[tuple[int, str]]] = {}
+    for province, year, idn in facts:
+        by_province.setdefault(province, []).append((year, idn))
+    a, b = sorted(by_province.values(), key=len)[-2:]
+    who = door.reader()
+    for (_, one), (_, two) in zip(sorted(a), sorted(b), strict=False):
+        door.vault.find(id_number=one, ctx=who)
+        door.vault.find(id_number=two, ctx=who)
+    found = _sweeps(door)
+    assert found and str(found[0]["along"]).startswith("years of province ")
+
+
+def test_the_vault_walked_by_birth_date_is_a_sweep(sqlite_db: Database, keyring: Keyring, tmp_path: Path,
+                                                   counters: Counters) -> None:
+    """Every province at once, birth date by birth date (the order of a guesser who steps the
+    date part of the ID numbers): each province's years go forward."""
+    door, facts = _sweep_door(sqlite_db, keyring, tmp_path, counters)
+    who = door.reader()
+    for _, _, idn in sorted(facts, key=lambda f: (f[2][6:14], f[0])):
+        door.vault.find(id_number=idn, ctx=who)
+    found = _sweeps(door)
+    assert found and str(found[0]["along"]).startswith("years of province ")

@@ -118,9 +118,35 @@ def _fold(into: dict[str, int], part: dict[str, int], sign: int) -> None:
 
 @dataclass
 class _Run:
+    """How long a principal's reads have kept moving one way through a sequence of keys.
+
+    Both ways are followed at once: a sweep walked backwards is as much a sweep.
+    """
+
     last: str | None = None
-    length: int = 0
-    cells: int = 0
+    #: reads in a row that did not move back (``up``), or forward (``down``), and the
+    #: distinct keys each run passed through
+    up: int = 0
+    up_cells: int = 0
+    down: int = 0
+    down_cells: int = 0
+
+    def step(self, key: str) -> None:
+        last = self.last
+        if last is None:
+            self.up = self.up_cells = self.down = self.down_cells = 1
+        else:
+            if key >= last:
+                self.up += 1
+                self.up_cells += key != last
+            else:
+                self.up = self.up_cells = 1
+            if key <= last:
+                self.down += 1
+                self.down_cells += key != last
+            else:
+                self.down = self.down_cells = 1
+        self.last = key
 
 
 class GlobalDetector:
@@ -133,7 +159,9 @@ class GlobalDetector:
         self.config = config or DetectorConfig()
         self._lock = threading.Lock()
         self._next_eval = 0.0
-        self._runs: dict[str, _Run] = {}
+        #: per principal, its runs: through the cells ("") and through the birth years of each
+        #: province (the province code)
+        self._runs: dict[str, dict[str, _Run]] = {}
         self._thread_pid = -1
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -333,29 +361,44 @@ class GlobalDetector:
             self._raise("sweep.ordered", "warning", ctx.principal, ctx.token_id, evidence)
 
     def _advance(self, principal: str, cells: Sequence[str | None]) -> dict[str, object] | None:
-        """:meth:`_ordered`'s step, with the lock held; the evidence once the run is long enough.
+        """:meth:`_ordered`'s step, with the lock held; the evidence once a run is long enough.
 
-        Cells compare as text: ``PP:YYYY`` has fixed widths, so their text order is
-        (province, year) order.
+        Two kinds of run, each followed both ways: through the cells in (province, birth
+        year) order — a region walked year by year, or one year walked region by region —
+        and, for each province, through its birth years alone, so that regions walked side
+        by side, or the whole vault walked by birth date across every region, keep each
+        province's run going however they interleave. Cells compare as text: ``PP:YYYY``
+        has fixed widths, so their text order is (province, year) order.
         """
-        run = self._runs.get(principal)
-        if run is None:
+        runs = self._runs.get(principal)
+        if runs is None:
             if len(self._runs) > 100_000:
                 self._runs.clear()
-            run = self._runs[principal] = _Run()
+            runs = self._runs[principal] = {}
+        touched: list[tuple[str, _Run]] = []
+        last_cell = ""
         for cell in cells:
             if not cell:
                 continue
-            last = run.last
-            if last is None or cell < last:
-                run.length, run.cells = 1, 1
-            else:
-                run.length += 1
-                run.cells += cell != last
-            run.last = cell
+            last_cell = cell
+            whole = runs.get("")
+            if whole is None:
+                whole = runs[""] = _Run()
+            whole.step(cell)
+            province, year = cell[:2], cell[3:]
+            run = runs.get(province)
+            if run is None:
+                run = runs[province] = _Run()
+            run.step(year)
+            touched.append(("cells", whole))
+            touched.append(("years of province " + province, run))
         cfg = self.config
-        if run.length >= cfg.ordered_min_run and run.cells >= cfg.ordered_min_cells:
-            return {"reads_in_order": run.length, "cells": run.cells, "last_cell": run.last}
+        for along, run in touched:
+            for direction, length, passed in (("forward", run.up, run.up_cells),
+                                              ("backward", run.down, run.down_cells)):
+                if length >= cfg.ordered_min_run and passed >= cfg.ordered_min_cells:
+                    return {"reads_in_order": length, "cells": passed, "last_cell": last_cell,
+                            "direction": direction, "along": along}
         return None
 
     # -- evaluation -----------------------------------------------------------------
