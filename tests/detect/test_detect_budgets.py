@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import multiprocessing as mp
 import stat
 import subprocess
@@ -161,10 +162,13 @@ def test_principal_override_and_unbudgeted_roles(counters: Counters) -> None:
     assert b.charge(admin, records=10_000, record_ids=_ids("z", 100)).allowed
 
 
-def test_breaches_counted_per_token(counters: Counters) -> None:
+def test_breaches_counted_per_principal(counters: Counters) -> None:
+    """Whichever of its tokens asks, a principal's breaches add up."""
     b = _budgets(counters)
     assert b.charge(OFFICER, records=30, record_ids=_ids("a", 30)).allowed
     assert [b.charge(OFFICER, records=1, record_ids=["r_q"]).breaches for _ in range(3)] == [1, 2, 3]
+    again = dataclasses.replace(OFFICER, token_id="bbbbbbbbbbbbbbbb")
+    assert b.charge(again, records=1, record_ids=["r_q"]).breaches == 4
 
 
 def test_too_large_request(counters: Counters) -> None:

@@ -7,6 +7,7 @@ import math
 import os
 from pathlib import Path
 
+import pytest
 from detect_helpers import FakeClock
 from door import Door, make_door
 
@@ -169,3 +170,26 @@ def test_the_vault_walked_by_birth_date_is_a_sweep(sqlite_db: Database, keyring:
         door.vault.find(id_number=idn, ctx=who)
     found = _sweeps(door)
     assert found and str(found[0]["along"]).startswith("years of province ")
+
+
+def test_a_principal_with_many_tokens_is_suspended_as_one(sqlite_db: Database, keyring: Keyring,
+                                                          tmp_path: Path) -> None:
+    """One principal given three tokens spends its budget and breaches it once with each: three
+    breaches of the principal's budget in a day suspend the token that made the third, and
+    every later breach that day suspends the token that makes it. The budget is the
+    principal's: the other tokens found none left."""
+    door = make_door(sqlite_db, keyring, tmp_path / "keys", budget=Budget(records_per_minute=2),
+                     residents=10)
+    tokens = [door.reader(7) for _ in range(4)]  # four tokens of the principal "reader-7"
+    assert len({t.token_id for t in tokens}) == 4 and len({t.principal for t in tokens}) == 1
+    door.vault.find(id_number=door.ids[0][1], ctx=tokens[0])
+    door.vault.find(id_number=door.ids[1][1], ctx=tokens[1])
+    for n, who in enumerate(tokens):
+        with pytest.raises(BudgetExceeded):
+            door.vault.find(id_number=door.ids[2 + n][1], ctx=who)
+    states = []
+    for who in tokens:
+        info = door.tokens.get(who.token_id or "")
+        assert info is not None
+        states.append(info.state())
+    assert states == ["active", "active", "suspended", "suspended"]

@@ -142,7 +142,8 @@ class Charge:
     refusal: Refusal | None = None
     #: scope of the refused rule: "principal", "role" or "vault"
     scope: str | None = None
-    #: breaches of this token (or principal) today, counting this one; 0 for vault-wide refusals
+    #: breaches by this principal today (with any of its tokens), counting this one; 0 for
+    #: vault-wide refusals
     breaches: int = 0
 
     @property
@@ -256,9 +257,10 @@ class Budgets:
         scope = refusal.rule.split(".", 1)[0]
         breaches = 0
         if scope != "vault":
-            who = ctx.token_id or f"principal:{ctx.principal}"
+            # per principal, not per token: budgets are the principal's, and a principal given
+            # several tokens would otherwise breach them suspend_after times with each
             day = math.floor(self.counters.now() / DAY)
-            breaches = self.counters.incr(f"breach:{who}:{day}", DAY + 3600)
+            breaches = self.counters.incr(f"breach:principal:{ctx.principal}:{day}", DAY + 3600)
         return Charge(refusal, scope, breaches)
 
 
