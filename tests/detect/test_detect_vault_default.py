@@ -267,7 +267,7 @@ def test_ten_tokens_under_their_own_budgets_are_stopped_by_the_default(fresh: Li
     assert refusals, got
     for status, code, detail, retry in refusals:
         assert (status, code) == (429, "budget.exceeded") and "vault.records_per_minute" in detail, detail
-        assert 1 <= int(retry) <= 60
+        assert 1 <= int(retry) <= 62  # a minute, and at most one 60/59-second bucket
     assert sum(got) <= limit
     if elapsed < 55:  # within one minute's window the vault handed out exactly its limit
         assert sum(got) == limit
