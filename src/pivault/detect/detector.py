@@ -289,10 +289,13 @@ class GlobalDetector:
         except BaseException:
             # the counters are down: the reads still happened, and count once they are back
             with self._lock:
-                if len(self._unsent) + len(unsent) <= _UNSENT_MAX:
+                kept = len(self._unsent) + len(unsent) <= _UNSENT_MAX
+                if kept:
                     for k, v in self._unsent.items():
                         unsent[k] = unsent.get(k, 0) + v
                     self._unsent = unsent
+            if not kept:
+                log.warning("global detector dropped %d counts it could not send", len(unsent))
             raise
 
     def _evaluate_safely(self, now: float | None = None) -> None:
