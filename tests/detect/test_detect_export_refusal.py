@@ -19,7 +19,7 @@ from door import OPERATOR, Door, make_door
 
 from pivault.audit import entries, verify
 from pivault.crypto import Keyring
-from pivault.detect import Budget, BudgetExceeded, MemoryCounters, list_alerts, seed
+from pivault.detect import Budget, BudgetExceeded, DetectorConfig, MemoryCounters, list_alerts, seed
 from pivault.leak import exports as ex
 from pivault.policy import Policy
 from pivault.policy.context import AccessContext
@@ -162,3 +162,28 @@ def test_a_canary_in_a_refused_fetch_still_suspends(db: Database, keyring: Keyri
     assert canary in {r for e in refused for r in e.record_ids}
     _left_as_approved(door, export_id, out)
     assert verify(db, door.verifier).ok
+
+
+def test_an_export_is_counted_by_the_vault_wide_detector(sqlite_db: Database, keyring: Keyring,
+                                                         tmp_path: Path, clock: FakeClock) -> None:
+    """An approved export is a read like any other to the vault-wide detector: 30 records fetched
+    in a minute whose rate rule fires above 20 raise ``global.rate``. Its records are read by the
+    export's own path, not the lookups' (whose reads the detector counts with their cells), so the
+    detector must be told of them where the fetch is recorded."""
+    door = make_door(sqlite_db, keyring, tmp_path / "keys", budget=Budget(records_per_minute=1000),
+                     residents=40, counters=MemoryCounters(clock),
+                     detector=DetectorConfig(evaluate_every=3600, rate_min_per_minute=20,
+                                             baseline_per_minute=1.0))
+    detector = door.guard.detector
+    assert detector is not None
+    who = door.reader()
+    export_id = _approved(door, who, 30)
+    out = tmp_path / "out" / "x.csv"
+    out.parent.mkdir()
+    assert detector.evaluate() == []
+    info = ex.fetch(door.vault, export_id, out, ctx=who)
+    assert info.status == "fetched" and info.rows == 30
+    clock.advance(10)  # the bucket of the fetch complete
+    detector.evaluate()
+    raised = [a for a in list_alerts(sqlite_db) if a["rule"] == "global.rate"]
+    assert len(raised) == 1 and raised[0]["evidence"]["records_last_minute"] == 30

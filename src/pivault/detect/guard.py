@@ -234,7 +234,9 @@ class DetectGuard:
         if not charged:
             self.charge_batches(ctx, operation, batches, count)
         self._trip_batches(ctx, operation, batches, record=True)
-        if count and self.detector is not None and not self._cells_wired:
+        # counted here whether or not the vault reports its reads: a read this large (an export)
+        # is made by its own path, which does not pass the vault's read observers
+        if count and self.detector is not None:
             try:
                 self.detector.observe(ctx, count)
             except DetectUnavailable:
