@@ -109,3 +109,69 @@ def test_postgresql_tables(pg_url: str) -> None:
         next(iter({f.table for f in full if "customer" in (f.table or "")}))
     }
     assert "****" not in pg_url or all("****" not in i.source for i in full.issues)
+
+
+def _one_table(path: Path, rows: int = 1) -> None:
+    with sqlite3.connect(path) as con:
+        con.execute("CREATE TABLE t (note TEXT)")
+        con.executemany("INSERT INTO t VALUES (?)", [(f"身份证号{ID}",)] * rows)
+    con.close()
+
+
+def test_sqlite_files_whose_names_hold_uri_characters_are_read(tmp_path: Path) -> None:
+    """The path went into a ``file:`` URI unquoted: ``export#2.db`` opened the empty ``export``
+    beside it (creating it, read-write, on the share being swept) and reported nothing found;
+    ``?`` and ``%`` in a name made the database unreadable."""
+    share = tmp_path / "share"
+    share.mkdir()
+    names = ["export#2.db", "dump?mode=rwc.db", "copy%41.db"]
+    for n in names:
+        _one_table(share / n)
+    r = scan_paths([str(share)], ScanOptions(workers=1))
+    assert {Path(s).name for (s, k) in r.counts if k == "id_number"} == set(names)
+    assert r.issues == []
+    assert sorted(p.name for p in share.iterdir()) == sorted(names), "the scan wrote to the share"
+    for n in names:
+        one = scan_database(f"sqlite:///{share / n}", full=True)
+        assert one.totals()["id_number"] == 1 and one.issues == []
+
+
+def test_a_column_called_rowid_neither_fails_nor_hides_rows(tmp_path: Path) -> None:
+    """A column named rowid hides SQLite's own: its text values made the sample's range a
+    TypeError (a traceback at the command line, the whole database unread)."""
+    db = tmp_path / "shadow.db"
+    with sqlite3.connect(db) as con:
+        con.execute("CREATE TABLE t (rowid TEXT, v TEXT)")
+        con.executemany("INSERT INTO t VALUES (?, ?)", [(f"r{i}", f"身份证号{ID}") for i in range(3000)])
+        con.execute("CREATE TABLE every (rowid TEXT, oid TEXT, _rowid_ TEXT, v TEXT)")
+        con.execute("INSERT INTO every VALUES ('a', 'b', 'c', ?)", (f"手机{MOBILE}",))
+    con.close()
+    full = scan_database(f"sqlite:///{db}", full=True)
+    assert full.issues == []
+    assert full.counts[(f"{db}#t", "id_number")] == 3000
+    assert full.counts[(f"{db}#every", "mobile")] == 1
+    assert {f.line for f in full if f.table == "t"} == set(range(1, 1001))  # the real rowids
+    sampled = scan_database(f"sqlite:///{db}", sample=100)
+    assert sampled.issues == [] and sampled.counts[(f"{db}#t", "id_number")] == 100
+    swept = scan_paths([str(db)], ScanOptions(workers=1))
+    assert swept.issues == [] and swept.totals()["id_number"] > 0
+
+
+def test_a_full_table_scan_holds_no_list_of_every_row(tmp_path: Path) -> None:
+    """The row ids of a whole table were kept in one list: gigabytes for 10^8 rows."""
+    import tracemalloc
+
+    db = tmp_path / "big.db"
+    with sqlite3.connect(db) as con:
+        con.execute("CREATE TABLE t (v TEXT)")
+        con.executemany("INSERT INTO t VALUES (?)", (("x",) for _ in range(400_000)))
+    con.close()
+    scan_database(f"sqlite:///{db}", full=True)  # warm up: compile the engine
+    tracemalloc.start()
+    try:
+        r = scan_database(f"sqlite:///{db}", full=True)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert r.issues == [] and r.sources == 1
+    assert peak < 4 << 20, f"peak {peak >> 20} MiB for 400,000 rows"

@@ -8,12 +8,14 @@ as names and addresses. Connections are read-only.
 
 from __future__ import annotations
 
+import os
 import random
 import re
 import sqlite3
 import time
+from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import quote, urlsplit, urlunsplit
 
 from pivault.scan.engine import Engine, get_engine
 from pivault.scan.findings import ScanOptions, ScanReport, SourceResult
@@ -21,6 +23,8 @@ from pivault.scan.stream import Collector, scan_columns
 
 #: a sample is read in this many blocks from random places in the table
 SAMPLE_BLOCKS = 8
+#: rows of a table scanned together (each column's cells as one text)
+ROW_BATCH = 2000
 
 
 def display_url(url: str) -> str:
@@ -44,6 +48,16 @@ def _sqlite_path(url: str) -> str:
     return url
 
 
+def _open_ro(path: str) -> sqlite3.Connection:
+    """A read-only connection to the SQLite file at ``path``, whatever characters its name holds.
+
+    The path goes into a ``file:`` URI, where ``#`` ends the path, ``?`` starts the
+    options and ``%`` escapes: unquoted, ``export#2.db`` opened (and created, read-write)
+    the empty ``export`` beside it and reported nothing found. Quoted, the name is the file's.
+    """
+    return sqlite3.connect(f"file:{quote(os.path.abspath(path))}?mode=ro", uri=True)
+
+
 def source_name(url: str) -> str:
     """The source a database's own results and issues carry (its tables': ``name#table``)."""
     if url.startswith(("postgresql://", "postgres://")):
@@ -59,11 +73,17 @@ def _sqlite_rows(
     con: sqlite3.Connection, table: str, full: bool, sample: int
 ) -> tuple[list[str], Iterator[tuple[int, Sequence[object]]]]:
     cols = [r[1] for r in con.execute(f"PRAGMA table_info({_q(table)})")]
-    try:
-        lo, hi = con.execute(f"SELECT min(rowid), max(rowid) FROM {_q(table)}").fetchone()
-        has_rowid = True
-    except sqlite3.OperationalError:
-        has_rowid, lo, hi = False, None, None
+    # a column may be called rowid (or _rowid_, oid) and hide the real one: its values are
+    # text, duplicates, NULLs, and a sample by their range fails or misses rows
+    taken = {c.lower() for c in cols}
+    rowid = next((a for a in ("rowid", "_rowid_", "oid") if a not in taken), None)
+    has_rowid, lo, hi = False, None, None
+    if rowid is not None:
+        try:
+            lo, hi = con.execute(f"SELECT min({rowid}), max({rowid}) FROM {_q(table)}").fetchone()
+            has_rowid = True
+        except sqlite3.OperationalError:
+            pass  # a WITHOUT ROWID table
 
     def gen() -> Iterator[tuple[int, Sequence[object]]]:
         if not has_rowid:
@@ -74,7 +94,7 @@ def _sqlite_rows(
         if lo is None:
             return
         if full or hi - lo + 1 <= sample:
-            for row in con.execute(f"SELECT rowid, * FROM {_q(table)} ORDER BY rowid"):
+            for row in con.execute(f"SELECT {rowid}, * FROM {_q(table)} ORDER BY {rowid}"):
                 yield row[0], row[1:]
             return
         # One block from each of SAMPLE_BLOCKS equal stretches of the rowid
@@ -89,7 +109,8 @@ def _sqlite_rows(
                 continue
             start = max(nxt, lo + b * width + rng.randint(0, max(0, width - per)))
             for row in con.execute(
-                f"SELECT rowid, * FROM {_q(table)} WHERE rowid >= ? ORDER BY rowid LIMIT ?", (start, per)
+                f"SELECT {rowid}, * FROM {_q(table)} WHERE {rowid} >= ? ORDER BY {rowid} LIMIT ?",
+                (start, per),
             ):
                 nxt = row[0] + 1
                 yield row[0], row[1:]
@@ -105,14 +126,22 @@ def _scan_rows(
     engine: Engine,
     out: Collector,
 ) -> int:
-    ids: list[int] = []
+    # only the rows of the batch being scanned need their ids: a list of every id of a
+    # table of 10^8 rows held gigabytes
+    ids: deque[int] = deque(maxlen=ROW_BATCH)
+    read = 0
 
     def values() -> Iterator[Sequence[object]]:
+        nonlocal read
         for rid, row in rows:
             ids.append(rid)
+            read += 1
             yield row
 
-    return scan_columns(values(), cols, file, table, engine, out, row_ids=lambda o: ids[o])
+    def row_id(o: int) -> int:
+        return ids[o - (read - len(ids))]
+
+    return scan_columns(values(), cols, file, table, engine, out, row_ids=row_id, batch=ROW_BATCH)
 
 
 def sqlite_tables(con: sqlite3.Connection) -> list[str]:
@@ -136,7 +165,7 @@ def scan_sqlite_into(
 ) -> int:
     """Scan the tables of an SQLite file into one collector; returns the bytes of cell text read."""
     try:
-        con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        con = _open_ro(path)
     except sqlite3.Error as e:
         out.issue("database", f"cannot open SQLite database ({type(e).__name__})")
         return 0
@@ -274,7 +303,7 @@ def scan_database(
     else:
         path = _sqlite_path(url)
         try:
-            con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+            con = _open_ro(path)
             names = list(tables) if tables else sqlite_tables(con)
             con.close()
         except sqlite3.Error as e:
