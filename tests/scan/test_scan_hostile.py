@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import os
 from pathlib import Path
 
@@ -161,3 +162,38 @@ def test_a_name_before_a_colon_is_not_printed_as_the_column(tmp_path: Path) -> N
     for p in people:
         assert p["name"] not in columns, columns
     assert "手机" in columns and "电话" in columns  # keys are still keys
+
+
+def _register(people: list[dict[str, str]]) -> str:
+    """Chinese-heavy lines (a name, an address, a note) and one ID number at the end."""
+    lines = [f"{p['name']}住{p['address']}，备注：{p['notes']}\n" for p in people]
+    return "".join(lines) + f"身份证号：{people[0]['id_number']}\n"
+
+
+def test_utf16_without_a_mark_and_utf32_are_read(tmp_path: Path) -> None:
+    """A Chinese register saved as UTF-16 without a BOM has NULs only beside its few ASCII
+    characters: it was skipped as binary. UTF-32 with a BOM was read as UTF-16 and nothing in
+    it was found, without an issue."""
+    people = [{k: str(v) for k, v in r.items()} for r in generate(60, 89)][:40]
+    text = _register(people)
+    share = tmp_path / "share"
+    share.mkdir()
+    for enc in ("utf-16-le", "utf-16-be", "utf-32", "utf-32-le"):
+        data = text.encode(enc)
+        if enc == "utf-32-le":
+            data = codecs.BOM_UTF32_LE + data
+        (share / f"register.{enc}.txt").write_bytes(data)
+    r = _scan(share)
+    assert r.issues == []
+    for enc in ("utf-16-le", "utf-16-be", "utf-32", "utf-32-le"):
+        src = str(share / f"register.{enc}.txt")
+        assert r.counts[(src, "id_number")] == 1, enc
+        assert r.counts[(src, "address")] == 40, enc
+    # data with NULs on one side that does not read as text is still binary
+    import random
+
+    rnd = random.Random(89)
+    pairs = [(rnd.randrange(1, 32), 0) if i % 10 == 0 else (rnd.randrange(1, 256), 0x4E) for i in range(4096)]
+    blob = bytes(b for pair in pairs for b in pair)
+    (share / "blob.dat").write_bytes(blob)
+    assert [i.code for i in _scan(share / "blob.dat").issues] == ["binary"]

@@ -86,6 +86,10 @@ def sniff_encoding(head: bytes) -> str | None:
     None when the encoding is none of these."""
     if head.startswith(codecs.BOM_UTF8):
         return "utf-8-sig"
+    # before UTF-16's: the UTF-32 LE mark begins with it, and decoded as UTF-16 every
+    # character of such a file is followed by a NUL, so nothing in it was ever found
+    if head.startswith(codecs.BOM_UTF32_LE) or head.startswith(codecs.BOM_UTF32_BE):
+        return "utf-32"
     if head.startswith(codecs.BOM_UTF16_LE):
         return "utf-16-le"
     if head.startswith(codecs.BOM_UTF16_BE):
@@ -98,6 +102,13 @@ def sniff_encoding(head: bytes) -> str | None:
         if odd > 0.3 * half and even < 0.05 * half:
             return "utf-16-le"
         if even > 0.3 * half and odd < 0.05 * half:
+            return "utf-16-be"
+        # Chinese text without a BOM: its characters have no NUL byte, only the ASCII among
+        # them (digits, punctuation, line breaks) have one, so the NULs are few but all on one
+        # side; the text decodes, and reads as text, where binary data does not
+        if even < 0.05 * half and _reads_as_utf16(sample, "utf-16-le"):
+            return "utf-16-le"
+        if odd < 0.05 * half and _reads_as_utf16(sample, "utf-16-be"):
             return "utf-16-be"
         return "binary"
     if sample.isascii():
@@ -114,6 +125,22 @@ def sniff_encoding(head: bytes) -> str | None:
     if controls > len(sample) // 100:
         return "binary"
     return None
+
+
+#: a share of unprintable characters above which a UTF-16 reading of data is not text
+_UTF16_UNPRINTABLE = 0.01
+
+
+def _reads_as_utf16(sample: bytes, enc: str) -> bool:
+    """Whether ``sample`` decodes as ``enc`` into text: no broken surrogate, next to no controls."""
+    try:
+        text = codecs.getincrementaldecoder(enc)().decode(sample[: len(sample) & ~1])
+    except UnicodeDecodeError:
+        return False
+    if not text:
+        return False
+    odd = sum(1 for c in text if not c.isprintable() and c not in "\t\r\n")
+    return odd <= _UTF16_UNPRINTABLE * len(text)
 
 
 _DIGIT_RUN = re.compile(rb"[0-9]{6}")
