@@ -197,3 +197,38 @@ def test_utf16_without_a_mark_and_utf32_are_read(tmp_path: Path) -> None:
     blob = bytes(b for pair in pairs for b in pair)
     (share / "blob.dat").write_bytes(blob)
     assert [i.code for i in _scan(share / "blob.dat").issues] == ["binary"]
+
+
+def test_what_a_damaged_archive_holds_before_the_damage_is_found(tmp_path: Path) -> None:
+    """A truncated copy (a transfer cut short, a full disk) is the commonest damaged archive: a
+    decompressor's read that met the damage dropped everything it had decompressed, and the
+    values held back for the next chunk were never scanned, so nothing at all was found."""
+    import gzip
+    import io
+    import lzma
+    import zipfile
+
+    people = [{k: str(v) for k, v in r.items()} for r in generate(3000, 90) if r["mobile"]][:2000]
+    text = "".join(f"身份证号{p['id_number']} 手机{p['mobile']}\n" for p in people).encode()
+    share = tmp_path / "share"
+    share.mkdir()
+    gz = gzip.compress(text)
+    (share / "cut.log.gz").write_bytes(gz[: len(gz) * 3 // 4])
+    (share / "padded.log.gz").write_bytes(gz + b"garbage")
+    xz = lzma.compress(text)
+    (share / "cut.log.xz").write_bytes(xz[: len(xz) * 3 // 4])
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
+        z.writestr("export.log", text)
+    damaged = bytearray(buf.getvalue())
+    damaged[len(damaged) * 3 // 4 : len(damaged) * 3 // 4 + 64] = b"\xff" * 64
+    (share / "damaged.zip").write_bytes(bytes(damaged))
+    r = _scan(share)
+    assert {(os.path.basename(i.source), i.code) for i in r.issues} == {
+        ("cut.log.gz", "corrupt"), ("padded.log.gz", "corrupt"), ("cut.log.xz", "corrupt"),
+        ("damaged.zip!export.log", "corrupt")}
+    n = len(people)
+    assert r.counts[(str(share / "padded.log.gz"), "id_number")] == n
+    for name in ("cut.log.gz", "cut.log.xz", "damaged.zip"):
+        found = r.counts[(str(share / name), "id_number")]
+        assert found > n // 2, f"{name}: {found} of the ID numbers before the damage"

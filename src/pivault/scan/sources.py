@@ -44,6 +44,8 @@ from pivault.scan.stream import (
 )
 
 RATIO_FLOOR = 8 * 1024 * 1024
+#: decompressed bytes asked of an archive at a time: what came before a damage is kept to this
+PIECE = 64 * 1024
 TOTAL_FLOOR = 64 * 1024 * 1024
 #: archives that need random access (zip, xlsx, Parquet) are read into memory up to this size when nested
 NESTED_MEMORY = 64 * 1024 * 1024
@@ -92,12 +94,37 @@ class _Limited(io.RawIOBase):
         self.budget = budget
         self.ratio = ratio
         self.count = 0
+        self.failed: Exception | None = None
+        self.read1 = getattr(inner, "read1", None)
 
     def readable(self) -> bool:
         return True
 
     def read(self, n: int | None = -1) -> bytes:
-        data = self.inner.read(n if n is not None and n >= 0 else 1 << 20)
+        want = n if n is not None and n >= 0 else 1 << 20
+        if self.failed is not None:
+            e, self.failed = self.failed, None
+            raise e
+        if self.read1 is None:
+            data = self.inner.read(want)
+        else:
+            # piece by piece: a decompressor's read(n) that meets the damage of a truncated
+            # archive raises and drops everything it had decompressed, whose values went unfound
+            parts: list[bytes] = []
+            got = 0
+            while got < want:
+                try:
+                    part = self.read1(min(want - got, PIECE))
+                except Exception as e:
+                    if not parts:
+                        raise
+                    self.failed = e
+                    break
+                if not part:
+                    break
+                parts.append(part)
+                got += len(part)
+            data = b"".join(parts)
         self.count += len(data)
         if self.count > self.member_limit:
             raise BombError(f"a member expands more than {self.ratio:g} times its compressed size")
@@ -157,14 +184,37 @@ def _csv_sep(name: str) -> bytes | None:
     return None
 
 
-def _read_head(f: Readable, n: int) -> bytes:
+class _Failed(io.RawIOBase):
+    """The rest of a stream whose read failed: the failure again, once what came before is scanned."""
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, n: int | None = -1) -> bytes:
+        raise self.error
+
+
+def _read_head(f: Readable, n: int) -> tuple[bytes, Readable]:
+    """The first ``n`` bytes, and the stream to read the rest from.
+
+    A truncated or damaged archive fails part-way: what it gave before the
+    damage is returned (and scanned), the failure is raised by the next read.
+    """
     out = b""
     while len(out) < n:
-        b = f.read(n - len(out))
+        try:
+            b = f.read(n - len(out))
+        except Exception as e:
+            if not out:
+                raise
+            return out, _Failed(e)
         if not b:
             break
         out += b
-    return out
+    return out, f
 
 
 def _seekable_copy(f: Readable, head: bytes, name: str, ctx: _Ctx) -> BinaryIO | None:
@@ -190,7 +240,7 @@ def _seekable_copy(f: Readable, head: bytes, name: str, ctx: _Ctx) -> BinaryIO |
 
 def scan_stream(f: Readable, name: str, size: int | None, ctx: _Ctx, depth: int, *, seekable: bool) -> None:
     """Scan one input (a file or an archive member) of whatever format its first bytes say."""
-    head = _read_head(f, min(ctx.options.chunk_size, 1 << 20))
+    head, f = _read_head(f, min(ctx.options.chunk_size, 1 << 20))
     ctx.bytes_read += len(head)
     low = name.lower()
     if head[:4] in (b"PK\x03\x04", b"PK\x05\x06"):

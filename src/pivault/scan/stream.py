@@ -431,6 +431,7 @@ def scan_binary_stream(
     decoder = codecs.getincrementaldecoder(enc)(errors="replace") if enc not in (None, "utf-8") else None
     total = 0
     bad = 0
+    failed: Exception | None = None
     while chunk:
         total += len(chunk)
         if decoder is not None:
@@ -439,7 +440,13 @@ def scan_binary_stream(
             stream.feed(text.encode("utf-8"))
         else:
             stream.feed(chunk)
-        chunk = f.read(size)
+        try:
+            chunk = f.read(size)
+        except Exception as e:
+            # a truncated or damaged archive: the bytes held back for the next chunk are
+            # still scanned (findings before the damage are kept), then the caller hears of it
+            failed = e
+            break
     tail = b""
     if decoder is not None:
         text = decoder.decode(b"", final=True)
@@ -448,6 +455,8 @@ def scan_binary_stream(
     stream.feed(tail, final=True)
     if bad:
         collector.issue("encoding", f"{bad} byte sequence(s) invalid in {enc}: replaced and scanned around")
+    if failed is not None:
+        raise failed
     return total
 
 
