@@ -209,3 +209,64 @@ def test_a_named_table_that_cannot_be_read_is_an_error_postgresql(pg_url: str) -
     assert json.loads(res.stdout)["summary"]["totals"] == {"mobile": 2}
     assert runner.invoke(app, ["--db", pg_url, "--table", "scan_customer"]).exit_code == 0
     assert runner.invoke(app, ["--db", pg_url, "--fail-on", "mobile:2"]).exit_code == 0
+
+
+def _cli(*args: str) -> tuple[int, bytes, bytes]:
+    """The installed command, in a process of its own: its real stdout and stderr, as bytes."""
+    import subprocess
+    import sys
+
+    p = subprocess.run([sys.executable, "-m", "pivault.cli.main", "scan", *args, "--workers", "1"],
+                       capture_output=True, timeout=120)
+    return p.returncode, p.stdout, p.stderr
+
+
+def test_names_chosen_by_whoever_wrote_the_share_do_not_act_on_the_terminal(tmp_path: Path) -> None:
+    """File names, CSV headers and missing paths were echoed as they are: an escape sequence in
+    one cleared or retitled the officer's terminal, a right-to-left override turned it around."""
+    import os
+
+    share = tmp_path / "share"
+    share.mkdir()
+    evil = "a\x1b[2J\x1b]0;owned\x07\u202eb\x9b31m.txt"
+    (share / evil).write_text(f"身份证号{ID}\n", encoding="utf-8")
+    (share / "h.csv").write_text(f"\x1b[31m手机,身份证号\n{MOBILE},{ID}\n", encoding="utf-8")
+    missing = str(tmp_path / "gone\x1b[5m")
+    sarif = tmp_path / "out.sarif"
+    for extra in ([], ["--json"]):
+        code, out, err = _cli(str(share), missing, "--sarif", str(sarif), *extra)
+        assert code == 2, err  # the missing path
+        text = (out + err).decode("utf-8")
+        for c in ("\x1b", "\x07", "\u202e", "\x9b"):
+            assert c not in text, (extra, repr(c))
+        assert ID not in text and MOBILE not in text
+    doc = json.loads(out)  # the same names once loaded
+    assert {f["file"] for f in doc["findings"]} == {str(share / evil), str(share / "h.csv")}
+    assert {f["column"] for f in doc["findings"]} >= {"\x1b[31m手机"}
+    assert str(share / evil) in {r["locations"][0]["physicalLocation"]["artifactLocation"]["uri"]
+                                 for r in json.loads(sarif.read_text("utf-8"))["runs"][0]["results"]}
+    assert os.path.exists(share / evil)
+
+
+def test_a_file_name_that_is_not_utf8_does_not_end_the_scan(tmp_path: Path) -> None:
+    """A GBK file name from a Windows share (bytes that are not UTF-8) ended the scan in a
+    traceback when the report was written: no table, no JSON, no SARIF."""
+    import os
+
+    share = tmp_path / "share"
+    share.mkdir()
+    raw = os.fsencode(share) + b"/" + "客户名单".encode("gbk") + b".txt"
+    with open(raw, "wb") as f:
+        f.write(f"身份证号{ID}\n".encode())
+    sarif = tmp_path / "out.sarif"
+    for extra in ([], ["--json"]):
+        code, out, err = _cli(str(share), "--sarif", str(sarif), "--fail-on", "id_number:0", *extra)
+        assert code == 1, err.decode("utf-8", "replace")
+        assert b"Traceback" not in err
+        assert b"110***********002X" in out
+    doc = json.loads(out)
+    (found,) = doc["findings"]
+    assert os.fsencode(found["file"]) == raw  # the real name, to find the file by
+    run = json.loads(sarif.read_text("utf-8"))["runs"][0]
+    uri = run["results"][0]["locations"][0]["physicalLocation"]["artifactLocation"]["uri"]
+    assert os.fsencode(uri) == raw

@@ -5,7 +5,6 @@ A thin skin over :mod:`pivault.scan`; values are always shown masked.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from pathlib import Path
@@ -28,6 +27,7 @@ from pivault.scan import (
     to_json,
     to_sarif,
 )
+from pivault.scan.output import dumps, shown
 
 #: issue codes that mean an input was not read at all, not merely in part
 _NOT_READ = frozenset({"unreadable", "not_regular", "symlink_loop", "database", "error"})
@@ -127,9 +127,9 @@ def scan(
         except ValueError as e:
             raise ValidationError("scan.database", str(e)) from None
     if sarif is not None:
-        sarif.write_text(json.dumps(to_sarif(report), ensure_ascii=False, indent=2), encoding="utf-8")
+        sarif.write_text(dumps(to_sarif(report)), encoding="utf-8")
     if as_json:
-        sys.stdout.write(json.dumps(to_json(report), ensure_ascii=False, indent=2) + "\n")
+        sys.stdout.write(dumps(to_json(report)) + "\n")
     else:
         render_table(report, Console())
     over = report.exceeded(limits)
@@ -139,7 +139,7 @@ def scan(
     if unread:
         # after the report, so what was read is still shown; status 2 whatever was found
         _err("error[scan.unreadable]: not read: "
-             + "; ".join(f"{i.source} ({i.message})" for i in unread))
+             + "; ".join(shown(f"{i.source} ({i.message})") for i in unread))
         raise typer.Exit(2)
     if over:
         raise typer.Exit(1)

@@ -5,6 +5,8 @@ Every format shows masked values only.
 
 from __future__ import annotations
 
+import json
+import re
 from collections import defaultdict
 from typing import Any
 
@@ -27,6 +29,39 @@ def _version() -> str:
         return "0"
 
 
+#: characters a terminal acts on, or that reorder or hide text: C0 and C1 controls, bidirectional
+#: overrides and isolates, zero-width and line separators, the byte order mark; and the lone
+#: surrogates by which Python names the bytes of a file name that are not UTF-8 (a GBK name
+#: from a Windows share), which no output can encode: one such name ended the scan in a
+#: traceback, with no report at all
+_UNSHOWABLE = re.compile(
+    r"[\x00-\x1f\x7f-\x9f\u200b-\u200f\u2028-\u202e\u2060-\u206f\ufeff\ud800-\udfff]")
+
+#: the same less C0 controls, which JSON escapes itself (and whose line breaks lay it out)
+_JSON_UNSHOWABLE = re.compile(r"[\x7f-\x9f\u200b-\u200f\u2028-\u202e\u2060-\u206f\ufeff\ud800-\udfff]")
+
+
+def shown(text: str) -> str:
+    """``text`` as one line a terminal shows as it is: the characters above as ``\\uXXXX``.
+
+    File and member names, CSV headers and sheet names are chosen by whoever wrote the files
+    swept: an escape sequence in one would clear or retitle the terminal of the officer reading
+    the report, a line break draw a made-up row, a right-to-left override turn a name around.
+    """
+    return _UNSHOWABLE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+
+
+def dumps(doc: Any) -> str:
+    """JSON for a terminal: as ``json.dumps`` with the characters of :func:`shown` escaped too.
+
+    ``json.dumps`` escapes C0 controls only; the others are written as they are with
+    ``ensure_ascii=False``. They occur only inside strings, where ``\\uXXXX`` is the same value
+    (a file name's surrogates load back as they were: ``os.fsencode`` gives its bytes).
+    """
+    return _JSON_UNSHOWABLE.sub(lambda m: f"\\u{ord(m.group()):04x}",
+                                json.dumps(doc, ensure_ascii=False, indent=2))
+
+
 def render_table(report: ScanReport, console: Console) -> None:
     """Counts per source and kind with a few masked examples, then the issues."""
     table = Table(title="pivault scan: findings")
@@ -41,9 +76,9 @@ def render_table(report: ScanReport, console: Console) -> None:
     for source in sorted(rows):
         first = True
         for kind in sorted(rows[source], key=order.index):
-            shown = report.examples.get((source, kind), [])
-            ex = "; ".join(_example(f, source) for f in shown)
-            table.add_row(Text(source if first else ""), kind, str(rows[source][kind]), Text(ex))
+            examples = report.examples.get((source, kind), [])
+            ex = shown("; ".join(_example(f, source) for f in examples))
+            table.add_row(Text(shown(source) if first else ""), kind, str(rows[source][kind]), Text(ex))
             first = False
     if rows:
         console.print(table)
@@ -61,7 +96,7 @@ def render_table(report: ScanReport, console: Console) -> None:
         it.add_column("issue")
         it.add_column("what happened", overflow="fold")
         for i in report.issues:
-            it.add_row(Text(i.source), i.code, Text(i.message))
+            it.add_row(Text(shown(i.source)), i.code, Text(shown(i.message)))
         console.print(it)
     totals = report.totals()
     summary = ", ".join(f"{k} {totals[k]}" for k in KINDS if totals.get(k)) or "nothing found"
