@@ -175,3 +175,27 @@ def test_a_full_table_scan_holds_no_list_of_every_row(tmp_path: Path) -> None:
         tracemalloc.stop()
     assert r.issues == [] and r.sources == 1
     assert peak < 4 << 20, f"peak {peak >> 20} MiB for 400,000 rows"
+
+
+def test_postgresql_tables_with_hostile_names_are_sampled(pg_url: str) -> None:
+    """Table and column names are whoever made the database's: a quote in a table's name broke
+    the row estimate of a sample, and the table was reported unreadable, its rows unscanned. No
+    name runs as SQL."""
+    import psycopg
+
+    names = ['we"ird', "x'); DROP TABLE victim; --", 'a"."b', "客户 表"]
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE victim (v text)")
+        for n in names:
+            q = '"' + n.replace('"', '""') + '"'
+            conn.execute(f'CREATE TABLE {q} ("id"" --" int, "手机; DROP TABLE victim" text)')
+            conn.execute(f"INSERT INTO {q} VALUES (1, %s), (2, %s)", (MOBILE, f"身份证号{ID}"))
+    sampled = scan_database(pg_url, sample=50)
+    assert sampled.issues == []
+    schema_tables = {s.rsplit("#", 1)[1].split(".", 1)[1] for (s, k) in sampled.counts if k == "mobile"}
+    assert schema_tables == set(names)
+    assert sampled.totals()["id_number"] == len(names)
+    named = scan_database(pg_url, [names[0]], sample=50)
+    assert named.issues == [] and named.totals()["mobile"] == 1
+    with psycopg.connect(pg_url) as conn:
+        assert conn.execute("SELECT count(*) FROM victim").fetchone() == (0,)

@@ -250,9 +250,12 @@ def _scan_postgres(
                     if full:
                         query = sql.SQL("SELECT * FROM {}").format(ident)
                     else:
+                        # by name, not a quoted text cast to regclass: a quote in a table's
+                        # name broke that text, and the table was reported unreadable, unscanned
                         est = conn.execute(
-                            "SELECT reltuples FROM pg_class WHERE oid = %s::regclass",
-                            (f'"{schema}"."{name}"',),
+                            "SELECT c.reltuples FROM pg_class c JOIN pg_namespace n "
+                            "ON n.oid = c.relnamespace WHERE n.nspname = %s AND c.relname = %s",
+                            (schema, name),
                         ).fetchone()
                         rows_est = float(est[0]) if est else -1.0
                         if rows_est > 3 * sample:
