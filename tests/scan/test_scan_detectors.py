@@ -62,6 +62,18 @@ def test_id_numbers_legacy_and_grouped() -> None:
     assert kinds("110105194913310023") == []  # date
 
 
+@pytest.mark.parametrize("engine", ENGINES)
+def test_id_numbers_grouped_with_dashes(engine: str) -> None:
+    """Forms print an ID number as 6-8-4 with dashes as often as with spaces (mobiles and cards
+    were found either way): a dashed copy was missed."""
+    id_ = "110***********002X"
+    assert kinds("身份证号：110105-19491231-002X。", engine) == [("id_number", id_)]
+    assert kinds("ID 110105-19491231-002x", engine) == [("id_number", id_)]
+    assert kinds("ID 110105 19491231-002X", engine) == [("id_number", id_)]
+    assert kinds("编号 110105-19491231-0021", engine) == []  # check character
+    assert kinds("110105-19491231-002X-7", engine) == []  # the first groups of a longer number
+
+
 def test_mobiles_with_prefixes_and_separators() -> None:
     for text in (
         "+8613812345678",

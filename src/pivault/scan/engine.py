@@ -227,7 +227,7 @@ ANCHORS: tuple[_Anchor, ...] = (
     _Anchor(
         "gid",
         _DIGIT_KINDS,
-        rb"[0-9][0-9]{5} [0-9]{8} [0-9]{3}[0-9Xx]",
+        rb"[0-9][0-9]{5}[ \-][0-9]{8}[ \-][0-9]{3}[0-9Xx]",
         _AN,
         _AN,
         bulk=True,
