@@ -270,3 +270,16 @@ def test_a_file_name_that_is_not_utf8_does_not_end_the_scan(tmp_path: Path) -> N
     run = json.loads(sarif.read_text("utf-8"))["runs"][0]
     uri = run["results"][0]["locations"][0]["physicalLocation"]["artifactLocation"]["uri"]
     assert os.fsencode(uri) == raw
+
+
+def test_a_gate_on_a_kind_not_scanned_is_refused(tmp_path: Path) -> None:
+    """``--kind mobile --fail-on id_number:0`` looked for no ID number, so the gate passed with
+    ID numbers in the files: a CI check that can never fail."""
+    share = _tree(tmp_path)
+    res = runner.invoke(app, [str(share), "--kind", "mobile", "--fail-on", "id_number:0", "--workers", "1"])
+    assert res.exit_code == 2
+    assert res.stderr.startswith("error[scan.fail_on]: --fail-on id_number: not a kind scanned")
+    assert ID not in res.output
+    gated = [str(share), "--kind", "mobile", "--kind", "id_number", "--fail-on", "id_number:0"]
+    assert runner.invoke(app, [*gated, "--workers", "1"]).exit_code == 1
+    assert runner.invoke(app, [str(share), "--kind", "mobile", "--fail-on", "any:0"]).exit_code == 1

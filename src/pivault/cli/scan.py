@@ -118,6 +118,12 @@ def scan(
         )
     except ValueError as e:
         raise ValidationError("scan.kind", str(e)) from None
+    unscanned = sorted(k for k in limits if k in KINDS and k not in options.kinds)
+    if unscanned:
+        # a gate on a kind that is not looked for can never fail: it would pass with PI present
+        raise ValidationError("scan.fail_on", f"--fail-on {', '.join(unscanned)}: not a kind scanned "
+                              f"(--kind {' --kind '.join(sorted(options.kinds))})",
+                              hint="add --kind for it, or drop the --fail-on")
     report = ScanReport()
     if paths:
         report = scan_paths([str(p) for p in paths], options)
