@@ -232,3 +232,37 @@ def test_what_a_damaged_archive_holds_before_the_damage_is_found(tmp_path: Path)
     for name in ("cut.log.gz", "cut.log.xz", "damaged.zip"):
         found = r.counts[(str(share / name), "id_number")]
         assert found > n // 2, f"{name}: {found} of the ID numbers before the damage"
+
+
+def test_values_in_file_and_member_names_are_found(tmp_path: Path) -> None:
+    """Scans of ID cards saved under the holder's ID number, an export per resident named by
+    mobile: the name is a copy of the value, but the scanner read contents only, and an image
+    or an encrypted member was 'binary' or 'unreadable', nothing found."""
+    import io
+    import tarfile
+    import zipfile
+
+    p = _person(91)
+    share = tmp_path / "share"
+    share.mkdir()
+    (share / f"{p['id_number']}.jpg").write_bytes(b"\xff\xd8\xff\xe0" + bytes(200))
+    (share / f"{p['name']}_{p['mobile']}.txt").write_text("见附件\n", encoding="utf-8")
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        z.writestr(f"photos/{p['id_number']}_front.png", b"\x89PNG\r\n\x1a\n" + bytes(64))
+    (share / "photos.zip").write_bytes(buf.getvalue())
+    tbuf = io.BytesIO()
+    with tarfile.open(fileobj=tbuf, mode="w") as t:
+        info = tarfile.TarInfo(f"cards/{p['mobile']}.txt")
+        info.size = 3
+        t.addfile(info, io.BytesIO(b"n/a"))
+    (share / "cards.tar").write_bytes(tbuf.getvalue())
+    r = _scan(share)
+    found = {(os.path.relpath(f.file or "", share), f.kind, f.column) for f in r}
+    assert found == {
+        (f"{p['id_number']}.jpg", "id_number", "file name"),
+        (f"{p['name']}_{p['mobile']}.txt", "mobile", "file name"),
+        (f"photos.zip!photos/{p['id_number']}_front.png", "id_number", "file name"),
+        (f"cards.tar!cards/{p['mobile']}.txt", "mobile", "file name"),
+    }
+    assert all(p["id_number"] not in f.masked and p["mobile"] not in f.masked for f in r)

@@ -33,7 +33,7 @@ from typing import BinaryIO, cast
 
 from pivault.arrowtext import text_lengths
 from pivault.scan.engine import Engine, get_engine
-from pivault.scan.findings import ScanOptions, SourceResult
+from pivault.scan.findings import Finding, ScanOptions, SourceResult
 from pivault.scan.stream import (
     Collector,
     Readable,
@@ -43,6 +43,8 @@ from pivault.scan.stream import (
     scan_columns,
 )
 
+#: the column of a value found in a file's or a member's name
+NAME_COLUMN = "file name"
 RATIO_FLOOR = 8 * 1024 * 1024
 #: decompressed bytes asked of an archive at a time: what came before a damage is kept to this
 PIECE = 64 * 1024
@@ -287,6 +289,20 @@ def scan_stream(f: Readable, name: str, size: int | None, ctx: _Ctx, depth: int,
     ) - len(head)
 
 
+def _name_hits(name: str, source: str, ctx: _Ctx) -> None:
+    """Values in a file's or an archive member's own name (its last part), as findings of it.
+
+    Scans of ID cards saved as ``110105194912310021.jpg``, an export per resident named by
+    mobile: the name is a copy of the value, whatever the content is (an image, an encrypted
+    member, nothing the scanner reads).
+    """
+    base = name.rstrip("/").rsplit("/", 1)[-1]
+    data = base.encode("utf-8", "surrogateescape")
+    for h in ctx.engine.scan(data, 0, len(data), ctx.options.min_confidence):
+        ctx.out.add(Finding(h.kind, h.masked, h.confidence, file=source, column=NAME_COLUMN,
+                            length=h.end - h.start, detail=h.detail))
+
+
 def _zip_family(f: BinaryIO, name: str, size: int | None, ctx: _Ctx, depth: int) -> None:
     try:
         z = zipfile.ZipFile(f)
@@ -321,6 +337,7 @@ def _zip_family(f: BinaryIO, name: str, size: int | None, ctx: _Ctx, depth: int)
             if info.is_dir():
                 continue
             member = f"{name}!{info.filename}"
+            _name_hits(info.filename, member, ctx)
             if info.flag_bits & 0x1:
                 ctx.out.issue("unreadable", "encrypted zip member: not scanned", member)
                 continue
@@ -383,6 +400,7 @@ def _tar(f: Readable, name: str, ctx: _Ctx, depth: int) -> None:
                 member = f"{name}!{m.name}"
                 if not m.isfile():
                     continue
+                _name_hits(m.name, member, ctx)
                 ef = tar.extractfile(m)
                 if ef is None:
                     continue
@@ -561,6 +579,7 @@ def scan_file(path: str, options: ScanOptions, engine: Engine | None = None) -> 
     eng = engine or get_engine(options.kinds, options.engine)
     budget = _Budget(int(min(options.max_expanded, max(options.max_ratio * st.st_size, TOTAL_FLOOR))))
     ctx = _Ctx(eng, out, options, budget)
+    _name_hits(os.path.basename(path), path, ctx)
     try:
         with open(path, "rb") as f:
             scan_stream(f, path, st.st_size, ctx, 0, seekable=True)
