@@ -22,12 +22,13 @@ import gzip
 import io
 import itertools
 import lzma
+import operator
 import os
 import stat
 import tarfile
 import zipfile
 import zlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import BinaryIO, cast
 
@@ -39,7 +40,6 @@ from pivault.scan.stream import (
     Readable,
     header_is_data,
     scan_binary_stream,
-    scan_bytes,
     scan_columns,
 )
 
@@ -325,8 +325,8 @@ def _zip_family(f: BinaryIO, name: str, size: int | None, ctx: _Ctx, depth: int)
         if "xl/workbook.xml" in names:
             _xlsx(f, name, ctx)
             return
-        if "word/document.xml" in names:
-            _docx(f, name, ctx)
+        if _DOCX_BODY in names:
+            _docx(z, name, ctx)
             return
         if depth >= ctx.options.max_depth:
             ctx.out.issue(
@@ -473,26 +473,121 @@ def _xlsx(f: BinaryIO, name: str, ctx: _Ctx) -> None:
         wb.close()
 
 
-def _docx(f: BinaryIO, name: str, ctx: _Ctx) -> None:
-    try:
-        import docx
+_W = "{http://schemas.openxmlformats.org/wordprocessingml/2006/main}"
+_DOCX_BODY = "word/document.xml"
 
-        f.seek(0)
-        doc = docx.Document(f)
-        text = "\n".join(p.text for p in doc.paragraphs).encode("utf-8")
-        ctx.bytes_read += scan_bytes(text, name, ctx.engine, ctx.out, ctx.options)
-        for i, table in enumerate(doc.tables, 1):
-            rows = [tuple(c.text for c in r.cells) for r in table.rows]
-            if not rows:
+
+def _docx_events(z: zipfile.ZipFile, name: str, ctx: _Ctx) -> Iterator[tuple[int, list[str]]]:
+    """The document's body paragraphs as ``(0, [text])``, the rows of its tables as ``(n, cells)``.
+
+    Read as a stream (each element dropped once read), under the archives' limits: a document
+    loaded whole (python-docx) held several times its XML in memory, and a 5 MB file that
+    inflates 200 times holds a gigabyte of XML.
+    """
+    from xml.etree import ElementTree as ET
+
+    info = z.getinfo(_DOCX_BODY)
+    with z.open(info) as m:
+        lim = _Limited(m, int(max(ctx.options.max_ratio * max(info.compress_size, 1), RATIO_FLOOR)),
+                       ctx.budget, ctx.options.max_ratio)
+        stack: list[ET.Element] = []
+        parts: list[str] = []
+        cell: list[str] = []
+        row: list[str] = []
+        tables = 0
+        depth = 0  # tables open around the element
+        # expat: no external entity is fetched, and entity expansion is capped
+        for event, el in ET.iterparse(lim, events=("start", "end")):
+            tag = el.tag
+            if event == "start":
+                stack.append(el)
+                if tag == _W + "tbl":
+                    depth += 1
+                    if depth == 1:
+                        tables += 1
                 continue
-            width = max(len(r) for r in rows)
-            cols, is_header = _columns(rows[0], width, ctx)
-            body = rows[1:] if is_header else rows
+            stack.pop()
+            if tag == _W + "t":
+                parts.append(el.text or "")
+            elif tag == _W + "tab":
+                parts.append("\t")
+            elif tag in (_W + "br", _W + "cr"):
+                parts.append("\n")
+            elif tag == _W + "p":
+                text = "".join(parts)
+                parts.clear()
+                if depth == 0:
+                    yield 0, [text]
+                else:
+                    cell.append(text)
+            elif tag == _W + "tc" and depth == 1:
+                row.append("\n".join(cell))
+                cell.clear()
+            elif tag == _W + "tr" and depth == 1:
+                yield tables, row
+                row = []
+            elif tag == _W + "tbl":
+                depth -= 1
+            if tag in (_W + "p", _W + "tr", _W + "tbl") and stack:
+                stack[-1].remove(el)  # what was read is dropped: memory stays flat
+
+
+class _Lines(io.RawIOBase):
+    """The body paragraphs of a document as a byte stream, a paragraph a line."""
+
+    def __init__(self, events: Iterator[tuple[int, list[str]]]) -> None:
+        self.events = events
+        self.buf = b""
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, n: int | None = -1) -> bytes:
+        want = n if n is not None and n >= 0 else 1 << 20
+        parts = [self.buf]
+        held = len(self.buf)
+        while held < want:
+            ev = next(self.events, None)
+            if ev is None:
+                break
+            if ev[0] == 0:
+                line = ev[1][0].encode("utf-8", "replace") + b"\n"
+                parts.append(line)
+                held += len(line)
+        data = b"".join(parts)
+        out, self.buf = data[:want], data[want:]
+        return out
+
+
+def _docx(z: zipfile.ZipFile, name: str, ctx: _Ctx) -> None:
+    """Paragraphs as text (a paragraph a line), then each table with its header row, streamed."""
+    try:
+        ctx.bytes_read += scan_binary_stream(_Lines(_docx_events(z, name, ctx)), name, ctx.engine,
+                                             ctx.out, ctx.options)
+        rows = ((n, cells) for n, cells in _docx_events(z, name, ctx) if n)
+        for i, group in itertools.groupby(rows, key=operator.itemgetter(0)):
+            cells_of = map(operator.itemgetter(1), group)
+            first = next(cells_of)
+            cols, is_header = _columns(first, len(first), ctx)
+            body: Iterable[Sequence[object]] = cells_of
+            if not is_header:
+                body = itertools.chain([first], body)
             ctx.bytes_read += scan_columns(
-                body, cols, name, f"table {i}", ctx.engine, ctx.out, first_row=2 if is_header else 1
+                _widen(body, cols, ctx), cols, name, f"table {i}", ctx.engine, ctx.out,
+                first_row=2 if is_header else 1,
             )
+    except BombError:
+        raise
     except Exception as e:
         ctx.out.issue("corrupt", f"unreadable document ({type(e).__name__})", name)
+
+
+def _widen(rows: Iterable[Sequence[object]], cols: list[str], ctx: _Ctx) -> Iterator[Sequence[object]]:
+    """Rows as they come; a row wider than the first gets its extra columns named by letter."""
+    for r in rows:
+        if len(r) > len(cols):
+            cols.extend(_columns(None, len(r), ctx)[0][len(cols):])
+        yield r
 
 
 #: text of the rows of a Parquet batch turned into Python values at a time
