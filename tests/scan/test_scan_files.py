@@ -213,3 +213,27 @@ def test_findings_are_capped_but_counted(tmp_path: Path) -> None:
 def test_missing_path_is_an_issue(tmp_path: Path, name: str) -> None:
     r = run(tmp_path / name)
     assert [i.code for i in r.issues] == ["unreadable"]
+
+
+def test_a_worker_that_dies_does_not_end_the_sweep(tmp_path: Path) -> None:
+    """A worker killed part-way (the out-of-memory killer, a crash in a native library) broke the
+    process pool, and the sweep ended in a traceback with no report. The pool is replaced and the
+    files in flight are scanned again."""
+    import multiprocessing
+    import signal
+
+    from pivault.scan import iter_results
+
+    for i in range(400):
+        (tmp_path / f"f{i:03d}.txt").write_text(f"身份证号{ID}\n", encoding="utf-8")
+    seen: list[str] = []
+    issues = []
+    for r in iter_results([str(tmp_path)], ScanOptions(workers=2)):
+        if not seen:
+            victim = multiprocessing.active_children()[0]
+            os.kill(victim.pid or 0, signal.SIGKILL)
+        seen.append(r.source)
+        issues.extend(r.issues)
+        assert r.issues or r.counts["id_number"] == 1, r.source
+    assert sorted(seen) == sorted(str(p) for p in tmp_path.iterdir())  # each file once
+    assert issues == []

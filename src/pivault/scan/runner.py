@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 import time
+from collections import deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 
 from pivault.scan.engine import get_engine
 from pivault.scan.findings import ScanIssue, ScanOptions, ScanReport, SourceResult
@@ -73,18 +75,95 @@ def iter_results(
             yield from _scan_batch(batch, options)
         yield from drain_issues()
         return
-    with ProcessPoolExecutor(max_workers=options.workers) as pool:
-        pending: set[Future[list[SourceResult]]] = set()
-        for batch in _batches(files):
-            yield from drain_issues()
-            pending.add(pool.submit(_scan_batch, batch, options))
-            if len(pending) >= options.workers * 3:
-                done, pending = wait(pending, return_when=FIRST_COMPLETED)
-                for fut in done:
-                    yield from fut.result()
+    for item in _pooled(_batches(files), options):
         yield from drain_issues()
-        for fut in pending:
-            yield from fut.result()
+        yield item
+    yield from drain_issues()
+
+
+def _died(path: str) -> SourceResult:
+    r = SourceResult(path)
+    r.issues.append(ScanIssue(path, "error", "the process scanning it ended abruptly (out of memory, "
+                              "or killed); file skipped"))
+    return r
+
+
+def _pooled(batches: Iterator[list[str]], options: ScanOptions) -> Iterator[SourceResult]:
+    """Batches scanned by a process pool, results as they finish.
+
+    A worker that dies (the kernel's out-of-memory killer, a crash in a native library) breaks
+    the whole pool, and every batch in flight with it: that ended the sweep of a file server in
+    a traceback, with no report. The pool is replaced, and the files of the batches lost are
+    scanned again one at a time; a file whose worker dies again is reported, and the sweep goes on.
+    """
+    pool = ProcessPoolExecutor(max_workers=options.workers)
+    pending: dict[Future[list[SourceResult]], tuple[list[str], bool]] = {}
+    unsent: deque[list[str]] = deque()  # batches whose submission met a broken pool
+    retry: deque[str] = deque()  # files of the batches lost with a pool
+    more = True
+
+    def lost(batch: list[str], again: bool) -> Iterator[SourceResult]:
+        if again:
+            yield _died(batch[0])
+        else:
+            retry.extend(batch)
+
+    try:
+        while True:
+            broken = False
+            # a file scanned again runs alone: when the pool breaks, it is the one that broke it
+            while not broken and len(pending) < options.workers * 3:
+                if retry:
+                    if pending:
+                        break
+                    batch, again = [retry.popleft()], True
+                elif unsent:
+                    batch, again = unsent.popleft(), False
+                elif more:
+                    nxt = next(batches, None)
+                    if nxt is None:
+                        more = False
+                        break
+                    batch, again = nxt, False
+                else:
+                    break
+                try:
+                    pending[pool.submit(_scan_batch, batch, options)] = (batch, again)
+                except BrokenProcessPool:
+                    broken = True
+                    if again:
+                        retry.appendleft(batch[0])
+                    else:
+                        unsent.appendleft(batch)
+            if not pending and not broken:
+                if retry or unsent:
+                    continue
+                return
+            if not broken:
+                done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                for fut in done:
+                    batch, again = pending.pop(fut)
+                    try:
+                        results = fut.result()
+                    except BrokenProcessPool:
+                        broken = True
+                        yield from lost(batch, again)
+                        continue
+                    yield from results
+            if broken:
+                # the batches still in flight went down with the pool (or finished before it)
+                for fut, (batch, again) in pending.items():
+                    try:
+                        results = fut.result()
+                    except BrokenProcessPool:
+                        yield from lost(batch, again)
+                        continue
+                    yield from results
+                pending.clear()
+                pool.shutdown(wait=True, cancel_futures=True)
+                pool = ProcessPoolExecutor(max_workers=options.workers)
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def scan_paths(paths: Sequence[str | os.PathLike[str]], options: ScanOptions | None = None) -> ScanReport:
