@@ -266,3 +266,51 @@ def test_values_in_file_and_member_names_are_found(tmp_path: Path) -> None:
         (f"cards.tar!cards/{p['mobile']}.txt", "mobile", "file name"),
     }
     assert all(p["id_number"] not in f.masked and p["mobile"] not in f.masked for f in r)
+
+
+def _sparse_tar(data: bytes, declared: int) -> bytes:
+    """A GNU tar whose one member is sparse: ``data``, then a hole up to ``declared`` bytes."""
+    import tarfile
+
+    gnu = tarfile.GNU_FORMAT
+    info = tarfile.TarInfo("big.log")
+    info.size = len(data)
+    info.type = tarfile.GNUTYPE_SPARSE
+    head = bytearray(info.tobuf(gnu)[:512])
+    head[386:398] = tarfile.itn(0, 12, gnu)  # the one stretch of data: at 0, len(data) bytes
+    head[398:410] = tarfile.itn(len(data), 12, gnu)
+    head[483:495] = tarfile.itn(declared, 12, gnu)  # the size once the holes are read as NULs
+    head[148:156] = b" " * 8
+    head[148:155] = b"%06o\0" % sum(head)
+    pad = -len(data) % 512
+    return bytes(head) + data + bytes(pad) + bytes(1024)
+
+
+def test_a_sparse_tar_member_is_held_to_the_archive_limits(tmp_path: Path) -> None:
+    """100 KB of tar can declare a member of a terabyte, mostly a hole that reads back as NULs:
+    the scan read it for ever (a sweep that never ends). It is now stopped as a bomb, and what
+    came before the hole is still found."""
+    import json
+    import subprocess
+    import sys
+    import tarfile
+
+    p = _person(92)
+    data = f"身份证号{p['id_number']}\n".encode() * 4000  # more than the 64 KiB that decide the encoding
+    src = tmp_path / "sparse.tar"
+    src.write_bytes(_sparse_tar(data, 1 << 40))
+    with tarfile.open(src, "r|") as t:  # a real sparse member, as tarfile reads it
+        (member,) = list(t)
+        assert member.issparse() and member.size == 1 << 40
+    # in a process of its own, so that a scan that never ends fails the test instead of hanging it
+    script = ("import json, sys; from pivault.scan import ScanOptions, scan_paths; "
+              "r = scan_paths([sys.argv[1]], ScanOptions(workers=1)); "
+              "print(json.dumps([dict(r.totals()), [(i.source, i.code) for i in r.issues]]))")
+    try:
+        out = subprocess.run([sys.executable, "-c", script, str(src)], capture_output=True, text=True,
+                             check=True, timeout=60).stdout
+    except subprocess.TimeoutExpired:
+        raise AssertionError("the scan of a 100 KB tar did not end within a minute") from None
+    totals, issues = json.loads(out)
+    assert [(os.path.basename(s), c) for s, c in issues] == [("sparse.tar!big.log", "zip_bomb")]
+    assert totals == {"id_number": 4000}
