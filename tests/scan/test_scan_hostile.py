@@ -314,3 +314,18 @@ def test_a_sparse_tar_member_is_held_to_the_archive_limits(tmp_path: Path) -> No
     totals, issues = json.loads(out)
     assert [(os.path.basename(s), c) for s, c in issues] == [("sparse.tar!big.log", "zip_bomb")]
     assert totals == {"id_number": 4000}
+
+
+def test_gb18030_after_an_ascii_start_is_read_as_gb18030(tmp_path: Path) -> None:
+    """The encoding was decided on the first 64 KiB: a log whose Chinese lines come later, in
+    GB18030, was read as UTF-8, and the labels before passports, names and addresses were bytes
+    of nothing. Numbers were still found, passports and names never."""
+    p = _person(93)
+    ascii_start = b"2024-05-01 12:00:00 INFO job started, all good\n" * 2000
+    line = f"护照号E12345678，姓名：{p['name']}，地址：{p['address']}，身份证号{p['id_number']}\n"
+    src = tmp_path / "app.log"
+    src.write_bytes(ascii_start + line.encode("gb18030"))
+    r = _scan(src)
+    assert r.totals() == {"passport": 1, "name": 1, "address": 1, "id_number": 1}
+    assert [i.code for i in r.issues] == ["encoding"]
+    assert {f.line for f in r} == {2001}

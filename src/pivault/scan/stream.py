@@ -429,12 +429,30 @@ def scan_binary_stream(
         )
     stream = TextStream(engine, collector, name, csv_sep=csv_sep, table=table)
     decoder = codecs.getincrementaldecoder(enc)(errors="replace") if enc not in (None, "utf-8") else None
+    # the start decides UTF-8 on 64 KiB, often all ASCII: a log or an export whose Chinese
+    # lines come later in GB18030 had its labels, names and addresses read as bytes of nothing
+    # (passports and permits, found only after their label, never were). So each later chunk
+    # that is not ASCII is checked: one that is not UTF-8 (a stray bad byte aside) but is
+    # GB18030 is read as GB18030
+    gb = codecs.getincrementaldecoder("gb18030")(errors="replace") if enc == "utf-8" else None
+    told = False
     total = 0
     bad = 0
     failed: Exception | None = None
     while chunk:
         total += len(chunk)
-        if decoder is not None:
+        as_gb = False
+        if gb is not None and not chunk.isascii() and not _mostly_utf8(chunk):
+            as_gb = _decodes(chunk, "gb18030")
+            if not told:
+                told = True
+                collector.issue("encoding", "UTF-8 or ASCII at the start, GB18030 further on: read as "
+                                "GB18030 there (offsets count its UTF-8 transcoding)" if as_gb else
+                                "not valid UTF-8 further on: scanned as raw bytes (numbers, keys and "
+                                "e-mail addresses are still found)")
+        if as_gb and gb is not None:
+            stream.feed(gb.decode(chunk).encode("utf-8"))
+        elif decoder is not None:
             text = decoder.decode(chunk)
             bad += text.count("\ufffd")
             stream.feed(text.encode("utf-8"))
@@ -458,6 +476,41 @@ def scan_binary_stream(
     if failed is not None:
         raise failed
     return total
+
+
+_NON_ASCII = re.compile(rb"[\x80-\xff]")
+#: bytes of a chunk, from its first non-ASCII byte and from its middle, that say whether it is UTF-8
+_UTF8_PROBE = 16 * 1024
+
+
+def _mostly_utf8(chunk: bytes) -> bool:
+    """UTF-8, but for a stray bad sequence (a cut character) or two; GB18030 fails at every character.
+
+    Two probes, not the whole chunk: decoding every chunk of a UTF-8 file cost a good part of
+    the scan's time. The first probe starts where the text stops being ASCII, where a log's
+    GB18030 lines begin.
+    """
+    errors = seen = 0
+    for at in (0, len(chunk) // 2):
+        m = _NON_ASCII.search(chunk, at)
+        if m is None:
+            continue
+        i = m.start()
+        while i < m.start() + 3 and i < len(chunk) and 0x80 <= chunk[i] < 0xC0:
+            i += 1  # not from the middle of a UTF-8 character
+        probe = chunk[i : i + _UTF8_PROBE]
+        errors += probe.decode("utf-8", "replace").count("\ufffd")
+        seen += len(probe)
+    return errors <= max(2, seen // 1000)
+
+
+def _decodes(data: bytes, enc: str) -> bool:
+    """Whether ``data`` (a chunk: it may end inside a character) is valid in ``enc``."""
+    try:
+        codecs.getincrementaldecoder(enc)().decode(data, final=False)
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def scan_bytes(
