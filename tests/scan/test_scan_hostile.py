@@ -329,3 +329,22 @@ def test_gb18030_after_an_ascii_start_is_read_as_gb18030(tmp_path: Path) -> None
     assert r.totals() == {"passport": 1, "name": 1, "address": 1, "id_number": 1}
     assert [i.code for i in r.issues] == ["encoding"]
     assert {f.line for f in r} == {2001}
+
+
+def test_an_archive_member_that_is_not_read_is_named(tmp_path: Path) -> None:
+    """A binary member, or one in an unknown encoding, was reported under the archive's name
+    alone: the officer could not tell which of its thousand members went unread."""
+    import io
+    import zipfile
+
+    p = _person(94)
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        z.writestr("export/ok.csv", f"身份证号\n{p['id_number']}\n")
+        z.writestr("export/blob.dat", bytes(range(256)) * 16)
+        z.writestr("export/latin.txt", b"\xe9t\xe9 " * 3000 + p["mobile"].encode())
+    (tmp_path / "share.zip").write_bytes(buf.getvalue())
+    r = _scan(tmp_path / "share.zip")
+    assert {(os.path.relpath(i.source, tmp_path), i.code) for i in r.issues} == {
+        ("share.zip!export/blob.dat", "binary"), ("share.zip!export/latin.txt", "encoding")}
+    assert r.totals() == {"id_number": 1, "mobile": 1}

@@ -419,13 +419,15 @@ def scan_binary_stream(
     chunk = head if head is not None else f.read(size)
     enc = sniff_encoding(chunk)
     if enc == "binary":
-        collector.issue("binary", "binary data (not text, not a known document or archive format): skipped")
+        collector.issue("binary", "binary data (not text, not a known document or archive format): skipped",
+                        name)
         return len(chunk)
     if enc is None:
         collector.issue(
             "encoding",
             "not valid UTF-8, GB18030 or UTF-16: scanned as raw bytes "
             "(numbers, keys and e-mail addresses are still found)",
+            name,
         )
     stream = TextStream(engine, collector, name, csv_sep=csv_sep, table=table)
     decoder = codecs.getincrementaldecoder(enc)(errors="replace") if enc not in (None, "utf-8") else None
@@ -449,7 +451,7 @@ def scan_binary_stream(
                 collector.issue("encoding", "UTF-8 or ASCII at the start, GB18030 further on: read as "
                                 "GB18030 there (offsets count its UTF-8 transcoding)" if as_gb else
                                 "not valid UTF-8 further on: scanned as raw bytes (numbers, keys and "
-                                "e-mail addresses are still found)")
+                                "e-mail addresses are still found)", name)
         if as_gb and gb is not None:
             stream.feed(gb.decode(chunk).encode("utf-8"))
         elif decoder is not None:
@@ -472,7 +474,8 @@ def scan_binary_stream(
         tail = text.encode("utf-8")
     stream.feed(tail, final=True)
     if bad:
-        collector.issue("encoding", f"{bad} byte sequence(s) invalid in {enc}: replaced and scanned around")
+        collector.issue("encoding", f"{bad} byte sequence(s) invalid in {enc}: replaced and scanned around",
+                        name)
     if failed is not None:
         raise failed
     return total
