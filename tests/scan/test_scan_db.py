@@ -199,3 +199,23 @@ def test_postgresql_tables_with_hostile_names_are_sampled(pg_url: str) -> None:
     assert named.issues == [] and named.totals()["mobile"] == 1
     with psycopg.connect(pg_url) as conn:
         assert conn.execute("SELECT count(*) FROM victim").fetchone() == (0,)
+
+
+def test_postgresql_materialized_views_are_scanned(pg_url: str) -> None:
+    """A materialized view refreshed from a customer table is a copy all the same: the tables
+    were listed from information_schema, which leaves materialized views out, and their columns
+    too, so neither a sweep nor --table read one."""
+    import psycopg
+
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE staging (v text)")
+        conn.execute("INSERT INTO staging VALUES (%s), (%s)", (f"身份证号{ID}", f"手机{MOBILE}"))
+        conn.execute("CREATE MATERIALIZED VIEW customer_copy AS SELECT v AS note FROM staging")
+        conn.execute("TRUNCATE staging")
+    swept = scan_database(pg_url, full=True)
+    assert swept.issues == []
+    copy = [(s, k, n) for (s, k), n in swept.counts.items() if s.endswith(".customer_copy")]
+    assert sorted(k for _, k, _ in copy) == ["id_number", "mobile"]
+    named = scan_database(pg_url, ["customer_copy"], sample=10)
+    assert named.issues == [] and named.totals() == {"id_number": 1, "mobile": 1}
+    assert {f.column for f in named} == {"note"}

@@ -185,6 +185,8 @@ def scan_sqlite_into(
     return total
 
 
+#: what holds rows to scan: tables, partitioned tables, materialized views
+_RELKINDS = "('r', 'p', 'm')"
 _SAFE_TABLE = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]*(?:\.[A-Za-z_][A-Za-z0-9_$]*)?$")
 
 
@@ -216,9 +218,10 @@ def _scan_postgres(
                 schema, _, name = t.rpartition(".")
                 if not schema:
                     row = conn.execute(
-                        "SELECT table_schema FROM information_schema.tables WHERE table_name = %s "
-                        "AND table_schema = ANY(current_schemas(false)) ORDER BY array_position("
-                        "current_schemas(false), table_schema::name) LIMIT 1",
+                        "SELECT n.nspname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+                        f"WHERE c.relname = %s AND c.relkind IN {_RELKINDS} "
+                        "AND n.nspname = ANY(current_schemas(false)) ORDER BY array_position("
+                        "current_schemas(false), n.nspname) LIMIT 1",
                         (name,),
                     ).fetchone()
                     schema = row[0] if row else "public"
@@ -227,9 +230,12 @@ def _scan_postgres(
             targets = [
                 (r[0], r[1])
                 for r in conn.execute(
-                    "SELECT table_schema, table_name FROM information_schema.tables "
-                    "WHERE table_type = 'BASE TABLE' AND table_schema = ANY(current_schemas(false)) "
-                    "ORDER BY 1, 2"
+                    # from the catalogue, not information_schema: that leaves out materialized
+                    # views (a refreshed copy of a customer table is a copy all the same) and the
+                    # tables the scanner's role may not read, which must be reported, not skipped
+                    "SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n "
+                    f"ON n.oid = c.relnamespace WHERE c.relkind IN {_RELKINDS} "
+                    "AND n.nspname = ANY(current_schemas(false)) ORDER BY 1, 2"
                 )
             ]
         for schema, name in targets:
@@ -242,8 +248,9 @@ def _scan_postgres(
                     cols = [
                         r[0]
                         for r in conn.execute(
-                            "SELECT column_name FROM information_schema.columns WHERE table_schema = %s "
-                            "AND table_name = %s ORDER BY ordinal_position",
+                            "SELECT a.attname FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid "
+                            "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = %s "
+                            "AND c.relname = %s AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum",
                             (schema, name),
                         )
                     ]
