@@ -219,3 +219,35 @@ def test_postgresql_materialized_views_are_scanned(pg_url: str) -> None:
     named = scan_database(pg_url, ["customer_copy"], sample=10)
     assert named.issues == [] and named.totals() == {"id_number": 1, "mobile": 1}
     assert {f.column for f in named} == {"note"}
+
+
+def test_postgresql_tables_the_role_may_not_read_are_reported(pg_url: str) -> None:
+    """information_schema lists only the tables a role has a privilege on: a scanner role
+    without one on a customer table swept the database and reported it clean."""
+    import uuid
+    from urllib.parse import urlsplit, urlunsplit
+
+    import psycopg
+
+    role = f"pvt_scan_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        schema = conn.execute("SELECT current_schema()").fetchone()[0]  # type: ignore[index]
+        conn.execute("CREATE TABLE hidden (v text)")
+        conn.execute("CREATE TABLE shared (v text)")
+        conn.execute("INSERT INTO hidden VALUES (%s)", (f"手机{MOBILE}",))
+        conn.execute("INSERT INTO shared VALUES (%s)", (f"手机{MOBILE}",))
+        conn.execute(f"CREATE ROLE {role} LOGIN")
+    try:
+        with psycopg.connect(pg_url, autocommit=True) as conn:
+            conn.execute(f'GRANT USAGE ON SCHEMA "{schema}" TO {role}')
+            conn.execute(f"GRANT SELECT ON shared TO {role}")
+        parts = urlsplit(pg_url)
+        as_role = urlunsplit(parts._replace(netloc=f"{role}@{parts.hostname}:{parts.port or 5432}"))
+        r = scan_database(as_role, full=True)
+        assert r.totals() == {"mobile": 1}
+        assert [(i.source.rsplit("#", 1)[1], i.code) for i in r.issues] == [(f"{schema}.hidden", "database")]
+    finally:
+        with psycopg.connect(pg_url, autocommit=True) as conn:
+            conn.execute(f'REVOKE ALL ON ALL TABLES IN SCHEMA "{schema}" FROM {role}')
+            conn.execute(f'REVOKE USAGE ON SCHEMA "{schema}" FROM {role}')
+            conn.execute(f"DROP ROLE {role}")
