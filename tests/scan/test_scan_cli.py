@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -83,6 +84,38 @@ def test_fail_on_exit_codes(tmp_path: Path) -> None:
     assert runner.invoke(app, [str(d), "--fail-on", "passport:0", "--workers", "1"]).exit_code == 0
     bad = runner.invoke(app, [str(d), "--fail-on", "nonsense:1"])
     assert bad.exit_code == 2 and "unknown kind" in bad.output
+
+
+def _encrypted_zip(path: Path) -> None:
+    """A zip whose one member is marked encrypted (general-purpose flag bit 0), as ``zip -e`` makes."""
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("export.csv", f"姓名,身份证号\n王小明,{ID}\n")
+    data = bytearray(path.read_bytes())
+    for sig, at in ((b"PK\x03\x04", 6), (b"PK\x01\x02", 8)):
+        i = data.index(sig)
+        data[i + at] |= 1
+    path.write_bytes(bytes(data))
+
+
+def test_fail_on_unread_fails_a_share_holding_what_could_not_be_read(tmp_path: Path) -> None:
+    """A password-protected zip is a copy nobody can scan: ``--fail-on id_number:0`` alone passes
+    it (the zip is an issue, not a finding); ``--fail-on unread:0`` fails it. An image (binary)
+    is no reason to fail."""
+    d = tmp_path / "share"
+    d.mkdir()
+    (d / "notes.txt").write_text("nothing personal here\n", encoding="utf-8")
+    (d / "photo.bin").write_bytes(bytes(range(256)) * 8)
+    ok = runner.invoke(app, [str(d), "--fail-on", "id_number:0", "--fail-on", "unread:0", "--workers", "1"])
+    assert ok.exit_code == 0, ok.output
+    _encrypted_zip(d / "cases.zip")
+    gate = runner.invoke(app, [str(d), "--fail-on", "id_number:0", "--workers", "1"])
+    assert gate.exit_code == 0  # the zip is listed as an issue, and leaves the status alone
+    assert "encrypted" in gate.output
+    strict = runner.invoke(app, [str(d), "--fail-on", "id_number:0", "--fail-on", "unread:0",
+                                 "--workers", "1"])
+    assert strict.exit_code == 1
+    assert "1 unread" in strict.output
+    assert runner.invoke(app, [str(d), "--fail-on", "unread:1", "--workers", "1"]).exit_code == 0
 
 
 def test_kind_filter_and_usage(tmp_path: Path) -> None:

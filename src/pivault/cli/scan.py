@@ -27,6 +27,7 @@ from pivault.scan import (
     to_json,
     to_sarif,
 )
+from pivault.scan.findings import UNREAD
 from pivault.scan.output import dumps, shown
 
 #: issue codes that mean an input was not read at all, not merely in part
@@ -83,7 +84,9 @@ def scan(
     fail_on: list[str] | None = typer.Option(
         None,
         "--fail-on",
-        help="KIND:COUNT: exit 1 when more than COUNT findings of KIND (or 'any') (repeatable).",
+        help="KIND:COUNT: exit 1 when more than COUNT findings of KIND (or 'any'), or inputs left "
+             "unread or read in part ('unread': encrypted or damaged archives, unknown encodings) "
+             "(repeatable).",
     ),
     workers: int | None = typer.Option(
         None, "--workers", min=1, help="Worker processes (default: all cores)."
@@ -140,7 +143,8 @@ def scan(
         render_table(report, Console())
     over = report.exceeded(limits)
     for k, n, limit in over:
-        err.print(f"fail-on: {n} {k} finding(s), more than {limit}", markup=False)
+        what = "input(s) not read or read in part" if k == UNREAD else "finding(s)"
+        err.print(f"fail-on: {n} {k} {what}, more than {limit}", markup=False)
     unread = _not_read(report, paths or [], db, table)
     if unread:
         # after the report, so what was read is still shown; status 2 whatever was found

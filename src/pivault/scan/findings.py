@@ -205,14 +205,30 @@ class ScanReport:
     def exceeded(self, limits: dict[str, int]) -> list[tuple[str, int, int]]:
         """``(kind, count, limit)`` for each kind whose count is above its limit.
 
-        The kind ``any`` (or ``*``) counts every finding."""
+        The kind ``any`` (or ``*``) counts every finding; ``unread`` counts the issues of inputs
+        left unread or read in part (:data:`UNREAD_CODES`): a gate that passes a share where
+        someone put the copy in a password-protected zip is no gate."""
         totals = self.totals()
         out = []
         for kind, limit in limits.items():
-            n = sum(totals.values()) if kind in ("*", "any", "all") else totals.get(kind, 0)
+            if kind == UNREAD:
+                n = sum(1 for i in self.issues if i.code in UNREAD_CODES)
+            else:
+                n = sum(totals.values()) if kind in ("*", "any", "all") else totals.get(kind, 0)
             if n > limit:
                 out.append((kind, n, limit))
         return out
+
+
+#: the ``--fail-on`` pseudo-kind counting inputs inside a directory or database left unread
+UNREAD = "unread"
+
+#: issue codes of an input whose content was not read, or only in part, though it may hold text: an
+#: encrypted or damaged archive member, a bomb, a nesting too deep, an unknown encoding, a table or
+#: a file that failed. Not ``binary`` (images and the like are no text to read), ``not_regular``
+#: (pipes, devices) nor ``symlink_outside`` (left out on purpose).
+UNREAD_CODES = frozenset({"unreadable", "encoding", "corrupt", "zip_bomb", "too_deep", "symlink_loop",
+                          "database", "error"})
 
 
 def parse_fail_on(specs: list[str] | tuple[str, ...]) -> dict[str, int]:
@@ -221,8 +237,8 @@ def parse_fail_on(specs: list[str] | tuple[str, ...]) -> dict[str, int]:
     for spec in specs:
         kind, sep, count = spec.partition(":")
         kind = kind.strip()
-        if kind not in KINDS and kind not in ("*", "any", "all"):
-            raise ValueError(f"--fail-on: unknown kind {kind!r}; known: {', '.join(KINDS)}, any")
+        if kind not in KINDS and kind not in ("*", "any", "all", UNREAD):
+            raise ValueError(f"--fail-on: unknown kind {kind!r}; known: {', '.join(KINDS)}, any, {UNREAD}")
         try:
             out[kind] = int(count) if sep else 0
         except ValueError:
