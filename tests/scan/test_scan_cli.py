@@ -118,6 +118,30 @@ def test_fail_on_unread_fails_a_share_holding_what_could_not_be_read(tmp_path: P
     assert runner.invoke(app, [str(d), "--fail-on", "unread:1", "--workers", "1"]).exit_code == 0
 
 
+def test_values_in_file_names_are_masked_in_every_report(tmp_path: Path) -> None:
+    """A scan of an ID card saved under its holder's number, an export named by a mobile: the
+    report names the file with the value masked, as findings are, in the table, the JSON and
+    the SARIF; ``--reveal-paths`` shows the names whole."""
+    d = tmp_path / "share"
+    d.mkdir()
+    (d / f"{ID}.jpg").write_bytes(b"\xff\xd8\xff\xe0" + bytes(200))
+    (d / f"export_{MOBILE}.txt").write_text("见附件\n", encoding="utf-8")
+    sarif = tmp_path / "out.sarif"
+    outputs = {
+        "table": runner.invoke(app, [str(d), "--workers", "1"], env={"COLUMNS": "400"}).output,
+        "json": runner.invoke(app, [str(d), "--json", "--workers", "1", "--sarif", str(sarif)]).output,
+        "sarif": sarif.read_text(encoding="utf-8"),
+    }
+    for name, text in outputs.items():
+        assert ID not in text and MOBILE not in text, name
+        assert ID[:3] + "*" * 11 + ID[-4:] + ".jpg" in text, name
+        assert "export_" + MOBILE[:3] + "****" + MOBILE[-4:] in text, name
+    doc = json.loads(outputs["json"])
+    assert {f["column"] for f in doc["findings"]} == {"file name"}
+    whole = runner.invoke(app, [str(d), "--json", "--workers", "1", "--reveal-paths"]).output
+    assert f"{ID}.jpg" in whole and f"export_{MOBILE}.txt" in whole
+
+
 def test_kind_filter_and_usage(tmp_path: Path) -> None:
     res = runner.invoke(app, [str(_tree(tmp_path)), "--kind", "cloud_key", "--json", "--workers", "1"])
     assert set(json.loads(res.stdout)["summary"]["totals"]) == {"cloud_key"}

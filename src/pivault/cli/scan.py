@@ -28,7 +28,7 @@ from pivault.scan import (
     to_sarif,
 )
 from pivault.scan.findings import UNREAD
-from pivault.scan.output import dumps, shown
+from pivault.scan.output import dumps, masked_path, shown
 
 #: issue codes that mean an input was not read at all, not merely in part
 _NOT_READ = frozenset({"unreadable", "not_regular", "symlink_loop", "database", "error"})
@@ -94,6 +94,11 @@ def scan(
     kind: list[str] | None = typer.Option(
         None, "--kind", help=f"Detect only these kinds: {', '.join(KINDS)}."
     ),
+    reveal_paths: bool = typer.Option(
+        False, "--reveal-paths",
+        help="Show file and member names whole, even where they hold an ID number, mobile or other "
+             "value (masked by default: the report then carries those values).",
+    ),
     min_confidence: float = typer.Option(
         0.5, "--min-confidence", min=0.0, max=1.0, help="Report findings at or above this confidence."
     ),
@@ -136,11 +141,12 @@ def scan(
         except ValueError as e:
             raise ValidationError("scan.database", str(e)) from None
     if sarif is not None:
-        sarif.write_text(dumps(to_sarif(report)), encoding="utf-8")
+        sarif.write_text(dumps(to_sarif(report, reveal_paths=reveal_paths)), encoding="utf-8")
     if as_json:
-        sys.stdout.write(dumps(to_json(report)) + "\n")
+        sys.stdout.write(dumps(to_json(report, reveal_paths=reveal_paths)) + "\n")
     else:
-        render_table(report, Console())
+        render_table(report, Console(), reveal_paths=reveal_paths)
+    path = (lambda t: t) if reveal_paths else masked_path
     over = report.exceeded(limits)
     for k, n, limit in over:
         what = "input(s) not read or read in part" if k == UNREAD else "finding(s)"
@@ -149,7 +155,7 @@ def scan(
     if unread:
         # after the report, so what was read is still shown; status 2 whatever was found
         _err("error[scan.unreadable]: not read: "
-             + "; ".join(shown(f"{i.source} ({i.message})") for i in unread))
+             + "; ".join(shown(path(f"{i.source} ({i.message})")) for i in unread))
         raise typer.Exit(2)
     if over:
         raise typer.Exit(1)

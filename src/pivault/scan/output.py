@@ -8,12 +8,15 @@ from __future__ import annotations
 import json
 import re
 from collections import defaultdict
+from collections.abc import Callable
+from functools import lru_cache
 from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from pivault.scan.engine import Engine, get_engine
 from pivault.scan.findings import KINDS, PI_KINDS, Finding, ScanReport
 
 SARIF_SCHEMA = "https://json.schemastore.org/sarif-2.1.0.json"
@@ -62,8 +65,46 @@ def dumps(doc: Any) -> str:
                                 json.dumps(doc, ensure_ascii=False, indent=2))
 
 
-def render_table(report: ScanReport, console: Console) -> None:
-    """Counts per source and kind with a few masked examples, then the issues."""
+@lru_cache(maxsize=1)
+def _names_engine() -> Engine:
+    return get_engine(frozenset(KINDS))
+
+
+#: a name's values are masked at the confidence the scan reports at by default
+_NAME_CONFIDENCE = 0.5
+
+
+def masked_path(text: str) -> str:
+    """``text`` (a path, an archive member's name) with every value the detectors find in it masked.
+
+    A scan of ID cards saved as ``110105194912310021.jpg``, an export per resident named by
+    mobile: the name is the value, and a report printing the path whole carries it, in a CI log
+    or a mail, as no finding does. Masked as findings are (``110***********0021.jpg``): with
+    the directory, the first and last characters find the file (``ls DIR/110*0021.jpg``).
+    """
+    data = text.encode("utf-8", "surrogateescape")
+    hits = _names_engine().scan(data, 0, len(data), _NAME_CONFIDENCE)
+    if not hits:
+        return text
+    out, at = bytearray(), 0
+    for h in hits:  # in order
+        if h.start < at:
+            continue
+        out += data[at:h.start] + h.masked.encode("utf-8")
+        at = h.end
+    out += data[at:]
+    return out.decode("utf-8", "surrogateescape")
+
+
+def _paths(reveal_paths: bool) -> Callable[[str], str]:
+    return (lambda t: t) if reveal_paths else masked_path
+
+
+def render_table(report: ScanReport, console: Console, *, reveal_paths: bool = False) -> None:
+    """Counts per source and kind with a few masked examples, then the issues.
+
+    Values in file and member names are masked unless ``reveal_paths`` (:func:`masked_path`)."""
+    path = _paths(reveal_paths)
     table = Table(title="pivault scan: findings")
     table.add_column("source", overflow="fold")
     table.add_column("kind")
@@ -77,8 +118,8 @@ def render_table(report: ScanReport, console: Console) -> None:
         first = True
         for kind in sorted(rows[source], key=order.index):
             examples = report.examples.get((source, kind), [])
-            ex = shown("; ".join(_example(f, source) for f in examples))
-            table.add_row(Text(shown(source) if first else ""), kind, str(rows[source][kind]), Text(ex))
+            ex = shown(path("; ".join(_example(f, source) for f in examples)))
+            table.add_row(Text(shown(path(source)) if first else ""), kind, str(rows[source][kind]), Text(ex))
             first = False
     if rows:
         console.print(table)
@@ -96,7 +137,7 @@ def render_table(report: ScanReport, console: Console) -> None:
         it.add_column("issue")
         it.add_column("what happened", overflow="fold")
         for i in report.issues:
-            it.add_row(Text(shown(i.source)), i.code, Text(shown(i.message)))
+            it.add_row(Text(shown(path(i.source))), i.code, Text(shown(path(i.message))))
         console.print(it)
     totals = report.totals()
     summary = ", ".join(f"{k} {totals[k]}" for k in KINDS if totals.get(k)) or "nothing found"
@@ -114,7 +155,9 @@ def _example(f: Finding, source: str) -> str:
     return f"{f.masked} ({where})" if where else f.masked
 
 
-def to_json(report: ScanReport) -> dict[str, Any]:
+def to_json(report: ScanReport, *, reveal_paths: bool = False) -> dict[str, Any]:
+    """The report as JSON; values in file and member names masked unless ``reveal_paths``."""
+    path = _paths(reveal_paths)
     totals = report.totals()
     return {
         "tool": TOOL_NAME,
@@ -128,9 +171,11 @@ def to_json(report: ScanReport) -> dict[str, Any]:
             "findings_not_listed": report.dropped,
             "issues": len(report.issues),
         },
-        "counts": [{"source": s, "kind": k, "count": n} for (s, k), n in sorted(report.counts.items())],
-        "findings": [f.to_dict() for f in report.findings],
-        "issues": [i.to_dict() for i in report.issues],
+        "counts": [{"source": path(s), "kind": k, "count": n} for (s, k), n in sorted(report.counts.items())],
+        "findings": [{**f.to_dict(), "file": None if f.file is None else path(f.file)}
+                     for f in report.findings],
+        "issues": [{"source": path(i.source), "code": i.code, "message": path(i.message)}
+                   for i in report.issues],
     }
 
 
@@ -140,8 +185,10 @@ def _artifact(f: Finding) -> str:
     return f"db/{f.table or 'table'}"
 
 
-def to_sarif(report: ScanReport) -> dict[str, Any]:
-    """SARIF 2.1.0: one rule per kind, one result per listed finding, issues as notifications."""
+def to_sarif(report: ScanReport, *, reveal_paths: bool = False) -> dict[str, Any]:
+    """SARIF 2.1.0: one rule per kind, one result per listed finding, issues as notifications
+    (values in file and member names masked unless ``reveal_paths``)."""
+    path = _paths(reveal_paths)
     rules = [
         {
             "id": kind,
@@ -164,7 +211,7 @@ def to_sarif(report: ScanReport) -> dict[str, Any]:
             region["byteOffset"] = f.offset
             if f.length:
                 region["byteLength"] = f.length
-        physical: dict[str, Any] = {"artifactLocation": {"uri": _artifact(f)}}
+        physical: dict[str, Any] = {"artifactLocation": {"uri": path(_artifact(f))}}
         if region:
             physical["region"] = region
         location: dict[str, Any] = {"physicalLocation": physical}
@@ -184,8 +231,9 @@ def to_sarif(report: ScanReport) -> dict[str, Any]:
     notifications = [
         {
             "level": "warning",
-            "message": {"text": f"{i.code}: {i.message}"},
-            "locations": [{"physicalLocation": {"artifactLocation": {"uri": i.source.replace("\\", "/")}}}],
+            "message": {"text": f"{i.code}: {path(i.message)}"},
+            "locations": [{"physicalLocation": {"artifactLocation": {
+                "uri": path(i.source.replace("\\", "/"))}}}],
         }
         for i in report.issues
     ]
@@ -205,7 +253,7 @@ def to_sarif(report: ScanReport) -> dict[str, Any]:
                 "results": results,
                 "invocations": [{"executionSuccessful": True, "toolExecutionNotifications": notifications}],
                 "properties": {
-                    "counts": {f"{s}|{k}": n for (s, k), n in sorted(report.counts.items())},
+                    "counts": {f"{path(s)}|{k}": n for (s, k), n in sorted(report.counts.items())},
                     "findingsNotListed": report.dropped,
                 },
             }
