@@ -326,3 +326,56 @@ def test_a_damaged_key_file_is_named_by_the_rewrap_and_left_as_it_is(vault: Vaul
     assert report.files_unreadable == ["audit-signing.key"]
     assert report.files_rewrapped == 1  # the backup signing key, intact
     assert damaged.path.read_bytes() == before
+
+
+def test_a_record_key_moved_to_another_record_is_named_and_holds_only_its_key_back(vault: Vault) -> None:
+    """An insider swaps two records' wrapped keys in the record-key store (or a disk damages one).
+
+    The rewrap stopped at the first such key with a bare ``crypto.integrity``, naming no record,
+    every time it was run: a rotation after a key compromise could never finish, and the old key
+    never be retired. Now it walks on, names those records, rewraps every other key, and the old
+    key stays (the census still finds the moved keys under it) until they are dealt with."""
+    kr = vault.keyring
+    people = residents(14, seed=33)
+    ids = put_all(vault, people)
+    keys = _keys(vault).keys
+    a, b = ids[3], ids[9]
+    (wrapped_a,), = keys.db.query("SELECT wrapped FROM record_keys WHERE record_id = ?", (a,))
+    (wrapped_b,), = keys.db.query("SELECT wrapped FROM record_keys WHERE record_id = ?", (b,))
+    keys.db.execute("UPDATE record_keys SET wrapped = ? WHERE record_id = ?", (bytes(wrapped_b), a))
+    keys.db.execute("UPDATE record_keys SET wrapped = ? WHERE record_id = ?", (bytes(wrapped_a), b))
+    for rid in (a, b):  # a moved key opens nothing: its record fails integrity
+        with pytest.raises(IntegrityError):
+            vault.get(rid, ctx=ctx())
+    old = kr.primary_key_id()
+    new = rotate(kr, ["aead"])["aead"]
+
+    report = rewrap(vault.db, kr, record_keys=keys, batch_size=4)
+    assert report.complete and report.damaged_record_ids == sorted([a, b])
+    assert report.record_keys_rewrapped == len(ids) - 2
+    c = census(vault.db, kr, record_keys=keys)
+    assert c.total(old) == 2 and c.total(new) == len(ids) - 2 + 1  # and the check tags' key
+    assert retire_unused(vault.db, kr, record_keys=keys) == []  # the moved keys still name it
+    assert old in kr.key_ids()
+    good = [(rid, p) for rid, p in zip(ids, people, strict=True) if rid not in (a, b)]
+    _all_read(vault, [rid for rid, _ in good], [p for _, p in good])
+
+
+def test_a_rewrap_meets_a_record_key_wrapped_under_a_key_another_process_added(vault: Vault) -> None:
+    """Another process rotates and writes while the rewrap's keyring has not yet looked at the file
+    (the 10 ms between two looks): that record's key is wrapped under a key the rewrap lacks. It looks
+    at the file again and goes on, rather than calling the new record damaged."""
+    import time
+
+    people = residents(8, seed=34)
+    ids = put_all(vault, people[:4])
+    operator = Keyring.open(vault.keyring.path, provider())
+    operator.record_keys = True
+    operator.primary_key_id()
+    operator._fresh_at = time.monotonic() + 3600  # it does not look at its file now
+    rotate(vault.keyring, ["aead"])
+    ids += put_all(vault, people[4:])  # under the key the operator's keyring does not hold yet
+    report = rewrap(vault.db, operator, record_keys=_keys(vault).keys, batch_size=3)
+    assert report.complete and report.damaged == 0 and report.damaged_record_ids == []
+    assert operator.primary_key_id() == vault.keyring.primary_key_id()
+    _all_read(vault, ids, people)

@@ -200,6 +200,14 @@ def keys_rewrap(
                f"entries given check tags, {report.other_values_rewrapped:,} "
                f"other values, {report.files_rewrapped} key files; {report.conflicts} left to concurrent "
                f"writers, {report.unreadable} unreadable (erased)")
+    if report.damaged:
+        shown = ", ".join(report.damaged_record_ids[:_IDS_SHOWN])
+        more = f" and {report.damaged - _IDS_SHOWN:,} more (--json lists up to 100)" \
+            if report.damaged > _IDS_SHOWN else ""
+        err(f"warning: {report.damaged:,} records fail authentication (their record key or fields were "
+            f"altered, moved from another record or damaged) and were left as they are: {shown}{more}; "
+            "the key that wraps them stays in use: restore each from a backup (or erase it), then run "
+            "`pivault keys rewrap` again")
     if report.files_unreadable:
         err(f"warning: {len(report.files_unreadable)} key file(s) beside the keyring could not be opened "
             f"and were left as they are ({', '.join(report.files_unreadable)}): damaged or of another "

@@ -1050,7 +1050,11 @@ class Keyring:
         try:
             key = self._decrypt(stored[KEY_REF_BYTES:], ad)
         except tink.TinkError:
-            raise IntegrityError("a record key failed authentication", field="record_key") from None
+            if self._fresh(force=True):  # wrapped under a key another process added since
+                return self.rewrap_record_key(record_id, stored)
+            raise IntegrityError(
+                "a record key failed authentication: altered, moved from another record, or "
+                "wrapped under a key this keyring lacks", field="record_key") from None
         self._uses += 1
         if self._uses >= self._flush_at:
             self._flush_usage()

@@ -45,6 +45,8 @@ __all__ = ["JOB", "RewrapProgress", "RewrapReport", "index_values", "rewrap", "t
 JOB = "rewrap"
 FIELDS = RecordStore.FIELDS
 _V1 = 1
+#: damaged records named in a report (the count has them all)
+DAMAGED_IDS_KEPT = 100
 _SELECT = "SELECT record_id, name, id_number, mobile, address, notes FROM records"
 
 
@@ -69,7 +71,13 @@ class RewrapReport:
     #: records whose index entries were written before check tags existed, tagged now
     records_tagged: int = 0
     conflicts: int = 0
+    #: records whose key is gone (erased, or a writer that crashed before its record committed)
     unreadable: int = 0
+    #: records whose stored key or fields fail authentication (altered, moved from another record,
+    #: damaged on disk): left as they are, and named, so that one of them cannot stop the walk, and
+    #: the key that wraps them stays in use (the census counts them) until they are dealt with
+    damaged: int = 0
+    damaged_record_ids: list[str] = field(default_factory=list)
     other_values_rewrapped: int = 0
     files_rewrapped: int = 0
     #: key files beside the keyring whose ciphertext no key opens (damaged or replaced): left as
@@ -135,6 +143,7 @@ class _Rewrapper:
         from pivault.vault.checks import load_check_tags
 
         self.checks = load_check_tags(db, keyring)
+        self._damaged_seen: set[str] = set()
         if keyring.record_keys and keys is None:
             raise ValueError("record keys are on but no record-key store was given")
 
@@ -145,6 +154,14 @@ class _Rewrapper:
                 f"SELECT record_id, index_name, value FROM blind_index WHERE record_id {cond}", params):
             out.setdefault(rid, {})[name] = bytes(value)
         return out
+
+    def _damaged(self, record_id: str) -> None:
+        rep = self.report
+        if record_id not in self._damaged_seen:  # the recheck may meet it again
+            self._damaged_seen.add(record_id)
+            rep.damaged += 1
+            if len(rep.damaged_record_ids) < DAMAGED_IDS_KEPT:
+                rep.damaged_record_ids.append(record_id)
 
     def _untagged(self, ids: Sequence[str]) -> set[str]:
         cond, params = _in(self.db, ids)
@@ -178,14 +195,19 @@ class _Rewrapper:
             v1 = {f: ct for f, ct in fields.items() if ct[0] == _V1}
             upgrade = bool(v1) and kr.record_keys
             reencrypt = not upgrade and any(kr.key_id_of(ct) != self.primary for ct in v1.values())
-            if stored is not None and kr.record_key_id(stored) != self.primary:
-                key_rewraps.append((rid, stored, kr.rewrap_record_key(rid, stored)))
+            if stored is not None:
+                try:
+                    if kr.record_key_id(stored) != self.primary:
+                        key_rewraps.append((rid, stored, kr.rewrap_record_key(rid, stored)))
+                except IntegrityError:
+                    self._damaged(rid)
+                    continue
             if not (upgrade or reencrypt or self.rotating_index or rid in untagged):
                 continue
             try:
                 plain_b = kr.decrypt_many(rid, fields, record_key=stored)
             except IntegrityError:
-                rep.unreadable += 1
+                self._damaged(rid)
                 continue
             plan = _Plan(rid, fields["name"])
             if upgrade or reencrypt:
