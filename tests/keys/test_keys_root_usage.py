@@ -183,3 +183,61 @@ def test_vault_opens_with_the_root_key_its_keyring_names(tmp_path: Path,
     with Vault.open(home) as v:  # no passphrase: the KMS holds the root key
         assert v.get(rid, ctx=ctx())["record_id"] == rid
     assert Keyring.peek(cfg.keyring_path)["provider"]["kind"] == "kms"
+
+
+_KILLED_WRITER = """
+import os, signal, sys
+sys.path.insert(0, sys.argv[2])
+from keys_support import provider
+from pivault.crypto import Keyring
+import pivault.crypto._atomic as atomic
+
+ring = Keyring.open(sys.argv[1], provider())
+# the power goes, or kill -9 lands, once the new file is written and synced, before it replaces the old
+atomic.os.replace = lambda src, dst: os.kill(os.getpid(), signal.SIGKILL)
+ring.rotate("aead")
+"""
+
+
+def _opens_with(path: Path, passphrase: str) -> bool:
+    try:
+        Keyring.open(path, provider(passphrase))
+    except KeyringError:
+        return False
+    return True
+
+
+def test_a_keyring_rewrite_killed_half_way_leaves_no_copy_behind_after_the_next_change(
+        keyring: Keyring, tmp_path: Path) -> None:
+    """A rewrite killed after its temporary file was written left a whole copy of the keyring beside it,
+    under the passphrase of its time. `keys change-root` (the answer to a leaked passphrase) and `keys
+    retire` then left that copy as it was: the leaked passphrase still opened every key, retired ones
+    included. The next change of the keyring now removes what a killed rewrite left."""
+    import signal
+    import subprocess
+    import sys
+
+    directory = keyring.path.parent
+    before = keyring.path.read_bytes()
+    script = tmp_path / "killed_writer.py"
+    script.write_text(_KILLED_WRITER)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    child = subprocess.run([sys.executable, str(script), str(keyring.path), str(Path(__file__).parent)],
+                           env=env, capture_output=True, timeout=120)
+    assert child.returncode == -signal.SIGKILL, child.stderr.decode()[-2000:]
+    assert keyring.path.read_bytes() == before  # the change did not happen
+    left = [p for p in directory.iterdir() if p.name.endswith(".tmp")]
+    assert len(left) == 1 and _opens_with(left[0], "synthetic-keys-test-passphrase")
+    old = keyring.primary_key_id()
+    other_file = directory / f".{keyring.path.name}.backup-signing.json.1.0123456789ab.tmp"
+    other_file.write_bytes(b"another file's writer")  # not a copy of the keyring: left alone
+
+    keyring.rotate("aead")
+    keyring.retire("aead", old)
+    keyring.change_root(provider("a-new-synthetic-passphrase"))
+    assert sorted(p.name for p in directory.iterdir()) == sorted(
+        [keyring.path.name, f"{keyring.path.name}.lock", other_file.name])
+    for p in directory.iterdir():
+        assert not _opens_with(p, "synthetic-keys-test-passphrase"), p.name
+    assert Keyring.open(keyring.path, provider("a-new-synthetic-passphrase")).key_ids() == (
+        keyring.primary_key_id(),)

@@ -647,6 +647,7 @@ class Keyring:
         a2, p2 = _decrypt_keysets(h2, v2, k2, provider)
         if a2.keyset_info() != aead_handle.keyset_info() or set(p2) != set(prf_handles):
             _corrupt("the rewritten keyring does not match its keys")
+        _remove_stale_copies(self.path)  # before the write: they take room a full disk may need
         try:
             write_private(self.path, payload, overwrite=True)
         except OSError as exc:
@@ -1352,6 +1353,27 @@ def _build_document(
             "mac": base64.b64encode(_recovery.bundle_mac(recovery_mac_key, sealed, ad)).decode("ascii"),
         }
     return json.dumps(document, indent=2, sort_keys=True).encode("ascii") + b"\n"
+
+
+def _remove_stale_copies(target: Path) -> None:
+    """Delete the temporary files that rewrites of ``target`` killed half-way left (caller holds the lock).
+
+    Each is a whole copy of the keyring as it was to become, under the root key of its time:
+    left there, it would keep keys that a later retirement destroys, and open with a
+    passphrase that a later ``change-root`` retired. Every rewrite holds the lock, so one
+    found while holding it belongs to a writer that is gone. Only names
+    :func:`pivault.crypto._atomic.write_private` gives this file are touched, not those of
+    the other files beside it (``<keyring>.backup-signing.json`` …), whose writers hold no lock.
+    """
+    pattern = re.compile(re.escape(f".{target.name}.") + r"[0-9]+\.[0-9a-f]{12}\.tmp")
+    try:
+        names = os.listdir(target.parent)
+    except OSError:
+        return
+    for name in names:
+        if pattern.fullmatch(name):
+            with contextlib.suppress(OSError):
+                os.unlink(target.parent / name)
 
 
 @contextlib.contextmanager
