@@ -237,3 +237,68 @@ def test_a_split_whose_shares_cannot_be_written_keeps_the_recovery_key(tmp_path:
     assert len(files) == 3 and [read_share(f) for f in files] == sorted(made, key=lambda s: s.number)
     assert Keyring.peek(cfg.keyring_path)["recovery"]["fingerprint"] == made[0].fingerprint
     recover(cfg.keyring_path, [read_share(f) for f in files[:2]], provider("again-recovered"))
+
+
+def test_a_share_path_that_is_no_share_file_is_refused_at_once(tmp_path: Path) -> None:
+    """A custodian's share given as the wrong path (a named pipe, a device, /dev/zero, a huge file)
+    was read to its end: a pipe with no writer hung the command for ever, /dev/zero filled memory
+    and ended in a MemoryError traceback. Now anything but a small regular file is refused in one
+    line, before anything is combined, and the keyring is not touched."""
+    import os
+    import resource
+    import subprocess
+    import sys
+    import threading
+
+    from keys_support import CHEAP, PASSPHRASE
+
+    from pivault.vault import home as _home
+
+    fifo = tmp_path / "share-pipe.txt"
+    os.mkfifo(fifo)
+    outcome: list[BaseException | Share] = []
+
+    def read() -> None:
+        try:
+            outcome.append(read_share(fifo))
+        except BaseException as exc:  # what the reader ends with, for the assertion below
+            outcome.append(exc)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    reader.join(10)
+    hung = reader.is_alive()
+    if hung:  # release it, so that the failure below is the only harm
+        fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+        os.close(fd)
+        reader.join(10)
+    assert not hung, "reading a named pipe as a share waited for a writer"
+    assert len(outcome) == 1 and isinstance(outcome[0], ShareError), outcome
+    assert outcome[0].code == "keys.shares.format" and fifo.name in outcome[0].message
+    huge = tmp_path / "huge.txt"
+    huge.write_bytes(b"pivault custodian share (format 1)\n" + b"A" * (4 << 20))
+    for path in (huge, tmp_path):  # /dev/zero below, in a process of its own with bounded memory
+        with pytest.raises(ShareError) as info:
+            read_share(path)
+        assert info.value.code == "keys.shares.format" and "\n" not in info.value.message
+
+    home = tmp_path / "home"
+    cfg = _home.init(home, passphrase=PASSPHRASE, keyring_path=tmp_path / "keys" / "vault.keyring",
+                     argon2=CHEAP)
+    good = split(Keyring.open(cfg.keyring_path, provider()), shares=3, threshold=2, out=tmp_path / "sh")
+    before = cfg.keyring_path.read_bytes()
+    src = str(Path(__file__).resolve().parents[2] / "src")
+    env = {**os.environ, "PIVAULT_PASSPHRASE": PASSPHRASE,
+           "PIVAULT_NEW_PASSPHRASE": "another-long-passphrase", "PIVAULT_HOME": str(home),
+           "PYTHONPATH": src + os.pathsep + os.environ.get("PYTHONPATH", "")}
+
+    def at_most_a_gigabyte() -> None:  # the command must not need it: /dev/zero has no end
+        resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))
+
+    one = str(tmp_path / "sh" / f"pivault-share-{good[0].vault_id[:8]}-{good[0].split_id}-1-of-3.txt")
+    res = subprocess.run([sys.executable, "-c", "from pivault.cli.main import main; main()",
+                          "keys", "recover", "/dev/zero", one], env=env, capture_output=True, text=True,
+                         timeout=120, check=False, preexec_fn=at_most_a_gigabyte)
+    assert res.returncode == 1 and "Traceback" not in res.stderr, res.stderr[-2000:]
+    assert res.stderr.startswith("error[keys.shares.format]: ") and "zero" in res.stderr, res.stderr
+    assert cfg.keyring_path.read_bytes() == before

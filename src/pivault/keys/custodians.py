@@ -22,6 +22,7 @@ import hashlib
 import os
 import re
 import secrets
+import stat
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -233,11 +234,41 @@ def _remove(paths: Sequence[Path]) -> None:
         path.unlink(missing_ok=True)
 
 
+#: a share file is some 600 bytes; anything much larger is not one
+_MAX_SHARE_BYTES = 64 * 1024
+
+
 def read_share(path: str | os.PathLike[str]) -> Share:
+    """Read one custodian's share file; only a small regular file is read.
+
+    A wrong path given for a share must not hang or exhaust the recovery: a
+    named pipe would wait for a writer, ``/dev/zero`` never ends.
+    """
     p = Path(path)
     try:
-        text = p.read_text("ascii")
-    except (OSError, UnicodeDecodeError):
+        fd = os.open(p, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except OSError:
+        raise ShareError(f"cannot read share {p.name}", code="keys.shares.format") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ShareError(f"{p.name} is not a share file (not a regular file)", code="keys.shares.format",
+                             hint="give the share files `pivault keys split` wrote")
+        data = b""
+        while len(data) <= _MAX_SHARE_BYTES:
+            chunk = os.read(fd, _MAX_SHARE_BYTES + 1 - len(data))
+            if not chunk:
+                break
+            data += chunk
+    except OSError:
+        raise ShareError(f"cannot read share {p.name}", code="keys.shares.format") from None
+    finally:
+        os.close(fd)
+    if len(data) > _MAX_SHARE_BYTES:
+        raise ShareError(f"{p.name} is too large to be a share file", code="keys.shares.format",
+                         hint="give the share files `pivault keys split` wrote")
+    try:
+        text = data.decode("ascii")
+    except UnicodeDecodeError:
         raise ShareError(f"cannot read share {p.name}", code="keys.shares.format") from None
     return Share.from_text(text, name=p.name)
 
