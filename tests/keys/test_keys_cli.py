@@ -221,3 +221,28 @@ def test_cli_rewrap_names_a_key_file_it_cannot_open(app: typer.Typer, tmp_path: 
     res = CliRunner().invoke(app, ["keys", "rewrap", *h], env={"PIVAULT_PASSPHRASE": PASSPHRASE})
     assert "1 key file(s) beside the keyring could not be opened" in res.output, res.output
     assert "audit-signing.key" in res.output
+
+
+def test_shares_of_a_replaced_recovery_key_are_refused_before_the_new_passphrase(app: typer.Typer,
+                                                                               tmp_path: Path) -> None:
+    """Shares of a split that `keys split --force` replaced (or relabelled with this vault's id) passed
+    every check made before the new passphrase was asked for, which was asked for twice at the prompt,
+    and only then failed. They are refused first now, naming both recovery keys."""
+    home = tmp_path / "home"
+    cfg = _home.init(home, passphrase=PASSPHRASE, keyring_path=tmp_path / "keys" / "vault.keyring",
+                     argon2=CHEAP)
+    h = ["--home", str(home)]
+    first, second = tmp_path / "first", tmp_path / "second"
+    _run(app, ["keys", "split", "--shares", "3", "--threshold", "2", "--out", str(first), *h])
+    old_fp = json.loads(_run(app, ["keys", "status", *h, "--json"]))["recovery_fingerprint"]
+    _run(app, ["keys", "split", "--shares", "3", "--threshold", "2", "--out", str(second), "--force", *h])
+    new_fp = json.loads(_run(app, ["keys", "status", *h, "--json"]))["recovery_fingerprint"]
+    before = cfg.keyring_path.read_bytes()
+    old = [str(p) for p in sorted(first.iterdir())[:2]]
+    res = CliRunner().invoke(app, ["keys", "recover", *old, *h], env={"PIVAULT_NEW_PASSPHRASE": None})
+    assert res.exit_code == 1 and res.stderr.startswith("error[keys.shares.wrong]: "), res.output
+    assert old_fp in res.stderr and new_fp in res.stderr and "Traceback" not in res.output
+    assert cfg.keyring_path.read_bytes() == before
+    # the current shares still work
+    _run(app, ["keys", "recover", *[str(p) for p in sorted(second.iterdir())[:2]], *h],
+         passphrase="forgotten", new="a-recovered-passphrase")

@@ -302,14 +302,20 @@ def combine(shares: Sequence[Share], *, vault_id: str | None = None) -> bytes:
     return secret
 
 
-def _vault_id_of(keyring_path: Path) -> str | None:
-    """The vault id in a keyring file's header (unauthenticated: for a clear message only)."""
+def _header_of(keyring_path: Path) -> dict[str, object]:
+    """A keyring file's header, unauthenticated: for a clear message only ({} if unreadable)."""
     import json
 
     try:
-        vid = json.loads(keyring_path.read_bytes())["header"]["vault_id"]
+        header = json.loads(keyring_path.read_bytes())["header"]
     except (OSError, ValueError, KeyError, TypeError):
-        return None
+        return {}
+    return header if isinstance(header, dict) else {}
+
+
+def _vault_id_of(keyring_path: Path) -> str | None:
+    """The vault id in a keyring file's header (unauthenticated: for a clear message only)."""
+    vid = _header_of(keyring_path).get("vault_id")
     return vid if isinstance(vid, str) else None
 
 
@@ -317,10 +323,29 @@ def check_shares(keyring_path: str | os.PathLike[str], shares: Sequence[Share]) 
     """Make every check :func:`recover` makes of ``shares`` (``ShareError`` if one fails).
 
     The command line calls it before it asks for the new passphrase, so that
-    too few or wrong shares are said first.
+    too few or wrong shares are said first: shares of a recovery key that a
+    later split replaced rebuild their own key faithfully, and only the
+    keyring's recovery key tells them apart. The header is read
+    unauthenticated here, to refuse early; :meth:`Keyring.recover` checks
+    the rebuilt key against the keyring itself.
     """
+    header = _header_of(Path(keyring_path))
     secret = combine(shares, vault_id=_vault_id_of(Path(keyring_path)))
-    del secret
+    try:
+        recovery = header.get("recovery")
+        if not header:
+            return  # no readable keyring: Keyring.recover says what is wrong with it
+        if not isinstance(recovery, dict):
+            raise KeyringError("this keyring has no custodian recovery set up", code="keyring.recovery",
+                               hint="recovery needs a `pivault keys split` made before the loss")
+        held = recovery.get("fingerprint")
+        rebuilt = fingerprint(public_of(secret))
+        if rebuilt != held:
+            raise ShareError(f"the shares rebuild recovery key {rebuilt}, but this keyring's recovery key is "
+                             f"{held}: a later `pivault keys split` replaced theirs, or they were altered",
+                             code="keys.shares.wrong", hint="use shares of the keyring's current split")
+    finally:
+        del secret
 
 
 def recover(keyring_path: str | os.PathLike[str], shares: Sequence[Share], new_provider: RootKeyProvider,
