@@ -379,3 +379,27 @@ def test_a_rewrap_meets_a_record_key_wrapped_under_a_key_another_process_added(v
     assert report.complete and report.damaged == 0 and report.damaged_record_ids == []
     assert operator.primary_key_id() == vault.keyring.primary_key_id()
     _all_read(vault, ids, people)
+
+
+def test_keys_gc_refuses_a_grace_that_is_not_a_number(vault: Vault, store_url: str) -> None:
+    """``--grace nan`` passed the check that keeps short grace periods for stopped writers (NaN is
+    below nothing), and on PostgreSQL, where NaN sorts above every number, it then deleted every key
+    without a committed record: the key of a record in the middle of its write too, which committed
+    unreadable for good. It is refused now, as a short grace is."""
+    from pivault.errors import PivaultError
+    from pivault.keys.shred import RecordKeyStore
+    from pivault.model import Resident
+
+    kr = vault.keyring
+    put_all(vault, residents(3, seed=35))
+    # a record-key store on the test's backend (PostgreSQL keeps the keys of several API nodes)
+    with RecordKeyStore(store_url, vault_id=kr.vault_id) as keys:
+        sealed = seal(kr, Resident.parse(residents(1, seed=36)[0]))
+        assert sealed.record_key is not None
+        keys.put_many([(sealed.record_id, sealed.record_key)])  # the first half of a put: its key
+        for writers_stopped in (False, True):
+            with pytest.raises(PivaultError) as info:
+                keys.collect_garbage(vault.db, grace_seconds=float("nan"), writers_stopped=writers_stopped)
+            assert info.value.code == "keys.gc_grace" and "\n" not in info.value.message
+        assert keys.collect_garbage(vault.db) == 0
+        assert keys.get(sealed.record_id, sealed.record_key[:4]) == sealed.record_key

@@ -23,6 +23,7 @@ databases:
 from __future__ import annotations
 
 import functools
+import math
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
@@ -551,6 +552,11 @@ class RecordKeyStore:
         :data:`MASS_ORPHANS` keys that are also more than :data:`MASS_SHARE` of
         the store are refused (``keys.gc_mass``) unless ``allow_mass``.
         """
+        if math.isnan(grace_seconds):
+            # below nothing, so it would pass the check below; and PostgreSQL sorts NaN above every
+            # number, so its cutoff would take every key without a record, those being written too
+            raise ConfigError("the grace period is not a number", code="keys.gc_grace",
+                              hint=f"give --grace in seconds ({MIN_GC_GRACE_SECONDS:g} or more)")
         if grace_seconds < MIN_GC_GRACE_SECONDS and not writers_stopped:
             raise ConfigError(
                 f"a grace period under {MIN_GC_GRACE_SECONDS:g} s could delete the key of a record whose "
