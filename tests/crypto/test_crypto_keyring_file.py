@@ -414,3 +414,22 @@ def test_a_new_passphrase_must_be_long_enough(monkeypatch: pytest.MonkeyPatch, w
         passphrase_from_env_or_prompt(confirm=True)
     monkeypatch.setenv("PIVAULT_PASSPHRASE", "twelve chars")
     assert passphrase_from_env_or_prompt(confirm=True) == "twelve chars"
+
+
+@pytest.mark.parametrize("mode", [0o644, 0o640, 0o604, 0o620, 0o602, 0o666])
+def test_a_keyring_other_users_can_read_or_write_is_refused(
+    keyring: Keyring, keyring_path: Path, provider: PassphraseProvider, mode: int,
+) -> None:
+    """A keyring copied into place by hand (a download, an editor, `cat >` under umask 022) could be
+    readable by every local user: with a copy, the passphrase alone opened every key, and guessing
+    it needs no access to the vault. It opened in silence. It is refused now, as `serve` refuses a
+    TLS key file others can read, in one line that says what to do; nothing is read or changed."""
+    keyring_path.chmod(mode)
+    before = _snapshot(keyring_path)
+    with pytest.raises(KeyringError) as info:
+        Keyring.open(keyring_path, provider)
+    assert info.value.code == "keyring.mode" and "\n" not in info.value.message
+    assert f"{mode:o}" in info.value.message and "chmod 600" in (info.value.hint or "")
+    assert _snapshot(keyring_path) == before and keyring_path.stat().st_mode & 0o777 == mode
+    keyring_path.chmod(0o600)
+    assert Keyring.open(keyring_path, provider).vault_id == keyring.vault_id

@@ -76,6 +76,7 @@ def _put_back(path: Path, data: bytes) -> None:
     """A copy put over the keyring file, as `cp` or a restore of the keyring's backup does."""
     path.unlink()
     path.write_bytes(data)
+    path.chmod(0o600)  # private, as the copy it was made from
 
 
 def _refused(url: str, path: Path) -> KeyringError:
@@ -365,6 +366,7 @@ def test_a_writer_whose_keyring_file_is_behind_the_store_writes_nothing(vault: V
     elsewhere = tmp_path / "elsewhere" / "vault.keyring"
     elsewhere.parent.mkdir()
     elsewhere.write_bytes(vault.keyring.path.read_bytes())
+    elsewhere.chmod(0o600)
     rotate(Keyring.open(elsewhere, provider()), ["aead"], db=vault.db)
     before = vault.db.query_one("SELECT COUNT(*) FROM records")
     with pytest.raises(KeyringError) as exc:

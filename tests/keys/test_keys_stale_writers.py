@@ -81,6 +81,7 @@ def test_an_older_keyring_copy_put_back_is_refused_not_followed(vault: Vault) ->
     newer = path.read_bytes()
     path.unlink()
     path.write_bytes(older)  # an operator restores last week's keyring file by mistake
+    path.chmod(0o600)
     time.sleep(0.05)
     with pytest.raises(KeyringError) as exc:
         put_all(vault, people[2:3])
@@ -92,6 +93,7 @@ def test_an_older_keyring_copy_put_back_is_refused_not_followed(vault: Vault) ->
         assert vault.get(rid, ctx=c)["name"] == p["name"]
     path.unlink()
     path.write_bytes(newer)
+    path.chmod(0o600)
     time.sleep(0.05)
     ids += put_all(vault, people[2:3])
     reader = _fresh_reader(vault)

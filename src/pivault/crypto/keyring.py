@@ -25,6 +25,7 @@ import itertools
 import json
 import os
 import re
+import stat
 import struct
 import time
 import uuid
@@ -506,6 +507,7 @@ class Keyring:
         ``keyring.passphrase`` (wrong passphrase), ``keyring.corrupt``.
         """
         target = Path(path).expanduser().resolve()
+        _refuse_shared(target)
         sig = _stat_of(target)  # before the read: a change in between is seen by the next check
         document = _read_document(target)
         header, verifier, keysets, _ = _parse_document(document)
@@ -1218,6 +1220,26 @@ def _stat_of(target: Path) -> tuple[int, int, int] | None:
     except OSError:
         return None
     return (st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def _refuse_shared(target: Path) -> None:
+    """Refuse a keyring file that users other than its owner may read or write.
+
+    pivault writes it 0600; one put in place by hand may not be. With a copy, the root
+    key alone opens every key (for a passphrase: guessed offline, with no access to the
+    vault), and a writable one can be replaced. As ``serve`` refuses a TLS key file
+    others can read, nothing is read from it until it is private again.
+    """
+    try:
+        mode = stat.S_IMODE(os.stat(target).st_mode)
+    except OSError:
+        return  # missing or unreadable: the read says which
+    if mode & 0o077:
+        raise KeyringError(
+            f"the keyring {target} can be read or written by other users (mode {mode:o}): a copy of it and "
+            "the root key open every key of the vault; nothing was read from it",
+            code="keyring.mode",
+            hint=f"make it private: chmod 600 {target} (and find out who may have copied it)")
 
 
 def _primaries_on_disk(keysets: Mapping[str, Any]) -> dict[str, int] | None:
