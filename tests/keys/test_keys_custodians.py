@@ -302,3 +302,52 @@ def test_a_share_path_that_is_no_share_file_is_refused_at_once(tmp_path: Path) -
     assert res.returncode == 1 and "Traceback" not in res.stderr, res.stderr[-2000:]
     assert res.stderr.startswith("error[keys.shares.format]: ") and "zero" in res.stderr, res.stderr
     assert cfg.keyring_path.read_bytes() == before
+
+
+_FULL_DISK_SPLIT = """
+import json, resource, signal, sys
+from pathlib import Path
+sys.path.insert(0, sys.argv[2])
+from keys_support import provider
+from pivault.crypto import Keyring, KeyringError
+from pivault.keys.custodians import split
+
+path = Path(sys.argv[1])
+ring = Keyring.open(path, provider())
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails (EFBIG), as on a full disk
+soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+resource.setrlimit(resource.RLIMIT_FSIZE, (path.stat().st_size - 200, hard))  # shares fit, the keyring not
+try:
+    split(ring, shares=3, threshold=2, out=sys.argv[3])
+    outcome = "split"
+except KeyringError as exc:
+    outcome = exc.code
+resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+ring.rotate("aead")  # the same process goes on changing keys
+print(json.dumps({"split": outcome}))
+"""
+
+
+def test_a_split_the_keyring_could_not_take_leaves_the_old_shares_working(keyring: Keyring,
+                                                                          tmp_path: Path) -> None:
+    """A split whose share files were written but whose keyring rewrite failed (a full disk) kept the
+    new recovery key's MAC key in the process: its next key change sealed the recovery envelope with
+    it under the old recovery key, and every share the custodians held stopped working, unsaid."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    held = split(keyring, shares=3, threshold=2)
+    fingerprint = keyring.recovery_fingerprint()
+    script = tmp_path / "full_disk_split.py"
+    script.write_text(_FULL_DISK_SPLIT)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    res = subprocess.run([sys.executable, str(script), str(keyring.path), str(Path(__file__).parent),
+                          str(tmp_path / "new-shares")], env=env, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert json.loads(res.stdout) == {"split": "keyring.io"}
+    assert list((tmp_path / "new-shares").iterdir()) == []  # the shares of a key nobody took, removed
+    assert Keyring.peek(keyring.path)["recovery"]["fingerprint"] == fingerprint
+    recovered = recover(keyring.path, held[:2], provider("recovered-synthetic-passphrase"))
+    assert recovered.recovery_fingerprint() == fingerprint

@@ -759,6 +759,7 @@ class Keyring:
             secret = _recovery.new_recovery_secret()
         with self._changing():
             public = _recovery.public_of(secret)
+            held = self._recovery_mac_key
             self._recovery_mac_key = _recovery.mac_key(secret)
             header = dict(self._header)
             header["recovery"] = {
@@ -767,7 +768,13 @@ class Keyring:
                 "fingerprint": _recovery.fingerprint(public),
                 "created": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
             }
-            self._commit(header, self._provider, self._aead_handle, self._prf_handles)
+            try:
+                self._commit(header, self._provider, self._aead_handle, self._prf_handles)
+            except BaseException:
+                # the file keeps the old recovery key: so must this process, or its next change
+                # would seal the envelope with the new key's MAC and the custodians' shares stop working
+                self._recovery_mac_key = held
+                raise
         return secret
 
     def recovery_fingerprint(self) -> str | None:
