@@ -246,3 +246,32 @@ def test_shares_of_a_replaced_recovery_key_are_refused_before_the_new_passphrase
     # the current shares still work
     _run(app, ["keys", "recover", *[str(p) for p in sorted(second.iterdir())[:2]], *h],
          passphrase="forgotten", new="a-recovered-passphrase")
+
+
+def test_cli_rewrap_names_records_whose_key_was_moved_and_goes_on(app: typer.Typer, tmp_path: Path) -> None:
+    """Two records' keys swapped in the record-key store: `keys rewrap` finishes, says which records
+    fail authentication and what to do, on stderr, and the old field key is not retired."""
+    from pivault.keys.shred import record_key_store_url
+
+    home = tmp_path / "home"
+    cfg = _home.init(home, passphrase=PASSPHRASE, keyring_path=tmp_path / "keys" / "vault.keyring",
+                     argon2=CHEAP)
+    with Vault.open(home, passphrase=PASSPHRASE) as v:
+        ids = [v.put(p, ctx=ctx()) for p in residents(6, seed=62)]
+    with Database(record_key_store_url(cfg.keyring_path)) as keys:
+        a, b = ids[1], ids[4]
+        (wa,), = keys.query("SELECT wrapped FROM record_keys WHERE record_id = ?", (a,))
+        (wb,), = keys.query("SELECT wrapped FROM record_keys WHERE record_id = ?", (b,))
+        keys.execute("UPDATE record_keys SET wrapped = ? WHERE record_id = ?", (bytes(wb), a))
+        keys.execute("UPDATE record_keys SET wrapped = ? WHERE record_id = ?", (bytes(wa), b))
+    h = ["--home", str(home)]
+    _run(app, ["keys", "rotate", *h])
+    res = CliRunner().invoke(app, ["keys", "rewrap", "--retire", *h], env={"PIVAULT_PASSPHRASE": PASSPHRASE})
+    assert res.exit_code == 0, res.output
+    assert "rewrap complete" in res.stdout and "retired" not in res.stdout
+    assert res.stderr.startswith("warning: 2 records fail authentication")
+    assert a in res.stderr and b in res.stderr
+    assert "restore each from a backup (or erase it)" in res.stderr and "Traceback" not in res.output
+    res = CliRunner().invoke(app, ["keys", "rewrap", *h, "--json"], env={"PIVAULT_PASSPHRASE": PASSPHRASE})
+    out = json.loads(res.stdout)
+    assert out["complete"] and out["damaged_record_ids"] == sorted([a, b])
