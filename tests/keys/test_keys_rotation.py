@@ -403,3 +403,22 @@ def test_keys_gc_refuses_a_grace_that_is_not_a_number(vault: Vault, store_url: s
             assert info.value.code == "keys.gc_grace" and "\n" not in info.value.message
         assert keys.collect_garbage(vault.db) == 0
         assert keys.get(sealed.record_id, sealed.record_key[:4]) == sealed.record_key
+
+
+def test_a_record_with_an_empty_or_truncated_field_is_named_not_a_traceback(vault: Vault) -> None:
+    """A field cell emptied (x'') or cut to its first byte, by hand or by damage, stopped every
+    rewrap with an IndexError traceback (or a bare integrity error), so the rotation never finished.
+    Such a record is now named as damaged and the walk goes on."""
+    kr = vault.keyring
+    people = residents(9, seed=37)
+    ids = put_all(vault, people)
+    emptied, cut = ids[2], ids[6]
+    vault.db.execute("UPDATE records SET notes = ? WHERE record_id = ?", (b"", emptied))
+    vault.db.execute("UPDATE records SET address = ? WHERE record_id = ?", (b"\x01", cut))
+    rotate(kr, ["aead", "prf.id_number"])
+    report = rewrap(vault.db, kr, record_keys=_keys(vault).keys, batch_size=4)
+    assert report.complete and report.damaged_record_ids == sorted([emptied, cut])
+    good = [(rid, p) for rid, p in zip(ids, people, strict=True) if rid not in (emptied, cut)]
+    _all_read(vault, [rid for rid, _ in good], [p for _, p in good])
+    for rid, p in good:
+        assert [r["record_id"] for r in vault.find(id_number=p["id_number"], ctx=ctx())] == [rid]

@@ -206,8 +206,8 @@ def keys_rewrap(
             if report.damaged > _IDS_SHOWN else ""
         err(f"warning: {report.damaged:,} records fail authentication (their record key or fields were "
             f"altered, moved from another record or damaged) and were left as they are: {shown}{more}; "
-            "the key that wraps them stays in use: restore each from a backup (or erase it), then run "
-            "`pivault keys rewrap` again")
+            "an old field key still wrapping one of their record keys is not retired: "
+            "restore each from a backup (or erase it), then run `pivault keys rewrap` again")
     if report.files_unreadable:
         err(f"warning: {len(report.files_unreadable)} key file(s) beside the keyring could not be opened "
             f"and were left as they are ({', '.join(report.files_unreadable)}): damaged or of another "

@@ -44,7 +44,7 @@ __all__ = ["JOB", "RewrapProgress", "RewrapReport", "index_values", "rewrap", "t
 
 JOB = "rewrap"
 FIELDS = RecordStore.FIELDS
-_V1 = 1
+_V1_BYTE = b"\x01"
 #: damaged records named in a report (the count has them all)
 DAMAGED_IDS_KEPT = 100
 _SELECT = "SELECT record_id, name, id_number, mobile, address, notes FROM records"
@@ -192,9 +192,14 @@ class _Rewrapper:
             if ref is not None and stored is None:
                 rep.unreadable += 1  # erased (key destroyed) or written by a process that crashed
                 continue
-            v1 = {f: ct for f, ct in fields.items() if ct[0] == _V1}
+            # a cell emptied or cut short (by hand, by damage) is damage like any other, not a crash
+            v1 = {f: ct for f, ct in fields.items() if ct[:1] == _V1_BYTE}
             upgrade = bool(v1) and kr.record_keys
-            reencrypt = not upgrade and any(kr.key_id_of(ct) != self.primary for ct in v1.values())
+            try:
+                reencrypt = not upgrade and any(kr.key_id_of(ct) != self.primary for ct in v1.values())
+            except IntegrityError:
+                self._damaged(rid)
+                continue
             if stored is not None:
                 try:
                     if kr.record_key_id(stored) != self.primary:
