@@ -585,7 +585,7 @@ class Vault:
         self.store.purge_freed()
 
     def erase(self, record_id: str, *, ctx: AccessContext) -> None:
-        """Delete a record and its index entries, then purge the freed bytes.
+        """Delete a record, its index entries and the rejected rows holding its ID number; then purge.
 
         On SQLite the erased ciphertext is then gone from the database, WAL
         and journal files; on PostgreSQL the server's WAL and backups keep it
@@ -599,9 +599,15 @@ class Vault:
             # (its new index entries and key are then erased with it), and of two erasures the
             # second finds nothing. A row whose key is gone (an erasure that died after destroying
             # the key) is deleted here too: asked again, the erasure finishes
-            exists = self.store.get(record_id, for_update=True) is not None
-            if exists:
-                self.guard.audit(ctx, "erase", [record_id], "ok")
+            stored = self.store.get(record_id, for_update=True)
+            exists = stored is not None
+            if stored is not None:
+                from pivault.vault import imports
+
+                # the rows of theirs an import rejected go too (read before the key is destroyed);
+                # the trail names them after the record
+                rejects = imports.erase_rejects(self, stored)
+                self.guard.audit(ctx, "erase", [record_id, *rejects], "ok")
                 self.store.delete(record_id)
                 meta.count_erasure(self.db)  # what `pivault scrub` has still to rewrite
         if not exists:

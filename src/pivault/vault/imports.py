@@ -102,6 +102,35 @@ _PG_V1 = (_SQLITE_V1.replace("INTEGER", "BIGINT").replace("BLOB", "BYTEA")
 
 register(Migration("imports", 1, "import batches and rejected rows", _SQLITE_V1, _PG_V1))
 
+# the ID numbers each rejected row holds, as short keyed tags, so that erasing a resident finds
+# and erases the rejected rows that hold their number (:func:`erase_rejects`)
+_SQLITE_V2 = """
+CREATE TABLE import_reject_numbers (
+    tag BLOB NOT NULL,
+    reject_id TEXT NOT NULL,
+    PRIMARY KEY (tag, reject_id)) WITHOUT ROWID
+"""
+_PG_V2 = """
+CREATE TABLE import_reject_numbers (
+    tag BYTEA NOT NULL,
+    reject_id TEXT COLLATE "C" NOT NULL,
+    PRIMARY KEY (tag, reject_id))
+"""
+register(Migration("imports", 2, "the ID numbers of rejected rows, as tags, for erasure",
+                   _SQLITE_V2, _PG_V2))
+
+#: bytes of a rejected row's number tag. Short on purpose, as a blind index is truncated: a tag
+#: does not single out a number (about one reject in 65,536 shares a tag with any other); the
+#: erasure decrypts the few rejects under its tag and keeps only those that hold the number
+REJECT_TAG_BYTES = 2
+#: the check-tag key's domain for these tags (that key is never rotated, so a tag made before a
+#: key rotation still finds its reject)
+_REJECT_TAG_INDEX = "reject.id_number"
+#: an ID number's shape in a rejected row: 17 digits and a check character, not inside a longer run
+_ID_SHAPE = re.compile(r"(?<![0-9])[0-9]{17}[0-9Xx](?![0-9Xx])")
+#: what may split a number written by hand ("4201 1119 8609 0239 58")
+_ID_SEPARATORS = re.compile(r"[\s\-]+")
+
 #: rows per chunk: one transaction, one unit of work for a worker. Each commit
 #: writes every B-tree page the chunk touched; at 10^5 rows and more nearly
 #: every chunk touches every index leaf, so fewer, larger commits write far
@@ -248,8 +277,8 @@ class ImportSummary:
 
 # -- preparing rows (runs in worker processes) ------------------------------------
 
-#: a rejected row: (line, code, field | None, reject id, encrypted raw row)
-Rejected = tuple[int, str, str | None, str, bytes]
+#: a rejected row: (line, code, field | None, reject id, encrypted raw row, tags of its ID numbers)
+Rejected = tuple[int, str, str | None, str, bytes, list[bytes]]
 
 
 @dataclass(slots=True)
@@ -302,10 +331,41 @@ def raw_payload(row: RowTuple, labels: Sequence[str]) -> bytes:
     return json.dumps(obj, ensure_ascii=True).encode("ascii")
 
 
+def id_numbers_in(payload: bytes) -> set[str]:
+    """Every ID-number-shaped string of a rejected row's payload, as the vault normalises one.
+
+    A rejected row is whatever the file held, so no column is trusted: every cell (or the
+    whole text of a row that did not split) is searched, as written and with spaces and
+    hyphens taken out.
+    """
+    obj = json.loads(payload)
+    texts = [obj["text"]] if "text" in obj else list(obj["cells"].values())
+    out: set[str] = set()
+    for text in texts:
+        if not isinstance(text, str):
+            continue
+        for s in (text, _ID_SEPARATORS.sub("", text)):
+            out.update(m.group(0).upper() for m in _ID_SHAPE.finditer(s))
+    return out
+
+
+def reject_tag(checks: CheckTags, id_number: str) -> bytes:
+    """The tag under which a rejected row holding ``id_number`` is found (:func:`erase_rejects`)."""
+    return checks.tag(_REJECT_TAG_INDEX, "", id_number)[:REJECT_TAG_BYTES]
+
+
+def reject_tags(checks: CheckTags | None, payload: bytes) -> list[bytes]:
+    if checks is None:
+        return []
+    return sorted({reject_tag(checks, n) for n in id_numbers_in(payload)})
+
+
 def _reject(keyring: Keyring, row: RowTuple, code: str, field_name: str | None,
-            labels: Sequence[str]) -> Rejected:
+            labels: Sequence[str], checks: CheckTags | None) -> Rejected:
     rid = new_reject_id()
-    return (row[0], code, field_name, rid, keyring.encrypt(rid, "raw_row", raw_payload(row, labels)))
+    payload = raw_payload(row, labels)
+    return (row[0], code, field_name, rid, keyring.encrypt(rid, "raw_row", payload),
+            reject_tags(checks, payload))
 
 
 def prepare(keyring: Keyring, rows: Sequence[RowTuple], positions: Mapping[int, str],
@@ -322,14 +382,14 @@ def prepare(keyring: Keyring, rows: Sequence[RowTuple], positions: Mapping[int, 
     for row in rows:
         line, cells, error, _text = row
         if error is not None:
-            rejects.append(_reject(keyring, row, error, None, labels))
+            rejects.append(_reject(keyring, row, error, None, labels, checks))
             continue
         n = len(cells)
         raw = {f: (cells[i] if i < n else None) for i, f in items}
         try:
             r = parse(raw, today=today)
         except ValidationError as exc:
-            rejects.append(_reject(keyring, row, exc.code, exc.field, labels))
+            rejects.append(_reject(keyring, row, exc.code, exc.field, labels, checks))
             continue
         good.append(r)
         lines.append(line)
@@ -751,6 +811,7 @@ class _Committer:
         now = time.time()
         bid = batch.batch_id
         reject_rows: list[tuple[Any, ...]] = []
+        reject_tags_rows: list[tuple[bytes, str]] = []
         updates: dict[str, StoredRecord] = {}   # existing record id -> new version
         had: dict[str, frozenset[str]] = {}     # existing record id -> its index names before
         owner: dict[str, str] = {}              # ID number -> record id, within this chunk
@@ -777,8 +838,9 @@ class _Committer:
             cols = prepared.new
             cols.batch_id = bid
             ids, lines = cols.record_ids, prepared.lines
-            for line, code, fld, reject_id, raw_ct in prepared.rejects:
+            for line, code, fld, reject_id, raw_ct, tags in prepared.rejects:
                 reject_rows.append((reject_id, bid, line, code, fld, raw_ct, now))
+                reject_tags_rows.extend((tag, reject_id) for tag in tags)
             existing = self._existing(prepared.id_numbers, cols)
             held = set(existing.values())  # checked for canaries once the chunk has committed
             bases: dict[str, StoredRecord] = {}
@@ -804,8 +866,10 @@ class _Committer:
                     if by_line is None:
                         by_line = {r[0]: r for r in rows}
                     reject_id = new_reject_id()
-                    raw_ct = kr.encrypt(reject_id, "raw_row", raw_payload(by_line[lines[k]], self.labels))
+                    payload = raw_payload(by_line[lines[k]], self.labels)
+                    raw_ct = kr.encrypt(reject_id, "raw_row", payload)
                     reject_rows.append((reject_id, bid, lines[k], "duplicate", "id_number", raw_ct, now))
+                    reject_tags_rows.extend((tag, reject_id) for tag in reject_tags(vault.checks, payload))
                     continue
                 # update: the existing record takes this row's values
                 incoming = open_record(kr, cols.record(k))
@@ -835,6 +899,9 @@ class _Committer:
                 db.executemany(
                     "INSERT INTO import_rejects (reject_id, batch_id, line, code, field, raw_row,"
                     " created_at) VALUES (?, ?, ?, ?, ?, ?, ?)", reject_rows)
+            if reject_tags_rows:
+                db.executemany("INSERT INTO import_reject_numbers (tag, reject_id) VALUES (?, ?)",
+                               reject_tags_rows)
             db.execute(
                 "UPDATE import_batches SET imported = imported + ?, rejected = rejected + ?,"
                 " duplicates = duplicates + ?, updated = updated + ? WHERE batch_id = ?",
@@ -1068,6 +1135,45 @@ def show_rejects(vault: Vault, *, ctx: AccessContext, batch_id: str | None = Non
         out.append({"reject_id": reject_id, "batch_id": bid, "line": int(line), "code": code,
                     "field": fld, "cells": cells})
     return out
+
+
+def erase_rejects(vault: Vault, stored: StoredRecord) -> list[str]:
+    """Delete the rejected rows that hold the ID number of ``stored``, a record being erased.
+
+    A rejected row is kept whole (encrypted under the keyring, not under a record key), and
+    ``rejects show --reveal`` would give an erased resident's name, number and address back
+    for as long as the vault lives, from a stolen disk with the passphrase too. So an erasure
+    takes every rejected row that holds the resident's ID number with it: a row of theirs
+    rejected for a bad mobile and imported again once mended, a duplicate row kept by
+    ``--on-duplicate reject``. Called inside the erasure's transaction, before the record's key
+    is destroyed (the number is read with it); returns the reject ids deleted, for the trail.
+    The batch's counts stay as they were: they count rows read, not rows kept.
+    """
+    if shredded(stored) or "id_number" not in stored.fields:
+        return []
+    from pivault.vault.facade import decrypt_fields
+
+    number = decrypt_fields(vault.keyring, stored, ("id_number",)).get("id_number")
+    if not number:
+        return []
+    checks = vault.checks
+    db = vault.db
+    rows = db.query("SELECT r.reject_id, r.raw_row FROM import_reject_numbers n"
+                    " JOIN import_rejects r ON r.reject_id = n.reject_id WHERE n.tag = ?",
+                    (reject_tag(checks, number),))
+    gone: list[str] = []
+    for reject_id, raw_ct in rows:
+        try:
+            numbers = id_numbers_in(vault.keyring.decrypt(reject_id, "raw_row", bytes(raw_ct)))
+        except IntegrityError:
+            continue  # altered or moved: not provably this resident's, and `rejects show` says so
+        if number not in numbers:
+            continue  # another number under the same short tag
+        db.executemany("DELETE FROM import_reject_numbers WHERE tag = ? AND reject_id = ?",
+                       [(reject_tag(checks, n), reject_id) for n in sorted(numbers)])
+        db.execute("DELETE FROM import_rejects WHERE reject_id = ?", (reject_id,))
+        gone.append(str(reject_id))
+    return gone
 
 
 #: what a rejected cell must look like to be masked as its field: the masks of numbers keep their

@@ -1,0 +1,65 @@
+"""What an erasure leaves of a resident: nothing the vault can still show, nothing in its files.
+
+The attacker here holds the vault's passphrase, or later steals its disk: after ``erase``, no
+command may give the resident's values back, and on SQLite no byte of what held them is left.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+from vault_support import make_residents
+
+from pivault.policy import AccessContext
+from pivault.vault import Vault
+
+
+def _write_csv(path: Path, rows: list[list[str]]) -> None:
+    with path.open("w", encoding="utf-8", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["name", "id_number", "mobile", "address"])
+        w.writerows(rows)
+
+
+def _files_under(*roots: Path) -> bytes:
+    return b"".join(p.read_bytes() for r in roots for p in sorted(r.rglob("*")) if p.is_file())
+
+
+def test_erase_takes_the_residents_rejected_rows_with_it(vault: Vault, tmp_path: Path, ctx: AccessContext,
+                                                         reveal: AccessContext) -> None:
+    a, b, c = make_residents(3, seed=311)
+    first, mended, again = tmp_path / "first.csv", tmp_path / "mended.csv", tmp_path / "again.csv"
+    # a's row is rejected for its mobile (with the number spaced out in another cell too), b's as
+    # well; the mended file brings a in; a third file repeats a, kept by --on-duplicate reject
+    spaced = " ".join(a["id_number"][i:i + 4] for i in range(0, 18, 4))
+    _write_csv(first, [[a["name"], a["id_number"], "12345", a["address"]],
+                       [b["name"], b["id_number"], "12345", b["address"]],
+                       [c["name"], "", c["mobile"], f"see {spaced}"]])
+    _write_csv(mended, [[a["name"], a["id_number"], a["mobile"], a["address"]]])
+    _write_csv(again, [[a["name"], a["id_number"], a["mobile"], a["address"]]])
+    vault.import_files([first])
+    vault.import_files([mended])
+    assert vault.import_files([again], on_duplicate="reject").rejected == 1
+    assert len(vault.rejects(ctx=reveal, limit=None)) == 4
+    (rid,) = [r["record_id"] for r in vault.find(id_number=a["id_number"], ctx=ctx)]
+    held = {str(x[0]): bytes(x[1]) for x in vault.db.query("SELECT reject_id, raw_row FROM import_rejects")}
+
+    vault.erase(rid, ctx=ctx)
+
+    left = vault.rejects(ctx=reveal, limit=None)
+    shown = repr(left)
+    assert a["id_number"] not in shown and a["name"] not in shown and a["address"] not in shown
+    assert spaced not in shown
+    # b's rejected row is not a's: it stays, as do the batches' counts
+    assert [r["cells"]["id_number"] for r in left] == [b["id_number"]]
+    assert sum(int(x[0]) for x in vault.db.query("SELECT rejected FROM import_batches")) == 4
+    assert vault.db.query_one("SELECT COUNT(*) FROM import_reject_numbers")[0] == 1  # type: ignore[index]
+    gone = set(held) - {r["reject_id"] for r in left}
+    assert len(gone) == 3
+    if vault.db.dialect == "sqlite":
+        blob = _files_under(Path(vault.db.url.target).parent)
+        for reject_id in gone:
+            ct = held[reject_id]
+            assert all(ct[i:i + 16] not in blob for i in range(0, len(ct) - 16, 8))
+        assert held[left[0]["reject_id"]] in blob  # the search would have found it
