@@ -63,3 +63,33 @@ def test_erase_takes_the_residents_rejected_rows_with_it(vault: Vault, tmp_path:
             ct = held[reject_id]
             assert all(ct[i:i + 16] not in blob for i in range(0, len(ct) - 16, 8))
         assert held[left[0]["reject_id"]] in blob  # the search would have found it
+
+
+def test_an_import_correction_drops_the_old_version_and_its_key(vault: Vault, tmp_path: Path,
+                                                               ctx: AccessContext) -> None:
+    """``--on-duplicate update`` is a correction: the version before it must be as gone as after
+    ``update``, whose old record key is dropped (an older data backup holds that version)."""
+    people = make_residents(20, seed=312)
+    first, fix = tmp_path / "first.csv", tmp_path / "fix.csv"
+    _write_csv(first, [[p["name"], p["id_number"], p["mobile"], p["address"]] for p in people])
+    vault.import_files([first])
+    a = people[7]
+    (rid,) = [r["record_id"] for r in vault.find(id_number=a["id_number"], ctx=ctx)]
+    before = vault.store.get(rid)
+    assert before is not None and before.record_key is not None
+    _write_csv(fix, [[a["name"], a["id_number"], a["mobile"], a["address"] + "附1号"]])
+    assert vault.import_files([fix], on_duplicate="update").updated == 1
+
+    after = vault.store.get(rid)
+    assert after is not None and after.record_key is not None
+    assert after.record_key[:4] != before.record_key[:4]
+    # the record-key store holds the new version's key only: the old version, wherever a copy of
+    # it is kept, no longer opens
+    assert vault.store.keys.refs(rid) == [after.record_key[:4]]  # type: ignore[attr-defined]
+    assert vault.store.keys.get(rid, before.record_key[:4]) is None  # type: ignore[attr-defined]
+    if vault.db.dialect == "sqlite":
+        keys_path = Path(vault.store.keys.db.url.target)  # type: ignore[attr-defined]
+        blob = _files_under(Path(vault.db.url.target).parent, keys_path.parent)
+        for ct in (before.fields["address"], before.record_key[4:]):
+            assert all(ct[i:i + 16] not in blob for i in range(0, len(ct) - 16, 8))
+        assert after.fields["address"] in blob

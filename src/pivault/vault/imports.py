@@ -737,6 +737,8 @@ class _Committer:
         self.seen = seen
         #: set while every record in the store is one this run inserted: see :class:`_SoleWriter`
         self.sole: _SoleWriter | None = None
+        #: set once a chunk corrected a record (``--on-duplicate update``): its freed bytes to purge
+        self.corrected = False
 
     def _existing(self, id_numbers: list[str], new: NewRecords) -> dict[str, str]:
         """Existing record id per ID number of the chunk's good rows.
@@ -917,6 +919,14 @@ class _Committer:
                 vault.guard.audit(self.ctx, "import", list(dict.fromkeys(skipped)), "duplicate")
             if self.sole is not None:
                 self.sole.mark(writes)
+        if updates:
+            # the corrected records' old keys, now that no committed row names them, as `update`
+            # drops them: kept, they would open the versions before the correction in every
+            # older data backup. The freed bytes are purged once the file is done
+            drop = getattr(vault.store, "drop_superseded", None)
+            if drop is not None:
+                drop()
+            self.corrected = True
         if held:
             # a row holding a canary's ID number came from a copy of the vault: the guard raises
             # the alarm (after the commit, so the chunk's own work stands either way)
@@ -1045,6 +1055,8 @@ def _import_file(
     if seen is not None:
         run.take(committer)
     _finish(db, batch_id, run)
+    if committer.corrected:
+        vault.store.purge_freed()  # the corrections' old ciphertext and keys out of the files
     return fill()
 
 
