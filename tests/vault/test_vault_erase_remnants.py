@@ -6,12 +6,15 @@ command may give the resident's values back, and on SQLite no byte of what held 
 
 from __future__ import annotations
 
+import contextlib
 import csv
 from pathlib import Path
 
+import pytest
 from vault_support import make_residents
 
 from pivault.policy import AccessContext
+from pivault.store.db import Database
 from pivault.vault import Vault
 
 
@@ -93,3 +96,51 @@ def test_an_import_correction_drops_the_old_version_and_its_key(vault: Vault, tm
         for ct in (before.fields["address"], before.record_key[4:]):
             assert all(ct[i:i + 16] not in blob for i in range(0, len(ct) - 16, 8))
         assert after.fields["address"] in blob
+
+
+@pytest.mark.parametrize("reading", ["both stores", "the record-key store"])
+def test_an_erasure_beside_a_long_reader_says_its_bytes_are_still_in_the_files(
+        sqlite_vault: Vault, ctx: AccessContext, reading: str) -> None:
+    """A backup or an export's fetch reads a snapshot for minutes: the checkpoint that takes the
+    erased bytes out of the files cannot finish meanwhile. The erasure must say so, not claim
+    them gone; once the reader ends, the next purge takes them."""
+    v = sqlite_vault
+    ids = [v.put(p, ctx=ctx) for p in make_residents(60, seed=313)]
+    assert v.store.purge_freed()
+    victim = v.store.get(ids[10])
+    assert victim is not None and victim.record_key is not None
+    keys_db = v.store.keys.db  # type: ignore[attr-defined]
+    data_dir, keys_dir = Path(v.db.url.target).parent, Path(keys_db.url.target).parent
+    remnants = [*victim.fields.values(), victim.record_key[4:]]
+
+    def left() -> int:
+        blob = _files_under(data_dir, keys_dir)
+        return sum(any(ct[i:i + 16] in blob for i in range(0, len(ct) - 16, 8)) for ct in remnants)
+
+    # the readers' snapshots outlast the writers' wait for them (30 s in service, shortened here)
+    v.db.execute("PRAGMA busy_timeout=200")
+    keys_db.execute("PRAGMA busy_timeout=200")
+    data_reader = Database(f"sqlite:///{v.db.url.target}")
+    keys_reader = Database(f"sqlite:///{keys_db.url.target}")
+    try:
+        with contextlib.ExitStack() as held:
+            if reading == "both stores":
+                held.enter_context(data_reader.snapshot())
+                data_reader.query("SELECT COUNT(*) FROM records")
+            held.enter_context(keys_reader.snapshot())
+            keys_reader.query("SELECT COUNT(*) FROM record_keys")
+            v.erase(ids[10], ctx=ctx)
+            assert v.purge_pending
+            assert left() > 0
+    finally:
+        data_reader.close()
+        keys_reader.close()
+    assert v.store.purge_freed()
+    assert left() == 0
+    # with nobody reading, an erasure says its bytes are gone, and they are
+    victim = v.store.get(ids[20])
+    assert victim is not None and victim.record_key is not None
+    remnants = [*victim.fields.values(), victim.record_key[4:]]
+    v.erase(ids[20], ctx=ctx)
+    assert not v.purge_pending
+    assert left() == 0

@@ -312,10 +312,16 @@ def erase(
         typer.confirm(f"Erase record {record_id}? This cannot be undone", abort=True)
     with _open(home) as vault:
         vault.erase(record_id, ctx=_ctx("erasure"))
+        purged = not vault.purge_pending
     if json_out:
-        _print_json({"erased": record_id})
+        _print_json({"erased": record_id, "purged": purged})
     else:
         typer.echo(f"erased {record_id}")
+    if not purged:
+        typer.echo("warning: another process was reading the store (a backup, an export, a long read), so "
+                   "the erased record's bytes are still in the files, as ciphertext whose key is gone; "
+                   "run `pivault scrub` once it has finished (a scheduled `pivault scrub --only-if-erased` "
+                   "does it)", err=True)
 
 
 @run_cli

@@ -808,8 +808,8 @@ class ShreddingRecordStore(RecordStore):
 
     def purge_freed(self) -> bool:
         self.drop_superseded()
-        self.keys.purge()
-        return super().purge_freed()
+        keys_done = self.keys.purge()  # a deleted key left in the files undoes the shred
+        return super().purge_freed() and keys_done
 
     def scrub(self) -> bool:
         self.drop_superseded()

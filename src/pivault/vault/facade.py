@@ -279,6 +279,10 @@ class Vault:
         self.guard: Guard = guard if guard is not None else LocalGuard()
         self.config = config
         self._checks: CheckTags | None = None
+        #: whether the bytes the last :meth:`erase` freed are still in the files (a reader of an
+        #: older snapshot kept the purge from finishing): the erasure stands, its bytes go with
+        #: the next purge or ``pivault scrub``
+        self.purge_pending = False
         #: called with the coarse facts (region code, birth year) of every record read,
         #: after decryption; the global detector's sweep rules listen here
         self.read_observers: list[Callable[[AccessContext, list[tuple[str, int]]], None]] = []
@@ -587,9 +591,14 @@ class Vault:
     def erase(self, record_id: str, *, ctx: AccessContext) -> None:
         """Delete a record, its index entries and the rejected rows holding its ID number; then purge.
 
-        On SQLite the erased ciphertext is then gone from the database, WAL
-        and journal files; on PostgreSQL the server's WAL and backups keep it
-        until they expire (see docs).
+        On SQLite the erased ciphertext and its record key are then gone from
+        the database, WAL and journal files of both stores, unless another
+        connection was reading an older snapshot meanwhile (a backup, an
+        export's fetch, a long read): the erasure stands, but its bytes stay in
+        the files until the next erasure or correction purges them, or
+        ``pivault scrub``; :attr:`purge_pending` then says so, for the caller
+        to tell its user. On PostgreSQL the server's WAL and backups keep the
+        ciphertext until they expire (see docs).
         """
         self._check_record_id(ctx, "erase", record_id)
         self._authorise(ctx, "erase", PI_FIELDS, [record_id])
@@ -613,7 +622,7 @@ class Vault:
         if not exists:
             self.guard.audit(ctx, "erase", [record_id], "not_found")
             raise NotFoundError("no record with this id", code="record.not_found")
-        self.store.purge_freed()
+        self.purge_pending = not self.store.purge_freed()
 
     def changed(self, ctx: AccessContext, changes: Sequence[Change]) -> None:
         """Tell the guard, inside the write transaction, which records changed in place.
