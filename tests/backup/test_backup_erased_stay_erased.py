@@ -132,3 +132,44 @@ def test_keys_restore_then_an_older_backup_does_not_bring_an_erased_resident_bac
     for p in people[1:]:
         assert len(_json(run(env, "find", "--id-number", p["id_number"], "--home", str(home), "--json"))) == 1
     run(env, "audit", "verify", "--home", str(home))
+
+
+def test_an_older_backup_restored_does_not_bring_back_an_erased_residents_rejected_rows(
+        store_url: str, keyring: Keyring, tmp_path: Path) -> None:
+    """A resident's row an import rejected is sealed under the field key, not a record key: the
+    erasure deletes it from the store, and a data backup taken before must not put it back."""
+    import csv
+
+    from keys_support import open_vault
+
+    from pivault.vault import Vault
+
+    a, b, c = make_residents(3, seed=314)
+    bad, mended = tmp_path / "bad.csv", tmp_path / "mended.csv"
+    rejected = [[p["name"], p["id_number"], "12345"] for p in (a, b)]
+    good = [[p["name"], p["id_number"], p["mobile"]] for p in (a, c)]
+    for path, rows in ((bad, rejected), (mended, good)):
+        with path.open("w", encoding="utf-8", newline="") as f:
+            csv.writer(f).writerows([["name", "id_number", "mobile"], *rows])
+    db = Database(store_url)
+    vault = Vault.initialise(db, keyring)
+    vault.import_files([bad])
+    vault.import_files([mended])
+    (rid,) = [r["record_id"] for r in vault.find(id_number=a["id_number"], ctx=ctx())]
+    data = create_backup(db, keyring, tmp_path / "shelf" / "vault.pvb")
+    vault.erase(rid, ctx=ctx("erasure"))
+    assert a["id_number"] not in repr(vault.rejects(ctx=ctx(), limit=None))
+    vault.close()
+
+    with open_record_key_store(keyring) as keys:
+        report = restore(data.path, store_url, load_verify_key(keyring.path), vault_id=keyring.vault_id,
+                         quarantine=True, record_keys=keys, keyring=keyring)
+    drop_quarantine(store_url, report.quarantined)
+    assert report.erased_since_backup == 1
+    v = open_vault(store_url, keyring)
+    try:
+        shown = repr(v.rejects(ctx=ctx(), limit=None))
+        assert a["id_number"] not in shown and a["name"] not in shown
+        assert b["id_number"] in shown  # not erased: restored as it was
+    finally:
+        v.close()

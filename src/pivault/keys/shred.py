@@ -76,6 +76,8 @@ _SQLITE_SCHEMA = (
     " created_at DOUBLE PRECISION NOT NULL)",
     "CREATE TABLE IF NOT EXISTS restore_put_back (backup_id TEXT NOT NULL, record_id TEXT NOT NULL,"
     " key_ref BLOB NOT NULL, PRIMARY KEY (backup_id, record_id))",
+    "CREATE TABLE IF NOT EXISTS erased_rejects (reject_id TEXT NOT NULL PRIMARY KEY,"
+    " erased_at DOUBLE PRECISION NOT NULL)",
 )
 _PG_SCHEMA = (
     "CREATE TABLE IF NOT EXISTS record_keys (record_id TEXT COLLATE \"C\" NOT NULL,"
@@ -88,6 +90,8 @@ _PG_SCHEMA = (
     " created_at DOUBLE PRECISION NOT NULL)",
     "CREATE TABLE IF NOT EXISTS restore_put_back (backup_id TEXT NOT NULL, record_id TEXT COLLATE \"C\""
     " NOT NULL, key_ref BYTEA NOT NULL, PRIMARY KEY (backup_id, record_id))",
+    "CREATE TABLE IF NOT EXISTS erased_rejects (reject_id TEXT COLLATE \"C\" NOT NULL PRIMARY KEY,"
+    " erased_at DOUBLE PRECISION NOT NULL)",
 )
 
 
@@ -319,6 +323,21 @@ class RecordKeyStore:
                     n += db.execute("DELETE FROM record_keys WHERE record_id IN"
                                     f" ({','.join('?' * len(chunk))})", chunk).rowcount
         return n
+
+    def note_erased_rejects(self, reject_ids: Sequence[str]) -> None:
+        """Remember the ids of rejected import rows an erasure took (opaque ids, no value).
+
+        A rejected row is sealed under the field key, not a record key, so an older data
+        backup restored brings it back readable; this store is not in data backups, and
+        :func:`purge_erased` deletes those rows again by these ids.
+        """
+        now = time.time()
+        with self.db.transaction():
+            self.db.executemany("INSERT INTO erased_rejects (reject_id, erased_at) VALUES (?, ?)"
+                                " ON CONFLICT (reject_id) DO NOTHING", [(r, now) for r in reject_ids])
+
+    def erased_rejects(self) -> list[str]:
+        return [str(r[0]) for r in self.db.query("SELECT reject_id FROM erased_rejects ORDER BY reject_id")]
 
     def delete_ref(self, record_id: str, key_ref: bytes) -> bool:
         return self.db.execute("DELETE FROM record_keys WHERE record_id = ? AND key_ref = ?",
@@ -697,7 +716,9 @@ def purge_erased(db: Database, keys: RecordKeyStore, *, batch_size: int = 1000) 
     """Delete records whose record key is gone: erasures made after the copy they came from.
 
     Run after restoring an older data backup, so that residents erased since
-    are not even present as ciphertext (and lookups do not trip over them).
+    are not even present as ciphertext (and lookups do not trip over them);
+    the rejected import rows those erasures took (:meth:`RecordKeyStore.note_erased_rejects`)
+    are deleted again too.
     Refuses, deleting nothing, when *no* record has a key in ``keys``: that
     is the wrong record-key store, or it was not restored yet.
     """
@@ -713,7 +734,23 @@ def purge_erased(db: Database, keys: RecordKeyStore, *, batch_size: int = 1000) 
                           code="keys.store_empty",
                           hint="restore the record keys first (`pivault keys restore`), or point the vault"
                                " at its own record-key store")
+    _purge_erased_rejects(db, keys)
     return RecordStore(db).delete_many(missing) if missing else 0
+
+
+def _purge_erased_rejects(db: Database, keys: RecordKeyStore) -> int:
+    """Delete the rejected import rows that erasures took since the copy they came from."""
+    gone = keys.erased_rejects()
+    if not gone or not db.table_exists("import_rejects"):
+        return 0
+    n = 0
+    with db.transaction():
+        for chunk in _chunks(gone, _CHUNK):
+            marks = ",".join("?" * len(chunk))
+            if db.table_exists("import_reject_numbers"):
+                db.execute(f"DELETE FROM import_reject_numbers WHERE reject_id IN ({marks})", chunk)
+            n += db.execute(f"DELETE FROM import_rejects WHERE reject_id IN ({marks})", chunk).rowcount
+    return n
 
 
 def _current_refs(db: Database, ids: Sequence[str]) -> dict[str, bytes | None]:

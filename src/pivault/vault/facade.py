@@ -616,6 +616,10 @@ class Vault:
                 # the rows of theirs an import rejected go too (read before the key is destroyed);
                 # the trail names them after the record
                 rejects = imports.erase_rejects(self, stored)
+                keys = getattr(self.store, "keys", None)
+                if rejects and keys is not None:
+                    # beside the record keys, where a restored older backup cannot bring them back
+                    keys.note_erased_rejects(rejects)
                 self.guard.audit(ctx, "erase", [record_id, *rejects], "ok")
                 self.store.delete(record_id)
                 meta.count_erasure(self.db)  # what `pivault scrub` has still to rewrite
