@@ -120,8 +120,9 @@ register(Migration("imports", 2, "the ID numbers of rejected rows, as tags, for 
                    _SQLITE_V2, _PG_V2))
 
 #: bytes of a rejected row's number tag. Short on purpose, as a blind index is truncated: a tag
-#: does not single out a number (about one reject in 65,536 shares a tag with any other); the
-#: erasure decrypts the few rejects under its tag and keeps only those that hold the number
+#: does not single out a number (two numbers share a tag once in 65,536, so a vault of many
+#: rejects has many numbers under each); the erasure decrypts the few rejects under its tag
+#: and keeps only those that hold the number
 REJECT_TAG_BYTES = 2
 #: the check-tag key's domain for these tags (that key is never rotated, so a tag made before a
 #: key rotation still finds its reject)
