@@ -404,7 +404,11 @@ class Vault:
         Raises :class:`ValidationError` for bad input and :class:`DuplicateRecord`
         when the ID number is already in the vault.
         """
-        r = record if isinstance(record, Resident) else Resident.parse(record)
+        # a Resident made by its constructor rather than by `parse` holds its fields as written
+        # ("…109x", full-width digits): parsed again, or it would be sealed under index values
+        # of its own, a second record for a resident the vault holds, out of reach of every lookup
+        r = (Resident.parse(record.pi_fields(), record_id=record.record_id) if isinstance(record, Resident)
+             else Resident.parse(record))
         self._authorise(ctx, "put", tuple(r.pi_fields()))
         self._budget(ctx, "put", 1)
         sealed_at = self.keyring.write_generation()
