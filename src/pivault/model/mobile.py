@@ -10,6 +10,7 @@ import re
 import unicodedata
 
 from pivault.errors import ValidationError
+from pivault.model._text import drop_invisible, fold_digits
 
 #: prefix -> carrier. Three-digit prefixes; 1349 (satellite) and 1740/1749 are
 #: special blocks inside allocated prefixes and are accepted under them.
@@ -31,7 +32,8 @@ PERSONAL_PREFIXES: tuple[str, ...] = tuple(
     sorted(p for p, c in CARRIERS.items() if c != "iot")
 )
 
-_STRIP = re.compile(r"[\s\u3000\u00a0\-().]+")
+#: spaces, dashes (U+2010-U+2015 and the minus sign U+2212 among them), parentheses, dots
+_STRIP = re.compile(r"[\s\u3000\u00a0\-\u2010-\u2015\u2212().]+")
 _DIGITS = re.compile(r"[0-9]+")
 
 
@@ -41,7 +43,7 @@ def _err(code: str, message: str) -> ValidationError:
 
 def clean(value: str) -> str:
     """Width-fold and remove separators and a country prefix, without validating."""
-    v = _STRIP.sub("", unicodedata.normalize("NFKC", value))
+    v = _STRIP.sub("", fold_digits(drop_invisible(unicodedata.normalize("NFKC", value))))
     if v.startswith("+86"):
         v = v[3:]
     elif v.startswith("0086"):
@@ -54,13 +56,16 @@ def clean(value: str) -> str:
 def normalise(value: str) -> str:
     """Validate a mobile number and return its 11 digits.
 
-    Accepts ``+86``, ``0086`` and ``86`` prefixes, spaces, dashes and
-    full-width digits. Idempotent. Codes: ``mobile.empty``, ``mobile.format``,
+    Accepts ``+86``, ``0086`` and ``86`` prefixes, spaces, dashes,
+    full-width digits, digits of other scripts and invisible characters
+    (zero-width, bidi controls, which are dropped). Idempotent. Codes: ``mobile.empty``, ``mobile.format``,
     ``mobile.length``, ``mobile.prefix``.
     """
     if value is None or not str(value).strip():
         raise _err("mobile.empty", "the mobile number is empty")
     v = clean(str(value))
+    if not v:  # nothing but characters that show nothing
+        raise _err("mobile.empty", "the mobile number is empty")
     if not _DIGITS.fullmatch(v):
         raise _err("mobile.format", "a mobile number holds digits only (with +86 and separators)")
     if len(v) != 11:

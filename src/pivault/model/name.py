@@ -6,6 +6,7 @@ import re
 import unicodedata
 
 from pivault.errors import ValidationError
+from pivault.model._text import drop_invisible
 
 #: the characters people type for the interpunct in transliterated names
 _DOTS = re.compile(r"[\u00b7\u2022\u2027\u30fb\uff65\u2219\u22c5\u318d\u0387\uff0e.]")
@@ -26,12 +27,16 @@ def normalise(value: str) -> str:
 
     CJK names: 2 to 6 characters, not counting the middle dot, spaces removed,
     every dot variant folded to U+00B7. Latin names: letters with single
-    spaces, hyphens and apostrophes, at most 64 characters. Codes:
+    spaces, hyphens and apostrophes, at most 64 characters; their case is
+    kept (``ZHANG SAN`` is not ``Zhang San``). Characters that show nothing
+    (zero-width, bidi controls) are dropped. Codes:
     ``name.empty``, ``name.length``, ``name.chars``.
     """
     if value is None or not str(value).strip():
         raise _err("name.empty", "the name is empty")
-    v = unicodedata.normalize("NFKC", str(value)).strip()
+    v = drop_invisible(unicodedata.normalize("NFKC", str(value))).strip()
+    if not v:  # nothing but characters that show nothing
+        raise _err("name.empty", "the name is empty")
     v = _WS.sub(" ", v)
     if _HAS_CJK.search(v):
         v = v.replace(" ", "")

@@ -15,12 +15,14 @@ from typing import NamedTuple
 
 from pivault.errors import ValidationError
 from pivault.model import divisions
+from pivault.model._text import drop_invisible, fold_digits
 
 _WEIGHTS = (7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2)
 _CHECK = "10X98765432"
 _RE18 = re.compile(r"[0-9]{17}[0-9X]")
 _RE15 = re.compile(r"[0-9]{15}")
-_SPACES = re.compile(r"[\s\u3000\u00a0\-]+")
+#: spaces and dashes, the hyphens and dashes of U+2010-U+2015 and the minus sign U+2212 among them
+_SPACES = re.compile(r"[\s\u3000\u00a0\-\u2010-\u2015\u2212]+")
 EARLIEST_BIRTH = _dt.date(1900, 1, 1)
 
 
@@ -41,8 +43,8 @@ def _err(code: str, message: str) -> ValidationError:
 
 
 def clean(value: str) -> str:
-    """Width-fold, strip separators and upper-case, without validating."""
-    v = unicodedata.normalize("NFKC", value)
+    """Width-fold, drop invisible characters and separators, fold digits, upper-case; no validation."""
+    v = fold_digits(drop_invisible(unicodedata.normalize("NFKC", value)))
     v = _SPACES.sub("", v)
     return v.upper()
 
@@ -87,8 +89,9 @@ def _date(number: str, today: _dt.date | None) -> _dt.date:
 def normalise(value: str, *, today: _dt.date | None = None) -> str:
     """Validate a resident ID number and return its canonical 18-character form.
 
-    Accepts surrounding and inner spaces, full-width digits, a lowercase ``x``
-    and 15-digit legacy numbers. Raises :class:`ValidationError` with one of
+    Accepts surrounding and inner spaces, full-width digits, digits of other
+    scripts, invisible characters (zero-width, bidi controls, which are
+    dropped), a lowercase ``x`` and 15-digit legacy numbers. Raises :class:`ValidationError` with one of
     ``id.empty``, ``id.length``, ``id.format``, ``id.region``, ``id.date``,
     ``id.checksum``.
     """
@@ -98,6 +101,8 @@ def normalise(value: str, *, today: _dt.date | None = None) -> str:
     if not canonical and (value is None or not str(value).strip()):
         raise _err("id.empty", "the resident ID number is empty")
     v = value.upper() if canonical else clean(str(value))
+    if not v:  # nothing but characters that show nothing
+        raise _err("id.empty", "the resident ID number is empty")
     if len(v) == 15:
         if not _RE15.fullmatch(v):
             raise _err("id.format", "a legacy resident ID number has 15 digits")
