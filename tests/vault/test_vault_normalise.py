@@ -119,3 +119,18 @@ def test_nothing_but_invisible_characters_is_an_empty_value(vault: Vault, ctx: A
             vault.put({**r, field: "\u200b\ufeff"}, ctx=ctx)
         assert info.value.code == code
     assert vault.store.count() == 0
+
+
+def test_latin_lookalikes_are_not_letters_of_a_name(vault: Vault, ctx: AccessContext) -> None:
+    """``Wang ǀi`` (a click letter for ``l``) and ``Zhang ×an`` were stored as names that read like
+    ``Wang li`` and ``Zhang xan`` and that no lookup by those finds; they are refused, by put and find."""
+    r = make_residents(1, seed=34)[0]
+    born = r["id_number"][6:10] + "-" + r["id_number"][10:12] + "-" + r["id_number"][12:14]
+    for typed in ("Wang \u01c0i", "Wang L\u01c3", "Zhang \u00d7an", "Li \u00f7ing"):
+        with pytest.raises(ValidationError) as info:
+            vault.put({**r, "name": typed}, ctx=ctx)
+        assert info.value.code == "name.chars"
+        with pytest.raises(ValidationError):
+            vault.find(name=typed, birth_date=born, ctx=ctx)
+    vault.put({**r, "name": "Zhang Søren-Ørsted"}, ctx=ctx)  # Latin-1 letters stay names
+    assert vault.store.count() == 1

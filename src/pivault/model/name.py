@@ -12,7 +12,11 @@ from pivault.model._text import drop_invisible
 _DOTS = re.compile(r"[\u00b7\u2022\u2027\u30fb\uff65\u2219\u22c5\u318d\u0387\uff0e.]")
 _CJK = r"\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0002ebef"
 _CJK_NAME = re.compile(rf"[{_CJK}]+(?:·[{_CJK}]+)*")
-_LATIN_NAME = re.compile(r"[A-Za-z\u00c0-\u024f]+(?:[ '\-.][A-Za-z\u00c0-\u024f]+)*\.?")
+#: Latin letters: ASCII, Latin-1 and Latin Extended-A/B, without the multiplication and division
+#: signs (U+00D7, U+00F7) that sit among them and the click letters U+01C0-U+01C3, which show as
+#: ``|``, ``||``, ``ǂ`` and ``!`` and would make ``Wang ǀi`` a name no lookup for ``Wang li`` finds
+_LATIN = r"A-Za-z\u00c0-\u00d6\u00d8-\u00f6\u00f8-\u01bf\u01c4-\u024f"
+_LATIN_NAME = re.compile(rf"[{_LATIN}]+(?:[ '\-.][{_LATIN}]+)*\.?")
 _HAS_CJK = re.compile(f"[{_CJK}]")
 _WS = re.compile(r"\s+")
 MAX_LATIN = 64
