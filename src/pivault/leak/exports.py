@@ -65,7 +65,7 @@ from typing import TYPE_CHECKING, Any
 
 from pivault.errors import NotFoundError, PivaultError, ValidationError
 from pivault.leak.canaries import Blender
-from pivault.leak.columns import fast_mobile, fast_name, spreadsheet_safe
+from pivault.leak.columns import address_key, fast_mobile, fast_name, spreadsheet_safe
 from pivault.model import is_record_id
 from pivault.model import resident_id as _rid
 from pivault.policy.context import AccessContext
@@ -2043,7 +2043,8 @@ def _canary_keys(c: dict[str, str]) -> dict[str, str]:
     """A stored canary's keys, derived from its values: a canary registered before a key
     existed is found by it too."""
     born = _rid.facts(c["id_number"]).birth_date.isoformat()
-    name, mobile, address = c.get("name") or "", c.get("mobile") or "", c.get("address") or ""
+    name, mobile = c.get("name") or "", c.get("mobile") or ""
+    address = address_key(c.get("address") or "") or ""
     out = {"id_number": c["id_number"], "mobile": mobile,
            "name_birth": f"{name}|{born}" if name else "", "address": address,
            "name_mobile": f"{name}|{mobile}" if name and mobile else "",
@@ -2060,8 +2061,9 @@ def row_key(a: str, b: str) -> int:
 def _row_keys(r: dict[str, str | None], fields: Sequence[str]) -> list[int]:
     """The row's key per pair of :data:`ROW_KEYS` the export carries (0 where a value is empty)."""
     name, mobile = (r.get("name") or "").strip(), (r.get("mobile") or "").strip()
+    address = (r.get("address") or "").strip()
     values = {"name": fast_name(name) if name else None, "mobile": fast_mobile(mobile) if mobile else None,
-              "address": (r.get("address") or "").strip() or None}
+              "address": address_key(address) if address else None}
     out = []
     for a, b in ROW_KEYS:
         va, vb = values[a], values[b]

@@ -22,6 +22,11 @@ _INVISIBLE = re.compile(
     "\u2060-\u206f\u3164\ufe00-\ufe0f\ufeff\uffa0\ufff0-\ufff8\U0001bca0-\U0001bca3"
     "\U0001d173-\U0001d17a\U000e0000-\U000e0fff]+")
 
+#: those of them that ``str.isprintable`` takes for printable (combining marks, Hangul fillers,
+#: variation selectors): a printable value without one of these holds nothing to drop
+PRINTABLE_INVISIBLE = re.compile(
+    "[\u034f\u115f\u1160\u17b4\u17b5\u180b-\u180d\u180f\u3164\ufe00-\ufe0f\uffa0\U000e0100-\U000e01ef]")
+
 
 def drop_invisible(value: str) -> str:
     """``value`` without the characters that show nothing (the ASCII case costs one test)."""
