@@ -10,6 +10,7 @@ same export as in the copy itself.
 from __future__ import annotations
 
 import csv
+import datetime as dt
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -18,6 +19,8 @@ import pytest
 from leak.conftest import World, build_vault, ctx
 from pivault.leak import exports as ex
 from pivault.leak.check import check
+from pivault.leak.columns import classify, shown_header, shown_name
+from pivault.model import resident_id
 
 _FULL_WIDTH = str.maketrans("0123456789", "０１２３４５６７８９")
 _ARABIC = str.maketrans("0123456789", "٠١٢٣٤٥٦٧٨٩")
@@ -91,3 +94,23 @@ def test_an_export_with_numbers_and_names_retyped(world: World, tmp_path: Path) 
         "name": lambda v: v[:1] + "\u200b" + v[1:],
     })
     _assert_same_outcome(world, export_id, path, retyped)
+
+
+def _circled(n: int) -> str:
+    """The one character that writes ``n`` (10 to 50) in a circle: ``⑩`` … ``㊿``."""
+    return chr(0x2460 + n - 1) if n <= 20 else chr(0x3251 + n - 21) if n <= 35 else chr(0x32B1 + n - 36)
+
+
+def test_a_number_written_in_circled_numbers_is_masked_as_the_number() -> None:
+    """A header cell or a member name that reads as a value is masked as that value, keeping its
+    first three and last four characters. Written in circled numbers (``⑪`` is 11), three
+    characters were four digits and four were eight: the case showed the birth day, sequence
+    and check character of an ID number, and more of a mobile than its mask shows."""
+    idn = next(v for seq in range(1000)
+               if all(10 <= int((v := resident_id.make("110101", dt.date(1990, 12, 25), seq))[i:i + 2]) <= 50
+                      for i in (14, 16)))
+    written = _circled(11) + idn[2:10] + "".join(_circled(int(idn[i:i + 2])) for i in (10, 12, 14, 16))
+    assert classify(written) == "id_number"
+    want = idn[:3] + "*" * 11 + idn[-4:]
+    assert shown_header(written) == want
+    assert shown_name(f"exports/{written}.csv") == f"exports/{want}.csv"

@@ -468,6 +468,28 @@ def _label(cell: str) -> bool:
     return _has_header_word(cell) or bool(_ASCII_LABEL.fullmatch(cell))
 
 
+def _as_held(kind: str, value: str) -> str:
+    """``value`` as the vault would hold it, for its mask.
+
+    A mask keeps the first and last characters of what it is given, and one
+    character can write several digits (``⑪`` is 11, ``㉕`` 25): an ID number
+    written so showed its birth date and sequence (``⑪01******⑫㉕⑩⑰``). The
+    mask of the normalised value shows what the mask promises.
+    """
+    held: str | None = None
+    if kind == "id_number":
+        held = fast_id_number(value)
+    elif kind == "mobile":
+        held = fast_mobile(value)
+    elif kind == "name":
+        held = fast_name(value)
+    elif kind == "birth_date":
+        held = parse_birth_date(value)
+    elif kind == "address":
+        held = address_key(value)
+    return held or value
+
+
 def shown_header(cell: str | None) -> str | None:
     """A header cell as a case may keep it: as it is when it reads as a label, else masked.
 
@@ -489,7 +511,7 @@ def shown_header(cell: str | None) -> str | None:
     if kind == "record_id" or (_has_header_word(v) and _label(v)):
         return v  # the vault's opaque id (no PI of the resident), or a label
     if kind is not None:
-        return mask_field(kind, v)
+        return mask_field(kind, _as_held(kind, v))
     return v if _label(v) else "***"
 
 
@@ -524,7 +546,7 @@ def shown_name(name: str) -> str:
             continue
         kind = classify(part)
         if kind is not None and kind != "record_id":
-            part = mask_field(kind, part) or "***"
+            part = mask_field(kind, _as_held(kind, part)) or "***"
         parts[i] = _LONG_DIGITS.sub(lambda m: "*" * len(m.group()), part)
     return "".join(parts)
 
