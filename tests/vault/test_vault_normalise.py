@@ -134,3 +134,22 @@ def test_latin_lookalikes_are_not_letters_of_a_name(vault: Vault, ctx: AccessCon
             vault.find(name=typed, birth_date=born, ctx=ctx)
     vault.put({**r, "name": "Zhang Søren-Ørsted"}, ctx=ctx)  # Latin-1 letters stay names
     assert vault.store.count() == 1
+
+
+def test_a_birth_date_is_read_in_the_forms_the_leak_check_reads(vault: Vault, ctx: AccessContext) -> None:
+    """A lookup by name and birth date took ``YYYY-MM-DD`` only (and what ``date.fromisoformat``
+    happens to read): ``1990/3/7`` or ``1990年3月7日``, which the leak check reads in a dump's
+    birth-date column, were refused as ``birth_date.format``."""
+    r = make_residents(1, seed=35)[0]
+    rid = vault.put(r, ctx=ctx)
+    y, m, d = r["id_number"][6:10], int(r["id_number"][10:12]), int(r["id_number"][12:14])
+    fullwidth = str.maketrans("0123456789", "０１２３４５６７８９")
+    for written in (f"{y}-{m:02d}-{d:02d}", f"{y}/{m}/{d}", f"{y}.{m}.{d}", f"{y}{m:02d}{d:02d}",
+                    f"{y}年{m}月{d}日", f"{y}-{m:02d}-{d:02d}".translate(fullwidth),
+                    f"{y}-{m:02d}-{d:02d}".translate(_ARABIC), f" {y}-{m}-{d} 00:00:00 "):
+        found = vault.find(name=r["name"], birth_date=written, ctx=ctx)
+        assert [x["record_id"] for x in found] == [rid], written
+    for bad in (f"{y}-02-30", f"{y}/13/1", "1990-3", "yesterday"):
+        with pytest.raises(ValidationError) as info:
+            vault.find(name=r["name"], birth_date=bad, ctx=ctx)
+        assert info.value.code == "birth_date.format"

@@ -26,6 +26,7 @@ from pivault.model import is_record_id
 from pivault.model import mobile as _mobile
 from pivault.model import resident_id as _rid
 from pivault.model._text import PRINTABLE_INVISIBLE, drop_invisible
+from pivault.model.dates import written_date
 from pivault.model.masks import mask_field
 
 __all__ = [
@@ -85,11 +86,6 @@ _LATIN_NAME = re.compile(r"[A-Z][a-z]{1,15}(?: [A-Z][a-z]{1,15}){1,2}")
 _ADDRESS_MARK = re.compile(r"[路街道巷弄号室村镇乡栋楼院]|小区|单元|社区|大厦|花园")
 _DIGIT = re.compile(r"[0-9０-９一二三四五六七八九十]")
 _CJK = re.compile(r"[\u4e00-\u9fff]")
-_DATE_PATTERNS = (
-    re.compile(r"(\d{4})[-/.](\d{1,2})[-/.](\d{1,2})(?:[ T].*)?"),
-    re.compile(r"(\d{4})(\d{2})(\d{2})"),
-    re.compile(r"(\d{4})年(\d{1,2})月(\d{1,2})日?"),
-)
 _GENDERS = {"男", "女", "m", "f", "male", "female", "男性", "女性"}
 _HEADER_WORDS = (
     "姓名", "名字", "身份证", "证件", "证号", "手机", "电话", "联系", "号码", "地址", "住址", "户籍", "籍贯",
@@ -304,16 +300,13 @@ def address_key(value: str) -> str | None:
 
 
 def parse_birth_date(value: str) -> str | None:
-    """``YYYY-MM-DD`` from the common written forms, or ``None`` (not a plausible birth date)."""
-    v = unicodedata.normalize("NFKC", value).strip()
-    for pat in _DATE_PATTERNS:
-        m = pat.fullmatch(v)
-        if m:
-            key = f"{int(m.group(1)):04d}{int(m.group(2)):02d}{int(m.group(3)):02d}"
-            if key in _valid_dates():
-                return f"{key[:4]}-{key[4:6]}-{key[6:]}"
-            return None
-    return None
+    """``YYYY-MM-DD`` from the common written forms (:func:`pivault.model.dates.written_date`,
+    as a lookup reads them), or ``None`` (not a plausible birth date)."""
+    parts = written_date(value)
+    if parts is None:
+        return None
+    key = f"{parts[0]:04d}{parts[1]:02d}{parts[2]:02d}"
+    return f"{key[:4]}-{key[4:6]}-{key[6:]}" if key in _valid_dates() else None
 
 
 def _is_name(v: str) -> bool:

@@ -25,6 +25,7 @@ from pivault.model import PI_FIELDS, Resident, is_record_id
 from pivault.model import mobile as _mobile
 from pivault.model import name as _name
 from pivault.model import resident_id as _rid
+from pivault.model.dates import written_date
 from pivault.model.record import check_changes
 from pivault.policy.context import AccessContext
 from pivault.store.db import Database
@@ -245,11 +246,20 @@ def open_record(keyring: Keyring, stored: StoredRecord) -> Resident:
 def _parse_birth_date(value: str | _dt.date) -> _dt.date:
     if isinstance(value, _dt.date):
         return value
+    text = str(value).strip()
     try:
-        return _dt.date.fromisoformat(str(value).strip())
+        return _dt.date.fromisoformat(text)
     except ValueError:
-        raise ValidationError("birth_date.format", "a birth date is written YYYY-MM-DD",
-                              field="birth_date") from None
+        pass
+    # the forms the leak check reads a dump's birth dates in: a lookup takes them too
+    parts = written_date(text)
+    if parts is not None:
+        try:
+            return _dt.date(*parts)
+        except ValueError:
+            pass
+    raise ValidationError("birth_date.format", "a birth date is a real date written YYYY-MM-DD, "
+                          "YYYY/M/D, YYYYMMDD or YYYY年M月D日", field="birth_date")
 
 
 class Vault:
