@@ -130,6 +130,10 @@ def test_cli_backup_needs_out_and_refuses_bad_files(app: typer.Typer, tmp_path: 
     for bad in (["--field", "shoe_size"], ["--field", "name", "--all"]):
         res = CliRunner().invoke(app, ["keys", "rotate", *bad, *h], env={"PIVAULT_PASSPHRASE": PASSPHRASE})
         assert res.exit_code == 2 and res.stderr.startswith("error[keys.usage]"), res.output
+    # a rewrap's batch is held in memory whole: one past the cap is refused before anything is read
+    res = CliRunner().invoke(app, ["keys", "rewrap", "--batch", "100001", *h],
+                             env={"PIVAULT_PASSPHRASE": PASSPHRASE})
+    assert res.exit_code == 2 and "--batch" in res.output, res.output
 
 
 def test_a_second_split_needs_force_and_says_what_it_invalidates(app: typer.Typer, tmp_path: Path) -> None:

@@ -164,7 +164,7 @@ def keys_rotate(
 @keys_app.command("rewrap")
 @run_cli
 def keys_rewrap(
-    batch: Annotated[int, typer.Option("--batch", min=1, help="Records per transaction.")] = 500,
+    batch: Annotated[int, typer.Option("--batch", min=1, max=100_000, help="Records per transaction.")] = 500,
     retire: Annotated[bool, typer.Option(
         "--retire", help="Then retire every key version nothing uses any more.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
