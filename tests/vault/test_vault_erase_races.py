@@ -61,8 +61,8 @@ def test_a_reader_during_an_erasure_is_told_not_found(vault: Vault, ctx: AccessC
         keys = _keys(own)
         delete = keys.delete_records
 
-        def shred_then_wait(ids: Sequence[str]) -> int:
-            n = delete(ids)  # committed: the record is unreadable from here on
+        def shred_then_wait(ids: Sequence[str], **kw: Any) -> int:
+            n = delete(ids, **kw)  # committed: the record is unreadable from here on
             shredded.set()
             assert finish.wait(60)
             return n
@@ -187,3 +187,64 @@ def test_an_import_updating_a_resident_erased_meanwhile_keeps_the_row(
     assert got[0]["address"] == corrected[0]["address"]
     assert (f.imported, f.updated) == (3, 0)
     assert vault.store.count() == 3
+
+
+_KILL_AT_SHRED_CLI = textwrap.dedent("""
+    import os, signal, sys
+    from pivault.store.records import RecordStore
+
+    def die(self, ids):  # the record's key is destroyed and committed; its row is next
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    RecordStore.delete_many = die
+    from pivault.cli.main import main
+    sys.argv = ["pivault", "erase", sys.argv[1], "--yes"]
+    main()
+""")
+
+
+def test_an_erasure_killed_after_the_shred_is_audited_and_finished_at_the_next_opening(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``pivault erase`` killed between the shred (committed in the record-key store) and the
+    transaction that deletes the row and writes the audit entry: the trail had no word of an
+    erasure whose key was gone. The shred keeps who asked; the next opening of the vault
+    deletes the row and writes the entry in their name, once."""
+    import json
+    import sqlite3
+
+    from vault_support import cheap_cli_env, run_cli
+
+    env = cheap_cli_env(tmp_path, monkeypatch, str(tmp_path / "home"))
+    run_cli(env, "init", "--expected-population", "1000")
+    people = make_residents(2, seed=33)
+    src = tmp_path / "in.csv"
+    src.write_text("姓名,身份证号,手机\n" + "".join(f"{p['name']},{p['id_number']},{p['mobile']}\n"
+                                               for p in people), encoding="utf-8")
+    run_cli(env, "import", str(src))
+    found = json.loads(run_cli(env, "find", "--id-number", people[0]["id_number"], "--json").stdout)
+    rid = found[0]["record_id"]
+
+    full = {**os.environ, **env, "PYTHONPATH": os.pathsep.join(sys.path)}
+    child = subprocess.run([sys.executable, "-c", _KILL_AT_SHRED_CLI, rid], env=full, capture_output=True,
+                           text=True, timeout=120)
+    assert child.returncode == -9, child.stderr[-2000:]
+    store = Path(env["PIVAULT_HOME"]) / "vault.db"
+    with sqlite3.connect(store) as raw:  # what the killed erasure left, read without opening the vault
+        assert raw.execute("SELECT COUNT(*) FROM records WHERE record_id = ?", (rid,)).fetchone() == (1,)
+        assert raw.execute("SELECT COUNT(*) FROM audit_entries WHERE operation = 'erase'").fetchone() == (0,)
+
+    # the next command that opens the vault (a lookup of someone else) finishes it: the row
+    # gone, the entry in the trail
+    other = json.loads(run_cli(env, "find", "--id-number", people[1]["id_number"], "--json").stdout)
+    assert len(other) == 1
+    trail = json.loads(run_cli(env, "audit", "show", "--operation", "erase", "--json").stdout)
+    assert [(e["record_ids"], e["outcome"], e["role"]) for e in trail] == [([rid], "ok", "operator")]
+    assert trail[0]["principal"].startswith("local:")
+    with sqlite3.connect(store) as raw:
+        assert raw.execute("SELECT COUNT(*) FROM records WHERE record_id = ?", (rid,)).fetchone() == (0,)
+        assert raw.execute("SELECT COUNT(*) FROM blind_index WHERE record_id = ?", (rid,)).fetchone() == (0,)
+    # once: a further opening finds nothing left to finish
+    assert json.loads(run_cli(env, "find", "--id-number", people[0]["id_number"], "--json").stdout) == []
+    again = json.loads(run_cli(env, "audit", "show", "--operation", "erase", "--json").stdout)
+    assert len(again) == 1
+    assert run_cli(env, "audit", "verify").stdout.startswith("audit chain intact")

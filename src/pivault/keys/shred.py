@@ -78,6 +78,8 @@ _SQLITE_SCHEMA = (
     " key_ref BLOB NOT NULL, PRIMARY KEY (backup_id, record_id))",
     "CREATE TABLE IF NOT EXISTS erased_rejects (reject_id TEXT NOT NULL PRIMARY KEY,"
     " erased_at DOUBLE PRECISION NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS erasures_pending (record_id TEXT NOT NULL PRIMARY KEY,"
+    " asked_by TEXT NOT NULL, asked_at DOUBLE PRECISION NOT NULL)",
 )
 _PG_SCHEMA = (
     "CREATE TABLE IF NOT EXISTS record_keys (record_id TEXT COLLATE \"C\" NOT NULL,"
@@ -92,6 +94,8 @@ _PG_SCHEMA = (
     " NOT NULL, key_ref BYTEA NOT NULL, PRIMARY KEY (backup_id, record_id))",
     "CREATE TABLE IF NOT EXISTS erased_rejects (reject_id TEXT COLLATE \"C\" NOT NULL PRIMARY KEY,"
     " erased_at DOUBLE PRECISION NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS erasures_pending (record_id TEXT COLLATE \"C\" NOT NULL PRIMARY KEY,"
+    " asked_by TEXT NOT NULL, asked_at DOUBLE PRECISION NOT NULL)",
 )
 
 
@@ -309,8 +313,16 @@ class RecordKeyStore:
                 n += self.rewrap(rid, old, new)
         return n
 
-    def delete_records(self, record_ids: Sequence[str]) -> int:
-        """Destroy every key of these records (the shred); returns keys deleted."""
+    def delete_records(self, record_ids: Sequence[str], *, erasure: str | None = None) -> int:
+        """Destroy every key of these records (the shred); returns keys deleted.
+
+        ``erasure``: who asked (the caller's principal, role, purpose, request and token ids, as
+        the Vault writes them), kept with each record id in the same
+        transaction as the shred, until the erasure's own transaction in the data store has
+        committed (:meth:`clear_erasures`). The two stores share no transaction: an erasure
+        that dies between them has destroyed the key, and its audit entry, written in the
+        data store's transaction, is lost with it; this says whose erasure to finish.
+        """
         ids = list(dict.fromkeys(record_ids))
         n = 0
         db = self.db
@@ -322,7 +334,29 @@ class RecordKeyStore:
                 else:
                     n += db.execute("DELETE FROM record_keys WHERE record_id IN"
                                     f" ({','.join('?' * len(chunk))})", chunk).rowcount
+            if erasure is not None:
+                now = time.time()
+                db.executemany("INSERT INTO erasures_pending (record_id, asked_by, asked_at) VALUES (?, ?, ?)"
+                               " ON CONFLICT (record_id) DO NOTHING", [(r, erasure, now) for r in ids])
         return n
+
+    def pending_erasures(self, record_ids: Sequence[str] | None = None) -> list[tuple[str, str]]:
+        """(record id, who asked) of erasures whose keys are destroyed and whose end is not known."""
+        if record_ids is None:
+            rows = self.db.query("SELECT record_id, asked_by FROM erasures_pending ORDER BY asked_at")
+        else:
+            rows = []
+            for chunk in _chunks(list(record_ids), _CHUNK):
+                rows += self.db.query("SELECT record_id, asked_by FROM erasures_pending WHERE record_id IN"
+                                      f" ({','.join('?' * len(chunk))})", chunk)
+        return [(str(r), str(a)) for r, a in rows]
+
+    def clear_erasures(self, record_ids: Sequence[str]) -> None:
+        """The erasures of these records are over: their data store's transaction committed."""
+        with self.db.transaction():
+            for chunk in _chunks(list(record_ids), _CHUNK):
+                self.db.execute("DELETE FROM erasures_pending WHERE record_id IN"
+                                f" ({','.join('?' * len(chunk))})", chunk)
 
     def note_erased_rejects(self, reject_ids: Sequence[str]) -> None:
         """Remember the ids of rejected import rows an erasure took (opaque ids, no value).
@@ -836,8 +870,13 @@ class ShreddingRecordStore(RecordStore):
         return n
 
     def delete_many(self, record_ids: Sequence[str]) -> int:
+        return self.erase_records(record_ids)
+
+    def erase_records(self, record_ids: Sequence[str], asked_by: str | None = None) -> int:
+        """:meth:`delete_many`, with who asked for the erasure kept beside the shred (``asked_by``,
+        see :meth:`RecordKeyStore.delete_records`)."""
         # the keys first: from here on every copy of these records is noise
-        self.keys.delete_records(record_ids)
+        self.keys.delete_records(record_ids, erasure=asked_by)
         n = super().delete_many(record_ids)
         if not self.db.in_transaction:
             self.keys.purge()

@@ -11,6 +11,8 @@ only when the Vault asks. Nothing else in pivault decrypts.
 from __future__ import annotations
 
 import datetime as _dt
+import json
+import logging
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
@@ -56,6 +58,8 @@ OUTPUT_FIELDS: tuple[str, ...] = (
 )
 OnDuplicate = Literal["skip", "update", "reject"]
 _V2 = bytes([RECORD_CIPHERTEXT_VERSION])
+
+log = logging.getLogger("pivault.vault")
 
 
 class DuplicateRecord(PivaultError):
@@ -243,6 +247,22 @@ def open_record(keyring: Keyring, stored: StoredRecord) -> Resident:
                     mobile=p.get("mobile"), address=p.get("address"), notes=p.get("notes"))
 
 
+def _asked_by(ctx: AccessContext) -> str:
+    """Who asked for an erasure, as kept beside its shred (ids and names of staff only, no PI)."""
+    return json.dumps({"principal": ctx.principal, "role": ctx.role, "purpose": ctx.purpose,
+                       "request_id": ctx.request_id, "token_id": ctx.token_id, "source": ctx.source},
+                      separators=(",", ":"))
+
+
+def _asker(asked_by: str) -> AccessContext:
+    """The caller of an erasure kept by :func:`_asked_by`, to write its entry in their name."""
+    who = json.loads(asked_by)
+    return AccessContext(principal=str(who["principal"]), role=str(who["role"]),
+                         purpose=str(who["purpose"]), request_id=str(who["request_id"]),
+                         token_id=None if who.get("token_id") is None else str(who["token_id"]),
+                         source=str(who.get("source") or "cli"))
+
+
 def _parse_birth_date(value: str | _dt.date) -> _dt.date:
     if isinstance(value, _dt.date):
         return value
@@ -342,6 +362,14 @@ class Vault:
                                     inner=LocalGuard())
                 vault.guard = watch
                 watch.attach(vault)
+            try:
+                left = vault.finish_erasures()
+            except PivaultError as exc:
+                # the next opening, or an erasure of the record, finishes it; this one goes on
+                log.warning("could not finish interrupted erasures (%s)", exc.code)
+            else:
+                if left:
+                    log.warning("finished %d erasure(s) interrupted after their keys were destroyed", left)
             return vault
         except BaseException:
             db.close()
@@ -624,23 +652,60 @@ class Vault:
             # the key) is deleted here too: asked again, the erasure finishes
             stored = self.store.get(record_id, for_update=True)
             exists = stored is not None
+            keys = getattr(self.store, "keys", None)
             if stored is not None:
                 from pivault.vault import imports
 
                 # the rows of theirs an import rejected go too (read before the key is destroyed);
                 # the trail names them after the record
                 rejects = imports.erase_rejects(self, stored)
-                keys = getattr(self.store, "keys", None)
                 if rejects and keys is not None:
                     # beside the record keys, where a restored older backup cannot bring them back
                     keys.note_erased_rejects(rejects)
+                if keys is not None:
+                    # an erasure of this record that died after destroying its key: its entry, now
+                    for _, asked_by in keys.pending_erasures([record_id]):
+                        self.guard.audit(_asker(asked_by), "erase", [record_id], "ok")
                 self.guard.audit(ctx, "erase", [record_id, *rejects], "ok")
-                self.store.delete(record_id)
+                eraser = getattr(self.store, "erase_records", None)
+                if eraser is not None:
+                    eraser([record_id], _asked_by(ctx))
+                else:
+                    self.store.delete(record_id)
                 meta.count_erasure(self.db)  # what `pivault scrub` has still to rewrite
+        if keys is not None:
+            keys.clear_erasures([record_id])  # committed: its entry is in the trail
         if not exists:
             self.guard.audit(ctx, "erase", [record_id], "not_found")
             raise NotFoundError("no record with this id", code="record.not_found")
         self.purge_pending = not self.store.purge_freed()
+
+    def finish_erasures(self) -> int:
+        """Finish the erasures that died after destroying their records' keys; how many were left.
+
+        An erasure destroys the record's key in the record-key store (committed there), then
+        deletes its row and writes its audit entry in one transaction of the data store: the
+        two stores share no transaction. One killed in between left the resident erased
+        (unreadable) but its row in place and its audit entry lost. The shred kept who asked
+        (:meth:`~pivault.keys.shred.RecordKeyStore.delete_records`); this deletes the row and
+        writes the entry in their name, the request id theirs. Run by :meth:`open`; an erasure
+        still running in another process is waited for (its row is locked), then found done.
+        """
+        keys = getattr(self.store, "keys", None)
+        if keys is None:
+            return 0
+        finished = 0
+        for record_id, asked_by in keys.pending_erasures():
+            with self.db.transaction():
+                if self.store.get(record_id, for_update=True) is not None:
+                    self.guard.audit(_asker(asked_by), "erase", [record_id], "ok")
+                    self.store.delete(record_id)
+                    meta.count_erasure(self.db)
+                    finished += 1
+            keys.clear_erasures([record_id])
+        if finished:
+            self.purge_pending = not self.store.purge_freed()
+        return finished
 
     def changed(self, ctx: AccessContext, changes: Sequence[Change]) -> None:
         """Tell the guard, inside the write transaction, which records changed in place.
