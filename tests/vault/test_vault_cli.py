@@ -402,3 +402,27 @@ def test_config_values_out_of_range_are_refused(table: str, setting: str) -> Non
     with pytest.raises(ConfigError) as err:
         check_settings(doc)
     assert err.value.code == "home.config" and setting.split(" ")[0] in err.value.message
+
+
+def test_only_migrate_upgrades_a_vault_token_and_audit_commands_refuse(
+        env: dict[str, str], tmp_path: Path) -> None:
+    """A vault with a schema step pending (a new pivault installed over it): `token` and `audit`
+    commands refuse, as every command that opens the vault does, and leave the schema as it was;
+    they upgraded it silently, with no word of a backup first. `pivault migrate` upgrades it."""
+    from vault_support import run_cli
+
+    run_cli(env, "init", "--expected-population", "1000")
+    store = Path(env["PIVAULT_HOME"]) / "vault.db"
+    with sqlite3.connect(store) as raw:  # as if made by the release before the step
+        raw.execute("DROP TABLE import_reject_numbers")
+        raw.execute("DELETE FROM schema_migrations WHERE component = 'imports' AND version = 2")
+    for args in (("token", "list"), ("token", "create", "--principal", "p1", "--role", "officer"),
+                 ("alerts", "list"), ("audit", "export-checkpoint", "--out", str(tmp_path / "cp.json")),
+                 ("stats",)):
+        res = run_cli(env, *args, code=2)
+        assert res.stderr.startswith("error[store.schema]") and "pivault migrate" in res.stderr, args
+    with sqlite3.connect(store) as raw:
+        assert raw.execute("SELECT COUNT(*) FROM schema_migrations WHERE component = 'imports'"
+                           " AND version = 2").fetchone() == (0,)
+    run_cli(env, "migrate")
+    run_cli(env, "token", "list")

@@ -43,12 +43,18 @@ def _config(home: Path | None) -> Any:
 
 
 def _db(cfg: Any, *, migrate: bool = False) -> Any:
+    """The store; ``migrate``: one the command writes to, refused with schema steps pending
+    (only `pivault migrate` upgrades a vault, after its backup)."""
     from pivault.store.db import Database
-    from pivault.store.migrations import migrate as _migrate
+    from pivault.store.migrations import require_current
 
     db = Database(cfg.existing_store_url())
     if migrate:
-        _migrate(db)
+        try:
+            require_current(db)
+        except BaseException:
+            db.close()
+            raise
     return db
 
 

@@ -69,11 +69,15 @@ def _policy_for(home: Path) -> Policy:
 
 def _tokens(home: Path) -> TokenStore:
     from pivault.store.db import Database
-    from pivault.store.migrations import migrate
+    from pivault.store.migrations import require_current
     from pivault.vault.home import load
 
     db = Database(load(home).existing_store_url())
-    migrate(db)  # the tokens table arrives with this component's first schema step
+    try:
+        require_current(db)  # `pivault migrate` upgrades a vault, after its backup; not a token command
+    except BaseException:
+        db.close()
+        raise
     return TokenStore(db)
 
 

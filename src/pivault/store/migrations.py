@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from pivault.errors import ConfigError
 from pivault.store.db import Database, StoreError
 
 
@@ -219,6 +220,17 @@ def _first_line(exc: BaseException) -> str:
     """A driver's message can run to several lines (PostgreSQL adds DETAIL and a caret line)."""
     lines = str(exc).strip().splitlines()
     return lines[0] if lines else ""
+
+
+def require_current(db: Database) -> None:
+    """Refuse a store with schema steps pending (and one newer or torn, as :func:`check_schema`).
+
+    Only ``pivault migrate`` changes a vault's schema, after the operator was told to back it
+    up first: a token or audit command that migrated on its way would upgrade a vault silently.
+    """
+    if needs_migration(db):
+        raise ConfigError("the store's schema is older than this pivault",
+                          code="store.schema", hint="run `pivault migrate` (back up first)")
 
 
 def needs_migration(db: Database) -> bool:

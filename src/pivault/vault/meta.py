@@ -16,7 +16,7 @@ from pivault.crypto import Keyring
 from pivault.errors import ConfigError
 from pivault.keys import seen
 from pivault.store.db import Database
-from pivault.store.migrations import Migration, needs_migration, register
+from pivault.store.migrations import Migration, register, require_current
 
 __all__ = ["VaultMismatch", "bind", "bound_vault_id", "check", "count_erasure", "erasures_since_scrub",
            "scrubbed"]
@@ -64,9 +64,7 @@ def _mismatch(current: str) -> None:
 def check(db: Database, keyring: Keyring) -> None:
     """Refuse a store that is out of date, unbound, bound to another keyring, or that has seen a
     newer copy of this keyring (``keyring.rollback``); note a newer keyring than it has seen."""
-    if needs_migration(db):
-        raise ConfigError("the store's schema is older than this pivault",
-                          code="store.schema", hint="run `pivault migrate` (back up first)")
+    require_current(db)
     current = bound_vault_id(db)
     if current is None:
         raise ConfigError("the store is not bound to a keyring (not initialised)",
