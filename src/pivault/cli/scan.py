@@ -28,7 +28,7 @@ from pivault.scan import (
     to_sarif,
 )
 from pivault.scan.findings import UNREAD
-from pivault.scan.output import dumps, masked_path, shown
+from pivault.scan.output import dumps, path_shower, shown
 
 #: issue codes that mean an input was not read at all, not merely in part
 _NOT_READ = frozenset({"unreadable", "not_regular", "symlink_loop", "database", "error"})
@@ -146,7 +146,7 @@ def scan(
         sys.stdout.write(dumps(to_json(report, reveal_paths=reveal_paths)) + "\n")
     else:
         render_table(report, Console(), reveal_paths=reveal_paths)
-    path = (lambda t: t) if reveal_paths else masked_path
+    path = path_shower(reveal_paths)
     over = report.exceeded(limits)
     for k, n, limit in over:
         what = "input(s) not read or read in part" if k == UNREAD else "finding(s)"

@@ -8,6 +8,7 @@ as names and addresses. Connections are read-only.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import re
@@ -79,11 +80,9 @@ def _sqlite_rows(
     rowid = next((a for a in ("rowid", "_rowid_", "oid") if a not in taken), None)
     has_rowid, lo, hi = False, None, None
     if rowid is not None:
-        try:
+        with contextlib.suppress(sqlite3.OperationalError):  # a WITHOUT ROWID table has none
             lo, hi = con.execute(f"SELECT min({rowid}), max({rowid}) FROM {_q(table)}").fetchone()
             has_rowid = True
-        except sqlite3.OperationalError:
-            pass  # a WITHOUT ROWID table
 
     def gen() -> Iterator[tuple[int, Sequence[object]]]:
         if not has_rowid:

@@ -96,7 +96,8 @@ def masked_path(text: str) -> str:
     return out.decode("utf-8", "surrogateescape")
 
 
-def _paths(reveal_paths: bool) -> Callable[[str], str]:
+def path_shower(reveal_paths: bool) -> Callable[[str], str]:
+    """How a report shows the paths it names: whole, or with their values masked (:func:`masked_path`)."""
     return (lambda t: t) if reveal_paths else masked_path
 
 
@@ -104,7 +105,7 @@ def render_table(report: ScanReport, console: Console, *, reveal_paths: bool = F
     """Counts per source and kind with a few masked examples, then the issues.
 
     Values in file and member names are masked unless ``reveal_paths`` (:func:`masked_path`)."""
-    path = _paths(reveal_paths)
+    path = path_shower(reveal_paths)
     table = Table(title="pivault scan: findings")
     table.add_column("source", overflow="fold")
     table.add_column("kind")
@@ -157,7 +158,7 @@ def _example(f: Finding, source: str) -> str:
 
 def to_json(report: ScanReport, *, reveal_paths: bool = False) -> dict[str, Any]:
     """The report as JSON; values in file and member names masked unless ``reveal_paths``."""
-    path = _paths(reveal_paths)
+    path = path_shower(reveal_paths)
     totals = report.totals()
     return {
         "tool": TOOL_NAME,
@@ -188,7 +189,7 @@ def _artifact(f: Finding) -> str:
 def to_sarif(report: ScanReport, *, reveal_paths: bool = False) -> dict[str, Any]:
     """SARIF 2.1.0: one rule per kind, one result per listed finding, issues as notifications
     (values in file and member names masked unless ``reveal_paths``)."""
-    path = _paths(reveal_paths)
+    path = path_shower(reveal_paths)
     rules = [
         {
             "id": kind,

@@ -93,8 +93,10 @@ def applied(db: Database) -> dict[str, int]:
     return _read_applied(db)
 
 
-def pending(db: Database) -> list[Migration]:
-    done = applied(db)
+def pending(db: Database, done: dict[str, int] | None = None) -> list[Migration]:
+    """The steps not applied (``done``: the applied versions, if already read)."""
+    if done is None:
+        done = applied(db)
     out: list[Migration] = []
     for comp, steps in sorted(_REGISTRY.items()):
         out.extend(s for s in steps if s.version > done.get(comp, 0))
@@ -184,10 +186,10 @@ def migrate(db: Database) -> list[str]:
     on from there. Inside that transaction it first queues behind any other migrator and
     looks again whether the step is still missing, so two at once apply each step once.
     """
-    check_schema(db)
+    recorded = check_schema(db)
     _ensure_table(db)
     done: list[str] = []
-    for step in pending(db):
+    for step in pending(db, recorded):
         action = step.sqlite if db.dialect == "sqlite" else step.postgresql
         try:
             with db.transaction():
@@ -235,5 +237,4 @@ def require_current(db: Database) -> None:
 
 def needs_migration(db: Database) -> bool:
     """True if steps are pending; refuses a store that is newer than this pivault, or torn."""
-    check_schema(db)
-    return bool(pending(db))
+    return bool(pending(db, check_schema(db)))
